@@ -1,0 +1,165 @@
+/*
+ * core.c - status strings, errors, the allocation hooks, assertion failure and logging.
+ *
+ * The allocation-failure injector is a process-wide atomic counter so that tests can make
+ * the N-th allocation fail from any thread. Logging writes whole lines with one fprintf so
+ * lines from different threads do not interleave.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+const char *qv_status_str(qv_status s) {
+    switch (s) {
+    case QV_OK: return "ok";
+    case QV_ERR_NOMEM: return "out of memory";
+    case QV_ERR_INVALID: return "invalid input";
+    case QV_ERR_NOT_FOUND: return "not found";
+    case QV_ERR_BUSY: return "busy";
+    case QV_ERR_DEVICE_OOM: return "device out of memory";
+    case QV_ERR_IO: return "i/o error";
+    case QV_ERR_UNSUPPORTED: return "unsupported";
+    case QV_ERR_DEVICE: return "device error";
+    case QV_ERR_LIMIT: return "limit exceeded";
+    }
+    return "unknown status";
+}
+
+qv_status qv_errorf(qv_error *err, qv_status s, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+        va_end(ap);
+        err->status = s;
+    }
+    return s;
+}
+
+void qv_error_prefix(qv_error *err, const char *fmt, ...) {
+    if (!err) return;
+    char prefix[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof(prefix), fmt, ap);
+    va_end(ap);
+    char buf[sizeof(err->msg)];
+    snprintf(buf, sizeof(buf), "%s: %s", prefix, err->msg);
+    memcpy(err->msg, buf, sizeof(buf));
+}
+
+/* ---- allocation ---- */
+
+static atomic_long alloc_budget = -1; /* < 0: unlimited */
+
+void qv_alloc_fail_after(long after) { atomic_store(&alloc_budget, after); }
+
+static bool alloc_allowed(void) {
+    long b = atomic_load(&alloc_budget);
+    while (b >= 0) {
+        if (b == 0) return false;
+        if (atomic_compare_exchange_weak(&alloc_budget, &b, b - 1)) return true;
+    }
+    return true;
+}
+
+void *qv_malloc(size_t n) {
+    if (!alloc_allowed()) return NULL;
+    return malloc(n ? n : 1);
+}
+
+void *qv_calloc(size_t n, size_t size) {
+    if (!alloc_allowed()) return NULL;
+    if (n == 0 || size == 0) return calloc(1, 1);
+    return calloc(n, size);
+}
+
+void *qv_realloc(void *p, size_t n) {
+    if (!alloc_allowed()) return NULL;
+    return realloc(p, n ? n : 1);
+}
+
+void qv_free(void *p) { free(p); }
+
+char *qv_strndup(const char *s, size_t n) {
+    char *d = qv_malloc(n + 1);
+    if (!d) return NULL;
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+char *qv_strdup(const char *s) { return qv_strndup(s, strlen(s)); }
+
+/* ---- assertions and logging ---- */
+
+void qv__assert_fail(const char *expr, const char *file, int line) {
+    fprintf(stderr, "quiver: assertion failed: %s (%s:%d)\n", expr, file, line);
+    fflush(stderr);
+    abort();
+}
+
+static atomic_int log_level = QV_LOG_INFO;
+
+void qv_log_set_level(enum qv_log_level lvl) { atomic_store(&log_level, (int)lvl); }
+enum qv_log_level qv_log_get_level(void) { return (enum qv_log_level)atomic_load(&log_level); }
+
+void qv_log(enum qv_log_level lvl, const char *fmt, ...) {
+    if ((int)lvl < atomic_load(&log_level)) return;
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "quiver %s: %s\n", names[lvl], line);
+}
+
+double qv_time_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+qv_status qv_read_file(const char *path, size_t max_bytes, char **out, size_t *out_len,
+                       qv_error *err) {
+    *out = NULL;
+    if (out_len) *out_len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        return qv_errorf(err, errno == ENOENT ? QV_ERR_NOT_FOUND : QV_ERR_IO, "%s: %s", path,
+                         strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return qv_errorf(err, QV_ERR_IO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > max_bytes) {
+        fclose(f);
+        return qv_errorf(err, QV_ERR_LIMIT, "%s: file is %lld bytes, limit is %zu", path,
+                         (long long)st.st_size, max_bytes);
+    }
+    size_t n = (size_t)st.st_size;
+    char *buf = qv_malloc(n + 1);
+    if (!buf) {
+        fclose(f);
+        return qv_errorf(err, QV_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, n);
+    }
+    if (n && fread(buf, 1, n, f) != n) {
+        qv_free(buf);
+        fclose(f);
+        return qv_errorf(err, QV_ERR_IO, "%s: short read", path);
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *out = buf;
+    if (out_len) *out_len = n;
+    return QV_OK;
+}

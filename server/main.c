@@ -1,0 +1,34 @@
+/*
+ * main.c - the quiver command line: subcommand dispatch. The only file that may call exit().
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "server/cli.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: quiver <command> [options]\n\n"
+               "commands:\n"
+               "  generate    generate a continuation of a prompt\n"
+               "  chat        chat with the model (interactive, or --message once)\n"
+               "  info        print a model's architecture, sizes, dtypes and memory use\n"
+               "  tokenize    print the token ids of a text as JSON\n"
+               "  detokenize  print the text of a JSON list of token ids\n\n"
+               "run `quiver <command> --help` for a command's options\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "generate")) return qv_cli_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "chat")) return qv_cli_chat(argc - 1, argv + 1);
+    if (!strcmp(cmd, "info")) return qv_cli_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return qv_cli_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "detokenize")) return qv_cli_detokenize(argc - 1, argv + 1);
+    fprintf(stderr, "quiver: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}
