@@ -1,0 +1,132 @@
+/*
+ * tokenizer.h - quiver's tokenizer: text <-> token ids, byte-exact with Hugging Face
+ * `tokenizers`, plus the streaming detokenizer and chat-template formatting.
+ *
+ * What it is: the generic HF pipeline (added-token split -> normalizer -> pre-tokenizer -> BPE
+ * -> post-processor; decoder chain for output) loaded from a `tokenizer.json` (optionally with
+ * `tokenizer_config.json`) or from GGUF `tokenizer.ggml.*` metadata. See docs/tokenizer.md and
+ * /work/shared/TOKENIZER.md for the rules it follows.
+ * What it is not: a trainer, a WordPiece/Unigram implementation, or a Jinja engine (chat
+ * templates are detected and formatted by C code per family).
+ *
+ * Invariants: a qv_tokenizer is immutable after load; every encode/decode/render call may run
+ * concurrently from any thread on the same tokenizer. A qv_detok is confined to one thread.
+ * Input text that is not valid UTF-8 is repaired first: each maximal invalid subsequence becomes
+ * U+FFFD (the same policy as Python's errors="replace" and Rust's from_utf8_lossy).
+ */
+#ifndef QV_TOKENIZER_H
+#define QV_TOKENIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct qv_gguf;
+typedef struct qv_tokenizer qv_tokenizer;
+
+/* Loads a tokenizer.json (BPE model) and optionally a tokenizer_config.json (chat_template,
+ * bos_token, eos_token). Owner: caller (qv_tokenizer_free). Errors: QV_ERR_IO / NOT_FOUND for
+ * files, QV_ERR_INVALID for malformed JSON, QV_ERR_UNSUPPORTED for components quiver does not
+ * implement (the message names the component). Thread: any. */
+qv_status qv_tokenizer_load_json(const char *tokenizer_json_path,
+                                 const char *tokenizer_config_path /* NULL ok */,
+                                 qv_tokenizer **out, qv_error *err);
+
+/* Same from an in-memory tokenizer.json text (and optional tokenizer_config.json text, NULL ok).
+ * The buffers are not retained. */
+qv_status qv_tokenizer_load_json_str(const char *json, size_t len, const char *config_json,
+                                     size_t config_len, qv_tokenizer **out, qv_error *err);
+
+/* Builds the tokenizer from GGUF `tokenizer.ggml.*` metadata. `tokenizer.ggml.model` "gpt2"
+ * with pre in {smollm, llama-bpe, llama3, qwen2, gpt-2, default}, or "llama" (SentencePiece
+ * vocab with scores). Unknown names give QV_ERR_UNSUPPORTED. The gguf may be closed afterwards
+ * (everything is copied). */
+qv_status qv_tokenizer_load_gguf(const struct qv_gguf *g, qv_tokenizer **out, qv_error *err);
+
+/* path = HF model dir (tokenizer.json [+ tokenizer_config.json]), a tokenizer.json file, or a
+ * .gguf file (only metadata is read; the weights are not touched). */
+qv_status qv_tokenizer_load_path(const char *path, qv_tokenizer **out, qv_error *err);
+
+/* Accepts NULL. */
+void qv_tokenizer_free(qv_tokenizer *t);
+
+/* Encodes `len` bytes of text. Special/added tokens written in the text are recognised (HF
+ * default, split_special_tokens=false). add_special_tokens applies the post-processor
+ * (e.g. BOS for Llama). *ids is owned by the caller (qv_free); it is non-NULL on success even
+ * when *n_ids is 0. Errors: QV_ERR_NOMEM, QV_ERR_LIMIT (regex engine limit). Thread: any. */
+qv_status qv_tokenizer_encode(const qv_tokenizer *t, const char *text, size_t len,
+                              bool add_special_tokens, int32_t **ids, size_t *n_ids,
+                              qv_error *err);
+
+/* Decodes ids to text like HF `Tokenizer.decode` (clean_up_tokenization_spaces is not applied).
+ * Unknown ids are skipped. *text is owned by the caller (qv_free), NUL-terminated, valid UTF-8;
+ * *len excludes the NUL (len may be NULL). Thread: any. */
+qv_status qv_tokenizer_decode(const qv_tokenizer *t, const int32_t *ids, size_t n,
+                              bool skip_special_tokens, char **text, size_t *len,
+                              qv_error *err);
+
+int qv_tokenizer_n_vocab(const qv_tokenizer *t);
+int32_t qv_tokenizer_bos(const qv_tokenizer *t);             /* -1 if none */
+int32_t qv_tokenizer_eos(const qv_tokenizer *t);             /* -1 if none */
+bool qv_tokenizer_is_eog(const qv_tokenizer *t, int32_t id); /* EOS/EOT/<|im_end|>... */
+/* True for added tokens marked special (skipped by skip_special_tokens). */
+bool qv_tokenizer_is_special(const qv_tokenizer *t, int32_t id);
+/* Token text as stored in the vocabulary (e.g. "Ġthe"); NULL for unknown ids. Borrowed. */
+const char *qv_tokenizer_token_text(const qv_tokenizer *t, int32_t id, size_t *len);
+/* Id of an exact token text (added tokens first, then the model vocabulary); -1 if absent. */
+int32_t qv_tokenizer_token_id(const qv_tokenizer *t, const char *text, size_t len);
+/* Raw chat template source (tokenizer_config.json / GGUF) or NULL. Borrowed. */
+const char *qv_tokenizer_chat_template(const qv_tokenizer *t);
+
+/* ---- streaming detokenizer (TOKENIZER.md section 8) ---- */
+typedef struct qv_detok qv_detok;
+
+/* Creates a streaming decoder. `stops` are copied. Owner: caller (qv_detok_free).
+ * Errors: QV_ERR_NOMEM, QV_ERR_INVALID (NULL tokenizer). Thread: the result is confined to the
+ * calling thread; the tokenizer must outlive it. */
+qv_status qv_detok_create(const qv_tokenizer *t, const char *const *stops, size_t n_stops,
+                          bool skip_special_tokens, qv_detok **out);
+/* Feeds one generated id. Sets *text/*len to newly emittable bytes (valid UTF-8, never
+ * the start of a possible stop string); pointer valid until the next call. *finished is
+ * set when a stop string matched (text truncated before it) or id is end-of-generation. */
+qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len,
+                        bool *finished);
+/* End of generation for another reason (max tokens): flush held-back text
+ * (incomplete UTF-8 becomes U+FFFD). */
+qv_status qv_detok_flush(qv_detok *d, const char **text, size_t *len);
+/* Index (0-based) of the stop string that matched, or -1. */
+int qv_detok_stop_index(const qv_detok *d);
+void qv_detok_free(qv_detok *d);
+
+/* ---- chat templates (TOKENIZER.md section 7) ---- */
+typedef struct qv_chat_msg {
+    const char *role;
+    const char *content;
+} qv_chat_msg;
+
+/* Renders messages to a prompt string like transformers' apply_chat_template(tokenize=False).
+ * template_name: NULL detects the family from the tokenizer's template source; otherwise a
+ * llama.cpp-compatible name: chatml, llama3, llama2, llama2-sys, llama2-sys-bos,
+ * llama2-sys-strip, mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, mistral-v7-tekken.
+ * The rendered text contains the special-token strings (e.g. "<|im_start|>"); encode it with
+ * add_special_tokens=false. *out owned by caller (qv_free). Errors: QV_ERR_UNSUPPORTED for an
+ * unknown name or an undetectable template, QV_ERR_INVALID for bad messages (e.g. non-alternating
+ * roles where the format requires it). Thread: any. */
+qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name /* NULL: detect */,
+                         const qv_chat_msg *msgs, size_t n_msgs, bool add_generation_prompt,
+                         char **out, qv_error *err);
+
+/* The template family name that qv_chat_render would use with template_name NULL ("chatml",
+ * "llama3", ...), or NULL when the template is missing or unknown. */
+const char *qv_chat_detect(const qv_tokenizer *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_TOKENIZER_H */
