@@ -49,9 +49,14 @@ void qv_error_prefix(qv_error *err, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof(prefix), fmt, ap);
     va_end(ap);
-    char buf[sizeof(err->msg)];
-    snprintf(buf, sizeof(buf), "%s: %s", prefix, err->msg);
-    memcpy(err->msg, buf, sizeof(buf));
+    size_t lp = strlen(prefix), lm = strlen(err->msg);
+    if (lp + 2 >= sizeof(err->msg)) lp = sizeof(err->msg) - 3;
+    if (lp + 2 + lm >= sizeof(err->msg)) lm = sizeof(err->msg) - 3 - lp;
+    memmove(err->msg + lp + 2, err->msg, lm);
+    memcpy(err->msg, prefix, lp);
+    err->msg[lp] = ':';
+    err->msg[lp + 1] = ' ';
+    err->msg[lp + 2 + lm] = '\0';
 }
 
 /* ---- allocation ---- */
