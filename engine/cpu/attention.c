@@ -1,0 +1,192 @@
+/*
+ * attention.c - paged causal attention over the KV pool (HF eager_attention_forward in fp32).
+ *
+ * Math, per query token t (sequence s, position p) and head h, kv head g = h / (nh / nkv):
+ *   j in [j0, p], j0 = window ? max(0, p - window + 1) : 0; key/value j of sequence s live in
+ *   page page_table[s][j / page_size], slot j % page_size.
+ *   score_j = (q_h · k_j) * scale;  prob_j = exp(score_j - max) / Σ exp(score - max);
+ *   out_h = Σ_j prob_j v_j   (j ascending).
+ * Parallelisation: over (token, head) pairs pulled in small chunks from an atomic counter;
+ * each pair is computed by one thread in a fixed order, so results do not depend on the batch
+ * or the thread count. Scores go to a per-thread scratch row owned by the backend context.
+ * What not: no KV writes (kv_store in ops.c), no mask tensors: causality comes from positions.
+ * Thread: called on the backend's engine thread.
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "cpu/cpu_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define QV_HAVE_X86 1
+#include <immintrin.h>
+#else
+#define QV_HAVE_X86 0
+#endif
+
+#define PAIRS_PER_JOB 4
+
+struct attn_task {
+    const qv_kv_pool *pool;
+    int layer;
+    const qv_attn_batch *ab;
+    const float *q;
+    float *out;
+    float *scratch;
+    size_t scratch_per_thread;
+    bool simd;
+    int n_pairs;
+    atomic_int next;
+};
+
+static float dot_portable(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] += a[i + k] * b[i + k];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_portable(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+#if QV_HAVE_X86
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    float s = _mm_cvtss_f32(s4);
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, const float *x,
+                                                          int n) {
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i,
+                         _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+#endif
+
+static void attn_pair(const struct attn_task *tk, int pair, float *sc) {
+    const qv_attn_batch *ab = tk->ab;
+    const qv_kv_pool *pool = tk->pool;
+    int t = pair / ab->n_heads, h = pair % ab->n_heads;
+    int hd = ab->head_dim;
+    int s = ab->tok_seq[t], p = ab->tok_pos[t];
+    int j0 = ab->window > 0 ? QV_MAX(0, p - ab->window + 1) : 0;
+    int g = h / (ab->n_heads / ab->n_kv_heads);
+    size_t kv_dim = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
+    size_t layer_base = (size_t)tk->layer * (size_t)pool->n_pages;
+    const int32_t *pt = ab->page_table[s];
+    const float *qv = tk->q + ((size_t)t * (size_t)ab->n_heads + (size_t)h) * (size_t)hd;
+    float *o = tk->out + ((size_t)t * (size_t)ab->n_heads + (size_t)h) * (size_t)hd;
+
+    float mx = -INFINITY;
+    for (int j = j0; j <= p; j++) {
+        size_t at = ((layer_base + (size_t)pt[j / pool->page_size]) * (size_t)pool->page_size +
+                     (size_t)(j % pool->page_size)) *
+                        kv_dim +
+                    (size_t)g * (size_t)hd;
+        const float *kp = pool->k + at;
+#if QV_HAVE_X86
+        float d = tk->simd ? dot_avx2(qv, kp, hd) : dot_portable(qv, kp, hd);
+#else
+        float d = dot_portable(qv, kp, hd);
+#endif
+        float v = d * ab->scale;
+        sc[j - j0] = v;
+        if (v > mx) mx = v;
+    }
+    float sum = 0.0f;
+    for (int j = j0; j <= p; j++) {
+        float e = expf(sc[j - j0] - mx);
+        sc[j - j0] = e;
+        sum += e;
+    }
+    memset(o, 0, (size_t)hd * sizeof(float));
+    for (int j = j0; j <= p; j++) {
+        float pr = sc[j - j0] / sum;
+        size_t at = ((layer_base + (size_t)pt[j / pool->page_size]) * (size_t)pool->page_size +
+                     (size_t)(j % pool->page_size)) *
+                        kv_dim +
+                    (size_t)g * (size_t)hd;
+        const float *vp = pool->v + at;
+#if QV_HAVE_X86
+        if (tk->simd)
+            axpy_avx2(o, pr, vp, hd);
+        else
+            axpy_portable(o, pr, vp, hd);
+#else
+        axpy_portable(o, pr, vp, hd);
+#endif
+    }
+}
+
+static void attn_fn(void *arg, int ith, int nth) {
+    (void)nth;
+    struct attn_task *tk = arg;
+    float *sc = tk->scratch + (size_t)ith * tk->scratch_per_thread;
+    for (;;) {
+        int job = atomic_fetch_add_explicit(&tk->next, PAIRS_PER_JOB, memory_order_relaxed);
+        if (job >= tk->n_pairs) break;
+        int end = QV_MIN(job + PAIRS_PER_JOB, tk->n_pairs);
+        for (int pr = job; pr < end; pr++)
+            attn_pair(tk, pr, sc);
+    }
+}
+
+void qv__cpu_attention(qv__cpu_ctx *cx, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
+                       const float *q, float *out) {
+    QV_ASSERT(layer >= 0 && layer < pool->n_layers);
+    QV_ASSERT(ab->n_kv_heads == pool->n_kv_heads && ab->head_dim == pool->head_dim);
+    QV_ASSERT(ab->n_kv_heads > 0 && ab->n_heads % ab->n_kv_heads == 0);
+    if (ab->n_tokens == 0) return;
+    size_t need = 1;
+    for (int t = 0; t < ab->n_tokens; t++) {
+        QV_ASSERT(ab->tok_pos[t] >= 0 && ab->tok_seq[t] >= 0 && ab->tok_seq[t] < ab->n_seqs);
+        size_t span = (size_t)ab->tok_pos[t] + 1;
+        if (ab->window > 0) span = QV_MIN(span, (size_t)ab->window);
+        need = QV_MAX(need, span);
+    }
+    if (need > cx->scratch_per_thread) {
+        size_t grow = QV_MAX(need, 2 * cx->scratch_per_thread);
+        float *s = qv_malloc(grow * (size_t)cx->n_threads * sizeof(float));
+        QV_ASSERT(s != NULL); /* a few floats per context position; no graceful path here */
+        qv_free(cx->scratch);
+        cx->scratch = s;
+        cx->scratch_per_thread = grow;
+    }
+    struct attn_task tk = {
+        .pool = pool,
+        .layer = layer,
+        .ab = ab,
+        .q = q,
+        .out = out,
+        .scratch = cx->scratch,
+        .scratch_per_thread = cx->scratch_per_thread,
+        .simd = cx->simd,
+        .n_pairs = ab->n_tokens * ab->n_heads,
+    };
+    atomic_init(&tk.next, 0);
+    if (tk.n_pairs <= PAIRS_PER_JOB)
+        attn_fn(&tk, 0, 1);
+    else
+        qv__cpu_pool_run(cx->pool, attn_fn, &tk);
+}

@@ -1,0 +1,44 @@
+/*
+ * cpu_internal.h - state and cross-file entry points of the CPU backend (engine/cpu/ only).
+ *
+ * backend_cpu.c owns the vtable and the context; matmul.c, ops.c and attention.c implement
+ * the ops against this context. The `simd` flag selects the AVX2+FMA+F16C kernels or the
+ * portable ones for the whole lifetime of a backend instance (chosen at creation from the CPU
+ * and the QV_CPU_SIMD environment variable).
+ * Thread: a context is used by its engine thread; worker threads only see per-op task structs.
+ */
+#ifndef QV_CPU_INTERNAL_H
+#define QV_CPU_INTERNAL_H
+
+#include "backend.h"
+#include "cpu/threadpool.h"
+
+typedef struct qv__cpu_ctx {
+    qv__cpu_pool *pool;
+    int n_threads;
+    bool simd;      /* AVX2+FMA+F16C kernels */
+    float *scratch; /* attention score scratch, n_threads * scratch_per_thread floats */
+    size_t scratch_per_thread;
+} qv__cpu_ctx;
+
+/* True when the running CPU has AVX2, FMA and F16C. */
+bool qv__cpu_has_avx2(void);
+
+/* Backend op implementations (semantics in backend.h). */
+void qv__cpu_matmul(qv__cpu_ctx *cx, const qv_tensor *w, const float *x, int n, float *y,
+                    const float *bias);
+void qv__cpu_get_rows(qv__cpu_ctx *cx, const qv_tensor *table, const int32_t *ids, int n,
+                      float *out);
+void qv__cpu_rmsnorm(qv__cpu_ctx *cx, const float *x, const float *w, int n, int dim, float eps,
+                     float *y);
+void qv__cpu_rope(qv__cpu_ctx *cx, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                  const float *inv_freq);
+void qv__cpu_swiglu(qv__cpu_ctx *cx, const float *gate, const float *up, float *out,
+                    size_t n_elems);
+void qv__cpu_add(qv__cpu_ctx *cx, float *y, const float *x, size_t n_elems);
+void qv__cpu_kv_store(qv__cpu_ctx *cx, qv_kv_pool *pool, int layer, const float *k, const float *v,
+                      int n, const int32_t *slot_page, const int32_t *slot_off);
+void qv__cpu_attention(qv__cpu_ctx *cx, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
+                       const float *q, float *out);
+
+#endif /* QV_CPU_INTERNAL_H */
