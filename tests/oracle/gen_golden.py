@@ -228,8 +228,162 @@ def gen_tiny() -> None:
 # ---------------------------------------------------------------------------------------------
 # SmolLM2 (real model)
 
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_STEP = 8   # step8 logits: the logits that produced greedy[8] (after prompt + greedy[:8])
+
+SMOLLM2_TEXTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    None,  # chat-rendered, see smollm2_chat_prompt
+    "In 2023, the city had 8,045,311 residents; 12.5% were over 65 and 1 in 4 was under 18.",
+    "The history of the printing press begins in the fifteenth century, when Johannes "
+    "Gutenberg combined movable metal type, oil-based ink and a wooden screw press. Within a "
+    "few decades printing shops had spread across Europe, books became cheaper, and ideas "
+    "travelled faster than ever before. Scholars could compare identical copies of a text, "
+    "which helped standardize spelling and grammar, while pamphlets carried news and "
+    "arguments to readers far from the",
+]
+SMOLLM2_CHAT = [{"role": "user", "content": "What is the capital of France? Answer briefly."}]
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def smollm2_tokenizer(meta: dict[str, Any]):
+    """HF tokenizer rebuilt from the GGUF vocabulary exactly as TOKENIZER.md 9.2 / 2.4 say
+    (NOT transformers' gguf conversion)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
+    tokens = list(meta["tokenizer.ggml.tokens"])
+    types = list(meta["tokenizer.ggml.token_type"])
+    merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
+    assert all(len(m) == 2 for m in merges)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    assert len(vocab) == len(tokens), "duplicate token strings"
+    bpe = models.BPE(vocab=vocab, merges=merges, unk_token=None, byte_fallback=False,
+                     fuse_unk=False, ignore_merges=False)
+    tok = Tokenizer(bpe)
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    specials = [i for i, t in enumerate(types) if t == 3]
+    assert specials == list(range(17)), specials
+    tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                            for i in specials])
+    for i in specials:
+        assert tok.token_to_id(tokens[i]) == i
+    return tok
+
+
+def smollm2_chat_prompt(template: str) -> str:
+    """Render the GGUF's own chat template with jinja2 the way transformers does."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(msg):
+        raise jinja2.exceptions.TemplateError(msg)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+    env.globals["raise_exception"] = raise_exception
+    text = env.from_string(template).render(messages=SMOLLM2_CHAT, add_generation_prompt=True,
+                                            bos_token="<|im_start|>", eos_token="<|im_end|>")
+    want = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+            "Hugging Face<|im_end|>\n<|im_start|>user\n" + SMOLLM2_CHAT[0]["content"] +
+            "<|im_end|>\n<|im_start|>assistant\n")
+    assert text == want, repr(text)
+    return text
+
+
 def gen_smollm2(model_path: str) -> None:
-    raise NotImplementedError("SmolLM2 goldens: not written yet")
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(1)  # reproducible reduction order
+    sha = sha256_file(model_path)
+    assert sha == SMOLLM2_SHA256, f"unexpected model hash {sha}"
+    meta, tensors = common.read_gguf(model_path)
+    counts: dict[str, int] = {}
+    for t, _ in tensors.values():
+        counts[t.name] = counts.get(t.name, 0) + 1
+    log(f"SmolLM2: file_type {meta['general.file_type']}, tensor types {counts}, "
+        f"pre {meta['tokenizer.ggml.pre']}, add_bos {meta.get('tokenizer.ggml.add_bos_token')}, "
+        f"bos/eos/unk/pad {meta.get('tokenizer.ggml.bos_token_id')}/"
+        f"{meta.get('tokenizer.ggml.eos_token_id')}/{meta.get('tokenizer.ggml.unknown_token_id')}/"
+        f"{meta.get('tokenizer.ggml.padding_token_id')}, output.weight "
+        f"{'present' if 'output.weight' in tensors else 'absent (tied)'}")
+
+    # reference model: transformers' own GGUF loader (fp32, eager) ...
+    model = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(model_path), gguf_file=os.path.basename(model_path),
+        dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    c = model.config
+    log(f"transformers config: rope_theta {c.rope_parameters.get('rope_theta')}, eps "
+        f"{c.rms_norm_eps}, tie {c.tie_word_embeddings}, heads {c.num_attention_heads}/"
+        f"{c.num_key_value_heads}, head_dim {getattr(c, 'head_dim', None)}, vocab {c.vocab_size}")
+    assert c.num_attention_heads == 9 and c.num_key_value_heads == 3 and c.vocab_size == 49152
+    assert abs(c.rope_parameters["rope_theta"] - 100000.0) < 1e-3
+    assert c.tie_word_embeddings
+    # ... checked against our own dequantize + un-permute of every tensor
+    ours = common.hf_state_dict_from_gguf(meta, tensors)
+    theirs = model.state_dict()
+    for k, v in ours.items():
+        t = theirs[k].numpy()
+        if not np.array_equal(v, t):
+            perm_ok = False
+            if ".q_proj." in k or ".k_proj." in k:
+                heads = 9 if ".q_proj." in k else 3
+                perm_ok = np.array_equal(common.permute_rows(v, heads), t)
+            raise AssertionError(f"transformers' GGUF weights differ from ours at {k} "
+                                 f"(still permuted: {perm_ok})")
+    assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    log("transformers' GGUF load == our dequantize + Q/K un-permute for all "
+        f"{len(ours)} tensors")
+
+    tok = smollm2_tokenizer(meta)
+    texts = list(SMOLLM2_TEXTS)
+    texts[2] = smollm2_chat_prompt(meta["tokenizer.chat_template"])
+    os.makedirs(SMOLLM2, exist_ok=True)
+    for f in glob.glob(os.path.join(SMOLLM2, "p*.f32")):
+        os.remove(f)
+    prompts = []
+    for i, text in enumerate(texts):
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert tok.decode(ids, skip_special_tokens=False) == text, "round trip"
+        r = run_prompt(model, ids)
+        last = r["prompt_logits"][-1].astype("<f4")
+        step = r["step_logits"][SMOLLM2_STEP].astype("<f4")
+        last_name, step_name = f"p{i}.f32", f"p{i}.step{SMOLLM2_STEP}.f32"
+        last.tofile(os.path.join(SMOLLM2, last_name))
+        step.tofile(os.path.join(SMOLLM2, step_name))
+        greedy_text = tok.decode(r["greedy"], skip_special_tokens=False)
+        prompts.append({
+            "text": text, "ids": r["ids"], "greedy": r["greedy"], "greedy_text": greedy_text,
+            "top2_gap": r["top2_gap"], "last_logits_file": last_name,
+            "step8_logits_file": step_name,
+        })
+        log(f"p{i}: {len(ids)} ids, greedy {greedy_text!r}, min gap {min(r['top2_gap']):.3g}")
+    doc = {
+        "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "model_sha256": sha,
+        "vocab": 49152,
+        "reference": "transformers GGUF load (fp32, eager attention), KV-cache greedy, no EOS stop",
+        "logits_format": "49152 float32 little-endian per file",
+        "step8_note": "step8 logits produced greedy[8], i.e. after prompt + greedy[0:8]",
+        "prompts": prompts,
+    }
+    with open(os.path.join(SMOLLM2, "golden.json"), "w") as f:
+        f.write(common.dump_json(doc))
+    log(f"wrote {SMOLLM2}/golden.json")
 
 
 def main() -> int:

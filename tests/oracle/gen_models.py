@@ -227,6 +227,41 @@ def write_gguf(path: str, name: str, spec: dict[str, Any], sd: dict[str, np.ndar
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    verify_gguf(path, spec, sd, variant, order)
+
+
+def verify_gguf(path: str, spec: dict[str, Any], sd: dict[str, np.ndarray], variant: str,
+                order: list[str]) -> None:
+    """Re-read the file with gguf's reader: keys, tensor names/types/shapes, alignment."""
+    r = gguf.GGUFReader(path)
+    arch = r.fields["general.architecture"].contents()
+    want = {
+        f"{arch}.context_length": MAX_POS, f"{arch}.embedding_length": spec["hidden"],
+        f"{arch}.block_count": spec["layers"], f"{arch}.feed_forward_length": spec["ff"],
+        f"{arch}.attention.head_count": spec["heads"],
+        f"{arch}.attention.head_count_kv": spec["kv"],
+        f"{arch}.rope.dimension_count": spec["head_dim"], f"{arch}.vocab_size": spec["vocab"],
+        "general.file_type": FILE_TYPE[variant], "general.quantization_version": 2,
+        "tokenizer.ggml.bos_token_id": BOS_ID, "tokenizer.ggml.eos_token_id": EOS_ID,
+    }
+    for k, v in want.items():
+        assert r.fields[k].contents() == v, (path, k, r.fields[k].contents(), v)
+    assert abs(r.fields[f"{arch}.rope.freq_base"].contents() - spec["theta"]) < 1e-3
+    assert abs(r.fields[f"{arch}.attention.layer_norm_rms_epsilon"].contents()
+               - spec["eps"]) < 1e-9
+    names = [t.name for t in r.tensors]
+    expect = [common.hf_to_gguf_name(k) for k in order]
+    if "rope_freqs.weight" in names:
+        expect = ["rope_freqs.weight"] + expect
+    assert names == expect, (names, expect)
+    for t in r.tensors:
+        assert t.data_offset % 32 == 0
+        if t.name == "rope_freqs.weight":
+            assert t.tensor_type == QT.F32 and list(t.shape) == [spec["head_dim"] // 2]
+            continue
+        hf = sd[common.gguf_to_hf_name(t.name)]
+        assert list(t.shape) == list(reversed(hf.shape)), (t.name, t.shape, hf.shape)
+        assert t.tensor_type == tensor_type(variant, t.name, hf.ndim), t.name
 
 
 def save_hf(model, out: str, classic: bool, **kw) -> None:
