@@ -78,6 +78,12 @@ bool qv_gguf_arr_str(const qv_gguf *g, const char *key, uint64_t i, const char *
 bool qv_gguf_arr_float(const qv_gguf *g, const char *key, uint64_t i, double *out);
 bool qv_gguf_arr_int(const qv_gguf *g, const char *key, uint64_t i, int64_t *out);
 
+/* Data alignment in bytes (general.alignment or 32) and mapped file size (0 for buffers). */
+uint32_t qv_gguf_alignment(const qv_gguf *g);
+size_t qv_gguf_file_size(const qv_gguf *g);
+/* Name of a ggml type id ("Q4_1", "Q5_K", ...; "unknown" for ids ggml does not define). */
+const char *qv_gguf_ggml_type_name(uint32_t ggml_type);
+
 /* Iteration over all keys (for `quiver info` and debugging). */
 size_t qv_gguf_n_kv(const qv_gguf *g);
 const char *qv_gguf_key_at(const qv_gguf *g, size_t i);
