@@ -1,0 +1,513 @@
+/*
+ * sampler.c - token sampling over one row of logits (see sampler.h and docs/sampling.md).
+ *
+ * Pipeline, in HF transformers 5.x `generate` order:
+ *   penalties (repetition, then frequency, then presence; in place, sparse over the context)
+ *   -> greedy argmax when temperature == 0
+ *   -> temperature (y = x / T, computed on the fly; the row keeps the penalised x)
+ *   -> top-k -> top-p -> min-p -> softmax over the survivors -> inverse-CDF draw in id order.
+ *
+ * Cost: greedy is one max pass plus a find-first pass. Top-k finds the k-th largest value by a
+ * radix select on order-preserving integer keys (O(n_vocab), no sort). Top-p never sorts the
+ * vocabulary: it collects the tokens whose weight exp(y - max) is above a threshold, checks that
+ * they hold at least top_p of the mass (else lowers the threshold), and pops them from a binary
+ * max-heap only until the cut is reached. Min-p is a threshold on exp(y - max). All buffers are
+ * allocated in qv_sampler_create.
+ *
+ * What it is not: no batching, no device code, no stop strings.
+ * Invariants: state[id] has QV_SEEN set exactly for the ids listed in seen[0..n_seen).
+ * Thread: one sampler per thread at a time; no globals.
+ */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SEEN_BIT 0x80000000u
+#define COUNT_MASK 0x7fffffffu
+
+/* One surviving token: its id, its tempered logit y and its weight e = expf(y - max_y). */
+typedef struct cand {
+    int32_t id;
+    float y;
+    float e;
+} cand;
+
+struct qv_sampler {
+    qv_sampling_params p;
+    int n_vocab;
+    uint64_t rng[4]; /* xoshiro256** state */
+    uint32_t *state; /* (n_vocab) SEEN_BIT: in the repetition context; low bits: times generated */
+    int32_t *seen;   /* (n_vocab) ids in the repetition context, first-seen order */
+    int n_seen;
+    float *saved;    /* (n_vocab) raw logits of seen[] before penalties (for logprobs) */
+    cand *cand;      /* (n_vocab) candidates of the current row */
+    uint32_t *keys;  /* (n_vocab) radix-select scratch */
+};
+
+/* ---------------------------------------------------------------- parameters ---- */
+
+void qv_sampling_params_default(qv_sampling_params *p) {
+    memset(p, 0, sizeof(*p));
+    p->temperature = 1.0f;
+    p->top_k = 0;
+    p->top_p = 1.0f;
+    p->min_p = 0.0f;
+    p->repetition_penalty = 1.0f;
+    p->presence_penalty = 0.0f;
+    p->frequency_penalty = 0.0f;
+    p->seed = 0;
+    p->n_logprobs = 0;
+}
+
+qv_status qv_sampling_params_validate(const qv_sampling_params *p, qv_error *err) {
+    if (!p) return qv_errorf(err, QV_ERR_INVALID, "sampling parameters missing");
+    if (!isfinite(p->temperature) || p->temperature < 0.0f)
+        return qv_errorf(err, QV_ERR_INVALID, "temperature must be a finite number >= 0, got %g",
+                         (double)p->temperature);
+    if (p->top_k < -1)
+        return qv_errorf(err, QV_ERR_INVALID, "top_k must be >= 0 (0 or -1 = off), got %d",
+                         p->top_k);
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
+        return qv_errorf(err, QV_ERR_INVALID, "top_p must be in (0, 1], got %g", (double)p->top_p);
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
+        return qv_errorf(err, QV_ERR_INVALID, "min_p must be in [0, 1], got %g", (double)p->min_p);
+    if (!isfinite(p->repetition_penalty) || !(p->repetition_penalty > 0.0f))
+        return qv_errorf(err, QV_ERR_INVALID,
+                         "repetition_penalty must be a finite number > 0, got %g",
+                         (double)p->repetition_penalty);
+    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
+        return qv_errorf(err, QV_ERR_INVALID, "presence_penalty must be in [-2, 2], got %g",
+                         (double)p->presence_penalty);
+    if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
+        return qv_errorf(err, QV_ERR_INVALID, "frequency_penalty must be in [-2, 2], got %g",
+                         (double)p->frequency_penalty);
+    if (p->n_logprobs < 0 || p->n_logprobs > QV_SAMPLER_MAX_LOGPROBS)
+        return qv_errorf(err, QV_ERR_INVALID, "logprobs must be in [0, %d], got %d",
+                         QV_SAMPLER_MAX_LOGPROBS, p->n_logprobs);
+    return QV_OK;
+}
+
+/* ---------------------------------------------------------------- PRNG ---- */
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(uint64_t s[4]) {
+    uint64_t result = rotl64(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl64(s[3], 45);
+    return result;
+}
+
+/* Uniform double in [0, 1) with 53 random bits. */
+static double rng_uniform(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
+
+static void rng_seed(uint64_t s[4], uint64_t seed) {
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) s[i] = splitmix64(&x);
+}
+
+/* ---------------------------------------------------------------- lifetime ---- */
+
+qv_status qv_sampler_create(const qv_sampling_params *p, int n_vocab, qv_sampler **out) {
+    *out = NULL;
+    if (qv_sampling_params_validate(p, NULL) != QV_OK || n_vocab <= 0) return QV_ERR_INVALID;
+    qv_sampler *s = qv_calloc(1, sizeof(*s));
+    if (!s) return QV_ERR_NOMEM;
+    size_t n = (size_t)n_vocab;
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    s->state = qv_calloc(n, sizeof(*s->state));
+    s->seen = qv_malloc(n * sizeof(*s->seen));
+    s->saved = qv_malloc(n * sizeof(*s->saved));
+    s->cand = qv_malloc(n * sizeof(*s->cand));
+    s->keys = qv_malloc(n * sizeof(*s->keys));
+    if (!s->state || !s->seen || !s->saved || !s->cand || !s->keys) goto fail;
+    rng_seed(s->rng, p->seed);
+    *out = s;
+    return QV_OK;
+fail:
+    qv_sampler_free(s);
+    return QV_ERR_NOMEM;
+}
+
+void qv_sampler_free(qv_sampler *s) {
+    if (!s) return;
+    qv_free(s->state);
+    qv_free(s->seen);
+    qv_free(s->saved);
+    qv_free(s->cand);
+    qv_free(s->keys);
+    qv_free(s);
+}
+
+void qv_sampler_reset(qv_sampler *s) {
+    memset(s->state, 0, (size_t)s->n_vocab * sizeof(*s->state));
+    s->n_seen = 0;
+    rng_seed(s->rng, s->p.seed);
+}
+
+static void remember(qv_sampler *s, int32_t id) {
+    if (!(s->state[id] & SEEN_BIT)) {
+        s->state[id] |= SEEN_BIT;
+        s->seen[s->n_seen++] = id;
+    }
+}
+
+void qv_sampler_add_prompt(qv_sampler *s, const int32_t *ids, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >= 0 && ids[i] < s->n_vocab) remember(s, ids[i]);
+}
+
+void qv_sampler_accept(qv_sampler *s, int32_t token) {
+    if (token < 0 || token >= s->n_vocab) return;
+    remember(s, token);
+    if ((s->state[token] & COUNT_MASK) != COUNT_MASK) s->state[token]++;
+}
+
+/* ---------------------------------------------------------------- processing ---- */
+
+static bool penalties_active(const qv_sampler *s) {
+    return s->p.repetition_penalty != 1.0f || s->p.frequency_penalty != 0.0f ||
+           s->p.presence_penalty != 0.0f;
+}
+
+/* HF RepetitionPenaltyLogitsProcessor once per context id, then vLLM's order for the OpenAI
+ * penalties: x -= frequency * count; x -= presence * (count > 0). Float arithmetic as torch. */
+static void apply_penalties(qv_sampler *s, float *x) {
+    const float rep = s->p.repetition_penalty;
+    const float freq = s->p.frequency_penalty, pres = s->p.presence_penalty;
+    for (int j = 0; j < s->n_seen; j++) {
+        int32_t id = s->seen[j];
+        float v = x[id];
+        if (rep != 1.0f) v = v < 0.0f ? v * rep : v / rep;
+        uint32_t c = s->state[id] & COUNT_MASK;
+        if (c) {
+            v = v - freq * (float)c;
+            v = v - pres;
+        }
+        x[id] = v;
+    }
+}
+
+/* Largest value ignoring NaN; -INFINITY when there is none. */
+static float row_max(const float *x, int n) {
+    float m = -INFINITY;
+    for (int i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* Argmax with the lowest id on ties; 0 when no logit is above -inf. */
+static int32_t argmax_first(const float *x, int n) {
+    float m = row_max(x, n);
+    if (!(m > -INFINITY)) return 0;
+    for (int i = 0; i < n; i++)
+        if (x[i] == m) return i;
+    return 0;
+}
+
+/* Order-preserving map float -> uint32 (NaN sorts lowest). */
+static uint32_t float_key(float f) {
+    uint32_t b;
+    if (isnan(f)) return 0;
+    memcpy(&b, &f, sizeof(b));
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+static float key_float(uint32_t k) {
+    uint32_t b = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+    float f;
+    memcpy(&f, &b, sizeof(f));
+    return f;
+}
+
+/* Picks the byte bucket (from the top) that holds the *need-th largest key; updates *need to
+ * the rank inside that bucket. */
+static uint32_t pick_bucket(const uint32_t hist[256], uint32_t *need) {
+    for (int b = 255; b > 0; b--) {
+        if (hist[b] >= *need) return (uint32_t)b;
+        *need -= hist[b];
+    }
+    return 0;
+}
+
+/* The k-th largest of x[0..n) (1 <= k <= n) by 8-bit radix select: one histogram pass over
+ * the row, one compaction pass, then three passes over the (usually tiny) matching bucket. */
+static float kth_largest(qv_sampler *s, const float *x, int n, int k) {
+    uint32_t hist[256] = {0};
+    uint32_t need = (uint32_t)k;
+    for (int i = 0; i < n; i++) hist[float_key(x[i]) >> 24]++;
+    uint32_t prefix = pick_bucket(hist, &need) << 24;
+    uint32_t *keys = s->keys;
+    size_t m = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t key = float_key(x[i]);
+        if ((key >> 24) == (prefix >> 24)) keys[m++] = key;
+    }
+    for (int shift = 16; shift >= 0; shift -= 8) {
+        memset(hist, 0, sizeof(hist));
+        for (size_t i = 0; i < m; i++) hist[(keys[i] >> shift) & 0xffu]++;
+        uint32_t b = pick_bucket(hist, &need);
+        size_t w = 0;
+        for (size_t i = 0; i < m; i++)
+            if (((keys[i] >> shift) & 0xffu) == b) keys[w++] = keys[i];
+        m = w;
+        prefix |= b << shift;
+    }
+    if (prefix == 0) return -INFINITY; /* the k-th largest is a NaN: keep every number */
+    return key_float(prefix);
+}
+
+/* Heap order: larger y first, lower id first on ties (the documented top-p tie rule). */
+static bool cand_before(const cand *a, const cand *b) {
+    return a->y > b->y || (a->y == b->y && a->id < b->id);
+}
+
+static void sift_down(cand *h, size_t n, size_t i) {
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, best = i;
+        if (l < n && cand_before(&h[l], &h[best])) best = l;
+        if (r < n && cand_before(&h[r], &h[best])) best = r;
+        if (best == i) return;
+        cand t = h[i];
+        h[i] = h[best];
+        h[best] = t;
+        i = best;
+    }
+}
+
+/* HF TopPLogitsWarper: keeps, in descending order, every token whose preceding mass is below
+ * top_p * z (so the token crossing top_p is kept, and always the first). Pops a max-heap only as
+ * far as the cut. Moves the kept tokens to c[0..kept) and returns kept. */
+static size_t top_p_cut(cand *c, size_t n, double z, float top_p) {
+    if (n == 0) return 0;
+    for (size_t i = n / 2; i-- > 0;) sift_down(c, n, i);
+    const double limit = (double)top_p * z;
+    double mass = 0.0;
+    size_t h = n, kept = 0;
+    while (h > 0 && (kept == 0 || mass < limit)) {
+        cand t = c[0];
+        mass += (double)t.e;
+        c[0] = c[h - 1];
+        c[h - 1] = t;
+        h--;
+        sift_down(c, h, 0);
+        kept++;
+    }
+    memmove(c, c + h, kept * sizeof(*c));
+    return kept;
+}
+
+static int cmp_cand_id(const void *a, const void *b) {
+    int32_t x = ((const cand *)a)->id, y = ((const cand *)b)->id;
+    return (x > y) - (x < y);
+}
+
+/* Builds the kept candidates of a (penalised) row for temperature > 0: s->cand[0..return), in
+ * ascending id order, weights e = expf(y - max_y) > 0, with *w_out = sum of e. */
+static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
+    const int n = s->n_vocab;
+    const float t = s->p.temperature;
+    const bool use_k = s->p.top_k > 0 && s->p.top_k < n;
+    const bool use_p = s->p.top_p < 1.0f;
+    const bool use_min_p = s->p.min_p > 0.0f;
+    cand *c = s->cand;
+    size_t nc = 0;
+    double z = 0.0;
+    bool min_p_done = false, id_order = true;
+    *w_out = 0.0;
+
+    /* Division is monotone, so the tempered maximum is the raw maximum over t. */
+    const float m = row_max(x, n) / t;
+    if (!(m > -INFINITY)) return 0;
+
+    if (use_k) {
+        /* HF keeps every tempered score >= the k-th largest tempered score. */
+        float xk = kth_largest(s, x, n, s->p.top_k);
+        float yk = xk / t;
+        for (int i = 0; i < n; i++) {
+            if (x[i] >= xk || x[i] / t >= yk) {
+                float y = x[i] / t;
+                float e = expf(y - m);
+                if (e > 0.0f) {
+                    c[nc++] = (cand){i, y, e};
+                    z += (double)e;
+                }
+            }
+        }
+    } else if (use_p) {
+        /* The top-p cut is relative to the whole vocabulary's mass z, so every weight is summed
+         * once; only tokens above a weight threshold are kept as candidates. If they hold less
+         * than top_p of the mass the cut lies below the threshold: lower it and collect again
+         * (rare; each retry is a comparison pass plus expf on the new candidates only). */
+        static const float thresholds[] = {1e-4f, 1e-9f, 0.0f};
+        for (int i = 0; i < n; i++) {
+            float y = x[i] / t;
+            float e = expf(y - m);
+            z += (double)e;
+            if (e >= thresholds[0] && e > 0.0f) c[nc++] = (cand){i, y, e};
+        }
+        double mass = 0.0;
+        for (size_t j = 0; j < nc; j++) mass += (double)c[j].e;
+        for (size_t ti = 1; ti < QV_ARRAY_LEN(thresholds) && mass < (double)s->p.top_p * z; ti++) {
+            float thr = thresholds[ti];
+            /* expf(d) >= thr implies d >= logf(thr) up to rounding; the margin keeps the
+             * prefilter a superset and the exact test decides. */
+            float lo = thr > 0.0f ? m + logf(thr) - 0.01f : -INFINITY;
+            nc = 0;
+            mass = 0.0;
+            for (int i = 0; i < n; i++) {
+                float y = x[i] / t;
+                if (y >= lo) {
+                    float e = expf(y - m);
+                    if (e >= thr && e > 0.0f) {
+                        c[nc++] = (cand){i, y, e};
+                        mass += (double)e;
+                    }
+                }
+            }
+        }
+    } else if (use_min_p) {
+        /* HF MinPLogitsWarper: drop p < min_p * p_max, i.e. expf(y - m) < min_p. */
+        const float mp = s->p.min_p;
+        const float lo = m + logf(mp) - 0.01f;
+        for (int i = 0; i < n; i++) {
+            float y = x[i] / t;
+            if (y >= lo) {
+                float e = expf(y - m);
+                if (e >= mp && e > 0.0f) c[nc++] = (cand){i, y, e};
+            }
+        }
+        min_p_done = true;
+    } else {
+        for (int i = 0; i < n; i++) {
+            float y = x[i] / t;
+            float e = expf(y - m);
+            if (e > 0.0f) c[nc++] = (cand){i, y, e};
+        }
+    }
+
+    if (use_p) {
+        nc = top_p_cut(c, nc, z, s->p.top_p);
+        id_order = false;
+    }
+    if (use_min_p && !min_p_done) {
+        /* The maximum always survives top-k and top-p, so weights stay relative to it. */
+        size_t w = 0;
+        for (size_t j = 0; j < nc; j++)
+            if (c[j].e >= s->p.min_p) c[w++] = c[j];
+        nc = w;
+    }
+    if (!id_order) qsort(c, nc, sizeof(*c), cmp_cand_id);
+    double w = 0.0;
+    for (size_t j = 0; j < nc; j++) w += (double)c[j].e;
+    *w_out = w;
+    return nc;
+}
+
+static bool is_greedy(const qv_sampler *s) {
+    return s->p.temperature < QV_SAMPLER_MIN_TEMPERATURE;
+}
+
+/* Log-softmax statistics of the raw row: log of the partition function and the n largest. */
+static double raw_log_z(const float *x, int n, qv_logprobs *lp, int n_top) {
+    float m = -INFINITY;
+    int nt = 0;
+    for (int i = 0; i < n; i++) {
+        float v = x[i];
+        m = v > m ? v : m;
+        /* Insertion into a short descending list; equal values keep the earlier (lower) id. */
+        if (n_top > 0 && (nt < n_top || v > lp->top_logprobs[nt - 1])) {
+            int j = nt < n_top ? nt++ : nt - 1;
+            while (j > 0 && v > lp->top_logprobs[j - 1]) {
+                lp->top_logprobs[j] = lp->top_logprobs[j - 1];
+                lp->top_ids[j] = lp->top_ids[j - 1];
+                j--;
+            }
+            lp->top_logprobs[j] = v;
+            lp->top_ids[j] = i;
+        }
+    }
+    lp->n_top = nt;
+    if (!(m > -INFINITY)) return INFINITY; /* every logprob is -inf */
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += (double)expf(x[i] - m);
+    return (double)m + log(sum);
+}
+
+int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
+    const bool pen = penalties_active(s);
+    double log_z = 0.0;
+    if (lp) {
+        int n_top = QV_MIN(s->p.n_logprobs, s->n_vocab);
+        log_z = raw_log_z(logits, s->n_vocab, lp, n_top);
+        for (int j = 0; j < lp->n_top; j++)
+            lp->top_logprobs[j] = (float)((double)lp->top_logprobs[j] - log_z);
+        if (pen)
+            for (int j = 0; j < s->n_seen; j++) s->saved[j] = logits[s->seen[j]];
+    }
+    if (pen) apply_penalties(s, logits);
+
+    int32_t tok;
+    if (is_greedy(s)) {
+        tok = argmax_first(logits, s->n_vocab);
+    } else {
+        double w;
+        size_t nc = build_candidates(s, logits, &w);
+        if (nc == 0) {
+            tok = argmax_first(logits, s->n_vocab);
+        } else {
+            double target = rng_uniform(s->rng) * w, acc = 0.0;
+            tok = s->cand[nc - 1].id;
+            for (size_t j = 0; j < nc; j++) {
+                acc += (double)s->cand[j].e;
+                if (acc > target) {
+                    tok = s->cand[j].id;
+                    break;
+                }
+            }
+        }
+    }
+
+    if (lp) {
+        float raw = logits[tok];
+        if (pen && (s->state[tok] & SEEN_BIT))
+            for (int j = 0; j < s->n_seen; j++)
+                if (s->seen[j] == tok) {
+                    raw = s->saved[j];
+                    break;
+                }
+        lp->token = tok;
+        lp->logprob = (float)((double)raw - log_z);
+    }
+    return tok;
+}
+
+void qv_sampler_probs(qv_sampler *s, float *logits, float *probs) {
+    memset(probs, 0, (size_t)s->n_vocab * sizeof(*probs));
+    if (penalties_active(s)) apply_penalties(s, logits);
+    if (is_greedy(s)) {
+        probs[argmax_first(logits, s->n_vocab)] = 1.0f;
+        return;
+    }
+    double w;
+    size_t nc = build_candidates(s, logits, &w);
+    if (nc == 0) {
+        probs[argmax_first(logits, s->n_vocab)] = 1.0f;
+        return;
+    }
+    for (size_t j = 0; j < nc; j++) probs[s->cand[j].id] = (float)((double)s->cand[j].e / w);
+}

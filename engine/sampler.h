@@ -1,0 +1,103 @@
+/*
+ * sampler.h - the token sampler: turns one row of next-token logits into a token id, with
+ * HF-transformers-compatible repetition penalty, temperature, top-k, top-p and min-p, OpenAI
+ * presence/frequency penalties, a seeded PRNG and optional log-probabilities.
+ *
+ * What it is not: it does not run the model, batch rows, detokenize or check stop strings.
+ * Grammar / logit-bias masks belong to the caller (set masked logits to -INFINITY first).
+ *
+ * Invariants: a sampler holds every buffer it needs from qv_sampler_create on, so
+ * qv_sampler_sample never allocates and cannot fail. Same parameters + same seed + same
+ * sequence of logits and accepted tokens => same tokens (the PRNG is xoshiro256** seeded with
+ * splitmix64; the draw is an inverse CDF over the kept tokens in ascending id order).
+ * The processing order and its exact semantics are documented in docs/sampling.md.
+ *
+ * Thread: a qv_sampler is confined to one thread at a time (it has no locks). Different
+ * samplers may be used concurrently. The parameter functions are pure.
+ */
+#ifndef QV_SAMPLER_H
+#define QV_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Largest accepted n_logprobs (OpenAI's limit). */
+#define QV_SAMPLER_MAX_LOGPROBS 20
+/* Temperatures in (0, this) are treated as greedy: dividing logits by a tiny temperature
+ * overflows to inf (vLLM uses the same cut-off). */
+#define QV_SAMPLER_MIN_TEMPERATURE 1e-5f
+
+typedef struct qv_sampling_params {
+    float temperature;        /* 0 = greedy (argmax, lowest id on ties) */
+    int top_k;                /* 0 (or -1) = off; keeps every token >= the k-th largest value */
+    float top_p;              /* 1 = off; (0, 1] */
+    float min_p;              /* 0 = off; [0, 1] */
+    float repetition_penalty; /* 1 = off; HF semantics (divide positive logits, multiply
+                                 negative ones) over prompt + generated tokens; > 0 */
+    float presence_penalty;   /* 0 = off; OpenAI semantics over generated tokens; [-2, 2] */
+    float frequency_penalty;  /* 0 = off; OpenAI semantics over generated tokens; [-2, 2] */
+    uint64_t seed;            /* same seed + same logits => same tokens */
+    int n_logprobs;           /* 0..20 top alternatives to report */
+} qv_sampling_params;
+
+/* Fills *p with temperature 1, every filter and penalty off, seed 0, n_logprobs 0. */
+void qv_sampling_params_default(qv_sampling_params *p);
+
+/* Checks every field's range (see the field comments; NaN and infinities are rejected).
+ * Returns QV_OK or QV_ERR_INVALID with a one-line message naming the field and its value. */
+qv_status qv_sampling_params_validate(const qv_sampling_params *p, qv_error *err);
+
+typedef struct qv_sampler qv_sampler;
+
+/* Creates a sampler for rows of n_vocab logits with a copy of *p. Allocates O(n_vocab) state
+ * and scratch (about 24 bytes per vocabulary entry) once, here.
+ * Ownership: *out belongs to the caller, freed with qv_sampler_free.
+ * Errors: QV_ERR_INVALID (bad parameters or n_vocab <= 0), QV_ERR_NOMEM. *out is NULL then. */
+qv_status qv_sampler_create(const qv_sampling_params *p, int n_vocab, qv_sampler **out);
+
+/* Frees the sampler; NULL is accepted. */
+void qv_sampler_free(qv_sampler *s);
+
+/* Forgets the prompt and generated tokens and re-seeds the PRNG from the parameters, so the
+ * sampler behaves as if just created. */
+void qv_sampler_reset(qv_sampler *s);
+
+/* Adds prompt tokens to the repetition-penalty context (not to the presence/frequency counts,
+ * which cover generated tokens only). Ids outside [0, n_vocab) are ignored (as HF does). */
+void qv_sampler_add_prompt(qv_sampler *s, const int32_t *ids, size_t n);
+
+/* Records a generated token: it joins the repetition context and its presence/frequency count
+ * grows by one. Ids outside [0, n_vocab) are ignored. */
+void qv_sampler_accept(qv_sampler *s, int32_t token);
+
+typedef struct qv_logprobs {
+    int32_t token;
+    float logprob; /* of the chosen token */
+    int n_top;     /* min(n_logprobs, n_vocab) */
+    int32_t top_ids[QV_SAMPLER_MAX_LOGPROBS];     /* descending logprob, lower id first on ties */
+    float top_logprobs[QV_SAMPLER_MAX_LOGPROBS];
+} qv_logprobs;
+
+/* Samples one token from logits[n_vocab]. The row is modified in place (penalties and
+ * temperature are applied to it). When lp is not NULL it receives log-softmax values of the
+ * raw, unmodified logits (the model's distribution, not the filtered one): the chosen token's
+ * and the n_logprobs largest. Does not record the token: call qv_sampler_accept for that.
+ * Never allocates, never fails: a row with no finite logit gives token 0. */
+int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp);
+
+/* Writes into probs[n_vocab] the distribution qv_sampler_sample would draw from for this row
+ * (after penalties, temperature, top-k, top-p and min-p; zero for filtered tokens; one-hot on
+ * the argmax for greedy). Modifies logits like qv_sampler_sample; draws nothing. For tests and
+ * debugging. */
+void qv_sampler_probs(qv_sampler *s, float *logits, float *probs);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_SAMPLER_H */

@@ -1,0 +1,643 @@
+/*
+ * test_sampler.c - the token sampler against HF transformers goldens and basic statistics.
+ *
+ * Goldens (tests/fixtures/sampler/, from tests/oracle/gen_sampler_fixtures.py): for each case
+ * the logit row is rebuilt here from the same integer PRNG formula as the script (its FNV-1a
+ * hash must match), the sampler's final distribution is compared with HF's LogitsProcessorList
+ * + softmax (1e-6 abs), its draws with the documented inverse-CDF draw over HF's distribution,
+ * and its logprobs with torch.log_softmax of the raw row.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+#include "sampler.h"
+#include "test_util.h"
+
+/* ------------------------------------------------------------------ fixtures ---- */
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Mirror of gen_logits() in the oracle script (exact double arithmetic, one rounding). */
+static void gen_logits(uint64_t seed, int n, double scale, int n_spikes, float *out) {
+    double *v = malloc((size_t)n * sizeof(*v));
+    assert_non_null(v);
+    uint64_t st = seed;
+    for (int i = 0; i < n; i++) {
+        uint64_t s = 0;
+        for (int j = 0; j < 4; j++) s += splitmix64(&st) >> 40;
+        v[i] = ((double)s / 16777216.0 - 2.0) * scale;
+    }
+    for (int j = 0; j < n_spikes; j++) {
+        int idx = (int)(splitmix64(&st) % (uint64_t)n);
+        double u = (double)(splitmix64(&st) >> 40) / 16777216.0;
+        v[idx] = v[idx] + (u * 2.0 + 1.0) * scale;
+    }
+    for (int i = 0; i < n; i++) out[i] = (float)v[i];
+    free(v);
+}
+
+static uint64_t fnv1a_f32(const float *x, int n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    const unsigned char *b = (const unsigned char *)x;
+    for (size_t i = 0; i < (size_t)n * 4; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+typedef struct tcase {
+    char name[64];
+    int n_vocab;
+    qv_sampling_params p;
+    int32_t prompt[16], generated[16];
+    int n_prompt, n_generated;
+    int n_kept, n_ambiguous;
+    int32_t raw_top_ids[20];
+    float raw_top_lp[20];
+    int32_t draws[16];
+    int n_draws;
+    float *logits; /* (n_vocab) raw row */
+    float *want;   /* (n_vocab) HF probabilities */
+} tcase;
+
+static tcase g_cases[32];
+static int g_n_cases;
+
+static int read_ids(const cJSON *arr, int32_t *out, int cap) {
+    int n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        assert_true(n < cap);
+        out[n++] = (int32_t)it->valuedouble;
+    }
+    return n;
+}
+
+static float *read_f32(const char *rel, int n) {
+    size_t len = 0;
+    char *buf = NULL;
+    qv_error err;
+    if (qv_read_file(qv_test_path(rel), 64u << 20, &buf, &len, &err) != QV_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        fail();
+    }
+    assert_int_equal(len, (size_t)n * 4);
+    float *f = malloc(len);
+    assert_non_null(f);
+    memcpy(f, buf, len);
+    qv_free(buf);
+    return f;
+}
+
+static int setup_cases(void **state) {
+    (void)state;
+    char *text = NULL;
+    size_t len = 0;
+    qv_error err;
+    if (qv_read_file(qv_test_path("tests/fixtures/sampler/cases.json"), 1u << 24, &text, &len,
+                     &err) != QV_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    cJSON *doc = cJSON_Parse(text);
+    qv_free(text);
+    if (!doc) return -1;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(doc, "cases")) {
+        tcase *t = &g_cases[g_n_cases++];
+        memset(t, 0, sizeof(*t));
+        snprintf(t->name, sizeof(t->name), "%s", cJSON_GetObjectItem(c, "name")->valuestring);
+        t->n_vocab = cJSON_GetObjectItem(c, "n_vocab")->valueint;
+        const cJSON *pj = cJSON_GetObjectItem(c, "params");
+        qv_sampling_params_default(&t->p);
+        t->p.temperature = (float)cJSON_GetObjectItem(pj, "temperature")->valuedouble;
+        t->p.top_k = cJSON_GetObjectItem(pj, "top_k")->valueint;
+        t->p.top_p = (float)cJSON_GetObjectItem(pj, "top_p")->valuedouble;
+        t->p.min_p = (float)cJSON_GetObjectItem(pj, "min_p")->valuedouble;
+        t->p.repetition_penalty = (float)cJSON_GetObjectItem(pj, "repetition_penalty")->valuedouble;
+        t->p.presence_penalty = (float)cJSON_GetObjectItem(pj, "presence_penalty")->valuedouble;
+        t->p.frequency_penalty = (float)cJSON_GetObjectItem(pj, "frequency_penalty")->valuedouble;
+        t->p.seed = (uint64_t)cJSON_GetObjectItem(pj, "seed")->valuedouble;
+        t->n_prompt = read_ids(cJSON_GetObjectItem(c, "prompt"), t->prompt, 16);
+        t->n_generated = read_ids(cJSON_GetObjectItem(c, "generated"), t->generated, 16);
+        t->n_kept = cJSON_GetObjectItem(c, "n_kept")->valueint;
+        t->n_ambiguous = cJSON_GetObjectItem(c, "n_ambiguous")->valueint;
+        read_ids(cJSON_GetObjectItem(c, "raw_top_ids"), t->raw_top_ids, 20);
+        int k = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItem(c, "raw_top_logprobs")) {
+            t->raw_top_lp[k++] = (float)it->valuedouble;
+        }
+        t->n_draws = read_ids(cJSON_GetObjectItem(c, "draws"), t->draws, 16);
+
+        t->logits = malloc((size_t)t->n_vocab * sizeof(float));
+        gen_logits((uint64_t)cJSON_GetObjectItem(c, "logit_seed")->valuedouble, t->n_vocab,
+                   cJSON_GetObjectItem(c, "scale")->valuedouble,
+                   cJSON_GetObjectItem(c, "n_spikes")->valueint, t->logits);
+        char hex[17];
+        snprintf(hex, sizeof(hex), "%016llx",
+                 (unsigned long long)fnv1a_f32(t->logits, t->n_vocab));
+        if (strcmp(hex, cJSON_GetObjectItem(c, "logits_fnv1a")->valuestring) != 0) {
+            fprintf(stderr, "%s: rebuilt logits hash %s != fixture %s\n", t->name, hex,
+                    cJSON_GetObjectItem(c, "logits_fnv1a")->valuestring);
+            cJSON_Delete(doc);
+            return -1;
+        }
+        char rel[160];
+        snprintf(rel, sizeof(rel), "tests/fixtures/sampler/%s.f32", t->name);
+        t->want = read_f32(rel, t->n_vocab);
+    }
+    cJSON_Delete(doc);
+    return g_n_cases > 0 ? 0 : -1;
+}
+
+static int teardown_cases(void **state) {
+    (void)state;
+    for (int i = 0; i < g_n_cases; i++) {
+        free(g_cases[i].logits);
+        free(g_cases[i].want);
+    }
+    g_n_cases = 0;
+    return 0;
+}
+
+static qv_sampler *case_sampler(const tcase *t, int n_logprobs) {
+    qv_sampling_params p = t->p;
+    p.n_logprobs = n_logprobs;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, t->n_vocab, &s), QV_OK);
+    qv_sampler_add_prompt(s, t->prompt, (size_t)t->n_prompt);
+    for (int i = 0; i < t->n_generated; i++) qv_sampler_accept(s, t->generated[i]);
+    return s;
+}
+
+static float *row_copy(const tcase *t) {
+    float *x = malloc((size_t)t->n_vocab * sizeof(float));
+    assert_non_null(x);
+    memcpy(x, t->logits, (size_t)t->n_vocab * sizeof(float));
+    return x;
+}
+
+/* ------------------------------------------------------------------ golden tests ---- */
+
+static void test_golden_distributions(void **state) {
+    (void)state;
+    int failed = 0;
+    for (int c = 0; c < g_n_cases; c++) {
+        const tcase *t = &g_cases[c];
+        qv_sampler *s = case_sampler(t, 0);
+        float *x = row_copy(t);
+        float *got = malloc((size_t)t->n_vocab * sizeof(float));
+        qv_sampler_probs(s, x, got);
+        int kept = 0;
+        for (int i = 0; i < t->n_vocab; i++) kept += got[i] > 0.0f;
+        size_t bad = qv_test_compare_f32(t->name, got, t->want, (size_t)t->n_vocab, 1e-6, 0.0);
+        if (bad || abs(kept - t->n_kept) > t->n_ambiguous) {
+            fprintf(stderr, "%s: %zu probabilities off, kept %d want %d (+-%d)\n", t->name, bad,
+                    kept, t->n_kept, t->n_ambiguous);
+            failed++;
+        }
+        free(got);
+        free(x);
+        qv_sampler_free(s);
+    }
+    assert_int_equal(failed, 0);
+}
+
+static void test_golden_draws(void **state) {
+    (void)state;
+    int failed = 0, checked = 0;
+    for (int c = 0; c < g_n_cases; c++) {
+        const tcase *t = &g_cases[c];
+        qv_sampler *s = case_sampler(t, 0);
+        for (int d = 0; d < t->n_draws; d++) {
+            float *x = row_copy(t);
+            int32_t tok = qv_sampler_sample(s, x, NULL);
+            free(x);
+            assert_true(tok >= 0 && tok < t->n_vocab);
+            if (!(t->want[tok] > 0.0f)) {
+                fprintf(stderr, "%s draw %d: token %d has HF probability 0\n", t->name, d, tok);
+                failed++;
+            }
+            if (t->draws[d] < 0) continue;
+            checked++;
+            if (tok != t->draws[d]) {
+                fprintf(stderr, "%s draw %d: got %d want %d\n", t->name, d, tok, t->draws[d]);
+                failed++;
+            }
+        }
+        qv_sampler_free(s);
+    }
+    printf("golden draws: %d checked\n", checked);
+    assert_true(checked > 200);
+    assert_int_equal(failed, 0);
+}
+
+static void test_golden_logprobs(void **state) {
+    (void)state;
+    for (int c = 0; c < g_n_cases; c++) {
+        const tcase *t = &g_cases[c];
+        qv_sampler *s = case_sampler(t, 20);
+        float *x = row_copy(t);
+        qv_logprobs lp;
+        memset(&lp, 0, sizeof(lp));
+        int32_t tok = qv_sampler_sample(s, x, &lp);
+        free(x);
+        assert_int_equal(lp.token, tok);
+        assert_int_equal(lp.n_top, 20);
+        for (int j = 0; j < 20; j++) {
+            if (lp.top_ids[j] != t->raw_top_ids[j] ||
+                fabsf(lp.top_logprobs[j] - t->raw_top_lp[j]) > 2e-5f) {
+                fprintf(stderr, "%s top[%d]: got %d %.7g want %d %.7g\n", t->name, j,
+                        lp.top_ids[j], (double)lp.top_logprobs[j], t->raw_top_ids[j],
+                        (double)t->raw_top_lp[j]);
+                fail();
+            }
+            if (j > 0) assert_true(lp.top_logprobs[j] <= lp.top_logprobs[j - 1]);
+        }
+        /* The chosen token's logprob is of the raw row (not the penalised/filtered one). */
+        double m = -INFINITY, z = 0.0;
+        for (int i = 0; i < t->n_vocab; i++) m = fmax(m, (double)t->logits[i]);
+        for (int i = 0; i < t->n_vocab; i++) z += exp((double)t->logits[i] - m);
+        double want = (double)t->logits[tok] - m - log(z);
+        if (fabs((double)lp.logprob - want) > 2e-5) {
+            fprintf(stderr, "%s chosen %d: logprob %.7g want %.7g\n", t->name, tok,
+                    (double)lp.logprob, want);
+            fail();
+        }
+        qv_sampler_free(s);
+    }
+}
+
+/* Chi-square statistic of counts against probabilities, pooling cells with expected < 5.
+ * Returns the statistic and writes the degrees of freedom. */
+static double chi_square(const long *counts, const double *probs, int n, long total, int *df) {
+    double stat = 0.0, pool_o = 0.0, pool_e = 0.0;
+    int cells = 0;
+    for (int i = 0; i < n; i++) {
+        double e = probs[i] * (double)total;
+        if (e < 5.0) {
+            pool_o += (double)counts[i];
+            pool_e += e;
+            if (probs[i] == 0.0 && counts[i] != 0) return INFINITY;
+            continue;
+        }
+        stat += ((double)counts[i] - e) * ((double)counts[i] - e) / e;
+        cells++;
+    }
+    if (pool_e >= 5.0) {
+        stat += (pool_o - pool_e) * (pool_o - pool_e) / pool_e;
+        cells++;
+    }
+    *df = cells - 1;
+    return stat;
+}
+
+/* Upper 0.999 quantile of chi-square(df), Wilson-Hilferty approximation. */
+static double chi2_crit_999(int df) {
+    double k = (double)df, z = 3.0902;
+    double a = 1.0 - 2.0 / (9.0 * k) + z * sqrt(2.0 / (9.0 * k));
+    return k * a * a * a;
+}
+
+/* 200k draws from golden cases with few kept tokens; their frequencies must fit HF's
+ * distribution (fixed seeds, so the outcome is deterministic). */
+static void test_golden_chi_square(void **state) {
+    (void)state;
+    const char *names[] = {"v1k_topk20", "v1k_k50_p09_minp002_t09", "v1k_topp09_t08"};
+    for (size_t k = 0; k < QV_ARRAY_LEN(names); k++) {
+        const tcase *t = NULL;
+        for (int c = 0; c < g_n_cases; c++)
+            if (strcmp(g_cases[c].name, names[k]) == 0) t = &g_cases[c];
+        assert_non_null(t);
+        long *counts = calloc((size_t)t->n_vocab, sizeof(long));
+        double *probs = malloc((size_t)t->n_vocab * sizeof(double));
+        float *x = malloc((size_t)t->n_vocab * sizeof(float));
+        qv_sampler *s = case_sampler(t, 0);
+        const long n_draws = 200000;
+        for (long d = 0; d < n_draws; d++) {
+            memcpy(x, t->logits, (size_t)t->n_vocab * sizeof(float));
+            counts[qv_sampler_sample(s, x, NULL)]++;
+        }
+        for (int i = 0; i < t->n_vocab; i++) probs[i] = (double)t->want[i];
+        int df = 0;
+        double stat = chi_square(counts, probs, t->n_vocab, n_draws, &df);
+        double crit = chi2_crit_999(df);
+        printf("%s: chi2 %.2f df %d (0.999 critical %.2f)\n", t->name, stat, df, crit);
+        assert_true(df >= 3);
+        assert_true(stat < crit);
+        qv_sampler_free(s);
+        free(x);
+        free(probs);
+        free(counts);
+    }
+}
+
+/* ------------------------------------------------------------------ unit tests ---- */
+
+static void test_chi_square_small(void **state) {
+    (void)state;
+    const double p[8] = {0.4, 0.2, 0.15, 0.1, 0.08, 0.04, 0.02, 0.01};
+    qv_sampling_params prm;
+    qv_sampling_params_default(&prm);
+    prm.seed = 12345;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&prm, 8, &s), QV_OK);
+    long counts[8] = {0};
+    const long n = 200000;
+    for (long d = 0; d < n; d++) {
+        float x[8];
+        for (int i = 0; i < 8; i++) x[i] = (float)log(p[i]) + 3.0f; /* shift-invariant */
+        counts[qv_sampler_sample(s, x, NULL)]++;
+    }
+    int df = 0;
+    double stat = chi_square(counts, p, 8, n, &df);
+    printf("small: chi2 %.3f df %d\n", stat, df);
+    assert_int_equal(df, 7);
+    assert_true(stat < 24.32); /* P(chi2_7 > 24.32) = 0.001 */
+    assert_true(stat > 0.60);  /* P(chi2_7 < 0.60) = 0.001: not suspiciously perfect */
+    qv_sampler_free(s);
+}
+
+static void test_greedy(void **state) {
+    (void)state;
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    p.temperature = 0.0f;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, 6, &s), QV_OK);
+    float x[6] = {1.0f, 5.0f, 3.0f, 5.0f, 5.0f, -2.0f};
+    qv_logprobs lp;
+    float y[6];
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, &lp), 1); /* lowest id among the tied maxima */
+    assert_int_equal(lp.token, 1);
+    assert_int_equal(lp.n_top, 0);
+    double z = 0;
+    for (int i = 0; i < 6; i++) z += exp((double)x[i] - 5.0);
+    assert_true(fabs((double)lp.logprob - (0.0 - log(z))) < 1e-6);
+    float ninf[6] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    assert_int_equal(qv_sampler_sample(s, ninf, NULL), 0);
+    qv_sampler_free(s);
+
+    /* Temperature 0 ignores the seed. */
+    float big[1000];
+    gen_logits(7, 1000, 2.0, 0, big);
+    int32_t first = -1;
+    for (uint64_t seed = 0; seed < 5; seed++) {
+        p.seed = seed;
+        assert_int_equal(qv_sampler_create(&p, 1000, &s), QV_OK);
+        for (int r = 0; r < 5; r++) {
+            float row[1000];
+            memcpy(row, big, sizeof(row));
+            int32_t t = qv_sampler_sample(s, row, NULL);
+            if (first < 0) first = t;
+            assert_int_equal(t, first);
+        }
+        qv_sampler_free(s);
+    }
+    int32_t am = 0;
+    for (int i = 1; i < 1000; i++)
+        if (big[i] > big[am]) am = i;
+    assert_int_equal(first, am);
+
+    /* A tiny temperature is greedy too; the repetition penalty still applies. */
+    p.temperature = 1e-7f;
+    p.repetition_penalty = 100.0f;
+    assert_int_equal(qv_sampler_create(&p, 6, &s), QV_OK);
+    int32_t ctx[2] = {1, 3};
+    qv_sampler_add_prompt(s, ctx, 2);
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, NULL), 4);
+    qv_sampler_free(s);
+}
+
+static void draw_sequence(uint64_t seed, int32_t *out, int n) {
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    p.seed = seed;
+    p.top_k = 200;
+    p.top_p = 0.95f;
+    p.frequency_penalty = 0.1f;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, 1000, &s), QV_OK);
+    float base[1000], row[1000];
+    gen_logits(99, 1000, 0.5, 0, base);
+    for (int i = 0; i < n; i++) {
+        memcpy(row, base, sizeof(row));
+        out[i] = qv_sampler_sample(s, row, NULL);
+        qv_sampler_accept(s, out[i]);
+    }
+    /* reset replays the same sequence */
+    qv_sampler_reset(s);
+    for (int i = 0; i < n; i++) {
+        memcpy(row, base, sizeof(row));
+        int32_t t = qv_sampler_sample(s, row, NULL);
+        assert_int_equal(t, out[i]);
+        qv_sampler_accept(s, t);
+    }
+    qv_sampler_free(s);
+}
+
+static void test_reproducible(void **state) {
+    (void)state;
+    int32_t a[200], b[200], c[200];
+    draw_sequence(42, a, 200);
+    draw_sequence(42, b, 200);
+    draw_sequence(43, c, 200);
+    assert_memory_equal(a, b, sizeof(a));
+    int differ = 0;
+    for (int i = 0; i < 200; i++) differ += a[i] != c[i];
+    printf("seeds 42 vs 43: %d/200 draws differ\n", differ);
+    assert_true(differ > 100);
+}
+
+/* HF top-k keeps every score equal to the k-th largest; the kept mass is exp-weighted. */
+static void test_top_k_ties_and_min_p(void **state) {
+    (void)state;
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    p.top_k = 2;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, 5, &s), QV_OK);
+    float x[5] = {2.0f, 3.0f, 2.0f, 2.0f, 1.0f}, probs[5];
+    qv_sampler_probs(s, x, probs);
+    double z = exp(3.0) + 3.0 * exp(2.0);
+    float want[5] = {(float)(exp(2.0) / z), (float)(exp(3.0) / z), (float)(exp(2.0) / z),
+                     (float)(exp(2.0) / z), 0.0f};
+    assert_int_equal(qv_test_compare_f32("top-k ties", probs, want, 5, 1e-7, 0.0), 0);
+    qv_sampler_free(s);
+
+    /* min_p = 1 keeps the maximum only; min_p = exp(-1) keeps the tokens within 1 of it. */
+    qv_sampling_params_default(&p);
+    p.min_p = 1.0f;
+    assert_int_equal(qv_sampler_create(&p, 5, &s), QV_OK);
+    float y[5] = {0.0f, 4.0f, 3.5f, 3.0f, -1.0f};
+    qv_sampler_probs(s, y, probs);
+    float one[5] = {0, 1, 0, 0, 0};
+    assert_int_equal(qv_test_compare_f32("min_p=1", probs, one, 5, 0.0, 0.0), 0);
+    qv_sampler_free(s);
+    p.min_p = 0.36f; /* ratios 1, exp(-0.5), exp(-1) = 0.368 kept; exp(-4.5) dropped */
+    assert_int_equal(qv_sampler_create(&p, 5, &s), QV_OK);
+    float w[5] = {0.0f, 4.0f, 3.5f, 3.0f, -1.0f};
+    qv_sampler_probs(s, w, probs);
+    double zz = exp(0.0) + exp(-0.5) + exp(-1.0);
+    float want2[5] = {0, (float)(1.0 / zz), (float)(exp(-0.5) / zz), (float)(exp(-1.0) / zz), 0};
+    assert_int_equal(qv_test_compare_f32("min_p=0.36", probs, want2, 5, 1e-7, 0.0), 0);
+    qv_sampler_free(s);
+}
+
+static void test_penalty_context(void **state) {
+    (void)state;
+    /* Out-of-range ids are ignored; prompt tokens count for repetition only; generated tokens
+     * count for presence and frequency; a penalty is applied once per id. */
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    p.repetition_penalty = 2.0f;
+    p.presence_penalty = 0.5f;
+    p.frequency_penalty = 0.25f;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, 4, &s), QV_OK);
+    int32_t prompt[5] = {0, 0, -1, 4, 1000};
+    qv_sampler_add_prompt(s, prompt, 5);
+    qv_sampler_accept(s, 2);
+    qv_sampler_accept(s, 2);
+    qv_sampler_accept(s, 2);
+    qv_sampler_accept(s, -5);
+    qv_sampler_accept(s, 4);
+    float x[4] = {4.0f, 4.0f, -4.0f, 1.0f}, probs[4];
+    qv_sampler_probs(s, x, probs);
+    /* x after: [2, 4, -8 - 0.75 - 0.5, 1] */
+    float want_x[4] = {2.0f, 4.0f, -9.25f, 1.0f};
+    assert_int_equal(qv_test_compare_f32("penalised row", x, want_x, 4, 0.0, 0.0), 0);
+    qv_sampler_free(s);
+}
+
+static void test_validation(void **state) {
+    (void)state;
+    qv_sampling_params p;
+    qv_error err;
+    qv_sampling_params_default(&p);
+    assert_int_equal(qv_sampling_params_validate(&p, &err), QV_OK);
+    /* Each case: one bad field; the message must name it. */
+    for (int i = 0;; i++) {
+        qv_sampling_params_default(&p);
+        const char *field = NULL;
+        switch (i) {
+        case 0: p.temperature = -0.1f; field = "temperature"; break;
+        case 1: p.temperature = NAN; field = "temperature"; break;
+        case 2: p.temperature = INFINITY; field = "temperature"; break;
+        case 3: p.top_k = -2; field = "top_k"; break;
+        case 4: p.top_p = 0.0f; field = "top_p"; break;
+        case 5: p.top_p = 1.5f; field = "top_p"; break;
+        case 6: p.top_p = -0.5f; field = "top_p"; break;
+        case 7: p.top_p = NAN; field = "top_p"; break;
+        case 8: p.min_p = -0.1f; field = "min_p"; break;
+        case 9: p.min_p = 1.1f; field = "min_p"; break;
+        case 10: p.repetition_penalty = 0.0f; field = "repetition_penalty"; break;
+        case 11: p.repetition_penalty = -1.0f; field = "repetition_penalty"; break;
+        case 12: p.repetition_penalty = INFINITY; field = "repetition_penalty"; break;
+        case 13: p.presence_penalty = 2.5f; field = "presence_penalty"; break;
+        case 14: p.frequency_penalty = -3.0f; field = "frequency_penalty"; break;
+        case 15: p.frequency_penalty = NAN; field = "frequency_penalty"; break;
+        case 16: p.n_logprobs = 21; field = "logprobs"; break;
+        case 17: p.n_logprobs = -1; field = "logprobs"; break;
+        default: break;
+        }
+        if (!field) break;
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(qv_sampling_params_validate(&p, &err), QV_ERR_INVALID);
+        if (!strstr(err.msg, field)) {
+            fprintf(stderr, "case %d: message '%s' does not name %s\n", i, err.msg, field);
+            fail();
+        }
+        qv_sampler *s = (qv_sampler *)&err; /* must be overwritten with NULL */
+        assert_int_equal(qv_sampler_create(&p, 10, &s), QV_ERR_INVALID);
+        assert_null(s);
+    }
+    /* Accepted edge values. */
+    qv_sampling_params_default(&p);
+    p.temperature = 0.0f;
+    p.top_k = -1;
+    p.top_p = 1.0f;
+    p.min_p = 1.0f;
+    p.presence_penalty = -2.0f;
+    p.frequency_penalty = 2.0f;
+    p.n_logprobs = 20;
+    assert_int_equal(qv_sampling_params_validate(&p, &err), QV_OK);
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, 0, &s), QV_ERR_INVALID);
+    assert_null(s);
+    qv_sampler_free(NULL);
+}
+
+static void test_alloc_failure(void **state) {
+    (void)state;
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    int failures = 0;
+    for (long k = 0; k < 8; k++) {
+        qv_sampler *s = NULL;
+        qv_alloc_fail_after(k);
+        qv_status st = qv_sampler_create(&p, 1000, &s);
+        qv_alloc_fail_after(-1);
+        if (st == QV_OK) {
+            qv_sampler_free(s);
+        } else {
+            assert_int_equal(st, QV_ERR_NOMEM);
+            assert_null(s);
+            failures++;
+        }
+    }
+    assert_true(failures >= 6);
+}
+
+/* All-(-inf) rows and rows where a single token survives. */
+static void test_degenerate_rows(void **state) {
+    (void)state;
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    p.top_p = 0.5f;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, 4, &s), QV_OK);
+    float a[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    assert_int_equal(qv_sampler_sample(s, a, NULL), 0);
+    float b[4] = {-INFINITY, -INFINITY, 7.0f, -INFINITY};
+    for (int i = 0; i < 10; i++) {
+        float r[4];
+        memcpy(r, b, sizeof(r));
+        assert_int_equal(qv_sampler_sample(s, r, NULL), 2);
+    }
+    qv_sampler_free(s);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_golden_distributions),
+        cmocka_unit_test(test_golden_draws),
+        cmocka_unit_test(test_golden_logprobs),
+        cmocka_unit_test(test_golden_chi_square),
+        cmocka_unit_test(test_chi_square_small),
+        cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_reproducible),
+        cmocka_unit_test(test_top_k_ties_and_min_p),
+        cmocka_unit_test(test_penalty_context),
+        cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_alloc_failure),
+        cmocka_unit_test(test_degenerate_rows),
+    };
+    return cmocka_run_group_tests(tests, setup_cases, teardown_cases);
+}
