@@ -1,18 +1,433 @@
-/* cli_generate.c - placeholder; replaced by the generate/chat commands. */
+/*
+ * cli_generate.c - `quiver generate` (continue a prompt) and `quiver chat` (render a chat
+ * template and answer, once or interactively) on the engine, streaming text to stdout.
+ *
+ * Text goes through the streaming detokenizer, so stdout only ever receives complete UTF-8 and
+ * never a partial stop string. Timings go to stderr so stdout stays the pure continuation.
+ * Single-threaded caller; the engine's backend uses its own worker threads.
+ */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "engine/engine.h"
 #include "server/cli.h"
 
+#define MAX_STOPS 16
+
+typedef struct gen_opts {
+    const char *model;
+    const char *prompt;
+    const char *system;
+    const char *message;
+    const char *chat_template;
+    const char *stops[MAX_STOPS];
+    int n_stops;
+    qv_gen_params gp;
+    int n_threads;
+    size_t kv_mb;
+    bool verbose;
+    bool add_special;
+    bool show_special;
+} gen_opts;
+
+static char default_model_buf[4096];
+
+/* $QUIVER_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf (deploy/fetch-model.sh puts it there). */
+static const char *default_model(void) {
+    const char *home = getenv("QUIVER_HOME");
+    if (home && *home) {
+        snprintf(default_model_buf, sizeof(default_model_buf),
+                 "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", home);
+    } else {
+        const char *h = getenv("HOME");
+        snprintf(default_model_buf, sizeof(default_model_buf),
+                 "%s/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf", h ? h : ".");
+    }
+    return default_model_buf;
+}
+
+static void usage(FILE *f, bool chat) {
+    if (chat)
+        fprintf(f, "usage: quiver chat [--model PATH] [--message TEXT] [--system TEXT]\n"
+                   "                   [--chat-template NAME] [sampling options]\n"
+                   "  Without --message, reads one user message per line from stdin.\n");
+    else
+        fprintf(f, "usage: quiver generate [--model PATH] --prompt TEXT [sampling options]\n");
+    fprintf(f,
+            "  --model PATH            HF model directory or .gguf (default: %s)\n"
+            "  --max-tokens N          tokens to generate (default 128)\n"
+            "  --temperature T         0 = greedy (default 0)\n"
+            "  --top-k K --top-p P --min-p P\n"
+            "  --repeat-penalty R --presence-penalty P --frequency-penalty P\n"
+            "  --seed S                sampling seed (default 0)\n"
+            "  --stop TEXT             stop string (repeatable, up to %d)\n"
+            "  --ignore-eos            keep generating past end-of-generation tokens\n"
+            "  --add-special           let the tokenizer add BOS/EOS (generate only)\n"
+            "  --threads N             CPU threads (default: all cores)\n"
+            "  --kv-mb N               KV cache budget in MiB (default 256)\n"
+            "  --verbose               log loading details and timings\n",
+            default_model(), MAX_STOPS);
+}
+
+static bool parse_num(const char *flag, const char *v, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || *end || end == v || d < lo || d > hi) {
+        fprintf(stderr, "quiver: %s expects a number in [%g, %g], got '%s'\n", flag, lo, hi, v);
+        return false;
+    }
+    *out = d;
+    return true;
+}
+
+/* Returns 0 on success, 2 on a usage error, -1 when --help was printed. */
+static int parse_opts(int argc, char **argv, bool chat, gen_opts *o) {
+    memset(o, 0, sizeof(*o));
+    qv_gen_params_default(&o->gp);
+    o->gp.max_tokens = 128;
+    o->gp.sampling.temperature = 0.0f;
+    o->model = default_model();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        double d;
+#define NEED_VALUE                                                                             \
+    do {                                                                                       \
+        if (!v) {                                                                              \
+            fprintf(stderr, "quiver: %s needs a value\n", a);                                  \
+            return 2;                                                                          \
+        }                                                                                      \
+        i++;                                                                                   \
+    } while (0)
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout, chat);
+            return -1;
+        } else if (!strcmp(a, "--model")) {
+            NEED_VALUE;
+            o->model = v;
+        } else if (!strcmp(a, "--prompt") && !chat) {
+            NEED_VALUE;
+            o->prompt = v;
+        } else if (!strcmp(a, "--message") && chat) {
+            NEED_VALUE;
+            o->message = v;
+        } else if (!strcmp(a, "--system") && chat) {
+            NEED_VALUE;
+            o->system = v;
+        } else if (!strcmp(a, "--chat-template") && chat) {
+            NEED_VALUE;
+            o->chat_template = v;
+        } else if (!strcmp(a, "--max-tokens")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, 1, 1e7, &d)) return 2;
+            o->gp.max_tokens = (int)d;
+        } else if (!strcmp(a, "--temperature")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, 0, 100, &d)) return 2;
+            o->gp.sampling.temperature = (float)d;
+        } else if (!strcmp(a, "--top-k")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, 0, 1e9, &d)) return 2;
+            o->gp.sampling.top_k = (int)d;
+        } else if (!strcmp(a, "--top-p")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, 0, 1, &d)) return 2;
+            o->gp.sampling.top_p = (float)d;
+        } else if (!strcmp(a, "--min-p")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, 0, 1, &d)) return 2;
+            o->gp.sampling.min_p = (float)d;
+        } else if (!strcmp(a, "--repeat-penalty")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, 0, 100, &d)) return 2;
+            o->gp.sampling.repetition_penalty = (float)d;
+        } else if (!strcmp(a, "--presence-penalty")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, -2, 2, &d)) return 2;
+            o->gp.sampling.presence_penalty = (float)d;
+        } else if (!strcmp(a, "--frequency-penalty")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, -2, 2, &d)) return 2;
+            o->gp.sampling.frequency_penalty = (float)d;
+        } else if (!strcmp(a, "--seed")) {
+            NEED_VALUE;
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (errno || *end || end == v) {
+                fprintf(stderr, "quiver: --seed expects a non-negative integer\n");
+                return 2;
+            }
+            o->gp.sampling.seed = s;
+        } else if (!strcmp(a, "--stop")) {
+            NEED_VALUE;
+            if (o->n_stops == MAX_STOPS || !*v) {
+                fprintf(stderr, "quiver: --stop takes a non-empty string, at most %d times\n",
+                        MAX_STOPS);
+                return 2;
+            }
+            o->stops[o->n_stops++] = v;
+        } else if (!strcmp(a, "--ignore-eos")) {
+            o->gp.ignore_eos = true;
+        } else if (!strcmp(a, "--add-special") && !chat) {
+            o->add_special = true;
+        } else if (!strcmp(a, "--threads")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, 0, 1024, &d)) return 2;
+            o->n_threads = (int)d;
+        } else if (!strcmp(a, "--kv-mb")) {
+            NEED_VALUE;
+            if (!parse_num(a, v, 1, 1 << 20, &d)) return 2;
+            o->kv_mb = (size_t)d;
+        } else if (!strcmp(a, "--verbose")) {
+            o->verbose = true;
+        } else {
+            fprintf(stderr, "quiver %s: unknown option '%s' (see --help)\n", argv[0], a);
+            return 2;
+        }
+#undef NEED_VALUE
+    }
+    return 0;
+}
+
+typedef struct run_state {
+    qv_detok *detok;
+    enum qv_finish_reason finish;
+    int n_generated;
+    bool stopped_by_text;
+    double t_first;
+    char *reply; /* everything written to stdout, kept for the chat history */
+    size_t reply_len, reply_cap;
+} run_state;
+
+static void emit(run_state *rs, const char *text, size_t len) {
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    if (rs->reply_len + len + 1 > rs->reply_cap) {
+        size_t cap = (rs->reply_len + len + 1) * 2;
+        char *r = qv_realloc(rs->reply, cap);
+        if (!r) return; /* the history just misses this piece; output is unaffected */
+        rs->reply = r;
+        rs->reply_cap = cap;
+    }
+    memcpy(rs->reply + rs->reply_len, text, len);
+    rs->reply_len += len;
+    rs->reply[rs->reply_len] = '\0';
+}
+
+static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
+                     enum qv_finish_reason finish) {
+    (void)seq_id;
+    (void)lp;
+    run_state *rs = user;
+    if (rs->n_generated++ == 0) rs->t_first = qv_time_s();
+    const char *text = NULL;
+    size_t len = 0;
+    bool done = false;
+    if (qv_detok_push(rs->detok, token, &text, &len, &done) == QV_OK && len) emit(rs, text, len);
+    if (done && finish == QV_FINISH_NONE) rs->stopped_by_text = true;
+    rs->finish = finish;
+}
+
+/* Generates from prompt ids until a stop condition; streams text to stdout. When reply is not
+ * NULL it receives the generated text (caller frees). Returns 0/1. */
+static int run_generation(qv_engine *e, const gen_opts *o, const int32_t *ids, size_t n_ids,
+                          bool verbose, char **reply) {
+    const qv_model *m = qv_engine_model(e);
+    qv_gen_params gp = o->gp;
+    int room = m->cfg.max_pos - (int)n_ids;
+    if (room <= 0) {
+        fprintf(stderr, "quiver: the prompt (%zu tokens) fills the context (%d)\n", n_ids,
+                m->cfg.max_pos);
+        return 1;
+    }
+    if (gp.max_tokens > room) gp.max_tokens = room;
+    run_state rs = {0};
+    qv_error err = {0};
+    if (qv_detok_create(qv_engine_tokenizer(e), o->stops, (size_t)o->n_stops, true,
+                        &rs.detok) != QV_OK) {
+        fprintf(stderr, "quiver: cannot create the detokenizer\n");
+        return 1;
+    }
+    int seq = -1;
+    double t0 = qv_time_s();
+    if (qv_engine_add(e, ids, n_ids, &gp, on_token, &rs, &seq, &err) != QV_OK) {
+        fprintf(stderr, "quiver: %s\n", err.msg);
+        qv_detok_free(rs.detok);
+        return 1;
+    }
+    while (qv_engine_n_active(e) > 0) {
+        if (qv_engine_step(e, &err) != QV_OK) {
+            fprintf(stderr, "quiver: %s\n", err.msg);
+            qv_detok_free(rs.detok);
+            qv_free(rs.reply);
+            return 1;
+        }
+        if (rs.stopped_by_text) qv_engine_cancel(e, seq);
+    }
+    const char *text = NULL;
+    size_t len = 0;
+    if (!rs.stopped_by_text && qv_detok_flush(rs.detok, &text, &len) == QV_OK && len)
+        emit(&rs, text, len);
+    fputc('\n', stdout);
+    fflush(stdout);
+    double t_end = qv_time_s();
+    if (verbose) {
+        double prefill = rs.t_first - t0, decode = t_end - rs.t_first;
+        fprintf(stderr,
+                "quiver: prompt %zu tokens in %.3f s (%.1f tok/s), generated %d tokens, "
+                "decode %.1f tok/s, finish=%s\n",
+                n_ids, prefill, (double)n_ids / (prefill > 0 ? prefill : 1e-9), rs.n_generated,
+                rs.n_generated > 1 ? (double)(rs.n_generated - 1) / (decode > 0 ? decode : 1e-9)
+                                   : 0.0,
+                rs.stopped_by_text                 ? "stop"
+                : rs.finish == QV_FINISH_STOP      ? "stop"
+                : rs.finish == QV_FINISH_LENGTH    ? "length"
+                                                   : "cancelled");
+    }
+    qv_detok_free(rs.detok);
+    if (reply) *reply = rs.reply ? rs.reply : qv_strdup("");
+    else qv_free(rs.reply);
+    return 0;
+}
+
+static qv_engine *open_engine(const gen_opts *o) {
+    if (!o->verbose) qv_log_set_level(QV_LOG_WARN);
+    qv_engine_config c;
+    qv_engine_config_default(&c);
+    c.model_path = o->model;
+    c.n_threads = o->n_threads;
+    if (o->kv_mb) c.kv_bytes = o->kv_mb << 20;
+    qv_engine *e = NULL;
+    qv_error err = {0};
+    if (qv_engine_create(&c, &e, &err) != QV_OK) {
+        fprintf(stderr, "quiver: %s\n", err.msg);
+        return NULL;
+    }
+    return e;
+}
+
 int qv_cli_generate(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "quiver generate: not built yet\n");
-    return 1;
+    gen_opts o;
+    int rc = parse_opts(argc, argv, false, &o);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (!o.prompt) {
+        fprintf(stderr, "quiver generate: --prompt is required (see --help)\n");
+        return 2;
+    }
+    qv_engine *e = open_engine(&o);
+    if (!e) return 1;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    qv_error err = {0};
+    if (qv_tokenizer_encode(qv_engine_tokenizer(e), o.prompt, strlen(o.prompt), o.add_special,
+                            &ids, &n_ids, &err) != QV_OK) {
+        fprintf(stderr, "quiver: %s\n", err.msg);
+        qv_engine_destroy(e);
+        return 1;
+    }
+    if (n_ids == 0) {
+        fprintf(stderr, "quiver: the prompt encodes to no tokens\n");
+        rc = 1;
+    } else {
+        rc = run_generation(e, &o, ids, n_ids, o.verbose, NULL);
+    }
+    qv_free(ids);
+    qv_engine_destroy(e);
+    return rc;
+}
+
+/* Conversation history for interactive chat. */
+typedef struct history {
+    qv_chat_msg *msgs;
+    size_t n, cap;
+} history;
+
+static bool history_push(history *h, const char *role, const char *content) {
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 8;
+        qv_chat_msg *m = qv_realloc(h->msgs, cap * sizeof(*m));
+        if (!m) return false;
+        h->msgs = m;
+        h->cap = cap;
+    }
+    char *r = qv_strdup(role), *c = qv_strdup(content);
+    if (!r || !c) {
+        qv_free(r);
+        qv_free(c);
+        return false;
+    }
+    h->msgs[h->n].role = r;
+    h->msgs[h->n].content = c;
+    h->n++;
+    return true;
+}
+
+static void history_free(history *h) {
+    for (size_t i = 0; i < h->n; i++) {
+        qv_free((char *)(uintptr_t)h->msgs[i].role);
+        qv_free((char *)(uintptr_t)h->msgs[i].content);
+    }
+    qv_free(h->msgs);
+}
+
+/* Captures the assistant's reply while streaming it, so it can join the history. */
+static int chat_turn(qv_engine *e, const gen_opts *o, history *h) {
+    char *prompt = NULL;
+    qv_error err = {0};
+    if (qv_chat_render(qv_engine_tokenizer(e), o->chat_template, h->msgs, h->n, true, &prompt,
+                       &err) != QV_OK) {
+        fprintf(stderr, "quiver: %s\n", err.msg);
+        return 1;
+    }
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int rc = 1;
+    /* The rendered template already contains its BOS/control tokens as text. */
+    if (qv_tokenizer_encode(qv_engine_tokenizer(e), prompt, strlen(prompt), false, &ids, &n_ids,
+                            &err) != QV_OK) {
+        fprintf(stderr, "quiver: %s\n", err.msg);
+        goto done;
+    }
+    char *reply = NULL;
+    rc = run_generation(e, o, ids, n_ids, o->verbose, &reply);
+    if (rc == 0 && !history_push(h, "assistant", reply)) rc = 1;
+    qv_free(reply);
+done:
+    qv_free(ids);
+    qv_free(prompt);
+    return rc;
 }
 
 int qv_cli_chat(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "quiver chat: not built yet\n");
-    return 1;
+    gen_opts o;
+    int rc = parse_opts(argc, argv, true, &o);
+    if (rc) return rc < 0 ? 0 : rc;
+    qv_engine *e = open_engine(&o);
+    if (!e) return 1;
+    history h = {0};
+    if (o.system && !history_push(&h, "system", o.system)) rc = 1;
+    if (!rc && o.message) {
+        rc = history_push(&h, "user", o.message) ? chat_turn(e, &o, &h) : 1;
+    } else if (!rc) {
+        char line[16384];
+        fprintf(stderr, "quiver chat: type a message and press Enter (Ctrl-D to quit)\n");
+        for (;;) {
+            fputs("> ", stderr);
+            if (!fgets(line, sizeof(line), stdin)) break;
+            size_t len = strlen(line);
+            while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+            if (!len) continue;
+            if (!history_push(&h, "user", line) || chat_turn(e, &o, &h)) {
+                rc = 1;
+                break;
+            }
+        }
+    }
+    history_free(&h);
+    qv_engine_destroy(e);
+    return rc;
 }

@@ -30,7 +30,7 @@ size_t qv_test_compare_f32(const char *label, const float *got, const float *wan
         double tol = atol + rtol * fabs((double)want[i]);
         bool bad = !(d <= tol); /* NaN counts as a failure */
         if (bad) fails++;
-        double excess = isnan(d) ? INFINITY : d - tol;
+        double excess = isnan(d) ? (double)INFINITY : d - tol;
         if (excess > worst_excess) {
             worst_excess = excess;
             worst = i;
@@ -51,7 +51,7 @@ double qv_test_max_rel_err(const float *got, const float *want, size_t n) {
     for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs((double)want[i]));
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)got[i] - (double)want[i]);
-        if (isnan(d)) return INFINITY;
+        if (isnan(d)) return (double)INFINITY;
         worst = fmax(worst, d / scale);
     }
     return worst;

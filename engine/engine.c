@@ -1,0 +1,330 @@
+/*
+ * engine.c - model + tokenizer + backend + KV cache + the step loop (continuous batching).
+ *
+ * Each sequence holds its tokens (prompt then generated) and how many of them are already in
+ * the KV cache (n_done). A step gives every running sequence the tokens it still has to
+ * process, decodes first (one pending token each) and then prefill chunks in arrival order,
+ * until the step's token budget is spent. Sequences whose chunk reaches their last token get
+ * logits, are sampled, and report the token through their callback.
+ *
+ * Admission: a sequence starts only when the KV pages it may ever need (prompt + max_tokens)
+ * fit next to those already promised to running sequences, so a running sequence never runs
+ * out of pages. (Preemption by recompute comes with the HTTP scheduler.)
+ *
+ * Thread: confined to the creating thread.
+ */
+#include "engine.h"
+
+#include <string.h>
+
+#include "backend.h"
+#include "forward.h"
+#include "kv_cache.h"
+
+typedef struct qv_seq {
+    bool used;
+    bool started; /* admitted: its KV need is counted in e->committed_pages */
+    int id;
+    int32_t *tokens; /* [cap] prompt followed by generated tokens */
+    int n_tokens, cap;
+    int n_prompt;
+    int n_done; /* tokens whose K/V are stored */
+    int n_generated;
+    int pages_promised;
+    qv_gen_params p;
+    qv_sampler *sampler;
+    qv_token_cb cb;
+    void *user;
+    qv_kv_seq kv;
+    uint64_t order; /* arrival order */
+} qv_seq;
+
+struct qv_engine {
+    qv_engine_config cfg;
+    qv_model *model;
+    qv_tokenizer *tok;
+    qv_backend *be;
+    qv_kv_cache *kv;
+    qv_forward *fwd;
+    qv_seq *seqs; /* [max_seqs] slots */
+    int next_id;
+    uint64_t next_order;
+    int committed_pages;
+    /* step scratch */
+    int32_t *b_tokens, *b_pos, *b_seq, *b_logits_idx; /* [max_batch_tokens] */
+    qv_seq **b_owner;                                  /* [max_seqs] sequence of batch seq i */
+    const qv_kv_seq **b_kv;                            /* [max_seqs] */
+    int *order_idx;                                    /* [max_seqs] */
+    float *logits;                                     /* (max_seqs, n_vocab) */
+};
+
+void qv_engine_config_default(qv_engine_config *c) {
+    memset(c, 0, sizeof(*c));
+    c->load_tokenizer = true;
+}
+
+void qv_gen_params_default(qv_gen_params *p) {
+    memset(p, 0, sizeof(*p));
+    qv_sampling_params_default(&p->sampling);
+    p->max_tokens = 16;
+}
+
+const qv_model *qv_engine_model(const qv_engine *e) { return e->model; }
+const qv_tokenizer *qv_engine_tokenizer(const qv_engine *e) { return e->tok; }
+int qv_engine_kv_pages(const qv_engine *e) { return e->kv->pool.n_pages; }
+int qv_engine_kv_page_size(const qv_engine *e) { return e->kv->pool.page_size; }
+int qv_engine_kv_free_pages(const qv_engine *e) { return e->kv->n_free; }
+
+qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_error *err) {
+    *out = NULL;
+    qv_status st;
+    qv_engine *e = qv_calloc(1, sizeof(*e));
+    if (!e) return qv_errorf(err, QV_ERR_NOMEM, "engine: out of memory");
+    e->cfg = *cin;
+    qv_engine_config *c = &e->cfg;
+    if (!c->kv_bytes) c->kv_bytes = (size_t)256 << 20;
+    if (!c->kv_page_size) c->kv_page_size = 16;
+    if (!c->max_batch_tokens) c->max_batch_tokens = 256;
+    if (!c->max_seqs) c->max_seqs = 64;
+    if (c->max_seqs > c->max_batch_tokens) c->max_seqs = c->max_batch_tokens;
+
+    if ((st = qv_model_load(c->model_path, &e->model, err)) != QV_OK) goto fail;
+    if (c->load_tokenizer) {
+        /* A GGUF carries its tokenizer in the metadata the model loader already parsed. */
+        st = e->model->gguf ? qv_tokenizer_load_gguf(e->model->gguf, &e->tok, err)
+                            : qv_tokenizer_load_path(c->model_path, &e->tok, err);
+        if (st != QV_OK) goto fail;
+    }
+    if ((st = qv_backend_cpu_create(c->n_threads, &e->be, err)) != QV_OK) goto fail;
+
+    const qv_model_config *mc = &e->model->cfg;
+    size_t page_bytes = qv_kv_bytes_per_token(mc) * (size_t)c->kv_page_size;
+    int n_pages = (int)QV_MIN(c->kv_bytes / page_bytes, (size_t)1 << 24);
+    if (n_pages < 1) {
+        st = qv_errorf(err, QV_ERR_INVALID, "KV budget of %zu bytes is below one page (%zu bytes)",
+                       c->kv_bytes, page_bytes);
+        goto fail;
+    }
+    if ((st = qv_kv_cache_create(e->be, mc, n_pages, c->kv_page_size, &e->kv, err)) != QV_OK)
+        goto fail;
+    if ((st = qv_forward_create(e->model, e->be, e->kv, c->max_batch_tokens, &e->fwd, err)) !=
+        QV_OK)
+        goto fail;
+    size_t T = (size_t)c->max_batch_tokens, S = (size_t)c->max_seqs;
+    e->seqs = qv_calloc(S, sizeof(qv_seq));
+    e->b_tokens = qv_malloc(T * sizeof(int32_t));
+    e->b_pos = qv_malloc(T * sizeof(int32_t));
+    e->b_seq = qv_malloc(T * sizeof(int32_t));
+    e->b_logits_idx = qv_malloc(T * sizeof(int32_t));
+    e->b_owner = qv_malloc(S * sizeof(*e->b_owner));
+    e->b_kv = qv_malloc(S * sizeof(*e->b_kv));
+    e->order_idx = qv_malloc(S * sizeof(int));
+    e->logits = qv_malloc(S * (size_t)mc->n_vocab * sizeof(float));
+    if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits_idx || !e->b_owner ||
+        !e->b_kv || !e->order_idx || !e->logits) {
+        st = qv_errorf(err, QV_ERR_NOMEM, "engine: out of memory for step buffers");
+        goto fail;
+    }
+    *out = e;
+    return QV_OK;
+fail:
+    qv_engine_destroy(e);
+    return st;
+}
+
+static void seq_free(qv_engine *e, qv_seq *s) {
+    if (s->kv.pages) qv_kv_seq_release(e->kv, &s->kv);
+    if (s->started) e->committed_pages -= s->pages_promised;
+    qv_sampler_free(s->sampler);
+    qv_free(s->tokens);
+    memset(s, 0, sizeof(*s));
+}
+
+void qv_engine_destroy(qv_engine *e) {
+    if (!e) return;
+    if (e->seqs && e->kv)
+        for (int i = 0; i < e->cfg.max_seqs; i++)
+            if (e->seqs[i].used) seq_free(e, &e->seqs[i]);
+    qv_free(e->seqs);
+    qv_forward_destroy(e->fwd);
+    qv_kv_cache_destroy(e->kv);
+    if (e->be) e->be->iface->destroy(e->be);
+    qv_tokenizer_free(e->tok);
+    qv_model_free(e->model);
+    qv_free(e->b_tokens);
+    qv_free(e->b_pos);
+    qv_free(e->b_seq);
+    qv_free(e->b_logits_idx);
+    qv_free(e->b_owner);
+    qv_free(e->b_kv);
+    qv_free(e->order_idx);
+    qv_free(e->logits);
+    qv_free(e);
+}
+
+static int pages_for(const qv_engine *e, int n_tokens) {
+    return (n_tokens + e->kv->pool.page_size - 1) / e->kv->pool.page_size;
+}
+
+qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
+                        const qv_gen_params *p, qv_token_cb cb, void *user, int *seq_id,
+                        qv_error *err) {
+    const qv_model_config *mc = &e->model->cfg;
+    if (n_prompt == 0) return qv_errorf(err, QV_ERR_INVALID, "empty prompt");
+    if (p->max_tokens <= 0) return qv_errorf(err, QV_ERR_INVALID, "max_tokens must be > 0");
+    qv_status st = qv_sampling_params_validate(&p->sampling, err);
+    if (st != QV_OK) return st;
+    for (size_t i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= mc->n_vocab)
+            return qv_errorf(err, QV_ERR_INVALID, "prompt token %d out of range [0, %d)",
+                             prompt[i], mc->n_vocab);
+    size_t total = n_prompt + (size_t)p->max_tokens;
+    if (mc->max_pos > 0 && total > (size_t)mc->max_pos)
+        return qv_errorf(err, QV_ERR_LIMIT,
+                         "prompt (%zu tokens) + max_tokens (%d) exceeds the context length %d",
+                         n_prompt, p->max_tokens, mc->max_pos);
+    if (total > (size_t)e->kv->pool.n_pages * (size_t)e->kv->pool.page_size)
+        return qv_errorf(err, QV_ERR_LIMIT,
+                         "prompt + max_tokens (%zu tokens) exceeds the KV cache (%d tokens)",
+                         total, e->kv->pool.n_pages * e->kv->pool.page_size);
+    qv_seq *s = NULL;
+    for (int i = 0; i < e->cfg.max_seqs; i++)
+        if (!e->seqs[i].used) {
+            s = &e->seqs[i];
+            break;
+        }
+    if (!s) return qv_errorf(err, QV_ERR_BUSY, "all %d sequence slots are busy", e->cfg.max_seqs);
+    memset(s, 0, sizeof(*s));
+    s->cap = (int)total;
+    s->tokens = qv_malloc((size_t)s->cap * sizeof(int32_t));
+    if (!s->tokens) return qv_errorf(err, QV_ERR_NOMEM, "out of memory for the prompt");
+    if ((st = qv_sampler_create(&p->sampling, mc->n_vocab, &s->sampler)) != QV_OK) {
+        qv_free(s->tokens);
+        s->tokens = NULL;
+        return qv_errorf(err, st, "cannot create the sampler");
+    }
+    memcpy(s->tokens, prompt, n_prompt * sizeof(int32_t));
+    qv_sampler_add_prompt(s->sampler, prompt, n_prompt);
+    s->used = true;
+    s->id = e->next_id++;
+    s->n_tokens = s->n_prompt = (int)n_prompt;
+    s->p = *p;
+    s->cb = cb;
+    s->user = user;
+    s->order = e->next_order++;
+    s->pages_promised = pages_for(e, (int)total);
+    if (seq_id) *seq_id = s->id;
+    return QV_OK;
+}
+
+static qv_seq *find_seq(qv_engine *e, int id) {
+    for (int i = 0; i < e->cfg.max_seqs; i++)
+        if (e->seqs[i].used && e->seqs[i].id == id) return &e->seqs[i];
+    return NULL;
+}
+
+void qv_engine_cancel(qv_engine *e, int seq_id) {
+    qv_seq *s = find_seq(e, seq_id);
+    if (s) seq_free(e, s);
+}
+
+int qv_engine_n_active(const qv_engine *e) {
+    int n = 0;
+    for (int i = 0; i < e->cfg.max_seqs; i++) n += e->seqs[i].used;
+    return n;
+}
+
+/* Sort helper: running sequences by arrival order (insertion sort; max_seqs is small). */
+static int collect_order(qv_engine *e) {
+    int n = 0;
+    for (int i = 0; i < e->cfg.max_seqs; i++) {
+        if (!e->seqs[i].used) continue;
+        int j = n++;
+        while (j > 0 && e->seqs[e->order_idx[j - 1]].order > e->seqs[i].order) {
+            e->order_idx[j] = e->order_idx[j - 1];
+            j--;
+        }
+        e->order_idx[j] = i;
+    }
+    return n;
+}
+
+qv_status qv_engine_step(qv_engine *e, qv_error *err) {
+    const int budget_total = e->cfg.max_batch_tokens;
+    const int n_vocab = e->model->cfg.n_vocab;
+    int n_running = collect_order(e);
+    if (n_running == 0) return QV_OK;
+
+    /* Admission in arrival order: a sequence starts when its whole KV need fits. */
+    for (int k = 0; k < n_running; k++) {
+        qv_seq *s = &e->seqs[e->order_idx[k]];
+        if (s->started) continue;
+        if (e->committed_pages + s->pages_promised > e->kv->pool.n_pages) break;
+        s->started = true;
+        e->committed_pages += s->pages_promised;
+    }
+
+    int n = 0, n_bs = 0, n_logits = 0, budget = budget_total;
+    /* Two passes: decodes (one pending token) first, then prefill chunks. */
+    for (int pass = 0; pass < 2 && budget > 0; pass++) {
+        for (int k = 0; k < n_running && budget > 0; k++) {
+            qv_seq *s = &e->seqs[e->order_idx[k]];
+            if (!s->started) continue;
+            int pending = s->n_tokens - s->n_done;
+            if (pending <= 0) continue;
+            bool is_decode = pending == 1 && s->n_done >= s->n_prompt;
+            if ((pass == 0) != is_decode) continue;
+            int chunk = QV_MIN(pending, budget);
+            qv_status st = qv_kv_seq_reserve(e->kv, &s->kv, s->n_done + chunk);
+            if (st != QV_OK) return qv_errorf(err, st, "KV reserve failed for sequence %d", s->id);
+            int bs = n_bs++;
+            e->b_owner[bs] = s;
+            e->b_kv[bs] = &s->kv;
+            for (int i = 0; i < chunk; i++) {
+                e->b_tokens[n] = s->tokens[s->n_done + i];
+                e->b_pos[n] = s->n_done + i;
+                e->b_seq[n] = bs;
+                n++;
+            }
+            if (chunk == pending) e->b_logits_idx[n_logits++] = n - 1;
+            budget -= chunk;
+        }
+    }
+    if (n == 0) return QV_OK; /* everything waits for KV pages */
+
+    const qv_batch b = {
+        .n_tokens = n,
+        .tokens = e->b_tokens,
+        .pos = e->b_pos,
+        .seq = e->b_seq,
+        .n_seqs = n_bs,
+        .seqs = e->b_kv,
+        .n_logits = n_logits,
+        .logits_idx = e->b_logits_idx,
+    };
+    qv_status st = qv_forward_run(e->fwd, &b, e->logits, err);
+    if (st != QV_OK) return st;
+
+    /* Account processed tokens, then sample for the sequences that got logits. */
+    for (int i = 0; i < n; i++) e->b_owner[e->b_seq[i]]->n_done++;
+    for (int li = 0; li < n_logits; li++) {
+        qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
+        float *row = e->logits + (size_t)li * (size_t)n_vocab;
+        qv_logprobs lp;
+        bool want_lp = s->p.sampling.n_logprobs > 0;
+        int32_t tok = qv_sampler_sample(s->sampler, row, want_lp ? &lp : NULL);
+        qv_sampler_accept(s->sampler, tok);
+        s->tokens[s->n_tokens++] = tok;
+        s->n_generated++;
+        enum qv_finish_reason fin = QV_FINISH_NONE;
+        if (!s->p.ignore_eos && e->tok && qv_tokenizer_is_eog(e->tok, tok)) fin = QV_FINISH_STOP;
+        else if (!s->p.ignore_eos && !e->tok) {
+            for (int j = 0; j < e->model->cfg.n_eos; j++)
+                if (tok == e->model->cfg.eos_ids[j]) fin = QV_FINISH_STOP;
+        }
+        if (fin == QV_FINISH_NONE && s->n_generated >= s->p.max_tokens) fin = QV_FINISH_LENGTH;
+        if (s->cb) s->cb(s->user, s->id, tok, want_lp ? &lp : NULL, fin);
+        if (fin != QV_FINISH_NONE) seq_free(e, s);
+    }
+    return QV_OK;
+}

@@ -1,0 +1,92 @@
+/*
+ * engine.h - quiver's public engine API: load a model and its tokenizer onto a backend, add
+ * generation requests, and advance all of them together one step at a time (continuous
+ * batching with chunked prefill under a token budget).
+ *
+ * Not here: HTTP, JSON, threads for callers. The engine is confined to the thread that created
+ * it (the server's engine thread, or the CLI's main thread); callbacks run on that thread
+ * inside qv_engine_step().
+ */
+#ifndef QV_ENGINE_H
+#define QV_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qv_engine qv_engine;
+
+typedef struct qv_engine_config {
+    const char *model_path; /* HF directory or .gguf file */
+    int n_threads;          /* CPU worker threads; 0 = all online cores */
+    size_t kv_bytes;        /* KV cache budget in bytes; 0 = 256 MiB */
+    int kv_page_size;       /* tokens per KV page; 0 = 16 */
+    int max_batch_tokens;   /* token budget of one step (prefill chunks + decodes); 0 = 256 */
+    int max_seqs;           /* concurrently running sequences; 0 = 64 */
+    bool load_tokenizer;    /* false: engine works on ids only (tests) */
+} qv_engine_config;
+
+void qv_engine_config_default(qv_engine_config *c);
+
+/* Loads the model (and tokenizer) and creates the backend and the KV cache.
+ * Owner: caller (qv_engine_destroy). Errors carry a one-line message. */
+qv_status qv_engine_create(const qv_engine_config *c, qv_engine **out, qv_error *err);
+/* Cancels everything still running (no callbacks) and frees all. Accepts NULL. */
+void qv_engine_destroy(qv_engine *e);
+
+const qv_model *qv_engine_model(const qv_engine *e);
+/* NULL when created without a tokenizer. */
+const qv_tokenizer *qv_engine_tokenizer(const qv_engine *e);
+/* Pages and tokens of KV capacity (for reports). */
+int qv_engine_kv_pages(const qv_engine *e);
+int qv_engine_kv_page_size(const qv_engine *e);
+int qv_engine_kv_free_pages(const qv_engine *e);
+
+enum qv_finish_reason {
+    QV_FINISH_NONE = 0, /* still running */
+    QV_FINISH_STOP,     /* end-of-generation token */
+    QV_FINISH_LENGTH,   /* max_tokens or the context limit */
+    QV_FINISH_CANCELLED,
+};
+
+typedef struct qv_gen_params {
+    qv_sampling_params sampling;
+    int max_tokens;  /* generated tokens; must be > 0 */
+    bool ignore_eos; /* keep going past end-of-generation tokens (benchmarks) */
+} qv_gen_params;
+
+void qv_gen_params_default(qv_gen_params *p);
+
+/* Called once per generated token. `lp` is non-NULL when logprobs were requested. When
+ * finish != QV_FINISH_NONE this is the sequence's last call; an end-of-generation token is
+ * reported with finish == QV_FINISH_STOP (callers decide whether to show it). */
+typedef void (*qv_token_cb)(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
+                            enum qv_finish_reason finish);
+
+/* Adds a request. The prompt is copied. Returns QV_ERR_BUSY when max_seqs are running,
+ * QV_ERR_LIMIT when the prompt + max_tokens can never fit the context or the KV cache,
+ * QV_ERR_INVALID for bad ids or parameters. */
+qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
+                        const qv_gen_params *p, qv_token_cb cb, void *user, int *seq_id,
+                        qv_error *err);
+/* Cancels a running sequence: its KV pages are freed at once; no more callbacks. */
+void qv_engine_cancel(qv_engine *e, int seq_id);
+/* Number of sequences not yet finished. */
+int qv_engine_n_active(const qv_engine *e);
+/* Runs one step over every running sequence: decode tokens first, then prefill chunks while
+ * the token budget and the free KV pages allow. */
+qv_status qv_engine_step(qv_engine *e, qv_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_ENGINE_H */

@@ -1,0 +1,166 @@
+/*
+ * forward.c - the Llama-family forward pass (FORMATS.md 2.3) written once against the backend
+ * vtable.
+ *
+ * Per layer, for all n tokens of the batch at once:
+ *   a = RMSNorm(x); q,k,v = a·Wqᵀ,a·Wkᵀ,a·Wvᵀ (+bias); RoPE(q,k); store k,v in the pages;
+ *   x += Attn(q, paged K/V)·Woᵀ; m = RMSNorm(x); x += (silu(m·Wgᵀ) ⊙ m·Wuᵀ)·Wdᵀ.
+ * Then only the rows that want logits are normalised and projected through lm_head.
+ *
+ * Every op computes each token's row independently of the others (backend contract), so a
+ * sequence's logits do not depend on what else is in the batch.
+ */
+#include "forward.h"
+
+#include <math.h>
+
+struct qv_forward {
+    const qv_model *m;
+    qv_backend *be;
+    qv_kv_cache *kv;
+    int max_tokens;
+    /* scratch, all (max_tokens, width) F32 in backend memory */
+    float *x;    /* (T, dim) residual stream */
+    float *xb;   /* (T, dim) normed input of a sub-block */
+    float *xb2;  /* (T, dim) sub-block output */
+    float *q;    /* (T, n_heads*head_dim) */
+    float *k;    /* (T, kv_dim) */
+    float *v;    /* (T, kv_dim) */
+    float *att;  /* (T, n_heads*head_dim) */
+    float *gate; /* (T, n_ff) */
+    float *up;   /* (T, n_ff) */
+    /* host-side per-step metadata */
+    int32_t *slot_page; /* [T] */
+    int32_t *slot_off;  /* [T] */
+    const int32_t **tables; /* [T] page tables, one per sequence of the batch (n_seqs <= T) */
+};
+
+static void *balloc(qv_backend *be, size_t n) { return be->iface->alloc(be, n); }
+
+qv_status qv_forward_create(const qv_model *m, qv_backend *be, qv_kv_cache *kv, int max_tokens,
+                            qv_forward **out, qv_error *err) {
+    *out = NULL;
+    if (max_tokens <= 0) return qv_errorf(err, QV_ERR_INVALID, "forward: max_tokens must be > 0");
+    const qv_model_config *c = &m->cfg;
+    qv_forward *f = qv_calloc(1, sizeof(*f));
+    if (!f) return qv_errorf(err, QV_ERR_NOMEM, "forward: out of memory");
+    f->m = m;
+    f->be = be;
+    f->kv = kv;
+    f->max_tokens = max_tokens;
+    size_t T = (size_t)max_tokens;
+    size_t qdim = (size_t)c->n_heads * (size_t)c->head_dim;
+    size_t kvdim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    f->x = balloc(be, T * (size_t)c->dim * sizeof(float));
+    f->xb = balloc(be, T * (size_t)c->dim * sizeof(float));
+    f->xb2 = balloc(be, T * (size_t)c->dim * sizeof(float));
+    f->q = balloc(be, T * qdim * sizeof(float));
+    f->k = balloc(be, T * kvdim * sizeof(float));
+    f->v = balloc(be, T * kvdim * sizeof(float));
+    f->att = balloc(be, T * qdim * sizeof(float));
+    f->gate = balloc(be, T * (size_t)c->n_ff * sizeof(float));
+    f->up = balloc(be, T * (size_t)c->n_ff * sizeof(float));
+    f->slot_page = qv_malloc(T * sizeof(int32_t));
+    f->slot_off = qv_malloc(T * sizeof(int32_t));
+    f->tables = qv_malloc(T * sizeof(*f->tables));
+    if (!f->x || !f->xb || !f->xb2 || !f->q || !f->k || !f->v || !f->att || !f->gate || !f->up ||
+        !f->slot_page || !f->slot_off || !f->tables) {
+        qv_forward_destroy(f);
+        return qv_errorf(err, QV_ERR_NOMEM, "forward: cannot allocate scratch for %d tokens",
+                         max_tokens);
+    }
+    *out = f;
+    return QV_OK;
+}
+
+void qv_forward_destroy(qv_forward *f) {
+    if (!f) return;
+    float *bufs[] = {f->x, f->xb, f->xb2, f->q, f->k, f->v, f->att, f->gate, f->up};
+    for (size_t i = 0; i < QV_ARRAY_LEN(bufs); i++)
+        if (bufs[i]) f->be->iface->free(f->be, bufs[i]);
+    qv_free(f->slot_page);
+    qv_free(f->slot_off);
+    qv_free(f->tables);
+    qv_free(f);
+}
+
+int qv_forward_max_tokens(const qv_forward *f) { return f->max_tokens; }
+
+static const float *bias_of(const qv_tensor *t) { return t->data ? (const float *)t->data : NULL; }
+
+qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_error *err) {
+    const qv_model *m = f->m;
+    const qv_model_config *c = &m->cfg;
+    const struct qv_backend_i *be = f->be->iface;
+    qv_backend *B = f->be;
+    const int n = b->n_tokens;
+    const int page_size = f->kv->pool.page_size;
+
+    if (n <= 0 || n > f->max_tokens)
+        return qv_errorf(err, QV_ERR_INVALID, "batch of %d tokens (limit %d)", n, f->max_tokens);
+    if (b->n_seqs <= 0 || b->n_seqs > f->max_tokens)
+        return qv_errorf(err, QV_ERR_INVALID, "batch with %d sequences", b->n_seqs);
+    for (int i = 0; i < n; i++) {
+        int s = b->seq[i];
+        if (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab)
+            return qv_errorf(err, QV_ERR_INVALID, "token id %d out of range [0, %d)",
+                             b->tokens[i], c->n_vocab);
+        if (s < 0 || s >= b->n_seqs)
+            return qv_errorf(err, QV_ERR_INVALID, "token %d names sequence %d", i, s);
+        int p = b->pos[i];
+        if (p < 0 || p / page_size >= b->seqs[s]->n_pages)
+            return qv_errorf(err, QV_ERR_INVALID, "position %d not covered by the page table", p);
+        f->slot_page[i] = b->seqs[s]->pages[p / page_size];
+        f->slot_off[i] = p % page_size;
+    }
+    for (int i = 0; i < b->n_logits; i++)
+        if (b->logits_idx[i] < 0 || b->logits_idx[i] >= n)
+            return qv_errorf(err, QV_ERR_INVALID, "logits index %d out of range", b->logits_idx[i]);
+    for (int s = 0; s < b->n_seqs; s++) f->tables[s] = b->seqs[s]->pages;
+
+    const qv_attn_batch ab = {
+        .n_tokens = n,
+        .tok_seq = b->seq,
+        .tok_pos = b->pos,
+        .n_seqs = b->n_seqs,
+        .page_table = f->tables,
+        .n_heads = c->n_heads,
+        .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim,
+        .window = c->sliding_window,
+        .scale = 1.0f / sqrtf((float)c->head_dim),
+    };
+    const size_t dim = (size_t)c->dim;
+
+    be->get_rows(B, &m->tok_embd, b->tokens, n, f->x);
+    for (int l = 0; l < c->n_layers; l++) {
+        const qv_layer_weights *w = &m->layers[l];
+        be->rmsnorm(B, f->x, w->attn_norm.data, n, c->dim, c->norm_eps, f->xb);
+        be->matmul(B, &w->wq, f->xb, n, f->q, bias_of(&w->bq));
+        be->matmul(B, &w->wk, f->xb, n, f->k, bias_of(&w->bk));
+        be->matmul(B, &w->wv, f->xb, n, f->v, bias_of(&w->bv));
+        be->rope(B, f->q, n, c->n_heads, c->head_dim, b->pos, m->rope_inv_freq);
+        be->rope(B, f->k, n, c->n_kv_heads, c->head_dim, b->pos, m->rope_inv_freq);
+        be->kv_store(B, &f->kv->pool, l, f->k, f->v, n, f->slot_page, f->slot_off);
+        be->attention(B, &f->kv->pool, l, &ab, f->q, f->att);
+        be->matmul(B, &w->wo, f->att, n, f->xb2, bias_of(&w->bo));
+        be->add(B, f->x, f->xb2, (size_t)n * dim);
+
+        be->rmsnorm(B, f->x, w->ffn_norm.data, n, c->dim, c->norm_eps, f->xb);
+        be->matmul(B, &w->w_gate, f->xb, n, f->gate, bias_of(&w->b_gate));
+        be->matmul(B, &w->w_up, f->xb, n, f->up, bias_of(&w->b_up));
+        be->swiglu(B, f->gate, f->up, f->gate, (size_t)n * (size_t)c->n_ff);
+        be->matmul(B, &w->w_down, f->gate, n, f->xb2, bias_of(&w->b_down));
+        be->add(B, f->x, f->xb2, (size_t)n * dim);
+    }
+    if (b->n_logits == 0) return QV_OK;
+    /* Gather the rows that want logits (xb is free now), normalise and project. */
+    for (int i = 0; i < b->n_logits; i++) {
+        const float *src = f->x + (size_t)b->logits_idx[i] * dim;
+        float *dst = f->xb + (size_t)i * dim;
+        for (size_t j = 0; j < dim; j++) dst[j] = src[j];
+    }
+    be->rmsnorm(B, f->xb, m->out_norm.data, b->n_logits, c->dim, c->norm_eps, f->xb);
+    be->matmul(B, &m->lm_head, f->xb, b->n_logits, logits, NULL);
+    return QV_OK;
+}

@@ -1,0 +1,36 @@
+/*
+ * golden_util.h - shared by the golden tests: run a model through qv_forward with a private KV
+ * cache, one sequence at a time, and read float arrays out of cJSON fixtures.
+ * Linked into every test of tests/engine/: tests/CMakeLists.txt links each area's
+ * *_util.c files into that area's tests.
+ */
+#ifndef QV_TEST_GOLDEN_UTIL_H
+#define QV_TEST_GOLDEN_UTIL_H
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/backend.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+
+typedef struct golden_runner {
+    qv_model *m;
+    qv_backend *be;
+    qv_kv_cache *kv;
+    qv_forward *fwd;
+} golden_runner;
+
+int golden_open(golden_runner *r, const char *path, int n_threads, int n_pages,
+                       int page_size, int max_tokens);
+void golden_close(golden_runner *r);
+int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int pos0,
+                       int all_logits, float *logits);
+int json_f32_array(const cJSON *a, float *out, int n);
+int32_t *json_i32_array(const cJSON *a, int *n);
+int argmax_f32(const float *x, int n);
+
+#endif

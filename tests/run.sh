@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# run.sh - the test command: install what is missing, build, and pass every test.
+#
+# Steps: Debian packages (deploy/install-deps.sh) -> the default model (deploy/fetch-model.sh)
+# -> release build with warnings as errors + ctest -> ASan+UBSan build + ctest -> clang-format
+# check -> a CUDA compile of the whole tree when nvcc is present (GPU tests skip without a GPU).
+# Exits non-zero on the first failure. `.ci/run` calls exactly this script.
+# Options (environment): QV_SKIP_ASAN=1, QV_SKIP_CUDA=1, QV_JOBS=N.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=${QV_JOBS:-$(nproc)}
+
+step() { printf '\n==== %s\n' "$*"; }
+
+step "dependencies"
+bash deploy/install-deps.sh
+step "default model"
+bash deploy/fetch-model.sh
+
+step "release build (-Werror)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF >/dev/null
+cmake --build build -j"$jobs"
+step "tests (release)"
+ctest --test-dir build -j"$jobs" --output-on-failure
+
+if [[ "${QV_SKIP_ASAN:-0}" != 1 ]]; then
+    step "ASan+UBSan build"
+    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DQV_SANITIZE_ADDRESS=ON \
+        -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
+    cmake --build build-asan -j"$jobs"
+    step "tests (ASan+UBSan)"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        ctest --test-dir build-asan -j"$jobs" --output-on-failure -LE slow
+fi
+
+step "format check"
+if command -v clang-format >/dev/null 2>&1; then
+    files=$(git ls-files '*.c' '*.h' '*.cu' 2>/dev/null || true)
+    if [[ -n "$files" ]]; then
+        # shellcheck disable=SC2086
+        clang-format --dry-run --Werror $files
+    fi
+    echo "format: ok"
+else
+    echo "format: clang-format not installed, skipped"
+fi
+
+if [[ "${QV_SKIP_CUDA:-0}" != 1 ]] && command -v nvcc >/dev/null 2>&1; then
+    step "CUDA build (compile + link; GPU tests skip without a device)"
+    cmake -S . -B build-cuda -DQV_CUDA=ON -DQV_FATAL_WARNINGS=ON >/dev/null
+    cmake --build build-cuda -j"$jobs"
+    ctest --test-dir build-cuda -L gpu --output-on-failure
+fi
+step "all tests passed"
