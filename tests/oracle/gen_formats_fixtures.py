@@ -224,8 +224,10 @@ def llama3_rope_factors(cfg):
     return out
 
 
-def expect(model, cfg, name, extra=None):
-    inv = model.model.rotary_emb.inv_freq.detach().float().numpy()
+def expect(model, cfg, name, inv, extra=None):
+    """inv: the fp32 rotary inv_freq captured right after construction (model.to(bf16/f16)
+    would round the buffer too)."""
+    inv = inv.detach().float().numpy()
     e = {
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
@@ -265,12 +267,13 @@ def gen_llama_tied():
                       rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
                       bos_token_id=1, eos_token_id=2)
     m = LlamaForCausalLM(cfg).eval()
+    inv = m.model.rotary_emb.inv_freq.clone()
     save_hf(m, cfg, "llama_tied", torch.float32)
     write_gguf(m, cfg, os.path.join(OUT, "llama_tied.f32.gguf"), "llama", QT.F32, 0, True,
                vocab_key=False)
     write_gguf(m, cfg, os.path.join(OUT, "llama_tied.q8_0.gguf"), "llama", QT.Q8_0, 7, True)
     sd = {k: v.detach().float().numpy() for k, v in m.state_dict().items()}
-    expect(m, cfg, "llama_tied", {
+    expect(m, cfg, "llama_tied", inv, {
         "q8_0_wq0_hex": q_hex(sd["model.layers.0.self_attn.q_proj.weight"], QT.Q8_0),
         "q8_0_wk0_hex": q_hex(sd["model.layers.0.self_attn.k_proj.weight"], QT.Q8_0),
         "q8_0_wk1_hex": q_hex(sd["model.layers.1.self_attn.k_proj.weight"], QT.Q8_0),
@@ -287,6 +290,7 @@ def gen_llama_bias():
                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                        "original_max_position_embeddings": 256})
     m = LlamaForCausalLM(cfg).eval()
+    inv = m.model.rotary_emb.inv_freq.clone()
     with torch.no_grad():  # non-zero biases so the permutation is visible
         for n, p in m.named_parameters():
             if n.endswith(".bias"):
@@ -297,7 +301,7 @@ def gen_llama_bias():
     write_gguf(m, cfg, os.path.join(OUT, "llama_bias.f16.gguf"), "llama", QT.F16, 1, True,
                rope_freqs=llama3_rope_factors(cfg))
     sd = {k: v.detach().float().numpy() for k, v in m.state_dict().items()}
-    expect(m, cfg, "llama_bias", {
+    expect(m, cfg, "llama_bias", inv, {
         "bq0": f32list(sd["model.layers.0.self_attn.q_proj.bias"]),
         "bk0": f32list(sd["model.layers.0.self_attn.k_proj.bias"]),
         "bo1": f32list(sd["model.layers.1.self_attn.o_proj.bias"]),
@@ -313,6 +317,7 @@ def gen_qwen2():
                       rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
                       bos_token_id=None, eos_token_id=3)
     m = Qwen2ForCausalLM(cfg).eval()
+    inv = m.model.rotary_emb.inv_freq.clone()
     with torch.no_grad():
         for n, p in m.named_parameters():
             if n.endswith(".bias"):
@@ -321,7 +326,7 @@ def gen_qwen2():
     m.to(torch.float16).float()
     write_gguf(m, cfg, os.path.join(OUT, "qwen2_tiny.q4_1.gguf"), "qwen2", QT.Q4_1, 3, False)
     sd = {k: v.detach().float().numpy() for k, v in m.state_dict().items()}
-    expect(m, cfg, "qwen2_tiny", {
+    expect(m, cfg, "qwen2_tiny", inv, {
         "bq0": f32list(sd["model.layers.0.self_attn.q_proj.bias"]),
         "q4_1_wq0_hex": q_hex(sd["model.layers.0.self_attn.q_proj.weight"], QT.Q4_1),
         "q4_1_wk0_hex": q_hex(sd["model.layers.0.self_attn.k_proj.weight"], QT.Q4_1),
@@ -335,8 +340,9 @@ def gen_mistral():
                         max_position_embeddings=128, sliding_window=32, rope_theta=10000.0,
                         tie_word_embeddings=False)
     m = MistralForCausalLM(cfg).eval()
+    inv = m.model.rotary_emb.inv_freq.clone()
     save_hf(m, cfg, "mistral_tiny", torch.float32)
-    expect(m, cfg, "mistral_tiny", {"sliding_window": 32, "head_dim": 8})
+    expect(m, cfg, "mistral_tiny", inv, {"sliding_window": 32, "head_dim": 8})
 
 
 if __name__ == "__main__":
