@@ -92,7 +92,7 @@ typedef struct qv_detok qv_detok;
  * calling thread; the tokenizer must outlive it. */
 qv_status qv_detok_create(const qv_tokenizer *t, const char *const *stops, size_t n_stops,
                           bool skip_special_tokens, qv_detok **out);
-/* Feeds one generated id. Sets *text/*len to newly emittable bytes (valid UTF-8, never
+/* Feeds one generated id. Sets *text and *len to newly emittable bytes (valid UTF-8, never
  * the start of a possible stop string); pointer valid until the next call. *finished is
  * set when a stop string matched (text truncated before it) or id is end-of-generation. */
 qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len,

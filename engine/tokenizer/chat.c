@@ -1,0 +1,374 @@
+/*
+ * chat.c - chat templates by detection and formatting (TOKENIZER.md section 7): the family is
+ * detected from substrings of the Jinja source (llama.cpp's approach) and the prompt is built by
+ * C code; there is no Jinja interpreter.
+ *
+ * Formats:
+ *  - chatml: <|im_start|>{role}\n{content}<|im_end|>\n per message, plus the template's default
+ *    system prompt (SmolLM2, Qwen2/2.5) when the first message is not a system message.
+ *  - llama3: bos + <|start_header_id|>{role}<|end_header_id|>\n\n{content|trim}<|eot_id|>.
+ *  - llama2-chat: the official Llama-2-chat HF template (<<SYS>> in the first user turn, bos
+ *    before every [INST], stripped contents, " {assistant} </s>").
+ *  - llama2, llama2-sys, llama2-sys-bos, llama2-sys-strip, mistral-v1, mistral-v3,
+ *    mistral-v3-tekken, mistral-v7, mistral-v7-tekken: llama.cpp's formats (llama-chat.cpp),
+ *    with the BOS text in front because quiver tokenizes the rendered prompt with
+ *    add_special_tokens=false. The official Mistral-7B-Instruct v0.1/v0.2 template renders
+ *    exactly like "llama2" with BOS.
+ * Only the families above are supported; anything else is refused with a clear error.
+ * Thread: pure functions of their inputs.
+ */
+#include <string.h>
+
+#include "tok_internal.h"
+
+enum fam {
+    F_NONE = 0,
+    F_CHATML,
+    F_LLAMA3,
+    F_LLAMA2_CHAT,
+    F_LLAMA2,
+    F_LLAMA2_SYS,
+    F_LLAMA2_SYS_BOS,
+    F_LLAMA2_SYS_STRIP,
+    F_MISTRAL_V1,
+    F_MISTRAL_V3,
+    F_MISTRAL_V3_TEKKEN,
+    F_MISTRAL_V7,
+    F_MISTRAL_V7_TEKKEN,
+};
+
+static const struct {
+    const char *name;
+    enum fam f;
+} k_names[] = {
+    {"chatml", F_CHATML},
+    {"llama3", F_LLAMA3},
+    {"llama2-chat", F_LLAMA2_CHAT},
+    {"llama2", F_LLAMA2},
+    {"llama2-sys", F_LLAMA2_SYS},
+    {"llama2-sys-bos", F_LLAMA2_SYS_BOS},
+    {"llama2-sys-strip", F_LLAMA2_SYS_STRIP},
+    {"mistral-v1", F_MISTRAL_V1},
+    {"mistral-v3", F_MISTRAL_V3},
+    {"mistral-v3-tekken", F_MISTRAL_V3_TEKKEN},
+    {"mistral-v7", F_MISTRAL_V7},
+    {"mistral-v7-tekken", F_MISTRAL_V7_TEKKEN},
+};
+
+static const char *fam_name(enum fam f) {
+    for (size_t i = 0; i < QV_ARRAY_LEN(k_names); i++)
+        if (k_names[i].f == f) return k_names[i].name;
+    return NULL;
+}
+
+static bool has(const char *t, const char *s) { return strstr(t, s) != NULL; }
+
+static enum fam detect(const char *t) {
+    if (!t || !*t) return F_NONE;
+    if (has(t, "<|im_start|>")) {
+        if (has(t, "<|im_sep|>") || has(t, "<end_of_utterance>")) return F_NONE;
+        return F_CHATML;
+    }
+    if (!strncmp(t, "mistral", 7) || has(t, "[INST]")) {
+        if (has(t, "[SYSTEM_PROMPT]")) return F_MISTRAL_V7;
+        if (has(t, "' [INST] ' + system_message") || has(t, "[AVAILABLE_TOOLS]")) {
+            if (has(t, " [INST]")) return F_MISTRAL_V1;
+            if (has(t, "\"[INST]\"")) return F_MISTRAL_V3_TEKKEN;
+            return F_MISTRAL_V3;
+        }
+        bool sys = has(t, "<<SYS>>");
+        bool bos = has(t, "bos_token + '[INST]");
+        bool strip = has(t, "content.strip()");
+        if (sys && bos && strip && has(t, "' '  + content.strip() + ' ' + eos_token"))
+            return F_LLAMA2_CHAT;
+        if (!sys) return F_LLAMA2;
+        if (bos) return F_LLAMA2_SYS_BOS;
+        if (strip) return F_LLAMA2_SYS_STRIP;
+        return F_LLAMA2_SYS;
+    }
+    if (has(t, "<|start_header_id|>") && has(t, "<|end_header_id|>")) return F_LLAMA3;
+    return F_NONE;
+}
+
+const char *qv_chat_detect(const qv_tokenizer *t) { return fam_name(detect(t->chat_template)); }
+
+/* Python str.isspace (Jinja trim / str.strip): White_Space plus U+001C..U+001F. */
+static bool py_space(uint32_t cp) {
+    return qv__uc_is_whitespace(cp) || (cp >= 0x1C && cp <= 0x1F);
+}
+
+static void strip(const char *s, size_t n, size_t *a, size_t *b) {
+    size_t i = 0, j = n;
+    while (i < n) {
+        uint32_t cp;
+        size_t k = qv__utf8_decode(s + i, n - i, &cp);
+        if (!k || !py_space(cp)) break;
+        i += k;
+    }
+    while (j > i) {
+        size_t p = j - 1;
+        while (p > i && ((uint8_t)s[p] & 0xC0) == 0x80) p--;
+        uint32_t cp;
+        size_t k = qv__utf8_decode(s + p, j - p, &cp);
+        if (!k || !py_space(cp)) break;
+        j = p;
+    }
+    *a = i;
+    *b = j;
+}
+
+static qv_status puts_(qv__buf *b, const char *s) { return qv__buf_put(b, s, s ? strlen(s) : 0); }
+
+static qv_status put_stripped(qv__buf *b, const char *s) {
+    size_t a, e;
+    strip(s, strlen(s), &a, &e);
+    return qv__buf_put(b, s + a, e - a);
+}
+
+/* The default system prompt a ChatML template emits when the conversation has none: the text
+ * of a string literal "<|im_start|>system\n...<|im_end|>" (newline written raw or as \n). */
+static qv_status default_system(const char *tmpl, qv__buf *out, bool *found) {
+    *found = false;
+    const char *key = "<|im_start|>system";
+    for (const char *p = strstr(tmpl, key); p; p = strstr(p + 1, key)) {
+        const char *q = p + strlen(key);
+        if (*q == '\n') q++;
+        else if (q[0] == '\\' && q[1] == 'n') q += 2;
+        else continue;
+        const char *e = strstr(q, "<|im_end|>");
+        if (!e) continue;
+        bool literal = e > q;
+        for (const char *c = q; c < e; c++)
+            if (*c == '\'' || *c == '"' || *c == '{' || *c == '}' || *c == '+') literal = false;
+        if (!literal) continue;
+        out->len = 0;
+        for (const char *c = q; c < e; c++) {
+            qv_status st;
+            if (c[0] == '\\' && c + 1 < e) {
+                char d = c[1];
+                st = qv__buf_putc(out, d == 'n' ? '\n' : d == 't' ? '\t' : d);
+                c++;
+            } else {
+                st = qv__buf_putc(out, *c);
+            }
+            if (st) return st;
+        }
+        *found = true;
+        return QV_OK;
+    }
+    return QV_OK;
+}
+
+static bool is_role(const qv_chat_msg *m, const char *r) { return m->role && !strcmp(m->role, r); }
+
+static qv_status render_llama2_chat(const qv_tokenizer *t, const qv_chat_msg *m, size_t n,
+                                    qv__buf *b, qv_error *err) {
+    size_t start = 0;
+    const char *sys = NULL;
+    qv_status st = QV_OK;
+    if (n > 0 && is_role(&m[0], "system")) {
+        sys = m[0].content;
+        start = 1;
+    }
+    for (size_t i = start; i < n && !st; i++) {
+        size_t k = i - start;
+        if (is_role(&m[i], "user") != (k % 2 == 0))
+            return qv_errorf(err, QV_ERR_INVALID,
+                             "Conversation roles must alternate user/assistant/user/assistant/...");
+        qv__buf content = {0};
+        if (k == 0 && sys) {
+            st = puts_(&content, "<<SYS>>\n");
+            if (!st) st = puts_(&content, sys);
+            if (!st) st = puts_(&content, "\n<</SYS>>\n\n");
+        }
+        if (!st) st = puts_(&content, m[i].content);
+        if (!st && is_role(&m[i], "user")) {
+            st = puts_(b, t->bos_text);
+            if (!st) st = puts_(b, "[INST] ");
+            if (!st) st = put_stripped(b, content.p ? content.p : "");
+            if (!st) st = puts_(b, " [/INST]");
+        } else if (!st && is_role(&m[i], "assistant")) {
+            st = puts_(b, " ");
+            if (!st) st = put_stripped(b, content.p ? content.p : "");
+            if (!st) st = puts_(b, " ");
+            if (!st) st = puts_(b, t->eos_text);
+        }
+        qv__buf_free(&content);
+    }
+    return st;
+}
+
+static qv_status render_llama2_cpp(const qv_tokenizer *t, enum fam f, const qv_chat_msg *m,
+                                   size_t n, qv__buf *b) {
+    bool sys_ok = f != F_LLAMA2, bos_hist = f == F_LLAMA2_SYS_BOS,
+         strip_msg = f == F_LLAMA2_SYS_STRIP;
+    bool inside = true;
+    qv_status st = puts_(b, t->bos_text);
+    if (!st) st = puts_(b, "[INST] ");
+    for (size_t i = 0; i < n && !st; i++) {
+        if (!inside) {
+            inside = true;
+            if (bos_hist) st = puts_(b, t->bos_text);
+            if (!st) st = puts_(b, "[INST] ");
+        }
+        if (st) break;
+        const char *c = m[i].content;
+        qv__buf stripped = {0};
+        if (strip_msg) {
+            if ((st = put_stripped(&stripped, c))) break;
+            c = stripped.p ? stripped.p : "";
+        }
+        if (is_role(&m[i], "system")) {
+            if (sys_ok) {
+                st = puts_(b, "<<SYS>>\n");
+                if (!st) st = puts_(b, c);
+                if (!st) st = puts_(b, "\n<</SYS>>\n\n");
+            } else {
+                st = puts_(b, c);
+                if (!st) st = puts_(b, "\n");
+            }
+        } else if (is_role(&m[i], "user")) {
+            st = puts_(b, c);
+            if (!st) st = puts_(b, " [/INST]");
+        } else {
+            st = puts_(b, c);
+            if (!st) st = puts_(b, t->eos_text ? t->eos_text : "</s>");
+            inside = false;
+        }
+        qv__buf_free(&stripped);
+    }
+    return st;
+}
+
+static qv_status render_mistral(const qv_tokenizer *t, enum fam f, const qv_chat_msg *m, size_t n,
+                                qv__buf *b) {
+    qv_status st = puts_(b, t->bos_text);
+    const char *eos = t->eos_text ? t->eos_text : "</s>";
+    if (f == F_MISTRAL_V7 || f == F_MISTRAL_V7_TEKKEN) {
+        const char *sp = f == F_MISTRAL_V7 ? " " : "";
+        for (size_t i = 0; i < n && !st; i++) {
+            if (is_role(&m[i], "system")) {
+                st = puts_(b, "[SYSTEM_PROMPT]");
+                if (!st) st = puts_(b, sp);
+                if (!st) st = puts_(b, m[i].content);
+                if (!st) st = puts_(b, "[/SYSTEM_PROMPT]");
+            } else if (is_role(&m[i], "user")) {
+                st = puts_(b, "[INST]");
+                if (!st) st = puts_(b, sp);
+                if (!st) st = puts_(b, m[i].content);
+                if (!st) st = puts_(b, "[/INST]");
+            } else {
+                st = puts_(b, sp);
+                if (!st) st = puts_(b, m[i].content);
+                if (!st) st = puts_(b, eos);
+            }
+        }
+        return st;
+    }
+    const char *lead = f == F_MISTRAL_V1 ? " " : "";
+    const char *trail = f == F_MISTRAL_V3_TEKKEN ? "" : " ";
+    bool trim_asst = f == F_MISTRAL_V3, inside = false;
+    for (size_t i = 0; i < n && !st; i++) {
+        if (!inside) {
+            st = puts_(b, lead);
+            if (!st) st = puts_(b, "[INST]");
+            if (!st) st = puts_(b, trail);
+            inside = true;
+        }
+        if (st) break;
+        if (is_role(&m[i], "system")) {
+            st = puts_(b, m[i].content);
+            if (!st) st = puts_(b, "\n\n");
+        } else if (is_role(&m[i], "user")) {
+            st = puts_(b, m[i].content);
+            if (!st) st = puts_(b, lead);
+            if (!st) st = puts_(b, "[/INST]");
+        } else {
+            st = puts_(b, trail);
+            if (!st) st = trim_asst ? put_stripped(b, m[i].content) : puts_(b, m[i].content);
+            if (!st) st = puts_(b, eos);
+            inside = false;
+        }
+    }
+    return st;
+}
+
+qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name,
+                         const qv_chat_msg *msgs, size_t n_msgs, bool add_generation_prompt,
+                         char **out, qv_error *err) {
+    enum fam f = F_NONE;
+    qv__buf b = {0}, sys = {0};
+    qv_status st = QV_OK;
+    *out = NULL;
+    for (size_t i = 0; i < n_msgs; i++)
+        if (!msgs[i].role || !msgs[i].content)
+            return qv_errorf(err, QV_ERR_INVALID, "chat message %zu has no role or content", i);
+    if (template_name) {
+        for (size_t i = 0; i < QV_ARRAY_LEN(k_names); i++)
+            if (!strcmp(k_names[i].name, template_name)) f = k_names[i].f;
+        if (f == F_NONE)
+            return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                             "unknown chat template name '%s' (supported: chatml, llama3, "
+                             "llama2-chat, llama2, llama2-sys, llama2-sys-bos, llama2-sys-strip, "
+                             "mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, "
+                             "mistral-v7-tekken)", template_name);
+    } else {
+        f = detect(t->chat_template);
+        if (f == F_NONE)
+            return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                             t->chat_template ? "the model's chat template is not a supported "
+                                                "family; pass a template name"
+                                              : "the model has no chat template; pass a "
+                                                "template name");
+    }
+    if (qv__buf_reserve(&b, 256)) return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    switch (f) {
+    case F_CHATML: {
+        bool found = false;
+        if (!template_name && t->chat_template) st = default_system(t->chat_template, &sys, &found);
+        if (!st && found && (n_msgs == 0 || !is_role(&msgs[0], "system"))) {
+            st = puts_(&b, "<|im_start|>system\n");
+            if (!st) st = qv__buf_put(&b, sys.p, sys.len);
+            if (!st) st = puts_(&b, "<|im_end|>\n");
+        }
+        for (size_t i = 0; i < n_msgs && !st; i++) {
+            st = puts_(&b, "<|im_start|>");
+            if (!st) st = puts_(&b, msgs[i].role);
+            if (!st) st = puts_(&b, "\n");
+            if (!st) st = puts_(&b, msgs[i].content);
+            if (!st) st = puts_(&b, "<|im_end|>\n");
+        }
+        if (!st && add_generation_prompt) st = puts_(&b, "<|im_start|>assistant\n");
+        break;
+    }
+    case F_LLAMA3:
+        for (size_t i = 0; i < n_msgs && !st; i++) {
+            if (i == 0) st = puts_(&b, t->bos_text);
+            if (!st) st = puts_(&b, "<|start_header_id|>");
+            if (!st) st = puts_(&b, msgs[i].role);
+            if (!st) st = puts_(&b, "<|end_header_id|>\n\n");
+            if (!st) st = put_stripped(&b, msgs[i].content);
+            if (!st) st = puts_(&b, "<|eot_id|>");
+        }
+        if (!st && add_generation_prompt)
+            st = puts_(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        break;
+    case F_LLAMA2_CHAT:
+        st = render_llama2_chat(t, msgs, n_msgs, &b, err);
+        break;
+    case F_LLAMA2: case F_LLAMA2_SYS: case F_LLAMA2_SYS_BOS: case F_LLAMA2_SYS_STRIP:
+        st = render_llama2_cpp(t, f, msgs, n_msgs, &b);
+        break;
+    default:
+        st = render_mistral(t, f, msgs, n_msgs, &b);
+        break;
+    }
+    qv__buf_free(&sys);
+    if (st) {
+        qv__buf_free(&b);
+        if (st == QV_ERR_NOMEM) qv_errorf(err, st, "out of memory");
+        return st;
+    }
+    *out = b.p;
+    return QV_OK;
+}
