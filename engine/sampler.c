@@ -271,6 +271,74 @@ static float kth_largest(qv_sampler *s, const float *x, int n, int k) {
     return key_float(prefix);
 }
 
+/* Below this k the k-th largest value comes from a k-entry min-heap scan (most elements are
+ * rejected 16 at a time by one vectorisable block maximum); above it from the radix select. */
+#define TOPK_HEAP_MAX 256
+
+static void minheap_sift_down(float *h, int n, int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && h[l] < h[m]) m = l;
+        if (r < n && h[r] < h[m]) m = r;
+        if (m == i) return;
+        float t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+static float kth_largest_heap(const float *x, int n, int k) {
+    float heap[TOPK_HEAP_MAX];
+    int h = 0, i = 0;
+    for (; i < n && h < k; i++) {
+        if (isnan(x[i])) continue;
+        int j = h++;
+        heap[j] = x[i];
+        while (j > 0 && heap[(j - 1) / 2] > heap[j]) {
+            float t = heap[j];
+            heap[j] = heap[(j - 1) / 2];
+            heap[(j - 1) / 2] = t;
+            j = (j - 1) / 2;
+        }
+    }
+    if (h < k) return -INFINITY; /* fewer than k numbers: keep them all */
+    float hmin = heap[0];
+    for (; i + 16 <= n; i += 16) {
+        float bm = -INFINITY;
+        for (int j = 0; j < 16; j++) bm = x[i + j] > bm ? x[i + j] : bm;
+        if (!(bm > hmin)) continue;
+        for (int j = 0; j < 16; j++)
+            if (x[i + j] > hmin) {
+                heap[0] = x[i + j];
+                minheap_sift_down(heap, k, 0);
+                hmin = heap[0];
+            }
+    }
+    for (; i < n; i++)
+        if (x[i] > hmin) {
+            heap[0] = x[i];
+            minheap_sift_down(heap, k, 0);
+            hmin = heap[0];
+        }
+    return hmin;
+}
+
+/* The smallest float xlo with xlo / t >= xk / t, so that {x : x / t >= yk} = {x >= xlo} (division
+ * is monotone but not injective). NAN when it is not found within a few ulps (absurd
+ * temperatures); callers then divide per element. */
+static float raw_threshold(float xk, float t) {
+    if (!isfinite(xk)) return xk;
+    const float yk = xk / t;
+    float lo = xk;
+    for (int steps = 0; steps < 64; steps++) {
+        float d = nextafterf(lo, -INFINITY);
+        if (!(d / t >= yk)) return lo;
+        lo = d;
+    }
+    return NAN;
+}
+
 /* Heap order: larger y first, lower id first on ties (the documented top-p tie rule). */
 static bool cand_before(const cand *a, const cand *b) {
     return a->y > b->y || (a->y == b->y && a->id < b->id);
@@ -336,10 +404,12 @@ static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
 
     if (use_k) {
         /* HF keeps every tempered score >= the k-th largest tempered score. */
-        float xk = kth_largest(s, x, n, s->p.top_k);
-        float yk = xk / t;
+        const int k = s->p.top_k;
+        const float xk = k <= TOPK_HEAP_MAX ? kth_largest_heap(x, n, k) : kth_largest(s, x, n, k);
+        const float yk = xk / t, xlo = raw_threshold(xk, t);
+        const bool exact = !isnan(xlo);
         for (int i = 0; i < n; i++) {
-            if (x[i] >= xk || x[i] / t >= yk) {
+            if (exact ? x[i] >= xlo : x[i] / t >= yk) {
                 float y = x[i] / t;
                 float e = expf(y - m);
                 if (e > 0.0f) {
@@ -442,7 +512,7 @@ static double raw_log_z(const float *x, int n, qv_logprobs *lp, int n_top) {
         }
     }
     lp->n_top = nt;
-    if (!(m > -INFINITY)) return INFINITY; /* every logprob is -inf */
+    if (!(m > -INFINITY)) return (double)INFINITY; /* every logprob is -inf */
     double sum = 0.0;
     for (int i = 0; i < n; i++) sum += (double)expf(x[i] - m);
     return (double)m + log(sum);

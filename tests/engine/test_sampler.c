@@ -269,7 +269,7 @@ static void test_golden_logprobs(void **state) {
             if (j > 0) assert_true(lp.top_logprobs[j] <= lp.top_logprobs[j - 1]);
         }
         /* The chosen token's logprob is of the raw row (not the penalised/filtered one). */
-        double m = -INFINITY, z = 0.0;
+        double m = -(double)INFINITY, z = 0.0;
         for (int i = 0; i < t->n_vocab; i++) m = fmax(m, (double)t->logits[i]);
         for (int i = 0; i < t->n_vocab; i++) z += exp((double)t->logits[i] - m);
         double want = (double)t->logits[tok] - m - log(z);
@@ -292,7 +292,7 @@ static double chi_square(const long *counts, const double *probs, int n, long to
         if (e < 5.0) {
             pool_o += (double)counts[i];
             pool_e += e;
-            if (probs[i] == 0.0 && counts[i] != 0) return INFINITY;
+            if (probs[i] == 0.0 && counts[i] != 0) return (double)INFINITY;
             continue;
         }
         stat += ((double)counts[i] - e) * ((double)counts[i] - e) / e;
