@@ -56,7 +56,7 @@ qv_status qv_sampling_params_validate(const qv_sampling_params *p, qv_error *err
 typedef struct qv_sampler qv_sampler;
 
 /* Creates a sampler for rows of n_vocab logits with a copy of *p. Allocates O(n_vocab) state
- * and scratch (about 24 bytes per vocabulary entry) once, here.
+ * and scratch (about 28 bytes per vocabulary entry) once, here.
  * Ownership: *out belongs to the caller, freed with qv_sampler_free.
  * Errors: QV_ERR_INVALID (bad parameters or n_vocab <= 0), QV_ERR_NOMEM. *out is NULL then. */
 qv_status qv_sampler_create(const qv_sampling_params *p, int n_vocab, qv_sampler **out);
