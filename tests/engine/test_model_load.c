@@ -6,6 +6,7 @@
  * llama3 rope via rope_freqs, qwen2 (not permuted), mistral sliding window, bad inputs with a
  * one-line error naming file and problem, and an allocation-failure sweep (no leak under ASan).
  */
+#include <dirent.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -300,6 +301,59 @@ static void test_print_info(void **state) {
     assert_string_equal(qv_arch_name(QV_ARCH_QWEN2), "qwen2");
 }
 
+/* Every model of the oracle engineer's tests/fixtures/models/ loads; each <name>.f32.gguf
+ * (their converter, llama.cpp permutation) equals the HF F32 directory <name> exactly. */
+static void test_oracle_models(void **state) {
+    (void)state;
+    const char *root = qv_test_path("tests/fixtures/models");
+    DIR *dir = opendir(root);
+    if (!dir) {
+        fprintf(stderr, "no %s yet: skipping\n", root);
+        skip();
+    }
+    qv_log_set_level(QV_LOG_WARN);
+    struct dirent *de;
+    int n = 0, compared = 0;
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.') continue;
+        char p[1024];
+        snprintf(p, sizeof(p), "%s/%s", root, de->d_name);
+        qv_model *m = NULL;
+        qv_error err = {0};
+        qv_status st = qv_model_load(p, &m, &err);
+        if (st) fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(st, QV_OK);
+        n++;
+        size_t l = strlen(de->d_name);
+        const char *suf = ".f32.gguf";
+        if (l > strlen(suf) && !strcmp(de->d_name + l - strlen(suf), suf)) {
+            char hp[1024];
+            snprintf(hp, sizeof(hp), "%s/%.*s", root, (int)(l - strlen(suf)), de->d_name);
+            qv_model *h = NULL;
+            if (qv_test_exists(hp) && qv_model_load(hp, &h, &err) == QV_OK &&
+                h->main_dtype == QV_DTYPE_F32) {
+                for (int i = 0; i < h->cfg.n_layers; i++) {
+                    same_tensor("oracle wq", &m->layers[i].wq, &h->layers[i].wq);
+                    same_tensor("oracle wk", &m->layers[i].wk, &h->layers[i].wk);
+                    same_tensor("oracle wo", &m->layers[i].wo, &h->layers[i].wo);
+                    if (h->cfg.qkv_bias) {
+                        same_tensor("oracle bq", &m->layers[i].bq, &h->layers[i].bq);
+                        same_tensor("oracle bk", &m->layers[i].bk, &h->layers[i].bk);
+                    }
+                }
+                same_tensor("oracle tok_embd", &m->tok_embd, &h->tok_embd);
+                compared++;
+            }
+            qv_model_free(h);
+        }
+        qv_model_free(m);
+    }
+    closedir(dir);
+    qv_log_set_level(QV_LOG_INFO);
+    fprintf(stderr, "loaded %d oracle models, %d f32 GGUF/HF pairs compared\n", n, compared);
+    assert_true(n > 0);
+}
+
 /* ---- bad inputs ---- */
 
 static void expect_fail(const char *path, qv_status want, const char *w1, const char *w2) {
@@ -552,6 +606,7 @@ int main(void) {
         cmocka_unit_test(test_qwen2),
         cmocka_unit_test(test_mistral),
         cmocka_unit_test(test_print_info),
+        cmocka_unit_test(test_oracle_models),
         cmocka_unit_test(test_bad_hf),
         cmocka_unit_test(test_bad_gguf),
         cmocka_unit_test(test_alloc_failure_sweep),

@@ -345,6 +345,48 @@ def gen_mistral():
     expect(m, cfg, "mistral_tiny", inv, {"sliding_window": 32, "head_dim": 8})
 
 
+def gen_smollm2_facts():
+    """Facts of the real SmolLM2 GGUF as the Python gguf reader sees them (skipped when the
+    file is absent): every tensor's type and shape, key metadata, and sha256 of layer q/k bytes
+    after llama.cpp's inverse permutation (done here with numpy reshapes)."""
+    import hashlib
+    path = os.path.expanduser("~/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.exists(path):
+        print("skip smollm2 facts: no", path)
+        return
+    r = gguf.GGUFReader(path)
+
+    def field(k):
+        f = r.fields[k]
+        v = f.contents()
+        return v
+
+    tensors = {}
+    sha = {}
+    for t in r.tensors:
+        tensors[t.name] = {"type": t.tensor_type.name, "ne": [int(x) for x in t.shape]}
+        if t.name in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.29.attn_q.weight",
+                      "blk.29.attn_k.weight", "blk.0.attn_v.weight"):
+            raw = np.asarray(t.data).reshape(int(t.shape[1]), -1)  # rows of quantized bytes
+            n_head = 9 if "attn_q" in t.name else 3
+            if "attn_v" not in t.name:
+                rows, rb = raw.shape
+                raw = raw.reshape(n_head, rows // n_head // 2, 2, rb).swapaxes(1, 2).reshape(rows, rb)
+            sha[t.name] = hashlib.sha256(np.ascontiguousarray(raw).tobytes()).hexdigest()
+    facts = {
+        "file_size": os.path.getsize(path),
+        "general.architecture": field("general.architecture"),
+        "general.file_type": int(field("general.file_type")),
+        "tokenizer.ggml.model": field("tokenizer.ggml.model"),
+        "tokenizer.ggml.pre": field("tokenizer.ggml.pre"),
+        "n_tokens": len(r.fields["tokenizer.ggml.tokens"].data),
+        "tensors": tensors,
+        "hf_order_sha256": sha,
+    }
+    with open(os.path.join(OUT, "smollm2.expect.json"), "w") as f:
+        json.dump(facts, f, indent=1)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     gen_roundtrip_st()
@@ -353,4 +395,5 @@ if __name__ == "__main__":
     gen_llama_bias()
     gen_qwen2()
     gen_mistral()
+    gen_smollm2_facts()
     print("wrote", OUT)
