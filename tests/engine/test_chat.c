@@ -1,0 +1,184 @@
+/*
+ * test_chat.c - chat templates: the C formatter's output must be byte-identical to jinja2's
+ * rendering of the real template texts (SmolLM2 from its GGUF, Qwen2.5, Llama-3, Llama-2-chat,
+ * Mistral-7B-Instruct; fixture tests/fixtures/tokenizer/chat.json), family detection, name
+ * overrides, llama.cpp-style Mistral formats, and clear errors for unknown templates/names.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "test_tokenizer_util.h"
+
+/* The gpt2 fixture tokenizer with a config carrying the template and bos/eos strings. */
+static qv_tokenizer *tok_with_template(const char *tmpl, const char *bos, const char *eos) {
+    char *js = NULL;
+    size_t jn = 0;
+    qv_error err = {0};
+    assert_int_equal(qv_read_file(qv_test_path("tests/fixtures/tokenizer/gpt2/tokenizer.json"),
+                                  1u << 24, &js, &jn, &err),
+                     QV_OK);
+    cJSON *cfg = cJSON_CreateObject();
+    if (tmpl) cJSON_AddStringToObject(cfg, "chat_template", tmpl);
+    if (bos) cJSON_AddStringToObject(cfg, "bos_token", bos);
+    if (eos) cJSON_AddStringToObject(cfg, "eos_token", eos);
+    char *cs = cJSON_PrintUnformatted(cfg);
+    qv_tokenizer *t = NULL;
+    assert_int_equal(qv_tokenizer_load_json_str(js, jn, cs, strlen(cs), &t, &err), QV_OK);
+    free(cs);
+    cJSON_Delete(cfg);
+    qv_free(js);
+    return t;
+}
+
+static const char *jstr_or_null(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItem(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static void test_chat_golden(void **s) {
+    (void)s;
+    cJSON *root = tt_load_json("tests/fixtures/tokenizer/chat.json");
+    assert_non_null(root);
+    size_t fails = 0, n = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, root) {
+        const char *fam = jstr_or_null(c, "family");
+        qv_tokenizer *t = tok_with_template(jstr_or_null(c, "template"),
+                                            jstr_or_null(c, "bos_token"),
+                                            jstr_or_null(c, "eos_token"));
+        const cJSON *msgs = cJSON_GetObjectItem(c, "messages");
+        size_t nm = (size_t)cJSON_GetArraySize(msgs);
+        qv_chat_msg *m = calloc(nm + 1, sizeof(*m));
+        for (size_t i = 0; i < nm; i++) {
+            const cJSON *x = cJSON_GetArrayItem(msgs, (int)i);
+            m[i].role = jstr_or_null(x, "role");
+            m[i].content = jstr_or_null(x, "content");
+        }
+        bool gen = cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt"));
+        const char *want = jstr_or_null(c, "expected");
+        const char *det = qv_chat_detect(t);
+        if (!det || strcmp(det, fam)) {
+            fprintf(stderr, "  %s: detected %s, want %s\n", jstr_or_null(c, "template_name"),
+                    det ? det : "(none)", fam);
+            fails++;
+        }
+        for (int ov = 0; ov < 2; ov++) {
+            /* the override name renders without the template's default system prompt */
+            if (ov && !strcmp(fam, "chatml")) continue;
+            char *out = NULL;
+            qv_error err = {0};
+            qv_status st = qv_chat_render(t, ov ? fam : NULL, m, nm, gen, &out, &err);
+            n++;
+            if (st || strcmp(out, want)) {
+                fprintf(stderr, "  MISMATCH %s / %s gen=%d override=%d: %s\n",
+                        jstr_or_null(c, "template_name"), jstr_or_null(c, "conversation"),
+                        gen, ov, st ? err.msg : "");
+                tt_print_bytes("got ", out ? out : "", out ? strlen(out) : 0);
+                tt_print_bytes("want", want, strlen(want));
+                fails++;
+            }
+            qv_free(out);
+        }
+        free(m);
+        qv_tokenizer_free(t);
+    }
+    fprintf(stderr, "chat: %zu renderings, %zu mismatches\n", n, fails);
+    assert_true(n > 40);
+    assert_int_equal(fails, 0);
+    cJSON_Delete(root);
+}
+
+static char *render(qv_tokenizer *t, const char *name, const qv_chat_msg *m, size_t n, bool gen) {
+    char *out = NULL;
+    qv_error err = {0};
+    qv_status st = qv_chat_render(t, name, m, n, gen, &out, &err);
+    if (st) fprintf(stderr, "render %s: %s\n", name ? name : "(detect)", err.msg);
+    assert_int_equal(st, QV_OK);
+    return out;
+}
+
+static void test_mistral_formats(void **s) {
+    (void)s;
+    qv_tokenizer *t = tok_with_template(NULL, "<s>", "</s>");
+    qv_chat_msg m[] = {{"system", "S"}, {"user", "U1"}, {"assistant", "A1"}, {"user", "U2"}};
+    /* llama.cpp formats (llama-chat.cpp, Mistral cookbook), with the BOS text first */
+    struct {
+        const char *name, *want;
+    } cases[] = {
+        {"mistral-v1", "<s> [INST] S\n\nU1 [/INST] A1</s> [INST] U2 [/INST]"},
+        {"mistral-v3", "<s>[INST] S\n\nU1[/INST] A1</s>[INST] U2[/INST]"},
+        {"mistral-v3-tekken", "<s>[INST]S\n\nU1[/INST]A1</s>[INST]U2[/INST]"},
+        {"mistral-v7", "<s>[SYSTEM_PROMPT] S[/SYSTEM_PROMPT][INST] U1[/INST] A1</s>[INST] U2[/INST]"},
+        {"mistral-v7-tekken", "<s>[SYSTEM_PROMPT]S[/SYSTEM_PROMPT][INST]U1[/INST]A1</s>[INST]U2[/INST]"},
+        {"llama2", "<s>[INST] S\nU1 [/INST]A1</s>[INST] U2 [/INST]"},
+        {"llama2-sys", "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST]A1</s>[INST] U2 [/INST]"},
+        {"llama2-sys-bos", "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST]A1</s><s>[INST] U2 [/INST]"},
+        {"llama2-sys-strip", "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST]A1</s>[INST] U2 [/INST]"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *out = render(t, cases[i].name, m, 4, true);
+        if (strcmp(out, cases[i].want)) {
+            fprintf(stderr, "%s:\n", cases[i].name);
+            tt_print_bytes("got ", out, strlen(out));
+            tt_print_bytes("want", cases[i].want, strlen(cases[i].want));
+        }
+        assert_string_equal(out, cases[i].want);
+        qv_free(out);
+    }
+    qv_tokenizer_free(t);
+}
+
+static void test_detection_and_errors(void **s) {
+    (void)s;
+    struct {
+        const char *tmpl, *want;
+    } det[] = {
+        {"{{ '<|im_start|>' }}", "chatml"},
+        {"<|im_start|><|im_sep|>", NULL}, /* phi4 */
+        {"{{ bos_token }}[SYSTEM_PROMPT][INST]", "mistral-v7"},
+        {"{{ ' [INST] ' + system_message }}", "mistral-v1"},
+        {"{{ '[INST]' }}[AVAILABLE_TOOLS]", "mistral-v3"},
+        {"{{ \"[INST]\" }}[AVAILABLE_TOOLS]", "mistral-v3-tekken"},
+        {"<|start_header_id|>x<|end_header_id|>", "llama3"},
+        {"{% for m in messages %}{{ m.content }}{% endfor %}", NULL},
+    };
+    for (size_t i = 0; i < sizeof(det) / sizeof(det[0]); i++) {
+        qv_tokenizer *t = tok_with_template(det[i].tmpl, NULL, NULL);
+        const char *got = qv_chat_detect(t);
+        if (!det[i].want) assert_null(got);
+        else {
+            assert_non_null(got);
+            assert_string_equal(got, det[i].want);
+        }
+        qv_tokenizer_free(t);
+    }
+    qv_tokenizer *t = tok_with_template("{{ messages }}", NULL, NULL);
+    qv_chat_msg m[] = {{"user", "hi"}};
+    char *out = NULL;
+    qv_error err = {0};
+    assert_int_equal(qv_chat_render(t, NULL, m, 1, true, &out, &err), QV_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "template"));
+    assert_int_equal(qv_chat_render(t, "no-such-format", m, 1, true, &out, &err),
+                     QV_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "no-such-format"));
+    out = render(t, "chatml", m, 1, true);
+    assert_string_equal(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    qv_free(out);
+    qv_tokenizer_free(t);
+    /* Llama-2-chat refuses non-alternating roles like the Jinja template */
+    t = tok_with_template(NULL, "<s>", "</s>");
+    qv_chat_msg bad[] = {{"user", "a"}, {"user", "b"}};
+    assert_int_equal(qv_chat_render(t, "llama2-chat", bad, 2, false, &out, &err), QV_ERR_INVALID);
+    qv_tokenizer_free(t);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chat_golden),
+        cmocka_unit_test(test_mistral_formats),
+        cmocka_unit_test(test_detection_and_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,204 @@
+/*
+ * test_detok.c - the streaming detokenizer: per-step output identical to HF
+ * `tokenizers.decoders.DecodeStream` (skip_special on and off) for every fixture string and
+ * tokenizer; stop strings (truncation, hold-back of partial matches, matches spanning tokens);
+ * end-of-generation ids; UTF-8 hold-back and flush (U+FFFD for a dangling sequence).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "test_tokenizer_util.h"
+
+static qv_tokenizer *load(const char *name) {
+    char rel[256];
+    snprintf(rel, sizeof(rel), "tests/fixtures/tokenizer/%s", name);
+    qv_tokenizer *t = NULL;
+    qv_error err = {0};
+    if (qv_tokenizer_load_path(qv_test_path(rel), &t, &err)) fprintf(stderr, "%s\n", err.msg);
+    assert_non_null(t);
+    return t;
+}
+
+static size_t check_stream(const char *name) {
+    qv_tokenizer *t = load(name);
+    char rel[256];
+    snprintf(rel, sizeof(rel), "tests/fixtures/tokenizer/cases_%s.json", name);
+    cJSON *root = tt_load_json(rel);
+    assert_non_null(root);
+    size_t fails = 0, steps = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        if (!cJSON_GetObjectItem(c, "stream")) continue;
+        size_t tn;
+        char *text = tt_unhex(cJSON_GetObjectItem(c, "hex")->valuestring, &tn);
+        for (int skip = 0; skip < 2; skip++) {
+            const cJSON *want = cJSON_GetObjectItem(c, skip ? "stream_skip" : "stream");
+            const cJSON *ids = cJSON_GetObjectItem(c, "ids");
+            qv_detok *d = NULL;
+            assert_int_equal(qv_detok_create(t, NULL, 0, skip == 1, &d), QV_OK);
+            for (int i = 0; i < cJSON_GetArraySize(ids); i++) {
+                int32_t id = (int32_t)cJSON_GetArrayItem(ids, i)->valuedouble;
+                const char *out;
+                size_t on;
+                bool fin = false;
+                assert_int_equal(qv_detok_push(d, id, &out, &on, &fin), QV_OK);
+                steps++;
+                if (qv_tokenizer_is_eog(t, id)) {
+                    /* generation ends: the EOG id itself adds no text */
+                    if (!fin) fails++;
+                    break;
+                }
+                const cJSON *w = cJSON_GetArrayItem(want, i);
+                const char *wh = cJSON_IsNull(w) ? "" : w->valuestring;
+                char what[96];
+                snprintf(what, sizeof(what), "stream step %d (skip=%d)", i, skip);
+                if (fin || !tt_bytes_equal(what, text, tn, out, on, wh)) fails++;
+            }
+            qv_detok_free(d);
+        }
+        free(text);
+    }
+    fprintf(stderr, "[%s] %zu stream steps, %zu mismatches\n", name, steps, fails);
+    cJSON_Delete(root);
+    qv_tokenizer_free(t);
+    return fails;
+}
+
+static void test_stream_all(void **s) {
+    (void)s;
+    const char *names[] = {"smollm2", "gpt2", "llama3", "qwen2", "llama2", "spmunk",
+                           "metaspace", "added"};
+    size_t fails = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) fails += check_stream(names[i]);
+    assert_int_equal(fails, 0);
+}
+
+/* Feeds the ids of `text` and returns everything emitted (push + flush). */
+static char *run_stream(const qv_tokenizer *t, const char *text, const char *const *stops,
+                        size_t n_stops, bool *stopped, int *stop_idx, size_t *max_chunk_pending) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    qv_error err = {0};
+    assert_int_equal(qv_tokenizer_encode(t, text, strlen(text), false, &ids, &n, &err), QV_OK);
+    qv_detok *d = NULL;
+    assert_int_equal(qv_detok_create(t, stops, n_stops, true, &d), QV_OK);
+    char *acc = calloc(1, 4096);
+    size_t an = 0;
+    bool fin = false;
+    *max_chunk_pending = 0;
+    for (size_t i = 0; i < n && !fin; i++) {
+        const char *out;
+        size_t on;
+        assert_int_equal(qv_detok_push(d, ids[i], &out, &on, &fin), QV_OK);
+        memcpy(acc + an, out, on);
+        an += on;
+    }
+    *stopped = fin;
+    if (!fin) {
+        const char *out;
+        size_t on;
+        assert_int_equal(qv_detok_flush(d, &out, &on), QV_OK);
+        memcpy(acc + an, out, on);
+        an += on;
+    }
+    *stop_idx = qv_detok_stop_index(d);
+    qv_detok_free(d);
+    qv_free(ids);
+    return acc;
+}
+
+static void test_stop_strings(void **s) {
+    (void)s;
+    qv_tokenizer *t = load("smollm2");
+    const char *stops[] = {"\nUser:", "STOP", "🦙"};
+    bool stopped;
+    int idx;
+    size_t mp;
+    char *out = run_stream(t, "Hello there.\nUser: next question", stops, 3, &stopped, &idx, &mp);
+    assert_true(stopped);
+    assert_int_equal(idx, 0);
+    assert_string_equal(out, "Hello there.");
+    free(out);
+    /* a partial stop at the end is flushed when generation ends without the match */
+    out = run_stream(t, "almost \nUse", stops, 3, &stopped, &idx, &mp);
+    assert_false(stopped);
+    assert_int_equal(idx, -1);
+    assert_string_equal(out, "almost \nUse");
+    free(out);
+    /* stop string made of a multi-token emoji */
+    out = run_stream(t, "llama 🦙 after", stops, 3, &stopped, &idx, &mp);
+    assert_true(stopped);
+    assert_int_equal(idx, 2);
+    assert_string_equal(out, "llama ");
+    free(out);
+    qv_tokenizer_free(t);
+}
+
+static void test_holdback(void **s) {
+    (void)s;
+    qv_tokenizer *t = load("smollm2");
+    const char *stops[] = {"STOP"};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    qv_error err = {0};
+    const char *text = "xx ST and 🦙";
+    assert_int_equal(qv_tokenizer_encode(t, text, strlen(text), false, &ids, &n, &err), QV_OK);
+    qv_detok *d = NULL;
+    assert_int_equal(qv_detok_create(t, stops, 1, false, &d), QV_OK);
+    char acc[256] = {0};
+    size_t an = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *out;
+        size_t on;
+        bool fin;
+        assert_int_equal(qv_detok_push(d, ids[i], &out, &on, &fin), QV_OK);
+        assert_false(fin);
+        memcpy(acc + an, out, on);
+        an += on;
+        /* never emit the start of a possible stop string, never split a character */
+        acc[an] = 0;
+        assert_false(an >= 1 && acc[an - 1] == 'S');
+        assert_false(an >= 2 && !memcmp(acc + an - 2, "ST", 2));
+        assert_false(an >= 3 && !memcmp(acc + an - 3, "STO", 3));
+        const char *f0 = strchr(acc, '\xF0');
+        assert_true(!f0 || (size_t)(acc + an - f0) >= 4);
+    }
+    acc[an] = 0;
+    assert_string_equal(acc, "xx ST and 🦙");
+    /* the EOG id finishes the stream and adds no text */
+    const char *out;
+    size_t on;
+    bool fin = false;
+    assert_int_equal(qv_detok_push(d, 2 /* <|im_end|> */, &out, &on, &fin), QV_OK);
+    assert_true(fin);
+    assert_int_equal(on, 0);
+    qv_detok_free(d);
+    qv_free(ids);
+
+    /* a dangling partial character becomes U+FFFD at flush */
+    int32_t llama_first = -1;
+    const char *emoji = "🦙";
+    assert_int_equal(qv_tokenizer_encode(t, emoji, strlen(emoji), false, &ids, &n, &err), QV_OK);
+    assert_true(n >= 2);
+    llama_first = ids[0];
+    assert_int_equal(qv_detok_create(t, NULL, 0, false, &d), QV_OK);
+    assert_int_equal(qv_detok_push(d, llama_first, &out, &on, &fin), QV_OK);
+    assert_int_equal(on, 0); /* held back: incomplete UTF-8 */
+    assert_int_equal(qv_detok_flush(d, &out, &on), QV_OK);
+    assert_int_equal(on, 3);
+    assert_memory_equal(out, "\xEF\xBF\xBD", 3);
+    qv_detok_free(d);
+    qv_free(ids);
+    qv_tokenizer_free(t);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stream_all),
+        cmocka_unit_test(test_stop_strings),
+        cmocka_unit_test(test_holdback),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
