@@ -64,6 +64,13 @@ qv_status qv_tokenizer_encode(const qv_tokenizer *t, const char *text, size_t le
                               bool add_special_tokens, int32_t **ids, size_t *n_ids,
                               qv_error *err);
 
+/* Like qv_tokenizer_encode; parse_special=false treats the text of special added tokens as
+ * plain text (HF split_special_tokens / encode_special_tokens=true); non-special added tokens
+ * are still recognised. */
+qv_status qv_tokenizer_encode_ex(const qv_tokenizer *t, const char *text, size_t len,
+                                 bool add_special_tokens, bool parse_special, int32_t **ids,
+                                 size_t *n_ids, qv_error *err);
+
 /* Decodes ids to text like HF `Tokenizer.decode` (clean_up_tokenization_spaces is not applied).
  * Unknown ids are skipped. *text is owned by the caller (qv_free), NUL-terminated, valid UTF-8;
  * *len excludes the NUL (len may be NULL). Thread: any. */

@@ -104,6 +104,7 @@ typedef struct ectx {
     pcre2_match_data *md;
     pcre2_match_context *mc;
     qv__buf tmp, norm;
+    bool parse_special;
     /* BPE */
     int32_t *sym, *prev, *next;
     size_t sym_cap;
@@ -243,6 +244,10 @@ static qv_status split_added(ectx *c, const char *s, size_t n, int phase, bool f
             continue;
         }
         size_t start = i, stop = i + blen;
+        if (best->special && !c->parse_special) {
+            i = stop; /* HF encode_special_tokens: the match is consumed and skipped */
+            continue;
+        }
         if (best->single_word) {
             bool start_space = start == 0 || !ends_with_word(s, start);
             bool stop_space = stop == n || !starts_with_word(s + stop, n - stop);
@@ -790,9 +795,16 @@ static qv_status on_raw_seg(ectx *c, const char *s, size_t n, bool first, int32_
 qv_status qv_tokenizer_encode(const qv_tokenizer *t, const char *text, size_t len,
                               bool add_special_tokens, int32_t **ids, size_t *n_ids,
                               qv_error *err) {
+    return qv_tokenizer_encode_ex(t, text, len, add_special_tokens, true, ids, n_ids, err);
+}
+
+qv_status qv_tokenizer_encode_ex(const qv_tokenizer *t, const char *text, size_t len,
+                                 bool add_special_tokens, bool parse_special, int32_t **ids,
+                                 size_t *n_ids, qv_error *err) {
     ectx c;
     memset(&c, 0, sizeof(c));
     c.t = t;
+    c.parse_special = parse_special;
     c.err = err;
     qv__buf clean = {0};
     qv_status st = QV_OK;

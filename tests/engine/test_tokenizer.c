@@ -39,6 +39,16 @@ static size_t check_tokenizer(const char *name) {
                 fails++;
             qv_free(ids);
         }
+        const cJSON *plain = cJSON_GetObjectItem(c, "ids_plain");
+        if (plain) {
+            int32_t *ids = NULL;
+            size_t n = 0;
+            assert_int_equal(qv_tokenizer_encode_ex(t, text, tn, false, false, &ids, &n, &err),
+                             QV_OK);
+            n_checks++;
+            if (!tt_ids_equal("encode(split_special_tokens)", text, tn, ids, n, plain)) fails++;
+            qv_free(ids);
+        }
         const cJSON *dec = cJSON_GetObjectItem(c, "dec");
         if (dec) {
             const cJSON *want_ids = cJSON_GetObjectItem(c, "ids_special");

@@ -274,7 +274,10 @@ def cases_for(name, tok):
     for t in texts:
         ids = tok.encode(t, add_special_tokens=False).ids
         ids_sp = tok.encode(t, add_special_tokens=True).ids
-        cases.append({
+        tok.encode_special_tokens = True  # split_special_tokens: specials as plain text
+        ids_plain = tok.encode(t, add_special_tokens=False).ids
+        tok.encode_special_tokens = False
+        cases.append({"ids_plain": ids_plain,
             "text": t, "hex": hexs(t), "ids": ids, "ids_special": ids_sp,
             "dec": hexs(tok.decode(ids_sp, skip_special_tokens=False)),
             "dec_skip": hexs(tok.decode(ids_sp, skip_special_tokens=True)),
