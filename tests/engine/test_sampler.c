@@ -15,6 +15,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -624,6 +625,143 @@ static void test_degenerate_rows(void **state) {
     qv_sampler_free(s);
 }
 
+/* ------------------------------------------------------ naive reference (full sort) ---- */
+
+/* The documented rules (docs/sampling.md) written the slow, obvious way: sort everything by
+ * (value desc, id asc) and walk it. Checks the fast selection paths (heap / radix top-k,
+ * thresholded top-p with retries, min-p prefilter) on rows full of ties and on odd sizes. The
+ * HF goldens above check the rules themselves. */
+static const float *g_sort_y;
+static int cmp_desc(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    if (g_sort_y[i] > g_sort_y[j]) return -1;
+    if (g_sort_y[i] < g_sort_y[j]) return 1;
+    return (i > j) - (i < j);
+}
+
+static void naive_probs(const qv_sampling_params *p, const int32_t *prompt, int n_prompt,
+                        const int32_t *gen, int n_gen, const float *raw, int n, float *out) {
+    float *x = malloc((size_t)n * sizeof(float)), *y = malloc((size_t)n * sizeof(float));
+    float *e = calloc((size_t)n, sizeof(float));
+    int *ord = malloc((size_t)n * sizeof(int));
+    bool *keep = malloc((size_t)n * sizeof(bool));
+    int *cnt = calloc((size_t)n, sizeof(int));
+    bool *ctx = calloc((size_t)n, sizeof(bool));
+    memcpy(x, raw, (size_t)n * sizeof(float));
+    for (int i = 0; i < n_prompt; i++) ctx[prompt[i]] = true;
+    for (int i = 0; i < n_gen; i++) ctx[gen[i]] = true, cnt[gen[i]]++;
+    for (int i = 0; i < n; i++) {
+        if (ctx[i] && p->repetition_penalty != 1.0f)
+            x[i] = x[i] < 0.0f ? x[i] * p->repetition_penalty : x[i] / p->repetition_penalty;
+        if (cnt[i]) {
+            x[i] = x[i] - p->frequency_penalty * (float)cnt[i];
+            x[i] = x[i] - p->presence_penalty;
+        }
+    }
+    memset(out, 0, (size_t)n * sizeof(float));
+    if (p->temperature < QV_SAMPLER_MIN_TEMPERATURE) {
+        int am = 0;
+        for (int i = 1; i < n; i++)
+            if (x[i] > x[am]) am = i;
+        out[am] = 1.0f;
+        goto done;
+    }
+    for (int i = 0; i < n; i++) y[i] = x[i] / p->temperature, ord[i] = i, keep[i] = true;
+    g_sort_y = y;
+    qsort(ord, (size_t)n, sizeof(int), cmp_desc);
+    float m = y[ord[0]];
+    if (p->top_k > 0 && p->top_k < n)
+        for (int i = 0; i < n; i++) keep[i] = y[i] >= y[ord[p->top_k - 1]];
+    for (int i = 0; i < n; i++) e[i] = keep[i] ? expf(y[i] - m) : 0.0f;
+    if (p->top_p < 1.0f) {
+        double z = 0.0, mass = 0.0;
+        for (int i = 0; i < n; i++) z += (double)e[i];
+        int kept = 0;
+        for (int r = 0; r < n; r++) {
+            int i = ord[r];
+            if (e[i] == 0.0f) continue;
+            if (kept > 0 && !(mass < (double)p->top_p * z)) e[i] = 0.0f;
+            else mass += (double)e[i], kept++;
+        }
+    }
+    if (p->min_p > 0.0f)
+        for (int i = 0; i < n; i++)
+            if (e[i] < p->min_p) e[i] = 0.0f;
+    double w = 0.0;
+    for (int i = 0; i < n; i++) w += (double)e[i];
+    for (int i = 0; i < n; i++) out[i] = (float)((double)e[i] / w);
+done:
+    free(x), free(y), free(e), free(ord), free(keep), free(cnt), free(ctx);
+}
+
+static void test_naive_reference_random(void **state) {
+    (void)state;
+    uint64_t st = 2024;
+    int fails = 0;
+    for (int it = 0; it < 400; it++) {
+        int n = it % 7 == 0 ? 1000 + (int)(splitmix64(&st) % 3000) : 1 + (int)(splitmix64(&st) % 300);
+        float *raw = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)n * sizeof(float));
+        float *want = malloc((size_t)n * sizeof(float)), *row = malloc((size_t)n * sizeof(float));
+        int style = (int)(splitmix64(&st) % 3);
+        for (int i = 0; i < n; i++) {
+            double u = (double)(splitmix64(&st) >> 11) * 0x1.0p-53;
+            if (style == 0) raw[i] = (float)floor(u * 16.0) * 0.5f; /* heavy ties */
+            else if (style == 1) raw[i] = (float)((u - 0.5) * 30.0);
+            else raw[i] = (float)(u * u * u * 25.0 - 5.0); /* long tail */
+        }
+        qv_sampling_params p;
+        qv_sampling_params_default(&p);
+        uint64_t r = splitmix64(&st);
+        const float temps[] = {0.0f, 0.3f, 0.7f, 1.0f, 1.7f};
+        const int ks[] = {0, 1, 2, 5, 40, 300, 257, 2000};
+        const float ps[] = {1.0f, 0.999f, 0.95f, 0.9f, 0.5f, 0.1f};
+        const float mps[] = {0.0f, 0.0f, 0.01f, 0.2f};
+        p.temperature = temps[r % 5];
+        p.top_k = ks[(r >> 8) % 8];
+        p.top_p = ps[(r >> 16) % 6];
+        p.min_p = mps[(r >> 24) % 4];
+        p.repetition_penalty = (r >> 32) % 3 == 0 ? 1.3f : 1.0f;
+        p.presence_penalty = (r >> 36) % 3 == 0 ? 0.5f : 0.0f;
+        p.frequency_penalty = (r >> 40) % 3 == 0 ? -0.25f : 0.0f;
+        int32_t prompt[8], gen[8];
+        for (int i = 0; i < 8; i++) {
+            prompt[i] = (int32_t)(splitmix64(&st) % (uint64_t)n);
+            gen[i] = (int32_t)(splitmix64(&st) % (uint64_t)n);
+        }
+        naive_probs(&p, prompt, 8, gen, 8, raw, n, want);
+        qv_sampler *s = NULL;
+        assert_int_equal(qv_sampler_create(&p, n, &s), QV_OK);
+        qv_sampler_add_prompt(s, prompt, 8);
+        for (int i = 0; i < 8; i++) qv_sampler_accept(s, gen[i]);
+        memcpy(row, raw, (size_t)n * sizeof(float));
+        qv_sampler_probs(s, row, got);
+        int zero_mismatch = 0;
+        for (int i = 0; i < n; i++) zero_mismatch += (got[i] > 0.0f) != (want[i] > 0.0f);
+        char label[128];
+        snprintf(label, sizeof(label), "naive #%d n=%d style=%d T=%g k=%d p=%g minp=%g", it, n,
+                 style, (double)p.temperature, p.top_k, (double)p.top_p, (double)p.min_p);
+        size_t bad = 0;
+        for (int i = 0; i < n; i++) bad += fabsf(got[i] - want[i]) > 1e-7f;
+        if (bad || zero_mismatch) {
+            qv_test_compare_f32(label, got, want, (size_t)n, 1e-7, 0.0);
+            fprintf(stderr, "%s: %d kept-set mismatches\n", label, zero_mismatch);
+            fails++;
+        }
+        /* Sampled tokens always have non-zero probability. */
+        for (int d = 0; d < 20; d++) {
+            memcpy(row, raw, (size_t)n * sizeof(float));
+            int32_t tok = qv_sampler_sample(s, row, NULL);
+            if (!(want[tok] > 0.0f)) {
+                fprintf(stderr, "%s: sampled token %d has probability 0\n", label, tok);
+                fails++;
+            }
+        }
+        qv_sampler_free(s);
+        free(raw), free(got), free(want), free(row);
+    }
+    assert_int_equal(fails, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_distributions),
@@ -638,6 +776,7 @@ int main(void) {
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_alloc_failure),
         cmocka_unit_test(test_degenerate_rows),
+        cmocka_unit_test(test_naive_reference_random),
     };
     return cmocka_run_group_tests(tests, setup_cases, teardown_cases);
 }
