@@ -441,13 +441,14 @@ static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
         for (size_t ti = 1; ti < QV_ARRAY_LEN(thresholds) && mass < (double)s->p.top_p * z; ti++) {
             float thr = thresholds[ti];
             /* expf(d) >= thr implies d >= logf(thr) up to rounding; the margin keeps the
-             * prefilter a superset and the exact test decides. */
-            float lo = thr > 0.0f ? m + logf(thr) - 0.01f : -INFINITY;
+             * prefilter a superset and the exact test decides. Compared as differences: m may
+             * be large enough that m + logf(thr) loses the margin to rounding. */
+            float lo = thr > 0.0f ? logf(thr) - 0.01f : -INFINITY;
             nc = 0;
             mass = 0.0;
             for (int i = 0; i < n; i++) {
                 float y = x[i] / t;
-                if (y >= lo) {
+                if (y - m >= lo) {
                     float e = expf(y - m);
                     if (e >= thr && e > 0.0f) {
                         c[nc++] = (cand){i, y, e};
@@ -459,10 +460,10 @@ static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
     } else if (use_min_p) {
         /* HF MinPLogitsWarper: drop p < min_p * p_max, i.e. expf(y - m) < min_p. */
         const float mp = s->p.min_p;
-        const float lo = m + logf(mp) - 0.01f;
+        const float lo = logf(mp) - 0.01f;
         for (int i = 0; i < n; i++) {
             float y = x[i] / t;
-            if (y >= lo) {
+            if (y - m >= lo) {
                 float e = expf(y - m);
                 if (e >= mp && e > 0.0f) c[nc++] = (cand){i, y, e};
             }

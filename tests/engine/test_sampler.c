@@ -702,21 +702,22 @@ static void test_naive_reference_random(void **state) {
         int n = it % 7 == 0 ? 1000 + (int)(splitmix64(&st) % 3000) : 1 + (int)(splitmix64(&st) % 300);
         float *raw = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)n * sizeof(float));
         float *want = malloc((size_t)n * sizeof(float)), *row = malloc((size_t)n * sizeof(float));
-        int style = (int)(splitmix64(&st) % 3);
+        int style = (int)(splitmix64(&st) % 4);
         for (int i = 0; i < n; i++) {
             double u = (double)(splitmix64(&st) >> 11) * 0x1.0p-53;
             if (style == 0) raw[i] = (float)floor(u * 16.0) * 0.5f; /* heavy ties */
             else if (style == 1) raw[i] = (float)((u - 0.5) * 30.0);
-            else raw[i] = (float)(u * u * u * 25.0 - 5.0); /* long tail */
+            else if (style == 2) raw[i] = (float)(u * u * u * 25.0 - 5.0); /* long tail */
+            else raw[i] = (float)(900.0 + u * 8.0); /* large values: y ~ 1e6 at T = 1e-3 */
         }
         qv_sampling_params p;
         qv_sampling_params_default(&p);
         uint64_t r = splitmix64(&st);
-        const float temps[] = {0.0f, 0.3f, 0.7f, 1.0f, 1.7f};
+        const float temps[] = {0.0f, 0.3f, 0.7f, 1.0f, 1.7f, 1e-3f};
         const int ks[] = {0, 1, 2, 5, 40, 300, 257, 2000};
         const float ps[] = {1.0f, 0.999f, 0.95f, 0.9f, 0.5f, 0.1f};
         const float mps[] = {0.0f, 0.0f, 0.01f, 0.2f};
-        p.temperature = temps[r % 5];
+        p.temperature = temps[r % 6];
         p.top_k = ks[(r >> 8) % 8];
         p.top_p = ps[(r >> 16) % 6];
         p.min_p = mps[(r >> 24) % 4];
