@@ -328,7 +328,9 @@ static qv_status stream_step(qv_detok *d, bool final) {
         }
         if ((st = qv__buf_put(&d->pending, s->p + from, s->len - from))) return st;
         size_t new_prefix_index = d->n_ids - d->prefix_index;
-        memmove(d->ids, d->ids + d->prefix_index, (d->n_ids - d->prefix_index) * sizeof(int32_t));
+        if (d->prefix_index && d->n_ids > d->prefix_index)
+            memmove(d->ids, d->ids + d->prefix_index,
+                    (d->n_ids - d->prefix_index) * sizeof(int32_t));
         d->n_ids -= d->prefix_index;
         d->prefix.len = 0;
         if ((st = qv__tok_decode_buf(d->t, d->ids, d->n_ids, d->skip, &d->prefix))) return st;
@@ -378,7 +380,7 @@ static qv_status emit(qv_detok *d, bool at_end) {
         cut -= qv__utf8_incomplete_tail(p, cut);
     }
     if (qv__buf_put(&d->outbuf, p, cut)) return QV_ERR_NOMEM;
-    memmove(d->pending.p, p + cut, n - cut);
+    if (n > cut) memmove(d->pending.p, p + cut, n - cut);
     d->pending.len = n - cut;
     if (d->finished) d->pending.len = 0;
     return QV_OK;
