@@ -37,7 +37,7 @@ struct qv_gguf {
     uint32_t version;
     gguf_kv *kv; /* [n_kv] in file order */
     size_t n_kv;
-    size_t *kv_sorted; /* [n_kv] indices sorted by key */
+    size_t *kv_sorted;       /* [n_kv] indices sorted by key */
     qv_gguf_tensor *tensors; /* [n_tensors] in file order */
     size_t n_tensors;
     size_t *t_sorted; /* [n_tensors] indices sorted by name */
@@ -67,7 +67,8 @@ static void free_const(const void *p) {
 
 static uint64_t le(const uint8_t *b, int n) {
     uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--) v = (v << 8) | b[i];
+    for (int i = n - 1; i >= 0; i--)
+        v = (v << 8) | b[i];
     return v;
 }
 
@@ -91,23 +92,23 @@ static const struct {
     enum qv_dtype dtype;
     const char *name;
 } ggml_types[] = {
-    [0] = {1, 4, QV_DTYPE_F32, "F32"},         [1] = {1, 2, QV_DTYPE_F16, "F16"},
-    [2] = {32, 18, QV_DTYPE_Q4_0, "Q4_0"},     [3] = {32, 20, QV_DTYPE_Q4_1, "Q4_1"},
-    [6] = {32, 22, QV_DTYPE_Q5_0, "Q5_0"},     [7] = {32, 24, QV_DTYPE_Q5_1, "Q5_1"},
-    [8] = {32, 34, QV_DTYPE_Q8_0, "Q8_0"},     [9] = {32, 40, QV_DTYPE_COUNT, "Q8_1"},
-    [10] = {256, 84, QV_DTYPE_COUNT, "Q2_K"},  [11] = {256, 110, QV_DTYPE_COUNT, "Q3_K"},
-    [12] = {256, 144, QV_DTYPE_Q4_K, "Q4_K"},  [13] = {256, 176, QV_DTYPE_COUNT, "Q5_K"},
-    [14] = {256, 210, QV_DTYPE_Q6_K, "Q6_K"},  [15] = {256, 292, QV_DTYPE_COUNT, "Q8_K"},
+    [0] = {1, 4, QV_DTYPE_F32, "F32"},           [1] = {1, 2, QV_DTYPE_F16, "F16"},
+    [2] = {32, 18, QV_DTYPE_Q4_0, "Q4_0"},       [3] = {32, 20, QV_DTYPE_Q4_1, "Q4_1"},
+    [6] = {32, 22, QV_DTYPE_Q5_0, "Q5_0"},       [7] = {32, 24, QV_DTYPE_Q5_1, "Q5_1"},
+    [8] = {32, 34, QV_DTYPE_Q8_0, "Q8_0"},       [9] = {32, 40, QV_DTYPE_COUNT, "Q8_1"},
+    [10] = {256, 84, QV_DTYPE_COUNT, "Q2_K"},    [11] = {256, 110, QV_DTYPE_COUNT, "Q3_K"},
+    [12] = {256, 144, QV_DTYPE_Q4_K, "Q4_K"},    [13] = {256, 176, QV_DTYPE_COUNT, "Q5_K"},
+    [14] = {256, 210, QV_DTYPE_Q6_K, "Q6_K"},    [15] = {256, 292, QV_DTYPE_COUNT, "Q8_K"},
     [16] = {256, 66, QV_DTYPE_COUNT, "IQ2_XXS"}, [17] = {256, 74, QV_DTYPE_COUNT, "IQ2_XS"},
     [18] = {256, 98, QV_DTYPE_COUNT, "IQ3_XXS"}, [19] = {256, 50, QV_DTYPE_COUNT, "IQ1_S"},
-    [20] = {32, 18, QV_DTYPE_COUNT, "IQ4_NL"}, [21] = {256, 110, QV_DTYPE_COUNT, "IQ3_S"},
-    [22] = {256, 82, QV_DTYPE_COUNT, "IQ2_S"}, [23] = {256, 136, QV_DTYPE_COUNT, "IQ4_XS"},
-    [24] = {1, 1, QV_DTYPE_COUNT, "I8"},       [25] = {1, 2, QV_DTYPE_COUNT, "I16"},
-    [26] = {1, 4, QV_DTYPE_COUNT, "I32"},      [27] = {1, 8, QV_DTYPE_COUNT, "I64"},
-    [28] = {1, 8, QV_DTYPE_COUNT, "F64"},      [29] = {256, 56, QV_DTYPE_COUNT, "IQ1_M"},
-    [30] = {1, 2, QV_DTYPE_BF16, "BF16"},      [34] = {256, 54, QV_DTYPE_COUNT, "TQ1_0"},
-    [35] = {256, 66, QV_DTYPE_COUNT, "TQ2_0"}, [39] = {32, 17, QV_DTYPE_COUNT, "MXFP4"},
-    [40] = {64, 36, QV_DTYPE_COUNT, "type40"}, [41] = {128, 18, QV_DTYPE_COUNT, "type41"},
+    [20] = {32, 18, QV_DTYPE_COUNT, "IQ4_NL"},   [21] = {256, 110, QV_DTYPE_COUNT, "IQ3_S"},
+    [22] = {256, 82, QV_DTYPE_COUNT, "IQ2_S"},   [23] = {256, 136, QV_DTYPE_COUNT, "IQ4_XS"},
+    [24] = {1, 1, QV_DTYPE_COUNT, "I8"},         [25] = {1, 2, QV_DTYPE_COUNT, "I16"},
+    [26] = {1, 4, QV_DTYPE_COUNT, "I32"},        [27] = {1, 8, QV_DTYPE_COUNT, "I64"},
+    [28] = {1, 8, QV_DTYPE_COUNT, "F64"},        [29] = {256, 56, QV_DTYPE_COUNT, "IQ1_M"},
+    [30] = {1, 2, QV_DTYPE_BF16, "BF16"},        [34] = {256, 54, QV_DTYPE_COUNT, "TQ1_0"},
+    [35] = {256, 66, QV_DTYPE_COUNT, "TQ2_0"},   [39] = {32, 17, QV_DTYPE_COUNT, "MXFP4"},
+    [40] = {64, 36, QV_DTYPE_COUNT, "type40"},   [41] = {128, 18, QV_DTYPE_COUNT, "type41"},
 };
 
 const char *qv_gguf_ggml_type_name(uint32_t t) {
@@ -134,8 +135,7 @@ static size_t scalar_size(uint32_t t) {
 }
 
 /* Reads a string header (u64 length + bytes) and returns the bytes. */
-static qv_status rd_string(rd *r, const uint8_t **s, uint64_t *n, const char *what,
-                           qv_error *err) {
+static qv_status rd_string(rd *r, const uint8_t **s, uint64_t *n, const char *what, qv_error *err) {
     size_t at = r->pos;
     if (!rd_u64(r, n)) {
         return qv_errorf(err, QV_ERR_INVALID, "truncated %s length at byte %zu", what, at);
@@ -221,7 +221,6 @@ static qv_status read_value(rd *r, gguf_kv *kv, qv_error *err) {
     return QV_OK;
 }
 
-
 static void gguf_free(qv_gguf *g) {
     if (!g) return;
     for (size_t i = 0; i < g->n_kv; i++) {
@@ -230,7 +229,8 @@ static void gguf_free(qv_gguf *g) {
     }
     qv_free(g->kv);
     qv_free(g->kv_sorted);
-    for (size_t i = 0; i < g->n_tensors; i++) free_const(g->tensors[i].name);
+    for (size_t i = 0; i < g->n_tensors; i++)
+        free_const(g->tensors[i].name);
     qv_free(g->tensors);
     qv_free(g->t_sorted);
     qv_mmap_close(&g->map);
@@ -249,9 +249,12 @@ static void merge_sort_idx(size_t *a, size_t *tmp, size_t n, idx_cmp cmp, const 
     merge_sort_idx(a, tmp, h, cmp, g);
     merge_sort_idx(a + h, tmp, n - h, cmp, g);
     size_t i = 0, j = h, k = 0;
-    while (i < h && j < n) tmp[k++] = cmp(g, a[i], a[j]) <= 0 ? a[i++] : a[j++];
-    while (i < h) tmp[k++] = a[i++];
-    while (j < n) tmp[k++] = a[j++];
+    while (i < h && j < n)
+        tmp[k++] = cmp(g, a[i], a[j]) <= 0 ? a[i++] : a[j++];
+    while (i < h)
+        tmp[k++] = a[i++];
+    while (j < n)
+        tmp[k++] = a[j++];
     memcpy(a, tmp, n * sizeof(*a));
 }
 
@@ -274,7 +277,8 @@ static qv_status sorted_index(qv_gguf *g, size_t n, size_t **out, idx_cmp cmp, q
         qv_free(tmp);
         return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
     }
-    for (size_t i = 0; i < n; i++) idx[i] = i;
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
     merge_sort_idx(idx, tmp, n, cmp, g);
     qv_free(tmp);
     *out = idx;
@@ -300,18 +304,19 @@ static qv_status parse_tensor_info(rd *r, qv_gguf *g, qv_gguf_tensor *t, uint64_
     uint32_t nd;
     if (!rd_u32(r, &nd)) return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': truncated", t->name);
     if (nd < 1 || nd > 4) {
-        return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': %u dimensions (must be 1..4)",
-                         t->name, nd);
+        return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': %u dimensions (must be 1..4)", t->name,
+                         nd);
     }
     t->n_dims = (int)nd;
-    for (int i = 0; i < 4; i++) t->ne[i] = 1;
+    for (int i = 0; i < 4; i++)
+        t->ne[i] = 1;
     int64_t n_elems = 1;
     for (uint32_t i = 0; i < nd; i++) {
         uint64_t v;
-        if (!rd_u64(r, &v)) return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': truncated", t->name);
+        if (!rd_u64(r, &v))
+            return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': truncated", t->name);
         if (v > (uint64_t)INT64_MAX || __builtin_mul_overflow(n_elems, (int64_t)v, &n_elems)) {
-            return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': element count overflows",
-                             t->name);
+            return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': element count overflows", t->name);
         }
         t->ne[i] = (int64_t)v;
     }
@@ -320,8 +325,7 @@ static qv_status parse_tensor_info(rd *r, qv_gguf *g, qv_gguf_tensor *t, uint64_
         return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': truncated", t->name);
     }
     if (type >= QV_ARRAY_LEN(ggml_types) || !ggml_types[type].blck) {
-        return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': unknown ggml type %u", t->name,
-                         type);
+        return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': unknown ggml type %u", t->name, type);
     }
     t->ggml_type = type;
     t->dtype = ggml_types[type].dtype;
@@ -332,7 +336,8 @@ static qv_status parse_tensor_info(rd *r, qv_gguf *g, qv_gguf_tensor *t, uint64_
                          t->name, (long long)t->ne[0], ggml_types[type].name, (long long)blck);
     }
     uint64_t nb = (uint64_t)(t->ne[0] / blck);
-    for (int i = 1; i < 4; i++) nb *= (uint64_t)t->ne[i]; /* product <= n_elems: no overflow */
+    for (int i = 1; i < 4; i++)
+        nb *= (uint64_t)t->ne[i]; /* product <= n_elems: no overflow */
     if (__builtin_mul_overflow(nb, (uint64_t)ggml_types[type].size, &t->n_bytes)) {
         return qv_errorf(err, QV_ERR_INVALID, "tensor '%s': byte size overflows", t->name);
     }
@@ -465,8 +470,8 @@ static qv_status gguf_parse(const uint8_t *buf, size_t len, qv_gguf *g, qv_error
             st = qv_errorf(err, QV_ERR_INVALID,
                            "tensor '%s': data [%llu, +%llu) is outside the %llu-byte data "
                            "section (truncated file?)",
-                           t->name, (unsigned long long)offsets[i],
-                           (unsigned long long)t->n_bytes, (unsigned long long)data_len);
+                           t->name, (unsigned long long)offsets[i], (unsigned long long)t->n_bytes,
+                           (unsigned long long)data_len);
             goto fail;
         }
         t->data = buf + data_start + offsets[i];
@@ -475,8 +480,7 @@ static qv_status gguf_parse(const uint8_t *buf, size_t len, qv_gguf *g, qv_error
     for (size_t i = 1; i < g->n_tensors; i++) {
         const qv_gguf_tensor *a = &g->tensors[by_off[i - 1]], *b = &g->tensors[by_off[i]];
         if ((const uint8_t *)a->data + a->n_bytes > (const uint8_t *)b->data) {
-            st = qv_errorf(err, QV_ERR_INVALID, "tensors '%s' and '%s' overlap", a->name,
-                           b->name);
+            st = qv_errorf(err, QV_ERR_INVALID, "tensors '%s' and '%s' overlap", a->name, b->name);
             goto fail;
         }
     }
@@ -622,8 +626,7 @@ bool qv_gguf_get_str(const qv_gguf *g, const char *key, const char **s, size_t *
     return true;
 }
 
-bool qv_gguf_get_arr(const qv_gguf *g, const char *key, enum qv_gguf_type *elem_type,
-                     uint64_t *n) {
+bool qv_gguf_get_arr(const qv_gguf *g, const char *key, enum qv_gguf_type *elem_type, uint64_t *n) {
     const gguf_kv *kv = find_kv(g, key);
     if (!kv || kv->type != QV_GGUF_ARRAY) return false;
     *elem_type = kv->elem;
@@ -631,8 +634,7 @@ bool qv_gguf_get_arr(const qv_gguf *g, const char *key, enum qv_gguf_type *elem_
     return true;
 }
 
-bool qv_gguf_arr_str(const qv_gguf *g, const char *key, uint64_t i, const char **s,
-                     size_t *len) {
+bool qv_gguf_arr_str(const qv_gguf *g, const char *key, uint64_t i, const char **s, size_t *len) {
     const gguf_kv *kv = find_kv(g, key);
     if (!kv || kv->type != QV_GGUF_ARRAY || kv->elem != QV_GGUF_STRING || i >= kv->n) {
         return false;
@@ -664,10 +666,6 @@ bool qv_gguf_arr_int(const qv_gguf *g, const char *key, uint64_t i, int64_t *out
 
 size_t qv_gguf_n_kv(const qv_gguf *g) { return g->n_kv; }
 
-const char *qv_gguf_key_at(const qv_gguf *g, size_t i) {
-    return i < g->n_kv ? g->kv[i].key : NULL;
-}
+const char *qv_gguf_key_at(const qv_gguf *g, size_t i) { return i < g->n_kv ? g->kv[i].key : NULL; }
 
-enum qv_gguf_type qv_gguf_type_at(const qv_gguf *g, size_t i) {
-    return g->kv[i].type;
-}
+enum qv_gguf_type qv_gguf_type_at(const qv_gguf *g, size_t i) { return g->kv[i].type; }

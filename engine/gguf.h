@@ -44,8 +44,8 @@ typedef struct qv_gguf_tensor {
     uint32_t ggml_type;  /* raw ggml type id */
     enum qv_dtype dtype; /* mapped dtype; QV_DTYPE_COUNT when quiver does not support it */
     int n_dims;
-    int64_t ne[4];       /* GGML order: ne[0] is the contiguous dimension; missing dims = 1 */
-    const void *data;    /* into the buffer */
+    int64_t ne[4];    /* GGML order: ne[0] is the contiguous dimension; missing dims = 1 */
+    const void *data; /* into the buffer */
     uint64_t n_bytes;
 } qv_gguf_tensor;
 
@@ -70,8 +70,7 @@ bool qv_gguf_get_bool(const qv_gguf *g, const char *key, bool *out);
 /* String value (not NUL-terminated in the file: use len). */
 bool qv_gguf_get_str(const qv_gguf *g, const char *key, const char **s, size_t *len);
 /* Array: element type and count. */
-bool qv_gguf_get_arr(const qv_gguf *g, const char *key, enum qv_gguf_type *elem_type,
-                     uint64_t *n);
+bool qv_gguf_get_arr(const qv_gguf *g, const char *key, enum qv_gguf_type *elem_type, uint64_t *n);
 /* Element i of a STRING array. */
 bool qv_gguf_arr_str(const qv_gguf *g, const char *key, uint64_t i, const char **s, size_t *len);
 /* Element i of a numeric array converted to double / int64. */

@@ -26,16 +26,16 @@
 #define CONFIG_MAX_BYTES (16u << 20)
 
 struct qv_model_priv {
-    qv_st_set *st;   /* HF safetensors files (NULL for GGUF) */
-    void **owned;    /* [n_owned] buffers owned by the model (copies, F32 vectors) */
+    qv_st_set *st; /* HF safetensors files (NULL for GGUF) */
+    void **owned;  /* [n_owned] buffers owned by the model (copies, F32 vectors) */
     size_t n_owned, cap_owned;
-    size_t owned_bytes;  /* bytes of weight data held in owned buffers */
-    size_t mapped_bytes; /* bytes of weight data used in place from the mapping */
-    size_t file_bytes;   /* total bytes mapped */
-    int stored_count[QV_DTYPE_COUNT];     /* weight tensors by stored dtype */
+    size_t owned_bytes;                    /* bytes of weight data held in owned buffers */
+    size_t mapped_bytes;                   /* bytes of weight data used in place from the mapping */
+    size_t file_bytes;                     /* total bytes mapped */
+    int stored_count[QV_DTYPE_COUNT];      /* weight tensors by stored dtype */
     uint64_t stored_bytes[QV_DTYPE_COUNT]; /* their bytes as stored */
-    bool permuted;     /* GGUF llama arch: q/k rows were un-permuted */
-    bool rope_freqs;   /* GGUF rope_freqs tensor applied */
+    bool permuted;                         /* GGUF llama arch: q/k rows were un-permuted */
+    bool rope_freqs;                       /* GGUF rope_freqs tensor applied */
     uint32_t gguf_version;
 };
 
@@ -96,7 +96,8 @@ static void *own_alloc(qv_model *m, size_t n_bytes) {
 void qv_model_free(qv_model *m) {
     if (!m) return;
     if (m->priv) {
-        for (size_t i = 0; i < m->priv->n_owned; i++) qv_free(m->priv->owned[i]);
+        for (size_t i = 0; i < m->priv->n_owned; i++)
+            qv_free(m->priv->owned[i]);
         qv_free(m->priv->owned);
         qv_st_set_close(m->priv->st);
         qv_free(m->priv);
@@ -121,7 +122,8 @@ static bool find_src(loader *L, const char *name, src_tensor *s) {
         s->dtype = t->dtype;
         s->dtype_name = qv_gguf_ggml_type_name(t->ggml_type);
         s->n_dims = t->n_dims;
-        for (int i = 0; i < 4; i++) s->dims[i] = t->ne[i];
+        for (int i = 0; i < 4; i++)
+            s->dims[i] = t->ne[i];
         s->data = t->data;
         s->n_bytes = t->n_bytes;
         return true;
@@ -132,7 +134,8 @@ static bool find_src(loader *L, const char *name, src_tensor *s) {
     s->dtype = t->dtype;
     s->dtype_name = qv_dtype_name(t->dtype);
     s->n_dims = t->n_dims;
-    for (int i = 0; i < 4; i++) s->dims[i] = i < t->n_dims ? t->shape[i] : 1;
+    for (int i = 0; i < 4; i++)
+        s->dims[i] = i < t->n_dims ? t->shape[i] : 1;
     if (t->n_dims > 4) s->n_dims = 5; /* reported as a shape mismatch below */
     s->data = t->data;
     s->n_bytes = t->n_bytes;
@@ -146,14 +149,15 @@ static void fmt_dims(const loader *L, const src_tensor *s, char *buf, size_t n) 
     for (int i = 0; i < nd && k > 0 && (size_t)k < n; i++) {
         k += snprintf(buf + k, n - (size_t)k, "%s%lld", i ? ", " : "", (long long)s->dims[i]);
     }
-    if (k > 0 && (size_t)k < n) snprintf(buf + k, n - (size_t)k, "%s]", s->n_dims > 4 ? ", ..." : "");
+    if (k > 0 && (size_t)k < n)
+        snprintf(buf + k, n - (size_t)k, "%s]", s->n_dims > 4 ? ", ..." : "");
 }
 
 static qv_status shape_error(loader *L, const src_tensor *s, const char *want) {
     char got[96];
     fmt_dims(L, s, got, sizeof(got));
-    return qv_errorf(L->err, QV_ERR_INVALID, "%s: tensor '%s' has shape %s, expected %s%s",
-                     L->file, s->name, got, L->is_gguf ? "ne=" : "", want);
+    return qv_errorf(L->err, QV_ERR_INVALID, "%s: tensor '%s' has shape %s, expected %s%s", L->file,
+                     s->name, got, L->is_gguf ? "ne=" : "", want);
 }
 
 static qv_status missing_error(loader *L, const char *name) {
@@ -195,8 +199,8 @@ static void unpermute_rows(const uint8_t *src, uint8_t *dst, int64_t n_rows, siz
 
 /* Binds a 2-D weight [rows, cols] (HF order). `permute` un-permutes q/k rows of GGUF llama.
  * Absent + !required -> out->data == NULL. */
-static qv_status bind_matrix(loader *L, const char *name, int64_t rows, int64_t cols,
-                             bool permute, bool required, qv_tensor *out) {
+static qv_status bind_matrix(loader *L, const char *name, int64_t rows, int64_t cols, bool permute,
+                             bool required, qv_tensor *out) {
     memset(out, 0, sizeof(*out));
     src_tensor s;
     if (!find_src(L, name, &s)) return required ? missing_error(L, name) : QV_OK;
@@ -208,7 +212,8 @@ static qv_status bind_matrix(loader *L, const char *name, int64_t rows, int64_t 
         }
     } else {
         snprintf(want, sizeof(want), "[%lld, %lld]", (long long)rows, (long long)cols);
-        if (s.n_dims != 2 || s.dims[0] != rows || s.dims[1] != cols) return shape_error(L, &s, want);
+        if (s.n_dims != 2 || s.dims[0] != rows || s.dims[1] != cols)
+            return shape_error(L, &s, want);
     }
     qv_status st = dtype_check(L, &s);
     if (st != QV_OK) return st;
@@ -227,7 +232,8 @@ static qv_status bind_matrix(loader *L, const char *name, int64_t rows, int64_t 
         return QV_OK;
     }
     uint8_t *copy = own_alloc(L->m, (size_t)s.n_bytes);
-    if (!copy) return qv_errorf(L->err, QV_ERR_NOMEM, "%s: out of memory copying '%s'", L->file, name);
+    if (!copy)
+        return qv_errorf(L->err, QV_ERR_NOMEM, "%s: out of memory copying '%s'", L->file, name);
     if (permute) {
         unpermute_rows(s.data, copy, rows, out->row_bytes, L->m->cfg.head_dim);
     } else {
@@ -239,8 +245,8 @@ static qv_status bind_matrix(loader *L, const char *name, int64_t rows, int64_t 
 }
 
 /* Binds a 1-D tensor [len] as an owned F32 vector (optionally un-permuted like q/k rows). */
-static qv_status bind_vector(loader *L, const char *name, int64_t len, bool permute,
-                             bool required, qv_tensor *out) {
+static qv_status bind_vector(loader *L, const char *name, int64_t len, bool permute, bool required,
+                             qv_tensor *out) {
     memset(out, 0, sizeof(*out));
     src_tensor s;
     if (!find_src(L, name, &s)) return required ? missing_error(L, name) : QV_OK;
@@ -253,7 +259,8 @@ static qv_status bind_vector(loader *L, const char *name, int64_t len, bool perm
     if (st != QV_OK) return st;
     account(L, &s, len);
     float *v = own_alloc(L->m, (size_t)len * sizeof(float));
-    if (!v) return qv_errorf(L->err, QV_ERR_NOMEM, "%s: out of memory converting '%s'", L->file, name);
+    if (!v)
+        return qv_errorf(L->err, QV_ERR_NOMEM, "%s: out of memory converting '%s'", L->file, name);
     qv_dequantize_row(s.dtype, s.data, v, len);
     if (permute) {
         float *tmp = qv_malloc((size_t)len * sizeof(float));
@@ -279,24 +286,35 @@ typedef struct names {
 } names;
 
 static const names hf_names = {
-    "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
-    "model.layers.%d.input_layernorm.weight", "model.layers.%d.self_attn.q_proj.weight",
-    "model.layers.%d.self_attn.k_proj.weight", "model.layers.%d.self_attn.v_proj.weight",
-    "model.layers.%d.self_attn.o_proj.weight", "model.layers.%d.post_attention_layernorm.weight",
-    "model.layers.%d.mlp.gate_proj.weight", "model.layers.%d.mlp.up_proj.weight",
-    "model.layers.%d.mlp.down_proj.weight", "model.layers.%d.self_attn.q_proj.bias",
-    "model.layers.%d.self_attn.k_proj.bias", "model.layers.%d.self_attn.v_proj.bias",
-    "model.layers.%d.self_attn.o_proj.bias", "model.layers.%d.mlp.gate_proj.bias",
-    "model.layers.%d.mlp.up_proj.bias", "model.layers.%d.mlp.down_proj.bias",
+    "model.embed_tokens.weight",
+    "model.norm.weight",
+    "lm_head.weight",
+    "model.layers.%d.input_layernorm.weight",
+    "model.layers.%d.self_attn.q_proj.weight",
+    "model.layers.%d.self_attn.k_proj.weight",
+    "model.layers.%d.self_attn.v_proj.weight",
+    "model.layers.%d.self_attn.o_proj.weight",
+    "model.layers.%d.post_attention_layernorm.weight",
+    "model.layers.%d.mlp.gate_proj.weight",
+    "model.layers.%d.mlp.up_proj.weight",
+    "model.layers.%d.mlp.down_proj.weight",
+    "model.layers.%d.self_attn.q_proj.bias",
+    "model.layers.%d.self_attn.k_proj.bias",
+    "model.layers.%d.self_attn.v_proj.bias",
+    "model.layers.%d.self_attn.o_proj.bias",
+    "model.layers.%d.mlp.gate_proj.bias",
+    "model.layers.%d.mlp.up_proj.bias",
+    "model.layers.%d.mlp.down_proj.bias",
 };
 
 static const names gguf_names = {
-    "token_embd.weight", "output_norm.weight", "output.weight",
-    "blk.%d.attn_norm.weight", "blk.%d.attn_q.weight", "blk.%d.attn_k.weight",
-    "blk.%d.attn_v.weight", "blk.%d.attn_output.weight", "blk.%d.ffn_norm.weight",
-    "blk.%d.ffn_gate.weight", "blk.%d.ffn_up.weight", "blk.%d.ffn_down.weight",
-    "blk.%d.attn_q.bias", "blk.%d.attn_k.bias", "blk.%d.attn_v.bias", "blk.%d.attn_output.bias",
-    "blk.%d.ffn_gate.bias", "blk.%d.ffn_up.bias", "blk.%d.ffn_down.bias",
+    "token_embd.weight",       "output_norm.weight",        "output.weight",
+    "blk.%d.attn_norm.weight", "blk.%d.attn_q.weight",      "blk.%d.attn_k.weight",
+    "blk.%d.attn_v.weight",    "blk.%d.attn_output.weight", "blk.%d.ffn_norm.weight",
+    "blk.%d.ffn_gate.weight",  "blk.%d.ffn_up.weight",      "blk.%d.ffn_down.weight",
+    "blk.%d.attn_q.bias",      "blk.%d.attn_k.bias",        "blk.%d.attn_v.bias",
+    "blk.%d.attn_output.bias", "blk.%d.ffn_gate.bias",      "blk.%d.ffn_up.bias",
+    "blk.%d.ffn_down.bias",
 };
 
 static void lname(char *buf, size_t n, const char *pattern, int layer) {
@@ -311,7 +329,8 @@ static qv_status bind_weights(loader *L, const names *nm, bool permute) {
     qv_model *m = L->m;
     const qv_model_config *c = &m->cfg;
     qv_status st;
-    int64_t q_out = (int64_t)c->n_heads * c->head_dim, kv_out = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t q_out = (int64_t)c->n_heads * c->head_dim,
+            kv_out = (int64_t)c->n_kv_heads * c->head_dim;
     if ((st = bind_matrix(L, nm->embd, c->n_vocab, c->dim, false, true, &m->tok_embd))) return st;
     if ((st = bind_vector(L, nm->norm, c->dim, false, true, &m->out_norm))) return st;
     if (c->tie_embeddings) {
@@ -322,15 +341,15 @@ static qv_status bind_weights(loader *L, const names *nm, bool permute) {
     m->layers = qv_calloc((size_t)c->n_layers, sizeof(*m->layers));
     if (!m->layers) return qv_errorf(L->err, QV_ERR_NOMEM, "%s: out of memory", L->file);
     char n[128];
-#define MAT(field, pat, r, cc, perm)                                                           \
-    do {                                                                                       \
-        lname(n, sizeof(n), nm->pat, i);                                                       \
-        if ((st = bind_matrix(L, n, r, cc, perm, true, &ly->field))) return st;                \
+#define MAT(field, pat, r, cc, perm)                                                               \
+    do {                                                                                           \
+        lname(n, sizeof(n), nm->pat, i);                                                           \
+        if ((st = bind_matrix(L, n, r, cc, perm, true, &ly->field))) return st;                    \
     } while (0)
-#define VEC(field, pat, len, perm, req)                                                        \
-    do {                                                                                       \
-        lname(n, sizeof(n), nm->pat, i);                                                       \
-        if ((st = bind_vector(L, n, len, perm, req, &ly->field))) return st;                   \
+#define VEC(field, pat, len, perm, req)                                                            \
+    do {                                                                                           \
+        lname(n, sizeof(n), nm->pat, i);                                                           \
+        if ((st = bind_vector(L, n, len, perm, req, &ly->field))) return st;                       \
     } while (0)
     for (int i = 0; i < c->n_layers; i++) {
         qv_layer_weights *ly = &m->layers[i];
@@ -360,10 +379,11 @@ static qv_status bind_weights(loader *L, const names *nm, bool permute) {
     /* main dtype: the stored dtype holding most bytes of layer projections. */
     uint64_t by[QV_DTYPE_COUNT] = {0};
     for (int i = 0; i < c->n_layers; i++) {
-        const qv_tensor *ts[] = {&m->layers[i].wq, &m->layers[i].wk, &m->layers[i].wv,
-                                 &m->layers[i].wo, &m->layers[i].w_gate, &m->layers[i].w_up,
+        const qv_tensor *ts[] = {&m->layers[i].wq,    &m->layers[i].wk,     &m->layers[i].wv,
+                                 &m->layers[i].wo,    &m->layers[i].w_gate, &m->layers[i].w_up,
                                  &m->layers[i].w_down};
-        for (size_t k = 0; k < QV_ARRAY_LEN(ts); k++) by[ts[k]->dtype] += ts[k]->row_bytes * (uint64_t)ts[k]->n_rows;
+        for (size_t k = 0; k < QV_ARRAY_LEN(ts); k++)
+            by[ts[k]->dtype] += ts[k]->row_bytes * (uint64_t)ts[k]->n_rows;
     }
     m->main_dtype = m->tok_embd.dtype;
     uint64_t best = 0;
@@ -380,10 +400,10 @@ static qv_status check_config(loader *L) {
     struct {
         const char *name;
         long long v;
-    } pos[] = {{"vocab_size", c->n_vocab},     {"hidden_size", c->dim},
-               {"intermediate_size", c->n_ff}, {"num_hidden_layers", c->n_layers},
+    } pos[] = {{"vocab_size", c->n_vocab},          {"hidden_size", c->dim},
+               {"intermediate_size", c->n_ff},      {"num_hidden_layers", c->n_layers},
                {"num_attention_heads", c->n_heads}, {"num_key_value_heads", c->n_kv_heads},
-               {"head_dim", c->head_dim},      {"max_position_embeddings", c->max_pos}};
+               {"head_dim", c->head_dim},           {"max_position_embeddings", c->max_pos}};
     for (size_t i = 0; i < QV_ARRAY_LEN(pos); i++) {
         if (pos[i].v <= 0 || pos[i].v > (1 << 24)) {
             return qv_errorf(L->err, QV_ERR_INVALID, "%s: %s = %lld is out of range", L->file,
@@ -429,7 +449,8 @@ static qv_status compute_inv_freq(loader *L) {
         m->rope_inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
     }
     if (c->rope_scaling == QV_ROPE_LINEAR) {
-        for (int i = 0; i < half; i++) m->rope_inv_freq[i] /= c->rope_factor;
+        for (int i = 0; i < half; i++)
+            m->rope_inv_freq[i] /= c->rope_factor;
     } else if (c->rope_scaling == QV_ROPE_LLAMA3 && !m->priv->rope_freqs) {
         float old = (float)c->rope_orig_max_pos;
         float low_wl = old / c->rope_low_freq_factor, high_wl = old / c->rope_high_freq_factor;
@@ -527,8 +548,8 @@ static qv_status cfg_special_ids(loader *L, const cJSON *root) {
                              L->file);
         }
         if (c->n_eos == QV_MAX_EOS) {
-            return qv_errorf(L->err, QV_ERR_LIMIT, "%s: more than %d eos_token_id values",
-                             L->file, QV_MAX_EOS);
+            return qv_errorf(L->err, QV_ERR_LIMIT, "%s: more than %d eos_token_id values", L->file,
+                             QV_MAX_EOS);
         }
         c->eos_ids[c->n_eos++] = (int)x->valuedouble;
     }
@@ -542,10 +563,12 @@ static qv_status parse_rope(loader *L, const cJSON *root) {
      * top-level "rope_theta" and a "rope_scaling" dict or null. */
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
     if (rp && !cJSON_IsNull(rp) && !cJSON_IsObject(rp)) {
-        return qv_errorf(L->err, QV_ERR_INVALID, "%s: \"rope_parameters\" must be an object", L->file);
+        return qv_errorf(L->err, QV_ERR_INVALID, "%s: \"rope_parameters\" must be an object",
+                         L->file);
     }
     if ((st = cfg_float(L, root, "rope_theta", &c->rope_theta))) return st;
-    const cJSON *rs = cJSON_IsObject(rp) ? rp : cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    const cJSON *rs =
+        cJSON_IsObject(rp) ? rp : cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     if (!rs || cJSON_IsNull(rs)) return QV_OK;
     if (!cJSON_IsObject(rs)) {
         return qv_errorf(L->err, QV_ERR_INVALID, "%s: \"rope_scaling\" must be an object or null",
@@ -563,7 +586,8 @@ static qv_status parse_rope(loader *L, const cJSON *root) {
         c->rope_scaling = QV_ROPE_DYNAMIC;
     } else if (!strcmp(type, "llama3")) {
         c->rope_scaling = QV_ROPE_LLAMA3;
-        const char *req[] = {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+        const char *req[] = {"low_freq_factor", "high_freq_factor",
+                             "original_max_position_embeddings"};
         for (size_t i = 0; i < QV_ARRAY_LEN(req); i++) {
             if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(rs, req[i]))) {
                 return qv_errorf(L->err, QV_ERR_INVALID, "%s: llama3 rope scaling needs \"%s\"",
@@ -572,10 +596,13 @@ static qv_status parse_rope(loader *L, const cJSON *root) {
         }
         if ((st = cfg_float(L, rs, "low_freq_factor", &c->rope_low_freq_factor))) return st;
         if ((st = cfg_float(L, rs, "high_freq_factor", &c->rope_high_freq_factor))) return st;
-        if ((st = cfg_int(L, rs, "original_max_position_embeddings", &c->rope_orig_max_pos))) return st;
+        if ((st = cfg_int(L, rs, "original_max_position_embeddings", &c->rope_orig_max_pos)))
+            return st;
     } else {
-        return qv_errorf(L->err, QV_ERR_UNSUPPORTED, "%s: rope scaling type '%.32s' is not supported "
-                         "(default, linear, dynamic, llama3)", L->file, type);
+        return qv_errorf(L->err, QV_ERR_UNSUPPORTED,
+                         "%s: rope scaling type '%.32s' is not supported "
+                         "(default, linear, dynamic, llama3)",
+                         L->file, type);
     }
     if (need_factor && !cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(rs, "factor"))) {
         return qv_errorf(L->err, QV_ERR_INVALID, "%s: rope scaling '%s' needs \"factor\"", L->file,
@@ -587,7 +614,8 @@ static qv_status parse_rope(loader *L, const cJSON *root) {
 static qv_status parse_hf_config(loader *L, const cJSON *root) {
     qv_model_config *c = &L->m->cfg;
     qv_status st;
-    if (!cJSON_IsObject(root)) return qv_errorf(L->err, QV_ERR_INVALID, "%s: not a JSON object", L->file);
+    if (!cJSON_IsObject(root))
+        return qv_errorf(L->err, QV_ERR_INVALID, "%s: not a JSON object", L->file);
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (!cJSON_IsString(mt)) {
         return qv_errorf(L->err, QV_ERR_INVALID, "%s: missing \"model_type\"", L->file);
@@ -610,8 +638,9 @@ static qv_status parse_hf_config(loader *L, const cJSON *root) {
     }
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
     if (cJSON_IsString(act) && strcmp(act->valuestring, "silu") != 0) {
-        return qv_errorf(L->err, QV_ERR_UNSUPPORTED, "%s: hidden_act '%.32s' is not supported (silu)",
-                         L->file, act->valuestring);
+        return qv_errorf(L->err, QV_ERR_UNSUPPORTED,
+                         "%s: hidden_act '%.32s' is not supported (silu)", L->file,
+                         act->valuestring);
     }
     if ((st = cfg_int(L, root, "vocab_size", &c->n_vocab))) return st;
     if ((st = cfg_int(L, root, "hidden_size", &c->dim))) return st;
@@ -744,7 +773,8 @@ static qv_status gguf_int(loader *L, const char *arch, const char *suffix, bool 
     uint64_t n;
     if (qv_gguf_get_arr(g, key, &et, &n)) {
         if (n == 0 || !qv_gguf_arr_int(g, key, 0, &v)) {
-            return qv_errorf(L->err, QV_ERR_INVALID, "%s: '%s' is not an integer array", L->file, key);
+            return qv_errorf(L->err, QV_ERR_INVALID, "%s: '%s' is not an integer array", L->file,
+                             key);
         }
         for (uint64_t i = 1; i < n; i++) {
             int64_t w;
@@ -802,18 +832,19 @@ static void log_gguf_facts(const qv_model *m, const char *arch) {
     size_t tml = 1, prel = 1;
     enum qv_gguf_type et;
     uint64_t n = 0;
-    bool add_bos = false, has_add_bos = qv_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos);
+    bool add_bos = false,
+         has_add_bos = qv_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos);
     qv_gguf_get_int(g, "general.file_type", &file_type);
     qv_gguf_get_str(g, "tokenizer.ggml.model", &tm, &tml);
     qv_gguf_get_str(g, "tokenizer.ggml.pre", &pre, &prel);
     if (qv_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n)) ntok = (int64_t)n;
     const qv_model_config *c = &m->cfg;
-    QV_LOGI("gguf v%u: general.architecture=%s file_type=%lld context_length=%d "
+    QV_LOGI("gguf v%u (%zu bytes): general.architecture=%s file_type=%lld context_length=%d "
             "embedding_length=%d block_count=%d feed_forward_length=%d head_count=%d "
             "head_count_kv=%d rms_eps=%g freq_base=%g head_dim=%d",
-            qv_gguf_version(g), arch, (long long)file_type, c->max_pos, c->dim, c->n_layers,
-            c->n_ff, c->n_heads, c->n_kv_heads, (double)c->norm_eps, (double)c->rope_theta,
-            c->head_dim);
+            qv_gguf_version(g), qv_gguf_file_size(g), arch, (long long)file_type, c->max_pos,
+            c->dim, c->n_layers, c->n_ff, c->n_heads, c->n_kv_heads, (double)c->norm_eps,
+            (double)c->rope_theta, c->head_dim);
     QV_LOGI("gguf tokenizer: model=%.*s pre=%.*s tokens=%lld bos=%d eos=%d unk=%d pad=%d "
             "add_bos_token=%s chat_template=%s",
             (int)tml, tm, (int)prel, pre, (long long)ntok, c->bos_id, c->n_eos ? c->eos_ids[0] : -1,
@@ -847,8 +878,10 @@ static qv_status load_gguf(qv_model *m, const char *path, qv_error *err) {
     }
     char arch[32];
     if (al >= sizeof(arch) || memchr(as, 0, al)) {
-        return qv_errorf(err, QV_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported "
-                         "(llama, qwen2)", path, (int)QV_MIN(al, 64), as);
+        return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                         "%s: architecture '%.*s' is not supported "
+                         "(llama, qwen2)",
+                         path, (int)QV_MIN(al, 64), as);
     }
     memcpy(arch, as, al);
     arch[al] = '\0';
@@ -868,11 +901,13 @@ static qv_status load_gguf(qv_model *m, const char *path, qv_error *err) {
     if ((st = gguf_int(&L, arch, "feed_forward_length", true, &c->n_ff))) return st;
     if ((st = gguf_int(&L, arch, "attention.head_count", true, &c->n_heads))) return st;
     if (c->n_heads <= 0) {
-        return qv_errorf(err, QV_ERR_INVALID, "%s: %s.attention.head_count must be > 0", path, arch);
+        return qv_errorf(err, QV_ERR_INVALID, "%s: %s.attention.head_count must be > 0", path,
+                         arch);
     }
     c->n_kv_heads = c->n_heads;
     if ((st = gguf_int(&L, arch, "attention.head_count_kv", false, &c->n_kv_heads))) return st;
-    if ((st = gguf_float(&L, arch, "attention.layer_norm_rms_epsilon", true, &c->norm_eps))) return st;
+    if ((st = gguf_float(&L, arch, "attention.layer_norm_rms_epsilon", true, &c->norm_eps)))
+        return st;
     c->head_dim = c->dim / c->n_heads;
     if ((st = gguf_int(&L, arch, "attention.key_length", false, &c->head_dim))) return st;
     int v_len = c->head_dim, rope_dim = c->head_dim;
@@ -893,7 +928,8 @@ static qv_status load_gguf(qv_model *m, const char *path, qv_error *err) {
     if (qv_gguf_get_str(g, key, &rs, &rsl) && !(rsl == 4 && !memcmp(rs, "none", 4))) {
         if (rsl == 6 && !memcmp(rs, "linear", 6)) {
             c->rope_scaling = QV_ROPE_LINEAR;
-            if ((st = gguf_float(&L, arch, "rope.scaling.factor", true, &c->rope_factor))) return st;
+            if ((st = gguf_float(&L, arch, "rope.scaling.factor", true, &c->rope_factor)))
+                return st;
         } else {
             return qv_errorf(err, QV_ERR_UNSUPPORTED, "%s: rope scaling '%.*s' is not supported",
                              path, (int)QV_MIN(rsl, 32), rs);
@@ -909,7 +945,8 @@ static qv_status load_gguf(qv_model *m, const char *path, qv_error *err) {
     const qv_gguf_tensor *te = qv_gguf_find_tensor(g, "token_embd.weight");
     c->n_vocab = 0;
     if ((st = gguf_int(&L, arch, "vocab_size", false, &c->n_vocab))) return st;
-    if (!c->n_vocab && qv_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &ntok) && ntok <= INT32_MAX) {
+    if (!c->n_vocab && qv_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &ntok) &&
+        ntok <= INT32_MAX) {
         c->n_vocab = (int)ntok;
     }
     if (!c->n_vocab && te && te->ne[1] <= INT32_MAX) c->n_vocab = (int)te->ne[1];
@@ -943,11 +980,13 @@ static qv_status load_gguf(qv_model *m, const char *path, qv_error *err) {
     if ((st = compute_inv_freq(&L))) return st;
     if (rf) {
         qv_tensor f;
-        if ((st = bind_vector(&L, "rope_freqs.weight", c->head_dim / 2, false, true, &f))) return st;
+        if ((st = bind_vector(&L, "rope_freqs.weight", c->head_dim / 2, false, true, &f)))
+            return st;
         const float *ff = f.data;
         for (int i = 0; i < c->head_dim / 2; i++) {
             if (!(ff[i] > 0.0f)) {
-                return qv_errorf(err, QV_ERR_INVALID, "%s: rope_freqs[%d] is not positive", path, i);
+                return qv_errorf(err, QV_ERR_INVALID, "%s: rope_freqs[%d] is not positive", path,
+                                 i);
             }
             m->rope_inv_freq[i] /= ff[i];
         }
@@ -1039,7 +1078,8 @@ void qv_model_print_info(const qv_model *m, FILE *f) {
     fprintf(f, "biases:         qkv %s, o %s, mlp %s\n", c->qkv_bias ? "yes" : "no",
             c->o_bias ? "yes" : "no", c->mlp_bias ? "yes" : "no");
     fprintf(f, "special ids:    bos %d, eos", c->bos_id);
-    for (int i = 0; i < c->n_eos; i++) fprintf(f, "%s%d", i ? "," : " ", c->eos_ids[i]);
+    for (int i = 0; i < c->n_eos; i++)
+        fprintf(f, "%s%d", i ? "," : " ", c->eos_ids[i]);
     if (!c->n_eos) fprintf(f, " none");
     fprintf(f, ", pad %d\n", c->pad_id);
     fprintf(f, "tensors by stored dtype:\n");
@@ -1058,7 +1098,8 @@ void qv_model_print_info(const qv_model *m, FILE *f) {
             m->n_weight_bytes, b1, b2, b3);
     fmt_bytes(b1, sizeof(b1), p->file_bytes);
     fprintf(f, "file bytes:     %zu mapped (%s)\n", p->file_bytes, b1);
-    size_t kv = 2u * (size_t)c->n_layers * (size_t)c->n_kv_heads * (size_t)c->head_dim * sizeof(float);
+    size_t kv =
+        2u * (size_t)c->n_layers * (size_t)c->n_kv_heads * (size_t)c->head_dim * sizeof(float);
     fmt_bytes(b1, sizeof(b1), (uint64_t)kv * (uint64_t)c->max_pos);
     fprintf(f, "KV cache:       %zu bytes per token (F32 K+V, all layers); %s at context %d\n", kv,
             b1, c->max_pos);

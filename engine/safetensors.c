@@ -21,7 +21,7 @@
 #define MAX_EXACT_INT 9007199254740992.0 /* 2^53 */
 
 struct qv_st_file {
-    qv_mmap_file map; /* zeroed for qv_st_open_buffer */
+    qv_mmap_file map;      /* zeroed for qv_st_open_buffer */
     qv_st_tensor *tensors; /* [n] sorted by name */
     size_t n;
     char **meta; /* [2 * n_meta] key, value pairs */
@@ -47,12 +47,11 @@ static const struct {
     const char *name;
     int bits;
 } st_dtypes[] = {
-    {"BOOL", 8},       {"U8", 8},           {"I8", 8},           {"F8_E5M2", 8},
-    {"F8_E4M3", 8},    {"F8_E8M0", 8},      {"F8_E4M3FNUZ", 8},  {"F8_E5M2FNUZ", 8},
-    {"I16", 16},       {"U16", 16},         {"F16", 16},         {"BF16", 16},
-    {"I32", 32},       {"U32", 32},         {"F32", 32},         {"I64", 64},
-    {"U64", 64},       {"F64", 64},         {"C64", 64},         {"F4", 4},
-    {"F6_E2M3", 6},    {"F6_E3M2", 6},
+    {"BOOL", 8},    {"U8", 8},          {"I8", 8},          {"F8_E5M2", 8}, {"F8_E4M3", 8},
+    {"F8_E8M0", 8}, {"F8_E4M3FNUZ", 8}, {"F8_E5M2FNUZ", 8}, {"I16", 16},    {"U16", 16},
+    {"F16", 16},    {"BF16", 16},       {"I32", 32},        {"U32", 32},    {"F32", 32},
+    {"I64", 64},    {"U64", 64},        {"F64", 64},        {"C64", 64},    {"F4", 4},
+    {"F6_E2M3", 6}, {"F6_E3M2", 6},
 };
 
 int qv_st_dtype_bits(const char *dtype) {
@@ -121,9 +120,11 @@ static void free_const(const void *p) {
 
 static void file_free(qv_st_file *f) {
     if (!f) return;
-    for (size_t i = 0; i < f->n; i++) free_const(f->tensors[i].name);
+    for (size_t i = 0; i < f->n; i++)
+        free_const(f->tensors[i].name);
     qv_free(f->tensors);
-    for (size_t i = 0; i < 2 * f->n_meta; i++) qv_free(f->meta[i]);
+    for (size_t i = 0; i < 2 * f->n_meta; i++)
+        qv_free(f->meta[i]);
     qv_free(f->meta);
     qv_mmap_close(&f->map);
     qv_free(f);
@@ -194,13 +195,14 @@ static qv_status parse_entry(const cJSON *e, st_rec *rec, qv_error *err) {
     rec->bits = qv_st_dtype_bits(rec->dtype_str);
     int nd = cJSON_GetArraySize(shape);
     if (nd > QV_ST_MAX_DIMS) {
-        return qv_errorf(err, QV_ERR_UNSUPPORTED, "tensor '%s': %d dimensions (max %d)", name,
-                         nd, QV_ST_MAX_DIMS);
+        return qv_errorf(err, QV_ERR_UNSUPPORTED, "tensor '%s': %d dimensions (max %d)", name, nd,
+                         QV_ST_MAX_DIMS);
     }
     rec->t.n_dims = nd;
     uint64_t n_elems = 1;
     int k = 0;
-    for (int i = 0; i < QV_ST_MAX_DIMS; i++) rec->t.shape[i] = 1;
+    for (int i = 0; i < QV_ST_MAX_DIMS; i++)
+        rec->t.shape[i] = 1;
     for (const cJSON *d = shape->child; d; d = d->next, k++) {
         uint64_t v;
         if (!json_uint(d, &v)) {
@@ -228,7 +230,8 @@ static qv_status parse_buffer(const uint8_t *buf, size_t len, qv_st_file *f, qv_
         return qv_errorf(err, QV_ERR_INVALID, "file is %zu bytes, too small for a header", len);
     }
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | buf[i];
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | buf[i];
     if (hlen > QV_ST_MAX_HEADER) {
         return qv_errorf(err, QV_ERR_LIMIT, "header length %llu exceeds the %llu-byte limit",
                          (unsigned long long)hlen, (unsigned long long)QV_ST_MAX_HEADER);
@@ -245,12 +248,13 @@ static qv_status parse_buffer(const uint8_t *buf, size_t len, qv_st_file *f, qv_
     }
     for (size_t i = 0; i < hlen; i++) {
         if (hdr[i] < 0x20 && !json_ws(hdr[i])) {
-            return qv_errorf(err, QV_ERR_INVALID, "header has control byte 0x%02x at %zu",
-                             hdr[i], i);
+            return qv_errorf(err, QV_ERR_INVALID, "header has control byte 0x%02x at %zu", hdr[i],
+                             i);
         }
     }
     size_t lead = 0;
-    while (lead < hlen && json_ws(hdr[lead])) lead++;
+    while (lead < hlen && json_ws(hdr[lead]))
+        lead++;
     if (lead == hlen || hdr[lead] != '{') {
         return qv_errorf(err, QV_ERR_INVALID, "header does not start with a JSON object");
     }
@@ -334,8 +338,7 @@ static qv_status parse_buffer(const uint8_t *buf, size_t len, qv_st_file *f, qv_
         if (r->end > data_len) {
             st = qv_errorf(err, QV_ERR_INVALID,
                            "tensor '%s': data_offsets end %llu is past the %llu-byte buffer",
-                           r->t.name, (unsigned long long)r->end,
-                           (unsigned long long)data_len);
+                           r->t.name, (unsigned long long)r->end, (unsigned long long)data_len);
             goto fail;
         }
         start = r->end;
@@ -384,8 +387,7 @@ static qv_status parse_buffer(const uint8_t *buf, size_t len, qv_st_file *f, qv_
     qsort(f->tensors, f->n, sizeof(*f->tensors), cmp_tensor_name);
     for (size_t i = 1; i < f->n; i++) {
         if (!strcmp(f->tensors[i].name, f->tensors[i - 1].name)) {
-            st = qv_errorf(err, QV_ERR_INVALID, "duplicate tensor name '%s'",
-                           f->tensors[i].name);
+            st = qv_errorf(err, QV_ERR_INVALID, "duplicate tensor name '%s'", f->tensors[i].name);
             goto fail;
         }
     }
@@ -457,7 +459,8 @@ const char *qv_st_metadata(const qv_st_file *f, const char *key) {
 
 void qv_st_set_close(qv_st_set *s) {
     if (!s) return;
-    for (size_t i = 0; i < s->n_files; i++) qv_st_close(s->files[i]);
+    for (size_t i = 0; i < s->n_files; i++)
+        qv_st_close(s->files[i]);
     qv_free(s->files);
     qv_free(s->index);
     qv_free(s);
@@ -481,11 +484,13 @@ static char *path_join(const char *dir, const char *name) {
 /* Builds the name-sorted index over every file; rejects a name present in two shards. */
 static qv_status build_index(qv_st_set *s, qv_error *err) {
     size_t n = 0;
-    for (size_t i = 0; i < s->n_files; i++) n += s->files[i]->n;
+    for (size_t i = 0; i < s->n_files; i++)
+        n += s->files[i]->n;
     s->index = qv_calloc(n ? n : 1, sizeof(*s->index));
     if (!s->index) return qv_errorf(err, QV_ERR_NOMEM, "out of memory indexing tensors");
     for (size_t i = 0; i < s->n_files; i++) {
-        for (size_t k = 0; k < s->files[i]->n; k++) s->index[s->n_index++] = &s->files[i]->tensors[k];
+        for (size_t k = 0; k < s->files[i]->n; k++)
+            s->index[s->n_index++] = &s->files[i]->tensors[k];
     }
     qsort(s->index, s->n_index, sizeof(*s->index), cmp_tensor_ptr_name);
     for (size_t i = 1; i < s->n_index; i++) {
@@ -537,7 +542,8 @@ static qv_status open_sharded(qv_st_set *s, const char *dir, const char *index_p
             goto fail;
         }
         size_t k = 0;
-        while (k < n_shards && strcmp(shard_names[k], v)) k++;
+        while (k < n_shards && strcmp(shard_names[k], v))
+            k++;
         if (k == n_shards) shard_names[n_shards++] = v;
     }
     for (size_t k = 0; k < n_shards; k++) {
@@ -559,10 +565,11 @@ static qv_status open_sharded(qv_st_set *s, const char *dir, const char *index_p
     size_t n_entries = 0;
     for (const cJSON *e = wm->child; e; e = e->next, n_entries++) {
         size_t k = 0;
-        while (strcmp(shard_names[k], e->valuestring)) k++;
+        while (strcmp(shard_names[k], e->valuestring))
+            k++;
         if (!qv_st_find(s->files[k], e->string)) {
-            st = qv_errorf(err, QV_ERR_INVALID, "%s: tensor '%s' is not in shard %s",
-                           index_path, e->string, e->valuestring);
+            st = qv_errorf(err, QV_ERR_INVALID, "%s: tensor '%s' is not in shard %s", index_path,
+                           e->string, e->valuestring);
             goto fail;
         }
     }
@@ -570,8 +577,10 @@ static qv_status open_sharded(qv_st_set *s, const char *dir, const char *index_p
         /* Duplicate keys in weight_map, or tensors the index does not list. */
         for (size_t i = 0; i < s->n_index; i++) {
             if (!cJSON_GetObjectItemCaseSensitive(wm, s->index[i]->name)) {
-                st = qv_errorf(err, QV_ERR_INVALID, "%s: tensor '%s' is in a shard but not in "
-                               "weight_map", index_path, s->index[i]->name);
+                st = qv_errorf(err, QV_ERR_INVALID,
+                               "%s: tensor '%s' is in a shard but not in "
+                               "weight_map",
+                               index_path, s->index[i]->name);
                 goto fail;
             }
         }
@@ -645,6 +654,7 @@ const qv_st_file *qv_st_set_file_at(const qv_st_set *s, size_t i) {
 
 size_t qv_st_set_mapped_bytes(const qv_st_set *s) {
     size_t b = 0;
-    for (size_t i = 0; i < s->n_files; i++) b += s->files[i]->map.len;
+    for (size_t i = 0; i < s->n_files; i++)
+        b += s->files[i]->map.len;
     return b;
 }

@@ -29,9 +29,9 @@ extern "C" {
 typedef struct qv_st_file qv_st_file;
 
 typedef struct qv_st_tensor {
-    const char *name;    /* NUL-terminated, owned by the file object */
-    enum qv_dtype dtype; /* F32, F16 or BF16 */
-    int n_dims;          /* 0 (scalar) .. QV_ST_MAX_DIMS */
+    const char *name;              /* NUL-terminated, owned by the file object */
+    enum qv_dtype dtype;           /* F32, F16 or BF16 */
+    int n_dims;                    /* 0 (scalar) .. QV_ST_MAX_DIMS */
     int64_t shape[QV_ST_MAX_DIMS]; /* PyTorch order, last dim contiguous; unused dims = 1 */
     int64_t n_elems;
     const void *data; /* into the buffer; n_bytes long; may be unaligned */

@@ -50,7 +50,8 @@ static inline void tb_gstr(tbuf *b, const char *s) {
     tb_put(b, s, strlen(s));
 }
 static inline void tb_pad(tbuf *b, size_t align) {
-    while (b->n % align) tb_u8(b, 0);
+    while (b->n % align)
+        tb_u8(b, 0);
 }
 static inline void tb_free(tbuf *b) {
     free(b->p);
@@ -69,13 +70,14 @@ static inline void gg_kv_str(tbuf *b, const char *k, const char *v) {
     tb_gstr(b, v);
 }
 /* One tensor info: 1-D or 2-D. */
-static inline void gg_tinfo(tbuf *b, const char *name, uint32_t n_dims, uint64_t ne0,
-                            uint64_t ne1, uint32_t type, uint64_t off) {
+static inline void gg_tinfo(tbuf *b, const char *name, uint32_t n_dims, uint64_t ne0, uint64_t ne1,
+                            uint32_t type, uint64_t off) {
     tb_gstr(b, name);
     tb_u32(b, n_dims);
     tb_u64(b, ne0);
     if (n_dims > 1) tb_u64(b, ne1);
-    for (uint32_t i = 2; i < n_dims; i++) tb_u64(b, 1);
+    for (uint32_t i = 2; i < n_dims; i++)
+        tb_u64(b, 1);
     tb_u32(b, type);
     tb_u64(b, off);
 }
@@ -84,7 +86,8 @@ static inline void gg_tinfo(tbuf *b, const char *name, uint32_t n_dims, uint64_t
 static inline void st_build(tbuf *b, const char *header, size_t data_len) {
     tb_u64(b, strlen(header));
     tb_put(b, header, strlen(header));
-    for (size_t i = 0; i < data_len; i++) tb_u8(b, (uint8_t)i);
+    for (size_t i = 0; i < data_len; i++)
+        tb_u8(b, (uint8_t)i);
 }
 
 static inline char *tmp_dir(void) {
@@ -162,7 +165,8 @@ static inline float *json_floats(const cJSON *arr, size_t *n) {
     *n = (size_t)cJSON_GetArraySize(arr);
     float *v = malloc((*n ? *n : 1) * sizeof(float));
     size_t i = 0;
-    for (const cJSON *e = arr->child; e; e = e->next) v[i++] = (float)e->valuedouble;
+    for (const cJSON *e = arr->child; e; e = e->next)
+        v[i++] = (float)e->valuedouble;
     return v;
 }
 

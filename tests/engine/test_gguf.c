@@ -128,10 +128,10 @@ static void test_roundtrip(void **state) {
 /* A small valid GGUF: two KVs (+ optional alignment), two F32 tensors. */
 typedef struct craft {
     uint32_t version;
-    uint32_t align;        /* 0 = no general.alignment key; UINT32_MAX = a key holding 0 */
-    uint32_t align_type;   /* value type of general.alignment */
-    uint64_t off_b;        /* offset of the second tensor */
-    uint32_t type_b;       /* ggml type of the second tensor */
+    uint32_t align;      /* 0 = no general.alignment key; UINT32_MAX = a key holding 0 */
+    uint32_t align_type; /* value type of general.alignment */
+    uint64_t off_b;      /* offset of the second tensor */
+    uint32_t type_b;     /* ggml type of the second tensor */
     uint64_t ne0_b;
     const char *name_b;
     uint32_t ndims_b;
@@ -149,8 +149,8 @@ static void build_gguf(tbuf *b, const craft *c) {
     tb_u32(b, 0x46554747u);
     tb_u32(b, c->version);
     tb_u64(b, 2); /* tensors */
-    uint64_t n_kv = 2 + (c->align ? 1 : 0) + (c->dup_key ? 1 : 0) + (c->nested ? 1 : 0) +
-                    (c->bad_bool ? 1 : 0);
+    uint64_t n_kv =
+        2 + (c->align ? 1 : 0) + (c->dup_key ? 1 : 0) + (c->nested ? 1 : 0) + (c->bad_bool ? 1 : 0);
     tb_u64(b, n_kv);
     gg_kv_str(b, "general.architecture", "llama");
     tb_gstr(b, "t.u32");
@@ -184,7 +184,8 @@ static void build_gguf(tbuf *b, const craft *c) {
     gg_tinfo(b, c->name_b, c->ndims_b, c->ne0_b, 1, c->type_b, c->off_b);
     tb_pad(b, c->align && c->align_type == 4 && (c->align & (c->align - 1)) == 0 ? c->align : 32);
     uint32_t n_data = c->data_len ? c->data_len : 64;
-    for (uint32_t i = 0; i < n_data / 4; i++) tb_f32(b, (float)i);
+    for (uint32_t i = 0; i < n_data / 4; i++)
+        tb_f32(b, (float)i);
 }
 
 static qv_status open_craft(const craft *c, qv_error *err) {
@@ -320,7 +321,8 @@ static void test_caps_and_truncation(void **state) {
     tb_u64(&b, 0);
     tb_u64(&b, 1);
     tb_u64(&b, (uint64_t)1 << 40);
-    for (int i = 0; i < 16; i++) tb_u8(&b, 'a');
+    for (int i = 0; i < 16; i++)
+        tb_u8(&b, 'a');
     assert_int_equal(qv_gguf_open_buffer(b.p, b.n, &g, &err), QV_ERR_INVALID);
     assert_non_null(strstr(err.msg, "exceeds"));
     /* huge array count */
@@ -331,7 +333,8 @@ static void test_caps_and_truncation(void **state) {
     tb_u32(&b, 9);
     tb_u32(&b, 4);
     tb_u64(&b, (uint64_t)1 << 31);
-    for (int i = 0; i < 16; i++) tb_u8(&b, 0);
+    for (int i = 0; i < 16; i++)
+        tb_u8(&b, 0);
     assert_int_equal(qv_gguf_open_buffer(b.p, b.n, &g, &err), QV_ERR_INVALID);
     assert_non_null(strstr(err.msg, "array"));
     tb_free(&b);
@@ -412,10 +415,8 @@ static void test_alloc_failure_sweep(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_crafted),
-        cmocka_unit_test(test_caps_and_truncation),
-        cmocka_unit_test(test_file_errors_name_file),
+        cmocka_unit_test(test_roundtrip),           cmocka_unit_test(test_crafted),
+        cmocka_unit_test(test_caps_and_truncation), cmocka_unit_test(test_file_errors_name_file),
         cmocka_unit_test(test_alloc_failure_sweep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

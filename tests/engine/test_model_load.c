@@ -50,7 +50,8 @@ static void check_config(const qv_model *m, const cJSON *e) {
     assert_int_equal(c->max_pos, jint(e, "max_position_embeddings"));
     assert_true(c->norm_eps == (float)cJSON_GetObjectItem(e, "rms_norm_eps")->valuedouble);
     assert_true(c->rope_theta == (float)cJSON_GetObjectItem(e, "rope_theta")->valuedouble);
-    assert_int_equal(c->tie_embeddings, cJSON_IsTrue(cJSON_GetObjectItem(e, "tie_word_embeddings")));
+    assert_int_equal(c->tie_embeddings,
+                     cJSON_IsTrue(cJSON_GetObjectItem(e, "tie_word_embeddings")));
 }
 
 static void check_inv_freq(const qv_model *m, const cJSON *e, double rtol) {
@@ -85,8 +86,10 @@ static void close_tensor(const char *what, const qv_tensor *a, const qv_tensor *
     size_t n = (size_t)(a->n_rows * a->n_cols);
     float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
     for (int64_t r = 0; r < a->n_rows; r++) {
-        qv_dequantize_row(a->dtype, (const uint8_t *)a->data + r * a->row_bytes, x + r * a->n_cols, a->n_cols);
-        qv_dequantize_row(b->dtype, (const uint8_t *)b->data + r * b->row_bytes, y + r * b->n_cols, b->n_cols);
+        qv_dequantize_row(a->dtype, (const uint8_t *)a->data + r * a->row_bytes, x + r * a->n_cols,
+                          a->n_cols);
+        qv_dequantize_row(b->dtype, (const uint8_t *)b->data + r * b->row_bytes, y + r * b->n_cols,
+                          b->n_cols);
     }
     assert_int_equal(qv_test_compare_f32(what, x, y, n, atol, 0.0), 0);
     free(x);
@@ -97,7 +100,8 @@ static void same_hex(const char *what, const qv_tensor *t, const cJSON *e, const
     size_t n;
     uint8_t *want = hex_decode(cJSON_GetObjectItem(e, key)->valuestring, &n);
     assert_int_equal(n, t->row_bytes * (size_t)t->n_rows);
-    if (memcmp(t->data, want, n)) fprintf(stderr, "%s: bytes differ from quantize(HF rows)\n", what);
+    if (memcmp(t->data, want, n))
+        fprintf(stderr, "%s: bytes differ from quantize(HF rows)\n", what);
     assert_memory_equal(t->data, want, n);
     free(want);
 }
@@ -301,6 +305,97 @@ static void test_print_info(void **state) {
     assert_string_equal(qv_arch_name(QV_ARCH_QWEN2), "qwen2");
 }
 
+static void copy_hf(const char *rel, const char *dst);
+static void set_config(const char *dir, const char *key, cJSON *value);
+
+/* rope_parameters (transformers 5) and legacy rope_theta + rope_scaling {"type": ...}. Linear
+ * divides HF's default inv_freq by the factor (exact for a power of two); dynamic leaves it. */
+static void test_rope_variants(void **state) {
+    (void)state;
+    cJSON *e = load_json_fixture(qv_test_path(FX "llama_tied.expect.json"));
+    size_t n;
+    float *base = json_floats(cJSON_GetObjectItem(e, "inv_freq"), &n);
+    char *d = tmp_dir();
+    copy_hf(FX "llama_tied", d);
+    for (int c = 0; c < 3; c++) {
+        set_config(d, "rope_parameters", NULL);
+        cJSON *rs = cJSON_CreateObject();
+        if (c == 0) { /* new style */
+            cJSON_AddStringToObject(rs, "rope_type", "linear");
+            cJSON_AddNumberToObject(rs, "factor", 4.0);
+            cJSON_AddNumberToObject(rs, "rope_theta", 10000.0);
+            set_config(d, "rope_parameters", rs);
+        } else { /* legacy */
+            cJSON_AddStringToObject(rs, "type", c == 1 ? "linear" : "dynamic");
+            cJSON_AddNumberToObject(rs, "factor", 4.0);
+            set_config(d, "rope_theta", cJSON_CreateNumber(10000.0));
+            set_config(d, "rope_scaling", rs);
+        }
+        qv_model *m = NULL;
+        qv_error err = {0};
+        qv_status st = qv_model_load(d, &m, &err);
+        if (st) fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(st, QV_OK);
+        assert_int_equal(m->cfg.rope_scaling, c == 2 ? QV_ROPE_DYNAMIC : QV_ROPE_LINEAR);
+        assert_true(m->cfg.rope_factor == 4.0f);
+        float *want = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++)
+            want[i] = c == 2 ? base[i] : base[i] / 4.0f;
+        assert_int_equal(
+            qv_test_compare_f32("rope variant inv_freq", m->rope_inv_freq, want, n, 0.0, 0.0), 0);
+        free(want);
+        qv_model_free(m);
+    }
+    free(base);
+    cJSON_Delete(e);
+    rm_tree(d);
+    free(d);
+}
+
+/* safetensors guarantees no alignment: a header padded by one byte puts every F32 tensor at
+ * an odd address; the loader must copy (not alias) them and the values must not change. */
+static void test_unaligned_safetensors(void **state) {
+    (void)state;
+    char *d = tmp_dir();
+    char src[512], dst[512];
+    snprintf(src, sizeof(src), "%s/config.json", qv_test_path(FX "llama_tied"));
+    snprintf(dst, sizeof(dst), "%s/config.json", d);
+    copy_file(src, dst);
+    snprintf(src, sizeof(src), "%s/model.safetensors", qv_test_path(FX "llama_tied"));
+    size_t n;
+    uint8_t *b = read_all(src, &n);
+    if (!b) abort();
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | b[i];
+    tbuf t = {0};
+    tb_u64(&t, hlen + 1);
+    tb_put(&t, b + 8, (size_t)hlen);
+    tb_u8(&t, ' ');
+    tb_put(&t, b + 8 + hlen, n - 8 - (size_t)hlen);
+    snprintf(dst, sizeof(dst), "%s/model.safetensors", d);
+    write_file(dst, t.p, t.n);
+    qv_model *ref = load_ok(FX "llama_tied");
+    qv_model *m = NULL;
+    qv_error err = {0};
+    assert_int_equal(qv_model_load(d, &m, &err), QV_OK);
+    for (int i = 0; i < m->cfg.n_layers; i++) {
+        assert_true((uintptr_t)m->layers[i].wq.data % 4 == 0);
+        assert_true((uintptr_t)m->layers[i].w_down.data % 4 == 0);
+        same_tensor("unaligned wq", &m->layers[i].wq, &ref->layers[i].wq);
+        same_tensor("unaligned w_down", &m->layers[i].w_down, &ref->layers[i].w_down);
+        same_tensor("unaligned attn_norm", &m->layers[i].attn_norm, &ref->layers[i].attn_norm);
+    }
+    assert_true((uintptr_t)m->tok_embd.data % 4 == 0);
+    same_tensor("unaligned tok_embd", &m->tok_embd, &ref->tok_embd);
+    qv_model_free(m);
+    qv_model_free(ref);
+    tb_free(&t);
+    free(b);
+    rm_tree(d);
+    free(d);
+}
+
 /* Every model of the oracle engineer's tests/fixtures/models/ loads; each <name>.f32.gguf
  * (their converter, llama.cpp permutation) equals the HF F32 directory <name> exactly. */
 static void test_oracle_models(void **state) {
@@ -360,8 +455,8 @@ static void expect_fail(const char *path, qv_status want, const char *w1, const 
     qv_model *m = (qv_model *)0x1;
     qv_error err = {0};
     qv_status st = qv_model_load(path, &m, &err);
-    bool ok = st == want && strstr(err.msg, w1) && (!w2 || strstr(err.msg, w2)) &&
-              !strchr(err.msg, '\n');
+    bool ok =
+        st == want && strstr(err.msg, w1) && (!w2 || strstr(err.msg, w2)) && !strchr(err.msg, '\n');
     if (!ok) {
         fprintf(stderr, "%s: status %d '%s', want %d with '%s' '%s'\n", path, st, err.msg, want, w1,
                 w2 ? w2 : "");
@@ -407,11 +502,11 @@ static void test_bad_hf(void **state) {
     expect_fail("/nonexistent/quiver/model", QV_ERR_NOT_FOUND, "/nonexistent/quiver/model", NULL);
     expect_fail(d, QV_ERR_NOT_FOUND, "config.json", NULL);
 
-#define FRESH(name)                                                                            \
-    do {                                                                                       \
-        snprintf(sub, sizeof(sub), "%s/%s", d, name);                                          \
-        mkdir(sub, 0700);                                                                      \
-        copy_hf(FX "llama_tied", sub);                                                         \
+#define FRESH(name)                                                                                \
+    do {                                                                                           \
+        snprintf(sub, sizeof(sub), "%s/%s", d, name);                                              \
+        mkdir(sub, 0700);                                                                          \
+        copy_hf(FX "llama_tied", sub);                                                             \
     } while (0)
 
     FRESH("badjson");
@@ -430,7 +525,8 @@ static void test_bad_hf(void **state) {
     FRESH("hidden");
     set_config(sub, "hidden_size", cJSON_CreateNumber(48));
     set_config(sub, "head_dim", cJSON_CreateNumber(16));
-    expect_fail(sub, QV_ERR_INVALID, "model.embed_tokens.weight", "has shape [64, 64], expected [64, 48]");
+    expect_fail(sub, QV_ERR_INVALID, "model.embed_tokens.weight",
+                "has shape [64, 64], expected [64, 48]");
 
     FRESH("heads");
     set_config(sub, "num_attention_heads", cJSON_CreateNumber(3));
@@ -438,7 +534,8 @@ static void test_bad_hf(void **state) {
 
     FRESH("layers");
     set_config(sub, "num_hidden_layers", cJSON_CreateNumber(3));
-    expect_fail(sub, QV_ERR_NOT_FOUND, "missing tensor 'model.layers.2.input_layernorm.weight'", sub);
+    expect_fail(sub, QV_ERR_NOT_FOUND, "missing tensor 'model.layers.2.input_layernorm.weight'",
+                sub);
 
     FRESH("untied");
     set_config(sub, "tie_word_embeddings", cJSON_CreateFalse());
@@ -479,8 +576,10 @@ static void test_bad_hf(void **state) {
     /* unsupported safetensors dtype */
     FRESH("dtype");
     tbuf t = {0};
-    st_build(&t, "{\"model.embed_tokens.weight\":{\"dtype\":\"I64\",\"shape\":[1],"
-                 "\"data_offsets\":[0,8]}}", 8);
+    st_build(&t,
+             "{\"model.embed_tokens.weight\":{\"dtype\":\"I64\",\"shape\":[1],"
+             "\"data_offsets\":[0,8]}}",
+             8);
     snprintf(p, sizeof(p), "%s/dtype/model.safetensors", d);
     write_file(p, t.p, t.n);
     tb_free(&t);
@@ -548,7 +647,8 @@ static void test_bad_gguf(void **state) {
         assert_int_equal(b[v], 96);
         b[v] = 64;
         write_file(p, b, n);
-        expect_fail(p, QV_ERR_INVALID, "blk.0.ffn_gate.weight", "ne=[64, 96], expected ne=[64, 64]");
+        expect_fail(p, QV_ERR_INVALID, "blk.0.ffn_gate.weight",
+                    "ne=[64, 96], expected ne=[64, 64]");
         free(b);
     }
     /* unsupported tensor type: attn_v F32 -> I8 in the F32 file (reader-valid, loader refuses) */
@@ -606,6 +706,8 @@ int main(void) {
         cmocka_unit_test(test_qwen2),
         cmocka_unit_test(test_mistral),
         cmocka_unit_test(test_print_info),
+        cmocka_unit_test(test_unaligned_safetensors),
+        cmocka_unit_test(test_rope_variants),
         cmocka_unit_test(test_oracle_models),
         cmocka_unit_test(test_bad_hf),
         cmocka_unit_test(test_bad_gguf),

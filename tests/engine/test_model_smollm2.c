@@ -23,16 +23,14 @@ static char model_path[4096];
 
 /* ---- a compact SHA-256 (FIPS 180-4) for comparing the un-permuted bytes ---- */
 static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2};
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
 static uint32_t ror(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
@@ -49,7 +47,8 @@ static void sha256_block(uint32_t h[8], const uint8_t *p) {
     }
     uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t t1 = k + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
+        uint32_t t1 =
+            k + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
         uint32_t t2 = (ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
         k = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
     }
@@ -61,17 +60,20 @@ static void sha256_hex(const void *data, size_t n, char out[65]) {
                      0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     const uint8_t *p = data;
     size_t full = n / 64 * 64;
-    for (size_t i = 0; i < full; i += 64) sha256_block(h, p + i);
+    for (size_t i = 0; i < full; i += 64)
+        sha256_block(h, p + i);
     uint8_t tail[128] = {0};
     size_t r = n - full;
     memcpy(tail, p + full, r);
     tail[r] = 0x80;
     size_t tl = r + 9 <= 64 ? 64 : 128;
     uint64_t bits = (uint64_t)n * 8;
-    for (int i = 0; i < 8; i++) tail[tl - 1 - i] = (uint8_t)(bits >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        tail[tl - 1 - i] = (uint8_t)(bits >> (8 * i));
     sha256_block(h, tail);
     if (tl == 128) sha256_block(h, tail + 64);
-    for (int i = 0; i < 8; i++) snprintf(out + 8 * i, 9, "%08x", h[i]);
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 8 * i, 9, "%08x", h[i]);
 }
 
 static void test_sha256_known_answer(void **state) {
@@ -116,7 +118,8 @@ static void test_config_and_tensors(void **state) {
     for (int i = 0; i < c->n_layers; i++) {
         const qv_layer_weights *l = &m->layers[i];
         const qv_tensor *w[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
-        for (size_t k = 0; k < QV_ARRAY_LEN(w); k++) assert_int_equal(w[k]->dtype, QV_DTYPE_Q4_1);
+        for (size_t k = 0; k < QV_ARRAY_LEN(w); k++)
+            assert_int_equal(w[k]->dtype, QV_DTYPE_Q4_1);
         assert_int_equal(l->attn_norm.dtype, QV_DTYPE_F32);
         assert_int_equal(l->ffn_norm.dtype, QV_DTYPE_F32);
     }
@@ -129,7 +132,8 @@ static void test_config_and_tensors(void **state) {
     const qv_gguf *g = m->gguf;
     assert_non_null(g);
     cJSON *e = load_json_fixture(qv_test_path("tests/fixtures/formats/smollm2.expect.json"));
-    assert_int_equal(qv_gguf_file_size(g), (size_t)cJSON_GetObjectItem(e, "file_size")->valuedouble);
+    assert_int_equal(qv_gguf_file_size(g),
+                     (size_t)cJSON_GetObjectItem(e, "file_size")->valuedouble);
     int64_t ft;
     assert_true(qv_gguf_get_int(g, "general.file_type", &ft));
     assert_int_equal(ft, 3);
@@ -184,11 +188,12 @@ int main(void) {
     if (env) {
         snprintf(model_path, sizeof(model_path), "%s", env);
     } else {
-        snprintf(model_path, sizeof(model_path), "%s/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 home ? home : "");
+        snprintf(model_path, sizeof(model_path),
+                 "%s/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
     }
     if (!qv_test_exists(model_path)) {
-        fprintf(stderr, "SKIP: %s not found (set QV_SMOLLM2_GGUF or download it, see FORMATS.md 6.3)\n",
+        fprintf(stderr,
+                "SKIP: %s not found (set QV_SMOLLM2_GGUF or download it, see FORMATS.md 6.3)\n",
                 model_path);
         return 77;
     }

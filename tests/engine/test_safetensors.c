@@ -27,7 +27,8 @@ static void test_roundtrip(void **state) {
     cJSON *exp = load_json_fixture(qv_test_path("tests/fixtures/formats/roundtrip.st.json"));
     qv_st_file *f = NULL;
     qv_error err = {0};
-    qv_status st = qv_st_open(qv_test_path("tests/fixtures/formats/roundtrip.safetensors"), &f, &err);
+    qv_status st =
+        qv_st_open(qv_test_path("tests/fixtures/formats/roundtrip.safetensors"), &f, &err);
     if (st != QV_OK) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(st, QV_OK);
     const cJSON *tensors = cJSON_GetObjectItem(exp, "tensors");
@@ -133,7 +134,7 @@ static void test_bad_headers(void **state) {
         tb_free(&b);
     }
     expect_buf("{\"a\xff\":{}}", 0, QV_ERR_INVALID, "UTF-8");
-    expect_buf("{\"a\xc0\x80\":{}}", 0, QV_ERR_INVALID, "UTF-8"); /* overlong NUL */
+    expect_buf("{\"a\xc0\x80\":{}}", 0, QV_ERR_INVALID, "UTF-8");     /* overlong NUL */
     expect_buf("{\"a\xed\xa0\x80\":{}}", 0, QV_ERR_INVALID, "UTF-8"); /* surrogate */
     expect_buf("{\"a\":", 0, QV_ERR_INVALID, "JSON");
     expect_buf("[]", 0, QV_ERR_INVALID, "JSON object");
@@ -172,8 +173,8 @@ static void test_bad_headers(void **state) {
     expect_buf("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 2,
                QV_ERR_INVALID, "past the");
     /* sub-byte dtype with an odd bit count */
-    expect_buf("{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,2]}}", 2,
-               QV_ERR_INVALID, "whole bytes");
+    expect_buf("{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,2]}}", 2, QV_ERR_INVALID,
+               "whole bytes");
     /* element-count overflow */
     expect_buf("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],"
                "\"data_offsets\":[0,4]}}",
@@ -234,7 +235,8 @@ static void test_sharded(void **state) {
         total += t->n_bytes;
     }
     size_t all = 0;
-    for (size_t i = 0; i < qv_st_set_n_files(s); i++) all += qv_st_n_tensors(qv_st_set_file_at(s, i));
+    for (size_t i = 0; i < qv_st_set_n_files(s); i++)
+        all += qv_st_n_tensors(qv_st_set_file_at(s, i));
     assert_int_equal(all, n);
     const cJSON *ts = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "metadata"), "total_size");
     assert_int_equal(total, (size_t)ts->valuedouble);
@@ -331,12 +333,9 @@ static void test_alloc_failure_sweep(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_valid_crafted),
-        cmocka_unit_test(test_bad_headers),
-        cmocka_unit_test(test_file_errors_name_file),
-        cmocka_unit_test(test_sharded),
-        cmocka_unit_test(test_alloc_failure_sweep),
+        cmocka_unit_test(test_roundtrip),   cmocka_unit_test(test_valid_crafted),
+        cmocka_unit_test(test_bad_headers), cmocka_unit_test(test_file_errors_name_file),
+        cmocka_unit_test(test_sharded),     cmocka_unit_test(test_alloc_failure_sweep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
