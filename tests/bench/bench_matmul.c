@@ -229,6 +229,30 @@ int main(int argc, char **argv) {
            n_threads,
            simd && strcmp(simd, "0") == 0 ? "portable (QV_CPU_SIMD=0)" : "auto (avx2 if supported)",
            bw, n_threads);
+    /* Per-op dispatch cost: a tiny matmul (64x32 F32, n=1: 8 jobs) on the pool vs on a
+     * 1-thread backend that runs it inline. */
+    {
+        qv_backend *be1 = NULL;
+        if (qv_backend_cpu_create(1, &be1, &err) != QV_OK) return 1;
+        static float wtiny[64 * 32], xt[32], yt[64];
+        for (int i = 0; i < 64 * 32; i++)
+            wtiny[i] = (float)(i % 7) * 0.1f;
+        qv_tensor tt = {
+            .dtype = QV_DTYPE_F32, .n_rows = 64, .n_cols = 32, .row_bytes = 128, .data = wtiny};
+        double per[2];
+        qv_backend *bes[2] = {be, be1};
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < 1000; i++)
+                bes[k]->iface->matmul(bes[k], &tt, xt, 1, yt, NULL);
+            double t0 = qv_time_s();
+            for (int i = 0; i < 20000; i++)
+                bes[k]->iface->matmul(bes[k], &tt, xt, 1, yt, NULL);
+            per[k] = (qv_time_s() - t0) / 20000.0;
+        }
+        printf("dispatch: tiny matmul %.2f us on the %d-thread pool, %.2f us inline (1 thread)\n\n",
+               per[0] * 1e6, n_threads, per[1] * 1e6);
+        be1->iface->destroy(be1);
+    }
     printf("%-6s %-18s %4s %11s %9s %8s %9s %8s\n", "dtype", "shape", "n", "us/matmul", "W GB/s",
            "%probe", "GFLOP/s", "t/t(n=1)");
     /* times[dt][shape][batch] */

@@ -454,7 +454,7 @@ static void attn_reference(const struct attn_fixture *f, const qv_attn_batch *ab
         for (int h = 0; h < nh; h++) {
             int s = ab->tok_seq[t], p = ab->tok_pos[t];
             int j0 = ab->window ? (p - ab->window + 1 > 0 ? p - ab->window + 1 : 0) : 0;
-            double sc[A_MAXLEN], mx = -INFINITY, sum = 0;
+            double sc[A_MAXLEN], mx = -(double)INFINITY, sum = 0;
             const float *qv = q + (t * nh + h) * A_HD;
             for (int j = j0; j <= p; j++) {
                 double d = 0;
