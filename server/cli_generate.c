@@ -199,6 +199,8 @@ typedef struct run_state {
     int n_generated;
     bool stopped_by_text;
     double t_first;
+    const qv_tokenizer *tok;
+    bool ignore_eos;
     char *reply; /* everything written to stdout, kept for the chat history */
     size_t reply_len, reply_cap;
 } run_state;
@@ -224,12 +226,14 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     (void)lp;
     run_state *rs = user;
     if (rs->n_generated++ == 0) rs->t_first = qv_time_s();
+    rs->finish = finish;
+    /* With --ignore-eos an end-of-generation token is neither shown nor an end. */
+    if (rs->ignore_eos && qv_tokenizer_is_eog(rs->tok, token)) return;
     const char *text = NULL;
     size_t len = 0;
     bool done = false;
     if (qv_detok_push(rs->detok, token, &text, &len, &done) == QV_OK && len) emit(rs, text, len);
     if (done && finish == QV_FINISH_NONE) rs->stopped_by_text = true;
-    rs->finish = finish;
 }
 
 /* Generates from prompt ids until a stop condition; streams text to stdout. When reply is not
@@ -246,6 +250,8 @@ static int run_generation(qv_engine *e, const gen_opts *o, const int32_t *ids, s
     }
     if (gp.max_tokens > room) gp.max_tokens = room;
     run_state rs = {0};
+    rs.tok = qv_engine_tokenizer(e);
+    rs.ignore_eos = gp.ignore_eos;
     qv_error err = {0};
     if (qv_detok_create(qv_engine_tokenizer(e), o->stops, (size_t)o->n_stops, true,
                         &rs.detok) != QV_OK) {

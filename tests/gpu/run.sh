@@ -5,6 +5,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 t0=$(date +%s)
+# The lent machine has CUDA and CMake but not the Debian -dev packages: unpack the carried ones
+# (bash tests/gpu/deps.sh fetch, then carry .gpu-deps).
+if [[ -d .gpu-deps ]]; then source tests/gpu/deps.sh unpack; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 cmake -S . -B build-gpu -DQV_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DQV_FATAL_WARNINGS=ON \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo >/tmp/qv-gpu-cmake.log 2>&1 || { tail -20 /tmp/qv-gpu-cmake.log; exit 1; }

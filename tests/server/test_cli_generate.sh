@@ -31,8 +31,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 # HF's greedy text up to the first end-of-generation token, plus the newline quiver prints.
-hf_text() { # index, n_tokens
-    python3 - "$golden" "$1" "$2" <<'PY'
+hf_text() { # index
+    python3 - "$golden" "$1" <<'PY'
 import json, sys
 g = json.load(open(sys.argv[1]))
 p = g["prompts"][int(sys.argv[2])]
