@@ -265,8 +265,11 @@ static int cmp_t_name(const qv_gguf *g, size_t a, size_t b) {
     return strcmp(g->tensors[a].name, g->tensors[b].name);
 }
 static int cmp_t_data(const qv_gguf *g, size_t a, size_t b) {
-    const uint8_t *x = g->tensors[a].data, *y = g->tensors[b].data;
-    return x < y ? -1 : x > y ? 1 : 0;
+    /* By start; at equal starts zero-size tensors first, so they never "overlap". */
+    const qv_gguf_tensor *x = &g->tensors[a], *y = &g->tensors[b];
+    const uint8_t *px = x->data, *py = y->data;
+    if (px != py) return px < py ? -1 : 1;
+    return (x->n_bytes > y->n_bytes) - (x->n_bytes < y->n_bytes);
 }
 
 static qv_status sorted_index(qv_gguf *g, size_t n, size_t **out, idx_cmp cmp, qv_error *err) {

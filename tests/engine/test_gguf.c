@@ -257,6 +257,10 @@ static void test_crafted(void **state) {
     c = craft_default();
     c.off_b = 36; /* misaligned */
     EXPECT_CRAFT(c, QV_ERR_INVALID, "not a multiple of the alignment");
+    c.ne0_b = 0; /* an empty tensor at tensor a's offset (ggml's running offsets) is fine */
+    c.off_b = 0;
+    EXPECT_CRAFT(c, QV_OK, NULL);
+    c.ne0_b = 8;
     c.off_b = 0; /* overlaps tensor a */
     EXPECT_CRAFT(c, QV_ERR_INVALID, "overlap");
     c.off_b = 64; /* out of bounds */
