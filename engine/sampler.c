@@ -279,6 +279,11 @@ static float kth_largest(qv_sampler *s, const float *x, int n, int k) {
     return key_float(prefix);
 }
 
+/* Threshold scans test a whole block against its (vectorised) maximum first: with real logits
+ * almost every block lies entirely below a top-k / min-p / top-p threshold. Division and
+ * subtraction are monotone, so the block test never rejects a block holding a passing token. */
+#define BLOCK 64
+
 /* Below this k the k-th largest value comes from a k-entry min-heap scan (most elements are
  * rejected 64 at a time by one vectorised block maximum); above it from the radix select. */
 #define TOPK_HEAP_MAX 256
@@ -312,9 +317,9 @@ static float kth_largest_heap(const float *x, int n, int k) {
     }
     if (h < k) return -INFINITY; /* fewer than k numbers: keep them all */
     float hmin = heap[0];
-    for (; i + 64 <= n; i += 64) {
-        if (!(row_max(x + i, 64) > hmin)) continue;
-        for (int j = 0; j < 64; j++)
+    for (; i + BLOCK <= n; i += BLOCK) {
+        if (!(row_max(x + i, BLOCK) > hmin)) continue;
+        for (int j = 0; j < BLOCK; j++)
             if (x[i + j] > hmin) {
                 heap[0] = x[i + j];
                 minheap_sift_down(heap, k, 0);
@@ -414,13 +419,17 @@ static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
         const float xk = k <= TOPK_HEAP_MAX ? kth_largest_heap(x, n, k) : kth_largest(s, x, n, k);
         const float yk = xk / t, xlo = raw_threshold(xk, t);
         const bool exact = !isnan(xlo);
-        for (int i = 0; i < n; i++) {
-            if (exact ? x[i] >= xlo : x[i] / t >= yk) {
-                float y = x[i] / t;
-                float e = expf(y - m);
-                if (e > 0.0f) {
-                    c[nc++] = (cand){i, y, e};
-                    z += (double)e;
+        for (int i0 = 0; i0 < n; i0 += BLOCK) {
+            const int i1 = QV_MIN(i0 + BLOCK, n);
+            if (exact && !(row_max(x + i0, i1 - i0) >= xlo)) continue;
+            for (int i = i0; i < i1; i++) {
+                if (exact ? x[i] >= xlo : x[i] / t >= yk) {
+                    float y = x[i] / t;
+                    float e = expf(y - m);
+                    if (e > 0.0f) {
+                        c[nc++] = (cand){i, y, e};
+                        z += (double)e;
+                    }
                 }
             }
         }
@@ -446,13 +455,17 @@ static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
             float lo = thr > 0.0f ? logf(thr) - 0.01f : -INFINITY;
             nc = 0;
             mass = 0.0;
-            for (int i = 0; i < n; i++) {
-                float y = x[i] / t;
-                if (y - m >= lo) {
-                    float e = expf(y - m);
-                    if (e >= thr && e > 0.0f) {
-                        c[nc++] = (cand){i, y, e};
-                        mass += (double)e;
+            for (int i0 = 0; i0 < n; i0 += BLOCK) {
+                const int i1 = QV_MIN(i0 + BLOCK, n);
+                if (!(row_max(x + i0, i1 - i0) / t - m >= lo)) continue;
+                for (int i = i0; i < i1; i++) {
+                    float y = x[i] / t;
+                    if (y - m >= lo) {
+                        float e = expf(y - m);
+                        if (e >= thr && e > 0.0f) {
+                            c[nc++] = (cand){i, y, e};
+                            mass += (double)e;
+                        }
                     }
                 }
             }
@@ -461,11 +474,15 @@ static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
         /* HF MinPLogitsWarper: drop p < min_p * p_max, i.e. expf(y - m) < min_p. */
         const float mp = s->p.min_p;
         const float lo = logf(mp) - 0.01f;
-        for (int i = 0; i < n; i++) {
-            float y = x[i] / t;
-            if (y - m >= lo) {
-                float e = expf(y - m);
-                if (e >= mp && e > 0.0f) c[nc++] = (cand){i, y, e};
+        for (int i0 = 0; i0 < n; i0 += BLOCK) {
+            const int i1 = QV_MIN(i0 + BLOCK, n);
+            if (!(row_max(x + i0, i1 - i0) / t - m >= lo)) continue;
+            for (int i = i0; i < i1; i++) {
+                float y = x[i] / t;
+                if (y - m >= lo) {
+                    float e = expf(y - m);
+                    if (e >= mp && e > 0.0f) c[nc++] = (cand){i, y, e};
+                }
             }
         }
         min_p_done = true;
@@ -520,9 +537,13 @@ static double raw_log_z(const float *x, int n, qv_logprobs *lp, int n_top) {
     }
     lp->n_top = nt;
     if (!(m > -INFINITY)) return (double)INFINITY; /* every logprob is -inf */
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += (double)expf(x[i] - m);
-    return (double)m + log(sum);
+    /* Four partial sums: one running double sum is a serial add chain slower than expf. */
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) acc[j] += (double)expf(x[i + j] - m);
+    for (; i < n; i++) acc[0] += (double)expf(x[i] - m);
+    return (double)m + log((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
 int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
