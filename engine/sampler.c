@@ -7,15 +7,16 @@
  *   -> temperature (y = x / T, computed on the fly; the row keeps the penalised x)
  *   -> top-k -> top-p -> min-p -> softmax over the survivors -> inverse-CDF draw in id order.
  *
- * Cost: greedy is one max pass plus a find-first pass. Top-k finds the k-th largest value by a
- * radix select on order-preserving integer keys (O(n_vocab), no sort). Top-p never sorts the
- * vocabulary: it collects the tokens whose weight exp(y - max) is above a threshold, checks that
- * they hold at least top_p of the mass (else lowers the threshold), and pops them from a binary
- * max-heap only until the cut is reached. Min-p is a threshold on exp(y - max). All buffers are
- * allocated in qv_sampler_create.
+ * Cost: greedy is one max pass plus a find-first pass. Top-k finds the k-th largest value with
+ * a k-entry min-heap scan (k <= 256) or a radix select on order-preserving integer keys; never a
+ * sort. Top-p never sorts the vocabulary: it collects the tokens whose weight exp(y - max) is
+ * above a threshold, checks that they hold at least top_p of the mass (else lowers the
+ * threshold), and pops them from a binary max-heap only until the cut is reached. Min-p is a
+ * threshold on exp(y - max). Threshold scans reject blocks of 64 by their maximum. All buffers
+ * are allocated in qv_sampler_create.
  *
  * What it is not: no batching, no device code, no stop strings.
- * Invariants: state[id] has QV_SEEN set exactly for the ids listed in seen[0..n_seen).
+ * Invariants: state[id] has SEEN_BIT set exactly for the ids listed in seen[0..n_seen).
  * Thread: one sampler per thread at a time; no globals.
  */
 #include "sampler.h"
