@@ -163,15 +163,30 @@ QV_AVX2_INLINE void deq_Q8_0(const uint8_t *row, int64_t c, __m256 W[4]) {
     scale4(W, f16s(p));
 }
 
+/* 16 packed bytes -> 32 nibble values as floats, straight from memory: zero-extend 8 bytes to
+ * 8 lanes twice, then mask (elements 0..15) or shift (elements 16..31). */
+QV_AVX2_INLINE void nibbles_to_f32(const uint8_t *qs, __m256 W[4]) {
+    __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    __m256i m = _mm256_set1_epi32(0xF);
+    W[0] = _mm256_cvtepi32_ps(_mm256_and_si256(a, m));
+    W[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b, m));
+    W[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4));
+    W[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+}
+
+/* (q - 8) * d as fma(q, d, -8d): -8d is exact, so this is (q - 8) * d rounded once, bit for
+ * bit the reference value. */
 QV_AVX2_INLINE void deq_Q4_0(const uint8_t *row, int64_t c, __m256 W[4]) {
     const uint8_t *p = row + 18 * c;
-    i8_to_f32(_mm256_sub_epi8(nibbles32(p + 2), _mm256_set1_epi8(8)), W);
-    scale4(W, f16s(p));
+    float d = f16s(p);
+    nibbles_to_f32(p + 2, W);
+    affine4(W, d, -8.0f * d);
 }
 
 QV_AVX2_INLINE void deq_Q4_1(const uint8_t *row, int64_t c, __m256 W[4]) {
     const uint8_t *p = row + 20 * c;
-    u8_to_f32(nibbles32(p + 4), W);
+    nibbles_to_f32(p + 4, W);
     affine4(W, f16s(p), f16s(p + 2));
 }
 
@@ -201,9 +216,13 @@ QV_AVX2_INLINE void deq_Q4_K(const uint8_t *row, int64_t c, __m256 W[4]) {
         m = (sc[sub + 4] >> 4) | ((sc[sub] >> 6) << 4);
     }
     float d1 = f16s(p) * (float)s, m1 = f16s(p + 2) * (float)m;
-    __m256i q = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * (sub >> 1)));
-    if (sub & 1) q = _mm256_srli_epi16(q, 4);
-    u8_to_f32(_mm256_and_si256(q, _mm256_set1_epi8(0x0F)), W);
+    const uint8_t *q = p + 16 + 32 * (sub >> 1);
+    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1));
+    __m256i m4 = _mm256_set1_epi32(0xF);
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * k)));
+        W[k] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(v, sh), m4));
+    }
     affine4(W, d1, -m1);
 }
 
