@@ -379,6 +379,8 @@ static qv_status emit(qv_detok *d, bool at_end) {
         cut = n - partial_stop(d, p, n);
         cut -= qv__utf8_incomplete_tail(p, cut);
     }
+    /* A stop string that is not valid UTF-8 may match inside a character: never cut there. */
+    while (cut > 0 && cut < n && ((uint8_t)p[cut] & 0xC0) == 0x80) cut--;
     if (qv__buf_put(&d->outbuf, p, cut)) return QV_ERR_NOMEM;
     if (n > cut) memmove(d->pending.p, p + cut, n - cut);
     d->pending.len = n - cut;

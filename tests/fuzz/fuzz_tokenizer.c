@@ -16,6 +16,14 @@
 
 #include "engine/tokenizer.h"
 
+#define CHECK(x)                                                                               \
+    do {                                                                                       \
+        if (!(x)) {                                                                            \
+            fprintf(stderr, "fuzz_tokenizer: check failed at line %d: %s\n", __LINE__, #x);    \
+            abort();                                                                           \
+        }                                                                                      \
+    } while (0)
+
 static qv_tokenizer *g_tok[5];
 static int g_loaded;
 
@@ -61,13 +69,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     qv_error err = {0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    if (qv_tokenizer_encode_ex(t, text, n, flag_a, !flag_b, &ids, &n_ids, &err) != QV_OK) abort();
+    CHECK(!(qv_tokenizer_encode_ex(t, text, n, flag_a, !flag_b, &ids, &n_ids, &err) != QV_OK));
     for (size_t i = 0; i < n_ids; i++)
-        if (ids[i] < 0 || ids[i] >= qv_tokenizer_n_vocab(t)) abort();
+        CHECK(!(ids[i] < 0 || ids[i] >= qv_tokenizer_n_vocab(t)));
     char *out = NULL;
     size_t on = 0;
-    if (qv_tokenizer_decode(t, ids, n_ids, flag_b, &out, &on, &err) != QV_OK) abort();
-    if (!utf8_ok(out, on) || strlen(out) > on) abort();
+    CHECK(!(qv_tokenizer_decode(t, ids, n_ids, flag_b, &out, &on, &err) != QV_OK));
+    CHECK(!(!utf8_ok(out, on) || strlen(out) > on));
     qv_free(out);
 
     /* raw ids from the input bytes, some out of range */
@@ -76,8 +84,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (size_t i = 0; i < nr; i++)
         raw[i] = (int32_t)(((uint32_t)data[1 + 2 * i] << 8 | data[2 + 2 * i]) %
                            (uint32_t)(qv_tokenizer_n_vocab(t) + 8)) - 4;
-    if (qv_tokenizer_decode(t, raw, nr, flag_a, &out, &on, &err) != QV_OK) abort();
-    if (!utf8_ok(out, on)) abort();
+    CHECK(!(qv_tokenizer_decode(t, raw, nr, flag_a, &out, &on, &err) != QV_OK));
+    CHECK(!(!utf8_ok(out, on)));
     qv_free(out);
 
     /* streaming with stop strings taken from the input */
@@ -86,18 +94,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (n > 9) memcpy(stop2, text + 7, 2);
     const char *stops[2] = {stop1, stop2};
     qv_detok *d = NULL;
-    if (qv_detok_create(t, stops, 2, flag_b, &d) != QV_OK) abort();
+    CHECK(!(qv_detok_create(t, stops, 2, flag_b, &d) != QV_OK));
     bool fin = false;
     for (size_t i = 0; i < nr && !fin; i++) {
         const char *o;
         size_t l;
-        if (qv_detok_push(d, raw[i], &o, &l, &fin) != QV_OK) abort();
-        if (!utf8_ok(o, l)) abort();
+        CHECK(!(qv_detok_push(d, raw[i], &o, &l, &fin) != QV_OK));
+        CHECK(!(!utf8_ok(o, l)));
     }
     const char *o;
     size_t l;
-    if (qv_detok_flush(d, &o, &l) != QV_OK) abort();
-    if (!utf8_ok(o, l)) abort();
+    CHECK(!(qv_detok_flush(d, &o, &l) != QV_OK));
+    CHECK(!(!utf8_ok(o, l)));
     qv_detok_free(d);
     free(raw);
 
