@@ -204,6 +204,11 @@ static void apply_penalties(qv_sampler *s, float *x) {
     }
 }
 
+/* Threshold scans test a whole block against its (vectorised) maximum first: with real logits
+ * almost every block lies entirely below a top-k / min-p / top-p threshold. Division and
+ * subtraction are monotone, so the block test never rejects a block holding a passing token. */
+#define BLOCK 64
+
 /* Largest value ignoring NaN; -INFINITY when there is none. Eight independent lanes let the
  * compiler vectorise the loop at -O2 (a single running maximum is a serial dependency chain;
  * this is ~10x faster at n_vocab 152064). */
@@ -219,11 +224,21 @@ static float row_max(const float *x, int n) {
     return m;
 }
 
-/* Argmax with the lowest id on ties; 0 when no logit is above -inf. */
+/* Argmax with the lowest id on ties; 0 when no logit is above -inf. One pass over the row:
+ * block maxima (vectorised), remembering the first block that holds the running maximum, then a
+ * find-first inside that block only. */
 static int32_t argmax_first(const float *x, int n) {
-    float m = row_max(x, n);
-    if (!(m > -INFINITY)) return 0;
-    for (int i = 0; i < n; i++)
+    float m = -INFINITY;
+    int best = -1;
+    for (int i0 = 0; i0 < n; i0 += BLOCK) {
+        float bm = row_max(x + i0, QV_MIN(BLOCK, n - i0));
+        if (bm > m) {
+            m = bm;
+            best = i0;
+        }
+    }
+    if (best < 0) return 0;
+    for (int i = best; i < n; i++)
         if (x[i] == m) return i;
     return 0;
 }
@@ -279,11 +294,6 @@ static float kth_largest(qv_sampler *s, const float *x, int n, int k) {
     if (prefix == 0) return -INFINITY; /* the k-th largest is a NaN: keep every number */
     return key_float(prefix);
 }
-
-/* Threshold scans test a whole block against its (vectorised) maximum first: with real logits
- * almost every block lies entirely below a top-k / min-p / top-p threshold. Division and
- * subtraction are monotone, so the block test never rejects a block holding a passing token. */
-#define BLOCK 64
 
 /* Below this k the k-th largest value comes from a k-entry min-heap scan (most elements are
  * rejected 64 at a time by one vectorised block maximum); above it from the radix select. */
