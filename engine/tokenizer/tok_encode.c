@@ -124,8 +124,8 @@ static const char *akey(const qv__added *a, int phase, size_t *len) {
     return a->content;
 }
 
-static qv_tokenizer *g_sort_tok; /* only used during single-threaded load */
-static int g_sort_phase;
+static _Thread_local qv_tokenizer *g_sort_tok; /* qsort context of the loading thread */
+static _Thread_local int g_sort_phase;
 
 static int cmp_order(const void *x, const void *y) {
     const qv__added *a = &g_sort_tok->added[*(const uint32_t *)x];

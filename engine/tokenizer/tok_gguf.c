@@ -18,7 +18,7 @@
 
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
 
-static const float *g_scores; /* qsort context (load is single-threaded) */
+static _Thread_local const float *g_scores; /* qsort context of the loading thread */
 
 static int cmp_score(const void *a, const void *b) {
     int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;

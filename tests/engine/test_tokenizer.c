@@ -12,9 +12,10 @@
 
 #include "test_tokenizer_util.h"
 
-static size_t check_tokenizer(const char *name) {
+/* Loads tests/fixtures/tokenizer/<path> and checks it against cases_<name>.json. */
+static size_t check_tokenizer_at(const char *name, const char *path) {
     char rel[256];
-    snprintf(rel, sizeof(rel), "tests/fixtures/tokenizer/%s", name);
+    snprintf(rel, sizeof(rel), "tests/fixtures/tokenizer/%s", path);
     qv_tokenizer *t = NULL;
     qv_error err = {0};
     qv_status st = qv_tokenizer_load_path(qv_test_path(rel), &t, &err);
@@ -108,6 +109,8 @@ static size_t check_tokenizer(const char *name) {
     return fails;
 }
 
+static size_t check_tokenizer(const char *name) { return check_tokenizer_at(name, name); }
+
 static void test_smollm2(void **s) { (void)s; assert_int_equal(check_tokenizer("smollm2"), 0); }
 static void test_gpt2(void **s) { (void)s; assert_int_equal(check_tokenizer("gpt2"), 0); }
 static void test_llama3(void **s) { (void)s; assert_int_equal(check_tokenizer("llama3"), 0); }
@@ -116,6 +119,13 @@ static void test_llama2(void **s) { (void)s; assert_int_equal(check_tokenizer("l
 static void test_spmunk(void **s) { (void)s; assert_int_equal(check_tokenizer("spmunk"), 0); }
 static void test_metaspace(void **s) { (void)s; assert_int_equal(check_tokenizer("metaspace"), 0); }
 static void test_added(void **s) { (void)s; assert_int_equal(check_tokenizer("added"), 0); }
+/* SentencePiece vocabulary: HF's converted tokenizer.json, and quiver's GGUF "llama" path
+ * (merges derived from scores) against the same HF goldens. */
+static void test_spm_json(void **s) { (void)s; assert_int_equal(check_tokenizer("spm"), 0); }
+static void test_spm_gguf(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer_at("spm", "spm.gguf"), 0);
+}
 
 int main(void) {
     const struct CMUnitTest tests[] = {
@@ -123,6 +133,7 @@ int main(void) {
         cmocka_unit_test(test_llama3),  cmocka_unit_test(test_qwen2),
         cmocka_unit_test(test_llama2),  cmocka_unit_test(test_spmunk),
         cmocka_unit_test(test_metaspace), cmocka_unit_test(test_added),
+        cmocka_unit_test(test_spm_json), cmocka_unit_test(test_spm_gguf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

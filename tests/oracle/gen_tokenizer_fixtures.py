@@ -15,6 +15,8 @@ What it writes (all deterministic; seeds are fixed):
       spmunk    the same without byte tokens: unknown characters become fused <unk>
       metaspace Metaspace(prepend_scheme=first, split=false) instead of the normalizer
       added     GPT-2 + NFC + added tokens with lstrip / rstrip / single_word / normalized
+      spm       a SentencePiece vocabulary (scores, no merges) written as spm.gguf, and the HF
+                tokenizer transformers' converter builds from it (for the GGUF "llama" path)
   <name>/tokenizer_config.json     bos/eos (+ chat template for smollm2)
   cases_<name>.json                per input string (UTF-8 bytes in hex): ids with and without
                                    add_special_tokens, decode (skip_special on/off), DecodeStream
@@ -213,6 +215,61 @@ def build_spm(kind):
                                      decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
                                                        special_tokens=[("<s>", 1)])
+    return with_legacy_merges(tok), {"bos_token": "<s>", "eos_token": "</s>"}
+
+
+def build_spm_gguf():
+    """A tiny GGUF with a SentencePiece ("llama") vocabulary: tokens, scores, token types; and
+    the HF tokenizer transformers' LlamaConverter would build from it (legacy normalizer,
+    merges from SentencePieceExtractor: every split of every piece into two vocab pieces,
+    ordered by the piece's score). quiver's GGUF path derives its merges from the scores."""
+    import gguf
+    trained, _ = spm_vocab()
+    toks, scores, types = ["<unk>", "<s>", "</s>"], [0.0, 0.0, 0.0], [2, 3, 3]
+    for b in range(256):
+        toks.append("<0x%02X>" % b)
+        scores.append(0.0)
+        types.append(6)
+    seen = set(toks)
+    for t, _ in trained:
+        if t not in seen:
+            seen.add(t)
+            toks.append(t)
+            scores.append(-float(len(toks)))  # earlier pieces score higher, like SentencePiece
+            types.append(1)
+    vocab = {t: i for i, t in enumerate(toks)}
+    # transformers SentencePieceExtractor.extract(vocab_scores)
+    merges = []
+    for piece, score in sorted(((t, s) for t, s, ty in zip(toks, scores, types) if ty == 1),
+                               key=lambda x: -x[1]):
+        local = [(piece[:i], piece[i:]) for i in range(1, len(piece))
+                 if piece[:i] in vocab and piece[i:] in vocab]
+        merges.extend(sorted(local, key=lambda lr: (vocab[lr[0]], vocab[lr[1]])))
+    model = models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True,
+                       byte_fallback=True)
+    tok = Tokenizer(model)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in
+                            ["<unk>", "<s>", "</s>"]])
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", 1)])
+    path = os.path.join(OUT, "spm.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     return with_legacy_merges(tok), {"bos_token": "<s>", "eos_token": "</s>"}
 
 
@@ -461,7 +518,8 @@ def main():
     for name, fn in [("gpt2", build_gpt2), ("llama3", build_llama3), ("qwen2", build_qwen2),
                      ("llama2", lambda: build_spm("llama2")),
                      ("spmunk", lambda: build_spm("spmunk")),
-                     ("metaspace", lambda: build_spm("metaspace")), ("added", build_added)]:
+                     ("metaspace", lambda: build_spm("metaspace")), ("added", build_added),
+                     ("spm", build_spm_gguf)]:
         tok, cfg = fn()
         save(name, tok, cfg)
     with open(os.path.join(OUT, "chat.json"), "w", encoding="utf-8") as f:
