@@ -406,6 +406,45 @@ static int cmp_cand_id(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Sum over the row of expf(x / t - m). Four partial sums: one running double sum is a serial
+ * add chain slower than expf itself. */
+static double sum_weights(const float *x, int n, float t, float m) {
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) acc[j] += (double)expf(x[i + j] / t - m);
+    for (; i < n; i++) acc[0] += (double)expf(x[i] / t - m);
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+/* Collects into c, in id order, every token with weight e = expf(x / t - m) >= thr and e > 0;
+ * *mass receives the sum of their weights. expf(d) >= thr implies d >= logf(thr) up to
+ * rounding, so d >= logf(thr) - 0.01 is a superset prefilter (first per block of BLOCK, on the
+ * block maximum) and the exact test decides. It compares differences, not y >= m + logf(thr):
+ * m may be large enough that the sum loses the margin to rounding. */
+static size_t collect_above(cand *c, const float *x, int n, float t, float m, float thr,
+                            double *mass) {
+    const float lo = thr > 0.0f ? logf(thr) - 0.01f : -INFINITY;
+    size_t nc = 0;
+    double sum = 0.0;
+    for (int i0 = 0; i0 < n; i0 += BLOCK) {
+        const int i1 = QV_MIN(i0 + BLOCK, n);
+        if (!(row_max(x + i0, i1 - i0) / t - m >= lo)) continue;
+        for (int i = i0; i < i1; i++) {
+            float y = x[i] / t;
+            if (y - m >= lo) {
+                float e = expf(y - m);
+                if (e >= thr && e > 0.0f) {
+                    c[nc++] = (cand){i, y, e};
+                    sum += (double)e;
+                }
+            }
+        }
+    }
+    *mass = sum;
+    return nc;
+}
+
 /* Builds the kept candidates of a (penalised) row for temperature > 0: s->cand[0..return), in
  * ascending id order, weights e = expf(y - max_y) > 0, with *w_out = sum of e. */
 static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
@@ -450,52 +489,15 @@ static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
          * than top_p of the mass the cut lies below the threshold: lower it and collect again
          * (rare; each retry is a comparison pass plus expf on the new candidates only). */
         static const float thresholds[] = {1e-4f, 1e-9f, 0.0f};
-        for (int i = 0; i < n; i++) {
-            float y = x[i] / t;
-            float e = expf(y - m);
-            z += (double)e;
-            if (e >= thresholds[0] && e > 0.0f) c[nc++] = (cand){i, y, e};
-        }
+        z = sum_weights(x, n, t, m);
+        const double limit = (double)s->p.top_p * z;
         double mass = 0.0;
-        for (size_t j = 0; j < nc; j++) mass += (double)c[j].e;
-        for (size_t ti = 1; ti < QV_ARRAY_LEN(thresholds) && mass < (double)s->p.top_p * z; ti++) {
-            float thr = thresholds[ti];
-            /* expf(d) >= thr implies d >= logf(thr) up to rounding; the margin keeps the
-             * prefilter a superset and the exact test decides. Compared as differences: m may
-             * be large enough that m + logf(thr) loses the margin to rounding. */
-            float lo = thr > 0.0f ? logf(thr) - 0.01f : -INFINITY;
-            nc = 0;
-            mass = 0.0;
-            for (int i0 = 0; i0 < n; i0 += BLOCK) {
-                const int i1 = QV_MIN(i0 + BLOCK, n);
-                if (!(row_max(x + i0, i1 - i0) / t - m >= lo)) continue;
-                for (int i = i0; i < i1; i++) {
-                    float y = x[i] / t;
-                    if (y - m >= lo) {
-                        float e = expf(y - m);
-                        if (e >= thr && e > 0.0f) {
-                            c[nc++] = (cand){i, y, e};
-                            mass += (double)e;
-                        }
-                    }
-                }
-            }
-        }
+        for (size_t ti = 0; ti < QV_ARRAY_LEN(thresholds) && !(mass >= limit); ti++)
+            nc = collect_above(c, x, n, t, m, thresholds[ti], &mass);
     } else if (use_min_p) {
         /* HF MinPLogitsWarper: drop p < min_p * p_max, i.e. expf(y - m) < min_p. */
-        const float mp = s->p.min_p;
-        const float lo = logf(mp) - 0.01f;
-        for (int i0 = 0; i0 < n; i0 += BLOCK) {
-            const int i1 = QV_MIN(i0 + BLOCK, n);
-            if (!(row_max(x + i0, i1 - i0) / t - m >= lo)) continue;
-            for (int i = i0; i < i1; i++) {
-                float y = x[i] / t;
-                if (y - m >= lo) {
-                    float e = expf(y - m);
-                    if (e >= mp && e > 0.0f) c[nc++] = (cand){i, y, e};
-                }
-            }
-        }
+        double mass;
+        nc = collect_above(c, x, n, t, m, s->p.min_p, &mass);
         min_p_done = true;
     } else {
         for (int i = 0; i < n; i++) {
