@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -338,6 +339,23 @@ static qv_status bind_weights(loader *L, const names *nm, bool permute) {
     } else if ((st = bind_matrix(L, nm->lm_head, c->n_vocab, c->dim, false, true, &m->lm_head))) {
         return st;
     }
+    /* Every layer needs >= 9 tensors: refuse an absurd layer count before allocating for it. */
+    size_t n_tensors = 0;
+    if (L->is_gguf) {
+        n_tensors = qv_gguf_n_tensors(m->gguf);
+    } else {
+        for (size_t i = 0; i < qv_st_set_n_files(m->priv->st); i++) {
+            n_tensors += qv_st_n_tensors(qv_st_set_file_at(m->priv->st, i));
+        }
+    }
+    if ((size_t)c->n_layers > n_tensors / 9) {
+        char n0[128];
+        lname(n0, sizeof(n0), nm->attn_norm, c->n_layers - 1);
+        return qv_errorf(L->err, QV_ERR_NOT_FOUND,
+                         "%s: %d layers need more than the %zu tensors present (missing tensor "
+                         "'%s')",
+                         L->file, c->n_layers, n_tensors, n0);
+    }
     m->layers = qv_calloc((size_t)c->n_layers, sizeof(*m->layers));
     if (!m->layers) return qv_errorf(L->err, QV_ERR_NOMEM, "%s: out of memory", L->file);
     char n[128];
@@ -499,8 +517,9 @@ static qv_status cfg_int(loader *L, const cJSON *root, const char *key, int *out
 static qv_status cfg_float(loader *L, const cJSON *root, const char *key, float *out) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!v || cJSON_IsNull(v)) return QV_OK;
-    if (!cJSON_IsNumber(v)) {
-        return qv_errorf(L->err, QV_ERR_INVALID, "%s: \"%s\" must be a number", L->file, key);
+    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= (double)FLT_MAX)) {
+        return qv_errorf(L->err, QV_ERR_INVALID, "%s: \"%s\" must be a finite float", L->file,
+                         key);
     }
     *out = (float)v->valuedouble;
     return QV_OK;
@@ -804,8 +823,8 @@ static qv_status gguf_float(loader *L, const char *arch, const char *suffix, boo
         return QV_OK;
     }
     double d;
-    if (!qv_gguf_get_float(L->m->gguf, key, &d)) {
-        return qv_errorf(L->err, QV_ERR_INVALID, "%s: '%s' is not a float", L->file, key);
+    if (!qv_gguf_get_float(L->m->gguf, key, &d) || !(fabs(d) <= (double)FLT_MAX)) {
+        return qv_errorf(L->err, QV_ERR_INVALID, "%s: '%s' is not a finite float", L->file, key);
     }
     *out = (float)d;
     return QV_OK;
