@@ -518,8 +518,7 @@ static qv_status cfg_float(loader *L, const cJSON *root, const char *key, float 
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!v || cJSON_IsNull(v)) return QV_OK;
     if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= (double)FLT_MAX)) {
-        return qv_errorf(L->err, QV_ERR_INVALID, "%s: \"%s\" must be a finite float", L->file,
-                         key);
+        return qv_errorf(L->err, QV_ERR_INVALID, "%s: \"%s\" must be a finite float", L->file, key);
     }
     *out = (float)v->valuedouble;
     return QV_OK;
