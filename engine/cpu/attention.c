@@ -139,10 +139,10 @@ static void attn_pair(const struct attn_task *tk, int pair, float *sc) {
     }
 }
 
-static void attn_fn(void *arg, int ith, int nth) {
+static void attn_fn(void *arg, int part, int nth) {
     (void)nth;
     struct attn_task *tk = arg;
-    float *sc = tk->scratch + (size_t)ith * tk->scratch_per_thread;
+    float *sc = tk->scratch + (size_t)part * tk->scratch_per_thread;
     for (;;) {
         int job = atomic_fetch_add_explicit(&tk->next, PAIRS_PER_JOB, memory_order_relaxed);
         if (job >= tk->n_pairs) break;

@@ -374,8 +374,8 @@ struct mm_task {
     bool simd;
 };
 
-static void mm_task_fn(void *arg, int ith, int nth) {
-    (void)ith;
+static void mm_task_fn(void *arg, int part, int nth) {
+    (void)part;
     (void)nth;
     const struct mm_task *task = arg;
     struct mm_args *a = task->a;

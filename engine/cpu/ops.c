@@ -39,9 +39,9 @@ struct rms_task {
     float *y;
 };
 
-static void rms_fn(void *arg, int ith, int nth) {
+static void rms_fn(void *arg, int part, int nth) {
     const struct rms_task *t = arg;
-    int r0 = (int)((int64_t)t->n * ith / nth), r1 = (int)((int64_t)t->n * (ith + 1) / nth);
+    int r0 = (int)((int64_t)t->n * part / nth), r1 = (int)((int64_t)t->n * (part + 1) / nth);
     for (int r = r0; r < r1; r++) {
         const float *x = t->x + (size_t)r * (size_t)t->dim;
         float *y = t->y + (size_t)r * (size_t)t->dim;
@@ -75,11 +75,11 @@ struct rope_task {
     const float *inv_freq;
 };
 
-static void rope_fn(void *arg, int ith, int nth) {
+static void rope_fn(void *arg, int part, int nth) {
     const struct rope_task *t = arg;
     int half = t->head_dim / 2;
     float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
-    int r0 = (int)((int64_t)t->n * ith / nth), r1 = (int)((int64_t)t->n * (ith + 1) / nth);
+    int r0 = (int)((int64_t)t->n * part / nth), r1 = (int)((int64_t)t->n * (part + 1) / nth);
     for (int r = r0; r < r1; r++) {
         for (int i = 0; i < half; i++) {
             float ang = (float)t->pos[r] * t->inv_freq[i];
@@ -117,17 +117,17 @@ struct ew_task {
     size_t n;
 };
 
-static void range_of(size_t n, int ith, int nth, size_t *i0, size_t *i1) {
+static void range_of(size_t n, int part, int nth, size_t *i0, size_t *i1) {
     /* Ranges rounded to 16 floats so threads never share a cache line of the output. */
     size_t per = (n / (size_t)nth + 15) & ~(size_t)15;
-    *i0 = QV_MIN(n, per * (size_t)ith);
-    *i1 = ith == nth - 1 ? n : QV_MIN(n, per * (size_t)(ith + 1));
+    *i0 = QV_MIN(n, per * (size_t)part);
+    *i1 = part == nth - 1 ? n : QV_MIN(n, per * (size_t)(part + 1));
 }
 
-static void swiglu_fn(void *arg, int ith, int nth) {
+static void swiglu_fn(void *arg, int part, int nth) {
     const struct ew_task *t = arg;
     size_t i0, i1;
-    range_of(t->n, ith, nth, &i0, &i1);
+    range_of(t->n, part, nth, &i0, &i1);
     for (size_t i = i0; i < i1; i++) {
         float g = t->a[i];
         t->out[i] = g / (1.0f + expf(-g)) * t->b[i];
@@ -143,10 +143,10 @@ void qv__cpu_swiglu(qv__cpu_ctx *cx, const float *gate, const float *up, float *
         swiglu_fn(&t, 0, 1);
 }
 
-static void add_fn(void *arg, int ith, int nth) {
+static void add_fn(void *arg, int part, int nth) {
     const struct ew_task *t = arg;
     size_t i0, i1;
-    range_of(t->n, ith, nth, &i0, &i1);
+    range_of(t->n, part, nth, &i0, &i1);
     for (size_t i = i0; i < i1; i++)
         t->out[i] += t->a[i];
 }

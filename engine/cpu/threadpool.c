@@ -1,14 +1,18 @@
 /*
  * threadpool.c - persistent spin-then-block worker pool; see threadpool.h.
  *
- * Protocol: the driver publishes (fn, arg) and bumps `gen` (release); a worker that observes
- * a new generation (acquire) runs the task and bumps `n_done` (release); the driver runs its
- * own share as thread 0 and then spins until n_done == nth - 1 (acquire). Workers spin on
- * `gen` for up to SPIN_S seconds after their last task before sleeping on `cond`; the driver
- * always broadcasts under `mutex` after bumping `gen`, so a worker that checks `gen` under the
- * mutex before waiting can never miss a wake-up.
- * Invariant: at most one run is in flight; `fn`/`arg` are only written while all workers are
- * idle (between runs).
+ * Protocol: a run is split into nth parts, fn(arg, part, nth). The driver publishes (fn, arg),
+ * resets the part counter, opens nth - 1 join tickets (`open`, release) and bumps `gen`. A
+ * worker that observes a new generation takes a ticket with a CAS; only then does it read
+ * fn/arg, pull parts from the counter, and finally bump `n_done` (release). The driver pulls
+ * parts too; when none are left it closes the run by taking the remaining tickets
+ * (`exchange(open, 0)`) and waits only for the workers that joined. So a worker that is
+ * descheduled (a loaded machine) never delays a run it did not join: the driver does its
+ * parts. Workers spin on `gen` for up to SPIN_S seconds after their last run before sleeping
+ * on `cond`; the driver bumps `gen` and broadcasts under `mutex`, and a worker re-checks `gen`
+ * under the mutex before waiting, so no wake-up is lost.
+ * Invariants: at most one run is in flight; fn/arg are written only when no joined worker is
+ * running; part p is processed by exactly one thread, so tasks may index per-part scratch.
  */
 #include "cpu/threadpool.h"
 
@@ -29,11 +33,13 @@ struct qv__cpu_pool {
     int n_threads;
     struct worker *workers; /* [n_threads - 1] */
 
-    qv__cpu_task_fn fn; /* written by the driver before bumping gen */
+    qv__cpu_task_fn fn; /* written by the driver before opening the run */
     void *arg;
 
     _Alignas(64) atomic_uint gen;
-    _Alignas(64) atomic_int n_done;
+    _Alignas(64) atomic_int open;      /* join tickets left in the current run */
+    _Alignas(64) atomic_int next_part; /* next part to hand out */
+    _Alignas(64) atomic_int n_done;    /* joined workers that finished */
     _Alignas(64) atomic_bool quit;
 
     pthread_mutex_t mutex; /* guards sleeping on cond */
@@ -69,6 +75,15 @@ static unsigned wait_for_work(struct qv__cpu_pool *pool, unsigned seen) {
     return g;
 }
 
+static void run_parts(struct qv__cpu_pool *pool) {
+    int nth = pool->n_threads;
+    for (;;) {
+        int part = atomic_fetch_add_explicit(&pool->next_part, 1, memory_order_relaxed);
+        if (part >= nth) break;
+        pool->fn(pool->arg, part, nth);
+    }
+}
+
 static void *worker_main(void *p) {
     struct worker *w = p;
     struct qv__cpu_pool *pool = w->pool;
@@ -76,7 +91,12 @@ static void *worker_main(void *p) {
     for (;;) {
         seen = wait_for_work(pool, seen);
         if (atomic_load_explicit(&pool->quit, memory_order_acquire)) break;
-        pool->fn(pool->arg, w->ith, pool->n_threads);
+        int v = atomic_load_explicit(&pool->open, memory_order_acquire);
+        while (v > 0 && !atomic_compare_exchange_weak_explicit(
+                            &pool->open, &v, v - 1, memory_order_acq_rel, memory_order_acquire)) {
+        }
+        if (v <= 0) continue; /* the run was already closed (or full) */
+        run_parts(pool);
         atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_release);
     }
     return NULL;
@@ -90,6 +110,8 @@ qv_status qv__cpu_pool_create(int n_threads, qv__cpu_pool **out, qv_error *err) 
     if (!pool) return qv_errorf(err, QV_ERR_NOMEM, "cpu pool: out of memory");
     pool->n_threads = n_threads;
     atomic_init(&pool->gen, 0);
+    atomic_init(&pool->open, 0);
+    atomic_init(&pool->next_part, 0);
     atomic_init(&pool->n_done, 0);
     atomic_init(&pool->quit, false);
     pthread_mutex_init(&pool->mutex, NULL);
@@ -141,15 +163,19 @@ void qv__cpu_pool_run(qv__cpu_pool *pool, qv__cpu_task_fn fn, void *arg) {
     }
     pool->fn = fn;
     pool->arg = arg;
+    atomic_store_explicit(&pool->next_part, 0, memory_order_relaxed);
     atomic_store_explicit(&pool->n_done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->open, nth - 1, memory_order_release);
     pthread_mutex_lock(&pool->mutex);
     atomic_fetch_add_explicit(&pool->gen, 1, memory_order_release);
     pthread_cond_broadcast(&pool->cond);
     pthread_mutex_unlock(&pool->mutex);
 
-    fn(arg, 0, nth);
+    run_parts(pool);
 
-    for (unsigned i = 0; atomic_load_explicit(&pool->n_done, memory_order_acquire) < nth - 1; i++) {
+    int left = atomic_exchange_explicit(&pool->open, 0, memory_order_acq_rel);
+    int joined = nth - 1 - left;
+    for (unsigned i = 0; atomic_load_explicit(&pool->n_done, memory_order_acquire) < joined; i++) {
         cpu_relax();
         if ((i & 1023) == 1023) sched_yield();
     }

@@ -1,6 +1,6 @@
 /*
- * test_cpu_threadpool.c - the CPU backend's worker pool: every thread runs every task exactly
- * once with the right (ith, nth), results written by workers are visible when run() returns,
+ * test_cpu_threadpool.c - the CPU backend's worker pool: every part of every run is done exactly
+ * once with the right nth, results written by workers are visible when run() returns,
  * both hand-off paths work (spinning workers and workers asleep on the condition variable),
  * and create/destroy cycles (including destroy while workers sleep) neither hang nor leak.
  */
@@ -18,17 +18,17 @@
 #define MAX_T 8
 
 struct count_task {
-    int runs[MAX_T]; /* each slot written only by thread ith */
+    int runs[MAX_T]; /* slot p written only by the thread running part p */
     int seen_nth[MAX_T];
     long payload[MAX_T];
     long round;
 };
 
-static void count_fn(void *arg, int ith, int nth) {
+static void count_fn(void *arg, int part, int nth) {
     struct count_task *t = arg;
-    t->runs[ith]++;
-    t->seen_nth[ith] = nth;
-    t->payload[ith] = t->round * 1000 + ith; /* read back by the driver after run() */
+    t->runs[part]++;
+    t->seen_nth[part] = nth;
+    t->payload[part] = t->round * 1000 + part; /* read back by the driver after run() */
 }
 
 static qv__cpu_pool *make_pool(int n) {
