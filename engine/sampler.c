@@ -35,6 +35,15 @@ typedef struct cand {
     float e;
 } cand;
 
+/* Per-call buffers. Owned by one sampler, or shared by several used from one thread at a time
+ * (qv_sampler_create_with_scratch). Nothing in them survives a qv_sampler_sample call. */
+struct qv_sampler_scratch {
+    int n_vocab;
+    cand *cand;     /* (n_vocab) candidates of the current row */
+    uint32_t *keys; /* (n_vocab) radix-select scratch */
+    float *saved;   /* (n_vocab) raw logits of the context ids before penalties (for logprobs) */
+};
+
 struct qv_sampler {
     qv_sampling_params p;
     int n_vocab;
@@ -42,9 +51,8 @@ struct qv_sampler {
     uint32_t *state; /* (n_vocab) SEEN_BIT: in the repetition context; low bits: times generated */
     int32_t *seen;   /* (n_vocab) ids in the repetition context, first-seen order */
     int n_seen;
-    float *saved;    /* (n_vocab) raw logits of seen[] before penalties (for logprobs) */
-    cand *cand;      /* (n_vocab) candidates of the current row */
-    uint32_t *keys;  /* (n_vocab) radix-select scratch */
+    qv_sampler_scratch *w; /* per-call buffers; borrowed unless owns_w */
+    bool owns_w;
 };
 
 /* ---------------------------------------------------------------- parameters ---- */
@@ -123,9 +131,37 @@ static void rng_seed(uint64_t s[4], uint64_t seed) {
 
 /* ---------------------------------------------------------------- lifetime ---- */
 
-qv_status qv_sampler_create(const qv_sampling_params *p, int n_vocab, qv_sampler **out) {
+qv_status qv_sampler_scratch_create(int n_vocab, qv_sampler_scratch **out) {
+    *out = NULL;
+    if (n_vocab <= 0) return QV_ERR_INVALID;
+    qv_sampler_scratch *w = qv_calloc(1, sizeof(*w));
+    if (!w) return QV_ERR_NOMEM;
+    size_t n = (size_t)n_vocab;
+    w->n_vocab = n_vocab;
+    w->cand = qv_malloc(n * sizeof(*w->cand));
+    w->keys = qv_malloc(n * sizeof(*w->keys));
+    w->saved = qv_malloc(n * sizeof(*w->saved));
+    if (!w->cand || !w->keys || !w->saved) {
+        qv_sampler_scratch_free(w);
+        return QV_ERR_NOMEM;
+    }
+    *out = w;
+    return QV_OK;
+}
+
+void qv_sampler_scratch_free(qv_sampler_scratch *w) {
+    if (!w) return;
+    qv_free(w->cand);
+    qv_free(w->keys);
+    qv_free(w->saved);
+    qv_free(w);
+}
+
+qv_status qv_sampler_create_with_scratch(const qv_sampling_params *p, int n_vocab,
+                                         qv_sampler_scratch *scratch, qv_sampler **out) {
     *out = NULL;
     if (qv_sampling_params_validate(p, NULL) != QV_OK || n_vocab <= 0) return QV_ERR_INVALID;
+    if (scratch && scratch->n_vocab < n_vocab) return QV_ERR_INVALID;
     qv_sampler *s = qv_calloc(1, sizeof(*s));
     if (!s) return QV_ERR_NOMEM;
     size_t n = (size_t)n_vocab;
@@ -133,10 +169,13 @@ qv_status qv_sampler_create(const qv_sampling_params *p, int n_vocab, qv_sampler
     s->n_vocab = n_vocab;
     s->state = qv_calloc(n, sizeof(*s->state));
     s->seen = qv_malloc(n * sizeof(*s->seen));
-    s->saved = qv_malloc(n * sizeof(*s->saved));
-    s->cand = qv_malloc(n * sizeof(*s->cand));
-    s->keys = qv_malloc(n * sizeof(*s->keys));
-    if (!s->state || !s->seen || !s->saved || !s->cand || !s->keys) goto fail;
+    if (!s->state || !s->seen) goto fail;
+    if (scratch) {
+        s->w = scratch;
+    } else {
+        if (qv_sampler_scratch_create(n_vocab, &s->w) != QV_OK) goto fail;
+        s->owns_w = true;
+    }
     rng_seed(s->rng, p->seed);
     *out = s;
     return QV_OK;
@@ -145,13 +184,15 @@ fail:
     return QV_ERR_NOMEM;
 }
 
+qv_status qv_sampler_create(const qv_sampling_params *p, int n_vocab, qv_sampler **out) {
+    return qv_sampler_create_with_scratch(p, n_vocab, NULL, out);
+}
+
 void qv_sampler_free(qv_sampler *s) {
     if (!s) return;
     qv_free(s->state);
     qv_free(s->seen);
-    qv_free(s->saved);
-    qv_free(s->cand);
-    qv_free(s->keys);
+    if (s->owns_w) qv_sampler_scratch_free(s->w);
     qv_free(s);
 }
 
@@ -275,7 +316,7 @@ static float kth_largest(qv_sampler *s, const float *x, int n, int k) {
     uint32_t need = (uint32_t)k;
     for (int i = 0; i < n; i++) hist[float_key(x[i]) >> 24]++;
     uint32_t prefix = pick_bucket(hist, &need) << 24;
-    uint32_t *keys = s->keys;
+    uint32_t *keys = s->w->keys;
     size_t m = 0;
     for (int i = 0; i < n; i++) {
         uint32_t key = float_key(x[i]);
@@ -445,7 +486,7 @@ static size_t collect_above(cand *c, const float *x, int n, float t, float m, fl
     return nc;
 }
 
-/* Builds the kept candidates of a (penalised) row for temperature > 0: s->cand[0..return), in
+/* Builds the kept candidates of a (penalised) row for temperature > 0: s->w->cand[0..return), in
  * ascending id order, weights e = expf(y - max_y) > 0, with *w_out = sum of e. */
 static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
     const int n = s->n_vocab;
@@ -453,7 +494,7 @@ static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
     const bool use_k = s->p.top_k > 0 && s->p.top_k < n;
     const bool use_p = s->p.top_p < 1.0f;
     const bool use_min_p = s->p.min_p > 0.0f;
-    cand *c = s->cand;
+    cand *c = s->w->cand;
     size_t nc = 0;
     double z = 0.0;
     bool min_p_done = false, id_order = true;
@@ -574,7 +615,7 @@ int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
         for (int j = 0; j < lp->n_top; j++)
             lp->top_logprobs[j] = (float)((double)lp->top_logprobs[j] - log_z);
         if (pen)
-            for (int j = 0; j < s->n_seen; j++) s->saved[j] = logits[s->seen[j]];
+            for (int j = 0; j < s->n_seen; j++) s->w->saved[j] = logits[s->seen[j]];
     }
     if (pen) apply_penalties(s, logits);
 
@@ -588,11 +629,11 @@ int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
             tok = argmax_first(logits, s->n_vocab);
         } else {
             double target = rng_uniform(s->rng) * w, acc = 0.0;
-            tok = s->cand[nc - 1].id;
+            tok = s->w->cand[nc - 1].id;
             for (size_t j = 0; j < nc; j++) {
-                acc += (double)s->cand[j].e;
+                acc += (double)s->w->cand[j].e;
                 if (acc > target) {
-                    tok = s->cand[j].id;
+                    tok = s->w->cand[j].id;
                     break;
                 }
             }
@@ -604,7 +645,7 @@ int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
         if (pen && (s->state[tok] & SEEN_BIT))
             for (int j = 0; j < s->n_seen; j++)
                 if (s->seen[j] == tok) {
-                    raw = s->saved[j];
+                    raw = s->w->saved[j];
                     break;
                 }
         lp->token = tok;
@@ -626,5 +667,5 @@ void qv_sampler_probs(qv_sampler *s, float *logits, float *probs) {
         probs[argmax_first(logits, s->n_vocab)] = 1.0f;
         return;
     }
-    for (size_t j = 0; j < nc; j++) probs[s->cand[j].id] = (float)((double)s->cand[j].e / w);
+    for (size_t j = 0; j < nc; j++) probs[s->w->cand[j].id] = (float)((double)s->w->cand[j].e / w);
 }

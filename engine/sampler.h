@@ -13,7 +13,8 @@
  * The processing order and its exact semantics are documented in docs/sampling.md.
  *
  * Thread: a qv_sampler is confined to one thread at a time (it has no locks). Different
- * samplers may be used concurrently. The parameter functions are pure.
+ * samplers may be used concurrently unless they share a qv_sampler_scratch. The parameter
+ * functions are pure.
  */
 #ifndef QV_SAMPLER_H
 #define QV_SAMPLER_H
@@ -55,11 +56,32 @@ qv_status qv_sampling_params_validate(const qv_sampling_params *p, qv_error *err
 
 typedef struct qv_sampler qv_sampler;
 
-/* Creates a sampler for rows of n_vocab logits with a copy of *p. Allocates O(n_vocab) state
- * and scratch (about 28 bytes per vocabulary entry) once, here.
+/* Per-call buffers of a sampler (20 bytes per vocabulary entry: 3 MB at 152k). Every sampler
+ * created with qv_sampler_create owns one; an engine running many sequences on one thread can
+ * create one scratch and share it between all their samplers instead, leaving 8 bytes per
+ * vocabulary entry of context state per sampler. */
+typedef struct qv_sampler_scratch qv_sampler_scratch;
+
+/* Creates scratch for samplers of up to n_vocab entries. Ownership: the caller's, freed with
+ * qv_sampler_scratch_free after every sampler borrowing it. Thread: samplers sharing one scratch
+ * must not sample concurrently (the scratch holds nothing between calls, so they may take
+ * turns on different threads). Errors: QV_ERR_INVALID (n_vocab <= 0), QV_ERR_NOMEM. */
+qv_status qv_sampler_scratch_create(int n_vocab, qv_sampler_scratch **out);
+
+/* Frees the scratch; NULL is accepted. */
+void qv_sampler_scratch_free(qv_sampler_scratch *w);
+
+/* Creates a sampler for rows of n_vocab logits with a copy of *p. Allocates O(n_vocab) context
+ * state and its own scratch (about 28 bytes per vocabulary entry in all) once, here.
  * Ownership: *out belongs to the caller, freed with qv_sampler_free.
  * Errors: QV_ERR_INVALID (bad parameters or n_vocab <= 0), QV_ERR_NOMEM. *out is NULL then. */
 qv_status qv_sampler_create(const qv_sampling_params *p, int n_vocab, qv_sampler **out);
+
+/* Like qv_sampler_create, but the sampler borrows `scratch` (created for >= n_vocab entries,
+ * outliving the sampler) instead of allocating its own; NULL scratch = qv_sampler_create.
+ * Errors: as qv_sampler_create; QV_ERR_INVALID also when the scratch is too small. */
+qv_status qv_sampler_create_with_scratch(const qv_sampling_params *p, int n_vocab,
+                                         qv_sampler_scratch *scratch, qv_sampler **out);
 
 /* Frees the sampler; NULL is accepted. */
 void qv_sampler_free(qv_sampler *s);

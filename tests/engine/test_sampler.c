@@ -604,6 +604,11 @@ static void test_alloc_failure(void **state) {
         }
     }
     assert_true(failures >= 6);
+    qv_sampler_scratch *w = NULL;
+    qv_alloc_fail_after(2);
+    assert_int_equal(qv_sampler_scratch_create(1000, &w), QV_ERR_NOMEM);
+    qv_alloc_fail_after(-1);
+    assert_null(w);
 }
 
 /* All-(-inf) rows and rows where a single token survives. */
@@ -763,6 +768,53 @@ static void test_naive_reference_random(void **state) {
     assert_int_equal(fails, 0);
 }
 
+/* Samplers sharing one scratch, interleaved, give exactly what samplers with their own give. */
+static void test_shared_scratch(void **state) {
+    (void)state;
+    enum { N_SEQ = 4, N_STEP = 40, V = 3000 };
+    float base[V], row[V];
+    gen_logits(5, V, 1.0, 10, base);
+    qv_sampler_scratch *w = NULL;
+    assert_int_equal(qv_sampler_scratch_create(0, &w), QV_ERR_INVALID);
+    assert_int_equal(qv_sampler_scratch_create(V, &w), QV_OK);
+    qv_sampler *own[N_SEQ], *shared[N_SEQ];
+    for (int q = 0; q < N_SEQ; q++) {
+        qv_sampling_params p;
+        qv_sampling_params_default(&p);
+        p.seed = 100 + (uint64_t)q;
+        p.top_k = q == 0 ? 0 : 300 * q; /* heap and radix paths */
+        p.top_p = q == 2 ? 1.0f : 0.9f;
+        p.repetition_penalty = 1.2f;
+        p.n_logprobs = 3;
+        assert_int_equal(qv_sampler_create(&p, V, &own[q]), QV_OK);
+        assert_int_equal(qv_sampler_create_with_scratch(&p, V, w, &shared[q]), QV_OK);
+    }
+    qv_sampler *tmp = NULL;
+    qv_sampling_params dp;
+    qv_sampling_params_default(&dp);
+    assert_int_equal(qv_sampler_create_with_scratch(&dp, V + 1, w, &tmp), QV_ERR_INVALID);
+    assert_null(tmp);
+    for (int step = 0; step < N_STEP; step++) {
+        for (int q = 0; q < N_SEQ; q++) {
+            qv_logprobs a, b;
+            memcpy(row, base, sizeof(row));
+            int32_t ta = qv_sampler_sample(own[q], row, &a);
+            memcpy(row, base, sizeof(row));
+            int32_t tb = qv_sampler_sample(shared[q], row, &b);
+            assert_int_equal(ta, tb);
+            assert_true(a.logprob == b.logprob);
+            qv_sampler_accept(own[q], ta);
+            qv_sampler_accept(shared[q], tb);
+        }
+    }
+    for (int q = 0; q < N_SEQ; q++) {
+        qv_sampler_free(own[q]);
+        qv_sampler_free(shared[q]);
+    }
+    qv_sampler_scratch_free(w);
+    qv_sampler_scratch_free(NULL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_distributions),
@@ -778,6 +830,7 @@ int main(void) {
         cmocka_unit_test(test_alloc_failure),
         cmocka_unit_test(test_degenerate_rows),
         cmocka_unit_test(test_naive_reference_random),
+        cmocka_unit_test(test_shared_scratch),
     };
     return cmocka_run_group_tests(tests, setup_cases, teardown_cases);
 }
