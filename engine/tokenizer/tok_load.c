@@ -30,6 +30,56 @@ const char qv__re_qwen2[] =
     "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"     \
     "\\x{3000}"
 
+/* Copies n bytes (which may contain NUL) and terminates them. */
+static char *dupmem(const char *s, size_t n) {
+    char *c = qv_malloc(n + 1);
+    if (!c) return NULL;
+    if (n) memcpy(c, s, n);
+    c[n] = 0;
+    return c;
+}
+
+/* cJSON strings end at the first NUL, but vocabularies may contain "\u0000". Before parsing, such
+ * escapes are rewritten to U+10FFFF (a noncharacter no real vocabulary uses) and mapped back to
+ * NUL here, in place; returns the true length. */
+static size_t unmask_nul(char *s) {
+    size_t r = 0, w = 0;
+    while (s[r]) {
+        if ((uint8_t)s[r] == 0xF4 && (uint8_t)s[r + 1] == 0x8F && (uint8_t)s[r + 2] == 0xBF &&
+            (uint8_t)s[r + 3] == 0xBF) {
+            s[w++] = 0;
+            r += 4;
+        } else {
+            s[w++] = s[r++];
+        }
+    }
+    s[w] = 0;
+    return w;
+}
+
+static char *mask_nul(const char *json, size_t len, size_t *out_len) {
+    size_t count = 0;
+    for (size_t i = 0; i + 6 <= len; i++)
+        if (!memcmp(json + i, "\\u0000", 6)) count++;
+    char *o = qv_malloc(len + count * 6 + 1);
+    if (!o) return NULL;
+    size_t w = 0, bs = 0; /* bs: length of the run of backslashes before i */
+    for (size_t i = 0; i < len; i++) {
+        if (json[i] == '\\' && (bs % 2) == 0 && i + 6 <= len && !memcmp(json + i, "\\u0000", 6)) {
+            memcpy(o + w, "\\udbff\\udfff", 12);
+            w += 12;
+            i += 5;
+            bs = 0;
+            continue;
+        }
+        bs = json[i] == '\\' ? bs + 1 : 0;
+        o[w++] = json[i];
+    }
+    o[w] = 0;
+    *out_len = w;
+    return o;
+}
+
 qv_status qv__tok_alloc(qv_tokenizer **out) {
     qv_tokenizer *t = qv_calloc(1, sizeof(*t));
     if (!t) return QV_ERR_NOMEM;
@@ -62,7 +112,7 @@ qv_status qv__tok_set_vocab(qv_tokenizer *t, int32_t id, const char *s, size_t l
     if (id < 0 || id > 0x7FFFFFF) return QV_ERR_INVALID;
     if (grow_vocab(t, id)) return QV_ERR_NOMEM;
     if (!t->vocab_map.cap && qv__strmap_init(&t->vocab_map, 1024)) return QV_ERR_NOMEM;
-    char *c = qv_strndup(s, len);
+    char *c = dupmem(s, len);
     if (!c) return QV_ERR_NOMEM;
     if (t->vocab[id]) {
         /* Two strings with one id: keep the map entry of the first; the new one replaces the
@@ -88,7 +138,7 @@ qv_status qv__tok_add_added(qv_tokenizer *t, const char *s, size_t len, int32_t 
     }
     qv__added *a = &t->added[t->n_added];
     memset(a, 0, sizeof(*a));
-    a->content = qv_strndup(s, len);
+    a->content = dupmem(s, len);
     if (!a->content) return QV_ERR_NOMEM;
     a->len = len;
     a->id = id;
@@ -555,7 +605,7 @@ static qv_status parse_model(qv_tokenizer *t, const cJSON *m, qv_error *err) {
         if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 0x7FFFFFF)
             return qv_errorf(err, QV_ERR_INVALID, "model.vocab: bad id for '%.64s'", it->string);
         qv_status st = qv__tok_set_vocab(t, (int32_t)it->valuedouble, it->string,
-                                         strlen(it->string));
+                                         unmask_nul(it->string));
         if (st) return st;
     }
     if (qv__pairmap_init(&t->merges, (size_t)cJSON_GetArraySize(merges) + 1)) return QV_ERR_NOMEM;
@@ -563,19 +613,22 @@ static qv_status parse_model(qv_tokenizer *t, const cJSON *m, qv_error *err) {
     cJSON_ArrayForEach(it, merges) {
         qv_status st;
         if (cJSON_IsString(it)) {
-            const char *s = it->valuestring;
+            char *s = it->valuestring;
             if (!strncmp(s, "#version", 8)) continue;
-            const char *sp = strchr(s, ' ');
-            if (!sp || strchr(sp + 1, ' '))
+            size_t sl = unmask_nul(s);
+            const char *sp = memchr(s, ' ', sl);
+            if (!sp || memchr(sp + 1, ' ', sl - (size_t)(sp + 1 - s)))
                 return qv_errorf(err, QV_ERR_INVALID, "merge %d '%.64s' is not 'a b'", (int)rank,
                                  s);
-            st = qv__tok_add_merge(t, s, (size_t)(sp - s), sp + 1, strlen(sp + 1), rank, err);
+            st = qv__tok_add_merge(t, s, (size_t)(sp - s), sp + 1, sl - (size_t)(sp + 1 - s),
+                                   rank, err);
         } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2 &&
                    cJSON_IsString(cJSON_GetArrayItem(it, 0)) &&
                    cJSON_IsString(cJSON_GetArrayItem(it, 1))) {
-            const char *a = cJSON_GetArrayItem(it, 0)->valuestring;
-            const char *b = cJSON_GetArrayItem(it, 1)->valuestring;
-            st = qv__tok_add_merge(t, a, strlen(a), b, strlen(b), rank, err);
+            char *a = cJSON_GetArrayItem(it, 0)->valuestring;
+            char *b = cJSON_GetArrayItem(it, 1)->valuestring;
+            size_t al = unmask_nul(a), bl = unmask_nul(b);
+            st = qv__tok_add_merge(t, a, al, b, bl, rank, err);
         } else {
             return qv_errorf(err, QV_ERR_INVALID, "merge %d has an unknown form", (int)rank);
         }
@@ -624,7 +677,18 @@ qv_status qv_tokenizer_load_json_str(const char *json, size_t len, const char *c
     cJSON *root = NULL, *cfg = NULL;
     qv_status st;
     *out = NULL;
+    char *masked = NULL;
+    size_t masked_len = 0;
+    bool has_nul_escape = false;
+    for (size_t i = 0; i + 6 <= len && !has_nul_escape; i++)
+        has_nul_escape = json[i] == '\\' && !memcmp(json + i, "\\u0000", 6);
+    if (has_nul_escape) {
+        if (!(masked = mask_nul(json, len, &masked_len))) return QV_ERR_NOMEM;
+        json = masked;
+        len = masked_len;
+    }
     root = cJSON_ParseWithLength(json, len);
+    qv_free(masked);
     if (!root || !cJSON_IsObject(root)) {
         st = qv_errorf(err, QV_ERR_INVALID, "tokenizer.json is not a JSON object");
         goto fail;
@@ -641,7 +705,8 @@ qv_status qv_tokenizer_load_json_str(const char *json, size_t len, const char *c
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
     const cJSON *it;
     cJSON_ArrayForEach(it, added) {
-        const char *content = jstr(it, "content");
+        cJSON *cj = cJSON_GetObjectItemCaseSensitive(it, "content");
+        char *content = cJSON_IsString(cj) ? cj->valuestring : NULL;
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
         if (!content || !cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > 0x7FFFFFF) {
             st = qv_errorf(err, QV_ERR_INVALID, "added_tokens: bad entry");
@@ -649,7 +714,7 @@ qv_status qv_tokenizer_load_json_str(const char *json, size_t len, const char *c
         }
         if (!*content) continue;
         bool special = jbool(it, "special", false);
-        st = qv__tok_add_added(t, content, strlen(content), (int32_t)id->valuedouble, special,
+        st = qv__tok_add_added(t, content, unmask_nul(content), (int32_t)id->valuedouble, special,
                                jbool(it, "normalized", !special), jbool(it, "lstrip", false),
                                jbool(it, "rstrip", false), jbool(it, "single_word", false));
         if (st) goto fail;

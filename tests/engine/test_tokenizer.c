@@ -121,6 +121,11 @@ static void test_metaspace(void **s) { (void)s; assert_int_equal(check_tokenizer
 static void test_added(void **s) { (void)s; assert_int_equal(check_tokenizer("added"), 0); }
 /* SentencePiece vocabulary: HF's converted tokenizer.json, and quiver's GGUF "llama" path
  * (merges derived from scores) against the same HF goldens. */
+static void test_metaspace_split(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("metaspace_split"), 0);
+}
+static void test_splits(void **s) { (void)s; assert_int_equal(check_tokenizer("splits"), 0); }
 static void test_spm_json(void **s) { (void)s; assert_int_equal(check_tokenizer("spm"), 0); }
 static void test_spm_gguf(void **s) {
     (void)s;
@@ -134,6 +139,7 @@ int main(void) {
         cmocka_unit_test(test_llama2),  cmocka_unit_test(test_spmunk),
         cmocka_unit_test(test_metaspace), cmocka_unit_test(test_added),
         cmocka_unit_test(test_spm_json), cmocka_unit_test(test_spm_gguf),
+        cmocka_unit_test(test_metaspace_split), cmocka_unit_test(test_splits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

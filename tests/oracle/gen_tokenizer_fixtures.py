@@ -15,6 +15,9 @@ What it writes (all deterministic; seeds are fixed):
       spmunk    the same without byte tokens: unknown characters become fused <unk>
       metaspace Metaspace(prepend_scheme=first, split=false) instead of the normalizer
       added     GPT-2 + NFC + added tokens with lstrip / rstrip / single_word / normalized
+      metaspace_split  Metaspace(prepend_scheme=always, split=true) + Metaspace decoder
+      splits    every Split behaviour (string/regex, invert), Digits contiguous, ByteLevel
+                add_prefix_space
       spm       a SentencePiece vocabulary (scores, no merges) written as spm.gguf, and the HF
                 tokenizer transformers' converter builds from it (for the GGUF "llama" path)
   <name>/tokenizer_config.json     bos/eos (+ chat template for smollm2)
@@ -273,6 +276,31 @@ def build_spm_gguf():
     return with_legacy_merges(tok), {"bos_token": "<s>", "eos_token": "</s>"}
 
 
+def build_metaspace_split():
+    """Older Metaspace form: prepend always, split on ▁ (MergedWithNext), Metaspace decoder."""
+    tok, cfg = build_spm("metaspace")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always",
+                                                 split=True)
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Metaspace(replacement="▁", prepend_scheme="always",
+                                                        split=True)])
+    return tok, cfg
+
+
+def build_splits():
+    """Every Split behaviour, string and regex patterns, invert; then byte-level BPE."""
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(" ", behavior="merged_with_previous"),
+        pre_tokenizers.Split(Regex(r"\d+"), behavior="removed"),
+        pre_tokenizers.Split(",", behavior="merged_with_next"),
+        pre_tokenizers.Split(Regex(r"[aeiouAEIOU]"), behavior="contiguous", invert=True),
+        pre_tokenizers.Split(Regex(r"\s"), behavior="isolated", invert=True),
+        pre_tokenizers.Digits(individual_digits=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)])
+    tok = train_bytelevel(pre, ["<|endoftext|>"])
+    return with_legacy_merges(tok), {"bos_token": None, "eos_token": "<|endoftext|>"}
+
+
 def build_added():
     tok = train_bytelevel(pre_tokenizers.ByteLevel(add_prefix_space=False), ["<|endoftext|>"],
                           normalizer=normalizers.NFC())
@@ -519,7 +547,8 @@ def main():
                      ("llama2", lambda: build_spm("llama2")),
                      ("spmunk", lambda: build_spm("spmunk")),
                      ("metaspace", lambda: build_spm("metaspace")), ("added", build_added),
-                     ("spm", build_spm_gguf)]:
+                     ("spm", build_spm_gguf), ("metaspace_split", build_metaspace_split),
+                     ("splits", build_splits)]:
         tok, cfg = fn()
         save(name, tok, cfg)
     with open(os.path.join(OUT, "chat.json"), "w", encoding="utf-8") as f:
