@@ -47,6 +47,7 @@ struct qv_engine {
     qv_kv_cache *kv;
     qv_forward *fwd;
     qv_seq *seqs; /* [max_seqs] slots */
+    qv_sampler_scratch *sampler_scratch; /* shared by every sequence's sampler (one thread) */
     int next_id;
     uint64_t next_order;
     int committed_pages;
@@ -120,6 +121,10 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     e->b_kv = qv_malloc(S * sizeof(*e->b_kv));
     e->order_idx = qv_malloc(S * sizeof(int));
     e->logits = qv_malloc(S * (size_t)mc->n_vocab * sizeof(float));
+    if ((st = qv_sampler_scratch_create(mc->n_vocab, &e->sampler_scratch)) != QV_OK) {
+        qv_errorf(err, st, "engine: out of memory for the sampler scratch");
+        goto fail;
+    }
     if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits_idx || !e->b_owner ||
         !e->b_kv || !e->order_idx || !e->logits) {
         st = qv_errorf(err, QV_ERR_NOMEM, "engine: out of memory for step buffers");
@@ -149,6 +154,7 @@ void qv_engine_destroy(qv_engine *e) {
     qv_forward_destroy(e->fwd);
     qv_kv_cache_destroy(e->kv);
     if (e->be) e->be->iface->destroy(e->be);
+    qv_sampler_scratch_free(e->sampler_scratch);
     qv_tokenizer_free(e->tok);
     qv_model_free(e->model);
     qv_free(e->b_tokens);
@@ -198,7 +204,8 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     s->cap = (int)total;
     s->tokens = qv_malloc((size_t)s->cap * sizeof(int32_t));
     if (!s->tokens) return qv_errorf(err, QV_ERR_NOMEM, "out of memory for the prompt");
-    if ((st = qv_sampler_create(&p->sampling, mc->n_vocab, &s->sampler)) != QV_OK) {
+    if ((st = qv_sampler_create_with_scratch(&p->sampling, mc->n_vocab, e->sampler_scratch,
+                                             &s->sampler)) != QV_OK) {
         qv_free(s->tokens);
         s->tokens = NULL;
         return qv_errorf(err, st, "cannot create the sampler");

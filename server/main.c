@@ -1,8 +1,11 @@
 /*
  * main.c - the quiver command line: subcommand dispatch. The only file that may call exit().
  */
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "engine/core.h"
 
 #include "server/cli.h"
 
@@ -18,6 +21,9 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* Every host allocation, cJSON's included, goes through qv_malloc (STYLE.md). */
+    cJSON_Hooks hooks = {.malloc_fn = qv_malloc, .free_fn = qv_free};
+    cJSON_InitHooks(&hooks);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
