@@ -204,6 +204,7 @@ static qv_status render_llama2_cpp(const qv_tokenizer *t, enum fam f, const qv_c
          strip_msg = f == F_LLAMA2_SYS_STRIP;
     bool inside = true;
     qv_status st = puts_(b, t->bos_text);
+    if (n == 0) return st;
     if (!st) st = puts_(b, "[INST] ");
     for (size_t i = 0; i < n && !st; i++) {
         if (!inside) {
@@ -322,11 +323,13 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name,
                                                 "template name");
     }
     if (qv__buf_reserve(&b, 256)) return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    b.p[0] = 0; /* an empty rendering is a valid result */
     switch (f) {
     case F_CHATML: {
         bool found = false;
         if (!template_name && t->chat_template) st = default_system(t->chat_template, &sys, &found);
-        if (!st && found && (n_msgs == 0 || !is_role(&msgs[0], "system"))) {
+        /* SmolLM2 emits it from inside the message loop: nothing for an empty conversation */
+        if (!st && found && n_msgs > 0 && !is_role(&msgs[0], "system")) {
             st = puts_(&b, "<|im_start|>system\n");
             if (!st) st = qv__buf_put(&b, sys.p, sys.len);
             if (!st) st = puts_(&b, "<|im_end|>\n");

@@ -486,6 +486,7 @@ CONVS = {
                {"role": "assistant", "content": "\n  answer  "},
                {"role": "user", "content": " x "}],
     "ends_assistant": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+    "none": [],
 }
 
 
@@ -513,7 +514,7 @@ def chat_cases(smol_tmpl):
             for gen in (False, True):
                 if fam in ("llama2", "llama2-chat") and gen:
                     continue  # these templates ignore add_generation_prompt
-                if fam == "llama2" and (msgs[0]["role"] == "system" or
+                if fam == "llama2" and msgs and (msgs[0]["role"] == "system" or
                                         msgs[-1]["role"] == "assistant" and gen):
                     continue
                 try:
