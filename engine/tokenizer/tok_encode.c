@@ -103,7 +103,7 @@ typedef struct ectx {
     spans sp;
     pcre2_match_data *md;
     pcre2_match_context *mc;
-    qv__buf tmp, norm;
+    qv__buf tmp;
     bool parse_special;
     /* BPE */
     int32_t *sym, *prev, *next;
@@ -825,7 +825,6 @@ qv_status qv_tokenizer_encode_ex(const qv_tokenizer *t, const char *text, size_t
 done:
     qv__buf_free(&clean);
     qv__buf_free(&c.tmp);
-    qv__buf_free(&c.norm);
     plist_free(&c.l[0]);
     plist_free(&c.l[1]);
     qv_free(c.sp.p);

@@ -833,7 +833,19 @@ qv_status qv_tokenizer_load_path(const char *path, qv_tokenizer **out, qv_error 
     if (ends_with(path, ".gguf")) {
         return qv__tok_load_gguf_file(path, out, err);
     }
-    return qv_tokenizer_load_json(path, NULL, out, err);
+    /* a tokenizer.json file: use the tokenizer_config.json next to it when there is one */
+    size_t n = strlen(path);
+    char *cfg = qv_malloc(n + 32);
+    if (!cfg) return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    memcpy(cfg, path, n + 1);
+    char *slash = strrchr(cfg, '/');
+    snprintf(slash ? slash + 1 : cfg, n + 32 - (size_t)(slash ? slash + 1 - cfg : 0),
+             "tokenizer_config.json");
+    qv_status st = qv_tokenizer_load_json(path, stat(cfg, &sb) == 0 && strcmp(cfg, path) ? cfg
+                                                                                       : NULL,
+                                          out, err);
+    qv_free(cfg);
+    return st;
 }
 
 /* ---- accessors ---- */

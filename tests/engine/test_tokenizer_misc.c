@@ -149,6 +149,12 @@ static void test_accessors(void **s) {
     qv_free(e);
     qv_tokenizer_free(t);
 
+    /* a tokenizer.json path picks up the tokenizer_config.json next to it */
+    t = load("smollm2/tokenizer.json");
+    assert_int_equal(qv_tokenizer_bos(t), 1);
+    assert_non_null(qv_tokenizer_chat_template(t));
+    qv_tokenizer_free(t);
+
     t = load("llama3");
     assert_int_equal(qv_tokenizer_bos(t), qv_tokenizer_token_id(t, "<|begin_of_text|>", 17));
     assert_true(qv_tokenizer_is_eog(t, qv_tokenizer_token_id(t, "<|eot_id|>", 10)));
