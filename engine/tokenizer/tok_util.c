@@ -193,8 +193,19 @@ bool qv__uc_is_whitespace(uint32_t cp) {
     }
 }
 
+/* Numeric code points HF knows (Rust std, Unicode 16+) that are unassigned in Unicode 14/15:
+ * measured by running every code point through tokenizers 0.23.3 Digits(individual_digits). */
+static const uint32_t k_new_numeric[][2] = {
+    {0x10D40, 0x10D49}, {0x116D0, 0x116E3}, {0x11BF0, 0x11BF9}, {0x11DE0, 0x11DE9},
+    {0x11F50, 0x11F59}, {0x16130, 0x16139}, {0x16D70, 0x16D79}, {0x16FF4, 0x16FF6},
+    {0x1CCF0, 0x1CCF9}, {0x1D2C0, 0x1D2D3}, {0x1E4F0, 0x1E4F9}, {0x1E5F1, 0x1E5FA},
+};
+
 bool qv__uc_is_numeric(uint32_t cp) {
     if (cp < 0x80) return cp >= '0' && cp <= '9';
+    if (cp >= 0x10D40)
+        for (size_t i = 0; i < sizeof(k_new_numeric) / sizeof(k_new_numeric[0]); i++)
+            if (cp >= k_new_numeric[i][0] && cp <= k_new_numeric[i][1]) return true;
     utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
     return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
 }

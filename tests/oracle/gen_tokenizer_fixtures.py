@@ -4,6 +4,12 @@ oracle (tokenizers, jinja2, gguf). quiver's C code is never consulted.
 
 Run:  /work/venv-oracle/bin/python tests/oracle/gen_tokenizer_fixtures.py [--gguf PATH]
 
+Larger differential runs (not committed): write a fixture tree elsewhere and point the tests at
+it, e.g.
+  python gen_tokenizer_fixtures.py --out /tmp/diff/tests/fixtures/tokenizer --random 1500 \
+      --random-kind unicode --random-max-len 40
+  QV_SOURCE_DIR=/tmp/diff build/tests/test_tokenizer; QV_SOURCE_DIR=/tmp/diff build/tests/test_detok
+
 What it writes (all deterministic; seeds are fixed):
   <name>/tokenizer.json            one tokenizer per pipeline variant (see build_*):
       smollm2   SmolLM2-135M-Instruct rebuilt from its GGUF exactly as TOKENIZER.md 9.2 says
@@ -107,11 +113,26 @@ def corpus():
     return lines
 
 
+RANDOM = {"n": 60, "kind": "edge", "max_len": 14}
+
+
 def random_strings(n, seed):
+    """Seeded random strings over the edge characters (default) or over arbitrary code points
+    (--random-kind unicode: ASCII, BMP and SMP, no surrogates)."""
     rng = random.Random(seed)
     out = []
-    for _ in range(n):
-        out.append("".join(rng.choice(EDGE_CHARS) for _ in range(rng.randint(1, 14))))
+    for _ in range(RANDOM["n"]):
+        k = rng.randint(1, RANDOM["max_len"])
+        if RANDOM["kind"] == "edge":
+            out.append("".join(rng.choice(EDGE_CHARS) for _ in range(k)))
+            continue
+        s = []
+        for _ in range(k):
+            r = rng.random()
+            cp = (rng.randint(0x20, 0x7E) if r < 0.3 else rng.randint(0xA0, 0x2FFF) if r < 0.7
+                  else rng.randint(0x3000, 0xFFFF) if r < 0.9 else rng.randint(0x10000, 0x1FFFF))
+            s.append(chr(0x41 if 0xD800 <= cp <= 0xDFFF else cp))
+        out.append("".join(s))
     return out
 
 
@@ -354,7 +375,7 @@ def stream(tok, ids, skip):
 
 
 def cases_for(name, tok):
-    texts = TRICKY + random_strings(60, seed=hash(name) % 1000 if False else len(name) * 7919)
+    texts = TRICKY + random_strings(RANDOM["n"], seed=len(name) * 7919)
     cases = []
     for t in texts:
         ids = tok.encode(t, add_special_tokens=False).ids
@@ -538,9 +559,16 @@ def save(name, tok, cfg):
 
 
 def main():
+    global OUT
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", default=DEFAULT_GGUF)
+    ap.add_argument("--out", default=OUT, help="fixture directory (default: the committed one)")
+    ap.add_argument("--random", type=int, default=60, help="random strings per tokenizer")
+    ap.add_argument("--random-kind", choices=["edge", "unicode"], default="edge")
+    ap.add_argument("--random-max-len", type=int, default=14)
     args = ap.parse_args()
+    OUT = args.out
+    RANDOM.update(n=args.random, kind=args.random_kind, max_len=args.random_max_len)
     os.makedirs(OUT, exist_ok=True)
     smol, smol_cfg = build_smollm2(args.gguf)
     save("smollm2", smol, smol_cfg)
