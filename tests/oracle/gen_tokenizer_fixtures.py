@@ -78,6 +78,8 @@ TRICKY = [
     "...!!!???", "(a) [b] {c}", "__init__", "x..y", "email: test@example.com",
     "hello", " hello", "  ", "hello world", "Hello World HELLO", "<mask>", "a <mask> b",
     "x [R]   y", "hello, hello!", "ahello hellob", " wörld", "cafe\u0301!", "  <mask>[R]  z",
+    # characters newer than PCRE2's / utf8proc's Unicode tables (Unicode 15/16 digits, letters)
+    "\U00011bf4\U0001e5f9 12 \U000105c0x \u1c89y \U00016d72\U00016d73",
 ]
 
 EDGE_CHARS = list("aZ09 '\t\n\r.,!?-_()$") + [
