@@ -126,6 +126,13 @@ static void test_metaspace_split(void **s) {
     assert_int_equal(check_tokenizer("metaspace_split"), 0);
 }
 static void test_splits(void **s) { (void)s; assert_int_equal(check_tokenizer("splits"), 0); }
+/* GGUF gpt2-type vocabularies (pre gpt-2 / llama-bpe / qwen2) against the HF goldens. */
+static void test_bpe_ggufs(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer_at("gpt2", "gpt2.gguf"), 0);
+    assert_int_equal(check_tokenizer_at("llama3", "llama3.gguf"), 0);
+    assert_int_equal(check_tokenizer_at("qwen2", "qwen2.gguf"), 0);
+}
 static void test_spm_json(void **s) { (void)s; assert_int_equal(check_tokenizer("spm"), 0); }
 static void test_spm_gguf(void **s) {
     (void)s;
@@ -140,6 +147,7 @@ int main(void) {
         cmocka_unit_test(test_metaspace), cmocka_unit_test(test_added),
         cmocka_unit_test(test_spm_json), cmocka_unit_test(test_spm_gguf),
         cmocka_unit_test(test_metaspace_split), cmocka_unit_test(test_splits),
+        cmocka_unit_test(test_bpe_ggufs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

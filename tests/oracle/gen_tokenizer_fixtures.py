@@ -24,6 +24,8 @@ What it writes (all deterministic; seeds are fixed):
       metaspace_split  Metaspace(prepend_scheme=always, split=true) + Metaspace decoder
       splits    every Split behaviour (string/regex, invert), Digits contiguous, ByteLevel
                 add_prefix_space
+      gpt2/llama3/qwen2.gguf  the same vocabularies as llama.cpp's converter writes them
+                (pre gpt-2 / llama-bpe / qwen2), for the GGUF gpt2-type path
       spm       a SentencePiece vocabulary (scores, no merges) written as spm.gguf, and the HF
                 tokenizer transformers' converter builds from it (for the GGUF "llama" path)
   <name>/tokenizer_config.json     bos/eos (+ chat template for smollm2)
@@ -324,6 +326,40 @@ def build_splits():
     return with_legacy_merges(tok), {"bos_token": None, "eos_token": "<|endoftext|>"}
 
 
+def write_bpe_gguf(name, tok, pre, add_bos, bos=None, eos=None):
+    """The GGUF metadata llama.cpp's converter writes for a gpt2-type (byte-level BPE) vocab:
+    tokens by id, token types (CONTROL for special added tokens), "a b" merges, pre name."""
+    import gguf
+    j = json.loads(tok.to_str())
+    vocab = dict(j["model"]["vocab"])
+    special = set()
+    for a in j["added_tokens"]:
+        vocab[a["content"]] = a["id"]
+        if a["special"]:
+            special.add(a["id"])
+    n = max(vocab.values()) + 1
+    toks = ["[PAD%d]" % i for i in range(n)]
+    for t, i in vocab.items():
+        toks[i] = t
+    types = [3 if i in special else 1 for i in range(n)]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in j["model"]["merges"]]
+    w = gguf.GGUFWriter(os.path.join(OUT, name + ".gguf"), arch="llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(toks)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    if bos is not None:
+        w.add_bos_token_id(tok.token_to_id(bos))
+    if eos is not None:
+        w.add_eos_token_id(tok.token_to_id(eos))
+    w.add_add_bos_token(add_bos)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def build_added():
     tok = train_bytelevel(pre_tokenizers.ByteLevel(add_prefix_space=False), ["<|endoftext|>"],
                           normalizer=normalizers.NFC())
@@ -582,6 +618,12 @@ def main():
                      ("splits", build_splits)]:
         tok, cfg = fn()
         save(name, tok, cfg)
+        if name == "gpt2":
+            write_bpe_gguf(name, tok, "gpt-2", False, eos="<|endoftext|>")
+        elif name == "llama3":
+            write_bpe_gguf(name, tok, "llama-bpe", True, bos="<|begin_of_text|>", eos="<|eot_id|>")
+        elif name == "qwen2":
+            write_bpe_gguf(name, tok, "qwen2", False, eos="<|im_end|>")
     with open(os.path.join(OUT, "chat.json"), "w", encoding="utf-8") as f:
         json.dump(chat_cases(smol_cfg["chat_template"]), f, ensure_ascii=False, indent=0)
     # Spot checks quoted in TOKENIZER.md that hold for the real SmolLM2 vocabulary.
