@@ -43,9 +43,11 @@ static void test_chat_golden(void **s) {
     assert_non_null(root);
     size_t fails = 0, n = 0;
     const cJSON *c;
-    cJSON_ArrayForEach(c, root) {
+    const cJSON *templates = cJSON_GetObjectItem(root, "templates");
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
         const char *fam = jstr_or_null(c, "family");
-        qv_tokenizer *t = tok_with_template(jstr_or_null(c, "template"),
+        const char *tname = jstr_or_null(c, "template_name");
+        qv_tokenizer *t = tok_with_template(jstr_or_null(templates, tname),
                                             jstr_or_null(c, "bos_token"),
                                             jstr_or_null(c, "eos_token"));
         const cJSON *msgs = cJSON_GetObjectItem(c, "messages");

@@ -84,8 +84,9 @@ static size_t check_tokenizer_at(const char *name, const char *path) {
             n_checks++;
             char what[64];
             snprintf(what, sizeof(what), "decode([%d], skip=%d)", id, skip);
-            if (!tt_bytes_equal(what, "", 0, out, on, cJSON_GetArrayItem(c, 1 + skip)->valuestring))
-                fails++;
+            const cJSON *w = cJSON_GetArrayItem(c, 1 + skip);
+            if (cJSON_IsNull(w)) w = cJSON_GetArrayItem(c, 1); /* same as without skipping */
+            if (!tt_bytes_equal(what, "", 0, out, on, w->valuestring)) fails++;
             qv_free(out);
         }
     }

@@ -72,9 +72,9 @@ static void test_gguf_matches_oracle(void **s) {
         size_t on = 0;
         assert_int_equal(qv_tokenizer_decode(tg, &id, 1, true, &out, &on, &err), QV_OK);
         n_checks++;
-        if (!tt_bytes_equal("gguf single decode", "", 0, out, on,
-                            cJSON_GetArrayItem(c, 2)->valuestring))
-            fails++;
+        const cJSON *w = cJSON_GetArrayItem(c, 2);
+        if (cJSON_IsNull(w)) w = cJSON_GetArrayItem(c, 1);
+        if (!tt_bytes_equal("gguf single decode", "", 0, out, on, w->valuestring)) fails++;
         qv_free(out);
     }
     const cJSON *lc = cJSON_GetObjectItem(root, "long");
@@ -92,7 +92,7 @@ static void test_gguf_matches_oracle(void **s) {
     /* the GGUF's template renders like jinja2 did for the same template */
     cJSON *chat = tt_load_json("tests/fixtures/tokenizer/chat.json");
     size_t n_chat = 0;
-    cJSON_ArrayForEach(c, chat) {
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(chat, "cases")) {
         if (strcmp(cJSON_GetObjectItem(c, "template_name")->valuestring, "smollm2")) continue;
         const cJSON *msgs = cJSON_GetObjectItem(c, "messages");
         size_t nm = (size_t)cJSON_GetArraySize(msgs);

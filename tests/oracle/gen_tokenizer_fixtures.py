@@ -422,7 +422,7 @@ def cases_for(name, tok):
         ids_plain = tok.encode(t, add_special_tokens=False).ids
         tok.encode_special_tokens = False
         cases.append({"ids_plain": ids_plain,
-            "text": t, "hex": hexs(t), "ids": ids, "ids_special": ids_sp,
+            "hex": hexs(t), "ids": ids, "ids_special": ids_sp,
             "dec": hexs(tok.decode(ids_sp, skip_special_tokens=False)),
             "dec_skip": hexs(tok.decode(ids_sp, skip_special_tokens=True)),
             "stream": stream(tok, ids, False), "stream_skip": stream(tok, ids, True),
@@ -432,9 +432,12 @@ def cases_for(name, tok):
         cases.append({"hex": b.hex(), "ids": tok.encode(t, add_special_tokens=False).ids,
                       "ids_special": tok.encode(t, add_special_tokens=True).ids})
     n = tok.get_vocab_size(with_added_tokens=True)
-    step = max(1, n // 1500)
-    single = [[i, hexs(tok.decode([i], skip_special_tokens=False)),
-               hexs(tok.decode([i], skip_special_tokens=True))] for i in range(0, n, step)]
+    step = max(1, n // 600)
+    single = []
+    for i in list(range(0, min(n, 300))) + list(range(300, n, step)):
+        a = hexs(tok.decode([i], skip_special_tokens=False))
+        b = hexs(tok.decode([i], skip_special_tokens=True))
+        single.append([i, a, None if a == b else b])  # None: same as without skipping
     # A long, mixed document (also the benchmark's kind of text) for whole-pipeline coverage.
     rng = random.Random(7)
     doc = "".join(rng.choice(CORPUS + TRICKY) + rng.choice([" ", "\n", "", "  "])
@@ -580,10 +583,10 @@ def chat_cases(smol_tmpl):
                     exp = render(tmpl, msgs, gen, bos, eos)
                 except jinja2.exceptions.TemplateError:
                     continue
-                out.append({"template_name": name, "template": tmpl, "family": fam,
+                out.append({"template_name": name, "family": fam,
                             "bos_token": bos, "eos_token": eos, "conversation": cname,
                             "messages": msgs, "add_generation_prompt": gen, "expected": exp})
-    return out
+    return {"templates": {name: tmpl for name, tmpl, _, _, _ in tmpls}, "cases": out}
 
 
 def save(name, tok, cfg):
@@ -625,7 +628,8 @@ def main():
         elif name == "qwen2":
             write_bpe_gguf(name, tok, "qwen2", False, eos="<|im_end|>")
     with open(os.path.join(OUT, "chat.json"), "w", encoding="utf-8") as f:
-        json.dump(chat_cases(smol_cfg["chat_template"]), f, ensure_ascii=False, indent=0)
+        json.dump(chat_cases(smol_cfg["chat_template"]), f, ensure_ascii=False, indent=0,
+                  separators=(",", ":"))
     # Spot checks quoted in TOKENIZER.md that hold for the real SmolLM2 vocabulary.
     assert smol.encode("<|im_start|>user\nhi<|im_end|>").ids[0] == 1
     print("wrote", OUT, file=sys.stderr)
