@@ -254,8 +254,9 @@ QV_AVX2_INLINE float hsum8(__m256 v) {
 }
 
 /* Software prefetch distance: the same column of the row PF_ROWS rows below, i.e. the next
- * 8-row tile. Rows of a tile are read as 8 interleaved streams, which the hardware prefetchers
- * of the test machines follow poorly (Q8_0 n = 1 ran at ~7 GB/s from DRAM, 27 GB/s hot). */
+ * 8-row tile (computed as an integer: it may point past the matrix, harmless for a prefetch). Rows
+ * of a tile are read as 8 interleaved streams, which the hardware prefetchers of the test machines
+ * follow poorly (Q8_0 n = 1 ran at ~7 GB/s from DRAM, 27 GB/s hot). */
 #define PF_ROWS 8
 
 typedef void (*tile_fn)(const struct mm_args *a, int64_t r0, int t0);
@@ -276,7 +277,7 @@ typedef void (*tile_fn)(const struct mm_args *a, int64_t r0, int t0);
         for (int64_t c = 0; c < a->n_chunks; c++) {                                                \
             _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                 \
                 __m256 W[4];                                                                       \
-                _mm_prefetch((const char *)(wr[r] + pf_dist + (size_t)c * chunk_bytes),            \
+                _mm_prefetch((const char *)((uintptr_t)wr[r] + pf_dist + (size_t)c * chunk_bytes), \
                              _MM_HINT_T0);                                                         \
                 deq_##T(wr[r], c, W);                                                              \
                 _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) {                             \
