@@ -327,7 +327,9 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name,
     switch (f) {
     case F_CHATML: {
         bool found = false;
-        if (!template_name && t->chat_template) st = default_system(t->chat_template, &sys, &found);
+        /* the model's own ChatML template (detected or named) brings its default system prompt */
+        if (t->chat_template && detect(t->chat_template) == F_CHATML)
+            st = default_system(t->chat_template, &sys, &found);
         /* SmolLM2 emits it from inside the message loop: nothing for an empty conversation */
         if (!st && found && n_msgs > 0 && !is_role(&msgs[0], "system")) {
             st = puts_(&b, "<|im_start|>system\n");
