@@ -4,6 +4,7 @@
  * byte-level round trips, accessors (vocab size, BOS/EOS/EOG, token text/id), clear load errors,
  * and injected allocation failures (every failure point returns QV_ERR_NOMEM, no leak/crash).
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -262,11 +263,63 @@ static void test_alloc_failures(void **s) {
     qv_free(cs);
 }
 
+/* One tokenizer shared by several threads: every thread must get the single-threaded ids. */
+typedef struct mt_arg {
+    const qv_tokenizer *t;
+    const char *text;
+    size_t len;
+    const int32_t *want;
+    size_t n_want;
+    int bad;
+} mt_arg;
+
+static void *mt_worker(void *p) {
+    mt_arg *a = p;
+    for (int r = 0; r < 20; r++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        qv_error err = {0};
+        if (qv_tokenizer_encode(a->t, a->text, a->len, true, &ids, &n, &err) != QV_OK ||
+            n != a->n_want || memcmp(ids, a->want, n * sizeof(*ids)))
+            a->bad++;
+        char *out = NULL;
+        if (qv_tokenizer_decode(a->t, ids, n, false, &out, NULL, &err) != QV_OK) a->bad++;
+        qv_free(out);
+        qv_free(ids);
+    }
+    return NULL;
+}
+
+static void test_threads(void **s) {
+    (void)s;
+    const char *names[] = {"smollm2", "qwen2", "llama2"};
+    const char *text = "Hello <|im_end|> wörld 12345, ‘quotes’ 你好 🦙\n\n  def f(x): return x";
+    for (size_t k = 0; k < 3; k++) {
+        qv_tokenizer *t = load(names[k]);
+        int32_t *want = NULL;
+        size_t n = 0;
+        qv_error err = {0};
+        assert_int_equal(qv_tokenizer_encode(t, text, strlen(text), true, &want, &n, &err), QV_OK);
+        pthread_t th[4];
+        mt_arg args[4];
+        for (int i = 0; i < 4; i++) {
+            args[i] = (mt_arg){t, text, strlen(text), want, n, 0};
+            assert_int_equal(pthread_create(&th[i], NULL, mt_worker, &args[i]), 0);
+        }
+        for (int i = 0; i < 4; i++) {
+            pthread_join(th[i], NULL);
+            assert_int_equal(args[i].bad, 0);
+        }
+        qv_free(want);
+        qv_tokenizer_free(t);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stress_inputs), cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_accessors),     cmocka_unit_test(test_load_errors),
-        cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_alloc_failures), cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
