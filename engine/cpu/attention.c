@@ -84,6 +84,37 @@ __attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, con
 }
 #endif
 
+/* Float offset of position j's slot (all kv heads) in this layer of the pool. */
+static inline size_t slot_at(const struct attn_task *tk, const int32_t *pt, int j) {
+    const qv_kv_pool *pool = tk->pool;
+    size_t kv_dim = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
+    size_t page = (size_t)tk->layer * (size_t)pool->n_pages + (size_t)pt[j / pool->page_size];
+    return (page * (size_t)pool->page_size + (size_t)(j % pool->page_size)) * kv_dim;
+}
+
+#if QV_HAVE_X86
+/* o = Σ_j prob_j v_j for head_dim a multiple of 64: 64 output columns at a time live in eight
+ * registers across the whole j loop. Same per-element operation order as axpy_avx2 (one fma
+ * per j, j ascending, from zero), so both give identical bits. */
+__attribute__((target("avx2,fma"))) static void wsum64_avx2(const struct attn_task *tk,
+                                                            const int32_t *pt, int j0, int p,
+                                                            size_t head_off, const float *prob,
+                                                            float *o, int hd) {
+    for (int c0 = 0; c0 < hd; c0 += 64) {
+        __m256 acc[8];
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+        for (int j = j0; j <= p; j++) {
+            const float *vp = tk->pool->v + slot_at(tk, pt, j) + head_off + c0;
+            __m256 pj = _mm256_set1_ps(prob[j - j0]);
+            _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) acc[k] =
+                _mm256_fmadd_ps(pj, _mm256_loadu_ps(vp + 8 * k), acc[k]);
+        }
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++)
+            _mm256_storeu_ps(o + c0 + 8 * k, acc[k]);
+    }
+}
+#endif
+
 static void attn_pair(const struct attn_task *tk, int pair, float *sc) {
     const qv_attn_batch *ab = tk->ab;
     const qv_kv_pool *pool = tk->pool;
@@ -92,19 +123,13 @@ static void attn_pair(const struct attn_task *tk, int pair, float *sc) {
     int s = ab->tok_seq[t], p = ab->tok_pos[t];
     int j0 = ab->window > 0 ? QV_MAX(0, p - ab->window + 1) : 0;
     int g = h / (ab->n_heads / ab->n_kv_heads);
-    size_t kv_dim = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
-    size_t layer_base = (size_t)tk->layer * (size_t)pool->n_pages;
     const int32_t *pt = ab->page_table[s];
     const float *qv = tk->q + ((size_t)t * (size_t)ab->n_heads + (size_t)h) * (size_t)hd;
     float *o = tk->out + ((size_t)t * (size_t)ab->n_heads + (size_t)h) * (size_t)hd;
 
     float mx = -INFINITY;
     for (int j = j0; j <= p; j++) {
-        size_t at = ((layer_base + (size_t)pt[j / pool->page_size]) * (size_t)pool->page_size +
-                     (size_t)(j % pool->page_size)) *
-                        kv_dim +
-                    (size_t)g * (size_t)hd;
-        const float *kp = pool->k + at;
+        const float *kp = pool->k + slot_at(tk, pt, j) + (size_t)g * (size_t)hd;
 #if QV_HAVE_X86
         float d = tk->simd ? dot_avx2(qv, kp, hd) : dot_portable(qv, kp, hd);
 #else
@@ -120,21 +145,24 @@ static void attn_pair(const struct attn_task *tk, int pair, float *sc) {
         sc[j - j0] = e;
         sum += e;
     }
+    for (int j = j0; j <= p; j++)
+        sc[j - j0] = sc[j - j0] / sum;
+#if QV_HAVE_X86
+    if (tk->simd && hd % 64 == 0) {
+        wsum64_avx2(tk, pt, j0, p, (size_t)g * (size_t)hd, sc, o, hd);
+        return;
+    }
+#endif
     memset(o, 0, (size_t)hd * sizeof(float));
     for (int j = j0; j <= p; j++) {
-        float pr = sc[j - j0] / sum;
-        size_t at = ((layer_base + (size_t)pt[j / pool->page_size]) * (size_t)pool->page_size +
-                     (size_t)(j % pool->page_size)) *
-                        kv_dim +
-                    (size_t)g * (size_t)hd;
-        const float *vp = pool->v + at;
+        const float *vp = pool->v + slot_at(tk, pt, j) + (size_t)g * (size_t)hd;
 #if QV_HAVE_X86
         if (tk->simd)
-            axpy_avx2(o, pr, vp, hd);
+            axpy_avx2(o, sc[j - j0], vp, hd);
         else
-            axpy_portable(o, pr, vp, hd);
+            axpy_portable(o, sc[j - j0], vp, hd);
 #else
-        axpy_portable(o, pr, vp, hd);
+        axpy_portable(o, sc[j - j0], vp, hd);
 #endif
     }
 }

@@ -389,27 +389,29 @@ static void test_alloc(void **state) {
 #define A_PAGES 24
 #define A_PAGE 4
 #define A_NKV 2
-#define A_HD 32
+#define A_HD_MAX 128
 #define A_NSEQ 3
 #define A_MAXLEN 30
 
 struct attn_fixture {
+    int hd; /* head_dim of this case */
     qv_kv_pool pool;
     int seq_len[A_NSEQ];
     int32_t pages[A_NSEQ][A_MAXLEN / A_PAGE + 1];
     const int32_t *pt[A_NSEQ];
-    float dk[A_NSEQ][A_MAXLEN][A_NKV * A_HD]; /* dense copies for the reference (layer 1) */
-    float dv[A_NSEQ][A_MAXLEN][A_NKV * A_HD];
+    float dk[A_NSEQ][A_MAXLEN][A_NKV * A_HD_MAX]; /* dense copies for the reference (layer 1) */
+    float dv[A_NSEQ][A_MAXLEN][A_NKV * A_HD_MAX];
 };
 
-static void attn_setup(qv_backend *be, struct attn_fixture *f) {
+static void attn_setup(qv_backend *be, struct attn_fixture *f, int hd) {
     memset(f, 0, sizeof *f);
+    f->hd = hd;
     f->pool = (qv_kv_pool){.n_layers = A_LAYERS,
                            .n_pages = A_PAGES,
                            .page_size = A_PAGE,
                            .n_kv_heads = A_NKV,
-                           .head_dim = A_HD};
-    size_t n = (size_t)A_LAYERS * A_PAGES * A_PAGE * A_NKV * A_HD;
+                           .head_dim = hd};
+    size_t n = (size_t)A_LAYERS * A_PAGES * A_PAGE * A_NKV * (size_t)hd;
     f->pool.k = be->iface->alloc(be, n * sizeof(float));
     f->pool.v = be->iface->alloc(be, n * sizeof(float));
     for (size_t i = 0; i < n; i++)
@@ -433,14 +435,14 @@ static void attn_setup(qv_backend *be, struct attn_fixture *f) {
         for (int layer = 0; layer < A_LAYERS; layer++) {
             /* store in two chunks (prefill then the rest) to exercise kv_store offsets */
             for (int j = 0; j < lens[s]; j++) {
-                float k[A_NKV * A_HD], v[A_NKV * A_HD];
-                for (int i = 0; i < A_NKV * A_HD; i++)
+                float k[A_NKV * A_HD_MAX], v[A_NKV * A_HD_MAX];
+                for (int i = 0; i < A_NKV * hd; i++)
                     k[i] = rng_sym(), v[i] = rng_sym();
                 int32_t sp = f->pages[s][j / A_PAGE], so = j % A_PAGE;
                 be->iface->kv_store(be, &f->pool, layer, k, v, 1, &sp, &so);
                 if (layer == 1) {
-                    memcpy(f->dk[s][j], k, sizeof k);
-                    memcpy(f->dv[s][j], v, sizeof v);
+                    memcpy(f->dk[s][j], k, sizeof(float) * A_NKV * (size_t)hd);
+                    memcpy(f->dv[s][j], v, sizeof(float) * A_NKV * (size_t)hd);
                 }
             }
         }
@@ -449,35 +451,35 @@ static void attn_setup(qv_backend *be, struct attn_fixture *f) {
 
 static void attn_reference(const struct attn_fixture *f, const qv_attn_batch *ab, const float *q,
                            float *out) {
-    int nh = ab->n_heads, g = nh / ab->n_kv_heads;
+    int nh = ab->n_heads, g = nh / ab->n_kv_heads, hd = f->hd;
     for (int t = 0; t < ab->n_tokens; t++)
         for (int h = 0; h < nh; h++) {
             int s = ab->tok_seq[t], p = ab->tok_pos[t];
             int j0 = ab->window ? (p - ab->window + 1 > 0 ? p - ab->window + 1 : 0) : 0;
             double sc[A_MAXLEN], mx = -(double)INFINITY, sum = 0;
-            const float *qv = q + (t * nh + h) * A_HD;
+            const float *qv = q + (t * nh + h) * hd;
             for (int j = j0; j <= p; j++) {
                 double d = 0;
-                for (int i = 0; i < A_HD; i++)
-                    d += (double)qv[i] * (double)f->dk[s][j][(h / g) * A_HD + i];
+                for (int i = 0; i < hd; i++)
+                    d += (double)qv[i] * (double)f->dk[s][j][(h / g) * hd + i];
                 sc[j] = d * (double)ab->scale;
                 mx = fmax(mx, sc[j]);
             }
             for (int j = j0; j <= p; j++)
                 sum += (sc[j] = exp(sc[j] - mx));
-            for (int i = 0; i < A_HD; i++) {
+            for (int i = 0; i < hd; i++) {
                 double o = 0;
                 for (int j = j0; j <= p; j++)
-                    o += sc[j] / sum * (double)f->dv[s][j][(h / g) * A_HD + i];
-                out[(t * nh + h) * A_HD + i] = (float)o;
+                    o += sc[j] / sum * (double)f->dv[s][j][(h / g) * hd + i];
+                out[(t * nh + h) * hd + i] = (float)o;
             }
         }
 }
 
-static void attention_case(bool simd, int window) {
+static void attention_case(bool simd, int window, int hd) {
     qv_backend *be = make_backend(2, simd), *be3 = make_backend(3, simd);
     struct attn_fixture *f = malloc(sizeof *f);
-    attn_setup(be, f);
+    attn_setup(be, f, hd);
     /* a mixed step: seq 0 decodes at 28 and re-reads 7..12 (as a chunked prefill would),
      * seq 1 prefills 0..5, seq 2 decodes its first token. */
     int32_t seq[32], pos[32];
@@ -496,10 +498,10 @@ static void attention_case(bool simd, int window) {
                         .page_table = f->pt,
                         .n_heads = nh,
                         .n_kv_heads = A_NKV,
-                        .head_dim = A_HD,
+                        .head_dim = hd,
                         .window = window,
-                        .scale = 1.0f / sqrtf((float)A_HD)};
-    size_t nq = (size_t)(n * nh * A_HD);
+                        .scale = 1.0f / sqrtf((float)hd)};
+    size_t nq = (size_t)(n * nh * hd);
     float *q = make_acts(nq);
     for (size_t i = 0; i < nq; i++)
         q[i] *= 3.0f; /* peaky softmax */
@@ -508,7 +510,8 @@ static void attention_case(bool simd, int window) {
     be->iface->attention(be, &f->pool, 1, &ab, q, out);
     attn_reference(f, &ab, q, want);
     char label[64];
-    snprintf(label, sizeof label, "attention %s window=%d", simd ? "simd" : "portable", window);
+    snprintf(label, sizeof label, "attention %s window=%d hd=%d", simd ? "simd" : "portable",
+             window, hd);
     assert_int_equal(qv_test_compare_f32(label, out, want, nq, 1e-6, 1e-5), 0);
     be3->iface->attention(be3, &f->pool, 1, &ab, q, out3);
     assert_memory_equal(out, out3, nq * sizeof(float));
@@ -518,8 +521,8 @@ static void attention_case(bool simd, int window) {
         one.n_tokens = 1;
         one.tok_seq = seq + t;
         one.tok_pos = pos + t;
-        be->iface->attention(be, &f->pool, 1, &one, q + t * nh * A_HD, out3);
-        assert_memory_equal(out3, out + t * nh * A_HD, (size_t)(nh * A_HD) * sizeof(float));
+        be->iface->attention(be, &f->pool, 1, &one, q + t * nh * hd, out3);
+        assert_memory_equal(out3, out + t * nh * hd, (size_t)(nh * hd) * sizeof(float));
     }
     free(out3);
     free(want);
@@ -534,10 +537,12 @@ static void attention_case(bool simd, int window) {
 
 static void test_attention(void **state) {
     (void)state;
-    attention_case(true, 0);
-    attention_case(false, 0);
-    attention_case(true, 5);
-    attention_case(false, 5);
+    for (int hd = 32; hd <= 128; hd *= 2) { /* 64, 128: the register-blocked V sum */
+        attention_case(true, 0, hd);
+        attention_case(false, 0, hd);
+        attention_case(true, 5, hd);
+        attention_case(false, 5, hd);
+    }
 }
 
 static void test_create_errors(void **state) {
