@@ -84,6 +84,63 @@ static void *probe_main(void *v) {
     return NULL;
 }
 
+/* ---- FMA peak probe: 10 independent 8-wide FMA chains per thread ---- */
+
+#define FMA_ITERS 50000000L
+
+#if HAVE_X86
+__attribute__((target("avx2,fma"))) static float fma_chains(void) {
+    __m256 a[10];
+    __m256 m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(0.001f);
+    for (int i = 0; i < 10; i++)
+        a[i] = _mm256_set1_ps((float)i);
+    for (long k = 0; k < FMA_ITERS; k++) {
+        _Pragma("GCC unroll 10") for (int i = 0; i < 10; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+    }
+    float t[8], s = 0.0f;
+    for (int i = 0; i < 10; i++) {
+        _mm256_storeu_ps(t, a[i]);
+        s += t[0];
+    }
+    return s;
+}
+#endif
+
+static void *fma_main(void *v) {
+    float *out = v;
+#if HAVE_X86
+    *out = fma_chains();
+#else
+    *out = 0.0f;
+#endif
+    return NULL;
+}
+
+/* GFLOP/s of n_threads threads running FMA chains (0 when not x86/AVX2). */
+static double probe_fma(int n_threads) {
+#if HAVE_X86
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0.0;
+    pthread_t tids[64];
+    float out[64];
+    int nt = n_threads < 64 ? n_threads : 64;
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = qv_time_s();
+        for (int i = 0; i < nt; i++)
+            pthread_create(&tids[i], NULL, fma_main, &out[i]);
+        for (int i = 0; i < nt; i++)
+            pthread_join(tids[i], NULL);
+        double gf = (double)nt * (double)FMA_ITERS * 10.0 * 16.0 / (qv_time_s() - t0) / 1e9;
+        if (gf > best) best = gf;
+    }
+    return best;
+#else
+    (void)n_threads;
+    return 0.0;
+#endif
+}
+
 static double probe_bandwidth(int n_threads) {
     float *buf = NULL;
     if (posix_memalign((void **)&buf, 64, PROBE_BYTES) != 0) return 0.0;
@@ -224,11 +281,12 @@ int main(int argc, char **argv) {
     if (n_threads == 0) n_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     const char *simd = getenv("QV_CPU_SIMD");
     double bw = probe_bandwidth(n_threads);
+    double peak = probe_fma(n_threads);
     printf("bench_matmul: %d threads, kernels %s; streaming-read probe %.1f GB/s (512 MiB, %d "
-           "threads)\n\n",
+           "threads); FMA probe %.1f GFLOP/s\n\n",
            n_threads,
            simd && strcmp(simd, "0") == 0 ? "portable (QV_CPU_SIMD=0)" : "auto (avx2 if supported)",
-           bw, n_threads);
+           bw, n_threads, peak);
     /* Per-op dispatch cost: a tiny matmul (64x32 F32, n=1: 8 jobs) on the pool vs on a
      * 1-thread backend that runs it inline. */
     {
@@ -253,8 +311,8 @@ int main(int argc, char **argv) {
                per[0] * 1e6, n_threads, per[1] * 1e6);
         be1->iface->destroy(be1);
     }
-    printf("%-6s %-18s %4s %11s %9s %8s %9s %8s\n", "dtype", "shape", "n", "us/matmul", "W GB/s",
-           "%probe", "GFLOP/s", "t/t(n=1)");
+    printf("%-6s %-18s %4s %11s %9s %8s %9s %6s %8s\n", "dtype", "shape", "n", "us/matmul",
+           "W GB/s", "%probe", "GFLOP/s", "%peak", "t/t(n=1)");
     /* times[dt][shape][batch] */
     static double times[N_DT][N_SHAPES][N_BATCH];
     for (int d = 0; d < N_DT; d++) {
@@ -270,9 +328,10 @@ int main(int argc, char **argv) {
                 times[d][s][b] = t;
                 double bytes = (double)qv_dtype_row_bytes(dt, sh->cols) * (double)sh->rows;
                 double flops = 2.0 * (double)n * (double)sh->rows * (double)sh->cols;
-                printf("%-6s %-18s %4d %11.1f %9.2f %7.0f%% %9.1f %8.2f\n", qv_dtype_name(dt),
-                       sh->name, n, t * 1e6, bytes / t / 1e9, 100.0 * bytes / t / 1e9 / bw,
-                       flops / t / 1e9, t / times[d][s][0]);
+                printf("%-6s %-18s %4d %11.1f %9.2f %7.0f%% %9.1f %5.0f%% %8.2f\n",
+                       qv_dtype_name(dt), sh->name, n, t * 1e6, bytes / t / 1e9,
+                       100.0 * bytes / t / 1e9 / bw, flops / t / 1e9,
+                       peak > 0.0 ? 100.0 * flops / t / 1e9 / peak : 0.0, t / times[d][s][0]);
             }
         }
     }
