@@ -89,6 +89,21 @@ struct qv_backend_i {
      * paged cache of `layer`; softmax in fp32. */
     void (*attention)(qv_backend *be, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
                       const float *q, float *out);
+
+    /* Device backends only; NULL on host-memory backends (the CPU), whose memory callers read
+     * and write directly. */
+    /* Waits for all enqueued work, then copies n_bytes of backend memory src to host dst
+     * (n_bytes 0: only waits). Returns the first error of any op since the last call
+     * (QV_ERR_DEVICE, sticky). The only place where the host waits for the device. */
+    qv_status (*download)(qv_backend *be, void *dst, const void *src, size_t n_bytes,
+                          qv_error *err);
+    /* Copies n_bytes of host src into backend memory dst; src may be reused on return. */
+    void (*upload)(qv_backend *be, void *dst, const void *src, size_t n_bytes);
+    /* dst[i, :] = src[idx[i], :] (width floats); idx is a host array. */
+    void (*gather_rows)(qv_backend *be, const float *src, const int32_t *idx, int n, int width,
+                        float *dst);
+    /* out[i] = index of the first maximum of x[i, :] (x (n, width)); out in backend memory. */
+    void (*argmax)(qv_backend *be, const float *x, int n, int width, int32_t *out);
 };
 
 struct qv_backend {

@@ -18,6 +18,9 @@
 #include <string.h>
 
 #include "backend.h"
+#ifdef QV_HAVE_CUDA
+#include "cuda/backend_cuda.h"
+#endif
 #include "forward.h"
 #include "kv_cache.h"
 
@@ -96,7 +99,28 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
                             : qv_tokenizer_load_path(c->model_path, &e->tok, err);
         if (st != QV_OK) goto fail;
     }
-    if ((st = qv_backend_cpu_create(c->n_threads, &e->be, err)) != QV_OK) goto fail;
+    if (c->device && !strcmp(c->device, "cuda")) {
+#ifdef QV_HAVE_CUDA
+        qv_cuda_opts co;
+        qv_cuda_opts_default(&co);
+        co.max_tokens = c->max_batch_tokens;
+        /* arena: the KV budget plus the forward pass's scratch and device logits */
+        const qv_model_config *mc0 = &e->model->cfg;
+        size_t per_tok = (size_t)(3 * mc0->dim + 2 * mc0->n_heads * mc0->head_dim +
+                                  2 * mc0->n_kv_heads * mc0->head_dim + 2 * mc0->n_ff + 1);
+        co.arena_bytes = c->kv_bytes + (size_t)c->max_batch_tokens * per_tok * sizeof(float) +
+                         (size_t)64 * (size_t)mc0->n_vocab * sizeof(float) + ((size_t)16 << 20);
+        if ((st = qv_backend_cuda_create(e->model, &co, &e->be, err)) != QV_OK) goto fail;
+#else
+        st = qv_errorf(err, QV_ERR_UNSUPPORTED, "--device cuda: this build has no CUDA backend");
+        goto fail;
+#endif
+    } else if (c->device && strcmp(c->device, "cpu") != 0) {
+        st = qv_errorf(err, QV_ERR_INVALID, "unknown device '%s' (cpu or cuda)", c->device);
+        goto fail;
+    } else if ((st = qv_backend_cpu_create(c->n_threads, &e->be, err)) != QV_OK) {
+        goto fail;
+    }
 
     const qv_model_config *mc = &e->model->cfg;
     size_t page_bytes = qv_kv_bytes_per_token(mc) * (size_t)c->kv_page_size;

@@ -33,6 +33,8 @@ typedef struct qv_engine_config {
     int max_batch_tokens;   /* token budget of one step (prefill chunks + decodes); 0 = 256 */
     int max_seqs;           /* concurrently running sequences; 0 = 64 */
     bool load_tokenizer;    /* false: engine works on ids only (tests) */
+    const char *device;     /* "cpu" (default, NULL) or "cuda" (QV_ERR_UNSUPPORTED when the
+                               build has no CUDA or there is no device) */
 } qv_engine_config;
 
 void qv_engine_config_default(qv_engine_config *c);

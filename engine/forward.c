@@ -29,6 +29,10 @@ struct qv_forward {
     float *att;  /* (T, n_heads*head_dim) */
     float *gate; /* (T, n_ff) */
     float *up;   /* (T, n_ff) */
+    /* device backends only (iface->download != NULL): logits rows in chunks of logit_rows */
+    float *logits_dev;   /* (logit_rows, n_vocab) */
+    int32_t *argmax_dev; /* [max_tokens] */
+    int logit_rows;
     /* host-side per-step metadata */
     int32_t *slot_page; /* [T] */
     int32_t *slot_off;  /* [T] */
@@ -63,6 +67,15 @@ qv_status qv_forward_create(const qv_model *m, qv_backend *be, qv_kv_cache *kv, 
     f->slot_page = qv_malloc(T * sizeof(int32_t));
     f->slot_off = qv_malloc(T * sizeof(int32_t));
     f->tables = qv_malloc(T * sizeof(*f->tables));
+    if (be->iface->download) {
+        f->logit_rows = QV_MIN(max_tokens, 64);
+        f->logits_dev = balloc(be, (size_t)f->logit_rows * (size_t)c->n_vocab * sizeof(float));
+        f->argmax_dev = balloc(be, T * sizeof(int32_t));
+        if (!f->logits_dev || !f->argmax_dev) {
+            qv_forward_destroy(f);
+            return qv_errorf(err, QV_ERR_NOMEM, "forward: cannot allocate device logits");
+        }
+    }
     if (!f->x || !f->xb || !f->xb2 || !f->q || !f->k || !f->v || !f->att || !f->gate || !f->up ||
         !f->slot_page || !f->slot_off || !f->tables) {
         qv_forward_destroy(f);
@@ -75,8 +88,9 @@ qv_status qv_forward_create(const qv_model *m, qv_backend *be, qv_kv_cache *kv, 
 
 void qv_forward_destroy(qv_forward *f) {
     if (!f) return;
-    float *bufs[] = {f->x, f->xb, f->xb2, f->q, f->k, f->v, f->att, f->gate, f->up};
-    for (size_t i = 0; i < QV_ARRAY_LEN(bufs); i++)
+    void *bufs[] = {f->argmax_dev, f->logits_dev, f->up, f->gate, f->att, f->v,
+                    f->k,          f->q,          f->xb2, f->xb, f->x};
+    for (size_t i = 0; i < QV_ARRAY_LEN(bufs); i++) /* reverse order: stack-like arenas */
         if (bufs[i]) f->be->iface->free(f->be, bufs[i]);
     qv_free(f->slot_page);
     qv_free(f->slot_off);
@@ -88,7 +102,8 @@ int qv_forward_max_tokens(const qv_forward *f) { return f->max_tokens; }
 
 static const float *bias_of(const qv_tensor *t) { return t->data ? (const float *)t->data : NULL; }
 
-qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_error *err) {
+/* Validates the batch and runs every layer; the final hidden states are left in f->x. */
+static qv_status run_layers(qv_forward *f, const qv_batch *b, qv_error *err) {
     const qv_model *m = f->m;
     const qv_model_config *c = &m->cfg;
     const struct qv_backend_i *be = f->be->iface;
@@ -153,6 +168,37 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
         be->matmul(B, &w->w_down, f->gate, n, f->xb2, bias_of(&w->b_down));
         be->add(B, f->x, f->xb2, (size_t)n * dim);
     }
+    return QV_OK;
+}
+
+/* Device path: logits of rows [r0, r0 + nr) of logits_idx into f->logits_dev. */
+static void device_logits(qv_forward *f, const qv_batch *b, int r0, int nr) {
+    const qv_model *m = f->m;
+    const struct qv_backend_i *be = f->be->iface;
+    be->gather_rows(f->be, f->x, b->logits_idx + r0, nr, m->cfg.dim, f->xb);
+    be->rmsnorm(f->be, f->xb, m->out_norm.data, nr, m->cfg.dim, m->cfg.norm_eps, f->xb);
+    be->matmul(f->be, &m->lm_head, f->xb, nr, f->logits_dev, NULL);
+}
+
+qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_error *err) {
+    const qv_model *m = f->m;
+    const qv_model_config *c = &m->cfg;
+    const struct qv_backend_i *be = f->be->iface;
+    qv_backend *B = f->be;
+    const size_t dim = (size_t)c->dim;
+    qv_status st = run_layers(f, b, err);
+    if (st != QV_OK) return st;
+    if (be->download) {
+        const size_t V = (size_t)c->n_vocab;
+        for (int r0 = 0; r0 < b->n_logits; r0 += f->logit_rows) {
+            int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
+            device_logits(f, b, r0, nr);
+            st = be->download(B, logits + (size_t)r0 * V, f->logits_dev,
+                              (size_t)nr * V * sizeof(float), err);
+            if (st != QV_OK) return st;
+        }
+        return b->n_logits ? QV_OK : be->download(B, NULL, NULL, 0, err);
+    }
     if (b->n_logits == 0) return QV_OK;
     /* Gather the rows that want logits (xb is free now), normalise and project. */
     for (int i = 0; i < b->n_logits; i++) {
@@ -163,4 +209,20 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
     be->rmsnorm(B, f->xb, m->out_norm.data, b->n_logits, c->dim, c->norm_eps, f->xb);
     be->matmul(B, &m->lm_head, f->xb, b->n_logits, logits, NULL);
     return QV_OK;
+}
+
+qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens,
+                                qv_error *err) {
+    const struct qv_backend_i *be = f->be->iface;
+    if (!be->download || !be->argmax)
+        return qv_errorf(err, QV_ERR_UNSUPPORTED, "forward: greedy on the device needs a device "
+                                                  "backend (%s)", be->name);
+    qv_status st = run_layers(f, b, err);
+    if (st != QV_OK) return st;
+    for (int r0 = 0; r0 < b->n_logits; r0 += f->logit_rows) {
+        int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
+        device_logits(f, b, r0, nr);
+        be->argmax(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->argmax_dev + r0);
+    }
+    return be->download(f->be, tokens, f->argmax_dev, (size_t)b->n_logits * sizeof(int32_t), err);
 }

@@ -44,6 +44,12 @@ int qv_forward_max_tokens(const qv_forward *f);
  * position not covered by its page table). */
 qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_error *err);
 
+/* Like qv_forward_run, but only the greedy choice (first maximum of each wanted row's logits)
+ * is computed, on the device, and tokens[n_logits] receives it; the logits never leave the
+ * device. Errors: as qv_forward_run; QV_ERR_UNSUPPORTED on host-memory backends (CPU). */
+qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens,
+                                qv_error *err);
+
 #ifdef __cplusplus
 }
 #endif

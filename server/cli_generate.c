@@ -27,6 +27,7 @@ typedef struct gen_opts {
     qv_gen_params gp;
     int n_threads;
     size_t kv_mb;
+    const char *device;
     bool verbose;
     bool add_special;
     bool show_special;
@@ -67,6 +68,7 @@ static void usage(FILE *f, bool chat) {
             "  --add-special           let the tokenizer add BOS/EOS (generate only)\n"
             "  --threads N             CPU threads (default: all cores)\n"
             "  --kv-mb N               KV cache budget in MiB (default 256)\n"
+            "  --device cpu|cuda       compute device (default cpu)\n"
             "  --verbose               log loading details and timings\n",
             default_model(), MAX_STOPS);
 }
@@ -182,6 +184,13 @@ static int parse_opts(int argc, char **argv, bool chat, gen_opts *o) {
             NEED_VALUE;
             if (!parse_num(a, v, 1, 1 << 20, &d)) return 2;
             o->kv_mb = (size_t)d;
+        } else if (!strcmp(a, "--device")) {
+            NEED_VALUE;
+            if (strcmp(v, "cpu") != 0 && strcmp(v, "cuda") != 0) {
+                fprintf(stderr, "quiver: --device expects cpu or cuda\n");
+                return 2;
+            }
+            o->device = v;
         } else if (!strcmp(a, "--verbose")) {
             o->verbose = true;
         } else {
@@ -307,6 +316,7 @@ static qv_engine *open_engine(const gen_opts *o) {
     c.model_path = o->model;
     c.n_threads = o->n_threads;
     if (o->kv_mb) c.kv_bytes = o->kv_mb << 20;
+    c.device = o->device;
     qv_engine *e = NULL;
     qv_error err = {0};
     if (qv_engine_create(&c, &e, &err) != QV_OK) {

@@ -1,0 +1,752 @@
+/*
+ * backend_cuda.c - the CUDA backend: creation and weight upload, the vtable (C, designated
+ * initializers), cuBLAS projections, the device arena behind be->iface->alloc, and staging of
+ * per-step host metadata. Kernels are in cuda_kernels.cu; see backend_cuda.h for the contract.
+ *
+ * Invariants: every CUDA/cuBLAS call goes through CU_OK/BLAS_OK (logs statement, file, line and
+ * makes the failure sticky); after a failure every op returns at once and `download` reports
+ * it. Metadata staging: host arrays are copied into a pinned ring and uploaded with
+ * cudaMemcpyAsync on the compute stream; the ring is reset only after the stream has been
+ * synchronised (download, or when it fills up), so a pinned slot is never rewritten while its
+ * copy may still be pending. A staged array is reused within a step when the same host pointer
+ * is staged again with identical bytes (compared on the host), so the positions and page tables
+ * of a batch travel once per step, not once per layer. The bf16 copy of a GEMM input is cached
+ * until the next op that writes backend memory, so q/k/v (and gate/up) share one conversion.
+ * Thread: confined to the creating thread.
+ */
+#include "cuda/backend_cuda.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "cuda/cuda_kernels.h"
+
+#define ALIGN 256
+#define MAX_ALLOCS 256
+#define MAX_STAGED 32
+
+typedef struct wentry {
+    const void *key; /* host data pointer */
+    void *dev;
+    int is_f32; /* 1-D F32 (norms, biases) */
+    int fp16;
+    int64_t n_rows, n_cols;
+} wentry;
+
+typedef struct staged {
+    const void *key;
+    size_t off, bytes;
+} staged;
+
+typedef struct cuda_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    int failed;
+    /* weights */
+    unsigned char *w_base;
+    size_t w_size, w_used;
+    wentry *wmap;
+    int n_w, cap_w;
+    int sorted;
+    /* arena behind alloc/free */
+    unsigned char *a_base;
+    size_t a_size, a_used;
+    struct {
+        size_t off;
+        int live;
+    } allocs[MAX_ALLOCS];
+    int n_allocs;
+    /* GEMM input in half precision */
+    void *xh;
+    size_t xh_elems;
+    const float *xh_src;
+    size_t xh_n;
+    int xh_fp16;
+    /* metadata staging */
+    unsigned char *m_host, *m_dev;
+    size_t m_size, m_used;
+    staged st[MAX_STAGED];
+    int n_st, st_next;
+    int32_t *flat; /* host scratch for flattened page tables, m_size bytes */
+} cuda_ctx;
+
+static cuda_ctx *ctx_of(qv_backend *be) { return be->ctx; }
+
+static int cu_ok(cuda_ctx *cx, cudaError_t e, const char *stmt, const char *file, int line) {
+    if (e == cudaSuccess) return 1;
+    QV_LOGE("cuda: %s failed: %s (%s:%d)", stmt, cudaGetErrorString(e), file, line);
+    if (cx) cx->failed = 1;
+    return 0;
+}
+static int blas_ok(cuda_ctx *cx, cublasStatus_t e, const char *stmt, const char *file, int line) {
+    if (e == CUBLAS_STATUS_SUCCESS) return 1;
+    QV_LOGE("cuda: %s failed: cublas status %d (%s:%d)", stmt, (int)e, file, line);
+    if (cx) cx->failed = 1;
+    return 0;
+}
+static int k_ok(cuda_ctx *cx, int rc, const char *stmt, const char *file, int line) {
+    if (rc == 0) return 1;
+    QV_LOGE("cuda: %s failed (%s:%d)", stmt, file, line);
+    cx->failed = 1;
+    return 0;
+}
+static int fail_msg(cuda_ctx *cx, const char *what) {
+    QV_LOGE("cuda: %s", what);
+    cx->failed = 1;
+    return 0;
+}
+#define CU_OK(cx, call) cu_ok((cx), (call), #call, __FILE__, __LINE__)
+#define BLAS_OK(cx, call) blas_ok((cx), (call), #call, __FILE__, __LINE__)
+#define K_OK(cx, call) k_ok((cx), (call), #call, __FILE__, __LINE__)
+
+static size_t align_up(size_t n) { return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
+
+/* ---- weight map ---- */
+
+static int wcmp(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t)((const wentry *)a)->key, y = (uintptr_t)((const wentry *)b)->key;
+    return x < y ? -1 : x > y;
+}
+
+static const wentry *wfind(cuda_ctx *cx, const void *key) {
+    if (!key) return NULL;
+    if (!cx->sorted) {
+        qsort(cx->wmap, (size_t)cx->n_w, sizeof(wentry), wcmp);
+        cx->sorted = 1;
+    }
+    int lo = 0, hi = cx->n_w - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        uintptr_t k = (uintptr_t)cx->wmap[mid].key;
+        if (k == (uintptr_t)key) return &cx->wmap[mid];
+        if (k < (uintptr_t)key)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return NULL;
+}
+
+static int is_vector(const qv_tensor *t) { return t->n_rows == 1 && t->dtype == QV_DTYPE_F32; }
+
+static size_t tensor_dev_bytes(const qv_tensor *t) {
+    return align_up((size_t)t->n_rows * (size_t)t->n_cols * (is_vector(t) ? 4u : 2u));
+}
+
+/* Uploads (or, with seed != 0, generates) one tensor into the weight arena. */
+static qv_status add_tensor(cuda_ctx *cx, const qv_tensor *t, int fp16, uint64_t seed,
+                            qv_error *err) {
+    if (!t->data) return QV_OK;
+    for (int i = 0; i < cx->n_w; i++)
+        if (cx->wmap[i].key == t->data) return QV_OK; /* tied / shared */
+    size_t bytes = tensor_dev_bytes(t);
+    if (cx->w_used + bytes > cx->w_size)
+        return qv_errorf(err, QV_ERR_DEVICE_OOM, "cuda: weight arena full (%zu of %zu bytes)",
+                         cx->w_used, cx->w_size);
+    if (cx->n_w == cx->cap_w) {
+        int cap = cx->cap_w ? cx->cap_w * 2 : 64;
+        wentry *p = qv_realloc(cx->wmap, (size_t)cap * sizeof(wentry));
+        if (!p) return qv_errorf(err, QV_ERR_NOMEM, "cuda: out of memory for the weight map");
+        cx->wmap = p;
+        cx->cap_w = cap;
+    }
+    void *dev = cx->w_base + cx->w_used;
+    const int64_t R = t->n_rows, C = t->n_cols;
+    const int vec = is_vector(t);
+    if (seed) {
+        int ok = vec ? K_OK(cx, qv_cuda_fill_f32(dev, (size_t)C, 1.0f, cx->stream))
+                     : K_OK(cx, qv_cuda_fill_random_half(
+                                    dev, (size_t)(R * C), fp16, seed + (uint64_t)cx->n_w * 7919u,
+                                    1.0f / sqrtf((float)C), cx->stream));
+        if (!ok) return qv_errorf(err, QV_ERR_DEVICE, "cuda: weight generation failed");
+    } else if (vec) {
+        if (!CU_OK(cx, cudaMemcpy(dev, t->data, (size_t)C * 4, cudaMemcpyHostToDevice)))
+            return qv_errorf(err, QV_ERR_DEVICE, "cuda: weight upload failed");
+    } else {
+        /* Dequantize to f32 on the host, round to half, copy in chunks of rows. */
+        int64_t rows_per = QV_MAX((int64_t)1, ((int64_t)4 << 20) / C);
+        if (rows_per > R) rows_per = R;
+        float *f = qv_malloc((size_t)C * sizeof(float));
+        uint16_t *h = qv_malloc((size_t)(rows_per * C) * sizeof(uint16_t));
+        qv_status st = QV_OK;
+        if (!f || !h) {
+            st = qv_errorf(err, QV_ERR_NOMEM, "cuda: out of memory for upload staging");
+        } else {
+            for (int64_t r0 = 0; r0 < R && st == QV_OK; r0 += rows_per) {
+                int64_t nr = QV_MIN(rows_per, R - r0);
+                for (int64_t r = 0; r < nr; r++) {
+                    qv_dequantize_row(t->dtype,
+                                      (const unsigned char *)t->data + (size_t)(r0 + r) * t->row_bytes,
+                                      f, C);
+                    uint16_t *o = h + (size_t)(r * C);
+                    for (int64_t c = 0; c < C; c++)
+                        o[c] = fp16 ? qv_f32_to_f16(f[c]) : qv_f32_to_bf16(f[c]);
+                }
+                if (!CU_OK(cx, cudaMemcpy((uint16_t *)dev + (size_t)(r0 * C), h,
+                                          (size_t)(nr * C) * sizeof(uint16_t),
+                                          cudaMemcpyHostToDevice)))
+                    st = qv_errorf(err, QV_ERR_DEVICE, "cuda: weight upload failed");
+            }
+        }
+        qv_free(f);
+        qv_free(h);
+        if (st != QV_OK) return st;
+    }
+    cx->wmap[cx->n_w++] = (wentry){t->data, dev, vec, fp16, R, C};
+    cx->sorted = 0;
+    cx->w_used += bytes;
+    return QV_OK;
+}
+
+/* Calls fn on every weight tensor of the model (biases included when present). */
+static qv_status for_each_tensor(const qv_model *m,
+                                 qv_status (*fn)(void *u, const qv_tensor *t, qv_error *err),
+                                 void *u, qv_error *err) {
+    qv_status st;
+    const qv_tensor *top[] = {&m->tok_embd, &m->out_norm, &m->lm_head};
+    for (size_t i = 0; i < QV_ARRAY_LEN(top); i++)
+        if ((st = fn(u, top[i], err)) != QV_OK) return st;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const qv_layer_weights *w = &m->layers[l];
+        const qv_tensor *ts[] = {&w->attn_norm, &w->wq,       &w->wk,   &w->wv,     &w->wo,
+                                 &w->bq,        &w->bk,       &w->bv,   &w->bo,     &w->ffn_norm,
+                                 &w->w_gate,    &w->w_up,     &w->w_down, &w->b_gate, &w->b_up,
+                                 &w->b_down};
+        for (size_t i = 0; i < QV_ARRAY_LEN(ts); i++)
+            if ((st = fn(u, ts[i], err)) != QV_OK) return st;
+    }
+    return QV_OK;
+}
+
+struct size_walk {
+    size_t bytes;
+    const void *seen[4]; /* tied tensors share data: count once (lm_head vs tok_embd) */
+};
+static qv_status size_fn(void *u, const qv_tensor *t, qv_error *err) {
+    (void)err;
+    struct size_walk *w = u;
+    if (!t->data) return QV_OK;
+    if (t->data == w->seen[0]) return QV_OK;
+    w->bytes += tensor_dev_bytes(t);
+    return QV_OK;
+}
+struct upload_walk {
+    cuda_ctx *cx;
+    int fp16;
+    uint64_t seed;
+};
+static qv_status upload_fn(void *u, const qv_tensor *t, qv_error *err) {
+    struct upload_walk *w = u;
+    return add_tensor(w->cx, t, w->fp16, w->seed, err);
+}
+
+/* ---- metadata staging ---- */
+
+static void ring_reset(cuda_ctx *cx) {
+    cx->m_used = 0;
+    cx->n_st = 0;
+    cx->st_next = 0;
+}
+
+/* Device copy of host array `p` (bytes). NULL after a failure. */
+static const void *stage(cuda_ctx *cx, const void *p, size_t bytes) {
+    if (cx->failed) return NULL;
+    for (int i = 0; i < cx->n_st; i++) {
+        const staged *s = &cx->st[i];
+        if (s->key == p && s->bytes == bytes && memcmp(cx->m_host + s->off, p, bytes) == 0)
+            return cx->m_dev + s->off;
+    }
+    size_t need = align_up(bytes ? bytes : 1);
+    if (need > cx->m_size) {
+        fail_msg(cx, "metadata larger than the staging buffer (raise meta_bytes)");
+        return NULL;
+    }
+    if (cx->m_used + need > cx->m_size) {
+        if (!CU_OK(cx, cudaStreamSynchronize(cx->stream))) return NULL;
+        ring_reset(cx);
+    }
+    size_t off = cx->m_used;
+    memcpy(cx->m_host + off, p, bytes);
+    if (!CU_OK(cx, cudaMemcpyAsync(cx->m_dev + off, cx->m_host + off, bytes,
+                                   cudaMemcpyHostToDevice, cx->stream)))
+        return NULL;
+    cx->m_used += need;
+    staged s = {p, off, bytes};
+    if (cx->n_st < MAX_STAGED) {
+        cx->st[cx->n_st++] = s;
+    } else {
+        cx->st[cx->st_next] = s;
+        cx->st_next = (cx->st_next + 1) % MAX_STAGED;
+    }
+    return cx->m_dev + off;
+}
+
+/* Device pointer of an F32 host vector: a resident weight, else staged. */
+static const float *dev_f32(cuda_ctx *cx, const float *p, size_t n) {
+    const wentry *e = wfind(cx, p);
+    if (e) return e->dev;
+    return stage(cx, p, n * sizeof(float));
+}
+
+static void invalidate_xh(cuda_ctx *cx) { cx->xh_src = NULL; }
+
+/* ---- vtable ---- */
+
+static void cu_destroy(qv_backend *be) {
+    if (!be) return;
+    cuda_ctx *cx = be->ctx;
+    if (cx) {
+        if (cx->stream) (void)CU_OK(NULL, cudaStreamSynchronize(cx->stream));
+        if (cx->blas) (void)BLAS_OK(NULL, cublasDestroy(cx->blas));
+        if (cx->w_base) (void)CU_OK(NULL, cudaFree(cx->w_base));
+        if (cx->a_base) (void)CU_OK(NULL, cudaFree(cx->a_base));
+        if (cx->xh) (void)CU_OK(NULL, cudaFree(cx->xh));
+        if (cx->m_dev) (void)CU_OK(NULL, cudaFree(cx->m_dev));
+        if (cx->m_host) (void)CU_OK(NULL, cudaFreeHost(cx->m_host));
+        if (cx->stream) (void)CU_OK(NULL, cudaStreamDestroy(cx->stream));
+        qv_free(cx->wmap);
+        qv_free(cx->flat);
+        qv_free(cx);
+    }
+    qv_free(be);
+}
+
+static void *cu_alloc(qv_backend *be, size_t n_bytes) {
+    cuda_ctx *cx = ctx_of(be);
+    size_t need = align_up(n_bytes ? n_bytes : 1);
+    if (cx->n_allocs == MAX_ALLOCS || need > cx->a_size - cx->a_used) {
+        QV_LOGE("cuda: arena exhausted: %zu bytes requested, %zu of %zu free", n_bytes,
+                cx->a_size - cx->a_used, cx->a_size);
+        return NULL;
+    }
+    cx->allocs[cx->n_allocs].off = cx->a_used;
+    cx->allocs[cx->n_allocs].live = 1;
+    cx->n_allocs++;
+    void *p = cx->a_base + cx->a_used;
+    cx->a_used += need;
+    return p;
+}
+
+/* Marks the block free; the top of the arena shrinks past every freed block at the top. */
+static void cu_free(qv_backend *be, void *p) {
+    cuda_ctx *cx = ctx_of(be);
+    if (!p) return;
+    size_t off = (size_t)((unsigned char *)p - cx->a_base);
+    for (int i = cx->n_allocs - 1; i >= 0; i--)
+        if (cx->allocs[i].off == off && cx->allocs[i].live) {
+            cx->allocs[i].live = 0;
+            break;
+        }
+    while (cx->n_allocs > 0 && !cx->allocs[cx->n_allocs - 1].live) {
+        cx->a_used = cx->allocs[cx->n_allocs - 1].off;
+        cx->n_allocs--;
+    }
+}
+
+static void cu_get_rows(qv_backend *be, const qv_tensor *table, const int32_t *ids, int n,
+                        float *out) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || n <= 0) return;
+    const wentry *e = wfind(cx, table->data);
+    if (!e || e->is_f32) {
+        fail_msg(cx, "get_rows: table is not a resident 2-D weight");
+        return;
+    }
+    const int32_t *d_ids = stage(cx, ids, (size_t)n * sizeof(int32_t));
+    if (!d_ids) return;
+    (void)K_OK(cx, qv_cuda_get_rows(e->dev, e->fp16, d_ids, n, (int)e->n_cols, out, cx->stream));
+}
+
+static void cu_matmul(qv_backend *be, const qv_tensor *w, const float *x, int n, float *y,
+                      const float *bias) {
+    cuda_ctx *cx = ctx_of(be);
+    if (cx->failed || n <= 0) return;
+    const wentry *e = wfind(cx, w->data);
+    if (!e || e->is_f32) {
+        fail_msg(cx, "matmul: weight is not resident");
+        return;
+    }
+    const int rows = (int)e->n_rows, cols = (int)e->n_cols;
+    /* y overlapping the cached source invalidates it */
+    if (cx->xh_src && (const float *)y < cx->xh_src + cx->xh_n &&
+        (const float *)y + (size_t)n * (size_t)rows > cx->xh_src)
+        invalidate_xh(cx);
+    const int chunk = (int)QV_MIN((size_t)n, cx->xh_elems / (size_t)cols);
+    if (chunk <= 0) {
+        fail_msg(cx, "matmul: input row wider than the GEMM scratch");
+        return;
+    }
+    const cudaDataType_t ht = e->fp16 ? CUDA_R_16F : CUDA_R_16BF;
+    const float alpha = 1.0f, beta = 0.0f;
+    for (int r0 = 0; r0 < n; r0 += chunk) {
+        const int nr = QV_MIN(chunk, n - r0);
+        const float *xs = x + (size_t)r0 * (size_t)cols;
+        const size_t ne = (size_t)nr * (size_t)cols;
+        if (!(cx->xh_src == xs && cx->xh_n == ne && cx->xh_fp16 == e->fp16)) {
+            if (!K_OK(cx, qv_cuda_f32_to_half(xs, cx->xh, ne, e->fp16, cx->stream))) return;
+            cx->xh_src = xs;
+            cx->xh_n = ne;
+            cx->xh_fp16 = e->fp16;
+        }
+        /* Column-major view: yᵀ (rows, nr) = W (as (cols, rows))ᵀ · xᵀ (cols, nr). */
+        if (!BLAS_OK(cx, cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, nr, cols, &alpha,
+                                      e->dev, ht, cols, cx->xh, ht, cols, &beta,
+                                      y + (size_t)r0 * (size_t)rows, CUDA_R_32F, rows,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)))
+            return;
+    }
+    if (bias) {
+        const float *db = dev_f32(cx, bias, (size_t)rows);
+        if (!db) return;
+        (void)K_OK(cx, qv_cuda_add_bias(y, db, n, rows, cx->stream));
+    }
+}
+
+static void cu_rmsnorm(qv_backend *be, const float *x, const float *w, int n, int dim, float eps,
+                       float *y) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || n <= 0) return;
+    const float *dw = dev_f32(cx, w, (size_t)dim);
+    if (!dw) return;
+    (void)K_OK(cx, qv_cuda_rmsnorm(x, dw, n, dim, eps, y, cx->stream));
+}
+
+static void cu_rope(qv_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                    const float *inv_freq) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || n <= 0) return;
+    const int32_t *dp = stage(cx, pos, (size_t)n * sizeof(int32_t));
+    const float *df = dev_f32(cx, inv_freq, (size_t)head_dim / 2);
+    if (!dp || !df) return;
+    (void)K_OK(cx, qv_cuda_rope(x, n, n_heads, head_dim, dp, df, cx->stream));
+}
+
+static void cu_swiglu(qv_backend *be, const float *gate, const float *up, float *out,
+                      size_t n_elems) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || !n_elems) return;
+    (void)K_OK(cx, qv_cuda_swiglu(gate, up, out, n_elems, cx->stream));
+}
+
+static void cu_add(qv_backend *be, float *y, const float *x, size_t n_elems) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || !n_elems) return;
+    (void)K_OK(cx, qv_cuda_add(y, x, n_elems, cx->stream));
+}
+
+static size_t layer_offset(const qv_kv_pool *pool, int layer) {
+    return (size_t)layer * (size_t)pool->n_pages * (size_t)pool->page_size *
+           (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
+}
+
+static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float *k,
+                        const float *v, int n, const int32_t *slot_page, const int32_t *slot_off) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || n <= 0) return;
+    const int32_t *dp = stage(cx, slot_page, (size_t)n * sizeof(int32_t));
+    const int32_t *doff = stage(cx, slot_off, (size_t)n * sizeof(int32_t));
+    if (!dp || !doff) return;
+    const size_t lo = layer_offset(pool, layer);
+    (void)K_OK(cx, qv_cuda_kv_store(pool->k + lo, pool->v + lo, pool->page_size,
+                                    pool->n_kv_heads * pool->head_dim, k, v, n, dp, doff,
+                                    cx->stream));
+}
+
+static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
+                         const qv_attn_batch *ab, const float *q, float *out) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || ab->n_tokens <= 0) return;
+    /* Flatten the page tables: stride = pages covering the furthest position of the batch. */
+    int stride = 1;
+    for (int t = 0; t < ab->n_tokens; t++)
+        stride = QV_MAX(stride, ab->tok_pos[t] / pool->page_size + 1);
+    size_t n_flat = (size_t)ab->n_seqs * (size_t)stride;
+    if (n_flat * sizeof(int32_t) > cx->m_size / 2) {
+        fail_msg(cx, "attention: page tables larger than the staging buffer");
+        return;
+    }
+    /* Positions beyond a sequence's own tokens are never read: only entries up to each
+     * token's page are needed; the rest are filled with 0. */
+    memset(cx->flat, 0, n_flat * sizeof(int32_t));
+    for (int t = 0; t < ab->n_tokens; t++) {
+        const int s = ab->tok_seq[t];
+        const int np = ab->tok_pos[t] / pool->page_size + 1;
+        int32_t *row = cx->flat + (size_t)s * (size_t)stride;
+        for (int p = 0; p < np; p++) row[p] = ab->page_table[s][p];
+    }
+    const int32_t *d_tab = stage(cx, cx->flat, n_flat * sizeof(int32_t));
+    const int32_t *d_seq = stage(cx, ab->tok_seq, (size_t)ab->n_tokens * sizeof(int32_t));
+    const int32_t *d_pos = stage(cx, ab->tok_pos, (size_t)ab->n_tokens * sizeof(int32_t));
+    if (!d_tab || !d_seq || !d_pos) return;
+    const size_t lo = layer_offset(pool, layer);
+    qv_cuda_attn_args a = {
+        .q = q,
+        .out = out,
+        .k_layer = pool->k + lo,
+        .v_layer = pool->v + lo,
+        .tok_seq = d_seq,
+        .tok_pos = d_pos,
+        .tables = d_tab,
+        .table_stride = stride,
+        .n_tokens = ab->n_tokens,
+        .n_heads = ab->n_heads,
+        .n_kv_heads = ab->n_kv_heads,
+        .head_dim = ab->head_dim,
+        .page_size = pool->page_size,
+        .window = ab->window,
+        .scale = ab->scale,
+    };
+    (void)K_OK(cx, qv_cuda_attention(&a, cx->stream));
+}
+
+static qv_status cu_download(qv_backend *be, void *dst, const void *src, size_t n_bytes,
+                             qv_error *err) {
+    cuda_ctx *cx = ctx_of(be);
+    if (!cx->failed && n_bytes)
+        (void)CU_OK(cx, cudaMemcpyAsync(dst, src, n_bytes, cudaMemcpyDeviceToHost, cx->stream));
+    (void)CU_OK(cx, cudaStreamSynchronize(cx->stream));
+    ring_reset(cx);
+    if (cx->failed)
+        return qv_errorf(err, QV_ERR_DEVICE, "cuda backend failed (see the log for the call)");
+    return QV_OK;
+}
+
+static void cu_upload(qv_backend *be, void *dst, const void *src, size_t n_bytes) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || !n_bytes) return;
+    if (!CU_OK(cx, cudaMemcpyAsync(dst, src, n_bytes, cudaMemcpyHostToDevice, cx->stream))) return;
+    (void)CU_OK(cx, cudaStreamSynchronize(cx->stream)); /* src may be reused on return */
+}
+
+static void cu_gather_rows(qv_backend *be, const float *src, const int32_t *idx, int n, int width,
+                           float *dst) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || n <= 0) return;
+    const int32_t *d = stage(cx, idx, (size_t)n * sizeof(int32_t));
+    if (!d) return;
+    (void)K_OK(cx, qv_cuda_gather_rows(src, d, n, width, dst, cx->stream));
+}
+
+static void cu_argmax(qv_backend *be, const float *x, int n, int width, int32_t *out) {
+    cuda_ctx *cx = ctx_of(be);
+    invalidate_xh(cx);
+    if (cx->failed || n <= 0) return;
+    (void)K_OK(cx, qv_cuda_argmax(x, n, width, out, cx->stream));
+}
+
+static const struct qv_backend_i cuda_iface = {
+    .name = "cuda",
+    .destroy = cu_destroy,
+    .alloc = cu_alloc,
+    .free = cu_free,
+    .get_rows = cu_get_rows,
+    .matmul = cu_matmul,
+    .rmsnorm = cu_rmsnorm,
+    .rope = cu_rope,
+    .swiglu = cu_swiglu,
+    .add = cu_add,
+    .kv_store = cu_kv_store,
+    .attention = cu_attention,
+    .download = cu_download,
+    .upload = cu_upload,
+    .gather_rows = cu_gather_rows,
+    .argmax = cu_argmax,
+};
+
+/* ---- creation ---- */
+
+void qv_cuda_opts_default(qv_cuda_opts *o) {
+    memset(o, 0, sizeof(*o));
+}
+
+static qv_status dev_malloc(cuda_ctx *cx, void **p, size_t bytes, const char *role,
+                            qv_error *err) {
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        *p = NULL;
+        (void)cx;
+        return qv_errorf(err, e == cudaErrorMemoryAllocation ? QV_ERR_DEVICE_OOM : QV_ERR_DEVICE,
+                         "cuda: cannot allocate %.1f MiB for %s: %s", (double)bytes / 1048576.0,
+                         role, cudaGetErrorString(e));
+    }
+    return QV_OK;
+}
+
+/* Common part: device, stream, cuBLAS, weight arena of weight_bytes, scratch for max_width. */
+static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, size_t max_width,
+                               qv_backend **out, qv_error *err) {
+    *out = NULL;
+    qv_cuda_opts o;
+    if (o_in)
+        o = *o_in;
+    else
+        qv_cuda_opts_default(&o);
+    if (!o.max_tokens) o.max_tokens = 512;
+    if (!o.meta_bytes) o.meta_bytes = (size_t)8 << 20;
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        (void)cudaGetLastError();
+        return qv_errorf(err, QV_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    }
+    if (o.device < 0 || o.device >= n_dev)
+        return qv_errorf(err, QV_ERR_INVALID, "cuda: device %d of %d", o.device, n_dev);
+    qv_backend *be = qv_calloc(1, sizeof(*be));
+    cuda_ctx *cx = qv_calloc(1, sizeof(*cx));
+    qv_status st = QV_OK;
+    if (!be || !cx) {
+        qv_free(be);
+        qv_free(cx);
+        return qv_errorf(err, QV_ERR_NOMEM, "cuda: out of memory");
+    }
+    be->iface = &cuda_iface;
+    be->ctx = cx;
+    cx->device = o.device;
+    if (!CU_OK(cx, cudaSetDevice(o.device)) ||
+        !CU_OK(cx, cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking)) ||
+        !BLAS_OK(cx, cublasCreate(&cx->blas)) || !BLAS_OK(cx, cublasSetStream(cx->blas, cx->stream))) {
+        st = qv_errorf(err, QV_ERR_DEVICE, "cuda: cannot initialise the device / cuBLAS");
+        goto fail;
+    }
+    /* Scratch and metadata first (small), then weights, then the arena from what is left. */
+    cx->xh_elems = (size_t)o.max_tokens * max_width;
+    if ((st = dev_malloc(cx, &cx->xh, cx->xh_elems * 2, "GEMM scratch", err)) != QV_OK) goto fail;
+    cx->m_size = o.meta_bytes;
+    if ((st = dev_malloc(cx, (void **)&cx->m_dev, cx->m_size, "metadata", err)) != QV_OK)
+        goto fail;
+    if (!CU_OK(cx, cudaHostAlloc((void **)&cx->m_host, cx->m_size, cudaHostAllocDefault))) {
+        st = qv_errorf(err, QV_ERR_DEVICE, "cuda: cannot allocate pinned staging");
+        goto fail;
+    }
+    cx->flat = qv_malloc(cx->m_size);
+    if (!cx->flat) {
+        st = qv_errorf(err, QV_ERR_NOMEM, "cuda: out of memory");
+        goto fail;
+    }
+    cx->w_size = weight_bytes ? weight_bytes : ALIGN;
+    if ((st = dev_malloc(cx, (void **)&cx->w_base, cx->w_size, "weights", err)) != QV_OK)
+        goto fail;
+    size_t free_b = 0, total_b = 0;
+    if (!CU_OK(cx, cudaMemGetInfo(&free_b, &total_b))) {
+        st = qv_errorf(err, QV_ERR_DEVICE, "cuda: cudaMemGetInfo failed");
+        goto fail;
+    }
+    cx->a_size = o.arena_bytes ? align_up(o.arena_bytes)
+                               : align_up(QV_MIN(free_b / 2, (size_t)8 << 30));
+    if ((st = dev_malloc(cx, (void **)&cx->a_base, cx->a_size, "KV/scratch arena", err)) != QV_OK)
+        goto fail;
+    struct cudaDeviceProp prop;
+    if (!CU_OK(cx, cudaGetDeviceProperties(&prop, o.device))) {
+        st = qv_errorf(err, QV_ERR_DEVICE, "cuda: cannot read device properties");
+        goto fail;
+    }
+    QV_LOGI("cuda backend: %s (sm_%d%d), %.1f GiB total, %.1f GiB free before the arena; "
+            "weights %.1f MiB, arena %.1f MiB, GEMM scratch %.1f MiB, metadata %.1f MiB",
+            prop.name, prop.major, prop.minor, (double)total_b / 1073741824.0,
+            (double)free_b / 1073741824.0, (double)cx->w_size / 1048576.0,
+            (double)cx->a_size / 1048576.0, (double)(cx->xh_elems * 2) / 1048576.0,
+            (double)cx->m_size / 1048576.0);
+    *out = be;
+    return QV_OK;
+fail:
+    cu_destroy(be);
+    return st;
+}
+
+qv_status qv_backend_cuda_create_empty(size_t weight_bytes, const qv_cuda_opts *o,
+                                       qv_backend **out, qv_error *err) {
+    return create_common(o, align_up(weight_bytes), 16384, out, err);
+}
+
+qv_status qv_backend_cuda_create(const qv_model *m, const qv_cuda_opts *o, qv_backend **out,
+                                 qv_error *err) {
+    *out = NULL;
+    const qv_model_config *c = &m->cfg;
+    struct size_walk sw = {0, {m->tok_embd.data, NULL, NULL, NULL}};
+    /* tok_embd counted explicitly; lm_head skipped when tied (same data). */
+    sw.bytes = tensor_dev_bytes(&m->tok_embd);
+    sw.seen[0] = m->tok_embd.data;
+    qv_status st = for_each_tensor(m, size_fn, &sw, err);
+    if (st != QV_OK) return st;
+    const size_t inv_bytes = align_up((size_t)(c->head_dim / 2) * sizeof(float));
+    size_t max_width = (size_t)QV_MAX(QV_MAX(c->dim, c->n_ff), c->n_heads * c->head_dim);
+    qv_backend *be = NULL;
+    double t0 = qv_time_s();
+    if ((st = create_common(o, sw.bytes + inv_bytes, max_width, &be, err)) != QV_OK) return st;
+    cuda_ctx *cx = be->ctx;
+    const int fp16 = m->main_dtype == QV_DTYPE_F16;
+    struct upload_walk uw = {cx, fp16, o ? o->random_seed : 0};
+    if ((st = for_each_tensor(m, upload_fn, &uw, err)) != QV_OK) goto fail;
+    /* RoPE inverse frequencies: a real host array even for synthetic models. */
+    const qv_tensor inv = {QV_DTYPE_F32, 1, c->head_dim / 2,
+                           (size_t)(c->head_dim / 2) * sizeof(float), m->rope_inv_freq};
+    if ((st = add_tensor(cx, &inv, 0, 0, err)) != QV_OK) goto fail;
+    if (!CU_OK(cx, cudaStreamSynchronize(cx->stream))) {
+        st = qv_errorf(err, QV_ERR_DEVICE, "cuda: weight upload failed");
+        goto fail;
+    }
+    QV_LOGI("cuda backend: %d weight tensors resident as %s (%.1f MiB) in %.2f s%s", cx->n_w,
+            fp16 ? "fp16" : "bf16", (double)cx->w_used / 1048576.0, qv_time_s() - t0,
+            uw.seed ? " (synthetic random weights)" : "");
+    *out = be;
+    return QV_OK;
+fail:
+    cu_destroy(be);
+    return st;
+}
+
+qv_status qv_backend_cuda_add_tensor(qv_backend *be, const qv_tensor *t, int fp16,
+                                     qv_error *err) {
+    cuda_ctx *cx = ctx_of(be);
+    qv_status st = add_tensor(cx, t, fp16, 0, err);
+    if (st == QV_OK && !CU_OK(cx, cudaStreamSynchronize(cx->stream)))
+        st = qv_errorf(err, QV_ERR_DEVICE, "cuda: weight upload failed");
+    return st;
+}
+
+size_t qv_backend_cuda_weight_bytes(const qv_backend *be) {
+    return ((const cuda_ctx *)be->ctx)->w_used;
+}
+size_t qv_backend_cuda_arena_bytes(const qv_backend *be) {
+    return ((const cuda_ctx *)be->ctx)->a_size;
+}
+
+double qv_cuda_measure_d2d_bandwidth(size_t bytes, int reps) {
+    void *a = NULL, *b = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    double best = 0.0;
+    if (!CU_OK(NULL, cudaMalloc(&a, bytes)) || !CU_OK(NULL, cudaMalloc(&b, bytes)) ||
+        !CU_OK(NULL, cudaEventCreate(&e0)) || !CU_OK(NULL, cudaEventCreate(&e1)))
+        goto done;
+    if (!CU_OK(NULL, cudaMemset(a, 1, bytes))) goto done;
+    for (int r = 0; r < reps + 1; r++) {
+        float ms = 0.0f;
+        if (!CU_OK(NULL, cudaEventRecord(e0, 0)) ||
+            !CU_OK(NULL, cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0)) ||
+            !CU_OK(NULL, cudaEventRecord(e1, 0)) || !CU_OK(NULL, cudaEventSynchronize(e1)) ||
+            !CU_OK(NULL, cudaEventElapsedTime(&ms, e0, e1)))
+            goto done;
+        double bw = 2.0 * (double)bytes / ((double)ms * 1e-3);
+        if (r > 0 && bw > best) best = bw; /* first copy is a warm-up */
+    }
+done:
+    if (e0) (void)CU_OK(NULL, cudaEventDestroy(e0));
+    if (e1) (void)CU_OK(NULL, cudaEventDestroy(e1));
+    if (a) (void)CU_OK(NULL, cudaFree(a));
+    if (b) (void)CU_OK(NULL, cudaFree(b));
+    return best;
+}

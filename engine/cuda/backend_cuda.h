@@ -1,0 +1,78 @@
+/*
+ * backend_cuda.h - the CUDA implementation of struct qv_backend_i (backend.h), callable from C.
+ *
+ * What: weights resident on the device in bf16 (fp16 when the model's projections are F16),
+ * uploaded once at creation (quantized GGUF weights are dequantized on the host with
+ * qv_dequantize_row, rounded to bf16 and copied); projections through cuBLAS (cublasGemmEx,
+ * bf16 x bf16 -> fp32 with fp32 accumulation: activations are F32 in backend memory and are
+ * rounded to bf16 right before each GEMM); every other op is a kernel in cuda_kernels.cu.
+ * All work is enqueued on one compute stream; the host blocks only in `download`.
+ *
+ * Memory: one device allocation per role, made at creation and reported in the log:
+ * weights (exact size), the arena that serves be->iface->alloc (KV pages and forward scratch;
+ * bump allocator), the internal scratch (bf16 activations for max_tokens rows) and a
+ * pinned/device pair for per-step metadata (token ids, positions, page tables). Nothing is
+ * allocated on the request path.
+ *
+ * Weight lookup: ops receive the model's host qv_tensor views / norm pointers; the backend maps
+ * each host data pointer to its device copy. Host arrays that are not model weights (positions,
+ * page tables, norm weights in op tests) are staged through the metadata buffer.
+ *
+ * Errors: ops cannot return errors (vtable); the first CUDA/cuBLAS failure is logged with
+ * statement/file/line and made sticky; `download` reports it (QV_ERR_DEVICE).
+ * Thread: confined to the creating thread (backend.h).
+ */
+#ifndef QV_BACKEND_CUDA_H
+#define QV_BACKEND_CUDA_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qv_cuda_opts {
+    int device;          /* CUDA device ordinal (default 0) */
+    size_t arena_bytes;  /* backend memory for KV pages + scratch; 0 = auto: half of the free
+                            memory after the weights, capped at 8 GiB */
+    int max_tokens;      /* largest batch (tokens) a projection sees; 0 = 512 */
+    size_t meta_bytes;   /* per-step metadata staging; 0 = 8 MiB */
+    uint64_t random_seed; /* != 0: do not read the model's weight data; fill every projection
+                             with deterministic uniform values (scale 1/sqrt(n_cols)) and norm
+                             weights with 1 (synthetic benchmark models) */
+} qv_cuda_opts;
+
+void qv_cuda_opts_default(qv_cuda_opts *o);
+
+/* Creates the CUDA backend and uploads the model's weights. `m` must outlive the backend (its
+ * host pointers are the lookup keys). Owner: caller, release with be->iface->destroy(be).
+ * Errors: QV_ERR_UNSUPPORTED (no device), QV_ERR_DEVICE_OOM, QV_ERR_DEVICE, QV_ERR_INVALID. */
+qv_status qv_backend_cuda_create(const qv_model *m, const qv_cuda_opts *o, qv_backend **out,
+                                 qv_error *err);
+
+/* Creates the CUDA backend with no model (op tests): weights are added with
+ * qv_backend_cuda_add_tensor. weight_bytes is the size of the weight arena. */
+qv_status qv_backend_cuda_create_empty(size_t weight_bytes, const qv_cuda_opts *o,
+                                       qv_backend **out, qv_error *err);
+
+/* Makes a host tensor (2-D: stored as bf16, or fp16 when fp16 != 0; 1-D F32: kept F32)
+ * resident; later ops find it by t->data. Errors: QV_ERR_DEVICE_OOM when the weight arena is
+ * full, QV_ERR_DEVICE. */
+qv_status qv_backend_cuda_add_tensor(qv_backend *be, const qv_tensor *t, int fp16,
+                                     qv_error *err);
+
+/* Device bytes of the weights / arena (for reports). */
+size_t qv_backend_cuda_weight_bytes(const qv_backend *be);
+size_t qv_backend_cuda_arena_bytes(const qv_backend *be);
+
+/* Measures device-to-device copy bandwidth in bytes/s over `bytes` (read + write counted,
+ * i.e. 2*bytes per copy), best of `reps`. Returns 0 on error. Uses its own buffers. */
+double qv_cuda_measure_d2d_bandwidth(size_t bytes, int reps);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_BACKEND_CUDA_H */

@@ -1,0 +1,402 @@
+/*
+ * cuda_kernels.cu - the CUDA backend's kernels and their extern "C" launchers
+ * (cuda_kernels.h).
+ *
+ * Math mirrors engine/cpu/ops.c and attention.c in fp32 (rmsnorm sums squares in double, RoPE
+ * and softmax use the accurate sincosf/expf, no fast-math). Attention: one 128-thread block per
+ * (token, head); keys are visited in chunks of ATT_CHUNK positions with an online softmax
+ * (running max and sum rescaled per chunk); threads split the dot products by position and the
+ * value sums by (position group, dimension). What not: no allocation, no synchronisation.
+ * Thread: launchers run on the host thread that owns the stream.
+ */
+#include <stdio.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "cuda_kernels.h"
+
+#define LAUNCH_CHECK(what)                                                                     \
+    do {                                                                                       \
+        cudaError_t e_ = cudaGetLastError();                                                   \
+        if (e_ != cudaSuccess) {                                                               \
+            fprintf(stderr, "quiver cuda: launch of %s failed: %s (%s:%d)\n", what,            \
+                    cudaGetErrorString(e_), __FILE__, __LINE__);                               \
+            return -1;                                                                         \
+        }                                                                                      \
+        return 0;                                                                              \
+    } while (0)
+
+static unsigned blocks_for(size_t n, unsigned threads) {
+    size_t b = (n + threads - 1) / threads;
+    if (b > 65535u * 16u) b = 65535u * 16u; /* grid-stride loops cover the rest */
+    return b ? (unsigned)b : 1u;
+}
+
+static __device__ __forceinline__ float half_load(const void *p, size_t i, int fp16) {
+    return fp16 ? __half2float(((const __half *)p)[i]) : __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+}
+
+/* ---- conversions, fills ---- */
+
+static __global__ void k_f32_to_half(const float *x, void *y, size_t n, int fp16) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        if (fp16)
+            ((__half *)y)[i] = __float2half_rn(x[i]);
+        else
+            ((__nv_bfloat16 *)y)[i] = __float2bfloat16_rn(x[i]);
+    }
+}
+
+extern "C" int qv_cuda_f32_to_half(const float *x, void *y, size_t n, int fp16, cudaStream_t s) {
+    k_f32_to_half<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n, fp16);
+    LAUNCH_CHECK("f32_to_half");
+}
+
+static __device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static __global__ void k_fill_random(void *dst, size_t n, int fp16, uint64_t seed, float scale) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t r = mix64(seed * 0x100000001b3ull + i);
+        float u = (float)(r >> 40) * (1.0f / 16777216.0f); /* [0, 1) */
+        float v = (2.0f * u - 1.0f) * scale;
+        if (fp16)
+            ((__half *)dst)[i] = __float2half_rn(v);
+        else
+            ((__nv_bfloat16 *)dst)[i] = __float2bfloat16_rn(v);
+    }
+}
+
+extern "C" int qv_cuda_fill_random_half(void *dst, size_t n, int fp16, uint64_t seed, float scale,
+                                        cudaStream_t s) {
+    k_fill_random<<<blocks_for(n, 256), 256, 0, s>>>(dst, n, fp16, seed, scale);
+    LAUNCH_CHECK("fill_random_half");
+}
+
+static __global__ void k_fill_f32(float *dst, size_t n, float value) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = value;
+}
+
+extern "C" int qv_cuda_fill_f32(float *dst, size_t n, float value, cudaStream_t s) {
+    k_fill_f32<<<blocks_for(n, 256), 256, 0, s>>>(dst, n, value);
+    LAUNCH_CHECK("fill_f32");
+}
+
+/* ---- embedding, gathers ---- */
+
+static __global__ void k_get_rows(const void *table, int fp16, const int32_t *ids, int cols,
+                                  float *out) {
+    const size_t src = (size_t)ids[blockIdx.x] * (size_t)cols;
+    float *o = out + (size_t)blockIdx.x * (size_t)cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = half_load(table, src + (size_t)c, fp16);
+}
+
+extern "C" int qv_cuda_get_rows(const void *table, int fp16, const int32_t *ids, int n, int cols,
+                                float *out, cudaStream_t s) {
+    if (n <= 0) return 0;
+    k_get_rows<<<n, 256, 0, s>>>(table, fp16, ids, cols, out);
+    LAUNCH_CHECK("get_rows");
+}
+
+static __global__ void k_gather_rows(const float *src, const int32_t *idx, int width, float *dst) {
+    const float *a = src + (size_t)idx[blockIdx.x] * (size_t)width;
+    float *o = dst + (size_t)blockIdx.x * (size_t)width;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) o[c] = a[c];
+}
+
+extern "C" int qv_cuda_gather_rows(const float *src, const int32_t *idx, int n, int width,
+                                   float *dst, cudaStream_t s) {
+    if (n <= 0) return 0;
+    k_gather_rows<<<n, 256, 0, s>>>(src, idx, width, dst);
+    LAUNCH_CHECK("gather_rows");
+}
+
+/* ---- block reductions (blockDim.x a multiple of 32, at most 1024) ---- */
+
+template <typename T> static __device__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Every thread gets the block's sum. red has 32 entries. */
+template <typename T> static __device__ T block_sum(T v, T *red) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (int)(blockDim.x >> 5);
+    v = warp_sum(v);
+    __syncthreads(); /* red may still be read from a previous call */
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    T t = lane < nw ? red[lane] : (T)0;
+    return warp_sum(t);
+}
+static __device__ float block_max(float v, float *red) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (int)(blockDim.x >> 5);
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    float t = lane < nw ? red[lane] : -INFINITY;
+    return warp_max(t);
+}
+
+/* ---- rmsnorm ---- */
+
+static __global__ void k_rmsnorm(const float *x, const float *w, int dim, float eps, float *y) {
+    __shared__ double red[32];
+    const float *xr = x + (size_t)blockIdx.x * (size_t)dim;
+    float *yr = y + (size_t)blockIdx.x * (size_t)dim;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    ss = block_sum(ss, red);
+    const float mean = (float)(ss / (double)dim);
+    const float inv = 1.0f / sqrtf(mean + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = w[i] * (xr[i] * inv);
+}
+
+extern "C" int qv_cuda_rmsnorm(const float *x, const float *w, int n, int dim, float eps, float *y,
+                               cudaStream_t s) {
+    if (n <= 0) return 0;
+    k_rmsnorm<<<n, 256, 0, s>>>(x, w, dim, eps, y);
+    LAUNCH_CHECK("rmsnorm");
+}
+
+/* ---- rope: one block per token, threads over (head, i < half) ---- */
+
+static __global__ void k_rope(float *x, int n_heads, int head_dim, const int32_t *pos,
+                              const float *inv_freq) {
+    const int half = head_dim / 2;
+    const float p = (float)pos[blockIdx.x];
+    float *row = x + (size_t)blockIdx.x * (size_t)n_heads * (size_t)head_dim;
+    for (int k = threadIdx.x; k < n_heads * half; k += blockDim.x) {
+        const int h = k / half, i = k % half;
+        float sn, cs;
+        sincosf(p * inv_freq[i], &sn, &cs);
+        float *v = row + (size_t)h * (size_t)head_dim;
+        const float a = v[i], b = v[i + half];
+        v[i] = a * cs - b * sn;
+        v[i + half] = b * cs + a * sn;
+    }
+}
+
+extern "C" int qv_cuda_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                            const float *inv_freq, cudaStream_t s) {
+    if (n <= 0) return 0;
+    k_rope<<<n, 128, 0, s>>>(x, n_heads, head_dim, pos, inv_freq);
+    LAUNCH_CHECK("rope");
+}
+
+/* ---- element-wise ---- */
+
+static __global__ void k_swiglu(const float *g, const float *u, float *o, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float a = g[i];
+        o[i] = a / (1.0f + expf(-a)) * u[i];
+    }
+}
+
+extern "C" int qv_cuda_swiglu(const float *gate, const float *up, float *out, size_t n,
+                              cudaStream_t s) {
+    k_swiglu<<<blocks_for(n, 256), 256, 0, s>>>(gate, up, out, n);
+    LAUNCH_CHECK("swiglu");
+}
+
+static __global__ void k_add(float *y, const float *x, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] += x[i];
+}
+
+extern "C" int qv_cuda_add(float *y, const float *x, size_t n, cudaStream_t s) {
+    k_add<<<blocks_for(n, 256), 256, 0, s>>>(y, x, n);
+    LAUNCH_CHECK("add");
+}
+
+static __global__ void k_add_bias(float *y, const float *b, int n_cols, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] += b[i % (size_t)n_cols];
+}
+
+extern "C" int qv_cuda_add_bias(float *y, const float *bias, int n_rows, int n_cols,
+                                cudaStream_t s) {
+    const size_t n = (size_t)n_rows * (size_t)n_cols;
+    k_add_bias<<<blocks_for(n, 256), 256, 0, s>>>(y, bias, n_cols, n);
+    LAUNCH_CHECK("add_bias");
+}
+
+/* ---- KV store ---- */
+
+static __global__ void k_kv_store(float *kl, float *vl, int page_size, int kv_dim, const float *k,
+                                  const float *v, const int32_t *page, const int32_t *off) {
+    const int t = blockIdx.x;
+    const size_t dst = ((size_t)page[t] * (size_t)page_size + (size_t)off[t]) * (size_t)kv_dim;
+    const size_t src = (size_t)t * (size_t)kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kl[dst + i] = k[src + i];
+        vl[dst + i] = v[src + i];
+    }
+}
+
+extern "C" int qv_cuda_kv_store(float *k_layer, float *v_layer, int page_size, int kv_dim,
+                                const float *k, const float *v, int n, const int32_t *page,
+                                const int32_t *off, cudaStream_t s) {
+    if (n <= 0) return 0;
+    k_kv_store<<<n, 128, 0, s>>>(k_layer, v_layer, page_size, kv_dim, k, v, page, off);
+    LAUNCH_CHECK("kv_store");
+}
+
+/* ---- argmax: one block per row ---- */
+
+static __global__ void k_argmax(const float *x, int width, int32_t *out) {
+    __shared__ float sv[256];
+    __shared__ int si[256];
+    const float *r = x + (size_t)blockIdx.x * (size_t)width;
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+        const float v = r[j];
+        if (v > best) { best = v; bi = j; } /* j ascending per thread: first maximum kept */
+    }
+    sv[threadIdx.x] = best;
+    si[threadIdx.x] = bi;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if ((int)threadIdx.x < o) {
+            const float v = sv[threadIdx.x + o];
+            const int i = si[threadIdx.x + o];
+            if (v > sv[threadIdx.x] || (v == sv[threadIdx.x] && i < si[threadIdx.x])) {
+                sv[threadIdx.x] = v;
+                si[threadIdx.x] = i;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = si[0] == 0x7fffffff ? 0 : si[0];
+}
+
+extern "C" int qv_cuda_argmax(const float *x, int n, int width, int32_t *out, cudaStream_t s) {
+    if (n <= 0) return 0;
+    k_argmax<<<n, 256, 0, s>>>(x, width, out);
+    LAUNCH_CHECK("argmax");
+}
+
+/* ---- paged attention ---- */
+
+#define ATT_THREADS 128
+#define ATT_CHUNK 256
+#define ATT_DPT (QV_CUDA_MAX_HEAD_DIM / ATT_THREADS) /* dims per thread when head_dim >= 128 */
+
+static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_args a) {
+    __shared__ float qs[QV_CUDA_MAX_HEAD_DIM];
+    __shared__ float sc[ATT_CHUNK];
+    __shared__ float red[32];
+    __shared__ float part[ATT_THREADS * ATT_DPT];
+
+    const int t = blockIdx.y, h = blockIdx.x, tid = threadIdx.x;
+    const int hd = a.head_dim;
+    const int kv_dim = a.n_kv_heads * hd;
+    const int g = h / (a.n_heads / a.n_kv_heads);
+    const int pos = a.tok_pos[t];
+    const int32_t *table = a.tables + (size_t)a.tok_seq[t] * (size_t)a.table_stride;
+    const int j0 = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+    const float *q = a.q + ((size_t)t * (size_t)a.n_heads + (size_t)h) * (size_t)hd;
+    for (int i = tid; i < hd; i += ATT_THREADS) qs[i] = q[i];
+
+    /* Value-sum layout: n_grp groups of hd threads (hd < 128), or one group where each thread
+     * owns dims tid, tid + 128 (hd >= 128). */
+    const int n_grp = hd < ATT_THREADS ? ATT_THREADS / hd : 1;
+    const int grp = hd < ATT_THREADS ? tid / hd : 0;
+    const int d0 = hd < ATT_THREADS ? tid % hd : tid;
+    const bool active = grp < n_grp;
+    float acc[ATT_DPT];
+    for (int k = 0; k < ATT_DPT; k++) acc[k] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    __syncthreads();
+
+    for (int c0 = j0; c0 <= pos; c0 += ATT_CHUNK) {
+        const int len = min(ATT_CHUNK, pos - c0 + 1);
+        float cmax = -INFINITY;
+        for (int jj = tid; jj < len; jj += ATT_THREADS) {
+            const int j = c0 + jj;
+            const float *kr = a.k_layer +
+                              ((size_t)table[j / a.page_size] * (size_t)a.page_size +
+                               (size_t)(j % a.page_size)) * (size_t)kv_dim + (size_t)g * hd;
+            float d = 0.0f;
+            for (int i = 0; i < hd; i++) d += qs[i] * kr[i];
+            d *= a.scale;
+            sc[jj] = d;
+            cmax = fmaxf(cmax, d);
+        }
+        cmax = block_max(cmax, red);
+        const float m_new = fmaxf(m, cmax);
+        const float f = expf(m - m_new); /* 0 on the first chunk (m = -inf) */
+        float psum = 0.0f;
+        for (int jj = tid; jj < len; jj += ATT_THREADS) {
+            const float p = expf(sc[jj] - m_new);
+            sc[jj] = p;
+            psum += p;
+        }
+        psum = block_sum(psum, red); /* its barriers also publish sc */
+        l = l * f + psum;
+        m = m_new;
+        for (int k = 0; k < ATT_DPT; k++) acc[k] *= f;
+        if (active) {
+            for (int jj = grp; jj < len; jj += n_grp) {
+                const int j = c0 + jj;
+                const float *vr = a.v_layer +
+                                  ((size_t)table[j / a.page_size] * (size_t)a.page_size +
+                                   (size_t)(j % a.page_size)) * (size_t)kv_dim + (size_t)g * hd;
+                const float p = sc[jj];
+                for (int k = 0; k < ATT_DPT; k++) {
+                    const int d = d0 + k * ATT_THREADS;
+                    if (d < hd && (k == 0 || hd >= ATT_THREADS)) acc[k] += p * vr[d];
+                }
+            }
+        }
+        __syncthreads(); /* sc is rewritten by the next chunk */
+    }
+    /* Combine the groups' partial sums. */
+    for (int k = 0; k < ATT_DPT; k++) part[tid + k * ATT_THREADS] = active ? acc[k] : 0.0f;
+    __syncthreads();
+    float *o = a.out + ((size_t)t * (size_t)a.n_heads + (size_t)h) * (size_t)hd;
+    const float inv_l = 1.0f / l;
+    if (hd < ATT_THREADS) {
+        for (int d = tid; d < hd; d += ATT_THREADS) {
+            float s = 0.0f;
+            for (int gg = 0; gg < n_grp; gg++) s += part[gg * hd + d];
+            o[d] = s * inv_l;
+        }
+    } else {
+        for (int k = 0; k < ATT_DPT; k++) {
+            const int d = tid + k * ATT_THREADS;
+            if (d < hd) o[d] = part[tid + k * ATT_THREADS] * inv_l;
+        }
+    }
+}
+
+extern "C" int qv_cuda_attention(const qv_cuda_attn_args *a, cudaStream_t s) {
+    if (a->n_tokens <= 0) return 0;
+    if (a->head_dim > QV_CUDA_MAX_HEAD_DIM || a->n_kv_heads <= 0 ||
+        a->n_heads % a->n_kv_heads != 0) {
+        fprintf(stderr, "quiver cuda: attention: unsupported head_dim %d / heads %d/%d (%s:%d)\n",
+                a->head_dim, a->n_heads, a->n_kv_heads, __FILE__, __LINE__);
+        return -1;
+    }
+    dim3 grid((unsigned)a->n_heads, (unsigned)a->n_tokens);
+    k_attention<<<grid, ATT_THREADS, 0, s>>>(*a);
+    LAUNCH_CHECK("attention");
+}

@@ -1,0 +1,77 @@
+/*
+ * cuda_kernels.h - extern "C" launchers of the CUDA backend's kernels (cuda_kernels.cu).
+ *
+ * What: element-wise and row-wise ops on device memory, enqueued on the given stream. Every
+ * launcher checks the launch with cudaGetLastError, logs statement/file/line on failure and
+ * returns -1 (0 on success); none synchronises. What not: no allocation, no cuBLAS (the
+ * projections are in backend_cuda.c). Activations are F32; "half" weights are bf16, or fp16
+ * when `fp16` is non-zero.
+ * Thread: any host thread that owns the stream.
+ */
+#ifndef QV_CUDA_KERNELS_H
+#define QV_CUDA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* y[i] = half(x[i]) (round to nearest even), i < n. */
+int qv_cuda_f32_to_half(const float *x, void *y, size_t n, int fp16, cudaStream_t s);
+/* out[i, :] = float(table[ids[i], :]), table (rows, cols) half. ids on the device. */
+int qv_cuda_get_rows(const void *table, int fp16, const int32_t *ids, int n, int cols,
+                     float *out, cudaStream_t s);
+/* y = x / sqrt(mean(x^2) + eps) * w per row (sum of squares in double). x may alias y. */
+int qv_cuda_rmsnorm(const float *x, const float *w, int n, int dim, float eps, float *y,
+                    cudaStream_t s);
+/* HF rotate_half RoPE in place; pos and inv_freq on the device. */
+int qv_cuda_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                 const float *inv_freq, cudaStream_t s);
+/* out = silu(gate) * up; out may alias gate. */
+int qv_cuda_swiglu(const float *gate, const float *up, float *out, size_t n, cudaStream_t s);
+/* y += x. */
+int qv_cuda_add(float *y, const float *x, size_t n, cudaStream_t s);
+/* y[r, c] += bias[c] for r < n_rows, c < n_cols. */
+int qv_cuda_add_bias(float *y, const float *bias, int n_rows, int n_cols, cudaStream_t s);
+/* Pool slot of token i: ((page[i]) * page_size + off[i]) * kv_dim within the layer's base. */
+int qv_cuda_kv_store(float *k_layer, float *v_layer, int page_size, int kv_dim, const float *k,
+                     const float *v, int n, const int32_t *page, const int32_t *off,
+                     cudaStream_t s);
+/* dst[i, :] = src[idx[i], :] (width floats), idx on the device. */
+int qv_cuda_gather_rows(const float *src, const int32_t *idx, int n, int width, float *dst,
+                        cudaStream_t s);
+/* out[i] = argmax_j x[i, j] (first of equal maxima). */
+int qv_cuda_argmax(const float *x, int n, int width, int32_t *out, cudaStream_t s);
+/* Deterministic uniform values in [-scale, scale) from (seed, index), written as half. */
+int qv_cuda_fill_random_half(void *dst, size_t n, int fp16, uint64_t seed, float scale,
+                             cudaStream_t s);
+/* dst[i] = value. */
+int qv_cuda_fill_f32(float *dst, size_t n, float value, cudaStream_t s);
+
+/* Paged causal attention (backend.h semantics), all pointers on the device. */
+typedef struct qv_cuda_attn_args {
+    const float *q;       /* (n_tokens, n_heads*head_dim) */
+    float *out;           /* (n_tokens, n_heads*head_dim) */
+    const float *k_layer; /* the layer's pool base: (n_pages, page_size, kv_dim) */
+    const float *v_layer;
+    const int32_t *tok_seq;
+    const int32_t *tok_pos;
+    const int32_t *tables; /* (n_seqs, table_stride) page ids */
+    int table_stride;
+    int n_tokens, n_heads, n_kv_heads, head_dim, page_size, window;
+    float scale;
+} qv_cuda_attn_args;
+
+/* Largest head_dim the attention kernel takes. */
+#define QV_CUDA_MAX_HEAD_DIM 256
+
+int qv_cuda_attention(const qv_cuda_attn_args *a, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_CUDA_KERNELS_H */
