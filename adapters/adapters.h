@@ -1,0 +1,195 @@
+/*
+ * adapters.h - parameter-efficient adapters (FORMATS.md 4 and 5): load one adapter from disk or
+ * from memory, validate it against the base model, and hold it as F32 host arrays in HF layout
+ * ready for the forward pass.
+ *
+ * What it is: the on-disk formats of PEFT (LoRA incl. rsLoRA, rank/alpha patterns, DoRA,
+ * lora_bias, embedding / lm_head LoRA, modules_to_save, trainable tokens; IA3; prefix tuning;
+ * prompt tuning; P-tuning; adaption prompt) and AdapterHub bottleneck adapters (seq_bn,
+ * double_seq_bn, par_bn). Pickle files are refused, never parsed.
+ * What it is not: the store, the registry or the device pool; it never runs the model.
+ * Invariants: a loaded qv_adapter is immutable, every array holds finite F32 values, every shape
+ * fits the base model it was loaded against (when one was given). All fields below are
+ * read-only for users; only qv_adapter_free releases them.
+ * Threads: loading and freeing may run on any thread (worker pool); a loaded adapter may be read
+ * by any number of threads.
+ */
+#ifndef QV_ADAPTERS_H
+#define QV_ADAPTERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine/core.h"
+#include "engine/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum qv_adapter_kind {
+    QV_ADAPTER_LORA = 0,       /* PEFT LORA (incl. DoRA, rsLoRA) */
+    QV_ADAPTER_IA3,            /* PEFT IA3 */
+    QV_ADAPTER_PREFIX_TUNING,  /* PEFT PREFIX_TUNING */
+    QV_ADAPTER_PROMPT_TUNING,  /* PEFT PROMPT_TUNING */
+    QV_ADAPTER_P_TUNING,       /* PEFT P_TUNING */
+    QV_ADAPTER_ADAPTION_PROMPT, /* PEFT ADAPTION_PROMPT (LLaMA-Adapter) */
+    QV_ADAPTER_BOTTLENECK,     /* AdapterHub seq_bn / double_seq_bn / par_bn */
+    QV_ADAPTER_KIND_COUNT
+};
+
+/* Per-layer projections an adapter may act on, in HF naming. */
+enum qv_proj {
+    QV_PROJ_Q = 0, /* self_attn.q_proj (n_heads*head_dim, dim) */
+    QV_PROJ_K,     /* self_attn.k_proj (n_kv_heads*head_dim, dim) */
+    QV_PROJ_V,     /* self_attn.v_proj (n_kv_heads*head_dim, dim) */
+    QV_PROJ_O,     /* self_attn.o_proj (dim, n_heads*head_dim) */
+    QV_PROJ_GATE,  /* mlp.gate_proj (n_ff, dim) */
+    QV_PROJ_UP,    /* mlp.up_proj (n_ff, dim) */
+    QV_PROJ_DOWN,  /* mlp.down_proj (dim, n_ff) */
+    QV_PROJ_COUNT
+};
+
+/* Bottleneck activation functions (transformers get_activation names). */
+enum qv_bn_act {
+    QV_BN_ACT_RELU = 0,
+    QV_BN_ACT_SILU,      /* "swish" / "silu": x*sigmoid(x) */
+    QV_BN_ACT_GELU,      /* erf form */
+    QV_BN_ACT_GELU_TANH, /* "gelu_new": tanh approximation */
+    QV_BN_ACT_TANH,
+    QV_BN_ACT_SIGMOID,
+    QV_BN_ACT_LEAKY_RELU, /* slope 0.01 */
+    QV_BN_ACT_IDENTITY    /* "linear" / "identity" */
+};
+
+/* residual_before_ln of BnConfig. */
+enum qv_bn_residual { QV_BN_RES_AFTER_LN = 0, QV_BN_RES_BEFORE_LN, QV_BN_RES_POST_ADD };
+
+typedef struct qv_adapter_limits {
+    int max_rank;          /* largest LoRA rank accepted; 0 = no limit */
+    int max_virtual;       /* largest num_virtual_tokens / adapter_len; 0 = no limit */
+    size_t max_n_bytes;    /* largest total F32 size of the loaded adapter; 0 = no limit */
+    bool strict_base_name; /* refuse (instead of warn) when the base model name clearly differs */
+} qv_adapter_limits;
+
+/* One LoRA delta on a linear map W (n_out, n_in): y += scale * (B (A x) + b_bias).
+ * rank == 0 means "no LoRA on this projection" and every pointer is NULL. */
+typedef struct qv_lora {
+    int rank;
+    float scale; /* alpha/r, or alpha/sqrt(r) with use_rslora; patterns applied */
+    int n_in, n_out;
+    float *a;          /* (rank, n_in); for embeddings (rank, n_vocab) = lora_embedding_A */
+    float *b;          /* (n_out, rank); for embeddings (dim, rank) = lora_embedding_B */
+    float *b_bias;     /* (n_out) lora_B.bias (lora_bias=true) or NULL */
+    float *magnitude;  /* (n_out) DoRA lora_magnitude_vector or NULL */
+    float *dora_scale; /* (n_out) m / ||W + scale*B*A||_row (precomputed with the base) or NULL */
+} qv_lora;
+
+/* One bottleneck adapter at one location of one layer (FORMATS.md 5.3). */
+typedef struct qv_bn_unit {
+    int d;            /* bottleneck size D; 0 = no adapter here */
+    float *down_w;    /* (d, dim) */
+    float *down_b;    /* (d) */
+    float *up_w;      /* (dim, d) */
+    float *up_b;      /* (dim) */
+    float *ln_before_w, *ln_before_b; /* (dim) each, when ln_before; else NULL */
+    float *ln_after_w, *ln_after_b;   /* (dim) each, when ln_after; else NULL */
+    float scaling;      /* fixed or learned scalar (1.0 when channel) */
+    float *scaling_ch;  /* (dim) channel scaling or NULL */
+} qv_bn_unit;
+
+typedef struct qv_adapter_layer {
+    qv_lora lora[QV_PROJ_COUNT];
+    float *ia3[QV_PROJ_COUNT]; /* (n_out) output scaling, or (n_in) when ia3_input; or NULL */
+    bool ia3_input[QV_PROJ_COUNT];
+    qv_bn_unit bn_attn; /* after the attention sub-block (mh_adapter) */
+    qv_bn_unit bn_ffn;  /* after the FFN sub-block (output_adapter) */
+} qv_adapter_layer;
+
+typedef struct qv_adapter {
+    enum qv_adapter_kind kind;
+    char *base_name;  /* base_model_name_or_path / model_name from the config, or NULL (owned) */
+    char *name;       /* AdapterHub adapter name, or NULL (owned) */
+    int n_layers;     /* layers of the base (or inferred from keys when loaded without a base) */
+    int dim, n_vocab; /* base hidden size / vocab (0 when unknown) */
+    int n_kv_heads, head_dim;
+    qv_adapter_layer *layers; /* [n_layers] (owned) */
+
+    /* ---- LoRA extras ---- */
+    bool use_rslora, use_dora, lora_bias;
+    qv_lora embed_lora;   /* a: (rank, n_vocab), b: (dim, rank); rank 0 when absent */
+    qv_lora lm_head_lora; /* a: (rank, dim), b: (n_vocab, rank); rank 0 when absent */
+    float *embed_replace;   /* (n_vocab, dim) modules_to_save embed_tokens or NULL */
+    float *lm_head_replace; /* (n_vocab, dim) modules_to_save lm_head or NULL */
+    int n_trainable_tokens;
+    int32_t *trainable_ids;    /* [n_trainable_tokens] token ids */
+    float *trainable_rows;     /* (n_trainable_tokens, dim) new embedding rows */
+
+    /* ---- prompt learning ---- */
+    int n_virtual;     /* virtual tokens (prefix / prompt / p-tuning) */
+    float *prefix_k;   /* (n_layers, n_virtual, n_kv_heads*head_dim), raw (no RoPE) */
+    float *prefix_v;   /* (n_layers, n_virtual, n_kv_heads*head_dim) */
+    float *prompt_embd; /* (n_virtual, dim) prompt / p-tuning input embeddings */
+
+    /* ---- adaption prompt: layers ap_first_layer .. n_layers-1 ---- */
+    int ap_n_layers, ap_len, ap_first_layer;
+    float *ap_prompt; /* (ap_n_layers, ap_len, dim) */
+    float *ap_gate;   /* (ap_n_layers) raw gates (no tanh) */
+
+    /* ---- bottleneck (per-layer units live in layers[i].bn_*) ---- */
+    bool bn_parallel, bn_mh_adapter, bn_output_adapter;
+    bool bn_original_ln_before, bn_original_ln_after, bn_ln_before, bn_ln_after;
+    bool bn_adapter_residual_before_ln;
+    enum qv_bn_residual bn_residual;
+    enum qv_bn_act bn_act;
+    char bn_scaling_mode[16]; /* "fixed", "learned" or "channel" */
+
+    size_t n_bytes;  /* bytes of all F32 arrays owned */
+    bool has_base;   /* validated (and DoRA precomputed) against a base model */
+    void **priv_allocs; /* internal: every array above, for qv_adapter_free */
+    size_t priv_n, priv_cap;
+} qv_adapter;
+
+/*
+ * Loads the adapter in directory `dir` (adapter_config.json + adapter_model.safetensors, or
+ * AdapterHub adapter_config.json + adapter.safetensors). `base` may be NULL (inspection only:
+ * shapes are checked for internal consistency, DoRA scales are not computed); otherwise every
+ * shape is checked against it. `lim` may be NULL (no limits).
+ * Owner: on success *out belongs to the caller (qv_adapter_free). On failure nothing is leaked,
+ * *out is NULL and err holds one line naming the file, tensor or option at fault:
+ * QV_ERR_NOT_FOUND (missing file or tensor), QV_ERR_INVALID (malformed, shape mismatch,
+ * non-finite values, unexpected keys), QV_ERR_UNSUPPORTED (pickle files, unknown kinds,
+ * options quiver does not implement), QV_ERR_LIMIT (rank / size limits), QV_ERR_NOMEM.
+ * Thread: any (slow; meant for the worker pool).
+ */
+qv_status qv_adapter_load(const char *dir, const qv_model *base, const qv_adapter_limits *lim,
+                          qv_adapter **out, qv_error *err);
+
+/* Same from memory: the config JSON text (config_len bytes, need not be NUL-terminated) and the
+ * safetensors bytes. The buffers are only read during the call. Errors as qv_adapter_load
+ * (messages name no file). */
+qv_status qv_adapter_load_buffer(const char *config, size_t config_len, const void *weights,
+                                 size_t weights_len, const qv_model *base,
+                                 const qv_adapter_limits *lim, qv_adapter **out, qv_error *err);
+
+/* Releases an adapter and everything it owns. Accepts NULL. */
+void qv_adapter_free(qv_adapter *ad);
+
+/* Bytes of host memory held by the adapter's arrays. */
+size_t qv_adapter_n_bytes(const qv_adapter *ad);
+
+/* Prints kind, targets, ranks, scales, virtual tokens, sizes and whether it was validated
+ * against a base model. Any thread. */
+void qv_adapter_describe(const qv_adapter *ad, FILE *f);
+
+/* Names ("LORA", "q_proj", "relu", ...). Never NULL. */
+const char *qv_adapter_kind_name(enum qv_adapter_kind k);
+const char *qv_proj_name(enum qv_proj p);
+const char *qv_bn_act_name(enum qv_bn_act a);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_ADAPTERS_H */
