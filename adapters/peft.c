@@ -576,7 +576,7 @@ static qv_status load_ia3(qv__adapter_ctx *c) {
             bool shaped_in = t->n_dims == 2 && t->shape[0] == 1 && (n_in < 0 || t->shape[1] == n_in);
             bool shaped_out = t->n_dims == 2 && t->shape[1] == 1 &&
                               (n_out < 0 || t->shape[0] == n_out);
-            if (ff != shaped_in && (ff || shaped_out)) {
+            if (ff ? !shaped_in : !shaped_out) {
                 char b[64];
                 return qv_errorf(c->err, QV_ERR_INVALID,
                                  "tensor %s: shape %s does not match %s scaling (%s is %sin "
