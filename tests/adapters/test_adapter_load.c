@@ -262,11 +262,41 @@ static void test_buffer_entry(void **state) {
     free(w);
 }
 
+/* DoRA against a quantized GGUF base: the norms use the dequantized rows (qv_dequantize_row),
+ * so m/||W+sBA|| stays within the quantization error of the oracle's F32 values. */
+static void test_dora_gguf_base(void **state) {
+    (void)state;
+    qv_model *m = NULL;
+    qv_error err;
+    assert_int_equal(qv_model_load(qv_test_path("tests/fixtures/models/tiny-llama-gqa.q8_0.gguf"),
+                                   &m, &err), QV_OK);
+    qv_adapter *ad = NULL;
+    qv_status s = qv_adapter_load(qv_test_path("tests/fixtures/adapters/tiny-llama-gqa/dora"), m,
+                                  NULL, &ad, &err);
+    if (s != QV_OK) fail_msg("%s", err.msg);
+    const cJSON *e;
+    int n = 0;
+    cJSON_ArrayForEach(e, checks) {
+        if (strcmp(str(e, "dir"), "tests/fixtures/adapters/tiny-llama-gqa/dora")) continue;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(e, "lora")) {
+            const qv_lora *x = find_lora(ad, str(c, "path"));
+            check_samples("dora scale (q8_0 base)", x->dora_scale, (size_t)x->n_out,
+                          cJSON_GetObjectItemCaseSensitive(c, "dora_scale"), 1e-2);
+            n++;
+        }
+    }
+    assert_true(n > 0);
+    qv_adapter_free(ad);
+    qv_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_all_fixtures),
         cmocka_unit_test(test_without_base),
         cmocka_unit_test(test_buffer_entry),
+        cmocka_unit_test(test_dora_gguf_base),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
