@@ -65,7 +65,7 @@ struct qv_registry {
     struct qv_registry_entry *lru_head, *lru_tail; /* head: least recently used */
     qv_registry_stats stats;
 
-    pthread_mutex_t mu;    /* guards the fields below */
+    pthread_mutex_t mu;     /* guards the fields below */
     pthread_cond_t todo_cv; /* workers wait for jobs */
     pthread_cond_t done_cv; /* qv_registry_wait waits for results */
     job *todo_head, *todo_tail;
@@ -83,7 +83,8 @@ static void *worker_main(void *arg) {
     qv_registry_t *reg = arg;
     for (;;) {
         pthread_mutex_lock(&reg->mu);
-        while (!reg->stop && !reg->todo_head) pthread_cond_wait(&reg->todo_cv, &reg->mu);
+        while (!reg->stop && !reg->todo_head)
+            pthread_cond_wait(&reg->todo_cv, &reg->mu);
         if (reg->stop) {
             pthread_mutex_unlock(&reg->mu);
             return NULL;
@@ -96,8 +97,8 @@ static void *worker_main(void *arg) {
         j->obj = NULL;
         j->n_bytes = 0;
         memset(&j->err, 0, sizeof j->err);
-        j->status = reg->loader.load(reg->loader.user, j->path, j->version, &j->obj, &j->n_bytes,
-                                     &j->err);
+        j->status =
+            reg->loader.load(reg->loader.user, j->path, j->version, &j->obj, &j->n_bytes, &j->err);
         if (j->status != QV_OK && j->obj) {
             reg->loader.free(reg->loader.user, j->obj); /* a sloppy loader must not leak */
             j->obj = NULL;
@@ -128,7 +129,8 @@ static void job_free(qv_registry_t *reg, job *j) {
 
 static size_t bucket_of(const char *version) {
     uint32_t h = 2166136261u;
-    for (const char *p = version; *p; p++) h = (h ^ (uint8_t)*p) * 16777619u;
+    for (const char *p = version; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
     return h % N_BUCKETS;
 }
 
@@ -179,7 +181,8 @@ static void drop_device(qv_registry_t *reg, struct qv_registry_entry *e) {
 /* Unlinks and frees an entry with its objects. LOADING entries only from poll. */
 static void entry_remove(qv_registry_t *reg, struct qv_registry_entry *e) {
     struct qv_registry_entry **pp = &reg->buckets[bucket_of(e->version)];
-    while (*pp != e) pp = &(*pp)->hnext;
+    while (*pp != e)
+        pp = &(*pp)->hnext;
     *pp = e->hnext;
     lru_unlink(reg, e);
     drop_device(reg, e);
@@ -198,7 +201,8 @@ static bool evictable(const struct qv_registry_entry *e) {
 
 /* Frees host room for `need` more bytes by evicting LRU entries (never `keep`). Evicts nothing
  * unless the room can be made. */
-static bool make_host_room(qv_registry_t *reg, uint64_t need, const struct qv_registry_entry *keep) {
+static bool make_host_room(qv_registry_t *reg, uint64_t need,
+                           const struct qv_registry_entry *keep) {
     uint64_t budget = reg->budgets.host_bytes, used = reg->stats.host_bytes_used;
     if (need > budget) return false;
     if (used + need <= budget) return true;
@@ -302,9 +306,8 @@ static qv_status start_load(qv_registry_t *reg, const char *ref, const char *ver
 /* ---- public API ---- */
 
 qv_status qv_registry_create(qv_store_t *store, const qv_registry_loader *loader,
-                             const qv_registry_budgets *budgets,
-                             const qv_registry_device_i *device, qv_registry_t **out,
-                             qv_error *err) {
+                             const qv_registry_budgets *budgets, const qv_registry_device_i *device,
+                             qv_registry_t **out, qv_error *err) {
     *out = NULL;
     if (!store || !loader || !loader->load || !loader->free || !budgets)
         return qv_errorf(err, QV_ERR_INVALID, "registry needs a store, a loader and budgets");
@@ -365,7 +368,8 @@ void qv_registry_destroy(qv_registry_t *reg) {
         pthread_cond_broadcast(&reg->todo_cv);
         pthread_mutex_unlock(&reg->mu);
     }
-    for (int i = 0; i < reg->n_threads; i++) pthread_join(reg->threads[i], NULL);
+    for (int i = 0; i < reg->n_threads; i++)
+        pthread_join(reg->threads[i], NULL);
     qv_free(reg->threads);
     for (job *j = reg->todo_head, *n; j; j = n) {
         n = j->next;
@@ -568,6 +572,4 @@ unsigned qv_registry_tiers(const qv_registry_t *reg, const char *version) {
     return t;
 }
 
-void qv_registry_get_stats(const qv_registry_t *reg, qv_registry_stats *out) {
-    *out = reg->stats;
-}
+void qv_registry_get_stats(const qv_registry_t *reg, qv_registry_stats *out) { *out = reg->stats; }

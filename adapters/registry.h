@@ -98,17 +98,16 @@ typedef struct qv_registry_event {
     enum qv_registry_event_kind kind;
     char version[QV_STORE_VERSION_LEN + 1];
     char ref[QV_STORE_NAME_MAX + 1]; /* the reference whose acquire or pin started the load */
-    qv_status status;                   /* QV_OK for LOADED */
-    char msg[512]; /* the loader's message for LOAD_FAILED (a qv_error message) */
+    qv_status status;                /* QV_OK for LOADED */
+    char msg[512];                   /* the loader's message for LOAD_FAILED (a qv_error message) */
 } qv_registry_event;
 
 /* Creates a registry over `store` (borrowed; must outlive the registry) and starts its worker
  * threads. loader->load and loader->free are required; device may be NULL. *out is owned by
  * the caller (qv_registry_destroy). Errors: QV_ERR_INVALID, QV_ERR_NOMEM. */
 qv_status qv_registry_create(qv_store_t *store, const qv_registry_loader *loader,
-                             const qv_registry_budgets *budgets,
-                             const qv_registry_device_i *device, qv_registry_t **out,
-                             qv_error *err);
+                             const qv_registry_budgets *budgets, const qv_registry_device_i *device,
+                             qv_registry_t **out, qv_error *err);
 
 /* Stops the workers (waiting for loads in progress), frees every loaded object and entry.
  * Handles still held become invalid. Accepts NULL. */

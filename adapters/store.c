@@ -30,16 +30,14 @@
 /* ------------------------------------------------------------------------------------------ */
 
 static const uint32_t sha_k[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2};
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
 static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
@@ -56,8 +54,8 @@ static void sha_block(uint32_t h[8], const uint8_t *p) {
     }
     uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) +
-                      sha_k[i] + w[i];
+        uint32_t t1 =
+            hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + sha_k[i] + w[i];
         uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
         hh = g;
         g = f;
@@ -99,7 +97,8 @@ void qv_sha256_update(qv_sha256 *s, const void *data, size_t n) {
         sha_block(s->h, s->buf);
         s->n_buf = 0;
     }
-    for (; n >= 64; n -= 64, p += 64) sha_block(s->h, p);
+    for (; n >= 64; n -= 64, p += 64)
+        sha_block(s->h, p);
     if (n) {
         memcpy(s->buf, p, n);
         s->n_buf = n;
@@ -110,7 +109,8 @@ void qv_sha256_final(qv_sha256 *s, uint8_t out[32]) {
     uint64_t n_bits = s->n_bytes * 8;
     uint8_t pad[72] = {0x80};
     size_t n_pad = (s->n_buf < 56 ? 56 : 120) - s->n_buf;
-    for (int i = 0; i < 8; i++) pad[n_pad + (size_t)i] = (uint8_t)(n_bits >> (56 - 8 * i));
+    for (int i = 0; i < 8; i++)
+        pad[n_pad + (size_t)i] = (uint8_t)(n_bits >> (56 - 8 * i));
     qv_sha256_update(s, pad, n_pad + 8);
     QV_ASSERT(s->n_buf == 0);
     for (int i = 0; i < 8; i++) {
@@ -340,9 +340,8 @@ bool qv_store_filename_valid(const char *f) {
 /* ------------------------------------------------------------------------------------------ */
 
 qv_store_options qv_store_default_options(void) {
-    qv_store_options o = {.tmp_max_age_s = 3600.0,
-                          .gc_grace_s = 3600.0,
-                          .max_upload_bytes = (uint64_t)16 << 30};
+    qv_store_options o = {
+        .tmp_max_age_s = 3600.0, .gc_grace_s = 3600.0, .max_upload_bytes = (uint64_t)16 << 30};
     return o;
 }
 
@@ -394,7 +393,8 @@ qv_status qv_store_open(const char *root, const qv_store_options *opts, qv_store
         goto fail;
     }
     size_t n = strlen(s->root);
-    while (n > 1 && s->root[n - 1] == '/') s->root[--n] = '\0';
+    while (n > 1 && s->root[n - 1] == '/')
+        s->root[--n] = '\0';
     s->opts = opts ? *opts : qv_store_default_options();
     atomic_init(&s->seq, 0);
     if ((st = mkdir_p1(s->root, err)) != QV_OK) goto fail;
@@ -483,7 +483,8 @@ qv_status qv_store_hash_dir(const char *dir, bool fsync_files, char version_out[
         }
         uint8_t hdr[8];
         uint64_t size = (uint64_t)sb.st_size, got = 0;
-        for (int b = 0; b < 8; b++) hdr[b] = (uint8_t)(size >> (8 * b));
+        for (int b = 0; b < 8; b++)
+            hdr[b] = (uint8_t)(size >> (8 * b));
         qv_sha256_update(&sha, names[i], strlen(names[i]) + 1);
         qv_sha256_update(&sha, hdr, 8);
         for (;;) {
@@ -509,7 +510,8 @@ qv_status qv_store_hash_dir(const char *dir, bool fsync_files, char version_out[
     to_hex(dig, version_out);
 done:
     closedir(d);
-    for (size_t i = 0; i < n_names; i++) qv_free(names[i]);
+    for (size_t i = 0; i < n_names; i++)
+        qv_free(names[i]);
     qv_free(buf);
     return st;
 }
@@ -539,8 +541,8 @@ qv_status qv_store_begin(qv_store_t *store, qv_store_txn_t **out, qv_error *err)
 
 const char *qv_store_txn_dir(const qv_store_txn_t *txn) { return txn->dir; }
 
-qv_status qv_store_txn_write(qv_store_txn_t *txn, const char *filename, const void *buf,
-                             size_t len, qv_error *err) {
+qv_status qv_store_txn_write(qv_store_txn_t *txn, const char *filename, const void *buf, size_t len,
+                             qv_error *err) {
     if (!qv_store_filename_valid(filename))
         return qv_errorf(err, QV_ERR_INVALID, "file name '%s' is not allowed in an adapter",
                          filename ? filename : "(null)");

@@ -103,8 +103,8 @@ qv_status qv_store_begin(qv_store_t *store, qv_store_txn_t **out, qv_error *err)
 /* Appends `len` bytes to `filename` in the transaction (created on first write).
  * Errors: QV_ERR_INVALID (filename not allowed), QV_ERR_LIMIT (max_upload_bytes), QV_ERR_IO.
  * After an error the transaction may still be aborted or committed by the caller. */
-qv_status qv_store_txn_write(qv_store_txn_t *txn, const char *filename, const void *buf,
-                             size_t len, qv_error *err);
+qv_status qv_store_txn_write(qv_store_txn_t *txn, const char *filename, const void *buf, size_t len,
+                             qv_error *err);
 
 /* Path of the transaction's temp directory (for validators or streaming writers that want the
  * files themselves); owned by the transaction. */
@@ -125,8 +125,7 @@ void qv_store_abort(qv_store_txn_t *txn);
  * each contributing name bytes, one NUL byte, its size as 8 bytes little endian, then its
  * contents. Rejects files whose names are not allowed (QV_ERR_INVALID). If fsync_files is true
  * every file is fsynced while it is read. */
-qv_status qv_store_hash_dir(const char *dir, bool fsync_files, char version_out[65],
-                            qv_error *err);
+qv_status qv_store_hash_dir(const char *dir, bool fsync_files, char version_out[65], qv_error *err);
 
 /* Resolves a version id, a name or an alias (in that order; an alias names one name or one
  * version, never another alias). version_out receives the id; path_out (may be NULL) receives

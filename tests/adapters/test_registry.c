@@ -32,12 +32,12 @@
 typedef struct fake {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool gate_open;     /* loads block until this is true */
-    int n_loads;        /* loader calls */
-    int n_frees;        /* objects freed */
-    int n_live;         /* objects alive */
+    bool gate_open; /* loads block until this is true */
+    int n_loads;    /* loader calls */
+    int n_frees;    /* objects freed */
+    int n_live;     /* objects alive */
     pthread_t threads[256];
-    int n_threads;      /* thread ids seen by the loader (first 256) */
+    int n_threads; /* thread ids seen by the loader (first 256) */
     atomic_int n_notify;
 } fake;
 
@@ -52,7 +52,8 @@ static qv_status fake_load(void *user, const char *path, const char *version, vo
     pthread_mutex_lock(&f->mu);
     f->n_loads++;
     if (f->n_threads < 256) f->threads[f->n_threads++] = pthread_self();
-    while (!f->gate_open) pthread_cond_wait(&f->cv, &f->mu);
+    while (!f->gate_open)
+        pthread_cond_wait(&f->cv, &f->mu);
     pthread_mutex_unlock(&f->mu);
 
     char p[4096];
@@ -183,10 +184,10 @@ static fix *fix_new(uint64_t host_bytes, const qv_registry_device_i *dev, uint64
     pthread_cond_init(&x->f.cv, NULL);
     x->f.gate_open = gate_open;
     atomic_init(&x->f.n_notify, 0);
-    qv_registry_loader l = {.load = fake_load, .free = fake_free, .notify = fake_notify,
-                            .user = &x->f};
-    qv_registry_budgets b = {.host_bytes = host_bytes, .device_bytes = dev_bytes,
-                             .n_workers = n_workers};
+    qv_registry_loader l = {
+        .load = fake_load, .free = fake_free, .notify = fake_notify, .user = &x->f};
+    qv_registry_budgets b = {
+        .host_bytes = host_bytes, .device_bytes = dev_bytes, .n_workers = n_workers};
     assert_int_equal(qv_registry_create(x->store, &l, &b, dev, &x->reg, &err), QV_OK);
     return x;
 }
@@ -253,7 +254,8 @@ static void test_one_load_many_acquires(void **state) {
         assert_null(h);
     }
     /* Wait until the (single) load is inside the loader, then check nothing else started. */
-    for (int i = 0; i < 1000 && fake_get(&x->f, &x->f.n_loads) == 0; i++) usleep(1000);
+    for (int i = 0; i < 1000 && fake_get(&x->f, &x->f.n_loads) == 0; i++)
+        usleep(1000);
     usleep(20000);
     assert_int_equal(fake_get(&x->f, &x->f.n_loads), 1);
     qv_registry_stats s = stats(x);
@@ -270,7 +272,8 @@ static void test_one_load_many_acquires(void **state) {
     assert_string_equal(ev.version, v);
     assert_string_equal(ev.ref, v); /* the first acquire used the version id */
     /* notify runs after the result is queued, so it may trail the poll a little. */
-    for (int i = 0; i < 2000 && atomic_load(&x->f.n_notify) < 1; i++) usleep(1000);
+    for (int i = 0; i < 2000 && atomic_load(&x->f.n_notify) < 1; i++)
+        usleep(1000);
     assert_int_equal(atomic_load(&x->f.n_notify), 1);
 
     /* The load ran on a worker thread, not on this (engine) thread. */
@@ -301,8 +304,10 @@ static void test_lru_and_budget(void **state) {
     fix *x = fix_new(300, NULL, 0, 2, true);
     char v[4][65];
     const char *names[] = {"a", "b", "c", "d"};
-    for (int i = 0; i < 4; i++) put(x, names[i], 100, 0, v[i]);
-    for (int i = 0; i < 3; i++) qv_registry_release(load_and_acquire(x, names[i]));
+    for (int i = 0; i < 4; i++)
+        put(x, names[i], 100, 0, v[i]);
+    for (int i = 0; i < 3; i++)
+        qv_registry_release(load_and_acquire(x, names[i]));
     /* Touch a: LRU order is now b, c, a. */
     qv_registry_release(load_and_acquire(x, "a"));
     qv_registry_release(load_and_acquire(x, "d"));
@@ -327,7 +332,8 @@ static void test_refcount_and_pin_protect(void **state) {
     fix *x = fix_new(300, NULL, 0, 2, true);
     char v[5][65];
     const char *names[] = {"a", "b", "c", "d", "huge"};
-    for (int i = 0; i < 4; i++) put(x, names[i], 100, 0, v[i]);
+    for (int i = 0; i < 4; i++)
+        put(x, names[i], 100, 0, v[i]);
     put(x, "huge", 301, 0, v[4]);
     qv_error err = {0};
     qv_registry_handle *ha = load_and_acquire(x, "a"); /* held */
@@ -467,7 +473,8 @@ static void test_device_tier(void **state) {
     fix *x = fix_new(1000, &di, 200, 2, true);
     char v[4][65];
     const char *names[] = {"a", "b", "c", "big"};
-    for (int i = 0; i < 3; i++) put(x, names[i], 100, 0, v[i]);
+    for (int i = 0; i < 3; i++)
+        put(x, names[i], 100, 0, v[i]);
     put(x, "big", 201, 0, v[3]);
     qv_registry_handle *ha = load_and_acquire(x, "a");
     assert_ptr_equal(qv_registry_handle_device(ha),
@@ -534,7 +541,8 @@ static void test_stress(void **state) {
         }
         qv_registry_event ev[8];
         size_t n = qv_registry_poll(x->reg, ev, 8);
-        for (size_t i = 0; i < n; i++) ev[i].kind == QV_REGISTRY_EV_LOADED ? n_loaded++ : n_failed++;
+        for (size_t i = 0; i < n; i++)
+            ev[i].kind == QV_REGISTRY_EV_LOADED ? n_loaded++ : n_failed++;
         qv_registry_stats s = stats(x);
         assert_true(s.host_bytes_used <= 1000);
         if (it % 100 == 0) usleep(500);
@@ -543,8 +551,8 @@ static void test_stress(void **state) {
         if (held[i]) qv_registry_release(held[i]);
     qv_registry_stats s = stats(x);
     fprintf(stderr, "stress: %llu loads, %zu loaded, %zu failed, %llu evictions, %llu hits\n",
-            (unsigned long long)s.loads, n_loaded, n_failed,
-            (unsigned long long)s.evictions_host, (unsigned long long)s.hits);
+            (unsigned long long)s.loads, n_loaded, n_failed, (unsigned long long)s.evictions_host,
+            (unsigned long long)s.hits);
     assert_true(s.hits > 0);
     assert_true(s.evictions_host > 0);
     assert_true(n_failed > 0); /* ad07 always fails */

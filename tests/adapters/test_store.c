@@ -68,7 +68,8 @@ static size_t count_entries(const char *root, const char *sub) {
 static uint8_t *pattern(size_t n) {
     uint8_t *b = malloc(n ? n : 1);
     assert_non_null(b);
-    for (size_t i = 0; i < n; i++) b[i] = (uint8_t)((7 * i + 3) % 256);
+    for (size_t i = 0; i < n; i++)
+        b[i] = (uint8_t)((7 * i + 3) % 256);
     return b;
 }
 
@@ -83,8 +84,7 @@ static qv_status publish(qv_store_t *s, const char *name, const char *config, co
     qv_store_txn_t *t = NULL;
     qv_status st = qv_store_begin(s, &t, err);
     if (st != QV_OK) return st;
-    if ((st = qv_store_txn_write(t, "adapter_config.json", config, strlen(config), err)) !=
-        QV_OK) {
+    if ((st = qv_store_txn_write(t, "adapter_config.json", config, strlen(config), err)) != QV_OK) {
         qv_store_abort(t);
         return st;
     }
@@ -135,7 +135,8 @@ static void test_sha256_vectors(void **state) {
         }
         qv_sha256_final(&s, d);
         char hex[65];
-        for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+        for (int i = 0; i < 32; i++)
+            snprintf(hex + 2 * i, 3, "%02x", d[i]);
         assert_string_equal(hex, want);
         free(msg);
         n_checked++;
@@ -159,17 +160,17 @@ static void test_name_validation(void **state) {
     memset(too_long, 'x', 129);
     too_long[129] = '\0';
     assert_false(qv_store_name_valid(too_long));
-    const char *bad[] = {"", ".", "..", ".hidden", "-x", "_x", "a/b", "a..b", "a b", "a\\b",
-                         "é", "a\nb", "../etc", "a:b", "tmp/"};
+    const char *bad[] = {"",    ".",    "..", ".hidden", "-x",     "_x",  "a/b", "a..b",
+                         "a b", "a\\b", "é",  "a\nb",    "../etc", "a:b", "tmp/"};
     for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++) {
         if (qv_store_name_valid(bad[i])) fprintf(stderr, "accepted '%s'\n", bad[i]);
         assert_false(qv_store_name_valid(bad[i]));
     }
     assert_false(qv_store_name_valid(NULL));
-    assert_true(qv_store_version_valid(
-        "0605070f03f2ef26d93e911eddf41ea87ec501b16616b8d143328ed88b4236b2"));
-    assert_false(qv_store_version_valid(
-        "0605070F03f2ef26d93e911eddf41ea87ec501b16616b8d143328ed88b4236b2"));
+    assert_true(
+        qv_store_version_valid("0605070f03f2ef26d93e911eddf41ea87ec501b16616b8d143328ed88b4236b2"));
+    assert_false(
+        qv_store_version_valid("0605070F03f2ef26d93e911eddf41ea87ec501b16616b8d143328ed88b4236b2"));
     assert_false(qv_store_version_valid("0605"));
     assert_true(qv_store_filename_valid("adapter_config.json"));
     assert_true(qv_store_filename_valid("adapter_model.safetensors"));
@@ -569,7 +570,8 @@ static void test_concurrent_publishers(void **state) {
         char buf[64 * N_ROUNDS];
         size_t got = 0;
         ssize_t r;
-        while ((r = read(fds[i][0], buf + got, sizeof buf - got)) > 0) got += (size_t)r;
+        while ((r = read(fds[i][0], buf + got, sizeof buf - got)) > 0)
+            got += (size_t)r;
         close(fds[i][0]);
         assert_int_equal(got, sizeof buf);
         memcpy(common[i], buf, 64);
@@ -605,9 +607,9 @@ static void test_concurrent_publishers(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sha256_vectors),   cmocka_unit_test(test_name_validation),
-        cmocka_unit_test(test_publish_resolve),  cmocka_unit_test(test_rejections),
-        cmocka_unit_test(test_open_cleans_tmp),  cmocka_unit_test(test_crash_every_step),
+        cmocka_unit_test(test_sha256_vectors),        cmocka_unit_test(test_name_validation),
+        cmocka_unit_test(test_publish_resolve),       cmocka_unit_test(test_rejections),
+        cmocka_unit_test(test_open_cleans_tmp),       cmocka_unit_test(test_crash_every_step),
         cmocka_unit_test(test_concurrent_publishers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
