@@ -28,6 +28,7 @@
 #define ALIGN 256
 #define MAX_ALLOCS 256
 #define MAX_STAGED 32
+#define BLAS_WS_BYTES ((size_t)32 << 20)
 
 typedef struct wentry {
     const void *key; /* host data pointer */
@@ -62,6 +63,7 @@ typedef struct cuda_ctx {
     } allocs[MAX_ALLOCS];
     int n_allocs;
     /* GEMM input in half precision */
+    void *blas_ws; /* cuBLAS workspace, set once so GEMMs never allocate */
     void *xh;
     size_t xh_elems;
     const float *xh_src;
@@ -253,6 +255,18 @@ static void ring_reset(cuda_ctx *cx) {
     cx->st_next = 0;
 }
 
+/* Makes room for `bytes` of staging in one go (an op stages all its arrays after this call,
+ * so a reset in the middle cannot overwrite an array the same op staged before). */
+static int ensure_room(cuda_ctx *cx, size_t bytes) {
+    if (cx->failed) return 0;
+    if (bytes > cx->m_size) return fail_msg(cx, "metadata larger than the staging buffer");
+    if (cx->m_used + bytes > cx->m_size) {
+        if (!CU_OK(cx, cudaStreamSynchronize(cx->stream))) return 0;
+        ring_reset(cx);
+    }
+    return 1;
+}
+
 /* Device copy of host array `p` (bytes). NULL after a failure. */
 static const void *stage(cuda_ctx *cx, const void *p, size_t bytes) {
     if (cx->failed) return NULL;
@@ -306,6 +320,7 @@ static void cu_destroy(qv_backend *be) {
         if (cx->w_base) (void)CU_OK(NULL, cudaFree(cx->w_base));
         if (cx->a_base) (void)CU_OK(NULL, cudaFree(cx->a_base));
         if (cx->xh) (void)CU_OK(NULL, cudaFree(cx->xh));
+        if (cx->blas_ws) (void)CU_OK(NULL, cudaFree(cx->blas_ws));
         if (cx->m_dev) (void)CU_OK(NULL, cudaFree(cx->m_dev));
         if (cx->m_host) (void)CU_OK(NULL, cudaFreeHost(cx->m_host));
         if (cx->stream) (void)CU_OK(NULL, cudaStreamDestroy(cx->stream));
@@ -358,6 +373,7 @@ static void cu_get_rows(qv_backend *be, const qv_tensor *table, const int32_t *i
         fail_msg(cx, "get_rows: table is not a resident 2-D weight");
         return;
     }
+    if (!ensure_room(cx, align_up((size_t)n * sizeof(int32_t)))) return;
     const int32_t *d_ids = stage(cx, ids, (size_t)n * sizeof(int32_t));
     if (!d_ids) return;
     (void)K_OK(cx, qv_cuda_get_rows(e->dev, e->fp16, d_ids, n, (int)e->n_cols, out, cx->stream));
@@ -402,6 +418,7 @@ static void cu_matmul(qv_backend *be, const qv_tensor *w, const float *x, int n,
             return;
     }
     if (bias) {
+        if (!ensure_room(cx, align_up((size_t)rows * sizeof(float)))) return;
         const float *db = dev_f32(cx, bias, (size_t)rows);
         if (!db) return;
         (void)K_OK(cx, qv_cuda_add_bias(y, db, n, rows, cx->stream));
@@ -413,6 +430,7 @@ static void cu_rmsnorm(qv_backend *be, const float *x, const float *w, int n, in
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
+    if (!ensure_room(cx, align_up((size_t)dim * sizeof(float)))) return;
     const float *dw = dev_f32(cx, w, (size_t)dim);
     if (!dw) return;
     (void)K_OK(cx, qv_cuda_rmsnorm(x, dw, n, dim, eps, y, cx->stream));
@@ -423,6 +441,7 @@ static void cu_rope(qv_backend *be, float *x, int n, int n_heads, int head_dim, 
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
+    if (!ensure_room(cx, align_up((size_t)n * 4) + align_up((size_t)head_dim * 2))) return;
     const int32_t *dp = stage(cx, pos, (size_t)n * sizeof(int32_t));
     const float *df = dev_f32(cx, inv_freq, (size_t)head_dim / 2);
     if (!dp || !df) return;
@@ -454,6 +473,7 @@ static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
+    if (!ensure_room(cx, 2 * align_up((size_t)n * sizeof(int32_t)))) return;
     const int32_t *dp = stage(cx, slot_page, (size_t)n * sizeof(int32_t));
     const int32_t *doff = stage(cx, slot_off, (size_t)n * sizeof(int32_t));
     if (!dp || !doff) return;
@@ -486,6 +506,9 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
         int32_t *row = cx->flat + (size_t)s * (size_t)stride;
         for (int p = 0; p < np; p++) row[p] = ab->page_table[s][p];
     }
+    if (!ensure_room(cx, align_up(n_flat * sizeof(int32_t)) +
+                             2 * align_up((size_t)ab->n_tokens * sizeof(int32_t))))
+        return;
     const int32_t *d_tab = stage(cx, cx->flat, n_flat * sizeof(int32_t));
     const int32_t *d_seq = stage(cx, ab->tok_seq, (size_t)ab->n_tokens * sizeof(int32_t));
     const int32_t *d_pos = stage(cx, ab->tok_pos, (size_t)ab->n_tokens * sizeof(int32_t));
@@ -536,6 +559,7 @@ static void cu_gather_rows(qv_backend *be, const float *src, const int32_t *idx,
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
+    if (!ensure_room(cx, align_up((size_t)n * sizeof(int32_t)))) return;
     const int32_t *d = stage(cx, idx, (size_t)n * sizeof(int32_t));
     if (!d) return;
     (void)K_OK(cx, qv_cuda_gather_rows(src, d, n, width, dst, cx->stream));
@@ -623,6 +647,12 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
         goto fail;
     }
     /* Scratch and metadata first (small), then weights, then the arena from what is left. */
+    if ((st = dev_malloc(cx, &cx->blas_ws, BLAS_WS_BYTES, "cuBLAS workspace", err)) != QV_OK)
+        goto fail;
+    if (!BLAS_OK(cx, cublasSetWorkspace(cx->blas, cx->blas_ws, BLAS_WS_BYTES))) {
+        st = qv_errorf(err, QV_ERR_DEVICE, "cuda: cannot set the cuBLAS workspace");
+        goto fail;
+    }
     cx->xh_elems = (size_t)o.max_tokens * max_width;
     if ((st = dev_malloc(cx, &cx->xh, cx->xh_elems * 2, "GEMM scratch", err)) != QV_OK) goto fail;
     cx->m_size = o.meta_bytes;

@@ -1,0 +1,172 @@
+/*
+ * bench_gpu_decode.c - decode throughput of the CUDA backend on synthetic models with real
+ * shapes (SmolLM2-135M and a ~1B Llama: hidden 2048, 16 layers, 32/8 heads, ff 8192, vocab
+ * 128256, tied), random bf16 weights generated on the device.
+ *
+ * Per model and batch B in {1, 32, 128}: B sequences are prefilled with 32-token prompts, then
+ * 3 untimed and STEPS timed greedy decode steps run (qv_forward_run_greedy: the whole batch's
+ * forward pass, lm_head and argmax on the device, B token ids read back per step). Reported:
+ * ms per step, aggregate tokens/s, and the ratio to the HBM weight-read floor
+ * B / (resident weight bytes / bandwidth), the bandwidth measured in the same run with a
+ * device-to-device copy (read + write bytes). KV reads are not in the floor.
+ * Usage: bench_gpu_decode [steps]   (built only with -DQV_CUDA=ON)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/cuda/backend_cuda.h"
+#include "engine/cuda/cuda_probe.h"
+#include "engine/cuda/synth_model.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
+
+#define PROMPT 32
+#define MAX_B 128
+#define PAGE 16
+#define MAX_TOKENS 256
+
+typedef struct bench_model {
+    const char *name;
+    qv_model_config cfg;
+} bench_model;
+
+static int run_batch(qv_forward *fwd, qv_kv_cache *kv, int V, int B, int steps, double *ms_step) {
+    static qv_kv_seq seqs[MAX_B];
+    static const qv_kv_seq *sp[MAX_B];
+    static int32_t tok[MAX_TOKENS], pos[MAX_TOKENS], sq[MAX_TOKENS], li[MAX_TOKENS];
+    static int32_t next[MAX_B];
+    qv_error err = {0};
+    memset(seqs, 0, sizeof(seqs));
+    int rc = -1;
+    uint32_t r = 12345u + (uint32_t)B;
+    /* prefill, MAX_TOKENS / PROMPT sequences per batch */
+    const int per = MAX_TOKENS / PROMPT;
+    for (int s0 = 0; s0 < B; s0 += per) {
+        int nb = B - s0 < per ? B - s0 : per, n = 0;
+        for (int j = 0; j < nb; j++) {
+            if (qv_kv_seq_reserve(kv, &seqs[s0 + j], PROMPT) != QV_OK) goto done;
+            sp[j] = &seqs[s0 + j];
+            for (int t = 0; t < PROMPT; t++) {
+                r = r * 1664525u + 1013904223u;
+                tok[n] = (int32_t)((r >> 8) % (uint32_t)V);
+                pos[n] = t;
+                sq[n] = j;
+                n++;
+            }
+            li[j] = n - 1;
+        }
+        qv_batch b = {.n_tokens = n, .tokens = tok, .pos = pos, .seq = sq, .n_seqs = nb,
+                      .seqs = sp, .n_logits = nb, .logits_idx = li};
+        if (qv_forward_run_greedy(fwd, &b, next + s0, &err) != QV_OK) {
+            fprintf(stderr, "prefill: %s\n", err.msg);
+            goto done;
+        }
+    }
+    /* decode */
+    double t0 = 0;
+    for (int st = 0; st < 3 + steps; st++) {
+        if (st == 3) t0 = qv_time_s();
+        int p = PROMPT + st;
+        for (int j = 0; j < B; j++) {
+            if (qv_kv_seq_reserve(kv, &seqs[j], p + 1) != QV_OK) {
+                fprintf(stderr, "KV cache full\n");
+                goto done;
+            }
+            sp[j] = &seqs[j];
+            tok[j] = next[j];
+            pos[j] = p;
+            sq[j] = j;
+            li[j] = j;
+        }
+        qv_batch b = {.n_tokens = B, .tokens = tok, .pos = pos, .seq = sq, .n_seqs = B,
+                      .seqs = sp, .n_logits = B, .logits_idx = li};
+        if (qv_forward_run_greedy(fwd, &b, next, &err) != QV_OK) {
+            fprintf(stderr, "decode: %s\n", err.msg);
+            goto done;
+        }
+    }
+    *ms_step = (qv_time_s() - t0) * 1e3 / steps;
+    rc = 0;
+done:
+    for (int j = 0; j < B; j++) qv_kv_seq_release(kv, &seqs[j]);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    int steps = argc > 1 ? atoi(argv[1]) : 32;
+    if (steps <= 0) steps = 32;
+    if (qv_cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device\n");
+        return 0;
+    }
+    char dev[256];
+    int major = 0, minor = 0;
+    if (qv_cuda_device_name(dev, sizeof dev, &major, &minor) != 0) snprintf(dev, sizeof dev, "?");
+    double bw = qv_cuda_measure_d2d_bandwidth((size_t)1 << 30, 10);
+    printf("device: %s (sm_%d%d); device-to-device copy bandwidth %.0f GB/s (read+write)\n", dev,
+           major, minor, bw / 1e9);
+    if (bw <= 0) return 1;
+
+    bench_model models[2];
+    memset(models, 0, sizeof(models));
+    models[0].name = "SmolLM2-135M-shaped";
+    models[0].cfg = (qv_model_config){.n_vocab = 49152, .dim = 576, .n_ff = 1536, .n_layers = 30,
+                                      .n_heads = 9, .n_kv_heads = 3, .head_dim = 64,
+                                      .max_pos = 8192, .norm_eps = 1e-5f, .rope_theta = 100000.0f,
+                                      .tie_embeddings = true};
+    models[1].name = "Llama-1B-shaped";
+    models[1].cfg = (qv_model_config){.n_vocab = 128256, .dim = 2048, .n_ff = 8192, .n_layers = 16,
+                                      .n_heads = 32, .n_kv_heads = 8, .head_dim = 64,
+                                      .max_pos = 8192, .norm_eps = 1e-5f, .rope_theta = 500000.0f,
+                                      .tie_embeddings = true};
+    static const int batches[3] = {1, 32, 128};
+    printf("\n| model | weights (MB) | batch | ms/step | tokens/s | weight-read floor tokens/s | "
+           "ratio to floor | vs batch 1 |\n|---|---|---|---|---|---|---|---|\n");
+    int rc = 0;
+    for (int mi = 0; mi < 2; mi++) {
+        qv_model *m = NULL;
+        qv_backend *be = NULL;
+        qv_kv_cache *kv = NULL;
+        qv_forward *fwd = NULL;
+        qv_error err = {0};
+        qv_cuda_opts o;
+        qv_cuda_opts_default(&o);
+        o.random_seed = 0x5eed + (uint64_t)mi;
+        o.max_tokens = MAX_TOKENS;
+        const int ctx = PROMPT + 3 + steps + 1;
+        const int pages_per_seq = (ctx + PAGE - 1) / PAGE;
+        const int n_pages = MAX_B * pages_per_seq;
+        size_t kv_bytes = qv_kv_bytes_per_token(&models[mi].cfg) * (size_t)PAGE * (size_t)n_pages;
+        o.arena_bytes = kv_bytes + ((size_t)1 << 30);
+        if (qv_synth_model_create(&models[mi].cfg, &m, &err) != QV_OK ||
+            qv_backend_cuda_create(m, &o, &be, &err) != QV_OK ||
+            qv_kv_cache_create(be, &m->cfg, n_pages, PAGE, &kv, &err) != QV_OK ||
+            qv_forward_create(m, be, kv, MAX_TOKENS, &fwd, &err) != QV_OK) {
+            fprintf(stderr, "%s: %s\n", models[mi].name, err.msg);
+            rc = 1;
+        } else {
+            const double wbytes = (double)qv_backend_cuda_weight_bytes(be);
+            double ms1 = 0;
+            for (int bi = 0; bi < 3; bi++) {
+                const int B = batches[bi];
+                double ms = 0;
+                if (run_batch(fwd, kv, m->cfg.n_vocab, B, steps, &ms) != 0) {
+                    rc = 1;
+                    break;
+                }
+                if (B == 1) ms1 = ms;
+                const double tps = B * 1e3 / ms, floor_tps = B / (wbytes / bw);
+                printf("| %s | %.0f | %d | %.3f | %.0f | %.0f | %.2f | %.1fx |\n", models[mi].name,
+                       wbytes / 1e6, B, ms, tps, floor_tps, tps / floor_tps,
+                       ms1 > 0 ? tps / (1e3 / ms1) : 0.0);
+                fflush(stdout);
+            }
+        }
+        qv_forward_destroy(fwd);
+        qv_kv_cache_destroy(kv);
+        if (be) be->iface->destroy(be);
+        qv_synth_model_free(m);
+    }
+    return rc;
+}

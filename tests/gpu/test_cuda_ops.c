@@ -1,0 +1,344 @@
+/*
+ * test_cuda_ops.c - every op of the CUDA backend against the CPU backend on fresh random
+ * inputs. Weights are resident in bf16/fp16 and GEMM inputs are rounded to bf16, so matmul
+ * and get_rows are compared with a bf16 tolerance (1e-2 of the output's scale); the fp32 ops
+ * (rmsnorm, rope, swiglu, add, kv_store + paged attention) with 1e-5..1e-4. Each comparison
+ * prints its worst element. Skips (77) without CUDA or without a device.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <math.h>
+
+#include "gpu_util.h"
+#include "test_util.h"
+
+#ifdef QV_HAVE_CUDA
+#include "engine/cuda/backend_cuda.h"
+
+static qv_backend *cpu, *cu;
+static uint32_t rng = 20261128u;
+/* Host weights stay alive until teardown: the backend's weight map keys on their addresses. */
+static void *keep[16];
+static int n_keep;
+
+static float *rand_host(size_t n, float scale) {
+    float *p = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = gpu_randf(&rng) * scale;
+    return p;
+}
+static float *to_dev(const float *h, size_t n) {
+    float *d = cu->iface->alloc(cu, n * sizeof(float));
+    assert_non_null(d);
+    cu->iface->upload(cu, d, h, n * sizeof(float));
+    return d;
+}
+static float *from_dev(const float *d, size_t n) {
+    float *h = malloc(n * sizeof(float));
+    qv_error err = {0};
+    assert_int_equal(cu->iface->download(cu, h, d, n * sizeof(float), &err), QV_OK);
+    return h;
+}
+static double absmax(const float *x, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)x[i]));
+    return m;
+}
+/* |got - want| <= rel * max|want| + rel * |want|, worst element printed. */
+static void check(const char *label, const float *got, const float *want, size_t n, double rel) {
+    size_t bad = qv_test_compare_f32(label, got, want, n, rel * absmax(want, n), rel);
+    if (bad) fail_msg("%s: %zu of %zu elements outside tolerance %.1g", label, bad, n, rel);
+}
+
+/* Q8_0 blocks: f16 scale + 32 int8. */
+static void *make_q8_0(int rows, int cols) {
+    size_t rb = qv_dtype_row_bytes(QV_DTYPE_Q8_0, cols);
+    uint8_t *w = malloc(rb * (size_t)rows);
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < cols / 32; b++) {
+            uint8_t *blk = w + (size_t)r * rb + (size_t)b * 34;
+            uint16_t d = qv_f32_to_f16(0.004f + 0.002f * (gpu_randf(&rng) + 1.0f));
+            memcpy(blk, &d, 2);
+            for (int i = 0; i < 32; i++) blk[2 + i] = (uint8_t)(int8_t)(gpu_randf(&rng) * 127.0f);
+        }
+    return w;
+}
+
+static void matmul_case(enum qv_dtype dt, int rows, int cols, int n, int with_bias) {
+    char label[128];
+    snprintf(label, sizeof label, "matmul %s %dx%d n=%d%s", qv_dtype_name(dt), rows, cols, n,
+             with_bias ? " +bias" : "");
+    void *wdata;
+    size_t rb;
+    if (dt == QV_DTYPE_Q8_0) {
+        wdata = make_q8_0(rows, cols);
+        rb = qv_dtype_row_bytes(dt, cols);
+    } else {
+        float *wf = rand_host((size_t)rows * (size_t)cols, 0.1f);
+        if (dt == QV_DTYPE_F16) {
+            uint16_t *h = malloc((size_t)rows * (size_t)cols * 2);
+            for (size_t i = 0; i < (size_t)rows * (size_t)cols; i++) h[i] = qv_f32_to_f16(wf[i]);
+            free(wf);
+            wdata = h;
+            rb = (size_t)cols * 2;
+        } else {
+            wdata = wf;
+            rb = (size_t)cols * 4;
+        }
+    }
+    qv_tensor w = {dt, rows, cols, rb, wdata};
+    qv_error err = {0};
+    assert_int_equal(qv_backend_cuda_add_tensor(cu, &w, dt == QV_DTYPE_F16, &err), QV_OK);
+    float *x = rand_host((size_t)n * (size_t)cols, 1.0f);
+    float *bias = with_bias ? rand_host((size_t)rows, 1.0f) : NULL;
+    float *want = malloc((size_t)n * (size_t)rows * sizeof(float));
+    cpu->iface->matmul(cpu, &w, x, n, want, bias);
+    float *dx = to_dev(x, (size_t)n * (size_t)cols);
+    float *dy = cu->iface->alloc(cu, (size_t)n * (size_t)rows * sizeof(float));
+    assert_non_null(dy);
+    cu->iface->matmul(cu, &w, dx, n, dy, bias);
+    float *got = from_dev(dy, (size_t)n * (size_t)rows);
+    check(label, got, want, (size_t)n * (size_t)rows, 1e-2);
+    cu->iface->free(cu, dy);
+    cu->iface->free(cu, dx);
+    free(got);
+    free(want);
+    free(bias);
+    free(x);
+    assert_true(n_keep < 16);
+    keep[n_keep++] = wdata;
+}
+
+static void test_matmul(void **state) {
+    (void)state;
+    matmul_case(QV_DTYPE_F32, 200, 256, 1, 0);
+    matmul_case(QV_DTYPE_F32, 96, 512, 37, 1);
+    matmul_case(QV_DTYPE_Q8_0, 130, 320, 5, 0);
+    matmul_case(QV_DTYPE_F16, 64, 192, 17, 0);
+    matmul_case(QV_DTYPE_F32, 8, 16384, 300, 0); /* more rows than the GEMM scratch: chunks */
+}
+
+static void test_get_rows_gather_argmax(void **state) {
+    (void)state;
+    const int rows = 300, cols = 96, n = 9;
+    float *table = rand_host((size_t)rows * cols, 2.0f);
+    qv_tensor t = {QV_DTYPE_F32, rows, cols, (size_t)cols * 4, table};
+    qv_error err = {0};
+    assert_int_equal(qv_backend_cuda_add_tensor(cu, &t, 0, &err), QV_OK);
+    int32_t ids[9] = {0, 299, 5, 5, 123, 77, 1, 298, 150};
+    float *want = malloc(sizeof(float) * n * cols);
+    cpu->iface->get_rows(cpu, &t, ids, n, want);
+    float *d = cu->iface->alloc(cu, sizeof(float) * n * cols);
+    cu->iface->get_rows(cu, &t, ids, n, d);
+    float *got = from_dev(d, (size_t)n * cols);
+    /* bf16 keeps 8 significant bits: relative rounding error <= 2^-9 */
+    size_t bad = qv_test_compare_f32("get_rows", got, want, (size_t)n * cols, 0, 1.0 / 512);
+    assert_int_equal(bad, 0);
+
+    /* gather rows 8, 2, 2 of the gathered block and take their argmax */
+    int32_t idx[3] = {8, 2, 2};
+    float *g = cu->iface->alloc(cu, sizeof(float) * 3 * cols);
+    cu->iface->gather_rows(cu, d, idx, 3, cols, g);
+    float *gh = from_dev(g, 3 * (size_t)cols);
+    for (int i = 0; i < 3; i++)
+        assert_memory_equal(gh + (size_t)i * cols, got + (size_t)idx[i] * cols,
+                            sizeof(float) * cols);
+    int32_t *am = cu->iface->alloc(cu, 3 * sizeof(int32_t));
+    cu->iface->argmax(cu, g, 3, cols, am);
+    int32_t amh[3];
+    assert_int_equal(cu->iface->download(cu, amh, am, sizeof amh, &err), QV_OK);
+    for (int i = 0; i < 3; i++) {
+        int want_i = gpu_argmax(gh + (size_t)i * cols, cols, NULL);
+        if (amh[i] != want_i) fail_msg("argmax row %d: got %d want %d", i, amh[i], want_i);
+    }
+    cu->iface->free(cu, am);
+    cu->iface->free(cu, g);
+    cu->iface->free(cu, d);
+    free(gh);
+    free(got);
+    free(want);
+    keep[n_keep++] = table;
+}
+
+static void test_rmsnorm_rope_swiglu_add(void **state) {
+    (void)state;
+    qv_error err = {0};
+    /* rmsnorm */
+    {
+        const int n = 5, dim = 576;
+        float *x = rand_host((size_t)n * dim, 3.0f), *w = rand_host(dim, 1.0f);
+        float *want = malloc(sizeof(float) * n * dim);
+        cpu->iface->rmsnorm(cpu, x, w, n, dim, 1e-5f, want);
+        float *dx = to_dev(x, (size_t)n * dim);
+        cu->iface->rmsnorm(cu, dx, w, n, dim, 1e-5f, dx); /* in place, host weight staged */
+        float *got = from_dev(dx, (size_t)n * dim);
+        check("rmsnorm", got, want, (size_t)n * dim, 1e-5);
+        cu->iface->free(cu, dx);
+        free(x), free(w), free(want), free(got);
+    }
+    /* rope at large positions */
+    for (int hd = 16; hd <= 128; hd *= 2) {
+        const int n = 7, nh = 4;
+        float *x = rand_host((size_t)n * nh * hd, 1.0f);
+        float *inv = malloc(sizeof(float) * (size_t)hd / 2);
+        for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)hd);
+        int32_t pos[7] = {0, 1, 17, 255, 1000, 4097, 8191};
+        float *dx = to_dev(x, (size_t)n * nh * hd);
+        cpu->iface->rope(cpu, x, n, nh, hd, pos, inv);
+        cu->iface->rope(cu, dx, n, nh, hd, pos, inv);
+        float *got = from_dev(dx, (size_t)n * nh * hd);
+        char label[64];
+        snprintf(label, sizeof label, "rope head_dim %d", hd);
+        check(label, got, x, (size_t)n * nh * hd, 1e-5);
+        cu->iface->free(cu, dx);
+        free(x), free(inv), free(got);
+    }
+    /* swiglu (out aliases gate) and add */
+    {
+        const size_t n = 100003;
+        float *g = rand_host(n, 8.0f), *u = rand_host(n, 2.0f);
+        float *dg = to_dev(g, n), *du = to_dev(u, n);
+        cpu->iface->swiglu(cpu, g, u, g, n);
+        cu->iface->swiglu(cu, dg, du, dg, n);
+        float *got = from_dev(dg, n);
+        check("swiglu", got, g, n, 1e-6);
+        cpu->iface->add(cpu, g, u, n);
+        cu->iface->add(cu, dg, du, n);
+        free(got);
+        got = from_dev(dg, n);
+        check("add", got, g, n, 1e-6);
+        cu->iface->free(cu, du);
+        cu->iface->free(cu, dg);
+        free(g), free(u), free(got);
+    }
+    assert_int_equal(cu->iface->download(cu, NULL, NULL, 0, &err), QV_OK);
+}
+
+/* Paged attention: 3 sequences (600, 37, 5 tokens) with shuffled pages, GQA 8/2, a batch
+ * mixing decode tokens, a prefill chunk and a long context (several 256-key chunks). */
+static void attention_case(int head_dim, int window) {
+    const int n_layers = 2, n_pages = 256, page_size = 4, nh = 8, nkv = 2, layer = 1;
+    const int kv_dim = nkv * head_dim;
+    const size_t pool_elems = (size_t)n_layers * n_pages * page_size * kv_dim;
+    qv_kv_pool hp = {n_layers, n_pages, page_size, nkv, head_dim, NULL, NULL};
+    qv_kv_pool dp = hp;
+    hp.k = cpu->iface->alloc(cpu, pool_elems * 4);
+    hp.v = cpu->iface->alloc(cpu, pool_elems * 4);
+    dp.k = cu->iface->alloc(cu, pool_elems * 4);
+    dp.v = cu->iface->alloc(cu, pool_elems * 4);
+    assert_true(hp.k && hp.v && dp.k && dp.v);
+    static const int lens[3] = {600, 37, 5};
+    int32_t perm[256];
+    for (int i = 0; i < n_pages; i++) perm[i] = i;
+    for (int i = n_pages - 1; i > 0; i--) {
+        int j = (int)((gpu_randf(&rng) + 1.0f) * 0.5f * (float)(i + 1)) % (i + 1);
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    int32_t *tables[3];
+    int next = 0;
+    for (int s = 0; s < 3; s++) {
+        int np = (lens[s] + page_size - 1) / page_size;
+        tables[s] = malloc(sizeof(int32_t) * (size_t)np);
+        for (int p = 0; p < np; p++) tables[s][p] = perm[next++];
+    }
+    /* store every position's K/V (in 2 calls per sequence, as prefill chunks would) */
+    for (int s = 0; s < 3; s++) {
+        for (int half = 0; half < 2; half++) {
+            int p0 = half ? lens[s] / 2 : 0, p1 = half ? lens[s] : lens[s] / 2;
+            int n = p1 - p0;
+            if (n <= 0) continue;
+            float *k = rand_host((size_t)n * kv_dim, 1.0f), *v = rand_host((size_t)n * kv_dim, 1.0f);
+            int32_t *pg = malloc(sizeof(int32_t) * (size_t)n), *off = malloc(sizeof(int32_t) * (size_t)n);
+            for (int i = 0; i < n; i++) {
+                pg[i] = tables[s][(p0 + i) / page_size];
+                off[i] = (p0 + i) % page_size;
+            }
+            cpu->iface->kv_store(cpu, &hp, layer, k, v, n, pg, off);
+            float *dk = to_dev(k, (size_t)n * kv_dim), *dv = to_dev(v, (size_t)n * kv_dim);
+            cu->iface->kv_store(cu, &dp, layer, dk, dv, n, pg, off);
+            cu->iface->free(cu, dv);
+            cu->iface->free(cu, dk);
+            free(k), free(v), free(pg), free(off);
+        }
+    }
+    /* batch: seq0 positions 597..599, seq1 30..36, seq2 4 */
+    int32_t tok_seq[11], tok_pos[11];
+    int n = 0;
+    for (int p = 597; p < 600; p++) tok_seq[n] = 0, tok_pos[n++] = p;
+    for (int p = 30; p < 37; p++) tok_seq[n] = 1, tok_pos[n++] = p;
+    tok_seq[n] = 2, tok_pos[n++] = 4;
+    const int32_t *pt[3] = {tables[0], tables[1], tables[2]};
+    qv_attn_batch ab = {n, tok_seq, tok_pos, 3, pt, nh, nkv, head_dim, window,
+                        1.0f / sqrtf((float)head_dim)};
+    const size_t qn = (size_t)n * nh * head_dim;
+    float *q = rand_host(qn, 1.0f);
+    float *want = malloc(qn * sizeof(float));
+    cpu->iface->attention(cpu, &hp, layer, &ab, q, want);
+    float *dq = to_dev(q, qn);
+    float *dout = cu->iface->alloc(cu, qn * sizeof(float));
+    cu->iface->attention(cu, &dp, layer, &ab, dq, dout);
+    float *got = from_dev(dout, qn);
+    char label[64];
+    snprintf(label, sizeof label, "attention head_dim %d window %d", head_dim, window);
+    check(label, got, want, qn, 1e-4);
+    cu->iface->free(cu, dout);
+    cu->iface->free(cu, dq);
+    cu->iface->free(cu, dp.v);
+    cu->iface->free(cu, dp.k);
+    cpu->iface->free(cpu, hp.k);
+    cpu->iface->free(cpu, hp.v);
+    for (int s = 0; s < 3; s++) free(tables[s]);
+    free(q), free(want), free(got);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    attention_case(16, 0);
+    attention_case(64, 0);
+    attention_case(128, 0);
+    attention_case(256, 0);
+    attention_case(64, 100);
+}
+
+static int setup(void **state) {
+    (void)state;
+    qv_error err = {0};
+    if (qv_backend_cpu_create(2, &cpu, &err) != QV_OK) return -1;
+    qv_cuda_opts o;
+    qv_cuda_opts_default(&o);
+    o.max_tokens = 256;
+    o.arena_bytes = (size_t)256 << 20;
+    if (qv_backend_cuda_create_empty((size_t)64 << 20, &o, &cu, &err) != QV_OK) {
+        fprintf(stderr, "cuda backend: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+static int teardown(void **state) {
+    (void)state;
+    if (cu) cu->iface->destroy(cu);
+    if (cpu) cpu->iface->destroy(cpu);
+    for (int i = 0; i < n_keep; i++) free(keep[i]);
+    return 0;
+}
+#endif
+
+int main(void) {
+    gpu_require_device();
+#ifdef QV_HAVE_CUDA
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_get_rows_gather_argmax),
+        cmocka_unit_test(test_rmsnorm_rope_swiglu_add),
+        cmocka_unit_test(test_attention),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+#else
+    return 77;
+#endif
+}
