@@ -75,6 +75,18 @@ float *qv__adapter_alloc(qv__adapter_ctx *c, size_t n) {
     return p;
 }
 
+void qv__adapter_release(qv__adapter_ctx *c, float *p, size_t n) {
+    qv_adapter *ad = c->ad;
+    for (size_t i = ad->priv_n; i-- > 0;) {
+        if (ad->priv_allocs[i] != p) continue;
+        qv_free(p);
+        ad->priv_allocs[i] = ad->priv_allocs[--ad->priv_n];
+        ad->n_bytes -= (n ? n : 1) * sizeof(float);
+        return;
+    }
+    QV_ASSERT(!"qv__adapter_release: not an adapter allocation");
+}
+
 qv_status qv__adapter_ensure_layers(qv__adapter_ctx *c, int n) {
     qv_adapter *ad = c->ad;
     if (n <= ad->n_layers) return QV_OK;

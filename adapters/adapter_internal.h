@@ -25,6 +25,8 @@ typedef struct qv__adapter_ctx {
 
 /* Allocates n floats owned by ctx->ad (freed by qv_adapter_free). NULL + err on failure. */
 float *qv__adapter_alloc(qv__adapter_ctx *c, size_t n);
+/* Frees a temporary array of n floats obtained from qv__adapter_alloc / qv__adapter_take. */
+void qv__adapter_release(qv__adapter_ctx *c, float *p, size_t n);
 /* Registers p (from qv_malloc) as owned by ad. Frees p and returns QV_ERR_NOMEM on failure. */
 qv_status qv__adapter_own(qv_adapter *ad, void *p);
 

@@ -170,6 +170,7 @@ static qv_status unit(qv__adapter_ctx *c, bn_slot *s, int layer, int loc, int hi
         float *v;
         if ((st = qv__adapter_take(c, s->sc, 1, s1, &v))) return st;
         u->scaling = v[0];
+        qv__adapter_release(c, v, 1);
     } else if (channel) {
         if ((st = qv__adapter_take(c, s->sc, 1, sh, &u->scaling_ch))) return st;
         u->scaling = 1.0f;

@@ -678,6 +678,7 @@ static qv_status load_prompt(qv__adapter_ctx *c, enum qv_adapter_kind kind) {
             memcpy(ad->prefix_v + dst, row + (size_t)(l * 2 + 1) * token_dim,
                    (size_t)token_dim * sizeof(float));
         }
+    qv__adapter_release(c, e, (size_t)t->n_elems);
     return QV_OK;
 }
 
@@ -708,14 +709,11 @@ static qv_status load_adaption_prompt(qv__adapter_ctx *c) {
     if (!c->base) {
         for (size_t i = 0; i < nt; i++) {
             int layer;
-            enum qv_proj p;
             const char *k = qv__adapter_strip_prefix(qv_st_tensor_at(c->st, i)->name);
             if (!strncmp(k, "model.layers.", 13) && sscanf(k + 13, "%d", &layer) == 1 &&
                 layer >= 0 && layer < 4096 && (s = qv__adapter_ensure_layers(c, layer + 1)))
                 return s;
-            (void)p;
         }
-        ad->dim = -1;
     }
     if (n > ad->n_layers)
         return qv_errorf(c->err, QV_ERR_INVALID, "adapter_layers %d exceeds the base's %d layers",
@@ -741,8 +739,16 @@ static qv_status load_adaption_prompt(qv__adapter_ctx *c) {
                 pr[j] = t;
         }
     }
+    /* Without a base the hidden size comes from the first prompt tensor. */
+    if (!s && !c->base) {
+        if (pr[0] && pr[0]->n_dims == 3 && pr[0]->shape[2] > 0 && pr[0]->shape[2] < (1 << 20))
+            ad->dim = (int)pr[0]->shape[2];
+        else if (pr[0])
+            s = qv_errorf(c->err, QV_ERR_INVALID, "tensor %s must be [1, adapter_len, hidden]",
+                          pr[0]->name);
+    }
     if (!s) {
-        ad->ap_prompt = qv__adapter_alloc(c, (size_t)n * len * (c->base ? ad->dim : 0) + 1);
+        ad->ap_prompt = qv__adapter_alloc(c, (size_t)n * len * (size_t)QV_MAX(ad->dim, 0) + 1);
         ad->ap_gate = qv__adapter_alloc(c, (size_t)n);
         if (!ad->ap_prompt || !ad->ap_gate) s = c->err ? c->err->status : QV_ERR_NOMEM;
     }
@@ -754,16 +760,14 @@ static qv_status load_adaption_prompt(qv__adapter_ctx *c) {
                           !p ? "adaption_prompt" : "adaption_gate");
             break;
         }
-        int64_t sp[3] = {1, len, c->base ? ad->dim : -1}, sg[1] = {1};
+        int64_t sp[3] = {1, len, ad->dim}, sg[1] = {1};
         float *pv = NULL, *gv = NULL;
         if ((s = qv__adapter_take(c, p, 3, sp, &pv)) || (s = qv__adapter_take(c, g, 1, sg, &gv)))
             break;
-        if (c->base)
-            memcpy(ad->ap_prompt + (size_t)j * len * ad->dim, pv,
-                   (size_t)len * ad->dim * sizeof(float));
-        else if (j == 0)
-            ad->ap_prompt = pv, ad->dim = (int)p->shape[2]; /* inspection only: first layer */
+        memcpy(ad->ap_prompt + (size_t)j * len * ad->dim, pv, (size_t)len * ad->dim * sizeof(float));
         ad->ap_gate[j] = gv[0];
+        qv__adapter_release(c, gv, 1);
+        qv__adapter_release(c, pv, (size_t)len * ad->dim);
     }
     qv_free(pr);
     return s;

@@ -392,6 +392,62 @@ static void test_other_kinds(void **state) {
     }
 }
 
+/* Synthetic LoRA extras whose expected values follow from the tensors built here:
+ * trainable_token_indices and ensure_weight_tying (lm_head derived from the embedding pair). */
+static void test_lora_extras(void **state) {
+    (void)state;
+    const qv_model *base = at_model(GQA);
+    float *rows = fill(2 * 64, 0.5f), *ea = fill(4 * 288, 0.1f), *eb = fill(64 * 4, 0.2f);
+    at_tensor tt[] = {{"base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta",
+                       "F32", 2, {2, 64}, rows}};
+    size_t wl;
+    char *w = at_st_build(tt, 1, &wl);
+    char *cfg = cfg_with(FIX "lora_qv_r4", "trainable_token_indices", "[7, 280]");
+    qv_adapter *ad = NULL;
+    qv_error err;
+    assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, base, NULL, &ad, &err), QV_OK);
+    assert_int_equal(ad->n_trainable_tokens, 2);
+    assert_int_equal(ad->trainable_ids[1], 280);
+    assert_true(ad->trainable_rows[64 + 3] == rows[64 + 3]);
+    qv_adapter_free(ad);
+    free(cfg);
+    cfg = cfg_with(FIX "lora_qv_r4", "trainable_token_indices", "{\"embed_tokens\": [7, 999]}");
+    expect_refusal(cfg, w, wl, base, NULL, QV_ERR_INVALID,
+                   "trainable_token_indices[1] is not a token id of the base vocabulary");
+    free(cfg);
+    cfg = cfg_with(FIX "lora_qv_r4", "trainable_token_indices", "[1, 2, 3]");
+    expect_refusal(cfg, w, wl, base, NULL, QV_ERR_INVALID, "expected shape [3, 64], got [2, 64]");
+    free(cfg);
+    free(w);
+
+    at_tensor emb[] = {{"base_model.model.model.embed_tokens.lora_embedding_A", "F32", 2, {4, 288}, ea},
+                       {"base_model.model.model.embed_tokens.lora_embedding_B", "F32", 2, {64, 4}, eb}};
+    w = at_st_build(emb, 2, &wl);
+    cfg = cfg_with(FIX "lora_qv_r4", "target_modules_to_tie", "[\"lm_head\"]");
+    assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, base, NULL, &ad, &err), QV_OK);
+    const qv_lora *h = &ad->lm_head_lora;
+    assert_int_equal(h->rank, 4);
+    assert_int_equal(h->n_in, 64);
+    assert_int_equal(h->n_out, 288);
+    /* lm_head A = embedding Bᵀ (r, H); lm_head B = embedding Aᵀ (V, r) */
+    assert_true(h->a[2 * 64 + 5] == eb[5 * 4 + 2]);
+    assert_true(h->b[100 * 4 + 3] == ea[3 * 288 + 100]);
+    assert_true(h->scale == ad->embed_lora.scale);
+    qv_adapter_free(ad);
+    free(cfg);
+    /* without tying the lm_head stays untouched */
+    cfg = cfg_with(FIX "lora_qv_r4", "r", "4");
+    assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, base, NULL, &ad, &err), QV_OK);
+    assert_int_equal(ad->lm_head_lora.rank, 0);
+    assert_int_equal(ad->embed_lora.rank, 4);
+    qv_adapter_free(ad);
+    free(cfg);
+    free(w);
+    free(rows);
+    free(ea);
+    free(eb);
+}
+
 /* Allocation-failure sweep: every failing allocation point returns an error and leaks nothing
  * (checked by LeakSanitizer in the ASan build). */
 static void sweep(const char *dir) {
@@ -438,6 +494,7 @@ int main(void) {
         cmocka_unit_test(test_tensor_refusals),
         cmocka_unit_test(test_base_name),
         cmocka_unit_test(test_other_kinds),
+        cmocka_unit_test(test_lora_extras),
         cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
