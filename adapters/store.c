@@ -223,9 +223,9 @@ static int remove_tree(const char *path) {
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-        char *sub = path_join(path, de->d_name, NULL);
-        if (!sub || remove_tree(sub) != 0) rc = -1;
-        qv_free(sub);
+        char sub[4096]; /* no allocation: cleanup must work when memory is short */
+        int n = snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
+        if (n < 0 || (size_t)n >= sizeof sub || remove_tree(sub) != 0) rc = -1;
     }
     closedir(d);
     if (rmdir(path) != 0 && errno != ENOENT) rc = -1;
@@ -852,8 +852,13 @@ qv_status qv_store_alias_set(qv_store_t *store, const char *alias, const char *t
         return qv_errorf(err, QV_ERR_INVALID, "invalid alias '%s'", alias ? alias : "(null)");
     char ver[65];
     qv_error lerr;
-    if (resolve_name(store, alias, ver, &lerr) != QV_ERR_NOT_FOUND)
+    qv_status shadow = resolve_name(store, alias, ver, &lerr);
+    if (shadow == QV_OK || shadow == QV_ERR_IO) /* IO: a name file exists but is corrupt */
         return qv_errorf(err, QV_ERR_INVALID, "alias '%s' would shadow a name", alias);
+    if (shadow != QV_ERR_NOT_FOUND) {
+        if (err) *err = lerr;
+        return shadow;
+    }
     if (!qv_store_version_valid(target)) {
         if (!qv_store_name_valid(target))
             return qv_errorf(err, QV_ERR_INVALID, "invalid alias target '%s'",
