@@ -21,8 +21,8 @@
 /* ---- names ---- */
 
 const char *qv_adapter_kind_name(enum qv_adapter_kind k) {
-    static const char *const names[] = {"LORA",         "IA3",        "PREFIX_TUNING",
-                                        "PROMPT_TUNING", "P_TUNING",   "ADAPTION_PROMPT",
+    static const char *const names[] = {"LORA",          "IA3",      "PREFIX_TUNING",
+                                        "PROMPT_TUNING", "P_TUNING", "ADAPTION_PROMPT",
                                         "BOTTLENECK"};
     return (unsigned)k < QV_ARRAY_LEN(names) ? names[k] : "?";
 }
@@ -147,8 +147,10 @@ qv_status qv__adapter_take(qv__adapter_ctx *c, const qv_st_tensor *t, int n_dims
             v = t->dtype == QV_DTYPE_F16 ? qv_f16_to_f32(h) : qv_bf16_to_f32(h);
         }
         if (!isfinite(v))
-            return qv_errorf(c->err, QV_ERR_INVALID, "tensor %s holds a non-finite value (%s) at "
-                             "element %lld", t->name, isnan(v) ? "NaN" : "Inf", (long long)i);
+            return qv_errorf(c->err, QV_ERR_INVALID,
+                             "tensor %s holds a non-finite value (%s) at "
+                             "element %lld",
+                             t->name, isnan(v) ? "NaN" : "Inf", (long long)i);
         p[i] = v;
     }
     *out = p;
@@ -236,9 +238,9 @@ const char *qv__adapter_parse_proj(const char *path, int *layer, enum qv_proj *p
     static const struct {
         const char *s;
         enum qv_proj p;
-    } map[] = {{".self_attn.q_proj", QV_PROJ_Q},  {".self_attn.k_proj", QV_PROJ_K},
-               {".self_attn.v_proj", QV_PROJ_V},  {".self_attn.o_proj", QV_PROJ_O},
-               {".mlp.gate_proj", QV_PROJ_GATE},  {".mlp.up_proj", QV_PROJ_UP},
+    } map[] = {{".self_attn.q_proj", QV_PROJ_Q}, {".self_attn.k_proj", QV_PROJ_K},
+               {".self_attn.v_proj", QV_PROJ_V}, {".self_attn.o_proj", QV_PROJ_O},
+               {".mlp.gate_proj", QV_PROJ_GATE}, {".mlp.up_proj", QV_PROJ_UP},
                {".mlp.down_proj", QV_PROJ_DOWN}};
     for (size_t i = 0; i < QV_ARRAY_LEN(map); i++) {
         size_t l = strlen(map[i].s);
@@ -278,24 +280,26 @@ static const char *last_component(const char *s) {
     return p && p[1] ? p + 1 : s;
 }
 
-static bool contains_ci(const char *hay, const char *needle) {
-    size_t n = strlen(needle);
-    for (const char *h = hay; *h; h++) {
-        size_t i = 0;
-        while (i < n && h[i] && tolower((unsigned char)h[i]) == tolower((unsigned char)needle[i]))
-            i++;
-        if (i == n) return true;
-    }
-    return n == 0;
+/* Lower-cased letters and digits of the last path component (at most cap-1 of them), so
+ * "HuggingFaceTB/SmolLM2-135M-Instruct" and a GGUF general.name "SmolLM2 135M Instruct" both
+ * become "smollm2135minstruct". */
+static void normalize_name(const char *s, char *out, size_t cap) {
+    size_t n = 0;
+    for (s = last_component(s); *s && n + 1 < cap; s++)
+        if (isalnum((unsigned char)*s)) out[n++] = (char)tolower((unsigned char)*s);
+    out[n] = '\0';
 }
 
-/* "Clearly differs": neither last path component contains the other (case-insensitive), so
- * "HuggingFaceTB/SmolLM2-135M-Instruct" matches "SmolLM2-135M-Instruct" and "smollm2-135m-
- * instruct.q4_1" but not "Llama-3-8B". Empty or unknown names never differ. */
+/* "Clearly differs": neither normalized name contains the other, so "org/Tiny-Llama-GQA"
+ * matches "tiny-llama-gqa" and "tiny-llama-gqa.q4_1" but "Llama-3-8B" does not. Empty or
+ * unknown names never differ. */
 static bool names_differ(const char *want, const char *have) {
-    if (!want || !have || !*want || !*have) return false;
-    const char *a = last_component(want), *b = last_component(have);
-    return !contains_ci(a, b) && !contains_ci(b, a);
+    if (!want || !have) return false;
+    char a[256], b[256];
+    normalize_name(want, a, sizeof(a));
+    normalize_name(have, b, sizeof(b));
+    if (!a[0] || !b[0]) return false;
+    return !strstr(a, b) && !strstr(b, a);
 }
 
 static qv_status check_base_name(qv__adapter_ctx *c) {
@@ -351,11 +355,13 @@ static qv_status load_common(const char *config, size_t config_len, const qv_st_
         c.cfg = bc;
         s = qv__adapter_load_bottleneck(&c);
     } else if (bottleneck) {
-        s = qv_errorf(err, QV_ERR_INVALID, "AdapterHub adapter_config.json has no \"config\" "
-                                           "object");
+        s = qv_errorf(err, QV_ERR_INVALID,
+                      "AdapterHub adapter_config.json has no \"config\" "
+                      "object");
     } else {
-        s = qv_errorf(err, QV_ERR_INVALID, "adapter_config.json has neither \"peft_type\" (PEFT) "
-                                           "nor \"config\" (AdapterHub)");
+        s = qv_errorf(err, QV_ERR_INVALID,
+                      "adapter_config.json has neither \"peft_type\" (PEFT) "
+                      "nor \"config\" (AdapterHub)");
     }
     if (s == QV_OK) s = check_base_name(&c);
 done:
@@ -446,7 +452,8 @@ fail:
 
 void qv_adapter_free(qv_adapter *ad) {
     if (!ad) return;
-    for (size_t i = 0; i < ad->priv_n; i++) qv_free(ad->priv_allocs[i]);
+    for (size_t i = 0; i < ad->priv_n; i++)
+        qv_free(ad->priv_allocs[i]);
     qv_free(ad->priv_allocs);
     qv_free(ad->layers);
     qv_free(ad->base_name);
@@ -473,8 +480,8 @@ static void describe_lora(const qv_adapter *ad, FILE *f) {
             bias |= x->b_bias != NULL;
         }
         if (!n) continue;
-        fprintf(f, "  %-9s layers %d/%d  rank %d", qv_proj_name((enum qv_proj)p), n,
-                ad->n_layers, rmin);
+        fprintf(f, "  %-9s layers %d/%d  rank %d", qv_proj_name((enum qv_proj)p), n, ad->n_layers,
+                rmin);
         if (rmax != rmin) fprintf(f, "..%d", rmax);
         fprintf(f, "  scale %g", (double)smin);
         if (smax != smin) fprintf(f, "..%g", (double)smax);
@@ -538,11 +545,29 @@ void qv_adapter_describe(const qv_adapter *ad, FILE *f) {
                 dmin = QV_MIN(dmin, u[j]->d), dmax = QV_MAX(dmax, u[j]->d);
             }
         }
-        fprintf(f, "type: %s  activation: %s  scaling: %s\n",
+        float sc = 1.0f;
+        for (int l = 0; l < ad->n_layers; l++)
+            if (ad->layers[l].bn_ffn.d || ad->layers[l].bn_attn.d) {
+                sc = ad->layers[l].bn_ffn.d ? ad->layers[l].bn_ffn.scaling
+                                            : ad->layers[l].bn_attn.scaling;
+                break;
+            }
+        fprintf(f, "type: %s  activation: %s  scaling: %s",
                 ad->bn_parallel ? "parallel (par_bn)"
-                : ad->bn_mh_adapter ? "sequential, attention + ffn (double_seq_bn)"
-                                    : "sequential (seq_bn)",
+                : ad->bn_mh_adapter && ad->bn_output_adapter
+                    ? "sequential, attention + ffn (double_seq_bn)"
+                : ad->bn_mh_adapter ? "sequential, attention only"
+                                    : "sequential, ffn (seq_bn)",
                 qv_bn_act_name(ad->bn_act), ad->bn_scaling_mode);
+        if (strcmp(ad->bn_scaling_mode, "channel")) fprintf(f, " %g", (double)sc);
+        fprintf(f,
+                "\nflags: original_ln_before %d, original_ln_after %d, residual_before_ln %s, "
+                "ln_before %d, ln_after %d, adapter_residual_before_ln %d\n",
+                ad->bn_original_ln_before, ad->bn_original_ln_after,
+                ad->bn_residual == QV_BN_RES_BEFORE_LN  ? "true"
+                : ad->bn_residual == QV_BN_RES_POST_ADD ? "post_add"
+                                                        : "false",
+                ad->bn_ln_before, ad->bn_ln_after, ad->bn_adapter_residual_before_ln);
         fprintf(f, "units: attention %d, ffn %d  bottleneck %d", na, nf, na + nf ? dmin : 0);
         if (dmax > dmin) fprintf(f, "..%d", dmax);
         fprintf(f, "\n");

@@ -15,11 +15,11 @@
 
 typedef struct qv__adapter_ctx {
     qv_adapter *ad;
-    const qv_model *base;          /* NULL when loading for inspection only */
-    qv_adapter_limits lim;         /* zeros = no limits */
-    const qv_st_file *st;          /* the weights */
-    const cJSON *cfg;              /* the config root (PEFT) or its "config" object (AdapterHub) */
-    const cJSON *root;             /* the config root */
+    const qv_model *base;  /* NULL when loading for inspection only */
+    qv_adapter_limits lim; /* zeros = no limits */
+    const qv_st_file *st;  /* the weights */
+    const cJSON *cfg;      /* the config root (PEFT) or its "config" object (AdapterHub) */
+    const cJSON *root;     /* the config root */
     qv_error *err;
 } qv__adapter_ctx;
 
@@ -40,8 +40,7 @@ const char *qv__adapter_shape_str(const qv_st_tensor *t, char *buf, size_t n);
 /* Config accessors. Absent or JSON null -> default (returns QV_OK). Wrong type -> QV_ERR_INVALID
  * naming the key. */
 qv_status qv__cfg_int(qv__adapter_ctx *c, const cJSON *o, const char *key, int def, int *out);
-qv_status qv__cfg_num(qv__adapter_ctx *c, const cJSON *o, const char *key, double def,
-                      double *out);
+qv_status qv__cfg_num(qv__adapter_ctx *c, const cJSON *o, const char *key, double def, double *out);
 qv_status qv__cfg_bool(qv__adapter_ctx *c, const cJSON *o, const char *key, bool def, bool *out);
 /* String value or NULL when absent/null; QV_ERR_INVALID when present but not a string. */
 qv_status qv__cfg_str(qv__adapter_ctx *c, const cJSON *o, const char *key, const char **out);

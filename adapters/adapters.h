@@ -30,13 +30,13 @@ extern "C" {
 #endif
 
 enum qv_adapter_kind {
-    QV_ADAPTER_LORA = 0,       /* PEFT LORA (incl. DoRA, rsLoRA) */
-    QV_ADAPTER_IA3,            /* PEFT IA3 */
-    QV_ADAPTER_PREFIX_TUNING,  /* PEFT PREFIX_TUNING */
-    QV_ADAPTER_PROMPT_TUNING,  /* PEFT PROMPT_TUNING */
-    QV_ADAPTER_P_TUNING,       /* PEFT P_TUNING */
+    QV_ADAPTER_LORA = 0,        /* PEFT LORA (incl. DoRA, rsLoRA) */
+    QV_ADAPTER_IA3,             /* PEFT IA3 */
+    QV_ADAPTER_PREFIX_TUNING,   /* PEFT PREFIX_TUNING */
+    QV_ADAPTER_PROMPT_TUNING,   /* PEFT PROMPT_TUNING */
+    QV_ADAPTER_P_TUNING,        /* PEFT P_TUNING */
     QV_ADAPTER_ADAPTION_PROMPT, /* PEFT ADAPTION_PROMPT (LLaMA-Adapter) */
-    QV_ADAPTER_BOTTLENECK,     /* AdapterHub seq_bn / double_seq_bn / par_bn */
+    QV_ADAPTER_BOTTLENECK,      /* AdapterHub seq_bn / double_seq_bn / par_bn */
     QV_ADAPTER_KIND_COUNT
 };
 
@@ -89,15 +89,15 @@ typedef struct qv_lora {
 
 /* One bottleneck adapter at one location of one layer (FORMATS.md 5.3). */
 typedef struct qv_bn_unit {
-    int d;            /* bottleneck size D; 0 = no adapter here */
-    float *down_w;    /* (d, dim) */
-    float *down_b;    /* (d) */
-    float *up_w;      /* (dim, d) */
-    float *up_b;      /* (dim) */
+    int d;                            /* bottleneck size D; 0 = no adapter here */
+    float *down_w;                    /* (d, dim) */
+    float *down_b;                    /* (d) */
+    float *up_w;                      /* (dim, d) */
+    float *up_b;                      /* (dim) */
     float *ln_before_w, *ln_before_b; /* (dim) each, when ln_before; else NULL */
     float *ln_after_w, *ln_after_b;   /* (dim) each, when ln_after; else NULL */
-    float scaling;      /* fixed or learned scalar (1.0 when channel) */
-    float *scaling_ch;  /* (dim) channel scaling or NULL */
+    float scaling;                    /* fixed or learned scalar (1.0 when channel) */
+    float *scaling_ch;                /* (dim) channel scaling or NULL */
 } qv_bn_unit;
 
 typedef struct qv_adapter_layer {
@@ -119,18 +119,18 @@ typedef struct qv_adapter {
 
     /* ---- LoRA extras ---- */
     bool use_rslora, use_dora, lora_bias;
-    qv_lora embed_lora;   /* a: (rank, n_vocab), b: (dim, rank); rank 0 when absent */
-    qv_lora lm_head_lora; /* a: (rank, dim), b: (n_vocab, rank); rank 0 when absent */
+    qv_lora embed_lora;     /* a: (rank, n_vocab), b: (dim, rank); rank 0 when absent */
+    qv_lora lm_head_lora;   /* a: (rank, dim), b: (n_vocab, rank); rank 0 when absent */
     float *embed_replace;   /* (n_vocab, dim) modules_to_save embed_tokens or NULL */
     float *lm_head_replace; /* (n_vocab, dim) modules_to_save lm_head or NULL */
     int n_trainable_tokens;
-    int32_t *trainable_ids;    /* [n_trainable_tokens] token ids */
-    float *trainable_rows;     /* (n_trainable_tokens, dim) new embedding rows */
+    int32_t *trainable_ids; /* [n_trainable_tokens] token ids */
+    float *trainable_rows;  /* (n_trainable_tokens, dim) new embedding rows */
 
     /* ---- prompt learning ---- */
-    int n_virtual;     /* virtual tokens (prefix / prompt / p-tuning) */
-    float *prefix_k;   /* (n_layers, n_virtual, n_kv_heads*head_dim), raw (no RoPE) */
-    float *prefix_v;   /* (n_layers, n_virtual, n_kv_heads*head_dim) */
+    int n_virtual;      /* virtual tokens (prefix / prompt / p-tuning) */
+    float *prefix_k;    /* (n_layers, n_virtual, n_kv_heads*head_dim), raw (no RoPE) */
+    float *prefix_v;    /* (n_layers, n_virtual, n_kv_heads*head_dim) */
     float *prompt_embd; /* (n_virtual, dim) prompt / p-tuning input embeddings */
 
     /* ---- adaption prompt: layers ap_first_layer .. n_layers-1 ---- */
@@ -146,8 +146,8 @@ typedef struct qv_adapter {
     enum qv_bn_act bn_act;
     char bn_scaling_mode[16]; /* "fixed", "learned" or "channel" */
 
-    size_t n_bytes;  /* bytes of all F32 arrays owned */
-    bool has_base;   /* validated (and DoRA precomputed) against a base model */
+    size_t n_bytes;     /* bytes of all F32 arrays owned */
+    bool has_base;      /* validated (and DoRA precomputed) against a base model */
     void **priv_allocs; /* internal: every array above, for qv_adapter_free */
     size_t priv_n, priv_cap;
 } qv_adapter;

@@ -22,15 +22,21 @@ static qv_status parse_act(qv__adapter_ctx *c, const char *name, enum qv_bn_act 
     static const struct {
         const char *n;
         enum qv_bn_act a;
-    } map[] = {{"relu", QV_BN_ACT_RELU},       {"swish", QV_BN_ACT_SILU},
-               {"silu", QV_BN_ACT_SILU},       {"gelu", QV_BN_ACT_GELU},
-               {"gelu_new", QV_BN_ACT_GELU_TANH}, {"gelu_pytorch_tanh", QV_BN_ACT_GELU_TANH},
-               {"tanh", QV_BN_ACT_TANH},       {"sigmoid", QV_BN_ACT_SIGMOID},
-               {"leakyrelu", QV_BN_ACT_LEAKY_RELU}, {"linear", QV_BN_ACT_IDENTITY},
+    } map[] = {{"relu", QV_BN_ACT_RELU},
+               {"swish", QV_BN_ACT_SILU},
+               {"silu", QV_BN_ACT_SILU},
+               {"gelu", QV_BN_ACT_GELU},
+               {"gelu_new", QV_BN_ACT_GELU_TANH},
+               {"gelu_pytorch_tanh", QV_BN_ACT_GELU_TANH},
+               {"tanh", QV_BN_ACT_TANH},
+               {"sigmoid", QV_BN_ACT_SIGMOID},
+               {"leakyrelu", QV_BN_ACT_LEAKY_RELU},
+               {"linear", QV_BN_ACT_IDENTITY},
                {"identity", QV_BN_ACT_IDENTITY}};
     char low[32];
     size_t i = 0;
-    for (; name[i] && i < sizeof(low) - 1; i++) low[i] = (char)tolower((unsigned char)name[i]);
+    for (; name[i] && i < sizeof(low) - 1; i++)
+        low[i] = (char)tolower((unsigned char)name[i]);
     low[i] = '\0';
     for (i = 0; i < QV_ARRAY_LEN(map); i++)
         if (!strcmp(map[i].n, low)) {
@@ -51,8 +57,10 @@ static qv_status bottleneck_dim(qv__adapter_ctx *c, int layer, int hidden, int *
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(rf, key);
         if (!e) e = cJSON_GetObjectItemCaseSensitive(rf, "default");
         if (!e)
-            return qv_errorf(c->err, QV_ERR_INVALID, "reduction_factor has no entry for layer %d "
-                             "and no \"default\"", layer);
+            return qv_errorf(c->err, QV_ERR_INVALID,
+                             "reduction_factor has no entry for layer %d "
+                             "and no \"default\"",
+                             layer);
         rf = e;
     }
     if (rf && !cJSON_IsNull(rf)) {
@@ -69,11 +77,13 @@ static qv_status bottleneck_dim(qv__adapter_ctx *c, int layer, int hidden, int *
 static qv_status classify(qv__adapter_ctx *c, const qv_st_tensor *t, bn_slot *slots, bool ln_before,
                           const char **name, size_t *name_len) {
     const char *k = t->name, *p = strstr(k, "layers.");
-    while (p && !isdigit((unsigned char)p[7])) p = strstr(p + 1, "layers.");
+    while (p && !isdigit((unsigned char)p[7]))
+        p = strstr(p + 1, "layers.");
     if (!p) return qv_errorf(c->err, QV_ERR_INVALID, "unexpected tensor %s", k);
     p += 7;
     long layer = 0;
-    while (isdigit((unsigned char)*p) && layer < 100000) layer = layer * 10 + (*p++ - '0');
+    while (isdigit((unsigned char)*p) && layer < 100000)
+        layer = layer * 10 + (*p++ - '0');
     int loc;
     if (!strncmp(p, ".attention_adapters.adapters.", 29))
         loc = 0, p += 29;
@@ -86,13 +96,17 @@ static qv_status classify(qv__adapter_ctx *c, const qv_st_tensor *t, bn_slot *sl
     if (!*name) {
         *name = p, *name_len = (size_t)(dot - p);
     } else if ((size_t)(dot - p) != *name_len || strncmp(p, *name, *name_len)) {
-        return qv_errorf(c->err, QV_ERR_INVALID, "tensor %s belongs to another adapter than "
-                         "\"%.*s\" (one adapter per file)", k, (int)*name_len, *name);
+        return qv_errorf(c->err, QV_ERR_INVALID,
+                         "tensor %s belongs to another adapter than "
+                         "\"%.*s\" (one adapter per file)",
+                         k, (int)*name_len, *name);
     }
     const char *rest = dot + 1;
     if (layer >= c->ad->n_layers)
-        return qv_errorf(c->err, QV_ERR_INVALID, "tensor %s: layer %ld does not exist in the base "
-                         "model (%d layers)", k, layer, c->ad->n_layers);
+        return qv_errorf(c->err, QV_ERR_INVALID,
+                         "tensor %s: layer %ld does not exist in the base "
+                         "model (%d layers)",
+                         k, layer, c->ad->n_layers);
     bn_slot *s = &slots[layer * 2 + loc];
     const char *lin = ln_before ? "adapter_down.1." : "adapter_down.0.";
     const qv_st_tensor **dst = NULL;
@@ -134,19 +148,26 @@ static qv_status unit(qv__adapter_ctx *c, bn_slot *s, int layer, int loc, int hi
                                           "adapter_up.weight", "adapter_up.bias"};
     for (int i = 0; i < 4; i++)
         if (!need[i])
-            return qv_errorf(c->err, QV_ERR_NOT_FOUND, "missing tensor model.layers.%d.%s."
-                             "adapters.%s.%s", layer, where, ad->name ? ad->name : "?", need_n[i]);
-    if ((ad->bn_ln_before && (!s->lnb_w || !s->lnb_b)) || (ad->bn_ln_after && (!s->lna_w || !s->lna_b)))
-        return qv_errorf(c->err, QV_ERR_NOT_FOUND, "missing LayerNorm tensors of model.layers.%d.%s "
-                         "(ln_before / ln_after)", layer, where);
+            return qv_errorf(c->err, QV_ERR_NOT_FOUND,
+                             "missing tensor model.layers.%d.%s."
+                             "adapters.%s.%s",
+                             layer, where, ad->name ? ad->name : "?", need_n[i]);
+    if ((ad->bn_ln_before && (!s->lnb_w || !s->lnb_b)) ||
+        (ad->bn_ln_after && (!s->lna_w || !s->lna_b)))
+        return qv_errorf(c->err, QV_ERR_NOT_FOUND,
+                         "missing LayerNorm tensors of model.layers.%d.%s "
+                         "(ln_before / ln_after)",
+                         layer, where);
     if (!ad->bn_ln_after && (s->lna_w || s->lna_b))
         return qv_errorf(c->err, QV_ERR_INVALID, "unexpected tensor %s (ln_after is false)",
                          (s->lna_w ? s->lna_w : s->lna_b)->name);
     bool learned = !strcmp(ad->bn_scaling_mode, "learned"),
          channel = !strcmp(ad->bn_scaling_mode, "channel");
     if ((learned || channel) && !s->sc)
-        return qv_errorf(c->err, QV_ERR_NOT_FOUND, "missing tensor model.layers.%d.%s.adapters.%s."
-                         "scaling", layer, where, ad->name ? ad->name : "?");
+        return qv_errorf(c->err, QV_ERR_NOT_FOUND,
+                         "missing tensor model.layers.%d.%s.adapters.%s."
+                         "scaling",
+                         layer, where, ad->name ? ad->name : "?");
     if (!learned && !channel && s->sc)
         return qv_errorf(c->err, QV_ERR_INVALID, "unexpected tensor %s (scaling is a number)",
                          s->sc->name);
@@ -188,28 +209,38 @@ qv_status qv__adapter_load_bottleneck(qv__adapter_ctx *c) {
     const char *arch, *mt, *mn, *nl;
     if ((s = qv__cfg_str(c, cfg, "architecture", &arch))) return s;
     if (arch && strcmp(arch, "bottleneck"))
-        return qv_errorf(c->err, QV_ERR_UNSUPPORTED, "AdapterHub architecture \"%s\" is not "
-                         "supported (bottleneck adapters only)", arch);
+        return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                         "AdapterHub architecture \"%s\" is not "
+                         "supported (bottleneck adapters only)",
+                         arch);
     static const char *const rejected[] = {"use_gating", "inv_adapter", "phm_layer",
                                            "cross_adapter"};
     for (size_t i = 0; i < QV_ARRAY_LEN(rejected); i++)
         if (qv__cfg_set(cfg, rejected[i]))
-            return qv_errorf(c->err, QV_ERR_UNSUPPORTED, "bottleneck option \"%s\" is set, which "
-                             "quiver does not implement", rejected[i]);
+            return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                             "bottleneck option \"%s\" is set, which "
+                             "quiver does not implement",
+                             rejected[i]);
     if ((s = qv__cfg_str(c, c->root, "model_type", &mt)) ||
         (s = qv__cfg_str(c, c->root, "model_name", &mn)))
         return s;
     if (mt && strcmp(mt, "llama") && strcmp(mt, "mistral") && strcmp(mt, "qwen2"))
-        return qv_errorf(c->err, QV_ERR_UNSUPPORTED, "AdapterHub model_type \"%s\" is not a "
-                         "Llama-family model", mt);
-    if (mn && !(ad->base_name = qv_strdup(mn))) return qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
+        return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                         "AdapterHub model_type \"%s\" is not a "
+                         "Llama-family model",
+                         mt);
+    if (mn && !(ad->base_name = qv_strdup(mn)))
+        return qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
     int hidden;
     if ((s = qv__cfg_int(c, c->root, "hidden_size", c->base ? c->base->cfg.dim : -1, &hidden)))
         return s;
-    if (hidden < 1) return qv_errorf(c->err, QV_ERR_INVALID, "adapter_config.json has no hidden_size");
+    if (hidden < 1)
+        return qv_errorf(c->err, QV_ERR_INVALID, "adapter_config.json has no hidden_size");
     if (c->base && hidden != c->base->cfg.dim)
-        return qv_errorf(c->err, QV_ERR_INVALID, "adapter hidden_size %d does not match the base "
-                         "model's %d", hidden, c->base->cfg.dim);
+        return qv_errorf(c->err, QV_ERR_INVALID,
+                         "adapter hidden_size %d does not match the base "
+                         "model's %d",
+                         hidden, c->base->cfg.dim);
     ad->dim = hidden;
     bool ln_before, ln_after;
     if ((s = qv__cfg_bool(c, cfg, "is_parallel", false, &ad->bn_parallel)) ||
@@ -233,13 +264,14 @@ qv_status qv__adapter_load_bottleneck(qv__adapter_ctx *c) {
     else if (cJSON_IsString(rb) && !strcmp(rb->valuestring, "post_add"))
         ad->bn_residual = QV_BN_RES_POST_ADD;
     else
-        return qv_errorf(c->err, QV_ERR_INVALID, "residual_before_ln must be true, false or "
+        return qv_errorf(c->err, QV_ERR_INVALID,
+                         "residual_before_ln must be true, false or "
                          "\"post_add\"");
     const cJSON *sc = cJSON_GetObjectItemCaseSensitive(cfg, "scaling");
     double scaling = 1.0;
     snprintf(ad->bn_scaling_mode, sizeof(ad->bn_scaling_mode), "fixed");
-    if (cJSON_IsString(sc) && (!strcmp(sc->valuestring, "learned") ||
-                               !strcmp(sc->valuestring, "channel")))
+    if (cJSON_IsString(sc) &&
+        (!strcmp(sc->valuestring, "learned") || !strcmp(sc->valuestring, "channel")))
         snprintf(ad->bn_scaling_mode, sizeof(ad->bn_scaling_mode), "%s", sc->valuestring);
     else if ((s = qv__cfg_num(c, cfg, "scaling", 1.0, &scaling)))
         return s;
@@ -247,7 +279,8 @@ qv_status qv__adapter_load_bottleneck(qv__adapter_ctx *c) {
     if (leave && !cJSON_IsNull(leave) && !cJSON_IsArray(leave))
         return qv_errorf(c->err, QV_ERR_INVALID, "leave_out must be a list of layer ids");
     if (!ad->bn_mh_adapter && !ad->bn_output_adapter)
-        return qv_errorf(c->err, QV_ERR_INVALID, "bottleneck config enables neither mh_adapter "
+        return qv_errorf(c->err, QV_ERR_INVALID,
+                         "bottleneck config enables neither mh_adapter "
                          "nor output_adapter");
     size_t nt = qv_st_n_tensors(c->st);
     if (!c->base) {
@@ -272,13 +305,18 @@ qv_status qv__adapter_load_bottleneck(qv__adapter_ctx *c) {
         for (int loc = 0; loc < 2 && !s; loc++) {
             bn_slot *sl = &slots[l * 2 + loc];
             bool on = !skip && (loc ? ad->bn_output_adapter : ad->bn_mh_adapter);
-            const qv_st_tensor *any = sl->dw ? sl->dw : sl->db ? sl->db : sl->uw ? sl->uw
-                                    : sl->ub ? sl->ub : sl->sc ? sl->sc : sl->lna_w;
+            const qv_st_tensor *any = sl->dw   ? sl->dw
+                                      : sl->db ? sl->db
+                                      : sl->uw ? sl->uw
+                                      : sl->ub ? sl->ub
+                                      : sl->sc ? sl->sc
+                                               : sl->lna_w;
             if (!on) {
                 if (any)
                     s = qv_errorf(c->err, QV_ERR_INVALID, "unexpected tensor %s (%s)", any->name,
-                                  skip ? "layer is in leave_out"
-                                  : loc ? "output_adapter is false" : "mh_adapter is false");
+                                  skip  ? "layer is in leave_out"
+                                  : loc ? "output_adapter is false"
+                                        : "mh_adapter is false");
                 continue;
             }
             if (!c->base && !any) continue; /* inspection: layers beyond the keys */

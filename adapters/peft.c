@@ -36,8 +36,8 @@ static qv_status reject_options(qv__adapter_ctx *c, const char *const *names, si
     for (size_t i = 0; i < n; i++)
         if (qv__cfg_set(c->cfg, names[i]))
             return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
-                             "%s option \"%s\" is set, which quiver does not implement",
-                             peft_type, names[i]);
+                             "%s option \"%s\" is set, which quiver does not implement", peft_type,
+                             names[i]);
     return QV_OK;
 }
 
@@ -60,7 +60,8 @@ typedef struct pattern_set {
 } pattern_set;
 
 static void patterns_free(pattern_set *p) {
-    for (int i = 0; i < p->n; i++) pcre2_code_free(p->re[i]);
+    for (int i = 0; i < p->n; i++)
+        pcre2_code_free(p->re[i]);
     qv_free(p->re);
     qv_free(p->val);
     memset(p, 0, sizeof(*p));
@@ -88,13 +89,14 @@ static qv_status patterns_compile(qv__adapter_ctx *c, const char *key, pattern_s
         snprintf(src, kl + 16, "(.*\\.)?(%s)$", e->string);
         int code;
         PCRE2_SIZE off;
-        pcre2_code *re = pcre2_compile((PCRE2_SPTR)src, PCRE2_ZERO_TERMINATED, 0, &code, &off, NULL);
+        pcre2_code *re =
+            pcre2_compile((PCRE2_SPTR)src, PCRE2_ZERO_TERMINATED, 0, &code, &off, NULL);
         qv_free(src);
         if (!re) {
             PCRE2_UCHAR msg[120];
             pcre2_get_error_message(code, msg, sizeof(msg));
-            return qv_errorf(c->err, QV_ERR_INVALID, "%s key \"%s\" is not a valid regex: %s",
-                             key, e->string, (const char *)msg);
+            return qv_errorf(c->err, QV_ERR_INVALID, "%s key \"%s\" is not a valid regex: %s", key,
+                             e->string, (const char *)msg);
         }
         p->re[p->n] = re;
         p->val[p->n] = e;
@@ -158,8 +160,8 @@ static qv_status dora_scale(qv__adapter_ctx *c, qv_lora *x, const qv_tensor *w, 
         double n = sqrt(ss);
         if (!(n > 0.0)) {
             qv_free(row);
-            return qv_errorf(c->err, QV_ERR_INVALID,
-                             "%s: DoRA weight norm of row %d is zero", path, o);
+            return qv_errorf(c->err, QV_ERR_INVALID, "%s: DoRA weight norm of row %d is zero", path,
+                             o);
         }
         x->dora_scale[o] = (float)((double)x->magnitude[o] / n);
     }
@@ -175,8 +177,7 @@ static const qv_tensor *base_weight(const qv_model *m, int layer, int slot) {
     return t[slot];
 }
 
-static qv_status lora_module(qv__adapter_ctx *c, lora_state *st, int layer, int slot,
-                             qv_lora *x) {
+static qv_status lora_module(qv__adapter_ctx *c, lora_state *st, int layer, int slot, qv_lora *x) {
     lora_slot *sl = &st->slots[layer < 0 ? c->ad->n_layers * SLOTS_PER_LAYER + slot - SLOT_EMBED
                                          : layer * SLOTS_PER_LAYER + slot];
     char path[96];
@@ -199,11 +200,15 @@ static qv_status lora_module(qv__adapter_ctx *c, lora_state *st, int layer, int 
                          !sl->a ? (emb ? "lora_embedding_A" : "lora_A.weight")
                                 : (emb ? "lora_embedding_B" : "lora_B.weight"));
     if (c->ad->use_dora && !sl->mag)
-        return qv_errorf(c->err, QV_ERR_NOT_FOUND, "missing tensor %s.lora_magnitude_vector "
-                         "(use_dora is true)", path);
+        return qv_errorf(c->err, QV_ERR_NOT_FOUND,
+                         "missing tensor %s.lora_magnitude_vector "
+                         "(use_dora is true)",
+                         path);
     if (c->ad->lora_bias && !sl->bias && !emb)
-        return qv_errorf(c->err, QV_ERR_NOT_FOUND, "missing tensor %s.lora_B.bias (lora_bias is "
-                         "true)", path);
+        return qv_errorf(c->err, QV_ERR_NOT_FOUND,
+                         "missing tensor %s.lora_B.bias (lora_bias is "
+                         "true)",
+                         path);
     if (emb && sl->mag)
         return qv_errorf(c->err, QV_ERR_UNSUPPORTED, "DoRA on embed_tokens is not implemented");
     if (sl->a->n_dims != 2 || sl->a->shape[0] < 1)
@@ -266,7 +271,8 @@ static qv_status lora_modules_to_save(qv__adapter_ctx *c, lora_state *st) {
         else
             return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
                              "modules_to_save entry \"%s\" is not supported (only lm_head and "
-                             "embed_tokens)", e->valuestring);
+                             "embed_tokens)",
+                             e->valuestring);
     }
     return QV_OK;
 }
@@ -335,7 +341,8 @@ static qv_status lora_classify(qv__adapter_ctx *c, lora_state *st, const qv_st_t
     } else if (!strcmp(rest, ".base_layer.bias") || !strcmp(rest, ".bias")) {
         return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
                          "tensor %s: trained base biases (bias \"all\" / \"lora_only\") are not "
-                         "implemented", t->name);
+                         "implemented",
+                         t->name);
     } else {
         return unexpected(c, t->name, NULL);
     }
@@ -365,8 +372,10 @@ static qv_status lora_trainable_tokens(qv__adapter_ctx *c, lora_state *st) {
     int n = cJSON_GetArraySize(ti);
     if (!n) return QV_OK;
     if (!st->tt_delta)
-        return qv_errorf(c->err, QV_ERR_NOT_FOUND, "missing tensor "
-                         "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta");
+        return qv_errorf(
+            c->err, QV_ERR_NOT_FOUND,
+            "missing tensor "
+            "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta");
     int64_t shape[2] = {n, c->base ? c->base->cfg.dim : -1};
     qv_status s = qv__adapter_take(c, st->tt_delta, 2, shape, &c->ad->trainable_rows);
     if (s) return s;
@@ -379,8 +388,10 @@ static qv_status lora_trainable_tokens(qv__adapter_ctx *c, lora_state *st) {
         double v = cJSON_IsNumber(e) ? e->valuedouble : -1;
         int64_t lim = c->base ? c->base->cfg.n_vocab : ((int64_t)1 << 31) - 1;
         if (v != floor(v) || v < 0 || v >= (double)lim)
-            return qv_errorf(c->err, QV_ERR_INVALID, "trainable_token_indices[%d] is not a token "
-                             "id of the base vocabulary", i);
+            return qv_errorf(c->err, QV_ERR_INVALID,
+                             "trainable_token_indices[%d] is not a token "
+                             "id of the base vocabulary",
+                             i);
         c->ad->trainable_ids[i++] = (int32_t)v;
     }
     c->ad->n_trainable_tokens = n;
@@ -398,26 +409,29 @@ static qv_status load_lora(qv__adapter_ctx *c) {
     const char *str;
     if ((s = qv__cfg_str(c, c->cfg, "init_lora_weights", &str))) {
         /* init_lora_weights is usually a bool; only the string "mica" matters here */
-        if (!cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(c->cfg, "init_lora_weights")))
-            goto done;
+        if (!cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(c->cfg, "init_lora_weights"))) goto done;
         s = QV_OK, str = NULL;
     }
     if (str && !strcmp(str, "mica")) {
-        s = qv_errorf(c->err, QV_ERR_UNSUPPORTED, "LORA option \"init_lora_weights\" = \"mica\" "
-                                                   "is not implemented");
+        s = qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                      "LORA option \"init_lora_weights\" = \"mica\" "
+                      "is not implemented");
         goto done;
     }
     bool fifo;
     if ((s = qv__cfg_bool(c, c->cfg, "fan_in_fan_out", false, &fifo))) goto done;
     if (fifo) {
-        s = qv_errorf(c->err, QV_ERR_UNSUPPORTED, "LORA option \"fan_in_fan_out\" is true, but "
+        s = qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                      "LORA option \"fan_in_fan_out\" is true, but "
                       "Llama projections are nn.Linear (it applies to GPT-2 Conv1D only)");
         goto done;
     }
     if ((s = qv__cfg_str(c, c->cfg, "bias", &str))) goto done;
     if (str && strcmp(str, "none")) {
-        s = qv_errorf(c->err, QV_ERR_UNSUPPORTED, "LORA option \"bias\" = \"%s\" (trained base "
-                      "biases) is not implemented; only \"none\"", str);
+        s = qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                      "LORA option \"bias\" = \"%s\" (trained base "
+                      "biases) is not implemented; only \"none\"",
+                      str);
         goto done;
     }
     double alpha;
@@ -477,15 +491,18 @@ static qv_status load_lora(qv__adapter_ctx *c) {
             goto done;
         }
         for (int k = 0; k < r; k++)
-            for (int j = 0; j < dim; j++) h->a[(size_t)k * dim + j] = e->b[(size_t)j * r + k];
+            for (int j = 0; j < dim; j++)
+                h->a[(size_t)k * dim + j] = e->b[(size_t)j * r + k];
         for (int v = 0; v < nv; v++)
-            for (int k = 0; k < r; k++) h->b[(size_t)v * r + k] = e->a[(size_t)k * nv + v];
+            for (int k = 0; k < r; k++)
+                h->b[(size_t)v * r + k] = e->a[(size_t)k * nv + v];
         h->rank = r, h->scale = e->scale, h->n_in = dim, h->n_out = nv;
     }
     int64_t full[2] = {c->base ? c->base->cfg.n_vocab : -1, c->base ? c->base->cfg.dim : -1};
     if (st.save_embed && !st.embed_repl) {
-        s = qv_errorf(c->err, QV_ERR_NOT_FOUND, "missing tensor base_model.model.model."
-                                                 "embed_tokens.weight (modules_to_save)");
+        s = qv_errorf(c->err, QV_ERR_NOT_FOUND,
+                      "missing tensor base_model.model.model."
+                      "embed_tokens.weight (modules_to_save)");
         goto done;
     }
     if (st.save_lm_head && !st.lm_head_repl) {
@@ -546,7 +563,8 @@ static qv_status load_ia3(qv__adapter_ctx *c) {
     qv_status s = qv__cfg_bool(c, c->cfg, "fan_in_fan_out", false, &fifo);
     if (s) return s;
     if (fifo)
-        return qv_errorf(c->err, QV_ERR_UNSUPPORTED, "IA3 option \"fan_in_fan_out\" is true, but "
+        return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                         "IA3 option \"fan_in_fan_out\" is true, but "
                          "Llama projections are nn.Linear");
     if (qv__cfg_set(c->cfg, "modules_to_save"))
         return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
@@ -565,17 +583,20 @@ static qv_status load_ia3(qv__adapter_ctx *c) {
                 continue;
             }
             if (layer >= c->ad->n_layers)
-                return qv_errorf(c->err, QV_ERR_INVALID, "tensor %s: layer %d does not exist in "
-                                 "the base model (%d layers)", t->name, layer, c->ad->n_layers);
+                return qv_errorf(c->err, QV_ERR_INVALID,
+                                 "tensor %s: layer %d does not exist in "
+                                 "the base model (%d layers)",
+                                 t->name, layer, c->ad->n_layers);
             char path[96];
             snprintf(path, sizeof(path), "%.*s", (int)(rest - k), k);
             bool ff;
             if ((s = ia3_is_ff(c, path, &ff))) return s;
             int n_out, n_in;
             qv__adapter_proj_dims(c->ad, c->base, p, &n_out, &n_in);
-            bool shaped_in = t->n_dims == 2 && t->shape[0] == 1 && (n_in < 0 || t->shape[1] == n_in);
-            bool shaped_out = t->n_dims == 2 && t->shape[1] == 1 &&
-                              (n_out < 0 || t->shape[0] == n_out);
+            bool shaped_in =
+                t->n_dims == 2 && t->shape[0] == 1 && (n_in < 0 || t->shape[1] == n_in);
+            bool shaped_out =
+                t->n_dims == 2 && t->shape[1] == 1 && (n_out < 0 || t->shape[0] == n_out);
             if (ff ? !shaped_in : !shaped_out) {
                 char b[64];
                 return qv_errorf(c->err, QV_ERR_INVALID,
@@ -612,8 +633,10 @@ static qv_status load_prompt(qv__adapter_ctx *c, enum qv_adapter_kind kind) {
         return qv_errorf(c->err, QV_ERR_LIMIT, "num_virtual_tokens %d exceeds the limit %d", nvt,
                          c->lim.max_virtual);
     if (nts != 1)
-        return qv_errorf(c->err, QV_ERR_UNSUPPORTED, "num_transformer_submodules %d is not "
-                         "supported (causal LMs use 1)", nts);
+        return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                         "num_transformer_submodules %d is not "
+                         "supported (causal LMs use 1)",
+                         nts);
     if (qv__cfg_set(c->cfg, "modules_to_save"))
         return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
                          "%s option \"modules_to_save\" is set, which quiver does not implement",
@@ -622,15 +645,18 @@ static qv_status load_prompt(qv__adapter_ctx *c, enum qv_adapter_kind kind) {
     const qv_st_tensor *t = qv_st_find(c->st, "prompt_embeddings");
     for (size_t i = 0; i < nt; i++)
         if (qv_st_tensor_at(c->st, i) != t)
-            return unexpected(c, qv_st_tensor_at(c->st, i)->name, "a prompt-learning file holds "
+            return unexpected(c, qv_st_tensor_at(c->st, i)->name,
+                              "a prompt-learning file holds "
                               "only prompt_embeddings");
     if (!t) return qv_errorf(c->err, QV_ERR_NOT_FOUND, "missing tensor prompt_embeddings");
     ad->n_virtual = nvt;
     if (kind != QV_ADAPTER_PREFIX_TUNING) {
         int dim = c->base ? c->base->cfg.dim : token_dim;
         if (c->base && token_dim > 0 && token_dim != dim)
-            return qv_errorf(c->err, QV_ERR_INVALID, "%s token_dim %d does not match the base "
-                             "hidden size %d", kn, token_dim, dim);
+            return qv_errorf(c->err, QV_ERR_INVALID,
+                             "%s token_dim %d does not match the base "
+                             "hidden size %d",
+                             kn, token_dim, dim);
         int64_t shape[2] = {nvt, dim};
         if ((s = qv__adapter_take(c, t, 2, shape, &ad->prompt_embd))) return s;
         ad->dim = (int)t->shape[1];
@@ -638,13 +664,16 @@ static qv_status load_prompt(qv__adapter_ctx *c, enum qv_adapter_kind kind) {
     }
     /* Prefix tuning: per layer (key, value) for each KV head (PEFT >= 0.12 GQA layout). */
     if (token_dim < 1 || n_layers < 1 || n_heads < 1)
-        return qv_errorf(c->err, QV_ERR_INVALID, "PREFIX_TUNING config needs token_dim, "
+        return qv_errorf(c->err, QV_ERR_INVALID,
+                         "PREFIX_TUNING config needs token_dim, "
                          "num_layers and num_attention_heads");
     if (c->base) {
         const qv_model_config *m = &c->base->cfg;
         if (n_layers != m->n_layers)
-            return qv_errorf(c->err, QV_ERR_INVALID, "PREFIX_TUNING num_layers %d does not match "
-                             "the base (%d layers)", n_layers, m->n_layers);
+            return qv_errorf(c->err, QV_ERR_INVALID,
+                             "PREFIX_TUNING num_layers %d does not match "
+                             "the base (%d layers)",
+                             n_layers, m->n_layers);
         if (n_heads != m->n_kv_heads || token_dim != m->n_kv_heads * m->head_dim)
             return qv_errorf(c->err, QV_ERR_INVALID,
                              "PREFIX_TUNING num_attention_heads %d / token_dim %d do not fit the "
@@ -653,8 +682,10 @@ static qv_status load_prompt(qv__adapter_ctx *c, enum qv_adapter_kind kind) {
                              m->n_kv_heads * m->head_dim);
     } else {
         if (token_dim % n_heads)
-            return qv_errorf(c->err, QV_ERR_INVALID, "PREFIX_TUNING token_dim %d is not a "
-                             "multiple of num_attention_heads %d", token_dim, n_heads);
+            return qv_errorf(c->err, QV_ERR_INVALID,
+                             "PREFIX_TUNING token_dim %d is not a "
+                             "multiple of num_attention_heads %d",
+                             token_dim, n_heads);
         if ((s = qv__adapter_ensure_layers(c, n_layers))) return s;
         ad->n_kv_heads = n_heads;
         ad->head_dim = token_dim / n_heads;
@@ -694,13 +725,17 @@ static qv_status load_adaption_prompt(qv__adapter_ctx *c) {
         (s = qv__cfg_str(c, c->cfg, "target_modules", &tm)))
         return s;
     if (tm && strcmp(tm, "self_attn"))
-        return qv_errorf(c->err, QV_ERR_UNSUPPORTED, "ADAPTION_PROMPT target_modules \"%s\" is "
-                         "not supported (only self_attn)", tm);
+        return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                         "ADAPTION_PROMPT target_modules \"%s\" is "
+                         "not supported (only self_attn)",
+                         tm);
     if (c->base && c->base->cfg.arch == QV_ARCH_QWEN2)
-        return qv_errorf(c->err, QV_ERR_UNSUPPORTED, "ADAPTION_PROMPT supports llama and mistral "
+        return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                         "ADAPTION_PROMPT supports llama and mistral "
                          "bases only (PEFT has no qwen2 support)");
     if (len < 1 || n < 1)
-        return qv_errorf(c->err, QV_ERR_INVALID, "ADAPTION_PROMPT needs positive adapter_len and "
+        return qv_errorf(c->err, QV_ERR_INVALID,
+                         "ADAPTION_PROMPT needs positive adapter_len and "
                          "adapter_layers");
     if (c->lim.max_virtual > 0 && len > c->lim.max_virtual)
         return qv_errorf(c->err, QV_ERR_LIMIT, "adapter_len %d exceeds the limit %d", len,
@@ -755,16 +790,18 @@ static qv_status load_adaption_prompt(qv__adapter_ctx *c) {
     for (int j = 0; j < n && !s; j++) {
         const qv_st_tensor *p = pr[2 * j], *g = pr[2 * j + 1];
         if (!p || !g) {
-            s = qv_errorf(c->err, QV_ERR_NOT_FOUND, "missing tensor base_model.model.model.layers."
-                          "%d.self_attn.%s", ad->ap_first_layer + j,
-                          !p ? "adaption_prompt" : "adaption_gate");
+            s = qv_errorf(c->err, QV_ERR_NOT_FOUND,
+                          "missing tensor base_model.model.model.layers."
+                          "%d.self_attn.%s",
+                          ad->ap_first_layer + j, !p ? "adaption_prompt" : "adaption_gate");
             break;
         }
         int64_t sp[3] = {1, len, ad->dim}, sg[1] = {1};
         float *pv = NULL, *gv = NULL;
         if ((s = qv__adapter_take(c, p, 3, sp, &pv)) || (s = qv__adapter_take(c, g, 1, sg, &gv)))
             break;
-        memcpy(ad->ap_prompt + (size_t)j * len * ad->dim, pv, (size_t)len * ad->dim * sizeof(float));
+        memcpy(ad->ap_prompt + (size_t)j * len * ad->dim, pv,
+               (size_t)len * ad->dim * sizeof(float));
         ad->ap_gate[j] = gv[0];
         qv__adapter_release(c, gv, 1);
         qv__adapter_release(c, pv, (size_t)len * ad->dim);
@@ -793,11 +830,13 @@ qv_status qv__adapter_load_peft(qv__adapter_ctx *c) {
                  {"P_TUNING", QV_ADAPTER_P_TUNING},
                  {"ADAPTION_PROMPT", QV_ADAPTER_ADAPTION_PROMPT}};
     size_t i = 0;
-    while (i < QV_ARRAY_LEN(kinds) && strcmp(kinds[i].name, pt)) i++;
+    while (i < QV_ARRAY_LEN(kinds) && strcmp(kinds[i].name, pt))
+        i++;
     if (i == QV_ARRAY_LEN(kinds))
         return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
                          "peft_type \"%s\" is not supported (LORA, IA3, PREFIX_TUNING, "
-                         "PROMPT_TUNING, P_TUNING, ADAPTION_PROMPT)", pt);
+                         "PROMPT_TUNING, P_TUNING, ADAPTION_PROMPT)",
+                         pt);
     c->ad->kind = kinds[i].kind;
     if ((s = check_task_type(c))) return s;
     switch (c->ad->kind) {

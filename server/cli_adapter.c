@@ -15,20 +15,21 @@
 int qv_cli_adapter(int argc, char **argv);
 
 static void adapter_usage(FILE *f) {
-    fprintf(f, "usage: quiver adapter inspect PATH [--model BASE] [--max-rank N] "
-               "[--strict-base-name] [--quiet]\n\n"
-               "Loads the adapter directory PATH (PEFT adapter_config.json +\n"
-               "adapter_model.safetensors, or AdapterHub adapter_config.json + adapter.safetensors)\n"
-               "and prints kind, targets, ranks, scales, virtual tokens and size in bytes.\n"
-               "Pickle files (adapter_model.bin, pytorch_adapter.bin) are refused.\n\n"
-               "options:\n"
-               "  --model BASE          also check compatibility with this base model (HF\n"
-               "                        directory or .gguf); prints the exact refusal if any\n"
-               "  --max-rank N          refuse LoRA ranks above N\n"
-               "  --strict-base-name    refuse (not just warn) when the adapter names another base\n"
-               "  --quiet               do not print load-time log lines\n"
-               "  -h, --help            show this help\n\n"
-               "exit status: 0 loaded (and compatible), 1 refused or failed, 2 usage error\n");
+    fprintf(f,
+            "usage: quiver adapter inspect PATH [--model BASE] [--max-rank N] "
+            "[--strict-base-name] [--quiet]\n\n"
+            "Loads the adapter directory PATH (PEFT adapter_config.json +\n"
+            "adapter_model.safetensors, or AdapterHub adapter_config.json + adapter.safetensors)\n"
+            "and prints kind, targets, ranks, scales, virtual tokens and size in bytes.\n"
+            "Pickle files (adapter_model.bin, pytorch_adapter.bin) are refused.\n\n"
+            "options:\n"
+            "  --model BASE          also check compatibility with this base model (HF\n"
+            "                        directory or .gguf); prints the exact refusal if any\n"
+            "  --max-rank N          refuse LoRA ranks above N\n"
+            "  --strict-base-name    refuse (not just warn) when the adapter names another base\n"
+            "  --quiet               do not print load-time log lines\n"
+            "  -h, --help            show this help\n\n"
+            "exit status: 0 loaded (and compatible), 1 refused or failed, 2 usage error\n");
 }
 
 static int inspect(int argc, char **argv) {

@@ -35,7 +35,8 @@ char *at_st_build(const at_tensor *ts, size_t n, size_t *len) {
     h += (size_t)snprintf(hdr + h, sizeof(hdr) - h, "{");
     for (size_t i = 0; i < n; i++) {
         int64_t ne = 1;
-        for (int d = 0; d < ts[i].n_dims; d++) ne *= ts[i].shape[d];
+        for (int d = 0; d < ts[i].n_dims; d++)
+            ne *= ts[i].shape[d];
         size_t es = strcmp(ts[i].dtype, "F32") ? 2 : 4;
         h += (size_t)snprintf(hdr + h, sizeof(hdr) - h, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[",
                               i ? "," : "", ts[i].name, ts[i].dtype);
@@ -47,7 +48,8 @@ char *at_st_build(const at_tensor *ts, size_t n, size_t *len) {
         off += (size_t)ne * es;
     }
     h += (size_t)snprintf(hdr + h, sizeof(hdr) - h, "}");
-    while (h % 8) hdr[h++] = ' ';
+    while (h % 8)
+        hdr[h++] = ' ';
     char *b = calloc(1, 8 + h + off + 1);
     uint64_t hl = h;
     memcpy(b, &hl, 8);
@@ -55,7 +57,8 @@ char *at_st_build(const at_tensor *ts, size_t n, size_t *len) {
     char *p = b + 8 + h;
     for (size_t i = 0; i < n; i++) {
         int64_t ne = 1;
-        for (int d = 0; d < ts[i].n_dims; d++) ne *= ts[i].shape[d];
+        for (int d = 0; d < ts[i].n_dims; d++)
+            ne *= ts[i].shape[d];
         for (int64_t j = 0; j < ne; j++) {
             float v = ts[i].data ? ts[i].data[j] : 0.0f;
             if (!strcmp(ts[i].dtype, "F32")) {

@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -25,9 +26,11 @@ static int run(char *out, size_t cap, int argc, const char **argv) {
     dup2(fileno(tmp), 1);
     char *args[16];
     assert_true(argc <= 16);
-    for (int i = 0; i < argc; i++) args[i] = strdup(argv[i]);
+    for (int i = 0; i < argc; i++)
+        args[i] = strdup(argv[i]);
     int rc = qv_cli_adapter(argc, args);
-    for (int i = 0; i < argc; i++) free(args[i]);
+    for (int i = 0; i < argc; i++)
+        free(args[i]);
     fflush(stdout);
     dup2(saved, 1);
     close(saved);
@@ -46,14 +49,16 @@ static void test_inspect_kinds(void **state) {
         const char *dir, *needles[3];
     } cases[] = {
         {"tests/fixtures/adapters/tiny-llama-gqa/lora_patterns",
-         {"kind: LORA", "down_proj layers 3/3  rank 6  scale 1.33333", "q_proj    layers 3/3  rank 2..4"}},
+         {"kind: LORA", "down_proj layers 3/3  rank 6  scale 1.33333",
+          "q_proj    layers 3/3  rank 2..4"}},
         {"tests/fixtures/adapters/tiny-llama-gqa/dora", {"dora: yes", "DoRA", "size: "}},
         {"tests/fixtures/adapters/tiny-llama-gqa/prefix_nvt5",
          {"kind: PREFIX_TUNING", "virtual tokens: 5 (per-layer K/V, 2 kv heads x 16)", "size: "}},
         {"tests/fixtures/adapters/tiny-llama-gqa/ia3",
-         {"kind: IA3", "down_proj layers 3/3  input (feedforward) scaling", "k_proj    layers 3/3  output scaling"}},
+         {"kind: IA3", "down_proj layers 3/3  input (feedforward) scaling",
+          "k_proj    layers 3/3  output scaling"}},
         {"tests/fixtures/adapters/tiny-llama-gqa/par_bn",
-         {"kind: BOTTLENECK", "parallel (par_bn)", "scaling: fixed"}},
+         {"kind: BOTTLENECK", "parallel (par_bn)", "scaling: fixed 4"}},
         {"tests/fixtures/adapters/tiny-llama/adaption_prompt",
          {"kind: ADAPTION_PROMPT", "adapted layers: 0..1  adapter_len: 6", "size: "}},
     };
@@ -69,25 +74,35 @@ static void test_inspect_kinds(void **state) {
 
 static void test_inspect_with_model(void **state) {
     (void)state;
-    const char *ok[] = {"adapter", "inspect",
-                        qv_test_path("tests/fixtures/adapters/tiny-llama-gqa/lora_qv_r4"), "--model",
-                        qv_test_path("tests/fixtures/models/tiny-llama-gqa"), "--quiet"};
+    const char *ok[] = {"adapter",
+                        "inspect",
+                        qv_test_path("tests/fixtures/adapters/tiny-llama-gqa/lora_qv_r4"),
+                        "--model",
+                        qv_test_path("tests/fixtures/models/tiny-llama-gqa"),
+                        "--quiet"};
     assert_int_equal(run(buf, sizeof(buf), 6, ok), 0);
     assert_non_null(strstr(buf, "compatible with "));
     assert_non_null(strstr(buf, ": yes"));
     assert_non_null(strstr(buf, "validated against a base model: yes"));
     /* the same adapter against a base with other shapes: the exact refusal */
-    const char *bad[] = {"adapter", "inspect",
+    const char *bad[] = {"adapter",
+                         "inspect",
                          qv_test_path("tests/fixtures/adapters/tiny-llama-gqa/lora_qv_r4"),
-                         "--model", qv_test_path("tests/fixtures/models/tiny-llama"), "--quiet"};
+                         "--model",
+                         qv_test_path("tests/fixtures/models/tiny-llama"),
+                         "--quiet"};
     assert_int_equal(run(buf, sizeof(buf), 6, bad), 1);
     assert_non_null(strstr(buf, ": no: "));
     assert_non_null(strstr(buf, "layer 2 does not exist in the base model (2 layers)"));
     /* rank limit */
-    const char *lim[] = {"adapter", "inspect",
+    const char *lim[] = {"adapter",
+                         "inspect",
                          qv_test_path("tests/fixtures/adapters/tiny-llama-gqa/lora_qv_r4"),
-                         "--model", qv_test_path("tests/fixtures/models/tiny-llama-gqa"),
-                         "--max-rank", "2", "--quiet"};
+                         "--model",
+                         qv_test_path("tests/fixtures/models/tiny-llama-gqa"),
+                         "--max-rank",
+                         "2",
+                         "--quiet"};
     assert_int_equal(run(buf, sizeof(buf), 8, lim), 1);
     assert_non_null(strstr(buf, "exceeds the limit max_rank=2"));
 }

@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+
 #include <cmocka.h>
 
 #include <math.h>
@@ -97,22 +98,27 @@ static void check_one(const cJSON *e, const qv_adapter *ad) {
             check_samples("lora_B", x->b, (size_t)x->rank * x->n_out,
                           cJSON_GetObjectItemCaseSensitive(c, "b"), 0);
             const cJSON *bias = cJSON_GetObjectItemCaseSensitive(c, "bias");
-            if (bias) check_samples("lora_B.bias", x->b_bias, (size_t)x->n_out, bias, 0);
-            else assert_null(x->b_bias);
+            if (bias)
+                check_samples("lora_B.bias", x->b_bias, (size_t)x->n_out, bias, 0);
+            else
+                assert_null(x->b_bias);
             const cJSON *ds = cJSON_GetObjectItemCaseSensitive(c, "dora_scale");
-            if (ds) check_samples("dora m/|W+sBA|", x->dora_scale, (size_t)x->n_out, ds, 2e-6);
-            else assert_null(x->dora_scale);
+            if (ds)
+                check_samples("dora m/|W+sBA|", x->dora_scale, (size_t)x->n_out, ds, 2e-6);
+            else
+                assert_null(x->dora_scale);
             n_lora++;
         }
         /* No projection carries a LoRA the oracle does not know about. */
         size_t have = (ad->embed_lora.rank > 0) + (ad->lm_head_lora.rank > 0);
         for (int l = 0; l < ad->n_layers; l++)
-            for (int p = 0; p < QV_PROJ_COUNT; p++) have += ad->layers[l].lora[p].rank > 0;
+            for (int p = 0; p < QV_PROJ_COUNT; p++)
+                have += ad->layers[l].lora[p].rank > 0;
         assert_int_equal(have, n_lora);
         const cJSON *rep = cJSON_GetObjectItemCaseSensitive(e, "lm_head_replace");
         if (rep)
-            check_samples("lm_head replacement", ad->lm_head_replace,
-                          (size_t)ad->n_vocab * ad->dim, rep, 0);
+            check_samples("lm_head replacement", ad->lm_head_replace, (size_t)ad->n_vocab * ad->dim,
+                          rep, 0);
         else
             assert_null(ad->lm_head_replace);
     } else if (!strcmp(kind, "IA3")) {
@@ -128,11 +134,15 @@ static void check_one(const cJSON *e, const qv_adapter *ad) {
             n++;
         }
         for (int l = 0; l < ad->n_layers; l++)
-            for (int p = 0; p < QV_PROJ_COUNT; p++) have += ad->layers[l].ia3[p] != NULL;
+            for (int p = 0; p < QV_PROJ_COUNT; p++)
+                have += ad->layers[l].ia3[p] != NULL;
         assert_int_equal(have, n);
     } else if (!strcmp(kind, "PREFIX_TUNING")) {
         int nvt = (int)num(e, "nvt"), w = ad->n_kv_heads * ad->head_dim;
         assert_int_equal(ad->n_virtual, nvt);
+        /* K and V only: the raw embedding is not kept */
+        assert_int_equal(qv_adapter_n_bytes(ad),
+                         2 * (size_t)ad->n_layers * nvt * w * sizeof(float));
         const cJSON *c;
         cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(e, "prefix")) {
             int l = (int)num(c, "layer"), t = (int)num(c, "t"), col = (int)num(c, "col");
@@ -152,8 +162,8 @@ static void check_one(const cJSON *e, const qv_adapter *ad) {
             int j = (int)num(c, "layer") - ad->ap_first_layer;
             assert_true((double)ad->ap_gate[j] == num(c, "gate"));
             check_samples("adaption_prompt", ad->ap_prompt + (size_t)j * ad->ap_len * ad->dim,
-                          (size_t)ad->ap_len * ad->dim, cJSON_GetObjectItemCaseSensitive(c, "prompt"),
-                          0);
+                          (size_t)ad->ap_len * ad->dim,
+                          cJSON_GetObjectItemCaseSensitive(c, "prompt"), 0);
         }
     } else if (!strcmp(kind, "BOTTLENECK")) {
         assert_int_equal(ad->bn_parallel,
@@ -232,30 +242,46 @@ static void test_without_base(void **state) {
 static void test_buffer_entry(void **state) {
     (void)state;
     size_t cl, wl;
-    char *cfg = at_read("tests/fixtures/adapters/tiny-llama-gqa/lora_patterns/adapter_config.json",
-                        &cl);
+    char *cfg =
+        at_read("tests/fixtures/adapters/tiny-llama-gqa/lora_patterns/adapter_config.json", &cl);
     char *w = at_read("tests/fixtures/adapters/tiny-llama-gqa/lora_patterns/"
-                      "adapter_model.safetensors", &wl);
+                      "adapter_model.safetensors",
+                      &wl);
     const qv_model *base = at_model("tiny-llama-gqa");
     qv_adapter *a = NULL, *b = NULL;
     qv_error err;
     assert_int_equal(qv_adapter_load_buffer(cfg, cl, w, wl, base, NULL, &a, &err), QV_OK);
     assert_int_equal(qv_adapter_load(qv_test_path("tests/fixtures/adapters/tiny-llama-gqa/"
-                                                  "lora_patterns"), base, NULL, &b, &err), QV_OK);
+                                                  "lora_patterns"),
+                                     base, NULL, &b, &err),
+                     QV_OK);
     assert_int_equal(a->n_bytes, b->n_bytes);
     for (int l = 0; l < a->n_layers; l++)
         for (int p = 0; p < QV_PROJ_COUNT; p++) {
             const qv_lora *x = &a->layers[l].lora[p], *y = &b->layers[l].lora[p];
             assert_int_equal(x->rank, y->rank);
             assert_true(x->scale == y->scale);
-            if (x->rank)
-                assert_memory_equal(x->a, y->a, (size_t)x->rank * x->n_in * sizeof(float));
+            if (x->rank) assert_memory_equal(x->a, y->a, (size_t)x->rank * x->n_in * sizeof(float));
         }
     /* rank_pattern: down_proj -> 6, layers.1.self_attn.q_proj -> 2; alpha_pattern v_proj -> 32 */
     assert_int_equal(a->layers[1].lora[QV_PROJ_DOWN].rank, 6);
     assert_int_equal(a->layers[1].lora[QV_PROJ_Q].rank, 2);
     assert_int_equal(a->layers[0].lora[QV_PROJ_Q].rank, 4);
     assert_true(a->layers[2].lora[QV_PROJ_V].scale == 32.0f / 4.0f);
+    /* n_bytes = every float held: sum over modules of r*(in+out), from the file's shapes */
+    size_t want = 0;
+    for (int l = 0; l < 3; l++) {
+        static const int in[7] = {64, 64, 64, 128, 64, 64, 128},
+                         out[7] = {128, 32, 32, 64, 128, 128, 64};
+        for (int p = 0; p < 7; p++) {
+            int r = p == QV_PROJ_DOWN             ? 6
+                    : (l == 1 && p == QV_PROJ_Q)  ? 2
+                    : (l == 2 && p == QV_PROJ_UP) ? 12
+                                                  : 4;
+            want += (size_t)r * (size_t)(in[p] + out[p]) * sizeof(float);
+        }
+    }
+    assert_int_equal(qv_adapter_n_bytes(a), want);
     qv_adapter_free(a);
     qv_adapter_free(b);
     free(cfg);
@@ -268,8 +294,9 @@ static void test_dora_gguf_base(void **state) {
     (void)state;
     qv_model *m = NULL;
     qv_error err;
-    assert_int_equal(qv_model_load(qv_test_path("tests/fixtures/models/tiny-llama-gqa.q8_0.gguf"),
-                                   &m, &err), QV_OK);
+    assert_int_equal(
+        qv_model_load(qv_test_path("tests/fixtures/models/tiny-llama-gqa.q8_0.gguf"), &m, &err),
+        QV_OK);
     qv_adapter *ad = NULL;
     qv_status s = qv_adapter_load(qv_test_path("tests/fixtures/adapters/tiny-llama-gqa/dora"), m,
                                   NULL, &ad, &err);

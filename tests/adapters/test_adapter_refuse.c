@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+
 #include <cmocka.h>
 
 #include <math.h>
@@ -158,7 +159,8 @@ static void test_unimplemented_options(void **state) {
         {"bias", "\"lora_only\"", "\"bias\" = \"lora_only\""},
         {"init_lora_weights", "\"mica\"", "\"init_lora_weights\" = \"mica\""},
         {"modules_to_save", "[\"score\"]", "modules_to_save entry \"score\""},
-        {"trainable_token_indices", "{\"lm_head\": [1]}", "trainable_token_indices for \"lm_head\""},
+        {"trainable_token_indices", "{\"lm_head\": [1]}",
+         "trainable_token_indices for \"lm_head\""},
     };
     for (size_t i = 0; i < QV_ARRAY_LEN(cases); i++)
         refuse_cfg(FIX "lora_qv_r4", cases[i].key, cases[i].value, QV_ERR_UNSUPPORTED,
@@ -169,9 +171,8 @@ static void test_unimplemented_options(void **state) {
     char *w = weights_of(FIX "lora_qv_r4", "adapter_model.safetensors", &wl);
     qv_adapter *ad = NULL;
     qv_error err;
-    assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad,
-                                            &err),
-                     QV_OK);
+    assert_int_equal(
+        qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad, &err), QV_OK);
     qv_adapter_free(ad);
     free(cfg);
     free(w);
@@ -179,7 +180,8 @@ static void test_unimplemented_options(void **state) {
 
 static float *fill(size_t n, float v) {
     float *p = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = v + 0.001f * (float)i;
+    for (size_t i = 0; i < n; i++)
+        p[i] = v + 0.001f * (float)i;
     return p;
 }
 
@@ -208,9 +210,8 @@ static void test_tensor_refusals(void **state) {
         char *cfg = cfg_with(FIX "lora_qv_r4", "r", "4");
         qv_adapter *ad = NULL;
         qv_error err;
-        assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad,
-                                                &err),
-                         QV_OK);
+        assert_int_equal(
+            qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad, &err), QV_OK);
         assert_int_equal(ad->layers[0].lora[QV_PROJ_Q].rank, 4);
         assert_true(ad->layers[0].lora[QV_PROJ_Q].a[3] == a[3]);
         qv_adapter_free(ad);
@@ -247,10 +248,10 @@ static void test_tensor_refusals(void **state) {
     at_tensor only_a[] = {{QA, "F32", 2, {4, 64}, a}};
     refuse_weights(only_a, 1, NULL, NULL, QV_ERR_NOT_FOUND,
                    "missing tensor model.layers.0.self_attn.q_proj.lora_B.weight");
-    at_tensor extra[] = {{QA, "F32", 2, {4, 64}, a},
-                         {QB, "F32", 2, {128, 4}, b},
-                         {"base_model.model.model.layers.0.self_attn.q_proj.lora_C.weight", "F32",
-                          2, {4, 4}, a}};
+    at_tensor extra[] = {
+        {QA, "F32", 2, {4, 64}, a},
+        {QB, "F32", 2, {128, 4}, b},
+        {"base_model.model.model.layers.0.self_attn.q_proj.lora_C.weight", "F32", 2, {4, 4}, a}};
     refuse_weights(extra, 3, NULL, NULL, QV_ERR_INVALID,
                    "unexpected tensor base_model.model.model.layers.0.self_attn.q_proj.lora_C");
     at_tensor stray[] = {{"base_model.model.model.norm.weight", "F32", 1, {64}, a}};
@@ -269,13 +270,17 @@ static void test_tensor_refusals(void **state) {
     at_tensor mag[] = {{QA, "F32", 2, {4, 64}, a},
                        {QB, "F32", 2, {128, 4}, b},
                        {"base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
-                        "F32", 1, {128}, b}};
+                        "F32",
+                        1,
+                        {128},
+                        b}};
     refuse_weights(mag, 3, NULL, NULL, QV_ERR_INVALID, "lora_magnitude_vector: use_dora is false");
     /* trained base bias (bias="all" output) and a resized vocabulary */
-    at_tensor bb[] = {{"base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias", "F32",
-                       1, {128}, b}};
+    at_tensor bb[] = {
+        {"base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias", "F32", 1, {128}, b}};
     refuse_weights(bb, 1, NULL, NULL, QV_ERR_UNSUPPORTED, "trained base biases");
-    at_tensor resized[] = {{"base_model.model.model.embed_tokens.weight", "F32", 2, {300, 64}, big}};
+    at_tensor resized[] = {
+        {"base_model.model.model.embed_tokens.weight", "F32", 2, {300, 64}, big}};
     refuse_weights(resized, 1, NULL, NULL, QV_ERR_UNSUPPORTED,
                    "resizes the vocabulary (300 rows, base has 288)");
     /* modules_to_save lm_head without the tensor */
@@ -299,15 +304,19 @@ static void test_base_name(void **state) {
     qv_adapter *ad = NULL;
     qv_error err;
     /* default: a warning only */
-    assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad, &err),
-                     QV_OK);
+    assert_int_equal(
+        qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad, &err), QV_OK);
     qv_adapter_free(ad);
     free(cfg);
-    /* a matching name (org prefix, case) passes strict mode */
+    /* a matching name (org prefix, case, separators) passes strict mode */
+    cfg = cfg_with(FIX "lora_qv_r4", "base_model_name_or_path", "\"Some Org/Tiny Llama GQA\"");
+    assert_int_equal(
+        qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), &strict, &ad, &err), QV_OK);
+    qv_adapter_free(ad);
+    free(cfg);
     cfg = cfg_with(FIX "lora_qv_r4", "base_model_name_or_path", "\"someorg/Tiny-Llama-GQA\"");
-    assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), &strict, &ad,
-                                            &err),
-                     QV_OK);
+    assert_int_equal(
+        qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), &strict, &ad, &err), QV_OK);
     qv_adapter_free(ad);
     free(cfg);
     free(w);
@@ -350,9 +359,8 @@ static void test_other_kinds(void **state) {
         char *w = weights_of(FIX "ia3", "adapter_model.safetensors", &wl);
         qv_adapter *ad = NULL;
         qv_error err;
-        assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL,
-                                                &ad, &err),
-                         QV_OK);
+        assert_int_equal(
+            qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad, &err), QV_OK);
         assert_true(ad->layers[0].ia3_input[QV_PROJ_DOWN]);
         assert_false(ad->layers[0].ia3_input[QV_PROJ_K]);
         qv_adapter_free(ad);
@@ -370,8 +378,7 @@ static void test_other_kinds(void **state) {
                "non_linearity \"mish2\"");
     refuse_cfg(FIX "seq_bn", "config.reduction_factor", "8", QV_ERR_INVALID,
                "expected shape [8, 64], got [4, 64]");
-    refuse_cfg(FIX "seq_bn", "config.leave_out", "[1]", QV_ERR_INVALID,
-               "(layer is in leave_out)");
+    refuse_cfg(FIX "seq_bn", "config.leave_out", "[1]", QV_ERR_INVALID, "(layer is in leave_out)");
     refuse_cfg(FIX "seq_bn", "config.mh_adapter", "true", QV_ERR_NOT_FOUND,
                "missing tensor model.layers.0.attention_adapters.adapters.seq_bn.adapter_down");
     refuse_cfg(FIX "seq_bn", "config.scaling", "\"learned\"", QV_ERR_NOT_FOUND, ".scaling");
@@ -382,9 +389,8 @@ static void test_other_kinds(void **state) {
         char *w = weights_of(FIX "seq_bn", "adapter.safetensors", &wl);
         qv_adapter *ad = NULL;
         qv_error err;
-        assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL,
-                                                &ad, &err),
-                         QV_OK);
+        assert_int_equal(
+            qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad, &err), QV_OK);
         assert_int_equal(ad->layers[2].bn_ffn.d, 4);
         qv_adapter_free(ad);
         free(cfg);
@@ -399,7 +405,10 @@ static void test_lora_extras(void **state) {
     const qv_model *base = at_model(GQA);
     float *rows = fill(2 * 64, 0.5f), *ea = fill(4 * 288, 0.1f), *eb = fill(64 * 4, 0.2f);
     at_tensor tt[] = {{"base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta",
-                       "F32", 2, {2, 64}, rows}};
+                       "F32",
+                       2,
+                       {2, 64},
+                       rows}};
     size_t wl;
     char *w = at_st_build(tt, 1, &wl);
     char *cfg = cfg_with(FIX "lora_qv_r4", "trainable_token_indices", "[7, 280]");
@@ -420,8 +429,9 @@ static void test_lora_extras(void **state) {
     free(cfg);
     free(w);
 
-    at_tensor emb[] = {{"base_model.model.model.embed_tokens.lora_embedding_A", "F32", 2, {4, 288}, ea},
-                       {"base_model.model.model.embed_tokens.lora_embedding_B", "F32", 2, {64, 4}, eb}};
+    at_tensor emb[] = {
+        {"base_model.model.model.embed_tokens.lora_embedding_A", "F32", 2, {4, 288}, ea},
+        {"base_model.model.model.embed_tokens.lora_embedding_B", "F32", 2, {64, 4}, eb}};
     w = at_st_build(emb, 2, &wl);
     cfg = cfg_with(FIX "lora_qv_r4", "target_modules_to_tie", "[\"lm_head\"]");
     assert_int_equal(qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, base, NULL, &ad, &err), QV_OK);
@@ -470,7 +480,8 @@ static void sweep(const char *dir) {
          * config or of the safetensors header reads as invalid JSON. */
         bool json_nomem = s == QV_ERR_INVALID && (strstr(err.msg, "not valid JSON") ||
                                                   strstr(err.msg, "not a JSON object"));
-        if (s != QV_ERR_NOMEM && !json_nomem) fail_msg("%s at failure point %ld: %d %s", dir, k, s, err.msg);
+        if (s != QV_ERR_NOMEM && !json_nomem)
+            fail_msg("%s at failure point %ld: %d %s", dir, k, s, err.msg);
     }
     cJSON_InitHooks(NULL);
     print_message("%s: %ld failure points\n", dir, k);

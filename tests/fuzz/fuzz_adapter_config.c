@@ -27,9 +27,16 @@ static qv_tensor mat(int64_t rows, int64_t cols) {
 
 static const qv_model *synthetic_base(void) {
     if (base.layers) return &base;
-    for (size_t i = 0; i < sizeof(ones) / sizeof(ones[0]); i++) ones[i] = 0.01f * (float)(i % 97);
-    base.cfg = (qv_model_config){.arch = QV_ARCH_LLAMA, .n_vocab = NV, .dim = DIM, .n_ff = NFF,
-                                 .n_layers = NL, .n_heads = NH, .n_kv_heads = NKV, .head_dim = HD};
+    for (size_t i = 0; i < sizeof(ones) / sizeof(ones[0]); i++)
+        ones[i] = 0.01f * (float)(i % 97);
+    base.cfg = (qv_model_config){.arch = QV_ARCH_LLAMA,
+                                 .n_vocab = NV,
+                                 .dim = DIM,
+                                 .n_ff = NFF,
+                                 .n_layers = NL,
+                                 .n_heads = NH,
+                                 .n_kv_heads = NKV,
+                                 .head_dim = HD};
     for (int l = 0; l < NL; l++) {
         layers[l].wq = mat(NH * HD, DIM);
         layers[l].wk = mat(NKV * HD, DIM);
@@ -74,7 +81,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (qv_adapter_load_buffer(cfg, cfg_len, w, wl, b, &lim, &ad, &err) != QV_OK) return 0;
     for (int l = 0; l < ad->n_layers; l++) {
         const qv_adapter_layer *L = &ad->layers[l];
-        for (int p = 0; p < QV_PROJ_COUNT; p++) touch_lora(&L->lora[p]);
+        for (int p = 0; p < QV_PROJ_COUNT; p++)
+            touch_lora(&L->lora[p]);
         const qv_bn_unit *u[2] = {&L->bn_attn, &L->bn_ffn};
         for (int j = 0; j < 2; j++) {
             if (!u[j]->d) continue;
