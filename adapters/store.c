@@ -500,7 +500,9 @@ qv_status qv_store_hash_dir(const char *dir, bool fsync_files, char version_out[
         }
         if (st == QV_OK && got != size)
             st = qv_errorf(err, QV_ERR_IO, "%s: size changed while hashing", p);
-        if (st == QV_OK && fsync_files && fsync(fd) != 0) st = io_err(err, "fsync", p);
+        /* Publishing: the file becomes read-only (objects are immutable) and durable. */
+        if (st == QV_OK && fsync_files && (fchmod(fd, 0444) != 0 || fsync(fd) != 0))
+            st = io_err(err, "fsync", p);
         close(fd);
         qv_free(p);
         if (st != QV_OK) goto done;

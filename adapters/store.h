@@ -124,7 +124,7 @@ void qv_store_abort(qv_store_txn_t *txn);
 /* Version id of a directory of adapter files: sha256 over the files sorted by name (bytewise),
  * each contributing name bytes, one NUL byte, its size as 8 bytes little endian, then its
  * contents. Rejects files whose names are not allowed (QV_ERR_INVALID). If fsync_files is true
- * every file is fsynced while it is read. */
+ * every file is made read-only (0444) and fsynced while it is read (the publishing path). */
 qv_status qv_store_hash_dir(const char *dir, bool fsync_files, char version_out[65], qv_error *err);
 
 /* Resolves a version id, a name or an alias (in that order; an alias names one name or one

@@ -453,6 +453,7 @@ static void test_crash_every_step(void **state) {
     char v1[65], v2[65], got[65];
     assert_int_equal(qv_store_open(root, &o, &s, &err), QV_OK);
     assert_int_equal(publish(s, "a", "{\"v\": 1}", "w1", 2, v1, &err), QV_OK);
+    assert_int_equal(qv_store_alias_set(s, "prod", v1, &err), QV_OK);
     /* v2's id, computed in a scratch store so the real one never sees it. */
     {
         char *r2 = make_root();
@@ -479,6 +480,7 @@ static void test_crash_every_step(void **state) {
             char cv[65];
             if (publish(cs, "a", "{\"v\": 2}", w2, 200000, cv, &cerr) != QV_OK) _exit(3);
             if (strcmp(cv, v2)) _exit(4);
+            if (qv_store_alias_set(cs, "prod", cv, &cerr) != QV_OK) _exit(5);
             _exit(0);
         }
         int status = 0;
@@ -497,6 +499,11 @@ static void test_crash_every_step(void **state) {
         if (seen_new) assert_true(is_new);
         seen_new = is_new;
         is_new ? n_new++ : n_old++;
+        /* The alias moves after the name: old name implies old alias. */
+        assert_int_equal(qv_store_resolve(s, "prod", got, NULL, &err), QV_OK);
+        assert_true(!strcmp(got, v1) || (is_new && !strcmp(got, v2)));
+        if (code == 0) assert_string_equal(got, v2);
+        assert_int_equal(qv_store_alias_set(s, "prod", v1, &err), QV_OK);
         assert_int_equal(count_entries(root, "names"), 1);
         /* Back to the starting state for the next k. */
         assert_int_equal(publish(s, "a", "{\"v\": 1}", "w1", 2, got, &err), QV_OK);
@@ -508,7 +515,8 @@ static void test_crash_every_step(void **state) {
     }
     fprintf(stderr, "crash test: %d crash points, old visible after %d, new after %d\n", k - 1,
             n_old, n_new);
-    assert_true(k - 1 >= 10); /* begin, 2 writes, hash, dir fsync, rename, fsync, 5 in name */
+    /* begin, 2 writes, hash, dir fsync, rename, fsync, 5 for the name, 5 for the alias */
+    assert_true(k - 1 >= 17);
     assert_true(n_old >= 8);
     assert_true(n_new >= 2);
     free(w2);
