@@ -52,9 +52,11 @@ struct mm_args {
 };
 
 /* Scalar dot of columns [c0, c0+len) of a float-typed row: the tail after the last full
- * 32-chunk. Same sequential order in every path. */
-static float tail_dot(enum qv_dtype dt, const uint8_t *row, const float *x, int64_t c0,
-                      int64_t len) {
+ * 32-chunk. Same sequential order in every path. Never inlined, so one compiled body serves
+ * every tile (a compiler that contracts a*b+c into an FMA inside AVX2-target callers could
+ * otherwise make tiles disagree). */
+__attribute__((noinline)) static float tail_dot(enum qv_dtype dt, const uint8_t *row,
+                                                const float *x, int64_t c0, int64_t len) {
     float s = 0.0f;
     for (int64_t c = c0; c < c0 + len; c++) {
         float w;
