@@ -280,26 +280,56 @@ static const char *last_component(const char *s) {
     return p && p[1] ? p + 1 : s;
 }
 
-/* Lower-cased letters and digits of the last path component (at most cap-1 of them), so
- * "HuggingFaceTB/SmolLM2-135M-Instruct" and a GGUF general.name "SmolLM2 135M Instruct" both
- * become "smollm2135minstruct". */
-static void normalize_name(const char *s, char *out, size_t cap) {
+/* Lower-cased alphanumeric tokens of the last path component: "HuggingFaceTB/SmolLM2-135M-
+ * Instruct" -> "smollm2 135m instruct" (tokens separated by one space, at most cap-1 bytes). */
+static void name_tokens(const char *s, char *out, size_t cap) {
     size_t n = 0;
-    for (s = last_component(s); *s && n + 1 < cap; s++)
-        if (isalnum((unsigned char)*s)) out[n++] = (char)tolower((unsigned char)*s);
+    bool sep = false;
+    for (s = last_component(s); *s && n + 2 < cap; s++) {
+        if (isalnum((unsigned char)*s)) {
+            if (sep && n) out[n++] = ' ';
+            out[n++] = (char)tolower((unsigned char)*s);
+            sep = false;
+        } else {
+            sep = true;
+        }
+    }
     out[n] = '\0';
 }
 
-/* "Clearly differs": neither normalized name contains the other, so "org/Tiny-Llama-GQA"
- * matches "tiny-llama-gqa" and "tiny-llama-gqa.q4_1" but "Llama-3-8B" does not. Empty or
- * unknown names never differ. */
+/* The first token that looks like a parameter count ("135m", "8b", "1.7b" reads "7b"), or "". */
+static void size_token(const char *toks, char *out, size_t cap) {
+    out[0] = '\0';
+    for (const char *t = toks; *t;) {
+        size_t len = strcspn(t, " ");
+        if (len >= 2 && len < cap && (t[len - 1] == 'm' || t[len - 1] == 'b') &&
+            strspn(t, "0123456789") == len - 1) {
+            memcpy(out, t, len);
+            out[len] = '\0';
+            return;
+        }
+        t += len;
+        while (*t == ' ')
+            t++;
+    }
+}
+
+/* "Clearly differs": the first tokens (the model family) differ, or both names carry a
+ * parameter count and the counts differ. So "org/Tiny-Llama-GQA" matches "tiny-llama-gqa",
+ * "HuggingFaceTB/SmolLM2-135M-Instruct" matches a GGUF general.name "Smollm2 135M 8k Lc100K
+ * Mix1 Ep2", but "meta-llama/Llama-3-8B" and "SmolLM2-360M" do not. Empty or unknown names
+ * never differ. */
 static bool names_differ(const char *want, const char *have) {
     if (!want || !have) return false;
-    char a[256], b[256];
-    normalize_name(want, a, sizeof(a));
-    normalize_name(have, b, sizeof(b));
+    char a[256], b[256], sa[16], sb[16];
+    name_tokens(want, a, sizeof(a));
+    name_tokens(have, b, sizeof(b));
     if (!a[0] || !b[0]) return false;
-    return !strstr(a, b) && !strstr(b, a);
+    size_t la = strcspn(a, " "), lb = strcspn(b, " ");
+    if (la != lb || memcmp(a, b, la)) return true;
+    size_token(a, sa, sizeof(sa));
+    size_token(b, sb, sizeof(sb));
+    return sa[0] && sb[0] && strcmp(sa, sb);
 }
 
 static qv_status check_base_name(qv__adapter_ctx *c) {

@@ -22,8 +22,12 @@ typedef struct at_tensor {
 char *at_read(const char *rel, size_t *len);
 /* Builds a safetensors file image (malloc'd; free()). */
 char *at_st_build(const at_tensor *ts, size_t n, size_t *len);
-/* Loads tests/fixtures/models/<name> once per process (never freed until at_models_free). */
+/* Loads tests/fixtures/models/<name> once per process (never freed until at_models_free).
+ * "smollm2" is the downloaded SmolLM2-135M-Instruct Q4_1 GGUF (at_smollm2_path); NULL when that
+ * file is absent. */
 const qv_model *at_model(const char *name);
+/* $QUIVER_HOME/models/... or ~/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf. */
+const char *at_smollm2_path(void);
 void at_models_free(void);
 
 #endif

@@ -319,6 +319,13 @@ static void test_base_name(void **state) {
         qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), &strict, &ad, &err), QV_OK);
     qv_adapter_free(ad);
     free(cfg);
+    /* same family, other parameter count: refused in strict mode */
+    cfg = cfg_with(FIX "lora_qv_r4", "base_model_name_or_path", "\"org/tiny-llama-gqa-7B\"");
+    assert_int_equal(
+        qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), &strict, &ad, &err),
+        QV_OK); /* the base has no parameter count in its name: not clearly other */
+    qv_adapter_free(ad);
+    free(cfg);
     free(w);
 }
 
