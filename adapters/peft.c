@@ -105,19 +105,46 @@ static qv_status patterns_compile(qv__adapter_ctx *c, const char *key, pattern_s
     return QV_OK;
 }
 
-/* The value of the first pattern matching module path `path`, or NULL. */
-static const cJSON *patterns_match(const pattern_set *p, const char *path) {
-    if (!p->n) return NULL;
-    pcre2_match_data *md = NULL;
-    const cJSON *hit = NULL;
-    for (int i = 0; i < p->n && !hit; i++) {
-        md = pcre2_match_data_create_from_pattern(p->re[i], NULL);
-        if (!md) return NULL;
-        if (pcre2_match(p->re[i], (PCRE2_SPTR)path, strlen(path), 0, PCRE2_ANCHORED, md, NULL) >= 0)
-            hit = p->val[i];
-        pcre2_match_data_free(md);
+/* Runs an anchored match of re on path under match/depth limits, so a hostile pattern from an
+ * uploaded config cannot backtrack for ever (ReDoS). */
+static qv_status regex_run(qv__adapter_ctx *c, const pcre2_code *re, const char *what,
+                           const char *path, bool *hit) {
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    pcre2_match_context *mc = pcre2_match_context_create(NULL);
+    qv_status s = QV_OK;
+    *hit = false;
+    if (!md || !mc) {
+        s = qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
+        goto done;
     }
-    return hit;
+    pcre2_set_match_limit(mc, 100000);
+    pcre2_set_depth_limit(mc, 10000);
+    int rc = pcre2_match(re, (PCRE2_SPTR)path, strlen(path), 0, PCRE2_ANCHORED, md, mc);
+    if (rc >= 0)
+        *hit = true;
+    else if (rc != PCRE2_ERROR_NOMATCH)
+        s = qv_errorf(c->err, QV_ERR_INVALID, "%s: regex match failed on %s (pcre2 error %d)", what,
+                      path, rc);
+done:
+    pcre2_match_context_free(mc);
+    pcre2_match_data_free(md);
+    return s;
+}
+
+/* The value of the first pattern matching module path `path`, or NULL in *out. */
+static qv_status patterns_match(qv__adapter_ctx *c, const pattern_set *p, const char *what,
+                                const char *path, const cJSON **out) {
+    *out = NULL;
+    for (int i = 0; i < p->n; i++) {
+        bool hit;
+        qv_status s = regex_run(c, p->re[i], what, path, &hit);
+        if (s) return s;
+        if (hit) {
+            *out = p->val[i];
+            return QV_OK;
+        }
+    }
+    return QV_OK;
 }
 
 /* ---- LoRA ---- */
@@ -217,13 +244,14 @@ static qv_status lora_module(qv__adapter_ctx *c, lora_state *st, int layer, int 
     if (c->lim.max_rank > 0 && rank > c->lim.max_rank)
         return qv_errorf(c->err, QV_ERR_LIMIT, "tensor %s: rank %d exceeds the limit max_rank=%d",
                          sl->a->name, rank, c->lim.max_rank);
-    const cJSON *rp = patterns_match(&st->rank_pat, path);
+    const cJSON *rp, *ap;
+    qv_status s = patterns_match(c, &st->rank_pat, "rank_pattern", path, &rp);
+    if (s || (s = patterns_match(c, &st->alpha_pat, "alpha_pattern", path, &ap))) return s;
     int r_cfg = rp ? (int)rp->valuedouble : st->r_default;
     if (rank != r_cfg)
         return qv_errorf(c->err, QV_ERR_INVALID,
                          "tensor %s has rank %d but the config gives r=%d for %s%s", sl->a->name,
                          rank, r_cfg, path, rp ? " (rank_pattern)" : "");
-    const cJSON *ap = patterns_match(&st->alpha_pat, path);
     double alpha = ap ? ap->valuedouble : st->alpha_default;
     x->rank = rank;
     x->scale = (float)(c->ad->use_rslora ? alpha / sqrt((double)rank) : alpha / rank);
@@ -238,7 +266,7 @@ static qv_status lora_module(qv__adapter_ctx *c, lora_state *st, int layer, int 
         }
     }
     int64_t sa[2] = {rank, n_in};
-    qv_status s = qv__adapter_take(c, sl->a, 2, sa, &x->a);
+    s = qv__adapter_take(c, sl->a, 2, sa, &x->a);
     if (s) return s;
     x->n_in = (int)sl->a->shape[1];
     int64_t sb[2] = {n_out, rank};
@@ -550,12 +578,9 @@ static qv_status ia3_is_ff(qv__adapter_ctx *c, const char *path, bool *out) {
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)src, PCRE2_ZERO_TERMINATED, 0, &code, &off, NULL);
     qv_free(src);
     if (!re) return qv_errorf(c->err, QV_ERR_INVALID, "feedforward_modules is not a valid regex");
-    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
-    if (md)
-        *out = pcre2_match(re, (PCRE2_SPTR)path, strlen(path), 0, PCRE2_ANCHORED, md, NULL) >= 0;
-    pcre2_match_data_free(md);
+    qv_status s = regex_run(c, re, "feedforward_modules", path, out);
     pcre2_code_free(re);
-    return md ? QV_OK : qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
+    return s;
 }
 
 static qv_status load_ia3(qv__adapter_ctx *c) {

@@ -136,6 +136,22 @@ static void test_corrupt_header(void **state) {
     free(w);
 }
 
+/* rank_pattern / alpha_pattern keys are regexes from an uploaded file: a bad regex is named,
+ * and a catastrophically backtracking one hits the match limit instead of hanging. */
+static void test_hostile_patterns(void **state) {
+    (void)state;
+    refuse_cfg(FIX "lora_qv_r4", "rank_pattern", "{\"q_proj(\": 4}", QV_ERR_INVALID,
+               "rank_pattern key \"q_proj(\" is not a valid regex");
+    refuse_cfg(FIX "lora_qv_r4", "alpha_pattern", "{\"(.|.)*j_\": 4}", QV_ERR_INVALID,
+               "alpha_pattern: regex match failed on model.layers.0");
+    refuse_cfg(FIX "lora_qv_r4", "rank_pattern", "{\"q_proj\": \"four\"}", QV_ERR_INVALID,
+               "rank_pattern[\"q_proj\"] must be a positive number");
+    /* a pattern that matches gives the rank it names; the file holds rank 4 */
+    refuse_cfg(FIX "lora_qv_r4", "rank_pattern", "{\"(q|v)_proj\": 8}", QV_ERR_INVALID,
+               "has rank 4 but the config gives r=8 for model.layers.0.self_attn.q_proj "
+               "(rank_pattern)");
+}
+
 static void test_unknown_type_and_task(void **state) {
     (void)state;
     refuse_cfg(FIX "lora_qv_r4", "peft_type", "\"LOHA\"", QV_ERR_UNSUPPORTED,
@@ -508,6 +524,7 @@ int main(void) {
         cmocka_unit_test(test_pickle),
         cmocka_unit_test(test_corrupt_header),
         cmocka_unit_test(test_unknown_type_and_task),
+        cmocka_unit_test(test_hostile_patterns),
         cmocka_unit_test(test_unimplemented_options),
         cmocka_unit_test(test_tensor_refusals),
         cmocka_unit_test(test_base_name),
