@@ -16,7 +16,8 @@ static void usage(FILE *f) {
                "  chat        chat with the model (interactive, or --message once)\n"
                "  info        print a model's architecture, sizes, dtypes and memory use\n"
                "  tokenize    print the token ids of a text as JSON\n"
-               "  detokenize  print the text of a JSON list of token ids\n\n"
+               "  detokenize  print the text of a JSON list of token ids\n"
+               "  adapter     inspect an adapter directory (adapter inspect PATH [--model BASE])\n\n"
                "run `quiver <command> --help` for a command's options\n");
 }
 
@@ -34,6 +35,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "info")) return qv_cli_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return qv_cli_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "detokenize")) return qv_cli_detokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "adapter")) return qv_cli_adapter(argc - 1, argv + 1);
     fprintf(stderr, "quiver: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;
