@@ -10,9 +10,7 @@
 
 #include "adapters/adapters.h"
 #include "engine/model.h"
-
-/* Declared here until server/cli.h carries it (the lead adds the dispatch line). */
-int qv_cli_adapter(int argc, char **argv);
+#include "server/cli.h"
 
 static void adapter_usage(FILE *f) {
     fprintf(f,
