@@ -254,6 +254,41 @@ static void test_invariance_portable(void **state) {
 
 /* ---- small ops ---- */
 
+/* Rows further apart than their packed size (row_bytes > packed), and n = 0 (a no-op). */
+static void test_matmul_padded_rows(void **state) {
+    (void)state;
+    for (int simd = 0; simd < 2; simd++) {
+        qv_backend *be = make_backend(2, simd);
+        for (size_t d = 0; d < QV_ARRAY_LEN(all_dtypes); d++) {
+            enum qv_dtype dt = all_dtypes[d];
+            int64_t rows = 77, cols = 512;
+            size_t rb;
+            uint8_t *packed = make_weights(dt, rows, cols, &rb);
+            size_t pad = rb + 40; /* odd padding: unaligned row starts */
+            uint8_t *wd = malloc(pad * (size_t)rows);
+            memset(wd, 0xFF, pad * (size_t)rows); /* garbage in the gaps */
+            for (int64_t r = 0; r < rows; r++)
+                memcpy(wd + (size_t)r * pad, packed + (size_t)r * rb, rb);
+            qv_tensor wp = {
+                .dtype = dt, .n_rows = rows, .n_cols = cols, .row_bytes = pad, .data = wd};
+            qv_tensor wq = {
+                .dtype = dt, .n_rows = rows, .n_cols = cols, .row_bytes = rb, .data = packed};
+            float *x = make_acts((size_t)(5 * cols));
+            float y1[5 * 77], y2[5 * 77];
+            be->iface->matmul(be, &wp, x, 5, y1, NULL);
+            be->iface->matmul(be, &wq, x, 5, y2, NULL);
+            assert_memory_equal(y1, y2, sizeof y1);
+            y1[0] = 42.0f;
+            be->iface->matmul(be, &wp, x, 0, y1, NULL);
+            assert_true(y1[0] == 42.0f);
+            free(x);
+            free(wd);
+            free(packed);
+        }
+        be->iface->destroy(be);
+    }
+}
+
 static void test_get_rows(void **state) {
     (void)state;
     qv_backend *be = make_backend(2, true);
@@ -565,6 +600,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_portable),
         cmocka_unit_test(test_invariance_simd),
         cmocka_unit_test(test_invariance_portable),
+        cmocka_unit_test(test_matmul_padded_rows),
         cmocka_unit_test(test_get_rows),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope),
