@@ -104,6 +104,16 @@ struct qv_backend_i {
                         float *dst);
     /* out[i] = index of the first maximum of x[i, :] (x (n, width)); out in backend memory. */
     void (*argmax)(qv_backend *be, const float *x, int n, int width, int32_t *out);
+    /* y (n, w.n_rows) += x · wᵀ (+ bias). NULL: callers use matmul then add. */
+    void (*matmul_acc)(qv_backend *be, const qv_tensor *w, const float *x, int n, float *y,
+                       const float *bias);
+    /* A forward step whose batch shape hashes to `key` (0 = run eagerly, record nothing)
+     * begins; it ends at the next download. The backend may record the step's ops as a CUDA
+     * graph and replay it for later steps with the same key: then the ops only stage their host
+     * arrays and the download launches the graph. Returns 1 when replaying. If a replayed step's
+     * ops differ from the recording, nothing has run and download returns QV_ERR_BUSY: the
+     * caller reruns the step with key 0. NULL: no graphs. */
+    int (*step_begin)(qv_backend *be, uint64_t key);
 };
 
 struct qv_backend {

@@ -102,12 +102,9 @@ int qv_forward_max_tokens(const qv_forward *f) { return f->max_tokens; }
 
 static const float *bias_of(const qv_tensor *t) { return t->data ? (const float *)t->data : NULL; }
 
-/* Validates the batch and runs every layer; the final hidden states are left in f->x. */
-static qv_status run_layers(qv_forward *f, const qv_batch *b, qv_error *err) {
-    const qv_model *m = f->m;
-    const qv_model_config *c = &m->cfg;
-    const struct qv_backend_i *be = f->be->iface;
-    qv_backend *B = f->be;
+/* Validates the batch and fills the slot arrays and page-table list. */
+static qv_status validate(qv_forward *f, const qv_batch *b, qv_error *err) {
+    const qv_model_config *c = &f->m->cfg;
     const int n = b->n_tokens;
     const int page_size = f->kv->pool.page_size;
 
@@ -132,6 +129,28 @@ static qv_status run_layers(qv_forward *f, const qv_batch *b, qv_error *err) {
         if (b->logits_idx[i] < 0 || b->logits_idx[i] >= n)
             return qv_errorf(err, QV_ERR_INVALID, "logits index %d out of range", b->logits_idx[i]);
     for (int s = 0; s < b->n_seqs; s++) f->tables[s] = b->seqs[s]->pages;
+    return QV_OK;
+}
+
+/* Graph key of a device step: everything that shapes its ops (0 is reserved for "eager"). */
+static uint64_t step_key(const qv_forward *f, const qv_batch *b, int greedy) {
+    int max_page = 0;
+    for (int i = 0; i < b->n_tokens; i++)
+        max_page = QV_MAX(max_page, b->pos[i] / f->kv->pool.page_size);
+    uint64_t k = 1469598103934665603ull;
+    const uint64_t v[5] = {(uint64_t)b->n_tokens, (uint64_t)b->n_seqs, (uint64_t)b->n_logits,
+                           (uint64_t)max_page, (uint64_t)greedy};
+    for (int i = 0; i < 5; i++) k = (k ^ v[i]) * 1099511628211ull;
+    return k ? k : 1;
+}
+
+/* Runs every layer over a validated batch; the final hidden states are left in f->x. */
+static void run_layers(qv_forward *f, const qv_batch *b) {
+    const qv_model *m = f->m;
+    const qv_model_config *c = &m->cfg;
+    const struct qv_backend_i *be = f->be->iface;
+    qv_backend *B = f->be;
+    const int n = b->n_tokens;
 
     const qv_attn_batch ab = {
         .n_tokens = n,
@@ -158,17 +177,24 @@ static qv_status run_layers(qv_forward *f, const qv_batch *b, qv_error *err) {
         be->rope(B, f->k, n, c->n_kv_heads, c->head_dim, b->pos, m->rope_inv_freq);
         be->kv_store(B, &f->kv->pool, l, f->k, f->v, n, f->slot_page, f->slot_off);
         be->attention(B, &f->kv->pool, l, &ab, f->q, f->att);
-        be->matmul(B, &w->wo, f->att, n, f->xb2, bias_of(&w->bo));
-        be->add(B, f->x, f->xb2, (size_t)n * dim);
+        if (be->matmul_acc) {
+            be->matmul_acc(B, &w->wo, f->att, n, f->x, bias_of(&w->bo));
+        } else {
+            be->matmul(B, &w->wo, f->att, n, f->xb2, bias_of(&w->bo));
+            be->add(B, f->x, f->xb2, (size_t)n * dim);
+        }
 
         be->rmsnorm(B, f->x, w->ffn_norm.data, n, c->dim, c->norm_eps, f->xb);
         be->matmul(B, &w->w_gate, f->xb, n, f->gate, bias_of(&w->b_gate));
         be->matmul(B, &w->w_up, f->xb, n, f->up, bias_of(&w->b_up));
         be->swiglu(B, f->gate, f->up, f->gate, (size_t)n * (size_t)c->n_ff);
-        be->matmul(B, &w->w_down, f->gate, n, f->xb2, bias_of(&w->b_down));
-        be->add(B, f->x, f->xb2, (size_t)n * dim);
+        if (be->matmul_acc) {
+            be->matmul_acc(B, &w->w_down, f->gate, n, f->x, bias_of(&w->b_down));
+        } else {
+            be->matmul(B, &w->w_down, f->gate, n, f->xb2, bias_of(&w->b_down));
+            be->add(B, f->x, f->xb2, (size_t)n * dim);
+        }
     }
-    return QV_OK;
 }
 
 /* Device path: logits of rows [r0, r0 + nr) of logits_idx into f->logits_dev. */
@@ -186,19 +212,28 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
     const struct qv_backend_i *be = f->be->iface;
     qv_backend *B = f->be;
     const size_t dim = (size_t)c->dim;
-    qv_status st = run_layers(f, b, err);
+    qv_status st = validate(f, b, err);
     if (st != QV_OK) return st;
     if (be->download) {
+        /* Device: the step (and its first logits chunk) may be a recorded graph; a replay that
+         * does not match reruns eagerly (key 0). */
         const size_t V = (size_t)c->n_vocab;
-        for (int r0 = 0; r0 < b->n_logits; r0 += f->logit_rows) {
-            int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
-            device_logits(f, b, r0, nr);
-            st = be->download(B, logits + (size_t)r0 * V, f->logits_dev,
-                              (size_t)nr * V * sizeof(float), err);
-            if (st != QV_OK) return st;
+        for (int attempt = 0; attempt < 2; attempt++) {
+            if (be->step_begin) be->step_begin(B, attempt ? 0 : step_key(f, b, 0));
+            run_layers(f, b);
+            for (int r0 = 0; r0 < b->n_logits; r0 += f->logit_rows) {
+                int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
+                device_logits(f, b, r0, nr);
+                st = be->download(B, logits + (size_t)r0 * V, f->logits_dev,
+                                  (size_t)nr * V * sizeof(float), err);
+                if (st != QV_OK) break;
+            }
+            if (b->n_logits == 0) st = be->download(B, NULL, NULL, 0, err);
+            if (st != QV_ERR_BUSY) return st;
         }
-        return b->n_logits ? QV_OK : be->download(B, NULL, NULL, 0, err);
+        return st;
     }
+    run_layers(f, b);
     if (b->n_logits == 0) return QV_OK;
     /* Gather the rows that want logits (xb is free now), normalise and project. */
     for (int i = 0; i < b->n_logits; i++) {
@@ -217,12 +252,19 @@ qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *token
     if (!be->download || !be->argmax)
         return qv_errorf(err, QV_ERR_UNSUPPORTED, "forward: greedy on the device needs a device "
                                                   "backend (%s)", be->name);
-    qv_status st = run_layers(f, b, err);
+    qv_status st = validate(f, b, err);
     if (st != QV_OK) return st;
-    for (int r0 = 0; r0 < b->n_logits; r0 += f->logit_rows) {
-        int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
-        device_logits(f, b, r0, nr);
-        be->argmax(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->argmax_dev + r0);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (be->step_begin) be->step_begin(f->be, attempt ? 0 : step_key(f, b, 1));
+        run_layers(f, b);
+        for (int r0 = 0; r0 < b->n_logits; r0 += f->logit_rows) {
+            int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
+            device_logits(f, b, r0, nr);
+            be->argmax(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->argmax_dev + r0);
+        }
+        st = be->download(f->be, tokens, f->argmax_dev, (size_t)b->n_logits * sizeof(int32_t),
+                          err);
+        if (st != QV_ERR_BUSY) return st;
     }
-    return be->download(f->be, tokens, f->argmax_dev, (size_t)b->n_logits * sizeof(int32_t), err);
+    return st;
 }

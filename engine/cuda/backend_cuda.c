@@ -43,8 +43,27 @@ typedef struct staged {
     size_t off, bytes;
 } staged;
 
+enum cuda_mode { MODE_EAGER = 0, MODE_CAPTURE, MODE_REPLAY };
+
+typedef struct graph_entry {
+    uint64_t key, sig; /* forward's shape key; hash of every op's parameters */
+    cudaGraphExec_t exec;
+    uint64_t last_use;
+} graph_entry;
+
+#define MAX_GRAPHS 8
+
 typedef struct cuda_ctx {
     int device;
+    /* CUDA graphs of whole forward steps (step_begin .. download) */
+    int graphs_on;
+    enum cuda_mode mode;
+    uint64_t sig, key, clock;
+    graph_entry graphs[MAX_GRAPHS];
+    int cur_graph;
+    uint64_t seen[16]; /* keys seen once: recorded only when they come back */
+    int seen_next;
+    int act_fp16; /* half type of GEMM inputs written by fused kernels (the model's) */
     cudaStream_t stream;
     cublasHandle_t blas;
     int failed;
@@ -261,6 +280,7 @@ static int ensure_room(cuda_ctx *cx, size_t bytes) {
     if (cx->failed) return 0;
     if (bytes > cx->m_size) return fail_msg(cx, "metadata larger than the staging buffer");
     if (cx->m_used + bytes > cx->m_size) {
+        if (cx->mode != MODE_EAGER) return fail_msg(cx, "metadata staging full inside a graph step");
         if (!CU_OK(cx, cudaStreamSynchronize(cx->stream))) return 0;
         ring_reset(cx);
     }
@@ -281,12 +301,18 @@ static const void *stage(cuda_ctx *cx, const void *p, size_t bytes) {
         return NULL;
     }
     if (cx->m_used + need > cx->m_size) {
+        if (cx->mode != MODE_EAGER) {
+            fail_msg(cx, "metadata staging full inside a graph step");
+            return NULL;
+        }
         if (!CU_OK(cx, cudaStreamSynchronize(cx->stream))) return NULL;
         ring_reset(cx);
     }
     size_t off = cx->m_used;
     memcpy(cx->m_host + off, p, bytes);
-    if (!CU_OK(cx, cudaMemcpyAsync(cx->m_dev + off, cx->m_host + off, bytes,
+    /* In a replay the recorded graph holds this copy (from the same pinned bytes). */
+    if (cx->mode != MODE_REPLAY &&
+        !CU_OK(cx, cudaMemcpyAsync(cx->m_dev + off, cx->m_host + off, bytes,
                                    cudaMemcpyHostToDevice, cx->stream)))
         return NULL;
     cx->m_used += need;
@@ -309,13 +335,44 @@ static const float *dev_f32(cuda_ctx *cx, const float *p, size_t n) {
 
 static void invalidate_xh(cuda_ctx *cx) { cx->xh_src = NULL; }
 
+/* Folds an op's parameters into the step signature (splitmix64 steps). */
+static void sig_add(cuda_ctx *cx, const uint64_t *v, int n) {
+    for (int i = 0; i < n; i++) {
+        uint64_t z = cx->sig ^ v[i];
+        z += 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        cx->sig = z ^ (z >> 31);
+    }
+}
+#define U(x) ((uint64_t)(uintptr_t)(x))
+#define SIG(cx, ...)                                                                           \
+    sig_add((cx), (const uint64_t[]){__VA_ARGS__},                                             \
+            (int)(sizeof((const uint64_t[]){__VA_ARGS__}) / sizeof(uint64_t)))
+/* Enqueues a launcher call unless the step replays a recorded graph. */
+#define RUN(cx, call) ((cx)->mode == MODE_REPLAY ? 1 : K_OK((cx), (call)))
+
+/* The half-precision GEMM-input cache now holds src (n_elems floats). */
+static void set_xh(cuda_ctx *cx, const float *src, size_t n_elems) {
+    cx->xh_src = src;
+    cx->xh_n = n_elems;
+    cx->xh_fp16 = cx->act_fp16;
+}
+
 /* ---- vtable ---- */
 
 static void cu_destroy(qv_backend *be) {
     if (!be) return;
     cuda_ctx *cx = be->ctx;
     if (cx) {
+        if (cx->mode == MODE_CAPTURE) {
+            cudaGraph_t g = NULL;
+            (void)CU_OK(NULL, cudaStreamEndCapture(cx->stream, &g));
+            if (g) (void)CU_OK(NULL, cudaGraphDestroy(g));
+        }
         if (cx->stream) (void)CU_OK(NULL, cudaStreamSynchronize(cx->stream));
+        for (int i = 0; i < MAX_GRAPHS; i++)
+            if (cx->graphs[i].exec) (void)CU_OK(NULL, cudaGraphExecDestroy(cx->graphs[i].exec));
         if (cx->blas) (void)BLAS_OK(NULL, cublasDestroy(cx->blas));
         if (cx->w_base) (void)CU_OK(NULL, cudaFree(cx->w_base));
         if (cx->a_base) (void)CU_OK(NULL, cudaFree(cx->a_base));
@@ -376,12 +433,13 @@ static void cu_get_rows(qv_backend *be, const qv_tensor *table, const int32_t *i
     if (!ensure_room(cx, align_up((size_t)n * sizeof(int32_t)))) return;
     const int32_t *d_ids = stage(cx, ids, (size_t)n * sizeof(int32_t));
     if (!d_ids) return;
-    (void)K_OK(cx, qv_cuda_get_rows(e->dev, e->fp16, d_ids, n, (int)e->n_cols, out, cx->stream));
+    SIG(cx, 1, U(e->dev), U(d_ids), (uint64_t)n, U(out));
+    (void)RUN(cx, qv_cuda_get_rows(e->dev, e->fp16, d_ids, n, (int)e->n_cols, out, cx->stream));
 }
 
-static void cu_matmul(qv_backend *be, const qv_tensor *w, const float *x, int n, float *y,
-                      const float *bias) {
-    cuda_ctx *cx = ctx_of(be);
+/* y = x·Wᵀ (beta 0) or y += x·Wᵀ (beta 1), then + bias. */
+static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float *y,
+                 const float *bias, float beta) {
     if (cx->failed || n <= 0) return;
     const wentry *e = wfind(cx, w->data);
     if (!e || e->is_f32) {
@@ -399,30 +457,45 @@ static void cu_matmul(qv_backend *be, const qv_tensor *w, const float *x, int n,
         return;
     }
     const cudaDataType_t ht = e->fp16 ? CUDA_R_16F : CUDA_R_16BF;
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f;
     for (int r0 = 0; r0 < n; r0 += chunk) {
         const int nr = QV_MIN(chunk, n - r0);
         const float *xs = x + (size_t)r0 * (size_t)cols;
         const size_t ne = (size_t)nr * (size_t)cols;
         if (!(cx->xh_src == xs && cx->xh_n == ne && cx->xh_fp16 == e->fp16)) {
-            if (!K_OK(cx, qv_cuda_f32_to_half(xs, cx->xh, ne, e->fp16, cx->stream))) return;
+            SIG(cx, 2, U(xs), (uint64_t)ne, (uint64_t)e->fp16);
+            if (!RUN(cx, qv_cuda_f32_to_half(xs, cx->xh, ne, e->fp16, cx->stream))) return;
             cx->xh_src = xs;
             cx->xh_n = ne;
             cx->xh_fp16 = e->fp16;
         }
+        float *ys = y + (size_t)r0 * (size_t)rows;
+        SIG(cx, 3, U(e->dev), U(ys), (uint64_t)rows, (uint64_t)nr, (uint64_t)cols,
+            (uint64_t)(beta != 0.0f));
         /* Column-major view: yᵀ (rows, nr) = W (as (cols, rows))ᵀ · xᵀ (cols, nr). */
-        if (!BLAS_OK(cx, cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, nr, cols, &alpha,
-                                      e->dev, ht, cols, cx->xh, ht, cols, &beta,
-                                      y + (size_t)r0 * (size_t)rows, CUDA_R_32F, rows,
-                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)))
+        if (cx->mode != MODE_REPLAY &&
+            !BLAS_OK(cx, cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, nr, cols, &alpha,
+                                      e->dev, ht, cols, cx->xh, ht, cols, &beta, ys, CUDA_R_32F,
+                                      rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)))
             return;
     }
     if (bias) {
         if (!ensure_room(cx, align_up((size_t)rows * sizeof(float)))) return;
         const float *db = dev_f32(cx, bias, (size_t)rows);
         if (!db) return;
-        (void)K_OK(cx, qv_cuda_add_bias(y, db, n, rows, cx->stream));
+        SIG(cx, 4, U(y), U(db), (uint64_t)n, (uint64_t)rows);
+        (void)RUN(cx, qv_cuda_add_bias(y, db, n, rows, cx->stream));
     }
+}
+
+static void cu_matmul(qv_backend *be, const qv_tensor *w, const float *x, int n, float *y,
+                      const float *bias) {
+    gemm(ctx_of(be), w, x, n, y, bias, 0.0f);
+}
+
+static void cu_matmul_acc(qv_backend *be, const qv_tensor *w, const float *x, int n, float *y,
+                          const float *bias) {
+    gemm(ctx_of(be), w, x, n, y, bias, 1.0f); /* gemm drops the half cache if y overlaps it */
 }
 
 static void cu_rmsnorm(qv_backend *be, const float *x, const float *w, int n, int dim, float eps,
@@ -433,7 +506,14 @@ static void cu_rmsnorm(qv_backend *be, const float *x, const float *w, int n, in
     if (!ensure_room(cx, align_up((size_t)dim * sizeof(float)))) return;
     const float *dw = dev_f32(cx, w, (size_t)dim);
     if (!dw) return;
-    (void)K_OK(cx, qv_cuda_rmsnorm(x, dw, n, dim, eps, y, cx->stream));
+    const size_t ne = (size_t)n * (size_t)dim;
+    SIG(cx, 5, U(x), U(dw), (uint64_t)n, (uint64_t)dim, U(y), (uint64_t)(ne <= cx->xh_elems));
+    if (ne <= cx->xh_elems) { /* also leave the next GEMM's half input */
+        if (RUN(cx, qv_cuda_rmsnorm_half(x, dw, n, dim, eps, y, cx->xh, cx->act_fp16, cx->stream)))
+            set_xh(cx, y, ne);
+    } else {
+        (void)RUN(cx, qv_cuda_rmsnorm(x, dw, n, dim, eps, y, cx->stream));
+    }
 }
 
 static void cu_rope(qv_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
@@ -445,7 +525,8 @@ static void cu_rope(qv_backend *be, float *x, int n, int n_heads, int head_dim, 
     const int32_t *dp = stage(cx, pos, (size_t)n * sizeof(int32_t));
     const float *df = dev_f32(cx, inv_freq, (size_t)head_dim / 2);
     if (!dp || !df) return;
-    (void)K_OK(cx, qv_cuda_rope(x, n, n_heads, head_dim, dp, df, cx->stream));
+    SIG(cx, 6, U(x), (uint64_t)n, (uint64_t)n_heads, (uint64_t)head_dim, U(dp), U(df));
+    (void)RUN(cx, qv_cuda_rope(x, n, n_heads, head_dim, dp, df, cx->stream));
 }
 
 static void cu_swiglu(qv_backend *be, const float *gate, const float *up, float *out,
@@ -453,14 +534,21 @@ static void cu_swiglu(qv_backend *be, const float *gate, const float *up, float 
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || !n_elems) return;
-    (void)K_OK(cx, qv_cuda_swiglu(gate, up, out, n_elems, cx->stream));
+    SIG(cx, 7, U(gate), U(up), U(out), (uint64_t)n_elems, (uint64_t)(n_elems <= cx->xh_elems));
+    if (n_elems <= cx->xh_elems) {
+        if (RUN(cx, qv_cuda_swiglu_half(gate, up, out, cx->xh, cx->act_fp16, n_elems, cx->stream)))
+            set_xh(cx, out, n_elems);
+    } else {
+        (void)RUN(cx, qv_cuda_swiglu(gate, up, out, n_elems, cx->stream));
+    }
 }
 
 static void cu_add(qv_backend *be, float *y, const float *x, size_t n_elems) {
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || !n_elems) return;
-    (void)K_OK(cx, qv_cuda_add(y, x, n_elems, cx->stream));
+    SIG(cx, 8, U(y), U(x), (uint64_t)n_elems);
+    (void)RUN(cx, qv_cuda_add(y, x, n_elems, cx->stream));
 }
 
 static size_t layer_offset(const qv_kv_pool *pool, int layer) {
@@ -478,9 +566,11 @@ static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float
     const int32_t *doff = stage(cx, slot_off, (size_t)n * sizeof(int32_t));
     if (!dp || !doff) return;
     const size_t lo = layer_offset(pool, layer);
-    (void)K_OK(cx, qv_cuda_kv_store(pool->k + lo, pool->v + lo, pool->page_size,
-                                    pool->n_kv_heads * pool->head_dim, k, v, n, dp, doff,
-                                    cx->stream));
+    SIG(cx, 9, U(pool->k + lo), U(pool->v + lo), (uint64_t)pool->page_size, U(k), U(v),
+        (uint64_t)n, U(dp), U(doff));
+    (void)RUN(cx, qv_cuda_kv_store(pool->k + lo, pool->v + lo, pool->page_size,
+                                   pool->n_kv_heads * pool->head_dim, k, v, n, dp, doff,
+                                   cx->stream));
 }
 
 static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
@@ -497,8 +587,7 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
         fail_msg(cx, "attention: page tables larger than the staging buffer");
         return;
     }
-    /* Positions beyond a sequence's own tokens are never read: only entries up to each
-     * token's page are needed; the rest are filled with 0. */
+    /* Only entries up to each token's page are read; the rest are 0. */
     memset(cx->flat, 0, n_flat * sizeof(int32_t));
     for (int t = 0; t < ab->n_tokens; t++) {
         const int s = ab->tok_seq[t];
@@ -514,6 +603,8 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
     const int32_t *d_pos = stage(cx, ab->tok_pos, (size_t)ab->n_tokens * sizeof(int32_t));
     if (!d_tab || !d_seq || !d_pos) return;
     const size_t lo = layer_offset(pool, layer);
+    const size_t n_out = (size_t)ab->n_tokens * (size_t)ab->n_heads * (size_t)ab->head_dim;
+    const int fuse = n_out <= cx->xh_elems;
     qv_cuda_attn_args a = {
         .q = q,
         .out = out,
@@ -523,6 +614,8 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
         .tok_pos = d_pos,
         .tables = d_tab,
         .table_stride = stride,
+        .out_half = fuse ? cx->xh : NULL,
+        .fp16 = cx->act_fp16,
         .n_tokens = ab->n_tokens,
         .n_heads = ab->n_heads,
         .n_kv_heads = ab->n_kv_heads,
@@ -531,12 +624,68 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
         .window = ab->window,
         .scale = ab->scale,
     };
-    (void)K_OK(cx, qv_cuda_attention(&a, cx->stream));
+    SIG(cx, 10, U(q), U(out), U(a.k_layer), U(a.v_layer), U(d_seq), U(d_pos), U(d_tab),
+        (uint64_t)stride, (uint64_t)fuse, (uint64_t)ab->n_tokens, (uint64_t)ab->n_heads,
+        (uint64_t)ab->n_kv_heads, (uint64_t)ab->head_dim, (uint64_t)pool->page_size,
+        (uint64_t)ab->window);
+    if (RUN(cx, qv_cuda_attention(&a, cx->stream)) && fuse) set_xh(cx, out, n_out);
+}
+
+/* Ends a graph step: on capture, instantiates and launches the graph; on replay, launches the
+ * recorded graph if this step's signature equals it, else returns 0 (nothing has run). */
+static int end_step(cuda_ctx *cx) {
+    const enum cuda_mode mode = cx->mode;
+    cx->mode = MODE_EAGER;
+    if (mode == MODE_CAPTURE) {
+        cudaGraph_t g = NULL;
+        cudaGraphExec_t ex = NULL;
+        /* A capture that fails (an op the capture does not allow, instantiation) only turns
+         * graphs off: nothing has run, the caller reruns the step eagerly, and a real device
+         * fault shows up again there. cx->failed was 0 when the capture began. */
+        cudaError_t e1 = cudaStreamEndCapture(cx->stream, &g);
+        cudaError_t e2 = cudaErrorUnknown;
+        if (e1 == cudaSuccess && !cx->failed) e2 = cudaGraphInstantiate(&ex, g, 0);
+        if (g) (void)CU_OK(NULL, cudaGraphDestroy(g));
+        if (e1 != cudaSuccess || cx->failed || e2 != cudaSuccess) {
+            QV_LOGW("cuda: graph capture failed (%s / %s); CUDA graphs off, step rerun eagerly",
+                    cudaGetErrorString(e1), cudaGetErrorString(e2));
+            (void)cudaGetLastError();
+            cx->failed = 0;
+            cx->graphs_on = 0;
+            ring_reset(cx);
+            return 0;
+        }
+        /* replace the least recently used entry */
+        int victim = 0;
+        for (int i = 1; i < MAX_GRAPHS; i++)
+            if (cx->graphs[i].last_use < cx->graphs[victim].last_use) victim = i;
+        graph_entry *ge = &cx->graphs[victim];
+        if (ge->exec) (void)CU_OK(cx, cudaGraphExecDestroy(ge->exec));
+        *ge = (graph_entry){cx->key, cx->sig, ex, ++cx->clock};
+        (void)CU_OK(cx, cudaGraphLaunch(ex, cx->stream));
+        return 1;
+    }
+    if (mode == MODE_REPLAY) {
+        graph_entry *ge = &cx->graphs[cx->cur_graph];
+        if (cx->sig != ge->sig || cx->failed) {
+            QV_LOGD("cuda: graph for key %llx does not match this step; rerun eagerly",
+                    (unsigned long long)ge->key);
+            (void)CU_OK(cx, cudaGraphExecDestroy(ge->exec));
+            memset(ge, 0, sizeof(*ge));
+            ring_reset(cx);
+            return 0;
+        }
+        ge->last_use = ++cx->clock;
+        (void)CU_OK(cx, cudaGraphLaunch(ge->exec, cx->stream));
+    }
+    return 1;
 }
 
 static qv_status cu_download(qv_backend *be, void *dst, const void *src, size_t n_bytes,
                              qv_error *err) {
     cuda_ctx *cx = ctx_of(be);
+    if (!end_step(cx) && !cx->failed)
+        return qv_errorf(err, QV_ERR_BUSY, "cuda: recorded graph does not match; rerun the step");
     if (!cx->failed && n_bytes)
         (void)CU_OK(cx, cudaMemcpyAsync(dst, src, n_bytes, cudaMemcpyDeviceToHost, cx->stream));
     (void)CU_OK(cx, cudaStreamSynchronize(cx->stream));
@@ -546,10 +695,44 @@ static qv_status cu_download(qv_backend *be, void *dst, const void *src, size_t 
     return QV_OK;
 }
 
+static int cu_step_begin(qv_backend *be, uint64_t key) {
+    cuda_ctx *cx = ctx_of(be);
+    if (cx->mode != MODE_EAGER) (void)end_step(cx); /* a step left open: close it */
+    invalidate_xh(cx);
+    if (cx->failed || !cx->graphs_on || key == 0) return 0;
+    if (cx->m_used) { /* the graph's staging offsets must start at 0 */
+        if (!CU_OK(cx, cudaStreamSynchronize(cx->stream))) return 0;
+        ring_reset(cx);
+    }
+    cx->key = key;
+    cx->sig = 0x51ed270b27c5a3f1ull;
+    for (int i = 0; i < MAX_GRAPHS; i++)
+        if (cx->graphs[i].exec && cx->graphs[i].key == key) {
+            cx->cur_graph = i;
+            cx->mode = MODE_REPLAY;
+            return 1;
+        }
+    /* Record a shape the second time it comes (one-off prefill shapes stay eager). */
+    int seen = 0;
+    for (int i = 0; i < 16; i++) seen |= cx->seen[i] == key;
+    if (!seen) {
+        cx->seen[cx->seen_next] = key;
+        cx->seen_next = (cx->seen_next + 1) % 16;
+        return 0;
+    }
+    if (!CU_OK(cx, cudaStreamBeginCapture(cx->stream, cudaStreamCaptureModeRelaxed))) return 0;
+    cx->mode = MODE_CAPTURE;
+    return 0;
+}
+
 static void cu_upload(qv_backend *be, void *dst, const void *src, size_t n_bytes) {
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || !n_bytes) return;
+    if (cx->mode != MODE_EAGER) {
+        fail_msg(cx, "upload inside a graph step");
+        return;
+    }
     if (!CU_OK(cx, cudaMemcpyAsync(dst, src, n_bytes, cudaMemcpyHostToDevice, cx->stream))) return;
     (void)CU_OK(cx, cudaStreamSynchronize(cx->stream)); /* src may be reused on return */
 }
@@ -562,14 +745,16 @@ static void cu_gather_rows(qv_backend *be, const float *src, const int32_t *idx,
     if (!ensure_room(cx, align_up((size_t)n * sizeof(int32_t)))) return;
     const int32_t *d = stage(cx, idx, (size_t)n * sizeof(int32_t));
     if (!d) return;
-    (void)K_OK(cx, qv_cuda_gather_rows(src, d, n, width, dst, cx->stream));
+    SIG(cx, 11, U(src), U(d), (uint64_t)n, (uint64_t)width, U(dst));
+    (void)RUN(cx, qv_cuda_gather_rows(src, d, n, width, dst, cx->stream));
 }
 
 static void cu_argmax(qv_backend *be, const float *x, int n, int width, int32_t *out) {
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
-    (void)K_OK(cx, qv_cuda_argmax(x, n, width, out, cx->stream));
+    SIG(cx, 12, U(x), (uint64_t)n, (uint64_t)width, U(out));
+    (void)RUN(cx, qv_cuda_argmax(x, n, width, out, cx->stream));
 }
 
 static const struct qv_backend_i cuda_iface = {
@@ -589,6 +774,8 @@ static const struct qv_backend_i cuda_iface = {
     .upload = cu_upload,
     .gather_rows = cu_gather_rows,
     .argmax = cu_argmax,
+    .matmul_acc = cu_matmul_acc,
+    .step_begin = cu_step_begin,
 };
 
 /* ---- creation ---- */
@@ -640,6 +827,8 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
     be->iface = &cuda_iface;
     be->ctx = cx;
     cx->device = o.device;
+    const char *genv = getenv("QV_CUDA_GRAPHS");
+    cx->graphs_on = !(genv && strcmp(genv, "0") == 0);
     if (!CU_OK(cx, cudaSetDevice(o.device)) ||
         !CU_OK(cx, cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking)) ||
         !BLAS_OK(cx, cublasCreate(&cx->blas)) || !BLAS_OK(cx, cublasSetStream(cx->blas, cx->stream))) {
@@ -719,6 +908,7 @@ qv_status qv_backend_cuda_create(const qv_model *m, const qv_cuda_opts *o, qv_ba
     if ((st = create_common(o, sw.bytes + inv_bytes, max_width, &be, err)) != QV_OK) return st;
     cuda_ctx *cx = be->ctx;
     const int fp16 = m->main_dtype == QV_DTYPE_F16;
+    cx->act_fp16 = fp16;
     struct upload_walk uw = {cx, fp16, o ? o->random_seed : 0};
     if ((st = for_each_tensor(m, upload_fn, &uw, err)) != QV_OK) goto fail;
     /* RoPE inverse frequencies: a real host array even for synthetic models. */

@@ -173,6 +173,55 @@ extern "C" int qv_cuda_rmsnorm(const float *x, const float *w, int n, int dim, f
     LAUNCH_CHECK("rmsnorm");
 }
 
+static __device__ __forceinline__ void half_store(void *p, size_t i, float v, int fp16) {
+    if (fp16)
+        ((__half *)p)[i] = __float2half_rn(v);
+    else
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+}
+
+static __global__ void k_rmsnorm_half(const float *x, const float *w, int dim, float eps, float *y,
+                                      void *yh, int fp16) {
+    __shared__ double red[32];
+    const float *xr = x + (size_t)blockIdx.x * (size_t)dim;
+    float *yr = y + (size_t)blockIdx.x * (size_t)dim;
+    const size_t base = (size_t)blockIdx.x * (size_t)dim;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    ss = block_sum(ss, red);
+    const float mean = (float)(ss / (double)dim);
+    const float inv = 1.0f / sqrtf(mean + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = w[i] * (xr[i] * inv);
+        yr[i] = v;
+        half_store(yh, base + (size_t)i, v, fp16);
+    }
+}
+
+extern "C" int qv_cuda_rmsnorm_half(const float *x, const float *w, int n, int dim, float eps,
+                                    float *y, void *yh, int fp16, cudaStream_t s) {
+    if (n <= 0) return 0;
+    k_rmsnorm_half<<<n, 256, 0, s>>>(x, w, dim, eps, y, yh, fp16);
+    LAUNCH_CHECK("rmsnorm_half");
+}
+
+static __global__ void k_swiglu_half(const float *g, const float *u, float *o, void *oh, int fp16,
+                                     size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float a = g[i];
+        const float v = a / (1.0f + expf(-a)) * u[i];
+        o[i] = v;
+        half_store(oh, i, v, fp16);
+    }
+}
+
+extern "C" int qv_cuda_swiglu_half(const float *gate, const float *up, float *out, void *oh,
+                                   int fp16, size_t n, cudaStream_t s) {
+    k_swiglu_half<<<blocks_for(n, 256), 256, 0, s>>>(gate, up, out, oh, fp16, n);
+    LAUNCH_CHECK("swiglu_half");
+}
+
 /* ---- rope: one block per token, threads over (head, i < half) ---- */
 
 static __global__ void k_rope(float *x, int n_heads, int head_dim, const int32_t *pos,
@@ -372,18 +421,23 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
     /* Combine the groups' partial sums. */
     for (int k = 0; k < ATT_DPT; k++) part[tid + k * ATT_THREADS] = active ? acc[k] : 0.0f;
     __syncthreads();
-    float *o = a.out + ((size_t)t * (size_t)a.n_heads + (size_t)h) * (size_t)hd;
+    const size_t obase = ((size_t)t * (size_t)a.n_heads + (size_t)h) * (size_t)hd;
+    float *o = a.out + obase;
     const float inv_l = 1.0f / l;
     if (hd < ATT_THREADS) {
         for (int d = tid; d < hd; d += ATT_THREADS) {
             float s = 0.0f;
             for (int gg = 0; gg < n_grp; gg++) s += part[gg * hd + d];
             o[d] = s * inv_l;
+            if (a.out_half) half_store(a.out_half, obase + (size_t)d, s * inv_l, a.fp16);
         }
     } else {
         for (int k = 0; k < ATT_DPT; k++) {
             const int d = tid + k * ATT_THREADS;
-            if (d < hd) o[d] = part[tid + k * ATT_THREADS] * inv_l;
+            if (d < hd) {
+                o[d] = part[tid + k * ATT_THREADS] * inv_l;
+                if (a.out_half) half_store(a.out_half, obase + (size_t)d, o[d], a.fp16);
+            }
         }
     }
 }

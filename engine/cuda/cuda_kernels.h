@@ -28,6 +28,12 @@ int qv_cuda_get_rows(const void *table, int fp16, const int32_t *ids, int n, int
 /* y = x / sqrt(mean(x^2) + eps) * w per row (sum of squares in double). x may alias y. */
 int qv_cuda_rmsnorm(const float *x, const float *w, int n, int dim, float eps, float *y,
                     cudaStream_t s);
+/* rmsnorm that also writes y rounded to half into yh (the next GEMM's input). */
+int qv_cuda_rmsnorm_half(const float *x, const float *w, int n, int dim, float eps, float *y,
+                         void *yh, int fp16, cudaStream_t s);
+/* swiglu that also writes out rounded to half into oh. */
+int qv_cuda_swiglu_half(const float *gate, const float *up, float *out, void *oh, int fp16,
+                        size_t n, cudaStream_t s);
 /* HF rotate_half RoPE in place; pos and inv_freq on the device. */
 int qv_cuda_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos,
                  const float *inv_freq, cudaStream_t s);
@@ -62,6 +68,8 @@ typedef struct qv_cuda_attn_args {
     const int32_t *tok_pos;
     const int32_t *tables; /* (n_seqs, table_stride) page ids */
     int table_stride;
+    void *out_half; /* non-NULL: out is also written rounded to half here (fp16 or bf16) */
+    int fp16;
     int n_tokens, n_heads, n_kv_heads, head_dim, page_size, window;
     float scale;
 } qv_cuda_attn_args;

@@ -36,11 +36,17 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
         build-gpu/tests/test_cuda_ops >/tmp/qv-gpu-san.log 2>&1
     src=$?
+    timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+        build-gpu/tests/test_cuda_forward >>/tmp/qv-gpu-san.log 2>&1
+    src2=$?
     grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" /tmp/qv-gpu-san.log | head -20
-    [ $src -eq 0 ] && san="clean" || { san="FAIL (rc $src)"; tail -30 /tmp/qv-gpu-san.log; }
+    [ $src -eq 0 ] && [ $src2 -eq 0 ] && san="clean" || { san="FAIL (rc $src/$src2)"; tail -30 /tmp/qv-gpu-san.log; }
 fi
 t3=$(date +%s)
-timeout 180 build-gpu/tests/bench_gpu_decode 32 2>&1 | tee /tmp/qv-gpu-bench.log | grep -v "^quiver info"
+echo "== decode benchmark, CUDA graphs off (QV_CUDA_GRAPHS=0) =="
+QV_CUDA_GRAPHS=0 timeout 120 build-gpu/tests/bench_gpu_decode 32 2>&1 | tee /tmp/qv-gpu-bench-nograph.log | grep -v "^quiver info"
+echo "== decode benchmark, CUDA graphs on (default) =="
+timeout 120 build-gpu/tests/bench_gpu_decode 32 2>&1 | tee /tmp/qv-gpu-bench.log | grep -v "^quiver info"
 brc=${PIPESTATUS[0]}
 t4=$(date +%s)
 echo
@@ -48,7 +54,7 @@ echo "| step | result | seconds |"
 echo "|---|---|---|"
 echo "| build (sm_90, -Werror $werror) | ok | $((t1 - t0)) |"
 echo "| ctest -L gpu | $([ $rc -eq 0 ] && echo pass || echo FAIL) | $((t2 - t1)) |"
-echo "| compute-sanitizer memcheck test_cuda_ops | $san | $((t3 - t2)) |"
+echo "| compute-sanitizer memcheck test_cuda_ops + test_cuda_forward | $san | $((t3 - t2)) |"
 echo "| bench_gpu_decode | $([ $brc -eq 0 ] && echo ok || echo "FAIL rc $brc") | $((t4 - t3)) |"
-[ -n "${OUT:-}" ] && cp /tmp/qv-gpu-ctest.log /tmp/qv-gpu-san.log /tmp/qv-gpu-bench.log "$OUT"/ 2>/dev/null
+[ -n "${OUT:-}" ] && cp /tmp/qv-gpu-ctest.log /tmp/qv-gpu-san.log /tmp/qv-gpu-bench.log /tmp/qv-gpu-bench-nograph.log "$OUT"/ 2>/dev/null
 exit $rc
