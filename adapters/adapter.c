@@ -332,14 +332,26 @@ static bool names_differ(const char *want, const char *have) {
     return sa[0] && sb[0] && strcmp(sa, sb);
 }
 
+/* Messages quote names from user files: control bytes become '?', so a message stays one line
+ * (logs, HTTP error bodies) whatever the file holds. */
+static void one_line(char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
+
 static qv_status check_base_name(qv__adapter_ctx *c) {
     if (!c->base || !names_differ(c->ad->base_name, c->base->name)) return QV_OK;
     if (c->lim.strict_base_name)
         return qv_errorf(c->err, QV_ERR_INVALID,
-                         "adapter was trained on base model \"%s\" but the loaded model is \"%s\"",
+                         "adapter was trained on base model \"%.200s\" but the loaded model is "
+                         "\"%.200s\"",
                          c->ad->base_name, c->base->name);
-    QV_LOGW("adapter was trained on base model \"%s\" but the loaded model is \"%s\"",
-            c->ad->base_name, c->base->name);
+    char a[201], b[201];
+    snprintf(a, sizeof(a), "%s", c->ad->base_name);
+    snprintf(b, sizeof(b), "%s", c->base->name);
+    one_line(a);
+    one_line(b);
+    QV_LOGW("adapter was trained on base model \"%s\" but the loaded model is \"%s\"", a, b);
     return QV_OK;
 }
 
@@ -413,10 +425,12 @@ qv_status qv_adapter_load_buffer(const char *config, size_t config_len, const vo
     qv_status s = qv_st_open_buffer(weights, weights_len, &st, err);
     if (s != QV_OK) {
         qv_error_prefix(err, "adapter weights");
+        if (err) one_line(err->msg);
         return s;
     }
     s = load_common(config, config_len, st, base, lim, false, out, err);
     qv_st_close(st);
+    if (s != QV_OK && err) one_line(err->msg);
     return s;
 }
 
@@ -474,6 +488,7 @@ qv_status qv_adapter_load(const char *dir, const qv_model *base, const qv_adapte
     s = load_common(cfg, cfg_len, st, base, lim, bottleneck, out, err);
     if (s != QV_OK) qv_error_prefix(err, "%s", dir);
 fail:
+    if (s != QV_OK && err) one_line(err->msg);
     qv_st_close(st);
     qv_free(cfg);
     qv_free(path);

@@ -84,6 +84,12 @@ static void refuse_cfg(const char *fixture, const char *key, const char *value, 
     free(w);
 }
 
+static void refuse_weights(const at_tensor *ts, size_t n, const char *cfg_key, const char *cfg_val,
+                           qv_status want, const char *needle);
+static void refuse_weights_(const at_tensor *ts, size_t n, qv_status want, const char *needle) {
+    refuse_weights(ts, n, NULL, NULL, want, needle);
+}
+
 static void test_pickle(void **state) {
     (void)state;
     qv_adapter *ad = NULL;
@@ -150,6 +156,17 @@ static void test_hostile_patterns(void **state) {
     refuse_cfg(FIX "lora_qv_r4", "rank_pattern", "{\"(q|v)_proj\": 8}", QV_ERR_INVALID,
                "has rank 4 but the config gives r=8 for model.layers.0.self_attn.q_proj "
                "(rank_pattern)");
+}
+
+/* Names quoted from the file never break the one-line message (expect_refusal checks for
+ * newlines): a peft_type and a tensor name with control characters. */
+static void test_one_line_messages(void **state) {
+    (void)state;
+    refuse_cfg(FIX "lora_qv_r4", "peft_type", "\"LO\\nRA\\r\"", QV_ERR_UNSUPPORTED,
+               "peft_type \"LO?RA?\" is not supported");
+    float v[4] = {0};
+    at_tensor t[] = {{"base_model.model.lm_head.evil\\nname", "F32", 1, {4}, v}};
+    refuse_weights_(t, 1, QV_ERR_INVALID, "unexpected tensor base_model.model.lm_head.evil?name");
 }
 
 static void test_unknown_type_and_task(void **state) {
@@ -524,6 +541,7 @@ int main(void) {
         cmocka_unit_test(test_pickle),
         cmocka_unit_test(test_corrupt_header),
         cmocka_unit_test(test_unknown_type_and_task),
+        cmocka_unit_test(test_one_line_messages),
         cmocka_unit_test(test_hostile_patterns),
         cmocka_unit_test(test_unimplemented_options),
         cmocka_unit_test(test_tensor_refusals),
