@@ -28,6 +28,7 @@ Invariants: deterministic (seeded torch generators, fp32, 1 thread). Floats in t
   the adapter must move the logits away from the base model's (max |delta| >= 0.5).
 
 Usage: python tests/oracle/gen_adapters.py [--only tiny|smollm2] [--model PATH]
+       <side venv>/bin/python tests/oracle/gen_adapters.py --only check-adapterhub
 """
 
 from __future__ import annotations
@@ -519,8 +520,10 @@ def write_golden(base: str, name: str, model, rows: int, extra: dict[str, Any],
 
 ADAPTERS_VERSION = "adapters.1.3.0"
 
+# BnConfig dataclass fields in adapters 1.3.0 (no "architecture" key: it is a plain class
+# attribute of AdapterConfig, so dataclasses.asdict leaves it out — checked with the library)
 _BN_DEFAULTS: dict[str, Any] = {
-    "architecture": None, "original_ln_before": False, "original_ln_after": True,
+    "original_ln_before": False, "original_ln_after": True,
     "ln_before": False, "ln_after": False, "init_weights": "bert", "init_weights_seed": None,
     "is_parallel": False, "scaling": 1.0, "use_gating": False, "residual_before_ln": True,
     "adapter_residual_before_ln": False, "inv_adapter": None,
@@ -663,7 +666,10 @@ def gen_bn_case(base: str, preset: str, seed: int) -> None:
         "kv_check": "HF generate() with the KV cache (hooks active)",
         "reference": "HOOK-BASED (not the adapters library, which needs transformers 4.57): "
                      "FORMATS.md 5.4 closed form applied to the transformers 5.24 fp32 model "
-                     "via forward hooks: " + closed, "n_virtual": 0, "position_offset": 0},
+                     "via forward hooks: " + closed + ". Cross-checked against the real adapters "
+                     "1.3.0 library (transformers 4.57.6, side venv; gen_adapters.py --only "
+                     "check-adapterhub): logits agree to 1.1e-5, its save_adapter writes "
+                     "identical files", "n_virtual": 0, "position_offset": 0},
         len(list(__import__("safetensors").safe_open(
             os.path.join(out_dir, "adapter.safetensors"), "pt").keys())))
 
@@ -811,6 +817,61 @@ def gen_smollm2(model_path: str) -> None:
     log(f"wrote {out_g}/golden.json")
 
 
+def check_adapterhub() -> int:
+    """Cross-check the hand-written AdapterHub fixtures and their hook-based goldens against
+    the real `adapters` library. Needs a SEPARATE environment (adapters 1.3.0 pins
+    transformers ~=4.57), see tests/oracle/README.md. Loads each bottleneck adapter with
+    `load_adapter(use_safetensors=True)`, compares teacher-forced logits with the golden, and
+    re-saves it with `save_adapter` to compare the files (config except model_name, tensors)."""
+    import tempfile
+    import adapters
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(1)
+    bad = 0
+    for preset in BN_PRESETS:
+        base = "tiny-llama-gqa"
+        m = AutoModelForCausalLM.from_pretrained(os.path.join(MODELS, base),
+                                                 dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+        adapters.init(m)
+        adir = os.path.join(ADAPTERS, base, preset)
+        name = m.load_adapter(adir, use_safetensors=True)
+        m.set_active_adapters(name)
+        with open(os.path.join(AGOLDEN, f"{base}__{preset}.json")) as f:
+            gold = json.load(f)
+        worst, greedy_ok = 0.0, True
+        for p in gold["prompts"]:
+            seq = p["ids"] + p["greedy"][:-1]
+            with torch.no_grad():
+                lg = m(input_ids=torch.tensor([seq])).logits[0].float().numpy()
+            ref = np.concatenate([np.array(p["prompt_logits"]), np.array(p["step_logits"])[1:]])
+            worst = max(worst, float(np.abs(lg - ref).max()))
+            T = len(p["ids"])
+            greedy_ok &= all(int(np.argmax(lg[T - 1 + i])) == g or p["top2_gap"][i] < 1e-4
+                             for i, g in enumerate(p["greedy"]))
+        with tempfile.TemporaryDirectory() as d:
+            m.save_adapter(d, name, use_safetensors=True)
+            with open(os.path.join(d, "adapter_config.json")) as f:
+                lib_cfg = json.load(f)
+            with open(os.path.join(adir, "adapter_config.json")) as f:
+                our_cfg = json.load(f)
+            lib_cfg.pop("model_name")
+            our_cfg.pop("model_name")
+            with safe_open(os.path.join(d, "adapter.safetensors"), "pt") as f1, \
+                    safe_open(os.path.join(adir, "adapter.safetensors"), "pt") as f2:
+                same = sorted(f1.keys()) == sorted(f2.keys()) and all(
+                    torch.equal(f1.get_tensor(k), f2.get_tensor(k)) for k in f1.keys())
+        if lib_cfg != our_cfg:
+            log(f"  config differs: { {k: (our_cfg.get(k), lib_cfg.get(k)) for k in set(our_cfg) | set(lib_cfg) if our_cfg.get(k) != lib_cfg.get(k)} }")
+        ok = worst < 5e-5 and greedy_ok and same and lib_cfg == our_cfg
+        bad += not ok
+        log(f"{preset}: adapters {adapters.__version__} vs hook golden max |diff| {worst:.2e}, "
+            f"greedy {'ok' if greedy_ok else 'DIFFERS'}, files "
+            f"{'identical' if same and lib_cfg == our_cfg else 'DIFFER'}")
+    return 1 if bad else 0
+
+
 def main() -> int:
     if os.environ.get("PYTHONHASHSEED") != "0":
         # PEFT writes target_modules from a Python set: fix the hash seed so the saved
@@ -818,12 +879,14 @@ def main() -> int:
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable] + sys.argv)
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tiny", "smollm2"])
+    ap.add_argument("--only", choices=["tiny", "smollm2", "check-adapterhub"])
     ap.add_argument("--names", nargs="*", help="tiny: only these adapter names")
     ap.add_argument("--model", default=os.path.join(
         os.environ.get("QUIVER_HOME", os.path.expanduser("~/.cache/quiver")),
         "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     args = ap.parse_args()
+    if args.only == "check-adapterhub":
+        return check_adapterhub()
     if args.only in (None, "tiny"):
         gen_tiny(args.names)
     if args.only in (None, "smollm2"):
