@@ -37,6 +37,7 @@ struct attn_task {
     size_t scratch_per_thread;
     bool simd;
     int n_pairs;
+    int pairs_per_job; /* 1 for a decode step (few, long pairs), more for big prefill batches */
     atomic_int next;
 };
 
@@ -84,6 +85,43 @@ __attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, con
 }
 #endif
 
+/* sc[i] = exp(sc[i] - mx) / Σ exp(sc - mx), i < len: sequential sum, per-element division. */
+static void softmax_portable(float *sc, int len, float mx) {
+    float sum = 0.0f;
+    for (int i = 0; i < len; i++) {
+        sc[i] = expf(sc[i] - mx);
+        sum += sc[i];
+    }
+    for (int i = 0; i < len; i++)
+        sc[i] = sc[i] / sum;
+}
+
+#if QV_HAVE_X86
+/* Same values as softmax_portable except the sum, which runs in 8 lanes (then the lanes in a
+ * fixed order, then the tail): a scalar add chain over a long context cost more than the dot
+ * products. The division stays a true division (as HF's softmax). */
+__attribute__((target("avx2,fma"))) static void softmax_avx2(float *sc, int len, float mx) {
+    for (int i = 0; i < len; i++)
+        sc[i] = expf(sc[i] - mx);
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= len; i += 8)
+        acc = _mm256_add_ps(acc, _mm256_loadu_ps(sc + i));
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    float sum = _mm_cvtss_f32(s4);
+    for (; i < len; i++)
+        sum += sc[i];
+    __m256 vs = _mm256_set1_ps(sum);
+    i = 0;
+    for (; i + 8 <= len; i += 8)
+        _mm256_storeu_ps(sc + i, _mm256_div_ps(_mm256_loadu_ps(sc + i), vs));
+    for (; i < len; i++)
+        sc[i] = sc[i] / sum;
+}
+#endif
+
 /* Float offset of position j's slot (all kv heads) in this layer of the pool. */
 static inline size_t slot_at(const struct attn_task *tk, const int32_t *pt, int j) {
     const qv_kv_pool *pool = tk->pool;
@@ -113,6 +151,44 @@ __attribute__((target("avx2,fma"))) static void wsum64_avx2(const struct attn_ta
             _mm256_storeu_ps(o + c0 + 8 * k, acc[k]);
     }
 }
+
+/* sc[j - j0] = (q · k_j) * scale for j in [j0, p], head_dim a multiple of 8: eight keys at a
+ * time, each with its own accumulator over head_dim, reduced together by a transpose-hadd tree.
+ * Every key goes through exactly the same operations whatever its slot in the group (a short
+ * last group repeats its last key), so a score depends only on q and k_j. */
+__attribute__((target("avx2,fma"))) static float scores8_avx2(const struct attn_task *tk,
+                                                              const int32_t *pt, int j0, int p,
+                                                              size_t head_off, const float *q,
+                                                              int hd, float scale, float *sc) {
+    float mx = -INFINITY;
+    __m256 vscale = _mm256_set1_ps(scale);
+    for (int j = j0; j <= p; j += 8) {
+        const float *kp[8];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) kp[i] =
+            tk->pool->k + slot_at(tk, pt, QV_MIN(j + i, p)) + head_off;
+        __m256 acc[8];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+        for (int d = 0; d < hd; d += 8) {
+            __m256 qd = _mm256_loadu_ps(q + d);
+            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) acc[i] =
+                _mm256_fmadd_ps(qd, _mm256_loadu_ps(kp[i] + d), acc[i]);
+        }
+        __m256 s01 = _mm256_hadd_ps(acc[0], acc[1]), s23 = _mm256_hadd_ps(acc[2], acc[3]);
+        __m256 s45 = _mm256_hadd_ps(acc[4], acc[5]), s67 = _mm256_hadd_ps(acc[6], acc[7]);
+        __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+        __m256 lo = _mm256_permute2f128_ps(s0123, s4567, 0x20);
+        __m256 hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+        __m256 dots = _mm256_mul_ps(_mm256_add_ps(lo, hi), vscale);
+        float tmp[8];
+        _mm256_storeu_ps(tmp, dots);
+        int nk = QV_MIN(8, p - j + 1);
+        for (int i = 0; i < nk; i++) {
+            sc[j - j0 + i] = tmp[i];
+            if (tmp[i] > mx) mx = tmp[i];
+        }
+    }
+    return mx;
+}
 #endif
 
 static void attn_pair(const struct attn_task *tk, int pair, float *sc) {
@@ -128,25 +204,28 @@ static void attn_pair(const struct attn_task *tk, int pair, float *sc) {
     float *o = tk->out + ((size_t)t * (size_t)ab->n_heads + (size_t)h) * (size_t)hd;
 
     float mx = -INFINITY;
-    for (int j = j0; j <= p; j++) {
-        const float *kp = pool->k + slot_at(tk, pt, j) + (size_t)g * (size_t)hd;
 #if QV_HAVE_X86
-        float d = tk->simd ? dot_avx2(qv, kp, hd) : dot_portable(qv, kp, hd);
+    if (tk->simd && hd % 8 == 0)
+        mx = scores8_avx2(tk, pt, j0, p, (size_t)g * (size_t)hd, qv, hd, ab->scale, sc);
+    else
+#endif
+        for (int j = j0; j <= p; j++) {
+            const float *kp = pool->k + slot_at(tk, pt, j) + (size_t)g * (size_t)hd;
+#if QV_HAVE_X86
+            float d = tk->simd ? dot_avx2(qv, kp, hd) : dot_portable(qv, kp, hd);
 #else
         float d = dot_portable(qv, kp, hd);
 #endif
-        float v = d * ab->scale;
-        sc[j - j0] = v;
-        if (v > mx) mx = v;
-    }
-    float sum = 0.0f;
-    for (int j = j0; j <= p; j++) {
-        float e = expf(sc[j - j0] - mx);
-        sc[j - j0] = e;
-        sum += e;
-    }
-    for (int j = j0; j <= p; j++)
-        sc[j - j0] = sc[j - j0] / sum;
+            float v = d * ab->scale;
+            sc[j - j0] = v;
+            if (v > mx) mx = v;
+        }
+#if QV_HAVE_X86
+    if (tk->simd)
+        softmax_avx2(sc, p - j0 + 1, mx);
+    else
+#endif
+        softmax_portable(sc, p - j0 + 1, mx);
 #if QV_HAVE_X86
     if (tk->simd && hd % 64 == 0) {
         wsum64_avx2(tk, pt, j0, p, (size_t)g * (size_t)hd, sc, o, hd);
@@ -172,9 +251,9 @@ static void attn_fn(void *arg, int part, int nth) {
     struct attn_task *tk = arg;
     float *sc = tk->scratch + (size_t)part * tk->scratch_per_thread;
     for (;;) {
-        int job = atomic_fetch_add_explicit(&tk->next, PAIRS_PER_JOB, memory_order_relaxed);
+        int job = atomic_fetch_add_explicit(&tk->next, tk->pairs_per_job, memory_order_relaxed);
         if (job >= tk->n_pairs) break;
-        int end = QV_MIN(job + PAIRS_PER_JOB, tk->n_pairs);
+        int end = QV_MIN(job + tk->pairs_per_job, tk->n_pairs);
         for (int pr = job; pr < end; pr++)
             attn_pair(tk, pr, sc);
     }
@@ -211,9 +290,10 @@ void qv__cpu_attention(qv__cpu_ctx *cx, const qv_kv_pool *pool, int layer, const
         .scratch_per_thread = cx->scratch_per_thread,
         .simd = cx->simd,
         .n_pairs = ab->n_tokens * ab->n_heads,
+        .pairs_per_job = ab->n_tokens * ab->n_heads >= 256 ? PAIRS_PER_JOB : 1,
     };
     atomic_init(&tk.next, 0);
-    if (tk.n_pairs <= PAIRS_PER_JOB)
+    if (tk.n_pairs == 1)
         attn_fn(&tk, 0, 1);
     else
         qv__cpu_pool_run(cx->pool, attn_fn, &tk);
