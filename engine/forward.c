@@ -12,6 +12,8 @@
  */
 #include "forward.h"
 
+#include "adapter_apply.h"
+
 #include <math.h>
 
 struct qv_forward {
@@ -37,6 +39,7 @@ struct qv_forward {
     int32_t *slot_page; /* [T] */
     int32_t *slot_off;  /* [T] */
     const int32_t **tables; /* [T] page tables, one per sequence of the batch (n_seqs <= T) */
+    qv_adapter_rt *ad;      /* adapter runtime, created by the first batch with segments */
 };
 
 static void *balloc(qv_backend *be, size_t n) { return be->iface->alloc(be, n); }
@@ -95,6 +98,7 @@ void qv_forward_destroy(qv_forward *f) {
     qv_free(f->slot_page);
     qv_free(f->slot_off);
     qv_free(f->tables);
+    qv_adapter_rt_destroy(f->ad);
     qv_free(f);
 }
 
@@ -114,7 +118,8 @@ static qv_status validate(qv_forward *f, const qv_batch *b, qv_error *err) {
         return qv_errorf(err, QV_ERR_INVALID, "batch with %d sequences", b->n_seqs);
     for (int i = 0; i < n; i++) {
         int s = b->seq[i];
-        if (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab)
+        /* negative ids (virtual tokens) are checked by qv_adapter_rt_begin */
+        if ((b->tokens[i] < 0 && b->n_segs == 0) || b->tokens[i] >= c->n_vocab)
             return qv_errorf(err, QV_ERR_INVALID, "token id %d out of range [0, %d)",
                              b->tokens[i], c->n_vocab);
         if (s < 0 || s >= b->n_seqs)
@@ -129,6 +134,14 @@ static qv_status validate(qv_forward *f, const qv_batch *b, qv_error *err) {
         if (b->logits_idx[i] < 0 || b->logits_idx[i] >= n)
             return qv_errorf(err, QV_ERR_INVALID, "logits index %d out of range", b->logits_idx[i]);
     for (int s = 0; s < b->n_seqs; s++) f->tables[s] = b->seqs[s]->pages;
+    if (b->n_segs != 0) { /* adapters: CPU only for now (refused on device backends) */
+        if (!f->ad) {
+            qv_status st = qv_adapter_rt_create(f->m, f->be, f->max_tokens, &f->ad, err);
+            if (st != QV_OK) return st;
+        }
+        return qv_adapter_rt_begin(f->ad, b, err);
+    }
+    if (f->ad) qv_adapter_rt_begin(f->ad, b, err); /* marks the runtime inactive */
     return QV_OK;
 }
 
@@ -137,6 +150,10 @@ static uint64_t step_key(const qv_forward *f, const qv_batch *b, int greedy) {
     int max_page = 0;
     for (int i = 0; i < b->n_tokens; i++)
         max_page = QV_MAX(max_page, b->pos[i] / f->kv->pool.page_size);
+    /* the CUDA backend's page-table stride grows in powers of two: so does the key */
+    int bucket = 8;
+    while (bucket < max_page + 1) bucket *= 2;
+    max_page = bucket;
     uint64_t k = 1469598103934665603ull;
     const uint64_t v[5] = {(uint64_t)b->n_tokens, (uint64_t)b->n_seqs, (uint64_t)b->n_logits,
                            (uint64_t)max_page, (uint64_t)greedy};
@@ -166,32 +183,55 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
     };
     const size_t dim = (size_t)c->dim;
 
-    be->get_rows(B, &m->tok_embd, b->tokens, n, f->x);
+    qv_adapter_rt *ad = qv_adapter_rt_active(f->ad) ? f->ad : NULL;
+    if (ad)
+        qv_adapter_rt_embed(ad, f->x);
+    else
+        be->get_rows(B, &m->tok_embd, b->tokens, n, f->x);
     for (int l = 0; l < c->n_layers; l++) {
         const qv_layer_weights *w = &m->layers[l];
         be->rmsnorm(B, f->x, w->attn_norm.data, n, c->dim, c->norm_eps, f->xb);
         be->matmul(B, &w->wq, f->xb, n, f->q, bias_of(&w->bq));
         be->matmul(B, &w->wk, f->xb, n, f->k, bias_of(&w->bk));
         be->matmul(B, &w->wv, f->xb, n, f->v, bias_of(&w->bv));
+        if (ad) {
+            qv_adapter_rt_proj(ad, l, QV_PROJ_Q, f->xb, f->q, bias_of(&w->bq));
+            qv_adapter_rt_proj(ad, l, QV_PROJ_K, f->xb, f->k, bias_of(&w->bk));
+            qv_adapter_rt_proj(ad, l, QV_PROJ_V, f->xb, f->v, bias_of(&w->bv));
+        }
         be->rope(B, f->q, n, c->n_heads, c->head_dim, b->pos, m->rope_inv_freq);
         be->rope(B, f->k, n, c->n_kv_heads, c->head_dim, b->pos, m->rope_inv_freq);
         be->kv_store(B, &f->kv->pool, l, f->k, f->v, n, f->slot_page, f->slot_off);
         be->attention(B, &f->kv->pool, l, &ab, f->q, f->att);
-        if (be->matmul_acc) {
+        if (ad) qv_adapter_rt_attn(ad, l, f->q, f->att);
+        if (be->matmul_acc && !ad) {
             be->matmul_acc(B, &w->wo, f->att, n, f->x, bias_of(&w->bo));
         } else {
             be->matmul(B, &w->wo, f->att, n, f->xb2, bias_of(&w->bo));
+            if (ad) {
+                qv_adapter_rt_proj(ad, l, QV_PROJ_O, f->att, f->xb2, bias_of(&w->bo));
+                qv_adapter_rt_block_out(ad, l, 0, f->x, f->xb2);
+            }
             be->add(B, f->x, f->xb2, (size_t)n * dim);
         }
 
         be->rmsnorm(B, f->x, w->ffn_norm.data, n, c->dim, c->norm_eps, f->xb);
         be->matmul(B, &w->w_gate, f->xb, n, f->gate, bias_of(&w->b_gate));
         be->matmul(B, &w->w_up, f->xb, n, f->up, bias_of(&w->b_up));
+        if (ad) {
+            qv_adapter_rt_proj(ad, l, QV_PROJ_GATE, f->xb, f->gate, bias_of(&w->b_gate));
+            qv_adapter_rt_proj(ad, l, QV_PROJ_UP, f->xb, f->up, bias_of(&w->b_up));
+        }
         be->swiglu(B, f->gate, f->up, f->gate, (size_t)n * (size_t)c->n_ff);
-        if (be->matmul_acc) {
+        if (be->matmul_acc && !ad) {
             be->matmul_acc(B, &w->w_down, f->gate, n, f->x, bias_of(&w->b_down));
         } else {
+            if (ad) qv_adapter_rt_proj_input(ad, l, QV_PROJ_DOWN, f->gate);
             be->matmul(B, &w->w_down, f->gate, n, f->xb2, bias_of(&w->b_down));
+            if (ad) {
+                qv_adapter_rt_proj(ad, l, QV_PROJ_DOWN, f->gate, f->xb2, bias_of(&w->b_down));
+                qv_adapter_rt_block_out(ad, l, 1, f->x, f->xb2);
+            }
             be->add(B, f->x, f->xb2, (size_t)n * dim);
         }
     }
@@ -243,6 +283,7 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
     }
     be->rmsnorm(B, f->xb, m->out_norm.data, b->n_logits, c->dim, c->norm_eps, f->xb);
     be->matmul(B, &m->lm_head, f->xb, b->n_logits, logits, NULL);
+    if (qv_adapter_rt_active(f->ad)) qv_adapter_rt_logits(f->ad, f->xb, logits);
     return QV_OK;
 }
 

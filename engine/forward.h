@@ -28,6 +28,13 @@ typedef struct qv_batch {
     const qv_kv_seq *const *seqs; /* [n_seqs] page tables covering every position used */
     int n_logits;
     const int32_t *logits_idx; /* [n_logits] batch indices whose logits are wanted */
+    /* Adapters (engine/adapter_apply.h; CPU backend only). n_segs == 0: the base model for
+     * every token. Otherwise segment s covers tokens [seg_start[s], seg_start[s+1])
+     * (seg_start[0] == 0, seg_start[n_segs] == n_tokens) and runs seg_adapter[s] (NULL: none).
+     * In a prompt/P-tuning segment, token id -1-k is the adapter's virtual token k. */
+    int n_segs;
+    const int32_t *seg_start;                     /* [n_segs + 1] */
+    const struct qv_adapter *const *seg_adapter; /* [n_segs] */
 } qv_batch;
 
 typedef struct qv_forward qv_forward;
