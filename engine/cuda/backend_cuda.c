@@ -61,6 +61,10 @@ typedef struct cuda_ctx {
     uint64_t sig, key, clock;
     graph_entry graphs[MAX_GRAPHS];
     int cur_graph;
+    qv_cuda_stats stats;
+    double t_step; /* qv_time_s() at step_begin, 0 outside a step */
+    cudaEvent_t ev0, ev1; /* device span of a step: first op or graph launch .. download */
+    int ev_pending;
     uint64_t seen[16]; /* keys seen once: recorded only when they come back */
     int seen_next;
     int act_fp16; /* half type of GEMM inputs written by fused kernels (the model's) */
@@ -380,6 +384,8 @@ static void cu_destroy(qv_backend *be) {
         if (cx->blas_ws) (void)CU_OK(NULL, cudaFree(cx->blas_ws));
         if (cx->m_dev) (void)CU_OK(NULL, cudaFree(cx->m_dev));
         if (cx->m_host) (void)CU_OK(NULL, cudaFreeHost(cx->m_host));
+        if (cx->ev0) (void)CU_OK(NULL, cudaEventDestroy(cx->ev0));
+        if (cx->ev1) (void)CU_OK(NULL, cudaEventDestroy(cx->ev1));
         if (cx->stream) (void)CU_OK(NULL, cudaStreamDestroy(cx->stream));
         qv_free(cx->wmap);
         qv_free(cx->flat);
@@ -578,10 +584,13 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || ab->n_tokens <= 0) return;
-    /* Flatten the page tables: stride = pages covering the furthest position of the batch. */
-    int stride = 1;
+    /* Flatten the page tables: stride = pages covering the furthest position of the batch,
+     * rounded up to a power of two (>= 8) so that a decoding batch keeps its graph. */
+    int need = 1;
     for (int t = 0; t < ab->n_tokens; t++)
-        stride = QV_MAX(stride, ab->tok_pos[t] / pool->page_size + 1);
+        need = QV_MAX(need, ab->tok_pos[t] / pool->page_size + 1);
+    int stride = 8;
+    while (stride < need) stride *= 2;
     size_t n_flat = (size_t)ab->n_seqs * (size_t)stride;
     if (n_flat * sizeof(int32_t) > cx->m_size / 2) {
         fail_msg(cx, "attention: page tables larger than the staging buffer");
@@ -642,6 +651,7 @@ static int end_step(cuda_ctx *cx) {
         /* A capture that fails (an op the capture does not allow, instantiation) only turns
          * graphs off: nothing has run, the caller reruns the step eagerly, and a real device
          * fault shows up again there. cx->failed was 0 when the capture began. */
+        const double t0 = qv_time_s();
         cudaError_t e1 = cudaStreamEndCapture(cx->stream, &g);
         cudaError_t e2 = cudaErrorUnknown;
         if (e1 == cudaSuccess && !cx->failed) e2 = cudaGraphInstantiate(&ex, g, 0);
@@ -662,6 +672,8 @@ static int end_step(cuda_ctx *cx) {
         graph_entry *ge = &cx->graphs[victim];
         if (ge->exec) (void)CU_OK(cx, cudaGraphExecDestroy(ge->exec));
         *ge = (graph_entry){cx->key, cx->sig, ex, ++cx->clock};
+        cx->stats.instantiate_s += qv_time_s() - t0;
+        (void)CU_OK(cx, cudaEventRecord(cx->ev0, cx->stream));
         (void)CU_OK(cx, cudaGraphLaunch(ex, cx->stream));
         return 1;
     }
@@ -676,6 +688,7 @@ static int end_step(cuda_ctx *cx) {
             return 0;
         }
         ge->last_use = ++cx->clock;
+        (void)CU_OK(cx, cudaEventRecord(cx->ev0, cx->stream));
         (void)CU_OK(cx, cudaGraphLaunch(ge->exec, cx->stream));
     }
     return 1;
@@ -684,11 +697,35 @@ static int end_step(cuda_ctx *cx) {
 static qv_status cu_download(qv_backend *be, void *dst, const void *src, size_t n_bytes,
                              qv_error *err) {
     cuda_ctx *cx = ctx_of(be);
-    if (!end_step(cx) && !cx->failed)
+    const enum cuda_mode mode = cx->mode;
+    const int ok = end_step(cx);
+    double t1 = qv_time_s();
+    if (cx->t_step > 0) {
+        cx->stats.enqueue_s += t1 - cx->t_step;
+        cx->t_step = 0;
+        if (!ok)
+            cx->stats.mismatches++;
+        else if (mode == MODE_CAPTURE)
+            cx->stats.captures++;
+        else if (mode == MODE_REPLAY)
+            cx->stats.replays++;
+        else
+            cx->stats.eager_steps++;
+    }
+    if (!ok && !cx->failed)
         return qv_errorf(err, QV_ERR_BUSY, "cuda: recorded graph does not match; rerun the step");
     if (!cx->failed && n_bytes)
         (void)CU_OK(cx, cudaMemcpyAsync(dst, src, n_bytes, cudaMemcpyDeviceToHost, cx->stream));
+    if (cx->ev_pending && ok && !cx->failed)
+        (void)CU_OK(cx, cudaEventRecord(cx->ev1, cx->stream));
     (void)CU_OK(cx, cudaStreamSynchronize(cx->stream));
+    cx->stats.wait_s += qv_time_s() - t1;
+    if (cx->ev_pending && ok && !cx->failed) {
+        float ms = 0.0f;
+        if (CU_OK(cx, cudaEventElapsedTime(&ms, cx->ev0, cx->ev1)))
+            cx->stats.device_s += (double)ms * 1e-3;
+    }
+    cx->ev_pending = 0;
     ring_reset(cx);
     if (cx->failed)
         return qv_errorf(err, QV_ERR_DEVICE, "cuda backend failed (see the log for the call)");
@@ -699,6 +736,10 @@ static int cu_step_begin(qv_backend *be, uint64_t key) {
     cuda_ctx *cx = ctx_of(be);
     if (cx->mode != MODE_EAGER) (void)end_step(cx); /* a step left open: close it */
     invalidate_xh(cx);
+    cx->t_step = qv_time_s();
+    cx->ev_pending = 0;
+    if (!cx->failed && cx->ev0 && CU_OK(cx, cudaEventRecord(cx->ev0, cx->stream)))
+        cx->ev_pending = 1; /* re-recorded right before a graph launch */
     if (cx->failed || !cx->graphs_on || key == 0) return 0;
     if (cx->m_used) { /* the graph's staging offsets must start at 0 */
         if (!CU_OK(cx, cudaStreamSynchronize(cx->stream))) return 0;
@@ -831,7 +872,8 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
     cx->graphs_on = !(genv && strcmp(genv, "0") == 0);
     if (!CU_OK(cx, cudaSetDevice(o.device)) ||
         !CU_OK(cx, cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking)) ||
-        !BLAS_OK(cx, cublasCreate(&cx->blas)) || !BLAS_OK(cx, cublasSetStream(cx->blas, cx->stream))) {
+        !BLAS_OK(cx, cublasCreate(&cx->blas)) || !BLAS_OK(cx, cublasSetStream(cx->blas, cx->stream)) ||
+        !CU_OK(cx, cudaEventCreate(&cx->ev0)) || !CU_OK(cx, cudaEventCreate(&cx->ev1))) {
         st = qv_errorf(err, QV_ERR_DEVICE, "cuda: cannot initialise the device / cuBLAS");
         goto fail;
     }
@@ -936,6 +978,10 @@ qv_status qv_backend_cuda_add_tensor(qv_backend *be, const qv_tensor *t, int fp1
     if (st == QV_OK && !CU_OK(cx, cudaStreamSynchronize(cx->stream)))
         st = qv_errorf(err, QV_ERR_DEVICE, "cuda: weight upload failed");
     return st;
+}
+
+void qv_backend_cuda_stats(const qv_backend *be, qv_cuda_stats *out) {
+    *out = ((const cuda_ctx *)be->ctx)->stats;
 }
 
 size_t qv_backend_cuda_weight_bytes(const qv_backend *be) {

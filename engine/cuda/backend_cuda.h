@@ -68,6 +68,18 @@ qv_status qv_backend_cuda_add_tensor(qv_backend *be, const qv_tensor *t, int fp1
 size_t qv_backend_cuda_weight_bytes(const qv_backend *be);
 size_t qv_backend_cuda_arena_bytes(const qv_backend *be);
 
+/* Counters since creation (benchmarks): forward steps run eagerly / recorded / replayed /
+ * replays refused (rerun eagerly); seconds the host spent enqueueing steps (step_begin to
+ * download), ending captures and instantiating graphs (part of enqueue), waiting in download
+ * for the device, and the device span of steps (first op or graph launch to the end of the
+ * step's work, CUDA events; in eager steps it includes gaps where the device waits for the
+ * host). */
+typedef struct qv_cuda_stats {
+    long eager_steps, captures, replays, mismatches;
+    double enqueue_s, instantiate_s, wait_s, device_s;
+} qv_cuda_stats;
+void qv_backend_cuda_stats(const qv_backend *be, qv_cuda_stats *out);
+
 /* Measures device-to-device copy bandwidth in bytes/s over `bytes` (read + write counted,
  * i.e. 2*bytes per copy), best of `reps`. Returns 0 on error. Uses its own buffers. */
 double qv_cuda_measure_d2d_bandwidth(size_t bytes, int reps);

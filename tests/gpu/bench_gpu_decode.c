@@ -31,7 +31,9 @@ typedef struct bench_model {
     qv_model_config cfg;
 } bench_model;
 
-static int run_batch(qv_forward *fwd, qv_kv_cache *kv, int V, int B, int steps, double *ms_step) {
+static int run_batch(qv_backend *be, qv_forward *fwd, qv_kv_cache *kv, int V, int B, int steps,
+                     double *ms_step, qv_cuda_stats *out) {
+    qv_cuda_stats c0, c1;
     static qv_kv_seq seqs[MAX_B];
     static const qv_kv_seq *sp[MAX_B];
     static int32_t tok[MAX_TOKENS], pos[MAX_TOKENS], sq[MAX_TOKENS], li[MAX_TOKENS];
@@ -66,7 +68,10 @@ static int run_batch(qv_forward *fwd, qv_kv_cache *kv, int V, int B, int steps, 
     /* decode */
     double t0 = 0;
     for (int st = 0; st < 3 + steps; st++) {
-        if (st == 3) t0 = qv_time_s();
+        if (st == 3) {
+            t0 = qv_time_s();
+            qv_backend_cuda_stats(be, &c0);
+        }
         int p = PROMPT + st;
         for (int j = 0; j < B; j++) {
             if (qv_kv_seq_reserve(kv, &seqs[j], p + 1) != QV_OK) {
@@ -87,6 +92,15 @@ static int run_batch(qv_forward *fwd, qv_kv_cache *kv, int V, int B, int steps, 
         }
     }
     *ms_step = (qv_time_s() - t0) * 1e3 / steps;
+    qv_backend_cuda_stats(be, &c1);
+    out->eager_steps = c1.eager_steps - c0.eager_steps;
+    out->captures = c1.captures - c0.captures;
+    out->replays = c1.replays - c0.replays;
+    out->mismatches = c1.mismatches - c0.mismatches;
+    out->enqueue_s = c1.enqueue_s - c0.enqueue_s;
+    out->wait_s = c1.wait_s - c0.wait_s;
+    out->instantiate_s = c1.instantiate_s - c0.instantiate_s;
+    out->device_s = c1.device_s - c0.device_s;
     rc = 0;
 done:
     for (int j = 0; j < B; j++) qv_kv_seq_release(kv, &seqs[j]);
@@ -124,6 +138,8 @@ int main(int argc, char **argv) {
     printf("\n| model | weights (MB) | batch | ms/step | tokens/s | weight-read floor tokens/s | "
            "ratio to floor | vs batch 1 |\n|---|---|---|---|---|---|---|---|\n");
     int rc = 0;
+    static char notes[8][256];
+    int n_notes = 0;
     for (int mi = 0; mi < 2; mi++) {
         qv_model *m = NULL;
         qv_backend *be = NULL;
@@ -151,10 +167,19 @@ int main(int argc, char **argv) {
             for (int bi = 0; bi < 3; bi++) {
                 const int B = batches[bi];
                 double ms = 0;
-                if (run_batch(fwd, kv, m->cfg.n_vocab, B, steps, &ms) != 0) {
+                qv_cuda_stats cs;
+                if (run_batch(be, fwd, kv, m->cfg.n_vocab, B, steps, &ms, &cs) != 0) {
                     rc = 1;
                     break;
                 }
+                snprintf(notes[n_notes++], sizeof notes[0],
+                         "%s B=%d: per step %.3f ms enqueue (of which graph instantiation "
+                         "%.3f) + %.3f ms wait; device span %.3f ms; steps eager %ld, "
+                         "recorded %ld, replayed %ld, replay refused %ld",
+                         models[mi].name, B, cs.enqueue_s * 1e3 / steps,
+                         cs.instantiate_s * 1e3 / steps, cs.wait_s * 1e3 / steps,
+                         cs.device_s * 1e3 / steps, cs.eager_steps, cs.captures, cs.replays,
+                         cs.mismatches);
                 if (B == 1) ms1 = ms;
                 const double tps = B * 1e3 / ms, floor_tps = B / (wbytes / bw);
                 printf("| %s | %.0f | %d | %.3f | %.0f | %.0f | %.2f | %.1fx |\n", models[mi].name,
@@ -168,5 +193,7 @@ int main(int argc, char **argv) {
         if (be) be->iface->destroy(be);
         qv_synth_model_free(m);
     }
+    printf("\n");
+    for (int i = 0; i < n_notes; i++) printf("%s\n", notes[i]);
     return rc;
 }
