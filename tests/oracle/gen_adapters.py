@@ -817,6 +817,135 @@ def gen_smollm2(model_path: str) -> None:
     log(f"wrote {out_g}/golden.json")
 
 
+# ---------------------------------------------------------------------------------------------
+# independent check: FORMATS.md section 4 applied to the files as a loader would (no PEFT)
+
+def _pattern_value(patterns: dict[str, Any], key: str, default: Any) -> Any:
+    """FORMATS.md 4.1: first key K (JSON order) with re.match(r"(.*\.)?(K)$", key)."""
+    import re
+    for k, v in patterns.items():
+        if re.match(rf"(.*\.)?({k})$", key):
+            return v
+    return default
+
+
+def spec_model(base: str, adir: str):
+    """The base HF model with every PEFT adapter type of this fixture set applied through
+    forward hooks written from FORMATS.md 4.1/4.5/4.6 (LoRA, rsLoRA, patterns, lora_bias,
+    DoRA, embedding/lm_head LoRA, modules_to_save, IA3, adaption prompt). Prompt-learning
+    types are checked by run_prompt's kv_check paths instead."""
+    from safetensors.torch import load_file
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    with open(os.path.join(adir, "adapter_config.json")) as f:
+        cfg = json.load(f)
+    sd = {k.removeprefix("base_model.model."): v.float()
+          for k, v in load_file(os.path.join(adir, "adapter_model.safetensors")).items()}
+    m = load_base(base)
+    kind = cfg["peft_type"]
+    F = torch.nn.functional
+    if kind == "LORA":
+        mods = sorted({k.split(".lora_")[0] for k in sd if ".lora_" in k})
+        for path in mods:
+            mod = m.get_submodule(path)
+            emb = path + ".lora_embedding_A" in sd
+            A = sd[path + (".lora_embedding_A" if emb else ".lora_A.weight")]
+            B = sd[path + (".lora_embedding_B" if emb else ".lora_B.weight")]
+            r = A.shape[0]
+            assert r == _pattern_value(cfg["rank_pattern"], path, cfg["r"]), (path, r)
+            alpha = _pattern_value(cfg["alpha_pattern"], path, cfg["lora_alpha"])
+            s = alpha / math.sqrt(r) if cfg["use_rslora"] else alpha / r
+            bB = sd.get(path + ".lora_B.bias")
+            mag = sd.get(path + ".lora_magnitude_vector")
+            if emb:
+                def hook(mod, args, out, A=A, B=B, s=s):
+                    return out + s * (A.t()[args[0]] @ B.t())
+            elif mag is not None:
+                W = mod.weight.detach()
+                scale = mag / torch.linalg.norm(W + s * (B @ A), dim=1)
+
+                def hook(mod, args, out, A=A, B=B, s=s, scale=scale):
+                    x = args[0]
+                    b = mod.bias if mod.bias is not None else 0.0
+                    return scale * (out - b + s * ((x @ A.t()) @ B.t())) + b
+            else:
+                def hook(mod, args, out, A=A, B=B, s=s, bB=bB):
+                    d = (args[0] @ A.t()) @ B.t()
+                    return out + s * (d + bB if bB is not None else d)
+            mod.register_forward_hook(hook)
+        for k, v in sd.items():
+            if k.endswith(".base_layer.weight"):      # embedding side-files: must be redundant
+                assert torch.equal(v, m.get_submodule(k[:-len(".base_layer.weight")]).weight)
+            elif ".lora_" not in k:                  # modules_to_save: full replacement
+                path = k.rsplit(".", 1)[0]
+                assert path in (cfg["modules_to_save"] or []) or \
+                    path.split(".")[-1] in (cfg["modules_to_save"] or []), k
+                m.get_submodule(path).register_forward_hook(
+                    lambda mod, args, out, W=v: F.linear(args[0], W))
+    elif kind == "IA3":
+        for k, v in sd.items():
+            path = k.removesuffix(".ia3_l")
+            mod = m.get_submodule(path)
+            ff = any(path.endswith(x) for x in cfg["feedforward_modules"])
+            assert ff == (v.shape[0] == 1), k
+            if ff:
+                mod.register_forward_pre_hook(lambda mod, args, l=v: (args[0] * l[0],))
+            else:
+                mod.register_forward_hook(lambda mod, args, out, l=v: out * l[:, 0])
+    elif kind == "ADAPTION_PROMPT":
+        c = m.config
+        nh, d = c.num_attention_heads, c.head_dim
+        L = c.num_hidden_layers
+        for i in range(L - cfg["adapter_layers"], L):
+            P = sd[f"model.layers.{i}.self_attn.adaption_prompt"][0]
+            gate = sd[f"model.layers.{i}.self_attn.adaption_gate"]
+            attn = m.model.layers[i].self_attn
+
+            def hook(mod, args, kwargs, out, P=P, gate=gate):
+                a = args[0] if args else kwargs["hidden_states"]
+                cos, sin = kwargs["position_embeddings"]
+                T = a.shape[1]
+                q = mod.q_proj(a).view(1, T, nh, d).transpose(1, 2)
+                q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+                nkv = c.num_key_value_heads
+                ka = mod.k_proj(P).view(-1, nkv, d).transpose(0, 1)       # [nkv, len, d]
+                va = mod.v_proj(P).view(-1, nkv, d).transpose(0, 1)
+                ka = ka.repeat_interleave(nh // nkv, dim=0)[None]
+                va = va.repeat_interleave(nh // nkv, dim=0)[None]
+                sc = torch.softmax((q @ ka.transpose(-1, -2)) / math.sqrt(d), dim=-1)
+                u = (gate * sc) @ va                                     # [1, nh, T, d]
+                u = u.transpose(1, 2).reshape(1, T, nh * d)
+                return (out[0] + mod.o_proj(u),) + tuple(out[1:])
+            attn.register_forward_hook(hook, with_kwargs=True)
+    else:
+        return None
+    return m
+
+
+def check_spec() -> int:
+    torch.set_num_threads(1)
+    bad = 0
+    for spec in peft_specs():
+        base, name = spec["base"], spec["name"]
+        adir = os.path.join(ADAPTERS, base, name)
+        m = spec_model(base, adir)
+        if m is None:
+            continue
+        with open(os.path.join(AGOLDEN, f"{base}__{name}.json")) as f:
+            gold = json.load(f)
+        worst = 0.0
+        for p in gold["prompts"]:
+            seq = p["ids"] + p["greedy"][:-1]
+            with torch.no_grad():
+                lg = m(input_ids=torch.tensor([seq])).logits[0].float().numpy()
+            ref = np.concatenate([np.array(p["prompt_logits"]), np.array(p["step_logits"])[1:]])
+            worst = max(worst, float(np.abs(lg - ref).max()) / max(1.0, float(np.abs(ref).max())))
+        ok = worst < 2e-5
+        bad += not ok
+        log(f"spec check {base}/{name}: max |diff| / max |logit| = {worst:.2e} "
+            f"{'ok' if ok else 'MISMATCH'}")
+    return 1 if bad else 0
+
+
 def check_adapterhub() -> int:
     """Cross-check the hand-written AdapterHub fixtures and their hook-based goldens against
     the real `adapters` library. Needs a SEPARATE environment (adapters 1.3.0 pins
@@ -879,7 +1008,7 @@ def main() -> int:
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable] + sys.argv)
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tiny", "smollm2", "check-adapterhub"])
+    ap.add_argument("--only", choices=["tiny", "smollm2", "check-adapterhub", "check-spec"])
     ap.add_argument("--names", nargs="*", help="tiny: only these adapter names")
     ap.add_argument("--model", default=os.path.join(
         os.environ.get("QUIVER_HOME", os.path.expanduser("~/.cache/quiver")),
@@ -887,6 +1016,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.only == "check-adapterhub":
         return check_adapterhub()
+    if args.only == "check-spec":
+        return check_spec()
     if args.only in (None, "tiny"):
         gen_tiny(args.names)
     if args.only in (None, "smollm2"):
