@@ -218,7 +218,104 @@ static void test_tiny_cases(void **state) {
     assert_int_equal(n_cases, n);
 }
 
+static const char *smollm2_path(void) {
+    static char buf[1024];
+    const char *env = getenv("QV_SMOLLM2_GGUF");
+    if (env) return env;
+    const char *home = getenv("HOME");
+    snprintf(buf, sizeof(buf), "%s/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+             home ? home : "");
+    return buf;
+}
+
+/* SmolLM2-135M-Instruct Q4_1 with LoRA / prefix / IA3 adapters: last prompt position within
+ * 1e-4 of PEFT (which ran on the dequantized GGUF), 32 teacher-forced greedy tokens. */
+static void test_smollm2(void **state) {
+    (void)state;
+    const char *mpath = smollm2_path();
+    if (!qv_test_exists(mpath)) {
+        printf("SKIP: %s absent\n", mpath);
+        skip();
+    }
+    char *text = NULL;
+    size_t len = 0;
+    qv_error err = {0};
+    assert_int_equal(qv_read_file(qv_test_path("tests/fixtures/adapter_golden/smollm2/golden.json"),
+                                  64u << 20, &text, &len, &err),
+                     QV_OK);
+    cJSON *root = cJSON_Parse(text);
+    qv_free(text);
+    assert_non_null(root);
+    golden_runner r;
+    assert_int_equal(golden_open(&r, mpath, 2, 64, 16, 64), 0);
+    const int V = r.m->cfg.n_vocab;
+    assert_int_equal(V, cJSON_GetObjectItem(root, "vocab")->valueint);
+    float *want = malloc(sizeof(float) * (size_t)V);
+    float *cur = malloc(sizeof(float) * (size_t)V);
+    const cJSON *cs;
+    int n_done = 0;
+    cJSON_ArrayForEach(cs, cJSON_GetObjectItem(root, "cases")) {
+        const char *adir = cJSON_GetObjectItem(cs, "adapter")->valuestring;
+        char rel[1024];
+        snprintf(rel, sizeof(rel), "tests/fixtures/%s", adir);
+        qv_adapter *ad = NULL;
+        if (qv_adapter_load(qv_test_path(rel), r.m, NULL, &ad, &err) != QV_OK)
+            fail_msg("load %s: %s", adir, err.msg);
+        const cJSON *prompt;
+        int pi = 0;
+        cJSON_ArrayForEach(prompt, cJSON_GetObjectItem(cs, "prompts")) {
+            int n_ids = 0, n_greedy = 0, n_all = 0;
+            int32_t *ids = json_i32_array(cJSON_GetObjectItem(prompt, "ids"), &n_ids);
+            int32_t *greedy = json_i32_array(cJSON_GetObjectItem(prompt, "greedy"), &n_greedy);
+            const cJSON *gap = cJSON_GetObjectItem(prompt, "top2_gap");
+            snprintf(rel, sizeof(rel), "tests/fixtures/adapter_golden/smollm2/%s",
+                     cJSON_GetObjectItem(prompt, "last_logits_file")->valuestring);
+            char *raw = NULL;
+            size_t raw_len = 0;
+            assert_int_equal(qv_read_file(qv_test_path(rel), 1u << 20, &raw, &raw_len, &err),
+                             QV_OK);
+            assert_int_equal(raw_len, sizeof(float) * (size_t)V);
+            memcpy(want, raw, raw_len);
+            qv_free(raw);
+            qv_kv_seq seq = {0};
+            int32_t *all = NULL;
+            int pos0 = start_seq(&r, &seq, ad, ids, n_ids, &all, &n_all);
+            assert_int_equal(feed(&r, &seq, ad, all, n_all, pos0, 0, cur), 0);
+            double e = qv_test_max_rel_err(cur, want, (size_t)V);
+            if (e > REL_TOL) fail_cmp("last", adir, pi, n_ids - 1, cur, want, V, e);
+            int n_agree = 0;
+            for (int s = 0; s < 32; s++) {
+                double scale = 0;
+                for (int i = 0; i < V; i++) scale = fmax(scale, fabs((double)cur[i]));
+                int mine = argmax_f32(cur, V);
+                double g = cJSON_GetArrayItem(gap, s)->valuedouble;
+                if (mine != greedy[s] && g > REL_TOL * scale)
+                    fail_msg("%s prompt %d step %d: greedy token %d, PEFT %d (gap %.3g)", adir,
+                             pi, s, mine, greedy[s], g);
+                n_agree += mine == greedy[s];
+                assert_int_equal(feed(&r, &seq, ad, &greedy[s], 1, pos0 + n_all + s, 0, cur), 0);
+            }
+            qv_kv_seq_release(r.kv, &seq);
+            printf("smollm2 %-28s prompt %d (%2d tokens): last rel err %.2e, greedy %d/32\n",
+                   adir, pi, n_ids, e, n_agree);
+            free(all);
+            free(ids);
+            free(greedy);
+            pi++;
+        }
+        assert_int_equal(pi, 2);
+        qv_adapter_free(ad);
+        n_done++;
+    }
+    assert_int_equal(n_done, 3);
+    free(want);
+    free(cur);
+    golden_close(&r);
+    cJSON_Delete(root);
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_tiny_cases)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_tiny_cases),
+                                       cmocka_unit_test(test_smollm2)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
