@@ -1,0 +1,572 @@
+/*
+ * proto.c - JSON codecs of the OpenAI-compatible API (see proto.h and proto/openapi.yaml).
+ *
+ * Decoding parses with cJSON, copies every value the server needs into plain C fields and
+ * deletes the tree before returning. Every type or range error names its field. Encoding
+ * builds a cJSON tree and prints it unformatted.
+ * Not here: limits that need the model or the server's budgets. Thread: pure functions.
+ */
+#include "proto/proto.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static qv_status fail(qv_proto_error *e, qv_status s, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static qv_status fail(qv_proto_error *e, qv_status s, const char *param, const char *fmt, ...) {
+    if (e) {
+        e->status = s;
+        snprintf(e->param, sizeof(e->param), "%s", param ? param : "");
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->message, sizeof(e->message), fmt, ap);
+        va_end(ap);
+    }
+    return s;
+}
+
+static qv_status nomem(qv_proto_error *e) {
+    return fail(e, QV_ERR_NOMEM, NULL, "out of memory while decoding the request");
+}
+
+/* JSON null counts as absent for every optional field, as in the OpenAI API. */
+static const cJSON *field(const cJSON *root, const char *name) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, name);
+    return f && !cJSON_IsNull(f) ? f : NULL;
+}
+
+static qv_status get_float(const cJSON *root, const char *name, double lo, double hi, float *out,
+                           qv_proto_error *e) {
+    const cJSON *f = field(root, name);
+    if (!f) return QV_OK;
+    if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble))
+        return fail(e, QV_ERR_INVALID, name, "'%s' must be a number", name);
+    if (f->valuedouble < lo || f->valuedouble > hi)
+        return fail(e, QV_ERR_INVALID, name, "'%s' must be in [%g, %g], got %g", name, lo, hi,
+                    f->valuedouble);
+    *out = (float)f->valuedouble;
+    return QV_OK;
+}
+
+static qv_status get_int(const cJSON *root, const char *name, double lo, double hi, int *out,
+                         qv_proto_error *e) {
+    const cJSON *f = field(root, name);
+    if (!f) return QV_OK;
+    if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble) || f->valuedouble != floor(f->valuedouble))
+        return fail(e, QV_ERR_INVALID, name, "'%s' must be an integer", name);
+    if (f->valuedouble < lo || f->valuedouble > hi)
+        return fail(e, QV_ERR_INVALID, name, "'%s' must be in [%.0f, %.0f], got %.0f", name, lo, hi,
+                    f->valuedouble);
+    *out = (int)f->valuedouble;
+    return QV_OK;
+}
+
+static qv_status get_bool(const cJSON *root, const char *name, bool *out, qv_proto_error *e) {
+    const cJSON *f = field(root, name);
+    if (!f) return QV_OK;
+    if (!cJSON_IsBool(f)) return fail(e, QV_ERR_INVALID, name, "'%s' must be a boolean", name);
+    *out = cJSON_IsTrue(f);
+    return QV_OK;
+}
+
+static qv_status get_string(const cJSON *root, const char *name, char **out, qv_proto_error *e) {
+    const cJSON *f = field(root, name);
+    if (!f) return QV_OK;
+    if (!cJSON_IsString(f)) return fail(e, QV_ERR_INVALID, name, "'%s' must be a string", name);
+    *out = qv_strdup(f->valuestring);
+    return *out ? QV_OK : nomem(e);
+}
+
+static qv_status decode_stop(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    const cJSON *f = field(root, "stop");
+    if (!f) return QV_OK;
+    size_t n = cJSON_IsString(f) ? 1 : cJSON_IsArray(f) ? (size_t)cJSON_GetArraySize(f) : 0;
+    if (!cJSON_IsString(f) && !cJSON_IsArray(f))
+        return fail(e, QV_ERR_INVALID, "stop", "'stop' must be a string or a list of strings");
+    if (n > QV_PROTO_MAX_STOPS)
+        return fail(e, QV_ERR_INVALID, "stop", "'stop' has %zu strings; at most %d", n,
+                    QV_PROTO_MAX_STOPS);
+    if (n == 0) return QV_OK;
+    r->stop = qv_calloc(n, sizeof(*r->stop));
+    if (!r->stop) return nomem(e);
+    const cJSON *it = cJSON_IsString(f) ? f : f->child;
+    for (size_t i = 0; i < n; i++, it = it->next) {
+        if (!cJSON_IsString(it))
+            return fail(e, QV_ERR_INVALID, "stop", "'stop' must be a string or a list of strings");
+        size_t len = strlen(it->valuestring);
+        if (len == 0 || len > QV_PROTO_MAX_STOP_BYTES)
+            return fail(e, QV_ERR_INVALID, "stop", "each stop string must have 1 to %d bytes",
+                        QV_PROTO_MAX_STOP_BYTES);
+        r->stop[i] = qv_strdup(it->valuestring);
+        if (!r->stop[i]) return nomem(e);
+        r->n_stop = i + 1;
+    }
+    return QV_OK;
+}
+
+static qv_status decode_prompt(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    const cJSON *f = field(root, "prompt");
+    if (!f) return fail(e, QV_ERR_INVALID, "prompt", "'prompt' is required");
+    if (cJSON_IsString(f)) {
+        r->prompt_len = strlen(f->valuestring);
+        r->prompt = qv_strdup(f->valuestring);
+        return r->prompt ? QV_OK : nomem(e);
+    }
+    const char *shape = "'prompt' must be a string, a list of one string, or a list of token ids";
+    if (!cJSON_IsArray(f)) return fail(e, QV_ERR_INVALID, "prompt", "%s", shape);
+    int n = cJSON_GetArraySize(f);
+    if (n == 1 && cJSON_IsString(f->child)) {
+        r->prompt_len = strlen(f->child->valuestring);
+        r->prompt = qv_strdup(f->child->valuestring);
+        return r->prompt ? QV_OK : nomem(e);
+    }
+    if (n == 1 && cJSON_IsArray(f->child)) f = f->child, n = cJSON_GetArraySize(f);
+    if (n == 0) return fail(e, QV_ERR_INVALID, "prompt", "'prompt' must not be empty");
+    r->prompt_ids = qv_malloc((size_t)n * sizeof(int32_t));
+    if (!r->prompt_ids) return nomem(e);
+    const cJSON *it = f->child;
+    for (int i = 0; i < n; i++, it = it->next) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+            it->valuedouble < 0 || it->valuedouble > INT32_MAX)
+            return fail(e, QV_ERR_INVALID, "prompt", "%s", shape);
+        r->prompt_ids[i] = (int32_t)it->valuedouble;
+    }
+    r->n_prompt_ids = (size_t)n;
+    return QV_OK;
+}
+
+/* Appends `s` to a growing NUL-terminated buffer. */
+static bool append(char **buf, size_t *len, const char *s) {
+    size_t n = strlen(s);
+    char *b = qv_realloc(*buf, *len + n + 1);
+    if (!b) return false;
+    memcpy(b + *len, s, n + 1);
+    *buf = b;
+    *len += n;
+    return true;
+}
+
+static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    const cJSON *f = field(root, "messages");
+    if (!f) return fail(e, QV_ERR_INVALID, "messages", "'messages' is required");
+    if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) == 0)
+        return fail(e, QV_ERR_INVALID, "messages", "'messages' must be a non-empty list");
+    size_t n = (size_t)cJSON_GetArraySize(f);
+    if (n > QV_PROTO_MAX_MESSAGES)
+        return fail(e, QV_ERR_INVALID, "messages", "'messages' has %zu entries; at most %d", n,
+                    QV_PROTO_MAX_MESSAGES);
+    r->messages = qv_calloc(n, sizeof(*r->messages));
+    if (!r->messages) return nomem(e);
+    const cJSON *m = f->child;
+    for (size_t i = 0; i < n; i++, m = m->next) {
+        r->n_messages = i + 1;
+        qv_proto_message *out = &r->messages[i];
+        const cJSON *role = cJSON_IsObject(m) ? field(m, "role") : NULL;
+        if (!role || !cJSON_IsString(role))
+            return fail(e, QV_ERR_INVALID, "messages",
+                        "messages[%zu] must be an object with a string 'role'", i);
+        out->role = qv_strdup(role->valuestring);
+        if (!out->role) return nomem(e);
+        const cJSON *c = field(m, "content");
+        size_t len = 0;
+        if (!c) {
+            out->content = qv_strdup("");
+        } else if (cJSON_IsString(c)) {
+            out->content = qv_strdup(c->valuestring);
+        } else if (cJSON_IsArray(c)) {
+            /* Content parts: only text parts are supported; they are concatenated. */
+            out->content = qv_strdup("");
+            for (const cJSON *p = c->child; p && out->content; p = p->next) {
+                const cJSON *type = cJSON_IsObject(p) ? field(p, "type") : NULL;
+                const cJSON *text = cJSON_IsObject(p) ? field(p, "text") : NULL;
+                if (!type || !cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
+                    !text || !cJSON_IsString(text))
+                    return fail(e, QV_ERR_INVALID, "messages",
+                                "messages[%zu].content: only text parts are supported", i);
+                if (!append(&out->content, &len, text->valuestring)) return nomem(e);
+            }
+        } else {
+            return fail(e, QV_ERR_INVALID, "messages",
+                        "messages[%zu].content must be a string or a list of text parts", i);
+        }
+        if (!out->content) return nomem(e);
+    }
+    return QV_OK;
+}
+
+static qv_status decode_model(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    qv_status s = get_string(root, "model", &r->model, e);
+    if (s) return s;
+    char *adapter_id = NULL;
+    s = get_string(root, "adapter_id", &adapter_id, e);
+    if (s) return s;
+    if (r->model) {
+        const char *colon = strchr(r->model, ':');
+        r->base = colon ? qv_strndup(r->model, (size_t)(colon - r->model)) : qv_strdup(r->model);
+        if (!r->base) goto oom;
+        if (colon && colon[1]) {
+            r->adapter = qv_strdup(colon + 1);
+            if (!r->adapter) goto oom;
+        }
+    }
+    if (adapter_id && *adapter_id) {
+        if (r->adapter && strcmp(r->adapter, adapter_id) != 0) {
+            qv_free(adapter_id);
+            return fail(e, QV_ERR_INVALID, "adapter_id",
+                        "'adapter_id' names another adapter than 'model'");
+        }
+        qv_free(r->adapter);
+        r->adapter = adapter_id;
+        adapter_id = NULL;
+    }
+    qv_free(adapter_id);
+    return QV_OK;
+oom:
+    qv_free(adapter_id);
+    return nomem(e);
+}
+
+static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    const cJSON *f = field(root, "logprobs");
+    if (r->endpoint == QV_PROTO_COMPLETIONS) {
+        /* completions: logprobs is an integer 0..20 (the number of alternatives). */
+        if (!f) return QV_OK;
+        int n = 0;
+        qv_status s = get_int(root, "logprobs", 0, QV_PROTO_MAX_LOGPROBS, &n, e);
+        if (s) return s;
+        r->logprobs = true;
+        r->top_logprobs = n;
+        return QV_OK;
+    }
+    qv_status s = get_bool(root, "logprobs", &r->logprobs, e);
+    if (s) return s;
+    const cJSON *t = field(root, "top_logprobs");
+    if (!t) return QV_OK;
+    s = get_int(root, "top_logprobs", 0, QV_PROTO_MAX_LOGPROBS, &r->top_logprobs, e);
+    if (s) return s;
+    if (!r->logprobs && r->top_logprobs > 0)
+        return fail(e, QV_ERR_INVALID, "top_logprobs",
+                    "'top_logprobs' needs 'logprobs' set to true");
+    return QV_OK;
+}
+
+qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *body, size_t len,
+                                  qv_proto_request *r, qv_proto_error *e) {
+    memset(r, 0, sizeof(*r));
+    r->endpoint = endpoint;
+    r->max_tokens = -1;
+    r->temperature = 1.0f;
+    r->top_p = 1.0f;
+    r->repetition_penalty = 1.0f;
+    if (e) memset(e, 0, sizeof(*e));
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root) return fail(e, QV_ERR_INVALID, NULL, "the request body is not valid JSON");
+    qv_status s = QV_OK;
+    if (!cJSON_IsObject(root)) {
+        s = fail(e, QV_ERR_INVALID, NULL, "the request body must be a JSON object");
+        goto done;
+    }
+    if ((s = decode_model(root, r, e))) goto done;
+    s = endpoint == QV_PROTO_CHAT ? decode_messages(root, r, e) : decode_prompt(root, r, e);
+    if (s) goto done;
+    int n = 1;
+    if ((s = get_int(root, "n", 1, 1e9, &n, e))) goto done;
+    if (n != 1) {
+        s = fail(e, QV_ERR_INVALID, "n", "'n' must be 1 (one choice per request)");
+        goto done;
+    }
+    const char *mt = field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    if ((s = get_int(root, mt, 1, 1e9, &r->max_tokens, e))) goto done;
+    if ((s = get_float(root, "temperature", 0, 100, &r->temperature, e))) goto done;
+    if ((s = get_float(root, "top_p", 0, 1, &r->top_p, e))) goto done;
+    if (field(root, "top_p") && r->top_p <= 0.0f) {
+        s = fail(e, QV_ERR_INVALID, "top_p", "'top_p' must be in (0, 1]");
+        goto done;
+    }
+    if ((s = get_int(root, "top_k", -1, 1e9, &r->top_k, e))) goto done;
+    if (r->top_k < 0) r->top_k = 0;
+    if ((s = get_float(root, "min_p", 0, 1, &r->min_p, e))) goto done;
+    if ((s = get_float(root, "presence_penalty", -2, 2, &r->presence_penalty, e))) goto done;
+    if ((s = get_float(root, "frequency_penalty", -2, 2, &r->frequency_penalty, e))) goto done;
+    if ((s = get_float(root, "repetition_penalty", 0, 100, &r->repetition_penalty, e))) goto done;
+    if (field(root, "repetition_penalty") && r->repetition_penalty <= 0.0f) {
+        s = fail(e, QV_ERR_INVALID, "repetition_penalty", "'repetition_penalty' must be > 0");
+        goto done;
+    }
+    const cJSON *seed = field(root, "seed");
+    if (seed) {
+        if (!cJSON_IsNumber(seed) || seed->valuedouble != floor(seed->valuedouble) ||
+            fabs(seed->valuedouble) > 9007199254740992.0) {
+            s = fail(e, QV_ERR_INVALID, "seed", "'seed' must be an integer");
+            goto done;
+        }
+        r->has_seed = true;
+        /* Negative seeds (allowed by OpenAI) wrap to their two's-complement value. */
+        r->seed = (uint64_t)(int64_t)seed->valuedouble;
+    }
+    if ((s = decode_stop(root, r, e))) goto done;
+    if ((s = decode_logprobs(root, r, e))) goto done;
+    if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
+    const cJSON *so = field(root, "stream_options");
+    if (so) {
+        if (!cJSON_IsObject(so)) {
+            s = fail(e, QV_ERR_INVALID, "stream_options", "'stream_options' must be an object");
+            goto done;
+        }
+        if ((s = get_bool(so, "include_usage", &r->include_usage, e))) {
+            snprintf(e->param, sizeof(e->param), "stream_options.include_usage");
+            goto done;
+        }
+    }
+done:
+    cJSON_Delete(root);
+    return s;
+}
+
+void qv_proto_request_free(qv_proto_request *r) {
+    if (!r) return;
+    qv_free(r->model);
+    qv_free(r->base);
+    qv_free(r->adapter);
+    qv_free(r->prompt);
+    qv_free(r->prompt_ids);
+    for (size_t i = 0; i < r->n_messages; i++) {
+        qv_free(r->messages[i].role);
+        qv_free(r->messages[i].content);
+    }
+    qv_free(r->messages);
+    for (size_t i = 0; i < r->n_stop; i++)
+        qv_free(r->stop[i]);
+    qv_free(r->stop);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ---- encoders ---- */
+
+/* Adds a string of known length (it may hold bytes cJSON would stop at: copy first). */
+static cJSON *add_text(cJSON *obj, const char *name, const char *text, size_t len) {
+    char *tmp = qv_strndup(text ? text : "", text ? len : 0);
+    if (!tmp) return NULL;
+    cJSON *s = cJSON_AddStringToObject(obj, name, tmp);
+    qv_free(tmp);
+    return s;
+}
+
+static bool add_usage(cJSON *obj, const qv_proto_result *r) {
+    cJSON *u = cJSON_AddObjectToObject(obj, "usage");
+    return u && cJSON_AddNumberToObject(u, "prompt_tokens", r->prompt_tokens) &&
+           cJSON_AddNumberToObject(u, "completion_tokens", r->completion_tokens) &&
+           cJSON_AddNumberToObject(u, "total_tokens", r->prompt_tokens + r->completion_tokens);
+}
+
+static cJSON *bytes_array(const char *s) {
+    cJSON *a = cJSON_CreateArray();
+    for (const unsigned char *p = (const unsigned char *)s; a && *p; p++)
+        if (!cJSON_AddItemToArray(a, cJSON_CreateNumber(*p))) {
+            cJSON_Delete(a);
+            return NULL;
+        }
+    return a;
+}
+
+/* Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}. */
+static cJSON *chat_logprobs(const qv_proto_result *r) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *content = o ? cJSON_AddArrayToObject(o, "content") : NULL;
+    if (!content) goto oom;
+    for (size_t i = 0; i < r->n_lps; i++) {
+        const qv_proto_logprob *lp = &r->lps[i];
+        cJSON *t = cJSON_CreateObject();
+        if (!t || !cJSON_AddItemToArray(content, t)) goto oom;
+        cJSON *top;
+        if (!cJSON_AddStringToObject(t, "token", lp->token) ||
+            !cJSON_AddNumberToObject(t, "logprob", (double)lp->logprob) ||
+            !cJSON_AddItemToObject(t, "bytes", bytes_array(lp->token)) ||
+            !(top = cJSON_AddArrayToObject(t, "top_logprobs")))
+            goto oom;
+        for (int k = 0; k < lp->n_top; k++) {
+            cJSON *a = cJSON_CreateObject();
+            if (!a || !cJSON_AddItemToArray(top, a) ||
+                !cJSON_AddStringToObject(a, "token", lp->top_token[k]) ||
+                !cJSON_AddNumberToObject(a, "logprob", (double)lp->top_logprob[k]) ||
+                !cJSON_AddItemToObject(a, "bytes", bytes_array(lp->top_token[k])))
+                goto oom;
+        }
+    }
+    return o;
+oom:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+/* Completions: {"tokens", "token_logprobs", "top_logprobs": [{tok: lp}], "text_offset"}. */
+static cJSON *completion_logprobs(const qv_proto_result *r) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *toks = o ? cJSON_AddArrayToObject(o, "tokens") : NULL;
+    cJSON *lps = o ? cJSON_AddArrayToObject(o, "token_logprobs") : NULL;
+    cJSON *tops = o ? cJSON_AddArrayToObject(o, "top_logprobs") : NULL;
+    cJSON *offs = o ? cJSON_AddArrayToObject(o, "text_offset") : NULL;
+    if (!toks || !lps || !tops || !offs) goto oom;
+    size_t off = r->text_offset;
+    for (size_t i = 0; i < r->n_lps; i++) {
+        const qv_proto_logprob *lp = &r->lps[i];
+        cJSON *top = cJSON_CreateObject();
+        if (!top || !cJSON_AddItemToArray(tops, top)) {
+            cJSON_Delete(top);
+            goto oom;
+        }
+        if (!cJSON_AddItemToArray(toks, cJSON_CreateString(lp->token)) ||
+            !cJSON_AddItemToArray(lps, cJSON_CreateNumber((double)lp->logprob)) ||
+            !cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off)))
+            goto oom;
+        for (int k = 0; k < lp->n_top; k++)
+            if (!cJSON_GetObjectItemCaseSensitive(top, lp->top_token[k]) &&
+                !cJSON_AddNumberToObject(top, lp->top_token[k], (double)lp->top_logprob[k]))
+                goto oom;
+        off += strlen(lp->token);
+    }
+    return o;
+oom:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+static cJSON *header(const qv_proto_result *r, const char *object) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddStringToObject(o, "id", r->id ? r->id : "") ||
+        !cJSON_AddStringToObject(o, "object", object) ||
+        !cJSON_AddNumberToObject(o, "created", (double)r->created) ||
+        !cJSON_AddStringToObject(o, "model", r->model ? r->model : "")) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+static bool add_finish(cJSON *choice, const char *finish) {
+    return finish ? cJSON_AddStringToObject(choice, "finish_reason", finish) != NULL
+                  : cJSON_AddNullToObject(choice, "finish_reason") != NULL;
+}
+
+static char *print_and_delete(cJSON *o) {
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return s;
+}
+
+/* One choice of a response or chunk. */
+static cJSON *choice(const qv_proto_result *r, bool chunk, bool first) {
+    cJSON *c = cJSON_CreateObject();
+    if (!c || !cJSON_AddNumberToObject(c, "index", 0)) goto oom;
+    if (r->endpoint == QV_PROTO_COMPLETIONS) {
+        if (!add_text(c, "text", r->text, r->text_len)) goto oom;
+        cJSON *lp = r->logprobs ? completion_logprobs(r) : cJSON_CreateNull();
+        if (!lp || !cJSON_AddItemToObject(c, "logprobs", lp)) goto oom;
+    } else {
+        cJSON *m = cJSON_AddObjectToObject(c, chunk ? "delta" : "message");
+        if (!m) goto oom;
+        if ((!chunk || first) && !cJSON_AddStringToObject(m, "role", "assistant")) goto oom;
+        if ((!chunk || r->text_len || first) && !add_text(m, "content", r->text, r->text_len))
+            goto oom;
+        cJSON *lp = r->logprobs ? chat_logprobs(r) : cJSON_CreateNull();
+        if (!lp || !cJSON_AddItemToObject(c, "logprobs", lp)) goto oom;
+    }
+    if (!add_finish(c, r->finish_reason)) goto oom;
+    return c;
+oom:
+    cJSON_Delete(c);
+    return NULL;
+}
+
+char *qv_proto_encode_response(const qv_proto_result *r) {
+    cJSON *o = header(r, r->endpoint == QV_PROTO_CHAT ? "chat.completion" : "text_completion");
+    cJSON *choices = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
+    cJSON *c = choices ? choice(r, false, false) : NULL;
+    if (!c || !cJSON_AddItemToArray(choices, c)) {
+        cJSON_Delete(c);
+        cJSON_Delete(o);
+        return NULL;
+    }
+    if (!add_usage(o, r)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return print_and_delete(o);
+}
+
+char *qv_proto_encode_chunk(const qv_proto_result *r, bool first) {
+    cJSON *o =
+        header(r, r->endpoint == QV_PROTO_CHAT ? "chat.completion.chunk" : "text_completion");
+    cJSON *choices = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
+    if (!choices) goto oom;
+    if (r->usage) {
+        if (!add_usage(o, r)) goto oom;
+    } else {
+        cJSON *c = choice(r, true, first);
+        if (!c) goto oom;
+        if (!cJSON_AddItemToArray(choices, c)) {
+            cJSON_Delete(c);
+            goto oom;
+        }
+    }
+    return print_and_delete(o);
+oom:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+char *qv_proto_encode_error(const char *message, const char *type, const char *param,
+                            const char *code) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *e = o ? cJSON_AddObjectToObject(o, "error") : NULL;
+    if (!e || !cJSON_AddStringToObject(e, "message", message ? message : "") ||
+        !cJSON_AddStringToObject(e, "type", type ? type : "invalid_request_error") ||
+        !(param && *param ? cJSON_AddStringToObject(e, "param", param)
+                          : cJSON_AddNullToObject(e, "param")) ||
+        !(code ? cJSON_AddStringToObject(e, "code", code) : cJSON_AddNullToObject(e, "code"))) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return print_and_delete(o);
+}
+
+char *qv_proto_encode_models(const char *const *ids, size_t n, int64_t created,
+                             const char *owned_by) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *data = NULL;
+    if (!o || !cJSON_AddStringToObject(o, "object", "list") ||
+        !(data = cJSON_AddArrayToObject(o, "data")))
+        goto oom;
+    for (size_t i = 0; i < n; i++) {
+        cJSON *m = cJSON_CreateObject();
+        if (!m || !cJSON_AddItemToArray(data, m)) {
+            cJSON_Delete(m);
+            goto oom;
+        }
+        if (!cJSON_AddStringToObject(m, "id", ids[i]) ||
+            !cJSON_AddStringToObject(m, "object", "model") ||
+            !cJSON_AddNumberToObject(m, "created", (double)created) ||
+            !cJSON_AddStringToObject(m, "owned_by", owned_by ? owned_by : "quiver"))
+            goto oom;
+    }
+    return print_and_delete(o);
+oom:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+char *qv_proto_sse_frame(const char *payload, size_t payload_len, size_t *out_len) {
+    static const char pre[] = "data: ";
+    size_t n = sizeof(pre) - 1 + payload_len + 2;
+    char *b = qv_malloc(n + 1);
+    if (!b) return NULL;
+    memcpy(b, pre, sizeof(pre) - 1);
+    memcpy(b + sizeof(pre) - 1, payload, payload_len);
+    memcpy(b + n - 2, "\n\n", 3);
+    if (out_len) *out_len = n;
+    return b;
+}

@@ -1,0 +1,143 @@
+/*
+ * proto.h - quiver's wire contract in C: OpenAI-compatible request structs decoded from JSON,
+ * response and streaming-chunk encoders, Server-Sent-Events framing and OpenAI error objects.
+ * proto/openapi.yaml is the same contract for humans and client generators.
+ *
+ * What it is not: no I/O, no threads, no HTTP, no model. Decoders check JSON types and value
+ * ranges that need no model (n == 1, logprobs <= 20, temperature >= 0, ...); limits that need
+ * the model or the server's budgets (prompt tokens, context length, adapter names) are the
+ * server's job.
+ *
+ * Invariants: every string a decoder returns is NUL-terminated and owned by the struct it sits
+ * in (freed by the matching _free); cJSON trees never outlive a call. Encoders return
+ * NUL-terminated JSON owned by the caller (qv_free) or NULL when out of memory.
+ * Thread: every function is pure (no shared state) and may run on any thread; cJSON must have
+ * been given its allocation hooks before threads start (main does it).
+ */
+#ifndef QV_PROTO_H
+#define QV_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Upper bounds the decoders enforce on their own. */
+#define QV_PROTO_MAX_STOPS 16       /* OpenAI allows 4; we allow a few more */
+#define QV_PROTO_MAX_STOP_BYTES 256 /* one stop string */
+#define QV_PROTO_MAX_LOGPROBS 20    /* completions `logprobs`, chat `top_logprobs` */
+#define QV_PROTO_MAX_MESSAGES 4096  /* chat messages */
+
+enum qv_proto_endpoint {
+    QV_PROTO_COMPLETIONS = 0, /* POST /v1/completions */
+    QV_PROTO_CHAT = 1,        /* POST /v1/chat/completions */
+};
+
+/* A decoding failure: status (QV_ERR_INVALID for bad input, QV_ERR_NOMEM), an English
+ * one-line message and the offending request field ("" when none), as OpenAI's `param`. */
+typedef struct qv_proto_error {
+    qv_status status;
+    char message[384];
+    char param[64];
+} qv_proto_error;
+
+typedef struct qv_proto_message {
+    char *role;    /* "system", "user", "assistant", ... */
+    char *content; /* text; array-of-parts content is joined */
+} qv_proto_message;
+
+/* One generation request (completions or chat). Unset numbers keep the defaults written by
+ * the decoder (see each field). */
+typedef struct qv_proto_request {
+    enum qv_proto_endpoint endpoint;
+    char *model;   /* as sent; NULL when absent */
+    char *base;    /* part of `model` before ':' (the whole of it without ':'); NULL = absent */
+    char *adapter; /* part after ':' or `adapter_id`; NULL = the base model */
+    /* completions: exactly one of prompt (text) or prompt_ids */
+    char *prompt;
+    size_t prompt_len;
+    int32_t *prompt_ids;
+    size_t n_prompt_ids;
+    /* chat */
+    qv_proto_message *messages;
+    size_t n_messages;
+    int max_tokens;           /* -1 = not given (the server picks) */
+    float temperature;        /* default 1 */
+    float top_p;              /* default 1 */
+    int top_k;                /* default 0 (off); -1 accepted as off */
+    float min_p;              /* default 0 */
+    float presence_penalty;   /* default 0, [-2, 2] */
+    float frequency_penalty;  /* default 0, [-2, 2] */
+    float repetition_penalty; /* default 1, > 0 */
+    bool has_seed;
+    uint64_t seed;
+    char **stop; /* n_stop non-empty strings */
+    size_t n_stop;
+    bool logprobs;    /* token log-probabilities requested */
+    int top_logprobs; /* alternatives per token, 0..20 */
+    bool stream;
+    bool include_usage; /* stream_options.include_usage */
+} qv_proto_request;
+
+/* Decodes a request body of `len` bytes (need not be NUL-terminated) for `endpoint` into *out
+ * (overwritten; free it with qv_proto_request_free even on failure). Unknown fields are
+ * ignored, as OpenAI clients send many. Errors: QV_ERR_INVALID with the message naming the
+ * field in e->param, QV_ERR_NOMEM. */
+qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *body, size_t len,
+                                  qv_proto_request *out, qv_proto_error *e);
+/* Frees everything the request holds and zeroes it. Accepts NULL and half-decoded requests. */
+void qv_proto_request_free(qv_proto_request *r);
+
+/* One generated token's log-probabilities, as the server hands them to the encoders. */
+typedef struct qv_proto_logprob {
+    char *token; /* token text (valid UTF-8, owned by whoever built the array) */
+    float logprob;
+    int n_top;
+    char *top_token[QV_PROTO_MAX_LOGPROBS];
+    float top_logprob[QV_PROTO_MAX_LOGPROBS];
+} qv_proto_logprob;
+
+/* A (partial or full) result to encode. */
+typedef struct qv_proto_result {
+    enum qv_proto_endpoint endpoint;
+    const char *id;    /* "cmpl-..." / "chatcmpl-..." */
+    const char *model; /* echoed model name */
+    int64_t created;   /* unix seconds */
+    const char *text;  /* full text (response) or the delta (chunk) */
+    size_t text_len;
+    const char *finish_reason; /* "stop", "length" or NULL (still running) */
+    bool logprobs;             /* emit the logprobs object (possibly empty) */
+    const qv_proto_logprob *lps;
+    size_t n_lps;
+    size_t text_offset; /* completions chunk: byte offset of text in the whole completion */
+    bool usage;         /* emit usage */
+    int prompt_tokens, completion_tokens;
+} qv_proto_result;
+
+/* Whole non-streamed response: "text_completion" or "chat.completion". */
+char *qv_proto_encode_response(const qv_proto_result *r);
+/* One streamed chunk ("text_completion" / "chat.completion.chunk"); `first` adds the chat
+ * delta's role. r->usage gives the final usage-only chunk (choices: []) instead. */
+char *qv_proto_encode_chunk(const qv_proto_result *r, bool first);
+/* {"error": {"message", "type", "param", "code"}}; param/code NULL give JSON null. */
+char *qv_proto_encode_error(const char *message, const char *type, const char *param,
+                            const char *code);
+/* GET /v1/models: a list with one model object per id. */
+char *qv_proto_encode_models(const char *const *ids, size_t n, int64_t created,
+                             const char *owned_by);
+
+/* SSE framing: "data: <payload>\n\n". Returns a buffer owned by the caller (qv_free) with its
+ * length in *out_len, or NULL when out of memory. */
+char *qv_proto_sse_frame(const char *payload, size_t payload_len, size_t *out_len);
+/* The final SSE frame, "data: [DONE]\n\n" (static storage). */
+#define QV_PROTO_SSE_DONE "data: [DONE]\n\n"
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_PROTO_H */

@@ -1,0 +1,1194 @@
+/*
+ * http.c - the HTTP server: libmicrohttpd threads route, authenticate, limit, decode and
+ * tokenize requests, then hand them to the engine thread and suspend the connection; the
+ * engine thread (a libuv loop on the thread that called qv_http_serve) admits them into the
+ * engine, steps it while work exists, turns tokens into text (streaming detokenizer, stop
+ * strings) and resumes the connection; the response is written by MHD from the request's
+ * buffers (whole JSON, or SSE chunks drained by a content-reader callback).
+ *
+ * Not here: tensors, JSON layout (proto/), CLI flags (serve.c).
+ *
+ * Threads and ownership:
+ *  - `request` is shared by one HTTP connection and the engine thread. Its `refs` count the
+ *    connection context, the engine and the streaming response; the last release frees it.
+ *    Fields marked [mu] are guarded by request.mu; [engine] are touched only by the engine
+ *    thread; [http] only by MHD callbacks of its connection (one at a time); the rest are
+ *    immutable once the request is queued.
+ *  - The engine thread owns the engine, the pending FIFO and the running list. HTTP threads
+ *    reach it only through the inbox (server.inbox_mu) and uv_async_send.
+ *  - A connection is suspended only while request.suspended is set under request.mu and is
+ *    resumed by whoever clears it, so suspend and resume always pair.
+ */
+#include "server/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "engine/engine.h"
+#include "proto/proto.h"
+#include "server/metrics.h"
+
+typedef struct server server;
+
+typedef struct request {
+    server *srv;
+    pthread_mutex_t mu;
+    int refs; /* [mu] */
+    /* immutable once queued */
+    char id[64];
+    char *model_echo;
+    char *adapter; /* for the log line; NULL = base */
+    enum qv_proto_endpoint endpoint;
+    bool stream, include_usage, logprobs;
+    int32_t *ids;
+    size_t n_ids;
+    qv_gen_params gp;
+    char **stops;
+    size_t n_stops;
+    int64_t created;
+    double t_arrival;
+    struct MHD_Connection *conn;
+    /* [engine] */
+    int seq_id;
+    qv_detok *detok;
+    bool in_engine; /* added and not yet cancelled or finished in the engine */
+    bool stop_hit;  /* a stop string matched: cancel after this step */
+    struct request *next;
+    /* [mu] results */
+    char *out; /* generated text so far (concatenation of valid UTF-8 pieces) */
+    size_t out_len, out_cap;
+    qv_proto_logprob *lps;
+    size_t n_lps, cap_lps;
+    int n_gen;
+    const char *finish; /* "stop" / "length" once done */
+    bool done, admitted, suspended;
+    int err_status; /* != 0: the request failed with this HTTP status */
+    char err_msg[384];
+    const char *err_code;
+    double t_first, t_done;
+    /* [http] streaming state */
+    size_t sent, lps_sent;
+    bool sent_first, sent_finish, sent_usage, sent_done;
+    char *frame;
+    size_t frame_len, frame_off;
+} request;
+
+typedef struct conn_ctx {
+    char *body;
+    size_t body_len, body_cap;
+    bool too_big;
+    request *req;
+    int status;
+    double t0;
+} conn_ctx;
+
+typedef struct inbox_msg {
+    enum { MSG_ADD, MSG_CANCEL } type;
+    request *req;
+    struct inbox_msg *next;
+} inbox_msg;
+
+struct server {
+    const qv_http_config *cfg;
+    qv_engine *engine;
+    const qv_tokenizer *tok;
+    const qv_model *model;
+    char *base_name; /* model name reported in /v1/models */
+    char *file_name; /* basename of the model path */
+    struct MHD_Daemon *daemon;
+    qv_metrics *metrics;
+    atomic_int draining;
+    atomic_int n_waiting; /* queued, not yet admitted (inbox + pending) */
+    atomic_int n_open;    /* generation requests whose connection is not complete */
+    atomic_ulong next_id;
+    /* inbox: HTTP threads -> engine thread */
+    pthread_mutex_t inbox_mu;
+    inbox_msg *inbox_head, *inbox_tail; /* [inbox_mu] */
+    /* engine thread */
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_idle_t stepper;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain_timer, close_timer;
+    bool stepping, shutting_down;
+    bool loop_closed; /* [inbox_mu] the async handle is closed: post() must not send */
+    double shutdown_started;
+    request *pending_head, *pending_tail; /* FIFO of requests waiting for admission */
+    request *running;                     /* list of requests in the engine */
+};
+
+/* ---- requests ---- */
+
+static void lp_free(qv_proto_logprob *lp) {
+    qv_free(lp->token);
+    for (int k = 0; k < lp->n_top; k++)
+        qv_free(lp->top_token[k]);
+}
+
+static void request_release(request *r) {
+    pthread_mutex_lock(&r->mu);
+    QV_ASSERT(r->refs > 0);
+    int left = --r->refs;
+    pthread_mutex_unlock(&r->mu);
+    if (left) return;
+    pthread_mutex_destroy(&r->mu);
+    qv_free(r->model_echo);
+    qv_free(r->adapter);
+    qv_free(r->ids);
+    for (size_t i = 0; i < r->n_stops; i++)
+        qv_free(r->stops[i]);
+    qv_free(r->stops);
+    qv_detok_free(r->detok);
+    qv_free(r->out);
+    for (size_t i = 0; i < r->n_lps; i++)
+        lp_free(&r->lps[i]);
+    qv_free(r->lps);
+    qv_free(r->frame);
+    qv_free(r);
+}
+
+/* Resumes the connection if it waits. Caller holds r->mu. */
+static void wake_locked(request *r) {
+    if (r->suspended) {
+        r->suspended = false;
+        MHD_resume_connection(r->conn);
+    }
+}
+
+static bool append_out(request *r, const char *text, size_t len) {
+    if (r->out_len + len + 1 > r->out_cap) {
+        size_t cap = (r->out_len + len + 1) * 2;
+        char *p = qv_realloc(r->out, cap);
+        if (!p) return false;
+        r->out = p;
+        r->out_cap = cap;
+    }
+    memcpy(r->out + r->out_len, text, len);
+    r->out_len += len;
+    r->out[r->out_len] = '\0';
+    return true;
+}
+
+/* Ends a request with an HTTP error (before any byte of a response was sent, or mid-stream
+ * where it simply ends the stream). Engine thread. */
+static void request_fail(request *r, int status, const char *code, const char *msg) {
+    pthread_mutex_lock(&r->mu);
+    if (!r->done) {
+        r->err_status = status;
+        r->err_code = code;
+        snprintf(r->err_msg, sizeof(r->err_msg), "%s", msg);
+        r->done = true;
+        r->finish = "stop";
+        r->t_done = qv_time_s();
+    }
+    wake_locked(r);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Marks the request finished with `finish` ("stop"/"length"). Engine thread. */
+static void request_finish(request *r, const char *finish) {
+    pthread_mutex_lock(&r->mu);
+    if (!r->done) {
+        r->done = true;
+        r->finish = finish;
+        r->t_done = qv_time_s();
+    }
+    wake_locked(r);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Token text for logprobs: the decoded bytes of one id (valid UTF-8). */
+static char *token_text(const qv_tokenizer *t, int32_t id) {
+    char *s = NULL;
+    if (qv_tokenizer_decode(t, &id, 1, false, &s, NULL, NULL) != QV_OK) return qv_strdup("");
+    return s;
+}
+
+static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
+                     enum qv_finish_reason finish) {
+    (void)seq_id;
+    request *r = user;
+    server *srv = r->srv;
+    if (finish != QV_FINISH_NONE) r->in_engine = false;
+    pthread_mutex_lock(&r->mu);
+    bool done = r->done;
+    pthread_mutex_unlock(&r->mu);
+    if (done || r->stop_hit) return;
+    bool eog = qv_tokenizer_is_eog(srv->tok, token);
+    qv_proto_logprob plp = {0};
+    bool have_lp = false;
+    if (r->logprobs && lp && !(eog && finish == QV_FINISH_STOP)) {
+        plp.token = token_text(srv->tok, token);
+        plp.logprob = lp->logprob;
+        plp.n_top = QV_MIN(lp->n_top, QV_PROTO_MAX_LOGPROBS);
+        for (int k = 0; k < plp.n_top; k++) {
+            plp.top_token[k] = token_text(srv->tok, lp->top_ids[k]);
+            plp.top_logprob[k] = lp->top_logprobs[k];
+        }
+        have_lp = true;
+    }
+    const char *text = NULL;
+    size_t len = 0;
+    bool finished = false;
+    if (qv_detok_push(r->detok, token, &text, &len, &finished) != QV_OK) len = 0;
+    pthread_mutex_lock(&r->mu);
+    r->n_gen++;
+    if (r->n_gen == 1) r->t_first = qv_time_s();
+    bool ok = !len || append_out(r, text, len);
+    if (finish == QV_FINISH_LENGTH && !finished) {
+        /* After the push's text is copied: flushing reuses the detokenizer's buffer. */
+        const char *tail = NULL;
+        size_t tail_len = 0;
+        if (qv_detok_flush(r->detok, &tail, &tail_len) == QV_OK && tail_len)
+            ok = ok && append_out(r, tail, tail_len);
+    }
+    if (have_lp) {
+        if (r->n_lps == r->cap_lps) {
+            size_t cap = r->cap_lps ? r->cap_lps * 2 : 16;
+            qv_proto_logprob *p = qv_realloc(r->lps, cap * sizeof(*p));
+            if (p) r->lps = p, r->cap_lps = cap;
+        }
+        if (r->n_lps < r->cap_lps) {
+            r->lps[r->n_lps++] = plp;
+            have_lp = false;
+        }
+    }
+    if (!ok) {
+        r->err_status = 500;
+        snprintf(r->err_msg, sizeof(r->err_msg), "out of memory");
+    }
+    if (finished && finish == QV_FINISH_NONE) r->stop_hit = true;
+    if (finished || finish != QV_FINISH_NONE || !ok) {
+        r->done = true;
+        r->finish = finish == QV_FINISH_LENGTH && !finished ? "length" : "stop";
+        r->t_done = qv_time_s();
+        if (!ok) r->stop_hit = r->in_engine;
+    }
+    wake_locked(r);
+    pthread_mutex_unlock(&r->mu);
+    if (have_lp) lp_free(&plp);
+}
+
+/* ---- engine thread ---- */
+
+static void update_gauges(server *srv) {
+    int pages = qv_engine_kv_pages(srv->engine);
+    qv_metrics_gauges(srv->metrics, atomic_load(&srv->n_waiting), qv_engine_n_active(srv->engine),
+                      pages - qv_engine_kv_free_pages(srv->engine), pages);
+}
+
+static void pending_push(server *srv, request *r) {
+    r->next = NULL;
+    if (srv->pending_tail)
+        srv->pending_tail->next = r;
+    else
+        srv->pending_head = r;
+    srv->pending_tail = r;
+}
+
+/* Removes r from a singly linked list; returns true when it was there. */
+static bool list_remove(request **head, request **tail, request *r) {
+    request *prev = NULL;
+    for (request *it = *head; it; prev = it, it = it->next) {
+        if (it != r) continue;
+        if (prev)
+            prev->next = it->next;
+        else
+            *head = it->next;
+        if (tail && *tail == it) *tail = prev;
+        it->next = NULL;
+        return true;
+    }
+    return false;
+}
+
+static void maybe_shutdown(server *srv);
+
+/* Admits pending requests in FIFO order while the engine accepts them. */
+static void admit(server *srv) {
+    while (srv->pending_head) {
+        request *r = srv->pending_head;
+        qv_error err = {0};
+        qv_status s =
+            qv_engine_add(srv->engine, r->ids, r->n_ids, &r->gp, on_token, r, &r->seq_id, &err);
+        if (s == QV_ERR_BUSY) break;
+        srv->pending_head = r->next;
+        if (!srv->pending_head) srv->pending_tail = NULL;
+        atomic_fetch_sub(&srv->n_waiting, 1);
+        if (s != QV_OK) {
+            request_fail(r, s == QV_ERR_NOMEM ? 500 : 400,
+                         s == QV_ERR_LIMIT ? "context_length_exceeded" : NULL, err.msg);
+            request_release(r);
+            continue;
+        }
+        r->in_engine = true;
+        r->next = srv->running;
+        srv->running = r;
+        pthread_mutex_lock(&r->mu);
+        r->admitted = true;
+        if (r->stream) wake_locked(r);
+        pthread_mutex_unlock(&r->mu);
+    }
+}
+
+/* After a step: cancel sequences whose stop string matched, drop finished requests. */
+static void sweep(server *srv) {
+    request **pp = &srv->running;
+    while (*pp) {
+        request *r = *pp;
+        if (r->stop_hit && r->in_engine) {
+            qv_engine_cancel(srv->engine, r->seq_id);
+            r->in_engine = false;
+        }
+        pthread_mutex_lock(&r->mu);
+        bool done = r->done;
+        pthread_mutex_unlock(&r->mu);
+        if (done && !r->in_engine) {
+            *pp = r->next;
+            request_release(r);
+        } else {
+            pp = &r->next;
+        }
+    }
+}
+
+static void on_step(uv_idle_t *h) {
+    server *srv = h->data;
+    if (srv->running) {
+        qv_error err = {0};
+        if (qv_engine_step(srv->engine, &err) != QV_OK) {
+            QV_LOGE("engine step failed: %s", err.msg);
+            for (request *r = srv->running; r; r = r->next) {
+                if (r->in_engine) qv_engine_cancel(srv->engine, r->seq_id);
+                r->in_engine = false;
+                request_fail(r, 500, NULL, err.msg);
+            }
+        }
+        sweep(srv);
+    }
+    admit(srv);
+    update_gauges(srv);
+    if (!srv->running && !srv->pending_head) {
+        uv_idle_stop(&srv->stepper);
+        srv->stepping = false;
+        maybe_shutdown(srv);
+    }
+}
+
+static void cancel_request(server *srv, request *r) {
+    if (list_remove(&srv->pending_head, &srv->pending_tail, r)) {
+        atomic_fetch_sub(&srv->n_waiting, 1);
+        request_finish(r, "stop");
+        request_release(r);
+        return;
+    }
+    for (request *it = srv->running; it; it = it->next) {
+        if (it != r) continue;
+        if (r->in_engine) qv_engine_cancel(srv->engine, r->seq_id);
+        r->in_engine = false;
+        request_finish(r, "stop");
+        sweep(srv);
+        return;
+    }
+}
+
+static void on_wake(uv_async_t *h) {
+    server *srv = h->data;
+    pthread_mutex_lock(&srv->inbox_mu);
+    inbox_msg *m = srv->inbox_head;
+    srv->inbox_head = srv->inbox_tail = NULL;
+    pthread_mutex_unlock(&srv->inbox_mu);
+    while (m) {
+        inbox_msg *next = m->next;
+        if (m->type == MSG_ADD)
+            pending_push(srv, m->req);
+        else {
+            cancel_request(srv, m->req);
+            request_release(m->req); /* the message's own reference */
+        }
+        qv_free(m);
+        m = next;
+    }
+    admit(srv);
+    update_gauges(srv);
+    if ((srv->running || srv->pending_head) && !srv->stepping) {
+        uv_idle_start(&srv->stepper, on_step);
+        srv->stepping = true;
+    }
+    maybe_shutdown(srv);
+}
+
+static bool post(server *srv, int type, request *r) {
+    inbox_msg *m = qv_calloc(1, sizeof(*m));
+    if (!m) return false;
+    m->type = type;
+    m->req = r;
+    pthread_mutex_lock(&srv->inbox_mu);
+    if (srv->inbox_tail)
+        srv->inbox_tail->next = m;
+    else
+        srv->inbox_head = m;
+    srv->inbox_tail = m;
+    /* After shutdown the message stays in the inbox and is released at exit. */
+    if (!srv->loop_closed) uv_async_send(&srv->wake);
+    pthread_mutex_unlock(&srv->inbox_mu);
+    return true;
+}
+
+static void close_all(server *srv) {
+    pthread_mutex_lock(&srv->inbox_mu);
+    srv->loop_closed = true;
+    pthread_mutex_unlock(&srv->inbox_mu);
+    uv_close((uv_handle_t *)&srv->wake, NULL);
+    uv_close((uv_handle_t *)&srv->stepper, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->drain_timer, NULL);
+    uv_close((uv_handle_t *)&srv->close_timer, NULL);
+}
+
+/* While draining: once the engine is idle, wait (bounded) for open connections to finish
+ * writing, then close every handle so uv_run returns. */
+static void on_close_tick(uv_timer_t *t) {
+    server *srv = t->data;
+    if (atomic_load(&srv->n_open) == 0 || qv_time_s() - srv->shutdown_started > 10.0) {
+        uv_timer_stop(t);
+        close_all(srv);
+    }
+}
+
+static void maybe_shutdown(server *srv) {
+    if (!atomic_load(&srv->draining) || srv->shutting_down) return;
+    pthread_mutex_lock(&srv->inbox_mu);
+    bool inbox_empty = srv->inbox_head == NULL;
+    pthread_mutex_unlock(&srv->inbox_mu);
+    if (srv->running || srv->pending_head || !inbox_empty) return;
+    srv->shutting_down = true;
+    srv->shutdown_started = qv_time_s();
+    uv_timer_stop(&srv->drain_timer);
+    QV_LOGI("drained; closing connections");
+    uv_timer_start(&srv->close_timer, on_close_tick, 0, 20);
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+    server *srv = t->data;
+    QV_LOGW("drain timeout: cancelling the requests still running");
+    while (srv->pending_head) {
+        request *r = srv->pending_head;
+        srv->pending_head = r->next;
+        atomic_fetch_sub(&srv->n_waiting, 1);
+        request_finish(r, "length");
+        request_release(r);
+    }
+    srv->pending_tail = NULL;
+    for (request *r = srv->running; r; r = r->next) {
+        if (r->in_engine) qv_engine_cancel(srv->engine, r->seq_id);
+        r->in_engine = false;
+        request_finish(r, "length");
+    }
+    sweep(srv);
+    maybe_shutdown(srv);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    server *srv = h->data;
+    if (atomic_exchange(&srv->draining, 1)) return;
+    QV_LOGI("signal %d: draining (new requests get 503, in-flight ones finish, up to %.0f s)",
+            signum, srv->cfg->drain_timeout_s);
+    uv_timer_start(&srv->drain_timer, on_drain_timeout,
+                   (uint64_t)(srv->cfg->drain_timeout_s * 1000.0), 0);
+    maybe_shutdown(srv);
+}
+
+/* ---- HTTP side ---- */
+
+static enum MHD_Result queue_buf(struct MHD_Connection *c, conn_ctx *ctx, int status,
+                                 const char *content_type, char *buf, size_t len) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, buf, buf ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(buf);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    ctx->status = status;
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* MHD frees MUST_FREE buffers with free(): copy JSON out of qv_malloc'd memory. */
+static char *libc_copy(const char *s, size_t *len) {
+    size_t n = s ? strlen(s) : 0;
+    char *p = malloc(n + 1);
+    if (!p) return NULL;
+    memcpy(p, s ? s : "", n + 1);
+    *len = n;
+    return p;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, conn_ctx *ctx, int status, char *json) {
+    size_t len = 0;
+    char *p = libc_copy(json ? json : "{}", &len);
+    qv_free(json);
+    return queue_buf(c, ctx, status, "application/json", p, len);
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, conn_ctx *ctx, int status,
+                                  const char *param, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static enum MHD_Result send_error(struct MHD_Connection *c, conn_ctx *ctx, int status,
+                                  const char *param, const char *code, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    const char *type = status == 401   ? "authentication_error"
+                       : status == 404 ? "not_found_error"
+                       : status == 429 ? "rate_limit_error"
+                       : status == 503 ? "service_unavailable"
+                       : status >= 500 ? "server_error"
+                                       : "invalid_request_error";
+    return send_json(c, ctx, status, qv_proto_encode_error(msg, type, param, code));
+}
+
+static bool authorized(server *srv, struct MHD_Connection *c) {
+    const char *key = srv->cfg->api_key;
+    if (!key || !*key) return true;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
+    /* Constant-time comparison of the token. */
+    const char *tok = h + 7;
+    size_t kl = strlen(key), tl = strlen(tok);
+    unsigned char diff = (unsigned char)(kl != tl);
+    for (size_t i = 0; i < kl; i++)
+        diff |= (unsigned char)(key[i] ^ (i < tl ? tok[i] : 0));
+    return diff == 0;
+}
+
+static bool model_matches(server *srv, const char *base) {
+    const char *general = srv->model->name;
+    return !base || !*base || !strcmp(base, srv->base_name) || !strcmp(base, srv->file_name) ||
+           !strcmp(base, srv->cfg->model_path) || (general && !strcmp(base, general));
+}
+
+/* Streaming: builds the next SSE frame into r->frame. Caller holds r->mu. Returns false when
+ * nothing is ready yet. */
+static bool next_frame(request *r) {
+    qv_proto_result res = {.endpoint = r->endpoint,
+                           .id = r->id,
+                           .model = r->model_echo,
+                           .created = r->created,
+                           .logprobs = r->logprobs};
+    bool new_text = r->out_len > r->sent || r->n_lps > r->lps_sent;
+    char *json = NULL;
+    if (r->err_status && !r->sent_finish) {
+        json = qv_proto_encode_error(r->err_msg, "server_error", NULL, r->err_code);
+        r->sent_finish = true;
+        r->sent_usage = true;
+    } else if (new_text || (!r->sent_first && r->endpoint == QV_PROTO_CHAT)) {
+        res.text = r->out + r->sent;
+        res.text_len = r->out_len - r->sent;
+        res.text_offset = r->sent;
+        res.lps = r->lps + r->lps_sent;
+        res.n_lps = r->n_lps - r->lps_sent;
+        res.finish_reason = r->done ? r->finish : NULL;
+        json = qv_proto_encode_chunk(&res, !r->sent_first);
+        r->sent = r->out_len;
+        r->lps_sent = r->n_lps;
+        r->sent_first = true;
+        if (r->done) r->sent_finish = true;
+    } else if (r->done && !r->sent_finish) {
+        res.text = "";
+        res.finish_reason = r->finish;
+        json = qv_proto_encode_chunk(&res, !r->sent_first);
+        r->sent_first = r->sent_finish = true;
+    } else if (r->done && !r->sent_usage) {
+        r->sent_usage = true;
+        if (!r->include_usage) return next_frame(r);
+        res.usage = true;
+        res.prompt_tokens = (int)r->n_ids;
+        res.completion_tokens = r->n_gen;
+        json = qv_proto_encode_chunk(&res, false);
+    } else if (r->done && !r->sent_done) {
+        r->sent_done = true;
+        r->frame = qv_strdup(QV_PROTO_SSE_DONE);
+        r->frame_len = r->frame ? strlen(r->frame) : 0;
+        r->frame_off = 0;
+        return r->frame != NULL;
+    } else {
+        return false;
+    }
+    if (!json) return false;
+    qv_free(r->frame);
+    r->frame = qv_proto_sse_frame(json, strlen(json), &r->frame_len);
+    r->frame_off = 0;
+    qv_free(json);
+    return r->frame != NULL;
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    request *r = cls;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        if (r->frame && r->frame_off < r->frame_len) {
+            size_t n = QV_MIN(max, r->frame_len - r->frame_off);
+            memcpy(buf, r->frame + r->frame_off, n);
+            r->frame_off += n;
+            pthread_mutex_unlock(&r->mu);
+            return (ssize_t)n;
+        }
+        qv_free(r->frame);
+        r->frame = NULL;
+        if (next_frame(r)) continue;
+        if (r->sent_done) {
+            pthread_mutex_unlock(&r->mu);
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        }
+        if (r->done && !r->frame) { /* out of memory building a frame */
+            pthread_mutex_unlock(&r->mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        r->suspended = true;
+        MHD_suspend_connection(r->conn);
+        pthread_mutex_unlock(&r->mu);
+        return 0;
+    }
+}
+
+static void stream_free(void *cls) { request_release(cls); }
+
+/* Called again after the engine resumed the connection. */
+static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
+    request *r = ctx->req;
+    pthread_mutex_lock(&r->mu);
+    if (r->err_status && !(r->stream && r->admitted)) {
+        int st = r->err_status;
+        char msg[384];
+        snprintf(msg, sizeof(msg), "%s", r->err_msg);
+        const char *code = r->err_code;
+        pthread_mutex_unlock(&r->mu);
+        return send_error(c, ctx, st, NULL, code, "%s", msg);
+    }
+    if (r->stream && (r->admitted || r->done)) {
+        r->refs++;
+        pthread_mutex_unlock(&r->mu);
+        struct MHD_Response *resp = MHD_create_response_from_callback(
+            MHD_SIZE_UNKNOWN, 4096, stream_reader, r, stream_free);
+        if (!resp) {
+            request_release(r);
+            return MHD_NO;
+        }
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        ctx->status = 200;
+        enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+    if (!r->stream && r->done) {
+        qv_proto_result res = {.endpoint = r->endpoint,
+                               .id = r->id,
+                               .model = r->model_echo,
+                               .created = r->created,
+                               .text = r->out ? r->out : "",
+                               .text_len = r->out_len,
+                               .finish_reason = r->finish,
+                               .logprobs = r->logprobs,
+                               .lps = r->lps,
+                               .n_lps = r->n_lps,
+                               .usage = true,
+                               .prompt_tokens = (int)r->n_ids,
+                               .completion_tokens = r->n_gen};
+        char *json = qv_proto_encode_response(&res);
+        pthread_mutex_unlock(&r->mu);
+        if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+        return send_json(c, ctx, 200, json);
+    }
+    /* Not ready (a wake-up raced ahead): wait again. */
+    r->suspended = true;
+    MHD_suspend_connection(c);
+    pthread_mutex_unlock(&r->mu);
+    return MHD_YES;
+}
+
+/* Last path component, ignoring trailing slashes. Owner: caller (qv_free). */
+static char *basename_of(const char *p) {
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && p[b - 1] != '/')
+        b--;
+    return qv_strndup(p + b, n - b);
+}
+
+/* Decodes, validates and tokenizes a generation request and queues it. */
+static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                                       enum qv_proto_endpoint ep) {
+    const qv_http_config *cfg = srv->cfg;
+    if (atomic_load(&srv->draining))
+        return send_error(c, ctx, 503, NULL, "draining", "the server is shutting down");
+    qv_proto_request pr;
+    qv_proto_error pe;
+    char *prompt = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    request *r = NULL;
+    enum MHD_Result ret;
+    if (qv_proto_request_decode(ep, ctx->body ? ctx->body : "", ctx->body_len, &pr, &pe) != QV_OK) {
+        ret = pe.status == QV_ERR_NOMEM
+                  ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
+                  : send_error(c, ctx, 400, pe.param, "invalid_value", "%s", pe.message);
+        goto done;
+    }
+    if (pr.adapter || !model_matches(srv, pr.base)) {
+        const char *name = pr.adapter ? pr.adapter : pr.base;
+        ret = send_error(c, ctx, 404, pr.adapter ? "adapter_id" : "model", "model_not_found",
+                         "adapter '%s' not found (this server serves the base model '%s' only)",
+                         name, srv->base_name);
+        goto done;
+    }
+    qv_error err = {0};
+    if (ep == QV_PROTO_CHAT) {
+        qv_chat_msg *msgs = qv_calloc(pr.n_messages, sizeof(*msgs));
+        if (!msgs) {
+            ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < pr.n_messages; i++) {
+            msgs[i].role = pr.messages[i].role;
+            msgs[i].content = pr.messages[i].content;
+        }
+        qv_status s = qv_chat_render(srv->tok, NULL, msgs, pr.n_messages, true, &prompt, &err);
+        qv_free(msgs);
+        if (s != QV_OK) {
+            ret =
+                send_error(c, ctx, s == QV_ERR_NOMEM ? 500 : 400, "messages", NULL, "%s", err.msg);
+            goto done;
+        }
+        if (qv_tokenizer_encode(srv->tok, prompt, strlen(prompt), false, &ids, &n_ids, &err)) {
+            ret = send_error(c, ctx, 400, "messages", NULL, "%s", err.msg);
+            goto done;
+        }
+    } else if (pr.prompt) {
+        if (qv_tokenizer_encode(srv->tok, pr.prompt, pr.prompt_len, false, &ids, &n_ids, &err)) {
+            ret = send_error(c, ctx, 400, "prompt", NULL, "%s", err.msg);
+            goto done;
+        }
+    } else {
+        int n_vocab = srv->model->cfg.n_vocab;
+        for (size_t i = 0; i < pr.n_prompt_ids; i++)
+            if (pr.prompt_ids[i] >= n_vocab) {
+                ret = send_error(c, ctx, 400, "prompt", "invalid_value",
+                                 "prompt token id %d is outside the vocabulary (%d)",
+                                 (int)pr.prompt_ids[i], n_vocab);
+                goto done;
+            }
+        ids = pr.prompt_ids;
+        n_ids = pr.n_prompt_ids;
+        pr.prompt_ids = NULL;
+        pr.n_prompt_ids = 0;
+    }
+    if (n_ids == 0) {
+        ret = send_error(c, ctx, 400, ep == QV_PROTO_CHAT ? "messages" : "prompt", NULL,
+                         "the prompt encodes to no tokens");
+        goto done;
+    }
+    if ((int64_t)n_ids > cfg->max_prompt_tokens) {
+        ret = send_error(c, ctx, 400, ep == QV_PROTO_CHAT ? "messages" : "prompt",
+                         "context_length_exceeded",
+                         "the prompt has %zu tokens; this server accepts at most %d", n_ids,
+                         cfg->max_prompt_tokens);
+        goto done;
+    }
+    int ctx_len = srv->model->cfg.max_pos;
+    int room = ctx_len - (int)n_ids;
+    if (room <= 0) {
+        ret = send_error(c, ctx, 400, "prompt", "context_length_exceeded",
+                         "the prompt has %zu tokens; the model's context is %d", n_ids, ctx_len);
+        goto done;
+    }
+    int max_tokens = pr.max_tokens;
+    if (max_tokens > cfg->max_tokens_limit) {
+        ret = send_error(c, ctx, 400, "max_tokens", "invalid_value",
+                         "'max_tokens' is %d; this server allows at most %d", max_tokens,
+                         cfg->max_tokens_limit);
+        goto done;
+    }
+    if (max_tokens < 0) {
+        max_tokens = ep == QV_PROTO_COMPLETIONS ? 16 : cfg->max_tokens_limit;
+        if (max_tokens > room) max_tokens = room;
+    } else if (max_tokens > room) {
+        ret = send_error(c, ctx, 400, "max_tokens", "context_length_exceeded",
+                         "the prompt (%zu tokens) plus max_tokens (%d) exceed the model's "
+                         "context (%d)",
+                         n_ids, max_tokens, ctx_len);
+        goto done;
+    }
+    r = qv_calloc(1, sizeof(*r));
+    if (!r) {
+        ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+        goto done;
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    r->refs = 1;
+    r->srv = srv;
+    r->seq_id = -1;
+    r->conn = c;
+    r->endpoint = ep;
+    r->stream = pr.stream;
+    r->include_usage = pr.include_usage;
+    r->logprobs = pr.logprobs;
+    r->t_arrival = ctx->t0;
+    r->created = (int64_t)time(NULL);
+    unsigned long n = atomic_fetch_add(&srv->next_id, 1);
+    snprintf(r->id, sizeof(r->id), "%s-%lx%04lx", ep == QV_PROTO_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long)r->created, n);
+    r->model_echo = qv_strdup(pr.model && *pr.model ? pr.model : srv->base_name);
+    r->ids = ids;
+    r->n_ids = n_ids;
+    ids = NULL;
+    qv_gen_params_default(&r->gp);
+    r->gp.max_tokens = max_tokens;
+    qv_sampling_params *sp = &r->gp.sampling;
+    sp->temperature = pr.temperature;
+    sp->top_k = pr.top_k;
+    sp->top_p = pr.top_p;
+    sp->min_p = pr.min_p;
+    sp->presence_penalty = pr.presence_penalty;
+    sp->frequency_penalty = pr.frequency_penalty;
+    sp->repetition_penalty = pr.repetition_penalty;
+    sp->seed = pr.has_seed ? pr.seed : (uint64_t)n * 0x9E3779B97F4A7C15ull + (uint64_t)time(NULL);
+    sp->n_logprobs = pr.logprobs ? pr.top_logprobs : 0;
+    if (qv_sampling_params_validate(sp, &err) != QV_OK) {
+        ret = send_error(c, ctx, 400, NULL, "invalid_value", "%s", err.msg);
+        goto done;
+    }
+    r->stops = pr.stop;
+    r->n_stops = pr.n_stop;
+    pr.stop = NULL;
+    pr.n_stop = 0;
+    if (!r->model_echo ||
+        qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops, true, &r->detok)) {
+        ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+        goto done;
+    }
+    if (atomic_fetch_add(&srv->n_waiting, 1) >= cfg->queue_limit) {
+        atomic_fetch_sub(&srv->n_waiting, 1);
+        ret = send_error(c, ctx, 429, NULL, "queue_full",
+                         "the request queue is full (%d waiting); retry later", cfg->queue_limit);
+        goto done;
+    }
+    /* One reference for the connection (already counted), one for the engine. */
+    r->refs = 2;
+    pthread_mutex_lock(&r->mu);
+    r->suspended = true;
+    MHD_suspend_connection(c);
+    pthread_mutex_unlock(&r->mu);
+    ctx->req = r;
+    atomic_fetch_add(&srv->n_open, 1);
+    if (!post(srv, MSG_ADD, r)) {
+        /* Cannot reach the engine: finish it here with an error and resume. */
+        atomic_fetch_sub(&srv->n_waiting, 1);
+        r->refs--;
+        request_fail(r, 500, NULL, "out of memory");
+    }
+    r = NULL;
+    ret = MHD_YES;
+done:
+    if (r) request_release(r);
+    qv_free(ids);
+    qv_free(prompt);
+    qv_proto_request_free(&pr);
+    return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
+    (void)version;
+    server *srv = cls;
+    conn_ctx *ctx = *con_cls;
+    if (!ctx) {
+        ctx = qv_calloc(1, sizeof(*ctx));
+        if (!ctx) return MHD_NO;
+        ctx->t0 = qv_time_s();
+        *con_cls = ctx;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (ctx->too_big || ctx->body_len + n > srv->cfg->max_body_bytes) {
+            ctx->too_big = true;
+            qv_free(ctx->body);
+            ctx->body = NULL;
+            ctx->body_len = ctx->body_cap = 0;
+            return MHD_YES;
+        }
+        if (ctx->body_len + n + 1 > ctx->body_cap) {
+            size_t cap = QV_MAX(ctx->body_cap * 2, ctx->body_len + n + 1);
+            char *b = qv_realloc(ctx->body, cap);
+            if (!b) return MHD_NO;
+            ctx->body = b;
+            ctx->body_cap = cap;
+        }
+        memcpy(ctx->body + ctx->body_len, upload_data, n);
+        ctx->body_len += n;
+        ctx->body[ctx->body_len] = '\0';
+        return MHD_YES;
+    }
+    if (ctx->req) return respond(c, ctx);
+    bool get = !strcmp(method, MHD_HTTP_METHOD_GET), post_m = !strcmp(method, MHD_HTTP_METHOD_POST);
+    if (!strcmp(url, "/health")) {
+        if (!get) goto bad_method;
+        return send_json(c, ctx, 200, qv_strdup("{\"status\":\"ok\"}"));
+    }
+    if (!strcmp(url, "/ready")) {
+        if (!get) goto bad_method;
+        if (atomic_load(&srv->draining))
+            return send_json(c, ctx, 503, qv_strdup("{\"status\":\"draining\"}"));
+        return send_json(c, ctx, 200, qv_strdup("{\"status\":\"ready\"}"));
+    }
+    bool known = !strcmp(url, "/v1/models") || !strcmp(url, "/metrics") ||
+                 !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions");
+    if (!known)
+        return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %s", method, url);
+    if (!authorized(srv, c))
+        return send_error(c, ctx, 401, NULL, "invalid_api_key",
+                          "missing or wrong API key (send 'Authorization: Bearer <key>')");
+    if (ctx->too_big)
+        return send_error(c, ctx, 413, NULL, "body_too_large", "the request body exceeds %zu bytes",
+                          srv->cfg->max_body_bytes);
+    if (!strcmp(url, "/v1/models")) {
+        if (!get) goto bad_method;
+        const char *ids[1] = {srv->base_name};
+        return send_json(c, ctx, 200, qv_proto_encode_models(ids, 1, 0, "quiver"));
+    }
+    if (!strcmp(url, "/metrics")) {
+        if (!get) goto bad_method;
+        size_t len = 0;
+        char *text = qv_metrics_render(srv->metrics, &len);
+        char *p = text ? libc_copy(text, &len) : NULL;
+        qv_free(text);
+        if (!p) return MHD_NO;
+        return queue_buf(c, ctx, 200, "text/plain; version=0.0.4", p, len);
+    }
+    if (!post_m) goto bad_method;
+    return handle_generate(srv, c, ctx,
+                           !strcmp(url, "/v1/completions") ? QV_PROTO_COMPLETIONS : QV_PROTO_CHAT);
+bad_method:;
+    const char *allow =
+        !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ? "POST" : "GET";
+    char *json = qv_proto_encode_error("method not allowed", "invalid_request_error", NULL,
+                                       "method_not_allowed");
+    size_t len = 0;
+    char *p = libc_copy(json ? json : "{}", &len);
+    qv_free(json);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, p, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(p);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    ctx->status = 405;
+    enum MHD_Result ret = MHD_queue_response(c, 405, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)c;
+    server *srv = cls;
+    conn_ctx *ctx = *con_cls;
+    if (!ctx) return;
+    *con_cls = NULL;
+    double now = qv_time_s();
+    request *r = ctx->req;
+    if (r) {
+        pthread_mutex_lock(&r->mu);
+        r->suspended = false; /* a completed connection is never resumed again */
+        bool done = r->done;
+        int n_out = r->n_gen;
+        double ttft = r->t_first > 0 ? r->t_first - r->t_arrival : -1;
+        double tpot = n_out > 1 && r->t_done > 0 ? (r->t_done - r->t_first) / (n_out - 1) : -1;
+        int status = r->err_status && !(r->stream && r->admitted) ? r->err_status : ctx->status;
+        pthread_mutex_unlock(&r->mu);
+        bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+        if (!ok && !done) {
+            /* Client gone: cancel the sequence (frees its KV pages) on the engine thread. */
+            pthread_mutex_lock(&r->mu);
+            r->refs++;
+            pthread_mutex_unlock(&r->mu);
+            if (!post(srv, MSG_CANCEL, r)) request_release(r);
+        }
+        if (!ok) status = 499; /* nginx's "client closed request" */
+        qv_metrics_request(srv->metrics, status, (int)r->n_ids, n_out, ttft, tpot, now - ctx->t0);
+        QV_LOGI("request %s adapter=%s status=%d tokens_in=%zu tokens_out=%d ttft=%.3fs "
+                "total=%.3fs%s",
+                r->id, r->adapter ? r->adapter : "-", status, r->n_ids, n_out, ttft, now - ctx->t0,
+                ok ? "" : " (client disconnected)");
+        atomic_fetch_sub(&srv->n_open, 1);
+        request_release(r);
+    } else if (ctx->status) {
+        qv_metrics_request(srv->metrics, ctx->status, 0, 0, -1, -1, now - ctx->t0);
+    }
+    qv_free(ctx->body);
+    qv_free(ctx);
+}
+
+/* ---- start-up ---- */
+
+int qv_http_serve(const qv_http_config *cfg) {
+    server srv_storage;
+    server *srv = &srv_storage;
+    memset(srv, 0, sizeof(*srv));
+    srv->cfg = cfg;
+    int rc = 1;
+    bool loop_ok = false;
+    signal(SIGPIPE, SIG_IGN);
+    pthread_mutex_init(&srv->inbox_mu, NULL);
+
+    qv_engine_config ec;
+    qv_engine_config_default(&ec);
+    ec.model_path = cfg->model_path;
+    ec.n_threads = cfg->n_threads;
+    ec.kv_bytes = cfg->kv_mb << 20;
+    ec.max_batch_tokens = cfg->max_batch_tokens;
+    ec.max_seqs = cfg->max_seqs;
+    ec.device = cfg->device;
+    qv_error err = {0};
+    double t0 = qv_time_s();
+    if (qv_engine_create(&ec, &srv->engine, &err) != QV_OK) {
+        fprintf(stderr, "quiver serve: %s\n", err.msg);
+        goto out;
+    }
+    srv->model = qv_engine_model(srv->engine);
+    srv->tok = qv_engine_tokenizer(srv->engine);
+    srv->file_name = basename_of(cfg->model_path);
+    /* The id clients see: the file name without ".gguf" (HF directories: their name), which,
+     * unlike general.name, has no spaces and no ':'. */
+    srv->base_name = srv->file_name ? qv_strdup(srv->file_name) : NULL;
+    if (srv->base_name) {
+        size_t bl = strlen(srv->base_name);
+        if (bl > 5 && !strcmp(srv->base_name + bl - 5, ".gguf")) srv->base_name[bl - 5] = '\0';
+    }
+    srv->metrics = qv_metrics_create();
+    if (!srv->file_name || !srv->base_name || !srv->metrics) {
+        fprintf(stderr, "quiver serve: out of memory\n");
+        goto out;
+    }
+    if (uv_loop_init(&srv->loop) != 0) goto out;
+    loop_ok = true;
+    uv_async_init(&srv->loop, &srv->wake, on_wake);
+    uv_idle_init(&srv->loop, &srv->stepper);
+    uv_signal_init(&srv->loop, &srv->sigterm);
+    uv_signal_init(&srv->loop, &srv->sigint);
+    uv_timer_init(&srv->loop, &srv->drain_timer);
+    uv_timer_init(&srv->loop, &srv->close_timer);
+    srv->wake.data = srv->stepper.data = srv->sigterm.data = srv->sigint.data = srv;
+    srv->drain_timer.data = srv->close_timer.data = srv;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)cfg->port);
+    if (inet_pton(AF_INET, cfg->host, &addr.sin_addr) != 1) {
+        fprintf(stderr, "quiver serve: --host '%s' is not an IPv4 address\n", cfg->host);
+        close_all(srv);
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    srv->daemon = MHD_start_daemon(
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        on_request, srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)QV_MAX(cfg->http_threads, 1),
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)600, MHD_OPTION_END);
+    if (!srv->daemon) {
+        fprintf(stderr, "quiver serve: cannot listen on %s:%d (%s)\n", cfg->host, cfg->port,
+                strerror(errno));
+        close_all(srv);
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    int port = di ? di->port : cfg->port;
+    const qv_model *m = srv->model;
+    fprintf(stderr,
+            "quiver serve: model '%s' (%s) loaded in %.2f s: %d layers, hidden %d, vocab %d, "
+            "context %d\n"
+            "quiver serve: budgets: kv %zu MiB = %d pages x %d tokens, max-batch-tokens %d, "
+            "max-seqs %d, threads %d, http-threads %d, max-body-bytes %zu, max-prompt-tokens %d, "
+            "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s\n",
+            srv->base_name, cfg->model_path, qv_time_s() - t0, m->cfg.n_layers, m->cfg.dim,
+            m->cfg.n_vocab, m->cfg.max_pos, cfg->kv_mb, qv_engine_kv_pages(srv->engine),
+            qv_engine_kv_page_size(srv->engine), cfg->max_batch_tokens, cfg->max_seqs,
+            cfg->n_threads, cfg->http_threads, cfg->max_body_bytes, cfg->max_prompt_tokens,
+            cfg->max_tokens_limit, cfg->queue_limit, cfg->drain_timeout_s,
+            cfg->api_key && *cfg->api_key ? "required" : "off");
+    fprintf(stderr, "quiver serve: listening on http://%s:%d\n", cfg->host, port);
+    fflush(stderr);
+    update_gauges(srv);
+
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    MHD_stop_daemon(srv->daemon);
+    srv->daemon = NULL;
+    fprintf(stderr, "quiver serve: stopped\n");
+    rc = 0;
+out:
+    if (loop_ok) {
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+        if (uv_loop_close(&srv->loop) != 0) QV_LOGW("libuv loop closed with live handles");
+    }
+    /* Requests left behind only if the drain bound expired with connections open. */
+    while (srv->pending_head) {
+        request *r = srv->pending_head;
+        srv->pending_head = r->next;
+        request_release(r);
+    }
+    while (srv->running) {
+        request *r = srv->running;
+        srv->running = r->next;
+        request_release(r);
+    }
+    pthread_mutex_lock(&srv->inbox_mu);
+    while (srv->inbox_head) {
+        inbox_msg *msg = srv->inbox_head;
+        srv->inbox_head = msg->next;
+        if (msg->type == MSG_CANCEL)
+            request_release(msg->req);
+        else
+            request_release(msg->req);
+        qv_free(msg);
+    }
+    pthread_mutex_unlock(&srv->inbox_mu);
+    qv_engine_destroy(srv->engine);
+    qv_metrics_destroy(srv->metrics);
+    qv_free(srv->base_name);
+    qv_free(srv->file_name);
+    pthread_mutex_destroy(&srv->inbox_mu);
+    return rc;
+}

@@ -1,0 +1,36 @@
+/*
+ * http.h - quiver's HTTP server: a libmicrohttpd daemon (internal epoll thread pool,
+ * suspend/resume) in front of an engine thread running a libuv loop, serving the
+ * OpenAI-compatible API described in proto/openapi.yaml and docs/http-api.md.
+ *
+ * Not here: command-line parsing (server/serve.c), JSON codecs (proto/).
+ * Thread: qv_http_serve runs on the calling thread, which becomes the engine thread.
+ */
+#ifndef QV_SERVER_HTTP_H
+#define QV_SERVER_HTTP_H
+
+#include <stddef.h>
+
+typedef struct qv_http_config {
+    const char *model_path;
+    const char *device;     /* "cpu" (NULL) or "cuda" */
+    const char *host;       /* IPv4 address to bind; "0.0.0.0" = all */
+    int port;               /* 0 = any free port (printed at start-up) */
+    int n_threads;          /* engine CPU threads; 0 = all cores */
+    int http_threads;       /* libmicrohttpd polling threads */
+    size_t kv_mb;           /* KV cache budget in MiB */
+    int max_batch_tokens;   /* tokens per engine step */
+    int max_seqs;           /* concurrently running sequences */
+    const char *api_key;    /* NULL/"" = no authentication */
+    size_t max_body_bytes;  /* request body limit (413 beyond) */
+    int max_prompt_tokens;  /* prompt token limit (400 beyond) */
+    int max_tokens_limit;   /* max_tokens limit (400 beyond); also the chat default */
+    int queue_limit;        /* waiting requests before 429 */
+    double drain_timeout_s; /* SIGTERM: in-flight requests get this long to finish */
+} qv_http_config;
+
+/* Loads the model, serves until SIGTERM/SIGINT, drains and returns the process exit status
+ * (0 after a clean drain, 1 when start-up failed). Errors are printed to stderr. */
+int qv_http_serve(const qv_http_config *c);
+
+#endif

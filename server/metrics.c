@@ -1,0 +1,160 @@
+/*
+ * metrics.c - Prometheus counters, gauges and fixed-bucket histograms for the server.
+ *
+ * Invariant: every field is guarded by `mu`. Status codes are counted in a fixed table
+ * (100..599), so the label cardinality is bounded. Thread: any.
+ */
+#include "server/metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/core.h"
+
+#define N_BUCKETS 14
+static const double bucket_le[N_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1,  0.25, 0.5,
+                                            1.0,   2.5,  5.0,   10.0, 30.0, 60.0, 120.0};
+
+typedef struct histogram {
+    unsigned long long counts[N_BUCKETS + 1]; /* last: +Inf */
+    double sum;
+    unsigned long long n;
+} histogram;
+
+struct qv_metrics {
+    pthread_mutex_t mu;
+    unsigned long long by_status[600];
+    unsigned long long tokens_in, tokens_out;
+    histogram ttft, tpot, e2e;
+    int queue_depth, running, kv_used, kv_total;
+};
+
+qv_metrics *qv_metrics_create(void) {
+    qv_metrics *m = qv_calloc(1, sizeof(*m));
+    if (!m) return NULL;
+    pthread_mutex_init(&m->mu, NULL);
+    return m;
+}
+
+void qv_metrics_destroy(qv_metrics *m) {
+    if (!m) return;
+    pthread_mutex_destroy(&m->mu);
+    qv_free(m);
+}
+
+static void observe(histogram *h, double v) {
+    if (v < 0) return;
+    int i = 0;
+    while (i < N_BUCKETS && v > bucket_le[i])
+        i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->n++;
+}
+
+void qv_metrics_request(qv_metrics *m, int http_status, int n_in, int n_out, double ttft_s,
+                        double tpot_s, double e2e_s) {
+    pthread_mutex_lock(&m->mu);
+    if (http_status >= 100 && http_status < 600) m->by_status[http_status]++;
+    if (n_in > 0) m->tokens_in += (unsigned long long)n_in;
+    if (n_out > 0) m->tokens_out += (unsigned long long)n_out;
+    observe(&m->ttft, ttft_s);
+    observe(&m->tpot, tpot_s);
+    observe(&m->e2e, e2e_s);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_gauges(qv_metrics *m, int queue_depth, int running, int kv_used, int kv_total) {
+    pthread_mutex_lock(&m->mu);
+    m->queue_depth = queue_depth;
+    m->running = running;
+    m->kv_used = kv_used;
+    m->kv_total = kv_total;
+    pthread_mutex_unlock(&m->mu);
+}
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} sbuf;
+
+static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(sbuf *b, const char *fmt, ...) {
+    if (b->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = true;
+            return;
+        }
+        if (b->p && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = (b->cap + (size_t)n + 1) * 2;
+        char *np = qv_realloc(b->p, cap);
+        if (!np) {
+            b->oom = true;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+static void put_hist(sbuf *b, const char *name, const char *help, const histogram *h) {
+    put(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long long cum = 0;
+    for (int i = 0; i < N_BUCKETS; i++) {
+        cum += h->counts[i];
+        put(b, "%s_bucket{le=\"%g\"} %llu\n", name, bucket_le[i], cum);
+    }
+    cum += h->counts[N_BUCKETS];
+    put(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, cum, name, h->sum,
+        name, h->n);
+}
+
+char *qv_metrics_render(qv_metrics *m, size_t *len) {
+    sbuf b = {0};
+    pthread_mutex_lock(&m->mu);
+    put(&b, "# HELP quiver_requests_total HTTP requests by status code.\n"
+            "# TYPE quiver_requests_total counter\n");
+    for (int s = 100; s < 600; s++)
+        if (m->by_status[s])
+            put(&b, "quiver_requests_total{status=\"%d\"} %llu\n", s, m->by_status[s]);
+    put(&b,
+        "# HELP quiver_prompt_tokens_total Prompt tokens of finished requests.\n"
+        "# TYPE quiver_prompt_tokens_total counter\nquiver_prompt_tokens_total %llu\n"
+        "# HELP quiver_generation_tokens_total Generated tokens of finished requests.\n"
+        "# TYPE quiver_generation_tokens_total counter\nquiver_generation_tokens_total %llu\n",
+        m->tokens_in, m->tokens_out);
+    put_hist(&b, "quiver_time_to_first_token_seconds", "Time to the first generated token.",
+             &m->ttft);
+    put_hist(&b, "quiver_time_per_output_token_seconds",
+             "Mean time per generated token after the first.", &m->tpot);
+    put_hist(&b, "quiver_e2e_request_latency_seconds", "Request latency, arrival to last byte.",
+             &m->e2e);
+    put(&b,
+        "# HELP quiver_queue_depth Requests waiting for admission.\n"
+        "# TYPE quiver_queue_depth gauge\nquiver_queue_depth %d\n"
+        "# HELP quiver_running_sequences Sequences in the running batch.\n"
+        "# TYPE quiver_running_sequences gauge\nquiver_running_sequences %d\n"
+        "# HELP quiver_kv_pages_used KV cache pages in use.\n"
+        "# TYPE quiver_kv_pages_used gauge\nquiver_kv_pages_used %d\n"
+        "# HELP quiver_kv_pages_total KV cache pages in the pool.\n"
+        "# TYPE quiver_kv_pages_total gauge\nquiver_kv_pages_total %d\n",
+        m->queue_depth, m->running, m->kv_used, m->kv_total);
+    pthread_mutex_unlock(&m->mu);
+    if (b.oom) {
+        qv_free(b.p);
+        return NULL;
+    }
+    if (len) *len = b.len;
+    return b.p;
+}

@@ -1,0 +1,180 @@
+/*
+ * serve.c - `quiver serve`: parses flags (each with a QUIVER_* environment variable; a flag
+ * wins over its variable) into a qv_http_config and runs the HTTP server (server/http.c).
+ *
+ * Not here: sockets, threads, the engine. Thread: main thread only.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/core.h"
+#include "server/http.h"
+#include "server/serve.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: quiver serve [options]   (every option also reads QUIVER_<NAME>, e.g. "
+               "QUIVER_PORT)\n"
+               "  --model PATH             HF model directory or .gguf (QUIVER_MODEL; default: "
+               "the SmolLM2 GGUF in $QUIVER_HOME/models)\n"
+               "  --host H                 IPv4 address to bind (default 127.0.0.1)\n"
+               "  --port P                 TCP port, 0 = any free port (default 8000)\n"
+               "  --threads N              engine CPU threads (default: all cores)\n"
+               "  --http-threads N         HTTP polling threads (default 2)\n"
+               "  --kv-mb N                KV cache budget in MiB (default 256)\n"
+               "  --max-batch-tokens N     tokens per engine step (default 256)\n"
+               "  --max-seqs N             concurrently running sequences (default 64)\n"
+               "  --api-key K              require 'Authorization: Bearer K' (default: none)\n"
+               "  --max-body-bytes N       request body limit (default 1048576)\n"
+               "  --max-prompt-tokens N    prompt token limit (default 8192)\n"
+               "  --max-tokens-limit N     largest max_tokens accepted (default 4096)\n"
+               "  --queue-limit N          waiting requests before 429 (default 256)\n"
+               "  --drain-timeout-s N      on SIGTERM, time given to in-flight requests (default "
+               "30)\n"
+               "  --device cpu|cuda        compute device (default cpu)\n"
+               "  --log-level L            debug|info|warn|error (default info)\n");
+}
+
+static char default_model_buf[4096];
+
+static const char *default_model(void) {
+    const char *home = getenv("QUIVER_HOME");
+    if (home && *home)
+        snprintf(default_model_buf, sizeof(default_model_buf),
+                 "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", home);
+    else
+        snprintf(default_model_buf, sizeof(default_model_buf),
+                 "%s/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 getenv("HOME") ? getenv("HOME") : ".");
+    return default_model_buf;
+}
+
+/* Parses an integer flag value in [lo, hi]; prints the error. */
+static bool parse_ll(const char *name, const char *v, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "quiver serve: %s expects an integer in [%lld, %lld], got '%s'\n", name, lo,
+                hi, v);
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+typedef struct opt_def {
+    const char *flag; /* "--port" */
+    const char *env;  /* "QUIVER_PORT" */
+    long long lo, hi;
+    int kind; /* 0 = int, 1 = size_t, 2 = string, 3 = double (integer seconds) */
+    size_t offset;
+} opt_def;
+
+#define OFF(f) offsetof(qv_http_config, f)
+static const opt_def opts[] = {
+    {"--model", "QUIVER_MODEL", 0, 0, 2, OFF(model_path)},
+    {"--host", "QUIVER_HOST", 0, 0, 2, OFF(host)},
+    {"--port", "QUIVER_PORT", 0, 65535, 0, OFF(port)},
+    {"--threads", "QUIVER_THREADS", 0, 1024, 0, OFF(n_threads)},
+    {"--http-threads", "QUIVER_HTTP_THREADS", 1, 64, 0, OFF(http_threads)},
+    {"--kv-mb", "QUIVER_KV_MB", 1, 1 << 22, 1, OFF(kv_mb)},
+    {"--max-batch-tokens", "QUIVER_MAX_BATCH_TOKENS", 1, 1 << 20, 0, OFF(max_batch_tokens)},
+    {"--max-seqs", "QUIVER_MAX_SEQS", 1, 1 << 16, 0, OFF(max_seqs)},
+    {"--api-key", "QUIVER_API_KEY", 0, 0, 2, OFF(api_key)},
+    {"--max-body-bytes", "QUIVER_MAX_BODY_BYTES", 64, 1ll << 32, 1, OFF(max_body_bytes)},
+    {"--max-prompt-tokens", "QUIVER_MAX_PROMPT_TOKENS", 1, 1 << 24, 0, OFF(max_prompt_tokens)},
+    {"--max-tokens-limit", "QUIVER_MAX_TOKENS_LIMIT", 1, 1 << 24, 0, OFF(max_tokens_limit)},
+    {"--queue-limit", "QUIVER_QUEUE_LIMIT", 0, 1 << 20, 0, OFF(queue_limit)},
+    {"--drain-timeout-s", "QUIVER_DRAIN_TIMEOUT_S", 0, 86400, 3, OFF(drain_timeout_s)},
+    {"--device", "QUIVER_DEVICE", 0, 0, 2, OFF(device)},
+};
+
+static bool set_opt(qv_http_config *c, const opt_def *d, const char *name, const char *v) {
+    char *base = (char *)c + d->offset;
+    if (d->kind == 2) {
+        memcpy(base, &v, sizeof(v));
+        return true;
+    }
+    long long x;
+    if (!parse_ll(name, v, d->lo, d->hi, &x)) return false;
+    if (d->kind == 0) {
+        int i = (int)x;
+        memcpy(base, &i, sizeof(i));
+    } else if (d->kind == 1) {
+        size_t z = (size_t)x;
+        memcpy(base, &z, sizeof(z));
+    } else {
+        double t = (double)x;
+        memcpy(base, &t, sizeof(t));
+    }
+    return true;
+}
+
+int qv_cli_serve(int argc, char **argv) {
+    qv_http_config c = {
+        .model_path = default_model(),
+        .host = "127.0.0.1",
+        .port = 8000,
+        .http_threads = 2,
+        .kv_mb = 256,
+        .max_batch_tokens = 256,
+        .max_seqs = 64,
+        .max_body_bytes = 1 << 20,
+        .max_prompt_tokens = 8192,
+        .max_tokens_limit = 4096,
+        .queue_limit = 256,
+        .drain_timeout_s = 30,
+    };
+    enum qv_log_level level = QV_LOG_INFO;
+    for (size_t i = 0; i < QV_ARRAY_LEN(opts); i++) {
+        const char *v = getenv(opts[i].env);
+        if (v && *v && !set_opt(&c, &opts[i], opts[i].env, v)) return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--log-level")) {
+            if (!v) goto need_value;
+            i++;
+            if (!strcmp(v, "debug"))
+                level = QV_LOG_DEBUG;
+            else if (!strcmp(v, "info"))
+                level = QV_LOG_INFO;
+            else if (!strcmp(v, "warn"))
+                level = QV_LOG_WARN;
+            else if (!strcmp(v, "error"))
+                level = QV_LOG_ERROR;
+            else {
+                fprintf(stderr, "quiver serve: --log-level expects debug|info|warn|error\n");
+                return 2;
+            }
+            continue;
+        }
+        const opt_def *d = NULL;
+        for (size_t k = 0; k < QV_ARRAY_LEN(opts); k++)
+            if (!strcmp(a, opts[k].flag)) d = &opts[k];
+        if (!d) {
+            fprintf(stderr, "quiver serve: unknown option '%s' (see --help)\n", a);
+            return 2;
+        }
+        if (!v) goto need_value;
+        i++;
+        if (!set_opt(&c, d, a, v)) return 2;
+        continue;
+    need_value:
+        fprintf(stderr, "quiver serve: %s needs a value\n", a);
+        return 2;
+    }
+    if (c.device && strcmp(c.device, "cpu") != 0 && strcmp(c.device, "cuda") != 0) {
+        fprintf(stderr, "quiver serve: --device expects cpu or cuda\n");
+        return 2;
+    }
+    qv_log_set_level(level);
+    return qv_http_serve(&c);
+}

@@ -1,0 +1,440 @@
+#!/usr/bin/env python3
+"""test_http_api.py - `quiver serve` end to end on loopback with the official `openai` client
+and raw HTTP, on the real SmolLM2-135M-Instruct GGUF.
+
+Checks: completions and chat (greedy text equals Hugging Face's greedy continuation from
+tests/fixtures/smollm2/golden.json and `quiver generate` / `quiver chat`), streaming (text
+identical to the non-streamed result), usage counts, stop strings, logprobs, prompt as token
+ids, every error status (401, 404, 405, 413, 400 naming the field, 429 with Retry-After, 503
+while draining) with OpenAI error objects, a client disconnect mid-stream (the server stays
+healthy and the KV pages come back, read from /metrics), 16 concurrent streams each identical
+to its solo greedy output, and SIGTERM drain (in-flight request finishes, exit status 0).
+
+Usage: test_http_api.py <quiver-binary>. Exit 77 when the model has not been fetched.
+"""
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import openai
+
+QUIVER = os.path.abspath(sys.argv[1])
+ROOT = os.environ.get("QV_SOURCE_DIR") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+HOME = os.environ.get("QUIVER_HOME") or os.path.join(os.environ["HOME"], ".cache", "quiver")
+MODEL = os.path.join(HOME, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+GOLDEN = json.load(open(os.path.join(ROOT, "tests", "fixtures", "smollm2", "golden.json")))
+KEY = "test-key-123"
+EOG = ("<|im_end|>", "<|endoftext|>")
+
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def hf_text(i):
+    text = GOLDEN["prompts"][i]["greedy_text"]
+    for s in EOG:
+        text = text.split(s)[0]
+    return text
+
+
+class Server:
+    """A `quiver serve` process on a free port; stderr is collected in a thread."""
+
+    def __init__(self, *extra):
+        self.proc = subprocess.Popen(
+            [QUIVER, "serve", "--model", MODEL, "--port", "0", "--threads", "2", *extra],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.lines = []
+        self.port = None
+        ready = threading.Event()
+
+        def pump():
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                m = re.search(r"listening on http://[0-9.]+:(\d+)", line)
+                if m:
+                    self.port = int(m.group(1))
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(60) or self.port is None:
+            raise RuntimeError("server did not start:\n" + "".join(self.lines))
+
+    def raw(self, method, path, body=None, headers=None, key=KEY, timeout=120):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        h = dict(headers or {})
+        if key is not None:
+            h["Authorization"] = "Bearer " + key
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            h.setdefault("Content-Type", "application/json")
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, dict(r.getheaders()), data
+
+    def metrics(self):
+        st, _, data = self.raw("GET", "/metrics")
+        assert st == 200, st
+        out = {}
+        for line in data.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def client(self):
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=KEY,
+                             max_retries=0, timeout=120)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60, send=True):
+        if send and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+
+def expect_error(srv, what, status, method, path, body=None, key=KEY, param=None, headers=None):
+    st, hdrs, data = srv.raw(method, path, body, key=key, headers=headers)
+    ok = st == status
+    try:
+        err = json.loads(data)["error"]
+        ok = ok and isinstance(err["message"], str) and err["message"] and "type" in err
+        ok = ok and "param" in err and "code" in err
+        if param is not None:
+            ok = ok and err["param"] == param
+    except Exception:  # noqa: BLE001 - any malformed error body is a failure
+        ok = False
+    check(ok, f"{what}: HTTP {st} (want {status}) body {data[:160]!r}")
+    return hdrs
+
+
+def cli(*args):
+    r = subprocess.run([QUIVER, *args, "--model", MODEL, "--threads", "2"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout[:-1] if r.stdout.endswith("\n") else r.stdout
+
+
+def stream_text(client, kind, **kw):
+    """Streams a request; returns (text, finish_reason, usage, n_chunks)."""
+    parts, finish, usage, n = [], None, None, 0
+    fn = client.completions.create if kind == "completions" else client.chat.completions.create
+    for chunk in fn(stream=True, **kw):
+        n += 1
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for ch in chunk.choices:
+            piece = ch.text if kind == "completions" else ch.delta.content
+            if piece:
+                parts.append(piece)
+            if ch.finish_reason:
+                finish = ch.finish_reason
+    return "".join(parts), finish, usage, n
+
+
+def main():
+    if not os.path.isfile(MODEL):
+        print(f"SKIP: {MODEL} not found (run deploy/fetch-model.sh)")
+        return 77
+    srv = Server("--api-key", KEY, "--max-body-bytes", "65536", "--max-prompt-tokens", "512",
+                 "--max-tokens-limit", "256", "--max-seqs", "16", "--drain-timeout-s", "30")
+    try:
+        run_api_tests(srv)
+        run_disconnect_test(srv)
+        run_concurrency_test(srv)
+        run_drain_test(srv)
+    finally:
+        srv.stop(signal.SIGKILL) if srv.proc.poll() is None else None
+    run_queue_limit_test()
+    if failures:
+        print(f"{len(failures)} check(s) failed")
+        print("server log tail:\n" + "".join(srv.lines[-20:]))
+        return 1
+    print("all checks passed")
+    return 0
+
+
+def run_api_tests(srv):
+    client = srv.client()
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+
+    # Open endpoints and the model list.
+    check(srv.raw("GET", "/health", key=None)[0] == 200, "/health without a key")
+    check(srv.raw("GET", "/ready", key=None)[0] == 200, "/ready without a key")
+    models = client.models.list()
+    check([m.id for m in models.data] == [base], f"/v1/models lists the base ({base})")
+
+    # Greedy completions equal HF's greedy continuation and `quiver generate`.
+    for i in (0, 1):
+        g = GOLDEN["prompts"][i]
+        r = client.completions.create(model=base, prompt=g["text"], max_tokens=32,
+                                      temperature=0)
+        text = r.choices[0].text
+        check(text == hf_text(i), f"completion {i} equals HF greedy text: {text!r}")
+        check(text == cli("generate", "--prompt", g["text"], "--max-tokens", "32"),
+              f"completion {i} equals `quiver generate`")
+        ids = g["ids"]
+        check(r.usage.prompt_tokens == len(ids), f"completion {i} usage.prompt_tokens")
+        check(r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens,
+              f"completion {i} usage.total_tokens")
+        greedy = g["greedy"]
+        want_finish = "stop" if any(s in g["greedy_text"][:len(text) + 20] for s in EOG) \
+            else "length"
+        check(r.choices[0].finish_reason == want_finish,
+              f"completion {i} finish_reason {r.choices[0].finish_reason} (want {want_finish})")
+        if want_finish == "length":
+            check(r.usage.completion_tokens == 32, f"completion {i} usage.completion_tokens")
+        else:
+            n = next(k for k, t in enumerate(greedy) if t in (2, 0)) + 1
+            check(r.usage.completion_tokens == n,
+                  f"completion {i} completion_tokens {r.usage.completion_tokens} (want {n})")
+        # Streamed text is identical to the non-streamed one; usage arrives at the end.
+        s_text, s_finish, s_usage, n_chunks = stream_text(
+            client, "completions", model=base, prompt=g["text"], max_tokens=32, temperature=0,
+            stream_options={"include_usage": True})
+        check(s_text == text and s_finish == r.choices[0].finish_reason and n_chunks > 3,
+              f"streamed completion {i} equals the non-streamed one ({n_chunks} chunks)")
+        check(s_usage is not None and s_usage.completion_tokens == r.usage.completion_tokens
+              and s_usage.prompt_tokens == r.usage.prompt_tokens,
+              f"streamed completion {i} usage")
+        # The prompt as token ids gives the same continuation.
+        r2 = client.completions.create(model=base, prompt=ids, max_tokens=32, temperature=0)
+        check(r2.choices[0].text == text, f"completion {i} from token ids")
+
+    # Chat equals HF's greedy answer to the rendered template and `quiver chat`.
+    msg = "What is the capital of France? Answer briefly."
+    r = client.chat.completions.create(model=base, messages=[{"role": "user", "content": msg}],
+                                       max_tokens=32, temperature=0)
+    answer = r.choices[0].message.content
+    check(answer == hf_text(2), f"chat equals HF greedy answer: {answer!r}")
+    check(answer == cli("chat", "--message", msg, "--max-tokens", "32"), "chat equals `quiver chat`")
+    check(r.choices[0].message.role == "assistant" and r.object == "chat.completion",
+          "chat response shape")
+    check(r.usage.prompt_tokens == len(GOLDEN["prompts"][2]["ids"]),
+          "chat usage.prompt_tokens")
+    s_text, s_finish, _, _ = stream_text(client, "chat", model=base,
+                                         messages=[{"role": "user", "content": msg}],
+                                         max_tokens=32, temperature=0)
+    check(s_text == answer and s_finish == r.choices[0].finish_reason,
+          "streamed chat equals the non-streamed one")
+
+    # Stop strings: the continuation of prompt 1 cut before the first "return".
+    full = hf_text(1)
+    cut = full.split("return")[0]
+    r = client.completions.create(model=base, prompt=GOLDEN["prompts"][1]["text"],
+                                  max_tokens=32, temperature=0, stop=["return", "zzz"])
+    check(r.choices[0].text == cut and r.choices[0].finish_reason == "stop",
+          f"stop string cuts the text: {r.choices[0].text!r}")
+    s_text, s_finish, _, _ = stream_text(client, "completions", model=base,
+                                         prompt=GOLDEN["prompts"][1]["text"], max_tokens=32,
+                                         temperature=0, stop="return")
+    check(s_text == cut and s_finish == "stop", "stop string while streaming")
+
+    # Logprobs: completions (top-n alternatives), greedy token is the most likely one.
+    r = client.completions.create(model=base, prompt=GOLDEN["prompts"][1]["text"],
+                                  max_tokens=8, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    ok = len(lp.tokens) == 8 and len(lp.token_logprobs) == 8 and len(lp.top_logprobs) == 8
+    ok = ok and "".join(lp.tokens) == r.choices[0].text
+    ok = ok and all(len(t) == 3 for t in lp.top_logprobs)
+    ok = ok and all(abs(max(t.values()) - l) < 1e-5 for t, l in zip(lp.top_logprobs,
+                                                                     lp.token_logprobs))
+    ok = ok and all(l <= 0 for l in lp.token_logprobs)
+    check(ok, "completion logprobs (8 tokens, top-3, greedy = argmax, text = tokens)")
+    r = client.chat.completions.create(model=base, messages=[{"role": "user", "content": msg}],
+                                       max_tokens=6, temperature=0, logprobs=True,
+                                       top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    ok = len(content) >= 1 and all(len(c.top_logprobs) == 2 for c in content)
+    ok = ok and all(abs(c.top_logprobs[0].logprob - c.logprob) < 1e-5 for c in content)
+    ok = ok and "".join(c.token for c in content) == r.choices[0].message.content
+    check(ok, "chat logprobs (top-2, greedy = argmax)")
+
+    # Seeded sampling is reproducible; sampling parameters are accepted.
+    kw = dict(model=base, prompt="Once upon a time", max_tokens=12, temperature=0.9, top_p=0.95,
+              seed=1234, extra_body={"top_k": 40, "min_p": 0.02, "repetition_penalty": 1.1},
+              presence_penalty=0.2, frequency_penalty=0.1)
+    a = client.completions.create(**kw).choices[0].text
+    b = client.completions.create(**kw).choices[0].text
+    check(a == b, "same seed, same sampled text")
+
+    # Errors, OpenAI-style.
+    good = {"model": base, "prompt": "hi", "max_tokens": 2}
+    expect_error(srv, "no API key", 401, "POST", "/v1/completions", good, key=None)
+    expect_error(srv, "wrong API key", 401, "POST", "/v1/completions", good, key="nope")
+    expect_error(srv, "unknown route", 404, "GET", "/v1/nothing")
+    expect_error(srv, "unknown adapter in model", 404, "POST", "/v1/completions",
+                 dict(good, model=base + ":no-such-adapter"))
+    expect_error(srv, "unknown model name", 404, "POST", "/v1/chat/completions",
+                 {"model": "someone-elses-lora", "messages": [{"role": "user", "content": "x"}]})
+    expect_error(srv, "unknown adapter_id", 404, "POST", "/v1/completions",
+                 dict(good, adapter_id="nope"))
+    h = expect_error(srv, "GET on a POST route", 405, "GET", "/v1/completions")
+    check(h.get("Allow") == "POST", "405 carries Allow: POST")
+    expect_error(srv, "body too large", 413, "POST", "/v1/completions",
+                 json.dumps(dict(good, prompt="x" * 70000)))
+    expect_error(srv, "malformed JSON", 400, "POST", "/v1/completions", "{\"prompt\": ")
+    expect_error(srv, "wrong type", 400, "POST", "/v1/completions",
+                 dict(good, temperature="hot"), param="temperature")
+    expect_error(srv, "missing prompt", 400, "POST", "/v1/completions", {"max_tokens": 3},
+                 param="prompt")
+    expect_error(srv, "n = 2", 400, "POST", "/v1/completions", dict(good, n=2), param="n")
+    expect_error(srv, "max_tokens over the limit", 400, "POST", "/v1/completions",
+                 dict(good, max_tokens=257), param="max_tokens")
+    expect_error(srv, "prompt over the token limit", 400, "POST", "/v1/completions",
+                 dict(good, prompt=" hello" * 600))
+    expect_error(srv, "token id outside the vocabulary", 400, "POST", "/v1/completions",
+                 dict(good, prompt=[1, 2, 10 ** 6]), param="prompt")
+    try:
+        client.completions.create(model=base, prompt="x", max_tokens=2, n=2)
+        check(False, "openai client sees 400 for n=2")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400, "openai client sees 400 for n=2")
+    m = srv.metrics()
+    check(m.get('quiver_requests_total{status="401"}', 0) >= 2 and
+          m.get('quiver_requests_total{status="200"}', 0) >= 10,
+          "/metrics counts requests by status")
+
+
+def run_disconnect_test(srv):
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+    # A counting prompt: the greedy continuation runs to max_tokens without an end token.
+    body = json.dumps({"model": base, "prompt": "1, 2, 3, 4, 5, 6,",
+                       "max_tokens": 250, "temperature": 0, "stream": True})
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    s.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+               + body).encode())
+    got = b""
+    while got.count(b"data: ") < 3 and b"[DONE]" not in got:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    during = srv.metrics()
+    check(during["quiver_kv_pages_used"] > 0, "KV pages in use mid-stream "
+          f"({during['quiver_kv_pages_used']:.0f})")
+    check(b"[DONE]" not in got, "the stream was still running when the client left")
+    s.close()
+    deadline = time.time() + 20
+    m = during
+    while time.time() < deadline:
+        m = srv.metrics()
+        if m["quiver_kv_pages_used"] == 0 and m["quiver_running_sequences"] == 0:
+            break
+        time.sleep(0.1)
+    check(m["quiver_kv_pages_used"] == 0 and m["quiver_running_sequences"] == 0,
+          "disconnect mid-stream frees the sequence and its KV pages")
+    check(srv.raw("GET", "/health")[0] == 200, "healthy after the disconnect")
+    check(any("client disconnected" in line for line in srv.lines),
+          "the disconnect is logged")
+
+
+def run_concurrency_test(srv):
+    client = srv.client()
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+    prompts = [f"Fact number {i} about the ocean:" for i in range(8)] + \
+              [f"def function_{i}(x):" for i in range(8)]
+    solo = [client.completions.create(model=base, prompt=p, max_tokens=24,
+                                      temperature=0).choices[0].text for p in prompts]
+    results = [None] * 16
+
+    def worker(i):
+        try:
+            results[i] = stream_text(client, "completions", model=base, prompt=prompts[i],
+                                     max_tokens=24, temperature=0)[0]
+        except Exception as e:  # noqa: BLE001
+            results[i] = e
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    peak = [0]
+
+    def watch():
+        while any(t.is_alive() for t in threads):
+            try:
+                peak[0] = max(peak[0], srv.metrics()["quiver_running_sequences"])
+            except Exception:  # noqa: BLE001
+                pass
+            time.sleep(0.05)
+
+    for t in threads:
+        t.start()
+    w = threading.Thread(target=watch)
+    w.start()
+    for t in threads:
+        t.join(300)
+    w.join()
+    same = sum(1 for a, b in zip(results, solo) if a == b)
+    check(same == 16, f"16 concurrent streams equal their solo greedy outputs ({same}/16)")
+    for i, (a, b) in enumerate(zip(results, solo)):
+        if a != b:
+            print(f"  stream {i}: {a!r}\n  solo   {i}: {b!r}")
+    check(peak[0] > 1, f"requests were batched together (peak running {peak[0]:.0f})")
+
+
+def run_drain_test(srv):
+    client = srv.client()
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+    out = {}
+
+    def inflight():
+        try:
+            out["r"] = stream_text(client, "completions", model=base,
+                                   prompt="The history of the printing press", max_tokens=48,
+                                   temperature=0, stream_options={"include_usage": True})
+        except Exception as e:  # noqa: BLE001
+            out["r"] = e
+
+    t = threading.Thread(target=inflight)
+    t.start()
+    deadline = time.time() + 20
+    while time.time() < deadline and srv.metrics()["quiver_running_sequences"] == 0:
+        time.sleep(0.02)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    st = srv.raw("GET", "/ready", key=None)[0]
+    check(st == 503, f"/ready is 503 while draining ({st})")
+    expect_error(srv, "new request while draining", 503, "POST", "/v1/completions",
+                 {"prompt": "x", "max_tokens": 2})
+    t.join(120)
+    r = out.get("r")
+    ok = isinstance(r, tuple) and r[1] in ("length", "stop") and r[2] is not None
+    check(ok and r[2].completion_tokens > 0,
+          f"in-flight stream finished during drain: {r if not ok else r[1]}")
+    rc = srv.stop(timeout=60, send=False)  # the SIGTERM above is the only one
+    check(rc == 0, f"exit status 0 after drain ({rc})")
+
+
+def run_queue_limit_test():
+    srv = Server("--queue-limit", "0")
+    try:
+        h = expect_error(srv, "queue full", 429, "POST", "/v1/completions",
+                         {"prompt": "x", "max_tokens": 2}, key=None)
+        check(h.get("Retry-After") is not None, "429 carries Retry-After")
+    finally:
+        rc = srv.stop()
+    check(rc == 0, f"idle server exits 0 on SIGTERM ({rc})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

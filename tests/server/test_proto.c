@@ -1,0 +1,370 @@
+/*
+ * test_proto.c - the proto/ codecs: request decoding (defaults, every field, every type and
+ * range error naming its field), response / chunk / error / models encoding checked by
+ * parsing the JSON back, SSE framing, and allocation failures (no leaks, clean errors).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <cmocka.h>
+
+#include "engine/core.h"
+#include "proto/proto.h"
+
+static qv_status dec(enum qv_proto_endpoint ep, const char *json, qv_proto_request *r,
+                     qv_proto_error *e) {
+    return qv_proto_request_decode(ep, json, strlen(json), r, e);
+}
+
+static void test_completion_defaults(void **state) {
+    (void)state;
+    qv_proto_request r;
+    qv_proto_error e;
+    assert_int_equal(dec(QV_PROTO_COMPLETIONS, "{\"prompt\":\"hi\"}", &r, &e), QV_OK);
+    assert_string_equal(r.prompt, "hi");
+    assert_int_equal(r.prompt_len, 2);
+    assert_null(r.model);
+    assert_null(r.adapter);
+    assert_int_equal(r.max_tokens, -1);
+    assert_true(r.temperature == 1.0f && r.top_p == 1.0f && r.repetition_penalty == 1.0f);
+    assert_int_equal(r.top_k, 0);
+    assert_false(r.stream || r.logprobs || r.has_seed || r.include_usage);
+    assert_int_equal(r.n_stop, 0);
+    qv_proto_request_free(&r);
+}
+
+static void test_completion_all_fields(void **state) {
+    (void)state;
+    const char *json =
+        "{\"model\":\"base:my-lora\",\"prompt\":[\"text\"],\"max_tokens\":7,\"temperature\":0,"
+        "\"top_p\":0.5,\"top_k\":-1,\"min_p\":0.1,\"presence_penalty\":-1.5,"
+        "\"frequency_penalty\":2,\"repetition_penalty\":1.3,\"seed\":-1,\"stop\":[\"a\",\"bc\"],"
+        "\"logprobs\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true},\"n\":1,"
+        "\"user\":\"ignored\",\"echo\":false}";
+    qv_proto_request r;
+    qv_proto_error e;
+    assert_int_equal(dec(QV_PROTO_COMPLETIONS, json, &r, &e), QV_OK);
+    assert_string_equal(r.model, "base:my-lora");
+    assert_string_equal(r.base, "base");
+    assert_string_equal(r.adapter, "my-lora");
+    assert_string_equal(r.prompt, "text");
+    assert_int_equal(r.max_tokens, 7);
+    assert_true(r.temperature == 0.0f && r.top_p == 0.5f && r.min_p == 0.1f);
+    assert_int_equal(r.top_k, 0);
+    assert_true(r.presence_penalty == -1.5f && r.frequency_penalty == 2.0f);
+    assert_true(r.repetition_penalty == 1.3f);
+    assert_true(r.has_seed);
+    assert_true(r.seed == UINT64_MAX);
+    assert_int_equal(r.n_stop, 2);
+    assert_string_equal(r.stop[1], "bc");
+    assert_true(r.logprobs);
+    assert_int_equal(r.top_logprobs, 3);
+    assert_true(r.stream && r.include_usage);
+    qv_proto_request_free(&r);
+}
+
+static void test_prompt_ids_and_adapter_id(void **state) {
+    (void)state;
+    qv_proto_request r;
+    qv_proto_error e;
+    assert_int_equal(dec(QV_PROTO_COMPLETIONS,
+                         "{\"prompt\":[[1,2,49151]],\"adapter_id\":\"x\",\"stop\":\"s\"}", &r, &e),
+                     QV_OK);
+    assert_null(r.prompt);
+    assert_int_equal(r.n_prompt_ids, 3);
+    assert_int_equal(r.prompt_ids[2], 49151);
+    assert_string_equal(r.adapter, "x");
+    assert_int_equal(r.n_stop, 1);
+    assert_string_equal(r.stop[0], "s");
+    qv_proto_request_free(&r);
+    assert_int_equal(dec(QV_PROTO_COMPLETIONS, "{\"prompt\":[5,6],\"model\":\"m\"}", &r, &e),
+                     QV_OK);
+    assert_int_equal(r.n_prompt_ids, 2);
+    assert_string_equal(r.base, "m");
+    assert_null(r.adapter);
+    qv_proto_request_free(&r);
+}
+
+static void test_chat(void **state) {
+    (void)state;
+    const char *json = "{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+                       "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
+                       "{\"type\":\"text\",\"text\":\"b\"}]}],\"logprobs\":true,"
+                       "\"top_logprobs\":2,\"max_completion_tokens\":5}";
+    qv_proto_request r;
+    qv_proto_error e;
+    assert_int_equal(dec(QV_PROTO_CHAT, json, &r, &e), QV_OK);
+    assert_int_equal(r.n_messages, 2);
+    assert_string_equal(r.messages[0].role, "system");
+    assert_string_equal(r.messages[1].content, "ab");
+    assert_true(r.logprobs);
+    assert_int_equal(r.top_logprobs, 2);
+    assert_int_equal(r.max_tokens, 5);
+    qv_proto_request_free(&r);
+}
+
+/* Each bad body must fail with QV_ERR_INVALID and name `param`. */
+static void expect_bad(enum qv_proto_endpoint ep, const char *json, const char *param) {
+    qv_proto_request r;
+    qv_proto_error e;
+    qv_status s = dec(ep, json, &r, &e);
+    if (s != QV_ERR_INVALID || strcmp(e.param, param) != 0)
+        fail_msg("body %s: status %d param '%s' (want '%s'), message '%s'", json, s, e.param, param,
+                 e.message);
+    assert_true(e.message[0] != '\0');
+    qv_proto_request_free(&r);
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    enum qv_proto_endpoint C = QV_PROTO_COMPLETIONS, H = QV_PROTO_CHAT;
+    expect_bad(C, "{", "");
+    expect_bad(C, "[1]", "");
+    expect_bad(C, "{}", "prompt");
+    expect_bad(C, "{\"prompt\":3}", "prompt");
+    expect_bad(C, "{\"prompt\":[]}", "prompt");
+    expect_bad(C, "{\"prompt\":[1,\"a\"]}", "prompt");
+    expect_bad(C, "{\"prompt\":[-1]}", "prompt");
+    expect_bad(C, "{\"prompt\":[1.5]}", "prompt");
+    expect_bad(C, "{\"prompt\":\"x\",\"max_tokens\":\"5\"}", "max_tokens");
+    expect_bad(C, "{\"prompt\":\"x\",\"max_tokens\":0}", "max_tokens");
+    expect_bad(C, "{\"prompt\":\"x\",\"max_tokens\":1.5}", "max_tokens");
+    expect_bad(C, "{\"prompt\":\"x\",\"temperature\":-1}", "temperature");
+    expect_bad(C, "{\"prompt\":\"x\",\"temperature\":\"hot\"}", "temperature");
+    expect_bad(C, "{\"prompt\":\"x\",\"top_p\":0}", "top_p");
+    expect_bad(C, "{\"prompt\":\"x\",\"top_p\":1.5}", "top_p");
+    expect_bad(C, "{\"prompt\":\"x\",\"top_k\":-2}", "top_k");
+    expect_bad(C, "{\"prompt\":\"x\",\"min_p\":2}", "min_p");
+    expect_bad(C, "{\"prompt\":\"x\",\"presence_penalty\":3}", "presence_penalty");
+    expect_bad(C, "{\"prompt\":\"x\",\"frequency_penalty\":-3}", "frequency_penalty");
+    expect_bad(C, "{\"prompt\":\"x\",\"repetition_penalty\":0}", "repetition_penalty");
+    expect_bad(C, "{\"prompt\":\"x\",\"seed\":1.5}", "seed");
+    expect_bad(C, "{\"prompt\":\"x\",\"seed\":\"1\"}", "seed");
+    expect_bad(C, "{\"prompt\":\"x\",\"stop\":5}", "stop");
+    expect_bad(C, "{\"prompt\":\"x\",\"stop\":[\"\"]}", "stop");
+    expect_bad(C, "{\"prompt\":\"x\",\"stop\":[1]}", "stop");
+    expect_bad(C,
+               "{\"prompt\":\"x\",\"stop\":[\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\","
+               "\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]}",
+               "stop");
+    expect_bad(C, "{\"prompt\":\"x\",\"logprobs\":21}", "logprobs");
+    expect_bad(C, "{\"prompt\":\"x\",\"logprobs\":true}", "logprobs");
+    expect_bad(C, "{\"prompt\":\"x\",\"stream\":1}", "stream");
+    expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":1}", "stream_options");
+    expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":{\"include_usage\":\"y\"}}",
+               "stream_options.include_usage");
+    expect_bad(C, "{\"prompt\":\"x\",\"n\":2}", "n");
+    expect_bad(C, "{\"prompt\":\"x\",\"model\":5}", "model");
+    expect_bad(C, "{\"prompt\":\"x\",\"model\":\"b:one\",\"adapter_id\":\"two\"}", "adapter_id");
+    expect_bad(H, "{}", "messages");
+    expect_bad(H, "{\"messages\":[]}", "messages");
+    expect_bad(H, "{\"messages\":[{\"content\":\"x\"}]}", "messages");
+    expect_bad(H, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages");
+    expect_bad(H, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+               "messages");
+    expect_bad(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":3}",
+               "logprobs");
+    expect_bad(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}",
+               "top_logprobs");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,"
+               "\"top_logprobs\":21}",
+               "top_logprobs");
+}
+
+static cJSON *parse(char *json) {
+    assert_non_null(json);
+    cJSON *o = cJSON_Parse(json);
+    qv_free(json);
+    assert_non_null(o);
+    return o;
+}
+
+static const cJSON *path(const cJSON *o, const char *a, const char *b) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+    if (b) x = cJSON_GetObjectItemCaseSensitive(x, b);
+    assert_non_null(x);
+    return x;
+}
+
+static void test_encode_completion(void **state) {
+    (void)state;
+    qv_proto_logprob lps[2] = {{.token = "He",
+                                .logprob = -0.5f,
+                                .n_top = 2,
+                                .top_token = {"He", "She"},
+                                .top_logprob = {-0.5f, -1.0f}},
+                               {.token = "llo", .logprob = -0.25f}};
+    qv_proto_result r = {.endpoint = QV_PROTO_COMPLETIONS,
+                         .id = "cmpl-1",
+                         .model = "m",
+                         .created = 42,
+                         .text = "Hello\"\n",
+                         .text_len = 7,
+                         .finish_reason = "length",
+                         .logprobs = true,
+                         .lps = lps,
+                         .n_lps = 2,
+                         .usage = true,
+                         .prompt_tokens = 3,
+                         .completion_tokens = 2};
+    cJSON *o = parse(qv_proto_encode_response(&r));
+    assert_string_equal(path(o, "object", NULL)->valuestring, "text_completion");
+    assert_int_equal(path(o, "created", NULL)->valueint, 42);
+    const cJSON *ch = cJSON_GetArrayItem(path(o, "choices", NULL), 0);
+    assert_string_equal(path(ch, "text", NULL)->valuestring, "Hello\"\n");
+    assert_string_equal(path(ch, "finish_reason", NULL)->valuestring, "length");
+    const cJSON *lp = path(ch, "logprobs", NULL);
+    assert_string_equal(cJSON_GetArrayItem(path(lp, "tokens", NULL), 1)->valuestring, "llo");
+    assert_true(cJSON_GetArrayItem(path(lp, "token_logprobs", NULL), 0)->valuedouble == -0.5);
+    assert_int_equal(cJSON_GetArrayItem(path(lp, "text_offset", NULL), 1)->valueint, 2);
+    const cJSON *top0 = cJSON_GetArrayItem(path(lp, "top_logprobs", NULL), 0);
+    assert_true(path(top0, "She", NULL)->valuedouble == -1.0);
+    assert_int_equal(path(o, "usage", "total_tokens")->valueint, 5);
+    cJSON_Delete(o);
+}
+
+static void test_encode_chat_and_chunks(void **state) {
+    (void)state;
+    qv_proto_logprob lp = {.token = "\xc3\xa9",
+                           .logprob = -0.1f,
+                           .n_top = 1,
+                           .top_token = {"\xc3\xa9"},
+                           .top_logprob = {-0.1f}};
+    qv_proto_result r = {.endpoint = QV_PROTO_CHAT,
+                         .id = "chatcmpl-1",
+                         .model = "m",
+                         .text = "\xc3\xa9",
+                         .text_len = 2,
+                         .finish_reason = "stop",
+                         .logprobs = true,
+                         .lps = &lp,
+                         .n_lps = 1,
+                         .usage = true,
+                         .prompt_tokens = 1,
+                         .completion_tokens = 1};
+    cJSON *o = parse(qv_proto_encode_response(&r));
+    assert_string_equal(path(o, "object", NULL)->valuestring, "chat.completion");
+    const cJSON *ch = cJSON_GetArrayItem(path(o, "choices", NULL), 0);
+    assert_string_equal(path(ch, "message", "role")->valuestring, "assistant");
+    assert_string_equal(path(ch, "message", "content")->valuestring, "\xc3\xa9");
+    const cJSON *c0 = cJSON_GetArrayItem(path(ch, "logprobs", "content"), 0);
+    assert_int_equal(cJSON_GetArraySize(path(c0, "bytes", NULL)), 2);
+    assert_int_equal(cJSON_GetArrayItem(path(c0, "bytes", NULL), 0)->valueint, 0xc3);
+    assert_int_equal(cJSON_GetArraySize(path(c0, "top_logprobs", NULL)), 1);
+    cJSON_Delete(o);
+
+    /* First chunk carries the role; a running chunk has a null finish_reason. */
+    r.usage = false;
+    r.finish_reason = NULL;
+    r.logprobs = false;
+    o = parse(qv_proto_encode_chunk(&r, true));
+    assert_string_equal(path(o, "object", NULL)->valuestring, "chat.completion.chunk");
+    ch = cJSON_GetArrayItem(path(o, "choices", NULL), 0);
+    assert_string_equal(path(ch, "delta", "role")->valuestring, "assistant");
+    assert_true(cJSON_IsNull(path(ch, "finish_reason", NULL)));
+    assert_true(cJSON_IsNull(path(ch, "logprobs", NULL)));
+    assert_null(cJSON_GetObjectItemCaseSensitive(o, "usage"));
+    cJSON_Delete(o);
+    /* Later chunk: no role. */
+    o = parse(qv_proto_encode_chunk(&r, false));
+    ch = cJSON_GetArrayItem(path(o, "choices", NULL), 0);
+    assert_null(cJSON_GetObjectItemCaseSensitive(path(ch, "delta", NULL), "role"));
+    cJSON_Delete(o);
+    /* Usage chunk: empty choices. */
+    r.usage = true;
+    r.prompt_tokens = 4;
+    r.completion_tokens = 6;
+    o = parse(qv_proto_encode_chunk(&r, false));
+    assert_int_equal(cJSON_GetArraySize(path(o, "choices", NULL)), 0);
+    assert_int_equal(path(o, "usage", "total_tokens")->valueint, 10);
+    cJSON_Delete(o);
+}
+
+static void test_encode_error_models_sse(void **state) {
+    (void)state;
+    cJSON *o = parse(qv_proto_encode_error("bad \"x\"", "invalid_request_error", "x", NULL));
+    assert_string_equal(path(o, "error", "message")->valuestring, "bad \"x\"");
+    assert_string_equal(path(o, "error", "type")->valuestring, "invalid_request_error");
+    assert_string_equal(path(o, "error", "param")->valuestring, "x");
+    assert_true(cJSON_IsNull(path(o, "error", "code")));
+    cJSON_Delete(o);
+    o = parse(qv_proto_encode_error("m", "t", NULL, "c"));
+    assert_true(cJSON_IsNull(path(o, "error", "param")));
+    assert_string_equal(path(o, "error", "code")->valuestring, "c");
+    cJSON_Delete(o);
+    const char *ids[2] = {"a", "b"};
+    o = parse(qv_proto_encode_models(ids, 2, 7, NULL));
+    assert_string_equal(path(o, "object", NULL)->valuestring, "list");
+    assert_string_equal(path(cJSON_GetArrayItem(path(o, "data", NULL), 1), "id", NULL)->valuestring,
+                        "b");
+    cJSON_Delete(o);
+    size_t n = 0;
+    char *f = qv_proto_sse_frame("{\"a\":1}", 7, &n);
+    assert_non_null(f);
+    assert_int_equal(n, strlen("data: {\"a\":1}\n\n"));
+    assert_string_equal(f, "data: {\"a\":1}\n\n");
+    qv_free(f);
+    assert_string_equal(QV_PROTO_SSE_DONE, "data: [DONE]\n\n");
+}
+
+/* Every allocation failure point of a full decode and encode fails cleanly (ASan: no leak). */
+static void test_alloc_failures(void **state) {
+    (void)state;
+    const char *json = "{\"model\":\"b:a\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                       "\"text\",\"text\":\"a\"}]}],\"stop\":[\"x\",\"y\"],\"logprobs\":true}";
+    int failures = 0;
+    for (long k = 0; k < 200; k++) {
+        qv_proto_request r;
+        qv_proto_error e;
+        qv_alloc_fail_after(k);
+        qv_status s = dec(QV_PROTO_CHAT, json, &r, &e);
+        qv_alloc_fail_after(-1);
+        qv_proto_request_free(&r);
+        if (s == QV_OK) break;
+        /* cJSON's parse failing looks like invalid JSON; ours report NOMEM. */
+        assert_true(s == QV_ERR_NOMEM || s == QV_ERR_INVALID);
+        failures++;
+    }
+    assert_true(failures > 3);
+    qv_proto_logprob lp = {
+        .token = "a", .logprob = -1.0f, .n_top = 1, .top_token = {"b"}, .top_logprob = {-2.0f}};
+    qv_proto_result res = {.endpoint = QV_PROTO_COMPLETIONS,
+                           .text = "t",
+                           .text_len = 1,
+                           .logprobs = true,
+                           .lps = &lp,
+                           .n_lps = 1,
+                           .usage = true};
+    for (long k = 0; k < 200; k++) {
+        qv_alloc_fail_after(k);
+        char *out = qv_proto_encode_response(&res);
+        qv_alloc_fail_after(-1);
+        if (out) {
+            qv_free(out);
+            break;
+        }
+    }
+}
+
+int main(void) {
+    cJSON_Hooks hooks = {.malloc_fn = qv_malloc, .free_fn = qv_free};
+    cJSON_InitHooks(&hooks);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_completion_defaults),
+        cmocka_unit_test(test_completion_all_fields),
+        cmocka_unit_test(test_prompt_ids_and_adapter_id),
+        cmocka_unit_test(test_chat),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_encode_completion),
+        cmocka_unit_test(test_encode_chat_and_chunks),
+        cmocka_unit_test(test_encode_error_models_sse),
+        cmocka_unit_test(test_alloc_failures),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
