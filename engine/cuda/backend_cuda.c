@@ -476,6 +476,14 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
             cx->xh_fp16 = e->fp16;
         }
         float *ys = y + (size_t)r0 * (size_t)rows;
+        if (nr <= QV_CUDA_GEMV_MAX_N && cols % 8 == 0) { /* decode: memory-bound warp GEMV */
+            SIG(cx, 13, U(e->dev), U(ys), (uint64_t)rows, (uint64_t)nr, (uint64_t)cols,
+                (uint64_t)(beta != 0.0f));
+            if (!RUN(cx, qv_cuda_gemv(e->dev, cx->xh, ys, rows, cols, nr, beta, e->fp16,
+                                      cx->stream)))
+                return;
+            continue;
+        }
         SIG(cx, 3, U(e->dev), U(ys), (uint64_t)rows, (uint64_t)nr, (uint64_t)cols,
             (uint64_t)(beta != 0.0f));
         /* Column-major view: yᵀ (rows, nr) = W (as (cols, rows))ᵀ · xᵀ (cols, nr). */

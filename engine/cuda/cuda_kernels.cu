@@ -343,6 +343,80 @@ extern "C" int qv_cuda_argmax(const float *x, int n, int width, int32_t *out, cu
     LAUNCH_CHECK("argmax");
 }
 
+/* ---- skinny GEMM (decode): one warp per output row ---- */
+
+#define GEMV_THREADS 128
+
+static __device__ __forceinline__ void dot8(const uint4 &w, const uint4 &x, float &acc, int fp16) {
+    const unsigned wv[4] = {w.x, w.y, w.z, w.w}, xv[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 a, b;
+        if (fp16) {
+            a = __half22float2(*reinterpret_cast<const __half2 *>(&wv[k]));
+            b = __half22float2(*reinterpret_cast<const __half2 *>(&xv[k]));
+        } else {
+            a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&wv[k]));
+            b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&xv[k]));
+        }
+        acc = fmaf(a.x, b.x, acc);
+        acc = fmaf(a.y, b.y, acc);
+    }
+}
+
+template <int NT>
+static __global__ void __launch_bounds__(GEMV_THREADS)
+    k_gemv(const uint16_t *w, const uint16_t *x, float *y, int rows, int cols, int n, float beta,
+           int fp16) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (GEMV_THREADS / 32) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const uint16_t *wr = w + (size_t)r * (size_t)cols;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+#pragma unroll 4
+    for (int c = lane * 8; c < cols; c += 32 * 8) {
+        const uint4 wv = __ldg(reinterpret_cast<const uint4 *>(wr + c));
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            if (t < n) {
+                const uint4 xv = __ldg(reinterpret_cast<const uint4 *>(x + (size_t)t * cols + c));
+                dot8(wv, xv, acc[t], fp16);
+            }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0 && t < n) {
+            float *o = y + (size_t)t * (size_t)rows + r;
+            *o = beta != 0.0f ? v + beta * *o : v;
+        }
+    }
+}
+
+extern "C" int qv_cuda_gemv(const void *w, const void *x, float *y, int rows, int cols, int n,
+                            float beta, int fp16, cudaStream_t s) {
+    if (n <= 0) return 0;
+    const unsigned blocks = (unsigned)((rows + GEMV_THREADS / 32 - 1) / (GEMV_THREADS / 32));
+    const uint16_t *wp = (const uint16_t *)w, *xp = (const uint16_t *)x;
+    if (n == 1)
+        k_gemv<1><<<blocks, GEMV_THREADS, 0, s>>>(wp, xp, y, rows, cols, n, beta, fp16);
+    else if (n == 2)
+        k_gemv<2><<<blocks, GEMV_THREADS, 0, s>>>(wp, xp, y, rows, cols, n, beta, fp16);
+    else if (n <= 4)
+        k_gemv<4><<<blocks, GEMV_THREADS, 0, s>>>(wp, xp, y, rows, cols, n, beta, fp16);
+    else if (n <= QV_CUDA_GEMV_MAX_N)
+        k_gemv<QV_CUDA_GEMV_MAX_N><<<blocks, GEMV_THREADS, 0, s>>>(wp, xp, y, rows, cols, n, beta,
+                                                                   fp16);
+    else {
+        fprintf(stderr, "quiver cuda: gemv: n %d > %d (%s:%d)\n", n, QV_CUDA_GEMV_MAX_N, __FILE__,
+                __LINE__);
+        return -1;
+    }
+    LAUNCH_CHECK("gemv");
+}
+
 /* ---- paged attention ---- */
 
 #define ATT_THREADS 128
@@ -385,7 +459,17 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
                               ((size_t)table[j / a.page_size] * (size_t)a.page_size +
                                (size_t)(j % a.page_size)) * (size_t)kv_dim + (size_t)g * hd;
             float d = 0.0f;
-            for (int i = 0; i < hd; i++) d += qs[i] * kr[i];
+            if ((hd & 3) == 0) { /* 16-byte loads, several in flight */
+                const float4 *k4 = reinterpret_cast<const float4 *>(kr);
+#pragma unroll 8
+                for (int i = 0; i < hd / 4; i++) {
+                    const float4 kv = k4[i];
+                    d += qs[4 * i] * kv.x + qs[4 * i + 1] * kv.y + qs[4 * i + 2] * kv.z +
+                         qs[4 * i + 3] * kv.w;
+                }
+            } else {
+                for (int i = 0; i < hd; i++) d += qs[i] * kr[i];
+            }
             d *= a.scale;
             sc[jj] = d;
             cmax = fmaxf(cmax, d);
@@ -404,6 +488,7 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
         m = m_new;
         for (int k = 0; k < ATT_DPT; k++) acc[k] *= f;
         if (active) {
+#pragma unroll 4
             for (int jj = grp; jj < len; jj += n_grp) {
                 const int j = c0 + jj;
                 const float *vr = a.v_layer +

@@ -58,6 +58,13 @@ int qv_cuda_fill_random_half(void *dst, size_t n, int fp16, uint64_t seed, float
 /* dst[i] = value. */
 int qv_cuda_fill_f32(float *dst, size_t n, float value, cudaStream_t s);
 
+/* Skinny GEMM for n <= QV_CUDA_GEMV_MAX_N rows: y (n, rows) = x (n, cols) · Wᵀ + beta * y,
+ * W (rows, cols) and x both half (bf16, or fp16 when fp16 != 0), fp32 accumulation, one warp
+ * per output row with 16-byte loads. Requires cols % 8 == 0 and 16-byte aligned W and x. */
+#define QV_CUDA_GEMV_MAX_N 8
+int qv_cuda_gemv(const void *w, const void *x, float *y, int rows, int cols, int n, float beta,
+                 int fp16, cudaStream_t s);
+
 /* Paged causal attention (backend.h semantics), all pointers on the device. */
 typedef struct qv_cuda_attn_args {
     const float *q;       /* (n_tokens, n_heads*head_dim) */

@@ -22,7 +22,7 @@
 static qv_backend *cpu, *cu;
 static uint32_t rng = 20261128u;
 /* Host weights stay alive until teardown: the backend's weight map keys on their addresses. */
-static void *keep[16];
+static void *keep[32];
 static int n_keep;
 
 static float *rand_host(size_t n, float scale) {
@@ -67,10 +67,11 @@ static void *make_q8_0(int rows, int cols) {
     return w;
 }
 
-static void matmul_case(enum qv_dtype dt, int rows, int cols, int n, int with_bias) {
+/* acc != 0: matmul_acc onto a random y (y += x·Wᵀ + bias), else matmul. */
+static void matmul_case2(enum qv_dtype dt, int rows, int cols, int n, int with_bias, int acc) {
     char label[128];
-    snprintf(label, sizeof label, "matmul %s %dx%d n=%d%s", qv_dtype_name(dt), rows, cols, n,
-             with_bias ? " +bias" : "");
+    snprintf(label, sizeof label, "%s %s %dx%d n=%d%s", acc ? "matmul_acc" : "matmul",
+             qv_dtype_name(dt), rows, cols, n, with_bias ? " +bias" : "");
     void *wdata;
     size_t rb;
     if (dt == QV_DTYPE_Q8_0) {
@@ -97,9 +98,18 @@ static void matmul_case(enum qv_dtype dt, int rows, int cols, int n, int with_bi
     float *want = malloc((size_t)n * (size_t)rows * sizeof(float));
     cpu->iface->matmul(cpu, &w, x, n, want, bias);
     float *dx = to_dev(x, (size_t)n * (size_t)cols);
-    float *dy = cu->iface->alloc(cu, (size_t)n * (size_t)rows * sizeof(float));
-    assert_non_null(dy);
-    cu->iface->matmul(cu, &w, dx, n, dy, bias);
+    float *dy;
+    if (acc) {
+        float *y0 = rand_host((size_t)n * (size_t)rows, 1.0f);
+        dy = to_dev(y0, (size_t)n * (size_t)rows);
+        for (size_t i = 0; i < (size_t)n * (size_t)rows; i++) want[i] += y0[i];
+        free(y0);
+        cu->iface->matmul_acc(cu, &w, dx, n, dy, bias);
+    } else {
+        dy = cu->iface->alloc(cu, (size_t)n * (size_t)rows * sizeof(float));
+        assert_non_null(dy);
+        cu->iface->matmul(cu, &w, dx, n, dy, bias);
+    }
     float *got = from_dev(dy, (size_t)n * (size_t)rows);
     check(label, got, want, (size_t)n * (size_t)rows, 1e-2);
     cu->iface->free(cu, dy);
@@ -108,17 +118,27 @@ static void matmul_case(enum qv_dtype dt, int rows, int cols, int n, int with_bi
     free(want);
     free(bias);
     free(x);
-    assert_true(n_keep < 16);
+    assert_true(n_keep < 32);
     keep[n_keep++] = wdata;
+}
+
+static void matmul_case(enum qv_dtype dt, int rows, int cols, int n, int with_bias) {
+    matmul_case2(dt, rows, cols, n, with_bias, 0);
 }
 
 static void test_matmul(void **state) {
     (void)state;
+    /* n <= 8 with cols % 8 == 0 take the warp GEMV, the others cuBLAS */
     matmul_case(QV_DTYPE_F32, 200, 256, 1, 0);
+    matmul_case(QV_DTYPE_F32, 300, 2048, 2, 1);
     matmul_case(QV_DTYPE_F32, 96, 512, 37, 1);
     matmul_case(QV_DTYPE_Q8_0, 130, 320, 5, 0);
     matmul_case(QV_DTYPE_F16, 64, 192, 17, 0);
+    matmul_case(QV_DTYPE_F16, 70, 8192, 3, 0);
+    matmul_case(QV_DTYPE_F32, 50, 100, 4, 0); /* cols % 8 != 0: cuBLAS at small n */
     matmul_case(QV_DTYPE_F32, 8, 16384, 300, 0); /* more rows than the GEMM scratch: chunks */
+    matmul_case2(QV_DTYPE_F32, 128, 256, 1, 1, 1);
+    matmul_case2(QV_DTYPE_F32, 128, 256, 40, 0, 1);
 }
 
 static void test_get_rows_gather_argmax(void **state) {
