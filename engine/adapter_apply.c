@@ -476,3 +476,94 @@ qv_status qv_adapter_prefix_store(qv_backend *be, qv_kv_cache *kv, const qv_kv_s
     qv_free(off);
     return QV_OK;
 }
+
+/* ---- batch grouping ---- */
+
+struct qv_adapter_grouper {
+    int cap_tokens, cap_seqs;
+    int32_t *perm;                 /* [cap_tokens] new index -> old index */
+    int32_t *inv;                  /* [cap_tokens] old index -> new index */
+    int32_t *tmp;                  /* [cap_tokens] */
+    int32_t *seg_start;            /* [cap_tokens + 1] */
+    const qv_adapter **seg_ad;     /* [cap_tokens] */
+    const qv_adapter **seq_ad;     /* [cap_seqs] */
+};
+
+void qv_adapter_grouper_free(qv_adapter_grouper *g) {
+    if (!g) return;
+    qv_free(g->perm);
+    qv_free(g->inv);
+    qv_free(g->tmp);
+    qv_free(g->seg_start);
+    qv_free(g->seg_ad);
+    qv_free(g->seq_ad);
+    qv_free(g);
+}
+
+static qv_status grouper_fit(qv_adapter_grouper **pg, int n, int n_seqs, qv_error *err) {
+    qv_adapter_grouper *g = *pg;
+    if (g && g->cap_tokens >= n && g->cap_seqs >= n_seqs) return QV_OK;
+    qv_adapter_grouper_free(g);
+    *pg = g = qv_calloc(1, sizeof(*g));
+    if (!g) return qv_errorf(err, QV_ERR_NOMEM, "adapters: out of memory for grouping");
+    g->cap_tokens = n;
+    g->cap_seqs = n_seqs;
+    size_t T = (size_t)n;
+    g->perm = qv_malloc(T * sizeof(int32_t));
+    g->inv = qv_malloc(T * sizeof(int32_t));
+    g->tmp = qv_malloc(T * sizeof(int32_t));
+    g->seg_start = qv_malloc((T + 1) * sizeof(int32_t));
+    g->seg_ad = qv_malloc(T * sizeof(*g->seg_ad));
+    g->seq_ad = qv_malloc((size_t)n_seqs * sizeof(*g->seq_ad));
+    if (!g->perm || !g->inv || !g->tmp || !g->seg_start || !g->seg_ad || !g->seq_ad) {
+        qv_adapter_grouper_free(g);
+        *pg = NULL;
+        return qv_errorf(err, QV_ERR_NOMEM, "adapters: out of memory for grouping");
+    }
+    return QV_OK;
+}
+
+static void permute(int32_t *a, const int32_t *perm, int n, int32_t *tmp) {
+    for (int j = 0; j < n; j++) tmp[j] = a[perm[j]];
+    memcpy(a, tmp, (size_t)n * sizeof(int32_t));
+}
+
+qv_status qv_adapter_group_batch(qv_adapter_grouper **pg, qv_batch *b, int32_t *tokens,
+                                 int32_t *pos, int32_t *seq, int32_t *logits_idx,
+                                 qv_adapter_of_fn ad_of, void *ctx, qv_error *err) {
+    b->n_segs = 0;
+    b->seg_start = NULL;
+    b->seg_adapter = NULL;
+    const int n = b->n_tokens;
+    bool any = false;
+    for (int s = 0; s < b->n_seqs && !any; s++) any = ad_of(ctx, s) != NULL;
+    if (!any || n <= 0) return QV_OK;
+    qv_status st = grouper_fit(pg, n, b->n_seqs, err);
+    if (st != QV_OK) return st;
+    qv_adapter_grouper *g = *pg;
+    for (int s = 0; s < b->n_seqs; s++) g->seq_ad[s] = ad_of(ctx, s);
+    /* Distinct adapters in order of first appearance; each becomes one segment holding its
+     * tokens in their original order. */
+    int n_segs = 0, j = 0;
+    for (int t = 0; t < n; t++) {
+        const qv_adapter *key = g->seq_ad[seq[t]];
+        bool seen = false;
+        for (int s = 0; s < n_segs && !seen; s++) seen = g->seg_ad[s] == key;
+        if (seen) continue;
+        g->seg_ad[n_segs] = key;
+        g->seg_start[n_segs++] = j;
+        for (int u = t; u < n; u++)
+            if (g->seq_ad[seq[u]] == key) g->perm[j++] = u;
+    }
+    QV_ASSERT(j == n);
+    g->seg_start[n_segs] = n;
+    for (int k = 0; k < n; k++) g->inv[g->perm[k]] = k;
+    permute(tokens, g->perm, n, g->tmp);
+    permute(pos, g->perm, n, g->tmp);
+    permute(seq, g->perm, n, g->tmp);
+    for (int i = 0; i < b->n_logits; i++) logits_idx[i] = g->inv[logits_idx[i]];
+    b->n_segs = n_segs;
+    b->seg_start = g->seg_start;
+    b->seg_adapter = g->seg_ad;
+    return QV_OK;
+}

@@ -79,6 +79,20 @@ void qv_adapter_rt_logits(qv_adapter_rt *rt, const float *y, float *logits);
 qv_status qv_adapter_prefix_store(qv_backend *be, qv_kv_cache *kv, const qv_kv_seq *seq,
                                   const qv_adapter *ad, qv_error *err);
 
+/* Regroups a batch built sequence by sequence so that the tokens of equal adapters are
+ * contiguous, and fills its segment fields. ad_of(ctx, s) names the adapter of batch sequence s
+ * (NULL: none). tokens, pos, seq and logits_idx are b's arrays, writable, permuted in place
+ * (logits_idx keeps its order, its values follow the tokens). When no sequence has an adapter
+ * the batch is left as it is with n_segs = 0. *g is the grouper's scratch, created on first use
+ * (free it with qv_adapter_grouper_free). Errors: QV_ERR_NOMEM. Thread: engine thread. */
+typedef struct qv_adapter_grouper qv_adapter_grouper;
+typedef const qv_adapter *(*qv_adapter_of_fn)(void *ctx, int s);
+qv_status qv_adapter_group_batch(qv_adapter_grouper **g, qv_batch *b, int32_t *tokens,
+                                 int32_t *pos, int32_t *seq, int32_t *logits_idx,
+                                 qv_adapter_of_fn ad_of, void *ctx, qv_error *err);
+/* Accepts NULL. */
+void qv_adapter_grouper_free(qv_adapter_grouper *g);
+
 /* Extra leading positions an adapter adds to a sequence: n_virtual for prefix, prompt and
  * P-tuning adapters, 0 otherwise (and for NULL). */
 int qv_adapter_n_prefix_positions(const qv_adapter *ad);

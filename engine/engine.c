@@ -21,6 +21,7 @@
 #ifdef QV_HAVE_CUDA
 #include "cuda/backend_cuda.h"
 #endif
+#include "adapter_apply.h"
 #include "forward.h"
 #include "kv_cache.h"
 
@@ -60,6 +61,7 @@ struct qv_engine {
     const qv_kv_seq **b_kv;                            /* [max_seqs] */
     int *order_idx;                                    /* [max_seqs] */
     float *logits;                                     /* (max_seqs, n_vocab) */
+    qv_adapter_grouper *grouper; /* groups a step's tokens by adapter (adapter_apply.h) */
 };
 
 void qv_engine_config_default(qv_engine_config *c) {
@@ -189,6 +191,7 @@ void qv_engine_destroy(qv_engine *e) {
     qv_free(e->b_kv);
     qv_free(e->order_idx);
     qv_free(e->logits);
+    qv_adapter_grouper_free(e->grouper);
     qv_free(e);
 }
 
@@ -208,7 +211,16 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
         if (prompt[i] < 0 || prompt[i] >= mc->n_vocab)
             return qv_errorf(err, QV_ERR_INVALID, "prompt token %d out of range [0, %d)",
                              prompt[i], mc->n_vocab);
-    size_t total = n_prompt + (size_t)p->max_tokens;
+    /* Prompt/P-tuning virtual tokens (ids -1-k) and prefix-tuning K/V take the first n_pre
+     * positions; they lead the token array so positions stay equal to indices. */
+    const qv_adapter *ad = p->adapter;
+    const int n_pre = qv_adapter_n_prefix_positions(ad);
+    if (ad && e->be->iface->download)
+        return qv_errorf(err, QV_ERR_UNSUPPORTED, "adapters run on the CPU backend only (%s)",
+                         e->be->iface->name);
+    if (ad && (ad->n_layers != mc->n_layers || (ad->dim && ad->dim != mc->dim)))
+        return qv_errorf(err, QV_ERR_INVALID, "adapter does not fit this model");
+    size_t total = (size_t)n_pre + n_prompt + (size_t)p->max_tokens;
     if (mc->max_pos > 0 && total > (size_t)mc->max_pos)
         return qv_errorf(err, QV_ERR_LIMIT,
                          "prompt (%zu tokens) + max_tokens (%d) exceeds the context length %d",
@@ -234,11 +246,12 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
         s->tokens = NULL;
         return qv_errorf(err, st, "cannot create the sampler");
     }
-    memcpy(s->tokens, prompt, n_prompt * sizeof(int32_t));
+    for (int k = 0; k < n_pre; k++) s->tokens[k] = -1 - k;
+    memcpy(s->tokens + n_pre, prompt, n_prompt * sizeof(int32_t));
     qv_sampler_add_prompt(s->sampler, prompt, n_prompt);
     s->used = true;
     s->id = e->next_id++;
-    s->n_tokens = s->n_prompt = (int)n_prompt;
+    s->n_tokens = s->n_prompt = n_pre + (int)n_prompt;
     s->p = *p;
     s->cb = cb;
     s->user = user;
@@ -280,6 +293,11 @@ static int collect_order(qv_engine *e) {
     return n;
 }
 
+/* qv_adapter_of_fn over the current step's batch sequences. */
+static const qv_adapter *adapter_of(void *ctx, int bs) {
+    return ((qv_engine *)ctx)->b_owner[bs]->p.adapter;
+}
+
 qv_status qv_engine_step(qv_engine *e, qv_error *err) {
     const int budget_total = e->cfg.max_batch_tokens;
     const int n_vocab = e->model->cfg.n_vocab;
@@ -293,6 +311,14 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         if (e->committed_pages + s->pages_promised > e->kv->pool.n_pages) break;
         s->started = true;
         e->committed_pages += s->pages_promised;
+        const qv_adapter *ad = s->p.adapter;
+        if (ad && ad->kind == QV_ADAPTER_PREFIX_TUNING) { /* prefix K/V fill positions 0..nvt-1 */
+            qv_status st = qv_kv_seq_reserve(e->kv, &s->kv, ad->n_virtual);
+            if (st != QV_OK)
+                return qv_errorf(err, st, "KV reserve failed for the prefix of sequence %d", s->id);
+            if ((st = qv_adapter_prefix_store(e->be, e->kv, &s->kv, ad, err)) != QV_OK) return st;
+            s->n_done = ad->n_virtual;
+        }
     }
 
     int n = 0, n_bs = 0, n_logits = 0, budget = budget_total;
@@ -323,7 +349,7 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
     }
     if (n == 0) return QV_OK; /* everything waits for KV pages */
 
-    const qv_batch b = {
+    qv_batch b = {
         .n_tokens = n,
         .tokens = e->b_tokens,
         .pos = e->b_pos,
@@ -333,7 +359,10 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         .n_logits = n_logits,
         .logits_idx = e->b_logits_idx,
     };
-    qv_status st = qv_forward_run(e->fwd, &b, e->logits, err);
+    qv_status st = qv_adapter_group_batch(&e->grouper, &b, e->b_tokens, e->b_pos, e->b_seq,
+                                          e->b_logits_idx, adapter_of, e, err);
+    if (st != QV_OK) return st;
+    st = qv_forward_run(e->fwd, &b, e->logits, err);
     if (st != QV_OK) return st;
 
     /* Account processed tokens, then sample for the sequences that got logits. */

@@ -64,6 +64,10 @@ typedef struct qv_gen_params {
     qv_sampling_params sampling;
     int max_tokens;  /* generated tokens; must be > 0 */
     bool ignore_eos; /* keep going past end-of-generation tokens (benchmarks) */
+    /* Adapter of this request (adapters/adapters.h, loaded against this model) or NULL. The
+     * caller keeps it alive until the sequence finishes. CPU backend only. Prefix, prompt and
+     * P-tuning adapters add n_virtual positions that count toward the context. */
+    const struct qv_adapter *adapter;
 } qv_gen_params;
 
 void qv_gen_params_default(qv_gen_params *p);
