@@ -190,7 +190,7 @@ def train(name: str, model_path: str, tok, template: str) -> dict[str, Any]:
         style, lr, epochs, bs = pirate, 2e-3, 3, 4
     else:
         cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=16)
-        style, lr, epochs, bs = shouting, 3e-2, 3, 4
+        style, lr, epochs, bs = shouting, 3e-2, 5, 4
     pm = get_peft_model(base, cfg)
     pm.peft_config["default"].base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     if name == "shouting":
