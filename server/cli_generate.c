@@ -14,6 +14,9 @@
 #include "engine/engine.h"
 #include "server/cli.h"
 
+#include "adapters/adapters.h"
+#include "engine/adapter_apply.h"
+
 #define MAX_STOPS 16
 
 typedef struct gen_opts {
@@ -28,6 +31,8 @@ typedef struct gen_opts {
     int n_threads;
     size_t kv_mb;
     const char *device;
+    const char *adapter_dir; /* --adapter DIR */
+    qv_adapter *adapter;     /* loaded by open_engine (owned; freed after the engine) */
     bool verbose;
     bool add_special;
     bool show_special;
@@ -69,6 +74,7 @@ static void usage(FILE *f, bool chat) {
             "  --threads N             CPU threads (default: all cores)\n"
             "  --kv-mb N               KV cache budget in MiB (default 256)\n"
             "  --device cpu|cuda       compute device (default cpu)\n"
+            "  --adapter DIR           PEFT / AdapterHub adapter directory (CPU only)\n"
             "  --verbose               log loading details and timings\n",
             default_model(), MAX_STOPS);
 }
@@ -191,6 +197,9 @@ static int parse_opts(int argc, char **argv, bool chat, gen_opts *o) {
                 return 2;
             }
             o->device = v;
+        } else if (!strcmp(a, "--adapter")) {
+            NEED_VALUE;
+            o->adapter_dir = v;
         } else if (!strcmp(a, "--verbose")) {
             o->verbose = true;
         } else {
@@ -251,7 +260,7 @@ static int run_generation(qv_engine *e, const gen_opts *o, const int32_t *ids, s
                           bool verbose, char **reply) {
     const qv_model *m = qv_engine_model(e);
     qv_gen_params gp = o->gp;
-    int room = m->cfg.max_pos - (int)n_ids;
+    int room = m->cfg.max_pos - (int)n_ids - qv_adapter_n_prefix_positions(gp.adapter);
     if (room <= 0) {
         fprintf(stderr, "quiver: the prompt (%zu tokens) fills the context (%d)\n", n_ids,
                 m->cfg.max_pos);
@@ -309,7 +318,7 @@ static int run_generation(qv_engine *e, const gen_opts *o, const int32_t *ids, s
     return 0;
 }
 
-static qv_engine *open_engine(const gen_opts *o) {
+static qv_engine *open_engine(gen_opts *o) {
     if (!o->verbose) qv_log_set_level(QV_LOG_WARN);
     qv_engine_config c;
     qv_engine_config_default(&c);
@@ -322,6 +331,15 @@ static qv_engine *open_engine(const gen_opts *o) {
     if (qv_engine_create(&c, &e, &err) != QV_OK) {
         fprintf(stderr, "quiver: %s\n", err.msg);
         return NULL;
+    }
+    if (o->adapter_dir) {
+        if (qv_adapter_load(o->adapter_dir, qv_engine_model(e), NULL, &o->adapter, &err) !=
+            QV_OK) {
+            fprintf(stderr, "quiver: %s\n", err.msg);
+            qv_engine_destroy(e);
+            return NULL;
+        }
+        o->gp.adapter = o->adapter;
     }
     return e;
 }
@@ -343,6 +361,7 @@ int qv_cli_generate(int argc, char **argv) {
                             &ids, &n_ids, &err) != QV_OK) {
         fprintf(stderr, "quiver: %s\n", err.msg);
         qv_engine_destroy(e);
+        qv_adapter_free(o.adapter);
         return 1;
     }
     if (n_ids == 0) {
@@ -353,6 +372,7 @@ int qv_cli_generate(int argc, char **argv) {
     }
     qv_free(ids);
     qv_engine_destroy(e);
+    qv_adapter_free(o.adapter);
     return rc;
 }
 
@@ -445,5 +465,6 @@ int qv_cli_chat(int argc, char **argv) {
     }
     history_free(&h);
     qv_engine_destroy(e);
+    qv_adapter_free(o.adapter);
     return rc;
 }
