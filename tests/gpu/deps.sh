@@ -5,7 +5,8 @@
 #   source tests/gpu/deps.sh unpack # there: unpack them under /tmp/qv-deps and export the paths
 # pkg-config finds the unpacked .pc files through PKG_CONFIG_SYSROOT_DIR.
 pkgs="libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libcjson-dev libcjson1
-libutf8proc-dev libutf8proc2 libcmocka-dev libcmocka0 pkgconf pkgconf-bin libpkgconf3"
+libutf8proc-dev libutf8proc2 libcmocka-dev libcmocka0 pkgconf pkgconf-bin libpkgconf3
+libmicrohttpd-dev libmicrohttpd12 libuv1-dev libuv1"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 case "${1:-}" in
 fetch)
@@ -13,12 +14,19 @@ fetch)
     (cd "$root/.gpu-deps" && apt-get download $pkgs)
     ;;
 unpack)
-    if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libpcre2-8 libcjson libutf8proc 2>/dev/null; then
+    if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libpcre2-8 libcjson libutf8proc libmicrohttpd libuv 2>/dev/null; then
         return 0 2>/dev/null || exit 0
     fi
     d=/tmp/qv-deps
     mkdir -p $d
     for f in "$root"/.gpu-deps/*.deb; do dpkg -x "$f" $d; done
+    # libmicrohttpd.pc names gnutls in Requires.private, which pkgconf resolves even for
+    # --cflags. Only the server binary links libmicrohttpd and run.sh does not build it, so a
+    # stub gnutls.pc (no flags) is enough for the configure step.
+    pc=$d/usr/lib/x86_64-linux-gnu/pkgconfig
+    if [[ ! -f $pc/gnutls.pc ]]; then
+        printf 'Name: gnutls\nDescription: stub for configuring only\nVersion: 3.7.9\nLibs:\nCflags:\n' >$pc/gnutls.pc
+    fi
     export PATH=$d/usr/bin:$PATH
     export PKG_CONFIG_SYSROOT_DIR=$d
     export PKG_CONFIG_PATH=$d/usr/lib/x86_64-linux-gnu/pkgconfig:$d/usr/share/pkgconfig
