@@ -14,6 +14,13 @@
 
 #include "cpu/cpu_internal.h"
 
+#if defined(__x86_64__)
+#define QV_LORA_X86 1
+#include <immintrin.h>
+#else
+#define QV_LORA_X86 0
+#endif
+
 #define EXPAND_BLOCK 128
 
 float qv__lora_dot(const float *a, const float *b, int n) {
@@ -24,6 +31,72 @@ float qv__lora_dot(const float *a, const float *b, int n) {
     for (; i < n; i++) acc[i & 7] += a[i] * b[i];
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
+
+/* Sequential dot of the n < 8 leftover elements after the vector part. Never inlined, so one
+ * body serves every caller (no FMA contraction differences between call sites). */
+__attribute__((noinline)) static float tail_dot(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+#if QV_LORA_X86
+#define QV_AVX2 __attribute__((target("avx2,fma")))
+
+static inline __attribute__((always_inline, target("avx2,fma"))) float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* out[r] = x · A[r] for r < rank. Each out[r] is one 8-lane FMA chain over the vector part, a
+ * fixed horizontal sum, plus the sequential tail: the same sequence whether r is computed in a
+ * block of 4 or alone. */
+QV_AVX2 static void shrink_row_avx2(const float *x, const float *a, int rank, int n_in,
+                                    float *out) {
+    const int nv = n_in & ~7;
+    const size_t ld = (size_t)n_in;
+    int r = 0;
+    for (; r + 4 <= rank; r += 4) {
+        const float *a0 = a + (size_t)r * ld, *a1 = a0 + ld, *a2 = a1 + ld, *a3 = a2 + ld;
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+        for (int i = 0; i < nv; i += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + i);
+            c0 = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + i), xv, c0);
+            c1 = _mm256_fmadd_ps(_mm256_loadu_ps(a1 + i), xv, c1);
+            c2 = _mm256_fmadd_ps(_mm256_loadu_ps(a2 + i), xv, c2);
+            c3 = _mm256_fmadd_ps(_mm256_loadu_ps(a3 + i), xv, c3);
+        }
+        out[r] = hsum8(c0) + tail_dot(a0 + nv, x + nv, n_in - nv);
+        out[r + 1] = hsum8(c1) + tail_dot(a1 + nv, x + nv, n_in - nv);
+        out[r + 2] = hsum8(c2) + tail_dot(a2 + nv, x + nv, n_in - nv);
+        out[r + 3] = hsum8(c3) + tail_dot(a3 + nv, x + nv, n_in - nv);
+    }
+    for (; r < rank; r++) {
+        const float *a0 = a + (size_t)r * ld;
+        __m256 c0 = _mm256_setzero_ps();
+        for (int i = 0; i < nv; i += 8)
+            c0 = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + i), _mm256_loadu_ps(x + i), c0);
+        out[r] = hsum8(c0) + tail_dot(a0 + nv, x + nv, n_in - nv);
+    }
+}
+
+/* y[o] += scale * (B[o] · z + bias[o]) for o in [o0, o1). */
+QV_AVX2 static void expand_row_avx2(const float *b, const float *z, int rank, const float *bias,
+                                    float scale, float *y, int o0, int o1) {
+    const int nv = rank & ~7;
+    for (int o = o0; o < o1; o++) {
+        const float *bo = b + (size_t)o * (size_t)rank;
+        __m256 c = _mm256_setzero_ps();
+        for (int k = 0; k < nv; k += 8)
+            c = _mm256_fmadd_ps(_mm256_loadu_ps(bo + k), _mm256_loadu_ps(z + k), c);
+        float d = hsum8(c) + tail_dot(bo + nv, z + nv, rank - nv);
+        if (bias) d += bias[o];
+        y[o] += scale * d;
+    }
+}
+#endif
 
 size_t qv__lora_tmp_floats(const qv__lora_seg *segs, int n_segs) {
     size_t n = 0;
@@ -43,6 +116,7 @@ typedef struct lora_task {
     float *y;
     size_t ldy;
     int n_blocks;  /* expand: output blocks per row (1 for shrink) */
+    bool simd;     /* AVX2+FMA row kernels (fixed per backend, so per row) */
     long n_items;  /* rows * n_blocks */
 } lora_task;
 
@@ -70,6 +144,12 @@ static void shrink_item(const lora_task *t, long item) {
     const qv__lora_seg *g = &t->segs[s];
     const float *x = t->x + (size_t)(g->t0 + r) * t->ldx;
     float *out = t->tmp_w + off;
+#if QV_LORA_X86
+    if (t->simd) {
+        shrink_row_avx2(x, g->a, g->rank, t->n_in, out);
+        return;
+    }
+#endif
     for (int k = 0; k < g->rank; k++)
         out[k] = qv__lora_dot(x, g->a + (size_t)k * (size_t)t->n_in, t->n_in);
 }
@@ -85,6 +165,12 @@ static void expand_item(const lora_task *t, long item) {
     const float *z = t->tmp_r + off;
     float *y = t->y + (size_t)(g->t0 + r) * t->ldy;
     int o1 = QV_MIN(t->n_out, (blk + 1) * EXPAND_BLOCK);
+#if QV_LORA_X86
+    if (t->simd) {
+        expand_row_avx2(g->b, z, g->rank, g->b_bias, g->scale, y, blk * EXPAND_BLOCK, o1);
+        return;
+    }
+#endif
     for (int o = blk * EXPAND_BLOCK; o < o1; o++) {
         float d = qv__lora_dot(g->b + (size_t)o * (size_t)g->rank, z, g->rank);
         if (g->b_bias) d += g->b_bias[o];
@@ -109,6 +195,7 @@ static void expand_fn(void *arg, int part, int nth) { run_items(arg, 0, part, nt
 static void dispatch(qv_backend *be, lora_task *t, qv__cpu_task_fn fn) {
     /* Only the CPU backend exposes a pool; its ctx is a qv__cpu_ctx. */
     qv__cpu_ctx *cx = (be && !be->iface->download) ? be->ctx : NULL;
+    t->simd = cx && cx->simd;
     if (!cx || !cx->pool || cx->n_threads <= 1 || t->n_items < 2)
         fn(t, 0, 1);
     else
