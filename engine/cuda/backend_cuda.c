@@ -61,6 +61,20 @@ typedef struct cuda_ctx {
     uint64_t sig, key, clock;
     graph_entry graphs[MAX_GRAPHS];
     int cur_graph;
+    /* Deferred launches merged with the next compatible call: GEMVs on the same input (q/k/v,
+     * gate/up) and the RoPE of q then k. Every other op flushes them first. */
+    struct {
+        int active, fp16, cols, nr;
+        const float *xs;
+        size_t ne;
+        qv_cuda_gemv_segs g;
+    } pg;
+    struct {
+        int active, n, heads, hd;
+        float *x;
+        const int32_t *dp;
+        const float *df;
+    } pr;
     qv_cuda_stats stats;
     double t_step; /* qv_time_s() at step_begin, 0 outside a step */
     cudaEvent_t ev0, ev1; /* device span of a step: first op or graph launch .. download */
@@ -356,6 +370,29 @@ static void sig_add(cuda_ctx *cx, const uint64_t *v, int n) {
 /* Enqueues a launcher call unless the step replays a recorded graph. */
 #define RUN(cx, call) ((cx)->mode == MODE_REPLAY ? 1 : K_OK((cx), (call)))
 
+/* Launches the deferred GEMV group and RoPE, if any. */
+static void flush_pending(cuda_ctx *cx) {
+    if (cx->pg.active) {
+        const qv_cuda_gemv_segs *g = &cx->pg.g;
+        cx->pg.active = 0;
+        SIG(cx, 14, (uint64_t)g->n_segs, U(g->w[0]), U(g->y[0]), (uint64_t)g->rows[0],
+            U(g->w[1]), U(g->y[1]), (uint64_t)g->rows[1], U(g->w[2]), U(g->y[2]),
+            (uint64_t)g->rows[2], U(g->w[3]), U(g->y[3]), (uint64_t)g->rows[3],
+            (uint64_t)cx->pg.nr, (uint64_t)cx->pg.cols, (uint64_t)cx->pg.fp16);
+        if (!cx->failed)
+            (void)RUN(cx, qv_cuda_gemv_multi(g, cx->xh, cx->pg.cols, cx->pg.nr, 0.0f, cx->pg.fp16,
+                                             cx->stream));
+    }
+    if (cx->pr.active) {
+        cx->pr.active = 0;
+        SIG(cx, 6, U(cx->pr.x), (uint64_t)cx->pr.n, (uint64_t)cx->pr.heads, (uint64_t)cx->pr.hd,
+            U(cx->pr.dp), U(cx->pr.df));
+        if (!cx->failed)
+            (void)RUN(cx, qv_cuda_rope(cx->pr.x, cx->pr.n, cx->pr.heads, cx->pr.hd, cx->pr.dp,
+                                       cx->pr.df, cx->stream));
+    }
+}
+
 /* The half-precision GEMM-input cache now holds src (n_elems floats). */
 static void set_xh(cuda_ctx *cx, const float *src, size_t n_elems) {
     cx->xh_src = src;
@@ -413,6 +450,7 @@ static void *cu_alloc(qv_backend *be, size_t n_bytes) {
 /* Marks the block free; the top of the arena shrinks past every freed block at the top. */
 static void cu_free(qv_backend *be, void *p) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     if (!p) return;
     size_t off = (size_t)((unsigned char *)p - cx->a_base);
     for (int i = cx->n_allocs - 1; i >= 0; i--)
@@ -429,6 +467,7 @@ static void cu_free(qv_backend *be, void *p) {
 static void cu_get_rows(qv_backend *be, const qv_tensor *table, const int32_t *ids, int n,
                         float *out) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
     const wentry *e = wfind(cx, table->data);
@@ -468,6 +507,10 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
         const int nr = QV_MIN(chunk, n - r0);
         const float *xs = x + (size_t)r0 * (size_t)cols;
         const size_t ne = (size_t)nr * (size_t)cols;
+        /* a deferred GEMV group on another input must run before xh changes */
+        if (cx->pg.active && !(cx->pg.xs == xs && cx->pg.ne == ne && cx->pg.fp16 == e->fp16 &&
+                               cx->pg.cols == cols))
+            flush_pending(cx);
         if (!(cx->xh_src == xs && cx->xh_n == ne && cx->xh_fp16 == e->fp16)) {
             SIG(cx, 2, U(xs), (uint64_t)ne, (uint64_t)e->fp16);
             if (!RUN(cx, qv_cuda_f32_to_half(xs, cx->xh, ne, e->fp16, cx->stream))) return;
@@ -477,6 +520,25 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
         }
         float *ys = y + (size_t)r0 * (size_t)rows;
         if (nr <= QV_CUDA_GEMV_MAX_N && cols % 8 == 0) { /* decode: memory-bound warp GEMV */
+            if (beta == 0.0f) { /* deferred: merged with GEMVs of the same input */
+                if (cx->pg.active && cx->pg.g.n_segs == QV_CUDA_GEMV_MAX_SEGS) flush_pending(cx);
+                if (!cx->pg.active) {
+                    memset(&cx->pg, 0, sizeof(cx->pg));
+                    cx->pg.active = 1;
+                    cx->pg.fp16 = e->fp16;
+                    cx->pg.cols = cols;
+                    cx->pg.nr = nr;
+                    cx->pg.xs = xs;
+                    cx->pg.ne = ne;
+                }
+                qv_cuda_gemv_segs *g = &cx->pg.g;
+                g->w[g->n_segs] = e->dev;
+                g->y[g->n_segs] = ys;
+                g->rows[g->n_segs] = rows;
+                g->n_segs++;
+                continue;
+            }
+            flush_pending(cx);
             SIG(cx, 13, U(e->dev), U(ys), (uint64_t)rows, (uint64_t)nr, (uint64_t)cols,
                 (uint64_t)(beta != 0.0f));
             if (!RUN(cx, qv_cuda_gemv(e->dev, cx->xh, ys, rows, cols, nr, beta, e->fp16,
@@ -484,6 +546,7 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
                 return;
             continue;
         }
+        flush_pending(cx);
         SIG(cx, 3, U(e->dev), U(ys), (uint64_t)rows, (uint64_t)nr, (uint64_t)cols,
             (uint64_t)(beta != 0.0f));
         /* Column-major view: yᵀ (rows, nr) = W (as (cols, rows))ᵀ · xᵀ (cols, nr). */
@@ -494,6 +557,7 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
             return;
     }
     if (bias) {
+        flush_pending(cx);
         if (!ensure_room(cx, align_up((size_t)rows * sizeof(float)))) return;
         const float *db = dev_f32(cx, bias, (size_t)rows);
         if (!db) return;
@@ -515,6 +579,7 @@ static void cu_matmul_acc(qv_backend *be, const qv_tensor *w, const float *x, in
 static void cu_rmsnorm(qv_backend *be, const float *x, const float *w, int n, int dim, float eps,
                        float *y) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
     if (!ensure_room(cx, align_up((size_t)dim * sizeof(float)))) return;
@@ -539,13 +604,30 @@ static void cu_rope(qv_backend *be, float *x, int n, int n_heads, int head_dim, 
     const int32_t *dp = stage(cx, pos, (size_t)n * sizeof(int32_t));
     const float *df = dev_f32(cx, inv_freq, (size_t)head_dim / 2);
     if (!dp || !df) return;
-    SIG(cx, 6, U(x), (uint64_t)n, (uint64_t)n_heads, (uint64_t)head_dim, U(dp), U(df));
-    (void)RUN(cx, qv_cuda_rope(x, n, n_heads, head_dim, dp, df, cx->stream));
+    if (cx->pr.active && cx->pr.n == n && cx->pr.hd == head_dim && cx->pr.dp == dp &&
+        cx->pr.df == df && cx->pr.x != x) { /* k after q: one launch for both */
+        cx->pr.active = 0;
+        flush_pending(cx); /* the GEMVs that produced q and k */
+        SIG(cx, 15, U(cx->pr.x), (uint64_t)cx->pr.heads, U(x), (uint64_t)n_heads, (uint64_t)n,
+            (uint64_t)head_dim, U(dp), U(df));
+        (void)RUN(cx, qv_cuda_rope2(cx->pr.x, cx->pr.heads, x, n_heads, n, head_dim, dp, df,
+                                    cx->stream));
+        return;
+    }
+    flush_pending(cx);
+    cx->pr.active = 1;
+    cx->pr.x = x;
+    cx->pr.n = n;
+    cx->pr.heads = n_heads;
+    cx->pr.hd = head_dim;
+    cx->pr.dp = dp;
+    cx->pr.df = df;
 }
 
 static void cu_swiglu(qv_backend *be, const float *gate, const float *up, float *out,
                       size_t n_elems) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || !n_elems) return;
     SIG(cx, 7, U(gate), U(up), U(out), (uint64_t)n_elems, (uint64_t)(n_elems <= cx->xh_elems));
@@ -559,6 +641,7 @@ static void cu_swiglu(qv_backend *be, const float *gate, const float *up, float 
 
 static void cu_add(qv_backend *be, float *y, const float *x, size_t n_elems) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || !n_elems) return;
     SIG(cx, 8, U(y), U(x), (uint64_t)n_elems);
@@ -573,6 +656,7 @@ static size_t layer_offset(const qv_kv_pool *pool, int layer) {
 static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float *k,
                         const float *v, int n, const int32_t *slot_page, const int32_t *slot_off) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
     if (!ensure_room(cx, 2 * align_up((size_t)n * sizeof(int32_t)))) return;
@@ -590,6 +674,7 @@ static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float
 static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
                          const qv_attn_batch *ab, const float *q, float *out) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || ab->n_tokens <= 0) return;
     /* Flatten the page tables: stride = pages covering the furthest position of the batch,
@@ -705,6 +790,7 @@ static int end_step(cuda_ctx *cx) {
 static qv_status cu_download(qv_backend *be, void *dst, const void *src, size_t n_bytes,
                              qv_error *err) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     const enum cuda_mode mode = cx->mode;
     const int ok = end_step(cx);
     double t1 = qv_time_s();
@@ -742,6 +828,7 @@ static qv_status cu_download(qv_backend *be, void *dst, const void *src, size_t 
 
 static int cu_step_begin(qv_backend *be, uint64_t key) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     if (cx->mode != MODE_EAGER) (void)end_step(cx); /* a step left open: close it */
     invalidate_xh(cx);
     cx->t_step = qv_time_s();
@@ -776,6 +863,7 @@ static int cu_step_begin(qv_backend *be, uint64_t key) {
 
 static void cu_upload(qv_backend *be, void *dst, const void *src, size_t n_bytes) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || !n_bytes) return;
     if (cx->mode != MODE_EAGER) {
@@ -789,6 +877,7 @@ static void cu_upload(qv_backend *be, void *dst, const void *src, size_t n_bytes
 static void cu_gather_rows(qv_backend *be, const float *src, const int32_t *idx, int n, int width,
                            float *dst) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
     if (!ensure_room(cx, align_up((size_t)n * sizeof(int32_t)))) return;
@@ -800,6 +889,7 @@ static void cu_gather_rows(qv_backend *be, const float *src, const int32_t *idx,
 
 static void cu_argmax(qv_backend *be, const float *x, int n, int width, int32_t *out) {
     cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
     SIG(cx, 12, U(x), (uint64_t)n, (uint64_t)width, U(out));

@@ -10,6 +10,7 @@
  * Thread: launchers run on the host thread that owns the stream.
  */
 #include <stdio.h>
+#include <string.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -224,16 +225,17 @@ extern "C" int qv_cuda_swiglu_half(const float *gate, const float *up, float *ou
 
 /* ---- rope: one block per token, threads over (head, i < half) ---- */
 
-static __global__ void k_rope(float *x, int n_heads, int head_dim, const int32_t *pos,
-                              const float *inv_freq) {
+static __global__ void k_rope(float *x1, int h1, float *x2, int h2, int head_dim,
+                              const int32_t *pos, const float *inv_freq) {
     const int half = head_dim / 2;
     const float p = (float)pos[blockIdx.x];
-    float *row = x + (size_t)blockIdx.x * (size_t)n_heads * (size_t)head_dim;
-    for (int k = threadIdx.x; k < n_heads * half; k += blockDim.x) {
+    float *r1 = x1 + (size_t)blockIdx.x * (size_t)h1 * (size_t)head_dim;
+    float *r2 = x2 ? x2 + (size_t)blockIdx.x * (size_t)h2 * (size_t)head_dim : NULL;
+    for (int k = threadIdx.x; k < (h1 + h2) * half; k += blockDim.x) {
         const int h = k / half, i = k % half;
         float sn, cs;
         sincosf(p * inv_freq[i], &sn, &cs);
-        float *v = row + (size_t)h * (size_t)head_dim;
+        float *v = h < h1 ? r1 + (size_t)h * (size_t)head_dim : r2 + (size_t)(h - h1) * (size_t)head_dim;
         const float a = v[i], b = v[i + half];
         v[i] = a * cs - b * sn;
         v[i + half] = b * cs + a * sn;
@@ -243,8 +245,15 @@ static __global__ void k_rope(float *x, int n_heads, int head_dim, const int32_t
 extern "C" int qv_cuda_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos,
                             const float *inv_freq, cudaStream_t s) {
     if (n <= 0) return 0;
-    k_rope<<<n, 128, 0, s>>>(x, n_heads, head_dim, pos, inv_freq);
+    k_rope<<<n, 128, 0, s>>>(x, n_heads, NULL, 0, head_dim, pos, inv_freq);
     LAUNCH_CHECK("rope");
+}
+
+extern "C" int qv_cuda_rope2(float *x1, int h1, float *x2, int h2, int n, int head_dim,
+                             const int32_t *pos, const float *inv_freq, cudaStream_t s) {
+    if (n <= 0) return 0;
+    k_rope<<<n, 128, 0, s>>>(x1, h1, x2, h2, head_dim, pos, inv_freq);
+    LAUNCH_CHECK("rope2");
 }
 
 /* ---- element-wise ---- */
@@ -366,12 +375,15 @@ static __device__ __forceinline__ void dot8(const uint4 &w, const uint4 &x, floa
 
 template <int NT>
 static __global__ void __launch_bounds__(GEMV_THREADS)
-    k_gemv(const uint16_t *w, const uint16_t *x, float *y, int rows, int cols, int n, float beta,
-           int fp16) {
+    k_gemv(qv_cuda_gemv_segs g, const uint16_t *x, int cols, int n, float beta, int fp16) {
     const int lane = threadIdx.x & 31;
-    const int r = blockIdx.x * (GEMV_THREADS / 32) + (threadIdx.x >> 5);
-    if (r >= rows) return;
-    const uint16_t *wr = w + (size_t)r * (size_t)cols;
+    int r = blockIdx.x * (GEMV_THREADS / 32) + (threadIdx.x >> 5);
+    int sg = 0;
+    while (sg < g.n_segs && r >= g.rows[sg]) r -= g.rows[sg++];
+    if (sg >= g.n_segs) return;
+    const int rows = g.rows[sg];
+    float *y = g.y[sg];
+    const uint16_t *wr = (const uint16_t *)g.w[sg] + (size_t)r * (size_t)cols;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
@@ -397,18 +409,30 @@ static __global__ void __launch_bounds__(GEMV_THREADS)
 
 extern "C" int qv_cuda_gemv(const void *w, const void *x, float *y, int rows, int cols, int n,
                             float beta, int fp16, cudaStream_t s) {
+    qv_cuda_gemv_segs g;
+    memset(&g, 0, sizeof(g));
+    g.n_segs = 1;
+    g.w[0] = w;
+    g.y[0] = y;
+    g.rows[0] = rows;
+    return qv_cuda_gemv_multi(&g, x, cols, n, beta, fp16, s);
+}
+
+extern "C" int qv_cuda_gemv_multi(const qv_cuda_gemv_segs *g, const void *x, int cols, int n,
+                                  float beta, int fp16, cudaStream_t s) {
     if (n <= 0) return 0;
-    const unsigned blocks = (unsigned)((rows + GEMV_THREADS / 32 - 1) / (GEMV_THREADS / 32));
-    const uint16_t *wp = (const uint16_t *)w, *xp = (const uint16_t *)x;
+    int total = 0;
+    for (int i = 0; i < g->n_segs; i++) total += g->rows[i];
+    const unsigned blocks = (unsigned)((total + GEMV_THREADS / 32 - 1) / (GEMV_THREADS / 32));
+    const uint16_t *xp = (const uint16_t *)x;
     if (n == 1)
-        k_gemv<1><<<blocks, GEMV_THREADS, 0, s>>>(wp, xp, y, rows, cols, n, beta, fp16);
+        k_gemv<1><<<blocks, GEMV_THREADS, 0, s>>>(*g, xp, cols, n, beta, fp16);
     else if (n == 2)
-        k_gemv<2><<<blocks, GEMV_THREADS, 0, s>>>(wp, xp, y, rows, cols, n, beta, fp16);
+        k_gemv<2><<<blocks, GEMV_THREADS, 0, s>>>(*g, xp, cols, n, beta, fp16);
     else if (n <= 4)
-        k_gemv<4><<<blocks, GEMV_THREADS, 0, s>>>(wp, xp, y, rows, cols, n, beta, fp16);
+        k_gemv<4><<<blocks, GEMV_THREADS, 0, s>>>(*g, xp, cols, n, beta, fp16);
     else if (n <= QV_CUDA_GEMV_MAX_N)
-        k_gemv<QV_CUDA_GEMV_MAX_N><<<blocks, GEMV_THREADS, 0, s>>>(wp, xp, y, rows, cols, n, beta,
-                                                                   fp16);
+        k_gemv<QV_CUDA_GEMV_MAX_N><<<blocks, GEMV_THREADS, 0, s>>>(*g, xp, cols, n, beta, fp16);
     else {
         fprintf(stderr, "quiver cuda: gemv: n %d > %d (%s:%d)\n", n, QV_CUDA_GEMV_MAX_N, __FILE__,
                 __LINE__);

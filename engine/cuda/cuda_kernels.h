@@ -37,6 +37,9 @@ int qv_cuda_swiglu_half(const float *gate, const float *up, float *out, void *oh
 /* HF rotate_half RoPE in place; pos and inv_freq on the device. */
 int qv_cuda_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos,
                  const float *inv_freq, cudaStream_t s);
+/* RoPE of two tensors at the same positions in one launch (q and k). */
+int qv_cuda_rope2(float *x1, int h1, float *x2, int h2, int n, int head_dim, const int32_t *pos,
+                  const float *inv_freq, cudaStream_t s);
 /* out = silu(gate) * up; out may alias gate. */
 int qv_cuda_swiglu(const float *gate, const float *up, float *out, size_t n, cudaStream_t s);
 /* y += x. */
@@ -64,6 +67,17 @@ int qv_cuda_fill_f32(float *dst, size_t n, float value, cudaStream_t s);
 #define QV_CUDA_GEMV_MAX_N 8
 int qv_cuda_gemv(const void *w, const void *x, float *y, int rows, int cols, int n, float beta,
                  int fp16, cudaStream_t s);
+/* Several weights applied to the same x in one launch (q/k/v, gate/up): segment i computes
+ * y[i] (n, rows[i]) = x · w[i]ᵀ + beta * y[i]. */
+#define QV_CUDA_GEMV_MAX_SEGS 4
+typedef struct qv_cuda_gemv_segs {
+    const void *w[QV_CUDA_GEMV_MAX_SEGS];
+    float *y[QV_CUDA_GEMV_MAX_SEGS];
+    int rows[QV_CUDA_GEMV_MAX_SEGS];
+    int n_segs;
+} qv_cuda_gemv_segs;
+int qv_cuda_gemv_multi(const qv_cuda_gemv_segs *g, const void *x, int cols, int n, float beta,
+                       int fp16, cudaStream_t s);
 
 /* Paged causal attention (backend.h semantics), all pointers on the device. */
 typedef struct qv_cuda_attn_args {

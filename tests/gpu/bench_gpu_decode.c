@@ -107,6 +107,34 @@ done:
     return rc;
 }
 
+/* Bandwidth of the projections alone: REPS y += x·Wᵀ on the 1B model's gate weight (8192 x
+ * 2048 bf16, 32 MiB) at n = 1 (warp GEMV) and n = 32 (cuBLAS), eager launches. */
+static void gemv_bandwidth(qv_backend *be, const qv_model *m, double bw, char *note, size_t len) {
+    enum { REPS = 200 };
+    const qv_tensor *w = &m->layers[0].w_gate;
+    const size_t wbytes = (size_t)w->n_rows * (size_t)w->n_cols * 2;
+    float *x = be->iface->alloc(be, sizeof(float) * 32 * (size_t)w->n_cols);
+    float *y = be->iface->alloc(be, sizeof(float) * 32 * (size_t)w->n_rows);
+    double gbs[2] = {0, 0};
+    static const int ns[2] = {1, 32};
+    qv_error err = {0};
+    if (x && y) {
+        for (int k = 0; k < 2; k++) {
+            (void)be->iface->download(be, NULL, NULL, 0, &err);
+            double t0 = qv_time_s();
+            for (int r = 0; r < REPS; r++) be->iface->matmul_acc(be, w, x, ns[k], y, NULL);
+            if (be->iface->download(be, NULL, NULL, 0, &err) != QV_OK) break;
+            gbs[k] = (double)wbytes * REPS / (qv_time_s() - t0);
+        }
+    }
+    snprintf(note, len,
+             "projection bandwidth (8192x2048 bf16, %d back-to-back launches): n=1 warp GEMV "
+             "%.0f GB/s (%.0f%% of the copy bandwidth), n=32 cuBLAS %.0f GB/s (%.0f%%)",
+             REPS, gbs[0] / 1e9, 100.0 * gbs[0] / bw, gbs[1] / 1e9, 100.0 * gbs[1] / bw);
+    if (y) be->iface->free(be, y);
+    if (x) be->iface->free(be, x);
+}
+
 int main(int argc, char **argv) {
     int steps = argc > 1 ? atoi(argv[1]) : 32;
     if (steps <= 0) steps = 32;
@@ -122,7 +150,7 @@ int main(int argc, char **argv) {
            major, minor, bw / 1e9);
     if (bw <= 0) return 1;
 
-    bench_model models[2];
+    bench_model models[3];
     memset(models, 0, sizeof(models));
     models[0].name = "SmolLM2-135M-shaped";
     models[0].cfg = (qv_model_config){.n_vocab = 49152, .dim = 576, .n_ff = 1536, .n_layers = 30,
@@ -134,13 +162,19 @@ int main(int argc, char **argv) {
                                       .n_heads = 32, .n_kv_heads = 8, .head_dim = 64,
                                       .max_pos = 8192, .norm_eps = 1e-5f, .rope_theta = 500000.0f,
                                       .tie_embeddings = true};
+    /* weights of a few MB: the step time is the per-kernel cost of a 30-layer graph */
+    models[2].name = "tiny-30-layer (overhead probe)";
+    models[2].cfg = (qv_model_config){.n_vocab = 512, .dim = 128, .n_ff = 256, .n_layers = 30,
+                                      .n_heads = 2, .n_kv_heads = 1, .head_dim = 64,
+                                      .max_pos = 8192, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+                                      .tie_embeddings = true};
     static const int batches[3] = {1, 32, 128};
     printf("\n| model | weights (MB) | batch | ms/step | tokens/s | weight-read floor tokens/s | "
            "ratio to floor | vs batch 1 |\n|---|---|---|---|---|---|---|---|\n");
     int rc = 0;
-    static char notes[8][256];
+    static char notes[12][320];
     int n_notes = 0;
-    for (int mi = 0; mi < 2; mi++) {
+    for (int mi = 0; mi < 3; mi++) {
         qv_model *m = NULL;
         qv_backend *be = NULL;
         qv_kv_cache *kv = NULL;
@@ -164,7 +198,7 @@ int main(int argc, char **argv) {
         } else {
             const double wbytes = (double)qv_backend_cuda_weight_bytes(be);
             double ms1 = 0;
-            for (int bi = 0; bi < 3; bi++) {
+            for (int bi = 0; bi < (mi == 2 ? 1 : 3); bi++) {
                 const int B = batches[bi];
                 double ms = 0;
                 qv_cuda_stats cs;
@@ -187,6 +221,7 @@ int main(int argc, char **argv) {
                        ms1 > 0 ? tps / (1e3 / ms1) : 0.0);
                 fflush(stdout);
             }
+            if (mi == 1) gemv_bandwidth(be, m, bw, notes[n_notes++], sizeof notes[0]);
         }
         qv_forward_destroy(fwd);
         qv_kv_cache_destroy(kv);

@@ -141,6 +141,40 @@ static void test_matmul(void **state) {
     matmul_case2(QV_DTYPE_F32, 128, 256, 40, 0, 1);
 }
 
+/* Three projections of one input (q/k/v-like), n = 3: the backend runs them as one grouped
+ * GEMV launch; each output must match the CPU. */
+static void test_gemv_group(void **state) {
+    (void)state;
+    const int cols = 512, n = 3;
+    const int rows[3] = {256, 64, 64};
+    qv_error err = {0};
+    float *x = rand_host((size_t)n * cols, 1.0f);
+    float *dx = to_dev(x, (size_t)n * cols);
+    float *dy[3], *want[3];
+    qv_tensor w[3];
+    for (int i = 0; i < 3; i++) {
+        float *wf = rand_host((size_t)rows[i] * cols, 0.1f);
+        w[i] = (qv_tensor){QV_DTYPE_F32, rows[i], cols, (size_t)cols * 4, wf};
+        assert_int_equal(qv_backend_cuda_add_tensor(cu, &w[i], 0, &err), QV_OK);
+        keep[n_keep++] = wf;
+        want[i] = malloc(sizeof(float) * (size_t)n * rows[i]);
+        cpu->iface->matmul(cpu, &w[i], x, n, want[i], NULL);
+        dy[i] = cu->iface->alloc(cu, sizeof(float) * (size_t)n * rows[i]);
+    }
+    for (int i = 0; i < 3; i++) cu->iface->matmul(cu, &w[i], dx, n, dy[i], NULL);
+    for (int i = 0; i < 3; i++) {
+        float *got = from_dev(dy[i], (size_t)n * rows[i]);
+        char label[64];
+        snprintf(label, sizeof label, "grouped gemv part %d (%dx%d)", i, rows[i], cols);
+        check(label, got, want[i], (size_t)n * rows[i], 1e-2);
+        free(got);
+        free(want[i]);
+    }
+    for (int i = 2; i >= 0; i--) cu->iface->free(cu, dy[i]);
+    cu->iface->free(cu, dx);
+    free(x);
+}
+
 static void test_get_rows_gather_argmax(void **state) {
     (void)state;
     const int rows = 300, cols = 96, n = 9;
@@ -206,15 +240,22 @@ static void test_rmsnorm_rope_swiglu_add(void **state) {
         float *inv = malloc(sizeof(float) * (size_t)hd / 2);
         for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)hd);
         int32_t pos[7] = {0, 1, 17, 255, 1000, 4097, 8191};
-        float *dx = to_dev(x, (size_t)n * nh * hd);
+        /* q then k at the same positions: the backend merges them into one launch */
+        float *x2 = rand_host((size_t)n * 2 * hd, 1.0f);
+        float *dx = to_dev(x, (size_t)n * nh * hd), *dx2 = to_dev(x2, (size_t)n * 2 * hd);
         cpu->iface->rope(cpu, x, n, nh, hd, pos, inv);
+        cpu->iface->rope(cpu, x2, n, 2, hd, pos, inv);
         cu->iface->rope(cu, dx, n, nh, hd, pos, inv);
-        float *got = from_dev(dx, (size_t)n * nh * hd);
+        cu->iface->rope(cu, dx2, n, 2, hd, pos, inv);
+        float *got = from_dev(dx, (size_t)n * nh * hd), *got2 = from_dev(dx2, (size_t)n * 2 * hd);
         char label[64];
-        snprintf(label, sizeof label, "rope head_dim %d", hd);
+        snprintf(label, sizeof label, "rope head_dim %d (q)", hd);
         check(label, got, x, (size_t)n * nh * hd, 1e-5);
+        snprintf(label, sizeof label, "rope head_dim %d (k)", hd);
+        check(label, got2, x2, (size_t)n * 2 * hd, 1e-5);
+        cu->iface->free(cu, dx2);
         cu->iface->free(cu, dx);
-        free(x), free(inv), free(got);
+        free(x), free(x2), free(inv), free(got), free(got2);
     }
     /* swiglu (out aliases gate) and add */
     {
@@ -353,6 +394,7 @@ int main(void) {
 #ifdef QV_HAVE_CUDA
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_gemv_group),
         cmocka_unit_test(test_get_rows_gather_argmax),
         cmocka_unit_test(test_rmsnorm_rope_swiglu_add),
         cmocka_unit_test(test_attention),
