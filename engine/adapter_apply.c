@@ -89,9 +89,8 @@ static bool grow(float **p, size_t *cap, size_t need) {
     return true;
 }
 
-/* Checks that one adapter fits the model and uses only what is implemented here. */
-static qv_status check_adapter(const qv_adapter_rt *rt, const qv_adapter *ad, qv_error *err) {
-    const qv_model_config *c = &rt->m->cfg;
+qv_status qv_adapter_check_model(const qv_adapter *ad, const qv_model *m, qv_error *err) {
+    const qv_model_config *c = &m->cfg;
     if (ad->n_layers != c->n_layers || (ad->dim && ad->dim != c->dim))
         return qv_errorf(err, QV_ERR_INVALID,
                          "adapters: adapter has %d layers / dim %d, model %d / %d", ad->n_layers,
@@ -130,7 +129,7 @@ qv_status qv_adapter_rt_begin(qv_adapter_rt *rt, const qv_batch *b, qv_error *er
         if (t1 < t0) return qv_errorf(err, QV_ERR_INVALID, "adapters: segment %d ends early", s);
         const qv_adapter *ad = seg_ad(rt, s);
         if (ad) {
-            qv_status st = check_adapter(rt, ad, err);
+            qv_status st = qv_adapter_check_model(ad, rt->m, err);
             if (st != QV_OK) return st;
             rt->active = true;
             int max_rank = QV_MAX(ad->embed_lora.rank, ad->lm_head_lora.rank);
@@ -428,9 +427,12 @@ void qv_adapter_rt_logits(qv_adapter_rt *rt, const float *y, float *logits) {
         if (!ad) continue;
         const float *yi = y + (size_t)i * (size_t)dim;
         float *li = logits + (size_t)i * (size_t)V;
-        if (ad->lm_head_replace)
-            for (int v = 0; v < V; v++)
-                li[v] = qv__lora_dot(ad->lm_head_replace + (size_t)v * (size_t)dim, yi, dim);
+        if (ad->lm_head_replace) { /* the adapter's own lm_head replaces the base one */
+            const qv_tensor w = {.dtype = QV_DTYPE_F32, .n_rows = V, .n_cols = dim,
+                                 .row_bytes = (size_t)dim * sizeof(float),
+                                 .data = ad->lm_head_replace};
+            rt->be->iface->matmul(rt->be, &w, yi, 1, li, NULL);
+        }
         const qv_lora *lo = &ad->lm_head_lora;
         if (lo->rank) {
             qv__lora_seg g = {.t0 = 0, .n = 1, .rank = lo->rank, .scale = lo->scale, .a = lo->a,

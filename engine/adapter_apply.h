@@ -93,6 +93,11 @@ qv_status qv_adapter_group_batch(qv_adapter_grouper **g, qv_batch *b, int32_t *t
 /* Accepts NULL. */
 void qv_adapter_grouper_free(qv_adapter_grouper *g);
 
+/* Checks that `ad` fits model `m` (layers, dims, KV shape for prefix tuning, DoRA scales
+ * computed against a base) and uses only features implemented here. Errors: QV_ERR_INVALID,
+ * QV_ERR_UNSUPPORTED. Thread: any. */
+qv_status qv_adapter_check_model(const qv_adapter *ad, const qv_model *m, qv_error *err);
+
 /* Extra leading positions an adapter adds to a sequence: n_virtual for prefix, prompt and
  * P-tuning adapters, 0 otherwise (and for NULL). */
 int qv_adapter_n_prefix_positions(const qv_adapter *ad);

@@ -218,8 +218,7 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     if (ad && e->be->iface->download)
         return qv_errorf(err, QV_ERR_UNSUPPORTED, "adapters run on the CPU backend only (%s)",
                          e->be->iface->name);
-    if (ad && (ad->n_layers != mc->n_layers || (ad->dim && ad->dim != mc->dim)))
-        return qv_errorf(err, QV_ERR_INVALID, "adapter does not fit this model");
+    if (ad && (st = qv_adapter_check_model(ad, e->model, err)) != QV_OK) return st;
     size_t total = (size_t)n_pre + n_prompt + (size_t)p->max_tokens;
     if (mc->max_pos > 0 && total > (size_t)mc->max_pos)
         return qv_errorf(err, QV_ERR_LIMIT,
