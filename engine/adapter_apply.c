@@ -123,10 +123,12 @@ qv_status qv_adapter_rt_begin(qv_adapter_rt *rt, const qv_batch *b, qv_error *er
         b->seg_start[b->n_segs] != n)
         return qv_errorf(err, QV_ERR_INVALID, "adapters: segments must cover [0, %d) in order",
                          n);
+    for (int s = 0; s < b->n_segs; s++)
+        if (b->seg_start[s + 1] < b->seg_start[s] || b->seg_start[s + 1] > n)
+            return qv_errorf(err, QV_ERR_INVALID, "adapters: segment %d is out of order", s);
     size_t need_tmp = 0, need_ap = 0;
     for (int s = 0; s < b->n_segs; s++) {
         int t0 = b->seg_start[s], t1 = b->seg_start[s + 1];
-        if (t1 < t0) return qv_errorf(err, QV_ERR_INVALID, "adapters: segment %d ends early", s);
         const qv_adapter *ad = seg_ad(rt, s);
         if (ad) {
             qv_status st = qv_adapter_check_model(ad, rt->m, err);

@@ -340,8 +340,69 @@ static void test_mixed_engine(void **state) {
     qv_engine_destroy(e);
 }
 
+/* Malformed segments, stray virtual ids and adapters of another model are refused. */
+static void test_refusals(void **state) {
+    (void)state;
+    golden_runner r;
+    assert_int_equal(golden_open(&r, qv_test_path("tests/fixtures/models/tiny-llama-gqa"), 1, 64,
+                                 4, 16),
+                     0);
+    qv_adapter *lora = load_ad(r.m, "tiny-llama-gqa/lora_qv_r4");
+    qv_adapter *prompt = load_ad(r.m, "tiny-llama-gqa/prompt_nvt4");
+    qv_adapter *other = NULL; /* another model's adapter, loaded without a base */
+    qv_error err = {0};
+    assert_int_equal(qv_adapter_load(qv_test_path("tests/fixtures/adapters/tiny-llama/prefix_nvt5"),
+                                     NULL, NULL, &other, &err),
+                     QV_OK);
+    qv_kv_seq seq = {0};
+    assert_int_equal(qv_kv_seq_reserve(r.kv, &seq, 8), QV_OK);
+    const qv_kv_seq *seqs[1] = {&seq};
+    int32_t tok[4] = {5, 6, -1, 7}, pos[4] = {0, 1, 2, 3}, sq[4] = {0}, li[1] = {3};
+    float logits[300];
+    int32_t starts[3] = {0, 2, 4};
+    const qv_adapter *ads[2] = {lora, prompt};
+    qv_batch b = {.n_tokens = 4, .tokens = tok, .pos = pos, .seq = sq, .n_seqs = 1, .seqs = seqs,
+                  .n_logits = 1, .logits_idx = li, .n_segs = 2, .seg_start = starts,
+                  .seg_adapter = ads};
+    assert_int_equal(qv_forward_run(r.fwd, &b, logits, &err), QV_OK); /* -1 = prompt token 0 */
+    ads[1] = lora; /* a LoRA segment has no virtual tokens */
+    assert_int_equal(qv_forward_run(r.fwd, &b, logits, &err), QV_ERR_INVALID);
+    printf("refused: %s\n", err.msg);
+    ads[1] = prompt;
+    tok[2] = -5; /* prompt_nvt4 has virtual tokens 0..3 */
+    assert_int_equal(qv_forward_run(r.fwd, &b, logits, &err), QV_ERR_INVALID);
+    tok[2] = 9;
+    starts[2] = 3; /* segments must end at n_tokens */
+    assert_int_equal(qv_forward_run(r.fwd, &b, logits, &err), QV_ERR_INVALID);
+    starts[2] = 4;
+    starts[1] = 5; /* out of order */
+    assert_int_equal(qv_forward_run(r.fwd, &b, logits, &err), QV_ERR_INVALID);
+    starts[1] = 2;
+    ads[0] = other;
+    assert_int_equal(qv_forward_run(r.fwd, &b, logits, &err), QV_ERR_INVALID);
+    printf("refused: %s\n", err.msg);
+    b.n_segs = 0; /* no segments: negative ids are invalid */
+    tok[2] = -1;
+    assert_int_equal(qv_forward_run(r.fwd, &b, logits, &err), QV_ERR_INVALID);
+    qv_kv_seq_release(r.kv, &seq);
+    golden_close(&r);
+
+    qv_engine *e = make_engine();
+    qv_gen_params p;
+    qv_gen_params_default(&p);
+    p.adapter = other;
+    int32_t prompt_ids[2] = {1, 2};
+    assert_int_equal(qv_engine_add(e, prompt_ids, 2, &p, NULL, NULL, NULL, &err), QV_ERR_INVALID);
+    printf("refused: %s\n", err.msg);
+    qv_engine_destroy(e);
+    qv_adapter_free(lora);
+    qv_adapter_free(prompt);
+    qv_adapter_free(other);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_mixed_forward),
-                                       cmocka_unit_test(test_mixed_engine)};
+                                       cmocka_unit_test(test_mixed_engine),
+                                       cmocka_unit_test(test_refusals)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
