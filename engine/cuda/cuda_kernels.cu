@@ -387,7 +387,7 @@ static __global__ void __launch_bounds__(GEMV_THREADS)
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-#pragma unroll 4
+#pragma unroll 8 /* 8 independent 16-byte weight loads in flight per lane */
     for (int c = lane * 8; c < cols; c += 32 * 8) {
         const uint4 wv = __ldg(reinterpret_cast<const uint4 *>(wr + c));
 #pragma unroll
