@@ -347,6 +347,16 @@ void qv_proto_request_free(qv_proto_request *r) {
 
 /* ---- encoders ---- */
 
+/* Adds item under key; on failure (NULL item, or the key copy failing) frees the item. */
+static bool put_item(cJSON *obj, const char *key, cJSON *item) {
+    if (!item) return false;
+    if (!cJSON_AddItemToObject(obj, key, item)) {
+        cJSON_Delete(item);
+        return false;
+    }
+    return true;
+}
+
 /* Adds a string of known length (it may hold bytes cJSON would stop at: copy first). */
 static cJSON *add_text(cJSON *obj, const char *name, const char *text, size_t len) {
     char *tmp = qv_strndup(text ? text : "", text ? len : 0);
@@ -385,7 +395,7 @@ static cJSON *chat_logprobs(const qv_proto_result *r) {
         cJSON *top;
         if (!cJSON_AddStringToObject(t, "token", lp->token) ||
             !cJSON_AddNumberToObject(t, "logprob", (double)lp->logprob) ||
-            !cJSON_AddItemToObject(t, "bytes", bytes_array(lp->token)) ||
+            !put_item(t, "bytes", bytes_array(lp->token)) ||
             !(top = cJSON_AddArrayToObject(t, "top_logprobs")))
             goto oom;
         for (int k = 0; k < lp->n_top; k++) {
@@ -393,7 +403,7 @@ static cJSON *chat_logprobs(const qv_proto_result *r) {
             if (!a || !cJSON_AddItemToArray(top, a) ||
                 !cJSON_AddStringToObject(a, "token", lp->top_token[k]) ||
                 !cJSON_AddNumberToObject(a, "logprob", (double)lp->top_logprob[k]) ||
-                !cJSON_AddItemToObject(a, "bytes", bytes_array(lp->top_token[k])))
+                !put_item(a, "bytes", bytes_array(lp->top_token[k])))
                 goto oom;
         }
     }
@@ -464,16 +474,15 @@ static cJSON *choice(const qv_proto_result *r, bool chunk, bool first) {
     if (!c || !cJSON_AddNumberToObject(c, "index", 0)) goto oom;
     if (r->endpoint == QV_PROTO_COMPLETIONS) {
         if (!add_text(c, "text", r->text, r->text_len)) goto oom;
-        cJSON *lp = r->logprobs ? completion_logprobs(r) : cJSON_CreateNull();
-        if (!lp || !cJSON_AddItemToObject(c, "logprobs", lp)) goto oom;
+        if (!put_item(c, "logprobs", r->logprobs ? completion_logprobs(r) : cJSON_CreateNull()))
+            goto oom;
     } else {
         cJSON *m = cJSON_AddObjectToObject(c, chunk ? "delta" : "message");
         if (!m) goto oom;
         if ((!chunk || first) && !cJSON_AddStringToObject(m, "role", "assistant")) goto oom;
         if ((!chunk || r->text_len || first) && !add_text(m, "content", r->text, r->text_len))
             goto oom;
-        cJSON *lp = r->logprobs ? chat_logprobs(r) : cJSON_CreateNull();
-        if (!lp || !cJSON_AddItemToObject(c, "logprobs", lp)) goto oom;
+        if (!put_item(c, "logprobs", r->logprobs ? chat_logprobs(r) : cJSON_CreateNull())) goto oom;
     }
     if (!add_finish(c, r->finish_reason)) goto oom;
     return c;

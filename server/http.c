@@ -120,9 +120,15 @@ struct server {
     uv_loop_t loop;
     uv_async_t wake;
     uv_idle_t stepper;
-    uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer, close_timer;
-    bool stepping, shutting_down;
+    bool stepping, shutting_down, drain_started;
+    /* control thread: its own loop owns the signal handles, so a signal is seen at once even
+     * while the engine thread is inside a long step */
+    uv_loop_t ctl_loop;
+    uv_signal_t sigterm, sigint;
+    uv_async_t ctl_stop;
+    uv_thread_t ctl_thread;
+    bool ctl_running;
     bool loop_closed; /* [inbox_mu] the async handle is closed: post() must not send */
     double shutdown_started;
     request *pending_head, *pending_tail; /* FIFO of requests waiting for admission */
@@ -315,6 +321,7 @@ static bool list_remove(request **head, request **tail, request *r) {
 }
 
 static void maybe_shutdown(server *srv);
+static void start_drain(server *srv);
 
 /* Admits pending requests in FIFO order while the engine accepts them. */
 static void admit(server *srv) {
@@ -421,6 +428,7 @@ static void on_wake(uv_async_t *h) {
         qv_free(m);
         m = next;
     }
+    if (atomic_load(&srv->draining)) start_drain(srv);
     admit(srv);
     update_gauges(srv);
     if ((srv->running || srv->pending_head) && !srv->stepping) {
@@ -453,8 +461,6 @@ static void close_all(server *srv) {
     pthread_mutex_unlock(&srv->inbox_mu);
     uv_close((uv_handle_t *)&srv->wake, NULL);
     uv_close((uv_handle_t *)&srv->stepper, NULL);
-    uv_close((uv_handle_t *)&srv->sigterm, NULL);
-    uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
     uv_close((uv_handle_t *)&srv->close_timer, NULL);
 }
@@ -502,14 +508,64 @@ static void on_drain_timeout(uv_timer_t *t) {
     maybe_shutdown(srv);
 }
 
+/* Engine thread: the control thread saw a signal. */
+static void start_drain(server *srv) {
+    if (srv->drain_started) return;
+    srv->drain_started = true;
+    uv_timer_start(&srv->drain_timer, on_drain_timeout,
+                   (uint64_t)(srv->cfg->drain_timeout_s * 1000.0), 0);
+    maybe_shutdown(srv);
+}
+
+/* Control thread: from here on /ready and new requests see `draining`; the engine thread is
+ * told through its async handle. */
 static void on_signal(uv_signal_t *h, int signum) {
     server *srv = h->data;
     if (atomic_exchange(&srv->draining, 1)) return;
     QV_LOGI("signal %d: draining (new requests get 503, in-flight ones finish, up to %.0f s)",
             signum, srv->cfg->drain_timeout_s);
-    uv_timer_start(&srv->drain_timer, on_drain_timeout,
-                   (uint64_t)(srv->cfg->drain_timeout_s * 1000.0), 0);
-    maybe_shutdown(srv);
+    pthread_mutex_lock(&srv->inbox_mu);
+    if (!srv->loop_closed) uv_async_send(&srv->wake);
+    pthread_mutex_unlock(&srv->inbox_mu);
+}
+
+static void on_ctl_stop(uv_async_t *h) {
+    server *srv = h->data;
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->ctl_stop, NULL);
+}
+
+static void ctl_main(void *arg) {
+    server *srv = arg;
+    uv_run(&srv->ctl_loop, UV_RUN_DEFAULT);
+}
+
+/* Starts the control thread and its signal handles. Returns false on failure. */
+static bool ctl_start(server *srv) {
+    if (uv_loop_init(&srv->ctl_loop) != 0) return false;
+    uv_signal_init(&srv->ctl_loop, &srv->sigterm);
+    uv_signal_init(&srv->ctl_loop, &srv->sigint);
+    uv_async_init(&srv->ctl_loop, &srv->ctl_stop, on_ctl_stop);
+    srv->sigterm.data = srv->sigint.data = srv->ctl_stop.data = srv;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    if (uv_thread_create(&srv->ctl_thread, ctl_main, srv) != 0) {
+        on_ctl_stop(&srv->ctl_stop);
+        uv_run(&srv->ctl_loop, UV_RUN_DEFAULT);
+        uv_loop_close(&srv->ctl_loop);
+        return false;
+    }
+    srv->ctl_running = true;
+    return true;
+}
+
+static void ctl_stop(server *srv) {
+    if (!srv->ctl_running) return;
+    uv_async_send(&srv->ctl_stop);
+    uv_thread_join(&srv->ctl_thread);
+    if (uv_loop_close(&srv->ctl_loop) != 0) QV_LOGW("control loop closed with live handles");
+    srv->ctl_running = false;
 }
 
 /* ---- HTTP side ---- */
@@ -1102,14 +1158,10 @@ int qv_http_serve(const qv_http_config *cfg) {
     loop_ok = true;
     uv_async_init(&srv->loop, &srv->wake, on_wake);
     uv_idle_init(&srv->loop, &srv->stepper);
-    uv_signal_init(&srv->loop, &srv->sigterm);
-    uv_signal_init(&srv->loop, &srv->sigint);
     uv_timer_init(&srv->loop, &srv->drain_timer);
     uv_timer_init(&srv->loop, &srv->close_timer);
-    srv->wake.data = srv->stepper.data = srv->sigterm.data = srv->sigint.data = srv;
+    srv->wake.data = srv->stepper.data = srv;
     srv->drain_timer.data = srv->close_timer.data = srv;
-    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&srv->sigint, on_signal, SIGINT);
 
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof(addr));
@@ -1149,11 +1201,19 @@ int qv_http_serve(const qv_http_config *cfg) {
             cfg->n_threads, cfg->http_threads, cfg->max_body_bytes, cfg->max_prompt_tokens,
             cfg->max_tokens_limit, cfg->queue_limit, cfg->drain_timeout_s,
             cfg->api_key && *cfg->api_key ? "required" : "off");
+    if (!ctl_start(srv)) {
+        fprintf(stderr, "quiver serve: cannot start the signal thread\n");
+        MHD_stop_daemon(srv->daemon);
+        srv->daemon = NULL;
+        close_all(srv);
+        goto out;
+    }
     fprintf(stderr, "quiver serve: listening on http://%s:%d\n", cfg->host, port);
     fflush(stderr);
     update_gauges(srv);
 
     uv_run(&srv->loop, UV_RUN_DEFAULT);
+    ctl_stop(srv);
     MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
     fprintf(stderr, "quiver serve: stopped\n");
