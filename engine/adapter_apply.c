@@ -447,38 +447,144 @@ void qv_adapter_rt_logits(qv_adapter_rt *rt, const float *y, float *logits) {
 
 /* ---- prefix tuning ---- */
 
-qv_status qv_adapter_prefix_store(qv_backend *be, qv_kv_cache *kv, const qv_kv_seq *seq,
-                                  const qv_adapter *ad, qv_error *err) {
+static qv_status prefix_check(qv_backend *be, const qv_kv_cache *kv, const qv_adapter *ad,
+                              qv_error *err) {
     if (be->iface->download)
         return qv_errorf(err, QV_ERR_UNSUPPORTED, "adapters: prefix K/V on a device backend");
     const qv_kv_pool *pool = &kv->pool;
-    if (!ad || ad->kind != QV_ADAPTER_PREFIX_TUNING || !ad->prefix_k)
+    if (!ad || ad->kind != QV_ADAPTER_PREFIX_TUNING || !ad->prefix_k || ad->n_virtual <= 0)
         return qv_errorf(err, QV_ERR_INVALID, "adapters: not a prefix-tuning adapter");
     if (ad->n_layers != pool->n_layers || ad->n_kv_heads != pool->n_kv_heads ||
         ad->head_dim != pool->head_dim)
         return qv_errorf(err, QV_ERR_INVALID, "adapters: prefix K/V shape does not fit the cache");
-    const int nvt = ad->n_virtual, ps = pool->page_size;
-    if (nvt <= 0 || (nvt - 1) / ps >= seq->n_pages)
-        return qv_errorf(err, QV_ERR_INVALID, "adapters: %d prefix positions not reserved", nvt);
-    int32_t *page = qv_malloc((size_t)nvt * sizeof(int32_t));
-    int32_t *off = qv_malloc((size_t)nvt * sizeof(int32_t));
+    return QV_OK;
+}
+
+/* Stores prefix positions [j0, j1) through the page table `pages` (covering them). */
+static qv_status prefix_store_range(qv_backend *be, qv_kv_cache *kv, const int32_t *pages,
+                                    const qv_adapter *ad, int j0, int j1, qv_error *err) {
+    const qv_kv_pool *pool = &kv->pool;
+    const int ps = pool->page_size, n = j1 - j0;
+    if (n <= 0) return QV_OK;
+    int32_t *page = qv_malloc((size_t)n * sizeof(int32_t));
+    int32_t *off = qv_malloc((size_t)n * sizeof(int32_t));
     if (!page || !off) {
         qv_free(page);
         qv_free(off);
         return qv_errorf(err, QV_ERR_NOMEM, "adapters: out of memory");
     }
-    for (int j = 0; j < nvt; j++) {
-        page[j] = seq->pages[j / ps];
-        off[j] = j % ps;
+    for (int j = j0; j < j1; j++) {
+        page[j - j0] = pages[j / ps];
+        off[j - j0] = j % ps;
     }
-    const size_t per_layer = (size_t)nvt * (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
-    qv_kv_pool *wpool = &kv->pool;
+    const size_t kvd = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
+    const size_t per_layer = (size_t)ad->n_virtual * kvd;
     for (int l = 0; l < ad->n_layers; l++)
-        be->iface->kv_store(be, wpool, l, ad->prefix_k + (size_t)l * per_layer,
-                            ad->prefix_v + (size_t)l * per_layer, nvt, page, off);
+        be->iface->kv_store(be, &kv->pool, l, ad->prefix_k + (size_t)l * per_layer + (size_t)j0 * kvd,
+                            ad->prefix_v + (size_t)l * per_layer + (size_t)j0 * kvd, n, page, off);
     qv_free(page);
     qv_free(off);
     return QV_OK;
+}
+
+qv_status qv_adapter_prefix_store(qv_backend *be, qv_kv_cache *kv, const qv_kv_seq *seq,
+                                  const qv_adapter *ad, qv_error *err) {
+    qv_status st = prefix_check(be, kv, ad, err);
+    if (st != QV_OK) return st;
+    const int nvt = ad->n_virtual;
+    if ((nvt - 1) / kv->pool.page_size >= seq->n_pages)
+        return qv_errorf(err, QV_ERR_INVALID, "adapters: %d prefix positions not reserved", nvt);
+    return prefix_store_range(be, kv, seq->pages, ad, 0, nvt, err);
+}
+
+/* ---- shared prefix pages ---- */
+
+typedef struct prefix_entry {
+    const qv_adapter *ad;
+    int n_users;    /* sequences attached */
+    qv_kv_seq held; /* the full pages of the prefix, one reference held by the cache */
+} prefix_entry;
+
+struct qv_adapter_prefix_cache {
+    prefix_entry *e; /* [n] */
+    int n, cap;
+};
+
+static prefix_entry *find_entry(qv_adapter_prefix_cache *pc, const qv_adapter *ad) {
+    for (int i = 0; pc && i < pc->n; i++)
+        if (pc->e[i].ad == ad) return &pc->e[i];
+    return NULL;
+}
+
+qv_status qv_adapter_prefix_attach(qv_adapter_prefix_cache **ppc, qv_backend *be,
+                                   qv_kv_cache *kv, qv_kv_seq *seq, const qv_adapter *ad,
+                                   qv_error *err) {
+    qv_status st = prefix_check(be, kv, ad, err);
+    if (st != QV_OK) return st;
+    if (seq->n_pages != 0)
+        return qv_errorf(err, QV_ERR_INVALID, "adapters: prefix attach to a non-empty sequence");
+    const int ps = kv->pool.page_size, nvt = ad->n_virtual, n_full = nvt / ps;
+    if (!*ppc && !(*ppc = qv_calloc(1, sizeof(**ppc))))
+        return qv_errorf(err, QV_ERR_NOMEM, "adapters: out of memory");
+    qv_adapter_prefix_cache *pc = *ppc;
+    prefix_entry *en = find_entry(pc, ad);
+    if (!en && n_full > 0) { /* first sequence of this adapter: write the full pages once */
+        if (pc->n == pc->cap) {
+            int cap = pc->cap ? 2 * pc->cap : 4;
+            prefix_entry *ne = qv_realloc(pc->e, (size_t)cap * sizeof(*ne));
+            if (!ne) return qv_errorf(err, QV_ERR_NOMEM, "adapters: out of memory");
+            pc->e = ne;
+            pc->cap = cap;
+        }
+        prefix_entry tmp = {.ad = ad};
+        if ((st = qv_kv_seq_reserve(kv, &tmp.held, n_full * ps)) != QV_OK)
+            return qv_errorf(err, st, "adapters: no KV pages for a %d-token prefix", nvt);
+        if ((st = prefix_store_range(be, kv, tmp.held.pages, ad, 0, n_full * ps, err)) != QV_OK) {
+            qv_kv_seq_release(kv, &tmp.held);
+            return st;
+        }
+        pc->e[pc->n] = tmp;
+        en = &pc->e[pc->n++];
+    }
+    if (en) { /* share the full pages: the table starts with them, one more reference each */
+        if (seq->cap < n_full) {
+            int32_t *p = qv_realloc(seq->pages, (size_t)n_full * sizeof(int32_t));
+            if (!p) return qv_errorf(err, QV_ERR_NOMEM, "adapters: out of memory");
+            seq->pages = p;
+            seq->cap = n_full;
+        }
+        for (int i = 0; i < n_full; i++) {
+            qv_kv_page_ref(kv, en->held.pages[i]);
+            seq->pages[seq->n_pages++] = en->held.pages[i];
+        }
+    }
+    /* The partial last page (if any) is the sequence's own: real tokens fill the rest of it. */
+    if ((st = qv_kv_seq_reserve(kv, seq, nvt)) != QV_OK ||
+        (st = prefix_store_range(be, kv, seq->pages, ad, n_full * ps, nvt, err)) != QV_OK) {
+        qv_kv_seq_release(kv, seq);
+        if (en) qv_adapter_prefix_detach(pc, kv, ad, 0);
+        return qv_errorf(err, st, "adapters: no KV pages for a %d-token prefix", nvt);
+    }
+    if (en) en->n_users++;
+    return QV_OK;
+}
+
+void qv_adapter_prefix_detach(qv_adapter_prefix_cache *pc, qv_kv_cache *kv, const qv_adapter *ad,
+                              int n_users) {
+    prefix_entry *en = find_entry(pc, ad);
+    if (!en) return;
+    en->n_users -= n_users;
+    QV_ASSERT(en->n_users >= 0);
+    if (en->n_users > 0) return;
+    qv_kv_seq_release(kv, &en->held);
+    *en = pc->e[--pc->n];
+}
+
+void qv_adapter_prefix_cache_free(qv_adapter_prefix_cache *pc, qv_kv_cache *kv) {
+    if (!pc) return;
+    for (int i = 0; i < pc->n; i++) qv_kv_seq_release(kv, &pc->e[i].held);
+    qv_free(pc->e);
+    qv_free(pc);
 }
 
 /* ---- batch grouping ---- */

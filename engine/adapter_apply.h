@@ -79,6 +79,23 @@ void qv_adapter_rt_logits(qv_adapter_rt *rt, const float *y, float *logits);
 qv_status qv_adapter_prefix_store(qv_backend *be, qv_kv_cache *kv, const qv_kv_seq *seq,
                                   const qv_adapter *ad, qv_error *err);
 
+/* Shared prefix pages. attach gives the empty sequence `seq` positions 0 .. nvt-1 of prefix
+ * adapter ad: the full pages (nvt / page_size of them) are written once per adapter and shared,
+ * refcounted, by every attached sequence; the partial last page, if any, is the sequence's own
+ * copy. *pc is created on first use. Every successful attach is paired with a detach of 1 user
+ * once the sequence is released; the cache drops its pages when the last user detaches.
+ * Errors: as qv_adapter_prefix_store; QV_ERR_BUSY when the pool lacks pages (nothing taken).
+ * Thread: engine thread. */
+typedef struct qv_adapter_prefix_cache qv_adapter_prefix_cache;
+qv_status qv_adapter_prefix_attach(qv_adapter_prefix_cache **pc, qv_backend *be,
+                                   qv_kv_cache *kv, qv_kv_seq *seq, const qv_adapter *ad,
+                                   qv_error *err);
+/* Drops n_users users of ad's entry (no-op when ad has none, e.g. nvt < page_size). */
+void qv_adapter_prefix_detach(qv_adapter_prefix_cache *pc, qv_kv_cache *kv, const qv_adapter *ad,
+                              int n_users);
+/* Releases every held page and the cache. Accepts NULL. */
+void qv_adapter_prefix_cache_free(qv_adapter_prefix_cache *pc, qv_kv_cache *kv);
+
 /* Regroups a batch built sequence by sequence so that the tokens of equal adapters are
  * contiguous, and fills its segment fields. ad_of(ctx, s) names the adapter of batch sequence s
  * (NULL: none). tokens, pos, seq and logits_idx are b's arrays, writable, permuted in place

@@ -40,6 +40,7 @@ typedef struct qv_seq {
     qv_token_cb cb;
     void *user;
     qv_kv_seq kv;
+    bool prefix_attached; /* holds a user of its adapter's shared prefix pages */
     uint64_t order; /* arrival order */
 } qv_seq;
 
@@ -62,6 +63,7 @@ struct qv_engine {
     int *order_idx;                                    /* [max_seqs] */
     float *logits;                                     /* (max_seqs, n_vocab) */
     qv_adapter_grouper *grouper; /* groups a step's tokens by adapter (adapter_apply.h) */
+    qv_adapter_prefix_cache *prefix_cache; /* shared prefix-tuning KV pages */
 };
 
 void qv_engine_config_default(qv_engine_config *c) {
@@ -165,6 +167,7 @@ fail:
 
 static void seq_free(qv_engine *e, qv_seq *s) {
     if (s->kv.pages) qv_kv_seq_release(e->kv, &s->kv);
+    if (s->prefix_attached) qv_adapter_prefix_detach(e->prefix_cache, e->kv, s->p.adapter, 1);
     if (s->started) e->committed_pages -= s->pages_promised;
     qv_sampler_free(s->sampler);
     qv_free(s->tokens);
@@ -176,6 +179,7 @@ void qv_engine_destroy(qv_engine *e) {
     if (e->seqs && e->kv)
         for (int i = 0; i < e->cfg.max_seqs; i++)
             if (e->seqs[i].used) seq_free(e, &e->seqs[i]);
+    if (e->kv) qv_adapter_prefix_cache_free(e->prefix_cache, e->kv);
     qv_free(e->seqs);
     qv_forward_destroy(e->fwd);
     qv_kv_cache_destroy(e->kv);
@@ -312,10 +316,9 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         e->committed_pages += s->pages_promised;
         const qv_adapter *ad = s->p.adapter;
         if (ad && ad->kind == QV_ADAPTER_PREFIX_TUNING) { /* prefix K/V fill positions 0..nvt-1 */
-            qv_status st = qv_kv_seq_reserve(e->kv, &s->kv, ad->n_virtual);
-            if (st != QV_OK)
-                return qv_errorf(err, st, "KV reserve failed for the prefix of sequence %d", s->id);
-            if ((st = qv_adapter_prefix_store(e->be, e->kv, &s->kv, ad, err)) != QV_OK) return st;
+            qv_status st = qv_adapter_prefix_attach(&e->prefix_cache, e->be, e->kv, &s->kv, ad, err);
+            if (st != QV_OK) return st;
+            s->prefix_attached = true;
             s->n_done = ad->n_virtual;
         }
     }

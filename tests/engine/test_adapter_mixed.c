@@ -12,7 +12,8 @@
  *     decode-sized chunks mix).
  * Logits at every position must agree within 1e-5 relative (the kernels make them bitwise
  * equal; the maximum difference is printed).
- * Engine level: qv_engine generates greedily for 12 requests on 6 adapters + base at once; each
+ * Shared prefix pages: same logits as an unshared copy, pages refcounted and returned.
+ * Engine level: qv_engine generates greedily for 14 requests on 6 adapters + base at once; each
  * request's tokens equal those of the same request run alone.
  */
 #include <setjmp.h>
@@ -340,6 +341,62 @@ static void test_mixed_engine(void **state) {
     qv_engine_destroy(e);
 }
 
+/* Shared prefix pages: two sequences of one prefix adapter share its full pages (refcounted),
+ * own their partial last page, compute the same logits as an unshared copy, and every page is
+ * back in the pool after release + detach. Page sizes 4 (nvt 5: 1 shared + 1 own page) and 5
+ * (exactly 1 shared page). */
+static void test_prefix_sharing(void **state) {
+    (void)state;
+    for (int ps = 4; ps <= 5; ps++) {
+        golden_runner r;
+        assert_int_equal(golden_open(&r, qv_test_path("tests/fixtures/models/tiny-llama-gqa"), 2,
+                                     64, ps, 32),
+                         0);
+        qv_adapter *ad = load_ad(r.m, "tiny-llama-gqa/prefix_nvt5");
+        const int nvt = ad->n_virtual, V = r.m->cfg.n_vocab, free0 = r.kv->n_free;
+        qv_adapter_prefix_cache *pc = NULL;
+        qv_error err = {0};
+        qv_kv_seq a = {0}, b = {0}, c = {0};
+        assert_int_equal(qv_adapter_prefix_attach(&pc, r.be, r.kv, &a, ad, &err), QV_OK);
+        assert_int_equal(qv_adapter_prefix_attach(&pc, r.be, r.kv, &b, ad, &err), QV_OK);
+        assert_int_equal(a.pages[0], b.pages[0]);
+        assert_int_equal(r.kv->refcnt[a.pages[0]], 3); /* cache + 2 sequences */
+        if (nvt % ps) assert_true(a.pages[1] != b.pages[1]);
+        assert_int_equal(qv_kv_seq_reserve(r.kv, &c, nvt), QV_OK); /* unshared reference */
+        assert_int_equal(qv_adapter_prefix_store(r.be, r.kv, &c, ad, &err), QV_OK);
+        const int32_t ids[6] = {11, 40, 7, 99, 3, 250};
+        float la[300], lb[300], lc[300];
+        mseq sa = {.ad = ad, .n = 6, .pos0 = nvt}, sb = sa, sc = sa;
+        memcpy(sa.stream, ids, sizeof(ids));
+        memcpy(sb.stream, ids, sizeof(ids));
+        memcpy(sc.stream, ids, sizeof(ids));
+        sa.kv = a;
+        sb.kv = b;
+        sc.kv = c;
+        mseq all[3] = {sa, sb, sc};
+        float *outs[3] = {malloc(sizeof(float) * 6 * (size_t)V), malloc(sizeof(float) * 6 * (size_t)V),
+                          malloc(sizeof(float) * 6 * (size_t)V)};
+        int idx[3] = {0, 1, 2}, ch[3] = {6, 6, 6};
+        run_step(&r, all, idx, ch, 3, outs);
+        memcpy(la, outs[0] + 5 * V, sizeof(float) * (size_t)V);
+        memcpy(lb, outs[1] + 5 * V, sizeof(float) * (size_t)V);
+        memcpy(lc, outs[2] + 5 * V, sizeof(float) * (size_t)V);
+        assert_memory_equal(la, lc, sizeof(float) * (size_t)V);
+        assert_memory_equal(lb, lc, sizeof(float) * (size_t)V);
+        for (int i = 0; i < 3; i++) {
+            qv_kv_seq_release(r.kv, &all[i].kv);
+            free(outs[i]);
+        }
+        qv_adapter_prefix_detach(pc, r.kv, ad, 1);
+        assert_true(r.kv->n_free < free0); /* one user left: the cache still holds the page */
+        qv_adapter_prefix_detach(pc, r.kv, ad, 1);
+        assert_int_equal(r.kv->n_free, free0);
+        qv_adapter_prefix_cache_free(pc, r.kv);
+        qv_adapter_free(ad);
+        golden_close(&r);
+    }
+}
+
 /* Malformed segments, stray virtual ids and adapters of another model are refused. */
 static void test_refusals(void **state) {
     (void)state;
@@ -403,6 +460,7 @@ static void test_refusals(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_mixed_forward),
                                        cmocka_unit_test(test_mixed_engine),
+                                       cmocka_unit_test(test_prefix_sharing),
                                        cmocka_unit_test(test_refusals)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
