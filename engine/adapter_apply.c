@@ -107,8 +107,7 @@ qv_status qv_adapter_check_model(const qv_adapter *ad, const qv_model *m, qv_err
         const qv_adapter_layer *al = &ad->layers[l];
         for (int p = 0; p < QV_PROJ_COUNT; p++)
             if (al->lora[p].rank && al->lora[p].magnitude && !al->lora[p].dora_scale)
-                return qv_errorf(err, QV_ERR_INVALID, "adapters: DoRA scale missing (layer %d)",
-                                 l);
+                return qv_errorf(err, QV_ERR_INVALID, "adapters: DoRA scale missing (layer %d)", l);
     }
     return QV_OK;
 }
@@ -121,8 +120,7 @@ qv_status qv_adapter_rt_begin(qv_adapter_rt *rt, const qv_batch *b, qv_error *er
     const qv_model_config *c = &rt->m->cfg;
     if (b->n_segs < 0 || b->n_segs > n || !b->seg_start || b->seg_start[0] != 0 ||
         b->seg_start[b->n_segs] != n)
-        return qv_errorf(err, QV_ERR_INVALID, "adapters: segments must cover [0, %d) in order",
-                         n);
+        return qv_errorf(err, QV_ERR_INVALID, "adapters: segments must cover [0, %d) in order", n);
     for (int s = 0; s < b->n_segs; s++)
         if (b->seg_start[s + 1] < b->seg_start[s] || b->seg_start[s + 1] > n)
             return qv_errorf(err, QV_ERR_INVALID, "adapters: segment %d is out of order", s);
@@ -145,17 +143,17 @@ qv_status qv_adapter_rt_begin(qv_adapter_rt *rt, const qv_batch *b, qv_error *er
             /* bottleneck rows are done one at a time: d + 3 * dim floats */
             need_tmp = QV_MAX(need_tmp, (size_t)max_bn + 3u * (size_t)c->dim);
             if (ad->kind == QV_ADAPTER_ADAPTION_PROMPT)
-                need_ap = QV_MAX(need_ap, 2u * (size_t)ad->ap_len *
-                                              (size_t)(c->n_kv_heads * c->head_dim) +
-                                              (size_t)ad->ap_len);
+                need_ap = QV_MAX(need_ap,
+                                 2u * (size_t)ad->ap_len * (size_t)(c->n_kv_heads * c->head_dim) +
+                                     (size_t)ad->ap_len);
         }
         for (int t = t0; t < t1; t++) {
             rt->tok_seg[t] = s;
             int32_t id = b->tokens[t];
             rt->ids[t] = id;
             if (id >= 0) continue;
-            bool prompt = ad && (ad->kind == QV_ADAPTER_PROMPT_TUNING ||
-                                 ad->kind == QV_ADAPTER_P_TUNING);
+            bool prompt =
+                ad && (ad->kind == QV_ADAPTER_PROMPT_TUNING || ad->kind == QV_ADAPTER_P_TUNING);
             if (!prompt || -1 - id >= ad->n_virtual)
                 return qv_errorf(err, QV_ERR_INVALID,
                                  "adapters: token %d has id %d but its segment has no such "
@@ -237,13 +235,14 @@ void qv_adapter_rt_proj_input(qv_adapter_rt *rt, int layer, enum qv_proj p, floa
         const float *l = ad->layers[layer].ia3[p];
         for (int t = b->seg_start[s]; t < b->seg_start[s + 1]; t++) {
             float *row = x_in + (size_t)t * n_in;
-            for (size_t i = 0; i < n_in; i++) row[i] *= l[i];
+            for (size_t i = 0; i < n_in; i++)
+                row[i] *= l[i];
         }
     }
 }
 
-void qv_adapter_rt_proj(qv_adapter_rt *rt, int layer, enum qv_proj p, const float *x_in,
-                        float *y, const float *bias) {
+void qv_adapter_rt_proj(qv_adapter_rt *rt, int layer, enum qv_proj p, const float *x_in, float *y,
+                        const float *bias) {
     const qv_batch *b = rt->b;
     const qv_model_config *c = &rt->m->cfg;
     const int n_in = proj_n_in(c, p), n_out = proj_n_out(c, p);
@@ -256,9 +255,14 @@ void qv_adapter_rt_proj(qv_adapter_rt *rt, int layer, enum qv_proj p, const floa
         if (!lo->rank) continue;
         if (lo->dora_scale) /* DoRA works on W x without the base bias */
             for (int t = t0; t < t1 && bias; t++)
-                for (int o = 0; o < n_out; o++) y[(size_t)t * (size_t)n_out + (size_t)o] -= bias[o];
-        rt->lsegs[n_l++] = (qv__lora_seg){.t0 = t0, .n = t1 - t0, .rank = lo->rank,
-                                          .scale = lo->scale, .a = lo->a, .b = lo->b,
+                for (int o = 0; o < n_out; o++)
+                    y[(size_t)t * (size_t)n_out + (size_t)o] -= bias[o];
+        rt->lsegs[n_l++] = (qv__lora_seg){.t0 = t0,
+                                          .n = t1 - t0,
+                                          .rank = lo->rank,
+                                          .scale = lo->scale,
+                                          .a = lo->a,
+                                          .b = lo->b,
                                           .b_bias = lo->b_bias};
     }
     if (n_l) {
@@ -275,9 +279,11 @@ void qv_adapter_rt_proj(qv_adapter_rt *rt, int layer, enum qv_proj p, const floa
         for (int t = b->seg_start[s]; t < b->seg_start[s + 1]; t++) {
             float *row = y + (size_t)t * (size_t)n_out;
             if (dora)
-                for (int o = 0; o < n_out; o++) row[o] = dora[o] * row[o] + (bias ? bias[o] : 0.0f);
+                for (int o = 0; o < n_out; o++)
+                    row[o] = dora[o] * row[o] + (bias ? bias[o] : 0.0f);
             if (ia3) /* (W x + b) ⊙ l: the bias is scaled too */
-                for (int o = 0; o < n_out; o++) row[o] *= ia3[o];
+                for (int o = 0; o < n_out; o++)
+                    row[o] *= ia3[o];
         }
     }
 }
@@ -295,8 +301,7 @@ void qv_adapter_rt_attn(qv_adapter_rt *rt, int layer, const float *q, float *att
     for (int s = 0; s < b->n_segs; s++) {
         const qv_adapter *ad = seg_ad(rt, s);
         int t0 = b->seg_start[s], t1 = b->seg_start[s + 1];
-        if (!ad || ad->kind != QV_ADAPTER_ADAPTION_PROMPT || layer < ad->ap_first_layer ||
-            t1 == t0)
+        if (!ad || ad->kind != QV_ADAPTER_ADAPTION_PROMPT || layer < ad->ap_first_layer || t1 == t0)
             continue;
         const int al = layer - ad->ap_first_layer, L = ad->ap_len;
         const float *P = ad->ap_prompt + (size_t)al * (size_t)L * (size_t)c->dim;
@@ -324,7 +329,8 @@ void qv_adapter_rt_attn(qv_adapter_rt *rt, int layer, const float *q, float *att
                 for (int j = 0; j < L; j++) {
                     const float pj = gate * (p[j] / sum);
                     const float *vj = va + (size_t)j * kvdim + koff;
-                    for (int i = 0; i < hd; i++) out[i] += pj * vj[i];
+                    for (int i = 0; i < hd; i++)
+                        out[i] += pj * vj[i];
                 }
             }
         }
@@ -339,8 +345,7 @@ static float bn_act(enum qv_bn_act a, float x) {
     case QV_BN_ACT_SILU: return x / (1.0f + expf(-x));
     case QV_BN_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
     case QV_BN_ACT_GELU_TANH:
-        return 0.5f * x *
-               (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+        return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
     case QV_BN_ACT_TANH: return tanhf(x);
     case QV_BN_ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
     case QV_BN_ACT_LEAKY_RELU: return x > 0.0f ? x : 0.01f * x;
@@ -352,20 +357,23 @@ static float bn_act(enum qv_bn_act a, float x) {
 /* nn.LayerNorm(dim, eps 1e-5) of x into y (may alias). */
 static void layer_norm(const float *x, const float *w, const float *bias, int dim, float *y) {
     float mean = 0.0f, var = 0.0f;
-    for (int i = 0; i < dim; i++) mean += x[i];
+    for (int i = 0; i < dim; i++)
+        mean += x[i];
     mean /= (float)dim;
-    for (int i = 0; i < dim; i++) var += (x[i] - mean) * (x[i] - mean);
+    for (int i = 0; i < dim; i++)
+        var += (x[i] - mean) * (x[i] - mean);
     var /= (float)dim;
     const float inv = 1.0f / sqrtf(var + 1e-5f);
-    for (int i = 0; i < dim; i++) y[i] = (x[i] - mean) * inv * w[i] + bias[i];
+    for (int i = 0; i < dim; i++)
+        y[i] = (x[i] - mean) * inv * w[i] + bias[i];
 }
 
 /* u (dim) = s · Up(act(Down(z))); tmp holds d floats. */
-static void bn_core(const qv_adapter *ad, const qv_bn_unit *u, const float *z, int dim,
-                    float *tmp, float *out) {
+static void bn_core(const qv_adapter *ad, const qv_bn_unit *u, const float *z, int dim, float *tmp,
+                    float *out) {
     for (int j = 0; j < u->d; j++)
-        tmp[j] = bn_act(ad->bn_act, qv__lora_dot(u->down_w + (size_t)j * (size_t)dim, z, dim) +
-                                        u->down_b[j]);
+        tmp[j] = bn_act(ad->bn_act,
+                        qv__lora_dot(u->down_w + (size_t)j * (size_t)dim, z, dim) + u->down_b[j]);
     for (int i = 0; i < dim; i++) {
         float v = qv__lora_dot(u->up_w + (size_t)i * (size_t)u->d, tmp, u->d) + u->up_b[i];
         out[i] = v * (u->scaling_ch ? u->scaling_ch[i] : u->scaling);
@@ -380,23 +388,28 @@ static void bn_row(const qv_adapter *ad, const qv_bn_unit *u, const float *x, fl
     if (ad->bn_parallel) {
         bn_core(ad, u, x, dim, tmp, o);
         if (u->ln_after_w) layer_norm(o, u->ln_after_w, u->ln_after_b, dim, o);
-        for (int i = 0; i < dim; i++) h[i] += o[i];
+        for (int i = 0; i < dim; i++)
+            h[i] += o[i];
         return;
     }
-    for (int i = 0; i < dim; i++) a[i] = ad->bn_original_ln_before ? h[i] + x[i] : h[i];
+    for (int i = 0; i < dim; i++)
+        a[i] = ad->bn_original_ln_before ? h[i] + x[i] : h[i];
     const float *r = ad->bn_residual == QV_BN_RES_BEFORE_LN ? h : a;
     memcpy(res, r, (size_t)dim * sizeof(float));
     if (u->ln_before_w) layer_norm(a, u->ln_before_w, u->ln_before_b, dim, a);
     bn_core(ad, u, a, dim, tmp, o);
     if (u->ln_after_w && ad->bn_adapter_residual_before_ln) {
-        for (int i = 0; i < dim; i++) o[i] += res[i];
+        for (int i = 0; i < dim; i++)
+            o[i] += res[i];
         layer_norm(o, u->ln_after_w, u->ln_after_b, dim, o);
     } else {
         if (u->ln_after_w) layer_norm(o, u->ln_after_w, u->ln_after_b, dim, o);
-        for (int i = 0; i < dim; i++) o[i] += res[i];
+        for (int i = 0; i < dim; i++)
+            o[i] += res[i];
     }
     /* out = o + x (original_ln_after) or o; the caller adds x back. */
-    for (int i = 0; i < dim; i++) h[i] = ad->bn_original_ln_after ? o[i] : o[i] - x[i];
+    for (int i = 0; i < dim; i++)
+        h[i] = ad->bn_original_ln_after ? o[i] : o[i] - x[i];
 }
 
 void qv_adapter_rt_block_out(qv_adapter_rt *rt, int layer, int where, const float *x, float *h) {
@@ -410,7 +423,8 @@ void qv_adapter_rt_block_out(qv_adapter_rt *rt, int layer, int where, const floa
         if (ad->kind == QV_ADAPTER_ADAPTION_PROMPT && where == 0 && bo &&
             layer >= ad->ap_first_layer) /* o + o_proj(U): o_proj's bias counts twice */
             for (int t = t0; t < t1; t++)
-                for (int i = 0; i < dim; i++) h[(size_t)t * (size_t)dim + (size_t)i] += bo[i];
+                for (int i = 0; i < dim; i++)
+                    h[(size_t)t * (size_t)dim + (size_t)i] += bo[i];
         if (ad->kind != QV_ADAPTER_BOTTLENECK) continue;
         const qv_bn_unit *u = where == 0 ? &ad->layers[layer].bn_attn : &ad->layers[layer].bn_ffn;
         if (!u->d) continue;
@@ -430,15 +444,22 @@ void qv_adapter_rt_logits(qv_adapter_rt *rt, const float *y, float *logits) {
         const float *yi = y + (size_t)i * (size_t)dim;
         float *li = logits + (size_t)i * (size_t)V;
         if (ad->lm_head_replace) { /* the adapter's own lm_head replaces the base one */
-            const qv_tensor w = {.dtype = QV_DTYPE_F32, .n_rows = V, .n_cols = dim,
+            const qv_tensor w = {.dtype = QV_DTYPE_F32,
+                                 .n_rows = V,
+                                 .n_cols = dim,
                                  .row_bytes = (size_t)dim * sizeof(float),
                                  .data = ad->lm_head_replace};
             rt->be->iface->matmul(rt->be, &w, yi, 1, li, NULL);
         }
         const qv_lora *lo = &ad->lm_head_lora;
         if (lo->rank) {
-            qv__lora_seg g = {.t0 = 0, .n = 1, .rank = lo->rank, .scale = lo->scale, .a = lo->a,
-                              .b = lo->b, .b_bias = lo->b_bias};
+            qv__lora_seg g = {.t0 = 0,
+                              .n = 1,
+                              .rank = lo->rank,
+                              .scale = lo->scale,
+                              .a = lo->a,
+                              .b = lo->b,
+                              .b_bias = lo->b_bias};
             qv__lora_shrink(NULL, &g, 1, yi, (size_t)dim, dim, rt->tmp);
             qv__lora_expand(rt->be, &g, 1, rt->tmp, V, li, (size_t)V);
         }
@@ -480,7 +501,8 @@ static qv_status prefix_store_range(qv_backend *be, qv_kv_cache *kv, const int32
     const size_t kvd = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
     const size_t per_layer = (size_t)ad->n_virtual * kvd;
     for (int l = 0; l < ad->n_layers; l++)
-        be->iface->kv_store(be, &kv->pool, l, ad->prefix_k + (size_t)l * per_layer + (size_t)j0 * kvd,
+        be->iface->kv_store(be, &kv->pool, l,
+                            ad->prefix_k + (size_t)l * per_layer + (size_t)j0 * kvd,
                             ad->prefix_v + (size_t)l * per_layer + (size_t)j0 * kvd, n, page, off);
     qv_free(page);
     qv_free(off);
@@ -516,9 +538,8 @@ static prefix_entry *find_entry(qv_adapter_prefix_cache *pc, const qv_adapter *a
     return NULL;
 }
 
-qv_status qv_adapter_prefix_attach(qv_adapter_prefix_cache **ppc, qv_backend *be,
-                                   qv_kv_cache *kv, qv_kv_seq *seq, const qv_adapter *ad,
-                                   qv_error *err) {
+qv_status qv_adapter_prefix_attach(qv_adapter_prefix_cache **ppc, qv_backend *be, qv_kv_cache *kv,
+                                   qv_kv_seq *seq, const qv_adapter *ad, qv_error *err) {
     qv_status st = prefix_check(be, kv, ad, err);
     if (st != QV_OK) return st;
     if (seq->n_pages != 0)
@@ -582,7 +603,8 @@ void qv_adapter_prefix_detach(qv_adapter_prefix_cache *pc, qv_kv_cache *kv, cons
 
 void qv_adapter_prefix_cache_free(qv_adapter_prefix_cache *pc, qv_kv_cache *kv) {
     if (!pc) return;
-    for (int i = 0; i < pc->n; i++) qv_kv_seq_release(kv, &pc->e[i].held);
+    for (int i = 0; i < pc->n; i++)
+        qv_kv_seq_release(kv, &pc->e[i].held);
     qv_free(pc->e);
     qv_free(pc);
 }
@@ -591,12 +613,12 @@ void qv_adapter_prefix_cache_free(qv_adapter_prefix_cache *pc, qv_kv_cache *kv) 
 
 struct qv_adapter_grouper {
     int cap_tokens, cap_seqs;
-    int32_t *perm;                 /* [cap_tokens] new index -> old index */
-    int32_t *inv;                  /* [cap_tokens] old index -> new index */
-    int32_t *tmp;                  /* [cap_tokens] */
-    int32_t *seg_start;            /* [cap_tokens + 1] */
-    const qv_adapter **seg_ad;     /* [cap_tokens] */
-    const qv_adapter **seq_ad;     /* [cap_seqs] */
+    int32_t *perm;             /* [cap_tokens] new index -> old index */
+    int32_t *inv;              /* [cap_tokens] old index -> new index */
+    int32_t *tmp;              /* [cap_tokens] */
+    int32_t *seg_start;        /* [cap_tokens + 1] */
+    const qv_adapter **seg_ad; /* [cap_tokens] */
+    const qv_adapter **seq_ad; /* [cap_seqs] */
 };
 
 void qv_adapter_grouper_free(qv_adapter_grouper *g) {
@@ -634,7 +656,8 @@ static qv_status grouper_fit(qv_adapter_grouper **pg, int n, int n_seqs, qv_erro
 }
 
 static void permute(int32_t *a, const int32_t *perm, int n, int32_t *tmp) {
-    for (int j = 0; j < n; j++) tmp[j] = a[perm[j]];
+    for (int j = 0; j < n; j++)
+        tmp[j] = a[perm[j]];
     memcpy(a, tmp, (size_t)n * sizeof(int32_t));
 }
 
@@ -646,19 +669,22 @@ qv_status qv_adapter_group_batch(qv_adapter_grouper **pg, qv_batch *b, int32_t *
     b->seg_adapter = NULL;
     const int n = b->n_tokens;
     bool any = false;
-    for (int s = 0; s < b->n_seqs && !any; s++) any = ad_of(ctx, s) != NULL;
+    for (int s = 0; s < b->n_seqs && !any; s++)
+        any = ad_of(ctx, s) != NULL;
     if (!any || n <= 0) return QV_OK;
     qv_status st = grouper_fit(pg, n, b->n_seqs, err);
     if (st != QV_OK) return st;
     qv_adapter_grouper *g = *pg;
-    for (int s = 0; s < b->n_seqs; s++) g->seq_ad[s] = ad_of(ctx, s);
+    for (int s = 0; s < b->n_seqs; s++)
+        g->seq_ad[s] = ad_of(ctx, s);
     /* Distinct adapters in order of first appearance; each becomes one segment holding its
      * tokens in their original order. */
     int n_segs = 0, j = 0;
     for (int t = 0; t < n; t++) {
         const qv_adapter *key = g->seq_ad[seq[t]];
         bool seen = false;
-        for (int s = 0; s < n_segs && !seen; s++) seen = g->seg_ad[s] == key;
+        for (int s = 0; s < n_segs && !seen; s++)
+            seen = g->seg_ad[s] == key;
         if (seen) continue;
         g->seg_ad[n_segs] = key;
         g->seg_start[n_segs++] = j;
@@ -667,11 +693,13 @@ qv_status qv_adapter_group_batch(qv_adapter_grouper **pg, qv_batch *b, int32_t *
     }
     QV_ASSERT(j == n);
     g->seg_start[n_segs] = n;
-    for (int k = 0; k < n; k++) g->inv[g->perm[k]] = k;
+    for (int k = 0; k < n; k++)
+        g->inv[g->perm[k]] = k;
     permute(tokens, g->perm, n, g->tmp);
     permute(pos, g->perm, n, g->tmp);
     permute(seq, g->perm, n, g->tmp);
-    for (int i = 0; i < b->n_logits; i++) logits_idx[i] = g->inv[logits_idx[i]];
+    for (int i = 0; i < b->n_logits; i++)
+        logits_idx[i] = g->inv[logits_idx[i]];
     b->n_segs = n_segs;
     b->seg_start = g->seg_start;
     b->seg_adapter = g->seg_ad;

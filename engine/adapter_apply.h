@@ -59,8 +59,8 @@ void qv_adapter_rt_embed(qv_adapter_rt *rt, float *x);
 void qv_adapter_rt_proj_input(qv_adapter_rt *rt, int layer, enum qv_proj p, float *x_in);
 /* After y (n, n_out) = x_in · Wᵀ + bias for projection p of `layer`: adds LoRA, applies DoRA and
  * IA³ output scaling for each segment. bias is the base bias (or NULL). */
-void qv_adapter_rt_proj(qv_adapter_rt *rt, int layer, enum qv_proj p, const float *x_in,
-                        float *y, const float *bias);
+void qv_adapter_rt_proj(qv_adapter_rt *rt, int layer, enum qv_proj p, const float *x_in, float *y,
+                        const float *bias);
 /* After attention: att (n, n_heads*head_dim) += adaption-prompt attention of `layer`, from the
  * post-RoPE queries q. */
 void qv_adapter_rt_attn(qv_adapter_rt *rt, int layer, const float *q, float *att);
@@ -87,9 +87,8 @@ qv_status qv_adapter_prefix_store(qv_backend *be, qv_kv_cache *kv, const qv_kv_s
  * Errors: as qv_adapter_prefix_store; QV_ERR_BUSY when the pool lacks pages (nothing taken).
  * Thread: engine thread. */
 typedef struct qv_adapter_prefix_cache qv_adapter_prefix_cache;
-qv_status qv_adapter_prefix_attach(qv_adapter_prefix_cache **pc, qv_backend *be,
-                                   qv_kv_cache *kv, qv_kv_seq *seq, const qv_adapter *ad,
-                                   qv_error *err);
+qv_status qv_adapter_prefix_attach(qv_adapter_prefix_cache **pc, qv_backend *be, qv_kv_cache *kv,
+                                   qv_kv_seq *seq, const qv_adapter *ad, qv_error *err);
 /* Drops n_users users of ad's entry (no-op when ad has none, e.g. nvt < page_size). */
 void qv_adapter_prefix_detach(qv_adapter_prefix_cache *pc, qv_kv_cache *kv, const qv_adapter *ad,
                               int n_users);
@@ -104,9 +103,9 @@ void qv_adapter_prefix_cache_free(qv_adapter_prefix_cache *pc, qv_kv_cache *kv);
  * (free it with qv_adapter_grouper_free). Errors: QV_ERR_NOMEM. Thread: engine thread. */
 typedef struct qv_adapter_grouper qv_adapter_grouper;
 typedef const qv_adapter *(*qv_adapter_of_fn)(void *ctx, int s);
-qv_status qv_adapter_group_batch(qv_adapter_grouper **g, qv_batch *b, int32_t *tokens,
-                                 int32_t *pos, int32_t *seq, int32_t *logits_idx,
-                                 qv_adapter_of_fn ad_of, void *ctx, qv_error *err);
+qv_status qv_adapter_group_batch(qv_adapter_grouper **g, qv_batch *b, int32_t *tokens, int32_t *pos,
+                                 int32_t *seq, int32_t *logits_idx, qv_adapter_of_fn ad_of,
+                                 void *ctx, qv_error *err);
 /* Accepts NULL. */
 void qv_adapter_grouper_free(qv_adapter_grouper *g);
 

@@ -27,8 +27,10 @@ float qv__lora_dot(const float *a, const float *b, int n) {
     float acc[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    for (; i < n; i++) acc[i & 7] += a[i] * b[i];
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    for (; i < n; i++)
+        acc[i & 7] += a[i] * b[i];
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
@@ -36,7 +38,8 @@ float qv__lora_dot(const float *a, const float *b, int n) {
  * body serves every caller (no FMA contraction differences between call sites). */
 __attribute__((noinline)) static float tail_dot(const float *a, const float *b, int n) {
     float s = 0.0f;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
     return s;
 }
 
@@ -100,7 +103,8 @@ QV_AVX2 static void expand_row_avx2(const float *b, const float *z, int rank, co
 
 size_t qv__lora_tmp_floats(const qv__lora_seg *segs, int n_segs) {
     size_t n = 0;
-    for (int s = 0; s < n_segs; s++) n += (size_t)segs[s].n * (size_t)segs[s].rank;
+    for (int s = 0; s < n_segs; s++)
+        n += (size_t)segs[s].n * (size_t)segs[s].rank;
     return n;
 }
 
@@ -115,9 +119,9 @@ typedef struct lora_task {
     int n_out;
     float *y;
     size_t ldy;
-    int n_blocks;  /* expand: output blocks per row (1 for shrink) */
-    bool simd;     /* AVX2+FMA row kernels (fixed per backend, so per row) */
-    long n_items;  /* rows * n_blocks */
+    int n_blocks; /* expand: output blocks per row (1 for shrink) */
+    bool simd;    /* AVX2+FMA row kernels (fixed per backend, so per row) */
+    long n_items; /* rows * n_blocks */
 } lora_task;
 
 /* Finds the segment of global row `row` (rows numbered through the segments in order) and the
@@ -204,21 +208,34 @@ static void dispatch(qv_backend *be, lora_task *t, qv__cpu_task_fn fn) {
 
 static long total_rows(const qv__lora_seg *segs, int n_segs) {
     long n = 0;
-    for (int s = 0; s < n_segs; s++) n += segs[s].n;
+    for (int s = 0; s < n_segs; s++)
+        n += segs[s].n;
     return n;
 }
 
 void qv__lora_shrink(qv_backend *be, const qv__lora_seg *segs, int n_segs, const float *x,
                      size_t ldx, int n_in, float *tmp) {
-    lora_task t = {.segs = segs, .n_segs = n_segs, .x = x, .ldx = ldx, .n_in = n_in,
-                   .tmp_w = tmp, .n_blocks = 1, .n_items = total_rows(segs, n_segs)};
+    lora_task t = {.segs = segs,
+                   .n_segs = n_segs,
+                   .x = x,
+                   .ldx = ldx,
+                   .n_in = n_in,
+                   .tmp_w = tmp,
+                   .n_blocks = 1,
+                   .n_items = total_rows(segs, n_segs)};
     if (t.n_items > 0) dispatch(be, &t, shrink_fn);
 }
 
 void qv__lora_expand(qv_backend *be, const qv__lora_seg *segs, int n_segs, const float *tmp,
                      int n_out, float *y, size_t ldy) {
     int nb = (n_out + EXPAND_BLOCK - 1) / EXPAND_BLOCK;
-    lora_task t = {.segs = segs, .n_segs = n_segs, .tmp_r = tmp, .n_out = n_out, .y = y,
-                   .ldy = ldy, .n_blocks = nb, .n_items = total_rows(segs, n_segs) * nb};
+    lora_task t = {.segs = segs,
+                   .n_segs = n_segs,
+                   .tmp_r = tmp,
+                   .n_out = n_out,
+                   .y = y,
+                   .ldy = ldy,
+                   .n_blocks = nb,
+                   .n_items = total_rows(segs, n_segs) * nb};
     if (t.n_items > 0) dispatch(be, &t, expand_fn);
 }

@@ -34,7 +34,8 @@ static float frand(float amp) {
 static float *rand_arr(size_t n, float amp) {
     float *a = malloc(n * sizeof(float));
     if (!a) abort();
-    for (size_t i = 0; i < n; i++) a[i] = frand(amp);
+    for (size_t i = 0; i < n; i++)
+        a[i] = frand(amp);
     return a;
 }
 
@@ -129,7 +130,10 @@ static void kernel_bench(qv_backend *be, int n_adapters, double *t_seg, double *
     qv__lora_seg segs[64];
     const int per = T / n_adapters;
     for (int s = 0; s < n_adapters; s++)
-        segs[s] = (qv__lora_seg){.t0 = s * per, .n = per, .rank = RANK, .scale = 1.0f,
+        segs[s] = (qv__lora_seg){.t0 = s * per,
+                                 .n = per,
+                                 .rank = RANK,
+                                 .scale = 1.0f,
                                  .a = rand_arr((size_t)RANK * D, 0.1f),
                                  .b = rand_arr((size_t)D * RANK, 0.1f)};
     float *x = rand_arr((size_t)T * D, 1.0f), *y = rand_arr((size_t)T * D, 1.0f);
@@ -167,11 +171,16 @@ int main(int argc, char **argv) {
     const char *model = NULL;
     int n_threads = 0, pairs = 5, n_gen = 32, n_prompt = 16;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) n_threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--pairs") && i + 1 < argc) pairs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--gen") && i + 1 < argc) n_gen = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) n_prompt = atoi(argv[++i]);
-        else model = argv[i];
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            n_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--pairs") && i + 1 < argc)
+            pairs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--gen") && i + 1 < argc)
+            n_gen = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--prompt") && i + 1 < argc)
+            n_prompt = atoi(argv[++i]);
+        else
+            model = argv[i];
     }
     static char path[1024];
     if (!model) {
@@ -199,7 +208,8 @@ int main(int argc, char **argv) {
     const qv_model_config *mc = &qv_engine_model(e)->cfg;
     qv_adapter *ads[N_SEQ];
     size_t ad_bytes = 0;
-    for (int i = 0; i < N_SEQ; i++) ads[i] = make_lora(mc);
+    for (int i = 0; i < N_SEQ; i++)
+        ads[i] = make_lora(mc);
     for (int l = 0; l < mc->n_layers; l++)
         for (int p = 0; p < QV_PROJ_COUNT; p++)
             ad_bytes += (size_t)RANK *
@@ -228,7 +238,8 @@ int main(int argc, char **argv) {
     printf("{\"bench\":\"lora_decode\",\"n_seqs\":%d,\"rank\":%d,\"base_tok_s\":%.2f,"
            "\"lora_tok_s\":%.2f,\"median_ratio\":%.4f}\n",
            N_SEQ, RANK, base_tps[pairs / 2], lora_tps[pairs / 2], med);
-    for (int i = 0; i < N_SEQ; i++) free_lora(ads[i]);
+    for (int i = 0; i < N_SEQ; i++)
+        free_lora(ads[i]);
     qv_engine_destroy(e);
 
     qv_backend *be = NULL;

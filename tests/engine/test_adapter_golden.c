@@ -45,10 +45,17 @@ static int feed(golden_runner *r, qv_kv_seq *seq, const qv_adapter *ad, const in
     const qv_kv_seq *seqs[1] = {seq};
     const int32_t seg_start[2] = {0, n};
     const qv_adapter *seg_ad[1] = {ad};
-    qv_batch b = {.n_tokens = n, .tokens = ids, .pos = pos, .seq = sq, .n_seqs = 1,
-                  .seqs = seqs, .n_logits = all_logits ? n : 1,
-                  .logits_idx = all_logits ? li : li + (n - 1), .n_segs = 1,
-                  .seg_start = seg_start, .seg_adapter = seg_ad};
+    qv_batch b = {.n_tokens = n,
+                  .tokens = ids,
+                  .pos = pos,
+                  .seq = sq,
+                  .n_seqs = 1,
+                  .seqs = seqs,
+                  .n_logits = all_logits ? n : 1,
+                  .logits_idx = all_logits ? li : li + (n - 1),
+                  .n_segs = 1,
+                  .seg_start = seg_start,
+                  .seg_adapter = seg_ad};
     qv_status st = qv_forward_run(r->fwd, &b, logits, &err);
     if (st != QV_OK) fprintf(stderr, "forward: %s\n", err.msg);
     free(pos);
@@ -65,7 +72,8 @@ static int start_seq(golden_runner *r, qv_kv_seq *seq, const qv_adapter *ad, con
     int n_pre = ad->kind == QV_ADAPTER_PREFIX_TUNING ? 0 : nvt;
     *n_all = n_pre + n_ids;
     *all = malloc(sizeof(int32_t) * (size_t)*n_all);
-    for (int k = 0; k < n_pre; k++) (*all)[k] = -1 - k;
+    for (int k = 0; k < n_pre; k++)
+        (*all)[k] = -1 - k;
     memcpy(*all + n_pre, ids, sizeof(int32_t) * (size_t)n_ids);
     if (ad->kind == QV_ADAPTER_PREFIX_TUNING) {
         qv_error err = {0};
@@ -155,7 +163,8 @@ static void check_case(const char *json_path) {
             worst = fmax(worst, e);
             if (e > REL_TOL) fail_cmp("step", adir, pi, s, cur, want, V, e);
             double scale = 0;
-            for (int i = 0; i < V; i++) scale = fmax(scale, fabs((double)want[i]));
+            for (int i = 0; i < V; i++)
+                scale = fmax(scale, fabs((double)want[i]));
             int mine = argmax_f32(cur, V);
             double g = cJSON_GetArrayItem(gap, s)->valuedouble;
             if (mine != greedy[s] && g > REL_TOL * scale)
@@ -178,8 +187,8 @@ static void check_case(const char *json_path) {
         double ec = qv_test_max_rel_err(cur, want, (size_t)V);
         if (ec > REL_TOL) fail_cmp("chunked", adir, pi, n_ids - 1, cur, want, V, ec);
         qv_kv_seq_release(r.kv, &seq2);
-        printf("%-44s prompt %d (%2d tokens, nvt %d): worst rel err %.2e, greedy %d/32\n", adir,
-               pi, n_ids, nvt_json, worst, n_agree);
+        printf("%-44s prompt %d (%2d tokens, nvt %d): worst rel err %.2e, greedy %d/32\n", adir, pi,
+               n_ids, nvt_json, worst, n_agree);
         free(all);
         free(all2);
         free(ids);
@@ -206,7 +215,8 @@ static void test_tiny_cases(void **state) {
     struct dirent *e;
     while ((e = readdir(d)) && n < 64) {
         size_t l = strlen(e->d_name);
-        if (l > 5 && !strcmp(e->d_name + l - 5, ".json")) snprintf(names[n++], 256, "%s", e->d_name);
+        if (l > 5 && !strcmp(e->d_name + l - 5, ".json"))
+            snprintf(names[n++], 256, "%s", e->d_name);
     }
     closedir(d);
     assert_true(n >= 20); /* fewer means fixtures are missing */
@@ -286,18 +296,19 @@ static void test_smollm2(void **state) {
             int n_agree = 0;
             for (int s = 0; s < 32; s++) {
                 double scale = 0;
-                for (int i = 0; i < V; i++) scale = fmax(scale, fabs((double)cur[i]));
+                for (int i = 0; i < V; i++)
+                    scale = fmax(scale, fabs((double)cur[i]));
                 int mine = argmax_f32(cur, V);
                 double g = cJSON_GetArrayItem(gap, s)->valuedouble;
                 if (mine != greedy[s] && g > REL_TOL * scale)
-                    fail_msg("%s prompt %d step %d: greedy token %d, PEFT %d (gap %.3g)", adir,
-                             pi, s, mine, greedy[s], g);
+                    fail_msg("%s prompt %d step %d: greedy token %d, PEFT %d (gap %.3g)", adir, pi,
+                             s, mine, greedy[s], g);
                 n_agree += mine == greedy[s];
                 assert_int_equal(feed(&r, &seq, ad, &greedy[s], 1, pos0 + n_all + s, 0, cur), 0);
             }
             qv_kv_seq_release(r.kv, &seq);
-            printf("smollm2 %-28s prompt %d (%2d tokens): last rel err %.2e, greedy %d/32\n",
-                   adir, pi, n_ids, e, n_agree);
+            printf("smollm2 %-28s prompt %d (%2d tokens): last rel err %.2e, greedy %d/32\n", adir,
+                   pi, n_ids, e, n_agree);
             free(all);
             free(ids);
             free(greedy);

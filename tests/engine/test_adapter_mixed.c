@@ -99,8 +99,14 @@ static void run_step(golden_runner *r, mseq *seqs, const int *ids, const int *ch
         }
     }
     assert_true(n <= 128);
-    qv_batch b = {.n_tokens = n, .tokens = tok, .pos = pos, .seq = sq, .n_seqs = n_in,
-                  .seqs = kvs, .n_logits = n, .logits_idx = li};
+    qv_batch b = {.n_tokens = n,
+                  .tokens = tok,
+                  .pos = pos,
+                  .seq = sq,
+                  .n_seqs = n_in,
+                  .seqs = kvs,
+                  .n_logits = n,
+                  .logits_idx = li};
     qv_adapter_grouper *g = NULL;
     qv_error err = {0};
     assert_int_equal(qv_adapter_group_batch(&g, &b, tok, pos, sq, li, ad_of, &ctx, &err), QV_OK);
@@ -121,12 +127,12 @@ static void run_step(golden_runner *r, mseq *seqs, const int *ids, const int *ch
         int idx = pos[t] - s->pos0;
         memcpy(out[ids[sq[t]]] + (size_t)idx * V, logits + (size_t)i * V, sizeof(float) * V);
     }
-    for (int i = 0; i < n_in; i++) seqs[ids[i]].done += chunks[i];
+    for (int i = 0; i < n_in; i++)
+        seqs[ids[i]].done += chunks[i];
     qv_adapter_grouper_free(g);
 }
 
-static void mixed_case(const char *model_rel, const char *const *ad_names, int n_ad,
-                       int n_seqs) {
+static void mixed_case(const char *model_rel, const char *const *ad_names, int n_ad, int n_seqs) {
     golden_runner solo, mix;
     char path[512];
     snprintf(path, sizeof(path), "tests/fixtures/models/%s", model_rel);
@@ -134,7 +140,8 @@ static void mixed_case(const char *model_rel, const char *const *ad_names, int n
     assert_int_equal(golden_open(&mix, qv_test_path(path), 2, 1024, 4, 128), 0);
     const int V = solo.m->cfg.n_vocab;
     qv_adapter *ads[32];
-    for (int i = 0; i < n_ad; i++) ads[i] = load_ad(solo.m, ad_names[i]);
+    for (int i = 0; i < n_ad; i++)
+        ads[i] = load_ad(solo.m, ad_names[i]);
     static mseq seqs[MAX_SEQ];
     float *got[MAX_SEQ];
     assert_true(n_seqs <= MAX_SEQ);
@@ -147,10 +154,12 @@ static void mixed_case(const char *model_rel, const char *const *ad_names, int n
         bool prefix = s->ad && s->ad->kind == QV_ADAPTER_PREFIX_TUNING;
         int n_pre = prefix ? 0 : nvt;
         s->pos0 = prefix ? nvt : 0;
-        for (int k = 0; k < n_pre; k++) s->stream[k] = -1 - k;
+        for (int k = 0; k < n_pre; k++)
+            s->stream[k] = -1 - k;
         s->n = n_pre + 3 + (int)(next_rand() % 22);
         assert_true(s->n <= MAX_STREAM);
-        for (int k = n_pre; k < s->n; k++) s->stream[k] = (int32_t)(next_rand() % (uint32_t)V);
+        for (int k = n_pre; k < s->n; k++)
+            s->stream[k] = (int32_t)(next_rand() % (uint32_t)V);
         s->solo = malloc(sizeof(float) * (size_t)V * MAX_STREAM);
         got[i] = malloc(sizeof(float) * (size_t)V * MAX_STREAM);
         /* (a) alone, the whole stream in one batch */
@@ -162,7 +171,8 @@ static void mixed_case(const char *model_rel, const char *const *ad_names, int n
         qv_kv_seq_release(solo.kv, &s->kv);
     }
     /* (b) everything together, random chunks, shuffled order */
-    for (int i = 0; i < n_seqs; i++) begin_seq(&mix, &seqs[i]);
+    for (int i = 0; i < n_seqs; i++)
+        begin_seq(&mix, &seqs[i]);
     int n_steps = 0;
     for (;;) {
         int ids[MAX_SEQ], chunks[MAX_SEQ], n_in = 0;
@@ -183,7 +193,8 @@ static void mixed_case(const char *model_rel, const char *const *ad_names, int n
             chunks[j] = c;
         }
         int budget = 96, kept = 0; /* a step budget: some sequences wait for the next step */
-        for (int i = 0; i < n_in && chunks[i] <= budget; i++, kept++) budget -= chunks[i];
+        for (int i = 0; i < n_in && chunks[i] <= budget; i++, kept++)
+            budget -= chunks[i];
         run_step(&mix, seqs, ids, chunks, kept, got);
         n_steps++;
     }
@@ -191,8 +202,8 @@ static void mixed_case(const char *model_rel, const char *const *ad_names, int n
     for (int i = 0; i < n_seqs; i++) {
         mseq *s = &seqs[i];
         for (int t = 0; t < s->n; t++) {
-            double e = qv_test_max_rel_err(got[i] + (size_t)t * V, s->solo + (size_t)t * V,
-                                           (size_t)V);
+            double e =
+                qv_test_max_rel_err(got[i] + (size_t)t * V, s->solo + (size_t)t * V, (size_t)V);
             worst = fmax(worst, e);
             if (e > TOL) {
                 char label[128];
@@ -207,25 +218,33 @@ static void mixed_case(const char *model_rel, const char *const *ad_names, int n
         free(s->solo);
         free(got[i]);
     }
-    printf("%s: %d sequences, %d adapters + base, %d mixed steps: max rel diff %.3g\n",
-           model_rel, n_seqs, n_ad, n_steps, worst);
-    for (int i = 0; i < n_ad; i++) qv_adapter_free(ads[i]);
+    printf("%s: %d sequences, %d adapters + base, %d mixed steps: max rel diff %.3g\n", model_rel,
+           n_seqs, n_ad, n_steps, worst);
+    for (int i = 0; i < n_ad; i++)
+        qv_adapter_free(ads[i]);
     golden_close(&solo);
     golden_close(&mix);
 }
 
 static void test_mixed_forward(void **state) {
     (void)state;
-    static const char *const gqa[] = {
-        "tiny-llama-gqa/dora",          "tiny-llama-gqa/double_seq_bn",
-        "tiny-llama-gqa/ia3",           "tiny-llama-gqa/lora_all_r8_rslora",
-        "tiny-llama-gqa/lora_bias",     "tiny-llama-gqa/lora_embed_lm_head",
-        "tiny-llama-gqa/lora_mts_lm_head", "tiny-llama-gqa/lora_patterns",
-        "tiny-llama-gqa/lora_qv_r4",    "tiny-llama-gqa/lora_r16_mlp_bf16",
-        "tiny-llama-gqa/lora_r1_f16",   "tiny-llama-gqa/par_bn",
-        "tiny-llama-gqa/prefix_nvt5",   "tiny-llama-gqa/prefix_nvt5_bf16",
-        "tiny-llama-gqa/prompt_nvt4",   "tiny-llama-gqa/ptuning_nvt3",
-        "tiny-llama-gqa/seq_bn"};
+    static const char *const gqa[] = {"tiny-llama-gqa/dora",
+                                      "tiny-llama-gqa/double_seq_bn",
+                                      "tiny-llama-gqa/ia3",
+                                      "tiny-llama-gqa/lora_all_r8_rslora",
+                                      "tiny-llama-gqa/lora_bias",
+                                      "tiny-llama-gqa/lora_embed_lm_head",
+                                      "tiny-llama-gqa/lora_mts_lm_head",
+                                      "tiny-llama-gqa/lora_patterns",
+                                      "tiny-llama-gqa/lora_qv_r4",
+                                      "tiny-llama-gqa/lora_r16_mlp_bf16",
+                                      "tiny-llama-gqa/lora_r1_f16",
+                                      "tiny-llama-gqa/par_bn",
+                                      "tiny-llama-gqa/prefix_nvt5",
+                                      "tiny-llama-gqa/prefix_nvt5_bf16",
+                                      "tiny-llama-gqa/prompt_nvt4",
+                                      "tiny-llama-gqa/ptuning_nvt3",
+                                      "tiny-llama-gqa/seq_bn"};
     mixed_case("tiny-llama-gqa", gqa, (int)QV_ARRAY_LEN(gqa), 2 * ((int)QV_ARRAY_LEN(gqa) + 1));
     static const char *const tl[] = {"tiny-llama/adaption_prompt", "tiny-llama/lora_embed_lm_head",
                                      "tiny-llama/prefix_nvt5"};
@@ -274,14 +293,15 @@ static void run_all(qv_engine *e) {
 
 static void test_mixed_engine(void **state) {
     (void)state;
-    static const char *const names[] = {"tiny-llama-gqa/lora_all_r8_rslora", "tiny-llama-gqa/ia3",
-                                        "tiny-llama-gqa/prefix_nvt5", "tiny-llama-gqa/prompt_nvt4",
-                                        "tiny-llama-gqa/seq_bn", "tiny-llama-gqa/dora"};
+    static const char *const names[] = {
+        "tiny-llama-gqa/lora_all_r8_rslora", "tiny-llama-gqa/ia3",    "tiny-llama-gqa/prefix_nvt5",
+        "tiny-llama-gqa/prompt_nvt4",        "tiny-llama-gqa/seq_bn", "tiny-llama-gqa/dora"};
     enum { N_AD = 6, N_REQ = 14 };
     qv_engine *e = make_engine();
     const qv_model *m = qv_engine_model(e);
     qv_adapter *ads[N_AD];
-    for (int i = 0; i < N_AD; i++) ads[i] = load_ad(m, names[i]);
+    for (int i = 0; i < N_AD; i++)
+        ads[i] = load_ad(m, names[i]);
     int32_t prompts[N_REQ][20];
     int n_prompt[N_REQ];
     gen_out solo[N_REQ], mixed[N_REQ];
@@ -327,9 +347,9 @@ static void test_mixed_engine(void **state) {
         gen_out base = {0};
         qv_gen_params pb = p[i];
         pb.adapter = NULL;
-        assert_int_equal(qv_engine_add(e, prompts[i], (size_t)n_prompt[i], &pb, on_token, &base,
-                                       NULL, &err),
-                         QV_OK);
+        assert_int_equal(
+            qv_engine_add(e, prompts[i], (size_t)n_prompt[i], &pb, on_token, &base, NULL, &err),
+            QV_OK);
         run_all(e);
         n_differ_from_base += memcmp(base.toks, solo[i].toks, sizeof(base.toks)) != 0;
     }
@@ -337,7 +357,8 @@ static void test_mixed_engine(void **state) {
            "ones differ from the base\n",
            N_REQ, N_AD, n_differ_from_base);
     assert_true(n_differ_from_base >= N_REQ / 2);
-    for (int i = 0; i < N_AD; i++) qv_adapter_free(ads[i]);
+    for (int i = 0; i < N_AD; i++)
+        qv_adapter_free(ads[i]);
     qv_engine_destroy(e);
 }
 
@@ -349,9 +370,9 @@ static void test_prefix_sharing(void **state) {
     (void)state;
     for (int ps = 4; ps <= 5; ps++) {
         golden_runner r;
-        assert_int_equal(golden_open(&r, qv_test_path("tests/fixtures/models/tiny-llama-gqa"), 2,
-                                     64, ps, 32),
-                         0);
+        assert_int_equal(
+            golden_open(&r, qv_test_path("tests/fixtures/models/tiny-llama-gqa"), 2, 64, ps, 32),
+            0);
         qv_adapter *ad = load_ad(r.m, "tiny-llama-gqa/prefix_nvt5");
         const int nvt = ad->n_virtual, V = r.m->cfg.n_vocab, free0 = r.kv->n_free;
         qv_adapter_prefix_cache *pc = NULL;
@@ -374,7 +395,8 @@ static void test_prefix_sharing(void **state) {
         sb.kv = b;
         sc.kv = c;
         mseq all[3] = {sa, sb, sc};
-        float *outs[3] = {malloc(sizeof(float) * 6 * (size_t)V), malloc(sizeof(float) * 6 * (size_t)V),
+        float *outs[3] = {malloc(sizeof(float) * 6 * (size_t)V),
+                          malloc(sizeof(float) * 6 * (size_t)V),
                           malloc(sizeof(float) * 6 * (size_t)V)};
         int idx[3] = {0, 1, 2}, ch[3] = {6, 6, 6};
         run_step(&r, all, idx, ch, 3, outs);
@@ -401,9 +423,8 @@ static void test_prefix_sharing(void **state) {
 static void test_refusals(void **state) {
     (void)state;
     golden_runner r;
-    assert_int_equal(golden_open(&r, qv_test_path("tests/fixtures/models/tiny-llama-gqa"), 1, 64,
-                                 4, 16),
-                     0);
+    assert_int_equal(
+        golden_open(&r, qv_test_path("tests/fixtures/models/tiny-llama-gqa"), 1, 64, 4, 16), 0);
     qv_adapter *lora = load_ad(r.m, "tiny-llama-gqa/lora_qv_r4");
     qv_adapter *prompt = load_ad(r.m, "tiny-llama-gqa/prompt_nvt4");
     qv_adapter *other = NULL; /* another model's adapter, loaded without a base */
@@ -418,8 +439,16 @@ static void test_refusals(void **state) {
     float logits[300];
     int32_t starts[3] = {0, 2, 4};
     const qv_adapter *ads[2] = {lora, prompt};
-    qv_batch b = {.n_tokens = 4, .tokens = tok, .pos = pos, .seq = sq, .n_seqs = 1, .seqs = seqs,
-                  .n_logits = 1, .logits_idx = li, .n_segs = 2, .seg_start = starts,
+    qv_batch b = {.n_tokens = 4,
+                  .tokens = tok,
+                  .pos = pos,
+                  .seq = sq,
+                  .n_seqs = 1,
+                  .seqs = seqs,
+                  .n_logits = 1,
+                  .logits_idx = li,
+                  .n_segs = 2,
+                  .seg_start = starts,
                   .seg_adapter = ads};
     assert_int_equal(qv_forward_run(r.fwd, &b, logits, &err), QV_OK); /* -1 = prompt token 0 */
     ads[1] = lora; /* a LoRA segment has no virtual tokens */
@@ -458,9 +487,8 @@ static void test_refusals(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_mixed_forward),
-                                       cmocka_unit_test(test_mixed_engine),
-                                       cmocka_unit_test(test_prefix_sharing),
-                                       cmocka_unit_test(test_refusals)};
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mixed_forward), cmocka_unit_test(test_mixed_engine),
+        cmocka_unit_test(test_prefix_sharing), cmocka_unit_test(test_refusals)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

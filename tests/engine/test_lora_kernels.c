@@ -3,8 +3,8 @@
  *
  * Against a double-precision reference: segments of ranks 1..64 (incl. empty segments and
  * lora_B bias), n_in / n_out not multiples of the vector or block widths; results within 1e-5
- * of the largest output. Batch invariance: a row computed inside a 9-segment batch on 2 threads is bitwise
- * equal to the same row computed alone on 1 thread.
+ * of the largest output. Batch invariance: a row computed inside a 9-segment batch on 2 threads is
+ * bitwise equal to the same row computed alone on 1 thread.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,7 +28,8 @@ static float frand(void) {
 
 static float *rand_arr(size_t n) {
     float *a = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) a[i] = frand();
+    for (size_t i = 0; i < n; i++)
+        a[i] = frand();
     return a;
 }
 
@@ -41,7 +42,9 @@ static void test_against_reference(void **state) {
     qv__lora_seg segs[N_SEG];
     int T = 0;
     for (int s = 0; s < N_SEG; s++) {
-        segs[s] = (qv__lora_seg){.t0 = T, .n = lens[s], .rank = ranks[s],
+        segs[s] = (qv__lora_seg){.t0 = T,
+                                 .n = lens[s],
+                                 .rank = ranks[s],
                                  .scale = 0.5f + 0.25f * (float)s,
                                  .a = rand_arr((size_t)ranks[s] * N_IN),
                                  .b = rand_arr((size_t)N_OUT * (size_t)ranks[s]),
@@ -71,7 +74,8 @@ static void test_against_reference(void **state) {
             }
             for (int o = 0; o < N_OUT; o++) {
                 double acc = 0;
-                for (int r = 0; r < g->rank; r++) acc += (double)g->b[(size_t)o * g->rank + r] * z[r];
+                for (int r = 0; r < g->rank; r++)
+                    acc += (double)g->b[(size_t)o * g->rank + r] * z[r];
                 if (g->b_bias) acc += (double)g->b_bias[o];
                 ref[(size_t)t * N_OUT + o] =
                     (float)((double)y0[(size_t)t * N_OUT + o] + (double)g->scale * acc);
@@ -79,10 +83,11 @@ static void test_against_reference(void **state) {
         }
     }
     double scale = 0; /* tolerance relative to the largest output (sums cancel) */
-    for (size_t i = 0; i < (size_t)T * N_OUT; i++) scale = fmax(scale, fabs((double)ref[i]));
-    assert_int_equal(qv_test_compare_f32("lora shrink+expand", y, ref, (size_t)T * N_OUT,
-                                         1e-5 * scale, 1e-5),
-                     0);
+    for (size_t i = 0; i < (size_t)T * N_OUT; i++)
+        scale = fmax(scale, fabs((double)ref[i]));
+    assert_int_equal(
+        qv_test_compare_f32("lora shrink+expand", y, ref, (size_t)T * N_OUT, 1e-5 * scale, 1e-5),
+        0);
 
     /* Batch invariance: each row again, alone, on a 1-thread backend: bitwise equal. */
     qv_backend *be1 = NULL;
@@ -119,7 +124,8 @@ static void test_dot_order(void **state) {
     for (int n = 0; n < 40; n++) {
         float *a = rand_arr((size_t)n + 1), *b = rand_arr((size_t)n + 1);
         double ref = 0;
-        for (int i = 0; i < n; i++) ref += (double)a[i] * (double)b[i];
+        for (int i = 0; i < n; i++)
+            ref += (double)a[i] * (double)b[i];
         assert_true(fabs((double)qv__lora_dot(a, b, n) - ref) <= 1e-5 * (1 + fabs(ref)));
         free(a);
         free(b);
