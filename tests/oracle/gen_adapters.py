@@ -992,7 +992,9 @@ def check_adapterhub() -> int:
                 same = sorted(f1.keys()) == sorted(f2.keys()) and all(
                     torch.equal(f1.get_tensor(k), f2.get_tensor(k)) for k in f1.keys())
         if lib_cfg != our_cfg:
-            log(f"  config differs: { {k: (our_cfg.get(k), lib_cfg.get(k)) for k in set(our_cfg) | set(lib_cfg) if our_cfg.get(k) != lib_cfg.get(k)} }")
+            diff = {k: (our_cfg.get(k), lib_cfg.get(k)) for k in set(our_cfg) | set(lib_cfg)
+                    if our_cfg.get(k) != lib_cfg.get(k)}
+            log(f"  config differs (ours, library): {diff}")
         ok = worst < 5e-5 and greedy_ok and same and lib_cfg == our_cfg
         bad += not ok
         log(f"{preset}: adapters {adapters.__version__} vs hook golden max |diff| {worst:.2e}, "
