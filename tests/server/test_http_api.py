@@ -314,6 +314,17 @@ def run_api_tests(srv):
     check(m.get('quiver_requests_total{status="401"}', 0) >= 2 and
           m.get('quiver_requests_total{status="200"}', 0) >= 10,
           "/metrics counts requests by status")
+    ok = True
+    for h in ("quiver_time_to_first_token_seconds", "quiver_time_per_output_token_seconds",
+              "quiver_e2e_request_latency_seconds"):
+        buckets = [v for k, v in m.items() if k.startswith(h + "_bucket")]
+        ok = ok and buckets == sorted(buckets) and buckets[-1] == m[h + "_count"]
+        ok = ok and m[h + "_count"] >= 10 and m[h + "_sum"] > 0
+    check(ok, "/metrics histograms are cumulative and count the requests")
+    check(m["quiver_generation_tokens_total"] >= 32 * 2 and m["quiver_prompt_tokens_total"] > 0,
+          "/metrics token counters")
+    check(m["quiver_kv_pages_total"] > 0 and m["quiver_queue_depth"] == 0,
+          "/metrics KV pool and queue gauges")
 
 
 def run_disconnect_test(srv):
