@@ -22,7 +22,7 @@ struct qv_adapter_rt {
     int max_tokens;
     const qv_batch *b; /* the current step's batch */
     bool active;
-    qv__lora_seg *lsegs; /* [max_tokens] */
+    qv__lora_seg *lsegs; /* [3 * max_tokens]: segments of up to 3 projections */
     int32_t *ids;        /* [max_tokens] sanitized token ids */
     int32_t *tok_seg;    /* [max_tokens] segment of each token */
     float *tmp;          /* LoRA shrink scratch / bottleneck scratch */
@@ -47,7 +47,7 @@ qv_status qv_adapter_rt_create(const qv_model *m, qv_backend *be, int max_tokens
     rt->m = m;
     rt->be = be;
     rt->max_tokens = max_tokens;
-    rt->lsegs = qv_malloc((size_t)max_tokens * sizeof(*rt->lsegs));
+    rt->lsegs = qv_malloc(3 * (size_t)max_tokens * sizeof(*rt->lsegs));
     rt->ids = qv_malloc((size_t)max_tokens * sizeof(*rt->ids));
     rt->tok_seg = qv_malloc((size_t)max_tokens * sizeof(*rt->tok_seg));
     if (!rt->lsegs || !rt->ids || !rt->tok_seg) {
@@ -139,7 +139,7 @@ qv_status qv_adapter_rt_begin(qv_adapter_rt *rt, const qv_batch *b, qv_error *er
                     max_rank = QV_MAX(max_rank, ad->layers[l].lora[p].rank);
                 max_bn = QV_MAX(max_bn, QV_MAX(ad->layers[l].bn_attn.d, ad->layers[l].bn_ffn.d));
             }
-            need_tmp += (size_t)(t1 - t0) * (size_t)max_rank;
+            need_tmp += 3u * (size_t)(t1 - t0) * (size_t)max_rank; /* up to 3 projections */
             /* bottleneck rows are done one at a time: d + 3 * dim floats */
             need_tmp = QV_MAX(need_tmp, (size_t)max_bn + 3u * (size_t)c->dim);
             if (ad->kind == QV_ADAPTER_ADAPTION_PROMPT)
@@ -241,51 +241,70 @@ void qv_adapter_rt_proj_input(qv_adapter_rt *rt, int layer, enum qv_proj p, floa
     }
 }
 
-void qv_adapter_rt_proj(qv_adapter_rt *rt, int layer, enum qv_proj p, const float *x_in, float *y,
-                        const float *bias) {
+void qv_adapter_rt_projs(qv_adapter_rt *rt, int layer, const enum qv_proj *ps, int n_p,
+                         const float *x_in, float *const *ys, const float *const *biases) {
     const qv_batch *b = rt->b;
     const qv_model_config *c = &rt->m->cfg;
-    const int n_in = proj_n_in(c, p), n_out = proj_n_out(c, p);
+    QV_ASSERT(n_p >= 1 && n_p <= 3);
+    const int n_in = proj_n_in(c, ps[0]);
     int n_l = 0;
-    for (int s = 0; s < b->n_segs; s++) {
-        const qv_adapter *ad = seg_ad(rt, s);
-        int t0 = b->seg_start[s], t1 = b->seg_start[s + 1];
-        if (!ad || t1 == t0) continue;
-        const qv_lora *lo = &ad->layers[layer].lora[p];
-        if (!lo->rank) continue;
-        if (lo->dora_scale) /* DoRA works on W x without the base bias */
-            for (int t = t0; t < t1 && bias; t++)
-                for (int o = 0; o < n_out; o++)
-                    y[(size_t)t * (size_t)n_out + (size_t)o] -= bias[o];
-        rt->lsegs[n_l++] = (qv__lora_seg){.t0 = t0,
-                                          .n = t1 - t0,
-                                          .rank = lo->rank,
-                                          .scale = lo->scale,
-                                          .a = lo->a,
-                                          .b = lo->b,
-                                          .b_bias = lo->b_bias};
-    }
-    if (n_l) {
-        qv__lora_shrink(rt->be, rt->lsegs, n_l, x_in, (size_t)n_in, n_in, rt->tmp);
-        qv__lora_expand(rt->be, rt->lsegs, n_l, rt->tmp, n_out, y, (size_t)n_out);
-    }
-    for (int s = 0; s < b->n_segs; s++) {
-        const qv_adapter *ad = seg_ad(rt, s);
-        if (!ad) continue;
-        const qv_adapter_layer *al = &ad->layers[layer];
-        const float *dora = al->lora[p].rank ? al->lora[p].dora_scale : NULL;
-        const float *ia3 = al->ia3_input[p] ? NULL : al->ia3[p];
-        if (!dora && !ia3) continue;
-        for (int t = b->seg_start[s]; t < b->seg_start[s + 1]; t++) {
-            float *row = y + (size_t)t * (size_t)n_out;
-            if (dora)
-                for (int o = 0; o < n_out; o++)
-                    row[o] = dora[o] * row[o] + (bias ? bias[o] : 0.0f);
-            if (ia3) /* (W x + b) ⊙ l: the bias is scaled too */
-                for (int o = 0; o < n_out; o++)
-                    row[o] *= ia3[o];
+    for (int k = 0; k < n_p; k++) {
+        const enum qv_proj p = ps[k];
+        const int n_out = proj_n_out(c, p);
+        QV_ASSERT(proj_n_in(c, p) == n_in);
+        for (int s = 0; s < b->n_segs; s++) {
+            const qv_adapter *ad = seg_ad(rt, s);
+            int t0 = b->seg_start[s], t1 = b->seg_start[s + 1];
+            if (!ad || t1 == t0) continue;
+            const qv_lora *lo = &ad->layers[layer].lora[p];
+            if (!lo->rank) continue;
+            if (lo->dora_scale && biases[k]) /* DoRA works on W x without the base bias */
+                for (int t = t0; t < t1; t++)
+                    for (int o = 0; o < n_out; o++)
+                        ys[k][(size_t)t * (size_t)n_out + (size_t)o] -= biases[k][o];
+            rt->lsegs[n_l++] = (qv__lora_seg){.t0 = t0,
+                                              .n = t1 - t0,
+                                              .rank = lo->rank,
+                                              .scale = lo->scale,
+                                              .a = lo->a,
+                                              .b = lo->b,
+                                              .b_bias = lo->b_bias,
+                                              .y = ys[k],
+                                              .ldy = (size_t)n_out,
+                                              .n_out = n_out};
         }
     }
+    if (n_l) { /* one shrink and one expand for every segment of every projection */
+        qv__lora_shrink(rt->be, rt->lsegs, n_l, x_in, (size_t)n_in, n_in, rt->tmp);
+        qv__lora_expand(rt->be, rt->lsegs, n_l, rt->tmp, 0, NULL, 0);
+    }
+    for (int k = 0; k < n_p; k++) {
+        const enum qv_proj p = ps[k];
+        const int n_out = proj_n_out(c, p);
+        const float *bias = biases[k];
+        for (int s = 0; s < b->n_segs; s++) {
+            const qv_adapter *ad = seg_ad(rt, s);
+            if (!ad) continue;
+            const qv_adapter_layer *al = &ad->layers[layer];
+            const float *dora = al->lora[p].rank ? al->lora[p].dora_scale : NULL;
+            const float *ia3 = al->ia3_input[p] ? NULL : al->ia3[p];
+            if (!dora && !ia3) continue;
+            for (int t = b->seg_start[s]; t < b->seg_start[s + 1]; t++) {
+                float *row = ys[k] + (size_t)t * (size_t)n_out;
+                if (dora)
+                    for (int o = 0; o < n_out; o++)
+                        row[o] = dora[o] * row[o] + (bias ? bias[o] : 0.0f);
+                if (ia3) /* (W x + b) ⊙ l: the bias is scaled too */
+                    for (int o = 0; o < n_out; o++)
+                        row[o] *= ia3[o];
+            }
+        }
+    }
+}
+
+void qv_adapter_rt_proj(qv_adapter_rt *rt, int layer, enum qv_proj p, const float *x_in, float *y,
+                        const float *bias) {
+    qv_adapter_rt_projs(rt, layer, &p, 1, x_in, &y, &bias);
 }
 
 /* ---- adaption prompt ---- */

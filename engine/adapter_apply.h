@@ -61,6 +61,10 @@ void qv_adapter_rt_proj_input(qv_adapter_rt *rt, int layer, enum qv_proj p, floa
  * IA³ output scaling for each segment. bias is the base bias (or NULL). */
 void qv_adapter_rt_proj(qv_adapter_rt *rt, int layer, enum qv_proj p, const float *x_in, float *y,
                         const float *bias);
+/* The same for n_p (1..3) projections that share the input x_in (q,k,v or gate,up), with one
+ * segmented shrink and one expand for all of them: ys[k] and biases[k] belong to ps[k]. */
+void qv_adapter_rt_projs(qv_adapter_rt *rt, int layer, const enum qv_proj *ps, int n_p,
+                         const float *x_in, float *const *ys, const float *const *biases);
 /* After attention: att (n, n_heads*head_dim) += adaption-prompt attention of `layer`, from the
  * post-RoPE queries q. */
 void qv_adapter_rt_attn(qv_adapter_rt *rt, int layer, const float *q, float *att);

@@ -195,9 +195,10 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
         be->matmul(B, &w->wk, f->xb, n, f->k, bias_of(&w->bk));
         be->matmul(B, &w->wv, f->xb, n, f->v, bias_of(&w->bv));
         if (ad) {
-            qv_adapter_rt_proj(ad, l, QV_PROJ_Q, f->xb, f->q, bias_of(&w->bq));
-            qv_adapter_rt_proj(ad, l, QV_PROJ_K, f->xb, f->k, bias_of(&w->bk));
-            qv_adapter_rt_proj(ad, l, QV_PROJ_V, f->xb, f->v, bias_of(&w->bv));
+            const enum qv_proj ps[3] = {QV_PROJ_Q, QV_PROJ_K, QV_PROJ_V};
+            float *const ys[3] = {f->q, f->k, f->v};
+            const float *const bs[3] = {bias_of(&w->bq), bias_of(&w->bk), bias_of(&w->bv)};
+            qv_adapter_rt_projs(ad, l, ps, 3, f->xb, ys, bs);
         }
         be->rope(B, f->q, n, c->n_heads, c->head_dim, b->pos, m->rope_inv_freq);
         be->rope(B, f->k, n, c->n_kv_heads, c->head_dim, b->pos, m->rope_inv_freq);
@@ -219,8 +220,10 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
         be->matmul(B, &w->w_gate, f->xb, n, f->gate, bias_of(&w->b_gate));
         be->matmul(B, &w->w_up, f->xb, n, f->up, bias_of(&w->b_up));
         if (ad) {
-            qv_adapter_rt_proj(ad, l, QV_PROJ_GATE, f->xb, f->gate, bias_of(&w->b_gate));
-            qv_adapter_rt_proj(ad, l, QV_PROJ_UP, f->xb, f->up, bias_of(&w->b_up));
+            const enum qv_proj ps[2] = {QV_PROJ_GATE, QV_PROJ_UP};
+            float *const ys[2] = {f->gate, f->up};
+            const float *const bs[2] = {bias_of(&w->b_gate), bias_of(&w->b_up)};
+            qv_adapter_rt_projs(ad, l, ps, 2, f->xb, ys, bs);
         }
         be->swiglu(B, f->gate, f->up, f->gate, (size_t)n * (size_t)c->n_ff);
         if (be->matmul_acc && !ad) {

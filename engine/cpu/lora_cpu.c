@@ -111,64 +111,88 @@ size_t qv__lora_tmp_floats(const qv__lora_seg *segs, int n_segs) {
 typedef struct lora_task {
     const qv__lora_seg *segs;
     int n_segs;
-    const float *x; /* shrink input */
+    const float *x; /* shrink input (segments without their own x) */
     size_t ldx;
     int n_in;
     float *tmp_w;       /* shrink output */
     const float *tmp_r; /* expand input */
-    int n_out;
+    int n_out;          /* expand (segments without their own y) */
     float *y;
     size_t ldy;
-    int n_blocks; /* expand: output blocks per row (1 for shrink) */
+    bool expand;  /* items are (row, 128-output block) pairs */
     bool simd;    /* AVX2+FMA row kernels (fixed per backend, so per row) */
-    long n_items; /* rows * n_blocks */
+    long n_items; /* shrink: rows; expand: sum over segments of n * blocks */
 } lora_task;
 
-/* Finds the segment of global row `row` (rows numbered through the segments in order) and the
- * packed tmp offset of that row. Segments are few; a linear walk is cheap next to the dots. */
-static int locate(const lora_task *t, long row, int *seg, size_t *tmp_off) {
+/* Effective input/output geometry of a segment (its own, or the call's). */
+static const float *seg_x(const lora_task *t, const qv__lora_seg *g, size_t *ld, int *n_in) {
+    *ld = g->x ? g->ldx : t->ldx;
+    *n_in = g->x ? g->n_in : t->n_in;
+    return g->x ? g->x : t->x;
+}
+static float *seg_y(const lora_task *t, const qv__lora_seg *g, size_t *ld, int *n_out) {
+    *ld = g->y ? g->ldy : t->ldy;
+    *n_out = g->y ? g->n_out : t->n_out;
+    return g->y ? g->y : t->y;
+}
+static int seg_blocks(const lora_task *t, const qv__lora_seg *g) {
+    if (!t->expand) return 1;
+    int n_out = g->y ? g->n_out : t->n_out;
+    return (n_out + EXPAND_BLOCK - 1) / EXPAND_BLOCK;
+}
+
+/* Finds the segment of work item `item` (items numbered through the segments in order), the
+ * row inside it, its output block and the packed tmp offset of that row. Segments are few; a
+ * linear walk is cheap next to the dots. */
+static int locate(const lora_task *t, long item, int *seg, int *blk, size_t *tmp_off) {
     size_t off = 0;
     for (int s = 0; s < t->n_segs; s++) {
-        if (row < t->segs[s].n) {
+        const qv__lora_seg *g = &t->segs[s];
+        const long nb = seg_blocks(t, g), n_it = (long)g->n * nb;
+        if (item < n_it) {
             *seg = s;
-            *tmp_off = off + (size_t)row * (size_t)t->segs[s].rank;
-            return (int)row;
+            *blk = (int)(item % nb);
+            const int row = (int)(item / nb);
+            *tmp_off = off + (size_t)row * (size_t)g->rank;
+            return row;
         }
-        row -= t->segs[s].n;
-        off += (size_t)t->segs[s].n * (size_t)t->segs[s].rank;
+        item -= n_it;
+        off += (size_t)g->n * (size_t)g->rank;
     }
     return -1;
 }
 
 static void shrink_item(const lora_task *t, long item) {
-    int s = 0;
+    int s = 0, blk = 0;
     size_t off = 0;
-    int r = locate(t, item, &s, &off);
+    int r = locate(t, item, &s, &blk, &off);
     QV_ASSERT(r >= 0);
     const qv__lora_seg *g = &t->segs[s];
-    const float *x = t->x + (size_t)(g->t0 + r) * t->ldx;
+    size_t ldx;
+    int n_in;
+    const float *x = seg_x(t, g, &ldx, &n_in) + (size_t)(g->t0 + r) * ldx;
     float *out = t->tmp_w + off;
 #if QV_LORA_X86
     if (t->simd) {
-        shrink_row_avx2(x, g->a, g->rank, t->n_in, out);
+        shrink_row_avx2(x, g->a, g->rank, n_in, out);
         return;
     }
 #endif
     for (int k = 0; k < g->rank; k++)
-        out[k] = qv__lora_dot(x, g->a + (size_t)k * (size_t)t->n_in, t->n_in);
+        out[k] = qv__lora_dot(x, g->a + (size_t)k * (size_t)n_in, n_in);
 }
 
 static void expand_item(const lora_task *t, long item) {
-    int s = 0;
+    int s = 0, blk = 0;
     size_t off = 0;
-    long row = item / t->n_blocks;
-    int blk = (int)(item % t->n_blocks);
-    int r = locate(t, row, &s, &off);
+    int r = locate(t, item, &s, &blk, &off);
     QV_ASSERT(r >= 0);
     const qv__lora_seg *g = &t->segs[s];
     const float *z = t->tmp_r + off;
-    float *y = t->y + (size_t)(g->t0 + r) * t->ldy;
-    int o1 = QV_MIN(t->n_out, (blk + 1) * EXPAND_BLOCK);
+    size_t ldy;
+    int n_out;
+    float *y = seg_y(t, g, &ldy, &n_out) + (size_t)(g->t0 + r) * ldy;
+    int o1 = QV_MIN(n_out, (blk + 1) * EXPAND_BLOCK);
 #if QV_LORA_X86
     if (t->simd) {
         expand_row_avx2(g->b, z, g->rank, g->b_bias, g->scale, y, blk * EXPAND_BLOCK, o1);
@@ -206,36 +230,29 @@ static void dispatch(qv_backend *be, lora_task *t, qv__cpu_task_fn fn) {
         qv__cpu_pool_run(cx->pool, fn, t);
 }
 
-static long total_rows(const qv__lora_seg *segs, int n_segs) {
+static long count_items(const lora_task *t) {
     long n = 0;
-    for (int s = 0; s < n_segs; s++)
-        n += segs[s].n;
+    for (int s = 0; s < t->n_segs; s++)
+        n += (long)t->segs[s].n * seg_blocks(t, &t->segs[s]);
     return n;
 }
 
 void qv__lora_shrink(qv_backend *be, const qv__lora_seg *segs, int n_segs, const float *x,
                      size_t ldx, int n_in, float *tmp) {
-    lora_task t = {.segs = segs,
-                   .n_segs = n_segs,
-                   .x = x,
-                   .ldx = ldx,
-                   .n_in = n_in,
-                   .tmp_w = tmp,
-                   .n_blocks = 1,
-                   .n_items = total_rows(segs, n_segs)};
+    lora_task t = {.segs = segs, .n_segs = n_segs, .x = x, .ldx = ldx, .n_in = n_in, .tmp_w = tmp};
+    t.n_items = count_items(&t);
     if (t.n_items > 0) dispatch(be, &t, shrink_fn);
 }
 
 void qv__lora_expand(qv_backend *be, const qv__lora_seg *segs, int n_segs, const float *tmp,
                      int n_out, float *y, size_t ldy) {
-    int nb = (n_out + EXPAND_BLOCK - 1) / EXPAND_BLOCK;
     lora_task t = {.segs = segs,
                    .n_segs = n_segs,
                    .tmp_r = tmp,
                    .n_out = n_out,
                    .y = y,
                    .ldy = ldy,
-                   .n_blocks = nb,
-                   .n_items = total_rows(segs, n_segs) * nb};
+                   .expand = true};
+    t.n_items = count_items(&t);
     if (t.n_items > 0) dispatch(be, &t, expand_fn);
 }

@@ -21,13 +21,23 @@ typedef struct qv__lora_seg {
     const float *a;      /* (rank, n_in) */
     const float *b;      /* (n_out, rank) */
     const float *b_bias; /* (n_out) or NULL */
+    /* Optional per-segment geometry, so one call can cover several projections: when x is
+     * non-NULL the segment reads its rows from x (stride ldx, n_in columns) instead of the
+     * call's input; when y is non-NULL it writes y (stride ldy, n_out columns). */
+    const float *x;
+    size_t ldx;
+    int n_in;
+    float *y;
+    size_t ldy;
+    int n_out;
 } qv__lora_seg;
 
 /* Floats of the shrink scratch the segments need: sum of n * rank. */
 size_t qv__lora_tmp_floats(const qv__lora_seg *segs, int n_segs);
 
 /* tmp (packed per segment, segment s after all earlier ones, rows of `rank` floats) =
- * x[t0..t0+n) · Aᵀ. x rows have stride ldx floats, n_in of them are read. `be` must be the CPU
+ * x[t0..t0+n) · Aᵀ. x rows have stride ldx floats, n_in of them are read (per-segment x
+ * overrides). `be` must be the CPU
  * backend (its pool is used); NULL runs single-threaded. */
 void qv__lora_shrink(qv_backend *be, const qv__lora_seg *segs, int n_segs, const float *x,
                      size_t ldx, int n_in, float *tmp);

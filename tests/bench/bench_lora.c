@@ -9,7 +9,8 @@
  * (one call per adapter) on a 576 -> 576 rank-16 projection with 64 tokens spread over 1, 4, 16
  * and 64 distinct adapters.
  *
- * usage: bench_lora [MODEL] [--threads N] [--pairs P] [--gen G] [--prompt L]
+ * usage: bench_lora [MODEL] [--threads N] [--pairs P] [--gen G] [--prompt L] [--same]
+ * (--same: all 16 sequences share one adapter, to separate bandwidth from compute cost)
  * Prints a table and one JSON line per part.
  */
 #include <stdint.h>
@@ -170,6 +171,7 @@ static void kernel_bench(qv_backend *be, int n_adapters, double *t_seg, double *
 int main(int argc, char **argv) {
     const char *model = NULL;
     int n_threads = 0, pairs = 5, n_gen = 32, n_prompt = 16;
+    bool same = false; /* --same: all 16 sequences on one adapter (bandwidth vs compute probe) */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             n_threads = atoi(argv[++i]);
@@ -177,6 +179,8 @@ int main(int argc, char **argv) {
             pairs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--gen") && i + 1 < argc)
             n_gen = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--same"))
+            same = true;
         else if (!strcmp(argv[i], "--prompt") && i + 1 < argc)
             n_prompt = atoi(argv[++i]);
         else
@@ -209,7 +213,7 @@ int main(int argc, char **argv) {
     qv_adapter *ads[N_SEQ];
     size_t ad_bytes = 0;
     for (int i = 0; i < N_SEQ; i++)
-        ads[i] = make_lora(mc);
+        ads[i] = (same && i) ? ads[0] : make_lora(mc);
     for (int l = 0; l < mc->n_layers; l++)
         for (int p = 0; p < QV_PROJ_COUNT; p++)
             ad_bytes += (size_t)RANK *
@@ -217,7 +221,8 @@ int main(int argc, char **argv) {
                         sizeof(float);
     printf("bench_lora: %s, %d sequences, %d distinct rank-%d LoRA adapters on all 7 projections "
            "(%.1f MiB F32 each), prompt %d, gen %d, %d pairs\n",
-           model, N_SEQ, N_SEQ, RANK, (double)ad_bytes / (1 << 20), n_prompt, n_gen, pairs);
+           model, N_SEQ, same ? 1 : N_SEQ, RANK, (double)ad_bytes / (1 << 20), n_prompt, n_gen,
+           pairs);
     run_decode(e, NULL, n_prompt, 4); /* warm-up */
     run_decode(e, ads, n_prompt, 4);
     double ratio[64], base_tps[64], lora_tps[64];
@@ -239,7 +244,7 @@ int main(int argc, char **argv) {
            "\"lora_tok_s\":%.2f,\"median_ratio\":%.4f}\n",
            N_SEQ, RANK, base_tps[pairs / 2], lora_tps[pairs / 2], med);
     for (int i = 0; i < N_SEQ; i++)
-        free_lora(ads[i]);
+        if (!same || i == 0) free_lora(ads[i]);
     qv_engine_destroy(e);
 
     qv_backend *be = NULL;
