@@ -36,11 +36,16 @@ float qv__lora_dot(const float *a, const float *b, int n) {
 
 /* Sequential dot of the n < 8 leftover elements after the vector part. Never inlined, so one
  * body serves every caller (no FMA contraction differences between call sites). */
-__attribute__((noinline)) static float tail_dot(const float *a, const float *b, int n) {
+__attribute__((noinline)) static float tail_dot_body(const float *a, const float *b, int n) {
     float s = 0.0f;
     for (int i = 0; i < n; i++)
         s += a[i] * b[i];
     return s;
+}
+
+/* The call is skipped when there is no tail (the common n_in % 8 == 0, rank % 8 == 0 case). */
+static inline float tail_dot(const float *a, const float *b, int n) {
+    return n ? tail_dot_body(a, b, n) : 0.0f;
 }
 
 #if QV_LORA_X86
@@ -85,12 +90,38 @@ QV_AVX2 static void shrink_row_avx2(const float *x, const float *a, int rank, in
     }
 }
 
-/* y[o] += scale * (B[o] · z + bias[o]) for o in [o0, o1). */
+/* y[o] += scale * (B[o] · z + bias[o]) for o in [o0, o1). When rank % 8 == 0, outputs go in
+ * groups of 8 (o0 is a multiple of 8: blocks are 128 wide): 8 FMA chains reduced together by a
+ * fixed hadd tree; the last n_out % 8 outputs (and every output of other ranks) take the
+ * one-output path. Which path an output takes depends only on o and the shapes. */
 QV_AVX2 static void expand_row_avx2(const float *b, const float *z, int rank, const float *bias,
                                     float scale, float *y, int o0, int o1) {
     const int nv = rank & ~7;
-    for (int o = o0; o < o1; o++) {
-        const float *bo = b + (size_t)o * (size_t)rank;
+    const size_t ld = (size_t)rank;
+    int o = o0;
+    if (nv == rank && rank > 0) {
+        const __m256 vs = _mm256_set1_ps(scale);
+        for (; o + 8 <= o1; o += 8) {
+            __m256 acc[8];
+            for (int j = 0; j < 8; j++)
+                acc[j] = _mm256_setzero_ps();
+            for (int k = 0; k < rank; k += 8) {
+                const __m256 zv = _mm256_loadu_ps(z + k);
+                for (int j = 0; j < 8; j++)
+                    acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(b + (size_t)(o + j) * ld + (size_t)k),
+                                             zv, acc[j]);
+            }
+            const __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
+            const __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]), t3 = _mm256_hadd_ps(acc[6], acc[7]);
+            const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+            __m256 d = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                                     _mm256_permute2f128_ps(u0, u1, 0x31));
+            if (bias) d = _mm256_add_ps(d, _mm256_loadu_ps(bias + o));
+            _mm256_storeu_ps(y + o, _mm256_add_ps(_mm256_loadu_ps(y + o), _mm256_mul_ps(vs, d)));
+        }
+    }
+    for (; o < o1; o++) {
+        const float *bo = b + (size_t)o * ld;
         __m256 c = _mm256_setzero_ps();
         for (int k = 0; k < nv; k += 8)
             c = _mm256_fmadd_ps(_mm256_loadu_ps(bo + k), _mm256_loadu_ps(z + k), c);
