@@ -1,10 +1,9 @@
 /*
  * cuda_probe.h - the CUDA build's device probe and self-test, callable from C.
  *
- * This is the CUDA side of the QV_CUDA build switch only: the CUDA backend (weights resident on
- * the GPU, cuBLAS projections, paged attention) is a later piece of work. These functions let
- * GPU tests detect a device and check that the toolchain, the architecture list and the
- * runtime agree, by running one small kernel whose result is compared on the host.
+ * Not the backend (that is backend_cuda.h): these functions let GPU tests and benchmarks detect
+ * a device and check that the toolchain, the architecture list and the runtime agree, by
+ * running one small kernel whose result is compared on the host.
  */
 #ifndef QV_CUDA_PROBE_H
 #define QV_CUDA_PROBE_H
