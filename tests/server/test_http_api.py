@@ -166,6 +166,8 @@ def main():
     finally:
         srv.stop(signal.SIGKILL) if srv.proc.poll() is None else None
     run_queue_limit_test()
+    reports = [l for l in srv.lines if "Sanitizer" in l or "runtime error:" in l]
+    check(not reports, f"no sanitizer report from the server ({reports[:1]})")
     if failures:
         print(f"{len(failures)} check(s) failed")
         print("server log tail:\n" + "".join(srv.lines[-20:]))
