@@ -89,6 +89,7 @@ typedef struct conn_ctx {
     char *body;
     size_t body_len, body_cap;
     bool too_big;
+    char route[96]; /* "METHOD /path" for the log line of requests that never reach the engine */
     request *req;
     int status;
     double t0;
@@ -1013,6 +1014,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (ctx->req) return respond(c, ctx);
+    snprintf(ctx->route, sizeof(ctx->route), "%s %s", method, url);
     bool get = !strcmp(method, MHD_HTTP_METHOD_GET), post_m = !strcmp(method, MHD_HTTP_METHOD_POST);
     if (!strcmp(url, "/health")) {
         if (!get) goto bad_method;
@@ -1108,6 +1110,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         request_release(r);
     } else if (ctx->status) {
         qv_metrics_request(srv->metrics, ctx->status, 0, 0, -1, -1, now - ctx->t0);
+        /* Probes and scrapes stay quiet; everything else (errors included) gets its line. */
+        if (strcmp(ctx->route, "GET /health") != 0 && strcmp(ctx->route, "GET /ready") != 0 &&
+            strcmp(ctx->route, "GET /metrics") != 0)
+            QV_LOGI("request - %s status=%d total=%.3fs", ctx->route, ctx->status, now - ctx->t0);
     }
     qv_free(ctx->body);
     qv_free(ctx);
