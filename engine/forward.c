@@ -36,8 +36,8 @@ struct qv_forward {
     int32_t *argmax_dev; /* [max_tokens] */
     int logit_rows;
     /* host-side per-step metadata */
-    int32_t *slot_page; /* [T] */
-    int32_t *slot_off;  /* [T] */
+    int32_t *slot_page;     /* [T] */
+    int32_t *slot_off;      /* [T] */
     const int32_t **tables; /* [T] page tables, one per sequence of the batch (n_seqs <= T) */
     qv_adapter_rt *ad;      /* adapter runtime, created by the first batch with segments */
 };
@@ -91,8 +91,8 @@ qv_status qv_forward_create(const qv_model *m, qv_backend *be, qv_kv_cache *kv, 
 
 void qv_forward_destroy(qv_forward *f) {
     if (!f) return;
-    void *bufs[] = {f->argmax_dev, f->logits_dev, f->up, f->gate, f->att, f->v,
-                    f->k,          f->q,          f->xb2, f->xb, f->x};
+    void *bufs[] = {f->argmax_dev, f->logits_dev, f->up,  f->gate, f->att, f->v,
+                    f->k,          f->q,          f->xb2, f->xb,   f->x};
     for (size_t i = 0; i < QV_ARRAY_LEN(bufs); i++) /* reverse order: stack-like arenas */
         if (bufs[i]) f->be->iface->free(f->be, bufs[i]);
     qv_free(f->slot_page);
@@ -120,8 +120,8 @@ static qv_status validate(qv_forward *f, const qv_batch *b, qv_error *err) {
         int s = b->seq[i];
         /* negative ids (virtual tokens) are checked by qv_adapter_rt_begin */
         if ((b->tokens[i] < 0 && b->n_segs == 0) || b->tokens[i] >= c->n_vocab)
-            return qv_errorf(err, QV_ERR_INVALID, "token id %d out of range [0, %d)",
-                             b->tokens[i], c->n_vocab);
+            return qv_errorf(err, QV_ERR_INVALID, "token id %d out of range [0, %d)", b->tokens[i],
+                             c->n_vocab);
         if (s < 0 || s >= b->n_seqs)
             return qv_errorf(err, QV_ERR_INVALID, "token %d names sequence %d", i, s);
         int p = b->pos[i];
@@ -133,7 +133,8 @@ static qv_status validate(qv_forward *f, const qv_batch *b, qv_error *err) {
     for (int i = 0; i < b->n_logits; i++)
         if (b->logits_idx[i] < 0 || b->logits_idx[i] >= n)
             return qv_errorf(err, QV_ERR_INVALID, "logits index %d out of range", b->logits_idx[i]);
-    for (int s = 0; s < b->n_seqs; s++) f->tables[s] = b->seqs[s]->pages;
+    for (int s = 0; s < b->n_seqs; s++)
+        f->tables[s] = b->seqs[s]->pages;
     if (b->n_segs != 0) { /* adapters: CPU only for now (refused on device backends) */
         if (!f->ad) {
             qv_status st = qv_adapter_rt_create(f->m, f->be, f->max_tokens, &f->ad, err);
@@ -152,12 +153,14 @@ static uint64_t step_key(const qv_forward *f, const qv_batch *b, int greedy) {
         max_page = QV_MAX(max_page, b->pos[i] / f->kv->pool.page_size);
     /* the CUDA backend's page-table stride grows in powers of two: so does the key */
     int bucket = 8;
-    while (bucket < max_page + 1) bucket *= 2;
+    while (bucket < max_page + 1)
+        bucket *= 2;
     max_page = bucket;
     uint64_t k = 1469598103934665603ull;
     const uint64_t v[5] = {(uint64_t)b->n_tokens, (uint64_t)b->n_seqs, (uint64_t)b->n_logits,
                            (uint64_t)max_page, (uint64_t)greedy};
-    for (int i = 0; i < 5; i++) k = (k ^ v[i]) * 1099511628211ull;
+    for (int i = 0; i < 5; i++)
+        k = (k ^ v[i]) * 1099511628211ull;
     return k ? k : 1;
 }
 
@@ -282,7 +285,8 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
     for (int i = 0; i < b->n_logits; i++) {
         const float *src = f->x + (size_t)b->logits_idx[i] * dim;
         float *dst = f->xb + (size_t)i * dim;
-        for (size_t j = 0; j < dim; j++) dst[j] = src[j];
+        for (size_t j = 0; j < dim; j++)
+            dst[j] = src[j];
     }
     be->rmsnorm(B, f->xb, m->out_norm.data, b->n_logits, c->dim, c->norm_eps, f->xb);
     be->matmul(B, &m->lm_head, f->xb, b->n_logits, logits, NULL);
@@ -290,12 +294,13 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
     return QV_OK;
 }
 
-qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens,
-                                qv_error *err) {
+qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens, qv_error *err) {
     const struct qv_backend_i *be = f->be->iface;
     if (!be->download || !be->argmax)
-        return qv_errorf(err, QV_ERR_UNSUPPORTED, "forward: greedy on the device needs a device "
-                                                  "backend (%s)", be->name);
+        return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                         "forward: greedy on the device needs a device "
+                         "backend (%s)",
+                         be->name);
     qv_status st = validate(f, b, err);
     if (st != QV_OK) return st;
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -306,8 +311,7 @@ qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *token
             device_logits(f, b, r0, nr);
             be->argmax(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->argmax_dev + r0);
         }
-        st = be->download(f->be, tokens, f->argmax_dev, (size_t)b->n_logits * sizeof(int32_t),
-                          err);
+        st = be->download(f->be, tokens, f->argmax_dev, (size_t)b->n_logits * sizeof(int32_t), err);
         if (st != QV_ERR_BUSY) return st;
     }
     return st;

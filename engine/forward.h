@@ -21,9 +21,9 @@ extern "C" {
 
 typedef struct qv_batch {
     int n_tokens;
-    const int32_t *tokens;  /* [n_tokens] token ids */
-    const int32_t *pos;     /* [n_tokens] absolute positions */
-    const int32_t *seq;     /* [n_tokens] index into seqs */
+    const int32_t *tokens; /* [n_tokens] token ids */
+    const int32_t *pos;    /* [n_tokens] absolute positions */
+    const int32_t *seq;    /* [n_tokens] index into seqs */
     int n_seqs;
     const qv_kv_seq *const *seqs; /* [n_seqs] page tables covering every position used */
     int n_logits;
@@ -33,7 +33,7 @@ typedef struct qv_batch {
      * (seg_start[0] == 0, seg_start[n_segs] == n_tokens) and runs seg_adapter[s] (NULL: none).
      * In a prompt/P-tuning segment, token id -1-k is the adapter's virtual token k. */
     int n_segs;
-    const int32_t *seg_start;                     /* [n_segs + 1] */
+    const int32_t *seg_start;                    /* [n_segs + 1] */
     const struct qv_adapter *const *seg_adapter; /* [n_segs] */
 } qv_batch;
 
@@ -54,8 +54,7 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
 /* Like qv_forward_run, but only the greedy choice (first maximum of each wanted row's logits)
  * is computed, on the device, and tokens[n_logits] receives it; the logits never leave the
  * device. Errors: as qv_forward_run; QV_ERR_UNSUPPORTED on host-memory backends (CPU). */
-qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens,
-                                qv_error *err);
+qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens, qv_error *err);
 
 #ifdef __cplusplus
 }

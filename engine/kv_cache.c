@@ -13,8 +13,8 @@ size_t qv_kv_bytes_per_token(const qv_model_config *cfg) {
            sizeof(float);
 }
 
-qv_status qv_kv_cache_create(qv_backend *be, const qv_model_config *cfg, int n_pages,
-                             int page_size, qv_kv_cache **out, qv_error *err) {
+qv_status qv_kv_cache_create(qv_backend *be, const qv_model_config *cfg, int n_pages, int page_size,
+                             qv_kv_cache **out, qv_error *err) {
     *out = NULL;
     if (n_pages <= 0 || page_size <= 0)
         return qv_errorf(err, QV_ERR_INVALID, "kv cache: need at least one page (got %d x %d)",
@@ -40,7 +40,8 @@ qv_status qv_kv_cache_create(qv_backend *be, const qv_model_config *cfg, int n_p
                          2 * n_bytes, n_pages);
     }
     /* Page 0 on top of the stack: allocation order 0, 1, 2, ... for a fresh cache. */
-    for (int i = 0; i < n_pages; i++) kv->free_list[i] = n_pages - 1 - i;
+    for (int i = 0; i < n_pages; i++)
+        kv->free_list[i] = n_pages - 1 - i;
     kv->n_free = n_pages;
     *out = kv;
     return QV_OK;
@@ -69,7 +70,8 @@ qv_status qv_kv_seq_reserve(qv_kv_cache *kv, qv_kv_seq *seq, int n_tokens) {
     int want = seq->n_pages + extra;
     if (want > seq->cap) {
         int cap = seq->cap ? seq->cap : 4;
-        while (cap < want) cap *= 2;
+        while (cap < want)
+            cap *= 2;
         int32_t *p = qv_realloc(seq->pages, (size_t)cap * sizeof(int32_t));
         if (!p) return QV_ERR_NOMEM;
         seq->pages = p;
@@ -96,7 +98,8 @@ void qv_kv_page_unref(qv_kv_cache *kv, int32_t page) {
 
 void qv_kv_seq_release(qv_kv_cache *kv, qv_kv_seq *seq) {
     /* Release in reverse so the pages come back in the order they were taken. */
-    for (int i = seq->n_pages - 1; i >= 0; i--) qv_kv_page_unref(kv, seq->pages[i]);
+    for (int i = seq->n_pages - 1; i >= 0; i--)
+        qv_kv_page_unref(kv, seq->pages[i]);
     qv_free(seq->pages);
     memset(seq, 0, sizeof(*seq));
 }

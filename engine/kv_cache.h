@@ -24,7 +24,7 @@ typedef struct qv_kv_cache {
     qv_kv_pool pool;    /* k/v storage allocated from `be` */
     int32_t *free_list; /* [n_pages] stack of free page ids; top at n_free - 1 */
     int n_free;
-    int32_t *refcnt;    /* [n_pages] */
+    int32_t *refcnt; /* [n_pages] */
 } qv_kv_cache;
 
 /* A sequence's view of the cache. Zero-initialise before first use. */
@@ -36,8 +36,8 @@ typedef struct qv_kv_seq {
 
 /* Creates a cache of n_pages pages of page_size tokens for the model's layers and KV heads.
  * Owner: caller (qv_kv_cache_destroy). Errors: QV_ERR_NOMEM / QV_ERR_INVALID. */
-qv_status qv_kv_cache_create(qv_backend *be, const qv_model_config *cfg, int n_pages,
-                             int page_size, qv_kv_cache **out, qv_error *err);
+qv_status qv_kv_cache_create(qv_backend *be, const qv_model_config *cfg, int n_pages, int page_size,
+                             qv_kv_cache **out, qv_error *err);
 /* Accepts NULL. All sequences must have been released first. */
 void qv_kv_cache_destroy(qv_kv_cache *kv);
 

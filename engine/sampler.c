@@ -126,7 +126,8 @@ static double rng_uniform(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * 
 
 static void rng_seed(uint64_t s[4], uint64_t seed) {
     uint64_t x = seed;
-    for (int i = 0; i < 4; i++) s[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++)
+        s[i] = splitmix64(&x);
 }
 
 /* ---------------------------------------------------------------- lifetime ---- */
@@ -258,10 +259,13 @@ static float row_max(const float *x, int n) {
                   -INFINITY, -INFINITY, -INFINITY, -INFINITY};
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) a[j] = x[i + j] > a[j] ? x[i + j] : a[j];
+        for (int j = 0; j < 8; j++)
+            a[j] = x[i + j] > a[j] ? x[i + j] : a[j];
     float m = -INFINITY;
-    for (int j = 0; j < 8; j++) m = a[j] > m ? a[j] : m;
-    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    for (int j = 0; j < 8; j++)
+        m = a[j] > m ? a[j] : m;
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
     return m;
 }
 
@@ -314,7 +318,8 @@ static uint32_t pick_bucket(const uint32_t hist[256], uint32_t *need) {
 static float kth_largest(qv_sampler *s, const float *x, int n, int k) {
     uint32_t hist[256] = {0};
     uint32_t need = (uint32_t)k;
-    for (int i = 0; i < n; i++) hist[float_key(x[i]) >> 24]++;
+    for (int i = 0; i < n; i++)
+        hist[float_key(x[i]) >> 24]++;
     uint32_t prefix = pick_bucket(hist, &need) << 24;
     uint32_t *keys = s->w->keys;
     size_t m = 0;
@@ -324,7 +329,8 @@ static float kth_largest(qv_sampler *s, const float *x, int n, int k) {
     }
     for (int shift = 16; shift >= 0; shift -= 8) {
         memset(hist, 0, sizeof(hist));
-        for (size_t i = 0; i < m; i++) hist[(keys[i] >> shift) & 0xffu]++;
+        for (size_t i = 0; i < m; i++)
+            hist[(keys[i] >> shift) & 0xffu]++;
         uint32_t b = pick_bucket(hist, &need);
         size_t w = 0;
         for (size_t i = 0; i < m; i++)
@@ -425,7 +431,8 @@ static void sift_down(cand *h, size_t n, size_t i) {
  * far as the cut. Moves the kept tokens to c[0..kept) and returns kept. */
 static size_t top_p_cut(cand *c, size_t n, double z, float top_p) {
     if (n == 0) return 0;
-    for (size_t i = n / 2; i-- > 0;) sift_down(c, n, i);
+    for (size_t i = n / 2; i-- > 0;)
+        sift_down(c, n, i);
     const double limit = (double)top_p * z;
     double mass = 0.0;
     size_t h = n, kept = 0;
@@ -453,8 +460,10 @@ static double sum_weights(const float *x, int n, float t, float m) {
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     int i = 0;
     for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; j++) acc[j] += (double)expf(x[i + j] / t - m);
-    for (; i < n; i++) acc[0] += (double)expf(x[i] / t - m);
+        for (int j = 0; j < 4; j++)
+            acc[j] += (double)expf(x[i + j] / t - m);
+    for (; i < n; i++)
+        acc[0] += (double)expf(x[i] / t - m);
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
@@ -566,15 +575,15 @@ static size_t build_candidates(qv_sampler *s, const float *x, double *w_out) {
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     size_t j = 0;
     for (; j + 4 <= nc; j += 4)
-        for (size_t q = 0; q < 4; q++) acc[q] += (double)c[j + q].e;
-    for (; j < nc; j++) acc[0] += (double)c[j].e;
+        for (size_t q = 0; q < 4; q++)
+            acc[q] += (double)c[j + q].e;
+    for (; j < nc; j++)
+        acc[0] += (double)c[j].e;
     *w_out = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     return nc;
 }
 
-static bool is_greedy(const qv_sampler *s) {
-    return s->p.temperature < QV_SAMPLER_MIN_TEMPERATURE;
-}
+static bool is_greedy(const qv_sampler *s) { return s->p.temperature < QV_SAMPLER_MIN_TEMPERATURE; }
 
 /* Log-softmax statistics of the raw row: log of the partition function and the n largest. */
 static double raw_log_z(const float *x, int n, qv_logprobs *lp, int n_top) {
@@ -601,8 +610,10 @@ static double raw_log_z(const float *x, int n, qv_logprobs *lp, int n_top) {
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     int i = 0;
     for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; j++) acc[j] += (double)expf(x[i + j] - m);
-    for (; i < n; i++) acc[0] += (double)expf(x[i] - m);
+        for (int j = 0; j < 4; j++)
+            acc[j] += (double)expf(x[i + j] - m);
+    for (; i < n; i++)
+        acc[0] += (double)expf(x[i] - m);
     return (double)m + log((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
@@ -615,7 +626,8 @@ int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
         for (int j = 0; j < lp->n_top; j++)
             lp->top_logprobs[j] = (float)((double)lp->top_logprobs[j] - log_z);
         if (pen)
-            for (int j = 0; j < s->n_seen; j++) s->w->saved[j] = logits[s->seen[j]];
+            for (int j = 0; j < s->n_seen; j++)
+                s->w->saved[j] = logits[s->seen[j]];
     }
     if (pen) apply_penalties(s, logits);
 
@@ -667,5 +679,6 @@ void qv_sampler_probs(qv_sampler *s, float *logits, float *probs) {
         probs[argmax_first(logits, s->n_vocab)] = 1.0f;
         return;
     }
-    for (size_t j = 0; j < nc; j++) probs[s->w->cand[j].id] = (float)((double)s->w->cand[j].e / w);
+    for (size_t j = 0; j < nc; j++)
+        probs[s->w->cand[j].id] = (float)((double)s->w->cand[j].e / w);
 }

@@ -100,9 +100,9 @@ void qv_sampler_accept(qv_sampler *s, int32_t token);
 
 typedef struct qv_logprobs {
     int32_t token;
-    float logprob; /* of the chosen token */
-    int n_top;     /* min(n_logprobs, n_vocab) */
-    int32_t top_ids[QV_SAMPLER_MAX_LOGPROBS];     /* descending logprob, lower id first on ties */
+    float logprob;                            /* of the chosen token */
+    int n_top;                                /* min(n_logprobs, n_vocab) */
+    int32_t top_ids[QV_SAMPLER_MAX_LOGPROBS]; /* descending logprob, lower id first on ties */
     float top_logprobs[QV_SAMPLER_MAX_LOGPROBS];
 } qv_logprobs;
 

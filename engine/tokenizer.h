@@ -61,8 +61,7 @@ void qv_tokenizer_free(qv_tokenizer *t);
  * (e.g. BOS for Llama). *ids is owned by the caller (qv_free); it is non-NULL on success even
  * when *n_ids is 0. Errors: QV_ERR_NOMEM, QV_ERR_LIMIT (regex engine limit). Thread: any. */
 qv_status qv_tokenizer_encode(const qv_tokenizer *t, const char *text, size_t len,
-                              bool add_special_tokens, int32_t **ids, size_t *n_ids,
-                              qv_error *err);
+                              bool add_special_tokens, int32_t **ids, size_t *n_ids, qv_error *err);
 
 /* Like qv_tokenizer_encode; parse_special=false treats the text of special added tokens as
  * plain text (HF split_special_tokens / encode_special_tokens=true); non-special added tokens
@@ -75,8 +74,7 @@ qv_status qv_tokenizer_encode_ex(const qv_tokenizer *t, const char *text, size_t
  * Unknown ids are skipped. *text is owned by the caller (qv_free), NUL-terminated, valid UTF-8;
  * *len excludes the NUL (len may be NULL). Thread: any. */
 qv_status qv_tokenizer_decode(const qv_tokenizer *t, const int32_t *ids, size_t n,
-                              bool skip_special_tokens, char **text, size_t *len,
-                              qv_error *err);
+                              bool skip_special_tokens, char **text, size_t *len, qv_error *err);
 
 int qv_tokenizer_n_vocab(const qv_tokenizer *t);
 int32_t qv_tokenizer_bos(const qv_tokenizer *t);             /* -1 if none */
@@ -102,8 +100,7 @@ qv_status qv_detok_create(const qv_tokenizer *t, const char *const *stops, size_
 /* Feeds one generated id. Sets *text and *len to newly emittable bytes (valid UTF-8, never
  * the start of a possible stop string); pointer valid until the next call. *finished is
  * set when a stop string matched (text truncated before it) or id is end-of-generation. */
-qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len,
-                        bool *finished);
+qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len, bool *finished);
 /* End of generation for another reason (max tokens): flush held-back text
  * (incomplete UTF-8 becomes U+FFFD). */
 qv_status qv_detok_flush(qv_detok *d, const char **text, size_t *len);

@@ -102,13 +102,13 @@ static int parse_opts(int argc, char **argv, bool chat, gen_opts *o) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         double d;
-#define NEED_VALUE                                                                             \
-    do {                                                                                       \
-        if (!v) {                                                                              \
-            fprintf(stderr, "quiver: %s needs a value\n", a);                                  \
-            return 2;                                                                          \
-        }                                                                                      \
-        i++;                                                                                   \
+#define NEED_VALUE                                                                                 \
+    do {                                                                                           \
+        if (!v) {                                                                                  \
+            fprintf(stderr, "quiver: %s needs a value\n", a);                                      \
+            return 2;                                                                              \
+        }                                                                                          \
+        i++;                                                                                       \
     } while (0)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout, chat);
@@ -271,8 +271,8 @@ static int run_generation(qv_engine *e, const gen_opts *o, const int32_t *ids, s
     rs.tok = qv_engine_tokenizer(e);
     rs.ignore_eos = gp.ignore_eos;
     qv_error err = {0};
-    if (qv_detok_create(qv_engine_tokenizer(e), o->stops, (size_t)o->n_stops, true,
-                        &rs.detok) != QV_OK) {
+    if (qv_detok_create(qv_engine_tokenizer(e), o->stops, (size_t)o->n_stops, true, &rs.detok) !=
+        QV_OK) {
         fprintf(stderr, "quiver: cannot create the detokenizer\n");
         return 1;
     }
@@ -307,14 +307,16 @@ static int run_generation(qv_engine *e, const gen_opts *o, const int32_t *ids, s
                 n_ids, prefill, (double)n_ids / (prefill > 0 ? prefill : 1e-9), rs.n_generated,
                 rs.n_generated > 1 ? (double)(rs.n_generated - 1) / (decode > 0 ? decode : 1e-9)
                                    : 0.0,
-                rs.stopped_by_text                 ? "stop"
-                : rs.finish == QV_FINISH_STOP      ? "stop"
-                : rs.finish == QV_FINISH_LENGTH    ? "length"
-                                                   : "cancelled");
+                rs.stopped_by_text              ? "stop"
+                : rs.finish == QV_FINISH_STOP   ? "stop"
+                : rs.finish == QV_FINISH_LENGTH ? "length"
+                                                : "cancelled");
     }
     qv_detok_free(rs.detok);
-    if (reply) *reply = rs.reply ? rs.reply : qv_strdup("");
-    else qv_free(rs.reply);
+    if (reply)
+        *reply = rs.reply ? rs.reply : qv_strdup("");
+    else
+        qv_free(rs.reply);
     return 0;
 }
 
@@ -333,8 +335,7 @@ static qv_engine *open_engine(gen_opts *o) {
         return NULL;
     }
     if (o->adapter_dir) {
-        if (qv_adapter_load(o->adapter_dir, qv_engine_model(e), NULL, &o->adapter, &err) !=
-            QV_OK) {
+        if (qv_adapter_load(o->adapter_dir, qv_engine_model(e), NULL, &o->adapter, &err) != QV_OK) {
             fprintf(stderr, "quiver: %s\n", err.msg);
             qv_engine_destroy(e);
             return NULL;
@@ -357,8 +358,8 @@ int qv_cli_generate(int argc, char **argv) {
     int32_t *ids = NULL;
     size_t n_ids = 0;
     qv_error err = {0};
-    if (qv_tokenizer_encode(qv_engine_tokenizer(e), o.prompt, strlen(o.prompt), o.add_special,
-                            &ids, &n_ids, &err) != QV_OK) {
+    if (qv_tokenizer_encode(qv_engine_tokenizer(e), o.prompt, strlen(o.prompt), o.add_special, &ids,
+                            &n_ids, &err) != QV_OK) {
         fprintf(stderr, "quiver: %s\n", err.msg);
         qv_engine_destroy(e);
         qv_adapter_free(o.adapter);
@@ -455,7 +456,8 @@ int qv_cli_chat(int argc, char **argv) {
             fputs("> ", stderr);
             if (!fgets(line, sizeof(line), stdin)) break;
             size_t len = strlen(line);
-            while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+            while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                line[--len] = 0;
             if (!len) continue;
             if (!history_push(&h, "user", line) || chat_turn(e, &o, &h)) {
                 rc = 1;

@@ -87,15 +87,16 @@ int qv_cli_tokenize(int argc, char **argv) {
     int32_t *ids = NULL;
     size_t n = 0;
     qv_error err = {0};
-    qv_status st = qv_tokenizer_encode_ex(t, text, strlen(text), add_special, parse_special, &ids,
-                                          &n, &err);
+    qv_status st =
+        qv_tokenizer_encode_ex(t, text, strlen(text), add_special, parse_special, &ids, &n, &err);
     if (st != QV_OK) {
         fprintf(stderr, "quiver tokenize: %s\n", err.msg);
         qv_tokenizer_free(t);
         return 1;
     }
     fputc('[', stdout);
-    for (size_t i = 0; i < n; i++) printf(i ? ", %d" : "%d", (int)ids[i]);
+    for (size_t i = 0; i < n; i++)
+        printf(i ? ", %d" : "%d", (int)ids[i]);
     fputs("]\n", stdout);
     qv_free(ids);
     qv_tokenizer_free(t);

@@ -18,6 +18,10 @@ bash deploy/install-deps.sh
 step "default model"
 bash deploy/fetch-model.sh
 
+step "test client (.venv-test: the official openai package for the HTTP API tests)"
+[[ -x .venv-test/bin/python ]] || python3 -m venv .venv-test
+.venv-test/bin/pip install -q -r tests/server/requirements.txt
+
 step "release build (-Werror)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF >/dev/null
 cmake --build build -j"$jobs"

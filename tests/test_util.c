@@ -48,7 +48,8 @@ size_t qv_test_compare_f32(const char *label, const float *got, const float *wan
 
 double qv_test_max_rel_err(const float *got, const float *want, size_t n) {
     double scale = 1e-30, worst = 0.0;
-    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs((double)want[i]));
+    for (size_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs((double)want[i]));
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)got[i] - (double)want[i]);
         if (isnan(d)) return (double)INFINITY;

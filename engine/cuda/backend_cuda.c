@@ -76,7 +76,7 @@ typedef struct cuda_ctx {
         const float *df;
     } pr;
     qv_cuda_stats stats;
-    double t_step; /* qv_time_s() at step_begin, 0 outside a step */
+    double t_step;        /* qv_time_s() at step_begin, 0 outside a step */
     cudaEvent_t ev0, ev1; /* device span of a step: first op or graph launch .. download */
     int ev_pending;
     uint64_t seen[16]; /* keys seen once: recorded only when they come back */
@@ -199,9 +199,9 @@ static qv_status add_tensor(cuda_ctx *cx, const qv_tensor *t, int fp16, uint64_t
     const int vec = is_vector(t);
     if (seed) {
         int ok = vec ? K_OK(cx, qv_cuda_fill_f32(dev, (size_t)C, 1.0f, cx->stream))
-                     : K_OK(cx, qv_cuda_fill_random_half(
-                                    dev, (size_t)(R * C), fp16, seed + (uint64_t)cx->n_w * 7919u,
-                                    1.0f / sqrtf((float)C), cx->stream));
+                     : K_OK(cx, qv_cuda_fill_random_half(dev, (size_t)(R * C), fp16,
+                                                         seed + (uint64_t)cx->n_w * 7919u,
+                                                         1.0f / sqrtf((float)C), cx->stream));
         if (!ok) return qv_errorf(err, QV_ERR_DEVICE, "cuda: weight generation failed");
     } else if (vec) {
         if (!CU_OK(cx, cudaMemcpy(dev, t->data, (size_t)C * 4, cudaMemcpyHostToDevice)))
@@ -219,16 +219,16 @@ static qv_status add_tensor(cuda_ctx *cx, const qv_tensor *t, int fp16, uint64_t
             for (int64_t r0 = 0; r0 < R && st == QV_OK; r0 += rows_per) {
                 int64_t nr = QV_MIN(rows_per, R - r0);
                 for (int64_t r = 0; r < nr; r++) {
-                    qv_dequantize_row(t->dtype,
-                                      (const unsigned char *)t->data + (size_t)(r0 + r) * t->row_bytes,
-                                      f, C);
+                    qv_dequantize_row(
+                        t->dtype, (const unsigned char *)t->data + (size_t)(r0 + r) * t->row_bytes,
+                        f, C);
                     uint16_t *o = h + (size_t)(r * C);
                     for (int64_t c = 0; c < C; c++)
                         o[c] = fp16 ? qv_f32_to_f16(f[c]) : qv_f32_to_bf16(f[c]);
                 }
-                if (!CU_OK(cx, cudaMemcpy((uint16_t *)dev + (size_t)(r0 * C), h,
-                                          (size_t)(nr * C) * sizeof(uint16_t),
-                                          cudaMemcpyHostToDevice)))
+                if (!CU_OK(cx,
+                           cudaMemcpy((uint16_t *)dev + (size_t)(r0 * C), h,
+                                      (size_t)(nr * C) * sizeof(uint16_t), cudaMemcpyHostToDevice)))
                     st = qv_errorf(err, QV_ERR_DEVICE, "cuda: weight upload failed");
             }
         }
@@ -252,10 +252,10 @@ static qv_status for_each_tensor(const qv_model *m,
         if ((st = fn(u, top[i], err)) != QV_OK) return st;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const qv_layer_weights *w = &m->layers[l];
-        const qv_tensor *ts[] = {&w->attn_norm, &w->wq,       &w->wk,   &w->wv,     &w->wo,
-                                 &w->bq,        &w->bk,       &w->bv,   &w->bo,     &w->ffn_norm,
-                                 &w->w_gate,    &w->w_up,     &w->w_down, &w->b_gate, &w->b_up,
-                                 &w->b_down};
+        const qv_tensor *ts[] = {&w->attn_norm, &w->wq,       &w->wk,     &w->wv,
+                                 &w->wo,        &w->bq,       &w->bk,     &w->bv,
+                                 &w->bo,        &w->ffn_norm, &w->w_gate, &w->w_up,
+                                 &w->w_down,    &w->b_gate,   &w->b_up,   &w->b_down};
         for (size_t i = 0; i < QV_ARRAY_LEN(ts); i++)
             if ((st = fn(u, ts[i], err)) != QV_OK) return st;
     }
@@ -298,7 +298,8 @@ static int ensure_room(cuda_ctx *cx, size_t bytes) {
     if (cx->failed) return 0;
     if (bytes > cx->m_size) return fail_msg(cx, "metadata larger than the staging buffer");
     if (cx->m_used + bytes > cx->m_size) {
-        if (cx->mode != MODE_EAGER) return fail_msg(cx, "metadata staging full inside a graph step");
+        if (cx->mode != MODE_EAGER)
+            return fail_msg(cx, "metadata staging full inside a graph step");
         if (!CU_OK(cx, cudaStreamSynchronize(cx->stream))) return 0;
         ring_reset(cx);
     }
@@ -330,8 +331,8 @@ static const void *stage(cuda_ctx *cx, const void *p, size_t bytes) {
     memcpy(cx->m_host + off, p, bytes);
     /* In a replay the recorded graph holds this copy (from the same pinned bytes). */
     if (cx->mode != MODE_REPLAY &&
-        !CU_OK(cx, cudaMemcpyAsync(cx->m_dev + off, cx->m_host + off, bytes,
-                                   cudaMemcpyHostToDevice, cx->stream)))
+        !CU_OK(cx, cudaMemcpyAsync(cx->m_dev + off, cx->m_host + off, bytes, cudaMemcpyHostToDevice,
+                                   cx->stream)))
         return NULL;
     cx->m_used += need;
     staged s = {p, off, bytes};
@@ -364,8 +365,8 @@ static void sig_add(cuda_ctx *cx, const uint64_t *v, int n) {
     }
 }
 #define U(x) ((uint64_t)(uintptr_t)(x))
-#define SIG(cx, ...)                                                                           \
-    sig_add((cx), (const uint64_t[]){__VA_ARGS__},                                             \
+#define SIG(cx, ...)                                                                               \
+    sig_add((cx), (const uint64_t[]){__VA_ARGS__},                                                 \
             (int)(sizeof((const uint64_t[]){__VA_ARGS__}) / sizeof(uint64_t)))
 /* Enqueues a launcher call unless the step replays a recorded graph. */
 #define RUN(cx, call) ((cx)->mode == MODE_REPLAY ? 1 : K_OK((cx), (call)))
@@ -375,10 +376,10 @@ static void flush_pending(cuda_ctx *cx) {
     if (cx->pg.active) {
         const qv_cuda_gemv_segs *g = &cx->pg.g;
         cx->pg.active = 0;
-        SIG(cx, 14, (uint64_t)g->n_segs, U(g->w[0]), U(g->y[0]), (uint64_t)g->rows[0],
-            U(g->w[1]), U(g->y[1]), (uint64_t)g->rows[1], U(g->w[2]), U(g->y[2]),
-            (uint64_t)g->rows[2], U(g->w[3]), U(g->y[3]), (uint64_t)g->rows[3],
-            (uint64_t)cx->pg.nr, (uint64_t)cx->pg.cols, (uint64_t)cx->pg.fp16);
+        SIG(cx, 14, (uint64_t)g->n_segs, U(g->w[0]), U(g->y[0]), (uint64_t)g->rows[0], U(g->w[1]),
+            U(g->y[1]), (uint64_t)g->rows[1], U(g->w[2]), U(g->y[2]), (uint64_t)g->rows[2],
+            U(g->w[3]), U(g->y[3]), (uint64_t)g->rows[3], (uint64_t)cx->pg.nr,
+            (uint64_t)cx->pg.cols, (uint64_t)cx->pg.fp16);
         if (!cx->failed)
             (void)RUN(cx, qv_cuda_gemv_multi(g, cx->xh, cx->pg.cols, cx->pg.nr, 0.0f, cx->pg.fp16,
                                              cx->stream));
@@ -508,8 +509,8 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
         const float *xs = x + (size_t)r0 * (size_t)cols;
         const size_t ne = (size_t)nr * (size_t)cols;
         /* a deferred GEMV group on another input must run before xh changes */
-        if (cx->pg.active && !(cx->pg.xs == xs && cx->pg.ne == ne && cx->pg.fp16 == e->fp16 &&
-                               cx->pg.cols == cols))
+        if (cx->pg.active &&
+            !(cx->pg.xs == xs && cx->pg.ne == ne && cx->pg.fp16 == e->fp16 && cx->pg.cols == cols))
             flush_pending(cx);
         if (!(cx->xh_src == xs && cx->xh_n == ne && cx->xh_fp16 == e->fp16)) {
             SIG(cx, 2, U(xs), (uint64_t)ne, (uint64_t)e->fp16);
@@ -541,8 +542,8 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
             flush_pending(cx);
             SIG(cx, 13, U(e->dev), U(ys), (uint64_t)rows, (uint64_t)nr, (uint64_t)cols,
                 (uint64_t)(beta != 0.0f));
-            if (!RUN(cx, qv_cuda_gemv(e->dev, cx->xh, ys, rows, cols, nr, beta, e->fp16,
-                                      cx->stream)))
+            if (!RUN(cx,
+                     qv_cuda_gemv(e->dev, cx->xh, ys, rows, cols, nr, beta, e->fp16, cx->stream)))
                 return;
             continue;
         }
@@ -610,8 +611,8 @@ static void cu_rope(qv_backend *be, float *x, int n, int n_heads, int head_dim, 
         flush_pending(cx); /* the GEMVs that produced q and k */
         SIG(cx, 15, U(cx->pr.x), (uint64_t)cx->pr.heads, U(x), (uint64_t)n_heads, (uint64_t)n,
             (uint64_t)head_dim, U(dp), U(df));
-        (void)RUN(cx, qv_cuda_rope2(cx->pr.x, cx->pr.heads, x, n_heads, n, head_dim, dp, df,
-                                    cx->stream));
+        (void)RUN(
+            cx, qv_cuda_rope2(cx->pr.x, cx->pr.heads, x, n_heads, n, head_dim, dp, df, cx->stream));
         return;
     }
     flush_pending(cx);
@@ -653,8 +654,8 @@ static size_t layer_offset(const qv_kv_pool *pool, int layer) {
            (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
 }
 
-static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float *k,
-                        const float *v, int n, const int32_t *slot_page, const int32_t *slot_off) {
+static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float *k, const float *v,
+                        int n, const int32_t *slot_page, const int32_t *slot_off) {
     cuda_ctx *cx = ctx_of(be);
     flush_pending(cx);
     invalidate_xh(cx);
@@ -664,15 +665,15 @@ static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float
     const int32_t *doff = stage(cx, slot_off, (size_t)n * sizeof(int32_t));
     if (!dp || !doff) return;
     const size_t lo = layer_offset(pool, layer);
-    SIG(cx, 9, U(pool->k + lo), U(pool->v + lo), (uint64_t)pool->page_size, U(k), U(v),
-        (uint64_t)n, U(dp), U(doff));
-    (void)RUN(cx, qv_cuda_kv_store(pool->k + lo, pool->v + lo, pool->page_size,
-                                   pool->n_kv_heads * pool->head_dim, k, v, n, dp, doff,
-                                   cx->stream));
+    SIG(cx, 9, U(pool->k + lo), U(pool->v + lo), (uint64_t)pool->page_size, U(k), U(v), (uint64_t)n,
+        U(dp), U(doff));
+    (void)RUN(cx,
+              qv_cuda_kv_store(pool->k + lo, pool->v + lo, pool->page_size,
+                               pool->n_kv_heads * pool->head_dim, k, v, n, dp, doff, cx->stream));
 }
 
-static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
-                         const qv_attn_batch *ab, const float *q, float *out) {
+static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
+                         const float *q, float *out) {
     cuda_ctx *cx = ctx_of(be);
     flush_pending(cx);
     invalidate_xh(cx);
@@ -683,7 +684,8 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
     for (int t = 0; t < ab->n_tokens; t++)
         need = QV_MAX(need, ab->tok_pos[t] / pool->page_size + 1);
     int stride = 8;
-    while (stride < need) stride *= 2;
+    while (stride < need)
+        stride *= 2;
     size_t n_flat = (size_t)ab->n_seqs * (size_t)stride;
     if (n_flat * sizeof(int32_t) > cx->m_size / 2) {
         fail_msg(cx, "attention: page tables larger than the staging buffer");
@@ -695,7 +697,8 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
         const int s = ab->tok_seq[t];
         const int np = ab->tok_pos[t] / pool->page_size + 1;
         int32_t *row = cx->flat + (size_t)s * (size_t)stride;
-        for (int p = 0; p < np; p++) row[p] = ab->page_table[s][p];
+        for (int p = 0; p < np; p++)
+            row[p] = ab->page_table[s][p];
     }
     if (!ensure_room(cx, align_up(n_flat * sizeof(int32_t)) +
                              2 * align_up((size_t)ab->n_tokens * sizeof(int32_t))))
@@ -810,8 +813,7 @@ static qv_status cu_download(qv_backend *be, void *dst, const void *src, size_t 
         return qv_errorf(err, QV_ERR_BUSY, "cuda: recorded graph does not match; rerun the step");
     if (!cx->failed && n_bytes)
         (void)CU_OK(cx, cudaMemcpyAsync(dst, src, n_bytes, cudaMemcpyDeviceToHost, cx->stream));
-    if (cx->ev_pending && ok && !cx->failed)
-        (void)CU_OK(cx, cudaEventRecord(cx->ev1, cx->stream));
+    if (cx->ev_pending && ok && !cx->failed) (void)CU_OK(cx, cudaEventRecord(cx->ev1, cx->stream));
     (void)CU_OK(cx, cudaStreamSynchronize(cx->stream));
     cx->stats.wait_s += qv_time_s() - t1;
     if (cx->ev_pending && ok && !cx->failed) {
@@ -850,7 +852,8 @@ static int cu_step_begin(qv_backend *be, uint64_t key) {
         }
     /* Record a shape the second time it comes (one-off prefill shapes stay eager). */
     int seen = 0;
-    for (int i = 0; i < 16; i++) seen |= cx->seen[i] == key;
+    for (int i = 0; i < 16; i++)
+        seen |= cx->seen[i] == key;
     if (!seen) {
         cx->seen[cx->seen_next] = key;
         cx->seen_next = (cx->seen_next + 1) % 16;
@@ -919,12 +922,9 @@ static const struct qv_backend_i cuda_iface = {
 
 /* ---- creation ---- */
 
-void qv_cuda_opts_default(qv_cuda_opts *o) {
-    memset(o, 0, sizeof(*o));
-}
+void qv_cuda_opts_default(qv_cuda_opts *o) { memset(o, 0, sizeof(*o)); }
 
-static qv_status dev_malloc(cuda_ctx *cx, void **p, size_t bytes, const char *role,
-                            qv_error *err) {
+static qv_status dev_malloc(cuda_ctx *cx, void **p, size_t bytes, const char *role, qv_error *err) {
     cudaError_t e = cudaMalloc(p, bytes);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
@@ -970,7 +970,8 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
     cx->graphs_on = !(genv && strcmp(genv, "0") == 0);
     if (!CU_OK(cx, cudaSetDevice(o.device)) ||
         !CU_OK(cx, cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking)) ||
-        !BLAS_OK(cx, cublasCreate(&cx->blas)) || !BLAS_OK(cx, cublasSetStream(cx->blas, cx->stream)) ||
+        !BLAS_OK(cx, cublasCreate(&cx->blas)) ||
+        !BLAS_OK(cx, cublasSetStream(cx->blas, cx->stream)) ||
         !CU_OK(cx, cudaEventCreate(&cx->ev0)) || !CU_OK(cx, cudaEventCreate(&cx->ev1))) {
         st = qv_errorf(err, QV_ERR_DEVICE, "cuda: cannot initialise the device / cuBLAS");
         goto fail;
@@ -985,8 +986,7 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
     cx->xh_elems = (size_t)o.max_tokens * max_width;
     if ((st = dev_malloc(cx, &cx->xh, cx->xh_elems * 2, "GEMM scratch", err)) != QV_OK) goto fail;
     cx->m_size = o.meta_bytes;
-    if ((st = dev_malloc(cx, (void **)&cx->m_dev, cx->m_size, "metadata", err)) != QV_OK)
-        goto fail;
+    if ((st = dev_malloc(cx, (void **)&cx->m_dev, cx->m_size, "metadata", err)) != QV_OK) goto fail;
     if (!CU_OK(cx, cudaHostAlloc((void **)&cx->m_host, cx->m_size, cudaHostAllocDefault))) {
         st = qv_errorf(err, QV_ERR_DEVICE, "cuda: cannot allocate pinned staging");
         goto fail;
@@ -997,15 +997,14 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
         goto fail;
     }
     cx->w_size = weight_bytes ? weight_bytes : ALIGN;
-    if ((st = dev_malloc(cx, (void **)&cx->w_base, cx->w_size, "weights", err)) != QV_OK)
-        goto fail;
+    if ((st = dev_malloc(cx, (void **)&cx->w_base, cx->w_size, "weights", err)) != QV_OK) goto fail;
     size_t free_b = 0, total_b = 0;
     if (!CU_OK(cx, cudaMemGetInfo(&free_b, &total_b))) {
         st = qv_errorf(err, QV_ERR_DEVICE, "cuda: cudaMemGetInfo failed");
         goto fail;
     }
-    cx->a_size = o.arena_bytes ? align_up(o.arena_bytes)
-                               : align_up(QV_MIN(free_b / 2, (size_t)8 << 30));
+    cx->a_size =
+        o.arena_bytes ? align_up(o.arena_bytes) : align_up(QV_MIN(free_b / 2, (size_t)8 << 30));
     if ((st = dev_malloc(cx, (void **)&cx->a_base, cx->a_size, "KV/scratch arena", err)) != QV_OK)
         goto fail;
     struct cudaDeviceProp prop;
@@ -1026,8 +1025,8 @@ fail:
     return st;
 }
 
-qv_status qv_backend_cuda_create_empty(size_t weight_bytes, const qv_cuda_opts *o,
-                                       qv_backend **out, qv_error *err) {
+qv_status qv_backend_cuda_create_empty(size_t weight_bytes, const qv_cuda_opts *o, qv_backend **out,
+                                       qv_error *err) {
     return create_common(o, align_up(weight_bytes), 16384, out, err);
 }
 
@@ -1069,8 +1068,7 @@ fail:
     return st;
 }
 
-qv_status qv_backend_cuda_add_tensor(qv_backend *be, const qv_tensor *t, int fp16,
-                                     qv_error *err) {
+qv_status qv_backend_cuda_add_tensor(qv_backend *be, const qv_tensor *t, int fp16, qv_error *err) {
     cuda_ctx *cx = ctx_of(be);
     qv_status st = add_tensor(cx, t, fp16, 0, err);
     if (st == QV_OK && !CU_OK(cx, cudaStreamSynchronize(cx->stream)))

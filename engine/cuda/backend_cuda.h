@@ -35,11 +35,11 @@ extern "C" {
 #endif
 
 typedef struct qv_cuda_opts {
-    int device;          /* CUDA device ordinal (default 0) */
-    size_t arena_bytes;  /* backend memory for KV pages + scratch; 0 = auto: half of the free
-                            memory after the weights, capped at 8 GiB */
-    int max_tokens;      /* largest batch (tokens) a projection sees; 0 = 512 */
-    size_t meta_bytes;   /* per-step metadata staging; 0 = 8 MiB */
+    int device;           /* CUDA device ordinal (default 0) */
+    size_t arena_bytes;   /* backend memory for KV pages + scratch; 0 = auto: half of the free
+                             memory after the weights, capped at 8 GiB */
+    int max_tokens;       /* largest batch (tokens) a projection sees; 0 = 512 */
+    size_t meta_bytes;    /* per-step metadata staging; 0 = 8 MiB */
     uint64_t random_seed; /* != 0: do not read the model's weight data; fill every projection
                              with deterministic uniform values (scale 1/sqrt(n_cols)) and norm
                              weights with 1 (synthetic benchmark models) */
@@ -55,14 +55,13 @@ qv_status qv_backend_cuda_create(const qv_model *m, const qv_cuda_opts *o, qv_ba
 
 /* Creates the CUDA backend with no model (op tests): weights are added with
  * qv_backend_cuda_add_tensor. weight_bytes is the size of the weight arena. */
-qv_status qv_backend_cuda_create_empty(size_t weight_bytes, const qv_cuda_opts *o,
-                                       qv_backend **out, qv_error *err);
+qv_status qv_backend_cuda_create_empty(size_t weight_bytes, const qv_cuda_opts *o, qv_backend **out,
+                                       qv_error *err);
 
 /* Makes a host tensor (2-D: stored as bf16, or fp16 when fp16 != 0; 1-D F32: kept F32)
  * resident; later ops find it by t->data. Errors: QV_ERR_DEVICE_OOM when the weight arena is
  * full, QV_ERR_DEVICE. */
-qv_status qv_backend_cuda_add_tensor(qv_backend *be, const qv_tensor *t, int fp16,
-                                     qv_error *err);
+qv_status qv_backend_cuda_add_tensor(qv_backend *be, const qv_tensor *t, int fp16, qv_error *err);
 
 /* Device bytes of the weights / arena (for reports). */
 size_t qv_backend_cuda_weight_bytes(const qv_backend *be);

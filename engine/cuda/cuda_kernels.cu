@@ -18,15 +18,15 @@
 
 #include "cuda_kernels.h"
 
-#define LAUNCH_CHECK(what)                                                                     \
-    do {                                                                                       \
-        cudaError_t e_ = cudaGetLastError();                                                   \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "quiver cuda: launch of %s failed: %s (%s:%d)\n", what,            \
-                    cudaGetErrorString(e_), __FILE__, __LINE__);                               \
-            return -1;                                                                         \
-        }                                                                                      \
-        return 0;                                                                              \
+#define LAUNCH_CHECK(what)                                                                         \
+    do {                                                                                           \
+        cudaError_t e_ = cudaGetLastError();                                                       \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "quiver cuda: launch of %s failed: %s (%s:%d)\n", what,                \
+                    cudaGetErrorString(e_), __FILE__, __LINE__);                                   \
+            return -1;                                                                             \
+        }                                                                                          \
+        return 0;                                                                                  \
     } while (0)
 
 static unsigned blocks_for(size_t n, unsigned threads) {
@@ -36,7 +36,8 @@ static unsigned blocks_for(size_t n, unsigned threads) {
 }
 
 static __device__ __forceinline__ float half_load(const void *p, size_t i, int fp16) {
-    return fp16 ? __half2float(((const __half *)p)[i]) : __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    return fp16 ? __half2float(((const __half *)p)[i])
+                : __bfloat162float(((const __nv_bfloat16 *)p)[i]);
 }
 
 /* ---- conversions, fills ---- */
@@ -99,7 +100,8 @@ static __global__ void k_get_rows(const void *table, int fp16, const int32_t *id
                                   float *out) {
     const size_t src = (size_t)ids[blockIdx.x] * (size_t)cols;
     float *o = out + (size_t)blockIdx.x * (size_t)cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = half_load(table, src + (size_t)c, fp16);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        o[c] = half_load(table, src + (size_t)c, fp16);
 }
 
 extern "C" int qv_cuda_get_rows(const void *table, int fp16, const int32_t *ids, int n, int cols,
@@ -112,7 +114,8 @@ extern "C" int qv_cuda_get_rows(const void *table, int fp16, const int32_t *ids,
 static __global__ void k_gather_rows(const float *src, const int32_t *idx, int width, float *dst) {
     const float *a = src + (size_t)idx[blockIdx.x] * (size_t)width;
     float *o = dst + (size_t)blockIdx.x * (size_t)width;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) o[c] = a[c];
+    for (int c = threadIdx.x; c < width; c += blockDim.x)
+        o[c] = a[c];
 }
 
 extern "C" int qv_cuda_gather_rows(const float *src, const int32_t *idx, int n, int width,
@@ -125,11 +128,13 @@ extern "C" int qv_cuda_gather_rows(const float *src, const int32_t *idx, int n, 
 /* ---- block reductions (blockDim.x a multiple of 32, at most 1024) ---- */
 
 template <typename T> static __device__ T warp_sum(T v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 static __device__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -160,11 +165,13 @@ static __global__ void k_rmsnorm(const float *x, const float *w, int dim, float 
     const float *xr = x + (size_t)blockIdx.x * (size_t)dim;
     float *yr = y + (size_t)blockIdx.x * (size_t)dim;
     double ss = 0.0;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        ss += (double)xr[i] * (double)xr[i];
     ss = block_sum(ss, red);
     const float mean = (float)(ss / (double)dim);
     const float inv = 1.0f / sqrtf(mean + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = w[i] * (xr[i] * inv);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        yr[i] = w[i] * (xr[i] * inv);
 }
 
 extern "C" int qv_cuda_rmsnorm(const float *x, const float *w, int n, int dim, float eps, float *y,
@@ -188,7 +195,8 @@ static __global__ void k_rmsnorm_half(const float *x, const float *w, int dim, f
     float *yr = y + (size_t)blockIdx.x * (size_t)dim;
     const size_t base = (size_t)blockIdx.x * (size_t)dim;
     double ss = 0.0;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        ss += (double)xr[i] * (double)xr[i];
     ss = block_sum(ss, red);
     const float mean = (float)(ss / (double)dim);
     const float inv = 1.0f / sqrtf(mean + eps);
@@ -235,7 +243,8 @@ static __global__ void k_rope(float *x1, int h1, float *x2, int h2, int head_dim
         const int h = k / half, i = k % half;
         float sn, cs;
         sincosf(p * inv_freq[i], &sn, &cs);
-        float *v = h < h1 ? r1 + (size_t)h * (size_t)head_dim : r2 + (size_t)(h - h1) * (size_t)head_dim;
+        float *v =
+            h < h1 ? r1 + (size_t)h * (size_t)head_dim : r2 + (size_t)(h - h1) * (size_t)head_dim;
         const float a = v[i], b = v[i + half];
         v[i] = a * cs - b * sn;
         v[i + half] = b * cs + a * sn;
@@ -327,7 +336,10 @@ static __global__ void k_argmax(const float *x, int width, int32_t *out) {
     int bi = 0x7fffffff;
     for (int j = threadIdx.x; j < width; j += blockDim.x) {
         const float v = r[j];
-        if (v > best) { best = v; bi = j; } /* j ascending per thread: first maximum kept */
+        if (v > best) {
+            best = v;
+            bi = j;
+        } /* j ascending per thread: first maximum kept */
     }
     sv[threadIdx.x] = best;
     si[threadIdx.x] = bi;
@@ -379,14 +391,16 @@ static __global__ void __launch_bounds__(GEMV_THREADS)
     const int lane = threadIdx.x & 31;
     int r = blockIdx.x * (GEMV_THREADS / 32) + (threadIdx.x >> 5);
     int sg = 0;
-    while (sg < g.n_segs && r >= g.rows[sg]) r -= g.rows[sg++];
+    while (sg < g.n_segs && r >= g.rows[sg])
+        r -= g.rows[sg++];
     if (sg >= g.n_segs) return;
     const int rows = g.rows[sg];
     float *y = g.y[sg];
     const uint16_t *wr = (const uint16_t *)g.w[sg] + (size_t)r * (size_t)cols;
     float acc[NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
 #pragma unroll 8 /* 8 independent 16-byte weight loads in flight per lane */
     for (int c = lane * 8; c < cols; c += 32 * 8) {
         const uint4 wv = __ldg(reinterpret_cast<const uint4 *>(wr + c));
@@ -422,7 +436,8 @@ extern "C" int qv_cuda_gemv_multi(const qv_cuda_gemv_segs *g, const void *x, int
                                   float beta, int fp16, cudaStream_t s) {
     if (n <= 0) return 0;
     int total = 0;
-    for (int i = 0; i < g->n_segs; i++) total += g->rows[i];
+    for (int i = 0; i < g->n_segs; i++)
+        total += g->rows[i];
     const unsigned blocks = (unsigned)((total + GEMV_THREADS / 32 - 1) / (GEMV_THREADS / 32));
     const uint16_t *xp = (const uint16_t *)x;
     if (n == 1)
@@ -461,7 +476,8 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
     const int32_t *table = a.tables + (size_t)a.tok_seq[t] * (size_t)a.table_stride;
     const int j0 = a.window > 0 ? max(0, pos - a.window + 1) : 0;
     const float *q = a.q + ((size_t)t * (size_t)a.n_heads + (size_t)h) * (size_t)hd;
-    for (int i = tid; i < hd; i += ATT_THREADS) qs[i] = q[i];
+    for (int i = tid; i < hd; i += ATT_THREADS)
+        qs[i] = q[i];
 
     /* Value-sum layout: n_grp groups of hd threads (hd < 128), or one group where each thread
      * owns dims tid, tid + 128 (hd >= 128). */
@@ -470,7 +486,8 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
     const int d0 = hd < ATT_THREADS ? tid % hd : tid;
     const bool active = grp < n_grp;
     float acc[ATT_DPT];
-    for (int k = 0; k < ATT_DPT; k++) acc[k] = 0.0f;
+    for (int k = 0; k < ATT_DPT; k++)
+        acc[k] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     __syncthreads();
 
@@ -479,9 +496,11 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
         float cmax = -INFINITY;
         for (int jj = tid; jj < len; jj += ATT_THREADS) {
             const int j = c0 + jj;
-            const float *kr = a.k_layer +
-                              ((size_t)table[j / a.page_size] * (size_t)a.page_size +
-                               (size_t)(j % a.page_size)) * (size_t)kv_dim + (size_t)g * hd;
+            const float *kr =
+                a.k_layer +
+                ((size_t)table[j / a.page_size] * (size_t)a.page_size + (size_t)(j % a.page_size)) *
+                    (size_t)kv_dim +
+                (size_t)g * hd;
             float d = 0.0f;
             if ((hd & 3) == 0) { /* 16-byte loads, several in flight */
                 const float4 *k4 = reinterpret_cast<const float4 *>(kr);
@@ -492,7 +511,8 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
                          qs[4 * i + 3] * kv.w;
                 }
             } else {
-                for (int i = 0; i < hd; i++) d += qs[i] * kr[i];
+                for (int i = 0; i < hd; i++)
+                    d += qs[i] * kr[i];
             }
             d *= a.scale;
             sc[jj] = d;
@@ -510,14 +530,17 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
         psum = block_sum(psum, red); /* its barriers also publish sc */
         l = l * f + psum;
         m = m_new;
-        for (int k = 0; k < ATT_DPT; k++) acc[k] *= f;
+        for (int k = 0; k < ATT_DPT; k++)
+            acc[k] *= f;
         if (active) {
 #pragma unroll 4
             for (int jj = grp; jj < len; jj += n_grp) {
                 const int j = c0 + jj;
                 const float *vr = a.v_layer +
                                   ((size_t)table[j / a.page_size] * (size_t)a.page_size +
-                                   (size_t)(j % a.page_size)) * (size_t)kv_dim + (size_t)g * hd;
+                                   (size_t)(j % a.page_size)) *
+                                      (size_t)kv_dim +
+                                  (size_t)g * hd;
                 const float p = sc[jj];
                 for (int k = 0; k < ATT_DPT; k++) {
                     const int d = d0 + k * ATT_THREADS;
@@ -528,7 +551,8 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
         __syncthreads(); /* sc is rewritten by the next chunk */
     }
     /* Combine the groups' partial sums. */
-    for (int k = 0; k < ATT_DPT; k++) part[tid + k * ATT_THREADS] = active ? acc[k] : 0.0f;
+    for (int k = 0; k < ATT_DPT; k++)
+        part[tid + k * ATT_THREADS] = active ? acc[k] : 0.0f;
     __syncthreads();
     const size_t obase = ((size_t)t * (size_t)a.n_heads + (size_t)h) * (size_t)hd;
     float *o = a.out + obase;
@@ -536,7 +560,8 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
     if (hd < ATT_THREADS) {
         for (int d = tid; d < hd; d += ATT_THREADS) {
             float s = 0.0f;
-            for (int gg = 0; gg < n_grp; gg++) s += part[gg * hd + d];
+            for (int gg = 0; gg < n_grp; gg++)
+                s += part[gg * hd + d];
             o[d] = s * inv_l;
             if (a.out_half) half_store(a.out_half, obase + (size_t)d, s * inv_l, a.fp16);
         }

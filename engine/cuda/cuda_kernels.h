@@ -23,8 +23,8 @@ extern "C" {
 /* y[i] = half(x[i]) (round to nearest even), i < n. */
 int qv_cuda_f32_to_half(const float *x, void *y, size_t n, int fp16, cudaStream_t s);
 /* out[i, :] = float(table[ids[i], :]), table (rows, cols) half. ids on the device. */
-int qv_cuda_get_rows(const void *table, int fp16, const int32_t *ids, int n, int cols,
-                     float *out, cudaStream_t s);
+int qv_cuda_get_rows(const void *table, int fp16, const int32_t *ids, int n, int cols, float *out,
+                     cudaStream_t s);
 /* y = x / sqrt(mean(x^2) + eps) * w per row (sum of squares in double). x may alias y. */
 int qv_cuda_rmsnorm(const float *x, const float *w, int n, int dim, float eps, float *y,
                     cudaStream_t s);

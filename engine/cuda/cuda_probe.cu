@@ -11,14 +11,14 @@
 
 #include "cuda_probe.h"
 
-#define QV_CUDA_TRY(call)                                                                      \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "quiver cuda: %s failed: %s (%s:%d)\n", #call,                     \
-                    cudaGetErrorString(e_), __FILE__, __LINE__);                               \
-            goto fail;                                                                         \
-        }                                                                                      \
+#define QV_CUDA_TRY(call)                                                                          \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "quiver cuda: %s failed: %s (%s:%d)\n", #call, cudaGetErrorString(e_), \
+                    __FILE__, __LINE__);                                                           \
+            goto fail;                                                                             \
+        }                                                                                          \
     } while (0)
 
 static __global__ void saxpy_kernel(float a, const float *x, float *y, size_t n) {

@@ -93,9 +93,7 @@ static enum fam detect(const char *t) {
 const char *qv_chat_detect(const qv_tokenizer *t) { return fam_name(detect(t->chat_template)); }
 
 /* Python str.isspace (Jinja trim / str.strip): White_Space plus U+001C..U+001F. */
-static bool py_space(uint32_t cp) {
-    return qv__uc_is_whitespace(cp) || (cp >= 0x1C && cp <= 0x1F);
-}
+static bool py_space(uint32_t cp) { return qv__uc_is_whitespace(cp) || (cp >= 0x1C && cp <= 0x1F); }
 
 static void strip(const char *s, size_t n, size_t *a, size_t *b) {
     size_t i = 0, j = n;
@@ -107,7 +105,8 @@ static void strip(const char *s, size_t n, size_t *a, size_t *b) {
     }
     while (j > i) {
         size_t p = j - 1;
-        while (p > i && ((uint8_t)s[p] & 0xC0) == 0x80) p--;
+        while (p > i && ((uint8_t)s[p] & 0xC0) == 0x80)
+            p--;
         uint32_t cp;
         size_t k = qv__utf8_decode(s + p, j - p, &cp);
         if (!k || !py_space(cp)) break;
@@ -132,9 +131,12 @@ static qv_status default_system(const char *tmpl, qv__buf *out, bool *found) {
     const char *key = "<|im_start|>system";
     for (const char *p = strstr(tmpl, key); p; p = strstr(p + 1, key)) {
         const char *q = p + strlen(key);
-        if (*q == '\n') q++;
-        else if (q[0] == '\\' && q[1] == 'n') q += 2;
-        else continue;
+        if (*q == '\n')
+            q++;
+        else if (q[0] == '\\' && q[1] == 'n')
+            q += 2;
+        else
+            continue;
         const char *e = strstr(q, "<|im_end|>");
         if (!e) continue;
         bool literal = e > q;
@@ -294,9 +296,8 @@ static qv_status render_mistral(const qv_tokenizer *t, enum fam f, const qv_chat
     return st;
 }
 
-qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name,
-                         const qv_chat_msg *msgs, size_t n_msgs, bool add_generation_prompt,
-                         char **out, qv_error *err) {
+qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name, const qv_chat_msg *msgs,
+                         size_t n_msgs, bool add_generation_prompt, char **out, qv_error *err) {
     enum fam f = F_NONE;
     qv__buf b = {0}, sys = {0};
     qv_status st = QV_OK;
@@ -312,7 +313,8 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name,
                              "unknown chat template name '%s' (supported: chatml, llama3, "
                              "llama2-chat, llama2, llama2-sys, llama2-sys-bos, llama2-sys-strip, "
                              "mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, "
-                             "mistral-v7-tekken)", template_name);
+                             "mistral-v7-tekken)",
+                             template_name);
     } else {
         f = detect(t->chat_template);
         if (f == F_NONE)
@@ -358,15 +360,12 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name,
         if (!st && add_generation_prompt)
             st = puts_(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
-    case F_LLAMA2_CHAT:
-        st = render_llama2_chat(t, msgs, n_msgs, &b, err);
-        break;
-    case F_LLAMA2: case F_LLAMA2_SYS: case F_LLAMA2_SYS_BOS: case F_LLAMA2_SYS_STRIP:
-        st = render_llama2_cpp(t, f, msgs, n_msgs, &b);
-        break;
-    default:
-        st = render_mistral(t, f, msgs, n_msgs, &b);
-        break;
+    case F_LLAMA2_CHAT: st = render_llama2_chat(t, msgs, n_msgs, &b, err); break;
+    case F_LLAMA2:
+    case F_LLAMA2_SYS:
+    case F_LLAMA2_SYS_BOS:
+    case F_LLAMA2_SYS_STRIP: st = render_llama2_cpp(t, f, msgs, n_msgs, &b); break;
+    default: st = render_mistral(t, f, msgs, n_msgs, &b); break;
     }
     qv__buf_free(&sys);
     if (st) {

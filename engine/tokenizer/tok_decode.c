@@ -74,7 +74,8 @@ static qv_status flush_bytes(slist *out, qv__buf *bytes) {
     if (qv__utf8_valid(bytes->p, bytes->len)) {
         st = slist_add(out, bytes->p, bytes->len);
     } else {
-        for (size_t i = 0; i < bytes->len && !st; i++) st = slist_add(out, "\xEF\xBF\xBD", 3);
+        for (size_t i = 0; i < bytes->len && !st; i++)
+            st = slist_add(out, "\xEF\xBF\xBD", 3);
     }
     bytes->len = 0;
     return st;
@@ -163,7 +164,8 @@ static qv_status dec_step(const qv__dec *d, const slist *in, slist *out) {
             }
             for (int k = 0; k < d->strip_stop && b > a; k++) {
                 size_t j = b - 1;
-                while (j > a && ((uint8_t)s[j] & 0xC0) == 0x80) j--;
+                while (j > a && ((uint8_t)s[j] & 0xC0) == 0x80)
+                    j--;
                 uint32_t cp;
                 size_t l = qv__utf8_decode(s + j, b - j, &cp);
                 if (!l || cp != d->strip_cp) break;
@@ -195,8 +197,8 @@ static qv_status dec_step(const qv__dec *d, const slist *in, slist *out) {
     return QV_ERR_INVALID;
 }
 
-qv_status qv__tok_decode_buf(const qv_tokenizer *t, const int32_t *ids, size_t n,
-                             bool skip_special, qv__buf *out) {
+qv_status qv__tok_decode_buf(const qv_tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
+                             qv__buf *out) {
     slist a = {0}, b = {0};
     qv_status st = QV_OK;
     for (size_t i = 0; i < n && !st; i++) {
@@ -229,8 +231,7 @@ qv_status qv__tok_decode_buf(const qv_tokenizer *t, const int32_t *ids, size_t n
 }
 
 qv_status qv_tokenizer_decode(const qv_tokenizer *t, const int32_t *ids, size_t n,
-                              bool skip_special_tokens, char **text, size_t *len,
-                              qv_error *err) {
+                              bool skip_special_tokens, char **text, size_t *len, qv_error *err) {
     qv__buf out = {0};
     qv_status st = qv__tok_decode_buf(t, ids, n, skip_special_tokens, &out);
     if (!st) st = qv__buf_reserve(&out, 0);
@@ -295,7 +296,8 @@ nomem:
 void qv_detok_free(qv_detok *d) {
     if (!d) return;
     if (d->stops)
-        for (size_t i = 0; i < d->n_stops; i++) qv_free(d->stops[i]);
+        for (size_t i = 0; i < d->n_stops; i++)
+            qv_free(d->stops[i]);
     qv_free(d->stops);
     qv_free(d->stop_lens);
     qv_free(d->ids);
@@ -324,7 +326,8 @@ static qv_status stream_step(qv_detok *d, bool final) {
         if (memcmp(s->p, d->prefix.p ? d->prefix.p : "", d->prefix.len)) {
             /* The window's text changed retroactively (HF raises InvalidPrefix); emit the
              * text from the last character boundary instead of failing the stream. */
-            while (from > 0 && ((uint8_t)s->p[from] & 0xC0) == 0x80) from--;
+            while (from > 0 && ((uint8_t)s->p[from] & 0xC0) == 0x80)
+                from--;
         }
         if ((st = qv__buf_put(&d->pending, s->p + from, s->len - from))) return st;
         size_t new_prefix_index = d->n_ids - d->prefix_index;
@@ -380,7 +383,8 @@ static qv_status emit(qv_detok *d, bool at_end) {
         cut -= qv__utf8_incomplete_tail(p, cut);
     }
     /* A stop string that is not valid UTF-8 may match inside a character: never cut there. */
-    while (cut > 0 && cut < n && ((uint8_t)p[cut] & 0xC0) == 0x80) cut--;
+    while (cut > 0 && cut < n && ((uint8_t)p[cut] & 0xC0) == 0x80)
+        cut--;
     if (qv__buf_put(&d->outbuf, p, cut)) return QV_ERR_NOMEM;
     if (n > cut) memmove(d->pending.p, p + cut, n - cut);
     d->pending.len = n - cut;
@@ -388,8 +392,7 @@ static qv_status emit(qv_detok *d, bool at_end) {
     return QV_OK;
 }
 
-qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len,
-                        bool *finished) {
+qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len, bool *finished) {
     qv_status st = QV_OK;
     d->outbuf.len = 0;
     d->outbuf.p[0] = 0;

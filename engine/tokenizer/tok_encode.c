@@ -170,7 +170,8 @@ qv_status qv__tok_build_matchers(qv_tokenizer *t) {
             const char *k = akey(&t->added[t->order[ph][i]], ph, &l);
             t->first[ph][(uint8_t)k[0] + 1]++;
         }
-        for (int b = 0; b < 256; b++) t->first[ph][b + 1] += t->first[ph][b];
+        for (int b = 0; b < 256; b++)
+            t->first[ph][b + 1] += t->first[ph][b];
     }
     g_sort_tok = NULL;
     return QV_OK;
@@ -179,7 +180,8 @@ qv_status qv__tok_build_matchers(qv_tokenizer *t) {
 static bool ends_with_word(const char *s, size_t n) {
     if (n == 0) return false;
     size_t i = n - 1;
-    while (i > 0 && ((uint8_t)s[i] & 0xC0) == 0x80) i--;
+    while (i > 0 && ((uint8_t)s[i] & 0xC0) == 0x80)
+        i--;
     uint32_t cp;
     if (!qv__utf8_decode(s + i, n - i, &cp)) return false;
     return qv__uc_is_word(cp);
@@ -196,7 +198,8 @@ static size_t ws_run_start(const char *s, size_t n) {
     size_t i = n;
     while (i > 0) {
         size_t j = i - 1;
-        while (j > 0 && ((uint8_t)s[j] & 0xC0) == 0x80) j--;
+        while (j > 0 && ((uint8_t)s[j] & 0xC0) == 0x80)
+            j--;
         uint32_t cp;
         if (!qv__utf8_decode(s + j, i - j, &cp) || !qv__uc_is_whitespace(cp)) break;
         i = j;
@@ -268,7 +271,8 @@ static qv_status split_added(ectx *c, const char *s, size_t n, int phase, bool f
         start_offset = stop;
         i = stop;
     }
-    if (start_offset < n) return fn(c, s + start_offset, n - start_offset, first && !start_offset, -1);
+    if (start_offset < n)
+        return fn(c, s + start_offset, n - start_offset, first && !start_offset, -1);
     return QV_OK;
 }
 
@@ -301,17 +305,24 @@ qv_status qv__tok_normalize(const qv_tokenizer *t, const char *s, size_t n, qv__
             goto done;
         }
         switch (m->kind) {
-        case QV_NORM_NFC: case QV_NORM_NFD: case QV_NORM_NFKC: case QV_NORM_NFKD: {
+        case QV_NORM_NFC:
+        case QV_NORM_NFD:
+        case QV_NORM_NFKC:
+        case QV_NORM_NFKD: {
             if (cur.len == 0) break;
             int opt = UTF8PROC_STABLE;
-            if (m->kind == QV_NORM_NFC) opt |= UTF8PROC_COMPOSE;
-            else if (m->kind == QV_NORM_NFD) opt |= UTF8PROC_DECOMPOSE;
-            else if (m->kind == QV_NORM_NFKC) opt |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
-            else opt |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
+            if (m->kind == QV_NORM_NFC)
+                opt |= UTF8PROC_COMPOSE;
+            else if (m->kind == QV_NORM_NFD)
+                opt |= UTF8PROC_DECOMPOSE;
+            else if (m->kind == QV_NORM_NFKC)
+                opt |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
+            else
+                opt |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
             utf8proc_uint8_t *dst = NULL;
-            utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)cur.p,
-                                              (utf8proc_ssize_t)cur.len, &dst,
-                                              (utf8proc_option_t)opt);
+            utf8proc_ssize_t r =
+                utf8proc_map((const utf8proc_uint8_t *)cur.p, (utf8proc_ssize_t)cur.len, &dst,
+                             (utf8proc_option_t)opt);
             if (r < 0) { /* cannot happen on valid UTF-8; keep the text unchanged */
                 st = qv__buf_put(&nxt, cur.p, cur.len);
             } else {
@@ -364,7 +375,8 @@ static qv_status regex_spans(ectx *c, const pcre2_code *re, const char *s, size_
         size_t a = ov[0], b = ov[1];
         if (b == a) { /* empty match: step over one character */
             size_t k = 1;
-            while (a + k < n && ((uint8_t)s[a + k] & 0xC0) == 0x80) k++;
+            while (a + k < n && ((uint8_t)s[a + k] & 0xC0) == 0x80)
+                k++;
             pos = a + k;
             continue;
         }
@@ -416,30 +428,34 @@ static qv_status char_spans(bool (*pred)(uint32_t), const char *s, size_t n, spa
 static qv_status emit_splits(plist *out, const char *s, spans *sp, bool invert,
                              enum qv__split_behavior beh, bool first) {
     if (invert)
-        for (size_t i = 0; i < sp->n; i++) sp->p[i].m = !sp->p[i].m;
+        for (size_t i = 0; i < sp->n; i++)
+            sp->p[i].m = !sp->p[i].m;
     size_t w = 0; /* merged spans are compacted in place; m=true marks "remove" afterwards */
     bool prev_m = false;
     switch (beh) {
     case QV_SPLIT_ISOLATED:
-        for (size_t i = 0; i < sp->n; i++) sp->p[i].m = false;
+        for (size_t i = 0; i < sp->n; i++)
+            sp->p[i].m = false;
         w = sp->n;
         break;
-    case QV_SPLIT_REMOVED:
-        w = sp->n;
-        break;
+    case QV_SPLIT_REMOVED: w = sp->n; break;
     case QV_SPLIT_CONTIGUOUS:
         for (size_t i = 0; i < sp->n; i++) {
             bool m = sp->p[i].m;
-            if (m == prev_m && w > 0) sp->p[w - 1].b = sp->p[i].b;
-            else sp->p[w++] = (span){sp->p[i].a, sp->p[i].b, false};
+            if (m == prev_m && w > 0)
+                sp->p[w - 1].b = sp->p[i].b;
+            else
+                sp->p[w++] = (span){sp->p[i].a, sp->p[i].b, false};
             prev_m = m;
         }
         break;
     case QV_SPLIT_MERGED_PREV:
         for (size_t i = 0; i < sp->n; i++) {
             bool m = sp->p[i].m;
-            if (m && !prev_m && w > 0) sp->p[w - 1].b = sp->p[i].b;
-            else sp->p[w++] = (span){sp->p[i].a, sp->p[i].b, false};
+            if (m && !prev_m && w > 0)
+                sp->p[w - 1].b = sp->p[i].b;
+            else
+                sp->p[w++] = (span){sp->p[i].a, sp->p[i].b, false};
             prev_m = m;
         }
         break;
@@ -451,11 +467,14 @@ static qv_status emit_splits(plist *out, const char *s, spans *sp, bool invert,
         prev_m = false;
         for (size_t r = sp->n; r-- > 0;) {
             bool m = sp->p[r].m;
-            if (m && !prev_m && k > 0) tmp[k - 1].a = sp->p[r].a;
-            else tmp[k++] = (span){sp->p[r].a, sp->p[r].b, false};
+            if (m && !prev_m && k > 0)
+                tmp[k - 1].a = sp->p[r].a;
+            else
+                tmp[k++] = (span){sp->p[r].a, sp->p[r].b, false};
             prev_m = m;
         }
-        for (size_t i = 0; i < k; i++) sp->p[i] = tmp[k - 1 - i];
+        for (size_t i = 0; i < k; i++)
+            sp->p[i] = tmp[k - 1 - i];
         qv_free(tmp);
         w = k;
         break;
@@ -463,8 +482,8 @@ static qv_status emit_splits(plist *out, const char *s, spans *sp, bool invert,
     }
     for (size_t i = 0; i < w; i++) {
         if (sp->p[i].m) continue;
-        qv_status st = plist_add(out, s + sp->p[i].a, sp->p[i].b - sp->p[i].a,
-                                 first && sp->p[i].a == 0);
+        qv_status st =
+            plist_add(out, s + sp->p[i].a, sp->p[i].b - sp->p[i].a, first && sp->p[i].a == 0);
         if (st) return st;
     }
     return QV_OK;
@@ -531,8 +550,8 @@ static qv_status pre_step(ectx *c, const qv__pre *p, bool last, const plist *in,
             qv__buf m = {0};
             bool prepend = false;
             if (p->prepend_scheme != QV_PREPEND_NEVER) {
-                bool starts = n >= p->replacement_len && !memcmp(s, p->replacement,
-                                                                 p->replacement_len);
+                bool starts =
+                    n >= p->replacement_len && !memcmp(s, p->replacement, p->replacement_len);
                 /* after ' ' -> replacement the text starts with it iff it started with ' ' */
                 if (n > 0 && s[0] == ' ') starts = true;
                 prepend = !starts && (p->prepend_scheme == QV_PREPEND_ALWAYS || first);
@@ -615,7 +634,8 @@ static bool pair_lookup(const qv_tokenizer *t, int32_t a, int32_t b, int32_t *ra
 static qv_status bpe_reserve(ectx *c, size_t n) {
     if (n <= c->sym_cap) return QV_OK;
     size_t cap = c->sym_cap ? c->sym_cap : 64;
-    while (cap < n) cap *= 2;
+    while (cap < n)
+        cap *= 2;
     int32_t *a = qv_realloc(c->sym, cap * sizeof(*a));
     if (!a) return QV_ERR_NOMEM;
     c->sym = a;
@@ -679,9 +699,12 @@ static qv_status bpe_piece(ectx *c, const char *s, size_t n, bool raw) {
         for (size_t i = 0; i < n; i++) {
             uint8_t b = (uint8_t)s[i];
             int32_t id = t->byte_sym[b];
-            if (id >= 0) known_char(c, &ns, &u, id);
-            else if (t->byte_fallback && t->byte_tok[b] >= 0) add_sym(c, &ns, t->byte_tok[b]);
-            else unk_char(c, &ns, &u);
+            if (id >= 0)
+                known_char(c, &ns, &u, id);
+            else if (t->byte_fallback && t->byte_tok[b] >= 0)
+                add_sym(c, &ns, t->byte_tok[b]);
+            else
+                unk_char(c, &ns, &u);
         }
     } else {
         size_t i = 0;
@@ -697,7 +720,8 @@ static qv_status bpe_piece(ectx *c, const char *s, size_t n, bool raw) {
                 for (size_t j = 0; j < k && all; j++)
                     if (t->byte_tok[(uint8_t)s[i + j]] < 0) all = false;
                 if (all) {
-                    for (size_t j = 0; j < k; j++) add_sym(c, &ns, t->byte_tok[(uint8_t)s[i + j]]);
+                    for (size_t j = 0; j < k; j++)
+                        add_sym(c, &ns, t->byte_tok[(uint8_t)s[i + j]]);
                 } else {
                     unk_char(c, &ns, &u);
                 }
@@ -817,10 +841,12 @@ qv_status qv_tokenizer_encode_ex(const qv_tokenizer *t, const char *text, size_t
         len = clean.len;
     }
     if (add_special_tokens)
-        for (int i = 0; i < t->n_post_pre && !st; i++) st = ivec_push(&c.out, t->post_pre[i]);
+        for (int i = 0; i < t->n_post_pre && !st; i++)
+            st = ivec_push(&c.out, t->post_pre[i]);
     if (!st && len) st = split_added(&c, text, len, 0, true, on_raw_seg);
     if (add_special_tokens)
-        for (int i = 0; i < t->n_post_post && !st; i++) st = ivec_push(&c.out, t->post_post[i]);
+        for (int i = 0; i < t->n_post_post && !st; i++)
+            st = ivec_push(&c.out, t->post_post[i]);
     if (!st && !c.out.p) st = ivec_push(&c.out, 0), c.out.n = 0;
 done:
     qv__buf_free(&clean);

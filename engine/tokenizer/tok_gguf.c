@@ -94,8 +94,10 @@ qv_status qv_tokenizer_load_gguf(const struct qv_gguf *g, qv_tokenizer **out, qv
         snprintf(pre, sizeof(pre), "%.*s", (int)QV_MIN(sl, sizeof(pre) - 1), s);
     bool bpe = !strcmp(model, "gpt2"), spm = !strcmp(model, "llama");
     if (!bpe && !spm)
-        return qv_errorf(err, QV_ERR_UNSUPPORTED, "GGUF tokenizer model '%s' is not supported "
-                         "(gpt2 and llama only)", model);
+        return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                         "GGUF tokenizer model '%s' is not supported "
+                         "(gpt2 and llama only)",
+                         model);
     enum qv_gguf_type et;
     uint64_t n_tok = 0, n_types = 0, n_merges = 0, n_scores = 0;
     if (!qv_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n_tok) || et != QV_GGUF_STRING ||
@@ -108,10 +110,10 @@ qv_status qv_tokenizer_load_gguf(const struct qv_gguf *g, qv_tokenizer **out, qv
         st = QV_ERR_NOMEM;
         goto fail;
     }
-    bool have_types = qv_gguf_get_arr(g, "tokenizer.ggml.token_type", &et, &n_types) &&
-                      n_types == n_tok;
-    bool have_scores = qv_gguf_get_arr(g, "tokenizer.ggml.scores", &et, &n_scores) &&
-                       n_scores == n_tok;
+    bool have_types =
+        qv_gguf_get_arr(g, "tokenizer.ggml.token_type", &et, &n_types) && n_types == n_tok;
+    bool have_scores =
+        qv_gguf_get_arr(g, "tokenizer.ggml.scores", &et, &n_scores) && n_scores == n_tok;
     if ((st = qv__strmap_init(&t->vocab_map, n_tok))) goto fail;
     for (uint64_t i = 0; i < n_tok; i++) {
         int64_t ty = TT_NORMAL;
@@ -140,7 +142,8 @@ qv_status qv_tokenizer_load_gguf(const struct qv_gguf *g, qv_tokenizer **out, qv
 
     if (bpe) {
         if (!qv_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &n_merges) || et != QV_GGUF_STRING) {
-            st = qv_errorf(err, QV_ERR_INVALID, "GGUF gpt2 tokenizer without tokenizer.ggml.merges");
+            st =
+                qv_errorf(err, QV_ERR_INVALID, "GGUF gpt2 tokenizer without tokenizer.ggml.merges");
             goto fail;
         }
         if ((st = qv__pairmap_init(&t->merges, n_merges + 1))) goto fail;
@@ -176,8 +179,10 @@ qv_status qv_tokenizer_load_gguf(const struct qv_gguf *g, qv_tokenizer **out, qv
                 QV_LOGW("GGUF tokenizer.ggml.pre is 'default': using the GPT-2 pre-tokenizer");
             if ((st = set_pre(t, QV_PRE_BYTELEVEL, qv__re_gpt2, err))) goto fail;
         } else {
-            st = qv_errorf(err, QV_ERR_UNSUPPORTED, "GGUF tokenizer.ggml.pre '%s' is not supported "
-                           "(smollm, llama-bpe, llama3, qwen2, gpt-2, default)", pre);
+            st = qv_errorf(err, QV_ERR_UNSUPPORTED,
+                           "GGUF tokenizer.ggml.pre '%s' is not supported "
+                           "(smollm, llama-bpe, llama3, qwen2, gpt-2, default)",
+                           pre);
             goto fail;
         }
         if ((st = set_dec(t, QV_DEC_BYTELEVEL, NULL, NULL))) goto fail;
@@ -196,7 +201,8 @@ qv_status qv_tokenizer_load_gguf(const struct qv_gguf *g, qv_tokenizer **out, qv
             st = QV_ERR_NOMEM;
             goto fail;
         }
-        for (uint64_t i = 0; i < n_tok; i++) order[i] = (int32_t)i;
+        for (uint64_t i = 0; i < n_tok; i++)
+            order[i] = (int32_t)i;
         g_scores = scores;
         qsort(order, n_tok, sizeof(int32_t), cmp_score);
         g_scores = NULL;

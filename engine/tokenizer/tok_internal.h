@@ -80,13 +80,18 @@ typedef struct qv__pairmap {
 
 qv_status qv__pairmap_init(qv__pairmap *m, size_t expected);
 qv_status qv__pairmap_set(qv__pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t merged);
-bool qv__pairmap_get(const qv__pairmap *m, int32_t a, int32_t b, int32_t *rank,
-                     int32_t *merged);
+bool qv__pairmap_get(const qv__pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *merged);
 void qv__pairmap_free(qv__pairmap *m);
 
 /* ---- pipeline description ---- */
-enum qv__norm_kind { QV_NORM_NFC, QV_NORM_NFD, QV_NORM_NFKC, QV_NORM_NFKD, QV_NORM_PREPEND,
-                     QV_NORM_REPLACE };
+enum qv__norm_kind {
+    QV_NORM_NFC,
+    QV_NORM_NFD,
+    QV_NORM_NFKC,
+    QV_NORM_NFKD,
+    QV_NORM_PREPEND,
+    QV_NORM_REPLACE
+};
 typedef struct qv__norm {
     enum qv__norm_kind kind;
     char *a; /* PREPEND: prepend text; REPLACE: pattern (literal) */
@@ -94,14 +99,19 @@ typedef struct qv__norm {
     size_t a_len, b_len;
 } qv__norm;
 
-enum qv__split_behavior { QV_SPLIT_REMOVED, QV_SPLIT_ISOLATED, QV_SPLIT_MERGED_PREV,
-                          QV_SPLIT_MERGED_NEXT, QV_SPLIT_CONTIGUOUS };
+enum qv__split_behavior {
+    QV_SPLIT_REMOVED,
+    QV_SPLIT_ISOLATED,
+    QV_SPLIT_MERGED_PREV,
+    QV_SPLIT_MERGED_NEXT,
+    QV_SPLIT_CONTIGUOUS
+};
 enum qv__pre_kind { QV_PRE_SPLIT, QV_PRE_BYTELEVEL, QV_PRE_DIGITS, QV_PRE_METASPACE };
 enum qv__prepend { QV_PREPEND_ALWAYS, QV_PREPEND_FIRST, QV_PREPEND_NEVER };
 typedef struct qv__pre {
     enum qv__pre_kind kind;
-    pcre2_code *re;     /* SPLIT (regex form), BYTELEVEL with use_regex */
-    char *literal;      /* SPLIT (string form) */
+    pcre2_code *re; /* SPLIT (regex form), BYTELEVEL with use_regex */
+    char *literal;  /* SPLIT (string form) */
     size_t literal_len;
     enum qv__split_behavior behavior;
     bool invert;
@@ -113,8 +123,14 @@ typedef struct qv__pre {
     bool split;
 } qv__pre;
 
-enum qv__dec_kind { QV_DEC_BYTELEVEL, QV_DEC_REPLACE, QV_DEC_BYTEFALLBACK, QV_DEC_FUSE,
-                    QV_DEC_STRIP, QV_DEC_METASPACE };
+enum qv__dec_kind {
+    QV_DEC_BYTELEVEL,
+    QV_DEC_REPLACE,
+    QV_DEC_BYTEFALLBACK,
+    QV_DEC_FUSE,
+    QV_DEC_STRIP,
+    QV_DEC_METASPACE
+};
 typedef struct qv__dec {
     enum qv__dec_kind kind;
     char *a, *b; /* REPLACE pattern/content */
@@ -141,29 +157,29 @@ typedef struct qv__added {
 
 struct qv_tokenizer {
     /* model vocab: id -> string (pool), string -> id */
-    char **vocab;          /* [cap_vocab] NUL-terminated, NULL where no token has that id */
-    uint32_t *vocab_len;   /* [cap_vocab] */
-    int n_vocab;           /* max id + 1 over model vocab and added tokens */
+    char **vocab;        /* [cap_vocab] NUL-terminated, NULL where no token has that id */
+    uint32_t *vocab_len; /* [cap_vocab] */
+    int n_vocab;         /* max id + 1 over model vocab and added tokens */
     int cap_vocab;
-    qv__strmap vocab_map;  /* model vocab only */
+    qv__strmap vocab_map; /* model vocab only */
     qv__pairmap merges;
-    bool spm_merges;       /* GGUF "llama": merges derived from scores (rank_by_id) */
-    int32_t *rank_by_id;   /* spm: rank of the merged token by score order */
+    bool spm_merges;     /* GGUF "llama": merges derived from scores (rank_by_id) */
+    int32_t *rank_by_id; /* spm: rank of the merged token by score order */
 
     /* BPE flags */
     bool byte_fallback, fuse_unk, ignore_merges;
-    int32_t unk_id;         /* -1 when unk_token is null */
-    int32_t byte_tok[256];  /* byte_fallback: id of "<0xXX>" or -1 */
+    int32_t unk_id;        /* -1 when unk_token is null */
+    int32_t byte_tok[256]; /* byte_fallback: id of "<0xXX>" or -1 */
 
     /* added tokens, sorted for matching: by first byte, longest first */
-    qv__added *added;      /* sorted by (first byte, length descending) after finish */
+    qv__added *added; /* sorted by (first byte, length descending) after finish */
     size_t n_added, cap_added;
     /* matchers: order[p] lists added-token indices for phase p (0 raw, 1 normalized), sorted
      * by first byte then length descending; first[p][b]..first[p][b+1] start with byte b */
     uint32_t *order[2];
     uint32_t first[2][257];
-    qv__strmap added_map; /* content -> id */
-    uint8_t *is_special;  /* [n_vocab] 1 = special added token (skipped when skipping) */
+    qv__strmap added_map;          /* content -> id */
+    uint8_t *is_special;           /* [n_vocab] 1 = special added token (skipped when skipping) */
     const qv__added **added_by_id; /* [n_vocab] or NULL entries */
     bool has_normalized_added;
 
@@ -171,7 +187,7 @@ struct qv_tokenizer {
     int n_norms;
     qv__pre pres[QV_TOK_MAX_STEPS];
     int n_pres;
-    bool bytelevel_last; /* last pre step is ByteLevel: map bytes inside BPE */
+    bool bytelevel_last;   /* last pre step is ByteLevel: map bytes inside BPE */
     int32_t byte_sym[256]; /* id of the byte-level char of each byte, -1 = missing */
 
     /* post-processor (TemplateProcessing single): ids before and after $A */
@@ -212,7 +228,7 @@ qv_status qv__tok_build_matchers(qv_tokenizer *t);
 qv_status qv__tok_load_gguf_file(const char *path, qv_tokenizer **out, qv_error *err);
 
 /* tok_decode.c: decodes into buf (appends). */
-qv_status qv__tok_decode_buf(const qv_tokenizer *t, const int32_t *ids, size_t n,
-                             bool skip_special, qv__buf *out);
+qv_status qv__tok_decode_buf(const qv_tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
+                             qv__buf *out);
 
 #endif /* QV_TOK_INTERNAL_H */

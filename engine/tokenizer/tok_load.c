@@ -20,14 +20,13 @@ const char qv__re_gpt2[] =
 const char qv__re_llama3[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-const char qv__re_qwen2[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
-    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const char qv__re_qwen2[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+                            "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 /* HF (Oniguruma / Rust) \s is the White_Space property; PCRE2's UCP \s also contains U+180E.
  * Patterns are rewritten to use this explicit class instead (TOKENIZER.md 6.3). */
-#define WS_MEMBERS                                                                             \
-    "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"     \
+#define WS_MEMBERS                                                                                 \
+    "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"       \
     "\\x{3000}"
 
 /* Copies n bytes (which may contain NUL) and terminates them. */
@@ -93,7 +92,8 @@ qv_status qv__tok_alloc(qv_tokenizer **out) {
 static qv_status grow_vocab(qv_tokenizer *t, int32_t id) {
     if (id < t->cap_vocab) return QV_OK;
     int cap = t->cap_vocab ? t->cap_vocab : 1024;
-    while (cap <= id) cap *= 2;
+    while (cap <= id)
+        cap *= 2;
     char **v = qv_realloc(t->vocab, (size_t)cap * sizeof(*v));
     if (!v) return QV_ERR_NOMEM;
     t->vocab = v;
@@ -164,9 +164,10 @@ qv_status qv__tok_add_merge(qv_tokenizer *t, const char *a, size_t a_len, const 
     int32_t im = qv__strmap_get(&t->vocab_map, cat, a_len + b_len);
     if (cat != stackbuf) qv_free(cat);
     if (ia < 0 || ib < 0 || im < 0)
-        return qv_errorf(err, QV_ERR_INVALID, "merge %d ('%.*s' '%.*s') uses a token missing from "
-                         "the vocabulary", (int)rank, (int)QV_MIN(a_len, 64), a,
-                         (int)QV_MIN(b_len, 64), b);
+        return qv_errorf(err, QV_ERR_INVALID,
+                         "merge %d ('%.*s' '%.*s') uses a token missing from "
+                         "the vocabulary",
+                         (int)rank, (int)QV_MIN(a_len, 64), a, (int)QV_MIN(b_len, 64), b);
     if (!t->merges.cap && qv__pairmap_init(&t->merges, 1024)) return QV_ERR_NOMEM;
     return qv__pairmap_set(&t->merges, ia, ib, rank, im);
 }
@@ -174,20 +175,21 @@ qv_status qv__tok_add_merge(qv_tokenizer *t, const char *a, size_t a_len, const 
 /* Code points HF's regex engine (Oniguruma with Unicode 16 tables, tokenizers 0.23.3) puts in
  * \p{L} / \p{N} that PCRE2 10.42 (Unicode 14) does not: measured by splitting every code point
  * with HF. Appended to those classes so the split matches HF on newer scripts too. */
-#define L_EXTRA                                                                                \
+#define L_EXTRA                                                                                    \
     "\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}\\x{105C0}-\\x{105F3}"               \
     "\\x{10D4A}-\\x{10D65}\\x{10D6F}-\\x{10D85}\\x{10EC2}-\\x{10EC4}\\x{1123F}-\\x{11240}"         \
-    "\\x{11380}-\\x{11389}\\x{1138B}\\x{1138E}\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}\\x{113D3}"   \
+    "\\x{11380}-\\x{11389}\\x{1138B}\\x{1138E}\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}\\x{113D3}" \
     "\\x{11BC0}-\\x{11BE0}\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}\\x{1342F}"          \
     "\\x{13441}-\\x{13446}\\x{13460}-\\x{143FA}\\x{16100}-\\x{1611D}\\x{16D40}-\\x{16D6C}"         \
-    "\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}"  \
+    "\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{"      \
+    "1E4EB}"                                                                                       \
     "\\x{1E5D0}-\\x{1E5ED}\\x{1E5F0}\\x{2B739}\\x{2EBF0}-\\x{2EE5D}\\x{31350}-\\x{323AF}"
-#define N_EXTRA                                                                                \
+#define N_EXTRA                                                                                    \
     "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}\\x{11F50}-\\x{11F59}"         \
     "\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}"         \
     "\\x{1E4F0}-\\x{1E4F9}\\x{1E5F1}-\\x{1E5FA}"
 
-#define D_EXTRA                                                                                \
+#define D_EXTRA                                                                                    \
     "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}\\x{11F50}-\\x{11F59}"         \
     "\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}\\x{1CCF0}-\\x{1CCF9}\\x{1E4F0}-\\x{1E4F9}"         \
     "\\x{1E5F1}-\\x{1E5FA}"
@@ -266,8 +268,9 @@ qv_status qv__tok_compile_regex(qv__pre *p, const char *pattern, size_t len, qv_
 /* ---- finishing ---- */
 
 static const char *const k_eog_texts[] = {
-    "<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<end_of_turn>",
-    "<|eom_id|>", "<|end|>", "<EOT>", "<|EOT|>", "</s>", "<|return|>",
+    "<|eot_id|>",    "<|im_end|>", "<|endoftext|>", "<|end_of_text|>",
+    "<end_of_turn>", "<|eom_id|>", "<|end|>",       "<EOT>",
+    "<|EOT|>",       "</s>",       "<|return|>",
 };
 
 static void add_eog(qv_tokenizer *t, int32_t id) {
@@ -379,10 +382,14 @@ static qv_status parse_normalizer(qv_tokenizer *t, const cJSON *n, qv_error *err
         return qv_errorf(err, QV_ERR_UNSUPPORTED, "too many normalizer steps");
     qv__norm *m = &t->norms[t->n_norms];
     memset(m, 0, sizeof(*m));
-    if (!strcmp(type, "NFC")) m->kind = QV_NORM_NFC;
-    else if (!strcmp(type, "NFD")) m->kind = QV_NORM_NFD;
-    else if (!strcmp(type, "NFKC")) m->kind = QV_NORM_NFKC;
-    else if (!strcmp(type, "NFKD")) m->kind = QV_NORM_NFKD;
+    if (!strcmp(type, "NFC"))
+        m->kind = QV_NORM_NFC;
+    else if (!strcmp(type, "NFD"))
+        m->kind = QV_NORM_NFD;
+    else if (!strcmp(type, "NFKC"))
+        m->kind = QV_NORM_NFKC;
+    else if (!strcmp(type, "NFKD"))
+        m->kind = QV_NORM_NFKD;
     else if (!strcmp(type, "Prepend")) {
         const char *p = jstr(n, "prepend");
         if (!p) return qv_errorf(err, QV_ERR_INVALID, "Prepend normalizer without 'prepend'");
@@ -400,7 +407,8 @@ static qv_status parse_normalizer(qv_tokenizer *t, const cJSON *n, qv_error *err
         if (!(m->a = qv_strdup(pat)) || !(m->b = qv_strdup(content))) return QV_ERR_NOMEM;
         m->a_len = strlen(pat);
         m->b_len = strlen(content);
-        if (!m->a_len) return qv_errorf(err, QV_ERR_INVALID, "Replace normalizer with empty pattern");
+        if (!m->a_len)
+            return qv_errorf(err, QV_ERR_INVALID, "Replace normalizer with empty pattern");
     } else {
         return qv_errorf(err, QV_ERR_UNSUPPORTED, "normalizer '%s' is not supported", type);
     }
@@ -409,21 +417,30 @@ static qv_status parse_normalizer(qv_tokenizer *t, const cJSON *n, qv_error *err
 }
 
 static qv_status parse_split_behavior(const char *s, enum qv__split_behavior *b, qv_error *err) {
-    if (!s || !strcmp(s, "Isolated")) *b = QV_SPLIT_ISOLATED;
-    else if (!strcmp(s, "Removed")) *b = QV_SPLIT_REMOVED;
-    else if (!strcmp(s, "MergedWithPrevious")) *b = QV_SPLIT_MERGED_PREV;
-    else if (!strcmp(s, "MergedWithNext")) *b = QV_SPLIT_MERGED_NEXT;
-    else if (!strcmp(s, "Contiguous")) *b = QV_SPLIT_CONTIGUOUS;
-    else return qv_errorf(err, QV_ERR_UNSUPPORTED, "split behavior '%s'", s);
+    if (!s || !strcmp(s, "Isolated"))
+        *b = QV_SPLIT_ISOLATED;
+    else if (!strcmp(s, "Removed"))
+        *b = QV_SPLIT_REMOVED;
+    else if (!strcmp(s, "MergedWithPrevious"))
+        *b = QV_SPLIT_MERGED_PREV;
+    else if (!strcmp(s, "MergedWithNext"))
+        *b = QV_SPLIT_MERGED_NEXT;
+    else if (!strcmp(s, "Contiguous"))
+        *b = QV_SPLIT_CONTIGUOUS;
+    else
+        return qv_errorf(err, QV_ERR_UNSUPPORTED, "split behavior '%s'", s);
     return QV_OK;
 }
 
 static qv_status parse_prepend_scheme(const cJSON *o, enum qv__prepend *ps) {
     const char *s = jstr(o, "prepend_scheme");
     if (s) {
-        if (!strcmp(s, "first")) *ps = QV_PREPEND_FIRST;
-        else if (!strcmp(s, "never")) *ps = QV_PREPEND_NEVER;
-        else *ps = QV_PREPEND_ALWAYS;
+        if (!strcmp(s, "first"))
+            *ps = QV_PREPEND_FIRST;
+        else if (!strcmp(s, "never"))
+            *ps = QV_PREPEND_NEVER;
+        else
+            *ps = QV_PREPEND_ALWAYS;
     } else {
         *ps = jbool(o, "add_prefix_space", true) ? QV_PREPEND_ALWAYS : QV_PREPEND_NEVER;
     }
@@ -538,14 +555,12 @@ static qv_status parse_post(qv_tokenizer *t, const cJSON *n, qv_error *err) {
             if (sp) {
                 const char *id = jstr(sp, "id");
                 if (!id) return qv_errorf(err, QV_ERR_INVALID, "TemplateProcessing: bad item");
-                qv_status st = seen_a ? post_token_ids(t, special, id, t->post_post,
-                                                       &t->n_post_post, err)
-                                      : post_token_ids(t, special, id, t->post_pre,
-                                                       &t->n_post_pre, err);
+                qv_status st =
+                    seen_a ? post_token_ids(t, special, id, t->post_post, &t->n_post_post, err)
+                           : post_token_ids(t, special, id, t->post_pre, &t->n_post_pre, err);
                 if (st) return st;
             } else if (cJSON_GetObjectItemCaseSensitive(it, "Sequence")) {
-                if (seen_a)
-                    return qv_errorf(err, QV_ERR_UNSUPPORTED, "TemplateProcessing: two $A");
+                if (seen_a) return qv_errorf(err, QV_ERR_UNSUPPORTED, "TemplateProcessing: two $A");
                 seen_a = true;
             }
         }
@@ -583,9 +598,12 @@ static qv_status parse_decoder(qv_tokenizer *t, const cJSON *n, qv_error *err) {
     qv__dec *d = &t->decs[t->n_decs];
     memset(d, 0, sizeof(*d));
     qv_status st;
-    if (!strcmp(type, "ByteLevel")) d->kind = QV_DEC_BYTELEVEL;
-    else if (!strcmp(type, "ByteFallback")) d->kind = QV_DEC_BYTEFALLBACK;
-    else if (!strcmp(type, "Fuse")) d->kind = QV_DEC_FUSE;
+    if (!strcmp(type, "ByteLevel"))
+        d->kind = QV_DEC_BYTELEVEL;
+    else if (!strcmp(type, "ByteFallback"))
+        d->kind = QV_DEC_BYTEFALLBACK;
+    else if (!strcmp(type, "Fuse"))
+        d->kind = QV_DEC_FUSE;
     else if (!strcmp(type, "Replace")) {
         const char *pat, *content = jstr(n, "content");
         bool is_re;
@@ -640,8 +658,8 @@ static qv_status parse_model(qv_tokenizer *t, const cJSON *m, qv_error *err) {
     cJSON_ArrayForEach(it, vocab) {
         if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 0x7FFFFFF)
             return qv_errorf(err, QV_ERR_INVALID, "model.vocab: bad id for '%.64s'", it->string);
-        qv_status st = qv__tok_set_vocab(t, (int32_t)it->valuedouble, it->string,
-                                         unmask_nul(it->string));
+        qv_status st =
+            qv__tok_set_vocab(t, (int32_t)it->valuedouble, it->string, unmask_nul(it->string));
         if (st) return st;
     }
     if (qv__pairmap_init(&t->merges, (size_t)cJSON_GetArraySize(merges) + 1)) return QV_ERR_NOMEM;
@@ -656,8 +674,8 @@ static qv_status parse_model(qv_tokenizer *t, const cJSON *m, qv_error *err) {
             if (!sp || memchr(sp + 1, ' ', sl - (size_t)(sp + 1 - s)))
                 return qv_errorf(err, QV_ERR_INVALID, "merge %d '%.64s' is not 'a b'", (int)rank,
                                  s);
-            st = qv__tok_add_merge(t, s, (size_t)(sp - s), sp + 1, sl - (size_t)(sp + 1 - s),
-                                   rank, err);
+            st = qv__tok_add_merge(t, s, (size_t)(sp - s), sp + 1, sl - (size_t)(sp + 1 - s), rank,
+                                   err);
         } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2 &&
                    cJSON_IsString(cJSON_GetArrayItem(it, 0)) &&
                    cJSON_IsString(cJSON_GetArrayItem(it, 1))) {
@@ -684,7 +702,8 @@ static const char *token_content(const cJSON *v) {
 static qv_status parse_config(qv_tokenizer *t, const cJSON *c, qv_error *err) {
     const cJSON *tmpl = cJSON_GetObjectItemCaseSensitive(c, "chat_template");
     const char *ts = NULL;
-    if (cJSON_IsString(tmpl)) ts = tmpl->valuestring;
+    if (cJSON_IsString(tmpl))
+        ts = tmpl->valuestring;
     else if (cJSON_IsArray(tmpl)) {
         const cJSON *it;
         cJSON_ArrayForEach(it, tmpl) {
@@ -761,8 +780,7 @@ qv_status qv_tokenizer_load_json_str(const char *json, size_t len, const char *c
         goto fail;
     if ((st = parse_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), err)))
         goto fail;
-    if ((st = parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), err)))
-        goto fail;
+    if ((st = parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), err))) goto fail;
     if ((st = qv__tok_finish(t, err))) goto fail;
     if (cfg && (st = parse_config(t, cfg, err))) goto fail;
     if (cfg && (st = qv__tok_finish(t, err))) goto fail; /* eog set with the config's eos */
@@ -780,9 +798,8 @@ fail:
 
 #define QV_TOK_MAX_FILE (256u << 20)
 
-qv_status qv_tokenizer_load_json(const char *tokenizer_json_path,
-                                 const char *tokenizer_config_path, qv_tokenizer **out,
-                                 qv_error *err) {
+qv_status qv_tokenizer_load_json(const char *tokenizer_json_path, const char *tokenizer_config_path,
+                                 qv_tokenizer **out, qv_error *err) {
     char *js = NULL, *cs = NULL;
     size_t jn = 0, cn = 0;
     qv_status st = qv_read_file(tokenizer_json_path, QV_TOK_MAX_FILE, &js, &jn, err);
@@ -803,7 +820,8 @@ qv_status qv_tokenizer_load_json(const char *tokenizer_json_path,
 
 void qv_tokenizer_free(qv_tokenizer *t) {
     if (!t) return;
-    for (int i = 0; i < t->cap_vocab; i++) qv_free(t->vocab[i]);
+    for (int i = 0; i < t->cap_vocab; i++)
+        qv_free(t->vocab[i]);
     qv_free(t->vocab);
     qv_free(t->vocab_len);
     qv__strmap_free(&t->vocab_map);
@@ -877,9 +895,8 @@ qv_status qv_tokenizer_load_path(const char *path, qv_tokenizer **out, qv_error 
     char *slash = strrchr(cfg, '/');
     snprintf(slash ? slash + 1 : cfg, n + 32 - (size_t)(slash ? slash + 1 - cfg : 0),
              "tokenizer_config.json");
-    qv_status st = qv_tokenizer_load_json(path, stat(cfg, &sb) == 0 && strcmp(cfg, path) ? cfg
-                                                                                       : NULL,
-                                          out, err);
+    qv_status st = qv_tokenizer_load_json(
+        path, stat(cfg, &sb) == 0 && strcmp(cfg, path) ? cfg : NULL, out, err);
     qv_free(cfg);
     return st;
 }

@@ -16,7 +16,8 @@
 qv_status qv__buf_reserve(qv__buf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return QV_OK;
     size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + extra + 1) cap *= 2;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
     char *p = qv_realloc(b->p, cap);
     if (!p) return QV_ERR_NOMEM;
     b->p = p;
@@ -111,7 +112,8 @@ size_t qv__utf8_invalid_len(const char *s, size_t n) {
     uint8_t c = u[0];
     size_t need;
     uint8_t lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) need = 2;
+    if (c >= 0xC2 && c <= 0xDF)
+        need = 2;
     else if (c >= 0xE0 && c <= 0xEF) {
         need = 3;
         if (c == 0xE0) lo = 0xA0;
@@ -125,7 +127,8 @@ size_t qv__utf8_invalid_len(const char *s, size_t n) {
     size_t i = 1;
     if (i < n && u[i] >= lo && u[i] <= hi) {
         i++;
-        while (i < need && i < n && (u[i] & 0xC0) == 0x80) i++;
+        while (i < need && i < n && (u[i] & 0xC0) == 0x80)
+            i++;
     }
     return i;
 }
@@ -185,11 +188,15 @@ bool qv__uc_is_whitespace(uint32_t cp) {
     if (cp <= 0x20) return cp == 0x20 || (cp >= 0x09 && cp <= 0x0D);
     if (cp < 0x85) return false;
     switch (cp) {
-    case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F:
-    case 0x3000:
-        return true;
-    default:
-        return cp >= 0x2000 && cp <= 0x200A;
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000: return true;
+    default: return cp >= 0x2000 && cp <= 0x200A;
     }
 }
 
@@ -216,13 +223,18 @@ bool qv__uc_is_word(uint32_t cp) {
                cp == '_';
     if (cp == 0x200C || cp == 0x200D) return true;
     switch (utf8proc_category((utf8proc_int32_t)cp)) {
-    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_MN:
-    case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME: case UTF8PROC_CATEGORY_ND:
-    case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_PC:
-        return true;
-    default:
-        return false;
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_MC:
+    case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_PC: return true;
+    default: return false;
     }
 }
 
@@ -236,9 +248,12 @@ uint32_t qv__byte_to_cp(uint8_t b) {
     if (byte_is_printable(b)) return b;
     /* The 68 other bytes map, in increasing order, to U+0100.. */
     unsigned k;
-    if (b <= 0x20) k = b;                 /* 0x00..0x20 -> 0..32 */
-    else if (b <= 0xA0) k = 33 + (b - 0x7F); /* 0x7F..0xA0 -> 33..66 */
-    else k = 67;                          /* 0xAD */
+    if (b <= 0x20)
+        k = b; /* 0x00..0x20 -> 0..32 */
+    else if (b <= 0xA0)
+        k = 33 + (b - 0x7F); /* 0x7F..0xA0 -> 33..66 */
+    else
+        k = 67; /* 0xAD */
     return 0x100 + k;
 }
 
@@ -276,7 +291,8 @@ static uint64_t hash_u64(uint64_t x) {
 
 static size_t pow2_cap(size_t expected) {
     size_t cap = 16;
-    while (cap < expected * 2 + 2) cap *= 2;
+    while (cap < expected * 2 + 2)
+        cap *= 2;
     return cap;
 }
 
@@ -378,8 +394,7 @@ qv_status qv__pairmap_set(qv__pairmap *m, int32_t a, int32_t b, int32_t rank, in
     return QV_OK;
 }
 
-bool qv__pairmap_get(const qv__pairmap *m, int32_t a, int32_t b, int32_t *rank,
-                     int32_t *merged) {
+bool qv__pairmap_get(const qv__pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *merged) {
     if (!m->cap) return false;
     uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     size_t mask = m->cap - 1, i = (size_t)hash_u64(k) & mask;

@@ -43,7 +43,8 @@ __attribute__((target("avx2"))) static uint64_t sum_avx2(const uint64_t *p, size
     uint64_t t[4];
     _mm256_storeu_si256((__m256i *)(void *)t, s0);
     uint64_t s = t[0] + t[1] + t[2] + t[3];
-    for (; i < n; i++) s += p[i];
+    for (; i < n; i++)
+        s += p[i];
     return s;
 }
 #endif
@@ -71,7 +72,8 @@ static double probe_bandwidth(int n_threads) {
     const size_t n = (size_t)64 << 20; /* 512 MiB of u64 */
     uint64_t *buf = malloc(n * sizeof(uint64_t));
     if (!buf) return 0;
-    for (size_t i = 0; i < n; i++) buf[i] = i;
+    for (size_t i = 0; i < n; i++)
+        buf[i] = i;
     double best = 0;
     uint64_t check = 0;
     if (n_threads > 64) n_threads = 64;
@@ -84,11 +86,13 @@ static double probe_bandwidth(int n_threads) {
             args[t] = (probe_arg){buf + per * (size_t)t, per, 0};
             pthread_create(&th[t], NULL, probe_worker, &args[t]);
         }
-        for (int t = 0; t < n_threads; t++) pthread_join(th[t], NULL);
+        for (int t = 0; t < n_threads; t++)
+            pthread_join(th[t], NULL);
         double dt = qv_time_s() - t0;
         double bw = (double)(per * (size_t)n_threads * sizeof(uint64_t)) / dt;
         if (bw > best) best = bw;
-        for (int t = 0; t < n_threads; t++) check += args[t].sum;
+        for (int t = 0; t < n_threads; t++)
+            check += args[t].sum;
     }
     free(buf);
     if (check == 1) printf(" "); /* keep the sums observable */
@@ -159,19 +163,24 @@ int main(int argc, char **argv) {
     int batches[8] = {1, 8, 32};
     int n_batches = 3;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) n_threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) n_prompt = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--gen") && i + 1 < argc) n_gen = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            n_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--prompt") && i + 1 < argc)
+            n_prompt = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--gen") && i + 1 < argc)
+            n_gen = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--batches") && i + 1 < argc) {
             n_batches = 0;
             for (char *t = strtok(argv[++i], ","); t && n_batches < 8; t = strtok(NULL, ","))
                 batches[n_batches++] = atoi(t);
-        } else model = argv[i];
+        } else
+            model = argv[i];
     }
     static char def[4096];
     if (!model) {
         const char *home = getenv("QUIVER_HOME");
-        if (home) snprintf(def, sizeof(def), "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", home);
+        if (home)
+            snprintf(def, sizeof(def), "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", home);
         else
             snprintf(def, sizeof(def), "%s/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf",
                      getenv("HOME"));

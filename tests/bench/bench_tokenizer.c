@@ -17,20 +17,26 @@
 #include "engine/tokenizer.h"
 
 static const char *k_words[] = {
-    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by",
-    "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an",
-    "had", "they", "you", "were", "their", "one", "all", "we", "can", "her", "has", "there",
-    "been", "if", "more", "when", "will", "would", "who", "so", "no", "model", "token",
-    "inference", "adapter", "server", "quickly", "transformer", "Hello", "World", "The", "It's",
-    "don't", "we'll", "I'm", "naïve", "café", "résumé", "Straße", "数据", "模型", "こんにちは",
-    "привет", "мир", "γειά", "नमस्ते", "مرحبا", "😀", "🦙", "👍🏽", "Ω", "€100",
+    "the",    "of",     "and",       "to",      "in",         "is",      "that",        "for",
+    "it",     "as",     "was",       "with",    "be",         "by",      "on",          "not",
+    "he",     "this",   "are",       "or",      "his",        "from",    "at",          "which",
+    "but",    "have",   "an",        "had",     "they",       "you",     "were",        "their",
+    "one",    "all",    "we",        "can",     "her",        "has",     "there",       "been",
+    "if",     "more",   "when",      "will",    "would",      "who",     "so",          "no",
+    "model",  "token",  "inference", "adapter", "server",     "quickly", "transformer", "Hello",
+    "World",  "The",    "It's",      "don't",   "we'll",      "I'm",     "naïve",       "café",
+    "résumé", "Straße", "数据",      "模型",    "こんにちは", "привет",  "мир",         "γειά",
+    "नमस्ते",   "مرحبا",  "😀",         "🦙",    "👍🏽",   "Ω",       "€100",
 };
-static const char *k_seps[] = {" ", " ", " ", " ", " ", " ", ", ", ". ", "\n", "\n\n", "  ",
-                               "\t", "; ", ": ", "! ", "? ", " - ", "(", ") ", "\""};
+static const char *k_seps[] = {" ",  " ",  " ",  " ",  " ",  " ",  ", ",  ". ", "\n", "\n\n",
+                               "  ", "\t", "; ", ": ", "! ", "? ", " - ", "(",  ") ", "\""};
 static const char *k_code[] = {
-    "def f(x):\n    return x ** 2\n", "for (int i = 0; i < n; i++) {\n    s += a[i];\n}\n",
-    "{\"key\": [1, 2.5, null], \"ok\": true}\n", "    if err != nil {\n        return err\n    }\n",
-    "x = 3.14159 * r ** 2  # area\n", "https://example.com/path?q=1&r=2\n",
+    "def f(x):\n    return x ** 2\n",
+    "for (int i = 0; i < n; i++) {\n    s += a[i];\n}\n",
+    "{\"key\": [1, 2.5, null], \"ok\": true}\n",
+    "    if err != nil {\n        return err\n    }\n",
+    "x = 3.14159 * r ** 2  # area\n",
+    "https://example.com/path?q=1&r=2\n",
 };
 
 static char *gen_text(size_t bytes, size_t *out_len) {
@@ -44,12 +50,15 @@ static char *gen_text(size_t bytes, size_t *out_len) {
         unsigned r = (unsigned)(x % 1000);
         const char *s;
         char num[32];
-        if (r < 20) s = k_code[x / 1000 % (sizeof(k_code) / sizeof(k_code[0]))];
+        if (r < 20)
+            s = k_code[x / 1000 % (sizeof(k_code) / sizeof(k_code[0]))];
         else if (r < 60) {
             snprintf(num, sizeof(num), "%llu", (unsigned long long)(x / 1000 % 100000));
             s = num;
-        } else if (r < 400) s = k_seps[x / 1000 % (sizeof(k_seps) / sizeof(k_seps[0]))];
-        else s = k_words[x / 1000 % (sizeof(k_words) / sizeof(k_words[0]))];
+        } else if (r < 400)
+            s = k_seps[x / 1000 % (sizeof(k_seps) / sizeof(k_seps[0]))];
+        else
+            s = k_words[x / 1000 % (sizeof(k_words) / sizeof(k_words[0]))];
         size_t l = strlen(s);
         memcpy(buf + n, s, l);
         n += l;
@@ -64,10 +73,14 @@ int main(int argc, char **argv) {
     double mb = 8;
     int runs = 3;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
-        else if (!strcmp(argv[i], "--mb") && i + 1 < argc) mb = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--write-text") && i + 1 < argc) dump = argv[++i];
+        if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            model = argv[++i];
+        else if (!strcmp(argv[i], "--mb") && i + 1 < argc)
+            mb = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
+            runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--write-text") && i + 1 < argc)
+            dump = argv[++i];
         else {
             fprintf(stderr, "usage: bench_tokenizer [--model PATH] [--mb N] [--runs N] "
                             "[--write-text FILE]\n");
@@ -121,7 +134,8 @@ int main(int argc, char **argv) {
         t0 = qv_time_s();
         while (start < n) {
             size_t p = start + 4096 < n ? start + 4096 : n;
-            while (p < n && text[p] != '\n') p++;
+            while (p < n && text[p] != '\n')
+                p++;
             if (p < n) p++;
             int32_t *ids = NULL;
             size_t k = 0;

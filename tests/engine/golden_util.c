@@ -1,9 +1,8 @@
 /* golden_util.c - see golden_util.h. */
 #include "golden_util.h"
 
-
-int golden_open(golden_runner *r, const char *path, int n_threads, int n_pages,
-                       int page_size, int max_tokens) {
+int golden_open(golden_runner *r, const char *path, int n_threads, int n_pages, int page_size,
+                int max_tokens) {
     memset(r, 0, sizeof(*r));
     qv_error err = {0};
     if (qv_model_load(path, &r->m, &err) != QV_OK) {
@@ -30,7 +29,7 @@ void golden_close(golden_runner *r) {
 /* Feeds tokens [pos0, pos0+n) of one sequence; logits of every fed token when all_logits,
  * else only of the last one. Returns 0 on success. */
 int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int pos0,
-                       int all_logits, float *logits) {
+                int all_logits, float *logits) {
     qv_error err = {0};
     if (qv_kv_seq_reserve(r->kv, seq, pos0 + n) != QV_OK) return -1;
     int32_t *pos = malloc((size_t)n * sizeof(int32_t));
@@ -41,8 +40,13 @@ int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int
         li[i] = i;
     }
     const qv_kv_seq *seqs[1] = {seq};
-    qv_batch b = {.n_tokens = n, .tokens = ids, .pos = pos, .seq = sq, .n_seqs = 1,
-                  .seqs = seqs, .n_logits = all_logits ? n : 1,
+    qv_batch b = {.n_tokens = n,
+                  .tokens = ids,
+                  .pos = pos,
+                  .seq = sq,
+                  .n_seqs = 1,
+                  .seqs = seqs,
+                  .n_logits = all_logits ? n : 1,
                   .logits_idx = all_logits ? li : li + (n - 1)};
     qv_status st = qv_forward_run(r->fwd, &b, logits, &err);
     if (st != QV_OK) fprintf(stderr, "forward: %s\n", err.msg);
@@ -76,4 +80,3 @@ int argmax_f32(const float *x, int n) {
         if (x[i] > x[best]) best = i;
     return best;
 }
-

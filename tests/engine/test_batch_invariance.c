@@ -50,7 +50,8 @@ static void run_model(const char *rel) {
     for (int i = 0; i < N_SEQ; i++) {
         s[i].n_prompt = lens[i];
         s[i].n_total = lens[i] + N_DEC;
-        for (int t = 0; t < s[i].n_total; t++) s[i].tokens[t] = (int32_t)(next_rand() % (uint32_t)V);
+        for (int t = 0; t < s[i].n_total; t++)
+            s[i].tokens[t] = (int32_t)(next_rand() % (uint32_t)V);
         s[i].want = malloc(sizeof(float) * (size_t)V * (N_DEC + 1));
         s[i].got = malloc(sizeof(float) * (size_t)V * (N_DEC + 1));
         /* (a) solo */
@@ -67,7 +68,8 @@ static void run_model(const char *rel) {
         qv_kv_seq junk = {0};
         int32_t ids[16];
         for (int off = 0; off < 64 * 4 - 16; off += 16) {
-            for (int t = 0; t < 16; t++) ids[t] = (int32_t)(next_rand() % (uint32_t)V);
+            for (int t = 0; t < 16; t++)
+                ids[t] = (int32_t)(next_rand() % (uint32_t)V);
             assert_int_equal(golden_feed(&bat, &junk, ids, 16, off, 0, buf), 0);
         }
         qv_kv_seq_release(bat.kv, &junk);
@@ -101,15 +103,22 @@ static void run_model(const char *rel) {
         }
         if (n == 0) break;
         qv_error err = {0};
-        qv_batch b = {.n_tokens = n, .tokens = tok, .pos = pos, .seq = sq, .n_seqs = nb,
-                      .seqs = seqs, .n_logits = nl, .logits_idx = li};
+        qv_batch b = {.n_tokens = n,
+                      .tokens = tok,
+                      .pos = pos,
+                      .seq = sq,
+                      .n_seqs = nb,
+                      .seqs = seqs,
+                      .n_logits = nl,
+                      .logits_idx = li};
         assert_int_equal(qv_forward_run(bat.fwd, &b, buf, &err), QV_OK);
         for (int j = 0; j < nl; j++) {
             tseq *q = &s[owner[sq[li[j]]]];
             memcpy(q->got + (size_t)q->n_got * V, buf + (size_t)j * V, sizeof(float) * (size_t)V);
             q->n_got++;
         }
-        for (int t = 0; t < n; t++) s[owner[sq[t]]].n_done++;
+        for (int t = 0; t < n; t++)
+            s[owner[sq[t]]].n_done++;
         start = (start + 3) % N_SEQ; /* rotate who goes first so chunk boundaries vary */
         steps++;
     }
@@ -122,8 +131,8 @@ static void run_model(const char *rel) {
             if (e > worst) worst = e;
             if (e > 1e-5) {
                 qv_test_compare_f32("batch vs solo", g, w, (size_t)V, 0, 1e-5);
-                fail_msg("%s seq %d (prompt %d) position %d: batch differs from solo by %.3g",
-                         rel, i, s[i].n_prompt, s[i].n_prompt - 1 + d, e);
+                fail_msg("%s seq %d (prompt %d) position %d: batch differs from solo by %.3g", rel,
+                         i, s[i].n_prompt, s[i].n_prompt - 1 + d, e);
             }
         }
         qv_kv_seq_release(bat.kv, &s[i].kv);

@@ -47,9 +47,9 @@ static void test_chat_golden(void **s) {
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
         const char *fam = jstr_or_null(c, "family");
         const char *tname = jstr_or_null(c, "template_name");
-        qv_tokenizer *t = tok_with_template(jstr_or_null(templates, tname),
-                                            jstr_or_null(c, "bos_token"),
-                                            jstr_or_null(c, "eos_token"));
+        qv_tokenizer *t =
+            tok_with_template(jstr_or_null(templates, tname), jstr_or_null(c, "bos_token"),
+                              jstr_or_null(c, "eos_token"));
         const cJSON *msgs = cJSON_GetObjectItem(c, "messages");
         size_t nm = (size_t)cJSON_GetArraySize(msgs);
         qv_chat_msg *m = calloc(nm + 1, sizeof(*m));
@@ -73,8 +73,8 @@ static void test_chat_golden(void **s) {
             n++;
             if (st || strcmp(out, want)) {
                 fprintf(stderr, "  MISMATCH %s / %s gen=%d override=%d: %s\n",
-                        jstr_or_null(c, "template_name"), jstr_or_null(c, "conversation"),
-                        gen, ov, st ? err.msg : "");
+                        jstr_or_null(c, "template_name"), jstr_or_null(c, "conversation"), gen, ov,
+                        st ? err.msg : "");
                 tt_print_bytes("got ", out ? out : "", out ? strlen(out) : 0);
                 tt_print_bytes("want", want, strlen(want));
                 fails++;
@@ -110,11 +110,14 @@ static void test_mistral_formats(void **s) {
         {"mistral-v1", "<s> [INST] S\n\nU1 [/INST] A1</s> [INST] U2 [/INST]"},
         {"mistral-v3", "<s>[INST] S\n\nU1[/INST] A1</s>[INST] U2[/INST]"},
         {"mistral-v3-tekken", "<s>[INST]S\n\nU1[/INST]A1</s>[INST]U2[/INST]"},
-        {"mistral-v7", "<s>[SYSTEM_PROMPT] S[/SYSTEM_PROMPT][INST] U1[/INST] A1</s>[INST] U2[/INST]"},
-        {"mistral-v7-tekken", "<s>[SYSTEM_PROMPT]S[/SYSTEM_PROMPT][INST]U1[/INST]A1</s>[INST]U2[/INST]"},
+        {"mistral-v7",
+         "<s>[SYSTEM_PROMPT] S[/SYSTEM_PROMPT][INST] U1[/INST] A1</s>[INST] U2[/INST]"},
+        {"mistral-v7-tekken",
+         "<s>[SYSTEM_PROMPT]S[/SYSTEM_PROMPT][INST]U1[/INST]A1</s>[INST]U2[/INST]"},
         {"llama2", "<s>[INST] S\nU1 [/INST]A1</s>[INST] U2 [/INST]"},
         {"llama2-sys", "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST]A1</s>[INST] U2 [/INST]"},
-        {"llama2-sys-bos", "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST]A1</s><s>[INST] U2 [/INST]"},
+        {"llama2-sys-bos",
+         "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST]A1</s><s>[INST] U2 [/INST]"},
         {"llama2-sys-strip", "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST]A1</s>[INST] U2 [/INST]"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -147,7 +150,8 @@ static void test_detection_and_errors(void **s) {
     for (size_t i = 0; i < sizeof(det) / sizeof(det[0]); i++) {
         qv_tokenizer *t = tok_with_template(det[i].tmpl, NULL, NULL);
         const char *got = qv_chat_detect(t);
-        if (!det[i].want) assert_null(got);
+        if (!det[i].want)
+            assert_null(got);
         else {
             assert_non_null(got);
             assert_string_equal(got, det[i].want);

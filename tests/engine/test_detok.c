@@ -68,10 +68,11 @@ static size_t check_stream(const char *name) {
 
 static void test_stream_all(void **s) {
     (void)s;
-    const char *names[] = {"smollm2", "gpt2", "llama3", "qwen2", "llama2", "spmunk",
-                           "metaspace", "added", "spm", "metaspace_split", "splits"};
+    const char *names[] = {"smollm2",   "gpt2",  "llama3", "qwen2",           "llama2", "spmunk",
+                           "metaspace", "added", "spm",    "metaspace_split", "splits"};
     size_t fails = 0;
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) fails += check_stream(names[i]);
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        fails += check_stream(names[i]);
     assert_int_equal(fails, 0);
 }
 

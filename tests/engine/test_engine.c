@@ -65,7 +65,8 @@ static void run_case(const char *golden_rel, int budget, size_t kv_bytes) {
     cJSON *root = cJSON_Parse(text);
     qv_free(text);
     char rel[512];
-    snprintf(rel, sizeof(rel), "tests/fixtures/%s", cJSON_GetObjectItem(root, "model")->valuestring);
+    snprintf(rel, sizeof(rel), "tests/fixtures/%s",
+             cJSON_GetObjectItem(root, "model")->valuestring);
     qv_engine *e = open_engine(rel, budget, kv_bytes, 4);
     int total_pages = qv_engine_kv_pages(e);
     collect c;
@@ -83,9 +84,9 @@ static void run_case(const char *golden_rel, int budget, size_t kv_bytes) {
         int32_t *ids = json_i32_array(cJSON_GetObjectItem(p, "ids"), &n_ids);
         greedy[c.n_seq] = json_i32_array(cJSON_GetObjectItem(p, "greedy"), &n_g);
         gaps[c.n_seq] = cJSON_GetObjectItem(p, "top2_gap");
-        assert_int_equal(qv_engine_add(e, ids, (size_t)n_ids, &gp, on_tok, &c, &c.seq_ids[c.n_seq],
-                                       &err),
-                         QV_OK);
+        assert_int_equal(
+            qv_engine_add(e, ids, (size_t)n_ids, &gp, on_tok, &c, &c.seq_ids[c.n_seq], &err),
+            QV_OK);
         c.n_seq++;
         free(ids);
     }
@@ -100,7 +101,9 @@ static void run_case(const char *golden_rel, int budget, size_t kv_bytes) {
         for (int s = 0; s < 32; s++) {
             if (c.toks[i][s] == greedy[i][s]) continue;
             double g = cJSON_GetArrayItem(gaps[i], s)->valuedouble;
-            if (g > 1e-3) fail_msg("%s seq %d step %d: %d vs HF %d", golden_rel, i, s, c.toks[i][s], greedy[i][s]);
+            if (g > 1e-3)
+                fail_msg("%s seq %d step %d: %d vs HF %d", golden_rel, i, s, c.toks[i][s],
+                         greedy[i][s]);
             break; /* near-tie: continuations may legitimately diverge from here */
         }
         free(greedy[i]);
@@ -128,7 +131,9 @@ static void test_admission_waits_for_pages(void **state) {
     {
         qv_model *m = NULL;
         qv_error err;
-        assert_int_equal(qv_model_load(qv_test_path("tests/fixtures/models/tiny-llama-gqa.q4_1.gguf"), &m, &err), QV_OK);
+        assert_int_equal(
+            qv_model_load(qv_test_path("tests/fixtures/models/tiny-llama-gqa.q4_1.gguf"), &m, &err),
+            QV_OK);
         cfg = m->cfg;
         qv_model_free(m);
     }

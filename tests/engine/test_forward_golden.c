@@ -85,12 +85,13 @@ static void check_case(const char *json_path) {
                 fail_msg("step logits differ from HF: rel err %.3g", e);
             }
             double scale = 0;
-            for (int i = 0; i < V; i++) scale = fmax(scale, fabs((double)want[i]));
+            for (int i = 0; i < V; i++)
+                scale = fmax(scale, fabs((double)want[i]));
             int mine = argmax_f32(cur, V);
             double g = cJSON_GetArrayItem(gap, s)->valuedouble;
             if (mine != greedy[s] && g > REL_TOL * scale)
-                fail_msg("%s prompt %d step %d: greedy token %d, HF %d (gap %.3g)",
-                         jm->valuestring, pi, s, mine, greedy[s], g);
+                fail_msg("%s prompt %d step %d: greedy token %d, HF %d (gap %.3g)", jm->valuestring,
+                         pi, s, mine, greedy[s], g);
             n_agree += mine == greedy[s];
             assert_int_equal(golden_feed(&r, &seq, &greedy[s], 1, n_ids + s, 0, cur), 0);
         }
@@ -131,7 +132,8 @@ static void test_all_golden_cases(void **state) {
     struct dirent *e;
     while ((e = readdir(d)) && n < 64) {
         size_t l = strlen(e->d_name);
-        if (l > 5 && !strcmp(e->d_name + l - 5, ".json")) snprintf(names[n++], 256, "%s", e->d_name);
+        if (l > 5 && !strcmp(e->d_name + l - 5, ".json"))
+            snprintf(names[n++], 256, "%s", e->d_name);
     }
     closedir(d);
     /* The oracle writes one case per model variant; fewer than this means fixtures are missing. */

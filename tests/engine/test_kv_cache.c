@@ -100,8 +100,10 @@ static void test_bad_sizes_and_oom(void **state) {
         qv_alloc_fail_after(k);
         qv_status st = qv_kv_cache_create(be, &c, 4, 4, &kv, &err);
         qv_alloc_fail_after(-1);
-        if (st == QV_OK) qv_kv_cache_destroy(kv);
-        else assert_int_equal(st, QV_ERR_NOMEM);
+        if (st == QV_OK)
+            qv_kv_cache_destroy(kv);
+        else
+            assert_int_equal(st, QV_ERR_NOMEM);
     }
 }
 

@@ -40,7 +40,8 @@ static void gen_logits(uint64_t seed, int n, double scale, int n_spikes, float *
     uint64_t st = seed;
     for (int i = 0; i < n; i++) {
         uint64_t s = 0;
-        for (int j = 0; j < 4; j++) s += splitmix64(&st) >> 40;
+        for (int j = 0; j < 4; j++)
+            s += splitmix64(&st) >> 40;
         v[i] = ((double)s / 16777216.0 - 2.0) * scale;
     }
     for (int j = 0; j < n_spikes; j++) {
@@ -48,14 +49,16 @@ static void gen_logits(uint64_t seed, int n, double scale, int n_spikes, float *
         double u = (double)(splitmix64(&st) >> 40) / 16777216.0;
         v[idx] = v[idx] + (u * 2.0 + 1.0) * scale;
     }
-    for (int i = 0; i < n; i++) out[i] = (float)v[i];
+    for (int i = 0; i < n; i++)
+        out[i] = (float)v[i];
     free(v);
 }
 
 static uint64_t fnv1a_f32(const float *x, int n) {
     uint64_t h = 0xcbf29ce484222325ull;
     const unsigned char *b = (const unsigned char *)x;
-    for (size_t i = 0; i < (size_t)n * 4; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < (size_t)n * 4; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
     return h;
 }
 
@@ -149,8 +152,7 @@ static int setup_cases(void **state) {
                    cJSON_GetObjectItem(c, "scale")->valuedouble,
                    cJSON_GetObjectItem(c, "n_spikes")->valueint, t->logits);
         char hex[17];
-        snprintf(hex, sizeof(hex), "%016llx",
-                 (unsigned long long)fnv1a_f32(t->logits, t->n_vocab));
+        snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)fnv1a_f32(t->logits, t->n_vocab));
         if (strcmp(hex, cJSON_GetObjectItem(c, "logits_fnv1a")->valuestring) != 0) {
             fprintf(stderr, "%s: rebuilt logits hash %s != fixture %s\n", t->name, hex,
                     cJSON_GetObjectItem(c, "logits_fnv1a")->valuestring);
@@ -181,7 +183,8 @@ static qv_sampler *case_sampler(const tcase *t, int n_logprobs) {
     qv_sampler *s = NULL;
     assert_int_equal(qv_sampler_create(&p, t->n_vocab, &s), QV_OK);
     qv_sampler_add_prompt(s, t->prompt, (size_t)t->n_prompt);
-    for (int i = 0; i < t->n_generated; i++) qv_sampler_accept(s, t->generated[i]);
+    for (int i = 0; i < t->n_generated; i++)
+        qv_sampler_accept(s, t->generated[i]);
     return s;
 }
 
@@ -204,7 +207,8 @@ static void test_golden_distributions(void **state) {
         float *got = malloc((size_t)t->n_vocab * sizeof(float));
         qv_sampler_probs(s, x, got);
         int kept = 0;
-        for (int i = 0; i < t->n_vocab; i++) kept += got[i] > 0.0f;
+        for (int i = 0; i < t->n_vocab; i++)
+            kept += got[i] > 0.0f;
         size_t bad = qv_test_compare_f32(t->name, got, t->want, (size_t)t->n_vocab, 1e-6, 0.0);
         if (bad || abs(kept - t->n_kept) > t->n_ambiguous) {
             fprintf(stderr, "%s: %zu probabilities off, kept %d want %d (+-%d)\n", t->name, bad,
@@ -262,17 +266,18 @@ static void test_golden_logprobs(void **state) {
         for (int j = 0; j < 20; j++) {
             if (lp.top_ids[j] != t->raw_top_ids[j] ||
                 fabsf(lp.top_logprobs[j] - t->raw_top_lp[j]) > 2e-5f) {
-                fprintf(stderr, "%s top[%d]: got %d %.7g want %d %.7g\n", t->name, j,
-                        lp.top_ids[j], (double)lp.top_logprobs[j], t->raw_top_ids[j],
-                        (double)t->raw_top_lp[j]);
+                fprintf(stderr, "%s top[%d]: got %d %.7g want %d %.7g\n", t->name, j, lp.top_ids[j],
+                        (double)lp.top_logprobs[j], t->raw_top_ids[j], (double)t->raw_top_lp[j]);
                 fail();
             }
             if (j > 0) assert_true(lp.top_logprobs[j] <= lp.top_logprobs[j - 1]);
         }
         /* The chosen token's logprob is of the raw row (not the penalised/filtered one). */
         double m = -(double)INFINITY, z = 0.0;
-        for (int i = 0; i < t->n_vocab; i++) m = fmax(m, (double)t->logits[i]);
-        for (int i = 0; i < t->n_vocab; i++) z += exp((double)t->logits[i] - m);
+        for (int i = 0; i < t->n_vocab; i++)
+            m = fmax(m, (double)t->logits[i]);
+        for (int i = 0; i < t->n_vocab; i++)
+            z += exp((double)t->logits[i] - m);
         double want = (double)t->logits[tok] - m - log(z);
         if (fabs((double)lp.logprob - want) > 2e-5) {
             fprintf(stderr, "%s chosen %d: logprob %.7g want %.7g\n", t->name, tok,
@@ -333,7 +338,8 @@ static void test_golden_chi_square(void **state) {
             memcpy(x, t->logits, (size_t)t->n_vocab * sizeof(float));
             counts[qv_sampler_sample(s, x, NULL)]++;
         }
-        for (int i = 0; i < t->n_vocab; i++) probs[i] = (double)t->want[i];
+        for (int i = 0; i < t->n_vocab; i++)
+            probs[i] = (double)t->want[i];
         int df = 0;
         double stat = chi_square(counts, probs, t->n_vocab, n_draws, &df);
         double crit = chi2_crit_999(df);
@@ -361,7 +367,8 @@ static void test_chi_square_small(void **state) {
     const long n = 200000;
     for (long d = 0; d < n; d++) {
         float x[8];
-        for (int i = 0; i < 8; i++) x[i] = (float)log(p[i]) + 3.0f; /* shift-invariant */
+        for (int i = 0; i < 8; i++)
+            x[i] = (float)log(p[i]) + 3.0f; /* shift-invariant */
         counts[qv_sampler_sample(s, x, NULL)]++;
     }
     int df = 0;
@@ -388,7 +395,8 @@ static void test_greedy(void **state) {
     assert_int_equal(lp.token, 1);
     assert_int_equal(lp.n_top, 0);
     double z = 0;
-    for (int i = 0; i < 6; i++) z += exp((double)x[i] - 5.0);
+    for (int i = 0; i < 6; i++)
+        z += exp((double)x[i] - 5.0);
     assert_true(fabs((double)lp.logprob - (0.0 - log(z))) < 1e-6);
     float ninf[6] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
     assert_int_equal(qv_sampler_sample(s, ninf, NULL), 0);
@@ -461,7 +469,8 @@ static void test_reproducible(void **state) {
     draw_sequence(43, c, 200);
     assert_memory_equal(a, b, sizeof(a));
     int differ = 0;
-    for (int i = 0; i < 200; i++) differ += a[i] != c[i];
+    for (int i = 0; i < 200; i++)
+        differ += a[i] != c[i];
     printf("seeds 42 vs 43: %d/200 draws differ\n", differ);
     assert_true(differ > 100);
 }
@@ -538,24 +547,78 @@ static void test_validation(void **state) {
         qv_sampling_params_default(&p);
         const char *field = NULL;
         switch (i) {
-        case 0: p.temperature = -0.1f; field = "temperature"; break;
-        case 1: p.temperature = NAN; field = "temperature"; break;
-        case 2: p.temperature = INFINITY; field = "temperature"; break;
-        case 3: p.top_k = -2; field = "top_k"; break;
-        case 4: p.top_p = 0.0f; field = "top_p"; break;
-        case 5: p.top_p = 1.5f; field = "top_p"; break;
-        case 6: p.top_p = -0.5f; field = "top_p"; break;
-        case 7: p.top_p = NAN; field = "top_p"; break;
-        case 8: p.min_p = -0.1f; field = "min_p"; break;
-        case 9: p.min_p = 1.1f; field = "min_p"; break;
-        case 10: p.repetition_penalty = 0.0f; field = "repetition_penalty"; break;
-        case 11: p.repetition_penalty = -1.0f; field = "repetition_penalty"; break;
-        case 12: p.repetition_penalty = INFINITY; field = "repetition_penalty"; break;
-        case 13: p.presence_penalty = 2.5f; field = "presence_penalty"; break;
-        case 14: p.frequency_penalty = -3.0f; field = "frequency_penalty"; break;
-        case 15: p.frequency_penalty = NAN; field = "frequency_penalty"; break;
-        case 16: p.n_logprobs = 21; field = "logprobs"; break;
-        case 17: p.n_logprobs = -1; field = "logprobs"; break;
+        case 0:
+            p.temperature = -0.1f;
+            field = "temperature";
+            break;
+        case 1:
+            p.temperature = NAN;
+            field = "temperature";
+            break;
+        case 2:
+            p.temperature = INFINITY;
+            field = "temperature";
+            break;
+        case 3:
+            p.top_k = -2;
+            field = "top_k";
+            break;
+        case 4:
+            p.top_p = 0.0f;
+            field = "top_p";
+            break;
+        case 5:
+            p.top_p = 1.5f;
+            field = "top_p";
+            break;
+        case 6:
+            p.top_p = -0.5f;
+            field = "top_p";
+            break;
+        case 7:
+            p.top_p = NAN;
+            field = "top_p";
+            break;
+        case 8:
+            p.min_p = -0.1f;
+            field = "min_p";
+            break;
+        case 9:
+            p.min_p = 1.1f;
+            field = "min_p";
+            break;
+        case 10:
+            p.repetition_penalty = 0.0f;
+            field = "repetition_penalty";
+            break;
+        case 11:
+            p.repetition_penalty = -1.0f;
+            field = "repetition_penalty";
+            break;
+        case 12:
+            p.repetition_penalty = INFINITY;
+            field = "repetition_penalty";
+            break;
+        case 13:
+            p.presence_penalty = 2.5f;
+            field = "presence_penalty";
+            break;
+        case 14:
+            p.frequency_penalty = -3.0f;
+            field = "frequency_penalty";
+            break;
+        case 15:
+            p.frequency_penalty = NAN;
+            field = "frequency_penalty";
+            break;
+        case 16:
+            p.n_logprobs = 21;
+            field = "logprobs";
+            break;
+        case 17:
+            p.n_logprobs = -1;
+            field = "logprobs";
+            break;
         default: break;
         }
         if (!field) break;
@@ -653,8 +716,10 @@ static void naive_probs(const qv_sampling_params *p, const int32_t *prompt, int 
     int *cnt = calloc((size_t)n, sizeof(int));
     bool *ctx = calloc((size_t)n, sizeof(bool));
     memcpy(x, raw, (size_t)n * sizeof(float));
-    for (int i = 0; i < n_prompt; i++) ctx[prompt[i]] = true;
-    for (int i = 0; i < n_gen; i++) ctx[gen[i]] = true, cnt[gen[i]]++;
+    for (int i = 0; i < n_prompt; i++)
+        ctx[prompt[i]] = true;
+    for (int i = 0; i < n_gen; i++)
+        ctx[gen[i]] = true, cnt[gen[i]]++;
     for (int i = 0; i < n; i++) {
         if (ctx[i] && p->repetition_penalty != 1.0f)
             x[i] = x[i] < 0.0f ? x[i] * p->repetition_penalty : x[i] / p->repetition_penalty;
@@ -671,30 +736,38 @@ static void naive_probs(const qv_sampling_params *p, const int32_t *prompt, int 
         out[am] = 1.0f;
         goto done;
     }
-    for (int i = 0; i < n; i++) y[i] = x[i] / p->temperature, ord[i] = i, keep[i] = true;
+    for (int i = 0; i < n; i++)
+        y[i] = x[i] / p->temperature, ord[i] = i, keep[i] = true;
     g_sort_y = y;
     qsort(ord, (size_t)n, sizeof(int), cmp_desc);
     float m = y[ord[0]];
     if (p->top_k > 0 && p->top_k < n)
-        for (int i = 0; i < n; i++) keep[i] = y[i] >= y[ord[p->top_k - 1]];
-    for (int i = 0; i < n; i++) e[i] = keep[i] ? expf(y[i] - m) : 0.0f;
+        for (int i = 0; i < n; i++)
+            keep[i] = y[i] >= y[ord[p->top_k - 1]];
+    for (int i = 0; i < n; i++)
+        e[i] = keep[i] ? expf(y[i] - m) : 0.0f;
     if (p->top_p < 1.0f) {
         double z = 0.0, mass = 0.0;
-        for (int i = 0; i < n; i++) z += (double)e[i];
+        for (int i = 0; i < n; i++)
+            z += (double)e[i];
         int kept = 0;
         for (int r = 0; r < n; r++) {
             int i = ord[r];
             if (e[i] == 0.0f) continue;
-            if (kept > 0 && !(mass < (double)p->top_p * z)) e[i] = 0.0f;
-            else mass += (double)e[i], kept++;
+            if (kept > 0 && !(mass < (double)p->top_p * z))
+                e[i] = 0.0f;
+            else
+                mass += (double)e[i], kept++;
         }
     }
     if (p->min_p > 0.0f)
         for (int i = 0; i < n; i++)
             if (e[i] < p->min_p) e[i] = 0.0f;
     double w = 0.0;
-    for (int i = 0; i < n; i++) w += (double)e[i];
-    for (int i = 0; i < n; i++) out[i] = (float)((double)e[i] / w);
+    for (int i = 0; i < n; i++)
+        w += (double)e[i];
+    for (int i = 0; i < n; i++)
+        out[i] = (float)((double)e[i] / w);
 done:
     free(x), free(y), free(e), free(ord), free(keep), free(cnt), free(ctx);
 }
@@ -704,16 +777,21 @@ static void test_naive_reference_random(void **state) {
     uint64_t st = 2024;
     int fails = 0;
     for (int it = 0; it < 400; it++) {
-        int n = it % 7 == 0 ? 1000 + (int)(splitmix64(&st) % 3000) : 1 + (int)(splitmix64(&st) % 300);
+        int n =
+            it % 7 == 0 ? 1000 + (int)(splitmix64(&st) % 3000) : 1 + (int)(splitmix64(&st) % 300);
         float *raw = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)n * sizeof(float));
         float *want = malloc((size_t)n * sizeof(float)), *row = malloc((size_t)n * sizeof(float));
         int style = (int)(splitmix64(&st) % 4);
         for (int i = 0; i < n; i++) {
             double u = (double)(splitmix64(&st) >> 11) * 0x1.0p-53;
-            if (style == 0) raw[i] = (float)floor(u * 16.0) * 0.5f; /* heavy ties */
-            else if (style == 1) raw[i] = (float)((u - 0.5) * 30.0);
-            else if (style == 2) raw[i] = (float)(u * u * u * 25.0 - 5.0); /* long tail */
-            else raw[i] = (float)(900.0 + u * 8.0); /* large values: y ~ 1e6 at T = 1e-3 */
+            if (style == 0)
+                raw[i] = (float)floor(u * 16.0) * 0.5f; /* heavy ties */
+            else if (style == 1)
+                raw[i] = (float)((u - 0.5) * 30.0);
+            else if (style == 2)
+                raw[i] = (float)(u * u * u * 25.0 - 5.0); /* long tail */
+            else
+                raw[i] = (float)(900.0 + u * 8.0); /* large values: y ~ 1e6 at T = 1e-3 */
         }
         qv_sampling_params p;
         qv_sampling_params_default(&p);
@@ -738,16 +816,19 @@ static void test_naive_reference_random(void **state) {
         qv_sampler *s = NULL;
         assert_int_equal(qv_sampler_create(&p, n, &s), QV_OK);
         qv_sampler_add_prompt(s, prompt, 8);
-        for (int i = 0; i < 8; i++) qv_sampler_accept(s, gen[i]);
+        for (int i = 0; i < 8; i++)
+            qv_sampler_accept(s, gen[i]);
         memcpy(row, raw, (size_t)n * sizeof(float));
         qv_sampler_probs(s, row, got);
         int zero_mismatch = 0;
-        for (int i = 0; i < n; i++) zero_mismatch += (got[i] > 0.0f) != (want[i] > 0.0f);
+        for (int i = 0; i < n; i++)
+            zero_mismatch += (got[i] > 0.0f) != (want[i] > 0.0f);
         char label[128];
         snprintf(label, sizeof(label), "naive #%d n=%d style=%d T=%g k=%d p=%g minp=%g", it, n,
                  style, (double)p.temperature, p.top_k, (double)p.top_p, (double)p.min_p);
         size_t bad = 0;
-        for (int i = 0; i < n; i++) bad += fabsf(got[i] - want[i]) > 1e-7f;
+        for (int i = 0; i < n; i++)
+            bad += fabsf(got[i] - want[i]) > 1e-7f;
         if (bad || zero_mismatch) {
             qv_test_compare_f32(label, got, want, (size_t)n, 1e-7, 0.0);
             fprintf(stderr, "%s: %d kept-set mismatches\n", label, zero_mismatch);
@@ -817,20 +898,13 @@ static void test_shared_scratch(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden_distributions),
-        cmocka_unit_test(test_golden_draws),
-        cmocka_unit_test(test_golden_logprobs),
-        cmocka_unit_test(test_golden_chi_square),
-        cmocka_unit_test(test_chi_square_small),
-        cmocka_unit_test(test_greedy),
-        cmocka_unit_test(test_reproducible),
-        cmocka_unit_test(test_top_k_ties_and_min_p),
-        cmocka_unit_test(test_penalty_context),
-        cmocka_unit_test(test_validation),
-        cmocka_unit_test(test_alloc_failure),
-        cmocka_unit_test(test_degenerate_rows),
-        cmocka_unit_test(test_naive_reference_random),
-        cmocka_unit_test(test_shared_scratch),
+        cmocka_unit_test(test_golden_distributions),   cmocka_unit_test(test_golden_draws),
+        cmocka_unit_test(test_golden_logprobs),        cmocka_unit_test(test_golden_chi_square),
+        cmocka_unit_test(test_chi_square_small),       cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_reproducible),           cmocka_unit_test(test_top_k_ties_and_min_p),
+        cmocka_unit_test(test_penalty_context),        cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_alloc_failure),          cmocka_unit_test(test_degenerate_rows),
+        cmocka_unit_test(test_naive_reference_random), cmocka_unit_test(test_shared_scratch),
     };
     return cmocka_run_group_tests(tests, setup_cases, teardown_cases);
 }

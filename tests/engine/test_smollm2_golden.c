@@ -36,9 +36,9 @@ static void test_smollm2(void **state) {
     char *text = NULL;
     size_t len = 0;
     qv_error err = {0};
-    assert_int_equal(
-        qv_read_file(qv_test_path("tests/fixtures/smollm2/golden.json"), 64u << 20, &text, &len, &err),
-        QV_OK);
+    assert_int_equal(qv_read_file(qv_test_path("tests/fixtures/smollm2/golden.json"), 64u << 20,
+                                  &text, &len, &err),
+                     QV_OK);
     cJSON *root = cJSON_Parse(text);
     qv_free(text);
     assert_non_null(root);
@@ -80,11 +80,12 @@ static void test_smollm2(void **state) {
             int mine = argmax_f32(cur, V);
             if (mine != greedy[s]) {
                 double scale = 0;
-                for (int i = 0; i < V; i++) scale = fmax(scale, fabs((double)cur[i]));
+                for (int i = 0; i < V; i++)
+                    scale = fmax(scale, fabs((double)cur[i]));
                 double g = cJSON_GetArrayItem(gap, s)->valuedouble;
                 if (g > REL_TOL * scale)
-                    fail_msg("prompt %d step %d: quiver chose %d, HF %d (HF top-2 gap %.3g)", pi,
-                             s, mine, greedy[s], g);
+                    fail_msg("prompt %d step %d: quiver chose %d, HF %d (HF top-2 gap %.3g)", pi, s,
+                             mine, greedy[s], g);
                 break; /* a genuine near-tie: the continuations may diverge from here */
             }
             same++;

@@ -98,7 +98,8 @@ static size_t check_tokenizer_at(const char *name, const char *path) {
         size_t n = 0;
         assert_int_equal(qv_tokenizer_encode(t, text, tn, false, &ids, &n, &err), QV_OK);
         n_checks++;
-        if (!tt_ids_equal("encode(long document)", text, tn, ids, n, cJSON_GetObjectItem(lc, "ids")))
+        if (!tt_ids_equal("encode(long document)", text, tn, ids, n,
+                          cJSON_GetObjectItem(lc, "ids")))
             fails++;
         qv_free(ids);
         free(text);
@@ -112,21 +113,48 @@ static size_t check_tokenizer_at(const char *name, const char *path) {
 
 static size_t check_tokenizer(const char *name) { return check_tokenizer_at(name, name); }
 
-static void test_smollm2(void **s) { (void)s; assert_int_equal(check_tokenizer("smollm2"), 0); }
-static void test_gpt2(void **s) { (void)s; assert_int_equal(check_tokenizer("gpt2"), 0); }
-static void test_llama3(void **s) { (void)s; assert_int_equal(check_tokenizer("llama3"), 0); }
-static void test_qwen2(void **s) { (void)s; assert_int_equal(check_tokenizer("qwen2"), 0); }
-static void test_llama2(void **s) { (void)s; assert_int_equal(check_tokenizer("llama2"), 0); }
-static void test_spmunk(void **s) { (void)s; assert_int_equal(check_tokenizer("spmunk"), 0); }
-static void test_metaspace(void **s) { (void)s; assert_int_equal(check_tokenizer("metaspace"), 0); }
-static void test_added(void **s) { (void)s; assert_int_equal(check_tokenizer("added"), 0); }
+static void test_smollm2(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("smollm2"), 0);
+}
+static void test_gpt2(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("gpt2"), 0);
+}
+static void test_llama3(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("llama3"), 0);
+}
+static void test_qwen2(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("qwen2"), 0);
+}
+static void test_llama2(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("llama2"), 0);
+}
+static void test_spmunk(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("spmunk"), 0);
+}
+static void test_metaspace(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("metaspace"), 0);
+}
+static void test_added(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("added"), 0);
+}
 /* SentencePiece vocabulary: HF's converted tokenizer.json, and quiver's GGUF "llama" path
  * (merges derived from scores) against the same HF goldens. */
 static void test_metaspace_split(void **s) {
     (void)s;
     assert_int_equal(check_tokenizer("metaspace_split"), 0);
 }
-static void test_splits(void **s) { (void)s; assert_int_equal(check_tokenizer("splits"), 0); }
+static void test_splits(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("splits"), 0);
+}
 /* GGUF gpt2-type vocabularies (pre gpt-2 / llama-bpe / qwen2) against the HF goldens. */
 static void test_bpe_ggufs(void **s) {
     (void)s;
@@ -134,7 +162,10 @@ static void test_bpe_ggufs(void **s) {
     assert_int_equal(check_tokenizer_at("llama3", "llama3.gguf"), 0);
     assert_int_equal(check_tokenizer_at("qwen2", "qwen2.gguf"), 0);
 }
-static void test_spm_json(void **s) { (void)s; assert_int_equal(check_tokenizer("spm"), 0); }
+static void test_spm_json(void **s) {
+    (void)s;
+    assert_int_equal(check_tokenizer("spm"), 0);
+}
 static void test_spm_gguf(void **s) {
     (void)s;
     assert_int_equal(check_tokenizer_at("spm", "spm.gguf"), 0);
@@ -142,11 +173,11 @@ static void test_spm_gguf(void **s) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_smollm2), cmocka_unit_test(test_gpt2),
-        cmocka_unit_test(test_llama3),  cmocka_unit_test(test_qwen2),
-        cmocka_unit_test(test_llama2),  cmocka_unit_test(test_spmunk),
-        cmocka_unit_test(test_metaspace), cmocka_unit_test(test_added),
-        cmocka_unit_test(test_spm_json), cmocka_unit_test(test_spm_gguf),
+        cmocka_unit_test(test_smollm2),         cmocka_unit_test(test_gpt2),
+        cmocka_unit_test(test_llama3),          cmocka_unit_test(test_qwen2),
+        cmocka_unit_test(test_llama2),          cmocka_unit_test(test_spmunk),
+        cmocka_unit_test(test_metaspace),       cmocka_unit_test(test_added),
+        cmocka_unit_test(test_spm_json),        cmocka_unit_test(test_spm_gguf),
         cmocka_unit_test(test_metaspace_split), cmocka_unit_test(test_splits),
         cmocka_unit_test(test_bpe_ggufs),
     };

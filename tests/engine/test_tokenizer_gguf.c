@@ -22,9 +22,8 @@ static void test_gguf_matches_oracle(void **s) {
     qv_status st = qv_tokenizer_load_path(g_path, &tg, &err);
     if (st) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(st, QV_OK);
-    assert_int_equal(qv_tokenizer_load_path(qv_test_path("tests/fixtures/tokenizer/smollm2"), &tj,
-                                            &err),
-                     QV_OK);
+    assert_int_equal(
+        qv_tokenizer_load_path(qv_test_path("tests/fixtures/tokenizer/smollm2"), &tj, &err), QV_OK);
     assert_int_equal(qv_tokenizer_n_vocab(tg), 49152);
     assert_int_equal(qv_tokenizer_bos(tg), 1);
     assert_int_equal(qv_tokenizer_eos(tg), 2);
@@ -103,10 +102,11 @@ static void test_gguf_matches_oracle(void **s) {
                 cJSON_GetObjectItem(cJSON_GetArrayItem(msgs, (int)i), "content")->valuestring;
         }
         char *out = NULL;
-        assert_int_equal(qv_chat_render(tg, NULL, m, nm,
-                                        cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")),
-                                        &out, &err),
-                         QV_OK);
+        assert_int_equal(
+            qv_chat_render(tg, NULL, m, nm,
+                           cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")), &out,
+                           &err),
+            QV_OK);
         assert_string_equal(out, cJSON_GetObjectItem(c, "expected")->valuestring);
         qv_free(out);
         n_chat++;
@@ -120,12 +120,16 @@ static void test_gguf_matches_oracle(void **s) {
 
 int main(void) {
     const char *p = getenv("QV_SMOLLM2_GGUF");
-    if (p) snprintf(g_path, sizeof(g_path), "%s", p);
-    else snprintf(g_path, sizeof(g_path), "%s/%s", getenv("HOME") ? getenv("HOME") : "",
-                  QV_SMOLLM2_GGUF_REL);
+    if (p)
+        snprintf(g_path, sizeof(g_path), "%s", p);
+    else
+        snprintf(g_path, sizeof(g_path), "%s/%s", getenv("HOME") ? getenv("HOME") : "",
+                 QV_SMOLLM2_GGUF_REL);
     if (!qv_test_exists(g_path)) {
-        fprintf(stderr, "SKIP: %s not found (run scripts that fetch the model, or set "
-                        "QV_SMOLLM2_GGUF); tokenizer.json-based SmolLM2 tests still run\n", g_path);
+        fprintf(stderr,
+                "SKIP: %s not found (run scripts that fetch the model, or set "
+                "QV_SMOLLM2_GGUF); tokenizer.json-based SmolLM2 tests still run\n",
+                g_path);
         return 77;
     }
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_gguf_matches_oracle)};

@@ -50,8 +50,10 @@ static void test_stress_inputs(void **s) {
             const char *what;
             char c;
             size_t n;
-        } runs[] = {{"1 MiB 'a'", 'a', big}, {"1e5 spaces", ' ', 100000},
-                    {"1e5 digits", '7', 100000}, {"1 MiB NUL", 0, big},
+        } runs[] = {{"1 MiB 'a'", 'a', big},
+                    {"1e5 spaces", ' ', 100000},
+                    {"1e5 digits", '7', 100000},
+                    {"1 MiB NUL", 0, big},
                     {"1e5 newlines", '\n', 100000}};
         for (size_t r = 0; r < sizeof(runs) / sizeof(runs[0]); r++) {
             memset(buf, runs[r].c, runs[r].n);
@@ -63,8 +65,8 @@ static void test_stress_inputs(void **s) {
         }
         /* 1 MiB of mixed text with invalid bytes sprinkled in */
         uint32_t x = 12345;
-        const char *alphabet[] = {"a", "b", " ", "  ", "\n", "1", "é", "你", "😀", "'s", ",",
-                                  "\xff", "\xe2\x82", "<|im_end|>", "<s>"};
+        const char *alphabet[] = {"a", "b",  " ", "  ",   "\n",       "1",          "é",  "你",
+                                  "😀", "'s", ",", "\xff", "\xe2\x82", "<|im_end|>", "<s>"};
         size_t n = 0;
         while (n + 16 < big) {
             x = x * 1103515245u + 12345u;
@@ -91,8 +93,8 @@ static void test_roundtrip(void **s) {
         for (int i = 0; i < 300; i++) {
             char text[64];
             size_t n = 0;
-            const char *pieces[] = {"a", "Z", " ", "\t", "\n", "9", "é", "ж", "你", "🦙", "'",
-                                    "!", "\xc2\xa0", "<|eot_id|>"};
+            const char *pieces[] = {"a", "Z",  " ",    "\t", "\n", "9",        "é",
+                                    "ж", "你", "🦙", "'",  "!",  "\xc2\xa0", "<|eot_id|>"};
             for (int j = 0; j < 8; j++) {
                 x = x * 1664525u + 1013904223u;
                 const char *p = pieces[(x >> 20) % 14];
@@ -179,18 +181,22 @@ static void test_load_errors(void **s) {
                      QV_ERR_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "WordPiece"));
     assert_int_equal(load_str("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
-                              "\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"}}", &err),
+                              "\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"}}",
+                              &err),
                      QV_ERR_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "BertPreTokenizer"));
     assert_int_equal(load_str("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":"
-                              "[\"a b\"]}}", &err),
+                              "[\"a b\"]}}",
+                              &err),
                      QV_ERR_INVALID);
     assert_int_equal(load_str("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
-                              "\"normalizer\":{\"type\":\"Lowercase\"}}", &err),
+                              "\"normalizer\":{\"type\":\"Lowercase\"}}",
+                              &err),
                      QV_ERR_UNSUPPORTED);
     assert_int_equal(load_str("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
                               "\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},"
-                              "\"behavior\":\"Isolated\"}}", &err),
+                              "\"behavior\":\"Isolated\"}}",
+                              &err),
                      QV_ERR_UNSUPPORTED);
     qv_tokenizer *t = NULL;
     assert_int_equal(qv_tokenizer_load_path("/nonexistent/dir", &t, &err), QV_ERR_NOT_FOUND);
@@ -219,7 +225,8 @@ static void test_alloc_failures(void **s) {
     size_t jn = 0, cn = 0;
     qv_error err = {0};
     assert_int_equal(qv_read_file(qv_test_path("tests/fixtures/tokenizer/llama3/tokenizer.json"),
-                                  1u << 24, &js, &jn, &err), QV_OK);
+                                  1u << 24, &js, &jn, &err),
+                     QV_OK);
     const char *cfg = "{\"bos_token\":\"<|begin_of_text|>\",\"chat_template\":"
                       "\"<|start_header_id|><|end_header_id|>\"}";
     cs = qv_strdup(cfg);
@@ -293,7 +300,8 @@ static void *mt_worker(void *p) {
 static void test_threads(void **s) {
     (void)s;
     const char *names[] = {"smollm2", "qwen2", "llama2"};
-    const char *text = "Hello <|im_end|> wörld 12345, ‘quotes’ 你好 🦙\n\n  def f(x): return x";
+    const char *text =
+        "Hello <|im_end|> wörld 12345, ‘quotes’ 你好 🦙\n\n  def f(x): return x";
     for (size_t k = 0; k < 3; k++) {
         qv_tokenizer *t = load(names[k]);
         int32_t *want = NULL;
@@ -317,8 +325,8 @@ static void test_threads(void **s) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_stress_inputs), cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_accessors),     cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_stress_inputs),  cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_accessors),      cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_alloc_failures), cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -48,8 +48,10 @@ static inline void tt_print_bytes(const char *label, const char *s, size_t n) {
     fprintf(stderr, "    %s (%zu bytes): \"", label, n);
     for (size_t i = 0; i < n && i < 200; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') fputc(c, stderr);
-        else fprintf(stderr, "\\x%02x", c);
+        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\')
+            fputc(c, stderr);
+        else
+            fprintf(stderr, "\\x%02x", c);
     }
     fprintf(stderr, "%s\"\n", n > 200 ? "..." : "");
 }
@@ -69,11 +71,12 @@ static inline bool tt_ids_equal(const char *what, const char *text, size_t text_
         i++;
     }
     if (ok) return true;
-    fprintf(stderr, "  MISMATCH %s: first difference at index %zu (got %zu ids, want %zu)\n",
-            what, i, n, wn);
+    fprintf(stderr, "  MISMATCH %s: first difference at index %zu (got %zu ids, want %zu)\n", what,
+            i, n, wn);
     tt_print_bytes("text", text, text_len);
     fprintf(stderr, "    got :");
-    for (size_t k = i >= 3 ? i - 3 : 0; k < n && k < i + 6; k++) fprintf(stderr, " %d", got[k]);
+    for (size_t k = i >= 3 ? i - 3 : 0; k < n && k < i + 6; k++)
+        fprintf(stderr, " %d", got[k]);
     fprintf(stderr, "\n    want:");
     for (size_t k = i >= 3 ? i - 3 : 0; k < wn && k < i + 6; k++)
         fprintf(stderr, " %d", (int)cJSON_GetArrayItem(want, (int)k)->valuedouble);

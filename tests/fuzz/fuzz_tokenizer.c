@@ -16,12 +16,12 @@
 
 #include "engine/tokenizer.h"
 
-#define CHECK(x)                                                                               \
-    do {                                                                                       \
-        if (!(x)) {                                                                            \
-            fprintf(stderr, "fuzz_tokenizer: check failed at line %d: %s\n", __LINE__, #x);    \
-            abort();                                                                           \
-        }                                                                                      \
+#define CHECK(x)                                                                                   \
+    do {                                                                                           \
+        if (!(x)) {                                                                                \
+            fprintf(stderr, "fuzz_tokenizer: check failed at line %d: %s\n", __LINE__, #x);        \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 static qv_tokenizer *g_tok[5];
@@ -32,8 +32,10 @@ static void load_all(void) {
     char root[4096];
     snprintf(root, sizeof(root), "%s", __FILE__);
     char *p = strstr(root, "tests/fuzz/fuzz_tokenizer.c");
-    if (p) *p = 0;
-    else snprintf(root, sizeof(root), "./");
+    if (p)
+        *p = 0;
+    else
+        snprintf(root, sizeof(root), "./");
     for (int i = 0; i < 5; i++) {
         char path[4200];
         snprintf(path, sizeof(path), "%stests/fixtures/tokenizer/%s", root, names[i]);
@@ -83,7 +85,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int32_t *raw = malloc((nr + 1) * sizeof(*raw));
     for (size_t i = 0; i < nr; i++)
         raw[i] = (int32_t)(((uint32_t)data[1 + 2 * i] << 8 | data[2 + 2 * i]) %
-                           (uint32_t)(qv_tokenizer_n_vocab(t) + 8)) - 4;
+                           (uint32_t)(qv_tokenizer_n_vocab(t) + 8)) -
+                 4;
     CHECK(!(qv_tokenizer_decode(t, raw, nr, flag_a, &out, &on, &err) != QV_OK));
     CHECK(!(!utf8_ok(out, on)));
     qv_free(out);

@@ -58,7 +58,8 @@ int main(int argc, char **argv) {
             closedir(d);
         }
     }
-    for (size_t i = 0; i < n_seeds; i++) LLVMFuzzerTestOneInput(seeds[i].data, seeds[i].size);
+    for (size_t i = 0; i < n_seeds; i++)
+        LLVMFuzzerTestOneInput(seeds[i].data, seeds[i].size);
     const char *it = getenv("QV_FUZZ_ITERS");
     long iters = it ? atol(it) : 2000;
     const char *sd = getenv("QV_FUZZ_SEED");
@@ -73,18 +74,38 @@ int main(int argc, char **argv) {
         int n_mut = 1 + (int)(rnd() % 8);
         for (int m = 0; m < n_mut; m++) {
             switch (rnd() % 5) {
-            case 0: if (n) buf[rnd() % n] ^= (uint8_t)(1u << (rnd() % 8)); break;
-            case 1: if (n) buf[rnd() % n] = (uint8_t)rnd(); break;
-            case 2: if (n) n = rnd() % n; break;
-            case 3: if (n < cap) { size_t p = n ? rnd() % n : 0; memmove(buf + p + 1, buf + p, n - p); buf[p] = (uint8_t)rnd(); n++; } break;
-            case 4: if (n >= 8) { size_t p = rnd() % (n - 7); uint64_t v = rnd() % 3 == 0 ? ~0ull : rnd(); memcpy(buf + p, &v, 8); } break;
+            case 0:
+                if (n) buf[rnd() % n] ^= (uint8_t)(1u << (rnd() % 8));
+                break;
+            case 1:
+                if (n) buf[rnd() % n] = (uint8_t)rnd();
+                break;
+            case 2:
+                if (n) n = rnd() % n;
+                break;
+            case 3:
+                if (n < cap) {
+                    size_t p = n ? rnd() % n : 0;
+                    memmove(buf + p + 1, buf + p, n - p);
+                    buf[p] = (uint8_t)rnd();
+                    n++;
+                }
+                break;
+            case 4:
+                if (n >= 8) {
+                    size_t p = rnd() % (n - 7);
+                    uint64_t v = rnd() % 3 == 0 ? ~0ull : rnd();
+                    memcpy(buf + p, &v, 8);
+                }
+                break;
             }
         }
         LLVMFuzzerTestOneInput(buf, n);
         free(buf);
     }
     printf("replayed %zu seeds and %ld mutations\n", n_seeds, iters);
-    for (size_t i = 0; i < n_seeds; i++) free(seeds[i].data);
+    for (size_t i = 0; i < n_seeds; i++)
+        free(seeds[i].data);
     free(seeds);
     return 0;
 }

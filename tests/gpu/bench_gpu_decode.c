@@ -58,8 +58,14 @@ static int run_batch(qv_backend *be, qv_forward *fwd, qv_kv_cache *kv, int V, in
             }
             li[j] = n - 1;
         }
-        qv_batch b = {.n_tokens = n, .tokens = tok, .pos = pos, .seq = sq, .n_seqs = nb,
-                      .seqs = sp, .n_logits = nb, .logits_idx = li};
+        qv_batch b = {.n_tokens = n,
+                      .tokens = tok,
+                      .pos = pos,
+                      .seq = sq,
+                      .n_seqs = nb,
+                      .seqs = sp,
+                      .n_logits = nb,
+                      .logits_idx = li};
         if (qv_forward_run_greedy(fwd, &b, next + s0, &err) != QV_OK) {
             fprintf(stderr, "prefill: %s\n", err.msg);
             goto done;
@@ -84,8 +90,14 @@ static int run_batch(qv_backend *be, qv_forward *fwd, qv_kv_cache *kv, int V, in
             sq[j] = j;
             li[j] = j;
         }
-        qv_batch b = {.n_tokens = B, .tokens = tok, .pos = pos, .seq = sq, .n_seqs = B,
-                      .seqs = sp, .n_logits = B, .logits_idx = li};
+        qv_batch b = {.n_tokens = B,
+                      .tokens = tok,
+                      .pos = pos,
+                      .seq = sq,
+                      .n_seqs = B,
+                      .seqs = sp,
+                      .n_logits = B,
+                      .logits_idx = li};
         if (qv_forward_run_greedy(fwd, &b, next, &err) != QV_OK) {
             fprintf(stderr, "decode: %s\n", err.msg);
             goto done;
@@ -103,7 +115,8 @@ static int run_batch(qv_backend *be, qv_forward *fwd, qv_kv_cache *kv, int V, in
     out->device_s = c1.device_s - c0.device_s;
     rc = 0;
 done:
-    for (int j = 0; j < B; j++) qv_kv_seq_release(kv, &seqs[j]);
+    for (int j = 0; j < B; j++)
+        qv_kv_seq_release(kv, &seqs[j]);
     return rc;
 }
 
@@ -122,7 +135,8 @@ static void gemv_bandwidth(qv_backend *be, const qv_model *m, double bw, char *n
         for (int k = 0; k < 2; k++) {
             (void)be->iface->download(be, NULL, NULL, 0, &err);
             double t0 = qv_time_s();
-            for (int r = 0; r < REPS; r++) be->iface->matmul_acc(be, w, x, ns[k], y, NULL);
+            for (int r = 0; r < REPS; r++)
+                be->iface->matmul_acc(be, w, x, ns[k], y, NULL);
             if (be->iface->download(be, NULL, NULL, 0, &err) != QV_OK) break;
             gbs[k] = (double)wbytes * REPS / (qv_time_s() - t0);
         }
@@ -153,20 +167,41 @@ int main(int argc, char **argv) {
     bench_model models[3];
     memset(models, 0, sizeof(models));
     models[0].name = "SmolLM2-135M-shaped";
-    models[0].cfg = (qv_model_config){.n_vocab = 49152, .dim = 576, .n_ff = 1536, .n_layers = 30,
-                                      .n_heads = 9, .n_kv_heads = 3, .head_dim = 64,
-                                      .max_pos = 8192, .norm_eps = 1e-5f, .rope_theta = 100000.0f,
+    models[0].cfg = (qv_model_config){.n_vocab = 49152,
+                                      .dim = 576,
+                                      .n_ff = 1536,
+                                      .n_layers = 30,
+                                      .n_heads = 9,
+                                      .n_kv_heads = 3,
+                                      .head_dim = 64,
+                                      .max_pos = 8192,
+                                      .norm_eps = 1e-5f,
+                                      .rope_theta = 100000.0f,
                                       .tie_embeddings = true};
     models[1].name = "Llama-1B-shaped";
-    models[1].cfg = (qv_model_config){.n_vocab = 128256, .dim = 2048, .n_ff = 8192, .n_layers = 16,
-                                      .n_heads = 32, .n_kv_heads = 8, .head_dim = 64,
-                                      .max_pos = 8192, .norm_eps = 1e-5f, .rope_theta = 500000.0f,
+    models[1].cfg = (qv_model_config){.n_vocab = 128256,
+                                      .dim = 2048,
+                                      .n_ff = 8192,
+                                      .n_layers = 16,
+                                      .n_heads = 32,
+                                      .n_kv_heads = 8,
+                                      .head_dim = 64,
+                                      .max_pos = 8192,
+                                      .norm_eps = 1e-5f,
+                                      .rope_theta = 500000.0f,
                                       .tie_embeddings = true};
     /* weights of a few MB: the step time is the per-kernel cost of a 30-layer graph */
     models[2].name = "tiny-30-layer (overhead probe)";
-    models[2].cfg = (qv_model_config){.n_vocab = 512, .dim = 128, .n_ff = 256, .n_layers = 30,
-                                      .n_heads = 2, .n_kv_heads = 1, .head_dim = 64,
-                                      .max_pos = 8192, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+    models[2].cfg = (qv_model_config){.n_vocab = 512,
+                                      .dim = 128,
+                                      .n_ff = 256,
+                                      .n_layers = 30,
+                                      .n_heads = 2,
+                                      .n_kv_heads = 1,
+                                      .head_dim = 64,
+                                      .max_pos = 8192,
+                                      .norm_eps = 1e-5f,
+                                      .rope_theta = 10000.0f,
                                       .tie_embeddings = true};
     static const int batches[3] = {1, 32, 128};
     printf("\n| model | weights (MB) | batch | ms/step | tokens/s | weight-read floor tokens/s | "
@@ -229,6 +264,7 @@ int main(int argc, char **argv) {
         qv_synth_model_free(m);
     }
     printf("\n");
-    for (int i = 0; i < n_notes; i++) printf("%s\n", notes[i]);
+    for (int i = 0; i < n_notes; i++)
+        printf("%s\n", notes[i]);
     return rc;
 }

@@ -95,8 +95,14 @@ static int feed(gpu_runner *r, const qv_kv_seq *const *seqs, int n_seqs, const i
                 const int32_t *pos, const int32_t *sq, int n, const int32_t *li, int nl,
                 float *logits) {
     qv_error err = {0};
-    qv_batch b = {.n_tokens = n, .tokens = tok, .pos = pos, .seq = sq, .n_seqs = n_seqs,
-                  .seqs = seqs, .n_logits = nl, .logits_idx = li};
+    qv_batch b = {.n_tokens = n,
+                  .tokens = tok,
+                  .pos = pos,
+                  .seq = sq,
+                  .n_seqs = n_seqs,
+                  .seqs = seqs,
+                  .n_logits = nl,
+                  .logits_idx = li};
     if (qv_forward_run(r->fwd, &b, logits, &err) != QV_OK) {
         fprintf(stderr, "forward: %s\n", err.msg);
         return -1;
@@ -125,12 +131,14 @@ static int compare_row(const char *what, int s, int step, const float *got, cons
             if (d > maxabs) maxabs = d;
         }
         if ((double)gap <= 2.0 * maxabs) {
-            printf("%s seq %d step %d: near tie (CPU top-2 gap %.3g, max |err| %.3g): cuda %d cpu %d\n",
+            printf("%s seq %d step %d: near tie (CPU top-2 gap %.3g, max |err| %.3g): cuda %d cpu "
+                   "%d\n",
                    what, s, step, (double)gap, maxabs, g, cpu_tok);
             (*ties)++;
         } else {
-            fprintf(stderr, "%s seq %d step %d: cuda token %d != cpu %d (gap %.3g, max |err| %.3g)\n",
-                    what, s, step, g, cpu_tok, (double)gap, maxabs);
+            fprintf(stderr,
+                    "%s seq %d step %d: cuda token %d != cpu %d (gap %.3g, max |err| %.3g)\n", what,
+                    s, step, g, cpu_tok, (double)gap, maxabs);
             fails++;
         }
     }
@@ -166,9 +174,11 @@ int gpu_check_model(const char *path, int n_steps, double tol) {
         int n_in = lens[i], p0 = 0;
         for (int st = 0; st < n_steps && !fails; st++) {
             if (qv_kv_seq_reserve(cpu.kv, &kv, p0 + n_in) != QV_OK) fails++;
-            for (int t = 0; t < n_in; t++) tok[t] = s[i].toks[p0 + t], pos[t] = p0 + t, sq[t] = 0;
+            for (int t = 0; t < n_in; t++)
+                tok[t] = s[i].toks[p0 + t], pos[t] = p0 + t, sq[t] = 0;
             li[0] = n_in - 1;
-            if (fails || feed(&cpu, seqs, 1, tok, pos, sq, n_in, li, 1, s[i].want + (size_t)st * V)) {
+            if (fails ||
+                feed(&cpu, seqs, 1, tok, pos, sq, n_in, li, 1, s[i].want + (size_t)st * V)) {
                 fails++;
                 break;
             }
@@ -188,7 +198,8 @@ int gpu_check_model(const char *path, int n_steps, double tol) {
                 fails++;
                 break;
             }
-            for (int t = 0; t < n_in; t++) tok[t] = s[i].toks[p0 + t], pos[t] = p0 + t, sq[t] = 0;
+            for (int t = 0; t < n_in; t++)
+                tok[t] = s[i].toks[p0 + t], pos[t] = p0 + t, sq[t] = 0;
             li[0] = n_in - 1;
             if (feed(&cu, seqs, 1, tok, pos, sq, n_in, li, 1, buf)) {
                 fails++;
@@ -236,10 +247,11 @@ int gpu_check_model(const char *path, int n_steps, double tol) {
         }
         for (int j = 0; j < nl; j++) {
             int i = owner[sq[li[j]]], st = lrow[j];
-            fails += compare_row("mixed", i, st, buf + (size_t)j * V, s[i].want + (size_t)st * V,
-                                 V, s[i].toks[s[i].n_prompt + st], tol, &worst_mixed, &ties);
+            fails += compare_row("mixed", i, st, buf + (size_t)j * V, s[i].want + (size_t)st * V, V,
+                                 s[i].toks[s[i].n_prompt + st], tol, &worst_mixed, &ties);
         }
-        for (int t = 0; t < n; t++) s[owner[sq[t]]].n_done++;
+        for (int t = 0; t < n; t++)
+            s[owner[sq[t]]].n_done++;
         steps++;
     }
     printf("%s: %d steps x %d seqs, worst logits error alone %.3g, mixed %.3g (%d mixed batches), "

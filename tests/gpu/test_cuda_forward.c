@@ -24,10 +24,10 @@ static void run(const char *rel) {
     if (fails) fail_msg("%s: %d failures", rel, fails);
 }
 
-#define MODEL_TEST(fn, rel)                                                                    \
-    static void fn(void **state) {                                                             \
-        (void)state;                                                                           \
-        run(rel);                                                                              \
+#define MODEL_TEST(fn, rel)                                                                        \
+    static void fn(void **state) {                                                                 \
+        (void)state;                                                                               \
+        run(rel);                                                                                  \
     }
 MODEL_TEST(test_tiny_llama_hf, "tests/fixtures/models/tiny-llama")
 MODEL_TEST(test_tiny_llama_gqa_bf16, "tests/fixtures/models/tiny-llama-gqa-bf16")
@@ -81,9 +81,9 @@ static void run_engine(const char *device, eng_out *o) {
     for (int i = 0; i < ENG_SEQS; i++) {
         int32_t ids[20];
         int n = 3 + 5 * i;
-        for (int t = 0; t < n; t++) ids[t] = (int32_t)((t * 37 + i * 11 + 5) % 200);
-        assert_int_equal(qv_engine_add(e, ids, (size_t)n, &gp, on_tok, o, &o->ids[i], &err),
-                         QV_OK);
+        for (int t = 0; t < n; t++)
+            ids[t] = (int32_t)((t * 37 + i * 11 + 5) % 200);
+        assert_int_equal(qv_engine_add(e, ids, (size_t)n, &gp, on_tok, o, &o->ids[i], &err), QV_OK);
     }
     for (int guard = 0; qv_engine_n_active(e) > 0 && guard < 1000; guard++)
         if (qv_engine_step(e, &err) != QV_OK) fail_msg("step on %s: %s", device, err.msg);
@@ -99,10 +99,12 @@ static void test_engine_cuda_matches_cpu(void **state) {
     for (int i = 0; i < ENG_SEQS; i++) {
         assert_int_equal(cu.n[i], ENG_TOKENS);
         int same = 0;
-        while (same < ENG_TOKENS && cu.toks[i][same] == cpu.toks[i][same]) same++;
+        while (same < ENG_TOKENS && cu.toks[i][same] == cpu.toks[i][same])
+            same++;
         same_total += same;
-        if (same < 8) fail_msg("engine seq %d: cuda differs from cpu at token %d (%d vs %d)", i,
-                               same, cu.toks[i][same], cpu.toks[i][same]);
+        if (same < 8)
+            fail_msg("engine seq %d: cuda differs from cpu at token %d (%d vs %d)", i, same,
+                     cu.toks[i][same], cpu.toks[i][same]);
     }
     printf("engine on cuda: %d of %d tokens identical to the cpu engine before any divergence\n",
            same_total, ENG_SEQS * ENG_TOKENS);

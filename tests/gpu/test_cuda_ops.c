@@ -27,7 +27,8 @@ static int n_keep;
 
 static float *rand_host(size_t n, float scale) {
     float *p = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = gpu_randf(&rng) * scale;
+    for (size_t i = 0; i < n; i++)
+        p[i] = gpu_randf(&rng) * scale;
     return p;
 }
 static float *to_dev(const float *h, size_t n) {
@@ -44,7 +45,8 @@ static float *from_dev(const float *d, size_t n) {
 }
 static double absmax(const float *x, size_t n) {
     double m = 0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)x[i]));
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)x[i]));
     return m;
 }
 /* |got - want| <= rel * max|want| + rel * |want|, worst element printed. */
@@ -62,7 +64,8 @@ static void *make_q8_0(int rows, int cols) {
             uint8_t *blk = w + (size_t)r * rb + (size_t)b * 34;
             uint16_t d = qv_f32_to_f16(0.004f + 0.002f * (gpu_randf(&rng) + 1.0f));
             memcpy(blk, &d, 2);
-            for (int i = 0; i < 32; i++) blk[2 + i] = (uint8_t)(int8_t)(gpu_randf(&rng) * 127.0f);
+            for (int i = 0; i < 32; i++)
+                blk[2 + i] = (uint8_t)(int8_t)(gpu_randf(&rng) * 127.0f);
         }
     return w;
 }
@@ -81,7 +84,8 @@ static void matmul_case2(enum qv_dtype dt, int rows, int cols, int n, int with_b
         float *wf = rand_host((size_t)rows * (size_t)cols, 0.1f);
         if (dt == QV_DTYPE_F16) {
             uint16_t *h = malloc((size_t)rows * (size_t)cols * 2);
-            for (size_t i = 0; i < (size_t)rows * (size_t)cols; i++) h[i] = qv_f32_to_f16(wf[i]);
+            for (size_t i = 0; i < (size_t)rows * (size_t)cols; i++)
+                h[i] = qv_f32_to_f16(wf[i]);
             free(wf);
             wdata = h;
             rb = (size_t)cols * 2;
@@ -102,7 +106,8 @@ static void matmul_case2(enum qv_dtype dt, int rows, int cols, int n, int with_b
     if (acc) {
         float *y0 = rand_host((size_t)n * (size_t)rows, 1.0f);
         dy = to_dev(y0, (size_t)n * (size_t)rows);
-        for (size_t i = 0; i < (size_t)n * (size_t)rows; i++) want[i] += y0[i];
+        for (size_t i = 0; i < (size_t)n * (size_t)rows; i++)
+            want[i] += y0[i];
         free(y0);
         cu->iface->matmul_acc(cu, &w, dx, n, dy, bias);
     } else {
@@ -135,7 +140,7 @@ static void test_matmul(void **state) {
     matmul_case(QV_DTYPE_Q8_0, 130, 320, 5, 0);
     matmul_case(QV_DTYPE_F16, 64, 192, 17, 0);
     matmul_case(QV_DTYPE_F16, 70, 8192, 3, 0);
-    matmul_case(QV_DTYPE_F32, 50, 100, 4, 0); /* cols % 8 != 0: cuBLAS at small n */
+    matmul_case(QV_DTYPE_F32, 50, 100, 4, 0);    /* cols % 8 != 0: cuBLAS at small n */
     matmul_case(QV_DTYPE_F32, 8, 16384, 300, 0); /* more rows than the GEMM scratch: chunks */
     matmul_case2(QV_DTYPE_F32, 128, 256, 1, 1, 1);
     matmul_case2(QV_DTYPE_F32, 128, 256, 40, 0, 1);
@@ -161,7 +166,8 @@ static void test_gemv_group(void **state) {
         cpu->iface->matmul(cpu, &w[i], x, n, want[i], NULL);
         dy[i] = cu->iface->alloc(cu, sizeof(float) * (size_t)n * rows[i]);
     }
-    for (int i = 0; i < 3; i++) cu->iface->matmul(cu, &w[i], dx, n, dy[i], NULL);
+    for (int i = 0; i < 3; i++)
+        cu->iface->matmul(cu, &w[i], dx, n, dy[i], NULL);
     for (int i = 0; i < 3; i++) {
         float *got = from_dev(dy[i], (size_t)n * rows[i]);
         char label[64];
@@ -170,7 +176,8 @@ static void test_gemv_group(void **state) {
         free(got);
         free(want[i]);
     }
-    for (int i = 2; i >= 0; i--) cu->iface->free(cu, dy[i]);
+    for (int i = 2; i >= 0; i--)
+        cu->iface->free(cu, dy[i]);
     cu->iface->free(cu, dx);
     free(x);
 }
@@ -238,7 +245,8 @@ static void test_rmsnorm_rope_swiglu_add(void **state) {
         const int n = 7, nh = 4;
         float *x = rand_host((size_t)n * nh * hd, 1.0f);
         float *inv = malloc(sizeof(float) * (size_t)hd / 2);
-        for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)hd);
+        for (int i = 0; i < hd / 2; i++)
+            inv[i] = powf(10000.0f, -2.0f * (float)i / (float)hd);
         int32_t pos[7] = {0, 1, 17, 255, 1000, 4097, 8191};
         /* q then k at the same positions: the backend merges them into one launch */
         float *x2 = rand_host((size_t)n * 2 * hd, 1.0f);
@@ -293,7 +301,8 @@ static void attention_case(int head_dim, int window) {
     assert_true(hp.k && hp.v && dp.k && dp.v);
     static const int lens[3] = {600, 37, 5};
     int32_t perm[256];
-    for (int i = 0; i < n_pages; i++) perm[i] = i;
+    for (int i = 0; i < n_pages; i++)
+        perm[i] = i;
     for (int i = n_pages - 1; i > 0; i--) {
         int j = (int)((gpu_randf(&rng) + 1.0f) * 0.5f * (float)(i + 1)) % (i + 1);
         int32_t t = perm[i];
@@ -305,7 +314,8 @@ static void attention_case(int head_dim, int window) {
     for (int s = 0; s < 3; s++) {
         int np = (lens[s] + page_size - 1) / page_size;
         tables[s] = malloc(sizeof(int32_t) * (size_t)np);
-        for (int p = 0; p < np; p++) tables[s][p] = perm[next++];
+        for (int p = 0; p < np; p++)
+            tables[s][p] = perm[next++];
     }
     /* store every position's K/V (in 2 calls per sequence, as prefill chunks would) */
     for (int s = 0; s < 3; s++) {
@@ -313,8 +323,10 @@ static void attention_case(int head_dim, int window) {
             int p0 = half ? lens[s] / 2 : 0, p1 = half ? lens[s] : lens[s] / 2;
             int n = p1 - p0;
             if (n <= 0) continue;
-            float *k = rand_host((size_t)n * kv_dim, 1.0f), *v = rand_host((size_t)n * kv_dim, 1.0f);
-            int32_t *pg = malloc(sizeof(int32_t) * (size_t)n), *off = malloc(sizeof(int32_t) * (size_t)n);
+            float *k = rand_host((size_t)n * kv_dim, 1.0f),
+                  *v = rand_host((size_t)n * kv_dim, 1.0f);
+            int32_t *pg = malloc(sizeof(int32_t) * (size_t)n),
+                    *off = malloc(sizeof(int32_t) * (size_t)n);
             for (int i = 0; i < n; i++) {
                 pg[i] = tables[s][(p0 + i) / page_size];
                 off[i] = (p0 + i) % page_size;
@@ -330,12 +342,14 @@ static void attention_case(int head_dim, int window) {
     /* batch: seq0 positions 597..599, seq1 30..36, seq2 4 */
     int32_t tok_seq[11], tok_pos[11];
     int n = 0;
-    for (int p = 597; p < 600; p++) tok_seq[n] = 0, tok_pos[n++] = p;
-    for (int p = 30; p < 37; p++) tok_seq[n] = 1, tok_pos[n++] = p;
+    for (int p = 597; p < 600; p++)
+        tok_seq[n] = 0, tok_pos[n++] = p;
+    for (int p = 30; p < 37; p++)
+        tok_seq[n] = 1, tok_pos[n++] = p;
     tok_seq[n] = 2, tok_pos[n++] = 4;
     const int32_t *pt[3] = {tables[0], tables[1], tables[2]};
-    qv_attn_batch ab = {n, tok_seq, tok_pos, 3, pt, nh, nkv, head_dim, window,
-                        1.0f / sqrtf((float)head_dim)};
+    qv_attn_batch ab = {n,  tok_seq, tok_pos,  3,      pt,
+                        nh, nkv,     head_dim, window, 1.0f / sqrtf((float)head_dim)};
     const size_t qn = (size_t)n * nh * head_dim;
     float *q = rand_host(qn, 1.0f);
     float *want = malloc(qn * sizeof(float));
@@ -353,7 +367,8 @@ static void attention_case(int head_dim, int window) {
     cu->iface->free(cu, dp.k);
     cpu->iface->free(cpu, hp.k);
     cpu->iface->free(cpu, hp.v);
-    for (int s = 0; s < 3; s++) free(tables[s]);
+    for (int s = 0; s < 3; s++)
+        free(tables[s]);
     free(q), free(want), free(got);
 }
 
@@ -384,7 +399,8 @@ static int teardown(void **state) {
     (void)state;
     if (cu) cu->iface->destroy(cu);
     if (cpu) cpu->iface->destroy(cpu);
-    for (int i = 0; i < n_keep; i++) free(keep[i]);
+    for (int i = 0; i < n_keep; i++)
+        free(keep[i]);
     return 0;
 }
 #endif

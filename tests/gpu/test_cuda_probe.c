@@ -36,7 +36,8 @@ int main(void) {
         return 1;
     }
     size_t bad = 0;
-    for (size_t i = 0; i < n; i++) bad += y[i] != want[i];
+    for (size_t i = 0; i < n; i++)
+        bad += y[i] != want[i];
     free(x);
     free(y);
     free(want);

@@ -33,7 +33,8 @@ int main(void) {
                  getenv("HOME") ? getenv("HOME") : "");
     if (!qv_test_exists(path)) {
         printf("SKIP: %s not present (the 98 MB model cannot travel to the GPU machine: 64 MiB "
-               "per call)\n", path);
+               "per call)\n",
+               path);
         return 77;
     }
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_smollm2)};
