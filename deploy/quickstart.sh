@@ -2,9 +2,9 @@
 # quickstart.sh - the run command: install what is missing, build, fetch the default model
 # (SmolLM2-135M-Instruct, Q4_1 GGUF) and start quiver on it.
 #
-# With no arguments: an interactive chat when stdin is a terminal, otherwise one answer to a
-# demo question. With arguments: they are passed to `quiver` (e.g. `generate --prompt "..."`),
-# with --model defaulting to the fetched model.
+# With no arguments: the OpenAI-compatible HTTP server on http://127.0.0.1:8000 (Ctrl-C drains
+# and exits). With arguments: they are passed to `quiver` (e.g. `chat`, or
+# `generate --prompt "..."`), with --model set to the fetched model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +20,4 @@ if [[ $# -gt 0 ]]; then
     shift
     exec build/quiver "$cmd" --model "$model" "$@"
 fi
-if [[ -t 0 ]]; then
-    exec build/quiver chat --model "$model" --temperature 0.7 --top-p 0.9 --seed "$RANDOM"
-fi
-exec build/quiver chat --model "$model" --max-tokens 64 \
-    --message "What is the capital of France? Answer in one sentence."
+exec build/quiver serve --model "$model"
