@@ -132,6 +132,16 @@ double qv_time_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+char *qv_path_join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = qv_malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    p[a] = '/';
+    memcpy(p + a + 1, name, b + 1);
+    return p;
+}
+
 qv_status qv_read_file(const char *path, size_t max_bytes, char **out, size_t *out_len,
                        qv_error *err) {
     *out = NULL;

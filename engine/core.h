@@ -86,6 +86,9 @@ void qv_log(enum qv_log_level lvl, const char *fmt, ...) __attribute__((format(p
 /* Monotonic clock in seconds. */
 double qv_time_s(void);
 
+/* Returns "dir/name" in a new buffer owned by the caller (qv_free); NULL when out of memory. */
+char *qv_path_join(const char *dir, const char *name);
+
 /* Reads a whole file into a NUL-terminated buffer owned by the caller (qv_free).
  * Refuses files larger than max_bytes with QV_ERR_LIMIT. */
 qv_status qv_read_file(const char *path, size_t max_bytes, char **out, size_t *out_len,

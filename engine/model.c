@@ -492,16 +492,6 @@ static qv_status compute_inv_freq(loader *L) {
 
 /* ---- HF directory ---- */
 
-static char *path_join(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = qv_malloc(a + b + 2);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
-}
-
 /* Reads `name` in an int config field: absent or null keeps *out (the default). */
 static qv_status cfg_int(loader *L, const cJSON *root, const char *key, int *out) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
@@ -715,8 +705,8 @@ static qv_status read_json(const char *path, cJSON **out, qv_error *err) {
 static qv_status load_hf(qv_model *m, const char *dir, qv_error *err) {
     qv_status st;
     cJSON *cfg = NULL, *gen = NULL;
-    char *cfg_path = path_join(dir, "config.json");
-    char *gen_path = path_join(dir, "generation_config.json");
+    char *cfg_path = qv_path_join(dir, "config.json");
+    char *gen_path = qv_path_join(dir, "generation_config.json");
     loader L = {m, cfg_path, err, false};
     m->format = QV_FORMAT_SAFETENSORS;
     m->dir = qv_strdup(dir);

@@ -471,16 +471,6 @@ static int cmp_tensor_ptr_name(const void *a, const void *b) {
     return strcmp((*x)->name, (*y)->name);
 }
 
-static char *path_join(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = qv_malloc(a + b + 2);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
-}
-
 /* Builds the name-sorted index over every file; rejects a name present in two shards. */
 static qv_status build_index(qv_st_set *s, qv_error *err) {
     size_t n = 0;
@@ -547,7 +537,7 @@ static qv_status open_sharded(qv_st_set *s, const char *dir, const char *index_p
         if (k == n_shards) shard_names[n_shards++] = v;
     }
     for (size_t k = 0; k < n_shards; k++) {
-        shard_path = path_join(dir, shard_names[k]);
+        shard_path = qv_path_join(dir, shard_names[k]);
         if (!shard_path) {
             st = qv_errorf(err, QV_ERR_NOMEM, "%s: out of memory", index_path);
             goto fail;
@@ -601,8 +591,8 @@ qv_status qv_st_set_open_dir(const char *dir, qv_st_set **out, qv_error *err) {
     qv_status st;
     char *index_path = NULL, *single_path = NULL;
     qv_st_set *s = qv_calloc(1, sizeof(*s));
-    index_path = path_join(dir, "model.safetensors.index.json");
-    single_path = path_join(dir, "model.safetensors");
+    index_path = qv_path_join(dir, "model.safetensors.index.json");
+    single_path = qv_path_join(dir, "model.safetensors");
     if (!s || !index_path || !single_path) {
         st = qv_errorf(err, QV_ERR_NOMEM, "%s: out of memory", dir);
         goto fail;
