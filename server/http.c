@@ -36,6 +36,9 @@
 #include <time.h>
 #include <uv.h>
 
+#include "adapters/adapters.h"
+#include "adapters/registry.h"
+#include "adapters/store.h"
 #include "engine/engine.h"
 #include "proto/proto.h"
 #include "server/metrics.h"
@@ -49,7 +52,8 @@ typedef struct request {
     /* immutable once queued */
     char id[64];
     char *model_echo;
-    char *adapter; /* for the log line; NULL = base */
+    char *adapter; /* name as requested (log line, metrics); NULL = base */
+    char adapter_version[QV_STORE_VERSION_LEN + 1]; /* version it resolved to at arrival */
     enum qv_proto_endpoint endpoint;
     bool stream, include_usage, logprobs;
     int32_t *ids;
@@ -61,6 +65,7 @@ typedef struct request {
     double t_arrival;
     struct MHD_Connection *conn;
     /* [engine] */
+    qv_registry_handle *ah; /* the adapter held while the request is queued or running */
     int seq_id;
     qv_detok *detok;
     bool in_engine; /* added and not yet cancelled or finished in the engine */
@@ -134,6 +139,11 @@ struct server {
     double shutdown_started;
     request *pending_head, *pending_tail; /* FIFO of requests waiting for admission */
     request *running;                     /* list of requests in the engine */
+    /* adapters: the store is thread-safe; the registry and the wait list are engine-thread */
+    qv_store_t *store;
+    qv_registry_t *reg;
+    qv_adapter_limits limits;
+    request *await_head; /* requests whose adapter is loading (any version, unordered) */
 };
 
 /* ---- requests ---- */
@@ -324,6 +334,83 @@ static bool list_remove(request **head, request **tail, request *r) {
 static void maybe_shutdown(server *srv);
 static void start_drain(server *srv);
 
+/* Engine thread: drops the engine's reference to r and the adapter handle it holds. */
+static void engine_release(request *r) {
+    if (r->ah) {
+        qv_registry_release(r->ah);
+        r->ah = NULL;
+    }
+    request_release(r);
+}
+
+static int adapter_http_status(qv_status s) {
+    return s == QV_ERR_NOT_FOUND                 ? 404
+           : s == QV_ERR_NOMEM || s == QV_ERR_IO ? 500
+           : s == QV_ERR_BUSY                    ? 503
+                                                 : 422;
+}
+
+/* Engine thread: a new request. Base requests go to the pending FIFO; adapter requests
+ * acquire their version first and wait in srv->await_head while it loads, so a cold adapter
+ * never blocks requests behind it. Returns false when the request failed (and was released). */
+static bool enqueue(server *srv, request *r) {
+    if (!r->adapter) {
+        pending_push(srv, r);
+        return true;
+    }
+    qv_error err = {0};
+    qv_status s = qv_registry_acquire(srv->reg, r->adapter_version, &r->ah, &err);
+    if (s == QV_OK) {
+        r->gp.adapter = qv_registry_handle_host(r->ah);
+        pending_push(srv, r);
+        return true;
+    }
+    if (s == QV_ERR_BUSY) {
+        r->next = srv->await_head;
+        srv->await_head = r;
+        return true;
+    }
+    atomic_fetch_sub(&srv->n_waiting, 1);
+    request_fail(r, adapter_http_status(s), s == QV_ERR_NOT_FOUND ? "model_not_found" : NULL,
+                 err.msg);
+    engine_release(r);
+    return false;
+}
+
+/* Engine thread: integrates finished adapter loads and moves (or fails) their waiters. */
+static void poll_adapters(server *srv) {
+    if (!srv->reg) return;
+    qv_registry_event ev[16];
+    size_t n;
+    while ((n = qv_registry_poll(srv->reg, ev, QV_ARRAY_LEN(ev))) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (ev[i].kind == QV_REGISTRY_EV_LOADED)
+                QV_LOGI("adapter version %.12s loaded", ev[i].version);
+            else
+                QV_LOGW("adapter version %.12s failed to load: %s", ev[i].version, ev[i].msg);
+            request **pp = &srv->await_head;
+            while (*pp) {
+                request *r = *pp;
+                if (strcmp(r->adapter_version, ev[i].version) != 0) {
+                    pp = &r->next;
+                    continue;
+                }
+                *pp = r->next;
+                r->next = NULL;
+                if (ev[i].kind == QV_REGISTRY_EV_LOADED) {
+                    enqueue(srv, r); /* acquires now (or waits for a reload) */
+                } else {
+                    atomic_fetch_sub(&srv->n_waiting, 1);
+                    request_fail(r, adapter_http_status(ev[i].status), "adapter_load_failed",
+                                 ev[i].msg);
+                    engine_release(r);
+                }
+            }
+        }
+        if (n < QV_ARRAY_LEN(ev)) break;
+    }
+}
+
 /* Admits pending requests in FIFO order while the engine accepts them. */
 static void admit(server *srv) {
     while (srv->pending_head) {
@@ -338,7 +425,7 @@ static void admit(server *srv) {
         if (s != QV_OK) {
             request_fail(r, s == QV_ERR_NOMEM ? 500 : 400,
                          s == QV_ERR_LIMIT ? "context_length_exceeded" : NULL, err.msg);
-            request_release(r);
+            engine_release(r);
             continue;
         }
         r->in_engine = true;
@@ -365,7 +452,7 @@ static void sweep(server *srv) {
         pthread_mutex_unlock(&r->mu);
         if (done && !r->in_engine) {
             *pp = r->next;
-            request_release(r);
+            engine_release(r);
         } else {
             pp = &r->next;
         }
@@ -396,10 +483,11 @@ static void on_step(uv_idle_t *h) {
 }
 
 static void cancel_request(server *srv, request *r) {
-    if (list_remove(&srv->pending_head, &srv->pending_tail, r)) {
+    if (list_remove(&srv->pending_head, &srv->pending_tail, r) ||
+        list_remove(&srv->await_head, NULL, r)) {
         atomic_fetch_sub(&srv->n_waiting, 1);
         request_finish(r, "stop");
-        request_release(r);
+        engine_release(r);
         return;
     }
     for (request *it = srv->running; it; it = it->next) {
@@ -421,7 +509,7 @@ static void on_wake(uv_async_t *h) {
     while (m) {
         inbox_msg *next = m->next;
         if (m->type == MSG_ADD)
-            pending_push(srv, m->req);
+            enqueue(srv, m->req);
         else {
             cancel_request(srv, m->req);
             request_release(m->req); /* the message's own reference */
@@ -429,6 +517,7 @@ static void on_wake(uv_async_t *h) {
         qv_free(m);
         m = next;
     }
+    poll_adapters(srv);
     if (atomic_load(&srv->draining)) start_drain(srv);
     admit(srv);
     update_gauges(srv);
@@ -481,7 +570,7 @@ static void maybe_shutdown(server *srv) {
     pthread_mutex_lock(&srv->inbox_mu);
     bool inbox_empty = srv->inbox_head == NULL;
     pthread_mutex_unlock(&srv->inbox_mu);
-    if (srv->running || srv->pending_head || !inbox_empty) return;
+    if (srv->running || srv->pending_head || srv->await_head || !inbox_empty) return;
     srv->shutting_down = true;
     srv->shutdown_started = qv_time_s();
     uv_timer_stop(&srv->drain_timer);
@@ -497,9 +586,16 @@ static void on_drain_timeout(uv_timer_t *t) {
         srv->pending_head = r->next;
         atomic_fetch_sub(&srv->n_waiting, 1);
         request_finish(r, "length");
-        request_release(r);
+        engine_release(r);
     }
     srv->pending_tail = NULL;
+    while (srv->await_head) {
+        request *r = srv->await_head;
+        srv->await_head = r->next;
+        atomic_fetch_sub(&srv->n_waiting, 1);
+        request_finish(r, "length");
+        engine_release(r);
+    }
     for (request *r = srv->running; r; r = r->next) {
         if (r->in_engine) qv_engine_cancel(srv->engine, r->seq_id);
         r->in_engine = false;
@@ -816,12 +912,36 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                   : send_error(c, ctx, 400, pe.param, "invalid_value", "%s", pe.message);
         goto done;
     }
-    if (pr.adapter || !model_matches(srv, pr.base)) {
-        const char *name = pr.adapter ? pr.adapter : pr.base;
-        ret = send_error(c, ctx, 404, pr.adapter ? "adapter_id" : "model", "model_not_found",
-                         "adapter '%s' not found (this server serves the base model '%s' only)",
-                         name, srv->base_name);
+    /* "<base>:<adapter>", adapter_id, or "<adapter>" alone in place of the base. */
+    const char *aname = NULL;
+    char aversion[QV_STORE_VERSION_LEN + 1] = "";
+    if (pr.adapter && !model_matches(srv, pr.base)) {
+        ret = send_error(c, ctx, 404, "model", "model_not_found",
+                         "model '%s' not found (this server serves '%s')", pr.base, srv->base_name);
         goto done;
+    }
+    if (pr.adapter || !model_matches(srv, pr.base)) {
+        aname = pr.adapter ? pr.adapter : pr.base;
+        const char *param = pr.adapter ? "adapter_id" : "model";
+        qv_error rerr = {0};
+        qv_status rs = QV_ERR_NOT_FOUND;
+        if (!srv->store)
+            snprintf(rerr.msg, sizeof(rerr.msg), "this server has no adapter store");
+        else if (!qv_store_name_valid(aname) && !qv_store_version_valid(aname))
+            snprintf(rerr.msg, sizeof(rerr.msg), "'%.128s' is not a valid adapter name", aname);
+        else
+            rs = qv_store_resolve(srv->store, aname, aversion, NULL, &rerr);
+        if (rs == QV_ERR_NOT_FOUND || rs == QV_ERR_INVALID) {
+            ret = send_error(c, ctx, 404, param, "model_not_found",
+                             "model or adapter '%.128s' not found (base model '%s'; see "
+                             "GET /v1/models)",
+                             aname, srv->base_name);
+            goto done;
+        }
+        if (rs != QV_OK) {
+            ret = send_error(c, ctx, 500, param, NULL, "%s", rerr.msg);
+            goto done;
+        }
     }
     qv_error err = {0};
     if (ep == QV_PROTO_CHAT) {
@@ -920,6 +1040,14 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     snprintf(r->id, sizeof(r->id), "%s-%lx%04lx", ep == QV_PROTO_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long)r->created, n);
     r->model_echo = qv_strdup(pr.model && *pr.model ? pr.model : srv->base_name);
+    if (aname) {
+        r->adapter = qv_strdup(aname);
+        memcpy(r->adapter_version, aversion, sizeof(aversion));
+        if (!r->adapter) {
+            ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+            goto done;
+        }
+    }
     r->ids = ids;
     r->n_ids = n_ids;
     ids = NULL;
@@ -1121,6 +1249,115 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 /* ---- start-up ---- */
 
+/* Store validator: a version is published only if it loads against this base model. */
+static qv_status validate_adapter_dir(const char *dir, void *user, qv_error *err) {
+    server *srv = user;
+    qv_adapter *ad = NULL;
+    qv_status s = qv_adapter_load(dir, srv->model, &srv->limits, &ad, err);
+    qv_adapter_free(ad);
+    return s;
+}
+
+/* Registry loader (worker threads): the PEFT / AdapterHub loader against the base model. */
+static qv_status load_adapter(void *user, const char *path, const char *version, void **obj,
+                              uint64_t *n_bytes, qv_error *err) {
+    (void)version;
+    server *srv = user;
+    qv_adapter *ad = NULL;
+    qv_status s = qv_adapter_load(path, srv->model, &srv->limits, &ad, err);
+    if (s != QV_OK) return s;
+    *obj = ad;
+    *n_bytes = QV_MAX(qv_adapter_n_bytes(ad), (size_t)1);
+    return QV_OK;
+}
+
+static void free_adapter(void *user, void *obj) {
+    (void)user;
+    qv_adapter_free(obj);
+}
+
+static void notify_adapter(void *user) {
+    server *srv = user;
+    pthread_mutex_lock(&srv->inbox_mu);
+    if (!srv->loop_closed) uv_async_send(&srv->wake);
+    pthread_mutex_unlock(&srv->inbox_mu);
+}
+
+/* Publishes the adapter directory `dir` as `name` (the --preload flag). */
+static qv_status preload_one(server *srv, const char *name, const char *dir, char version[65],
+                             qv_error *err) {
+    static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors",
+                                        "adapter.safetensors"};
+    qv_store_txn_t *txn = NULL;
+    FILE *f = NULL;
+    char *buf = qv_malloc(1 << 20);
+    qv_status s = QV_ERR_NOMEM;
+    if (!buf) goto fail;
+    if ((s = qv_store_begin(srv->store, &txn, err)) != QV_OK) goto fail;
+    for (size_t i = 0; i < QV_ARRAY_LEN(files); i++) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+        f = fopen(path, "rb");
+        if (!f) continue;
+        size_t n;
+        while ((n = fread(buf, 1, 1 << 20, f)) > 0)
+            if ((s = qv_store_txn_write(txn, files[i], buf, n, err)) != QV_OK) goto fail;
+        if (ferror(f)) {
+            s = qv_errorf(err, QV_ERR_IO, "%s: read error", path);
+            goto fail;
+        }
+        fclose(f);
+        f = NULL;
+    }
+    s = qv_store_commit(txn, name, version, err);
+    txn = NULL;
+fail:
+    if (f) fclose(f);
+    qv_store_abort(txn);
+    qv_free(buf);
+    return s;
+}
+
+/* Opens the store, publishes --preload directories and creates the registry. Returns false
+ * (after printing why) when any of it fails; the server then does not start. */
+static bool adapters_start(server *srv) {
+    const qv_http_config *cfg = srv->cfg;
+    qv_error err = {0};
+    srv->limits.max_rank = cfg->max_rank;
+    if (!cfg->adapter_store || !*cfg->adapter_store) return cfg->n_preload == 0;
+    if (qv_store_open(cfg->adapter_store, NULL, &srv->store, &err) != QV_OK) {
+        fprintf(stderr, "quiver serve: adapter store: %s\n", err.msg);
+        return false;
+    }
+    qv_store_set_validator(srv->store, validate_adapter_dir, srv);
+    for (size_t i = 0; i < cfg->n_preload; i++) {
+        const char *eq = strchr(cfg->preload[i], '=');
+        char name[QV_STORE_NAME_MAX + 1];
+        size_t nl = (size_t)(eq - cfg->preload[i]);
+        if (nl > QV_STORE_NAME_MAX) nl = QV_STORE_NAME_MAX;
+        memcpy(name, cfg->preload[i], nl);
+        name[nl] = '\0';
+        char version[65];
+        if (!qv_store_name_valid(name)) {
+            fprintf(stderr, "quiver serve: --preload: '%s' is not a valid adapter name\n", name);
+            return false;
+        }
+        if (preload_one(srv, name, eq + 1, version, &err) != QV_OK) {
+            fprintf(stderr, "quiver serve: --preload %s: %s\n", cfg->preload[i], err.msg);
+            return false;
+        }
+        fprintf(stderr, "quiver serve: adapter '%s' = %.12s (from %s)\n", name, version, eq + 1);
+    }
+    qv_registry_loader loader = {
+        .load = load_adapter, .free = free_adapter, .notify = notify_adapter, .user = srv};
+    qv_registry_budgets b = {.host_bytes = (uint64_t)cfg->adapter_host_mb << 20, .n_workers = 2};
+    if (qv_registry_create(srv->store, &loader, &b, NULL, &srv->reg, &err) != QV_OK) {
+        fprintf(stderr, "quiver serve: adapter registry: %s\n", err.msg);
+        return false;
+    }
+    return true;
+}
+
 int qv_http_serve(const qv_http_config *cfg) {
     server srv_storage;
     server *srv = &srv_storage;
@@ -1168,6 +1405,11 @@ int qv_http_serve(const qv_http_config *cfg) {
     uv_timer_init(&srv->loop, &srv->close_timer);
     srv->wake.data = srv->stepper.data = srv;
     srv->drain_timer.data = srv->close_timer.data = srv;
+    if (!adapters_start(srv)) {
+        close_all(srv);
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+        goto out;
+    }
 
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof(addr));
@@ -1233,12 +1475,17 @@ out:
     while (srv->pending_head) {
         request *r = srv->pending_head;
         srv->pending_head = r->next;
-        request_release(r);
+        engine_release(r);
+    }
+    while (srv->await_head) {
+        request *r = srv->await_head;
+        srv->await_head = r->next;
+        engine_release(r);
     }
     while (srv->running) {
         request *r = srv->running;
         srv->running = r->next;
-        request_release(r);
+        engine_release(r);
     }
     pthread_mutex_lock(&srv->inbox_mu);
     while (srv->inbox_head) {
@@ -1252,6 +1499,8 @@ out:
     }
     pthread_mutex_unlock(&srv->inbox_mu);
     qv_engine_destroy(srv->engine);
+    qv_registry_destroy(srv->reg);
+    qv_store_close(srv->store);
     qv_metrics_destroy(srv->metrics);
     qv_free(srv->base_name);
     qv_free(srv->file_name);

@@ -33,10 +33,27 @@ static void usage(FILE *f) {
                "  --drain-timeout-s N      on SIGTERM, time given to in-flight requests (default "
                "30)\n"
                "  --device cpu|cuda        compute device (default cpu)\n"
+               "  --adapter-store DIR      adapter store root (default $QUIVER_HOME/adapters)\n"
+               "  --adapter-host-mb N      host memory for loaded adapters in MiB (default 1024)\n"
+               "  --max-rank N             largest LoRA rank accepted, 0 = any (default 0)\n"
+               "  --admin-key K            key for adapter uploads and deletes (default: none)\n"
+               "  --preload NAME=DIR       publish adapter directory DIR as NAME at start-up "
+               "(repeatable)\n"
                "  --log-level L            debug|info|warn|error (default info)\n");
 }
 
 static char default_model_buf[4096];
+static char default_store_buf[4096];
+
+static const char *default_store(void) {
+    const char *home = getenv("QUIVER_HOME");
+    if (home && *home)
+        snprintf(default_store_buf, sizeof(default_store_buf), "%s/adapters", home);
+    else
+        snprintf(default_store_buf, sizeof(default_store_buf), "%s/.cache/quiver/adapters",
+                 getenv("HOME") ? getenv("HOME") : ".");
+    return default_store_buf;
+}
 
 static const char *default_model(void) {
     const char *home = getenv("QUIVER_HOME");
@@ -89,7 +106,13 @@ static const opt_def opts[] = {
     {"--queue-limit", "QUIVER_QUEUE_LIMIT", 0, 1 << 20, 0, OFF(queue_limit)},
     {"--drain-timeout-s", "QUIVER_DRAIN_TIMEOUT_S", 0, 86400, 3, OFF(drain_timeout_s)},
     {"--device", "QUIVER_DEVICE", 0, 0, 2, OFF(device)},
+    {"--adapter-store", "QUIVER_ADAPTER_STORE", 0, 0, 2, OFF(adapter_store)},
+    {"--adapter-host-mb", "QUIVER_ADAPTER_HOST_MB", 1, 1 << 24, 1, OFF(adapter_host_mb)},
+    {"--max-rank", "QUIVER_MAX_RANK", 0, 1 << 16, 0, OFF(max_rank)},
+    {"--admin-key", "QUIVER_ADMIN_KEY", 0, 0, 2, OFF(admin_key)},
 };
+
+#define MAX_PRELOAD 64
 
 static bool set_opt(qv_http_config *c, const opt_def *d, const char *name, const char *v) {
     char *base = (char *)c + d->offset;
@@ -126,7 +149,10 @@ int qv_cli_serve(int argc, char **argv) {
         .max_tokens_limit = 4096,
         .queue_limit = 256,
         .drain_timeout_s = 30,
+        .adapter_store = default_store(),
+        .adapter_host_mb = 1024,
     };
+    static const char *preload[MAX_PRELOAD];
     enum qv_log_level level = QV_LOG_INFO;
     for (size_t i = 0; i < QV_ARRAY_LEN(opts); i++) {
         const char *v = getenv(opts[i].env);
@@ -154,6 +180,18 @@ int qv_cli_serve(int argc, char **argv) {
                 fprintf(stderr, "quiver serve: --log-level expects debug|info|warn|error\n");
                 return 2;
             }
+            continue;
+        }
+        if (!strcmp(a, "--preload")) {
+            if (!v) goto need_value;
+            i++;
+            if (!strchr(v, '=') || c.n_preload == MAX_PRELOAD) {
+                fprintf(stderr, "quiver serve: --preload expects NAME=DIR (at most %d)\n",
+                        MAX_PRELOAD);
+                return 2;
+            }
+            preload[c.n_preload++] = v;
+            c.preload = preload;
             continue;
         }
         const opt_def *d = NULL;
