@@ -384,10 +384,9 @@ static void poll_adapters(server *srv) {
     size_t n;
     while ((n = qv_registry_poll(srv->reg, ev, QV_ARRAY_LEN(ev))) > 0) {
         for (size_t i = 0; i < n; i++) {
+            /* (the registry logs failures itself) */
             if (ev[i].kind == QV_REGISTRY_EV_LOADED)
                 QV_LOGI("adapter version %.12s loaded", ev[i].version);
-            else
-                QV_LOGW("adapter version %.12s failed to load: %s", ev[i].version, ev[i].msg);
             request **pp = &srv->await_head;
             while (*pp) {
                 request *r = *pp;
@@ -401,8 +400,11 @@ static void poll_adapters(server *srv) {
                     enqueue(srv, r); /* acquires now (or waits for a reload) */
                 } else {
                     atomic_fetch_sub(&srv->n_waiting, 1);
-                    request_fail(r, adapter_http_status(ev[i].status), "adapter_load_failed",
-                                 ev[i].msg);
+                    /* The version resolved, so whatever the loader says is about its files:
+                     * unprocessable, unless it is about memory. */
+                    qv_status st = ev[i].status;
+                    int http = st == QV_ERR_NOMEM ? 500 : st == QV_ERR_BUSY ? 503 : 422;
+                    request_fail(r, http, "adapter_load_failed", ev[i].msg);
                     engine_release(r);
                 }
             }

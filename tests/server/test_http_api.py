@@ -12,14 +12,17 @@ to its solo greedy output, and SIGTERM drain (in-flight request finishes, exit s
 
 Usage: test_http_api.py <quiver-binary>. Exit 77 when the model has not been fetched.
 """
+import atexit
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -54,6 +57,10 @@ class Server:
     """A `quiver serve` process on a free port; stderr is collected in a thread."""
 
     def __init__(self, *extra):
+        if "--adapter-store" not in extra:  # an empty store of its own, never the user's
+            store = tempfile.mkdtemp(prefix="quiver-test-store-")
+            atexit.register(shutil.rmtree, store, True)
+            extra = ("--adapter-store", store, *extra)
         self.proc = subprocess.Popen(
             [QUIVER, "serve", "--model", MODEL, "--port", "0", "--threads", "2", *extra],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
