@@ -568,6 +568,151 @@ oom:
     return NULL;
 }
 
+/* Adds the adapter fields of `a` to object o; false when out of memory. */
+static bool add_adapter_fields(cJSON *o, const qv_proto_adapter_info *a) {
+    if (!cJSON_AddStringToObject(o, "version", a->version ? a->version : "")) return false;
+    if (!(a->kind ? cJSON_AddStringToObject(o, "kind", a->kind) : cJSON_AddNullToObject(o, "kind")))
+        return false;
+    if (!(a->rank > 0 ? cJSON_AddNumberToObject(o, "rank", a->rank)
+                      : cJSON_AddNullToObject(o, "rank")))
+        return false;
+    if (!cJSON_AddStringToObject(o, "tier", a->tier ? a->tier : "disk")) return false;
+    if (a->alias_of && !cJSON_AddStringToObject(o, "alias_of", a->alias_of)) return false;
+    return true;
+}
+
+static cJSON *adapter_object(const qv_proto_adapter_info *a) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddStringToObject(o, "object", "adapter") ||
+        !cJSON_AddStringToObject(o, "name", a->name) || !add_adapter_fields(o, a)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+char *qv_proto_encode_model_list(const char *base, const qv_proto_adapter_info *a, size_t n,
+                                 int64_t created) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *data = NULL, *m = NULL;
+    if (!o || !cJSON_AddStringToObject(o, "object", "list") ||
+        !(data = cJSON_AddArrayToObject(o, "data")))
+        goto oom;
+    for (size_t i = 0; i <= n; i++) {
+        const char *id = i == 0 ? base : a[i - 1].name;
+        m = cJSON_CreateObject();
+        if (!m || !cJSON_AddStringToObject(m, "id", id) ||
+            !cJSON_AddStringToObject(m, "object", "model") ||
+            !cJSON_AddNumberToObject(m, "created", (double)created) ||
+            !cJSON_AddStringToObject(m, "owned_by", "quiver"))
+            goto oom;
+        if (i > 0) {
+            cJSON *ad = cJSON_CreateObject();
+            if (!ad || !cJSON_AddItemToObject(m, "adapter", ad)) {
+                cJSON_Delete(ad);
+                goto oom;
+            }
+            if (!cJSON_AddStringToObject(m, "parent", base) ||
+                !cJSON_AddStringToObject(m, "root", base) || !add_adapter_fields(ad, &a[i - 1]))
+                goto oom;
+        }
+        if (!cJSON_AddItemToArray(data, m)) goto oom;
+        m = NULL;
+    }
+    return print_and_delete(o);
+oom:
+    cJSON_Delete(m);
+    cJSON_Delete(o);
+    return NULL;
+}
+
+char *qv_proto_encode_adapter_list(const qv_proto_adapter_info *a, size_t n) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *data = NULL;
+    if (!o || !cJSON_AddStringToObject(o, "object", "list") ||
+        !(data = cJSON_AddArrayToObject(o, "data")))
+        goto oom;
+    for (size_t i = 0; i < n; i++) {
+        cJSON *m = adapter_object(&a[i]);
+        if (!m || !cJSON_AddItemToArray(data, m)) {
+            cJSON_Delete(m);
+            goto oom;
+        }
+    }
+    return print_and_delete(o);
+oom:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+char *qv_proto_encode_adapter(const qv_proto_adapter_info *a) {
+    cJSON *o = adapter_object(a);
+    return o ? print_and_delete(o) : NULL;
+}
+
+qv_status qv_proto_adapter_config_summary(const char *json, size_t len, char *kind, size_t kind_cap,
+                                          int *rank) {
+    if (kind_cap) kind[0] = '\0';
+    *rank = 0;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return QV_ERR_INVALID;
+    }
+    const cJSON *pt = field(root, "peft_type");
+    const cJSON *r = field(root, "r");
+    if (cJSON_IsString(pt)) {
+        snprintf(kind, kind_cap, "%s", pt->valuestring);
+        if (!strcmp(pt->valuestring, "LORA") && cJSON_IsNumber(r) && r->valuedouble > 0 &&
+            r->valuedouble < 1e9)
+            *rank = (int)r->valuedouble;
+    } else if (field(root, "architecture") || field(root, "config")) {
+        snprintf(kind, kind_cap, "BOTTLENECK");
+    }
+    cJSON_Delete(root);
+    return QV_OK;
+}
+
+/* A required non-empty string field copied into *out. */
+static qv_status lora_string(const cJSON *root, const char *name, char **out, qv_proto_error *e) {
+    const cJSON *f = field(root, name);
+    if (!cJSON_IsString(f) || !*f->valuestring) {
+        e->status = QV_ERR_INVALID;
+        snprintf(e->message, sizeof(e->message), "'%s' must be a non-empty string", name);
+        snprintf(e->param, sizeof(e->param), "%s", name);
+        return QV_ERR_INVALID;
+    }
+    if (!(*out = qv_strdup(f->valuestring))) {
+        e->status = QV_ERR_NOMEM;
+        snprintf(e->message, sizeof(e->message), "out of memory");
+        return QV_ERR_NOMEM;
+    }
+    return QV_OK;
+}
+
+qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name, char **path,
+                                       qv_proto_error *e) {
+    memset(e, 0, sizeof(*e));
+    *name = NULL;
+    if (path) *path = NULL;
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    qv_status s = QV_ERR_INVALID;
+    if (!cJSON_IsObject(root)) {
+        e->status = QV_ERR_INVALID;
+        snprintf(e->message, sizeof(e->message), "the request body is not a JSON object");
+        goto out;
+    }
+    if ((s = lora_string(root, "lora_name", name, e)) != QV_OK) goto out;
+    if (path && (s = lora_string(root, "lora_path", path, e)) != QV_OK) goto out;
+out:
+    cJSON_Delete(root);
+    if (s != QV_OK) {
+        qv_free(*name);
+        *name = NULL;
+    }
+    return s;
+}
+
 char *qv_proto_sse_frame(const char *payload, size_t payload_len, size_t *out_len) {
     static const char pre[] = "data: ";
     size_t n = sizeof(pre) - 1 + payload_len + 2;

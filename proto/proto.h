@@ -131,6 +131,37 @@ char *qv_proto_encode_error(const char *message, const char *type, const char *p
 char *qv_proto_encode_models(const char *const *ids, size_t n, int64_t created,
                              const char *owned_by);
 
+/* One adapter as the adapter endpoints and GET /v1/models show it. Strings are borrowed. */
+typedef struct qv_proto_adapter_info {
+    const char *name;     /* name or alias in the store */
+    const char *version;  /* sha256 hex of its files; "" when an alias no longer resolves */
+    const char *kind;     /* "LORA", "IA3", "PREFIX_TUNING", ..., or NULL (unknown) */
+    int rank;             /* LoRA rank `r`, 0 when not applicable */
+    const char *tier;     /* residency: "device", "host", "loading" or "disk" */
+    const char *alias_of; /* aliases: the name or version it points at; NULL for names */
+} qv_proto_adapter_info;
+
+/* GET /v1/models: the base model, then one model object per adapter (id = adapter name, with
+ * parent = base and an "adapter" object: kind, rank, version, tier). */
+char *qv_proto_encode_model_list(const char *base, const qv_proto_adapter_info *a, size_t n,
+                                 int64_t created);
+/* GET /v1/adapters ({"object":"list","data":[...]}) and one adapter object
+ * ({"object":"adapter","name",..., "kind","rank","version","tier"}). */
+char *qv_proto_encode_adapter_list(const qv_proto_adapter_info *a, size_t n);
+char *qv_proto_encode_adapter(const qv_proto_adapter_info *a);
+
+/* Reads the adapter kind and LoRA rank out of an adapter_config.json text (len bytes): kind
+ * gets peft_type ("LORA", "IA3", ...) or "BOTTLENECK" for AdapterHub configs ("" when neither
+ * is present), *rank the LoRA `r` (0 otherwise). Errors: QV_ERR_INVALID (not a JSON object). */
+qv_status qv_proto_adapter_config_summary(const char *json, size_t len, char *kind, size_t kind_cap,
+                                          int *rank);
+
+/* vLLM's POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter
+ * {"lora_name"} bodies. path == NULL: lora_path is not read. *name and *path are owned by the
+ * caller (qv_free), NULL on failure. Errors: QV_ERR_INVALID naming the field, QV_ERR_NOMEM. */
+qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name, char **path,
+                                       qv_proto_error *e);
+
 /* SSE framing: "data: <payload>\n\n". Returns a buffer owned by the caller (qv_free) with its
  * length in *out_len, or NULL when out of memory. */
 char *qv_proto_sse_frame(const char *payload, size_t payload_len, size_t *out_len);

@@ -90,7 +90,32 @@ typedef struct request {
     size_t frame_len, frame_off;
 } request;
 
+/* An adapter-administration request that needs the engine thread (residency tiers, deletes):
+ * shared by the connection and the engine like `request`, with the same suspend/resume rule.
+ * Fields are immutable once posted except [mu] ones and, until done, those the engine fills. */
+enum job_kind { JOB_TIERS = 0, JOB_DELETE };
+enum job_resp { RESP_MODELS = 0, RESP_LIST, RESP_ONE, RESP_DELETE, RESP_UNLOAD };
+typedef struct admin_job {
+    pthread_mutex_t mu;
+    int refs;             /* [mu] */
+    bool done, suspended; /* [mu] */
+    struct MHD_Connection *conn;
+    enum job_kind kind;
+    enum job_resp resp;
+    char name[QV_STORE_NAME_MAX + 1]; /* JOB_DELETE */
+    qv_store_entry *entries;          /* JOB_TIERS: what is listed (owned) */
+    size_t n;
+    qv_proto_adapter_info *infos; /* [n] pointing into entries; tier filled by the engine */
+    char (*kinds)[32];            /* [n] */
+    int status;                   /* JOB_DELETE result: HTTP status */
+    char msg[384];
+} admin_job;
+
+typedef struct upload upload;
+
 typedef struct conn_ctx {
+    admin_job *job; /* adapter administration waiting for the engine thread */
+    upload *up;     /* multipart adapter upload in progress */
     char *body;
     size_t body_len, body_cap;
     bool too_big;
@@ -101,8 +126,9 @@ typedef struct conn_ctx {
 } conn_ctx;
 
 typedef struct inbox_msg {
-    enum { MSG_ADD, MSG_CANCEL } type;
+    enum { MSG_ADD, MSG_CANCEL, MSG_JOB } type;
     request *req;
+    admin_job *job;
     struct inbox_msg *next;
 } inbox_msg;
 
@@ -343,6 +369,15 @@ static void engine_release(request *r) {
     request_release(r);
 }
 
+/* Removes a leading "<dir>: " or "<dir>/" (a server-side path) from a message, in place. */
+static void strip_path(char *msg, const char *dir) {
+    size_t n = strlen(dir);
+    if (n && !strncmp(msg, dir, n) && (msg[n] == ':' || msg[n] == '/')) {
+        size_t skip = n + 1 + (msg[n] == ':' && msg[n + 1] == ' ');
+        memmove(msg, msg + skip, strlen(msg + skip) + 1);
+    }
+}
+
 static int adapter_http_status(qv_status s) {
     return s == QV_ERR_NOT_FOUND                 ? 404
            : s == QV_ERR_NOMEM || s == QV_ERR_IO ? 500
@@ -404,6 +439,10 @@ static void poll_adapters(server *srv) {
                      * unprocessable, unless it is about memory. */
                     qv_status st = ev[i].status;
                     int http = st == QV_ERR_NOMEM ? 500 : st == QV_ERR_BUSY ? 503 : 422;
+                    char dir[4096];
+                    snprintf(dir, sizeof(dir), "%s/objects/%s", qv_store_root(srv->store),
+                             ev[i].version);
+                    strip_path(ev[i].msg, dir);
                     request_fail(r, http, "adapter_load_failed", ev[i].msg);
                     engine_release(r);
                 }
@@ -502,6 +541,58 @@ static void cancel_request(server *srv, request *r) {
     }
 }
 
+static void job_release(admin_job *j) {
+    pthread_mutex_lock(&j->mu);
+    int left = --j->refs;
+    pthread_mutex_unlock(&j->mu);
+    if (left) return;
+    pthread_mutex_destroy(&j->mu);
+    qv_free(j->entries);
+    qv_free(j->infos);
+    qv_free(j->kinds);
+    qv_free(j);
+}
+
+static const char *tier_name(unsigned t) {
+    /* Without a device interface (CPU) the registry reports host entries on both tiers. */
+    return t & QV_REGISTRY_TIER_HOST     ? "host"
+           : t & QV_REGISTRY_TIER_DEVICE ? "device"
+           : t & QV_REGISTRY_LOADING     ? "loading"
+                                         : "disk";
+}
+
+/* Engine thread: residency tiers of listed versions, or a delete (running requests of the
+ * deleted version keep their handle and finish). Then resumes the connection. */
+static void run_job(server *srv, admin_job *j) {
+    if (j->kind == JOB_TIERS) {
+        for (size_t i = 0; i < j->n; i++)
+            j->infos[i].tier = tier_name(srv->reg && j->infos[i].version[0]
+                                             ? qv_registry_tiers(srv->reg, j->infos[i].version)
+                                             : 0);
+    } else {
+        qv_error err = {0};
+        qv_status s = srv->reg ? qv_registry_delete(srv->reg, j->name, &err)
+                               : qv_errorf(&err, QV_ERR_NOT_FOUND, "no adapter store");
+        j->status = s == QV_OK              ? 200
+                    : s == QV_ERR_NOT_FOUND ? 404
+                    : s == QV_ERR_INVALID   ? 400
+                                            : 500;
+        if (s == QV_ERR_NOT_FOUND)
+            snprintf(j->msg, sizeof(j->msg), "adapter '%s' not found", j->name);
+        else
+            snprintf(j->msg, sizeof(j->msg), "%.380s", err.msg);
+        if (s == QV_OK) QV_LOGI("adapter %s deleted", j->name);
+    }
+    pthread_mutex_lock(&j->mu);
+    j->done = true;
+    if (j->suspended) {
+        j->suspended = false;
+        MHD_resume_connection(j->conn);
+    }
+    pthread_mutex_unlock(&j->mu);
+    job_release(j);
+}
+
 static void on_wake(uv_async_t *h) {
     server *srv = h->data;
     pthread_mutex_lock(&srv->inbox_mu);
@@ -512,6 +603,8 @@ static void on_wake(uv_async_t *h) {
         inbox_msg *next = m->next;
         if (m->type == MSG_ADD)
             enqueue(srv, m->req);
+        else if (m->type == MSG_JOB)
+            run_job(srv, m->job);
         else {
             cancel_request(srv, m->req);
             request_release(m->req); /* the message's own reference */
@@ -530,11 +623,12 @@ static void on_wake(uv_async_t *h) {
     maybe_shutdown(srv);
 }
 
-static bool post(server *srv, int type, request *r) {
+static bool post_msg(server *srv, int type, request *r, admin_job *j) {
     inbox_msg *m = qv_calloc(1, sizeof(*m));
     if (!m) return false;
     m->type = type;
     m->req = r;
+    m->job = j;
     pthread_mutex_lock(&srv->inbox_mu);
     if (srv->inbox_tail)
         srv->inbox_tail->next = m;
@@ -546,6 +640,8 @@ static bool post(server *srv, int type, request *r) {
     pthread_mutex_unlock(&srv->inbox_mu);
     return true;
 }
+
+static bool post(server *srv, int type, request *r) { return post_msg(srv, type, r, NULL); }
 
 static void close_all(server *srv) {
     pthread_mutex_lock(&srv->inbox_mu);
@@ -723,18 +819,23 @@ static enum MHD_Result send_error(struct MHD_Connection *c, conn_ctx *ctx, int s
     return send_json(c, ctx, status, qv_proto_encode_error(msg, type, param, code));
 }
 
-static bool authorized(server *srv, struct MHD_Connection *c) {
-    const char *key = srv->cfg->api_key;
-    if (!key || !*key) return true;
-    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
-    /* Constant-time comparison of the token. */
-    const char *tok = h + 7;
+/* Constant-time comparison of a bearer token with a key. */
+static bool key_matches(const char *key, const char *tok) {
     size_t kl = strlen(key), tl = strlen(tok);
     unsigned char diff = (unsigned char)(kl != tl);
     for (size_t i = 0; i < kl; i++)
         diff |= (unsigned char)(key[i] ^ (i < tl ? tok[i] : 0));
     return diff == 0;
+}
+
+static bool authorized(server *srv, struct MHD_Connection *c) {
+    const char *key = srv->cfg->api_key;
+    if (!key || !*key) return true;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
+    /* The admin key also opens the inference API. */
+    const char *admin = srv->cfg->admin_key;
+    return key_matches(key, h + 7) || (admin && *admin && key_matches(admin, h + 7));
 }
 
 static bool model_matches(server *srv, const char *base) {
@@ -1108,6 +1209,436 @@ done:
     return ret;
 }
 
+/* ---- adapter administration (HTTP side) ---- */
+
+static qv_status preload_one(server *srv, const char *name, const char *dir, char version[65],
+                             qv_error *err);
+
+/* 0 when the connection carries the admin key, else the HTTP status to answer (403 when the
+ * server has no admin key or the key is another one, 401 when none is sent). */
+static int admin_auth(server *srv, struct MHD_Connection *c) {
+    const char *key = srv->cfg->admin_key;
+    if (!key || !*key) return 403;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncmp(h, "Bearer ", 7) != 0 || !h[7]) return 401;
+    return key_matches(key, h + 7) ? 0 : 403;
+}
+
+static enum MHD_Result send_admin_refusal(struct MHD_Connection *c, conn_ctx *ctx, server *srv,
+                                          int st) {
+    if (st == 401)
+        return send_error(c, ctx, 401, NULL, "invalid_api_key",
+                          "adapter administration needs the admin key "
+                          "('Authorization: Bearer <admin key>')");
+    if (!srv->cfg->admin_key || !*srv->cfg->admin_key)
+        return send_error(c, ctx, 403, NULL, "admin_disabled",
+                          "adapter administration is disabled (start the server with --admin-key)");
+    return send_error(c, ctx, 403, NULL, "forbidden", "this key may not administer adapters");
+}
+
+/* Reads kind and rank from a published version's adapter_config.json (best effort). */
+static void version_summary(server *srv, const char *version, char kind[32], int *rank) {
+    kind[0] = '\0';
+    *rank = 0;
+    if (!version[0]) return;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/objects/%s/adapter_config.json", qv_store_root(srv->store),
+             version);
+    char *text = NULL;
+    size_t len = 0;
+    qv_error err = {0};
+    if (qv_read_file(path, 1 << 20, &text, &len, &err) != QV_OK) return;
+    qv_proto_adapter_config_summary(text, len, kind, 32, rank);
+    qv_free(text);
+}
+
+/* Fills a JOB_TIERS job with every store entry (one == NULL) or the one `one` resolves to.
+ * Returns the HTTP status of a failure (404 unknown, 500), or 0. */
+static int job_gather(server *srv, admin_job *j, const char *one, char *msg, size_t msg_cap) {
+    qv_error err = {0};
+    if (!srv->store) {
+        j->n = 0;
+        if (!one) return 0;
+        snprintf(msg, msg_cap, "adapter '%s' not found (no adapter store)", one);
+        return 404;
+    }
+    if (one) {
+        j->entries = qv_calloc(1, sizeof(*j->entries));
+        if (!j->entries) return 500;
+        qv_status s = qv_store_resolve(srv->store, one, j->entries[0].version, NULL, &err);
+        if (s != QV_OK) {
+            if (s != QV_ERR_NOT_FOUND) snprintf(msg, msg_cap, "%.380s", err.msg);
+            if (s == QV_ERR_NOT_FOUND) snprintf(msg, msg_cap, "adapter '%s' not found", one);
+            return s == QV_ERR_NOT_FOUND ? 404 : 500;
+        }
+        snprintf(j->entries[0].name, sizeof(j->entries[0].name), "%s", one);
+        j->n = 1;
+    } else if (qv_store_list(srv->store, &j->entries, &j->n, &err) != QV_OK) {
+        snprintf(msg, msg_cap, "%.380s", err.msg);
+        return 500;
+    }
+    if (j->n) {
+        j->infos = qv_calloc(j->n, sizeof(*j->infos));
+        j->kinds = qv_calloc(j->n, sizeof(*j->kinds));
+        if (!j->infos || !j->kinds) return 500;
+    }
+    for (size_t i = 0; i < j->n; i++) {
+        qv_store_entry *e = &j->entries[i];
+        int rank = 0;
+        version_summary(srv, e->version, j->kinds[i], &rank);
+        j->infos[i] = (qv_proto_adapter_info){.name = e->name,
+                                              .version = e->version,
+                                              .kind = j->kinds[i][0] ? j->kinds[i] : NULL,
+                                              .rank = rank,
+                                              .tier = "disk",
+                                              .alias_of = e->is_alias ? e->target : NULL};
+    }
+    return 0;
+}
+
+/* Hands a job to the engine thread and suspends the connection until it is done. */
+static enum MHD_Result job_start(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                                 admin_job *j) {
+    j->conn = c;
+    j->refs = 2;
+    pthread_mutex_lock(&j->mu);
+    j->suspended = true;
+    MHD_suspend_connection(c);
+    pthread_mutex_unlock(&j->mu);
+    ctx->job = j;
+    if (!post_msg(srv, MSG_JOB, NULL, j)) {
+        pthread_mutex_lock(&j->mu);
+        j->refs--;
+        j->done = true;
+        j->status = 500;
+        snprintf(j->msg, sizeof(j->msg), "out of memory");
+        if (j->suspended) {
+            j->suspended = false;
+            MHD_resume_connection(c);
+        }
+        pthread_mutex_unlock(&j->mu);
+    }
+    return MHD_YES;
+}
+
+static admin_job *job_new(enum job_kind kind, enum job_resp resp) {
+    admin_job *j = qv_calloc(1, sizeof(*j));
+    if (!j) return NULL;
+    pthread_mutex_init(&j->mu, NULL);
+    j->refs = 1;
+    j->kind = kind;
+    j->resp = resp;
+    return j;
+}
+
+/* Starts a listing (models, adapters, one adapter) or a delete. */
+static enum MHD_Result admin_begin(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                                   enum job_kind kind, enum job_resp resp, const char *name) {
+    admin_job *j = job_new(kind, resp);
+    if (!j) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+    if (kind == JOB_TIERS) {
+        char msg[384] = "out of memory";
+        int st = job_gather(srv, j, name, msg, sizeof(msg));
+        if (st) {
+            job_release(j);
+            return send_error(c, ctx, st, NULL, st == 404 ? "adapter_not_found" : NULL, "%s", msg);
+        }
+    } else {
+        snprintf(j->name, sizeof(j->name), "%s", name);
+    }
+    return job_start(srv, c, ctx, j);
+}
+
+/* Called again once the engine finished the job. */
+static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
+    admin_job *j = ctx->job;
+    pthread_mutex_lock(&j->mu);
+    if (!j->done) {
+        j->suspended = true;
+        MHD_suspend_connection(c);
+        pthread_mutex_unlock(&j->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (j->status >= 400)
+        return send_error(c, ctx, j->status, NULL, j->status == 404 ? "adapter_not_found" : NULL,
+                          "%s", j->msg);
+    switch (j->resp) {
+    case RESP_MODELS:
+        return send_json(c, ctx, 200,
+                         qv_proto_encode_model_list(srv->base_name, j->infos, j->n, 0));
+    case RESP_LIST: return send_json(c, ctx, 200, qv_proto_encode_adapter_list(j->infos, j->n));
+    case RESP_ONE: return send_json(c, ctx, 200, qv_proto_encode_adapter(j->infos));
+    case RESP_DELETE: {
+        char buf[256];
+        snprintf(buf, sizeof(buf),
+                 "{\"object\":\"adapter.deleted\",\"name\":\"%s\",\"deleted\":true}",
+                 j->name); /* names are [A-Za-z0-9._-]: no escaping needed */
+        return send_json(c, ctx, 200, qv_strdup(buf));
+    }
+    case RESP_UNLOAD: {
+        char buf[256];
+        snprintf(buf, sizeof(buf), "Success: LoRA adapter '%s' removed successfully.", j->name);
+        size_t len = 0;
+        char *p = libc_copy(buf, &len);
+        return p ? queue_buf(c, ctx, 200, "text/plain", p, len) : MHD_NO;
+    }
+    }
+    return MHD_NO;
+}
+
+/* ---- multipart uploads: POST /v1/adapters, PUT /v1/adapters/{name} ---- */
+
+struct upload {
+    server *srv;
+    struct MHD_PostProcessor *pp;
+    qv_store_txn_t *txn;
+    bool replace;                     /* PUT: the name comes from the URL, may exist */
+    char name[QV_STORE_NAME_MAX + 2]; /* one more byte to notice names that are too long */
+    size_t name_len;
+    bool have_config, have_weights;
+    int status; /* != 0: the first error, answered once the body is consumed */
+    char msg[384];
+    const char *code;
+};
+
+static void upload_fail(upload *u, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void upload_fail(upload *u, int status, const char *code, const char *fmt, ...) {
+    if (u->status) return;
+    u->status = status;
+    u->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(u->msg, sizeof(u->msg), fmt, ap);
+    va_end(ap);
+}
+
+static bool pickle_name(const char *f) {
+    static const char *const ext[] = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"};
+    size_t n = strlen(f);
+    for (size_t i = 0; i < QV_ARRAY_LEN(ext); i++) {
+        size_t e = strlen(ext[i]);
+        if (n >= e && !strcmp(f + n - e, ext[i])) return true;
+    }
+    return false;
+}
+
+/* MHD post-processor iterator: form field `name`, and files streamed into the transaction. */
+static enum MHD_Result upload_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *filename, const char *content_type,
+                                   const char *transfer_encoding, const char *data, uint64_t off,
+                                   size_t size) {
+    (void)kind;
+    (void)content_type;
+    (void)transfer_encoding;
+    (void)off;
+    upload *u = cls;
+    if (u->status) return MHD_YES;
+    if (!filename) {
+        if (key && !strcmp(key, "name") && !u->replace) {
+            if (u->name_len + size >= sizeof(u->name)) {
+                upload_fail(u, 400, "invalid_value", "the adapter name is longer than %d bytes",
+                            QV_STORE_NAME_MAX);
+                return MHD_YES;
+            }
+            memcpy(u->name + u->name_len, data, size);
+            u->name_len += size;
+            u->name[u->name_len] = '\0';
+        }
+        return MHD_YES;
+    }
+    const char *base = strrchr(filename, '/');
+    base = base ? base + 1 : filename;
+    const char *target = key && qv_store_filename_valid(key) ? key
+                         : qv_store_filename_valid(base)     ? base
+                                                             : NULL;
+    if (!target) {
+        if (pickle_name(base) || (key && pickle_name(key)))
+            upload_fail(u, 400, "pickle_refused",
+                        "'%.128s' is a pickle file; quiver never loads pickles: upload "
+                        "adapter_model.safetensors instead",
+                        key && pickle_name(key) ? key : base);
+        else
+            upload_fail(u, 400, "invalid_value",
+                        "unexpected file '%.128s' (expected adapter_config.json and "
+                        "adapter_model.safetensors or adapter.safetensors)",
+                        base);
+        return MHD_YES;
+    }
+    qv_error err = {0};
+    if (!u->txn && qv_store_begin(u->srv->store, &u->txn, &err) != QV_OK) {
+        upload_fail(u, 500, NULL, "%s", err.msg);
+        return MHD_YES;
+    }
+    if (!strcmp(target, "adapter_config.json"))
+        u->have_config = true;
+    else
+        u->have_weights = true;
+    if (size) {
+        qv_status s = qv_store_txn_write(u->txn, target, data, size, &err);
+        if (s != QV_OK)
+            upload_fail(u,
+                        s == QV_ERR_LIMIT     ? 413
+                        : s == QV_ERR_INVALID ? 400
+                                              : 500,
+                        NULL, "%s", err.msg);
+    }
+    return MHD_YES;
+}
+
+static void upload_free(upload *u) {
+    if (!u) return;
+    if (u->pp) MHD_destroy_post_processor(u->pp);
+    qv_store_abort(u->txn);
+    qv_free(u);
+}
+
+/* First call of an upload route: checks the admin key and the store, sets up the post
+ * processor. Refusals are answered after the body was read (and discarded). */
+static upload *upload_new(server *srv, struct MHD_Connection *c, const char *name) {
+    upload *u = qv_calloc(1, sizeof(*u));
+    if (!u) return NULL;
+    u->srv = srv;
+    if (name) {
+        u->replace = true;
+        snprintf(u->name, sizeof(u->name), "%s", name);
+        u->name_len = strlen(u->name);
+    }
+    int st = admin_auth(srv, c);
+    if (st)
+        u->status = st; /* message written by send_admin_refusal */
+    else if (!srv->store)
+        upload_fail(u, 404, NULL, "this server has no adapter store");
+    else if (!(u->pp = MHD_create_post_processor(c, 64 * 1024, upload_iter, u)))
+        upload_fail(u, 400, "invalid_value",
+                    "expected a multipart/form-data body (fields: name, adapter_config.json, "
+                    "adapter_model.safetensors)");
+    return u;
+}
+
+static enum MHD_Result upload_finish(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
+    upload *u = ctx->up;
+    if (u->pp) {
+        MHD_destroy_post_processor(u->pp);
+        u->pp = NULL;
+    }
+    if ((u->status == 401 || u->status == 403) && !u->msg[0])
+        return send_admin_refusal(c, ctx, srv, u->status);
+    qv_error err = {0};
+    char version[QV_STORE_VERSION_LEN + 1];
+    if (!u->status && !u->name_len)
+        upload_fail(u, 400, "invalid_value", "the form has no 'name' field");
+    if (!u->status && !qv_store_name_valid(u->name))
+        upload_fail(u, 400, "invalid_value",
+                    "'%.128s' is not a valid adapter name ([A-Za-z0-9][A-Za-z0-9._-]*, at most "
+                    "%d bytes, no '..')",
+                    u->name, QV_STORE_NAME_MAX);
+    if (!u->status && !u->have_config)
+        upload_fail(u, 400, "invalid_value", "the upload has no adapter_config.json");
+    if (!u->status && !u->have_weights)
+        upload_fail(u, 400, "invalid_value",
+                    "the upload has no adapter_model.safetensors (or adapter.safetensors)");
+    if (!u->status && !u->replace &&
+        qv_store_resolve(srv->store, u->name, version, NULL, &err) == QV_OK)
+        upload_fail(u, 409, "adapter_exists",
+                    "adapter '%s' already exists; PUT /v1/adapters/%s publishes a new version",
+                    u->name, u->name);
+    if (u->status) return send_error(c, ctx, u->status, NULL, u->code, "%s", u->msg);
+    char *dir = qv_strdup(qv_store_txn_dir(u->txn));
+    qv_status s = qv_store_commit(u->txn, u->name, version, &err);
+    u->txn = NULL;
+    if (dir) strip_path(err.msg, dir);
+    qv_free(dir);
+    if (s != QV_OK)
+        return send_error(c, ctx, s == QV_ERR_IO || s == QV_ERR_NOMEM ? 500 : 422, NULL,
+                          "adapter_invalid", "%s", err.msg);
+    QV_LOGI("adapter %s published: version %.12s", u->name, version);
+    char kind[32];
+    int rank = 0;
+    version_summary(srv, version, kind, &rank);
+    qv_proto_adapter_info info = {.name = u->name,
+                                  .version = version,
+                                  .kind = kind[0] ? kind : NULL,
+                                  .rank = rank,
+                                  .tier = "disk"};
+    return send_json(c, ctx, u->replace ? 200 : 201, qv_proto_encode_adapter(&info));
+}
+
+/* ---- vLLM-compatible /v1/load_lora_adapter and /v1/unload_lora_adapter ---- */
+
+static enum MHD_Result handle_lora_load(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
+    char *name = NULL, *path = NULL, *real = NULL, *root = NULL;
+    qv_proto_error pe;
+    enum MHD_Result ret;
+    if (qv_proto_lora_request_decode(ctx->body ? ctx->body : "", ctx->body_len, &name, &path,
+                                     &pe) != QV_OK) {
+        ret = send_error(c, ctx, pe.status == QV_ERR_NOMEM ? 500 : 400, pe.param, "invalid_value",
+                         "%s", pe.message);
+        goto done;
+    }
+    if (!qv_store_name_valid(name)) {
+        ret = send_error(c, ctx, 400, "lora_name", "invalid_value",
+                         "'%.128s' is not a valid adapter name", name);
+        goto done;
+    }
+    const char *dir = srv->cfg->adapter_load_dir;
+    if (!dir || !*dir) {
+        ret = send_error(c, ctx, 403, "lora_path", "forbidden",
+                         "loading adapters from server paths is disabled (start the server with "
+                         "--adapter-load-dir DIR)");
+        goto done;
+    }
+    real = realpath(path, NULL);
+    root = realpath(dir, NULL);
+    size_t rl = root ? strlen(root) : 0;
+    if (!real || !root || strncmp(real, root, rl) != 0 || (real[rl] != '/' && real[rl] != '\0')) {
+        ret = send_error(c, ctx, real ? 403 : 404, "lora_path", real ? "forbidden" : "not_found",
+                         real ? "lora_path '%.200s' is not under the adapter load directory"
+                              : "lora_path '%.200s' does not exist",
+                         path);
+        goto done;
+    }
+    qv_error err = {0};
+    char version[QV_STORE_VERSION_LEN + 1];
+    qv_status s = preload_one(srv, name, real, version, &err);
+    if (s != QV_OK) {
+        ret = send_error(c, ctx, s == QV_ERR_IO || s == QV_ERR_NOMEM ? 500 : 422, NULL,
+                         "adapter_invalid", "%s", err.msg);
+        goto done;
+    }
+    QV_LOGI("adapter %s published from %s: version %.12s", name, real, version);
+    char buf[256];
+    snprintf(buf, sizeof(buf), "Success: LoRA adapter '%s' added successfully.", name);
+    size_t len = 0;
+    char *p = libc_copy(buf, &len);
+    ret = p ? queue_buf(c, ctx, 200, "text/plain", p, len) : MHD_NO;
+done:
+    free(real);
+    free(root);
+    qv_free(name);
+    qv_free(path);
+    return ret;
+}
+
+static enum MHD_Result handle_lora_unload(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
+    char *name = NULL;
+    qv_proto_error pe;
+    if (qv_proto_lora_request_decode(ctx->body ? ctx->body : "", ctx->body_len, &name, NULL, &pe) !=
+        QV_OK)
+        return send_error(c, ctx, pe.status == QV_ERR_NOMEM ? 500 : 400, pe.param, "invalid_value",
+                          "%s", pe.message);
+    enum MHD_Result ret;
+    if (!qv_store_name_valid(name))
+        ret = send_error(c, ctx, 400, "lora_name", "invalid_value",
+                         "'%.128s' is not a valid adapter name", name);
+    else
+        ret = admin_begin(srv, c, ctx, JOB_DELETE, RESP_UNLOAD, name);
+    qv_free(name);
+    return ret;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
@@ -1119,6 +1650,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!ctx) return MHD_NO;
         ctx->t0 = qv_time_s();
         *con_cls = ctx;
+        bool put = !strcmp(method, MHD_HTTP_METHOD_PUT);
+        if ((!strcmp(method, MHD_HTTP_METHOD_POST) && !strcmp(url, "/v1/adapters")) ||
+            (put && !strncmp(url, "/v1/adapters/", 13) && url[13])) {
+            snprintf(ctx->route, sizeof(ctx->route), "%s %s", method, url);
+            if (!(ctx->up = upload_new(srv, c, put ? url + 13 : NULL))) return MHD_NO;
+        }
+        return MHD_YES;
+    }
+    if (ctx->up) {
+        upload *u = ctx->up;
+        if (!*upload_data_size) return upload_finish(srv, c, ctx);
+        if (u->pp && !u->status &&
+            MHD_post_process(u->pp, upload_data, *upload_data_size) != MHD_YES)
+            upload_fail(u, 400, "invalid_value", "malformed multipart/form-data body");
+        *upload_data_size = 0;
         return MHD_YES;
     }
     if (*upload_data_size) {
@@ -1143,6 +1689,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         ctx->body[ctx->body_len] = '\0';
         return MHD_YES;
     }
+    if (ctx->job) return admin_respond(srv, c, ctx);
     if (ctx->req) return respond(c, ctx);
     snprintf(ctx->route, sizeof(ctx->route), "%s %s", method, url);
     bool get = !strcmp(method, MHD_HTTP_METHOD_GET), post_m = !strcmp(method, MHD_HTTP_METHOD_POST);
@@ -1156,10 +1703,42 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return send_json(c, ctx, 503, qv_strdup("{\"status\":\"draining\"}"));
         return send_json(c, ctx, 200, qv_strdup("{\"status\":\"ready\"}"));
     }
+    bool adapters_route = !strcmp(url, "/v1/adapters") || !strncmp(url, "/v1/adapters/", 13);
+    bool lora_route =
+        !strcmp(url, "/v1/load_lora_adapter") || !strcmp(url, "/v1/unload_lora_adapter");
     bool known = !strcmp(url, "/v1/models") || !strcmp(url, "/metrics") ||
-                 !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions");
+                 !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
+                 adapters_route || lora_route;
     if (!known)
         return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %s", method, url);
+    if (adapters_route || lora_route) {
+        const char *name = !strncmp(url, "/v1/adapters/", 13) ? url + 13 : NULL;
+        bool del = !strcmp(method, MHD_HTTP_METHOD_DELETE);
+        if (lora_route || (del && name)) {
+            if (lora_route && !post_m) goto bad_method;
+            int st = admin_auth(srv, c);
+            if (st) return send_admin_refusal(c, ctx, srv, st);
+            if (ctx->too_big)
+                return send_error(c, ctx, 413, NULL, "body_too_large",
+                                  "the request body exceeds %zu bytes", srv->cfg->max_body_bytes);
+            if (lora_route)
+                return !strcmp(url, "/v1/load_lora_adapter") ? handle_lora_load(srv, c, ctx)
+                                                             : handle_lora_unload(srv, c, ctx);
+            if (!qv_store_name_valid(name))
+                return send_error(c, ctx, 400, NULL, "invalid_value",
+                                  "'%.128s' is not a valid adapter name", name);
+            return admin_begin(srv, c, ctx, JOB_DELETE, RESP_DELETE, name);
+        }
+        if (!get) goto bad_method;
+        if (!authorized(srv, c))
+            return send_error(c, ctx, 401, NULL, "invalid_api_key",
+                              "missing or wrong API key (send 'Authorization: Bearer <key>')");
+        if (!name) return admin_begin(srv, c, ctx, JOB_TIERS, RESP_LIST, NULL);
+        if (!qv_store_name_valid(name) && !qv_store_version_valid(name))
+            return send_error(c, ctx, 400, NULL, "invalid_value",
+                              "'%.128s' is not a valid adapter name", name);
+        return admin_begin(srv, c, ctx, JOB_TIERS, RESP_ONE, name);
+    }
     if (!authorized(srv, c))
         return send_error(c, ctx, 401, NULL, "invalid_api_key",
                           "missing or wrong API key (send 'Authorization: Bearer <key>')");
@@ -1168,8 +1747,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                           srv->cfg->max_body_bytes);
     if (!strcmp(url, "/v1/models")) {
         if (!get) goto bad_method;
-        const char *ids[1] = {srv->base_name};
-        return send_json(c, ctx, 200, qv_proto_encode_models(ids, 1, 0, "quiver"));
+        return admin_begin(srv, c, ctx, JOB_TIERS, RESP_MODELS, NULL);
     }
     if (!strcmp(url, "/metrics")) {
         if (!get) goto bad_method;
@@ -1185,7 +1763,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                            !strcmp(url, "/v1/completions") ? QV_PROTO_COMPLETIONS : QV_PROTO_CHAT);
 bad_method:;
     const char *allow =
-        !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ? "POST" : "GET";
+        !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") || lora_route
+            ? "POST"
+        : !strcmp(url, "/v1/adapters")       ? "GET, POST"
+        : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"
+                                             : "GET";
     char *json = qv_proto_encode_error("method not allowed", "invalid_request_error", NULL,
                                        "method_not_allowed");
     size_t len = 0;
@@ -1212,6 +1794,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (!ctx) return;
     *con_cls = NULL;
     double now = qv_time_s();
+    if (ctx->job) job_release(ctx->job);
+    upload_free(ctx->up);
     request *r = ctx->req;
     if (r) {
         pthread_mutex_lock(&r->mu);
@@ -1493,8 +2077,8 @@ out:
     while (srv->inbox_head) {
         inbox_msg *msg = srv->inbox_head;
         srv->inbox_head = msg->next;
-        if (msg->type == MSG_CANCEL)
-            request_release(msg->req);
+        if (msg->type == MSG_JOB)
+            job_release(msg->job);
         else
             request_release(msg->req);
         qv_free(msg);

@@ -28,11 +28,12 @@ typedef struct qv_http_config {
     int queue_limit;        /* waiting requests before 429 */
     double drain_timeout_s; /* SIGTERM: in-flight requests get this long to finish */
     /* adapters */
-    const char *adapter_store;  /* store root (adapters/store.h); NULL = no adapters */
-    size_t adapter_host_mb;     /* host-memory budget of loaded adapters, MiB */
-    int max_rank;               /* largest LoRA rank accepted; 0 = no limit */
-    const char *admin_key;      /* key for adapter uploads/deletes; NULL/"" = those refused */
-    const char *const *preload; /* "NAME=DIR" adapters published into the store at start-up */
+    const char *adapter_store;    /* store root (adapters/store.h); NULL = no adapters */
+    size_t adapter_host_mb;       /* host-memory budget of loaded adapters, MiB */
+    int max_rank;                 /* largest LoRA rank accepted; 0 = no limit */
+    const char *admin_key;        /* key for adapter uploads/deletes; NULL/"" = those refused */
+    const char *adapter_load_dir; /* /v1/load_lora_adapter paths must lie under it; NULL = off */
+    const char *const *preload;   /* "NAME=DIR" adapters published into the store at start-up */
     size_t n_preload;
 } qv_http_config;
 

@@ -37,6 +37,8 @@ static void usage(FILE *f) {
                "  --adapter-host-mb N      host memory for loaded adapters in MiB (default 1024)\n"
                "  --max-rank N             largest LoRA rank accepted, 0 = any (default 0)\n"
                "  --admin-key K            key for adapter uploads and deletes (default: none)\n"
+               "  --adapter-load-dir DIR   /v1/load_lora_adapter may read adapters under DIR "
+               "(default: off)\n"
                "  --preload NAME=DIR       publish adapter directory DIR as NAME at start-up "
                "(repeatable)\n"
                "  --log-level L            debug|info|warn|error (default info)\n");
@@ -110,6 +112,7 @@ static const opt_def opts[] = {
     {"--adapter-host-mb", "QUIVER_ADAPTER_HOST_MB", 1, 1 << 24, 1, OFF(adapter_host_mb)},
     {"--max-rank", "QUIVER_MAX_RANK", 0, 1 << 16, 0, OFF(max_rank)},
     {"--admin-key", "QUIVER_ADMIN_KEY", 0, 0, 2, OFF(admin_key)},
+    {"--adapter-load-dir", "QUIVER_ADAPTER_LOAD_DIR", 0, 0, 2, OFF(adapter_load_dir)},
 };
 
 #define MAX_PRELOAD 64

@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_http_api as T  # noqa: E402 - the shared Server class, check() and failures
@@ -70,6 +71,37 @@ def chat(srv, model, user, n=48):
     return st, json.loads(data)
 
 
+ADMIN = "admin-key-456"
+
+
+def multipart(fields, files):
+    """(body, content_type) of a multipart/form-data form: fields {k: str}, files
+    [(field, filename, bytes)]."""
+    b = uuid.uuid4().hex
+    out = []
+    for k, v in fields.items():
+        out.append(f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                   .encode())
+    for k, fn, data in files:
+        out.append(f'--{b}\r\nContent-Disposition: form-data; name="{k}"; filename="{fn}"\r\n'
+                   f'Content-Type: application/octet-stream\r\n\r\n'.encode() + data + b"\r\n")
+    out.append(f"--{b}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={b}"
+
+
+def adapter_files(d, names=("adapter_config.json", "adapter_model.safetensors")):
+    return [(n, n, open(os.path.join(d, n), "rb").read()) for n in names]
+
+
+def upload(srv, method, path, fields, files, key=ADMIN):
+    body, ctype = multipart(fields, files)
+    st, _, data = srv.raw(method, path, body, headers={"Content-Type": ctype}, key=key)
+    try:
+        return st, json.loads(data)
+    except ValueError:
+        return st, data
+
+
 def text_of(resp):
     ch = resp["choices"][0]
     return ch["text"] if "text" in ch else ch["message"]["content"]
@@ -104,7 +136,8 @@ def run(store, servers):
     preload = []
     for name, d, _ in fix + demo:
         preload += ["--preload", f"{name}={d}"]
-    srv = T.Server("--adapter-store", store, *preload, "--max-seqs", "16")
+    srv = T.Server("--adapter-store", store, *preload, "--max-seqs", "16", "--admin-key", ADMIN,
+                   "--adapter-load-dir", os.path.join(FIX, "adapters"))
     servers.append(srv)
     base = os.path.basename(T.MODEL)[:-len(".gguf")]
 
@@ -197,6 +230,7 @@ def run(store, servers):
     # The server is still healthy and serves the base.
     st, r = complete(srv, base, g[0], g[2])
     check(st == 200 and text_of(r) == base_text, "base still served after a load failure")
+    run_admin_tests(srv, store, fix, demo, solo, base)
     log = "".join(srv.lines)
     check("adapter=pirate status=200" in log and "adapter=lora-r8-all status=200" in log,
           "request log lines carry the adapter name")
@@ -213,6 +247,11 @@ def run(store, servers):
         p = prompts[0]
         st, r = complete(srv2, name, p[0], p[2])
         check(st == 200 and text_of(r) == solo[(name, 0)], f"after restart: {name} still served")
+    p = fix[1][2][0]  # "up" holds the prefix-tuning version PUT last
+    st, r = complete(srv2, "up", p[0], p[2])
+    check(st == 200 and text_of(r) == solo[(fix[1][0], 0)], "after restart: uploaded 'up' served")
+    st, data = upload(srv2, "POST", "/v1/adapters", {"name": "x"}, adapter_files(fix[0][1]))
+    check(st == 403 and "--admin-key" in str(data), f"no --admin-key: uploads 403 ({st})")
     rc = srv2.stop()
     check(rc == 0, f"restarted server exits 0 ({rc})")
 
@@ -226,6 +265,112 @@ def run(store, servers):
     check(st == 200 and text_of(r) == solo[(fix[2][0], 0)], f"--max-rank 4: {fix[2][0]} served")
     rc = srv3.stop()
     check(rc == 0, f"third server exits 0 ({rc})")
+
+
+def run_admin_tests(srv, store, fix, demo, solo, base):
+    """Listing, upload / PUT / DELETE, vLLM load/unload, and their refusals."""
+    names = {n for n, _, _ in fix + demo}
+    # GET /v1/models: the base then every adapter with kind, rank, version and tier.
+    st, _, data = srv.raw("GET", "/v1/models")
+    models = json.loads(data)["data"] if st == 200 else []
+    ids = [m["id"] for m in models]
+    check(st == 200 and ids[0] == base and names <= set(ids[1:]), f"/v1/models lists all: {ids}")
+    by = {m["id"]: m for m in models}
+    pir = by.get("pirate", {}).get("adapter", {})
+    want_v = open(os.path.join(store, "names", "pirate")).read().strip()
+    check(pir.get("kind") == "LORA" and pir.get("rank") == 8 and pir.get("version") == want_v
+          and pir.get("tier") == "host", f"/v1/models pirate: {pir}")
+    check(by.get("ia3", {}).get("adapter", {}).get("kind") == "IA3", "/v1/models ia3 kind")
+    st, _, data = srv.raw("GET", "/v1/adapters/shouting")
+    one = json.loads(data)
+    check(st == 200 and one.get("name") == "shouting" and one.get("tier") == "host",
+          f"GET /v1/adapters/shouting: {one}")
+    st, _, data = srv.raw("GET", "/v1/adapters")
+    check(st == 200 and names <= {a["name"] for a in json.loads(data)["data"]}, "GET /v1/adapters")
+    T.expect_error(srv, "GET unknown adapter", 404, "GET", "/v1/adapters/nope")
+    T.expect_error(srv, "GET path trick", 400, "GET", "/v1/adapters/..%2f..%2fetc")
+
+    ia3_dir, prefix_dir = fix[2][1], fix[1][1]
+    # Refusals: no key 401, wrong key 403, names, pickles, missing or invalid files, conflicts.
+    files = adapter_files(ia3_dir)
+    st, _ = upload(srv, "POST", "/v1/adapters", {"name": "up"}, files, key=None)
+    check(st == 401, f"upload without a key: 401 ({st})")
+    st, _ = upload(srv, "POST", "/v1/adapters", {"name": "up"}, files, key="wrong")
+    check(st == 403, f"upload with a non-admin key: 403 ({st})")
+    for bad in ("../up", "a/b", "..", ".hidden", "x" * 200):
+        st, data = upload(srv, "POST", "/v1/adapters", {"name": bad}, files)
+        check(st == 400 and "name" in str(data), f"upload named {bad[:20]!r}: 400 ({st})")
+    st, data = upload(srv, "POST", "/v1/adapters", {"name": "pk"},
+                      files[:1] + [("adapter_model.bin", "adapter_model.bin", b"\x80\x02}q\x00.")])
+    check(st == 400 and "pickle" in str(data), f"pickle upload refused: {st} {data}")
+    st, data = upload(srv, "POST", "/v1/adapters", {"name": "pk"}, files[:1])
+    check(st == 400 and "adapter_model.safetensors" in str(data), f"no weights: 400 ({st})")
+    wrong = files[:1] + adapter_files(DEMO + "/pirate")[1:]
+    st, data = upload(srv, "POST", "/v1/adapters", {"name": "pk"}, wrong)
+    check(st == 422 and "tmp" not in str(data), f"IA3 config + LoRA weights: 422 {st} {data}")
+    st, data = upload(srv, "POST", "/v1/adapters", {"name": "pk"},
+                      [("adapter_config.json", "adapter_config.json", b"{not json")] + files[1:])
+    check(st in (400, 422), f"malformed config: {st} {data}")
+    check(not os.path.exists(os.path.join(store, "names", "pk")), "nothing published on refusals")
+    st, data = upload(srv, "POST", "/v1/adapters", {"name": "pirate"}, files)
+    check(st == 409, f"POST over an existing name: 409 ({st})")
+
+    # Upload -> use -> PUT a new version while a request of the old one runs -> DELETE -> 404.
+    st, data = upload(srv, "POST", "/v1/adapters", {"name": "up"}, files)
+    check(st == 201 and data.get("kind") == "IA3", f"upload: 201 {data}")
+    p_ia3 = fix[2][2][0]
+    st, r = complete(srv, "up", p_ia3[0], p_ia3[2])
+    check(st == 200 and text_of(r) == solo[(fix[2][0], 0)], "uploaded adapter equals HF PEFT")
+    client = srv.client()
+    stream = client.completions.create(model="up", prompt=p_ia3[0], max_tokens=p_ia3[2],
+                                       temperature=0, stream=True)
+    parts = []
+    it = iter(stream)
+    first = next(it)
+    parts.append(first.choices[0].text)
+    st, data = upload(srv, "PUT", "/v1/adapters/up", {}, adapter_files(prefix_dir))
+    check(st == 200 and data.get("kind") == "PREFIX_TUNING", f"PUT new version: {st} {data}")
+    p_pre = fix[1][2][0]
+    st, r = complete(srv, "up", p_pre[0], p_pre[2])
+    check(st == 200 and text_of(r) == solo[(fix[1][0], 0)], "after PUT: the new version serves")
+    for ch in it:
+        parts.append(ch.choices[0].text if ch.choices else "")
+    check("".join(parts) == solo[(fix[2][0], 0)],
+          "a request of the old version running across the PUT is unaffected")
+    st, _, data = srv.raw("DELETE", "/v1/adapters/up", key=None)
+    check(st == 401, f"DELETE without a key: 401 ({st})")
+    st, _, data = srv.raw("DELETE", "/v1/adapters/up", key=ADMIN)
+    check(st == 200, f"DELETE: 200 ({st} {data!r})")
+    T.expect_error(srv, "use after DELETE", 404, "POST", "/v1/completions",
+                   {"model": "up", "prompt": "x", "max_tokens": 2})
+    T.expect_error(srv, "DELETE again", 404, "DELETE", "/v1/adapters/up", key=ADMIN)
+    st, data = upload(srv, "PUT", "/v1/adapters/up", {}, adapter_files(prefix_dir))
+    check(st == 200, f"PUT re-creates 'up' ({st})")
+
+    # vLLM-compatible load / unload.
+    lp = fix[0][1]
+    body = {"lora_name": "vl", "lora_path": lp}
+    T.expect_error(srv, "load_lora_adapter without a key", 401, "POST", "/v1/load_lora_adapter",
+                   body, key=None)
+    st, _, data = srv.raw("POST", "/v1/load_lora_adapter", body, key=ADMIN)
+    check(st == 200 and b"vl" in data, f"load_lora_adapter: {st} {data!r}")
+    p = fix[0][2][0]
+    st, r = complete(srv, "vl", p[0], p[2])
+    check(st == 200 and text_of(r) == solo[(fix[0][0], 0)], "vLLM-loaded adapter equals HF PEFT")
+    T.expect_error(srv, "load_lora_adapter outside --adapter-load-dir", 403, "POST",
+                   "/v1/load_lora_adapter",
+                   {"lora_name": "vl2", "lora_path": os.path.join(DEMO, "pirate")}, key=ADMIN)
+    T.expect_error(srv, "load_lora_adapter escaping with ..", 403, "POST",
+                   "/v1/load_lora_adapter",
+                   {"lora_name": "vl2", "lora_path": os.path.join(FIX, "adapters", "..", "..")},
+                   key=ADMIN)
+    T.expect_error(srv, "load_lora_adapter bad name", 400, "POST", "/v1/load_lora_adapter",
+                   {"lora_name": "../vl", "lora_path": lp}, key=ADMIN)
+    st, _, data = srv.raw("POST", "/v1/unload_lora_adapter", {"lora_name": "vl"}, key=ADMIN)
+    check(st == 200, f"unload_lora_adapter: {st} {data!r}")
+    T.expect_error(srv, "use after unload", 404, "POST", "/v1/completions",
+                   {"model": "vl", "prompt": "x", "max_tokens": 2})
+
 
 if __name__ == "__main__":
     sys.exit(main())
