@@ -326,10 +326,50 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
 
 /* ---- engine thread ---- */
 
+/* Appends r's adapter name to a comma-separated list unless it is there already. */
+static void add_name(char *list, size_t cap, const request *r) {
+    if (!r->adapter) return;
+    size_t n = strlen(r->adapter), len = strlen(list);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == n && !strncmp(p, r->adapter, n)) return;
+        p += l + (e != NULL);
+    }
+    if (len + n + 2 > cap) return;
+    if (len) list[len++] = ',';
+    memcpy(list + len, r->adapter, n + 1);
+}
+
 static void update_gauges(server *srv) {
     int pages = qv_engine_kv_pages(srv->engine);
     qv_metrics_gauges(srv->metrics, atomic_load(&srv->n_waiting), qv_engine_n_active(srv->engine),
                       pages - qv_engine_kv_free_pages(srv->engine), pages);
+    if (!srv->reg) return;
+    qv_registry_stats rs;
+    qv_registry_get_stats(srv->reg, &rs);
+    qv_metrics_adapter_stats st = {.hits = rs.hits,
+                                   .misses = rs.misses,
+                                   .loads = rs.loads,
+                                   .load_failures = rs.load_failures,
+                                   .evictions_host = rs.evictions_host,
+                                   .evictions_device = rs.evictions_device,
+                                   .load_latency_sum_s = rs.load_latency_sum_s,
+                                   .load_latency_max_s = rs.load_latency_max_s,
+                                   .host_bytes = rs.host_bytes_used,
+                                   .device_bytes = rs.device_bytes_used,
+                                   .n_entries = rs.n_entries,
+                                   .n_loading = rs.n_loading,
+                                   .n_host = rs.n_entries - rs.n_loading,
+                                   .n_device = 0}; /* CPU: no separate device tier */
+    char running[1024] = "", waiting[1024] = "";
+    for (const request *r = srv->running; r; r = r->next)
+        add_name(running, sizeof(running), r);
+    for (const request *r = srv->pending_head; r; r = r->next)
+        add_name(waiting, sizeof(waiting), r);
+    for (const request *r = srv->await_head; r; r = r->next)
+        add_name(waiting, sizeof(waiting), r);
+    qv_metrics_adapters(srv->metrics, &st, running, waiting, srv->cfg->max_seqs);
 }
 
 static void pending_push(server *srv, request *r) {
@@ -1816,6 +1856,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         }
         if (!ok) status = 499; /* nginx's "client closed request" */
         qv_metrics_request(srv->metrics, status, (int)r->n_ids, n_out, ttft, tpot, now - ctx->t0);
+        qv_metrics_adapter_request(srv->metrics, r->adapter);
         QV_LOGI("request %s adapter=%s status=%d tokens_in=%zu tokens_out=%d ttft=%.3fs "
                 "total=%.3fs%s",
                 r->id, r->adapter ? r->adapter : "-", status, r->n_ids, n_out, ttft, now - ctx->t0,

@@ -2,7 +2,8 @@
  * metrics.c - Prometheus counters, gauges and fixed-bucket histograms for the server.
  *
  * Invariant: every field is guarded by `mu`. Status codes are counted in a fixed table
- * (100..599), so the label cardinality is bounded. Thread: any.
+ * (100..599) and adapter names in a table of QV_METRICS_MAX_ADAPTER_LABELS plus "other", so
+ * the label cardinality is bounded. Thread: any.
  */
 #include "server/metrics.h"
 
@@ -10,6 +11,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/core.h"
 
@@ -29,6 +31,15 @@ struct qv_metrics {
     unsigned long long tokens_in, tokens_out;
     histogram ttft, tpot, e2e;
     int queue_depth, running, kv_used, kv_total;
+    /* adapters */
+    qv_metrics_adapter_stats ad;
+    char lora_running[1024], lora_waiting[1024];
+    int max_lora;
+    double lora_info_time;
+    char adapter_name[QV_METRICS_MAX_ADAPTER_LABELS][136];
+    unsigned long long adapter_requests[QV_METRICS_MAX_ADAPTER_LABELS];
+    int n_adapter_names;
+    unsigned long long other_requests, base_requests;
 };
 
 qv_metrics *qv_metrics_create(void) {
@@ -72,6 +83,38 @@ void qv_metrics_gauges(qv_metrics *m, int queue_depth, int running, int kv_used,
     m->running = running;
     m->kv_used = kv_used;
     m->kv_total = kv_total;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_adapters(qv_metrics *m, const qv_metrics_adapter_stats *st, const char *running,
+                         const char *waiting, int max_lora) {
+    pthread_mutex_lock(&m->mu);
+    m->ad = *st;
+    snprintf(m->lora_running, sizeof(m->lora_running), "%s", running ? running : "");
+    snprintf(m->lora_waiting, sizeof(m->lora_waiting), "%s", waiting ? waiting : "");
+    m->max_lora = max_lora;
+    m->lora_info_time = (double)time(NULL);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_adapter_request(qv_metrics *m, const char *adapter) {
+    pthread_mutex_lock(&m->mu);
+    if (!adapter) {
+        m->base_requests++;
+    } else {
+        int i = 0;
+        while (i < m->n_adapter_names && strcmp(m->adapter_name[i], adapter) != 0)
+            i++;
+        if (i == m->n_adapter_names && i < QV_METRICS_MAX_ADAPTER_LABELS &&
+            strlen(adapter) < sizeof(m->adapter_name[i]) && strcmp(adapter, "other") != 0) {
+            snprintf(m->adapter_name[i], sizeof(m->adapter_name[i]), "%s", adapter);
+            m->n_adapter_names++;
+        }
+        if (i < m->n_adapter_names)
+            m->adapter_requests[i]++;
+        else
+            m->other_requests++;
+    }
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -150,6 +193,52 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# HELP quiver_kv_pages_total KV cache pages in the pool.\n"
         "# TYPE quiver_kv_pages_total gauge\nquiver_kv_pages_total %d\n",
         m->queue_depth, m->running, m->kv_used, m->kv_total);
+    const qv_metrics_adapter_stats *a = &m->ad;
+    put(&b,
+        "# HELP quiver_adapter_resident Loaded adapter versions per residency tier.\n"
+        "# TYPE quiver_adapter_resident gauge\n"
+        "quiver_adapter_resident{tier=\"host\"} %llu\n"
+        "quiver_adapter_resident{tier=\"device\"} %llu\n"
+        "quiver_adapter_resident{tier=\"loading\"} %llu\n"
+        "# HELP quiver_adapter_bytes Bytes of loaded adapters per tier.\n"
+        "# TYPE quiver_adapter_bytes gauge\n"
+        "quiver_adapter_bytes{tier=\"host\"} %llu\nquiver_adapter_bytes{tier=\"device\"} %llu\n"
+        "# HELP quiver_adapter_loads_total Adapter loads started.\n"
+        "# TYPE quiver_adapter_loads_total counter\nquiver_adapter_loads_total %llu\n"
+        "# HELP quiver_adapter_load_failures_total Adapter loads that failed.\n"
+        "# TYPE quiver_adapter_load_failures_total counter\n"
+        "quiver_adapter_load_failures_total %llu\n"
+        "# HELP quiver_adapter_evictions_total Adapter versions evicted per tier.\n"
+        "# TYPE quiver_adapter_evictions_total counter\n"
+        "quiver_adapter_evictions_total{tier=\"host\"} %llu\n"
+        "quiver_adapter_evictions_total{tier=\"device\"} %llu\n"
+        "# HELP quiver_adapter_acquires_total Adapter acquisitions: hit (loaded) or miss (load).\n"
+        "# TYPE quiver_adapter_acquires_total counter\n"
+        "quiver_adapter_acquires_total{result=\"hit\"} %llu\n"
+        "quiver_adapter_acquires_total{result=\"miss\"} %llu\n"
+        "# HELP quiver_adapter_load_seconds Adapter load latency (sum and max), start to use.\n"
+        "# TYPE quiver_adapter_load_seconds gauge\n"
+        "quiver_adapter_load_seconds{stat=\"sum\"} %.6f\n"
+        "quiver_adapter_load_seconds{stat=\"max\"} %.6f\n",
+        a->n_host, a->n_device, a->n_loading, a->host_bytes, a->device_bytes, a->loads,
+        a->load_failures, a->evictions_host, a->evictions_device, a->hits, a->misses,
+        a->load_latency_sum_s, a->load_latency_max_s);
+    put(&b,
+        "# HELP quiver_adapter_requests_total Finished generation requests per adapter "
+        "(base = none; other = beyond the first %d names).\n"
+        "# TYPE quiver_adapter_requests_total counter\n"
+        "quiver_adapter_requests_total{adapter=\"\"} %llu\n",
+        QV_METRICS_MAX_ADAPTER_LABELS, m->base_requests);
+    for (int i = 0; i < m->n_adapter_names; i++)
+        put(&b, "quiver_adapter_requests_total{adapter=\"%s\"} %llu\n", m->adapter_name[i],
+            m->adapter_requests[i]);
+    put(&b, "quiver_adapter_requests_total{adapter=\"other\"} %llu\n", m->other_requests);
+    put(&b,
+        "# HELP vllm:lora_requests_info Running stats on LoRA requests (vLLM-compatible).\n"
+        "# TYPE vllm:lora_requests_info gauge\n"
+        "vllm:lora_requests_info{running_lora_adapters=\"%s\",waiting_lora_adapters=\"%s\","
+        "max_lora=\"%d\"} %.3f\n",
+        m->lora_running, m->lora_waiting, m->max_lora, m->lora_info_time);
     pthread_mutex_unlock(&m->mu);
     if (b.oom) {
         qv_free(b.p);

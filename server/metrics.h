@@ -25,6 +25,25 @@ void qv_metrics_request(qv_metrics *m, int http_status, int n_in, int n_out, dou
 /* Gauges, overwritten by the engine thread after each step. */
 void qv_metrics_gauges(qv_metrics *m, int queue_depth, int running, int kv_used, int kv_total);
 
+/* Adapter registry numbers (adapters/registry.h stats), overwritten by the engine thread. */
+typedef struct qv_metrics_adapter_stats {
+    unsigned long long hits, misses, loads, load_failures, evictions_host, evictions_device;
+    double load_latency_sum_s, load_latency_max_s;
+    unsigned long long host_bytes, device_bytes, n_entries, n_loading;
+    unsigned long long n_host, n_device; /* loaded versions per residency tier */
+} qv_metrics_adapter_stats;
+
+/* Registry counters plus vLLM's lora_requests_info labels: comma-separated names of adapters
+ * with running / waiting requests (copied, truncated at 1 KiB) and max_lora. */
+void qv_metrics_adapters(qv_metrics *m, const qv_metrics_adapter_stats *st, const char *running,
+                         const char *waiting, int max_lora);
+
+/* Counts one finished generation request on `adapter` (NULL = the base model). The first
+ * QV_METRICS_MAX_ADAPTER_LABELS distinct names get their own label; later ones are counted
+ * under adapter="other", so the label cardinality stays bounded. */
+#define QV_METRICS_MAX_ADAPTER_LABELS 32
+void qv_metrics_adapter_request(qv_metrics *m, const char *adapter);
+
 /* Renders the exposition text. Owner: caller (qv_free). NULL when out of memory. */
 char *qv_metrics_render(qv_metrics *m, size_t *len);
 

@@ -197,6 +197,16 @@ def run(store, servers):
            if results[i] != (base_text if k == "base" else solo[k])]
     check(not bad, f"{len(jobs)} concurrent mixed requests equal their solo outputs {bad[:2]}")
 
+    # Metrics: registry counters, per-adapter request counters, vLLM's lora_requests_info.
+    m = srv.metrics()
+    check(m.get("quiver_adapter_loads_total", 0) >= 5, "metrics: adapter loads counted")
+    check(m.get('quiver_adapter_resident{tier="host"}', 0) >= 5, "metrics: 5 adapters resident")
+    check(m.get('quiver_adapter_requests_total{adapter="pirate"}', 0) >= 4,
+          "metrics: per-adapter request counter")
+    check(m.get('quiver_adapter_acquires_total{result="hit"}', 0) > 0, "metrics: acquire hits")
+    info = [k for k in m if k.startswith("vllm:lora_requests_info{")]
+    check(len(info) == 1 and 'max_lora="16"' in info[0], f"metrics: lora_requests_info {info}")
+
     # Errors: unknown names and path tricks are 404 model_not_found.
     good = {"prompt": "x", "max_tokens": 2}
     for what, body in (("unknown adapter", dict(good, model="no-such-adapter")),
@@ -328,6 +338,9 @@ def run_admin_tests(srv, store, fix, demo, solo, base):
     it = iter(stream)
     first = next(it)
     parts.append(first.choices[0].text)
+    st, _, mtext = srv.raw("GET", "/metrics")
+    check('running_lora_adapters="up"' in mtext.decode(),
+          "vllm:lora_requests_info names the running adapter")
     st, data = upload(srv, "PUT", "/v1/adapters/up", {}, adapter_files(prefix_dir))
     check(st == 200 and data.get("kind") == "PREFIX_TUNING", f"PUT new version: {st} {data}")
     p_pre = fix[1][2][0]
