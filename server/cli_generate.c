@@ -10,11 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "engine/engine.h"
 #include "server/cli.h"
 
 #include "adapters/adapters.h"
+#include "adapters/store.h"
 #include "engine/adapter_apply.h"
 
 #define MAX_STOPS 16
@@ -74,7 +76,9 @@ static void usage(FILE *f, bool chat) {
             "  --threads N             CPU threads (default: all cores)\n"
             "  --kv-mb N               KV cache budget in MiB (default 256)\n"
             "  --device cpu|cuda       compute device (default cpu)\n"
-            "  --adapter DIR           PEFT / AdapterHub adapter directory (CPU only)\n"
+            "  --adapter DIR|NAME      PEFT / AdapterHub adapter directory, or a name (alias,\n"
+            "                          version) in the adapter store $QUIVER_ADAPTER_STORE\n"
+            "                          (default $QUIVER_HOME/adapters) (CPU only)\n"
             "  --verbose               log loading details and timings\n",
             default_model(), MAX_STOPS);
 }
@@ -320,6 +324,8 @@ static int run_generation(qv_engine *e, const gen_opts *o, const int32_t *ids, s
     return 0;
 }
 
+static qv_status resolve_adapter(const char *arg, char **path, qv_error *err);
+
 static qv_engine *open_engine(gen_opts *o) {
     if (!o->verbose) qv_log_set_level(QV_LOG_WARN);
     qv_engine_config c;
@@ -335,14 +341,52 @@ static qv_engine *open_engine(gen_opts *o) {
         return NULL;
     }
     if (o->adapter_dir) {
-        if (qv_adapter_load(o->adapter_dir, qv_engine_model(e), NULL, &o->adapter, &err) != QV_OK) {
+        char *path = NULL;
+        if (resolve_adapter(o->adapter_dir, &path, &err) != QV_OK ||
+            qv_adapter_load(path, qv_engine_model(e), NULL, &o->adapter, &err) != QV_OK) {
             fprintf(stderr, "quiver: %s\n", err.msg);
+            qv_free(path);
             qv_engine_destroy(e);
             return NULL;
         }
+        qv_free(path);
         o->gp.adapter = o->adapter;
     }
     return e;
+}
+
+/* --adapter: an existing directory is used as is; anything else that is a valid store name or
+ * version id is resolved through the adapter store (the one `quiver serve` uses by default).
+ * *path is owned by the caller (qv_free). */
+static qv_status resolve_adapter(const char *arg, char **path, qv_error *err) {
+    struct stat st;
+    if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) {
+        *path = qv_strdup(arg);
+        return *path ? QV_OK : qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    }
+    if (!qv_store_name_valid(arg) && !qv_store_version_valid(arg))
+        return qv_errorf(err, QV_ERR_NOT_FOUND, "--adapter %s: no such directory", arg);
+    char root[4096];
+    const char *env = getenv("QUIVER_ADAPTER_STORE"), *home = getenv("QUIVER_HOME");
+    if (env && *env)
+        snprintf(root, sizeof(root), "%s", env);
+    else if (home && *home)
+        snprintf(root, sizeof(root), "%s/adapters", home);
+    else
+        snprintf(root, sizeof(root), "%s/.cache/quiver/adapters",
+                 getenv("HOME") ? getenv("HOME") : ".");
+    if (stat(root, &st) != 0)
+        return qv_errorf(err, QV_ERR_NOT_FOUND,
+                         "--adapter %s: no such directory (and no adapter store at %s)", arg, root);
+    qv_store_t *store = NULL;
+    char version[QV_STORE_VERSION_LEN + 1];
+    qv_status s = qv_store_open(root, NULL, &store, err);
+    if (s == QV_OK) s = qv_store_resolve(store, arg, version, path, err);
+    qv_store_close(store);
+    if (s == QV_ERR_NOT_FOUND)
+        return qv_errorf(err, s, "--adapter %s: no such directory or adapter in the store %s", arg,
+                         root);
+    return s;
 }
 
 int qv_cli_generate(int argc, char **argv) {

@@ -169,7 +169,8 @@ struct server {
     qv_store_t *store;
     qv_registry_t *reg;
     qv_adapter_limits limits;
-    request *await_head; /* requests whose adapter is loading (any version, unordered) */
+    int test_load_delay_ms; /* QUIVER_TEST_ADAPTER_LOAD_DELAY_MS: slows loads down (tests) */
+    request *await_head;    /* requests whose adapter is loading (any version, unordered) */
 };
 
 /* ---- requests ---- */
@@ -1891,6 +1892,11 @@ static qv_status load_adapter(void *user, const char *path, const char *version,
     (void)version;
     server *srv = user;
     qv_adapter *ad = NULL;
+    if (srv->test_load_delay_ms > 0) {
+        struct timespec ts = {srv->test_load_delay_ms / 1000,
+                              (long)(srv->test_load_delay_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     qv_status s = qv_adapter_load(path, srv->model, &srv->limits, &ad, err);
     if (s != QV_OK) return s;
     *obj = ad;
@@ -1951,6 +1957,8 @@ static bool adapters_start(server *srv) {
     const qv_http_config *cfg = srv->cfg;
     qv_error err = {0};
     srv->limits.max_rank = cfg->max_rank;
+    const char *delay = getenv("QUIVER_TEST_ADAPTER_LOAD_DELAY_MS");
+    srv->test_load_delay_ms = delay ? atoi(delay) : 0;
     if (!cfg->adapter_store || !*cfg->adapter_store) return cfg->n_preload == 0;
     if (qv_store_open(cfg->adapter_store, NULL, &srv->store, &err) != QV_OK) {
         fprintf(stderr, "quiver serve: adapter store: %s\n", err.msg);

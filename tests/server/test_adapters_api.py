@@ -16,9 +16,11 @@ Usage: test_adapters_api.py <quiver-binary>. Exit 77 when the model has not been
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -275,6 +277,47 @@ def run(store, servers):
     check(st == 200 and text_of(r) == solo[(fix[2][0], 0)], f"--max-rank 4: {fix[2][0]} served")
     rc = srv3.stop()
     check(rc == 0, f"third server exits 0 ({rc})")
+
+    # No head-of-line blocking: with loads slowed to 3 s, a base request sent after a request on
+    # a cold adapter finishes long before it; the adapter request then answers correctly.
+    os.environ["QUIVER_TEST_ADAPTER_LOAD_DELAY_MS"] = "3000"
+    try:
+        srv4 = T.Server("--adapter-store", store)
+    finally:
+        del os.environ["QUIVER_TEST_ADAPTER_LOAD_DELAY_MS"]
+    servers.append(srv4)
+    out = {}
+    name, _, prompts = demo[0]
+
+    def cold():
+        out["cold"] = chat(srv4, name, prompts[0][0])
+        out["cold_t"] = time.time()
+
+    t0 = time.time()
+    th = threading.Thread(target=cold)
+    th.start()
+    time.sleep(0.3)
+    st, r = complete(srv4, base, g[0], 8)
+    t_base = time.time()
+    th.join(60)
+    st_c, r_c = out.get("cold", (0, {}))
+    check(st == 200 and t_base - t0 < 2.5 and t_base < out.get("cold_t", 0),
+          f"a base request is not blocked by a cold adapter load ({t_base - t0:.2f} s)")
+    check(st_c == 200 and text_of(r_c) == solo[(name, 0)] and out["cold_t"] - t0 >= 3.0,
+          f"the cold adapter request answers after its load ({out.get('cold_t', 0) - t0:.2f} s)")
+    rc = srv4.stop()
+    check(rc == 0, f"fourth server exits 0 ({rc})")
+
+    # `quiver chat --adapter NAME` resolves NAME through the same store.
+    env = dict(os.environ, QUIVER_ADAPTER_STORE=store)
+    for name, _, prompts in demo:
+        r = subprocess.run([T.QUIVER, "chat", "--model", T.MODEL, "--threads", "2", "--adapter",
+                            name, "--message", prompts[0][0], "--temperature", "0",
+                            "--max-tokens", "48"], capture_output=True, text=True, env=env,
+                           timeout=300)
+        got = r.stdout[:-1] if r.stdout.endswith("\n") else r.stdout
+        check(r.returncode == 0 and got == solo[(name, 0)],
+              f"quiver chat --adapter {name} (store name) equals the server: {got!r}")
 
 
 def run_admin_tests(srv, store, fix, demo, solo, base):
