@@ -66,6 +66,7 @@ typedef struct request {
     struct MHD_Connection *conn;
     /* [engine] */
     qv_registry_handle *ah; /* the adapter held while the request is queued or running */
+    bool retry_on_release;  /* its version did not fit in memory: retry when a handle drops */
     int seq_id;
     qv_detok *detok;
     bool in_engine; /* added and not yet cancelled or finished in the engine */
@@ -170,7 +171,8 @@ struct server {
     qv_registry_t *reg;
     qv_adapter_limits limits;
     int test_load_delay_ms; /* QUIVER_TEST_ADAPTER_LOAD_DELAY_MS: slows loads down (tests) */
-    request *await_head;    /* requests whose adapter is loading (any version, unordered) */
+    request *await_head;    /* requests whose adapter is loading (any version, newest first) */
+    bool released;          /* a handle was released since the last retry_waiters */
 };
 
 /* ---- requests ---- */
@@ -406,6 +408,7 @@ static void engine_release(request *r) {
     if (r->ah) {
         qv_registry_release(r->ah);
         r->ah = NULL;
+        r->srv->released = true;
     }
     request_release(r);
 }
@@ -453,6 +456,31 @@ static bool enqueue(server *srv, request *r) {
     return false;
 }
 
+/* Engine thread: after handles were released, retries the waiters whose version did not fit
+ * in memory (each retry starts a new load, which may find room now). */
+static void retry_waiters(server *srv) {
+    if (!srv->released) return;
+    srv->released = false;
+    request *mine = NULL, **pp = &srv->await_head;
+    while (*pp) {
+        request *r = *pp;
+        if (!r->retry_on_release) {
+            pp = &r->next;
+            continue;
+        }
+        *pp = r->next;
+        r->next = mine;
+        mine = r;
+    }
+    while (mine) {
+        request *r = mine;
+        mine = r->next;
+        r->next = NULL;
+        r->retry_on_release = false;
+        enqueue(srv, r);
+    }
+}
+
 /* Engine thread: integrates finished adapter loads and moves (or fails) their waiters. */
 static void poll_adapters(server *srv) {
     if (!srv->reg) return;
@@ -463,7 +491,10 @@ static void poll_adapters(server *srv) {
             /* (the registry logs failures itself) */
             if (ev[i].kind == QV_REGISTRY_EV_LOADED)
                 QV_LOGI("adapter version %.12s loaded", ev[i].version);
-            request **pp = &srv->await_head;
+            /* Take this version's waiters out first (the wait list is newest first; prepending
+             * restores arrival order), then enqueue them: a waiter that must wait again (its
+             * version was evicted at once) goes back to the wait list, not into this scan. */
+            request *mine = NULL, **pp = &srv->await_head;
             while (*pp) {
                 request *r = *pp;
                 if (strcmp(r->adapter_version, ev[i].version) != 0) {
@@ -471,6 +502,12 @@ static void poll_adapters(server *srv) {
                     continue;
                 }
                 *pp = r->next;
+                r->next = mine;
+                mine = r;
+            }
+            while (mine) {
+                request *r = mine;
+                mine = r->next;
                 r->next = NULL;
                 if (ev[i].kind == QV_REGISTRY_EV_LOADED) {
                     enqueue(srv, r); /* acquires now (or waits for a reload) */
@@ -479,6 +516,13 @@ static void poll_adapters(server *srv) {
                     /* The version resolved, so whatever the loader says is about its files:
                      * unprocessable, unless it is about memory. */
                     qv_status st = ev[i].status;
+                    if (st == QV_ERR_BUSY) {
+                        /* Did not fit beside the versions in use: wait for a release. */
+                        r->retry_on_release = true;
+                        r->next = srv->await_head;
+                        srv->await_head = r;
+                        continue;
+                    }
                     int http = st == QV_ERR_NOMEM ? 500 : st == QV_ERR_BUSY ? 503 : 422;
                     char dir[4096];
                     snprintf(dir, sizeof(dir), "%s/objects/%s", qv_store_root(srv->store),
@@ -555,6 +599,7 @@ static void on_step(uv_idle_t *h) {
         }
         sweep(srv);
     }
+    retry_waiters(srv);
     admit(srv);
     update_gauges(srv);
     if (!srv->running && !srv->pending_head) {
@@ -654,6 +699,7 @@ static void on_wake(uv_async_t *h) {
         m = next;
     }
     poll_adapters(srv);
+    retry_waiters(srv);
     if (atomic_load(&srv->draining)) start_drain(srv);
     admit(srv);
     update_gauges(srv);

@@ -308,6 +308,30 @@ def run(store, servers):
     rc = srv4.stop()
     check(rc == 0, f"fourth server exits 0 ({rc})")
 
+    # A 2 MiB host budget holds pirate (1.8 MB) or shouting (0.7 MB), never both: concurrent
+    # requests on the two wait for each other's release instead of failing, and stay exact.
+    srv5 = T.Server("--adapter-store", store, "--adapter-host-mb", "2")
+    servers.append(srv5)
+    res = {}
+
+    def one(i, name, k):
+        res[i] = chat(srv5, name, dict((n, p) for n, _, p in demo)[name][k][0])
+
+    jobs = [("pirate", 0), ("shouting", 0), ("pirate", 1), ("shouting", 1)] * 2
+    ths = [threading.Thread(target=one, args=(i, n, k)) for i, (n, k) in enumerate(jobs)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join(300)
+    bad = [(jobs[i], res.get(i)) for i in range(len(jobs))
+           if res.get(i, (0,))[0] != 200 or text_of(res[i][1]) != solo[jobs[i]]]
+    check(not bad, f"2 MiB budget: {len(jobs)} alternating requests exact {bad[:1]}")
+    m = srv5.metrics()
+    ev = m.get('quiver_adapter_evictions_total{tier="host"}', 0)
+    check(ev >= 1, f"2 MiB budget: evictions counted ({ev})")
+    rc = srv5.stop()
+    check(rc == 0, f"fifth server exits 0 ({rc})")
+
     # `quiver chat --adapter NAME` resolves NAME through the same store.
     env = dict(os.environ, QUIVER_ADAPTER_STORE=store)
     for name, _, prompts in demo:
