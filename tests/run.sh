@@ -5,7 +5,8 @@
 # -> release build with warnings as errors + ctest -> ASan+UBSan build + ctest -> clang-format
 # check -> a CUDA compile of the whole tree when nvcc is present (GPU tests skip without a GPU).
 # Exits non-zero on the first failure. `.ci/run` calls exactly this script.
-# Options (environment): QV_SKIP_ASAN=1, QV_SKIP_CUDA=1, QV_JOBS=N.
+# -> TSan build of the threaded tests.
+# Options (environment): QV_SKIP_ASAN=1, QV_SKIP_TSAN=1, QV_SKIP_CUDA=1, QV_JOBS=N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -36,6 +37,20 @@ if [[ "${QV_SKIP_ASAN:-0}" != 1 ]]; then
     step "tests (ASan+UBSan)"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
         ctest --test-dir build-asan -j"$jobs" --output-on-failure -LE slow
+fi
+
+if [[ "${QV_SKIP_TSAN:-0}" != 1 ]]; then
+    # The tests whose code runs on several threads: the CPU thread pool, the adapter registry's
+    # loader workers, a tokenizer shared by threads, and the engine on the CPU pool.
+    tsan_tests="test_cpu_threadpool test_registry test_tokenizer_misc test_engine"
+    step "TSan build (threaded tests)"
+    cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DQV_SANITIZE_THREAD=ON \
+        -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
+    # shellcheck disable=SC2086
+    cmake --build build-tsan -j"$jobs" --target $tsan_tests
+    step "tests (TSan)"
+    TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure \
+        -R "^($(tr ' ' '|' <<<"$tsan_tests"))\$"
 fi
 
 step "format check"
