@@ -2,10 +2,10 @@
 # run.sh - the test command: install what is missing, build, and pass every test.
 #
 # Steps: Debian packages (deploy/install-deps.sh) -> the default model (deploy/fetch-model.sh)
-# -> release build with warnings as errors + ctest -> ASan+UBSan build + ctest -> clang-format
-# check -> a CUDA compile of the whole tree when nvcc is present (GPU tests skip without a GPU).
+# -> the HTTP test client venv -> release build with warnings as errors + ctest -> ASan+UBSan
+# build + ctest -> TSan build of the threaded tests -> clang-format check -> a CUDA compile of
+# the whole tree when nvcc is present (GPU tests skip without a GPU).
 # Exits non-zero on the first failure. `.ci/run` calls exactly this script.
-# -> TSan build of the threaded tests.
 # Options (environment): QV_SKIP_ASAN=1, QV_SKIP_TSAN=1, QV_SKIP_CUDA=1, QV_JOBS=N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
