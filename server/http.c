@@ -18,6 +18,13 @@
  *    reach it only through the inbox (server.inbox_mu) and uv_async_send.
  *  - A connection is suspended only while request.suspended is set under request.mu and is
  *    resumed by whoever clears it, so suspend and resume always pair.
+ *  - Adapters: the store (thread-safe) is read by HTTP threads (name resolution at arrival,
+ *    listings, uploads streamed into store transactions and validated on the HTTP thread at
+ *    commit). The registry is confined to the engine thread: a request naming an adapter
+ *    acquires its version there (waiting in server.await_head while it loads; loader workers
+ *    wake the loop through the same async handle) and releases it when the engine drops the
+ *    request. Listings that show residency and deletes run on the engine thread as an
+ *    admin_job, with the same refcount and suspend/resume rules as `request`.
  */
 #include "server/http.h"
 
@@ -1881,7 +1888,13 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (!ctx) return;
     *con_cls = NULL;
     double now = qv_time_s();
-    if (ctx->job) job_release(ctx->job);
+    if (ctx->job) {
+        admin_job *j = ctx->job;
+        pthread_mutex_lock(&j->mu);
+        j->suspended = false; /* a completed connection is never resumed again */
+        pthread_mutex_unlock(&j->mu);
+        job_release(j);
+    }
     upload_free(ctx->up);
     request *r = ctx->req;
     if (r) {
