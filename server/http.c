@@ -1856,12 +1856,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return handle_generate(srv, c, ctx,
                            !strcmp(url, "/v1/completions") ? QV_PROTO_COMPLETIONS : QV_PROTO_CHAT);
 bad_method:;
-    const char *allow =
-        !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") || lora_route
-            ? "POST"
-        : !strcmp(url, "/v1/adapters")       ? "GET, POST"
-        : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"
-                                             : "GET";
+    /* Reached from routes decided before lora_route is set (/health, /ready): test the URL. */
+    const char *allow = !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
+                                !strcmp(url, "/v1/load_lora_adapter") ||
+                                !strcmp(url, "/v1/unload_lora_adapter")
+                            ? "POST"
+                        : !strcmp(url, "/v1/adapters")       ? "GET, POST"
+                        : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"
+                                                             : "GET";
     char *json = qv_proto_encode_error("method not allowed", "invalid_request_error", NULL,
                                        "method_not_allowed");
     size_t len = 0;
