@@ -463,15 +463,15 @@ static bool enqueue(server *srv, request *r) {
     return false;
 }
 
-/* Engine thread: after handles were released, retries the waiters whose version did not fit
- * in memory (each retry starts a new load, which may find room now). */
-static void retry_waiters(server *srv) {
-    if (!srv->released) return;
-    srv->released = false;
+/* Engine thread: unlinks from the wait list the requests waiting for `version`, or (version
+ * NULL) those waiting for a release, and returns them as a list in arrival order (the wait list
+ * is newest first; prepending restores arrival order). */
+static request *take_waiters(server *srv, const char *version) {
     request *mine = NULL, **pp = &srv->await_head;
     while (*pp) {
         request *r = *pp;
-        if (!r->retry_on_release) {
+        bool match = version ? strcmp(r->adapter_version, version) == 0 : r->retry_on_release;
+        if (!match) {
             pp = &r->next;
             continue;
         }
@@ -479,6 +479,15 @@ static void retry_waiters(server *srv) {
         r->next = mine;
         mine = r;
     }
+    return mine;
+}
+
+/* Engine thread: after handles were released, retries the waiters whose version did not fit
+ * in memory (each retry starts a new load, which may find room now). */
+static void retry_waiters(server *srv) {
+    if (!srv->released) return;
+    srv->released = false;
+    request *mine = take_waiters(srv, NULL);
     while (mine) {
         request *r = mine;
         mine = r->next;
@@ -498,20 +507,10 @@ static void poll_adapters(server *srv) {
             /* (the registry logs failures itself) */
             if (ev[i].kind == QV_REGISTRY_EV_LOADED)
                 QV_LOGI("adapter version %.12s loaded", ev[i].version);
-            /* Take this version's waiters out first (the wait list is newest first; prepending
-             * restores arrival order), then enqueue them: a waiter that must wait again (its
-             * version was evicted at once) goes back to the wait list, not into this scan. */
-            request *mine = NULL, **pp = &srv->await_head;
-            while (*pp) {
-                request *r = *pp;
-                if (strcmp(r->adapter_version, ev[i].version) != 0) {
-                    pp = &r->next;
-                    continue;
-                }
-                *pp = r->next;
-                r->next = mine;
-                mine = r;
-            }
+            /* Take this version's waiters out first, then enqueue them: a waiter that must wait
+             * again (its version was evicted at once) goes back to the wait list, not into this
+             * scan. */
+            request *mine = take_waiters(srv, ev[i].version);
             while (mine) {
                 request *r = mine;
                 mine = r->next;
