@@ -543,10 +543,30 @@ static void poll_adapters(server *srv) {
     }
 }
 
-/* Admits pending requests in FIFO order while the engine accepts them. */
+/* True when admitting `r` keeps the running batch within --max-loras distinct adapters. */
+static bool adapter_slot_free(const server *srv, const request *r) {
+    int limit = srv->cfg->max_loras;
+    if (limit <= 0 || !r->adapter) return true;
+    int distinct = 0;
+    for (const request *q = srv->running; q; q = q->next) {
+        if (!q->adapter || !q->in_engine) continue;
+        if (strcmp(q->adapter_version, r->adapter_version) == 0) return true;
+        bool seen = false;
+        for (const request *p = srv->running; p != q; p = p->next)
+            if (p->adapter && p->in_engine && strcmp(p->adapter_version, q->adapter_version) == 0)
+                seen = true;
+        distinct += !seen;
+    }
+    return distinct < limit;
+}
+
+/* Admits pending requests in strict FIFO order while the engine accepts them (and, under
+ * --max-loras, while the head's adapter fits the batch), so no request waits behind later
+ * arrivals: every request's wait is bounded by the work queued before it. */
 static void admit(server *srv) {
     while (srv->pending_head) {
         request *r = srv->pending_head;
+        if (!adapter_slot_free(srv, r)) break;
         qv_error err = {0};
         qv_status s =
             qv_engine_add(srv->engine, r->ids, r->n_ids, &r->gp, on_token, r, &r->seq_id, &err);
@@ -2136,13 +2156,14 @@ int qv_http_serve(const qv_http_config *cfg) {
             "quiver serve: model '%s' (%s) loaded in %.2f s: %d layers, hidden %d, vocab %d, "
             "context %d\n"
             "quiver serve: budgets: kv %zu MiB = %d pages x %d tokens, max-batch-tokens %d, "
-            "max-seqs %d, threads %d, http-threads %d, max-body-bytes %zu, max-prompt-tokens %d, "
+            "max-seqs %d, max-loras %d, threads %d, http-threads %d, max-body-bytes %zu, "
+            "max-prompt-tokens %d, "
             "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s\n",
             srv->base_name, cfg->model_path, qv_time_s() - t0, m->cfg.n_layers, m->cfg.dim,
             m->cfg.n_vocab, m->cfg.max_pos, cfg->kv_mb, qv_engine_kv_pages(srv->engine),
             qv_engine_kv_page_size(srv->engine), cfg->max_batch_tokens, cfg->max_seqs,
-            cfg->n_threads, cfg->http_threads, cfg->max_body_bytes, cfg->max_prompt_tokens,
-            cfg->max_tokens_limit, cfg->queue_limit, cfg->drain_timeout_s,
+            cfg->max_loras, cfg->n_threads, cfg->http_threads, cfg->max_body_bytes,
+            cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit, cfg->drain_timeout_s,
             cfg->api_key && *cfg->api_key ? "required" : "off");
     if (!ctl_start(srv)) {
         fprintf(stderr, "quiver serve: cannot start the signal thread\n");

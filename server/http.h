@@ -21,6 +21,8 @@ typedef struct qv_http_config {
     size_t kv_mb;           /* KV cache budget in MiB */
     int max_batch_tokens;   /* tokens per engine step */
     int max_seqs;           /* concurrently running sequences */
+    int max_loras;          /* distinct adapters in one batch; 0 = no limit (1 = one adapter
+                               at a time, the baseline of the load benchmark) */
     const char *api_key;    /* NULL/"" = no authentication */
     size_t max_body_bytes;  /* request body limit (413 beyond) */
     int max_prompt_tokens;  /* prompt token limit (400 beyond) */

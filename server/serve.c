@@ -25,6 +25,7 @@ static void usage(FILE *f) {
                "  --kv-mb N                KV cache budget in MiB (default 256)\n"
                "  --max-batch-tokens N     tokens per engine step (default 256)\n"
                "  --max-seqs N             concurrently running sequences (default 64)\n"
+               "  --max-loras N            distinct adapters in one batch, 0 = any (default 0)\n"
                "  --api-key K              require 'Authorization: Bearer K' (default: none)\n"
                "  --max-body-bytes N       request body limit (default 1048576)\n"
                "  --max-prompt-tokens N    prompt token limit (default 8192)\n"
@@ -101,6 +102,7 @@ static const opt_def opts[] = {
     {"--kv-mb", "QUIVER_KV_MB", 1, 1 << 22, 1, OFF(kv_mb)},
     {"--max-batch-tokens", "QUIVER_MAX_BATCH_TOKENS", 1, 1 << 20, 0, OFF(max_batch_tokens)},
     {"--max-seqs", "QUIVER_MAX_SEQS", 1, 1 << 16, 0, OFF(max_seqs)},
+    {"--max-loras", "QUIVER_MAX_LORAS", 0, 1 << 16, 0, OFF(max_loras)},
     {"--api-key", "QUIVER_API_KEY", 0, 0, 2, OFF(api_key)},
     {"--max-body-bytes", "QUIVER_MAX_BODY_BYTES", 64, 1ll << 32, 1, OFF(max_body_bytes)},
     {"--max-prompt-tokens", "QUIVER_MAX_PROMPT_TOKENS", 1, 1 << 24, 0, OFF(max_prompt_tokens)},

@@ -2,9 +2,10 @@
 # run.sh - the test command: install what is missing, build, and pass every test.
 #
 # Steps: Debian packages (deploy/install-deps.sh) -> the default model (deploy/fetch-model.sh)
-# -> the HTTP test client venv -> release build with warnings as errors + ctest -> ASan+UBSan
-# build + ctest -> TSan build of the threaded tests -> clang-format check -> a CUDA compile of
-# the whole tree when nvcc is present (GPU tests skip without a GPU).
+# -> the HTTP test client venv -> clang-format check -> a CUDA compile of the whole tree when
+# nvcc is present (GPU tests skip without a GPU) -> TSan build of the threaded tests -> ASan+UBSan
+# build + ctest -> release build with warnings as errors + the whole ctest suite, last, so the
+# final summary printed is the full run's.
 # Exits non-zero on the first failure. `.ci/run` calls exactly this script.
 # Options (environment): QV_SKIP_ASAN=1, QV_SKIP_TSAN=1, QV_SKIP_CUDA=1, QV_JOBS=N.
 set -euo pipefail
@@ -22,36 +23,6 @@ bash deploy/fetch-model.sh
 step "test client (.venv-test: the official openai package for the HTTP API tests)"
 [[ -x .venv-test/bin/python ]] || python3 -m venv .venv-test
 .venv-test/bin/pip install -q -r tests/server/requirements.txt
-
-step "release build (-Werror)"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF >/dev/null
-cmake --build build -j"$jobs"
-step "tests (release)"
-ctest --test-dir build -j"$jobs" --output-on-failure
-
-if [[ "${QV_SKIP_ASAN:-0}" != 1 ]]; then
-    step "ASan+UBSan build"
-    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DQV_SANITIZE_ADDRESS=ON \
-        -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
-    cmake --build build-asan -j"$jobs"
-    step "tests (ASan+UBSan)"
-    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        ctest --test-dir build-asan -j"$jobs" --output-on-failure -LE slow
-fi
-
-if [[ "${QV_SKIP_TSAN:-0}" != 1 ]]; then
-    # The tests whose code runs on several threads: the CPU thread pool, the adapter registry's
-    # loader workers, a tokenizer shared by threads, and the engine on the CPU pool.
-    tsan_tests="test_cpu_threadpool test_registry test_tokenizer_misc test_engine"
-    step "TSan build (threaded tests)"
-    cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DQV_SANITIZE_THREAD=ON \
-        -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
-    # shellcheck disable=SC2086
-    cmake --build build-tsan -j"$jobs" --target $tsan_tests
-    step "tests (TSan)"
-    TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure \
-        -R "^($(tr ' ' '|' <<<"$tsan_tests"))\$"
-fi
 
 step "format check"
 if command -v clang-format >/dev/null 2>&1; then
@@ -71,4 +42,35 @@ if [[ "${QV_SKIP_CUDA:-0}" != 1 ]] && command -v nvcc >/dev/null 2>&1; then
     cmake --build build-cuda -j"$jobs"
     ctest --test-dir build-cuda -L gpu --output-on-failure
 fi
+
+if [[ "${QV_SKIP_TSAN:-0}" != 1 ]]; then
+    # The tests whose code runs on several threads: the CPU thread pool, the adapter registry's
+    # loader workers, a tokenizer shared by threads, and the engine on the CPU pool.
+    tsan_tests="test_cpu_threadpool test_registry test_tokenizer_misc test_engine"
+    step "TSan build (threaded tests)"
+    cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DQV_SANITIZE_THREAD=ON \
+        -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
+    # shellcheck disable=SC2086
+    cmake --build build-tsan -j"$jobs" --target $tsan_tests
+    step "tests (TSan)"
+    TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure \
+        -R "^($(tr ' ' '|' <<<"$tsan_tests"))\$"
+fi
+
+if [[ "${QV_SKIP_ASAN:-0}" != 1 ]]; then
+    step "ASan+UBSan build"
+    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DQV_SANITIZE_ADDRESS=ON \
+        -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
+    cmake --build build-asan -j"$jobs"
+    step "tests (ASan+UBSan)"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        ctest --test-dir build-asan -j"$jobs" --output-on-failure -LE slow
+fi
+
+step "release build (-Werror)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF >/dev/null
+cmake --build build -j"$jobs"
+step "tests (release)"
+ctest --test-dir build -j"$jobs" --output-on-failure
+
 step "all tests passed"
