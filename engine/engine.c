@@ -1,15 +1,36 @@
 /*
- * engine.c - model + tokenizer + backend + KV cache + the step loop (continuous batching).
+ * engine.c - model + tokenizer + backend + KV cache + the step loop (continuous batching with
+ * chunked prefill, admission by free KV pages, preemption by recompute).
  *
  * Each sequence holds its tokens (prompt then generated) and how many of them are already in
- * the KV cache (n_done). A step gives every running sequence the tokens it still has to
- * process, decodes first (one pending token each) and then prefill chunks in arrival order,
- * until the step's token budget is spent. Sequences whose chunk reaches their last token get
- * logits, are sampled, and report the token through their callback.
+ * the KV cache (n_done). A sequence is either waiting (in a slot, no KV pages) or running
+ * (admitted, holds pages for every token it has so far).
  *
- * Admission: a sequence starts only when the KV pages it may ever need (prompt + max_tokens)
- * fit next to those already promised to running sequences, so a running sequence never runs
- * out of pages. (Preemption by recompute comes with the HTTP scheduler.)
+ * A step:
+ *  1. Decodes (one pending token each) of running sequences, oldest admitted first. A decode
+ *     whose next position needs a new page takes a free one; when none is free, the most
+ *     recently admitted running sequence not yet in this step's batch is preempted (it may be
+ *     the one asking), until the page fits.
+ *  2. Admission, only when step 1 preempted nothing: waiting sequences in wait order (arrival
+ *     order; preempted sequences keep theirs, so they lead) while the pages for all their tokens
+ *     fit next to a headroom of QV_ADMIT_HEADROOM_PAGES free pages (no headroom when nothing
+ *     runs); the first that does not fit stops admission, so nothing overtakes it. Admission
+ *     reserves those pages at once (a prefix-tuning adapter attaches its shared prefix pages).
+ *  3. Prefill chunks of running sequences in wait order while the step's token budget lasts;
+ *     they never need pages (reserved at admission).
+ * Sequences whose chunk reaches their last token get logits, are sampled, and report the token
+ * through their callback.
+ *
+ * Preemption by recompute drops a sequence's KV pages (and its user of the adapter's shared
+ * prefix pages) but keeps its tokens, sampler state and callback; it waits again and re-prefills
+ * everything once re-admitted. The chunk that reaches its last token samples the next token
+ * exactly as the lost decode would have (the forward pass is bitwise batch-invariant), so the
+ * client sees nothing but a delay. A sequence that fits the cache alone always completes: the
+ * oldest admitted sequence is never preempted for another one.
+ *
+ * Invariants: a running sequence's page table covers positions [0, n_tokens - 1] at least
+ * (all of n_tokens after admission); waiting sequences hold no pages and no prefix users;
+ * admission is in wait order, so a sequence waits only behind sequences that arrived before it.
  *
  * Thread: confined to the creating thread.
  */
@@ -25,23 +46,29 @@
 #include "forward.h"
 #include "kv_cache.h"
 
+/* Free pages that must stay free after admitting a sequence while others run, so a sequence
+ * admitted now can take its first decode page without preempting at once. */
+#define QV_ADMIT_HEADROOM_PAGES 1
+
 typedef struct qv_seq {
     bool used;
-    bool started; /* admitted: its KV need is counted in e->committed_pages */
+    bool started;   /* running: admitted, holds KV pages for its tokens */
+    bool preempted; /* waiting again after a preemption (cleared at re-admission) */
     int id;
     int32_t *tokens; /* [cap] prompt followed by generated tokens */
     int n_tokens, cap;
     int n_prompt;
     int n_done; /* tokens whose K/V are stored */
     int n_generated;
-    int pages_promised;
+    int recompute_end; /* positions below it were computed before a preemption */
     qv_gen_params p;
     qv_sampler *sampler;
     qv_token_cb cb;
     void *user;
     qv_kv_seq kv;
     bool prefix_attached; /* holds a user of its adapter's shared prefix pages */
-    uint64_t order;       /* arrival order */
+    uint64_t order;       /* arrival order = wait order (kept across preemptions) */
+    uint64_t admitted;    /* admission stamp: the newest running sequence is preempted first */
 } qv_seq;
 
 struct qv_engine {
@@ -54,13 +81,15 @@ struct qv_engine {
     qv_seq *seqs;                        /* [max_seqs] slots */
     qv_sampler_scratch *sampler_scratch; /* shared by every sequence's sampler (one thread) */
     int next_id;
-    uint64_t next_order;
-    int committed_pages;
+    uint64_t next_order, next_admit;
+    uint64_t n_preemptions, n_recomputed; /* counters for qv_engine_get_stats */
     /* step scratch */
     int32_t *b_tokens, *b_pos, *b_seq, *b_logits_idx; /* [max_batch_tokens] */
     qv_seq **b_owner;                                 /* [max_seqs] sequence of batch seq i */
     const qv_kv_seq **b_kv;                           /* [max_seqs] */
-    int *order_idx;                                   /* [max_seqs] */
+    int *order_idx;                                   /* [max_seqs] used slots, wait order */
+    int *run_idx;                                     /* [max_seqs] running, admission order */
+    bool *in_batch;                                   /* [max_seqs] slot has tokens this step */
     float *logits;                                    /* (max_seqs, n_vocab) */
     qv_adapter_grouper *grouper;           /* groups a step's tokens by adapter (adapter_apply.h) */
     qv_adapter_prefix_cache *prefix_cache; /* shared prefix-tuning KV pages */
@@ -148,13 +177,15 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     e->b_owner = qv_malloc(S * sizeof(*e->b_owner));
     e->b_kv = qv_malloc(S * sizeof(*e->b_kv));
     e->order_idx = qv_malloc(S * sizeof(int));
+    e->run_idx = qv_malloc(S * sizeof(int));
+    e->in_batch = qv_calloc(S, sizeof(bool));
     e->logits = qv_malloc(S * (size_t)mc->n_vocab * sizeof(float));
     if ((st = qv_sampler_scratch_create(mc->n_vocab, &e->sampler_scratch)) != QV_OK) {
         qv_errorf(err, st, "engine: out of memory for the sampler scratch");
         goto fail;
     }
     if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits_idx || !e->b_owner ||
-        !e->b_kv || !e->order_idx || !e->logits) {
+        !e->b_kv || !e->order_idx || !e->run_idx || !e->in_batch || !e->logits) {
         st = qv_errorf(err, QV_ERR_NOMEM, "engine: out of memory for step buffers");
         goto fail;
     }
@@ -165,10 +196,15 @@ fail:
     return st;
 }
 
-static void seq_free(qv_engine *e, qv_seq *s) {
+/* Drops every KV page of s and its user of the adapter's shared prefix pages. */
+static void drop_kv(qv_engine *e, qv_seq *s) {
     if (s->kv.pages) qv_kv_seq_release(e->kv, &s->kv);
     if (s->prefix_attached) qv_adapter_prefix_detach(e->prefix_cache, e->kv, s->p.adapter, 1);
-    if (s->started) e->committed_pages -= s->pages_promised;
+    s->prefix_attached = false;
+}
+
+static void seq_free(qv_engine *e, qv_seq *s) {
+    drop_kv(e, s);
     qv_sampler_free(s->sampler);
     qv_free(s->tokens);
     memset(s, 0, sizeof(*s));
@@ -194,6 +230,8 @@ void qv_engine_destroy(qv_engine *e) {
     qv_free(e->b_owner);
     qv_free(e->b_kv);
     qv_free(e->order_idx);
+    qv_free(e->run_idx);
+    qv_free(e->in_batch);
     qv_free(e->logits);
     qv_adapter_grouper_free(e->grouper);
     qv_free(e);
@@ -201,6 +239,14 @@ void qv_engine_destroy(qv_engine *e) {
 
 static int pages_for(const qv_engine *e, int n_tokens) {
     return (n_tokens + e->kv->pool.page_size - 1) / e->kv->pool.page_size;
+}
+
+/* Preempted sequences waiting for re-admission. */
+static int n_preempted_waiting(const qv_engine *e) {
+    int n = 0;
+    for (int i = 0; i < e->cfg.max_seqs; i++)
+        n += e->seqs[i].used && e->seqs[i].preempted;
+    return n;
 }
 
 qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
@@ -232,6 +278,11 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
         return qv_errorf(err, QV_ERR_LIMIT,
                          "prompt + max_tokens (%zu tokens) exceeds the KV cache (%d tokens)", total,
                          e->kv->pool.n_pages * e->kv->pool.page_size);
+    /* Preempted sequences arrived before anything new: a new arrival waits outside until they
+     * run again, so it cannot overtake them. */
+    int n_pw = n_preempted_waiting(e);
+    if (n_pw > 0)
+        return qv_errorf(err, QV_ERR_BUSY, "%d preempted sequence(s) wait for KV pages", n_pw);
     qv_seq *s = NULL;
     for (int i = 0; i < e->cfg.max_seqs; i++)
         if (!e->seqs[i].used) {
@@ -260,7 +311,6 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     s->cb = cb;
     s->user = user;
     s->order = e->next_order++;
-    s->pages_promised = pages_for(e, (int)total);
     if (seq_id) *seq_id = s->id;
     return QV_OK;
 }
@@ -283,19 +333,91 @@ int qv_engine_n_active(const qv_engine *e) {
     return n;
 }
 
-/* Sort helper: running sequences by arrival order (insertion sort; max_seqs is small). */
-static int collect_order(qv_engine *e) {
+enum qv_seq_state qv_engine_seq_state(const qv_engine *e, int seq_id) {
+    for (int i = 0; i < e->cfg.max_seqs; i++) {
+        const qv_seq *s = &e->seqs[i];
+        if (!s->used || s->id != seq_id) continue;
+        return s->started ? QV_SEQ_RUNNING : s->preempted ? QV_SEQ_PREEMPTED : QV_SEQ_WAITING;
+    }
+    return QV_SEQ_UNKNOWN;
+}
+
+void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
+    memset(out, 0, sizeof(*out));
+    out->preemptions = e->n_preemptions;
+    out->recomputed_tokens = e->n_recomputed;
+    for (int i = 0; i < e->cfg.max_seqs; i++) {
+        const qv_seq *s = &e->seqs[i];
+        if (!s->used) continue;
+        if (s->started)
+            out->n_running++;
+        else
+            out->n_waiting++;
+        out->n_waiting_preempted += s->preempted;
+    }
+    out->kv_pages = e->kv->pool.n_pages;
+    out->kv_free_pages = e->kv->n_free;
+}
+
+/* Fills idx with the slots selected by `running` (true: running, false: every used slot),
+ * sorted by admission stamp (running) or arrival order (insertion sort; max_seqs is small). */
+static int collect(const qv_engine *e, bool running, int *idx) {
     int n = 0;
     for (int i = 0; i < e->cfg.max_seqs; i++) {
-        if (!e->seqs[i].used) continue;
+        const qv_seq *s = &e->seqs[i];
+        if (!s->used || (running && !s->started)) continue;
+        uint64_t key = running ? s->admitted : s->order;
         int j = n++;
-        while (j > 0 && e->seqs[e->order_idx[j - 1]].order > e->seqs[i].order) {
-            e->order_idx[j] = e->order_idx[j - 1];
+        while (j > 0) {
+            const qv_seq *q = &e->seqs[idx[j - 1]];
+            if ((running ? q->admitted : q->order) <= key) break;
+            idx[j] = idx[j - 1];
             j--;
         }
-        e->order_idx[j] = i;
+        idx[j] = i;
     }
     return n;
+}
+
+/* Preemption by recompute: s gives back its pages and waits again at its arrival rank; its
+ * tokens, sampler and callback stay, so it resumes where it was. */
+static void preempt(qv_engine *e, qv_seq *s) {
+    QV_ASSERT(s->started);
+    if (s->n_done > s->recompute_end) s->recompute_end = s->n_done;
+    drop_kv(e, s);
+    s->n_done = 0;
+    s->started = false;
+    s->preempted = true;
+    e->n_preemptions++;
+    QV_LOGD("engine: preempted sequence %d (%d tokens to recompute, %d KV pages free)", s->id,
+            s->n_tokens, e->kv->n_free);
+}
+
+/* Admits s when the pages for all its tokens fit (with the headroom unless nothing runs) and
+ * reserves them. Returns QV_ERR_BUSY (nothing held) when they do not fit. */
+static qv_status admit(qv_engine *e, qv_seq *s, bool others_run, qv_error *err) {
+    /* Counts the shared prefix pages as new even when the adapter's entry holds them already:
+     * an over-estimate by at most n_virtual / page_size pages, exact when nothing runs. */
+    int need = pages_for(e, s->n_tokens) + (others_run ? QV_ADMIT_HEADROOM_PAGES : 0);
+    if (need > e->kv->n_free) return QV_ERR_BUSY;
+    const qv_adapter *ad = s->p.adapter;
+    if (ad && ad->kind == QV_ADAPTER_PREFIX_TUNING) { /* prefix K/V fill positions 0..nvt-1 */
+        qv_status st = qv_adapter_prefix_attach(&e->prefix_cache, e->be, e->kv, &s->kv, ad, err);
+        if (st != QV_OK) return st;
+        s->prefix_attached = true;
+        s->n_done = ad->n_virtual;
+    }
+    qv_status st = qv_kv_seq_reserve(e->kv, &s->kv, s->n_tokens);
+    if (st != QV_OK) {
+        drop_kv(e, s);
+        s->n_done = 0;
+        return st == QV_ERR_BUSY ? st
+                                 : qv_errorf(err, st, "KV reserve failed for sequence %d", s->id);
+    }
+    s->started = true;
+    s->preempted = false;
+    s->admitted = e->next_admit++;
+    return QV_OK;
 }
 
 /* qv_adapter_of_fn over the current step's batch sequences. */
@@ -303,54 +425,83 @@ static const qv_adapter *adapter_of(void *ctx, int bs) {
     return ((qv_engine *)ctx)->b_owner[bs]->p.adapter;
 }
 
+static bool is_decode(const qv_seq *s) {
+    return s->n_tokens - s->n_done == 1 && s->n_done >= s->n_prompt;
+}
+
+/* Appends tokens [n_done, n_done + chunk) of s to the step's batch. */
+static void batch_add(qv_engine *e, qv_seq *s, int chunk, int *n, int *n_bs, int *n_logits) {
+    int bs = (*n_bs)++;
+    e->b_owner[bs] = s;
+    e->b_kv[bs] = &s->kv;
+    e->in_batch[s - e->seqs] = true;
+    for (int i = 0; i < chunk; i++) {
+        e->b_tokens[*n] = s->tokens[s->n_done + i];
+        e->b_pos[*n] = s->n_done + i;
+        e->b_seq[*n] = bs;
+        (*n)++;
+    }
+    if (s->n_done + chunk == s->n_tokens) e->b_logits_idx[(*n_logits)++] = *n - 1;
+}
+
 qv_status qv_engine_step(qv_engine *e, qv_error *err) {
     const int budget_total = e->cfg.max_batch_tokens;
     const int n_vocab = e->model->cfg.n_vocab;
-    int n_running = collect_order(e);
-    if (n_running == 0) return QV_OK;
+    if (qv_engine_n_active(e) == 0) return QV_OK;
+    memset(e->in_batch, 0, (size_t)e->cfg.max_seqs * sizeof(bool));
+    int n = 0, n_bs = 0, n_logits = 0, budget = budget_total;
+    qv_status st;
 
-    /* Admission in arrival order: a sequence starts when its whole KV need fits. */
-    for (int k = 0; k < n_running; k++) {
-        qv_seq *s = &e->seqs[e->order_idx[k]];
-        if (s->started) continue;
-        if (e->committed_pages + s->pages_promised > e->kv->pool.n_pages) break;
-        s->started = true;
-        e->committed_pages += s->pages_promised;
-        const qv_adapter *ad = s->p.adapter;
-        if (ad && ad->kind == QV_ADAPTER_PREFIX_TUNING) { /* prefix K/V fill positions 0..nvt-1 */
-            qv_status st =
-                qv_adapter_prefix_attach(&e->prefix_cache, e->be, e->kv, &s->kv, ad, err);
+    /* 1. Decodes, oldest admitted first; a missing page preempts the newest admitted sequence
+     * not yet in the batch (run_idx is in admission order, so that is the last one still
+     * running at index >= k, possibly s itself). */
+    int n_run = collect(e, true, e->run_idx);
+    bool preempted_now = false;
+    for (int k = 0; k < n_run && budget > 0; k++) {
+        qv_seq *s = &e->seqs[e->run_idx[k]];
+        if (!s->started || !is_decode(s)) continue;
+        while (qv_kv_seq_pages_needed(e->kv, &s->kv, s->n_done + 1) > e->kv->n_free) {
+            int j = n_run - 1;
+            while (!e->seqs[e->run_idx[j]].started)
+                j--;
+            QV_ASSERT(j >= k);
+            preempt(e, &e->seqs[e->run_idx[j]]);
+            preempted_now = true;
+            if (j == k) break;
+        }
+        if (!s->started) continue;
+        if ((st = qv_kv_seq_reserve(e->kv, &s->kv, s->n_done + 1)) != QV_OK)
+            return qv_errorf(err, st, "KV reserve failed for sequence %d", s->id);
+        batch_add(e, s, 1, &n, &n_bs, &n_logits);
+        budget--;
+    }
+
+    /* 2. Admission in wait order, none after a preemption (the pages just freed go to the
+     * preempted sequences first, at their rank). */
+    int n_used = collect(e, false, e->order_idx);
+    if (!preempted_now) {
+        int n_running = 0;
+        for (int k = 0; k < n_used; k++)
+            n_running += e->seqs[e->order_idx[k]].started;
+        for (int k = 0; k < n_used; k++) {
+            qv_seq *s = &e->seqs[e->order_idx[k]];
+            if (s->started) continue;
+            st = admit(e, s, n_running > 0, err);
+            if (st == QV_ERR_BUSY) break;
             if (st != QV_OK) return st;
-            s->prefix_attached = true;
-            s->n_done = ad->n_virtual;
+            n_running++;
         }
     }
 
-    int n = 0, n_bs = 0, n_logits = 0, budget = budget_total;
-    /* Two passes: decodes (one pending token) first, then prefill chunks. */
-    for (int pass = 0; pass < 2 && budget > 0; pass++) {
-        for (int k = 0; k < n_running && budget > 0; k++) {
-            qv_seq *s = &e->seqs[e->order_idx[k]];
-            if (!s->started) continue;
-            int pending = s->n_tokens - s->n_done;
-            if (pending <= 0) continue;
-            bool is_decode = pending == 1 && s->n_done >= s->n_prompt;
-            if ((pass == 0) != is_decode) continue;
-            int chunk = QV_MIN(pending, budget);
-            qv_status st = qv_kv_seq_reserve(e->kv, &s->kv, s->n_done + chunk);
-            if (st != QV_OK) return qv_errorf(err, st, "KV reserve failed for sequence %d", s->id);
-            int bs = n_bs++;
-            e->b_owner[bs] = s;
-            e->b_kv[bs] = &s->kv;
-            for (int i = 0; i < chunk; i++) {
-                e->b_tokens[n] = s->tokens[s->n_done + i];
-                e->b_pos[n] = s->n_done + i;
-                e->b_seq[n] = bs;
-                n++;
-            }
-            if (chunk == pending) e->b_logits_idx[n_logits++] = n - 1;
-            budget -= chunk;
-        }
+    /* 3. Prefill chunks in wait order under the remaining budget; their pages are reserved. */
+    for (int k = 0; k < n_used && budget > 0; k++) {
+        qv_seq *s = &e->seqs[e->order_idx[k]];
+        if (!s->started || e->in_batch[s - e->seqs] || is_decode(s) || s->n_done >= s->n_tokens)
+            continue;
+        int chunk = QV_MIN(s->n_tokens - s->n_done, budget);
+        QV_ASSERT(qv_kv_seq_pages_needed(e->kv, &s->kv, s->n_done + chunk) == 0);
+        batch_add(e, s, chunk, &n, &n_bs, &n_logits);
+        budget -= chunk;
     }
     if (n == 0) return QV_OK; /* everything waits for KV pages */
 
@@ -364,15 +515,18 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         .n_logits = n_logits,
         .logits_idx = e->b_logits_idx,
     };
-    qv_status st = qv_adapter_group_batch(&e->grouper, &b, e->b_tokens, e->b_pos, e->b_seq,
-                                          e->b_logits_idx, adapter_of, e, err);
+    st = qv_adapter_group_batch(&e->grouper, &b, e->b_tokens, e->b_pos, e->b_seq, e->b_logits_idx,
+                                adapter_of, e, err);
     if (st != QV_OK) return st;
     st = qv_forward_run(e->fwd, &b, e->logits, err);
     if (st != QV_OK) return st;
 
     /* Account processed tokens, then sample for the sequences that got logits. */
-    for (int i = 0; i < n; i++)
-        e->b_owner[e->b_seq[i]]->n_done++;
+    for (int i = 0; i < n; i++) {
+        qv_seq *s = e->b_owner[e->b_seq[i]];
+        s->n_done++;
+        e->n_recomputed += e->b_pos[i] < s->recompute_end;
+    }
     for (int li = 0; li < n_logits; li++) {
         qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
         float *row = e->logits + (size_t)li * (size_t)n_vocab;

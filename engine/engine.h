@@ -1,7 +1,8 @@
 /*
  * engine.h - quiver's public engine API: load a model and its tokenizer onto a backend, add
  * generation requests, and advance all of them together one step at a time (continuous
- * batching with chunked prefill under a token budget).
+ * batching with chunked prefill under a token budget, admission by free KV pages, preemption by
+ * recompute when the pages run out; see docs/scheduling.md).
  *
  * Not here: HTTP, JSON, threads for callers. The engine is confined to the thread that created
  * it (the server's engine thread, or the CLI's main thread); callbacks run on that thread
@@ -78,19 +79,58 @@ void qv_gen_params_default(qv_gen_params *p);
 typedef void (*qv_token_cb)(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
                             enum qv_finish_reason finish);
 
-/* Adds a request. The prompt is copied. Returns QV_ERR_BUSY when max_seqs are running,
- * QV_ERR_LIMIT when the prompt + max_tokens can never fit the context or the KV cache,
- * QV_ERR_INVALID for bad ids or parameters. */
+/* Adds a request. The prompt is copied. The sequence waits in the engine until the step that
+ * admits it (see qv_engine_step). Returns QV_ERR_BUSY when max_seqs sequences are in the engine
+ * or while a preempted sequence waits for re-admission (new arrivals never overtake it; retry
+ * after a step), QV_ERR_LIMIT when the prompt + max_tokens can never fit the context or the
+ * whole KV cache, QV_ERR_INVALID for bad ids or parameters. A sequence that fits the KV cache
+ * alone always completes (by preemption of others if needed); it never fails for lack of pages.
+ * Thread: the engine's thread. */
 qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
                         const qv_gen_params *p, qv_token_cb cb, void *user, int *seq_id,
                         qv_error *err);
-/* Cancels a running sequence: its KV pages are freed at once; no more callbacks. */
+/* Cancels a sequence, waiting (also after a preemption) or running: its KV pages and its share
+ * of adapter prefix pages are freed at once; no more callbacks. Unknown ids are ignored. */
 void qv_engine_cancel(qv_engine *e, int seq_id);
-/* Number of sequences not yet finished. */
+/* Number of sequences not yet finished (running and waiting). */
 int qv_engine_n_active(const qv_engine *e);
-/* Runs one step over every running sequence: decode tokens first, then prefill chunks while
- * the token budget and the free KV pages allow. */
+/* Runs one step:
+ *  1. decode tokens of running sequences, oldest admitted first; when a decode needs a new KV
+ *     page and none is free, the most recently admitted running sequence is preempted by
+ *     recompute (pages freed, tokens and sampler kept, back at its arrival rank in the wait
+ *     order; it may be the one asking) until the page fits;
+ *  2. unless step 1 preempted, admission of waiting sequences in arrival order while the pages
+ *     for all their tokens fit beside one page of headroom (the first that does not fit stops
+ *     admission); admission reserves those pages;
+ *  3. prefill chunks (re-prefill of all tokens for a preempted sequence) under the remaining
+ *     token budget. The chunk reaching a sequence's last token samples its next token.
+ * Preemption is invisible to callbacks: no token is repeated, output is the same as without it.
+ * Errors: QV_ERR_NOMEM, backend errors (the caller should cancel every sequence then). */
 qv_status qv_engine_step(qv_engine *e, qv_error *err);
+
+/* Where a sequence is in the scheduler. */
+enum qv_seq_state {
+    QV_SEQ_UNKNOWN = 0, /* no such sequence (finished, cancelled or never added) */
+    QV_SEQ_WAITING,     /* added, not admitted yet */
+    QV_SEQ_RUNNING,     /* admitted: holds KV pages */
+    QV_SEQ_PREEMPTED,   /* preempted by recompute, waiting for re-admission */
+};
+/* State of sequence seq_id. Thread: the engine's thread. */
+enum qv_seq_state qv_engine_seq_state(const qv_engine *e, int seq_id);
+
+/* Scheduler counters and gauges (for /metrics). */
+typedef struct qv_engine_stats {
+    uint64_t preemptions;       /* sequences preempted by recompute since creation */
+    uint64_t recomputed_tokens; /* tokens computed again after a preemption (prompt + generated) */
+    int n_running;              /* admitted sequences (hold KV pages) */
+    int n_waiting;              /* added, not admitted (new or preempted) */
+    int n_waiting_preempted;    /* of n_waiting, preempted ones (qv_engine_add is BUSY then) */
+    int kv_pages;               /* pages in the KV cache */
+    int kv_free_pages;          /* of which free */
+} qv_engine_stats;
+
+/* Fills *out. Thread: the engine's thread (plain reads; no locks). */
+void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out);
 
 #ifdef __cplusplus
 }
