@@ -1,0 +1,310 @@
+/*
+ * sgmv.cu - segmented LoRA shrink/expand kernels (SGMV) and their extern "C" launchers
+ * (sgmv.h). One launch per projection (or per fused group of projections sharing x) covers
+ * every segment of the batch; each block reads its segment's row of the device table, so the
+ * same launch (and a CUDA graph of it) serves any adapter mix of the same shape.
+ *
+ * Kernels, all 256 threads per block, every loop bounded by the segment's own n, rank and
+ * n_out (the grid may be larger or smaller than the work: blocks without work return, missing
+ * blocks are covered by grid-stride loops):
+ *   k_shrink_warp<NT>  grid (segments, rank groups of 8): warp w of a block owns rank row r; lanes
+ *                      stride n_in by 8 halfs (one 16-byte load of A and of each token's x),
+ *                      NT token accumulators, then an xor-tree warp sum.
+ *   k_shrink_tiled     grid (rank tiles, token tiles, segments): 32 tokens x 32 ranks per block,
+ *                      k in steps of 32 through padded shared tiles (no bank conflicts).
+ *   k_expand<TM>       grid (output tiles of 256, token tiles of TM, segments): the tile's tmp
+ *                      rows in shared memory (broadcast reads), one output column per thread,
+ *                      B's row read once per tile (16-byte loads when rank % 8 == 0).
+ * What not: no allocation, no synchronisation, no validation of the table (sgmv_plan.c).
+ * Thread: launchers run on the host thread that owns the stream.
+ */
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "sgmv.h"
+
+#define THREADS 256
+#define SH_WARPS (THREADS / 32)
+#define TILE 32
+
+#define SGMV_FAIL(...)                                                                             \
+    do {                                                                                           \
+        fprintf(stderr, "quiver cuda: sgmv: " __VA_ARGS__);                                        \
+        fprintf(stderr, " (%s:%d)\n", __FILE__, __LINE__);                                         \
+        return -1;                                                                                 \
+    } while (0)
+
+#define LAUNCH_CHECK(what)                                                                         \
+    do {                                                                                           \
+        cudaError_t e_ = cudaGetLastError();                                                       \
+        if (e_ != cudaSuccess) SGMV_FAIL("launch of %s failed: %s", what, cudaGetErrorString(e_)); \
+        return 0;                                                                                  \
+    } while (0)
+
+template <bool F16> static __device__ __forceinline__ float h2f(unsigned short v) {
+    if (F16) return __half2float(__ushort_as_half(v));
+    return __uint_as_float((unsigned)v << 16);
+}
+
+template <bool F16> static __device__ __forceinline__ float ld1(const unsigned short *p, size_t i) {
+    return h2f<F16>(p[i]);
+}
+
+/* Eight halfs of one 16-byte load, in memory order. */
+template <bool F16> static __device__ __forceinline__ void cvt8(uint4 u, float f[8]) {
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        f[2 * j] = h2f<F16>((unsigned short)(w[j] & 0xffffu));
+        f[2 * j + 1] = h2f<F16>((unsigned short)(w[j] >> 16));
+    }
+}
+
+static __device__ __forceinline__ bool aligned16(const void *p) {
+    return ((uintptr_t)p & 15u) == 0;
+}
+
+/* ---- shrink, decode shape ---- */
+
+template <int NT, bool F16>
+static __global__ void __launch_bounds__(THREADS)
+    k_shrink_warp(const qv_sgmv_seg *segs, const unsigned short *x, long long ldx, int n_in,
+                  int vec_x, float *tmp) {
+    const qv_sgmv_seg sg = segs[blockIdx.x];
+    const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+    const unsigned short *A = (const unsigned short *)sg.a;
+    const bool vec = vec_x && aligned16(A);
+    for (int r = (int)blockIdx.y * SH_WARPS + warp; r < sg.rank; r += (int)gridDim.y * SH_WARPS) {
+        const unsigned short *ar = A + (size_t)r * (size_t)n_in;
+        for (int tc = 0; tc < sg.n; tc += NT) {
+            const int nt = min(NT, sg.n - tc);
+            const unsigned short *xr = x + (size_t)(sg.t0 + tc) * (size_t)ldx;
+            float acc[NT];
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                acc[t] = 0.0f;
+            if (vec) {
+                for (int k = lane * 8; k < n_in; k += 32 * 8) {
+                    float af[8];
+                    cvt8<F16>(*(const uint4 *)(ar + k), af);
+#pragma unroll
+                    for (int t = 0; t < NT; t++) {
+                        if (t < nt) {
+                            float xf[8];
+                            cvt8<F16>(*(const uint4 *)(xr + (size_t)t * (size_t)ldx + k), xf);
+#pragma unroll
+                            for (int j = 0; j < 8; j++)
+                                acc[t] = fmaf(af[j], xf[j], acc[t]);
+                        }
+                    }
+                }
+            } else {
+                for (int k = lane; k < n_in; k += 32) {
+                    const float av = ld1<F16>(ar, (size_t)k);
+#pragma unroll
+                    for (int t = 0; t < NT; t++)
+                        if (t < nt)
+                            acc[t] = fmaf(av, ld1<F16>(xr, (size_t)t * (size_t)ldx + k), acc[t]);
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1)
+                    acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+            }
+            if (lane == 0) {
+#pragma unroll
+                for (int t = 0; t < NT; t++)
+                    if (t < nt) tmp[sg.tmp_off + (size_t)(tc + t) * (size_t)sg.rank + r] = acc[t];
+            }
+        }
+    }
+}
+
+/* ---- shrink, prefill shape ---- */
+
+template <bool F16>
+static __global__ void __launch_bounds__(THREADS)
+    k_shrink_tiled(const qv_sgmv_seg *segs, const unsigned short *x, long long ldx, int n_in,
+                   float *tmp) {
+    __shared__ float xs[TILE][TILE + 1];
+    __shared__ float as[TILE][TILE + 1];
+    const qv_sgmv_seg sg = segs[blockIdx.z];
+    const unsigned short *A = (const unsigned short *)sg.a;
+    const int tx = (int)(threadIdx.x & 31), ty = (int)(threadIdx.x >> 5); /* ty < 8 */
+    for (int r0 = (int)blockIdx.x * TILE; r0 < sg.rank; r0 += (int)gridDim.x * TILE) {
+        for (int m0 = (int)blockIdx.y * TILE; m0 < sg.n; m0 += (int)gridDim.y * TILE) {
+            float acc[TILE / SH_WARPS];
+#pragma unroll
+            for (int i = 0; i < TILE / SH_WARPS; i++)
+                acc[i] = 0.0f;
+            for (int k0 = 0; k0 < n_in; k0 += TILE) {
+                const int k = k0 + tx;
+#pragma unroll
+                for (int i = 0; i < TILE / SH_WARPS; i++) {
+                    const int row = ty + SH_WARPS * i;
+                    xs[row][tx] =
+                        (m0 + row < sg.n && k < n_in)
+                            ? ld1<F16>(x, (size_t)(sg.t0 + m0 + row) * (size_t)ldx + (size_t)k)
+                            : 0.0f;
+                    as[row][tx] = (r0 + row < sg.rank && k < n_in)
+                                      ? ld1<F16>(A, (size_t)(r0 + row) * (size_t)n_in + (size_t)k)
+                                      : 0.0f;
+                }
+                __syncthreads();
+#pragma unroll 8
+                for (int kk = 0; kk < TILE; kk++) {
+                    const float av = as[tx][kk];
+#pragma unroll
+                    for (int i = 0; i < TILE / SH_WARPS; i++)
+                        acc[i] = fmaf(xs[ty + SH_WARPS * i][kk], av, acc[i]);
+                }
+                __syncthreads();
+            }
+#pragma unroll
+            for (int i = 0; i < TILE / SH_WARPS; i++) {
+                const int t = m0 + ty + SH_WARPS * i, r = r0 + tx;
+                if (t < sg.n && r < sg.rank)
+                    tmp[sg.tmp_off + (size_t)t * (size_t)sg.rank + r] = acc[i];
+            }
+        }
+    }
+}
+
+/* ---- expand ---- */
+
+template <int TM, bool F16>
+static __global__ void __launch_bounds__(THREADS)
+    k_expand(const qv_sgmv_seg *segs, const float *tmp) {
+    __shared__ float ts[TM * QV_SGMV_MAX_RANK];
+    const qv_sgmv_seg sg = segs[blockIdx.z];
+    const int rank = sg.rank;
+    if (rank < 1 || rank > QV_SGMV_MAX_RANK) return; /* block-uniform, before any barrier */
+    const unsigned short *B = (const unsigned short *)sg.b;
+    const bool vec = (rank % 8) == 0 && aligned16(B);
+    for (int m0 = (int)blockIdx.y * TM; m0 < sg.n; m0 += (int)gridDim.y * TM) {
+        const int nt = min(TM, sg.n - m0);
+        __syncthreads(); /* the previous tile's readers are done */
+        const float *src = tmp + sg.tmp_off + (size_t)m0 * (size_t)rank;
+        for (int i = (int)threadIdx.x; i < TM * rank; i += THREADS)
+            ts[i] = (i / rank < nt) ? src[i] : 0.0f;
+        __syncthreads();
+        for (int o = (int)blockIdx.x * THREADS + (int)threadIdx.x; o < sg.n_out;
+             o += (int)gridDim.x * THREADS) {
+            const unsigned short *br = B + (size_t)o * (size_t)rank;
+            float acc[TM];
+#pragma unroll
+            for (int t = 0; t < TM; t++)
+                acc[t] = 0.0f;
+            if (vec) {
+                for (int r = 0; r < rank; r += 8) {
+                    float bf[8];
+                    cvt8<F16>(*(const uint4 *)(br + r), bf);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+#pragma unroll
+                        for (int t = 0; t < TM; t++)
+                            acc[t] = fmaf(bf[j], ts[t * rank + r + j], acc[t]);
+                    }
+                }
+            } else {
+                for (int r = 0; r < rank; r++) {
+                    const float bv = ld1<F16>(br, (size_t)r);
+#pragma unroll
+                    for (int t = 0; t < TM; t++)
+                        acc[t] = fmaf(bv, ts[t * rank + r], acc[t]);
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < TM; t++) {
+                if (t < nt) {
+                    float *yp = sg.y + (size_t)(sg.t0 + m0 + t) * (size_t)sg.ldy + (size_t)o;
+                    *yp += sg.scale * acc[t];
+                }
+            }
+        }
+    }
+}
+
+/* ---- launchers ---- */
+
+static unsigned clamp_grid(long long n, unsigned limit) {
+    if (n < 1) return 1u;
+    return n > (long long)limit ? limit : (unsigned)n;
+}
+
+static int check_args(const qv_sgmv_args *g) {
+    if (!g) SGMV_FAIL("no arguments");
+    if (g->plan.n_segs < 0 || g->plan.n_segs > QV_SGMV_MAX_SEGS)
+        SGMV_FAIL("%d segments (limit %d)", g->plan.n_segs, QV_SGMV_MAX_SEGS);
+    if (g->plan.n_segs > 0 && !g->segs) SGMV_FAIL("no device segment table");
+    if (g->plan.max_rank > QV_SGMV_MAX_RANK)
+        SGMV_FAIL("rank %d > %d", g->plan.max_rank, QV_SGMV_MAX_RANK);
+    return 0;
+}
+
+extern "C" int qv_cuda_sgmv_shrink(const qv_sgmv_args *g, const void *x, int64_t ldx, int n_in,
+                                   float *tmp, cudaStream_t s) {
+    if (check_args(g)) return -1;
+    const qv_sgmv_plan *p = &g->plan;
+    if (p->n_segs == 0 || p->max_n == 0 || p->max_rank == 0) return 0;
+    if (!x || !tmp || n_in < 1 || ldx < n_in) SGMV_FAIL("bad shrink arguments (n_in %d)", n_in);
+    const unsigned short *xp = (const unsigned short *)x;
+    const int f16 = g->fp16 != 0;
+    if (p->max_n <= QV_SGMV_DECODE_MAX_N) {
+        const int vec_x = (n_in % 8) == 0 && (ldx % 8) == 0 && (((uintptr_t)x) & 15u) == 0;
+        dim3 grid((unsigned)p->n_segs, clamp_grid((p->max_rank + SH_WARPS - 1) / SH_WARPS, 65535));
+#define SHRINK_W(NT)                                                                               \
+    do {                                                                                           \
+        if (f16)                                                                                   \
+            k_shrink_warp<NT, true><<<grid, THREADS, 0, s>>>(g->segs, xp, ldx, n_in, vec_x, tmp);  \
+        else                                                                                       \
+            k_shrink_warp<NT, false><<<grid, THREADS, 0, s>>>(g->segs, xp, ldx, n_in, vec_x, tmp); \
+    } while (0)
+        if (p->max_n == 1)
+            SHRINK_W(1);
+        else if (p->max_n == 2)
+            SHRINK_W(2);
+        else
+            SHRINK_W(4);
+#undef SHRINK_W
+        LAUNCH_CHECK("sgmv shrink (decode)");
+    }
+    dim3 grid(clamp_grid((p->max_rank + TILE - 1) / TILE, 65535),
+              clamp_grid((p->max_n + TILE - 1) / TILE, 65535), (unsigned)p->n_segs);
+    if (f16)
+        k_shrink_tiled<true><<<grid, THREADS, 0, s>>>(g->segs, xp, ldx, n_in, tmp);
+    else
+        k_shrink_tiled<false><<<grid, THREADS, 0, s>>>(g->segs, xp, ldx, n_in, tmp);
+    LAUNCH_CHECK("sgmv shrink (tiled)");
+}
+
+extern "C" int qv_cuda_sgmv_expand(const qv_sgmv_args *g, const float *tmp, cudaStream_t s) {
+    if (check_args(g)) return -1;
+    const qv_sgmv_plan *p = &g->plan;
+    if (p->n_segs == 0 || p->max_n == 0 || p->max_rank == 0 || p->max_n_out == 0) return 0;
+    if (!tmp) SGMV_FAIL("no tmp");
+    const int f16 = g->fp16 != 0;
+    const unsigned gx = clamp_grid((p->max_n_out + THREADS - 1) / THREADS, 0x7fffffffu);
+#define EXPAND(TM)                                                                                 \
+    do {                                                                                           \
+        dim3 grid(gx, clamp_grid((p->max_n + (TM)-1) / (TM), 65535), (unsigned)p->n_segs);         \
+        if (f16)                                                                                   \
+            k_expand<TM, true><<<grid, THREADS, 0, s>>>(g->segs, tmp);                             \
+        else                                                                                       \
+            k_expand<TM, false><<<grid, THREADS, 0, s>>>(g->segs, tmp);                            \
+    } while (0)
+    if (p->max_n == 1)
+        EXPAND(1);
+    else if (p->max_n <= QV_SGMV_DECODE_MAX_N)
+        EXPAND(QV_SGMV_DECODE_MAX_N);
+    else
+        EXPAND(TILE);
+#undef EXPAND
+    LAUNCH_CHECK("sgmv expand");
+}

@@ -1,0 +1,68 @@
+/*
+ * sgmv_plan.h - the segment table of the device SGMV kernels (engine/cuda/sgmv.cu) and its
+ * host-side validation, in plain C so that it is built and tested without CUDA.
+ *
+ * What: one qv_sgmv_seg per (adapter segment, projection) of a batch. A table covers every
+ * segment of one kernel launch: the shrink computes tmp = x·Aᵀ for each segment with its own
+ * rank, the expand adds scale·(tmp·Bᵀ) into each segment's output rows. Several projections
+ * that share an input x (q/k/v, gate/up) are fused by putting their segments in one table, each
+ * with its own B, y, ldy and n_out. The layout is shared bit for bit with the device (plain
+ * pointers and sized integers, 64 bytes).
+ * What not: no device memory, no kernel launch (engine/cuda/sgmv.h), no adapter knowledge.
+ * Invariants (enforced by qv_sgmv_plan_build): 1 <= rank <= QV_SGMV_MAX_RANK; token rows
+ * [t0, t0 + n) lie in [0, n_tokens); segments writing the same y never share a token row (the
+ * expand adds without atomics); every segment's tmp block is its own (packed in table order).
+ * Thread: any (pure functions on caller memory).
+ */
+#ifndef QV_SGMV_PLAN_H
+#define QV_SGMV_PLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Largest LoRA rank the kernels take (ranks are never padded to it). */
+#define QV_SGMV_MAX_RANK 256
+/* Largest number of segments of one launch (grid z limit). */
+#define QV_SGMV_MAX_SEGS 65535
+
+typedef struct qv_sgmv_seg {
+    const void *a;    /* (rank, n_in) half (bf16, or fp16), row stride n_in, device memory */
+    const void *b;    /* (n_out, rank) half, row stride rank, device memory */
+    float *y;         /* output: token row t (absolute) at y + t * ldy, n_out floats */
+    int64_t ldy;      /* floats between rows of y, >= n_out */
+    int64_t tmp_off;  /* floats: the segment's (n, rank) block of tmp (set by the plan) */
+    int32_t t0, n;    /* token rows [t0, t0 + n) of x and y; n may be 0 (empty segment) */
+    int32_t rank;     /* 1 .. QV_SGMV_MAX_RANK */
+    int32_t n_out;    /* output columns written */
+    float scale;      /* alpha / r (or rsLoRA's alpha / sqrt(r)) */
+    int32_t reserved; /* 0 */
+} qv_sgmv_seg;
+
+/* Launch shape of a table: upper bounds over its segments. The kernels loop over whatever the
+ * grid does not cover, so these only shape the grid; they are part of a CUDA graph's key. */
+typedef struct qv_sgmv_plan {
+    int n_segs;
+    int max_n;         /* largest segment length (tokens) */
+    int max_rank;      /* largest rank */
+    int max_n_out;     /* largest n_out */
+    size_t tmp_floats; /* sum of n * rank: floats of the shrink output */
+} qv_sgmv_plan;
+
+/* Validates segs[0..n_segs) for a batch of n_tokens rows, assigns each segment's tmp_off
+ * (packed in table order, segment s after all earlier ones) and fills *plan.
+ * Errors: QV_ERR_INVALID (a rank out of range, rows outside the batch, NULL weights or y for a
+ * non-empty segment, ldy < n_out, two segments writing the same rows of the same y, too many
+ * segments), with the offending segment named in err. Thread: any. */
+qv_status qv_sgmv_plan_build(qv_sgmv_seg *segs, int n_segs, int n_tokens, qv_sgmv_plan *plan,
+                             qv_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_SGMV_PLAN_H */
