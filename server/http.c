@@ -19,12 +19,17 @@
  *  - A connection is suspended only while request.suspended is set under request.mu and is
  *    resumed by whoever clears it, so suspend and resume always pair.
  *  - Adapters: the store (thread-safe) is read by HTTP threads (name resolution at arrival,
- *    listings, uploads streamed into store transactions and validated on the HTTP thread at
- *    commit). The registry is confined to the engine thread: a request naming an adapter
- *    acquires its version there (waiting in server.await_head while it loads; loader workers
- *    wake the loop through the same async handle) and releases it when the engine drops the
- *    request. Listings that show residency and deletes run on the engine thread as an
- *    admin_job, with the same refcount and suspend/resume rules as `request`.
+ *    listings, uploads streamed into store transactions). A finished upload is an admin_job:
+ *    the engine thread queues it on its libuv worker pool (uv_queue_work), where the store
+ *    commit runs the validator (the PEFT / AdapterHub loader against the base model: shapes,
+ *    NaN/Inf, rank limit) and publishes; the after-callback, back on the engine thread,
+ *    resumes the connection with the result. The registry is confined to the engine thread:
+ *    a request naming an adapter acquires its version there (waiting in server.await_head
+ *    while it loads; loader workers wake the loop through the same async handle) and releases
+ *    it when the engine drops the request. Listings that show residency and deletes run on the
+ * engine thread as an admin_job, with the same refcount and suspend/resume rules as `request`.
+ *  - libmicrohttpd's own diagnostics go through qv_log (mhd_log): peers that vanish are debug
+ *    lines, anything else a warning.
  */
 #include "server/http.h"
 
@@ -98,25 +103,36 @@ typedef struct request {
     size_t frame_len, frame_off;
 } request;
 
-/* An adapter-administration request that needs the engine thread (residency tiers, deletes):
- * shared by the connection and the engine like `request`, with the same suspend/resume rule.
- * Fields are immutable once posted except [mu] ones and, until done, those the engine fills. */
-enum job_kind { JOB_TIERS = 0, JOB_DELETE };
-enum job_resp { RESP_MODELS = 0, RESP_LIST, RESP_ONE, RESP_DELETE, RESP_UNLOAD };
+/* An adapter-administration request that needs the engine thread (residency tiers, deletes)
+ * or its libuv worker pool (validating and committing an upload): shared by the connection and
+ * the engine like `request`, with the same suspend/resume rule. Fields are immutable once
+ * posted except [mu] ones and, until done, those the engine (or the upload's worker) fills. */
+enum job_kind { JOB_TIERS = 0, JOB_DELETE, JOB_UPLOAD };
+enum job_resp { RESP_MODELS = 0, RESP_LIST, RESP_ONE, RESP_DELETE, RESP_UNLOAD, RESP_UPLOAD };
 typedef struct admin_job {
     pthread_mutex_t mu;
     int refs;             /* [mu] */
     bool done, suspended; /* [mu] */
     struct MHD_Connection *conn;
+    server *srv;
     enum job_kind kind;
     enum job_resp resp;
-    char name[QV_STORE_NAME_MAX + 1]; /* JOB_DELETE */
+    char name[QV_STORE_NAME_MAX + 1]; /* JOB_DELETE, JOB_UPLOAD */
     qv_store_entry *entries;          /* JOB_TIERS: what is listed (owned) */
     size_t n;
     qv_proto_adapter_info *infos; /* [n] pointing into entries; tier filled by the engine */
     char (*kinds)[32];            /* [n] */
-    int status;                   /* JOB_DELETE result: HTTP status */
+    int status;                   /* JOB_DELETE, JOB_UPLOAD result: HTTP status */
+    const char *code;             /* error code of a failed JOB_UPLOAD (static string) */
     char msg[384];
+    /* JOB_UPLOAD: the streamed transaction (owned until the worker commits it), whether it is
+     * a PUT (the name may exist), and what the worker publishes */
+    uv_work_t work;
+    qv_store_txn_t *txn;
+    bool replace;
+    char version[QV_STORE_VERSION_LEN + 1];
+    char kind_name[32];
+    int rank;
 } admin_job;
 
 typedef struct upload upload;
@@ -151,7 +167,7 @@ struct server {
     qv_metrics *metrics;
     atomic_int draining;
     atomic_int n_waiting; /* queued, not yet admitted (inbox + pending) */
-    atomic_int n_open;    /* generation requests whose connection is not complete */
+    atomic_int n_open;    /* generation requests and uploads whose connection is not complete */
     atomic_ulong next_id;
     /* inbox: HTTP threads -> engine thread */
     pthread_mutex_t inbox_mu;
@@ -177,10 +193,17 @@ struct server {
     qv_store_t *store;
     qv_registry_t *reg;
     qv_adapter_limits limits;
-    int test_load_delay_ms; /* QUIVER_TEST_ADAPTER_LOAD_DELAY_MS: slows loads down (tests) */
-    request *await_head;    /* requests whose adapter is loading (any version, newest first) */
-    bool released;          /* a handle was released since the last retry_waiters */
+    int test_load_delay_ms;   /* QUIVER_TEST_ADAPTER_LOAD_DELAY_MS: slows loads down (tests) */
+    int test_upload_delay_ms; /* QUIVER_TEST_UPLOAD_DELAY_MS: slows upload commits (tests) */
+    request *await_head;      /* requests whose adapter is loading (any version, newest first) */
+    bool released;            /* a handle was released since the last retry_waiters */
 };
+
+/* Test hooks only: sleeps `ms` milliseconds on the calling (worker) thread. */
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
 
 /* ---- requests ---- */
 
@@ -659,6 +682,7 @@ static void job_release(admin_job *j) {
     pthread_mutex_unlock(&j->mu);
     if (left) return;
     pthread_mutex_destroy(&j->mu);
+    qv_store_abort(j->txn);
     qv_free(j->entries);
     qv_free(j->infos);
     qv_free(j->kinds);
@@ -673,10 +697,74 @@ static const char *tier_name(unsigned t) {
                                          : "disk";
 }
 
-/* Engine thread: residency tiers of listed versions, or a delete (running requests of the
- * deleted version keep their handle and finish). Then resumes the connection. */
+/* Marks a job done, resumes its connection if it waits and drops the engine's reference. */
+static void job_complete(admin_job *j) {
+    pthread_mutex_lock(&j->mu);
+    j->done = true;
+    if (j->suspended) {
+        j->suspended = false;
+        MHD_resume_connection(j->conn);
+    }
+    pthread_mutex_unlock(&j->mu);
+    job_release(j);
+}
+
+static void version_summary(server *srv, const char *version, char kind[32], int *rank);
+
+/* libuv worker thread: validates (the store's validator runs the PEFT / AdapterHub loader
+ * against the base model) and publishes an upload, off the HTTP and engine threads. */
+static void upload_work(uv_work_t *w) {
+    admin_job *j = w->data;
+    server *srv = j->srv;
+    qv_error err = {0};
+    char existing[QV_STORE_VERSION_LEN + 1];
+    if (!j->replace && qv_store_resolve(srv->store, j->name, existing, NULL, &err) == QV_OK) {
+        j->status = 409;
+        j->code = "adapter_exists";
+        snprintf(j->msg, sizeof(j->msg),
+                 "adapter '%s' already exists; PUT /v1/adapters/%s publishes a new version",
+                 j->name, j->name);
+        return;
+    }
+    memset(&err, 0, sizeof(err));
+    if (srv->test_upload_delay_ms > 0) sleep_ms(srv->test_upload_delay_ms);
+    char *dir = qv_strdup(qv_store_txn_dir(j->txn));
+    qv_status s = qv_store_commit(j->txn, j->name, j->version, &err);
+    j->txn = NULL;
+    if (dir) strip_path(err.msg, dir);
+    qv_free(dir);
+    if (s != QV_OK) {
+        j->status = s == QV_ERR_IO || s == QV_ERR_NOMEM ? 500 : 422;
+        j->code = "adapter_invalid";
+        snprintf(j->msg, sizeof(j->msg), "%.380s", err.msg);
+        return;
+    }
+    QV_LOGI("adapter %s published: version %.12s", j->name, j->version);
+    version_summary(srv, j->version, j->kind_name, &j->rank);
+    j->status = j->replace ? 200 : 201;
+}
+
+/* Engine thread: the upload's worker finished (or was cancelled at shutdown). */
+static void upload_after(uv_work_t *w, int status) {
+    admin_job *j = w->data;
+    if (status != 0 && !j->status) {
+        j->status = 503;
+        j->code = "draining";
+        snprintf(j->msg, sizeof(j->msg), "the server is shutting down");
+    }
+    job_complete(j);
+}
+
+/* Engine thread: residency tiers of listed versions, a delete (running requests of the
+ * deleted version keep their handle and finish), or an upload handed to the worker pool.
+ * Then resumes the connection (an upload: once its worker is done). */
 static void run_job(server *srv, admin_job *j) {
-    if (j->kind == JOB_TIERS) {
+    if (j->kind == JOB_UPLOAD) {
+        j->work.data = j;
+        if (uv_queue_work(&srv->loop, &j->work, upload_work, upload_after) == 0) return;
+        j->status = 500;
+        snprintf(j->msg, sizeof(j->msg), "cannot queue the upload's validation");
+    } else if (j->kind == JOB_TIERS) {
         for (size_t i = 0; i < j->n; i++)
             j->infos[i].tier = tier_name(srv->reg && j->infos[i].version[0]
                                              ? qv_registry_tiers(srv->reg, j->infos[i].version)
@@ -695,14 +783,7 @@ static void run_job(server *srv, admin_job *j) {
             snprintf(j->msg, sizeof(j->msg), "%.380s", err.msg);
         if (s == QV_OK) QV_LOGI("adapter %s deleted", j->name);
     }
-    pthread_mutex_lock(&j->mu);
-    j->done = true;
-    if (j->suspended) {
-        j->suspended = false;
-        MHD_resume_connection(j->conn);
-    }
-    pthread_mutex_unlock(&j->mu);
-    job_release(j);
+    job_complete(j);
 }
 
 static void on_wake(uv_async_t *h) {
@@ -1434,11 +1515,12 @@ static enum MHD_Result job_start(server *srv, struct MHD_Connection *c, conn_ctx
     return MHD_YES;
 }
 
-static admin_job *job_new(enum job_kind kind, enum job_resp resp) {
+static admin_job *job_new(server *srv, enum job_kind kind, enum job_resp resp) {
     admin_job *j = qv_calloc(1, sizeof(*j));
     if (!j) return NULL;
     pthread_mutex_init(&j->mu, NULL);
     j->refs = 1;
+    j->srv = srv;
     j->kind = kind;
     j->resp = resp;
     return j;
@@ -1447,7 +1529,7 @@ static admin_job *job_new(enum job_kind kind, enum job_resp resp) {
 /* Starts a listing (models, adapters, one adapter) or a delete. */
 static enum MHD_Result admin_begin(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
                                    enum job_kind kind, enum job_resp resp, const char *name) {
-    admin_job *j = job_new(kind, resp);
+    admin_job *j = job_new(srv, kind, resp);
     if (!j) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
     if (kind == JOB_TIERS) {
         char msg[384] = "out of memory";
@@ -1474,7 +1556,10 @@ static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn
     }
     pthread_mutex_unlock(&j->mu);
     if (j->status >= 400)
-        return send_error(c, ctx, j->status, NULL, j->status == 404 ? "adapter_not_found" : NULL,
+        return send_error(c, ctx, j->status, NULL,
+                          j->code            ? j->code
+                          : j->status == 404 ? "adapter_not_found"
+                                             : NULL,
                           "%s", j->msg);
     switch (j->resp) {
     case RESP_MODELS:
@@ -1488,6 +1573,14 @@ static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn
                  "{\"object\":\"adapter.deleted\",\"name\":\"%s\",\"deleted\":true}",
                  j->name); /* names are [A-Za-z0-9._-]: no escaping needed */
         return send_json(c, ctx, 200, qv_strdup(buf));
+    }
+    case RESP_UPLOAD: {
+        qv_proto_adapter_info info = {.name = j->name,
+                                      .version = j->version,
+                                      .kind = j->kind_name[0] ? j->kind_name : NULL,
+                                      .rank = j->rank,
+                                      .tier = "disk"};
+        return send_json(c, ctx, j->status, qv_proto_encode_adapter(&info));
     }
     case RESP_UNLOAD: {
         char buf[256];
@@ -1631,6 +1724,8 @@ static upload *upload_new(server *srv, struct MHD_Connection *c, const char *nam
     return u;
 }
 
+/* The body is consumed: answers a refusal at once, or hands the transaction to the engine
+ * thread, whose worker pool validates and commits it (the connection waits suspended). */
 static enum MHD_Result upload_finish(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
     upload *u = ctx->up;
     if (u->pp) {
@@ -1639,8 +1734,6 @@ static enum MHD_Result upload_finish(server *srv, struct MHD_Connection *c, conn
     }
     if ((u->status == 401 || u->status == 403) && !u->msg[0])
         return send_admin_refusal(c, ctx, srv, u->status);
-    qv_error err = {0};
-    char version[QV_STORE_VERSION_LEN + 1];
     if (!u->status && !u->name_len)
         upload_fail(u, 400, "invalid_value", "the form has no 'name' field");
     if (!u->status && !qv_store_name_valid(u->name))
@@ -1653,30 +1746,15 @@ static enum MHD_Result upload_finish(server *srv, struct MHD_Connection *c, conn
     if (!u->status && !u->have_weights)
         upload_fail(u, 400, "invalid_value",
                     "the upload has no adapter_model.safetensors (or adapter.safetensors)");
-    if (!u->status && !u->replace &&
-        qv_store_resolve(srv->store, u->name, version, NULL, &err) == QV_OK)
-        upload_fail(u, 409, "adapter_exists",
-                    "adapter '%s' already exists; PUT /v1/adapters/%s publishes a new version",
-                    u->name, u->name);
     if (u->status) return send_error(c, ctx, u->status, NULL, u->code, "%s", u->msg);
-    char *dir = qv_strdup(qv_store_txn_dir(u->txn));
-    qv_status s = qv_store_commit(u->txn, u->name, version, &err);
+    admin_job *j = job_new(srv, JOB_UPLOAD, RESP_UPLOAD);
+    if (!j) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+    memcpy(j->name, u->name, QV_MIN(strlen(u->name), (size_t)QV_STORE_NAME_MAX)); /* valid */
+    j->replace = u->replace;
+    j->txn = u->txn;
     u->txn = NULL;
-    if (dir) strip_path(err.msg, dir);
-    qv_free(dir);
-    if (s != QV_OK)
-        return send_error(c, ctx, s == QV_ERR_IO || s == QV_ERR_NOMEM ? 500 : 422, NULL,
-                          "adapter_invalid", "%s", err.msg);
-    QV_LOGI("adapter %s published: version %.12s", u->name, version);
-    char kind[32];
-    int rank = 0;
-    version_summary(srv, version, kind, &rank);
-    qv_proto_adapter_info info = {.name = u->name,
-                                  .version = version,
-                                  .kind = kind[0] ? kind : NULL,
-                                  .rank = rank,
-                                  .tier = "disk"};
-    return send_json(c, ctx, u->replace ? 200 : 201, qv_proto_encode_adapter(&info));
+    atomic_fetch_add(&srv->n_open, 1); /* a drain waits for its answer to be written */
+    return job_start(srv, c, ctx, j);
 }
 
 /* ---- vLLM-compatible /v1/load_lora_adapter and /v1/unload_lora_adapter ---- */
@@ -1771,6 +1849,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         return MHD_YES;
     }
+    if (ctx->job) return admin_respond(srv, c, ctx); /* resumed: the job is done */
     if (ctx->up) {
         upload *u = ctx->up;
         if (!*upload_data_size) return upload_finish(srv, c, ctx);
@@ -1802,7 +1881,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         ctx->body[ctx->body_len] = '\0';
         return MHD_YES;
     }
-    if (ctx->job) return admin_respond(srv, c, ctx);
     if (ctx->req) return respond(c, ctx);
     snprintf(ctx->route, sizeof(ctx->route), "%s %s", method, url);
     bool get = !strcmp(method, MHD_HTTP_METHOD_GET), post_m = !strcmp(method, MHD_HTTP_METHOD_POST);
@@ -1914,6 +1992,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         pthread_mutex_lock(&j->mu);
         j->suspended = false; /* a completed connection is never resumed again */
         pthread_mutex_unlock(&j->mu);
+        if (j->kind == JOB_UPLOAD) atomic_fetch_sub(&srv->n_open, 1);
         job_release(j);
     }
     upload_free(ctx->up);
@@ -1957,6 +2036,31 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 /* ---- start-up ---- */
 
+/* libmicrohttpd's own diagnostics, through quiver's logger. A peer that goes away (reset,
+ * broken pipe, timeout, a failed send) is routine for a server, so those lines are debug; the
+ * rest (listen, resources, protocol errors) are warnings. Any MHD thread. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    static const char *const routine[] = {
+        "Failed to send",   "Failed to receive", "no longer available", "reset by peer",
+        "Connection reset", "Broken pipe",       "timed out",           "timeout",
+        "closed by",        "disconnected"};
+    bool quiet = false;
+    for (size_t i = 0; i < QV_ARRAY_LEN(routine) && !quiet; i++)
+        quiet = strstr(msg, routine[i]) != NULL;
+    if (quiet)
+        QV_LOGD("http: %s", msg);
+    else
+        QV_LOGW("http: %s", msg);
+}
+
 /* Store validator: a version is published only if it loads against this base model. */
 static qv_status validate_adapter_dir(const char *dir, void *user, qv_error *err) {
     server *srv = user;
@@ -1972,11 +2076,7 @@ static qv_status load_adapter(void *user, const char *path, const char *version,
     (void)version;
     server *srv = user;
     qv_adapter *ad = NULL;
-    if (srv->test_load_delay_ms > 0) {
-        struct timespec ts = {srv->test_load_delay_ms / 1000,
-                              (long)(srv->test_load_delay_ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    if (srv->test_load_delay_ms > 0) sleep_ms(srv->test_load_delay_ms);
     qv_status s = qv_adapter_load(path, srv->model, &srv->limits, &ad, err);
     if (s != QV_OK) return s;
     *obj = ad;
@@ -2039,6 +2139,8 @@ static bool adapters_start(server *srv) {
     srv->limits.max_rank = cfg->max_rank;
     const char *delay = getenv("QUIVER_TEST_ADAPTER_LOAD_DELAY_MS");
     srv->test_load_delay_ms = delay ? atoi(delay) : 0;
+    delay = getenv("QUIVER_TEST_UPLOAD_DELAY_MS");
+    srv->test_upload_delay_ms = delay ? atoi(delay) : 0;
     if (!cfg->adapter_store || !*cfg->adapter_store) return cfg->n_preload == 0;
     if (qv_store_open(cfg->adapter_store, NULL, &srv->store, &err) != QV_OK) {
         fprintf(stderr, "quiver serve: adapter store: %s\n", err.msg);
@@ -2138,10 +2240,10 @@ int qv_http_serve(const qv_http_config *cfg) {
     }
     srv->daemon = MHD_start_daemon(
         MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-        on_request, srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)QV_MAX(cfg->http_threads, 1),
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)600, MHD_OPTION_END);
+        on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)QV_MAX(cfg->http_threads, 1), MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_END);
     if (!srv->daemon) {
         fprintf(stderr, "quiver serve: cannot listen on %s:%d (%s)\n", cfg->host, cfg->port,
                 strerror(errno));

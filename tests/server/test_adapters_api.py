@@ -9,7 +9,9 @@ way of naming an adapter ("base:name", "name", adapter_id); mixed concurrent req
 base + 3 fixture adapters + 2 demo adapters each equal their solo output; 404 for unknown
 names and path tricks; a load failure answered 422 with the loader's message (a corrupt
 version planted in the store, and --max-rank); a restart on the same store serves what was
-published before; the adapter name on the request log line.
+published before; the adapter name on the request log line; uploads validated off the HTTP
+thread (with commits slowed by QUIVER_TEST_UPLOAD_DELAY_MS and one HTTP thread, /health and a
+generation answer while an upload is validated).
 
 Usage: test_adapters_api.py <quiver-binary>. Exit 77 when the model has not been fetched.
 """
@@ -331,6 +333,51 @@ def run(store, servers):
     check(ev >= 1, f"2 MiB budget: evictions counted ({ev})")
     rc = srv5.stop()
     check(rc == 0, f"fifth server exits 0 ({rc})")
+
+    # Upload validation runs on the engine's worker pool, not on the HTTP thread: with commits
+    # slowed to 2 s and a single HTTP thread, /health and a generation answer while an upload
+    # is being validated; the upload then answers 201, and an invalid one 422.
+    os.environ["QUIVER_TEST_UPLOAD_DELAY_MS"] = "2000"
+    try:
+        srv6 = T.Server("--adapter-store", store, "--admin-key", ADMIN, "--http-threads", "1")
+    finally:
+        del os.environ["QUIVER_TEST_UPLOAD_DELAY_MS"]
+    servers.append(srv6)
+    up = {}
+
+    def slow_upload(key, name, files):
+        up[key] = upload(srv6, "POST", "/v1/adapters", {"name": name}, files)
+        up[key + "_t"] = time.time()
+
+    ia3_files = adapter_files(fix[2][1])
+    wrong = ia3_files[:1] + adapter_files(DEMO + "/pirate")[1:]
+    t0 = time.time()
+    ths = [threading.Thread(target=slow_upload, args=("good", "slow-ia3", ia3_files)),
+           threading.Thread(target=slow_upload, args=("bad", "slow-bad", wrong))]
+    for t in ths:
+        t.start()
+    time.sleep(0.4)
+    st_h, _, _ = srv6.raw("GET", "/health")
+    t_h = time.time() - t0
+    st_g, r_g = complete(srv6, base, g[0], 4)
+    t_g = time.time() - t0
+    for t in ths:
+        t.join(60)
+    t_up = up.get("good_t", 0) - t0
+    check(st_h == 200 and t_h < 1.5, f"/health answers during an upload's validation ({t_h:.2f} s)")
+    check(st_g == 200 and t_g < up.get("good_t", 0) - t0,
+          f"a generation answers during an upload's validation ({t_g:.2f} s < {t_up:.2f} s)")
+    st_u, d_u = up.get("good", (0, None))
+    check(st_u == 201 and d_u.get("kind") == "IA3" and t_up >= 2.0,
+          f"the slowed upload answers 201 after its validation: {st_u} {d_u} ({t_up:.2f} s)")
+    st_b, d_b = up.get("bad", (0, None))
+    check(st_b == 422 and "adapter_invalid" in str(d_b),
+          f"an invalid upload answers 422 from the worker: {st_b} {d_b}")
+    p = fix[2][2][0]
+    st, r = complete(srv6, "slow-ia3", p[0], p[2])
+    check(st == 200 and text_of(r) == solo[(fix[2][0], 0)], "the slowed upload serves")
+    rc = srv6.stop()
+    check(rc == 0, f"sixth server exits 0 ({rc})")
 
     # `quiver chat --adapter NAME` resolves NAME through the same store.
     env = dict(os.environ, QUIVER_ADAPTER_STORE=store)

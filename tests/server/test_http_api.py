@@ -175,6 +175,11 @@ def main():
     run_queue_limit_test()
     reports = [l for l in srv.lines if "Sanitizer" in l or "runtime error:" in l]
     check(not reports, f"no sanitizer report from the server ({reports[:1]})")
+    # Everything the server prints goes through its logger (libmicrohttpd's own lines too,
+    # e.g. "Failed to send data" after the disconnect: a debug line, hidden at info).
+    stray = [l for l in srv.lines if not l.startswith("quiver ") or "warn: http:" in l]
+    check(not stray, f"every server stderr line comes from quiver's logger, no libmicrohttpd "
+          f"warning for a client that left {stray[:2]}")
     if failures:
         print(f"{len(failures)} check(s) failed")
         print("server log tail:\n" + "".join(srv.lines[-20:]))
