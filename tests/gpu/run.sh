@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # run.sh - the device script: build for Hopper (sm_90) on all cores, run the gpu-labelled tests,
-# compute-sanitizer memcheck on the op test, and the decode benchmark; prints one table.
+# compute-sanitizer memcheck on the op tests and the SGMV test, racecheck on the SGMV test, the
+# SGMV bandwidth benchmark and the decode benchmark; prints one table.
 # Meant for a lent GPU machine (H100/H200); finishes in a few minutes (each step is capped).
 #   run(command="bash tests/gpu/run.sh 2>&1 | tee $OUT/gpu.log", carry=[".gpu-deps"], timeout_s=420)
 # Results go in docs/gpu-results.md with the date and the card.
@@ -13,7 +14,7 @@ if [[ -d .gpu-deps ]]; then source tests/gpu/deps.sh unpack; fi
 export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # not the server binary: it links libmicrohttpd/gnutls, which the machine may lack
-targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 bench_gpu_decode"
+targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv bench_gpu_decode bench_sgmv"
 build() { # $1 = ON/OFF fatal warnings
     cmake -S . -B build-gpu -DQV_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DQV_FATAL_WARNINGS=$1 \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo >/tmp/qv-gpu-cmake.log 2>&1 || { tail -20 /tmp/qv-gpu-cmake.log; return 1; }
@@ -30,7 +31,7 @@ fi
 t1=$(date +%s)
 timeout 240 ctest --test-dir build-gpu -L gpu --output-on-failure -V >/tmp/qv-gpu-ctest.log 2>&1
 rc=$?
-grep -E "device 0|saxpy|SKIP|FAIL|ERROR|error|worst|near tie|identical|outside tolerance|cuda backend|Passed|Failed|tests passed|PASSED|Test #" /tmp/qv-gpu-ctest.log | sed 's/^[0-9]*: //' | head -120
+grep -E "device 0|saxpy|bitwise|pool:|SKIP|FAIL|ERROR|error|worst|near tie|identical|outside tolerance|cuda backend|Passed|Failed|tests passed|PASSED|Test #" /tmp/qv-gpu-ctest.log | sed 's/^[0-9]*: //' | head -120
 t2=$(date +%s)
 san="skipped"
 if command -v compute-sanitizer >/dev/null 2>&1; then
@@ -40,10 +41,25 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
         build-gpu/tests/test_cuda_forward >>/tmp/qv-gpu-san.log 2>&1
     src2=$?
+    timeout 100 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+        build-gpu/tests/test_cuda_sgmv >>/tmp/qv-gpu-san.log 2>&1
+    src3=$?
     grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" /tmp/qv-gpu-san.log | head -20
-    [ $src -eq 0 ] && [ $src2 -eq 0 ] && san="clean" || { san="FAIL (rc $src/$src2)"; tail -30 /tmp/qv-gpu-san.log; }
+    [ $src -eq 0 ] && [ $src2 -eq 0 ] && [ $src3 -eq 0 ] && san="clean" || { san="FAIL (rc $src/$src2/$src3)"; tail -30 /tmp/qv-gpu-san.log; }
+fi
+race="skipped"
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    timeout 100 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 \
+        build-gpu/tests/test_cuda_sgmv >/tmp/qv-gpu-race.log 2>&1
+    rrc=$?
+    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|PASSED|FAILED" /tmp/qv-gpu-race.log | head -10
+    [ $rrc -eq 0 ] && race="clean" || { race="FAIL (rc $rrc)"; tail -30 /tmp/qv-gpu-race.log; }
 fi
 t3=$(date +%s)
+echo "== SGMV benchmark =="
+timeout 60 build-gpu/tests/bench_sgmv 2>&1 | tee /tmp/qv-gpu-bench-sgmv.log | grep -v "^quiver info"
+sbrc=${PIPESTATUS[0]}
+t3b=$(date +%s)
 echo "== decode benchmark, CUDA graphs off (QV_CUDA_GRAPHS=0) =="
 QV_CUDA_GRAPHS=0 timeout 120 build-gpu/tests/bench_gpu_decode 32 2>&1 | tee /tmp/qv-gpu-bench-nograph.log | grep -v "^quiver info"
 echo "== decode benchmark, CUDA graphs on (default) =="
@@ -55,7 +71,8 @@ echo "| step | result | seconds |"
 echo "|---|---|---|"
 echo "| build (sm_90, -Werror $werror) | ok | $((t1 - t0)) |"
 echo "| ctest -L gpu | $([ $rc -eq 0 ] && echo pass || echo FAIL) | $((t2 - t1)) |"
-echo "| compute-sanitizer memcheck test_cuda_ops + test_cuda_forward | $san | $((t3 - t2)) |"
-echo "| bench_gpu_decode | $([ $brc -eq 0 ] && echo ok || echo "FAIL rc $brc") | $((t4 - t3)) |"
-[ -n "${OUT:-}" ] && cp /tmp/qv-gpu-ctest.log /tmp/qv-gpu-san.log /tmp/qv-gpu-bench.log /tmp/qv-gpu-bench-nograph.log "$OUT"/ 2>/dev/null
+echo "| compute-sanitizer memcheck test_cuda_ops + test_cuda_forward + test_cuda_sgmv, racecheck test_cuda_sgmv | $san / racecheck $race | $((t3 - t2)) |"
+echo "| bench_sgmv | $([ $sbrc -eq 0 ] && echo ok || echo "FAIL rc $sbrc") | $((t3b - t3)) |"
+echo "| bench_gpu_decode | $([ $brc -eq 0 ] && echo ok || echo "FAIL rc $brc") | $((t4 - t3b)) |"
+[ -n "${OUT:-}" ] && cp /tmp/qv-gpu-ctest.log /tmp/qv-gpu-san.log /tmp/qv-gpu-bench.log /tmp/qv-gpu-bench-nograph.log /tmp/qv-gpu-race.log /tmp/qv-gpu-bench-sgmv.log "$OUT"/ 2>/dev/null
 exit $rc

@@ -1,0 +1,108 @@
+/*
+ * adapter_pool.h - the device adapter pool of the CUDA backend: one device region split into
+ * fixed pages, adapter versions resident on runs of pages, asynchronous host-to-device copies.
+ *
+ * What: an adapter version (a 64-bit key chosen by the caller, e.g. from its content hash) is
+ * a list of F32 host matrices (LoRA A and B of every adapted projection). Loading converts them
+ * to half (bf16, or fp16) into pinned host staging and copies them on the pool's own copy
+ * stream; each matrix then has a plain device pointer (qv_cuda_adapter_pool_mat) that the SGMV
+ * segment table can name. Placement, LRU eviction, refcounts and pins are
+ * engine/adapter_pages.c (pure C, tested on the CPU): a version takes a contiguous run of the
+ * pages its real size needs (so the kernels index plain pointers, no page table), and
+ * unreferenced, unpinned versions are evicted least recently used first when a run is missing.
+ * Ordering: a load's copies wait (on the device, by event) for every compute-stream operation
+ * enqueued before the load, so pages of an evicted version are never overwritten under a kernel
+ * still reading them; the compute stream waits for a version's copy only when a step uses it
+ * (qv_cuda_adapter_pool_use) and only while the copy may be pending, so a request never waits
+ * for another adapter's copy. Prefetch is a load issued early (for queued requests).
+ * What not: no adapter formats (the caller lists the matrices), no kernels.
+ * Memory: the region and the pinned staging are allocated once at creation; loads allocate only
+ * small host arrays (matrix offsets).
+ * Errors: CUDA failures are logged with statement/file/line and returned as QV_ERR_DEVICE.
+ * Thread: confined to the engine thread that owns the compute stream.
+ */
+#ifndef QV_CUDA_ADAPTER_POOL_H
+#define QV_CUDA_ADAPTER_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "adapter_pages.h"
+#include "core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qv_cuda_adapter_pool qv_cuda_adapter_pool;
+
+typedef struct qv_cuda_pool_opts {
+    size_t pool_bytes;    /* device region (rounded down to whole pages); required */
+    size_t page_bytes;    /* 0 = 64 KiB; a multiple of 256 */
+    size_t staging_bytes; /* pinned host staging, split into 4 copy slots; 0 = 16 MiB */
+    int max_entries;      /* resident versions at most; 0 = 1024 */
+    int fp16;             /* 1: store fp16, 0: bf16 */
+} qv_cuda_pool_opts;
+
+/* One matrix of a version: n_elems F32 values, converted in order (row-major (rows, cols)). */
+typedef struct qv_cuda_pool_mat {
+    const float *data;
+    int64_t n_elems;
+} qv_cuda_pool_mat;
+
+typedef struct qv_cuda_pool_stats {
+    qv_adapter_pages_stats pages;
+    size_t page_bytes;
+    uint64_t loads, hits, bytes_copied;
+    uint64_t staging_waits; /* times a load waited (host) for a staging slot's earlier copy */
+} qv_cuda_pool_stats;
+
+/* Creates the pool on the current device; `compute` is the stream the kernels that read the
+ * pool run on. Owner: caller (qv_cuda_adapter_pool_destroy), before the stream is destroyed.
+ * Errors: QV_ERR_INVALID, QV_ERR_DEVICE_OOM (the region does not fit), QV_ERR_DEVICE,
+ * QV_ERR_NOMEM. */
+qv_status qv_cuda_adapter_pool_create(const qv_cuda_pool_opts *o, cudaStream_t compute,
+                                      qv_cuda_adapter_pool **out, qv_error *err);
+/* Waits for pending copies, frees everything. Accepts NULL. */
+void qv_cuda_adapter_pool_destroy(qv_cuda_adapter_pool *p);
+
+/* Makes version `key` resident: when it already is, marks it used and returns its handle;
+ * otherwise places it (evicting as adapter_pages.h says), converts the matrices and enqueues
+ * their copies. Returns without waiting for the copy (the host waits only when all 4 staging
+ * slots hold copies still in flight). *slot may be NULL (prefetch).
+ * Not while `compute` is being captured into a CUDA graph (QV_ERR_BUSY).
+ * Errors: QV_ERR_BUSY (no room beside versions in use or pinned: retry after a release),
+ * QV_ERR_DEVICE_OOM (larger than the region), QV_ERR_INVALID, QV_ERR_DEVICE, QV_ERR_NOMEM. */
+qv_status qv_cuda_adapter_pool_load(qv_cuda_adapter_pool *p, uint64_t key,
+                                    const qv_cuda_pool_mat *mats, int n_mats, int *slot,
+                                    qv_error *err);
+
+/* Handle of resident `key`, or -1. */
+int qv_cuda_adapter_pool_find(const qv_cuda_adapter_pool *p, uint64_t key);
+
+/* Device pointer of matrix i of the version at `slot` (valid while it stays resident: hold a
+ * reference while kernels may be enqueued with it). */
+const void *qv_cuda_adapter_pool_mat(const qv_cuda_adapter_pool *p, int slot, int i);
+
+/* References: a version with references is never evicted. */
+void qv_cuda_adapter_pool_acquire(qv_cuda_adapter_pool *p, int slot);
+void qv_cuda_adapter_pool_release(qv_cuda_adapter_pool *p, int slot);
+void qv_cuda_adapter_pool_pin(qv_cuda_adapter_pool *p, int slot, bool pinned);
+
+/* True when the version's copy has completed (never blocks). */
+bool qv_cuda_adapter_pool_ready(qv_cuda_adapter_pool *p, int slot);
+
+/* Orders the compute stream after the version's copy (a device-side wait, only while the copy
+ * may be pending). Call before enqueueing work that reads it. Errors: QV_ERR_BUSY when the copy
+ * is pending and the compute stream is being captured (run the step eagerly), QV_ERR_DEVICE. */
+qv_status qv_cuda_adapter_pool_use(qv_cuda_adapter_pool *p, int slot, qv_error *err);
+
+void qv_cuda_adapter_pool_stats(const qv_cuda_adapter_pool *p, qv_cuda_pool_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_CUDA_ADAPTER_POOL_H */
