@@ -111,7 +111,7 @@ echo "== side by side: 8 concurrent requests on 8 different adapters, $rounds in
 "$py" "$lg" pair --label "8 req / 8 adapters" \
     --target "mixed=$url_mixed@$pid_mixed" --target "one-adapter=$url_one@$pid_one" \
     --adapters "$adapters" --burst 8 --rounds "$rounds" --popularity distinct \
-    --prompt-len uniform:16:24 --output-len "fixed:$max_tokens" --temperature 0 --seed 7 \
+    --prompt-len uniform:16:24 --output-len "fixed:$max_tokens" --temperature 0 --seed 3 \
     --out-json "$tmp/pair.json" >"$tmp/pair.txt"
 grep '^  round' "$tmp/pair.txt"
 

@@ -221,6 +221,10 @@ def make_session(args):
     return aiohttp.ClientSession(timeout=timeout, connector=conn)
 
 
+def slo_of(args):
+    return (args.slo_ttft, args.slo_tpot if args.slo_tpot > 0 else None)
+
+
 def auth_headers(args):
     return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
@@ -301,7 +305,9 @@ def summarize_window(recs, start, end):
             "total_tok_s": (out_tok + in_tok) / wall, "req_s": len(ok) / wall}
 
 
-def summarize(recs, start, end):
+def summarize(recs, start, end, slo=None):
+    """Aggregate figures; `slo` = (TTFT limit s, TPOT limit s or None) adds SLO attainment
+    (S-LoRA: TTFT < 6 s) and goodput."""
     s = summarize_window(recs, start, end)
     ok = [r for r in recs if r["error"] is None]
     errors = {}
@@ -325,6 +331,13 @@ def summarize(recs, start, end):
     for r in recs:
         per_adapter[r["adapter"]] = per_adapter.get(r["adapter"], 0) + 1
     s["requests_per_adapter"] = per_adapter
+    if slo is not None:
+        ttft_slo, tpot_slo = slo
+        good = [r for r in ok if r["ttft"] is not None and r["ttft"] <= ttft_slo
+                and (tpot_slo is None or r["tpot"] is None or r["tpot"] <= tpot_slo)]
+        s["slo"] = {"ttft_s": ttft_slo, "tpot_s": tpot_slo,
+                    "attainment": len(good) / max(len(recs), 1),
+                    "goodput_req_s": len(good) / max(end - start, 1e-9)}
     late = [r.get("lateness") for r in recs if r.get("lateness") is not None]
     if late:
         s["send_lateness_s"] = pct(late)
@@ -355,6 +368,8 @@ def config_of(args, mode):
         "rounds": getattr(args, "rounds", None),
         "temperature": args.temperature,
         "ignore_eos": args.ignore_eos,
+        "slo_ttft_s": args.slo_ttft,
+        "slo_tpot_s": args.slo_tpot or None,
         "seed": args.seed,
     }
 
@@ -379,7 +394,7 @@ async def cmd_run(args):
                 all_recs += recs
                 rounds.append(rnd)
             end = time.perf_counter()
-            res = summarize(all_recs, t0, end)
+            res = summarize(all_recs, t0, end, slo_of(args))
             res["rounds"] = rounds
             res["output_tok_s_rounds"] = pct([r["output_tok_s"] for r in rounds])
             mode = "burst"
@@ -389,10 +404,11 @@ async def cmd_run(args):
             c0 = cpu_seconds(args.server_pid)
             all_recs, t0 = await run_open(session, args.url, headers, args, base, reqs)
             end = max(r["t_end"] for r in all_recs)
-            res = summarize(all_recs, t0, end)
+            res = summarize(all_recs, t0, end, slo_of(args))
             c1 = cpu_seconds(args.server_pid)
             if c0 is not None and c1 is not None:
                 res["server_cpu_s"] = c1 - c0
+                res["output_tok_per_cpu_s"] = res["output_tokens"] / max(c1 - c0, 1e-9)
             res["offered_req_s"] = len(reqs) / max(reqs[-1]["arrival"], 1e-9)
             mode = "open"
     out = {"kind": "run", "label": args.label or mode, "url": args.url, "base_model": base,
@@ -432,7 +448,7 @@ async def cmd_pair(args):
     out_targets = []
     ref = targets[0]
     for t in targets:
-        summ = summarize(t["recs"], 0.0, sum(r["wall_s"] for r in t["rounds"]))
+        summ = summarize(t["recs"], 0.0, sum(r["wall_s"] for r in t["rounds"]), slo_of(args))
         summ["rounds"] = t["rounds"]
         summ["output_tok_s_rounds"] = pct([r["output_tok_s"] for r in t["rounds"]])
         cpu = [r.get("output_tok_per_cpu_s") for r in t["rounds"]]
@@ -620,6 +636,10 @@ def add_workload_args(p):
     p.add_argument("--request-timeout", type=float, default=600)
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the one-request-per-adapter warm-up")
+    p.add_argument("--slo-ttft", type=float, default=6.0,
+                   help="TTFT SLO in seconds for attainment/goodput (default 6, as S-LoRA)")
+    p.add_argument("--slo-tpot", type=float, default=0.0,
+                   help="TPOT SLO in seconds (default 0 = none)")
     p.add_argument("--label", default="")
     p.add_argument("--out-json", default="")
     p.add_argument("--out-png", default="")
