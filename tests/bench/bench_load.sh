@@ -9,8 +9,9 @@
 #      "one-adapter" (--max-loras 1: one adapter per batch, strict FIFO admission, i.e.
 #      llama-server semantics);
 #   3. sends 8 concurrent requests on the 8 different adapters to each server, interleaved
-#      round by round (A B, B A, ...), and reports the aggregate throughput of both and the
-#      median of the paired ratios (issue target >= 3x);
+#      round by round (A B C, C B A, ...), and reports the aggregate throughput of both and the
+#      median of the paired ratios (issue target >= 3x); as a reference, the same 8 requests
+#      without adapter on the mixed server (the mixed / no-adapter ratio, BENCH.md R1);
 #   4. runs an open-loop Poisson workload with Zipf popularity over the 8 adapters at a moderate
 #      rate on the mixed server;
 #   5. writes bench-results/load.json and bench-results/load.png and prints a table.
@@ -110,6 +111,7 @@ start_server one --max-loras 1
 echo "== side by side: 8 concurrent requests on 8 different adapters, $rounds interleaved rounds"
 "$py" "$lg" pair --label "8 req / 8 adapters" \
     --target "mixed=$url_mixed@$pid_mixed" --target "one-adapter=$url_one@$pid_one" \
+    --target "no-adapter=$url_mixed@$pid_mixed+base" \
     --adapters "$adapters" --burst 8 --rounds "$rounds" --popularity distinct \
     --prompt-len uniform:16:24 --output-len "fixed:$max_tokens" --temperature 0 --seed 3 \
     --out-json "$tmp/pair.json" >"$tmp/pair.txt"
@@ -134,7 +136,8 @@ mkdir -p "$out"
 import json, sys
 d = json.load(open(sys.argv[1]))
 for run in d["runs"]:
-    for name, r in run.get("ratios", {}).items():
+    r = run.get("ratios", {}).get("mixed/one-adapter")
+    if r:
         verdict = "met" if r["median"] >= 3.0 else "MISSED"
         print(f"issue target: mixed / one-adapter >= 3x: {verdict} ({r['median']:.2f}x)")
 EOF

@@ -274,6 +274,7 @@ async def run_burst_round(session, url, headers, args, base_name, reqs, pid):
     end = time.perf_counter()
     c1 = cpu_seconds(pid)
     rnd = summarize_window(recs, start, end)
+    rnd["decode_tok_s"] = decode_rate(recs)
     if c0 is not None and c1 is not None:
         rnd["server_cpu_s"] = c1 - c0
         rnd["output_tok_per_cpu_s"] = rnd["output_tokens"] / max(c1 - c0, 1e-9)
@@ -293,6 +294,27 @@ def pct(values, qs=(50, 90, 99)):
     out["mean"] = float(a.mean())
     out["n"] = len(v)
     return out
+
+
+def decode_rate(recs):
+    """Aggregate decode-phase rate: tokens after each request's first one, divided by the length
+    of the union of the requests' decode intervals [first token, end]. Prefill time (TTFT) is
+    left out, whether requests ran together or one after another."""
+    spans = sorted((r["t_send"] + r["ttft"], r["t_end"]) for r in recs
+                   if r["error"] is None and r["ttft"] is not None)
+    toks = sum(max((r["completion_tokens"] or 0) - 1, 0) for r in recs
+               if r["error"] is None and r["ttft"] is not None)
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in spans:
+        if cur_b is None or a > cur_b:
+            if cur_b is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_b is not None:
+        total += cur_b - cur_a
+    return toks / total if total > 0 else None
 
 
 def summarize_window(recs, start, end):
@@ -424,21 +446,27 @@ async def cmd_pair(args):
     targets = []
     for spec in args.target:
         name, rest = spec.split("=", 1)
+        base_only = rest.endswith("+base")
+        if base_only:
+            rest = rest[: -len("+base")]
         url, _, pid = rest.partition("@")
-        targets.append({"name": name, "url": url.rstrip("/"), "pid": int(pid) if pid else None})
+        targets.append({"name": name, "url": url.rstrip("/"), "pid": int(pid) if pid else None,
+                        "base_only": base_only})
     reqs = build_requests(args, args.burst)
+    base_reqs = [dict(r, adapter="base") for r in reqs]
     async with make_session(args) as session:
         base = await resolve_base(session, targets[0]["url"], headers)
         for t in targets:
             if args.warmup:
-                await warmup(session, t["url"], headers, args, base, sorted(set(args.adapters)))
+                names = ["base"] if t["base_only"] else sorted(set(args.adapters))
+                await warmup(session, t["url"], headers, args, base, names)
             t["recs"], t["rounds"] = [], []
         t0 = time.perf_counter()
         for k in range(args.rounds):
             order = targets if k % 2 == 0 else list(reversed(targets))
             for t in order:
-                recs, rnd = await run_burst_round(session, t["url"], headers, args, base, reqs,
-                                                  t["pid"])
+                recs, rnd = await run_burst_round(session, t["url"], headers, args, base,
+                                                  base_reqs if t["base_only"] else reqs, t["pid"])
                 rnd["round"] = k
                 t["recs"] += recs
                 t["rounds"].append(rnd)
@@ -457,7 +485,6 @@ async def cmd_pair(args):
         out_targets.append({"name": t["name"], "url": t["url"], "summary": summ,
                             "requests": slim(t["recs"], t0)})
     ratios = {}
-    ref["summary_tpot_p50"] = out_targets[0]["summary"]["tpot_s"]["p50"]
     for t in targets[1:]:
         rs = [a["output_tok_s"] / max(b["output_tok_s"], 1e-9)
               for a, b in zip(ref["rounds"], t["rounds"])]
@@ -467,14 +494,13 @@ async def cmd_pair(args):
         if all(x is not None for x in ca + cb):
             rc = [a / max(b, 1e-9) for a, b in zip(ca, cb)]
             entry["per_cpu_second_median"] = float(np.median(rc))
-        # Decode-phase estimate: in a burst all requests decode together, so the aggregate
-        # decode rate is about burst / TPOT p50 on a batching server and 1 / TPOT p50 on a
-        # serializing one; the ratio of those leaves prefill (TTFT) out.
-        ta, tb = ref["summary_tpot_p50"], summarize(t["recs"], 0, 1)["tpot_s"]["p50"]
-        if ta and tb:
-            entry["decode_estimate"] = {
-                "ref_tok_s": args.burst / ta, "other_tok_s_if_serial": 1.0 / tb,
-                "ratio": (args.burst / ta) / (1.0 / tb)}
+        da = [r.get("decode_tok_s") for r in ref["rounds"]]
+        db = [r.get("decode_tok_s") for r in t["rounds"]]
+        if all(x for x in da + db):
+            rd = [x / y for x, y in zip(da, db)]
+            entry["decode_phase"] = {"median": float(np.median(rd)), "min": min(rd),
+                                     "max": max(rd), "ref_tok_s": float(np.median(da)),
+                                     "other_tok_s": float(np.median(db))}
         ratios[f"{ref['name']}/{t['name']}"] = entry
     out = {"kind": "pair", "label": args.label or "pair", "base_model": base,
            "config": config_of(args, "burst"), "targets": out_targets, "ratios": ratios}
@@ -524,11 +550,10 @@ def print_table(docs):
                   f"{r['max']:.2f}) over {len(r['per_round'])} paired rounds"
                   + (f"; per server CPU-second {r['per_cpu_second_median']:.2f}x"
                      if "per_cpu_second_median" in r else ""))
-            if "decode_estimate" in r:
-                e = r["decode_estimate"]
-                print(f"  decode phase only (burst / TPOT p50 vs 1 / TPOT p50): "
-                      f"{e['ref_tok_s']:.0f} vs {e['other_tok_s_if_serial']:.0f} tok/s = "
-                      f"{e['ratio']:.2f}x")
+            if "decode_phase" in r:
+                e = r["decode_phase"]
+                print(f"  decode phase only: {e['ref_tok_s']:.0f} vs {e['other_tok_s']:.0f} tok/s,"
+                      f" median {e['median']:.2f}x (min {e['min']:.2f}, max {e['max']:.2f})")
     print("(burst rows: out tok/s is the median over rounds; req/s over the summed round time)")
 
 
@@ -662,7 +687,8 @@ def main():
     add_workload_args(r)
     p = sub.add_parser("pair", help="interleaved bursts over several servers")
     p.add_argument("--target", action="append", required=True,
-                   help="NAME=URL[@PID], at least two; ratios are first / each other")
+                   help="NAME=URL[@PID][+base], at least two; ratios are first / each other; "
+                        "+base sends the same requests to the base model (no adapter)")
     p.add_argument("--burst", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
     add_workload_args(p)
