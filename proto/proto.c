@@ -528,12 +528,58 @@ oom:
     return NULL;
 }
 
+/* Length of the valid UTF-8 sequence at s (1-4), or 0 when the bytes there are not one
+ * (overlong forms, surrogates and code points above U+10FFFF are not). */
+static size_t utf8_seq_len(const unsigned char *s) {
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    size_t n = c >= 0xC2 && c <= 0xDF   ? 2
+               : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4
+                                        : 0;
+    if (!n) return 0;
+    for (size_t i = 1; i < n; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    if (c == 0xE0 && s[1] < 0xA0) return 0;  /* overlong */
+    if (c == 0xED && s[1] >= 0xA0) return 0; /* surrogate */
+    if (c == 0xF0 && s[1] < 0x90) return 0;  /* overlong */
+    if (c == 0xF4 && s[1] >= 0x90) return 0; /* above U+10FFFF */
+    return n;
+}
+
+/* Copy of s with every byte that is not part of valid UTF-8 replaced by U+FFFD: messages echo
+ * client input (names, paths) cut to a byte limit, which may split a character, and JSON text
+ * must be UTF-8. Owner: caller (qv_free). */
+static char *utf8_repair(const char *s) {
+    size_t len = strlen(s);
+    char *out = qv_malloc(len * 3 + 1);
+    if (!out) return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_seq_len((const unsigned char *)s + i);
+        if (n) {
+            memcpy(out + o, s + i, n);
+            o += n;
+            i += n;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
 char *qv_proto_encode_error(const char *message, const char *type, const char *param,
                             const char *code) {
+    char *msg = utf8_repair(message ? message : "");
+    if (!msg) return NULL;
     cJSON *o = cJSON_CreateObject();
     cJSON *e = o ? cJSON_AddObjectToObject(o, "error") : NULL;
-    if (!e || !cJSON_AddStringToObject(e, "message", message ? message : "") ||
-        !cJSON_AddStringToObject(e, "type", type ? type : "invalid_request_error") ||
+    bool ok = e && cJSON_AddStringToObject(e, "message", msg);
+    qv_free(msg);
+    if (!ok || !cJSON_AddStringToObject(e, "type", type ? type : "invalid_request_error") ||
         !(param && *param ? cJSON_AddStringToObject(e, "param", param)
                           : cJSON_AddNullToObject(e, "param")) ||
         !(code ? cJSON_AddStringToObject(e, "code", code) : cJSON_AddNullToObject(e, "code"))) {

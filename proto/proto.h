@@ -124,7 +124,8 @@ char *qv_proto_encode_response(const qv_proto_result *r);
 /* One streamed chunk ("text_completion" / "chat.completion.chunk"); `first` adds the chat
  * delta's role. r->usage gives the final usage-only chunk (choices: []) instead. */
 char *qv_proto_encode_chunk(const qv_proto_result *r, bool first);
-/* {"error": {"message", "type", "param", "code"}}; param/code NULL give JSON null. */
+/* {"error": {"message", "type", "param", "code"}}; param/code NULL give JSON null. Bytes of
+ * `message` that are not valid UTF-8 (e.g. a client's name cut mid-character) become U+FFFD. */
 char *qv_proto_encode_error(const char *message, const char *type, const char *param,
                             const char *code);
 /* GET /v1/models: a list with one model object per id. */

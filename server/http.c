@@ -68,6 +68,7 @@ typedef struct request {
     char adapter_version[QV_STORE_VERSION_LEN + 1]; /* version it resolved to at arrival */
     enum qv_proto_endpoint endpoint;
     bool stream, include_usage, logprobs;
+    int n_top; /* alternatives per token in logprobs (0: the chosen token only) */
     int32_t *ids;
     size_t n_ids;
     qv_gen_params gp;
@@ -308,7 +309,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     if (r->logprobs && lp && !(eog && finish == QV_FINISH_STOP)) {
         plp.token = token_text(srv->tok, token);
         plp.logprob = lp->logprob;
-        plp.n_top = QV_MIN(lp->n_top, QV_PROTO_MAX_LOGPROBS);
+        plp.n_top = QV_MIN(QV_MIN(lp->n_top, r->n_top), QV_PROTO_MAX_LOGPROBS);
         for (int k = 0; k < plp.n_top; k++) {
             plp.top_token[k] = token_text(srv->tok, lp->top_ids[k]);
             plp.top_logprob[k] = lp->top_logprobs[k];
@@ -1359,7 +1360,10 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     sp->frequency_penalty = pr.frequency_penalty;
     sp->repetition_penalty = pr.repetition_penalty;
     sp->seed = pr.has_seed ? pr.seed : (uint64_t)n * 0x9E3779B97F4A7C15ull + (uint64_t)time(NULL);
-    sp->n_logprobs = pr.logprobs ? pr.top_logprobs : 0;
+    /* logprobs with 0 alternatives still reports the chosen tokens: the engine computes
+     * log-probabilities only when asked for at least one alternative. */
+    r->n_top = pr.top_logprobs;
+    sp->n_logprobs = pr.logprobs ? QV_MAX(pr.top_logprobs, 1) : 0;
     if (qv_sampling_params_validate(sp, &err) != QV_OK) {
         ret = send_error(c, ctx, 400, NULL, "invalid_value", "%s", err.msg);
         goto done;
@@ -1830,6 +1834,30 @@ static enum MHD_Result handle_lora_unload(server *srv, struct MHD_Connection *c,
     return ret;
 }
 
+/* "METHOD /path" for the log line, with bytes outside printable ASCII (control characters,
+ * newlines, UTF-8 a byte limit could split) percent-encoded, so a client cannot forge or break
+ * log lines; long paths are cut at a whole escape. */
+static void set_route(conn_ctx *ctx, const char *method, const char *url) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0, cap = sizeof(ctx->route);
+    char tmp[sizeof(ctx->route)];
+    snprintf(tmp, sizeof(tmp), "%.16s ", method);
+    for (const char *p = tmp; *p && o + 1 < cap; p++)
+        ctx->route[o++] = *p;
+    for (const unsigned char *p = (const unsigned char *)url; *p; p++) {
+        bool plain = *p > 0x20 && *p < 0x7f;
+        if (o + (plain ? 1 : 3) + 1 > cap) break;
+        if (plain) {
+            ctx->route[o++] = (char)*p;
+        } else {
+            ctx->route[o++] = '%';
+            ctx->route[o++] = hex[*p >> 4];
+            ctx->route[o++] = hex[*p & 15];
+        }
+    }
+    ctx->route[o] = '\0';
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
@@ -1844,7 +1872,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         bool put = !strcmp(method, MHD_HTTP_METHOD_PUT);
         if ((!strcmp(method, MHD_HTTP_METHOD_POST) && !strcmp(url, "/v1/adapters")) ||
             (put && !strncmp(url, "/v1/adapters/", 13) && url[13])) {
-            snprintf(ctx->route, sizeof(ctx->route), "%s %s", method, url);
+            set_route(ctx, method, url);
             if (!(ctx->up = upload_new(srv, c, put ? url + 13 : NULL))) return MHD_NO;
         }
         return MHD_YES;
@@ -1882,7 +1910,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (ctx->req) return respond(c, ctx);
-    snprintf(ctx->route, sizeof(ctx->route), "%s %s", method, url);
+    set_route(ctx, method, url);
     bool get = !strcmp(method, MHD_HTTP_METHOD_GET), post_m = !strcmp(method, MHD_HTTP_METHOD_POST);
     if (!strcmp(url, "/health")) {
         if (!get) goto bad_method;

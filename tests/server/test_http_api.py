@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 import openai
 
@@ -63,7 +64,8 @@ class Server:
             extra = ("--adapter-store", store, *extra)
         self.proc = subprocess.Popen(
             [QUIVER, "serve", "--model", MODEL, "--port", "0", "--threads", "2", *extra],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            errors="backslashreplace")
         self.lines = []
         self.port = None
         ready = threading.Event()
@@ -283,6 +285,19 @@ def run_api_tests(srv):
     ok = ok and all(abs(c.top_logprobs[0].logprob - c.logprob) < 1e-5 for c in content)
     ok = ok and "".join(c.token for c in content) == r.choices[0].message.content
     check(ok, "chat logprobs (top-2, greedy = argmax)")
+    # No alternatives asked for: the chosen tokens still carry their log-probabilities.
+    r0 = client.completions.create(model=base, prompt=GOLDEN["prompts"][1]["text"],
+                                   max_tokens=8, temperature=0, logprobs=0)
+    lp0 = r0.choices[0].logprobs
+    check(len(lp0.tokens) == 8 and "".join(lp0.tokens) == r0.choices[0].text and
+          all(abs(a - b) < 1e-5 for a, b in zip(lp0.token_logprobs, lp.token_logprobs)) and
+          all(not t for t in lp0.top_logprobs), "completion logprobs=0: chosen tokens only")
+    r0 = client.chat.completions.create(model=base, messages=[{"role": "user", "content": msg}],
+                                        max_tokens=6, temperature=0, logprobs=True)
+    c0 = r0.choices[0].logprobs.content
+    check(len(c0) == len(content) and all(not c.top_logprobs for c in c0) and
+          all(abs(a.logprob - b.logprob) < 1e-5 for a, b in zip(c0, content)),
+          "chat logprobs without top_logprobs: chosen tokens only")
 
     # Seeded sampling is reproducible; sampling parameters are accepted.
     kw = dict(model=base, prompt="Once upon a time", max_tokens=12, temperature=0.9, top_p=0.95,
@@ -297,6 +312,22 @@ def run_api_tests(srv):
     expect_error(srv, "no API key", 401, "POST", "/v1/completions", good, key=None)
     expect_error(srv, "wrong API key", 401, "POST", "/v1/completions", good, key="nope")
     expect_error(srv, "unknown route", 404, "GET", "/v1/nothing")
+    # A name echoed in an error is cut to a byte limit: the JSON stays valid UTF-8 even when
+    # the cut splits a character (found by schemathesis).
+    long_name = urllib.parse.quote("a" + "\U0001d47b" * 60)
+    st, _, data = srv.raw("GET", "/v1/adapters/" + long_name)
+    try:
+        msg = json.loads(data.decode("utf-8"))["error"]["message"]
+        ok = st == 400 and msg.startswith("'a\U0001d47b")
+    except (UnicodeDecodeError, ValueError, KeyError):
+        ok = False
+    check(ok, f"an error echoing a cut multi-byte name is valid UTF-8 JSON ({st} {data[:60]!r})")
+    # A URL that decodes to a newline cannot forge a log line; log lines stay ASCII.
+    srv.raw("GET", "/v1/x%0Aquiver%20info:%20forged")
+    srv.raw("GET", "/health")
+    time.sleep(0.2)
+    check(not any(l.startswith("quiver info: forged") for l in srv.lines) and
+          any("%0Aquiver" in l for l in srv.lines), "the request log line escapes the URL")
     expect_error(srv, "unknown adapter in model", 404, "POST", "/v1/completions",
                  dict(good, model=base + ":no-such-adapter"))
     expect_error(srv, "unknown model name", 404, "POST", "/v1/chat/completions",
@@ -371,6 +402,9 @@ def run_disconnect_test(srv):
     check(m["quiver_kv_pages_used"] == 0 and m["quiver_running_sequences"] == 0,
           "disconnect mid-stream frees the sequence and its KV pages")
     check(srv.raw("GET", "/health")[0] == 200, "healthy after the disconnect")
+    deadline = time.time() + 5  # the line may reach the log after the pages came back
+    while time.time() < deadline and not any("client disconnected" in l for l in srv.lines):
+        time.sleep(0.05)
     check(any("client disconnected" in line for line in srv.lines),
           "the disconnect is logged")
 
