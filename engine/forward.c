@@ -9,12 +9,21 @@
  *
  * Every op computes each token's row independently of the others (backend contract), so a
  * sequence's logits do not depend on what else is in the batch.
+ *
+ * Adapters: on the CPU backend every kind runs through adapter_apply.h; on the CUDA backend
+ * LoRA runs through engine/cuda/lora_cuda.h (one SGMV shrink + expand per projection group,
+ * o/down adding straight into the residual stream) and other kinds are refused there.
  */
 #include "forward.h"
 
 #include "adapter_apply.h"
 
 #include <math.h>
+#include <string.h>
+
+#ifdef QV_HAVE_CUDA
+#include "cuda/lora_cuda.h"
+#endif
 
 struct qv_forward {
     const qv_model *m;
@@ -36,10 +45,11 @@ struct qv_forward {
     int32_t *argmax_dev; /* [max_tokens] */
     int logit_rows;
     /* host-side per-step metadata */
-    int32_t *slot_page;     /* [T] */
-    int32_t *slot_off;      /* [T] */
-    const int32_t **tables; /* [T] page tables, one per sequence of the batch (n_seqs <= T) */
-    qv_adapter_rt *ad;      /* adapter runtime, created by the first batch with segments */
+    int32_t *slot_page;         /* [T] */
+    int32_t *slot_off;          /* [T] */
+    const int32_t **tables;     /* [T] page tables, one per sequence of the batch (n_seqs <= T) */
+    qv_adapter_rt *ad;          /* adapter runtime, created by the first batch with segments */
+    struct qv_cuda_lora_rt *dl; /* CUDA LoRA runtime (device backend "cuda"), same rule */
 };
 
 static void *balloc(qv_backend *be, size_t n) { return be->iface->alloc(be, n); }
@@ -99,6 +109,9 @@ void qv_forward_destroy(qv_forward *f) {
     qv_free(f->slot_off);
     qv_free(f->tables);
     qv_adapter_rt_destroy(f->ad);
+#ifdef QV_HAVE_CUDA
+    qv_cuda_lora_rt_destroy(f->dl);
+#endif
     qv_free(f);
 }
 
@@ -135,7 +148,16 @@ static qv_status validate(qv_forward *f, const qv_batch *b, qv_error *err) {
             return qv_errorf(err, QV_ERR_INVALID, "logits index %d out of range", b->logits_idx[i]);
     for (int s = 0; s < b->n_seqs; s++)
         f->tables[s] = b->seqs[s]->pages;
-    if (b->n_segs != 0) { /* adapters: CPU only for now (refused on device backends) */
+#ifdef QV_HAVE_CUDA
+    if (strcmp(f->be->iface->name, "cuda") == 0) {
+        if (b->n_segs != 0 && !f->dl) {
+            qv_status st = qv_cuda_lora_rt_create(f->m, f->be, f->max_tokens, 0, &f->dl, err);
+            if (st != QV_OK) return st;
+        }
+        return f->dl ? qv_cuda_lora_rt_begin(f->dl, b, err) : QV_OK;
+    }
+#endif
+    if (b->n_segs != 0) { /* adapters: CPU (other device backends are refused) */
         if (!f->ad) {
             qv_status st = qv_adapter_rt_create(f->m, f->be, f->max_tokens, &f->ad, err);
             if (st != QV_OK) return st;
@@ -148,6 +170,10 @@ static qv_status validate(qv_forward *f, const qv_batch *b, qv_error *err) {
 
 /* Graph key of a device step: everything that shapes its ops (0 is reserved for "eager"). */
 static uint64_t step_key(const qv_forward *f, const qv_batch *b, int greedy) {
+    uint64_t lora = 0;
+#ifdef QV_HAVE_CUDA
+    lora = qv_cuda_lora_rt_shape(f->dl);
+#endif
     int max_page = 0;
     for (int i = 0; i < b->n_tokens; i++)
         max_page = QV_MAX(max_page, b->pos[i] / f->kv->pool.page_size);
@@ -157,9 +183,9 @@ static uint64_t step_key(const qv_forward *f, const qv_batch *b, int greedy) {
         bucket *= 2;
     max_page = bucket;
     uint64_t k = 1469598103934665603ull;
-    const uint64_t v[5] = {(uint64_t)b->n_tokens, (uint64_t)b->n_seqs, (uint64_t)b->n_logits,
-                           (uint64_t)max_page, (uint64_t)greedy};
-    for (int i = 0; i < 5; i++)
+    const uint64_t v[6] = {(uint64_t)b->n_tokens, (uint64_t)b->n_seqs, (uint64_t)b->n_logits,
+                           (uint64_t)max_page,    (uint64_t)greedy,    lora};
+    for (int i = 0; i < 6; i++)
         k = (k ^ v[i]) * 1099511628211ull;
     return k ? k : 1;
 }
@@ -187,6 +213,19 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
     const size_t dim = (size_t)c->dim;
 
     qv_adapter_rt *ad = qv_adapter_rt_active(f->ad) ? f->ad : NULL;
+#ifdef QV_HAVE_CUDA
+    struct qv_cuda_lora_rt *dl = qv_cuda_lora_rt_active(f->dl) ? f->dl : NULL;
+#define DEV_LORA(layer, ps, n_p, x_in, ys)                                                         \
+    do {                                                                                           \
+        if (dl) qv_cuda_lora_rt_projs(dl, (layer), (ps), (n_p), (x_in), (ys));                     \
+    } while (0)
+#else
+#define DEV_LORA(layer, ps, n_p, x_in, ys) ((void)(ps), (void)(ys))
+#endif
+    static const enum qv_proj p_qkv[3] = {QV_PROJ_Q, QV_PROJ_K, QV_PROJ_V};
+    static const enum qv_proj p_o[1] = {QV_PROJ_O};
+    static const enum qv_proj p_gu[2] = {QV_PROJ_GATE, QV_PROJ_UP};
+    static const enum qv_proj p_down[1] = {QV_PROJ_DOWN};
     if (ad)
         qv_adapter_rt_embed(ad, f->x);
     else
@@ -203,6 +242,10 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
             const float *const bs[3] = {bias_of(&w->bq), bias_of(&w->bk), bias_of(&w->bv)};
             qv_adapter_rt_projs(ad, l, ps, 3, f->xb, ys, bs);
         }
+        {
+            float *const ys[3] = {f->q, f->k, f->v};
+            DEV_LORA(l, p_qkv, 3, f->xb, ys);
+        }
         be->rope(B, f->q, n, c->n_heads, c->head_dim, b->pos, m->rope_inv_freq);
         be->rope(B, f->k, n, c->n_kv_heads, c->head_dim, b->pos, m->rope_inv_freq);
         be->kv_store(B, &f->kv->pool, l, f->k, f->v, n, f->slot_page, f->slot_off);
@@ -210,6 +253,8 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
         if (ad) qv_adapter_rt_attn(ad, l, f->q, f->att);
         if (be->matmul_acc && !ad) {
             be->matmul_acc(B, &w->wo, f->att, n, f->x, bias_of(&w->bo));
+            float *const ys[1] = {f->x}; /* the LoRA delta adds into the residual stream too */
+            DEV_LORA(l, p_o, 1, f->att, ys);
         } else {
             be->matmul(B, &w->wo, f->att, n, f->xb2, bias_of(&w->bo));
             if (ad) {
@@ -228,9 +273,15 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
             const float *const bs[2] = {bias_of(&w->b_gate), bias_of(&w->b_up)};
             qv_adapter_rt_projs(ad, l, ps, 2, f->xb, ys, bs);
         }
+        {
+            float *const ys[2] = {f->gate, f->up};
+            DEV_LORA(l, p_gu, 2, f->xb, ys);
+        }
         be->swiglu(B, f->gate, f->up, f->gate, (size_t)n * (size_t)c->n_ff);
         if (be->matmul_acc && !ad) {
             be->matmul_acc(B, &w->w_down, f->gate, n, f->x, bias_of(&w->b_down));
+            float *const ys[1] = {f->x};
+            DEV_LORA(l, p_down, 1, f->gate, ys);
         } else {
             if (ad) qv_adapter_rt_proj_input(ad, l, QV_PROJ_DOWN, f->gate);
             be->matmul(B, &w->w_down, f->gate, n, f->xb2, bias_of(&w->b_down));
@@ -242,6 +293,8 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
         }
     }
 }
+
+#undef DEV_LORA
 
 /* Device path: logits of rows [r0, r0 + nr) of logits_idx into f->logits_dev. */
 static void device_logits(qv_forward *f, const qv_batch *b, int r0, int nr) {

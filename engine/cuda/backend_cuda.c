@@ -24,6 +24,7 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda/cuda_kernels.h"
+#include "cuda/sgmv.h"
 
 #define ALIGN 256
 #define MAX_ALLOCS 256
@@ -1085,6 +1086,49 @@ size_t qv_backend_cuda_weight_bytes(const qv_backend *be) {
 }
 size_t qv_backend_cuda_arena_bytes(const qv_backend *be) {
     return ((const cuda_ctx *)be->ctx)->a_size;
+}
+
+/* LoRA over segments (sgmv.h): the input is converted to half through the GEMM-input cache
+ * (usually a hit: the base projections just converted the same x), the host table travels
+ * through the metadata staging (so a recorded graph replays it with this step's contents), and
+ * the launch parameters go into the step signature. */
+void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv_plan *plan,
+                          const float *x, int n, int n_in, float *tmp) {
+    cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx); /* deferred GEMVs write the outputs the expand adds to */
+    if (cx->failed || n <= 0 || plan->n_segs == 0) return;
+    const size_t ne = (size_t)n * (size_t)n_in;
+    if (ne > cx->xh_elems) {
+        fail_msg(cx, "sgmv: input wider than the GEMM scratch");
+        return;
+    }
+    if (!(cx->xh_src == x && cx->xh_n == ne && cx->xh_fp16 == cx->act_fp16)) {
+        SIG(cx, 2, U(x), (uint64_t)ne, (uint64_t)cx->act_fp16);
+        if (!RUN(cx, qv_cuda_f32_to_half(x, cx->xh, ne, cx->act_fp16, cx->stream))) return;
+        set_xh(cx, x, ne);
+    }
+    const size_t tb = (size_t)plan->n_segs * sizeof(qv_sgmv_seg);
+    if (!ensure_room(cx, align_up(tb))) return;
+    const qv_sgmv_seg *d = stage(cx, segs, tb);
+    if (!d) return;
+    const qv_sgmv_args g = {.segs = d, .plan = *plan, .fp16 = cx->act_fp16};
+    SIG(cx, 21, U(d), (uint64_t)plan->n_segs, (uint64_t)plan->max_n, (uint64_t)plan->max_rank,
+        (uint64_t)plan->max_n_out, (uint64_t)plan->tmp_floats, U(x), (uint64_t)n_in, U(tmp),
+        (uint64_t)cx->act_fp16);
+    if (!RUN(cx, qv_cuda_sgmv_shrink(&g, cx->xh, n_in, n_in, tmp, cx->stream))) return;
+    (void)RUN(cx, qv_cuda_sgmv_expand(&g, tmp, cx->stream));
+    /* an output overlapping the cached half source makes the cache stale */
+    for (int i = 0; i < plan->n_segs && cx->xh_src; i++) {
+        const float *y0 = segs[i].y + (size_t)segs[i].t0 * (size_t)segs[i].ldy;
+        const float *y1 = y0 + (size_t)segs[i].n * (size_t)segs[i].ldy;
+        if (segs[i].n > 0 && y0 < cx->xh_src + cx->xh_n && y1 > cx->xh_src) invalidate_xh(cx);
+    }
+}
+
+int qv_backend_cuda_act_fp16(const qv_backend *be) { return ((const cuda_ctx *)be->ctx)->act_fp16; }
+
+void *qv_backend_cuda_stream(const qv_backend *be) {
+    return (void *)((const cuda_ctx *)be->ctx)->stream;
 }
 
 double qv_cuda_measure_d2d_bandwidth(size_t bytes, int reps) {

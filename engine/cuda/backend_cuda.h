@@ -29,6 +29,7 @@
 
 #include "backend.h"
 #include "model.h"
+#include "sgmv_plan.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -78,6 +79,20 @@ typedef struct qv_cuda_stats {
     double enqueue_s, instantiate_s, wait_s, device_s;
 } qv_cuda_stats;
 void qv_backend_cuda_stats(const qv_backend *be, qv_cuda_stats *out);
+
+/* Segmented LoRA on the backend's stream: for every segment of the host table `segs` (plan
+ * built by qv_sgmv_plan_build; A/B pointers in device memory, y in backend memory),
+ * y[t0 + t] += scale * (x[t0 + t] · Aᵀ) · Bᵀ, with x (n, n_in) F32 backend memory rounded to
+ * the model's half type and tmp backend memory of plan->tmp_floats floats. One shrink and one
+ * expand launch (engine/cuda/sgmv.h); the table is staged like other per-step host arrays, so
+ * it may be reused as soon as the call returns and CUDA-graph replays take its new contents.
+ * Errors are sticky (reported by `download`). Thread: the backend's thread. */
+void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv_plan *plan,
+                          const float *x, int n, int n_in, float *tmp);
+/* 1 when activations are rounded to fp16 (fp16 models), 0 for bf16. */
+int qv_backend_cuda_act_fp16(const qv_backend *be);
+/* The compute stream (a cudaStream_t), for the adapter pool's event ordering. */
+void *qv_backend_cuda_stream(const qv_backend *be);
 
 /* Measures device-to-device copy bandwidth in bytes/s over `bytes` (read + write counted,
  * i.e. 2*bytes per copy), best of `reps`. Returns 0 on error. Uses its own buffers. */

@@ -1,0 +1,426 @@
+/*
+ * lora_cuda.c - LoRA in the CUDA forward pass (lora_cuda.h): adapter residency in the device
+ * adapter pool, per-step segment bookkeeping, and one SGMV shrink + expand per projection group.
+ *
+ * A pool version holds, for every (layer, projection) with rank > 0 in layer-major order, A
+ * (rank, n_in) then B (n_out, rank) as half matrices; ent->mat[layer * 7 + proj] names A's
+ * index (B is the next one). Tables are built at each hook from the step's segments and staged
+ * by the backend (so the one host table buffer is reused at once).
+ * Thread: the engine thread.
+ */
+#include "cuda/lora_cuda.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/adapter_pool.h"
+#include "cuda/backend_cuda.h"
+#include "sgmv_plan.h"
+
+#define N_PROJ QV_PROJ_COUNT
+
+typedef struct lora_ent {
+    const qv_adapter *ad;
+    uint64_t fp;        /* content fingerprint */
+    uint64_t rank_hash; /* ranks at every (layer, projection) */
+    uint64_t key;       /* pool key */
+    int *mat;           /* [n_layers * N_PROJ]: index of A in the version, or -1 */
+} lora_ent;
+
+struct qv_cuda_lora_rt {
+    const qv_model *m;
+    qv_backend *be;
+    int max_tokens;
+    size_t pool_bytes;
+    qv_cuda_adapter_pool *pool; /* created by the first begin with an adapter */
+    float *tmp;                 /* backend memory, tmp_cap floats */
+    size_t tmp_cap;
+    qv_sgmv_seg *tab; /* host table of one launch */
+    int tab_cap;
+    lora_ent *ents;
+    int n_ents, cap_ents;
+    uint64_t next_key;
+    /* the current step */
+    bool active;
+    int n_tokens, n_segs, cap_segs;
+    int *seg_t0, *seg_n, *seg_ent, *seg_slot;
+    int *held;
+    int n_held, cap_held;
+    uint64_t shape;
+};
+
+static uint64_t mix(uint64_t h, uint64_t v) { return (h ^ v) * 1099511628211ull; }
+static uint64_t fbits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    return u;
+}
+
+static int proj_n_in(const qv_model_config *c, int p) {
+    return p == QV_PROJ_O ? c->n_heads * c->head_dim : p == QV_PROJ_DOWN ? c->n_ff : c->dim;
+}
+static int proj_n_out(const qv_model_config *c, int p) {
+    switch (p) {
+    case QV_PROJ_Q: return c->n_heads * c->head_dim;
+    case QV_PROJ_K:
+    case QV_PROJ_V: return c->n_kv_heads * c->head_dim;
+    case QV_PROJ_GATE:
+    case QV_PROJ_UP: return c->n_ff;
+    default: return c->dim;
+    }
+}
+
+qv_status qv_cuda_lora_rt_create(const qv_model *m, qv_backend *be, int max_tokens,
+                                 size_t pool_bytes, qv_cuda_lora_rt **out, qv_error *err) {
+    *out = NULL;
+    if (max_tokens <= 0)
+        return qv_errorf(err, QV_ERR_INVALID, "cuda lora: max_tokens %d", max_tokens);
+    qv_cuda_lora_rt *rt = qv_calloc(1, sizeof(*rt));
+    if (!rt) return qv_errorf(err, QV_ERR_NOMEM, "cuda lora: out of memory");
+    rt->m = m;
+    rt->be = be;
+    rt->max_tokens = max_tokens;
+    rt->pool_bytes = pool_bytes;
+    /* at most 3 projections of rank QV_SGMV_MAX_RANK per token in one launch */
+    rt->tmp_cap = (size_t)max_tokens * 3u * QV_SGMV_MAX_RANK;
+    rt->tmp = be->iface->alloc(be, rt->tmp_cap * sizeof(float));
+    if (!rt->tmp) {
+        qv_free(rt);
+        return qv_errorf(err, QV_ERR_DEVICE_OOM, "cuda lora: no backend memory for %zu floats",
+                         rt->tmp_cap);
+    }
+    *out = rt;
+    return QV_OK;
+}
+
+void qv_cuda_lora_rt_destroy(qv_cuda_lora_rt *rt) {
+    if (!rt) return;
+    if (rt->pool)
+        for (int i = 0; i < rt->n_held; i++)
+            qv_cuda_adapter_pool_release(rt->pool, rt->held[i]);
+    qv_cuda_adapter_pool_destroy(rt->pool);
+    if (rt->tmp) rt->be->iface->free(rt->be, rt->tmp);
+    for (int i = 0; i < rt->n_ents; i++)
+        qv_free(rt->ents[i].mat);
+    qv_free(rt->ents);
+    qv_free(rt->tab);
+    qv_free(rt->seg_t0);
+    qv_free(rt->seg_n);
+    qv_free(rt->seg_ent);
+    qv_free(rt->seg_slot);
+    qv_free(rt->held);
+    qv_free(rt);
+}
+
+bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt) { return rt && rt->active; }
+uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt) { return rt ? rt->shape : 0; }
+
+/* What the CUDA path implements: plain LoRA / rsLoRA with F32 weights on the decoder
+ * projections. The message names the kind or feature that is missing. */
+static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_error *err) {
+    const qv_model_config *c = &m->cfg;
+    if (ad->kind != QV_ADAPTER_LORA)
+        return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                         "cuda: adapter kind %s is not supported on the CUDA backend yet (LoRA "
+                         "only; use --device cpu)",
+                         qv_adapter_kind_name(ad->kind));
+    const char *feat = NULL;
+    if (ad->use_dora)
+        feat = "DoRA";
+    else if (ad->lora_bias)
+        feat = "lora_bias";
+    else if (ad->embed_lora.rank > 0)
+        feat = "embedding LoRA";
+    else if (ad->lm_head_lora.rank > 0)
+        feat = "lm_head LoRA";
+    else if (ad->embed_replace || ad->lm_head_replace)
+        feat = "modules_to_save";
+    else if (ad->n_trainable_tokens > 0)
+        feat = "trainable tokens";
+    else if (ad->n_virtual > 0)
+        feat = "virtual tokens";
+    if (!feat && ad->n_layers != c->n_layers)
+        return qv_errorf(err, QV_ERR_INVALID, "cuda: adapter has %d layers, the model %d",
+                         ad->n_layers, c->n_layers);
+    for (int l = 0; l < ad->n_layers && !feat; l++) {
+        const qv_adapter_layer *L = &ad->layers[l];
+        if (L->bn_attn.d > 0 || L->bn_ffn.d > 0) feat = "bottleneck units";
+        for (int p = 0; p < N_PROJ && !feat; p++) {
+            const qv_lora *lo = &L->lora[p];
+            if (L->ia3[p]) feat = "IA3 vectors";
+            if (lo->rank <= 0 || feat) continue;
+            if (lo->b_bias)
+                feat = "lora_bias";
+            else if (lo->magnitude || lo->dora_scale)
+                feat = "DoRA";
+            else if (!lo->a || !lo->b)
+                feat = "16-bit stored LoRA weights";
+            else if (lo->rank > QV_SGMV_MAX_RANK)
+                return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                                 "cuda: LoRA rank %d on layer %d %s exceeds %d", lo->rank, l,
+                                 qv_proj_name((enum qv_proj)p), QV_SGMV_MAX_RANK);
+            else if (lo->n_in != proj_n_in(c, p) || lo->n_out != proj_n_out(c, p))
+                return qv_errorf(
+                    err, QV_ERR_INVALID,
+                    "cuda: LoRA on layer %d %s is (%d -> %d), the model has (%d -> %d)", l,
+                    qv_proj_name((enum qv_proj)p), lo->n_in, lo->n_out, proj_n_in(c, p),
+                    proj_n_out(c, p));
+        }
+    }
+    if (feat)
+        return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                         "cuda: LoRA adapter uses %s, not supported on the CUDA backend yet (use "
+                         "--device cpu)",
+                         feat);
+    return QV_OK;
+}
+
+static void fingerprint(const qv_adapter *ad, uint64_t *fp, uint64_t *ranks) {
+    uint64_t h = 1469598103934665603ull, r = 1469598103934665603ull;
+    h = mix(h, (uint64_t)ad->n_bytes);
+    h = mix(h, (uint64_t)ad->n_layers);
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            const qv_lora *lo = &ad->layers[l].lora[p];
+            r = mix(r, (uint64_t)(lo->rank > 0 ? lo->rank : 0));
+            if (lo->rank <= 0) continue;
+            const size_t na = (size_t)lo->rank * (size_t)lo->n_in;
+            const size_t nb = (size_t)lo->n_out * (size_t)lo->rank;
+            const uint64_t v[6] = {fbits(lo->scale),     fbits(lo->a[0]), fbits(lo->a[na / 2]),
+                                   fbits(lo->a[na - 1]), fbits(lo->b[0]), fbits(lo->b[nb - 1])};
+            for (int i = 0; i < 6; i++)
+                h = mix(h, v[i]);
+        }
+    *fp = mix(h, r);
+    *ranks = r;
+}
+
+static qv_status ensure_pool(qv_cuda_lora_rt *rt, qv_error *err) {
+    if (rt->pool) return QV_OK;
+    size_t bytes = rt->pool_bytes;
+    if (!bytes) {
+        const char *env = getenv("QV_CUDA_ADAPTER_POOL_MB");
+        long mb = env ? strtol(env, NULL, 10) : 512;
+        if (mb <= 0) mb = 512;
+        bytes = (size_t)mb << 20;
+        size_t free_b = 0, total_b = 0;
+        if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && bytes > free_b / 4)
+            bytes = free_b / 4;
+        bytes &= ~(size_t)0xffff;
+    }
+    qv_cuda_pool_opts o = {.pool_bytes = bytes, .fp16 = qv_backend_cuda_act_fp16(rt->be)};
+    return qv_cuda_adapter_pool_create(&o, (cudaStream_t)qv_backend_cuda_stream(rt->be), &rt->pool,
+                                       err);
+}
+
+/* The map entry of `ad` (created or refreshed when its fingerprint changed). -1 on NOMEM. */
+static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
+    uint64_t fp, ranks;
+    fingerprint(ad, &fp, &ranks);
+    int e = -1;
+    for (int i = 0; i < rt->n_ents; i++)
+        if (rt->ents[i].ad == ad) e = i;
+    if (e >= 0 && rt->ents[e].fp == fp) return e;
+    if (e < 0) {
+        if (rt->n_ents == rt->cap_ents) {
+            /* drop entries whose version left the pool before growing */
+            int k = 0;
+            for (int i = 0; i < rt->n_ents; i++) {
+                if (qv_cuda_adapter_pool_find(rt->pool, rt->ents[i].key) < 0)
+                    qv_free(rt->ents[i].mat);
+                else
+                    rt->ents[k++] = rt->ents[i];
+            }
+            rt->n_ents = k;
+        }
+        if (rt->n_ents == rt->cap_ents) {
+            int cap = rt->cap_ents ? 2 * rt->cap_ents : 16;
+            lora_ent *p = qv_realloc(rt->ents, (size_t)cap * sizeof(lora_ent));
+            if (!p) return -1;
+            rt->ents = p;
+            rt->cap_ents = cap;
+        }
+        e = rt->n_ents++;
+        rt->ents[e] = (lora_ent){0};
+    }
+    lora_ent *en = &rt->ents[e];
+    if (!en->mat) en->mat = qv_malloc((size_t)ad->n_layers * N_PROJ * sizeof(int));
+    if (!en->mat) {
+        rt->n_ents--;
+        return -1;
+    }
+    en->ad = ad;
+    en->fp = fp;
+    en->rank_hash = ranks;
+    en->key = ++rt->next_key; /* a new version: the old one (if any) ages out of the pool */
+    int k = 0;
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            en->mat[l * N_PROJ + p] = ad->layers[l].lora[p].rank > 0 ? k : -1;
+            if (ad->layers[l].lora[p].rank > 0) k += 2;
+        }
+    return e;
+}
+
+static qv_status load(qv_cuda_lora_rt *rt, const lora_ent *en, int *slot, qv_error *err) {
+    *slot = qv_cuda_adapter_pool_find(rt->pool, en->key);
+    if (*slot >= 0) return qv_cuda_adapter_pool_load(rt->pool, en->key, NULL, 0, slot, err);
+    const qv_adapter *ad = en->ad;
+    int n = 0;
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++)
+            n += ad->layers[l].lora[p].rank > 0 ? 2 : 0;
+    if (n == 0) return QV_OK; /* nothing to upload: the segment acts as the base model */
+    qv_cuda_pool_mat *mats = qv_malloc((size_t)n * sizeof(*mats));
+    if (!mats) return qv_errorf(err, QV_ERR_NOMEM, "cuda lora: out of memory");
+    int k = 0;
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            const qv_lora *lo = &ad->layers[l].lora[p];
+            if (lo->rank <= 0) continue;
+            mats[k++] = (qv_cuda_pool_mat){lo->a, (int64_t)lo->rank * lo->n_in};
+            mats[k++] = (qv_cuda_pool_mat){lo->b, (int64_t)lo->n_out * lo->rank};
+        }
+    qv_status st = qv_cuda_adapter_pool_load(rt->pool, en->key, mats, n, slot, err);
+    qv_free(mats);
+    return st;
+}
+
+static int grow(void **p, int *cap, int need, size_t elem, int n_arrays) {
+    (void)n_arrays;
+    if (need <= *cap) return 1;
+    int c = *cap ? *cap : 16;
+    while (c < need)
+        c *= 2;
+    void *q = qv_realloc(*p, (size_t)c * elem);
+    if (!q) return 0;
+    *p = q;
+    return 1;
+}
+
+qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error *err) {
+    for (int i = 0; i < rt->n_held; i++)
+        qv_cuda_adapter_pool_release(rt->pool, rt->held[i]);
+    rt->n_held = 0;
+    rt->active = false;
+    rt->shape = 0;
+    if (b->n_segs == 0) return QV_OK;
+    const int S = b->n_segs;
+    if (S < 0 || !b->seg_start || !b->seg_adapter || b->seg_start[0] != 0 ||
+        b->seg_start[S] != b->n_tokens)
+        return qv_errorf(err, QV_ERR_INVALID, "cuda lora: segments do not cover the batch");
+    for (int s = 0; s < S; s++)
+        if (b->seg_start[s + 1] < b->seg_start[s])
+            return qv_errorf(err, QV_ERR_INVALID, "cuda lora: segment %d ends before it starts", s);
+    for (int i = 0; i < b->n_tokens; i++)
+        if (b->tokens[i] < 0)
+            return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                             "cuda: virtual tokens are not supported on the CUDA backend yet");
+    if (b->n_tokens > rt->max_tokens)
+        return qv_errorf(err, QV_ERR_INVALID, "cuda lora: %d tokens (limit %d)", b->n_tokens,
+                         rt->max_tokens);
+    for (int s = 0; s < S; s++) {
+        const qv_adapter *ad = b->seg_adapter[s];
+        if (!ad) continue;
+        qv_status st = check_supported(rt->m, ad, err);
+        if (st != QV_OK) return st;
+    }
+    if (S > rt->cap_segs) {
+        int c = rt->cap_segs;
+        if (!grow((void **)&rt->seg_t0, &c, S, sizeof(int), 1)) goto nomem;
+        c = rt->cap_segs;
+        if (!grow((void **)&rt->seg_n, &c, S, sizeof(int), 1)) goto nomem;
+        c = rt->cap_segs;
+        if (!grow((void **)&rt->seg_ent, &c, S, sizeof(int), 1)) goto nomem;
+        c = rt->cap_segs;
+        if (!grow((void **)&rt->seg_slot, &c, S, sizeof(int), 1)) goto nomem;
+        rt->cap_segs = c;
+    }
+    if (!grow((void **)&rt->held, &rt->cap_held, S, sizeof(int), 1)) goto nomem;
+    if (3 * S > rt->tab_cap) {
+        int c = rt->tab_cap;
+        if (!grow((void **)&rt->tab, &c, 3 * S, sizeof(qv_sgmv_seg), 1)) goto nomem;
+        rt->tab_cap = c;
+    }
+    qv_status st = ensure_pool(rt, err);
+    if (st != QV_OK) return st;
+    uint64_t shape = 1469598103934665603ull;
+    bool any = false;
+    for (int s = 0; s < S; s++) {
+        const qv_adapter *ad = b->seg_adapter[s];
+        rt->seg_t0[s] = b->seg_start[s];
+        rt->seg_n[s] = b->seg_start[s + 1] - b->seg_start[s];
+        rt->seg_ent[s] = -1;
+        rt->seg_slot[s] = -1;
+        shape = mix(shape, (uint64_t)rt->seg_n[s]);
+        if (!ad) continue;
+        int e = entry_of(rt, ad);
+        if (e < 0) goto nomem;
+        int slot = -1;
+        st = load(rt, &rt->ents[e], &slot, err);
+        if (st != QV_OK) goto fail;
+        if (slot < 0) continue; /* no LoRA matrices at all */
+        qv_cuda_adapter_pool_acquire(rt->pool, slot);
+        rt->held[rt->n_held++] = slot;
+        st = qv_cuda_adapter_pool_use(rt->pool, slot, err);
+        if (st != QV_OK) goto fail;
+        rt->seg_ent[s] = e;
+        rt->seg_slot[s] = slot;
+        shape = mix(shape, rt->ents[e].rank_hash);
+        any = true;
+    }
+    rt->n_segs = S;
+    rt->n_tokens = b->n_tokens;
+    rt->active = any;
+    rt->shape = any ? (shape ? shape : 1) : 0;
+    return QV_OK;
+nomem:
+    st = qv_errorf(err, QV_ERR_NOMEM, "cuda lora: out of memory");
+fail:
+    for (int i = 0; i < rt->n_held; i++)
+        qv_cuda_adapter_pool_release(rt->pool, rt->held[i]);
+    rt->n_held = 0;
+    return st;
+}
+
+void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
+                           const float *x_in, float *const *ys) {
+    if (!rt->active) return;
+    QV_ASSERT(n_p >= 1 && n_p <= 3);
+    const qv_model_config *c = &rt->m->cfg;
+    int k = 0;
+    for (int s = 0; s < rt->n_segs; s++) {
+        if (rt->seg_slot[s] < 0) continue;
+        const lora_ent *en = &rt->ents[rt->seg_ent[s]];
+        for (int j = 0; j < n_p; j++) {
+            const int p = (int)ps[j];
+            const int mi = en->mat[layer * N_PROJ + p];
+            if (mi < 0) continue;
+            const qv_lora *lo = &en->ad->layers[layer].lora[p];
+            const int n_out = proj_n_out(c, p);
+            rt->tab[k++] = (qv_sgmv_seg){
+                .a = qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], mi),
+                .b = qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], mi + 1),
+                .y = ys[j],
+                .ldy = n_out,
+                .t0 = rt->seg_t0[s],
+                .n = rt->seg_n[s],
+                .rank = lo->rank,
+                .n_out = n_out,
+                .scale = lo->scale,
+            };
+        }
+    }
+    if (k == 0) return;
+    qv_sgmv_plan plan;
+    qv_error err = {0};
+    /* begin validated every field the plan checks: a failure here is a broken invariant */
+    qv_status st = qv_sgmv_plan_build(rt->tab, k, rt->n_tokens, &plan, &err);
+    if (st != QV_OK) QV_LOGE("cuda lora: %s", err.msg);
+    QV_ASSERT(st == QV_OK);
+    QV_ASSERT(plan.tmp_floats <= rt->tmp_cap);
+    qv_backend_cuda_sgmv(rt->be, rt->tab, &plan, x_in, rt->n_tokens, proj_n_in(c, (int)ps[0]),
+                         rt->tmp);
+}

@@ -1,0 +1,70 @@
+/*
+ * lora_cuda.h - LoRA adapters in the CUDA forward pass: the device counterpart of the LoRA part
+ * of engine/adapter_apply.h, called by forward.c when the backend is "cuda".
+ *
+ * What: per step, validates the batch's adapter segments (plain LoRA and rsLoRA, F32 weights,
+ * ranks 1..256 on any of the seven decoder projections), makes every adapter resident in the
+ * device adapter pool (engine/cuda/adapter_pool.h, created on first use) and, at each hook,
+ * builds the SGMV segment table of one projection group (q/k/v together, o, gate/up together,
+ * down) and runs one shrink and one expand for all segments of the batch
+ * (qv_backend_cuda_sgmv).
+ * What not: DoRA, lora_bias, IA³, embedding / lm_head LoRA, modules_to_save, trainable tokens,
+ * prompt / prefix / adaption-prompt and bottleneck adapters: refused at begin with
+ * QV_ERR_UNSUPPORTED naming the kind or feature. 16-bit stored LoRA weights (a == NULL) are
+ * refused the same way for now.
+ * Residency key: an adapter is identified by its address plus a fingerprint (n_bytes, ranks
+ * and sampled weight values), so a freed adapter whose address is reused by another is
+ * uploaded again, never served stale.
+ * Thread: the engine thread that owns the backend.
+ */
+#ifndef QV_CUDA_LORA_H
+#define QV_CUDA_LORA_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "adapters/adapters.h"
+#include "backend.h"
+#include "forward.h"
+#include "model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qv_cuda_lora_rt qv_cuda_lora_rt;
+
+/* Creates the runtime for batches of up to max_tokens tokens of `m` on the CUDA backend `be`
+ * (both must outlive it). pool_bytes 0: $QV_CUDA_ADAPTER_POOL_MB MiB, default 512 MiB, capped
+ * at a quarter of the free device memory. Owner: caller (qv_cuda_lora_rt_destroy, before the
+ * backend). Errors: QV_ERR_DEVICE_OOM, QV_ERR_DEVICE, QV_ERR_NOMEM. */
+qv_status qv_cuda_lora_rt_create(const qv_model *m, qv_backend *be, int max_tokens,
+                                 size_t pool_bytes, qv_cuda_lora_rt **out, qv_error *err);
+/* Accepts NULL. */
+void qv_cuda_lora_rt_destroy(qv_cuda_lora_rt *rt);
+
+/* Starts a step: releases the previous step's adapters, validates b's segments (seg_start
+ * covers [0, n_tokens) in order; no negative token ids), loads missing adapters (asynchronous
+ * copies; the compute stream waits for them) and holds them until the next begin. b->n_segs
+ * == 0 makes the runtime inactive. Must run before the step's first op (outside graph capture).
+ * Errors: QV_ERR_INVALID, QV_ERR_UNSUPPORTED (see above), QV_ERR_BUSY (the adapters of this
+ * batch do not fit in the pool together), QV_ERR_DEVICE, QV_ERR_NOMEM. */
+qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error *err);
+
+/* True when the current step has a segment with an adapter. */
+bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt);
+
+/* Hash of the step's launch shapes (segment lengths and each adapter's ranks): equal for steps
+ * whose LoRA launches have equal parameters apart from the table contents. */
+uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt);
+
+/* After the base projections ps[0..n_p) of `layer` (1..3, all reading x_in (n, n_in) backend
+ * memory): ys[k] (n, n_out of ps[k]) += LoRA of each segment's adapter. One shrink + one expand
+ * for the whole group. */
+void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
+                           const float *x_in, float *const *ys);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QV_CUDA_LORA_H */

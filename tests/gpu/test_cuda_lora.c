@@ -1,0 +1,278 @@
+/*
+ * test_cuda_lora.c - LoRA adapters end to end on the CUDA backend (engine/cuda/lora_cuda.c
+ * through forward.c): on tiny-llama-gqa with three PEFT LoRA fixtures (q/v rank 4; all seven
+ * projections rank 8 with rsLoRA; rank/alpha patterns), four sequences (no adapter and one per
+ * adapter) are teacher-forced along the CPU backend's greedy tokens (the CPU LoRA path is the
+ * reference, itself checked against HF PEFT by the adapter golden tests):
+ *   - alone on the GPU: logits within the bf16 tolerance of the CPU's, argmax equal except at
+ *     CPU near ties;
+ *   - all four in mixed batches (prefill chunks next to other sequences' decode tokens, one
+ *     segment per sequence, a segment without an adapter among them): each row within the bf16
+ *     tolerance of the CPU and of the same sequence's solo GPU run (mixed-batch invariance).
+ * The CPU phase also checks that each adapter moves the logits well beyond the tolerance (so a
+ * lost or swapped adapter cannot pass), then skips (77) without a device. DoRA and IA³ adapters
+ * are refused on the GPU with QV_ERR_UNSUPPORTED naming the feature.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <math.h>
+
+#include "adapters/adapters.h"
+#include "gpu_util.h"
+#include "test_util.h"
+
+#define MODEL "tests/fixtures/models/tiny-llama-gqa"
+#define AD_DIR "tests/fixtures/adapters/tiny-llama-gqa/"
+#define N_SEQ 4
+#define STEPS 12
+#define PAGE 4
+#define TOL_CPU 5e-2
+#define TOL_SELF 1e-2
+
+typedef struct seq {
+    const qv_adapter *ad;
+    int n_prompt;
+    int32_t toks[64];
+    float *want; /* (STEPS, V) CPU logits */
+    float *solo; /* (STEPS, V) CUDA solo logits */
+    qv_kv_seq kv;
+    int n_done;
+} seq;
+
+static seq S[N_SEQ];
+static qv_adapter *ads[3];
+static int V;
+
+/* One forward of one or more sequences; segs: one per batch sequence, in order. */
+static int feed(gpu_runner *r, const qv_kv_seq *const *seqs, const qv_adapter *const *seg_ad,
+                const int32_t *seg_start, int n_seqs, const int32_t *tok, const int32_t *pos,
+                const int32_t *sq, int n, const int32_t *li, int nl, float *logits, qv_error *err) {
+    bool any = false;
+    for (int s = 0; s < n_seqs; s++)
+        any |= seg_ad[s] != NULL;
+    qv_batch b = {.n_tokens = n,
+                  .tokens = tok,
+                  .pos = pos,
+                  .seq = sq,
+                  .n_seqs = n_seqs,
+                  .seqs = seqs,
+                  .n_logits = nl,
+                  .logits_idx = li,
+                  .n_segs = any ? n_seqs : 0,
+                  .seg_start = seg_start,
+                  .seg_adapter = (const struct qv_adapter *const *)seg_ad};
+    return qv_forward_run(r->fwd, &b, logits, err) == QV_OK ? 0 : -1;
+}
+
+/* Runs sequence i alone, teacher-forced along toks (or greedy when record != 0, filling toks),
+ * with adapter `ad`, storing STEPS logits rows into out. */
+static void run_solo(gpu_runner *r, int i, const qv_adapter *ad, int record, float *out) {
+    seq *q = &S[i];
+    qv_kv_seq kv = {0};
+    const qv_kv_seq *seqs[1] = {&kv};
+    const qv_adapter *sa[1] = {ad};
+    int32_t tok[64], pos[64], sq[64], li[1], ss[2];
+    int n_in = q->n_prompt, p0 = 0;
+    qv_error err = {0};
+    for (int st = 0; st < STEPS; st++) {
+        assert_int_equal(qv_kv_seq_reserve(r->kv, &kv, p0 + n_in), QV_OK);
+        for (int t = 0; t < n_in; t++)
+            tok[t] = q->toks[p0 + t], pos[t] = p0 + t, sq[t] = 0;
+        li[0] = n_in - 1;
+        ss[0] = 0, ss[1] = n_in;
+        if (feed(r, seqs, sa, ss, 1, tok, pos, sq, n_in, li, 1, out + (size_t)st * V, &err))
+            fail_msg("seq %d step %d on %s: %s", i, st, r->on_cuda ? "cuda" : "cpu", err.msg);
+        if (record) q->toks[q->n_prompt + st] = gpu_argmax(out + (size_t)st * V, V, NULL);
+        p0 += n_in;
+        n_in = 1;
+    }
+    qv_kv_seq_release(r->kv, &kv);
+}
+
+/* Logits error of one row (relative to the row's largest |want|) and the near-tie argmax rule.
+ * Returns failures. */
+static int check_row(const char *what, int i, int st, const float *got, const float *want,
+                     int32_t tok, double tol, double *worst) {
+    double e = qv_test_max_rel_err(got, want, (size_t)V);
+    if (e > *worst) *worst = e;
+    int fails = 0;
+    if (!(e <= tol)) {
+        qv_test_compare_f32(what, got, want, (size_t)V, 0, tol);
+        fprintf(stderr, "%s seq %d step %d: logits error %.3g > %.3g\n", what, i, st, e, tol);
+        fails++;
+    }
+    int g = gpu_argmax(got, V, NULL);
+    if (g != tok) {
+        float gap;
+        (void)gpu_argmax(want, V, &gap);
+        double maxabs = 0;
+        for (int k = 0; k < V; k++)
+            maxabs = fmax(maxabs, fabs((double)got[k] - (double)want[k]));
+        if ((double)gap > 2.0 * maxabs) {
+            fprintf(stderr, "%s seq %d step %d: token %d != %d (gap %.3g, max |err| %.3g)\n", what,
+                    i, st, g, tok, (double)gap, maxabs);
+            fails++;
+        } else {
+            printf("%s seq %d step %d: near tie (gap %.3g)\n", what, i, st, (double)gap);
+        }
+    }
+    return fails;
+}
+
+static void test_lora_end_to_end(void **state) {
+    (void)state;
+    gpu_runner cpu, cu;
+    const int n_pages = N_SEQ * (64 / PAGE + 2) + 8;
+    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, n_pages, PAGE, 32), 0);
+    V = cpu.m->cfg.n_vocab;
+    static const char *names[3] = {"lora_qv_r4", "lora_all_r8_rslora", "lora_patterns"};
+    qv_error err = {0};
+    for (int a = 0; a < 3; a++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "%s%s", AD_DIR, names[a]);
+        if (qv_adapter_load(qv_test_path(dir), cpu.m, NULL, &ads[a], &err) != QV_OK)
+            fail_msg("%s: %s", names[a], err.msg);
+    }
+    static const int lens[N_SEQ] = {4, 9, 6, 13};
+    uint32_t rng = 4242;
+    float *base = malloc(sizeof(float) * (size_t)V * STEPS);
+    for (int i = 0; i < N_SEQ; i++) {
+        S[i].ad = i ? ads[i - 1] : NULL;
+        S[i].n_prompt = lens[i];
+        for (int t = 0; t < lens[i]; t++)
+            S[i].toks[t] = (int32_t)(((uint32_t)((gpu_randf(&rng) + 1.0f) * 1e6f)) % (uint32_t)V);
+        S[i].want = malloc(sizeof(float) * (size_t)V * STEPS);
+        S[i].solo = malloc(sizeof(float) * (size_t)V * STEPS);
+        run_solo(&cpu, i, S[i].ad, 1, S[i].want);
+        if (!S[i].ad) continue;
+        /* the adapter must matter: the base model on the same tokens differs a lot */
+        run_solo(&cpu, i, NULL, 0, base);
+        double effect = 0;
+        for (int st = 0; st < STEPS; st++)
+            effect = fmax(effect, qv_test_max_rel_err(base + (size_t)st * V,
+                                                      S[i].want + (size_t)st * V, (size_t)V));
+        printf("%s: largest logits change over the base %.3g (tolerance %.3g)\n", names[i - 1],
+               effect, TOL_CPU);
+        if (!(effect > 3 * TOL_CPU)) fail_msg("%s: too weak to test with", names[i - 1]);
+    }
+    free(base);
+    gpu_runner_close(&cpu); /* the adapters hold no pointer into the model */
+
+    gpu_require_device();
+    assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, n_pages, PAGE, 32), 0);
+    int fails = 0;
+    double worst_solo = 0, worst_mixed_cpu = 0, worst_mixed_self = 0;
+    for (int i = 0; i < N_SEQ; i++) {
+        run_solo(&cu, i, S[i].ad, 0, S[i].solo);
+        for (int st = 0; st < STEPS; st++)
+            fails +=
+                check_row("solo", i, st, S[i].solo + (size_t)st * V, S[i].want + (size_t)st * V,
+                          S[i].toks[S[i].n_prompt + st], TOL_CPU, &worst_solo);
+    }
+    /* mixed batches: every unfinished sequence contributes a prefill chunk (<= 5) or a token */
+    float *buf = malloc(sizeof(float) * (size_t)V * 32);
+    int32_t tok[32], pos[32], sq[32], li[32], ss[N_SEQ + 1];
+    int steps = 0;
+    while (!fails) {
+        int n = 0, nb = 0, nl = 0, owner[N_SEQ], lrow[32];
+        const qv_kv_seq *seqs[N_SEQ];
+        const qv_adapter *sa[N_SEQ];
+        for (int k = 0; k < N_SEQ; k++) {
+            int i = (k + steps) % N_SEQ;
+            seq *q = &S[i];
+            if (q->n_done >= q->n_prompt + STEPS - 1) continue;
+            int chunk = q->n_done < q->n_prompt ? QV_MIN(5, q->n_prompt - q->n_done) : 1;
+            assert_int_equal(qv_kv_seq_reserve(cu.kv, &q->kv, q->n_done + chunk), QV_OK);
+            owner[nb] = i;
+            seqs[nb] = &q->kv;
+            sa[nb] = q->ad;
+            ss[nb] = n;
+            for (int t = 0; t < chunk; t++) {
+                int p = q->n_done + t;
+                tok[n] = q->toks[p], pos[n] = p, sq[n] = nb;
+                if (p >= q->n_prompt - 1) {
+                    lrow[nl] = p - (q->n_prompt - 1);
+                    li[nl++] = n;
+                }
+                n++;
+            }
+            nb++;
+        }
+        if (n == 0) break;
+        ss[nb] = n;
+        if (feed(&cu, seqs, sa, ss, nb, tok, pos, sq, n, li, nl, buf, &err))
+            fail_msg("mixed step %d: %s", steps, err.msg);
+        for (int j = 0; j < nl; j++) {
+            int i = owner[sq[li[j]]], st = lrow[j];
+            int32_t want_tok = S[i].toks[S[i].n_prompt + st];
+            fails += check_row("mixed vs cpu", i, st, buf + (size_t)j * V,
+                               S[i].want + (size_t)st * V, want_tok, TOL_CPU, &worst_mixed_cpu);
+            fails += check_row("mixed vs solo", i, st, buf + (size_t)j * V,
+                               S[i].solo + (size_t)st * V, want_tok, TOL_SELF, &worst_mixed_self);
+        }
+        for (int t = 0; t < n; t++)
+            S[owner[sq[t]]].n_done++;
+        steps++;
+    }
+    printf("cuda lora: worst logits error solo vs cpu %.3g, mixed vs cpu %.3g, mixed vs solo %.3g "
+           "(%d mixed batches), %d failures\n",
+           worst_solo, worst_mixed_cpu, worst_mixed_self, steps, fails);
+    for (int i = 0; i < N_SEQ; i++) {
+        qv_kv_seq_release(cu.kv, &S[i].kv);
+        free(S[i].want);
+        free(S[i].solo);
+    }
+    free(buf);
+    gpu_runner_close(&cu);
+    for (int a = 0; a < 3; a++)
+        qv_adapter_free(ads[a]);
+    if (fails) fail_msg("%d failures", fails);
+}
+
+/* Kinds and features the CUDA path does not run are refused with a message naming them. */
+static void test_refusals(void **state) {
+    (void)state;
+    gpu_require_device();
+    gpu_runner cu;
+    assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, 16, PAGE, 8), 0);
+    static const char *names[2] = {"dora", "ia3"};
+    static const char *want[2] = {"DoRA", "IA3"};
+    for (int a = 0; a < 2; a++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "%s%s", AD_DIR, names[a]);
+        qv_adapter *ad = NULL;
+        qv_error err = {0};
+        if (qv_adapter_load(qv_test_path(dir), cu.m, NULL, &ad, &err) != QV_OK)
+            fail_msg("%s: %s", names[a], err.msg);
+        qv_kv_seq kv = {0};
+        assert_int_equal(qv_kv_seq_reserve(cu.kv, &kv, 2), QV_OK);
+        const qv_kv_seq *seqs[1] = {&kv};
+        const qv_adapter *sa[1] = {ad};
+        int32_t tok[2] = {5, 6}, pos[2] = {0, 1}, sq[2] = {0, 0}, li[1] = {1}, ss[2] = {0, 2};
+        float *logits = malloc(sizeof(float) * (size_t)cu.m->cfg.n_vocab);
+        V = cu.m->cfg.n_vocab;
+        assert_int_not_equal(feed(&cu, seqs, sa, ss, 1, tok, pos, sq, 2, li, 1, logits, &err), 0);
+        assert_int_equal(err.status, QV_ERR_UNSUPPORTED);
+        printf("%s refused: %s\n", names[a], err.msg);
+        assert_non_null(strstr(err.msg, want[a]));
+        /* the backend is still usable: the base model runs */
+        const qv_adapter *none[1] = {NULL};
+        assert_int_equal(feed(&cu, seqs, none, ss, 1, tok, pos, sq, 2, li, 1, logits, &err), 0);
+        free(logits);
+        qv_kv_seq_release(cu.kv, &kv);
+        qv_adapter_free(ad);
+    }
+    gpu_runner_close(&cu);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lora_end_to_end),
+        cmocka_unit_test(test_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
