@@ -314,10 +314,6 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
     for (int s = 0; s < S; s++)
         if (b->seg_start[s + 1] < b->seg_start[s])
             return qv_errorf(err, QV_ERR_INVALID, "cuda lora: segment %d ends before it starts", s);
-    for (int i = 0; i < b->n_tokens; i++)
-        if (b->tokens[i] < 0)
-            return qv_errorf(err, QV_ERR_UNSUPPORTED,
-                             "cuda: virtual tokens are not supported on the CUDA backend yet");
     if (b->n_tokens > rt->max_tokens)
         return qv_errorf(err, QV_ERR_INVALID, "cuda lora: %d tokens (limit %d)", b->n_tokens,
                          rt->max_tokens);
@@ -327,6 +323,10 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
         qv_status st = check_supported(rt->m, ad, err);
         if (st != QV_OK) return st;
     }
+    for (int i = 0; i < b->n_tokens; i++)
+        if (b->tokens[i] < 0)
+            return qv_errorf(err, QV_ERR_UNSUPPORTED,
+                             "cuda: virtual tokens are not supported on the CUDA backend yet");
     if (S > rt->cap_segs) {
         int c = rt->cap_segs;
         if (!grow((void **)&rt->seg_t0, &c, S, sizeof(int), 1)) goto nomem;
