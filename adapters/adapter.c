@@ -56,17 +56,18 @@ qv_status qv__adapter_own(qv_adapter *ad, void *p) {
     return QV_OK;
 }
 
-float *qv__adapter_alloc(qv__adapter_ctx *c, size_t n) {
+/* n elements of elem_size bytes owned by ad and counted in n_bytes. */
+static void *alloc_elems(qv__adapter_ctx *c, size_t n, size_t elem_size) {
     if (n > SIZE_MAX / sizeof(float) / 2) {
-        qv_errorf(c->err, QV_ERR_LIMIT, "adapter array of %zu floats is too large", n);
+        qv_errorf(c->err, QV_ERR_LIMIT, "adapter array of %zu elements is too large", n);
         return NULL;
     }
-    float *p = qv_malloc(n * sizeof(float));
+    void *p = qv_malloc(n * elem_size);
     if (!p || qv__adapter_own(c->ad, p) != QV_OK) {
-        qv_errorf(c->err, QV_ERR_NOMEM, "out of memory allocating %zu adapter floats", n);
+        qv_errorf(c->err, QV_ERR_NOMEM, "out of memory allocating %zu adapter elements", n);
         return NULL;
     }
-    c->ad->n_bytes += n * sizeof(float);
+    c->ad->n_bytes += n * elem_size;
     if (c->lim.max_n_bytes && c->ad->n_bytes > c->lim.max_n_bytes) {
         qv_errorf(c->err, QV_ERR_LIMIT, "adapter needs more than the %zu-byte limit (max_n_bytes)",
                   c->lim.max_n_bytes);
@@ -74,6 +75,8 @@ float *qv__adapter_alloc(qv__adapter_ctx *c, size_t n) {
     }
     return p;
 }
+
+float *qv__adapter_alloc(qv__adapter_ctx *c, size_t n) { return alloc_elems(c, n, sizeof(float)); }
 
 void qv__adapter_release(qv__adapter_ctx *c, float *p, size_t n) {
     qv_adapter *ad = c->ad;
@@ -123,17 +126,28 @@ static const char *want_str(int n_dims, const int64_t *shape, char *buf, size_t 
     return buf;
 }
 
-qv_status qv__adapter_take(qv__adapter_ctx *c, const qv_st_tensor *t, int n_dims,
-                           const int64_t *shape, float **out) {
+static qv_status check_shape(qv__adapter_ctx *c, const qv_st_tensor *t, int n_dims,
+                             const int64_t *shape) {
     bool ok = t->n_dims == n_dims;
     for (int i = 0; ok && i < n_dims; i++)
         if (shape[i] >= 0 && t->shape[i] != shape[i]) ok = false;
-    if (!ok) {
-        char a[96], b[96];
-        return qv_errorf(c->err, QV_ERR_INVALID, "tensor %s: expected shape %s, got %s", t->name,
-                         want_str(n_dims, shape, a, sizeof(a)),
-                         qv__adapter_shape_str(t, b, sizeof(b)));
-    }
+    if (ok) return QV_OK;
+    char a[96], b[96];
+    return qv_errorf(c->err, QV_ERR_INVALID, "tensor %s: expected shape %s, got %s", t->name,
+                     want_str(n_dims, shape, a, sizeof(a)), qv__adapter_shape_str(t, b, sizeof(b)));
+}
+
+static qv_status not_finite(qv__adapter_ctx *c, const qv_st_tensor *t, float v, int64_t i) {
+    return qv_errorf(c->err, QV_ERR_INVALID,
+                     "tensor %s holds a non-finite value (%s) at "
+                     "element %lld",
+                     t->name, isnan(v) ? "NaN" : "Inf", (long long)i);
+}
+
+qv_status qv__adapter_take(qv__adapter_ctx *c, const qv_st_tensor *t, int n_dims,
+                           const int64_t *shape, float **out) {
+    qv_status s = check_shape(c, t, n_dims, shape);
+    if (s) return s;
     float *p = qv__adapter_alloc(c, (size_t)(t->n_elems ? t->n_elems : 1));
     if (!p) return c->err ? c->err->status : QV_ERR_NOMEM;
     const unsigned char *src = t->data;
@@ -146,16 +160,41 @@ qv_status qv__adapter_take(qv__adapter_ctx *c, const qv_st_tensor *t, int n_dims
             memcpy(&h, src + 2 * i, 2);
             v = t->dtype == QV_DTYPE_F16 ? qv_f16_to_f32(h) : qv_bf16_to_f32(h);
         }
-        if (!isfinite(v))
-            return qv_errorf(c->err, QV_ERR_INVALID,
-                             "tensor %s holds a non-finite value (%s) at "
-                             "element %lld",
-                             t->name, isnan(v) ? "NaN" : "Inf", (long long)i);
+        if (!isfinite(v)) return not_finite(c, t, v, i);
         p[i] = v;
     }
     *out = p;
     return QV_OK;
 }
+
+qv_status qv__adapter_take16(qv__adapter_ctx *c, const qv_st_tensor *t, int n_dims,
+                             const int64_t *shape, uint16_t **out) {
+    QV_ASSERT(t->dtype == QV_DTYPE_F16 || t->dtype == QV_DTYPE_BF16);
+    qv_status s = check_shape(c, t, n_dims, shape);
+    if (s) return s;
+    uint16_t *p = alloc_elems(c, (size_t)(t->n_elems ? t->n_elems : 1), sizeof(uint16_t));
+    if (!p) return c->err ? c->err->status : QV_ERR_NOMEM;
+    if (t->n_elems) memcpy(p, t->data, (size_t)t->n_elems * sizeof(uint16_t));
+    /* All exponent bits set = Inf or NaN, in both formats. */
+    const uint16_t exp_mask = t->dtype == QV_DTYPE_F16 ? 0x7C00u : 0x7F80u;
+    for (int64_t i = 0; i < t->n_elems; i++)
+        if ((p[i] & exp_mask) == exp_mask)
+            return not_finite(
+                c, t, t->dtype == QV_DTYPE_F16 ? qv_f16_to_f32(p[i]) : qv_bf16_to_f32(p[i]), i);
+    *out = p;
+    return QV_OK;
+}
+
+static float lora_elem(enum qv_dtype wt, const float *f32, const uint16_t *h, size_t i) {
+    switch (wt) {
+    case QV_DTYPE_F16: return qv_f16_to_f32(h[i]);
+    case QV_DTYPE_BF16: return qv_bf16_to_f32(h[i]);
+    default: return f32[i];
+    }
+}
+
+float qv_lora_a_at(const qv_lora *lo, size_t i) { return lora_elem(lo->wtype, lo->a, lo->a16, i); }
+float qv_lora_b_at(const qv_lora *lo, size_t i) { return lora_elem(lo->wtype, lo->b, lo->b16, i); }
 
 /* ---- config accessors ---- */
 
@@ -178,7 +217,7 @@ qv_status qv__cfg_num(qv__adapter_ctx *c, const cJSON *o, const char *key, doubl
 }
 
 qv_status qv__cfg_int(qv__adapter_ctx *c, const cJSON *o, const char *key, int def, int *out) {
-    double d;
+    double d = def;
     qv_status s = qv__cfg_num(c, o, key, def, &d);
     if (s) return s;
     if (d != floor(d) || d < -1e9 || d > 1e9)
@@ -620,6 +659,15 @@ void qv_adapter_describe(const qv_adapter *ad, FILE *f) {
     }
     default: break;
     }
-    fprintf(f, "size: %zu bytes (F32)\n", ad->n_bytes);
+    enum qv_dtype wt = QV_DTYPE_F32;
+    for (int l = 0; l < ad->n_layers && wt == QV_DTYPE_F32; l++)
+        for (int p = 0; p < QV_PROJ_COUNT; p++)
+            if (ad->layers[l].lora[p].rank && ad->layers[l].lora[p].wtype != QV_DTYPE_F32)
+                wt = ad->layers[l].lora[p].wtype;
+    if (wt != QV_DTYPE_F32)
+        fprintf(f, "size: %zu bytes (LoRA A/B in %s, the rest F32)\n", ad->n_bytes,
+                qv_dtype_name(wt));
+    else
+        fprintf(f, "size: %zu bytes (F32)\n", ad->n_bytes);
     fprintf(f, "validated against a base model: %s\n", ad->has_base ? "yes" : "no");
 }

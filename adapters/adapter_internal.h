@@ -1,7 +1,7 @@
 /*
  * adapter_internal.h - helpers shared by the adapter loaders (adapter.c, peft.c, bottleneck.c):
- * the load context, tracked F32 allocations, tensor shape checks + conversion, JSON accessors
- * and HF module path parsing.
+ * the load context, tracked F32 / 16-bit allocations, tensor shape checks + conversion, JSON
+ * accessors and HF module path parsing.
  *
  * Not public: only files under adapters/ include it. Single-threaded per load context.
  */
@@ -34,6 +34,10 @@ qv_status qv__adapter_own(qv_adapter *ad, void *p);
  * array owned by ad, refusing non-finite values. Errors name the tensor, expected and actual. */
 qv_status qv__adapter_take(qv__adapter_ctx *c, const qv_st_tensor *t, int n_dims,
                            const int64_t *shape, float **out);
+/* The same for a tensor stored as F16 or BF16 (t->dtype must be one of them), keeping its raw
+ * 16-bit values: a new array of n_elems uint16_t owned by ad. */
+qv_status qv__adapter_take16(qv__adapter_ctx *c, const qv_st_tensor *t, int n_dims,
+                             const int64_t *shape, uint16_t **out);
 /* Formats t's shape as "[a, b]" into buf. */
 const char *qv__adapter_shape_str(const qv_st_tensor *t, char *buf, size_t n);
 

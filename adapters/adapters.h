@@ -1,14 +1,16 @@
 /*
  * adapters.h - parameter-efficient adapters (FORMATS.md 4 and 5): load one adapter from disk or
- * from memory, validate it against the base model, and hold it as F32 host arrays in HF layout
- * ready for the forward pass.
+ * from memory, validate it against the base model, and hold it as host arrays in HF layout
+ * ready for the forward pass: F32, except the LoRA A/B matrices of the decoder projections,
+ * which stay in the file's F16 or BF16 when the file stores them so (half the memory and half
+ * the bytes read per decode step; widening to F32 is exact, so nothing is lost).
  *
  * What it is: the on-disk formats of PEFT (LoRA incl. rsLoRA, rank/alpha patterns, DoRA,
  * lora_bias, embedding / lm_head LoRA, modules_to_save, trainable tokens; IA3; prefix tuning;
  * prompt tuning; P-tuning; adaption prompt) and AdapterHub bottleneck adapters (seq_bn,
  * double_seq_bn, par_bn). Pickle files are refused, never parsed.
  * What it is not: the store, the registry or the device pool; it never runs the model.
- * Invariants: a loaded qv_adapter is immutable, every array holds finite F32 values, every shape
+ * Invariants: a loaded qv_adapter is immutable, every array holds finite values, every shape
  * fits the base model it was loaded against (when one was given). All fields below are
  * read-only for users; only qv_adapter_free releases them.
  * Threads: loading and freeing may run on any thread (worker pool); a loaded adapter may be read
@@ -70,21 +72,28 @@ enum qv_bn_residual { QV_BN_RES_AFTER_LN = 0, QV_BN_RES_BEFORE_LN, QV_BN_RES_POS
 typedef struct qv_adapter_limits {
     int max_rank;          /* largest LoRA rank accepted; 0 = no limit */
     int max_virtual;       /* largest num_virtual_tokens / adapter_len; 0 = no limit */
-    size_t max_n_bytes;    /* largest total F32 size of the loaded adapter; 0 = no limit */
+    size_t max_n_bytes;    /* largest host size of the loaded adapter (n_bytes); 0 = no limit */
     bool strict_base_name; /* refuse (instead of warn) when the base model name clearly differs */
 } qv_adapter_limits;
 
 /* One LoRA delta on a linear map W (n_out, n_in): y += scale * (B (A x) + b_bias).
- * rank == 0 means "no LoRA on this projection" and every pointer is NULL. */
+ * rank == 0 means "no LoRA on this projection" and every pointer is NULL.
+ * A and B are held in `wtype`: QV_DTYPE_F32 in a / b (always so for embed_lora and
+ * lm_head_lora), or QV_DTYPE_F16 / QV_DTYPE_BF16 in a16 / b16 (raw IEEE half / bfloat16 bits)
+ * for a decoder projection whose file stores both lora_A and lora_B in that dtype; the other
+ * pair of pointers is NULL. qv_lora_a_at / qv_lora_b_at read either. Everything else is F32. */
 typedef struct qv_lora {
     int rank;
     float scale; /* alpha/r, or alpha/sqrt(r) with use_rslora; patterns applied */
     int n_in, n_out;
-    float *a;          /* (rank, n_in); for embeddings (rank, n_vocab) = lora_embedding_A */
-    float *b;          /* (n_out, rank); for embeddings (dim, rank) = lora_embedding_B */
-    float *b_bias;     /* (n_out) lora_B.bias (lora_bias=true) or NULL */
-    float *magnitude;  /* (n_out) DoRA lora_magnitude_vector or NULL */
-    float *dora_scale; /* (n_out) m / ||W + scale*B*A||_row (precomputed with the base) or NULL */
+    enum qv_dtype wtype; /* dtype of A and B: F32, F16 or BF16 (see above) */
+    float *a;            /* (rank, n_in); for embeddings (rank, n_vocab) = lora_embedding_A */
+    float *b;            /* (n_out, rank); for embeddings (dim, rank) = lora_embedding_B */
+    uint16_t *a16;       /* (rank, n_in) when wtype is F16 / BF16, else NULL */
+    uint16_t *b16;       /* (n_out, rank) when wtype is F16 / BF16, else NULL */
+    float *b_bias;       /* (n_out) lora_B.bias (lora_bias=true) or NULL */
+    float *magnitude;    /* (n_out) DoRA lora_magnitude_vector or NULL */
+    float *dora_scale;   /* (n_out) m / ||W + scale*B*A||_row (precomputed with the base) or NULL */
 } qv_lora;
 
 /* One bottleneck adapter at one location of one layer (FORMATS.md 5.3). */
@@ -146,7 +155,7 @@ typedef struct qv_adapter {
     enum qv_bn_act bn_act;
     char bn_scaling_mode[16]; /* "fixed", "learned" or "channel" */
 
-    size_t n_bytes;     /* bytes of all F32 arrays owned */
+    size_t n_bytes;     /* bytes of all weight arrays owned (F32 and 16-bit) */
     bool has_base;      /* validated (and DoRA precomputed) against a base model */
     void **priv_allocs; /* internal: every array above, for qv_adapter_free */
     size_t priv_n, priv_cap;
@@ -183,6 +192,11 @@ size_t qv_adapter_n_bytes(const qv_adapter *ad);
 /* Prints kind, targets, ranks, scales, virtual tokens, sizes and whether it was validated
  * against a base model. Any thread. */
 void qv_adapter_describe(const qv_adapter *ad, FILE *f);
+
+/* Element i (row-major) of lo's A (rank, n_in) / B (n_out, rank) as F32, whatever lo->wtype.
+ * The caller keeps i in range. Any thread. */
+float qv_lora_a_at(const qv_lora *lo, size_t i);
+float qv_lora_b_at(const qv_lora *lo, size_t i);
 
 /* Names ("LORA", "q_proj", "relu", ...). Never NULL. */
 const char *qv_adapter_kind_name(enum qv_adapter_kind k);

@@ -167,20 +167,30 @@ typedef struct lora_state {
 static qv_status dora_scale(qv__adapter_ctx *c, qv_lora *x, const qv_tensor *w, const char *path) {
     if (!w->data || w->n_rows != x->n_out || w->n_cols != x->n_in)
         return qv_errorf(c->err, QV_ERR_INVALID, "%s: the base weight does not fit DoRA", path);
+    const size_t n_a = (size_t)x->rank * (size_t)x->n_in;
     float *row = qv_malloc((size_t)x->n_in * sizeof(float));
-    if (!row) return qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
+    /* A widened to F32 once when the adapter keeps it in 16 bits (exact). */
+    float *a32 = x->wtype == QV_DTYPE_F32 ? NULL : qv_malloc(n_a * sizeof(float));
+    const float *a = a32 ? a32 : x->a;
+    qv_status st = QV_OK;
+    if (!row || (x->wtype != QV_DTYPE_F32 && !a32)) {
+        st = qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; a32 && i < n_a; i++)
+        a32[i] = qv_lora_a_at(x, i);
     x->dora_scale = qv__adapter_alloc(c, (size_t)x->n_out);
     if (!x->dora_scale) {
-        qv_free(row);
-        return c->err ? c->err->status : QV_ERR_NOMEM;
+        st = c->err ? c->err->status : QV_ERR_NOMEM;
+        goto done;
     }
     for (int o = 0; o < x->n_out; o++) {
         qv_dequantize_row(w->dtype, (const char *)w->data + (size_t)o * w->row_bytes, row, x->n_in);
         /* W_c[o,:] = W[o,:] + s * sum_k B[o,k] A[k,:]: contiguous axpys over the rows of A
          * (vectorizable; O(out*in*r) is the cost of DoRA, paid once per adapter load). */
         for (int k = 0; k < x->rank; k++) {
-            float coef = x->scale * x->b[(size_t)o * x->rank + k];
-            const float *ak = x->a + (size_t)k * x->n_in;
+            float coef = x->scale * qv_lora_b_at(x, (size_t)o * (size_t)x->rank + (size_t)k);
+            const float *ak = a + (size_t)k * x->n_in;
             for (int j = 0; j < x->n_in; j++)
                 row[j] += coef * ak[j];
         }
@@ -189,14 +199,16 @@ static qv_status dora_scale(qv__adapter_ctx *c, qv_lora *x, const qv_tensor *w, 
             ss += (double)row[j] * (double)row[j];
         double n = sqrt(ss);
         if (!(n > 0.0)) {
-            qv_free(row);
-            return qv_errorf(c->err, QV_ERR_INVALID, "%s: DoRA weight norm of row %d is zero", path,
-                             o);
+            st = qv_errorf(c->err, QV_ERR_INVALID, "%s: DoRA weight norm of row %d is zero", path,
+                           o);
+            goto done;
         }
         x->dora_scale[o] = (float)((double)x->magnitude[o] / n);
     }
+done:
     qv_free(row);
-    return QV_OK;
+    qv_free(a32);
+    return st;
 }
 
 static const qv_tensor *base_weight(const qv_model *m, int layer, int slot) {
@@ -268,12 +280,21 @@ static qv_status lora_module(qv__adapter_ctx *c, lora_state *st, int layer, int 
             n_out = c->base->cfg.n_vocab, n_in = c->base->cfg.dim;
         }
     }
+    /* Decoder projections keep A and B in the file's 16-bit dtype when both share it: the
+     * kernels widen them in registers (exact), so only memory and bandwidth change. */
+    const enum qv_dtype fdt = sl->a->dtype;
+    const bool keep16 = slot < QV_PROJ_COUNT && sl->b->dtype == fdt &&
+                        (fdt == QV_DTYPE_F16 || fdt == QV_DTYPE_BF16);
+    x->wtype = keep16 ? fdt : QV_DTYPE_F32;
     int64_t sa[2] = {rank, n_in};
-    s = qv__adapter_take(c, sl->a, 2, sa, &x->a);
+    s = keep16 ? qv__adapter_take16(c, sl->a, 2, sa, &x->a16)
+               : qv__adapter_take(c, sl->a, 2, sa, &x->a);
     if (s) return s;
     x->n_in = (int)sl->a->shape[1];
     int64_t sb[2] = {n_out, rank};
-    if ((s = qv__adapter_take(c, sl->b, 2, sb, &x->b))) return s;
+    s = keep16 ? qv__adapter_take16(c, sl->b, 2, sb, &x->b16)
+               : qv__adapter_take(c, sl->b, 2, sb, &x->b);
+    if (s) return s;
     x->n_out = (int)sl->b->shape[0];
     int64_t sv[1] = {x->n_out};
     if (sl->bias && (s = qv__adapter_take(c, sl->bias, 1, sv, &x->b_bias))) return s;

@@ -2,7 +2,8 @@
  * adapter_apply.c - per-segment adapter application in the forward pass (see adapter_apply.h).
  *
  * LoRA: for projection p of layer l, the segments whose adapter has rank > 0 there become one
- * list of qv__lora_seg, and one shrink + one expand (engine/cpu/lora_cpu.c) cover them all.
+ * list of qv__lora_seg, and one shrink + one expand (engine/cpu/lora_cpu.c, fused into one pool
+ * run by qv__lora_apply) cover them all, reading A/B in the adapter's dtype (F32, F16, BF16).
  * DoRA rows are rescaled afterwards: y = (m/n) ⊙ (W x + s·B A x) + b, with m/n precomputed by
  * the loader. Everything else (IA³, bottleneck, adaption prompt, embeddings, lm_head) is small
  * per-row work done segment by segment in plain loops whose order depends only on the row.
@@ -271,13 +272,14 @@ void qv_adapter_rt_projs(qv_adapter_rt *rt, int layer, const enum qv_proj *ps, i
                                               .b_bias = lo->b_bias,
                                               .y = ys[k],
                                               .ldy = (size_t)n_out,
-                                              .n_out = n_out};
+                                              .n_out = n_out,
+                                              .wtype = lo->wtype,
+                                              .a16 = lo->a16,
+                                              .b16 = lo->b16};
         }
     }
-    if (n_l) { /* one shrink and one expand for every segment of every projection */
-        qv__lora_shrink(rt->be, rt->lsegs, n_l, x_in, (size_t)n_in, n_in, rt->tmp);
-        qv__lora_expand(rt->be, rt->lsegs, n_l, rt->tmp, 0, NULL, 0);
-    }
+    if (n_l) /* one shrink and one expand (one pool run) for every segment of every projection */
+        qv__lora_apply(rt->be, rt->lsegs, n_l, x_in, (size_t)n_in, n_in, rt->tmp, 0, NULL, 0);
     for (int k = 0; k < n_p; k++) {
         const enum qv_proj p = ps[k];
         const int n_out = proj_n_out(c, p);

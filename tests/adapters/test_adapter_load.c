@@ -55,6 +55,16 @@ static void check_samples(const char *what, const float *arr, size_t n, const cJ
     }
 }
 
+/* lo's A (or B) as F32: the adapter's own array, or a malloc'd widened copy. */
+static float *widen(const qv_lora *lo, bool a) {
+    if (lo->wtype == QV_DTYPE_F32) return a ? lo->a : lo->b;
+    size_t n = (size_t)lo->rank * (size_t)(a ? lo->n_in : lo->n_out);
+    float *f = malloc(n * sizeof(float));
+    for (size_t i = 0; f && i < n; i++)
+        f[i] = a ? qv_lora_a_at(lo, i) : qv_lora_b_at(lo, i);
+    return f;
+}
+
 static const qv_lora *find_lora(const qv_adapter *ad, const char *path) {
     if (!strcmp(path, "lm_head")) return &ad->lm_head_lora;
     if (!strcmp(path, "model.embed_tokens")) return &ad->embed_lora;
@@ -93,10 +103,14 @@ static void check_one(const cJSON *e, const qv_adapter *ad, const qv_model *base
             assert_non_null(x);
             assert_int_equal(x->rank, (int)num(c, "rank"));
             assert_true(fabs((double)x->scale - num(c, "scale")) <= 1e-6 * num(c, "scale"));
-            check_samples("lora_A", x->a, (size_t)x->rank * x->n_in,
+            /* 16-bit files keep their A/B dtype (qv_lora.wtype): compare the widened values */
+            float *a = widen(x, true), *b = widen(x, false);
+            check_samples("lora_A", a, (size_t)x->rank * x->n_in,
                           cJSON_GetObjectItemCaseSensitive(c, "a"), 0);
-            check_samples("lora_B", x->b, (size_t)x->rank * x->n_out,
+            check_samples("lora_B", b, (size_t)x->rank * x->n_out,
                           cJSON_GetObjectItemCaseSensitive(c, "b"), 0);
+            if (a != x->a) free(a);
+            if (b != x->b) free(b);
             const cJSON *bias = cJSON_GetObjectItemCaseSensitive(c, "bias");
             if (bias)
                 check_samples("lora_B.bias", x->b_bias, (size_t)x->n_out, bias, 0);

@@ -2,16 +2,20 @@
  * bench_lora.c - cost of LoRA adapters in decode (CPU backend).
  *
  * Part 1: decode throughput of 16 sequences on 16 distinct rank-16 LoRA adapters (q,k,v,o,gate,
- * up,down of every layer; random F32 weights made here) against the same 16 sequences with no
- * adapter, on SmolLM2-135M-Instruct Q4_1. Runs alternate (base, lora) in interleaved pairs; the
- * median of the per-pair ratios lora/base is reported (target >= 0.75).
- * Part 2: the segmented shrink+expand (one call for all segments) against a per-adapter loop
- * (one call per adapter) on a 576 -> 576 rank-16 projection with 64 tokens spread over 1, 4, 16
- * and 64 distinct adapters.
+ * up,down of every layer; random weights made here, held in each requested dtype: F32, BF16,
+ * F16, as the loader keeps them) against the same 16 sequences with no adapter, on
+ * SmolLM2-135M-Instruct Q4_1. Runs are interleaved rounds (base, lora dtype 1, lora dtype 2,
+ * ...); each dtype's ratio lora/base is taken against the base run of its own round, and the
+ * median over rounds is reported (target >= 0.75), with the min..max spread.
+ * Part 2: the segmented shrink+expand (one qv__lora_apply call for all segments) against a
+ * per-adapter loop (one call per adapter) on a 576 -> 576 rank-16 projection with 64 tokens
+ * spread over 1, 4, 16 and 64 distinct adapters, per dtype.
  *
  * usage: bench_lora [MODEL] [--threads N] [--pairs P] [--gen G] [--prompt L] [--same]
- * (--same: all 16 sequences share one adapter, to separate bandwidth from compute cost)
- * Prints a table and one JSON line per part.
+ *                   [--dtypes f32,bf16,f16] [--no-kernel]
+ * (--same: all 16 sequences share one adapter, to separate bandwidth from compute cost;
+ *  --dtypes: the adapter weight dtypes measured side by side, default f32,bf16)
+ * Prints a table and one JSON line per measurement.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -40,9 +44,37 @@ static float *rand_arr(size_t n, float amp) {
     return a;
 }
 
+static uint16_t *rand_arr16(size_t n, float amp, enum qv_dtype wt) {
+    uint16_t *a = malloc(n * sizeof(uint16_t));
+    if (!a) abort();
+    for (size_t i = 0; i < n; i++)
+        a[i] = wt == QV_DTYPE_F16 ? qv_f32_to_f16(frand(amp)) : qv_f32_to_bf16(frand(amp));
+    return a;
+}
+
+/* Fills lo's A (rank, n_in) and B (n_out, rank) with random weights of dtype wt. */
+static void fill_lora(qv_lora *lo, enum qv_dtype wt, float amp) {
+    const size_t na = (size_t)lo->rank * (size_t)lo->n_in, nb = (size_t)lo->n_out * lo->rank;
+    lo->wtype = wt;
+    if (wt == QV_DTYPE_F32) {
+        lo->a = rand_arr(na, amp);
+        lo->b = rand_arr(nb, amp);
+    } else {
+        lo->a16 = rand_arr16(na, amp, wt);
+        lo->b16 = rand_arr16(nb, amp, wt);
+    }
+}
+
+static void free_weights(qv_lora *lo) {
+    free(lo->a);
+    free(lo->b);
+    free(lo->a16);
+    free(lo->b16);
+}
+
 /* A LoRA adapter on all 7 projections, built in memory (not through the loader): freed with
  * free_lora, not qv_adapter_free. */
-static qv_adapter *make_lora(const qv_model_config *c) {
+static qv_adapter *make_lora(const qv_model_config *c, enum qv_dtype wt) {
     qv_adapter *ad = calloc(1, sizeof(*ad));
     ad->kind = QV_ADAPTER_LORA;
     ad->n_layers = c->n_layers;
@@ -59,18 +91,15 @@ static qv_adapter *make_lora(const qv_model_config *c) {
             lo->scale = 2.0f;
             lo->n_in = n_in[p];
             lo->n_out = n_out[p];
-            lo->a = rand_arr((size_t)RANK * (size_t)n_in[p], 0.02f);
-            lo->b = rand_arr((size_t)n_out[p] * RANK, 0.02f);
+            fill_lora(lo, wt, 0.02f);
         }
     return ad;
 }
 
 static void free_lora(qv_adapter *ad) {
     for (int l = 0; l < ad->n_layers; l++)
-        for (int p = 0; p < QV_PROJ_COUNT; p++) {
-            free(ad->layers[l].lora[p].a);
-            free(ad->layers[l].lora[p].b);
-        }
+        for (int p = 0; p < QV_PROJ_COUNT; p++)
+            free_weights(&ad->layers[l].lora[p]);
     free(ad->layers);
     free(ad);
 }
@@ -88,8 +117,16 @@ static void on_tok(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
     ((counter *)user)->n_tokens++;
 }
 
-/* Decode tok/s of N_SEQ sequences; ads[i] (or NULL) is sequence i's adapter. */
-static double run_decode(qv_engine *e, qv_adapter *const *ads, int n_prompt, int n_gen) {
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Decode tok/s of N_SEQ sequences (wall clock over the decode steps); ads[i] (or NULL) is
+ * sequence i's adapter. *step_tps = tokens per step / the median step time: a step that another
+ * process preempted is an outlier there, not a shift of the whole run. */
+static double run_decode(qv_engine *e, qv_adapter *const *ads, int n_prompt, int n_gen,
+                         double *step_tps) {
     const qv_model *m = qv_engine_model(e);
     qv_gen_params gp;
     qv_gen_params_default(&gp);
@@ -114,64 +151,89 @@ static double run_decode(qv_engine *e, qv_adapter *const *ads, int n_prompt, int
     while (c.n_tokens < N_SEQ)
         if (qv_engine_step(e, &err) != QV_OK) exit(1);
     double t1 = qv_time_s();
-    int at_t1 = c.n_tokens;
-    while (qv_engine_n_active(e) > 0)
+    int at_t1 = c.n_tokens, n_steps = 0;
+    double steps[1024];
+    while (qv_engine_n_active(e) > 0) {
+        const double t = qv_time_s();
         if (qv_engine_step(e, &err) != QV_OK) exit(1);
-    return (double)(c.n_tokens - at_t1) / (qv_time_s() - t1);
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
+        if (n_steps < 1024) steps[n_steps++] = qv_time_s() - t;
+    }
+    const double wall = (double)(c.n_tokens - at_t1) / (qv_time_s() - t1);
+    qsort(steps, (size_t)n_steps, sizeof(double), cmp_d);
+    if (step_tps) *step_tps = n_steps ? N_SEQ / steps[n_steps / 2] : 0.0;
+    return wall;
 }
 
 /* Part 2: seconds per call of the segmented kernel and of the per-adapter loop. */
-static void kernel_bench(qv_backend *be, int n_adapters, double *t_seg, double *t_loop) {
+static void kernel_bench(qv_backend *be, int n_adapters, enum qv_dtype wt, double *t_seg,
+                         double *t_loop) {
     enum { T = 64, D = 576 };
     qv__lora_seg segs[64];
+    qv_lora w[64];
     const int per = T / n_adapters;
-    for (int s = 0; s < n_adapters; s++)
+    for (int s = 0; s < n_adapters; s++) {
+        w[s] = (qv_lora){.rank = RANK, .n_in = D, .n_out = D};
+        fill_lora(&w[s], wt, 0.1f);
         segs[s] = (qv__lora_seg){.t0 = s * per,
                                  .n = per,
                                  .rank = RANK,
                                  .scale = 1.0f,
-                                 .a = rand_arr((size_t)RANK * D, 0.1f),
-                                 .b = rand_arr((size_t)D * RANK, 0.1f)};
+                                 .a = w[s].a,
+                                 .b = w[s].b,
+                                 .wtype = wt,
+                                 .a16 = w[s].a16,
+                                 .b16 = w[s].b16};
+    }
     float *x = rand_arr((size_t)T * D, 1.0f), *y = rand_arr((size_t)T * D, 1.0f);
     float *tmp = malloc(sizeof(float) * (size_t)T * RANK);
     const int iters = 2000;
     double best_seg = 1e30, best_loop = 1e30;
     for (int rep = 0; rep < 3; rep++) {
         double t0 = qv_time_s();
-        for (int it = 0; it < iters; it++) {
-            qv__lora_shrink(be, segs, n_adapters, x, D, D, tmp);
-            qv__lora_expand(be, segs, n_adapters, tmp, D, y, D);
-        }
+        for (int it = 0; it < iters; it++)
+            qv__lora_apply(be, segs, n_adapters, x, D, D, tmp, D, y, D);
         double t1 = qv_time_s();
         for (int it = 0; it < iters; it++)
-            for (int s = 0; s < n_adapters; s++) {
-                qv__lora_shrink(be, &segs[s], 1, x, D, D, tmp);
-                qv__lora_expand(be, &segs[s], 1, tmp, D, y, D);
-            }
+            for (int s = 0; s < n_adapters; s++)
+                qv__lora_apply(be, &segs[s], 1, x, D, D, tmp, D, y, D);
         double t2 = qv_time_s();
         if (t1 - t0 < best_seg) best_seg = t1 - t0;
         if (t2 - t1 < best_loop) best_loop = t2 - t1;
     }
     *t_seg = best_seg / iters;
     *t_loop = best_loop / iters;
-    for (int s = 0; s < n_adapters; s++) {
-        free((void *)(uintptr_t)segs[s].a);
-        free((void *)(uintptr_t)segs[s].b);
-    }
+    for (int s = 0; s < n_adapters; s++)
+        free_weights(&w[s]);
     free(x);
     free(y);
     free(tmp);
+}
+
+static bool parse_dtypes(const char *arg, enum qv_dtype *out, int *n) {
+    *n = 0;
+    char buf[64];
+    snprintf(buf, sizeof(buf), "%s", arg);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        if (*n == 3) return false;
+        if (!strcmp(tok, "f32"))
+            out[(*n)++] = QV_DTYPE_F32;
+        else if (!strcmp(tok, "bf16"))
+            out[(*n)++] = QV_DTYPE_BF16;
+        else if (!strcmp(tok, "f16"))
+            out[(*n)++] = QV_DTYPE_F16;
+        else
+            return false;
+    }
+    return *n > 0;
 }
 
 int main(int argc, char **argv) {
     const char *model = NULL;
     int n_threads = 0, pairs = 5, n_gen = 32, n_prompt = 16;
     bool same = false; /* --same: all 16 sequences on one adapter (bandwidth vs compute probe) */
+    bool kernel = true;
+    enum qv_dtype dts[3] = {QV_DTYPE_F32, QV_DTYPE_BF16};
+    int n_dt = 2;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             n_threads = atoi(argv[++i]);
@@ -181,9 +243,16 @@ int main(int argc, char **argv) {
             n_gen = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--same"))
             same = true;
+        else if (!strcmp(argv[i], "--no-kernel"))
+            kernel = false;
         else if (!strcmp(argv[i], "--prompt") && i + 1 < argc)
             n_prompt = atoi(argv[++i]);
-        else
+        else if (!strcmp(argv[i], "--dtypes") && i + 1 < argc) {
+            if (!parse_dtypes(argv[++i], dts, &n_dt)) {
+                fprintf(stderr, "bench_lora: --dtypes takes a list of f32, bf16, f16\n");
+                return 2;
+            }
+        } else
             model = argv[i];
     }
     static char path[1024];
@@ -210,57 +279,80 @@ int main(int argc, char **argv) {
         return 1;
     }
     const qv_model_config *mc = &qv_engine_model(e)->cfg;
-    qv_adapter *ads[N_SEQ];
-    size_t ad_bytes = 0;
-    for (int i = 0; i < N_SEQ; i++)
-        ads[i] = (same && i) ? ads[0] : make_lora(mc);
+    qv_adapter *ads[3][N_SEQ];
+    size_t n_params = 0;
+    for (int d = 0; d < n_dt; d++)
+        for (int i = 0; i < N_SEQ; i++)
+            ads[d][i] = (same && i) ? ads[d][0] : make_lora(mc, dts[d]);
     for (int l = 0; l < mc->n_layers; l++)
         for (int p = 0; p < QV_PROJ_COUNT; p++)
-            ad_bytes += (size_t)RANK *
-                        (size_t)(ads[0]->layers[l].lora[p].n_in + ads[0]->layers[l].lora[p].n_out) *
-                        sizeof(float);
+            n_params += (size_t)RANK * (size_t)(ads[0][0]->layers[l].lora[p].n_in +
+                                                ads[0][0]->layers[l].lora[p].n_out);
     printf("bench_lora: %s, %d sequences, %d distinct rank-%d LoRA adapters on all 7 projections "
-           "(%.1f MiB F32 each), prompt %d, gen %d, %d pairs\n",
-           model, N_SEQ, same ? 1 : N_SEQ, RANK, (double)ad_bytes / (1 << 20), n_prompt, n_gen,
-           pairs);
-    run_decode(e, NULL, n_prompt, 4); /* warm-up */
-    run_decode(e, ads, n_prompt, 4);
-    double ratio[64], base_tps[64], lora_tps[64];
+           "(%.1f MiB F32 / %.1f MiB 16-bit each), prompt %d, gen %d, %d rounds\n",
+           model, N_SEQ, same ? 1 : N_SEQ, RANK, (double)(n_params * 4) / (1 << 20),
+           (double)(n_params * 2) / (1 << 20), n_prompt, n_gen, pairs);
+    run_decode(e, NULL, n_prompt, 4, NULL); /* warm-up */
+    for (int d = 0; d < n_dt; d++)
+        run_decode(e, ads[d], n_prompt, 4, NULL);
+    double ratio[3][64], lora_tps[3][64], base_tps[64];
+    double sratio[3][64], slora_tps[3][64], sbase_tps[64];
     for (int p = 0; p < pairs; p++) {
-        base_tps[p] = run_decode(e, NULL, n_prompt, n_gen);
-        lora_tps[p] = run_decode(e, ads, n_prompt, n_gen);
-        ratio[p] = lora_tps[p] / base_tps[p];
-        printf("  pair %d: base %.1f tok/s, lora %.1f tok/s, ratio %.3f\n", p, base_tps[p],
-               lora_tps[p], ratio[p]);
+        base_tps[p] = run_decode(e, NULL, n_prompt, n_gen, &sbase_tps[p]);
+        printf("  round %2d: base %.1f tok/s [step median %.1f]", p, base_tps[p], sbase_tps[p]);
+        for (int d = 0; d < n_dt; d++) {
+            lora_tps[d][p] = run_decode(e, ads[d], n_prompt, n_gen, &slora_tps[d][p]);
+            ratio[d][p] = lora_tps[d][p] / base_tps[p];
+            sratio[d][p] = slora_tps[d][p] / sbase_tps[p];
+            printf(", %s %.1f (%.3f) [%.1f (%.3f)]", qv_dtype_name(dts[d]), lora_tps[d][p],
+                   ratio[d][p], slora_tps[d][p], sratio[d][p]);
+        }
+        printf("\n");
+        fflush(stdout);
     }
-    qsort(ratio, (size_t)pairs, sizeof(double), cmp_d);
     qsort(base_tps, (size_t)pairs, sizeof(double), cmp_d);
-    qsort(lora_tps, (size_t)pairs, sizeof(double), cmp_d);
-    double med = ratio[pairs / 2];
-    printf("decode: base %.1f tok/s, 16 LoRA %.1f tok/s (medians), median ratio %.3f (target "
-           ">= 0.75)\n",
-           base_tps[pairs / 2], lora_tps[pairs / 2], med);
-    printf("{\"bench\":\"lora_decode\",\"n_seqs\":%d,\"rank\":%d,\"base_tok_s\":%.2f,"
-           "\"lora_tok_s\":%.2f,\"median_ratio\":%.4f}\n",
-           N_SEQ, RANK, base_tps[pairs / 2], lora_tps[pairs / 2], med);
-    for (int i = 0; i < N_SEQ; i++)
-        if (!same || i == 0) free_lora(ads[i]);
+    qsort(sbase_tps, (size_t)pairs, sizeof(double), cmp_d);
+    printf("decode, medians over %d rounds (target ratio >= 0.75); wall clock [step median]:\n"
+           "  base %.1f tok/s [%.1f]\n",
+           pairs, base_tps[pairs / 2], sbase_tps[pairs / 2]);
+    for (int d = 0; d < n_dt; d++) {
+        qsort(ratio[d], (size_t)pairs, sizeof(double), cmp_d);
+        qsort(lora_tps[d], (size_t)pairs, sizeof(double), cmp_d);
+        qsort(sratio[d], (size_t)pairs, sizeof(double), cmp_d);
+        qsort(slora_tps[d], (size_t)pairs, sizeof(double), cmp_d);
+        const double med = ratio[d][pairs / 2], smed = sratio[d][pairs / 2];
+        printf("  16 LoRA %-4s %.1f tok/s, ratio %.3f (spread %.3f..%.3f) [%.1f tok/s, ratio %.3f "
+               "(spread %.3f..%.3f)]\n",
+               qv_dtype_name(dts[d]), lora_tps[d][pairs / 2], med, ratio[d][0], ratio[d][pairs - 1],
+               slora_tps[d][pairs / 2], smed, sratio[d][0], sratio[d][pairs - 1]);
+        printf("{\"bench\":\"lora_decode\",\"dtype\":\"%s\",\"n_seqs\":%d,\"n_adapters\":%d,"
+               "\"rank\":%d,\"base_tok_s\":%.2f,\"lora_tok_s\":%.2f,\"median_ratio\":%.4f,"
+               "\"min_ratio\":%.4f,\"max_ratio\":%.4f,\"step_median_ratio\":%.4f}\n",
+               qv_dtype_name(dts[d]), N_SEQ, same ? 1 : N_SEQ, RANK, base_tps[pairs / 2],
+               lora_tps[d][pairs / 2], med, ratio[d][0], ratio[d][pairs - 1], smed);
+    }
+    for (int d = 0; d < n_dt; d++)
+        for (int i = 0; i < N_SEQ; i++)
+            if (!same || i == 0) free_lora(ads[d][i]);
     qv_engine_destroy(e);
+    if (!kernel) return 0;
 
     qv_backend *be = NULL;
     if (qv_backend_cpu_create(n_threads, &be, &err) != QV_OK) return 1;
-    printf("\nkernel: 64 tokens, 576 -> 576, rank %d\n  adapters   segmented us   per-adapter "
-           "loop us   loop/segmented\n",
+    printf("\nkernel: 64 tokens, 576 -> 576, rank %d\n  dtype  adapters   segmented us   "
+           "per-adapter loop us   loop/segmented\n",
            RANK);
     const int ks[4] = {1, 4, 16, 64};
-    for (int i = 0; i < 4; i++) {
-        double ts, tl;
-        kernel_bench(be, ks[i], &ts, &tl);
-        printf("  %8d   %12.2f   %19.2f   %14.2f\n", ks[i], ts * 1e6, tl * 1e6, tl / ts);
-        printf("{\"bench\":\"lora_kernel\",\"n_adapters\":%d,\"segmented_us\":%.3f,"
-               "\"loop_us\":%.3f}\n",
-               ks[i], ts * 1e6, tl * 1e6);
-    }
+    for (int d = 0; d < n_dt; d++)
+        for (int i = 0; i < 4; i++) {
+            double ts, tl;
+            kernel_bench(be, ks[i], dts[d], &ts, &tl);
+            printf("  %-5s  %8d   %12.2f   %19.2f   %14.2f\n", qv_dtype_name(dts[d]), ks[i],
+                   ts * 1e6, tl * 1e6, tl / ts);
+            printf("{\"bench\":\"lora_kernel\",\"dtype\":\"%s\",\"n_adapters\":%d,"
+                   "\"segmented_us\":%.3f,\"loop_us\":%.3f}\n",
+                   qv_dtype_name(dts[d]), ks[i], ts * 1e6, tl * 1e6);
+        }
     be->iface->destroy(be);
     return 0;
 }

@@ -9,7 +9,9 @@
  *   K/V are stored at positions 0..nvt-1 first; real tokens start at position n_virtual);
  * - 32 teacher-forced greedy steps: argmax equals PEFT's greedy token (unless PEFT's own top-2
  *   gap is below 1e-4 of the row scale) and the step logits match within 1e-4;
- * - a chunked prefill (chunks of 3) gives the same last-position logits.
+ * - a chunked prefill (chunks of 3) gives the same last-position logits;
+ * - a LoRA file stored in F16 or BF16 is held in that dtype (its kernels are what is tested);
+ *   PEFT widens such adapters to fp32 on load, so the tolerance stays 1e-4 (observed ~2e-6).
  * Then the SmolLM2 Q4_1 cases (tests/fixtures/adapter_golden/smollm2/golden.json): last prompt
  * position logits and 32 greedy tokens (skipped when the model file is absent).
  */
@@ -94,6 +96,19 @@ static void fail_cmp(const char *what, const char *name, int pi, int t, const fl
 
 static int n_cases;
 
+/* A LoRA file stored in one 16-bit dtype keeps it in memory (qv_lora.wtype), so its golden
+ * runs the F16 / BF16 kernels, not an F32 copy. */
+static void check_lora_dtype(const qv_adapter *ad, const cJSON *dtypes) {
+    if (ad->kind != QV_ADAPTER_LORA || cJSON_GetArraySize(dtypes) != 1) return;
+    const char *d = cJSON_GetArrayItem(dtypes, 0)->valuestring;
+    const enum qv_dtype want = !strcmp(d, "float16")    ? QV_DTYPE_F16
+                               : !strcmp(d, "bfloat16") ? QV_DTYPE_BF16
+                                                        : QV_DTYPE_F32;
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < QV_PROJ_COUNT; p++)
+            if (ad->layers[l].lora[p].rank) assert_int_equal(ad->layers[l].lora[p].wtype, want);
+}
+
 static void check_case(const char *json_path) {
     char *text = NULL;
     size_t len = 0;
@@ -115,6 +130,7 @@ static void check_case(const char *json_path) {
     if (qv_adapter_load(qv_test_path(rel), r.m, NULL, &ad, &err) != QV_OK)
         fail_msg("load %s: %s", adir, err.msg);
     assert_int_equal(qv_adapter_n_prefix_positions(ad), nvt_json);
+    check_lora_dtype(ad, cJSON_GetObjectItem(root, "adapter_dtypes"));
     const int V = r.m->cfg.n_vocab;
     float *want = malloc(sizeof(float) * (size_t)V);
     float *got = malloc(sizeof(float) * (size_t)V * 96);

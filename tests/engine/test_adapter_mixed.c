@@ -1,9 +1,10 @@
 /*
  * test_adapter_mixed.c - adapters do not break batch invariance.
  *
- * Forward level: for each base (tiny-llama-gqa with its 17 fixture adapters of every kind, and
+ * Forward level: for each base (tiny-llama-gqa with its 18 fixture adapters of every kind, and
  * tiny-llama with adaption prompt / embed+lm_head LoRA / prefix), 2 sequences per adapter plus
- * base-only ones (>= 24 sequences in all, >= 12 distinct adapters on the gqa base, ranks 1..16)
+ * base-only ones (>= 24 sequences in all, >= 12 distinct adapters on the gqa base, ranks 1..16,
+ * LoRA weights in F32, F16 and BF16)
  * with random prompts of 3..24 tokens and varied streams are run
  * (a) one at a time, the whole stream in one batch on 1 thread, and
  * (b) all together on 2 threads: every step takes a random chunk (1..6 tokens) of every
@@ -231,6 +232,7 @@ static void test_mixed_forward(void **state) {
     static const char *const gqa[] = {"tiny-llama-gqa/dora",
                                       "tiny-llama-gqa/double_seq_bn",
                                       "tiny-llama-gqa/ia3",
+                                      "tiny-llama-gqa/lora_all_r8_f16",
                                       "tiny-llama-gqa/lora_all_r8_rslora",
                                       "tiny-llama-gqa/lora_bias",
                                       "tiny-llama-gqa/lora_embed_lm_head",

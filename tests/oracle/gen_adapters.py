@@ -353,6 +353,10 @@ def peft_specs() -> list[dict[str, Any]]:
         dict(base=G, name="lora_r16_mlp_bf16", seed=9, dtype=torch.bfloat16,
              cfg=lambda: lora(r=16, lora_alpha=16, target_modules=["gate_proj", "up_proj",
                                                                    "down_proj"])),
+        # F16 on all seven projections at rank 8: quiver keeps these A/B in F16 and runs the
+        # 8-output expand groups and the fused q,k,v / gate,up calls on them
+        dict(base=G, name="lora_all_r8_f16", seed=20, dtype=torch.float16,
+             cfg=lambda: lora(r=8, lora_alpha=16, target_modules=ALL7)),
         dict(base=G, name="ia3", seed=10, cfg=lambda: IA3Config(task_type="CAUSAL_LM")),
         dict(base=G, name="prefix_nvt5", seed=11,
              cfg=lambda: PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)),
