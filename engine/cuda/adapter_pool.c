@@ -202,7 +202,9 @@ qv_status qv_cuda_adapter_pool_load(qv_cuda_adapter_pool *p, uint64_t key,
     if (n_mats < 1 || !mats)
         return qv_errorf(err, QV_ERR_INVALID, "cuda adapter pool: a version without matrices");
     for (int i = 0; i < n_mats; i++)
-        if (mats[i].n_elems < 0 || (mats[i].n_elems > 0 && !mats[i].data))
+        if (mats[i].n_elems < 0 || (mats[i].n_elems > 0 && !mats[i].data) ||
+            (mats[i].dtype != QV_DTYPE_F32 && mats[i].dtype != QV_DTYPE_F16 &&
+             mats[i].dtype != QV_DTYPE_BF16))
             return qv_errorf(err, QV_ERR_INVALID, "cuda adapter pool: matrix %d is malformed", i);
     enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
     if (!CU_OK(cudaStreamIsCapturing(p->compute, &cap)))
@@ -239,14 +241,28 @@ qv_status qv_cuda_adapter_pool_load(qv_cuda_adapter_pool *p, uint64_t key,
     for (int i = 0; i < n_mats && w.ok; i++) {
         for (; pos < offs[i]; pos += 2)
             w_put(&w, 0);
-        const float *d = mats[i].data;
         const int64_t n = mats[i].n_elems;
-        if (p->fp16)
+        const enum qv_dtype want = p->fp16 ? QV_DTYPE_F16 : QV_DTYPE_BF16;
+        if (mats[i].dtype == want) { /* stored as the pool stores it: raw copy */
+            const uint16_t *d = mats[i].data;
             for (int64_t j = 0; j < n; j++)
-                w_put(&w, qv_f32_to_f16(d[j]));
-        else
-            for (int64_t j = 0; j < n; j++)
-                w_put(&w, qv_f32_to_bf16(d[j]));
+                w_put(&w, d[j]);
+        } else if (mats[i].dtype == QV_DTYPE_F32) {
+            const float *d = mats[i].data;
+            if (p->fp16)
+                for (int64_t j = 0; j < n; j++)
+                    w_put(&w, qv_f32_to_f16(d[j]));
+            else
+                for (int64_t j = 0; j < n; j++)
+                    w_put(&w, qv_f32_to_bf16(d[j]));
+        } else { /* the other 16-bit type: widen (exact), round */
+            const uint16_t *d = mats[i].data;
+            const bool src_f16 = mats[i].dtype == QV_DTYPE_F16;
+            for (int64_t j = 0; j < n; j++) {
+                float f = src_f16 ? qv_f16_to_f32(d[j]) : qv_bf16_to_f32(d[j]);
+                w_put(&w, p->fp16 ? qv_f32_to_f16(f) : qv_f32_to_bf16(f));
+            }
+        }
         pos += (size_t)n * 2u;
     }
     w_flush(&w);

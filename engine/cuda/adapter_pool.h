@@ -3,9 +3,9 @@
  * fixed pages, adapter versions resident on runs of pages, asynchronous host-to-device copies.
  *
  * What: an adapter version (a 64-bit key chosen by the caller, e.g. from its content hash) is
- * a list of F32 host matrices (LoRA A and B of every adapted projection). Loading converts them
- * to half (bf16, or fp16) into pinned host staging and copies them on the pool's own copy
- * stream; each matrix then has a plain device pointer (qv_cuda_adapter_pool_mat) that the SGMV
+ * a list of host matrices (LoRA A and B of every adapted projection; F32, F16 or BF16). Loading
+ * converts them to half (bf16, or fp16) into pinned host staging and copies them on the pool's own
+ * copy stream; each matrix then has a plain device pointer (qv_cuda_adapter_pool_mat) that the SGMV
  * segment table can name. Placement, LRU eviction, refcounts and pins are
  * engine/adapter_pages.c (pure C, tested on the CPU): a version takes a contiguous run of the
  * pages its real size needs (so the kernels index plain pointers, no page table), and
@@ -32,6 +32,7 @@
 
 #include "adapter_pages.h"
 #include "core.h"
+#include "dtype.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -47,10 +48,14 @@ typedef struct qv_cuda_pool_opts {
     int fp16;             /* 1: store fp16, 0: bf16 */
 } qv_cuda_pool_opts;
 
-/* One matrix of a version: n_elems F32 values, converted in order (row-major (rows, cols)). */
+/* One matrix of a version: n_elems values in row-major order, stored in the pool's half type.
+ * dtype QV_DTYPE_F32 (the zero default): data is float; QV_DTYPE_F16 / QV_DTYPE_BF16: data is
+ * the raw 16-bit values (copied as they are when they match the pool's type, else converted
+ * through F32, which is exact from either to F32). */
 typedef struct qv_cuda_pool_mat {
-    const float *data;
+    const void *data;
     int64_t n_elems;
+    enum qv_dtype dtype;
 } qv_cuda_pool_mat;
 
 typedef struct qv_cuda_pool_stats {

@@ -117,7 +117,7 @@ void qv_cuda_lora_rt_destroy(qv_cuda_lora_rt *rt) {
 bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt) { return rt && rt->active; }
 uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt) { return rt ? rt->shape : 0; }
 
-/* What the CUDA path implements: plain LoRA / rsLoRA with F32 weights on the decoder
+/* What the CUDA path implements: plain LoRA / rsLoRA (F32, F16 or BF16 weights) on the decoder
  * projections. The message names the kind or feature that is missing. */
 static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_error *err) {
     const qv_model_config *c = &m->cfg;
@@ -155,8 +155,12 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
                 feat = "lora_bias";
             else if (lo->magnitude || lo->dora_scale)
                 feat = "DoRA";
-            else if (!lo->a || !lo->b)
-                feat = "16-bit stored LoRA weights";
+            else if (lo->wtype == QV_DTYPE_F32
+                         ? (!lo->a || !lo->b)
+                         : ((lo->wtype != QV_DTYPE_F16 && lo->wtype != QV_DTYPE_BF16) || !lo->a16 ||
+                            !lo->b16))
+                return qv_errorf(err, QV_ERR_INVALID, "cuda: LoRA on layer %d %s lacks weights", l,
+                                 qv_proj_name((enum qv_proj)p));
             else if (lo->rank > QV_SGMV_MAX_RANK)
                 return qv_errorf(err, QV_ERR_UNSUPPORTED,
                                  "cuda: LoRA rank %d on layer %d %s exceeds %d", lo->rank, l,
@@ -188,9 +192,14 @@ static void fingerprint(const qv_adapter *ad, uint64_t *fp, uint64_t *ranks) {
             if (lo->rank <= 0) continue;
             const size_t na = (size_t)lo->rank * (size_t)lo->n_in;
             const size_t nb = (size_t)lo->n_out * (size_t)lo->rank;
-            const uint64_t v[6] = {fbits(lo->scale),     fbits(lo->a[0]), fbits(lo->a[na / 2]),
-                                   fbits(lo->a[na - 1]), fbits(lo->b[0]), fbits(lo->b[nb - 1])};
-            for (int i = 0; i < 6; i++)
+            const uint64_t v[7] = {fbits(lo->scale),
+                                   (uint64_t)lo->wtype,
+                                   fbits(qv_lora_a_at(lo, 0)),
+                                   fbits(qv_lora_a_at(lo, na / 2)),
+                                   fbits(qv_lora_a_at(lo, na - 1)),
+                                   fbits(qv_lora_b_at(lo, 0)),
+                                   fbits(qv_lora_b_at(lo, nb - 1))};
+            for (int i = 0; i < 7; i++)
                 h = mix(h, v[i]);
         }
     *fp = mix(h, r);
@@ -280,8 +289,11 @@ static qv_status load(qv_cuda_lora_rt *rt, const lora_ent *en, int *slot, qv_err
         for (int p = 0; p < N_PROJ; p++) {
             const qv_lora *lo = &ad->layers[l].lora[p];
             if (lo->rank <= 0) continue;
-            mats[k++] = (qv_cuda_pool_mat){lo->a, (int64_t)lo->rank * lo->n_in};
-            mats[k++] = (qv_cuda_pool_mat){lo->b, (int64_t)lo->n_out * lo->rank};
+            const bool f32 = lo->wtype == QV_DTYPE_F32;
+            mats[k++] = (qv_cuda_pool_mat){f32 ? (const void *)lo->a : (const void *)lo->a16,
+                                           (int64_t)lo->rank * lo->n_in, lo->wtype};
+            mats[k++] = (qv_cuda_pool_mat){f32 ? (const void *)lo->b : (const void *)lo->b16,
+                                           (int64_t)lo->n_out * lo->rank, lo->wtype};
         }
     qv_status st = qv_cuda_adapter_pool_load(rt->pool, en->key, mats, n, slot, err);
     qv_free(mats);

@@ -2,7 +2,7 @@
  * lora_cuda.h - LoRA adapters in the CUDA forward pass: the device counterpart of the LoRA part
  * of engine/adapter_apply.h, called by forward.c when the backend is "cuda".
  *
- * What: per step, validates the batch's adapter segments (plain LoRA and rsLoRA, F32 weights,
+ * What: per step, validates the batch's adapter segments (plain LoRA and rsLoRA,
  * ranks 1..256 on any of the seven decoder projections), makes every adapter resident in the
  * device adapter pool (engine/cuda/adapter_pool.h, created on first use) and, at each hook,
  * builds the SGMV segment table of one projection group (q/k/v together, o, gate/up together,
@@ -10,8 +10,8 @@
  * (qv_backend_cuda_sgmv).
  * What not: DoRA, lora_bias, IA³, embedding / lm_head LoRA, modules_to_save, trainable tokens,
  * prompt / prefix / adaption-prompt and bottleneck adapters: refused at begin with
- * QV_ERR_UNSUPPORTED naming the kind or feature. 16-bit stored LoRA weights (a == NULL) are
- * refused the same way for now.
+ * QV_ERR_UNSUPPORTED naming the kind or feature. LoRA weights stored as F32, F16 or BF16 are
+ * all accepted (copied as they are when they match the model's half type).
  * Residency key: an adapter is identified by its address plus a fingerprint (n_bytes, ranks
  * and sampled weight values), so a freed adapter whose address is reused by another is
  * uploaded again, never served stale.

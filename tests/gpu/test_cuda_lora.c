@@ -1,12 +1,13 @@
 /*
  * test_cuda_lora.c - LoRA adapters end to end on the CUDA backend (engine/cuda/lora_cuda.c
- * through forward.c): on tiny-llama-gqa with three PEFT LoRA fixtures (q/v rank 4; all seven
- * projections rank 8 with rsLoRA; rank/alpha patterns), four sequences (no adapter and one per
- * adapter) are teacher-forced along the CPU backend's greedy tokens (the CPU LoRA path is the
- * reference, itself checked against HF PEFT by the adapter golden tests):
+ * through forward.c): on tiny-llama-gqa with five PEFT LoRA fixtures (q/v rank 4; all seven
+ * projections rank 8 with rsLoRA; rank/alpha patterns; MLP rank 16 stored as BF16; rank 1
+ * stored as F16), six sequences (no adapter and one per adapter) are teacher-forced along the CPU
+ * backend's greedy tokens (the CPU LoRA path is the reference, itself checked against HF PEFT by
+ * the adapter golden tests):
  *   - alone on the GPU: logits within the bf16 tolerance of the CPU's, argmax equal except at
  *     CPU near ties;
- *   - all four in mixed batches (prefill chunks next to other sequences' decode tokens, one
+ *   - all six in mixed batches (prefill chunks next to other sequences' decode tokens, one
  *     segment per sequence, a segment without an adapter among them): each row within the bf16
  *     tolerance of the CPU and of the same sequence's solo GPU run (mixed-batch invariance).
  * The CPU phase also checks that each adapter moves the logits well beyond the tolerance (so a
@@ -27,7 +28,8 @@
 
 #define MODEL "tests/fixtures/models/tiny-llama-gqa"
 #define AD_DIR "tests/fixtures/adapters/tiny-llama-gqa/"
-#define N_SEQ 4
+#define N_SEQ 6
+#define N_AD (N_SEQ - 1)
 #define STEPS 12
 #define PAGE 4
 #define TOL_CPU 5e-2
@@ -44,7 +46,7 @@ typedef struct seq {
 } seq;
 
 static seq S[N_SEQ];
-static qv_adapter *ads[3];
+static qv_adapter *ads[N_AD];
 static int V;
 
 /* One forward of one or more sequences; segs: one per batch sequence, in order. */
@@ -129,15 +131,16 @@ static void test_lora_end_to_end(void **state) {
     const int n_pages = N_SEQ * (64 / PAGE + 2) + 8;
     assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, n_pages, PAGE, 32), 0);
     V = cpu.m->cfg.n_vocab;
-    static const char *names[3] = {"lora_qv_r4", "lora_all_r8_rslora", "lora_patterns"};
+    static const char *names[N_AD] = {"lora_qv_r4", "lora_all_r8_rslora", "lora_patterns",
+                                      "lora_r16_mlp_bf16", "lora_r1_f16"};
     qv_error err = {0};
-    for (int a = 0; a < 3; a++) {
+    for (int a = 0; a < N_AD; a++) {
         char dir[256];
         snprintf(dir, sizeof dir, "%s%s", AD_DIR, names[a]);
         if (qv_adapter_load(qv_test_path(dir), cpu.m, NULL, &ads[a], &err) != QV_OK)
             fail_msg("%s: %s", names[a], err.msg);
     }
-    static const int lens[N_SEQ] = {4, 9, 6, 13};
+    static const int lens[N_SEQ] = {4, 9, 6, 13, 7, 3};
     uint32_t rng = 4242;
     float *base = malloc(sizeof(float) * (size_t)V * STEPS);
     for (int i = 0; i < N_SEQ; i++) {
@@ -228,7 +231,7 @@ static void test_lora_end_to_end(void **state) {
     }
     free(buf);
     gpu_runner_close(&cu);
-    for (int a = 0; a < 3; a++)
+    for (int a = 0; a < N_AD; a++)
         qv_adapter_free(ads[a]);
     if (fails) fail_msg("%d failures", fails);
 }

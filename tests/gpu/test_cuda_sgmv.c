@@ -114,8 +114,9 @@ static void run_mix(const mix *m, int solo, result *out) {
             A[a][p] = rand_half((size_t)m->rank[a] * (size_t)n_in, 1.0f / sqrtf((float)n_in), fp16);
             B[a][p] = rand_half((size_t)m->n_out[p] * (size_t)m->rank[a],
                                 1.0f / sqrtf((float)m->rank[a]), fp16);
-            mats[2 * p] = (qv_cuda_pool_mat){A[a][p], (int64_t)m->rank[a] * n_in};
-            mats[2 * p + 1] = (qv_cuda_pool_mat){B[a][p], (int64_t)m->n_out[p] * m->rank[a]};
+            mats[2 * p] = (qv_cuda_pool_mat){A[a][p], (int64_t)m->rank[a] * n_in, QV_DTYPE_F32};
+            mats[2 * p + 1] =
+                (qv_cuda_pool_mat){B[a][p], (int64_t)m->n_out[p] * m->rank[a], QV_DTYPE_F32};
         }
         scale[a] = 0.25f + 0.5f * (gpu_randf(&rng) + 1.0f);
         if (qv_cuda_adapter_pool_load(pool, next_key++, mats, 2 * m->n_proj, &slot[a], &err) !=
@@ -446,7 +447,8 @@ static void test_pool(void **state) {
     for (int v = 0; v < 6; v++)
         a[v] = rand_half((size_t)rank * n_in, 1.0f, 0);
     for (int v = 0; v < 4; v++) {
-        qv_cuda_pool_mat mats[2] = {{a[v], (int64_t)rank * n_in}, {a[v], 7}};
+        qv_cuda_pool_mat mats[2] = {{a[v], (int64_t)rank * n_in, QV_DTYPE_F32},
+                                    {a[v], 7, QV_DTYPE_F32}};
         assert_int_equal(qv_cuda_adapter_pool_load(pool, 100 + v, mats, 2, &slot[v], &err), QV_OK);
     }
     CK(cudaStreamSynchronize(stream));
@@ -472,14 +474,15 @@ static void test_pool(void **state) {
     qv_cuda_adapter_pool_acquire(pool, slot[0]);
     qv_cuda_adapter_pool_pin(pool, slot[1], true);
     assert_int_equal(qv_cuda_adapter_pool_load(pool, 102, NULL, 0, NULL, &err), QV_OK); /* hit */
-    qv_cuda_pool_mat m4[2] = {{a[4], (int64_t)rank * n_in}, {a[4], (int64_t)rank * n_in}};
+    qv_cuda_pool_mat m4[2] = {{a[4], (int64_t)rank * n_in, QV_DTYPE_F32},
+                              {a[4], (int64_t)rank * n_in, QV_DTYPE_F32}};
     assert_int_equal(qv_cuda_adapter_pool_load(pool, 104, m4, 2, &slot[4], &err), QV_OK);
     assert_int_equal(qv_cuda_adapter_pool_find(pool, 103), -1);
     assert_true(qv_cuda_adapter_pool_find(pool, 100) >= 0);
     assert_true(qv_cuda_adapter_pool_find(pool, 101) >= 0);
     /* a version as large as the region: only after everything is released */
     float *big = calloc((size_t)9 * 65536 / 2, sizeof(float));
-    qv_cuda_pool_mat mb[1] = {{big, (int64_t)9 * 65536 / 2}};
+    qv_cuda_pool_mat mb[1] = {{big, (int64_t)9 * 65536 / 2, QV_DTYPE_F32}};
     assert_int_equal(qv_cuda_adapter_pool_load(pool, 200, mb, 1, NULL, &err), QV_ERR_BUSY);
     mb[0].n_elems += 1;
     assert_int_equal(qv_cuda_adapter_pool_load(pool, 201, mb, 1, NULL, &err), QV_ERR_DEVICE_OOM);
@@ -497,6 +500,27 @@ static void test_pool(void **state) {
            st.pages.n_entries);
     assert_int_equal(st.pages.n_entries, 1);
     assert_int_equal(st.loads, 6);
+    qv_cuda_adapter_pool_destroy(pool);
+    pool = NULL;
+    po.pool_bytes = 4 * 65536;
+    assert_int_equal(qv_cuda_adapter_pool_create(&po, stream, &pool, &err), QV_OK);
+    uint16_t raw_bf[300], raw_h[300];
+    for (int i = 0; i < 300; i++) {
+        raw_bf[i] = qv_f32_to_bf16(a[5][i]);
+        raw_h[i] = qv_f32_to_f16(a[5][i] * 0.37f);
+    }
+    qv_cuda_pool_mat m16[2] = {{raw_bf, 300, QV_DTYPE_BF16}, {raw_h, 300, QV_DTYPE_F16}};
+    int s16 = -1;
+    assert_int_equal(qv_cuda_adapter_pool_load(pool, 300, m16, 2, &s16, &err), QV_OK);
+    assert_int_equal(qv_cuda_adapter_pool_use(pool, s16, &err), QV_OK);
+    CK(cudaStreamSynchronize(stream));
+    CK(cudaMemcpy(got, qv_cuda_adapter_pool_mat(pool, s16, 0), 600, cudaMemcpyDeviceToHost));
+    assert_memory_equal(got, raw_bf, 600);
+    CK(cudaMemcpy(got, qv_cuda_adapter_pool_mat(pool, s16, 1), 600, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < 300; i++)
+        assert_int_equal(got[i], qv_f32_to_bf16(qv_f16_to_f32(raw_h[i])));
+    m16[0].dtype = QV_DTYPE_Q8_0;
+    assert_int_equal(qv_cuda_adapter_pool_load(pool, 301, m16, 2, NULL, &err), QV_ERR_INVALID);
     free(big);
     free(got);
     for (int v = 0; v < 6; v++)
