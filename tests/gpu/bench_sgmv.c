@@ -27,7 +27,7 @@
 #define N_OUT 2048
 #define RANK 16
 #define REGION ((size_t)512 << 20)
-#define MAX_SETS 512
+#define MAX_SETS 4096
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -52,9 +52,9 @@ static cublasHandle_t blas;
 
 typedef struct setup {
     int D, T, n_sets;
-    qv_sgmv_seg *tables[MAX_SETS]; /* device */
+    qv_sgmv_seg *dev;  /* n_sets tables of D segments, device */
+    qv_sgmv_seg *host; /* the same on the host */
     qv_sgmv_plan plan;
-    qv_sgmv_seg *host[MAX_SETS];
 } setup;
 
 /* Adapter d of set k: A then B, per_adapter bytes, placed round-robin in the region. */
@@ -68,8 +68,9 @@ static void build(setup *s, int D, int T, void *x, float *y) {
     s->n_sets = (int)(REGION / per_set);
     if (s->n_sets > MAX_SETS) s->n_sets = MAX_SETS;
     if (s->n_sets < 1) s->n_sets = 1;
+    s->host = calloc((size_t)s->n_sets * (size_t)D, sizeof(qv_sgmv_seg));
     for (int k = 0; k < s->n_sets; k++) {
-        qv_sgmv_seg *h = calloc((size_t)D, sizeof(qv_sgmv_seg));
+        qv_sgmv_seg *h = s->host + (size_t)k * (size_t)D;
         for (int d = 0, t0 = 0; d < D; d++) {
             size_t off = (((size_t)k * (size_t)D + (size_t)d) * per) % (REGION - per);
             int n = T / D + (d < T % D ? 1 : 0);
@@ -89,17 +90,15 @@ static void build(setup *s, int D, int T, void *x, float *y) {
             fprintf(stderr, "FAIL: plan: %s\n", err.msg);
             exit(1);
         }
-        CK(cudaMalloc((void **)&s->tables[k], (size_t)D * sizeof(qv_sgmv_seg)));
-        CK(cudaMemcpy(s->tables[k], h, (size_t)D * sizeof(qv_sgmv_seg), cudaMemcpyHostToDevice));
-        s->host[k] = h;
     }
+    const size_t tb = (size_t)s->n_sets * (size_t)D * sizeof(qv_sgmv_seg);
+    CK(cudaMalloc((void **)&s->dev, tb));
+    CK(cudaMemcpy(s->dev, s->host, tb, cudaMemcpyHostToDevice));
 }
 
 static void release(setup *s) {
-    for (int k = 0; k < s->n_sets; k++) {
-        CK(cudaFree(s->tables[k]));
-        free(s->host[k]);
-    }
+    CK(cudaFree(s->dev));
+    free(s->host);
 }
 
 /* mode 0: shrink, 1: expand, 2: cuBLAS loop (both GEMMs per adapter). Returns us per call. */
@@ -111,14 +110,14 @@ static double time_it(setup *s, int mode, int reps, const void *x, float *tmp, v
     for (int it = -10; it < reps; it++) {
         if (it == 0) CK(cudaEventRecord(e0, stream));
         int k = (it + 10) % s->n_sets;
-        qv_sgmv_args g = {.segs = s->tables[k], .plan = s->plan, .fp16 = 0};
+        qv_sgmv_args g = {.segs = s->dev + (size_t)k * (size_t)s->D, .plan = s->plan, .fp16 = 0};
         if (mode == 0) {
             if (qv_cuda_sgmv_shrink(&g, x, N_IN, N_IN, tmp, stream)) exit(1);
         } else if (mode == 1) {
             if (qv_cuda_sgmv_expand(&g, tmp, stream)) exit(1);
         } else {
             for (int d = 0; d < s->D; d++) {
-                const qv_sgmv_seg *h = &s->host[k][d];
+                const qv_sgmv_seg *h = &s->host[(size_t)k * (size_t)s->D + (size_t)d];
                 if (h->n == 0) continue;
                 const unsigned short *xs = (const unsigned short *)x + (size_t)h->t0 * N_IN;
                 unsigned short *ts = (unsigned short *)tmp16 + (size_t)h->t0 * RANK;
