@@ -397,6 +397,16 @@ fail:
     return st;
 }
 
+qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err) {
+    qv_status st = check_supported(rt->m, ad, err);
+    if (st == QV_OK) st = ensure_pool(rt, err);
+    if (st != QV_OK) return st;
+    int e = entry_of(rt, ad);
+    if (e < 0) return qv_errorf(err, QV_ERR_NOMEM, "cuda lora: out of memory");
+    int slot = -1;
+    return load(rt, &rt->ents[e], &slot, err);
+}
+
 void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
                            const float *x_in, float *const *ys) {
     if (!rt->active) return;

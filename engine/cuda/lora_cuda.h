@@ -51,6 +51,11 @@ void qv_cuda_lora_rt_destroy(qv_cuda_lora_rt *rt);
  * batch do not fit in the pool together), QV_ERR_DEVICE, QV_ERR_NOMEM. */
 qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error *err);
 
+/* Prefetch for a queued request: validates `ad` like begin and starts its upload to the device
+ * pool when it is not resident (asynchronous; nothing waits, nothing is held, so it may be
+ * evicted again before use). Errors: as qv_cuda_lora_rt_begin. Not during a step's capture. */
+qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err);
+
 /* True when the current step has a segment with an adapter. */
 bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt);
 

@@ -23,6 +23,9 @@
 #include <math.h>
 
 #include "adapters/adapters.h"
+#ifdef QV_HAVE_CUDA
+#include "engine/cuda/lora_cuda.h"
+#endif
 #include "gpu_util.h"
 #include "test_util.h"
 
@@ -267,6 +270,19 @@ static void test_refusals(void **state) {
         /* the backend is still usable: the base model runs */
         const qv_adapter *none[1] = {NULL};
         assert_int_equal(feed(&cu, seqs, none, ss, 1, tok, pos, sq, 2, li, 1, logits, &err), 0);
+#ifdef QV_HAVE_CUDA
+        /* prefetch refuses it the same way */
+        qv_cuda_lora_rt *rt = NULL;
+        assert_int_equal(qv_cuda_lora_rt_create(cu.m, cu.be, 8, (size_t)4 << 20, &rt, &err), QV_OK);
+        assert_int_equal(qv_cuda_lora_rt_prefetch(rt, ad, &err), QV_ERR_UNSUPPORTED);
+        qv_adapter *ok = NULL;
+        assert_int_equal(qv_adapter_load(qv_test_path(AD_DIR "lora_qv_r4"), cu.m, NULL, &ok, &err),
+                         QV_OK);
+        assert_int_equal(qv_cuda_lora_rt_prefetch(rt, ok, &err), QV_OK);
+        assert_int_equal(qv_cuda_lora_rt_prefetch(rt, ok, &err), QV_OK); /* resident: a hit */
+        qv_cuda_lora_rt_destroy(rt);
+        qv_adapter_free(ok);
+#endif
         free(logits);
         qv_kv_seq_release(cu.kv, &kv);
         qv_adapter_free(ad);
