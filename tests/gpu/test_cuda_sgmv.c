@@ -54,7 +54,7 @@ static float *rand_half(size_t n, float scale, int fp16) {
 static void *to_dev(const void *h, size_t bytes) {
     void *d = NULL;
     CK(cudaMalloc(&d, bytes ? bytes : 4));
-    if (bytes) CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    if (bytes && h) CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
     return d;
 }
 static double absmax(const float *x, size_t n) {
