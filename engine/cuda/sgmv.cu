@@ -88,6 +88,8 @@ static __global__ void __launch_bounds__(THREADS)
             for (int t = 0; t < NT; t++)
                 acc[t] = 0.0f;
             if (vec) {
+                /* unrolled so that several independent 16-byte loads are in flight per lane */
+#pragma unroll 4
                 for (int k = lane * 8; k < n_in; k += 32 * 8) {
                     float af[8];
                     cvt8<F16>(*(const uint4 *)(ar + k), af);
@@ -202,6 +204,7 @@ static __global__ void __launch_bounds__(THREADS)
             for (int t = 0; t < TM; t++)
                 acc[t] = 0.0f;
             if (vec) {
+#pragma unroll 2
                 for (int r = 0; r < rank; r += 8) {
                     float bf[8];
                     cvt8<F16>(*(const uint4 *)(br + r), bf);
