@@ -7,9 +7,11 @@
  * SmolLM2-135M-Instruct Q4_1. Runs are interleaved rounds (base, lora dtype 1, lora dtype 2,
  * ...); each dtype's ratio lora/base is taken against the base run of its own round, and the
  * median over rounds is reported (target >= 0.75), with the min..max spread.
- * Part 2: the segmented shrink+expand (one qv__lora_apply call for all segments) against a
+ * Part 2: the LoRA work of one decode step alone (the qv__lora_apply calls of every layer for
+ * 1 token on each of the 16 adapters), per dtype: ms and GB/s of adapter weights read.
+ * Part 3: the segmented shrink+expand (one qv__lora_apply call for all segments) against a
  * per-adapter loop (one call per adapter) on a 576 -> 576 rank-16 projection with 64 tokens
- * spread over 1, 4, 16 and 64 distinct adapters, per dtype.
+ * spread over 1, 4, 16 and 64 distinct adapters, per dtype (skipped with --no-kernel).
  *
  * usage: bench_lora [MODEL] [--threads N] [--pairs P] [--gen G] [--prompt L] [--same]
  *                   [--dtypes f32,bf16,f16] [--no-kernel]
@@ -164,7 +166,54 @@ static double run_decode(qv_engine *e, qv_adapter *const *ads, int n_prompt, int
     return wall;
 }
 
-/* Part 2: seconds per call of the segmented kernel and of the per-adapter loop. */
+/* Part 2: seconds of the LoRA work of one decode step alone (every layer: q,k,v / o / gate,up /
+ * down as adapter_apply.c calls them), one token on each of N_SEQ adapters. Best of `reps`. */
+static double pass_bench(qv_backend *be, const qv_model_config *c, qv_adapter *const *ads,
+                         int reps) {
+    static const enum qv_proj groups[4][3] = {
+        {QV_PROJ_Q, QV_PROJ_K, QV_PROJ_V}, {QV_PROJ_O}, {QV_PROJ_GATE, QV_PROJ_UP}, {QV_PROJ_DOWN}};
+    static const int n_group[4] = {3, 1, 2, 1};
+    const size_t w = (size_t)QV_MAX(c->n_ff, c->n_heads * c->head_dim);
+    float *x = rand_arr(N_SEQ * w, 1.0f), *y[3], *tmp = malloc(sizeof(float) * 3 * N_SEQ * RANK);
+    for (int k = 0; k < 3; k++)
+        y[k] = rand_arr(N_SEQ * w, 1.0f);
+    qv__lora_seg segs[3 * N_SEQ];
+    double best = 1e30;
+    for (int rep = 0; rep < reps; rep++) {
+        const double t0 = qv_time_s();
+        for (int l = 0; l < c->n_layers; l++)
+            for (int g = 0; g < 4; g++) {
+                int n = 0;
+                for (int k = 0; k < n_group[g]; k++)
+                    for (int s = 0; s < N_SEQ; s++) {
+                        const qv_lora *lo = &ads[s]->layers[l].lora[groups[g][k]];
+                        segs[n++] = (qv__lora_seg){.t0 = s,
+                                                   .n = 1,
+                                                   .rank = lo->rank,
+                                                   .scale = lo->scale,
+                                                   .a = lo->a,
+                                                   .b = lo->b,
+                                                   .y = y[k],
+                                                   .ldy = (size_t)lo->n_out,
+                                                   .n_out = lo->n_out,
+                                                   .wtype = lo->wtype,
+                                                   .a16 = lo->a16,
+                                                   .b16 = lo->b16};
+                    }
+                const int n_in = ads[0]->layers[l].lora[groups[g][0]].n_in;
+                qv__lora_apply(be, segs, n, x, (size_t)n_in, n_in, tmp, 0, NULL, 0);
+            }
+        const double dt = qv_time_s() - t0;
+        if (dt < best) best = dt;
+    }
+    free(x);
+    free(tmp);
+    for (int k = 0; k < 3; k++)
+        free(y[k]);
+    return best;
+}
+
+/* Part 3: seconds per call of the segmented kernel and of the per-adapter loop. */
 static void kernel_bench(qv_backend *be, int n_adapters, enum qv_dtype wt, double *t_seg,
                          double *t_loop) {
     enum { T = 64, D = 576 };
@@ -278,7 +327,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_lora: %s\n", err.msg);
         return 1;
     }
-    const qv_model_config *mc = &qv_engine_model(e)->cfg;
+    const qv_model_config mcfg = qv_engine_model(e)->cfg, *mc = &mcfg; /* outlives e */
     qv_adapter *ads[3][N_SEQ];
     size_t n_params = 0;
     for (int d = 0; d < n_dt; d++)
@@ -331,14 +380,28 @@ int main(int argc, char **argv) {
                qv_dtype_name(dts[d]), N_SEQ, same ? 1 : N_SEQ, RANK, base_tps[pairs / 2],
                lora_tps[d][pairs / 2], med, ratio[d][0], ratio[d][pairs - 1], smed);
     }
+    qv_engine_destroy(e);
+    qv_backend *be = NULL;
+    if (qv_backend_cpu_create(n_threads, &be, &err) != QV_OK) return 1;
+    printf("\nLoRA work of one decode step alone (%d layers x 7 projections, 1 token on each of "
+           "%d adapters), best of 20; base decode step at the median base rate: %.2f ms\n",
+           mc->n_layers, N_SEQ, 1e3 * N_SEQ / base_tps[pairs / 2]);
+    for (int d = 0; d < n_dt; d++) {
+        const double t = pass_bench(be, mc, ads[d], 20);
+        const double mb = (double)n_params * (dts[d] == QV_DTYPE_F32 ? 4 : 2) * (same ? 1 : N_SEQ);
+        printf("  %-4s %.2f ms, %.1f MB read, %.1f GB/s\n", qv_dtype_name(dts[d]), t * 1e3,
+               mb / 1e6, mb / t / 1e9);
+        printf("{\"bench\":\"lora_pass\",\"dtype\":\"%s\",\"ms\":%.3f,\"mb\":%.1f}\n",
+               qv_dtype_name(dts[d]), t * 1e3, mb / 1e6);
+    }
     for (int d = 0; d < n_dt; d++)
         for (int i = 0; i < N_SEQ; i++)
             if (!same || i == 0) free_lora(ads[d][i]);
-    qv_engine_destroy(e);
-    if (!kernel) return 0;
+    if (!kernel) {
+        be->iface->destroy(be);
+        return 0;
+    }
 
-    qv_backend *be = NULL;
-    if (qv_backend_cpu_create(n_threads, &be, &err) != QV_OK) return 1;
     printf("\nkernel: 64 tokens, 576 -> 576, rank %d\n  dtype  adapters   segmented us   "
            "per-adapter loop us   loop/segmented\n",
            RANK);
