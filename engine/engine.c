@@ -389,7 +389,7 @@ static void preempt(qv_engine *e, qv_seq *s) {
     s->started = false;
     s->preempted = true;
     e->n_preemptions++;
-    QV_LOGD("engine: preempted sequence %d (%d tokens to recompute, %d KV pages free)", s->id,
+    QV_LOGD("engine: preempted sequence %d (%d tokens kept for recompute, %d KV pages free)", s->id,
             s->n_tokens, e->kv->n_free);
 }
 
