@@ -49,6 +49,8 @@
 /* Free pages that must stay free after admitting a sequence while others run, so a sequence
  * admitted now can take its first decode page without preempting at once. */
 #define QV_ADMIT_HEADROOM_PAGES 1
+/* Waiting sequences whose adapters each step prefetches onto the device. */
+#define QV_PREFETCH_SEQS 4
 
 typedef struct qv_seq {
     bool used;
@@ -518,6 +520,15 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
     st = qv_adapter_group_batch(&e->grouper, &b, e->b_tokens, e->b_pos, e->b_seq, e->b_logits_idx,
                                 adapter_of, e, err);
     if (st != QV_OK) return st;
+    /* Device backends: the adapters of the first sequences still waiting (new or preempted,
+     * in wait order) are copied to the device while this step runs (a no-op on the CPU). */
+    for (int k = 0, n_pf = 0; k < n_used && n_pf < QV_PREFETCH_SEQS; k++) {
+        const qv_seq *s = &e->seqs[e->order_idx[k]];
+        if (s->used && !s->started && s->p.adapter) {
+            qv_error pe = {0};
+            n_pf += qv_forward_prefetch_adapter(e->fwd, s->p.adapter, &pe) == QV_OK;
+        }
+    }
     st = qv_forward_run(e->fwd, &b, e->logits, err);
     if (st != QV_OK) return st;
 

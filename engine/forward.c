@@ -22,6 +22,7 @@
 #include <string.h>
 
 #ifdef QV_HAVE_CUDA
+#include "cuda/adapter_pool.h"
 #include "cuda/lora_cuda.h"
 #endif
 
@@ -50,6 +51,10 @@ struct qv_forward {
     const int32_t **tables;     /* [T] page tables, one per sequence of the batch (n_seqs <= T) */
     qv_adapter_rt *ad;          /* adapter runtime, created by the first batch with segments */
     struct qv_cuda_lora_rt *dl; /* CUDA LoRA runtime (device backend "cuda"), same rule */
+    /* prefetch queue (qv_forward_prefetch_adapter), issued and emptied by the next run */
+    const struct qv_adapter *pf[QV_FORWARD_MAX_PREFETCH];
+    int n_pf;
+    uint64_t pf_issued, pf_uploads, pf_failures;
 };
 
 static void *balloc(qv_backend *be, size_t n) { return be->iface->alloc(be, n); }
@@ -119,6 +124,74 @@ int qv_forward_max_tokens(const qv_forward *f) { return f->max_tokens; }
 
 static const float *bias_of(const qv_tensor *t) { return t->data ? (const float *)t->data : NULL; }
 
+#ifdef QV_HAVE_CUDA
+static bool is_cuda(const qv_forward *f) { return strcmp(f->be->iface->name, "cuda") == 0; }
+#endif
+
+qv_status qv_forward_prefetch_adapter(qv_forward *f, const struct qv_adapter *ad, qv_error *err) {
+#ifdef QV_HAVE_CUDA
+    if (!ad || !is_cuda(f)) return QV_OK;
+    for (int i = 0; i < f->n_pf; i++)
+        if (f->pf[i] == ad) return QV_OK;
+    if (f->n_pf == QV_FORWARD_MAX_PREFETCH)
+        return qv_errorf(err, QV_ERR_BUSY, "forward: %d prefetches queued already", f->n_pf);
+    f->pf[f->n_pf++] = ad;
+#else
+    (void)f;
+    (void)ad;
+    (void)err;
+#endif
+    return QV_OK;
+}
+
+#ifdef QV_HAVE_CUDA
+/* Issues and empties the prefetch queue (device backends); called by a run after its own
+ * batch's adapters are held. Errors are logged and counted only. */
+static void issue_prefetches(qv_forward *f) {
+    for (int i = 0; i < f->n_pf; i++) {
+        qv_error e = {0};
+        qv_status st = QV_OK;
+        if (!f->dl) st = qv_cuda_lora_rt_create(f->m, f->be, f->max_tokens, 0, &f->dl, &e);
+        uint64_t loads0 = 0;
+        if (st == QV_OK) {
+            qv_cuda_pool_stats ps;
+            qv_cuda_lora_rt_stats(f->dl, &ps);
+            loads0 = ps.loads;
+            st = qv_cuda_lora_rt_prefetch(f->dl, f->pf[i], &e);
+        }
+        f->pf_issued++;
+        if (st != QV_OK) {
+            f->pf_failures++;
+            QV_LOGD("forward: prefetch refused: %s", e.msg);
+            continue;
+        }
+        qv_cuda_pool_stats ps;
+        qv_cuda_lora_rt_stats(f->dl, &ps);
+        f->pf_uploads += ps.loads > loads0;
+    }
+    f->n_pf = 0;
+}
+#endif
+
+void qv_forward_adapter_stats_get(const qv_forward *f, qv_forward_adapter_stats *out) {
+    memset(out, 0, sizeof(*out));
+    out->prefetches = f->pf_issued;
+    out->prefetch_uploads = f->pf_uploads;
+    out->prefetch_failures = f->pf_failures;
+#ifdef QV_HAVE_CUDA
+    if (f->dl) {
+        qv_cuda_pool_stats ps;
+        qv_cuda_lora_rt_stats(f->dl, &ps);
+        out->loads = ps.loads;
+        out->hits = ps.hits;
+        out->bytes_copied = ps.bytes_copied;
+        out->evictions = ps.pages.evictions;
+        out->resident = ps.pages.n_entries;
+        out->pool_bytes = (size_t)ps.pages.n_pages * ps.page_bytes;
+    }
+#endif
+}
+
 /* Validates the batch and fills the slot arrays and page-table list. */
 static qv_status validate(qv_forward *f, const qv_batch *b, qv_error *err) {
     const qv_model_config *c = &f->m->cfg;
@@ -149,12 +222,15 @@ static qv_status validate(qv_forward *f, const qv_batch *b, qv_error *err) {
     for (int s = 0; s < b->n_seqs; s++)
         f->tables[s] = b->seqs[s]->pages;
 #ifdef QV_HAVE_CUDA
-    if (strcmp(f->be->iface->name, "cuda") == 0) {
+    if (is_cuda(f)) {
         if (b->n_segs != 0 && !f->dl) {
             qv_status st = qv_cuda_lora_rt_create(f->m, f->be, f->max_tokens, 0, &f->dl, err);
             if (st != QV_OK) return st;
         }
-        return f->dl ? qv_cuda_lora_rt_begin(f->dl, b, err) : QV_OK;
+        qv_status st = f->dl ? qv_cuda_lora_rt_begin(f->dl, b, err) : QV_OK;
+        /* this step's adapters are held now: prefetches cannot evict them */
+        if (st == QV_OK) issue_prefetches(f);
+        return st;
     }
 #endif
     if (b->n_segs != 0) { /* adapters: CPU (other device backends are refused) */
@@ -312,6 +388,7 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
     qv_backend *B = f->be;
     const size_t dim = (size_t)c->dim;
     qv_status st = validate(f, b, err);
+    f->n_pf = 0; /* issued by validate, or dropped */
     if (st != QV_OK) return st;
     if (be->download) {
         /* Device: the step (and its first logits chunk) may be a recorded graph; a replay that
@@ -349,12 +426,15 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
 
 qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens, qv_error *err) {
     const struct qv_backend_i *be = f->be->iface;
-    if (!be->download || !be->argmax)
+    if (!be->download || !be->argmax) {
+        f->n_pf = 0;
         return qv_errorf(err, QV_ERR_UNSUPPORTED,
                          "forward: greedy on the device needs a device "
                          "backend (%s)",
                          be->name);
+    }
     qv_status st = validate(f, b, err);
+    f->n_pf = 0; /* issued by validate, or dropped */
     if (st != QV_OK) return st;
     for (int attempt = 0; attempt < 2; attempt++) {
         if (be->step_begin) be->step_begin(f->be, attempt ? 0 : step_key(f, b, 1));

@@ -28,7 +28,8 @@ typedef struct qv_batch {
     const qv_kv_seq *const *seqs; /* [n_seqs] page tables covering every position used */
     int n_logits;
     const int32_t *logits_idx; /* [n_logits] batch indices whose logits are wanted */
-    /* Adapters (engine/adapter_apply.h; CPU backend only). n_segs == 0: the base model for
+    /* Adapters (engine/adapter_apply.h on the CPU backend; LoRA only on CUDA, see
+     * engine/cuda/lora_cuda.h). n_segs == 0: the base model for
      * every token. Otherwise segment s covers tokens [seg_start[s], seg_start[s+1])
      * (seg_start[0] == 0, seg_start[n_segs] == n_tokens) and runs seg_adapter[s] (NULL: none).
      * In a prompt/P-tuning segment, token id -1-k is the adapter's virtual token k. */
@@ -55,6 +56,43 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
  * is computed, on the device, and tokens[n_logits] receives it; the logits never leave the
  * device. Errors: as qv_forward_run; QV_ERR_UNSUPPORTED on host-memory backends (CPU). */
 qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens, qv_error *err);
+
+/* Most adapters queued by qv_forward_prefetch_adapter between two runs. */
+#define QV_FORWARD_MAX_PREFETCH 8
+
+/* Queues adapter `ad` for prefetch: the next qv_forward_run / qv_forward_run_greedy, once it
+ * holds its own batch's adapters (so a prefetch never evicts them), starts copying `ad` to the
+ * device when it is not resident there (device backends with an adapter pool: CUDA). The copy
+ * is asynchronous on the pool's copy stream and overlaps that run's work; nothing waits for it
+ * and nothing holds it (it may be evicted again before use); a later step that uses `ad` waits
+ * on the device only while the copy is still in flight. The host cost is the conversion into
+ * pinned staging, paid in that run before its work is enqueued. Meant for requests waiting for
+ * admission (the engine calls it for the first waiting sequences of each step).
+ * The queue is emptied by the next run whatever its outcome; errors of a queued prefetch
+ * (an adapter kind the device lacks, no room beside the adapters in use) are logged at debug
+ * level and counted, never returned by the run. The caller keeps `ad` alive until that run
+ * returns. Adapters already queued are not queued twice.
+ * CPU backend and builds without CUDA: a no-op returning QV_OK (nothing is queued).
+ * Errors: QV_ERR_BUSY when QV_FORWARD_MAX_PREFETCH adapters are queued already.
+ * Thread: the engine thread. */
+qv_status qv_forward_prefetch_adapter(qv_forward *f, const struct qv_adapter *ad, qv_error *err);
+
+/* Device adapter residency counters since creation (all 0 on the CPU backend, and before the
+ * first batch with adapter segments or prefetch on a device backend). */
+typedef struct qv_forward_adapter_stats {
+    uint64_t loads;             /* adapter uploads started (by steps and prefetches) */
+    uint64_t hits;              /* lookups that found the adapter resident */
+    uint64_t bytes_copied;      /* host-to-device bytes */
+    uint64_t evictions;         /* adapters evicted to make room */
+    uint64_t prefetches;        /* queued prefetches issued by runs */
+    uint64_t prefetch_uploads;  /* of those, the ones that started an upload */
+    uint64_t prefetch_failures; /* of those, the ones refused (see qv_forward_prefetch_adapter) */
+    int resident;               /* adapters on the device now */
+    size_t pool_bytes;          /* the device pool's size (0 before it exists) */
+} qv_forward_adapter_stats;
+
+/* Fills *out. Thread: the engine thread. */
+void qv_forward_adapter_stats_get(const qv_forward *f, qv_forward_adapter_stats *out);
 
 #ifdef __cplusplus
 }

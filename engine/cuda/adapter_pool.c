@@ -188,6 +188,22 @@ static inline void w_put(writer *w, uint16_t v) {
     w->used += 2;
 }
 
+/* n values copied as they are, a staging slot at a time (a memcpy per slot, not per value). */
+static void w_put_raw(writer *w, const uint16_t *d, int64_t n) {
+    while (n > 0 && w->ok) {
+        size_t room = (w->p->stage_bytes - w->used) / 2u;
+        if (room == 0) {
+            w_flush(w);
+            continue;
+        }
+        size_t k = (size_t)n < room ? (size_t)n : room;
+        memcpy(w->p->stage[w->p->stage_next] + w->used, d, k * 2u);
+        w->used += k * 2u;
+        d += k;
+        n -= (int64_t)k;
+    }
+}
+
 qv_status qv_cuda_adapter_pool_load(qv_cuda_adapter_pool *p, uint64_t key,
                                     const qv_cuda_pool_mat *mats, int n_mats, int *slot,
                                     qv_error *err) {
@@ -244,9 +260,7 @@ qv_status qv_cuda_adapter_pool_load(qv_cuda_adapter_pool *p, uint64_t key,
         const int64_t n = mats[i].n_elems;
         const enum qv_dtype want = p->fp16 ? QV_DTYPE_F16 : QV_DTYPE_BF16;
         if (mats[i].dtype == want) { /* stored as the pool stores it: raw copy */
-            const uint16_t *d = mats[i].data;
-            for (int64_t j = 0; j < n; j++)
-                w_put(&w, d[j]);
+            w_put_raw(&w, mats[i].data, n);
         } else if (mats[i].dtype == QV_DTYPE_F32) {
             const float *d = mats[i].data;
             if (p->fp16)

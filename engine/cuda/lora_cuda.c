@@ -114,6 +114,13 @@ void qv_cuda_lora_rt_destroy(qv_cuda_lora_rt *rt) {
     qv_free(rt);
 }
 
+void qv_cuda_lora_rt_stats(const qv_cuda_lora_rt *rt, qv_cuda_pool_stats *out) {
+    if (rt && rt->pool)
+        qv_cuda_adapter_pool_stats(rt->pool, out);
+    else
+        memset(out, 0, sizeof(*out));
+}
+
 bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt) { return rt && rt->active; }
 uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt) { return rt ? rt->shape : 0; }
 

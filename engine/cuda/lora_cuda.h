@@ -56,6 +56,11 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
  * evicted again before use). Errors: as qv_cuda_lora_rt_begin. Not during a step's capture. */
 qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err);
 
+/* Counters of the device adapter pool (adapter_pool.h); all 0 before the pool exists (it is
+ * created by the first begin with an adapter or the first prefetch). */
+struct qv_cuda_pool_stats;
+void qv_cuda_lora_rt_stats(const qv_cuda_lora_rt *rt, struct qv_cuda_pool_stats *out);
+
 /* True when the current step has a segment with an adapter. */
 bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt);
 

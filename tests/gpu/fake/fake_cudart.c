@@ -39,10 +39,12 @@ cudaError_t cudaMemcpy(void *d, const void *s, size_t n, enum cudaMemcpyKind k) 
     memcpy(d, s, n);
     return cudaSuccess;
 }
+/* Host-to-device bytes copied asynchronously (the adapter pool's uploads), for fake tests. */
+unsigned long long qv_fake_h2d_bytes;
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, enum cudaMemcpyKind k,
                             cudaStream_t st) {
-    (void)k;
     (void)st;
+    if (k == cudaMemcpyHostToDevice) qv_fake_h2d_bytes += n;
     memcpy(d, s, n);
     return cudaSuccess;
 }

@@ -3,10 +3,11 @@
 # test_cuda_sgmv (pool staging/layout, segment tables, the test harness; the kernels replaced by
 # their semantics in fake_cudart.c) and test_cuda_lora (engine/cuda/lora_cuda.c, the pool and
 # forward.c's LoRA hooks against the CPU LoRA path, with fake_backend.c as the "cuda" backend),
-# both under ASan+UBSan. A developer check, not part of ctest: it needs the CUDA headers and a
+# the engine's adapter prefetch (fake_engine_prefetch.c) and bench_gpu_lora --quick (host logic
+# only; its timings mean nothing), all under ASan+UBSan. A developer check, not part of ctest: it needs the CUDA headers and a
 # CPU-only core library (its forward.c is rebuilt here with QV_HAVE_CUDA).
 #   bash tests/gpu/fake/run_fake.sh [build dir of a -DQV_CUDA=OFF -DQV_SANITIZE_ADDRESS=ON build]
-# Exit status: 0 when both pass.
+# Exit status: 0 when all pass.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 bdir=${1:-$root/build-sgmv-asan}
@@ -29,10 +30,23 @@ cc -o "$out/sgmv" "$g/test_cuda_sgmv.c" "$g/gpu_util.c" "$root/tests/test_util.c
 cc -o "$out/lora" "$g/test_cuda_lora.c" "$g/gpu_util.c" "$root/tests/test_util.c" \
     "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" "$root/engine/forward.c" \
     "$g/fake/fake_cudart.c" "$g/fake/fake_backend.c"
+# the engine's adapter prefetch (engine.c rebuilt with QV_HAVE_CUDA) and bench_gpu_lora's host
+# logic (device-style entries of the fake backend: QV_FAKE_DEVICE_OPS=1)
+cc -o "$out/prefetch" "$g/fake/fake_engine_prefetch.c" "$root/tests/test_util.c" \
+    "$root/engine/engine.c" "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" \
+    "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" "$g/fake/fake_backend.c"
+cc -o "$out/bench_lora" "$g/bench_gpu_lora.c" "$root/engine/forward.c" \
+    "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" \
+    "$root/engine/cuda/synth_model.c" "$g/fake/fake_cudart.c" "$g/fake/fake_backend.c"
 rc=0
 "$out/sgmv" 2>&1 | grep -Ev "^quiver info" | grep -E "OK|FAIL|ERROR|bitwise|pool:|outside tolerance: [1-9]" || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
 QV_CUDA_ADAPTER_POOL_MB=64 "$out/lora" 2>&1 | grep -Ev "^quiver info" || true
+[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+"$out/prefetch" 2>&1 | grep -Ev "^quiver info" || true
+[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+QV_FAKE_DEVICE_OPS=1 "$out/bench_lora" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
+    2>&1 | grep -Ev "^quiver (info|debug)" || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
 echo "fake-device run: $([[ $rc -eq 0 ]] && echo pass || echo FAIL)"
 exit $rc
