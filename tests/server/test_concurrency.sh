@@ -16,4 +16,4 @@ venv=$root/.venv-test
 if ! "$venv/bin/python" -c 'import openai, numpy' 2>/dev/null; then
     "$venv/bin/pip" install -q -r "$root/tests/server/requirements.txt"
 fi
-exec timeout 600 "$venv/bin/python" "$root/tests/server/test_concurrency.py" "$quiver"
+exec timeout 880 "$venv/bin/python" "$root/tests/server/test_concurrency.py" "$quiver"

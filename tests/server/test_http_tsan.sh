@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# test_http_tsan.sh - a short HTTP smoke test meant for a ThreadSanitizer build of quiver:
+# `quiver serve` on SmolLM2 (max_tokens 4) with its HTTP threads, engine thread, libuv worker
+# pool, adapter loader workers and signal thread all busy at once: concurrent completions and
+# chats (streamed and not, base and adapter), a client disconnecting mid-stream, an adapter
+# upload validated on the worker pool (and an invalid one), the new adapter used then deleted,
+# /v1/models and /metrics scraped while generating, then SIGTERM with a stream in flight
+# (drained, exit 0). Fails when the server's stderr has a ThreadSanitizer report.
+#
+# Runs only when QV_TSAN=1 (tests/run.sh sets it for its TSan build), else exits 77: on a
+# regular build the other server tests cover the same API. Skips (77) too when the model has
+# not been fetched. The client is the Python of .venv-test (standard library only).
+set -euo pipefail
+quiver=$1
+if [[ ${QV_TSAN:-0} != 1 ]]; then
+    echo "SKIP: not a TSan run (set QV_TSAN=1 with a -DQV_SANITIZE_THREAD=ON build)"
+    exit 77
+fi
+root=${QV_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+model="${QUIVER_HOME:-$HOME/.cache/quiver}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [[ ! -f $model ]]; then
+    echo "SKIP: $model not found (run deploy/fetch-model.sh)"
+    exit 77
+fi
+python=$root/.venv-test/bin/python
+[[ -x $python ]] || python=python3
+
+tmp=$(mktemp -d /tmp/quiver-http-tsan.XXXXXX)
+pid=
+cleanup() {
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+# Report every race (not only the first) and keep serving; the log is checked at the end.
+export TSAN_OPTIONS="${TSAN_OPTIONS:-} halt_on_error=0 exitcode=66"
+"$quiver" serve --model "$model" --port 0 --threads 2 --http-threads 2 \
+    --adapter-store "$tmp/store" --preload "shouting=$root/deploy/demo-adapters/shouting" \
+    --api-key k --admin-key a --max-tokens-limit 4 --max-seqs 8 --drain-timeout-s 60 \
+    2>"$tmp/server.log" &
+pid=$!
+port=
+for _ in $(seq 1 600); do
+    port=$(sed -n 's/.*listening on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' "$tmp/server.log")
+    [[ -n $port ]] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+done
+if [[ -z $port ]]; then
+    echo "FAIL: the server did not start"
+    cat "$tmp/server.log"
+    exit 1
+fi
+echo "server on port $port"
+
+rc=0
+timeout 500 "$python" - "$port" "$pid" "$root" <<'EOF' || rc=$?
+import http.client, json, os, signal, socket, sys, threading, time, uuid
+
+port, pid, root = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def raw(method, path, body=None, key="k", headers=None, timeout=300):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    h = dict(headers or {})
+    if key:
+        h["Authorization"] = "Bearer " + key
+    if isinstance(body, dict):
+        body = json.dumps(body)
+        h["Content-Type"] = "application/json"
+    c.request(method, path, body=body, headers=h)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, data
+
+
+def generate(model, stream, chat):
+    body = {"model": model, "max_tokens": 4, "temperature": 0, "stream": stream}
+    if chat:
+        body["messages"] = [{"role": "user", "content": "Say hello."}]
+    else:
+        body["prompt"] = "The capital of France is"
+    st, data = raw("POST", "/v1/chat/completions" if chat else "/v1/completions", body)
+    return st, data
+
+
+def multipart(fields, files):
+    b = uuid.uuid4().hex
+    out = [f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+           for k, v in fields.items()]
+    for name, data in files:
+        out.append(f'--{b}\r\nContent-Disposition: form-data; name="{name}"; '
+                   f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+                   .encode() + data + b"\r\n")
+    out.append(f"--{b}--\r\n".encode())
+    return b"".join(out), {"Content-Type": f"multipart/form-data; boundary={b}"}
+
+
+demo = os.path.join(root, "deploy", "demo-adapters", "shouting")
+files = [(n, open(os.path.join(demo, n), "rb").read())
+         for n in ("adapter_config.json", "adapter_model.safetensors")]
+ia3 = os.path.join(root, "tests", "fixtures", "adapters", "smollm2", "ia3")
+bad_files = [("adapter_config.json", open(os.path.join(ia3, "adapter_config.json"), "rb").read()),
+             files[1]]
+
+results = {}
+
+
+def job(name, fn, *args):
+    try:
+        results[name] = fn(*args)
+    except Exception as e:  # noqa: BLE001 - reported below
+        results[name] = ("error", repr(e))
+
+
+def disconnect():
+    body = json.dumps({"prompt": "1, 2, 3,", "max_tokens": 4, "stream": True})
+    s = socket.create_connection(("127.0.0.1", port), timeout=120)
+    s.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+               + body).encode())
+    s.recv(64)
+    s.close()
+    return "closed"
+
+
+def upload(name, fs):
+    body, h = multipart({"name": name}, fs)
+    return raw("POST", "/v1/adapters", body, key="a", headers=h)
+
+
+jobs = [("stream-base", generate, "", True, False), ("json-base", generate, "", False, False),
+        ("stream-chat-adapter", generate, "shouting", True, True),
+        ("json-chat-adapter", generate, "shouting", False, True),
+        ("json-chat-base", generate, "", False, True), ("disconnect", disconnect),
+        ("upload", upload, "loud", files), ("upload-bad", upload, "bad", bad_files),
+        ("models", raw, "GET", "/v1/models"), ("metrics", raw, "GET", "/metrics")]
+threads = [threading.Thread(target=job, args=j) for j in jobs]
+t0 = time.time()
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(400)
+print(f"concurrent round: {time.time() - t0:.1f} s", flush=True)
+for name in ("stream-base", "json-base", "stream-chat-adapter", "json-chat-adapter",
+             "json-chat-base", "models", "metrics"):
+    st = results.get(name, (None,))[0]
+    check(st == 200, f"{name}: 200 ({results.get(name, ('missing',))[0]})")
+check(results.get("stream-base", (0, b""))[1].rstrip().endswith(b"data: [DONE]"),
+      "the stream ends with [DONE]")
+check(results.get("disconnect") == "closed", "a client disconnected mid-stream")
+check(results.get("upload", (0,))[0] == 201, f"upload: 201 ({results.get('upload')})")
+check(results.get("upload-bad", (0,))[0] == 422, f"invalid upload: 422 ({results.get('upload-bad')})")
+
+st, data = generate("loud", False, False)
+check(st == 200, f"the uploaded adapter serves ({st})")
+st, data = raw("DELETE", "/v1/adapters/loud", key="a")
+check(st == 200, f"DELETE the uploaded adapter ({st})")
+st, data = raw("GET", "/health", key=None)
+check(st == 200, "healthy")
+
+# SIGTERM with a stream in flight (admitted: its headers arrived): it finishes with [DONE],
+# /ready turns 503, and the server exits 0 (checked by the shell below).
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+c.request("POST", "/v1/completions", body=json.dumps(
+    {"prompt": "1, 2, 3,", "max_tokens": 4, "temperature": 0, "stream": True}),
+    headers={"Authorization": "Bearer k", "Content-Type": "application/json"})
+r = c.getresponse()
+os.kill(pid, signal.SIGTERM)
+st_ready = None
+for _ in range(100):
+    try:
+        st_ready = raw("GET", "/ready", key=None, timeout=10)[0]
+    except OSError:
+        break
+    if st_ready == 503:
+        break
+    time.sleep(0.05)
+rest = r.read()
+c.close()
+check(r.status == 200 and rest.rstrip().endswith(b"data: [DONE]"),
+      f"the stream in flight at SIGTERM finished ({r.status})")
+check(st_ready in (503, None), f"/ready is 503 while draining ({st_ready})")
+sys.exit(1 if failures else 0)
+EOF
+
+src=0
+for _ in $(seq 1 600); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+done
+if kill -0 "$pid" 2>/dev/null; then
+    echo "FAIL: the server did not exit after SIGTERM"
+    rc=1
+else
+    wait "$pid" || src=$?
+    pid=
+    if [[ $src != 0 ]]; then
+        echo "FAIL: the server exited with status $src"
+        rc=1
+    fi
+fi
+n=$(grep -c "WARNING: ThreadSanitizer" "$tmp/server.log" || true)
+if grep -q "ThreadSanitizer" "$tmp/server.log"; then
+    echo "FAIL: $n ThreadSanitizer report(s) in the server log:"
+    grep -A40 "WARNING: ThreadSanitizer" "$tmp/server.log" | head -200
+    rc=1
+fi
+if [[ $rc != 0 ]]; then
+    echo "server log tail:"
+    tail -15 "$tmp/server.log"
+    exit 1
+fi
+echo "TSan HTTP smoke test: no report"
