@@ -16,6 +16,10 @@ if [[ ${QV_TSAN:-0} != 1 ]]; then
     echo "SKIP: not a TSan run (set QV_TSAN=1 with a -DQV_SANITIZE_THREAD=ON build)"
     exit 77
 fi
+if ! grep -q __tsan_init "$quiver"; then
+    echo "SKIP: $quiver was not built with -DQV_SANITIZE_THREAD=ON"
+    exit 77
+fi
 root=${QV_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 model="${QUIVER_HOME:-$HOME/.cache/quiver}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [[ ! -f $model ]]; then
