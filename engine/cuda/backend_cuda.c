@@ -48,6 +48,7 @@ enum cuda_mode { MODE_EAGER = 0, MODE_CAPTURE, MODE_REPLAY };
 
 typedef struct graph_entry {
     uint64_t key, sig; /* forward's shape key; hash of every op's parameters */
+    long launches;     /* kernels and GEMMs recorded */
     cudaGraphExec_t exec;
     uint64_t last_use;
 } graph_entry;
@@ -69,14 +70,31 @@ typedef struct cuda_ctx {
         const float *xs;
         size_t ne;
         qv_cuda_gemv_segs g;
+        /* fused RMSNorm prologue (norm != 0): input nx normalised with nw/eps into ny */
+        int norm;
+        const float *nx, *nw;
+        float eps;
+        float *ny;
+        float *sw_out; /* fused SwiGLU epilogue output, or NULL */
     } pg;
+    struct { /* a deferred RMSNorm (fuse_norm): folded into the next GEMV group on y */
+        int active, n, dim;
+        const float *x, *dw;
+        float eps;
+        float *y;
+    } pn;
     struct {
         int active, n, heads, hd;
         float *x;
         const int32_t *dp;
         const float *df;
+        int both; /* fuse_rope_kv: k (x2, h2) rotated too, waiting for kv_store */
+        float *x2;
+        int h2;
     } pr;
+    qv_cuda_tuning tune;
     qv_cuda_stats stats;
+    long step_launches;   /* kernels and GEMMs enqueued since step_begin (eager or capture) */
     double t_step;        /* qv_time_s() at step_begin, 0 outside a step */
     cudaEvent_t ev0, ev1; /* device span of a step: first op or graph launch .. download */
     int ev_pending;
@@ -103,6 +121,7 @@ typedef struct cuda_ctx {
     /* GEMM input in half precision */
     void *blas_ws; /* cuBLAS workspace, set once so GEMMs never allocate */
     void *xh;
+    void *xh_bufs[2]; /* xh is one of these; the fused SwiGLU writes the other, then they swap */
     size_t xh_elems;
     const float *xh_src;
     size_t xh_n;
@@ -370,29 +389,81 @@ static void sig_add(cuda_ctx *cx, const uint64_t *v, int n) {
     sig_add((cx), (const uint64_t[]){__VA_ARGS__},                                                 \
             (int)(sizeof((const uint64_t[]){__VA_ARGS__}) / sizeof(uint64_t)))
 /* Enqueues a launcher call unless the step replays a recorded graph. */
-#define RUN(cx, call) ((cx)->mode == MODE_REPLAY ? 1 : K_OK((cx), (call)))
+#define RUN(cx, call) ((cx)->mode == MODE_REPLAY ? 1 : ((cx)->step_launches++, K_OK((cx), (call))))
 
-/* Launches the deferred GEMV group and RoPE, if any. */
+static void set_xh(cuda_ctx *cx, const float *src, size_t n_elems);
+
+/* Launches the deferred GEMV group (old or new kernel, with its fusions), RMSNorm and RoPE, if
+ * any, in that order (a deferred RMSNorm and a GEMV group are never pending together: a group
+ * on the norm's output takes it as its prologue, anything else flushes it first). */
 static void flush_pending(cuda_ctx *cx) {
+    if (cx->pn.active) {
+        cx->pn.active = 0;
+        SIG(cx, 5, U(cx->pn.x), U(cx->pn.dw), (uint64_t)cx->pn.n, (uint64_t)cx->pn.dim, U(cx->pn.y),
+            1, U(cx->xh));
+        if (!cx->failed)
+            (void)RUN(cx,
+                      qv_cuda_rmsnorm_half(cx->pn.x, cx->pn.dw, cx->pn.n, cx->pn.dim, cx->pn.eps,
+                                           cx->pn.y, cx->xh, cx->act_fp16, cx->stream));
+    }
     if (cx->pg.active) {
         const qv_cuda_gemv_segs *g = &cx->pg.g;
         cx->pg.active = 0;
         SIG(cx, 14, (uint64_t)g->n_segs, U(g->w[0]), U(g->y[0]), (uint64_t)g->rows[0], U(g->w[1]),
             U(g->y[1]), (uint64_t)g->rows[1], U(g->w[2]), U(g->y[2]), (uint64_t)g->rows[2],
             U(g->w[3]), U(g->y[3]), (uint64_t)g->rows[3], (uint64_t)cx->pg.nr,
-            (uint64_t)cx->pg.cols, (uint64_t)cx->pg.fp16);
-        if (!cx->failed)
+            (uint64_t)cx->pg.cols, (uint64_t)cx->pg.fp16, (uint64_t)cx->tune.gemv_new,
+            (uint64_t)cx->pg.norm, U(cx->pg.nx), U(cx->pg.nw), U(cx->pg.ny), U(cx->pg.sw_out),
+            U(cx->xh));
+        if (!cx->failed && cx->tune.gemv_new) {
+            const int sw = cx->pg.sw_out != NULL;
+            void *other = cx->xh == cx->xh_bufs[0] ? cx->xh_bufs[1] : cx->xh_bufs[0];
+            const qv_cuda_gemv2_args a = {
+                .g = *g,
+                .xh = cx->xh,
+                .x = cx->pg.norm ? cx->pg.nx : NULL,
+                .norm_w = cx->pg.norm ? cx->pg.nw : NULL,
+                .eps = cx->pg.eps,
+                .norm_y = cx->pg.norm ? cx->pg.ny : NULL,
+                .norm_yh = cx->pg.norm ? cx->xh : NULL,
+                .swiglu_out = cx->pg.sw_out,
+                .swiglu_oh = sw ? other : NULL,
+                .cols = cx->pg.cols,
+                .n = cx->pg.nr,
+                .fp16 = cx->pg.fp16,
+                .beta = 0.0f,
+            };
+            if (RUN(cx, qv_cuda_gemv2(&a, cx->stream)) && sw) {
+                cx->xh = other; /* the SwiGLU output's half copy is the next GEMM's input */
+                set_xh(cx, cx->pg.sw_out, (size_t)cx->pg.nr * (size_t)g->rows[0]);
+            }
+        } else if (!cx->failed) {
             (void)RUN(cx, qv_cuda_gemv_multi(g, cx->xh, cx->pg.cols, cx->pg.nr, 0.0f, cx->pg.fp16,
                                              cx->stream));
+        }
     }
     if (cx->pr.active) {
         cx->pr.active = 0;
+        if (cx->pr.both) {
+            SIG(cx, 15, U(cx->pr.x), (uint64_t)cx->pr.heads, U(cx->pr.x2), (uint64_t)cx->pr.h2,
+                (uint64_t)cx->pr.n, (uint64_t)cx->pr.hd, U(cx->pr.dp), U(cx->pr.df));
+            if (!cx->failed)
+                (void)RUN(cx, qv_cuda_rope2(cx->pr.x, cx->pr.heads, cx->pr.x2, cx->pr.h2, cx->pr.n,
+                                            cx->pr.hd, cx->pr.dp, cx->pr.df, cx->stream));
+            return;
+        }
         SIG(cx, 6, U(cx->pr.x), (uint64_t)cx->pr.n, (uint64_t)cx->pr.heads, (uint64_t)cx->pr.hd,
             U(cx->pr.dp), U(cx->pr.df));
         if (!cx->failed)
             (void)RUN(cx, qv_cuda_rope(cx->pr.x, cx->pr.n, cx->pr.heads, cx->pr.hd, cx->pr.dp,
                                        cx->pr.df, cx->stream));
     }
+}
+
+/* Room for `bytes` of staging without a ring reset (a reset would let new arrays overwrite
+ * ones a deferred launch still has to read). */
+static int room_without_reset(const cuda_ctx *cx, size_t bytes) {
+    return cx->m_used + bytes <= cx->m_size;
 }
 
 /* The half-precision GEMM-input cache now holds src (n_elems floats). */
@@ -419,7 +490,8 @@ static void cu_destroy(qv_backend *be) {
         if (cx->blas) (void)BLAS_OK(NULL, cublasDestroy(cx->blas));
         if (cx->w_base) (void)CU_OK(NULL, cudaFree(cx->w_base));
         if (cx->a_base) (void)CU_OK(NULL, cudaFree(cx->a_base));
-        if (cx->xh) (void)CU_OK(NULL, cudaFree(cx->xh));
+        if (cx->xh_bufs[0]) (void)CU_OK(NULL, cudaFree(cx->xh_bufs[0]));
+        if (cx->xh_bufs[1]) (void)CU_OK(NULL, cudaFree(cx->xh_bufs[1]));
         if (cx->blas_ws) (void)CU_OK(NULL, cudaFree(cx->blas_ws));
         if (cx->m_dev) (void)CU_OK(NULL, cudaFree(cx->m_dev));
         if (cx->m_host) (void)CU_OK(NULL, cudaFreeHost(cx->m_host));
@@ -509,11 +581,19 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
         const int nr = QV_MIN(chunk, n - r0);
         const float *xs = x + (size_t)r0 * (size_t)cols;
         const size_t ne = (size_t)nr * (size_t)cols;
+        /* a deferred RMSNorm on this input becomes the prologue of a new GEMV group */
+        const int pn_fuse = cx->pn.active && nr <= QV_CUDA_GEMV_MAX_N && cols % 8 == 0 &&
+                            beta == 0.0f && cx->tune.gemv_new && xs == cx->pn.y &&
+                            cols == cx->pn.dim && ne == (size_t)cx->pn.n * (size_t)cx->pn.dim &&
+                            e->fp16 == cx->act_fp16;
+        if (cx->pn.active && !pn_fuse) flush_pending(cx);
         /* a deferred GEMV group on another input must run before xh changes */
         if (cx->pg.active &&
             !(cx->pg.xs == xs && cx->pg.ne == ne && cx->pg.fp16 == e->fp16 && cx->pg.cols == cols))
             flush_pending(cx);
-        if (!(cx->xh_src == xs && cx->xh_n == ne && cx->xh_fp16 == e->fp16)) {
+        if (pn_fuse) {
+            set_xh(cx, xs, ne); /* block 0 of the fused launch writes it */
+        } else if (!(cx->xh_src == xs && cx->xh_n == ne && cx->xh_fp16 == e->fp16)) {
             SIG(cx, 2, U(xs), (uint64_t)ne, (uint64_t)e->fp16);
             if (!RUN(cx, qv_cuda_f32_to_half(xs, cx->xh, ne, e->fp16, cx->stream))) return;
             cx->xh_src = xs;
@@ -532,6 +612,14 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
                     cx->pg.nr = nr;
                     cx->pg.xs = xs;
                     cx->pg.ne = ne;
+                    if (pn_fuse) {
+                        cx->pn.active = 0;
+                        cx->pg.norm = 1;
+                        cx->pg.nx = cx->pn.x;
+                        cx->pg.nw = cx->pn.dw;
+                        cx->pg.eps = cx->pn.eps;
+                        cx->pg.ny = cx->pn.y;
+                    }
                 }
                 qv_cuda_gemv_segs *g = &cx->pg.g;
                 g->w[g->n_segs] = e->dev;
@@ -542,16 +630,31 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
             }
             flush_pending(cx);
             SIG(cx, 13, U(e->dev), U(ys), (uint64_t)rows, (uint64_t)nr, (uint64_t)cols,
-                (uint64_t)(beta != 0.0f));
-            if (!RUN(cx,
-                     qv_cuda_gemv(e->dev, cx->xh, ys, rows, cols, nr, beta, e->fp16, cx->stream)))
+                (uint64_t)(beta != 0.0f), (uint64_t)cx->tune.gemv_new, U(cx->xh));
+            if (cx->tune.gemv_new) {
+                qv_cuda_gemv2_args a;
+                memset(&a, 0, sizeof(a));
+                a.g.n_segs = 1;
+                a.g.w[0] = e->dev;
+                a.g.y[0] = ys;
+                a.g.rows[0] = rows;
+                a.xh = cx->xh;
+                a.cols = cols;
+                a.n = nr;
+                a.fp16 = e->fp16;
+                a.beta = beta;
+                if (!RUN(cx, qv_cuda_gemv2(&a, cx->stream))) return;
+            } else if (!RUN(cx, qv_cuda_gemv(e->dev, cx->xh, ys, rows, cols, nr, beta, e->fp16,
+                                             cx->stream))) {
                 return;
+            }
             continue;
         }
         flush_pending(cx);
         SIG(cx, 3, U(e->dev), U(ys), (uint64_t)rows, (uint64_t)nr, (uint64_t)cols,
             (uint64_t)(beta != 0.0f));
         /* Column-major view: yᵀ (rows, nr) = W (as (cols, rows))ᵀ · xᵀ (cols, nr). */
+        if (cx->mode != MODE_REPLAY) cx->step_launches++;
         if (cx->mode != MODE_REPLAY &&
             !BLAS_OK(cx, cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, nr, cols, &alpha,
                                       e->dev, ht, cols, cx->xh, ht, cols, &beta, ys, CUDA_R_32F,
@@ -588,6 +691,21 @@ static void cu_rmsnorm(qv_backend *be, const float *x, const float *w, int n, in
     const float *dw = dev_f32(cx, w, (size_t)dim);
     if (!dw) return;
     const size_t ne = (size_t)n * (size_t)dim;
+    /* fuse_norm: deferred; the next GEMV group on y takes it as its prologue (x and y must not
+     * overlap: other blocks of that launch still read x while block 0 writes y) */
+    if (cx->tune.fuse_norm && cx->tune.gemv_new && n <= QV_CUDA_GEMV_MAX_N && dim % 8 == 0 &&
+        ne <= cx->xh_elems && (y + ne <= x || x + ne <= y) && ((uintptr_t)x & 15) == 0 &&
+        ((uintptr_t)dw & 15) == 0) {
+        cx->pn.active = 1;
+        cx->pn.x = x;
+        cx->pn.dw = dw;
+        cx->pn.n = n;
+        cx->pn.dim = dim;
+        cx->pn.eps = eps;
+        cx->pn.y = y;
+        set_xh(cx, y, ne); /* whichever way it runs, xh ends up holding half(y) */
+        return;
+    }
     SIG(cx, 5, U(x), U(dw), (uint64_t)n, (uint64_t)dim, U(y), (uint64_t)(ne <= cx->xh_elems));
     if (ne <= cx->xh_elems) { /* also leave the next GEMM's half input */
         if (RUN(cx, qv_cuda_rmsnorm_half(x, dw, n, dim, eps, y, cx->xh, cx->act_fp16, cx->stream)))
@@ -602,12 +720,20 @@ static void cu_rope(qv_backend *be, float *x, int n, int n_heads, int head_dim, 
     cuda_ctx *cx = ctx_of(be);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
-    if (!ensure_room(cx, align_up((size_t)n * 4) + align_up((size_t)head_dim * 2))) return;
+    const size_t room = align_up((size_t)n * 4) + align_up((size_t)head_dim * 2);
+    if (!room_without_reset(cx, room)) flush_pending(cx); /* deferred launches read the ring */
+    if (!ensure_room(cx, room)) return;
     const int32_t *dp = stage(cx, pos, (size_t)n * sizeof(int32_t));
     const float *df = dev_f32(cx, inv_freq, (size_t)head_dim / 2);
     if (!dp || !df) return;
-    if (cx->pr.active && cx->pr.n == n && cx->pr.hd == head_dim && cx->pr.dp == dp &&
-        cx->pr.df == df && cx->pr.x != x) { /* k after q: one launch for both */
+    if (cx->pr.active && !cx->pr.both && cx->pr.n == n && cx->pr.hd == head_dim &&
+        cx->pr.dp == dp && cx->pr.df == df && cx->pr.x != x) { /* k after q: one launch */
+        if (cx->tune.fuse_rope_kv && !cx->pg.active && !cx->pn.active) {
+            cx->pr.both = 1; /* waits for kv_store of this k */
+            cx->pr.x2 = x;
+            cx->pr.h2 = n_heads;
+            return;
+        }
         cx->pr.active = 0;
         flush_pending(cx); /* the GEMVs that produced q and k */
         SIG(cx, 15, U(cx->pr.x), (uint64_t)cx->pr.heads, U(x), (uint64_t)n_heads, (uint64_t)n,
@@ -618,6 +744,7 @@ static void cu_rope(qv_backend *be, float *x, int n, int n_heads, int head_dim, 
     }
     flush_pending(cx);
     cx->pr.active = 1;
+    cx->pr.both = 0;
     cx->pr.x = x;
     cx->pr.n = n;
     cx->pr.heads = n_heads;
@@ -629,6 +756,15 @@ static void cu_rope(qv_backend *be, float *x, int n, int n_heads, int head_dim, 
 static void cu_swiglu(qv_backend *be, const float *gate, const float *up, float *out,
                       size_t n_elems) {
     cuda_ctx *cx = ctx_of(be);
+    /* fuse_swiglu: the pending gate/up group computes out in its epilogue */
+    if (cx->tune.fuse_swiglu && cx->tune.gemv_new && cx->pg.active && !cx->failed &&
+        cx->pg.g.n_segs == 2 && cx->pg.g.y[0] == gate && cx->pg.g.y[1] == up &&
+        cx->pg.g.rows[0] == cx->pg.g.rows[1] &&
+        n_elems == (size_t)cx->pg.nr * (size_t)cx->pg.g.rows[0] && n_elems <= cx->xh_elems) {
+        cx->pg.sw_out = out;
+        flush_pending(cx); /* sets the half cache to out */
+        return;
+    }
     flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || !n_elems) return;
@@ -658,19 +794,38 @@ static size_t layer_offset(const qv_kv_pool *pool, int layer) {
 static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float *k, const float *v,
                         int n, const int32_t *slot_page, const int32_t *slot_off) {
     cuda_ctx *cx = ctx_of(be);
+    const size_t room = 2 * align_up((size_t)n * sizeof(int32_t));
+    const size_t lo = layer_offset(pool, layer);
+    /* fuse_rope_kv: the pending RoPE of q and this k runs with the store */
+    if (cx->pr.active && cx->pr.both && !cx->pg.active && !cx->pn.active && !cx->failed &&
+        k == cx->pr.x2 && n == cx->pr.n && pool->head_dim == cx->pr.hd &&
+        pool->n_kv_heads == cx->pr.h2 && room_without_reset(cx, room)) {
+        cx->pr.active = 0;
+        invalidate_xh(cx);
+        const int32_t *dp = stage(cx, slot_page, (size_t)n * sizeof(int32_t));
+        const int32_t *doff = stage(cx, slot_off, (size_t)n * sizeof(int32_t));
+        if (!dp || !doff) return;
+        SIG(cx, 17, U(cx->pr.x), (uint64_t)cx->pr.heads, U(k), (uint64_t)cx->pr.h2, U(v),
+            (uint64_t)n, (uint64_t)cx->pr.hd, U(cx->pr.dp), U(cx->pr.df), U(pool->k + lo),
+            U(pool->v + lo), (uint64_t)pool->page_size, U(dp), U(doff), (uint64_t)cx->tune.kv_bf16);
+        (void)RUN(cx, qv_cuda_rope2_kv_store(cx->pr.x, cx->pr.heads, cx->pr.x2, cx->pr.h2, v, n,
+                                             cx->pr.hd, cx->pr.dp, cx->pr.df, pool->k + lo,
+                                             pool->v + lo, pool->page_size, dp, doff,
+                                             cx->tune.kv_bf16, cx->stream));
+        return;
+    }
     flush_pending(cx);
     invalidate_xh(cx);
     if (cx->failed || n <= 0) return;
-    if (!ensure_room(cx, 2 * align_up((size_t)n * sizeof(int32_t)))) return;
+    if (!ensure_room(cx, room)) return;
     const int32_t *dp = stage(cx, slot_page, (size_t)n * sizeof(int32_t));
     const int32_t *doff = stage(cx, slot_off, (size_t)n * sizeof(int32_t));
     if (!dp || !doff) return;
-    const size_t lo = layer_offset(pool, layer);
     SIG(cx, 9, U(pool->k + lo), U(pool->v + lo), (uint64_t)pool->page_size, U(k), U(v), (uint64_t)n,
-        U(dp), U(doff));
-    (void)RUN(cx,
-              qv_cuda_kv_store(pool->k + lo, pool->v + lo, pool->page_size,
-                               pool->n_kv_heads * pool->head_dim, k, v, n, dp, doff, cx->stream));
+        U(dp), U(doff), (uint64_t)cx->tune.kv_bf16);
+    (void)RUN(cx, qv_cuda_kv_store(pool->k + lo, pool->v + lo, pool->page_size,
+                                   pool->n_kv_heads * pool->head_dim, k, v, n, dp, doff,
+                                   cx->tune.kv_bf16, cx->stream));
 }
 
 static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
@@ -722,6 +877,7 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer, cons
         .table_stride = stride,
         .out_half = fuse ? cx->xh : NULL,
         .fp16 = cx->act_fp16,
+        .kv_bf16 = cx->tune.kv_bf16,
         .n_tokens = ab->n_tokens,
         .n_heads = ab->n_heads,
         .n_kv_heads = ab->n_kv_heads,
@@ -733,7 +889,7 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer, cons
     SIG(cx, 10, U(q), U(out), U(a.k_layer), U(a.v_layer), U(d_seq), U(d_pos), U(d_tab),
         (uint64_t)stride, (uint64_t)fuse, (uint64_t)ab->n_tokens, (uint64_t)ab->n_heads,
         (uint64_t)ab->n_kv_heads, (uint64_t)ab->head_dim, (uint64_t)pool->page_size,
-        (uint64_t)ab->window);
+        (uint64_t)ab->window, (uint64_t)cx->tune.kv_bf16);
     if (RUN(cx, qv_cuda_attention(&a, cx->stream)) && fuse) set_xh(cx, out, n_out);
 }
 
@@ -768,7 +924,7 @@ static int end_step(cuda_ctx *cx) {
             if (cx->graphs[i].last_use < cx->graphs[victim].last_use) victim = i;
         graph_entry *ge = &cx->graphs[victim];
         if (ge->exec) (void)CU_OK(cx, cudaGraphExecDestroy(ge->exec));
-        *ge = (graph_entry){cx->key, cx->sig, ex, ++cx->clock};
+        *ge = (graph_entry){cx->key, cx->sig, cx->step_launches, ex, ++cx->clock};
         cx->stats.instantiate_s += qv_time_s() - t0;
         (void)CU_OK(cx, cudaEventRecord(cx->ev0, cx->stream));
         (void)CU_OK(cx, cudaGraphLaunch(ex, cx->stream));
@@ -785,6 +941,7 @@ static int end_step(cuda_ctx *cx) {
             return 0;
         }
         ge->last_use = ++cx->clock;
+        cx->step_launches = ge->launches;
         (void)CU_OK(cx, cudaEventRecord(cx->ev0, cx->stream));
         (void)CU_OK(cx, cudaGraphLaunch(ge->exec, cx->stream));
     }
@@ -800,6 +957,7 @@ static qv_status cu_download(qv_backend *be, void *dst, const void *src, size_t 
     double t1 = qv_time_s();
     if (cx->t_step > 0) {
         cx->stats.enqueue_s += t1 - cx->t_step;
+        if (ok) cx->stats.launches += cx->step_launches;
         cx->t_step = 0;
         if (!ok)
             cx->stats.mismatches++;
@@ -834,6 +992,8 @@ static int cu_step_begin(qv_backend *be, uint64_t key) {
     flush_pending(cx);
     if (cx->mode != MODE_EAGER) (void)end_step(cx); /* a step left open: close it */
     invalidate_xh(cx);
+    cx->xh = cx->xh_bufs[0]; /* same buffers at every step start: recorded graphs stay valid */
+    cx->step_launches = 0;
     cx->t_step = qv_time_s();
     cx->ev_pending = 0;
     if (!cx->failed && cx->ev0 && CU_OK(cx, cudaEventRecord(cx->ev0, cx->stream)))
@@ -921,6 +1081,55 @@ static const struct qv_backend_i cuda_iface = {
     .step_begin = cu_step_begin,
 };
 
+/* ---- run-time switches ---- */
+
+static int env_flag(const char *name, int dflt) {
+    const char *v = getenv(name);
+    if (!v || !*v) return dflt;
+    if (strcmp(v, "0") == 0 || strcmp(v, "old") == 0 || strcmp(v, "off") == 0) return 0;
+    return 1;
+}
+
+static void tuning_fix(qv_cuda_tuning *t) {
+    t->gemv_new = !!t->gemv_new;
+    t->fuse_norm = t->gemv_new && t->fuse_norm;
+    t->fuse_swiglu = t->gemv_new && t->fuse_swiglu;
+    t->fuse_rope_kv = !!t->fuse_rope_kv;
+    t->kv_bf16 = !!t->kv_bf16;
+}
+
+static void tuning_from_env(qv_cuda_tuning *t) {
+    const int all = env_flag("QV_CUDA_FUSE", 0);
+    t->gemv_new = env_flag("QV_CUDA_GEMV", 0);
+    t->fuse_norm = env_flag("QV_CUDA_FUSE_NORM", all);
+    t->fuse_swiglu = env_flag("QV_CUDA_FUSE_SWIGLU", all);
+    t->fuse_rope_kv = env_flag("QV_CUDA_FUSE_ROPE_KV", all);
+    t->kv_bf16 = env_flag("QV_CUDA_KV_BF16", 0);
+    tuning_fix(t);
+}
+
+void qv_backend_cuda_get_tuning(const qv_backend *be, qv_cuda_tuning *out) {
+    *out = ((const cuda_ctx *)be->ctx)->tune;
+}
+
+void qv_backend_cuda_set_tuning(qv_backend *be, const qv_cuda_tuning *t) {
+    cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
+    invalidate_xh(cx);
+    cx->tune = *t;
+    tuning_fix(&cx->tune);
+    if (cx->mode == MODE_EAGER) /* recorded graphs hold the old kernels */
+        for (int i = 0; i < MAX_GRAPHS; i++)
+            if (cx->graphs[i].exec) {
+                (void)CU_OK(cx, cudaGraphExecDestroy(cx->graphs[i].exec));
+                memset(&cx->graphs[i], 0, sizeof(cx->graphs[i]));
+            }
+}
+
+int qv_backend_cuda_kv_elem_bytes(const qv_backend *be) {
+    return ((const cuda_ctx *)be->ctx)->tune.kv_bf16 ? 2 : 4;
+}
+
 /* ---- creation ---- */
 
 void qv_cuda_opts_default(qv_cuda_opts *o) { memset(o, 0, sizeof(*o)); }
@@ -969,6 +1178,7 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
     cx->device = o.device;
     const char *genv = getenv("QV_CUDA_GRAPHS");
     cx->graphs_on = !(genv && strcmp(genv, "0") == 0);
+    tuning_from_env(&cx->tune);
     if (!CU_OK(cx, cudaSetDevice(o.device)) ||
         !CU_OK(cx, cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking)) ||
         !BLAS_OK(cx, cublasCreate(&cx->blas)) ||
@@ -985,7 +1195,10 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
         goto fail;
     }
     cx->xh_elems = (size_t)o.max_tokens * max_width;
-    if ((st = dev_malloc(cx, &cx->xh, cx->xh_elems * 2, "GEMM scratch", err)) != QV_OK) goto fail;
+    for (int i = 0; i < 2; i++)
+        if ((st = dev_malloc(cx, &cx->xh_bufs[i], cx->xh_elems * 2, "GEMM scratch", err)) != QV_OK)
+            goto fail;
+    cx->xh = cx->xh_bufs[0];
     cx->m_size = o.meta_bytes;
     if ((st = dev_malloc(cx, (void **)&cx->m_dev, cx->m_size, "metadata", err)) != QV_OK) goto fail;
     if (!CU_OK(cx, cudaHostAlloc((void **)&cx->m_host, cx->m_size, cudaHostAllocDefault))) {
@@ -1017,8 +1230,11 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
             "weights %.1f MiB, arena %.1f MiB, GEMM scratch %.1f MiB, metadata %.1f MiB",
             prop.name, prop.major, prop.minor, (double)total_b / 1073741824.0,
             (double)free_b / 1073741824.0, (double)cx->w_size / 1048576.0,
-            (double)cx->a_size / 1048576.0, (double)(cx->xh_elems * 2) / 1048576.0,
+            (double)cx->a_size / 1048576.0, (double)(cx->xh_elems * 4) / 1048576.0,
             (double)cx->m_size / 1048576.0);
+    QV_LOGI("cuda backend: gemv %s, fusions norm %d swiglu %d rope+kv %d, KV %s",
+            cx->tune.gemv_new ? "new" : "old", cx->tune.fuse_norm, cx->tune.fuse_swiglu,
+            cx->tune.fuse_rope_kv, cx->tune.kv_bf16 ? "bf16" : "f32");
     *out = be;
     return QV_OK;
 fail:

@@ -73,10 +73,12 @@ size_t qv_backend_cuda_arena_bytes(const qv_backend *be);
  * download), ending captures and instantiating graphs (part of enqueue), waiting in download
  * for the device, and the device span of steps (first op or graph launch to the end of the
  * step's work, CUDA events; in eager steps it includes gaps where the device waits for the
- * host). */
+ * host). Steps are counted from step_begin to download. */
 typedef struct qv_cuda_stats {
     long eager_steps, captures, replays, mismatches;
     double enqueue_s, instantiate_s, wait_s, device_s;
+    long launches; /* kernels + cuBLAS GEMMs of the steps counted above (a replay counts the
+                      recorded graph's); divide by the steps for kernels per step */
 } qv_cuda_stats;
 void qv_backend_cuda_stats(const qv_backend *be, qv_cuda_stats *out);
 
@@ -89,6 +91,29 @@ void qv_backend_cuda_stats(const qv_backend *be, qv_cuda_stats *out);
  * Errors are sticky (reported by `download`). Thread: the backend's thread. */
 void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv_plan *plan,
                           const float *x, int n, int n_in, float *tmp);
+/* Run-time switches of the batch-1 work (issue 6), so that one device run can time old and new
+ * side by side. Read from the environment at creation (defaults: all 0, the measured path):
+ *   QV_CUDA_GEMV=new        gemv_new: the split-K multi-row GEMV (qv_cuda_gemv2) for n <= 8
+ *   QV_CUDA_FUSE=1          all three fusions below (each also alone: QV_CUDA_FUSE_NORM=1,
+ *                           QV_CUDA_FUSE_SWIGLU=1, QV_CUDA_FUSE_ROPE_KV=1)
+ *     fuse_norm:    RMSNorm folded into the prologue of the next GEMV group (needs gemv_new)
+ *     fuse_swiglu:  SwiGLU folded into the gate/up GEMV group's epilogue (needs gemv_new)
+ *     fuse_rope_kv: RoPE of q and k and the KV store in one launch
+ *   QV_CUDA_KV_BF16=1       kv_bf16: K/V pages stored bf16 (attention sums in fp32); the pool
+ *                           keeps its F32-sized allocation (a layer uses its first half)
+ * A value 0/old turns a switch off. */
+typedef struct qv_cuda_tuning {
+    int gemv_new, fuse_norm, fuse_swiglu, fuse_rope_kv, kv_bf16;
+} qv_cuda_tuning;
+/* The switches in effect. Thread: the backend's thread. */
+void qv_backend_cuda_get_tuning(const qv_backend *be, qv_cuda_tuning *out);
+/* Changes the switches (op tests, benchmarks): pending work is enqueued first and recorded CUDA
+ * graphs are dropped. Changing kv_bf16 makes K/V already stored unreadable: only call it with no
+ * live sequences. Fusions that need gemv_new are ignored without it. Thread: the backend's. */
+void qv_backend_cuda_set_tuning(qv_backend *be, const qv_cuda_tuning *t);
+/* Bytes per stored K/V element (4, or 2 with kv_bf16): what a pool really needs per element. */
+int qv_backend_cuda_kv_elem_bytes(const qv_backend *be);
+
 /* 1 when activations are rounded to fp16 (fp16 models), 0 for bf16. */
 int qv_backend_cuda_act_fp16(const qv_backend *be);
 /* The compute stream (a cudaStream_t), for the adapter pool's event ordering. */

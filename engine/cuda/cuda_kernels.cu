@@ -305,25 +305,76 @@ extern "C" int qv_cuda_add_bias(float *y, const float *bias, int n_rows, int n_c
     LAUNCH_CHECK("add_bias");
 }
 
-/* ---- KV store ---- */
+/* ---- KV store (F32 or bf16 pool) ---- */
+
+static __device__ __forceinline__ void kv_put(float *base, size_t i, float v, int kv_bf16) {
+    if (kv_bf16)
+        reinterpret_cast<__nv_bfloat16 *>(base)[i] = __float2bfloat16_rn(v);
+    else
+        base[i] = v;
+}
 
 static __global__ void k_kv_store(float *kl, float *vl, int page_size, int kv_dim, const float *k,
-                                  const float *v, const int32_t *page, const int32_t *off) {
+                                  const float *v, const int32_t *page, const int32_t *off,
+                                  int kv_bf16) {
     const int t = blockIdx.x;
     const size_t dst = ((size_t)page[t] * (size_t)page_size + (size_t)off[t]) * (size_t)kv_dim;
     const size_t src = (size_t)t * (size_t)kv_dim;
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-        kl[dst + i] = k[src + i];
-        vl[dst + i] = v[src + i];
+        kv_put(kl, dst + i, k[src + i], kv_bf16);
+        kv_put(vl, dst + i, v[src + i], kv_bf16);
     }
 }
 
 extern "C" int qv_cuda_kv_store(float *k_layer, float *v_layer, int page_size, int kv_dim,
                                 const float *k, const float *v, int n, const int32_t *page,
-                                const int32_t *off, cudaStream_t s) {
+                                const int32_t *off, int kv_bf16, cudaStream_t s) {
     if (n <= 0) return 0;
-    k_kv_store<<<n, 128, 0, s>>>(k_layer, v_layer, page_size, kv_dim, k, v, page, off);
+    k_kv_store<<<n, 128, 0, s>>>(k_layer, v_layer, page_size, kv_dim, k, v, page, off, kv_bf16);
     LAUNCH_CHECK("kv_store");
+}
+
+/* rope2 + kv_store: one block per token. Each (head, i < half) pair is rotated by one thread
+ * with the same expression as k_rope; k's rotated pair is also written to the pool slot. */
+static __global__ void k_rope_kv(float *q, int hq, float *k, int hk, const float *v, int head_dim,
+                                 const int32_t *pos, const float *inv_freq, float *kl, float *vl,
+                                 int page_size, const int32_t *page, const int32_t *off,
+                                 int kv_bf16) {
+    const int t = blockIdx.x, half = head_dim / 2, kv_dim = hk * head_dim;
+    const float p = (float)pos[t];
+    float *rq = q + (size_t)t * (size_t)hq * (size_t)head_dim;
+    float *rk = k + (size_t)t * (size_t)kv_dim;
+    const size_t dst = ((size_t)page[t] * (size_t)page_size + (size_t)off[t]) * (size_t)kv_dim;
+    for (int j = threadIdx.x; j < (hq + hk) * half; j += blockDim.x) {
+        const int h = j / half, i = j % half;
+        float sn, cs;
+        sincosf(p * inv_freq[i], &sn, &cs);
+        const int is_k = h >= hq;
+        float *r = is_k ? rk + (size_t)(h - hq) * (size_t)head_dim : rq + (size_t)h * head_dim;
+        const float a = r[i], b = r[i + half];
+        const float o0 = a * cs - b * sn, o1 = b * cs + a * sn;
+        r[i] = o0;
+        r[i + half] = o1;
+        if (is_k) {
+            const size_t d = dst + (size_t)(h - hq) * (size_t)head_dim;
+            kv_put(kl, d + (size_t)i, o0, kv_bf16);
+            kv_put(kl, d + (size_t)(i + half), o1, kv_bf16);
+        }
+    }
+    const float *rv = v + (size_t)t * (size_t)kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
+        kv_put(vl, dst + (size_t)i, rv[i], kv_bf16);
+}
+
+extern "C" int qv_cuda_rope2_kv_store(float *q, int hq, float *k, int hk, const float *v, int n,
+                                      int head_dim, const int32_t *pos, const float *inv_freq,
+                                      float *k_layer, float *v_layer, int page_size,
+                                      const int32_t *page, const int32_t *off, int kv_bf16,
+                                      cudaStream_t s) {
+    if (n <= 0) return 0;
+    k_rope_kv<<<n, 128, 0, s>>>(q, hq, k, hk, v, head_dim, pos, inv_freq, k_layer, v_layer,
+                                page_size, page, off, kv_bf16);
+    LAUNCH_CHECK("rope2_kv_store");
 }
 
 /* ---- argmax: one block per row ---- */
@@ -456,12 +507,294 @@ extern "C" int qv_cuda_gemv_multi(const qv_cuda_gemv_segs *g, const void *x, int
     LAUNCH_CHECK("gemv");
 }
 
+/* ---- skinny GEMM, "new" version: split-K over the block's warps, several rows per block ---- */
+
+#define G2_THREADS 256
+#define G2_WARPS (G2_THREADS / 32)
+#define G2_R QV_CUDA_GEMV2_ROWS
+#define G2_STEP (G2_THREADS * 8) /* columns one pass of the block covers */
+#define G2_NORM 1
+#define G2_SWIGLU 2
+
+static __device__ __forceinline__ void half8_to_f32(const uint4 &v, float *f, int fp16) {
+    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 p;
+        if (fp16)
+            p = __half22float2(*reinterpret_cast<const __half2 *>(&u[k]));
+        else
+            p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u[k]));
+        f[2 * k] = p.x;
+        f[2 * k + 1] = p.y;
+    }
+}
+
+static __device__ __forceinline__ float round_half(float v, int fp16) {
+    return fp16 ? __half2float(__float2half_rn(v)) : __bfloat162float(__float2bfloat16_rn(v));
+}
+
+/* x values of token t at columns c .. c+7 as the GEMM sees them (rounded to half). */
+template <int MODE>
+static __device__ __forceinline__ void g2_load_x(const qv_cuda_gemv2_args &a, int t, int c,
+                                                 const float *nw, float inv, float *xf) {
+    if (MODE & G2_NORM) {
+        const float4 *xp = reinterpret_cast<const float4 *>(a.x + (size_t)t * a.cols + c);
+        const float4 x0 = __ldg(xp), x1 = __ldg(xp + 1);
+        const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            xf[k] = round_half(nw[k] * (xv[k] * inv), a.fp16);
+    } else {
+        const uint4 xv =
+            __ldg(reinterpret_cast<const uint4 *>((const uint16_t *)a.xh + (size_t)t * a.cols + c));
+        half8_to_f32(xv, xf, a.fp16);
+    }
+}
+
+template <int NT, int MODE>
+static __device__ __forceinline__ void g2_step(const qv_cuda_gemv2_args &a, int c, const uint4 *w,
+                                               const float *inv, float (*acc)[NT]) {
+    float nw[8];
+    if (MODE & G2_NORM) {
+        const float4 *np = reinterpret_cast<const float4 *>(a.norm_w + c);
+        const float4 n0 = __ldg(np), n1 = __ldg(np + 1);
+        nw[0] = n0.x, nw[1] = n0.y, nw[2] = n0.z, nw[3] = n0.w;
+        nw[4] = n1.x, nw[5] = n1.y, nw[6] = n1.z, nw[7] = n1.w;
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (t >= a.n) break;
+        float xf[8];
+        g2_load_x<MODE>(a, t, c, nw, (MODE & G2_NORM) ? inv[t] : 0.0f, xf);
+#pragma unroll
+        for (int i = 0; i < G2_R; i++) {
+            float wf[8];
+            half8_to_f32(w[i], wf, a.fp16);
+            float s = acc[i][t];
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                s = fmaf(wf[k], xf[k], s);
+            acc[i][t] = s;
+        }
+    }
+}
+
+template <int NT, int MODE>
+static __global__ void __launch_bounds__(G2_THREADS, 2) k_gemv2(qv_cuda_gemv2_args a) {
+    __shared__ float part[G2_WARPS][G2_R][NT];
+    __shared__ double red[G2_WARPS][NT];
+    __shared__ float inv_s[NT];
+    const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+    const int cols = a.cols;
+
+    /* Rows of this block: ROWS consecutive rows of one segment, or (SwiGLU) ROWS/2 rows of the
+     * gate segment and the same rows of the up segment. Rows past a segment's end are clamped
+     * for loading and not written. */
+    int seg[G2_R], row[G2_R];
+    if (MODE & G2_SWIGLU) {
+        const int j0 = (int)blockIdx.x * (G2_R / 2);
+#pragma unroll
+        for (int i = 0; i < G2_R; i++) {
+            seg[i] = i < G2_R / 2 ? 0 : 1;
+            row[i] = j0 + (i % (G2_R / 2));
+        }
+    } else {
+        int b = (int)blockIdx.x, sg = 0;
+        while (sg < a.g.n_segs - 1) {
+            const int nb = (a.g.rows[sg] + G2_R - 1) / G2_R;
+            if (b < nb) break;
+            b -= nb;
+            sg++;
+        }
+#pragma unroll
+        for (int i = 0; i < G2_R; i++) {
+            seg[i] = sg;
+            row[i] = b * G2_R + i;
+        }
+    }
+    const uint16_t *wr[G2_R];
+#pragma unroll
+    for (int i = 0; i < G2_R; i++) {
+        const int rows = a.g.rows[seg[i]];
+        wr[i] = (const uint16_t *)a.g.w[seg[i]] + (size_t)min(row[i], rows - 1) * (size_t)cols;
+    }
+
+    /* Fused RMSNorm prologue: each token's 1/rms (squares in double, fixed order). */
+    float inv[NT];
+    if (MODE & G2_NORM) {
+        double ss[NT];
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            ss[t] = 0.0;
+        for (int c = tid; c < cols; c += G2_THREADS)
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                if (t < a.n) {
+                    const double v = (double)a.x[(size_t)t * cols + c];
+                    ss[t] += v * v;
+                }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const double v = warp_sum(ss[t]);
+            if (lane == 0) red[wid][t] = v;
+        }
+        __syncthreads();
+        if (tid < NT) {
+            double v = 0.0;
+            for (int w = 0; w < G2_WARPS; w++)
+                v += red[w][tid];
+            const float mean = (float)(v / (double)cols);
+            inv_s[tid] = 1.0f / sqrtf(mean + a.eps);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            inv[t] = inv_s[t];
+        if (blockIdx.x == 0) { /* leave the normalised rows where later consumers expect them */
+            for (int t = 0; t < a.n && t < NT; t++)
+                for (int c = tid; c < cols; c += G2_THREADS) {
+                    const size_t i = (size_t)t * cols + c;
+                    const float v = a.norm_w[c] * (a.x[i] * inv_s[t]);
+                    if (a.norm_y) a.norm_y[i] = v;
+                    if (a.norm_yh) {
+                        if (a.fp16)
+                            ((__half *)a.norm_yh)[i] = __float2half_rn(v);
+                        else
+                            ((__nv_bfloat16 *)a.norm_yh)[i] = __float2bfloat16_rn(v);
+                    }
+                }
+        }
+    }
+
+    float acc[G2_R][NT];
+#pragma unroll
+    for (int i = 0; i < G2_R; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[i][t] = 0.0f;
+
+    /* Two column chunks per iteration: 2 x ROWS independent 16-byte weight loads per lane
+     * issued before the first multiply. */
+    for (int c0 = tid * 8; c0 < cols; c0 += 2 * G2_STEP) {
+        const int c1 = c0 + G2_STEP;
+        const bool has1 = c1 < cols;
+        uint4 w0[G2_R], w1[G2_R];
+#pragma unroll
+        for (int i = 0; i < G2_R; i++)
+            w0[i] = __ldcs(reinterpret_cast<const uint4 *>(wr[i] + c0));
+        if (has1) {
+#pragma unroll
+            for (int i = 0; i < G2_R; i++)
+                w1[i] = __ldcs(reinterpret_cast<const uint4 *>(wr[i] + c1));
+        }
+        g2_step<NT, MODE>(a, c0, w0, inv, acc);
+        if (has1) g2_step<NT, MODE>(a, c1, w1, inv, acc);
+    }
+
+    /* Split-K reduction: warp sums, then the warps' partials in warp order. */
+#pragma unroll
+    for (int i = 0; i < G2_R; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const float v = warp_sum(acc[i][t]);
+            if (lane == 0) part[wid][i][t] = v;
+        }
+    __syncthreads();
+    if (MODE & G2_SWIGLU) {
+        if (tid < (G2_R / 2) * NT) {
+            const int i = tid / NT, t = tid % NT;
+            const int rows = a.g.rows[0];
+            if (t < a.n && row[0] + i < rows) {
+                float gv = 0.0f, uv = 0.0f;
+                for (int w = 0; w < G2_WARPS; w++) {
+                    gv += part[w][i][t];
+                    uv += part[w][i + G2_R / 2][t];
+                }
+                const size_t o = (size_t)t * (size_t)rows + (size_t)(row[0] + i);
+                a.g.y[0][o] = gv;
+                a.g.y[1][o] = uv;
+                const float v = gv / (1.0f + expf(-gv)) * uv;
+                a.swiglu_out[o] = v;
+                if (a.fp16)
+                    ((__half *)a.swiglu_oh)[o] = __float2half_rn(v);
+                else
+                    ((__nv_bfloat16 *)a.swiglu_oh)[o] = __float2bfloat16_rn(v);
+            }
+        }
+    } else if (tid < G2_R * NT) {
+        const int i = tid / NT, t = tid % NT;
+        const int rows = a.g.rows[seg[0]];
+        const int r = row[0] + i;
+        if (t < a.n && r < rows) {
+            float v = 0.0f;
+            for (int w = 0; w < G2_WARPS; w++)
+                v += part[w][i][t];
+            float *o = a.g.y[seg[0]] + (size_t)t * (size_t)rows + (size_t)r;
+            *o = a.beta != 0.0f ? v + a.beta * *o : v;
+        }
+    }
+}
+
+template <int NT>
+static int launch_gemv2(const qv_cuda_gemv2_args *a, unsigned blocks, cudaStream_t s) {
+    const int mode = (a->norm_w ? G2_NORM : 0) | (a->swiglu_out ? G2_SWIGLU : 0);
+    switch (mode) {
+    case 0: k_gemv2<NT, 0><<<blocks, G2_THREADS, 0, s>>>(*a); break;
+    case G2_NORM: k_gemv2<NT, G2_NORM><<<blocks, G2_THREADS, 0, s>>>(*a); break;
+    case G2_SWIGLU: k_gemv2<NT, G2_SWIGLU><<<blocks, G2_THREADS, 0, s>>>(*a); break;
+    default: k_gemv2<NT, G2_NORM | G2_SWIGLU><<<blocks, G2_THREADS, 0, s>>>(*a); break;
+    }
+    return 0;
+}
+
+extern "C" int qv_cuda_gemv2(const qv_cuda_gemv2_args *a, cudaStream_t s) {
+    if (a->n <= 0) return 0;
+    if (a->n > QV_CUDA_GEMV_MAX_N || a->cols % 8 != 0 || a->g.n_segs < 1 ||
+        a->g.n_segs > QV_CUDA_GEMV_MAX_SEGS ||
+        (a->swiglu_out && (a->g.n_segs != 2 || a->g.rows[0] != a->g.rows[1] || a->beta != 0.0f))) {
+        fprintf(stderr, "quiver cuda: gemv2: unsupported shape (n %d, cols %d, segs %d) (%s:%d)\n",
+                a->n, a->cols, a->g.n_segs, __FILE__, __LINE__);
+        return -1;
+    }
+    unsigned blocks = 0;
+    if (a->swiglu_out)
+        blocks = (unsigned)((a->g.rows[0] + G2_R / 2 - 1) / (G2_R / 2));
+    else
+        for (int i = 0; i < a->g.n_segs; i++)
+            blocks += (unsigned)((a->g.rows[i] + G2_R - 1) / G2_R);
+    if (a->n == 1)
+        launch_gemv2<1>(a, blocks, s);
+    else if (a->n == 2)
+        launch_gemv2<2>(a, blocks, s);
+    else if (a->n <= 4)
+        launch_gemv2<4>(a, blocks, s);
+    else
+        launch_gemv2<QV_CUDA_GEMV_MAX_N>(a, blocks, s);
+    LAUNCH_CHECK("gemv2");
+}
+
 /* ---- paged attention ---- */
 
 #define ATT_THREADS 128
 #define ATT_CHUNK 256
 #define ATT_DPT (QV_CUDA_MAX_HEAD_DIM / ATT_THREADS) /* dims per thread when head_dim >= 128 */
 
+/* K/V element access for an F32 or a bf16 pool. */
+static __device__ __forceinline__ float4 kv_load4(const float *p) {
+    return *reinterpret_cast<const float4 *>(p);
+}
+static __device__ __forceinline__ float4 kv_load4(const __nv_bfloat16 *p) {
+    const uint2 u = *reinterpret_cast<const uint2 *>(p);
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+}
+static __device__ __forceinline__ float kv_load1(const float *p) { return *p; }
+static __device__ __forceinline__ float kv_load1(const __nv_bfloat16 *p) {
+    return __bfloat162float(*p);
+}
+
+template <typename KV>
 static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_args a) {
     __shared__ float qs[QV_CUDA_MAX_HEAD_DIM];
     __shared__ float sc[ATT_CHUNK];
@@ -496,23 +829,22 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
         float cmax = -INFINITY;
         for (int jj = tid; jj < len; jj += ATT_THREADS) {
             const int j = c0 + jj;
-            const float *kr =
-                a.k_layer +
+            const KV *kr =
+                reinterpret_cast<const KV *>(a.k_layer) +
                 ((size_t)table[j / a.page_size] * (size_t)a.page_size + (size_t)(j % a.page_size)) *
                     (size_t)kv_dim +
                 (size_t)g * hd;
             float d = 0.0f;
             if ((hd & 3) == 0) { /* 16-byte loads, several in flight */
-                const float4 *k4 = reinterpret_cast<const float4 *>(kr);
 #pragma unroll 8
                 for (int i = 0; i < hd / 4; i++) {
-                    const float4 kv = k4[i];
+                    const float4 kv = kv_load4(kr + 4 * i);
                     d += qs[4 * i] * kv.x + qs[4 * i + 1] * kv.y + qs[4 * i + 2] * kv.z +
                          qs[4 * i + 3] * kv.w;
                 }
             } else {
                 for (int i = 0; i < hd; i++)
-                    d += qs[i] * kr[i];
+                    d += qs[i] * kv_load1(kr + i);
             }
             d *= a.scale;
             sc[jj] = d;
@@ -536,15 +868,15 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_a
 #pragma unroll 4
             for (int jj = grp; jj < len; jj += n_grp) {
                 const int j = c0 + jj;
-                const float *vr = a.v_layer +
-                                  ((size_t)table[j / a.page_size] * (size_t)a.page_size +
-                                   (size_t)(j % a.page_size)) *
-                                      (size_t)kv_dim +
-                                  (size_t)g * hd;
+                const KV *vr = reinterpret_cast<const KV *>(a.v_layer) +
+                               ((size_t)table[j / a.page_size] * (size_t)a.page_size +
+                                (size_t)(j % a.page_size)) *
+                                   (size_t)kv_dim +
+                               (size_t)g * hd;
                 const float p = sc[jj];
                 for (int k = 0; k < ATT_DPT; k++) {
                     const int d = d0 + k * ATT_THREADS;
-                    if (d < hd && (k == 0 || hd >= ATT_THREADS)) acc[k] += p * vr[d];
+                    if (d < hd && (k == 0 || hd >= ATT_THREADS)) acc[k] += p * kv_load1(vr + d);
                 }
             }
         }
@@ -585,6 +917,9 @@ extern "C" int qv_cuda_attention(const qv_cuda_attn_args *a, cudaStream_t s) {
         return -1;
     }
     dim3 grid((unsigned)a->n_heads, (unsigned)a->n_tokens);
-    k_attention<<<grid, ATT_THREADS, 0, s>>>(*a);
+    if (a->kv_bf16)
+        k_attention<__nv_bfloat16><<<grid, ATT_THREADS, 0, s>>>(*a);
+    else
+        k_attention<float><<<grid, ATT_THREADS, 0, s>>>(*a);
     LAUNCH_CHECK("attention");
 }

@@ -46,10 +46,19 @@ int qv_cuda_swiglu(const float *gate, const float *up, float *out, size_t n, cud
 int qv_cuda_add(float *y, const float *x, size_t n, cudaStream_t s);
 /* y[r, c] += bias[c] for r < n_rows, c < n_cols. */
 int qv_cuda_add_bias(float *y, const float *bias, int n_rows, int n_cols, cudaStream_t s);
-/* Pool slot of token i: ((page[i]) * page_size + off[i]) * kv_dim within the layer's base. */
+/* Pool slot of token i: ((page[i]) * page_size + off[i]) * kv_dim within the layer's base.
+ * kv_bf16 != 0: the pool holds bf16 elements (same slot index, 2-byte elements: a layer uses the
+ * first half of its F32-sized region), k/v rounded to nearest even. */
 int qv_cuda_kv_store(float *k_layer, float *v_layer, int page_size, int kv_dim, const float *k,
-                     const float *v, int n, const int32_t *page, const int32_t *off,
+                     const float *v, int n, const int32_t *page, const int32_t *off, int kv_bf16,
                      cudaStream_t s);
+/* RoPE of q (hq heads) and k (hk heads) at the same positions, then k (rotated) and v stored
+ * in the pool as qv_cuda_kv_store does (kv_dim = hk * head_dim): one launch for rope2 +
+ * kv_store. q and k are rotated in place (k keeps its rotated values, as after rope2). */
+int qv_cuda_rope2_kv_store(float *q, int hq, float *k, int hk, const float *v, int n, int head_dim,
+                           const int32_t *pos, const float *inv_freq, float *k_layer,
+                           float *v_layer, int page_size, const int32_t *page, const int32_t *off,
+                           int kv_bf16, cudaStream_t s);
 /* dst[i, :] = src[idx[i], :] (width floats), idx on the device. */
 int qv_cuda_gather_rows(const float *src, const int32_t *idx, int n, int width, float *dst,
                         cudaStream_t s);
@@ -79,6 +88,39 @@ typedef struct qv_cuda_gemv_segs {
 int qv_cuda_gemv_multi(const qv_cuda_gemv_segs *g, const void *x, int cols, int n, float beta,
                        int fp16, cudaStream_t s);
 
+/* The "new" skinny GEMM (QV_CUDA_GEMV=new) for n <= QV_CUDA_GEMV_MAX_N rows, with optional
+ * fusions. One 256-thread block per QV_CUDA_GEMV2_ROWS output rows of one segment; the 8 warps
+ * split the reduction (cols) and each lane keeps 2 x ROWS independent 16-byte weight loads in
+ * flight (streaming loads: weights are read once per step); x is loaded once per column chunk
+ * for all ROWS rows; the warps' partial sums are added in a fixed order through shared memory
+ * (deterministic, and a token's result does not depend on n). Requires cols % 8 == 0 and
+ * 16-byte aligned pointers.
+ *  - norm_w != NULL (fused RMSNorm prologue): the input is x (n, cols) F32; every block computes
+ *    each token's 1/rms (squares summed in double, as qv_cuda_rmsnorm) and uses
+ *    half(norm_w[i] * (x[i] * inv)), the exact value qv_cuda_rmsnorm_half would have written;
+ *    block 0 also writes that normalised row to norm_y (F32, unless NULL; must not overlap x)
+ *    and norm_yh (half), so later consumers find them as after qv_cuda_rmsnorm_half.
+ *    Otherwise the input is xh (n, cols) half.
+ *  - swiglu_out != NULL (fused SwiGLU epilogue): g has exactly 2 segments with equal rows (gate,
+ *    up), beta must be 0; a block takes ROWS/2 rows of each, writes gate and up as the plain
+ *    GEMV would, then swiglu_out = silu(gate) * up (may alias gate) and its half copy
+ *    swiglu_oh (must not overlap xh or norm_yh). */
+#define QV_CUDA_GEMV2_ROWS 4
+typedef struct qv_cuda_gemv2_args {
+    qv_cuda_gemv_segs g;
+    const void *xh;      /* half input when norm_w == NULL */
+    const float *x;      /* F32 input when norm_w != NULL */
+    const float *norm_w; /* fused RMSNorm weights (F32, cols) or NULL */
+    float eps;
+    float *norm_y;     /* fused RMSNorm: F32 normalised rows (block 0), or NULL */
+    void *norm_yh;     /* fused RMSNorm: half normalised rows (block 0), or NULL */
+    float *swiglu_out; /* fused SwiGLU output (n, rows) F32, or NULL */
+    void *swiglu_oh;   /* fused SwiGLU output rounded to half */
+    int cols, n, fp16;
+    float beta;
+} qv_cuda_gemv2_args;
+int qv_cuda_gemv2(const qv_cuda_gemv2_args *a, cudaStream_t s);
+
 /* Paged causal attention (backend.h semantics), all pointers on the device. */
 typedef struct qv_cuda_attn_args {
     const float *q;       /* (n_tokens, n_heads*head_dim) */
@@ -91,6 +133,7 @@ typedef struct qv_cuda_attn_args {
     int table_stride;
     void *out_half; /* non-NULL: out is also written rounded to half here (fp16 or bf16) */
     int fp16;
+    int kv_bf16; /* the pool holds bf16 K/V (qv_cuda_kv_store); sums stay fp32 */
     int n_tokens, n_heads, n_kv_heads, head_dim, page_size, window;
     float scale;
 } qv_cuda_attn_args;

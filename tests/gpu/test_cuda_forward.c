@@ -9,6 +9,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -39,6 +41,31 @@ MODEL_TEST(test_tiny_qwen2_hf, "tests/fixtures/models/tiny-qwen2")
 MODEL_TEST(test_tiny_qwen2_q4_1, "tests/fixtures/models/tiny-qwen2.q4_1.gguf")
 MODEL_TEST(test_tiny_mistral, "tests/fixtures/models/tiny-mistral")
 
+/* The batch-1 switches of issue 6 all on (new GEMV, RMSNorm/SwiGLU/RoPE+KV fusions, bf16 KV
+ * pages; backend_cuda.h), read from the environment when the backend is created: the same
+ * checks and tolerance as above on models with GQA, fp16, q/k/v biases and a sliding window. */
+static void switches(int on) {
+    static const char *vars[3][2] = {
+        {"QV_CUDA_GEMV", "new"}, {"QV_CUDA_FUSE", "1"}, {"QV_CUDA_KV_BF16", "1"}};
+    for (int i = 0; i < 3; i++)
+        if (on)
+            setenv(vars[i][0], vars[i][1], 1);
+        else
+            unsetenv(vars[i][0]);
+}
+#define SWITCHED_TEST(fn, rel)                                                                     \
+    static void fn(void **state) {                                                                 \
+        (void)state;                                                                               \
+        switches(1);                                                                               \
+        run(rel);                                                                                  \
+        switches(0);                                                                               \
+    }
+SWITCHED_TEST(test_new_tiny_llama_gqa_bf16, "tests/fixtures/models/tiny-llama-gqa-bf16")
+SWITCHED_TEST(test_new_tiny_llama_gqa_f16, "tests/fixtures/models/tiny-llama-gqa-f16")
+SWITCHED_TEST(test_new_tiny_llama_q4_k, "tests/fixtures/models/tiny-llama-k.q4_k_m.gguf")
+SWITCHED_TEST(test_new_tiny_qwen2_hf, "tests/fixtures/models/tiny-qwen2")
+SWITCHED_TEST(test_new_tiny_mistral, "tests/fixtures/models/tiny-mistral")
+
 /* The engine with device "cuda": 4 requests (continuous batching, chunked prefill under a
  * 16-token budget) produce the CPU engine's greedy tokens. Tokens may differ only after the
  * first 8 of a sequence (near ties are checked strictly by the forward tests above). */
@@ -60,6 +87,7 @@ static void on_tok(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
 }
 
 static void run_engine(const char *device, eng_out *o) {
+    memset(o, 0, sizeof(*o));
     qv_engine_config c;
     qv_engine_config_default(&c);
     c.model_path = qv_test_path("tests/fixtures/models/tiny-llama-gqa.q4_1.gguf");
@@ -110,14 +138,32 @@ static void test_engine_cuda_matches_cpu(void **state) {
            same_total, ENG_SEQS * ENG_TOKENS);
 }
 
+/* The engine (CUDA graphs recorded and replayed) with every switch on. */
+static void test_engine_cuda_switches_on(void **state) {
+    switches(1);
+    test_engine_cuda_matches_cpu(state);
+    switches(0);
+}
+
 int main(void) {
     gpu_require_device();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tiny_llama_hf),       cmocka_unit_test(test_tiny_llama_gqa_bf16),
-        cmocka_unit_test(test_tiny_llama_gqa_f16),  cmocka_unit_test(test_tiny_llama_gqa_q4_1),
-        cmocka_unit_test(test_tiny_llama_gqa_q8_0), cmocka_unit_test(test_tiny_llama_q4_k),
-        cmocka_unit_test(test_tiny_qwen2_hf),       cmocka_unit_test(test_tiny_qwen2_q4_1),
-        cmocka_unit_test(test_tiny_mistral),        cmocka_unit_test(test_engine_cuda_matches_cpu),
+        cmocka_unit_test(test_tiny_llama_hf),
+        cmocka_unit_test(test_tiny_llama_gqa_bf16),
+        cmocka_unit_test(test_tiny_llama_gqa_f16),
+        cmocka_unit_test(test_tiny_llama_gqa_q4_1),
+        cmocka_unit_test(test_tiny_llama_gqa_q8_0),
+        cmocka_unit_test(test_tiny_llama_q4_k),
+        cmocka_unit_test(test_tiny_qwen2_hf),
+        cmocka_unit_test(test_tiny_qwen2_q4_1),
+        cmocka_unit_test(test_tiny_mistral),
+        cmocka_unit_test(test_engine_cuda_matches_cpu),
+        cmocka_unit_test(test_new_tiny_llama_gqa_bf16),
+        cmocka_unit_test(test_new_tiny_llama_gqa_f16),
+        cmocka_unit_test(test_new_tiny_llama_q4_k),
+        cmocka_unit_test(test_new_tiny_qwen2_hf),
+        cmocka_unit_test(test_new_tiny_mistral),
+        cmocka_unit_test(test_engine_cuda_switches_on),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,7 +22,7 @@
 static qv_backend *cpu, *cu;
 static uint32_t rng = 20261128u;
 /* Host weights stay alive until teardown: the backend's weight map keys on their addresses. */
-static void *keep[32];
+static void *keep[512];
 static int n_keep;
 
 static float *rand_host(size_t n, float scale) {
@@ -123,7 +123,7 @@ static void matmul_case2(enum qv_dtype dt, int rows, int cols, int n, int with_b
     free(want);
     free(bias);
     free(x);
-    assert_true(n_keep < 32);
+    assert_true(n_keep < 512);
     keep[n_keep++] = wdata;
 }
 
@@ -180,6 +180,142 @@ static void test_gemv_group(void **state) {
         cu->iface->free(cu, dy[i]);
     cu->iface->free(cu, dx);
     free(x);
+}
+
+static void set_tuning(int gemv_new, int norm, int swiglu, int rope_kv, int kv_bf16) {
+    const qv_cuda_tuning t = {gemv_new, norm, swiglu, rope_kv, kv_bf16};
+    qv_backend_cuda_set_tuning(cu, &t);
+}
+static long launches(void) {
+    qv_cuda_stats st;
+    qv_backend_cuda_stats(cu, &st);
+    return st.launches;
+}
+
+/* The new GEMV (QV_CUDA_GEMV=new): n = 1..8, rows not a multiple of the block's 4 rows, cols of
+ * one partial pass (8, 200) up to several passes with a half pass left (2048 + 8, 8192), beta 1,
+ * fp16, and a grouped launch whose segments end mid-block. */
+static void test_gemv_new(void **state) {
+    (void)state;
+    set_tuning(1, 0, 0, 0, 0);
+    for (int n = 1; n <= 8; n++)
+        matmul_case(QV_DTYPE_F32, 37 + n, 512, n, n == 3);
+    matmul_case(QV_DTYPE_F32, 5, 8, 1, 0);
+    matmul_case(QV_DTYPE_F32, 131, 200, 2, 0);
+    matmul_case(QV_DTYPE_F32, 64, 2056, 1, 0);
+    matmul_case(QV_DTYPE_F32, 33, 8192, 8, 0);
+    matmul_case(QV_DTYPE_Q8_0, 130, 4096 + 2048, 4, 0);
+    matmul_case(QV_DTYPE_F16, 70, 8192, 3, 0);
+    matmul_case(QV_DTYPE_F16, 71, 1032, 7, 0);
+    matmul_case2(QV_DTYPE_F32, 129, 256, 1, 1, 1);
+    matmul_case2(QV_DTYPE_F32, 66, 4096, 6, 0, 1);
+    test_gemv_group(state);
+    set_tuning(0, 0, 0, 0, 0);
+}
+
+/* One layer's worth of the fused ops against the CPU, n tokens, dim -> q/k/v (rows qr, kr, kr)
+ * and dim -> gate/up (ff) -> down: rmsnorm output (F32, as later readers see it), q/k/v, the
+ * SwiGLU output and the residual after down (matmul_acc). With the fusions on, the step must
+ * also take fewer launches than without. */
+static void fused_layer_case(int n, int dim, int qr, int kr, int ff, int norm, int swiglu,
+                             long *n_launch) {
+    char label[160];
+    qv_error err = {0};
+    const int rows[3] = {qr, kr, kr};
+    float *x = rand_host((size_t)n * dim, 2.0f), *nw = rand_host((size_t)dim, 1.0f);
+    float *res = rand_host((size_t)n * dim, 1.0f);
+    qv_tensor w[6];
+    const int wr[6] = {qr, kr, kr, ff, ff, dim}, wc[6] = {dim, dim, dim, dim, dim, ff};
+    for (int i = 0; i < 6; i++) {
+        float *wf = rand_host((size_t)wr[i] * (size_t)wc[i], 0.1f);
+        w[i] = (qv_tensor){QV_DTYPE_F32, wr[i], wc[i], (size_t)wc[i] * 4, wf};
+        assert_int_equal(qv_backend_cuda_add_tensor(cu, &w[i], 0, &err), QV_OK);
+        assert_true(n_keep < 512);
+        keep[n_keep++] = wf;
+    }
+    /* CPU reference */
+    float *y = malloc(sizeof(float) * (size_t)n * dim);
+    float *qkv[3], *gate = malloc(sizeof(float) * (size_t)n * ff),
+                   *up = malloc(sizeof(float) * (size_t)n * ff);
+    cpu->iface->rmsnorm(cpu, x, nw, n, dim, 1e-5f, y);
+    for (int i = 0; i < 3; i++) {
+        qkv[i] = malloc(sizeof(float) * (size_t)n * rows[i]);
+        cpu->iface->matmul(cpu, &w[i], y, n, qkv[i], NULL);
+    }
+    cpu->iface->matmul(cpu, &w[3], y, n, gate, NULL);
+    cpu->iface->matmul(cpu, &w[4], y, n, up, NULL);
+    cpu->iface->swiglu(cpu, gate, up, gate, (size_t)n * ff);
+    float *down = malloc(sizeof(float) * (size_t)n * dim);
+    cpu->iface->matmul(cpu, &w[5], gate, n, down, NULL);
+    for (size_t i = 0; i < (size_t)n * dim; i++)
+        down[i] += res[i];
+    /* device: the forward pass's op order */
+    float *dx = to_dev(x, (size_t)n * dim), *dres = to_dev(res, (size_t)n * dim);
+    float *dy = cu->iface->alloc(cu, sizeof(float) * (size_t)n * dim);
+    float *dqkv[3];
+    for (int i = 0; i < 3; i++)
+        dqkv[i] = cu->iface->alloc(cu, sizeof(float) * (size_t)n * rows[i]);
+    float *dg = cu->iface->alloc(cu, sizeof(float) * (size_t)n * ff);
+    float *du = cu->iface->alloc(cu, sizeof(float) * (size_t)n * ff);
+    set_tuning(norm || swiglu, norm, swiglu, 0, 0);
+    const long l0 = launches();
+    cu->iface->step_begin(cu, 0);
+    cu->iface->rmsnorm(cu, dx, nw, n, dim, 1e-5f, dy);
+    for (int i = 0; i < 3; i++)
+        cu->iface->matmul(cu, &w[i], dy, n, dqkv[i], NULL);
+    cu->iface->rmsnorm(cu, dx, nw, n, dim, 1e-5f, dy);
+    cu->iface->matmul(cu, &w[3], dy, n, dg, NULL);
+    cu->iface->matmul(cu, &w[4], dy, n, du, NULL);
+    cu->iface->swiglu(cu, dg, du, dg, (size_t)n * ff);
+    cu->iface->matmul_acc(cu, &w[5], dg, n, dres, NULL);
+    float *gy = from_dev(dy, (size_t)n * dim); /* download ends the step */
+    *n_launch = launches() - l0;
+    set_tuning(0, 0, 0, 0, 0);
+    snprintf(label, sizeof label, "n=%d dim=%d norm=%d swiglu=%d: rmsnorm output", n, dim, norm,
+             swiglu);
+    check(label, gy, y, (size_t)n * dim, 1e-5);
+    for (int i = 0; i < 3; i++) {
+        float *got = from_dev(dqkv[i], (size_t)n * rows[i]);
+        snprintf(label, sizeof label, "n=%d norm=%d: projection %d (%dx%d)", n, norm, i, rows[i],
+                 dim);
+        check(label, got, qkv[i], (size_t)n * rows[i], 1e-2);
+        free(got);
+    }
+    float *gg = from_dev(dg, (size_t)n * ff), *gd = from_dev(dres, (size_t)n * dim);
+    snprintf(label, sizeof label, "n=%d ff=%d swiglu=%d: silu(gate)*up", n, ff, swiglu);
+    check(label, gg, gate, (size_t)n * ff, 1e-2);
+    snprintf(label, sizeof label, "n=%d ff=%d swiglu=%d: residual + down", n, ff, swiglu);
+    check(label, gd, down, (size_t)n * dim, 1e-2);
+    free(gg), free(gd), free(gy);
+    cu->iface->free(cu, du);
+    cu->iface->free(cu, dg);
+    for (int i = 2; i >= 0; i--)
+        cu->iface->free(cu, dqkv[i]);
+    cu->iface->free(cu, dy);
+    cu->iface->free(cu, dres);
+    cu->iface->free(cu, dx);
+    for (int i = 0; i < 3; i++)
+        free(qkv[i]);
+    free(x), free(nw), free(res), free(y), free(gate), free(up), free(down);
+}
+
+static void test_fused_norm_swiglu(void **state) {
+    (void)state;
+    static const int ns[3] = {1, 3, 8};
+    for (int i = 0; i < 3; i++) {
+        long plain = 0, fused = 0, part = 0;
+        /* ff = 705: odd rows (a half-filled last SwiGLU block), down then takes cuBLAS */
+        const int ff = i == 1 ? 705 : 712;
+        fused_layer_case(ns[i], 256, 202, 34, ff, 0, 0, &plain);
+        fused_layer_case(ns[i], 256, 202, 34, ff, 1, 0, &part);
+        fused_layer_case(ns[i], 256, 202, 34, ff, 1, 1, &fused);
+        printf("n=%d: launches plain %ld, norm fused %ld, norm+swiglu fused %ld\n", ns[i], plain,
+               part, fused);
+        if (!(part < plain && fused < part))
+            fail_msg("fusions did not remove launches (%ld, %ld, %ld)", plain, part, fused);
+    }
+    long a = 0;
+    fused_layer_case(2, 2048, 2048, 512, 1024, 1, 1, &a); /* dim of the ~1B config */
 }
 
 static void test_get_rows_gather_argmax(void **state) {
@@ -288,7 +424,15 @@ static void test_rmsnorm_rope_swiglu_add(void **state) {
 
 /* Paged attention: 3 sequences (600, 37, 5 tokens) with shuffled pages, GQA 8/2, a batch
  * mixing decode tokens, a prefill chunk and a long context (several 256-key chunks). */
-static void attention_case(int head_dim, int window) {
+static void round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = qv_bf16_to_f32(qv_f32_to_bf16(x[i]));
+}
+
+/* kv_bf16: the device pool holds bf16 K/V (QV_CUDA_KV_BF16). round_kv: K/V are rounded to bf16
+ * before both backends store them, so the device's bf16 copy is exact and the comparison keeps
+ * the fp32 tolerance; otherwise bf16 storage error is allowed (1e-2). */
+static void attention_case2(int head_dim, int window, int kv_bf16, int round_kv) {
     const int n_layers = 2, n_pages = 256, page_size = 4, nh = 8, nkv = 2, layer = 1;
     const int kv_dim = nkv * head_dim;
     const size_t pool_elems = (size_t)n_layers * n_pages * page_size * kv_dim;
@@ -325,6 +469,10 @@ static void attention_case(int head_dim, int window) {
             if (n <= 0) continue;
             float *k = rand_host((size_t)n * kv_dim, 1.0f),
                   *v = rand_host((size_t)n * kv_dim, 1.0f);
+            if (round_kv) {
+                round_bf16(k, (size_t)n * kv_dim);
+                round_bf16(v, (size_t)n * kv_dim);
+            }
             int32_t *pg = malloc(sizeof(int32_t) * (size_t)n),
                     *off = malloc(sizeof(int32_t) * (size_t)n);
             for (int i = 0; i < n; i++) {
@@ -333,7 +481,9 @@ static void attention_case(int head_dim, int window) {
             }
             cpu->iface->kv_store(cpu, &hp, layer, k, v, n, pg, off);
             float *dk = to_dev(k, (size_t)n * kv_dim), *dv = to_dev(v, (size_t)n * kv_dim);
+            set_tuning(0, 0, 0, 0, kv_bf16);
             cu->iface->kv_store(cu, &dp, layer, dk, dv, n, pg, off);
+            set_tuning(0, 0, 0, 0, 0);
             cu->iface->free(cu, dv);
             cu->iface->free(cu, dk);
             free(k), free(v), free(pg), free(off);
@@ -356,11 +506,14 @@ static void attention_case(int head_dim, int window) {
     cpu->iface->attention(cpu, &hp, layer, &ab, q, want);
     float *dq = to_dev(q, qn);
     float *dout = cu->iface->alloc(cu, qn * sizeof(float));
+    set_tuning(0, 0, 0, 0, kv_bf16);
     cu->iface->attention(cu, &dp, layer, &ab, dq, dout);
     float *got = from_dev(dout, qn);
-    char label[64];
-    snprintf(label, sizeof label, "attention head_dim %d window %d", head_dim, window);
-    check(label, got, want, qn, 1e-4);
+    set_tuning(0, 0, 0, 0, 0);
+    char label[96];
+    snprintf(label, sizeof label, "attention head_dim %d window %d kv %s%s", head_dim, window,
+             kv_bf16 ? "bf16" : "f32", round_kv ? " (inputs bf16-exact)" : "");
+    check(label, got, want, qn, kv_bf16 && !round_kv ? 1e-2 : 1e-4);
     cu->iface->free(cu, dout);
     cu->iface->free(cu, dq);
     cu->iface->free(cu, dp.v);
@@ -372,6 +525,8 @@ static void attention_case(int head_dim, int window) {
     free(q), free(want), free(got);
 }
 
+static void attention_case(int head_dim, int window) { attention_case2(head_dim, window, 0, 0); }
+
 static void test_attention(void **state) {
     (void)state;
     attention_case(16, 0);
@@ -379,6 +534,94 @@ static void test_attention(void **state) {
     attention_case(128, 0);
     attention_case(256, 0);
     attention_case(64, 100);
+}
+
+/* bf16 K/V pages (QV_CUDA_KV_BF16=1) against the CPU attention. */
+static void test_attention_kv_bf16(void **state) {
+    (void)state;
+    static const int hds[5] = {16, 64, 128, 256, 64};
+    for (int i = 0; i < 5; i++) {
+        attention_case2(hds[i], i == 4 ? 100 : 0, 1, 1);
+        attention_case2(hds[i], i == 4 ? 100 : 0, 1, 0);
+    }
+}
+
+/* RoPE of q and k fused with the KV store (QV_CUDA_FUSE_ROPE_KV=1), F32 and bf16 pools: a
+ * 12-token prefill chunk then 2 decode tokens of one sequence on shuffled pages; rotated q/k and
+ * the attention output against the CPU; the fused step takes one launch fewer. */
+static void rope_kv_case(int head_dim, int kv_bf16) {
+    const int nh = 4, nkv = 2, page_size = 4, n_pages = 8, kv_dim = nkv * head_dim;
+    const size_t pool_elems = (size_t)n_pages * page_size * kv_dim;
+    qv_kv_pool hp = {1, n_pages, page_size, nkv, head_dim, NULL, NULL}, dp = hp;
+    hp.k = cpu->iface->alloc(cpu, pool_elems * 4);
+    hp.v = cpu->iface->alloc(cpu, pool_elems * 4);
+    dp.k = cu->iface->alloc(cu, pool_elems * 4);
+    dp.v = cu->iface->alloc(cu, pool_elems * 4);
+    assert_true(hp.k && hp.v && dp.k && dp.v);
+    static const int32_t table[4] = {5, 2, 7, 0};
+    const int32_t *pt[1] = {table};
+    float *inv = malloc(sizeof(float) * (size_t)head_dim / 2);
+    for (int i = 0; i < head_dim / 2; i++)
+        inv[i] = powf(500000.0f, -2.0f * (float)i / (float)head_dim);
+    keep[n_keep++] = inv; /* staged by address within a step */
+    for (int chunk = 0; chunk < 3; chunk++) {
+        const int p0 = chunk == 0 ? 0 : 11 + chunk, n = chunk == 0 ? 12 : 1;
+        int32_t pos[12], seq[12], pg[12], off[12];
+        for (int i = 0; i < n; i++) {
+            pos[i] = p0 + i, seq[i] = 0;
+            pg[i] = table[(p0 + i) / page_size], off[i] = (p0 + i) % page_size;
+        }
+        const size_t qn = (size_t)n * nh * head_dim, kn = (size_t)n * kv_dim;
+        float *q = rand_host(qn, 1.0f), *k = rand_host(kn, 1.0f), *v = rand_host(kn, 1.0f);
+        float *dq = to_dev(q, qn), *dk = to_dev(k, kn), *dv = to_dev(v, kn);
+        float *dout = cu->iface->alloc(cu, qn * sizeof(float));
+        qv_attn_batch ab = {n,  seq, pos,      1, pt,
+                            nh, nkv, head_dim, 0, 1.0f / sqrtf((float)head_dim)};
+        float *want = malloc(qn * sizeof(float));
+        cpu->iface->rope(cpu, q, n, nh, head_dim, pos, inv);
+        cpu->iface->rope(cpu, k, n, nkv, head_dim, pos, inv);
+        cpu->iface->kv_store(cpu, &hp, 0, k, v, n, pg, off);
+        cpu->iface->attention(cpu, &hp, 0, &ab, q, want);
+        set_tuning(0, 0, 0, 1, kv_bf16);
+        const long l0 = launches();
+        cu->iface->step_begin(cu, 0);
+        cu->iface->rope(cu, dq, n, nh, head_dim, pos, inv);
+        cu->iface->rope(cu, dk, n, nkv, head_dim, pos, inv);
+        cu->iface->kv_store(cu, &dp, 0, dk, dv, n, pg, off);
+        cu->iface->attention(cu, &dp, 0, &ab, dq, dout);
+        float *got = from_dev(dout, qn);
+        const long nl = launches() - l0;
+        set_tuning(0, 0, 0, 0, 0);
+        float *gq = from_dev(dq, qn), *gk = from_dev(dk, kn);
+        char label[96];
+        snprintf(label, sizeof label, "rope+kv fused hd %d kv %s chunk %d: q", head_dim,
+                 kv_bf16 ? "bf16" : "f32", chunk);
+        check(label, gq, q, qn, 1e-5);
+        snprintf(label, sizeof label, "rope+kv fused hd %d kv %s chunk %d: k", head_dim,
+                 kv_bf16 ? "bf16" : "f32", chunk);
+        check(label, gk, k, kn, 1e-5);
+        snprintf(label, sizeof label, "rope+kv fused hd %d kv %s chunk %d: attention", head_dim,
+                 kv_bf16 ? "bf16" : "f32", chunk);
+        check(label, got, want, qn, kv_bf16 ? 1e-2 : 1e-4);
+        if (nl != 2) fail_msg("rope+kv fused step: %ld launches, want 2", nl);
+        cu->iface->free(cu, dout);
+        cu->iface->free(cu, dv);
+        cu->iface->free(cu, dk);
+        cu->iface->free(cu, dq);
+        free(q), free(k), free(v), free(want), free(got), free(gq), free(gk);
+    }
+    cu->iface->free(cu, dp.v);
+    cu->iface->free(cu, dp.k);
+    cpu->iface->free(cpu, hp.k);
+    cpu->iface->free(cpu, hp.v);
+}
+
+static void test_rope_kv_fused(void **state) {
+    (void)state;
+    for (int hd = 32; hd <= 128; hd *= 2) {
+        rope_kv_case(hd, 0);
+        rope_kv_case(hd, 1);
+    }
 }
 
 static int setup(void **state) {
@@ -389,7 +632,7 @@ static int setup(void **state) {
     qv_cuda_opts_default(&o);
     o.max_tokens = 256;
     o.arena_bytes = (size_t)256 << 20;
-    if (qv_backend_cuda_create_empty((size_t)64 << 20, &o, &cu, &err) != QV_OK) {
+    if (qv_backend_cuda_create_empty((size_t)128 << 20, &o, &cu, &err) != QV_OK) {
         fprintf(stderr, "cuda backend: %s\n", err.msg);
         return -1;
     }
@@ -414,6 +657,10 @@ int main(void) {
         cmocka_unit_test(test_get_rows_gather_argmax),
         cmocka_unit_test(test_rmsnorm_rope_swiglu_add),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_gemv_new),
+        cmocka_unit_test(test_fused_norm_swiglu),
+        cmocka_unit_test(test_attention_kv_bf16),
+        cmocka_unit_test(test_rope_kv_fused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 #else
