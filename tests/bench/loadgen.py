@@ -571,7 +571,8 @@ def plot(docs, path):
             v = sorted(1000 * r[key] for r in recs if r.get(key) is not None and r["error"] is None)
             if v:
                 ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label)
-        ax.set_xlabel(f"{title} (ms)")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{title} (ms, log scale)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"{title} CDF")
         ax.grid(alpha=0.3)
@@ -615,7 +616,8 @@ def cmd_report(args):
     docs = []
     for p in args.inputs:
         with open(p) as f:
-            docs.append(json.load(f))
+            d = json.load(f)
+        docs += d["runs"] if d.get("kind") == "report" else [d]  # a report re-plots its runs
     out = {"kind": "report", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": machine_info(), "runs": docs}
     if args.note:
