@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # run.sh - the device script: build for Hopper (sm_90) on all cores, run the gpu-labelled tests,
 # compute-sanitizer memcheck on the op tests and the SGMV test, racecheck on the SGMV test, the
-# SGMV bandwidth benchmark and the decode benchmark; prints one table.
+# SGMV bandwidth benchmark, the decode benchmark and the multi-adapter benchmark (bench_gpu_lora:
+# 32 distinct / shared / no adapters at batch 32 against the roofline R, 1,000 Zipf adapters vs
+# 5, cold-adapter time to first token, CUDA-graph capture per batch size); prints one table.
 # Meant for a lent GPU machine (H100/H200); finishes in a few minutes (each step is capped).
 #   run(command="bash tests/gpu/run.sh 2>&1 | tee $OUT/gpu.log", carry=[".gpu-deps"], timeout_s=420)
 # Results go in docs/gpu-results.md with the date and the card.
@@ -14,7 +16,7 @@ if [[ -d .gpu-deps ]]; then source tests/gpu/deps.sh unpack; fi
 export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # not the server binary: it links libmicrohttpd/gnutls, which the machine may lack
-targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora bench_gpu_decode bench_sgmv"
+targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora bench_gpu_decode bench_sgmv bench_gpu_lora"
 build() { # $1 = ON/OFF fatal warnings
     cmake -S . -B build-gpu -DQV_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DQV_FATAL_WARNINGS=$1 \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo >/tmp/qv-gpu-cmake.log 2>&1 || { tail -20 /tmp/qv-gpu-cmake.log; return 1; }
@@ -66,6 +68,10 @@ echo "== decode benchmark, CUDA graphs on (default) =="
 timeout 120 build-gpu/tests/bench_gpu_decode 32 2>&1 | tee /tmp/qv-gpu-bench.log | grep -v "^quiver info"
 brc=${PIPESTATUS[0]}
 t4=$(date +%s)
+echo "== multi-adapter benchmark (bench_gpu_lora, issue 7) =="
+timeout 180 build-gpu/tests/bench_gpu_lora 2>&1 | tee /tmp/qv-gpu-bench-lora.log | grep -Ev "^quiver info|^SUMMARY"
+lrc=${PIPESTATUS[0]}
+t5=$(date +%s)
 echo
 echo "| step | result | seconds |"
 echo "|---|---|---|"
@@ -74,5 +80,10 @@ echo "| ctest -L gpu | $([ $rc -eq 0 ] && echo pass || echo FAIL) | $((t2 - t1))
 echo "| compute-sanitizer memcheck test_cuda_ops + test_cuda_forward + test_cuda_sgmv, racecheck test_cuda_sgmv | $san / racecheck $race | $((t3 - t2)) |"
 echo "| bench_sgmv | $([ $sbrc -eq 0 ] && echo ok || echo "FAIL rc $sbrc") | $((t3b - t3)) |"
 echo "| bench_gpu_decode | $([ $brc -eq 0 ] && echo ok || echo "FAIL rc $brc") | $((t4 - t3b)) |"
-[ -n "${OUT:-}" ] && cp /tmp/qv-gpu-ctest.log /tmp/qv-gpu-san.log /tmp/qv-gpu-bench.log /tmp/qv-gpu-bench-nograph.log /tmp/qv-gpu-race.log /tmp/qv-gpu-bench-sgmv.log "$OUT"/ 2>/dev/null
+echo "| bench_gpu_lora | $([ $lrc -eq 0 ] && echo ok || echo "FAIL rc $lrc") | $((t5 - t4)) |"
+echo
+echo "| benchmark (issue 7) | value | target | met |"
+echo "|---|---|---|---|"
+grep "^SUMMARY" /tmp/qv-gpu-bench-lora.log | sed 's/^SUMMARY//' || echo "| bench_gpu_lora | no summary (see above) | - | - |"
+[ -n "${OUT:-}" ] && cp /tmp/qv-gpu-ctest.log /tmp/qv-gpu-san.log /tmp/qv-gpu-bench.log /tmp/qv-gpu-bench-nograph.log /tmp/qv-gpu-race.log /tmp/qv-gpu-bench-sgmv.log /tmp/qv-gpu-bench-lora.log "$OUT"/ 2>/dev/null
 exit $rc
