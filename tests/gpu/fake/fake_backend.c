@@ -4,15 +4,13 @@
  * qv_backend_cuda_sgmv computed on the host with the x rounding of the real one (bf16). With
  * fake_cudart.c it runs engine/cuda/lora_cuda.c, engine/cuda/adapter_pool.c and forward.c's
  * LoRA hooks end to end on a machine without a GPU. With QV_FAKE_DEVICE_OPS=1 it also has the
- * device-only entries (download, gather_rows, argmax) and the stats/probe calls that
- * bench_gpu_lora uses, so the benchmark's host logic runs too (its timings mean nothing).
+ * device-only entries (download, gather_rows, argmax) and the stats calls that bench_gpu_lora
+ * uses (with fake_probe.c), so the benchmark's host logic runs too (its timings mean nothing).
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/cuda/backend_cuda.h"
-#include "engine/cuda/cuda_probe.h"
 #include "engine/dtype.h"
 
 static struct qv_backend_i fake_iface;
@@ -65,13 +63,6 @@ size_t qv_backend_cuda_weight_bytes(const qv_backend *be) {
 void qv_backend_cuda_stats(const qv_backend *be, qv_cuda_stats *out) {
     (void)be;
     memset(out, 0, sizeof(*out));
-}
-
-int qv_cuda_device_name(char *buf, size_t len, int *major, int *minor) {
-    snprintf(buf, len, "fake CUDA runtime (host memory; timings mean nothing)");
-    *major = 0;
-    *minor = 0;
-    return 0;
 }
 
 void qv_cuda_opts_default(qv_cuda_opts *o) { memset(o, 0, sizeof(*o)); }

@@ -4,7 +4,8 @@
 # their semantics in fake_cudart.c) and test_cuda_lora (engine/cuda/lora_cuda.c, the pool and
 # forward.c's LoRA hooks against the CPU LoRA path, with fake_backend.c as the "cuda" backend),
 # the engine's adapter prefetch (fake_engine_prefetch.c) and bench_gpu_lora --quick (host logic
-# only; its timings mean nothing), all under ASan+UBSan. A developer check, not part of ctest: it needs the CUDA headers and a
+# only; its timings mean nothing; once with fake_backend.c, once with the real backend_cuda.c
+# over tests/gpu/fakeops/fake_ops.c), all under ASan+UBSan. A developer check, not part of ctest: it needs the CUDA headers and a
 # CPU-only core library (its forward.c is rebuilt here with QV_HAVE_CUDA).
 #   bash tests/gpu/fake/run_fake.sh [build dir of a -DQV_CUDA=OFF -DQV_SANITIZE_ADDRESS=ON build]
 # Exit status: 0 when all pass.
@@ -35,9 +36,17 @@ cc -o "$out/lora" "$g/test_cuda_lora.c" "$g/gpu_util.c" "$root/tests/test_util.c
 cc -o "$out/prefetch" "$g/fake/fake_engine_prefetch.c" "$root/tests/test_util.c" \
     "$root/engine/engine.c" "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" \
     "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" "$g/fake/fake_backend.c"
-cc -o "$out/bench_lora" "$g/bench_gpu_lora.c" "$root/engine/forward.c" \
-    "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" \
-    "$root/engine/cuda/synth_model.c" "$g/fake/fake_cudart.c" "$g/fake/fake_backend.c"
+bench_src=("$g/bench_gpu_lora.c" "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c"
+           "$root/engine/cuda/lora_cuda.c" "$root/engine/cuda/synth_model.c"
+           "$g/fake/fake_cudart.c" "$g/fake/fake_probe.c")
+cc -o "$out/bench_lora" "${bench_src[@]}" "$g/fake/fake_backend.c"
+# the same with the REAL backend_cuda.c host logic (staging of the SGMV tables, deferred
+# launches) over tests/gpu/fakeops/fake_ops.c (kernel semantics; graphs off)
+have_ops=0
+if [[ -f $g/fakeops/fake_ops.c ]]; then
+    cc -o "$out/bench_lora_ops" "${bench_src[@]}" "$root/engine/cuda/backend_cuda.c" \
+        "$g/fakeops/fake_ops.c" && have_ops=1
+fi
 rc=0
 "$out/sgmv" 2>&1 | grep -Ev "^quiver info" | grep -E "OK|FAIL|ERROR|bitwise|pool:|outside tolerance: [1-9]" || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
@@ -48,5 +57,11 @@ QV_CUDA_ADAPTER_POOL_MB=64 "$out/lora" 2>&1 | grep -Ev "^quiver info" || true
 QV_FAKE_DEVICE_OPS=1 "$out/bench_lora" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
     2>&1 | grep -Ev "^quiver (info|debug)" || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+if [[ $have_ops -eq 1 ]]; then
+    echo "== bench_gpu_lora --quick on the real backend_cuda.c (fakeops, QV_CUDA_GRAPHS=0)"
+    QV_CUDA_GRAPHS=0 "$out/bench_lora_ops" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
+        2>&1 | grep -E "^SUMMARY|failed|ERROR|error" || true
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+fi
 echo "fake-device run: $([[ $rc -eq 0 ]] && echo pass || echo FAIL)"
 exit $rc
