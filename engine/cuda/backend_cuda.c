@@ -1096,6 +1096,7 @@ static void tuning_fix(qv_cuda_tuning *t) {
     t->fuse_swiglu = t->gemv_new && t->fuse_swiglu;
     t->fuse_rope_kv = !!t->fuse_rope_kv;
     t->kv_bf16 = !!t->kv_bf16;
+    t->pdl = !!t->pdl;
 }
 
 static void tuning_from_env(qv_cuda_tuning *t) {
@@ -1105,6 +1106,7 @@ static void tuning_from_env(qv_cuda_tuning *t) {
     t->fuse_swiglu = env_flag("QV_CUDA_FUSE_SWIGLU", all);
     t->fuse_rope_kv = env_flag("QV_CUDA_FUSE_ROPE_KV", all);
     t->kv_bf16 = env_flag("QV_CUDA_KV_BF16", 0);
+    t->pdl = env_flag("QV_CUDA_PDL", 0);
     tuning_fix(t);
 }
 
@@ -1118,6 +1120,7 @@ void qv_backend_cuda_set_tuning(qv_backend *be, const qv_cuda_tuning *t) {
     invalidate_xh(cx);
     cx->tune = *t;
     tuning_fix(&cx->tune);
+    qv_cuda_set_pdl(cx->tune.pdl);
     if (cx->mode == MODE_EAGER) /* recorded graphs hold the old kernels */
         for (int i = 0; i < MAX_GRAPHS; i++)
             if (cx->graphs[i].exec) {
@@ -1179,6 +1182,7 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
     const char *genv = getenv("QV_CUDA_GRAPHS");
     cx->graphs_on = !(genv && strcmp(genv, "0") == 0);
     tuning_from_env(&cx->tune);
+    qv_cuda_set_pdl(cx->tune.pdl);
     if (!CU_OK(cx, cudaSetDevice(o.device)) ||
         !CU_OK(cx, cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking)) ||
         !BLAS_OK(cx, cublasCreate(&cx->blas)) ||
@@ -1232,9 +1236,9 @@ static qv_status create_common(const qv_cuda_opts *o_in, size_t weight_bytes, si
             (double)free_b / 1073741824.0, (double)cx->w_size / 1048576.0,
             (double)cx->a_size / 1048576.0, (double)(cx->xh_elems * 4) / 1048576.0,
             (double)cx->m_size / 1048576.0);
-    QV_LOGI("cuda backend: gemv %s, fusions norm %d swiglu %d rope+kv %d, KV %s",
+    QV_LOGI("cuda backend: gemv %s, fusions norm %d swiglu %d rope+kv %d, KV %s, PDL %d",
             cx->tune.gemv_new ? "new" : "old", cx->tune.fuse_norm, cx->tune.fuse_swiglu,
-            cx->tune.fuse_rope_kv, cx->tune.kv_bf16 ? "bf16" : "f32");
+            cx->tune.fuse_rope_kv, cx->tune.kv_bf16 ? "bf16" : "f32", cx->tune.pdl);
     *out = be;
     return QV_OK;
 fail:

@@ -101,9 +101,12 @@ void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv
  *     fuse_rope_kv: RoPE of q and k and the KV store in one launch
  *   QV_CUDA_KV_BF16=1       kv_bf16: K/V pages stored bf16 (attention sums in fp32); the pool
  *                           keeps its F32-sized allocation (a layer uses its first half)
+ *   QV_CUDA_PDL=1           pdl: programmatic dependent launch for the backend's own kernels
+ *                           (process-wide, qv_cuda_set_pdl): a kernel's blocks start while the
+ *                           previous kernel drains; GEMVs prefetch weights into L2 meanwhile
  * A value 0/old turns a switch off. */
 typedef struct qv_cuda_tuning {
-    int gemv_new, fuse_norm, fuse_swiglu, fuse_rope_kv, kv_bf16;
+    int gemv_new, fuse_norm, fuse_swiglu, fuse_rope_kv, kv_bf16, pdl;
 } qv_cuda_tuning;
 /* The switches in effect. Thread: the backend's thread. */
 void qv_backend_cuda_get_tuning(const qv_backend *be, qv_cuda_tuning *out);

@@ -29,6 +29,61 @@
         return 0;                                                                                  \
     } while (0)
 
+/* Programmatic dependent launch (QV_CUDA_PDL=1, sm_90): launches carry the programmatic
+ * stream serialization attribute, so a kernel's blocks may start while the previous kernel's
+ * last blocks still run. Every kernel here first lets its own dependents launch, then waits
+ * (griddepcontrol.wait: the previous grid complete and its memory visible) before it touches
+ * memory another kernel writes; only the GEMVs prefetch their weight rows into L2 before the
+ * wait (weights are read-only). Without the attribute both instructions are no-ops. */
+static int g_pdl;
+
+static __device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+#define PDL_ENTER()                                                                                \
+    do {                                                                                           \
+        pdl_trigger();                                                                             \
+        pdl_wait();                                                                                \
+    } while (0)
+
+/* Prefetches bytes [p, p + n) into L2, 128-byte lines spread over the block's threads. */
+static __device__ __forceinline__ void prefetch_l2(const void *p, size_t n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    for (size_t o = (size_t)threadIdx.x * 128; o < n; o += (size_t)blockDim.x * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"((const char *)p + o));
+#endif
+}
+
+extern "C" void qv_cuda_set_pdl(int on) { g_pdl = on; }
+
+/* kernel<<<grid, block, 0, s>>>(args...), with the PDL attribute when g_pdl is set. A failed
+ * launch is left for cudaGetLastError (LAUNCH_CHECK). */
+template <typename... KArgs, typename... Args>
+static void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t s, Args... args) {
+    if (!g_pdl) {
+        kernel<<<grid, block, 0, s>>>(args...);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1] = {};
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = s;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    (void)cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
+
 static unsigned blocks_for(size_t n, unsigned threads) {
     size_t b = (n + threads - 1) / threads;
     if (b > 65535u * 16u) b = 65535u * 16u; /* grid-stride loops cover the rest */
@@ -43,6 +98,7 @@ static __device__ __forceinline__ float half_load(const void *p, size_t i, int f
 /* ---- conversions, fills ---- */
 
 static __global__ void k_f32_to_half(const float *x, void *y, size_t n, int fp16) {
+    PDL_ENTER();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         if (fp16)
@@ -53,7 +109,7 @@ static __global__ void k_f32_to_half(const float *x, void *y, size_t n, int fp16
 }
 
 extern "C" int qv_cuda_f32_to_half(const float *x, void *y, size_t n, int fp16, cudaStream_t s) {
-    k_f32_to_half<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n, fp16);
+    launch(k_f32_to_half, blocks_for(n, 256), 256, s, x, y, n, fp16);
     LAUNCH_CHECK("f32_to_half");
 }
 
@@ -65,6 +121,7 @@ static __device__ __forceinline__ uint64_t mix64(uint64_t z) {
 }
 
 static __global__ void k_fill_random(void *dst, size_t n, int fp16, uint64_t seed, float scale) {
+    PDL_ENTER();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         uint64_t r = mix64(seed * 0x100000001b3ull + i);
@@ -79,18 +136,19 @@ static __global__ void k_fill_random(void *dst, size_t n, int fp16, uint64_t see
 
 extern "C" int qv_cuda_fill_random_half(void *dst, size_t n, int fp16, uint64_t seed, float scale,
                                         cudaStream_t s) {
-    k_fill_random<<<blocks_for(n, 256), 256, 0, s>>>(dst, n, fp16, seed, scale);
+    launch(k_fill_random, blocks_for(n, 256), 256, s, dst, n, fp16, seed, scale);
     LAUNCH_CHECK("fill_random_half");
 }
 
 static __global__ void k_fill_f32(float *dst, size_t n, float value) {
+    PDL_ENTER();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         dst[i] = value;
 }
 
 extern "C" int qv_cuda_fill_f32(float *dst, size_t n, float value, cudaStream_t s) {
-    k_fill_f32<<<blocks_for(n, 256), 256, 0, s>>>(dst, n, value);
+    launch(k_fill_f32, blocks_for(n, 256), 256, s, dst, n, value);
     LAUNCH_CHECK("fill_f32");
 }
 
@@ -98,6 +156,7 @@ extern "C" int qv_cuda_fill_f32(float *dst, size_t n, float value, cudaStream_t 
 
 static __global__ void k_get_rows(const void *table, int fp16, const int32_t *ids, int cols,
                                   float *out) {
+    PDL_ENTER();
     const size_t src = (size_t)ids[blockIdx.x] * (size_t)cols;
     float *o = out + (size_t)blockIdx.x * (size_t)cols;
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
@@ -107,11 +166,12 @@ static __global__ void k_get_rows(const void *table, int fp16, const int32_t *id
 extern "C" int qv_cuda_get_rows(const void *table, int fp16, const int32_t *ids, int n, int cols,
                                 float *out, cudaStream_t s) {
     if (n <= 0) return 0;
-    k_get_rows<<<n, 256, 0, s>>>(table, fp16, ids, cols, out);
+    launch(k_get_rows, n, 256, s, table, fp16, ids, cols, out);
     LAUNCH_CHECK("get_rows");
 }
 
 static __global__ void k_gather_rows(const float *src, const int32_t *idx, int width, float *dst) {
+    PDL_ENTER();
     const float *a = src + (size_t)idx[blockIdx.x] * (size_t)width;
     float *o = dst + (size_t)blockIdx.x * (size_t)width;
     for (int c = threadIdx.x; c < width; c += blockDim.x)
@@ -121,7 +181,7 @@ static __global__ void k_gather_rows(const float *src, const int32_t *idx, int w
 extern "C" int qv_cuda_gather_rows(const float *src, const int32_t *idx, int n, int width,
                                    float *dst, cudaStream_t s) {
     if (n <= 0) return 0;
-    k_gather_rows<<<n, 256, 0, s>>>(src, idx, width, dst);
+    launch(k_gather_rows, n, 256, s, src, idx, width, dst);
     LAUNCH_CHECK("gather_rows");
 }
 
@@ -161,6 +221,7 @@ static __device__ float block_max(float v, float *red) {
 /* ---- rmsnorm ---- */
 
 static __global__ void k_rmsnorm(const float *x, const float *w, int dim, float eps, float *y) {
+    PDL_ENTER();
     __shared__ double red[32];
     const float *xr = x + (size_t)blockIdx.x * (size_t)dim;
     float *yr = y + (size_t)blockIdx.x * (size_t)dim;
@@ -177,7 +238,7 @@ static __global__ void k_rmsnorm(const float *x, const float *w, int dim, float 
 extern "C" int qv_cuda_rmsnorm(const float *x, const float *w, int n, int dim, float eps, float *y,
                                cudaStream_t s) {
     if (n <= 0) return 0;
-    k_rmsnorm<<<n, 256, 0, s>>>(x, w, dim, eps, y);
+    launch(k_rmsnorm, n, 256, s, x, w, dim, eps, y);
     LAUNCH_CHECK("rmsnorm");
 }
 
@@ -190,6 +251,7 @@ static __device__ __forceinline__ void half_store(void *p, size_t i, float v, in
 
 static __global__ void k_rmsnorm_half(const float *x, const float *w, int dim, float eps, float *y,
                                       void *yh, int fp16) {
+    PDL_ENTER();
     __shared__ double red[32];
     const float *xr = x + (size_t)blockIdx.x * (size_t)dim;
     float *yr = y + (size_t)blockIdx.x * (size_t)dim;
@@ -210,12 +272,13 @@ static __global__ void k_rmsnorm_half(const float *x, const float *w, int dim, f
 extern "C" int qv_cuda_rmsnorm_half(const float *x, const float *w, int n, int dim, float eps,
                                     float *y, void *yh, int fp16, cudaStream_t s) {
     if (n <= 0) return 0;
-    k_rmsnorm_half<<<n, 256, 0, s>>>(x, w, dim, eps, y, yh, fp16);
+    launch(k_rmsnorm_half, n, 256, s, x, w, dim, eps, y, yh, fp16);
     LAUNCH_CHECK("rmsnorm_half");
 }
 
 static __global__ void k_swiglu_half(const float *g, const float *u, float *o, void *oh, int fp16,
                                      size_t n) {
+    PDL_ENTER();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         const float a = g[i];
@@ -227,7 +290,7 @@ static __global__ void k_swiglu_half(const float *g, const float *u, float *o, v
 
 extern "C" int qv_cuda_swiglu_half(const float *gate, const float *up, float *out, void *oh,
                                    int fp16, size_t n, cudaStream_t s) {
-    k_swiglu_half<<<blocks_for(n, 256), 256, 0, s>>>(gate, up, out, oh, fp16, n);
+    launch(k_swiglu_half, blocks_for(n, 256), 256, s, gate, up, out, oh, fp16, n);
     LAUNCH_CHECK("swiglu_half");
 }
 
@@ -235,6 +298,7 @@ extern "C" int qv_cuda_swiglu_half(const float *gate, const float *up, float *ou
 
 static __global__ void k_rope(float *x1, int h1, float *x2, int h2, int head_dim,
                               const int32_t *pos, const float *inv_freq) {
+    PDL_ENTER();
     const int half = head_dim / 2;
     const float p = (float)pos[blockIdx.x];
     float *r1 = x1 + (size_t)blockIdx.x * (size_t)h1 * (size_t)head_dim;
@@ -254,20 +318,21 @@ static __global__ void k_rope(float *x1, int h1, float *x2, int h2, int head_dim
 extern "C" int qv_cuda_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos,
                             const float *inv_freq, cudaStream_t s) {
     if (n <= 0) return 0;
-    k_rope<<<n, 128, 0, s>>>(x, n_heads, NULL, 0, head_dim, pos, inv_freq);
+    launch(k_rope, n, 128, s, x, n_heads, (float *)NULL, 0, head_dim, pos, inv_freq);
     LAUNCH_CHECK("rope");
 }
 
 extern "C" int qv_cuda_rope2(float *x1, int h1, float *x2, int h2, int n, int head_dim,
                              const int32_t *pos, const float *inv_freq, cudaStream_t s) {
     if (n <= 0) return 0;
-    k_rope<<<n, 128, 0, s>>>(x1, h1, x2, h2, head_dim, pos, inv_freq);
+    launch(k_rope, n, 128, s, x1, h1, x2, h2, head_dim, pos, inv_freq);
     LAUNCH_CHECK("rope2");
 }
 
 /* ---- element-wise ---- */
 
 static __global__ void k_swiglu(const float *g, const float *u, float *o, size_t n) {
+    PDL_ENTER();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         const float a = g[i];
@@ -277,22 +342,24 @@ static __global__ void k_swiglu(const float *g, const float *u, float *o, size_t
 
 extern "C" int qv_cuda_swiglu(const float *gate, const float *up, float *out, size_t n,
                               cudaStream_t s) {
-    k_swiglu<<<blocks_for(n, 256), 256, 0, s>>>(gate, up, out, n);
+    launch(k_swiglu, blocks_for(n, 256), 256, s, gate, up, out, n);
     LAUNCH_CHECK("swiglu");
 }
 
 static __global__ void k_add(float *y, const float *x, size_t n) {
+    PDL_ENTER();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         y[i] += x[i];
 }
 
 extern "C" int qv_cuda_add(float *y, const float *x, size_t n, cudaStream_t s) {
-    k_add<<<blocks_for(n, 256), 256, 0, s>>>(y, x, n);
+    launch(k_add, blocks_for(n, 256), 256, s, y, x, n);
     LAUNCH_CHECK("add");
 }
 
 static __global__ void k_add_bias(float *y, const float *b, int n_cols, size_t n) {
+    PDL_ENTER();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         y[i] += b[i % (size_t)n_cols];
@@ -301,7 +368,7 @@ static __global__ void k_add_bias(float *y, const float *b, int n_cols, size_t n
 extern "C" int qv_cuda_add_bias(float *y, const float *bias, int n_rows, int n_cols,
                                 cudaStream_t s) {
     const size_t n = (size_t)n_rows * (size_t)n_cols;
-    k_add_bias<<<blocks_for(n, 256), 256, 0, s>>>(y, bias, n_cols, n);
+    launch(k_add_bias, blocks_for(n, 256), 256, s, y, bias, n_cols, n);
     LAUNCH_CHECK("add_bias");
 }
 
@@ -317,6 +384,7 @@ static __device__ __forceinline__ void kv_put(float *base, size_t i, float v, in
 static __global__ void k_kv_store(float *kl, float *vl, int page_size, int kv_dim, const float *k,
                                   const float *v, const int32_t *page, const int32_t *off,
                                   int kv_bf16) {
+    PDL_ENTER();
     const int t = blockIdx.x;
     const size_t dst = ((size_t)page[t] * (size_t)page_size + (size_t)off[t]) * (size_t)kv_dim;
     const size_t src = (size_t)t * (size_t)kv_dim;
@@ -330,7 +398,7 @@ extern "C" int qv_cuda_kv_store(float *k_layer, float *v_layer, int page_size, i
                                 const float *k, const float *v, int n, const int32_t *page,
                                 const int32_t *off, int kv_bf16, cudaStream_t s) {
     if (n <= 0) return 0;
-    k_kv_store<<<n, 128, 0, s>>>(k_layer, v_layer, page_size, kv_dim, k, v, page, off, kv_bf16);
+    launch(k_kv_store, n, 128, s, k_layer, v_layer, page_size, kv_dim, k, v, page, off, kv_bf16);
     LAUNCH_CHECK("kv_store");
 }
 
@@ -340,6 +408,7 @@ static __global__ void k_rope_kv(float *q, int hq, float *k, int hk, const float
                                  const int32_t *pos, const float *inv_freq, float *kl, float *vl,
                                  int page_size, const int32_t *page, const int32_t *off,
                                  int kv_bf16) {
+    PDL_ENTER();
     const int t = blockIdx.x, half = head_dim / 2, kv_dim = hk * head_dim;
     const float p = (float)pos[t];
     float *rq = q + (size_t)t * (size_t)hq * (size_t)head_dim;
@@ -372,14 +441,15 @@ extern "C" int qv_cuda_rope2_kv_store(float *q, int hq, float *k, int hk, const 
                                       const int32_t *page, const int32_t *off, int kv_bf16,
                                       cudaStream_t s) {
     if (n <= 0) return 0;
-    k_rope_kv<<<n, 128, 0, s>>>(q, hq, k, hk, v, head_dim, pos, inv_freq, k_layer, v_layer,
-                                page_size, page, off, kv_bf16);
+    launch(k_rope_kv, n, 128, s, q, hq, k, hk, v, head_dim, pos, inv_freq, k_layer, v_layer,
+           page_size, page, off, kv_bf16);
     LAUNCH_CHECK("rope2_kv_store");
 }
 
 /* ---- argmax: one block per row ---- */
 
 static __global__ void k_argmax(const float *x, int width, int32_t *out) {
+    PDL_ENTER();
     __shared__ float sv[256];
     __shared__ int si[256];
     const float *r = x + (size_t)blockIdx.x * (size_t)width;
@@ -411,7 +481,7 @@ static __global__ void k_argmax(const float *x, int width, int32_t *out) {
 
 extern "C" int qv_cuda_argmax(const float *x, int n, int width, int32_t *out, cudaStream_t s) {
     if (n <= 0) return 0;
-    k_argmax<<<n, 256, 0, s>>>(x, width, out);
+    launch(k_argmax, n, 256, s, x, width, out);
     LAUNCH_CHECK("argmax");
 }
 
@@ -439,6 +509,7 @@ static __device__ __forceinline__ void dot8(const uint4 &w, const uint4 &x, floa
 template <int NT>
 static __global__ void __launch_bounds__(GEMV_THREADS)
     k_gemv(qv_cuda_gemv_segs g, const uint16_t *x, int cols, int n, float beta, int fp16) {
+    PDL_ENTER();
     const int lane = threadIdx.x & 31;
     int r = blockIdx.x * (GEMV_THREADS / 32) + (threadIdx.x >> 5);
     int sg = 0;
@@ -492,13 +563,13 @@ extern "C" int qv_cuda_gemv_multi(const qv_cuda_gemv_segs *g, const void *x, int
     const unsigned blocks = (unsigned)((total + GEMV_THREADS / 32 - 1) / (GEMV_THREADS / 32));
     const uint16_t *xp = (const uint16_t *)x;
     if (n == 1)
-        k_gemv<1><<<blocks, GEMV_THREADS, 0, s>>>(*g, xp, cols, n, beta, fp16);
+        launch(k_gemv<1>, blocks, GEMV_THREADS, s, *g, xp, cols, n, beta, fp16);
     else if (n == 2)
-        k_gemv<2><<<blocks, GEMV_THREADS, 0, s>>>(*g, xp, cols, n, beta, fp16);
+        launch(k_gemv<2>, blocks, GEMV_THREADS, s, *g, xp, cols, n, beta, fp16);
     else if (n <= 4)
-        k_gemv<4><<<blocks, GEMV_THREADS, 0, s>>>(*g, xp, cols, n, beta, fp16);
+        launch(k_gemv<4>, blocks, GEMV_THREADS, s, *g, xp, cols, n, beta, fp16);
     else if (n <= QV_CUDA_GEMV_MAX_N)
-        k_gemv<QV_CUDA_GEMV_MAX_N><<<blocks, GEMV_THREADS, 0, s>>>(*g, xp, cols, n, beta, fp16);
+        launch(k_gemv<QV_CUDA_GEMV_MAX_N>, blocks, GEMV_THREADS, s, *g, xp, cols, n, beta, fp16);
     else {
         fprintf(stderr, "quiver cuda: gemv: n %d > %d (%s:%d)\n", n, QV_CUDA_GEMV_MAX_N, __FILE__,
                 __LINE__);
@@ -620,6 +691,16 @@ static __global__ void __launch_bounds__(G2_THREADS, 2) k_gemv2(qv_cuda_gemv2_ar
         wr[i] = (const uint16_t *)a.g.w[seg[i]] + (size_t)min(row[i], rows - 1) * (size_t)cols;
     }
 
+    /* Weights do not depend on earlier kernels: under PDL their first bytes stream into L2
+     * while the previous kernel finishes. */
+    pdl_trigger();
+    if (a.prefetch) {
+#pragma unroll
+        for (int i = 0; i < G2_R; i++)
+            prefetch_l2(wr[i], (size_t)cols * 2);
+    }
+    pdl_wait();
+
     /* Fused RMSNorm prologue: each token's 1/rms (squares in double, fixed order). */
     float inv[NT];
     if (MODE & G2_NORM) {
@@ -740,10 +821,10 @@ template <int NT>
 static int launch_gemv2(const qv_cuda_gemv2_args *a, unsigned blocks, cudaStream_t s) {
     const int mode = (a->norm_w ? G2_NORM : 0) | (a->swiglu_out ? G2_SWIGLU : 0);
     switch (mode) {
-    case 0: k_gemv2<NT, 0><<<blocks, G2_THREADS, 0, s>>>(*a); break;
-    case G2_NORM: k_gemv2<NT, G2_NORM><<<blocks, G2_THREADS, 0, s>>>(*a); break;
-    case G2_SWIGLU: k_gemv2<NT, G2_SWIGLU><<<blocks, G2_THREADS, 0, s>>>(*a); break;
-    default: k_gemv2<NT, G2_NORM | G2_SWIGLU><<<blocks, G2_THREADS, 0, s>>>(*a); break;
+    case 0: launch(k_gemv2<NT, 0>, blocks, G2_THREADS, s, *a); break;
+    case G2_NORM: launch(k_gemv2<NT, G2_NORM>, blocks, G2_THREADS, s, *a); break;
+    case G2_SWIGLU: launch(k_gemv2<NT, G2_SWIGLU>, blocks, G2_THREADS, s, *a); break;
+    default: launch(k_gemv2<NT, G2_NORM | G2_SWIGLU>, blocks, G2_THREADS, s, *a); break;
     }
     return 0;
 }
@@ -757,6 +838,9 @@ extern "C" int qv_cuda_gemv2(const qv_cuda_gemv2_args *a, cudaStream_t s) {
                 a->n, a->cols, a->g.n_segs, __FILE__, __LINE__);
         return -1;
     }
+    qv_cuda_gemv2_args b = *a;
+    b.prefetch = g_pdl;
+    a = &b;
     unsigned blocks = 0;
     if (a->swiglu_out)
         blocks = (unsigned)((a->g.rows[0] + G2_R / 2 - 1) / (G2_R / 2));
@@ -796,6 +880,7 @@ static __device__ __forceinline__ float kv_load1(const __nv_bfloat16 *p) {
 
 template <typename KV>
 static __global__ void __launch_bounds__(ATT_THREADS) k_attention(qv_cuda_attn_args a) {
+    PDL_ENTER();
     __shared__ float qs[QV_CUDA_MAX_HEAD_DIM];
     __shared__ float sc[ATT_CHUNK];
     __shared__ float red[32];
@@ -918,8 +1003,8 @@ extern "C" int qv_cuda_attention(const qv_cuda_attn_args *a, cudaStream_t s) {
     }
     dim3 grid((unsigned)a->n_heads, (unsigned)a->n_tokens);
     if (a->kv_bf16)
-        k_attention<__nv_bfloat16><<<grid, ATT_THREADS, 0, s>>>(*a);
+        launch(k_attention<__nv_bfloat16>, grid, ATT_THREADS, s, *a);
     else
-        k_attention<float><<<grid, ATT_THREADS, 0, s>>>(*a);
+        launch(k_attention<float>, grid, ATT_THREADS, s, *a);
     LAUNCH_CHECK("attention");
 }

@@ -46,6 +46,11 @@ int qv_cuda_swiglu(const float *gate, const float *up, float *out, size_t n, cud
 int qv_cuda_add(float *y, const float *x, size_t n, cudaStream_t s);
 /* y[r, c] += bias[c] for r < n_rows, c < n_cols. */
 int qv_cuda_add_bias(float *y, const float *bias, int n_rows, int n_cols, cudaStream_t s);
+/* Programmatic dependent launch for every launcher below (process-wide; QV_CUDA_PDL): each
+ * kernel may start while the previous one drains and waits (griddepcontrol.wait) before it
+ * touches memory that kernel writes. Off by default. Thread: set before launching. */
+void qv_cuda_set_pdl(int on);
+
 /* Pool slot of token i: ((page[i]) * page_size + off[i]) * kv_dim within the layer's base.
  * kv_bf16 != 0: the pool holds bf16 elements (same slot index, 2-byte elements: a layer uses the
  * first half of its F32-sized region), k/v rounded to nearest even. */
@@ -118,6 +123,8 @@ typedef struct qv_cuda_gemv2_args {
     void *swiglu_oh;   /* fused SwiGLU output rounded to half */
     int cols, n, fp16;
     float beta;
+    int prefetch; /* set by qv_cuda_gemv2 (PDL on: weight rows prefetched into L2 before the
+                     wait for the previous kernel) */
 } qv_cuda_gemv2_args;
 int qv_cuda_gemv2(const qv_cuda_gemv2_args *a, cudaStream_t s);
 

@@ -45,10 +45,12 @@ MODEL_TEST(test_tiny_mistral, "tests/fixtures/models/tiny-mistral")
  * pages; backend_cuda.h), read from the environment when the backend is created: the same
  * checks and tolerance as above on models with GQA, fp16, q/k/v biases and a sliding window. */
 static void switches(int on) {
-    static const char *vars[3][2] = {
-        {"QV_CUDA_GEMV", "new"}, {"QV_CUDA_FUSE", "1"}, {"QV_CUDA_KV_BF16", "1"}};
-    for (int i = 0; i < 3; i++)
-        if (on)
+    static const char *vars[4][2] = {{"QV_CUDA_GEMV", "new"},
+                                     {"QV_CUDA_FUSE", "1"},
+                                     {"QV_CUDA_KV_BF16", "1"},
+                                     {"QV_CUDA_PDL", "1"}};
+    for (int i = 0; i < 4; i++)
+        if (on && (i < 3 || on > 1))
             setenv(vars[i][0], vars[i][1], 1);
         else
             unsetenv(vars[i][0]);
@@ -145,6 +147,20 @@ static void test_engine_cuda_switches_on(void **state) {
     switches(0);
 }
 
+/* The same with programmatic dependent launch too (QV_CUDA_PDL=1): forward passes and the
+ * engine with graphs. */
+static void test_pdl_tiny_llama_gqa_bf16(void **state) {
+    (void)state;
+    switches(2);
+    run("tests/fixtures/models/tiny-llama-gqa-bf16");
+    switches(0);
+}
+static void test_engine_cuda_pdl(void **state) {
+    switches(2);
+    test_engine_cuda_matches_cpu(state);
+    switches(0);
+}
+
 int main(void) {
     gpu_require_device();
     const struct CMUnitTest tests[] = {
@@ -164,6 +180,8 @@ int main(void) {
         cmocka_unit_test(test_new_tiny_qwen2_hf),
         cmocka_unit_test(test_new_tiny_mistral),
         cmocka_unit_test(test_engine_cuda_switches_on),
+        cmocka_unit_test(test_pdl_tiny_llama_gqa_bf16),
+        cmocka_unit_test(test_engine_cuda_pdl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

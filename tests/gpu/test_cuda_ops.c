@@ -182,8 +182,9 @@ static void test_gemv_group(void **state) {
     free(x);
 }
 
+static int pdl_on; /* test_pdl: every set_tuning keeps programmatic dependent launch on */
 static void set_tuning(int gemv_new, int norm, int swiglu, int rope_kv, int kv_bf16) {
-    const qv_cuda_tuning t = {gemv_new, norm, swiglu, rope_kv, kv_bf16};
+    const qv_cuda_tuning t = {gemv_new, norm, swiglu, rope_kv, kv_bf16, pdl_on};
     qv_backend_cuda_set_tuning(cu, &t);
 }
 static long launches(void) {
@@ -316,6 +317,22 @@ static void test_fused_norm_swiglu(void **state) {
     }
     long a = 0;
     fused_layer_case(2, 2048, 2048, 512, 1024, 1, 1, &a); /* dim of the ~1B config */
+}
+
+static void test_rope_kv_fused(void **state);
+
+/* Programmatic dependent launch (QV_CUDA_PDL=1): the chained ops above with every kernel
+ * allowed to start while its predecessor drains; a missing wait would show as wrong values. */
+static void test_pdl(void **state) {
+    pdl_on = 1;
+    set_tuning(0, 0, 0, 0, 0);
+    matmul_case(QV_DTYPE_F32, 300, 2048, 2, 1);
+    matmul_case2(QV_DTYPE_F32, 128, 256, 1, 1, 1);
+    test_gemv_new(state);
+    test_fused_norm_swiglu(state);
+    test_rope_kv_fused(state);
+    pdl_on = 0;
+    set_tuning(0, 0, 0, 0, 0);
 }
 
 static void test_get_rows_gather_argmax(void **state) {
@@ -661,6 +678,7 @@ int main(void) {
         cmocka_unit_test(test_fused_norm_swiglu),
         cmocka_unit_test(test_attention_kv_bf16),
         cmocka_unit_test(test_rope_kv_fused),
+        cmocka_unit_test(test_pdl),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 #else
