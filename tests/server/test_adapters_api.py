@@ -376,8 +376,15 @@ def run(store, servers):
     p = fix[2][2][0]
     st, r = complete(srv6, "slow-ia3", p[0], p[2])
     check(st == 200 and text_of(r) == solo[(fix[2][0], 0)], "the slowed upload serves")
+    # SIGTERM while an upload is being validated: the drain waits for its answer (201).
+    th = threading.Thread(target=slow_upload, args=("drain", "slow-drain", ia3_files))
+    th.start()
+    time.sleep(0.5)
     rc = srv6.stop()
-    check(rc == 0, f"sixth server exits 0 ({rc})")
+    th.join(60)
+    st_d = up.get("drain", (0, None))[0]
+    check(rc == 0 and st_d == 201, f"SIGTERM during an upload's validation: 201 ({st_d}), "
+          f"exit 0 ({rc})")
 
     # `quiver chat --adapter NAME` resolves NAME through the same store.
     env = dict(os.environ, QUIVER_ADAPTER_STORE=store)
