@@ -26,8 +26,8 @@
  *    resumes the connection with the result. The registry is confined to the engine thread:
  *    a request naming an adapter acquires its version there (waiting in server.await_head
  *    while it loads; loader workers wake the loop through the same async handle) and releases
- *    it when the engine drops the request. Listings that show residency and deletes run on the
- * engine thread as an admin_job, with the same refcount and suspend/resume rules as `request`.
+ *    it when the engine drops the request. Listings that show residency and deletes run on
+ *    the engine thread as admin_jobs (same refcount and suspend/resume rules as `request`).
  *  - libmicrohttpd's own diagnostics go through qv_log (mhd_log): peers that vanish are debug
  *    lines, anything else a warning.
  */
@@ -1840,19 +1840,18 @@ static enum MHD_Result handle_lora_unload(server *srv, struct MHD_Connection *c,
 static void set_route(conn_ctx *ctx, const char *method, const char *url) {
     static const char hex[] = "0123456789ABCDEF";
     size_t o = 0, cap = sizeof(ctx->route);
-    char tmp[sizeof(ctx->route)];
-    snprintf(tmp, sizeof(tmp), "%.16s ", method);
-    for (const char *p = tmp; *p && o + 1 < cap; p++)
-        ctx->route[o++] = *p;
-    for (const unsigned char *p = (const unsigned char *)url; *p; p++) {
-        bool plain = *p > 0x20 && *p < 0x7f;
-        if (o + (plain ? 1 : 3) + 1 > cap) break;
-        if (plain) {
-            ctx->route[o++] = (char)*p;
-        } else {
-            ctx->route[o++] = '%';
-            ctx->route[o++] = hex[*p >> 4];
-            ctx->route[o++] = hex[*p & 15];
+    const char *parts[] = {method, " ", url};
+    for (size_t k = 0; k < QV_ARRAY_LEN(parts); k++) {
+        for (const unsigned char *p = (const unsigned char *)parts[k]; *p; p++) {
+            bool plain = (*p > 0x20 && *p < 0x7f) || k == 1;
+            if (o + (plain ? 1 : 3) + 1 > cap) break;
+            if (plain) {
+                ctx->route[o++] = (char)*p;
+            } else {
+                ctx->route[o++] = '%';
+                ctx->route[o++] = hex[*p >> 4];
+                ctx->route[o++] = hex[*p & 15];
+            }
         }
     }
     ctx->route[o] = '\0';
