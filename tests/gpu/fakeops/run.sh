@@ -30,9 +30,11 @@ cc -o "$out/ops" "$g/test_cuda_ops.c" "${common[@]}"
 cc -o "$out/fwd" "$g/test_cuda_forward.c" "$root/engine/forward.c" "$root/engine/engine.c" \
     "$root/engine/cuda/lora_cuda.c" "$root/engine/cuda/adapter_pool.c" \
     "${common[@]}"
+cc -o "$out/lora" "$g/test_cuda_lora.c" "$root/engine/forward.c" "$root/engine/cuda/lora_cuda.c" \
+    "$root/engine/cuda/adapter_pool.c" "${common[@]}"
 rc=0
 for sw in "" "QV_CUDA_GEMV=new QV_CUDA_FUSE=1 QV_CUDA_KV_BF16=1"; do
-    for t in ops fwd; do
+    for t in ops fwd lora; do
         echo "== $t ${sw:-(switches off)}"
         env QV_CUDA_GRAPHS=0 $sw "$out/$t" 2>&1 | grep -Ev "^quiver info" || true
         [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
