@@ -382,7 +382,10 @@ static int section_a(bench *bx, qv_adapter **ads, double wbytes) {
         ratio[1][r] = tps[2][r] / tps[0][r];
     }
     const qv_model_config *c = &bx->m->cfg;
-    const double kv = (double)B * (ctx_sum / ctx_n) * (double)qv_kv_bytes_per_token(c);
+    /* F32 pages; QV_CUDA_KV_BF16=1 stores them as bf16 */
+    const char *kvb = getenv("QV_CUDA_KV_BF16");
+    const double kv_scale = kvb && strcmp(kvb, "1") == 0 ? 0.5 : 1.0;
+    const double kv = (double)B * (ctx_sum / ctx_n) * (double)qv_kv_bytes_per_token(c) * kv_scale;
     const double A = (double)bx->ad_bytes;
     const double R32 = (wbytes + kv) / (wbytes + kv + 32.0 * A);
     const double R1 = (wbytes + kv) / (wbytes + kv + A);

@@ -12,6 +12,9 @@
  *    request run alone on the same engine (prefetch changes no output).
  * Control: a request admitted as soon as it arrives uploads its adapter in a later step, so
  * the counter would see uploads there.
+ * Forward level: with a pool that holds two adapters, a prefetch queued before a run whose
+ * adapter is resident but least recently used evicts the other (previous run's) adapter, not
+ * the one the run uses (the queue is issued after the run holds its adapters).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,7 +26,10 @@
 #include <cmocka.h>
 
 #include "adapters/adapters.h"
+#include "engine/cuda/backend_cuda.h"
 #include "engine/engine.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
 #include "test_util.h"
 
 #define MODEL "tests/fixtures/models/tiny-llama-gqa"
@@ -180,10 +186,120 @@ static void test_control_no_wait(void **state) {
         qv_adapter_free(ads[i]);
 }
 
+/* ---- forward level: a prefetch never evicts the adapters of the run that issues it ---- */
+
+/* A rank-64 LoRA on all seven projections of tiny-llama-gqa (F32, small random values):
+ * 3456 * 64 * 2 bytes = 432 KiB as bf16, 7 pages of 64 KiB, so a 1 MiB pool (16 pages) holds
+ * two of them and not three. */
+static qv_adapter *big_adapter(const qv_model *m, float *vals, size_t n_vals, unsigned seed) {
+    const qv_model_config *c = &m->cfg;
+    qv_adapter *ad = calloc(1, sizeof(*ad));
+    ad->layers = calloc((size_t)c->n_layers, sizeof(qv_adapter_layer));
+    ad->kind = QV_ADAPTER_LORA;
+    ad->n_layers = c->n_layers;
+    ad->dim = c->dim;
+    ad->n_vocab = c->n_vocab;
+    ad->n_kv_heads = c->n_kv_heads;
+    ad->head_dim = c->head_dim;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int p = 0; p < QV_PROJ_COUNT; p++) {
+            qv_lora *lo = &ad->layers[l].lora[p];
+            const int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+            lo->rank = 64;
+            lo->scale = 0.5f;
+            lo->n_in = p == QV_PROJ_O ? q : p == QV_PROJ_DOWN ? c->n_ff : c->dim;
+            lo->n_out = p == QV_PROJ_Q                         ? q
+                        : p == QV_PROJ_K || p == QV_PROJ_V     ? kv
+                        : p == QV_PROJ_GATE || p == QV_PROJ_UP ? c->n_ff
+                                                               : c->dim;
+            lo->wtype = QV_DTYPE_F32;
+            seed = seed * 1664525u + 1013904223u;
+            lo->a = vals + (seed >> 8) % (n_vals - (size_t)lo->rank * lo->n_in);
+            seed = seed * 1664525u + 1013904223u;
+            lo->b = vals + (seed >> 8) % (n_vals - (size_t)lo->n_out * lo->rank);
+            ad->n_bytes += 4u * (size_t)lo->rank * (size_t)(lo->n_in + lo->n_out);
+        }
+    return ad;
+}
+
+static void test_prefetch_keeps_running_adapters(void **state) {
+    (void)state;
+    setenv("QV_CUDA_ADAPTER_POOL_MB", "1", 1);
+    qv_error err = {0};
+    qv_model *m = NULL;
+    qv_backend *be = NULL;
+    qv_kv_cache *kv = NULL;
+    qv_forward *f = NULL;
+    if (qv_model_load(qv_test_path(MODEL), &m, &err) != QV_OK ||
+        qv_backend_cuda_create(m, NULL, &be, &err) != QV_OK ||
+        qv_kv_cache_create(be, &m->cfg, 4, 16, &kv, &err) != QV_OK ||
+        qv_forward_create(m, be, kv, 16, &f, &err) != QV_OK)
+        fail_msg("setup: %s", err.msg);
+    const size_t n_vals = (size_t)1 << 18;
+    float *vals = malloc(n_vals * sizeof(float));
+    for (size_t i = 0; i < n_vals; i++)
+        vals[i] = (float)((i * 2654435761u) % 1000u) * 1e-5f - 0.005f;
+    qv_adapter *X = big_adapter(m, vals, n_vals, 1), *W = big_adapter(m, vals, n_vals, 2),
+               *Y = big_adapter(m, vals, n_vals, 3);
+    qv_kv_seq seq = {0};
+    assert_int_equal(qv_kv_seq_reserve(kv, &seq, 8), QV_OK);
+    float *logits = malloc(sizeof(float) * (size_t)m->cfg.n_vocab);
+    unsigned long long up[4];
+    const qv_adapter *use[4] = {X, W, X, X};
+    for (int k = 0; k < 4; k++) {
+        if (k == 2) assert_int_equal(qv_forward_prefetch_adapter(f, Y, &err), QV_OK);
+        const int32_t tok = 5, pos = k, sq = 0, li = 0, seg_start[2] = {0, 1};
+        const qv_kv_seq *sp[1] = {&seq};
+        const struct qv_adapter *seg_ad[1] = {use[k]};
+        qv_batch b = {.n_tokens = 1,
+                      .tokens = &tok,
+                      .pos = &pos,
+                      .seq = &sq,
+                      .n_seqs = 1,
+                      .seqs = sp,
+                      .n_logits = 1,
+                      .logits_idx = &li,
+                      .n_segs = 1,
+                      .seg_start = seg_start,
+                      .seg_adapter = seg_ad};
+        unsigned long long b0 = qv_fake_h2d_bytes;
+        if (qv_forward_run(f, &b, logits, &err) != QV_OK) fail_msg("run %d: %s", k, err.msg);
+        up[k] = qv_fake_h2d_bytes - b0;
+    }
+    qv_forward_adapter_stats fs;
+    qv_forward_adapter_stats_get(f, &fs);
+    printf("forward prefetch: uploads per run %llu %llu %llu %llu; pool %zu bytes, %llu "
+           "evictions, prefetches %llu (uploads %llu)\n",
+           up[0], up[1], up[2], up[3], fs.pool_bytes, (unsigned long long)fs.evictions,
+           (unsigned long long)fs.prefetches, (unsigned long long)fs.prefetch_uploads);
+    /* run 2 (X, resident but least recently used, W held by run 1 until run 2 begins): only
+     * Y's image is uploaded (it evicts W, not X); run 3 finds X resident */
+    assert_true(up[0] > 0 && up[1] == up[0]);
+    assert_true(up[2] == up[0]);
+    assert_true(up[3] == 0);
+    assert_int_equal(fs.prefetches, 1);
+    assert_int_equal(fs.prefetch_uploads, 1);
+    assert_int_equal(fs.evictions, 1);
+    qv_kv_seq_release(kv, &seq);
+    free(logits);
+    qv_adapter *all[3] = {X, W, Y};
+    for (int i = 0; i < 3; i++) {
+        free(all[i]->layers);
+        free(all[i]);
+    }
+    free(vals);
+    qv_forward_destroy(f);
+    qv_kv_cache_destroy(kv);
+    be->iface->destroy(be);
+    qv_model_free(m);
+    unsetenv("QV_CUDA_ADAPTER_POOL_MB");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefetch_waiting),
         cmocka_unit_test(test_control_no_wait),
+        cmocka_unit_test(test_prefetch_keeps_running_adapters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
