@@ -340,6 +340,20 @@ int qv_cuda_gemv2(const qv_cuda_gemv2_args *a, cudaStream_t s) {
         (a->swiglu_out && (a->g.n_segs != 2 || a->g.rows[0] != a->g.rows[1] || a->beta != 0.0f)))
         return -1;
     const int cols = a->cols, n = a->n;
+    /* the kernel's preconditions (a GPU would fault or race where the fake would not) */
+    const size_t xb = (size_t)n * cols;
+#define ALIGNED(p) (((uintptr_t)(p)&15) == 0)
+#define OVERLAP(p, pb, q, qb)                                                                      \
+    ((const char *)(p) < (const char *)(q) + (qb) && (const char *)(q) < (const char *)(p) + (pb))
+    if (!(a->norm_w ? ALIGNED(a->x) && ALIGNED(a->norm_w) : ALIGNED(a->xh))) return -1;
+    for (int i = 0; i < a->g.n_segs; i++)
+        if (!ALIGNED(a->g.w[i])) return -1;
+    if (a->norm_w && a->norm_y && OVERLAP(a->norm_y, xb * 4, a->x, xb * 4)) return -1;
+    if (a->swiglu_out) {
+        const size_t ob = (size_t)n * a->g.rows[0] * 2;
+        if (!a->norm_w && OVERLAP(a->swiglu_oh, ob, a->xh, xb * 2)) return -1;
+        if (a->norm_yh && OVERLAP(a->swiglu_oh, ob, a->norm_yh, xb * 2)) return -1;
+    }
     /* the input as the kernel sees it: half values */
     uint16_t *xin = malloc(sizeof(uint16_t) * (size_t)n * cols);
     if (a->norm_w) {
