@@ -652,7 +652,9 @@ static __device__ __forceinline__ void g2_step(const qv_cuda_gemv2_args &a, int 
 }
 
 template <int NT, int MODE>
-static __global__ void __launch_bounds__(G2_THREADS, 2) k_gemv2(qv_cuda_gemv2_args a) {
+static __global__ void __launch_bounds__(G2_THREADS, NT == 1   ? 4
+                                                     : NT == 2 ? 3
+                                                               : 2) k_gemv2(qv_cuda_gemv2_args a) {
     __shared__ float part[G2_WARPS][G2_R][NT];
     __shared__ double red[G2_WARPS][NT];
     __shared__ float inv_s[NT];
