@@ -108,6 +108,12 @@ typedef struct pf_stream {
 /* Prefetches bytes [off, off + len) of the stream (hints only: addresses past the end of `next`
  * are harmless). */
 QV_AVX2_INLINE void pf_range(const pf_stream *ps, size_t off, size_t len) {
+    if (!ps->w) return;       /* weights already in this core's caches */
+    if (off + len <= ps->n) { /* the common case: straight-line prefetches (len is a constant) */
+        for (size_t q = 0; q < len; q += 64)
+            _mm_prefetch(ps->w + off + q, _MM_HINT_T0);
+        return;
+    }
     for (size_t q = off & ~(size_t)63; q < off + len; q += 64) {
         if (q < ps->n)
             _mm_prefetch(ps->w + q, _MM_HINT_T0);
@@ -295,15 +301,18 @@ static size_t w_bytes(const qv__lora_seg *g, int n) {
     return (size_t)g->rank * (size_t)n * (g->wtype == QV_DTYPE_F32 ? 4 : 2);
 }
 
-/* Shrink of one row; the prefetch stream runs on into B (read next by a fused item). */
-static void shrink_one(const lora_task *t, const qv__lora_seg *g, int row, float *out) {
+/* Shrink of one row; cold: the first row of the segment this thread computes (its weights are
+ * not in this core's caches yet), which prefetches along A and on into B (read next by a fused
+ * item). */
+static void shrink_one(const lora_task *t, const qv__lora_seg *g, int row, float *out, bool cold) {
     size_t ldx;
     int n_in;
     const float *x = seg_x(t, g, &ldx, &n_in) + (size_t)(g->t0 + row) * ldx;
     const void *a = seg_a(g);
 #if QV_LORA_X86
     if (t->simd) {
-        const pf_stream ps = {a, w_bytes(g, n_in), t->mode == MODE_FUSED ? seg_b(g) : NULL};
+        const pf_stream ps = {cold ? a : NULL, w_bytes(g, n_in),
+                              t->mode == MODE_FUSED ? seg_b(g) : NULL};
         shrink_row_avx2(x, a, g->wtype, g->rank, n_in, out, &ps);
         return;
     }
@@ -314,10 +323,11 @@ static void shrink_one(const lora_task *t, const qv__lora_seg *g, int row, float
             g->wtype, n_in);
 }
 
-/* Outputs [o0, min(o1, n_out)) of one row; o1 < 0 means n_out. `next`: the weights read after
- * this (prefetched as B runs out), or NULL. */
+/* Outputs [o0, min(o1, n_out)) of one row; o1 < 0 means n_out. pf: prefetch along B (the
+ * thread's first row of the segment) and on into `next`, the weights read after this (its last
+ * row; NULL: none). */
 static void expand_one(const lora_task *t, const qv__lora_seg *g, int row, const float *z, int o0,
-                       int o1, const void *next) {
+                       int o1, bool pf, const void *next) {
     size_t ldy;
     int n_out;
     float *y = seg_y(t, g, &ldy, &n_out) + (size_t)(g->t0 + row) * ldy;
@@ -325,11 +335,12 @@ static void expand_one(const lora_task *t, const qv__lora_seg *g, int row, const
     if (o1 < 0 || o1 > n_out) o1 = n_out;
 #if QV_LORA_X86
     if (t->simd) {
-        const pf_stream ps = {b, w_bytes(g, n_out), next};
+        const pf_stream ps = {pf ? b : NULL, w_bytes(g, n_out), next};
         expand_row_avx2(b, g->wtype, z, g->rank, g->b_bias, g->scale, y, o0, o1, &ps);
         return;
     }
 #else
+    (void)pf;
     (void)next;
 #endif
     const size_t esz = g->wtype == QV_DTYPE_F32 ? 4 : 2;
@@ -356,17 +367,18 @@ static void run_part(const lora_task *t, int part, int nth) {
         for (int64_t i = i0; i < i1; i++) {
             const int row = (int)(i / nb), blk = (int)(i % nb);
             float *z = t->tmp + off + (size_t)row * (size_t)g->rank;
+            /* first: the thread's first row of this segment (its weights are not in this core's
+             * caches yet: prefetch); last: its last row (prefetch the next segment's A) */
+            const bool first = row == (int)(i0 / nb), last = i == i1 - 1;
             switch (t->mode) {
-            case MODE_SHRINK: shrink_one(t, g, row, z); break;
+            case MODE_SHRINK: shrink_one(t, g, row, z, first); break;
             case MODE_EXPAND:
-                expand_one(t, g, row, z, blk * EXPAND_BLOCK, (blk + 1) * EXPAND_BLOCK, NULL);
+                expand_one(t, g, row, z, blk * EXPAND_BLOCK, (blk + 1) * EXPAND_BLOCK, first, NULL);
                 break;
-            case MODE_FUSED: /* the next row reads the same A, or the next segment's */
-                shrink_one(t, g, row, z);
-                expand_one(t, g, row, z, 0, -1,
-                           row + 1 < g->n      ? seg_a(g)
-                           : s + 1 < t->n_segs ? seg_a(g + 1)
-                                               : NULL);
+            case MODE_FUSED: /* the last row runs on into the next segment's A */
+                shrink_one(t, g, row, z, first);
+                expand_one(t, g, row, z, 0, -1, first || last,
+                           last && s + 1 < t->n_segs ? seg_a(g + 1) : NULL);
                 break;
             }
         }
