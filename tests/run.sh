@@ -45,16 +45,19 @@ fi
 
 if [[ "${QV_SKIP_TSAN:-0}" != 1 ]]; then
     # The tests whose code runs on several threads: the CPU thread pool, the adapter registry's
-    # loader workers, a tokenizer shared by threads, and the engine on the CPU pool.
+    # loader workers, a tokenizer shared by threads, the engine on the CPU pool, and the whole
+    # server (tests/server/test_http_tsan.sh runs only against a TSan-built binary).
     tsan_tests="test_cpu_threadpool test_registry test_tokenizer_misc test_engine"
     step "TSan build (threaded tests)"
     cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DQV_SANITIZE_THREAD=ON \
         -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
     # shellcheck disable=SC2086
-    cmake --build build-tsan -j"$jobs" --target $tsan_tests
+    cmake --build build-tsan -j"$jobs" --target $tsan_tests quiver
     step "tests (TSan)"
     TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure \
         -R "^($(tr ' ' '|' <<<"$tsan_tests"))\$"
+    step "HTTP smoke test (TSan: the server's HTTP, engine, worker and signal threads)"
+    QV_TSAN=1 ctest --test-dir build-tsan --output-on-failure -R '^test_http_tsan_sh$'
 fi
 
 if [[ "${QV_SKIP_ASAN:-0}" != 1 ]]; then
