@@ -240,31 +240,27 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
         if (rt->ents[i].ad == ad) e = i;
     if (e >= 0 && rt->ents[e].fp == fp) return e;
     if (e < 0) {
-        if (rt->n_ents == rt->cap_ents) {
-            /* drop entries whose version left the pool before growing */
-            int k = 0;
-            for (int i = 0; i < rt->n_ents; i++) {
-                if (qv_cuda_adapter_pool_find(rt->pool, rt->ents[i].key) < 0)
-                    qv_free(rt->ents[i].mat);
-                else
-                    rt->ents[k++] = rt->ents[i];
+        /* Reuse an entry whose version left the pool. Entries never move: the current step's
+         * segments name theirs by index (begin assigns them one segment at a time, and a
+         * prefetch may come after begin), and their versions are held, so never reused. */
+        for (int i = 0; i < rt->n_ents && e < 0; i++)
+            if (qv_cuda_adapter_pool_find(rt->pool, rt->ents[i].key) < 0) e = i;
+        if (e < 0) {
+            if (rt->n_ents == rt->cap_ents) {
+                int cap = rt->cap_ents ? 2 * rt->cap_ents : 16;
+                lora_ent *p = qv_realloc(rt->ents, (size_t)cap * sizeof(lora_ent));
+                if (!p) return -1;
+                rt->ents = p;
+                rt->cap_ents = cap;
             }
-            rt->n_ents = k;
+            e = rt->n_ents++;
+            rt->ents[e] = (lora_ent){0};
         }
-        if (rt->n_ents == rt->cap_ents) {
-            int cap = rt->cap_ents ? 2 * rt->cap_ents : 16;
-            lora_ent *p = qv_realloc(rt->ents, (size_t)cap * sizeof(lora_ent));
-            if (!p) return -1;
-            rt->ents = p;
-            rt->cap_ents = cap;
-        }
-        e = rt->n_ents++;
-        rt->ents[e] = (lora_ent){0};
     }
     lora_ent *en = &rt->ents[e];
     if (!en->mat) en->mat = qv_malloc((size_t)ad->n_layers * N_PROJ * sizeof(int));
     if (!en->mat) {
-        rt->n_ents--;
+        *en = (lora_ent){0}; /* key 0 is never resident: a free entry */
         return -1;
     }
     en->ad = ad;

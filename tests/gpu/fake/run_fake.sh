@@ -3,7 +3,8 @@
 # test_cuda_sgmv (pool staging/layout, segment tables, the test harness; the kernels replaced by
 # their semantics in fake_cudart.c) and test_cuda_lora (engine/cuda/lora_cuda.c, the pool and
 # forward.c's LoRA hooks against the CPU LoRA path, with fake_backend.c as the "cuda" backend),
-# the engine's adapter prefetch (fake_engine_prefetch.c) and bench_gpu_lora --quick (host logic
+# the engine's adapter prefetch (fake_engine_prefetch.c), adapter churn through a small pool
+# against the CPU (fake_lora_churn.c) and bench_gpu_lora --quick (host logic
 # only; its timings mean nothing; once with fake_backend.c, once with the real backend_cuda.c
 # over tests/gpu/fakeops/fake_ops.c), all under ASan+UBSan. A developer check, not part of ctest: it needs the CUDA headers and a
 # CPU-only core library (its forward.c is rebuilt here with QV_HAVE_CUDA).
@@ -36,6 +37,9 @@ cc -o "$out/lora" "$g/test_cuda_lora.c" "$g/gpu_util.c" "$root/tests/test_util.c
 cc -o "$out/prefetch" "$g/fake/fake_engine_prefetch.c" "$root/tests/test_util.c" \
     "$root/engine/engine.c" "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" \
     "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" "$g/fake/fake_backend.c"
+cc -o "$out/churn" "$g/fake/fake_lora_churn.c" "$root/tests/test_util.c" "$root/engine/forward.c" \
+    "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" \
+    "$g/fake/fake_backend.c"
 bench_src=("$g/bench_gpu_lora.c" "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c"
            "$root/engine/cuda/lora_cuda.c" "$root/engine/cuda/synth_model.c"
            "$g/fake/fake_cudart.c" "$g/fake/fake_probe.c")
@@ -53,6 +57,8 @@ rc=0
 QV_CUDA_ADAPTER_POOL_MB=64 "$out/lora" 2>&1 | grep -Ev "^quiver info" || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
 "$out/prefetch" 2>&1 | grep -Ev "^quiver info" || true
+[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+"$out/churn" 2>&1 | grep -Ev "^quiver info" || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
 QV_FAKE_DEVICE_OPS=1 "$out/bench_lora" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
     2>&1 | grep -Ev "^quiver (info|debug)" || true
