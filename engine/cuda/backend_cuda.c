@@ -786,16 +786,20 @@ static void cu_add(qv_backend *be, float *y, const float *x, size_t n_elems) {
     (void)RUN(cx, qv_cuda_add(y, x, n_elems, cx->stream));
 }
 
-static size_t layer_offset(const qv_kv_pool *pool, int layer) {
-    return (size_t)layer * (size_t)pool->n_pages * (size_t)pool->page_size *
-           (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
+/* Start of a layer's K (or V) region, in floats from pool->k (pool->v). With kv_bf16 the
+ * layers are packed at 2 bytes per element (layer l starts at l * elems * 2 bytes), so a pool of
+ * half the F32 size holds them all (kv_dim is even: head_dim is). */
+static size_t layer_offset(const qv_kv_pool *pool, int layer, int kv_bf16) {
+    const size_t elems = (size_t)layer * (size_t)pool->n_pages * (size_t)pool->page_size *
+                         (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
+    return kv_bf16 ? elems / 2 : elems;
 }
 
 static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float *k, const float *v,
                         int n, const int32_t *slot_page, const int32_t *slot_off) {
     cuda_ctx *cx = ctx_of(be);
     const size_t room = 2 * align_up((size_t)n * sizeof(int32_t));
-    const size_t lo = layer_offset(pool, layer);
+    const size_t lo = layer_offset(pool, layer, cx->tune.kv_bf16);
     /* fuse_rope_kv: the pending RoPE of q and this k runs with the store */
     if (cx->pr.active && cx->pr.both && !cx->pg.active && !cx->pn.active && !cx->failed &&
         k == cx->pr.x2 && n == cx->pr.n && pool->head_dim == cx->pr.hd &&
@@ -863,7 +867,7 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer, cons
     const int32_t *d_seq = stage(cx, ab->tok_seq, (size_t)ab->n_tokens * sizeof(int32_t));
     const int32_t *d_pos = stage(cx, ab->tok_pos, (size_t)ab->n_tokens * sizeof(int32_t));
     if (!d_tab || !d_seq || !d_pos) return;
-    const size_t lo = layer_offset(pool, layer);
+    const size_t lo = layer_offset(pool, layer, cx->tune.kv_bf16);
     const size_t n_out = (size_t)ab->n_tokens * (size_t)ab->n_heads * (size_t)ab->head_dim;
     const int fuse = n_out <= cx->xh_elems;
     qv_cuda_attn_args a = {

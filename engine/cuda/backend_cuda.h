@@ -99,8 +99,9 @@ void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv
  *     fuse_norm:    RMSNorm folded into the prologue of the next GEMV group (needs gemv_new)
  *     fuse_swiglu:  SwiGLU folded into the gate/up GEMV group's epilogue (needs gemv_new)
  *     fuse_rope_kv: RoPE of q and k and the KV store in one launch
- *   QV_CUDA_KV_BF16=1       kv_bf16: K/V pages stored bf16 (attention sums in fp32); the pool
- *                           keeps its F32-sized allocation (a layer uses its first half)
+ *   QV_CUDA_KV_BF16=1       kv_bf16: K/V pages stored bf16 (attention sums in fp32), layers
+ *                           packed at 2 bytes per element: the first half of a pool allocated
+ *                           for F32 is used (qv_backend_cuda_kv_elem_bytes for sizing)
  *   QV_CUDA_PDL=1           pdl: programmatic dependent launch for the backend's own kernels
  *                           (process-wide, qv_cuda_set_pdl): a kernel's blocks start while the
  *                           previous kernel drains; GEMVs prefetch weights into L2 meanwhile

@@ -457,8 +457,14 @@ static void attention_case2(int head_dim, int window, int kv_bf16, int round_kv)
     qv_kv_pool dp = hp;
     hp.k = cpu->iface->alloc(cpu, pool_elems * 4);
     hp.v = cpu->iface->alloc(cpu, pool_elems * 4);
-    dp.k = cu->iface->alloc(cu, pool_elems * 4);
-    dp.v = cu->iface->alloc(cu, pool_elems * 4);
+    /* a bf16 pool needs half the bytes: each half-size pool is followed by a guard block (the
+     * arena is a bump allocator) that must come back untouched */
+    enum { GUARD = 4096 };
+    dp.k = cu->iface->alloc(cu, pool_elems * (size_t)(kv_bf16 ? 2 : 4));
+    float *guard_want[2] = {rand_host(GUARD, 1.0f), rand_host(GUARD, 1.0f)};
+    float *guard_k = to_dev(guard_want[0], GUARD);
+    dp.v = cu->iface->alloc(cu, pool_elems * (size_t)(kv_bf16 ? 2 : 4));
+    float *guard_v = to_dev(guard_want[1], GUARD);
     assert_true(hp.k && hp.v && dp.k && dp.v);
     static const int lens[3] = {600, 37, 5};
     int32_t perm[256];
@@ -531,9 +537,18 @@ static void attention_case2(int head_dim, int window, int kv_bf16, int round_kv)
     snprintf(label, sizeof label, "attention head_dim %d window %d kv %s%s", head_dim, window,
              kv_bf16 ? "bf16" : "f32", round_kv ? " (inputs bf16-exact)" : "");
     check(label, got, want, qn, kv_bf16 && !round_kv ? 1e-2 : 1e-4);
+    for (int i = 0; i < 2; i++) {
+        float *gg = from_dev(i ? guard_v : guard_k, GUARD);
+        if (memcmp(gg, guard_want[i], GUARD * sizeof(float)) != 0)
+            fail_msg("%s: the store wrote past the %s pool", label, i ? "V" : "K");
+        free(gg);
+        free(guard_want[i]);
+    }
     cu->iface->free(cu, dout);
     cu->iface->free(cu, dq);
+    cu->iface->free(cu, guard_v);
     cu->iface->free(cu, dp.v);
+    cu->iface->free(cu, guard_k);
     cu->iface->free(cu, dp.k);
     cpu->iface->free(cpu, hp.k);
     cpu->iface->free(cpu, hp.v);
@@ -572,8 +587,8 @@ static void rope_kv_case(int head_dim, int kv_bf16) {
     qv_kv_pool hp = {1, n_pages, page_size, nkv, head_dim, NULL, NULL}, dp = hp;
     hp.k = cpu->iface->alloc(cpu, pool_elems * 4);
     hp.v = cpu->iface->alloc(cpu, pool_elems * 4);
-    dp.k = cu->iface->alloc(cu, pool_elems * 4);
-    dp.v = cu->iface->alloc(cu, pool_elems * 4);
+    dp.k = cu->iface->alloc(cu, pool_elems * (size_t)(kv_bf16 ? 2 : 4));
+    dp.v = cu->iface->alloc(cu, pool_elems * (size_t)(kv_bf16 ? 2 : 4));
     assert_true(hp.k && hp.v && dp.k && dp.v);
     static const int32_t table[4] = {5, 2, 7, 0};
     const int32_t *pt[1] = {table};
