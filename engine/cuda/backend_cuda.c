@@ -12,6 +12,12 @@
  * is staged again with identical bytes (compared on the host), so the positions and page tables
  * of a batch travel once per step, not once per layer. The bf16 copy of a GEMM input is cached
  * until the next op that writes backend memory, so q/k/v (and gate/up) share one conversion.
+ * Deferred launches (flush_pending, run before any op that could read their outputs): GEMVs on
+ * one input are grouped; with the issue-6 switches (qv_cuda_tuning) an RMSNorm waits to become
+ * the next group's prologue, a gate/up group takes the SwiGLU that follows as its epilogue (its
+ * half output goes to the second GEMM-input buffer; the two swap and are reset at step_begin so
+ * recorded graphs see the same pointers), and the RoPE of q and k waits for the KV store. A
+ * deferred launch never reads staging that a ring reset could overwrite (room_without_reset).
  * Thread: confined to the creating thread.
  */
 #include "cuda/backend_cuda.h"

@@ -6,7 +6,11 @@
  * and softmax use the accurate sincosf/expf, no fast-math). Attention: one 128-thread block per
  * (token, head); keys are visited in chunks of ATT_CHUNK positions with an online softmax
  * (running max and sum rescaled per chunk); threads split the dot products by position and the
- * value sums by (position group, dimension). What not: no allocation, no synchronisation.
+ * value sums by (position group, dimension); K/V come from an F32 or a bf16 pool. Skinny GEMMs:
+ * the warp-per-row k_gemv and the split-K k_gemv2 with its fused RMSNorm prologue and SwiGLU
+ * epilogue (cuda_kernels.h). Launches go through launch(), which adds the programmatic
+ * dependent launch attribute when qv_cuda_set_pdl(1) was called; every kernel starts with
+ * griddepcontrol (no-ops otherwise). What not: no allocation, no synchronisation.
  * Thread: launchers run on the host thread that owns the stream.
  */
 #include <stdio.h>
