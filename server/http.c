@@ -376,9 +376,13 @@ static void add_name(char *list, size_t cap, const request *r) {
 }
 
 static void update_gauges(server *srv) {
-    int pages = qv_engine_kv_pages(srv->engine);
-    qv_metrics_gauges(srv->metrics, atomic_load(&srv->n_waiting), qv_engine_n_active(srv->engine),
-                      pages - qv_engine_kv_free_pages(srv->engine), pages);
+    qv_engine_stats es;
+    qv_engine_get_stats(srv->engine, &es);
+    /* Waiting = the server's queues plus sequences added to the engine but not (or no longer,
+     * after a preemption) holding KV pages. */
+    qv_metrics_gauges(srv->metrics, atomic_load(&srv->n_waiting) + es.n_waiting, es.n_running,
+                      es.kv_pages - es.kv_free_pages, es.kv_pages);
+    qv_metrics_scheduler(srv->metrics, es.preemptions, es.recomputed_tokens);
     if (!srv->reg) return;
     qv_registry_stats rs;
     qv_registry_get_stats(srv->reg, &rs);
@@ -403,7 +407,8 @@ static void update_gauges(server *srv) {
         add_name(waiting, sizeof(waiting), r);
     for (const request *r = srv->await_head; r; r = r->next)
         add_name(waiting, sizeof(waiting), r);
-    qv_metrics_adapters(srv->metrics, &st, running, waiting, srv->cfg->max_seqs);
+    qv_metrics_adapters(srv->metrics, &st, running, waiting,
+                        srv->cfg->max_loras > 0 ? srv->cfg->max_loras : srv->cfg->max_seqs);
 }
 
 static void pending_push(server *srv, request *r) {

@@ -31,6 +31,7 @@ struct qv_metrics {
     unsigned long long tokens_in, tokens_out;
     histogram ttft, tpot, e2e;
     int queue_depth, running, kv_used, kv_total;
+    unsigned long long preemptions, recomputed_tokens;
     /* adapters */
     qv_metrics_adapter_stats ad;
     char lora_running[1024], lora_waiting[1024];
@@ -83,6 +84,14 @@ void qv_metrics_gauges(qv_metrics *m, int queue_depth, int running, int kv_used,
     m->running = running;
     m->kv_used = kv_used;
     m->kv_total = kv_total;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_scheduler(qv_metrics *m, unsigned long long preemptions,
+                          unsigned long long recomputed_tokens) {
+    pthread_mutex_lock(&m->mu);
+    m->preemptions = preemptions;
+    m->recomputed_tokens = recomputed_tokens;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -193,6 +202,12 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# HELP quiver_kv_pages_total KV cache pages in the pool.\n"
         "# TYPE quiver_kv_pages_total gauge\nquiver_kv_pages_total %d\n",
         m->queue_depth, m->running, m->kv_used, m->kv_total);
+    put(&b,
+        "# HELP quiver_preemptions_total Sequences preempted by recompute when KV ran out.\n"
+        "# TYPE quiver_preemptions_total counter\nquiver_preemptions_total %llu\n"
+        "# HELP quiver_recomputed_tokens_total Tokens computed again after preemptions.\n"
+        "# TYPE quiver_recomputed_tokens_total counter\nquiver_recomputed_tokens_total %llu\n",
+        m->preemptions, m->recomputed_tokens);
     const qv_metrics_adapter_stats *a = &m->ad;
     put(&b,
         "# HELP quiver_adapter_resident Loaded adapter versions per residency tier.\n"

@@ -24,6 +24,10 @@ void qv_metrics_request(qv_metrics *m, int http_status, int n_in, int n_out, dou
                         double tpot_s, double e2e_s);
 /* Gauges, overwritten by the engine thread after each step. */
 void qv_metrics_gauges(qv_metrics *m, int queue_depth, int running, int kv_used, int kv_total);
+/* Scheduler counters (engine/engine.h qv_engine_stats, totals since start), overwritten by the
+ * engine thread after each step. */
+void qv_metrics_scheduler(qv_metrics *m, unsigned long long preemptions,
+                          unsigned long long recomputed_tokens);
 
 /* Adapter registry numbers (adapters/registry.h stats), overwritten by the engine thread. */
 typedef struct qv_metrics_adapter_stats {
