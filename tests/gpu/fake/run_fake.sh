@@ -49,7 +49,11 @@ cc -o "$out/bench_lora" "${bench_src[@]}" "$g/fake/fake_backend.c"
 have_ops=0
 if [[ -f $g/fakeops/fake_ops.c ]]; then
     cc -o "$out/bench_lora_ops" "${bench_src[@]}" "$root/engine/cuda/backend_cuda.c" \
-        "$g/fakeops/fake_ops.c" && have_ops=1
+        "$g/fakeops/fake_ops.c" &&
+        cc -o "$out/churn_ops" "$g/fake/fake_lora_churn.c" "$root/tests/test_util.c" \
+            "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" \
+            "$root/engine/cuda/lora_cuda.c" "$root/engine/cuda/backend_cuda.c" \
+            "$g/fake/fake_cudart.c" "$g/fakeops/fake_ops.c" && have_ops=1
 fi
 rc=0
 "$out/sgmv" 2>&1 | grep -Ev "^quiver info" | grep -E "OK|FAIL|ERROR|bitwise|pool:|outside tolerance: [1-9]" || true
@@ -67,6 +71,9 @@ if [[ $have_ops -eq 1 ]]; then
     echo "== bench_gpu_lora --quick on the real backend_cuda.c (fakeops, QV_CUDA_GRAPHS=0)"
     QV_CUDA_GRAPHS=0 "$out/bench_lora_ops" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
         2>&1 | grep -E "^SUMMARY|failed|ERROR|error" || true
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+    echo "== adapter churn on the real backend_cuda.c (fakeops, QV_CUDA_GRAPHS=0)"
+    QV_CHURN_TOL=5e-2 QV_CUDA_GRAPHS=0 "$out/churn_ops" 2>&1 | grep -Ev "^quiver info" || true
     [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
 fi
 echo "fake-device run: $([[ $rc -eq 0 ]] && echo pass || echo FAIL)"
