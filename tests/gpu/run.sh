@@ -67,6 +67,14 @@ QV_CUDA_GRAPHS=0 timeout 120 build-gpu/tests/bench_gpu_decode 32 2>&1 | tee /tmp
 echo "== decode benchmark, CUDA graphs on (default) =="
 timeout 120 build-gpu/tests/bench_gpu_decode 32 2>&1 | tee /tmp/qv-gpu-bench.log | grep -v "^quiver info"
 brc=${PIPESTATUS[0]}
+# Issue 6 batch-1 switches (engine/cuda, off by default until measured): old vs new side by side.
+for sw in "QV_CUDA_GEMV=new" "QV_CUDA_FUSE=1 QV_CUDA_GEMV=new" \
+          "QV_CUDA_FUSE=1 QV_CUDA_GEMV=new QV_CUDA_PDL=1" \
+          "QV_CUDA_FUSE=1 QV_CUDA_GEMV=new QV_CUDA_PDL=1 QV_CUDA_KV_BF16=1"; do
+    echo "== decode benchmark, $sw =="
+    # shellcheck disable=SC2086
+    env $sw timeout 90 build-gpu/tests/bench_gpu_decode 32 2>&1 | tee -a /tmp/qv-gpu-bench-switches.log | grep -v "^quiver info"
+done
 t4=$(date +%s)
 echo "== multi-adapter benchmark (bench_gpu_lora, issue 7) =="
 timeout 180 build-gpu/tests/bench_gpu_lora 2>&1 | tee /tmp/qv-gpu-bench-lora.log | grep -Ev "^quiver info|^SUMMARY"
@@ -85,5 +93,5 @@ echo
 echo "| benchmark (issue 7) | value | target | met |"
 echo "|---|---|---|---|"
 grep "^SUMMARY" /tmp/qv-gpu-bench-lora.log | sed 's/^SUMMARY//' || echo "| bench_gpu_lora | no summary (see above) | - | - |"
-[ -n "${OUT:-}" ] && cp /tmp/qv-gpu-ctest.log /tmp/qv-gpu-san.log /tmp/qv-gpu-bench.log /tmp/qv-gpu-bench-nograph.log /tmp/qv-gpu-race.log /tmp/qv-gpu-bench-sgmv.log /tmp/qv-gpu-bench-lora.log "$OUT"/ 2>/dev/null
+[ -n "${OUT:-}" ] && cp /tmp/qv-gpu-ctest.log /tmp/qv-gpu-san.log /tmp/qv-gpu-bench.log /tmp/qv-gpu-bench-nograph.log /tmp/qv-gpu-race.log /tmp/qv-gpu-bench-sgmv.log /tmp/qv-gpu-bench-lora.log /tmp/qv-gpu-bench-switches.log "$OUT"/ 2>/dev/null
 exit $rc
