@@ -27,7 +27,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 quiver=$root/build/quiver
-rounds=5
+rounds=7
 rate=3
 requests=90
 max_tokens=32

@@ -297,9 +297,10 @@ def pct(values, qs=(50, 90, 99)):
 
 
 def decode_rate(recs):
-    """Aggregate decode-phase rate: tokens after each request's first one, divided by the length
-    of the union of the requests' decode intervals [first token, end]. Prefill time (TTFT) is
-    left out, whether requests ran together or one after another."""
+    """Aggregate after-first-token rate: tokens after each request's first one, divided by the
+    length of the union of the requests' intervals [first token, end]. The wait for each
+    request's own first token (its queueing and prefill) is left out, whether requests ran
+    together or one after another; prefill of other requests that overlaps them is not."""
     spans = sorted((r["t_send"] + r["ttft"], r["t_end"]) for r in recs
                    if r["error"] is None and r["ttft"] is not None)
     toks = sum(max((r["completion_tokens"] or 0) - 1, 0) for r in recs
@@ -552,7 +553,7 @@ def print_table(docs):
                      if "per_cpu_second_median" in r else ""))
             if "decode_phase" in r:
                 e = r["decode_phase"]
-                print(f"  decode phase only: {e['ref_tok_s']:.0f} vs {e['other_tok_s']:.0f} tok/s,"
+                print(f"  after first token: {e['ref_tok_s']:.0f} vs {e['other_tok_s']:.0f} tok/s,"
                       f" median {e['median']:.2f}x (min {e['min']:.2f}, max {e['max']:.2f})")
     print("(burst rows: out tok/s is the median over rounds; req/s over the summed round time)")
 
