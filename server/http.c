@@ -265,7 +265,9 @@ static void request_fail(request *r, int status, const char *code, const char *m
     if (!r->done) {
         r->err_status = status;
         r->err_code = code;
-        snprintf(r->err_msg, sizeof(r->err_msg), "%s", msg);
+        size_t n = strnlen(msg, sizeof(r->err_msg) - 1); /* long messages are cut */
+        memcpy(r->err_msg, msg, n);
+        r->err_msg[n] = '\0';
         r->done = true;
         r->finish = "stop";
         r->t_done = qv_time_s();

@@ -397,8 +397,8 @@ static qv_status parse_normalizer(qv_tokenizer *t, const cJSON *n, qv_error *err
         if (!(m->a = qv_strdup(p))) return QV_ERR_NOMEM;
         m->a_len = strlen(p);
     } else if (!strcmp(type, "Replace")) {
-        const char *pat, *content = jstr(n, "content");
-        bool is_re;
+        const char *pat = NULL, *content = jstr(n, "content");
+        bool is_re = false;
         qv_status st = jpattern(n, &pat, &is_re, err);
         if (st) return st;
         if (is_re || !content)
@@ -479,8 +479,8 @@ static qv_status parse_pre(qv_tokenizer *t, const cJSON *n, qv_error *err) {
     memset(p, 0, sizeof(*p));
     qv_status st = QV_OK;
     if (!strcmp(type, "Split")) {
-        const char *pat;
-        bool is_re;
+        const char *pat = NULL;
+        bool is_re = false;
         if ((st = jpattern(n, &pat, &is_re, err))) return st;
         p->kind = QV_PRE_SPLIT;
         if ((st = parse_split_behavior(jstr(n, "behavior"), &p->behavior, err))) return st;
@@ -605,8 +605,8 @@ static qv_status parse_decoder(qv_tokenizer *t, const cJSON *n, qv_error *err) {
     else if (!strcmp(type, "Fuse"))
         d->kind = QV_DEC_FUSE;
     else if (!strcmp(type, "Replace")) {
-        const char *pat, *content = jstr(n, "content");
-        bool is_re;
+        const char *pat = NULL, *content = jstr(n, "content");
+        bool is_re = false;
         if ((st = jpattern(n, &pat, &is_re, err))) return st;
         if (is_re || !content || !*pat)
             return qv_errorf(err, QV_ERR_UNSUPPORTED, "Replace decoder with a regex pattern");
