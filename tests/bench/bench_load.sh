@@ -23,6 +23,7 @@
 #
 # Usage: tests/bench/bench_load.sh [QUIVER_BINARY] [--rounds N] [--rate R] [--requests N]
 #                                  [--max-tokens N] [--out DIR] [--threads N]
+#                                  [--adapter-dtype F32|BF16|F16]   (adapter file dtype; F32 default)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -33,6 +34,7 @@ requests=90
 max_tokens=32
 out=$root/bench-results
 threads=0
+dtype=F32
 while [[ $# -gt 0 ]]; do
     case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -41,7 +43,8 @@ while [[ $# -gt 0 ]]; do
     --max-tokens) max_tokens=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    --adapter-dtype) dtype=$2; shift 2 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     -*) echo "bench_load.sh: unknown option $1" >&2; exit 2 ;;
     *) quiver=$1; shift ;;
     esac
@@ -69,13 +72,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== adapters: 8 x rank-16 LoRA on q,k,v,o,gate,up,down (random, seeds 1234..1241)"
+echo "== adapters: 8 x rank-16 $dtype LoRA on q,k,v,o,gate,up,down (random, seeds 1234..1241)"
 preload=()
 names=()
 while IFS= read -r line; do
     preload+=(--preload "$line")
     names+=("${line%%=*}")
-done < <("$py" "$root/tests/bench/make_adapters.py" "$tmp/adapters" --count 8 --rank 16)
+done < <("$py" "$root/tests/bench/make_adapters.py" "$tmp/adapters" --count 8 --rank 16 --dtype "$dtype")
 adapters=$(IFS=,; echo "${names[*]}")
 
 # start_server NAME EXTRA_FLAGS... : starts quiver serve on a free port; sets url_NAME, pid_NAME.
@@ -131,7 +134,7 @@ echo "== open loop: Poisson $rate req/s, Zipf(1.1) over 8 adapters, $requests re
 echo "== results"
 mkdir -p "$out"
 "$py" "$lg" report "$tmp/pair.json" "$tmp/open.json" --out-json "$out/load.json" \
-    --out-png "$out/load.png" --note "tests/bench/bench_load.sh; quiver $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    --out-png "$out/load.png" --note "tests/bench/bench_load.sh; $dtype adapters; max_tokens $max_tokens; tree at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 "$py" - "$out/load.json" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))

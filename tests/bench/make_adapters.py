@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """make_adapters.py - writes N random, deterministic PEFT LoRA adapters for SmolLM2-135M.
 
-Each adapter is a PEFT directory (adapter_config.json + adapter_model.safetensors, F32) with
+Each adapter is a PEFT directory (adapter_config.json + adapter_model.safetensors, F32 unless
+--dtype says F16 or BF16) with
 rank-R LoRA on all seven projections of every decoder layer (q, k, v, o, gate, up, down), the
 key names and shapes PEFT's save_pretrained writes for LlamaForCausalLM (FORMATS.md 4.1).
 Adapter i uses numpy seed `seed + i`, so reruns produce byte-identical files.
@@ -13,7 +14,7 @@ adapter at rank 16, BENCH.md 4.2).
 
 Not here: training, other architectures (the shapes are SmolLM2-135M's unless overridden).
 
-Usage: make_adapters.py OUT_DIR [--count 8] [--rank 16] [--alpha 32] [--seed 1234]
+Usage: make_adapters.py OUT_DIR [--count 8] [--rank 16] [--alpha 32] [--seed 1234] [--dtype F32]
        prints one "name=dir" line per adapter (the form `quiver serve --preload` takes).
 """
 import argparse
@@ -41,19 +42,32 @@ PROJECTIONS = [
 ]
 
 
-def write_safetensors(path, tensors):
-    """Writes {name: float32 ndarray} as a safetensors file (8-byte LE header length, JSON
-    header padded with spaces to a multiple of 8, then the raw little-endian data)."""
+def to_dtype_bytes(arr, dtype):
+    """float32 ndarray -> little-endian bytes of F32, F16 or BF16 (round to nearest even)."""
+    if dtype == "F32":
+        return arr.astype("<f4").tobytes()
+    if dtype == "F16":
+        return arr.astype("<f2").tobytes()
+    bits = arr.astype("<f4").view("<u4").astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # finite inputs only
+    return bits.astype("<u2").tobytes()
+
+
+def write_safetensors(path, tensors, dtype="F32"):
+    """Writes {name: float32 ndarray} as a safetensors file of `dtype` (F32, F16, BF16): 8-byte
+    LE header length, JSON header padded with spaces to a multiple of 8, then the raw data."""
     header = {"__metadata__": {"format": "pt"}}
     offset = 0
+    width = 4 if dtype == "F32" else 2
     for name, arr in tensors.items():
         assert arr.dtype == np.float32 and arr.flags["C_CONTIGUOUS"]
+        nbytes = arr.size * width
         header[name] = {
-            "dtype": "F32",
+            "dtype": dtype,
             "shape": list(arr.shape),
-            "data_offsets": [offset, offset + arr.nbytes],
+            "data_offsets": [offset, offset + nbytes],
         }
-        offset += arr.nbytes
+        offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     tmp = path + ".tmp"
@@ -61,11 +75,11 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for arr in tensors.values():
-            f.write(arr.astype("<f4", copy=False).tobytes())
+            f.write(to_dtype_bytes(arr, dtype))
     os.replace(tmp, path)
 
 
-def make_adapter(out_dir, seed, rank, alpha, b_std, layers):
+def make_adapter(out_dir, seed, rank, alpha, b_std, layers, dtype="F32"):
     rng = np.random.default_rng(seed)
     tensors = {}
     for layer in range(layers):
@@ -96,7 +110,7 @@ def make_adapter(out_dir, seed, rank, alpha, b_std, layers):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    write_safetensors(os.path.join(out_dir, "adapter_model.safetensors"), tensors)
+    write_safetensors(os.path.join(out_dir, "adapter_model.safetensors"), tensors, dtype)
 
 
 def main():
@@ -109,11 +123,14 @@ def main():
     ap.add_argument("--layers", type=int, default=LAYERS)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--prefix", default="lora", help="adapter names are PREFIX0..PREFIX{N-1}")
+    ap.add_argument("--dtype", default="F32", choices=["F32", "F16", "BF16"],
+                    help="tensor dtype in the file (PEFT saves F32 by default; BF16 when trained "
+                         "in the model's dtype)")
     args = ap.parse_args()
     for i in range(args.count):
         name = f"{args.prefix}{i}"
         d = os.path.join(args.out_dir, name)
-        make_adapter(d, args.seed + i, args.rank, args.alpha, args.b_std, args.layers)
+        make_adapter(d, args.seed + i, args.rank, args.alpha, args.b_std, args.layers, args.dtype)
         print(f"{name}={d}")
 
 
