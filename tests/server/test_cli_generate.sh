@@ -9,12 +9,9 @@
 # Skips (77) only when the model has not been fetched.
 set -euo pipefail
 quiver=$1
-root=${QV_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-model="${QUIVER_HOME:-$HOME/.cache/quiver}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [[ ! -f $model ]]; then
-    echo "SKIP: $model not found (run deploy/fetch-model.sh)"
-    exit 77
-fi
+# shellcheck source=tests/server/lib.sh
+source "$(dirname "$0")/lib.sh"
+qv_need_model
 golden=$root/tests/fixtures/smollm2/golden.json
 fail=0
 expect() { # name, expected-file, actual-file

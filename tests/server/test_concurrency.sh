@@ -5,15 +5,8 @@
 # here when missing). Skips (77) only when the model has not been fetched.
 set -euo pipefail
 quiver=$1
-root=${QV_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-model="${QUIVER_HOME:-$HOME/.cache/quiver}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [[ ! -f $model ]]; then
-    echo "SKIP: $model not found (run deploy/fetch-model.sh)"
-    exit 77
-fi
-venv=$root/.venv-test
-[[ -x $venv/bin/python ]] || python3 -m venv "$venv"
-if ! "$venv/bin/python" -c 'import openai, numpy' 2>/dev/null; then
-    "$venv/bin/pip" install -q -r "$root/tests/server/requirements.txt"
-fi
+# shellcheck source=tests/server/lib.sh
+source "$(dirname "$0")/lib.sh"
+qv_need_model
+qv_venv openai numpy
 exec timeout 880 "$venv/bin/python" "$root/tests/server/test_concurrency.py" "$quiver"

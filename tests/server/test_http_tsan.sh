@@ -20,12 +20,9 @@ if ! grep -q __tsan_init "$quiver"; then
     echo "SKIP: $quiver was not built with -DQV_SANITIZE_THREAD=ON"
     exit 77
 fi
-root=${QV_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-model="${QUIVER_HOME:-$HOME/.cache/quiver}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [[ ! -f $model ]]; then
-    echo "SKIP: $model not found (run deploy/fetch-model.sh)"
-    exit 77
-fi
+# shellcheck source=tests/server/lib.sh
+source "$(dirname "$0")/lib.sh"
+qv_need_model
 python=$root/.venv-test/bin/python
 [[ -x $python ]] || python=python3
 
@@ -38,24 +35,9 @@ cleanup() {
 trap cleanup EXIT
 # Report every race (not only the first) and keep serving; the log is checked at the end.
 export TSAN_OPTIONS="${TSAN_OPTIONS:-} halt_on_error=0 exitcode=66"
-"$quiver" serve --model "$model" --port 0 --threads 2 --http-threads 2 \
+qv_serve "$tmp/server.log" --model "$model" --port 0 --threads 2 --http-threads 2 \
     --adapter-store "$tmp/store" --preload "shouting=$root/deploy/demo-adapters/shouting" \
-    --api-key k --admin-key a --max-tokens-limit 4 --max-seqs 8 --drain-timeout-s 60 \
-    2>"$tmp/server.log" &
-pid=$!
-port=
-for _ in $(seq 1 600); do
-    port=$(sed -n 's/.*listening on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' "$tmp/server.log")
-    [[ -n $port ]] && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-done
-if [[ -z $port ]]; then
-    echo "FAIL: the server did not start"
-    cat "$tmp/server.log"
-    exit 1
-fi
-echo "server on port $port"
+    --api-key k --admin-key a --max-tokens-limit 4 --max-seqs 8 --drain-timeout-s 60
 
 rc=0
 timeout 500 "$python" - "$port" "$pid" "$root" <<'EOF' || rc=$?

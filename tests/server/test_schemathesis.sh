@@ -11,17 +11,10 @@
 # QV_SCHEMATHESIS_EXAMPLES the count). Skips (77) only when the model has not been fetched.
 set -euo pipefail
 quiver=$1
-root=${QV_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-model="${QUIVER_HOME:-$HOME/.cache/quiver}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [[ ! -f $model ]]; then
-    echo "SKIP: $model not found (run deploy/fetch-model.sh)"
-    exit 77
-fi
-venv=$root/.venv-test
-[[ -x $venv/bin/python ]] || python3 -m venv "$venv"
-if [[ ! -x $venv/bin/schemathesis ]]; then
-    "$venv/bin/pip" install -q -r "$root/tests/server/requirements.txt"
-fi
+# shellcheck source=tests/server/lib.sh
+source "$(dirname "$0")/lib.sh"
+qv_need_model
+qv_venv schemathesis
 
 tmp=$(mktemp -d /tmp/quiver-schemathesis.XXXXXX)
 pid=
@@ -33,25 +26,10 @@ trap cleanup EXIT
 api_key=st-api-key
 admin_key=st-admin-key
 mkdir -p "$tmp/load"
-"$quiver" serve --model "$model" --port 0 --threads 2 --adapter-store "$tmp/store" \
+qv_serve "$tmp/server.log" --model "$model" --port 0 --threads 2 --adapter-store "$tmp/store" \
     --preload "shouting=$root/deploy/demo-adapters/shouting" \
     --api-key "$api_key" --admin-key "$admin_key" --adapter-load-dir "$tmp/load" \
-    --max-tokens-limit 8 --max-prompt-tokens 256 --max-body-bytes 262144 --max-seqs 8 \
-    2>"$tmp/server.log" &
-pid=$!
-port=
-for _ in $(seq 1 300); do
-    port=$(sed -n 's/.*listening on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' "$tmp/server.log")
-    [[ -n $port ]] && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-done
-if [[ -z $port ]]; then
-    echo "FAIL: the server did not start"
-    cat "$tmp/server.log"
-    exit 1
-fi
-echo "server on port $port"
+    --max-tokens-limit 8 --max-prompt-tokens 256 --max-body-bytes 262144 --max-seqs 8
 
 checks=not_a_server_error,status_code_conformance,content_type_conformance
 checks+=,response_headers_conformance,response_schema_conformance,negative_data_rejection
