@@ -292,14 +292,7 @@ const char *qv__adapter_parse_proj(const char *path, int *layer, enum qv_proj *p
     return NULL;
 }
 
-void qv__adapter_proj_dims(const qv_adapter *ad, const qv_model *base, enum qv_proj p, int *n_out,
-                           int *n_in) {
-    (void)ad;
-    if (!base) {
-        *n_out = *n_in = -1;
-        return;
-    }
-    const qv_model_config *m = &base->cfg;
+void qv_proj_dims(const qv_model_config *m, enum qv_proj p, int *n_out, int *n_in) {
     int q = m->n_heads * m->head_dim, kv = m->n_kv_heads * m->head_dim;
     switch (p) {
     case QV_PROJ_Q: *n_out = q, *n_in = m->dim; break;
@@ -310,6 +303,28 @@ void qv__adapter_proj_dims(const qv_adapter *ad, const qv_model *base, enum qv_p
     case QV_PROJ_UP: *n_out = m->n_ff, *n_in = m->dim; break;
     default: *n_out = m->dim, *n_in = m->n_ff; break;
     }
+}
+
+int qv_proj_n_in(const qv_model_config *c, enum qv_proj p) {
+    int n_out, n_in;
+    qv_proj_dims(c, p, &n_out, &n_in);
+    return n_in;
+}
+
+int qv_proj_n_out(const qv_model_config *c, enum qv_proj p) {
+    int n_out, n_in;
+    qv_proj_dims(c, p, &n_out, &n_in);
+    return n_out;
+}
+
+void qv__adapter_proj_dims(const qv_adapter *ad, const qv_model *base, enum qv_proj p, int *n_out,
+                           int *n_in) {
+    (void)ad;
+    if (!base) {
+        *n_out = *n_in = -1;
+        return;
+    }
+    qv_proj_dims(&base->cfg, p, n_out, n_in);
 }
 
 /* ---- base name check ---- */

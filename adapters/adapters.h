@@ -198,6 +198,12 @@ void qv_adapter_describe(const qv_adapter *ad, FILE *f);
 float qv_lora_a_at(const qv_lora *lo, size_t i);
 float qv_lora_b_at(const qv_lora *lo, size_t i);
 
+/* Output and input widths of projection p in a model of config c (the weight is (n_out, n_in)).
+ * Any thread. */
+void qv_proj_dims(const qv_model_config *c, enum qv_proj p, int *n_out, int *n_in);
+int qv_proj_n_in(const qv_model_config *c, enum qv_proj p);
+int qv_proj_n_out(const qv_model_config *c, enum qv_proj p);
+
 /* Names ("LORA", "q_proj", "relu", ...). Never NULL. */
 const char *qv_adapter_kind_name(enum qv_adapter_kind k);
 const char *qv_proj_name(enum qv_proj p);

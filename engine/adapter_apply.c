@@ -208,28 +208,9 @@ void qv_adapter_rt_embed(qv_adapter_rt *rt, float *x) {
 
 /* ---- projections ---- */
 
-static int proj_n_in(const qv_model_config *c, enum qv_proj p) {
-    switch (p) {
-    case QV_PROJ_O: return c->n_heads * c->head_dim;
-    case QV_PROJ_DOWN: return c->n_ff;
-    default: return c->dim;
-    }
-}
-
-static int proj_n_out(const qv_model_config *c, enum qv_proj p) {
-    switch (p) {
-    case QV_PROJ_Q: return c->n_heads * c->head_dim;
-    case QV_PROJ_K:
-    case QV_PROJ_V: return c->n_kv_heads * c->head_dim;
-    case QV_PROJ_GATE:
-    case QV_PROJ_UP: return c->n_ff;
-    default: return c->dim;
-    }
-}
-
 void qv_adapter_rt_proj_input(qv_adapter_rt *rt, int layer, enum qv_proj p, float *x_in) {
     const qv_batch *b = rt->b;
-    const size_t n_in = (size_t)proj_n_in(&rt->m->cfg, p);
+    const size_t n_in = (size_t)qv_proj_n_in(&rt->m->cfg, p);
     for (int s = 0; s < b->n_segs; s++) {
         const qv_adapter *ad = seg_ad(rt, s);
         if (!ad || !ad->layers[layer].ia3[p] || !ad->layers[layer].ia3_input[p]) continue;
@@ -247,12 +228,12 @@ void qv_adapter_rt_projs(qv_adapter_rt *rt, int layer, const enum qv_proj *ps, i
     const qv_batch *b = rt->b;
     const qv_model_config *c = &rt->m->cfg;
     QV_ASSERT(n_p >= 1 && n_p <= 3);
-    const int n_in = proj_n_in(c, ps[0]);
+    const int n_in = qv_proj_n_in(c, ps[0]);
     int n_l = 0;
     for (int k = 0; k < n_p; k++) {
         const enum qv_proj p = ps[k];
-        const int n_out = proj_n_out(c, p);
-        QV_ASSERT(proj_n_in(c, p) == n_in);
+        const int n_out = qv_proj_n_out(c, p);
+        QV_ASSERT(qv_proj_n_in(c, p) == n_in);
         for (int s = 0; s < b->n_segs; s++) {
             const qv_adapter *ad = seg_ad(rt, s);
             int t0 = b->seg_start[s], t1 = b->seg_start[s + 1];
@@ -282,7 +263,7 @@ void qv_adapter_rt_projs(qv_adapter_rt *rt, int layer, const enum qv_proj *ps, i
         qv__lora_apply(rt->be, rt->lsegs, n_l, x_in, (size_t)n_in, n_in, rt->tmp, 0, NULL, 0);
     for (int k = 0; k < n_p; k++) {
         const enum qv_proj p = ps[k];
-        const int n_out = proj_n_out(c, p);
+        const int n_out = qv_proj_n_out(c, p);
         const float *bias = biases[k];
         for (int s = 0; s < b->n_segs; s++) {
             const qv_adapter *ad = seg_ad(rt, s);

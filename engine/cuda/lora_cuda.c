@@ -58,20 +58,6 @@ static uint64_t fbits(float f) {
     return u;
 }
 
-static int proj_n_in(const qv_model_config *c, int p) {
-    return p == QV_PROJ_O ? c->n_heads * c->head_dim : p == QV_PROJ_DOWN ? c->n_ff : c->dim;
-}
-static int proj_n_out(const qv_model_config *c, int p) {
-    switch (p) {
-    case QV_PROJ_Q: return c->n_heads * c->head_dim;
-    case QV_PROJ_K:
-    case QV_PROJ_V: return c->n_kv_heads * c->head_dim;
-    case QV_PROJ_GATE:
-    case QV_PROJ_UP: return c->n_ff;
-    default: return c->dim;
-    }
-}
-
 qv_status qv_cuda_lora_rt_create(const qv_model *m, qv_backend *be, int max_tokens,
                                  size_t pool_bytes, qv_cuda_lora_rt **out, qv_error *err) {
     *out = NULL;
@@ -172,12 +158,13 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
                 return qv_errorf(err, QV_ERR_UNSUPPORTED,
                                  "cuda: LoRA rank %d on layer %d %s exceeds %d", lo->rank, l,
                                  qv_proj_name((enum qv_proj)p), QV_SGMV_MAX_RANK);
-            else if (lo->n_in != proj_n_in(c, p) || lo->n_out != proj_n_out(c, p))
+            else if (lo->n_in != qv_proj_n_in(c, (enum qv_proj)p) ||
+                     lo->n_out != qv_proj_n_out(c, (enum qv_proj)p))
                 return qv_errorf(
                     err, QV_ERR_INVALID,
                     "cuda: LoRA on layer %d %s is (%d -> %d), the model has (%d -> %d)", l,
-                    qv_proj_name((enum qv_proj)p), lo->n_in, lo->n_out, proj_n_in(c, p),
-                    proj_n_out(c, p));
+                    qv_proj_name((enum qv_proj)p), lo->n_in, lo->n_out,
+                    qv_proj_n_in(c, (enum qv_proj)p), qv_proj_n_out(c, (enum qv_proj)p));
         }
     }
     if (feat)
@@ -424,7 +411,7 @@ void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *p
             const int mi = en->mat[layer * N_PROJ + p];
             if (mi < 0) continue;
             const qv_lora *lo = &en->ad->layers[layer].lora[p];
-            const int n_out = proj_n_out(c, p);
+            const int n_out = qv_proj_n_out(c, (enum qv_proj)p);
             rt->tab[k++] = (qv_sgmv_seg){
                 .a = qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], mi),
                 .b = qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], mi + 1),
@@ -446,6 +433,6 @@ void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *p
     if (st != QV_OK) QV_LOGE("cuda lora: %s", err.msg);
     QV_ASSERT(st == QV_OK);
     QV_ASSERT(plan.tmp_floats <= rt->tmp_cap);
-    qv_backend_cuda_sgmv(rt->be, rt->tab, &plan, x_in, rt->n_tokens, proj_n_in(c, (int)ps[0]),
+    qv_backend_cuda_sgmv(rt->be, rt->tab, &plan, x_in, rt->n_tokens, qv_proj_n_in(c, ps[0]),
                          rt->tmp);
 }

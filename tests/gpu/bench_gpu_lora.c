@@ -129,20 +129,6 @@ static double elapsed(const bench *bx) { return qv_time_s() - bx->t_start; }
 
 /* ---- synthetic adapters ---- */
 
-static int proj_in(const qv_model_config *c, int p) {
-    return p == QV_PROJ_O ? c->n_heads * c->head_dim : p == QV_PROJ_DOWN ? c->n_ff : c->dim;
-}
-static int proj_out(const qv_model_config *c, int p) {
-    switch (p) {
-    case QV_PROJ_Q: return c->n_heads * c->head_dim;
-    case QV_PROJ_K:
-    case QV_PROJ_V: return c->n_kv_heads * c->head_dim;
-    case QV_PROJ_GATE:
-    case QV_PROJ_UP: return c->n_ff;
-    default: return c->dim;
-    }
-}
-
 /* A rank-RANK LoRA on all seven projections of every layer; A and B point into the bank at
  * random offsets (the struct owns only its layer array). NULL on NOMEM. */
 static qv_adapter *syn_adapter(bench *bx) {
@@ -166,8 +152,8 @@ static qv_adapter *syn_adapter(bench *bx) {
             qv_lora *lo = &ad->layers[l].lora[p];
             lo->rank = RANK;
             lo->scale = 2.0f; /* alpha 32 / r 16 */
-            lo->n_in = proj_in(c, p);
-            lo->n_out = proj_out(c, p);
+            lo->n_in = qv_proj_n_in(c, (enum qv_proj)p);
+            lo->n_out = qv_proj_n_out(c, (enum qv_proj)p);
             lo->wtype = QV_DTYPE_BF16;
             const size_t na = (size_t)RANK * (size_t)lo->n_in;
             const size_t nb = (size_t)lo->n_out * RANK;
@@ -818,7 +804,8 @@ int main(int argc, char **argv) {
     {
         size_t widest = 0;
         for (int p = 0; p < QV_PROJ_COUNT; p++) {
-            size_t na = (size_t)RANK * (size_t)proj_in(c, p), nb = (size_t)proj_out(c, p) * RANK;
+            size_t na = (size_t)RANK * (size_t)qv_proj_n_in(c, (enum qv_proj)p),
+                   nb = (size_t)qv_proj_n_out(c, (enum qv_proj)p) * RANK;
             widest = QV_MAX(widest, QV_MAX(na, nb));
             bx->ad_bytes += 2 * (na + nb);
         }
