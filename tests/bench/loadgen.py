@@ -563,6 +563,7 @@ def plot(docs, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     rows = series(docs)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
@@ -573,6 +574,8 @@ def plot(docs, path):
             if v:
                 ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(f"{title} (ms, log scale)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"{title} CDF")
