@@ -82,6 +82,7 @@ typedef struct qv_proto_request {
     int top_logprobs; /* alternatives per token, 0..20 */
     bool stream;
     bool include_usage; /* stream_options.include_usage */
+    bool ignore_eos;    /* vLLM extension: keep generating past end-of-generation tokens */
 } qv_proto_request;
 
 /* Decodes a request body of `len` bytes (need not be NUL-terminated) for `endpoint` into *out

@@ -321,7 +321,11 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     const char *text = NULL;
     size_t len = 0;
     bool finished = false;
-    if (qv_detok_push(r->detok, token, &text, &len, &finished) != QV_OK) len = 0;
+    /* With ignore_eos an end-of-generation token is only counted: it adds no text and must
+     * not end the detokenizer's stream. */
+    if (!(eog && r->gp.ignore_eos) &&
+        qv_detok_push(r->detok, token, &text, &len, &finished) != QV_OK)
+        len = 0;
     pthread_mutex_lock(&r->mu);
     r->n_gen++;
     if (r->n_gen == 1) r->t_first = qv_time_s();
@@ -1358,6 +1362,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     ids = NULL;
     qv_gen_params_default(&r->gp);
     r->gp.max_tokens = max_tokens;
+    r->gp.ignore_eos = pr.ignore_eos;
     qv_sampling_params *sp = &r->gp.sampling;
     sp->temperature = pr.temperature;
     sp->top_k = pr.top_k;

@@ -17,8 +17,9 @@ Requests: POST /v1/completions with stream=true and stream_options.include_usage
 measured per request, and the token counts come from the server's usage chunk. The adapter is
 named by `model`. Adapter popularity: uniform, zipf:S (rank k has weight 1/k^S) or distinct
 (request i -> adapter i mod N). Prompts are drawn from a word list (about one token per word
-for this vocabulary); output lengths set max_tokens. quiver has no `ignore_eos`: --ignore-eos
-adds the field for servers that have it; otherwise the actual token counts are what is reported.
+for this vocabulary); output lengths set max_tokens. --ignore-eos sends vLLM's `ignore_eos`
+(quiver and vLLM accept it) so every request runs to max_tokens; otherwise the actual token
+counts are what is reported.
 
 Not here: starting servers, tokenizing (lengths are approximate), non-streaming requests.
 Deterministic: the request list depends only on --seed and the distributions.
@@ -661,7 +662,7 @@ def add_workload_args(p):
                    help="max_tokens distribution, same forms (default fixed:32)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--ignore-eos", action="store_true",
-                   help="send ignore_eos=true (only for servers that support it; quiver does not)")
+                   help="send ignore_eos=true (vLLM extension; quiver accepts it)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--api-key", default=os.environ.get("QUIVER_API_KEY", ""))
     p.add_argument("--request-timeout", type=float, default=600)

@@ -237,6 +237,19 @@ def run_api_tests(srv):
         r2 = client.completions.create(model=base, prompt=ids, max_tokens=32, temperature=0)
         check(r2.choices[0].text == text, f"completion {i} from token ids")
 
+    # ignore_eos (vLLM extension): prompt 0 ends at <|im_end|>, HF's greedy run continues past
+    # it for 32 tokens; with ignore_eos quiver generates all 32, and the text is HF's with the
+    # special tokens skipped.
+    g = GOLDEN["prompts"][0]
+    r = client.completions.create(model=base, prompt=g["text"], max_tokens=32, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    want = g["greedy_text"]
+    for sp in ("<|im_end|>", "<|im_start|>", "<|endoftext|>"):
+        want = want.replace(sp, "")
+    check(r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 32 and
+          r.choices[0].text == want,
+          f"ignore_eos: 32 tokens past <|im_end|>, text {r.choices[0].text!r} (want {want!r})")
+
     # Chat equals HF's greedy answer to the rendered template and `quiver chat`.
     msg = "What is the capital of France? Answer briefly."
     r = client.chat.completions.create(model=base, messages=[{"role": "user", "content": msg}],

@@ -33,7 +33,7 @@ static void test_completion_defaults(void **state) {
     assert_int_equal(r.max_tokens, -1);
     assert_true(r.temperature == 1.0f && r.top_p == 1.0f && r.repetition_penalty == 1.0f);
     assert_int_equal(r.top_k, 0);
-    assert_false(r.stream || r.logprobs || r.has_seed || r.include_usage);
+    assert_false(r.stream || r.logprobs || r.has_seed || r.include_usage || r.ignore_eos);
     assert_int_equal(r.n_stop, 0);
     qv_proto_request_free(&r);
 }
@@ -45,7 +45,7 @@ static void test_completion_all_fields(void **state) {
         "\"top_p\":0.5,\"top_k\":-1,\"min_p\":0.1,\"presence_penalty\":-1.5,"
         "\"frequency_penalty\":2,\"repetition_penalty\":1.3,\"seed\":-1,\"stop\":[\"a\",\"bc\"],"
         "\"logprobs\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true},\"n\":1,"
-        "\"user\":\"ignored\",\"echo\":false}";
+        "\"user\":\"ignored\",\"echo\":false,\"ignore_eos\":true}";
     qv_proto_request r;
     qv_proto_error e;
     assert_int_equal(dec(QV_PROTO_COMPLETIONS, json, &r, &e), QV_OK);
@@ -65,6 +65,7 @@ static void test_completion_all_fields(void **state) {
     assert_true(r.logprobs);
     assert_int_equal(r.top_logprobs, 3);
     assert_true(r.stream && r.include_usage);
+    assert_true(r.ignore_eos);
     qv_proto_request_free(&r);
 }
 
@@ -144,6 +145,7 @@ static void test_errors(void **state) {
     expect_bad(C, "{\"prompt\":\"x\",\"frequency_penalty\":-3}", "frequency_penalty");
     expect_bad(C, "{\"prompt\":\"x\",\"repetition_penalty\":0}", "repetition_penalty");
     expect_bad(C, "{\"prompt\":\"x\",\"seed\":1.5}", "seed");
+    expect_bad(C, "{\"prompt\":\"x\",\"ignore_eos\":1}", "ignore_eos");
     expect_bad(C, "{\"prompt\":\"x\",\"seed\":\"1\"}", "seed");
     expect_bad(C, "{\"prompt\":\"x\",\"stop\":5}", "stop");
     expect_bad(C, "{\"prompt\":\"x\",\"stop\":[\"\"]}", "stop");
