@@ -79,3 +79,31 @@ void qv_synth_model_free(qv_model *m) {
     qv_free((void *)(uintptr_t)m->tok_embd.data);
     qv_model_free(m);
 }
+
+qv_model_config qv_synth_config_smollm2_135m(void) {
+    return (qv_model_config){.n_vocab = 49152,
+                             .dim = 576,
+                             .n_ff = 1536,
+                             .n_layers = 30,
+                             .n_heads = 9,
+                             .n_kv_heads = 3,
+                             .head_dim = 64,
+                             .max_pos = 8192,
+                             .norm_eps = 1e-5f,
+                             .rope_theta = 100000.0f,
+                             .tie_embeddings = true};
+}
+
+qv_model_config qv_synth_config_llama_1b(void) {
+    return (qv_model_config){.n_vocab = 128256,
+                             .dim = 2048,
+                             .n_ff = 8192,
+                             .n_layers = 16,
+                             .n_heads = 32,
+                             .n_kv_heads = 8,
+                             .head_dim = 64,
+                             .max_pos = 8192,
+                             .norm_eps = 1e-5f,
+                             .rope_theta = 500000.0f,
+                             .tie_embeddings = true};
+}

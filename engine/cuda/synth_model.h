@@ -22,6 +22,10 @@ extern "C" {
 qv_status qv_synth_model_create(const qv_model_config *cfg, qv_model **out, qv_error *err);
 void qv_synth_model_free(qv_model *m);
 
+/* The benchmark shapes (BENCH.md): SmolLM2-135M and a ~1B Llama 3 (Llama-3.2-1B layout). */
+qv_model_config qv_synth_config_smollm2_135m(void);
+qv_model_config qv_synth_config_llama_1b(void);
+
 #ifdef __cplusplus
 }
 #endif

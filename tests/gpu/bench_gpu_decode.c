@@ -167,29 +167,9 @@ int main(int argc, char **argv) {
     bench_model models[3];
     memset(models, 0, sizeof(models));
     models[0].name = "SmolLM2-135M-shaped";
-    models[0].cfg = (qv_model_config){.n_vocab = 49152,
-                                      .dim = 576,
-                                      .n_ff = 1536,
-                                      .n_layers = 30,
-                                      .n_heads = 9,
-                                      .n_kv_heads = 3,
-                                      .head_dim = 64,
-                                      .max_pos = 8192,
-                                      .norm_eps = 1e-5f,
-                                      .rope_theta = 100000.0f,
-                                      .tie_embeddings = true};
+    models[0].cfg = qv_synth_config_smollm2_135m();
     models[1].name = "Llama-1B-shaped";
-    models[1].cfg = (qv_model_config){.n_vocab = 128256,
-                                      .dim = 2048,
-                                      .n_ff = 8192,
-                                      .n_layers = 16,
-                                      .n_heads = 32,
-                                      .n_kv_heads = 8,
-                                      .head_dim = 64,
-                                      .max_pos = 8192,
-                                      .norm_eps = 1e-5f,
-                                      .rope_theta = 500000.0f,
-                                      .tie_embeddings = true};
+    models[1].cfg = qv_synth_config_llama_1b();
     /* weights of a few MB: the step time is the per-kernel cost of a 30-layer graph */
     models[2].name = "tiny-30-layer (overhead probe)";
     models[2].cfg = (qv_model_config){.n_vocab = 512,

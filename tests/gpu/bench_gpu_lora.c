@@ -769,17 +769,7 @@ int main(int argc, char **argv) {
     int rc = 1;
     qv_error err = {0};
     qv_adapter **ads = NULL;
-    qv_model_config cfg = {.n_vocab = 128256,
-                           .dim = 2048,
-                           .n_ff = 8192,
-                           .n_layers = 16,
-                           .n_heads = 32,
-                           .n_kv_heads = 8,
-                           .head_dim = 64,
-                           .max_pos = 8192,
-                           .norm_eps = 1e-5f,
-                           .rope_theta = 500000.0f,
-                           .tie_embeddings = true};
+    qv_model_config cfg = qv_synth_config_llama_1b();
     qv_cuda_opts o;
     qv_cuda_opts_default(&o);
     o.max_tokens = MAX_TOKENS;
