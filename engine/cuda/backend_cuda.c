@@ -1342,9 +1342,9 @@ void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv
     const qv_sgmv_seg *d = stage(cx, segs, tb);
     if (!d) return;
     const qv_sgmv_args g = {.segs = d, .plan = *plan, .fp16 = cx->act_fp16};
+    /* not tmp_floats: the kernels find each segment's tmp block in the table */
     SIG(cx, 21, U(d), (uint64_t)plan->n_segs, (uint64_t)plan->max_n, (uint64_t)plan->max_rank,
-        (uint64_t)plan->max_n_out, (uint64_t)plan->tmp_floats, U(x), (uint64_t)n_in, U(tmp),
-        (uint64_t)cx->act_fp16);
+        (uint64_t)plan->max_n_out, U(x), (uint64_t)n_in, U(tmp), (uint64_t)cx->act_fp16);
     if (!RUN(cx, qv_cuda_sgmv_shrink(&g, cx->xh, n_in, n_in, tmp, cx->stream))) return;
     (void)RUN(cx, qv_cuda_sgmv_expand(&g, tmp, cx->stream));
     /* an output overlapping the cached half source makes the cache stale */

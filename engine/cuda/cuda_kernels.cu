@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda_kernels.h"
+#include "launch.cuh"
 
 #define LAUNCH_CHECK(what)                                                                         \
     do {                                                                                           \
@@ -71,21 +72,23 @@ extern "C" void qv_cuda_set_pdl(int on) { g_pdl = on; }
  * launch is left for cudaGetLastError (LAUNCH_CHECK). */
 template <typename... KArgs, typename... Args>
 static void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t s, Args... args) {
-    if (!g_pdl) {
-        kernel<<<grid, block, 0, s>>>(args...);
+#ifndef QV_CUDA_EMU /* the emulator runs launches in order: nothing to overlap */
+    if (g_pdl) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1] = {};
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = 0;
+        cfg.stream = s;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        (void)cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
         return;
     }
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1] = {};
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = s;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    (void)cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+#endif
+    QV_LAUNCH(grid, block, s, kernel)(args...);
 }
 
 static unsigned blocks_for(size_t n, unsigned threads) {

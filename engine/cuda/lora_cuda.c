@@ -6,6 +6,14 @@
  * (rank, n_in) then B (n_out, rank) as half matrices; ent->mat[layer * 7 + proj] names A's
  * index (B is the next one). Tables are built at each hook from the step's segments and staged
  * by the backend (so the one host table buffer is reused at once).
+ *
+ * CUDA graphs: a step's launches depend only on the batch's segment lengths, the projections
+ * some adapter of the batch touches, and the batch's largest rank rounded up to a power of two
+ * (at least 8): every table has one entry per (segment, projection of the group), empty (n = 0)
+ * where a segment has no LoRA there, and the plan's launch bounds are those bucketed values. So
+ * the recorded decode graph of a batch shape replays for any adapter mix within a rank bucket
+ * (qv_cuda_lora_rt_shape is the part of the graph key that says so); the weights, ranks and
+ * scales travel in the staged table.
  * Thread: the engine thread.
  */
 #include "cuda/lora_cuda.h"
@@ -24,7 +32,8 @@
 typedef struct lora_ent {
     const qv_adapter *ad;
     uint64_t fp;        /* content fingerprint */
-    uint64_t rank_hash; /* ranks at every (layer, projection) */
+    int max_rank;       /* largest rank over layers and projections */
+    unsigned proj_mask; /* bit p: projection p has rank > 0 in some layer */
     uint64_t key;       /* pool key */
     int *mat;           /* [n_layers * N_PROJ]: index of A in the version, or -1 */
 } lora_ent;
@@ -49,6 +58,9 @@ struct qv_cuda_lora_rt {
     int *held;
     int n_held, cap_held;
     uint64_t shape;
+    int rank_bucket;    /* launch bound: the step's largest rank, next power of two >= 8 */
+    int max_seg_n;      /* launch bound: the step's longest segment */
+    unsigned proj_mask; /* projections some adapter of the step touches */
 };
 
 static uint64_t mix(uint64_t h, uint64_t v) { return (h ^ v) * 1099511628211ull; }
@@ -175,7 +187,7 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
     return QV_OK;
 }
 
-static void fingerprint(const qv_adapter *ad, uint64_t *fp, uint64_t *ranks) {
+static void fingerprint(const qv_adapter *ad, uint64_t *fp) {
     uint64_t h = 1469598103934665603ull, r = 1469598103934665603ull;
     h = mix(h, (uint64_t)ad->n_bytes);
     h = mix(h, (uint64_t)ad->n_layers);
@@ -197,7 +209,6 @@ static void fingerprint(const qv_adapter *ad, uint64_t *fp, uint64_t *ranks) {
                 h = mix(h, v[i]);
         }
     *fp = mix(h, r);
-    *ranks = r;
 }
 
 static qv_status ensure_pool(qv_cuda_lora_rt *rt, qv_error *err) {
@@ -220,8 +231,8 @@ static qv_status ensure_pool(qv_cuda_lora_rt *rt, qv_error *err) {
 
 /* The map entry of `ad` (created or refreshed when its fingerprint changed). -1 on NOMEM. */
 static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
-    uint64_t fp, ranks;
-    fingerprint(ad, &fp, &ranks);
+    uint64_t fp;
+    fingerprint(ad, &fp);
     int e = -1;
     for (int i = 0; i < rt->n_ents; i++)
         if (rt->ents[i].ad == ad) e = i;
@@ -252,13 +263,18 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
     }
     en->ad = ad;
     en->fp = fp;
-    en->rank_hash = ranks;
     en->key = ++rt->next_key; /* a new version: the old one (if any) ages out of the pool */
+    en->max_rank = 0;
+    en->proj_mask = 0;
     int k = 0;
     for (int l = 0; l < ad->n_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
-            en->mat[l * N_PROJ + p] = ad->layers[l].lora[p].rank > 0 ? k : -1;
-            if (ad->layers[l].lora[p].rank > 0) k += 2;
+            const int r = ad->layers[l].lora[p].rank;
+            en->mat[l * N_PROJ + p] = r > 0 ? k : -1;
+            if (r <= 0) continue;
+            k += 2;
+            en->max_rank = QV_MAX(en->max_rank, r);
+            en->proj_mask |= 1u << p;
         }
     return e;
 }
@@ -348,15 +364,16 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
     }
     qv_status st = ensure_pool(rt, err);
     if (st != QV_OK) return st;
-    uint64_t shape = 1469598103934665603ull;
     bool any = false;
+    int max_rank = 0, max_n = 0;
+    unsigned mask = 0;
     for (int s = 0; s < S; s++) {
         const qv_adapter *ad = b->seg_adapter[s];
         rt->seg_t0[s] = b->seg_start[s];
         rt->seg_n[s] = b->seg_start[s + 1] - b->seg_start[s];
         rt->seg_ent[s] = -1;
         rt->seg_slot[s] = -1;
-        shape = mix(shape, (uint64_t)rt->seg_n[s]);
+        max_n = QV_MAX(max_n, rt->seg_n[s]);
         if (!ad) continue;
         int e = entry_of(rt, ad);
         if (e < 0) goto nomem;
@@ -370,9 +387,22 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
         if (st != QV_OK) goto fail;
         rt->seg_ent[s] = e;
         rt->seg_slot[s] = slot;
-        shape = mix(shape, rt->ents[e].rank_hash);
+        max_rank = QV_MAX(max_rank, rt->ents[e].max_rank);
+        mask |= rt->ents[e].proj_mask;
         any = true;
     }
+    int bucket = 8;
+    while (bucket < max_rank)
+        bucket *= 2;
+    rt->rank_bucket = QV_MIN(bucket, QV_SGMV_MAX_RANK);
+    rt->max_seg_n = max_n;
+    rt->proj_mask = mask;
+    /* the launch shape: segment lengths (the batch key has only their count and the total),
+     * rank bucket, projections touched */
+    uint64_t shape = 1469598103934665603ull;
+    for (int s = 0; s < S; s++)
+        shape = mix(shape, (uint64_t)rt->seg_n[s]);
+    shape = mix(mix(shape, (uint64_t)rt->rank_bucket), (uint64_t)mask);
     rt->n_segs = S;
     rt->n_tokens = b->n_tokens;
     rt->active = any;
@@ -402,16 +432,30 @@ void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *p
     if (!rt->active) return;
     QV_ASSERT(n_p >= 1 && n_p <= 3);
     const qv_model_config *c = &rt->m->cfg;
-    int k = 0;
+    unsigned group = 0;
+    for (int j = 0; j < n_p; j++)
+        group |= 1u << ps[j];
+    if (!(group & rt->proj_mask)) return; /* no adapter of the step touches this group */
+    /* one entry per (segment, projection), empty where there is no LoRA: the table's length
+     * and the launch bounds depend on the batch shape only, not on the adapter mix */
+    int k = 0, max_n_out = 0;
     for (int s = 0; s < rt->n_segs; s++) {
-        if (rt->seg_slot[s] < 0) continue;
-        const lora_ent *en = &rt->ents[rt->seg_ent[s]];
+        const lora_ent *en = rt->seg_slot[s] >= 0 ? &rt->ents[rt->seg_ent[s]] : NULL;
         for (int j = 0; j < n_p; j++) {
             const int p = (int)ps[j];
-            const int mi = en->mat[layer * N_PROJ + p];
-            if (mi < 0) continue;
-            const qv_lora *lo = &en->ad->layers[layer].lora[p];
+            const int mi = en ? en->mat[layer * N_PROJ + p] : -1;
             const int n_out = qv_proj_n_out(c, (enum qv_proj)p);
+            max_n_out = QV_MAX(max_n_out, n_out);
+            if (mi < 0) {
+                rt->tab[k++] = (qv_sgmv_seg){.y = ys[j],
+                                             .ldy = n_out,
+                                             .t0 = rt->seg_t0[s],
+                                             .n = 0,
+                                             .rank = 1,
+                                             .n_out = n_out};
+                continue;
+            }
+            const qv_lora *lo = &en->ad->layers[layer].lora[p];
             rt->tab[k++] = (qv_sgmv_seg){
                 .a = qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], mi),
                 .b = qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], mi + 1),
@@ -433,6 +477,11 @@ void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *p
     if (st != QV_OK) QV_LOGE("cuda lora: %s", err.msg);
     QV_ASSERT(st == QV_OK);
     QV_ASSERT(plan.tmp_floats <= rt->tmp_cap);
+    /* launch bounds from the step's shape (each >= the table's own) */
+    QV_ASSERT(plan.max_rank <= rt->rank_bucket && plan.max_n <= rt->max_seg_n);
+    plan.max_rank = rt->rank_bucket;
+    plan.max_n = rt->max_seg_n;
+    plan.max_n_out = max_n_out;
     qv_backend_cuda_sgmv(rt->be, rt->tab, &plan, x_in, rt->n_tokens, qv_proj_n_in(c, ps[0]),
                          rt->tmp);
 }

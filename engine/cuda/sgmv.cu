@@ -25,6 +25,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "launch.cuh"
 #include "sgmv.h"
 
 #define THREADS 256
@@ -265,9 +266,11 @@ extern "C" int qv_cuda_sgmv_shrink(const qv_sgmv_args *g, const void *x, int64_t
 #define SHRINK_W(NT)                                                                               \
     do {                                                                                           \
         if (f16)                                                                                   \
-            k_shrink_warp<NT, true><<<grid, THREADS, 0, s>>>(g->segs, xp, ldx, n_in, vec_x, tmp);  \
+            QV_LAUNCH(grid, THREADS, s, k_shrink_warp<NT, true>)                                   \
+            (g->segs, xp, ldx, n_in, vec_x, tmp);                                                  \
         else                                                                                       \
-            k_shrink_warp<NT, false><<<grid, THREADS, 0, s>>>(g->segs, xp, ldx, n_in, vec_x, tmp); \
+            QV_LAUNCH(grid, THREADS, s, k_shrink_warp<NT, false>)                                  \
+            (g->segs, xp, ldx, n_in, vec_x, tmp);                                                  \
     } while (0)
         if (p->max_n == 1)
             SHRINK_W(1);
@@ -281,9 +284,9 @@ extern "C" int qv_cuda_sgmv_shrink(const qv_sgmv_args *g, const void *x, int64_t
     dim3 grid(clamp_grid((p->max_rank + TILE - 1) / TILE, 65535),
               clamp_grid((p->max_n + TILE - 1) / TILE, 65535), (unsigned)p->n_segs);
     if (f16)
-        k_shrink_tiled<true><<<grid, THREADS, 0, s>>>(g->segs, xp, ldx, n_in, tmp);
+        QV_LAUNCH(grid, THREADS, s, k_shrink_tiled<true>)(g->segs, xp, ldx, n_in, tmp);
     else
-        k_shrink_tiled<false><<<grid, THREADS, 0, s>>>(g->segs, xp, ldx, n_in, tmp);
+        QV_LAUNCH(grid, THREADS, s, k_shrink_tiled<false>)(g->segs, xp, ldx, n_in, tmp);
     LAUNCH_CHECK("sgmv shrink (tiled)");
 }
 
@@ -298,9 +301,9 @@ extern "C" int qv_cuda_sgmv_expand(const qv_sgmv_args *g, const float *tmp, cuda
     do {                                                                                           \
         dim3 grid(gx, clamp_grid((p->max_n + (TM)-1) / (TM), 65535), (unsigned)p->n_segs);         \
         if (f16)                                                                                   \
-            k_expand<TM, true><<<grid, THREADS, 0, s>>>(g->segs, tmp);                             \
+            QV_LAUNCH(grid, THREADS, s, k_expand<TM, true>)(g->segs, tmp);                         \
         else                                                                                       \
-            k_expand<TM, false><<<grid, THREADS, 0, s>>>(g->segs, tmp);                            \
+            QV_LAUNCH(grid, THREADS, s, k_expand<TM, false>)(g->segs, tmp);                        \
     } while (0)
     if (p->max_n == 1)
         EXPAND(1);

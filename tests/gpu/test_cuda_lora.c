@@ -13,6 +13,8 @@
  * The CPU phase also checks that each adapter moves the logits well beyond the tolerance (so a
  * lost or swapped adapter cannot pass), then skips (77) without a device. DoRA and IA³ adapters
  * are refused on the GPU with QV_ERR_UNSUPPORTED naming the feature.
+ * CUDA graphs and adapter mixes: a decode batch whose adapters change every step replays the
+ * recorded graph (the segment table is staged device memory) and equals an eager run.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,6 +26,7 @@
 
 #include "adapters/adapters.h"
 #ifdef QV_HAVE_CUDA
+#include "engine/cuda/backend_cuda.h"
 #include "engine/cuda/lora_cuda.h"
 #endif
 #include "gpu_util.h"
@@ -128,21 +131,28 @@ static int check_row(const char *what, int i, int st, const float *got, const fl
     return fails;
 }
 
+static const char *ad_names[N_AD] = {"lora_qv_r4", "lora_all_r8_rslora", "lora_patterns",
+                                     "lora_r16_mlp_bf16", "lora_r1_f16"};
+
+/* Loads the five LoRA fixtures into ads[] for model m. */
+static void load_adapters(const qv_model *m) {
+    qv_error err = {0};
+    for (int a = 0; a < N_AD; a++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "%s%s", AD_DIR, ad_names[a]);
+        if (qv_adapter_load(qv_test_path(dir), m, NULL, &ads[a], &err) != QV_OK)
+            fail_msg("%s: %s", ad_names[a], err.msg);
+    }
+}
+
 static void test_lora_end_to_end(void **state) {
     (void)state;
     gpu_runner cpu, cu;
     const int n_pages = N_SEQ * (64 / PAGE + 2) + 8;
     assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, n_pages, PAGE, 32), 0);
     V = cpu.m->cfg.n_vocab;
-    static const char *names[N_AD] = {"lora_qv_r4", "lora_all_r8_rslora", "lora_patterns",
-                                      "lora_r16_mlp_bf16", "lora_r1_f16"};
     qv_error err = {0};
-    for (int a = 0; a < N_AD; a++) {
-        char dir[256];
-        snprintf(dir, sizeof dir, "%s%s", AD_DIR, names[a]);
-        if (qv_adapter_load(qv_test_path(dir), cpu.m, NULL, &ads[a], &err) != QV_OK)
-            fail_msg("%s: %s", names[a], err.msg);
-    }
+    load_adapters(cpu.m);
     static const int lens[N_SEQ] = {4, 9, 6, 13, 7, 3};
     uint32_t rng = 4242;
     float *base = malloc(sizeof(float) * (size_t)V * STEPS);
@@ -161,9 +171,9 @@ static void test_lora_end_to_end(void **state) {
         for (int st = 0; st < STEPS; st++)
             effect = fmax(effect, qv_test_max_rel_err(base + (size_t)st * V,
                                                       S[i].want + (size_t)st * V, (size_t)V));
-        printf("%s: largest logits change over the base %.3g (tolerance %.3g)\n", names[i - 1],
+        printf("%s: largest logits change over the base %.3g (tolerance %.3g)\n", ad_names[i - 1],
                effect, TOL_CPU);
-        if (!(effect > 3 * TOL_CPU)) fail_msg("%s: too weak to test with", names[i - 1]);
+        if (!(effect > 3 * TOL_CPU)) fail_msg("%s: too weak to test with", ad_names[i - 1]);
     }
     free(base);
     gpu_runner_close(&cpu); /* the adapters hold no pointer into the model */
@@ -290,10 +300,85 @@ static void test_refusals(void **state) {
     gpu_runner_close(&cu);
 }
 
+/* Four sequences decode together for GM_STEPS steps (1-token prompts, so every step is the
+ * same batch shape); at step t sequence j runs mix[(j + t) % 6] of {none, the five LoRAs}, so
+ * the adapter mix changes every step. Run once with CUDA graphs and once eagerly
+ * (QV_CUDA_GRAPHS=0): the graph run must replay recorded graphs for most steps, never find a
+ * recording that differs from the step (a mismatch would rerun it eagerly), and give the eager
+ * run's logits. */
+#define GM_SEQS 4
+#define GM_STEPS 12
+static void graph_mix_run(int graphs, float *out, long *replays, long *captures, long *mism) {
+    if (!graphs) setenv("QV_CUDA_GRAPHS", "0", 1);
+    gpu_runner cu;
+    assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, 64, PAGE, 32), 0);
+    if (!graphs) unsetenv("QV_CUDA_GRAPHS");
+    V = cu.m->cfg.n_vocab;
+    qv_kv_seq kv[GM_SEQS] = {0};
+    const qv_kv_seq *seqs[GM_SEQS];
+    int32_t tok[GM_SEQS], pos[GM_SEQS], sq[GM_SEQS], li[GM_SEQS], ss[GM_SEQS + 1];
+    qv_error err = {0};
+    for (int t = 0; t < GM_STEPS; t++) {
+        const qv_adapter *sa[GM_SEQS];
+        for (int j = 0; j < GM_SEQS; j++) {
+            assert_int_equal(qv_kv_seq_reserve(cu.kv, &kv[j], t + 1), QV_OK);
+            seqs[j] = &kv[j];
+            const int a = (j + t) % (N_AD + 1);
+            sa[j] = a ? ads[a - 1] : NULL;
+            tok[j] = (int32_t)((7 * j + 13 * t + 3) % V);
+            pos[j] = t, sq[j] = j, li[j] = j, ss[j] = j;
+        }
+        ss[GM_SEQS] = GM_SEQS;
+        if (feed(&cu, seqs, sa, ss, GM_SEQS, tok, pos, sq, GM_SEQS, li, GM_SEQS,
+                 out + (size_t)t * GM_SEQS * V, &err))
+            fail_msg("graph mix step %d: %s", t, err.msg);
+    }
+#ifdef QV_HAVE_CUDA
+    qv_cuda_stats st;
+    qv_backend_cuda_stats(cu.be, &st);
+    *replays = st.replays, *captures = st.captures, *mism = st.mismatches;
+#else
+    *replays = *captures = *mism = 0;
+#endif
+    for (int j = 0; j < GM_SEQS; j++)
+        qv_kv_seq_release(cu.kv, &kv[j]);
+    gpu_runner_close(&cu);
+}
+
+static void test_graph_adapter_mix(void **state) {
+    (void)state;
+    gpu_require_device();
+    gpu_runner cpu;
+    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, 16, PAGE, 8), 0);
+    load_adapters(cpu.m);
+    V = cpu.m->cfg.n_vocab;
+    gpu_runner_close(&cpu);
+    const size_t n = (size_t)GM_STEPS * GM_SEQS * (size_t)V;
+    float *g = malloc(n * sizeof(float)), *e = malloc(n * sizeof(float));
+    long rep, cap, mis, rep0, cap0, mis0;
+    graph_mix_run(1, g, &rep, &cap, &mis);
+    graph_mix_run(0, e, &rep0, &cap0, &mis0);
+    double worst = 0;
+    for (size_t r = 0; r < (size_t)GM_STEPS * GM_SEQS; r++)
+        worst = fmax(worst, qv_test_max_rel_err(g + r * (size_t)V, e + r * (size_t)V, (size_t)V));
+    printf("graph mix: %d steps of %d sequences with rotating adapters: %ld captures, %ld "
+           "replays, %ld mismatches; worst logits error vs eager %.3g\n",
+           GM_STEPS, GM_SEQS, cap, rep, mis, worst);
+    free(g);
+    free(e);
+    for (int a = 0; a < N_AD; a++)
+        qv_adapter_free(ads[a]);
+    assert_int_equal(rep0 + cap0, 0);
+    assert_int_equal(mis, 0);
+    assert_true(rep >= GM_STEPS / 2);
+    assert_true(worst <= 1e-5);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lora_end_to_end),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_graph_adapter_mix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,9 +1,10 @@
 /*
  * fake_cudart.c - a host-memory stand-in for the CUDA runtime calls of engine/cuda/adapter_pool.c
- * and the gpu tests, plus the semantics of the SGMV launchers (sgmv.h) in plain C, so that the
- * host logic around the kernels (the pool's staging and layout, segment tables, the tests'
- * harness) runs on a machine without a GPU. Used only by tests/gpu/fake/run_fake.sh; never part
- * of a real build (it would clash with libcudart). Device memory is host memory; streams are
+ * and the gpu tests, so that the host logic around the kernels (the pool's staging and layout,
+ * segment tables, the tests' harness) runs on a machine without a GPU: with fake_sgmv.c (the
+ * SGMV launchers' semantics) in tests/gpu/fake/run_fake.sh, with the real kernels on the CPU in
+ * the emulated gpu tests (tests/gpu/emu/). Never part of a real build (it would clash with
+ * libcudart). Device memory is host memory; streams are
  * no-ops; events report "not ready" two queries in three so the pool's waiting paths run.
  * What not: it says nothing about the kernels themselves (tests/gpu/run.sh on a GPU does).
  */
@@ -12,10 +13,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/cuda/sgmv.h"
 #include "engine/dtype.h"
 
 int qv_cuda_device_count(void);
+
+/* Stream capture, for a graph emulation (tests/gpu/emu/emu_graph.cpp provides the strong
+ * definitions): qv_fake_capturing(s) says whether work enqueued on s is being recorded;
+ * qv_fake_record(fn, arg, n) records fn(copy of the n bytes at arg) for replay. Without the
+ * emulation nothing is ever captured. */
+int qv_fake_capturing(cudaStream_t s);
+void qv_fake_record(void (*fn)(void *), const void *arg, size_t n);
+__attribute__((weak)) int qv_fake_capturing(cudaStream_t s) {
+    (void)s;
+    return 0;
+}
+__attribute__((weak)) void qv_fake_record(void (*fn)(void *), const void *arg, size_t n) {
+    (void)fn, (void)arg, (void)n;
+    abort();
+}
 
 cudaError_t cudaMalloc(void **p, size_t n) {
     *p = calloc(1, n ? n : 1);
@@ -36,30 +51,45 @@ cudaError_t cudaFreeHost(void *p) {
 }
 cudaError_t cudaMemcpy(void *d, const void *s, size_t n, enum cudaMemcpyKind k) {
     (void)k;
+    if (qv_fake_capturing((cudaStream_t)0)) return cudaErrorStreamCaptureImplicit;
     memcpy(d, s, n);
     return cudaSuccess;
 }
 /* Host-to-device bytes copied asynchronously (the adapter pool's uploads), for fake tests. */
 unsigned long long qv_fake_h2d_bytes;
+struct fake_copy {
+    void *d;
+    const void *s;
+    size_t n;
+};
+static void run_copy(void *a) {
+    const struct fake_copy *c = a;
+    memcpy(c->d, c->s, c->n);
+}
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, enum cudaMemcpyKind k,
                             cudaStream_t st) {
-    (void)st;
     if (k == cudaMemcpyHostToDevice) qv_fake_h2d_bytes += n;
+    if (qv_fake_capturing(st)) {
+        if (k == cudaMemcpyDeviceToHost) return cudaErrorStreamCaptureUnsupported;
+        struct fake_copy c = {d, s, n}; /* a graph's copy node reads src when replayed */
+        qv_fake_record(run_copy, &c, sizeof(c));
+        return cudaSuccess;
+    }
     memcpy(d, s, n);
     return cudaSuccess;
 }
-static int stream_token;
+/* every stream its own token, so that capture on one stream does not catch another's work */
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
     (void)flags;
-    *s = (cudaStream_t)(void *)&stream_token;
-    return cudaSuccess;
+    *s = (cudaStream_t)malloc(8);
+    return *s ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-    (void)s;
+    free(s);
     return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-    (void)s;
+    if (qv_fake_capturing(s)) return cudaErrorStreamCaptureUnsupported;
     return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
@@ -92,8 +122,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flag
     return cudaSuccess;
 }
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus *c) {
-    (void)s;
-    *c = cudaStreamCaptureStatusNone;
+    *c = qv_fake_capturing(s) ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
     return cudaSuccess;
 }
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
@@ -107,44 +136,3 @@ const char *cudaGetErrorString(cudaError_t e) {
 }
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 int qv_cuda_device_count(void) { return 1; }
-
-static float h2f(uint16_t v, int f16) { return f16 ? qv_f16_to_f32(v) : qv_bf16_to_f32(v); }
-
-/* sgmv.h semantics, sums in double (a different order than both the kernels and the CPU). */
-int qv_cuda_sgmv_shrink(const qv_sgmv_args *g, const void *x, int64_t ldx, int n_in, float *tmp,
-                        cudaStream_t s) {
-    (void)s;
-    const uint16_t *xh = x;
-    for (int i = 0; i < g->plan.n_segs; i++) {
-        const qv_sgmv_seg *sg = &g->segs[i];
-        const uint16_t *a = sg->a;
-        for (int t = 0; t < sg->n; t++)
-            for (int r = 0; r < sg->rank; r++) {
-                double acc = 0;
-                for (int k = 0; k < n_in; k++)
-                    acc +=
-                        (double)h2f(xh[(size_t)(sg->t0 + t) * (size_t)ldx + (size_t)k], g->fp16) *
-                        (double)h2f(a[(size_t)r * (size_t)n_in + (size_t)k], g->fp16);
-                tmp[(size_t)sg->tmp_off + (size_t)t * (size_t)sg->rank + (size_t)r] = (float)acc;
-            }
-    }
-    return 0;
-}
-
-int qv_cuda_sgmv_expand(const qv_sgmv_args *g, const float *tmp, cudaStream_t s) {
-    (void)s;
-    for (int i = 0; i < g->plan.n_segs; i++) {
-        const qv_sgmv_seg *sg = &g->segs[i];
-        const uint16_t *b = sg->b;
-        for (int t = 0; t < sg->n; t++)
-            for (int o = 0; o < sg->n_out; o++) {
-                double acc = 0;
-                for (int r = 0; r < sg->rank; r++)
-                    acc +=
-                        (double)h2f(b[(size_t)o * (size_t)sg->rank + (size_t)r], g->fp16) *
-                        (double)tmp[(size_t)sg->tmp_off + (size_t)t * (size_t)sg->rank + (size_t)r];
-                sg->y[(size_t)(sg->t0 + t) * (size_t)sg->ldy + (size_t)o] += sg->scale * (float)acc;
-            }
-    }
-    return 0;
-}

@@ -6,7 +6,7 @@
 # the engine's adapter prefetch (fake_engine_prefetch.c), adapter churn through a small pool
 # against the CPU (fake_lora_churn.c) and bench_gpu_lora --quick (host logic
 # only; its timings mean nothing; once with fake_backend.c, once with the real backend_cuda.c
-# over tests/gpu/fakeops/fake_ops.c), all under ASan+UBSan. A developer check, not part of ctest: it needs the CUDA headers and a
+# and the real kernels run by the CPU emulator tests/gpu/emu/), all under ASan+UBSan. A developer check, not part of ctest: it needs the CUDA headers and a
 # CPU-only core library (its forward.c is rebuilt here with QV_HAVE_CUDA).
 #   bash tests/gpu/fake/run_fake.sh [build dir of a -DQV_CUDA=OFF -DQV_SANITIZE_ADDRESS=ON build]
 # Exit status: 0 when all pass.
@@ -28,33 +28,40 @@ cc() {
 }
 g=$root/tests/gpu
 cc -o "$out/sgmv" "$g/test_cuda_sgmv.c" "$g/gpu_util.c" "$root/tests/test_util.c" \
-    "$root/engine/cuda/adapter_pool.c" "$g/fake/fake_cudart.c" "$g/fake/fake_backend.c"
+    "$root/engine/cuda/adapter_pool.c" "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" "$g/fake/fake_backend.c"
 cc -o "$out/lora" "$g/test_cuda_lora.c" "$g/gpu_util.c" "$root/tests/test_util.c" \
     "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" "$root/engine/forward.c" \
-    "$g/fake/fake_cudart.c" "$g/fake/fake_backend.c"
+    "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" "$g/fake/fake_backend.c"
 # the engine's adapter prefetch (engine.c rebuilt with QV_HAVE_CUDA) and bench_gpu_lora's host
 # logic (device-style entries of the fake backend: QV_FAKE_DEVICE_OPS=1)
 cc -o "$out/prefetch" "$g/fake/fake_engine_prefetch.c" "$root/tests/test_util.c" \
     "$root/engine/engine.c" "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" \
-    "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" "$g/fake/fake_backend.c"
+    "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" "$g/fake/fake_backend.c"
 cc -o "$out/churn" "$g/fake/fake_lora_churn.c" "$root/tests/test_util.c" "$root/engine/forward.c" \
-    "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" \
+    "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" \
     "$g/fake/fake_backend.c"
 bench_src=("$g/bench_gpu_lora.c" "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c"
            "$root/engine/cuda/lora_cuda.c" "$root/engine/cuda/synth_model.c"
-           "$g/fake/fake_cudart.c" "$g/fake/fake_probe.c")
+           "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" "$g/fake/fake_probe.c")
 cc -o "$out/bench_lora" "${bench_src[@]}" "$g/fake/fake_backend.c"
-# the same with the REAL backend_cuda.c host logic (staging of the SGMV tables, deferred
-# launches) over tests/gpu/fakeops/fake_ops.c (kernel semantics; graphs off)
-have_ops=0
-if [[ -f $g/fakeops/fake_ops.c ]]; then
-    cc -o "$out/bench_lora_ops" "${bench_src[@]}" "$root/engine/cuda/backend_cuda.c" \
-        "$g/fakeops/fake_ops.c" &&
-        cc -o "$out/churn_ops" "$g/fake/fake_lora_churn.c" "$root/tests/test_util.c" \
-            "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" \
-            "$root/engine/cuda/lora_cuda.c" "$root/engine/cuda/backend_cuda.c" \
-            "$g/fake/fake_cudart.c" "$g/fakeops/fake_ops.c" && have_ops=1
-fi
+# the same with the REAL backend_cuda.c and the real kernels on the CPU emulator (tests/gpu/emu/)
+emu=$root/tests/gpu/emu
+cxx() {
+    g++ -std=c++17 -O1 -g $san -fno-strict-aliasing -DQV_CUDA_EMU=1 -I"$root" -I"$root/engine" \
+        -I"$root/tests/gpu" -isystem "$cuda_inc" -c "$@"
+}
+cxx -o "$out/cuda_emu.o" "$emu/cuda_emu.cpp"
+cxx -o "$out/emu_graph.o" "$emu/emu_graph.cpp"
+cxx -include "$emu/cuda_emu.h" -o "$out/kernels_emu.o" "$emu/kernels_emu.cpp"
+cxx -include "$emu/cuda_emu.h" -o "$out/sgmv_emu.o" "$emu/sgmv_emu.cpp"
+emu_objs=("$out/cuda_emu.o" "$out/emu_graph.o" "$out/kernels_emu.o" "$out/sgmv_emu.o"
+          "$g/fake/fake_cublas.c" "$root/engine/cuda/backend_cuda.c" -lstdc++)
+cc -o "$out/bench_lora_emu" "$g/bench_gpu_lora.c" "$root/engine/forward.c" \
+    "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" \
+    "$root/engine/cuda/synth_model.c" "$g/fake/fake_cudart.c" "$g/fake/fake_probe.c" "${emu_objs[@]}"
+cc -o "$out/churn_emu" "$g/fake/fake_lora_churn.c" "$root/tests/test_util.c" \
+    "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" \
+    "$g/fake/fake_cudart.c" "${emu_objs[@]}"
 rc=0
 "$out/sgmv" 2>&1 | grep -Ev "^quiver info" | grep -E "OK|FAIL|ERROR|bitwise|pool:|outside tolerance: [1-9]" || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
@@ -67,14 +74,12 @@ QV_CUDA_ADAPTER_POOL_MB=64 "$out/lora" 2>&1 | grep -Ev "^quiver info" || true
 QV_FAKE_DEVICE_OPS=1 "$out/bench_lora" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
     2>&1 | grep -Ev "^quiver (info|debug)" || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-if [[ $have_ops -eq 1 ]]; then
-    echo "== bench_gpu_lora --quick on the real backend_cuda.c (fakeops, QV_CUDA_GRAPHS=0)"
-    QV_CUDA_GRAPHS=0 "$out/bench_lora_ops" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
-        2>&1 | grep -E "^SUMMARY|failed|ERROR|error" || true
-    [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-    echo "== adapter churn on the real backend_cuda.c (fakeops, QV_CUDA_GRAPHS=0)"
-    QV_CHURN_TOL=5e-2 QV_CUDA_GRAPHS=0 "$out/churn_ops" 2>&1 | grep -Ev "^quiver info" || true
-    [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-fi
+echo "== bench_gpu_lora --quick on the real backend_cuda.c and kernels (emulated)"
+"$out/bench_lora_emu" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
+    2>&1 | grep -E "^SUMMARY|failed|ERROR|error" || true
+[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+echo "== adapter churn on the real backend_cuda.c and kernels (emulated)"
+QV_CHURN_TOL=5e-2 "$out/churn_emu" 2>&1 | grep -Ev "^quiver info" || true
+[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
 echo "fake-device run: $([[ $rc -eq 0 ]] && echo pass || echo FAIL)"
 exit $rc
