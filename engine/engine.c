@@ -69,6 +69,7 @@ typedef struct qv_seq {
     void *user;
     qv_kv_seq kv;
     bool prefix_attached; /* holds a user of its adapter's shared prefix pages */
+    size_t ad_dev_bytes;  /* device adapter pool bytes of its adapter (0 on the CPU) */
     uint64_t order;       /* arrival order = wait order (kept across preemptions) */
     uint64_t admitted;    /* admission stamp: the newest running sequence is preempted first */
 } qv_seq;
@@ -95,6 +96,7 @@ struct qv_engine {
     float *logits;                                    /* (max_seqs, n_vocab) */
     qv_adapter_grouper *grouper;           /* groups a step's tokens by adapter (adapter_apply.h) */
     qv_adapter_prefix_cache *prefix_cache; /* shared prefix-tuning KV pages */
+    size_t ad_pool_bytes;                  /* the device adapter pool's size (0: none, CPU) */
 };
 
 void qv_engine_config_default(qv_engine_config *c) {
@@ -267,10 +269,12 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
      * positions; they lead the token array so positions stay equal to indices. */
     const qv_adapter *ad = p->adapter;
     const int n_pre = qv_adapter_n_prefix_positions(ad);
-    if (ad && e->be->iface->download)
-        return qv_errorf(err, QV_ERR_UNSUPPORTED, "adapters run on the CPU backend only (%s)",
-                         e->be->iface->name);
     if (ad && (st = qv_adapter_check_model(ad, e->model, err)) != QV_OK) return st;
+    /* device backends run only some kinds (the CUDA path: LoRA), from a pool of fixed size */
+    size_t ad_dev_bytes = 0;
+    if (ad &&
+        (st = qv_forward_adapter_check(e->fwd, ad, &ad_dev_bytes, &e->ad_pool_bytes, err)) != QV_OK)
+        return st;
     size_t total = (size_t)n_pre + n_prompt + (size_t)p->max_tokens;
     if (mc->max_pos > 0 && total > (size_t)mc->max_pos)
         return qv_errorf(err, QV_ERR_LIMIT,
@@ -293,6 +297,7 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
         }
     if (!s) return qv_errorf(err, QV_ERR_BUSY, "all %d sequence slots are busy", e->cfg.max_seqs);
     memset(s, 0, sizeof(*s));
+    s->ad_dev_bytes = ad_dev_bytes;
     s->cap = (int)total;
     s->tokens = qv_malloc((size_t)s->cap * sizeof(int32_t));
     if (!s->tokens) return qv_errorf(err, QV_ERR_NOMEM, "out of memory for the prompt");
@@ -397,11 +402,35 @@ static void preempt(qv_engine *e, qv_seq *s) {
 
 /* Admits s when the pages for all its tokens fit (with the headroom unless nothing runs) and
  * reserves them. Returns QV_ERR_BUSY (nothing held) when they do not fit. */
+/* Device adapter pool room for s beside the running sequences: the distinct adapters of a step
+ * are held in the pool together, each on one contiguous run of pages, so their bytes may take at
+ * most half of the pool (the rest is headroom against fragmentation) unless s's adapter would be
+ * the only one. True on the CPU and for sequences without an adapter or with a running one. */
+static bool adapter_room(const qv_engine *e, const qv_seq *s) {
+    const qv_adapter *ad = s->p.adapter;
+    if (!ad || s->ad_dev_bytes == 0) return true;
+    size_t held = s->ad_dev_bytes;
+    int others = 0;
+    for (int i = 0; i < e->cfg.max_seqs; i++) {
+        const qv_seq *t = &e->seqs[i];
+        if (!t->used || !t->started || !t->p.adapter || t->ad_dev_bytes == 0) continue;
+        if (t->p.adapter == ad) return true; /* resident and held already */
+        bool seen = false;                   /* count each distinct adapter once */
+        for (int j = 0; j < i && !seen; j++)
+            seen = e->seqs[j].used && e->seqs[j].started && e->seqs[j].p.adapter == t->p.adapter;
+        if (seen) continue;
+        held += t->ad_dev_bytes;
+        others++;
+    }
+    return others == 0 || held <= e->ad_pool_bytes / 2;
+}
+
 static qv_status admit(qv_engine *e, qv_seq *s, bool others_run, qv_error *err) {
     /* Counts the shared prefix pages as new even when the adapter's entry holds them already:
      * an over-estimate by at most n_virtual / page_size pages, exact when nothing runs. */
     int need = pages_for(e, s->n_tokens) + (others_run ? QV_ADMIT_HEADROOM_PAGES : 0);
     if (need > e->kv->n_free) return QV_ERR_BUSY;
+    if (!adapter_room(e, s)) return QV_ERR_BUSY;
     const qv_adapter *ad = s->p.adapter;
     if (ad && ad->kind == QV_ADAPTER_PREFIX_TUNING) { /* prefix K/V fill positions 0..nvt-1 */
         qv_status st = qv_adapter_prefix_attach(&e->prefix_cache, e->be, e->kv, &s->kv, ad, err);

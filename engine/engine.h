@@ -66,7 +66,8 @@ typedef struct qv_gen_params {
     int max_tokens;  /* generated tokens; must be > 0 */
     bool ignore_eos; /* keep going past end-of-generation tokens (benchmarks) */
     /* Adapter of this request (adapters/adapters.h, loaded against this model) or NULL. The
-     * caller keeps it alive until the sequence finishes. CPU backend only. Prefix, prompt and
+     * caller keeps it alive until the sequence finishes. Every kind on the CPU backend; LoRA /
+     * rsLoRA on the CUDA backend (qv_engine_add refuses the others). Prefix, prompt and
      * P-tuning adapters add n_virtual positions that count toward the context. */
     const struct qv_adapter *adapter;
 } qv_gen_params;
@@ -85,6 +86,8 @@ typedef void (*qv_token_cb)(void *user, int seq_id, int32_t token, const qv_logp
  * after a step), QV_ERR_LIMIT when the prompt + max_tokens can never fit the context or the
  * whole KV cache, QV_ERR_INVALID for bad ids or parameters. A sequence that fits the KV cache
  * alone always completes (by preemption of others if needed); it never fails for lack of pages.
+ * Adapters on the CUDA backend: LoRA / rsLoRA only, else QV_ERR_UNSUPPORTED naming what is
+ * missing; QV_ERR_DEVICE_OOM when one adapter exceeds the whole device adapter pool.
  * Thread: the engine's thread. */
 qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
                         const qv_gen_params *p, qv_token_cb cb, void *user, int *seq_id,
@@ -100,8 +103,10 @@ int qv_engine_n_active(const qv_engine *e);
  *     recompute (pages freed, tokens and sampler kept, back at its arrival rank in the wait
  *     order; it may be the one asking) until the page fits;
  *  2. unless step 1 preempted, admission of waiting sequences in arrival order while the pages
- *     for all their tokens fit beside one page of headroom (the first that does not fit stops
- *     admission); admission reserves those pages;
+ *     for all their tokens fit beside one page of headroom and, on a device backend, the
+ *     distinct adapters of the running sequences take at most half of the device adapter pool
+ *     (or the newcomer's adapter would be the only one) — the first that does not fit stops
+ *     admission; admission reserves those pages;
  *  3. prefill chunks (re-prefill of all tokens for a preempted sequence) under the remaining
  *     token budget. The chunk reaching a sequence's last token samples its next token.
  * Preemption is invisible to callbacks: no token is repeated, output is the same as without it.

@@ -173,6 +173,22 @@ static void issue_prefetches(qv_forward *f) {
 }
 #endif
 
+qv_status qv_forward_adapter_check(qv_forward *f, const struct qv_adapter *ad, size_t *dev_bytes,
+                                   size_t *pool_bytes, qv_error *err) {
+    *dev_bytes = 0;
+    *pool_bytes = 0;
+    if (!ad || !f->be->iface->download) return QV_OK;
+#ifdef QV_HAVE_CUDA
+    if (is_cuda(f)) {
+        qv_status st = QV_OK;
+        if (!f->dl) st = qv_cuda_lora_rt_create(f->m, f->be, f->max_tokens, 0, &f->dl, err);
+        return st == QV_OK ? qv_cuda_lora_rt_check(f->dl, ad, dev_bytes, pool_bytes, err) : st;
+    }
+#endif
+    return qv_errorf(err, QV_ERR_UNSUPPORTED, "adapters: backend %s runs no adapters",
+                     f->be->iface->name);
+}
+
 void qv_forward_adapter_stats_get(const qv_forward *f, qv_forward_adapter_stats *out) {
     memset(out, 0, sizeof(*out));
     out->prefetches = f->pf_issued;

@@ -77,6 +77,16 @@ qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *token
  * Thread: the engine thread. */
 qv_status qv_forward_prefetch_adapter(qv_forward *f, const struct qv_adapter *ad, qv_error *err);
 
+/* Whether this forward pass can run adapter `ad`, and what it takes on the device. CPU backend:
+ * every adapter kind runs; *dev_bytes = *pool_bytes = 0 (no device pool). CUDA backend: LoRA /
+ * rsLoRA only (engine/cuda/lora_cuda.h); *dev_bytes = the device adapter pool bytes it occupies
+ * when resident, *pool_bytes = the pool's size (the pool is created on first use).
+ * Errors: QV_ERR_UNSUPPORTED (a kind or feature the device path lacks, named in err),
+ * QV_ERR_DEVICE_OOM (larger than the whole pool), QV_ERR_DEVICE, QV_ERR_NOMEM.
+ * Thread: the engine thread. */
+qv_status qv_forward_adapter_check(qv_forward *f, const struct qv_adapter *ad, size_t *dev_bytes,
+                                   size_t *pool_bytes, qv_error *err);
+
 /* Device adapter residency counters since creation (all 0 on the CPU backend, and before the
  * first batch with adapter segments or prefetch on a device backend). */
 typedef struct qv_forward_adapter_stats {

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "adapters/adapters.h"
+
 const char *qv_test_path(const char *rel) {
     static char bufs[8][4096];
     static int next;
@@ -56,4 +58,38 @@ double qv_test_max_rel_err(const float *got, const float *want, size_t n) {
         worst = fmax(worst, d / scale);
     }
     return worst;
+}
+
+qv_adapter *qv_test_make_lora(const qv_model *m, int rank, float scale, float *vals, size_t n_vals,
+                              unsigned seed) {
+    const qv_model_config *c = &m->cfg;
+    qv_adapter *ad = calloc(1, sizeof(*ad));
+    if (!ad || !(ad->layers = calloc((size_t)c->n_layers, sizeof(qv_adapter_layer)))) abort();
+    ad->kind = QV_ADAPTER_LORA;
+    ad->n_layers = c->n_layers;
+    ad->dim = c->dim;
+    ad->n_vocab = c->n_vocab;
+    ad->n_kv_heads = c->n_kv_heads;
+    ad->head_dim = c->head_dim;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int p = 0; p < QV_PROJ_COUNT; p++) {
+            qv_lora *lo = &ad->layers[l].lora[p];
+            lo->rank = rank;
+            lo->scale = scale;
+            lo->n_in = qv_proj_n_in(c, (enum qv_proj)p);
+            lo->n_out = qv_proj_n_out(c, (enum qv_proj)p);
+            lo->wtype = QV_DTYPE_F32;
+            seed = seed * 1664525u + 1013904223u;
+            lo->a = vals + (seed >> 8) % (n_vals - (size_t)rank * (size_t)lo->n_in);
+            seed = seed * 1664525u + 1013904223u;
+            lo->b = vals + (seed >> 8) % (n_vals - (size_t)lo->n_out * (size_t)rank);
+            ad->n_bytes += 4u * (size_t)rank * (size_t)(lo->n_in + lo->n_out);
+        }
+    return ad;
+}
+
+void qv_test_free_lora(qv_adapter *ad) {
+    if (!ad) return;
+    free(ad->layers);
+    free(ad);
 }

@@ -24,4 +24,13 @@ size_t qv_test_compare_f32(const char *label, const float *got, const float *wan
 /* Max over i of |got-want| / max(max_j |want_j|, tiny): error relative to the row scale. */
 double qv_test_max_rel_err(const float *got, const float *want, size_t n);
 
+struct qv_adapter;
+struct qv_model;
+/* A LoRA of `rank` and `scale` on all seven projections of every layer of m (F32), its A and B
+ * views into vals[n_vals] at offsets drawn from seed (the caller keeps vals alive); for tests
+ * that need many adapters or large ones without files. Release with qv_test_free_lora. */
+struct qv_adapter *qv_test_make_lora(const struct qv_model *m, int rank, float scale, float *vals,
+                                     size_t n_vals, unsigned seed);
+void qv_test_free_lora(struct qv_adapter *ad);
+
 #endif

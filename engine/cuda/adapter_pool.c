@@ -14,6 +14,7 @@
  */
 #include "cuda/adapter_pool.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include <cuda_runtime_api.h>
@@ -351,4 +352,21 @@ void qv_cuda_adapter_pool_stats(const qv_cuda_adapter_pool *p, qv_cuda_pool_stat
     out->hits = p->hits;
     out->bytes_copied = p->bytes_copied;
     out->staging_waits = p->staging_waits;
+}
+
+size_t qv_cuda_adapter_pool_footprint(const qv_cuda_adapter_pool *p, const qv_cuda_pool_mat *mats,
+                                      int n_mats) {
+    size_t *sizes = qv_malloc((size_t)(n_mats > 0 ? n_mats : 1) * 2 * sizeof(size_t));
+    if (!sizes) return SIZE_MAX;
+    for (int i = 0; i < n_mats; i++)
+        sizes[i] = (size_t)mats[i].n_elems * 2u;
+    size_t total = qv_adapter_pages_layout(sizes, n_mats, MAT_ALIGN, sizes + n_mats);
+    qv_free(sizes);
+    return (size_t)qv_adapter_pages_needed(total, p->page_bytes) * p->page_bytes;
+}
+
+size_t qv_cuda_adapter_pool_bytes(const qv_cuda_adapter_pool *p) {
+    qv_adapter_pages_stats st;
+    qv_adapter_pages_stats_get(p->pages, &st);
+    return (size_t)st.n_pages * p->page_bytes;
 }

@@ -107,6 +107,12 @@ qv_status qv_cuda_adapter_pool_use(qv_cuda_adapter_pool *p, int slot, qv_error *
 
 void qv_cuda_adapter_pool_stats(const qv_cuda_adapter_pool *p, qv_cuda_pool_stats *out);
 
+/* Bytes of the pages a version with these matrices would take (its run of pages, alignment
+ * padding included), and the size of the whole region. */
+size_t qv_cuda_adapter_pool_footprint(const qv_cuda_adapter_pool *p, const qv_cuda_pool_mat *mats,
+                                      int n_mats);
+size_t qv_cuda_adapter_pool_bytes(const qv_cuda_adapter_pool *p);
+
 #ifdef __cplusplus
 }
 #endif

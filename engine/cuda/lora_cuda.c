@@ -279,17 +279,19 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
     return e;
 }
 
-static qv_status load(qv_cuda_lora_rt *rt, const lora_ent *en, int *slot, qv_error *err) {
-    *slot = qv_cuda_adapter_pool_find(rt->pool, en->key);
-    if (*slot >= 0) return qv_cuda_adapter_pool_load(rt->pool, en->key, NULL, 0, slot, err);
-    const qv_adapter *ad = en->ad;
-    int n = 0;
+/* The pool matrices of `ad` (A then B of every adapted (layer, projection), layer-major), in a
+ * new array (caller frees); *n receives their count (0: no LoRA matrices, NULL returned). */
+static qv_cuda_pool_mat *pool_mats(const qv_adapter *ad, int *n, qv_error *err) {
+    *n = 0;
     for (int l = 0; l < ad->n_layers; l++)
         for (int p = 0; p < N_PROJ; p++)
-            n += ad->layers[l].lora[p].rank > 0 ? 2 : 0;
-    if (n == 0) return QV_OK; /* nothing to upload: the segment acts as the base model */
-    qv_cuda_pool_mat *mats = qv_malloc((size_t)n * sizeof(*mats));
-    if (!mats) return qv_errorf(err, QV_ERR_NOMEM, "cuda lora: out of memory");
+            *n += ad->layers[l].lora[p].rank > 0 ? 2 : 0;
+    if (*n == 0) return NULL;
+    qv_cuda_pool_mat *mats = qv_malloc((size_t)*n * sizeof(*mats));
+    if (!mats) {
+        qv_errorf(err, QV_ERR_NOMEM, "cuda lora: out of memory");
+        return NULL;
+    }
     int k = 0;
     for (int l = 0; l < ad->n_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
@@ -301,9 +303,41 @@ static qv_status load(qv_cuda_lora_rt *rt, const lora_ent *en, int *slot, qv_err
             mats[k++] = (qv_cuda_pool_mat){f32 ? (const void *)lo->b : (const void *)lo->b16,
                                            (int64_t)lo->n_out * lo->rank, lo->wtype};
         }
+    return mats;
+}
+
+static qv_status load(qv_cuda_lora_rt *rt, const lora_ent *en, int *slot, qv_error *err) {
+    *slot = qv_cuda_adapter_pool_find(rt->pool, en->key);
+    if (*slot >= 0) return qv_cuda_adapter_pool_load(rt->pool, en->key, NULL, 0, slot, err);
+    int n = 0;
+    qv_cuda_pool_mat *mats = pool_mats(en->ad, &n, err);
+    if (n == 0) return QV_OK; /* nothing to upload: the segment acts as the base model */
+    if (!mats) return QV_ERR_NOMEM;
     qv_status st = qv_cuda_adapter_pool_load(rt->pool, en->key, mats, n, slot, err);
     qv_free(mats);
     return st;
+}
+
+qv_status qv_cuda_lora_rt_check(qv_cuda_lora_rt *rt, const qv_adapter *ad, size_t *bytes,
+                                size_t *pool_bytes, qv_error *err) {
+    *bytes = 0;
+    *pool_bytes = 0;
+    qv_status st = check_supported(rt->m, ad, err);
+    if (st == QV_OK) st = ensure_pool(rt, err);
+    if (st != QV_OK) return st;
+    *pool_bytes = qv_cuda_adapter_pool_bytes(rt->pool);
+    int n = 0;
+    qv_cuda_pool_mat *mats = pool_mats(ad, &n, err);
+    if (n == 0) return QV_OK;
+    if (!mats) return QV_ERR_NOMEM;
+    *bytes = qv_cuda_adapter_pool_footprint(rt->pool, mats, n);
+    qv_free(mats);
+    if (*bytes > *pool_bytes)
+        return qv_errorf(err, QV_ERR_DEVICE_OOM,
+                         "cuda: the adapter needs %zu MiB of the device adapter pool, which has "
+                         "%zu MiB (QV_CUDA_ADAPTER_POOL_MB)",
+                         (*bytes + (1u << 20) - 1) >> 20, *pool_bytes >> 20);
+    return QV_OK;
 }
 
 static int grow(void **p, int *cap, int need, size_t elem, int n_arrays) {

@@ -56,6 +56,14 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
  * evicted again before use). Errors: as qv_cuda_lora_rt_begin. Not during a step's capture. */
 qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err);
 
+/* Whether the CUDA path runs `ad` (see above), and what it takes: *bytes = the device pool bytes
+ * its matrices occupy when resident (0 when it has none), *pool_bytes = the pool's size. Creates
+ * the pool when it does not exist yet. Errors: QV_ERR_UNSUPPORTED (naming the kind or feature),
+ * QV_ERR_DEVICE_OOM (it alone exceeds the pool, or the pool cannot be made), QV_ERR_DEVICE,
+ * QV_ERR_NOMEM. */
+qv_status qv_cuda_lora_rt_check(qv_cuda_lora_rt *rt, const qv_adapter *ad, size_t *bytes,
+                                size_t *pool_bytes, qv_error *err);
+
 /* Counters of the device adapter pool (adapter_pool.h); all 0 before the pool exists (it is
  * created by the first begin with an adapter or the first prefetch). */
 struct qv_cuda_pool_stats;
@@ -64,8 +72,8 @@ void qv_cuda_lora_rt_stats(const qv_cuda_lora_rt *rt, struct qv_cuda_pool_stats 
 /* True when the current step has a segment with an adapter. */
 bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt);
 
-/* Hash of the step's launch shapes (segment lengths and each adapter's ranks): equal for steps
- * whose LoRA launches have equal parameters apart from the table contents. */
+/* Hash of the step's launch shapes (segment lengths, rank bucket, projections touched): equal
+ * for steps whose LoRA launches have equal parameters apart from the table contents. */
 uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt);
 
 /* After the base projections ps[0..n_p) of `layer` (1..3, all reading x_in (n, n_in) backend

@@ -16,7 +16,7 @@ if [[ -d .gpu-deps ]]; then source tests/gpu/deps.sh unpack; fi
 export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # not the server binary: it links libmicrohttpd/gnutls, which the machine may lack
-targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora bench_gpu_decode bench_sgmv bench_gpu_lora"
+targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora test_cuda_engine_lora bench_gpu_decode bench_sgmv bench_gpu_lora"
 build() { # $1 = ON/OFF fatal warnings
     cmake -S . -B build-gpu -DQV_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DQV_FATAL_WARNINGS=$1 \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo >/tmp/qv-gpu-cmake.log 2>&1 || { tail -20 /tmp/qv-gpu-cmake.log; return 1; }

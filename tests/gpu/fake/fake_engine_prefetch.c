@@ -192,34 +192,7 @@ static void test_control_no_wait(void **state) {
  * 3456 * 64 * 2 bytes = 432 KiB as bf16, 7 pages of 64 KiB, so a 1 MiB pool (16 pages) holds
  * two of them and not three. */
 static qv_adapter *big_adapter(const qv_model *m, float *vals, size_t n_vals, unsigned seed) {
-    const qv_model_config *c = &m->cfg;
-    qv_adapter *ad = calloc(1, sizeof(*ad));
-    ad->layers = calloc((size_t)c->n_layers, sizeof(qv_adapter_layer));
-    ad->kind = QV_ADAPTER_LORA;
-    ad->n_layers = c->n_layers;
-    ad->dim = c->dim;
-    ad->n_vocab = c->n_vocab;
-    ad->n_kv_heads = c->n_kv_heads;
-    ad->head_dim = c->head_dim;
-    for (int l = 0; l < c->n_layers; l++)
-        for (int p = 0; p < QV_PROJ_COUNT; p++) {
-            qv_lora *lo = &ad->layers[l].lora[p];
-            const int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
-            lo->rank = 64;
-            lo->scale = 0.5f;
-            lo->n_in = p == QV_PROJ_O ? q : p == QV_PROJ_DOWN ? c->n_ff : c->dim;
-            lo->n_out = p == QV_PROJ_Q                         ? q
-                        : p == QV_PROJ_K || p == QV_PROJ_V     ? kv
-                        : p == QV_PROJ_GATE || p == QV_PROJ_UP ? c->n_ff
-                                                               : c->dim;
-            lo->wtype = QV_DTYPE_F32;
-            seed = seed * 1664525u + 1013904223u;
-            lo->a = vals + (seed >> 8) % (n_vals - (size_t)lo->rank * lo->n_in);
-            seed = seed * 1664525u + 1013904223u;
-            lo->b = vals + (seed >> 8) % (n_vals - (size_t)lo->n_out * lo->rank);
-            ad->n_bytes += 4u * (size_t)lo->rank * (size_t)(lo->n_in + lo->n_out);
-        }
-    return ad;
+    return qv_test_make_lora(m, 64, 0.5f, vals, n_vals, seed);
 }
 
 static void test_prefetch_keeps_running_adapters(void **state) {
@@ -284,8 +257,7 @@ static void test_prefetch_keeps_running_adapters(void **state) {
     free(logits);
     qv_adapter *all[3] = {X, W, Y};
     for (int i = 0; i < 3; i++) {
-        free(all[i]->layers);
-        free(all[i]);
+        qv_test_free_lora(all[i]);
     }
     free(vals);
     qv_forward_destroy(f);

@@ -36,38 +36,6 @@ typedef struct side {
     qv_kv_seq seq[N_SEQ];
 } side;
 
-static qv_adapter *make_adapter(const qv_model *m, int rank, const float *vals, size_t n_vals,
-                                unsigned seed) {
-    const qv_model_config *c = &m->cfg;
-    qv_adapter *ad = calloc(1, sizeof(*ad));
-    ad->layers = calloc((size_t)c->n_layers, sizeof(qv_adapter_layer));
-    ad->kind = QV_ADAPTER_LORA;
-    ad->n_layers = c->n_layers;
-    ad->dim = c->dim;
-    ad->n_vocab = c->n_vocab;
-    ad->n_kv_heads = c->n_kv_heads;
-    ad->head_dim = c->head_dim;
-    const int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
-    for (int l = 0; l < c->n_layers; l++)
-        for (int p = 0; p < QV_PROJ_COUNT; p++) {
-            qv_lora *lo = &ad->layers[l].lora[p];
-            lo->rank = rank;
-            lo->scale = 4.0f / (float)rank;
-            lo->n_in = p == QV_PROJ_O ? q : p == QV_PROJ_DOWN ? c->n_ff : c->dim;
-            lo->n_out = p == QV_PROJ_Q                         ? q
-                        : p == QV_PROJ_K || p == QV_PROJ_V     ? kv
-                        : p == QV_PROJ_GATE || p == QV_PROJ_UP ? c->n_ff
-                                                               : c->dim;
-            lo->wtype = QV_DTYPE_F32;
-            seed = seed * 1664525u + 1013904223u;
-            lo->a = (float *)vals + (seed >> 8) % (n_vals - (size_t)rank * (size_t)lo->n_in);
-            seed = seed * 1664525u + 1013904223u;
-            lo->b = (float *)vals + (seed >> 8) % (n_vals - (size_t)lo->n_out * (size_t)rank);
-            ad->n_bytes += 4u * (size_t)rank * (size_t)(lo->n_in + lo->n_out);
-        }
-    return ad;
-}
-
 static void side_init(side *s, const qv_model *m, int cuda) {
     qv_error err = {0};
     memset(s, 0, sizeof(*s));
@@ -135,7 +103,8 @@ static void test_churn(void **state) {
     static const int ranks[5] = {2, 4, 8, 16, 32};
     qv_adapter *ads[N_AD];
     for (int i = 0; i < N_AD; i++)
-        ads[i] = make_adapter(m, ranks[i % 5], vals, n_vals, 1000u + (unsigned)i);
+        ads[i] = qv_test_make_lora(m, ranks[i % 5], 4.0f / (float)ranks[i % 5], vals, n_vals,
+                                   1000u + (unsigned)i);
     side cpu, dev, roomy;
     side_init(&cpu, m, 0);
     side_init(&dev, m, 1);
@@ -220,8 +189,7 @@ static void test_churn(void **state) {
     side_free(&dev);
     side_free(&cpu);
     for (int i = 0; i < N_AD; i++) {
-        free(ads[i]->layers);
-        free(ads[i]);
+        qv_test_free_lora(ads[i]);
     }
     free(vals);
     qv_model_free(m);

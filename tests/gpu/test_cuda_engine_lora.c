@@ -1,0 +1,261 @@
+/*
+ * test_cuda_engine_lora.c - LoRA requests through the engine on the CUDA backend (the path of
+ * `quiver serve --device cuda`), against the same requests on the CPU engine:
+ *   1. six requests batched together (the base model and the five PEFT LoRA fixtures of
+ *      tiny-llama-gqa), greedy, 24 tokens each: every request's tokens equal the CPU engine's
+ *      up to the first place where the CPU's top two tokens are a near tie (logprob gap below
+ *      NEAR_TIE, the bf16 weights' logit error on these random tiny models) and the CUDA run
+ *      took the runner-up; after such a place the sequences are different texts;
+ *   2. a device adapter pool of 1 MiB (16 pages of 64 KiB) and four random rank-64 LoRAs of
+ *      7 pages each, with two base requests: the engine admits at most one of those adapters at a
+ *      time (their pages may take half the pool), so no step runs out of pool room; every request
+ *      completes and matches the CPU engine by the same rule;
+ *   3. kinds the CUDA path lacks (IA3, DoRA) are refused by qv_engine_add with
+ *      QV_ERR_UNSUPPORTED naming them, and run on the CPU engine.
+ * Skips (77) without CUDA or a device, after the CPU halves.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <stdlib.h>
+
+#include "adapters/adapters.h"
+#include "engine/engine.h"
+#include "gpu_util.h"
+#include "test_util.h"
+
+#define MODEL "tests/fixtures/models/tiny-llama-gqa"
+#define AD_DIR "tests/fixtures/adapters/tiny-llama-gqa/"
+#define MAX_REQ 8
+#define TOKENS 24
+#define NEAR_TIE 0.25f
+
+typedef struct run_out {
+    int32_t toks[MAX_REQ][TOKENS];
+    int32_t top2[MAX_REQ][TOKENS]; /* CPU run: runner-up token */
+    float gap[MAX_REQ][TOKENS];    /* CPU run: logprob gap between the top two */
+    int n[MAX_REQ];
+    int ids[MAX_REQ];
+    int n_req;
+    int step;               /* current step number */
+    int last_step[MAX_REQ]; /* step of the request's latest token */
+    const qv_adapter *ad[MAX_REQ];
+    const qv_adapter *big[4]; /* case 2: adapters counted per step */
+    int max_big_per_step;
+} run_out;
+
+static void on_tok(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
+                   enum qv_finish_reason finish) {
+    (void)finish;
+    run_out *o = user;
+    for (int i = 0; i < o->n_req; i++)
+        if (o->ids[i] == seq_id && o->n[i] < TOKENS) {
+            if (lp && lp->n_top >= 2) {
+                o->top2[i][o->n[i]] = lp->top_ids[1];
+                o->gap[i][o->n[i]] = lp->top_logprobs[0] - lp->top_logprobs[1];
+            }
+            o->toks[i][o->n[i]++] = token;
+            o->last_step[i] = o->step;
+        }
+}
+
+static qv_engine *open_engine(const char *device) {
+    qv_engine_config c;
+    qv_engine_config_default(&c);
+    c.model_path = qv_test_path(MODEL);
+    c.load_tokenizer = false;
+    c.n_threads = 2;
+    c.kv_bytes = (size_t)4 << 20;
+    c.kv_page_size = 4;
+    c.max_batch_tokens = 32;
+    c.device = device;
+    qv_engine *e = NULL;
+    qv_error err = {0};
+    if (qv_engine_create(&c, &e, &err) != QV_OK) fail_msg("engine on %s: %s", device, err.msg);
+    return e;
+}
+
+/* Runs the n requests (request i: adapter ads[i], a prompt of 3 + 4i tokens) to completion. */
+static void run_requests(const char *device, const qv_adapter *const *ads, int n, run_out *o) {
+    qv_engine *e = open_engine(device);
+    qv_gen_params gp;
+    qv_gen_params_default(&gp);
+    gp.sampling.temperature = 0;
+    gp.max_tokens = TOKENS;
+    gp.ignore_eos = true;
+    gp.sampling.n_logprobs = strcmp(device, "cpu") == 0 ? 2 : 0; /* the CUDA run: greedy path */
+    o->n_req = n;
+    o->step = 0;
+    o->max_big_per_step = 0;
+    qv_error err = {0};
+    for (int i = 0; i < n; i++) {
+        int32_t ids[40];
+        const int len = 3 + 4 * i;
+        for (int t = 0; t < len; t++)
+            ids[t] = (int32_t)((t * 31 + i * 17 + 7) % 250);
+        gp.adapter = ads[i];
+        o->ad[i] = ads[i];
+        o->n[i] = 0;
+        o->last_step[i] = -1;
+        if (qv_engine_add(e, ids, (size_t)len, &gp, on_tok, o, &o->ids[i], &err) != QV_OK)
+            fail_msg("request %d on %s: %s", i, device, err.msg);
+    }
+    for (int guard = 0; qv_engine_n_active(e) > 0 && guard < 2000; guard++) {
+        if (qv_engine_step(e, &err) != QV_OK) fail_msg("step on %s: %s", device, err.msg);
+        int big = 0; /* distinct big adapters that produced a token in this step */
+        for (int b = 0; b < 4; b++) {
+            bool ran = false;
+            for (int i = 0; i < n && o->big[b]; i++)
+                ran |= o->ad[i] == o->big[b] && o->last_step[i] == o->step;
+            big += ran;
+        }
+        if (big > o->max_big_per_step) o->max_big_per_step = big;
+        o->step++;
+    }
+    assert_int_equal(qv_engine_n_active(e), 0);
+    qv_engine_destroy(e);
+}
+
+/* Every request of the CUDA run completed and equals the CPU run's tokens up to a near tie
+ * (see the file comment) or to the end. */
+static void compare(const char *what, const run_out *cpu, const run_out *cu) {
+    int same_total = 0, ties = 0;
+    for (int i = 0; i < cpu->n_req; i++) {
+        assert_int_equal(cpu->n[i], TOKENS);
+        assert_int_equal(cu->n[i], TOKENS);
+        int same = 0;
+        while (same < TOKENS && cu->toks[i][same] == cpu->toks[i][same])
+            same++;
+        same_total += same;
+        if (same == TOKENS) continue;
+        const bool tie = cu->toks[i][same] == cpu->top2[i][same] && cpu->gap[i][same] < NEAR_TIE;
+        printf("%s: request %d parts from the cpu at token %d (%d vs %d, cpu runner-up %d, "
+               "gap %.3g): %s\n",
+               what, i, same, cu->toks[i][same], cpu->toks[i][same], cpu->top2[i][same],
+               (double)cpu->gap[i][same], tie ? "a near tie" : "NOT a near tie");
+        if (!tie) fail_msg("%s: request %d differs from the cpu engine", what, i);
+        ties++;
+    }
+    printf("%s: %d of %d tokens identical to the cpu engine; %d request(s) part at a near tie\n",
+           what, same_total, cpu->n_req * TOKENS, ties);
+}
+
+static qv_adapter *load_fixture(const qv_model *m, const char *name) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s%s", AD_DIR, name);
+    qv_adapter *ad = NULL;
+    qv_error err = {0};
+    if (qv_adapter_load(qv_test_path(dir), m, NULL, &ad, &err) != QV_OK)
+        fail_msg("%s: %s", name, err.msg);
+    return ad;
+}
+
+static void test_engine_lora_mix(void **state) {
+    (void)state;
+    static const char *names[5] = {"lora_qv_r4", "lora_all_r8_rslora", "lora_patterns",
+                                   "lora_r16_mlp_bf16", "lora_r1_f16"};
+    qv_engine *probe = open_engine("cpu");
+    const qv_adapter *ads[6] = {NULL};
+    qv_adapter *own[5];
+    for (int a = 0; a < 5; a++)
+        ads[a + 1] = own[a] = load_fixture(qv_engine_model(probe), names[a]);
+    static run_out cpu, cu;
+    memset(&cpu, 0, sizeof(cpu));
+    memset(&cu, 0, sizeof(cu));
+    run_requests("cpu", ads, 6, &cpu);
+    gpu_require_device();
+    run_requests("cuda", ads, 6, &cu);
+    compare("base + 5 LoRAs on cuda", &cpu, &cu);
+    for (int a = 0; a < 5; a++)
+        qv_adapter_free(own[a]);
+    qv_engine_destroy(probe);
+}
+
+static void test_engine_small_pool(void **state) {
+    (void)state;
+    qv_engine *probe = open_engine("cpu");
+    const qv_model *m = qv_engine_model(probe);
+    const size_t n_vals = (size_t)1 << 16;
+    float *vals = malloc(n_vals * sizeof(float));
+    assert_non_null(vals);
+    uint32_t rng = 99;
+    for (size_t i = 0; i < n_vals; i++)
+        vals[i] = 0.08f * gpu_randf(&rng);
+    qv_adapter *big[4];
+    const qv_adapter *ads[6] = {NULL};
+    static run_out cpu, cu;
+    memset(&cpu, 0, sizeof(cpu));
+    memset(&cu, 0, sizeof(cu));
+    for (int a = 0; a < 4; a++) {
+        big[a] = qv_test_make_lora(m, 64, 4.0f / 64.0f, vals, n_vals, 500u + 77u * (unsigned)a);
+        ads[a + 1] = big[a]; /* requests 1..4; 0 and 5 run the base model */
+        cpu.big[a] = cu.big[a] = big[a];
+    }
+    run_requests("cpu", ads, 6, &cpu);
+    printf("cpu engine: up to %d of the big adapters in one step\n", cpu.max_big_per_step);
+    assert_true(cpu.max_big_per_step > 1); /* the CPU has no pool: they run together */
+    gpu_require_device();
+    setenv("QV_CUDA_ADAPTER_POOL_MB", "1", 1);
+    run_requests("cuda", ads, 6, &cu);
+    unsetenv("QV_CUDA_ADAPTER_POOL_MB");
+    printf("cuda engine, 1 MiB adapter pool: up to %d of the big adapters in one step\n",
+           cu.max_big_per_step);
+    assert_int_equal(cu.max_big_per_step, 1);
+    compare("4 rank-64 LoRAs through a 1 MiB pool", &cpu, &cu);
+    for (int a = 0; a < 4; a++)
+        qv_test_free_lora(big[a]);
+    free(vals);
+    qv_engine_destroy(probe);
+}
+
+static void test_engine_refuses_other_kinds(void **state) {
+    (void)state;
+    qv_engine *cpu = open_engine("cpu");
+    static const char *names[2] = {"ia3", "dora"};
+    static const char *want[2] = {"IA3", "DoRA"};
+    qv_adapter *ads[2];
+    for (int a = 0; a < 2; a++)
+        ads[a] = load_fixture(qv_engine_model(cpu), names[a]);
+    qv_gen_params gp;
+    qv_gen_params_default(&gp);
+    gp.sampling.temperature = 0;
+    gp.max_tokens = 4;
+    const int32_t prompt[3] = {5, 6, 7};
+    run_out o;
+    memset(&o, 0, sizeof(o));
+    o.n_req = 1;
+    qv_error err = {0};
+    for (int a = 0; a < 2; a++) { /* the CPU runs them */
+        gp.adapter = ads[a];
+        assert_int_equal(qv_engine_add(cpu, prompt, 3, &gp, on_tok, &o, &o.ids[0], &err), QV_OK);
+        while (qv_engine_n_active(cpu) > 0)
+            assert_int_equal(qv_engine_step(cpu, &err), QV_OK);
+    }
+    gpu_require_device();
+    qv_engine *cu = open_engine("cuda");
+    for (int a = 0; a < 2; a++) {
+        gp.adapter = ads[a];
+        int id = -1;
+        assert_int_equal(qv_engine_add(cu, prompt, 3, &gp, on_tok, &o, &id, &err),
+                         QV_ERR_UNSUPPORTED);
+        printf("%s on cuda: %s\n", names[a], err.msg);
+        assert_non_null(strstr(err.msg, want[a]));
+    }
+    assert_int_equal(qv_engine_n_active(cu), 0);
+    qv_engine_destroy(cu);
+    for (int a = 0; a < 2; a++)
+        qv_adapter_free(ads[a]);
+    qv_engine_destroy(cpu);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_engine_lora_mix),
+        cmocka_unit_test(test_engine_small_pool),
+        cmocka_unit_test(test_engine_refuses_other_kinds),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
