@@ -311,8 +311,13 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
     do {                                                                                           \
         if (dl) qv_cuda_lora_rt_projs(dl, (layer), (ps), (n_p), (x_in), (ys));                     \
     } while (0)
+#define DEV_SCALE_IN(layer, p, x)                                                                  \
+    do {                                                                                           \
+        if (dl) qv_cuda_lora_rt_scale_input(dl, (layer), (p), (x));                                \
+    } while (0)
 #else
 #define DEV_LORA(layer, ps, n_p, x_in, ys) ((void)(ps), (void)(ys))
+#define DEV_SCALE_IN(layer, p, x) ((void)0)
 #endif
     static const enum qv_proj p_qkv[3] = {QV_PROJ_Q, QV_PROJ_K, QV_PROJ_V};
     static const enum qv_proj p_o[1] = {QV_PROJ_O};
@@ -370,6 +375,7 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
             DEV_LORA(l, p_gu, 2, f->xb, ys);
         }
         be->swiglu(B, f->gate, f->up, f->gate, (size_t)n * (size_t)c->n_ff);
+        DEV_SCALE_IN(l, QV_PROJ_DOWN, f->gate);
         if (be->matmul_acc && !ad) {
             be->matmul_acc(B, &w->w_down, f->gate, n, f->x, bias_of(&w->b_down));
             float *const ys[1] = {f->x};

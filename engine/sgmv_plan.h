@@ -44,6 +44,18 @@ typedef struct qv_sgmv_seg {
     int32_t reserved; /* 0 */
 } qv_sgmv_seg;
 
+/* One segment of a per-row scaling (IA3): rows [t0, t0 + n) of x, columns [0, n_cols):
+ * x[t][c] *= vec[c]. vec is half (bf16, or fp16) device memory; n may be 0 (empty segment, vec
+ * may be NULL). Shared bit for bit with the device (32 bytes). */
+typedef struct qv_seg_scale {
+    float *x;        /* backend memory; row t (absolute) at x + t * ldx */
+    const void *vec; /* (n_cols) half, device memory */
+    int64_t ldx;     /* floats between rows, >= n_cols */
+    int32_t t0, n;   /* token rows */
+    int32_t n_cols;
+    int32_t reserved; /* 0 */
+} qv_seg_scale;
+
 /* Launch shape of a table: upper bounds over its segments. The kernels loop over whatever the
  * grid does not cover, so these only shape the grid; they are part of a CUDA graph's key. */
 typedef struct qv_sgmv_plan {

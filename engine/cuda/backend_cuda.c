@@ -1355,6 +1355,22 @@ void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv
     }
 }
 
+/* IA3 row scaling over segments (sgmv.h), staged and signed like the SGMV table above. The
+ * scaled rows may be the cached half source of the next GEMM: the cache is dropped. */
+void qv_backend_cuda_seg_scale(qv_backend *be, const qv_seg_scale *tab, int n_tab, int max_n,
+                               int max_cols) {
+    cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx); /* deferred work writes the rows scaled here */
+    if (cx->failed || n_tab <= 0 || max_n <= 0) return;
+    const size_t tb = (size_t)n_tab * sizeof(qv_seg_scale);
+    if (!ensure_room(cx, align_up(tb))) return;
+    const qv_seg_scale *d = stage(cx, tab, tb);
+    if (!d) return;
+    SIG(cx, 22, U(d), (uint64_t)n_tab, (uint64_t)max_n, (uint64_t)max_cols, (uint64_t)cx->act_fp16);
+    (void)RUN(cx, qv_cuda_seg_scale(d, n_tab, max_n, max_cols, cx->act_fp16, cx->stream));
+    invalidate_xh(cx);
+}
+
 int qv_backend_cuda_act_fp16(const qv_backend *be) { return ((const cuda_ctx *)be->ctx)->act_fp16; }
 
 void *qv_backend_cuda_stream(const qv_backend *be) {

@@ -1,6 +1,7 @@
 /*
- * lora_cuda.c - LoRA in the CUDA forward pass (lora_cuda.h): adapter residency in the device
- * adapter pool, per-step segment bookkeeping, and one SGMV shrink + expand per projection group.
+ * lora_cuda.c - LoRA and IA3 in the CUDA forward pass (lora_cuda.h): adapter residency in the
+ * device adapter pool, per-step segment bookkeeping, and one SGMV shrink + expand per projection
+ * group.
  *
  * A pool version holds, for every (layer, projection) with rank > 0 in layer-major order, A
  * (rank, n_in) then B (n_out, rank) as half matrices; ent->mat[layer * 7 + proj] names A's
@@ -33,7 +34,9 @@ typedef struct lora_ent {
     const qv_adapter *ad;
     uint64_t fp;        /* content fingerprint */
     int max_rank;       /* largest rank over layers and projections */
-    unsigned proj_mask; /* bit p: projection p has rank > 0 in some layer */
+    unsigned proj_mask; /* bit p: projection p has rank > 0 in some layer; bit 8 + p: an IA3
+                           output vector on p; bit 16 + p: an IA3 input vector on p */
+    int *vec;           /* [n_layers * N_PROJ]: index of the IA3 vector in the version, or -1 */
     uint64_t key;       /* pool key */
     int *mat;           /* [n_layers * N_PROJ]: index of A in the version, or -1 */
 } lora_ent;
@@ -100,8 +103,10 @@ void qv_cuda_lora_rt_destroy(qv_cuda_lora_rt *rt) {
             qv_cuda_adapter_pool_release(rt->pool, rt->held[i]);
     qv_cuda_adapter_pool_destroy(rt->pool);
     if (rt->tmp) rt->be->iface->free(rt->be, rt->tmp);
-    for (int i = 0; i < rt->n_ents; i++)
+    for (int i = 0; i < rt->n_ents; i++) {
         qv_free(rt->ents[i].mat);
+        qv_free(rt->ents[i].vec);
+    }
     qv_free(rt->ents);
     qv_free(rt->tab);
     qv_free(rt->seg_t0);
@@ -123,13 +128,14 @@ bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt) { return rt && rt->active
 uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt) { return rt ? rt->shape : 0; }
 
 /* What the CUDA path implements: plain LoRA / rsLoRA (F32, F16 or BF16 weights) on the decoder
- * projections. The message names the kind or feature that is missing. */
+ * projections, and IA3 (output scaling of q/k/v/gate/up, input scaling of down_proj: PEFT's
+ * Llama defaults). The message names the kind or feature that is missing. */
 static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_error *err) {
     const qv_model_config *c = &m->cfg;
-    if (ad->kind != QV_ADAPTER_LORA)
+    if (ad->kind != QV_ADAPTER_LORA && ad->kind != QV_ADAPTER_IA3)
         return qv_errorf(err, QV_ERR_UNSUPPORTED,
                          "cuda: adapter kind %s is not supported on the CUDA backend yet (LoRA "
-                         "only; use --device cpu)",
+                         "and IA3 only; use --device cpu)",
                          qv_adapter_kind_name(ad->kind));
     const char *feat = NULL;
     if (ad->use_dora)
@@ -154,7 +160,10 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
         if (L->bn_attn.d > 0 || L->bn_ffn.d > 0) feat = "bottleneck units";
         for (int p = 0; p < N_PROJ && !feat; p++) {
             const qv_lora *lo = &L->lora[p];
-            if (L->ia3[p]) feat = "IA3 vectors";
+            if (L->ia3[p] && L->ia3_input[p] && p != QV_PROJ_DOWN)
+                feat = "IA3 input scaling of a projection other than down_proj";
+            else if (L->ia3[p] && !L->ia3_input[p] && (p == QV_PROJ_O || p == QV_PROJ_DOWN))
+                feat = "IA3 output scaling of o_proj / down_proj";
             if (lo->rank <= 0 || feat) continue;
             if (lo->b_bias)
                 feat = "lora_bias";
@@ -187,7 +196,13 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
     return QV_OK;
 }
 
-static void fingerprint(const qv_adapter *ad, uint64_t *fp) {
+/* Length of the IA3 vector on (l, p): the projection's input or output width. */
+static int ia3_len(const qv_model_config *c, const qv_adapter *ad, int l, int p) {
+    return ad->layers[l].ia3_input[p] ? qv_proj_n_in(c, (enum qv_proj)p)
+                                      : qv_proj_n_out(c, (enum qv_proj)p);
+}
+
+static void fingerprint(const qv_model_config *c, const qv_adapter *ad, uint64_t *fp) {
     uint64_t h = 1469598103934665603ull, r = 1469598103934665603ull;
     h = mix(h, (uint64_t)ad->n_bytes);
     h = mix(h, (uint64_t)ad->n_layers);
@@ -207,6 +222,13 @@ static void fingerprint(const qv_adapter *ad, uint64_t *fp) {
                                    fbits(qv_lora_b_at(lo, nb - 1))};
             for (int i = 0; i < 7; i++)
                 h = mix(h, v[i]);
+        }
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            const float *v = ad->layers[l].ia3[p];
+            if (!v) continue;
+            const size_t n = (size_t)ia3_len(c, ad, l, p);
+            h = mix(mix(mix(h, fbits(v[0])), fbits(v[n / 2])), fbits(v[n - 1]));
         }
     *fp = mix(h, r);
 }
@@ -232,7 +254,7 @@ static qv_status ensure_pool(qv_cuda_lora_rt *rt, qv_error *err) {
 /* The map entry of `ad` (created or refreshed when its fingerprint changed). -1 on NOMEM. */
 static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
     uint64_t fp;
-    fingerprint(ad, &fp);
+    fingerprint(&rt->m->cfg, ad, &fp);
     int e = -1;
     for (int i = 0; i < rt->n_ents; i++)
         if (rt->ents[i].ad == ad) e = i;
@@ -257,7 +279,10 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
     }
     lora_ent *en = &rt->ents[e];
     if (!en->mat) en->mat = qv_malloc((size_t)ad->n_layers * N_PROJ * sizeof(int));
-    if (!en->mat) {
+    if (!en->vec) en->vec = qv_malloc((size_t)ad->n_layers * N_PROJ * sizeof(int));
+    if (!en->mat || !en->vec) {
+        qv_free(en->mat);
+        qv_free(en->vec);
         *en = (lora_ent){0}; /* key 0 is never resident: a free entry */
         return -1;
     }
@@ -276,16 +301,25 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
             en->max_rank = QV_MAX(en->max_rank, r);
             en->proj_mask |= 1u << p;
         }
+    /* IA3 vectors follow every LoRA matrix in the version (pool_mats' order) */
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            en->vec[l * N_PROJ + p] = ad->layers[l].ia3[p] ? k : -1;
+            if (!ad->layers[l].ia3[p]) continue;
+            k++;
+            en->proj_mask |= 1u << (ad->layers[l].ia3_input[p] ? 16 + p : 8 + p);
+        }
     return e;
 }
 
 /* The pool matrices of `ad` (A then B of every adapted (layer, projection), layer-major), in a
  * new array (caller frees); *n receives their count (0: no LoRA matrices, NULL returned). */
-static qv_cuda_pool_mat *pool_mats(const qv_adapter *ad, int *n, qv_error *err) {
+static qv_cuda_pool_mat *pool_mats(const qv_model_config *c, const qv_adapter *ad, int *n,
+                                   qv_error *err) {
     *n = 0;
     for (int l = 0; l < ad->n_layers; l++)
         for (int p = 0; p < N_PROJ; p++)
-            *n += ad->layers[l].lora[p].rank > 0 ? 2 : 0;
+            *n += (ad->layers[l].lora[p].rank > 0 ? 2 : 0) + (ad->layers[l].ia3[p] ? 1 : 0);
     if (*n == 0) return NULL;
     qv_cuda_pool_mat *mats = qv_malloc((size_t)*n * sizeof(*mats));
     if (!mats) {
@@ -303,6 +337,11 @@ static qv_cuda_pool_mat *pool_mats(const qv_adapter *ad, int *n, qv_error *err) 
             mats[k++] = (qv_cuda_pool_mat){f32 ? (const void *)lo->b : (const void *)lo->b16,
                                            (int64_t)lo->n_out * lo->rank, lo->wtype};
         }
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++)
+            if (ad->layers[l].ia3[p])
+                mats[k++] =
+                    (qv_cuda_pool_mat){ad->layers[l].ia3[p], ia3_len(c, ad, l, p), QV_DTYPE_F32};
     return mats;
 }
 
@@ -310,7 +349,7 @@ static qv_status load(qv_cuda_lora_rt *rt, const lora_ent *en, int *slot, qv_err
     *slot = qv_cuda_adapter_pool_find(rt->pool, en->key);
     if (*slot >= 0) return qv_cuda_adapter_pool_load(rt->pool, en->key, NULL, 0, slot, err);
     int n = 0;
-    qv_cuda_pool_mat *mats = pool_mats(en->ad, &n, err);
+    qv_cuda_pool_mat *mats = pool_mats(&rt->m->cfg, en->ad, &n, err);
     if (n == 0) return QV_OK; /* nothing to upload: the segment acts as the base model */
     if (!mats) return QV_ERR_NOMEM;
     qv_status st = qv_cuda_adapter_pool_load(rt->pool, en->key, mats, n, slot, err);
@@ -327,7 +366,7 @@ qv_status qv_cuda_lora_rt_check(qv_cuda_lora_rt *rt, const qv_adapter *ad, size_
     if (st != QV_OK) return st;
     *pool_bytes = qv_cuda_adapter_pool_bytes(rt->pool);
     int n = 0;
-    qv_cuda_pool_mat *mats = pool_mats(ad, &n, err);
+    qv_cuda_pool_mat *mats = pool_mats(&rt->m->cfg, ad, &n, err);
     if (n == 0) return QV_OK;
     if (!mats) return QV_ERR_NOMEM;
     *bytes = qv_cuda_adapter_pool_footprint(rt->pool, mats, n);
@@ -461,6 +500,41 @@ qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv
     return load(rt, &rt->ents[e], &slot, err);
 }
 
+/* IA3 scaling of rows of xs[j] (the input (in != 0) or output of projection ps[j], one per
+ * projection) by each segment's vector: one launch for the group, one entry per (segment,
+ * projection), empty where a segment has no vector (the table depends on the batch shape only). */
+static void ia3_scale(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p, int in,
+                      float *const *xs) {
+    const qv_model_config *c = &rt->m->cfg;
+    qv_seg_scale *tab = (qv_seg_scale *)(void *)rt->tab; /* 32 of the 64-byte entries' room */
+    int k = 0, max_cols = 0;
+    for (int s = 0; s < rt->n_segs; s++) {
+        const lora_ent *en = rt->seg_slot[s] >= 0 ? &rt->ents[rt->seg_ent[s]] : NULL;
+        for (int j = 0; j < n_p; j++) {
+            const int p = (int)ps[j];
+            const int vi = en ? en->vec[layer * N_PROJ + p] : -1;
+            const bool match = vi >= 0 && en->ad->layers[layer].ia3_input[p] == (in != 0);
+            const int cols =
+                in ? qv_proj_n_in(c, (enum qv_proj)p) : qv_proj_n_out(c, (enum qv_proj)p);
+            max_cols = QV_MAX(max_cols, cols);
+            tab[k++] = (qv_seg_scale){
+                .x = xs[j],
+                .vec = match ? qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], vi) : NULL,
+                .ldx = cols,
+                .t0 = rt->seg_t0[s],
+                .n = match ? rt->seg_n[s] : 0,
+                .n_cols = cols,
+            };
+        }
+    }
+    qv_backend_cuda_seg_scale(rt->be, tab, k, rt->max_seg_n, max_cols);
+}
+
+void qv_cuda_lora_rt_scale_input(qv_cuda_lora_rt *rt, int layer, enum qv_proj p, float *x) {
+    if (!rt->active || !(rt->proj_mask & (1u << (16 + p)))) return;
+    ia3_scale(rt, layer, &p, 1, 1, &x);
+}
+
 void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
                            const float *x_in, float *const *ys) {
     if (!rt->active) return;
@@ -469,7 +543,10 @@ void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *p
     unsigned group = 0;
     for (int j = 0; j < n_p; j++)
         group |= 1u << ps[j];
-    if (!(group & rt->proj_mask)) return; /* no adapter of the step touches this group */
+    /* IA3 output vectors scale (W x + b) after any LoRA delta (an adapter has one or the
+     * other) */
+    if (group & (rt->proj_mask >> 8) & 0xffu) ia3_scale(rt, layer, ps, n_p, 0, ys);
+    if (!(group & rt->proj_mask)) return; /* no LoRA of the step touches this group */
     /* one entry per (segment, projection), empty where there is no LoRA: the table's length
      * and the launch bounds depend on the batch shape only, not on the adapter mix */
     int k = 0, max_n_out = 0;

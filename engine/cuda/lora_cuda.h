@@ -1,21 +1,21 @@
 /*
- * lora_cuda.h - LoRA adapters in the CUDA forward pass: the device counterpart of the LoRA part
- * of engine/adapter_apply.h, called by forward.c when the backend is "cuda".
+ * lora_cuda.h - LoRA and IA3 adapters in the CUDA forward pass: the device counterpart of the
+ * LoRA and IA3 parts of engine/adapter_apply.h, called by forward.c when the backend is "cuda".
  *
- * What: per step, validates the batch's adapter segments (plain LoRA and rsLoRA,
- * ranks 1..256 on any of the seven decoder projections), makes every adapter resident in the
- * device adapter pool (engine/cuda/adapter_pool.h, created on first use) and, at each hook,
- * builds the SGMV segment table of one projection group (q/k/v together, o, gate/up together,
- * down) and runs one shrink and one expand for all segments of the batch
- * (qv_backend_cuda_sgmv).
- * What not: DoRA, lora_bias, IA³, embedding / lm_head LoRA, modules_to_save, trainable tokens,
- * prompt / prefix / adaption-prompt and bottleneck adapters: refused at begin with
- * QV_ERR_UNSUPPORTED naming the kind or feature. LoRA weights stored as F32, F16 or BF16 are
- * all accepted (copied as they are when they match the model's half type).
- * Residency key: an adapter is identified by its address plus a fingerprint (n_bytes, ranks
- * and sampled weight values), so a freed adapter whose address is reused by another is
- * uploaded again, never served stale.
- * Thread: the engine thread that owns the backend.
+ * What: per step, validates the batch's adapter segments (plain LoRA and rsLoRA, ranks 1..256
+ * on any of the seven decoder projections; IA3 output vectors on q/k/v/gate/up and input
+ * vectors on down_proj), makes every adapter resident in the device adapter pool
+ * (engine/cuda/adapter_pool.h, created on first use) and, at each hook, builds the SGMV segment
+ * table of one projection group (q/k/v together, o, gate/up together, down) and runs one shrink
+ * and one expand for all segments of the batch (qv_backend_cuda_sgmv), and one row-scaling
+ * launch for the group's IA3 vectors (qv_backend_cuda_seg_scale).
+ * What not: DoRA, lora_bias, embedding / lm_head LoRA, modules_to_save, trainable tokens, IA3
+ * on o_proj output or on inputs other than down_proj, prompt / prefix / adaption-prompt and
+ * bottleneck adapters: refused at begin with QV_ERR_UNSUPPORTED naming the kind or feature. LoRA
+ * weights stored as F32, F16 or BF16 are all accepted (copied as they are when they match the
+ * model's half type). Residency key: an adapter is identified by its address plus a fingerprint
+ * (n_bytes, ranks and sampled weight values), so a freed adapter whose address is reused by another
+ * is uploaded again, never served stale. Thread: the engine thread that owns the backend.
  */
 #ifndef QV_CUDA_LORA_H
 #define QV_CUDA_LORA_H
@@ -77,10 +77,14 @@ bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt);
 uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt);
 
 /* After the base projections ps[0..n_p) of `layer` (1..3, all reading x_in (n, n_in) backend
- * memory): ys[k] (n, n_out of ps[k]) += LoRA of each segment's adapter. One shrink + one expand
- * for the whole group. */
+ * memory): ys[k] (n, n_out of ps[k]) += LoRA of each segment's adapter (one shrink + one expand
+ * for the whole group), and ys[k] rows *= each segment's IA3 output vector (one launch). */
 void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
                            const float *x_in, float *const *ys);
+
+/* Before projection p of `layer` reads x (n, n_in of p) backend memory: x's rows *= each
+ * segment's IA3 input vector of p (PEFT's feedforward modules: down_proj). One launch. */
+void qv_cuda_lora_rt_scale_input(qv_cuda_lora_rt *rt, int layer, enum qv_proj p, float *x);
 
 #ifdef __cplusplus
 }

@@ -235,6 +235,19 @@ static __global__ void __launch_bounds__(THREADS)
     }
 }
 
+/* ---- IA3 row scaling: block (column chunk, row, entry), grid-stride over both ---- */
+
+template <bool F16> static __global__ void k_seg_scale(const qv_seg_scale *tab) {
+    const qv_seg_scale e = tab[blockIdx.z];
+    if (e.n <= 0 || !e.vec) return;
+    const unsigned short *v = (const unsigned short *)e.vec;
+    for (int t = blockIdx.y; t < e.n; t += gridDim.y) {
+        float *row = e.x + (size_t)(e.t0 + t) * (size_t)e.ldx;
+        for (int c = blockIdx.x * THREADS + threadIdx.x; c < e.n_cols; c += gridDim.x * THREADS)
+            row[c] *= ld1<F16>(v, (size_t)c);
+    }
+}
+
 /* ---- launchers ---- */
 
 static unsigned clamp_grid(long long n, unsigned limit) {
@@ -265,12 +278,10 @@ extern "C" int qv_cuda_sgmv_shrink(const qv_sgmv_args *g, const void *x, int64_t
         dim3 grid((unsigned)p->n_segs, clamp_grid((p->max_rank + SH_WARPS - 1) / SH_WARPS, 65535));
 #define SHRINK_W(NT)                                                                               \
     do {                                                                                           \
-        if (f16)                                                                                   \
-            QV_LAUNCH(grid, THREADS, s, k_shrink_warp<NT, true>)                                   \
-            (g->segs, xp, ldx, n_in, vec_x, tmp);                                                  \
-        else                                                                                       \
-            QV_LAUNCH(grid, THREADS, s, k_shrink_warp<NT, false>)                                  \
-            (g->segs, xp, ldx, n_in, vec_x, tmp);                                                  \
+        if (f16) QV_LAUNCH(grid, THREADS, s, k_shrink_warp<NT, true>)                              \
+        (g->segs, xp, ldx, n_in, vec_x, tmp);                                                      \
+        else QV_LAUNCH(grid, THREADS, s, k_shrink_warp<NT, false>)(g->segs, xp, ldx, n_in, vec_x,  \
+                                                                   tmp);                           \
     } while (0)
         if (p->max_n == 1)
             SHRINK_W(1);
@@ -313,4 +324,17 @@ extern "C" int qv_cuda_sgmv_expand(const qv_sgmv_args *g, const float *tmp, cuda
         EXPAND(TILE);
 #undef EXPAND
     LAUNCH_CHECK("sgmv expand");
+}
+
+extern "C" int qv_cuda_seg_scale(const qv_seg_scale *tab, int n_tab, int max_n, int max_cols,
+                                 int fp16, cudaStream_t s) {
+    if (n_tab <= 0 || max_n <= 0 || max_cols <= 0) return 0;
+    if (!tab || n_tab > QV_SGMV_MAX_SEGS) SGMV_FAIL("bad scaling table (%d entries)", n_tab);
+    dim3 grid(clamp_grid((max_cols + THREADS - 1) / THREADS, 65535), clamp_grid(max_n, 65535),
+              (unsigned)n_tab);
+    if (fp16)
+        QV_LAUNCH(grid, THREADS, s, k_seg_scale<true>)(tab);
+    else
+        QV_LAUNCH(grid, THREADS, s, k_seg_scale<false>)(tab);
+    LAUNCH_CHECK("ia3 row scaling");
 }

@@ -1,20 +1,21 @@
 /*
- * test_cuda_lora.c - LoRA adapters end to end on the CUDA backend (engine/cuda/lora_cuda.c
- * through forward.c): on tiny-llama-gqa with five PEFT LoRA fixtures (q/v rank 4; all seven
- * projections rank 8 with rsLoRA; rank/alpha patterns; MLP rank 16 stored as BF16; rank 1
- * stored as F16), six sequences (no adapter and one per adapter) are teacher-forced along the CPU
- * backend's greedy tokens (the CPU LoRA path is the reference, itself checked against HF PEFT by
- * the adapter golden tests):
+ * test_cuda_lora.c - LoRA and IA3 adapters end to end on the CUDA backend
+ * (engine/cuda/lora_cuda.c through forward.c): on tiny-llama-gqa with five PEFT LoRA fixtures
+ * (q/v rank 4; all seven projections rank 8 with rsLoRA; rank/alpha patterns; MLP rank 16 stored
+ * as BF16; rank 1 stored as F16) and a PEFT IA3 fixture (k/v output and down_proj input
+ * scaling), seven sequences (no adapter and one per adapter) are teacher-forced along the CPU
+ * backend's greedy tokens (the CPU adapter path is the reference, itself checked against HF PEFT
+ * by the adapter golden tests):
  *   - alone on the GPU: logits within the bf16 tolerance of the CPU's, argmax equal except at
  *     CPU near ties;
- *   - all six in mixed batches (prefill chunks next to other sequences' decode tokens, one
+ *   - all seven in mixed batches (prefill chunks next to other sequences' decode tokens, one
  *     segment per sequence, a segment without an adapter among them): each row within the bf16
  *     tolerance of the CPU and of the same sequence's solo GPU run (mixed-batch invariance).
  * The CPU phase also checks that each adapter moves the logits well beyond the tolerance (so a
- * lost or swapped adapter cannot pass), then skips (77) without a device. DoRA and IA³ adapters
- * are refused on the GPU with QV_ERR_UNSUPPORTED naming the feature.
+ * lost or swapped adapter cannot pass), then skips (77) without a device. DoRA and prefix-tuning
+ * adapters are refused on the GPU with QV_ERR_UNSUPPORTED naming the feature.
  * CUDA graphs and adapter mixes: a decode batch whose adapters change every step replays the
- * recorded graph (the segment table is staged device memory) and equals an eager run.
+ * recorded graph (the segment tables are staged device memory) and equals an eager run.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,7 +35,7 @@
 
 #define MODEL "tests/fixtures/models/tiny-llama-gqa"
 #define AD_DIR "tests/fixtures/adapters/tiny-llama-gqa/"
-#define N_SEQ 6
+#define N_SEQ 7
 #define N_AD (N_SEQ - 1)
 #define STEPS 12
 #define PAGE 4
@@ -131,8 +132,8 @@ static int check_row(const char *what, int i, int st, const float *got, const fl
     return fails;
 }
 
-static const char *ad_names[N_AD] = {"lora_qv_r4", "lora_all_r8_rslora", "lora_patterns",
-                                     "lora_r16_mlp_bf16", "lora_r1_f16"};
+static const char *ad_names[N_AD] = {"lora_qv_r4",        "lora_all_r8_rslora", "lora_patterns",
+                                     "lora_r16_mlp_bf16", "lora_r1_f16",        "ia3"};
 
 /* Loads the five LoRA fixtures into ads[] for model m. */
 static void load_adapters(const qv_model *m) {
@@ -153,7 +154,7 @@ static void test_lora_end_to_end(void **state) {
     V = cpu.m->cfg.n_vocab;
     qv_error err = {0};
     load_adapters(cpu.m);
-    static const int lens[N_SEQ] = {4, 9, 6, 13, 7, 3};
+    static const int lens[N_SEQ] = {4, 9, 6, 13, 7, 3, 8};
     uint32_t rng = 4242;
     float *base = malloc(sizeof(float) * (size_t)V * STEPS);
     for (int i = 0; i < N_SEQ; i++) {
@@ -257,8 +258,8 @@ static void test_refusals(void **state) {
     gpu_require_device();
     gpu_runner cu;
     assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, 16, PAGE, 8), 0);
-    static const char *names[2] = {"dora", "ia3"};
-    static const char *want[2] = {"DoRA", "IA3"};
+    static const char *names[2] = {"dora", "prefix_nvt5"};
+    static const char *want[2] = {"DoRA", "PREFIX_TUNING"};
     for (int a = 0; a < 2; a++) {
         char dir[256];
         snprintf(dir, sizeof dir, "%s%s", AD_DIR, names[a]);
@@ -307,7 +308,7 @@ static void test_refusals(void **state) {
  * recording that differs from the step (a mismatch would rerun it eagerly), and give the eager
  * run's logits. */
 #define GM_SEQS 4
-#define GM_STEPS 12
+#define GM_STEPS 16
 static void graph_mix_run(int graphs, float *out, long *replays, long *captures, long *mism) {
     if (!graphs) setenv("QV_CUDA_GRAPHS", "0", 1);
     gpu_runner cu;
