@@ -315,7 +315,12 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
     do {                                                                                           \
         if (dl) qv_cuda_lora_rt_scale_input(dl, (layer), (p), (x));                                \
     } while (0)
+    /* a projection whose output an adapter scales (IA3, DoRA) cannot add into the residual
+     * stream directly */
+    const bool sep_o = qv_cuda_lora_rt_scales_output(dl, QV_PROJ_O);
+    const bool sep_down = qv_cuda_lora_rt_scales_output(dl, QV_PROJ_DOWN);
 #else
+    const bool sep_o = false, sep_down = false;
 #define DEV_LORA(layer, ps, n_p, x_in, ys) ((void)(ps), (void)(ys))
 #define DEV_SCALE_IN(layer, p, x) ((void)0)
 #endif
@@ -348,7 +353,7 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
         be->kv_store(B, &f->kv->pool, l, f->k, f->v, n, f->slot_page, f->slot_off);
         be->attention(B, &f->kv->pool, l, &ab, f->q, f->att);
         if (ad) qv_adapter_rt_attn(ad, l, f->q, f->att);
-        if (be->matmul_acc && !ad) {
+        if (be->matmul_acc && !ad && !sep_o) {
             be->matmul_acc(B, &w->wo, f->att, n, f->x, bias_of(&w->bo));
             float *const ys[1] = {f->x}; /* the LoRA delta adds into the residual stream too */
             DEV_LORA(l, p_o, 1, f->att, ys);
@@ -358,6 +363,8 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
                 qv_adapter_rt_proj(ad, l, QV_PROJ_O, f->att, f->xb2, bias_of(&w->bo));
                 qv_adapter_rt_block_out(ad, l, 0, f->x, f->xb2);
             }
+            float *const ys[1] = {f->xb2};
+            DEV_LORA(l, p_o, 1, f->att, ys);
             be->add(B, f->x, f->xb2, (size_t)n * dim);
         }
 
@@ -376,7 +383,7 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
         }
         be->swiglu(B, f->gate, f->up, f->gate, (size_t)n * (size_t)c->n_ff);
         DEV_SCALE_IN(l, QV_PROJ_DOWN, f->gate);
-        if (be->matmul_acc && !ad) {
+        if (be->matmul_acc && !ad && !sep_down) {
             be->matmul_acc(B, &w->w_down, f->gate, n, f->x, bias_of(&w->b_down));
             float *const ys[1] = {f->x};
             DEV_LORA(l, p_down, 1, f->gate, ys);
@@ -387,6 +394,8 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
                 qv_adapter_rt_proj(ad, l, QV_PROJ_DOWN, f->gate, f->xb2, bias_of(&w->b_down));
                 qv_adapter_rt_block_out(ad, l, 1, f->x, f->xb2);
             }
+            float *const ys[1] = {f->xb2};
+            DEV_LORA(l, p_down, 1, f->gate, ys);
             be->add(B, f->x, f->xb2, (size_t)n * dim);
         }
     }

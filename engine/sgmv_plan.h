@@ -44,16 +44,21 @@ typedef struct qv_sgmv_seg {
     int32_t reserved; /* 0 */
 } qv_sgmv_seg;
 
-/* One segment of a per-row scaling (IA3): rows [t0, t0 + n) of x, columns [0, n_cols):
- * x[t][c] *= vec[c]. vec is half (bf16, or fp16) device memory; n may be 0 (empty segment, vec
- * may be NULL). Shared bit for bit with the device (32 bytes). */
+/* One segment of a per-row scaling: rows [t0, t0 + n) of x, columns [0, n_cols):
+ *   mode 0 (IA3):  x[t][c] *= vec[c];
+ *   mode 1 (DoRA): x[t][c] = vec[c] * x[t][c] + (1 - vec[c]) * bias[c] (bias may be NULL: 0),
+ *                  i.e. vec ⊙ (x - bias) + bias, the DoRA rescaling of W x + LoRA with the base
+ *                  bias kept out of it.
+ * vec is half (bf16, or fp16) device memory, bias F32 device memory; n may be 0 (empty segment,
+ * vec may be NULL). Shared bit for bit with the device (48 bytes). */
 typedef struct qv_seg_scale {
-    float *x;        /* backend memory; row t (absolute) at x + t * ldx */
-    const void *vec; /* (n_cols) half, device memory */
-    int64_t ldx;     /* floats between rows, >= n_cols */
-    int32_t t0, n;   /* token rows */
+    float *x;          /* backend memory; row t (absolute) at x + t * ldx */
+    const void *vec;   /* (n_cols) half, device memory */
+    const float *bias; /* (n_cols) or NULL; mode 1 only */
+    int64_t ldx;       /* floats between rows, >= n_cols */
+    int32_t t0, n;     /* token rows */
     int32_t n_cols;
-    int32_t reserved; /* 0 */
+    int32_t mode; /* 0 IA3, 1 DoRA */
 } qv_seg_scale;
 
 /* Launch shape of a table: upper bounds over its segments. The kernels loop over whatever the

@@ -1357,11 +1357,20 @@ void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv
 
 /* IA3 row scaling over segments (sgmv.h), staged and signed like the SGMV table above. The
  * scaled rows may be the cached half source of the next GEMM: the cache is dropped. */
-void qv_backend_cuda_seg_scale(qv_backend *be, const qv_seg_scale *tab, int n_tab, int max_n,
+void qv_backend_cuda_seg_scale(qv_backend *be, qv_seg_scale *tab, int n_tab, int max_n,
                                int max_cols) {
     cuda_ctx *cx = ctx_of(be);
     flush_pending(cx); /* deferred work writes the rows scaled here */
     if (cx->failed || n_tab <= 0 || max_n <= 0) return;
+    for (int i = 0; i < n_tab; i++)
+        if (tab[i].bias) {
+            const wentry *w = wfind(cx, tab[i].bias);
+            if (!w) {
+                fail_msg(cx, "seg_scale: a bias that is not a resident weight");
+                return;
+            }
+            tab[i].bias = w->dev;
+        }
     const size_t tb = (size_t)n_tab * sizeof(qv_seg_scale);
     if (!ensure_room(cx, align_up(tb))) return;
     const qv_seg_scale *d = stage(cx, tab, tb);

@@ -91,10 +91,11 @@ void qv_backend_cuda_stats(const qv_backend *be, qv_cuda_stats *out);
  * Errors are sticky (reported by `download`). Thread: the backend's thread. */
 void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv_plan *plan,
                           const float *x, int n, int n_in, float *tmp);
-/* IA3 row scaling on the backend's stream: for each entry of the host table `tab`
- * (sgmv_plan.h; vec in device memory, x backend memory), x[t0 + t][c] *= vec[c]; max_n and
- * max_cols bound the entries (they shape the launch). Staged like qv_backend_cuda_sgmv. */
-void qv_backend_cuda_seg_scale(qv_backend *be, const qv_seg_scale *tab, int n_tab, int max_n,
+/* IA3 / DoRA row scaling on the backend's stream: for each entry of the host table `tab`
+ * (sgmv_plan.h; vec in device memory, x backend memory, bias the HOST pointer of a resident F32
+ * weight, replaced in tab by its device copy), the scaling of its mode; max_n and max_cols
+ * bound the entries (they shape the launch). Staged like qv_backend_cuda_sgmv. */
+void qv_backend_cuda_seg_scale(qv_backend *be, qv_seg_scale *tab, int n_tab, int max_n,
                                int max_cols);
 /* Run-time switches of the batch-1 work (issue 6), so that one device run can time old and new
  * side by side. Read from the environment at creation (defaults: all 0, the measured path):

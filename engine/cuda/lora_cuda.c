@@ -1,5 +1,5 @@
 /*
- * lora_cuda.c - LoRA and IA3 in the CUDA forward pass (lora_cuda.h): adapter residency in the
+ * lora_cuda.c - LoRA, DoRA and IA3 in the CUDA forward pass (lora_cuda.h): adapter residency in the
  * device adapter pool, per-step segment bookkeeping, and one SGMV shrink + expand per projection
  * group.
  *
@@ -127,20 +127,18 @@ void qv_cuda_lora_rt_stats(const qv_cuda_lora_rt *rt, qv_cuda_pool_stats *out) {
 bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt) { return rt && rt->active; }
 uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt) { return rt ? rt->shape : 0; }
 
-/* What the CUDA path implements: plain LoRA / rsLoRA (F32, F16 or BF16 weights) on the decoder
- * projections, and IA3 (output scaling of q/k/v/gate/up, input scaling of down_proj: PEFT's
+/* What the CUDA path implements: LoRA / rsLoRA / DoRA (F32, F16 or BF16 weights) on the decoder
+ * projections, and IA3 (output scaling of any projection, input scaling of down_proj: PEFT's
  * Llama defaults). The message names the kind or feature that is missing. */
 static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_error *err) {
     const qv_model_config *c = &m->cfg;
     if (ad->kind != QV_ADAPTER_LORA && ad->kind != QV_ADAPTER_IA3)
         return qv_errorf(err, QV_ERR_UNSUPPORTED,
-                         "cuda: adapter kind %s is not supported on the CUDA backend yet (LoRA "
-                         "and IA3 only; use --device cpu)",
+                         "cuda: adapter kind %s is not supported on the CUDA backend yet (LoRA, "
+                         "DoRA and IA3 only; use --device cpu)",
                          qv_adapter_kind_name(ad->kind));
     const char *feat = NULL;
-    if (ad->use_dora)
-        feat = "DoRA";
-    else if (ad->lora_bias)
+    if (ad->lora_bias)
         feat = "lora_bias";
     else if (ad->embed_lora.rank > 0)
         feat = "embedding LoRA";
@@ -162,13 +160,11 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
             const qv_lora *lo = &L->lora[p];
             if (L->ia3[p] && L->ia3_input[p] && p != QV_PROJ_DOWN)
                 feat = "IA3 input scaling of a projection other than down_proj";
-            else if (L->ia3[p] && !L->ia3_input[p] && (p == QV_PROJ_O || p == QV_PROJ_DOWN))
-                feat = "IA3 output scaling of o_proj / down_proj";
             if (lo->rank <= 0 || feat) continue;
             if (lo->b_bias)
                 feat = "lora_bias";
-            else if (lo->magnitude || lo->dora_scale)
-                feat = "DoRA";
+            else if (lo->magnitude && !lo->dora_scale)
+                feat = "DoRA without its precomputed scale";
             else if (lo->wtype == QV_DTYPE_F32
                          ? (!lo->a || !lo->b)
                          : ((lo->wtype != QV_DTYPE_F16 && lo->wtype != QV_DTYPE_BF16) || !lo->a16 ||
@@ -196,10 +192,21 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
     return QV_OK;
 }
 
-/* Length of the IA3 vector on (l, p): the projection's input or output width. */
-static int ia3_len(const qv_model_config *c, const qv_adapter *ad, int l, int p) {
-    return ad->layers[l].ia3_input[p] ? qv_proj_n_in(c, (enum qv_proj)p)
-                                      : qv_proj_n_out(c, (enum qv_proj)p);
+/* The per-feature vector of (l, p), or NULL: an IA3 vector (IA3 adapters) or the DoRA scale
+ * m / ||W + s·B·A|| (LoRA adapters; an adapter is one kind, so at most one per projection). */
+static const float *vec_of(const qv_adapter *ad, int l, int p) {
+    const qv_adapter_layer *L = &ad->layers[l];
+    if (ad->kind == QV_ADAPTER_IA3) return L->ia3[p];
+    return L->lora[p].rank > 0 ? L->lora[p].dora_scale : NULL;
+}
+/* Whether that vector scales the projection's input (IA3 feedforward) rather than its output. */
+static bool vec_is_input(const qv_adapter *ad, int l, int p) {
+    return ad->kind == QV_ADAPTER_IA3 && ad->layers[l].ia3_input[p];
+}
+/* Its length: the projection's input or output width. */
+static int vec_len(const qv_model_config *c, const qv_adapter *ad, int l, int p) {
+    return vec_is_input(ad, l, p) ? qv_proj_n_in(c, (enum qv_proj)p)
+                                  : qv_proj_n_out(c, (enum qv_proj)p);
 }
 
 static void fingerprint(const qv_model_config *c, const qv_adapter *ad, uint64_t *fp) {
@@ -225,9 +232,9 @@ static void fingerprint(const qv_model_config *c, const qv_adapter *ad, uint64_t
         }
     for (int l = 0; l < ad->n_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
-            const float *v = ad->layers[l].ia3[p];
+            const float *v = vec_of(ad, l, p);
             if (!v) continue;
-            const size_t n = (size_t)ia3_len(c, ad, l, p);
+            const size_t n = (size_t)vec_len(c, ad, l, p);
             h = mix(mix(mix(h, fbits(v[0])), fbits(v[n / 2])), fbits(v[n - 1]));
         }
     *fp = mix(h, r);
@@ -301,13 +308,13 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
             en->max_rank = QV_MAX(en->max_rank, r);
             en->proj_mask |= 1u << p;
         }
-    /* IA3 vectors follow every LoRA matrix in the version (pool_mats' order) */
+    /* IA3 / DoRA vectors follow every LoRA matrix in the version (pool_mats' order) */
     for (int l = 0; l < ad->n_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
-            en->vec[l * N_PROJ + p] = ad->layers[l].ia3[p] ? k : -1;
-            if (!ad->layers[l].ia3[p]) continue;
+            en->vec[l * N_PROJ + p] = vec_of(ad, l, p) ? k : -1;
+            if (!vec_of(ad, l, p)) continue;
             k++;
-            en->proj_mask |= 1u << (ad->layers[l].ia3_input[p] ? 16 + p : 8 + p);
+            en->proj_mask |= 1u << (vec_is_input(ad, l, p) ? 16 + p : 8 + p);
         }
     return e;
 }
@@ -319,7 +326,7 @@ static qv_cuda_pool_mat *pool_mats(const qv_model_config *c, const qv_adapter *a
     *n = 0;
     for (int l = 0; l < ad->n_layers; l++)
         for (int p = 0; p < N_PROJ; p++)
-            *n += (ad->layers[l].lora[p].rank > 0 ? 2 : 0) + (ad->layers[l].ia3[p] ? 1 : 0);
+            *n += (ad->layers[l].lora[p].rank > 0 ? 2 : 0) + (vec_of(ad, l, p) ? 1 : 0);
     if (*n == 0) return NULL;
     qv_cuda_pool_mat *mats = qv_malloc((size_t)*n * sizeof(*mats));
     if (!mats) {
@@ -339,9 +346,9 @@ static qv_cuda_pool_mat *pool_mats(const qv_model_config *c, const qv_adapter *a
         }
     for (int l = 0; l < ad->n_layers; l++)
         for (int p = 0; p < N_PROJ; p++)
-            if (ad->layers[l].ia3[p])
+            if (vec_of(ad, l, p))
                 mats[k++] =
-                    (qv_cuda_pool_mat){ad->layers[l].ia3[p], ia3_len(c, ad, l, p), QV_DTYPE_F32};
+                    (qv_cuda_pool_mat){vec_of(ad, l, p), vec_len(c, ad, l, p), QV_DTYPE_F32};
     return mats;
 }
 
@@ -500,53 +507,66 @@ qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv
     return load(rt, &rt->ents[e], &slot, err);
 }
 
-/* IA3 scaling of rows of xs[j] (the input (in != 0) or output of projection ps[j], one per
- * projection) by each segment's vector: one launch for the group, one entry per (segment,
- * projection), empty where a segment has no vector (the table depends on the batch shape only). */
-static void ia3_scale(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p, int in,
+/* Host pointer of the base bias of (layer, p), or NULL. */
+static const float *proj_bias(const qv_model *m, int layer, enum qv_proj p) {
+    const qv_layer_weights *w = &m->layers[layer];
+    const qv_tensor *t = p == QV_PROJ_Q      ? &w->bq
+                         : p == QV_PROJ_K    ? &w->bk
+                         : p == QV_PROJ_V    ? &w->bv
+                         : p == QV_PROJ_O    ? &w->bo
+                         : p == QV_PROJ_GATE ? &w->b_gate
+                         : p == QV_PROJ_UP   ? &w->b_up
+                                             : &w->b_down;
+    return t->data ? (const float *)t->data : NULL;
+}
+
+/* Scaling of rows of xs[j] (the input (in != 0) or output of projection ps[j]) by each
+ * segment's vector there (IA3: x ⊙ l; DoRA: scale ⊙ (x - b) + b): one launch for the group,
+ * one entry per (segment, projection), empty where a segment has no vector (the table depends
+ * on the batch shape only). */
+static void vec_scale(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p, int in,
                       float *const *xs) {
     const qv_model_config *c = &rt->m->cfg;
-    qv_seg_scale *tab = (qv_seg_scale *)(void *)rt->tab; /* 32 of the 64-byte entries' room */
+    qv_seg_scale *tab = (qv_seg_scale *)(void *)rt->tab; /* 48 of the 64-byte entries' room */
     int k = 0, max_cols = 0;
     for (int s = 0; s < rt->n_segs; s++) {
         const lora_ent *en = rt->seg_slot[s] >= 0 ? &rt->ents[rt->seg_ent[s]] : NULL;
         for (int j = 0; j < n_p; j++) {
             const int p = (int)ps[j];
             const int vi = en ? en->vec[layer * N_PROJ + p] : -1;
-            const bool match = vi >= 0 && en->ad->layers[layer].ia3_input[p] == (in != 0);
+            const bool match = vi >= 0 && vec_is_input(en->ad, layer, p) == (in != 0);
+            const bool dora = match && en->ad->kind == QV_ADAPTER_LORA;
             const int cols =
                 in ? qv_proj_n_in(c, (enum qv_proj)p) : qv_proj_n_out(c, (enum qv_proj)p);
             max_cols = QV_MAX(max_cols, cols);
             tab[k++] = (qv_seg_scale){
                 .x = xs[j],
                 .vec = match ? qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], vi) : NULL,
+                .bias = dora ? proj_bias(rt->m, layer, (enum qv_proj)p) : NULL,
                 .ldx = cols,
                 .t0 = rt->seg_t0[s],
                 .n = match ? rt->seg_n[s] : 0,
                 .n_cols = cols,
+                .mode = dora,
             };
         }
     }
     qv_backend_cuda_seg_scale(rt->be, tab, k, rt->max_seg_n, max_cols);
 }
 
-void qv_cuda_lora_rt_scale_input(qv_cuda_lora_rt *rt, int layer, enum qv_proj p, float *x) {
-    if (!rt->active || !(rt->proj_mask & (1u << (16 + p)))) return;
-    ia3_scale(rt, layer, &p, 1, 1, &x);
+bool qv_cuda_lora_rt_scales_output(const qv_cuda_lora_rt *rt, enum qv_proj p) {
+    return rt && rt->active && (rt->proj_mask & (1u << (8 + p)));
 }
 
-void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
-                           const float *x_in, float *const *ys) {
-    if (!rt->active) return;
-    QV_ASSERT(n_p >= 1 && n_p <= 3);
+void qv_cuda_lora_rt_scale_input(qv_cuda_lora_rt *rt, int layer, enum qv_proj p, float *x) {
+    if (!rt->active || !(rt->proj_mask & (1u << (16 + p)))) return;
+    vec_scale(rt, layer, &p, 1, 1, &x);
+}
+
+/* One SGMV shrink + expand for every LoRA of the group ps[0..n_p). */
+static void lora_group(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
+                       const float *x_in, float *const *ys) {
     const qv_model_config *c = &rt->m->cfg;
-    unsigned group = 0;
-    for (int j = 0; j < n_p; j++)
-        group |= 1u << ps[j];
-    /* IA3 output vectors scale (W x + b) after any LoRA delta (an adapter has one or the
-     * other) */
-    if (group & (rt->proj_mask >> 8) & 0xffu) ia3_scale(rt, layer, ps, n_p, 0, ys);
-    if (!(group & rt->proj_mask)) return; /* no LoRA of the step touches this group */
     /* one entry per (segment, projection), empty where there is no LoRA: the table's length
      * and the launch bounds depend on the batch shape only, not on the adapter mix */
     int k = 0, max_n_out = 0;
@@ -595,4 +615,16 @@ void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *p
     plan.max_n_out = max_n_out;
     qv_backend_cuda_sgmv(rt->be, rt->tab, &plan, x_in, rt->n_tokens, qv_proj_n_in(c, ps[0]),
                          rt->tmp);
+}
+
+void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
+                           const float *x_in, float *const *ys) {
+    if (!rt->active) return;
+    QV_ASSERT(n_p >= 1 && n_p <= 3);
+    unsigned group = 0;
+    for (int j = 0; j < n_p; j++)
+        group |= 1u << ps[j];
+    if (group & rt->proj_mask) lora_group(rt, layer, ps, n_p, x_in, ys);
+    /* then the output vectors: IA3 scales (W x + b); DoRA rescales W x + the LoRA delta */
+    if (group & (rt->proj_mask >> 8) & 0xffu) vec_scale(rt, layer, ps, n_p, 0, ys);
 }

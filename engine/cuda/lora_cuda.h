@@ -1,17 +1,17 @@
 /*
- * lora_cuda.h - LoRA and IA3 adapters in the CUDA forward pass: the device counterpart of the
- * LoRA and IA3 parts of engine/adapter_apply.h, called by forward.c when the backend is "cuda".
+ * lora_cuda.h - LoRA, DoRA and IA3 adapters in the CUDA forward pass: the device counterpart of
+ * those parts of engine/adapter_apply.h, called by forward.c when the backend is "cuda".
  *
- * What: per step, validates the batch's adapter segments (plain LoRA and rsLoRA, ranks 1..256
- * on any of the seven decoder projections; IA3 output vectors on q/k/v/gate/up and input
+ * What: per step, validates the batch's adapter segments (LoRA, rsLoRA and DoRA, ranks 1..256
+ * on any of the seven decoder projections; IA3 output vectors on any projection and input
  * vectors on down_proj), makes every adapter resident in the device adapter pool
  * (engine/cuda/adapter_pool.h, created on first use) and, at each hook, builds the SGMV segment
  * table of one projection group (q/k/v together, o, gate/up together, down) and runs one shrink
  * and one expand for all segments of the batch (qv_backend_cuda_sgmv), and one row-scaling
- * launch for the group's IA3 vectors (qv_backend_cuda_seg_scale).
- * What not: DoRA, lora_bias, embedding / lm_head LoRA, modules_to_save, trainable tokens, IA3
- * on o_proj output or on inputs other than down_proj, prompt / prefix / adaption-prompt and
- * bottleneck adapters: refused at begin with QV_ERR_UNSUPPORTED naming the kind or feature. LoRA
+ * launch for the group's IA3 vectors or DoRA scales (qv_backend_cuda_seg_scale).
+ * What not: lora_bias, embedding / lm_head LoRA, modules_to_save, trainable tokens, IA3 on
+ * inputs other than down_proj, prompt / prefix / adaption-prompt and bottleneck adapters:
+ * refused at begin with QV_ERR_UNSUPPORTED naming the kind or feature. LoRA
  * weights stored as F32, F16 or BF16 are all accepted (copied as they are when they match the
  * model's half type). Residency key: an adapter is identified by its address plus a fingerprint
  * (n_bytes, ranks and sampled weight values), so a freed adapter whose address is reused by another
@@ -78,9 +78,14 @@ uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt);
 
 /* After the base projections ps[0..n_p) of `layer` (1..3, all reading x_in (n, n_in) backend
  * memory): ys[k] (n, n_out of ps[k]) += LoRA of each segment's adapter (one shrink + one expand
- * for the whole group), and ys[k] rows *= each segment's IA3 output vector (one launch). */
+ * for the whole group), then ys[k]'s rows are scaled by each segment's IA3 output vector or DoRA
+ * scale (one launch; DoRA keeps the base bias out of the scaling). */
 void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
                            const float *x_in, float *const *ys);
+
+/* True when the step scales the output of projection p (IA3 or DoRA vectors): forward.c then
+ * keeps that projection's output out of the residual stream until it is scaled. */
+bool qv_cuda_lora_rt_scales_output(const qv_cuda_lora_rt *rt, enum qv_proj p);
 
 /* Before projection p of `layer` reads x (n, n_in of p) backend memory: x's rows *= each
  * segment's IA3 input vector of p (PEFT's feedforward modules: down_proj). One launch. */

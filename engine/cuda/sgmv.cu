@@ -235,7 +235,7 @@ static __global__ void __launch_bounds__(THREADS)
     }
 }
 
-/* ---- IA3 row scaling: block (column chunk, row, entry), grid-stride over both ---- */
+/* ---- IA3 / DoRA row scaling: block (column chunk, row, entry), grid-stride over both ---- */
 
 template <bool F16> static __global__ void k_seg_scale(const qv_seg_scale *tab) {
     const qv_seg_scale e = tab[blockIdx.z];
@@ -243,8 +243,13 @@ template <bool F16> static __global__ void k_seg_scale(const qv_seg_scale *tab) 
     const unsigned short *v = (const unsigned short *)e.vec;
     for (int t = blockIdx.y; t < e.n; t += gridDim.y) {
         float *row = e.x + (size_t)(e.t0 + t) * (size_t)e.ldx;
-        for (int c = blockIdx.x * THREADS + threadIdx.x; c < e.n_cols; c += gridDim.x * THREADS)
-            row[c] *= ld1<F16>(v, (size_t)c);
+        for (int c = blockIdx.x * THREADS + threadIdx.x; c < e.n_cols; c += gridDim.x * THREADS) {
+            const float s = ld1<F16>(v, (size_t)c);
+            if (e.mode == 0)
+                row[c] *= s;
+            else
+                row[c] = s * row[c] + (e.bias ? (1.0f - s) * e.bias[c] : 0.0f);
+        }
     }
 }
 
@@ -336,5 +341,5 @@ extern "C" int qv_cuda_seg_scale(const qv_seg_scale *tab, int n_tab, int max_n, 
         QV_LAUNCH(grid, THREADS, s, k_seg_scale<true>)(tab);
     else
         QV_LAUNCH(grid, THREADS, s, k_seg_scale<false>)(tab);
-    LAUNCH_CHECK("ia3 row scaling");
+    LAUNCH_CHECK("ia3 / dora row scaling");
 }

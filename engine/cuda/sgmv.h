@@ -55,9 +55,9 @@ int qv_cuda_sgmv_shrink(const qv_sgmv_args *g, const void *x, int64_t ldx, int n
 /* y += scale · tmp·Bᵀ per segment (y, ldy and n_out from each segment). */
 int qv_cuda_sgmv_expand(const qv_sgmv_args *g, const float *tmp, cudaStream_t s);
 
-/* IA3 row scaling: for each of the n_tab entries of tab (device memory), x[t][c] *= vec[c]
- * (sgmv_plan.h). max_n >= every entry's n and max_cols >= every n_cols only shape the grid;
- * fp16: vec is fp16, else bf16. Entries must not overlap. */
+/* IA3 / DoRA row scaling: for each of the n_tab entries of tab (device memory), the scaling of
+ * its mode (sgmv_plan.h). max_n >= every entry's n and max_cols >= every n_cols only shape the
+ * grid; fp16: vec is fp16, else bf16. Entries must not overlap. */
 int qv_cuda_seg_scale(const qv_seg_scale *tab, int n_tab, int max_n, int max_cols, int fp16,
                       cudaStream_t s);
 

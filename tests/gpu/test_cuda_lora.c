@@ -2,18 +2,19 @@
  * test_cuda_lora.c - LoRA and IA3 adapters end to end on the CUDA backend
  * (engine/cuda/lora_cuda.c through forward.c): on tiny-llama-gqa with five PEFT LoRA fixtures
  * (q/v rank 4; all seven projections rank 8 with rsLoRA; rank/alpha patterns; MLP rank 16 stored
- * as BF16; rank 1 stored as F16) and a PEFT IA3 fixture (k/v output and down_proj input
- * scaling), seven sequences (no adapter and one per adapter) are teacher-forced along the CPU
- * backend's greedy tokens (the CPU adapter path is the reference, itself checked against HF PEFT
- * by the adapter golden tests):
+ * as BF16; rank 1 stored as F16), a PEFT IA3 fixture (k/v output and down_proj input
+ * scaling) and a PEFT DoRA fixture (rank 4 on k/v/o and the MLP; its o_proj and down_proj
+ * outputs leave the fused residual add), eight sequences (no adapter and one per adapter) are
+ * teacher-forced along the CPU backend's greedy tokens (the CPU adapter path is the reference,
+ * itself checked against HF PEFT by the adapter golden tests):
  *   - alone on the GPU: logits within the bf16 tolerance of the CPU's, argmax equal except at
  *     CPU near ties;
- *   - all seven in mixed batches (prefill chunks next to other sequences' decode tokens, one
+ *   - all eight in mixed batches (prefill chunks next to other sequences' decode tokens, one
  *     segment per sequence, a segment without an adapter among them): each row within the bf16
  *     tolerance of the CPU and of the same sequence's solo GPU run (mixed-batch invariance).
  * The CPU phase also checks that each adapter moves the logits well beyond the tolerance (so a
- * lost or swapped adapter cannot pass), then skips (77) without a device. DoRA and prefix-tuning
- * adapters are refused on the GPU with QV_ERR_UNSUPPORTED naming the feature.
+ * lost or swapped adapter cannot pass), then skips (77) without a device. Bottleneck and
+ * prefix-tuning adapters are refused on the GPU with QV_ERR_UNSUPPORTED naming the kind.
  * CUDA graphs and adapter mixes: a decode batch whose adapters change every step replays the
  * recorded graph (the segment tables are staged device memory) and equals an eager run.
  */
@@ -35,12 +36,13 @@
 
 #define MODEL "tests/fixtures/models/tiny-llama-gqa"
 #define AD_DIR "tests/fixtures/adapters/tiny-llama-gqa/"
-#define N_SEQ 7
+#define N_SEQ 8
 #define N_AD (N_SEQ - 1)
 #define STEPS 12
 #define PAGE 4
 #define TOL_CPU 5e-2
 #define TOL_SELF 1e-2
+#define MIX_MAX (N_SEQ * 5) /* tokens of a mixed batch: a chunk of <= 5 per sequence */
 
 typedef struct seq {
     const qv_adapter *ad;
@@ -132,8 +134,9 @@ static int check_row(const char *what, int i, int st, const float *got, const fl
     return fails;
 }
 
-static const char *ad_names[N_AD] = {"lora_qv_r4",        "lora_all_r8_rslora", "lora_patterns",
-                                     "lora_r16_mlp_bf16", "lora_r1_f16",        "ia3"};
+static const char *ad_names[N_AD] = {
+    "lora_qv_r4", "lora_all_r8_rslora", "lora_patterns", "lora_r16_mlp_bf16", "lora_r1_f16", "ia3",
+    "dora"};
 
 /* Loads the five LoRA fixtures into ads[] for model m. */
 static void load_adapters(const qv_model *m) {
@@ -154,7 +157,7 @@ static void test_lora_end_to_end(void **state) {
     V = cpu.m->cfg.n_vocab;
     qv_error err = {0};
     load_adapters(cpu.m);
-    static const int lens[N_SEQ] = {4, 9, 6, 13, 7, 3, 8};
+    static const int lens[N_SEQ] = {4, 9, 6, 13, 7, 3, 8, 5};
     uint32_t rng = 4242;
     float *base = malloc(sizeof(float) * (size_t)V * STEPS);
     for (int i = 0; i < N_SEQ; i++) {
@@ -180,7 +183,7 @@ static void test_lora_end_to_end(void **state) {
     gpu_runner_close(&cpu); /* the adapters hold no pointer into the model */
 
     gpu_require_device();
-    assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, n_pages, PAGE, 32), 0);
+    assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, n_pages, PAGE, MIX_MAX), 0);
     int fails = 0;
     double worst_solo = 0, worst_mixed_cpu = 0, worst_mixed_self = 0;
     for (int i = 0; i < N_SEQ; i++) {
@@ -191,11 +194,11 @@ static void test_lora_end_to_end(void **state) {
                           S[i].toks[S[i].n_prompt + st], TOL_CPU, &worst_solo);
     }
     /* mixed batches: every unfinished sequence contributes a prefill chunk (<= 5) or a token */
-    float *buf = malloc(sizeof(float) * (size_t)V * 32);
-    int32_t tok[32], pos[32], sq[32], li[32], ss[N_SEQ + 1];
+    float *buf = malloc(sizeof(float) * (size_t)V * MIX_MAX);
+    int32_t tok[MIX_MAX], pos[MIX_MAX], sq[MIX_MAX], li[MIX_MAX], ss[N_SEQ + 1];
     int steps = 0;
     while (!fails) {
-        int n = 0, nb = 0, nl = 0, owner[N_SEQ], lrow[32];
+        int n = 0, nb = 0, nl = 0, owner[N_SEQ], lrow[MIX_MAX];
         const qv_kv_seq *seqs[N_SEQ];
         const qv_adapter *sa[N_SEQ];
         for (int k = 0; k < N_SEQ; k++) {
@@ -258,8 +261,8 @@ static void test_refusals(void **state) {
     gpu_require_device();
     gpu_runner cu;
     assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, 16, PAGE, 8), 0);
-    static const char *names[2] = {"dora", "prefix_nvt5"};
-    static const char *want[2] = {"DoRA", "PREFIX_TUNING"};
+    static const char *names[2] = {"seq_bn", "prefix_nvt5"};
+    static const char *want[2] = {"BOTTLENECK", "PREFIX_TUNING"};
     for (int a = 0; a < 2; a++) {
         char dir[256];
         snprintf(dir, sizeof dir, "%s%s", AD_DIR, names[a]);
@@ -308,7 +311,7 @@ static void test_refusals(void **state) {
  * recording that differs from the step (a mismatch would rerun it eagerly), and give the eager
  * run's logits. */
 #define GM_SEQS 4
-#define GM_STEPS 16
+#define GM_STEPS 24
 static void graph_mix_run(int graphs, float *out, long *replays, long *captures, long *mism) {
     if (!graphs) setenv("QV_CUDA_GRAPHS", "0", 1);
     gpu_runner cu;
@@ -375,11 +378,82 @@ static void test_graph_adapter_mix(void **state) {
     assert_true(worst <= 1e-5);
 }
 
+/* DoRA on a model with projection biases (tiny-qwen2: q/k/v biases), where the rescaling must
+ * keep the base bias out: the PEFT LoRA fixture of tiny-qwen2 gets DoRA scales drawn in
+ * [0.7, 1.3] (the CPU's DoRA path, checked against PEFT on tiny-llama-gqa, is the reference);
+ * one sequence is teacher-forced along the CPU's 12 greedy tokens on the GPU. The scales must
+ * move the CPU logits well beyond the tolerance. */
+static void test_dora_with_bias(void **state) {
+    (void)state;
+    gpu_runner cpu, cu;
+    assert_int_equal(
+        gpu_runner_open(&cpu, qv_test_path("tests/fixtures/models/tiny-qwen2"), 0, 32, PAGE, 32),
+        0);
+    V = cpu.m->cfg.n_vocab;
+    qv_adapter *ad = NULL;
+    qv_error err = {0};
+    if (qv_adapter_load(qv_test_path("tests/fixtures/adapters/tiny-qwen2/lora_all_r8"), cpu.m, NULL,
+                        &ad, &err) != QV_OK)
+        fail_msg("tiny-qwen2 lora_all_r8: %s", err.msg);
+    uint32_t rng = 777;
+    float *scales[64 * QV_PROJ_COUNT] = {NULL};
+    assert_true(ad->n_layers <= 64);
+    float *plain = malloc(sizeof(float) * (size_t)V * STEPS);
+    seq *q = &S[0];
+    memset(q, 0, sizeof(*q));
+    q->n_prompt = 6;
+    for (int t = 0; t < q->n_prompt; t++)
+        q->toks[t] = (int32_t)(((uint32_t)((gpu_randf(&rng) + 1.0f) * 1e6f)) % (uint32_t)V);
+    q->want = malloc(sizeof(float) * (size_t)V * STEPS);
+    q->solo = malloc(sizeof(float) * (size_t)V * STEPS);
+    run_solo(&cpu, 0, ad, 1, plain); /* plain LoRA, for the effect check */
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < QV_PROJ_COUNT; p++) {
+            qv_lora *lo = &ad->layers[l].lora[p];
+            if (lo->rank <= 0) continue;
+            float *v = malloc(sizeof(float) * (size_t)lo->n_out);
+            for (int o = 0; o < lo->n_out; o++)
+                v[o] = 1.0f + 0.3f * gpu_randf(&rng);
+            lo->dora_scale = scales[l * QV_PROJ_COUNT + p] = v;
+        }
+    run_solo(&cpu, 0, ad, 1, q->want);
+    double effect = 0;
+    for (int st = 0; st < STEPS; st++)
+        effect = fmax(effect, qv_test_max_rel_err(plain + (size_t)st * V, q->want + (size_t)st * V,
+                                                  (size_t)V));
+    printf("dora scales on tiny-qwen2: largest logits change over plain LoRA %.3g\n", effect);
+    assert_true(effect > 3 * TOL_CPU);
+    gpu_runner_close(&cpu);
+    gpu_require_device();
+    assert_int_equal(
+        gpu_runner_open(&cu, qv_test_path("tests/fixtures/models/tiny-qwen2"), 1, 32, PAGE, 32), 0);
+    run_solo(&cu, 0, ad, 0, q->solo);
+    int fails = 0;
+    double worst = 0;
+    for (int st = 0; st < STEPS; st++)
+        fails += check_row("dora+bias", 0, st, q->solo + (size_t)st * V, q->want + (size_t)st * V,
+                           q->toks[q->n_prompt + st], TOL_CPU, &worst);
+    printf("cuda dora on a biased model: worst logits error vs cpu %.3g, %d failures\n", worst,
+           fails);
+    gpu_runner_close(&cu);
+    for (int l = 0; l < ad->n_layers; l++)
+        for (int p = 0; p < QV_PROJ_COUNT; p++) {
+            ad->layers[l].lora[p].dora_scale = NULL;
+            free(scales[l * QV_PROJ_COUNT + p]);
+        }
+    qv_adapter_free(ad);
+    free(plain);
+    free(q->want);
+    free(q->solo);
+    if (fails) fail_msg("%d failures", fails);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lora_end_to_end),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_graph_adapter_mix),
+        cmocka_unit_test(test_dora_with_bias),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
