@@ -7,7 +7,8 @@
  * DoRA rows are rescaled afterwards: y = (m/n) ⊙ (W x + s·B A x) + b, with m/n precomputed by
  * the loader. Everything else (IA³, bottleneck, adaption prompt, embeddings, lm_head) is small
  * per-row work done segment by segment in plain loops whose order depends only on the row.
- * What not: no device memory; every array is a host array.
+ * What not: no device memory (the CUDA backend runs LoRA, DoRA, IA3 and prompt embeddings in
+ * engine/cuda/lora_cuda.c; prefix K/V are stored here through the backend's upload + kv_store).
  * Thread: the engine thread.
  */
 #include "adapter_apply.h"
@@ -472,8 +473,7 @@ void qv_adapter_rt_logits(qv_adapter_rt *rt, const float *y, float *logits) {
 
 static qv_status prefix_check(qv_backend *be, const qv_kv_cache *kv, const qv_adapter *ad,
                               qv_error *err) {
-    if (be->iface->download)
-        return qv_errorf(err, QV_ERR_UNSUPPORTED, "adapters: prefix K/V on a device backend");
+    (void)be;
     const qv_kv_pool *pool = &kv->pool;
     if (!ad || ad->kind != QV_ADAPTER_PREFIX_TUNING || !ad->prefix_k || ad->n_virtual <= 0)
         return qv_errorf(err, QV_ERR_INVALID, "adapters: not a prefix-tuning adapter");
@@ -502,10 +502,36 @@ static qv_status prefix_store_range(qv_backend *be, qv_kv_cache *kv, const int32
     }
     const size_t kvd = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
     const size_t per_layer = (size_t)ad->n_virtual * kvd;
-    for (int l = 0; l < ad->n_layers; l++)
-        be->iface->kv_store(be, &kv->pool, l,
-                            ad->prefix_k + (size_t)l * per_layer + (size_t)j0 * kvd,
-                            ad->prefix_v + (size_t)l * per_layer + (size_t)j0 * kvd, n, page, off);
+    /* device backends store from backend memory: each layer's rows are uploaded first (upload
+     * waits for the copy, so the scratch is free again for the next layer) */
+    float *dev = NULL;
+    const size_t rows = (size_t)n * kvd;
+    if (be->iface->upload && !(dev = be->iface->alloc(be, 2 * rows * sizeof(float)))) {
+        qv_free(page);
+        qv_free(off);
+        return qv_errorf(err, QV_ERR_DEVICE_OOM, "adapters: no backend memory for prefix K/V");
+    }
+    for (int l = 0; l < ad->n_layers; l++) {
+        const float *k = ad->prefix_k + (size_t)l * per_layer + (size_t)j0 * kvd;
+        const float *v = ad->prefix_v + (size_t)l * per_layer + (size_t)j0 * kvd;
+        if (dev) {
+            be->iface->upload(be, dev, k, rows * sizeof(float));
+            be->iface->upload(be, dev + rows, v, rows * sizeof(float));
+            k = dev;
+            v = dev + rows;
+        }
+        be->iface->kv_store(be, &kv->pool, l, k, v, n, page, off);
+    }
+    if (dev) {
+        /* the last store must have read the scratch before it is released */
+        qv_status st = be->iface->download(be, NULL, NULL, 0, err);
+        be->iface->free(be, dev);
+        if (st != QV_OK) {
+            qv_free(page);
+            qv_free(off);
+            return st;
+        }
+    }
     qv_free(page);
     qv_free(off);
     return QV_OK;

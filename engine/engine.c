@@ -270,7 +270,7 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     const qv_adapter *ad = p->adapter;
     const int n_pre = qv_adapter_n_prefix_positions(ad);
     if (ad && (st = qv_adapter_check_model(ad, e->model, err)) != QV_OK) return st;
-    /* device backends run only some kinds (the CUDA path: LoRA), from a pool of fixed size */
+    /* device backends run only some kinds (see qv_forward_adapter_check), from a fixed pool */
     size_t ad_dev_bytes = 0;
     if (ad &&
         (st = qv_forward_adapter_check(e->fwd, ad, &ad_dev_bytes, &e->ad_pool_bytes, err)) != QV_OK)

@@ -67,7 +67,8 @@ typedef struct qv_gen_params {
     bool ignore_eos; /* keep going past end-of-generation tokens (benchmarks) */
     /* Adapter of this request (adapters/adapters.h, loaded against this model) or NULL. The
      * caller keeps it alive until the sequence finishes. Every kind on the CPU backend; LoRA /
-     * rsLoRA / DoRA and IA3 on the CUDA backend (qv_engine_add refuses the others). Prefix, prompt
+     * rsLoRA / DoRA, IA3, prompt / P-tuning and prefix tuning on the CUDA backend
+     * (qv_engine_add refuses bottleneck and adaption-prompt adapters). Prefix, prompt
      * and P-tuning adapters add n_virtual positions that count toward the context. */
     const struct qv_adapter *adapter;
 } qv_gen_params;
@@ -86,9 +87,9 @@ typedef void (*qv_token_cb)(void *user, int seq_id, int32_t token, const qv_logp
  * after a step), QV_ERR_LIMIT when the prompt + max_tokens can never fit the context or the
  * whole KV cache, QV_ERR_INVALID for bad ids or parameters. A sequence that fits the KV cache
  * alone always completes (by preemption of others if needed); it never fails for lack of pages.
- * Adapters on the CUDA backend: LoRA / rsLoRA / DoRA and IA3, else QV_ERR_UNSUPPORTED naming what
- * is missing; QV_ERR_DEVICE_OOM when one adapter exceeds the whole device adapter pool. Thread: the
- * engine's thread. */
+ * Adapters on the CUDA backend: all but bottleneck and adaption prompt, else QV_ERR_UNSUPPORTED
+ * naming what is missing; QV_ERR_DEVICE_OOM when one adapter exceeds the whole device adapter pool.
+ * Thread: the engine's thread. */
 qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
                         const qv_gen_params *p, qv_token_cb cb, void *user, int *seq_id,
                         qv_error *err);

@@ -317,10 +317,12 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
     } while (0)
     /* a projection whose output an adapter scales (IA3, DoRA) cannot add into the residual
      * stream directly */
+    const int32_t *embed_ids = qv_cuda_lora_rt_ids(dl, b->tokens);
     const bool sep_o = qv_cuda_lora_rt_scales_output(dl, QV_PROJ_O);
     const bool sep_down = qv_cuda_lora_rt_scales_output(dl, QV_PROJ_DOWN);
 #else
     const bool sep_o = false, sep_down = false;
+    const int32_t *embed_ids = b->tokens;
 #define DEV_LORA(layer, ps, n_p, x_in, ys) ((void)(ps), (void)(ys))
 #define DEV_SCALE_IN(layer, p, x) ((void)0)
 #endif
@@ -328,10 +330,14 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
     static const enum qv_proj p_o[1] = {QV_PROJ_O};
     static const enum qv_proj p_gu[2] = {QV_PROJ_GATE, QV_PROJ_UP};
     static const enum qv_proj p_down[1] = {QV_PROJ_DOWN};
-    if (ad)
+    if (ad) {
         qv_adapter_rt_embed(ad, f->x);
-    else
-        be->get_rows(B, &m->tok_embd, b->tokens, n, f->x);
+    } else {
+        be->get_rows(B, &m->tok_embd, embed_ids, n, f->x);
+#ifdef QV_HAVE_CUDA
+        if (dl) qv_cuda_lora_rt_embed(dl, f->x); /* prompt embeddings of virtual tokens */
+#endif
+    }
     for (int l = 0; l < c->n_layers; l++) {
         const qv_layer_weights *w = &m->layers[l];
         be->rmsnorm(B, f->x, w->attn_norm.data, n, c->dim, c->norm_eps, f->xb);

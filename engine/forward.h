@@ -28,11 +28,11 @@ typedef struct qv_batch {
     const qv_kv_seq *const *seqs; /* [n_seqs] page tables covering every position used */
     int n_logits;
     const int32_t *logits_idx; /* [n_logits] batch indices whose logits are wanted */
-    /* Adapters (engine/adapter_apply.h on the CPU backend; LoRA, DoRA and IA3 on CUDA, see
-     * engine/cuda/lora_cuda.h). n_segs == 0: the base model for
-     * every token. Otherwise segment s covers tokens [seg_start[s], seg_start[s+1])
-     * (seg_start[0] == 0, seg_start[n_segs] == n_tokens) and runs seg_adapter[s] (NULL: none).
-     * In a prompt/P-tuning segment, token id -1-k is the adapter's virtual token k. */
+    /* Adapters (engine/adapter_apply.h on the CPU backend; LoRA, DoRA, IA3, prompt and prefix
+     * tuning on CUDA, see engine/cuda/lora_cuda.h). n_segs == 0: the base model for every token.
+     * Otherwise segment s covers tokens [seg_start[s], seg_start[s+1]) (seg_start[0] == 0,
+     * seg_start[n_segs] == n_tokens) and runs seg_adapter[s] (NULL: none). In a prompt/P-tuning
+     * segment, token id -1-k is the adapter's virtual token k. */
     int n_segs;
     const int32_t *seg_start;                    /* [n_segs + 1] */
     const struct qv_adapter *const *seg_adapter; /* [n_segs] */
@@ -79,10 +79,11 @@ qv_status qv_forward_prefetch_adapter(qv_forward *f, const struct qv_adapter *ad
 
 /* Whether this forward pass can run adapter `ad`, and what it takes on the device. CPU backend:
  * every adapter kind runs; *dev_bytes = *pool_bytes = 0 (no device pool). CUDA backend: LoRA /
- * rsLoRA / DoRA and IA3 (engine/cuda/lora_cuda.h); *dev_bytes = the device adapter pool bytes it
- * occupies when resident, *pool_bytes = the pool's size (the pool is created on first use). Errors:
- * QV_ERR_UNSUPPORTED (a kind or feature the device path lacks, named in err), QV_ERR_DEVICE_OOM
- * (larger than the whole pool), QV_ERR_DEVICE, QV_ERR_NOMEM. Thread: the engine thread. */
+ * rsLoRA / DoRA, IA3, prompt / P-tuning and prefix tuning (engine/cuda/lora_cuda.h); *dev_bytes =
+ * the device adapter pool bytes it occupies when resident, *pool_bytes = the pool's size (the pool
+ * is created on first use). Errors: QV_ERR_UNSUPPORTED (a kind or feature the device path lacks,
+ * named in err), QV_ERR_DEVICE_OOM (larger than the whole pool), QV_ERR_DEVICE, QV_ERR_NOMEM.
+ * Thread: the engine thread. */
 qv_status qv_forward_adapter_check(qv_forward *f, const struct qv_adapter *ad, size_t *dev_bytes,
                                    size_t *pool_bytes, qv_error *err);
 

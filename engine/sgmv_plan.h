@@ -48,7 +48,8 @@ typedef struct qv_sgmv_seg {
  *   mode 0 (IA3):  x[t][c] *= vec[c];
  *   mode 1 (DoRA): x[t][c] = vec[c] * x[t][c] + (1 - vec[c]) * bias[c] (bias may be NULL: 0),
  *                  i.e. vec ⊙ (x - bias) + bias, the DoRA rescaling of W x + LoRA with the base
- *                  bias kept out of it.
+ *                  bias kept out of it;
+ *   mode 2 (copy): x[t][c] = vec[c] (a virtual token's prompt embedding).
  * vec is half (bf16, or fp16) device memory, bias F32 device memory; n may be 0 (empty segment,
  * vec may be NULL). Shared bit for bit with the device (48 bytes). */
 typedef struct qv_seg_scale {
@@ -58,7 +59,7 @@ typedef struct qv_seg_scale {
     int64_t ldx;       /* floats between rows, >= n_cols */
     int32_t t0, n;     /* token rows */
     int32_t n_cols;
-    int32_t mode; /* 0 IA3, 1 DoRA */
+    int32_t mode; /* 0 IA3, 1 DoRA, 2 copy */
 } qv_seg_scale;
 
 /* Launch shape of a table: upper bounds over its segments. The kernels loop over whatever the

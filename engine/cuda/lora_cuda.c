@@ -37,6 +37,7 @@ typedef struct lora_ent {
     unsigned proj_mask; /* bit p: projection p has rank > 0 in some layer; bit 8 + p: an IA3
                            output vector on p; bit 16 + p: an IA3 input vector on p */
     int *vec;           /* [n_layers * N_PROJ]: index of the IA3 vector in the version, or -1 */
+    int embd;           /* index of the prompt embeddings (n_virtual, dim) in the version, or -1 */
     uint64_t key;       /* pool key */
     int *mat;           /* [n_layers * N_PROJ]: index of A in the version, or -1 */
 } lora_ent;
@@ -60,6 +61,9 @@ struct qv_cuda_lora_rt {
     int *seg_t0, *seg_n, *seg_ent, *seg_slot;
     int *held;
     int n_held, cap_held;
+    int32_t *ids;       /* [max_tokens] the step's token ids, virtual ones replaced by 0 */
+    const int32_t *tok; /* the step's token ids (the batch's, valid during the step) */
+    bool has_virtual;   /* the step has virtual tokens */
     uint64_t shape;
     int rank_bucket;    /* launch bound: the step's largest rank, next power of two >= 8 */
     int max_seg_n;      /* launch bound: the step's longest segment */
@@ -87,7 +91,14 @@ qv_status qv_cuda_lora_rt_create(const qv_model *m, qv_backend *be, int max_toke
     /* at most 3 projections of rank QV_SGMV_MAX_RANK per token in one launch */
     rt->tmp_cap = (size_t)max_tokens * 3u * QV_SGMV_MAX_RANK;
     rt->tmp = be->iface->alloc(be, rt->tmp_cap * sizeof(float));
+    rt->ids = qv_malloc((size_t)max_tokens * sizeof(int32_t));
+    if (!rt->ids) {
+        if (rt->tmp) be->iface->free(be, rt->tmp);
+        qv_free(rt);
+        return qv_errorf(err, QV_ERR_NOMEM, "cuda lora: out of memory");
+    }
     if (!rt->tmp) {
+        qv_free(rt->ids);
         qv_free(rt);
         return qv_errorf(err, QV_ERR_DEVICE_OOM, "cuda lora: no backend memory for %zu floats",
                          rt->tmp_cap);
@@ -114,6 +125,7 @@ void qv_cuda_lora_rt_destroy(qv_cuda_lora_rt *rt) {
     qv_free(rt->seg_ent);
     qv_free(rt->seg_slot);
     qv_free(rt->held);
+    qv_free(rt->ids);
     qv_free(rt);
 }
 
@@ -132,10 +144,14 @@ uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt) { return rt ? rt->shap
  * Llama defaults). The message names the kind or feature that is missing. */
 static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_error *err) {
     const qv_model_config *c = &m->cfg;
-    if (ad->kind != QV_ADAPTER_LORA && ad->kind != QV_ADAPTER_IA3)
+    const bool prompt = ad->kind == QV_ADAPTER_PROMPT_TUNING || ad->kind == QV_ADAPTER_P_TUNING;
+    /* prefix tuning: its K/V fill the first KV positions (engine admission, adapter_apply.c);
+     * the forward pass then runs the base model for its segment */
+    const bool prefix = ad->kind == QV_ADAPTER_PREFIX_TUNING && ad->prefix_k && ad->prefix_v;
+    if (ad->kind != QV_ADAPTER_LORA && ad->kind != QV_ADAPTER_IA3 && !prompt && !prefix)
         return qv_errorf(err, QV_ERR_UNSUPPORTED,
                          "cuda: adapter kind %s is not supported on the CUDA backend yet (LoRA, "
-                         "DoRA and IA3 only; use --device cpu)",
+                         "DoRA, IA3, prefix, prompt and P-tuning only; use --device cpu)",
                          qv_adapter_kind_name(ad->kind));
     const char *feat = NULL;
     if (ad->lora_bias)
@@ -148,7 +164,7 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
         feat = "modules_to_save";
     else if (ad->n_trainable_tokens > 0)
         feat = "trainable tokens";
-    else if (ad->n_virtual > 0)
+    else if (ad->n_virtual > 0 && !(prompt && ad->prompt_embd) && !prefix)
         feat = "virtual tokens";
     if (!feat && ad->n_layers != c->n_layers)
         return qv_errorf(err, QV_ERR_INVALID, "cuda: adapter has %d layers, the model %d",
@@ -237,6 +253,12 @@ static void fingerprint(const qv_model_config *c, const qv_adapter *ad, uint64_t
             const size_t n = (size_t)vec_len(c, ad, l, p);
             h = mix(mix(mix(h, fbits(v[0])), fbits(v[n / 2])), fbits(v[n - 1]));
         }
+    if (ad->prompt_embd) {
+        const size_t n = (size_t)ad->n_virtual * (size_t)c->dim;
+        h = mix(mix(mix(mix(h, (uint64_t)ad->n_virtual), fbits(ad->prompt_embd[0])),
+                    fbits(ad->prompt_embd[n / 2])),
+                fbits(ad->prompt_embd[n - 1]));
+    }
     *fp = mix(h, r);
 }
 
@@ -316,6 +338,7 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
             k++;
             en->proj_mask |= 1u << (vec_is_input(ad, l, p) ? 16 + p : 8 + p);
         }
+    en->embd = ad->prompt_embd && ad->n_virtual > 0 ? k : -1; /* last in the version */
     return e;
 }
 
@@ -327,6 +350,7 @@ static qv_cuda_pool_mat *pool_mats(const qv_model_config *c, const qv_adapter *a
     for (int l = 0; l < ad->n_layers; l++)
         for (int p = 0; p < N_PROJ; p++)
             *n += (ad->layers[l].lora[p].rank > 0 ? 2 : 0) + (vec_of(ad, l, p) ? 1 : 0);
+    *n += ad->prompt_embd && ad->n_virtual > 0;
     if (*n == 0) return NULL;
     qv_cuda_pool_mat *mats = qv_malloc((size_t)*n * sizeof(*mats));
     if (!mats) {
@@ -349,6 +373,9 @@ static qv_cuda_pool_mat *pool_mats(const qv_model_config *c, const qv_adapter *a
             if (vec_of(ad, l, p))
                 mats[k++] =
                     (qv_cuda_pool_mat){vec_of(ad, l, p), vec_len(c, ad, l, p), QV_DTYPE_F32};
+    if (ad->prompt_embd && ad->n_virtual > 0)
+        mats[k++] =
+            (qv_cuda_pool_mat){ad->prompt_embd, (int64_t)ad->n_virtual * c->dim, QV_DTYPE_F32};
     return mats;
 }
 
@@ -395,6 +422,7 @@ static int grow(void **p, int *cap, int need, size_t elem, int n_arrays) {
     void *q = qv_realloc(*p, (size_t)c * elem);
     if (!q) return 0;
     *p = q;
+    *cap = c;
     return 1;
 }
 
@@ -421,10 +449,20 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
         qv_status st = check_supported(rt->m, ad, err);
         if (st != QV_OK) return st;
     }
-    for (int i = 0; i < b->n_tokens; i++)
-        if (b->tokens[i] < 0)
-            return qv_errorf(err, QV_ERR_UNSUPPORTED,
-                             "cuda: virtual tokens are not supported on the CUDA backend yet");
+    /* virtual tokens (ids -1 - k) only where the segment's adapter has k-th prompt embedding */
+    rt->has_virtual = false;
+    rt->tok = b->tokens;
+    for (int s = 0; s < S; s++)
+        for (int i = b->seg_start[s]; i < b->seg_start[s + 1]; i++) {
+            const int32_t id = b->tokens[i];
+            rt->ids[i] = id < 0 ? 0 : id;
+            if (id >= 0) continue;
+            const qv_adapter *ad = b->seg_adapter[s];
+            if (!ad || !ad->prompt_embd || -1 - id >= ad->n_virtual)
+                return qv_errorf(err, QV_ERR_INVALID,
+                                 "cuda: virtual token %d without a prompt embedding", id);
+            rt->has_virtual = true;
+        }
     if (S > rt->cap_segs) {
         int c = rt->cap_segs;
         if (!grow((void **)&rt->seg_t0, &c, S, sizeof(int), 1)) goto nomem;
@@ -437,9 +475,11 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
         rt->cap_segs = c;
     }
     if (!grow((void **)&rt->held, &rt->cap_held, S, sizeof(int), 1)) goto nomem;
-    if (3 * S > rt->tab_cap) {
+    /* tables: 3 entries per segment (SGMV, scaling), or one per token (prompt embeddings) */
+    if (QV_MAX(3 * S, b->n_tokens) > rt->tab_cap) {
         int c = rt->tab_cap;
-        if (!grow((void **)&rt->tab, &c, 3 * S, sizeof(qv_sgmv_seg), 1)) goto nomem;
+        if (!grow((void **)&rt->tab, &c, QV_MAX(3 * S, b->n_tokens), sizeof(qv_sgmv_seg), 1))
+            goto nomem;
         rt->tab_cap = c;
     }
     qv_status st = ensure_pool(rt, err);
@@ -482,7 +522,8 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
     uint64_t shape = 1469598103934665603ull;
     for (int s = 0; s < S; s++)
         shape = mix(shape, (uint64_t)rt->seg_n[s]);
-    shape = mix(mix(shape, (uint64_t)rt->rank_bucket), (uint64_t)mask);
+    shape =
+        mix(mix(mix(shape, (uint64_t)rt->rank_bucket), (uint64_t)mask), (uint64_t)rt->has_virtual);
     rt->n_segs = S;
     rt->n_tokens = b->n_tokens;
     rt->active = any;
@@ -552,6 +593,36 @@ static void vec_scale(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, in
         }
     }
     qv_backend_cuda_seg_scale(rt->be, tab, k, rt->max_seg_n, max_cols);
+}
+
+const int32_t *qv_cuda_lora_rt_ids(const qv_cuda_lora_rt *rt, const int32_t *tokens) {
+    return rt && rt->active && rt->has_virtual ? rt->ids : tokens;
+}
+
+void qv_cuda_lora_rt_embed(qv_cuda_lora_rt *rt, float *x) {
+    if (!rt->active || !rt->has_virtual) return;
+    const int dim = rt->m->cfg.dim;
+    qv_seg_scale *tab = (qv_seg_scale *)(void *)rt->tab;
+    /* one entry per token (the table depends on the batch shape only), copies for virtual ones */
+    QV_ASSERT(rt->n_tokens <= rt->tab_cap);
+    int k = 0;
+    for (int s = 0; s < rt->n_segs; s++) {
+        const lora_ent *en = rt->seg_slot[s] >= 0 ? &rt->ents[rt->seg_ent[s]] : NULL;
+        for (int t = rt->seg_t0[s]; t < rt->seg_t0[s] + rt->seg_n[s]; t++) {
+            const int32_t id = rt->tok[t];
+            const bool v = id < 0 && en && en->embd >= 0;
+            const unsigned short *base =
+                v ? qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], en->embd) : NULL;
+            tab[k++] = (qv_seg_scale){.x = x,
+                                      .vec = v ? base + (size_t)(-1 - id) * (size_t)dim : NULL,
+                                      .ldx = dim,
+                                      .t0 = t,
+                                      .n = v ? 1 : 0,
+                                      .n_cols = dim,
+                                      .mode = 2};
+        }
+    }
+    qv_backend_cuda_seg_scale(rt->be, tab, k, 1, dim);
 }
 
 bool qv_cuda_lora_rt_scales_output(const qv_cuda_lora_rt *rt, enum qv_proj p) {

@@ -1,5 +1,6 @@
 /*
- * lora_cuda.h - LoRA, DoRA and IA3 adapters in the CUDA forward pass: the device counterpart of
+ * lora_cuda.h - adapters in the CUDA forward pass (LoRA, DoRA, IA3, prompt / P-tuning; prefix
+ * tuning needs nothing here: its K/V are stored at admission): the device counterpart of
  * those parts of engine/adapter_apply.h, called by forward.c when the backend is "cuda".
  *
  * What: per step, validates the batch's adapter segments (LoRA, rsLoRA and DoRA, ranks 1..256
@@ -9,9 +10,11 @@
  * table of one projection group (q/k/v together, o, gate/up together, down) and runs one shrink
  * and one expand for all segments of the batch (qv_backend_cuda_sgmv), and one row-scaling
  * launch for the group's IA3 vectors or DoRA scales (qv_backend_cuda_seg_scale).
+ * Prompt / P-tuning: virtual tokens (ids -1 - k) take row k of the adapter's prompt embeddings
+ * (kept in the pool) after the embedding lookup (qv_cuda_lora_rt_ids / qv_cuda_lora_rt_embed).
  * What not: lora_bias, embedding / lm_head LoRA, modules_to_save, trainable tokens, IA3 on
- * inputs other than down_proj, prompt / prefix / adaption-prompt and bottleneck adapters:
- * refused at begin with QV_ERR_UNSUPPORTED naming the kind or feature. LoRA
+ * inputs other than down_proj, adaption-prompt and bottleneck adapters: refused at begin with
+ * QV_ERR_UNSUPPORTED naming the kind or feature. LoRA
  * weights stored as F32, F16 or BF16 are all accepted (copied as they are when they match the
  * model's half type). Residency key: an adapter is identified by its address plus a fingerprint
  * (n_bytes, ranks and sampled weight values), so a freed adapter whose address is reused by another
@@ -82,6 +85,13 @@ uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt);
  * scale (one launch; DoRA keeps the base bias out of the scaling). */
 void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *ps, int n_p,
                            const float *x_in, float *const *ys);
+
+/* The ids the base embedding lookup should use: `tokens`, or when the step has virtual tokens
+ * (prompt / P-tuning adapters, ids -1 - k) a copy with them replaced by 0. rt may be NULL. */
+const int32_t *qv_cuda_lora_rt_ids(const qv_cuda_lora_rt *rt, const int32_t *tokens);
+/* After that lookup into x (n, dim) backend memory: the rows of virtual tokens become their
+ * adapter's prompt embeddings (one launch). */
+void qv_cuda_lora_rt_embed(qv_cuda_lora_rt *rt, float *x);
 
 /* True when the step scales the output of projection p (IA3 or DoRA vectors): forward.c then
  * keeps that projection's output out of the residual stream until it is scaled. */

@@ -247,8 +247,10 @@ template <bool F16> static __global__ void k_seg_scale(const qv_seg_scale *tab) 
             const float s = ld1<F16>(v, (size_t)c);
             if (e.mode == 0)
                 row[c] *= s;
-            else
+            else if (e.mode == 1)
                 row[c] = s * row[c] + (e.bias ? (1.0f - s) * e.bias[c] : 0.0f);
+            else
+                row[c] = s;
         }
     }
 }

@@ -1,16 +1,18 @@
 /*
  * test_cuda_engine_lora.c - LoRA requests through the engine on the CUDA backend (the path of
  * `quiver serve --device cuda`), against the same requests on the CPU engine:
- *   1. eight requests batched together (the base model, the five PEFT LoRA fixtures, the IA3
- *      and the DoRA fixture of tiny-llama-gqa), greedy, 24 tokens each: every request's tokens
- * equal the CPU engine's up to the first place where the CPU's top two tokens are a near tie
- * (logprob gap below NEAR_TIE, the bf16 weights' logit error on these random tiny models) and the
- * CUDA run took the runner-up; after such a place the sequences are different texts;
+ *   1. eleven requests batched together (the base model, the five PEFT LoRA fixtures, the IA3,
+ *      DoRA, prompt-tuning (4 virtual tokens), P-tuning (3) and prefix-tuning (5, K/V stored
+ *      into shared device KV pages) fixtures of tiny-llama-gqa), greedy, 24 tokens each: every
+ * request's tokens equal the CPU engine's up to the first place where the CPU's top two tokens are
+ * a near tie (logprob gap below NEAR_TIE, the bf16 weights' logit error on these random tiny
+ * models) and the CUDA run took the runner-up; after such a place the sequences are different
+ * texts;
  *   2. a device adapter pool of 1 MiB (16 pages of 64 KiB) and four random rank-64 LoRAs of
  *      7 pages each, with two base requests: the engine admits at most one of those adapters at a
  *      time (their pages may take half the pool), so no step runs out of pool room; every request
  *      completes and matches the CPU engine by the same rule;
- *   3. kinds the CUDA path lacks (bottleneck, prefix tuning) are refused by qv_engine_add with
+ *   3. what the CUDA path lacks (bottleneck adapters, lora_bias) is refused by qv_engine_add with
  *      QV_ERR_UNSUPPORTED naming them, and run on the CPU engine.
  * Skips (77) without CUDA or a device, after the CPU halves.
  */
@@ -29,7 +31,7 @@
 
 #define MODEL "tests/fixtures/models/tiny-llama-gqa"
 #define AD_DIR "tests/fixtures/adapters/tiny-llama-gqa/"
-#define MAX_REQ 8
+#define MAX_REQ 12
 #define TOKENS 24
 #define NEAR_TIE 0.25f
 
@@ -155,23 +157,24 @@ static qv_adapter *load_fixture(const qv_model *m, const char *name) {
 
 static void test_engine_lora_mix(void **state) {
     (void)state;
-    static const char *names[7] = {"lora_qv_r4",    "lora_all_r8_rslora",
-                                   "lora_patterns", "lora_r16_mlp_bf16",
-                                   "lora_r1_f16",   "ia3",
-                                   "dora"};
+    static const char *names[10] = {"lora_qv_r4",    "lora_all_r8_rslora",
+                                    "lora_patterns", "lora_r16_mlp_bf16",
+                                    "lora_r1_f16",   "ia3",
+                                    "dora",          "prompt_nvt4",
+                                    "ptuning_nvt3",  "prefix_nvt5"};
     qv_engine *probe = open_engine("cpu");
-    const qv_adapter *ads[8] = {NULL};
-    qv_adapter *own[7];
-    for (int a = 0; a < 7; a++)
+    const qv_adapter *ads[11] = {NULL};
+    qv_adapter *own[10];
+    for (int a = 0; a < 10; a++)
         ads[a + 1] = own[a] = load_fixture(qv_engine_model(probe), names[a]);
     static run_out cpu, cu;
     memset(&cpu, 0, sizeof(cpu));
     memset(&cu, 0, sizeof(cu));
-    run_requests("cpu", ads, 8, &cpu);
+    run_requests("cpu", ads, 11, &cpu);
     gpu_require_device();
-    run_requests("cuda", ads, 8, &cu);
-    compare("base + 5 LoRAs + IA3 + DoRA on cuda", &cpu, &cu);
-    for (int a = 0; a < 7; a++)
+    run_requests("cuda", ads, 11, &cu);
+    compare("base + 5 LoRAs + IA3 + DoRA + prompt + P-tuning + prefix on cuda", &cpu, &cu);
+    for (int a = 0; a < 10; a++)
         qv_adapter_free(own[a]);
     qv_engine_destroy(probe);
 }
@@ -216,8 +219,8 @@ static void test_engine_small_pool(void **state) {
 static void test_engine_refuses_other_kinds(void **state) {
     (void)state;
     qv_engine *cpu = open_engine("cpu");
-    static const char *names[2] = {"prefix_nvt5", "seq_bn"};
-    static const char *want[2] = {"PREFIX_TUNING", "BOTTLENECK"};
+    static const char *names[2] = {"lora_bias", "seq_bn"};
+    static const char *want[2] = {"lora_bias", "BOTTLENECK"};
     qv_adapter *ads[2];
     for (int a = 0; a < 2; a++)
         ads[a] = load_fixture(qv_engine_model(cpu), names[a]);

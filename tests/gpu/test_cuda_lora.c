@@ -13,8 +13,8 @@
  *     segment per sequence, a segment without an adapter among them): each row within the bf16
  *     tolerance of the CPU and of the same sequence's solo GPU run (mixed-batch invariance).
  * The CPU phase also checks that each adapter moves the logits well beyond the tolerance (so a
- * lost or swapped adapter cannot pass), then skips (77) without a device. Bottleneck and
- * prefix-tuning adapters are refused on the GPU with QV_ERR_UNSUPPORTED naming the kind.
+ * lost or swapped adapter cannot pass), then skips (77) without a device. Bottleneck adapters
+ * and LoRA with lora_bias are refused on the GPU with QV_ERR_UNSUPPORTED naming them.
  * CUDA graphs and adapter mixes: a decode batch whose adapters change every step replays the
  * recorded graph (the segment tables are staged device memory) and equals an eager run.
  */
@@ -261,8 +261,8 @@ static void test_refusals(void **state) {
     gpu_require_device();
     gpu_runner cu;
     assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, 16, PAGE, 8), 0);
-    static const char *names[2] = {"seq_bn", "prefix_nvt5"};
-    static const char *want[2] = {"BOTTLENECK", "PREFIX_TUNING"};
+    static const char *names[2] = {"seq_bn", "lora_bias"};
+    static const char *want[2] = {"BOTTLENECK", "lora_bias"};
     for (int a = 0; a < 2; a++) {
         char dir[256];
         snprintf(dir, sizeof dir, "%s%s", AD_DIR, names[a]);
