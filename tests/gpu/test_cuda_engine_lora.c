@@ -94,7 +94,7 @@ static void run_requests(const char *device, const qv_adapter *const *ads, int n
     o->max_big_per_step = 0;
     qv_error err = {0};
     for (int i = 0; i < n; i++) {
-        int32_t ids[40];
+        int32_t ids[3 + 4 * MAX_REQ];
         const int len = 3 + 4 * i;
         for (int t = 0; t < len; t++)
             ids[t] = (int32_t)((t * 31 + i * 17 + 7) % 250);
