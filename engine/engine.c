@@ -400,8 +400,6 @@ static void preempt(qv_engine *e, qv_seq *s) {
             s->n_tokens, e->kv->n_free);
 }
 
-/* Admits s when the pages for all its tokens fit (with the headroom unless nothing runs) and
- * reserves them. Returns QV_ERR_BUSY (nothing held) when they do not fit. */
 /* Device adapter pool room for s beside the running sequences: the distinct adapters of a step
  * are held in the pool together, each on one contiguous run of pages, so their bytes may take at
  * most half of the pool (the rest is headroom against fragmentation) unless s's adapter would be
@@ -425,6 +423,9 @@ static bool adapter_room(const qv_engine *e, const qv_seq *s) {
     return others == 0 || held <= e->ad_pool_bytes / 2;
 }
 
+/* Admits s when the pages for all its tokens fit (with the headroom unless nothing runs) and, on
+ * a device backend, its adapter has pool room (adapter_room), and reserves them. Returns
+ * QV_ERR_BUSY (nothing held) when they do not fit. */
 static qv_status admit(qv_engine *e, qv_seq *s, bool others_run, qv_error *err) {
     /* Counts the shared prefix pages as new even when the adapter's entry holds them already:
      * an over-estimate by at most n_virtual / page_size pages, exact when nothing runs. */

@@ -315,9 +315,9 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
     do {                                                                                           \
         if (dl) qv_cuda_lora_rt_scale_input(dl, (layer), (p), (x));                                \
     } while (0)
+    const int32_t *embed_ids = qv_cuda_lora_rt_ids(dl, b->tokens); /* virtual tokens: 0 */
     /* a projection whose output an adapter scales (IA3, DoRA) cannot add into the residual
      * stream directly */
-    const int32_t *embed_ids = qv_cuda_lora_rt_ids(dl, b->tokens);
     const bool sep_o = qv_cuda_lora_rt_scales_output(dl, QV_PROJ_O);
     const bool sep_down = qv_cuda_lora_rt_scales_output(dl, QV_PROJ_DOWN);
 #else
