@@ -364,6 +364,15 @@ void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
     }
     out->kv_pages = e->kv->pool.n_pages;
     out->kv_free_pages = e->kv->n_free;
+    qv_forward_adapter_stats fs;
+    qv_forward_adapter_stats_get(e->fwd, &fs);
+    out->dev_adapters_resident = fs.resident;
+    out->dev_adapter_loads = fs.loads;
+    out->dev_adapter_hits = fs.hits;
+    out->dev_adapter_evictions = fs.evictions;
+    out->dev_adapter_bytes = fs.bytes_copied;
+    out->dev_adapter_prefetches = fs.prefetches;
+    out->dev_adapter_pool_bytes = fs.pool_bytes;
 }
 
 /* Fills idx with the slots selected by `running` (true: running, false: every used slot),

@@ -66,10 +66,11 @@ typedef struct qv_gen_params {
     int max_tokens;  /* generated tokens; must be > 0 */
     bool ignore_eos; /* keep going past end-of-generation tokens (benchmarks) */
     /* Adapter of this request (adapters/adapters.h, loaded against this model) or NULL. The
-     * caller keeps it alive until the sequence finishes. Every kind on the CPU backend; LoRA /
-     * rsLoRA / DoRA, IA3, prompt / P-tuning and prefix tuning on the CUDA backend
-     * (qv_engine_add refuses bottleneck and adaption-prompt adapters). Prefix, prompt
-     * and P-tuning adapters add n_virtual positions that count toward the context. */
+     * caller keeps it alive until the sequence finishes. Every kind on the CPU backend; on the
+     * CUDA backend every kind too, less some LoRA extras (lora_bias, embedding / lm_head LoRA,
+     * modules_to_save, trainable tokens: qv_engine_add refuses them, see engine/cuda/lora_cuda.h).
+     * Prefix, prompt and P-tuning adapters add n_virtual positions that count toward the
+     * context. */
     const struct qv_adapter *adapter;
 } qv_gen_params;
 
@@ -87,7 +88,7 @@ typedef void (*qv_token_cb)(void *user, int seq_id, int32_t token, const qv_logp
  * after a step), QV_ERR_LIMIT when the prompt + max_tokens can never fit the context or the
  * whole KV cache, QV_ERR_INVALID for bad ids or parameters. A sequence that fits the KV cache
  * alone always completes (by preemption of others if needed); it never fails for lack of pages.
- * Adapters on the CUDA backend: all but bottleneck and adaption prompt, else QV_ERR_UNSUPPORTED
+ * Adapters on the CUDA backend: what engine/cuda/lora_cuda.h runs, else QV_ERR_UNSUPPORTED
  * naming what is missing; QV_ERR_DEVICE_OOM when one adapter exceeds the whole device adapter pool.
  * Thread: the engine's thread. */
 qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
@@ -133,6 +134,14 @@ typedef struct qv_engine_stats {
     int n_waiting_preempted;    /* of n_waiting, preempted ones (qv_engine_add is BUSY then) */
     int kv_pages;               /* pages in the KV cache */
     int kv_free_pages;          /* of which free */
+    /* device adapter pool (CUDA backend; all 0 on the CPU and before its first adapter) */
+    int dev_adapters_resident;       /* adapter versions on the device now */
+    uint64_t dev_adapter_loads;      /* uploads started (steps and prefetches) */
+    uint64_t dev_adapter_hits;       /* lookups that found the adapter resident */
+    uint64_t dev_adapter_evictions;  /* versions evicted to make room */
+    uint64_t dev_adapter_bytes;      /* host-to-device bytes uploaded */
+    uint64_t dev_adapter_prefetches; /* prefetches issued for queued requests */
+    size_t dev_adapter_pool_bytes;   /* the pool's size */
 } qv_engine_stats;
 
 /* Fills *out. Thread: the engine's thread (plain reads; no locks). */

@@ -11,8 +11,11 @@
  * sequence's logits do not depend on what else is in the batch.
  *
  * Adapters: on the CPU backend every kind runs through adapter_apply.h; on the CUDA backend
- * LoRA runs through engine/cuda/lora_cuda.h (one SGMV shrink + expand per projection group,
- * o/down adding straight into the residual stream) and other kinds are refused there.
+ * through engine/cuda/lora_cuda.h: LoRA as one SGMV shrink + expand per projection group (o and
+ * down adding straight into the residual stream unless a vector scales their output or a
+ * bottleneck unit rewrites it), IA3 / DoRA vectors, prompt embeddings, adaption-prompt attention
+ * after the base attention, bottleneck units before each residual add. What lora_cuda.h does
+ * not run is refused there.
  */
 #include "forward.h"
 
@@ -318,13 +321,29 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
     const int32_t *embed_ids = qv_cuda_lora_rt_ids(dl, b->tokens); /* virtual tokens: 0 */
     /* a projection whose output an adapter scales (IA3, DoRA) cannot add into the residual
      * stream directly */
-    const bool sep_o = qv_cuda_lora_rt_scales_output(dl, QV_PROJ_O);
-    const bool sep_down = qv_cuda_lora_rt_scales_output(dl, QV_PROJ_DOWN);
+    /* and neither can a sub-block output that a bottleneck unit rewrites */
+    const bool sep_o =
+        qv_cuda_lora_rt_scales_output(dl, QV_PROJ_O) || qv_cuda_lora_rt_has_block_out(dl, 0);
+    const bool sep_down =
+        qv_cuda_lora_rt_scales_output(dl, QV_PROJ_DOWN) || qv_cuda_lora_rt_has_block_out(dl, 1);
+#define DEV_ATTN(layer)                                                                            \
+    do {                                                                                           \
+        if (dl) qv_cuda_lora_rt_attn(dl, (layer), f->q, f->att, f->x);                             \
+    } while (0)
+    /* gate and up are free at both hooks (the down projection has read the SwiGLU output) */
+#define DEV_BLOCK_OUT(layer, where)                                                                \
+    do {                                                                                           \
+        if (dl)                                                                                    \
+            qv_cuda_lora_rt_block_out(dl, (layer), (where), f->x, f->xb2, f->gate, f->up,          \
+                                      c->n_ff);                                                    \
+    } while (0)
 #else
     const bool sep_o = false, sep_down = false;
     const int32_t *embed_ids = b->tokens;
 #define DEV_LORA(layer, ps, n_p, x_in, ys) ((void)(ps), (void)(ys))
 #define DEV_SCALE_IN(layer, p, x) ((void)0)
+#define DEV_ATTN(layer) ((void)0)
+#define DEV_BLOCK_OUT(layer, where) ((void)0)
 #endif
     static const enum qv_proj p_qkv[3] = {QV_PROJ_Q, QV_PROJ_K, QV_PROJ_V};
     static const enum qv_proj p_o[1] = {QV_PROJ_O};
@@ -359,6 +378,7 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
         be->kv_store(B, &f->kv->pool, l, f->k, f->v, n, f->slot_page, f->slot_off);
         be->attention(B, &f->kv->pool, l, &ab, f->q, f->att);
         if (ad) qv_adapter_rt_attn(ad, l, f->q, f->att);
+        DEV_ATTN(l);
         if (be->matmul_acc && !ad && !sep_o) {
             be->matmul_acc(B, &w->wo, f->att, n, f->x, bias_of(&w->bo));
             float *const ys[1] = {f->x}; /* the LoRA delta adds into the residual stream too */
@@ -371,6 +391,7 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
             }
             float *const ys[1] = {f->xb2};
             DEV_LORA(l, p_o, 1, f->att, ys);
+            DEV_BLOCK_OUT(l, 0);
             be->add(B, f->x, f->xb2, (size_t)n * dim);
         }
 
@@ -402,12 +423,16 @@ static void run_layers(qv_forward *f, const qv_batch *b) {
             }
             float *const ys[1] = {f->xb2};
             DEV_LORA(l, p_down, 1, f->gate, ys);
+            DEV_BLOCK_OUT(l, 1);
             be->add(B, f->x, f->xb2, (size_t)n * dim);
         }
     }
 }
 
 #undef DEV_LORA
+#undef DEV_SCALE_IN
+#undef DEV_ATTN
+#undef DEV_BLOCK_OUT
 
 /* Device path: logits of rows [r0, r0 + nr) of logits_idx into f->logits_dev. */
 static void device_logits(qv_forward *f, const qv_batch *b, int r0, int nr) {

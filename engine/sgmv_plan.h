@@ -62,6 +62,64 @@ typedef struct qv_seg_scale {
     int32_t mode; /* 0 IA3, 1 DoRA, 2 copy */
 } qv_seg_scale;
 
+/* One segment of a bottleneck unit (FORMATS.md 5.4) at one location of one layer: token rows
+ * [t0, t0 + n) of the sub-block output h and the block residual x (kernel arguments, shared by
+ * every entry) become the adapter's output (x + h after the launch is the unit's output).
+ * Weights are half (bf16, or fp16) device memory; the optional vectors (channel scaling, the
+ * adapter LayerNorms) are NULL when absent; n may be 0 (empty segment). Shared bit for bit with
+ * the device (96 bytes). */
+typedef struct qv_bn_seg {
+    const void *down_w;        /* (d, dim) */
+    const void *down_b;        /* (d) */
+    const void *up_w;          /* (dim, d) */
+    const void *up_b;          /* (dim) */
+    const void *scale_ch;      /* (dim) channel scaling, or NULL: `scaling` */
+    const void *lnb_w, *lnb_b; /* (dim) LayerNorm before the unit, or NULL */
+    const void *lna_w, *lna_b; /* (dim) LayerNorm after the unit, or NULL */
+    int32_t t0, n;
+    int32_t d;     /* bottleneck size */
+    int32_t flags; /* QV_BN_F_* */
+    float scaling;
+    int32_t act; /* enum qv_bn_act */
+} qv_bn_seg;
+
+#define QV_BN_F_PARALLEL 1        /* input x, h += s·Up(act(Down(x))) (LN after) */
+#define QV_BN_F_ORIG_LN_BEFORE 2  /* a = h + x, else a = h */
+#define QV_BN_F_ORIG_LN_AFTER 4   /* output o + x, else o */
+#define QV_BN_F_RES_BEFORE_LN 8   /* the unit's residual is h, else a */
+#define QV_BN_F_ADAPTER_RES_LN 16 /* LN after of (u + residual), else LN(u) + residual */
+
+/* One segment of adaption-prompt attention (PEFT LLaMA-Adapter) at one layer: for token rows
+ * [t0, t0 + n), every query head attends (its own softmax) over the adapter's len prompt
+ * positions, whose keys and values k, v ((len, n_kv_heads * head_dim) half device memory, no
+ * RoPE) were computed through the layer's k/v projections, and adds gate times the result to
+ * the attention output. n may be 0 (empty segment). Shared with the device (32 bytes). */
+typedef struct qv_ap_seg {
+    const void *k, *v;
+    int32_t t0, n;
+    int32_t len;
+    float gate;
+} qv_ap_seg;
+
+/* Longest adaption prompt the kernel takes. */
+#define QV_AP_MAX_LEN 1024
+
+/* Arguments of the adaption-prompt attention launch of one layer (engine/cuda/sgmv.h): for every
+ * entry of tab, the gated prompt attention of each of its rows of q (roped queries, (n_tokens,
+ * n_heads * head_dim)) is added into att (same shape), and when bias != NULL (the o_proj bias,
+ * device fp32) that bias is added into the residual rows x (n_tokens, dim) once more (PEFT projects
+ * the adapter output through o_proj separately). */
+typedef struct qv_ap_args {
+    const qv_ap_seg *tab; /* device memory, n_tab entries */
+    int n_tab, max_n;     /* max_n >= every entry's n */
+    const float *q;
+    float *att;
+    float *x;
+    const float *bias;
+    int n_heads, n_kv_heads, head_dim, dim;
+    float scale; /* 1 / sqrt(head_dim) */
+    int fp16;    /* k and v are fp16, else bf16 */
+} qv_ap_args;
 /* Launch shape of a table: upper bounds over its segments. The kernels loop over whatever the
  * grid does not cover, so these only shape the grid; they are part of a CUDA graph's key. */
 typedef struct qv_sgmv_plan {

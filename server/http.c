@@ -405,7 +405,9 @@ static void update_gauges(server *srv) {
                                    .n_entries = rs.n_entries,
                                    .n_loading = rs.n_loading,
                                    .n_host = rs.n_entries - rs.n_loading,
-                                   .n_device = 0}; /* CPU: no separate device tier */
+                                   /* the CUDA backend's adapter pool (0 on the CPU) */
+                                   .n_device = (unsigned long long)es.dev_adapters_resident};
+    st.evictions_device += es.dev_adapter_evictions;
     char running[1024] = "", waiting[1024] = "";
     for (const request *r = srv->running; r; r = r->next)
         add_name(running, sizeof(running), r);

@@ -219,7 +219,8 @@ qv_status qv_cuda_adapter_pool_load(qv_cuda_adapter_pool *p, uint64_t key,
     if (n_mats < 1 || !mats)
         return qv_errorf(err, QV_ERR_INVALID, "cuda adapter pool: a version without matrices");
     for (int i = 0; i < n_mats; i++)
-        if (mats[i].n_elems < 0 || (mats[i].n_elems > 0 && !mats[i].data) ||
+        if (mats[i].n_elems < 0 ||
+            (mats[i].n_elems > 0 && !mats[i].data && mats[i].dtype != QV_DTYPE_F32) ||
             (mats[i].dtype != QV_DTYPE_F32 && mats[i].dtype != QV_DTYPE_F16 &&
              mats[i].dtype != QV_DTYPE_BF16))
             return qv_errorf(err, QV_ERR_INVALID, "cuda adapter pool: matrix %d is malformed", i);
@@ -264,7 +265,10 @@ qv_status qv_cuda_adapter_pool_load(qv_cuda_adapter_pool *p, uint64_t key,
             w_put_raw(&w, mats[i].data, n);
         } else if (mats[i].dtype == QV_DTYPE_F32) {
             const float *d = mats[i].data;
-            if (p->fp16)
+            if (!d) /* room the caller fills on the device: zeros until then */
+                for (int64_t j = 0; j < n; j++)
+                    w_put(&w, 0);
+            else if (p->fp16)
                 for (int64_t j = 0; j < n; j++)
                     w_put(&w, qv_f32_to_f16(d[j]));
             else
@@ -298,6 +302,13 @@ int qv_cuda_adapter_pool_find(const qv_cuda_adapter_pool *p, uint64_t key) {
 }
 
 const void *qv_cuda_adapter_pool_mat(const qv_cuda_adapter_pool *p, int slot, int i) {
+    QV_ASSERT(slot >= 0 && slot < p->max_entries && p->slots[slot].offs);
+    QV_ASSERT(i >= 0 && i < p->slots[slot].n_mats);
+    return p->base + (size_t)qv_adapter_pages_first(p->pages, slot) * p->page_bytes +
+           p->slots[slot].offs[i];
+}
+
+void *qv_cuda_adapter_pool_room(qv_cuda_adapter_pool *p, int slot, int i) {
     QV_ASSERT(slot >= 0 && slot < p->max_entries && p->slots[slot].offs);
     QV_ASSERT(i >= 0 && i < p->slots[slot].n_mats);
     return p->base + (size_t)qv_adapter_pages_first(p->pages, slot) * p->page_bytes +

@@ -51,7 +51,8 @@ typedef struct qv_cuda_pool_opts {
 /* One matrix of a version: n_elems values in row-major order, stored in the pool's half type.
  * dtype QV_DTYPE_F32 (the zero default): data is float; QV_DTYPE_F16 / QV_DTYPE_BF16: data is
  * the raw 16-bit values (copied as they are when they match the pool's type, else converted
- * through F32, which is exact from either to F32). */
+ * through F32, which is exact from either to F32). F32 with data NULL: zeros (room that the
+ * caller fills on the device, on the compute stream after qv_cuda_adapter_pool_use). */
 typedef struct qv_cuda_pool_mat {
     const void *data;
     int64_t n_elems;
@@ -91,6 +92,10 @@ int qv_cuda_adapter_pool_find(const qv_cuda_adapter_pool *p, uint64_t key);
 /* Device pointer of matrix i of the version at `slot` (valid while it stays resident: hold a
  * reference while kernels may be enqueued with it). */
 const void *qv_cuda_adapter_pool_mat(const qv_cuda_adapter_pool *p, int slot, int i);
+
+/* Writable device pointer of matrix i of the version at `slot`: for room loaded as zeros (F32
+ * with data NULL) that the caller fills on the compute stream. */
+void *qv_cuda_adapter_pool_room(qv_cuda_adapter_pool *p, int slot, int i);
 
 /* References: a version with references is never evicted. */
 void qv_cuda_adapter_pool_acquire(qv_cuda_adapter_pool *p, int slot);

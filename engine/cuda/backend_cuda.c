@@ -1380,6 +1380,59 @@ void qv_backend_cuda_seg_scale(qv_backend *be, qv_seg_scale *tab, int n_tab, int
     invalidate_xh(cx);
 }
 
+void qv_backend_cuda_bottleneck(qv_backend *be, const qv_bn_seg *tab, int n_tab, int max_n,
+                                const float *x, float *h, int dim, float *scratch_o,
+                                float *scratch_t, int ld_scratch) {
+    cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx); /* deferred work writes h (and the fused SwiGLU reads gate / up) */
+    if (cx->failed || n_tab <= 0 || max_n <= 0) return;
+    const size_t tb = (size_t)n_tab * sizeof(qv_bn_seg);
+    if (!ensure_room(cx, align_up(tb))) return;
+    const qv_bn_seg *d = stage(cx, tab, tb);
+    if (!d) return;
+    SIG(cx, 23, U(d), (uint64_t)n_tab, (uint64_t)max_n, U(x), U(h), (uint64_t)dim, U(scratch_o),
+        U(scratch_t), (uint64_t)ld_scratch, (uint64_t)cx->act_fp16);
+    (void)RUN(cx, qv_cuda_bottleneck(d, n_tab, max_n, x, h, dim, scratch_o, scratch_t, ld_scratch,
+                                     cx->act_fp16, cx->stream));
+    invalidate_xh(cx);
+}
+
+void qv_backend_cuda_adaption(qv_backend *be, const qv_ap_args *a) {
+    cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx); /* the attention output and the residual rows may be pending */
+    if (cx->failed || a->n_tab <= 0 || a->max_n <= 0) return;
+    qv_ap_args g = *a;
+    if (a->bias) {
+        const wentry *w = wfind(cx, a->bias);
+        if (!w) {
+            fail_msg(cx, "adaption prompt: an o_proj bias that is not a resident weight");
+            return;
+        }
+        g.bias = w->dev;
+    }
+    g.fp16 = cx->act_fp16;
+    const size_t tb = (size_t)a->n_tab * sizeof(qv_ap_seg);
+    if (!ensure_room(cx, align_up(tb))) return;
+    g.tab = stage(cx, a->tab, tb);
+    if (!g.tab) return;
+    SIG(cx, 24, U(g.tab), (uint64_t)g.n_tab, (uint64_t)g.max_n, U(g.q), U(g.att), U(g.x), U(g.bias),
+        (uint64_t)g.n_heads, (uint64_t)g.n_kv_heads, (uint64_t)g.head_dim, (uint64_t)g.dim,
+        (uint64_t)g.fp16);
+    (void)RUN(cx, qv_cuda_adaption(&g, cx->stream));
+    invalidate_xh(cx); /* att may be the cached half input of o_proj */
+}
+
+int qv_backend_cuda_to_half(qv_backend *be, const float *src, void *dst, size_t n) {
+    cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
+    if (cx->failed) return -1;
+    if (cx->mode != MODE_EAGER) {
+        QV_LOGE("cuda: to_half inside a graph step");
+        return -1;
+    }
+    return K_OK(cx, qv_cuda_f32_to_half(src, dst, n, cx->act_fp16, cx->stream)) ? 0 : -1;
+}
+
 int qv_backend_cuda_act_fp16(const qv_backend *be) { return ((const cuda_ctx *)be->ctx)->act_fp16; }
 
 void *qv_backend_cuda_stream(const qv_backend *be) {

@@ -97,6 +97,20 @@ void qv_backend_cuda_sgmv(qv_backend *be, const qv_sgmv_seg *segs, const qv_sgmv
  * bound the entries (they shape the launch). Staged like qv_backend_cuda_sgmv. */
 void qv_backend_cuda_seg_scale(qv_backend *be, qv_seg_scale *tab, int n_tab, int max_n,
                                int max_cols);
+/* Bottleneck units over segments (sgmv.h qv_cuda_bottleneck): h (n_tokens, dim) rows of each
+ * entry become the unit's output minus x; scratch_o and scratch_t are backend memory of
+ * ld_scratch >= max(dim, d) floats per token row, free for the call. Staged like
+ * qv_backend_cuda_sgmv. */
+void qv_backend_cuda_bottleneck(qv_backend *be, const qv_bn_seg *tab, int n_tab, int max_n,
+                                const float *x, float *h, int dim, float *scratch_o,
+                                float *scratch_t, int ld_scratch);
+/* Adaption-prompt attention over segments (sgmv.h qv_cuda_adaption); a->tab is the HOST table
+ * (staged here) and a->bias the HOST pointer of the resident o_proj bias or NULL. */
+void qv_backend_cuda_adaption(qv_backend *be, const qv_ap_args *a);
+/* dst (device half, the activation type) = src (backend memory, n floats), enqueued now. Only
+ * between steps (not inside a recorded or replayed step). Returns 0, or -1 (logged; the
+ * backend's failure is sticky). */
+int qv_backend_cuda_to_half(qv_backend *be, const float *src, void *dst, size_t n);
 /* Run-time switches of the batch-1 work (issue 6), so that one device run can time old and new
  * side by side. Read from the environment at creation (defaults: all 0, the measured path):
  *   QV_CUDA_GEMV=new        gemv_new: the split-K multi-row GEMV (qv_cuda_gemv2) for n <= 8

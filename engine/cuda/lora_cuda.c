@@ -19,6 +19,8 @@
  */
 #include "cuda/lora_cuda.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +31,21 @@
 #include "sgmv_plan.h"
 
 #define N_PROJ QV_PROJ_COUNT
+/* proj_mask bits beyond the projections' (0-6 LoRA, 8-14 output vectors, 16-22 input vectors) */
+#define MASK_BN_ATTN (1u << 24) /* a bottleneck unit after the attention sub-block */
+#define MASK_BN_FFN (1u << 25)  /* a bottleneck unit after the FFN sub-block */
+#define MASK_AP (1u << 26)      /* adaption-prompt attention */
+
+/* the kernels' activation numbering is enum qv_bn_act's */
+_Static_assert(QV_BN_ACT_RELU == 0 && QV_BN_ACT_SILU == 1 && QV_BN_ACT_GELU == 2 &&
+                   QV_BN_ACT_GELU_TANH == 3 && QV_BN_ACT_TANH == 4 && QV_BN_ACT_SIGMOID == 5 &&
+                   QV_BN_ACT_LEAKY_RELU == 6 && QV_BN_ACT_IDENTITY == 7,
+               "bn activations");
+/* bottleneck and adaption-prompt tables live in the SGMV table's room (2 entries per segment) */
+_Static_assert(sizeof(qv_bn_seg) <= 2 * sizeof(qv_sgmv_seg) &&
+                   sizeof(qv_ap_seg) <= sizeof(qv_sgmv_seg) &&
+                   sizeof(qv_seg_scale) <= sizeof(qv_sgmv_seg),
+               "adapter tables");
 
 typedef struct lora_ent {
     const qv_adapter *ad;
@@ -38,6 +55,10 @@ typedef struct lora_ent {
                            output vector on p; bit 16 + p: an IA3 input vector on p */
     int *vec;           /* [n_layers * N_PROJ]: index of the IA3 vector in the version, or -1 */
     int embd;           /* index of the prompt embeddings (n_virtual, dim) in the version, or -1 */
+    int *bn;            /* [n_layers * 2]: index of the bottleneck unit's down_w (attention side,
+                           then FFN side; the unit's other arrays follow it), or -1 */
+    int ap;             /* index of the first adaption-prompt layer's K (then its V, then the
+                           next layer's K...), or -1 */
     uint64_t key;       /* pool key */
     int *mat;           /* [n_layers * N_PROJ]: index of A in the version, or -1 */
 } lora_ent;
@@ -117,6 +138,7 @@ void qv_cuda_lora_rt_destroy(qv_cuda_lora_rt *rt) {
     for (int i = 0; i < rt->n_ents; i++) {
         qv_free(rt->ents[i].mat);
         qv_free(rt->ents[i].vec);
+        qv_free(rt->ents[i].bn);
     }
     qv_free(rt->ents);
     qv_free(rt->tab);
@@ -139,21 +161,62 @@ void qv_cuda_lora_rt_stats(const qv_cuda_lora_rt *rt, qv_cuda_pool_stats *out) {
 bool qv_cuda_lora_rt_active(const qv_cuda_lora_rt *rt) { return rt && rt->active; }
 uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt) { return rt ? rt->shape : 0; }
 
+/* Limits of the bottleneck and adaption-prompt kernels on this model; NULL when `ad` fits,
+ * else what does not (for the message). */
+static const char *kernel_limits(const qv_cuda_lora_rt *rt, const qv_adapter *ad, char *buf,
+                                 size_t n) {
+    const qv_model_config *c = &rt->m->cfg;
+    if (ad->kind == QV_ADAPTER_ADAPTION_PROMPT) {
+        const size_t row = (size_t)c->dim + 2u * (size_t)c->n_kv_heads * (size_t)c->head_dim;
+        if (ad->ap_len > QV_AP_MAX_LEN)
+            snprintf(buf, n, "an adapter_len of %d (the CUDA kernel takes up to %d)", ad->ap_len,
+                     QV_AP_MAX_LEN);
+        else if (row > rt->tmp_cap)
+            snprintf(buf, n, "adaption prompts with max_batch_tokens %d", rt->max_tokens);
+        else
+            return NULL;
+        return buf;
+    }
+    for (int l = 0; l < ad->n_layers; l++) {
+        const qv_bn_unit *u[2] = {&ad->layers[l].bn_attn, &ad->layers[l].bn_ffn};
+        for (int w = 0; w < 2; w++)
+            if (u[w]->d > 0 && (u[w]->d > c->n_ff || c->dim > c->n_ff)) { /* n_ff-row scratch */
+                snprintf(buf, n,
+                         "a bottleneck of size %d (the CUDA kernel takes up to n_ff = %d, on "
+                         "models with n_ff >= dim)",
+                         u[w]->d, c->n_ff);
+                return buf;
+            }
+    }
+    return NULL;
+}
+
 /* What the CUDA path implements: LoRA / rsLoRA / DoRA (F32, F16 or BF16 weights) on the decoder
- * projections, and IA3 (output scaling of any projection, input scaling of down_proj: PEFT's
- * Llama defaults). The message names the kind or feature that is missing. */
-static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_error *err) {
+ * projections, IA3 (output scaling of any projection, input scaling of down_proj: PEFT's Llama
+ * defaults), prompt / P-tuning, prefix tuning, bottleneck units and adaption prompts. The
+ * message names the kind or feature that is missing. */
+static qv_status check_supported(const qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err) {
+    const qv_model *m = rt->m;
     const qv_model_config *c = &m->cfg;
     const bool prompt = ad->kind == QV_ADAPTER_PROMPT_TUNING || ad->kind == QV_ADAPTER_P_TUNING;
     /* prefix tuning: its K/V fill the first KV positions (engine admission, adapter_apply.c);
      * the forward pass then runs the base model for its segment */
     const bool prefix = ad->kind == QV_ADAPTER_PREFIX_TUNING && ad->prefix_k && ad->prefix_v;
-    if (ad->kind != QV_ADAPTER_LORA && ad->kind != QV_ADAPTER_IA3 && !prompt && !prefix)
+    const bool ap = ad->kind == QV_ADAPTER_ADAPTION_PROMPT;
+    if (ad->kind != QV_ADAPTER_LORA && ad->kind != QV_ADAPTER_IA3 && !prompt && !prefix && !ap &&
+        ad->kind != QV_ADAPTER_BOTTLENECK)
         return qv_errorf(err, QV_ERR_UNSUPPORTED,
-                         "cuda: adapter kind %s is not supported on the CUDA backend yet (LoRA, "
-                         "DoRA, IA3, prefix, prompt and P-tuning only; use --device cpu)",
+                         "cuda: adapter kind %s is not supported on the CUDA backend (use --device "
+                         "cpu)",
                          qv_adapter_kind_name(ad->kind));
-    const char *feat = NULL;
+    if (ap && (ad->ap_len < 1 || ad->ap_n_layers < 1 || !ad->ap_prompt || !ad->ap_gate ||
+               ad->ap_first_layer < 0 || ad->ap_first_layer + ad->ap_n_layers != c->n_layers))
+        return qv_errorf(err, QV_ERR_INVALID, "cuda: adaption prompt does not fit the model");
+    if (ad->kind == QV_ADAPTER_BOTTLENECK &&
+        ((unsigned)ad->bn_act > (unsigned)QV_BN_ACT_IDENTITY || ad->n_layers != c->n_layers))
+        return qv_errorf(err, QV_ERR_INVALID, "cuda: bottleneck adapter does not fit the model");
+    char lim[160];
+    const char *feat = kernel_limits(rt, ad, lim, sizeof lim);
     if (ad->lora_bias)
         feat = "lora_bias";
     else if (ad->embed_lora.rank > 0)
@@ -171,7 +234,6 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
                          ad->n_layers, c->n_layers);
     for (int l = 0; l < ad->n_layers && !feat; l++) {
         const qv_adapter_layer *L = &ad->layers[l];
-        if (L->bn_attn.d > 0 || L->bn_ffn.d > 0) feat = "bottleneck units";
         for (int p = 0; p < N_PROJ && !feat; p++) {
             const qv_lora *lo = &L->lora[p];
             if (L->ia3[p] && L->ia3_input[p] && p != QV_PROJ_DOWN)
@@ -202,9 +264,9 @@ static qv_status check_supported(const qv_model *m, const qv_adapter *ad, qv_err
     }
     if (feat)
         return qv_errorf(err, QV_ERR_UNSUPPORTED,
-                         "cuda: LoRA adapter uses %s, not supported on the CUDA backend yet (use "
+                         "cuda: %s adapter uses %s, not supported on the CUDA backend (use "
                          "--device cpu)",
-                         feat);
+                         qv_adapter_kind_name(ad->kind), feat);
     return QV_OK;
 }
 
@@ -259,6 +321,30 @@ static void fingerprint(const qv_model_config *c, const qv_adapter *ad, uint64_t
                     fbits(ad->prompt_embd[n / 2])),
                 fbits(ad->prompt_embd[n - 1]));
     }
+    for (int l = 0; l < ad->n_layers; l++) {
+        const qv_bn_unit *us[2] = {&ad->layers[l].bn_attn, &ad->layers[l].bn_ffn};
+        for (int w = 0; w < 2; w++) {
+            const qv_bn_unit *u = us[w];
+            if (u->d <= 0) continue;
+            const size_t nw = (size_t)u->d * (size_t)c->dim;
+            h = mix(mix(mix(mix(mix(h, (uint64_t)u->d), fbits(u->down_w[nw / 2])),
+                            fbits(u->up_w[nw - 1])),
+                        fbits(u->scaling)),
+                    (uint64_t)(u->scaling_ch != NULL) | (uint64_t)(u->ln_before_w != NULL) << 1 |
+                        (uint64_t)(u->ln_after_w != NULL) << 2);
+        }
+    }
+    if (ad->kind == QV_ADAPTER_BOTTLENECK)
+        h = mix(h, (uint64_t)ad->bn_parallel | (uint64_t)ad->bn_original_ln_before << 1 |
+                       (uint64_t)ad->bn_original_ln_after << 2 | (uint64_t)ad->bn_residual << 3 |
+                       (uint64_t)ad->bn_adapter_residual_before_ln << 5 |
+                       (uint64_t)ad->bn_act << 6);
+    if (ad->kind == QV_ADAPTER_ADAPTION_PROMPT && ad->ap_prompt && ad->ap_gate) {
+        const size_t n = (size_t)ad->ap_n_layers * (size_t)ad->ap_len * (size_t)c->dim;
+        h = mix(mix(mix(mix(h, (uint64_t)ad->ap_len), fbits(ad->ap_prompt[n / 2])),
+                    fbits(ad->ap_prompt[n - 1])),
+                fbits(ad->ap_gate[ad->ap_n_layers - 1]));
+    }
     *fp = mix(h, r);
 }
 
@@ -278,6 +364,13 @@ static qv_status ensure_pool(qv_cuda_lora_rt *rt, qv_error *err) {
     qv_cuda_pool_opts o = {.pool_bytes = bytes, .fp16 = qv_backend_cuda_act_fp16(rt->be)};
     return qv_cuda_adapter_pool_create(&o, (cudaStream_t)qv_backend_cuda_stream(rt->be), &rt->pool,
                                        err);
+}
+
+/* Pool matrices of a bottleneck unit (0 when absent): down_w, down_b, up_w, up_b, then the
+ * channel scaling and the LayerNorms before / after (weight, bias) where it has them. */
+static int bn_n_mats(const qv_bn_unit *u) {
+    if (u->d <= 0) return 0;
+    return 4 + (u->scaling_ch != NULL) + 2 * (u->ln_before_w != NULL) + 2 * (u->ln_after_w != NULL);
 }
 
 /* The map entry of `ad` (created or refreshed when its fingerprint changed). -1 on NOMEM. */
@@ -309,9 +402,11 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
     lora_ent *en = &rt->ents[e];
     if (!en->mat) en->mat = qv_malloc((size_t)ad->n_layers * N_PROJ * sizeof(int));
     if (!en->vec) en->vec = qv_malloc((size_t)ad->n_layers * N_PROJ * sizeof(int));
-    if (!en->mat || !en->vec) {
+    if (!en->bn) en->bn = qv_malloc((size_t)ad->n_layers * 2 * sizeof(int));
+    if (!en->mat || !en->vec || !en->bn) {
         qv_free(en->mat);
         qv_free(en->vec);
+        qv_free(en->bn);
         *en = (lora_ent){0}; /* key 0 is never resident: a free entry */
         return -1;
     }
@@ -338,7 +433,23 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
             k++;
             en->proj_mask |= 1u << (vec_is_input(ad, l, p) ? 16 + p : 8 + p);
         }
-    en->embd = ad->prompt_embd && ad->n_virtual > 0 ? k : -1; /* last in the version */
+    en->embd = ad->prompt_embd && ad->n_virtual > 0 ? k++ : -1;
+    /* then the bottleneck units (pool_mats' order) and the adaption prompt's K and V */
+    for (int l = 0; l < ad->n_layers; l++) {
+        const qv_bn_unit *us[2] = {&ad->layers[l].bn_attn, &ad->layers[l].bn_ffn};
+        for (int w = 0; w < 2; w++) {
+            en->bn[l * 2 + w] = us[w]->d > 0 ? k : -1;
+            if (us[w]->d <= 0) continue;
+            k += bn_n_mats(us[w]);
+            en->proj_mask |= w ? MASK_BN_FFN : MASK_BN_ATTN;
+        }
+    }
+    en->ap = -1;
+    if (ad->kind == QV_ADAPTER_ADAPTION_PROMPT) {
+        en->ap = k;
+        k += 2 * ad->ap_n_layers;
+        en->proj_mask |= MASK_AP;
+    }
     return e;
 }
 
@@ -351,6 +462,12 @@ static qv_cuda_pool_mat *pool_mats(const qv_model_config *c, const qv_adapter *a
         for (int p = 0; p < N_PROJ; p++)
             *n += (ad->layers[l].lora[p].rank > 0 ? 2 : 0) + (vec_of(ad, l, p) ? 1 : 0);
     *n += ad->prompt_embd && ad->n_virtual > 0;
+    for (int l = 0; l < ad->n_layers; l++) {
+        const qv_bn_unit *us[2] = {&ad->layers[l].bn_attn, &ad->layers[l].bn_ffn};
+        for (int w = 0; w < 2; w++)
+            *n += bn_n_mats(us[w]);
+    }
+    if (ad->kind == QV_ADAPTER_ADAPTION_PROMPT) *n += 2 * ad->ap_n_layers;
     if (*n == 0) return NULL;
     qv_cuda_pool_mat *mats = qv_malloc((size_t)*n * sizeof(*mats));
     if (!mats) {
@@ -376,7 +493,68 @@ static qv_cuda_pool_mat *pool_mats(const qv_model_config *c, const qv_adapter *a
     if (ad->prompt_embd && ad->n_virtual > 0)
         mats[k++] =
             (qv_cuda_pool_mat){ad->prompt_embd, (int64_t)ad->n_virtual * c->dim, QV_DTYPE_F32};
+    const int64_t dim = c->dim;
+    for (int l = 0; l < ad->n_layers; l++) {
+        const qv_bn_unit *us[2] = {&ad->layers[l].bn_attn, &ad->layers[l].bn_ffn};
+        for (int w = 0; w < 2; w++) {
+            const qv_bn_unit *u = us[w];
+            if (u->d <= 0) continue;
+            mats[k++] = (qv_cuda_pool_mat){u->down_w, (int64_t)u->d * dim, QV_DTYPE_F32};
+            mats[k++] = (qv_cuda_pool_mat){u->down_b, u->d, QV_DTYPE_F32};
+            mats[k++] = (qv_cuda_pool_mat){u->up_w, dim * u->d, QV_DTYPE_F32};
+            mats[k++] = (qv_cuda_pool_mat){u->up_b, dim, QV_DTYPE_F32};
+            if (u->scaling_ch) mats[k++] = (qv_cuda_pool_mat){u->scaling_ch, dim, QV_DTYPE_F32};
+            if (u->ln_before_w) {
+                mats[k++] = (qv_cuda_pool_mat){u->ln_before_w, dim, QV_DTYPE_F32};
+                mats[k++] = (qv_cuda_pool_mat){u->ln_before_b, dim, QV_DTYPE_F32};
+            }
+            if (u->ln_after_w) {
+                mats[k++] = (qv_cuda_pool_mat){u->ln_after_w, dim, QV_DTYPE_F32};
+                mats[k++] = (qv_cuda_pool_mat){u->ln_after_b, dim, QV_DTYPE_F32};
+            }
+        }
+    }
+    /* adaption prompt: K and V of each adapted layer, (ap_len, kv_dim), computed on the device
+     * after the load (ap_compute); zeros until then */
+    const int64_t kv = (int64_t)c->n_kv_heads * c->head_dim;
+    for (int j = 0; ad->kind == QV_ADAPTER_ADAPTION_PROMPT && j < 2 * ad->ap_n_layers; j++)
+        mats[k++] = (qv_cuda_pool_mat){NULL, (int64_t)ad->ap_len * kv, QV_DTYPE_F32};
+    QV_ASSERT(k == *n);
     return mats;
+}
+
+/* The adaption prompt's keys and values of every adapted layer, through that layer's own k/v
+ * projections (biases included, no RoPE: PEFT's AdaptedAttention), written into the version's
+ * room in half. Runs between steps, once per load: the prompt rows go through the runtime's
+ * scratch in chunks, the projections are the backend's, the compute stream orders it after the
+ * version's copy and before any step that reads it. */
+static qv_status ap_compute(qv_cuda_lora_rt *rt, const lora_ent *en, int slot, qv_error *err) {
+    const qv_model *m = rt->m;
+    const qv_model_config *c = &m->cfg;
+    const qv_adapter *ad = en->ad;
+    const struct qv_backend_i *bi = rt->be->iface;
+    const size_t dim = (size_t)c->dim, kvdim = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    qv_status st = qv_cuda_adapter_pool_use(rt->pool, slot, err);
+    if (st != QV_OK) return st;
+    const int chunk = (int)QV_MIN(rt->tmp_cap / (dim + 2 * kvdim), (size_t)ad->ap_len);
+    QV_ASSERT(chunk >= 1); /* kernel_limits */
+    float *P = rt->tmp, *K = P + (size_t)chunk * dim, *V = K + (size_t)chunk * kvdim;
+    for (int al = 0; al < ad->ap_n_layers; al++) {
+        const qv_layer_weights *w = &m->layers[ad->ap_first_layer + al];
+        unsigned short *kd = qv_cuda_adapter_pool_room(rt->pool, slot, en->ap + 2 * al);
+        unsigned short *vd = qv_cuda_adapter_pool_room(rt->pool, slot, en->ap + 2 * al + 1);
+        for (int r0 = 0; r0 < ad->ap_len; r0 += chunk) {
+            const int nr = QV_MIN(chunk, ad->ap_len - r0);
+            const float *src = ad->ap_prompt + ((size_t)al * (size_t)ad->ap_len + (size_t)r0) * dim;
+            bi->upload(rt->be, P, src, (size_t)nr * dim * sizeof(float));
+            bi->matmul(rt->be, &w->wk, P, nr, K, w->bk.data ? (const float *)w->bk.data : NULL);
+            bi->matmul(rt->be, &w->wv, P, nr, V, w->bv.data ? (const float *)w->bv.data : NULL);
+            if (qv_backend_cuda_to_half(rt->be, K, kd + (size_t)r0 * kvdim, (size_t)nr * kvdim) ||
+                qv_backend_cuda_to_half(rt->be, V, vd + (size_t)r0 * kvdim, (size_t)nr * kvdim))
+                return qv_errorf(err, QV_ERR_DEVICE, "cuda: adaption prompt K/V failed");
+        }
+    }
+    return QV_OK;
 }
 
 static qv_status load(qv_cuda_lora_rt *rt, const lora_ent *en, int *slot, qv_error *err) {
@@ -388,6 +566,7 @@ static qv_status load(qv_cuda_lora_rt *rt, const lora_ent *en, int *slot, qv_err
     if (!mats) return QV_ERR_NOMEM;
     qv_status st = qv_cuda_adapter_pool_load(rt->pool, en->key, mats, n, slot, err);
     qv_free(mats);
+    if (st == QV_OK && en->ap >= 0) st = ap_compute(rt, en, *slot, err);
     return st;
 }
 
@@ -395,7 +574,7 @@ qv_status qv_cuda_lora_rt_check(qv_cuda_lora_rt *rt, const qv_adapter *ad, size_
                                 size_t *pool_bytes, qv_error *err) {
     *bytes = 0;
     *pool_bytes = 0;
-    qv_status st = check_supported(rt->m, ad, err);
+    qv_status st = check_supported(rt, ad, err);
     if (st == QV_OK) st = ensure_pool(rt, err);
     if (st != QV_OK) return st;
     *pool_bytes = qv_cuda_adapter_pool_bytes(rt->pool);
@@ -446,7 +625,7 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
     for (int s = 0; s < S; s++) {
         const qv_adapter *ad = b->seg_adapter[s];
         if (!ad) continue;
-        qv_status st = check_supported(rt->m, ad, err);
+        qv_status st = check_supported(rt, ad, err);
         if (st != QV_OK) return st;
     }
     /* virtual tokens (ids -1 - k) only where the segment's adapter has k-th prompt embedding */
@@ -539,7 +718,7 @@ fail:
 }
 
 qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err) {
-    qv_status st = check_supported(rt->m, ad, err);
+    qv_status st = check_supported(rt, ad, err);
     if (st == QV_OK) st = ensure_pool(rt, err);
     if (st != QV_OK) return st;
     int e = entry_of(rt, ad);
@@ -698,4 +877,88 @@ void qv_cuda_lora_rt_projs(qv_cuda_lora_rt *rt, int layer, const enum qv_proj *p
     if (group & rt->proj_mask) lora_group(rt, layer, ps, n_p, x_in, ys);
     /* then the output vectors: IA3 scales (W x + b); DoRA rescales W x + the LoRA delta */
     if (group & (rt->proj_mask >> 8) & 0xffu) vec_scale(rt, layer, ps, n_p, 0, ys);
+}
+
+bool qv_cuda_lora_rt_has_block_out(const qv_cuda_lora_rt *rt, int where) {
+    return rt && rt->active && (rt->proj_mask & (where ? MASK_BN_FFN : MASK_BN_ATTN));
+}
+
+void qv_cuda_lora_rt_block_out(qv_cuda_lora_rt *rt, int layer, int where, const float *x, float *h,
+                               float *scratch_o, float *scratch_t, int ld_scratch) {
+    if (!qv_cuda_lora_rt_has_block_out(rt, where)) return;
+    const int dim = rt->m->cfg.dim;
+    qv_bn_seg *tab = (qv_bn_seg *)(void *)rt->tab; /* 96 of two 64-byte entries' room */
+    int k = 0;
+    for (int s = 0; s < rt->n_segs; s++) {
+        const lora_ent *en = rt->seg_slot[s] >= 0 ? &rt->ents[rt->seg_ent[s]] : NULL;
+        int i = en ? en->bn[layer * 2 + where] : -1;
+        if (i < 0) { /* one entry per segment: the table depends on the batch shape only */
+            tab[k++] = (qv_bn_seg){.t0 = rt->seg_t0[s], .n = 0};
+            continue;
+        }
+        const qv_adapter *ad = en->ad;
+        const qv_bn_unit *u = where ? &ad->layers[layer].bn_ffn : &ad->layers[layer].bn_attn;
+        const qv_cuda_adapter_pool *P = rt->pool;
+        const int sl = rt->seg_slot[s];
+        qv_bn_seg e = {.t0 = rt->seg_t0[s], .n = rt->seg_n[s], .d = u->d, .scaling = u->scaling};
+        e.down_w = qv_cuda_adapter_pool_mat(P, sl, i++);
+        e.down_b = qv_cuda_adapter_pool_mat(P, sl, i++);
+        e.up_w = qv_cuda_adapter_pool_mat(P, sl, i++);
+        e.up_b = qv_cuda_adapter_pool_mat(P, sl, i++);
+        if (u->scaling_ch) e.scale_ch = qv_cuda_adapter_pool_mat(P, sl, i++);
+        if (u->ln_before_w) {
+            e.lnb_w = qv_cuda_adapter_pool_mat(P, sl, i++);
+            e.lnb_b = qv_cuda_adapter_pool_mat(P, sl, i++);
+        }
+        if (u->ln_after_w) {
+            e.lna_w = qv_cuda_adapter_pool_mat(P, sl, i++);
+            e.lna_b = qv_cuda_adapter_pool_mat(P, sl, i++);
+        }
+        e.flags = (ad->bn_parallel ? QV_BN_F_PARALLEL : 0) |
+                  (ad->bn_original_ln_before ? QV_BN_F_ORIG_LN_BEFORE : 0) |
+                  (ad->bn_original_ln_after ? QV_BN_F_ORIG_LN_AFTER : 0) |
+                  (ad->bn_residual == QV_BN_RES_BEFORE_LN ? QV_BN_F_RES_BEFORE_LN : 0) |
+                  (ad->bn_adapter_residual_before_ln ? QV_BN_F_ADAPTER_RES_LN : 0);
+        e.act = (int32_t)ad->bn_act;
+        tab[k++] = e;
+    }
+    qv_backend_cuda_bottleneck(rt->be, tab, k, rt->max_seg_n, x, h, dim, scratch_o, scratch_t,
+                               ld_scratch);
+}
+
+void qv_cuda_lora_rt_attn(qv_cuda_lora_rt *rt, int layer, const float *q, float *att, float *x) {
+    if (!rt->active || !(rt->proj_mask & MASK_AP)) return;
+    const qv_model_config *c = &rt->m->cfg;
+    qv_ap_seg *tab = (qv_ap_seg *)(void *)rt->tab;
+    int k = 0;
+    for (int s = 0; s < rt->n_segs; s++) {
+        const lora_ent *en = rt->seg_slot[s] >= 0 ? &rt->ents[rt->seg_ent[s]] : NULL;
+        const bool on = en && en->ap >= 0 && layer >= en->ad->ap_first_layer;
+        if (!on) { /* one entry per segment, at every layer: the launches depend on the shape */
+            tab[k++] = (qv_ap_seg){.t0 = rt->seg_t0[s], .n = 0};
+            continue;
+        }
+        const int al = layer - en->ad->ap_first_layer;
+        tab[k++] = (qv_ap_seg){
+            .k = qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], en->ap + 2 * al),
+            .v = qv_cuda_adapter_pool_mat(rt->pool, rt->seg_slot[s], en->ap + 2 * al + 1),
+            .t0 = rt->seg_t0[s],
+            .n = rt->seg_n[s],
+            .len = en->ad->ap_len,
+            .gate = en->ad->ap_gate[al],
+        };
+    }
+    const qv_ap_args a = {.tab = tab,
+                          .n_tab = k,
+                          .max_n = rt->max_seg_n,
+                          .q = q,
+                          .att = att,
+                          .x = x,
+                          .bias = proj_bias(rt->m, layer, QV_PROJ_O),
+                          .n_heads = c->n_heads,
+                          .n_kv_heads = c->n_kv_heads,
+                          .head_dim = c->head_dim,
+                          .dim = c->dim,
+                          .scale = 1.0f / sqrtf((float)c->head_dim)};
+    qv_backend_cuda_adaption(rt->be, &a);
 }

@@ -1,7 +1,8 @@
 /*
- * lora_cuda.h - adapters in the CUDA forward pass (LoRA, DoRA, IA3, prompt / P-tuning; prefix
- * tuning needs nothing here: its K/V are stored at admission): the device counterpart of
- * those parts of engine/adapter_apply.h, called by forward.c when the backend is "cuda".
+ * lora_cuda.h - adapters in the CUDA forward pass (LoRA, DoRA, IA3, prompt / P-tuning,
+ * bottleneck units, adaption prompts; prefix tuning needs nothing here: its K/V are stored at
+ * admission): the device counterpart of engine/adapter_apply.h, called by forward.c when the
+ * backend is "cuda".
  *
  * What: per step, validates the batch's adapter segments (LoRA, rsLoRA and DoRA, ranks 1..256
  * on any of the seven decoder projections; IA3 output vectors on any projection and input
@@ -12,13 +13,20 @@
  * launch for the group's IA3 vectors or DoRA scales (qv_backend_cuda_seg_scale).
  * Prompt / P-tuning: virtual tokens (ids -1 - k) take row k of the adapter's prompt embeddings
  * (kept in the pool) after the embedding lookup (qv_cuda_lora_rt_ids / qv_cuda_lora_rt_embed).
+ * Bottleneck adapters (AdapterHub; FORMATS.md 5.4): their weights and LayerNorms live in the
+ * pool, one launch per sub-block and layer rewrites the sub-block output of every segment with
+ * a unit there (qv_cuda_lora_rt_block_out). Adaption prompts (LLaMA-Adapter): each adapted
+ * layer's prompt keys and values are computed once per load through the layer's own k/v
+ * projections and kept in the pool; one launch per layer adds every segment's gated prompt
+ * attention to the attention output (qv_cuda_lora_rt_attn).
  * What not: lora_bias, embedding / lm_head LoRA, modules_to_save, trainable tokens, IA3 on
- * inputs other than down_proj, adaption-prompt and bottleneck adapters: refused at begin with
- * QV_ERR_UNSUPPORTED naming the kind or feature. LoRA
- * weights stored as F32, F16 or BF16 are all accepted (copied as they are when they match the
- * model's half type). Residency key: an adapter is identified by its address plus a fingerprint
- * (n_bytes, ranks and sampled weight values), so a freed adapter whose address is reused by another
- * is uploaded again, never served stale. Thread: the engine thread that owns the backend.
+ * inputs other than down_proj, adaption prompts longer than QV_AP_MAX_LEN, bottleneck sizes
+ * above n_ff (or any on a model whose n_ff < dim): refused at begin with QV_ERR_UNSUPPORTED naming
+ * the kind or feature. LoRA weights stored as F32, F16 or BF16 are all accepted (copied as they are
+ * when they match the model's half type). Residency key: an adapter is identified by its address
+ * plus a fingerprint (n_bytes, ranks and sampled weight values), so a freed adapter whose address
+ * is reused by another is uploaded again, never served stale. Thread: the engine thread that owns
+ * the backend.
  */
 #ifndef QV_CUDA_LORA_H
 #define QV_CUDA_LORA_H
@@ -100,6 +108,23 @@ bool qv_cuda_lora_rt_scales_output(const qv_cuda_lora_rt *rt, enum qv_proj p);
 /* Before projection p of `layer` reads x (n, n_in of p) backend memory: x's rows *= each
  * segment's IA3 input vector of p (PEFT's feedforward modules: down_proj). One launch. */
 void qv_cuda_lora_rt_scale_input(qv_cuda_lora_rt *rt, int layer, enum qv_proj p, float *x);
+
+/* True when the step has a bottleneck unit after sub-block `where` (0 attention, 1 FFN) in
+ * some segment: forward.c then keeps that sub-block's output h out of the residual stream until
+ * qv_cuda_lora_rt_block_out has run. */
+bool qv_cuda_lora_rt_has_block_out(const qv_cuda_lora_rt *rt, int where);
+/* After sub-block `where` of `layer` wrote h (n, dim) and before x (n, dim, the residual stream
+ * entering it) += h: every segment's bottleneck unit there rewrites its rows of h so that x + h
+ * is the unit's output (one launch). scratch_o, scratch_t: backend memory of n rows of
+ * ld_scratch >= max(dim, d) floats, free for the call (forward.c passes the gate and up
+ * buffers, ld_scratch n_ff). */
+void qv_cuda_lora_rt_block_out(qv_cuda_lora_rt *rt, int layer, int where, const float *x, float *h,
+                               float *scratch_o, float *scratch_t, int ld_scratch);
+/* After the attention of `layer` wrote att (n, n_heads * head_dim) from the roped queries q:
+ * att += every adaption-prompt segment's gated prompt attention, and the residual rows x of
+ * those segments += the o_proj bias (PEFT projects the adapter output, bias included, apart).
+ * One launch per layer while the step has an adaption prompt. */
+void qv_cuda_lora_rt_attn(qv_cuda_lora_rt *rt, int layer, const float *q, float *att, float *x);
 
 #ifdef __cplusplus
 }

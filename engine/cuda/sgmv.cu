@@ -15,6 +15,12 @@
  *   k_expand<TM>       grid (output tiles of 256, token tiles of TM, segments): the tile's tmp
  *                      rows in shared memory (broadcast reads), one output column per thread,
  *                      B's row read once per tile (16-byte loads when rank % 8 == 0).
+ *   k_seg_scale        grid (column chunks, rows, entries): IA3 / DoRA row scaling, prompt rows.
+ *   k_bottleneck       grid (rows, entries): one token row per block, down (a warp per
+ *                      bottleneck channel), up (a warp per output channel), block-wide
+ *                      LayerNorm reductions; the row's scratch is global memory.
+ *   k_adaption         128 threads, grid (rows, entries): a warp per query head, its lanes over
+ *                      the prompt positions (scores in shared memory), then over head_dim.
  * What not: no allocation, no synchronisation, no validation of the table (sgmv_plan.c).
  * Thread: launchers run on the host thread that owns the stream.
  */
@@ -255,6 +261,190 @@ template <bool F16> static __global__ void k_seg_scale(const qv_seg_scale *tab) 
     }
 }
 
+/* ---- bottleneck units: block (row of the segment, entry), grid-stride over rows ---- */
+
+static __device__ float bn_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Every thread gets the block's sum (THREADS threads; red has SH_WARPS entries). */
+static __device__ float bn_block_sum(float v, float *red) {
+    const int lane = (int)(threadIdx.x & 31), wid = (int)(threadIdx.x >> 5);
+    v = bn_warp_sum(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    return bn_warp_sum(lane < SH_WARPS ? red[lane] : 0.0f);
+}
+
+/* enum qv_bn_act (adapters.h), in its order */
+static __device__ float bn_act(int a, float x) {
+    switch (a) {
+    case 0: return x > 0.0f ? x : 0.0f;
+    case 1: return x / (1.0f + expf(-x));
+    case 2: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case 3: return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    case 4: return tanhf(x);
+    case 5: return 1.0f / (1.0f + expf(-x));
+    case 6: return x > 0.0f ? x : 0.01f * x;
+    default: return x;
+    }
+}
+
+/* Mean and 1/sqrt(var + 1e-5) of row v (nn.LayerNorm, two passes). */
+static __device__ void bn_ln_stats(const float *v, int dim, float *red, float *mean, float *rstd) {
+    float s = 0.0f;
+    for (int i = (int)threadIdx.x; i < dim; i += THREADS)
+        s += v[i];
+    const float mu = bn_block_sum(s, red) / (float)dim;
+    float q = 0.0f;
+    for (int i = (int)threadIdx.x; i < dim; i += THREADS)
+        q += (v[i] - mu) * (v[i] - mu);
+    *mean = mu;
+    *rstd = 1.0f / sqrtf(bn_block_sum(q, red) / (float)dim + 1e-5f);
+}
+
+/* One token row per block, in four phases separated by block barriers (the row's scratch is
+ * global memory of this block only: o (dim floats) and t (d floats)):
+ *   0. o = z, the unit's input: x (parallel), else a = h (+ x), LayerNorm-before applied;
+ *   1. t = act(Down z + b_down), a warp per bottleneck channel;
+ *   2. o = s ⊙ (Up t + b_up), a warp per output channel;
+ *   3. the residual / LayerNorm-after combinations of FORMATS.md 5.4, written into h so that
+ *      x + h is the unit's output. */
+template <bool F16>
+static __global__ void __launch_bounds__(THREADS)
+    k_bottleneck(const qv_bn_seg *tab, const float *x, float *h, int dim, float *so, float *st,
+                 long long lds) {
+    __shared__ float red[SH_WARPS];
+    const qv_bn_seg e = tab[blockIdx.y];
+    const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+    const bool par = (e.flags & QV_BN_F_PARALLEL) != 0;
+    const bool add_x = (e.flags & QV_BN_F_ORIG_LN_BEFORE) != 0;
+    const unsigned short *dw = (const unsigned short *)e.down_w;
+    const unsigned short *uw = (const unsigned short *)e.up_w;
+    for (int r = blockIdx.x; r < e.n; r += gridDim.x) {
+        const size_t row = (size_t)(e.t0 + r);
+        const float *xr = x + row * (size_t)dim;
+        float *hr = h + row * (size_t)dim;
+        float *o = so + row * (size_t)lds, *t = st + row * (size_t)lds;
+        for (int i = (int)threadIdx.x; i < dim; i += THREADS)
+            o[i] = par ? xr[i] : (add_x ? hr[i] + xr[i] : hr[i]);
+        __syncthreads();
+        if (!par && e.lnb_w) {
+            float mu, rs;
+            bn_ln_stats(o, dim, red, &mu, &rs);
+            for (int i = (int)threadIdx.x; i < dim; i += THREADS)
+                o[i] = (o[i] - mu) * rs * ld1<F16>((const unsigned short *)e.lnb_w, (size_t)i) +
+                       ld1<F16>((const unsigned short *)e.lnb_b, (size_t)i);
+            __syncthreads();
+        }
+        for (int j = warp; j < e.d; j += SH_WARPS) {
+            const unsigned short *wr = dw + (size_t)j * (size_t)dim;
+            float acc = 0.0f;
+            for (int i = lane; i < dim; i += 32)
+                acc += ld1<F16>(wr, (size_t)i) * o[i];
+            acc = bn_warp_sum(acc);
+            if (lane == 0)
+                t[j] = bn_act(e.act, acc + ld1<F16>((const unsigned short *)e.down_b, (size_t)j));
+        }
+        __syncthreads();
+        for (int i = warp; i < dim; i += SH_WARPS) {
+            const unsigned short *wr = uw + (size_t)i * (size_t)e.d;
+            float acc = 0.0f;
+            for (int j = lane; j < e.d; j += 32)
+                acc += ld1<F16>(wr, (size_t)j) * t[j];
+            acc = bn_warp_sum(acc);
+            if (lane == 0) {
+                const float s = e.scale_ch ? ld1<F16>((const unsigned short *)e.scale_ch, (size_t)i)
+                                           : e.scaling;
+                o[i] = (acc + ld1<F16>((const unsigned short *)e.up_b, (size_t)i)) * s;
+            }
+        }
+        __syncthreads();
+        /* phase 3: each thread reads and rewrites only its own elements of o and h (h is
+         * written last, so the residual can be read from it until then) */
+        const bool ln_res = e.lna_w && (e.flags & QV_BN_F_ADAPTER_RES_LN);
+        const bool res_first = !par && (!e.lna_w || ln_res); /* u + res before any LN */
+        if (res_first)
+            for (int i = (int)threadIdx.x; i < dim; i += THREADS)
+                o[i] += (e.flags & QV_BN_F_RES_BEFORE_LN) || !add_x ? hr[i] : hr[i] + xr[i];
+        if (e.lna_w) {
+            float mu, rs;
+            bn_ln_stats(o, dim, red, &mu, &rs);
+            for (int i = (int)threadIdx.x; i < dim; i += THREADS)
+                o[i] = (o[i] - mu) * rs * ld1<F16>((const unsigned short *)e.lna_w, (size_t)i) +
+                       ld1<F16>((const unsigned short *)e.lna_b, (size_t)i);
+        }
+        for (int i = (int)threadIdx.x; i < dim; i += THREADS) {
+            if (par) {
+                hr[i] += o[i];
+                continue;
+            }
+            float fin = o[i];
+            if (!res_first) /* LN(u) + res */
+                fin += (e.flags & QV_BN_F_RES_BEFORE_LN) || !add_x ? hr[i] : hr[i] + xr[i];
+            hr[i] = (e.flags & QV_BN_F_ORIG_LN_AFTER) ? fin : fin - xr[i];
+        }
+        __syncthreads(); /* the next row of this block reuses red */
+    }
+}
+
+/* ---- adaption prompt: block (row of the segment, entry), a warp per query head ---- */
+
+#define AP_THREADS 128
+#define AP_WARPS (AP_THREADS / 32)
+
+template <bool F16> static __global__ void __launch_bounds__(AP_THREADS) k_adaption(qv_ap_args a) {
+    __shared__ float p[AP_WARPS][QV_AP_MAX_LEN];
+    const qv_ap_seg e = a.tab[blockIdx.y];
+    const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+    const int hd = a.head_dim, group = a.n_heads / a.n_kv_heads;
+    const size_t qdim = (size_t)a.n_heads * (size_t)hd, kvdim = (size_t)a.n_kv_heads * (size_t)hd;
+    const unsigned short *K = (const unsigned short *)e.k, *V = (const unsigned short *)e.v;
+    float *pw = p[warp];
+    for (int r = blockIdx.x; r < e.n; r += gridDim.x) {
+        const size_t row = (size_t)(e.t0 + r);
+        for (int hh = warp; hh < a.n_heads; hh += AP_WARPS) {
+            const float *q = a.q + row * qdim + (size_t)hh * (size_t)hd;
+            const size_t koff = (size_t)(hh / group) * (size_t)hd;
+            float mx = -INFINITY;
+            for (int j = lane; j < e.len; j += 32) {
+                const unsigned short *kj = K + (size_t)j * kvdim + koff;
+                float s = 0.0f;
+                for (int i = 0; i < hd; i++)
+                    s += q[i] * ld1<F16>(kj, (size_t)i);
+                s *= a.scale;
+                pw[j] = s;
+                mx = fmaxf(mx, s);
+            }
+            for (int o = 16; o > 0; o >>= 1)
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float sum = 0.0f;
+            for (int j = lane; j < e.len; j += 32) {
+                const float v = expf(pw[j] - mx);
+                pw[j] = v;
+                sum += v;
+            }
+            sum = bn_warp_sum(sum);
+            __syncwarp();
+            const float g = e.gate / sum;
+            float *out = a.att + row * qdim + (size_t)hh * (size_t)hd;
+            for (int i = lane; i < hd; i += 32) {
+                float acc = 0.0f;
+                for (int j = 0; j < e.len; j++)
+                    acc += pw[j] * ld1<F16>(V + (size_t)j * kvdim + koff, (size_t)i);
+                out[i] += g * acc;
+            }
+            __syncwarp(); /* pw is rewritten by this warp's next head */
+        }
+        if (a.bias) /* PEFT adds o_proj of the adapter output, bias included, once more */
+            for (int i = (int)threadIdx.x; i < a.dim; i += AP_THREADS)
+                a.x[row * (size_t)a.dim + (size_t)i] += a.bias[i];
+    }
+}
+
 /* ---- launchers ---- */
 
 static unsigned clamp_grid(long long n, unsigned limit) {
@@ -344,4 +534,33 @@ extern "C" int qv_cuda_seg_scale(const qv_seg_scale *tab, int n_tab, int max_n, 
     else
         QV_LAUNCH(grid, THREADS, s, k_seg_scale<false>)(tab);
     LAUNCH_CHECK("ia3 / dora row scaling");
+}
+
+extern "C" int qv_cuda_bottleneck(const qv_bn_seg *tab, int n_tab, int max_n, const float *x,
+                                  float *h, int dim, float *scratch_o, float *scratch_t,
+                                  int64_t ld_scratch, int fp16, cudaStream_t s) {
+    if (n_tab <= 0 || max_n <= 0) return 0;
+    if (!tab || n_tab > QV_SGMV_MAX_SEGS || !x || !h || !scratch_o || !scratch_t || dim < 1 ||
+        ld_scratch < dim)
+        SGMV_FAIL("bad bottleneck arguments (%d entries, dim %d)", n_tab, dim);
+    dim3 grid(clamp_grid(max_n, 65535), (unsigned)n_tab);
+    if (fp16) QV_LAUNCH(grid, THREADS, s, k_bottleneck<true>)
+    (tab, x, h, dim, scratch_o, scratch_t, ld_scratch);
+    else QV_LAUNCH(grid, THREADS, s, k_bottleneck<false>)(tab, x, h, dim, scratch_o, scratch_t,
+                                                          ld_scratch);
+    LAUNCH_CHECK("bottleneck");
+}
+
+extern "C" int qv_cuda_adaption(const qv_ap_args *a, cudaStream_t s) {
+    if (!a || a->n_tab <= 0 || a->max_n <= 0) return 0;
+    if (!a->tab || a->n_tab > QV_SGMV_MAX_SEGS || !a->q || !a->att || a->n_heads < 1 ||
+        a->n_kv_heads < 1 || a->n_heads % a->n_kv_heads || a->head_dim < 1 ||
+        (a->bias && (!a->x || a->dim < 1)))
+        SGMV_FAIL("bad adaption-prompt arguments (%d entries)", a->n_tab);
+    dim3 grid(clamp_grid(a->max_n, 65535), (unsigned)a->n_tab);
+    if (a->fp16)
+        QV_LAUNCH(grid, AP_THREADS, s, k_adaption<true>)(*a);
+    else
+        QV_LAUNCH(grid, AP_THREADS, s, k_adaption<false>)(*a);
+    LAUNCH_CHECK("adaption prompt");
 }

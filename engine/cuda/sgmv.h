@@ -17,6 +17,8 @@
  * across shapes.
  * What not: no validation of the device table (build it with qv_sgmv_plan_build), no
  * allocation, no synchronisation, no bias (lora_bias) and no DoRA.
+ * Also here: the per-row adapter kernels that are not low-rank products (IA3 / DoRA row
+ * scaling, bottleneck units, adaption-prompt attention), each over a segment table too.
  * Errors: launchers return 0, or -1 after logging a bad argument or a failed launch
  * (cudaGetLastError).
  * Thread: the host thread that owns the stream.
@@ -60,6 +62,19 @@ int qv_cuda_sgmv_expand(const qv_sgmv_args *g, const float *tmp, cudaStream_t s)
  * grid; fp16: vec is fp16, else bf16. Entries must not overlap. */
 int qv_cuda_seg_scale(const qv_seg_scale *tab, int n_tab, int max_n, int max_cols, int fp16,
                       cudaStream_t s);
+
+/* Bottleneck units (sgmv_plan.h qv_bn_seg): for every entry of tab (device memory), rows
+ * [t0, t0 + n) of h (n_tokens, dim) are rewritten so that x + h is the unit's output; x is read
+ * only. Scratch (device fp32, for this launch only): token row t's unit output at
+ * scratch_o + t * ld_scratch (dim floats) and its bottleneck activations at
+ * scratch_t + t * ld_scratch (d floats), so ld_scratch >= max(dim, d). max_n >= every entry's n
+ * only shapes the grid; fp16: the weights are fp16, else bf16. Entries must not overlap. */
+int qv_cuda_bottleneck(const qv_bn_seg *tab, int n_tab, int max_n, const float *x, float *h,
+                       int dim, float *scratch_o, float *scratch_t, int64_t ld_scratch, int fp16,
+                       cudaStream_t s);
+
+/* Adaption-prompt attention of one layer (arguments: sgmv_plan.h qv_ap_args). */
+int qv_cuda_adaption(const qv_ap_args *a, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -1,9 +1,11 @@
 /*
  * test_cuda_engine_lora.c - LoRA requests through the engine on the CUDA backend (the path of
  * `quiver serve --device cuda`), against the same requests on the CPU engine:
- *   1. eleven requests batched together (the base model, the five PEFT LoRA fixtures, the IA3,
+ *   1. fourteen requests batched together (the base model, the five PEFT LoRA fixtures, the IA3,
  *      DoRA, prompt-tuning (4 virtual tokens), P-tuning (3) and prefix-tuning (5, K/V stored
- *      into shared device KV pages) fixtures of tiny-llama-gqa), greedy, 24 tokens each: every
+ *      into shared device KV pages) fixtures and the three AdapterHub bottleneck fixtures
+ *      (Pfeiffer, Houlsby, parallel) of tiny-llama-gqa), greedy, 24 tokens each; and on
+ *      tiny-llama the PEFT adaption-prompt fixture next to its prefix fixture and the base: every
  * request's tokens equal the CPU engine's up to the first place where the CPU's top two tokens are
  * a near tie (logprob gap below NEAR_TIE, the bf16 weights' logit error on these random tiny
  * models) and the CUDA run took the runner-up; after such a place the sequences are different
@@ -12,8 +14,8 @@
  *      7 pages each, with two base requests: the engine admits at most one of those adapters at a
  *      time (their pages may take half the pool), so no step runs out of pool room; every request
  *      completes and matches the CPU engine by the same rule;
- *   3. what the CUDA path lacks (bottleneck adapters, lora_bias) is refused by qv_engine_add with
- *      QV_ERR_UNSUPPORTED naming them, and run on the CPU engine.
+ *   3. what the CUDA path lacks (lora_bias, modules_to_save) is refused by qv_engine_add with
+ *      QV_ERR_UNSUPPORTED naming it, and runs on the CPU engine.
  * Skips (77) without CUDA or a device, after the CPU halves.
  */
 #include <setjmp.h>
@@ -31,7 +33,7 @@
 
 #define MODEL "tests/fixtures/models/tiny-llama-gqa"
 #define AD_DIR "tests/fixtures/adapters/tiny-llama-gqa/"
-#define MAX_REQ 12
+#define MAX_REQ 14
 #define TOKENS 24
 #define NEAR_TIE 0.25f
 
@@ -64,10 +66,10 @@ static void on_tok(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
         }
 }
 
-static qv_engine *open_engine(const char *device) {
+static qv_engine *open_model(const char *device, const char *model) {
     qv_engine_config c;
     qv_engine_config_default(&c);
-    c.model_path = qv_test_path(MODEL);
+    c.model_path = qv_test_path(model);
     c.load_tokenizer = false;
     c.n_threads = 2;
     c.kv_bytes = (size_t)4 << 20;
@@ -79,10 +81,12 @@ static qv_engine *open_engine(const char *device) {
     if (qv_engine_create(&c, &e, &err) != QV_OK) fail_msg("engine on %s: %s", device, err.msg);
     return e;
 }
+static qv_engine *open_engine(const char *device) { return open_model(device, MODEL); }
 
 /* Runs the n requests (request i: adapter ads[i], a prompt of 3 + 4i tokens) to completion. */
-static void run_requests(const char *device, const qv_adapter *const *ads, int n, run_out *o) {
-    qv_engine *e = open_engine(device);
+static void run_model(const char *device, const char *model, const qv_adapter *const *ads, int n,
+                      run_out *o) {
+    qv_engine *e = open_model(device, model);
     qv_gen_params gp;
     qv_gen_params_default(&gp);
     gp.sampling.temperature = 0;
@@ -120,6 +124,9 @@ static void run_requests(const char *device, const qv_adapter *const *ads, int n
     assert_int_equal(qv_engine_n_active(e), 0);
     qv_engine_destroy(e);
 }
+static void run_requests(const char *device, const qv_adapter *const *ads, int n, run_out *o) {
+    run_model(device, MODEL, ads, n, o);
+}
 
 /* Every request of the CUDA run completed and equals the CPU run's tokens up to a near tie
  * (see the file comment) or to the end. */
@@ -145,37 +152,64 @@ static void compare(const char *what, const run_out *cpu, const run_out *cu) {
            what, same_total, cpu->n_req * TOKENS, ties);
 }
 
-static qv_adapter *load_fixture(const qv_model *m, const char *name) {
+static qv_adapter *load_from(const qv_model *m, const char *ad_dir, const char *name) {
     char dir[256];
-    snprintf(dir, sizeof dir, "%s%s", AD_DIR, name);
+    snprintf(dir, sizeof dir, "%s%s", ad_dir, name);
     qv_adapter *ad = NULL;
     qv_error err = {0};
     if (qv_adapter_load(qv_test_path(dir), m, NULL, &ad, &err) != QV_OK)
         fail_msg("%s: %s", name, err.msg);
     return ad;
 }
+static qv_adapter *load_fixture(const qv_model *m, const char *name) {
+    return load_from(m, AD_DIR, name);
+}
 
 static void test_engine_lora_mix(void **state) {
     (void)state;
-    static const char *names[10] = {"lora_qv_r4",    "lora_all_r8_rslora",
-                                    "lora_patterns", "lora_r16_mlp_bf16",
-                                    "lora_r1_f16",   "ia3",
-                                    "dora",          "prompt_nvt4",
-                                    "ptuning_nvt3",  "prefix_nvt5"};
+    enum { N = 13 };
+    static const char *names[N] = {"lora_qv_r4",    "lora_all_r8_rslora",
+                                   "lora_patterns", "lora_r16_mlp_bf16",
+                                   "lora_r1_f16",   "ia3",
+                                   "dora",          "prompt_nvt4",
+                                   "ptuning_nvt3",  "prefix_nvt5",
+                                   "seq_bn",        "double_seq_bn",
+                                   "par_bn"};
     qv_engine *probe = open_engine("cpu");
-    const qv_adapter *ads[11] = {NULL};
-    qv_adapter *own[10];
-    for (int a = 0; a < 10; a++)
+    const qv_adapter *ads[N + 1] = {NULL};
+    qv_adapter *own[N];
+    for (int a = 0; a < N; a++)
         ads[a + 1] = own[a] = load_fixture(qv_engine_model(probe), names[a]);
     static run_out cpu, cu;
     memset(&cpu, 0, sizeof(cpu));
     memset(&cu, 0, sizeof(cu));
-    run_requests("cpu", ads, 11, &cpu);
+    run_requests("cpu", ads, N + 1, &cpu);
     gpu_require_device();
-    run_requests("cuda", ads, 11, &cu);
-    compare("base + 5 LoRAs + IA3 + DoRA + prompt + P-tuning + prefix on cuda", &cpu, &cu);
-    for (int a = 0; a < 10; a++)
+    run_requests("cuda", ads, N + 1, &cu);
+    compare("base + 5 LoRAs + IA3 + DoRA + prompt + P-tuning + prefix + 3 bottlenecks on cuda",
+            &cpu, &cu);
+    for (int a = 0; a < N; a++)
         qv_adapter_free(own[a]);
+    qv_engine_destroy(probe);
+}
+
+static void test_engine_adaption_prompt(void **state) {
+    (void)state;
+    const char *model = "tests/fixtures/models/tiny-llama";
+    const char *dir = "tests/fixtures/adapters/tiny-llama/";
+    qv_engine *probe = open_model("cpu", model);
+    qv_adapter *ap = load_from(qv_engine_model(probe), dir, "adaption_prompt");
+    qv_adapter *pre = load_from(qv_engine_model(probe), dir, "prefix_nvt5");
+    const qv_adapter *ads[4] = {NULL, ap, pre, ap};
+    static run_out cpu, cu;
+    memset(&cpu, 0, sizeof(cpu));
+    memset(&cu, 0, sizeof(cu));
+    run_model("cpu", model, ads, 4, &cpu);
+    gpu_require_device();
+    run_model("cuda", model, ads, 4, &cu);
+    compare("tiny-llama: base + adaption prompt (x2) + prefix on cuda", &cpu, &cu);
+    qv_adapter_free(ap);
+    qv_adapter_free(pre);
     qv_engine_destroy(probe);
 }
 
@@ -219,8 +253,8 @@ static void test_engine_small_pool(void **state) {
 static void test_engine_refuses_other_kinds(void **state) {
     (void)state;
     qv_engine *cpu = open_engine("cpu");
-    static const char *names[2] = {"lora_bias", "seq_bn"};
-    static const char *want[2] = {"lora_bias", "BOTTLENECK"};
+    static const char *names[2] = {"lora_bias", "lora_mts_lm_head"};
+    static const char *want[2] = {"lora_bias", "modules_to_save"};
     qv_adapter *ads[2];
     for (int a = 0; a < 2; a++)
         ads[a] = load_fixture(qv_engine_model(cpu), names[a]);
@@ -259,6 +293,7 @@ static void test_engine_refuses_other_kinds(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_engine_lora_mix),
+        cmocka_unit_test(test_engine_adaption_prompt),
         cmocka_unit_test(test_engine_small_pool),
         cmocka_unit_test(test_engine_refuses_other_kinds),
     };

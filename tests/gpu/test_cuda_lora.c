@@ -1,20 +1,25 @@
 /*
- * test_cuda_lora.c - LoRA and IA3 adapters end to end on the CUDA backend
- * (engine/cuda/lora_cuda.c through forward.c): on tiny-llama-gqa with five PEFT LoRA fixtures
- * (q/v rank 4; all seven projections rank 8 with rsLoRA; rank/alpha patterns; MLP rank 16 stored
- * as BF16; rank 1 stored as F16), a PEFT IA3 fixture (k/v output and down_proj input
- * scaling) and a PEFT DoRA fixture (rank 4 on k/v/o and the MLP; its o_proj and down_proj
- * outputs leave the fused residual add), eight sequences (no adapter and one per adapter) are
- * teacher-forced along the CPU backend's greedy tokens (the CPU adapter path is the reference,
- * itself checked against HF PEFT by the adapter golden tests):
+ * test_cuda_lora.c - adapters end to end on the CUDA backend (engine/cuda/lora_cuda.c through
+ * forward.c): on tiny-llama-gqa with five PEFT LoRA fixtures (q/v rank 4; all seven projections
+ * rank 8 with rsLoRA; rank/alpha patterns; MLP rank 16 stored as BF16; rank 1 stored as F16), a
+ * PEFT IA3 fixture (k/v output and down_proj input scaling), a PEFT DoRA fixture (rank 4 on
+ * k/v/o and the MLP; its o_proj and down_proj outputs leave the fused residual add) and the
+ * three AdapterHub bottleneck fixtures (Pfeiffer, Houlsby, parallel), eleven sequences (no
+ * adapter and one per adapter) are teacher-forced along the CPU backend's greedy tokens (the
+ * CPU adapter path is the reference, itself checked against HF PEFT / AdapterHub by the adapter
+ * golden tests):
  *   - alone on the GPU: logits within the bf16 tolerance of the CPU's, argmax equal except at
  *     CPU near ties;
  *   - all eight in mixed batches (prefill chunks next to other sequences' decode tokens, one
  *     segment per sequence, a segment without an adapter among them): each row within the bf16
  *     tolerance of the CPU and of the same sequence's solo GPU run (mixed-batch invariance).
  * The CPU phase also checks that each adapter moves the logits well beyond the tolerance (so a
- * lost or swapped adapter cannot pass), then skips (77) without a device. Bottleneck adapters
- * and LoRA with lora_bias are refused on the GPU with QV_ERR_UNSUPPORTED naming them.
+ * lost or swapped adapter cannot pass), then skips (77) without a device. The same checks run
+ * for bottleneck options no fixture has (LayerNorms, channel scaling, residual placements, every
+ * activation), for two adaption prompts on tiny-llama (the PEFT fixture and a copy with other
+ * gates), and for hand-made adaption-prompt and bottleneck adapters on a model with biases on
+ * every projection. LoRA with lora_bias or an embedding LoRA is refused on the GPU with
+ * QV_ERR_UNSUPPORTED naming it.
  * CUDA graphs and adapter mixes: a decode batch whose adapters change every step replays the
  * recorded graph (the segment tables are staged device memory) and equals an eager run.
  */
@@ -36,7 +41,7 @@
 
 #define MODEL "tests/fixtures/models/tiny-llama-gqa"
 #define AD_DIR "tests/fixtures/adapters/tiny-llama-gqa/"
-#define N_SEQ 8
+#define N_SEQ 11
 #define N_AD (N_SEQ - 1)
 #define STEPS 12
 #define PAGE 4
@@ -134,11 +139,13 @@ static int check_row(const char *what, int i, int st, const float *got, const fl
     return fails;
 }
 
-static const char *ad_names[N_AD] = {
-    "lora_qv_r4", "lora_all_r8_rslora", "lora_patterns", "lora_r16_mlp_bf16", "lora_r1_f16", "ia3",
-    "dora"};
+static const char *ad_names[N_AD] = {"lora_qv_r4",    "lora_all_r8_rslora",
+                                     "lora_patterns", "lora_r16_mlp_bf16",
+                                     "lora_r1_f16",   "ia3",
+                                     "dora",          "seq_bn",
+                                     "double_seq_bn", "par_bn"};
 
-/* Loads the five LoRA fixtures into ads[] for model m. */
+/* Loads the adapter fixtures of ad_names into ads[] for model m. */
 static void load_adapters(const qv_model *m) {
     qv_error err = {0};
     for (int a = 0; a < N_AD; a++) {
@@ -149,19 +156,21 @@ static void load_adapters(const qv_model *m) {
     }
 }
 
-static void test_lora_end_to_end(void **state) {
-    (void)state;
+/* Sequence 0 (no adapter) and one sequence per adapter of list[0..n_ad) on `model`, as the
+ * file comment says: CPU reference and effect check, GPU solo, GPU mixed batches. */
+static void suite(const char *what, const char *model, qv_adapter *const *list,
+                  const char *const *names, int n_ad, const int *lens, uint32_t rng) {
+    const int n_seq = n_ad + 1;
+    QV_ASSERT(n_seq <= N_SEQ);
     gpu_runner cpu, cu;
-    const int n_pages = N_SEQ * (64 / PAGE + 2) + 8;
-    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, n_pages, PAGE, 32), 0);
+    const int n_pages = n_seq * (64 / PAGE + 2) + 8;
+    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(model), 0, n_pages, PAGE, 32), 0);
     V = cpu.m->cfg.n_vocab;
     qv_error err = {0};
-    load_adapters(cpu.m);
-    static const int lens[N_SEQ] = {4, 9, 6, 13, 7, 3, 8, 5};
-    uint32_t rng = 4242;
     float *base = malloc(sizeof(float) * (size_t)V * STEPS);
-    for (int i = 0; i < N_SEQ; i++) {
-        S[i].ad = i ? ads[i - 1] : NULL;
+    for (int i = 0; i < n_seq; i++) {
+        memset(&S[i], 0, sizeof(S[i]));
+        S[i].ad = i ? list[i - 1] : NULL;
         S[i].n_prompt = lens[i];
         for (int t = 0; t < lens[i]; t++)
             S[i].toks[t] = (int32_t)(((uint32_t)((gpu_randf(&rng) + 1.0f) * 1e6f)) % (uint32_t)V);
@@ -175,18 +184,18 @@ static void test_lora_end_to_end(void **state) {
         for (int st = 0; st < STEPS; st++)
             effect = fmax(effect, qv_test_max_rel_err(base + (size_t)st * V,
                                                       S[i].want + (size_t)st * V, (size_t)V));
-        printf("%s: largest logits change over the base %.3g (tolerance %.3g)\n", ad_names[i - 1],
-               effect, TOL_CPU);
-        if (!(effect > 3 * TOL_CPU)) fail_msg("%s: too weak to test with", ad_names[i - 1]);
+        printf("%s: %s: largest logits change over the base %.3g (tolerance %.3g)\n", what,
+               names[i - 1], effect, TOL_CPU);
+        if (!(effect > 3 * TOL_CPU)) fail_msg("%s: too weak to test with", names[i - 1]);
     }
     free(base);
     gpu_runner_close(&cpu); /* the adapters hold no pointer into the model */
 
-    gpu_require_device();
-    assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, n_pages, PAGE, MIX_MAX), 0);
+    gpu_require_device(); /* exits 77 without one */
+    assert_int_equal(gpu_runner_open(&cu, qv_test_path(model), 1, n_pages, PAGE, MIX_MAX), 0);
     int fails = 0;
     double worst_solo = 0, worst_mixed_cpu = 0, worst_mixed_self = 0;
-    for (int i = 0; i < N_SEQ; i++) {
+    for (int i = 0; i < n_seq; i++) {
         run_solo(&cu, i, S[i].ad, 0, S[i].solo);
         for (int st = 0; st < STEPS; st++)
             fails +=
@@ -201,8 +210,8 @@ static void test_lora_end_to_end(void **state) {
         int n = 0, nb = 0, nl = 0, owner[N_SEQ], lrow[MIX_MAX];
         const qv_kv_seq *seqs[N_SEQ];
         const qv_adapter *sa[N_SEQ];
-        for (int k = 0; k < N_SEQ; k++) {
-            int i = (k + steps) % N_SEQ;
+        for (int k = 0; k < n_seq; k++) {
+            int i = (k + steps) % n_seq;
             seq *q = &S[i];
             if (q->n_done >= q->n_prompt + STEPS - 1) continue;
             int chunk = q->n_done < q->n_prompt ? QV_MIN(5, q->n_prompt - q->n_done) : 1;
@@ -240,19 +249,216 @@ static void test_lora_end_to_end(void **state) {
             S[owner[sq[t]]].n_done++;
         steps++;
     }
-    printf("cuda lora: worst logits error solo vs cpu %.3g, mixed vs cpu %.3g, mixed vs solo %.3g "
+    printf("%s: worst logits error solo vs cpu %.3g, mixed vs cpu %.3g, mixed vs solo %.3g "
            "(%d mixed batches), %d failures\n",
-           worst_solo, worst_mixed_cpu, worst_mixed_self, steps, fails);
-    for (int i = 0; i < N_SEQ; i++) {
+           what, worst_solo, worst_mixed_cpu, worst_mixed_self, steps, fails);
+    for (int i = 0; i < n_seq; i++) {
         qv_kv_seq_release(cu.kv, &S[i].kv);
         free(S[i].want);
         free(S[i].solo);
     }
     free(buf);
     gpu_runner_close(&cu);
+    if (fails) fail_msg("%s: %d failures", what, fails);
+}
+
+static void test_lora_end_to_end(void **state) {
+    (void)state;
+    gpu_runner cpu;
+    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, 16, PAGE, 8), 0);
+    load_adapters(cpu.m);
+    gpu_runner_close(&cpu);
+    static const int lens[N_SEQ] = {4, 9, 6, 13, 7, 3, 8, 5, 11, 2, 6};
+    suite("cuda adapters", MODEL, ads, ad_names, N_AD, lens, 4242);
     for (int a = 0; a < N_AD; a++)
         qv_adapter_free(ads[a]);
-    if (fails) fail_msg("%d failures", fails);
+}
+
+/* n random floats, offset + spread * U(-1, 1), owned by the caller. */
+static float *rand_vec(size_t n, float offset, float spread, uint32_t *rng) {
+    float *v = malloc(n * sizeof(float));
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = offset + spread * gpu_randf(rng);
+    return v;
+}
+
+#define MAX_OWNED 256
+static float *owned[MAX_OWNED];
+static int n_owned;
+static float *own_vec(size_t n, float offset, float spread, uint32_t *rng) {
+    assert_true(n_owned < MAX_OWNED);
+    return owned[n_owned++] = rand_vec(n, offset, spread, rng);
+}
+static void free_owned(void) {
+    for (int i = 0; i < n_owned; i++)
+        free(owned[i]);
+    n_owned = 0;
+}
+
+/* Bottleneck options no AdapterHub fixture uses (the CPU bottleneck path, checked against
+ * AdapterHub on the seq_bn / double_seq_bn / par_bn fixtures, is the reference): the fixtures'
+ * weights with LayerNorms before and after (random affine), the residual taken after the
+ * LayerNorm or before it, LN(u + residual), channel scaling, original_ln_before /
+ * original_ln_after switched, and the other activations. */
+static void test_bottleneck_variants(void **state) {
+    (void)state;
+    enum { NV = 5 };
+    static const char *names[NV] = {
+        "seq_bn ln_before+ln_after gelu", "seq_bn ln_after(u+res) channel tanh orig_ln_before",
+        "seq_bn res_after_ln no orig_ln_after sigmoid", "par_bn ln_after gelu_tanh channel",
+        "double_seq_bn ln_before leaky_relu, identity"};
+    static const char *src[NV] = {"seq_bn", "seq_bn", "seq_bn", "par_bn", "double_seq_bn"};
+    gpu_runner cpu;
+    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, 16, PAGE, 8), 0);
+    const int dim = cpu.m->cfg.dim;
+    qv_adapter *vs[NV];
+    uint32_t rng = 1234;
+    for (int a = 0; a < NV; a++) {
+        char dir[256];
+        qv_error err = {0};
+        snprintf(dir, sizeof dir, "%s%s", AD_DIR, src[a]);
+        if (qv_adapter_load(qv_test_path(dir), cpu.m, NULL, &vs[a], &err) != QV_OK)
+            fail_msg("%s: %s", src[a], err.msg);
+        qv_adapter *ad = vs[a];
+        for (int l = 0; l < ad->n_layers; l++) {
+            qv_bn_unit *us[2] = {&ad->layers[l].bn_attn, &ad->layers[l].bn_ffn};
+            for (int w = 0; w < 2; w++) {
+                qv_bn_unit *u = us[w];
+                if (u->d <= 0) continue;
+                const bool lnb = a == 0 || a == 4, lna = a <= 1 || a == 3, ch = a == 1 || a == 3;
+                if (lnb) {
+                    u->ln_before_w = own_vec((size_t)dim, 1.0f, 0.3f, &rng);
+                    u->ln_before_b = own_vec((size_t)dim, 0.0f, 0.2f, &rng);
+                }
+                if (lna) {
+                    u->ln_after_w = own_vec((size_t)dim, 1.0f, 0.3f, &rng);
+                    u->ln_after_b = own_vec((size_t)dim, 0.0f, 0.2f, &rng);
+                }
+                if (ch) u->scaling_ch = own_vec((size_t)dim, 1.0f, 0.5f, &rng);
+                if (a == 4 && l % 2) u->ln_before_w = u->ln_before_b = NULL; /* per unit */
+            }
+        }
+        ad->bn_ln_before = a == 0 || a == 4;
+        ad->bn_ln_after = a <= 1 || a == 3;
+        switch (a) {
+        case 0: ad->bn_act = QV_BN_ACT_GELU; break;
+        case 1:
+            ad->bn_act = QV_BN_ACT_TANH;
+            ad->bn_adapter_residual_before_ln = true;
+            ad->bn_original_ln_before = !ad->bn_original_ln_before;
+            break;
+        case 2:
+            ad->bn_act = QV_BN_ACT_SIGMOID;
+            ad->bn_residual = QV_BN_RES_AFTER_LN;
+            ad->bn_original_ln_before = true;
+            ad->bn_original_ln_after = false;
+            break;
+        case 3: ad->bn_act = QV_BN_ACT_GELU_TANH; break;
+        case 4: ad->bn_act = QV_BN_ACT_LEAKY_RELU; break;
+        }
+    }
+    gpu_runner_close(&cpu);
+    static const int lens[NV + 1] = {5, 3, 8, 4, 6, 7};
+    suite("cuda bottleneck variants", MODEL, vs, names, NV, lens, 99);
+    vs[4]->bn_act = QV_BN_ACT_IDENTITY; /* the last activation, alone */
+    static const char *last[1] = {"double_seq_bn ln_before identity"};
+    suite("cuda bottleneck identity", MODEL, &vs[4], last, 1, lens, 98);
+    for (int a = 0; a < NV; a++) {
+        for (int l = 0; l < vs[a]->n_layers; l++) {
+            qv_bn_unit *us[2] = {&vs[a]->layers[l].bn_attn, &vs[a]->layers[l].bn_ffn};
+            for (int w = 0; w < 2; w++)
+                us[w]->ln_before_w = us[w]->ln_before_b = us[w]->ln_after_w = us[w]->ln_after_b =
+                    us[w]->scaling_ch = NULL;
+        }
+        qv_adapter_free(vs[a]);
+    }
+    free_owned();
+}
+
+/* Adaption prompts (PEFT LLaMA-Adapter) on tiny-llama: the PEFT fixture, and a second adapter
+ * from the same files with other gates (negated and doubled per layer), so that two prompt
+ * adapters share batches. */
+static void test_adaption_prompt(void **state) {
+    (void)state;
+    const char *model = "tests/fixtures/models/tiny-llama";
+    gpu_runner cpu;
+    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(model), 0, 16, PAGE, 8), 0);
+    qv_adapter *ap[2];
+    for (int a = 0; a < 2; a++) {
+        qv_error err = {0};
+        if (qv_adapter_load(qv_test_path("tests/fixtures/adapters/tiny-llama/adaption_prompt"),
+                            cpu.m, NULL, &ap[a], &err) != QV_OK)
+            fail_msg("adaption_prompt: %s", err.msg);
+    }
+    for (int l = 0; l < ap[1]->ap_n_layers; l++)
+        ap[1]->ap_gate[l] *= l % 2 ? 2.0f : -1.5f;
+    gpu_runner_close(&cpu);
+    static const char *names[2] = {"adaption_prompt", "adaption_prompt, other gates"};
+    static const int lens[3] = {6, 9, 4};
+    suite("cuda adaption prompt", model, ap, names, 2, lens, 31);
+    qv_adapter_free(ap[0]);
+    qv_adapter_free(ap[1]);
+}
+
+/* A model with biases on every projection (tests/fixtures/formats/llama_bias: q/k/v/o and MLP
+ * biases, n_ff == dim) and hand-made adapters: an adaption prompt over both layers (its keys and
+ * values take the k/v biases; the o_proj bias counts twice, as PEFT computes it) and a bottleneck
+ * adapter of size 64 (= n_ff, the largest the CUDA kernel takes here) on both sub-blocks. */
+static void test_biased_model(void **state) {
+    (void)state;
+    const char *model = "tests/fixtures/formats/llama_bias";
+    gpu_runner cpu;
+    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(model), 0, 16, PAGE, 8), 0);
+    const qv_model_config *c = &cpu.m->cfg;
+    qv_model_config cfg = *c;
+    gpu_runner_close(&cpu);
+    uint32_t rng = 555;
+    qv_adapter *ad[2];
+    for (int a = 0; a < 2; a++) {
+        ad[a] = calloc(1, sizeof(qv_adapter));
+        assert_non_null(ad[a]);
+        ad[a]->n_layers = cfg.n_layers;
+        ad[a]->dim = cfg.dim;
+        ad[a]->n_vocab = cfg.n_vocab;
+        ad[a]->n_kv_heads = cfg.n_kv_heads;
+        ad[a]->head_dim = cfg.head_dim;
+        ad[a]->layers = calloc((size_t)cfg.n_layers, sizeof(qv_adapter_layer));
+        assert_non_null(ad[a]->layers);
+    }
+    qv_adapter *p = ad[0];
+    p->kind = QV_ADAPTER_ADAPTION_PROMPT;
+    p->ap_n_layers = cfg.n_layers;
+    p->ap_first_layer = 0;
+    p->ap_len = 7;
+    p->ap_prompt = own_vec((size_t)cfg.n_layers * 7u * (size_t)cfg.dim, 0.0f, 3.0f, &rng);
+    p->ap_gate = own_vec((size_t)cfg.n_layers, 0.0f, 2.0f, &rng);
+    qv_adapter *bn = ad[1];
+    bn->kind = QV_ADAPTER_BOTTLENECK;
+    bn->bn_act = QV_BN_ACT_SILU;
+    bn->bn_original_ln_after = true;
+    bn->bn_residual = QV_BN_RES_BEFORE_LN;
+    const int d = cfg.n_ff;
+    for (int l = 0; l < cfg.n_layers; l++) {
+        qv_bn_unit *us[2] = {&bn->layers[l].bn_attn, &bn->layers[l].bn_ffn};
+        for (int w = 0; w < 2; w++) {
+            qv_bn_unit *u = us[w];
+            u->d = d;
+            u->down_w = own_vec((size_t)d * (size_t)cfg.dim, 0.0f, 0.3f, &rng);
+            u->down_b = own_vec((size_t)d, 0.0f, 0.1f, &rng);
+            u->up_w = own_vec((size_t)d * (size_t)cfg.dim, 0.0f, 0.3f, &rng);
+            u->up_b = own_vec((size_t)cfg.dim, 0.0f, 0.1f, &rng);
+            u->scaling = 1.0f;
+        }
+    }
+    static const char *names[2] = {"hand-made adaption prompt", "hand-made bottleneck d=n_ff"};
+    static const int lens[3] = {5, 8, 3};
+    suite("cuda adapters on a biased model", model, ad, names, 2, lens, 77);
+    for (int a = 0; a < 2; a++) {
+        free(ad[a]->layers);
+        free(ad[a]);
+    }
+    free_owned();
 }
 
 /* Kinds and features the CUDA path does not run are refused with a message naming them. */
@@ -261,8 +467,8 @@ static void test_refusals(void **state) {
     gpu_require_device();
     gpu_runner cu;
     assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, 16, PAGE, 8), 0);
-    static const char *names[2] = {"seq_bn", "lora_bias"};
-    static const char *want[2] = {"BOTTLENECK", "lora_bias"};
+    static const char *names[2] = {"lora_embed_lm_head", "lora_bias"};
+    static const char *want[2] = {"embedding LoRA", "lora_bias"};
     for (int a = 0; a < 2; a++) {
         char dir[256];
         snprintf(dir, sizeof dir, "%s%s", AD_DIR, names[a]);
@@ -305,14 +511,18 @@ static void test_refusals(void **state) {
 }
 
 /* Four sequences decode together for GM_STEPS steps (1-token prompts, so every step is the
- * same batch shape); at step t sequence j runs mix[(j + t) % 6] of {none, the five LoRAs}, so
- * the adapter mix changes every step. Run once with CUDA graphs and once eagerly
+ * same batch shape); at step t sequence j runs kind (j + t) % (n_kinds + 1) of {none, ads[first],
+ * ..., ads[first + n_kinds - 1]}, so the adapter mix changes every step. Two families: the
+ * seven LoRA / IA3 / DoRA fixtures (the projections touched and the rank bucket stay within a
+ * few shapes), and the three bottleneck fixtures (with 4 sequences and 4 kinds every step has
+ * all of them). Run once with CUDA graphs and once eagerly
  * (QV_CUDA_GRAPHS=0): the graph run must replay recorded graphs for most steps, never find a
  * recording that differs from the step (a mismatch would rerun it eagerly), and give the eager
  * run's logits. */
 #define GM_SEQS 4
 #define GM_STEPS 24
-static void graph_mix_run(int graphs, float *out, long *replays, long *captures, long *mism) {
+static void graph_mix_run(int graphs, int first, int n_kinds, float *out, long *replays,
+                          long *captures, long *mism) {
     if (!graphs) setenv("QV_CUDA_GRAPHS", "0", 1);
     gpu_runner cu;
     assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, 64, PAGE, 32), 0);
@@ -327,8 +537,8 @@ static void graph_mix_run(int graphs, float *out, long *replays, long *captures,
         for (int j = 0; j < GM_SEQS; j++) {
             assert_int_equal(qv_kv_seq_reserve(cu.kv, &kv[j], t + 1), QV_OK);
             seqs[j] = &kv[j];
-            const int a = (j + t) % (N_AD + 1);
-            sa[j] = a ? ads[a - 1] : NULL;
+            const int a = (j + t) % (n_kinds + 1);
+            sa[j] = a ? ads[first + a - 1] : NULL;
             tok[j] = (int32_t)((7 * j + 13 * t + 3) % V);
             pos[j] = t, sq[j] = j, li[j] = j, ss[j] = j;
         }
@@ -349,6 +559,26 @@ static void graph_mix_run(int graphs, float *out, long *replays, long *captures,
     gpu_runner_close(&cu);
 }
 
+static void graph_mix(int first, int n_kinds, const char *what) {
+    const size_t n = (size_t)GM_STEPS * GM_SEQS * (size_t)V;
+    float *g = malloc(n * sizeof(float)), *e = malloc(n * sizeof(float));
+    long rep, cap, mis, rep0, cap0, mis0;
+    graph_mix_run(1, first, n_kinds, g, &rep, &cap, &mis);
+    graph_mix_run(0, first, n_kinds, e, &rep0, &cap0, &mis0);
+    double worst = 0;
+    for (size_t r = 0; r < (size_t)GM_STEPS * GM_SEQS; r++)
+        worst = fmax(worst, qv_test_max_rel_err(g + r * (size_t)V, e + r * (size_t)V, (size_t)V));
+    printf("graph mix (%s): %d steps of %d sequences with rotating adapters: %ld captures, %ld "
+           "replays, %ld mismatches; worst logits error vs eager %.3g\n",
+           what, GM_STEPS, GM_SEQS, cap, rep, mis, worst);
+    free(g);
+    free(e);
+    assert_int_equal(rep0 + cap0, 0);
+    assert_int_equal(mis, 0);
+    assert_true(rep >= GM_STEPS / 2);
+    assert_true(worst <= 1e-5);
+}
+
 static void test_graph_adapter_mix(void **state) {
     (void)state;
     gpu_require_device();
@@ -357,25 +587,10 @@ static void test_graph_adapter_mix(void **state) {
     load_adapters(cpu.m);
     V = cpu.m->cfg.n_vocab;
     gpu_runner_close(&cpu);
-    const size_t n = (size_t)GM_STEPS * GM_SEQS * (size_t)V;
-    float *g = malloc(n * sizeof(float)), *e = malloc(n * sizeof(float));
-    long rep, cap, mis, rep0, cap0, mis0;
-    graph_mix_run(1, g, &rep, &cap, &mis);
-    graph_mix_run(0, e, &rep0, &cap0, &mis0);
-    double worst = 0;
-    for (size_t r = 0; r < (size_t)GM_STEPS * GM_SEQS; r++)
-        worst = fmax(worst, qv_test_max_rel_err(g + r * (size_t)V, e + r * (size_t)V, (size_t)V));
-    printf("graph mix: %d steps of %d sequences with rotating adapters: %ld captures, %ld "
-           "replays, %ld mismatches; worst logits error vs eager %.3g\n",
-           GM_STEPS, GM_SEQS, cap, rep, mis, worst);
-    free(g);
-    free(e);
+    graph_mix(0, 7, "LoRA, IA3, DoRA");
+    graph_mix(7, 3, "bottleneck");
     for (int a = 0; a < N_AD; a++)
         qv_adapter_free(ads[a]);
-    assert_int_equal(rep0 + cap0, 0);
-    assert_int_equal(mis, 0);
-    assert_true(rep >= GM_STEPS / 2);
-    assert_true(worst <= 1e-5);
 }
 
 /* DoRA on a model with projection biases (tiny-qwen2: q/k/v biases), where the rescaling must
@@ -450,9 +665,9 @@ static void test_dora_with_bias(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lora_end_to_end),
-        cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_graph_adapter_mix),
+        cmocka_unit_test(test_lora_end_to_end), cmocka_unit_test(test_bottleneck_variants),
+        cmocka_unit_test(test_adaption_prompt), cmocka_unit_test(test_biased_model),
+        cmocka_unit_test(test_refusals),        cmocka_unit_test(test_graph_adapter_mix),
         cmocka_unit_test(test_dora_with_bias),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

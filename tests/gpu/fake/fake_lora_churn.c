@@ -2,8 +2,9 @@
  * fake_lora_churn.c - for tests/gpu/fake/run_fake.sh only: many adapters of different ranks
  * through a small device pool (evictions, re-uploads, the runtime's adapter map growing and
  * reusing entries, prefetches between steps), every step's logits against the CPU backend's
- * LoRA path on the same batch. The fake "cuda" backend (fake_backend.c) runs lora_cuda.c and
- * the pool (fake_cudart.c); the weights reach it rounded to bf16, the CPU keeps F32.
+ * LoRA path on the same batch. The real CUDA backend, its kernels on the CPU emulator
+ * (tests/gpu/emu/), runs lora_cuda.c and the pool (fake_cudart.c's memory); the weights reach
+ * it rounded to bf16, the CPU keeps F32.
  * Fails when a segment runs another adapter's weights (e.g. stale map indices after the map is
  * compacted while a step's segments name its entries).
  */

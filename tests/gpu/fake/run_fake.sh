@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# run_fake.sh - runs the host logic of the CUDA adapter path on a machine WITHOUT a GPU:
-# test_cuda_sgmv (pool staging/layout, segment tables, the test harness; the kernels replaced by
-# their semantics in fake_cudart.c) and test_cuda_lora (engine/cuda/lora_cuda.c, the pool and
-# forward.c's LoRA hooks against the CPU LoRA path, with fake_backend.c as the "cuda" backend),
-# the engine's adapter prefetch (fake_engine_prefetch.c), adapter churn through a small pool
-# against the CPU (fake_lora_churn.c) and bench_gpu_lora --quick (host logic
-# only; its timings mean nothing; once with fake_backend.c, once with the real backend_cuda.c
-# and the real kernels run by the CPU emulator tests/gpu/emu/), all under ASan+UBSan. A developer check, not part of ctest: it needs the CUDA headers and a
-# CPU-only core library (its forward.c is rebuilt here with QV_HAVE_CUDA).
+# run_fake.sh - developer harness for the CUDA adapter path on a machine WITHOUT a GPU, beyond
+# what ctest's emulated gpu tests (label gpuemu: test_cuda_{ops,sgmv,lora,forward,engine_lora}_emu)
+# run: every program here links the REAL backend_cuda.c, lora_cuda.c, adapter_pool.c and
+# kernels, the kernels run by the CPU emulator (tests/gpu/emu/), device memory from
+# fake_cudart.c, cuBLAS from fake_cublas.c, all under ASan+UBSan when the build has it:
+#   - fake_engine_prefetch.c: the engine's adapter prefetch (uploads before admission);
+#   - fake_lora_churn.c: 40 adapters through a small pool against the CPU LoRA path;
+#   - bench_gpu_lora --quick: the benchmark's host logic (its timings mean nothing here).
+# It needs the CUDA headers and a CPU-only core library (forward.c and engine.c are rebuilt
+# here with QV_HAVE_CUDA).
 #   bash tests/gpu/fake/run_fake.sh [build dir of a -DQV_CUDA=OFF -DQV_SANITIZE_ADDRESS=ON build]
 # Exit status: 0 when all pass.
 set -euo pipefail
@@ -26,60 +27,39 @@ cc() {
         -I"$cuda_inc" -Wall -Wextra -Wno-missing-field-initializers "$@" \
         "$lib" -lcmocka -lpcre2-8 -lcjson -lutf8proc -lm -lpthread
 }
-g=$root/tests/gpu
-cc -o "$out/sgmv" "$g/test_cuda_sgmv.c" "$g/gpu_util.c" "$root/tests/test_util.c" \
-    "$root/engine/cuda/adapter_pool.c" "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" "$g/fake/fake_backend.c"
-cc -o "$out/lora" "$g/test_cuda_lora.c" "$g/gpu_util.c" "$root/tests/test_util.c" \
-    "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" "$root/engine/forward.c" \
-    "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" "$g/fake/fake_backend.c"
-# the engine's adapter prefetch (engine.c rebuilt with QV_HAVE_CUDA) and bench_gpu_lora's host
-# logic (device-style entries of the fake backend: QV_FAKE_DEVICE_OPS=1)
-cc -o "$out/prefetch" "$g/fake/fake_engine_prefetch.c" "$root/tests/test_util.c" \
-    "$root/engine/engine.c" "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" \
-    "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" "$g/fake/fake_backend.c"
-cc -o "$out/churn" "$g/fake/fake_lora_churn.c" "$root/tests/test_util.c" "$root/engine/forward.c" \
-    "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" \
-    "$g/fake/fake_backend.c"
-bench_src=("$g/bench_gpu_lora.c" "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c"
-           "$root/engine/cuda/lora_cuda.c" "$root/engine/cuda/synth_model.c"
-           "$g/fake/fake_cudart.c" "$g/fake/fake_sgmv.c" "$g/fake/fake_probe.c")
-cc -o "$out/bench_lora" "${bench_src[@]}" "$g/fake/fake_backend.c"
-# the same with the REAL backend_cuda.c and the real kernels on the CPU emulator (tests/gpu/emu/)
-emu=$root/tests/gpu/emu
 cxx() {
     g++ -std=c++17 -O1 -g $san -fno-strict-aliasing -DQV_CUDA_EMU=1 -I"$root" -I"$root/engine" \
         -I"$root/tests/gpu" -isystem "$cuda_inc" -c "$@"
 }
+g=$root/tests/gpu
+emu=$g/emu
 cxx -o "$out/cuda_emu.o" "$emu/cuda_emu.cpp"
 cxx -o "$out/emu_graph.o" "$emu/emu_graph.cpp"
 cxx -include "$emu/cuda_emu.h" -o "$out/kernels_emu.o" "$emu/kernels_emu.cpp"
 cxx -include "$emu/cuda_emu.h" -o "$out/sgmv_emu.o" "$emu/sgmv_emu.cpp"
-emu_objs=("$out/cuda_emu.o" "$out/emu_graph.o" "$out/kernels_emu.o" "$out/sgmv_emu.o"
-          "$g/fake/fake_cublas.c" "$root/engine/cuda/backend_cuda.c" -lstdc++)
-cc -o "$out/bench_lora_emu" "$g/bench_gpu_lora.c" "$root/engine/forward.c" \
-    "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" \
-    "$root/engine/cuda/synth_model.c" "$g/fake/fake_cudart.c" "$g/fake/fake_probe.c" "${emu_objs[@]}"
-cc -o "$out/churn_emu" "$g/fake/fake_lora_churn.c" "$root/tests/test_util.c" \
-    "$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c" \
-    "$g/fake/fake_cudart.c" "${emu_objs[@]}"
+dev=("$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c"
+     "$g/fake/fake_cudart.c" "$out/cuda_emu.o" "$out/emu_graph.o" "$out/kernels_emu.o"
+     "$out/sgmv_emu.o" "$g/fake/fake_cublas.c" "$root/engine/cuda/backend_cuda.c" -lstdc++)
+cc -o "$out/prefetch" "$g/fake/fake_engine_prefetch.c" "$root/tests/test_util.c" \
+    "$root/engine/engine.c" "${dev[@]}"
+cc -o "$out/churn" "$g/fake/fake_lora_churn.c" "$root/tests/test_util.c" "${dev[@]}"
+cc -o "$out/bench_lora" "$g/bench_gpu_lora.c" "$root/engine/cuda/synth_model.c" \
+    "$g/fake/fake_probe.c" "${dev[@]}"
 rc=0
-"$out/sgmv" 2>&1 | grep -Ev "^quiver info" | grep -E "OK|FAIL|ERROR|bitwise|pool:|outside tolerance: [1-9]" || true
-[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-QV_CUDA_ADAPTER_POOL_MB=64 "$out/lora" 2>&1 | grep -Ev "^quiver info" || true
-[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-"$out/prefetch" 2>&1 | grep -Ev "^quiver info" || true
-[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-"$out/churn" 2>&1 | grep -Ev "^quiver info" || true
-[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-QV_FAKE_DEVICE_OPS=1 "$out/bench_lora" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
-    2>&1 | grep -Ev "^quiver (info|debug)" || true
-[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-echo "== bench_gpu_lora --quick on the real backend_cuda.c and kernels (emulated)"
-"$out/bench_lora_emu" --quick --model "$root/tests/fixtures/models/tiny-llama-gqa" \
-    2>&1 | grep -E "^SUMMARY|failed|ERROR|error" || true
-[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-echo "== adapter churn on the real backend_cuda.c and kernels (emulated)"
-QV_CHURN_TOL=5e-2 "$out/churn_emu" 2>&1 | grep -Ev "^quiver info" || true
-[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
-echo "fake-device run: $([[ $rc -eq 0 ]] && echo pass || echo FAIL)"
+# run NAME FILTER CMD...: runs CMD, shows its output lines matching FILTER (grep -E), counts a
+# failure when CMD exits non-zero
+run() {
+    local name=$1 filter=$2
+    shift 2
+    echo "== $name"
+    local st=0
+    "$@" >"$out/log" 2>&1 || st=$?
+    grep -E "$filter" "$out/log" || true
+    [[ $st -eq 0 ]] || { echo "$name: exit status $st"; rc=1; }
+}
+run "engine adapter prefetch" "^[^q]|^quiver [^i]" "$out/prefetch"
+run "adapter churn" "^[^q]|^quiver [^i]" env QV_CHURN_TOL=5e-2 "$out/churn"
+run "bench_gpu_lora --quick" "^SUMMARY|failed|ERROR|error" "$out/bench_lora" --quick \
+    --model "$root/tests/fixtures/models/tiny-llama-gqa"
+echo "emulated-device run: $([[ $rc -eq 0 ]] && echo pass || echo FAIL)"
 exit $rc
