@@ -111,6 +111,11 @@ void qv_gen_params_default(qv_gen_params *p) {
 }
 
 const qv_model *qv_engine_model(const qv_engine *e) { return e->model; }
+
+qv_status qv_engine_adapter_supported(const qv_engine *e, const struct qv_adapter *ad,
+                                      qv_error *err) {
+    return qv_forward_adapter_supported(e->fwd, ad, err);
+}
 const qv_tokenizer *qv_engine_tokenizer(const qv_engine *e) { return e->tok; }
 int qv_engine_kv_pages(const qv_engine *e) { return e->kv->pool.n_pages; }
 int qv_engine_kv_page_size(const qv_engine *e) { return e->kv->pool.page_size; }

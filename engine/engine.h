@@ -47,6 +47,12 @@ qv_status qv_engine_create(const qv_engine_config *c, qv_engine **out, qv_error 
 void qv_engine_destroy(qv_engine *e);
 
 const qv_model *qv_engine_model(const qv_engine *e);
+/* Whether this engine's backend runs adapter `ad` (kinds and features, not size; see
+ * qv_engine_add): QV_OK, or QV_ERR_UNSUPPORTED / QV_ERR_INVALID naming what is missing. For
+ * validating uploads. Thread: any. */
+struct qv_adapter;
+qv_status qv_engine_adapter_supported(const qv_engine *e, const struct qv_adapter *ad,
+                                      qv_error *err);
 /* NULL when created without a tokenizer. */
 const qv_tokenizer *qv_engine_tokenizer(const qv_engine *e);
 /* Pages and tokens of KV capacity (for reports). */

@@ -176,6 +176,16 @@ static void issue_prefetches(qv_forward *f) {
 }
 #endif
 
+qv_status qv_forward_adapter_supported(const qv_forward *f, const struct qv_adapter *ad,
+                                       qv_error *err) {
+    if (!ad || !f->be->iface->download) return QV_OK; /* the CPU runs every kind */
+#ifdef QV_HAVE_CUDA
+    if (is_cuda(f)) return qv_cuda_adapter_supported(f->m, f->max_tokens, ad, err);
+#endif
+    return qv_errorf(err, QV_ERR_UNSUPPORTED, "adapters: backend %s runs no adapters",
+                     f->be->iface->name);
+}
+
 qv_status qv_forward_adapter_check(qv_forward *f, const struct qv_adapter *ad, size_t *dev_bytes,
                                    size_t *pool_bytes, qv_error *err) {
     *dev_bytes = 0;

@@ -77,9 +77,15 @@ qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *token
  * Thread: the engine thread. */
 qv_status qv_forward_prefetch_adapter(qv_forward *f, const struct qv_adapter *ad, qv_error *err);
 
+/* Whether this forward pass runs adapter `ad` at all (the kinds and features of its backend;
+ * not its size): QV_OK, or QV_ERR_UNSUPPORTED / QV_ERR_INVALID naming what is missing. No
+ * device work. Thread: any (reads only what creation fixed). */
+qv_status qv_forward_adapter_supported(const qv_forward *f, const struct qv_adapter *ad,
+                                       qv_error *err);
+
 /* Whether this forward pass can run adapter `ad`, and what it takes on the device. CPU backend:
- * every adapter kind runs; *dev_bytes = *pool_bytes = 0 (no device pool). CUDA backend: LoRA /
- * rsLoRA / DoRA, IA3, prompt / P-tuning and prefix tuning (engine/cuda/lora_cuda.h); *dev_bytes =
+ * every adapter kind runs; *dev_bytes = *pool_bytes = 0 (no device pool). CUDA backend: what
+ * engine/cuda/lora_cuda.h runs; *dev_bytes =
  * the device adapter pool bytes it occupies when resident, *pool_bytes = the pool's size (the pool
  * is created on first use). Errors: QV_ERR_UNSUPPORTED (a kind or feature the device path lacks,
  * named in err), QV_ERR_DEVICE_OOM (larger than the whole pool), QV_ERR_DEVICE, QV_ERR_NOMEM.

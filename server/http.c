@@ -749,7 +749,7 @@ static void upload_work(uv_work_t *w) {
     qv_free(dir);
     if (s != QV_OK) {
         j->status = s == QV_ERR_IO || s == QV_ERR_NOMEM ? 500 : 422;
-        j->code = "adapter_invalid";
+        j->code = s == QV_ERR_UNSUPPORTED ? "adapter_unsupported" : "adapter_invalid";
         snprintf(j->msg, sizeof(j->msg), "%.380s", err.msg);
         return;
     }
@@ -2102,11 +2102,13 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
         QV_LOGW("http: %s", msg);
 }
 
-/* Store validator: a version is published only if it loads against this base model. */
+/* Store validator: a version is published only if it loads against this base model and the
+ * engine's backend runs its kind and features (--device cuda lacks a few LoRA extras). */
 static qv_status validate_adapter_dir(const char *dir, void *user, qv_error *err) {
     server *srv = user;
     qv_adapter *ad = NULL;
     qv_status s = qv_adapter_load(dir, srv->model, &srv->limits, &ad, err);
+    if (s == QV_OK && srv->engine) s = qv_engine_adapter_supported(srv->engine, ad, err);
     qv_adapter_free(ad);
     return s;
 }

@@ -59,7 +59,9 @@ typedef struct graph_entry {
     uint64_t last_use;
 } graph_entry;
 
-#define MAX_GRAPHS 8
+/* recorded step shapes kept (LRU): a decode batch size is one shape per running count, so a
+ * server whose batch drifts between sizes keeps up to this many (it was 8) */
+#define MAX_GRAPHS 32
 
 typedef struct cuda_ctx {
     int device;

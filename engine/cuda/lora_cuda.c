@@ -92,6 +92,9 @@ struct qv_cuda_lora_rt {
 };
 
 static uint64_t mix(uint64_t h, uint64_t v) { return (h ^ v) * 1099511628211ull; }
+/* Floats of the runtime's scratch: at most 3 projections of rank QV_SGMV_MAX_RANK per token in
+ * one launch (also the adaption prompt's K/V computation, in chunks of rows). */
+static size_t tmp_floats(int max_tokens) { return (size_t)max_tokens * 3u * QV_SGMV_MAX_RANK; }
 static uint64_t fbits(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof(u));
@@ -109,8 +112,7 @@ qv_status qv_cuda_lora_rt_create(const qv_model *m, qv_backend *be, int max_toke
     rt->be = be;
     rt->max_tokens = max_tokens;
     rt->pool_bytes = pool_bytes;
-    /* at most 3 projections of rank QV_SGMV_MAX_RANK per token in one launch */
-    rt->tmp_cap = (size_t)max_tokens * 3u * QV_SGMV_MAX_RANK;
+    rt->tmp_cap = tmp_floats(max_tokens);
     rt->tmp = be->iface->alloc(be, rt->tmp_cap * sizeof(float));
     rt->ids = qv_malloc((size_t)max_tokens * sizeof(int32_t));
     if (!rt->ids) {
@@ -163,16 +165,16 @@ uint64_t qv_cuda_lora_rt_shape(const qv_cuda_lora_rt *rt) { return rt ? rt->shap
 
 /* Limits of the bottleneck and adaption-prompt kernels on this model; NULL when `ad` fits,
  * else what does not (for the message). */
-static const char *kernel_limits(const qv_cuda_lora_rt *rt, const qv_adapter *ad, char *buf,
+static const char *kernel_limits(const qv_model *m, int max_tokens, const qv_adapter *ad, char *buf,
                                  size_t n) {
-    const qv_model_config *c = &rt->m->cfg;
+    const qv_model_config *c = &m->cfg;
     if (ad->kind == QV_ADAPTER_ADAPTION_PROMPT) {
         const size_t row = (size_t)c->dim + 2u * (size_t)c->n_kv_heads * (size_t)c->head_dim;
         if (ad->ap_len > QV_AP_MAX_LEN)
             snprintf(buf, n, "an adapter_len of %d (the CUDA kernel takes up to %d)", ad->ap_len,
                      QV_AP_MAX_LEN);
-        else if (row > rt->tmp_cap)
-            snprintf(buf, n, "adaption prompts with max_batch_tokens %d", rt->max_tokens);
+        else if (row > tmp_floats(max_tokens))
+            snprintf(buf, n, "adaption prompts with max_batch_tokens %d", max_tokens);
         else
             return NULL;
         return buf;
@@ -195,8 +197,8 @@ static const char *kernel_limits(const qv_cuda_lora_rt *rt, const qv_adapter *ad
  * projections, IA3 (output scaling of any projection, input scaling of down_proj: PEFT's Llama
  * defaults), prompt / P-tuning, prefix tuning, bottleneck units and adaption prompts. The
  * message names the kind or feature that is missing. */
-static qv_status check_supported(const qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err) {
-    const qv_model *m = rt->m;
+qv_status qv_cuda_adapter_supported(const qv_model *m, int max_tokens, const qv_adapter *ad,
+                                    qv_error *err) {
     const qv_model_config *c = &m->cfg;
     const bool prompt = ad->kind == QV_ADAPTER_PROMPT_TUNING || ad->kind == QV_ADAPTER_P_TUNING;
     /* prefix tuning: its K/V fill the first KV positions (engine admission, adapter_apply.c);
@@ -216,7 +218,7 @@ static qv_status check_supported(const qv_cuda_lora_rt *rt, const qv_adapter *ad
         ((unsigned)ad->bn_act > (unsigned)QV_BN_ACT_IDENTITY || ad->n_layers != c->n_layers))
         return qv_errorf(err, QV_ERR_INVALID, "cuda: bottleneck adapter does not fit the model");
     char lim[160];
-    const char *feat = kernel_limits(rt, ad, lim, sizeof lim);
+    const char *feat = kernel_limits(m, max_tokens, ad, lim, sizeof lim);
     if (ad->lora_bias)
         feat = "lora_bias";
     else if (ad->embed_lora.rank > 0)
@@ -574,7 +576,7 @@ qv_status qv_cuda_lora_rt_check(qv_cuda_lora_rt *rt, const qv_adapter *ad, size_
                                 size_t *pool_bytes, qv_error *err) {
     *bytes = 0;
     *pool_bytes = 0;
-    qv_status st = check_supported(rt, ad, err);
+    qv_status st = qv_cuda_adapter_supported(rt->m, rt->max_tokens, ad, err);
     if (st == QV_OK) st = ensure_pool(rt, err);
     if (st != QV_OK) return st;
     *pool_bytes = qv_cuda_adapter_pool_bytes(rt->pool);
@@ -625,7 +627,7 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
     for (int s = 0; s < S; s++) {
         const qv_adapter *ad = b->seg_adapter[s];
         if (!ad) continue;
-        qv_status st = check_supported(rt, ad, err);
+        qv_status st = qv_cuda_adapter_supported(rt->m, rt->max_tokens, ad, err);
         if (st != QV_OK) return st;
     }
     /* virtual tokens (ids -1 - k) only where the segment's adapter has k-th prompt embedding */
@@ -718,7 +720,7 @@ fail:
 }
 
 qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err) {
-    qv_status st = check_supported(rt, ad, err);
+    qv_status st = qv_cuda_adapter_supported(rt->m, rt->max_tokens, ad, err);
     if (st == QV_OK) st = ensure_pool(rt, err);
     if (st != QV_OK) return st;
     int e = entry_of(rt, ad);

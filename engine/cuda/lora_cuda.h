@@ -67,6 +67,12 @@ qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error
  * evicted again before use). Errors: as qv_cuda_lora_rt_begin. Not during a step's capture. */
 qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err);
 
+/* Whether the CUDA path runs `ad` (see above) for batches of up to max_tokens tokens of `m`:
+ * QV_OK, or QV_ERR_UNSUPPORTED / QV_ERR_INVALID naming what it lacks. No device work, no
+ * runtime: for validating an upload. Thread: any (reads m and ad only). */
+qv_status qv_cuda_adapter_supported(const qv_model *m, int max_tokens, const qv_adapter *ad,
+                                    qv_error *err);
+
 /* Whether the CUDA path runs `ad` (see above), and what it takes: *bytes = the device pool bytes
  * its matrices occupy when resident (0 when it has none), *pool_bytes = the pool's size. Creates
  * the pool when it does not exist yet. Errors: QV_ERR_UNSUPPORTED (naming the kind or feature),

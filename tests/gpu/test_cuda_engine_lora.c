@@ -15,7 +15,8 @@
  *      time (their pages may take half the pool), so no step runs out of pool room; every request
  *      completes and matches the CPU engine by the same rule;
  *   3. what the CUDA path lacks (lora_bias, modules_to_save) is refused by qv_engine_add with
- *      QV_ERR_UNSUPPORTED naming it, and runs on the CPU engine.
+ *      QV_ERR_UNSUPPORTED naming it (and by qv_engine_adapter_supported, the upload
+ *      validator's check), and runs on the CPU engine.
  * Skips (77) without CUDA or a device, after the CPU halves.
  */
 #include <setjmp.h>
@@ -268,6 +269,7 @@ static void test_engine_refuses_other_kinds(void **state) {
     o.n_req = 1;
     qv_error err = {0};
     for (int a = 0; a < 2; a++) { /* the CPU runs them */
+        assert_int_equal(qv_engine_adapter_supported(cpu, ads[a], &err), QV_OK);
         gp.adapter = ads[a];
         assert_int_equal(qv_engine_add(cpu, prompt, 3, &gp, on_tok, &o, &o.ids[0], &err), QV_OK);
         while (qv_engine_n_active(cpu) > 0)
@@ -276,6 +278,9 @@ static void test_engine_refuses_other_kinds(void **state) {
     gpu_require_device();
     qv_engine *cu = open_engine("cuda");
     for (int a = 0; a < 2; a++) {
+        /* the upload validator's check says the same, without device work */
+        assert_int_equal(qv_engine_adapter_supported(cu, ads[a], &err), QV_ERR_UNSUPPORTED);
+        assert_non_null(strstr(err.msg, want[a]));
         gp.adapter = ads[a];
         int id = -1;
         assert_int_equal(qv_engine_add(cu, prompt, 3, &gp, on_tok, &o, &id, &err),
@@ -284,6 +289,9 @@ static void test_engine_refuses_other_kinds(void **state) {
         assert_non_null(strstr(err.msg, want[a]));
     }
     assert_int_equal(qv_engine_n_active(cu), 0);
+    qv_adapter *bn = load_fixture(qv_engine_model(cpu), "seq_bn"); /* runs on both */
+    assert_int_equal(qv_engine_adapter_supported(cu, bn, &err), QV_OK);
+    qv_adapter_free(bn);
     qv_engine_destroy(cu);
     for (int a = 0; a < 2; a++)
         qv_adapter_free(ads[a]);
