@@ -177,6 +177,8 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     if ((st = qv_forward_create(e->model, e->be, e->kv, c->max_batch_tokens, &e->fwd, err)) !=
         QV_OK)
         goto fail;
+    /* device backends: the adapter pool is one allocation made now, not on a request */
+    if ((st = qv_forward_adapter_pool_init(e->fwd, c->adapter_pool_bytes, err)) != QV_OK) goto fail;
     size_t T = (size_t)c->max_batch_tokens, S = (size_t)c->max_seqs;
     e->seqs = qv_calloc(S, sizeof(qv_seq));
     e->b_tokens = qv_malloc(T * sizeof(int32_t));

@@ -27,15 +27,19 @@ extern "C" {
 typedef struct qv_engine qv_engine;
 
 typedef struct qv_engine_config {
-    const char *model_path; /* HF directory or .gguf file */
-    int n_threads;          /* CPU worker threads; 0 = all online cores */
-    size_t kv_bytes;        /* KV cache budget in bytes; 0 = 256 MiB */
-    int kv_page_size;       /* tokens per KV page; 0 = 16 */
-    int max_batch_tokens;   /* token budget of one step (prefill chunks + decodes); 0 = 256 */
-    int max_seqs;           /* concurrently running sequences; 0 = 64 */
-    bool load_tokenizer;    /* false: engine works on ids only (tests) */
-    const char *device;     /* "cpu" (default, NULL) or "cuda" (QV_ERR_UNSUPPORTED when the
-                               build has no CUDA or there is no device) */
+    const char *model_path;    /* HF directory or .gguf file */
+    int n_threads;             /* CPU worker threads; 0 = all online cores */
+    size_t kv_bytes;           /* KV cache budget in bytes; 0 = 256 MiB */
+    int kv_page_size;          /* tokens per KV page; 0 = 16 */
+    int max_batch_tokens;      /* token budget of one step (prefill chunks + decodes); 0 = 256 */
+    int max_seqs;              /* concurrently running sequences; 0 = 64 */
+    bool load_tokenizer;       /* false: engine works on ids only (tests) */
+    const char *device;        /* "cpu" (default, NULL) or "cuda" (QV_ERR_UNSUPPORTED when the
+                                  build has no CUDA or there is no device) */
+    size_t adapter_pool_bytes; /* "cuda": the device adapter pool, allocated at creation;
+                                  0 = $QV_CUDA_ADAPTER_POOL_MB MiB, else 512 MiB, at most a
+                                  quarter of the free device memory (QV_ERR_DEVICE_OOM when
+                                  a size asked for does not fit) */
 } qv_engine_config;
 
 void qv_engine_config_default(qv_engine_config *c);

@@ -176,6 +176,20 @@ static void issue_prefetches(qv_forward *f) {
 }
 #endif
 
+qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, qv_error *err) {
+#ifdef QV_HAVE_CUDA
+    if (!is_cuda(f)) return QV_OK;
+    qv_status st = QV_OK;
+    if (!f->dl) st = qv_cuda_lora_rt_create(f->m, f->be, f->max_tokens, pool_bytes, &f->dl, err);
+    return st == QV_OK ? qv_cuda_lora_rt_init_pool(f->dl, err) : st;
+#else
+    (void)f;
+    (void)pool_bytes;
+    (void)err;
+    return QV_OK;
+#endif
+}
+
 qv_status qv_forward_adapter_supported(const qv_forward *f, const struct qv_adapter *ad,
                                        qv_error *err) {
     if (!ad || !f->be->iface->download) return QV_OK; /* the CPU runs every kind */

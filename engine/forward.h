@@ -77,6 +77,12 @@ qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *token
  * Thread: the engine thread. */
 qv_status qv_forward_prefetch_adapter(qv_forward *f, const struct qv_adapter *ad, qv_error *err);
 
+/* Device backends: creates the device adapter pool now, of pool_bytes (0: the default of
+ * engine/cuda/lora_cuda.h), instead of at the first adapter. A no-op on the CPU backend or when
+ * the pool exists. Errors: QV_ERR_DEVICE_OOM, QV_ERR_DEVICE, QV_ERR_NOMEM. Thread: the engine
+ * thread. */
+qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, qv_error *err);
+
 /* Whether this forward pass runs adapter `ad` at all (the kinds and features of its backend;
  * not its size): QV_OK, or QV_ERR_UNSUPPORTED / QV_ERR_INVALID naming what is missing. No
  * device work. Thread: any (reads only what creation fixed). */

@@ -2236,6 +2236,7 @@ int qv_http_serve(const qv_http_config *cfg) {
     ec.max_batch_tokens = cfg->max_batch_tokens;
     ec.max_seqs = cfg->max_seqs;
     ec.device = cfg->device;
+    ec.adapter_pool_bytes = cfg->adapter_pool_mb << 20;
     qv_error err = {0};
     double t0 = qv_time_s();
     if (qv_engine_create(&ec, &srv->engine, &err) != QV_OK) {
@@ -2310,6 +2311,11 @@ int qv_http_serve(const qv_http_config *cfg) {
             cfg->max_loras, cfg->n_threads, cfg->http_threads, cfg->max_body_bytes,
             cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit, cfg->drain_timeout_s,
             cfg->api_key && *cfg->api_key ? "required" : "off");
+    qv_engine_stats es0;
+    qv_engine_get_stats(srv->engine, &es0);
+    if (es0.dev_adapter_pool_bytes)
+        fprintf(stderr, "quiver serve: device adapter pool %.1f MiB (--adapter-pool-mb)\n",
+                (double)es0.dev_adapter_pool_bytes / 1048576.0);
     if (!ctl_start(srv)) {
         fprintf(stderr, "quiver serve: cannot start the signal thread\n");
         MHD_stop_daemon(srv->daemon);

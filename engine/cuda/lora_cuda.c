@@ -375,6 +375,10 @@ static int bn_n_mats(const qv_bn_unit *u) {
     return 4 + (u->scaling_ch != NULL) + 2 * (u->ln_before_w != NULL) + 2 * (u->ln_after_w != NULL);
 }
 
+qv_status qv_cuda_lora_rt_init_pool(qv_cuda_lora_rt *rt, qv_error *err) {
+    return ensure_pool(rt, err);
+}
+
 /* The map entry of `ad` (created or refreshed when its fingerprint changed). -1 on NOMEM. */
 static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
     uint64_t fp;

@@ -54,6 +54,11 @@ qv_status qv_cuda_lora_rt_create(const qv_model *m, qv_backend *be, int max_toke
 /* Accepts NULL. */
 void qv_cuda_lora_rt_destroy(qv_cuda_lora_rt *rt);
 
+/* Creates the device adapter pool now (it is otherwise created by the first begin, prefetch
+ * or check that needs it); logs its size. Errors: QV_ERR_DEVICE_OOM, QV_ERR_DEVICE,
+ * QV_ERR_NOMEM. */
+qv_status qv_cuda_lora_rt_init_pool(qv_cuda_lora_rt *rt, qv_error *err);
+
 /* Starts a step: releases the previous step's adapters, validates b's segments (seg_start
  * covers [0, n_tokens) in order; no negative token ids), loads missing adapters (asynchronous
  * copies; the compute stream waits for them) and holds them until the next begin. b->n_segs

@@ -251,6 +251,44 @@ static void test_engine_small_pool(void **state) {
     qv_engine_destroy(probe);
 }
 
+/* The device adapter pool is one allocation made when the engine is created (--adapter-pool-mb),
+ * reported by the engine's stats before any request; a size the device does not have fails the
+ * creation with QV_ERR_DEVICE_OOM. */
+static void test_engine_pool_at_startup(void **state) {
+    (void)state;
+    gpu_require_device();
+    qv_engine_config c;
+    qv_engine_config_default(&c);
+    c.model_path = qv_test_path(MODEL);
+    c.load_tokenizer = false;
+    c.kv_bytes = (size_t)1 << 20;
+    c.max_batch_tokens = 16;
+    c.device = "cuda";
+    c.adapter_pool_bytes = (size_t)3 << 20;
+    qv_engine *e = NULL;
+    qv_error err = {0};
+    if (qv_engine_create(&c, &e, &err) != QV_OK) fail_msg("engine: %s", err.msg);
+    qv_engine_stats st;
+    qv_engine_get_stats(e, &st);
+    printf("cuda engine created with a %zu-byte adapter pool; %d adapters resident\n",
+           st.dev_adapter_pool_bytes, st.dev_adapters_resident);
+    assert_int_equal(st.dev_adapter_pool_bytes, (size_t)3 << 20);
+    assert_int_equal(st.dev_adapters_resident, 0);
+    assert_int_equal(st.dev_adapter_loads, 0);
+    qv_engine_destroy(e);
+    c.adapter_pool_bytes = (size_t)64 << 30; /* more than the device has */
+    e = NULL;
+    assert_int_equal(qv_engine_create(&c, &e, &err), QV_ERR_DEVICE_OOM);
+    assert_null(e);
+    printf("a 64 GiB pool: %s\n", err.msg);
+    /* the CPU engine has no device pool */
+    c.device = "cpu";
+    if (qv_engine_create(&c, &e, &err) != QV_OK) fail_msg("cpu engine: %s", err.msg);
+    qv_engine_get_stats(e, &st);
+    assert_int_equal(st.dev_adapter_pool_bytes, 0);
+    qv_engine_destroy(e);
+}
+
 static void test_engine_refuses_other_kinds(void **state) {
     (void)state;
     qv_engine *cpu = open_engine("cpu");
@@ -304,6 +342,7 @@ int main(void) {
         cmocka_unit_test(test_engine_adaption_prompt),
         cmocka_unit_test(test_engine_small_pool),
         cmocka_unit_test(test_engine_refuses_other_kinds),
+        cmocka_unit_test(test_engine_pool_at_startup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

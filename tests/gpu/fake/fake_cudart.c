@@ -36,6 +36,8 @@ __attribute__((weak)) void qv_fake_record(void (*fn)(void *), const void *arg, s
  * a GPU, so a kernel that reads memory nothing wrote shows up in the results. Above 64 MiB
  * (the adapter pool's region) only the first and last MiB, to keep tests fast. */
 cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = NULL;
+    if (n > (size_t)8 << 30) return cudaErrorMemoryAllocation; /* cudaMemGetInfo's device */
     *p = malloc(n ? n : 1);
     if (!*p) return cudaErrorMemoryAllocation;
     const size_t mib = (size_t)1 << 20;
