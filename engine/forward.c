@@ -22,10 +22,12 @@
 #include "adapter_apply.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef QV_HAVE_CUDA
 #include "cuda/adapter_pool.h"
+#include "cuda/backend_cuda.h"
 #include "cuda/lora_cuda.h"
 #endif
 
@@ -58,9 +60,112 @@ struct qv_forward {
     const struct qv_adapter *pf[QV_FORWARD_MAX_PREFETCH];
     int n_pf;
     uint64_t pf_issued, pf_uploads, pf_failures;
+    /* CUDA graphs: decode steps padded to a bucket size (pad_decode), with one segment per
+     * token; pad_kv holds the one KV page every padding row writes and reads */
+    bool pad_on;
+    qv_kv_seq pad_kv;
+    qv_batch pad_b;
+    int32_t *p_tok, *p_pos, *p_seq, *p_li, *p_ss; /* [max_tokens (+1 for p_ss)] */
+    const qv_kv_seq **p_seqs;                     /* [max_tokens] */
+    const struct qv_adapter **p_ad;               /* [max_tokens] */
+    uint64_t pad_steps, pad_rows;
 };
 
 static void *balloc(qv_backend *be, size_t n) { return be->iface->alloc(be, n); }
+
+#ifdef QV_HAVE_CUDA
+static bool is_cuda(const qv_forward *f) { return strcmp(f->be->iface->name, "cuda") == 0; }
+
+/* ---- CUDA graphs across decode batch sizes and adapter mixes ----
+ * A recorded step replays only for a step of the same shape (step_key). A decode step (every
+ * sequence of the batch contributes its one next token, and wants its logits) is therefore
+ * padded to a bucket size (1, 2, 4, then multiples of 8) with rows of token 0 at position 0,
+ * each its own sequence on the one KV page pad_kv holds (they all write the same values there
+ * and read only it), and its adapter segments are split into one segment per token (the padding
+ * rows without adapter; a batch with one adapter keeps one segment, over the padding too):
+ * its shape then depends on the bucket, the longest context (in powers of two of pages), the
+ * rank bucket and the adapter kinds present, not on how many sequences share which adapter. Padding
+ * rows cost compute; their logits are never downloaded. Only while the backend records graphs;
+ * QV_CUDA_GRAPH_PAD=0 turns it off. */
+static void pad_setup(qv_forward *f) {
+    if (!is_cuda(f) || !qv_backend_cuda_graphs_on(f->be)) return;
+    const char *env = getenv("QV_CUDA_GRAPH_PAD");
+    if (env && strcmp(env, "0") == 0) return;
+    const size_t T = (size_t)f->max_tokens;
+    f->p_tok = qv_malloc(T * sizeof(int32_t));
+    f->p_pos = qv_malloc(T * sizeof(int32_t));
+    f->p_seq = qv_malloc(T * sizeof(int32_t));
+    f->p_li = qv_malloc(T * sizeof(int32_t));
+    f->p_ss = qv_malloc((T + 1) * sizeof(int32_t));
+    f->p_seqs = qv_malloc(T * sizeof(*f->p_seqs));
+    f->p_ad = qv_malloc(T * sizeof(*f->p_ad));
+    if (!f->p_tok || !f->p_pos || !f->p_seq || !f->p_li || !f->p_ss || !f->p_seqs || !f->p_ad ||
+        qv_kv_seq_reserve(f->kv, &f->pad_kv, 1) != QV_OK) {
+        QV_LOGW("forward: no room for decode padding; CUDA graphs per exact batch size");
+        return;
+    }
+    f->pad_on = true;
+}
+
+static int pad_bucket(int n) {
+    if (n <= 4) {
+        int b = 1;
+        while (b < n)
+            b *= 2;
+        return b;
+    }
+    return (n + 7) / 8 * 8;
+}
+
+/* The padded form of decode batch b (forward-owned arrays), or b itself. */
+static const qv_batch *pad_decode(qv_forward *f, const qv_batch *b) {
+    const int n = b->n_tokens;
+    if (!f->pad_on || n <= 0 || n != b->n_seqs || n != b->n_logits) return b;
+    const int B = pad_bucket(n);
+    if (B > f->max_tokens) return b;
+    for (int i = 0; i < n; i++)
+        if (b->seq[i] != i || b->logits_idx[i] != i || b->tokens[i] < 0) return b;
+    if (b->n_segs > 0 &&
+        (!b->seg_start || !b->seg_adapter || b->seg_start[0] != 0 || b->seg_start[b->n_segs] != n))
+        return b; /* validation reports it */
+    int s = 0;
+    for (int i = 0; i < B; i++) {
+        const bool real = i < n;
+        f->p_tok[i] = real ? b->tokens[i] : 0;
+        f->p_pos[i] = real ? b->pos[i] : 0;
+        f->p_seq[i] = i;
+        f->p_li[i] = i;
+        f->p_seqs[i] = real ? b->seqs[i] : &f->pad_kv;
+        f->p_ss[i] = i;
+        if (b->n_segs > 0) {
+            while (real && b->seg_start[s + 1] <= i)
+                s++;
+            f->p_ad[i] = real ? b->seg_adapter[s] : NULL;
+        }
+    }
+    f->p_ss[B] = B;
+    /* one adapter for the whole batch: one segment over every row, padding included (its rows'
+     * outputs are dropped), so that the SGMV reads that adapter once, not once per token */
+    const bool one = b->n_segs == 1;
+    if (one) f->p_ss[1] = B, f->p_ad[0] = b->seg_adapter[0];
+    f->pad_b = (qv_batch){.n_tokens = B,
+                          .tokens = f->p_tok,
+                          .pos = f->p_pos,
+                          .seq = f->p_seq,
+                          .n_seqs = B,
+                          .seqs = f->p_seqs,
+                          .n_logits = B,
+                          .logits_idx = f->p_li,
+                          .n_segs = one             ? 1
+                                    : b->n_segs > 0 ? B
+                                                    : 0,
+                          .seg_start = f->p_ss,
+                          .seg_adapter = f->p_ad};
+    f->pad_steps++;
+    f->pad_rows += (uint64_t)(B - n);
+    return &f->pad_b;
+}
+#endif
 
 qv_status qv_forward_create(const qv_model *m, qv_backend *be, qv_kv_cache *kv, int max_tokens,
                             qv_forward **out, qv_error *err) {
@@ -103,6 +208,9 @@ qv_status qv_forward_create(const qv_model *m, qv_backend *be, qv_kv_cache *kv, 
         return qv_errorf(err, QV_ERR_NOMEM, "forward: cannot allocate scratch for %d tokens",
                          max_tokens);
     }
+#ifdef QV_HAVE_CUDA
+    pad_setup(f);
+#endif
     *out = f;
     return QV_OK;
 }
@@ -119,6 +227,14 @@ void qv_forward_destroy(qv_forward *f) {
     qv_adapter_rt_destroy(f->ad);
 #ifdef QV_HAVE_CUDA
     qv_cuda_lora_rt_destroy(f->dl);
+    if (f->pad_kv.pages) qv_kv_seq_release(f->kv, &f->pad_kv);
+    qv_free(f->p_tok);
+    qv_free(f->p_pos);
+    qv_free(f->p_seq);
+    qv_free(f->p_li);
+    qv_free(f->p_ss);
+    qv_free(f->p_seqs);
+    qv_free(f->p_ad);
 #endif
     qv_free(f);
 }
@@ -126,10 +242,6 @@ void qv_forward_destroy(qv_forward *f) {
 int qv_forward_max_tokens(const qv_forward *f) { return f->max_tokens; }
 
 static const float *bias_of(const qv_tensor *t) { return t->data ? (const float *)t->data : NULL; }
-
-#ifdef QV_HAVE_CUDA
-static bool is_cuda(const qv_forward *f) { return strcmp(f->be->iface->name, "cuda") == 0; }
-#endif
 
 qv_status qv_forward_prefetch_adapter(qv_forward *f, const struct qv_adapter *ad, qv_error *err) {
 #ifdef QV_HAVE_CUDA
@@ -473,24 +585,29 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
     const struct qv_backend_i *be = f->be->iface;
     qv_backend *B = f->be;
     const size_t dim = (size_t)c->dim;
+    const int n_out = b->n_logits; /* rows the caller wants (a padded batch has more) */
+#ifdef QV_HAVE_CUDA
+    b = pad_decode(f, b);
+#endif
     qv_status st = validate(f, b, err);
     f->n_pf = 0; /* issued by validate, or dropped */
     if (st != QV_OK) return st;
     if (be->download) {
         /* Device: the step (and its first logits chunk) may be a recorded graph; a replay that
-         * does not match reruns eagerly (key 0). */
+         * does not match reruns eagerly (key 0). Padding rows are computed, not downloaded. */
         const size_t V = (size_t)c->n_vocab;
         for (int attempt = 0; attempt < 2; attempt++) {
             if (be->step_begin) be->step_begin(B, attempt ? 0 : step_key(f, b, 0));
             run_layers(f, b);
-            for (int r0 = 0; r0 < b->n_logits; r0 += f->logit_rows) {
+            for (int r0 = 0; r0 < n_out; r0 += f->logit_rows) {
                 int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
                 device_logits(f, b, r0, nr);
+                const size_t want = (size_t)QV_MIN(nr, n_out - r0);
                 st = be->download(B, logits + (size_t)r0 * V, f->logits_dev,
-                                  (size_t)nr * V * sizeof(float), err);
+                                  want * V * sizeof(float), err);
                 if (st != QV_OK) break;
             }
-            if (b->n_logits == 0) st = be->download(B, NULL, NULL, 0, err);
+            if (n_out == 0) st = be->download(B, NULL, NULL, 0, err);
             if (st != QV_ERR_BUSY) return st;
         }
         return st;
@@ -519,6 +636,10 @@ qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *token
                          "backend (%s)",
                          be->name);
     }
+    const int n_out = b->n_logits;
+#ifdef QV_HAVE_CUDA
+    b = pad_decode(f, b);
+#endif
     qv_status st = validate(f, b, err);
     f->n_pf = 0; /* issued by validate, or dropped */
     if (st != QV_OK) return st;
@@ -530,7 +651,7 @@ qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *token
             device_logits(f, b, r0, nr);
             be->argmax(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->argmax_dev + r0);
         }
-        st = be->download(f->be, tokens, f->argmax_dev, (size_t)b->n_logits * sizeof(int32_t), err);
+        st = be->download(f->be, tokens, f->argmax_dev, (size_t)n_out * sizeof(int32_t), err);
         if (st != QV_ERR_BUSY) return st;
     }
     return st;

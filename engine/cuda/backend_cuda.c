@@ -1435,6 +1435,11 @@ int qv_backend_cuda_to_half(qv_backend *be, const float *src, void *dst, size_t 
     return K_OK(cx, qv_cuda_f32_to_half(src, dst, n, cx->act_fp16, cx->stream)) ? 0 : -1;
 }
 
+bool qv_backend_cuda_graphs_on(const qv_backend *be) {
+    const cuda_ctx *cx = be->ctx;
+    return cx->graphs_on && !cx->failed;
+}
+
 int qv_backend_cuda_act_fp16(const qv_backend *be) { return ((const cuda_ctx *)be->ctx)->act_fp16; }
 
 void *qv_backend_cuda_stream(const qv_backend *be) {

@@ -25,6 +25,8 @@
 #ifndef QV_BACKEND_CUDA_H
 #define QV_BACKEND_CUDA_H
 
+#include <stdbool.h>
+
 #include <stdint.h>
 
 #include "backend.h"
@@ -140,6 +142,9 @@ int qv_backend_cuda_kv_elem_bytes(const qv_backend *be);
 
 /* 1 when activations are rounded to fp16 (fp16 models), 0 for bf16. */
 int qv_backend_cuda_act_fp16(const qv_backend *be);
+/* True while steps may be recorded as CUDA graphs (QV_CUDA_GRAPHS is not 0 and no capture has
+ * failed). */
+bool qv_backend_cuda_graphs_on(const qv_backend *be);
 /* The compute stream (a cudaStream_t), for the adapter pool's event ordering. */
 void *qv_backend_cuda_stream(const qv_backend *be);
 

@@ -593,6 +593,126 @@ static void test_graph_adapter_mix(void **state) {
         qv_adapter_free(ads[a]);
 }
 
+/* Decode steps whose batch size drifts (3 to 8 of 8 sequences, drawn at random, each at its own
+ * position) with changing LoRA adapters (every 7th step one adapter for all), the rows grouped
+ * by adapter into one segment per adapter as the engine does: with CUDA graphs each step is padded
+ * to its bucket (4 or 8) with one segment per token, so most steps replay a recorded graph; the
+ * logits equal the eager run's (no graphs, no padding) within the mixed-batch tolerance, and
+ * without padding (QV_CUDA_GRAPH_PAD=0) the same schedule replays less. */
+#define BD_SEQS 8
+#define BD_STEPS 40
+static int bd_size(int t) { return 3 + (int)(((uint32_t)t * 2654435761u >> 13) % 6u); }
+static void drift_run(int graphs, int pad, float *out, long *replays, long *captures, long *mism) {
+    if (!graphs) setenv("QV_CUDA_GRAPHS", "0", 1);
+    if (!pad) setenv("QV_CUDA_GRAPH_PAD", "0", 1);
+    gpu_runner cu;
+    assert_int_equal(gpu_runner_open(&cu, qv_test_path(MODEL), 1, 96, PAGE, 32), 0);
+    unsetenv("QV_CUDA_GRAPHS");
+    unsetenv("QV_CUDA_GRAPH_PAD");
+    qv_kv_seq kv[BD_SEQS] = {0};
+    int cnt[BD_SEQS] = {0};
+    qv_error err = {0};
+    float *buf = malloc(sizeof(float) * BD_SEQS * (size_t)V);
+    for (int t = 0; t < BD_STEPS; t++) {
+        const int n = bd_size(t);
+        const qv_kv_seq *seqs[BD_SEQS];
+        const qv_adapter *sa[BD_SEQS];
+        int32_t tok[BD_SEQS], pos[BD_SEQS], sq[BD_SEQS], li[BD_SEQS], ss[BD_SEQS + 1];
+        int js[BD_SEQS], as[BD_SEQS], k = 0;
+        /* rows in adapter order (a = 0: none), one segment per adapter present */
+        for (int a = 0; a < 4; a++)
+            for (int i = 0; i < n; i++) {
+                const int j = (i * 3 + t) % BD_SEQS; /* a different subset each step */
+                /* none, or one of the first three LoRAs; every 7th step one LoRA for all */
+                const int aj = t % 7 == 6 ? 2 : (j + t / 5) % 4;
+                if (aj == a) js[k] = j, as[k++] = a;
+            }
+        int nseg = 0;
+        for (int r = 0; r < n; r++) {
+            const int j = js[r];
+            assert_int_equal(qv_kv_seq_reserve(cu.kv, &kv[j], cnt[j] + 1), QV_OK);
+            seqs[r] = &kv[j];
+            tok[r] = (int32_t)((11 * j + 5 * t + 1) % V);
+            pos[r] = cnt[j]++;
+            sq[r] = r, li[r] = r;
+            if (r == 0 || as[r] != as[r - 1]) {
+                ss[nseg] = r;
+                sa[nseg++] = as[r] ? ads[as[r] - 1] : NULL;
+            }
+        }
+        ss[nseg] = n;
+        qv_batch b = {.n_tokens = n,
+                      .tokens = tok,
+                      .pos = pos,
+                      .seq = sq,
+                      .n_seqs = n,
+                      .seqs = seqs,
+                      .n_logits = n,
+                      .logits_idx = li,
+                      .n_segs = nseg,
+                      .seg_start = ss,
+                      .seg_adapter = (const struct qv_adapter *const *)sa};
+        if (qv_forward_run(cu.fwd, &b, buf, &err) != QV_OK)
+            fail_msg("drift step %d: %s", t, err.msg);
+        float *rows = out + (size_t)t * BD_SEQS * (size_t)V;
+        for (int r = 0; r < n; r++) /* by sequence, whatever the row order */
+            memcpy(rows + (size_t)js[r] * (size_t)V, buf + (size_t)r * (size_t)V,
+                   sizeof(float) * (size_t)V);
+    }
+    free(buf);
+#ifdef QV_HAVE_CUDA
+    qv_cuda_stats st;
+    qv_backend_cuda_stats(cu.be, &st);
+    *replays = st.replays, *captures = st.captures, *mism = st.mismatches;
+#else
+    *replays = *captures = *mism = 0;
+#endif
+    for (int j = 0; j < BD_SEQS; j++)
+        qv_kv_seq_release(cu.kv, &kv[j]);
+    gpu_runner_close(&cu);
+}
+
+static void test_graph_batch_drift(void **state) {
+    (void)state;
+    gpu_require_device();
+    gpu_runner cpu;
+    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, 16, PAGE, 8), 0);
+    load_adapters(cpu.m);
+    V = cpu.m->cfg.n_vocab;
+    gpu_runner_close(&cpu);
+    const size_t n = (size_t)BD_STEPS * BD_SEQS * (size_t)V;
+    float *g = calloc(n, sizeof(float)), *e = calloc(n, sizeof(float)),
+          *u = calloc(n, sizeof(float));
+    long rep, cap, mis, rep0, cap0, mis0, repu, capu, misu;
+    drift_run(1, 1, g, &rep, &cap, &mis);
+    drift_run(0, 1, e, &rep0, &cap0, &mis0);
+    drift_run(1, 0, u, &repu, &capu, &misu);
+    double worst = 0;
+    int rows = 0;
+    for (int t = 0; t < BD_STEPS; t++)
+        for (int j = 0; j < BD_SEQS; j++) {
+            const size_t r = ((size_t)t * BD_SEQS + (size_t)j) * (size_t)V;
+            if (e[r] == 0.0f && e[r + 1] == 0.0f) continue; /* j did not run at step t */
+            worst = fmax(worst, qv_test_max_rel_err(g + r, e + r, (size_t)V));
+            rows++;
+        }
+    assert_true(rows > BD_STEPS * 3);
+    printf("batch drift: %d decode steps of 3..8 sequences, changing adapters: padded graphs %ld "
+           "captures, %ld replays, %ld mismatches (worst logits error vs eager %.3g); without "
+           "padding %ld captures, %ld replays\n",
+           BD_STEPS, cap, rep, mis, worst, capu, repu);
+    free(g);
+    free(e);
+    free(u);
+    for (int a = 0; a < N_AD; a++)
+        qv_adapter_free(ads[a]);
+    assert_int_equal(rep0 + cap0, 0);
+    assert_int_equal(mis, 0);
+    assert_true(rep >= BD_STEPS / 2);
+    assert_true(rep > repu);
+    assert_true(worst <= TOL_SELF);
+}
+
 /* DoRA on a model with projection biases (tiny-qwen2: q/k/v biases), where the rescaling must
  * keep the base bias out: the PEFT LoRA fixture of tiny-qwen2 gets DoRA scales drawn in
  * [0.7, 1.3] (the CPU's DoRA path, checked against PEFT on tiny-llama-gqa, is the reference);
@@ -665,10 +785,10 @@ static void test_dora_with_bias(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lora_end_to_end), cmocka_unit_test(test_bottleneck_variants),
-        cmocka_unit_test(test_adaption_prompt), cmocka_unit_test(test_biased_model),
-        cmocka_unit_test(test_refusals),        cmocka_unit_test(test_graph_adapter_mix),
-        cmocka_unit_test(test_dora_with_bias),
+        cmocka_unit_test(test_lora_end_to_end),   cmocka_unit_test(test_bottleneck_variants),
+        cmocka_unit_test(test_adaption_prompt),   cmocka_unit_test(test_biased_model),
+        cmocka_unit_test(test_refusals),          cmocka_unit_test(test_graph_adapter_mix),
+        cmocka_unit_test(test_graph_batch_drift), cmocka_unit_test(test_dora_with_bias),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
