@@ -380,6 +380,25 @@ void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
     out->dev_adapter_bytes = fs.bytes_copied;
     out->dev_adapter_prefetches = fs.prefetches;
     out->dev_adapter_pool_bytes = fs.pool_bytes;
+#ifdef QV_HAVE_CUDA
+    if (strcmp(e->be->iface->name, "cuda") == 0) {
+        qv_cuda_stats cs;
+        qv_backend_cuda_stats(e->be, &cs);
+        out->graph_captures = (uint64_t)cs.captures;
+        out->graph_replays = (uint64_t)cs.replays;
+        out->graph_eager_steps = (uint64_t)cs.eager_steps;
+        out->graph_mismatches = (uint64_t)cs.mismatches;
+        out->graph_capture_s = cs.instantiate_s;
+    }
+#endif
+}
+
+qv_status qv_engine_warmup(qv_engine *e, int *n_shapes, double *seconds, qv_error *err) {
+    const double t0 = qv_time_s();
+    qv_status st = qv_forward_warmup_graphs(
+        e->fwd, QV_MIN(e->cfg.max_seqs, e->cfg.max_batch_tokens), n_shapes, err);
+    *seconds = qv_time_s() - t0;
+    return st;
 }
 
 /* Fills idx with the slots selected by `running` (true: running, false: every used slot),

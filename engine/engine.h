@@ -152,10 +152,22 @@ typedef struct qv_engine_stats {
     uint64_t dev_adapter_bytes;      /* host-to-device bytes uploaded */
     uint64_t dev_adapter_prefetches; /* prefetches issued for queued requests */
     size_t dev_adapter_pool_bytes;   /* the pool's size */
+    /* CUDA graphs (CUDA backend; 0 elsewhere): forward steps recorded, replayed, run eagerly,
+     * and replays refused (the step did not match; rerun eagerly); seconds spent ending
+     * captures and instantiating graphs */
+    uint64_t graph_captures, graph_replays, graph_eager_steps, graph_mismatches;
+    double graph_capture_s;
 } qv_engine_stats;
 
 /* Fills *out. Thread: the engine's thread (plain reads; no locks). */
 void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out);
+
+/* CUDA backend: records the CUDA graphs of base-model decode steps of 1 .. min(max_seqs,
+ * max_batch_tokens) sequences (padding buckets, short contexts) before any request, so the
+ * first decode steps replay. *n_shapes receives the graphs recorded, *seconds the time taken.
+ * A no-op (0 shapes) on the CPU or with graphs off. Errors: QV_ERR_DEVICE, QV_ERR_NOMEM.
+ * Thread: the engine's thread, before the first qv_engine_add. */
+qv_status qv_engine_warmup(qv_engine *e, int *n_shapes, double *seconds, qv_error *err);
 
 #ifdef __cplusplus
 }

@@ -302,6 +302,59 @@ qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, qv_erro
 #endif
 }
 
+qv_status qv_forward_warmup_graphs(qv_forward *f, int max_batch, int *n_shapes, qv_error *err) {
+    *n_shapes = 0;
+#ifdef QV_HAVE_CUDA
+    if (!f->pad_on || !qv_backend_cuda_graphs_on(f->be)) return QV_OK;
+    max_batch = QV_MIN(max_batch, f->max_tokens);
+    if (max_batch < 1) return QV_OK;
+    /* the largest bucket a step of max_batch rows pads to (pad_decode pads within max_tokens) */
+    const int top = pad_bucket(max_batch) <= f->max_tokens ? pad_bucket(max_batch) : max_batch;
+    const size_t V = (size_t)f->m->cfg.n_vocab;
+    float *logits = qv_malloc((size_t)top * V * sizeof(float));
+    int32_t *z = qv_calloc((size_t)top, sizeof(int32_t));
+    int32_t *idx = qv_malloc((size_t)top * sizeof(int32_t));
+    int32_t *out = qv_malloc((size_t)top * sizeof(int32_t));
+    const qv_kv_seq **seqs = qv_malloc((size_t)top * sizeof(*seqs));
+    qv_status st = QV_OK;
+    if (!logits || !z || !idx || !out || !seqs)
+        st = qv_errorf(err, QV_ERR_NOMEM, "forward: out of memory for the graph warm-up");
+    for (int i = 0; i < top && st == QV_OK; i++)
+        idx[i] = i, seqs[i] = &f->pad_kv;
+    qv_cuda_stats s0, s1;
+    qv_backend_cuda_stats(f->be, &s0);
+    for (int B = 1; st == QV_OK && B <= top; B = pad_bucket(B + 1)) {
+        /* B rows, each its own sequence at position 0 of the padding page: the shape of a
+         * decode step of B sequences of the base model */
+        const qv_batch b = {.n_tokens = B,
+                            .tokens = z,
+                            .pos = z,
+                            .seq = idx,
+                            .n_seqs = B,
+                            .seqs = seqs,
+                            .n_logits = B,
+                            .logits_idx = idx};
+        for (int rep = 0; rep < 2 && st == QV_OK; rep++) /* seen, then recorded */
+            st = qv_forward_run_greedy(f, &b, out, err);
+        for (int rep = 0; rep < 2 && st == QV_OK; rep++)
+            st = qv_forward_run(f, &b, logits, err);
+    }
+    qv_backend_cuda_stats(f->be, &s1);
+    *n_shapes = (int)(s1.captures - s0.captures);
+    qv_free(logits);
+    qv_free(z);
+    qv_free(idx);
+    qv_free(out);
+    qv_free(seqs);
+    return st;
+#else
+    (void)f;
+    (void)max_batch;
+    (void)err;
+    return QV_OK;
+#endif
+}
+
 qv_status qv_forward_adapter_supported(const qv_forward *f, const struct qv_adapter *ad,
                                        qv_error *err) {
     if (!ad || !f->be->iface->download) return QV_OK; /* the CPU runs every kind */

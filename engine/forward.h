@@ -83,6 +83,13 @@ qv_status qv_forward_prefetch_adapter(qv_forward *f, const struct qv_adapter *ad
  * thread. */
 qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, qv_error *err);
 
+/* CUDA backend with graphs on: records the base model's decode-step graphs (greedy and with
+ * logits) for every padding bucket up to max_batch rows at early positions (contexts under 8
+ * pages), so the first decode steps of a server replay instead of recording. The padding
+ * rows' own KV page is all they touch. *n_shapes: graphs recorded. A no-op elsewhere.
+ * Errors: QV_ERR_DEVICE, QV_ERR_NOMEM. Thread: the engine thread, before any request. */
+qv_status qv_forward_warmup_graphs(qv_forward *f, int max_batch, int *n_shapes, qv_error *err);
+
 /* Whether this forward pass runs adapter `ad` at all (the kinds and features of its backend;
  * not its size): QV_OK, or QV_ERR_UNSUPPORTED / QV_ERR_INVALID naming what is missing. No
  * device work. Thread: any (reads only what creation fixed). */

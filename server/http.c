@@ -389,6 +389,8 @@ static void update_gauges(server *srv) {
     qv_metrics_gauges(srv->metrics, atomic_load(&srv->n_waiting) + es.n_waiting, es.n_running,
                       es.kv_pages - es.kv_free_pages, es.kv_pages);
     qv_metrics_scheduler(srv->metrics, es.preemptions, es.recomputed_tokens);
+    qv_metrics_graphs(srv->metrics, es.graph_captures, es.graph_replays, es.graph_eager_steps,
+                      es.graph_mismatches, es.graph_capture_s);
     if (!srv->reg) return;
     qv_registry_stats rs;
     qv_registry_get_stats(srv->reg, &rs);
@@ -2244,6 +2246,18 @@ int qv_http_serve(const qv_http_config *cfg) {
         goto out;
     }
     srv->model = qv_engine_model(srv->engine);
+    /* --device cuda: the decode graphs recorded before the first request (time printed) */
+    int n_graphs = 0;
+    double t_graphs = 0.0;
+    if (qv_engine_warmup(srv->engine, &n_graphs, &t_graphs, &err) != QV_OK) {
+        fprintf(stderr, "quiver serve: CUDA graph warm-up: %s\n", err.msg);
+        goto out; /* a device failure: the engine cannot serve */
+    }
+    if (n_graphs)
+        fprintf(stderr,
+                "quiver serve: CUDA graphs: %d decode-step shapes (1..%d sequences) recorded "
+                "at start-up in %.0f ms\n",
+                n_graphs, QV_MIN(cfg->max_seqs, cfg->max_batch_tokens), t_graphs * 1e3);
     srv->tok = qv_engine_tokenizer(srv->engine);
     srv->file_name = basename_of(cfg->model_path);
     /* The id clients see: the file name without ".gguf" (HF directories: their name), which,

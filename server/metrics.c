@@ -32,6 +32,8 @@ struct qv_metrics {
     histogram ttft, tpot, e2e;
     int queue_depth, running, kv_used, kv_total;
     unsigned long long preemptions, recomputed_tokens;
+    unsigned long long g_captures, g_replays, g_eager, g_refused;
+    double g_capture_s;
     /* adapters */
     qv_metrics_adapter_stats ad;
     char lora_running[1024], lora_waiting[1024];
@@ -92,6 +94,17 @@ void qv_metrics_scheduler(qv_metrics *m, unsigned long long preemptions,
     pthread_mutex_lock(&m->mu);
     m->preemptions = preemptions;
     m->recomputed_tokens = recomputed_tokens;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_graphs(qv_metrics *m, unsigned long long captures, unsigned long long replays,
+                       unsigned long long eager, unsigned long long refused, double capture_s) {
+    pthread_mutex_lock(&m->mu);
+    m->g_captures = captures;
+    m->g_replays = replays;
+    m->g_eager = eager;
+    m->g_refused = refused;
+    m->g_capture_s = capture_s;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -208,6 +221,17 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# HELP quiver_recomputed_tokens_total Tokens computed again after preemptions.\n"
         "# TYPE quiver_recomputed_tokens_total counter\nquiver_recomputed_tokens_total %llu\n",
         m->preemptions, m->recomputed_tokens);
+    put(&b,
+        "# HELP quiver_cuda_graph_steps_total Forward steps per CUDA-graph mode (0 on the CPU).\n"
+        "# TYPE quiver_cuda_graph_steps_total counter\n"
+        "quiver_cuda_graph_steps_total{mode=\"recorded\"} %llu\n"
+        "quiver_cuda_graph_steps_total{mode=\"replayed\"} %llu\n"
+        "quiver_cuda_graph_steps_total{mode=\"eager\"} %llu\n"
+        "quiver_cuda_graph_steps_total{mode=\"refused\"} %llu\n"
+        "# HELP quiver_cuda_graph_capture_seconds_total Time spent recording CUDA graphs.\n"
+        "# TYPE quiver_cuda_graph_capture_seconds_total counter\n"
+        "quiver_cuda_graph_capture_seconds_total %.6f\n",
+        m->g_captures, m->g_replays, m->g_eager, m->g_refused, m->g_capture_s);
     const qv_metrics_adapter_stats *a = &m->ad;
     put(&b,
         "# HELP quiver_adapter_resident Loaded adapter versions per residency tier.\n"

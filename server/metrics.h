@@ -26,6 +26,10 @@ void qv_metrics_request(qv_metrics *m, int http_status, int n_in, int n_out, dou
 void qv_metrics_gauges(qv_metrics *m, int queue_depth, int running, int kv_used, int kv_total);
 /* Scheduler counters (engine/engine.h qv_engine_stats, totals since start), overwritten by the
  * engine thread after each step. */
+/* CUDA graph counters of the engine (qv_engine_stats; all 0 on the CPU backend). */
+void qv_metrics_graphs(qv_metrics *m, unsigned long long captures, unsigned long long replays,
+                       unsigned long long eager, unsigned long long refused, double capture_s);
+
 void qv_metrics_scheduler(qv_metrics *m, unsigned long long preemptions,
                           unsigned long long recomputed_tokens);
 

@@ -251,6 +251,71 @@ static void test_engine_small_pool(void **state) {
     qv_engine_destroy(probe);
 }
 
+/* Start-up graph warm-up: qv_engine_warmup records the base model's decode-step graphs for
+ * every padding bucket of up to min(max_seqs, max_batch_tokens) sequences (greedy and with
+ * logits); three greedy requests then decode (3 sequences: bucket 4) replaying them from their
+ * first decode step, and give the tokens of the same requests on an engine without warm-up,
+ * which records its own graphs only once a shape comes back. */
+static void warm_run(bool warm, int32_t toks[3][TOKENS], qv_engine_stats *st, int *n_shapes) {
+    qv_engine *e = open_engine("cuda");
+    *n_shapes = 0;
+    if (warm) {
+        double secs = 0;
+        qv_error err = {0};
+        if (qv_engine_warmup(e, n_shapes, &secs, &err) != QV_OK) fail_msg("warmup: %s", err.msg);
+        printf("warm-up: %d decode-step graphs recorded in %.3f s\n", *n_shapes, secs);
+    }
+    qv_engine_stats s0;
+    qv_engine_get_stats(e, &s0);
+    run_out o;
+    memset(&o, 0, sizeof(o));
+    o.n_req = 3;
+    qv_gen_params gp;
+    qv_gen_params_default(&gp);
+    gp.sampling.temperature = 0;
+    gp.max_tokens = TOKENS;
+    gp.ignore_eos = true;
+    qv_error err = {0};
+    for (int i = 0; i < 3; i++) {
+        const int32_t prompt[4] = {(int32_t)(5 + i), 17, 29, (int32_t)(40 + 3 * i)};
+        if (qv_engine_add(e, prompt, 4, &gp, on_tok, &o, &o.ids[i], &err) != QV_OK)
+            fail_msg("add: %s", err.msg);
+    }
+    while (qv_engine_n_active(e) > 0)
+        if (qv_engine_step(e, &err) != QV_OK) fail_msg("step: %s", err.msg);
+    qv_engine_get_stats(e, st);
+    st->graph_captures -= s0.graph_captures; /* the requests' own */
+    st->graph_replays -= s0.graph_replays;
+    st->graph_eager_steps -= s0.graph_eager_steps;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(o.n[i], TOKENS);
+        memcpy(toks[i], o.toks[i], sizeof(o.toks[i]));
+    }
+    qv_engine_destroy(e);
+}
+
+static void test_engine_warmup(void **state) {
+    (void)state;
+    gpu_require_device();
+    int32_t warm[3][TOKENS], cold[3][TOKENS];
+    qv_engine_stats sw, sc;
+    int shapes = 0, none = 0;
+    warm_run(true, warm, &sw, &shapes);
+    warm_run(false, cold, &sc, &none);
+    printf("3 greedy requests of %d tokens: after the warm-up %llu graphs recorded, %llu "
+           "replays, %llu eager steps; without it %llu recorded, %llu replays, %llu eager\n",
+           TOKENS, (unsigned long long)sw.graph_captures, (unsigned long long)sw.graph_replays,
+           (unsigned long long)sw.graph_eager_steps, (unsigned long long)sc.graph_captures,
+           (unsigned long long)sc.graph_replays, (unsigned long long)sc.graph_eager_steps);
+    /* buckets 1, 2, 4, 8, 16, 24, 32 (max_batch_tokens 32), greedy and with logits */
+    assert_int_equal(shapes, 14);
+    assert_int_equal(sw.graph_mismatches, 0);
+    assert_int_equal(sw.graph_captures, 0); /* every decode shape was recorded already */
+    assert_true(sw.graph_replays >= TOKENS - 2);
+    assert_true(sw.graph_replays > sc.graph_replays);
+    assert_memory_equal(warm, cold, sizeof(warm));
+}
+
 /* The device adapter pool is one allocation made when the engine is created (--adapter-pool-mb),
  * reported by the engine's stats before any request; a size the device does not have fails the
  * creation with QV_ERR_DEVICE_OOM. */
@@ -343,6 +408,7 @@ int main(void) {
         cmocka_unit_test(test_engine_small_pool),
         cmocka_unit_test(test_engine_refuses_other_kinds),
         cmocka_unit_test(test_engine_pool_at_startup),
+        cmocka_unit_test(test_engine_warmup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
