@@ -117,7 +117,11 @@ qv_status qv_engine_adapter_supported(const qv_engine *e, const struct qv_adapte
     return qv_forward_adapter_supported(e->fwd, ad, err);
 }
 const qv_tokenizer *qv_engine_tokenizer(const qv_engine *e) { return e->tok; }
-int qv_engine_kv_pages(const qv_engine *e) { return e->kv->pool.n_pages; }
+/* pages sequences can use: the forward pass may hold one for CUDA-graph padding rows */
+static int usable_pages(const qv_engine *e) {
+    return e->kv->pool.n_pages - qv_forward_kv_reserved_pages(e->fwd);
+}
+int qv_engine_kv_pages(const qv_engine *e) { return usable_pages(e); }
 int qv_engine_kv_page_size(const qv_engine *e) { return e->kv->pool.page_size; }
 int qv_engine_kv_free_pages(const qv_engine *e) { return e->kv->n_free; }
 
@@ -287,10 +291,10 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
         return qv_errorf(err, QV_ERR_LIMIT,
                          "prompt (%zu tokens) + max_tokens (%d) exceeds the context length %d",
                          n_prompt, p->max_tokens, mc->max_pos);
-    if (total > (size_t)e->kv->pool.n_pages * (size_t)e->kv->pool.page_size)
+    if (total > (size_t)usable_pages(e) * (size_t)e->kv->pool.page_size)
         return qv_errorf(err, QV_ERR_LIMIT,
                          "prompt + max_tokens (%zu tokens) exceeds the KV cache (%d tokens)", total,
-                         e->kv->pool.n_pages * e->kv->pool.page_size);
+                         usable_pages(e) * e->kv->pool.page_size);
     /* Preempted sequences arrived before anything new: a new arrival waits outside until they
      * run again, so it cannot overtake them. */
     int n_pw = n_preempted_waiting(e);
@@ -369,7 +373,7 @@ void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
             out->n_waiting++;
         out->n_waiting_preempted += s->preempted;
     }
-    out->kv_pages = e->kv->pool.n_pages;
+    out->kv_pages = usable_pages(e);
     out->kv_free_pages = e->kv->n_free;
     qv_forward_adapter_stats fs;
     qv_forward_adapter_stats_get(e->fwd, &fs);

@@ -355,6 +355,15 @@ qv_status qv_forward_warmup_graphs(qv_forward *f, int max_batch, int *n_shapes, 
 #endif
 }
 
+int qv_forward_kv_reserved_pages(const qv_forward *f) {
+#ifdef QV_HAVE_CUDA
+    return f->pad_on ? f->pad_kv.n_pages : 0;
+#else
+    (void)f;
+    return 0;
+#endif
+}
+
 qv_status qv_forward_adapter_supported(const qv_forward *f, const struct qv_adapter *ad,
                                        qv_error *err) {
     if (!ad || !f->be->iface->download) return QV_OK; /* the CPU runs every kind */

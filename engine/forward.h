@@ -90,6 +90,10 @@ qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, qv_erro
  * Errors: QV_ERR_DEVICE, QV_ERR_NOMEM. Thread: the engine thread, before any request. */
 qv_status qv_forward_warmup_graphs(qv_forward *f, int max_batch, int *n_shapes, qv_error *err);
 
+/* KV pages the forward pass holds for itself (CUDA graph padding rows: 1, else 0); they are
+ * never free for sequences. */
+int qv_forward_kv_reserved_pages(const qv_forward *f);
+
 /* Whether this forward pass runs adapter `ad` at all (the kinds and features of its backend;
  * not its size): QV_OK, or QV_ERR_UNSUPPORTED / QV_ERR_INVALID naming what is missing. No
  * device work. Thread: any (reads only what creation fixed). */

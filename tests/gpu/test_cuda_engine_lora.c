@@ -29,6 +29,7 @@
 
 #include "adapters/adapters.h"
 #include "engine/engine.h"
+#include "engine/kv_cache.h"
 #include "gpu_util.h"
 #include "test_util.h"
 
@@ -316,6 +317,53 @@ static void test_engine_warmup(void **state) {
     assert_memory_equal(warm, cold, sizeof(warm));
 }
 
+/* The CUDA engine holds one KV page for graph padding rows: it reports the pages sequences can
+ * use, refuses a request that needs more (QV_ERR_LIMIT), and completes one that needs them all. */
+static void test_engine_kv_reserved(void **state) {
+    (void)state;
+    gpu_require_device();
+    qv_engine_config c;
+    qv_engine_config_default(&c);
+    c.model_path = qv_test_path(MODEL);
+    c.load_tokenizer = false;
+    c.kv_page_size = 4;
+    c.max_batch_tokens = 32;
+    c.device = "cuda";
+    qv_engine *probe = NULL;
+    qv_error err = {0};
+    c.kv_bytes = (size_t)1 << 20;
+    if (qv_engine_create(&c, &probe, &err) != QV_OK) fail_msg("engine: %s", err.msg);
+    const size_t page_bytes =
+        qv_kv_bytes_per_token(&qv_engine_model(probe)->cfg) * (size_t)c.kv_page_size;
+    qv_engine_destroy(probe);
+    c.kv_bytes = 6 * page_bytes; /* 6 pages, one held for padding */
+    qv_engine *e = NULL;
+    if (qv_engine_create(&c, &e, &err) != QV_OK) fail_msg("engine: %s", err.msg);
+    const int usable = qv_engine_kv_pages(e);
+    qv_engine_stats st;
+    qv_engine_get_stats(e, &st);
+    printf("6-page KV cache on cuda: %d pages for sequences, %d free\n", usable, st.kv_free_pages);
+    assert_int_equal(usable, 5);
+    assert_int_equal(st.kv_free_pages, 5);
+    qv_gen_params gp;
+    qv_gen_params_default(&gp);
+    gp.sampling.temperature = 0;
+    gp.ignore_eos = true;
+    const int32_t prompt[4] = {3, 1, 4, 1};
+    run_out o;
+    memset(&o, 0, sizeof(o));
+    o.n_req = 1;
+    gp.max_tokens = 5 * 4 - 4 + 1; /* one token more than 5 pages hold */
+    assert_int_equal(qv_engine_add(e, prompt, 4, &gp, on_tok, &o, &o.ids[0], &err), QV_ERR_LIMIT);
+    gp.max_tokens = 5 * 4 - 4; /* every usable page */
+    assert_int_equal(qv_engine_add(e, prompt, 4, &gp, on_tok, &o, &o.ids[0], &err), QV_OK);
+    for (int guard = 0; qv_engine_n_active(e) > 0 && guard < 200; guard++)
+        assert_int_equal(qv_engine_step(e, &err), QV_OK);
+    assert_int_equal(qv_engine_n_active(e), 0);
+    assert_int_equal(o.n[0], QV_MIN(gp.max_tokens, TOKENS));
+    qv_engine_destroy(e);
+}
+
 /* The device adapter pool is one allocation made when the engine is created (--adapter-pool-mb),
  * reported by the engine's stats before any request; a size the device does not have fails the
  * creation with QV_ERR_DEVICE_OOM. */
@@ -409,6 +457,7 @@ int main(void) {
         cmocka_unit_test(test_engine_refuses_other_kinds),
         cmocka_unit_test(test_engine_pool_at_startup),
         cmocka_unit_test(test_engine_warmup),
+        cmocka_unit_test(test_engine_kv_reserved),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
