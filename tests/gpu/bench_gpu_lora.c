@@ -137,7 +137,8 @@ static bool past_deadline(const bench *bx) { return !bx->quick && elapsed(bx) > 
 
 /* A rank-RANK LoRA on all seven projections of every layer; A and B point into the bank at
  * random offsets (the struct owns only its layer array). NULL on NOMEM. */
-static qv_adapter *syn_adapter(bench *bx) {
+/* An empty adapter of `kind` for the model (the struct owns only its layer array). */
+static qv_adapter *syn_base(bench *bx, enum qv_adapter_kind kind) {
     const qv_model_config *c = &bx->m->cfg;
     qv_adapter *ad = qv_calloc(1, sizeof(*ad));
     if (!ad) return NULL;
@@ -146,13 +147,20 @@ static qv_adapter *syn_adapter(bench *bx) {
         qv_free(ad);
         return NULL;
     }
-    ad->kind = QV_ADAPTER_LORA;
+    ad->kind = kind;
     ad->n_layers = c->n_layers;
     ad->dim = c->dim;
     ad->n_vocab = c->n_vocab;
     ad->n_kv_heads = c->n_kv_heads;
     ad->head_dim = c->head_dim;
     ad->has_base = true;
+    return ad;
+}
+
+static qv_adapter *syn_adapter(bench *bx) {
+    const qv_model_config *c = &bx->m->cfg;
+    qv_adapter *ad = syn_base(bx, QV_ADAPTER_LORA);
+    if (!ad) return NULL;
     for (int l = 0; l < c->n_layers; l++)
         for (int p = 0; p < QV_PROJ_COUNT; p++) {
             qv_lora *lo = &ad->layers[l].lora[p];
@@ -759,23 +767,11 @@ static int section_d(bench *bx, qv_adapter **ads) {
  * vals at random offsets. NULL on NOMEM. */
 static qv_adapter *syn_other(bench *bx, bool bottleneck, float *vals) {
     const qv_model_config *c = &bx->m->cfg;
-    qv_adapter *ad = qv_calloc(1, sizeof(*ad));
+    qv_adapter *ad = syn_base(bx, bottleneck ? QV_ADAPTER_BOTTLENECK : QV_ADAPTER_ADAPTION_PROMPT);
     if (!ad) return NULL;
-    ad->layers = qv_calloc((size_t)c->n_layers, sizeof(qv_adapter_layer));
-    if (!ad->layers) {
-        qv_free(ad);
-        return NULL;
-    }
-    ad->n_layers = c->n_layers;
-    ad->dim = c->dim;
-    ad->n_vocab = c->n_vocab;
-    ad->n_kv_heads = c->n_kv_heads;
-    ad->head_dim = c->head_dim;
-    ad->has_base = true;
     const size_t dim = (size_t)c->dim;
 #define AT(n) (vals + rnd(bx) % (E_VALS - (n)))
     if (!bottleneck) {
-        ad->kind = QV_ADAPTER_ADAPTION_PROMPT;
         ad->ap_n_layers = c->n_layers;
         ad->ap_first_layer = 0;
         ad->ap_len = E_AP_LEN;
@@ -783,7 +779,6 @@ static qv_adapter *syn_other(bench *bx, bool bottleneck, float *vals) {
         ad->ap_gate = AT((size_t)c->n_layers);
         return ad;
     }
-    ad->kind = QV_ADAPTER_BOTTLENECK;
     ad->bn_act = QV_BN_ACT_SILU;
     ad->bn_residual = QV_BN_RES_BEFORE_LN;
     ad->bn_original_ln_after = true;

@@ -252,6 +252,15 @@ static void test_engine_small_pool(void **state) {
     qv_engine_destroy(probe);
 }
 
+/* A CUDA engine config on MODEL without tokenizer (the tests change what they need). */
+static void cuda_config(qv_engine_config *c) {
+    qv_engine_config_default(c);
+    c->model_path = qv_test_path(MODEL);
+    c->load_tokenizer = false;
+    c->max_batch_tokens = 32;
+    c->device = "cuda";
+}
+
 /* Start-up graph warm-up: qv_engine_warmup records the base model's decode-step graphs for
  * every padding bucket of up to min(max_seqs, max_batch_tokens) sequences (greedy and with
  * logits); three greedy requests then decode (3 sequences: bucket 4) replaying them from their
@@ -323,12 +332,8 @@ static void test_engine_kv_reserved(void **state) {
     (void)state;
     gpu_require_device();
     qv_engine_config c;
-    qv_engine_config_default(&c);
-    c.model_path = qv_test_path(MODEL);
-    c.load_tokenizer = false;
+    cuda_config(&c);
     c.kv_page_size = 4;
-    c.max_batch_tokens = 32;
-    c.device = "cuda";
     qv_engine *probe = NULL;
     qv_error err = {0};
     c.kv_bytes = (size_t)1 << 20;
@@ -371,12 +376,9 @@ static void test_engine_pool_at_startup(void **state) {
     (void)state;
     gpu_require_device();
     qv_engine_config c;
-    qv_engine_config_default(&c);
-    c.model_path = qv_test_path(MODEL);
-    c.load_tokenizer = false;
+    cuda_config(&c);
     c.kv_bytes = (size_t)1 << 20;
     c.max_batch_tokens = 16;
-    c.device = "cuda";
     c.adapter_pool_bytes = (size_t)3 << 20;
     qv_engine *e = NULL;
     qv_error err = {0};

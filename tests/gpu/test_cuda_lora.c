@@ -510,6 +510,18 @@ static void test_refusals(void **state) {
     gpu_runner_close(&cu);
 }
 
+/* The runner's CUDA-graph counters: steps replayed, recorded, refused. */
+static void graph_stats(gpu_runner *cu, long *replays, long *captures, long *mism) {
+#ifdef QV_HAVE_CUDA
+    qv_cuda_stats st;
+    qv_backend_cuda_stats(cu->be, &st);
+    *replays = st.replays, *captures = st.captures, *mism = st.mismatches;
+#else
+    (void)cu;
+    *replays = *captures = *mism = 0;
+#endif
+}
+
 /* Four sequences decode together for GM_STEPS steps (1-token prompts, so every step is the
  * same batch shape); at step t sequence j runs kind (j + t) % (n_kinds + 1) of {none, ads[first],
  * ..., ads[first + n_kinds - 1]}, so the adapter mix changes every step. Two families: the
@@ -547,13 +559,7 @@ static void graph_mix_run(int graphs, int first, int n_kinds, float *out, long *
                  out + (size_t)t * GM_SEQS * V, &err))
             fail_msg("graph mix step %d: %s", t, err.msg);
     }
-#ifdef QV_HAVE_CUDA
-    qv_cuda_stats st;
-    qv_backend_cuda_stats(cu.be, &st);
-    *replays = st.replays, *captures = st.captures, *mism = st.mismatches;
-#else
-    *replays = *captures = *mism = 0;
-#endif
+    graph_stats(&cu, replays, captures, mism);
     for (int j = 0; j < GM_SEQS; j++)
         qv_kv_seq_release(cu.kv, &kv[j]);
     gpu_runner_close(&cu);
@@ -660,13 +666,7 @@ static void drift_run(int graphs, int pad, float *out, long *replays, long *capt
                    sizeof(float) * (size_t)V);
     }
     free(buf);
-#ifdef QV_HAVE_CUDA
-    qv_cuda_stats st;
-    qv_backend_cuda_stats(cu.be, &st);
-    *replays = st.replays, *captures = st.captures, *mism = st.mismatches;
-#else
-    *replays = *captures = *mism = 0;
-#endif
+    graph_stats(&cu, replays, captures, mism);
     for (int j = 0; j < BD_SEQS; j++)
         qv_kv_seq_release(cu.kv, &kv[j]);
     gpu_runner_close(&cu);
