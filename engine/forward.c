@@ -68,7 +68,6 @@ struct qv_forward {
     int32_t *p_tok, *p_pos, *p_seq, *p_li, *p_ss; /* [max_tokens (+1 for p_ss)] */
     const qv_kv_seq **p_seqs;                     /* [max_tokens] */
     const struct qv_adapter **p_ad;               /* [max_tokens] */
-    uint64_t pad_steps, pad_rows;
 };
 
 static void *balloc(qv_backend *be, size_t n) { return be->iface->alloc(be, n); }
@@ -161,8 +160,6 @@ static const qv_batch *pad_decode(qv_forward *f, const qv_batch *b) {
                                                     : 0,
                           .seg_start = f->p_ss,
                           .seg_adapter = f->p_ad};
-    f->pad_steps++;
-    f->pad_rows += (uint64_t)(B - n);
     return &f->pad_b;
 }
 #endif
