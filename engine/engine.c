@@ -49,6 +49,9 @@
 /* Free pages that must stay free after admitting a sequence while others run, so a sequence
  * admitted now can take its first decode page without preempting at once. */
 #define QV_ADMIT_HEADROOM_PAGES 1
+/* Steps a waiting sequence's admission may be put off while its adapter travels to the device
+ * (the converter thread, then the copy); after that its first step loads what is missing. */
+#define QV_ADMIT_DEFER_STEPS 64
 /* Waiting sequences whose adapters each step prefetches onto the device. */
 #define QV_PREFETCH_SEQS 4
 
@@ -72,6 +75,7 @@ typedef struct qv_seq {
     size_t ad_dev_bytes;  /* device adapter pool bytes of its adapter (0 on the CPU) */
     uint64_t order;       /* arrival order = wait order (kept across preemptions) */
     uint64_t admitted;    /* admission stamp: the newest running sequence is preempted first */
+    int deferred;         /* steps its admission waited for its adapter to reach the device */
 } qv_seq;
 
 struct qv_engine {
@@ -86,6 +90,7 @@ struct qv_engine {
     int next_id;
     uint64_t next_order, next_admit;
     uint64_t n_preemptions, n_recomputed; /* counters for qv_engine_get_stats */
+    uint64_t n_deferrals;
     /* step scratch */
     int32_t *b_tokens, *b_pos, *b_seq, *b_logits_idx; /* [max_batch_tokens] */
     qv_seq **b_owner;                                 /* [max_seqs] sequence of batch seq i */
@@ -182,7 +187,12 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
         QV_OK)
         goto fail;
     /* device backends: the adapter pool is one allocation made now, not on a request */
-    if ((st = qv_forward_adapter_pool_init(e->fwd, c->adapter_pool_bytes, err)) != QV_OK) goto fail;
+    const size_t host_bytes = c->adapter_pinned_bytes == 0          ? SIZE_MAX
+                              : c->adapter_pinned_bytes == SIZE_MAX ? 0
+                                                                    : c->adapter_pinned_bytes;
+    if ((st = qv_forward_adapter_pool_init(e->fwd, c->adapter_pool_bytes, host_bytes, err)) !=
+        QV_OK)
+        goto fail;
     size_t T = (size_t)c->max_batch_tokens, S = (size_t)c->max_seqs;
     e->seqs = qv_calloc(S, sizeof(qv_seq));
     e->b_tokens = qv_malloc(T * sizeof(int32_t));
@@ -219,6 +229,7 @@ static void drop_kv(qv_engine *e, qv_seq *s) {
 }
 
 static void seq_free(qv_engine *e, qv_seq *s) {
+    if (s->p.adapter) qv_forward_adapter_forget(e->fwd, s->p.adapter); /* before it may be freed */
     drop_kv(e, s);
     qv_sampler_free(s->sampler);
     qv_free(s->tokens);
@@ -384,6 +395,14 @@ void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
     out->dev_adapter_bytes = fs.bytes_copied;
     out->dev_adapter_prefetches = fs.prefetches;
     out->dev_adapter_pool_bytes = fs.pool_bytes;
+    out->dev_adapter_pinned_bytes = fs.host_bytes;
+    out->dev_adapter_pinned_used_bytes = fs.host_used_bytes;
+    out->dev_adapter_pinned_resident = fs.host_resident;
+    out->dev_adapter_pinned_hits = fs.host_hits;
+    out->dev_adapter_pinned_fills_async = fs.host_fills_async;
+    out->dev_adapter_pinned_fills_sync = fs.host_fills_sync;
+    out->dev_adapter_pinned_evictions = fs.host_evictions;
+    out->admit_deferrals = e->n_deferrals;
 #ifdef QV_HAVE_CUDA
     if (strcmp(e->be->iface->name, "cuda") == 0) {
         qv_cuda_stats cs;
@@ -557,6 +576,15 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         for (int k = 0; k < n_used; k++) {
             qv_seq *s = &e->seqs[e->order_idx[k]];
             if (s->started) continue;
+            /* Device backends: while others run, a sequence whose adapter is still on its way
+             * to the device (prefetched below) waits, so that no step waits for its copy;
+             * bounded, after which its first step loads it. Later sequences may go first. */
+            if (n_running > 0 && s->p.adapter && s->deferred < QV_ADMIT_DEFER_STEPS &&
+                !qv_forward_adapter_ready(e->fwd, s->p.adapter)) {
+                s->deferred++;
+                e->n_deferrals++;
+                continue;
+            }
             st = admit(e, s, n_running > 0, err);
             if (st == QV_ERR_BUSY) break;
             if (st != QV_OK) return st;
@@ -593,7 +621,8 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
      * in wait order) are copied to the device while this step runs (a no-op on the CPU). */
     for (int k = 0, n_pf = 0; k < n_used && n_pf < QV_PREFETCH_SEQS; k++) {
         const qv_seq *s = &e->seqs[e->order_idx[k]];
-        if (s->used && !s->started && s->p.adapter) {
+        if (s->used && !s->started && s->p.adapter &&
+            !qv_forward_adapter_ready(e->fwd, s->p.adapter)) {
             qv_error pe = {0};
             n_pf += qv_forward_prefetch_adapter(e->fwd, s->p.adapter, &pe) == QV_OK;
         }

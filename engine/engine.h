@@ -27,19 +27,23 @@ extern "C" {
 typedef struct qv_engine qv_engine;
 
 typedef struct qv_engine_config {
-    const char *model_path;    /* HF directory or .gguf file */
-    int n_threads;             /* CPU worker threads; 0 = all online cores */
-    size_t kv_bytes;           /* KV cache budget in bytes; 0 = 256 MiB */
-    int kv_page_size;          /* tokens per KV page; 0 = 16 */
-    int max_batch_tokens;      /* token budget of one step (prefill chunks + decodes); 0 = 256 */
-    int max_seqs;              /* concurrently running sequences; 0 = 64 */
-    bool load_tokenizer;       /* false: engine works on ids only (tests) */
-    const char *device;        /* "cpu" (default, NULL) or "cuda" (QV_ERR_UNSUPPORTED when the
-                                  build has no CUDA or there is no device) */
-    size_t adapter_pool_bytes; /* "cuda": the device adapter pool, allocated at creation;
-                                  0 = $QV_CUDA_ADAPTER_POOL_MB MiB, else 512 MiB, at most a
-                                  quarter of the free device memory (QV_ERR_DEVICE_OOM when
-                                  a size asked for does not fit) */
+    const char *model_path;      /* HF directory or .gguf file */
+    int n_threads;               /* CPU worker threads; 0 = all online cores */
+    size_t kv_bytes;             /* KV cache budget in bytes; 0 = 256 MiB */
+    int kv_page_size;            /* tokens per KV page; 0 = 16 */
+    int max_batch_tokens;        /* token budget of one step (prefill chunks + decodes); 0 = 256 */
+    int max_seqs;                /* concurrently running sequences; 0 = 64 */
+    bool load_tokenizer;         /* false: engine works on ids only (tests) */
+    const char *device;          /* "cpu" (default, NULL) or "cuda" (QV_ERR_UNSUPPORTED when the
+                                    build has no CUDA or there is no device) */
+    size_t adapter_pool_bytes;   /* "cuda": the device adapter pool, allocated at creation;
+                                    0 = $QV_CUDA_ADAPTER_POOL_MB MiB, else 512 MiB, at most a
+                                    quarter of the free device memory (QV_ERR_DEVICE_OOM when
+                                    a size asked for does not fit) */
+    size_t adapter_pinned_bytes; /* "cuda": the adapter pool's pinned host tier (converted images;
+                                  device loads from it are one copy), allocated at creation;
+                                  0 = $QV_CUDA_ADAPTER_PINNED_MB MiB, else twice the device pool;
+                                  SIZE_MAX = none */
 } qv_engine_config;
 
 void qv_engine_config_default(qv_engine_config *c);
@@ -152,6 +156,15 @@ typedef struct qv_engine_stats {
     uint64_t dev_adapter_bytes;      /* host-to-device bytes uploaded */
     uint64_t dev_adapter_prefetches; /* prefetches issued for queued requests */
     size_t dev_adapter_pool_bytes;   /* the pool's size */
+    /* its pinned host tier: size, images held, device loads copied from an image, images
+     * converted in the background (prefetch) and on the step that needed them, evictions */
+    size_t dev_adapter_pinned_bytes, dev_adapter_pinned_used_bytes;
+    int dev_adapter_pinned_resident;
+    uint64_t dev_adapter_pinned_hits, dev_adapter_pinned_fills_async, dev_adapter_pinned_fills_sync;
+    uint64_t dev_adapter_pinned_evictions;
+    /* admissions put off because the sequence's adapter was still on its way to the device
+     * while other sequences ran (one per sequence and step) */
+    uint64_t admit_deferrals;
     /* CUDA graphs (CUDA backend; 0 elsewhere): forward steps recorded, replayed, run eagerly,
      * and replays refused (the step did not match; rerun eagerly); seconds spent ending
      * captures and instantiating graphs */

@@ -285,17 +285,41 @@ static void issue_prefetches(qv_forward *f) {
 }
 #endif
 
-qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, qv_error *err) {
+qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, size_t host_bytes,
+                                       qv_error *err) {
 #ifdef QV_HAVE_CUDA
     if (!is_cuda(f)) return QV_OK;
     qv_status st = QV_OK;
     if (!f->dl) st = qv_cuda_lora_rt_create(f->m, f->be, f->max_tokens, pool_bytes, &f->dl, err);
-    return st == QV_OK ? qv_cuda_lora_rt_init_pool(f->dl, err) : st;
+    if (st != QV_OK) return st;
+    qv_cuda_lora_rt_set_host_bytes(f->dl, host_bytes);
+    return qv_cuda_lora_rt_init_pool(f->dl, err);
 #else
     (void)f;
     (void)pool_bytes;
+    (void)host_bytes;
     (void)err;
     return QV_OK;
+#endif
+}
+
+bool qv_forward_adapter_ready(qv_forward *f, const struct qv_adapter *ad) {
+#ifdef QV_HAVE_CUDA
+    if (!ad || !is_cuda(f)) return true;
+    return f->dl && qv_cuda_lora_rt_ready(f->dl, ad);
+#else
+    (void)f;
+    (void)ad;
+    return true;
+#endif
+}
+
+void qv_forward_adapter_forget(qv_forward *f, const struct qv_adapter *ad) {
+#ifdef QV_HAVE_CUDA
+    if (ad && is_cuda(f)) qv_cuda_lora_rt_forget(f->dl, ad);
+#else
+    (void)f;
+    (void)ad;
 #endif
 }
 
@@ -402,6 +426,13 @@ void qv_forward_adapter_stats_get(const qv_forward *f, qv_forward_adapter_stats 
         out->evictions = ps.pages.evictions;
         out->resident = ps.pages.n_entries;
         out->pool_bytes = (size_t)ps.pages.n_pages * ps.page_bytes;
+        out->host_bytes = (size_t)ps.host_pages.n_pages * ps.page_bytes;
+        out->host_used_bytes = (size_t)ps.host_pages.used_pages * ps.page_bytes;
+        out->host_resident = ps.host_pages.n_entries;
+        out->host_hits = ps.host_hits;
+        out->host_fills_async = ps.host_fills_async;
+        out->host_fills_sync = ps.host_fills_sync;
+        out->host_evictions = ps.host_pages.evictions;
     }
 #endif
 }

@@ -61,27 +61,41 @@ qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *token
 #define QV_FORWARD_MAX_PREFETCH 8
 
 /* Queues adapter `ad` for prefetch: the next qv_forward_run / qv_forward_run_greedy, once it
- * holds its own batch's adapters (so a prefetch never evicts them), starts copying `ad` to the
- * device when it is not resident there (device backends with an adapter pool: CUDA). The copy
- * is asynchronous on the pool's copy stream and overlaps that run's work; nothing waits for it
+ * holds its own batch's adapters (so a prefetch never evicts them), moves `ad` one stage toward
+ * the device when it is not resident there (device backends with an adapter pool: CUDA): a
+ * version in neither the device pool nor its pinned host tier is queued for conversion on the
+ * pool's converter thread; one whose tier image is complete is copied to the device,
+ * asynchronously on the pool's copy stream, overlapping that run's work. Nothing waits for it
  * and nothing holds it (it may be evicted again before use); a later step that uses `ad` waits
- * on the device only while the copy is still in flight. The host cost is the conversion into
- * pinned staging, paid in that run before its work is enqueued. Meant for requests waiting for
- * admission (the engine calls it for the first waiting sequences of each step).
+ * on the device only while the copy is still in flight. Queue it on each step until
+ * qv_forward_adapter_ready says it is on the device. Without a host tier the run converts into
+ * pinned staging itself before its work is enqueued. Meant for requests waiting for admission
+ * (the engine calls it for the first waiting sequences of each step).
  * The queue is emptied by the next run whatever its outcome; errors of a queued prefetch
  * (an adapter kind the device lacks, no room beside the adapters in use) are logged at debug
- * level and counted, never returned by the run. The caller keeps `ad` alive until that run
- * returns. Adapters already queued are not queued twice.
+ * level and counted, never returned by the run. The caller keeps `ad` alive until a run after
+ * which qv_forward_adapter_ready is true, or calls qv_forward_adapter_forget(ad) before freeing
+ * it. Adapters already queued are not queued twice.
  * CPU backend and builds without CUDA: a no-op returning QV_OK (nothing is queued).
  * Errors: QV_ERR_BUSY when QV_FORWARD_MAX_PREFETCH adapters are queued already.
  * Thread: the engine thread. */
 qv_status qv_forward_prefetch_adapter(qv_forward *f, const struct qv_adapter *ad, qv_error *err);
 
+/* Whether a step using `ad` would wait for nothing of it: always on the CPU backend and for
+ * NULL; CUDA: resident in the device pool with its copy complete. Never blocks. Thread: the
+ * engine thread. */
+bool qv_forward_adapter_ready(qv_forward *f, const struct qv_adapter *ad);
+
+/* Before `ad` is freed: waits until no background conversion of a prefetch reads it (queued
+ * ones are dropped). A no-op on the CPU backend. Thread: the engine thread. */
+void qv_forward_adapter_forget(qv_forward *f, const struct qv_adapter *ad);
+
 /* Device backends: creates the device adapter pool now, of pool_bytes (0: the default of
- * engine/cuda/lora_cuda.h), instead of at the first adapter. A no-op on the CPU backend or when
- * the pool exists. Errors: QV_ERR_DEVICE_OOM, QV_ERR_DEVICE, QV_ERR_NOMEM. Thread: the engine
- * thread. */
-qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, qv_error *err);
+ * engine/cuda/lora_cuda.h) with a pinned host tier of host_bytes (SIZE_MAX: the default there,
+ * 0: none), instead of at the first adapter. A no-op on the CPU backend or when the pool exists.
+ * Errors: QV_ERR_DEVICE_OOM, QV_ERR_DEVICE, QV_ERR_NOMEM. Thread: the engine thread. */
+qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, size_t host_bytes,
+                                       qv_error *err);
 
 /* CUDA backend with graphs on: records the base model's decode-step graphs (greedy and with
  * logits) for every padding bucket up to max_batch rows at early positions (contexts under 8
@@ -122,6 +136,14 @@ typedef struct qv_forward_adapter_stats {
     uint64_t prefetch_failures; /* of those, the ones refused (see qv_forward_prefetch_adapter) */
     int resident;               /* adapters on the device now */
     size_t pool_bytes;          /* the device pool's size (0 before it exists) */
+    /* the pool's pinned host tier (adapter_pool.h) */
+    size_t host_bytes;         /* its size (0: none) */
+    size_t host_used_bytes;    /* of which held by images */
+    int host_resident;         /* adapter images in it */
+    uint64_t host_hits;        /* device loads copied from a complete image */
+    uint64_t host_fills_async; /* images converted by the converter thread */
+    uint64_t host_fills_sync;  /* images converted by a step that needed them at once */
+    uint64_t host_evictions;   /* images evicted from it */
 } qv_forward_adapter_stats;
 
 /* Fills *out. Thread: the engine thread. */

@@ -408,7 +408,11 @@ static void update_gauges(server *srv) {
                                    .n_loading = rs.n_loading,
                                    .n_host = rs.n_entries - rs.n_loading,
                                    /* the CUDA backend's adapter pool (0 on the CPU) */
-                                   .n_device = (unsigned long long)es.dev_adapters_resident};
+                                   .n_device = (unsigned long long)es.dev_adapters_resident,
+                                   .n_pinned = (unsigned long long)es.dev_adapter_pinned_resident,
+                                   .pinned_bytes = es.dev_adapter_pinned_used_bytes,
+                                   .evictions_pinned = es.dev_adapter_pinned_evictions,
+                                   .admit_deferrals = es.admit_deferrals};
     st.evictions_device += es.dev_adapter_evictions;
     char running[1024] = "", waiting[1024] = "";
     for (const request *r = srv->running; r; r = r->next)
@@ -2239,6 +2243,9 @@ int qv_http_serve(const qv_http_config *cfg) {
     ec.max_seqs = cfg->max_seqs;
     ec.device = cfg->device;
     ec.adapter_pool_bytes = cfg->adapter_pool_mb << 20;
+    ec.adapter_pinned_bytes = cfg->adapter_pinned_mb < 0    ? SIZE_MAX
+                              : cfg->adapter_pinned_mb == 0 ? 0
+                                                            : (size_t)cfg->adapter_pinned_mb << 20;
     qv_error err = {0};
     double t0 = qv_time_s();
     if (qv_engine_create(&ec, &srv->engine, &err) != QV_OK) {
@@ -2328,8 +2335,11 @@ int qv_http_serve(const qv_http_config *cfg) {
     qv_engine_stats es0;
     qv_engine_get_stats(srv->engine, &es0);
     if (es0.dev_adapter_pool_bytes)
-        fprintf(stderr, "quiver serve: device adapter pool %.1f MiB (--adapter-pool-mb)\n",
-                (double)es0.dev_adapter_pool_bytes / 1048576.0);
+        fprintf(stderr,
+                "quiver serve: device adapter pool %.1f MiB (--adapter-pool-mb), pinned host "
+                "tier %.1f MiB (--adapter-pinned-mb)\n",
+                (double)es0.dev_adapter_pool_bytes / 1048576.0,
+                (double)es0.dev_adapter_pinned_bytes / 1048576.0);
     if (!ctl_start(srv)) {
         fprintf(stderr, "quiver serve: cannot start the signal thread\n");
         MHD_stop_daemon(srv->daemon);

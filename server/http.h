@@ -21,6 +21,8 @@ typedef struct qv_http_config {
     size_t kv_mb;           /* KV cache budget in MiB */
     size_t adapter_pool_mb; /* --device cuda: device adapter pool in MiB; 0 = the engine's
                                default (512 MiB, at most a quarter of the free memory) */
+    int adapter_pinned_mb;  /* --device cuda: the pool's pinned host tier in MiB; 0 = the
+                               engine's default (twice the pool), -1 = none */
     int max_batch_tokens;   /* tokens per engine step */
     int max_seqs;           /* concurrently running sequences */
     int max_loras;          /* distinct adapters in one batch; 0 = no limit (1 = one adapter

@@ -238,10 +238,12 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# TYPE quiver_adapter_resident gauge\n"
         "quiver_adapter_resident{tier=\"host\"} %llu\n"
         "quiver_adapter_resident{tier=\"device\"} %llu\n"
+        "quiver_adapter_resident{tier=\"pinned\"} %llu\n"
         "quiver_adapter_resident{tier=\"loading\"} %llu\n"
         "# HELP quiver_adapter_bytes Bytes of loaded adapters per tier.\n"
         "# TYPE quiver_adapter_bytes gauge\n"
         "quiver_adapter_bytes{tier=\"host\"} %llu\nquiver_adapter_bytes{tier=\"device\"} %llu\n"
+        "quiver_adapter_bytes{tier=\"pinned\"} %llu\n"
         "# HELP quiver_adapter_loads_total Adapter loads started.\n"
         "# TYPE quiver_adapter_loads_total counter\nquiver_adapter_loads_total %llu\n"
         "# HELP quiver_adapter_load_failures_total Adapter loads that failed.\n"
@@ -251,6 +253,11 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# TYPE quiver_adapter_evictions_total counter\n"
         "quiver_adapter_evictions_total{tier=\"host\"} %llu\n"
         "quiver_adapter_evictions_total{tier=\"device\"} %llu\n"
+        "quiver_adapter_evictions_total{tier=\"pinned\"} %llu\n"
+        "# HELP quiver_adapter_admission_deferrals_total Admissions put off (per request and "
+        "step) while the request's adapter was still being copied to the device.\n"
+        "# TYPE quiver_adapter_admission_deferrals_total counter\n"
+        "quiver_adapter_admission_deferrals_total %llu\n"
         "# HELP quiver_adapter_acquires_total Adapter acquisitions: hit (loaded) or miss (load).\n"
         "# TYPE quiver_adapter_acquires_total counter\n"
         "quiver_adapter_acquires_total{result=\"hit\"} %llu\n"
@@ -259,9 +266,10 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# TYPE quiver_adapter_load_seconds gauge\n"
         "quiver_adapter_load_seconds{stat=\"sum\"} %.6f\n"
         "quiver_adapter_load_seconds{stat=\"max\"} %.6f\n",
-        a->n_host, a->n_device, a->n_loading, a->host_bytes, a->device_bytes, a->loads,
-        a->load_failures, a->evictions_host, a->evictions_device, a->hits, a->misses,
-        a->load_latency_sum_s, a->load_latency_max_s);
+        a->n_host, a->n_device, a->n_pinned, a->n_loading, a->host_bytes, a->device_bytes,
+        a->pinned_bytes, a->loads, a->load_failures, a->evictions_host, a->evictions_device,
+        a->evictions_pinned, a->admit_deferrals, a->hits, a->misses, a->load_latency_sum_s,
+        a->load_latency_max_s);
     put(&b,
         "# HELP quiver_adapter_requests_total Finished generation requests per adapter "
         "(base = none; other = beyond the first %d names).\n"

@@ -39,6 +39,9 @@ typedef struct qv_metrics_adapter_stats {
     double load_latency_sum_s, load_latency_max_s;
     unsigned long long host_bytes, device_bytes, n_entries, n_loading;
     unsigned long long n_host, n_device; /* loaded versions per residency tier */
+    /* the CUDA adapter pool's pinned host tier (0 on the CPU): images, their bytes, evictions;
+     * and admissions put off while an adapter travelled to the device */
+    unsigned long long n_pinned, pinned_bytes, evictions_pinned, admit_deferrals;
 } qv_metrics_adapter_stats;
 
 /* Registry counters plus vLLM's lora_requests_info labels: comma-separated names of adapters

@@ -38,6 +38,9 @@ static void usage(FILE *f) {
                "  --adapter-host-mb N      host memory for loaded adapters in MiB (default 1024)\n"
                "  --adapter-pool-mb N      --device cuda: device adapter pool in MiB, allocated at "
                "start-up (default 512, at most a quarter of the free memory)\n"
+               "  --adapter-pinned-mb N    --device cuda: pinned host memory holding adapters "
+               "converted for the device, so reloads are one copy (default 0 = twice the pool, "
+               "-1 = none)\n"
                "  --max-rank N             largest LoRA rank accepted, 0 = any (default 0)\n"
                "  --admin-key K            key for adapter uploads and deletes (default: none)\n"
                "  --adapter-load-dir DIR   /v1/load_lora_adapter may read adapters under DIR "
@@ -115,6 +118,7 @@ static const opt_def opts[] = {
     {"--adapter-store", "QUIVER_ADAPTER_STORE", 0, 0, 2, OFF(adapter_store)},
     {"--adapter-host-mb", "QUIVER_ADAPTER_HOST_MB", 1, 1 << 24, 1, OFF(adapter_host_mb)},
     {"--adapter-pool-mb", "QUIVER_ADAPTER_POOL_MB", 0, 1 << 24, 1, OFF(adapter_pool_mb)},
+    {"--adapter-pinned-mb", "QUIVER_ADAPTER_PINNED_MB", -1, 1 << 24, 0, OFF(adapter_pinned_mb)},
     {"--max-rank", "QUIVER_MAX_RANK", 0, 1 << 16, 0, OFF(max_rank)},
     {"--admin-key", "QUIVER_ADMIN_KEY", 0, 0, 2, OFF(admin_key)},
     {"--adapter-load-dir", "QUIVER_ADAPTER_LOAD_DIR", 0, 0, 2, OFF(adapter_load_dir)},

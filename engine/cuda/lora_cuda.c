@@ -68,6 +68,7 @@ struct qv_cuda_lora_rt {
     qv_backend *be;
     int max_tokens;
     size_t pool_bytes;
+    size_t host_bytes;          /* pinned host tier: SIZE_MAX = default, 0 = none */
     qv_cuda_adapter_pool *pool; /* created by the first begin with an adapter */
     float *tmp;                 /* backend memory, tmp_cap floats */
     size_t tmp_cap;
@@ -112,6 +113,7 @@ qv_status qv_cuda_lora_rt_create(const qv_model *m, qv_backend *be, int max_toke
     rt->be = be;
     rt->max_tokens = max_tokens;
     rt->pool_bytes = pool_bytes;
+    rt->host_bytes = SIZE_MAX;
     rt->tmp_cap = tmp_floats(max_tokens);
     rt->tmp = be->iface->alloc(be, rt->tmp_cap * sizeof(float));
     rt->ids = qv_malloc((size_t)max_tokens * sizeof(int32_t));
@@ -363,7 +365,13 @@ static qv_status ensure_pool(qv_cuda_lora_rt *rt, qv_error *err) {
             bytes = free_b / 4;
         bytes &= ~(size_t)0xffff;
     }
-    qv_cuda_pool_opts o = {.pool_bytes = bytes, .fp16 = qv_backend_cuda_act_fp16(rt->be)};
+    size_t host = rt->host_bytes;
+    if (host == SIZE_MAX) {
+        const char *env = getenv("QV_CUDA_ADAPTER_PINNED_MB");
+        host = env ? (size_t)QV_MAX(strtol(env, NULL, 10), 0L) << 20 : 2 * bytes;
+    }
+    qv_cuda_pool_opts o = {
+        .pool_bytes = bytes, .host_bytes = host, .fp16 = qv_backend_cuda_act_fp16(rt->be)};
     return qv_cuda_adapter_pool_create(&o, (cudaStream_t)qv_backend_cuda_stream(rt->be), &rt->pool,
                                        err);
 }
@@ -379,6 +387,8 @@ qv_status qv_cuda_lora_rt_init_pool(qv_cuda_lora_rt *rt, qv_error *err) {
     return ensure_pool(rt, err);
 }
 
+void qv_cuda_lora_rt_set_host_bytes(qv_cuda_lora_rt *rt, size_t bytes) { rt->host_bytes = bytes; }
+
 /* The map entry of `ad` (created or refreshed when its fingerprint changed). -1 on NOMEM. */
 static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
     uint64_t fp;
@@ -392,7 +402,7 @@ static int entry_of(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
          * segments name theirs by index (begin assigns them one segment at a time, and a
          * prefetch may come after begin), and their versions are held, so never reused. */
         for (int i = 0; i < rt->n_ents && e < 0; i++)
-            if (qv_cuda_adapter_pool_find(rt->pool, rt->ents[i].key) < 0) e = i;
+            if (!qv_cuda_adapter_pool_known(rt->pool, rt->ents[i].key)) e = i;
         if (e < 0) {
             if (rt->n_ents == rt->cap_ents) {
                 int cap = rt->cap_ents ? 2 * rt->cap_ents : 16;
@@ -729,8 +739,39 @@ qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv
     if (st != QV_OK) return st;
     int e = entry_of(rt, ad);
     if (e < 0) return qv_errorf(err, QV_ERR_NOMEM, "cuda lora: out of memory");
+    const lora_ent *en = &rt->ents[e];
+    if (qv_cuda_adapter_pool_find(rt->pool, en->key) >= 0)
+        return qv_cuda_adapter_pool_load(rt->pool, en->key, NULL, 0, NULL, err); /* touch */
+    int n = 0;
+    qv_cuda_pool_mat *mats = pool_mats(&rt->m->cfg, ad, &n, err);
+    if (n == 0) return QV_OK;
+    if (!mats) return QV_ERR_NOMEM;
     int slot = -1;
-    return load(rt, &rt->ents[e], &slot, err);
+    st = qv_cuda_adapter_pool_prefetch(rt->pool, en->key, mats, n, ad, &slot, err);
+    qv_free(mats);
+    if (st == QV_OK && slot >= 0 && en->ap >= 0) st = ap_compute(rt, en, slot, err);
+    return st;
+}
+
+bool qv_cuda_lora_rt_ready(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
+    if (!rt->pool) return false;
+    uint64_t fp;
+    fingerprint(&rt->m->cfg, ad, &fp);
+    for (int i = 0; i < rt->n_ents; i++) {
+        const lora_ent *en = &rt->ents[i];
+        if (en->ad != ad || en->fp != fp) continue;
+        const int slot = qv_cuda_adapter_pool_find(rt->pool, en->key);
+        if (slot >= 0) return qv_cuda_adapter_pool_ready(rt->pool, slot);
+    }
+    int n = 0;
+    qv_error e = {0};
+    qv_cuda_pool_mat *mats = pool_mats(&rt->m->cfg, ad, &n, &e);
+    qv_free(mats);
+    return n == 0; /* nothing to upload */
+}
+
+void qv_cuda_lora_rt_forget(qv_cuda_lora_rt *rt, const qv_adapter *ad) {
+    if (rt && rt->pool) qv_cuda_adapter_pool_forget(rt->pool, ad);
 }
 
 /* Host pointer of the base bias of (layer, p), or NULL. */

@@ -67,10 +67,25 @@ qv_status qv_cuda_lora_rt_init_pool(qv_cuda_lora_rt *rt, qv_error *err);
  * batch do not fit in the pool together), QV_ERR_DEVICE, QV_ERR_NOMEM. */
 qv_status qv_cuda_lora_rt_begin(qv_cuda_lora_rt *rt, const qv_batch *b, qv_error *err);
 
-/* Prefetch for a queued request: validates `ad` like begin and starts its upload to the device
- * pool when it is not resident (asynchronous; nothing waits, nothing is held, so it may be
- * evicted again before use). Errors: as qv_cuda_lora_rt_begin. Not during a step's capture. */
+/* Size of the pool's pinned host tier, before the pool exists: SIZE_MAX (the default) =
+ * $QV_CUDA_ADAPTER_PINNED_MB MiB, else twice the device pool; 0 = none. */
+void qv_cuda_lora_rt_set_host_bytes(qv_cuda_lora_rt *rt, size_t bytes);
+
+/* Prefetch for a queued request: validates `ad` like begin and moves it one stage toward the
+ * device without converting on this thread (adapter_pool.h): queued for conversion into the
+ * pinned host tier, or copied from its complete image there to the device pool (asynchronous;
+ * nothing waits, nothing is held, so it may be evicted again before use). Call it again on later
+ * steps until qv_cuda_lora_rt_ready; `ad` must stay valid until then or until
+ * qv_cuda_lora_rt_forget(ad). Errors: as qv_cuda_lora_rt_begin. Not during a step's capture. */
 qv_status qv_cuda_lora_rt_prefetch(qv_cuda_lora_rt *rt, const qv_adapter *ad, qv_error *err);
+
+/* True when `ad` is resident in the device pool with its copy complete (or has nothing to
+ * upload): a step using it waits for nothing. Never blocks. */
+bool qv_cuda_lora_rt_ready(qv_cuda_lora_rt *rt, const qv_adapter *ad);
+
+/* Before `ad` may be freed: waits until no background conversion reads it (queued ones are
+ * dropped). rt may be NULL. */
+void qv_cuda_lora_rt_forget(qv_cuda_lora_rt *rt, const qv_adapter *ad);
 
 /* Whether the CUDA path runs `ad` (see above) for batches of up to max_tokens tokens of `m`:
  * QV_OK, or QV_ERR_UNSUPPORTED / QV_ERR_INVALID naming what it lacks. No device work, no

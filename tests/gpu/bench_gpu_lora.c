@@ -14,12 +14,15 @@
  *  B. closed-loop continuous batching (32 slots, 32-token prompts, 16..48 output tokens, a
  *     finished request replaced at once) with adapters drawn by Zipf popularity from 1,000
  *     registered adapters vs from 5, the device pool holding about 90 adapters (evictions and
- *     copies happen); 1,000 with and without prefetch of the next queued requests' adapters;
+ *     copies happen); 1,000 with the engine's policy (prefetch of the waiting requests'
+ *     adapters, conversion on the pool's converter thread, a request admitted once its adapter
+ *     is on the device) and without it (admitted at once, its step loads the adapter);
  *     each variant on a new, empty pool, the same request stream for both 1,000 variants;
  *     target 1000/5 >= 0.9.
  *  C. cold adapter: time from a request's arrival (the step that admits it beside 31 decoding
  *     sequences) to its first token, adapter not on the device vs resident vs prefetched during
- *     the previous step; median of TRIALS.
+ *     the previous step (converted in the background there; copied by the admitting step);
+ *     median of TRIALS.
  *  D. CUDA-graph capture: per batch size, the step that records the graph (capture +
  *     instantiation) against eager and replayed steps, with and without adapters (run first,
  *     so that its step shapes have not been seen before).
@@ -436,6 +439,10 @@ typedef struct req {
     int out_len;
 } req;
 
+/* Steps a request may wait for its adapter to reach the device (the engine's
+ * QV_ADMIT_DEFER_STEPS). */
+#define DEFER_STEPS 64
+
 /* Zipf(s) over n: the CDF once, then inverse sampling. */
 static int zipf_draw(bench *bx, const double *cdf, int n) {
     double u = (double)(rnd(bx) & 0xffffff) / 16777216.0;
@@ -510,25 +517,49 @@ static int closed_loop(bench *bx, qv_adapter **ads, int n_ads, double zipf_s, bo
     double t_total = 0;
     qv_cuda_stats c0, c1;
     bool first[MAX_B];
+    req pend[MAX_B];
+    bool waiting[MAX_B] = {false};
+    int waited[MAX_B] = {0};
+    double t_wait[MAX_B] = {0};
     for (int st = 0; st < warm + steps; st++) {
         if (st == warm) {
             qv_forward_adapter_stats_get(bx->fwd, &res->ad0);
             qv_backend_cuda_stats(bx->be, &c0);
         }
-        /* finished requests are replaced by the next queued ones */
+        /* finished requests are replaced by the next queued ones; with prefetch, the engine's
+         * policy: a request whose adapter is not on the device yet waits (its slot idle, up to
+         * DEFER_STEPS steps) while the adapter is converted and copied, so no step waits for
+         * it; its time to first token counts from the slot's release */
         for (int i = 0; i < B; i++) {
             slot *s = &bx->s[i];
-            if (s->active && s->n_gen < s->target) continue;
-            req r = queue[0];
-            memmove(queue, queue + 1, sizeof(req) * (QN - 1));
-            queue[QN - 1] = (req){zipf_draw(bx, cdf, n_ads), 16 + (int)(rnd(bx) % 33)};
-            slot_start(bx, i, ads[r.adapter], PROMPT, r.out_len);
+            if (!waiting[i] && s->active && s->n_gen < s->target) continue;
+            if (!waiting[i]) {
+                pend[i] = queue[0];
+                memmove(queue, queue + 1, sizeof(req) * (QN - 1));
+                queue[QN - 1] = (req){zipf_draw(bx, cdf, n_ads), 16 + (int)(rnd(bx) % 33)};
+                waiting[i] = true;
+                waited[i] = 0;
+                t_wait[i] = qv_time_s();
+                s->active = false;
+            }
+            if (prefetch && waited[i] < DEFER_STEPS &&
+                !qv_forward_adapter_ready(bx->fwd, ads[pend[i].adapter])) {
+                waited[i]++;
+                continue;
+            }
+            slot_start(bx, i, ads[pend[i].adapter], PROMPT, pend[i].out_len);
+            s->t_arrive = t_wait[i];
+            waiting[i] = false;
         }
-        /* the engine's policy: the adapters of the next few waiting requests */
+        /* the engine's policy: prefetch the adapters of the first 4 waiting requests (idle
+         * slots, then the queue) that are not on the device */
         if (prefetch)
-            for (int q = 0; q < 4; q++) {
+            for (int k = 0, n_pf = 0; k < B + QN && n_pf < 4; k++) {
+                if (k < B && !waiting[k]) continue;
+                const qv_adapter *ad = ads[k < B ? pend[k].adapter : queue[k - B].adapter];
+                if (qv_forward_adapter_ready(bx->fwd, ad)) continue;
                 qv_error e = {0};
-                (void)qv_forward_prefetch_adapter(bx->fwd, ads[queue[q].adapter], &e);
+                n_pf += qv_forward_prefetch_adapter(bx->fwd, ad, &e) == QV_OK;
             }
         double ms = 0;
         int g = step(bx, B, 4, &ms, first);
@@ -646,11 +677,12 @@ static int section_c(bench *bx, qv_adapter **ads) {
         for (int v = 0; v < 3; v++) {
             double ms = 0;
             qv_adapter *ad = fresh[next_fresh++];
-            if (v == 0) { /* warm: upload it and let it land */
-                qv_error e = {0};
-                (void)qv_forward_prefetch_adapter(bx->fwd, ad, &e);
-                for (int k = 0; k < 2; k++)
+            if (v == 0) { /* warm: prefetched until it is on the device */
+                for (int k = 0; k < 2 || (k < 64 && !qv_forward_adapter_ready(bx->fwd, ad)); k++) {
+                    qv_error e = {0};
+                    (void)qv_forward_prefetch_adapter(bx->fwd, ad, &e);
                     if (step(bx, B - 1, 0, &ms, NULL) < 0) goto fail;
+                }
             } else if (v == 2) { /* prefetched with the previous (decode-only) step */
                 qv_error e = {0};
                 (void)qv_forward_prefetch_adapter(bx->fwd, ad, &e);
@@ -698,13 +730,17 @@ static int section_c(bench *bx, qv_adapter **ads) {
             cold - w <= h2d_ms + d ? "yes" : "NO");
     fflush(stdout);
     slots_clear(bx);
-    for (int i = 0; i < N_FRESH; i++)
+    for (int i = 0; i < N_FRESH; i++) {
+        qv_forward_adapter_forget(bx->fwd, fresh[i]); /* no conversion may still read it */
         syn_free(fresh[i]);
+    }
     return 0;
 fail:
     slots_clear(bx);
-    for (int i = 0; i < N_FRESH; i++)
+    for (int i = 0; i < N_FRESH; i++) {
+        if (fresh[i]) qv_forward_adapter_forget(bx->fwd, fresh[i]);
         syn_free(fresh[i]);
+    }
     return -1;
 }
 
@@ -982,8 +1018,10 @@ done:
     if (rc) fprintf(stderr, "bench_gpu_lora: failed\n");
     if (bx->kv) slots_clear(bx);
     if (ads)
-        for (int i = 0; i < N_REG; i++)
+        for (int i = 0; i < N_REG; i++) {
+            if (ads[i] && bx->fwd) qv_forward_adapter_forget(bx->fwd, ads[i]);
             syn_free(ads[i]);
+        }
     qv_free(ads);
     qv_forward_destroy(bx->fwd);
     qv_kv_cache_destroy(bx->kv);

@@ -51,6 +51,8 @@ typedef struct run_out {
     const qv_adapter *ad[MAX_REQ];
     const qv_adapter *big[4]; /* case 2: adapters counted per step */
     int max_big_per_step;
+    int arrive[MAX_REQ];   /* step before which the request is added (0: at once) */
+    qv_engine_stats stats; /* the engine's, after the run */
 } run_out;
 
 static void on_tok(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
@@ -100,18 +102,24 @@ static void run_model(const char *device, const char *model, const qv_adapter *c
     o->max_big_per_step = 0;
     qv_error err = {0};
     for (int i = 0; i < n; i++) {
-        int32_t ids[3 + 4 * MAX_REQ];
-        const int len = 3 + 4 * i;
-        for (int t = 0; t < len; t++)
-            ids[t] = (int32_t)((t * 31 + i * 17 + 7) % 250);
-        gp.adapter = ads[i];
         o->ad[i] = ads[i];
         o->n[i] = 0;
         o->last_step[i] = -1;
-        if (qv_engine_add(e, ids, (size_t)len, &gp, on_tok, o, &o->ids[i], &err) != QV_OK)
-            fail_msg("request %d on %s: %s", i, device, err.msg);
+        o->ids[i] = -1;
     }
-    for (int guard = 0; qv_engine_n_active(e) > 0 && guard < 2000; guard++) {
+    int n_added = 0;
+    for (int guard = 0; (n_added < n || qv_engine_n_active(e) > 0) && guard < 2000; guard++) {
+        for (int i = 0; i < n; i++) {
+            if (o->ids[i] >= 0 || o->arrive[i] > o->step) continue;
+            int32_t ids[3 + 4 * MAX_REQ];
+            const int len = 3 + 4 * i;
+            for (int t = 0; t < len; t++)
+                ids[t] = (int32_t)((t * 31 + i * 17 + 7) % 250);
+            gp.adapter = ads[i];
+            if (qv_engine_add(e, ids, (size_t)len, &gp, on_tok, o, &o->ids[i], &err) != QV_OK)
+                fail_msg("request %d on %s: %s", i, device, err.msg);
+            n_added++;
+        }
         if (qv_engine_step(e, &err) != QV_OK) fail_msg("step on %s: %s", device, err.msg);
         int big = 0; /* distinct big adapters that produced a token in this step */
         for (int b = 0; b < 4; b++) {
@@ -123,7 +131,9 @@ static void run_model(const char *device, const char *model, const qv_adapter *c
         if (big > o->max_big_per_step) o->max_big_per_step = big;
         o->step++;
     }
+    assert_int_equal(n_added, n);
     assert_int_equal(qv_engine_n_active(e), 0);
+    qv_engine_get_stats(e, &o->stats);
     qv_engine_destroy(e);
 }
 static void run_requests(const char *device, const qv_adapter *const *ads, int n, run_out *o) {
@@ -404,6 +414,49 @@ static void test_engine_pool_at_startup(void **state) {
     qv_engine_destroy(e);
 }
 
+/* Cold adapters arriving while others decode: requests 1 and 2 name adapters on neither the
+ * device nor the pinned host tier and arrive at step 4, beside a LoRA request and a base one.
+ * Their adapters are converted on the pool's converter thread (not in a step) and copied from
+ * the tier; the engine admits them only once on the device, so no step waits for their
+ * conversion. Checked: the only conversion a step made is request 0's (admitted with nothing
+ * else running), the two others were converted in the background, every device load came
+ * from a tier image, admissions were put off, and every request equals the CPU engine's. */
+static void test_engine_cold_adapter(void **state) {
+    (void)state;
+    static const char *names[3] = {"lora_qv_r4", "lora_r16_mlp_bf16", "lora_all_r8_rslora"};
+    qv_engine *probe = open_engine("cpu");
+    qv_adapter *own[3];
+    for (int a = 0; a < 3; a++)
+        own[a] = load_fixture(qv_engine_model(probe), names[a]);
+    const qv_adapter *ads[4] = {own[0], own[1], own[2], NULL};
+    static run_out cpu, cu;
+    memset(&cpu, 0, sizeof(cpu));
+    memset(&cu, 0, sizeof(cu));
+    cpu.arrive[1] = cpu.arrive[2] = cu.arrive[1] = cu.arrive[2] = 4;
+    run_requests("cpu", ads, 4, &cpu);
+    gpu_require_device();
+    run_requests("cuda", ads, 4, &cu);
+    const qv_engine_stats *st = &cu.stats;
+    printf("cold adapters on cuda: %llu admissions put off, host tier %zu MiB: %llu images "
+           "converted in the background, %llu by a step, %llu device loads from it (%llu loads)\n",
+           (unsigned long long)st->admit_deferrals, st->dev_adapter_pinned_bytes >> 20,
+           (unsigned long long)st->dev_adapter_pinned_fills_async,
+           (unsigned long long)st->dev_adapter_pinned_fills_sync,
+           (unsigned long long)st->dev_adapter_pinned_hits,
+           (unsigned long long)st->dev_adapter_loads);
+    assert_true(st->dev_adapter_pinned_bytes > 0);
+    assert_true(st->admit_deferrals >= 2);
+    assert_int_equal(st->dev_adapter_pinned_fills_sync, 1);
+    assert_int_equal(st->dev_adapter_pinned_fills_async, 2);
+    assert_int_equal(st->dev_adapter_pinned_hits, 3);
+    assert_int_equal(st->dev_adapter_loads, 3);
+    assert_int_equal(cpu.stats.admit_deferrals, 0); /* the CPU has nothing to wait for */
+    compare("cold adapters arriving at step 4 on cuda", &cpu, &cu);
+    for (int a = 0; a < 3; a++)
+        qv_adapter_free(own[a]);
+    qv_engine_destroy(probe);
+}
+
 static void test_engine_refuses_other_kinds(void **state) {
     (void)state;
     qv_engine *cpu = open_engine("cpu");
@@ -460,6 +513,7 @@ int main(void) {
         cmocka_unit_test(test_engine_pool_at_startup),
         cmocka_unit_test(test_engine_warmup),
         cmocka_unit_test(test_engine_kv_reserved),
+        cmocka_unit_test(test_engine_cold_adapter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

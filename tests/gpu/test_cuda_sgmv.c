@@ -528,6 +528,120 @@ static void test_pool(void **state) {
     qv_cuda_adapter_pool_destroy(pool);
 }
 
+/* Device content of matrix 0 (n values) of the version at slot equals a's bf16 rounding. */
+static void expect_image(qv_cuda_adapter_pool *pool, int slot, const float *a, int n,
+                         const char *what) {
+    qv_error err = {0};
+    assert_int_equal(qv_cuda_adapter_pool_use(pool, slot, &err), QV_OK);
+    CK(cudaStreamSynchronize(stream));
+    uint16_t *got = malloc((size_t)n * 2);
+    CK(cudaMemcpy(got, qv_cuda_adapter_pool_mat(pool, slot, 0), (size_t)n * 2,
+                  cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n; i++)
+        if (got[i] != qv_f32_to_bf16(a[i])) fail_msg("%s: element %d differs", what, i);
+    free(got);
+}
+
+/* The pinned host tier: a prefetch converts on the converter thread, never on the caller; a
+ * later prefetch copies the complete image; a load that needs a queued version converts it
+ * itself; a device eviction keeps the image, so the next load copies it without converting;
+ * forget drops queued conversions; a version larger than the tier goes through staging. */
+static void test_pool_host_tier(void **state) {
+    (void)state;
+    const int n = 16 * 2048; /* 64 KiB in bf16: one page, two with the tail matrix */
+    qv_cuda_pool_opts po = {.pool_bytes = 4 * 65536, .host_bytes = 8 * 65536, .max_entries = 16};
+    qv_cuda_adapter_pool *pool = NULL;
+    qv_error err = {0};
+    assert_int_equal(qv_cuda_adapter_pool_create(&po, stream, &pool, &err), QV_OK);
+    assert_int_equal(qv_cuda_adapter_pool_host_bytes(pool), (size_t)8 * 65536);
+    float *a[5];
+    qv_cuda_pool_mat m[5][2];
+    for (int v = 0; v < 5; v++) {
+        a[v] = rand_half((size_t)n, 1.0f, 0);
+        m[v][0] = (qv_cuda_pool_mat){a[v], n, QV_DTYPE_F32};
+        m[v][1] = (qv_cuda_pool_mat){a[v], 5, QV_DTYPE_F32};
+    }
+    const void *owner = &po;
+    int slot = -7;
+    qv_cuda_pool_stats st;
+    /* held converter: the prefetch only queues; a load then converts it on this thread */
+    qv_cuda_adapter_pool_hold_jobs(pool, true);
+    assert_int_equal(qv_cuda_adapter_pool_prefetch(pool, 100, m[0], 2, owner, &slot, &err), QV_OK);
+    assert_int_equal(slot, -1);
+    assert_true(qv_cuda_adapter_pool_known(pool, 100));
+    assert_int_equal(qv_cuda_adapter_pool_find(pool, 100), -1);
+    assert_int_equal(qv_cuda_adapter_pool_prefetch(pool, 100, m[0], 2, owner, &slot, &err), QV_OK);
+    assert_int_equal(slot, -1); /* still queued */
+    qv_cuda_adapter_pool_stats(pool, &st);
+    assert_int_equal(st.host_fills_async + st.host_fills_sync, 0);
+    int s100 = -1;
+    assert_int_equal(qv_cuda_adapter_pool_load(pool, 100, m[0], 2, &s100, &err), QV_OK);
+    assert_true(s100 >= 0);
+    expect_image(pool, s100, a[0], n, "queued version taken over by a load");
+    qv_cuda_adapter_pool_stats(pool, &st);
+    assert_int_equal(st.host_fills_sync, 1);
+    assert_int_equal(st.host_jobs_cancelled, 1);
+    assert_int_equal(st.host_hits, 1);
+    /* a prefetch converted in the background, then copied by the next prefetch */
+    assert_int_equal(qv_cuda_adapter_pool_prefetch(pool, 101, m[1], 2, owner, &slot, &err), QV_OK);
+    assert_int_equal(slot, -1);
+    qv_cuda_adapter_pool_hold_jobs(pool, false);
+    qv_cuda_adapter_pool_drain_jobs(pool);
+    qv_cuda_adapter_pool_stats(pool, &st);
+    assert_int_equal(st.host_fills_async, 1);
+    assert_int_equal(qv_cuda_adapter_pool_find(pool, 101), -1);
+    assert_int_equal(qv_cuda_adapter_pool_prefetch(pool, 101, m[1], 2, owner, &slot, &err), QV_OK);
+    assert_true(slot >= 0);
+    assert_int_equal(qv_cuda_adapter_pool_find(pool, 101), slot);
+    expect_image(pool, slot, a[1], n, "background conversion");
+    /* two more versions evict 100 from the device (2 pages each, 4 pages): its image stays */
+    for (int v = 2; v < 4; v++)
+        assert_int_equal(qv_cuda_adapter_pool_load(pool, 100 + v, m[v], 2, NULL, &err), QV_OK);
+    assert_int_equal(qv_cuda_adapter_pool_find(pool, 100), -1);
+    assert_true(qv_cuda_adapter_pool_known(pool, 100));
+    qv_cuda_adapter_pool_stats(pool, &st);
+    const uint64_t fills = st.host_fills_sync + st.host_fills_async, hits = st.host_hits;
+    assert_int_equal(qv_cuda_adapter_pool_load(pool, 100, m[0], 2, &s100, &err), QV_OK);
+    expect_image(pool, s100, a[0], n, "reloaded from the host tier");
+    qv_cuda_adapter_pool_stats(pool, &st);
+    assert_int_equal(st.host_fills_sync + st.host_fills_async, fills); /* no conversion */
+    assert_int_equal(st.host_hits, hits + 1);
+    printf("host tier: %d images, %llu device loads copied from it, %llu conversions in the "
+           "background, %llu on the caller, %llu cancelled\n",
+           st.host_pages.n_entries, (unsigned long long)st.host_hits,
+           (unsigned long long)st.host_fills_async, (unsigned long long)st.host_fills_sync,
+           (unsigned long long)st.host_jobs_cancelled);
+    /* forget drops a queued conversion and its tier place */
+    qv_cuda_adapter_pool_hold_jobs(pool, true);
+    assert_int_equal(qv_cuda_adapter_pool_prefetch(pool, 104, m[4], 2, a[4], &slot, &err), QV_OK);
+    assert_true(qv_cuda_adapter_pool_known(pool, 104));
+    qv_cuda_adapter_pool_forget(pool, a[4]);
+    assert_false(qv_cuda_adapter_pool_known(pool, 104));
+    qv_cuda_adapter_pool_hold_jobs(pool, false);
+    /* larger than the whole tier (9 pages): staged directly, nothing kept on the host */
+    float *big = calloc((size_t)4 * 65536 / 2, sizeof(float));
+    for (int i = 0; i < 4 * 65536 / 2; i++)
+        big[i] = (float)(i % 97) * 0.25f;
+    qv_cuda_pool_mat mb[3] = {{big, (int64_t)65536, QV_DTYPE_F32},
+                              {big, (int64_t)65536, QV_DTYPE_F32},
+                              {big, 5 * 65536 / 2, QV_DTYPE_F32}};
+    qv_cuda_adapter_pool_destroy(pool);
+    po.pool_bytes = 16 * 65536;
+    assert_int_equal(qv_cuda_adapter_pool_create(&po, stream, &pool, &err), QV_OK);
+    int sb = -1;
+    assert_int_equal(qv_cuda_adapter_pool_prefetch(pool, 200, mb, 3, owner, &sb, &err), QV_OK);
+    assert_true(sb >= 0);
+    expect_image(pool, sb, big, 65536, "version larger than the tier");
+    assert_false(qv_cuda_adapter_pool_find(pool, 200) < 0);
+    qv_cuda_adapter_pool_stats(pool, &st);
+    assert_int_equal(st.host_pages.n_entries, 0);
+    assert_int_equal(st.host_hits, 0);
+    qv_cuda_adapter_pool_destroy(pool);
+    free(big);
+    for (int v = 0; v < 5; v++)
+        free(a[v]);
+}
+
 static int setup(void **state) {
     (void)state;
     return cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess ? 0 : -1;
@@ -543,6 +657,7 @@ int main(void) {
 #ifdef QV_HAVE_CUDA
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_pool_host_tier),
         cmocka_unit_test(test_decode_bf16),
         cmocka_unit_test(test_prefill_bf16),
         cmocka_unit_test(test_decode_fp16_odd),
