@@ -91,15 +91,17 @@ struct qv_engine {
     uint64_t next_order, next_admit;
     uint64_t n_preemptions, n_recomputed; /* counters for qv_engine_get_stats */
     uint64_t n_deferrals;
+    uint64_t n_rows_host, n_rows_device; /* logits rows sampled on the host / picked on device */
     /* step scratch */
     int32_t *b_tokens, *b_pos, *b_seq, *b_logits_idx; /* [max_batch_tokens] */
-    qv_seq **b_owner;                                 /* [max_seqs] sequence of batch seq i */
-    const qv_kv_seq **b_kv;                           /* [max_seqs] */
-    int *order_idx;                                   /* [max_seqs] used slots, wait order */
-    int *run_idx;                                     /* [max_seqs] running, admission order */
-    bool *in_batch;                                   /* [max_seqs] slot has tokens this step */
-    float *logits;                                    /* (max_seqs, n_vocab) */
-    qv_adapter_grouper *grouper;           /* groups a step's tokens by adapter (adapter_apply.h) */
+    int32_t *b_greedy, *b_order; /* [max_seqs]: device-picked tokens, logits-row reordering */
+    qv_seq **b_owner;            /* [max_seqs] sequence of batch seq i */
+    const qv_kv_seq **b_kv;      /* [max_seqs] */
+    int *order_idx;              /* [max_seqs] used slots, wait order */
+    int *run_idx;                /* [max_seqs] running, admission order */
+    bool *in_batch;              /* [max_seqs] slot has tokens this step */
+    float *logits;               /* (max_seqs, n_vocab) */
+    qv_adapter_grouper *grouper; /* groups a step's tokens by adapter (adapter_apply.h) */
     qv_adapter_prefix_cache *prefix_cache; /* shared prefix-tuning KV pages */
     size_t ad_pool_bytes;                  /* the device adapter pool's size (0: none, CPU) */
 };
@@ -205,12 +207,15 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     e->run_idx = qv_malloc(S * sizeof(int));
     e->in_batch = qv_calloc(S, sizeof(bool));
     e->logits = qv_malloc(S * (size_t)mc->n_vocab * sizeof(float));
+    e->b_greedy = qv_malloc(S * sizeof(int32_t));
+    e->b_order = qv_malloc(S * sizeof(int32_t));
     if ((st = qv_sampler_scratch_create(mc->n_vocab, &e->sampler_scratch)) != QV_OK) {
         qv_errorf(err, st, "engine: out of memory for the sampler scratch");
         goto fail;
     }
     if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits_idx || !e->b_owner ||
-        !e->b_kv || !e->order_idx || !e->run_idx || !e->in_batch || !e->logits) {
+        !e->b_kv || !e->order_idx || !e->run_idx || !e->in_batch || !e->logits || !e->b_greedy ||
+        !e->b_order) {
         st = qv_errorf(err, QV_ERR_NOMEM, "engine: out of memory for step buffers");
         goto fail;
     }
@@ -259,6 +264,8 @@ void qv_engine_destroy(qv_engine *e) {
     qv_free(e->run_idx);
     qv_free(e->in_batch);
     qv_free(e->logits);
+    qv_free(e->b_greedy);
+    qv_free(e->b_order);
     qv_adapter_grouper_free(e->grouper);
     qv_free(e);
 }
@@ -395,6 +402,7 @@ void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
     out->dev_adapter_bytes = fs.bytes_copied;
     out->dev_adapter_prefetches = fs.prefetches;
     out->dev_adapter_pool_bytes = fs.pool_bytes;
+    out->dev_adapter_used_bytes = fs.used_bytes;
     out->dev_adapter_pinned_bytes = fs.host_bytes;
     out->dev_adapter_pinned_used_bytes = fs.host_used_bytes;
     out->dev_adapter_pinned_resident = fs.host_resident;
@@ -403,6 +411,8 @@ void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
     out->dev_adapter_pinned_fills_sync = fs.host_fills_sync;
     out->dev_adapter_pinned_evictions = fs.host_evictions;
     out->admit_deferrals = e->n_deferrals;
+    out->logits_rows_host = e->n_rows_host;
+    out->logits_rows_device = e->n_rows_device;
 #ifdef QV_HAVE_CUDA
     if (strcmp(e->be->iface->name, "cuda") == 0) {
         qv_cuda_stats cs;
@@ -508,6 +518,15 @@ static qv_status admit(qv_engine *e, qv_seq *s, bool others_run, qv_error *err) 
     s->preempted = false;
     s->admitted = e->next_admit++;
     return QV_OK;
+}
+
+/* Whether a sequence's next token needs its whole logits row on the host: anything but a plain
+ * argmax (greedy temperature, no logprobs, no penalties), which the device picks. */
+static bool needs_logits(const qv_seq *s) {
+    const qv_sampling_params *p = &s->p.sampling;
+    return p->temperature >= QV_SAMPLER_MIN_TEMPERATURE || p->n_logprobs > 0 ||
+           p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+           p->frequency_penalty != 0.0f;
 }
 
 /* qv_adapter_of_fn over the current step's batch sequences. */
@@ -627,8 +646,27 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
             n_pf += qv_forward_prefetch_adapter(e->fwd, s->p.adapter, &pe) == QV_OK;
         }
     }
-    st = qv_forward_run(e->fwd, &b, e->logits, err);
+    /* Device backends: the rows of sequences that sample greedily with no logprobs and no
+     * penalties (their sampler is an argmax) are picked on the device; only the others' logits
+     * rows are copied to the host. Those rows go first in logits_idx. */
+    int n_full = n_logits;
+    if (qv_forward_device_logits(e->fwd)) {
+        int k = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            for (int li = 0; li < n_logits; li++) {
+                const qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
+                if (needs_logits(s) == (pass == 0)) e->b_order[k++] = e->b_logits_idx[li];
+            }
+            if (pass == 0) n_full = k;
+        }
+        memcpy(e->b_logits_idx, e->b_order, (size_t)n_logits * sizeof(int32_t));
+        st = qv_forward_run_split(e->fwd, &b, n_full, e->logits, e->b_greedy, err);
+    } else {
+        st = qv_forward_run(e->fwd, &b, e->logits, err);
+    }
     if (st != QV_OK) return st;
+    e->n_rows_host += (uint64_t)n_full;
+    e->n_rows_device += (uint64_t)(n_logits - n_full);
 
     /* Account processed tokens, then sample for the sequences that got logits. */
     for (int i = 0; i < n; i++) {
@@ -638,10 +676,15 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
     }
     for (int li = 0; li < n_logits; li++) {
         qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
-        float *row = e->logits + (size_t)li * (size_t)n_vocab;
         qv_logprobs lp;
         bool want_lp = s->p.sampling.n_logprobs > 0;
-        int32_t tok = qv_sampler_sample(s->sampler, row, want_lp ? &lp : NULL);
+        int32_t tok;
+        if (li < n_full) {
+            float *row = e->logits + (size_t)li * (size_t)n_vocab;
+            tok = qv_sampler_sample(s->sampler, row, want_lp ? &lp : NULL);
+        } else {
+            tok = e->b_greedy[li - n_full]; /* the sampler's argmax, taken on the device */
+        }
         qv_sampler_accept(s->sampler, tok);
         s->tokens[s->n_tokens++] = tok;
         s->n_generated++;

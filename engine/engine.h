@@ -156,6 +156,7 @@ typedef struct qv_engine_stats {
     uint64_t dev_adapter_bytes;      /* host-to-device bytes uploaded */
     uint64_t dev_adapter_prefetches; /* prefetches issued for queued requests */
     size_t dev_adapter_pool_bytes;   /* the pool's size */
+    size_t dev_adapter_used_bytes;   /* of which pages held by resident versions */
     /* its pinned host tier: size, images held, device loads copied from an image, images
      * converted in the background (prefetch) and on the step that needed them, evictions */
     size_t dev_adapter_pinned_bytes, dev_adapter_pinned_used_bytes;
@@ -165,6 +166,9 @@ typedef struct qv_engine_stats {
     /* admissions put off because the sequence's adapter was still on its way to the device
      * while other sequences ran (one per sequence and step) */
     uint64_t admit_deferrals;
+    /* logits rows (one per sampled token): sampled on the host from the whole row, or picked
+     * on the device (greedy sequences without logprobs or penalties, device backends) */
+    uint64_t logits_rows_host, logits_rows_device;
     /* CUDA graphs (CUDA backend; 0 elsewhere): forward steps recorded, replayed, run eagerly,
      * and replays refused (the step did not match; rerun eagerly); seconds spent ending
      * captures and instantiating graphs */

@@ -355,10 +355,12 @@ qv_status qv_forward_warmup_graphs(qv_forward *f, int max_batch, int *n_shapes, 
                             .seqs = seqs,
                             .n_logits = B,
                             .logits_idx = idx};
-        for (int rep = 0; rep < 2 && st == QV_OK; rep++) /* seen, then recorded */
-            st = qv_forward_run_greedy(f, &b, out, err);
+        /* seen, then recorded: the greedy graph serves every split of at most logit_rows
+         * rows; above that, a split with whole rows ends its graph after the first chunk */
         for (int rep = 0; rep < 2 && st == QV_OK; rep++)
-            st = qv_forward_run(f, &b, logits, err);
+            st = qv_forward_run_greedy(f, &b, out, err);
+        for (int rep = 0; rep < 2 && st == QV_OK && B > f->logit_rows; rep++)
+            st = qv_forward_run_split(f, &b, B, logits, out, err);
     }
     qv_backend_cuda_stats(f->be, &s1);
     *n_shapes = (int)(s1.captures - s0.captures);
@@ -426,6 +428,7 @@ void qv_forward_adapter_stats_get(const qv_forward *f, qv_forward_adapter_stats 
         out->evictions = ps.pages.evictions;
         out->resident = ps.pages.n_entries;
         out->pool_bytes = (size_t)ps.pages.n_pages * ps.page_bytes;
+        out->used_bytes = (size_t)ps.pages.used_pages * ps.page_bytes;
         out->host_bytes = (size_t)ps.host_pages.n_pages * ps.page_bytes;
         out->host_used_bytes = (size_t)ps.host_pages.used_pages * ps.page_bytes;
         out->host_resident = ps.host_pages.n_entries;
@@ -717,32 +720,57 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
     return QV_OK;
 }
 
-qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens, qv_error *err) {
+bool qv_forward_device_logits(const qv_forward *f) {
+    return f->be->iface->download && f->be->iface->argmax;
+}
+
+qv_status qv_forward_run_split(qv_forward *f, const qv_batch *b, int n_full, float *logits,
+                               int32_t *tokens, qv_error *err) {
     const struct qv_backend_i *be = f->be->iface;
-    if (!be->download || !be->argmax) {
+    if (!qv_forward_device_logits(f)) {
         f->n_pf = 0;
         return qv_errorf(err, QV_ERR_UNSUPPORTED,
                          "forward: greedy on the device needs a device "
                          "backend (%s)",
                          be->name);
     }
-    const int n_out = b->n_logits;
+    const int n_out = b->n_logits; /* rows the caller wants (a padded batch has more) */
+    if (n_full < 0 || n_full > n_out) {
+        f->n_pf = 0;
+        return qv_errorf(err, QV_ERR_INVALID, "forward: %d full logits rows of %d", n_full, n_out);
+    }
 #ifdef QV_HAVE_CUDA
     b = pad_decode(f, b);
 #endif
     qv_status st = validate(f, b, err);
     f->n_pf = 0; /* issued by validate, or dropped */
     if (st != QV_OK) return st;
+    const size_t V = (size_t)f->m->cfg.n_vocab;
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (be->step_begin) be->step_begin(f->be, attempt ? 0 : step_key(f, b, 1));
+        /* Host copies come after a graph ends (download), so the recorded ops are the same for
+         * every n_full while the rows fit one chunk: the greedy step's graphs serve them all.
+         * With more chunks, whole rows end the graph after the first chunk (its own key). */
+        const int multi = n_full > 0 && b->n_logits > f->logit_rows;
+        if (be->step_begin) be->step_begin(f->be, attempt ? 0 : step_key(f, b, 1 + multi));
         run_layers(f, b);
-        for (int r0 = 0; r0 < b->n_logits; r0 += f->logit_rows) {
-            int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
+        st = QV_OK;
+        for (int r0 = 0; r0 < b->n_logits && st == QV_OK; r0 += f->logit_rows) {
+            const int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
             device_logits(f, b, r0, nr);
             be->argmax(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->argmax_dev + r0);
+            const int nf = QV_MIN(nr, n_full - r0);
+            if (nf > 0)
+                st = be->download(f->be, logits + (size_t)r0 * V, f->logits_dev,
+                                  (size_t)nf * V * sizeof(float), err);
         }
-        st = be->download(f->be, tokens, f->argmax_dev, (size_t)n_out * sizeof(int32_t), err);
+        if (st == QV_OK && (n_out > n_full || n_full == 0))
+            st = be->download(f->be, tokens, f->argmax_dev + n_full,
+                              (size_t)(n_out - n_full) * sizeof(int32_t), err);
         if (st != QV_ERR_BUSY) return st;
     }
     return st;
+}
+
+qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens, qv_error *err) {
+    return qv_forward_run_split(f, b, 0, NULL, tokens, err);
 }

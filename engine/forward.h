@@ -57,6 +57,18 @@ qv_status qv_forward_run(qv_forward *f, const qv_batch *b, float *logits, qv_err
  * device. Errors: as qv_forward_run; QV_ERR_UNSUPPORTED on host-memory backends (CPU). */
 qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens, qv_error *err);
 
+/* Both at once: rows [0, n_full) of b->logits_idx get their logits in logits (n_full, n_vocab)
+ * as qv_forward_run gives them, rows [n_full, n_logits) only their greedy choice in
+ * tokens[n_logits - n_full] as qv_forward_run_greedy does, so only the rows a sampler needs
+ * whole are copied to the host. n_full 0 is qv_forward_run_greedy. Errors: as
+ * qv_forward_run_greedy; QV_ERR_INVALID when n_full is outside [0, n_logits]. */
+qv_status qv_forward_run_split(qv_forward *f, const qv_batch *b, int n_full, float *logits,
+                               int32_t *tokens, qv_error *err);
+
+/* Whether the backend computes logits in device memory and can pick greedy tokens there
+ * (qv_forward_run_greedy / qv_forward_run_split work). */
+bool qv_forward_device_logits(const qv_forward *f);
+
 /* Most adapters queued by qv_forward_prefetch_adapter between two runs. */
 #define QV_FORWARD_MAX_PREFETCH 8
 
@@ -97,9 +109,10 @@ void qv_forward_adapter_forget(qv_forward *f, const struct qv_adapter *ad);
 qv_status qv_forward_adapter_pool_init(qv_forward *f, size_t pool_bytes, size_t host_bytes,
                                        qv_error *err);
 
-/* CUDA backend with graphs on: records the base model's decode-step graphs (greedy and with
- * logits) for every padding bucket up to max_batch rows at early positions (contexts under 8
- * pages), so the first decode steps of a server replay instead of recording. The padding
+/* CUDA backend with graphs on: records the base model's decode-step graphs of
+ * qv_forward_run_split (the engine's step; greedy, and for buckets above one logits chunk also
+ * with whole rows) for every padding bucket up to max_batch rows at early positions (contexts
+ * under 8 pages), so the first decode steps of a server replay instead of recording. The padding
  * rows' own KV page is all they touch. *n_shapes: graphs recorded. A no-op elsewhere.
  * Errors: QV_ERR_DEVICE, QV_ERR_NOMEM. Thread: the engine thread, before any request. */
 qv_status qv_forward_warmup_graphs(qv_forward *f, int max_batch, int *n_shapes, qv_error *err);
@@ -136,6 +149,7 @@ typedef struct qv_forward_adapter_stats {
     uint64_t prefetch_failures; /* of those, the ones refused (see qv_forward_prefetch_adapter) */
     int resident;               /* adapters on the device now */
     size_t pool_bytes;          /* the device pool's size (0 before it exists) */
+    size_t used_bytes;          /* of which pages held by resident adapters */
     /* the pool's pinned host tier (adapter_pool.h) */
     size_t host_bytes;         /* its size (0: none) */
     size_t host_used_bytes;    /* of which held by images */

@@ -391,6 +391,7 @@ static void update_gauges(server *srv) {
     qv_metrics_scheduler(srv->metrics, es.preemptions, es.recomputed_tokens);
     qv_metrics_graphs(srv->metrics, es.graph_captures, es.graph_replays, es.graph_eager_steps,
                       es.graph_mismatches, es.graph_capture_s);
+    qv_metrics_sampling(srv->metrics, es.logits_rows_host, es.logits_rows_device);
     if (!srv->reg) return;
     qv_registry_stats rs;
     qv_registry_get_stats(srv->reg, &rs);
@@ -414,6 +415,7 @@ static void update_gauges(server *srv) {
                                    .evictions_pinned = es.dev_adapter_pinned_evictions,
                                    .admit_deferrals = es.admit_deferrals};
     st.evictions_device += es.dev_adapter_evictions;
+    st.device_bytes += es.dev_adapter_used_bytes; /* the CUDA pool's pages in use */
     char running[1024] = "", waiting[1024] = "";
     for (const request *r = srv->running; r; r = r->next)
         add_name(running, sizeof(running), r);

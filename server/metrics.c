@@ -33,6 +33,7 @@ struct qv_metrics {
     int queue_depth, running, kv_used, kv_total;
     unsigned long long preemptions, recomputed_tokens;
     unsigned long long g_captures, g_replays, g_eager, g_refused;
+    unsigned long long rows_host, rows_device; /* sampled tokens by where their row was used */
     double g_capture_s;
     /* adapters */
     qv_metrics_adapter_stats ad;
@@ -94,6 +95,14 @@ void qv_metrics_scheduler(qv_metrics *m, unsigned long long preemptions,
     pthread_mutex_lock(&m->mu);
     m->preemptions = preemptions;
     m->recomputed_tokens = recomputed_tokens;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_sampling(qv_metrics *m, unsigned long long rows_host,
+                         unsigned long long rows_device) {
+    pthread_mutex_lock(&m->mu);
+    m->rows_host = rows_host;
+    m->rows_device = rows_device;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -232,6 +241,14 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# TYPE quiver_cuda_graph_capture_seconds_total counter\n"
         "quiver_cuda_graph_capture_seconds_total %.6f\n",
         m->g_captures, m->g_replays, m->g_eager, m->g_refused, m->g_capture_s);
+    put(&b,
+        "# HELP quiver_sampled_tokens_total Sampled tokens by where their logits row was used: "
+        "host (whole row copied: sampling, logprobs, penalties) or device (greedy argmax taken "
+        "on the GPU, row never copied).\n"
+        "# TYPE quiver_sampled_tokens_total counter\n"
+        "quiver_sampled_tokens_total{where=\"host\"} %llu\n"
+        "quiver_sampled_tokens_total{where=\"device\"} %llu\n",
+        m->rows_host, m->rows_device);
     const qv_metrics_adapter_stats *a = &m->ad;
     put(&b,
         "# HELP quiver_adapter_resident Loaded adapter versions per residency tier.\n"

@@ -52,6 +52,8 @@ typedef struct run_out {
     const qv_adapter *big[4]; /* case 2: adapters counted per step */
     int max_big_per_step;
     int arrive[MAX_REQ];   /* step before which the request is added (0: at once) */
+    float temp[MAX_REQ];   /* > 0: the request samples at this temperature (seed 7) */
+    bool lp[MAX_REQ];      /* the request asks for 2 logprobs on every device */
     qv_engine_stats stats; /* the engine's, after the run */
 } run_out;
 
@@ -96,7 +98,6 @@ static void run_model(const char *device, const char *model, const qv_adapter *c
     gp.sampling.temperature = 0;
     gp.max_tokens = TOKENS;
     gp.ignore_eos = true;
-    gp.sampling.n_logprobs = strcmp(device, "cpu") == 0 ? 2 : 0; /* the CUDA run: greedy path */
     o->n_req = n;
     o->step = 0;
     o->max_big_per_step = 0;
@@ -116,6 +117,10 @@ static void run_model(const char *device, const char *model, const qv_adapter *c
             for (int t = 0; t < len; t++)
                 ids[t] = (int32_t)((t * 31 + i * 17 + 7) % 250);
             gp.adapter = ads[i];
+            gp.sampling.temperature = o->temp[i];
+            gp.sampling.seed = 7;
+            /* the CPU run reports the top two (near ties); the CUDA run: the device's argmax */
+            gp.sampling.n_logprobs = strcmp(device, "cpu") == 0 || o->lp[i] ? 2 : 0;
             if (qv_engine_add(e, ids, (size_t)len, &gp, on_tok, o, &o->ids[i], &err) != QV_OK)
                 fail_msg("request %d on %s: %s", i, device, err.msg);
             n_added++;
@@ -147,6 +152,7 @@ static void compare(const char *what, const run_out *cpu, const run_out *cu) {
     for (int i = 0; i < cpu->n_req; i++) {
         assert_int_equal(cpu->n[i], TOKENS);
         assert_int_equal(cu->n[i], TOKENS);
+        if (cpu->temp[i] > 0) continue; /* sampled: bf16 logits may draw other tokens */
         int same = 0;
         while (same < TOKENS && cu->toks[i][same] == cpu->toks[i][same])
             same++;
@@ -272,11 +278,13 @@ static void cuda_config(qv_engine_config *c) {
 }
 
 /* Start-up graph warm-up: qv_engine_warmup records the base model's decode-step graphs for
- * every padding bucket of up to min(max_seqs, max_batch_tokens) sequences (greedy and with
- * logits); three greedy requests then decode (3 sequences: bucket 4) replaying them from their
- * first decode step, and give the tokens of the same requests on an engine without warm-up,
- * which records its own graphs only once a shape comes back. */
-static void warm_run(bool warm, int32_t toks[3][TOKENS], qv_engine_stats *st, int *n_shapes) {
+ * every padding bucket of up to min(max_seqs, max_batch_tokens) sequences; three requests then
+ * decode (3 sequences: bucket 4) replaying them from their first decode step, and give the tokens
+ * of the same requests on an engine without warm-up, which records its own graphs only once a
+ * shape comes back. The same graphs serve greedy requests (token picked on the device) and
+ * sampling ones (whole logits rows copied after the graph), at temperature `temp`. */
+static void warm_run(bool warm, float temp, int32_t toks[3][TOKENS], qv_engine_stats *st,
+                     int *n_shapes) {
     qv_engine *e = open_engine("cuda");
     *n_shapes = 0;
     if (warm) {
@@ -292,7 +300,8 @@ static void warm_run(bool warm, int32_t toks[3][TOKENS], qv_engine_stats *st, in
     o.n_req = 3;
     qv_gen_params gp;
     qv_gen_params_default(&gp);
-    gp.sampling.temperature = 0;
+    gp.sampling.temperature = temp;
+    gp.sampling.seed = 11;
     gp.max_tokens = TOKENS;
     gp.ignore_eos = true;
     qv_error err = {0};
@@ -320,20 +329,32 @@ static void test_engine_warmup(void **state) {
     int32_t warm[3][TOKENS], cold[3][TOKENS];
     qv_engine_stats sw, sc;
     int shapes = 0, none = 0;
-    warm_run(true, warm, &sw, &shapes);
-    warm_run(false, cold, &sc, &none);
+    warm_run(true, 0.0f, warm, &sw, &shapes);
+    warm_run(false, 0.0f, cold, &sc, &none);
     printf("3 greedy requests of %d tokens: after the warm-up %llu graphs recorded, %llu "
            "replays, %llu eager steps; without it %llu recorded, %llu replays, %llu eager\n",
            TOKENS, (unsigned long long)sw.graph_captures, (unsigned long long)sw.graph_replays,
            (unsigned long long)sw.graph_eager_steps, (unsigned long long)sc.graph_captures,
            (unsigned long long)sc.graph_replays, (unsigned long long)sc.graph_eager_steps);
-    /* buckets 1, 2, 4, 8, 16, 24, 32 (max_batch_tokens 32), greedy and with logits */
-    assert_int_equal(shapes, 14);
+    /* buckets 1, 2, 4, 8, 16, 24, 32 (max_batch_tokens 32; one logits chunk each) */
+    assert_int_equal(shapes, 7);
     assert_int_equal(sw.graph_mismatches, 0);
     assert_int_equal(sw.graph_captures, 0); /* every decode shape was recorded already */
     assert_true(sw.graph_replays >= TOKENS - 2);
     assert_true(sw.graph_replays > sc.graph_replays);
     assert_memory_equal(warm, cold, sizeof(warm));
+    /* sampling requests (whole rows on the host) replay the same graphs */
+    warm_run(true, 0.8f, warm, &sw, &shapes);
+    warm_run(false, 0.8f, cold, &sc, &none);
+    printf("3 requests sampling at 0.8: after the warm-up %llu graphs recorded, %llu replays, "
+           "%llu eager; %llu rows to the host\n",
+           (unsigned long long)sw.graph_captures, (unsigned long long)sw.graph_replays,
+           (unsigned long long)sw.graph_eager_steps, (unsigned long long)sw.logits_rows_host);
+    assert_int_equal(sw.graph_mismatches, 0);
+    assert_int_equal(sw.graph_captures, 0);
+    assert_true(sw.graph_replays >= TOKENS - 2);
+    assert_int_equal(sw.logits_rows_host, 3 * TOKENS);
+    assert_memory_equal(warm, cold, sizeof(warm)); /* same seed, same logits, same draws */
 }
 
 /* The CUDA engine holds one KV page for graph padding rows: it reports the pages sequences can
@@ -445,6 +466,11 @@ static void test_engine_cold_adapter(void **state) {
            (unsigned long long)st->dev_adapter_pinned_hits,
            (unsigned long long)st->dev_adapter_loads);
     assert_true(st->dev_adapter_pinned_bytes > 0);
+    /* three versions resident: their pages (what /metrics reports as tier="device" bytes) */
+    assert_int_equal(st->dev_adapters_resident, 3);
+    assert_true(st->dev_adapter_used_bytes > 0 &&
+                st->dev_adapter_used_bytes <= st->dev_adapter_pool_bytes);
+    assert_true(st->dev_adapter_pinned_used_bytes >= st->dev_adapter_used_bytes);
     assert_true(st->admit_deferrals >= 2);
     assert_int_equal(st->dev_adapter_pinned_fills_sync, 1);
     assert_int_equal(st->dev_adapter_pinned_fills_async, 2);
@@ -454,6 +480,34 @@ static void test_engine_cold_adapter(void **state) {
     compare("cold adapters arriving at step 4 on cuda", &cpu, &cu);
     for (int a = 0; a < 3; a++)
         qv_adapter_free(own[a]);
+    qv_engine_destroy(probe);
+}
+
+/* On the device, a greedy request without logprobs or penalties gets its token from the
+ * device's argmax and its logits row never reaches the host; the others (logprobs, sampling)
+ * still get whole rows, in the same step. Checked by the engine's row counters (rows picked on
+ * the device = the tokens of the plain greedy requests) and the tokens against the CPU engine. */
+static void test_engine_device_sampling(void **state) {
+    (void)state;
+    qv_engine *probe = open_engine("cpu");
+    qv_adapter *lo = load_fixture(qv_engine_model(probe), "lora_qv_r4");
+    const qv_adapter *ads[4] = {NULL, lo, NULL, lo};
+    static run_out cpu, cu;
+    memset(&cpu, 0, sizeof(cpu));
+    memset(&cu, 0, sizeof(cu));
+    cpu.lp[2] = cu.lp[2] = true;     /* greedy with logprobs: a host row */
+    cpu.temp[3] = cu.temp[3] = 0.8f; /* sampled: a host row */
+    run_requests("cpu", ads, 4, &cpu);
+    assert_int_equal(cpu.stats.logits_rows_device, 0);
+    gpu_require_device();
+    run_requests("cuda", ads, 4, &cu);
+    printf("cuda engine: %llu logits rows picked on the device, %llu copied to the host\n",
+           (unsigned long long)cu.stats.logits_rows_device,
+           (unsigned long long)cu.stats.logits_rows_host);
+    assert_int_equal(cu.stats.logits_rows_device, 2 * TOKENS);
+    assert_int_equal(cu.stats.logits_rows_host, 2 * TOKENS);
+    compare("device argmax beside host sampling on cuda", &cpu, &cu);
+    qv_adapter_free(lo);
     qv_engine_destroy(probe);
 }
 
@@ -514,6 +568,7 @@ int main(void) {
         cmocka_unit_test(test_engine_warmup),
         cmocka_unit_test(test_engine_kv_reserved),
         cmocka_unit_test(test_engine_cold_adapter),
+        cmocka_unit_test(test_engine_device_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -619,8 +619,8 @@ static void test_pool_host_tier(void **state) {
     assert_false(qv_cuda_adapter_pool_known(pool, 104));
     qv_cuda_adapter_pool_hold_jobs(pool, false);
     /* larger than the whole tier (9 pages): staged directly, nothing kept on the host */
-    float *big = calloc((size_t)4 * 65536 / 2, sizeof(float));
-    for (int i = 0; i < 4 * 65536 / 2; i++)
+    float *big = calloc((size_t)5 * 65536 / 2, sizeof(float));
+    for (int i = 0; i < 5 * 65536 / 2; i++)
         big[i] = (float)(i % 97) * 0.25f;
     qv_cuda_pool_mat mb[3] = {{big, (int64_t)65536, QV_DTYPE_F32},
                               {big, (int64_t)65536, QV_DTYPE_F32},

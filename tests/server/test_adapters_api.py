@@ -210,8 +210,11 @@ def run(store, servers):
     check(m.get('quiver_adapter_acquires_total{result="hit"}', 0) > 0, "metrics: acquire hits")
     # the CUDA pool's pinned tier and admission deferrals: exported, zero on the CPU backend
     for k in ('quiver_adapter_resident{tier="pinned"}', 'quiver_adapter_bytes{tier="pinned"}',
-              "quiver_adapter_admission_deferrals_total"):
+              "quiver_adapter_admission_deferrals_total",
+              'quiver_sampled_tokens_total{where="device"}'):
         check(m.get(k) == 0, f"metrics: {k} = {m.get(k)} on the cpu")
+    check(m.get('quiver_sampled_tokens_total{where="host"}', 0) > 0,
+          "metrics: tokens sampled on the host (cpu)")
     info = [k for k in m if k.startswith("vllm:lora_requests_info{")]
     check(len(info) == 1 and 'max_lora="16"' in info[0], f"metrics: lora_requests_info {info}")
 
