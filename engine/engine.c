@@ -234,7 +234,15 @@ static void drop_kv(qv_engine *e, qv_seq *s) {
 }
 
 static void seq_free(qv_engine *e, qv_seq *s) {
-    if (s->p.adapter) qv_forward_adapter_forget(e->fwd, s->p.adapter); /* before it may be freed */
+    /* Before its adapter may be freed (the caller releases it): no background conversion may
+     * still read it. Not while another sequence holds the same adapter (it stays alive, and
+     * that sequence may want the conversion). */
+    if (s->p.adapter) {
+        bool shared = false;
+        for (int i = 0; i < e->cfg.max_seqs && !shared; i++)
+            shared = &e->seqs[i] != s && e->seqs[i].used && e->seqs[i].p.adapter == s->p.adapter;
+        if (!shared) qv_forward_adapter_forget(e->fwd, s->p.adapter);
+    }
     drop_kv(e, s);
     qv_sampler_free(s->sampler);
     qv_free(s->tokens);
