@@ -585,14 +585,19 @@ static void graph_mix(int first, int n_kinds, const char *what) {
     assert_true(worst <= 1e-5);
 }
 
-static void test_graph_adapter_mix(void **state) {
-    (void)state;
+/* The graph tests' fixtures: the adapters loaded against the model, and its vocabulary size. */
+static void graph_setup(void) {
     gpu_require_device();
     gpu_runner cpu;
     assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, 16, PAGE, 8), 0);
     load_adapters(cpu.m);
     V = cpu.m->cfg.n_vocab;
     gpu_runner_close(&cpu);
+}
+
+static void test_graph_adapter_mix(void **state) {
+    (void)state;
+    graph_setup();
     graph_mix(0, 7, "LoRA, IA3, DoRA");
     graph_mix(7, 3, "bottleneck");
     for (int a = 0; a < N_AD; a++)
@@ -674,12 +679,7 @@ static void drift_run(int graphs, int pad, float *out, long *replays, long *capt
 
 static void test_graph_batch_drift(void **state) {
     (void)state;
-    gpu_require_device();
-    gpu_runner cpu;
-    assert_int_equal(gpu_runner_open(&cpu, qv_test_path(MODEL), 0, 16, PAGE, 8), 0);
-    load_adapters(cpu.m);
-    V = cpu.m->cfg.n_vocab;
-    gpu_runner_close(&cpu);
+    graph_setup();
     const size_t n = (size_t)BD_STEPS * BD_SEQS * (size_t)V;
     float *g = calloc(n, sizeof(float)), *e = calloc(n, sizeof(float)),
           *u = calloc(n, sizeof(float));
