@@ -17,6 +17,7 @@
 
 #include "core.h"
 #include "dtype.h"
+#include "sample_row.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -102,6 +103,13 @@ struct qv_backend_i {
                         float *dst);
     /* out[i] = index of the first maximum of x[i, :] (x (n, width)); out in backend memory. */
     void (*argmax)(qv_backend *be, const float *x, int n, int width, int32_t *out);
+    /* out[i] = the token the host sampler (sampler.h) draws from row i of x (n, width) with
+     * parameters rows[i] and its uniform number rows[i].u; rows[i].temperature 0 is the argmax.
+     * Penalties rewrite the rows in place from pen (pen_cap entries, rows index into it; NULL
+     * when no row has any). rows and pen are host arrays, x and out backend memory. NULL on
+     * backends that sample on the host (callers use argmax, or the host sampler). */
+    void (*sample)(qv_backend *be, float *x, int n, int width, const qv_sample_row *rows,
+                   const qv_token_count *pen, int pen_cap, int32_t *out);
     /* y (n, w.n_rows) += x · wᵀ (+ bias). NULL: callers use matmul then add. */
     void (*matmul_acc)(qv_backend *be, const qv_tensor *w, const float *x, int n, float *y,
                        const float *bias);

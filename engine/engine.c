@@ -95,13 +95,17 @@ struct qv_engine {
     /* step scratch */
     int32_t *b_tokens, *b_pos, *b_seq, *b_logits_idx; /* [max_batch_tokens] */
     int32_t *b_greedy, *b_order; /* [max_seqs]: device-picked tokens, logits-row reordering */
-    qv_seq **b_owner;            /* [max_seqs] sequence of batch seq i */
-    const qv_kv_seq **b_kv;      /* [max_seqs] */
-    int *order_idx;              /* [max_seqs] used slots, wait order */
-    int *run_idx;                /* [max_seqs] running, admission order */
-    bool *in_batch;              /* [max_seqs] slot has tokens this step */
-    float *logits;               /* (max_seqs, n_vocab) */
-    qv_adapter_grouper *grouper; /* groups a step's tokens by adapter (adapter_apply.h) */
+    bool *b_ondev;               /* [max_seqs] logits row li is picked on the device */
+    qv_sample_row *b_srows;      /* [max_seqs] sampling parameters of device-sampled rows */
+    qv_token_count *b_pen;       /* [b_pen_cap] their penalty contexts */
+    int b_pen_cap;
+    qv_seq **b_owner;                      /* [max_seqs] sequence of batch seq i */
+    const qv_kv_seq **b_kv;                /* [max_seqs] */
+    int *order_idx;                        /* [max_seqs] used slots, wait order */
+    int *run_idx;                          /* [max_seqs] running, admission order */
+    bool *in_batch;                        /* [max_seqs] slot has tokens this step */
+    float *logits;                         /* (max_seqs, n_vocab) */
+    qv_adapter_grouper *grouper;           /* groups a step's tokens by adapter (adapter_apply.h) */
     qv_adapter_prefix_cache *prefix_cache; /* shared prefix-tuning KV pages */
     size_t ad_pool_bytes;                  /* the device adapter pool's size (0: none, CPU) */
 };
@@ -209,13 +213,15 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     e->logits = qv_malloc(S * (size_t)mc->n_vocab * sizeof(float));
     e->b_greedy = qv_malloc(S * sizeof(int32_t));
     e->b_order = qv_malloc(S * sizeof(int32_t));
+    e->b_srows = qv_calloc(S, sizeof(*e->b_srows));
+    e->b_ondev = qv_calloc(S, sizeof(bool));
     if ((st = qv_sampler_scratch_create(mc->n_vocab, &e->sampler_scratch)) != QV_OK) {
         qv_errorf(err, st, "engine: out of memory for the sampler scratch");
         goto fail;
     }
     if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits_idx || !e->b_owner ||
         !e->b_kv || !e->order_idx || !e->run_idx || !e->in_batch || !e->logits || !e->b_greedy ||
-        !e->b_order) {
+        !e->b_order || !e->b_srows || !e->b_ondev) {
         st = qv_errorf(err, QV_ERR_NOMEM, "engine: out of memory for step buffers");
         goto fail;
     }
@@ -274,6 +280,9 @@ void qv_engine_destroy(qv_engine *e) {
     qv_free(e->logits);
     qv_free(e->b_greedy);
     qv_free(e->b_order);
+    qv_free(e->b_srows);
+    qv_free(e->b_ondev);
+    qv_free(e->b_pen);
     qv_adapter_grouper_free(e->grouper);
     qv_free(e);
 }
@@ -654,21 +663,66 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
             n_pf += qv_forward_prefetch_adapter(e->fwd, s->p.adapter, &pe) == QV_OK;
         }
     }
-    /* Device backends: the rows of sequences that sample greedily with no logprobs and no
-     * penalties (their sampler is an argmax) are picked on the device; only the others' logits
-     * rows are copied to the host. Those rows go first in logits_idx. */
+    /* Device backends: a row whose token the device can pick is picked there: a plain argmax
+     * always; with device sampling (CUDA, unless host_sampling) also every row that wants no
+     * logprobs, its penalty context within QV_FORWARD_MAX_PEN ids per step. Only the other
+     * rows' logits are copied to the host; they go first in logits_idx. A device row draws
+     * its uniform number from its own sampler, as qv_sampler_sample would. */
     int n_full = n_logits;
     if (qv_forward_device_logits(e->fwd)) {
+        const bool dev_sample = !e->cfg.host_sampling && qv_forward_device_sampling(e->fwd);
+        int n_pen = 0;
+        for (int li = 0; li < n_logits; li++) {
+            const qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
+            bool dev = !needs_logits(s);
+            if (!dev && dev_sample && s->p.sampling.n_logprobs == 0) {
+                const int ctx =
+                    qv_sampler_has_penalties(s->sampler) ? qv_sampler_context_size(s->sampler) : 0;
+                dev = ctx <= QV_FORWARD_MAX_PEN - n_pen;
+                if (dev) n_pen += ctx;
+            }
+            e->b_ondev[li] = dev;
+        }
+        if (n_pen > e->b_pen_cap) {
+            int cap = QV_MAX(1024, e->b_pen_cap);
+            while (cap < n_pen)
+                cap *= 2;
+            qv_token_count *np = qv_realloc(e->b_pen, (size_t)cap * sizeof(*np));
+            if (!np) return qv_errorf(err, QV_ERR_NOMEM, "engine: no memory for penalty contexts");
+            e->b_pen = np;
+            e->b_pen_cap = cap;
+        }
         int k = 0;
         for (int pass = 0; pass < 2; pass++) {
-            for (int li = 0; li < n_logits; li++) {
-                const qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
-                if (needs_logits(s) == (pass == 0)) e->b_order[k++] = e->b_logits_idx[li];
-            }
+            for (int li = 0; li < n_logits; li++)
+                if (e->b_ondev[li] == (pass == 1)) e->b_order[k++] = e->b_logits_idx[li];
             if (pass == 0) n_full = k;
         }
         memcpy(e->b_logits_idx, e->b_order, (size_t)n_logits * sizeof(int32_t));
-        st = qv_forward_run_split(e->fwd, &b, n_full, e->logits, e->b_greedy, err);
+        n_pen = 0;
+        for (int li = n_full; dev_sample && li < n_logits; li++) {
+            qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
+            const qv_sampling_params *p = &s->p.sampling;
+            qv_sample_row *r = &e->b_srows[li - n_full];
+            *r = (qv_sample_row){.temperature = p->temperature,
+                                 .top_p = p->top_p,
+                                 .min_p = p->min_p,
+                                 .repetition_penalty = p->repetition_penalty,
+                                 .presence_penalty = p->presence_penalty,
+                                 .frequency_penalty = p->frequency_penalty,
+                                 .top_k = p->top_k};
+            if (p->temperature < QV_SAMPLER_MIN_TEMPERATURE)
+                r->temperature = 0.0f; /* greedy: no draw */
+            else
+                r->u = qv_sampler_next_uniform(s->sampler);
+            if (qv_sampler_has_penalties(s->sampler)) {
+                r->pen_off = n_pen;
+                r->pen_n = qv_sampler_context(s->sampler, e->b_pen + n_pen, e->b_pen_cap - n_pen);
+                n_pen += r->pen_n;
+            }
+        }
+        st = qv_forward_run_sample(e->fwd, &b, n_full, e->logits, dev_sample ? e->b_srows : NULL,
+                                   e->b_pen, n_pen, e->b_greedy, err);
     } else {
         st = qv_forward_run(e->fwd, &b, e->logits, err);
     }
@@ -691,7 +745,7 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
             float *row = e->logits + (size_t)li * (size_t)n_vocab;
             tok = qv_sampler_sample(s->sampler, row, want_lp ? &lp : NULL);
         } else {
-            tok = e->b_greedy[li - n_full]; /* the sampler's argmax, taken on the device */
+            tok = e->b_greedy[li - n_full]; /* the sampler's choice, made on the device */
         }
         qv_sampler_accept(s->sampler, tok);
         s->tokens[s->n_tokens++] = tok;

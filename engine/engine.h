@@ -44,6 +44,9 @@ typedef struct qv_engine_config {
                                   device loads from it are one copy), allocated at creation;
                                   0 = $QV_CUDA_ADAPTER_PINNED_MB MiB, else twice the device pool;
                                   SIZE_MAX = none */
+    bool host_sampling;          /* device backends: sample every non-greedy row on the host
+                                    (copying its logits) instead of on the device; the tokens
+                                    are the same (docs/sampling.md); for tests and comparison */
 } qv_engine_config;
 
 void qv_engine_config_default(qv_engine_config *c);
@@ -166,8 +169,8 @@ typedef struct qv_engine_stats {
     /* admissions put off because the sequence's adapter was still on its way to the device
      * while other sequences ran (one per sequence and step) */
     uint64_t admit_deferrals;
-    /* logits rows (one per sampled token): sampled on the host from the whole row, or picked
-     * on the device (greedy sequences without logprobs or penalties, device backends) */
+    /* logits rows (one per sampled token): sampled on the host from the whole row, or on the
+     * device (device backends: every sequence without logprobs, unless host_sampling) */
     uint64_t logits_rows_host, logits_rows_device;
     /* CUDA graphs (CUDA backend; 0 elsewhere): forward steps recorded, replayed, run eagerly,
      * and replays refused (the step did not match; rerun eagerly); seconds spent ending

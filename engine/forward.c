@@ -50,6 +50,9 @@ struct qv_forward {
     float *logits_dev;   /* (logit_rows, n_vocab) */
     int32_t *argmax_dev; /* [max_tokens] */
     int logit_rows;
+    qv_sample_row *srows; /* [max_tokens] every wanted row's sampling parameters (device) */
+    qv_token_count *pen;  /* [pen_cap] penalty contexts of the step, padded (device) */
+    int pen_cap;
     /* host-side per-step metadata */
     int32_t *slot_page;         /* [T] */
     int32_t *slot_off;          /* [T] */
@@ -194,7 +197,8 @@ qv_status qv_forward_create(const qv_model *m, qv_backend *be, qv_kv_cache *kv, 
         f->logit_rows = QV_MIN(max_tokens, 64);
         f->logits_dev = balloc(be, (size_t)f->logit_rows * (size_t)c->n_vocab * sizeof(float));
         f->argmax_dev = balloc(be, T * sizeof(int32_t));
-        if (!f->logits_dev || !f->argmax_dev) {
+        f->srows = qv_calloc(T, sizeof(*f->srows));
+        if (!f->logits_dev || !f->argmax_dev || !f->srows) {
             qv_forward_destroy(f);
             return qv_errorf(err, QV_ERR_NOMEM, "forward: cannot allocate device logits");
         }
@@ -221,6 +225,8 @@ void qv_forward_destroy(qv_forward *f) {
     qv_free(f->slot_page);
     qv_free(f->slot_off);
     qv_free(f->tables);
+    qv_free(f->srows);
+    qv_free(f->pen);
     qv_adapter_rt_destroy(f->ad);
 #ifdef QV_HAVE_CUDA
     qv_cuda_lora_rt_destroy(f->dl);
@@ -724,20 +730,60 @@ bool qv_forward_device_logits(const qv_forward *f) {
     return f->be->iface->download && f->be->iface->argmax;
 }
 
-qv_status qv_forward_run_split(qv_forward *f, const qv_batch *b, int n_full, float *logits,
-                               int32_t *tokens, qv_error *err) {
+bool qv_forward_device_sampling(const qv_forward *f) {
+    return qv_forward_device_logits(f) && f->be->iface->sample;
+}
+
+/* Penalty entries a step's staging holds: a power of two, at least QV_FORWARD_PEN_MIN, so
+ * that graphs recorded with one size serve the steps of similar contexts. */
+#define QV_FORWARD_PEN_MIN 1024
+
+qv_status qv_forward_run_sample(qv_forward *f, const qv_batch *b, int n_full, float *logits,
+                                const qv_sample_row *rows, const qv_token_count *pen, int n_pen,
+                                int32_t *tokens, qv_error *err) {
     const struct qv_backend_i *be = f->be->iface;
-    if (!qv_forward_device_logits(f)) {
+    if (!qv_forward_device_logits(f) || (rows && !be->sample)) {
         f->n_pf = 0;
         return qv_errorf(err, QV_ERR_UNSUPPORTED,
-                         "forward: greedy on the device needs a device "
-                         "backend (%s)",
-                         be->name);
+                         "forward: %s on the device needs a device backend (%s)",
+                         rows ? "sampling" : "greedy", be->name);
     }
     const int n_out = b->n_logits; /* rows the caller wants (a padded batch has more) */
-    if (n_full < 0 || n_full > n_out) {
+    if (n_full < 0 || n_full > n_out || n_pen < 0 || n_pen > QV_FORWARD_MAX_PEN ||
+        (n_pen > 0 && !pen)) {
         f->n_pf = 0;
-        return qv_errorf(err, QV_ERR_INVALID, "forward: %d full logits rows of %d", n_full, n_out);
+        return qv_errorf(err, QV_ERR_INVALID, "forward: %d full logits rows of %d, %d penalty ids",
+                         n_full, n_out, n_pen);
+    }
+    /* every wanted row's parameters: rows [n_full, n_out) the caller's, the rest argmax */
+    int pen_cap = 0;
+    if (be->sample) {
+        for (int i = n_full; rows && i < n_out; i++) {
+            const qv_sample_row *r = &rows[i - n_full];
+            if (r->pen_n < 0 || r->pen_off < 0 || r->pen_n > n_pen - r->pen_off) {
+                f->n_pf = 0;
+                return qv_errorf(err, QV_ERR_INVALID,
+                                 "forward: row %d's penalty ids [%d, +%d) outside %d", i,
+                                 r->pen_off, r->pen_n, n_pen);
+            }
+        }
+        if (n_pen > 0) {
+            pen_cap = QV_FORWARD_PEN_MIN;
+            while (pen_cap < n_pen)
+                pen_cap *= 2;
+            if (pen_cap > f->pen_cap) {
+                qv_token_count *np = qv_calloc((size_t)pen_cap, sizeof(*np));
+                if (!np) {
+                    f->n_pf = 0;
+                    return qv_errorf(err, QV_ERR_NOMEM, "forward: no memory for %d penalty ids",
+                                     pen_cap);
+                }
+                qv_free(f->pen);
+                f->pen = np;
+                f->pen_cap = pen_cap;
+            }
+            memcpy(f->pen, pen, (size_t)n_pen * sizeof(*pen));
+        }
     }
 #ifdef QV_HAVE_CUDA
     b = pad_decode(f, b);
@@ -745,19 +791,33 @@ qv_status qv_forward_run_split(qv_forward *f, const qv_batch *b, int n_full, flo
     qv_status st = validate(f, b, err);
     f->n_pf = 0; /* issued by validate, or dropped */
     if (st != QV_OK) return st;
+    if (be->sample) {
+        for (int i = 0; i < b->n_logits; i++)
+            f->srows[i] = rows && i >= n_full && i < n_out ? rows[i - n_full]
+                                                           : (qv_sample_row){.temperature = 0.0f};
+    }
     const size_t V = (size_t)f->m->cfg.n_vocab;
+    int pen_log = 0;
+    while (pen_cap >> pen_log > 1)
+        pen_log++;
     for (int attempt = 0; attempt < 2; attempt++) {
         /* Host copies come after a graph ends (download), so the recorded ops are the same for
          * every n_full while the rows fit one chunk: the greedy step's graphs serve them all.
-         * With more chunks, whole rows end the graph after the first chunk (its own key). */
+         * With more chunks, whole rows end the graph after the first chunk (its own key). The
+         * penalty staging size is part of the key too. */
         const int multi = n_full > 0 && b->n_logits > f->logit_rows;
-        if (be->step_begin) be->step_begin(f->be, attempt ? 0 : step_key(f, b, 1 + multi));
+        if (be->step_begin)
+            be->step_begin(f->be, attempt ? 0 : step_key(f, b, (1 + multi) | pen_log << 4));
         run_layers(f, b);
         st = QV_OK;
         for (int r0 = 0; r0 < b->n_logits && st == QV_OK; r0 += f->logit_rows) {
             const int nr = QV_MIN(f->logit_rows, b->n_logits - r0);
             device_logits(f, b, r0, nr);
-            be->argmax(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->argmax_dev + r0);
+            if (be->sample)
+                be->sample(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->srows + r0,
+                           pen_cap ? f->pen : NULL, pen_cap, f->argmax_dev + r0);
+            else
+                be->argmax(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->argmax_dev + r0);
             const int nf = QV_MIN(nr, n_full - r0);
             if (nf > 0)
                 st = be->download(f->be, logits + (size_t)r0 * V, f->logits_dev,
@@ -769,6 +829,11 @@ qv_status qv_forward_run_split(qv_forward *f, const qv_batch *b, int n_full, flo
         if (st != QV_ERR_BUSY) return st;
     }
     return st;
+}
+
+qv_status qv_forward_run_split(qv_forward *f, const qv_batch *b, int n_full, float *logits,
+                               int32_t *tokens, qv_error *err) {
+    return qv_forward_run_sample(f, b, n_full, logits, NULL, NULL, 0, tokens, err);
 }
 
 qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens, qv_error *err) {

@@ -69,6 +69,25 @@ qv_status qv_forward_run_split(qv_forward *f, const qv_batch *b, int n_full, flo
  * (qv_forward_run_greedy / qv_forward_run_split work). */
 bool qv_forward_device_logits(const qv_forward *f);
 
+/* Most penalty context entries (qv_token_count) one qv_forward_run_sample step takes. */
+#define QV_FORWARD_MAX_PEN (1 << 18)
+
+/* qv_forward_run_split where rows [n_full, n_logits) are sampled on the device instead of
+ * taking their argmax: row n_full + i with rows[i] (temperature, top-k, top-p, min-p, the
+ * uniform number u of its draw, and penalties over pen[pen_off, pen_off + pen_n)), exactly as
+ * qv_sampler_sample would from the same logits and u (engine/sampler.h; see
+ * engine/cuda/sample.cu for the one difference: weights summed in 2^-44 fixed point). A row
+ * with temperature 0 is the argmax. rows NULL: every row's argmax (qv_forward_run_split).
+ * Errors: as qv_forward_run_split; QV_ERR_UNSUPPORTED when the backend cannot sample
+ * (qv_forward_device_sampling false) and rows is not NULL; QV_ERR_INVALID for a row's penalty
+ * range outside [0, n_pen) or n_pen above QV_FORWARD_MAX_PEN. */
+qv_status qv_forward_run_sample(qv_forward *f, const qv_batch *b, int n_full, float *logits,
+                                const qv_sample_row *rows, const qv_token_count *pen, int n_pen,
+                                int32_t *tokens, qv_error *err);
+
+/* Whether qv_forward_run_sample can sample on the device (CUDA); false on host backends. */
+bool qv_forward_device_sampling(const qv_forward *f);
+
 /* Most adapters queued by qv_forward_prefetch_adapter between two runs. */
 #define QV_FORWARD_MAX_PREFETCH 8
 

@@ -666,6 +666,23 @@ int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
     return tok;
 }
 
+const qv_sampling_params *qv_sampler_params(const qv_sampler *s) { return &s->p; }
+
+bool qv_sampler_has_penalties(const qv_sampler *s) { return penalties_active(s); }
+
+double qv_sampler_next_uniform(qv_sampler *s) { return rng_uniform(s->rng); }
+
+int qv_sampler_context_size(const qv_sampler *s) { return s->n_seen; }
+
+int qv_sampler_context(const qv_sampler *s, qv_token_count *out, int cap) {
+    const int n = QV_MIN(cap, s->n_seen);
+    for (int j = 0; j < n; j++) {
+        const int32_t id = s->seen[j];
+        out[j] = (qv_token_count){id, s->state[id] & COUNT_MASK};
+    }
+    return n;
+}
+
 void qv_sampler_probs(qv_sampler *s, float *logits, float *probs) {
     memset(probs, 0, (size_t)s->n_vocab * sizeof(*probs));
     if (penalties_active(s)) apply_penalties(s, logits);

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "core.h"
+#include "sample_row.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -97,6 +98,21 @@ void qv_sampler_add_prompt(qv_sampler *s, const int32_t *ids, size_t n);
 /* Records a generated token: it joins the repetition context and its presence/frequency count
  * grows by one. Ids outside [0, n_vocab) are ignored. */
 void qv_sampler_accept(qv_sampler *s, int32_t token);
+
+/* For callers that sample a row elsewhere (a device backend, engine/cuda/sample.cu) with the
+ * sampler's semantics and stream: */
+/* The parameters the sampler was created with. */
+const qv_sampling_params *qv_sampler_params(const qv_sampler *s);
+/* Whether a repetition, presence or frequency penalty is on. */
+bool qv_sampler_has_penalties(const qv_sampler *s);
+/* Advances the PRNG by one draw and returns the uniform number in [0, 1) that
+ * qv_sampler_sample would have used for a sampled (temperature > 0) row now. */
+double qv_sampler_next_uniform(qv_sampler *s);
+/* Number of distinct ids in the repetition context (prompt + generated tokens). */
+int qv_sampler_context_size(const qv_sampler *s);
+/* Writes the first min(cap, context size) context ids, in first-seen order, with how many
+ * times each was generated, into out; returns how many it wrote. */
+int qv_sampler_context(const qv_sampler *s, qv_token_count *out, int cap);
 
 typedef struct qv_logprobs {
     int32_t token;

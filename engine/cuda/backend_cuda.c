@@ -30,6 +30,7 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda/cuda_kernels.h"
+#include "cuda/sample.h"
 #include "cuda/sgmv.h"
 
 #define ALIGN 256
@@ -1072,6 +1073,21 @@ static void cu_argmax(qv_backend *be, const float *x, int n, int width, int32_t 
     (void)RUN(cx, qv_cuda_argmax(x, n, width, out, cx->stream));
 }
 
+static void cu_sample(qv_backend *be, float *x, int n, int width, const qv_sample_row *rows,
+                      const qv_token_count *pen, int pen_cap, int32_t *out) {
+    cuda_ctx *cx = ctx_of(be);
+    flush_pending(cx);
+    invalidate_xh(cx);
+    if (cx->failed || n <= 0) return;
+    const size_t rb = (size_t)n * sizeof(*rows), pb = pen ? (size_t)pen_cap * sizeof(*pen) : 0;
+    if (!ensure_room(cx, align_up(rb) + (pb ? align_up(pb) : 0))) return;
+    const qv_sample_row *d_rows = stage(cx, rows, rb);
+    const qv_token_count *d_pen = pb ? stage(cx, pen, pb) : NULL;
+    if (!d_rows || (pb && !d_pen)) return;
+    SIG(cx, 40, U(x), (uint64_t)n, (uint64_t)width, (uint64_t)pb, U(out));
+    (void)RUN(cx, qv_cuda_sample(x, n, width, d_rows, d_pen, out, cx->stream));
+}
+
 static const struct qv_backend_i cuda_iface = {
     .name = "cuda",
     .destroy = cu_destroy,
@@ -1089,6 +1105,7 @@ static const struct qv_backend_i cuda_iface = {
     .upload = cu_upload,
     .gather_rows = cu_gather_rows,
     .argmax = cu_argmax,
+    .sample = cu_sample,
     .matmul_acc = cu_matmul_acc,
     .step_begin = cu_step_begin,
 };

@@ -9,6 +9,10 @@
  * ms per step, aggregate tokens/s, and the ratio to the HBM weight-read floor
  * B / (resident weight bytes / bandwidth), the bandwidth measured in the same run with a
  * device-to-device copy (read + write bytes). KV reads are not in the floor.
+ * Then, at batch 32 on both real-shaped models, the same steps sampling at temperature 0.8 with
+ * top-p 0.95: on the device (qv_forward_run_sample, B token ids read back) and on the host
+ * (qv_forward_run_split with whole rows: B x n_vocab floats copied, then the host sampler per
+ * row, the engine's path with host_sampling), printed side by side with the greedy step.
  * Usage: bench_gpu_decode [steps]   (built only with -DQV_CUDA=ON)
  */
 #include <stdio.h>
@@ -20,6 +24,7 @@
 #include "engine/cuda/synth_model.h"
 #include "engine/forward.h"
 #include "engine/kv_cache.h"
+#include "engine/sampler.h"
 
 #define PROMPT 32
 #define MAX_B 128
@@ -31,8 +36,55 @@ typedef struct bench_model {
     qv_model_config cfg;
 } bench_model;
 
+enum { MODE_GREEDY, MODE_DEVICE_SAMPLING, MODE_HOST_SAMPLING };
+
+/* One decode step of mode `mode` (see the top comment); next[B] receives the tokens. */
+static qv_status decode_step(qv_forward *fwd, const qv_batch *b, int V, int mode, uint64_t *u_state,
+                             int32_t *next, qv_error *err) {
+    static qv_sample_row rows[MAX_B];
+    static qv_sampler *smp[MAX_B];
+    static qv_sampler_scratch *scratch;
+    static float *logits;
+    static int logits_v;
+    const int B = b->n_logits;
+    if (mode == MODE_GREEDY) return qv_forward_run_greedy(fwd, b, next, err);
+    if (mode == MODE_DEVICE_SAMPLING) {
+        for (int j = 0; j < B; j++) {
+            *u_state = *u_state * 6364136223846793005ull + 1442695040888963407ull;
+            rows[j] = (qv_sample_row){.u = (double)(*u_state >> 11) * 0x1.0p-53,
+                                      .temperature = 0.8f,
+                                      .top_p = 0.95f,
+                                      .repetition_penalty = 1.0f};
+        }
+        return qv_forward_run_sample(fwd, b, 0, NULL, rows, NULL, 0, next, err);
+    }
+    if (logits_v != V) { /* host sampling: buffers for MAX_B rows of this vocabulary */
+        free(logits);
+        for (int j = 0; j < MAX_B; j++)
+            qv_sampler_free(smp[j]), smp[j] = NULL;
+        qv_sampler_scratch_free(scratch);
+        logits = malloc((size_t)MAX_B * (size_t)V * sizeof(float));
+        qv_sampling_params p;
+        qv_sampling_params_default(&p);
+        p.temperature = 0.8f;
+        p.top_p = 0.95f;
+        if (!logits || qv_sampler_scratch_create(V, &scratch) != QV_OK)
+            return qv_errorf(err, QV_ERR_NOMEM, "host sampling buffers");
+        for (int j = 0; j < MAX_B; j++) {
+            p.seed = (uint64_t)j;
+            if (qv_sampler_create_with_scratch(&p, V, scratch, &smp[j]) != QV_OK)
+                return qv_errorf(err, QV_ERR_NOMEM, "host samplers");
+        }
+        logits_v = V;
+    }
+    qv_status st = qv_forward_run_split(fwd, b, B, logits, next, err);
+    for (int j = 0; st == QV_OK && j < B; j++)
+        next[j] = qv_sampler_sample(smp[j], logits + (size_t)j * (size_t)V, NULL);
+    return st;
+}
+
 static int run_batch(qv_backend *be, qv_forward *fwd, qv_kv_cache *kv, int V, int B, int steps,
-                     double *ms_step, qv_cuda_stats *out) {
+                     int mode, double *ms_step, qv_cuda_stats *out) {
     qv_cuda_stats c0, c1;
     static qv_kv_seq seqs[MAX_B];
     static const qv_kv_seq *sp[MAX_B];
@@ -42,6 +94,7 @@ static int run_batch(qv_backend *be, qv_forward *fwd, qv_kv_cache *kv, int V, in
     memset(seqs, 0, sizeof(seqs));
     int rc = -1;
     uint32_t r = 12345u + (uint32_t)B;
+    uint64_t u_state = 99;
     /* prefill, MAX_TOKENS / PROMPT sequences per batch */
     const int per = MAX_TOKENS / PROMPT;
     for (int s0 = 0; s0 < B; s0 += per) {
@@ -98,7 +151,7 @@ static int run_batch(qv_backend *be, qv_forward *fwd, qv_kv_cache *kv, int V, in
                       .seqs = sp,
                       .n_logits = B,
                       .logits_idx = li};
-        if (qv_forward_run_greedy(fwd, &b, next, &err) != QV_OK) {
+        if (decode_step(fwd, &b, V, mode, &u_state, next, &err) != QV_OK) {
             fprintf(stderr, "decode: %s\n", err.msg);
             goto done;
         }
@@ -187,8 +240,8 @@ int main(int argc, char **argv) {
     printf("\n| model | weights (MB) | batch | ms/step | tokens/s | weight-read floor tokens/s | "
            "ratio to floor | vs batch 1 |\n|---|---|---|---|---|---|---|---|\n");
     int rc = 0;
-    static char notes[12][320];
-    int n_notes = 0;
+    static char notes[12][320], samp[2][200];
+    int n_notes = 0, n_samp = 0;
     for (int mi = 0; mi < 3; mi++) {
         qv_model *m = NULL;
         qv_backend *be = NULL;
@@ -217,7 +270,7 @@ int main(int argc, char **argv) {
                 const int B = batches[bi];
                 double ms = 0;
                 qv_cuda_stats cs;
-                if (run_batch(be, fwd, kv, m->cfg.n_vocab, B, steps, &ms, &cs) != 0) {
+                if (run_batch(be, fwd, kv, m->cfg.n_vocab, B, steps, MODE_GREEDY, &ms, &cs) != 0) {
                     rc = 1;
                     break;
                 }
@@ -237,12 +290,28 @@ int main(int argc, char **argv) {
                 fflush(stdout);
             }
             if (mi == 1) gemv_bandwidth(be, m, bw, notes[n_notes++], sizeof notes[0]);
+            if (mi < 2 && rc == 0) { /* sampling at batch 32: greedy, device, host side by side */
+                double ms[3] = {0, 0, 0};
+                qv_cuda_stats cs;
+                for (int mode = 0; mode < 3 && rc == 0; mode++)
+                    rc = run_batch(be, fwd, kv, m->cfg.n_vocab, 32, steps, mode, &ms[mode], &cs);
+                if (rc == 0)
+                    snprintf(samp[n_samp++], sizeof samp[0],
+                             "| %s | %d | 32 | %.3f | %.3f | %.3f | %.2f | %.2f |", models[mi].name,
+                             m->cfg.n_vocab, ms[0], ms[1], ms[2], ms[1] / ms[0], ms[2] / ms[1]);
+            }
         }
         qv_forward_destroy(fwd);
         qv_kv_cache_destroy(kv);
         if (be) be->iface->destroy(be);
         qv_synth_model_free(m);
     }
+    printf("\nSampling (temperature 0.8, top-p 0.95), ms per decode step:\n\n"
+           "| model | vocab | batch | greedy (device argmax) | sampled on the device | sampled on "
+           "the host (rows copied) | device / greedy | host / device |\n"
+           "|---|---|---|---|---|---|---|---|\n");
+    for (int i = 0; i < n_samp; i++)
+        printf("%s\n", samp[i]);
     printf("\n");
     for (int i = 0; i < n_notes; i++)
         printf("%s\n", notes[i]);

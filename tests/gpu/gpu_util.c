@@ -24,6 +24,23 @@ void gpu_require_device(void) {
 #endif
 }
 
+qv_backend *gpu_cuda_empty(size_t weight_bytes, size_t arena_bytes) {
+#ifdef QV_HAVE_CUDA
+    qv_error err = {0};
+    qv_cuda_opts o;
+    qv_cuda_opts_default(&o);
+    o.max_tokens = 256;
+    o.arena_bytes = arena_bytes;
+    qv_backend *be = NULL;
+    if (qv_backend_cuda_create_empty(weight_bytes, &o, &be, &err) == QV_OK) return be;
+    fprintf(stderr, "cuda backend: %s\n", err.msg);
+#else
+    (void)weight_bytes;
+    (void)arena_bytes;
+#endif
+    return NULL;
+}
+
 float gpu_randf(uint32_t *s) {
     *s = *s * 1664525u + 1013904223u;
     return (float)(*s >> 8) * (2.0f / 16777216.0f) - 1.0f;

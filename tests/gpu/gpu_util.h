@@ -37,6 +37,10 @@ int gpu_runner_open(gpu_runner *r, const char *path, int cuda, int n_pages, int 
                     int max_tokens);
 void gpu_runner_close(gpu_runner *r);
 
+/* A CUDA backend without a model (room for weight_bytes of test weights added later, an arena
+ * of arena_bytes, batches of 256 tokens); NULL with the reason on stderr. */
+qv_backend *gpu_cuda_empty(size_t weight_bytes, size_t arena_bytes);
+
 /* Index of the largest element (first of equal maxima) and the gap to the second largest. */
 int gpu_argmax(const float *x, int n, float *gap);
 

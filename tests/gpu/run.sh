@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run.sh - the device script: build for Hopper (sm_90) on all cores, run the gpu-labelled tests,
-# compute-sanitizer memcheck on the op tests and the SGMV test, racecheck on the SGMV test, the
-# SGMV bandwidth benchmark, the decode benchmark and the multi-adapter benchmark (bench_gpu_lora:
+# compute-sanitizer memcheck on the op, SGMV and sampling tests, racecheck on the SGMV and
+# sampling tests, the SGMV bandwidth benchmark, the decode benchmark (greedy, and sampling on the
+# device vs on the host at batch 32) and the multi-adapter benchmark (bench_gpu_lora:
 # 32 distinct / shared / no adapters at batch 32 against the roofline R, 1,000 Zipf adapters vs
 # 5, cold-adapter time to first token, CUDA-graph capture per batch size); prints one table.
 # Meant for a lent GPU machine (H100/H200); finishes in a few minutes (each step is capped).
@@ -16,7 +17,7 @@ if [[ -d .gpu-deps ]]; then source tests/gpu/deps.sh unpack; fi
 export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # not the server binary: it links libmicrohttpd/gnutls, which the machine may lack
-targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora test_cuda_engine_lora bench_gpu_decode bench_sgmv bench_gpu_lora"
+targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora test_cuda_engine_lora test_cuda_sample bench_gpu_decode bench_sgmv bench_gpu_lora"
 build() { # $1 = ON/OFF fatal warnings
     cmake -S . -B build-gpu -DQV_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DQV_FATAL_WARNINGS=$1 \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo >/tmp/qv-gpu-cmake.log 2>&1 || { tail -20 /tmp/qv-gpu-cmake.log; return 1; }
@@ -46,16 +47,22 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     timeout 100 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
         build-gpu/tests/test_cuda_sgmv >>/tmp/qv-gpu-san.log 2>&1
     src3=$?
+    timeout 100 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+        build-gpu/tests/test_cuda_sample >>/tmp/qv-gpu-san.log 2>&1
+    src4=$?
     grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" /tmp/qv-gpu-san.log | head -20
-    [ $src -eq 0 ] && [ $src2 -eq 0 ] && [ $src3 -eq 0 ] && san="clean" || { san="FAIL (rc $src/$src2/$src3)"; tail -30 /tmp/qv-gpu-san.log; }
+    [ $src -eq 0 ] && [ $src2 -eq 0 ] && [ $src3 -eq 0 ] && [ $src4 -eq 0 ] && san="clean" || { san="FAIL (rc $src/$src2/$src3/$src4)"; tail -30 /tmp/qv-gpu-san.log; }
 fi
 race="skipped"
 if command -v compute-sanitizer >/dev/null 2>&1; then
     timeout 100 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 \
         build-gpu/tests/test_cuda_sgmv >/tmp/qv-gpu-race.log 2>&1
     rrc=$?
+    timeout 100 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 \
+        build-gpu/tests/test_cuda_sample >>/tmp/qv-gpu-race.log 2>&1
+    rrc2=$?
     grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|PASSED|FAILED" /tmp/qv-gpu-race.log | head -10
-    [ $rrc -eq 0 ] && race="clean" || { race="FAIL (rc $rrc)"; tail -30 /tmp/qv-gpu-race.log; }
+    [ $rrc -eq 0 ] && [ $rrc2 -eq 0 ] && race="clean" || { race="FAIL (rc $rrc/$rrc2)"; tail -30 /tmp/qv-gpu-race.log; }
 fi
 t3=$(date +%s)
 echo "== SGMV benchmark =="
@@ -85,7 +92,7 @@ echo "| step | result | seconds |"
 echo "|---|---|---|"
 echo "| build (sm_90, -Werror $werror) | ok | $((t1 - t0)) |"
 echo "| ctest -L gpu | $([ $rc -eq 0 ] && echo pass || echo FAIL) | $((t2 - t1)) |"
-echo "| compute-sanitizer memcheck test_cuda_ops + test_cuda_forward + test_cuda_sgmv, racecheck test_cuda_sgmv | $san / racecheck $race | $((t3 - t2)) |"
+echo "| compute-sanitizer memcheck test_cuda_ops + test_cuda_forward + test_cuda_sgmv + test_cuda_sample, racecheck test_cuda_sgmv + test_cuda_sample | $san / racecheck $race | $((t3 - t2)) |"
 echo "| bench_sgmv | $([ $sbrc -eq 0 ] && echo ok || echo "FAIL rc $sbrc") | $((t3b - t3)) |"
 echo "| bench_gpu_decode | $([ $brc -eq 0 ] && echo ok || echo "FAIL rc $brc") | $((t4 - t3b)) |"
 echo "| bench_gpu_lora | $([ $lrc -eq 0 ] && echo ok || echo "FAIL rc $lrc") | $((t5 - t4)) |"

@@ -343,7 +343,7 @@ static void test_engine_warmup(void **state) {
     assert_true(sw.graph_replays >= TOKENS - 2);
     assert_true(sw.graph_replays > sc.graph_replays);
     assert_memory_equal(warm, cold, sizeof(warm));
-    /* sampling requests (whole rows on the host) replay the same graphs */
+    /* sampling requests (sampled on the device, rows never copied) replay the same graphs */
     warm_run(true, 0.8f, warm, &sw, &shapes);
     warm_run(false, 0.8f, cold, &sc, &none);
     printf("3 requests sampling at 0.8: after the warm-up %llu graphs recorded, %llu replays, "
@@ -353,7 +353,8 @@ static void test_engine_warmup(void **state) {
     assert_int_equal(sw.graph_mismatches, 0);
     assert_int_equal(sw.graph_captures, 0);
     assert_true(sw.graph_replays >= TOKENS - 2);
-    assert_int_equal(sw.logits_rows_host, 3 * TOKENS);
+    assert_int_equal(sw.logits_rows_host, 0);
+    assert_int_equal(sw.logits_rows_device, 3 * TOKENS);
     assert_memory_equal(warm, cold, sizeof(warm)); /* same seed, same logits, same draws */
 }
 
@@ -483,10 +484,11 @@ static void test_engine_cold_adapter(void **state) {
     qv_engine_destroy(probe);
 }
 
-/* On the device, a greedy request without logprobs or penalties gets its token from the
- * device's argmax and its logits row never reaches the host; the others (logprobs, sampling)
- * still get whole rows, in the same step. Checked by the engine's row counters (rows picked on
- * the device = the tokens of the plain greedy requests) and the tokens against the CPU engine. */
+/* On the device, a request without logprobs gets its token from the device (argmax, or the
+ * sampler's draw: engine/cuda/sample.cu) and its logits row never reaches the host; a request
+ * with logprobs still gets whole rows, in the same step. Checked by the engine's row counters
+ * (rows picked on the device = the tokens of the greedy and sampled requests) and the tokens
+ * against the CPU engine. */
 static void test_engine_device_sampling(void **state) {
     (void)state;
     qv_engine *probe = open_engine("cpu");
@@ -496,7 +498,7 @@ static void test_engine_device_sampling(void **state) {
     memset(&cpu, 0, sizeof(cpu));
     memset(&cu, 0, sizeof(cu));
     cpu.lp[2] = cu.lp[2] = true;     /* greedy with logprobs: a host row */
-    cpu.temp[3] = cu.temp[3] = 0.8f; /* sampled: a host row */
+    cpu.temp[3] = cu.temp[3] = 0.8f; /* sampled: a device row */
     run_requests("cpu", ads, 4, &cpu);
     assert_int_equal(cpu.stats.logits_rows_device, 0);
     gpu_require_device();
@@ -504,9 +506,9 @@ static void test_engine_device_sampling(void **state) {
     printf("cuda engine: %llu logits rows picked on the device, %llu copied to the host\n",
            (unsigned long long)cu.stats.logits_rows_device,
            (unsigned long long)cu.stats.logits_rows_host);
-    assert_int_equal(cu.stats.logits_rows_device, 2 * TOKENS);
-    assert_int_equal(cu.stats.logits_rows_host, 2 * TOKENS);
-    compare("device argmax beside host sampling on cuda", &cpu, &cu);
+    assert_int_equal(cu.stats.logits_rows_device, 3 * TOKENS);
+    assert_int_equal(cu.stats.logits_rows_host, TOKENS);
+    compare("device argmax and sampling beside a logprobs row on cuda", &cpu, &cu);
     qv_adapter_free(lo);
     qv_engine_destroy(probe);
 }

@@ -660,15 +660,8 @@ static int setup(void **state) {
     (void)state;
     qv_error err = {0};
     if (qv_backend_cpu_create(2, &cpu, &err) != QV_OK) return -1;
-    qv_cuda_opts o;
-    qv_cuda_opts_default(&o);
-    o.max_tokens = 256;
-    o.arena_bytes = (size_t)256 << 20;
-    if (qv_backend_cuda_create_empty((size_t)128 << 20, &o, &cu, &err) != QV_OK) {
-        fprintf(stderr, "cuda backend: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    cu = gpu_cuda_empty((size_t)128 << 20, (size_t)256 << 20);
+    return cu ? 0 : -1;
 }
 static int teardown(void **state) {
     (void)state;

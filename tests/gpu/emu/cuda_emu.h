@@ -132,6 +132,14 @@ static inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32)
     return ::qv_emu::shfl_from(v, src);
 }
 template <typename T>
+static inline T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32) {
+    (void)mask;
+    const int lane = ::qv_emu::lane_linear() & 31;
+    int src = lane - (int)d;
+    if (src < (lane & ~(width - 1))) src = lane;
+    return ::qv_emu::shfl_from(v, src);
+}
+template <typename T>
 static inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
     (void)mask;
     const int lane = ::qv_emu::lane_linear() & 31;
@@ -163,6 +171,7 @@ static inline typename std::common_type<A, B>::type max(A a, B b) {
 }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline float __fdividef(float a, float b) { return a / b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
 /* one fiber runs at a time and fibers switch only at barriers: plain read-modify-write is
  * atomic here */
 template <typename T> static inline T atomicAdd(T *p, T v) {

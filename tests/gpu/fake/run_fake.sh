@@ -37,9 +37,10 @@ cxx -o "$out/cuda_emu.o" "$emu/cuda_emu.cpp"
 cxx -o "$out/emu_graph.o" "$emu/emu_graph.cpp"
 cxx -include "$emu/cuda_emu.h" -o "$out/kernels_emu.o" "$emu/kernels_emu.cpp"
 cxx -include "$emu/cuda_emu.h" -o "$out/sgmv_emu.o" "$emu/sgmv_emu.cpp"
+cxx -include "$emu/cuda_emu.h" -o "$out/sample_emu.o" "$emu/sample_emu.cpp"
 dev=("$root/engine/forward.c" "$root/engine/cuda/adapter_pool.c" "$root/engine/cuda/lora_cuda.c"
      "$g/fake/fake_cudart.c" "$out/cuda_emu.o" "$out/emu_graph.o" "$out/kernels_emu.o"
-     "$out/sgmv_emu.o" "$g/fake/fake_cublas.c" "$root/engine/cuda/backend_cuda.c" -lstdc++)
+     "$out/sgmv_emu.o" "$out/sample_emu.o" "$g/fake/fake_cublas.c" "$root/engine/cuda/backend_cuda.c" -lstdc++)
 cc -o "$out/prefetch" "$g/fake/fake_engine_prefetch.c" "$root/tests/test_util.c" \
     "$root/engine/engine.c" "${dev[@]}"
 cc -o "$out/churn" "$g/fake/fake_lora_churn.c" "$root/tests/test_util.c" "${dev[@]}"

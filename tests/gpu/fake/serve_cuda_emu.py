@@ -8,8 +8,8 @@ Checks on the CUDA server: start-up reports the device adapter pool, its pinned 
 the CUDA graphs recorded; four concurrent greedy completions (base + the three adapters) give
 the CPU server's text, or part from it only where the CPU's top two tokens are a near tie
 (logprob gap below 0.25, the bf16 weights' error), and the adapters change the text; a sampled
-request (temperature 0.8) completes; /metrics shows greedy tokens picked on the device, the
-sampled ones on the host, adapter images in the pinned tier and on the device, and graph
+request (temperature 0.8) and a logprobs request complete; /metrics shows the greedy and
+sampled tokens picked on the device, the logprobs ones on the host, adapter images in the pinned tier and on the device, and graph
 replays. Slow (every CUDA thread is emulated): about a minute.
 
 Usage: serve_cuda_emu.py <quiver_emu> <quiver>. Exit 77 when the model has not been fetched.
@@ -112,11 +112,14 @@ def main():
                   f"{want[m]['text']!r}")
     st, r = complete(cu, "lora", temperature=0.8, seed=5, max_tokens=3)
     check(st == 200 and r["usage"]["completion_tokens"] == 3, f"cuda: a sampled request ({st})")
+    st, r = complete(cu, MODEL_NAME, max_tokens=2, logprobs=2)
+    check(st == 200 and r["usage"]["completion_tokens"] == 2 and r["choices"][0].get("logprobs"),
+          f"cuda: a logprobs request ({st})")
     m = cu.metrics()
     dev = m.get('quiver_sampled_tokens_total{where="device"}', 0)
     host = m.get('quiver_sampled_tokens_total{where="host"}', 0)
-    check(dev >= len(models) * N, f"cuda: greedy tokens picked on the device ({dev})")
-    check(host >= 3, f"cuda: sampled tokens on the host ({host})")
+    check(dev >= len(models) * N + 3, f"cuda: greedy and sampled tokens picked on the device ({dev})")
+    check(host >= 2, f"cuda: the logprobs request's tokens sampled on the host ({host})")
     pinned = m.get('quiver_adapter_resident{tier="pinned"}', 0)
     device = m.get('quiver_adapter_resident{tier="device"}', 0)
     check(pinned >= 2 and device >= 2,
