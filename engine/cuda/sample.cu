@@ -6,8 +6,8 @@
  *               products rounded before the subtraction so no FMA changes a bit).
  * k_sample      grid (rows), SAMPLE_THREADS threads, one block per row, nothing but the row and
  *               a few kilobytes of shared memory:
- *   1. maximum of the row; a greedy row (or one without a finite maximum) takes the first
- *      maximum, as argmax_first does;
+ *   1. maximum of the row and its first index; a greedy row (or one without a finite
+ *      maximum) takes that index, as argmax_first does, in this one pass;
  *   2. top-k: the k-th largest raw logit by a four-pass 8-bit radix select on order-preserving
  *      keys (histograms in shared memory); kept: y = x / T >= (k-th) / T;
  *   3. weights e = expf(y - max y) as integers in units of 2^-44 (a row of up to 2^19 tokens
@@ -97,18 +97,23 @@ struct sample_shared {
     int tok;
 };
 
-/* Maximum over the block (NaN never enters: callers start at -inf and compare with >). */
-static __device__ float block_max(float v, sample_shared *sh) {
+/* Maximum over the block and the lowest index holding it (NaN never enters: callers start at
+ * -inf and compare with >); every thread gets both. */
+static __device__ float block_argmax(float v, int *idx, sample_shared *sh) {
+    int i = *idx;
     for (int o = 16; o > 0; o >>= 1) {
         const float w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = w > v ? w : v;
+        const int wi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (w > v || (w == v && wi < i)) v = w, i = wi;
     }
     __syncthreads();
-    if ((threadIdx.x & 31) == 0) sh->wf[threadIdx.x >> 5] = v;
+    if ((threadIdx.x & 31) == 0) sh->wf[threadIdx.x >> 5] = v, sh->wi[threadIdx.x >> 5] = i;
     __syncthreads();
     float m = sh->wf[0];
-    for (int i = 1; i < SAMPLE_WARPS; i++)
-        m = sh->wf[i] > m ? sh->wf[i] : m;
+    int mi = sh->wi[0];
+    for (int k = 1; k < SAMPLE_WARPS; k++)
+        if (sh->wf[k] > m || (sh->wf[k] == m && sh->wi[k] < mi)) m = sh->wf[k], mi = sh->wi[k];
+    *idx = mi;
     return m;
 }
 
@@ -207,9 +212,10 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
     const int c0 = min(width, tid * span), c1 = min(width, c0 + span);
 
     float mx = -INFINITY;
+    int first = 0x7fffffff; /* the first maximum (ids ascend per thread) */
     for (int j = tid; j < width; j += SAMPLE_THREADS)
-        if (r[j] > mx) mx = r[j];
-    mx = block_max(mx, &sh);
+        if (r[j] > mx) mx = r[j], first = j;
+    mx = block_argmax(mx, &first, &sh);
     const float t = p.temperature;
     const float m = mx / t;
     bool greedy = !(t >= MIN_TEMPERATURE) || !(mx > -INFINITY) || !(m > -INFINITY);
@@ -341,15 +347,7 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
 
     /* greedy: the first maximum of the (penalised) row; 0 when nothing is above -inf */
-    int first = 0x7fffffff;
-    if (mx > -INFINITY)
-        for (int j = tid; j < width; j += SAMPLE_THREADS)
-            if (r[j] == mx) {
-                first = j;
-                break;
-            }
-    first = block_min_int(first, &sh);
-    if (tid == 0) out[blockIdx.x] = first == 0x7fffffff ? 0 : first;
+    if (tid == 0) out[blockIdx.x] = mx > -INFINITY ? first : 0;
 }
 
 extern "C" int qv_cuda_sample(float *x, int n, int width, const qv_sample_row *rows,

@@ -234,6 +234,7 @@ static void test_sample_greedy_and_degenerate(void **state) {
         {"greedy + penalties", V, gp, 0, 6, 0, 1.0f},
         {"sampled, all -inf", V, params(1.0f, 0, 0.9f, 0.0f), 0, 0, 0, 0.0f},
         {"sampled, +inf at 7", V, params(1.0f, 5, 1.0f, 0.0f), 0, 0, 0, 1.0f},
+        {"greedy, maximum at 3 ids", V, g, 0, 0, 0, 1.0f},
     };
     for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
         const sample_case *c = &cases[ci];
@@ -260,6 +261,8 @@ static void test_sample_greedy_and_degenerate(void **state) {
                 for (int i = 0; i < V; i++)
                     x[i] = -INFINITY;
             if (ci == 3) x[7] = INFINITY;
+            if (ci == 4) /* ties: the lowest id wins, wherever the threads meet them */
+                x[700] = x[123] = x[641] = 5.0f;
             qv_sampler *s = make_sampler(c);
             memcpy(xc, x, V * sizeof(float));
             int32_t want = qv_sampler_sample(s, xc, NULL), got;
@@ -267,6 +270,7 @@ static void test_sample_greedy_and_degenerate(void **state) {
             device_sample(c, s, x, &u, 1, &got);
             printf("%-28s: host %d, device %d\n", c->name, want, got);
             assert_int_equal(got, want);
+            if (ci == 4) assert_int_equal(got, 123);
             qv_sampler_free(s);
         }
         free(x);
