@@ -26,15 +26,18 @@ extern "C" {
 typedef struct qv_backend qv_backend;
 
 /* Paged KV pool of one backend. Page p of layer l holds `page_size` token slots:
- * k[((l * n_pages + p) * page_size + slot) * kv_dim + i], kv_dim = n_kv_heads * head_dim. */
+ * k[((l * n_pages + p) * page_size + slot) * kv_dim + i], kv_dim = n_kv_heads * head_dim,
+ * elements of elem_bytes each (F32; a device backend may store bf16, see kv_elem_bytes). */
 typedef struct qv_kv_pool {
     int n_layers;
     int n_pages;
     int page_size; /* tokens per page */
     int n_kv_heads;
     int head_dim;
-    float *k; /* (n_layers, n_pages, page_size, n_kv_heads, head_dim) */
-    float *v; /* (n_layers, n_pages, page_size, n_kv_heads, head_dim) */
+    float *k;       /* (n_layers, n_pages, page_size, n_kv_heads, head_dim) */
+    float *v;       /* (n_layers, n_pages, page_size, n_kv_heads, head_dim) */
+    int elem_bytes; /* 4 (F32) or 2 (bf16, as the backend chose at creation); 0: the backend's
+                       current choice (pools built by hand in tests) */
 } qv_kv_pool;
 
 /* Attention work for one step. Token t belongs to sequence tok_seq[t] and sits at absolute
@@ -88,6 +91,9 @@ struct qv_backend_i {
      * paged cache of `layer`; softmax in fp32. */
     void (*attention)(qv_backend *be, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
                       const float *q, float *out);
+
+    /* Bytes per stored K/V element of pools created now: 4 (F32) or 2 (bf16). NULL: 4. */
+    int (*kv_elem_bytes)(qv_backend *be);
 
     /* Device backends only; NULL on host-memory backends (the CPU), whose memory callers read
      * and write directly. */

@@ -135,6 +135,7 @@ static int usable_pages(const qv_engine *e) {
 int qv_engine_kv_pages(const qv_engine *e) { return usable_pages(e); }
 int qv_engine_kv_page_size(const qv_engine *e) { return e->kv->pool.page_size; }
 int qv_engine_kv_free_pages(const qv_engine *e) { return e->kv->n_free; }
+int qv_engine_kv_elem_bytes(const qv_engine *e) { return e->kv->pool.elem_bytes; }
 
 qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_error *err) {
     *out = NULL;
@@ -168,6 +169,12 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
         co.arena_bytes = c->kv_bytes + (size_t)c->max_batch_tokens * per_tok * sizeof(float) +
                          (size_t)64 * (size_t)mc0->n_vocab * sizeof(float) + ((size_t)16 << 20);
         if ((st = qv_backend_cuda_create(e->model, &co, &e->be, err)) != QV_OK) goto fail;
+        if (c->kv_f32) { /* before the KV cache exists: its pages are sized by this */
+            qv_cuda_tuning t;
+            qv_backend_cuda_get_tuning(e->be, &t);
+            t.kv_bf16 = 0;
+            qv_backend_cuda_set_tuning(e->be, &t);
+        }
 #else
         st = qv_errorf(err, QV_ERR_UNSUPPORTED, "--device cuda: this build has no CUDA backend");
         goto fail;
@@ -180,7 +187,7 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     }
 
     const qv_model_config *mc = &e->model->cfg;
-    size_t page_bytes = qv_kv_bytes_per_token(mc) * (size_t)c->kv_page_size;
+    size_t page_bytes = qv_kv_cache_bytes_per_token(e->be, mc) * (size_t)c->kv_page_size;
     int n_pages = (int)QV_MIN(c->kv_bytes / page_bytes, (size_t)1 << 24);
     if (n_pages < 1) {
         st = qv_errorf(err, QV_ERR_INVALID, "KV budget of %zu bytes is below one page (%zu bytes)",

@@ -44,6 +44,8 @@ typedef struct qv_engine_config {
                                   device loads from it are one copy), allocated at creation;
                                   0 = $QV_CUDA_ADAPTER_PINNED_MB MiB, else twice the device pool;
                                   SIZE_MAX = none */
+    bool kv_f32;                 /* "cuda": K/V pages in F32 instead of bf16 (twice the bytes per
+                                    token; $QV_CUDA_KV_BF16=0 does the same) */
     bool host_sampling;          /* device backends: sample every non-greedy row on the host
                                     (copying its logits) instead of on the device; the tokens
                                     are the same (docs/sampling.md); for tests and comparison */
@@ -70,6 +72,8 @@ const qv_tokenizer *qv_engine_tokenizer(const qv_engine *e);
 int qv_engine_kv_pages(const qv_engine *e);
 int qv_engine_kv_page_size(const qv_engine *e);
 int qv_engine_kv_free_pages(const qv_engine *e);
+/* Bytes per stored K/V element: 4 (F32), or 2 (bf16: the CUDA default, see kv_f32). */
+int qv_engine_kv_elem_bytes(const qv_engine *e);
 
 enum qv_finish_reason {
     QV_FINISH_NONE = 0, /* still running */

@@ -13,6 +13,14 @@ size_t qv_kv_bytes_per_token(const qv_model_config *cfg) {
            sizeof(float);
 }
 
+static int elem_bytes(qv_backend *be) {
+    return be->iface->kv_elem_bytes ? be->iface->kv_elem_bytes(be) : (int)sizeof(float);
+}
+
+size_t qv_kv_cache_bytes_per_token(qv_backend *be, const qv_model_config *cfg) {
+    return qv_kv_bytes_per_token(cfg) / sizeof(float) * (size_t)elem_bytes(be);
+}
+
 qv_status qv_kv_cache_create(qv_backend *be, const qv_model_config *cfg, int n_pages, int page_size,
                              qv_kv_cache **out, qv_error *err) {
     *out = NULL;
@@ -28,8 +36,9 @@ qv_status qv_kv_cache_create(qv_backend *be, const qv_model_config *cfg, int n_p
     p->page_size = page_size;
     p->n_kv_heads = cfg->n_kv_heads;
     p->head_dim = cfg->head_dim;
+    p->elem_bytes = elem_bytes(be);
     size_t n_bytes = (size_t)p->n_layers * (size_t)n_pages * (size_t)page_size *
-                     (size_t)p->n_kv_heads * (size_t)p->head_dim * sizeof(float);
+                     (size_t)p->n_kv_heads * (size_t)p->head_dim * (size_t)p->elem_bytes;
     p->k = be->iface->alloc(be, n_bytes);
     p->v = be->iface->alloc(be, n_bytes);
     kv->free_list = qv_malloc((size_t)n_pages * sizeof(int32_t));

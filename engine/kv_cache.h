@@ -41,8 +41,10 @@ qv_status qv_kv_cache_create(qv_backend *be, const qv_model_config *cfg, int n_p
 /* Accepts NULL. All sequences must have been released first. */
 void qv_kv_cache_destroy(qv_kv_cache *kv);
 
-/* Bytes of K+V storage per token slot (all layers). */
+/* Bytes of K+V storage per token slot (all layers) in F32. */
 size_t qv_kv_bytes_per_token(const qv_model_config *cfg);
+/* The same for a pool created on `be` now (bf16 pools on CUDA by default: half). */
+size_t qv_kv_cache_bytes_per_token(qv_backend *be, const qv_model_config *cfg);
 
 /* Makes seq's page table cover positions [0, n_tokens). Allocates pages as needed (refcount 1).
  * Returns QV_ERR_BUSY when the pool has too few free pages (nothing is allocated then). */

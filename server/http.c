@@ -2244,6 +2244,11 @@ int qv_http_serve(const qv_http_config *cfg) {
     ec.max_batch_tokens = cfg->max_batch_tokens;
     ec.max_seqs = cfg->max_seqs;
     ec.device = cfg->device;
+    if (cfg->kv_dtype && strcmp(cfg->kv_dtype, "bf16") != 0 && strcmp(cfg->kv_dtype, "f32") != 0) {
+        fprintf(stderr, "quiver serve: --kv-dtype expects bf16 or f32, got '%s'\n", cfg->kv_dtype);
+        goto out;
+    }
+    ec.kv_f32 = cfg->kv_dtype && strcmp(cfg->kv_dtype, "f32") == 0;
     ec.adapter_pool_bytes = cfg->adapter_pool_mb << 20;
     ec.adapter_pinned_bytes = cfg->adapter_pinned_mb < 0    ? SIZE_MAX
                               : cfg->adapter_pinned_mb == 0 ? 0
@@ -2324,14 +2329,15 @@ int qv_http_serve(const qv_http_config *cfg) {
     fprintf(stderr,
             "quiver serve: model '%s' (%s) loaded in %.2f s: %d layers, hidden %d, vocab %d, "
             "context %d\n"
-            "quiver serve: budgets: kv %zu MiB = %d pages x %d tokens, max-batch-tokens %d, "
+            "quiver serve: budgets: kv %zu MiB = %d pages x %d tokens (%s), max-batch-tokens %d, "
             "max-seqs %d, max-loras %d, threads %d, http-threads %d, max-body-bytes %zu, "
             "max-prompt-tokens %d, "
             "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s\n",
             srv->base_name, cfg->model_path, qv_time_s() - t0, m->cfg.n_layers, m->cfg.dim,
             m->cfg.n_vocab, m->cfg.max_pos, cfg->kv_mb, qv_engine_kv_pages(srv->engine),
-            qv_engine_kv_page_size(srv->engine), cfg->max_batch_tokens, cfg->max_seqs,
-            cfg->max_loras, cfg->n_threads, cfg->http_threads, cfg->max_body_bytes,
+            qv_engine_kv_page_size(srv->engine),
+            qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32", cfg->max_batch_tokens,
+            cfg->max_seqs, cfg->max_loras, cfg->n_threads, cfg->http_threads, cfg->max_body_bytes,
             cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit, cfg->drain_timeout_s,
             cfg->api_key && *cfg->api_key ? "required" : "off");
     qv_engine_stats es0;

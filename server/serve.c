@@ -34,6 +34,8 @@ static void usage(FILE *f) {
                "  --drain-timeout-s N      on SIGTERM, time given to in-flight requests (default "
                "30)\n"
                "  --device cpu|cuda        compute device (default cpu)\n"
+               "  --kv-dtype bf16|f32      --device cuda: K/V page element type (default bf16; "
+               "the CPU stores f32)\n"
                "  --adapter-store DIR      adapter store root (default $QUIVER_HOME/adapters)\n"
                "  --adapter-host-mb N      host memory for loaded adapters in MiB (default 1024)\n"
                "  --adapter-pool-mb N      --device cuda: device adapter pool in MiB, allocated at "
@@ -115,6 +117,7 @@ static const opt_def opts[] = {
     {"--queue-limit", "QUIVER_QUEUE_LIMIT", 0, 1 << 20, 0, OFF(queue_limit)},
     {"--drain-timeout-s", "QUIVER_DRAIN_TIMEOUT_S", 0, 86400, 3, OFF(drain_timeout_s)},
     {"--device", "QUIVER_DEVICE", 0, 0, 2, OFF(device)},
+    {"--kv-dtype", "QUIVER_KV_DTYPE", 0, 0, 2, OFF(kv_dtype)},
     {"--adapter-store", "QUIVER_ADAPTER_STORE", 0, 0, 2, OFF(adapter_store)},
     {"--adapter-host-mb", "QUIVER_ADAPTER_HOST_MB", 1, 1 << 24, 1, OFF(adapter_host_mb)},
     {"--adapter-pool-mb", "QUIVER_ADAPTER_POOL_MB", 0, 1 << 24, 1, OFF(adapter_pool_mb)},

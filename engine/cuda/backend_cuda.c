@@ -799,16 +799,23 @@ static void cu_add(qv_backend *be, float *y, const float *x, size_t n_elems) {
  * layers are packed at 2 bytes per element (layer l starts at l * elems * 2 bytes), so a pool of
  * half the F32 size holds them all (kv_dim is even: head_dim is). */
 static size_t layer_offset(const qv_kv_pool *pool, int layer, int kv_bf16) {
+    QV_ASSERT(kv_bf16 || pool->elem_bytes != 2);
     const size_t elems = (size_t)layer * (size_t)pool->n_pages * (size_t)pool->page_size *
                          (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
     return kv_bf16 ? elems / 2 : elems;
+}
+
+/* Whether a pool holds bf16 K/V: its own element size, else (pools built by hand) the switch. */
+static int pool_bf16(const cuda_ctx *cx, const qv_kv_pool *pool) {
+    return pool->elem_bytes ? pool->elem_bytes == 2 : cx->tune.kv_bf16;
 }
 
 static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float *k, const float *v,
                         int n, const int32_t *slot_page, const int32_t *slot_off) {
     cuda_ctx *cx = ctx_of(be);
     const size_t room = 2 * align_up((size_t)n * sizeof(int32_t));
-    const size_t lo = layer_offset(pool, layer, cx->tune.kv_bf16);
+    const int kv_bf16 = pool_bf16(cx, pool);
+    const size_t lo = layer_offset(pool, layer, kv_bf16);
     /* fuse_rope_kv: the pending RoPE of q and this k runs with the store */
     if (cx->pr.active && cx->pr.both && !cx->pg.active && !cx->pn.active && !cx->failed &&
         k == cx->pr.x2 && n == cx->pr.n && pool->head_dim == cx->pr.hd &&
@@ -820,11 +827,11 @@ static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float
         if (!dp || !doff) return;
         SIG(cx, 17, U(cx->pr.x), (uint64_t)cx->pr.heads, U(k), (uint64_t)cx->pr.h2, U(v),
             (uint64_t)n, (uint64_t)cx->pr.hd, U(cx->pr.dp), U(cx->pr.df), U(pool->k + lo),
-            U(pool->v + lo), (uint64_t)pool->page_size, U(dp), U(doff), (uint64_t)cx->tune.kv_bf16);
+            U(pool->v + lo), (uint64_t)pool->page_size, U(dp), U(doff), (uint64_t)kv_bf16);
         (void)RUN(cx, qv_cuda_rope2_kv_store(cx->pr.x, cx->pr.heads, cx->pr.x2, cx->pr.h2, v, n,
                                              cx->pr.hd, cx->pr.dp, cx->pr.df, pool->k + lo,
-                                             pool->v + lo, pool->page_size, dp, doff,
-                                             cx->tune.kv_bf16, cx->stream));
+                                             pool->v + lo, pool->page_size, dp, doff, kv_bf16,
+                                             cx->stream));
         return;
     }
     flush_pending(cx);
@@ -835,10 +842,10 @@ static void cu_kv_store(qv_backend *be, qv_kv_pool *pool, int layer, const float
     const int32_t *doff = stage(cx, slot_off, (size_t)n * sizeof(int32_t));
     if (!dp || !doff) return;
     SIG(cx, 9, U(pool->k + lo), U(pool->v + lo), (uint64_t)pool->page_size, U(k), U(v), (uint64_t)n,
-        U(dp), U(doff), (uint64_t)cx->tune.kv_bf16);
+        U(dp), U(doff), (uint64_t)kv_bf16);
     (void)RUN(cx, qv_cuda_kv_store(pool->k + lo, pool->v + lo, pool->page_size,
-                                   pool->n_kv_heads * pool->head_dim, k, v, n, dp, doff,
-                                   cx->tune.kv_bf16, cx->stream));
+                                   pool->n_kv_heads * pool->head_dim, k, v, n, dp, doff, kv_bf16,
+                                   cx->stream));
 }
 
 static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
@@ -876,7 +883,8 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer, cons
     const int32_t *d_seq = stage(cx, ab->tok_seq, (size_t)ab->n_tokens * sizeof(int32_t));
     const int32_t *d_pos = stage(cx, ab->tok_pos, (size_t)ab->n_tokens * sizeof(int32_t));
     if (!d_tab || !d_seq || !d_pos) return;
-    const size_t lo = layer_offset(pool, layer, cx->tune.kv_bf16);
+    const int kv_bf16 = pool_bf16(cx, pool);
+    const size_t lo = layer_offset(pool, layer, kv_bf16);
     const size_t n_out = (size_t)ab->n_tokens * (size_t)ab->n_heads * (size_t)ab->head_dim;
     const int fuse = n_out <= cx->xh_elems;
     qv_cuda_attn_args a = {
@@ -890,7 +898,7 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer, cons
         .table_stride = stride,
         .out_half = fuse ? cx->xh : NULL,
         .fp16 = cx->act_fp16,
-        .kv_bf16 = cx->tune.kv_bf16,
+        .kv_bf16 = kv_bf16,
         .n_tokens = ab->n_tokens,
         .n_heads = ab->n_heads,
         .n_kv_heads = ab->n_kv_heads,
@@ -902,7 +910,7 @@ static void cu_attention(qv_backend *be, const qv_kv_pool *pool, int layer, cons
     SIG(cx, 10, U(q), U(out), U(a.k_layer), U(a.v_layer), U(d_seq), U(d_pos), U(d_tab),
         (uint64_t)stride, (uint64_t)fuse, (uint64_t)ab->n_tokens, (uint64_t)ab->n_heads,
         (uint64_t)ab->n_kv_heads, (uint64_t)ab->head_dim, (uint64_t)pool->page_size,
-        (uint64_t)ab->window, (uint64_t)cx->tune.kv_bf16);
+        (uint64_t)ab->window, (uint64_t)kv_bf16);
     if (RUN(cx, qv_cuda_attention(&a, cx->stream)) && fuse) set_xh(cx, out, n_out);
 }
 
@@ -1088,6 +1096,8 @@ static void cu_sample(qv_backend *be, float *x, int n, int width, const qv_sampl
     (void)RUN(cx, qv_cuda_sample(x, n, width, d_rows, d_pen, out, cx->stream));
 }
 
+static int cu_kv_elem_bytes(qv_backend *be) { return ctx_of(be)->tune.kv_bf16 ? 2 : 4; }
+
 static const struct qv_backend_i cuda_iface = {
     .name = "cuda",
     .destroy = cu_destroy,
@@ -1106,6 +1116,7 @@ static const struct qv_backend_i cuda_iface = {
     .gather_rows = cu_gather_rows,
     .argmax = cu_argmax,
     .sample = cu_sample,
+    .kv_elem_bytes = cu_kv_elem_bytes,
     .matmul_acc = cu_matmul_acc,
     .step_begin = cu_step_begin,
 };
@@ -1134,7 +1145,7 @@ static void tuning_from_env(qv_cuda_tuning *t) {
     t->fuse_norm = env_flag("QV_CUDA_FUSE_NORM", all);
     t->fuse_swiglu = env_flag("QV_CUDA_FUSE_SWIGLU", all);
     t->fuse_rope_kv = env_flag("QV_CUDA_FUSE_ROPE_KV", all);
-    t->kv_bf16 = env_flag("QV_CUDA_KV_BF16", 0);
+    t->kv_bf16 = env_flag("QV_CUDA_KV_BF16", 1);
     t->pdl = env_flag("QV_CUDA_PDL", 0);
     tuning_fix(t);
 }

@@ -114,16 +114,18 @@ void qv_backend_cuda_adaption(qv_backend *be, const qv_ap_args *a);
  * backend's failure is sticky). */
 int qv_backend_cuda_to_half(qv_backend *be, const float *src, void *dst, size_t n);
 /* Run-time switches of the batch-1 work (issue 6), so that one device run can time old and new
- * side by side. Read from the environment at creation (defaults: all 0, the measured path):
+ * side by side. Read from the environment at creation (defaults: all 0, the measured path,
+ * except kv_bf16, 1):
  *   QV_CUDA_GEMV=new        gemv_new: the split-K multi-row GEMV (qv_cuda_gemv2) for n <= 8
  *   QV_CUDA_FUSE=1          all three fusions below (each also alone: QV_CUDA_FUSE_NORM=1,
  *                           QV_CUDA_FUSE_SWIGLU=1, QV_CUDA_FUSE_ROPE_KV=1)
  *     fuse_norm:    RMSNorm folded into the prologue of the next GEMV group (needs gemv_new)
  *     fuse_swiglu:  SwiGLU folded into the gate/up GEMV group's epilogue (needs gemv_new)
  *     fuse_rope_kv: RoPE of q and k and the KV store in one launch
- *   QV_CUDA_KV_BF16=1       kv_bf16: K/V pages stored bf16 (attention sums in fp32), layers
- *                           packed at 2 bytes per element: the first half of a pool allocated
- *                           for F32 is used (qv_backend_cuda_kv_elem_bytes for sizing)
+ *   QV_CUDA_KV_BF16=0       kv_bf16 (on by default): K/V pages stored bf16 (attention sums in
+ *                           fp32), layers packed at 2 bytes per element; pools made by
+ *                           qv_kv_cache_create take 2 bytes per element (iface kv_elem_bytes)
+ *                           and keep their element type if the switch changes later
  *   QV_CUDA_PDL=1           pdl: programmatic dependent launch for the backend's own kernels
  *                           (process-wide, qv_cuda_set_pdl): a kernel's blocks start while the
  *                           previous kernel drains; GEMVs prefetch weights into L2 meanwhile

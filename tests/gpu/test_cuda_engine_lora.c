@@ -370,9 +370,21 @@ static void test_engine_kv_reserved(void **state) {
     qv_error err = {0};
     c.kv_bytes = (size_t)1 << 20;
     if (qv_engine_create(&c, &probe, &err) != QV_OK) fail_msg("engine: %s", err.msg);
+    /* K/V pages are bf16 on CUDA unless kv_f32: half the F32 bytes, twice the pages */
+    assert_int_equal(qv_engine_kv_elem_bytes(probe), 2);
     const size_t page_bytes =
-        qv_kv_bytes_per_token(&qv_engine_model(probe)->cfg) * (size_t)c.kv_page_size;
+        qv_kv_bytes_per_token(&qv_engine_model(probe)->cfg) / 2 * (size_t)c.kv_page_size;
+    const int pages_bf16 = qv_engine_kv_pages(probe);
     qv_engine_destroy(probe);
+    c.kv_f32 = true;
+    if (qv_engine_create(&c, &probe, &err) != QV_OK) fail_msg("engine: %s", err.msg);
+    assert_int_equal(qv_engine_kv_elem_bytes(probe), 4);
+    const int pages_f32 = qv_engine_kv_pages(probe);
+    qv_engine_destroy(probe);
+    c.kv_f32 = false;
+    printf("a 1 MiB KV budget on cuda: %d pages of bf16, %d of f32 (one held for padding)\n",
+           pages_bf16 + 1, pages_f32 + 1);
+    assert_int_equal(pages_bf16 + 1, 2 * (pages_f32 + 1));
     c.kv_bytes = 6 * page_bytes; /* 6 pages, one held for padding */
     qv_engine *e = NULL;
     if (qv_engine_create(&c, &e, &err) != QV_OK) fail_msg("engine: %s", err.msg);

@@ -68,6 +68,22 @@ SWITCHED_TEST(test_new_tiny_llama_q4_k, "tests/fixtures/models/tiny-llama-k.q4_k
 SWITCHED_TEST(test_new_tiny_qwen2_hf, "tests/fixtures/models/tiny-qwen2")
 SWITCHED_TEST(test_new_tiny_mistral, "tests/fixtures/models/tiny-mistral")
 
+/* K/V pages are bf16 by default (every test above); F32 pages (--kv-dtype f32) on the models
+ * with GQA + a sliding window and with q/k/v biases. */
+static void kv_f32(const char *rel) {
+    setenv("QV_CUDA_KV_BF16", "0", 1);
+    run(rel);
+    unsetenv("QV_CUDA_KV_BF16");
+}
+static void test_kv_f32_tiny_mistral(void **state) {
+    (void)state;
+    kv_f32("tests/fixtures/models/tiny-mistral");
+}
+static void test_kv_f32_tiny_qwen2(void **state) {
+    (void)state;
+    kv_f32("tests/fixtures/models/tiny-qwen2");
+}
+
 /* The engine with device "cuda": 4 requests (continuous batching, chunked prefill under a
  * 16-token budget) produce the CPU engine's greedy tokens. Tokens may differ only after the
  * first 8 of a sequence (near ties are checked strictly by the forward tests above). */
@@ -186,6 +202,8 @@ int main(void) {
         cmocka_unit_test(test_new_tiny_llama_q4_k),
         cmocka_unit_test(test_new_tiny_qwen2_hf),
         cmocka_unit_test(test_new_tiny_mistral),
+        cmocka_unit_test(test_kv_f32_tiny_mistral),
+        cmocka_unit_test(test_kv_f32_tiny_qwen2),
         cmocka_unit_test(test_engine_cuda_switches_on),
         cmocka_unit_test(test_pdl_tiny_llama_gqa_bf16),
         cmocka_unit_test(test_engine_cuda_pdl),

@@ -453,8 +453,9 @@ static void attention_case2(int head_dim, int window, int kv_bf16, int round_kv)
     const int n_layers = 2, n_pages = 256, page_size = 4, nh = 8, nkv = 2, layer = 1;
     const int kv_dim = nkv * head_dim;
     const size_t pool_elems = (size_t)n_layers * n_pages * page_size * kv_dim;
-    qv_kv_pool hp = {n_layers, n_pages, page_size, nkv, head_dim, NULL, NULL};
+    qv_kv_pool hp = {n_layers, n_pages, page_size, nkv, head_dim, NULL, NULL, 4};
     qv_kv_pool dp = hp;
+    dp.elem_bytes = kv_bf16 ? 2 : 4;
     hp.k = cpu->iface->alloc(cpu, pool_elems * 4);
     hp.v = cpu->iface->alloc(cpu, pool_elems * 4);
     /* a bf16 pool needs half the bytes: each half-size pool is followed by a guard block (the
@@ -584,7 +585,8 @@ static void test_attention_kv_bf16(void **state) {
 static void rope_kv_case(int head_dim, int kv_bf16) {
     const int nh = 4, nkv = 2, page_size = 4, n_pages = 8, kv_dim = nkv * head_dim;
     const size_t pool_elems = (size_t)n_pages * page_size * kv_dim;
-    qv_kv_pool hp = {1, n_pages, page_size, nkv, head_dim, NULL, NULL}, dp = hp;
+    qv_kv_pool hp = {1, n_pages, page_size, nkv, head_dim, NULL, NULL, 4}, dp = hp;
+    dp.elem_bytes = kv_bf16 ? 2 : 4;
     hp.k = cpu->iface->alloc(cpu, pool_elems * 4);
     hp.v = cpu->iface->alloc(cpu, pool_elems * 4);
     dp.k = cu->iface->alloc(cu, pool_elems * (size_t)(kv_bf16 ? 2 : 4));

@@ -175,6 +175,10 @@ def main():
     finally:
         srv.stop(signal.SIGKILL) if srv.proc.poll() is None else None
     run_queue_limit_test()
+    r = subprocess.run([QUIVER, "serve", "--model", MODEL, "--port", "0", "--kv-dtype", "f16"],
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode != 0 and "--kv-dtype expects bf16 or f32, got 'f16'" in r.stderr,
+          f"--kv-dtype f16 is refused at start-up (rc {r.returncode}: {r.stderr[-120:]!r})")
     reports = [l for l in srv.lines if "Sanitizer" in l or "runtime error:" in l]
     check(not reports, f"no sanitizer report from the server ({reports[:1]})")
     # Everything the server prints goes through its logger (libmicrohttpd's own lines too,

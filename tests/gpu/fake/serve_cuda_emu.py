@@ -67,6 +67,7 @@ def parts_at_near_tie(cpu_choice, text):
 def main():
     models = [MODEL_NAME] + list(ADAPTERS)
     cpu = serve(CPU)
+    check("tokens (f32)" in "".join(cpu.lines), "cpu: K/V pages are f32 (start-up line)")
     want = {}
     for m in models:
         st, r = complete(cpu, m, logprobs=2)
@@ -85,6 +86,7 @@ def main():
     check("pinned host tier" in log and "device adapter pool" in log,
           "cuda: start-up reports the adapter pool and its pinned host tier")
     check("decode-step shapes" in log, "cuda: start-up records the decode graphs")
+    check("tokens (bf16)" in log, "cuda: K/V pages are bf16 by default (start-up line)")
     got = {}
 
     def run(m):
