@@ -544,8 +544,9 @@ static qv_status admit(qv_engine *e, qv_seq *s, bool others_run, qv_error *err) 
     return QV_OK;
 }
 
-/* Whether a sequence's next token needs its whole logits row on the host: anything but a plain
- * argmax (greedy temperature, no logprobs, no penalties), which the device picks. */
+/* Whether a sequence's next token is more than a plain argmax (it is sampled, or wants logprobs
+ * or penalties): a device backend picks plain argmaxes always, the others only when it samples
+ * (qv_forward_device_sampling) and the row wants no logprobs. */
 static bool needs_logits(const qv_seq *s) {
     const qv_sampling_params *p = &s->p.sampling;
     return p->temperature >= QV_SAMPLER_MIN_TEMPERATURE || p->n_logprobs > 0 ||

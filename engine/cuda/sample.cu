@@ -91,7 +91,6 @@ struct sample_shared {
     float wf[SAMPLE_WARPS];
     int wi[SAMPLE_WARPS];
     u64 sel_need; /* radix descent: remaining rank or mass */
-    u64 q_tie;    /* top-p: the weight of a token at the cut value */
     uint32_t sel;
     int tie_last; /* top-p: the last tie id kept */
     int tok;
@@ -151,15 +150,20 @@ static __device__ u64 block_scan(u64 v, sample_shared *sh, u64 *total) {
     return before + inc - v;
 }
 
-/* The weight of token j in fixed point, 0 when top-k drops it or it underflows. */
-static __device__ __forceinline__ u64 weight(float x, float t, float yk, float m, float *e_out) {
-    const float y = x / t;
+/* The weight in fixed point of a token whose tempered logit is y; 0 when top-k drops it (y below
+ * yk) or it underflows. *e_out receives the float weight. */
+static __device__ __forceinline__ u64 weight_y(float y, float yk, float m, float *e_out) {
     *e_out = 0.0f;
     if (!(y >= yk)) return 0;
     const float e = expf(y - m);
     if (!(e > 0.0f)) return 0;
     *e_out = e;
     return (u64)((double)e * FIX_ONE);
+}
+
+/* The same for raw logit x at temperature t. */
+static __device__ __forceinline__ u64 weight(float x, float t, float yk, float m, float *e_out) {
+    return weight_y(x / t, yk, m, e_out);
 }
 
 /* What survives the filters of a row. */
@@ -279,19 +283,16 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
                 __syncthreads(); /* everyone has read sel before the next pick */
             }
             key_cut = prefix;
-            /* ties at the cut: equal y, so equal weights; the lowest ids as far as needed */
+            /* ties at the cut: equal y, so equal weights (the weight of y = the cut value); the
+             * lowest ids as far as needed */
             int cnt = 0;
-            for (int j = c0; j < c1; j++) {
-                const u64 q = weight(r[j], t, yk, m, &e);
-                if (q && fkey(r[j] / t) == key_cut) {
-                    cnt++;
-                    sh.q_tie = q; /* every writer writes the same value */
-                }
-            }
+            for (int j = c0; j < c1; j++)
+                cnt += weight(r[j], t, yk, m, &e) && fkey(r[j] / t) == key_cut;
             u64 n_ties;
             const u64 before = block_scan((u64)cnt, &sh, &n_ties);
             const u64 need = limit - above; /* >= 1: the cut bucket reaches the limit */
-            const u64 q_tie = n_ties ? sh.q_tie : 1;
+            u64 q_tie = weight_y(keyf(key_cut), yk, m, &e);
+            q_tie = q_tie ? q_tie : 1;
             const u64 keep = (need + q_tie - 1) / q_tie;
             if (keep > before && keep <= before + (u64)cnt) {
                 u64 seen = before;
