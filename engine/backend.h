@@ -112,10 +112,13 @@ struct qv_backend_i {
     /* out[i] = the token the host sampler (sampler.h) draws from row i of x (n, width) with
      * parameters rows[i] and its uniform number rows[i].u; rows[i].temperature 0 is the argmax.
      * Penalties rewrite the rows in place from pen (pen_cap entries, rows index into it; NULL
-     * when no row has any). rows and pen are host arrays, x and out backend memory. NULL on
-     * backends that sample on the host (callers use argmax, or the host sampler). */
+     * when no row has any). lp (n entries, or NULL): every row's token, and for rows with
+     * n_logprobs > 0 the log-probabilities the host sampler reports; pen_raw (pen_cap floats)
+     * is scratch for them. rows and pen are host arrays; x, out, lp and pen_raw backend memory.
+     * NULL on backends that sample on the host (callers use argmax, or the host sampler). */
     void (*sample)(qv_backend *be, float *x, int n, int width, const qv_sample_row *rows,
-                   const qv_token_count *pen, int pen_cap, int32_t *out);
+                   const qv_token_count *pen, int pen_cap, float *pen_raw, int32_t *out,
+                   qv_logprobs *lp);
     /* y (n, w.n_rows) += x · wᵀ (+ bias). NULL: callers use matmul then add. */
     void (*matmul_acc)(qv_backend *be, const qv_tensor *w, const float *x, int n, float *y,
                        const float *bias);

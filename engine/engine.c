@@ -97,6 +97,7 @@ struct qv_engine {
     int32_t *b_greedy, *b_order; /* [max_seqs]: device-picked tokens, logits-row reordering */
     bool *b_ondev;               /* [max_seqs] logits row li is picked on the device */
     qv_sample_row *b_srows;      /* [max_seqs] sampling parameters of device-sampled rows */
+    qv_logprobs *b_lp;           /* [max_seqs] their tokens and log-probabilities */
     qv_token_count *b_pen;       /* [b_pen_cap] their penalty contexts */
     int b_pen_cap;
     qv_seq **b_owner;                      /* [max_seqs] sequence of batch seq i */
@@ -167,7 +168,9 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
         size_t per_tok = (size_t)(3 * mc0->dim + 2 * mc0->n_heads * mc0->head_dim +
                                   2 * mc0->n_kv_heads * mc0->head_dim + 2 * mc0->n_ff + 1);
         co.arena_bytes = c->kv_bytes + (size_t)c->max_batch_tokens * per_tok * sizeof(float) +
-                         (size_t)64 * (size_t)mc0->n_vocab * sizeof(float) + ((size_t)16 << 20);
+                         (size_t)64 * (size_t)mc0->n_vocab * sizeof(float) +
+                         (size_t)c->max_batch_tokens * sizeof(qv_logprobs) +
+                         (size_t)QV_FORWARD_MAX_PEN * sizeof(float) + ((size_t)16 << 20);
         if ((st = qv_backend_cuda_create(e->model, &co, &e->be, err)) != QV_OK) goto fail;
         if (c->kv_f32) { /* before the KV cache exists: its pages are sized by this */
             qv_cuda_tuning t;
@@ -221,6 +224,7 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     e->b_greedy = qv_malloc(S * sizeof(int32_t));
     e->b_order = qv_malloc(S * sizeof(int32_t));
     e->b_srows = qv_calloc(S, sizeof(*e->b_srows));
+    e->b_lp = qv_calloc(S, sizeof(*e->b_lp));
     e->b_ondev = qv_calloc(S, sizeof(bool));
     if ((st = qv_sampler_scratch_create(mc->n_vocab, &e->sampler_scratch)) != QV_OK) {
         qv_errorf(err, st, "engine: out of memory for the sampler scratch");
@@ -228,7 +232,7 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     }
     if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits_idx || !e->b_owner ||
         !e->b_kv || !e->order_idx || !e->run_idx || !e->in_batch || !e->logits || !e->b_greedy ||
-        !e->b_order || !e->b_srows || !e->b_ondev) {
+        !e->b_order || !e->b_srows || !e->b_ondev || !e->b_lp) {
         st = qv_errorf(err, QV_ERR_NOMEM, "engine: out of memory for step buffers");
         goto fail;
     }
@@ -288,6 +292,7 @@ void qv_engine_destroy(qv_engine *e) {
     qv_free(e->b_greedy);
     qv_free(e->b_order);
     qv_free(e->b_srows);
+    qv_free(e->b_lp);
     qv_free(e->b_ondev);
     qv_free(e->b_pen);
     qv_adapter_grouper_free(e->grouper);
@@ -545,8 +550,8 @@ static qv_status admit(qv_engine *e, qv_seq *s, bool others_run, qv_error *err) 
 }
 
 /* Whether a sequence's next token is more than a plain argmax (it is sampled, or wants logprobs
- * or penalties): a device backend picks plain argmaxes always, the others only when it samples
- * (qv_forward_device_sampling) and the row wants no logprobs. */
+ * or penalties): a device backend picks plain argmaxes always, the others when it samples
+ * (qv_forward_device_sampling). */
 static bool needs_logits(const qv_seq *s) {
     const qv_sampling_params *p = &s->p.sampling;
     return p->temperature >= QV_SAMPLER_MIN_TEMPERATURE || p->n_logprobs > 0 ||
@@ -672,10 +677,10 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         }
     }
     /* Device backends: a row whose token the device can pick is picked there: a plain argmax
-     * always; with device sampling (CUDA, unless host_sampling) also every row that wants no
-     * logprobs, its penalty context within QV_FORWARD_MAX_PEN ids per step. Only the other
-     * rows' logits are copied to the host; they go first in logits_idx. A device row draws
-     * its uniform number from its own sampler, as qv_sampler_sample would. */
+     * always; with device sampling (CUDA, unless host_sampling) every row, logprobs included,
+     * as long as the step's penalty contexts fit QV_FORWARD_MAX_PEN ids. Only the other rows'
+     * logits are copied to the host; they go first in logits_idx. A device row draws its
+     * uniform number from its own sampler, as qv_sampler_sample would. */
     int n_full = n_logits;
     if (qv_forward_device_logits(e->fwd)) {
         const bool dev_sample = !e->cfg.host_sampling && qv_forward_device_sampling(e->fwd);
@@ -683,7 +688,7 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         for (int li = 0; li < n_logits; li++) {
             const qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
             bool dev = !needs_logits(s);
-            if (!dev && dev_sample && s->p.sampling.n_logprobs == 0) {
+            if (!dev && dev_sample) {
                 const int ctx =
                     qv_sampler_has_penalties(s->sampler) ? qv_sampler_context_size(s->sampler) : 0;
                 dev = ctx <= QV_FORWARD_MAX_PEN - n_pen;
@@ -718,7 +723,8 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
                                  .repetition_penalty = p->repetition_penalty,
                                  .presence_penalty = p->presence_penalty,
                                  .frequency_penalty = p->frequency_penalty,
-                                 .top_k = p->top_k};
+                                 .top_k = p->top_k,
+                                 .n_logprobs = p->n_logprobs};
             if (p->temperature < QV_SAMPLER_MIN_TEMPERATURE)
                 r->temperature = 0.0f; /* greedy: no draw */
             else
@@ -730,7 +736,7 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
             }
         }
         st = qv_forward_run_sample(e->fwd, &b, n_full, e->logits, dev_sample ? e->b_srows : NULL,
-                                   e->b_pen, n_pen, e->b_greedy, err);
+                                   e->b_pen, n_pen, e->b_greedy, e->b_lp, err);
     } else {
         st = qv_forward_run(e->fwd, &b, e->logits, err);
     }
@@ -754,6 +760,7 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
             tok = qv_sampler_sample(s->sampler, row, want_lp ? &lp : NULL);
         } else {
             tok = e->b_greedy[li - n_full]; /* the sampler's choice, made on the device */
+            if (want_lp) lp = e->b_lp[li - n_full];
         }
         qv_sampler_accept(s->sampler, tok);
         s->tokens[s->n_tokens++] = tok;

@@ -51,6 +51,8 @@ struct qv_forward {
     int32_t *argmax_dev; /* [max_tokens] */
     int logit_rows;
     qv_sample_row *srows; /* [max_tokens] every wanted row's sampling parameters (device) */
+    qv_logprobs *lp_dev;  /* [max_tokens] tokens and log-probabilities sampled on the device */
+    float *pen_raw;       /* [QV_FORWARD_MAX_PEN] device scratch: raw logits of penalised ids */
     qv_token_count *pen;  /* [pen_cap] penalty contexts of the step, padded (device) */
     int pen_cap;
     /* host-side per-step metadata */
@@ -198,7 +200,12 @@ qv_status qv_forward_create(const qv_model *m, qv_backend *be, qv_kv_cache *kv, 
         f->logits_dev = balloc(be, (size_t)f->logit_rows * (size_t)c->n_vocab * sizeof(float));
         f->argmax_dev = balloc(be, T * sizeof(int32_t));
         f->srows = qv_calloc(T, sizeof(*f->srows));
-        if (!f->logits_dev || !f->argmax_dev || !f->srows) {
+        if (be->iface->sample) {
+            f->lp_dev = balloc(be, T * sizeof(qv_logprobs));
+            f->pen_raw = balloc(be, (size_t)QV_FORWARD_MAX_PEN * sizeof(float));
+        }
+        if (!f->logits_dev || !f->argmax_dev || !f->srows ||
+            (be->iface->sample && (!f->lp_dev || !f->pen_raw))) {
             qv_forward_destroy(f);
             return qv_errorf(err, QV_ERR_NOMEM, "forward: cannot allocate device logits");
         }
@@ -218,8 +225,8 @@ qv_status qv_forward_create(const qv_model *m, qv_backend *be, qv_kv_cache *kv, 
 
 void qv_forward_destroy(qv_forward *f) {
     if (!f) return;
-    void *bufs[] = {f->argmax_dev, f->logits_dev, f->up,  f->gate, f->att, f->v,
-                    f->k,          f->q,          f->xb2, f->xb,   f->x};
+    void *bufs[] = {f->pen_raw, f->lp_dev, f->argmax_dev, f->logits_dev, f->up, f->gate, f->att,
+                    f->v,       f->k,      f->q,          f->xb2,        f->xb, f->x};
     for (size_t i = 0; i < QV_ARRAY_LEN(bufs); i++) /* reverse order: stack-like arenas */
         if (bufs[i]) f->be->iface->free(f->be, bufs[i]);
     qv_free(f->slot_page);
@@ -740,7 +747,7 @@ bool qv_forward_device_sampling(const qv_forward *f) {
 
 qv_status qv_forward_run_sample(qv_forward *f, const qv_batch *b, int n_full, float *logits,
                                 const qv_sample_row *rows, const qv_token_count *pen, int n_pen,
-                                int32_t *tokens, qv_error *err) {
+                                int32_t *tokens, qv_logprobs *lp, qv_error *err) {
     const struct qv_backend_i *be = f->be->iface;
     if (!qv_forward_device_logits(f) || (rows && !be->sample)) {
         f->n_pf = 0;
@@ -757,15 +764,19 @@ qv_status qv_forward_run_sample(qv_forward *f, const qv_batch *b, int n_full, fl
     }
     /* every wanted row's parameters: rows [n_full, n_out) the caller's, the rest argmax */
     int pen_cap = 0;
+    bool want_lp = false;
     if (be->sample) {
         for (int i = n_full; rows && i < n_out; i++) {
             const qv_sample_row *r = &rows[i - n_full];
-            if (r->pen_n < 0 || r->pen_off < 0 || r->pen_n > n_pen - r->pen_off) {
+            if (r->pen_n < 0 || r->pen_off < 0 || r->pen_n > n_pen - r->pen_off ||
+                r->n_logprobs < 0 || r->n_logprobs > QV_SAMPLER_MAX_LOGPROBS) {
                 f->n_pf = 0;
                 return qv_errorf(err, QV_ERR_INVALID,
-                                 "forward: row %d's penalty ids [%d, +%d) outside %d", i,
-                                 r->pen_off, r->pen_n, n_pen);
+                                 "forward: row %d's penalty ids [%d, +%d) outside %d, or %d "
+                                 "logprobs",
+                                 i, r->pen_off, r->pen_n, n_pen, r->n_logprobs);
             }
+            want_lp |= r->n_logprobs > 0;
         }
         if (n_pen > 0) {
             pen_cap = QV_FORWARD_PEN_MIN;
@@ -815,7 +826,8 @@ qv_status qv_forward_run_sample(qv_forward *f, const qv_batch *b, int n_full, fl
             device_logits(f, b, r0, nr);
             if (be->sample)
                 be->sample(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->srows + r0,
-                           pen_cap ? f->pen : NULL, pen_cap, f->argmax_dev + r0);
+                           pen_cap ? f->pen : NULL, pen_cap, f->pen_raw, f->argmax_dev + r0,
+                           f->lp_dev + r0);
             else
                 be->argmax(f->be, f->logits_dev, nr, f->m->cfg.n_vocab, f->argmax_dev + r0);
             const int nf = QV_MIN(nr, n_full - r0);
@@ -823,9 +835,15 @@ qv_status qv_forward_run_sample(qv_forward *f, const qv_batch *b, int n_full, fl
                 st = be->download(f->be, logits + (size_t)r0 * V, f->logits_dev,
                                   (size_t)nf * V * sizeof(float), err);
         }
-        if (st == QV_OK && (n_out > n_full || n_full == 0))
+        if (st == QV_OK && want_lp && lp) { /* the tokens come with their logprobs */
+            st = be->download(f->be, lp, f->lp_dev + n_full,
+                              (size_t)(n_out - n_full) * sizeof(qv_logprobs), err);
+            for (int i = 0; st == QV_OK && i < n_out - n_full; i++)
+                tokens[i] = lp[i].token;
+        } else if (st == QV_OK && (n_out > n_full || n_full == 0)) {
             st = be->download(f->be, tokens, f->argmax_dev + n_full,
                               (size_t)(n_out - n_full) * sizeof(int32_t), err);
+        }
         if (st != QV_ERR_BUSY) return st;
     }
     return st;
@@ -833,7 +851,7 @@ qv_status qv_forward_run_sample(qv_forward *f, const qv_batch *b, int n_full, fl
 
 qv_status qv_forward_run_split(qv_forward *f, const qv_batch *b, int n_full, float *logits,
                                int32_t *tokens, qv_error *err) {
-    return qv_forward_run_sample(f, b, n_full, logits, NULL, NULL, 0, tokens, err);
+    return qv_forward_run_sample(f, b, n_full, logits, NULL, NULL, 0, tokens, NULL, err);
 }
 
 qv_status qv_forward_run_greedy(qv_forward *f, const qv_batch *b, int32_t *tokens, qv_error *err) {

@@ -78,12 +78,14 @@ bool qv_forward_device_logits(const qv_forward *f);
  * qv_sampler_sample would from the same logits and u (engine/sampler.h; see
  * engine/cuda/sample.cu for the one difference: weights summed in 2^-44 fixed point). A row
  * with temperature 0 is the argmax. rows NULL: every row's argmax (qv_forward_run_split).
+ * A row with n_logprobs > 0 also gets, in lp[i] (host, n_logits - n_full entries, may be NULL),
+ * the log-probabilities qv_sampler_sample reports for it (of the raw logits).
  * Errors: as qv_forward_run_split; QV_ERR_UNSUPPORTED when the backend cannot sample
  * (qv_forward_device_sampling false) and rows is not NULL; QV_ERR_INVALID for a row's penalty
- * range outside [0, n_pen) or n_pen above QV_FORWARD_MAX_PEN. */
+ * range outside [0, n_pen), n_pen above QV_FORWARD_MAX_PEN or n_logprobs outside [0, 20]. */
 qv_status qv_forward_run_sample(qv_forward *f, const qv_batch *b, int n_full, float *logits,
                                 const qv_sample_row *rows, const qv_token_count *pen, int n_pen,
-                                int32_t *tokens, qv_error *err);
+                                int32_t *tokens, qv_logprobs *lp, qv_error *err);
 
 /* Whether qv_forward_run_sample can sample on the device (CUDA); false on host backends. */
 bool qv_forward_device_sampling(const qv_forward *f);

@@ -29,8 +29,6 @@
 extern "C" {
 #endif
 
-/* Largest accepted n_logprobs (OpenAI's limit). */
-#define QV_SAMPLER_MAX_LOGPROBS 20
 /* Temperatures in (0, this) are treated as greedy: dividing logits by a tiny temperature
  * overflows to inf (vLLM uses the same cut-off). */
 #define QV_SAMPLER_MIN_TEMPERATURE 1e-5f
@@ -113,14 +111,6 @@ int qv_sampler_context_size(const qv_sampler *s);
 /* Writes the first min(cap, context size) context ids, in first-seen order, with how many
  * times each was generated, into out; returns how many it wrote. */
 int qv_sampler_context(const qv_sampler *s, qv_token_count *out, int cap);
-
-typedef struct qv_logprobs {
-    int32_t token;
-    float logprob;                            /* of the chosen token */
-    int n_top;                                /* min(n_logprobs, n_vocab) */
-    int32_t top_ids[QV_SAMPLER_MAX_LOGPROBS]; /* descending logprob, lower id first on ties */
-    float top_logprobs[QV_SAMPLER_MAX_LOGPROBS];
-} qv_logprobs;
 
 /* Samples one token from logits[n_vocab]. The row is modified in place (penalties and
  * temperature are applied to it). When lp is not NULL it receives log-softmax values of the

@@ -1082,7 +1082,8 @@ static void cu_argmax(qv_backend *be, const float *x, int n, int width, int32_t 
 }
 
 static void cu_sample(qv_backend *be, float *x, int n, int width, const qv_sample_row *rows,
-                      const qv_token_count *pen, int pen_cap, int32_t *out) {
+                      const qv_token_count *pen, int pen_cap, float *pen_raw, int32_t *out,
+                      qv_logprobs *lp) {
     cuda_ctx *cx = ctx_of(be);
     flush_pending(cx);
     invalidate_xh(cx);
@@ -1092,8 +1093,8 @@ static void cu_sample(qv_backend *be, float *x, int n, int width, const qv_sampl
     const qv_sample_row *d_rows = stage(cx, rows, rb);
     const qv_token_count *d_pen = pb ? stage(cx, pen, pb) : NULL;
     if (!d_rows || (pb && !d_pen)) return;
-    SIG(cx, 40, U(x), (uint64_t)n, (uint64_t)width, (uint64_t)pb, U(out));
-    (void)RUN(cx, qv_cuda_sample(x, n, width, d_rows, d_pen, out, cx->stream));
+    SIG(cx, 40, U(x), (uint64_t)n, (uint64_t)width, (uint64_t)pb, U(out), U(lp), U(pen_raw));
+    (void)RUN(cx, qv_cuda_sample(x, n, width, d_rows, d_pen, pen_raw, out, lp, cx->stream));
 }
 
 static int cu_kv_elem_bytes(qv_backend *be) { return ctx_of(be)->tune.kv_bf16 ? 2 : 4; }

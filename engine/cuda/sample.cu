@@ -1,11 +1,14 @@
 /*
  * sample.cu - token sampling on the device and its extern "C" launcher (sample.h).
  *
- * k_penalties   grid (rows), 256 threads: the row's context entries rewrite its logits in place
- *               (repetition, then frequency, then presence; float arithmetic of sampler.c, the
- *               products rounded before the subtraction so no FMA changes a bit).
  * k_sample      grid (rows), SAMPLE_THREADS threads, one block per row, nothing but the row and
  *               a few kilobytes of shared memory:
+ *   0. log-probabilities (rows that want them, lp set): log Z of the raw row (expf summed in
+ *      double), its n largest logits (radix select for the n-th, then the ones above it and the
+ *      lowest-id ties), and the raw logits of the context ids, saved before
+ *   0'. penalties: the row's context entries rewrite its logits in place (repetition, then
+ *      frequency, then presence; float arithmetic of sampler.c, the products rounded before the
+ *      subtraction so no FMA changes a bit);
  *   1. maximum of the row and its first index; a greedy row (or one without a finite
  *      maximum) takes that index, as argmax_first does, in this one pass;
  *   2. top-k: the k-th largest raw logit by a four-pass 8-bit radix select on order-preserving
@@ -24,7 +27,8 @@
  * can differ from the host's only when u lies within ~1e-7 of a boundary of the cumulative
  * distribution (expf may also differ in its last bit on the device).
  *
- * What not: no allocation, no log-probabilities, no synchronisation.
+ * The chosen token's log-probability is its raw logit (saved one if penalised) minus log Z.
+ * What not: no allocation, no synchronisation.
  * Thread: launchers run on the host thread that owns the stream.
  */
 #include <math.h>
@@ -51,26 +55,6 @@ static int launch_failed(const char *what) {
     return -1;
 }
 
-/* ---- penalties ---- */
-
-static __global__ void k_penalties(float *x, int width, const qv_sample_row *rows,
-                                   const qv_token_count *pen) {
-    const qv_sample_row p = rows[blockIdx.x];
-    float *r = x + (size_t)blockIdx.x * (size_t)width;
-    for (int j = threadIdx.x; j < p.pen_n; j += blockDim.x) {
-        const qv_token_count tc = pen[p.pen_off + j];
-        if (tc.id < 0 || tc.id >= width) continue;
-        float v = r[tc.id];
-        if (p.repetition_penalty != 1.0f)
-            v = v < 0.0f ? __fmul_rn(v, p.repetition_penalty) : v / p.repetition_penalty;
-        if (tc.count) {
-            v = v - __fmul_rn(p.frequency_penalty, (float)tc.count);
-            v = v - p.presence_penalty;
-        }
-        r[tc.id] = v; /* ids of one row are distinct: no two threads write one element */
-    }
-}
-
 /* ---- sampling ---- */
 
 /* Order-preserving float -> uint32 (NaN -> 0, the lowest), as sampler.c's float_key. */
@@ -94,6 +78,11 @@ struct sample_shared {
     uint32_t sel;
     int tie_last; /* top-p: the last tie id kept */
     int tok;
+    double wd[SAMPLE_WARPS];
+    int n_col; /* logprobs: entries collected */
+    int top_id[QV_SAMPLER_MAX_LOGPROBS];
+    float top_v[QV_SAMPLER_MAX_LOGPROBS];
+    float raw; /* logprobs: the chosen token's raw logit */
 };
 
 /* Maximum over the block and the lowest index holding it (NaN never enters: callers start at
@@ -205,15 +194,140 @@ static __device__ void pick(sample_shared *sh, bool mass, u64 need) {
     sh->sel_need = mass ? above : need;
 }
 
+/* Sum over the block (fixed order: per thread, xor tree per warp, warps in order). */
+static __device__ double block_sum_double(double v, sample_shared *sh) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sh->wd[threadIdx.x >> 5] = v;
+    __syncthreads();
+    double t = 0.0;
+    for (int i = 0; i < SAMPLE_WARPS; i++)
+        t += sh->wd[i];
+    return t;
+}
+
+/* The key of the rank-th largest logit of row r (1 <= rank <= width) by a four-pass 8-bit radix
+ * select; 0 when it is a NaN. */
+static __device__ uint32_t kth_key(const float *r, int width, u64 rank, sample_shared *sh) {
+    uint32_t prefix = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        const uint32_t hmask = shift == 24 ? 0u : 0xffffffffu << (shift + 8);
+        for (int i = threadIdx.x; i < 256; i += SAMPLE_THREADS)
+            sh->hist[i] = 0;
+        __syncthreads();
+        for (int j = threadIdx.x; j < width; j += SAMPLE_THREADS) {
+            const uint32_t k = fkey(r[j]);
+            if ((k & hmask) == prefix) atomicAdd(&sh->hist[(k >> shift) & 255u], 1ull);
+        }
+        __syncthreads();
+        pick(sh, false, rank); /* thread 0's rank is the one that matters */
+        __syncthreads();
+        prefix |= sh->sel << shift;
+        rank = sh->sel_need;
+        __syncthreads(); /* everyone has read sel before the next pick */
+    }
+    return prefix;
+}
+
+/* Log-probability statistics of the raw row (sampler.c raw_log_z): returns log Z and leaves the
+ * n_logprobs largest logits (NaN excluded; equal values: lower id first) in sh->top_id/top_v,
+ * sh->n_col of them, in that order. [c0, c1) is the thread's contiguous id range. */
+static __device__ double raw_stats(const float *r, int width, int n_logprobs, int c0, int c1,
+                                   sample_shared *sh) {
+    float mx = -INFINITY;
+    int first = 0x7fffffff, nan = 0;
+    for (int j = threadIdx.x; j < width; j += SAMPLE_THREADS) {
+        if (r[j] > mx) mx = r[j], first = j;
+        nan += r[j] != r[j];
+    }
+    mx = block_argmax(mx, &first, sh);
+    double z = 0.0;
+    for (int j = threadIdx.x; j < width; j += SAMPLE_THREADS)
+        z += (double)expf(r[j] - mx);
+    z = block_sum_double(z, sh);
+    const double log_z = mx > -INFINITY ? (double)mx + log(z) : (double)INFINITY;
+    u64 n_nan;
+    (void)block_scan((u64)nan, sh, &n_nan);
+    const int nn = (int)min((u64)n_logprobs, (u64)width - n_nan);
+    if (threadIdx.x == 0) sh->n_col = 0;
+    if (nn > 0) {
+        const uint32_t cut = kth_key(r, width, (u64)nn, sh);
+        u64 above = 0, ties = 0;
+        for (int j = c0; j < c1; j++) {
+            const uint32_t k = fkey(r[j]);
+            above += k > cut;
+            ties += k == cut;
+        }
+        u64 n_above, n_ties;
+        (void)block_scan(above, sh, &n_above);
+        u64 rank = block_scan(ties, sh, &n_ties); /* ties at lower ids than this range */
+        const u64 need = (u64)nn - n_above;       /* fewer than nn lie above the nn-th */
+        for (int j = c0; j < c1; j++) {
+            const uint32_t k = fkey(r[j]);
+            if (k > cut || (k == cut && rank++ < need)) {
+                const int slot = atomicAdd(&sh->n_col, 1);
+                sh->top_id[slot] = j;
+                sh->top_v[slot] = r[j];
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) /* descending value, lower id first */
+            for (int a = 1; a < sh->n_col; a++)
+                for (int b = a; b > 0; b--) {
+                    const float v = sh->top_v[b], w = sh->top_v[b - 1];
+                    const int i = sh->top_id[b], h = sh->top_id[b - 1];
+                    if (!(v > w || (v == w && i < h))) break;
+                    sh->top_v[b] = w, sh->top_v[b - 1] = v;
+                    sh->top_id[b] = h, sh->top_id[b - 1] = i;
+                }
+        __syncthreads();
+    }
+    return log_z;
+}
+
 static __global__ void __launch_bounds__(SAMPLE_THREADS)
-    k_sample(const float *x, int width, const qv_sample_row *rows, int32_t *out) {
+    k_sample(float *x, int width, const qv_sample_row *rows, const qv_token_count *pen,
+             float *pen_raw, int32_t *out, qv_logprobs *lp) {
     __shared__ sample_shared sh;
     const qv_sample_row p = rows[blockIdx.x];
-    const float *r = x + (size_t)blockIdx.x * (size_t)width;
+    float *r = x + (size_t)blockIdx.x * (size_t)width;
     const int tid = threadIdx.x;
     /* contiguous id range of this thread, for the scans in id order */
     const int span = (width + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
     const int c0 = min(width, tid * span), c1 = min(width, c0 + span);
+
+    /* 0. log-probabilities of the raw row */
+    const bool want_lp = lp && p.n_logprobs > 0;
+    double log_z = 0.0;
+    if (want_lp) {
+        log_z = raw_stats(r, width, p.n_logprobs, c0, c1, &sh);
+        if (tid == 0) {
+            qv_logprobs *o = &lp[blockIdx.x];
+            o->n_top = sh.n_col;
+            for (int i = 0; i < sh.n_col; i++) {
+                o->top_ids[i] = sh.top_id[i];
+                o->top_logprobs[i] = (float)((double)sh.top_v[i] - log_z);
+            }
+        }
+    }
+    /* 0'. penalties, in place (the raw logits of the context saved first for logprobs) */
+    if (pen && p.pen_n > 0) {
+        for (int j = tid; j < p.pen_n; j += SAMPLE_THREADS) {
+            const qv_token_count tc = pen[p.pen_off + j];
+            if (tc.id < 0 || tc.id >= width) continue;
+            float v = r[tc.id];
+            if (want_lp) pen_raw[p.pen_off + j] = v;
+            if (p.repetition_penalty != 1.0f)
+                v = v < 0.0f ? __fmul_rn(v, p.repetition_penalty) : v / p.repetition_penalty;
+            if (tc.count) {
+                v = v - __fmul_rn(p.frequency_penalty, (float)tc.count);
+                v = v - p.presence_penalty;
+            }
+            r[tc.id] = v; /* ids of one row are distinct: no two threads write one element */
+        }
+        __syncthreads(); /* the block's global writes are visible to it past the barrier */
+    }
 
     float mx = -INFINITY;
     int first = 0x7fffffff; /* the first maximum (ids ascend per thread) */
@@ -341,27 +455,39 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
                     }
                 }
             }
-            __syncthreads();
-            if (tid == 0) out[blockIdx.x] = sh.tok;
-            return;
         }
     }
 
     /* greedy: the first maximum of the (penalised) row; 0 when nothing is above -inf */
-    if (tid == 0) out[blockIdx.x] = mx > -INFINITY ? first : 0;
+    if (greedy && tid == 0) sh.tok = mx > -INFINITY ? first : 0;
+    __syncthreads();
+    const int tok = sh.tok;
+    if (tid == 0) {
+        out[blockIdx.x] = tok;
+        if (lp) lp[blockIdx.x].token = tok;
+    }
+    if (want_lp) { /* the chosen token's raw logit: saved if a penalty changed it */
+        if (tid == 0) sh.raw = r[tok];
+        __syncthreads();
+        for (int j = tid; pen && j < p.pen_n; j += SAMPLE_THREADS)
+            if (pen[p.pen_off + j].id == tok) sh.raw = pen_raw[p.pen_off + j];
+        __syncthreads();
+        if (tid == 0) lp[blockIdx.x].logprob = (float)((double)sh.raw - log_z);
+    }
 }
 
 extern "C" int qv_cuda_sample(float *x, int n, int width, const qv_sample_row *rows,
-                              const qv_token_count *pen, int32_t *out, cudaStream_t s) {
+                              const qv_token_count *pen, float *pen_raw, int32_t *out,
+                              qv_logprobs *lp, cudaStream_t s) {
     if (n <= 0) return 0;
     if (width <= 0 || width > (1 << 19)) {
         fprintf(stderr, "quiver cuda: sample: width %d outside [1, 2^19]\n", width);
         return -1;
     }
-    if (pen) {
-        QV_LAUNCH(n, 256, s, k_penalties)(x, width, rows, pen);
-        if (launch_failed("sample penalties")) return -1;
+    if (lp && pen && !pen_raw) {
+        fprintf(stderr, "quiver cuda: sample: logprobs with penalties need pen_raw\n");
+        return -1;
     }
-    QV_LAUNCH(n, SAMPLE_THREADS, s, k_sample)(x, width, rows, out);
+    QV_LAUNCH(n, SAMPLE_THREADS, s, k_sample)(x, width, rows, pen, pen_raw, out, lp);
     return launch_failed("sample");
 }

@@ -3,8 +3,7 @@
  * the host sampler (engine/sampler.c) would draw from the same row with the same uniform number,
  * so a sequence's tokens do not depend on where it was sampled (up to expf's last bit).
  *
- * What it is not: it does not compute log-probabilities (rows that want them are sampled on the
- * host) and does not own the PRNG (the engine draws u from the sequence's sampler).
+ * What it is not: it does not own the PRNG (the engine draws u from the sequence's sampler).
  * Thread: launchers run on the host thread that owns the stream.
  */
 #ifndef QV_CUDA_SAMPLE_H
@@ -25,9 +24,12 @@ extern "C" {
  * they rewrite x's row in place), greedy argmax or temperature, top-k, top-p, min-p and the
  * inverse-CDF draw in ascending id order. Weights are summed in 2^-44 fixed point, so the
  * result is deterministic and independent of the launch shape. width <= 2^19.
+ * lp (device memory, n entries, or NULL): lp[i].token for every row, and for rows with
+ * n_logprobs > 0 the log-probabilities qv_sampler_sample reports (of the raw row); pen_raw
+ * (device memory, as many floats as pen entries) then receives the context's raw logits.
  * Returns 0, or -1 when a launch failed (message on stderr). */
 int qv_cuda_sample(float *x, int n, int width, const qv_sample_row *rows, const qv_token_count *pen,
-                   int32_t *out, cudaStream_t s);
+                   float *pen_raw, int32_t *out, qv_logprobs *lp, cudaStream_t s);
 
 #ifdef __cplusplus
 }

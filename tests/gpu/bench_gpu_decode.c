@@ -56,7 +56,7 @@ static qv_status decode_step(qv_forward *fwd, const qv_batch *b, int V, int mode
                                       .top_p = 0.95f,
                                       .repetition_penalty = 1.0f};
         }
-        return qv_forward_run_sample(fwd, b, 0, NULL, rows, NULL, 0, next, err);
+        return qv_forward_run_sample(fwd, b, 0, NULL, rows, NULL, 0, next, NULL, err);
     }
     if (logits_v != V) { /* host sampling: buffers for MAX_B rows of this vocabulary */
         free(logits);

@@ -496,11 +496,9 @@ static void test_engine_cold_adapter(void **state) {
     qv_engine_destroy(probe);
 }
 
-/* On the device, a request without logprobs gets its token from the device (argmax, or the
- * sampler's draw: engine/cuda/sample.cu) and its logits row never reaches the host; a request
- * with logprobs still gets whole rows, in the same step. Checked by the engine's row counters
- * (rows picked on the device = the tokens of the greedy and sampled requests) and the tokens
- * against the CPU engine. */
+/* On the device, every request gets its token from the device (argmax, or the sampler's draw,
+ * logprobs included: engine/cuda/sample.cu) and its logits row never reaches the host. Checked
+ * by the engine's row counters and the tokens against the CPU engine. */
 static void test_engine_device_sampling(void **state) {
     (void)state;
     qv_engine *probe = open_engine("cpu");
@@ -509,7 +507,7 @@ static void test_engine_device_sampling(void **state) {
     static run_out cpu, cu;
     memset(&cpu, 0, sizeof(cpu));
     memset(&cu, 0, sizeof(cu));
-    cpu.lp[2] = cu.lp[2] = true;     /* greedy with logprobs: a host row */
+    cpu.lp[2] = cu.lp[2] = true;     /* greedy with logprobs: a device row */
     cpu.temp[3] = cu.temp[3] = 0.8f; /* sampled: a device row */
     run_requests("cpu", ads, 4, &cpu);
     assert_int_equal(cpu.stats.logits_rows_device, 0);
@@ -518,9 +516,9 @@ static void test_engine_device_sampling(void **state) {
     printf("cuda engine: %llu logits rows picked on the device, %llu copied to the host\n",
            (unsigned long long)cu.stats.logits_rows_device,
            (unsigned long long)cu.stats.logits_rows_host);
-    assert_int_equal(cu.stats.logits_rows_device, 3 * TOKENS);
-    assert_int_equal(cu.stats.logits_rows_host, TOKENS);
-    compare("device argmax and sampling beside a logprobs row on cuda", &cpu, &cu);
+    assert_int_equal(cu.stats.logits_rows_device, 4 * TOKENS);
+    assert_int_equal(cu.stats.logits_rows_host, 0);
+    compare("device argmax, sampling and logprobs on cuda", &cpu, &cu);
     qv_adapter_free(lo);
     qv_engine_destroy(probe);
 }

@@ -71,15 +71,20 @@ static qv_sampler *make_sampler(const sample_case *c) {
     return s;
 }
 
-/* Runs the device op on n copies of row x with uniform numbers u[n]; tokens into out. */
-static void device_sample(const sample_case *c, qv_sampler *s, const float *x, const double *u,
-                          int n, int32_t *out) {
+/* Runs the device op on n copies of row x with uniform numbers u[n]; tokens into out, and
+ * (c->p.n_logprobs > 0, lp not NULL) the log-probabilities into lp[n]. */
+static void device_sample_lp(const sample_case *c, qv_sampler *s, const float *x, const double *u,
+                             int n, int32_t *out, qv_logprobs *lp) {
     const size_t V = (size_t)c->n_vocab;
     float *h = malloc((size_t)n * V * sizeof(float));
     for (int i = 0; i < n; i++)
         memcpy(h + (size_t)i * V, x, V * sizeof(float));
     float *d = cu->iface->alloc(cu, (size_t)n * V * sizeof(float));
     int32_t *dout = cu->iface->alloc(cu, (size_t)n * sizeof(int32_t));
+    qv_logprobs *dlp = cu->iface->alloc(cu, (size_t)n * sizeof(qv_logprobs));
+    float *draw = cu->iface->alloc(cu, (size_t)(qv_sampler_context_size(s) + 3) * sizeof(float));
+    assert_non_null(dlp);
+    assert_non_null(draw);
     assert_non_null(d);
     assert_non_null(dout);
     cu->iface->upload(cu, d, h, (size_t)n * V * sizeof(float));
@@ -101,15 +106,44 @@ static void device_sample(const sample_case *c, qv_sampler *s, const float *x, c
                                   .frequency_penalty = c->p.frequency_penalty,
                                   .top_k = c->p.top_k,
                                   .pen_off = 0,
-                                  .pen_n = has_pen ? n_ctx : 0};
-    cu->iface->sample(cu, d, n, c->n_vocab, rows, has_pen ? pen : NULL, pen_cap, dout);
+                                  .pen_n = has_pen ? n_ctx : 0,
+                                  .n_logprobs = lp ? c->p.n_logprobs : 0};
+    cu->iface->sample(cu, d, n, c->n_vocab, rows, has_pen ? pen : NULL, pen_cap, draw, dout, dlp);
     qv_error err = {0};
     assert_int_equal(cu->iface->download(cu, out, dout, (size_t)n * sizeof(int32_t), &err), QV_OK);
+    if (lp)
+        assert_int_equal(cu->iface->download(cu, lp, dlp, (size_t)n * sizeof(qv_logprobs), &err),
+                         QV_OK);
+    cu->iface->free(cu, draw);
+    cu->iface->free(cu, dlp);
     cu->iface->free(cu, dout);
     cu->iface->free(cu, d);
     free(rows);
     free(pen);
     free(h);
+}
+
+static void device_sample(const sample_case *c, qv_sampler *s, const float *x, const double *u,
+                          int n, int32_t *out) {
+    device_sample_lp(c, s, x, u, n, out, NULL);
+}
+
+/* The device's log-probabilities equal the host sampler's: same top ids in the same order, and
+ * values within 1e-5 (log Z summed in another order); NaN where the host has NaN. */
+static void check_lp(const char *what, const qv_logprobs *got, const qv_logprobs *want) {
+    bool ok = got->token == want->token && got->n_top == want->n_top &&
+              (got->logprob == want->logprob || (isnan(got->logprob) && isnan(want->logprob)) ||
+               fabsf(got->logprob - want->logprob) <= 1e-5f * fmaxf(1.0f, fabsf(want->logprob)));
+    for (int i = 0; ok && i < want->n_top; i++)
+        ok = got->top_ids[i] == want->top_ids[i] &&
+             (got->top_logprobs[i] == want->top_logprobs[i] ||
+              fabsf(got->top_logprobs[i] - want->top_logprobs[i]) <=
+                  1e-5f * fmaxf(1.0f, fabsf(want->top_logprobs[i])));
+    if (!ok)
+        fail_msg("%s: device token %d logprob %g n_top %d (top %d %g), host %d %g %d (top %d %g)",
+                 what, got->token, (double)got->logprob, got->n_top, got->top_ids[0],
+                 (double)got->top_logprobs[0], want->token, (double)want->logprob, want->n_top,
+                 want->top_ids[0], (double)want->top_logprobs[0]);
 }
 
 #define MAX_U 300
@@ -286,6 +320,7 @@ static void test_sample_stream(void **state) {
     c.p.seed = 12345;
     c.p.repetition_penalty = 1.2f;
     c.p.frequency_penalty = 0.3f;
+    c.p.n_logprobs = 5;
     qv_sampler *host = NULL, *twin = NULL;
     assert_int_equal(qv_sampler_create(&c.p, c.n_vocab, &host), QV_OK);
     assert_int_equal(qv_sampler_create(&c.p, c.n_vocab, &twin), QV_OK);
@@ -294,20 +329,85 @@ static void test_sample_stream(void **state) {
     for (int step = 0; step < 40; step++) {
         make_row(&c, x);
         memcpy(xc, x, sizeof(float) * 2000);
-        int32_t want = qv_sampler_sample(host, xc, NULL), got;
+        qv_logprobs lw, lg;
+        int32_t want = qv_sampler_sample(host, xc, &lw), got;
         double u = qv_sampler_next_uniform(twin);
-        device_sample(&c, twin, x, &u, 1, &got);
+        device_sample_lp(&c, twin, x, &u, 1, &got, &lg);
         same += got == want;
+        if (got == want) check_lp("stream", &lg, &lw);
         if (got != want) printf("  step %d: host %d, device %d\n", step, want, got);
         qv_sampler_accept(host, want);
         qv_sampler_accept(twin, want);
     }
-    printf("seeded stream: %d of 40 tokens identical\n", same);
+    printf("seeded stream: %d of 40 tokens identical, with their top-5 logprobs\n", same);
     assert_int_equal(same, 40);
     qv_sampler_free(host);
     qv_sampler_free(twin);
     free(x);
     free(xc);
+}
+
+/* Log-probabilities on the device against the host sampler's: ties among the largest logits
+ * (lower id first), -inf in the row, 20 alternatives, a sampled row with penalties, a
+ * greedy row whose chosen token is penalised (its logprob is of the raw logit), a row of -inf
+ * and NaN only. */
+static void test_sample_logprobs(void **state) {
+    (void)state;
+    for (int ci = 0; ci < 4; ci++) {
+        sample_case c = {"logprobs", ci == 1 ? 4099 : 1000, params(0.0f, 0, 1.0f, 0.0f), 0, 0, 0,
+                         3.0f};
+        c.p.n_logprobs = 20;
+        if (ci == 1) {
+            c.p = params(0.7f, 0, 0.9f, 0.0f);
+            c.p.repetition_penalty = 1.5f;
+            c.p.frequency_penalty = 0.2f;
+            c.p.n_logprobs = 3;
+            c.n_ctx = 300;
+            c.n_gen = 30;
+        }
+        float *x = malloc((size_t)c.n_vocab * sizeof(float));
+        float *xc = malloc((size_t)c.n_vocab * sizeof(float));
+        make_row(&c, x);
+        if (ci == 0) { /* five equal maxima, NaNs and -inf among the rest */
+            const int tied[5] = {700, 3, 512, 250, 999};
+            for (int i = 0; i < 5; i++)
+                x[tied[i]] = 9.0f;
+            x[8] = -INFINITY, x[9] = -INFINITY; /* (a NaN makes log Z NaN on both sides) */
+        }
+        qv_sampler *s = make_sampler(&c);
+        if (ci == 2) { /* greedy, its argmax in the context: a mild penalty keeps it first */
+            c.p.repetition_penalty = 1.05f;
+            qv_sampler_free(s);
+            assert_int_equal(qv_sampler_create(&c.p, c.n_vocab, &s), QV_OK);
+            const int32_t a = gpu_argmax(x, c.n_vocab, NULL);
+            x[a] += 2.0f;
+            qv_sampler_accept(s, a);
+        }
+        if (ci == 3)
+            for (int i = 0; i < c.n_vocab; i++)
+                x[i] = i % 3 ? -INFINITY : NAN;
+        memcpy(xc, x, (size_t)c.n_vocab * sizeof(float));
+        qv_logprobs lw, lg;
+        double u = 0.0; /* a sampled row's draw: the next number of the sampler's stream */
+        if (ci == 1) {
+            qv_sampler *twin = make_sampler(&c);
+            u = qv_sampler_next_uniform(twin);
+            qv_sampler_free(twin);
+        }
+        const int32_t want = qv_sampler_sample(s, xc, &lw);
+        int32_t got;
+        device_sample_lp(&c, s, x, &u, 1, &got, &lg);
+        printf("logprobs case %d: host token %d (logprob %g, %d alternatives, first %d %g), "
+               "device token %d (logprob %g, %d, first %d %g)\n",
+               ci, want, (double)lw.logprob, lw.n_top, lw.top_ids[0], (double)lw.top_logprobs[0],
+               got, (double)lg.logprob, lg.n_top, lg.top_ids[0], (double)lg.top_logprobs[0]);
+        assert_int_equal(got, want);
+        check_lp("logprobs", &lg, &lw);
+        if (ci == 0) assert_int_equal(lg.top_ids[0], 3); /* the lowest id of the five */
+        qv_sampler_free(s);
+        free(x);
+        free(xc);
+    }
 }
 
 /* The engine on "cuda": the same requests sampled on the device and on the host. */
@@ -318,12 +418,14 @@ typedef struct eng_out {
     int n[E_SEQS];
     int ids[E_SEQS];
     int n_lp;
+    qv_logprobs lp[E_TOKENS]; /* the logprobs request's */
 } eng_out;
 
 static void on_tok(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
                    enum qv_finish_reason finish) {
     (void)finish;
     eng_out *o = user;
+    if (lp && o->n_lp < E_TOKENS) o->lp[o->n_lp] = *lp;
     o->n_lp += lp != NULL;
     for (int i = 0; i < E_SEQS; i++)
         if (o->ids[i] == seq_id && o->n[i] < E_TOKENS) o->toks[i][o->n[i]++] = token;
@@ -387,17 +489,20 @@ static void test_engine_device_vs_host_sampling(void **state) {
                 fail_msg("seq %d token %d: device sampling %d, host sampling %d", i, t,
                          dev.toks[i][t], host.toks[i][t]);
     }
-    /* device: only the logprobs request's rows go to the host; host_sampling: every row but
-     * the plain-greedy ones (there are none without penalties here) */
+    /* device: every row sampled there, the logprobs request's too; host_sampling: every row
+     * goes to the host (there is no plain-greedy request here) */
     printf("engine: %d x %d tokens identical; rows on device / host: %llu / %llu (device "
            "sampling), %llu / %llu (host sampling)\n",
            E_SEQS, E_TOKENS, (unsigned long long)sd.logits_rows_device,
            (unsigned long long)sd.logits_rows_host, (unsigned long long)sh.logits_rows_device,
            (unsigned long long)sh.logits_rows_host);
-    assert_int_equal(sd.logits_rows_host, E_TOKENS);
-    assert_int_equal(sd.logits_rows_device, (E_SEQS - 1) * E_TOKENS);
+    assert_int_equal(sd.logits_rows_host, 0);
+    assert_int_equal(sd.logits_rows_device, E_SEQS * E_TOKENS);
     assert_int_equal(sh.logits_rows_device, 0);
     assert_int_equal(dev.n_lp, E_TOKENS);
+    assert_int_equal(host.n_lp, E_TOKENS);
+    for (int t = 0; t < E_TOKENS; t++)
+        check_lp("engine logprobs", &dev.lp[t], &host.lp[t]);
 }
 
 static int setup(void **state) {
@@ -419,6 +524,7 @@ int main(void) {
         cmocka_unit_test(test_sample_cases),
         cmocka_unit_test(test_sample_greedy_and_degenerate),
         cmocka_unit_test(test_sample_stream),
+        cmocka_unit_test(test_sample_logprobs),
         cmocka_unit_test(test_engine_device_vs_host_sampling),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -8,8 +8,8 @@ Checks on the CUDA server: start-up reports the device adapter pool, its pinned 
 the CUDA graphs recorded; four concurrent greedy completions (base + the three adapters) give
 the CPU server's text, or part from it only where the CPU's top two tokens are a near tie
 (logprob gap below 0.25, the bf16 weights' error), and the adapters change the text; a sampled
-request (temperature 0.8) and a logprobs request complete; /metrics shows the greedy and
-sampled tokens picked on the device, the logprobs ones on the host, adapter images in the pinned tier and on the device, and graph
+request (temperature 0.8) and a logprobs request complete; /metrics shows every token picked
+on the device (no logits row copied to the host), adapter images in the pinned tier and on the device, and graph
 replays. Slow (every CUDA thread is emulated): about a minute.
 
 Usage: serve_cuda_emu.py <quiver_emu> <quiver>. Exit 77 when the model has not been fetched.
@@ -117,11 +117,20 @@ def main():
     st, r = complete(cu, MODEL_NAME, max_tokens=2, logprobs=2)
     check(st == 200 and r["usage"]["completion_tokens"] == 2 and r["choices"][0].get("logprobs"),
           f"cuda: a logprobs request ({st})")
+    if st == 200 and r["choices"][0].get("logprobs"):
+        got_lp = r["choices"][0]["logprobs"]
+        cpu_lp = want[MODEL_NAME]["logprobs"]
+        same = got_lp["tokens"] == cpu_lp["tokens"][:2]
+        gap = max(abs(a - b) for a, b in zip(got_lp["token_logprobs"], cpu_lp["token_logprobs"]))
+        check(same and gap < NEAR_TIE and len(got_lp["top_logprobs"][0]) == 2,
+              f"cuda: device logprobs match the cpu's ({got_lp['tokens']} vs "
+              f"{cpu_lp['tokens'][:2]}, largest difference {gap:.4f})")
     m = cu.metrics()
     dev = m.get('quiver_sampled_tokens_total{where="device"}', 0)
     host = m.get('quiver_sampled_tokens_total{where="host"}', 0)
-    check(dev >= len(models) * N + 3, f"cuda: greedy and sampled tokens picked on the device ({dev})")
-    check(host >= 2, f"cuda: the logprobs request's tokens sampled on the host ({host})")
+    check(dev >= len(models) * N + 3 + 2,
+          f"cuda: greedy, sampled and logprobs tokens picked on the device ({dev})")
+    check(host == 0, f"cuda: no logits row sampled on the host ({host})")
     pinned = m.get('quiver_adapter_resident{tier="pinned"}', 0)
     device = m.get('quiver_adapter_resident{tier="device"}', 0)
     check(pinned >= 2 and device >= 2,
