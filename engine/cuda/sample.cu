@@ -341,24 +341,7 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
     /* 2. top-k threshold on the raw logits */
     float yk = -INFINITY;
     if (!greedy && p.top_k > 0 && p.top_k < width) {
-        uint32_t prefix = 0;
-        u64 rank = (u64)p.top_k; /* thread 0's: the rank still to find */
-        for (int shift = 24; shift >= 0; shift -= 8) {
-            const uint32_t hmask = shift == 24 ? 0u : 0xffffffffu << (shift + 8);
-            for (int i = tid; i < 256; i += SAMPLE_THREADS)
-                sh.hist[i] = 0;
-            __syncthreads();
-            for (int j = tid; j < width; j += SAMPLE_THREADS) {
-                const uint32_t k = fkey(r[j]);
-                if ((k & hmask) == prefix) atomicAdd(&sh.hist[(k >> shift) & 255u], 1ull);
-            }
-            __syncthreads();
-            pick(&sh, false, rank);
-            __syncthreads();
-            prefix |= sh.sel << shift;
-            rank = sh.sel_need;
-            __syncthreads(); /* everyone has read sel before the next pick */
-        }
+        const uint32_t prefix = kth_key(r, width, (u64)p.top_k, &sh);
         yk = prefix == 0 ? -INFINITY : keyf(prefix) / t; /* NaN: fewer than k numbers */
     }
 
