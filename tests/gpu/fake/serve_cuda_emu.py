@@ -17,6 +17,7 @@ Usage: serve_cuda_emu.py <quiver_emu> <quiver>. Exit 77 when the model has not b
 import os
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "server"))
 EMU, CPU = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
@@ -125,10 +126,17 @@ def main():
         check(same and gap < NEAR_TIE and len(got_lp["top_logprobs"][0]) == 2,
               f"cuda: device logprobs match the cpu's ({got_lp['tokens']} vs "
               f"{cpu_lp['tokens'][:2]}, largest difference {gap:.4f})")
-    m = cu.metrics()
-    dev = m.get('quiver_sampled_tokens_total{where="device"}', 0)
+    # /metrics is refreshed by the engine loop after a step, so a response can reach the client
+    # before its last token is counted: wait (briefly) for the count.
+    want_dev = len(models) * N + 3 + 2
+    for _ in range(50):
+        m = cu.metrics()
+        dev = m.get('quiver_sampled_tokens_total{where="device"}', 0)
+        if dev >= want_dev:
+            break
+        time.sleep(0.1)
     host = m.get('quiver_sampled_tokens_total{where="host"}', 0)
-    check(dev >= len(models) * N + 3 + 2,
+    check(dev >= want_dev,
           f"cuda: greedy, sampled and logprobs tokens picked on the device ({dev})")
     check(host == 0, f"cuda: no logits row sampled on the host ({host})")
     pinned = m.get('quiver_adapter_resident{tier="pinned"}', 0)
