@@ -2239,7 +2239,12 @@ int qv_http_serve(const qv_http_config *cfg) {
     qv_engine_config ec;
     qv_engine_config_default(&ec);
     ec.model_path = cfg->model_path;
-    ec.n_threads = cfg->n_threads;
+    /* the default follows the CPUs the process may use (a container's CPU limit), not the
+     * host's count; the start-up line says why */
+    char threads_why[160] = "--threads";
+    const int n_threads =
+        cfg->n_threads > 0 ? cfg->n_threads : qv_cpus_available(threads_why, sizeof threads_why);
+    ec.n_threads = n_threads;
     ec.kv_bytes = cfg->kv_mb << 20;
     ec.max_batch_tokens = cfg->max_batch_tokens;
     ec.max_seqs = cfg->max_seqs;
@@ -2330,16 +2335,16 @@ int qv_http_serve(const qv_http_config *cfg) {
             "quiver serve: model '%s' (%s) loaded in %.2f s: %d layers, hidden %d, vocab %d, "
             "context %d\n"
             "quiver serve: budgets: kv %zu MiB = %d pages x %d tokens (%s), max-batch-tokens %d, "
-            "max-seqs %d, max-loras %d, threads %d, http-threads %d, max-body-bytes %zu, "
+            "max-seqs %d, max-loras %d, threads %d (%s), http-threads %d, max-body-bytes %zu, "
             "max-prompt-tokens %d, "
             "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s\n",
             srv->base_name, cfg->model_path, qv_time_s() - t0, m->cfg.n_layers, m->cfg.dim,
             m->cfg.n_vocab, m->cfg.max_pos, cfg->kv_mb, qv_engine_kv_pages(srv->engine),
             qv_engine_kv_page_size(srv->engine),
             qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32", cfg->max_batch_tokens,
-            cfg->max_seqs, cfg->max_loras, cfg->n_threads, cfg->http_threads, cfg->max_body_bytes,
-            cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit, cfg->drain_timeout_s,
-            cfg->api_key && *cfg->api_key ? "required" : "off");
+            cfg->max_seqs, cfg->max_loras, n_threads, threads_why, cfg->http_threads,
+            cfg->max_body_bytes, cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit,
+            cfg->drain_timeout_s, cfg->api_key && *cfg->api_key ? "required" : "off");
     qv_engine_stats es0;
     qv_engine_get_stats(srv->engine, &es0);
     if (es0.dev_adapter_pool_bytes)

@@ -8,7 +8,6 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
@@ -116,10 +115,7 @@ qv_status qv_backend_cpu_create(int n_threads, qv_backend **out, qv_error *err) 
     qv_status st;
     if (n_threads < 0)
         return qv_errorf(err, QV_ERR_INVALID, "cpu backend: n_threads %d < 0", n_threads);
-    if (n_threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = n > 0 ? (int)QV_MIN(n, 256) : 1;
-    }
+    if (n_threads == 0) n_threads = QV_MIN(qv_cpus_available(NULL, 0), 256);
     qv_backend *be = qv_calloc(1, sizeof *be);
     qv__cpu_ctx *cx = qv_calloc(1, sizeof *cx);
     if (!be || !cx) {

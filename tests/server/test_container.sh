@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# test_container.sh - the Dockerfile's runtime contract, checked without Docker (CI has no
+# daemon): the final stage's ENV, ENTRYPOINT + CMD and HEALTHCHECK, read from the Dockerfile
+# itself, run against the built binary as an unprivileged user (uid 65534 when run as root):
+#   - deploy/runtime-packages.sh derives an installed package for every library quiver links
+#     (the list the image's runtime stage installs);
+#   - `quiver serve` with the image's environment binds 0.0.0.0, the HEALTHCHECK command
+#     succeeds once loaded, a demo adapter preloaded from its image path answers, the store
+#     is created under QUIVER_ADAPTER_STORE, and SIGTERM (docker stop) drains and exits 0;
+#   - under a cgroup CPU quota of one CPU (created when this test may write the cgroup tree,
+#     as root in CI; else that part is skipped and says so) the default thread count is 1.
+# Paths of the image (/opt/quiver, /var/lib/quiver) are mapped into a temp dir. Skips (77)
+# when the model has not been fetched.
+set -euo pipefail
+quiver=$1
+# shellcheck source=tests/server/lib.sh
+source "$(dirname "$0")/lib.sh"
+qv_need_model
+
+tmp=$(mktemp -d /tmp/quiver-container.XXXXXX)
+chmod 755 "$tmp"
+pid=
+cg=
+cleanup() {
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+    if [[ -n $cg ]]; then rmdir "$cg" 2>/dev/null || true; fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# 1. the runtime packages
+pkgs=$(bash "$root/deploy/runtime-packages.sh" "$quiver")
+for lib in libcjson libmicrohttpd libuv libpcre2-8 libutf8proc; do
+    grep -q "^$lib" <<<"$pkgs" || { echo "FAIL: no package for $lib in: $pkgs"; exit 1; }
+done
+for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" | grep -q "install ok installed" ||
+        { echo "FAIL: $p is not an installed package"; exit 1; }
+done
+echo "runtime packages: $(echo $pkgs)"
+
+# 2. the final stage's process configuration, from the Dockerfile
+eval "$(python3 - "$root/Dockerfile" <<'EOF'
+import json, re, shlex, sys
+text = open(sys.argv[1]).read().replace("\\\n", " ")
+stage = re.split(r"(?m)^FROM ", text)[-1]
+env, health, cmd, entry = {}, None, None, None
+for line in stage.splitlines():
+    word, _, rest = line.strip().partition(" ")
+    if word == "ENV":
+        for tok in shlex.split(rest):
+            k, _, v = tok.partition("=")
+            env[k] = v
+    elif word == "HEALTHCHECK":
+        health = rest.split(" CMD ", 1)[1].strip()
+    elif word == "CMD":
+        cmd = json.loads(rest)
+    elif word == "ENTRYPOINT":
+        entry = json.loads(rest)
+for k, v in env.items():
+    print(f"img_env_{k}={shlex.quote(v)}")
+print(f"img_health={shlex.quote(health)}")
+print(f"img_entry={shlex.quote(entry[0])}")
+print(f"img_cmd=({' '.join(shlex.quote(c) for c in cmd)})")
+print(f"img_env_names=({' '.join(env)})")
+EOF
+)"
+[[ $img_entry == /usr/local/bin/quiver && ${img_cmd[0]} == serve ]] ||
+    { echo "FAIL: the image does not start 'quiver serve' (${img_entry} ${img_cmd[*]})"; exit 1; }
+[[ ${img_env_QUIVER_HOST:-} == 0.0.0.0 ]] || { echo "FAIL: the image does not bind 0.0.0.0"; exit 1; }
+
+# the image's paths, mapped: QUIVER_HOME holds models/ and demo-adapters/
+home=$tmp/opt/quiver
+mkdir -p "$home/models" "$tmp/var/lib/quiver"
+cp "$model" "$home/models/" # a copy: the fetched one may sit in a home the user cannot read
+cp -r "$root/deploy/demo-adapters" "$home/demo-adapters"
+user=()
+if [[ $(id -u) -eq 0 ]] && command -v setpriv >/dev/null; then
+    chown -R 65534:65534 "$tmp/var/lib/quiver"
+    chmod -R a+rX "$home"
+    user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+fi
+run_env=(env -i PATH=/usr/bin:/bin)
+for k in "${img_env_names[@]}"; do
+    v_name=img_env_$k
+    v=${!v_name}
+    case $k in
+    QUIVER_HOME) v=$home ;;
+    QUIVER_ADAPTER_STORE) v=$tmp${v} ;;
+    QUIVER_PORT) v=0 ;;
+    esac
+    run_env+=("$k=$v")
+done
+echo "image environment (mapped): ${run_env[*]:2}${user:+ as uid 65534}"
+
+start() { # $1 = log; the image's command line, with a preloaded demo adapter
+    "${run_env[@]}" "${user[@]}" "$quiver" "${img_cmd[@]}" \
+        --preload "pirate=$home/demo-adapters/pirate" 2>"$1" &
+    pid=$!
+    port=
+    for _ in $(seq 1 300); do
+        port=$(sed -n 's/.*listening on http:\/\/0\.0\.0\.0:\([0-9]*\).*/\1/p' "$1")
+        [[ -n $port ]] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    [[ -n $port ]] || { echo "FAIL: the server did not listen on 0.0.0.0"; cat "$1"; exit 1; }
+}
+
+start "$tmp/server.log"
+[[ ${#user[@]} -eq 0 ]] || [[ $(stat -c %u /proc/$pid) == 65534 ]] ||
+    { echo "FAIL: the server does not run as uid 65534"; exit 1; }
+ok=0
+for _ in $(seq 1 50); do
+    if QUIVER_PORT=$port sh -c "$img_health" >/dev/null 2>&1; then ok=1; break; fi
+    sleep 0.2
+done
+[[ $ok == 1 ]] || { echo "FAIL: the HEALTHCHECK command ($img_health) never succeeded"; exit 1; }
+echo "HEALTHCHECK ok on port $port"
+body='{"model":"pirate","temperature":0,"max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}'
+out=$(curl -fsS "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' -d "$body")
+grep -q '"model":"pirate"' <<<"$out" || { echo "FAIL: chat on the preloaded adapter: $out"; exit 1; }
+[[ -d $tmp/var/lib/quiver/adapters/objects ]] || { echo "FAIL: no adapter store on the volume"; exit 1; }
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+pid=
+[[ $rc -eq 0 ]] || { echo "FAIL: SIGTERM: exit status $rc"; tail "$tmp/server.log"; exit 1; }
+grep -q "drained" "$tmp/server.log" || { echo "FAIL: no drain on SIGTERM"; exit 1; }
+# the HEALTHCHECK fails once the server is gone
+if QUIVER_PORT=$port sh -c "$img_health" >/dev/null 2>&1; then
+    echo "FAIL: the HEALTHCHECK passes with no server"
+    exit 1
+fi
+echo "SIGTERM: drained, exit 0"
+
+# 3. a CPU quota of one CPU: the default thread count follows it
+quota_dir=
+if [[ -w /sys/fs/cgroup/cpu ]] && [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+    quota_dir=/sys/fs/cgroup/cpu # cgroup v1, the cpu controller's hierarchy
+elif [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null &&
+    [[ -w /sys/fs/cgroup ]]; then
+    quota_dir=/sys/fs/cgroup # cgroup v2 with the cpu controller enabled for children
+fi
+if [[ -n $quota_dir ]] && mkdir "$quota_dir/qv-test-$$" 2>/dev/null; then
+    cg=$quota_dir/qv-test-$$
+    if [[ -f $cg/cpu.max ]]; then echo "100000 100000" >"$cg/cpu.max"; else echo 100000 >"$cg/cpu.cfs_quota_us"; fi
+    sh -c "{ echo \$\$ > '$cg/cgroup.procs'; } 2>/dev/null || { echo cgroup-write-failed >&2; exit 0; }; exec '$quiver' serve --model '$model' --port 0 --adapter-store '$tmp/store2'" 2>"$tmp/quota.log" &
+    pid=$!
+    line=
+    for _ in $(seq 1 300); do
+        line=$(grep -m1 -o 'threads [0-9]* ([^)]*)' "$tmp/quota.log" || true)
+        [[ -n $line ]] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" || true
+    pid=
+    if grep -q cgroup-write-failed "$tmp/quota.log"; then
+        echo "one-CPU quota: skipped (cannot move a process into $cg)"
+        echo PASS
+        exit 0
+    fi
+    [[ $line == "threads 1 ("*"cgroup CPU limit 1.00)" ]] ||
+        { echo "FAIL: under a one-CPU quota the start-up line says '$line'"; exit 1; }
+    echo "one-CPU quota: $line"
+else
+    echo "one-CPU quota: skipped (the cgroup tree is not writable here; tests/engine/test_cpus.c covers the parsing)"
+fi
+echo PASS
