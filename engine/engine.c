@@ -171,6 +171,18 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
                          (size_t)64 * (size_t)mc0->n_vocab * sizeof(float) +
                          (size_t)c->max_batch_tokens * sizeof(qv_logprobs) +
                          (size_t)QV_FORWARD_MAX_PEN * sizeof(float) + ((size_t)16 << 20);
+        /* metadata staging: the attention's flattened page tables may take half of it, (the
+         * step's sequences, at most max_batch_tokens) x (pages of the longest context the
+         * model and the KV budget allow, rounded up to a power of two, as the backend does) */
+        const size_t kv_tok_bytes = (size_t)4 * (size_t)mc0->n_layers * (size_t)mc0->n_kv_heads *
+                                    (size_t)mc0->head_dim; /* bf16 */
+        size_t ctx = kv_tok_bytes ? c->kv_bytes / kv_tok_bytes : 0;
+        if (mc0->max_pos > 0 && (size_t)mc0->max_pos < ctx) ctx = (size_t)mc0->max_pos;
+        size_t stride = 8;
+        while (stride < ctx / (size_t)c->kv_page_size + 1)
+            stride *= 2;
+        const size_t flat = (size_t)c->max_batch_tokens * stride * sizeof(int32_t);
+        co.meta_bytes = QV_MAX((size_t)8 << 20, 2 * flat + ((size_t)4 << 20));
         if ((st = qv_backend_cuda_create(e->model, &co, &e->be, err)) != QV_OK) goto fail;
         if (c->kv_f32) { /* before the KV cache exists: its pages are sized by this */
             qv_cuda_tuning t;

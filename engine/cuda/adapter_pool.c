@@ -98,6 +98,9 @@ struct qv_cuda_adapter_pool {
 static int cu_ok(cudaError_t e, const char *stmt, const char *file, int line) {
     if (e == cudaSuccess) return 1;
     QV_LOGE("cuda: %s failed: %s (%s:%d)", stmt, cudaGetErrorString(e), file, line);
+    /* an API call's error is also the thread's last error: clear it, or the next kernel
+     * launch's check (cudaGetLastError) would report it and fail the compute backend */
+    (void)cudaGetLastError();
     return 0;
 }
 #define CU_OK(call) cu_ok((call), #call, __FILE__, __LINE__)

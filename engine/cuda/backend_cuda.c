@@ -613,6 +613,12 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
         if (nr <= QV_CUDA_GEMV_MAX_N && cols % 8 == 0) { /* decode: memory-bound warp GEMV */
             if (beta == 0.0f) { /* deferred: merged with GEMVs of the same input */
                 if (cx->pg.active && cx->pg.g.n_segs == QV_CUDA_GEMV_MAX_SEGS) flush_pending(cx);
+                /* block 0 of a fused-norm launch writes the F32 normalised rows while the
+                 * other blocks write their outputs: an output over those rows runs after */
+                if (cx->pg.active && cx->pg.norm && cx->pg.ny &&
+                    (const float *)ys < cx->pg.ny + cx->pg.ne &&
+                    cx->pg.ny < ys + (size_t)nr * (size_t)rows)
+                    flush_pending(cx);
                 if (!cx->pg.active) {
                     memset(&cx->pg, 0, sizeof(cx->pg));
                     cx->pg.active = 1;
@@ -621,7 +627,7 @@ static void gemm(cuda_ctx *cx, const qv_tensor *w, const float *x, int n, float 
                     cx->pg.nr = nr;
                     cx->pg.xs = xs;
                     cx->pg.ne = ne;
-                    if (pn_fuse) {
+                    if (pn_fuse && cx->pn.active) {
                         cx->pn.active = 0;
                         cx->pg.norm = 1;
                         cx->pg.nx = cx->pn.x;
@@ -1316,7 +1322,10 @@ qv_status qv_backend_cuda_create(const qv_model *m, const qv_cuda_opts *o, qv_ba
     const qv_tensor inv = {QV_DTYPE_F32, 1, c->head_dim / 2,
                            (size_t)(c->head_dim / 2) * sizeof(float), m->rope_inv_freq};
     if ((st = add_tensor(cx, &inv, 0, 0, err)) != QV_OK) goto fail;
-    if (!CU_OK(cx, cudaStreamSynchronize(cx->stream))) {
+    /* The uploads are cudaMemcpy from pageable memory on the legacy stream, which may return
+     * before the copy lands and is not ordered with the non-blocking compute stream: wait for
+     * the whole device, not only the compute stream (the generated weights). */
+    if (!CU_OK(cx, cudaDeviceSynchronize())) {
         st = qv_errorf(err, QV_ERR_DEVICE, "cuda: weight upload failed");
         goto fail;
     }
@@ -1333,7 +1342,7 @@ fail:
 qv_status qv_backend_cuda_add_tensor(qv_backend *be, const qv_tensor *t, int fp16, qv_error *err) {
     cuda_ctx *cx = ctx_of(be);
     qv_status st = add_tensor(cx, t, fp16, 0, err);
-    if (st == QV_OK && !CU_OK(cx, cudaStreamSynchronize(cx->stream)))
+    if (st == QV_OK && !CU_OK(cx, cudaDeviceSynchronize())) /* as in create */
         st = qv_errorf(err, QV_ERR_DEVICE, "cuda: weight upload failed");
     return st;
 }

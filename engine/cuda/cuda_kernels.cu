@@ -561,12 +561,26 @@ extern "C" int qv_cuda_gemv(const void *w, const void *x, float *y, int rows, in
     return qv_cuda_gemv_multi(&g, x, cols, n, beta, fp16, s);
 }
 
+/* The warp GEMVs load 16 bytes at a time: rows of a multiple of 8 halves, 16-byte aligned
+ * bases. A real device faults on a misaligned vector load (the CPU emulator does not), so the
+ * launchers refuse it rather than launch. */
+static bool misaligned16(const void *p) { return ((uintptr_t)p & 15u) != 0; }
+
 extern "C" int qv_cuda_gemv_multi(const qv_cuda_gemv_segs *g, const void *x, int cols, int n,
                                   float beta, int fp16, cudaStream_t s) {
     if (n <= 0) return 0;
+    bool bad =
+        cols % 8 != 0 || misaligned16(x) || g->n_segs < 1 || g->n_segs > QV_CUDA_GEMV_MAX_SEGS;
     int total = 0;
-    for (int i = 0; i < g->n_segs; i++)
+    for (int i = 0; !bad && i < g->n_segs; i++) {
+        bad = misaligned16(g->w[i]);
         total += g->rows[i];
+    }
+    if (bad) {
+        fprintf(stderr, "quiver cuda: gemv: cols %d or a pointer not 16-byte aligned (%s:%d)\n",
+                cols, __FILE__, __LINE__);
+        return -1;
+    }
     const unsigned blocks = (unsigned)((total + GEMV_THREADS / 32 - 1) / (GEMV_THREADS / 32));
     const uint16_t *xp = (const uint16_t *)x;
     if (n == 1)
@@ -842,8 +856,14 @@ extern "C" int qv_cuda_gemv2(const qv_cuda_gemv2_args *a, cudaStream_t s) {
     if (a->n <= 0) return 0;
     if (a->n > QV_CUDA_GEMV_MAX_N || a->cols % 8 != 0 || a->g.n_segs < 1 ||
         a->g.n_segs > QV_CUDA_GEMV_MAX_SEGS ||
-        (a->swiglu_out && (a->g.n_segs != 2 || a->g.rows[0] != a->g.rows[1] || a->beta != 0.0f))) {
-        fprintf(stderr, "quiver cuda: gemv2: unsupported shape (n %d, cols %d, segs %d) (%s:%d)\n",
+        (a->swiglu_out && (a->g.n_segs != 2 || a->g.rows[0] != a->g.rows[1] || a->beta != 0.0f)) ||
+        (a->norm_w ? misaligned16(a->x) || misaligned16(a->norm_w) : misaligned16(a->xh)) ||
+        misaligned16(a->g.w[0]) || (a->g.n_segs > 1 && misaligned16(a->g.w[1])) ||
+        (a->g.n_segs > 2 && misaligned16(a->g.w[2])) ||
+        (a->g.n_segs > 3 && misaligned16(a->g.w[3]))) {
+        fprintf(stderr,
+                "quiver cuda: gemv2: unsupported shape (n %d, cols %d, segs %d) or a pointer not "
+                "16-byte aligned (%s:%d)\n",
                 a->n, a->cols, a->g.n_segs, __FILE__, __LINE__);
         return -1;
     }
@@ -1010,10 +1030,24 @@ extern "C" int qv_cuda_attention(const qv_cuda_attn_args *a, cudaStream_t s) {
                 a->head_dim, a->n_heads, a->n_kv_heads, __FILE__, __LINE__);
         return -1;
     }
-    dim3 grid((unsigned)a->n_heads, (unsigned)a->n_tokens);
-    if (a->kv_bf16)
-        launch(k_attention<__nv_bfloat16>, grid, ATT_THREADS, s, *a);
-    else
-        launch(k_attention<float>, grid, ATT_THREADS, s, *a);
+    /* Heads on x, so the query heads of one K/V group run side by side and share its reads
+     * in L2; tokens on y, at most 65535 per launch: a larger batch takes several launches,
+     * each over its own tokens' rows. */
+    const int max_y = 65535;
+    for (int t0 = 0; t0 < a->n_tokens; t0 += max_y) {
+        qv_cuda_attn_args b = *a;
+        const size_t row = (size_t)t0 * (size_t)a->n_heads * (size_t)a->head_dim;
+        b.n_tokens = min(max_y, a->n_tokens - t0);
+        b.tok_seq += t0;
+        b.tok_pos += t0;
+        b.q += row;
+        b.out += row;
+        if (b.out_half) b.out_half = (uint16_t *)b.out_half + row;
+        dim3 grid((unsigned)a->n_heads, (unsigned)b.n_tokens);
+        if (a->kv_bf16)
+            launch(k_attention<__nv_bfloat16>, grid, ATT_THREADS, s, b);
+        else
+            launch(k_attention<float>, grid, ATT_THREADS, s, b);
+    }
     LAUNCH_CHECK("attention");
 }

@@ -361,7 +361,9 @@ static qv_status ensure_pool(qv_cuda_lora_rt *rt, qv_error *err) {
         if (mb <= 0) mb = 512;
         bytes = (size_t)mb << 20;
         size_t free_b = 0, total_b = 0;
-        if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && bytes > free_b / 4)
+        if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess)
+            (void)cudaGetLastError(); /* not left for the next launch check */
+        else if (bytes > free_b / 4)
             bytes = free_b / 4;
         bytes &= ~(size_t)0xffff;
     }

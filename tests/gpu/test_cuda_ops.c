@@ -560,6 +560,55 @@ static void attention_case2(int head_dim, int window, int kv_bf16, int round_kv)
 
 static void attention_case(int head_dim, int window) { attention_case2(head_dim, window, 0, 0); }
 
+/* A batch of more tokens than a grid's y dimension holds (65535): the launcher splits it, each
+ * launch over its own tokens' rows. One sequence of 8 positions on 2 shuffled pages, every
+ * token at position t % 8, so each attends to a different prefix. */
+static void test_attention_many_tokens(void **state) {
+    (void)state;
+    const int n = 65535 + 37, hd = 16, nh = 2, nkv = 1, page_size = 4, n_pages = 4;
+    const size_t pool_elems = (size_t)n_pages * page_size * nkv * hd;
+    qv_kv_pool hp = {1, n_pages, page_size, nkv, hd, NULL, NULL, 4};
+    qv_kv_pool dp = hp;
+    hp.k = cpu->iface->alloc(cpu, pool_elems * 4);
+    hp.v = cpu->iface->alloc(cpu, pool_elems * 4);
+    dp.k = cu->iface->alloc(cu, pool_elems * 4);
+    dp.v = cu->iface->alloc(cu, pool_elems * 4);
+    assert_true(hp.k && hp.v && dp.k && dp.v);
+    const int32_t table[2] = {3, 1};
+    int32_t pg[8], off[8];
+    for (int i = 0; i < 8; i++)
+        pg[i] = table[i / page_size], off[i] = i % page_size;
+    float *k = rand_host((size_t)8 * hd, 1.0f), *v = rand_host((size_t)8 * hd, 1.0f);
+    cpu->iface->kv_store(cpu, &hp, 0, k, v, 8, pg, off);
+    float *dk = to_dev(k, (size_t)8 * hd), *dv = to_dev(v, (size_t)8 * hd);
+    set_tuning(0, 0, 0, 0, 0);
+    cu->iface->kv_store(cu, &dp, 0, dk, dv, 8, pg, off);
+    int32_t *tok_seq = calloc((size_t)n, sizeof(int32_t)), *tok_pos = malloc((size_t)n * 4);
+    for (int t = 0; t < n; t++)
+        tok_pos[t] = t % 8;
+    const int32_t *pt[1] = {table};
+    qv_attn_batch ab = {n, tok_seq, tok_pos, 1, pt, nh, nkv, hd, 0, 0.25f};
+    const size_t qn = (size_t)n * nh * hd;
+    float *q = rand_host(qn, 1.0f), *want = malloc(qn * sizeof(float));
+    cpu->iface->attention(cpu, &hp, 0, &ab, q, want);
+    float *dq = to_dev(q, qn), *dout = cu->iface->alloc(cu, qn * sizeof(float));
+    cu->iface->attention(cu, &dp, 0, &ab, dq, dout);
+    float *got = from_dev(dout, qn);
+    check("attention, 65572 tokens in one batch", got, want, qn, 1e-4);
+    /* the last launch's rows are there too (not left at the allocation's contents) */
+    const size_t last = (size_t)(n - 1) * nh * hd;
+    assert_true(fabsf(got[last] - want[last]) <= 1e-4f * (1.0f + fabsf(want[last])));
+    cu->iface->free(cu, dout);
+    cu->iface->free(cu, dq);
+    cu->iface->free(cu, dv);
+    cu->iface->free(cu, dk);
+    cu->iface->free(cu, dp.v);
+    cu->iface->free(cu, dp.k);
+    cpu->iface->free(cpu, hp.k);
+    cpu->iface->free(cpu, hp.v);
+    free(k), free(v), free(tok_seq), free(tok_pos), free(q), free(want), free(got);
+}
+
 static void test_attention(void **state) {
     (void)state;
     attention_case(16, 0);
@@ -684,6 +733,7 @@ int main(void) {
         cmocka_unit_test(test_get_rows_gather_argmax),
         cmocka_unit_test(test_rmsnorm_rope_swiglu_add),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_many_tokens),
         cmocka_unit_test(test_gemv_new),
         cmocka_unit_test(test_fused_norm_swiglu),
         cmocka_unit_test(test_attention_kv_bf16),
