@@ -20,6 +20,9 @@ pkgs=(
     libmicrohttpd-dev       # HTTP server
     libcmocka-dev           # unit tests
 )
+if [[ "${QV_TEST_DEPS:-0}" == 1 ]]; then
+    pkgs+=(nginx-light) # tests/server/test_lb.sh: replicas behind docs/deploy.md's nginx block
+fi
 if [[ "${QV_WITH_CLANG:-0}" == 1 ]]; then
     pkgs+=(clang libclang-rt-14-dev) # libFuzzer targets
 fi

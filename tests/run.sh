@@ -16,7 +16,7 @@ jobs=${QV_JOBS:-$(nproc)}
 step() { printf '\n==== %s\n' "$*"; }
 
 step "dependencies"
-bash deploy/install-deps.sh
+QV_TEST_DEPS=1 bash deploy/install-deps.sh
 step "default model"
 bash deploy/fetch-model.sh
 
