@@ -148,6 +148,7 @@ typedef struct conn_ctx {
     request *req;
     int status;
     double t0;
+    char xrid[129]; /* the client's (or proxy's) X-Request-Id, when it is 1-128 visible ASCII */
 } conn_ctx;
 
 typedef struct inbox_msg {
@@ -981,6 +982,26 @@ static void ctl_stop(server *srv) {
 
 /* ---- HTTP side ---- */
 
+/* X-Request-Id on every answer: the request's own when it came with one (a proxy's
+ * $request_id, a client's trace id), else the completion id of a generation request. */
+static void add_request_id(struct MHD_Response *resp, const conn_ctx *ctx) {
+    const char *id = ctx->xrid[0] ? ctx->xrid : ctx->req ? ctx->req->id : NULL;
+    if (id && *id) MHD_add_response_header(resp, "X-Request-Id", id);
+}
+
+/* Keeps the incoming X-Request-Id if it is 1-128 bytes of visible ASCII (it goes into log
+ * lines and back into a header as is); anything else is ignored. */
+static void take_request_id(struct MHD_Connection *c, conn_ctx *ctx) {
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+    if (!h) return;
+    size_t n = 0;
+    for (; h[n]; n++)
+        if (n >= sizeof(ctx->xrid) - 1 || (unsigned char)h[n] <= 0x20 ||
+            (unsigned char)h[n] >= 0x7f)
+            return;
+    memcpy(ctx->xrid, h, n + 1);
+}
+
 static enum MHD_Result queue_buf(struct MHD_Connection *c, conn_ctx *ctx, int status,
                                  const char *content_type, char *buf, size_t len) {
     struct MHD_Response *resp = MHD_create_response_from_buffer(
@@ -992,6 +1013,7 @@ static enum MHD_Result queue_buf(struct MHD_Connection *c, conn_ctx *ctx, int st
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    add_request_id(resp, ctx);
     ctx->status = status;
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
     MHD_destroy_response(resp);
@@ -1170,6 +1192,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
         }
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        add_request_id(resp, ctx);
         ctx->status = 200;
         enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
         MHD_destroy_response(resp);
@@ -1890,6 +1913,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!ctx) return MHD_NO;
         ctx->t0 = qv_time_s();
         *con_cls = ctx;
+        take_request_id(c, ctx);
         bool put = !strcmp(method, MHD_HTTP_METHOD_PUT);
         if ((!strcmp(method, MHD_HTTP_METHOD_POST) && !strcmp(url, "/v1/adapters")) ||
             (put && !strncmp(url, "/v1/adapters/", 13) && url[13])) {
@@ -2022,6 +2046,7 @@ bad_method:;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    add_request_id(resp, ctx);
     ctx->status = 405;
     enum MHD_Result ret = MHD_queue_response(c, 405, resp);
     MHD_destroy_response(resp);
@@ -2067,9 +2092,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         qv_metrics_request(srv->metrics, status, (int)r->n_ids, n_out, ttft, tpot, now - ctx->t0);
         qv_metrics_adapter_request(srv->metrics, r->adapter);
         QV_LOGI("request %s adapter=%s status=%d tokens_in=%zu tokens_out=%d ttft=%.3fs "
-                "total=%.3fs%s",
+                "total=%.3fs%s%s%s",
                 r->id, r->adapter ? r->adapter : "-", status, r->n_ids, n_out, ttft, now - ctx->t0,
-                ok ? "" : " (client disconnected)");
+                ok ? "" : " (client disconnected)", ctx->xrid[0] ? " x-request-id=" : "",
+                ctx->xrid);
         atomic_fetch_sub(&srv->n_open, 1);
         request_release(r);
     } else if (ctx->status) {
@@ -2077,7 +2103,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         /* Probes and scrapes stay quiet; everything else (errors included) gets its line. */
         if (strcmp(ctx->route, "GET /health") != 0 && strcmp(ctx->route, "GET /ready") != 0 &&
             strcmp(ctx->route, "GET /metrics") != 0)
-            QV_LOGI("request - %s status=%d total=%.3fs", ctx->route, ctx->status, now - ctx->t0);
+            QV_LOGI("request - %s status=%d total=%.3fs%s%s", ctx->route, ctx->status,
+                    now - ctx->t0, ctx->xrid[0] ? " x-request-id=" : "", ctx->xrid);
     }
     qv_free(ctx->body);
     qv_free(ctx);

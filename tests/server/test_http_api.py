@@ -204,6 +204,31 @@ def run_api_tests(srv):
     models = client.models.list()
     check([m.id for m in models.data] == [base], f"/v1/models lists the base ({base})")
 
+    # X-Request-Id: echoed on every answer (errors and streams too) and written on the request's
+    # log line; a generation request without one gets its completion id; a value that is not
+    # 1-128 visible ASCII is ignored.
+    body = {"model": base, "prompt": "Hi", "max_tokens": 2, "temperature": 0}
+    st, h, data = srv.raw("POST", "/v1/completions", body, headers={"X-Request-Id": "trace-7f_A1"})
+    check(st == 200 and h.get("X-Request-Id") == "trace-7f_A1", f"X-Request-Id echoed: {h}")
+    for _ in range(50):
+        if any("x-request-id=trace-7f_A1" in ln and "status=200" in ln for ln in srv.lines):
+            break
+        time.sleep(0.1)
+    check(any("x-request-id=trace-7f_A1" in ln and "status=200" in ln for ln in srv.lines),
+          "X-Request-Id on the request's log line")
+    st, h, data = srv.raw("POST", "/v1/completions", body)
+    check(st == 200 and h.get("X-Request-Id") == json.loads(data)["id"],
+          "without X-Request-Id: the completion id in the header")
+    st, h, _ = srv.raw("POST", "/v1/completions", "{not json", headers={"X-Request-Id": "err-1"})
+    check(st == 400 and h.get("X-Request-Id") == "err-1", "X-Request-Id on an error")
+    st, h, data = srv.raw("POST", "/v1/completions", dict(body, stream=True),
+                          headers={"X-Request-Id": "sse-1"})
+    check(st == 200 and h.get("X-Request-Id") == "sse-1" and b"[DONE]" in data,
+          "X-Request-Id on a stream")
+    for bad in ("has space", "x" * 129, "t\u00e9"):
+        st, h, _ = srv.raw("GET", "/v1/models", headers={"X-Request-Id": bad.encode("latin-1")})
+        check(st == 200 and "X-Request-Id" not in h, f"X-Request-Id {bad[:12]!r}... ignored")
+
     # Greedy completions equal HF's greedy continuation and `quiver generate`.
     for i in (0, 1):
         g = GOLDEN["prompts"][i]

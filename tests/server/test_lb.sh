@@ -8,7 +8,9 @@
 #   - one replica drained with SIGTERM while requests keep coming through the balancer: every
 #     request gets 200 (the balancer retries a draining replica's 503 on the other one) and
 #     the drained replica exits 0;
-#   - /ready through the balancer stays 200 while one replica is up.
+#   - /ready through the balancer stays 200 while one replica is up;
+#   - nginx's $request_id (set by the block) comes back on the answer and is on the log line
+#     of the replica that served it.
 # Needs nginx (tests/run.sh installs nginx-light); skips (77) without it or without the model.
 set -euo pipefail
 quiver=$1
@@ -99,6 +101,14 @@ for _ in 1 2 3 4; do
     [[ $got == "${answers[0]}" ]] || { echo "FAIL: through nginx: '$got'"; exit 1; }
 done
 echo "uploaded through nginx, served by both replicas: '${answers[0]}'"
+# the proxy's $request_id reaches the replicas' log lines and comes back to the client
+xr=$(curl -fsS -D - -o /dev/null "$lb/v1/chat/completions" -H 'Content-Type: application/json' -d "$chat" |
+    tr -d '\r' | sed -n 's/^[Xx]-[Rr]equest-[Ii]d: //p')
+[[ $xr =~ ^[0-9a-f]{32}$ ]] || { echo "FAIL: no nginx request id in the answer ('$xr')"; exit 1; }
+sleep 0.2
+grep -q "x-request-id=$xr" "$tmp/replica0.log" "$tmp/replica1.log" ||
+    { echo "FAIL: request id $xr on no replica's log line"; exit 1; }
+echo "X-Request-Id $xr: in the answer and on the replica's log line"
 
 # 2. streaming through the balancer
 stream='{"model":"loud","temperature":0,"max_tokens":16,"stream":true,"messages":[{"role":"user","content":"Count to five"}]}'
@@ -136,4 +146,6 @@ refused0=$(grep -c 'status=503' "$tmp/replica0.log" || true)
 echo "drain: 24/24 requests 200 through nginx (replica 0 served $served0 in all, refused $refused0 while draining), exit 0"
 code=$(curl -sS -o /dev/null -w '%{http_code}' "$lb/ready")
 [[ $code == 200 ]] || { echo "FAIL: /ready through nginx with one replica up: $code"; exit 1; }
+kill -TERM "${pids[1]}"
+wait "${pids[1]}" || { echo "FAIL: replica 1 did not stop cleanly"; exit 1; }
 echo PASS
