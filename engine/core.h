@@ -86,7 +86,7 @@ void qv_log(enum qv_log_level lvl, const char *fmt, ...) __attribute__((format(p
 /* Monotonic clock in seconds. */
 double qv_time_s(void);
 
-/* CPUs this process may use (engine/cpus.c): its affinity mask, capped by the CPU quota of
+/* CPUs this process may use (engine/cgroup.c): its affinity mask, capped by the CPU quota of
  * its control group (cgroup v2 cpu.max or v1 cpu.cfs_quota_us, on its group and the group's
  * ancestors), rounded down, at least 1. `why` (may be NULL) gets a short account for logs. */
 int qv_cpus_available(char *why, size_t why_len);
@@ -95,6 +95,9 @@ int qv_cpus_available(char *why, size_t why_len);
 double qv_cgroup_cpu_limit(const char *root);
 /* min(affinity, floor(limit)) (limit 0: none), at least 1. */
 int qv_cpus_from(int affinity, double limit);
+/* The memory limit of this process's cgroup (v2 memory.max or v1 memory.limit_in_bytes, on
+ * its group and the group's ancestors) in bytes, 0 when none; `root` as above. */
+uint64_t qv_cgroup_memory_limit(const char *root);
 
 /* Returns "dir/name" in a new buffer owned by the caller (qv_free); NULL when out of memory. */
 char *qv_path_join(const char *dir, const char *name);

@@ -2380,6 +2380,32 @@ int qv_http_serve(const qv_http_config *cfg) {
                 "tier %.1f MiB (--adapter-pinned-mb)\n",
                 (double)es0.dev_adapter_pool_bytes / 1048576.0,
                 (double)es0.dev_adapter_pinned_bytes / 1048576.0);
+    /* The host memory the budgets may take, against a container's memory limit: weights and
+     * KV pages (CPU), loaded adapters (an LRU bound that fills under load) and the pinned tier
+     * (CUDA, allocated now). Past the limit the kernel kills the process under load. */
+    const uint64_t mem_limit = qv_cgroup_memory_limit(NULL);
+    if (mem_limit) {
+        const bool on_cuda = cfg->device && !strcmp(cfg->device, "cuda");
+        const double mib = 1048576.0, lim = (double)mem_limit / mib;
+        const double w = on_cuda ? 0 : (double)m->n_weight_bytes / mib;
+        const double kv = on_cuda ? 0 : (double)cfg->kv_mb;
+        const double ah = (double)cfg->adapter_host_mb;
+        const double pin = (double)es0.dev_adapter_pinned_bytes / mib;
+        const double need = w + kv + ah + pin, room = 128;
+        if (need + room > lim)
+            fprintf(stderr,
+                    "quiver serve: warning: the host budgets (weights %.0f + kv %.0f + adapter "
+                    "host %.0f + pinned %.0f MiB = %.0f MiB) and %.0f MiB of working room exceed "
+                    "the cgroup memory limit of %.0f MiB: under load the kernel may kill the "
+                    "process; lower --adapter-host-mb%s or raise the limit\n",
+                    w, kv, ah, pin, need, room, lim,
+                    on_cuda ? " / --adapter-pinned-mb" : " / --kv-mb");
+        else
+            fprintf(stderr,
+                    "quiver serve: memory: host budgets %.0f MiB within the cgroup limit of %.0f "
+                    "MiB\n",
+                    need, lim);
+    }
     if (!ctl_start(srv)) {
         fprintf(stderr, "quiver serve: cannot start the signal thread\n");
         MHD_stop_daemon(srv->daemon);

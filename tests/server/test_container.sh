@@ -7,8 +7,10 @@
 #   - `quiver serve` with the image's environment binds 0.0.0.0, the HEALTHCHECK command
 #     succeeds once loaded, a demo adapter preloaded from its image path answers, the store
 #     is created under QUIVER_ADAPTER_STORE, and SIGTERM (docker stop) drains and exits 0;
-#   - under a cgroup CPU quota of one CPU (created when this test may write the cgroup tree,
-#     as root in CI; else that part is skipped and says so) the default thread count is 1.
+#   - in real cgroups (created when this test may write the cgroup tree, as root in CI; else
+#     that part is skipped and says so): under a one-CPU quota the default thread count is 1;
+#     under a 768 MiB memory limit the default budgets get a start-up warning, and budgets that
+#     fit are reported as within the limit.
 # Paths of the image (/opt/quiver, /var/lib/quiver) are mapped into a temp dir. Skips (77)
 # when the model has not been fetched.
 set -euo pipefail
@@ -134,38 +136,67 @@ if QUIVER_PORT=$port sh -c "$img_health" >/dev/null 2>&1; then
 fi
 echo "SIGTERM: drained, exit 0"
 
-# 3. a CPU quota of one CPU: the default thread count follows it
-quota_dir=
-if [[ -w /sys/fs/cgroup/cpu ]] && [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
-    quota_dir=/sys/fs/cgroup/cpu # cgroup v1, the cpu controller's hierarchy
-elif [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null &&
-    [[ -w /sys/fs/cgroup ]]; then
-    quota_dir=/sys/fs/cgroup # cgroup v2 with the cpu controller enabled for children
-fi
-if [[ -n $quota_dir ]] && mkdir "$quota_dir/qv-test-$$" 2>/dev/null; then
-    cg=$quota_dir/qv-test-$$
-    if [[ -f $cg/cpu.max ]]; then echo "100000 100000" >"$cg/cpu.max"; else echo 100000 >"$cg/cpu.cfs_quota_us"; fi
-    sh -c "{ echo \$\$ > '$cg/cgroup.procs'; } 2>/dev/null || { echo cgroup-write-failed >&2; exit 0; }; exec '$quiver' serve --model '$model' --port 0 --adapter-store '$tmp/store2'" 2>"$tmp/quota.log" &
+# 3. cgroup limits, in a real cgroup when this test may make one (root in CI): a one-CPU quota
+# sets the default thread count; a memory limit below the budgets gets a start-up warning
+cgdir() { # $1 = controller: the v1 mount of that controller, or the v2 root with it enabled
+    if [[ -w /sys/fs/cgroup/$1 ]] && [[ -f /sys/fs/cgroup/$1/cgroup.procs ]]; then
+        echo "/sys/fs/cgroup/$1"
+    elif [[ -f /sys/fs/cgroup/cgroup.controllers ]] && [[ -w /sys/fs/cgroup ]] &&
+        grep -qw "$1" /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+        echo /sys/fs/cgroup
+    fi
+}
+# $1 = controller, $2 = v2 file, $3 = v1 file, $4 = limit, $5 = log, then serve arguments.
+# Runs `quiver serve` in a new cgroup with that limit until it listens (or exits); returns 2
+# when no cgroup can be made here.
+serve_in_cgroup() {
+    local ctl=$1 f2=$2 f1=$3 limit=$4 log=$5 base
+    shift 5
+    base=$(cgdir "$ctl")
+    [[ -n $base ]] && mkdir "$base/qv-test-$$-$ctl" 2>/dev/null || return 2
+    cg=$base/qv-test-$$-$ctl
+    if [[ -f $cg/$f2 ]]; then echo "$limit" >"$cg/$f2"; else echo "$limit" >"$cg/$f1"; fi
+    sh -c "{ echo \$\$ > '$cg/cgroup.procs'; } 2>/dev/null || { echo cgroup-write-failed >&2; exit 0; }; exec \"\$@\"" \
+        sh "$quiver" serve --model "$model" --port 0 --adapter-store "$tmp/store-$ctl" "$@" 2>"$log" &
     pid=$!
-    line=
     for _ in $(seq 1 300); do
-        line=$(grep -m1 -o 'threads [0-9]* ([^)]*)' "$tmp/quota.log" || true)
-        [[ -n $line ]] && break
+        grep -q 'listening on' "$log" && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.2
     done
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" || true
     pid=
-    if grep -q cgroup-write-failed "$tmp/quota.log"; then
-        echo "one-CPU quota: skipped (cannot move a process into $cg)"
-        echo PASS
-        exit 0
-    fi
+    rmdir "$cg" 2>/dev/null || true
+    cg=
+    if grep -q cgroup-write-failed "$log"; then return 2; fi
+    grep -q 'listening on' "$log" || { echo "FAIL: no start in the $ctl cgroup"; cat "$log"; exit 1; }
+}
+
+rc=0
+serve_in_cgroup cpu cpu.max cpu.cfs_quota_us 100000 "$tmp/quota.log" || rc=$?
+if [[ $rc -eq 2 ]]; then
+    echo "one-CPU quota: skipped (no cgroup can be made here; tests/engine/test_cgroup.c covers the parsing)"
+else
+    line=$(grep -m1 -o 'threads [0-9]* ([^)]*)' "$tmp/quota.log" || true)
     [[ $line == "threads 1 ("*"cgroup CPU limit 1.00)" ]] ||
         { echo "FAIL: under a one-CPU quota the start-up line says '$line'"; exit 1; }
     echo "one-CPU quota: $line"
+fi
+
+rc=0
+serve_in_cgroup memory memory.max memory.limit_in_bytes $((768 << 20)) "$tmp/mem1.log" || rc=$?
+if [[ $rc -eq 2 ]]; then
+    echo "memory limit: skipped (no cgroup can be made here; tests/engine/test_cgroup.c covers the parsing)"
 else
-    echo "one-CPU quota: skipped (the cgroup tree is not writable here; tests/engine/test_cpus.c covers the parsing)"
+    # the defaults (98 MiB weights + 256 MiB kv + 1024 MiB adapter host) do not fit 768 MiB
+    grep -q 'warning: the host budgets .* exceed the cgroup memory limit of 768 MiB' "$tmp/mem1.log" ||
+        { echo "FAIL: no warning with the budgets over a 768 MiB limit"; grep 'quiver serve' "$tmp/mem1.log"; exit 1; }
+    serve_in_cgroup memory memory.max memory.limit_in_bytes $((768 << 20)) "$tmp/mem2.log" \
+        --adapter-host-mb 128 || { echo "FAIL: second memory cgroup"; exit 1; }
+    grep -q 'memory: host budgets [0-9]* MiB within the cgroup limit of 768 MiB' "$tmp/mem2.log" ||
+        { echo "FAIL: budgets that fit are not reported as such"; grep 'quiver serve' "$tmp/mem2.log"; exit 1; }
+    ! grep -q 'warning: the host budgets' "$tmp/mem2.log" || { echo "FAIL: a warning though the budgets fit"; exit 1; }
+    echo "memory limit: $(grep -o 'warning: the host budgets ([^)]*)' "$tmp/mem1.log"); with --adapter-host-mb 128: $(grep -o 'host budgets [0-9]* MiB within [^\n]*' "$tmp/mem2.log")"
 fi
 echo PASS

@@ -1,21 +1,24 @@
 /*
- * cpus.c - how many CPUs this process may really use: its affinity mask, capped by the CPU
- * quota of its control group (a container's `--cpus`, a Kubernetes CPU limit).
+ * cgroup.c - the limits a control group puts on this process: how many CPUs it may really use
+ * (its affinity mask, capped by the CPU quota: a container's `--cpus`, a Kubernetes CPU
+ * limit) and how much memory (a container's `--memory`).
  *
  * sysconf(_SC_NPROCESSORS_ONLN) counts the host's CPUs. In a container limited to 4 CPUs of a
  * 64-core host, a pool of 64 spinning workers that meet at a barrier after every operation
  * runs into the CFS quota in the first milliseconds of each period and waits out the rest, so
- * the default thread count must come from the limit instead.
+ * the default thread count must come from the limit instead. The memory limit lets the server
+ * warn at start-up when its budgets cannot fit (the kernel's OOM killer would say it later).
  *
- * The quota is read where the kernel publishes it for this process: /proc/self/cgroup names
+ * Limits are read where the kernel publishes them for this process: /proc/self/cgroup names
  * the process's group in each hierarchy, /proc/self/mountinfo says where that hierarchy is
  * mounted (and which part of it, inside a cgroup namespace), and the group's directory and
  * every ancestor up to the mount point is searched, since a parent's limit binds its children:
- *   cgroup v2: cpu.max, "QUOTA PERIOD" or "max PERIOD";
- *   cgroup v1 (the cpu controller's mount): cpu.cfs_quota_us (-1: none) / cpu.cfs_period_us.
- * The smallest quota / period found is the limit; a missing or unreadable file means none.
+ *   cgroup v2: cpu.max, "QUOTA PERIOD" or "max PERIOD"; memory.max, bytes or "max";
+ *   cgroup v1 (the cpu / memory controller's mount): cpu.cfs_quota_us (-1: none) /
+ *   cpu.cfs_period_us; memory.limit_in_bytes (a value near 2^63: none).
+ * The smallest limit found counts; a missing or unreadable file means none.
  * What not: no cpuset.cpus parsing (the affinity mask already reflects a cpuset), no
- * cpu.weight (shares are not a limit).
+ * cpu.weight (shares are not a limit), no memory.high (a throttle, not a limit).
  * Thread: any; reads files, keeps no state.
  */
 #define _GNU_SOURCE
@@ -42,9 +45,22 @@ static bool read_line(const char *root, const char *path, char *buf, size_t cap)
     return ok;
 }
 
-/* The quota / period of one group directory, or 0 when it sets none. */
-static double group_limit(const char *root, const char *dir, int v2) {
+enum ctl { CTL_CPU, CTL_MEMORY };
+static const char *const ctl_name[] = {"cpu", "memory"};
+
+/* One group directory's limit (CPUs as quota / period, or bytes), 0 when it sets none. */
+static double group_limit(const char *root, const char *dir, int v2, enum ctl ctl) {
     char path[PATH_CAP], line[128];
+    if (ctl == CTL_MEMORY) {
+        const char *file = v2 ? "memory.max" : "memory.limit_in_bytes";
+        if (snprintf(path, sizeof path, "%s/%s", dir, file) >= (int)sizeof path) return 0;
+        if (!read_line(root, path, line, sizeof line) || strcmp(line, "max") == 0) return 0;
+        char *end;
+        const unsigned long long b = strtoull(line, &end, 10);
+        /* v1 says "no limit" with the largest page-aligned long long */
+        if (end == line || *end != '\0' || b == 0 || b >= (1ull << 62)) return 0;
+        return (double)b;
+    }
     if (v2) {
         if (snprintf(path, sizeof path, "%s/cpu.max", dir) >= (int)sizeof path) return 0;
         if (!read_line(root, path, line, sizeof line)) return 0;
@@ -94,9 +110,9 @@ static bool has_item(const char *list, const char *item) {
     return false;
 }
 
-/* The mount of the v2 hierarchy (v2 = 1) or of v1's cpu controller: its mount point and the
- * part of the hierarchy it shows (mountinfo fields 5 and 4). */
-static bool find_mount(const char *root, int v2, char *mnt, char *mroot) {
+/* The mount of the v2 hierarchy (v2 = 1) or of v1's controller: its mount point and the part
+ * of the hierarchy it shows (mountinfo fields 5 and 4). */
+static bool find_mount(const char *root, int v2, enum ctl ctl, char *mnt, char *mroot) {
     char path[PATH_CAP];
     if (snprintf(path, sizeof path, "%s/proc/self/mountinfo", root) >= (int)sizeof path)
         return false;
@@ -112,7 +128,7 @@ static bool find_mount(const char *root, int v2, char *mnt, char *mroot) {
         char fstype[64], source[256], superopts[1024];
         if (sscanf(sep + 3, "%63s %255s %1023s", fstype, source, superopts) != 3) continue;
         if (v2 ? strcmp(fstype, "cgroup2") != 0
-               : strcmp(fstype, "cgroup") != 0 || !has_item(superopts, "cpu"))
+               : strcmp(fstype, "cgroup") != 0 || !has_item(superopts, ctl_name[ctl]))
             continue;
         char r[PATH_CAP], m[PATH_CAP];
         if (sscanf(line, "%*s %*s %*s %4095s %4095s", r, m) != 2) continue;
@@ -126,9 +142,9 @@ static bool find_mount(const char *root, int v2, char *mnt, char *mroot) {
     return found;
 }
 
-/* The process's group in the v2 hierarchy ("0::PATH") or in the one holding v1's cpu
- * controller ("N:cpu,cpuacct:PATH"). */
-static bool find_group(const char *root, int v2, char *group) {
+/* The process's group in the v2 hierarchy ("0::PATH") or in the one holding v1's controller
+ * ("N:cpu,cpuacct:PATH"). */
+static bool find_group(const char *root, int v2, enum ctl ctl, char *group) {
     char path[PATH_CAP];
     if (snprintf(path, sizeof path, "%s/proc/self/cgroup", root) >= (int)sizeof path) return false;
     FILE *f = fopen(path, "r");
@@ -143,7 +159,7 @@ static bool find_group(const char *root, int v2, char *group) {
         *c1 = '\0';
         *c2 = '\0';
         const char *ctrl = c1 + 1;
-        if (v2 ? strcmp(line, "0") == 0 && *ctrl == '\0' : has_item(ctrl, "cpu")) {
+        if (v2 ? strcmp(line, "0") == 0 && *ctrl == '\0' : has_item(ctrl, ctl_name[ctl])) {
             snprintf(group, PATH_CAP, "%s", c2 + 1);
             found = true;
         }
@@ -153,9 +169,9 @@ static bool find_group(const char *root, int v2, char *group) {
 }
 
 /* The smallest limit over the group's directory and its ancestors within one hierarchy. */
-static double hierarchy_limit(const char *root, int v2) {
+static double hierarchy_limit(const char *root, int v2, enum ctl ctl) {
     char mnt[PATH_CAP], mroot[PATH_CAP], group[PATH_CAP];
-    if (!find_mount(root, v2, mnt, mroot) || !find_group(root, v2, group)) return 0;
+    if (!find_mount(root, v2, ctl, mnt, mroot) || !find_group(root, v2, ctl, group)) return 0;
     /* the group relative to what the mount shows; outside it (an unusual namespace set-up),
      * only the mount point's own directory is read */
     const char *rel = "";
@@ -167,7 +183,7 @@ static double hierarchy_limit(const char *root, int v2) {
     const size_t base = strlen(mnt);
     double best = 0;
     for (;;) {
-        const double l = group_limit(root, dir, v2);
+        const double l = group_limit(root, dir, v2, ctl);
         if (l > 0 && (best == 0 || l < best)) best = l;
         if (strlen(dir) <= base) break;
         char *slash = strrchr(dir, '/');
@@ -178,11 +194,18 @@ static double hierarchy_limit(const char *root, int v2) {
     return best;
 }
 
-double qv_cgroup_cpu_limit(const char *root) {
+/* The smaller of the v2 and v1 limits, 0 when neither sets one. */
+static double cgroup_limit(const char *root, enum ctl ctl) {
     if (!root) root = "";
-    const double a = hierarchy_limit(root, 1), b = hierarchy_limit(root, 0);
+    const double a = hierarchy_limit(root, 1, ctl), b = hierarchy_limit(root, 0, ctl);
     if (a > 0 && b > 0) return QV_MIN(a, b);
     return a > 0 ? a : b;
+}
+
+double qv_cgroup_cpu_limit(const char *root) { return cgroup_limit(root, CTL_CPU); }
+
+uint64_t qv_cgroup_memory_limit(const char *root) {
+    return (uint64_t)cgroup_limit(root, CTL_MEMORY);
 }
 
 int qv_cpus_from(int affinity, double limit) {

@@ -1,9 +1,10 @@
 /*
- * test_cpus.c - the CPU count behind the default thread count (engine/cpus.c): the cgroup CPU
- * quota read from fake /proc/self/{cgroup,mountinfo} and cgroup trees laid out as Docker,
- * Kubernetes and systemd leave them (v2 with and without a cgroup namespace, v1 with cpu and
- * cpuacct co-mounted, hybrid with the cpu controller on v1, a parent's limit binding a child,
- * escaped mount points, malformed files), and the rounding rule.
+ * test_cgroup.c - the cgroup limits behind the default thread count and the start-up memory
+ * check (engine/cgroup.c): CPU quota and memory limit read from fake /proc/self/{cgroup,
+ * mountinfo} and cgroup trees laid out as Docker, Kubernetes and systemd leave them (v2 with
+ * and without a cgroup namespace, v1 with cpu and cpuacct co-mounted, hybrid with the
+ * controllers on v1, a parent's limit binding a child, escaped mount points, malformed files),
+ * and the rounding rule.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -162,6 +163,34 @@ static void test_missing_and_malformed(void **state) {
     }
 }
 
+/* Memory: v2 memory.max ("max" or bytes) with a parent binding, v1 memory.limit_in_bytes
+ * (its "unlimited" is the largest page-aligned long long), on the memory controller's mount,
+ * not the cpu one. */
+static void test_memory(void **state) {
+    (void)state;
+    put("/proc/self/mountinfo", MI_V2);
+    put("/proc/self/cgroup", "0::/pod/c1\n");
+    put("/sys/fs/cgroup/pod/memory.max", "4294967296\n");
+    put("/sys/fs/cgroup/pod/c1/memory.max", "max\n");
+    assert_true(qv_cgroup_memory_limit(g_root) == 4294967296ull);
+    put("/sys/fs/cgroup/pod/c1/memory.max", "1073741824\n");
+    assert_true(qv_cgroup_memory_limit(g_root) == 1073741824ull);
+    assert_true(qv_cgroup_cpu_limit(g_root) == 0); /* memory files say nothing of CPUs */
+    put("/sys/fs/cgroup/pod/c1/memory.max", "lots\n");
+    assert_true(qv_cgroup_memory_limit(g_root) == 4294967296ull);
+
+    put("/proc/self/mountinfo",
+        "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+        "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n");
+    put("/proc/self/cgroup", "5:memory:/docker/m\n1:cpu:/docker/c\n");
+    put("/sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n");
+    put("/sys/fs/cgroup/memory/docker/m/memory.limit_in_bytes", "9223372036854771712\n");
+    assert_true(qv_cgroup_memory_limit(g_root) == 0);
+    put("/sys/fs/cgroup/memory/docker/m/memory.limit_in_bytes", "536870912\n");
+    put("/sys/fs/cgroup/cpu/docker/m/memory.limit_in_bytes", "1024\n"); /* wrong mount */
+    assert_true(qv_cgroup_memory_limit(g_root) == 536870912ull);
+}
+
 static void test_rounding(void **state) {
     (void)state;
     assert_int_equal(qv_cpus_from(8, 0), 8);
@@ -192,6 +221,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_hybrid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_escaped_mount, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_and_malformed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory, setup, teardown),
         cmocka_unit_test(test_rounding),
         cmocka_unit_test(test_this_machine),
     };
