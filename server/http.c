@@ -54,6 +54,7 @@
 #include "engine/engine.h"
 #include "proto/proto.h"
 #include "server/metrics.h"
+#include "qv_version.h" /* generated: QV_VERSION, QV_GIT_COMMIT */
 
 typedef struct server server;
 
@@ -1961,6 +1962,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!get) goto bad_method;
         return send_json(c, ctx, 200, qv_strdup("{\"status\":\"ok\"}"));
     }
+    if (!strcmp(url, "/version")) {
+        if (!get) goto bad_method;
+        char buf[160];
+        snprintf(buf, sizeof buf, "{\"version\":\"%s\",\"commit\":\"%s\"}", QV_VERSION,
+                 QV_GIT_COMMIT);
+        return send_json(c, ctx, 200, qv_strdup(buf));
+    }
     if (!strcmp(url, "/ready")) {
         if (!get) goto bad_method;
         if (atomic_load(&srv->draining))
@@ -2318,6 +2326,8 @@ int qv_http_serve(const qv_http_config *cfg) {
         fprintf(stderr, "quiver serve: out of memory\n");
         goto out;
     }
+    qv_metrics_build_info(srv->metrics, QV_VERSION, QV_GIT_COMMIT,
+                          cfg->device && *cfg->device ? cfg->device : "cpu");
     if (uv_loop_init(&srv->loop) != 0) goto out;
     loop_ok = true;
     uv_async_init(&srv->loop, &srv->wake, on_wake);
@@ -2359,15 +2369,15 @@ int qv_http_serve(const qv_http_config *cfg) {
     int port = di ? di->port : cfg->port;
     const qv_model *m = srv->model;
     fprintf(stderr,
-            "quiver serve: model '%s' (%s) loaded in %.2f s: %d layers, hidden %d, vocab %d, "
-            "context %d\n"
+            "quiver serve: quiver %s (commit %s), model '%s' (%s) loaded in %.2f s: %d layers, "
+            "hidden %d, vocab %d, context %d\n"
             "quiver serve: budgets: kv %zu MiB = %d pages x %d tokens (%s), max-batch-tokens %d, "
             "max-seqs %d, max-loras %d, threads %d (%s), http-threads %d, max-body-bytes %zu, "
             "max-prompt-tokens %d, "
             "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s\n",
-            srv->base_name, cfg->model_path, qv_time_s() - t0, m->cfg.n_layers, m->cfg.dim,
-            m->cfg.n_vocab, m->cfg.max_pos, cfg->kv_mb, qv_engine_kv_pages(srv->engine),
-            qv_engine_kv_page_size(srv->engine),
+            QV_VERSION, QV_GIT_COMMIT, srv->base_name, cfg->model_path, qv_time_s() - t0,
+            m->cfg.n_layers, m->cfg.dim, m->cfg.n_vocab, m->cfg.max_pos, cfg->kv_mb,
+            qv_engine_kv_pages(srv->engine), qv_engine_kv_page_size(srv->engine),
             qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32", cfg->max_batch_tokens,
             cfg->max_seqs, cfg->max_loras, n_threads, threads_why, cfg->http_threads,
             cfg->max_body_bytes, cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit,

@@ -13,6 +13,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include "engine/core.h"
 
 #define N_BUCKETS 14
@@ -44,6 +48,7 @@ struct qv_metrics {
     unsigned long long adapter_requests[QV_METRICS_MAX_ADAPTER_LABELS];
     int n_adapter_names;
     unsigned long long other_requests, base_requests;
+    char version[64], commit[64], device[64];
 };
 
 qv_metrics *qv_metrics_create(void) {
@@ -194,9 +199,88 @@ static void put_hist(sbuf *b, const char *name, const char *help, const histogra
         name, h->n);
 }
 
+void qv_metrics_build_info(qv_metrics *m, const char *version, const char *commit,
+                           const char *device) {
+    pthread_mutex_lock(&m->mu);
+    snprintf(m->version, sizeof m->version, "%s", version ? version : "");
+    snprintf(m->commit, sizeof m->commit, "%s", commit ? commit : "");
+    snprintf(m->device, sizeof m->device, "%s", device ? device : "");
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* process_* as the Prometheus client libraries export them, from /proc (Linux); a value that
+ * cannot be read is left out. */
+static void put_process(sbuf *b) {
+    const long page = sysconf(_SC_PAGESIZE), ticks = sysconf(_SC_CLK_TCK);
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (f) {
+        char buf[1024];
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        /* fields after the command name, which may hold spaces: from the last ')' on */
+        const char *p = strrchr(buf, ')');
+        unsigned long long ut = 0, st = 0, start = 0, vsize = 0;
+        long long rss = 0;
+        if (p && ticks > 0 &&
+            sscanf(p + 2,
+                   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d "
+                   "%llu %llu %lld",
+                   &ut, &st, &start, &vsize, &rss) == 5) {
+            double btime = 0;
+            FILE *fs = fopen("/proc/stat", "r");
+            char line[256];
+            while (fs && fgets(line, sizeof line, fs))
+                if (sscanf(line, "btime %lf", &btime) == 1) break;
+            if (fs) fclose(fs);
+            put(b,
+                "# HELP process_cpu_seconds_total Total user and system CPU time spent in "
+                "seconds.\n# TYPE process_cpu_seconds_total counter\n"
+                "process_cpu_seconds_total %.2f\n"
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                "# TYPE process_resident_memory_bytes gauge\n"
+                "process_resident_memory_bytes %lld\n"
+                "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+                "# TYPE process_virtual_memory_bytes gauge\n"
+                "process_virtual_memory_bytes %llu\n",
+                (double)(ut + st) / (double)ticks, rss * (long long)page, vsize);
+            if (btime > 0)
+                put(b,
+                    "# HELP process_start_time_seconds Start time of the process since unix "
+                    "epoch in seconds.\n# TYPE process_start_time_seconds gauge\n"
+                    "process_start_time_seconds %.2f\n",
+                    btime + (double)start / (double)ticks);
+        }
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        long n_fd = 0;
+        for (struct dirent *e; (e = readdir(d));)
+            if (e->d_name[0] != '.') n_fd++;
+        closedir(d);
+        put(b,
+            "# HELP process_open_fds Number of open file descriptors.\n"
+            "# TYPE process_open_fds gauge\nprocess_open_fds %ld\n",
+            n_fd - 1); /* less the directory's own */
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        put(b,
+            "# HELP process_max_fds Maximum number of open file descriptors.\n"
+            "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n",
+            (unsigned long long)rl.rlim_cur);
+}
+
 char *qv_metrics_render(qv_metrics *m, size_t *len) {
     sbuf b = {0};
     pthread_mutex_lock(&m->mu);
+    if (m->version[0])
+        put(&b,
+            "# HELP quiver_build_info The running build: version, commit, device.\n"
+            "# TYPE quiver_build_info gauge\n"
+            "quiver_build_info{version=\"%s\",commit=\"%s\",device=\"%s\"} 1\n",
+            m->version, m->commit, m->device);
+    put_process(&b);
     put(&b, "# HELP quiver_requests_total HTTP requests by status code.\n"
             "# TYPE quiver_requests_total counter\n");
     for (int s = 100; s < 600; s++)

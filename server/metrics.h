@@ -58,7 +58,13 @@ void qv_metrics_adapters(qv_metrics *m, const qv_metrics_adapter_stats *st, cons
 #define QV_METRICS_MAX_ADAPTER_LABELS 32
 void qv_metrics_adapter_request(qv_metrics *m, const char *adapter);
 
-/* Renders the exposition text. Owner: caller (qv_free). NULL when out of memory. */
+/* quiver_build_info{version,commit,device} 1 (the strings are copied, cut at 63 bytes). */
+void qv_metrics_build_info(qv_metrics *m, const char *version, const char *commit,
+                           const char *device);
+
+/* Renders the exposition text, with the standard process_* metrics of the Prometheus client
+ * libraries (resident and virtual memory, CPU seconds, start time, open and maximum file
+ * descriptors; Linux /proc). Owner: caller (qv_free). NULL when out of memory. */
 char *qv_metrics_render(qv_metrics *m, size_t *len);
 
 #endif

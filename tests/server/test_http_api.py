@@ -204,6 +204,28 @@ def run_api_tests(srv):
     models = client.models.list()
     check([m.id for m in models.data] == [base], f"/v1/models lists the base ({base})")
 
+    # Version: `quiver --version`, GET /version (open) and quiver_build_info agree with the
+    # project version in CMakeLists.txt; the process_* metrics are there and plausible.
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        want_ver = re.search(r"project\(quiver VERSION ([0-9.]+)", f.read()).group(1)
+    out = subprocess.run([QUIVER, "--version"], capture_output=True, text=True).stdout
+    m_ver = re.fullmatch(r"quiver (\S+) \(commit (\S+), (cuda|cpu only)\)\n", out)
+    check(m_ver is not None and m_ver.group(1) == want_ver, f"quiver --version: {out!r}")
+    st, _, data = srv.raw("GET", "/version", key=None)
+    ver = json.loads(data) if st == 200 else {}
+    check(ver.get("version") == want_ver and m_ver is not None and
+          ver.get("commit") == m_ver.group(2), f"GET /version without a key: {st} {ver}")
+    m = srv.metrics()
+    info = f'quiver_build_info{{version="{want_ver}",commit="{ver.get("commit")}",device="cpu"}}'
+    check(m.get(info) == 1, f"/metrics {info}")
+    check(m.get("process_resident_memory_bytes", 0) > 20e6 and
+          m.get("process_virtual_memory_bytes", 0) >= m["process_resident_memory_bytes"],
+          "process memory metrics")
+    check(0 < m.get("process_cpu_seconds_total", -1) < 3600, "process_cpu_seconds_total")
+    check(time.time() - 900 < m.get("process_start_time_seconds", 0) <= time.time() + 1,
+          "process_start_time_seconds: the server started during this test")
+    check(3 < m.get("process_open_fds", 0) <= m.get("process_max_fds", 0), "process fds")
+
     # X-Request-Id: echoed on every answer (errors and streams too) and written on the request's
     # log line; a generation request without one gets its completion id; a value that is not
     # 1-128 visible ASCII is ignored.
