@@ -20,6 +20,10 @@ ARG RUN_IMAGE=debian:12-slim
 FROM ${BUILD_IMAGE} AS build
 ARG QV_CUDA=OFF
 ARG CUDA_ARCHITECTURES=80;90
+# the commit `quiver --version` and /version report (the build context has no .git; an ARG is
+# in the environment of RUN, where server/version.cmake reads it):
+#   --build-arg QV_GIT_COMMIT=$(git rev-parse --short=12 HEAD)
+ARG QV_GIT_COMMIT=unknown
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends \
         build-essential cmake pkg-config ca-certificates python3 python3-pip \

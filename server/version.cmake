@@ -3,6 +3,18 @@
 # was built, not the one CMake was configured at. Outside a git checkout (a Docker build
 # context) the commit is "unknown". Run by the qv_version target: cmake -DSRC=... -DOUT=...
 # -DVERSION=... -P version.cmake
+# the environment's QV_GIT_COMMIT wins (a Docker build passes it: its context has no .git)
+if(DEFINED ENV{QV_GIT_COMMIT} AND NOT "$ENV{QV_GIT_COMMIT}" STREQUAL "")
+  set(text "#define QV_VERSION \"${VERSION}\"\n#define QV_GIT_COMMIT \"$ENV{QV_GIT_COMMIT}\"\n")
+  set(old "")
+  if(EXISTS "${OUT}")
+    file(READ "${OUT}" old)
+  endif()
+  if(NOT old STREQUAL text)
+    file(WRITE "${OUT}" "${text}")
+  endif()
+  return()
+endif()
 execute_process(COMMAND git -C "${SRC}" rev-parse --short=12 HEAD
                 OUTPUT_VARIABLE commit OUTPUT_STRIP_TRAILING_WHITESPACE
                 RESULT_VARIABLE rc ERROR_QUIET)
