@@ -115,15 +115,60 @@ static atomic_int log_level = QV_LOG_INFO;
 void qv_log_set_level(enum qv_log_level lvl) { atomic_store(&log_level, (int)lvl); }
 enum qv_log_level qv_log_get_level(void) { return (enum qv_log_level)atomic_load(&log_level); }
 
+static atomic_int log_json;
+
+void qv_log_set_json(bool on) { atomic_store(&log_json, on ? 1 : 0); }
+
+/* One line to stderr, text or JSON; `msg` is any bytes (a JSON line escapes them). */
+static void log_emit(enum qv_log_level lvl, const char *tag, const char *msg) {
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    if (!atomic_load(&log_json)) {
+        fprintf(stderr, "quiver %s: %s\n", tag ? tag : names[lvl], msg);
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char out[4096 + 256];
+    size_t o =
+        (size_t)snprintf(out, sizeof out,
+                         "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"level\":\"%s\","
+                         "\"logger\":\"%s\",\"msg\":\"",
+                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                         tm.tm_sec, ts.tv_nsec / 1000000L, names[lvl], tag ? tag : "quiver");
+    static const char hex[] = "0123456789abcdef";
+    for (const unsigned char *p = (const unsigned char *)msg; *p && o + 8 < sizeof out; p++) {
+        if (*p == '"' || *p == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)*p;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            o += (size_t)snprintf(out + o, sizeof out - o, "\\u00%c%c", hex[*p >> 4], hex[*p & 15]);
+        } else {
+            out[o++] = (char)*p; /* UTF-8 passes through; invalid bytes too (rare in logs) */
+        }
+    }
+    memcpy(out + o, "\"}\n", 4);
+    fputs(out, stderr);
+}
+
 void qv_log(enum qv_log_level lvl, const char *fmt, ...) {
     if ((int)lvl < atomic_load(&log_level)) return;
-    static const char *names[] = {"debug", "info", "warn", "error"};
     char line[2048];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "quiver %s: %s\n", names[lvl], line);
+    log_emit(lvl, NULL, line);
+}
+
+void qv_log_tagged(enum qv_log_level lvl, const char *tag, const char *fmt, ...) {
+    char line[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    log_emit(lvl, tag, line);
 }
 
 double qv_time_s(void) {

@@ -73,6 +73,14 @@ enum qv_log_level { QV_LOG_DEBUG = 0, QV_LOG_INFO = 1, QV_LOG_WARN = 2, QV_LOG_E
 void qv_log_set_level(enum qv_log_level lvl);
 enum qv_log_level qv_log_get_level(void);
 void qv_log(enum qv_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A program's own lifecycle line (start-up, budgets, listening, stop; `tag` names the program
+ * part, e.g. "serve"): printed at every log level, as "quiver TAG: msg", or in JSON with
+ * "logger": TAG. */
+void qv_log_tagged(enum qv_log_level lvl, const char *tag, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* JSON lines instead of text: {"time": RFC 3339 UTC with milliseconds, "level", "logger",
+ * "msg"} per line, one write each (for log collectors). */
+void qv_log_set_json(bool on);
 #define QV_LOGD(...) qv_log(QV_LOG_DEBUG, __VA_ARGS__)
 #define QV_LOGI(...) qv_log(QV_LOG_INFO, __VA_ARGS__)
 #define QV_LOGW(...) qv_log(QV_LOG_WARN, __VA_ARGS__)

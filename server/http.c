@@ -2229,7 +2229,7 @@ static bool adapters_start(server *srv) {
     srv->test_upload_delay_ms = delay ? atoi(delay) : 0;
     if (!cfg->adapter_store || !*cfg->adapter_store) return cfg->n_preload == 0;
     if (qv_store_open(cfg->adapter_store, NULL, &srv->store, &err) != QV_OK) {
-        fprintf(stderr, "quiver serve: adapter store: %s\n", err.msg);
+        qv_log_tagged(QV_LOG_ERROR, "serve", "adapter store: %s", err.msg);
         return false;
     }
     qv_store_set_validator(srv->store, validate_adapter_dir, srv);
@@ -2242,20 +2242,22 @@ static bool adapters_start(server *srv) {
         name[nl] = '\0';
         char version[65];
         if (!qv_store_name_valid(name)) {
-            fprintf(stderr, "quiver serve: --preload: '%s' is not a valid adapter name\n", name);
+            qv_log_tagged(QV_LOG_ERROR, "serve", "--preload: '%s' is not a valid adapter name",
+                          name);
             return false;
         }
         if (preload_one(srv, name, eq + 1, version, &err) != QV_OK) {
-            fprintf(stderr, "quiver serve: --preload %s: %s\n", cfg->preload[i], err.msg);
+            qv_log_tagged(QV_LOG_ERROR, "serve", "--preload %s: %s", cfg->preload[i], err.msg);
             return false;
         }
-        fprintf(stderr, "quiver serve: adapter '%s' = %.12s (from %s)\n", name, version, eq + 1);
+        qv_log_tagged(QV_LOG_INFO, "serve", "adapter '%s' = %.12s (from %s)", name, version,
+                      eq + 1);
     }
     qv_registry_loader loader = {
         .load = load_adapter, .free = free_adapter, .notify = notify_adapter, .user = srv};
     qv_registry_budgets b = {.host_bytes = (uint64_t)cfg->adapter_host_mb << 20, .n_workers = 2};
     if (qv_registry_create(srv->store, &loader, &b, NULL, &srv->reg, &err) != QV_OK) {
-        fprintf(stderr, "quiver serve: adapter registry: %s\n", err.msg);
+        qv_log_tagged(QV_LOG_ERROR, "serve", "adapter registry: %s", err.msg);
         return false;
     }
     return true;
@@ -2285,7 +2287,8 @@ int qv_http_serve(const qv_http_config *cfg) {
     ec.max_seqs = cfg->max_seqs;
     ec.device = cfg->device;
     if (cfg->kv_dtype && strcmp(cfg->kv_dtype, "bf16") != 0 && strcmp(cfg->kv_dtype, "f32") != 0) {
-        fprintf(stderr, "quiver serve: --kv-dtype expects bf16 or f32, got '%s'\n", cfg->kv_dtype);
+        qv_log_tagged(QV_LOG_ERROR, "serve", "--kv-dtype expects bf16 or f32, got '%s'",
+                      cfg->kv_dtype);
         goto out;
     }
     ec.kv_f32 = cfg->kv_dtype && strcmp(cfg->kv_dtype, "f32") == 0;
@@ -2296,7 +2299,7 @@ int qv_http_serve(const qv_http_config *cfg) {
     qv_error err = {0};
     double t0 = qv_time_s();
     if (qv_engine_create(&ec, &srv->engine, &err) != QV_OK) {
-        fprintf(stderr, "quiver serve: %s\n", err.msg);
+        qv_log_tagged(QV_LOG_ERROR, "serve", "%s", err.msg);
         goto out;
     }
     srv->model = qv_engine_model(srv->engine);
@@ -2304,14 +2307,14 @@ int qv_http_serve(const qv_http_config *cfg) {
     int n_graphs = 0;
     double t_graphs = 0.0;
     if (qv_engine_warmup(srv->engine, &n_graphs, &t_graphs, &err) != QV_OK) {
-        fprintf(stderr, "quiver serve: CUDA graph warm-up: %s\n", err.msg);
+        qv_log_tagged(QV_LOG_ERROR, "serve", "CUDA graph warm-up: %s", err.msg);
         goto out; /* a device failure: the engine cannot serve */
     }
     if (n_graphs)
-        fprintf(stderr,
-                "quiver serve: CUDA graphs: %d decode-step shapes (1..%d sequences) recorded "
-                "at start-up in %.0f ms\n",
-                n_graphs, QV_MIN(cfg->max_seqs, cfg->max_batch_tokens), t_graphs * 1e3);
+        qv_log_tagged(QV_LOG_INFO, "serve",
+                      "CUDA graphs: %d decode-step shapes (1..%d sequences) recorded "
+                      "at start-up in %.0f ms",
+                      n_graphs, QV_MIN(cfg->max_seqs, cfg->max_batch_tokens), t_graphs * 1e3);
     srv->tok = qv_engine_tokenizer(srv->engine);
     srv->file_name = basename_of(cfg->model_path);
     /* The id clients see: the file name without ".gguf" (HF directories: their name), which,
@@ -2323,7 +2326,7 @@ int qv_http_serve(const qv_http_config *cfg) {
     }
     srv->metrics = qv_metrics_create();
     if (!srv->file_name || !srv->base_name || !srv->metrics) {
-        fprintf(stderr, "quiver serve: out of memory\n");
+        qv_log_tagged(QV_LOG_ERROR, "serve", "out of memory");
         goto out;
     }
     qv_metrics_build_info(srv->metrics, QV_VERSION, QV_GIT_COMMIT,
@@ -2347,7 +2350,7 @@ int qv_http_serve(const qv_http_config *cfg) {
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)cfg->port);
     if (inet_pton(AF_INET, cfg->host, &addr.sin_addr) != 1) {
-        fprintf(stderr, "quiver serve: --host '%s' is not an IPv4 address\n", cfg->host);
+        qv_log_tagged(QV_LOG_ERROR, "serve", "--host '%s' is not an IPv4 address", cfg->host);
         close_all(srv);
         uv_run(&srv->loop, UV_RUN_DEFAULT);
         goto out;
@@ -2359,8 +2362,8 @@ int qv_http_serve(const qv_http_config *cfg) {
         (unsigned)QV_MAX(cfg->http_threads, 1), MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_END);
     if (!srv->daemon) {
-        fprintf(stderr, "quiver serve: cannot listen on %s:%d (%s)\n", cfg->host, cfg->port,
-                strerror(errno));
+        qv_log_tagged(QV_LOG_ERROR, "serve", "cannot listen on %s:%d (%s)", cfg->host, cfg->port,
+                      strerror(errno));
         close_all(srv);
         uv_run(&srv->loop, UV_RUN_DEFAULT);
         goto out;
@@ -2368,28 +2371,30 @@ int qv_http_serve(const qv_http_config *cfg) {
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
     int port = di ? di->port : cfg->port;
     const qv_model *m = srv->model;
-    fprintf(stderr,
-            "quiver serve: quiver %s (commit %s), model '%s' (%s) loaded in %.2f s: %d layers, "
-            "hidden %d, vocab %d, context %d\n"
-            "quiver serve: budgets: kv %zu MiB = %d pages x %d tokens (%s), max-batch-tokens %d, "
-            "max-seqs %d, max-loras %d, threads %d (%s), http-threads %d, max-body-bytes %zu, "
-            "max-prompt-tokens %d, "
-            "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s\n",
-            QV_VERSION, QV_GIT_COMMIT, srv->base_name, cfg->model_path, qv_time_s() - t0,
-            m->cfg.n_layers, m->cfg.dim, m->cfg.n_vocab, m->cfg.max_pos, cfg->kv_mb,
-            qv_engine_kv_pages(srv->engine), qv_engine_kv_page_size(srv->engine),
-            qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32", cfg->max_batch_tokens,
-            cfg->max_seqs, cfg->max_loras, n_threads, threads_why, cfg->http_threads,
-            cfg->max_body_bytes, cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit,
-            cfg->drain_timeout_s, cfg->api_key && *cfg->api_key ? "required" : "off");
+    qv_log_tagged(QV_LOG_INFO, "serve",
+                  "quiver %s (commit %s), model '%s' (%s) loaded in %.2f s: %d layers, hidden "
+                  "%d, vocab %d, context %d",
+                  QV_VERSION, QV_GIT_COMMIT, srv->base_name, cfg->model_path, qv_time_s() - t0,
+                  m->cfg.n_layers, m->cfg.dim, m->cfg.n_vocab, m->cfg.max_pos);
+    qv_log_tagged(
+        QV_LOG_INFO, "serve",
+        "budgets: kv %zu MiB = %d pages x %d tokens (%s), max-batch-tokens %d, "
+        "max-seqs %d, max-loras %d, threads %d (%s), http-threads %d, max-body-bytes %zu, "
+        "max-prompt-tokens %d, "
+        "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s",
+        cfg->kv_mb, qv_engine_kv_pages(srv->engine), qv_engine_kv_page_size(srv->engine),
+        qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32", cfg->max_batch_tokens,
+        cfg->max_seqs, cfg->max_loras, n_threads, threads_why, cfg->http_threads,
+        cfg->max_body_bytes, cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit,
+        cfg->drain_timeout_s, cfg->api_key && *cfg->api_key ? "required" : "off");
     qv_engine_stats es0;
     qv_engine_get_stats(srv->engine, &es0);
     if (es0.dev_adapter_pool_bytes)
-        fprintf(stderr,
-                "quiver serve: device adapter pool %.1f MiB (--adapter-pool-mb), pinned host "
-                "tier %.1f MiB (--adapter-pinned-mb)\n",
-                (double)es0.dev_adapter_pool_bytes / 1048576.0,
-                (double)es0.dev_adapter_pinned_bytes / 1048576.0);
+        qv_log_tagged(QV_LOG_INFO, "serve",
+                      "device adapter pool %.1f MiB (--adapter-pool-mb), pinned host "
+                      "tier %.1f MiB (--adapter-pinned-mb)",
+                      (double)es0.dev_adapter_pool_bytes / 1048576.0,
+                      (double)es0.dev_adapter_pinned_bytes / 1048576.0);
     /* The host memory the budgets may take, against a container's memory limit: weights and
      * KV pages (CPU), loaded adapters (an LRU bound that fills under load) and the pinned tier
      * (CUDA, allocated now). Past the limit the kernel kills the process under load. */
@@ -2403,27 +2408,27 @@ int qv_http_serve(const qv_http_config *cfg) {
         const double pin = (double)es0.dev_adapter_pinned_bytes / mib;
         const double need = w + kv + ah + pin, room = 128;
         if (need + room > lim)
-            fprintf(stderr,
-                    "quiver serve: warning: the host budgets (weights %.0f + kv %.0f + adapter "
-                    "host %.0f + pinned %.0f MiB = %.0f MiB) and %.0f MiB of working room exceed "
-                    "the cgroup memory limit of %.0f MiB: under load the kernel may kill the "
-                    "process; lower --adapter-host-mb%s or raise the limit\n",
-                    w, kv, ah, pin, need, room, lim,
-                    on_cuda ? " / --adapter-pinned-mb" : " / --kv-mb");
+            qv_log_tagged(
+                QV_LOG_WARN, "serve",
+                "warning: the host budgets (weights %.0f + kv %.0f + adapter "
+                "host %.0f + pinned %.0f MiB = %.0f MiB) and %.0f MiB of working room exceed "
+                "the cgroup memory limit of %.0f MiB: under load the kernel may kill the "
+                "process; lower --adapter-host-mb%s or raise the limit",
+                w, kv, ah, pin, need, room, lim, on_cuda ? " / --adapter-pinned-mb" : " / --kv-mb");
         else
-            fprintf(stderr,
-                    "quiver serve: memory: host budgets %.0f MiB within the cgroup limit of %.0f "
-                    "MiB\n",
-                    need, lim);
+            qv_log_tagged(QV_LOG_INFO, "serve",
+                          "memory: host budgets %.0f MiB within the cgroup limit of %.0f "
+                          "MiB",
+                          need, lim);
     }
     if (!ctl_start(srv)) {
-        fprintf(stderr, "quiver serve: cannot start the signal thread\n");
+        qv_log_tagged(QV_LOG_ERROR, "serve", "cannot start the signal thread");
         MHD_stop_daemon(srv->daemon);
         srv->daemon = NULL;
         close_all(srv);
         goto out;
     }
-    fprintf(stderr, "quiver serve: listening on http://%s:%d\n", cfg->host, port);
+    qv_log_tagged(QV_LOG_INFO, "serve", "listening on http://%s:%d", cfg->host, port);
     fflush(stderr);
     update_gauges(srv);
 
@@ -2431,7 +2436,7 @@ int qv_http_serve(const qv_http_config *cfg) {
     ctl_stop(srv);
     MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
-    fprintf(stderr, "quiver serve: stopped\n");
+    qv_log_tagged(QV_LOG_INFO, "serve", "stopped");
     rc = 0;
 out:
     if (loop_ok) {

@@ -50,7 +50,11 @@ static void usage(FILE *f) {
                "(default: off)\n"
                "  --preload NAME=DIR       publish adapter directory DIR as NAME at start-up "
                "(repeatable)\n"
-               "  --log-level L            debug|info|warn|error (default info)\n");
+               "  --log-level L            debug|info|warn|error (default info; env\n"
+               "                           QUIVER_LOG_LEVEL)\n"
+               "  --log-format F           text or json: one JSON object per line with time,\n"
+               "                           level, logger, msg (default text; env\n"
+               "                           QUIVER_LOG_FORMAT)\n");
 }
 
 static char default_model_buf[4096];
@@ -151,6 +155,26 @@ static bool set_opt(qv_http_config *c, const opt_def *d, const char *name, const
     return true;
 }
 
+static bool parse_level(const char *name, const char *v, enum qv_log_level *out) {
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    for (int l = 0; l < 4; l++)
+        if (!strcmp(v, names[l])) {
+            *out = (enum qv_log_level)l;
+            return true;
+        }
+    fprintf(stderr, "quiver serve: %s expects debug|info|warn|error, got '%s'\n", name, v);
+    return false;
+}
+
+static bool parse_format(const char *name, const char *v, bool *json) {
+    if (strcmp(v, "text") != 0 && strcmp(v, "json") != 0) {
+        fprintf(stderr, "quiver serve: %s expects text or json, got '%s'\n", name, v);
+        return false;
+    }
+    *json = !strcmp(v, "json");
+    return true;
+}
+
 int qv_cli_serve(int argc, char **argv) {
     qv_http_config c = {
         .model_path = default_model(),
@@ -170,6 +194,10 @@ int qv_cli_serve(int argc, char **argv) {
     };
     static const char *preload[MAX_PRELOAD];
     enum qv_log_level level = QV_LOG_INFO;
+    bool json = false;
+    const char *lv_env = getenv("QUIVER_LOG_LEVEL"), *lf_env = getenv("QUIVER_LOG_FORMAT");
+    if (lv_env && *lv_env && !parse_level("QUIVER_LOG_LEVEL", lv_env, &level)) return 2;
+    if (lf_env && *lf_env && !parse_format("QUIVER_LOG_FORMAT", lf_env, &json)) return 2;
     for (size_t i = 0; i < QV_ARRAY_LEN(opts); i++) {
         const char *v = getenv(opts[i].env);
         if (v && *v && !set_opt(&c, &opts[i], opts[i].env, v)) return 2;
@@ -184,18 +212,13 @@ int qv_cli_serve(int argc, char **argv) {
         if (!strcmp(a, "--log-level")) {
             if (!v) goto need_value;
             i++;
-            if (!strcmp(v, "debug"))
-                level = QV_LOG_DEBUG;
-            else if (!strcmp(v, "info"))
-                level = QV_LOG_INFO;
-            else if (!strcmp(v, "warn"))
-                level = QV_LOG_WARN;
-            else if (!strcmp(v, "error"))
-                level = QV_LOG_ERROR;
-            else {
-                fprintf(stderr, "quiver serve: --log-level expects debug|info|warn|error\n");
-                return 2;
-            }
+            if (!parse_level(a, v, &level)) return 2;
+            continue;
+        }
+        if (!strcmp(a, "--log-format")) {
+            if (!v) goto need_value;
+            i++;
+            if (!parse_format(a, v, &json)) return 2;
             continue;
         }
         if (!strcmp(a, "--preload")) {
@@ -230,5 +253,6 @@ int qv_cli_serve(int argc, char **argv) {
         return 2;
     }
     qv_log_set_level(level);
+    qv_log_set_json(json);
     return qv_http_serve(&c);
 }

@@ -179,6 +179,7 @@ def main():
                        capture_output=True, text=True, timeout=120)
     check(r.returncode != 0 and "--kv-dtype expects bf16 or f32, got 'f16'" in r.stderr,
           f"--kv-dtype f16 is refused at start-up (rc {r.returncode}: {r.stderr[-120:]!r})")
+    run_json_log_test()
     reports = [l for l in srv.lines if "Sanitizer" in l or "runtime error:" in l]
     check(not reports, f"no sanitizer report from the server ({reports[:1]})")
     # Everything the server prints goes through its logger (libmicrohttpd's own lines too,
@@ -192,6 +193,44 @@ def main():
         return 1
     print("all checks passed")
     return 0
+
+
+def run_json_log_test():
+    """--log-format json: every stderr line of a server's life (start-up, a request with an
+    X-Request-Id and a quote in its adapter name, an error, the drain) is one JSON object with
+    an RFC 3339 UTC time, a level, a logger and the message; the text of each message is the
+    text mode's."""
+    srv = Server("--log-format", "json", "--api-key", KEY)
+    try:
+        st, _, _ = srv.raw("POST", "/v1/completions",
+                           {"prompt": "Hi", "max_tokens": 2, "temperature": 0},
+                           headers={"X-Request-Id": "json-log-1"})
+        check(st == 200, "a completion with --log-format json")
+        st, _, _ = srv.raw("POST", "/v1/completions", {"model": 'no"such', "prompt": "x"})
+        check(st == 404, "an unknown model with --log-format json")
+        check(srv.stop() == 0, "the json-logging server stops cleanly")
+    finally:
+        if srv.proc.poll() is None:
+            srv.stop(signal.SIGKILL)
+    objs, bad = [], []
+    for line in srv.lines:
+        try:
+            objs.append(json.loads(line))
+        except ValueError:
+            bad.append(line)
+    check(not bad and len(objs) >= 5, f"every line is JSON ({len(objs)} objects, bad: {bad[:2]})")
+    t_re = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+    check(all(set(o) == {"time", "level", "logger", "msg"} and t_re.fullmatch(o["time"]) and
+              o["level"] in ("debug", "info", "warn", "error") for o in objs),
+          "each object has time (RFC 3339 UTC, ms), level, logger and msg")
+    by = lambda pred: [o for o in objs if pred(o)]
+    check(by(lambda o: o["logger"] == "serve" and o["msg"].startswith("listening on http://")),
+          "the listening line (logger serve)")
+    check(by(lambda o: o["logger"] == "serve" and o["msg"].startswith("budgets: kv ")),
+          "the budgets line")
+    check(by(lambda o: o["level"] == "info" and "x-request-id=json-log-1" in o["msg"] and
+             "status=200" in o["msg"]), "the request line with its X-Request-Id")
+    check(by(lambda o: o["msg"] == "stopped"), "the stop line")
 
 
 def run_api_tests(srv):
