@@ -207,7 +207,7 @@ int main(int argc, char **argv) {
     if (steps <= 0) steps = 32;
     if (qv_cuda_device_count() == 0) {
         printf("SKIP: no CUDA device\n");
-        return 0;
+        return 77;
     }
     char dev[256];
     int major = 0, minor = 0;

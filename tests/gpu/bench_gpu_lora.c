@@ -917,7 +917,7 @@ int main(int argc, char **argv) {
     if (qv_cuda_device_count() == 0) {
         printf("SKIP: no CUDA device\n");
         qv_free(bx);
-        return 0;
+        return 77;
     }
     bx->t_start = qv_time_s();
     char dev[256];
