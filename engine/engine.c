@@ -179,7 +179,8 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
         size_t ctx = kv_tok_bytes ? c->kv_bytes / kv_tok_bytes : 0;
         if (mc0->max_pos > 0 && (size_t)mc0->max_pos < ctx) ctx = (size_t)mc0->max_pos;
         size_t stride = 8;
-        while (stride < ctx / (size_t)c->kv_page_size + 1)
+        while (ctx > 0 &&
+               stride < (ctx - 1) / (size_t)c->kv_page_size + 1) /* last position's page */
             stride *= 2;
         const size_t flat = (size_t)c->max_batch_tokens * stride * sizeof(int32_t);
         co.meta_bytes = QV_MAX((size_t)8 << 20, 2 * flat + ((size_t)4 << 20));
