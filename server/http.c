@@ -2098,7 +2098,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         }
         if (!ok) status = 499; /* nginx's "client closed request" */
         qv_metrics_request(srv->metrics, status, (int)r->n_ids, n_out, ttft, tpot, now - ctx->t0);
-        qv_metrics_adapter_request(srv->metrics, r->adapter);
+        qv_metrics_adapter_request(srv->metrics, r->adapter, (int)r->n_ids, n_out, ttft, tpot);
         QV_LOGI("request %s adapter=%s status=%d tokens_in=%zu tokens_out=%d ttft=%.3fs "
                 "total=%.3fs%s%s%s",
                 r->id, r->adapter ? r->adapter : "-", status, r->n_ids, n_out, ttft, now - ctx->t0,

@@ -29,6 +29,13 @@ typedef struct histogram {
     unsigned long long n;
 } histogram;
 
+/* What one adapter label counts: finished generation requests, their tokens, and their
+ * time to first token and time per output token. */
+typedef struct adapter_stats {
+    unsigned long long requests, tokens_in, tokens_out;
+    histogram ttft, tpot;
+} adapter_stats;
+
 struct qv_metrics {
     pthread_mutex_t mu;
     unsigned long long by_status[600];
@@ -45,9 +52,9 @@ struct qv_metrics {
     int max_lora;
     double lora_info_time;
     char adapter_name[QV_METRICS_MAX_ADAPTER_LABELS][136];
-    unsigned long long adapter_requests[QV_METRICS_MAX_ADAPTER_LABELS];
+    adapter_stats per_adapter[QV_METRICS_MAX_ADAPTER_LABELS];
     int n_adapter_names;
-    unsigned long long other_requests, base_requests;
+    adapter_stats other, base;
     char version[64], commit[64], device[64];
 };
 
@@ -133,11 +140,11 @@ void qv_metrics_adapters(qv_metrics *m, const qv_metrics_adapter_stats *st, cons
     pthread_mutex_unlock(&m->mu);
 }
 
-void qv_metrics_adapter_request(qv_metrics *m, const char *adapter) {
+void qv_metrics_adapter_request(qv_metrics *m, const char *adapter, int n_in, int n_out,
+                                double ttft_s, double tpot_s) {
     pthread_mutex_lock(&m->mu);
-    if (!adapter) {
-        m->base_requests++;
-    } else {
+    adapter_stats *a = &m->base;
+    if (adapter) {
         int i = 0;
         while (i < m->n_adapter_names && strcmp(m->adapter_name[i], adapter) != 0)
             i++;
@@ -146,11 +153,13 @@ void qv_metrics_adapter_request(qv_metrics *m, const char *adapter) {
             snprintf(m->adapter_name[i], sizeof(m->adapter_name[i]), "%s", adapter);
             m->n_adapter_names++;
         }
-        if (i < m->n_adapter_names)
-            m->adapter_requests[i]++;
-        else
-            m->other_requests++;
+        a = i < m->n_adapter_names ? &m->per_adapter[i] : &m->other;
     }
+    a->requests++;
+    if (n_in > 0) a->tokens_in += (unsigned long long)n_in;
+    if (n_out > 0) a->tokens_out += (unsigned long long)n_out;
+    observe(&a->ttft, ttft_s);
+    observe(&a->tpot, tpot_s);
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -185,6 +194,20 @@ static void put(sbuf *b, const char *fmt, ...) {
         b->p = np;
         b->cap = cap;
     }
+}
+
+/* The series of histogram h with the label adapter="label" (no HELP / TYPE lines). */
+static void put_hist_labeled(sbuf *b, const char *name, const char *label, const histogram *h) {
+    unsigned long long cum = 0;
+    for (int i = 0; i < N_BUCKETS; i++) {
+        cum += h->counts[i];
+        put(b, "%s_bucket{adapter=\"%s\",le=\"%g\"} %llu\n", name, label, bucket_le[i], cum);
+    }
+    cum += h->counts[N_BUCKETS];
+    put(b,
+        "%s_bucket{adapter=\"%s\",le=\"+Inf\"} %llu\n%s_sum{adapter=\"%s\"} %.6f\n"
+        "%s_count{adapter=\"%s\"} %llu\n",
+        name, label, cum, name, label, h->sum, name, label, h->n);
 }
 
 static void put_hist(sbuf *b, const char *name, const char *help, const histogram *h) {
@@ -371,16 +394,42 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         a->pinned_bytes, a->loads, a->load_failures, a->evictions_host, a->evictions_device,
         a->evictions_pinned, a->admit_deferrals, a->hits, a->misses, a->load_latency_sum_s,
         a->load_latency_max_s);
-    put(&b,
-        "# HELP quiver_adapter_requests_total Finished generation requests per adapter "
-        "(base = none; other = beyond the first %d names).\n"
-        "# TYPE quiver_adapter_requests_total counter\n"
-        "quiver_adapter_requests_total{adapter=\"\"} %llu\n",
-        QV_METRICS_MAX_ADAPTER_LABELS, m->base_requests);
-    for (int i = 0; i < m->n_adapter_names; i++)
-        put(&b, "quiver_adapter_requests_total{adapter=\"%s\"} %llu\n", m->adapter_name[i],
-            m->adapter_requests[i]);
-    put(&b, "quiver_adapter_requests_total{adapter=\"other\"} %llu\n", m->other_requests);
+    /* per adapter: "" = the base model, the first QV_METRICS_MAX_ADAPTER_LABELS names, then
+     * "other" (bounded cardinality) */
+    const int n_lab = m->n_adapter_names + 2;
+    static const struct {
+        const char *name, *help, *type;
+        int what; /* 0 requests, 1 prompt tokens, 2 generated tokens, 3 ttft, 4 tpot */
+    } per[] = {
+        {"quiver_adapter_requests_total", "Finished generation requests per adapter", "counter", 0},
+        {"quiver_adapter_prompt_tokens_total", "Prompt tokens of finished requests per adapter",
+         "counter", 1},
+        {"quiver_adapter_generation_tokens_total",
+         "Generated tokens of finished requests per adapter", "counter", 2},
+        {"quiver_adapter_time_to_first_token_seconds", "Time to the first token per adapter",
+         "histogram", 3},
+        {"quiver_adapter_time_per_output_token_seconds",
+         "Mean time per generated token after the first, per adapter", "histogram", 4},
+    };
+    for (size_t k = 0; k < QV_ARRAY_LEN(per); k++) {
+        put(&b,
+            "# HELP %s %s (adapter \"\" = the base model; \"other\" = beyond the first %d "
+            "names).\n# TYPE %s %s\n",
+            per[k].name, per[k].help, QV_METRICS_MAX_ADAPTER_LABELS, per[k].name, per[k].type);
+        for (int i = 0; i < n_lab; i++) {
+            const adapter_stats *st = i == 0           ? &m->base
+                                      : i == n_lab - 1 ? &m->other
+                                                       : &m->per_adapter[i - 1];
+            const char *label = i == 0 ? "" : i == n_lab - 1 ? "other" : m->adapter_name[i - 1];
+            if (per[k].what <= 2)
+                put(&b, "%s{adapter=\"%s\"} %llu\n", per[k].name, label,
+                    per[k].what == 0   ? st->requests
+                    : per[k].what == 1 ? st->tokens_in
+                                       : st->tokens_out);
+            else
+                put_hist_labeled(&b, per[k].name, label, per[k].what == 3 ? &st->ttft : &st->tpot);
+        }
+    }
     put(&b,
         "# HELP vllm:lora_requests_info Running stats on LoRA requests (vLLM-compatible).\n"
         "# TYPE vllm:lora_requests_info gauge\n"

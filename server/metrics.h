@@ -52,11 +52,13 @@ typedef struct qv_metrics_adapter_stats {
 void qv_metrics_adapters(qv_metrics *m, const qv_metrics_adapter_stats *st, const char *running,
                          const char *waiting, int max_lora);
 
-/* Counts one finished generation request on `adapter` (NULL = the base model). The first
- * QV_METRICS_MAX_ADAPTER_LABELS distinct names get their own label; later ones are counted
- * under adapter="other", so the label cardinality stays bounded. */
+/* Counts one finished generation request on `adapter` (NULL = the base model): the request,
+ * its prompt and generated tokens, its time to first token and time per output token (< 0:
+ * none). The first QV_METRICS_MAX_ADAPTER_LABELS distinct names get their own label; later ones
+ * are counted under adapter="other", so the label cardinality stays bounded. */
 #define QV_METRICS_MAX_ADAPTER_LABELS 32
-void qv_metrics_adapter_request(qv_metrics *m, const char *adapter);
+void qv_metrics_adapter_request(qv_metrics *m, const char *adapter, int n_in, int n_out,
+                                double ttft_s, double tpot_s);
 
 /* quiver_build_info{version,commit,device} 1 (the strings are copied, cut at 63 bytes). */
 void qv_metrics_build_info(qv_metrics *m, const char *version, const char *commit,

@@ -208,6 +208,30 @@ def run(store, servers):
     check(m.get('quiver_adapter_requests_total{adapter="pirate"}', 0) >= 4,
           "metrics: per-adapter request counter")
     check(m.get('quiver_adapter_acquires_total{result="hit"}', 0) > 0, "metrics: acquire hits")
+    # Per-adapter tokens and latencies: one more pirate chat moves pirate's series by exactly
+    # its usage, and the labels together add up to the server-wide token counters.
+    st, r = chat(srv, "pirate", "Name a sea.", 12)
+    check(st == 200, "a pirate chat for the per-adapter metrics")
+    lab = '{adapter="pirate"}'
+    want = {"quiver_adapter_requests_total" + lab: 1,
+            "quiver_adapter_prompt_tokens_total" + lab: r["usage"]["prompt_tokens"],
+            "quiver_adapter_generation_tokens_total" + lab: r["usage"]["completion_tokens"],
+            "quiver_adapter_time_to_first_token_seconds_count" + lab: 1,
+            "quiver_adapter_time_per_output_token_seconds_count" + lab: 1}
+    for _ in range(50):  # counted when the request's connection closes, just after the answer
+        m2 = srv.metrics()
+        if m2.get("quiver_adapter_requests_total" + lab, 0) > m["quiver_adapter_requests_total" + lab]:
+            break
+        time.sleep(0.1)
+    got = {k: m2.get(k, 0) - m.get(k, 0) for k in want}
+    check(got == want, f"metrics: one pirate chat adds its usage to pirate's series {got} vs {want}")
+    ttft_sum = m2.get("quiver_adapter_time_to_first_token_seconds_sum" + lab, 0) - \
+        m.get("quiver_adapter_time_to_first_token_seconds_sum" + lab, 0)
+    check(0 < ttft_sum < 60, f"metrics: pirate's TTFT sum grows by that request's TTFT ({ttft_sum})")
+    for per, total in (("quiver_adapter_generation_tokens_total", "quiver_generation_tokens_total"),
+                       ("quiver_adapter_prompt_tokens_total", "quiver_prompt_tokens_total")):
+        s_lab = sum(v for k, v in m2.items() if k.startswith(per + "{"))
+        check(s_lab == m2[total], f"metrics: {per} over all labels = {total} ({s_lab})")
     # the CUDA pool's pinned tier and admission deferrals: exported, zero on the CPU backend
     for k in ('quiver_adapter_resident{tier="pinned"}', 'quiver_adapter_bytes{tier="pinned"}',
               "quiver_adapter_admission_deferrals_total",
