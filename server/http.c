@@ -35,6 +35,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -159,8 +160,18 @@ typedef struct inbox_msg {
     struct inbox_msg *next;
 } inbox_msg;
 
+/* One key of --api-keys-file: the adapters it may use are those whose names match one of its
+ * fnmatch patterns (the base model always); no patterns: every adapter. */
+typedef struct api_key_ent {
+    char *key;
+    char **pat;
+    int n_pat;
+} api_key_ent;
+
 struct server {
     const qv_http_config *cfg;
+    api_key_ent *keys; /* --api-keys-file */
+    int n_keys;
     qv_engine *engine;
     const qv_tokenizer *tok;
     const qv_model *model;
@@ -1067,14 +1078,106 @@ static bool key_matches(const char *key, const char *tok) {
     return diff == 0;
 }
 
-static bool authorized(server *srv, struct MHD_Connection *c) {
+#define AUTH_DENIED (-1) /* no key, or a key the server does not know */
+#define AUTH_ANY (-2)    /* a key that may use every adapter (or no authentication) */
+
+/* Who the request's bearer key is: AUTH_DENIED, AUTH_ANY, or the index of a --api-keys-file
+ * entry limited to some adapters. Every known key is compared (in constant time each). */
+static int auth_key(server *srv, struct MHD_Connection *c) {
     const char *key = srv->cfg->api_key;
-    if (!key || !*key) return true;
+    const bool have_key = key && *key;
+    if (!have_key && srv->n_keys == 0) return AUTH_ANY;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
+    if (!h || strncmp(h, "Bearer ", 7) != 0) return AUTH_DENIED;
     /* The admin key also opens the inference API. */
     const char *admin = srv->cfg->admin_key;
-    return key_matches(key, h + 7) || (admin && *admin && key_matches(admin, h + 7));
+    int who = AUTH_DENIED;
+    if ((have_key && key_matches(key, h + 7)) || (admin && *admin && key_matches(admin, h + 7)))
+        who = AUTH_ANY;
+    for (int i = 0; i < srv->n_keys; i++)
+        if (key_matches(srv->keys[i].key, h + 7) && who == AUTH_DENIED)
+            who = srv->keys[i].n_pat ? i : AUTH_ANY;
+    return who;
+}
+
+static bool authorized(server *srv, struct MHD_Connection *c) {
+    return auth_key(srv, c) != AUTH_DENIED;
+}
+
+/* Whether key `who` (auth_key) may use the adapter named `name` as the request named it. */
+static bool key_allows(const server *srv, int who, const char *name) {
+    if (who < 0 || !name) return true;
+    const api_key_ent *k = &srv->keys[who];
+    for (int i = 0; i < k->n_pat; i++)
+        if (fnmatch(k->pat[i], name, 0) == 0) return true;
+    return false;
+}
+
+static void keys_free(server *srv) {
+    for (int i = 0; i < srv->n_keys; i++) {
+        qv_free(srv->keys[i].key);
+        for (int j = 0; j < srv->keys[i].n_pat; j++)
+            qv_free(srv->keys[i].pat[j]);
+        qv_free(srv->keys[i].pat);
+    }
+    qv_free(srv->keys);
+    srv->keys = NULL;
+    srv->n_keys = 0;
+}
+
+/* Reads --api-keys-file: a line is KEY [PATTERN...] separated by blanks; '#' starts a comment;
+ * keys are visible ASCII. False with a message naming the line on a malformed file. */
+static bool keys_load(server *srv, const char *path, char *msg, size_t msg_len) {
+    char *buf = NULL;
+    size_t len = 0;
+    qv_error err = {0};
+    if (qv_read_file(path, (size_t)1 << 20, &buf, &len, &err) != QV_OK) {
+        snprintf(msg, msg_len, "%s", err.msg);
+        return false;
+    }
+    bool ok = true;
+    int line_no = 0;
+    for (char *line = buf, *next; ok && line && *line; line = next) {
+        line_no++;
+        next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        char *hash = strchr(line, '#');
+        if (hash) *hash = '\0';
+        char *save = NULL, *tok = strtok_r(line, " \t\r", &save);
+        if (!tok) continue;
+        for (const char *p = tok; *p && ok; p++)
+            if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e) {
+                snprintf(msg, msg_len, "%s:%d: a key must be visible ASCII", path, line_no);
+                ok = false;
+            }
+        if (!ok) break;
+        api_key_ent *grown = qv_realloc(srv->keys, (size_t)(srv->n_keys + 1) * sizeof(*srv->keys));
+        if (!grown) {
+            snprintf(msg, msg_len, "out of memory");
+            ok = false;
+            break;
+        }
+        srv->keys = grown;
+        api_key_ent *k = &srv->keys[srv->n_keys++];
+        memset(k, 0, sizeof(*k));
+        k->key = qv_strdup(tok);
+        ok = k->key != NULL;
+        while (ok && (tok = strtok_r(NULL, " \t\r", &save))) {
+            char **pat = qv_realloc(k->pat, (size_t)(k->n_pat + 1) * sizeof(*k->pat));
+            ok = pat != NULL;
+            if (ok) k->pat = pat;
+            if (ok) ok = (k->pat[k->n_pat] = qv_strdup(tok)) != NULL;
+            if (ok) k->n_pat++;
+        }
+        if (!ok) snprintf(msg, msg_len, "out of memory");
+    }
+    qv_free(buf);
+    if (ok && srv->n_keys == 0) {
+        snprintf(msg, msg_len, "%s holds no key", path);
+        ok = false;
+    }
+    if (!ok) keys_free(srv);
+    return ok;
 }
 
 static bool model_matches(server *srv, const char *base) {
@@ -1266,6 +1369,12 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     if (pr.adapter || !model_matches(srv, pr.base)) {
         aname = pr.adapter ? pr.adapter : pr.base;
         const char *param = pr.adapter ? "adapter_id" : "model";
+        /* a key limited to some adapters learns nothing of the others, not even existence */
+        if (!key_allows(srv, auth_key(srv, c), aname)) {
+            ret = send_error(c, ctx, 403, param, "permission_denied",
+                             "this API key may not use adapter '%.128s'", aname);
+            goto done;
+        }
         qv_error rerr = {0};
         qv_status rs = QV_ERR_NOT_FOUND;
         if (!srv->store)
@@ -1611,11 +1720,22 @@ static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn
                           : j->status == 404 ? "adapter_not_found"
                                              : NULL,
                           "%s", j->msg);
+    /* A key limited to some adapters sees only those (listings) and no other (404). */
+    size_t n_shown = j->n;
+    const int who = auth_key(srv, c);
+    if (who >= 0 && (j->resp == RESP_MODELS || j->resp == RESP_LIST || j->resp == RESP_ONE)) {
+        n_shown = 0;
+        for (size_t i = 0; i < j->n; i++) /* infos own nothing: compacted in place */
+            if (key_allows(srv, who, j->infos[i].name)) j->infos[n_shown++] = j->infos[i];
+        if (j->resp == RESP_ONE && n_shown == 0) /* as for a name the store lacks */
+            return send_error(c, ctx, 404, NULL, "adapter_not_found", "adapter '%s' not found",
+                              j->n ? j->infos[0].name : "");
+    }
     switch (j->resp) {
     case RESP_MODELS:
         return send_json(c, ctx, 200,
-                         qv_proto_encode_model_list(srv->base_name, j->infos, j->n, 0));
-    case RESP_LIST: return send_json(c, ctx, 200, qv_proto_encode_adapter_list(j->infos, j->n));
+                         qv_proto_encode_model_list(srv->base_name, j->infos, n_shown, 0));
+    case RESP_LIST: return send_json(c, ctx, 200, qv_proto_encode_adapter_list(j->infos, n_shown));
     case RESP_ONE: return send_json(c, ctx, 200, qv_proto_encode_adapter(j->infos));
     case RESP_DELETE: {
         char buf[256];
@@ -2273,6 +2393,19 @@ int qv_http_serve(const qv_http_config *cfg) {
     signal(SIGPIPE, SIG_IGN);
     pthread_mutex_init(&srv->inbox_mu, NULL);
 
+    if (cfg->api_keys_file && *cfg->api_keys_file) {
+        char msg[512];
+        if (!keys_load(srv, cfg->api_keys_file, msg, sizeof msg)) {
+            qv_log_tagged(QV_LOG_ERROR, "serve", "--api-keys-file: %s", msg);
+            goto out;
+        }
+        int limited = 0;
+        for (int i = 0; i < srv->n_keys; i++)
+            limited += srv->keys[i].n_pat > 0;
+        qv_log_tagged(QV_LOG_INFO, "serve",
+                      "--api-keys-file: %d keys (%d limited to some adapters)", srv->n_keys,
+                      limited);
+    }
     qv_engine_config ec;
     qv_engine_config_default(&ec);
     ec.model_path = cfg->model_path;
@@ -2386,7 +2519,7 @@ int qv_http_serve(const qv_http_config *cfg) {
         qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32", cfg->max_batch_tokens,
         cfg->max_seqs, cfg->max_loras, n_threads, threads_why, cfg->http_threads,
         cfg->max_body_bytes, cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit,
-        cfg->drain_timeout_s, cfg->api_key && *cfg->api_key ? "required" : "off");
+        cfg->drain_timeout_s, (cfg->api_key && *cfg->api_key) || srv->n_keys ? "required" : "off");
     qv_engine_stats es0;
     qv_engine_get_stats(srv->engine, &es0);
     if (es0.dev_adapter_pool_bytes)
@@ -2474,6 +2607,7 @@ out:
     qv_registry_destroy(srv->reg);
     qv_store_close(srv->store);
     qv_metrics_destroy(srv->metrics);
+    keys_free(srv);
     qv_free(srv->base_name);
     qv_free(srv->file_name);
     pthread_mutex_destroy(&srv->inbox_mu);

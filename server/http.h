@@ -13,27 +13,28 @@
 
 typedef struct qv_http_config {
     const char *model_path;
-    const char *device;     /* "cpu" (NULL) or "cuda" */
-    const char *host;       /* IPv4 address to bind; "0.0.0.0" = all */
-    int port;               /* 0 = any free port (printed at start-up) */
-    int n_threads;          /* engine CPU threads; 0 = all cores */
-    int http_threads;       /* libmicrohttpd polling threads */
-    size_t kv_mb;           /* KV cache budget in MiB */
-    size_t adapter_pool_mb; /* --device cuda: device adapter pool in MiB; 0 = the engine's
-                               default (512 MiB, at most a quarter of the free memory) */
-    const char *kv_dtype;   /* --device cuda: "bf16" (NULL, the default) or "f32" K/V pages */
-    int adapter_pinned_mb;  /* --device cuda: the pool's pinned host tier in MiB; 0 = the
-                               engine's default (twice the pool), -1 = none */
-    int max_batch_tokens;   /* tokens per engine step */
-    int max_seqs;           /* concurrently running sequences */
-    int max_loras;          /* distinct adapters in one batch; 0 = no limit (1 = one adapter
-                               at a time, the baseline of the load benchmark) */
-    const char *api_key;    /* NULL/"" = no authentication */
-    size_t max_body_bytes;  /* request body limit (413 beyond) */
-    int max_prompt_tokens;  /* prompt token limit (400 beyond) */
-    int max_tokens_limit;   /* max_tokens limit (400 beyond); also the chat default */
-    int queue_limit;        /* waiting requests before 429 */
-    double drain_timeout_s; /* SIGTERM: in-flight requests get this long to finish */
+    const char *device;        /* "cpu" (NULL) or "cuda" */
+    const char *host;          /* IPv4 address to bind; "0.0.0.0" = all */
+    int port;                  /* 0 = any free port (printed at start-up) */
+    int n_threads;             /* engine CPU threads; 0 = all cores */
+    int http_threads;          /* libmicrohttpd polling threads */
+    size_t kv_mb;              /* KV cache budget in MiB */
+    size_t adapter_pool_mb;    /* --device cuda: device adapter pool in MiB; 0 = the engine's
+                                  default (512 MiB, at most a quarter of the free memory) */
+    const char *kv_dtype;      /* --device cuda: "bf16" (NULL, the default) or "f32" K/V pages */
+    int adapter_pinned_mb;     /* --device cuda: the pool's pinned host tier in MiB; 0 = the
+                                  engine's default (twice the pool), -1 = none */
+    int max_batch_tokens;      /* tokens per engine step */
+    int max_seqs;              /* concurrently running sequences */
+    int max_loras;             /* distinct adapters in one batch; 0 = no limit (1 = one adapter
+                                  at a time, the baseline of the load benchmark) */
+    const char *api_key;       /* NULL/"" = no authentication */
+    const char *api_keys_file; /* more keys, each optionally limited to adapter name patterns */
+    size_t max_body_bytes;     /* request body limit (413 beyond) */
+    int max_prompt_tokens;     /* prompt token limit (400 beyond) */
+    int max_tokens_limit;      /* max_tokens limit (400 beyond); also the chat default */
+    int queue_limit;           /* waiting requests before 429 */
+    double drain_timeout_s;    /* SIGTERM: in-flight requests get this long to finish */
     /* adapters */
     const char *adapter_store;    /* store root (adapters/store.h); NULL = no adapters */
     size_t adapter_host_mb;       /* host-memory budget of loaded adapters, MiB */

@@ -28,6 +28,9 @@ static void usage(FILE *f) {
                "  --max-seqs N             concurrently running sequences (default 64)\n"
                "  --max-loras N            distinct adapters in one batch, 0 = any (default 0)\n"
                "  --api-key K              require 'Authorization: Bearer K' (default: none)\n"
+               "  --api-keys-file F        more keys, one per line: KEY [ADAPTER-PATTERN...];\n"
+               "                           a key with patterns may use the base model and\n"
+               "                           the adapters whose names match one (fnmatch)\n"
                "  --max-body-bytes N       request body limit (default 1048576)\n"
                "  --max-prompt-tokens N    prompt token limit (default 8192)\n"
                "  --max-tokens-limit N     largest max_tokens accepted (default 4096)\n"
@@ -116,6 +119,7 @@ static const opt_def opts[] = {
     {"--max-seqs", "QUIVER_MAX_SEQS", 1, 1 << 16, 0, OFF(max_seqs)},
     {"--max-loras", "QUIVER_MAX_LORAS", 0, 1 << 16, 0, OFF(max_loras)},
     {"--api-key", "QUIVER_API_KEY", 0, 0, 2, OFF(api_key)},
+    {"--api-keys-file", "QUIVER_API_KEYS_FILE", 0, 0, 2, OFF(api_keys_file)},
     {"--max-body-bytes", "QUIVER_MAX_BODY_BYTES", 64, 1ll << 32, 1, OFF(max_body_bytes)},
     {"--max-prompt-tokens", "QUIVER_MAX_PROMPT_TOKENS", 1, 1 << 24, 0, OFF(max_prompt_tokens)},
     {"--max-tokens-limit", "QUIVER_MAX_TOKENS_LIMIT", 1, 1 << 24, 0, OFF(max_tokens_limit)},

@@ -135,6 +135,70 @@ def main():
     return 0
 
 
+def run_keys_file_test(store):
+    """--api-keys-file: a key limited to "pir*" uses the base model and pirate, gets 403 on
+    shouting and on a name that does not exist alike (it learns nothing of other adapters),
+    sees only pirate in /v1/models and /v1/adapters and 404 for shouting's details; an
+    unlimited key of the file and --api-key use everything; any other key gets 401; a file
+    with a malformed key or no key stops start-up."""
+    kdir = tempfile.mkdtemp(prefix="quiver-keys-")
+    try:
+        kf = os.path.join(kdir, "keys")
+        with open(kf, "w") as f:
+            f.write("# team keys\n\nteam-a-key   pir*   # only pirate\n\tall-key\n")
+        srv = T.Server("--adapter-store", store, "--api-key", "main-key", "--api-keys-file", kf)
+        try:
+            base = os.path.basename(T.MODEL)[:-len(".gguf")]
+            msg = [{"role": "user", "content": "Hi"}]
+
+            def gen(model, key):
+                st, _, data = srv.raw("POST", "/v1/chat/completions",
+                                      {"model": model, "messages": msg, "max_tokens": 2},
+                                      key=key)
+                return st, json.loads(data)
+
+            check(gen("pirate", "team-a-key")[0] == 200, "limited key: its adapter")
+            check(gen(base, "team-a-key")[0] == 200, "limited key: the base model")
+            st, body = gen("shouting", "team-a-key")
+            check(st == 403 and body["error"]["code"] == "permission_denied",
+                  f"limited key: another adapter is 403 ({st} {body})")
+            st2, body2 = gen("no-such-adapter", "team-a-key")
+            check(st2 == 403 and body2["error"]["message"].replace("no-such-adapter", "X") ==
+                  body["error"]["message"].replace("shouting", "X"),
+                  "limited key: a missing adapter answers as an existing one it may not use")
+            st, _, data = srv.raw("GET", "/v1/models", key="team-a-key")
+            ids = [m["id"] for m in json.loads(data)["data"]]
+            check(st == 200 and ids == [base, "pirate"], f"limited key: /v1/models {ids}")
+            st, _, data = srv.raw("GET", "/v1/adapters", key="team-a-key")
+            names = [a["name"] for a in json.loads(data)["data"]]
+            check(st == 200 and names == ["pirate"], f"limited key: /v1/adapters {names}")
+            check(srv.raw("GET", "/v1/adapters/shouting", key="team-a-key")[0] == 404,
+                  "limited key: another adapter's details are 404")
+            check(srv.raw("GET", "/v1/adapters/pirate", key="team-a-key")[0] == 200,
+                  "limited key: its adapter's details")
+            for k in ("all-key", "main-key"):
+                check(gen("shouting", k)[0] == 200, f"{k}: any adapter")
+                st, _, data = srv.raw("GET", "/v1/models", key=k)
+                check("shouting" in [m["id"] for m in json.loads(data)["data"]],
+                      f"{k}: /v1/models lists every adapter")
+            check(gen("pirate", "wrong-key")[0] == 401, "an unknown key is 401")
+            check(srv.raw("GET", "/v1/models", key=None)[0] == 401, "no key is 401")
+            check(any("--api-keys-file: 2 keys (1 limited to some adapters)" in ln
+                      for ln in srv.lines), "start-up line counts the keys")
+        finally:
+            check(srv.stop() == 0, "keys-file server exits 0")
+        for text, why in (("caf\u00e9-key\n", "visible ASCII"), ("# none\n", "holds no key")):
+            with open(kf, "w", encoding="utf-8") as f:
+                f.write(text)
+            r = subprocess.run([T.QUIVER, "serve", "--model", T.MODEL, "--port", "0",
+                                "--adapter-store", store, "--api-keys-file", kf],
+                               capture_output=True, text=True, timeout=120)
+            check(r.returncode != 0 and why in r.stderr,
+                  f"a keys file that fails ({why}) stops start-up (rc {r.returncode})")
+    finally:
+        shutil.rmtree(kdir, ignore_errors=True)
+
+
 def run(store, servers):
     fix, demo = fixture_cases(), demo_cases()
     preload = []
@@ -367,6 +431,8 @@ def run(store, servers):
     check(ev >= 1, f"2 MiB budget: evictions counted ({ev})")
     rc = srv5.stop()
     check(rc == 0, f"fifth server exits 0 ({rc})")
+
+    run_keys_file_test(store)
 
     # Upload validation runs on the engine's worker pool, not on the HTTP thread: with commits
     # slowed to 2 s and a single HTTP thread, /health and a generation answer while an upload
