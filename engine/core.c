@@ -138,14 +138,29 @@ static void log_emit(enum qv_log_level lvl, const char *tag, const char *msg) {
                          tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                          tm.tm_sec, ts.tv_nsec / 1000000L, names[lvl], tag ? tag : "quiver");
     static const char hex[] = "0123456789abcdef";
-    for (const unsigned char *p = (const unsigned char *)msg; *p && o + 8 < sizeof out; p++) {
+    for (const unsigned char *p = (const unsigned char *)msg; *p && o + 12 < sizeof out; p++) {
         if (*p == '"' || *p == '\\') {
             out[o++] = '\\';
             out[o++] = (char)*p;
         } else if (*p < 0x20 || *p == 0x7f) {
             o += (size_t)snprintf(out + o, sizeof out - o, "\\u00%c%c", hex[*p >> 4], hex[*p & 15]);
-        } else {
-            out[o++] = (char)*p; /* UTF-8 passes through; invalid bytes too (rare in logs) */
+        } else if (*p < 0x80) {
+            out[o++] = (char)*p;
+        } else { /* a whole valid UTF-8 sequence passes; an invalid byte becomes U+FFFD */
+            const int n = *p >= 0xf0 && *p < 0xf5 ? 4 : *p >= 0xe0 ? 3 : *p >= 0xc2 ? 2 : 0;
+            int k = 1;
+            while (n && k < n && (p[k] & 0xc0) == 0x80)
+                k++;
+            if (n && k == n && *p < 0xf5 && !(*p == 0xe0 && p[1] < 0xa0) &&
+                !(*p == 0xed && p[1] >= 0xa0) && !(*p == 0xf0 && p[1] < 0x90) &&
+                !(*p == 0xf4 && p[1] >= 0x90)) {
+                memcpy(out + o, p, (size_t)n);
+                o += (size_t)n;
+                p += n - 1;
+            } else {
+                memcpy(out + o, "\\ufffd", 6);
+                o += 6;
+            }
         }
     }
     memcpy(out + o, "\"}\n", 4);
