@@ -119,9 +119,14 @@ static atomic_int log_json;
 
 void qv_log_set_json(bool on) { atomic_store(&log_json, on ? 1 : 0); }
 
-/* One line to stderr, text or JSON; `msg` is any bytes (a JSON line escapes them). */
-static void log_emit(enum qv_log_level lvl, const char *tag, const char *msg) {
+/* One line to stderr, text or JSON; the formatted message is any bytes (a JSON line escapes
+ * them). */
+static void log_emit(enum qv_log_level lvl, const char *tag, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void log_emit(enum qv_log_level lvl, const char *tag, const char *fmt, va_list ap) {
     static const char *names[] = {"debug", "info", "warn", "error"};
+    char msg[4096];
+    vsnprintf(msg, sizeof msg, fmt, ap);
     if (!atomic_load(&log_json)) {
         fprintf(stderr, "quiver %s: %s\n", tag ? tag : names[lvl], msg);
         return;
@@ -169,21 +174,17 @@ static void log_emit(enum qv_log_level lvl, const char *tag, const char *msg) {
 
 void qv_log(enum qv_log_level lvl, const char *fmt, ...) {
     if ((int)lvl < atomic_load(&log_level)) return;
-    char line[2048];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
+    log_emit(lvl, NULL, fmt, ap);
     va_end(ap);
-    log_emit(lvl, NULL, line);
 }
 
 void qv_log_tagged(enum qv_log_level lvl, const char *tag, const char *fmt, ...) {
-    char line[4096];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
+    log_emit(lvl, tag, fmt, ap);
     va_end(ap);
-    log_emit(lvl, tag, line);
 }
 
 double qv_time_s(void) {
