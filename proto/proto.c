@@ -312,6 +312,8 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = decode_logprobs(root, r, e))) goto done;
     if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
     if ((s = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto done;
+    if ((s = get_int(root, "priority", -1e9, 1e9, &r->priority, e))) goto done;
+    r->has_priority = field(root, "priority") != NULL;
     const cJSON *so = field(root, "stream_options");
     if (so) {
         if (!cJSON_IsObject(so)) {

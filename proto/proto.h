@@ -83,6 +83,8 @@ typedef struct qv_proto_request {
     bool stream;
     bool include_usage; /* stream_options.include_usage */
     bool ignore_eos;    /* vLLM extension: keep generating past end-of-generation tokens */
+    bool has_priority;
+    int priority; /* vLLM extension: scheduling priority, lower = sooner (|priority| <= 1e9) */
 } qv_proto_request;
 
 /* Decodes a request body of `len` bytes (need not be NUL-terminated) for `endpoint` into *out

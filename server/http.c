@@ -55,6 +55,7 @@
 #include "engine/engine.h"
 #include "proto/proto.h"
 #include "server/metrics.h"
+#include "server/tenant.h"
 #include "qv_version.h" /* generated: QV_VERSION, QV_GIT_COMMIT */
 
 typedef struct server server;
@@ -79,6 +80,10 @@ typedef struct request {
     int64_t created;
     double t_arrival;
     struct MHD_Connection *conn;
+    int tenant;   /* server.tenants index */
+    int priority; /* lower = admitted sooner */
+    /* [engine] */
+    bool tenant_active; /* counted busy for its tenant's fair share (until engine_release) */
     /* [engine] */
     qv_registry_handle *ah; /* the adapter held while the request is queued or running */
     bool retry_on_release;  /* its version did not fit in memory: retry when a handle drops */
@@ -95,7 +100,8 @@ typedef struct request {
     int n_gen;
     const char *finish; /* "stop" / "length" once done */
     bool done, admitted, suspended;
-    int err_status; /* != 0: the request failed with this HTTP status */
+    bool tenant_counted; /* holds an in-flight place of its tenant (until done or freed) */
+    int err_status;      /* != 0: the request failed with this HTTP status */
     char err_msg[384];
     const char *err_code;
     double t_first, t_done;
@@ -146,7 +152,8 @@ typedef struct conn_ctx {
     char *body;
     size_t body_len, body_cap;
     bool too_big;
-    char route[96]; /* "METHOD /path" for the log line of requests that never reach the engine */
+    int retry_after; /* Retry-After seconds of a 429 / 503 (0: 1) */
+    char route[96];  /* "METHOD /path" for the log line of requests that never reach the engine */
     request *req;
     int status;
     double t0;
@@ -161,17 +168,20 @@ typedef struct inbox_msg {
 } inbox_msg;
 
 /* One key of --api-keys-file: the adapters it may use are those whose names match one of its
- * fnmatch patterns (the base model always); no patterns: every adapter. */
+ * fnmatch patterns (the base model always); no patterns: every adapter. Its tenant
+ * (server.tenants) is the line's tenant=NAME, else one of its own, "key-<line>". */
 typedef struct api_key_ent {
     char *key;
     char **pat;
     int n_pat;
+    int tenant;
 } api_key_ent;
 
 struct server {
     const qv_http_config *cfg;
     api_key_ent *keys; /* --api-keys-file */
     int n_keys;
+    qv_tenants *tenants; /* 0 = "default"; the others come from the keys file */
     qv_engine *engine;
     const qv_tokenizer *tok;
     const qv_model *model;
@@ -233,6 +243,7 @@ static void request_release(request *r) {
     int left = --r->refs;
     pthread_mutex_unlock(&r->mu);
     if (left) return;
+    if (r->tenant_counted) qv_tenants_leave(r->srv->tenants, r->tenant);
     pthread_mutex_destroy(&r->mu);
     qv_free(r->model_echo);
     qv_free(r->adapter);
@@ -247,6 +258,14 @@ static void request_release(request *r) {
     qv_free(r->lps);
     qv_free(r->frame);
     qv_free(r);
+}
+
+/* The request is over for its tenant's in-flight cap the moment it is done (before its last
+ * bytes reach the client, so a client that sends its next request right after the last one
+ * ended is never refused). Caller holds r->mu. */
+static void tenant_leave_locked(request *r) {
+    if (r->tenant_counted) qv_tenants_leave(r->srv->tenants, r->tenant);
+    r->tenant_counted = false;
 }
 
 /* Resumes the connection if it waits. Caller holds r->mu. */
@@ -285,6 +304,7 @@ static void request_fail(request *r, int status, const char *code, const char *m
         r->finish = "stop";
         r->t_done = qv_time_s();
     }
+    tenant_leave_locked(r);
     wake_locked(r);
     pthread_mutex_unlock(&r->mu);
 }
@@ -297,6 +317,7 @@ static void request_finish(request *r, const char *finish) {
         r->finish = finish;
         r->t_done = qv_time_s();
     }
+    tenant_leave_locked(r);
     wake_locked(r);
     pthread_mutex_unlock(&r->mu);
 }
@@ -313,6 +334,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     (void)seq_id;
     request *r = user;
     server *srv = r->srv;
+    qv_tenants_served(srv->tenants, r->tenant, 0, 1);
     if (finish != QV_FINISH_NONE) r->in_engine = false;
     pthread_mutex_lock(&r->mu);
     bool done = r->done;
@@ -371,6 +393,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
         r->finish = finish == QV_FINISH_LENGTH && !finished ? "length" : "stop";
         r->t_done = qv_time_s();
         if (!ok) r->stop_hit = r->in_engine;
+        tenant_leave_locked(r);
     }
     wake_locked(r);
     pthread_mutex_unlock(&r->mu);
@@ -470,6 +493,10 @@ static void start_drain(server *srv);
 
 /* Engine thread: drops the engine's reference to r and the adapter handle it holds. */
 static void engine_release(request *r) {
+    if (r->tenant_active) {
+        qv_tenants_deactivate(r->srv->tenants, r->tenant);
+        r->tenant_active = false;
+    }
     if (r->ah) {
         qv_registry_release(r->ah);
         r->ah = NULL;
@@ -618,19 +645,32 @@ static bool adapter_slot_free(const server *srv, const request *r) {
     return distinct < limit;
 }
 
-/* Admits pending requests in strict FIFO order while the engine accepts them (and, under
- * --max-loras, while the head's adapter fits the batch), so no request waits behind later
- * arrivals: every request's wait is bounded by the work queued before it. */
+/* The pending request to admit next: the most urgent priority; among those, the one whose
+ * tenant has the smallest virtual token counter (tenant.h); among those, the first to arrive.
+ * With one tenant and one priority this is the FIFO head. */
+static request *next_pending(server *srv) {
+    request *best = NULL;
+    double best_vtc = 0;
+    for (request *r = srv->pending_head; r; r = r->next) {
+        if (best && r->priority > best->priority) continue;
+        double vtc = qv_tenants_vtc(srv->tenants, r->tenant);
+        if (!best || r->priority < best->priority || vtc < best_vtc) best = r, best_vtc = vtc;
+    }
+    return best;
+}
+
+/* Admits pending requests in next_pending() order while the engine accepts them (and, under
+ * --max-loras, while that request's adapter fits the batch; no later one passes it then), so
+ * within a priority and a tenant no request waits behind later arrivals. */
 static void admit(server *srv) {
-    while (srv->pending_head) {
-        request *r = srv->pending_head;
+    request *r;
+    while ((r = next_pending(srv))) {
         if (!adapter_slot_free(srv, r)) break;
         qv_error err = {0};
         qv_status s =
             qv_engine_add(srv->engine, r->ids, r->n_ids, &r->gp, on_token, r, &r->seq_id, &err);
         if (s == QV_ERR_BUSY) break;
-        srv->pending_head = r->next;
-        if (!srv->pending_head) srv->pending_tail = NULL;
+        list_remove(&srv->pending_head, &srv->pending_tail, r);
         atomic_fetch_sub(&srv->n_waiting, 1);
         if (s != QV_OK) {
             request_fail(r, s == QV_ERR_NOMEM ? 500 : 400,
@@ -638,6 +678,7 @@ static void admit(server *srv) {
             engine_release(r);
             continue;
         }
+        qv_tenants_served(srv->tenants, r->tenant, (int)r->n_ids, 0);
         r->in_engine = true;
         r->next = srv->running;
         srv->running = r;
@@ -829,9 +870,11 @@ static void on_wake(uv_async_t *h) {
     pthread_mutex_unlock(&srv->inbox_mu);
     while (m) {
         inbox_msg *next = m->next;
-        if (m->type == MSG_ADD)
+        if (m->type == MSG_ADD) {
+            qv_tenants_activate(srv->tenants, m->req->tenant);
+            m->req->tenant_active = true;
             enqueue(srv, m->req);
-        else if (m->type == MSG_JOB)
+        } else if (m->type == MSG_JOB)
             run_job(srv, m->job);
         else {
             cancel_request(srv, m->req);
@@ -1023,7 +1066,11 @@ static enum MHD_Result queue_buf(struct MHD_Connection *c, conn_ctx *ctx, int st
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
-    if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    if (status == 429 || status == 503) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", ctx->retry_after > 0 ? ctx->retry_after : 1);
+        MHD_add_response_header(resp, "Retry-After", ra);
+    }
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     add_request_id(resp, ctx);
     ctx->status = status;
@@ -1079,10 +1126,10 @@ static bool key_matches(const char *key, const char *tok) {
 }
 
 #define AUTH_DENIED (-1) /* no key, or a key the server does not know */
-#define AUTH_ANY (-2)    /* a key that may use every adapter (or no authentication) */
+#define AUTH_ANY (-2)    /* --api-key, --admin-key, or no authentication: tenant "default" */
 
 /* Who the request's bearer key is: AUTH_DENIED, AUTH_ANY, or the index of a --api-keys-file
- * entry limited to some adapters. Every known key is compared (in constant time each). */
+ * entry. Every known key is compared (in constant time each). */
 static int auth_key(server *srv, struct MHD_Connection *c) {
     const char *key = srv->cfg->api_key;
     const bool have_key = key && *key;
@@ -1095,8 +1142,7 @@ static int auth_key(server *srv, struct MHD_Connection *c) {
     if ((have_key && key_matches(key, h + 7)) || (admin && *admin && key_matches(admin, h + 7)))
         who = AUTH_ANY;
     for (int i = 0; i < srv->n_keys; i++)
-        if (key_matches(srv->keys[i].key, h + 7) && who == AUTH_DENIED)
-            who = srv->keys[i].n_pat ? i : AUTH_ANY;
+        if (key_matches(srv->keys[i].key, h + 7) && who == AUTH_DENIED) who = i;
     return who;
 }
 
@@ -1106,7 +1152,7 @@ static bool authorized(server *srv, struct MHD_Connection *c) {
 
 /* Whether key `who` (auth_key) may use the adapter named `name` as the request named it. */
 static bool key_allows(const server *srv, int who, const char *name) {
-    if (who < 0 || !name) return true;
+    if (who < 0 || !name || srv->keys[who].n_pat == 0) return true;
     const api_key_ent *k = &srv->keys[who];
     for (int i = 0; i < k->n_pat; i++)
         if (fnmatch(k->pat[i], name, 0) == 0) return true;
@@ -1125,8 +1171,10 @@ static void keys_free(server *srv) {
     srv->n_keys = 0;
 }
 
-/* Reads --api-keys-file: a line is KEY [PATTERN...] separated by blanks; '#' starts a comment;
- * keys are visible ASCII. False with a message naming the line on a malformed file. */
+/* Reads --api-keys-file: a line is KEY [PATTERN | OPTION=VALUE]... separated by blanks ('#'
+ * starts a comment; keys are visible ASCII): adapter name patterns, tenant=NAME, and the
+ * tenant's policy options (tenant.h). False with a message naming the line on a malformed
+ * file. */
 static bool keys_load(server *srv, const char *path, char *msg, size_t msg_len) {
     char *buf = NULL;
     size_t len = 0;
@@ -1162,14 +1210,41 @@ static bool keys_load(server *srv, const char *path, char *msg, size_t msg_len) 
         memset(k, 0, sizeof(*k));
         k->key = qv_strdup(tok);
         ok = k->key != NULL;
-        while (ok && (tok = strtok_r(NULL, " \t\r", &save))) {
-            char **pat = qv_realloc(k->pat, (size_t)(k->n_pat + 1) * sizeof(*k->pat));
-            ok = pat != NULL;
-            if (ok) k->pat = pat;
-            if (ok) ok = (k->pat[k->n_pat] = qv_strdup(tok)) != NULL;
-            if (ok) k->n_pat++;
-        }
         if (!ok) snprintf(msg, msg_len, "out of memory");
+        /* patterns first, then the tenant (named anywhere on the line), then its options */
+        char *opts[16];
+        int n_opts = 0;
+        char tenant[80];
+        snprintf(tenant, sizeof(tenant), "key-%d", line_no);
+        while (ok && (tok = strtok_r(NULL, " \t\r", &save))) {
+            if (!strncmp(tok, "tenant=", 7)) {
+                snprintf(tenant, sizeof(tenant), "%.79s", tok + 7);
+            } else if (strchr(tok, '=')) {
+                if (n_opts == (int)QV_ARRAY_LEN(opts)) {
+                    snprintf(msg, msg_len, "%s:%d: too many options", path, line_no);
+                    ok = false;
+                }
+                if (ok) opts[n_opts++] = tok;
+            } else {
+                char **pat = qv_realloc(k->pat, (size_t)(k->n_pat + 1) * sizeof(*k->pat));
+                ok = pat != NULL;
+                if (ok) k->pat = pat;
+                if (ok) ok = (k->pat[k->n_pat] = qv_strdup(tok)) != NULL;
+                if (ok) k->n_pat++;
+                if (!ok) snprintf(msg, msg_len, "out of memory");
+            }
+        }
+        char why[256] = "";
+        if (ok && (k->tenant = qv_tenants_get(srv->tenants, tenant, why, sizeof(why))) < 0)
+            ok = false;
+        for (int i = 0; ok && i < n_opts; i++)
+            ok = qv_tenants_option(srv->tenants, k->tenant, opts[i], why, sizeof(why));
+        if (why[0]) snprintf(msg, msg_len, "%s:%d: %s", path, line_no, why);
+        for (int i = 0; ok && i < srv->n_keys - 1; i++)
+            if (!strcmp(srv->keys[i].key, k->key)) {
+                snprintf(msg, msg_len, "%s:%d: the key is listed twice", path, line_no);
+                ok = false;
+            }
     }
     qv_free(buf);
     if (ok && srv->n_keys == 0) {
@@ -1358,6 +1433,17 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                   : send_error(c, ctx, 400, pe.param, "invalid_value", "%s", pe.message);
         goto done;
     }
+    /* the key's tenant, and the priority it may ask for */
+    const int who = auth_key(srv, c);
+    const int tenant = who >= 0 ? srv->keys[who].tenant : 0;
+    qv_tenant_policy pol;
+    qv_tenants_policy(srv->tenants, tenant, &pol);
+    if (pr.has_priority && !pol.priority_free && pr.priority < pol.priority) {
+        ret =
+            send_error(c, ctx, 403, "priority", "permission_denied",
+                       "this API key's requests may not ask for a priority below %d", pol.priority);
+        goto done;
+    }
     /* "<base>:<adapter>", adapter_id, or "<adapter>" alone in place of the base. */
     const char *aname = NULL;
     char aversion[QV_STORE_VERSION_LEN + 1] = "";
@@ -1370,7 +1456,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         aname = pr.adapter ? pr.adapter : pr.base;
         const char *param = pr.adapter ? "adapter_id" : "model";
         /* a key limited to some adapters learns nothing of the others, not even existence */
-        if (!key_allows(srv, auth_key(srv, c), aname)) {
+        if (!key_allows(srv, who, aname)) {
             ret = send_error(c, ctx, 403, param, "permission_denied",
                              "this API key may not use adapter '%.128s'", aname);
             goto done;
@@ -1488,6 +1574,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     r->logprobs = pr.logprobs;
     r->t_arrival = ctx->t0;
     r->created = (int64_t)time(NULL);
+    r->tenant = tenant;
+    r->priority = pr.has_priority ? pr.priority : pol.priority_free ? 0 : pol.priority;
     unsigned long n = atomic_fetch_add(&srv->next_id, 1);
     snprintf(r->id, sizeof(r->id), "%s-%lx%04lx", ep == QV_PROTO_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long)r->created, n);
@@ -1532,12 +1620,25 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
         goto done;
     }
+    char why[256];
+    enum qv_tenant_refusal refusal = qv_tenants_arrive(
+        srv->tenants, tenant, (int)n_ids, qv_time_s(), &ctx->retry_after, why, sizeof why);
+    if (refusal != QV_TENANT_OK) {
+        ret = send_error(c, ctx, 429, NULL,
+                         refusal == QV_TENANT_INFLIGHT ? "concurrency_limit_exceeded"
+                                                       : "rate_limit_exceeded",
+                         "%s; retry in %d s", why, ctx->retry_after);
+        goto done;
+    }
     if (atomic_fetch_add(&srv->n_waiting, 1) >= cfg->queue_limit) {
         atomic_fetch_sub(&srv->n_waiting, 1);
+        qv_tenants_unarrive(srv->tenants, tenant, (int)n_ids);
+        ctx->retry_after = 0;
         ret = send_error(c, ctx, 429, NULL, "queue_full",
                          "the request queue is full (%d waiting); retry later", cfg->queue_limit);
         goto done;
     }
+    r->tenant_counted = true;
     /* One reference for the connection (already counted), one for the engine. */
     r->refs = 2;
     pthread_mutex_lock(&r->mu);
@@ -2144,6 +2245,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!strcmp(url, "/metrics")) {
         if (!get) goto bad_method;
         size_t len = 0;
+        qv_tenant_stats *rows = qv_malloc(QV_TENANT_MAX * sizeof(*rows));
+        if (rows)
+            qv_metrics_tenants(srv->metrics, rows,
+                               qv_tenants_snapshot(srv->tenants, rows, QV_TENANT_MAX));
+        qv_free(rows);
         char *text = qv_metrics_render(srv->metrics, &len);
         char *p = text ? libc_copy(text, &len) : NULL;
         qv_free(text);
@@ -2393,6 +2499,11 @@ int qv_http_serve(const qv_http_config *cfg) {
     signal(SIGPIPE, SIG_IGN);
     pthread_mutex_init(&srv->inbox_mu, NULL);
 
+    srv->tenants = qv_tenants_create();
+    if (!srv->tenants) {
+        qv_log_tagged(QV_LOG_ERROR, "serve", "out of memory");
+        goto out;
+    }
     if (cfg->api_keys_file && *cfg->api_keys_file) {
         char msg[512];
         if (!keys_load(srv, cfg->api_keys_file, msg, sizeof msg)) {
@@ -2403,8 +2514,20 @@ int qv_http_serve(const qv_http_config *cfg) {
         for (int i = 0; i < srv->n_keys; i++)
             limited += srv->keys[i].n_pat > 0;
         qv_log_tagged(QV_LOG_INFO, "serve",
-                      "--api-keys-file: %d keys (%d limited to some adapters)", srv->n_keys,
-                      limited);
+                      "--api-keys-file: %d keys (%d limited to some adapters), %d tenants",
+                      srv->n_keys, limited, qv_tenants_count(srv->tenants) - 1);
+        for (int t = 1; t < qv_tenants_count(srv->tenants); t++) {
+            qv_tenant_policy p;
+            qv_tenants_policy(srv->tenants, t, &p);
+            char rpm[32] = "none", tpm[32] = "none", inflight[32] = "none";
+            if (p.rpm > 0) snprintf(rpm, sizeof rpm, "%g", p.rpm);
+            if (p.tpm > 0) snprintf(tpm, sizeof tpm, "%g", p.tpm);
+            if (p.max_inflight > 0) snprintf(inflight, sizeof inflight, "%d", p.max_inflight);
+            qv_log_tagged(QV_LOG_INFO, "serve",
+                          "tenant %s: weight %g, rpm %s, tpm %s, max_inflight %s, priority >= %d",
+                          qv_tenants_name(srv->tenants, t), p.weight, rpm, tpm, inflight,
+                          p.priority);
+        }
     }
     qv_engine_config ec;
     qv_engine_config_default(&ec);
@@ -2608,6 +2731,7 @@ out:
     qv_store_close(srv->store);
     qv_metrics_destroy(srv->metrics);
     keys_free(srv);
+    qv_tenants_destroy(srv->tenants);
     qv_free(srv->base_name);
     qv_free(srv->file_name);
     pthread_mutex_destroy(&srv->inbox_mu);

@@ -56,6 +56,8 @@ struct qv_metrics {
     int n_adapter_names;
     adapter_stats other, base;
     char version[64], commit[64], device[64];
+    qv_tenant_stats *tenants; /* [n_tenants], qv_metrics_tenants' last copy */
+    int n_tenants;
 };
 
 qv_metrics *qv_metrics_create(void) {
@@ -68,6 +70,7 @@ qv_metrics *qv_metrics_create(void) {
 void qv_metrics_destroy(qv_metrics *m) {
     if (!m) return;
     pthread_mutex_destroy(&m->mu);
+    qv_free(m->tenants);
     qv_free(m);
 }
 
@@ -160,6 +163,20 @@ void qv_metrics_adapter_request(qv_metrics *m, const char *adapter, int n_in, in
     if (n_out > 0) a->tokens_out += (unsigned long long)n_out;
     observe(&a->ttft, ttft_s);
     observe(&a->tpot, tpot_s);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_tenants(qv_metrics *m, const qv_tenant_stats *rows, int n) {
+    pthread_mutex_lock(&m->mu);
+    if (n > m->n_tenants) {
+        qv_tenant_stats *p = qv_realloc(m->tenants, (size_t)n * sizeof(*p));
+        if (!p)
+            n = m->n_tenants; /* keep the rows there is room for */
+        else
+            m->tenants = p;
+    }
+    if (n > 0) memcpy(m->tenants, rows, (size_t)n * sizeof(*rows));
+    m->n_tenants = n;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -428,6 +445,35 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
                                        : st->tokens_out);
             else
                 put_hist_labeled(&b, per[k].name, label, per[k].what == 3 ? &st->ttft : &st->tpot);
+        }
+    }
+    static const struct {
+        const char *name, *help, *type;
+    } ten[] = {
+        {"quiver_tenant_requests_total", "Generation requests accepted", "counter"},
+        {"quiver_tenant_refused_total",
+         "Generation requests refused by a limit (rpm, tpm, max_inflight)", "counter"},
+        {"quiver_tenant_prompt_tokens_total", "Prompt tokens of accepted requests", "counter"},
+        {"quiver_tenant_generation_tokens_total", "Tokens generated", "counter"},
+        {"quiver_tenant_inflight", "Requests queued or running", "gauge"},
+        {"quiver_tenant_virtual_tokens",
+         "Fair-share counter: (prompt + 2 x generated tokens) / weight, lifted when idle", "gauge"},
+    };
+    static const char *const refusal[QV_TENANT_N_REFUSALS] = {NULL, "rpm", "tpm", "max_inflight"};
+    for (size_t k = 0; k < QV_ARRAY_LEN(ten) && m->n_tenants > 0; k++) {
+        put(&b, "# HELP %s %s, per tenant (--api-keys-file).\n# TYPE %s %s\n", ten[k].name,
+            ten[k].help, ten[k].name, ten[k].type);
+        for (int i = 0; i < m->n_tenants; i++) {
+            const qv_tenant_stats *t = &m->tenants[i];
+            if (k == 0) put(&b, "%s{tenant=\"%s\"} %llu\n", ten[k].name, t->name, t->requests);
+            for (int r = 1; k == 1 && r < QV_TENANT_N_REFUSALS; r++)
+                put(&b, "%s{tenant=\"%s\",reason=\"%s\"} %llu\n", ten[k].name, t->name, refusal[r],
+                    t->refused[r]);
+            if (k == 2 || k == 3)
+                put(&b, "%s{tenant=\"%s\"} %llu\n", ten[k].name, t->name,
+                    k == 2 ? t->prompt_tokens : t->generation_tokens);
+            if (k == 4) put(&b, "%s{tenant=\"%s\"} %d\n", ten[k].name, t->name, t->inflight);
+            if (k == 5) put(&b, "%s{tenant=\"%s\"} %.1f\n", ten[k].name, t->name, t->vtc);
         }
     }
     put(&b,

@@ -11,6 +11,8 @@
 
 #include <stddef.h>
 
+#include "server/tenant.h"
+
 typedef struct qv_metrics qv_metrics;
 
 /* Owner: caller (qv_metrics_destroy). Returns NULL when out of memory. */
@@ -63,6 +65,10 @@ void qv_metrics_adapter_request(qv_metrics *m, const char *adapter, int n_in, in
 /* quiver_build_info{version,commit,device} 1 (the strings are copied, cut at 63 bytes). */
 void qv_metrics_build_info(qv_metrics *m, const char *version, const char *commit,
                            const char *device);
+
+/* Per-tenant counters (tenant.h), copied; the HTTP thread of a scrape pushes them just before
+ * rendering. */
+void qv_metrics_tenants(qv_metrics *m, const qv_tenant_stats *rows, int n);
 
 /* Renders the exposition text, with the standard process_* metrics of the Prometheus client
  * libraries (resident and virtual memory, CPU seconds, start time, open and maximum file
