@@ -97,6 +97,12 @@ typedef struct qv_detok qv_detok;
  * calling thread; the tokenizer must outlive it. */
 qv_status qv_detok_create(const qv_tokenizer *t, const char *const *stops, size_t n_stops,
                           bool skip_special_tokens, qv_detok **out);
+/* Gives the stream the ids that precede the generated ones (the prompt; its last few are
+ * kept), so the first generated tokens decode in context: a SentencePiece "▁Paris" after a
+ * prompt streams " Paris" as `decode(prompt + generated) - decode(prompt)` does, where decoding
+ * it alone would strip the space. Context ending inside a character is shortened (or dropped).
+ * Call before the first qv_detok_push. Errors: QV_ERR_INVALID after a push, QV_ERR_NOMEM. */
+qv_status qv_detok_prime(qv_detok *d, const int32_t *ids, size_t n);
 /* Feeds one generated id. Sets *text and *len to newly emittable bytes (valid UTF-8, never
  * the start of a possible stop string); pointer valid until the next call. *finished is
  * set when a stop string matched (text truncated before it) or id is end-of-generation. */

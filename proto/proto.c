@@ -254,6 +254,45 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
     return QV_OK;
 }
 
+/* /tokenize (`prompt` text or `messages`) and /detokenize (`tokens`). */
+static qv_status decode_tokenize(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    qv_status s;
+    if (r->endpoint == QV_PROTO_DETOKENIZE) {
+        const cJSON *f = field(root, "tokens");
+        if (!f || !cJSON_IsArray(f))
+            return fail(e, QV_ERR_INVALID, "tokens", "'tokens' must be a list of token ids");
+        int n = cJSON_GetArraySize(f);
+        r->prompt_ids = qv_malloc((size_t)QV_MAX(n, 1) * sizeof(int32_t));
+        if (!r->prompt_ids) return nomem(e);
+        const cJSON *it = f->child;
+        for (int i = 0; i < n; i++, it = it->next) {
+            if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+                it->valuedouble < 0 || it->valuedouble > INT32_MAX)
+                return fail(e, QV_ERR_INVALID, "tokens", "'tokens' must be a list of token ids");
+            r->prompt_ids[i] = (int32_t)it->valuedouble;
+        }
+        r->n_prompt_ids = (size_t)n;
+        return QV_OK;
+    }
+    const bool chat = field(root, "messages") != NULL;
+    if (chat && field(root, "prompt"))
+        return fail(e, QV_ERR_INVALID, "prompt", "give 'prompt' or 'messages', not both");
+    if (chat) {
+        s = decode_messages(root, r, e);
+    } else {
+        const cJSON *p = field(root, "prompt");
+        s = p && cJSON_IsString(p) ? decode_prompt(root, r, e)
+                                   : fail(e, QV_ERR_INVALID, "prompt",
+                                          "'prompt' (a string) or 'messages' is required");
+    }
+    if (s) return s;
+    r->add_special_tokens = !chat;
+    r->add_generation_prompt = true;
+    if ((s = get_bool(root, "add_special_tokens", &r->add_special_tokens, e))) return s;
+    if ((s = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e))) return s;
+    return get_bool(root, "return_token_strs", &r->return_token_strs, e);
+}
+
 qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *body, size_t len,
                                   qv_proto_request *r, qv_proto_error *e) {
     memset(r, 0, sizeof(*r));
@@ -271,8 +310,18 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         goto done;
     }
     if ((s = decode_model(root, r, e))) goto done;
+    if (endpoint == QV_PROTO_TOKENIZE || endpoint == QV_PROTO_DETOKENIZE) {
+        s = decode_tokenize(root, r, e);
+        goto done;
+    }
     s = endpoint == QV_PROTO_CHAT ? decode_messages(root, r, e) : decode_prompt(root, r, e);
     if (s) goto done;
+    r->add_special_tokens = endpoint != QV_PROTO_CHAT;
+    r->add_generation_prompt = true;
+    if ((s = get_bool(root, "add_special_tokens", &r->add_special_tokens, e))) goto done;
+    if (endpoint == QV_PROTO_CHAT &&
+        (s = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e)))
+        goto done;
     int n = 1;
     if ((s = get_int(root, "n", 1, 1e9, &n, e))) goto done;
     if (n != 1) {
@@ -586,6 +635,48 @@ char *qv_proto_encode_error(const char *message, const char *type, const char *p
         !(param && *param ? cJSON_AddStringToObject(e, "param", param)
                           : cJSON_AddNullToObject(e, "param")) ||
         !(code ? cJSON_AddStringToObject(e, "code", code) : cJSON_AddNullToObject(e, "code"))) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return print_and_delete(o);
+}
+
+char *qv_proto_encode_tokenize(const int32_t *ids, size_t n, int max_model_len,
+                               const char *const *strs) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *toks = NULL, *st = NULL;
+    if (!o || !cJSON_AddNumberToObject(o, "count", (double)n) ||
+        !cJSON_AddNumberToObject(o, "max_model_len", max_model_len) ||
+        !(toks = cJSON_AddArrayToObject(o, "tokens")))
+        goto oom;
+    for (size_t i = 0; i < n; i++)
+        if (!cJSON_AddItemToArray(toks, cJSON_CreateNumber(ids[i]))) goto oom;
+    if (!strs) {
+        if (!cJSON_AddNullToObject(o, "token_strs")) goto oom;
+    } else {
+        if (!(st = cJSON_AddArrayToObject(o, "token_strs"))) goto oom;
+        for (size_t i = 0; i < n; i++) {
+            char *piece = utf8_repair(strs[i] ? strs[i] : "");
+            cJSON *item = piece ? cJSON_CreateString(piece) : NULL;
+            qv_free(piece);
+            if (!cJSON_AddItemToArray(st, item)) {
+                cJSON_Delete(item);
+                goto oom;
+            }
+        }
+    }
+    return print_and_delete(o);
+oom:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+char *qv_proto_encode_detokenize(const char *text) {
+    char *t = utf8_repair(text ? text : "");
+    cJSON *o = t ? cJSON_CreateObject() : NULL;
+    bool ok = o && cJSON_AddStringToObject(o, "prompt", t);
+    qv_free(t);
+    if (!ok) {
         cJSON_Delete(o);
         return NULL;
     }

@@ -36,6 +36,8 @@ extern "C" {
 enum qv_proto_endpoint {
     QV_PROTO_COMPLETIONS = 0, /* POST /v1/completions */
     QV_PROTO_CHAT = 1,        /* POST /v1/chat/completions */
+    QV_PROTO_TOKENIZE = 2,    /* POST /tokenize (vLLM): `prompt` or `messages` */
+    QV_PROTO_DETOKENIZE = 3,  /* POST /detokenize (vLLM): `tokens` into prompt_ids */
 };
 
 /* A decoding failure: status (QV_ERR_INVALID for bad input, QV_ERR_NOMEM), an English
@@ -85,12 +87,20 @@ typedef struct qv_proto_request {
     bool ignore_eos;    /* vLLM extension: keep generating past end-of-generation tokens */
     bool has_priority;
     int priority; /* vLLM extension: scheduling priority, lower = sooner (|priority| <= 1e9) */
+    /* vLLM extensions: add the tokenizer's special tokens (BOS...) when encoding the text
+     * (default: true for a completion's prompt, false for chat, whose template writes them);
+     * chat: end the rendered prompt with the assistant's turn header (default true) */
+    bool add_special_tokens, add_generation_prompt;
+    bool return_token_strs; /* tokenize: also return each id's vocabulary piece */
 } qv_proto_request;
 
 /* Decodes a request body of `len` bytes (need not be NUL-terminated) for `endpoint` into *out
  * (overwritten; free it with qv_proto_request_free even on failure). Unknown fields are
- * ignored, as OpenAI clients send many. Errors: QV_ERR_INVALID with the message naming the
- * field in e->param, QV_ERR_NOMEM. */
+ * ignored, as OpenAI clients send many. QV_PROTO_TOKENIZE takes a text `prompt` or a chat's
+ * `messages` (n_messages > 0 then), add_special_tokens (default: true for a prompt, false for
+ * messages), add_generation_prompt and return_token_strs; QV_PROTO_DETOKENIZE takes
+ * `tokens` (ids) into prompt_ids. Both take `model` / `adapter_id`. Errors: QV_ERR_INVALID
+ * with the message naming the field in e->param, QV_ERR_NOMEM. */
 qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *body, size_t len,
                                   qv_proto_request *out, qv_proto_error *e);
 /* Frees everything the request holds and zeroes it. Accepts NULL and half-decoded requests. */
@@ -132,6 +142,11 @@ char *qv_proto_encode_chunk(const qv_proto_result *r, bool first);
 char *qv_proto_encode_error(const char *message, const char *type, const char *param,
                             const char *code);
 /* GET /v1/models: a list with one model object per id. */
+/* POST /tokenize's answer (vLLM): {"count", "max_model_len", "tokens", "token_strs"}; strs
+ * NULL gives token_strs null. POST /detokenize's: {"prompt": text}. NULL when out of memory. */
+char *qv_proto_encode_tokenize(const int32_t *ids, size_t n, int max_model_len,
+                               const char *const *strs);
+char *qv_proto_encode_detokenize(const char *text);
 char *qv_proto_encode_models(const char *const *ids, size_t n, int64_t created,
                              const char *owned_by);
 

@@ -281,6 +281,11 @@ static int run_generation(qv_engine *e, const gen_opts *o, const int32_t *ids, s
         fprintf(stderr, "quiver: cannot create the detokenizer\n");
         return 1;
     }
+    if (qv_detok_prime(rs.detok, ids, n_ids) != QV_OK) { /* decode in the prompt's context */
+        fprintf(stderr, "quiver: out of memory\n");
+        qv_detok_free(rs.detok);
+        return 1;
+    }
     int seq = -1;
     double t0 = qv_time_s();
     if (qv_engine_add(e, ids, n_ids, &gp, on_token, &rs, &seq, &err) != QV_OK) {

@@ -1415,6 +1415,159 @@ static char *basename_of(const char *p) {
 }
 
 /* Decodes, validates and tokenizes a generation request and queues it. */
+/* The model a request names: the base model (*aname stays NULL), "<base>:<adapter>",
+ * adapter_id, or "<adapter>" alone in place of the base, which must exist in the store and be
+ * allowed to key `who` (*aname, and the version it resolves to now). Otherwise sends the error
+ * (*ret) and returns false. */
+static bool resolve_model(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                          const qv_proto_request *pr, int who, const char **aname,
+                          char aversion[QV_STORE_VERSION_LEN + 1], enum MHD_Result *ret) {
+    if (pr->adapter && !model_matches(srv, pr->base)) {
+        *ret =
+            send_error(c, ctx, 404, "model", "model_not_found",
+                       "model '%s' not found (this server serves '%s')", pr->base, srv->base_name);
+        return false;
+    }
+    if (!pr->adapter && model_matches(srv, pr->base)) return true;
+    const char *name = pr->adapter ? pr->adapter : pr->base;
+    const char *param = pr->adapter ? "adapter_id" : "model";
+    /* a key limited to some adapters learns nothing of the others, not even existence */
+    if (!key_allows(srv, who, name)) {
+        *ret = send_error(c, ctx, 403, param, "permission_denied",
+                          "this API key may not use adapter '%.128s'", name);
+        return false;
+    }
+    qv_error rerr = {0};
+    qv_status rs = QV_ERR_NOT_FOUND;
+    if (!srv->store)
+        snprintf(rerr.msg, sizeof(rerr.msg), "this server has no adapter store");
+    else if (!qv_store_name_valid(name) && !qv_store_version_valid(name))
+        snprintf(rerr.msg, sizeof(rerr.msg), "'%.128s' is not a valid adapter name", name);
+    else
+        rs = qv_store_resolve(srv->store, name, aversion, NULL, &rerr);
+    if (rs == QV_ERR_NOT_FOUND || rs == QV_ERR_INVALID) {
+        *ret = send_error(c, ctx, 404, param, "model_not_found",
+                          "model or adapter '%.128s' not found (base model '%s'; see "
+                          "GET /v1/models)",
+                          name, srv->base_name);
+        return false;
+    }
+    if (rs != QV_OK) {
+        *ret = send_error(c, ctx, 500, param, NULL, "%s", rerr.msg);
+        return false;
+    }
+    *aname = name;
+    return true;
+}
+
+/* The ids of a request's text: its chat messages rendered with the model's template
+ * (*prompt, owned by the caller), or its text prompt; add_special_tokens as the request says.
+ * Otherwise sends the error (*ret) and returns false. */
+static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                        const qv_proto_request *pr, char **prompt, int32_t **ids, size_t *n_ids,
+                        enum MHD_Result *ret) {
+    qv_error err = {0};
+    const char *src = pr->prompt;
+    size_t src_len = pr->prompt_len;
+    if (pr->n_messages) {
+        qv_chat_msg *msgs = qv_calloc(pr->n_messages, sizeof(*msgs));
+        if (!msgs) {
+            *ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+            return false;
+        }
+        for (size_t i = 0; i < pr->n_messages; i++) {
+            msgs[i].role = pr->messages[i].role;
+            msgs[i].content = pr->messages[i].content;
+        }
+        qv_status s = qv_chat_render(srv->tok, NULL, msgs, pr->n_messages,
+                                     pr->add_generation_prompt, prompt, &err);
+        qv_free(msgs);
+        if (s != QV_OK) {
+            *ret =
+                send_error(c, ctx, s == QV_ERR_NOMEM ? 500 : 400, "messages", NULL, "%s", err.msg);
+            return false;
+        }
+        src = *prompt;
+        src_len = strlen(*prompt);
+    }
+    if (qv_tokenizer_encode(srv->tok, src, src_len, pr->add_special_tokens, ids, n_ids, &err)) {
+        *ret = send_error(c, ctx, 400, pr->n_messages ? "messages" : "prompt", NULL, "%s", err.msg);
+        return false;
+    }
+    return true;
+}
+
+/* POST /tokenize and /detokenize (vLLM's shapes): the server's tokenizer, which the base model
+ * and every adapter share, on a completion prompt or chat messages, and back. HTTP thread. */
+static enum MHD_Result handle_tokenize(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                                       enum qv_proto_endpoint ep) {
+    qv_proto_request pr;
+    qv_proto_error pe;
+    enum MHD_Result ret;
+    char *prompt = NULL, *text = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    char **strs = NULL; /* [n_ids] vocabulary pieces */
+    qv_error err = {0};
+    if (qv_proto_request_decode(ep, ctx->body ? ctx->body : "", ctx->body_len, &pr, &pe) != QV_OK) {
+        ret = pe.status == QV_ERR_NOMEM
+                  ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
+                  : send_error(c, ctx, 400, pe.param, "invalid_value", "%s", pe.message);
+        goto done;
+    }
+    const char *aname = NULL;
+    char aversion[QV_STORE_VERSION_LEN + 1] = "";
+    if (!resolve_model(srv, c, ctx, &pr, auth_key(srv, c), &aname, aversion, &ret)) goto done;
+    if (ep == QV_PROTO_DETOKENIZE) {
+        const int n_vocab = qv_tokenizer_n_vocab(srv->tok);
+        for (size_t i = 0; i < pr.n_prompt_ids; i++)
+            if (pr.prompt_ids[i] >= n_vocab) {
+                ret = send_error(c, ctx, 400, "tokens", "invalid_value",
+                                 "token id %d is outside the vocabulary (%d)",
+                                 (int)pr.prompt_ids[i], n_vocab);
+                goto done;
+            }
+        if (qv_tokenizer_decode(srv->tok, pr.prompt_ids, pr.n_prompt_ids, false, &text, NULL,
+                                &err) != QV_OK) {
+            ret = send_error(c, ctx, 500, NULL, NULL, "%s", err.msg);
+            goto done;
+        }
+        ret = send_json(c, ctx, 200, qv_proto_encode_detokenize(text));
+        goto done;
+    }
+    if (!encode_text(srv, c, ctx, &pr, &prompt, &ids, &n_ids, &ret)) goto done;
+    if (pr.return_token_strs && n_ids) {
+        strs = qv_calloc(n_ids, sizeof(*strs));
+        if (!strs) {
+            ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < n_ids; i++) {
+            size_t len = 0;
+            const char *piece = qv_tokenizer_token_text(srv->tok, ids[i], &len);
+            if (!(strs[i] = qv_strndup(piece ? piece : "", piece ? len : 0))) {
+                ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+                goto done;
+            }
+        }
+    }
+    static const char *const no_strs[1] = {NULL};
+    ret = send_json(c, ctx, 200,
+                    qv_proto_encode_tokenize(ids, n_ids, srv->model->cfg.max_pos,
+                                             !pr.return_token_strs ? NULL
+                                             : strs                ? (const char *const *)strs
+                                                                   : no_strs));
+done:
+    for (size_t i = 0; strs && i < n_ids; i++)
+        qv_free(strs[i]);
+    qv_free(strs);
+    qv_free(ids);
+    qv_free(prompt);
+    qv_free(text);
+    qv_proto_request_free(&pr);
+    return ret;
+}
+
 static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
                                        enum qv_proto_endpoint ep) {
     const qv_http_config *cfg = srv->cfg;
@@ -1444,70 +1597,12 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                        "this API key's requests may not ask for a priority below %d", pol.priority);
         goto done;
     }
-    /* "<base>:<adapter>", adapter_id, or "<adapter>" alone in place of the base. */
     const char *aname = NULL;
     char aversion[QV_STORE_VERSION_LEN + 1] = "";
-    if (pr.adapter && !model_matches(srv, pr.base)) {
-        ret = send_error(c, ctx, 404, "model", "model_not_found",
-                         "model '%s' not found (this server serves '%s')", pr.base, srv->base_name);
-        goto done;
-    }
-    if (pr.adapter || !model_matches(srv, pr.base)) {
-        aname = pr.adapter ? pr.adapter : pr.base;
-        const char *param = pr.adapter ? "adapter_id" : "model";
-        /* a key limited to some adapters learns nothing of the others, not even existence */
-        if (!key_allows(srv, who, aname)) {
-            ret = send_error(c, ctx, 403, param, "permission_denied",
-                             "this API key may not use adapter '%.128s'", aname);
-            goto done;
-        }
-        qv_error rerr = {0};
-        qv_status rs = QV_ERR_NOT_FOUND;
-        if (!srv->store)
-            snprintf(rerr.msg, sizeof(rerr.msg), "this server has no adapter store");
-        else if (!qv_store_name_valid(aname) && !qv_store_version_valid(aname))
-            snprintf(rerr.msg, sizeof(rerr.msg), "'%.128s' is not a valid adapter name", aname);
-        else
-            rs = qv_store_resolve(srv->store, aname, aversion, NULL, &rerr);
-        if (rs == QV_ERR_NOT_FOUND || rs == QV_ERR_INVALID) {
-            ret = send_error(c, ctx, 404, param, "model_not_found",
-                             "model or adapter '%.128s' not found (base model '%s'; see "
-                             "GET /v1/models)",
-                             aname, srv->base_name);
-            goto done;
-        }
-        if (rs != QV_OK) {
-            ret = send_error(c, ctx, 500, param, NULL, "%s", rerr.msg);
-            goto done;
-        }
-    }
+    if (!resolve_model(srv, c, ctx, &pr, who, &aname, aversion, &ret)) goto done;
     qv_error err = {0};
-    if (ep == QV_PROTO_CHAT) {
-        qv_chat_msg *msgs = qv_calloc(pr.n_messages, sizeof(*msgs));
-        if (!msgs) {
-            ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
-            goto done;
-        }
-        for (size_t i = 0; i < pr.n_messages; i++) {
-            msgs[i].role = pr.messages[i].role;
-            msgs[i].content = pr.messages[i].content;
-        }
-        qv_status s = qv_chat_render(srv->tok, NULL, msgs, pr.n_messages, true, &prompt, &err);
-        qv_free(msgs);
-        if (s != QV_OK) {
-            ret =
-                send_error(c, ctx, s == QV_ERR_NOMEM ? 500 : 400, "messages", NULL, "%s", err.msg);
-            goto done;
-        }
-        if (qv_tokenizer_encode(srv->tok, prompt, strlen(prompt), false, &ids, &n_ids, &err)) {
-            ret = send_error(c, ctx, 400, "messages", NULL, "%s", err.msg);
-            goto done;
-        }
-    } else if (pr.prompt) {
-        if (qv_tokenizer_encode(srv->tok, pr.prompt, pr.prompt_len, false, &ids, &n_ids, &err)) {
-            ret = send_error(c, ctx, 400, "prompt", NULL, "%s", err.msg);
-            goto done;
-        }
+    if (pr.n_messages || pr.prompt) {
+        if (!encode_text(srv, c, ctx, &pr, &prompt, &ids, &n_ids, &ret)) goto done;
     } else {
         int n_vocab = srv->model->cfg.n_vocab;
         for (size_t i = 0; i < pr.n_prompt_ids; i++)
@@ -1616,7 +1711,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     pr.stop = NULL;
     pr.n_stop = 0;
     if (!r->model_echo ||
-        qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops, true, &r->detok)) {
+        qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops, true, &r->detok) ||
+        qv_detok_prime(r->detok, r->ids, r->n_ids)) {
         ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
         goto done;
     }
@@ -2199,9 +2295,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     bool adapters_route = !strcmp(url, "/v1/adapters") || !strncmp(url, "/v1/adapters/", 13);
     bool lora_route =
         !strcmp(url, "/v1/load_lora_adapter") || !strcmp(url, "/v1/unload_lora_adapter");
+    bool tok_route = !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize");
     bool known = !strcmp(url, "/v1/models") || !strcmp(url, "/metrics") ||
                  !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
-                 adapters_route || lora_route;
+                 adapters_route || lora_route || tok_route;
     if (!known)
         return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %s", method, url);
     if (adapters_route || lora_route) {
@@ -2257,13 +2354,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return queue_buf(c, ctx, 200, "text/plain; version=0.0.4", p, len);
     }
     if (!post_m) goto bad_method;
+    if (tok_route)
+        return handle_tokenize(srv, c, ctx,
+                               url[1] == 't' ? QV_PROTO_TOKENIZE : QV_PROTO_DETOKENIZE);
     return handle_generate(srv, c, ctx,
                            !strcmp(url, "/v1/completions") ? QV_PROTO_COMPLETIONS : QV_PROTO_CHAT);
 bad_method:;
     /* Reached from routes decided before lora_route is set (/health, /ready): test the URL. */
     const char *allow = !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
                                 !strcmp(url, "/v1/load_lora_adapter") ||
-                                !strcmp(url, "/v1/unload_lora_adapter")
+                                !strcmp(url, "/v1/unload_lora_adapter") ||
+                                !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize")
                             ? "POST"
                         : !strcmp(url, "/v1/adapters")       ? "GET, POST"
                         : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"

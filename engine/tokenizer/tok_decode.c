@@ -314,6 +314,34 @@ static bool ends_with_fffd(const qv__buf *b) {
     return b->len >= 3 && !memcmp(b->p + b->len - 3, "\xEF\xBF\xBD", 3);
 }
 
+/* Longest context window used by qv_detok_prime: enough for any decoder's look-behind (a
+ * leading-space strip needs one token, byte-fallback pieces of one character at most 4). */
+#define DETOK_CONTEXT 4
+
+qv_status qv_detok_prime(qv_detok *d, const int32_t *ids, size_t n) {
+    if (d->n_ids || d->finished) return QV_ERR_INVALID;
+    /* the last ids (at most DETOK_CONTEXT) whose text does not end inside a character */
+    for (size_t k = QV_MIN(n, (size_t)DETOK_CONTEXT); k > 0; k--) {
+        if (k > d->cap_ids) {
+            int32_t *p = qv_realloc(d->ids, 16 * sizeof(*p));
+            if (!p) return QV_ERR_NOMEM;
+            d->ids = p;
+            d->cap_ids = 16;
+        }
+        memcpy(d->ids, ids + n - k, k * sizeof(*ids));
+        d->prefix.len = 0;
+        qv_status st = qv__tok_decode_buf(d->t, d->ids, k, d->skip, &d->prefix);
+        if (st) return st;
+        if (!ends_with_fffd(&d->prefix)) {
+            d->n_ids = k;
+            d->prefix_index = 0;
+            return QV_OK;
+        }
+    }
+    d->prefix.len = 0; /* no usable context: decode from the start of the stream */
+    return QV_OK;
+}
+
 /* HF DecodeStream::step: appends newly decodable text to d->pending. `final` accepts a tail
  * ending in U+FFFD (end of stream). */
 static qv_status stream_step(qv_detok *d, bool final) {

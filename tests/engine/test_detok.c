@@ -195,11 +195,121 @@ static void test_holdback(void **s) {
     qv_tokenizer_free(t);
 }
 
+/* A stream primed with the ids before the generated ones (qv_detok_prime) emits exactly
+ * decode(all) - decode(before) (TOKENIZER.md 8.4: what an OpenAI-compatible server streams;
+ * SentencePiece decoders would strip the leading space of a first token decoded alone). The
+ * reference is the tokenizer's decode, itself checked against HF in test_tokenizer. */
+static size_t check_primed(const char *name, size_t *compared) {
+    qv_tokenizer *t = load(name);
+    char rel[256];
+    snprintf(rel, sizeof(rel), "tests/fixtures/tokenizer/cases_%s.json", name);
+    cJSON *root = tt_load_json(rel);
+    assert_non_null(root);
+    size_t fails = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        if (!cJSON_GetObjectItem(c, "stream")) continue;
+        const cJSON *jids = cJSON_GetObjectItem(c, "ids_special");
+        const int n = cJSON_GetArraySize(jids);
+        int32_t ids[512];
+        if (n < 2 || n > 512) continue;
+        for (int i = 0; i < n; i++)
+            ids[i] = (int32_t)cJSON_GetArrayItem(jids, i)->valuedouble;
+        for (int k = 1; k < n; k += (n / 2 > 1 ? n / 2 : 1)) {
+            char *head = NULL, *full = NULL;
+            size_t hn = 0, fn = 0;
+            qv_error err = {0};
+            assert_int_equal(qv_tokenizer_decode(t, ids, (size_t)k, true, &head, &hn, &err), 0);
+            assert_int_equal(qv_tokenizer_decode(t, ids, (size_t)n, true, &full, &fn, &err), 0);
+            bool eog = false;
+            for (int i = k; i < n; i++)
+                eog = eog || qv_tokenizer_is_eog(t, ids[i]);
+            /* comparable: the prompt's text is a prefix of the whole, ends on a character */
+            if (!eog && hn <= fn && !memcmp(head, full, hn) &&
+                !(hn >= 3 && !memcmp(head + hn - 3, "\xEF\xBF\xBD", 3))) {
+                qv_detok *d = NULL;
+                assert_int_equal(qv_detok_create(t, NULL, 0, true, &d), QV_OK);
+                assert_int_equal(qv_detok_prime(d, ids, (size_t)k), QV_OK);
+                char *acc = calloc(1, fn + 64);
+                size_t an = 0;
+                const char *out;
+                size_t on;
+                bool fin = false;
+                for (int i = k; i < n; i++) {
+                    assert_int_equal(qv_detok_push(d, ids[i], &out, &on, &fin), QV_OK);
+                    if (an + on > fn + 32) break;
+                    memcpy(acc + an, out, on), an += on;
+                }
+                assert_int_equal(qv_detok_flush(d, &out, &on), QV_OK);
+                if (an + on <= fn + 32) memcpy(acc + an, out, on), an += on;
+                if (an != fn - hn || memcmp(acc, full + hn, an)) {
+                    if (fails < 3)
+                        fprintf(stderr, "[%s] primed with %d of %d ids: got '%.*s', want '%.*s'\n",
+                                name, k, n, (int)an, acc, (int)(fn - hn), full + hn);
+                    fails++;
+                }
+                (*compared)++;
+                free(acc);
+                qv_detok_free(d);
+            }
+            qv_free(head);
+            qv_free(full);
+        }
+    }
+    cJSON_Delete(root);
+    qv_tokenizer_free(t);
+    return fails;
+}
+
+static void test_primed(void **s) {
+    (void)s;
+    const char *names[] = {"smollm2",   "gpt2",  "llama3", "qwen2",           "llama2", "spmunk",
+                           "metaspace", "added", "spm",    "metaspace_split", "splits"};
+    size_t fails = 0, compared = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        fails += check_primed(names[i], &compared);
+    fprintf(stderr, "primed streams: %zu compared, %zu mismatches\n", compared, fails);
+    assert_true(compared >= 500);
+    assert_int_equal(fails, 0);
+
+    /* the case the priming exists for: a SentencePiece word after a prompt keeps its space */
+    qv_tokenizer *t = load("llama2");
+    int32_t *ids = NULL;
+    size_t n = 0;
+    qv_error err = {0};
+    assert_int_equal(qv_tokenizer_encode(t, "Hello world", 11, true, &ids, &n, &err), QV_OK);
+    assert_int_equal(n, 4); /* <s> ▁Hello ▁wo rld */
+    const int32_t *p = ids, *g = ids + 2;
+    const size_t np = 2, ng = 2;
+    for (int primed = 0; primed < 2; primed++) {
+        qv_detok *d = NULL;
+        assert_int_equal(qv_detok_create(t, NULL, 0, true, &d), QV_OK);
+        if (primed) assert_int_equal(qv_detok_prime(d, p, np), QV_OK);
+        char acc[64] = "";
+        const char *out;
+        size_t on;
+        bool fin;
+        for (size_t i = 0; i < ng; i++) {
+            assert_int_equal(qv_detok_push(d, g[i], &out, &on, &fin), QV_OK);
+            strncat(acc, out, on);
+        }
+        assert_int_equal(qv_detok_flush(d, &out, &on), QV_OK);
+        strncat(acc, out, on);
+        assert_string_equal(acc, primed ? " world" : "world");
+        if (primed) /* priming after a push is refused */
+            assert_int_equal(qv_detok_prime(d, p, np), QV_ERR_INVALID);
+        qv_detok_free(d);
+    }
+    qv_free(ids);
+    qv_tokenizer_free(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stream_all),
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_holdback),
+        cmocka_unit_test(test_primed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

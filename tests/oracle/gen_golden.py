@@ -14,7 +14,10 @@ What not: does not build or run quiver.
 Invariants: deterministic (fixed seeds, fp32, eager attention, 1 thread); floats written with
 9 significant digits.
 
-Usage: python tests/oracle/gen_golden.py [--only tiny|smollm2] [--model PATH]
+  * tests/fixtures/http/<model>.json for the tiny models that carry a tokenizer (HTTP_MODELS):
+    text prompts through the model's tokenizer (with and without BOS), greedy continuations and
+    their text, /detokenize vectors (see gen_http).
+Usage: python tests/oracle/gen_golden.py [--only tiny|http|smollm2] [--model PATH]
 """
 
 from __future__ import annotations
@@ -199,7 +202,8 @@ def write_case(case: str, model_rel: str, model, extra: dict[str, Any]) -> None:
 def gen_tiny() -> None:
     torch.set_num_threads(1)
     dirs = sorted(d for d in os.listdir(MODELS)
-                  if os.path.isfile(os.path.join(MODELS, d, "config.json")))
+                  if os.path.isfile(os.path.join(MODELS, d, "config.json"))
+                  and d not in HTTP_MODELS)
     for d in dirs:
         path = os.path.join(MODELS, d)
         log(f"case {d} (HF directory)")
@@ -223,6 +227,70 @@ def gen_tiny() -> None:
         extra = {"source": "gguf-dequantized", "tensor_types": types,
                  "file_type": int(meta["general.file_type"])}
         write_case(case, f"models/{base}", model, extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP fixtures: text in, text out through the model's own tokenizer
+
+HTTP_MODELS = {"tiny-llama-bos"}  # no logits goldens: tests/fixtures/http/<name>.json instead
+HTTP_PROMPTS = ["Good morning", "The", "We", "Hello world", "caf\u00e9 na\u00efve 42"]
+HTTP_STEPS = 8
+
+
+def greedy_ids(model, ids: list[int], n: int) -> list[int]:
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([ids + out])).logits[0, -1]
+            out.append(int(torch.argmax(logits)))
+    return out
+
+
+def continuation_text(tok, prompt_ids: list[int], gen: list[int]) -> str:
+    """What a server streams for `gen` after `prompt_ids`: the decode of the whole sequence
+    minus the decode of the prompt (special tokens skipped), as vLLM's detokenizer yields."""
+    full = tok.decode(prompt_ids + gen, skip_special_tokens=True)
+    head = tok.decode(prompt_ids, skip_special_tokens=True)
+    assert full.startswith(head), (full, head)
+    return full[len(head):]
+
+
+def gen_http() -> None:
+    """tests/fixtures/http/<model>.json: for each text prompt, the ids of the model's tokenizer
+    with and without special tokens (BOS), their vocabulary pieces, an 8-step greedy
+    continuation from each (no EOS stop) and its text; and /detokenize vectors."""
+    from transformers import AutoTokenizer
+    torch.set_num_threads(1)
+    out_dir = os.path.join(FIXTURES, "http")
+    os.makedirs(out_dir, exist_ok=True)
+    for name in sorted(HTTP_MODELS):
+        path = os.path.join(MODELS, name)
+        model = load_hf_dir(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        cases = []
+        for prompt in HTTP_PROMPTS:
+            case: dict[str, Any] = {"prompt": prompt}
+            for key, special in (("with_special", True), ("plain", False)):
+                ids = tok(prompt, add_special_tokens=special)["input_ids"]
+                gen = greedy_ids(model, ids, HTTP_STEPS)
+                case[key] = {"ids": ids, "token_strs": tok.convert_ids_to_tokens(ids),
+                             "greedy": gen, "greedy_text": continuation_text(tok, ids, gen)}
+            assert case["with_special"]["ids"][0] == tok.bos_token_id
+            assert case["with_special"]["ids"][1:] == case["plain"]["ids"]
+            cases.append(case)
+        rng = np.random.default_rng(PROMPT_SEED)
+        detok = []
+        for ids in ([1, 2], [int(x) for x in rng.integers(3, tok.vocab_size, 12)],
+                    cases[0]["with_special"]["ids"] + cases[0]["with_special"]["greedy"]):
+            detok.append({"tokens": ids, "text": tok.decode(ids)})
+        doc = {"model": f"models/{name}", "bos": tok.bos_token_id, "steps": HTTP_STEPS,
+               "vocab": int(model.config.vocab_size), "prompts": cases, "detokenize": detok}
+        out = os.path.join(out_dir, name + ".json")
+        with open(out, "w") as f:
+            f.write(common.dump_json(doc))
+        log(f"wrote {out}: " + "; ".join(
+            f"{c['prompt']!r} -> {c['with_special']['greedy_text']!r} / "
+            f"{c['plain']['greedy_text']!r}" for c in cases))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,13 +456,15 @@ def gen_smollm2(model_path: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tiny", "smollm2"])
+    ap.add_argument("--only", choices=["tiny", "http", "smollm2"])
     ap.add_argument("--model", default=os.path.join(
         os.environ.get("QUIVER_HOME", os.path.expanduser("~/.cache/quiver")),
         "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     args = ap.parse_args()
     if args.only in (None, "tiny"):
         gen_tiny()
+    if args.only in (None, "http"):
+        gen_http()
     if args.only in (None, "smollm2"):
         if not os.path.exists(args.model):
             log(f"{args.model} missing (run deploy/fetch-model.sh); SmolLM2 goldens skipped")

@@ -7,15 +7,17 @@ and F16 copies, and GGUF files written with the gguf package the way llama.cpp's
 (llama arch: Q/K rows permuted; llama3 rope scaling as an F32 rope_freqs tensor; output.weight
 omitted when tied; norms/biases F32).
 What not: no goldens (gen_golden.py does that), no tokenizer files (the tiny models are tested at
-the token-id level).
+the token-id level), except tiny-llama-bos, which carries the llama2 fixture tokenizer (adds a
+BOS) for the HTTP tests of text prompts.
 Invariants: deterministic — fixed torch/numpy seeds; running it twice gives identical files
 (safetensors and GGUF writers are deterministic for identical tensors).
 
-Usage: python tests/oracle/gen_models.py
+Usage: python tests/oracle/gen_models.py [--only NAME]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -54,6 +56,11 @@ SPECS: dict[str, dict[str, Any]] = {
     "tiny-mistral": dict(model_type="mistral", vocab=256, hidden=64, ff=128, layers=2, heads=4,
                          kv=2, head_dim=16, tied=False, theta=10000.0, scaling=None, eps=1e-5,
                          seed=1004, hf=True, gguf=[]),
+    # With the llama2 fixture tokenizer (959 pieces, adds BOS): the HTTP tests of BOS handling,
+    # /tokenize and /detokenize (tests/fixtures/http/, gen_golden.py gen_http).
+    "tiny-llama-bos": dict(model_type="llama", vocab=960, hidden=64, ff=128, layers=2, heads=4,
+                           kv=2, head_dim=16, tied=True, theta=10000.0, scaling=None, eps=1e-5,
+                           seed=1006, hf=True, gguf=[], tokenizer="llama2"),
     # K-quant model: only the GGUF is committed (an fp32 HF copy would be ~5 MB).
     "tiny-llama-k": dict(model_type="llama", vocab=256, hidden=256, ff=512, layers=2, heads=16,
                          kv=4, head_dim=16, tied=False, theta=10000.0, scaling=None, eps=1e-5,
@@ -286,9 +293,14 @@ def check_reload(out: str, ref: dict[str, np.ndarray], rtol: float = 0.0) -> Non
 
 def main() -> int:
     from transformers import AutoModelForCausalLM
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=sorted(SPECS), help="write this model only")
+    args = ap.parse_args()
     os.makedirs(MODELS, exist_ok=True)
     torch.manual_seed(0)
     for name, spec in SPECS.items():
+        if args.only and name != args.only:
+            continue
         cfg = build_config(spec)
         cfg.architectures = [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
                               "mistral": "MistralForCausalLM"}[spec["model_type"]]]
@@ -306,6 +318,10 @@ def main() -> int:
             out = os.path.join(MODELS, name)
             save_hf(model, out, classic)
             check_reload(out, sd)
+            if spec.get("tokenizer"):
+                src = os.path.join(common.FIXTURES, "tokenizer", spec["tokenizer"])
+                for f in ("tokenizer.json", "tokenizer_config.json"):
+                    shutil.copyfile(os.path.join(src, f), os.path.join(out, f))
             print(f"wrote {out}")
         if name == "tiny-llama":
             out = os.path.join(MODELS, "tiny-llama-sharded")

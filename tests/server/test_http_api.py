@@ -57,13 +57,13 @@ def hf_text(i):
 class Server:
     """A `quiver serve` process on a free port; stderr is collected in a thread."""
 
-    def __init__(self, *extra):
+    def __init__(self, *extra, model=None):
         if "--adapter-store" not in extra:  # an empty store of its own, never the user's
             store = tempfile.mkdtemp(prefix="quiver-test-store-")
             atexit.register(shutil.rmtree, store, True)
             extra = ("--adapter-store", store, *extra)
         self.proc = subprocess.Popen(
-            [QUIVER, "serve", "--model", MODEL, "--port", "0", "--threads", "2", *extra],
+            [QUIVER, "serve", "--model", model or MODEL, "--port", "0", "--threads", "2", *extra],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             errors="backslashreplace")
         self.lines = []
@@ -120,6 +120,19 @@ class Server:
             self.proc.kill()
             self.proc.wait()
             return None
+
+
+def report(servers):
+    """The end of a test script: checks the servers' logs for sanitizer reports, prints the
+    verdict (with the first server's log tail on failure) and returns the exit status."""
+    reports = [ln for s in servers for ln in s.lines if "Sanitizer" in ln or "runtime error:" in ln]
+    check(not reports, f"no sanitizer report from the servers ({reports[:1]})")
+    if failures:
+        print(f"{len(failures)} check(s) failed")
+        print("server log tail:\n" + "".join(servers[0].lines[-20:]))
+        return 1
+    print("all checks passed")
+    return 0
 
 
 def expect_error(srv, what, status, method, path, body=None, key=KEY, param=None, headers=None):
