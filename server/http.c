@@ -175,12 +175,13 @@ typedef struct api_key_ent {
     char **pat;
     int n_pat;
     int tenant;
+    bool manage; /* manage=yes: may upload, replace and delete the adapters its patterns allow */
 } api_key_ent;
 
 struct server {
     const qv_http_config *cfg;
     api_key_ent *keys; /* --api-keys-file */
-    int n_keys;
+    int n_keys, n_manage;
     qv_tenants *tenants; /* 0 = "default"; the others come from the keys file */
     qv_engine *engine;
     const qv_tokenizer *tok;
@@ -1219,6 +1220,11 @@ static bool keys_load(server *srv, const char *path, char *msg, size_t msg_len) 
         while (ok && (tok = strtok_r(NULL, " \t\r", &save))) {
             if (!strncmp(tok, "tenant=", 7)) {
                 snprintf(tenant, sizeof(tenant), "%.79s", tok + 7);
+            } else if (!strncmp(tok, "manage=", 7)) {
+                ok = !strcmp(tok + 7, "yes") || !strcmp(tok + 7, "no");
+                if (!ok) snprintf(msg, msg_len, "%s:%d: manage= takes yes or no", path, line_no);
+                k->manage = !strcmp(tok + 7, "yes");
+                srv->n_manage += k->manage;
             } else if (strchr(tok, '=')) {
                 if (n_opts == (int)QV_ARRAY_LEN(opts)) {
                     snprintf(msg, msg_len, "%s:%d: too many options", path, line_no);
@@ -1766,12 +1772,27 @@ static qv_status preload_one(server *srv, const char *name, const char *dir, cha
 
 /* 0 when the connection carries the admin key, else the HTTP status to answer (403 when the
  * server has no admin key or the key is another one, 401 when none is sent). */
-static int admin_auth(server *srv, struct MHD_Connection *c) {
+static int admin_auth(server *srv, struct MHD_Connection *c, int *who) {
     const char *key = srv->cfg->admin_key;
-    if (!key || !*key) return 403;
+    const bool have_admin = key && *key;
+    *who = AUTH_DENIED;
+    if (!have_admin && !srv->n_manage) return 403;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncmp(h, "Bearer ", 7) != 0 || !h[7]) return 401;
-    return key_matches(key, h + 7) ? 0 : 403;
+    if (have_admin && key_matches(key, h + 7)) *who = AUTH_ANY;
+    for (int i = 0; i < srv->n_keys; i++) /* every key compared: constant time */
+        if (key_matches(srv->keys[i].key, h + 7) && srv->keys[i].manage && *who == AUTH_DENIED)
+            *who = i;
+    return *who == AUTH_DENIED ? 403 : 0;
+}
+
+/* 403 for a manage= key administering an adapter its patterns do not cover. */
+static bool admin_denied(server *srv, struct MHD_Connection *c, conn_ctx *ctx, int who,
+                         const char *name, const char *param, enum MHD_Result *ret) {
+    if (key_allows(srv, who, name)) return false;
+    *ret = send_error(c, ctx, 403, param, "permission_denied",
+                      "this API key may not administer adapter '%.128s'", name);
+    return true;
 }
 
 static enum MHD_Result send_admin_refusal(struct MHD_Connection *c, conn_ctx *ctx, server *srv,
@@ -1780,7 +1801,7 @@ static enum MHD_Result send_admin_refusal(struct MHD_Connection *c, conn_ctx *ct
         return send_error(c, ctx, 401, NULL, "invalid_api_key",
                           "adapter administration needs the admin key "
                           "('Authorization: Bearer <admin key>')");
-    if (!srv->cfg->admin_key || !*srv->cfg->admin_key)
+    if ((!srv->cfg->admin_key || !*srv->cfg->admin_key) && !srv->n_manage)
         return send_error(c, ctx, 403, NULL, "admin_disabled",
                           "adapter administration is disabled (start the server with --admin-key)");
     return send_error(c, ctx, 403, NULL, "forbidden", "this key may not administer adapters");
@@ -1973,6 +1994,7 @@ struct upload {
     int status; /* != 0: the first error, answered once the body is consumed */
     char msg[384];
     const char *code;
+    int who; /* admin_auth: the admin key (AUTH_ANY) or a manage= key */
 };
 
 static void upload_fail(upload *u, int status, const char *code, const char *fmt, ...)
@@ -2079,7 +2101,7 @@ static upload *upload_new(server *srv, struct MHD_Connection *c, const char *nam
         snprintf(u->name, sizeof(u->name), "%s", name);
         u->name_len = strlen(u->name);
     }
-    int st = admin_auth(srv, c);
+    int st = admin_auth(srv, c, &u->who);
     if (st)
         u->status = st; /* message written by send_admin_refusal */
     else if (!srv->store)
@@ -2108,12 +2130,17 @@ static enum MHD_Result upload_finish(server *srv, struct MHD_Connection *c, conn
                     "'%.128s' is not a valid adapter name ([A-Za-z0-9][A-Za-z0-9._-]*, at most "
                     "%d bytes, no '..')",
                     u->name, QV_STORE_NAME_MAX);
+    if (!u->status && !key_allows(srv, u->who, u->name))
+        upload_fail(u, 403, "permission_denied", "this API key may not administer adapter '%.128s'",
+                    u->name);
     if (!u->status && !u->have_config)
         upload_fail(u, 400, "invalid_value", "the upload has no adapter_config.json");
     if (!u->status && !u->have_weights)
         upload_fail(u, 400, "invalid_value",
                     "the upload has no adapter_model.safetensors (or adapter.safetensors)");
-    if (u->status) return send_error(c, ctx, u->status, NULL, u->code, "%s", u->msg);
+    if (u->status)
+        return send_error(c, ctx, u->status, u->status == 403 ? "name" : NULL, u->code, "%s",
+                          u->msg);
     admin_job *j = job_new(srv, JOB_UPLOAD, RESP_UPLOAD);
     if (!j) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
     memcpy(j->name, u->name, QV_MIN(strlen(u->name), (size_t)QV_STORE_NAME_MAX)); /* valid */
@@ -2126,7 +2153,8 @@ static enum MHD_Result upload_finish(server *srv, struct MHD_Connection *c, conn
 
 /* ---- vLLM-compatible /v1/load_lora_adapter and /v1/unload_lora_adapter ---- */
 
-static enum MHD_Result handle_lora_load(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
+static enum MHD_Result handle_lora_load(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                                        int who) {
     char *name = NULL, *path = NULL, *real = NULL, *root = NULL;
     qv_proto_error pe;
     enum MHD_Result ret;
@@ -2141,6 +2169,7 @@ static enum MHD_Result handle_lora_load(server *srv, struct MHD_Connection *c, c
                          "'%.128s' is not a valid adapter name", name);
         goto done;
     }
+    if (admin_denied(srv, c, ctx, who, name, "lora_name", &ret)) goto done;
     const char *dir = srv->cfg->adapter_load_dir;
     if (!dir || !*dir) {
         ret = send_error(c, ctx, 403, "lora_path", "forbidden",
@@ -2180,7 +2209,8 @@ done:
     return ret;
 }
 
-static enum MHD_Result handle_lora_unload(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
+static enum MHD_Result handle_lora_unload(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                                          int who) {
     char *name = NULL;
     qv_proto_error pe;
     if (qv_proto_lora_request_decode(ctx->body ? ctx->body : "", ctx->body_len, &name, NULL, &pe) !=
@@ -2191,7 +2221,7 @@ static enum MHD_Result handle_lora_unload(server *srv, struct MHD_Connection *c,
     if (!qv_store_name_valid(name))
         ret = send_error(c, ctx, 400, "lora_name", "invalid_value",
                          "'%.128s' is not a valid adapter name", name);
-    else
+    else if (!admin_denied(srv, c, ctx, who, name, "lora_name", &ret))
         ret = admin_begin(srv, c, ctx, JOB_DELETE, RESP_UNLOAD, name);
     qv_free(name);
     return ret;
@@ -2306,17 +2336,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         bool del = !strcmp(method, MHD_HTTP_METHOD_DELETE);
         if (lora_route || (del && name)) {
             if (lora_route && !post_m) goto bad_method;
-            int st = admin_auth(srv, c);
+            int who;
+            int st = admin_auth(srv, c, &who);
             if (st) return send_admin_refusal(c, ctx, srv, st);
             if (ctx->too_big)
                 return send_error(c, ctx, 413, NULL, "body_too_large",
                                   "the request body exceeds %zu bytes", srv->cfg->max_body_bytes);
             if (lora_route)
-                return !strcmp(url, "/v1/load_lora_adapter") ? handle_lora_load(srv, c, ctx)
-                                                             : handle_lora_unload(srv, c, ctx);
+                return !strcmp(url, "/v1/load_lora_adapter") ? handle_lora_load(srv, c, ctx, who)
+                                                             : handle_lora_unload(srv, c, ctx, who);
             if (!qv_store_name_valid(name))
                 return send_error(c, ctx, 400, NULL, "invalid_value",
                                   "'%.128s' is not a valid adapter name", name);
+            enum MHD_Result ret;
+            if (admin_denied(srv, c, ctx, who, name, NULL, &ret)) return ret;
             return admin_begin(srv, c, ctx, JOB_DELETE, RESP_DELETE, name);
         }
         if (!get) goto bad_method;
@@ -2615,8 +2648,9 @@ int qv_http_serve(const qv_http_config *cfg) {
         for (int i = 0; i < srv->n_keys; i++)
             limited += srv->keys[i].n_pat > 0;
         qv_log_tagged(QV_LOG_INFO, "serve",
-                      "--api-keys-file: %d keys (%d limited to some adapters), %d tenants",
-                      srv->n_keys, limited, qv_tenants_count(srv->tenants) - 1);
+                      "--api-keys-file: %d keys (%d limited to some adapters, %d managing "
+                      "adapters), %d tenants",
+                      srv->n_keys, limited, srv->n_manage, qv_tenants_count(srv->tenants) - 1);
         for (int t = 1; t < qv_tenants_count(srv->tenants); t++) {
             qv_tenant_policy p;
             qv_tenants_policy(srv->tenants, t, &p);

@@ -145,7 +145,8 @@ def run_keys_file_test(store):
     try:
         kf = os.path.join(kdir, "keys")
         with open(kf, "w") as f:
-            f.write("# team keys\n\nteam-a-key   pir*   # only pirate\n\tall-key\n")
+            f.write("# team keys\n\nteam-a-key   pir*   # only pirate\n\tall-key\n"
+                    "team-m-key team-m-* manage=yes   # administers its own adapters\n")
         srv = T.Server("--adapter-store", store, "--api-key", "main-key", "--api-keys-file", kf)
         try:
             base = os.path.basename(T.MODEL)[:-len(".gguf")]
@@ -183,8 +184,10 @@ def run_keys_file_test(store):
                       f"{k}: /v1/models lists every adapter")
             check(gen("pirate", "wrong-key")[0] == 401, "an unknown key is 401")
             check(srv.raw("GET", "/v1/models", key=None)[0] == 401, "no key is 401")
-            check(any("--api-keys-file: 2 keys (1 limited to some adapters)" in ln
-                      for ln in srv.lines), "start-up line counts the keys")
+            check(any("--api-keys-file: 3 keys (2 limited to some adapters, 1 managing "
+                      "adapters), 3 tenants" in ln for ln in srv.lines),
+                  "start-up line counts the keys")
+            run_manage_key_test(srv)
         finally:
             check(srv.stop() == 0, "keys-file server exits 0")
         for text, why in (("caf\u00e9-key\n", "visible ASCII"), ("# none\n", "holds no key")):
@@ -197,6 +200,39 @@ def run_keys_file_test(store):
                   f"a keys file that fails ({why}) stops start-up (rc {r.returncode})")
     finally:
         shutil.rmtree(kdir, ignore_errors=True)
+
+
+def run_manage_key_test(srv):
+    """A manage=yes key of the keys file (patterns team-m-*, no --admin-key on the server):
+    uploads, replaces, uses and deletes adapters its patterns cover; any other name is 403
+    permission_denied with nothing published; keys without manage= may not administer."""
+    files = adapter_files(os.path.join(DEMO, "pirate"))
+    st, data = upload(srv, "POST", "/v1/adapters", {"name": "team-m-pirate"}, files,
+                      key="team-m-key")
+    check(st == 201, f"manage key: upload of a covered name is 201 ({st} {data})")
+    st, data = upload(srv, "POST", "/v1/adapters", {"name": "other-pirate"}, files,
+                      key="team-m-key")
+    check(st == 403 and data["error"]["code"] == "permission_denied"
+          and data["error"]["param"] == "name",
+          f"manage key: upload of another name is 403 permission_denied ({st} {data})")
+    check(srv.raw("GET", "/v1/adapters/other-pirate", key="main-key")[0] == 404,
+          "the refused upload published nothing")
+    st, data = upload(srv, "PUT", "/v1/adapters/team-m-pirate", {}, files, key="team-m-key")
+    check(st in (200, 201), f"manage key: PUT of its adapter ({st})")
+    st, _, _ = srv.raw("POST", "/v1/completions",
+                       {"model": "team-m-pirate", "prompt": "Hello", "max_tokens": 4},
+                       key="team-m-key")
+    check(st == 200, f"manage key: uses its adapter ({st})")
+    st, _, data = srv.raw("DELETE", "/v1/adapters/pirate", key="team-m-key")
+    check(st == 403 and json.loads(data)["error"]["code"] == "permission_denied",
+          f"manage key: DELETE of another adapter is 403 ({st})")
+    for k in ("team-a-key", "all-key", "main-key"):
+        st, _ = upload(srv, "POST", "/v1/adapters", {"name": "team-m-x"}, files, key=k)
+        check(st == 403, f"{k} (no manage=) may not upload ({st})")
+    st, _, data = srv.raw("DELETE", "/v1/adapters/team-m-pirate", key="team-m-key")
+    check(st == 200, f"manage key: DELETE of its adapter ({st} {data[:120]!r})")
+    check(srv.raw("GET", "/v1/adapters/team-m-pirate", key="main-key")[0] == 404,
+          "deleted")
 
 
 def run(store, servers):

@@ -270,7 +270,7 @@ def main():
             f.write(KEYS)
         srv = T.Server("--api-key", T.KEY, "--api-keys-file", kf, "--max-seqs", "1")
         try:
-            check(any("--api-keys-file: 7 keys (0 limited to some adapters), 6 tenants" in ln
+            check(any("--api-keys-file: 7 keys (0 limited to some adapters, 0 managing adapters), 6 tenants" in ln
                       for ln in srv.lines), "start-up line counts keys and tenants")
             check(any("tenant batch: weight 1, rpm none, tpm none, max_inflight none, "
                       "priority >= 5" in ln for ln in srv.lines), "start-up line per tenant")
