@@ -145,6 +145,7 @@ typedef struct admin_job {
 } admin_job;
 
 typedef struct upload upload;
+typedef struct keyring keyring;
 
 typedef struct conn_ctx {
     admin_job *job; /* adapter administration waiting for the engine thread */
@@ -155,6 +156,7 @@ typedef struct conn_ctx {
     int retry_after; /* Retry-After seconds of a 429 / 503 (0: 1) */
     char route[96];  /* "METHOD /path" for the log line of requests that never reach the engine */
     request *req;
+    keyring *kr; /* the keys when the request arrived (NULL: no --api-keys-file) */
     int status;
     double t0;
     char xrid[129]; /* the client's (or proxy's) X-Request-Id, when it is 1-128 visible ASCII */
@@ -178,10 +180,19 @@ typedef struct api_key_ent {
     bool manage; /* manage=yes: may upload, replace and delete the adapters its patterns allow */
 } api_key_ent;
 
+/* The keys of --api-keys-file as read at start-up or at the last SIGHUP. A connection holds the
+ * keyring current when it arrived (conn_ctx.kr) until it completes, so the key indices of one
+ * request never change under it; a reload installs a new keyring. */
+struct keyring {
+    int refs; /* [server.keys_mu] */
+    api_key_ent *keys;
+    int n_keys, n_manage;
+};
+
 struct server {
     const qv_http_config *cfg;
-    api_key_ent *keys; /* --api-keys-file */
-    int n_keys, n_manage;
+    pthread_mutex_t keys_mu;
+    keyring *kr;         /* [keys_mu] --api-keys-file, current */
     qv_tenants *tenants; /* 0 = "default"; the others come from the keys file */
     qv_engine *engine;
     const qv_tokenizer *tok;
@@ -206,7 +217,7 @@ struct server {
     /* control thread: its own loop owns the signal handles, so a signal is seen at once even
      * while the engine thread is inside a long step */
     uv_loop_t ctl_loop;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_async_t ctl_stop;
     uv_thread_t ctl_thread;
     bool ctl_running;
@@ -997,10 +1008,31 @@ static void on_signal(uv_signal_t *h, int signum) {
     pthread_mutex_unlock(&srv->inbox_mu);
 }
 
+static bool keys_install(server *srv, const char *path, char *msg, size_t msg_len);
+
+/* Control thread: SIGHUP re-reads --api-keys-file (keys, patterns, tenants and their
+ * policies); a file that does not load leaves everything as it was. */
+static void on_sighup(uv_signal_t *h, int signum) {
+    (void)signum;
+    server *srv = h->data;
+    const char *path = srv->cfg->api_keys_file;
+    if (!path || !*path) {
+        qv_log_tagged(QV_LOG_WARN, "serve", "SIGHUP: no --api-keys-file to re-read");
+        return;
+    }
+    char msg[512];
+    if (keys_install(srv, path, msg, sizeof msg))
+        qv_log_tagged(QV_LOG_INFO, "serve", "SIGHUP: --api-keys-file re-read");
+    else
+        qv_log_tagged(QV_LOG_ERROR, "serve",
+                      "SIGHUP: --api-keys-file not re-read, the previous keys stay: %s", msg);
+}
+
 static void on_ctl_stop(uv_async_t *h) {
     server *srv = h->data;
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sighup, NULL);
     uv_close((uv_handle_t *)&srv->ctl_stop, NULL);
 }
 
@@ -1014,10 +1046,12 @@ static bool ctl_start(server *srv) {
     if (uv_loop_init(&srv->ctl_loop) != 0) return false;
     uv_signal_init(&srv->ctl_loop, &srv->sigterm);
     uv_signal_init(&srv->ctl_loop, &srv->sigint);
+    uv_signal_init(&srv->ctl_loop, &srv->sighup);
     uv_async_init(&srv->ctl_loop, &srv->ctl_stop, on_ctl_stop);
-    srv->sigterm.data = srv->sigint.data = srv->ctl_stop.data = srv;
+    srv->sigterm.data = srv->sigint.data = srv->sighup.data = srv->ctl_stop.data = srv;
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_signal_start(&srv->sighup, on_sighup, SIGHUP);
     if (uv_thread_create(&srv->ctl_thread, ctl_main, srv) != 0) {
         on_ctl_stop(&srv->ctl_stop);
         uv_run(&srv->ctl_loop, UV_RUN_DEFAULT);
@@ -1131,10 +1165,11 @@ static bool key_matches(const char *key, const char *tok) {
 
 /* Who the request's bearer key is: AUTH_DENIED, AUTH_ANY, or the index of a --api-keys-file
  * entry. Every known key is compared (in constant time each). */
-static int auth_key(server *srv, struct MHD_Connection *c) {
+static int auth_key(server *srv, const conn_ctx *ctx, struct MHD_Connection *c) {
+    const keyring *kr = ctx->kr;
     const char *key = srv->cfg->api_key;
     const bool have_key = key && *key;
-    if (!have_key && srv->n_keys == 0) return AUTH_ANY;
+    if (!have_key && !kr) return AUTH_ANY;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncmp(h, "Bearer ", 7) != 0) return AUTH_DENIED;
     /* The admin key also opens the inference API. */
@@ -1142,49 +1177,70 @@ static int auth_key(server *srv, struct MHD_Connection *c) {
     int who = AUTH_DENIED;
     if ((have_key && key_matches(key, h + 7)) || (admin && *admin && key_matches(admin, h + 7)))
         who = AUTH_ANY;
-    for (int i = 0; i < srv->n_keys; i++)
-        if (key_matches(srv->keys[i].key, h + 7) && who == AUTH_DENIED) who = i;
+    for (int i = 0; kr && i < kr->n_keys; i++)
+        if (key_matches(kr->keys[i].key, h + 7) && who == AUTH_DENIED) who = i;
     return who;
 }
 
-static bool authorized(server *srv, struct MHD_Connection *c) {
-    return auth_key(srv, c) != AUTH_DENIED;
+static bool authorized(server *srv, const conn_ctx *ctx, struct MHD_Connection *c) {
+    return auth_key(srv, ctx, c) != AUTH_DENIED;
 }
 
-/* Whether key `who` (auth_key) may use the adapter named `name` as the request named it. */
-static bool key_allows(const server *srv, int who, const char *name) {
-    if (who < 0 || !name || srv->keys[who].n_pat == 0) return true;
-    const api_key_ent *k = &srv->keys[who];
+/* Whether key `who` (auth_key, of keyring kr) may use the adapter named `name` as the request
+ * named it. */
+static bool key_allows(const keyring *kr, int who, const char *name) {
+    if (who < 0 || !name || kr->keys[who].n_pat == 0) return true;
+    const api_key_ent *k = &kr->keys[who];
     for (int i = 0; i < k->n_pat; i++)
         if (fnmatch(k->pat[i], name, 0) == 0) return true;
     return false;
 }
 
-static void keys_free(server *srv) {
-    for (int i = 0; i < srv->n_keys; i++) {
-        qv_free(srv->keys[i].key);
-        for (int j = 0; j < srv->keys[i].n_pat; j++)
-            qv_free(srv->keys[i].pat[j]);
-        qv_free(srv->keys[i].pat);
+static void keyring_free(keyring *kr) {
+    if (!kr) return;
+    for (int i = 0; i < kr->n_keys; i++) {
+        qv_free(kr->keys[i].key);
+        for (int j = 0; j < kr->keys[i].n_pat; j++)
+            qv_free(kr->keys[i].pat[j]);
+        qv_free(kr->keys[i].pat);
     }
-    qv_free(srv->keys);
-    srv->keys = NULL;
-    srv->n_keys = 0;
+    qv_free(kr->keys);
+    qv_free(kr);
+}
+
+/* The current keyring, with a reference for the caller (NULL without --api-keys-file). */
+static keyring *keyring_acquire(server *srv) {
+    pthread_mutex_lock(&srv->keys_mu);
+    keyring *kr = srv->kr;
+    if (kr) kr->refs++;
+    pthread_mutex_unlock(&srv->keys_mu);
+    return kr;
+}
+
+static void keyring_release(server *srv, keyring *kr) {
+    if (!kr) return;
+    pthread_mutex_lock(&srv->keys_mu);
+    bool last = --kr->refs == 0;
+    pthread_mutex_unlock(&srv->keys_mu);
+    if (last) keyring_free(kr);
 }
 
 /* Reads --api-keys-file: a line is KEY [PATTERN | OPTION=VALUE]... separated by blanks ('#'
- * starts a comment; keys are visible ASCII): adapter name patterns, tenant=NAME, and the
- * tenant's policy options (tenant.h). False with a message naming the line on a malformed
- * file. */
-static bool keys_load(server *srv, const char *path, char *msg, size_t msg_len) {
+ * starts a comment; keys are visible ASCII): adapter name patterns, tenant=NAME, manage=yes|no
+ * and the tenant's policy options (tenant.h). The tenants and their policies are built in
+ * `tenants` (a table of its own). Returns the keyring (one reference, the caller's), or NULL
+ * with a message naming the line on a malformed file. */
+static keyring *keys_read(const char *path, qv_tenants *tenants, char *msg, size_t msg_len) {
     char *buf = NULL;
     size_t len = 0;
     qv_error err = {0};
     if (qv_read_file(path, (size_t)1 << 20, &buf, &len, &err) != QV_OK) {
         snprintf(msg, msg_len, "%s", err.msg);
-        return false;
+        return NULL;
     }
-    bool ok = true;
+    keyring *kr = qv_calloc(1, sizeof(*kr));
+    bool ok = kr != NULL;
+    if (!ok) snprintf(msg, msg_len, "out of memory");
     int line_no = 0;
     for (char *line = buf, *next; ok && line && *line; line = next) {
         line_no++;
@@ -1200,14 +1256,14 @@ static bool keys_load(server *srv, const char *path, char *msg, size_t msg_len) 
                 ok = false;
             }
         if (!ok) break;
-        api_key_ent *grown = qv_realloc(srv->keys, (size_t)(srv->n_keys + 1) * sizeof(*srv->keys));
+        api_key_ent *grown = qv_realloc(kr->keys, (size_t)(kr->n_keys + 1) * sizeof(*kr->keys));
         if (!grown) {
             snprintf(msg, msg_len, "out of memory");
             ok = false;
             break;
         }
-        srv->keys = grown;
-        api_key_ent *k = &srv->keys[srv->n_keys++];
+        kr->keys = grown;
+        api_key_ent *k = &kr->keys[kr->n_keys++];
         memset(k, 0, sizeof(*k));
         k->key = qv_strdup(tok);
         ok = k->key != NULL;
@@ -1224,7 +1280,7 @@ static bool keys_load(server *srv, const char *path, char *msg, size_t msg_len) 
                 ok = !strcmp(tok + 7, "yes") || !strcmp(tok + 7, "no");
                 if (!ok) snprintf(msg, msg_len, "%s:%d: manage= takes yes or no", path, line_no);
                 k->manage = !strcmp(tok + 7, "yes");
-                srv->n_manage += k->manage;
+                kr->n_manage += k->manage;
             } else if (strchr(tok, '=')) {
                 if (n_opts == (int)QV_ARRAY_LEN(opts)) {
                     snprintf(msg, msg_len, "%s:%d: too many options", path, line_no);
@@ -1241,24 +1297,78 @@ static bool keys_load(server *srv, const char *path, char *msg, size_t msg_len) 
             }
         }
         char why[256] = "";
-        if (ok && (k->tenant = qv_tenants_get(srv->tenants, tenant, why, sizeof(why))) < 0)
-            ok = false;
+        if (ok && (k->tenant = qv_tenants_get(tenants, tenant, why, sizeof(why))) < 0) ok = false;
         for (int i = 0; ok && i < n_opts; i++)
-            ok = qv_tenants_option(srv->tenants, k->tenant, opts[i], why, sizeof(why));
+            ok = qv_tenants_option(tenants, k->tenant, opts[i], why, sizeof(why));
         if (why[0]) snprintf(msg, msg_len, "%s:%d: %s", path, line_no, why);
-        for (int i = 0; ok && i < srv->n_keys - 1; i++)
-            if (!strcmp(srv->keys[i].key, k->key)) {
+        for (int i = 0; ok && i < kr->n_keys - 1; i++)
+            if (!strcmp(kr->keys[i].key, k->key)) {
                 snprintf(msg, msg_len, "%s:%d: the key is listed twice", path, line_no);
                 ok = false;
             }
     }
     qv_free(buf);
-    if (ok && srv->n_keys == 0) {
+    if (ok && kr->n_keys == 0) {
         snprintf(msg, msg_len, "%s holds no key", path);
         ok = false;
     }
-    if (!ok) keys_free(srv);
-    return ok;
+    if (!ok) {
+        keyring_free(kr);
+        return NULL;
+    }
+    kr->refs = 1;
+    return kr;
+}
+
+/* Reads the keys file and installs it: the tenants' policies move to the server's table
+ * (indices kept, qv_tenants_adopt), then the new keyring replaces the current one (requests
+ * already in hand keep theirs). Logs what it installed. False (nothing changed) with a
+ * message. Any thread: start-up, and the control thread on SIGHUP. */
+static bool keys_install(server *srv, const char *path, char *msg, size_t msg_len) {
+    qv_tenants *tmp = qv_tenants_create();
+    if (!tmp) {
+        snprintf(msg, msg_len, "out of memory");
+        return false;
+    }
+    keyring *kr = keys_read(path, tmp, msg, msg_len);
+    int map[QV_TENANT_MAX];
+    char why[256];
+    if (kr && !qv_tenants_adopt(srv->tenants, tmp, map, why, sizeof why)) {
+        snprintf(msg, msg_len, "%s: %s", path, why);
+        keyring_release(srv, kr);
+        kr = NULL;
+    }
+    if (!kr) {
+        qv_tenants_destroy(tmp);
+        return false;
+    }
+    int limited = 0;
+    for (int i = 0; i < kr->n_keys; i++) {
+        kr->keys[i].tenant = map[kr->keys[i].tenant];
+        limited += kr->keys[i].n_pat > 0;
+    }
+    qv_log_tagged(QV_LOG_INFO, "serve",
+                  "--api-keys-file: %d keys (%d limited to some adapters, %d managing "
+                  "adapters), %d tenants",
+                  kr->n_keys, limited, kr->n_manage, qv_tenants_count(tmp) - 1);
+    for (int t = 1; t < qv_tenants_count(tmp); t++) {
+        qv_tenant_policy p;
+        qv_tenants_policy(tmp, t, &p);
+        char rpm[32] = "none", tpm[32] = "none", inflight[32] = "none";
+        if (p.rpm > 0) snprintf(rpm, sizeof rpm, "%g", p.rpm);
+        if (p.tpm > 0) snprintf(tpm, sizeof tpm, "%g", p.tpm);
+        if (p.max_inflight > 0) snprintf(inflight, sizeof inflight, "%d", p.max_inflight);
+        qv_log_tagged(QV_LOG_INFO, "serve",
+                      "tenant %s: weight %g, rpm %s, tpm %s, max_inflight %s, priority >= %d",
+                      qv_tenants_name(tmp, t), p.weight, rpm, tpm, inflight, p.priority);
+    }
+    qv_tenants_destroy(tmp);
+    pthread_mutex_lock(&srv->keys_mu);
+    keyring *old = srv->kr;
+    srv->kr = kr;
+    pthread_mutex_unlock(&srv->keys_mu);
+    keyring_release(srv, old);
+    return true;
 }
 
 static bool model_matches(server *srv, const char *base) {
@@ -1438,7 +1548,7 @@ static bool resolve_model(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
     const char *name = pr->adapter ? pr->adapter : pr->base;
     const char *param = pr->adapter ? "adapter_id" : "model";
     /* a key limited to some adapters learns nothing of the others, not even existence */
-    if (!key_allows(srv, who, name)) {
+    if (!key_allows(ctx->kr, who, name)) {
         *ret = send_error(c, ctx, 403, param, "permission_denied",
                           "this API key may not use adapter '%.128s'", name);
         return false;
@@ -1523,7 +1633,7 @@ static enum MHD_Result handle_tokenize(server *srv, struct MHD_Connection *c, co
     }
     const char *aname = NULL;
     char aversion[QV_STORE_VERSION_LEN + 1] = "";
-    if (!resolve_model(srv, c, ctx, &pr, auth_key(srv, c), &aname, aversion, &ret)) goto done;
+    if (!resolve_model(srv, c, ctx, &pr, auth_key(srv, ctx, c), &aname, aversion, &ret)) goto done;
     if (ep == QV_PROTO_DETOKENIZE) {
         const int n_vocab = qv_tokenizer_n_vocab(srv->tok);
         for (size_t i = 0; i < pr.n_prompt_ids; i++)
@@ -1593,8 +1703,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         goto done;
     }
     /* the key's tenant, and the priority it may ask for */
-    const int who = auth_key(srv, c);
-    const int tenant = who >= 0 ? srv->keys[who].tenant : 0;
+    const int who = auth_key(srv, ctx, c);
+    const int tenant = who >= 0 ? ctx->kr->keys[who].tenant : 0;
     qv_tenant_policy pol;
     qv_tenants_policy(srv->tenants, tenant, &pol);
     if (pr.has_priority && !pol.priority_free && pr.priority < pol.priority) {
@@ -1772,16 +1882,17 @@ static qv_status preload_one(server *srv, const char *name, const char *dir, cha
 
 /* 0 when the connection carries the admin key, else the HTTP status to answer (403 when the
  * server has no admin key or the key is another one, 401 when none is sent). */
-static int admin_auth(server *srv, struct MHD_Connection *c, int *who) {
+static int admin_auth(server *srv, const conn_ctx *ctx, struct MHD_Connection *c, int *who) {
+    const keyring *kr = ctx->kr;
     const char *key = srv->cfg->admin_key;
     const bool have_admin = key && *key;
     *who = AUTH_DENIED;
-    if (!have_admin && !srv->n_manage) return 403;
+    if (!have_admin && !(kr && kr->n_manage)) return 403;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncmp(h, "Bearer ", 7) != 0 || !h[7]) return 401;
     if (have_admin && key_matches(key, h + 7)) *who = AUTH_ANY;
-    for (int i = 0; i < srv->n_keys; i++) /* every key compared: constant time */
-        if (key_matches(srv->keys[i].key, h + 7) && srv->keys[i].manage && *who == AUTH_DENIED)
+    for (int i = 0; kr && i < kr->n_keys; i++) /* every key compared: constant time */
+        if (key_matches(kr->keys[i].key, h + 7) && kr->keys[i].manage && *who == AUTH_DENIED)
             *who = i;
     return *who == AUTH_DENIED ? 403 : 0;
 }
@@ -1789,7 +1900,8 @@ static int admin_auth(server *srv, struct MHD_Connection *c, int *who) {
 /* 403 for a manage= key administering an adapter its patterns do not cover. */
 static bool admin_denied(server *srv, struct MHD_Connection *c, conn_ctx *ctx, int who,
                          const char *name, const char *param, enum MHD_Result *ret) {
-    if (key_allows(srv, who, name)) return false;
+    (void)srv;
+    if (key_allows(ctx->kr, who, name)) return false;
     *ret = send_error(c, ctx, 403, param, "permission_denied",
                       "this API key may not administer adapter '%.128s'", name);
     return true;
@@ -1801,7 +1913,7 @@ static enum MHD_Result send_admin_refusal(struct MHD_Connection *c, conn_ctx *ct
         return send_error(c, ctx, 401, NULL, "invalid_api_key",
                           "adapter administration needs the admin key "
                           "('Authorization: Bearer <admin key>')");
-    if ((!srv->cfg->admin_key || !*srv->cfg->admin_key) && !srv->n_manage)
+    if ((!srv->cfg->admin_key || !*srv->cfg->admin_key) && !(ctx->kr && ctx->kr->n_manage))
         return send_error(c, ctx, 403, NULL, "admin_disabled",
                           "adapter administration is disabled (start the server with --admin-key)");
     return send_error(c, ctx, 403, NULL, "forbidden", "this key may not administer adapters");
@@ -1940,11 +2052,11 @@ static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn
                           "%s", j->msg);
     /* A key limited to some adapters sees only those (listings) and no other (404). */
     size_t n_shown = j->n;
-    const int who = auth_key(srv, c);
+    const int who = auth_key(srv, ctx, c);
     if (who >= 0 && (j->resp == RESP_MODELS || j->resp == RESP_LIST || j->resp == RESP_ONE)) {
         n_shown = 0;
         for (size_t i = 0; i < j->n; i++) /* infos own nothing: compacted in place */
-            if (key_allows(srv, who, j->infos[i].name)) j->infos[n_shown++] = j->infos[i];
+            if (key_allows(ctx->kr, who, j->infos[i].name)) j->infos[n_shown++] = j->infos[i];
         if (j->resp == RESP_ONE && n_shown == 0) /* as for a name the store lacks */
             return send_error(c, ctx, 404, NULL, "adapter_not_found", "adapter '%s' not found",
                               j->n ? j->infos[0].name : "");
@@ -2092,7 +2204,8 @@ static void upload_free(upload *u) {
 
 /* First call of an upload route: checks the admin key and the store, sets up the post
  * processor. Refusals are answered after the body was read (and discarded). */
-static upload *upload_new(server *srv, struct MHD_Connection *c, const char *name) {
+static upload *upload_new(server *srv, const conn_ctx *ctx, struct MHD_Connection *c,
+                          const char *name) {
     upload *u = qv_calloc(1, sizeof(*u));
     if (!u) return NULL;
     u->srv = srv;
@@ -2101,7 +2214,7 @@ static upload *upload_new(server *srv, struct MHD_Connection *c, const char *nam
         snprintf(u->name, sizeof(u->name), "%s", name);
         u->name_len = strlen(u->name);
     }
-    int st = admin_auth(srv, c, &u->who);
+    int st = admin_auth(srv, ctx, c, &u->who);
     if (st)
         u->status = st; /* message written by send_admin_refusal */
     else if (!srv->store)
@@ -2130,7 +2243,7 @@ static enum MHD_Result upload_finish(server *srv, struct MHD_Connection *c, conn
                     "'%.128s' is not a valid adapter name ([A-Za-z0-9][A-Za-z0-9._-]*, at most "
                     "%d bytes, no '..')",
                     u->name, QV_STORE_NAME_MAX);
-    if (!u->status && !key_allows(srv, u->who, u->name))
+    if (!u->status && !key_allows(ctx->kr, u->who, u->name))
         upload_fail(u, 403, "permission_denied", "this API key may not administer adapter '%.128s'",
                     u->name);
     if (!u->status && !u->have_config)
@@ -2260,13 +2373,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         ctx = qv_calloc(1, sizeof(*ctx));
         if (!ctx) return MHD_NO;
         ctx->t0 = qv_time_s();
+        ctx->kr = keyring_acquire(srv);
         *con_cls = ctx;
         take_request_id(c, ctx);
         bool put = !strcmp(method, MHD_HTTP_METHOD_PUT);
         if ((!strcmp(method, MHD_HTTP_METHOD_POST) && !strcmp(url, "/v1/adapters")) ||
             (put && !strncmp(url, "/v1/adapters/", 13) && url[13])) {
             set_route(ctx, method, url);
-            if (!(ctx->up = upload_new(srv, c, put ? url + 13 : NULL))) return MHD_NO;
+            if (!(ctx->up = upload_new(srv, ctx, c, put ? url + 13 : NULL))) return MHD_NO;
         }
         return MHD_YES;
     }
@@ -2337,7 +2451,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (lora_route || (del && name)) {
             if (lora_route && !post_m) goto bad_method;
             int who;
-            int st = admin_auth(srv, c, &who);
+            int st = admin_auth(srv, ctx, c, &who);
             if (st) return send_admin_refusal(c, ctx, srv, st);
             if (ctx->too_big)
                 return send_error(c, ctx, 413, NULL, "body_too_large",
@@ -2353,7 +2467,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return admin_begin(srv, c, ctx, JOB_DELETE, RESP_DELETE, name);
         }
         if (!get) goto bad_method;
-        if (!authorized(srv, c))
+        if (!authorized(srv, ctx, c))
             return send_error(c, ctx, 401, NULL, "invalid_api_key",
                               "missing or wrong API key (send 'Authorization: Bearer <key>')");
         if (!name) return admin_begin(srv, c, ctx, JOB_TIERS, RESP_LIST, NULL);
@@ -2362,7 +2476,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                               "'%.128s' is not a valid adapter name", name);
         return admin_begin(srv, c, ctx, JOB_TIERS, RESP_ONE, name);
     }
-    if (!authorized(srv, c))
+    if (!authorized(srv, ctx, c))
         return send_error(c, ctx, 401, NULL, "invalid_api_key",
                           "missing or wrong API key (send 'Authorization: Bearer <key>')");
     if (ctx->too_big)
@@ -2474,6 +2588,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
             QV_LOGI("request - %s status=%d total=%.3fs%s%s", ctx->route, ctx->status,
                     now - ctx->t0, ctx->xrid[0] ? " x-request-id=" : "", ctx->xrid);
     }
+    keyring_release(srv, ctx->kr);
     qv_free(ctx->body);
     qv_free(ctx);
 }
@@ -2632,6 +2747,7 @@ int qv_http_serve(const qv_http_config *cfg) {
     bool loop_ok = false;
     signal(SIGPIPE, SIG_IGN);
     pthread_mutex_init(&srv->inbox_mu, NULL);
+    pthread_mutex_init(&srv->keys_mu, NULL);
 
     srv->tenants = qv_tenants_create();
     if (!srv->tenants) {
@@ -2640,28 +2756,9 @@ int qv_http_serve(const qv_http_config *cfg) {
     }
     if (cfg->api_keys_file && *cfg->api_keys_file) {
         char msg[512];
-        if (!keys_load(srv, cfg->api_keys_file, msg, sizeof msg)) {
+        if (!keys_install(srv, cfg->api_keys_file, msg, sizeof msg)) {
             qv_log_tagged(QV_LOG_ERROR, "serve", "--api-keys-file: %s", msg);
             goto out;
-        }
-        int limited = 0;
-        for (int i = 0; i < srv->n_keys; i++)
-            limited += srv->keys[i].n_pat > 0;
-        qv_log_tagged(QV_LOG_INFO, "serve",
-                      "--api-keys-file: %d keys (%d limited to some adapters, %d managing "
-                      "adapters), %d tenants",
-                      srv->n_keys, limited, srv->n_manage, qv_tenants_count(srv->tenants) - 1);
-        for (int t = 1; t < qv_tenants_count(srv->tenants); t++) {
-            qv_tenant_policy p;
-            qv_tenants_policy(srv->tenants, t, &p);
-            char rpm[32] = "none", tpm[32] = "none", inflight[32] = "none";
-            if (p.rpm > 0) snprintf(rpm, sizeof rpm, "%g", p.rpm);
-            if (p.tpm > 0) snprintf(tpm, sizeof tpm, "%g", p.tpm);
-            if (p.max_inflight > 0) snprintf(inflight, sizeof inflight, "%d", p.max_inflight);
-            qv_log_tagged(QV_LOG_INFO, "serve",
-                          "tenant %s: weight %g, rpm %s, tpm %s, max_inflight %s, priority >= %d",
-                          qv_tenants_name(srv->tenants, t), p.weight, rpm, tpm, inflight,
-                          p.priority);
         }
     }
     qv_engine_config ec;
@@ -2777,7 +2874,7 @@ int qv_http_serve(const qv_http_config *cfg) {
         qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32", cfg->max_batch_tokens,
         cfg->max_seqs, cfg->max_loras, n_threads, threads_why, cfg->http_threads,
         cfg->max_body_bytes, cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit,
-        cfg->drain_timeout_s, (cfg->api_key && *cfg->api_key) || srv->n_keys ? "required" : "off");
+        cfg->drain_timeout_s, (cfg->api_key && *cfg->api_key) || srv->kr ? "required" : "off");
     qv_engine_stats es0;
     qv_engine_get_stats(srv->engine, &es0);
     if (es0.dev_adapter_pool_bytes)
@@ -2865,8 +2962,10 @@ out:
     qv_registry_destroy(srv->reg);
     qv_store_close(srv->store);
     qv_metrics_destroy(srv->metrics);
-    keys_free(srv);
+    keyring_release(srv, srv->kr);
+    srv->kr = NULL;
     qv_tenants_destroy(srv->tenants);
+    pthread_mutex_destroy(&srv->keys_mu);
     qv_free(srv->base_name);
     qv_free(srv->file_name);
     pthread_mutex_destroy(&srv->inbox_mu);

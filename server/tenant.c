@@ -34,8 +34,8 @@ typedef struct tenant {
 
 struct qv_tenants {
     pthread_mutex_t mu;
-    tenant *t;
-    int n, cap;
+    tenant *t; /* QV_TENANT_MAX entries, allocated once: an index is valid for the table's life */
+    int n;
     double last_idle_vtc; /* the counter of the last tenant that went idle */
 };
 
@@ -51,18 +51,20 @@ static bool name_valid(const char *s) {
     return true;
 }
 
+/* The default policy: weight 1, no limits, priority floor 0 (tenant 0: no floor). */
+static void policy_reset(tenant *t, bool is_default) {
+    memset(t->opt, 0, sizeof(t->opt));
+    memset(t->opt_set, 0, sizeof(t->opt_set));
+    t->opt[OPT_WEIGHT] = 1.0;
+    t->priority_free = is_default;
+}
+
 static int add_locked(qv_tenants *ts, const char *name) {
-    if (ts->n == ts->cap) {
-        int cap = ts->cap ? ts->cap * 2 : 8;
-        tenant *p = qv_realloc(ts->t, (size_t)cap * sizeof(*p));
-        if (!p) return -1;
-        ts->t = p;
-        ts->cap = cap;
-    }
+    if (ts->n == QV_TENANT_MAX) return -1;
     tenant *t = &ts->t[ts->n];
     memset(t, 0, sizeof(*t));
     snprintf(t->name, sizeof(t->name), "%s", name);
-    t->opt[OPT_WEIGHT] = 1.0;
+    policy_reset(t, ts->n == 0);
     t->refilled = -1.0;
     return ts->n++;
 }
@@ -71,11 +73,11 @@ qv_tenants *qv_tenants_create(void) {
     qv_tenants *ts = qv_calloc(1, sizeof(*ts));
     if (!ts) return NULL;
     pthread_mutex_init(&ts->mu, NULL);
-    if (add_locked(ts, "default") != 0) {
+    ts->t = qv_calloc(QV_TENANT_MAX, sizeof(*ts->t));
+    if (!ts->t || add_locked(ts, "default") != 0) {
         qv_tenants_destroy(ts);
         return NULL;
     }
-    ts->t[0].priority_free = true;
     return ts;
 }
 
@@ -86,7 +88,12 @@ void qv_tenants_destroy(qv_tenants *ts) {
     qv_free(ts);
 }
 
-int qv_tenants_count(const qv_tenants *ts) { return ts->n; }
+int qv_tenants_count(qv_tenants *ts) {
+    pthread_mutex_lock(&ts->mu);
+    int n = ts->n;
+    pthread_mutex_unlock(&ts->mu);
+    return n;
+}
 
 int qv_tenants_get(qv_tenants *ts, const char *name, char *msg, size_t msg_len) {
     if (!name_valid(name)) {
@@ -98,10 +105,8 @@ int qv_tenants_get(qv_tenants *ts, const char *name, char *msg, size_t msg_len) 
     int found = -1;
     for (int i = 0; i < ts->n && found < 0; i++)
         if (!strcmp(ts->t[i].name, name)) found = i;
-    if (found < 0 && ts->n >= QV_TENANT_MAX)
+    if (found < 0 && (found = add_locked(ts, name)) < 0)
         snprintf(msg, msg_len, "more than %d tenants", QV_TENANT_MAX);
-    else if (found < 0 && (found = add_locked(ts, name)) < 0)
-        snprintf(msg, msg_len, "out of memory");
     pthread_mutex_unlock(&ts->mu);
     return found;
 }
@@ -149,17 +154,61 @@ bool qv_tenants_option(qv_tenants *ts, int t, const char *opt, char *msg, size_t
     return ok;
 }
 
-void qv_tenants_policy(const qv_tenants *ts, int t, qv_tenant_policy *out) {
-    const tenant *tn = &ts->t[t]; /* policies are written only before serving starts */
+void qv_tenants_policy(qv_tenants *ts, int t, qv_tenant_policy *out) {
+    pthread_mutex_lock(&ts->mu);
+    const tenant *tn = &ts->t[t];
     out->weight = tn->opt[OPT_WEIGHT];
     out->rpm = tn->opt[OPT_RPM];
     out->tpm = tn->opt[OPT_TPM];
     out->max_inflight = (int)tn->opt[OPT_INFLIGHT];
     out->priority = (int)tn->opt[OPT_PRIORITY];
     out->priority_free = tn->priority_free;
+    pthread_mutex_unlock(&ts->mu);
 }
 
 const char *qv_tenants_name(const qv_tenants *ts, int t) { return ts->t[t].name; }
+
+bool qv_tenants_adopt(qv_tenants *ts, qv_tenants *from, int *map, char *msg, size_t msg_len) {
+    pthread_mutex_lock(&from->mu);
+    pthread_mutex_lock(&ts->mu);
+    bool ok = true;
+    int n_new = 0;
+    for (int i = 1; i < from->n; i++) {
+        bool known = false;
+        for (int j = 1; j < ts->n && !known; j++)
+            known = !strcmp(ts->t[j].name, from->t[i].name);
+        n_new += !known;
+    }
+    if (ts->n + n_new > QV_TENANT_MAX) {
+        snprintf(msg, msg_len, "more than %d tenants since start-up (restart to forget old ones)",
+                 QV_TENANT_MAX);
+        ok = false;
+    }
+    bool kept[QV_TENANT_MAX] = {false};
+    map[0] = 0;
+    for (int i = 1; ok && i < from->n; i++) {
+        int j = 1;
+        while (j < ts->n && strcmp(ts->t[j].name, from->t[i].name) != 0)
+            j++;
+        if (j == ts->n) j = add_locked(ts, from->t[i].name);
+        tenant *dst = &ts->t[j];
+        const tenant *src = &from->t[i];
+        const double old_rpm = dst->opt[OPT_RPM], old_tpm = dst->opt[OPT_TPM];
+        memcpy(dst->opt, src->opt, sizeof(dst->opt));
+        memcpy(dst->opt_set, src->opt_set, sizeof(dst->opt_set));
+        dst->priority_free = src->priority_free;
+        /* a bucket keeps what is left, within the new allowance; a new limit starts full */
+        dst->req_left = old_rpm > 0 ? QV_MIN(dst->req_left, src->opt[OPT_RPM]) : src->opt[OPT_RPM];
+        dst->tok_left = old_tpm > 0 ? QV_MIN(dst->tok_left, src->opt[OPT_TPM]) : src->opt[OPT_TPM];
+        kept[j] = true;
+        map[i] = j;
+    }
+    for (int j = 1; ok && j < ts->n; j++)
+        if (!kept[j]) policy_reset(&ts->t[j], false);
+    pthread_mutex_unlock(&ts->mu);
+    pthread_mutex_unlock(&from->mu);
+    return ok;
+}
 
 /* Brings both buckets up to `now`: each holds at most one minute's allowance. */
 static void refill(tenant *t, double now) {

@@ -41,7 +41,7 @@ qv_tenants *qv_tenants_create(void);
 /* Accepts NULL. */
 void qv_tenants_destroy(qv_tenants *ts);
 
-int qv_tenants_count(const qv_tenants *ts);
+int qv_tenants_count(qv_tenants *ts);
 /* The index of the tenant called `name`, created with the default policy when new; -1 with a
  * message when the name is not valid or the table is full. */
 int qv_tenants_get(qv_tenants *ts, const char *name, char *msg, size_t msg_len);
@@ -58,8 +58,16 @@ typedef struct qv_tenant_policy {
     int priority;       /* floor and default */
     bool priority_free; /* no floor (tenant 0) */
 } qv_tenant_policy;
-void qv_tenants_policy(const qv_tenants *ts, int t, qv_tenant_policy *out);
+void qv_tenants_policy(qv_tenants *ts, int t, qv_tenant_policy *out);
+/* Tenant t's name (fixed for the table's life). */
 const char *qv_tenants_name(const qv_tenants *ts, int t);
+/* Takes the policies of `from` (the tenants of a re-read keys file, built with get and option):
+ * each of its tenants is found here by name or added, and gets its policy; the tenants here
+ * that `from` lacks (tenant 0 aside) get the default policy. Indices, counters and fair-share
+ * state are kept (a tenant's buckets keep what is left, within the new allowance), so requests
+ * in flight are unaffected. map[i] receives the index here of `from`'s tenant i. False (nothing
+ * changed) with a message when the table would exceed QV_TENANT_MAX. */
+bool qv_tenants_adopt(qv_tenants *ts, qv_tenants *from, int *map, char *msg, size_t msg_len);
 
 /* Admission limits, checked at a request's arrival. */
 enum qv_tenant_refusal {

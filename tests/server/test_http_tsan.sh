@@ -35,9 +35,13 @@ cleanup() {
 trap cleanup EXIT
 # Report every race (not only the first) and keep serving; the log is checked at the end.
 export TSAN_OPTIONS="${TSAN_OPTIONS:-} halt_on_error=0 exitcode=66"
+# tenant keys (fair share, limits), re-read on SIGHUP during the concurrent round
+printf 't1 tenant=one rpm=600 max_inflight=4\nt2 shout* tenant=two weight=2 manage=yes\n' \
+    >"$tmp/keys"
 qv_serve "$tmp/server.log" --model "$model" --port 0 --threads 2 --http-threads 2 \
     --adapter-store "$tmp/store" --preload "shouting=$root/deploy/demo-adapters/shouting" \
-    --api-key k --admin-key a --max-tokens-limit 4 --max-seqs 8 --drain-timeout-s 60
+    --api-key k --admin-key a --max-tokens-limit 4 --max-seqs 8 --drain-timeout-s 60 \
+    --api-keys-file "$tmp/keys"
 
 rc=0
 timeout 500 "$python" - "$port" "$pid" "$root" <<'EOF' || rc=$?
@@ -68,14 +72,21 @@ def raw(method, path, body=None, key="k", headers=None, timeout=300):
     return r.status, data
 
 
-def generate(model, stream, chat):
+def generate(model, stream, chat, key="k"):
     body = {"model": model, "max_tokens": 4, "temperature": 0, "stream": stream}
     if chat:
         body["messages"] = [{"role": "user", "content": "Say hello."}]
     else:
         body["prompt"] = "The capital of France is"
-    st, data = raw("POST", "/v1/chat/completions" if chat else "/v1/completions", body)
+    st, data = raw("POST", "/v1/chat/completions" if chat else "/v1/completions", body, key=key)
     return st, data
+
+
+def hup():
+    for _ in range(3):
+        time.sleep(0.05)
+        os.kill(pid, signal.SIGHUP)
+    return "sent"
 
 
 def multipart(fields, files):
@@ -128,7 +139,9 @@ jobs = [("stream-base", generate, "", True, False), ("json-base", generate, "", 
         ("json-chat-adapter", generate, "shouting", False, True),
         ("json-chat-base", generate, "", False, True), ("disconnect", disconnect),
         ("upload", upload, "loud", files), ("upload-bad", upload, "bad", bad_files),
-        ("models", raw, "GET", "/v1/models"), ("metrics", raw, "GET", "/metrics")]
+        ("models", raw, "GET", "/v1/models"), ("metrics", raw, "GET", "/metrics"),
+        ("tenant-one", generate, "", True, False, "t1"),
+        ("tenant-two", generate, "shouting", False, True, "t2"), ("sighup", hup)]
 threads = [threading.Thread(target=job, args=j) for j in jobs]
 t0 = time.time()
 for t in threads:
@@ -137,7 +150,7 @@ for t in threads:
     t.join(400)
 print(f"concurrent round: {time.time() - t0:.1f} s", flush=True)
 for name in ("stream-base", "json-base", "stream-chat-adapter", "json-chat-adapter",
-             "json-chat-base", "models", "metrics"):
+             "json-chat-base", "models", "metrics", "tenant-one", "tenant-two"):
     st = results.get(name, (None,))[0]
     check(st == 200, f"{name}: 200 ({results.get(name, ('missing',))[0]})")
 check(results.get("stream-base", (0, b""))[1].rstrip().endswith(b"data: [DONE]"),

@@ -236,11 +236,71 @@ static void test_fair_share_counters(void **state) {
     qv_tenants_destroy(ts);
 }
 
+/* A re-read keys file: policies move over by tenant name, indices and counters stay, removed
+ * tenants get the default policy, buckets keep what is left within the new allowance. */
+static void test_adopt(void **state) {
+    (void)state;
+    qv_tenants *ts = qv_tenants_create();
+    int a = get(ts, "a"), b = get(ts, "b");
+    opt(ts, a, "rpm=2");
+    opt(ts, b, "weight=3");
+    opt(ts, b, "max_inflight=1");
+    int ra;
+    assert_int_equal(arrive(ts, a, 5, 0, &ra), QV_TENANT_OK);
+    assert_int_equal(arrive(ts, a, 5, 0, &ra), QV_TENANT_OK); /* a's bucket is empty */
+    qv_tenants_activate(ts, b);
+    qv_tenants_served(ts, b, 30, 0); /* b's counter: 10 */
+
+    qv_tenants *from = qv_tenants_create(); /* the new file: c (new), then a; b is gone */
+    int fc = get(from, "c"), fa = get(from, "a");
+    opt(from, fa, "rpm=60");
+    opt(from, fc, "tpm=100");
+    int map[QV_TENANT_MAX];
+    assert_true(qv_tenants_adopt(ts, from, map, g_msg, sizeof g_msg));
+    assert_int_equal(map[0], 0);
+    assert_int_equal(map[fa], a);
+    assert_int_equal(map[fc], b + 1); /* added after the existing ones */
+    assert_int_equal(qv_tenants_count(ts), 4);
+    assert_string_equal(qv_tenants_name(ts, map[fc]), "c");
+    qv_tenant_policy p;
+    qv_tenants_policy(ts, a, &p);
+    assert_true(p.rpm == 60);
+    /* a's bucket kept what was left (empty): the new rate refills it, one request per s */
+    assert_int_equal(arrive(ts, a, 5, 0, &ra), QV_TENANT_RATE);
+    assert_int_equal(ra, 1);
+    assert_int_equal(arrive(ts, a, 5, 1.0, &ra), QV_TENANT_OK);
+    /* b: default policy now, counter and in-flight count kept */
+    qv_tenants_policy(ts, b, &p);
+    assert_true(p.weight == 1 && p.max_inflight == 0 && !p.priority_free && p.priority == 0);
+    assert_true(qv_tenants_vtc(ts, b) == 10);
+    /* c: a new limit starts with a full bucket */
+    assert_int_equal(arrive(ts, map[fc], 100, 0, &ra), QV_TENANT_OK);
+    assert_int_equal(arrive(ts, map[fc], 1, 0, &ra), QV_TENANT_TOKENS);
+    qv_tenants_destroy(from);
+
+    /* a file that would overflow the table changes nothing */
+    qv_tenants *big = qv_tenants_create();
+    char name[32];
+    for (int i = 1; i < QV_TENANT_MAX; i++) {
+        snprintf(name, sizeof name, "n%d", i);
+        get(big, name);
+    }
+    opt(big, 1, "rpm=1");
+    assert_false(qv_tenants_adopt(ts, big, map, g_msg, sizeof g_msg));
+    assert_non_null(strstr(g_msg, "more than"));
+    assert_int_equal(qv_tenants_count(ts), 4);
+    qv_tenants_policy(ts, a, &p);
+    assert_true(p.rpm == 60);
+    qv_tenants_destroy(big);
+    qv_tenants_destroy(ts);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_options),      cmocka_unit_test(test_table_full),
         cmocka_unit_test(test_request_rate), cmocka_unit_test(test_token_rate),
         cmocka_unit_test(test_inflight),     cmocka_unit_test(test_fair_share_counters),
+        cmocka_unit_test(test_adopt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
