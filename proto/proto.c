@@ -853,6 +853,228 @@ out:
     return s;
 }
 
+/* ---- TGI / LoRAX ---- */
+
+/* A parameters.<name> helper's failure: the param names the nesting. */
+static qv_status in_params(qv_status s, qv_proto_error *e) {
+    if (s && e && e->param[0] && strncmp(e->param, "parameters.", 11) != 0) {
+        char p[sizeof(e->param)];
+        snprintf(p, sizeof(p), "parameters.%.52s", e->param);
+        memcpy(e->param, p, sizeof(p));
+    }
+    return s;
+}
+
+static qv_status tgi_refuse(const cJSON *p, const char *name, bool allowed, const char *why,
+                            qv_proto_error *e) {
+    if (!field(p, name) || allowed) return QV_OK;
+    return fail(e, QV_ERR_INVALID, name, "'parameters.%s' is not supported by quiver%s%s", name,
+                why ? ": " : "", why ? why : "");
+}
+
+static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t,
+                            qv_proto_error *e) {
+    qv_status s;
+    if ((s = get_string(p, "adapter_id", &r->adapter, e))) return s;
+    if (r->adapter && !*r->adapter) {
+        qv_free(r->adapter);
+        r->adapter = NULL;
+    }
+    const cJSON *src = field(p, "adapter_source");
+    if (src && (!cJSON_IsString(src) ||
+                (strcmp(src->valuestring, "hub") != 0 && strcmp(src->valuestring, "local") != 0)))
+        return fail(e, QV_ERR_INVALID, "adapter_source",
+                    "'parameters.adapter_source' may be 'hub' or 'local' (an adapter name of "
+                    "quiver's adapter store; upload adapters with POST /v1/adapters)");
+    const cJSON *f;
+    bool sampling = false;
+    if ((s = get_bool(p, "do_sample", &sampling, e))) return s;
+    if ((s = get_int(p, "max_new_tokens", 1, 1e9, &r->max_tokens, e))) return s;
+    if ((s = get_bool(p, "ignore_eos_token", &r->ignore_eos, e))) return s;
+    if ((s = get_float(p, "repetition_penalty", 0, 100, &r->repetition_penalty, e))) return s;
+    if (field(p, "repetition_penalty") && r->repetition_penalty <= 0)
+        return fail(e, QV_ERR_INVALID, "repetition_penalty", "'repetition_penalty' must be > 0");
+    if ((s = get_float(p, "frequency_penalty", -2, 2, &r->frequency_penalty, e))) return s;
+    if ((s = get_float(p, "presence_penalty", -2, 2, &r->presence_penalty, e))) return s;
+    if ((s = get_bool(p, "return_full_text", &t->return_full_text, e))) return s;
+    if ((s = decode_stop(p, r, e))) return s;
+    if ((f = field(p, "seed"))) {
+        if (!cJSON_IsNumber(f) || f->valuedouble != floor(f->valuedouble) || f->valuedouble < 0 ||
+            f->valuedouble > 9007199254740992.0)
+            return fail(e, QV_ERR_INVALID, "seed", "'seed' must be an integer >= 0");
+        r->has_seed = true;
+        r->seed = (uint64_t)f->valuedouble;
+    }
+    if ((s = get_float(p, "temperature", 0, 100, &r->temperature, e))) return s;
+    if ((s = get_int(p, "top_k", 1, 1e9, &r->top_k, e))) return s;
+    if ((s = get_float(p, "top_p", 0, 1, &r->top_p, e))) return s;
+    if (field(p, "top_p") && r->top_p <= 0)
+        return fail(e, QV_ERR_INVALID, "top_p", "'top_p' must be in (0, 1]");
+    if ((s = get_int(p, "truncate", 1, 1e9, &t->truncate, e))) return s;
+    if ((s = get_bool(p, "details", &t->details, e))) return s;
+    if ((s = get_int(p, "return_k_alternatives", 1, QV_PROTO_MAX_LOGPROBS, &t->n_alternatives, e)))
+        return s;
+    /* what quiver does not do is refused, never silently ignored */
+    bool dec_details = false, watermark = false;
+    if ((s = get_bool(p, "decoder_input_details", &dec_details, e))) return s;
+    if ((s = get_bool(p, "watermark", &watermark, e))) return s;
+    int best_of = 1, top_n = 0;
+    if ((s = get_int(p, "best_of", 1, 1e9, &best_of, e))) return s;
+    if ((s = get_int(p, "top_n_tokens", 0, 1e9, &top_n, e))) return s;
+    if ((s = tgi_refuse(p, "decoder_input_details", !dec_details, "prompt logprobs", e)) ||
+        (s = tgi_refuse(p, "watermark", !watermark, NULL, e)) ||
+        (s = tgi_refuse(p, "best_of", best_of == 1, "one sequence per request", e)) ||
+        (s = tgi_refuse(p, "top_n_tokens", top_n == 0, "use return_k_alternatives", e)) ||
+        (s = tgi_refuse(p, "typical_p", false, NULL, e)) ||
+        (s = tgi_refuse(p, "grammar", false, NULL, e)) ||
+        (s = tgi_refuse(p, "response_format", false, NULL, e)) ||
+        (s = tgi_refuse(p, "merged_adapters", false, "name one adapter", e)))
+        return s;
+    /* TGI samples when asked to or when a sampling parameter is set; otherwise greedy */
+    sampling = sampling || field(p, "temperature") || field(p, "top_k") || field(p, "top_p");
+    if (!sampling) r->temperature = 0.0f;
+    return QV_OK;
+}
+
+qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r, qv_proto_tgi *t,
+                              qv_proto_error *e) {
+    memset(r, 0, sizeof(*r));
+    memset(t, 0, sizeof(*t));
+    r->endpoint = QV_PROTO_GENERATE;
+    r->max_tokens = 20; /* TGI's and LoRAX's default max_new_tokens */
+    r->temperature = 1.0f;
+    r->top_p = 1.0f;
+    r->repetition_penalty = 1.0f;
+    r->add_special_tokens = true;
+    if (e) memset(e, 0, sizeof(*e));
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root) return fail(e, QV_ERR_INVALID, NULL, "the request body is not valid JSON");
+    qv_status s = QV_OK;
+    const cJSON *in = cJSON_IsObject(root) ? field(root, "inputs") : NULL;
+    if (!cJSON_IsObject(root)) {
+        s = fail(e, QV_ERR_INVALID, NULL, "the request body must be a JSON object");
+    } else if (!in || !cJSON_IsString(in)) {
+        s = fail(e, QV_ERR_INVALID, "inputs", "'inputs' (a string) is required");
+    } else {
+        r->prompt_len = strlen(in->valuestring);
+        r->prompt = qv_strdup(in->valuestring);
+        s = r->prompt ? get_bool(root, "stream", &r->stream, e) : nomem(e);
+    }
+    const cJSON *p = s ? NULL : field(root, "parameters");
+    if (!s && p && !cJSON_IsObject(p))
+        s = fail(e, QV_ERR_INVALID, "parameters", "'parameters' must be an object");
+    if (!s && p) s = in_params(tgi_params(p, r, t, e), e);
+    cJSON_Delete(root);
+    return s;
+}
+
+static cJSON *tgi_token(const qv_proto_tgi_token *t) {
+    cJSON *o = cJSON_CreateObject();
+    char *text = utf8_repair(t->text ? t->text : "");
+    bool ok = o && text && cJSON_AddNumberToObject(o, "id", t->id) &&
+              cJSON_AddStringToObject(o, "text", text) &&
+              cJSON_AddNumberToObject(o, "logprob", t->logprob) &&
+              cJSON_AddBoolToObject(o, "special", t->special);
+    qv_free(text);
+    cJSON *alts = ok && t->n_alt > 0 ? cJSON_AddArrayToObject(o, "alternative_tokens") : NULL;
+    if (ok && t->n_alt > 0 && !alts) ok = false;
+    for (int i = 0; ok && i < t->n_alt; i++) {
+        cJSON *a = cJSON_CreateObject();
+        char *at = utf8_repair(t->alt_text[i] ? t->alt_text[i] : "");
+        ok = a && at && cJSON_AddNumberToObject(a, "id", t->alt_id[i]) &&
+             cJSON_AddStringToObject(a, "text", at) &&
+             cJSON_AddNumberToObject(a, "logprob", t->alt_logprob[i]) &&
+             cJSON_AddItemToArray(alts, a);
+        if (!ok) cJSON_Delete(a);
+        qv_free(at);
+    }
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* The details object; with_tokens: /generate's (prefill, tokens), else the stream's. */
+static bool tgi_details(cJSON *o, const qv_proto_tgi_result *r, bool with_tokens) {
+    cJSON *d = cJSON_AddObjectToObject(o, "details");
+    if (!d || !cJSON_AddStringToObject(d, "finish_reason", r->finish_reason) ||
+        !cJSON_AddNumberToObject(d, "prompt_tokens", r->prompt_tokens) ||
+        !cJSON_AddNumberToObject(d, "generated_tokens", r->generated_tokens) ||
+        !(r->has_seed ? cJSON_AddNumberToObject(d, "seed", (double)r->seed)
+                      : cJSON_AddNullToObject(d, "seed")))
+        return false;
+    if (!with_tokens) return true;
+    cJSON *toks = NULL;
+    if (!cJSON_AddArrayToObject(d, "prefill") || !(toks = cJSON_AddArrayToObject(d, "tokens")))
+        return false;
+    for (size_t i = 0; i < r->n_tokens; i++) {
+        cJSON *t = tgi_token(&r->tokens[i]);
+        if (!t || !cJSON_AddItemToArray(toks, t)) {
+            cJSON_Delete(t);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool tgi_text(cJSON *o, const qv_proto_tgi_result *r) {
+    char *text = qv_strndup(r->generated_text ? r->generated_text : "", r->generated_len);
+    char *fixed = text ? utf8_repair(text) : NULL;
+    bool ok = fixed && cJSON_AddStringToObject(o, "generated_text", fixed);
+    qv_free(text);
+    qv_free(fixed);
+    return ok;
+}
+
+char *qv_proto_tgi_encode_response(const qv_proto_tgi_result *r, bool in_list) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !tgi_text(o, r) || (r->details && !tgi_details(o, r, true))) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    if (!in_list) return print_and_delete(o);
+    cJSON *list = cJSON_CreateArray();
+    if (!list || !cJSON_AddItemToArray(list, o)) {
+        cJSON_Delete(list);
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return print_and_delete(list);
+}
+
+char *qv_proto_tgi_encode_event(const qv_proto_tgi_token *tok, int index,
+                                const qv_proto_tgi_result *final) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *t = tgi_token(tok);
+    bool ok = o && t && cJSON_AddNumberToObject(o, "index", index) &&
+              cJSON_AddItemToObject(o, "token", t);
+    if (!ok) cJSON_Delete(t);
+    if (ok && final)
+        ok = tgi_text(o, final) && (final->details ? tgi_details(o, final, false)
+                                                   : cJSON_AddNullToObject(o, "details") != NULL);
+    else if (ok)
+        ok = cJSON_AddNullToObject(o, "generated_text") && cJSON_AddNullToObject(o, "details");
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return print_and_delete(o);
+}
+
+char *qv_proto_tgi_encode_error(const char *message, const char *error_type) {
+    char *msg = utf8_repair(message ? message : "");
+    cJSON *o = msg ? cJSON_CreateObject() : NULL;
+    bool ok = o && cJSON_AddStringToObject(o, "error", msg) &&
+              cJSON_AddStringToObject(o, "error_type", error_type ? error_type : "validation");
+    qv_free(msg);
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return print_and_delete(o);
+}
+
 char *qv_proto_sse_frame(const char *payload, size_t payload_len, size_t *out_len) {
     static const char pre[] = "data: ";
     size_t n = sizeof(pre) - 1 + payload_len + 2;

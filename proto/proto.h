@@ -38,6 +38,7 @@ enum qv_proto_endpoint {
     QV_PROTO_CHAT = 1,        /* POST /v1/chat/completions */
     QV_PROTO_TOKENIZE = 2,    /* POST /tokenize (vLLM): `prompt` or `messages` */
     QV_PROTO_DETOKENIZE = 3,  /* POST /detokenize (vLLM): `tokens` into prompt_ids */
+    QV_PROTO_GENERATE = 4,    /* POST /generate, /generate_stream, / (TGI, LoRAX) */
 };
 
 /* A decoding failure: status (QV_ERR_INVALID for bad input, QV_ERR_NOMEM), an English
@@ -183,6 +184,63 @@ qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name
 
 /* SSE framing: "data: <payload>\n\n". Returns a buffer owned by the caller (qv_free) with its
  * length in *out_len, or NULL when out of memory. */
+/* ---- TGI / LoRAX text-generation API ---- */
+
+/* What a TGI request asks beyond qv_proto_request. */
+typedef struct qv_proto_tgi {
+    bool details;          /* the answer carries details (finish reason, tokens...) */
+    bool return_full_text; /* generated_text starts with the inputs */
+    int truncate;          /* keep only the last `truncate` input tokens (0: all) */
+    int n_alternatives;    /* LoRAX return_k_alternatives: top tokens per generated token */
+} qv_proto_tgi;
+
+/* Decodes {"inputs": text, "parameters": {...}, "stream": bool} (TGI's /generate and
+ * /generate_stream, LoRAX's /) into *r (endpoint QV_PROTO_GENERATE, prompt = inputs, adapter =
+ * parameters.adapter_id, max_tokens = max_new_tokens (default 20), stop, seed, penalties,
+ * ignore_eos = ignore_eos_token; greedy (temperature 0) unless do_sample or a sampling
+ * parameter is given, as TGI does) and *t. Parameters quiver does not offer (typical_p,
+ * best_of > 1, watermark, grammar / response_format, merged_adapters, decoder_input_details,
+ * top_n_tokens, adapter_source s3 / pbase) are refused, never ignored. Unknown fields are
+ * ignored; null means absent. Errors as qv_proto_request_decode (param "parameters.<name>"). */
+qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r, qv_proto_tgi *t,
+                              qv_proto_error *e);
+
+/* One generated token of a TGI answer. */
+typedef struct qv_proto_tgi_token {
+    int32_t id;
+    const char *text; /* the text it added (its vocabulary text for special tokens) */
+    float logprob;
+    bool special;
+    int n_alt; /* alternatives (LoRAX alternative_tokens) */
+    const int32_t *alt_id;
+    const char *const *alt_text;
+    const float *alt_logprob;
+} qv_proto_tgi_token;
+
+/* A finished generation. */
+typedef struct qv_proto_tgi_result {
+    const char *generated_text;
+    size_t generated_len;
+    const char *finish_reason; /* "length", "eos_token", "stop_sequence" */
+    int prompt_tokens, generated_tokens;
+    bool has_seed; /* sampled: the seed it used */
+    uint64_t seed;
+    bool details;
+    const qv_proto_tgi_token *tokens; /* details.tokens */
+    size_t n_tokens;
+} qv_proto_tgi_result;
+
+/* {"generated_text", "details"} (details only when asked); in_list wraps it in [ ] (LoRAX's
+ * POST /). NULL when out of memory. */
+char *qv_proto_tgi_encode_response(const qv_proto_tgi_result *r, bool in_list);
+/* One server-sent event: {"index", "token", "generated_text", "details"}; `final` (NULL
+ * before the last token) gives generated_text and the stream details. */
+char *qv_proto_tgi_encode_event(const qv_proto_tgi_token *tok, int index,
+                                const qv_proto_tgi_result *final);
+/* {"error": message, "error_type": type}: TGI's error object ("validation", "overloaded",
+ * "generation", or quiver's error code). */
+char *qv_proto_tgi_encode_error(const char *message, const char *error_type);
+
 char *qv_proto_sse_frame(const char *payload, size_t payload_len, size_t *out_len);
 /* The final SSE frame, "data: [DONE]\n\n" (static storage). */
 #define QV_PROTO_SSE_DONE "data: [DONE]\n\n"

@@ -60,6 +60,17 @@
 
 typedef struct server server;
 
+/* One generated token of a TGI request. */
+typedef struct gen_tok {
+    int32_t id;
+    bool special;
+    float logprob;
+    size_t text_end; /* request.out_len once its text was appended */
+    int n_alt;
+    int32_t alt_id[QV_PROTO_MAX_LOGPROBS];
+    float alt_logprob[QV_PROTO_MAX_LOGPROBS];
+} gen_tok;
+
 typedef struct request {
     server *srv;
     pthread_mutex_t mu;
@@ -82,6 +93,9 @@ typedef struct request {
     struct MHD_Connection *conn;
     int tenant;   /* server.tenants index */
     int priority; /* lower = admitted sooner */
+    /* TGI / LoRAX (endpoint QV_PROTO_GENERATE) */
+    bool tgi_details, tgi_in_list;
+    char *tgi_inputs; /* return_full_text: the inputs, prepended to generated_text */
     /* [engine] */
     bool tenant_active; /* counted busy for its tenant's fair share (until engine_release) */
     /* [engine] */
@@ -101,7 +115,11 @@ typedef struct request {
     const char *finish; /* "stop" / "length" once done */
     bool done, admitted, suspended;
     bool tenant_counted; /* holds an in-flight place of its tenant (until done or freed) */
-    int err_status;      /* != 0: the request failed with this HTTP status */
+    gen_tok *toks;       /* TGI: every generated token (ids, logprobs, where its text ends) */
+    size_t n_toks, cap_toks;
+    size_t toks_sent;       /* [http] TGI stream: events sent */
+    const char *tgi_finish; /* "length", "eos_token", "stop_sequence" once done */
+    int err_status;         /* != 0: the request failed with this HTTP status */
     char err_msg[384];
     const char *err_code;
     double t_first, t_done;
@@ -157,6 +175,7 @@ typedef struct conn_ctx {
     char route[96];  /* "METHOD /path" for the log line of requests that never reach the engine */
     request *req;
     keyring *kr; /* the keys when the request arrived (NULL: no --api-keys-file) */
+    bool tgi;    /* a TGI / LoRAX route: errors in TGI's shape */
     int status;
     double t0;
     char xrid[129]; /* the client's (or proxy's) X-Request-Id, when it is 1-128 visible ASCII */
@@ -259,6 +278,8 @@ static void request_release(request *r) {
     pthread_mutex_destroy(&r->mu);
     qv_free(r->model_echo);
     qv_free(r->adapter);
+    qv_free(r->tgi_inputs);
+    qv_free(r->toks);
     qv_free(r->ids);
     for (size_t i = 0; i < r->n_stops; i++)
         qv_free(r->stops[i]);
@@ -334,11 +355,40 @@ static void request_finish(request *r, const char *finish) {
     pthread_mutex_unlock(&r->mu);
 }
 
+/* A token's vocabulary text ("</s>", "<|im_end|>"), or its decoded bytes when it has none. */
+static char *token_text_raw(const qv_tokenizer *t, int32_t id) {
+    size_t len = 0;
+    const char *p = qv_tokenizer_token_text(t, id, &len);
+    return p ? qv_strndup(p, len) : qv_strdup("");
+}
+
 /* Token text for logprobs: the decoded bytes of one id (valid UTF-8). */
 static char *token_text(const qv_tokenizer *t, int32_t id) {
     char *s = NULL;
     if (qv_tokenizer_decode(t, &id, 1, false, &s, NULL, NULL) != QV_OK) return qv_strdup("");
     return s;
+}
+
+/* TGI: keeps token `id` (its text was just appended to r->out). Caller holds r->mu. */
+static bool record_token(request *r, int32_t id, const qv_logprobs *lp) {
+    if (r->n_toks == r->cap_toks) {
+        size_t cap = r->cap_toks ? r->cap_toks * 2 : 16;
+        gen_tok *p = qv_realloc(r->toks, cap * sizeof(*p));
+        if (!p) return false;
+        r->toks = p;
+        r->cap_toks = cap;
+    }
+    gen_tok *t = &r->toks[r->n_toks++];
+    t->id = id;
+    t->special = qv_tokenizer_is_special(r->srv->tok, id) || qv_tokenizer_is_eog(r->srv->tok, id);
+    t->logprob = lp ? lp->logprob : 0.0f;
+    t->text_end = r->out_len;
+    t->n_alt = lp ? QV_MIN(QV_MIN(lp->n_top, r->n_top), QV_PROTO_MAX_LOGPROBS) : 0;
+    for (int k = 0; k < t->n_alt; k++) {
+        t->alt_id[k] = lp->top_ids[k];
+        t->alt_logprob[k] = lp->top_logprobs[k];
+    }
+    return true;
 }
 
 static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
@@ -384,6 +434,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
         if (qv_detok_flush(r->detok, &tail, &tail_len) == QV_OK && tail_len)
             ok = ok && append_out(r, tail, tail_len);
     }
+    if (r->endpoint == QV_PROTO_GENERATE && ok) ok = record_token(r, token, lp);
     if (have_lp) {
         if (r->n_lps == r->cap_lps) {
             size_t cap = r->cap_lps ? r->cap_lps * 2 : 16;
@@ -403,6 +454,9 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     if (finished || finish != QV_FINISH_NONE || !ok) {
         r->done = true;
         r->finish = finish == QV_FINISH_LENGTH && !finished ? "length" : "stop";
+        r->tgi_finish = qv_detok_stop_index(r->detok) >= 0 ? "stop_sequence"
+                        : !strcmp(r->finish, "length")     ? "length"
+                                                           : "eos_token";
         r->t_done = qv_time_s();
         if (!ok) r->stop_hit = r->in_engine;
         tenant_leave_locked(r);
@@ -1131,6 +1185,16 @@ static enum MHD_Result send_json(struct MHD_Connection *c, conn_ctx *ctx, int st
     return queue_buf(c, ctx, status, "application/json", p, len);
 }
 
+/* TGI's error_type for an HTTP status (its clients map validation, overloaded and generation
+ * to exception classes; anything else falls back to the status). */
+static const char *tgi_error_type(int status, const char *code) {
+    return status == 400 || status == 422   ? "validation"
+           : status == 429 || status == 503 ? "overloaded"
+           : status >= 500                  ? "generation"
+           : code                           ? code
+                                            : "error";
+}
+
 static enum MHD_Result send_error(struct MHD_Connection *c, conn_ctx *ctx, int status,
                                   const char *param, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
@@ -1142,6 +1206,9 @@ static enum MHD_Result send_error(struct MHD_Connection *c, conn_ctx *ctx, int s
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (ctx->tgi) /* TGI / LoRAX routes answer in their clients' error shape */
+        return send_json(c, ctx, status,
+                         qv_proto_tgi_encode_error(msg, tgi_error_type(status, code)));
     const char *type = status == 401   ? "authentication_error"
                        : status == 404 ? "not_found_error"
                        : status == 429 ? "rate_limit_error"
@@ -1377,9 +1444,125 @@ static bool model_matches(server *srv, const char *base) {
            !strcmp(base, srv->cfg->model_path) || (general && !strcmp(base, general));
 }
 
+/* Makes `json` (taken; NULL: out of memory) the request's next SSE frame. */
+static bool set_frame(request *r, char *json) {
+    if (!json) return false;
+    qv_free(r->frame);
+    r->frame = qv_proto_sse_frame(json, strlen(json), &r->frame_len);
+    r->frame_off = 0;
+    qv_free(json);
+    return r->frame != NULL;
+}
+
+/* ---- TGI / LoRAX answers ---- */
+
+/* The texts behind TGI token i of r (owned: free with tgi_view_free). Caller holds r->mu. */
+typedef struct tgi_view {
+    qv_proto_tgi_token tok;
+    char *text;
+    char *alt_text[QV_PROTO_MAX_LOGPROBS];
+} tgi_view;
+
+static bool tgi_view_make(request *r, size_t i, tgi_view *v) {
+    memset(v, 0, sizeof(*v));
+    const gen_tok *t = &r->toks[i];
+    const size_t from = i ? r->toks[i - 1].text_end : 0;
+    /* a special token adds no text: show what it is, as TGI does */
+    v->text = t->special ? token_text_raw(r->srv->tok, t->id)
+                         : qv_strndup(r->out ? r->out + from : "", t->text_end - from);
+    bool ok = v->text != NULL;
+    for (int k = 0; ok && k < t->n_alt; k++)
+        ok = (v->alt_text[k] = token_text(r->srv->tok, t->alt_id[k])) != NULL;
+    v->tok = (qv_proto_tgi_token){.id = t->id,
+                                  .text = v->text,
+                                  .logprob = t->logprob,
+                                  .special = t->special,
+                                  .n_alt = t->n_alt,
+                                  .alt_id = t->alt_id,
+                                  .alt_text = (const char *const *)v->alt_text,
+                                  .alt_logprob = t->alt_logprob};
+    return ok;
+}
+
+static void tgi_view_free(tgi_view *v) {
+    qv_free(v->text);
+    for (int k = 0; k < QV_PROTO_MAX_LOGPROBS; k++)
+        qv_free(v->alt_text[k]);
+}
+
+/* The finished generation of r (generated_text in *full, owned). Caller holds r->mu. */
+static bool tgi_result(request *r, qv_proto_tgi_result *res, char **full) {
+    size_t in_len = r->tgi_inputs ? strlen(r->tgi_inputs) : 0;
+    *full = qv_malloc(in_len + r->out_len + 1);
+    if (!*full) return false;
+    if (in_len) memcpy(*full, r->tgi_inputs, in_len);
+    if (r->out_len) memcpy(*full + in_len, r->out, r->out_len);
+    (*full)[in_len + r->out_len] = '\0';
+    *res = (qv_proto_tgi_result){.generated_text = *full,
+                                 .generated_len = in_len + r->out_len,
+                                 .finish_reason = r->tgi_finish ? r->tgi_finish : "length",
+                                 .prompt_tokens = (int)r->n_ids,
+                                 .generated_tokens = r->n_gen,
+                                 .has_seed = r->gp.sampling.temperature > 0.0f,
+                                 .seed = r->gp.sampling.seed,
+                                 .details = r->tgi_details};
+    return true;
+}
+
+/* POST /generate (and LoRAX's POST / without stream): the whole answer. Caller holds r->mu. */
+static char *tgi_response(request *r) {
+    qv_proto_tgi_result res;
+    char *full = NULL, *json = NULL;
+    size_t n = r->tgi_details ? r->n_toks : 0;
+    tgi_view *views = n ? qv_calloc(n, sizeof(*views)) : NULL;
+    qv_proto_tgi_token *toks = n ? qv_calloc(n, sizeof(*toks)) : NULL;
+    bool ok = (!n || (views && toks)) && tgi_result(r, &res, &full);
+    for (size_t i = 0; ok && i < n; i++) {
+        ok = tgi_view_make(r, i, &views[i]);
+        toks[i] = views[i].tok;
+    }
+    if (ok) {
+        res.tokens = toks;
+        res.n_tokens = n;
+        json = qv_proto_tgi_encode_response(&res, r->tgi_in_list);
+    }
+    for (size_t i = 0; views && i < n; i++)
+        tgi_view_free(&views[i]);
+    qv_free(views);
+    qv_free(toks);
+    qv_free(full);
+    return json;
+}
+
+/* /generate_stream: the next event (one per generated token; the last one carries
+ * generated_text and details), an error event, or the end. Caller holds r->mu. */
+static bool tgi_next_frame(request *r) {
+    char *json = NULL;
+    if (r->toks_sent < r->n_toks) {
+        size_t i = r->toks_sent++;
+        bool last = r->done && !r->err_status && i + 1 == r->n_toks;
+        tgi_view v;
+        qv_proto_tgi_result res;
+        char *full = NULL;
+        if (tgi_view_make(r, i, &v) && (!last || tgi_result(r, &res, &full)))
+            json = qv_proto_tgi_encode_event(&v.tok, (int)i + 1, last ? &res : NULL);
+        tgi_view_free(&v);
+        qv_free(full);
+        if (last) r->sent_done = true;
+    } else if (r->err_status && !r->sent_done) {
+        json = qv_proto_tgi_encode_error(r->err_msg, "generation");
+        r->sent_done = true;
+    } else {
+        if (r->done) r->sent_done = true; /* ended without a final token (cancelled) */
+        return false;
+    }
+    return set_frame(r, json);
+}
+
 /* Streaming: builds the next SSE frame into r->frame. Caller holds r->mu. Returns false when
  * nothing is ready yet. */
 static bool next_frame(request *r) {
+    if (r->endpoint == QV_PROTO_GENERATE) return tgi_next_frame(r);
     qv_proto_result res = {.endpoint = r->endpoint,
                            .id = r->id,
                            .model = r->model_echo,
@@ -1424,12 +1607,7 @@ static bool next_frame(request *r) {
     } else {
         return false;
     }
-    if (!json) return false;
-    qv_free(r->frame);
-    r->frame = qv_proto_sse_frame(json, strlen(json), &r->frame_len);
-    r->frame_off = 0;
-    qv_free(json);
-    return r->frame != NULL;
+    return set_frame(r, json);
 }
 
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -1492,6 +1670,12 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
         enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
         MHD_destroy_response(resp);
         return ret;
+    }
+    if (!r->stream && r->done && r->endpoint == QV_PROTO_GENERATE) {
+        char *json = tgi_response(r);
+        pthread_mutex_unlock(&r->mu);
+        if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+        return send_json(c, ctx, 200, json);
     }
     if (!r->stream && r->done) {
         qv_proto_result res = {.endpoint = r->endpoint,
@@ -1684,19 +1868,26 @@ done:
     return ret;
 }
 
+/* A generation request: OpenAI completions or chat, or TGI / LoRAX (QV_PROTO_GENERATE, whose
+ * tgi_stream is 0 for /generate, 1 for /generate_stream, -1 for LoRAX's POST / where the body's
+ * `stream` decides and a whole answer is a one-element list). */
 static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
-                                       enum qv_proto_endpoint ep) {
+                                       enum qv_proto_endpoint ep, int tgi_stream) {
     const qv_http_config *cfg = srv->cfg;
     if (atomic_load(&srv->draining))
         return send_error(c, ctx, 503, NULL, "draining", "the server is shutting down");
     qv_proto_request pr;
     qv_proto_error pe;
+    qv_proto_tgi tgi = {0};
     char *prompt = NULL;
     int32_t *ids = NULL;
     size_t n_ids = 0;
     request *r = NULL;
     enum MHD_Result ret;
-    if (qv_proto_request_decode(ep, ctx->body ? ctx->body : "", ctx->body_len, &pr, &pe) != QV_OK) {
+    const char *body = ctx->body ? ctx->body : "";
+    if ((ep == QV_PROTO_GENERATE
+             ? qv_proto_tgi_decode(body, ctx->body_len, &pr, &tgi, &pe)
+             : qv_proto_request_decode(ep, body, ctx->body_len, &pr, &pe)) != QV_OK) {
         ret = pe.status == QV_ERR_NOMEM
                   ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
                   : send_error(c, ctx, 400, pe.param, "invalid_value", "%s", pe.message);
@@ -1733,9 +1924,19 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         pr.prompt_ids = NULL;
         pr.n_prompt_ids = 0;
     }
+    if (ep == QV_PROTO_GENERATE) {
+        if (tgi_stream >= 0) pr.stream = tgi_stream == 1;
+        if (tgi.truncate > 0 && n_ids > (size_t)tgi.truncate) { /* keep the last ids */
+            memmove(ids, ids + n_ids - (size_t)tgi.truncate, (size_t)tgi.truncate * sizeof(*ids));
+            n_ids = (size_t)tgi.truncate;
+        }
+    }
     if (n_ids == 0) {
-        ret = send_error(c, ctx, 400, ep == QV_PROTO_CHAT ? "messages" : "prompt", NULL,
-                         "the prompt encodes to no tokens");
+        ret = send_error(c, ctx, 400,
+                         ep == QV_PROTO_CHAT       ? "messages"
+                         : ep == QV_PROTO_GENERATE ? "inputs"
+                                                   : "prompt",
+                         NULL, "the prompt encodes to no tokens");
         goto done;
     }
     if ((int64_t)n_ids > cfg->max_prompt_tokens) {
@@ -1818,6 +2019,16 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
      * log-probabilities only when asked for at least one alternative. */
     r->n_top = pr.top_logprobs;
     sp->n_logprobs = pr.logprobs ? QV_MAX(pr.top_logprobs, 1) : 0;
+    if (ep == QV_PROTO_GENERATE) { /* every token carries its logprob (and alternatives) */
+        r->n_top = tgi.n_alternatives;
+        sp->n_logprobs = QV_MAX(tgi.n_alternatives, 1);
+        r->tgi_details = tgi.details;
+        r->tgi_in_list = tgi_stream < 0 && !pr.stream;
+        if (tgi.return_full_text && !(r->tgi_inputs = qv_strdup(pr.prompt))) {
+            ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+            goto done;
+        }
+    }
     if (qv_sampling_params_validate(sp, &err) != QV_OK) {
         ret = send_error(c, ctx, 400, NULL, "invalid_value", "%s", err.msg);
         goto done;
@@ -2440,9 +2651,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     bool lora_route =
         !strcmp(url, "/v1/load_lora_adapter") || !strcmp(url, "/v1/unload_lora_adapter");
     bool tok_route = !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize");
+    bool tgi_route =
+        !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") || !strcmp(url, "/");
+    ctx->tgi = tgi_route;
     bool known = !strcmp(url, "/v1/models") || !strcmp(url, "/metrics") ||
                  !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
-                 adapters_route || lora_route || tok_route;
+                 adapters_route || lora_route || tok_route || tgi_route;
     if (!known)
         return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %s", method, url);
     if (adapters_route || lora_route) {
@@ -2504,20 +2718,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (tok_route)
         return handle_tokenize(srv, c, ctx,
                                url[1] == 't' ? QV_PROTO_TOKENIZE : QV_PROTO_DETOKENIZE);
-    return handle_generate(srv, c, ctx,
-                           !strcmp(url, "/v1/completions") ? QV_PROTO_COMPLETIONS : QV_PROTO_CHAT);
+    if (tgi_route)
+        return handle_generate(srv, c, ctx, QV_PROTO_GENERATE,
+                               !strcmp(url, "/generate")          ? 0
+                               : !strcmp(url, "/generate_stream") ? 1
+                                                                  : -1);
+    return handle_generate(
+        srv, c, ctx, !strcmp(url, "/v1/completions") ? QV_PROTO_COMPLETIONS : QV_PROTO_CHAT, 0);
 bad_method:;
     /* Reached from routes decided before lora_route is set (/health, /ready): test the URL. */
-    const char *allow = !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
-                                !strcmp(url, "/v1/load_lora_adapter") ||
-                                !strcmp(url, "/v1/unload_lora_adapter") ||
-                                !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize")
-                            ? "POST"
-                        : !strcmp(url, "/v1/adapters")       ? "GET, POST"
-                        : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"
-                                                             : "GET";
-    char *json = qv_proto_encode_error("method not allowed", "invalid_request_error", NULL,
-                                       "method_not_allowed");
+    const char *allow =
+        !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
+                !strcmp(url, "/v1/load_lora_adapter") || !strcmp(url, "/v1/unload_lora_adapter") ||
+                !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize") ||
+                !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") || !strcmp(url, "/")
+            ? "POST"
+        : !strcmp(url, "/v1/adapters")       ? "GET, POST"
+        : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"
+                                             : "GET";
+    char *json = ctx->tgi ? qv_proto_tgi_encode_error("method not allowed", "method_not_allowed")
+                          : qv_proto_encode_error("method not allowed", "invalid_request_error",
+                                                  NULL, "method_not_allowed");
     size_t len = 0;
     char *p = libc_copy(json ? json : "{}", &len);
     qv_free(json);

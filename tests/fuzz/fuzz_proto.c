@@ -1,6 +1,7 @@
 /*
  * fuzz_proto.c - fuzz target for the HTTP request decoders (proto/): the first input byte
- * picks the endpoint (completions or chat), the rest is the request body. Invariants checked:
+ * picks the endpoint (bits 0-1: completions, chat, TGI / LoRAX generate, or tokenize; bit 2
+ * with tokenize: detokenize), the rest is the request body. Invariants checked:
  * no crash or sanitizer report; a successful decode yields a consistent struct (exactly one
  * prompt form, non-empty stop strings, ranges the server relies on); a failure carries a
  * message. Successful decodes are also re-encoded through the response encoder.
@@ -23,6 +24,15 @@
         }                                                                                          \
     } while (0)
 
+/* An encoder's output must be valid JSON. */
+static void check_json(char *out) {
+    CHECK(out != NULL);
+    cJSON *back = cJSON_Parse(out);
+    CHECK(back != NULL);
+    cJSON_Delete(back);
+    qv_free(out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static int hooked;
     if (!hooked) {
@@ -31,10 +41,59 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         hooked = 1;
     }
     if (size == 0) return 0;
-    enum qv_proto_endpoint ep = (data[0] & 1) ? QV_PROTO_CHAT : QV_PROTO_COMPLETIONS;
+    static const enum qv_proto_endpoint eps[4] = {QV_PROTO_COMPLETIONS, QV_PROTO_CHAT,
+                                                  QV_PROTO_GENERATE, QV_PROTO_TOKENIZE};
+    enum qv_proto_endpoint ep = eps[data[0] & 3];
+    if (ep == QV_PROTO_TOKENIZE && (data[0] & 4)) ep = QV_PROTO_DETOKENIZE;
     qv_proto_request r;
     qv_proto_error e;
-    qv_status s = qv_proto_request_decode(ep, (const char *)data + 1, size - 1, &r, &e);
+    qv_proto_tgi tgi;
+    const char *body = (const char *)data + 1;
+    qv_status s = ep == QV_PROTO_GENERATE ? qv_proto_tgi_decode(body, size - 1, &r, &tgi, &e)
+                                          : qv_proto_request_decode(ep, body, size - 1, &r, &e);
+    if (s == QV_OK && ep == QV_PROTO_GENERATE) {
+        CHECK(r.prompt && r.max_tokens >= 1 && r.temperature >= 0.0f);
+        CHECK(r.top_p > 0.0f && r.top_p <= 1.0f && r.repetition_penalty > 0.0f);
+        CHECK(tgi.truncate >= 0 && tgi.n_alternatives >= 0 &&
+              tgi.n_alternatives <= QV_PROTO_MAX_LOGPROBS);
+        for (size_t i = 0; i < r.n_stop; i++)
+            CHECK(r.stop[i] && r.stop[i][0]);
+        /* the answer and the events encode whatever the prompt holds, as valid JSON */
+        int32_t alt_id[1] = {7};
+        const char *alt_text[1] = {r.prompt};
+        float alt_lp[1] = {-1.0f};
+        qv_proto_tgi_token tok = {.id = 1,
+                                  .text = r.prompt,
+                                  .logprob = -0.5f,
+                                  .n_alt = 1,
+                                  .alt_id = alt_id,
+                                  .alt_text = alt_text,
+                                  .alt_logprob = alt_lp};
+        qv_proto_tgi_result res = {.generated_text = r.prompt,
+                                   .generated_len = r.prompt_len,
+                                   .finish_reason = "length",
+                                   .details = tgi.details,
+                                   .has_seed = r.has_seed,
+                                   .seed = r.seed,
+                                   .tokens = &tok,
+                                   .n_tokens = 1};
+        char *outs[3] = {qv_proto_tgi_encode_response(&res, r.stream),
+                         qv_proto_tgi_encode_event(&tok, 1, &res),
+                         qv_proto_tgi_encode_error(r.prompt, "validation")};
+        for (int i = 0; i < 3; i++)
+            check_json(outs[i]);
+        qv_proto_request_free(&r);
+        return 0;
+    }
+    if (s == QV_OK && (ep == QV_PROTO_TOKENIZE || ep == QV_PROTO_DETOKENIZE)) {
+        if (ep == QV_PROTO_TOKENIZE) CHECK((r.prompt != NULL) != (r.n_messages > 0));
+        const char *strs[2] = {r.prompt, NULL};
+        check_json(ep == QV_PROTO_TOKENIZE
+                       ? qv_proto_encode_tokenize(r.prompt_ids, r.n_prompt_ids, 8192, strs)
+                       : qv_proto_encode_detokenize(r.prompt));
+        qv_proto_request_free(&r);
+        return 0;
+    }
     if (s != QV_OK) {
         CHECK(s == QV_ERR_INVALID || s == QV_ERR_NOMEM);
         CHECK(e.message[0] != '\0');
@@ -61,12 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                                .text = text,
                                .text_len = text ? strlen(text) : 0,
                                .usage = true};
-        char *out = qv_proto_encode_response(&res);
-        CHECK(out != NULL);
-        cJSON *back = cJSON_Parse(out);
-        CHECK(back != NULL);
-        cJSON_Delete(back);
-        qv_free(out);
+        check_json(qv_proto_encode_response(&res));
     }
     qv_proto_request_free(&r);
     return 0;

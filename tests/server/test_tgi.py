@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""test_tgi.py - the TGI / LoRAX text-generation API (/generate, /generate_stream, LoRAX's
+POST /) with the real clients: `lorax-client` (predibase's LoRAX Python client) and
+`huggingface_hub`'s InferenceClient.text_generation, plus raw HTTP.
+
+Setup: `quiver serve` on SmolLM2-135M-Instruct Q4_1 with --api-key and the demo LoRA `pirate`.
+
+1. Greedy by default (TGI semantics): the generated token ids equal Hugging Face's greedy
+   continuation (tests/fixtures/smollm2/golden.json), details (finish_reason length, token
+   counts, per-token logprobs, null seed) are filled, and the text equals quiver's own
+   /v1/completions answer. The same through huggingface_hub, streamed and not.
+2. Streaming: one event per token; the concatenated token texts equal the last event's
+   generated_text and the non-streamed answer; the last event has details. A chat-formatted
+   input ends with the model's end token: finish_reason eos_token, its event special.
+3. parameters.adapter_id names an adapter of the store: the LoRA's answer equals
+   /v1/completions with model "pirate"; an unknown one is NotFoundError (404).
+4. Sampling (do_sample, temperature, seed): the same seed gives the same text and
+   details.seed echoes it; stop sequences end with stop_sequence; return_full_text,
+   truncate, return_k_alternatives (the first alternative is the greedy token itself).
+5. Refusals, never silent: typical_p, best_of > 1, watermark, decoder_input_details,
+   adapter_source s3 are validation errors (400, error_type "validation"); a missing key is
+   401; bad JSON is 400; all in TGI's {"error", "error_type"} shape.
+
+Usage: test_tgi.py <quiver-binary>. Exit 77 when the model has not been fetched.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_http_api as T  # noqa: E402 - the shared Server class, check() and failures
+
+check = T.check
+GOLDEN = T.GOLDEN  # HF greedy continuations of the SmolLM2 prompts
+
+
+def run(srv):
+    import lorax
+    from huggingface_hub import InferenceClient
+    base = f"http://127.0.0.1:{srv.port}"
+    auth = {"Authorization": "Bearer " + T.KEY}
+    lx = lorax.Client(base, headers=auth, timeout=300)
+    hf = InferenceClient(model=base, headers=auth, timeout=300)
+
+    # 1. greedy == HF
+    g = GOLDEN["prompts"][0]
+    n = 12
+    r = lx.generate(g["text"], max_new_tokens=n)
+    ids = [t.id for t in r.details.tokens]
+    check(ids == g["greedy"][:n], f"lorax generate: greedy ids == HF {ids} vs {g['greedy'][:n]}")
+    d = r.details
+    check(d.finish_reason.value == "length" and d.generated_tokens == n and
+          d.prompt_tokens == len(g["ids"]) and d.seed is None and d.prefill == [] and
+          all(t.logprob <= 0 for t in d.tokens),
+          f"details: length, {n} tokens, prompt {len(g['ids'])}, null seed, logprobs <= 0")
+    st, _, data = srv.raw("POST", "/v1/completions",
+                          {"prompt": g["text"], "max_tokens": n, "temperature": 0})
+    oa = json.loads(data)["choices"][0]["text"]
+    check(r.generated_text == oa == "".join(t.text for t in d.tokens),
+          f"generated_text {r.generated_text!r} == /v1/completions {oa!r} == joined tokens")
+    h = hf.text_generation(g["text"], max_new_tokens=n)
+    check(h == oa, f"huggingface_hub text_generation: {h!r}")
+    hs = "".join(hf.text_generation(g["text"], max_new_tokens=n, stream=True))
+    check(hs == oa, f"huggingface_hub stream: {hs!r}")
+    hd = hf.text_generation(g["text"], max_new_tokens=n, details=True)
+    check([t.id for t in hd.details.tokens] == g["greedy"][:n], "huggingface_hub details ids")
+
+    # 2. streaming
+    events = list(lx.generate_stream(g["text"], max_new_tokens=n))
+    text = "".join(e.token.text for e in events if not e.token.special)
+    last = events[-1]
+    check(len(events) == n and [e.token.id for e in events] == g["greedy"][:n],
+          f"one event per token ({len(events)})")
+    check(all(e.generated_text is None and e.details is None for e in events[:-1]) and
+          last.generated_text == text == oa and last.details.generated_tokens == n,
+          f"the last event carries generated_text {last.generated_text!r} and details")
+    chat = ("<|im_start|>user\nWhat is the capital of France? Answer in one word.<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    events = list(lx.generate_stream(chat, max_new_tokens=64))
+    last = events[-1]
+    check(last.details.finish_reason.value == "eos_token" and last.token.special and
+          last.token.text == "<|im_end|>" and "<|im_end|>" not in last.generated_text,
+          f"end token: eos_token, special event {last.token}, text {last.generated_text!r}")
+
+    # 3. adapters
+    r = lx.generate("Tell me about the sea.", adapter_id="pirate", max_new_tokens=16)
+    st, _, data = srv.raw("POST", "/v1/completions", {"model": "pirate", "max_tokens": 16,
+                                                      "prompt": "Tell me about the sea.",
+                                                      "temperature": 0})
+    want = json.loads(data)["choices"][0]["text"]
+    check(r.generated_text == want, f"adapter_id pirate == /v1/completions pirate ({want!r})")
+    base_r = lx.generate("Tell me about the sea.", max_new_tokens=16)
+    check(base_r.generated_text != want, "the adapter changes the answer")
+    try:
+        lx.generate("Hi", adapter_id="no-such-adapter")
+        check(False, "unknown adapter refused")
+    except lorax.errors.NotFoundError as e:
+        check("no-such-adapter" in str(e), f"unknown adapter: NotFoundError ({e})")
+
+    # 4. sampling and options
+    kw = dict(do_sample=True, temperature=0.9, top_p=0.95, seed=1234, max_new_tokens=24)
+    a, b = lx.generate("Once upon a time", **kw), lx.generate("Once upon a time", **kw)
+    check(a.generated_text == b.generated_text and a.details.seed == 1234,
+          f"seeded sampling repeats, seed echoed ({a.details.seed})")
+    c = lx.generate("Once upon a time", **dict(kw, seed=99))
+    check(c.generated_text != a.generated_text, "another seed, another text")
+    r = lx.generate("1, 2, 3, 4,", max_new_tokens=12, stop_sequences=[" 7"])
+    check(r.details.finish_reason.value == "stop_sequence" and r.generated_text.endswith("6,"),
+          f"stop_sequence ends before the stop text ({r.generated_text!r})")
+    r = lx.generate(g["text"], max_new_tokens=4, return_full_text=True)
+    check(r.generated_text.startswith(g["text"]) and r.generated_text[len(g["text"]):] ==
+          "".join(t.text for t in r.details.tokens), "return_full_text")
+    r = lx.generate(g["text"], max_new_tokens=2, truncate=2)
+    check(r.details.prompt_tokens == 2, f"truncate keeps 2 prompt tokens ({r.details.prompt_tokens})")
+    r = lx.generate(g["text"], max_new_tokens=3, return_k_alternatives=3)
+    alts = [t.alternative_tokens for t in r.details.tokens]
+    check(all(len(a) == 3 and a[0].id == t.id and a[0].logprob >= a[1].logprob >= a[2].logprob
+              for a, t in zip(alts, r.details.tokens)),
+          "return_k_alternatives: 3 per token, the greedy one first")
+
+    # 5. refusals
+    for name, kw in (("typical_p", dict(typical_p=0.5)), ("watermark", dict(watermark=True)),
+                     ("decoder_input_details", dict(decoder_input_details=True)),
+                     ("adapter_source", dict(adapter_id="pirate", adapter_source="s3"))):
+        try:
+            lx.generate("Hi", max_new_tokens=2, **kw)
+            check(False, f"{name} refused")
+        except lorax.errors.ValidationError as e:
+            check(name in str(e), f"{name}: ValidationError ({e})")
+    for body, what in (({"inputs": "Hi", "parameters": {"best_of": 2, "do_sample": True}},
+                        "best_of"),
+                       ({"inputs": 5}, "inputs"), ("{not json", "not valid JSON"),
+                       ({"inputs": "Hi", "parameters": {"max_new_tokens": 0}},
+                        "max_new_tokens")):
+        st, _, data = srv.raw("POST", "/generate", body)
+        err = json.loads(data)
+        check(st == 400 and err.get("error_type") == "validation" and what in err["error"],
+              f"{what}: 400 validation ({st} {err})")
+    st, _, data = srv.raw("POST", "/generate_stream", {"inputs": "Hi"}, key=None)
+    check(st == 401 and "error" in json.loads(data), f"no key: 401 in TGI shape ({st})")
+    st, _, data = srv.raw("GET", "/generate")
+    check(st == 405, f"GET /generate: 405 ({st})")
+
+
+def main():
+    if not os.path.isfile(T.MODEL):
+        print(f"SKIP: {T.MODEL} not found (run deploy/fetch-model.sh)")
+        return 77
+    srv = T.Server("--api-key", T.KEY, "--preload",
+                   "pirate=" + os.path.join(T.ROOT, "deploy", "demo-adapters", "pirate"))
+    try:
+        run(srv)
+    finally:
+        check(srv.stop() == 0, "server exits 0")
+    return T.report([srv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
