@@ -2245,6 +2245,53 @@ static enum MHD_Result admin_begin(server *srv, struct MHD_Connection *c, conn_c
 }
 
 /* Called again once the engine finished the job. */
+static uint64_t fnv1a(uint64_t h, const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+/* A listing (GET /v1/models, /v1/adapters) with two validators for routers and caches:
+ * ETag, the hash of the body (If-None-Match with it answers 304, no body), and
+ * X-Quiver-Catalog, the hash of the listed name -> version pairs alone: it changes with every
+ * publish, delete or alias move, not with residency, and is the same on every replica that
+ * sees the same store (so a router can tell replicas that lag behind a shared store). */
+static enum MHD_Result send_listing(struct MHD_Connection *c, conn_ctx *ctx, char *json,
+                                    const qv_proto_adapter_info *a, size_t n) {
+    if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+    uint64_t cat = 14695981039346656037ull;
+    for (size_t i = 0; i < n; i++) {
+        cat = fnv1a(cat, a[i].name, strlen(a[i].name) + 1);
+        cat = fnv1a(cat, a[i].version ? a[i].version : "",
+                    strlen(a[i].version ? a[i].version : "") + 1);
+    }
+    char etag[24], catalog[20];
+    snprintf(etag, sizeof etag, "\"%016" PRIx64 "\"",
+             fnv1a(14695981039346656037ull, json, strlen(json)));
+    snprintf(catalog, sizeof catalog, "%016" PRIx64, cat);
+    const char *inm =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    const bool same = inm && (strstr(inm, etag) || !strcmp(inm, "*"));
+    size_t len = 0;
+    char *p = same ? NULL : libc_copy(json, &len);
+    qv_free(json);
+    if (!same && !p) return MHD_NO;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, p, p ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(p);
+        return MHD_NO;
+    }
+    if (!same) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+    MHD_add_response_header(resp, "X-Quiver-Catalog", catalog);
+    add_request_id(resp, ctx);
+    ctx->status = same ? 304 : 200;
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)ctx->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
     admin_job *j = ctx->job;
     pthread_mutex_lock(&j->mu);
@@ -2274,9 +2321,12 @@ static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn
     }
     switch (j->resp) {
     case RESP_MODELS:
-        return send_json(c, ctx, 200,
-                         qv_proto_encode_model_list(srv->base_name, j->infos, n_shown, 0));
-    case RESP_LIST: return send_json(c, ctx, 200, qv_proto_encode_adapter_list(j->infos, n_shown));
+        return send_listing(c, ctx,
+                            qv_proto_encode_model_list(srv->base_name, j->infos, n_shown, 0),
+                            j->infos, n_shown);
+    case RESP_LIST:
+        return send_listing(c, ctx, qv_proto_encode_adapter_list(j->infos, n_shown), j->infos,
+                            n_shown);
     case RESP_ONE: return send_json(c, ctx, 200, qv_proto_encode_adapter(j->infos));
     case RESP_DELETE: {
         char buf[256];

@@ -188,6 +188,7 @@ def run_keys_file_test(store):
                       "adapters), 3 tenants" in ln for ln in srv.lines),
                   "start-up line counts the keys")
             run_manage_key_test(srv)
+            run_catalog_test(srv, store)
         finally:
             check(srv.stop() == 0, "keys-file server exits 0")
         for text, why in (("caf\u00e9-key\n", "visible ASCII"), ("# none\n", "holds no key")):
@@ -200,6 +201,51 @@ def run_keys_file_test(store):
                   f"a keys file that fails ({why}) stops start-up (rc {r.returncode})")
     finally:
         shutil.rmtree(kdir, ignore_errors=True)
+
+
+def run_catalog_test(srv, store):
+    """Listing validators: ETag + If-None-Match -> 304 without a body; X-Quiver-Catalog
+    changes with a publish and comes back with the delete (it hashes name -> version pairs),
+    ignores residency (a load changes the ETag only), and is the same on a second replica
+    serving the same store."""
+    def listing(path="/v1/adapters", headers=None):
+        return srv.raw("GET", path, headers=headers, key="main-key")
+
+    st, h, body = listing()
+    etag, cat = h.get("ETag"), h.get("X-Quiver-Catalog")
+    check(st == 200 and etag and etag.startswith('"') and cat and len(cat) == 16,
+          f"GET /v1/adapters: ETag {etag}, X-Quiver-Catalog {cat}")
+    st, h, body = listing(headers={"If-None-Match": etag})
+    check(st == 304 and body == b"" and h.get("ETag") == etag, f"If-None-Match: 304 ({st})")
+    check(listing("/v1/models")[1].get("X-Quiver-Catalog") == cat,
+          "/v1/models: the same catalog hash")
+    # shouting's weights with a config of other bytes: a version of its own (never loaded)
+    files = [(n, fn, data + b"\n" if n == "adapter_config.json" else data)
+             for n, fn, data in adapter_files(os.path.join(DEMO, "shouting"))]
+    st, _ = upload(srv, "POST", "/v1/adapters", {"name": "team-m-cat"}, files, key="team-m-key")
+    st2, h, _ = listing(headers={"If-None-Match": etag})
+    check(st == 201 and st2 == 200 and h.get("X-Quiver-Catalog") != cat,
+          "a publish changes the catalog hash (and the ETag)")
+    other = T.Server("--adapter-store", store, "--api-key", "main-key")
+    try:
+        h2 = other.raw("GET", "/v1/adapters", key="main-key")[1]
+        check(h2.get("X-Quiver-Catalog") == h.get("X-Quiver-Catalog"),
+              "a second replica on the same store reports the same catalog hash")
+    finally:
+        other.stop()
+    _, h, body = listing()
+    cat1, etag1 = h.get("X-Quiver-Catalog"), h.get("ETag")
+    tier = {a["name"]: a["tier"] for a in json.loads(body)["data"]}.get("team-m-cat")
+    st, _, _ = srv.raw("POST", "/v1/completions", key="main-key",
+                       body={"model": "team-m-cat", "prompt": "Hi", "max_tokens": 1})
+    _, h, body = listing()
+    tier2 = {a["name"]: a["tier"] for a in json.loads(body)["data"]}.get("team-m-cat")
+    check(st == 200 and tier == "disk" and tier2 == "host" and
+          h.get("X-Quiver-Catalog") == cat1 and h.get("ETag") != etag1,
+          f"a load ({tier} -> {tier2}) changes the ETag, not the catalog hash")
+    srv.raw("DELETE", "/v1/adapters/team-m-cat", key="team-m-key")
+    st, h, _ = listing()
+    check(h.get("X-Quiver-Catalog") == cat, "the delete brings the catalog hash back")
 
 
 def run_manage_key_test(srv):
