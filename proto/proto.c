@@ -254,6 +254,26 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
     return QV_OK;
 }
 
+/* Chat: add_generation_prompt (default true) and continue_final_message (vLLM / transformers:
+ * the prompt ends inside the last message, an assistant's, so the model continues it; then
+ * add_generation_prompt defaults to false and may not be true). */
+static qv_status decode_turn_options(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    qv_status s = get_bool(root, "continue_final_message", &r->continue_final_message, e);
+    if (s) return s;
+    r->add_generation_prompt = !r->continue_final_message;
+    if ((s = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e))) return s;
+    if (r->continue_final_message && r->add_generation_prompt)
+        return fail(e, QV_ERR_INVALID, "continue_final_message",
+                    "'continue_final_message' and 'add_generation_prompt' cannot both be true");
+    if (r->continue_final_message &&
+        (strcmp(r->messages[r->n_messages - 1].role, "assistant") != 0 ||
+         !r->messages[r->n_messages - 1].content[0]))
+        return fail(e, QV_ERR_INVALID, "continue_final_message",
+                    "'continue_final_message' needs a last message from the assistant, with "
+                    "text");
+    return QV_OK;
+}
+
 /* /tokenize (`prompt` text or `messages`) and /detokenize (`tokens`). */
 static qv_status decode_tokenize(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
     qv_status s;
@@ -287,9 +307,8 @@ static qv_status decode_tokenize(const cJSON *root, qv_proto_request *r, qv_prot
     }
     if (s) return s;
     r->add_special_tokens = !chat;
-    r->add_generation_prompt = true;
     if ((s = get_bool(root, "add_special_tokens", &r->add_special_tokens, e))) return s;
-    if ((s = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e))) return s;
+    if (chat && (s = decode_turn_options(root, r, e))) return s;
     return get_bool(root, "return_token_strs", &r->return_token_strs, e);
 }
 
@@ -319,9 +338,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     r->add_special_tokens = endpoint != QV_PROTO_CHAT;
     r->add_generation_prompt = true;
     if ((s = get_bool(root, "add_special_tokens", &r->add_special_tokens, e))) goto done;
-    if (endpoint == QV_PROTO_CHAT &&
-        (s = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e)))
-        goto done;
+    if (endpoint == QV_PROTO_CHAT && (s = decode_turn_options(root, r, e))) goto done;
     int n = 1;
     if ((s = get_int(root, "n", 1, 1e9, &n, e))) goto done;
     if (n != 1) {

@@ -92,7 +92,8 @@ typedef struct qv_proto_request {
      * (default: true for a completion's prompt, false for chat, whose template writes them);
      * chat: end the rendered prompt with the assistant's turn header (default true) */
     bool add_special_tokens, add_generation_prompt;
-    bool return_token_strs; /* tokenize: also return each id's vocabulary piece */
+    bool continue_final_message; /* chat: the prompt ends inside the last (assistant) message */
+    bool return_token_strs;      /* tokenize: also return each id's vocabulary piece */
 } qv_proto_request;
 
 /* Decodes a request body of `len` bytes (need not be NUL-terminated) for `endpoint` into *out

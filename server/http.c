@@ -1760,6 +1760,32 @@ static bool resolve_model(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
     return true;
 }
 
+/* continue_final_message as transformers does it: cuts the rendered chat right after the last
+ * occurrence of the final message's text (else of that text without surrounding blanks, which
+ * templates often trim). The message is the last one, so only the tail is searched (its text
+ * plus 256 bytes of closing markers): linear time whatever the input. False when absent. */
+static bool cut_after_last(char *rendered, const char *msg) {
+    const size_t hl = strlen(rendered);
+    const char *b = msg, *e = msg + strlen(msg);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            while (b < e && strchr(" \t\r\n", *b))
+                b++;
+            while (e > b && strchr(" \t\r\n", e[-1]))
+                e--;
+        }
+        const size_t n = (size_t)(e - b);
+        if (n == 0 || n > hl) continue;
+        const size_t lo = hl - n > 256 ? hl - n - 256 : 0;
+        for (size_t i = hl - n + 1; i-- > lo;)
+            if (!memcmp(rendered + i, b, n)) {
+                rendered[i + n] = '\0';
+                return true;
+            }
+    }
+    return false;
+}
+
 /* The ids of a request's text: its chat messages rendered with the model's template
  * (*prompt, owned by the caller), or its text prompt; add_special_tokens as the request says.
  * Otherwise sends the error (*ret) and returns false. */
@@ -1785,6 +1811,12 @@ static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
         if (s != QV_OK) {
             *ret =
                 send_error(c, ctx, s == QV_ERR_NOMEM ? 500 : 400, "messages", NULL, "%s", err.msg);
+            return false;
+        }
+        if (pr->continue_final_message &&
+            !cut_after_last(*prompt, pr->messages[pr->n_messages - 1].content)) {
+            *ret = send_error(c, ctx, 400, "continue_final_message", "invalid_value",
+                              "the chat template does not show the last message's text");
             return false;
         }
         src = *prompt;

@@ -14,7 +14,9 @@ the llama2 fixture tokenizer, which adds <s>) and tests/fixtures/smollm2/golden.
    character), streamed or not; a prompt given as token ids gets nothing added; /detokenize
    equals HF's decode; bad input is 400/404/405.
 2. SmolLM2 (chat template): /tokenize of chat messages equals the oracle's chat prompt ids, and
-   a chat completion of the same messages counts the same number of prompt tokens.
+   a chat completion of the same messages counts the same number of prompt tokens;
+   continue_final_message ends the prompt inside a final assistant message (the oracle's chat
+   prompt + that text's ids), and a chat completion then continues it.
 
 Usage: test_tokenize.py <quiver-binary>. Exit 77 when SmolLM2 has not been fetched.
 """
@@ -132,6 +134,34 @@ def smollm2_checks(srv):
     tail = [1, 520, 9531, 198]  # "<|im_start|>assistant\n"
     check(st == 200 and out["tokens"] == want[:-len(tail)] and want[-len(tail):] == tail,
           "add_generation_prompt false leaves out the assistant header")
+
+    # continue_final_message: the prompt ends inside the assistant's message (ChatML: its
+    # header and text, no <|im_end|>), so the model continues it
+    head = "The capital of France is"
+    st, text_ids = post(srv, "/tokenize", {"prompt": head, "add_special_tokens": False})
+    cont = msgs + [{"role": "assistant", "content": head}]
+    st, out = post(srv, "/tokenize", {"messages": cont, "continue_final_message": True})
+    check(st == 200 and out["tokens"] == want + text_ids["tokens"],
+          "continue_final_message: the oracle's chat prompt + the assistant's text, no end token")
+    st, out = post(srv, "/tokenize", {"messages": cont + [], "continue_final_message": True,
+                                      "add_generation_prompt": False})
+    check(st == 200 and out["tokens"] == want + text_ids["tokens"],
+          "add_generation_prompt false given explicitly: the same")
+    st, out = post(srv, "/v1/chat/completions", {"messages": cont, "max_tokens": 8,
+                                                 "temperature": 0,
+                                                 "continue_final_message": True})
+    st2, ref = post(srv, "/v1/completions", {"prompt": want + text_ids["tokens"],
+                                             "max_tokens": 8, "temperature": 0})
+    check(st == 200 and st2 == 200 and
+          out["choices"][0]["message"]["content"] == ref["choices"][0]["text"],
+          f"a chat completion continues the message: {out['choices'][0]['message']['content']!r}")
+    for body, why in (({"messages": msgs, "continue_final_message": True}, "assistant"),
+                      ({"messages": cont, "continue_final_message": True,
+                        "add_generation_prompt": True}, "cannot both be true")):
+        st, out = post(srv, "/v1/chat/completions", dict(body, max_tokens=2))
+        check(st == 400 and why in out["error"]["message"] and
+              out["error"]["param"] == "continue_final_message",
+              f"continue_final_message refused: {why} ({st})")
 
 
 def main():
