@@ -190,7 +190,7 @@ typedef struct inbox_msg {
 
 /* One key of --api-keys-file: the adapters it may use are those whose names match one of its
  * fnmatch patterns (the base model always); no patterns: every adapter. Its tenant
- * (server.tenants) is the line's tenant=NAME, else one of its own, "key-<line>". */
+ * (server.tenants) is the line's tenant=NAME, else 0 ("default"). */
 typedef struct api_key_ent {
     char *key;
     char **pat;
@@ -396,7 +396,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     (void)seq_id;
     request *r = user;
     server *srv = r->srv;
-    qv_tenants_served(srv->tenants, r->tenant, 0, 1);
+    qv_tenants_served(srv->tenants, r->tenant, 0, 1, qv_time_s());
     if (finish != QV_FINISH_NONE) r->in_engine = false;
     pthread_mutex_lock(&r->mu);
     bool done = r->done;
@@ -669,17 +669,18 @@ static void poll_adapters(server *srv) {
                 if (ev[i].kind == QV_REGISTRY_EV_LOADED) {
                     enqueue(srv, r); /* acquires now (or waits for a reload) */
                 } else {
-                    atomic_fetch_sub(&srv->n_waiting, 1);
                     /* The version resolved, so whatever the loader says is about its files:
                      * unprocessable, unless it is about memory. */
                     qv_status st = ev[i].status;
                     if (st == QV_ERR_BUSY) {
-                        /* Did not fit beside the versions in use: wait for a release. */
+                        /* Did not fit beside the versions in use: wait (still counted as
+                         * waiting) for a release. */
                         r->retry_on_release = true;
                         r->next = srv->await_head;
                         srv->await_head = r;
                         continue;
                     }
+                    atomic_fetch_sub(&srv->n_waiting, 1);
                     int http = st == QV_ERR_NOMEM ? 500 : st == QV_ERR_BUSY ? 503 : 422;
                     char dir[4096];
                     snprintf(dir, sizeof(dir), "%s/objects/%s", qv_store_root(srv->store),
@@ -744,7 +745,7 @@ static void admit(server *srv) {
             engine_release(r);
             continue;
         }
-        qv_tenants_served(srv->tenants, r->tenant, (int)r->n_ids, 0);
+        qv_tenants_served(srv->tenants, r->tenant, (int)r->n_ids, 0, qv_time_s());
         r->in_engine = true;
         r->next = srv->running;
         srv->running = r;
@@ -1338,8 +1339,7 @@ static keyring *keys_read(const char *path, qv_tenants *tenants, char *msg, size
         /* patterns first, then the tenant (named anywhere on the line), then its options */
         char *opts[16];
         int n_opts = 0;
-        char tenant[80];
-        snprintf(tenant, sizeof(tenant), "key-%d", line_no);
+        char tenant[80] = ""; /* none: the tenant "default" */
         while (ok && (tok = strtok_r(NULL, " \t\r", &save))) {
             if (!strncmp(tok, "tenant=", 7)) {
                 snprintf(tenant, sizeof(tenant), "%.79s", tok + 7);
@@ -1347,7 +1347,6 @@ static keyring *keys_read(const char *path, qv_tenants *tenants, char *msg, size
                 ok = !strcmp(tok + 7, "yes") || !strcmp(tok + 7, "no");
                 if (!ok) snprintf(msg, msg_len, "%s:%d: manage= takes yes or no", path, line_no);
                 k->manage = !strcmp(tok + 7, "yes");
-                kr->n_manage += k->manage;
             } else if (strchr(tok, '=')) {
                 if (n_opts == (int)QV_ARRAY_LEN(opts)) {
                     snprintf(msg, msg_len, "%s:%d: too many options", path, line_no);
@@ -1363,8 +1362,14 @@ static keyring *keys_read(const char *path, qv_tenants *tenants, char *msg, size
                 if (!ok) snprintf(msg, msg_len, "out of memory");
             }
         }
+        kr->n_manage += k->manage;
         char why[256] = "";
-        if (ok && (k->tenant = qv_tenants_get(tenants, tenant, why, sizeof(why))) < 0) ok = false;
+        if (ok && !tenant[0] && n_opts) {
+            snprintf(why, sizeof why, "'%s' needs a tenant: add tenant=NAME", opts[0]);
+            ok = false;
+        }
+        if (ok && tenant[0] && (k->tenant = qv_tenants_get(tenants, tenant, why, sizeof(why))) < 0)
+            ok = false;
         for (int i = 0; ok && i < n_opts; i++)
             ok = qv_tenants_option(tenants, k->tenant, opts[i], why, sizeof(why));
         if (why[0]) snprintf(msg, msg_len, "%s:%d: %s", path, line_no, why);
@@ -1400,7 +1405,7 @@ static bool keys_install(server *srv, const char *path, char *msg, size_t msg_le
     keyring *kr = keys_read(path, tmp, msg, msg_len);
     int map[QV_TENANT_MAX];
     char why[256];
-    if (kr && !qv_tenants_adopt(srv->tenants, tmp, map, why, sizeof why)) {
+    if (kr && !qv_tenants_adopt(srv->tenants, tmp, map, qv_time_s(), why, sizeof why)) {
         snprintf(msg, msg_len, "%s: %s", path, why);
         keyring_release(srv, kr);
         kr = NULL;
@@ -1467,16 +1472,20 @@ static bool tgi_view_make(request *r, size_t i, tgi_view *v) {
     memset(v, 0, sizeof(*v));
     const gen_tok *t = &r->toks[i];
     const size_t from = i ? r->toks[i - 1].text_end : 0;
-    /* a special token adds no text: show what it is, as TGI does */
-    v->text = t->special ? token_text_raw(r->srv->tok, t->id)
-                         : qv_strndup(r->out ? r->out + from : "", t->text_end - from);
+    /* A special token adds no text: it shows what it is, as in TGI. Unless text held back
+     * (a possible stop-string start, an unfinished character) was released with it: then it
+     * carries that text and counts as ordinary, so the texts of the non-special tokens still
+     * add up to generated_text (what clients concatenate). */
+    const bool special = t->special && t->text_end == from;
+    v->text = special ? token_text_raw(r->srv->tok, t->id)
+                      : qv_strndup(r->out ? r->out + from : "", t->text_end - from);
     bool ok = v->text != NULL;
     for (int k = 0; ok && k < t->n_alt; k++)
         ok = (v->alt_text[k] = token_text(r->srv->tok, t->alt_id[k])) != NULL;
     v->tok = (qv_proto_tgi_token){.id = t->id,
                                   .text = v->text,
                                   .logprob = t->logprob,
-                                  .special = t->special,
+                                  .special = special,
                                   .n_alt = t->n_alt,
                                   .alt_id = t->alt_id,
                                   .alt_text = (const char *const *)v->alt_text,
@@ -2046,7 +2055,10 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     sp->presence_penalty = pr.presence_penalty;
     sp->frequency_penalty = pr.frequency_penalty;
     sp->repetition_penalty = pr.repetition_penalty;
-    sp->seed = pr.has_seed ? pr.seed : (uint64_t)n * 0x9E3779B97F4A7C15ull + (uint64_t)time(NULL);
+    /* a drawn seed fits 53 bits: reported back (TGI details.seed), it survives JSON doubles */
+    sp->seed = pr.has_seed ? pr.seed
+                           : ((uint64_t)n * 0x9E3779B97F4A7C15ull + (uint64_t)time(NULL)) &
+                                 ((1ull << 53) - 1);
     /* logprobs with 0 alternatives still reports the chosen tokens: the engine computes
      * log-probabilities only when asked for at least one alternative. */
     r->n_top = pr.top_logprobs;
@@ -2399,7 +2411,8 @@ struct upload {
     int status; /* != 0: the first error, answered once the body is consumed */
     char msg[384];
     const char *code;
-    int who; /* admin_auth: the admin key (AUTH_ANY) or a manage= key */
+    int who;           /* admin_auth: the admin key (AUTH_ANY) or a manage= key */
+    const keyring *kr; /* the connection's keys (conn_ctx.kr, outlives the upload) */
 };
 
 static void upload_fail(upload *u, int status, const char *code, const char *fmt, ...)
@@ -2467,6 +2480,13 @@ static enum MHD_Result upload_iter(void *cls, enum MHD_ValueKind kind, const cha
                         base);
         return MHD_YES;
     }
+    /* a manage= key limited to some names is refused before anything reaches the disk
+     * (when the form gives the name first, as clients do; else at the end) */
+    if (!u->txn && u->name_len && !key_allows(u->kr, u->who, u->name)) {
+        upload_fail(u, 403, "permission_denied", "this API key may not administer adapter '%.128s'",
+                    u->name);
+        return MHD_YES;
+    }
     qv_error err = {0};
     if (!u->txn && qv_store_begin(u->srv->store, &u->txn, &err) != QV_OK) {
         upload_fail(u, 500, NULL, "%s", err.msg);
@@ -2507,9 +2527,13 @@ static upload *upload_new(server *srv, const conn_ctx *ctx, struct MHD_Connectio
         snprintf(u->name, sizeof(u->name), "%s", name);
         u->name_len = strlen(u->name);
     }
+    u->kr = ctx->kr;
     int st = admin_auth(srv, ctx, c, &u->who);
     if (st)
         u->status = st; /* message written by send_admin_refusal */
+    else if (name && !key_allows(ctx->kr, u->who, u->name))
+        upload_fail(u, 403, "permission_denied", "this API key may not administer adapter '%.128s'",
+                    u->name);
     else if (!srv->store)
         upload_fail(u, 404, NULL, "this server has no adapter store");
     else if (!(u->pp = MHD_create_post_processor(c, 64 * 1024, upload_iter, u)))

@@ -142,6 +142,12 @@ bool qv_tenants_option(qv_tenants *ts, int t, const char *opt, char *msg, size_t
     }
     pthread_mutex_lock(&ts->mu);
     tenant *tn = &ts->t[t];
+    if (t == 0) {
+        snprintf(msg, msg_len,
+                 "tenant 'default' has no limits; name another tenant for %s=", opt_names[k]);
+        pthread_mutex_unlock(&ts->mu);
+        return false;
+    }
     ok = !tn->opt_set[k] || tn->opt[k] == v;
     if (ok) {
         tn->opt[k] = v;
@@ -168,7 +174,28 @@ void qv_tenants_policy(qv_tenants *ts, int t, qv_tenant_policy *out) {
 
 const char *qv_tenants_name(const qv_tenants *ts, int t) { return ts->t[t].name; }
 
-bool qv_tenants_adopt(qv_tenants *ts, qv_tenants *from, int *map, char *msg, size_t msg_len) {
+/* The request bucket's size: one minute's allowance, and at least one request (rpm=0.5 is one
+ * request every two minutes). */
+static double req_cap(const tenant *t) { return QV_MAX(t->opt[OPT_RPM], 1.0); }
+
+/* Brings both buckets up to `now`: each holds at most one minute's allowance. Every change of
+ * a bucket (arrival, generated tokens, a new policy) refills it first, so time that a full
+ * bucket could not store is never credited later. */
+static void refill(tenant *t, double now) {
+    const double rpm = t->opt[OPT_RPM], tpm = t->opt[OPT_TPM];
+    if (t->refilled < 0) {
+        t->req_left = req_cap(t);
+        t->tok_left = tpm;
+    } else if (now > t->refilled) {
+        const double dt = now - t->refilled;
+        t->req_left = QV_MIN(req_cap(t), t->req_left + dt * rpm / 60.0);
+        t->tok_left = QV_MIN(tpm, t->tok_left + dt * tpm / 60.0);
+    }
+    t->refilled = QV_MAX(now, t->refilled);
+}
+
+bool qv_tenants_adopt(qv_tenants *ts, qv_tenants *from, int *map, double now, char *msg,
+                      size_t msg_len) {
     pthread_mutex_lock(&from->mu);
     pthread_mutex_lock(&ts->mu);
     bool ok = true;
@@ -193,12 +220,13 @@ bool qv_tenants_adopt(qv_tenants *ts, qv_tenants *from, int *map, char *msg, siz
         if (j == ts->n) j = add_locked(ts, from->t[i].name);
         tenant *dst = &ts->t[j];
         const tenant *src = &from->t[i];
+        if (dst->refilled >= 0) refill(dst, now); /* the old rates up to now */
         const double old_rpm = dst->opt[OPT_RPM], old_tpm = dst->opt[OPT_TPM];
         memcpy(dst->opt, src->opt, sizeof(dst->opt));
         memcpy(dst->opt_set, src->opt_set, sizeof(dst->opt_set));
         dst->priority_free = src->priority_free;
         /* a bucket keeps what is left, within the new allowance; a new limit starts full */
-        dst->req_left = old_rpm > 0 ? QV_MIN(dst->req_left, src->opt[OPT_RPM]) : src->opt[OPT_RPM];
+        dst->req_left = old_rpm > 0 ? QV_MIN(dst->req_left, req_cap(dst)) : req_cap(dst);
         dst->tok_left = old_tpm > 0 ? QV_MIN(dst->tok_left, src->opt[OPT_TPM]) : src->opt[OPT_TPM];
         kept[j] = true;
         map[i] = j;
@@ -208,20 +236,6 @@ bool qv_tenants_adopt(qv_tenants *ts, qv_tenants *from, int *map, char *msg, siz
     pthread_mutex_unlock(&ts->mu);
     pthread_mutex_unlock(&from->mu);
     return ok;
-}
-
-/* Brings both buckets up to `now`: each holds at most one minute's allowance. */
-static void refill(tenant *t, double now) {
-    const double rpm = t->opt[OPT_RPM], tpm = t->opt[OPT_TPM];
-    if (t->refilled < 0) {
-        t->req_left = rpm;
-        t->tok_left = tpm;
-    } else if (now > t->refilled) {
-        const double dt = now - t->refilled;
-        t->req_left = QV_MIN(rpm, t->req_left + dt * rpm / 60.0);
-        t->tok_left = QV_MIN(tpm, t->tok_left + dt * tpm / 60.0);
-    }
-    t->refilled = QV_MAX(now, t->refilled);
 }
 
 /* Whole seconds (>= 1) until a bucket refilled at `per_min` goes from `left` to `need`. */
@@ -311,11 +325,14 @@ void qv_tenants_deactivate(qv_tenants *ts, int t) {
     pthread_mutex_unlock(&ts->mu);
 }
 
-void qv_tenants_served(qv_tenants *ts, int t, int n_prompt, int n_gen) {
+void qv_tenants_served(qv_tenants *ts, int t, int n_prompt, int n_gen, double now) {
     pthread_mutex_lock(&ts->mu);
     tenant *tn = &ts->t[t];
     tn->vtc += ((double)n_prompt + QV_TENANT_GEN_COST * (double)n_gen) / tn->opt[OPT_WEIGHT];
-    if (tn->opt[OPT_TPM] > 0) tn->tok_left -= n_gen;
+    if (tn->opt[OPT_TPM] > 0 && n_gen) {
+        refill(tn, now);
+        tn->tok_left -= n_gen;
+    }
     tn->gen_tokens += (unsigned long long)n_gen;
     pthread_mutex_unlock(&ts->mu);
 }

@@ -17,8 +17,8 @@
  * its generated tokens as they come (so the token bucket may go into debt, and the next requests
  * wait until it is paid back). Refusals say when to retry.
  *
- * Tenant 0 is "default": the --api-key / --admin-key holders (or everyone without keys), with
- * no limits and no priority floor.
+ * Tenant 0 is "default": the --api-key / --admin-key holders, keys-file keys without a
+ * tenant=, or everyone without keys; it has no limits and no priority floor.
  *
  * Thread: every function is safe from any thread (one mutex inside); the server calls the
  * scheduling ones (activate, deactivate, served, vtc) from its engine thread.
@@ -48,8 +48,9 @@ int qv_tenants_get(qv_tenants *ts, const char *name, char *msg, size_t msg_len);
 /* Applies one "option=value" to tenant t: weight=W (> 0, default 1), rpm=N (requests per
  * minute), tpm=N (tokens per minute), max_inflight=N (queued + running requests), priority=P
  * (the most urgent priority the tenant may ask for, and its requests' default; default 0).
- * N = 0 means no limit. A tenant named on several key lines may repeat an option only with the
- * same value. False with a message. */
+ * N = 0 means no limit; a rate below one a minute still lets one request through (the bucket
+ * holds at least one). Tenant 0 ("default") takes no options. A tenant named on several key lines
+ * may repeat an option only with the same value. False with a message. */
 bool qv_tenants_option(qv_tenants *ts, int t, const char *opt, char *msg, size_t msg_len);
 /* The policy's numbers, for start-up lines and tests. */
 typedef struct qv_tenant_policy {
@@ -67,7 +68,8 @@ const char *qv_tenants_name(const qv_tenants *ts, int t);
  * state are kept (a tenant's buckets keep what is left, within the new allowance), so requests
  * in flight are unaffected. map[i] receives the index here of `from`'s tenant i. False (nothing
  * changed) with a message when the table would exceed QV_TENANT_MAX. */
-bool qv_tenants_adopt(qv_tenants *ts, qv_tenants *from, int *map, char *msg, size_t msg_len);
+bool qv_tenants_adopt(qv_tenants *ts, qv_tenants *from, int *map, double now, char *msg,
+                      size_t msg_len);
 
 /* Admission limits, checked at a request's arrival. */
 enum qv_tenant_refusal {
@@ -93,7 +95,7 @@ void qv_tenants_leave(qv_tenants *ts, int t);
  * its token bucket). vtc: tenant t's counter now. */
 void qv_tenants_activate(qv_tenants *ts, int t);
 void qv_tenants_deactivate(qv_tenants *ts, int t);
-void qv_tenants_served(qv_tenants *ts, int t, int n_prompt, int n_gen);
+void qv_tenants_served(qv_tenants *ts, int t, int n_prompt, int n_gen, double now);
 double qv_tenants_vtc(qv_tenants *ts, int t);
 
 /* Counters of one tenant for /metrics. */

@@ -79,6 +79,7 @@ static void test_options(void **state) {
     bad_opt(ts, a + 1, "priority=2e9", "priority must be");
     bad_opt(ts, a + 1, "burst=3", "unknown option");
     bad_opt(ts, a + 1, "rpm", "unknown option");
+    bad_opt(ts, 0, "rpm=5", "tenant 'default' has no limits");
     qv_tenants_destroy(ts);
 }
 
@@ -136,6 +137,13 @@ static void test_request_rate(void **state) {
     assert_int_equal(st[1].refused[QV_TENANT_RATE], 5);
     assert_int_equal(st[1].prompt_tokens, 35);
     assert_int_equal(st[1].inflight, 7);
+    /* a rate below one a minute: one request, then one every 1/rpm minutes */
+    int slow = get(ts, "slow");
+    opt(ts, slow, "rpm=0.5");
+    assert_int_equal(arrive(ts, slow, 1, t0, &ra), QV_TENANT_OK);
+    assert_int_equal(arrive(ts, slow, 1, t0 + 1, &ra), QV_TENANT_RATE);
+    assert_int_equal(ra, 119);
+    assert_int_equal(arrive(ts, slow, 1, t0 + 120, &ra), QV_TENANT_OK);
     /* the default tenant has no limits */
     for (int i = 0; i < 100; i++)
         assert_int_equal(arrive(ts, 0, 1000, t0, &ra), QV_TENANT_OK);
@@ -158,7 +166,7 @@ static void test_token_rate(void **state) {
     assert_int_equal(arrive(ts, t, 1, t0 + 10.5, &ra), QV_TENANT_OK); /* 0.5 left, -0.5 after */
     /* generated tokens come out of the same bucket */
     assert_int_equal(arrive(ts, t, 1, t0 + 12, &ra), QV_TENANT_OK); /* 1 - 1 = 0 */
-    qv_tenants_served(ts, t, 0, 30);                                /* -30 */
+    qv_tenants_served(ts, t, 0, 30, t0 + 12);                       /* -30 */
     assert_int_equal(arrive(ts, t, 1, t0 + 12, &ra), QV_TENANT_TOKENS);
     assert_int_equal(ra, 31);
     assert_int_equal(arrive(ts, t, 1, t0 + 43.5, &ra), QV_TENANT_OK);
@@ -166,6 +174,22 @@ static void test_token_rate(void **state) {
     qv_tenants_snapshot(ts, st, 2);
     assert_int_equal(st[1].generation_tokens, 30);
     assert_int_equal(st[1].refused[QV_TENANT_TOKENS], 2);
+    qv_tenants_destroy(ts);
+
+    /* generated tokens debit a bucket brought up to date first: a full bucket stores no more
+     * than a minute, so time spent full is not credited against a later debit */
+    ts = qv_tenants_create();
+    t = get(ts, "big");
+    opt(ts, t, "tpm=6000");
+    assert_int_equal(arrive(ts, t, 10, 0, &ra), QV_TENANT_OK);  /* 5990 */
+    qv_tenants_served(ts, t, 0, 6000, 0);                       /* -10 */
+    assert_int_equal(arrive(ts, t, 10, 61, &ra), QV_TENANT_OK); /* 6000 - 10 = 5990 */
+    qv_tenants_served(ts, t, 0, 5000, 61);                      /* 990 */
+    qv_tenants_served(ts, t, 0, 5000, 300);                     /* full at 300 s: 1000 */
+    assert_int_equal(arrive(ts, t, 10, 300, &ra), QV_TENANT_OK);
+    qv_tenants_served(ts, t, 0, 6000, 300); /* -5010 */
+    assert_int_equal(arrive(ts, t, 1, 301, &ra), QV_TENANT_TOKENS);
+    assert_int_equal(ra, 50); /* (1 + 4910) / 100 per s, rounded up */
     qv_tenants_destroy(ts);
 }
 
@@ -200,15 +224,15 @@ static void test_fair_share_counters(void **state) {
     opt(ts, b, "weight=2");
     /* prompt tokens count once, generated ones QV_TENANT_GEN_COST times, over the weight */
     qv_tenants_activate(ts, a);
-    qv_tenants_served(ts, a, 10, 5);
+    qv_tenants_served(ts, a, 10, 5, 0);
     assert_true(qv_tenants_vtc(ts, a) == 10 + 5 * QV_TENANT_GEN_COST);
     /* b arrives while a is busy: lifted to a's counter, then grows at half the rate */
     qv_tenants_activate(ts, b);
     assert_true(qv_tenants_vtc(ts, b) == 20);
-    qv_tenants_served(ts, b, 10, 5);
+    qv_tenants_served(ts, b, 10, 5, 0);
     assert_true(qv_tenants_vtc(ts, b) == 30);
     /* a second request of a busy tenant lifts nothing */
-    qv_tenants_served(ts, a, 100, 0);
+    qv_tenants_served(ts, a, 100, 0, 0);
     qv_tenants_activate(ts, b);
     assert_true(qv_tenants_vtc(ts, b) == 30);
     /* c arrives: lifted to the smallest busy counter (b's 30, not a's 120) */
@@ -216,7 +240,7 @@ static void test_fair_share_counters(void **state) {
     assert_true(qv_tenants_vtc(ts, c) == 30);
     /* a counter above the busy ones is kept (it was served more) */
     qv_tenants_deactivate(ts, c);
-    qv_tenants_served(ts, c, 500, 0);
+    qv_tenants_served(ts, c, 500, 0, 0);
     qv_tenants_activate(ts, c);
     assert_true(qv_tenants_vtc(ts, c) == 530);
     /* everyone goes idle; the next arrival starts from the last idle tenant's counter */
@@ -249,14 +273,14 @@ static void test_adopt(void **state) {
     assert_int_equal(arrive(ts, a, 5, 0, &ra), QV_TENANT_OK);
     assert_int_equal(arrive(ts, a, 5, 0, &ra), QV_TENANT_OK); /* a's bucket is empty */
     qv_tenants_activate(ts, b);
-    qv_tenants_served(ts, b, 30, 0); /* b's counter: 10 */
+    qv_tenants_served(ts, b, 30, 0, 0); /* b's counter: 10 */
 
     qv_tenants *from = qv_tenants_create(); /* the new file: c (new), then a; b is gone */
     int fc = get(from, "c"), fa = get(from, "a");
     opt(from, fa, "rpm=60");
     opt(from, fc, "tpm=100");
     int map[QV_TENANT_MAX];
-    assert_true(qv_tenants_adopt(ts, from, map, g_msg, sizeof g_msg));
+    assert_true(qv_tenants_adopt(ts, from, map, 0, g_msg, sizeof g_msg));
     assert_int_equal(map[0], 0);
     assert_int_equal(map[fa], a);
     assert_int_equal(map[fc], b + 1); /* added after the existing ones */
@@ -286,7 +310,7 @@ static void test_adopt(void **state) {
         get(big, name);
     }
     opt(big, 1, "rpm=1");
-    assert_false(qv_tenants_adopt(ts, big, map, g_msg, sizeof g_msg));
+    assert_false(qv_tenants_adopt(ts, big, map, 0, g_msg, sizeof g_msg));
     assert_non_null(strstr(g_msg, "more than"));
     assert_int_equal(qv_tenants_count(ts), 4);
     qv_tenants_policy(ts, a, &p);

@@ -300,7 +300,9 @@ def malformed(kf):
     for text, why in (("k1 tenant=x burst=3\n", "1: unknown option 'burst=3'"),
                       ("k1 tenant=x rpm=5\nk2 tenant=x rpm=6\n", "2: tenant 'x' has rpm=5"),
                       ("k1 tenant=no/slash\n", "1: 'no/slash' is not a valid tenant name"),
-                      ("k1\nk1 pir*\n", "2: the key is listed twice")):
+                      ("k1\nk1 pir*\n", "2: the key is listed twice"),
+                      ("k1 pir* rpm=5\n", "1: 'rpm=5' needs a tenant: add tenant=NAME"),
+                      ("k1 tenant=default rpm=5\n", "1: tenant 'default' has no limits")):
         with open(kf, "w") as f:
             f.write(text)
         r = subprocess.run([T.QUIVER, "serve", "--model", T.MODEL, "--port", "0",
