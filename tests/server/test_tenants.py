@@ -19,7 +19,7 @@ Every generation is greedy with ignore_eos (each runs its full max_tokens).
    Tenant batch asking for "priority": 4 is 403 permission_denied (param priority); the main
    key (no floor) may ask for -5; a priority that is not an integer is 400.
 3. Limits. rpm=2: 2 requests pass, the 3rd is 429 rate_limit_exceeded with Retry-After about
-   30 s. tpm=60: one request of ~6 prompt + 60 generated tokens puts the bucket in debt, the
+   30 s. tpm=6: one request of ~5 prompt + 60 generated tokens puts the bucket deep in debt, the
    next is 429 rate_limit_exceeded naming tokens per minute. max_inflight=1: a 2nd request
    while one streams is 429 concurrency_limit_exceeded; after it ends, the next passes.
 4. Metrics: per-tenant accepted and refused counts, generated tokens, in-flight back to 0.
@@ -53,7 +53,7 @@ key-b1       tenant=b
 key-b2       tenant=b weight=1   # a second key of tenant b
 key-batch    tenant=batch priority=5
 key-rpm      tenant=limited rpm=2
-key-tpm      tenant=tokens tpm=60
+key-tpm      tenant=tokens tpm=6
 key-one      tenant=one max_inflight=1
 """
 
@@ -207,7 +207,7 @@ def limits(srv):
 
     st, _, body = gen(srv, "key-tpm", n=60, prompt="Tell me about the sea")
     used = body.get("usage", {}).get("total_tokens", 0) if st == 200 else 0
-    check(st == 200 and used > 60, f"tpm=60: a request of {used} tokens passes")
+    check(st == 200 and used > 60, f"tpm=6: a request of {used} tokens passes")
     st, hdrs, body = gen(srv, "key-tpm")
     ra = int(hdrs.get("Retry-After", "0"))
     check(st == 429 and body["error"]["code"] == "rate_limit_exceeded"
