@@ -254,6 +254,43 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
     return QV_OK;
 }
 
+/* Fields of the OpenAI and vLLM APIs that would change the answer and that quiver does not
+ * implement: refused with a clear 400 rather than ignored like unknown fields (a client asking
+ * for JSON mode or tool calls must not get free text as if it had). Values that ask for
+ * nothing (empty lists, {"type": "text"}, false, 0, 1) pass. */
+static qv_status refuse_unsupported(const cJSON *root, qv_proto_error *e) {
+    static const char *const always[] = {"guided_json",    "guided_regex",       "guided_choice",
+                                         "guided_grammar", "structured_outputs", "prompt_logprobs"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(always); i++)
+        if (field(root, always[i]))
+            return fail(e, QV_ERR_INVALID, always[i],
+                        "'%s' is not supported by quiver (no guided decoding)", always[i]);
+    const cJSON *f = field(root, "response_format");
+    if (f) {
+        const cJSON *t = cJSON_IsObject(f) ? field(f, "type") : NULL;
+        if (!t || !cJSON_IsString(t) || strcmp(t->valuestring, "text") != 0)
+            return fail(e, QV_ERR_INVALID, "response_format",
+                        "'response_format' other than {\"type\": \"text\"} is not supported "
+                        "by quiver (no JSON mode or guided decoding)");
+    }
+    static const char *const lists[] = {"tools", "functions", "stop_token_ids"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(lists); i++)
+        if ((f = field(root, lists[i])) && !(cJSON_IsArray(f) && cJSON_GetArraySize(f) == 0))
+            return fail(e, QV_ERR_INVALID, lists[i], "'%s' is not supported by quiver%s", lists[i],
+                        i < 2 ? " (no tool calls)" : "");
+    if ((f = field(root, "logit_bias")) && !(cJSON_IsObject(f) && !f->child))
+        return fail(e, QV_ERR_INVALID, "logit_bias", "'logit_bias' is not supported by quiver");
+    if ((f = field(root, "suffix")) && !(cJSON_IsString(f) && !f->valuestring[0]))
+        return fail(e, QV_ERR_INVALID, "suffix", "'suffix' is not supported by quiver");
+    if ((f = field(root, "echo")) && !cJSON_IsFalse(f))
+        return fail(e, QV_ERR_INVALID, "echo", "'echo' is not supported by quiver");
+    if ((f = field(root, "best_of")) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
+        return fail(e, QV_ERR_INVALID, "best_of", "'best_of' must be 1 (one sequence per request)");
+    if ((f = field(root, "min_tokens")) && !(cJSON_IsNumber(f) && f->valuedouble == 0))
+        return fail(e, QV_ERR_INVALID, "min_tokens", "'min_tokens' is not supported by quiver");
+    return QV_OK;
+}
+
 /* Chat: add_generation_prompt (default true) and continue_final_message (vLLM / transformers:
  * the prompt ends inside the last message, an assistant's, so the model continues it; then
  * add_generation_prompt defaults to false and may not be true). */
@@ -329,6 +366,9 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         goto done;
     }
     if ((s = decode_model(root, r, e))) goto done;
+    if ((endpoint == QV_PROTO_COMPLETIONS || endpoint == QV_PROTO_CHAT) &&
+        (s = refuse_unsupported(root, e)))
+        goto done;
     if (endpoint == QV_PROTO_TOKENIZE || endpoint == QV_PROTO_DETOKENIZE) {
         s = decode_tokenize(root, r, e);
         goto done;

@@ -428,6 +428,25 @@ def run_api_tests(srv):
     expect_error(srv, "no API key", 401, "POST", "/v1/completions", good, key=None)
     expect_error(srv, "wrong API key", 401, "POST", "/v1/completions", good, key="nope")
     expect_error(srv, "unknown route", 404, "GET", "/v1/nothing")
+    # Fields that would change the answer and that quiver lacks are refused, never ignored;
+    # the values that ask for nothing pass.
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    for extra, param in (({"response_format": {"type": "json_object"}}, "response_format"),
+                         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+                         ({"logit_bias": {"42": 5}}, "logit_bias"),
+                         ({"guided_json": {"type": "object"}}, "guided_json"),
+                         ({"stop_token_ids": [2]}, "stop_token_ids"),
+                         ({"min_tokens": 3}, "min_tokens")):
+        expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/chat/completions",
+                     dict(chat, **extra), param=param)
+    for extra, param in (({"echo": True}, "echo"), ({"suffix": "x"}, "suffix"),
+                         ({"best_of": 2}, "best_of")):
+        expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/completions",
+                     dict(good, **extra), param=param)
+    st, _, _ = srv.raw("POST", "/v1/chat/completions",
+                       dict(chat, response_format={"type": "text"}, tools=[], logit_bias={},
+                            echo=False, best_of=1, min_tokens=0, user="u1"))
+    check(st == 200, f"values that ask for nothing pass ({st})")
     # A name echoed in an error is cut to a byte limit: the JSON stays valid UTF-8 even when
     # the cut splits a character (found by schemathesis).
     long_name = urllib.parse.quote("a" + "\U0001d47b" * 60)
