@@ -1920,6 +1920,9 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     qv_proto_request pr;
     qv_proto_error pe;
     qv_proto_tgi tgi = {0};
+    bool arrived = false; /* holds a place of its tenant not yet handed to a queued request */
+    int charged = 0;      /* prompt tokens taken from the tenant's tpm bucket */
+    int tenant = 0;
     char *prompt = NULL;
     int32_t *ids = NULL;
     size_t n_ids = 0;
@@ -1936,7 +1939,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     }
     /* the key's tenant, and the priority it may ask for */
     const int who = auth_key(srv, ctx, c);
-    const int tenant = who >= 0 ? ctx->kr->keys[who].tenant : 0;
+    tenant = who >= 0 ? ctx->kr->keys[who].tenant : 0;
     qv_tenant_policy pol;
     qv_tenants_policy(srv->tenants, tenant, &pol);
     if (pr.has_priority && !pol.priority_free && pr.priority < pol.priority) {
@@ -1948,6 +1951,18 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     const char *aname = NULL;
     char aversion[QV_STORE_VERSION_LEN + 1] = "";
     if (!resolve_model(srv, c, ctx, &pr, who, &aname, aversion, &ret)) goto done;
+    /* the tenant's limits before any tokenizing: a refused request costs next to nothing */
+    char why[256];
+    enum qv_tenant_refusal refusal =
+        qv_tenants_arrive(srv->tenants, tenant, 0, qv_time_s(), &ctx->retry_after, why, sizeof why);
+    if (refusal != QV_TENANT_OK) {
+        ret = send_error(c, ctx, 429, NULL,
+                         refusal == QV_TENANT_INFLIGHT ? "concurrency_limit_exceeded"
+                                                       : "rate_limit_exceeded",
+                         "%s; retry in %d s", why, ctx->retry_after);
+        goto done;
+    }
+    arrived = true; /* given back at done: unless the request gets queued */
     qv_error err = {0};
     if (pr.n_messages || pr.prompt) {
         if (!encode_text(srv, c, ctx, &pr, &prompt, &ids, &n_ids, &ret)) goto done;
@@ -1972,6 +1987,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
             n_ids = (size_t)tgi.truncate;
         }
     }
+    qv_tenants_prompt(srv->tenants, tenant, (int)n_ids); /* its tokens count towards tpm */
+    charged = (int)n_ids;
     if (n_ids == 0) {
         ret = send_error(c, ctx, 400,
                          ep == QV_PROTO_CHAT       ? "messages"
@@ -2087,25 +2104,14 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
         goto done;
     }
-    char why[256];
-    enum qv_tenant_refusal refusal = qv_tenants_arrive(
-        srv->tenants, tenant, (int)n_ids, qv_time_s(), &ctx->retry_after, why, sizeof why);
-    if (refusal != QV_TENANT_OK) {
-        ret = send_error(c, ctx, 429, NULL,
-                         refusal == QV_TENANT_INFLIGHT ? "concurrency_limit_exceeded"
-                                                       : "rate_limit_exceeded",
-                         "%s; retry in %d s", why, ctx->retry_after);
-        goto done;
-    }
     if (atomic_fetch_add(&srv->n_waiting, 1) >= cfg->queue_limit) {
         atomic_fetch_sub(&srv->n_waiting, 1);
-        qv_tenants_unarrive(srv->tenants, tenant, (int)n_ids);
-        ctx->retry_after = 0;
         ret = send_error(c, ctx, 429, NULL, "queue_full",
                          "the request queue is full (%d waiting); retry later", cfg->queue_limit);
         goto done;
     }
-    r->tenant_counted = true;
+    r->tenant_counted = true; /* the request now owns its tenant's in-flight place */
+    arrived = false;
     /* One reference for the connection (already counted), one for the engine. */
     r->refs = 2;
     pthread_mutex_lock(&r->mu);
@@ -2123,6 +2129,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     r = NULL;
     ret = MHD_YES;
 done:
+    if (arrived) qv_tenants_unarrive(srv->tenants, tenant, charged);
     if (r) request_release(r);
     qv_free(ids);
     qv_free(prompt);

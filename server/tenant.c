@@ -282,6 +282,14 @@ enum qv_tenant_refusal qv_tenants_arrive(qv_tenants *ts, int t, int n_prompt, do
     return why;
 }
 
+void qv_tenants_prompt(qv_tenants *ts, int t, int n_prompt) {
+    pthread_mutex_lock(&ts->mu);
+    tenant *tn = &ts->t[t];
+    if (tn->opt[OPT_TPM] > 0) tn->tok_left -= n_prompt;
+    tn->prompt_tokens += (unsigned long long)n_prompt;
+    pthread_mutex_unlock(&ts->mu);
+}
+
 void qv_tenants_unarrive(qv_tenants *ts, int t, int n_prompt) {
     pthread_mutex_lock(&ts->mu);
     tenant *tn = &ts->t[t];

@@ -84,7 +84,11 @@ enum qv_tenant_refusal {
  * *retry_after_s (whole seconds, >= 1) and a message. */
 enum qv_tenant_refusal qv_tenants_arrive(qv_tenants *ts, int t, int n_prompt, double now,
                                          int *retry_after_s, char *msg, size_t msg_len);
-/* Gives back what an accepted arrival took, for a request that never got queued. */
+/* The prompt of an arrival taken with n_prompt 0 (the limits are checked before the prompt is
+ * tokenized): its tokens come out of the token bucket (which may go into debt). */
+void qv_tenants_prompt(qv_tenants *ts, int t, int n_prompt);
+/* Gives back what an accepted arrival took (and n_prompt tokens charged since), for a request
+ * that never got queued. */
 void qv_tenants_unarrive(qv_tenants *ts, int t, int n_prompt);
 /* An accepted request is over (finished, failed or cancelled): frees its in-flight place. */
 void qv_tenants_leave(qv_tenants *ts, int t);

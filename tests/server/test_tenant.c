@@ -176,6 +176,22 @@ static void test_token_rate(void **state) {
     assert_int_equal(st[1].refused[QV_TENANT_TOKENS], 2);
     qv_tenants_destroy(ts);
 
+    /* limits checked before tokenizing (arrive with 0 tokens), the prompt charged after */
+    ts = qv_tenants_create();
+    t = get(ts, "late");
+    opt(ts, t, "tpm=60");
+    assert_int_equal(arrive(ts, t, 0, 0, &ra), QV_TENANT_OK);
+    qv_tenants_prompt(ts, t, 70); /* -10 */
+    assert_int_equal(arrive(ts, t, 0, 0, &ra), QV_TENANT_TOKENS);
+    assert_int_equal(ra, 11);
+    qv_tenants_unarrive(ts, t, 70); /* the request never got queued: all of it back */
+    assert_int_equal(arrive(ts, t, 0, 0, &ra), QV_TENANT_OK);
+    qv_tenants_snapshot(ts, st, 2);
+    assert_int_equal(st[1].prompt_tokens, 0);
+    assert_int_equal(st[1].requests, 1);
+    assert_int_equal(st[1].inflight, 1);
+    qv_tenants_destroy(ts);
+
     /* generated tokens debit a bucket brought up to date first: a full bucket stores no more
      * than a minute, so time spent full is not credited against a later debit */
     ts = qv_tenants_create();
