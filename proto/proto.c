@@ -108,6 +108,29 @@ static qv_status decode_stop(const cJSON *root, qv_proto_request *r, qv_proto_er
     return QV_OK;
 }
 
+/* vLLM stop_token_ids: up to QV_PROTO_MAX_STOP_IDS ids. */
+static qv_status decode_stop_ids(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    const cJSON *f = field(root, "stop_token_ids");
+    if (!f) return QV_OK;
+    int n = cJSON_IsArray(f) ? cJSON_GetArraySize(f) : -1;
+    if (n < 0 || n > QV_PROTO_MAX_STOP_IDS)
+        return fail(e, QV_ERR_INVALID, "stop_token_ids",
+                    "'stop_token_ids' must be a list of at most %d token ids",
+                    QV_PROTO_MAX_STOP_IDS);
+    if (n == 0) return QV_OK;
+    r->stop_ids = qv_malloc((size_t)n * sizeof(*r->stop_ids));
+    if (!r->stop_ids) return nomem(e);
+    const cJSON *it = f->child;
+    for (int i = 0; i < n; i++, it = it->next) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+            it->valuedouble < 0 || it->valuedouble > INT32_MAX)
+            return fail(e, QV_ERR_INVALID, "stop_token_ids",
+                        "'stop_token_ids' must be a list of token ids");
+        r->stop_ids[r->n_stop_ids++] = (int32_t)it->valuedouble;
+    }
+    return QV_OK;
+}
+
 static qv_status decode_prompt(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
     const cJSON *f = field(root, "prompt");
     if (!f) return fail(e, QV_ERR_INVALID, "prompt", "'prompt' is required");
@@ -273,11 +296,11 @@ static qv_status refuse_unsupported(const cJSON *root, qv_proto_error *e) {
                         "'response_format' other than {\"type\": \"text\"} is not supported "
                         "by quiver (no JSON mode or guided decoding)");
     }
-    static const char *const lists[] = {"tools", "functions", "stop_token_ids"};
+    static const char *const lists[] = {"tools", "functions"};
     for (size_t i = 0; i < QV_ARRAY_LEN(lists); i++)
         if ((f = field(root, lists[i])) && !(cJSON_IsArray(f) && cJSON_GetArraySize(f) == 0))
-            return fail(e, QV_ERR_INVALID, lists[i], "'%s' is not supported by quiver%s", lists[i],
-                        i < 2 ? " (no tool calls)" : "");
+            return fail(e, QV_ERR_INVALID, lists[i],
+                        "'%s' is not supported by quiver (no tool calls)", lists[i]);
     if ((f = field(root, "logit_bias")) && !(cJSON_IsObject(f) && !f->child))
         return fail(e, QV_ERR_INVALID, "logit_bias", "'logit_bias' is not supported by quiver");
     if ((f = field(root, "suffix")) && !(cJSON_IsString(f) && !f->valuestring[0]))
@@ -415,6 +438,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         r->seed = (uint64_t)(int64_t)seed->valuedouble;
     }
     if ((s = decode_stop(root, r, e))) goto done;
+    if ((s = decode_stop_ids(root, r, e))) goto done;
     if ((s = decode_logprobs(root, r, e))) goto done;
     if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
     if ((s = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto done;
@@ -451,6 +475,7 @@ void qv_proto_request_free(qv_proto_request *r) {
     for (size_t i = 0; i < r->n_stop; i++)
         qv_free(r->stop[i]);
     qv_free(r->stop);
+    qv_free(r->stop_ids);
     memset(r, 0, sizeof(*r));
 }
 

@@ -32,6 +32,7 @@ extern "C" {
 #define QV_PROTO_MAX_STOP_BYTES 256 /* one stop string */
 #define QV_PROTO_MAX_LOGPROBS 20    /* completions `logprobs`, chat `top_logprobs` */
 #define QV_PROTO_MAX_MESSAGES 4096  /* chat messages */
+#define QV_PROTO_MAX_STOP_IDS 64    /* vLLM stop_token_ids */
 
 enum qv_proto_endpoint {
     QV_PROTO_COMPLETIONS = 0, /* POST /v1/completions */
@@ -81,6 +82,8 @@ typedef struct qv_proto_request {
     uint64_t seed;
     char **stop; /* n_stop non-empty strings */
     size_t n_stop;
+    int32_t *stop_ids; /* vLLM stop_token_ids: generation ends at any of them (no text) */
+    size_t n_stop_ids;
     bool logprobs;    /* token log-probabilities requested */
     int top_logprobs; /* alternatives per token, 0..20 */
     bool stream;

@@ -88,6 +88,8 @@ typedef struct request {
     qv_gen_params gp;
     char **stops;
     size_t n_stops;
+    int32_t *stop_ids; /* stop_token_ids */
+    size_t n_stop_ids;
     int64_t created;
     double t_arrival;
     struct MHD_Connection *conn;
@@ -280,6 +282,7 @@ static void request_release(request *r) {
     qv_free(r->adapter);
     qv_free(r->tgi_inputs);
     qv_free(r->toks);
+    qv_free(r->stop_ids);
     qv_free(r->ids);
     for (size_t i = 0; i < r->n_stops; i++)
         qv_free(r->stops[i]);
@@ -403,9 +406,12 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     pthread_mutex_unlock(&r->mu);
     if (done || r->stop_hit) return;
     bool eog = qv_tokenizer_is_eog(srv->tok, token);
+    bool stop_id = false; /* one of the request's stop_token_ids: ends it, adds no text */
+    for (size_t i = 0; !eog && i < r->n_stop_ids; i++)
+        stop_id = stop_id || r->stop_ids[i] == token;
     qv_proto_logprob plp = {0};
     bool have_lp = false;
-    if (r->logprobs && lp && !(eog && finish == QV_FINISH_STOP)) {
+    if (r->logprobs && lp && !(eog && finish == QV_FINISH_STOP) && !stop_id) {
         plp.token = token_text(srv->tok, token);
         plp.logprob = lp->logprob;
         plp.n_top = QV_MIN(QV_MIN(lp->n_top, r->n_top), QV_PROTO_MAX_LOGPROBS);
@@ -420,9 +426,13 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     bool finished = false;
     /* With ignore_eos an end-of-generation token is only counted: it adds no text and must
      * not end the detokenizer's stream. */
-    if (!(eog && r->gp.ignore_eos) &&
-        qv_detok_push(r->detok, token, &text, &len, &finished) != QV_OK)
+    if (stop_id) { /* what was held back (a possible stop string's start) is final now */
+        if (qv_detok_flush(r->detok, &text, &len) != QV_OK) len = 0;
+        finished = true;
+    } else if (!(eog && r->gp.ignore_eos) &&
+               qv_detok_push(r->detok, token, &text, &len, &finished) != QV_OK) {
         len = 0;
+    }
     pthread_mutex_lock(&r->mu);
     r->n_gen++;
     if (r->n_gen == 1) r->t_first = qv_time_s();
@@ -454,9 +464,9 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     if (finished || finish != QV_FINISH_NONE || !ok) {
         r->done = true;
         r->finish = finish == QV_FINISH_LENGTH && !finished ? "length" : "stop";
-        r->tgi_finish = qv_detok_stop_index(r->detok) >= 0 ? "stop_sequence"
-                        : !strcmp(r->finish, "length")     ? "length"
-                                                           : "eos_token";
+        r->tgi_finish = qv_detok_stop_index(r->detok) >= 0 || stop_id ? "stop_sequence"
+                        : !strcmp(r->finish, "length")                ? "length"
+                                                                      : "eos_token";
         r->t_done = qv_time_s();
         if (!ok) r->stop_hit = r->in_engine;
         tenant_leave_locked(r);
@@ -2098,6 +2108,17 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     r->n_stops = pr.n_stop;
     pr.stop = NULL;
     pr.n_stop = 0;
+    for (size_t i = 0; i < pr.n_stop_ids; i++)
+        if (pr.stop_ids[i] >= srv->model->cfg.n_vocab) {
+            ret = send_error(c, ctx, 400, "stop_token_ids", "invalid_value",
+                             "stop token id %d is outside the vocabulary (%d)", (int)pr.stop_ids[i],
+                             srv->model->cfg.n_vocab);
+            goto done;
+        }
+    r->stop_ids = pr.stop_ids;
+    r->n_stop_ids = pr.n_stop_ids;
+    pr.stop_ids = NULL;
+    pr.n_stop_ids = 0;
     if (!r->model_echo ||
         qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops, true, &r->detok) ||
         qv_detok_prime(r->detok, r->ids, r->n_ids)) {

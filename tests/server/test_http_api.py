@@ -435,7 +435,6 @@ def run_api_tests(srv):
                          ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
                          ({"logit_bias": {"42": 5}}, "logit_bias"),
                          ({"guided_json": {"type": "object"}}, "guided_json"),
-                         ({"stop_token_ids": [2]}, "stop_token_ids"),
                          ({"min_tokens": 3}, "min_tokens")):
         expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/chat/completions",
                      dict(chat, **extra), param=param)
@@ -447,6 +446,20 @@ def run_api_tests(srv):
                        dict(chat, response_format={"type": "text"}, tools=[], logit_bias={},
                             echo=False, best_of=1, min_tokens=0, user="u1"))
     check(st == 200, f"values that ask for nothing pass ({st})")
+    # vLLM stop_token_ids: HF's greedy continuation of prompt 0 is " Paris" "." ...; stopping
+    # at the id of "." ends after two tokens, without the stop token's text
+    g0 = GOLDEN["prompts"][0]
+    st, _, data = srv.raw("POST", "/v1/completions",
+                          {"prompt": g0["text"], "max_tokens": 16, "temperature": 0,
+                           "stop_token_ids": [g0["greedy"][1]]})
+    out = json.loads(data)
+    check(st == 200 and out["choices"][0]["finish_reason"] == "stop" and
+          out["usage"]["completion_tokens"] == 2 and
+          out["choices"][0]["text"] == hf_text(0)[:len(out["choices"][0]["text"])] and
+          g0["greedy_text"].startswith(out["choices"][0]["text"] + "."),
+          f"stop_token_ids ends at HF's 2nd greedy token ({out['choices'][0]['text']!r})")
+    expect_error(srv, "stop_token_ids outside the vocabulary", 400, "POST", "/v1/completions",
+                 dict(good, stop_token_ids=[10 ** 7]), param="stop_token_ids")
     # A name echoed in an error is cut to a byte limit: the JSON stays valid UTF-8 even when
     # the cut splits a character (found by schemathesis).
     long_name = urllib.parse.quote("a" + "\U0001d47b" * 60)
