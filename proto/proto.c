@@ -705,6 +705,19 @@ static char *utf8_repair(const char *s) {
     return out;
 }
 
+/* A JSON string of s (NULL: "") with invalid UTF-8 replaced (utf8_repair). NULL on OOM. */
+static cJSON *repaired_string(const char *s) {
+    char *fixed = utf8_repair(s ? s : "");
+    cJSON *item = fixed ? cJSON_CreateString(fixed) : NULL;
+    qv_free(fixed);
+    return item;
+}
+
+/* Adds repaired_string(s) under name; false (nothing added) on OOM. */
+static bool add_repaired(cJSON *obj, const char *name, const char *s) {
+    return put_item(obj, name, repaired_string(s));
+}
+
 char *qv_proto_encode_error(const char *message, const char *type, const char *param,
                             const char *code) {
     char *msg = utf8_repair(message ? message : "");
@@ -738,9 +751,7 @@ char *qv_proto_encode_tokenize(const int32_t *ids, size_t n, int max_model_len,
     } else {
         if (!(st = cJSON_AddArrayToObject(o, "token_strs"))) goto oom;
         for (size_t i = 0; i < n; i++) {
-            char *piece = utf8_repair(strs[i] ? strs[i] : "");
-            cJSON *item = piece ? cJSON_CreateString(piece) : NULL;
-            qv_free(piece);
+            cJSON *item = repaired_string(strs[i]);
             if (!cJSON_AddItemToArray(st, item)) {
                 cJSON_Delete(item);
                 goto oom;
@@ -754,11 +765,8 @@ oom:
 }
 
 char *qv_proto_encode_detokenize(const char *text) {
-    char *t = utf8_repair(text ? text : "");
-    cJSON *o = t ? cJSON_CreateObject() : NULL;
-    bool ok = o && cJSON_AddStringToObject(o, "prompt", t);
-    qv_free(t);
-    if (!ok) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !add_repaired(o, "prompt", text)) {
         cJSON_Delete(o);
         return NULL;
     }
@@ -1052,23 +1060,18 @@ qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r,
 
 static cJSON *tgi_token(const qv_proto_tgi_token *t) {
     cJSON *o = cJSON_CreateObject();
-    char *text = utf8_repair(t->text ? t->text : "");
-    bool ok = o && text && cJSON_AddNumberToObject(o, "id", t->id) &&
-              cJSON_AddStringToObject(o, "text", text) &&
+    bool ok = o && cJSON_AddNumberToObject(o, "id", t->id) && add_repaired(o, "text", t->text) &&
               cJSON_AddNumberToObject(o, "logprob", t->logprob) &&
               cJSON_AddBoolToObject(o, "special", t->special);
-    qv_free(text);
     cJSON *alts = ok && t->n_alt > 0 ? cJSON_AddArrayToObject(o, "alternative_tokens") : NULL;
     if (ok && t->n_alt > 0 && !alts) ok = false;
     for (int i = 0; ok && i < t->n_alt; i++) {
         cJSON *a = cJSON_CreateObject();
-        char *at = utf8_repair(t->alt_text[i] ? t->alt_text[i] : "");
-        ok = a && at && cJSON_AddNumberToObject(a, "id", t->alt_id[i]) &&
-             cJSON_AddStringToObject(a, "text", at) &&
+        ok = a && cJSON_AddNumberToObject(a, "id", t->alt_id[i]) &&
+             add_repaired(a, "text", t->alt_text[i]) &&
              cJSON_AddNumberToObject(a, "logprob", t->alt_logprob[i]) &&
              cJSON_AddItemToArray(alts, a);
         if (!ok) cJSON_Delete(a);
-        qv_free(at);
     }
     if (!ok) {
         cJSON_Delete(o);
@@ -1102,10 +1105,8 @@ static bool tgi_details(cJSON *o, const qv_proto_tgi_result *r, bool with_tokens
 
 static bool tgi_text(cJSON *o, const qv_proto_tgi_result *r) {
     char *text = qv_strndup(r->generated_text ? r->generated_text : "", r->generated_len);
-    char *fixed = text ? utf8_repair(text) : NULL;
-    bool ok = fixed && cJSON_AddStringToObject(o, "generated_text", fixed);
+    bool ok = text && add_repaired(o, "generated_text", text);
     qv_free(text);
-    qv_free(fixed);
     return ok;
 }
 
@@ -1145,11 +1146,9 @@ char *qv_proto_tgi_encode_event(const qv_proto_tgi_token *tok, int index,
 }
 
 char *qv_proto_tgi_encode_error(const char *message, const char *error_type) {
-    char *msg = utf8_repair(message ? message : "");
-    cJSON *o = msg ? cJSON_CreateObject() : NULL;
-    bool ok = o && cJSON_AddStringToObject(o, "error", msg) &&
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && add_repaired(o, "error", message) &&
               cJSON_AddStringToObject(o, "error_type", error_type ? error_type : "validation");
-    qv_free(msg);
     if (!ok) {
         cJSON_Delete(o);
         return NULL;

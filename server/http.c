@@ -1157,15 +1157,20 @@ static void take_request_id(struct MHD_Connection *c, conn_ctx *ctx) {
     memcpy(ctx->xrid, h, n + 1);
 }
 
-static enum MHD_Result queue_buf(struct MHD_Connection *c, conn_ctx *ctx, int status,
-                                 const char *content_type, char *buf, size_t len) {
+/* Queues an answer: `buf` (malloc'd, taken; NULL: no body) of `content_type` (NULL: none),
+ * the headers every answer of this status gets, and `extra` (name, value, ..., NULL) or NULL. */
+static enum MHD_Result queue_answer(struct MHD_Connection *c, conn_ctx *ctx, int status,
+                                    const char *content_type, char *buf, size_t len,
+                                    const char *const *extra) {
     struct MHD_Response *resp = MHD_create_response_from_buffer(
         len, buf, buf ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!resp) {
         free(buf);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    for (size_t i = 0; extra && extra[i]; i += 2)
+        MHD_add_response_header(resp, extra[i], extra[i + 1]);
     if (status == 429 || status == 503) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%d", ctx->retry_after > 0 ? ctx->retry_after : 1);
@@ -1177,6 +1182,11 @@ static enum MHD_Result queue_buf(struct MHD_Connection *c, conn_ctx *ctx, int st
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return ret;
+}
+
+static enum MHD_Result queue_buf(struct MHD_Connection *c, conn_ctx *ctx, int status,
+                                 const char *content_type, char *buf, size_t len) {
+    return queue_answer(c, ctx, status, content_type, buf, len, NULL);
 }
 
 /* MHD frees MUST_FREE buffers with free(): copy JSON out of qv_malloc'd memory. */
@@ -2348,20 +2358,8 @@ static enum MHD_Result send_listing(struct MHD_Connection *c, conn_ctx *ctx, cha
     char *p = same ? NULL : libc_copy(json, &len);
     qv_free(json);
     if (!same && !p) return MHD_NO;
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, p, p ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
-    if (!resp) {
-        free(p);
-        return MHD_NO;
-    }
-    if (!same) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
-    MHD_add_response_header(resp, "X-Quiver-Catalog", catalog);
-    add_request_id(resp, ctx);
-    ctx->status = same ? 304 : 200;
-    enum MHD_Result ret = MHD_queue_response(c, (unsigned)ctx->status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    const char *const extra[] = {MHD_HTTP_HEADER_ETAG, etag, "X-Quiver-Catalog", catalog, NULL};
+    return queue_answer(c, ctx, same ? 304 : 200, same ? NULL : "application/json", p, len, extra);
 }
 
 static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
@@ -2876,18 +2874,9 @@ bad_method:;
     size_t len = 0;
     char *p = libc_copy(json ? json : "{}", &len);
     qv_free(json);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, p, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(p);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-    add_request_id(resp, ctx);
-    ctx->status = 405;
-    enum MHD_Result ret = MHD_queue_response(c, 405, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    if (!p) return MHD_NO;
+    const char *const extra[] = {MHD_HTTP_HEADER_ALLOW, allow, NULL};
+    return queue_answer(c, ctx, 405, "application/json", p, len, extra);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
