@@ -324,12 +324,46 @@ static int n_preempted_waiting(const qv_engine *e) {
     return n;
 }
 
+/* The request's logit_bias and min_tokens, into its sampler. min_tokens suppresses the
+ * end-of-generation ids (the tokenizer's, else the model's) and the caller's stop ids. */
+static qv_status set_edits(const qv_engine *e, qv_sampler *smp, const qv_gen_params *p,
+                           qv_error *err) {
+    if (p->n_logit_bias == 0 && p->min_tokens == 0) return QV_OK;
+    const int32_t *eog = NULL;
+    int n_eog = 0;
+    int32_t model_eos[QV_MAX_EOS];
+    if (e->tok) {
+        n_eog = qv_tokenizer_eog_ids(e->tok, &eog);
+    } else {
+        for (int j = 0; j < e->model->cfg.n_eos; j++)
+            model_eos[j] = e->model->cfg.eos_ids[j];
+        n_eog = e->model->cfg.n_eos;
+        eog = model_eos;
+    }
+    const int n_sup = p->min_tokens > 0 ? n_eog + p->n_min_tokens_ids : 0;
+    int32_t *sup = n_sup ? qv_malloc((size_t)n_sup * sizeof(*sup)) : NULL;
+    if (n_sup && !sup) return qv_errorf(err, QV_ERR_NOMEM, "out of memory for min_tokens");
+    if (n_sup) {
+        memcpy(sup, eog, (size_t)n_eog * sizeof(*sup));
+        if (p->n_min_tokens_ids)
+            memcpy(sup + n_eog, p->min_tokens_ids, (size_t)p->n_min_tokens_ids * sizeof(*sup));
+    }
+    qv_status st =
+        qv_sampler_set_edits(smp, p->logit_bias, p->n_logit_bias, p->min_tokens, sup, n_sup, err);
+    qv_free(sup);
+    return st;
+}
+
 qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
                         const qv_gen_params *p, qv_token_cb cb, void *user, int *seq_id,
                         qv_error *err) {
     const qv_model_config *mc = &e->model->cfg;
     if (n_prompt == 0) return qv_errorf(err, QV_ERR_INVALID, "empty prompt");
     if (p->max_tokens <= 0) return qv_errorf(err, QV_ERR_INVALID, "max_tokens must be > 0");
+    if (p->min_tokens < 0 || p->min_tokens > p->max_tokens || p->n_logit_bias < 0 ||
+        p->n_min_tokens_ids < 0)
+        return qv_errorf(err, QV_ERR_INVALID, "min_tokens %d outside [0, max_tokens %d]",
+                         p->min_tokens, p->max_tokens);
     qv_status st = qv_sampling_params_validate(&p->sampling, err);
     if (st != QV_OK) return st;
     for (size_t i = 0; i < n_prompt; i++)
@@ -378,6 +412,13 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
         s->tokens = NULL;
         return qv_errorf(err, st, "cannot create the sampler");
     }
+    if ((st = set_edits(e, s->sampler, p, err)) != QV_OK) {
+        qv_sampler_free(s->sampler);
+        s->sampler = NULL;
+        qv_free(s->tokens);
+        s->tokens = NULL;
+        return st;
+    }
     for (int k = 0; k < n_pre; k++)
         s->tokens[k] = -1 - k;
     memcpy(s->tokens + n_pre, prompt, n_prompt * sizeof(int32_t));
@@ -386,6 +427,8 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     s->id = e->next_id++;
     s->n_tokens = s->n_prompt = n_pre + (int)n_prompt;
     s->p = *p;
+    s->p.logit_bias = NULL; /* copied into the sampler */
+    s->p.min_tokens_ids = NULL;
     s->cb = cb;
     s->user = user;
     s->order = e->next_order++;
@@ -569,7 +612,7 @@ static bool needs_logits(const qv_seq *s) {
     const qv_sampling_params *p = &s->p.sampling;
     return p->temperature >= QV_SAMPLER_MIN_TEMPERATURE || p->n_logprobs > 0 ||
            p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
-           p->frequency_penalty != 0.0f;
+           p->frequency_penalty != 0.0f || qv_sampler_has_edits(s->sampler);
 }
 
 /* qv_adapter_of_fn over the current step's batch sequences. */
@@ -701,7 +744,7 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         for (int li = 0; li < n_logits; li++) {
             const qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
             bool dev = !needs_logits(s);
-            if (!dev && dev_sample) {
+            if (!dev && dev_sample && !qv_sampler_has_edits(s->sampler)) {
                 const int ctx =
                     qv_sampler_has_penalties(s->sampler) ? qv_sampler_context_size(s->sampler) : 0;
                 dev = ctx <= QV_FORWARD_MAX_PEN - n_pen;

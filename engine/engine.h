@@ -93,6 +93,17 @@ typedef struct qv_gen_params {
      * Prefix, prompt and P-tuning adapters add n_virtual positions that count toward the
      * context. */
     const struct qv_adapter *adapter;
+    /* OpenAI logit_bias, copied by qv_engine_add: added to these tokens' logits before the
+     * penalties (ids in the vocabulary, |bias| <= QV_SAMPLER_MAX_BIAS; the last entry of an
+     * id wins). A row with a bias is sampled on the host (its logits are copied there). */
+    const qv_token_bias *logit_bias;
+    int n_logit_bias;
+    /* vLLM min_tokens (0..max_tokens): until this many tokens are generated, the
+     * end-of-generation tokens and min_tokens_ids (the caller's stop token ids; copied) cannot
+     * be drawn. Host-sampled like a bias until then. */
+    int min_tokens;
+    const int32_t *min_tokens_ids;
+    int n_min_tokens_ids;
 } qv_gen_params;
 
 void qv_gen_params_default(qv_gen_params *p);

@@ -51,6 +51,12 @@ struct qv_sampler {
     uint32_t *state; /* (n_vocab) SEEN_BIT: in the repetition context; low bits: times generated */
     int32_t *seen;   /* (n_vocab) ids in the repetition context, first-seen order */
     int n_seen;
+    int n_accepted;      /* tokens accepted since creation or reset (for min_tokens) */
+    qv_token_bias *bias; /* (n_bias) logit_bias, distinct ids */
+    int n_bias;
+    int32_t *suppress; /* (n_suppress) ids set to -inf while n_accepted < min_tokens */
+    int n_suppress;
+    int min_tokens;
     qv_sampler_scratch *w; /* per-call buffers; borrowed unless owns_w */
     bool owns_w;
 };
@@ -193,6 +199,8 @@ void qv_sampler_free(qv_sampler *s) {
     if (!s) return;
     qv_free(s->state);
     qv_free(s->seen);
+    qv_free(s->bias);
+    qv_free(s->suppress);
     if (s->owns_w) qv_sampler_scratch_free(s->w);
     qv_free(s);
 }
@@ -200,6 +208,7 @@ void qv_sampler_free(qv_sampler *s) {
 void qv_sampler_reset(qv_sampler *s) {
     memset(s->state, 0, (size_t)s->n_vocab * sizeof(*s->state));
     s->n_seen = 0;
+    s->n_accepted = 0;
     rng_seed(s->rng, s->p.seed);
 }
 
@@ -216,12 +225,72 @@ void qv_sampler_add_prompt(qv_sampler *s, const int32_t *ids, size_t n) {
 }
 
 void qv_sampler_accept(qv_sampler *s, int32_t token) {
+    if (s->n_accepted < INT32_MAX) s->n_accepted++;
     if (token < 0 || token >= s->n_vocab) return;
     remember(s, token);
     if ((s->state[token] & COUNT_MASK) != COUNT_MASK) s->state[token]++;
 }
 
+qv_status qv_sampler_set_edits(qv_sampler *s, const qv_token_bias *bias, int n_bias, int min_tokens,
+                               const int32_t *suppress, int n_suppress, qv_error *err) {
+    if (n_bias < 0 || n_suppress < 0 || min_tokens < 0 || (n_bias && !bias) ||
+        (n_suppress && !suppress))
+        return qv_errorf(err, QV_ERR_INVALID, "sampler: bad edit lists");
+    for (int j = 0; j < n_bias; j++) {
+        const float b = bias[j].bias;
+        if (bias[j].id < 0 || bias[j].id >= s->n_vocab)
+            return qv_errorf(err, QV_ERR_INVALID, "logit_bias token id %d is outside [0, %d)",
+                             (int)bias[j].id, s->n_vocab);
+        if (!(b >= -QV_SAMPLER_MAX_BIAS && b <= QV_SAMPLER_MAX_BIAS))
+            return qv_errorf(err, QV_ERR_INVALID, "logit_bias of token %d is %g, not in [%g, %g]",
+                             (int)bias[j].id, (double)b, -(double)QV_SAMPLER_MAX_BIAS,
+                             (double)QV_SAMPLER_MAX_BIAS);
+    }
+    for (int j = 0; j < n_suppress; j++)
+        if (suppress[j] < 0 || suppress[j] >= s->n_vocab)
+            return qv_errorf(err, QV_ERR_INVALID, "suppressed token id %d is outside [0, %d)",
+                             (int)suppress[j], s->n_vocab);
+    qv_token_bias *nb = n_bias ? qv_malloc((size_t)n_bias * sizeof(*nb)) : NULL;
+    int32_t *ns = n_suppress ? qv_malloc((size_t)n_suppress * sizeof(*ns)) : NULL;
+    if ((n_bias && !nb) || (n_suppress && !ns)) {
+        qv_free(nb);
+        qv_free(ns);
+        return qv_errorf(err, QV_ERR_NOMEM, "sampler: no memory for %d biases", n_bias);
+    }
+    /* distinct ids, the last entry of each winning (as a JSON object read by Python) */
+    int nd = 0;
+    for (int j = 0; j < n_bias; j++) {
+        int k = 0;
+        while (k < nd && nb[k].id != bias[j].id)
+            k++;
+        nb[k] = bias[j];
+        nd += k == nd;
+    }
+    if (n_suppress) memcpy(ns, suppress, (size_t)n_suppress * sizeof(*ns));
+    qv_free(s->bias);
+    qv_free(s->suppress);
+    s->bias = nb;
+    s->n_bias = nd;
+    s->suppress = ns;
+    s->n_suppress = n_suppress;
+    s->min_tokens = min_tokens;
+    return QV_OK;
+}
+
+bool qv_sampler_has_edits(const qv_sampler *s) {
+    return s->n_bias > 0 || (s->n_suppress > 0 && s->n_accepted < s->min_tokens);
+}
+
 /* ---------------------------------------------------------------- processing ---- */
+
+/* logit_bias (float addition, as torch's scores + bias), then min_tokens' -inf. */
+static void apply_edits(const qv_sampler *s, float *x) {
+    for (int j = 0; j < s->n_bias; j++)
+        x[s->bias[j].id] += s->bias[j].bias;
+    if (s->n_accepted < s->min_tokens)
+        for (int j = 0; j < s->n_suppress; j++)
+            x[s->suppress[j]] = -INFINITY;
+}
 
 static bool penalties_active(const qv_sampler *s) {
     return s->p.repetition_penalty != 1.0f || s->p.frequency_penalty != 0.0f ||
@@ -618,17 +687,22 @@ static double raw_log_z(const float *x, int n, qv_logprobs *lp, int n_top) {
 }
 
 int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
-    const bool pen = penalties_active(s);
+    const bool pen = penalties_active(s), edit = qv_sampler_has_edits(s);
     double log_z = 0.0;
     if (lp) {
         int n_top = QV_MIN(s->p.n_logprobs, s->n_vocab);
         log_z = raw_log_z(logits, s->n_vocab, lp, n_top);
         for (int j = 0; j < lp->n_top; j++)
             lp->top_logprobs[j] = (float)((double)lp->top_logprobs[j] - log_z);
-        if (pen)
+        /* the chosen token's raw logit: with edits, the whole raw row is kept (edits may touch
+         * any id); with penalties alone, the context ids' values */
+        if (edit)
+            memcpy(s->w->saved, logits, (size_t)s->n_vocab * sizeof(*logits));
+        else if (pen)
             for (int j = 0; j < s->n_seen; j++)
                 s->w->saved[j] = logits[s->seen[j]];
     }
+    if (edit) apply_edits(s, logits);
     if (pen) apply_penalties(s, logits);
 
     int32_t tok;
@@ -653,8 +727,8 @@ int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
     }
 
     if (lp) {
-        float raw = logits[tok];
-        if (pen && (s->state[tok] & SEEN_BIT))
+        float raw = edit ? s->w->saved[tok] : logits[tok];
+        if (!edit && pen && (s->state[tok] & SEEN_BIT))
             for (int j = 0; j < s->n_seen; j++)
                 if (s->seen[j] == tok) {
                     raw = s->w->saved[j];
@@ -685,6 +759,7 @@ int qv_sampler_context(const qv_sampler *s, qv_token_count *out, int cap) {
 
 void qv_sampler_probs(qv_sampler *s, float *logits, float *probs) {
     memset(probs, 0, (size_t)s->n_vocab * sizeof(*probs));
+    if (qv_sampler_has_edits(s)) apply_edits(s, logits);
     if (penalties_active(s)) apply_penalties(s, logits);
     if (is_greedy(s)) {
         probs[argmax_first(logits, s->n_vocab)] = 1.0f;

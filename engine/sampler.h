@@ -4,7 +4,8 @@
  * presence/frequency penalties, a seeded PRNG and optional log-probabilities.
  *
  * What it is not: it does not run the model, batch rows, detokenize or check stop strings.
- * Grammar / logit-bias masks belong to the caller (set masked logits to -INFINITY first).
+ * Grammar masks belong to the caller (set masked logits to -INFINITY first); the OpenAI
+ * logit_bias and vLLM min_tokens edits are the sampler's (qv_sampler_set_edits).
  *
  * Invariants: a sampler holds every buffer it needs from qv_sampler_create on, so
  * qv_sampler_sample never allocates and cannot fail. Same parameters + same seed + same
@@ -55,6 +56,15 @@ qv_status qv_sampling_params_validate(const qv_sampling_params *p, qv_error *err
 
 typedef struct qv_sampler qv_sampler;
 
+/* One OpenAI logit_bias entry: `bias` is added to token `id`'s logit. */
+typedef struct qv_token_bias {
+    int32_t id;
+    float bias;
+} qv_token_bias;
+
+/* Largest accepted bias magnitude (OpenAI's range is [-100, 100]). */
+#define QV_SAMPLER_MAX_BIAS 100.0f
+
 /* Per-call buffers of a sampler (20 bytes per vocabulary entry: 3 MB at 152k). Every sampler
  * created with qv_sampler_create owns one; an engine running many sequences on one thread can
  * create one scratch and share it between all their samplers instead, leaving 8 bytes per
@@ -94,8 +104,21 @@ void qv_sampler_reset(qv_sampler *s);
 void qv_sampler_add_prompt(qv_sampler *s, const int32_t *ids, size_t n);
 
 /* Records a generated token: it joins the repetition context and its presence/frequency count
- * grows by one. Ids outside [0, n_vocab) are ignored. */
+ * grows by one. Ids outside [0, n_vocab) are ignored (but count toward min_tokens). */
 void qv_sampler_accept(qv_sampler *s, int32_t token);
+
+/* Sets the edits made to every row before the penalties (HF's order: SequenceBias first,
+ * MinNewTokensLength's -inf commutes with the penalties): bias[j].bias is added to the logit
+ * of bias[j].id (OpenAI logit_bias; a later entry for the same id replaces an earlier one),
+ * and while fewer than min_tokens tokens have been accepted every id of suppress[n_suppress]
+ * is set to -inf (vLLM min_tokens: the end-of-generation and stop token ids). Logprobs stay
+ * those of the raw row. Copies both lists and replaces earlier edits.
+ * Errors: QV_ERR_INVALID (an id outside [0, n_vocab), a bias that is not finite or beyond
+ * +-QV_SAMPLER_MAX_BIAS, negative counts), QV_ERR_NOMEM; the sampler is unchanged then. */
+qv_status qv_sampler_set_edits(qv_sampler *s, const qv_token_bias *bias, int n_bias, int min_tokens,
+                               const int32_t *suppress, int n_suppress, qv_error *err);
+/* Whether the next row is edited: a logit bias, or ids still suppressed by min_tokens. */
+bool qv_sampler_has_edits(const qv_sampler *s);
 
 /* For callers that sample a row elsewhere (a device backend, engine/cuda/sample.cu) with the
  * sampler's semantics and stream: */

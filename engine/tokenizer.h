@@ -80,6 +80,8 @@ int qv_tokenizer_n_vocab(const qv_tokenizer *t);
 int32_t qv_tokenizer_bos(const qv_tokenizer *t);             /* -1 if none */
 int32_t qv_tokenizer_eos(const qv_tokenizer *t);             /* -1 if none */
 bool qv_tokenizer_is_eog(const qv_tokenizer *t, int32_t id); /* EOS/EOT/<|im_end|>... */
+/* The end-of-generation ids (at most 16): *ids is borrowed; returns how many. */
+int qv_tokenizer_eog_ids(const qv_tokenizer *t, const int32_t **ids);
 /* True for added tokens marked special (skipped by skip_special_tokens). */
 bool qv_tokenizer_is_special(const qv_tokenizer *t, int32_t id);
 /* Token text as stored in the vocabulary (e.g. "Ġthe"); NULL for unknown ids. Borrowed. */
@@ -112,6 +114,9 @@ qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len,
 qv_status qv_detok_flush(qv_detok *d, const char **text, size_t *len);
 /* Index (0-based) of the stop string that matched, or -1. */
 int qv_detok_stop_index(const qv_detok *d);
+/* vLLM min_tokens: stop strings match only in text that arrives after the first n pushed
+ * tokens (text before is sent as it comes). Call before the first push. */
+void qv_detok_set_min_tokens(qv_detok *d, size_t n);
 void qv_detok_free(qv_detok *d);
 
 /* ---- chat templates (TOKENIZER.md section 7) ---- */

@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static qv_status fail(qv_proto_error *e, qv_status s, const char *param, const char *fmt, ...)
@@ -127,6 +128,41 @@ static qv_status decode_stop_ids(const cJSON *root, qv_proto_request *r, qv_prot
             return fail(e, QV_ERR_INVALID, "stop_token_ids",
                         "'stop_token_ids' must be a list of token ids");
         r->stop_ids[r->n_stop_ids++] = (int32_t)it->valuedouble;
+    }
+    return QV_OK;
+}
+
+/* OpenAI logit_bias: {"<token id>": bias in [-100, 100], ...}, up to QV_PROTO_MAX_LOGIT_BIAS. */
+static qv_status decode_logit_bias(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    const cJSON *f = field(root, "logit_bias");
+    if (!f || cJSON_IsNull(f)) return QV_OK;
+    int n = cJSON_IsObject(f) ? cJSON_GetArraySize(f) : -1;
+    if (n < 0 || n > QV_PROTO_MAX_LOGIT_BIAS)
+        return fail(e, QV_ERR_INVALID, "logit_bias",
+                    "'logit_bias' must be an object of at most %d token ids (as strings) to "
+                    "biases",
+                    QV_PROTO_MAX_LOGIT_BIAS);
+    if (n == 0) return QV_OK;
+    r->bias_ids = qv_malloc((size_t)n * sizeof(*r->bias_ids));
+    r->bias_values = qv_malloc((size_t)n * sizeof(*r->bias_values));
+    if (!r->bias_ids || !r->bias_values) return nomem(e);
+    const cJSON *it = f->child;
+    for (int i = 0; i < n; i++, it = it->next) {
+        const char *k = it->string;
+        size_t kl = k ? strlen(k) : 0;
+        bool digits = kl > 0 && kl <= 10;
+        for (size_t j = 0; digits && j < kl; j++)
+            digits = k[j] >= '0' && k[j] <= '9';
+        const double id = digits ? strtod(k, NULL) : -1.0;
+        if (!digits || id > INT32_MAX)
+            return fail(e, QV_ERR_INVALID, "logit_bias",
+                        "'logit_bias' keys must be token ids written in decimal");
+        if (!cJSON_IsNumber(it) || !(fabs(it->valuedouble) <= QV_PROTO_MAX_BIAS))
+            return fail(e, QV_ERR_INVALID, "logit_bias",
+                        "each 'logit_bias' value must be a number in [-100, 100]");
+        r->bias_ids[i] = (int32_t)id;
+        r->bias_values[i] = (float)it->valuedouble;
+        r->n_bias = (size_t)i + 1;
     }
     return QV_OK;
 }
@@ -301,16 +337,12 @@ static qv_status refuse_unsupported(const cJSON *root, qv_proto_error *e) {
         if ((f = field(root, lists[i])) && !(cJSON_IsArray(f) && cJSON_GetArraySize(f) == 0))
             return fail(e, QV_ERR_INVALID, lists[i],
                         "'%s' is not supported by quiver (no tool calls)", lists[i]);
-    if ((f = field(root, "logit_bias")) && !(cJSON_IsObject(f) && !f->child))
-        return fail(e, QV_ERR_INVALID, "logit_bias", "'logit_bias' is not supported by quiver");
     if ((f = field(root, "suffix")) && !(cJSON_IsString(f) && !f->valuestring[0]))
         return fail(e, QV_ERR_INVALID, "suffix", "'suffix' is not supported by quiver");
     if ((f = field(root, "echo")) && !cJSON_IsFalse(f))
         return fail(e, QV_ERR_INVALID, "echo", "'echo' is not supported by quiver");
     if ((f = field(root, "best_of")) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
         return fail(e, QV_ERR_INVALID, "best_of", "'best_of' must be 1 (one sequence per request)");
-    if ((f = field(root, "min_tokens")) && !(cJSON_IsNumber(f) && f->valuedouble == 0))
-        return fail(e, QV_ERR_INVALID, "min_tokens", "'min_tokens' is not supported by quiver");
     return QV_OK;
 }
 
@@ -439,6 +471,8 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     }
     if ((s = decode_stop(root, r, e))) goto done;
     if ((s = decode_stop_ids(root, r, e))) goto done;
+    if ((s = decode_logit_bias(root, r, e))) goto done;
+    if ((s = get_int(root, "min_tokens", 0, 1e9, &r->min_tokens, e))) goto done;
     if ((s = decode_logprobs(root, r, e))) goto done;
     if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
     if ((s = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto done;
@@ -476,6 +510,8 @@ void qv_proto_request_free(qv_proto_request *r) {
         qv_free(r->stop[i]);
     qv_free(r->stop);
     qv_free(r->stop_ids);
+    qv_free(r->bias_ids);
+    qv_free(r->bias_values);
     memset(r, 0, sizeof(*r));
 }
 

@@ -28,11 +28,13 @@ extern "C" {
 #endif
 
 /* Upper bounds the decoders enforce on their own. */
-#define QV_PROTO_MAX_STOPS 16       /* OpenAI allows 4; we allow a few more */
-#define QV_PROTO_MAX_STOP_BYTES 256 /* one stop string */
-#define QV_PROTO_MAX_LOGPROBS 20    /* completions `logprobs`, chat `top_logprobs` */
-#define QV_PROTO_MAX_MESSAGES 4096  /* chat messages */
-#define QV_PROTO_MAX_STOP_IDS 64    /* vLLM stop_token_ids */
+#define QV_PROTO_MAX_STOPS 16        /* OpenAI allows 4; we allow a few more */
+#define QV_PROTO_MAX_STOP_BYTES 256  /* one stop string */
+#define QV_PROTO_MAX_LOGPROBS 20     /* completions `logprobs`, chat `top_logprobs` */
+#define QV_PROTO_MAX_MESSAGES 4096   /* chat messages */
+#define QV_PROTO_MAX_STOP_IDS 64     /* vLLM stop_token_ids */
+#define QV_PROTO_MAX_LOGIT_BIAS 1024 /* OpenAI logit_bias entries */
+#define QV_PROTO_MAX_BIAS 100.0      /* OpenAI: each bias is in [-100, 100] */
 
 enum qv_proto_endpoint {
     QV_PROTO_COMPLETIONS = 0, /* POST /v1/completions */
@@ -84,6 +86,13 @@ typedef struct qv_proto_request {
     size_t n_stop;
     int32_t *stop_ids; /* vLLM stop_token_ids: generation ends at any of them (no text) */
     size_t n_stop_ids;
+    /* OpenAI logit_bias: bias_values[i] is added to token bias_ids[i]'s logit (ids as sent,
+     * possibly repeated: the later entry wins; range checks against the vocabulary are the
+     * server's) */
+    int32_t *bias_ids;
+    float *bias_values;
+    size_t n_bias;
+    int min_tokens;   /* vLLM extension: no end-of-generation / stop before this many tokens */
     bool logprobs;    /* token log-probabilities requested */
     int top_logprobs; /* alternatives per token, 0..20 */
     bool stream;

@@ -90,6 +90,7 @@ typedef struct request {
     size_t n_stops;
     int32_t *stop_ids; /* stop_token_ids */
     size_t n_stop_ids;
+    qv_token_bias *bias; /* logit_bias (gp.logit_bias points here until the engine copies it) */
     int64_t created;
     double t_arrival;
     struct MHD_Connection *conn;
@@ -283,6 +284,7 @@ static void request_release(request *r) {
     qv_free(r->tgi_inputs);
     qv_free(r->toks);
     qv_free(r->stop_ids);
+    qv_free(r->bias);
     qv_free(r->ids);
     for (size_t i = 0; i < r->n_stops; i++)
         qv_free(r->stops[i]);
@@ -2129,12 +2131,37 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     r->n_stop_ids = pr.n_stop_ids;
     pr.stop_ids = NULL;
     pr.n_stop_ids = 0;
+    if (pr.n_bias && !(r->bias = qv_malloc(pr.n_bias * sizeof(*r->bias)))) {
+        ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < pr.n_bias; i++) {
+        if (pr.bias_ids[i] >= srv->model->cfg.n_vocab) {
+            ret = send_error(c, ctx, 400, "logit_bias", "invalid_value",
+                             "logit_bias token id %d is outside the vocabulary (%d)",
+                             (int)pr.bias_ids[i], srv->model->cfg.n_vocab);
+            goto done;
+        }
+        r->bias[i] = (qv_token_bias){pr.bias_ids[i], pr.bias_values[i]};
+    }
+    if (pr.min_tokens > max_tokens) {
+        ret = send_error(c, ctx, 400, "min_tokens", "invalid_value",
+                         "'min_tokens' (%d) must not exceed max_tokens (%d)", pr.min_tokens,
+                         max_tokens);
+        goto done;
+    }
+    r->gp.logit_bias = r->bias;
+    r->gp.n_logit_bias = (int)pr.n_bias;
+    r->gp.min_tokens = pr.min_tokens;
+    r->gp.min_tokens_ids = r->stop_ids;
+    r->gp.n_min_tokens_ids = (int)r->n_stop_ids;
     if (!r->model_echo ||
         qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops, true, &r->detok) ||
         qv_detok_prime(r->detok, r->ids, r->n_ids)) {
         ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
         goto done;
     }
+    qv_detok_set_min_tokens(r->detok, (size_t)pr.min_tokens);
     if (atomic_fetch_add(&srv->n_waiting, 1) >= cfg->queue_limit) {
         atomic_fetch_sub(&srv->n_waiting, 1);
         ret = send_error(c, ctx, 429, NULL, "queue_full",

@@ -260,6 +260,7 @@ struct qv_detok {
     char **stops;
     size_t *stop_lens;
     size_t n_stops;
+    size_t n_pushed, min_tokens; /* stop strings match in text after min_tokens pushes */
     bool finished;
     int stop_index;
 };
@@ -309,6 +310,8 @@ void qv_detok_free(qv_detok *d) {
 }
 
 int qv_detok_stop_index(const qv_detok *d) { return d->stop_index; }
+
+void qv_detok_set_min_tokens(qv_detok *d, size_t n) { d->min_tokens = n; }
 
 static bool ends_with_fffd(const qv__buf *b) {
     return b->len >= 3 && !memcmp(b->p + b->len - 3, "\xEF\xBF\xBD", 3);
@@ -396,7 +399,8 @@ static qv_status emit(qv_detok *d, bool at_end) {
     const char *p = d->pending.p ? d->pending.p : "";
     size_t n = d->pending.len, cut = n;
     const char *hit = NULL;
-    for (size_t k = 0; k < d->n_stops; k++) {
+    const size_t n_stops = d->n_pushed > d->min_tokens ? d->n_stops : 0;
+    for (size_t k = 0; k < n_stops; k++) {
         const char *h = find_bytes(p, n, d->stops[k], d->stop_lens[k]);
         if (h && (!hit || h < hit)) {
             hit = h;
@@ -407,7 +411,7 @@ static qv_status emit(qv_detok *d, bool at_end) {
         cut = (size_t)(hit - p);
         d->finished = true;
     } else if (!at_end) {
-        cut = n - partial_stop(d, p, n);
+        cut = n - (n_stops ? partial_stop(d, p, n) : 0);
         cut -= qv__utf8_incomplete_tail(p, cut);
     }
     /* A stop string that is not valid UTF-8 may match inside a character: never cut there. */
@@ -444,6 +448,7 @@ qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len,
             d->cap_ids = cap;
         }
         d->ids[d->n_ids++] = id;
+        d->n_pushed++;
         st = stream_step(d, false);
         if (!st) st = emit(d, false);
     }

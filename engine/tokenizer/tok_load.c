@@ -913,6 +913,11 @@ bool qv_tokenizer_is_eog(const qv_tokenizer *t, int32_t id) {
     return false;
 }
 
+int qv_tokenizer_eog_ids(const qv_tokenizer *t, const int32_t **ids) {
+    *ids = t->eog;
+    return t->n_eog;
+}
+
 bool qv_tokenizer_is_special(const qv_tokenizer *t, int32_t id) {
     return id >= 0 && id < t->n_vocab && t->is_special && t->is_special[id];
 }

@@ -76,15 +76,18 @@ static void test_stream_all(void **s) {
     assert_int_equal(fails, 0);
 }
 
-/* Feeds the ids of `text` and returns everything emitted (push + flush). */
-static char *run_stream(const qv_tokenizer *t, const char *text, const char *const *stops,
-                        size_t n_stops, bool *stopped, int *stop_idx, size_t *max_chunk_pending) {
+/* Feeds the ids of `text` to a stream with stop strings armed after min_tokens pushes and
+ * returns everything emitted (push + flush). */
+static char *run_stream_min(const qv_tokenizer *t, const char *text, const char *const *stops,
+                            size_t n_stops, size_t min_tokens, bool *stopped, int *stop_idx,
+                            size_t *max_chunk_pending) {
     int32_t *ids = NULL;
     size_t n = 0;
     qv_error err = {0};
     assert_int_equal(qv_tokenizer_encode(t, text, strlen(text), false, &ids, &n, &err), QV_OK);
     qv_detok *d = NULL;
     assert_int_equal(qv_detok_create(t, stops, n_stops, true, &d), QV_OK);
+    qv_detok_set_min_tokens(d, min_tokens);
     char *acc = calloc(1, 4096);
     size_t an = 0;
     bool fin = false;
@@ -108,6 +111,11 @@ static char *run_stream(const qv_tokenizer *t, const char *text, const char *con
     qv_detok_free(d);
     qv_free(ids);
     return acc;
+}
+
+static char *run_stream(const qv_tokenizer *t, const char *text, const char *const *stops,
+                        size_t n_stops, bool *stopped, int *stop_idx, size_t *max_chunk_pending) {
+    return run_stream_min(t, text, stops, n_stops, 0, stopped, stop_idx, max_chunk_pending);
 }
 
 static void test_stop_strings(void **s) {
@@ -134,6 +142,30 @@ static void test_stop_strings(void **s) {
     assert_int_equal(idx, 2);
     assert_string_equal(out, "llama ");
     free(out);
+    qv_tokenizer_free(t);
+}
+
+/* vLLM min_tokens: stop strings match only in text after the first n tokens. */
+static void test_stop_after_min_tokens(void **s) {
+    (void)s;
+    qv_tokenizer *t = load("smollm2");
+    const char *stops[] = {"."};
+    /* "One", ".", " Two", ".", " Three", ...: the first '.' is token 2, the second token 4 */
+    static const struct {
+        size_t min;
+        const char *want;
+    } cases[] = {{0, "One"}, {2, "One. Two"}, {3, "One. Two"}, {4, "One. Two. Three"}};
+    for (size_t c = 0; c < QV_ARRAY_LEN(cases); c++) {
+        bool stopped;
+        int idx;
+        size_t mp;
+        char *out = run_stream_min(t, "One. Two. Three. Four.", stops, 1, cases[c].min, &stopped,
+                                   &idx, &mp);
+        assert_true(stopped);
+        assert_int_equal(idx, 0);
+        assert_string_equal(out, cases[c].want);
+        free(out);
+    }
     qv_tokenizer_free(t);
 }
 
@@ -308,6 +340,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stream_all),
         cmocka_unit_test(test_stop_strings),
+        cmocka_unit_test(test_stop_after_min_tokens),
         cmocka_unit_test(test_holdback),
         cmocka_unit_test(test_primed),
     };

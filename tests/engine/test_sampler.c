@@ -68,6 +68,10 @@ typedef struct tcase {
     qv_sampling_params p;
     int32_t prompt[16], generated[16];
     int n_prompt, n_generated;
+    qv_token_bias bias[8]; /* logit_bias entries as listed (a repeated id included) */
+    int n_bias;
+    int32_t suppress[4]; /* suppressed while fewer than min_tokens are generated */
+    int n_suppress, min_tokens;
     int n_kept, n_ambiguous;
     int32_t raw_top_ids[20];
     float raw_top_lp[20];
@@ -135,13 +139,20 @@ static int setup_cases(void **state) {
         t->p.presence_penalty = (float)cJSON_GetObjectItem(pj, "presence_penalty")->valuedouble;
         t->p.frequency_penalty = (float)cJSON_GetObjectItem(pj, "frequency_penalty")->valuedouble;
         t->p.seed = (uint64_t)cJSON_GetObjectItem(pj, "seed")->valuedouble;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItem(pj, "logit_bias")) {
+            assert_true(t->n_bias < 8);
+            t->bias[t->n_bias++] = (qv_token_bias){(int32_t)cJSON_GetArrayItem(it, 0)->valuedouble,
+                                                   (float)cJSON_GetArrayItem(it, 1)->valuedouble};
+        }
+        t->min_tokens = cJSON_GetObjectItem(pj, "min_tokens")->valueint;
+        t->n_suppress = read_ids(cJSON_GetObjectItem(pj, "suppress"), t->suppress, 4);
         t->n_prompt = read_ids(cJSON_GetObjectItem(c, "prompt"), t->prompt, 16);
         t->n_generated = read_ids(cJSON_GetObjectItem(c, "generated"), t->generated, 16);
         t->n_kept = cJSON_GetObjectItem(c, "n_kept")->valueint;
         t->n_ambiguous = cJSON_GetObjectItem(c, "n_ambiguous")->valueint;
         read_ids(cJSON_GetObjectItem(c, "raw_top_ids"), t->raw_top_ids, 20);
         int k = 0;
-        const cJSON *it;
         cJSON_ArrayForEach(it, cJSON_GetObjectItem(c, "raw_top_logprobs")) {
             t->raw_top_lp[k++] = (float)it->valuedouble;
         }
@@ -182,6 +193,9 @@ static qv_sampler *case_sampler(const tcase *t, int n_logprobs) {
     p.n_logprobs = n_logprobs;
     qv_sampler *s = NULL;
     assert_int_equal(qv_sampler_create(&p, t->n_vocab, &s), QV_OK);
+    assert_int_equal(qv_sampler_set_edits(s, t->bias, t->n_bias, t->min_tokens, t->suppress,
+                                          t->n_suppress, NULL),
+                     QV_OK);
     qv_sampler_add_prompt(s, t->prompt, (size_t)t->n_prompt);
     for (int i = 0; i < t->n_generated; i++)
         qv_sampler_accept(s, t->generated[i]);
@@ -377,6 +391,72 @@ static void test_chi_square_small(void **state) {
     assert_int_equal(df, 7);
     assert_true(stat < 24.32); /* P(chi2_7 > 24.32) = 0.001 */
     assert_true(stat > 0.60);  /* P(chi2_7 < 0.60) = 0.001: not suspiciously perfect */
+    qv_sampler_free(s);
+}
+
+/* logit_bias and min_tokens on greedy rows: the bias moves the argmax, the suppressed ids come
+ * back after min_tokens accepted tokens (and after a reset only then), logprobs stay raw, and
+ * bad lists leave the sampler as it was. */
+static void test_edits_greedy(void **state) {
+    (void)state;
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    p.temperature = 0.0f;
+    p.n_logprobs = 2;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, 6, &s), QV_OK);
+    const float x[6] = {1.0f, 5.0f, 3.0f, 4.5f, 0.0f, -2.0f};
+    float y[6];
+    assert_false(qv_sampler_has_edits(s));
+    const qv_token_bias bias[3] = {{3, 10.0f}, {5, 1.0f}, {3, 0.75f}}; /* 3: the later wins */
+    const int32_t sup[1] = {1};
+    assert_int_equal(qv_sampler_set_edits(s, bias, 3, 2, sup, 1, NULL), QV_OK);
+    assert_true(qv_sampler_has_edits(s));
+    memcpy(y, x, sizeof(x));
+    qv_logprobs lp;
+    /* 1 suppressed: 3 (4.5 + 0.75) beats 2 (3.0) */
+    assert_int_equal(qv_sampler_sample(s, y, &lp), 3);
+    assert_true(isinf(y[1]) && y[1] < 0.0f && y[3] == 5.25f && y[5] == -1.0f);
+    double z = 0;
+    for (int i = 0; i < 6; i++)
+        z += exp((double)x[i] - 5.0);
+    assert_true(fabs((double)lp.logprob - (4.5 - 5.0 - log(z))) < 1e-6); /* raw row */
+    assert_int_equal(lp.top_ids[0], 1);                                  /* raw row */
+    qv_sampler_accept(s, 3);
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, NULL), 3); /* one accepted of two: still 3 */
+    qv_sampler_accept(s, 3);
+    assert_true(qv_sampler_has_edits(s)); /* the bias stays */
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, NULL), 3); /* 5.25 > 5: the bias decides now */
+    const qv_token_bias down[1] = {{3, -1.0f}};
+    assert_int_equal(qv_sampler_set_edits(s, down, 1, 2, sup, 1, NULL), QV_OK);
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, NULL), 1); /* two accepted: 1 is back */
+    qv_sampler_reset(s);
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, NULL), 3); /* 1 suppressed again after a reset */
+    assert_int_equal(qv_sampler_set_edits(s, NULL, 0, 0, NULL, 0, NULL), QV_OK);
+    assert_false(qv_sampler_has_edits(s));
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, NULL), 1);
+
+    /* refused lists change nothing */
+    qv_error err = {0};
+    const qv_token_bias bad_id[1] = {{6, 1.0f}}, bad_val[1] = {{2, 100.5f}},
+                        nan_val[1] = {{2, NAN}};
+    const int32_t bad_sup[1] = {-1};
+    assert_int_equal(qv_sampler_set_edits(s, bad_id, 1, 0, NULL, 0, &err), QV_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "outside"));
+    assert_int_equal(qv_sampler_set_edits(s, bad_val, 1, 0, NULL, 0, &err), QV_ERR_INVALID);
+    assert_int_equal(qv_sampler_set_edits(s, nan_val, 1, 0, NULL, 0, &err), QV_ERR_INVALID);
+    assert_int_equal(qv_sampler_set_edits(s, NULL, 0, 1, bad_sup, 1, &err), QV_ERR_INVALID);
+    assert_int_equal(qv_sampler_set_edits(s, NULL, 0, -1, NULL, 0, &err), QV_ERR_INVALID);
+    assert_false(qv_sampler_has_edits(s));
+    const qv_token_bias edge[2] = {{0, 100.0f}, {1, -100.0f}};
+    assert_int_equal(qv_sampler_set_edits(s, edge, 2, 0, NULL, 0, &err), QV_OK);
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, NULL), 0);
     qv_sampler_free(s);
 }
 
@@ -898,13 +978,14 @@ static void test_shared_scratch(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden_distributions),   cmocka_unit_test(test_golden_draws),
-        cmocka_unit_test(test_golden_logprobs),        cmocka_unit_test(test_golden_chi_square),
-        cmocka_unit_test(test_chi_square_small),       cmocka_unit_test(test_greedy),
-        cmocka_unit_test(test_reproducible),           cmocka_unit_test(test_top_k_ties_and_min_p),
-        cmocka_unit_test(test_penalty_context),        cmocka_unit_test(test_validation),
-        cmocka_unit_test(test_alloc_failure),          cmocka_unit_test(test_degenerate_rows),
-        cmocka_unit_test(test_naive_reference_random), cmocka_unit_test(test_shared_scratch),
+        cmocka_unit_test(test_golden_distributions), cmocka_unit_test(test_golden_draws),
+        cmocka_unit_test(test_golden_logprobs),      cmocka_unit_test(test_golden_chi_square),
+        cmocka_unit_test(test_chi_square_small),     cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_edits_greedy),         cmocka_unit_test(test_reproducible),
+        cmocka_unit_test(test_top_k_ties_and_min_p), cmocka_unit_test(test_penalty_context),
+        cmocka_unit_test(test_validation),           cmocka_unit_test(test_alloc_failure),
+        cmocka_unit_test(test_degenerate_rows),      cmocka_unit_test(test_naive_reference_random),
+        cmocka_unit_test(test_shared_scratch),
     };
     return cmocka_run_group_tests(tests, setup_cases, teardown_cases);
 }

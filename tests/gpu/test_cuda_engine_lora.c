@@ -51,10 +51,13 @@ typedef struct run_out {
     const qv_adapter *ad[MAX_REQ];
     const qv_adapter *big[4]; /* case 2: adapters counted per step */
     int max_big_per_step;
-    int arrive[MAX_REQ];   /* step before which the request is added (0: at once) */
-    float temp[MAX_REQ];   /* > 0: the request samples at this temperature (seed 7) */
-    bool lp[MAX_REQ];      /* the request asks for 2 logprobs on every device */
-    qv_engine_stats stats; /* the engine's, after the run */
+    int arrive[MAX_REQ];         /* step before which the request is added (0: at once) */
+    float temp[MAX_REQ];         /* > 0: the request samples at this temperature (seed 7) */
+    bool lp[MAX_REQ];            /* the request asks for 2 logprobs on every device */
+    qv_token_bias bias[MAX_REQ]; /* logit_bias of one id when n_bias[i] */
+    int n_bias[MAX_REQ];
+    int min_tokens[MAX_REQ]; /* vLLM min_tokens (the model's EOS suppressed until then) */
+    qv_engine_stats stats;   /* the engine's, after the run */
 } run_out;
 
 static void on_tok(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
@@ -119,6 +122,9 @@ static void run_model(const char *device, const char *model, const qv_adapter *c
             gp.adapter = ads[i];
             gp.sampling.temperature = o->temp[i];
             gp.sampling.seed = 7;
+            gp.logit_bias = &o->bias[i];
+            gp.n_logit_bias = o->n_bias[i];
+            gp.min_tokens = o->min_tokens[i];
             /* the CPU run reports the top two (near ties); the CUDA run: the device's argmax */
             gp.sampling.n_logprobs = strcmp(device, "cpu") == 0 || o->lp[i] ? 2 : 0;
             if (qv_engine_add(e, ids, (size_t)len, &gp, on_tok, o, &o->ids[i], &err) != QV_OK)
@@ -523,6 +529,31 @@ static void test_engine_device_sampling(void **state) {
     qv_engine_destroy(probe);
 }
 
+/* logit_bias and min_tokens rows are sampled on the host (their logits copied there), the
+ * others on the device; a min_tokens row goes back to the device once the minimum is reached.
+ * Tokens as the CPU engine's. */
+static void test_engine_logit_edits(void **state) {
+    (void)state;
+    const qv_adapter *ads[3] = {NULL, NULL, NULL};
+    static run_out cpu, cu;
+    memset(&cpu, 0, sizeof(cpu));
+    memset(&cu, 0, sizeof(cu));
+    cpu.bias[1] = cu.bias[1] = (qv_token_bias){5, 100.0f};
+    cpu.n_bias[1] = cu.n_bias[1] = 1;
+    cpu.min_tokens[2] = cu.min_tokens[2] = 10;
+    run_requests("cpu", ads, 3, &cpu);
+    for (int t = 0; t < TOKENS; t++)
+        assert_int_equal(cpu.toks[1][t], 5); /* +100 decides every step */
+    gpu_require_device();
+    run_requests("cuda", ads, 3, &cu);
+    printf("cuda engine with logit edits: %llu rows on the device, %llu on the host\n",
+           (unsigned long long)cu.stats.logits_rows_device,
+           (unsigned long long)cu.stats.logits_rows_host);
+    assert_int_equal(cu.stats.logits_rows_host, TOKENS + 10);
+    assert_int_equal(cu.stats.logits_rows_device, 2 * TOKENS - 10);
+    compare("logit_bias and min_tokens on cuda", &cpu, &cu);
+}
+
 static void test_engine_refuses_other_kinds(void **state) {
     (void)state;
     qv_engine *cpu = open_engine("cpu");
@@ -581,6 +612,7 @@ int main(void) {
         cmocka_unit_test(test_engine_kv_reserved),
         cmocka_unit_test(test_engine_cold_adapter),
         cmocka_unit_test(test_engine_device_sampling),
+        cmocka_unit_test(test_engine_logit_edits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

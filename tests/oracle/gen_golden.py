@@ -454,9 +454,82 @@ def gen_smollm2(model_path: str) -> None:
     log(f"wrote {SMOLLM2}/golden.json")
 
 
+# OpenAI logit_bias / vLLM min_tokens on SmolLM2: HF generate's own processors
+# (SequenceBiasLogitsProcessor with one-token sequences, MinNewTokensLengthLogitsProcessor
+# with the end-of-generation ids), greedy, stopping at those ids as a server does.
+
+SMOLLM2_EOG_TEXTS = ["<|im_end|>", "<|endoftext|>"]  # TOKENIZER.md: the EOG set of SmolLM2
+EDIT_MIN_GAP = 0.01  # each greedy step's top-2 gap (processed scores) must clear this
+
+
+def gen_smollm2_edits(model_path: str) -> None:
+    """tests/fixtures/smollm2/edits.json: greedy continuations under logit_bias / min_tokens,
+    with the generated ids, their text, and whether an end-of-generation id ended them."""
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(1)
+    assert sha256_file(model_path) == SMOLLM2_SHA256
+    meta, _ = common.read_gguf(model_path)
+    tok = smollm2_tokenizer(meta)
+    model = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(model_path), gguf_file=os.path.basename(model_path),
+        dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    eog = [tok.token_to_id(t) for t in SMOLLM2_EOG_TEXTS]
+    golden = json.load(open(os.path.join(SMOLLM2, "golden.json")))
+    g0, g2 = golden["prompts"][0], golden["prompts"][2]
+
+    def tid(text: str) -> int:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert len(ids) == 1, (text, ids)
+        return ids[0]
+
+    cases = [
+        # the likeliest first token banned (" Paris")
+        ("ban_first", 0, {g0["greedy"][0]: -100.0}, 0, 12),
+        # pulled towards another city, plus a pushed-down article
+        ("pull_london", 0, {tid(" London"): 6.0, tid(" the"): -3.0}, 0, 12),
+        # the chat answer ends after a few tokens; min_tokens keeps it going
+        ("chat_min", 2, {}, 20, 40),
+        # both at once, with a bias on the end-of-turn token itself
+        ("chat_min_bias", 2, {tid(" Paris"): -100.0, eog[0]: 2.0}, 12, 40),
+    ]
+    out = []
+    for name, pi, bias, min_tokens, max_new in cases:
+        g = golden["prompts"][pi]
+        kw: dict[str, Any] = dict(do_sample=False, max_new_tokens=max_new, eos_token_id=eog,
+                                  pad_token_id=eog[0], return_dict_in_generate=True,
+                                  output_scores=True, top_k=None, top_p=None, temperature=None)
+        if bias:
+            kw["sequence_bias"] = {(i,): float(b) for i, b in bias.items()}
+        if min_tokens:
+            kw["min_new_tokens"] = min_tokens
+        with torch.no_grad():
+            r = model.generate(torch.tensor([g["ids"]]), **kw)
+        gen = [int(t) for t in r.sequences[0, len(g["ids"]):]]
+        gaps = []
+        for sc in r.scores:
+            top = torch.topk(sc[0].to(torch.float64), 2).values
+            gaps.append(float(top[0] - top[1]))
+        assert min(gaps) > EDIT_MIN_GAP, (name, min(gaps))
+        eos_end = bool(gen) and gen[-1] in eog
+        text_ids = gen[:-1] if eos_end else gen
+        text = tok.decode(g["ids"] + text_ids, skip_special_tokens=True)[
+            len(tok.decode(g["ids"], skip_special_tokens=True)):]
+        out.append({"name": name, "prompt": pi, "logit_bias": {str(k): v for k, v in bias.items()},
+                    "min_tokens": min_tokens, "max_tokens": max_new, "ids": gen,
+                    "ended_by_eog": eos_end, "text": text, "min_gap": min(gaps)})
+        log(f"{name}: {len(gen)} tokens, eog {eos_end}, min gap {min(gaps):.3g}: {text!r}")
+    doc = {"model": golden["model"], "model_sha256": SMOLLM2_SHA256, "eog": eog,
+           "reference": "transformers generate (GGUF load, fp32, eager), greedy, sequence_bias "
+                        "/ min_new_tokens, stops at the eog ids", "cases": out}
+    with open(os.path.join(SMOLLM2, "edits.json"), "w") as f:
+        f.write(common.dump_json(doc))
+    log(f"wrote {SMOLLM2}/edits.json")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tiny", "http", "smollm2"])
+    ap.add_argument("--only", choices=["tiny", "http", "smollm2", "smollm2-edits"])
     ap.add_argument("--model", default=os.path.join(
         os.environ.get("QUIVER_HOME", os.path.expanduser("~/.cache/quiver")),
         "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -470,6 +543,11 @@ def main() -> int:
             log(f"{args.model} missing (run deploy/fetch-model.sh); SmolLM2 goldens skipped")
             return 1 if args.only == "smollm2" else 0
         gen_smollm2(args.model)
+    if args.only in (None, "smollm2-edits"):
+        if not os.path.exists(args.model):
+            log(f"{args.model} missing (run deploy/fetch-model.sh); SmolLM2 edits skipped")
+            return 1 if args.only == "smollm2-edits" else 0
+        gen_smollm2_edits(args.model)
     return 0
 
 

@@ -8,6 +8,9 @@ processor list that HF `generate` itself builds (`GenerationMixin._get_logits_pr
 do_sample=True: RepetitionPenalty, Temperature, TopK, TopP, MinP in HF's order), with one extra
 processor for the OpenAI presence/frequency penalties (written here from the OpenAI formula,
 placed after the repetition penalty and before temperature, as vLLM does), then softmax.
+Cases with logit edits also set HF's `sequence_bias` (single-token sequences: the OpenAI
+logit_bias, first in HF's list) and `min_new_tokens` with the suppressed ids as its EOS set
+(vLLM's min_tokens); `generated` then counts as the new tokens.
 The resulting probabilities are the goldens (float32 files, dense, n_vocab values).
 
 Boundary cases are avoided, not hidden: a float64 re-implementation of the same rules must agree
@@ -29,7 +32,9 @@ import numpy as np
 import torch
 import transformers
 from transformers import GenerationConfig
-from transformers.generation.logits_process import LogitsProcessor, RepetitionPenaltyLogitsProcessor
+from transformers.generation.logits_process import (LogitsProcessor,
+                                                    RepetitionPenaltyLogitsProcessor,
+                                                    SequenceBiasLogitsProcessor)
 from transformers.generation.utils import GenerationMixin
 
 M64 = (1 << 64) - 1
@@ -124,16 +129,25 @@ def hf_processors(p, seq_len):
               repetition_penalty=p["repetition_penalty"])
     if p["min_p"] > 0:
         kw["min_p"] = p["min_p"]
+    if p["logit_bias"]:
+        kw["sequence_bias"] = [[[i], b] for i, b in p["logit_bias"]]
+    if p["min_tokens"] > 0:
+        kw["min_new_tokens"] = p["min_tokens"]
     gc = GenerationConfig(**kw)
+    if p["min_tokens"] > 0:  # what generate's _prepare_special_tokens would set
+        gc._eos_token_tensor = torch.tensor(p["suppress"], dtype=torch.long)
     return Stub()._get_logits_processor(gc, input_ids_seq_length=seq_len, device="cpu",
                                         model_kwargs={})
 
 
 def hf_probs(logits, p, prompt, generated):
     ids = torch.tensor([prompt + generated], dtype=torch.long)
-    procs = list(hf_processors(p, ids.shape[1]))
+    procs = list(hf_processors(p, len(prompt)))  # generated = the new tokens
     if p["presence_penalty"] != 0 or p["frequency_penalty"] != 0:
-        pos = 1 if procs and isinstance(procs[0], RepetitionPenaltyLogitsProcessor) else 0
+        kinds = (RepetitionPenaltyLogitsProcessor, SequenceBiasLogitsProcessor)
+        pos = 0
+        while pos < len(procs) and isinstance(procs[pos], kinds):
+            pos += 1
         procs.insert(pos, OpenAIPenalties(generated, len(logits), p["presence_penalty"],
                                           p["frequency_penalty"]))
     scores = torch.from_numpy(logits.copy())[None, :]
@@ -149,6 +163,10 @@ def ref_check(logits, p, prompt, generated, hf):
     within TOPP_MARGIN of top_p; such tokens may differ between float32 and float64 arithmetic,
     so their total probability must stay below 5e-7 (under the 1e-6 test tolerance)."""
     x = logits.astype(np.float64)
+    for t, b in p["logit_bias"]:
+        x[t] = float(np.float32(x[t]) + np.float32(b))
+    if len(generated) < p["min_tokens"]:
+        x[p["suppress"]] = -np.inf
     rep = p["repetition_penalty"]
     if rep != 1.0:
         for t in set(prompt + generated):
@@ -159,7 +177,7 @@ def ref_check(logits, p, prompt, generated, hf):
     x -= p["frequency_penalty"] * counts
     x -= p["presence_penalty"] * (counts > 0)
     y = x / p["temperature"]
-    keep = np.ones(len(y), dtype=bool)
+    keep = y > -np.inf  # min_tokens' suppressed ids
     ambiguous = np.zeros(len(y), dtype=bool)
     order = np.lexsort((np.arange(len(y)), -y))  # descending y, lower id first
     k = p["top_k"]
@@ -219,7 +237,8 @@ def draws(probs, seed):
 
 def P(**kw):
     p = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-             presence_penalty=0.0, frequency_penalty=0.0, seed=0)
+             presence_penalty=0.0, frequency_penalty=0.0, seed=0, logit_bias=[], min_tokens=0,
+             suppress=[])
     p.update(kw)
     return p
 
@@ -257,7 +276,34 @@ CASES = [
     ("v49k_all", 49152, 36, 2.5, 40,
      P(top_k=200, top_p=0.9, min_p=0.01, repetition_penalty=1.15, presence_penalty=0.4,
        frequency_penalty=0.2, temperature=0.9, seed=26), "auto"),
+    # logit edits, made concrete per row by edits_for
+    ("v1k_bias_t09_k50", 1000, 41, 2.0, 6, P(temperature=0.9, top_k=50, seed=41, edits="bias"),
+     None),
+    ("v1k_bias_min_rep", 1000, 42, 2.0, 6,
+     P(repetition_penalty=1.2, presence_penalty=0.3, seed=42, edits="bias+min"), "auto"),
+    ("v1k_min_reached", 1000, 43, 2.0, 6, P(top_p=0.95, seed=43, edits="min-reached"), "auto"),
+    ("v49k_bias_min_p09", 49152, 44, 2.5, 30,
+     P(top_p=0.9, temperature=0.8, seed=44, edits="bias+min"), "auto"),
 ]
+
+
+def edits_for(kind, order, n_vocab):
+    """Concrete logit_bias / min_tokens for a row whose ids by descending logit are `order`:
+    the likeliest token pushed down, mid-ranked ones pulled up, the 2nd and 3rd suppressed
+    while fewer than min_tokens tokens are generated ("auto" contexts have generated 5)."""
+    bias = [[order[0], -2.5], [order[6], 2.0], [order[40], 3.5], [n_vocab - 1, -30.0],
+            [order[6], 1.25]]  # a repeated id: the later entry wins (a JSON object in Python)
+    if kind == "bias":
+        return dict(logit_bias=bias)
+    sup = [order[1], order[2]]
+    if kind == "bias+min":
+        return dict(logit_bias=bias, min_tokens=8, suppress=sup)
+    return dict(min_tokens=5, suppress=sup)  # "min-reached": 5 generated, nothing suppressed
+
+
+def dedup(p):
+    """The parameters HF is given: logit_bias as a dict (the last entry of an id wins)."""
+    return dict(p, logit_bias=[[i, b] for i, b in dict((i, b) for i, b in p["logit_bias"]).items()])
 
 
 def main():
@@ -274,8 +320,11 @@ def main():
                 o = [int(i) for i in np.lexsort((np.arange(nv), -logits))[:4]]
                 prompt = [o[0], o[2], 5, 17, 5]
                 generated = [o[0], o[1], o[1], o[3], 9]
-            probs, names = hf_probs(logits, p, prompt, generated)
-            why, n_amb = ref_check(logits, p, prompt, generated, probs)
+            if "edits" in p:
+                o = [int(i) for i in np.lexsort((np.arange(nv), -logits))]
+                p = dict(p, **edits_for(p["edits"], o, nv))
+            probs, names = hf_probs(logits, dedup(p), prompt, generated)
+            why, n_amb = ref_check(logits, dedup(p), prompt, generated, probs)
             if why is None:
                 break
             print(f"{name}: logit seed {seed} rejected ({why})", file=sys.stderr)

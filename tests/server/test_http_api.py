@@ -182,6 +182,7 @@ def main():
                  "--max-tokens-limit", "256", "--max-seqs", "16", "--drain-timeout-s", "30")
     try:
         run_api_tests(srv)
+        run_edit_tests(srv)
         run_disconnect_test(srv)
         run_concurrency_test(srv)
         run_drain_test(srv)
@@ -433,9 +434,7 @@ def run_api_tests(srv):
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     for extra, param in (({"response_format": {"type": "json_object"}}, "response_format"),
                          ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-                         ({"logit_bias": {"42": 5}}, "logit_bias"),
-                         ({"guided_json": {"type": "object"}}, "guided_json"),
-                         ({"min_tokens": 3}, "min_tokens")):
+                         ({"guided_json": {"type": "object"}}, "guided_json")):
         expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/chat/completions",
                      dict(chat, **extra), param=param)
     for extra, param in (({"echo": True}, "echo"), ({"suffix": "x"}, "suffix"),
@@ -518,6 +517,64 @@ def run_api_tests(srv):
           "/metrics token counters")
     check(m["quiver_kv_pages_total"] > 0 and m["quiver_queue_depth"] == 0,
           "/metrics KV pool and queue gauges")
+
+
+def run_edit_tests(srv):
+    """OpenAI logit_bias and vLLM min_tokens against HF generate's sequence_bias /
+    min_new_tokens (tests/fixtures/smollm2/edits.json, tests/oracle/gen_golden.py)."""
+    client = srv.client()
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+    edits = json.load(open(os.path.join(ROOT, "tests", "fixtures", "smollm2", "edits.json")))
+    for case in edits["cases"]:
+        ids = GOLDEN["prompts"][case["prompt"]]["ids"]
+        want_finish = "stop" if case["ended_by_eog"] else "length"
+        body = {"model": base, "prompt": ids, "max_tokens": case["max_tokens"], "temperature": 0,
+                "logit_bias": case["logit_bias"], "min_tokens": case["min_tokens"]}
+        st, _, data = srv.raw("POST", "/v1/completions", body)
+        out = json.loads(data) if st == 200 else {}
+        got = out.get("choices", [{}])[0]
+        check(st == 200 and got.get("text") == case["text"] and
+              got.get("finish_reason") == want_finish and
+              out["usage"]["completion_tokens"] == len(case["ids"]),
+              f"{case['name']}: HF's greedy text under logit_bias / min_tokens "
+              f"({st} {got.get('text')!r} {got.get('finish_reason')})")
+        # streamed through the openai client, with logprobs (these rows sample on the host)
+        text, finish, _, _ = stream_text(
+            client, "completions", model=base, prompt=ids, max_tokens=case["max_tokens"],
+            temperature=0, logprobs=1,
+            logit_bias={k: int(v) for k, v in case["logit_bias"].items()},
+            extra_body={"min_tokens": case["min_tokens"]})
+        check(text == case["text"] and finish == want_finish,
+              f"{case['name']}: streamed the same ({text!r} {finish})")
+    # min_tokens holds stop strings back too (vLLM): '.' ends the chat answer at its first
+    # '.' without min_tokens; with it, at the first '.' in text after the min_tokens-th token.
+    chat = next(c for c in edits["cases"] if c["name"] == "chat_min")
+    ids = GOLDEN["prompts"][2]["ids"]
+    full = chat["text"]
+    r = client.completions.create(model=base, prompt=ids, max_tokens=40, temperature=0,
+                                  stop=["."])
+    check(r.choices[0].text == full[:full.index(".")], f"stop '.' alone ({r.choices[0].text!r})")
+    r = client.completions.create(model=base, prompt=ids, max_tokens=40, temperature=0,
+                                  stop=["."], extra_body={"min_tokens": 20})
+    got = r.choices[0].text
+    check(r.choices[0].finish_reason == "stop" and full.startswith(got) and
+          full[len(got):].startswith(".") and got.count(".") >= 1 and
+          r.usage.completion_tokens > 20,
+          f"min_tokens 20 skips the early '.' stops ({got!r}, {r.usage.completion_tokens})")
+    # bad values
+    good = {"model": base, "prompt": "x", "max_tokens": 4}
+    for bad in ({"logit_bias": {"abc": 1}}, {"logit_bias": {"-1": 1}}, {"logit_bias": {"5": 101}},
+                {"logit_bias": {"5": "high"}}, {"logit_bias": [1, 2]},
+                {"logit_bias": {"49152": 1}}):
+        expect_error(srv, f"bad logit_bias {bad['logit_bias']}", 400, "POST", "/v1/completions",
+                     dict(good, **bad), param="logit_bias")
+    for bad in (-1, 2.5, "3", 5):
+        expect_error(srv, f"bad min_tokens {bad!r}", 400, "POST", "/v1/completions",
+                     dict(good, min_tokens=bad), param="min_tokens")
+    st, _, _ = srv.raw("POST", "/v1/chat/completions",
+                       {"model": base, "messages": [{"role": "user", "content": "hi"}],
+                        "max_tokens": 3, "logit_bias": {"5": -100, "5 ": 1}})
+    check(st == 400, f"a logit_bias key with a space is refused ({st})")
 
 
 def run_disconnect_test(srv):

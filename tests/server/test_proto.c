@@ -45,7 +45,8 @@ static void test_completion_all_fields(void **state) {
         "\"top_p\":0.5,\"top_k\":-1,\"min_p\":0.1,\"presence_penalty\":-1.5,"
         "\"frequency_penalty\":2,\"repetition_penalty\":1.3,\"seed\":-1,\"stop\":[\"a\",\"bc\"],"
         "\"logprobs\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true},\"n\":1,"
-        "\"user\":\"ignored\",\"echo\":false,\"ignore_eos\":true}";
+        "\"user\":\"ignored\",\"echo\":false,\"ignore_eos\":true,\"min_tokens\":4,"
+        "\"logit_bias\":{\"42\":-100,\"7\":2.5,\"42\":1}}";
     qv_proto_request r;
     qv_proto_error e;
     assert_int_equal(dec(QV_PROTO_COMPLETIONS, json, &r, &e), QV_OK);
@@ -66,6 +67,12 @@ static void test_completion_all_fields(void **state) {
     assert_int_equal(r.top_logprobs, 3);
     assert_true(r.stream && r.include_usage);
     assert_true(r.ignore_eos);
+    assert_int_equal(r.min_tokens, 4);
+    /* every entry as sent, a repeated id included (the sampler keeps the later one) */
+    assert_int_equal(r.n_bias, 3);
+    assert_true(r.bias_ids[0] == 42 && r.bias_values[0] == -100.0f);
+    assert_true(r.bias_ids[1] == 7 && r.bias_values[1] == 2.5f);
+    assert_true(r.bias_ids[2] == 42 && r.bias_values[2] == 1.0f);
     qv_proto_request_free(&r);
 }
 
@@ -138,6 +145,17 @@ static void test_errors(void **state) {
     expect_bad(C, "{\"prompt\":\"x\",\"temperature\":-1}", "temperature");
     expect_bad(C, "{\"prompt\":\"x\",\"temperature\":\"hot\"}", "temperature");
     expect_bad(C, "{\"prompt\":\"x\",\"top_p\":0}", "top_p");
+    expect_bad(C, "{\"prompt\":\"x\",\"logit_bias\":[1]}", "logit_bias");
+    expect_bad(C, "{\"prompt\":\"x\",\"logit_bias\":{\"\":1}}", "logit_bias");
+    expect_bad(C, "{\"prompt\":\"x\",\"logit_bias\":{\"+5\":1}}", "logit_bias");
+    expect_bad(C, "{\"prompt\":\"x\",\"logit_bias\":{\"5e2\":1}}", "logit_bias");
+    expect_bad(C, "{\"prompt\":\"x\",\"logit_bias\":{\"99999999999\":1}}", "logit_bias");
+    expect_bad(C, "{\"prompt\":\"x\",\"logit_bias\":{\"4294967295\":1}}", "logit_bias");
+    expect_bad(C, "{\"prompt\":\"x\",\"logit_bias\":{\"5\":-100.5}}", "logit_bias");
+    expect_bad(C, "{\"prompt\":\"x\",\"logit_bias\":{\"5\":null}}", "logit_bias");
+    expect_bad(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"min_tokens\":-1}",
+               "min_tokens");
+    expect_bad(C, "{\"prompt\":\"x\",\"min_tokens\":1.5}", "min_tokens");
     expect_bad(C, "{\"prompt\":\"x\",\"top_p\":1.5}", "top_p");
     expect_bad(C, "{\"prompt\":\"x\",\"top_k\":-2}", "top_k");
     expect_bad(C, "{\"prompt\":\"x\",\"min_p\":2}", "min_p");
