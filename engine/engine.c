@@ -71,11 +71,13 @@ typedef struct qv_seq {
     qv_token_cb cb;
     void *user;
     qv_kv_seq kv;
-    bool prefix_attached; /* holds a user of its adapter's shared prefix pages */
-    size_t ad_dev_bytes;  /* device adapter pool bytes of its adapter (0 on the CPU) */
-    uint64_t order;       /* arrival order = wait order (kept across preemptions) */
-    uint64_t admitted;    /* admission stamp: the newest running sequence is preempted first */
-    int deferred;         /* steps its admission waited for its adapter to reach the device */
+    bool prefix_attached;  /* holds a user of its adapter's shared prefix pages */
+    size_t ad_dev_bytes;   /* device adapter pool bytes of its adapter (0 on the CPU) */
+    uint64_t order;        /* arrival order = wait order (kept across preemptions) */
+    uint64_t admitted;     /* admission stamp: the newest running sequence is preempted first */
+    int deferred;          /* steps its admission waited for its adapter to reach the device */
+    int n_pre;             /* virtual positions before the prompt (prompt / prefix adapters) */
+    int plp_next, plp_end; /* prompt_lp_cb: positions [plp_next, plp_end) still to report */
 } qv_seq;
 
 struct qv_engine {
@@ -94,10 +96,13 @@ struct qv_engine {
     uint64_t n_rows_host, n_rows_device; /* logits rows sampled on the host / picked on device */
     /* step scratch */
     int32_t *b_tokens, *b_pos, *b_seq, *b_logits_idx; /* [max_batch_tokens] */
-    int32_t *b_greedy, *b_order; /* [max_seqs]: device-picked tokens, logits-row reordering */
-    bool *b_ondev;               /* [max_seqs] logits row li is picked on the device */
-    qv_sample_row *b_srows;      /* [max_seqs] sampling parameters of device-sampled rows */
-    qv_logprobs *b_lp;           /* [max_seqs] their tokens and log-probabilities */
+    /* logits rows of a step: one per sequence, plus QV_PROMPT_LP_ROWS once a request wanted
+     * prompt logprobs (rows_cap) */
+    int rows_cap;
+    int32_t *b_greedy, *b_order; /* [rows_cap]: device-picked tokens, logits-row reordering */
+    bool *b_ondev;               /* [rows_cap] logits row li is picked on the device */
+    qv_sample_row *b_srows;      /* [rows_cap] sampling parameters of device-sampled rows */
+    qv_logprobs *b_lp;           /* [rows_cap] their tokens and log-probabilities */
     qv_token_count *b_pen;       /* [b_pen_cap] their penalty contexts */
     int b_pen_cap;
     qv_seq **b_owner;                      /* [max_seqs] sequence of batch seq i */
@@ -239,6 +244,7 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     e->b_srows = qv_calloc(S, sizeof(*e->b_srows));
     e->b_lp = qv_calloc(S, sizeof(*e->b_lp));
     e->b_ondev = qv_calloc(S, sizeof(bool));
+    e->rows_cap = (int)S;
     if ((st = qv_sampler_scratch_create(mc->n_vocab, &e->sampler_scratch)) != QV_OK) {
         qv_errorf(err, st, "engine: out of memory for the sampler scratch");
         goto fail;
@@ -324,6 +330,30 @@ static int n_preempted_waiting(const qv_engine *e) {
     return n;
 }
 
+/* Grows the per-row step buffers to `rows` rows (prompt logprobs). On failure the grown
+ * ones stay grown and rows_cap is unchanged. */
+static qv_status grow_rows(qv_engine *e, int rows, qv_error *err) {
+    if (rows <= e->rows_cap) return QV_OK;
+    const size_t R = (size_t)rows, V = (size_t)e->model->cfg.n_vocab;
+    float *lg = qv_realloc(e->logits, R * V * sizeof(float));
+    if (lg) e->logits = lg;
+    int32_t *gr = lg ? qv_realloc(e->b_greedy, R * sizeof(int32_t)) : NULL;
+    if (gr) e->b_greedy = gr;
+    int32_t *od = gr ? qv_realloc(e->b_order, R * sizeof(int32_t)) : NULL;
+    if (od) e->b_order = od;
+    bool *dv = od ? qv_realloc(e->b_ondev, R * sizeof(bool)) : NULL;
+    if (dv) e->b_ondev = dv;
+    qv_sample_row *sr = dv ? qv_realloc(e->b_srows, R * sizeof(*sr)) : NULL;
+    if (sr) e->b_srows = sr;
+    qv_logprobs *lp = sr ? qv_realloc(e->b_lp, R * sizeof(*lp)) : NULL;
+    if (lp) e->b_lp = lp;
+    if (!lp)
+        return qv_errorf(err, QV_ERR_NOMEM, "out of memory for %d prompt-logprob rows (%zu MB)",
+                         rows, R * V * sizeof(float) >> 20);
+    e->rows_cap = rows;
+    return QV_OK;
+}
+
 /* The request's logit_bias and min_tokens, into its sampler. min_tokens suppresses the
  * end-of-generation ids (the tokenizer's, else the model's) and the caller's stop ids. */
 static qv_status set_edits(const qv_engine *e, qv_sampler *smp, const qv_gen_params *p,
@@ -380,6 +410,8 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     if (ad &&
         (st = qv_forward_adapter_check(e->fwd, ad, &ad_dev_bytes, &e->ad_pool_bytes, err)) != QV_OK)
         return st;
+    if (p->prompt_lp_cb && (st = grow_rows(e, e->cfg.max_seqs + QV_PROMPT_LP_ROWS, err)) != QV_OK)
+        return st;
     size_t total = (size_t)n_pre + n_prompt + (size_t)p->max_tokens;
     if (mc->max_pos > 0 && total > (size_t)mc->max_pos)
         return qv_errorf(err, QV_ERR_LIMIT,
@@ -426,6 +458,10 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     s->used = true;
     s->id = e->next_id++;
     s->n_tokens = s->n_prompt = n_pre + (int)n_prompt;
+    s->n_pre = n_pre;
+    /* the row at position q gives the logprobs of the token at q + 1: prompt tokens 1.. */
+    s->plp_next = n_pre;
+    s->plp_end = p->prompt_lp_cb ? s->n_prompt - 1 : n_pre;
     s->p = *p;
     s->p.logit_bias = NULL; /* copied into the sampler */
     s->p.min_tokens_ids = NULL;
@@ -631,9 +667,11 @@ static void batch_add(qv_engine *e, qv_seq *s, int chunk, int *n, int *n_bs, int
     e->b_kv[bs] = &s->kv;
     e->in_batch[s - e->seqs] = true;
     for (int i = 0; i < chunk; i++) {
-        e->b_tokens[*n] = s->tokens[s->n_done + i];
-        e->b_pos[*n] = s->n_done + i;
+        const int pos = s->n_done + i;
+        e->b_tokens[*n] = s->tokens[pos];
+        e->b_pos[*n] = pos;
         e->b_seq[*n] = bs;
+        if (pos >= s->plp_next && pos < s->plp_end) e->b_logits_idx[(*n_logits)++] = *n;
         (*n)++;
     }
     if (s->n_done + chunk == s->n_tokens) e->b_logits_idx[(*n_logits)++] = *n - 1;
@@ -697,12 +735,21 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         }
     }
 
-    /* 3. Prefill chunks in wait order under the remaining budget; their pages are reserved. */
+    /* 3. Prefill chunks in wait order under the remaining budget; their pages are reserved.
+     * Chunks holding prompt-logprob rows end where the step's QV_PROMPT_LP_ROWS run out. */
+    int plp_left = e->rows_cap - e->cfg.max_seqs;
     for (int k = 0; k < n_used && budget > 0; k++) {
         qv_seq *s = &e->seqs[e->order_idx[k]];
         if (!s->started || e->in_batch[s - e->seqs] || is_decode(s) || s->n_done >= s->n_tokens)
             continue;
         int chunk = QV_MIN(s->n_tokens - s->n_done, budget);
+        const int first = QV_MAX(s->n_done, s->plp_next);
+        const int rows = QV_MIN(s->n_done + chunk, s->plp_end) - first;
+        if (rows > 0) {
+            if (rows > plp_left) chunk = first + plp_left - s->n_done;
+            if (chunk <= 0) continue;
+            plp_left -= QV_MIN(rows, plp_left);
+        }
         QV_ASSERT(qv_kv_seq_pages_needed(e->kv, &s->kv, s->n_done + chunk) == 0);
         batch_add(e, s, chunk, &n, &n_bs, &n_logits);
         budget -= chunk;
@@ -743,6 +790,10 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         int n_pen = 0;
         for (int li = 0; li < n_logits; li++) {
             const qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
+            if (e->b_pos[e->b_logits_idx[li]] < s->n_tokens - 1) { /* a prompt-logprob row */
+                e->b_ondev[li] = false;
+                continue;
+            }
             bool dev = !needs_logits(s);
             if (!dev && dev_sample && !qv_sampler_has_edits(s->sampler)) {
                 const int ctx =
@@ -809,6 +860,14 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
     for (int li = 0; li < n_logits; li++) {
         qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];
         qv_logprobs lp;
+        const int pos = e->b_pos[e->b_logits_idx[li]];
+        if (pos < s->n_tokens - 1) { /* the logprobs of prompt token pos + 1 - n_pre */
+            qv_logprobs_of_row(e->logits + (size_t)li * (size_t)n_vocab, n_vocab,
+                               s->tokens[pos + 1], s->p.sampling.n_logprobs, &lp);
+            s->plp_next = pos + 1;
+            s->p.prompt_lp_cb(s->user, s->id, pos + 1 - s->n_pre, &lp);
+            continue;
+        }
         bool want_lp = s->p.sampling.n_logprobs > 0;
         int32_t tok;
         if (li < n_full) {

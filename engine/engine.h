@@ -82,6 +82,12 @@ enum qv_finish_reason {
     QV_FINISH_CANCELLED,
 };
 
+/* Called with the log-probabilities of prompt token `index` (1..n_prompt-1, in order, each
+ * once, before the first generated token's qv_token_cb) given the tokens before it: lp->token
+ * is that prompt token, lp->logprob its raw log-softmax value, lp->top_* the n_logprobs most
+ * likely tokens at that position (sampler.h: qv_logprobs_of_row). */
+typedef void (*qv_prompt_lp_cb)(void *user, int seq_id, int index, const qv_logprobs *lp);
+
 typedef struct qv_gen_params {
     qv_sampling_params sampling;
     int max_tokens;  /* generated tokens; must be > 0 */
@@ -104,7 +110,15 @@ typedef struct qv_gen_params {
     int min_tokens;
     const int32_t *min_tokens_ids;
     int n_min_tokens_ids;
+    /* Non-NULL: the prompt tokens' log-probabilities go to it (called with qv_engine_add's
+     * `user`). Their logits rows are computed during the prefill (at most QV_PROMPT_LP_ROWS
+     * per step, a row buffer of that many vocabulary rows allocated with the first such
+     * request) and read on the host. */
+    qv_prompt_lp_cb prompt_lp_cb;
 } qv_gen_params;
+
+/* Prompt-logprob rows per engine step (on top of one sampling row per sequence). */
+#define QV_PROMPT_LP_ROWS 64
 
 void qv_gen_params_default(qv_gen_params *p);
 

@@ -740,6 +740,15 @@ int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp) {
     return tok;
 }
 
+void qv_logprobs_of_row(const float *row, int n_vocab, int32_t token, int n_top, qv_logprobs *lp) {
+    n_top = QV_MAX(0, QV_MIN(QV_MIN(n_top, n_vocab), QV_SAMPLER_MAX_LOGPROBS));
+    const double log_z = raw_log_z(row, n_vocab, lp, n_top);
+    for (int j = 0; j < lp->n_top; j++)
+        lp->top_logprobs[j] = (float)((double)lp->top_logprobs[j] - log_z);
+    lp->token = token;
+    lp->logprob = token >= 0 && token < n_vocab ? (float)((double)row[token] - log_z) : -INFINITY;
+}
+
 const qv_sampling_params *qv_sampler_params(const qv_sampler *s) { return &s->p; }
 
 bool qv_sampler_has_penalties(const qv_sampler *s) { return penalties_active(s); }

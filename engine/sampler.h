@@ -142,6 +142,11 @@ int qv_sampler_context(const qv_sampler *s, qv_token_count *out, int cap);
  * Never allocates, never fails: a row with no finite logit gives token 0. */
 int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp);
 
+/* The log-probabilities of one raw row for a token chosen elsewhere (a prompt token): its
+ * log-softmax value and the n_top (0..QV_SAMPLER_MAX_LOGPROBS) most likely tokens, as
+ * qv_sampler_sample reports them. The row is not modified. */
+void qv_logprobs_of_row(const float *row, int n_vocab, int32_t token, int n_top, qv_logprobs *lp);
+
 /* Writes into probs[n_vocab] the distribution qv_sampler_sample would draw from for this row
  * (after penalties, temperature, top-k, top-p and min-p; zero for filtered tokens; one-hot on
  * the argmax for greedy). Modifies logits like qv_sampler_sample; draws nothing. For tests and

@@ -317,7 +317,8 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
  * implement: refused with a clear 400 rather than ignored like unknown fields (a client asking
  * for JSON mode or tool calls must not get free text as if it had). Values that ask for
  * nothing (empty lists, {"type": "text"}, false, 0, 1) pass. */
-static qv_status refuse_unsupported(const cJSON *root, qv_proto_error *e) {
+static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep,
+                                    qv_proto_error *e) {
     static const char *const always[] = {"guided_json",    "guided_regex",       "guided_choice",
                                          "guided_grammar", "structured_outputs", "prompt_logprobs"};
     for (size_t i = 0; i < QV_ARRAY_LEN(always); i++)
@@ -339,8 +340,9 @@ static qv_status refuse_unsupported(const cJSON *root, qv_proto_error *e) {
                         "'%s' is not supported by quiver (no tool calls)", lists[i]);
     if ((f = field(root, "suffix")) && !(cJSON_IsString(f) && !f->valuestring[0]))
         return fail(e, QV_ERR_INVALID, "suffix", "'suffix' is not supported by quiver");
-    if ((f = field(root, "echo")) && !cJSON_IsFalse(f))
-        return fail(e, QV_ERR_INVALID, "echo", "'echo' is not supported by quiver");
+    if (ep == QV_PROTO_CHAT && (f = field(root, "echo")) && !cJSON_IsFalse(f))
+        return fail(e, QV_ERR_INVALID, "echo",
+                    "'echo' is not supported on chat completions (completions have it)");
     if ((f = field(root, "best_of")) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
         return fail(e, QV_ERR_INVALID, "best_of", "'best_of' must be 1 (one sequence per request)");
     return QV_OK;
@@ -422,7 +424,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     }
     if ((s = decode_model(root, r, e))) goto done;
     if ((endpoint == QV_PROTO_COMPLETIONS || endpoint == QV_PROTO_CHAT) &&
-        (s = refuse_unsupported(root, e)))
+        (s = refuse_unsupported(root, endpoint, e)))
         goto done;
     if (endpoint == QV_PROTO_TOKENIZE || endpoint == QV_PROTO_DETOKENIZE) {
         s = decode_tokenize(root, r, e);
@@ -441,7 +443,9 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         goto done;
     }
     const char *mt = field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-    if ((s = get_int(root, mt, 1, 1e9, &r->max_tokens, e))) goto done;
+    if (endpoint == QV_PROTO_COMPLETIONS && (s = get_bool(root, "echo", &r->echo, e))) goto done;
+    /* max_tokens 0: the prompt's echo (and logprobs) only */
+    if ((s = get_int(root, mt, r->echo ? 0 : 1, 1e9, &r->max_tokens, e))) goto done;
     if ((s = get_float(root, "temperature", 0, 100, &r->temperature, e))) goto done;
     if ((s = get_float(root, "top_p", 0, 1, &r->top_p, e))) goto done;
     if (field(root, "top_p") && r->top_p <= 0.0f) {
@@ -594,16 +598,17 @@ static cJSON *completion_logprobs(const qv_proto_result *r) {
     size_t off = r->text_offset;
     for (size_t i = 0; i < r->n_lps; i++) {
         const qv_proto_logprob *lp = &r->lps[i];
-        cJSON *top = cJSON_CreateObject();
+        cJSON *top = lp->none ? cJSON_CreateNull() : cJSON_CreateObject();
         if (!top || !cJSON_AddItemToArray(tops, top)) {
             cJSON_Delete(top);
             goto oom;
         }
         if (!cJSON_AddItemToArray(toks, cJSON_CreateString(lp->token)) ||
-            !cJSON_AddItemToArray(lps, cJSON_CreateNumber((double)lp->logprob)) ||
+            !cJSON_AddItemToArray(lps, lp->none ? cJSON_CreateNull()
+                                                : cJSON_CreateNumber((double)lp->logprob)) ||
             !cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off)))
             goto oom;
-        for (int k = 0; k < lp->n_top; k++)
+        for (int k = 0; k < lp->n_top && !lp->none; k++)
             if (!cJSON_GetObjectItemCaseSensitive(top, lp->top_token[k]) &&
                 !cJSON_AddNumberToObject(top, lp->top_token[k], (double)lp->top_logprob[k]))
                 goto oom;

@@ -93,6 +93,8 @@ typedef struct qv_proto_request {
     float *bias_values;
     size_t n_bias;
     int min_tokens;   /* vLLM extension: no end-of-generation / stop before this many tokens */
+    bool echo;        /* completions: the text starts with the prompt, and with logprobs the
+                         prompt tokens come first in them; max_tokens may then be 0 */
     bool logprobs;    /* token log-probabilities requested */
     int top_logprobs; /* alternatives per token, 0..20 */
     bool stream;
@@ -123,6 +125,7 @@ void qv_proto_request_free(qv_proto_request *r);
 /* One generated token's log-probabilities, as the server hands them to the encoders. */
 typedef struct qv_proto_logprob {
     char *token; /* token text (valid UTF-8, owned by whoever built the array) */
+    bool none;   /* no logprob (an echoed prompt's first token): null, null */
     float logprob;
     int n_top;
     char *top_token[QV_PROTO_MAX_LOGPROBS];

@@ -91,6 +91,9 @@ typedef struct request {
     int32_t *stop_ids; /* stop_token_ids */
     size_t n_stop_ids;
     qv_token_bias *bias; /* logit_bias (gp.logit_bias points here until the engine copies it) */
+    bool echo_only;      /* echo with max_tokens 0: the one token the engine makes is dropped */
+    char *echo;          /* [mu] echoed prompt text not yet in out (it follows its logprobs) */
+    size_t echo_len;
     int64_t created;
     double t_arrival;
     struct MHD_Connection *conn;
@@ -285,6 +288,7 @@ static void request_release(request *r) {
     qv_free(r->toks);
     qv_free(r->stop_ids);
     qv_free(r->bias);
+    qv_free(r->echo);
     qv_free(r->ids);
     for (size_t i = 0; i < r->n_stops; i++)
         qv_free(r->stops[i]);
@@ -396,6 +400,59 @@ static bool record_token(request *r, int32_t id, const qv_logprobs *lp) {
     return true;
 }
 
+/* The wire form of a token's logprobs, its alternatives cut to the request's count. */
+static qv_proto_logprob wire_lp(const request *r, int32_t token, const qv_logprobs *lp) {
+    qv_proto_logprob plp = {.token = token_text(r->srv->tok, token), .logprob = lp->logprob};
+    plp.n_top = QV_MIN(QV_MIN(lp->n_top, r->n_top), QV_PROTO_MAX_LOGPROBS);
+    for (int k = 0; k < plp.n_top; k++) {
+        plp.top_token[k] = token_text(r->srv->tok, lp->top_ids[k]);
+        plp.top_logprob[k] = lp->top_logprobs[k];
+    }
+    return plp;
+}
+
+/* Appends *plp to the request's logprobs (taking its strings); false when out of memory, and
+ * the caller frees them. Caller holds r->mu. */
+static bool keep_lp_locked(request *r, const qv_proto_logprob *plp) {
+    if (r->n_lps == r->cap_lps) {
+        size_t cap = r->cap_lps ? r->cap_lps * 2 : 16;
+        qv_proto_logprob *p = qv_realloc(r->lps, cap * sizeof(*p));
+        if (!p) return false;
+        r->lps = p;
+        r->cap_lps = cap;
+    }
+    r->lps[r->n_lps++] = *plp;
+    return true;
+}
+
+/* Echo with logprobs: prompt token `index`'s logprobs (engine thread); the echoed text follows
+ * the last of them, so a stream's first chunk carries both. */
+static void on_prompt_lp(void *user, int seq_id, int index, const qv_logprobs *lp) {
+    (void)seq_id;
+    request *r = user;
+    qv_proto_logprob plp = wire_lp(r, lp->token, lp);
+    pthread_mutex_lock(&r->mu);
+    const bool kept = !r->done && keep_lp_locked(r, &plp);
+    bool ok = kept;
+    if (kept && (size_t)index + 1 == r->n_ids && r->echo) {
+        ok = append_out(r, r->echo, r->echo_len);
+        qv_free(r->echo);
+        r->echo = NULL;
+    }
+    if (!kept) lp_free(&plp);
+    if (!ok && !r->done) {
+        r->err_status = 500;
+        snprintf(r->err_msg, sizeof(r->err_msg), "out of memory");
+        r->done = true;
+        r->finish = "stop";
+        r->t_done = qv_time_s();
+        r->stop_hit = r->in_engine;
+        tenant_leave_locked(r);
+        wake_locked(r);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
 static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
                      enum qv_finish_reason finish) {
     (void)seq_id;
@@ -407,6 +464,10 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     bool done = r->done;
     pthread_mutex_unlock(&r->mu);
     if (done || r->stop_hit) return;
+    if (r->echo_only) { /* max_tokens 0: the prompt's echo and logprobs were all it wanted */
+        request_finish(r, "length");
+        return;
+    }
     bool eog = qv_tokenizer_is_eog(srv->tok, token);
     bool stop_id = false; /* one of the request's stop_token_ids: ends it, adds no text */
     for (size_t i = 0; !eog && i < r->n_stop_ids; i++)
@@ -414,13 +475,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     qv_proto_logprob plp = {0};
     bool have_lp = false;
     if (r->logprobs && lp && !(eog && finish == QV_FINISH_STOP) && !stop_id) {
-        plp.token = token_text(srv->tok, token);
-        plp.logprob = lp->logprob;
-        plp.n_top = QV_MIN(QV_MIN(lp->n_top, r->n_top), QV_PROTO_MAX_LOGPROBS);
-        for (int k = 0; k < plp.n_top; k++) {
-            plp.top_token[k] = token_text(srv->tok, lp->top_ids[k]);
-            plp.top_logprob[k] = lp->top_logprobs[k];
-        }
+        plp = wire_lp(r, token, lp);
         have_lp = true;
     }
     const char *text = NULL;
@@ -447,17 +502,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
             ok = ok && append_out(r, tail, tail_len);
     }
     if (r->endpoint == QV_PROTO_GENERATE && ok) ok = record_token(r, token, lp);
-    if (have_lp) {
-        if (r->n_lps == r->cap_lps) {
-            size_t cap = r->cap_lps ? r->cap_lps * 2 : 16;
-            qv_proto_logprob *p = qv_realloc(r->lps, cap * sizeof(*p));
-            if (p) r->lps = p, r->cap_lps = cap;
-        }
-        if (r->n_lps < r->cap_lps) {
-            r->lps[r->n_lps++] = plp;
-            have_lp = false;
-        }
-    }
+    if (have_lp && keep_lp_locked(r, &plp)) have_lp = false;
     if (!ok) {
         r->err_status = 500;
         snprintf(r->err_msg, sizeof(r->err_msg), "out of memory");
@@ -1599,7 +1644,8 @@ static bool next_frame(request *r) {
                            .model = r->model_echo,
                            .created = r->created,
                            .logprobs = r->logprobs};
-    bool new_text = r->out_len > r->sent || r->n_lps > r->lps_sent;
+    /* an echo's prompt logprobs wait for its text, so their text offsets are right */
+    bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);
     char *json = NULL;
     if (r->err_status && !r->sent_finish) {
         json = qv_proto_encode_error(r->err_msg, "server_error", NULL, r->err_code);
@@ -1934,6 +1980,40 @@ done:
 /* A generation request: OpenAI completions or chat, or TGI / LoRAX (QV_PROTO_GENERATE, whose
  * tgi_stream is 0 for /generate, 1 for /generate_stream, -1 for LoRAX's POST / where the body's
  * `stream` decides and a whole answer is a one-element list). */
+/* Completions' echo: the text starts with the prompt (as sent, or decoded from its ids); with
+ * logprobs the prompt tokens lead them, the first with none, and the engine reports the rest
+ * (on_prompt_lp), which the echoed text then follows. False when out of memory. */
+static bool echo_setup(request *r, const qv_proto_request *pr) {
+    char *text = NULL;
+    size_t len = 0;
+    qv_error err = {0};
+    if (pr->prompt) {
+        len = pr->prompt_len;
+        if ((text = qv_malloc(len + 1))) memcpy(text, pr->prompt, len + 1);
+    } else if (qv_tokenizer_decode(r->srv->tok, r->ids, r->n_ids, true, &text, &len, &err) !=
+               QV_OK) {
+        text = NULL;
+    }
+    if (!text) return false;
+    if (r->logprobs) {
+        qv_proto_logprob first = {.token = token_text(r->srv->tok, r->ids[0]), .none = true};
+        if (!first.token || !keep_lp_locked(r, &first)) {
+            qv_free(first.token);
+            qv_free(text);
+            return false;
+        }
+    }
+    if (r->logprobs && r->n_ids > 1) {
+        r->echo = text;
+        r->echo_len = len;
+        r->gp.prompt_lp_cb = on_prompt_lp;
+        return true;
+    }
+    const bool ok = append_out(r, text, len);
+    qv_free(text);
+    return ok;
+}
+
 static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
                                        enum qv_proto_endpoint ep, int tgi_stream) {
     const qv_http_config *cfg = srv->cfg;
@@ -2085,6 +2165,10 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     ids = NULL;
     qv_gen_params_default(&r->gp);
     r->gp.max_tokens = max_tokens;
+    if (max_tokens == 0) { /* echo only: the engine's one token is dropped */
+        r->gp.max_tokens = 1;
+        r->echo_only = true;
+    }
     r->gp.ignore_eos = pr.ignore_eos;
     qv_sampling_params *sp = &r->gp.sampling;
     sp->temperature = pr.temperature;
@@ -2162,6 +2246,10 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         goto done;
     }
     qv_detok_set_min_tokens(r->detok, (size_t)pr.min_tokens);
+    if (pr.echo && !echo_setup(r, &pr)) {
+        ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+        goto done;
+    }
     if (atomic_fetch_add(&srv->n_waiting, 1) >= cfg->queue_limit) {
         atomic_fetch_sub(&srv->n_waiting, 1);
         ret = send_error(c, ctx, 429, NULL, "queue_full",

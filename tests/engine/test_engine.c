@@ -116,6 +116,124 @@ static void run_case(const char *golden_rel, int budget, size_t kv_bytes) {
     cJSON_Delete(root);
 }
 
+/* Prompt logprobs: every prompt token's, in order, once. */
+typedef struct plp_collect {
+    int seq_ids[MAX_P];
+    int n_seq;
+    qv_logprobs lp[MAX_P][160];
+    int n[MAX_P];
+} plp_collect;
+
+static void on_plp(void *user, int seq_id, int index, const qv_logprobs *lp) {
+    plp_collect *c = user;
+    for (int i = 0; i < c->n_seq; i++)
+        if (c->seq_ids[i] == seq_id) {
+            assert_int_equal(index, c->n[i] + 1); /* 1, 2, ... in order, each once */
+            assert_true(c->n[i] < 160);
+            c->lp[i][c->n[i]++] = *lp;
+            return;
+        }
+}
+
+static void on_tok_plp(void *user, int seq_id, int32_t tok, const qv_logprobs *lp,
+                       enum qv_finish_reason fin) {
+    (void)seq_id, (void)tok, (void)lp, (void)fin;
+    (void)user;
+}
+
+/* Runs the prompts with prompt logprobs (3 alternatives) to completion of max_tokens 2. */
+static void run_plp(qv_engine *e, int32_t *const *ids, const int *n_ids, int n, plp_collect *c) {
+    qv_gen_params gp;
+    qv_gen_params_default(&gp);
+    gp.max_tokens = 2;
+    gp.ignore_eos = true;
+    gp.sampling.temperature = 0;
+    gp.sampling.n_logprobs = 3;
+    gp.prompt_lp_cb = on_plp;
+    memset(c, 0, sizeof(*c));
+    qv_error err = {0};
+    for (int i = 0; i < n; i++) {
+        c->n_seq = i + 1;
+        assert_int_equal(
+            qv_engine_add(e, ids[i], (size_t)n_ids[i], &gp, on_tok_plp, c, &c->seq_ids[i], &err),
+            QV_OK);
+    }
+    for (int steps = 0; qv_engine_n_active(e) > 0; steps++) {
+        assert_int_equal(qv_engine_step(e, &err), QV_OK);
+        assert_true(steps < 10000);
+    }
+    for (int i = 0; i < n; i++)
+        assert_int_equal(c->n[i], n_ids[i] - 1);
+}
+
+/* Prompt logprobs equal the log-softmax of HF's prompt logits (tests/fixtures/golden) at every
+ * position, with chunked prefills sharing steps; a prompt longer than QV_PROMPT_LP_ROWS spreads
+ * its rows over steps and gives the same values as in small chunks. */
+static void test_prompt_logprobs(void **state) {
+    (void)state;
+    const char *golden_rel = "tests/fixtures/golden/tiny-llama-gqa.json";
+    char *text = NULL;
+    qv_error err = {0};
+    assert_int_equal(qv_read_file(qv_test_path(golden_rel), 64u << 20, &text, NULL, &err), QV_OK);
+    cJSON *root = cJSON_Parse(text);
+    qv_free(text);
+    int32_t *ids[MAX_P];
+    int n_ids[MAX_P], n = 0;
+    const cJSON *logits[MAX_P];
+    const cJSON *p;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItem(root, "prompts")) {
+        ids[n] = json_i32_array(cJSON_GetObjectItem(p, "ids"), &n_ids[n]);
+        logits[n++] = cJSON_GetObjectItem(p, "prompt_logits");
+    }
+    static plp_collect c, big, small;
+    for (int budget = 8; budget <= 64; budget *= 8) {
+        qv_engine *e = open_engine("tests/fixtures/models/tiny-llama-gqa", budget, 0, 4);
+        run_plp(e, ids, n_ids, n, &c);
+        double worst = 0.0;
+        for (int i = 0; i < n; i++)
+            for (int j = 1; j < n_ids[i]; j++) {
+                const cJSON *row = cJSON_GetArrayItem(logits[i], j - 1);
+                const int V = cJSON_GetArraySize(row);
+                double m = -INFINITY, z = 0.0;
+                for (int v = 0; v < V; v++)
+                    m = fmax(m, cJSON_GetArrayItem(row, v)->valuedouble);
+                for (int v = 0; v < V; v++)
+                    z += exp(cJSON_GetArrayItem(row, v)->valuedouble - m);
+                const qv_logprobs *lp = &c.lp[i][j - 1];
+                assert_int_equal(lp->token, ids[i][j]);
+                assert_int_equal(lp->n_top, 3);
+                const double want = cJSON_GetArrayItem(row, ids[i][j])->valuedouble - m - log(z);
+                worst = fmax(worst, fabs((double)lp->logprob - want));
+                for (int k = 0; k < 3; k++) {
+                    const double a =
+                        cJSON_GetArrayItem(row, lp->top_ids[k])->valuedouble - m - log(z);
+                    worst = fmax(worst, fabs((double)lp->top_logprobs[k] - a));
+                    if (k) assert_true(lp->top_logprobs[k] <= lp->top_logprobs[k - 1]);
+                }
+            }
+        printf("prompt logprobs, budget %d: worst |quiver - HF| %.3g\n", budget, worst);
+        assert_true(worst < 1e-4);
+        qv_engine_destroy(e);
+    }
+    /* 150 prompt tokens: more rows than QV_PROMPT_LP_ROWS in one step of 256 */
+    int32_t *longp = malloc(150 * sizeof(int32_t));
+    for (int t = 0; t < 150; t++)
+        longp[t] = ids[2][t % n_ids[2]];
+    const int n_long = 150;
+    qv_engine *e = open_engine("tests/fixtures/models/tiny-llama-gqa", 256, 0, 4);
+    run_plp(e, &longp, &n_long, 1, &big);
+    qv_engine_destroy(e);
+    e = open_engine("tests/fixtures/models/tiny-llama-gqa", 8, 0, 4);
+    run_plp(e, &longp, &n_long, 1, &small);
+    qv_engine_destroy(e);
+    for (int j = 0; j < n_long - 1; j++)
+        assert_true(fabsf(big.lp[0][j].logprob - small.lp[0][j].logprob) < 1e-5f);
+    free(longp);
+    for (int i = 0; i < n; i++)
+        free(ids[i]);
+    cJSON_Delete(root);
+}
+
 static void test_concurrent_greedy_matches_hf(void **state) {
     (void)state;
     run_case("tests/fixtures/golden/tiny-llama-gqa.q4_1.json", 8, 0);
@@ -180,6 +298,7 @@ int main(void) {
         cmocka_unit_test(test_concurrent_greedy_matches_hf),
         cmocka_unit_test(test_admission_waits_for_pages),
         cmocka_unit_test(test_errors_and_cancel),
+        cmocka_unit_test(test_prompt_logprobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,6 +6,7 @@
  * prompt form, non-empty stop strings, ranges the server relies on); a failure carries a
  * message. Successful decodes are also re-encoded through the response encoder.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,7 +108,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             for (size_t i = 0; i < r.n_messages; i++)
                 CHECK(r.messages[i].role && r.messages[i].content);
         }
-        CHECK(r.max_tokens == -1 || r.max_tokens >= 1);
+        CHECK(r.max_tokens == -1 || r.max_tokens >= 1 || (r.max_tokens == 0 && r.echo));
+        CHECK(!r.echo || ep == QV_PROTO_COMPLETIONS);
+        CHECK(r.n_bias <= QV_PROTO_MAX_LOGIT_BIAS && r.min_tokens >= 0);
+        for (size_t i = 0; i < r.n_bias; i++)
+            CHECK(r.bias_ids[i] >= 0 && fabsf(r.bias_values[i]) <= (float)QV_PROTO_MAX_BIAS);
         CHECK(r.temperature >= 0.0f && r.top_p > 0.0f && r.top_p <= 1.0f);
         CHECK(r.top_logprobs >= 0 && r.top_logprobs <= QV_PROTO_MAX_LOGPROBS);
         CHECK(r.n_stop <= QV_PROTO_MAX_STOPS);

@@ -519,9 +519,26 @@ def gen_smollm2_edits(model_path: str) -> None:
                     "min_tokens": min_tokens, "max_tokens": max_new, "ids": gen,
                     "ended_by_eog": eos_end, "text": text, "min_gap": min(gaps)})
         log(f"{name}: {len(gen)} tokens, eog {eos_end}, min gap {min(gaps):.3g}: {text!r}")
+    # prompt logprobs (completions echo + logprobs): log-softmax of every prompt position's
+    # logits, float64, for the token that follows and the two likeliest
+    scoring = []
+    for pi in (0, 1, 3, 4):  # p4 has more positions than a step's QV_PROMPT_LP_ROWS (64)
+        ids = golden["prompts"][pi]["ids"]
+        with torch.no_grad():
+            lsm = torch.log_softmax(model(torch.tensor([ids])).logits[0].to(torch.float64), -1)
+        rows = []
+        for j in range(1, len(ids)):
+            top = torch.topk(lsm[j - 1], 2)
+            rows.append({"logprob": float(lsm[j - 1, ids[j]]),
+                         "top_ids": [int(i) for i in top.indices],
+                         "top_logprobs": [float(v) for v in top.values]})
+        scoring.append({"prompt": pi, "rows": rows})
+        log(f"prompt logprobs p{pi}: {len(rows)} positions, sum {sum(r['logprob'] for r in rows):.4f}")
     doc = {"model": golden["model"], "model_sha256": SMOLLM2_SHA256, "eog": eog,
            "reference": "transformers generate (GGUF load, fp32, eager), greedy, sequence_bias "
-                        "/ min_new_tokens, stops at the eog ids", "cases": out}
+                        "/ min_new_tokens, stops at the eog ids; prompt_logprobs: one forward "
+                        "pass, log_softmax in float64", "cases": out,
+           "prompt_logprobs": scoring}
     with open(os.path.join(SMOLLM2, "edits.json"), "w") as f:
         f.write(common.dump_json(doc))
     log(f"wrote {SMOLLM2}/edits.json")

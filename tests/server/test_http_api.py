@@ -183,6 +183,7 @@ def main():
     try:
         run_api_tests(srv)
         run_edit_tests(srv)
+        run_echo_tests(srv)
         run_disconnect_test(srv)
         run_concurrency_test(srv)
         run_drain_test(srv)
@@ -437,7 +438,7 @@ def run_api_tests(srv):
                          ({"guided_json": {"type": "object"}}, "guided_json")):
         expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/chat/completions",
                      dict(chat, **extra), param=param)
-    for extra, param in (({"echo": True}, "echo"), ({"suffix": "x"}, "suffix"),
+    for extra, param in (({"suffix": "x"}, "suffix"),
                          ({"best_of": 2}, "best_of")):
         expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/completions",
                      dict(good, **extra), param=param)
@@ -575,6 +576,62 @@ def run_edit_tests(srv):
                        {"model": base, "messages": [{"role": "user", "content": "hi"}],
                         "max_tokens": 3, "logit_bias": {"5": -100, "5 ": 1}})
     check(st == 400, f"a logit_bias key with a space is refused ({st})")
+
+
+def run_echo_tests(srv):
+    """Completions echo: the prompt's text first and, with logprobs, its tokens' logprobs
+    (null for the first), as lm-evaluation-harness scores with (max_tokens 0 or 1, echo,
+    logprobs 1); values against HF's log_softmax of the prompt logits (tests/fixtures/smollm2/
+    edits.json, tests/oracle/gen_golden.py)."""
+    client = srv.client()
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+    edits = json.load(open(os.path.join(ROOT, "tests", "fixtures", "smollm2", "edits.json")))
+    for sc in edits["prompt_logprobs"]:
+        g = GOLDEN["prompts"][sc["prompt"]]
+        for max_tokens in (0, 1):
+            r = client.completions.create(model=base, prompt=g["ids"], max_tokens=max_tokens,
+                                          echo=True, logprobs=2, temperature=0)
+            lp = r.choices[0].logprobs
+            n = len(g["ids"])
+            got = lp.token_logprobs[1:n]
+            worst = max(abs(a - b["logprob"]) for a, b in zip(got, sc["rows"]))
+            worst_top = max(abs(max(t.values()) - b["top_logprobs"][0])
+                            for t, b in zip(lp.top_logprobs[1:n], sc["rows"]))
+            check(len(lp.tokens) == n + max_tokens and lp.token_logprobs[0] is None and
+                  lp.top_logprobs[0] is None and len(got) == n - 1 and worst < 2e-3 and
+                  worst_top < 2e-3 and all(len(t) == 2 for t in lp.top_logprobs[1:]) and
+                  r.usage.completion_tokens == max_tokens and r.usage.prompt_tokens == n and
+                  r.choices[0].text.startswith(g["text"]) and
+                  (max_tokens or r.choices[0].text == g["text"]) and
+                  lp.text_offset[:2] == [0, len(lp.tokens[0])],
+                  f"echo p{sc['prompt']} max_tokens {max_tokens}: {n - 1} prompt logprobs within "
+                  f"{worst:.2g} of HF (top-1 {worst_top:.2g}), text {r.choices[0].text[:40]!r}")
+    # a text prompt, streamed: one first chunk with the echo and all its logprobs
+    g = GOLDEN["prompts"][0]
+    chunks = list(client.completions.create(model=base, prompt=g["text"], max_tokens=3,
+                                            echo=True, logprobs=1, temperature=0, stream=True))
+    first = chunks[0].choices[0]
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    toks = [t for c in chunks if c.choices and c.choices[0].logprobs
+            for t in c.choices[0].logprobs.tokens]
+    check(first.text.startswith(g["text"]) and first.logprobs.token_logprobs[0] is None and
+          len(first.logprobs.tokens) >= len(g["ids"]) and
+          text == g["text"] + hf_text(0)[:len(text) - len(g["text"])] and
+          len(toks) == len(g["ids"]) + 3,
+          f"streamed echo: the prompt and its logprobs lead ({first.text!r}, {len(toks)} tokens)")
+    # echo without logprobs: the text only
+    r = client.completions.create(model=base, prompt=g["text"], max_tokens=2, echo=True,
+                                  temperature=0)
+    check(r.choices[0].text.startswith(g["text"]) and r.choices[0].logprobs is None and
+          r.usage.completion_tokens == 2, f"echo alone ({r.choices[0].text!r})")
+    good = {"model": base, "prompt": "x"}
+    expect_error(srv, "max_tokens 0 without echo", 400, "POST", "/v1/completions",
+                 dict(good, max_tokens=0), param="max_tokens")
+    expect_error(srv, "echo on chat", 400, "POST", "/v1/chat/completions",
+                 {"model": base, "messages": [{"role": "user", "content": "x"}], "echo": True},
+                 param="echo")
+    expect_error(srv, "echo not a boolean", 400, "POST", "/v1/completions",
+                 dict(good, echo="yes"), param="echo")
 
 
 def run_disconnect_test(srv):

@@ -247,6 +247,27 @@ static void test_encode_completion(void **state) {
     assert_true(path(top0, "She", NULL)->valuedouble == -1.0);
     assert_int_equal(path(o, "usage", "total_tokens")->valueint, 5);
     cJSON_Delete(o);
+    /* an echoed prompt's first token: null logprob, null alternatives, offset 0 */
+    lps[0].none = true;
+    o = parse(qv_proto_encode_response(&r));
+    lp = path(cJSON_GetArrayItem(path(o, "choices", NULL), 0), "logprobs", NULL);
+    assert_true(cJSON_IsNull(cJSON_GetArrayItem(path(lp, "token_logprobs", NULL), 0)));
+    assert_true(cJSON_IsNull(cJSON_GetArrayItem(path(lp, "top_logprobs", NULL), 0)));
+    assert_true(cJSON_GetArrayItem(path(lp, "token_logprobs", NULL), 1)->valuedouble == -0.25);
+    assert_int_equal(cJSON_GetArrayItem(path(lp, "text_offset", NULL), 1)->valueint, 2);
+    cJSON_Delete(o);
+    /* echo: completions only, and it allows max_tokens 0 */
+    qv_proto_request q;
+    qv_proto_error e;
+    assert_int_equal(
+        dec(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"echo\":true,\"max_tokens\":0}", &q, &e),
+        QV_OK);
+    assert_true(q.echo);
+    assert_int_equal(q.max_tokens, 0);
+    qv_proto_request_free(&q);
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":0}", "max_tokens");
+    expect_bad(QV_PROTO_CHAT,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true}", "echo");
 }
 
 static void test_encode_chat_and_chunks(void **state) {
