@@ -436,12 +436,8 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     r->add_generation_prompt = true;
     if ((s = get_bool(root, "add_special_tokens", &r->add_special_tokens, e))) goto done;
     if (endpoint == QV_PROTO_CHAT && (s = decode_turn_options(root, r, e))) goto done;
-    int n = 1;
-    if ((s = get_int(root, "n", 1, 1e9, &n, e))) goto done;
-    if (n != 1) {
-        s = fail(e, QV_ERR_INVALID, "n", "'n' must be 1 (one choice per request)");
-        goto done;
-    }
+    r->n = 1;
+    if ((s = get_int(root, "n", 1, QV_PROTO_MAX_CHOICES, &r->n, e))) goto done;
     const char *mt = field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
     if (endpoint == QV_PROTO_COMPLETIONS && (s = get_bool(root, "echo", &r->echo, e))) goto done;
     /* max_tokens 0: the prompt's echo (and logprobs) only */
@@ -646,7 +642,7 @@ static char *print_and_delete(cJSON *o) {
 /* One choice of a response or chunk. */
 static cJSON *choice(const qv_proto_result *r, bool chunk, bool first) {
     cJSON *c = cJSON_CreateObject();
-    if (!c || !cJSON_AddNumberToObject(c, "index", 0)) goto oom;
+    if (!c || !cJSON_AddNumberToObject(c, "index", r->index)) goto oom;
     if (r->endpoint == QV_PROTO_COMPLETIONS) {
         if (!add_text(c, "text", r->text, r->text_len)) goto oom;
         if (!put_item(c, "logprobs", r->logprobs ? completion_logprobs(r) : cJSON_CreateNull()))
@@ -667,13 +663,19 @@ oom:
 }
 
 char *qv_proto_encode_response(const qv_proto_result *r) {
+    return qv_proto_encode_response_choices(r, 1);
+}
+
+char *qv_proto_encode_response_choices(const qv_proto_result *r, size_t n) {
     cJSON *o = header(r, r->endpoint == QV_PROTO_CHAT ? "chat.completion" : "text_completion");
     cJSON *choices = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
-    cJSON *c = choices ? choice(r, false, false) : NULL;
-    if (!c || !cJSON_AddItemToArray(choices, c)) {
-        cJSON_Delete(c);
-        cJSON_Delete(o);
-        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        cJSON *c = choices ? choice(&r[i], false, false) : NULL;
+        if (!c || !cJSON_AddItemToArray(choices, c)) {
+            cJSON_Delete(c);
+            cJSON_Delete(o);
+            return NULL;
+        }
     }
     if (!add_usage(o, r)) {
         cJSON_Delete(o);

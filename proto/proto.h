@@ -34,6 +34,7 @@ extern "C" {
 #define QV_PROTO_MAX_MESSAGES 4096   /* chat messages */
 #define QV_PROTO_MAX_STOP_IDS 64     /* vLLM stop_token_ids */
 #define QV_PROTO_MAX_LOGIT_BIAS 1024 /* OpenAI logit_bias entries */
+#define QV_PROTO_MAX_CHOICES 64      /* `n`: choices of one request */
 #define QV_PROTO_MAX_BIAS 100.0      /* OpenAI: each bias is in [-100, 100] */
 
 enum qv_proto_endpoint {
@@ -72,6 +73,7 @@ typedef struct qv_proto_request {
     /* chat */
     qv_proto_message *messages;
     size_t n_messages;
+    int n;                    /* choices (default 1, at most QV_PROTO_MAX_CHOICES) */
     int max_tokens;           /* -1 = not given (the server picks) */
     float temperature;        /* default 1 */
     float top_p;              /* default 1 */
@@ -137,6 +139,7 @@ typedef struct qv_proto_result {
     enum qv_proto_endpoint endpoint;
     const char *id;    /* "cmpl-..." / "chatcmpl-..." */
     const char *model; /* echoed model name */
+    int index;         /* the choice's index */
     int64_t created;   /* unix seconds */
     const char *text;  /* full text (response) or the delta (chunk) */
     size_t text_len;
@@ -151,6 +154,9 @@ typedef struct qv_proto_result {
 
 /* Whole non-streamed response: "text_completion" or "chat.completion". */
 char *qv_proto_encode_response(const qv_proto_result *r);
+/* The same with the choices r[0..n) (their index, text, finish and logprobs); the header and
+ * usage come from r[0]. */
+char *qv_proto_encode_response_choices(const qv_proto_result *r, size_t n);
 /* One streamed chunk ("text_completion" / "chat.completion.chunk"); `first` adds the chat
  * delta's role. r->usage gives the final usage-only chunk (choices: []) instead. */
 char *qv_proto_encode_chunk(const qv_proto_result *r, bool first);

@@ -73,8 +73,17 @@ typedef struct gen_tok {
 
 typedef struct request {
     server *srv;
-    pthread_mutex_t mu;
-    int refs; /* [mu] */
+    pthread_mutex_t mu; /* the lead's guards every member of its group (req_lock) */
+    int refs;           /* [lead mu] */
+    /* A request with n choices is a group of n members, each one engine sequence. The first,
+     * the lead, holds the connection (conn, suspended, the stream's frame) and the mutex of
+     * them all; every other member holds a reference on it. */
+    struct request *lead;     /* itself for the lead */
+    struct request **members; /* lead: members[0..n_members), members[0] = lead */
+    int n_members;
+    int index;           /* its choice index */
+    bool counted_done;   /* [lead mu] counted in its lead's n_done_members */
+    int n_done_members;  /* [lead mu] lead: members done (the tenant place goes with the last) */
     /* immutable once queued */
     char id[64];
     char *model_echo;
@@ -274,14 +283,19 @@ static void lp_free(qv_proto_logprob *lp) {
         qv_free(lp->top_token[k]);
 }
 
+static void req_lock(request *r) { pthread_mutex_lock(&r->lead->mu); }
+static void req_unlock(request *r) { pthread_mutex_unlock(&r->lead->mu); }
+
 static void request_release(request *r) {
-    pthread_mutex_lock(&r->mu);
+    req_lock(r);
     QV_ASSERT(r->refs > 0);
     int left = --r->refs;
-    pthread_mutex_unlock(&r->mu);
+    req_unlock(r);
     if (left) return;
     if (r->tenant_counted) qv_tenants_leave(r->srv->tenants, r->tenant);
+    request *lead = r->lead;
     pthread_mutex_destroy(&r->mu);
+    qv_free(r->members);
     qv_free(r->model_echo);
     qv_free(r->adapter);
     qv_free(r->tgi_inputs);
@@ -300,21 +314,34 @@ static void request_release(request *r) {
     qv_free(r->lps);
     qv_free(r->frame);
     qv_free(r);
+    if (lead != r) request_release(lead); /* a member's reference on its lead */
 }
 
 /* The request is over for its tenant's in-flight cap the moment it is done (before its last
  * bytes reach the client, so a client that sends its next request right after the last one
  * ended is never refused). Caller holds r->mu. */
-static void tenant_leave_locked(request *r) {
-    if (r->tenant_counted) qv_tenants_leave(r->srv->tenants, r->tenant);
-    r->tenant_counted = false;
+static int n_choices(const request *lead) { return lead->n_members ? lead->n_members : 1; }
+static request *choice_at(request *lead, int i) {
+    return lead->n_members ? lead->members[i] : lead;
 }
 
-/* Resumes the connection if it waits. Caller holds r->mu. */
+static void tenant_leave_locked(request *r) {
+    request *l = r->lead; /* the group holds one place, until its last member is done */
+    if (r->done && !r->counted_done) {
+        r->counted_done = true;
+        l->n_done_members++;
+    }
+    if (l->n_done_members < n_choices(l)) return;
+    if (l->tenant_counted) qv_tenants_leave(l->srv->tenants, l->tenant);
+    l->tenant_counted = false;
+}
+
+/* Resumes the connection if it waits. Caller holds the lead's mutex. */
 static void wake_locked(request *r) {
-    if (r->suspended) {
-        r->suspended = false;
-        MHD_resume_connection(r->conn);
+    request *l = r->lead;
+    if (l->suspended) {
+        l->suspended = false;
+        MHD_resume_connection(l->conn);
     }
 }
 
@@ -335,7 +362,7 @@ static bool append_out(request *r, const char *text, size_t len) {
 /* Ends a request with an HTTP error (before any byte of a response was sent, or mid-stream
  * where it simply ends the stream). Engine thread. */
 static void request_fail(request *r, int status, const char *code, const char *msg) {
-    pthread_mutex_lock(&r->mu);
+    req_lock(r);
     if (!r->done) {
         r->err_status = status;
         r->err_code = code;
@@ -348,12 +375,12 @@ static void request_fail(request *r, int status, const char *code, const char *m
     }
     tenant_leave_locked(r);
     wake_locked(r);
-    pthread_mutex_unlock(&r->mu);
+    req_unlock(r);
 }
 
 /* Marks the request finished with `finish` ("stop"/"length"). Engine thread. */
 static void request_finish(request *r, const char *finish) {
-    pthread_mutex_lock(&r->mu);
+    req_lock(r);
     if (!r->done) {
         r->done = true;
         r->finish = finish;
@@ -361,7 +388,7 @@ static void request_finish(request *r, const char *finish) {
     }
     tenant_leave_locked(r);
     wake_locked(r);
-    pthread_mutex_unlock(&r->mu);
+    req_unlock(r);
 }
 
 /* A token's vocabulary text ("</s>", "<|im_end|>"), or its decoded bytes when it has none. */
@@ -431,7 +458,7 @@ static void on_prompt_lp(void *user, int seq_id, int index, const qv_logprobs *l
     (void)seq_id;
     request *r = user;
     qv_proto_logprob plp = wire_lp(r, lp->token, lp);
-    pthread_mutex_lock(&r->mu);
+    req_lock(r);
     const bool kept = !r->done && keep_lp_locked(r, &plp);
     bool ok = kept;
     if (kept && (size_t)index + 1 == r->n_ids && r->echo) {
@@ -450,7 +477,7 @@ static void on_prompt_lp(void *user, int seq_id, int index, const qv_logprobs *l
         tenant_leave_locked(r);
         wake_locked(r);
     }
-    pthread_mutex_unlock(&r->mu);
+    req_unlock(r);
 }
 
 static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *lp,
@@ -460,9 +487,9 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     server *srv = r->srv;
     qv_tenants_served(srv->tenants, r->tenant, 0, 1, qv_time_s());
     if (finish != QV_FINISH_NONE) r->in_engine = false;
-    pthread_mutex_lock(&r->mu);
+    req_lock(r);
     bool done = r->done;
-    pthread_mutex_unlock(&r->mu);
+    req_unlock(r);
     if (done || r->stop_hit) return;
     if (r->echo_only) { /* max_tokens 0: the prompt's echo and logprobs were all it wanted */
         request_finish(r, "length");
@@ -490,7 +517,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
                qv_detok_push(r->detok, token, &text, &len, &finished) != QV_OK) {
         len = 0;
     }
-    pthread_mutex_lock(&r->mu);
+    req_lock(r);
     r->n_gen++;
     if (r->n_gen == 1) r->t_first = qv_time_s();
     bool ok = !len || append_out(r, text, len);
@@ -519,7 +546,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
         tenant_leave_locked(r);
     }
     wake_locked(r);
-    pthread_mutex_unlock(&r->mu);
+    req_unlock(r);
     if (have_lp) lp_free(&plp);
 }
 
@@ -806,10 +833,10 @@ static void admit(server *srv) {
         r->in_engine = true;
         r->next = srv->running;
         srv->running = r;
-        pthread_mutex_lock(&r->mu);
+        req_lock(r);
         r->admitted = true;
         if (r->stream) wake_locked(r);
-        pthread_mutex_unlock(&r->mu);
+        req_unlock(r);
     }
 }
 
@@ -822,9 +849,9 @@ static void sweep(server *srv) {
             qv_engine_cancel(srv->engine, r->seq_id);
             r->in_engine = false;
         }
-        pthread_mutex_lock(&r->mu);
+        req_lock(r);
         bool done = r->done;
-        pthread_mutex_unlock(&r->mu);
+        req_unlock(r);
         if (done && !r->in_engine) {
             *pp = r->next;
             engine_release(r);
@@ -1637,21 +1664,34 @@ static bool tgi_next_frame(request *r) {
 
 /* Streaming: builds the next SSE frame into r->frame. Caller holds r->mu. Returns false when
  * nothing is ready yet. */
-static bool next_frame(request *r) {
-    if (r->endpoint == QV_PROTO_GENERATE) return tgi_next_frame(r);
+/* Whether every member of the lead's group is done. Caller holds its mutex. */
+static bool group_done(request *l) {
+    for (int i = 0; i < n_choices(l); i++)
+        if (!choice_at(l, i)->done) return false;
+    return true;
+}
+
+/* Generated tokens over the group (usage.completion_tokens). Caller holds its mutex. */
+static int group_generated(request *l) {
+    int n = 0;
+    for (int i = 0; i < n_choices(l); i++)
+        n += choice_at(l, i)->n_gen;
+    return n;
+}
+
+/* Member r's next stream chunk (new text and logprobs, or its finish), or NULL when it has
+ * nothing to send now (or no memory: *oom). */
+static char *member_chunk(request *l, request *r, bool *oom) {
     qv_proto_result res = {.endpoint = r->endpoint,
-                           .id = r->id,
-                           .model = r->model_echo,
-                           .created = r->created,
-                           .logprobs = r->logprobs};
+                           .id = l->id,
+                           .model = l->model_echo,
+                           .created = l->created,
+                           .logprobs = r->logprobs,
+                           .index = r->index};
     /* an echo's prompt logprobs wait for its text, so their text offsets are right */
     bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);
     char *json = NULL;
-    if (r->err_status && !r->sent_finish) {
-        json = qv_proto_encode_error(r->err_msg, "server_error", NULL, r->err_code);
-        r->sent_finish = true;
-        r->sent_usage = true;
-    } else if (new_text || (!r->sent_first && r->endpoint == QV_PROTO_CHAT)) {
+    if (new_text || (!r->sent_first && r->endpoint == QV_PROTO_CHAT)) {
         res.text = r->out + r->sent;
         res.text_len = r->out_len - r->sent;
         res.text_offset = r->sent;
@@ -1668,51 +1708,81 @@ static bool next_frame(request *r) {
         res.finish_reason = r->finish;
         json = qv_proto_encode_chunk(&res, !r->sent_first);
         r->sent_first = r->sent_finish = true;
-    } else if (r->done && !r->sent_usage) {
-        r->sent_usage = true;
-        if (!r->include_usage) return next_frame(r);
-        res.usage = true;
-        res.prompt_tokens = (int)r->n_ids;
-        res.completion_tokens = r->n_gen;
-        json = qv_proto_encode_chunk(&res, false);
-    } else if (r->done && !r->sent_done) {
-        r->sent_done = true;
-        r->frame = qv_strdup(QV_PROTO_SSE_DONE);
-        r->frame_len = r->frame ? strlen(r->frame) : 0;
-        r->frame_off = 0;
-        return r->frame != NULL;
     } else {
-        return false;
+        return NULL;
     }
-    return set_frame(r, json);
+    *oom = !json;
+    return json;
+}
+
+/* Builds the group's next SSE frame into the lead's frame buffer: the members' chunks in
+ * index order, then (all finished) the usage chunk and [DONE]; an error ends the stream.
+ * False when there is nothing to send now. Caller holds the lead's mutex. */
+static bool next_frame(request *l) {
+    if (l->endpoint == QV_PROTO_GENERATE) return tgi_next_frame(l);
+    bool all_sent = true, oom = false;
+    for (int i = 0; i < n_choices(l); i++) {
+        request *r = choice_at(l, i);
+        if (r->err_status && !l->sent_usage) {
+            for (int k = 0; k < n_choices(l); k++)
+                choice_at(l, k)->sent_finish = true;
+            l->sent_usage = true;
+            return set_frame(l,
+                             qv_proto_encode_error(r->err_msg, "server_error", NULL, r->err_code));
+        }
+        char *json = member_chunk(l, r, &oom);
+        if (json || oom) return set_frame(l, json);
+        all_sent = all_sent && r->sent_finish;
+    }
+    if (!all_sent) return false;
+    if (!l->sent_usage) {
+        l->sent_usage = true;
+        if (!l->include_usage) return next_frame(l);
+        qv_proto_result res = {.endpoint = l->endpoint,
+                               .id = l->id,
+                               .model = l->model_echo,
+                               .created = l->created,
+                               .usage = true,
+                               .prompt_tokens = (int)l->n_ids,
+                               .completion_tokens = group_generated(l)};
+        return set_frame(l, qv_proto_encode_chunk(&res, false));
+    }
+    if (!l->sent_done) {
+        l->sent_done = true;
+        l->frame = qv_strdup(QV_PROTO_SSE_DONE);
+        l->frame_len = l->frame ? strlen(l->frame) : 0;
+        l->frame_off = 0;
+        return l->frame != NULL;
+    }
+    return false;
 }
 
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     request *r = cls;
-    pthread_mutex_lock(&r->mu);
+    req_lock(r);
     for (;;) {
         if (r->frame && r->frame_off < r->frame_len) {
             size_t n = QV_MIN(max, r->frame_len - r->frame_off);
             memcpy(buf, r->frame + r->frame_off, n);
             r->frame_off += n;
-            pthread_mutex_unlock(&r->mu);
+            req_unlock(r);
             return (ssize_t)n;
         }
         qv_free(r->frame);
         r->frame = NULL;
         if (next_frame(r)) continue;
         if (r->sent_done) {
-            pthread_mutex_unlock(&r->mu);
+            req_unlock(r);
             return MHD_CONTENT_READER_END_OF_STREAM;
         }
-        if (r->done && !r->frame) { /* out of memory building a frame */
-            pthread_mutex_unlock(&r->mu);
+        if (group_done(r) && !r->frame) { /* out of memory building a frame */
+            req_unlock(r);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
         r->suspended = true;
         MHD_suspend_connection(r->conn);
-        pthread_mutex_unlock(&r->mu);
+        req_unlock(r);
         return 0;
     }
 }
@@ -1722,18 +1792,21 @@ static void stream_free(void *cls) { request_release(cls); }
 /* Called again after the engine resumed the connection. */
 static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
     request *r = ctx->req;
-    pthread_mutex_lock(&r->mu);
-    if (r->err_status && !(r->stream && r->admitted)) {
-        int st = r->err_status;
+    req_lock(r);
+    request *bad = NULL; /* a failed member fails the whole answer (before a stream starts) */
+    for (int i = 0; i < n_choices(r) && !bad; i++)
+        if (choice_at(r, i)->err_status) bad = choice_at(r, i);
+    if (bad && !(r->stream && r->admitted)) {
+        int st = bad->err_status;
         char msg[384];
-        snprintf(msg, sizeof(msg), "%s", r->err_msg);
-        const char *code = r->err_code;
-        pthread_mutex_unlock(&r->mu);
+        snprintf(msg, sizeof(msg), "%s", bad->err_msg);
+        const char *code = bad->err_code;
+        req_unlock(r);
         return send_error(c, ctx, st, NULL, code, "%s", msg);
     }
     if (r->stream && (r->admitted || r->done)) {
         r->refs++;
-        pthread_mutex_unlock(&r->mu);
+        req_unlock(r);
         struct MHD_Response *resp = MHD_create_response_from_callback(
             MHD_SIZE_UNKNOWN, 4096, stream_reader, r, stream_free);
         if (!resp) {
@@ -1750,33 +1823,39 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
     }
     if (!r->stream && r->done && r->endpoint == QV_PROTO_GENERATE) {
         char *json = tgi_response(r);
-        pthread_mutex_unlock(&r->mu);
+        req_unlock(r);
         if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
         return send_json(c, ctx, 200, json);
     }
-    if (!r->stream && r->done) {
-        qv_proto_result res = {.endpoint = r->endpoint,
-                               .id = r->id,
-                               .model = r->model_echo,
-                               .created = r->created,
-                               .text = r->out ? r->out : "",
-                               .text_len = r->out_len,
-                               .finish_reason = r->finish,
-                               .logprobs = r->logprobs,
-                               .lps = r->lps,
-                               .n_lps = r->n_lps,
-                               .usage = true,
-                               .prompt_tokens = (int)r->n_ids,
-                               .completion_tokens = r->n_gen};
-        char *json = qv_proto_encode_response(&res);
-        pthread_mutex_unlock(&r->mu);
+    if (!r->stream && group_done(r)) {
+        qv_proto_result res[QV_PROTO_MAX_CHOICES];
+        const int n = n_choices(r);
+        for (int i = 0; i < n; i++) {
+            const request *m = choice_at(r, i);
+            res[i] = (qv_proto_result){.endpoint = r->endpoint,
+                                       .id = r->id,
+                                       .model = r->model_echo,
+                                       .created = r->created,
+                                       .index = m->index,
+                                       .text = m->out ? m->out : "",
+                                       .text_len = m->out_len,
+                                       .finish_reason = m->finish,
+                                       .logprobs = m->logprobs,
+                                       .lps = m->lps,
+                                       .n_lps = m->n_lps,
+                                       .usage = true,
+                                       .prompt_tokens = (int)r->n_ids,
+                                       .completion_tokens = group_generated(r)};
+        }
+        char *json = qv_proto_encode_response_choices(res, (size_t)n);
+        req_unlock(r);
         if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
         return send_json(c, ctx, 200, json);
     }
     /* Not ready (a wake-up raced ahead): wait again. */
     r->suspended = true;
     MHD_suspend_connection(c);
-    pthread_mutex_unlock(&r->mu);
+    req_unlock(r);
     return MHD_YES;
 }
 
@@ -2014,6 +2093,131 @@ static bool echo_setup(request *r, const qv_proto_request *pr) {
     return ok;
 }
 
+/* What every member (choice) of a generation request is made from. */
+typedef struct member_spec {
+    enum qv_proto_endpoint ep;
+    const qv_proto_request *pr;
+    const qv_proto_tgi *tgi; /* TGI / LoRAX requests */
+    bool tgi_in_list;
+    const int32_t *ids; /* the prompt */
+    size_t n_ids;
+    int max_tokens; /* 0: echo only */
+    int tenant, priority;
+    const char *adapter; /* NULL: the base model */
+    const char *adapter_version;
+    double t_arrival;
+    int64_t created;
+    char id[64];
+    uint64_t seed; /* choice i samples with seed + i */
+} member_spec;
+
+/* Choice `index`'s engine parameters (pointers into the member left NULL); false with *err
+ * when the sampling parameters are out of range. */
+static bool member_params(const member_spec *ms, int index, qv_gen_params *gp, qv_error *err) {
+    const qv_proto_request *pr = ms->pr;
+    qv_gen_params_default(gp);
+    gp->max_tokens = ms->max_tokens ? ms->max_tokens : 1; /* echo only: its token is dropped */
+    gp->ignore_eos = pr->ignore_eos;
+    gp->min_tokens = pr->min_tokens;
+    qv_sampling_params *sp = &gp->sampling;
+    sp->temperature = pr->temperature;
+    sp->top_k = pr->top_k;
+    sp->top_p = pr->top_p;
+    sp->min_p = pr->min_p;
+    sp->presence_penalty = pr->presence_penalty;
+    sp->frequency_penalty = pr->frequency_penalty;
+    sp->repetition_penalty = pr->repetition_penalty;
+    sp->seed = ms->seed + (uint64_t)index;
+    /* logprobs with 0 alternatives still reports the chosen tokens: the engine computes
+     * log-probabilities only when asked for at least one alternative; TGI tokens always carry
+     * theirs */
+    sp->n_logprobs = ms->tgi        ? QV_MAX(ms->tgi->n_alternatives, 1)
+                     : pr->logprobs ? QV_MAX(pr->top_logprobs, 1)
+                                    : 0;
+    return qv_sampling_params_validate(sp, err) == QV_OK;
+}
+
+/* A new member (choice `index`; lead NULL: the lead itself) holding one reference (its
+ * connection's) and, for the other members, one on the lead; NULL when out of memory. */
+static request *member_new(server *srv, const member_spec *ms, request *lead, int index) {
+    const qv_proto_request *pr = ms->pr;
+    request *r = qv_calloc(1, sizeof(*r));
+    if (!r) return NULL;
+    pthread_mutex_init(&r->mu, NULL);
+    r->lead = lead ? lead : r;
+    if (lead) { /* first: request_release gives it back */
+        req_lock(lead);
+        lead->refs++;
+        req_unlock(lead);
+    }
+    r->refs = 1;
+    r->srv = srv;
+    r->index = index;
+    r->seq_id = -1;
+    r->endpoint = ms->ep;
+    r->stream = pr->stream;
+    r->include_usage = pr->include_usage;
+    r->logprobs = pr->logprobs;
+    r->t_arrival = ms->t_arrival;
+    r->created = ms->created;
+    r->tenant = ms->tenant;
+    r->priority = ms->priority;
+    memcpy(r->id, ms->id, sizeof(r->id));
+    r->echo_only = ms->max_tokens == 0;
+    qv_error err = {0};
+    member_params(ms, index, &r->gp, &err); /* validated by the caller */
+    r->n_top = ms->tgi ? ms->tgi->n_alternatives : pr->top_logprobs;
+    bool ok = (r->model_echo = qv_strdup(pr->model && *pr->model ? pr->model : srv->base_name));
+    if (ok && ms->adapter) {
+        ok = (r->adapter = qv_strdup(ms->adapter));
+        snprintf(r->adapter_version, sizeof(r->adapter_version), "%s", ms->adapter_version);
+    }
+    if (ok && ms->tgi) {
+        r->tgi_details = ms->tgi->details;
+        r->tgi_in_list = ms->tgi_in_list;
+        if (ms->tgi->return_full_text) ok = (r->tgi_inputs = qv_strdup(pr->prompt));
+    }
+    if (ok && (r->ids = qv_malloc(ms->n_ids * sizeof(*r->ids)))) {
+        memcpy(r->ids, ms->ids, ms->n_ids * sizeof(*r->ids));
+        r->n_ids = ms->n_ids;
+    } else {
+        ok = false;
+    }
+    if (ok && pr->n_stop && (r->stops = qv_calloc(pr->n_stop, sizeof(*r->stops))))
+        for (; r->n_stops < pr->n_stop && ok; r->n_stops++)
+            ok = (r->stops[r->n_stops] = qv_strdup(pr->stop[r->n_stops]));
+    ok = ok && (!pr->n_stop || r->stops);
+    if (ok && pr->n_stop_ids &&
+        (ok = (r->stop_ids = qv_malloc(pr->n_stop_ids * sizeof(*r->stop_ids))))) {
+        memcpy(r->stop_ids, pr->stop_ids, pr->n_stop_ids * sizeof(*r->stop_ids));
+        r->n_stop_ids = pr->n_stop_ids;
+    }
+    if (ok && pr->n_bias && (ok = (r->bias = qv_malloc(pr->n_bias * sizeof(*r->bias)))))
+        for (size_t i = 0; i < pr->n_bias; i++)
+            r->bias[i] = (qv_token_bias){pr->bias_ids[i], pr->bias_values[i]};
+    r->gp.logit_bias = r->bias;
+    r->gp.n_logit_bias = (int)pr->n_bias;
+    r->gp.min_tokens_ids = r->stop_ids;
+    r->gp.n_min_tokens_ids = (int)r->n_stop_ids;
+    ok = ok &&
+         !qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops, true, &r->detok);
+    ok = ok && !qv_detok_prime(r->detok, r->ids, r->n_ids);
+    if (ok) qv_detok_set_min_tokens(r->detok, (size_t)pr->min_tokens);
+    ok = ok && (!pr->echo || echo_setup(r, pr));
+    if (!ok) {
+        request_release(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* Drops the connection's references on every member of the lead's group, the lead last. */
+static void group_release(request *l) {
+    for (int i = l->n_members - 1; i >= 1; i--)
+        request_release(l->members[i]);
+    request_release(l);
+}
+
 static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
                                        enum qv_proto_endpoint ep, int tgi_stream) {
     const qv_http_config *cfg = srv->cfg;
@@ -2130,153 +2334,110 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                          n_ids, max_tokens, ctx_len);
         goto done;
     }
-    r = qv_calloc(1, sizeof(*r));
-    if (!r) {
-        ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
-        goto done;
-    }
-    pthread_mutex_init(&r->mu, NULL);
-    r->refs = 1;
-    r->srv = srv;
-    r->seq_id = -1;
-    r->conn = c;
-    r->endpoint = ep;
-    r->stream = pr.stream;
-    r->include_usage = pr.include_usage;
-    r->logprobs = pr.logprobs;
-    r->t_arrival = ctx->t0;
-    r->created = (int64_t)time(NULL);
-    r->tenant = tenant;
-    r->priority = pr.has_priority ? pr.priority : pol.priority_free ? 0 : pol.priority;
-    unsigned long n = atomic_fetch_add(&srv->next_id, 1);
-    snprintf(r->id, sizeof(r->id), "%s-%lx%04lx", ep == QV_PROTO_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long)r->created, n);
-    r->model_echo = qv_strdup(pr.model && *pr.model ? pr.model : srv->base_name);
-    if (aname) {
-        r->adapter = qv_strdup(aname);
-        memcpy(r->adapter_version, aversion, sizeof(aversion));
-        if (!r->adapter) {
-            ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
-            goto done;
-        }
-    }
-    r->ids = ids;
-    r->n_ids = n_ids;
-    ids = NULL;
-    qv_gen_params_default(&r->gp);
-    r->gp.max_tokens = max_tokens;
-    if (max_tokens == 0) { /* echo only: the engine's one token is dropped */
-        r->gp.max_tokens = 1;
-        r->echo_only = true;
-    }
-    r->gp.ignore_eos = pr.ignore_eos;
-    qv_sampling_params *sp = &r->gp.sampling;
-    sp->temperature = pr.temperature;
-    sp->top_k = pr.top_k;
-    sp->top_p = pr.top_p;
-    sp->min_p = pr.min_p;
-    sp->presence_penalty = pr.presence_penalty;
-    sp->frequency_penalty = pr.frequency_penalty;
-    sp->repetition_penalty = pr.repetition_penalty;
-    /* a drawn seed fits 53 bits: reported back (TGI details.seed), it survives JSON doubles */
-    sp->seed = pr.has_seed ? pr.seed
-                           : ((uint64_t)n * 0x9E3779B97F4A7C15ull + (uint64_t)time(NULL)) &
-                                 ((1ull << 53) - 1);
-    /* logprobs with 0 alternatives still reports the chosen tokens: the engine computes
-     * log-probabilities only when asked for at least one alternative. */
-    r->n_top = pr.top_logprobs;
-    sp->n_logprobs = pr.logprobs ? QV_MAX(pr.top_logprobs, 1) : 0;
-    if (ep == QV_PROTO_GENERATE) { /* every token carries its logprob (and alternatives) */
-        r->n_top = tgi.n_alternatives;
-        sp->n_logprobs = QV_MAX(tgi.n_alternatives, 1);
-        r->tgi_details = tgi.details;
-        r->tgi_in_list = tgi_stream < 0 && !pr.stream;
-        if (tgi.return_full_text && !(r->tgi_inputs = qv_strdup(pr.prompt))) {
-            ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
-            goto done;
-        }
-    }
-    if (qv_sampling_params_validate(sp, &err) != QV_OK) {
-        ret = send_error(c, ctx, 400, NULL, "invalid_value", "%s", err.msg);
-        goto done;
-    }
-    r->stops = pr.stop;
-    r->n_stops = pr.n_stop;
-    pr.stop = NULL;
-    pr.n_stop = 0;
+    /* what needs the model: ids in the vocabulary, and the sampling parameters */
+    const int n_vocab = srv->model->cfg.n_vocab;
     for (size_t i = 0; i < pr.n_stop_ids; i++)
-        if (pr.stop_ids[i] >= srv->model->cfg.n_vocab) {
+        if (pr.stop_ids[i] >= n_vocab) {
             ret = send_error(c, ctx, 400, "stop_token_ids", "invalid_value",
                              "stop token id %d is outside the vocabulary (%d)", (int)pr.stop_ids[i],
-                             srv->model->cfg.n_vocab);
+                             n_vocab);
             goto done;
         }
-    r->stop_ids = pr.stop_ids;
-    r->n_stop_ids = pr.n_stop_ids;
-    pr.stop_ids = NULL;
-    pr.n_stop_ids = 0;
-    if (pr.n_bias && !(r->bias = qv_malloc(pr.n_bias * sizeof(*r->bias)))) {
-        ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < pr.n_bias; i++) {
-        if (pr.bias_ids[i] >= srv->model->cfg.n_vocab) {
+    for (size_t i = 0; i < pr.n_bias; i++)
+        if (pr.bias_ids[i] >= n_vocab) {
             ret = send_error(c, ctx, 400, "logit_bias", "invalid_value",
                              "logit_bias token id %d is outside the vocabulary (%d)",
-                             (int)pr.bias_ids[i], srv->model->cfg.n_vocab);
+                             (int)pr.bias_ids[i], n_vocab);
             goto done;
         }
-        r->bias[i] = (qv_token_bias){pr.bias_ids[i], pr.bias_values[i]};
-    }
     if (pr.min_tokens > max_tokens) {
         ret = send_error(c, ctx, 400, "min_tokens", "invalid_value",
                          "'min_tokens' (%d) must not exceed max_tokens (%d)", pr.min_tokens,
                          max_tokens);
         goto done;
     }
-    r->gp.logit_bias = r->bias;
-    r->gp.n_logit_bias = (int)pr.n_bias;
-    r->gp.min_tokens = pr.min_tokens;
-    r->gp.min_tokens_ids = r->stop_ids;
-    r->gp.n_min_tokens_ids = (int)r->n_stop_ids;
-    if (!r->model_echo ||
-        qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops, true, &r->detok) ||
-        qv_detok_prime(r->detok, r->ids, r->n_ids)) {
+    member_spec ms = {.ep = ep,
+                      .pr = &pr,
+                      .tgi = ep == QV_PROTO_GENERATE ? &tgi : NULL,
+                      .tgi_in_list = tgi_stream < 0 && !pr.stream,
+                      .ids = ids,
+                      .n_ids = n_ids,
+                      .max_tokens = max_tokens,
+                      .tenant = tenant,
+                      .priority = pr.has_priority     ? pr.priority
+                                  : pol.priority_free ? 0
+                                                      : pol.priority,
+                      .adapter = aname,
+                      .adapter_version = aversion,
+                      .t_arrival = ctx->t0,
+                      .created = (int64_t)time(NULL)};
+    const unsigned long serial = atomic_fetch_add(&srv->next_id, 1);
+    snprintf(ms.id, sizeof(ms.id), "%s-%lx%04lx", ep == QV_PROTO_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long)ms.created, serial);
+    /* a drawn seed fits 53 bits: reported back (TGI details.seed), it survives JSON doubles;
+     * choice i samples with seed + i */
+    ms.seed = pr.has_seed ? pr.seed
+                          : ((uint64_t)serial * 0x9E3779B97F4A7C15ull + (uint64_t)time(NULL)) &
+                                ((1ull << 53) - 1);
+    qv_gen_params probe;
+    if (!member_params(&ms, 0, &probe, &err)) {
+        ret = send_error(c, ctx, 400, NULL, "invalid_value", "%s", err.msg);
+        goto done;
+    }
+    const int n_members = ep == QV_PROTO_GENERATE ? 1 : pr.n;
+    r = member_new(srv, &ms, NULL, 0);
+    if (r && n_members > 1 && !(r->members = qv_calloc((size_t)n_members, sizeof(*r->members)))) {
+        request_release(r);
+        r = NULL;
+    }
+    if (!r) {
         ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
         goto done;
     }
-    qv_detok_set_min_tokens(r->detok, (size_t)pr.min_tokens);
-    if (pr.echo && !echo_setup(r, &pr)) {
-        ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
-        goto done;
+    r->conn = c;
+    if (n_members > 1) {
+        r->members[0] = r;
+        r->n_members = 1;
+        for (int i = 1; i < n_members; i++) {
+            request *m = member_new(srv, &ms, r, i);
+            if (!m) {
+                ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+                goto done; /* r's release frees the members made so far */
+            }
+            r->members[r->n_members++] = m;
+        }
     }
-    if (atomic_fetch_add(&srv->n_waiting, 1) >= cfg->queue_limit) {
-        atomic_fetch_sub(&srv->n_waiting, 1);
+    if (atomic_fetch_add(&srv->n_waiting, n_members) + n_members > cfg->queue_limit) {
+        atomic_fetch_sub(&srv->n_waiting, n_members);
         ret = send_error(c, ctx, 429, NULL, "queue_full",
                          "the request queue is full (%d waiting); retry later", cfg->queue_limit);
         goto done;
     }
-    r->tenant_counted = true; /* the request now owns its tenant's in-flight place */
+    r->tenant_counted = true; /* the group now owns its tenant's in-flight place */
     arrived = false;
-    /* One reference for the connection (already counted), one for the engine. */
-    r->refs = 2;
-    pthread_mutex_lock(&r->mu);
+    /* Each member: one reference for the connection (already counted), one for the engine. */
+    req_lock(r);
+    for (int i = 0; i < n_choices(r); i++)
+        choice_at(r, i)->refs++;
     r->suspended = true;
     MHD_suspend_connection(c);
-    pthread_mutex_unlock(&r->mu);
+    req_unlock(r);
     ctx->req = r;
     atomic_fetch_add(&srv->n_open, 1);
-    if (!post(srv, MSG_ADD, r)) {
-        /* Cannot reach the engine: finish it here with an error and resume. */
-        atomic_fetch_sub(&srv->n_waiting, 1);
-        r->refs--;
-        request_fail(r, 500, NULL, "out of memory");
+    for (int i = 0; i < n_choices(r); i++) {
+        request *m = choice_at(r, i);
+        if (!post(srv, MSG_ADD, m)) {
+            /* Cannot reach the engine: finish it here with an error and resume. */
+            atomic_fetch_sub(&srv->n_waiting, 1);
+            request_fail(m, 500, NULL, "out of memory");
+            request_release(m);
+        }
     }
     r = NULL;
     ret = MHD_YES;
 done:
     if (arrived) qv_tenants_unarrive(srv->tenants, tenant, charged);
-    if (r) request_release(r);
+    if (r) group_release(r);
     qv_free(ids);
     qv_free(prompt);
     qv_proto_request_free(&pr);
@@ -3013,21 +3174,28 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     upload_free(ctx->up);
     request *r = ctx->req;
     if (r) {
-        pthread_mutex_lock(&r->mu);
+        req_lock(r);
         r->suspended = false; /* a completed connection is never resumed again */
-        bool done = r->done;
-        int n_out = r->n_gen;
+        int n_out = group_generated(r);
         double ttft = r->t_first > 0 ? r->t_first - r->t_arrival : -1;
-        double tpot = n_out > 1 && r->t_done > 0 ? (r->t_done - r->t_first) / (n_out - 1) : -1;
+        double tpot =
+            r->n_gen > 1 && r->t_done > 0 ? (r->t_done - r->t_first) / (r->n_gen - 1) : -1;
         int status = r->err_status && !(r->stream && r->admitted) ? r->err_status : ctx->status;
-        pthread_mutex_unlock(&r->mu);
+        for (int i = 0; i < n_choices(r); i++)
+            status = choice_at(r, i)->err_status && !(r->stream && r->admitted)
+                         ? choice_at(r, i)->err_status
+                         : status;
+        req_unlock(r);
         bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
-        if (!ok && !done) {
-            /* Client gone: cancel the sequence (frees its KV pages) on the engine thread. */
-            pthread_mutex_lock(&r->mu);
-            r->refs++;
-            pthread_mutex_unlock(&r->mu);
-            if (!post(srv, MSG_CANCEL, r)) request_release(r);
+        /* Client gone, or the answer was an error while other choices still ran: cancel the
+         * sequences (frees their KV pages) on the engine thread. */
+        for (int i = 0; i < n_choices(r); i++) {
+            request *m = choice_at(r, i);
+            req_lock(r);
+            const bool running = !m->done;
+            if (running) m->refs++;
+            req_unlock(r);
+            if (running && !post(srv, MSG_CANCEL, m)) request_release(m);
         }
         if (!ok) status = 499; /* nginx's "client closed request" */
         qv_metrics_request(srv->metrics, status, (int)r->n_ids, n_out, ttft, tpot, now - ctx->t0);
@@ -3038,7 +3206,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                 ok ? "" : " (client disconnected)", ctx->xrid[0] ? " x-request-id=" : "",
                 ctx->xrid);
         atomic_fetch_sub(&srv->n_open, 1);
-        request_release(r);
+        group_release(r);
     } else if (ctx->status) {
         qv_metrics_request(srv->metrics, ctx->status, 0, 0, -1, -1, now - ctx->t0);
         /* Probes and scrapes stay quiet; everything else (errors included) gets its line. */

@@ -184,6 +184,7 @@ def main():
         run_api_tests(srv)
         run_edit_tests(srv)
         run_echo_tests(srv)
+        run_choice_tests(srv)
         run_disconnect_test(srv)
         run_concurrency_test(srv)
         run_drain_test(srv)
@@ -491,7 +492,7 @@ def run_api_tests(srv):
                  dict(good, temperature="hot"), param="temperature")
     expect_error(srv, "missing prompt", 400, "POST", "/v1/completions", {"max_tokens": 3},
                  param="prompt")
-    expect_error(srv, "n = 2", 400, "POST", "/v1/completions", dict(good, n=2), param="n")
+    expect_error(srv, "n = 0", 400, "POST", "/v1/completions", dict(good, n=0), param="n")
     expect_error(srv, "max_tokens over the limit", 400, "POST", "/v1/completions",
                  dict(good, max_tokens=257), param="max_tokens")
     expect_error(srv, "prompt over the token limit", 400, "POST", "/v1/completions",
@@ -499,10 +500,10 @@ def run_api_tests(srv):
     expect_error(srv, "token id outside the vocabulary", 400, "POST", "/v1/completions",
                  dict(good, prompt=[1, 2, 10 ** 6]), param="prompt")
     try:
-        client.completions.create(model=base, prompt="x", max_tokens=2, n=2)
-        check(False, "openai client sees 400 for n=2")
+        client.completions.create(model=base, prompt="x", max_tokens=2, n=0)
+        check(False, "openai client sees 400 for n=0")
     except openai.BadRequestError as e:
-        check(e.status_code == 400, "openai client sees 400 for n=2")
+        check(e.status_code == 400, "openai client sees 400 for n=0")
     m = srv.metrics()
     check(m.get('quiver_requests_total{status="401"}', 0) >= 2 and
           m.get('quiver_requests_total{status="200"}', 0) >= 10,
@@ -634,11 +635,59 @@ def run_echo_tests(srv):
                  dict(good, echo="yes"), param="echo")
 
 
+def run_choice_tests(srv):
+    """n > 1: each choice is its own sequence; choice i samples with seed + i, so it equals a
+    one-choice request with that seed; greedy choices equal HF's greedy text."""
+    client = srv.client()
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+    g = GOLDEN["prompts"][0]
+    kw = dict(model=base, prompt=g["text"], max_tokens=12, temperature=0.9, top_p=0.95)
+    r = client.completions.create(n=4, seed=1234, logprobs=1, **kw)
+    solo = [client.completions.create(seed=1234 + i, logprobs=1, **kw).choices[0]
+            for i in range(4)]
+    got = sorted(r.choices, key=lambda c: c.index)
+    check([c.index for c in got] == [0, 1, 2, 3] and
+          all(c.text == s.text and c.logprobs.tokens == s.logprobs.tokens
+              for c, s in zip(got, solo)) and len({c.text for c in got}) > 1,
+          f"n=4: choice i is the seed + i sample ({[c.text for c in got]})")
+    check(r.usage.prompt_tokens == len(g["ids"]) and
+          r.usage.completion_tokens == sum(len(s.logprobs.tokens) for s in solo),
+          f"n=4 usage: the prompt once, every choice's tokens ({r.usage})")
+    parts, finish = {}, {}
+    for chunk in client.completions.create(n=4, seed=1234, logprobs=1, stream=True, **kw):
+        for c in chunk.choices:
+            parts[c.index] = parts.get(c.index, "") + c.text
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    check(parts == {i: s.text for i, s in enumerate(solo)} and
+          finish == {i: s.finish_reason for i, s in enumerate(solo)},
+          f"n=4 streamed: the same choices, each with its finish ({parts})")
+    chat = dict(model=base, messages=[{"role": "user", "content": "Hi"}], temperature=0,
+                max_tokens=8)
+    one = client.chat.completions.create(**chat)
+    r = client.chat.completions.create(n=3, **chat)
+    check(len(r.choices) == 3 and
+          all(c.message.content == one.choices[0].message.content for c in r.choices) and
+          r.usage.completion_tokens == 3 * one.usage.completion_tokens,
+          f"chat n=3 greedy: three answers equal to the one-choice answer ({r.usage})")
+    r = client.completions.create(model=base, prompt=g["text"], max_tokens=32, temperature=0,
+                                  n=2)
+    check(all(c.text == hf_text(0)[:len(c.text)] and len(c.text) > 10 for c in r.choices),
+          "n=2 greedy: both choices are HF's greedy text")
+    expect_error(srv, "n over the limit", 400, "POST", "/v1/completions",
+                 {"model": base, "prompt": "x", "n": 65}, param="n")
+
+
 def run_disconnect_test(srv):
+    for n in (1, 3):  # one sequence, or a request of three choices
+        run_disconnect_once(srv, n)
+
+
+def run_disconnect_once(srv, n):
     base = os.path.basename(MODEL)[:-len(".gguf")]
     # A counting prompt: the greedy continuation runs to max_tokens without an end token.
     body = json.dumps({"model": base, "prompt": "1, 2, 3, 4, 5, 6,",
-                       "max_tokens": 250, "temperature": 0, "stream": True})
+                       "max_tokens": 250, "temperature": 0, "stream": True, "n": n})
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
     s.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -662,7 +711,7 @@ def run_disconnect_test(srv):
             break
         time.sleep(0.1)
     check(m["quiver_kv_pages_used"] == 0 and m["quiver_running_sequences"] == 0,
-          "disconnect mid-stream frees the sequence and its KV pages")
+          f"disconnect mid-stream frees the {n} sequence(s) and their KV pages")
     check(srv.raw("GET", "/health")[0] == 200, "healthy after the disconnect")
     deadline = time.time() + 5  # the line may reach the log after the pages came back
     while time.time() < deadline and not any("client disconnected" in l for l in srv.lines):

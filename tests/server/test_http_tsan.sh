@@ -72,8 +72,9 @@ def raw(method, path, body=None, key="k", headers=None, timeout=300):
     return r.status, data
 
 
-def generate(model, stream, chat, key="k"):
-    body = {"model": model, "max_tokens": 4, "temperature": 0, "stream": stream}
+def generate(model, stream, chat, key="k", n=1):
+    body = {"model": model, "max_tokens": 4, "temperature": 0.7 if n > 1 else 0, "stream": stream,
+            "n": n}
     if chat:
         body["messages"] = [{"role": "user", "content": "Say hello."}]
     else:
@@ -141,7 +142,9 @@ jobs = [("stream-base", generate, "", True, False), ("json-base", generate, "", 
         ("upload", upload, "loud", files), ("upload-bad", upload, "bad", bad_files),
         ("models", raw, "GET", "/v1/models"), ("metrics", raw, "GET", "/metrics"),
         ("tenant-one", generate, "", True, False, "t1"),
-        ("tenant-two", generate, "shouting", False, True, "t2"), ("sighup", hup)]
+        ("tenant-two", generate, "shouting", False, True, "t2"), ("sighup", hup),
+        ("choices-stream", generate, "shouting", True, False, "k", 3),
+        ("choices-json", generate, "", False, True, "k", 4)]
 threads = [threading.Thread(target=job, args=j) for j in jobs]
 t0 = time.time()
 for t in threads:
@@ -150,12 +153,17 @@ for t in threads:
     t.join(400)
 print(f"concurrent round: {time.time() - t0:.1f} s", flush=True)
 for name in ("stream-base", "json-base", "stream-chat-adapter", "json-chat-adapter",
-             "json-chat-base", "models", "metrics", "tenant-one", "tenant-two"):
+             "json-chat-base", "models", "metrics", "tenant-one", "tenant-two", "choices-stream",
+             "choices-json"):
     st = results.get(name, (None,))[0]
     check(st == 200, f"{name}: 200 ({results.get(name, ('missing',))[0]})")
 check(results.get("stream-base", (0, b""))[1].rstrip().endswith(b"data: [DONE]"),
       "the stream ends with [DONE]")
 check(results.get("disconnect") == "closed", "a client disconnected mid-stream")
+cj = json.loads(results.get("choices-json", (0, b"{}"))[1] or b"{}")
+check(sorted(c["index"] for c in cj.get("choices", [])) == [0, 1, 2, 3], "n=4: four choices")
+check(all(results.get("choices-stream", (0, b""))[1].count(f'"index":{i}'.encode()) > 0
+          for i in range(3)), "n=3 streamed: chunks of every choice")
 check(results.get("upload", (0,))[0] == 201, f"upload: 201 ({results.get('upload')})")
 check(results.get("upload-bad", (0,))[0] == 422, f"invalid upload: 422 ({results.get('upload-bad')})")
 

@@ -178,7 +178,7 @@ static void test_errors(void **state) {
     expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":1}", "stream_options");
     expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":{\"include_usage\":\"y\"}}",
                "stream_options.include_usage");
-    expect_bad(C, "{\"prompt\":\"x\",\"n\":2}", "n");
+    expect_bad(C, "{\"prompt\":\"x\",\"n\":0}", "n");
     expect_bad(C, "{\"prompt\":\"x\",\"model\":5}", "model");
     expect_bad(C, "{\"prompt\":\"x\",\"model\":\"b:one\",\"adapter_id\":\"two\"}", "adapter_id");
     expect_bad(H, "{}", "messages");
@@ -266,6 +266,26 @@ static void test_encode_completion(void **state) {
     assert_int_equal(q.max_tokens, 0);
     qv_proto_request_free(&q);
     expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":0}", "max_tokens");
+    /* n choices: each with its index, usage from the first */
+    assert_int_equal(dec(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"n\":64}", &q, &e), QV_OK);
+    assert_int_equal(q.n, 64);
+    qv_proto_request_free(&q);
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"n\":65}", "n");
+    qv_proto_result two[2] = {r, r};
+    two[0].logprobs = two[1].logprobs = false;
+    two[1].index = 1;
+    two[1].text = "Bye";
+    two[1].text_len = 3;
+    two[1].finish_reason = "stop";
+    o = parse(qv_proto_encode_response_choices(two, 2));
+    const cJSON *chs = path(o, "choices", NULL);
+    assert_int_equal(cJSON_GetArraySize(chs), 2);
+    assert_int_equal(path(cJSON_GetArrayItem(chs, 1), "index", NULL)->valueint, 1);
+    assert_string_equal(path(cJSON_GetArrayItem(chs, 1), "text", NULL)->valuestring, "Bye");
+    assert_string_equal(path(cJSON_GetArrayItem(chs, 1), "finish_reason", NULL)->valuestring,
+                        "stop");
+    assert_int_equal(path(o, "usage", "total_tokens")->valueint, 5);
+    cJSON_Delete(o);
     expect_bad(QV_PROTO_CHAT,
                "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true}", "echo");
 }
