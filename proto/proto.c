@@ -167,6 +167,26 @@ static qv_status decode_logit_bias(const cJSON *root, qv_proto_request *r, qv_pr
     return QV_OK;
 }
 
+/* A list of token ids (non-empty). */
+static qv_status ids_of(const cJSON *f, int32_t **out, size_t *n_out, const char *shape,
+                        qv_proto_error *e) {
+    int n = cJSON_IsArray(f) ? cJSON_GetArraySize(f) : -1;
+    if (n < 0) return fail(e, QV_ERR_INVALID, "prompt", "%s", shape);
+    if (n == 0) return fail(e, QV_ERR_INVALID, "prompt", "'prompt' must not be empty");
+    *out = qv_malloc((size_t)n * sizeof(int32_t));
+    if (!*out) return nomem(e);
+    const cJSON *it = f->child;
+    for (int i = 0; i < n; i++, it = it->next) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+            it->valuedouble < 0 || it->valuedouble > INT32_MAX)
+            return fail(e, QV_ERR_INVALID, "prompt", "%s", shape);
+        (*out)[i] = (int32_t)it->valuedouble;
+    }
+    *n_out = (size_t)n;
+    return QV_OK;
+}
+
+/* A string, a list of ids, or a batch: a list of strings or a list of id lists. */
 static qv_status decode_prompt(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
     const cJSON *f = field(root, "prompt");
     if (!f) return fail(e, QV_ERR_INVALID, "prompt", "'prompt' is required");
@@ -175,26 +195,37 @@ static qv_status decode_prompt(const cJSON *root, qv_proto_request *r, qv_proto_
         r->prompt = qv_strdup(f->valuestring);
         return r->prompt ? QV_OK : nomem(e);
     }
-    const char *shape = "'prompt' must be a string, a list of one string, or a list of token ids";
+    const char *shape = "'prompt' must be a string, a list of token ids, or a list of strings or "
+                        "of token-id lists";
     if (!cJSON_IsArray(f)) return fail(e, QV_ERR_INVALID, "prompt", "%s", shape);
-    int n = cJSON_GetArraySize(f);
-    if (n == 1 && cJSON_IsString(f->child)) {
-        r->prompt_len = strlen(f->child->valuestring);
-        r->prompt = qv_strdup(f->child->valuestring);
-        return r->prompt ? QV_OK : nomem(e);
-    }
-    if (n == 1 && cJSON_IsArray(f->child)) f = f->child, n = cJSON_GetArraySize(f);
-    if (n == 0) return fail(e, QV_ERR_INVALID, "prompt", "'prompt' must not be empty");
-    r->prompt_ids = qv_malloc((size_t)n * sizeof(int32_t));
-    if (!r->prompt_ids) return nomem(e);
+    const int n = cJSON_GetArraySize(f);
+    const bool texts = n > 0 && cJSON_IsString(f->child);
+    const bool lists = n > 0 && cJSON_IsArray(f->child);
+    if (!texts && !lists) return ids_of(f, &r->prompt_ids, &r->n_prompt_ids, shape, e);
+    if (n > QV_PROTO_MAX_CHOICES)
+        return fail(e, QV_ERR_INVALID, "prompt", "'prompt' lists %d prompts; at most %d", n,
+                    QV_PROTO_MAX_CHOICES);
+    if (n > 1 && !(r->more = qv_calloc((size_t)n - 1, sizeof(*r->more)))) return nomem(e);
     const cJSON *it = f->child;
     for (int i = 0; i < n; i++, it = it->next) {
-        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
-            it->valuedouble < 0 || it->valuedouble > INT32_MAX)
-            return fail(e, QV_ERR_INVALID, "prompt", "%s", shape);
-        r->prompt_ids[i] = (int32_t)it->valuedouble;
+        qv_proto_prompt p = {0};
+        qv_status s = QV_OK;
+        if (texts && cJSON_IsString(it)) {
+            p.len = strlen(it->valuestring);
+            if (!(p.text = qv_strdup(it->valuestring))) s = nomem(e);
+        } else if (lists && cJSON_IsArray(it)) {
+            s = ids_of(it, &p.ids, &p.n_ids, shape, e);
+        } else {
+            s = fail(e, QV_ERR_INVALID, "prompt", "%s", shape);
+        }
+        if (i == 0) {
+            r->prompt = p.text, r->prompt_len = p.len;
+            r->prompt_ids = p.ids, r->n_prompt_ids = p.n_ids;
+        } else {
+            r->more[r->n_more++] = p;
+        }
+        if (s) return s;
     }
-    r->n_prompt_ids = (size_t)n;
     return QV_OK;
 }
 
@@ -438,6 +469,11 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if (endpoint == QV_PROTO_CHAT && (s = decode_turn_options(root, r, e))) goto done;
     r->n = 1;
     if ((s = get_int(root, "n", 1, QV_PROTO_MAX_CHOICES, &r->n, e))) goto done;
+    if ((1 + r->n_more) * (size_t)r->n > QV_PROTO_MAX_CHOICES) {
+        s = fail(e, QV_ERR_INVALID, "n", "%zu prompts times n = %d is over %d choices",
+                 1 + r->n_more, r->n, QV_PROTO_MAX_CHOICES);
+        goto done;
+    }
     const char *mt = field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
     if (endpoint == QV_PROTO_COMPLETIONS && (s = get_bool(root, "echo", &r->echo, e))) goto done;
     /* max_tokens 0: the prompt's echo (and logprobs) only */
@@ -509,6 +545,11 @@ void qv_proto_request_free(qv_proto_request *r) {
     for (size_t i = 0; i < r->n_stop; i++)
         qv_free(r->stop[i]);
     qv_free(r->stop);
+    for (size_t i = 0; i < r->n_more; i++) {
+        qv_free(r->more[i].text);
+        qv_free(r->more[i].ids);
+    }
+    qv_free(r->more);
     qv_free(r->stop_ids);
     qv_free(r->bias_ids);
     qv_free(r->bias_values);

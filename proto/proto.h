@@ -58,6 +58,14 @@ typedef struct qv_proto_message {
     char *content; /* text; array-of-parts content is joined */
 } qv_proto_message;
 
+/* One further prompt of a completions batch: a text or token ids. */
+typedef struct qv_proto_prompt {
+    char *text;
+    size_t len;
+    int32_t *ids;
+    size_t n_ids;
+} qv_proto_prompt;
+
 /* One generation request (completions or chat). Unset numbers keep the defaults written by
  * the decoder (see each field). */
 typedef struct qv_proto_request {
@@ -70,6 +78,11 @@ typedef struct qv_proto_request {
     size_t prompt_len;
     int32_t *prompt_ids;
     size_t n_prompt_ids;
+    /* completions: the batch's further prompts when `prompt` is a list of 2+ texts or of 2+ id
+     * lists (prompt / prompt_ids hold the first); choice j of prompt p has index p * n + j,
+     * and (1 + n_more) * n <= QV_PROTO_MAX_CHOICES */
+    qv_proto_prompt *more;
+    size_t n_more;
     /* chat */
     qv_proto_message *messages;
     size_t n_messages;

@@ -81,9 +81,10 @@ typedef struct request {
     struct request *lead;     /* itself for the lead */
     struct request **members; /* lead: members[0..n_members), members[0] = lead */
     int n_members;
-    int index;           /* its choice index */
-    bool counted_done;   /* [lead mu] counted in its lead's n_done_members */
-    int n_done_members;  /* [lead mu] lead: members done (the tenant place goes with the last) */
+    int index;          /* its choice index */
+    bool counted_done;  /* [lead mu] counted in its lead's n_done_members */
+    int n_done_members; /* [lead mu] lead: members done (the tenant place goes with the last) */
+    int usage_prompt;   /* lead: prompt tokens of the request (each prompt of a batch once) */
     /* immutable once queued */
     char id[64];
     char *model_echo;
@@ -1743,7 +1744,7 @@ static bool next_frame(request *l) {
                                .model = l->model_echo,
                                .created = l->created,
                                .usage = true,
-                               .prompt_tokens = (int)l->n_ids,
+                               .prompt_tokens = l->usage_prompt,
                                .completion_tokens = group_generated(l)};
         return set_frame(l, qv_proto_encode_chunk(&res, false));
     }
@@ -1844,7 +1845,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
                                        .lps = m->lps,
                                        .n_lps = m->n_lps,
                                        .usage = true,
-                                       .prompt_tokens = (int)r->n_ids,
+                                       .prompt_tokens = r->usage_prompt,
                                        .completion_tokens = group_generated(r)};
         }
         char *json = qv_proto_encode_response_choices(res, (size_t)n);
@@ -2062,13 +2063,13 @@ done:
 /* Completions' echo: the text starts with the prompt (as sent, or decoded from its ids); with
  * logprobs the prompt tokens lead them, the first with none, and the engine reports the rest
  * (on_prompt_lp), which the echoed text then follows. False when out of memory. */
-static bool echo_setup(request *r, const qv_proto_request *pr) {
+static bool echo_setup(request *r, const char *prompt, size_t prompt_len) {
     char *text = NULL;
     size_t len = 0;
     qv_error err = {0};
-    if (pr->prompt) {
-        len = pr->prompt_len;
-        if ((text = qv_malloc(len + 1))) memcpy(text, pr->prompt, len + 1);
+    if (prompt) {
+        len = prompt_len;
+        if ((text = qv_malloc(len + 1))) memcpy(text, prompt, len + 1);
     } else if (qv_tokenizer_decode(r->srv->tok, r->ids, r->n_ids, true, &text, &len, &err) !=
                QV_OK) {
         text = NULL;
@@ -2093,14 +2094,21 @@ static bool echo_setup(request *r, const qv_proto_request *pr) {
     return ok;
 }
 
+/* One prompt of a request: its ids, and its text as sent (NULL: ids sent, or chat). */
+typedef struct prompt_in {
+    int32_t *ids;
+    size_t n_ids;
+    bool own_ids; /* tokenized here (freed with the request's other scratch) */
+    const char *text;
+    size_t len;
+} prompt_in;
+
 /* What every member (choice) of a generation request is made from. */
 typedef struct member_spec {
     enum qv_proto_endpoint ep;
     const qv_proto_request *pr;
     const qv_proto_tgi *tgi; /* TGI / LoRAX requests */
     bool tgi_in_list;
-    const int32_t *ids; /* the prompt */
-    size_t n_ids;
     int max_tokens; /* 0: echo only */
     int tenant, priority;
     const char *adapter; /* NULL: the base model */
@@ -2108,12 +2116,12 @@ typedef struct member_spec {
     double t_arrival;
     int64_t created;
     char id[64];
-    uint64_t seed; /* choice i samples with seed + i */
+    uint64_t seed; /* choice j of each prompt samples with seed + j */
 } member_spec;
 
-/* Choice `index`'s engine parameters (pointers into the member left NULL); false with *err
- * when the sampling parameters are out of range. */
-static bool member_params(const member_spec *ms, int index, qv_gen_params *gp, qv_error *err) {
+/* Engine parameters of a prompt's choice j (pointers into the member left NULL); false with
+ * *err when the sampling parameters are out of range. */
+static bool member_params(const member_spec *ms, int j, qv_gen_params *gp, qv_error *err) {
     const qv_proto_request *pr = ms->pr;
     qv_gen_params_default(gp);
     gp->max_tokens = ms->max_tokens ? ms->max_tokens : 1; /* echo only: its token is dropped */
@@ -2127,7 +2135,7 @@ static bool member_params(const member_spec *ms, int index, qv_gen_params *gp, q
     sp->presence_penalty = pr->presence_penalty;
     sp->frequency_penalty = pr->frequency_penalty;
     sp->repetition_penalty = pr->repetition_penalty;
-    sp->seed = ms->seed + (uint64_t)index;
+    sp->seed = ms->seed + (uint64_t)j;
     /* logprobs with 0 alternatives still reports the chosen tokens: the engine computes
      * log-probabilities only when asked for at least one alternative; TGI tokens always carry
      * theirs */
@@ -2137,9 +2145,11 @@ static bool member_params(const member_spec *ms, int index, qv_gen_params *gp, q
     return qv_sampling_params_validate(sp, err) == QV_OK;
 }
 
-/* A new member (choice `index`; lead NULL: the lead itself) holding one reference (its
- * connection's) and, for the other members, one on the lead; NULL when out of memory. */
-static request *member_new(server *srv, const member_spec *ms, request *lead, int index) {
+/* A new member (choice `index`, the j-th of prompt *pin; lead NULL: the lead itself) holding
+ * one reference (its connection's) and, for the other members, one on the lead; NULL when
+ * out of memory. */
+static request *member_new(server *srv, const member_spec *ms, request *lead, int index, int j,
+                           const prompt_in *pin) {
     const qv_proto_request *pr = ms->pr;
     request *r = qv_calloc(1, sizeof(*r));
     if (!r) return NULL;
@@ -2165,7 +2175,7 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     memcpy(r->id, ms->id, sizeof(r->id));
     r->echo_only = ms->max_tokens == 0;
     qv_error err = {0};
-    member_params(ms, index, &r->gp, &err); /* validated by the caller */
+    member_params(ms, j, &r->gp, &err); /* validated by the caller */
     r->n_top = ms->tgi ? ms->tgi->n_alternatives : pr->top_logprobs;
     bool ok = (r->model_echo = qv_strdup(pr->model && *pr->model ? pr->model : srv->base_name));
     if (ok && ms->adapter) {
@@ -2177,9 +2187,9 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
         r->tgi_in_list = ms->tgi_in_list;
         if (ms->tgi->return_full_text) ok = (r->tgi_inputs = qv_strdup(pr->prompt));
     }
-    if (ok && (r->ids = qv_malloc(ms->n_ids * sizeof(*r->ids)))) {
-        memcpy(r->ids, ms->ids, ms->n_ids * sizeof(*r->ids));
-        r->n_ids = ms->n_ids;
+    if (ok && (r->ids = qv_malloc(pin->n_ids * sizeof(*r->ids)))) {
+        memcpy(r->ids, pin->ids, pin->n_ids * sizeof(*r->ids));
+        r->n_ids = pin->n_ids;
     } else {
         ok = false;
     }
@@ -2203,7 +2213,7 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
          !qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops, true, &r->detok);
     ok = ok && !qv_detok_prime(r->detok, r->ids, r->n_ids);
     if (ok) qv_detok_set_min_tokens(r->detok, (size_t)pr->min_tokens);
-    ok = ok && (!pr->echo || echo_setup(r, pr));
+    ok = ok && (!pr->echo || echo_setup(r, pin->text, pin->len));
     if (!ok) {
         request_release(r);
         return NULL;
@@ -2232,6 +2242,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     char *prompt = NULL;
     int32_t *ids = NULL;
     size_t n_ids = 0;
+    prompt_in pin[QV_PROTO_MAX_CHOICES] = {0}; /* the prompts: ids[0] is `ids` */
+    size_t n_prompts = 1;
     request *r = NULL;
     enum MHD_Result ret;
     const char *body = ctx->body ? ctx->body : "";
@@ -2293,29 +2305,55 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
             n_ids = (size_t)tgi.truncate;
         }
     }
-    qv_tenants_prompt(srv->tenants, tenant, (int)n_ids); /* its tokens count towards tpm */
-    charged = (int)n_ids;
-    if (n_ids == 0) {
-        ret = send_error(c, ctx, 400,
-                         ep == QV_PROTO_CHAT       ? "messages"
-                         : ep == QV_PROTO_GENERATE ? "inputs"
-                                                   : "prompt",
-                         NULL, "the prompt encodes to no tokens");
-        goto done;
+    /* a completions batch: its further prompts, tokenized as the first */
+    pin[0] = (prompt_in){.ids = ids, .n_ids = n_ids, .text = pr.prompt, .len = pr.prompt_len};
+    n_prompts = 1 + pr.n_more;
+    for (size_t p = 1; p < n_prompts; p++) {
+        const qv_proto_prompt *q = &pr.more[p - 1];
+        pin[p] = (prompt_in){.ids = q->ids, .n_ids = q->n_ids, .text = q->text, .len = q->len};
+        if (q->text) {
+            pin[p].own_ids = true;
+            if (qv_tokenizer_encode(srv->tok, q->text, q->len, pr.add_special_tokens, &pin[p].ids,
+                                    &pin[p].n_ids, &err)) {
+                ret = send_error(c, ctx, 400, "prompt", NULL, "prompt %zu: %s", p, err.msg);
+                goto done;
+            }
+        }
     }
-    if ((int64_t)n_ids > cfg->max_prompt_tokens) {
-        ret = send_error(c, ctx, 400, ep == QV_PROTO_CHAT ? "messages" : "prompt",
-                         "context_length_exceeded",
-                         "the prompt has %zu tokens; this server accepts at most %d", n_ids,
-                         cfg->max_prompt_tokens);
-        goto done;
-    }
-    int ctx_len = srv->model->cfg.max_pos;
-    int room = ctx_len - (int)n_ids;
-    if (room <= 0) {
-        ret = send_error(c, ctx, 400, "prompt", "context_length_exceeded",
-                         "the prompt has %zu tokens; the model's context is %d", n_ids, ctx_len);
-        goto done;
+    const int ctx_len = srv->model->cfg.max_pos;
+    int room = ctx_len; /* the least any prompt leaves */
+    for (size_t p = 0; p < n_prompts; p++) {
+        const size_t n_p = pin[p].n_ids;
+        qv_tenants_prompt(srv->tenants, tenant, (int)n_p); /* its tokens count towards tpm */
+        charged += (int)n_p;
+        for (size_t i = 0; p > 0 && i < n_p; i++)
+            if (pin[p].ids[i] >= srv->model->cfg.n_vocab) {
+                ret = send_error(c, ctx, 400, "prompt", "invalid_value",
+                                 "prompt %zu: token id %d is outside the vocabulary (%d)", p,
+                                 (int)pin[p].ids[i], srv->model->cfg.n_vocab);
+                goto done;
+            }
+        if (n_p == 0) {
+            ret = send_error(c, ctx, 400,
+                             ep == QV_PROTO_CHAT       ? "messages"
+                             : ep == QV_PROTO_GENERATE ? "inputs"
+                                                       : "prompt",
+                             NULL, "the prompt encodes to no tokens");
+            goto done;
+        }
+        if ((int64_t)n_p > cfg->max_prompt_tokens) {
+            ret = send_error(c, ctx, 400, ep == QV_PROTO_CHAT ? "messages" : "prompt",
+                             "context_length_exceeded",
+                             "the prompt has %zu tokens; this server accepts at most %d", n_p,
+                             cfg->max_prompt_tokens);
+            goto done;
+        }
+        if ((int)n_p >= ctx_len) {
+            ret = send_error(c, ctx, 400, "prompt", "context_length_exceeded",
+                             "the prompt has %zu tokens; the model's context is %d", n_p, ctx_len);
+            goto done;
+        }
+        room = QV_MIN(room, ctx_len - (int)n_p);
     }
     int max_tokens = pr.max_tokens;
     if (max_tokens > cfg->max_tokens_limit) {
@@ -2329,9 +2367,9 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         if (max_tokens > room) max_tokens = room;
     } else if (max_tokens > room) {
         ret = send_error(c, ctx, 400, "max_tokens", "context_length_exceeded",
-                         "the prompt (%zu tokens) plus max_tokens (%d) exceed the model's "
+                         "the prompt (%d tokens) plus max_tokens (%d) exceed the model's "
                          "context (%d)",
-                         n_ids, max_tokens, ctx_len);
+                         ctx_len - room, max_tokens, ctx_len);
         goto done;
     }
     /* what needs the model: ids in the vocabulary, and the sampling parameters */
@@ -2360,8 +2398,6 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                       .pr = &pr,
                       .tgi = ep == QV_PROTO_GENERATE ? &tgi : NULL,
                       .tgi_in_list = tgi_stream < 0 && !pr.stream,
-                      .ids = ids,
-                      .n_ids = n_ids,
                       .max_tokens = max_tokens,
                       .tenant = tenant,
                       .priority = pr.has_priority     ? pr.priority
@@ -2375,7 +2411,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     snprintf(ms.id, sizeof(ms.id), "%s-%lx%04lx", ep == QV_PROTO_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long)ms.created, serial);
     /* a drawn seed fits 53 bits: reported back (TGI details.seed), it survives JSON doubles;
-     * choice i samples with seed + i */
+     * choice j of each prompt samples with seed + j */
     ms.seed = pr.has_seed ? pr.seed
                           : ((uint64_t)serial * 0x9E3779B97F4A7C15ull + (uint64_t)time(NULL)) &
                                 ((1ull << 53) - 1);
@@ -2384,8 +2420,9 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         ret = send_error(c, ctx, 400, NULL, "invalid_value", "%s", err.msg);
         goto done;
     }
-    const int n_members = ep == QV_PROTO_GENERATE ? 1 : pr.n;
-    r = member_new(srv, &ms, NULL, 0);
+    const int n_per = ep == QV_PROTO_GENERATE ? 1 : pr.n; /* choices per prompt */
+    const int n_members = (int)n_prompts * n_per;
+    r = member_new(srv, &ms, NULL, 0, 0, &pin[0]);
     if (r && n_members > 1 && !(r->members = qv_calloc((size_t)n_members, sizeof(*r->members)))) {
         request_release(r);
         r = NULL;
@@ -2395,11 +2432,13 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         goto done;
     }
     r->conn = c;
+    for (size_t p = 0; p < n_prompts; p++)
+        r->usage_prompt += (int)pin[p].n_ids;
     if (n_members > 1) {
         r->members[0] = r;
         r->n_members = 1;
         for (int i = 1; i < n_members; i++) {
-            request *m = member_new(srv, &ms, r, i);
+            request *m = member_new(srv, &ms, r, i, i % n_per, &pin[i / n_per]);
             if (!m) {
                 ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
                 goto done; /* r's release frees the members made so far */
@@ -2438,6 +2477,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
 done:
     if (arrived) qv_tenants_unarrive(srv->tenants, tenant, charged);
     if (r) group_release(r);
+    for (size_t p = 1; p < n_prompts; p++)
+        if (pin[p].own_ids) qv_free(pin[p].ids);
     qv_free(ids);
     qv_free(prompt);
     qv_proto_request_free(&pr);
@@ -3198,11 +3239,12 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
             if (running && !post(srv, MSG_CANCEL, m)) request_release(m);
         }
         if (!ok) status = 499; /* nginx's "client closed request" */
-        qv_metrics_request(srv->metrics, status, (int)r->n_ids, n_out, ttft, tpot, now - ctx->t0);
-        qv_metrics_adapter_request(srv->metrics, r->adapter, (int)r->n_ids, n_out, ttft, tpot);
-        QV_LOGI("request %s adapter=%s status=%d tokens_in=%zu tokens_out=%d ttft=%.3fs "
+        const int n_in = r->usage_prompt;
+        qv_metrics_request(srv->metrics, status, n_in, n_out, ttft, tpot, now - ctx->t0);
+        qv_metrics_adapter_request(srv->metrics, r->adapter, n_in, n_out, ttft, tpot);
+        QV_LOGI("request %s adapter=%s status=%d tokens_in=%d tokens_out=%d ttft=%.3fs "
                 "total=%.3fs%s%s%s",
-                r->id, r->adapter ? r->adapter : "-", status, r->n_ids, n_out, ttft, now - ctx->t0,
+                r->id, r->adapter ? r->adapter : "-", status, n_in, n_out, ttft, now - ctx->t0,
                 ok ? "" : " (client disconnected)", ctx->xrid[0] ? " x-request-id=" : "",
                 ctx->xrid);
         atomic_fetch_sub(&srv->n_open, 1);

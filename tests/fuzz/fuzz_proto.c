@@ -111,6 +111,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(r.max_tokens == -1 || r.max_tokens >= 1 || (r.max_tokens == 0 && r.echo));
         CHECK(!r.echo || ep == QV_PROTO_COMPLETIONS);
         CHECK(r.n >= 1 && r.n <= QV_PROTO_MAX_CHOICES);
+        CHECK((1 + r.n_more) * (size_t)r.n <= QV_PROTO_MAX_CHOICES);
+        for (size_t i = 0; i < r.n_more; i++)
+            CHECK((r.more[i].text != NULL) != (r.more[i].n_ids > 0));
         CHECK(r.n_bias <= QV_PROTO_MAX_LOGIT_BIAS && r.min_tokens >= 0);
         for (size_t i = 0; i < r.n_bias; i++)
             CHECK(r.bias_ids[i] >= 0 && fabsf(r.bias_values[i]) <= (float)QV_PROTO_MAX_BIAS);

@@ -676,6 +676,27 @@ def run_choice_tests(srv):
           "n=2 greedy: both choices are HF's greedy text")
     expect_error(srv, "n over the limit", 400, "POST", "/v1/completions",
                  {"model": base, "prompt": "x", "n": 65}, param="n")
+    # A batch of prompts (a list of texts, or of id lists): choice j of prompt p has index
+    # p * n + j and equals a one-prompt request with seed + j.
+    texts = [GOLDEN["prompts"][i]["text"] for i in (0, 1, 3)]
+    kw = dict(model=base, max_tokens=8, temperature=0.8, seed=77)
+    r = client.completions.create(prompt=texts, n=2, **kw)
+    solo = [client.completions.create(prompt=t, **dict(kw, seed=77 + j)).choices[0].text
+            for t in texts for j in range(2)]
+    got = [c.text for c in sorted(r.choices, key=lambda c: c.index)]
+    check(got == solo and r.usage.prompt_tokens == sum(len(GOLDEN["prompts"][i]["ids"])
+                                                       for i in (0, 1, 3)),
+          f"a batch of 3 prompts x n=2: each choice as its one-prompt request ({got})")
+    ids = [GOLDEN["prompts"][i]["ids"] for i in (0, 1)]
+    r = client.completions.create(model=base, prompt=ids, max_tokens=24, temperature=0)
+    check([c.text for c in sorted(r.choices, key=lambda c: c.index)] ==
+          [hf_text(0)[:len(r.choices[0].text)], hf_text(1)[:len(r.choices[1].text)]] and
+          all(len(c.text) > 5 for c in r.choices),
+          "a batch of id lists: HF's greedy text for each")
+    for bad, param in (({"prompt": ["a", [1, 2]]}, "prompt"), ({"prompt": ["a", ""]}, "prompt"),
+                       ({"prompt": ["a", "b"], "n": 40}, "n"), ({"prompt": [[1], []]}, "prompt")):
+        expect_error(srv, f"bad batch {bad}", 400, "POST", "/v1/completions",
+                     dict({"model": base, "max_tokens": 2}, **bad), param=param)
 
 
 def run_disconnect_test(srv):
@@ -693,7 +714,7 @@ def run_disconnect_once(srv, n):
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                + body).encode())
     got = b""
-    while got.count(b"data: ") < 3 and b"[DONE]" not in got:
+    while got.count(b"data: ") < 3 * n and b"[DONE]" not in got:  # 3 steps: gauges updated
         chunk = s.recv(4096)
         if not chunk:
             break

@@ -271,6 +271,21 @@ static void test_encode_completion(void **state) {
     assert_int_equal(q.n, 64);
     qv_proto_request_free(&q);
     expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"n\":65}", "n");
+    /* a batch of prompts: the first in prompt / prompt_ids, the others in more */
+    assert_int_equal(dec(QV_PROTO_COMPLETIONS, "{\"prompt\":[\"a\",\"bc\",\"d\"],\"n\":2}", &q, &e),
+                     QV_OK);
+    assert_string_equal(q.prompt, "a");
+    assert_int_equal(q.n_more, 2);
+    assert_true(q.more[0].len == 2 && !strcmp(q.more[0].text, "bc") && !q.more[1].ids);
+    qv_proto_request_free(&q);
+    assert_int_equal(dec(QV_PROTO_COMPLETIONS, "{\"prompt\":[[1,2],[3]]}", &q, &e), QV_OK);
+    assert_true(q.n_prompt_ids == 2 && q.prompt_ids[1] == 2 && q.n_more == 1);
+    assert_true(q.more[0].n_ids == 1 && q.more[0].ids[0] == 3 && !q.more[0].text);
+    qv_proto_request_free(&q);
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":[\"a\",\"b\"],\"n\":33}", "n");
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":[\"a\",[1]]}", "prompt");
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":[[1],\"a\"]}", "prompt");
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":[[1],[]]}", "prompt");
     qv_proto_result two[2] = {r, r};
     two[0].logprobs = two[1].logprobs = false;
     two[1].index = 1;
