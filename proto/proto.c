@@ -1089,14 +1089,13 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
     if ((s = get_int(p, "return_k_alternatives", 1, QV_PROTO_MAX_LOGPROBS, &t->n_alternatives, e)))
         return s;
     /* what quiver does not do is refused, never silently ignored */
-    bool dec_details = false, watermark = false;
-    if ((s = get_bool(p, "decoder_input_details", &dec_details, e))) return s;
+    if ((s = get_bool(p, "decoder_input_details", &t->decoder_input_details, e))) return s;
+    bool watermark = false;
     if ((s = get_bool(p, "watermark", &watermark, e))) return s;
     int best_of = 1, top_n = 0;
     if ((s = get_int(p, "best_of", 1, 1e9, &best_of, e))) return s;
     if ((s = get_int(p, "top_n_tokens", 0, 1e9, &top_n, e))) return s;
-    if ((s = tgi_refuse(p, "decoder_input_details", !dec_details, "prompt logprobs", e)) ||
-        (s = tgi_refuse(p, "watermark", !watermark, NULL, e)) ||
+    if ((s = tgi_refuse(p, "watermark", !watermark, NULL, e)) ||
         (s = tgi_refuse(p, "best_of", best_of == 1, "one sequence per request", e)) ||
         (s = tgi_refuse(p, "top_n_tokens", top_n == 0, "use return_k_alternatives", e)) ||
         (s = tgi_refuse(p, "typical_p", false, NULL, e)) ||
@@ -1174,9 +1173,20 @@ static bool tgi_details(cJSON *o, const qv_proto_tgi_result *r, bool with_tokens
                       : cJSON_AddNullToObject(d, "seed")))
         return false;
     if (!with_tokens) return true;
-    cJSON *toks = NULL;
-    if (!cJSON_AddArrayToObject(d, "prefill") || !(toks = cJSON_AddArrayToObject(d, "tokens")))
-        return false;
+    cJSON *toks = NULL, *pre = cJSON_AddArrayToObject(d, "prefill");
+    if (!pre || !(toks = cJSON_AddArrayToObject(d, "tokens"))) return false;
+    for (size_t i = 0; i < r->n_prefill; i++) {
+        const qv_proto_logprob *lp = &r->prefill[i];
+        cJSON *t = cJSON_CreateObject();
+        if (!t || !cJSON_AddItemToArray(pre, t)) {
+            cJSON_Delete(t);
+            return false;
+        }
+        if (!cJSON_AddNumberToObject(t, "id", lp->id) || !add_repaired(t, "text", lp->token) ||
+            !(lp->none ? cJSON_AddNullToObject(t, "logprob")
+                       : cJSON_AddNumberToObject(t, "logprob", (double)lp->logprob)))
+            return false;
+    }
     for (size_t i = 0; i < r->n_tokens; i++) {
         cJSON *t = tgi_token(&r->tokens[i]);
         if (!t || !cJSON_AddItemToArray(toks, t)) {

@@ -140,6 +140,7 @@ void qv_proto_request_free(qv_proto_request *r);
 /* One generated token's log-probabilities, as the server hands them to the encoders. */
 typedef struct qv_proto_logprob {
     char *token; /* token text (valid UTF-8, owned by whoever built the array) */
+    int32_t id;  /* its id (TGI's prefill tokens) */
     bool none;   /* no logprob (an echoed prompt's first token): null, null */
     float logprob;
     int n_top;
@@ -223,10 +224,11 @@ qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name
 
 /* What a TGI request asks beyond qv_proto_request. */
 typedef struct qv_proto_tgi {
-    bool details;          /* the answer carries details (finish reason, tokens...) */
-    bool return_full_text; /* generated_text starts with the inputs */
-    int truncate;          /* keep only the last `truncate` input tokens (0: all) */
-    int n_alternatives;    /* LoRAX return_k_alternatives: top tokens per generated token */
+    bool details;               /* the answer carries details (finish reason, tokens...) */
+    bool return_full_text;      /* generated_text starts with the inputs */
+    int truncate;               /* keep only the last `truncate` input tokens (0: all) */
+    int n_alternatives;         /* LoRAX return_k_alternatives: top tokens per generated token */
+    bool decoder_input_details; /* details.prefill: the input tokens and their logprobs */
 } qv_proto_tgi;
 
 /* Decodes {"inputs": text, "parameters": {...}, "stream": bool} (TGI's /generate and
@@ -234,8 +236,8 @@ typedef struct qv_proto_tgi {
  * parameters.adapter_id, max_tokens = max_new_tokens (default 20), stop, seed, penalties,
  * ignore_eos = ignore_eos_token; greedy (temperature 0) unless do_sample or a sampling
  * parameter is given, as TGI does) and *t. Parameters quiver does not offer (typical_p,
- * best_of > 1, watermark, grammar / response_format, merged_adapters, decoder_input_details,
- * top_n_tokens, adapter_source s3 / pbase) are refused, never ignored. Unknown fields are
+ * best_of > 1, watermark, grammar / response_format, merged_adapters, top_n_tokens,
+ * adapter_source s3 / pbase) are refused, never ignored. Unknown fields are
  * ignored; null means absent. Errors as qv_proto_request_decode (param "parameters.<name>"). */
 qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r, qv_proto_tgi *t,
                               qv_proto_error *e);
@@ -263,6 +265,8 @@ typedef struct qv_proto_tgi_result {
     bool details;
     const qv_proto_tgi_token *tokens; /* details.tokens */
     size_t n_tokens;
+    const qv_proto_logprob *prefill; /* details.prefill (id, token, logprob; none: null) */
+    size_t n_prefill;
 } qv_proto_tgi_result;
 
 /* {"generated_text", "details"} (details only when asked); in_list wraps it in [ ] (LoRAX's

@@ -430,7 +430,8 @@ static bool record_token(request *r, int32_t id, const qv_logprobs *lp) {
 
 /* The wire form of a token's logprobs, its alternatives cut to the request's count. */
 static qv_proto_logprob wire_lp(const request *r, int32_t token, const qv_logprobs *lp) {
-    qv_proto_logprob plp = {.token = token_text(r->srv->tok, token), .logprob = lp->logprob};
+    qv_proto_logprob plp = {
+        .token = token_text(r->srv->tok, token), .id = token, .logprob = lp->logprob};
     plp.n_top = QV_MIN(QV_MIN(lp->n_top, r->n_top), QV_PROTO_MAX_LOGPROBS);
     for (int k = 0; k < plp.n_top; k++) {
         plp.top_token[k] = token_text(r->srv->tok, lp->top_ids[k]);
@@ -1628,6 +1629,8 @@ static char *tgi_response(request *r) {
     if (ok) {
         res.tokens = toks;
         res.n_tokens = n;
+        res.prefill = r->lps; /* decoder_input_details: the prompt's (none otherwise) */
+        res.n_prefill = r->n_lps;
         json = qv_proto_tgi_encode_response(&res, r->tgi_in_list);
     }
     for (size_t i = 0; views && i < n; i++)
@@ -2060,6 +2063,20 @@ done:
 /* A generation request: OpenAI completions or chat, or TGI / LoRAX (QV_PROTO_GENERATE, whose
  * tgi_stream is 0 for /generate, 1 for /generate_stream, -1 for LoRAX's POST / where the body's
  * `stream` decides and a whole answer is a one-element list). */
+/* The prompt's logprobs (completions' echo, TGI's decoder_input_details): the first token's
+ * entry, which has none, and the engine's callback for the others. False when out of
+ * memory. */
+static bool prompt_lps_setup(request *r) {
+    qv_proto_logprob first = {
+        .token = token_text(r->srv->tok, r->ids[0]), .id = r->ids[0], .none = true};
+    if (!first.token || !keep_lp_locked(r, &first)) {
+        qv_free(first.token);
+        return false;
+    }
+    if (r->n_ids > 1) r->gp.prompt_lp_cb = on_prompt_lp;
+    return true;
+}
+
 /* Completions' echo: the text starts with the prompt (as sent, or decoded from its ids); with
  * logprobs the prompt tokens lead them, the first with none, and the engine reports the rest
  * (on_prompt_lp), which the echoed text then follows. False when out of memory. */
@@ -2075,18 +2092,13 @@ static bool echo_setup(request *r, const char *prompt, size_t prompt_len) {
         text = NULL;
     }
     if (!text) return false;
-    if (r->logprobs) {
-        qv_proto_logprob first = {.token = token_text(r->srv->tok, r->ids[0]), .none = true};
-        if (!first.token || !keep_lp_locked(r, &first)) {
-            qv_free(first.token);
-            qv_free(text);
-            return false;
-        }
+    if (r->logprobs && !prompt_lps_setup(r)) {
+        qv_free(text);
+        return false;
     }
     if (r->logprobs && r->n_ids > 1) {
         r->echo = text;
         r->echo_len = len;
-        r->gp.prompt_lp_cb = on_prompt_lp;
         return true;
     }
     const bool ok = append_out(r, text, len);
@@ -2214,6 +2226,7 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     ok = ok && !qv_detok_prime(r->detok, r->ids, r->n_ids);
     if (ok) qv_detok_set_min_tokens(r->detok, (size_t)pr->min_tokens);
     ok = ok && (!pr->echo || echo_setup(r, pin->text, pin->len));
+    ok = ok && (!ms->tgi || !ms->tgi->decoder_input_details || prompt_lps_setup(r));
     if (!ok) {
         request_release(r);
         return NULL;
@@ -2300,6 +2313,11 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     }
     if (ep == QV_PROTO_GENERATE) {
         if (tgi_stream >= 0) pr.stream = tgi_stream == 1;
+        if (tgi.decoder_input_details && pr.stream) {
+            ret = send_error(c, ctx, 400, "parameters.decoder_input_details", "invalid_value",
+                             "'decoder_input_details' is not supported when streaming tokens");
+            goto done;
+        }
         if (tgi.truncate > 0 && n_ids > (size_t)tgi.truncate) { /* keep the last ids */
             memmove(ids, ids + n_ids - (size_t)tgi.truncate, (size_t)tgi.truncate * sizeof(*ids));
             n_ids = (size_t)tgi.truncate;

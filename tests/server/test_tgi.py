@@ -17,8 +17,11 @@ Setup: `quiver serve` on SmolLM2-135M-Instruct Q4_1 with --api-key and the demo 
 4. Sampling (do_sample, temperature, seed): the same seed gives the same text and
    details.seed echoes it; stop sequences end with stop_sequence; return_full_text,
    truncate, return_k_alternatives (the first alternative is the greedy token itself).
-5. Refusals, never silent: typical_p, best_of > 1, watermark, decoder_input_details,
-   adapter_source s3 are validation errors (400, error_type "validation"); a missing key is
+5. decoder_input_details: details.prefill lists the input tokens, the first with a null
+   logprob, the others with HF's log_softmax values (tests/fixtures/smollm2/edits.json); with
+   a stream it is a validation error.
+6. Refusals, never silent: typical_p, best_of > 1, watermark, adapter_source s3 are
+   validation errors (400, error_type "validation"); a missing key is
    401; bad JSON is 400; all in TGI's {"error", "error_type"} shape.
 
 Usage: test_tgi.py <quiver-binary>. Exit 77 when the model has not been fetched.
@@ -118,9 +121,25 @@ def run(srv):
               for a, t in zip(alts, r.details.tokens)),
           "return_k_alternatives: 3 per token, the greedy one first")
 
-    # 5. refusals
+    # 5. decoder_input_details: the prompt's logprobs
+    edits = json.load(open(os.path.join(T.ROOT, "tests", "fixtures", "smollm2", "edits.json")))
+    sc = next(x for x in edits["prompt_logprobs"] if x["prompt"] == 0)
+    r = lx.generate(g["text"], max_new_tokens=1, decoder_input_details=True)
+    pre = r.details.prefill
+    worst = max(abs(t.logprob - w["logprob"]) for t, w in zip(pre[1:], sc["rows"]))
+    check([t.id for t in pre] == g["ids"] and pre[0].logprob is None and
+          len(pre) == len(sc["rows"]) + 1 and worst < 2e-3 and
+          "".join(t.text for t in pre) == g["text"],
+          f"decoder_input_details: {len(pre)} prefill tokens, within {worst:.2g} of HF")
+    st, _, data = srv.raw("POST", "/generate_stream", {"inputs": g["text"], "parameters": {
+        "max_new_tokens": 1, "decoder_input_details": True}})
+    err = json.loads(data)
+    check(st == 400 and err.get("error_type") == "validation" and
+          "decoder_input_details" in err["error"],
+          f"decoder_input_details streamed: 400 validation ({st} {err})")
+
+    # 6. refusals
     for name, kw in (("typical_p", dict(typical_p=0.5)), ("watermark", dict(watermark=True)),
-                     ("decoder_input_details", dict(decoder_input_details=True)),
                      ("adapter_source", dict(adapter_id="pirate", adapter_source="s3"))):
         try:
             lx.generate("Hi", max_new_tokens=2, **kw)
