@@ -1692,6 +1692,7 @@ static char *member_chunk(request *l, request *r, bool *oom) {
                            .created = l->created,
                            .logprobs = r->logprobs,
                            .index = r->index};
+    if (r->sent_finish) return NULL; /* finished, or the stream ended with an error */
     /* an echo's prompt logprobs wait for its text, so their text offsets are right */
     bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);
     char *json = NULL;
