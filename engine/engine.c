@@ -362,7 +362,9 @@ static qv_status set_edits(const qv_engine *e, qv_sampler *smp, const qv_gen_par
     const int32_t *eog = NULL;
     int n_eog = 0;
     int32_t model_eos[QV_MAX_EOS];
-    if (e->tok) {
+    if (p->ignore_eos) {
+        /* end-of-generation ids end nothing: min_tokens leaves them alone (vLLM) */
+    } else if (e->tok) {
         n_eog = qv_tokenizer_eog_ids(e->tok, &eog);
     } else {
         for (int j = 0; j < e->model->cfg.n_eos; j++)

@@ -105,8 +105,8 @@ typedef struct qv_gen_params {
     const qv_token_bias *logit_bias;
     int n_logit_bias;
     /* vLLM min_tokens (0..max_tokens): until this many tokens are generated, the
-     * end-of-generation tokens and min_tokens_ids (the caller's stop token ids; copied) cannot
-     * be drawn. Host-sampled like a bias until then. */
+     * end-of-generation tokens (unless ignore_eos) and min_tokens_ids (the caller's stop token
+     * ids; copied) cannot be drawn. Host-sampled like a bias until then. */
     int min_tokens;
     const int32_t *min_tokens_ids;
     int n_min_tokens_ids;

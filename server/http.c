@@ -2227,7 +2227,8 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     ok = ok && !qv_detok_prime(r->detok, r->ids, r->n_ids);
     if (ok) qv_detok_set_min_tokens(r->detok, (size_t)pr->min_tokens);
     ok = ok && (!pr->echo || echo_setup(r, pin->text, pin->len));
-    ok = ok && (!ms->tgi || !ms->tgi->decoder_input_details || prompt_lps_setup(r));
+    ok = ok && (!ms->tgi || !ms->tgi->details || !ms->tgi->decoder_input_details ||
+                prompt_lps_setup(r)); /* prefill is part of the details */
     if (!ok) {
         request_release(r);
         return NULL;
@@ -2464,6 +2465,12 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
             }
             r->members[r->n_members++] = m;
         }
+    }
+    if (n_members > 1 && n_members > cfg->queue_limit) { /* never fits: no use retrying */
+        ret = send_error(c, ctx, 400, "n", "invalid_value",
+                         "the request asks for %d sequences; this server queues at most %d",
+                         n_members, cfg->queue_limit);
+        goto done;
     }
     if (atomic_fetch_add(&srv->n_waiting, n_members) + n_members > cfg->queue_limit) {
         atomic_fetch_sub(&srv->n_waiting, n_members);

@@ -39,6 +39,7 @@
 #define MAX_REQ 14
 #define TOKENS 24
 #define NEAR_TIE 0.25f
+#define MIN_STOP_ID 3
 
 typedef struct run_out {
     int32_t toks[MAX_REQ][TOKENS];
@@ -57,7 +58,8 @@ typedef struct run_out {
     bool lp[MAX_REQ];            /* the request asks for 2 logprobs on every device */
     qv_token_bias bias[MAX_REQ]; /* logit_bias of one id when n_bias[i] */
     int n_bias[MAX_REQ];
-    int min_tokens[MAX_REQ]; /* vLLM min_tokens (the model's EOS suppressed until then) */
+    int min_tokens[MAX_REQ]; /* vLLM min_tokens, with MIN_STOP_ID as a stop token id (the EOS
+                                ids end nothing here: ignore_eos) */
     qv_engine_stats stats;   /* the engine's, after the run */
 } run_out;
 
@@ -126,6 +128,9 @@ static void run_model(const char *device, const char *model, const qv_adapter *c
             gp.logit_bias = &o->bias[i];
             gp.n_logit_bias = o->n_bias[i];
             gp.min_tokens = o->min_tokens[i];
+            static const int32_t min_stop[1] = {MIN_STOP_ID};
+            gp.min_tokens_ids = min_stop;
+            gp.n_min_tokens_ids = o->min_tokens[i] ? 1 : 0;
             /* the CPU run reports the top two (near ties); the CUDA run: the device's argmax */
             gp.sampling.n_logprobs = strcmp(device, "cpu") == 0 || o->lp[i] ? 2 : 0;
             if (qv_engine_add(e, ids, (size_t)len, &gp, on_tok, o, &o->ids[i], &err) != QV_OK)

@@ -822,6 +822,9 @@ def run_queue_limit_test():
         h = expect_error(srv, "queue full", 429, "POST", "/v1/completions",
                          {"prompt": "x", "max_tokens": 2}, key=None)
         check(h.get("Retry-After") is not None, "429 carries Retry-After")
+        expect_error(srv, "more choices than the queue holds: 400, not a retry", 400, "POST",
+                     "/v1/completions", {"prompt": "x", "max_tokens": 2, "n": 2}, key=None,
+                     param="n")
     finally:
         rc = srv.stop()
     check(rc == 0, f"idle server exits 0 on SIGTERM ({rc})")
