@@ -376,7 +376,7 @@ static qv_status set_edits(const qv_engine *e, qv_sampler *smp, const qv_gen_par
     int32_t *sup = n_sup ? qv_malloc((size_t)n_sup * sizeof(*sup)) : NULL;
     if (n_sup && !sup) return qv_errorf(err, QV_ERR_NOMEM, "out of memory for min_tokens");
     if (n_sup) {
-        memcpy(sup, eog, (size_t)n_eog * sizeof(*sup));
+        if (n_eog) memcpy(sup, eog, (size_t)n_eog * sizeof(*sup));
         if (p->n_min_tokens_ids)
             memcpy(sup + n_eog, p->min_tokens_ids, (size_t)p->n_min_tokens_ids * sizeof(*sup));
     }
