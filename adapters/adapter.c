@@ -9,6 +9,7 @@
  * Thread: any; a load touches only its own context.
  */
 #include <ctype.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -429,6 +430,8 @@ static qv_status load_common(const char *config, size_t config_len, const qv_st_
         s = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
         goto done;
     }
+    static atomic_uint_least64_t next_uid = 1;
+    c.ad->uid = atomic_fetch_add(&next_uid, 1);
     if (base) {
         const qv_model_config *m = &base->cfg;
         c.ad->has_base = true;

@@ -156,6 +156,8 @@ typedef struct qv_adapter {
     char bn_scaling_mode[16]; /* "fixed", "learned" or "channel" */
 
     size_t n_bytes;     /* bytes of all weight arrays owned (F32 and 16-bit) */
+    uint64_t uid;       /* process-unique, never reused, from 1 for every loaded adapter (0: one
+                           built by hand); names its K/V in the engine's prefix reuse */
     bool has_base;      /* validated (and DoRA precomputed) against a base model */
     void **priv_allocs; /* internal: every array above, for qv_adapter_free */
     size_t priv_n, priv_cap;

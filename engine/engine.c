@@ -78,6 +78,10 @@ typedef struct qv_seq {
     int deferred;          /* steps its admission waited for its adapter to reach the device */
     int n_pre;             /* virtual positions before the prompt (prompt / prefix adapters) */
     int plp_next, plp_end; /* prompt_lp_cb: positions [plp_next, plp_end) still to report */
+    bool reuse;            /* its full pages go to / come from the prefix cache */
+    uint64_t reuse_ns;     /* their namespace: 0 (base) or its adapter's uid */
+    int n_reg;             /* pages [0, n_reg) registered (or adopted); -1: no more */
+    int n_cached;          /* prompt tokens taken from the prefix cache at first admission */
 } qv_seq;
 
 struct qv_engine {
@@ -93,7 +97,9 @@ struct qv_engine {
     uint64_t next_order, next_admit;
     uint64_t n_preemptions, n_recomputed; /* counters for qv_engine_get_stats */
     uint64_t n_deferrals;
-    uint64_t n_rows_host, n_rows_device; /* logits rows sampled on the host / picked on device */
+    uint64_t n_rows_host, n_rows_device;   /* logits rows sampled on the host / picked on device */
+    uint64_t n_prefix_query, n_prefix_hit; /* prompt tokens looked up / found in the prefix cache */
+    int32_t *match_pages;                  /* [usable pages] admission scratch */
     /* step scratch */
     int32_t *b_tokens, *b_pos, *b_seq, *b_logits_idx; /* [max_batch_tokens] */
     /* logits rows of a step: one per sequence, plus QV_PROMPT_LP_ROWS once a request wanted
@@ -140,7 +146,7 @@ static int usable_pages(const qv_engine *e) {
 }
 int qv_engine_kv_pages(const qv_engine *e) { return usable_pages(e); }
 int qv_engine_kv_page_size(const qv_engine *e) { return e->kv->pool.page_size; }
-int qv_engine_kv_free_pages(const qv_engine *e) { return e->kv->n_free; }
+int qv_engine_kv_free_pages(const qv_engine *e) { return qv_kv_available(e->kv); }
 int qv_engine_kv_elem_bytes(const qv_engine *e) { return e->kv->pool.elem_bytes; }
 
 qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_error *err) {
@@ -220,6 +226,13 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     if ((st = qv_forward_create(e->model, e->be, e->kv, c->max_batch_tokens, &e->fwd, err)) !=
         QV_OK)
         goto fail;
+    if (!c->no_prefix_cache) { /* after the forward pass took its padding page, if any */
+        if ((st = qv_kv_reuse_enable(e->kv, err)) != QV_OK) goto fail;
+        if (!(e->match_pages = qv_malloc((size_t)n_pages * sizeof(int32_t)))) {
+            st = qv_errorf(err, QV_ERR_NOMEM, "engine: out of memory");
+            goto fail;
+        }
+    }
     /* device backends: the adapter pool is one allocation made now, not on a request */
     const size_t host_bytes = c->adapter_pinned_bytes == 0          ? SIZE_MAX
                               : c->adapter_pinned_bytes == SIZE_MAX ? 0
@@ -292,6 +305,7 @@ void qv_engine_destroy(qv_engine *e) {
             if (e->seqs[i].used) seq_free(e, &e->seqs[i]);
     if (e->kv) qv_adapter_prefix_cache_free(e->prefix_cache, e->kv);
     qv_free(e->seqs);
+    qv_free(e->match_pages);
     qv_forward_destroy(e->fwd);
     qv_kv_cache_destroy(e->kv);
     if (e->be) e->be->iface->destroy(e->be);
@@ -465,6 +479,12 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     s->plp_next = n_pre;
     s->plp_end = p->prompt_lp_cb ? s->n_prompt - 1 : n_pre;
     s->p = *p;
+    /* K/V are a function of the tokens, positions and adapter: reusable across sequences of
+     * the same adapter version (uid, never reused), except prefix tuning's attached pages and
+     * hand-built adapters (uid 0) */
+    s->reuse = e->match_pages && (!ad || (ad->uid != 0 && ad->kind != QV_ADAPTER_PREFIX_TUNING));
+    s->reuse_ns = ad ? ad->uid : 0;
+    s->n_reg = -1;
     s->p.logit_bias = NULL; /* copied into the sampler */
     s->p.min_tokens_ids = NULL;
     s->cb = cb;
@@ -501,6 +521,15 @@ enum qv_seq_state qv_engine_seq_state(const qv_engine *e, int seq_id) {
     return QV_SEQ_UNKNOWN;
 }
 
+int qv_engine_seq_cached_tokens(const qv_engine *e, int seq_id) {
+    for (int i = 0; i < e->cfg.max_seqs; i++)
+        if (e->seqs[i].used && e->seqs[i].id == seq_id)
+            return QV_MAX(0, e->seqs[i].n_cached - e->seqs[i].n_pre);
+    return 0;
+}
+
+int qv_engine_prefix_cache_reset(qv_engine *e) { return qv_kv_reuse_clear(e->kv); }
+
 void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
     memset(out, 0, sizeof(*out));
     out->preemptions = e->n_preemptions;
@@ -515,7 +544,12 @@ void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
         out->n_waiting_preempted += s->preempted;
     }
     out->kv_pages = usable_pages(e);
-    out->kv_free_pages = e->kv->n_free;
+    out->kv_free_pages = qv_kv_available(e->kv);
+    out->kv_cached_pages = e->kv->n_registered;
+    out->kv_evictable_pages = e->kv->n_evictable;
+    out->prefix_query_tokens = e->n_prefix_query;
+    out->prefix_hit_tokens = e->n_prefix_hit;
+    out->prefix_evictions = e->kv->n_evicted;
     qv_forward_adapter_stats fs;
     qv_forward_adapter_stats_get(e->fwd, &fs);
     out->dev_adapters_resident = fs.resident;
@@ -588,7 +622,7 @@ static void preempt(qv_engine *e, qv_seq *s) {
     s->preempted = true;
     e->n_preemptions++;
     QV_LOGD("engine: preempted sequence %d (%d tokens kept for recompute, %d KV pages free)", s->id,
-            s->n_tokens, e->kv->n_free);
+            s->n_tokens, qv_kv_available(e->kv));
 }
 
 /* Device adapter pool room for s beside the running sequences: the distinct adapters of a step
@@ -618,11 +652,34 @@ static bool adapter_room(const qv_engine *e, const qv_seq *s) {
  * a device backend, its adapter has pool room (adapter_room), and reserves them. Returns
  * QV_ERR_BUSY (nothing held) when they do not fit. */
 static qv_status admit(qv_engine *e, qv_seq *s, bool others_run, qv_error *err) {
+    /* Full pages of its prefix found in the prefix cache are adopted, not computed: all but the
+     * last token (its logits are needed) and none at or after its first prompt-logprob row. An
+     * adopted page held by nobody else stops being evictable, so it counts against the pages
+     * available. */
+    int n_match = 0, n_match_ev = 0;
+    if (s->reuse) {
+        const int ps = e->kv->pool.page_size;
+        int limit = s->n_tokens - 1;
+        if (s->plp_end > s->plp_next) limit = QV_MIN(limit, s->plp_next);
+        n_match = qv_kv_reuse_match(e->kv, s->reuse_ns, s->tokens, limit, limit / ps,
+                                    e->match_pages, &n_match_ev);
+    }
     /* Counts the shared prefix pages as new even when the adapter's entry holds them already:
      * an over-estimate by at most n_virtual / page_size pages, exact when nothing runs. */
-    int need = pages_for(e, s->n_tokens) + (others_run ? QV_ADMIT_HEADROOM_PAGES : 0);
-    if (need > e->kv->n_free) return QV_ERR_BUSY;
+    int need = pages_for(e, s->n_tokens) - n_match + (others_run ? QV_ADMIT_HEADROOM_PAGES : 0);
+    if (need > qv_kv_available(e->kv) - n_match_ev) return QV_ERR_BUSY;
     if (!adapter_room(e, s)) return QV_ERR_BUSY;
+    if (n_match > 0) {
+        if (qv_kv_seq_adopt(e->kv, &s->kv, e->match_pages, n_match) != QV_OK)
+            return qv_errorf(err, QV_ERR_NOMEM, "engine: out of memory");
+        s->n_done = n_match * e->kv->pool.page_size;
+    }
+    if (!s->preempted) {
+        s->n_cached = s->n_done;
+        e->n_prefix_query += (uint64_t)s->n_prompt;
+        e->n_prefix_hit += (uint64_t)s->n_done;
+    }
+    s->n_reg = s->reuse ? n_match : -1;
     const qv_adapter *ad = s->p.adapter;
     if (ad && ad->kind == QV_ADAPTER_PREFIX_TUNING) { /* prefix K/V fill positions 0..nvt-1 */
         qv_status st = qv_adapter_prefix_attach(&e->prefix_cache, e->be, e->kv, &s->kv, ad, err);
@@ -695,7 +752,7 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
     for (int k = 0; k < n_run && budget > 0; k++) {
         qv_seq *s = &e->seqs[e->run_idx[k]];
         if (!s->started || !is_decode(s)) continue;
-        while (qv_kv_seq_pages_needed(e->kv, &s->kv, s->n_done + 1) > e->kv->n_free) {
+        while (qv_kv_seq_pages_needed(e->kv, &s->kv, s->n_done + 1) > qv_kv_available(e->kv)) {
             int j = n_run - 1;
             while (!e->seqs[e->run_idx[j]].started)
                 j--;
@@ -858,6 +915,11 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         qv_seq *s = e->b_owner[e->b_seq[i]];
         s->n_done++;
         e->n_recomputed += e->b_pos[i] < s->recompute_end;
+    }
+    for (int bs = 0; bs < n_bs; bs++) { /* pages just completed go to the prefix cache */
+        qv_seq *s = e->b_owner[bs];
+        if (s->n_reg >= 0)
+            qv_kv_reuse_register(e->kv, &s->kv, s->reuse_ns, s->tokens, s->n_done, &s->n_reg);
     }
     for (int li = 0; li < n_logits; li++) {
         qv_seq *s = e->b_owner[e->b_seq[e->b_logits_idx[li]]];

@@ -49,6 +49,8 @@ typedef struct qv_engine_config {
     bool host_sampling;          /* device backends: sample every non-greedy row on the host
                                     (copying its logits) instead of on the device; the tokens
                                     are the same (docs/sampling.md); for tests and comparison */
+    bool no_prefix_cache;        /* do not keep the K/V pages of finished prefixes for reuse
+                                    (prefix caching is on by default; docs/scheduling.md) */
 } qv_engine_config;
 
 void qv_engine_config_default(qv_engine_config *c);
@@ -170,6 +172,13 @@ enum qv_seq_state {
 };
 /* State of sequence seq_id. Thread: the engine's thread. */
 enum qv_seq_state qv_engine_seq_state(const qv_engine *e, int seq_id);
+/* Tokens of sequence seq_id's prompt (as given to qv_engine_add: an adapter's virtual tokens
+ * are not counted) whose K/V came from the prefix cache at its first admission; 0 before
+ * admission and for unknown ids. Thread: the engine's thread. */
+int qv_engine_seq_cached_tokens(const qv_engine *e, int seq_id);
+/* Empties the prefix cache of pages no sequence holds; returns how many pages were freed.
+ * Thread: the engine's thread. */
+int qv_engine_prefix_cache_reset(qv_engine *e);
 
 /* Scheduler counters and gauges (for /metrics). */
 typedef struct qv_engine_stats {
@@ -179,7 +188,12 @@ typedef struct qv_engine_stats {
     int n_waiting;              /* added, not admitted (new or preempted) */
     int n_waiting_preempted;    /* of n_waiting, preempted ones (qv_engine_add is BUSY then) */
     int kv_pages;               /* pages in the KV cache */
-    int kv_free_pages;          /* of which free */
+    int kv_free_pages;          /* of which free or held only by the prefix cache (evictable) */
+    int kv_cached_pages;        /* pages registered in the prefix cache (in use or evictable) */
+    int kv_evictable_pages;     /* of which held by no sequence */
+    uint64_t prefix_query_tokens; /* prompt tokens (virtual ones included) of admitted sequences */
+    uint64_t prefix_hit_tokens;   /* of which taken from the prefix cache, not computed */
+    uint64_t prefix_evictions;    /* cached pages evicted to make room */
     /* device adapter pool (CUDA backend; all 0 on the CPU and before its first adapter) */
     int dev_adapters_resident;       /* adapter versions on the device now */
     uint64_t dev_adapter_loads;      /* uploads started (steps and prefetches) */

@@ -579,9 +579,12 @@ static cJSON *add_text(cJSON *obj, const char *name, const char *text, size_t le
 
 static bool add_usage(cJSON *obj, const qv_proto_result *r) {
     cJSON *u = cJSON_AddObjectToObject(obj, "usage");
+    cJSON *d = NULL;
     return u && cJSON_AddNumberToObject(u, "prompt_tokens", r->prompt_tokens) &&
            cJSON_AddNumberToObject(u, "completion_tokens", r->completion_tokens) &&
-           cJSON_AddNumberToObject(u, "total_tokens", r->prompt_tokens + r->completion_tokens);
+           cJSON_AddNumberToObject(u, "total_tokens", r->prompt_tokens + r->completion_tokens) &&
+           (d = cJSON_AddObjectToObject(u, "prompt_tokens_details")) &&
+           cJSON_AddNumberToObject(d, "cached_tokens", r->cached_tokens);
 }
 
 static cJSON *bytes_array(const char *s) {

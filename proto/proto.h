@@ -164,6 +164,7 @@ typedef struct qv_proto_result {
     size_t text_offset; /* completions chunk: byte offset of text in the whole completion */
     bool usage;         /* emit usage */
     int prompt_tokens, completion_tokens;
+    int cached_tokens; /* usage.prompt_tokens_details.cached_tokens (prefix cache) */
 } qv_proto_result;
 
 /* Whole non-streamed response: "text_completion" or "chat.completion". */

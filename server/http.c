@@ -85,6 +85,7 @@ typedef struct request {
     bool counted_done;  /* [lead mu] counted in its lead's n_done_members */
     int n_done_members; /* [lead mu] lead: members done (the tenant place goes with the last) */
     int usage_prompt;   /* lead: prompt tokens of the request (each prompt of a batch once) */
+    bool first_choice;  /* choice 0 of its prompt (its cached tokens count in the usage) */
     /* immutable once queued */
     char id[64];
     char *model_echo;
@@ -128,6 +129,7 @@ typedef struct request {
     qv_proto_logprob *lps;
     size_t n_lps, cap_lps;
     int n_gen;
+    int cached;         /* prompt tokens from the engine's prefix cache (-1: not known yet) */
     const char *finish; /* "stop" / "length" once done */
     bool done, admitted, suspended;
     bool tenant_counted; /* holds an in-flight place of its tenant (until done or freed) */
@@ -491,6 +493,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     if (finish != QV_FINISH_NONE) r->in_engine = false;
     req_lock(r);
     bool done = r->done;
+    if (r->cached < 0) r->cached = qv_engine_seq_cached_tokens(srv->engine, seq_id);
     req_unlock(r);
     if (done || r->stop_hit) return;
     if (r->echo_only) { /* max_tokens 0: the prompt's echo and logprobs were all it wanted */
@@ -577,6 +580,12 @@ static void update_gauges(server *srv) {
     qv_metrics_gauges(srv->metrics, atomic_load(&srv->n_waiting) + es.n_waiting, es.n_running,
                       es.kv_pages - es.kv_free_pages, es.kv_pages);
     qv_metrics_scheduler(srv->metrics, es.preemptions, es.recomputed_tokens);
+    qv_metrics_prefix(srv->metrics,
+                      &(qv_metrics_prefix_cache){.query_tokens = es.prefix_query_tokens,
+                                                 .hit_tokens = es.prefix_hit_tokens,
+                                                 .evictions = es.prefix_evictions,
+                                                 .pages = es.kv_cached_pages,
+                                                 .evictable_pages = es.kv_evictable_pages});
     qv_metrics_graphs(srv->metrics, es.graph_captures, es.graph_replays, es.graph_eager_steps,
                       es.graph_mismatches, es.graph_capture_s);
     qv_metrics_sampling(srv->metrics, es.logits_rows_host, es.logits_rows_device);
@@ -1675,6 +1684,17 @@ static bool group_done(request *l) {
     return true;
 }
 
+/* Prompt tokens of the group taken from the prefix cache (usage.prompt_tokens_details): each
+ * prompt's first choice. Caller holds its mutex. */
+static int group_cached(request *l) {
+    int n = 0;
+    for (int i = 0; i < n_choices(l); i++) {
+        const request *m = choice_at(l, i);
+        if (m->first_choice && m->cached > 0) n += m->cached;
+    }
+    return n;
+}
+
 /* Generated tokens over the group (usage.completion_tokens). Caller holds its mutex. */
 static int group_generated(request *l) {
     int n = 0;
@@ -1749,6 +1769,7 @@ static bool next_frame(request *l) {
                                .created = l->created,
                                .usage = true,
                                .prompt_tokens = l->usage_prompt,
+                               .cached_tokens = group_cached(l),
                                .completion_tokens = group_generated(l)};
         return set_frame(l, qv_proto_encode_chunk(&res, false));
     }
@@ -1850,6 +1871,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
                                        .n_lps = m->n_lps,
                                        .usage = true,
                                        .prompt_tokens = r->usage_prompt,
+                                       .cached_tokens = group_cached(r),
                                        .completion_tokens = group_generated(r)};
         }
         char *json = qv_proto_encode_response_choices(res, (size_t)n);
@@ -2176,6 +2198,8 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     r->refs = 1;
     r->srv = srv;
     r->index = index;
+    r->first_choice = j == 0;
+    r->cached = -1;
     r->seq_id = -1;
     r->endpoint = ms->ep;
     r->stream = pr->stream;
@@ -3466,6 +3490,7 @@ int qv_http_serve(const qv_http_config *cfg) {
         cfg->n_threads > 0 ? cfg->n_threads : qv_cpus_available(threads_why, sizeof threads_why);
     ec.n_threads = n_threads;
     ec.kv_bytes = cfg->kv_mb << 20;
+    ec.no_prefix_cache = cfg->prefix_cache == 0;
     ec.max_batch_tokens = cfg->max_batch_tokens;
     ec.max_seqs = cfg->max_seqs;
     ec.device = cfg->device;
@@ -3561,15 +3586,16 @@ int qv_http_serve(const qv_http_config *cfg) {
                   m->cfg.n_layers, m->cfg.dim, m->cfg.n_vocab, m->cfg.max_pos);
     qv_log_tagged(
         QV_LOG_INFO, "serve",
-        "budgets: kv %zu MiB = %d pages x %d tokens (%s), max-batch-tokens %d, "
+        "budgets: kv %zu MiB = %d pages x %d tokens (%s, prefix cache %s), max-batch-tokens %d, "
         "max-seqs %d, max-loras %d, threads %d (%s), http-threads %d, max-body-bytes %zu, "
         "max-prompt-tokens %d, "
         "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s",
         cfg->kv_mb, qv_engine_kv_pages(srv->engine), qv_engine_kv_page_size(srv->engine),
-        qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32", cfg->max_batch_tokens,
-        cfg->max_seqs, cfg->max_loras, n_threads, threads_why, cfg->http_threads,
-        cfg->max_body_bytes, cfg->max_prompt_tokens, cfg->max_tokens_limit, cfg->queue_limit,
-        cfg->drain_timeout_s, (cfg->api_key && *cfg->api_key) || srv->kr ? "required" : "off");
+        qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32",
+        cfg->prefix_cache ? "on" : "off", cfg->max_batch_tokens, cfg->max_seqs, cfg->max_loras,
+        n_threads, threads_why, cfg->http_threads, cfg->max_body_bytes, cfg->max_prompt_tokens,
+        cfg->max_tokens_limit, cfg->queue_limit, cfg->drain_timeout_s,
+        (cfg->api_key && *cfg->api_key) || srv->kr ? "required" : "off");
     qv_engine_stats es0;
     qv_engine_get_stats(srv->engine, &es0);
     if (es0.dev_adapter_pool_bytes)

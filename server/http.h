@@ -19,6 +19,7 @@ typedef struct qv_http_config {
     int n_threads;             /* engine CPU threads; 0 = all cores */
     int http_threads;          /* libmicrohttpd polling threads */
     size_t kv_mb;              /* KV cache budget in MiB */
+    int prefix_cache;          /* 1: the engine's prefix cache is on (0: off) */
     size_t adapter_pool_mb;    /* --device cuda: device adapter pool in MiB; 0 = the engine's
                                   default (512 MiB, at most a quarter of the free memory) */
     const char *kv_dtype;      /* --device cuda: "bf16" (NULL, the default) or "f32" K/V pages */

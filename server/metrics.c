@@ -43,6 +43,7 @@ struct qv_metrics {
     histogram ttft, tpot, e2e;
     int queue_depth, running, kv_used, kv_total;
     unsigned long long preemptions, recomputed_tokens;
+    qv_metrics_prefix_cache pc;
     unsigned long long g_captures, g_replays, g_eager, g_refused;
     unsigned long long rows_host, rows_device; /* sampled tokens by where their row was used */
     double g_capture_s;
@@ -110,6 +111,12 @@ void qv_metrics_scheduler(qv_metrics *m, unsigned long long preemptions,
     pthread_mutex_lock(&m->mu);
     m->preemptions = preemptions;
     m->recomputed_tokens = recomputed_tokens;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_prefix(qv_metrics *m, const qv_metrics_prefix_cache *pc) {
+    pthread_mutex_lock(&m->mu);
+    m->pc = *pc;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -354,6 +361,24 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# HELP quiver_recomputed_tokens_total Tokens computed again after preemptions.\n"
         "# TYPE quiver_recomputed_tokens_total counter\nquiver_recomputed_tokens_total %llu\n",
         m->preemptions, m->recomputed_tokens);
+    put(&b,
+        "# HELP quiver_prefix_cache_query_tokens_total Prompt tokens looked up in the prefix "
+        "cache at admission.\n"
+        "# TYPE quiver_prefix_cache_query_tokens_total counter\n"
+        "quiver_prefix_cache_query_tokens_total %llu\n"
+        "# HELP quiver_prefix_cache_hit_tokens_total Prompt tokens whose K/V came from the prefix "
+        "cache (not computed).\n"
+        "# TYPE quiver_prefix_cache_hit_tokens_total counter\n"
+        "quiver_prefix_cache_hit_tokens_total %llu\n"
+        "# HELP quiver_prefix_cache_pages KV pages held by the prefix cache (state=evictable: "
+        "used by no sequence).\n"
+        "# TYPE quiver_prefix_cache_pages gauge\n"
+        "quiver_prefix_cache_pages{state=\"all\"} %d\n"
+        "quiver_prefix_cache_pages{state=\"evictable\"} %d\n"
+        "# HELP quiver_prefix_cache_evictions_total Prefix cache pages evicted to make room.\n"
+        "# TYPE quiver_prefix_cache_evictions_total counter\n"
+        "quiver_prefix_cache_evictions_total %llu\n",
+        m->pc.query_tokens, m->pc.hit_tokens, m->pc.pages, m->pc.evictable_pages, m->pc.evictions);
     put(&b,
         "# HELP quiver_cuda_graph_steps_total Forward steps per CUDA-graph mode (0 on the CPU).\n"
         "# TYPE quiver_cuda_graph_steps_total counter\n"

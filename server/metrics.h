@@ -35,6 +35,12 @@ void qv_metrics_sampling(qv_metrics *m, unsigned long long rows_host,
 void qv_metrics_graphs(qv_metrics *m, unsigned long long captures, unsigned long long replays,
                        unsigned long long eager, unsigned long long refused, double capture_s);
 
+/* The engine's prefix cache (qv_engine_stats prefix_* and kv_cached/evictable_pages). */
+typedef struct qv_metrics_prefix_cache {
+    unsigned long long query_tokens, hit_tokens, evictions;
+    int pages, evictable_pages;
+} qv_metrics_prefix_cache;
+void qv_metrics_prefix(qv_metrics *m, const qv_metrics_prefix_cache *pc);
 void qv_metrics_scheduler(qv_metrics *m, unsigned long long preemptions,
                           unsigned long long recomputed_tokens);
 

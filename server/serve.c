@@ -24,6 +24,8 @@ static void usage(FILE *f) {
                "                           within a cgroup CPU limit)\n"
                "  --http-threads N         HTTP polling threads (default 2)\n"
                "  --kv-mb N                KV cache budget in MiB (default 256)\n"
+               "  --prefix-cache 0|1       keep computed prompt-prefix K/V pages for reuse by\n"
+               "                           later requests of the same adapter (default 1)\n"
                "  --max-batch-tokens N     tokens per engine step (default 256)\n"
                "  --max-seqs N             concurrently running sequences (default 64)\n"
                "  --max-loras N            distinct adapters in one batch, 0 = any (default 0)\n"
@@ -130,6 +132,7 @@ static const opt_def opts[] = {
     {"--drain-timeout-s", "QUIVER_DRAIN_TIMEOUT_S", 0, 86400, 3, OFF(drain_timeout_s)},
     {"--device", "QUIVER_DEVICE", 0, 0, 2, OFF(device)},
     {"--kv-dtype", "QUIVER_KV_DTYPE", 0, 0, 2, OFF(kv_dtype)},
+    {"--prefix-cache", "QUIVER_PREFIX_CACHE", 0, 1, 0, OFF(prefix_cache)},
     {"--adapter-store", "QUIVER_ADAPTER_STORE", 0, 0, 2, OFF(adapter_store)},
     {"--adapter-host-mb", "QUIVER_ADAPTER_HOST_MB", 1, 1 << 24, 1, OFF(adapter_host_mb)},
     {"--adapter-pool-mb", "QUIVER_ADAPTER_POOL_MB", 0, 1 << 24, 1, OFF(adapter_pool_mb)},
@@ -189,6 +192,7 @@ int qv_cli_serve(int argc, char **argv) {
         .port = 8000,
         .http_threads = 2,
         .kv_mb = 256,
+        .prefix_cache = 1,
         .max_batch_tokens = 256,
         .max_seqs = 64,
         .max_body_bytes = 1 << 20,

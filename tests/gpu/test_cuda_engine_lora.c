@@ -60,6 +60,7 @@ typedef struct run_out {
     int n_bias[MAX_REQ];
     int min_tokens[MAX_REQ]; /* vLLM min_tokens, with MIN_STOP_ID as a stop token id (the EOS
                                 ids end nothing here: ignore_eos) */
+    int prompt_as[MAX_REQ];  /* k > 0: request i sends request k - 1's prompt (0: its own) */
     qv_engine_stats stats;   /* the engine's, after the run */
 } run_out;
 
@@ -119,9 +120,10 @@ static void run_model(const char *device, const char *model, const qv_adapter *c
         for (int i = 0; i < n; i++) {
             if (o->ids[i] >= 0 || o->arrive[i] > o->step) continue;
             int32_t ids[3 + 4 * MAX_REQ];
-            const int len = 3 + 4 * i;
+            const int pi = o->prompt_as[i] ? o->prompt_as[i] - 1 : i;
+            const int len = 3 + 4 * pi;
             for (int t = 0; t < len; t++)
-                ids[t] = (int32_t)((t * 31 + i * 17 + 7) % 250);
+                ids[t] = (int32_t)((t * 31 + pi * 17 + 7) % 250);
             gp.adapter = ads[i];
             gp.sampling.temperature = o->temp[i];
             gp.sampling.seed = 7;
@@ -560,6 +562,39 @@ static void test_engine_logit_edits(void **state) {
     compare("logit_bias and min_tokens on cuda", &cpu, &cu);
 }
 
+/* The prefix cache on the engine's CUDA path: requests arriving after others with the same
+ * prompt and adapter (base, LoRA) adopt their cached full KV pages (all but the page of the last
+ * prompt token: 12 of 15 tokens, 20 of 23) and answer as the CPU engine does. */
+static void test_engine_prefix_cache(void **state) {
+    (void)state;
+    qv_engine *probe = open_engine("cpu");
+    qv_adapter *lora = load_fixture(qv_engine_model(probe), "lora_qv_r4");
+    const qv_adapter *ads[4] = {NULL, NULL, lora, lora};
+    static run_out cpu, cu;
+    memset(&cpu, 0, sizeof(cpu));
+    memset(&cu, 0, sizeof(cu));
+    static const int prompt_as[4] = {4, 4, 6, 6}; /* prompts of 15 and 23 tokens */
+    for (int i = 0; i < 4; i++) {
+        cpu.prompt_as[i] = cu.prompt_as[i] = prompt_as[i];
+        cpu.arrive[i] = cu.arrive[i] = i % 2 ? 60 : 0; /* the repeats come after the first */
+    }
+    run_requests("cpu", ads, 4, &cpu);
+    assert_int_equal(cpu.stats.prefix_hit_tokens, 12 + 20);
+    for (int t = 0; t < TOKENS; t++) { /* on the CPU, bitwise the same answer */
+        assert_int_equal(cpu.toks[1][t], cpu.toks[0][t]);
+        assert_int_equal(cpu.toks[3][t], cpu.toks[2][t]);
+    }
+    gpu_require_device();
+    run_requests("cuda", ads, 4, &cu);
+    printf("cuda engine: %llu of %llu prompt tokens from the prefix cache\n",
+           (unsigned long long)cu.stats.prefix_hit_tokens,
+           (unsigned long long)cu.stats.prefix_query_tokens);
+    assert_int_equal(cu.stats.prefix_hit_tokens, 12 + 20);
+    compare("prefix cache on cuda", &cpu, &cu);
+    qv_adapter_free(lora);
+    qv_engine_destroy(probe);
+}
+
 typedef struct plp_out {
     float lp[64];
     int32_t tok[64];
@@ -691,6 +726,7 @@ int main(void) {
         cmocka_unit_test(test_engine_device_sampling),
         cmocka_unit_test(test_engine_logit_edits),
         cmocka_unit_test(test_engine_prompt_logprobs),
+        cmocka_unit_test(test_engine_prefix_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

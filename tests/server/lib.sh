@@ -30,11 +30,13 @@ qv_venv() {
 qv_serve() {
     local log=$1
     shift
+    # the log exists before the child opens it: a sed racing the fork would fail (set -e)
+    : >"$log"
     "$quiver" serve "$@" 2>"$log" &
     pid=$!
     port=
     for _ in $(seq 1 600); do
-        port=$(sed -n 's/.*listening on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' "$log")
+        port=$(sed -n 's/.*listening on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' "$log" 2>/dev/null || true)
         [[ -n $port ]] && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.2

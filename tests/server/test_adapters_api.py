@@ -425,6 +425,7 @@ def run(store, servers):
     st, r = complete(srv, base, g[0], g[2])
     check(st == 200 and text_of(r) == base_text, "base still served after a load failure")
     run_admin_tests(srv, store, fix, demo, solo, base)
+    run_prefix_cache_test(srv, demo, solo)
     log = "".join(srv.lines)
     check("adapter=pirate status=200" in log and "adapter=lora-r8-all status=200" in log,
           "request log lines carry the adapter name")
@@ -581,6 +582,36 @@ def run(store, servers):
         got = r.stdout[:-1] if r.stdout.endswith("\n") else r.stdout
         check(r.returncode == 0 and got == solo[(name, 0)],
               f"quiver chat --adapter {name} (store name) equals the server: {got!r}")
+
+
+def cached_of(resp):
+    return ((resp.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+
+
+def run_prefix_cache_test(srv, demo, solo):
+    """The prefix cache is keyed by the loaded adapter version: 'swap' uploaded with pirate's
+    files is pirate's version (the store is content-addressed), so it reuses the K/V pirate
+    computed for the same chat and answers as pirate; after a PUT of other weights under the
+    same name nothing of the old version is reused (no stale K/V) and the answer is the new
+    weights'."""
+    (pname, pdir, pprompts), (sname, sdir, _) = demo
+    user = pprompts[0][0]
+    st, data = upload(srv, "POST", "/v1/adapters", {"name": "swap"}, adapter_files(pdir))
+    check(st == 201, f"upload 'swap' ({pname}'s files): {st}")
+    (st1, r1), (st2, r2) = chat(srv, "swap", user), chat(srv, "swap", user)
+    check(st1 == st2 == 200 and text_of(r1) == text_of(r2) == solo[(pname, 0)] and
+          cached_of(r1) >= 16 and cached_of(r2) == cached_of(r1),
+          f"'swap' = {pname}'s version: its answer, with {pname}'s cached K/V "
+          f"(cached_tokens {cached_of(r1)}, {cached_of(r2)})")
+    st, data = upload(srv, "PUT", "/v1/adapters/swap", {}, adapter_files(sdir))
+    check(st == 200, f"PUT 'swap' with {sname}'s files: {st}")
+    st, r = chat(srv, "swap", user)
+    st_s, r_s = chat(srv, sname, user)
+    check(st == st_s == 200 and cached_of(r) == 0 and text_of(r) == text_of(r_s) and
+          text_of(r) != solo[(pname, 0)],
+          f"after the PUT: nothing reused ({cached_of(r)}), {sname}'s answer {text_of(r)[:40]!r}")
+    st, _, _ = srv.raw("DELETE", "/v1/adapters/swap", key=ADMIN)
+    check(st == 200, f"DELETE 'swap': {st}")
 
 
 def run_admin_tests(srv, store, fix, demo, solo, base):

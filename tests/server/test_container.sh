@@ -96,12 +96,13 @@ done
 echo "image environment (mapped): ${run_env[*]:2}${user:+ as uid 65534}"
 
 start() { # $1 = log; the image's command line, with a preloaded demo adapter
+    : >"$1"
     "${run_env[@]}" "${user[@]}" "$quiver" "${img_cmd[@]}" \
         --preload "pirate=$home/demo-adapters/pirate" 2>"$1" &
     pid=$!
     port=
     for _ in $(seq 1 300); do
-        port=$(sed -n 's/.*listening on http:\/\/0\.0\.0\.0:\([0-9]*\).*/\1/p' "$1")
+        port=$(sed -n 's/.*listening on http:\/\/0\.0\.0\.0:\([0-9]*\).*/\1/p' "$1" 2>/dev/null || true)
         [[ -n $port ]] && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.2
@@ -160,7 +161,7 @@ serve_in_cgroup() {
         sh "$quiver" serve --model "$model" --port 0 --adapter-store "$tmp/store-$ctl" "$@" 2>"$log" &
     pid=$!
     for _ in $(seq 1 300); do
-        grep -q 'listening on' "$log" && break
+        grep -qs 'listening on' "$log" && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.2
     done

@@ -185,6 +185,7 @@ def main():
         run_edit_tests(srv)
         run_echo_tests(srv)
         run_choice_tests(srv)
+        run_prefix_cache_tests(srv)
         run_disconnect_test(srv)
         run_concurrency_test(srv)
         run_drain_test(srv)
@@ -633,6 +634,56 @@ def run_echo_tests(srv):
                  param="echo")
     expect_error(srv, "echo not a boolean", 400, "POST", "/v1/completions",
                  dict(good, echo="yes"), param="echo")
+
+
+def cached_tokens(usage):
+    d = usage.prompt_tokens_details
+    return None if d is None else d.cached_tokens
+
+
+def run_prefix_cache_tests(srv, off=False):
+    """The prefix cache: a repeated prompt takes its full KV pages (16 tokens each, all but the
+    page of the last prompt token) from the cache, says so in usage.prompt_tokens_details
+    (read through the openai client, streamed usage too) and in /metrics, and answers exactly
+    as the first time (text and logprobs). Then the same against a --prefix-cache 0 server."""
+    client = srv.client()
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+    prompt = "Prefix cache check: " + " ".join(f"item {i}," for i in range(30))
+    kw = dict(model=base, prompt=prompt, max_tokens=8, temperature=0, logprobs=3)
+    m0 = srv.metrics()
+    a = client.completions.create(**kw)
+    b = client.completions.create(**kw)
+    s_usage, s_text = None, ""
+    for chunk in client.completions.create(stream=True, stream_options={"include_usage": True},
+                                           **kw):
+        if chunk.usage:
+            s_usage = chunk.usage
+        for c in chunk.choices:
+            s_text += c.text
+    n_p = a.usage.prompt_tokens
+    want = 0 if off else (n_p - 1) // 16 * 16
+    tag = "--prefix-cache 0" if off else "prefix cache"
+    check(cached_tokens(a.usage) == 0 and cached_tokens(b.usage) == want and want >= 16 - off * 16
+          and s_usage is not None and cached_tokens(s_usage) == want,
+          f"{tag}: cached_tokens 0, then {want} of {n_p}, streamed too "
+          f"({[cached_tokens(u) if u else None for u in (a.usage, b.usage, s_usage)]})")
+    check(b.choices[0].text == a.choices[0].text == s_text and
+          b.choices[0].logprobs.token_logprobs == a.choices[0].logprobs.token_logprobs and
+          b.choices[0].logprobs.top_logprobs == a.choices[0].logprobs.top_logprobs,
+          f"{tag}: the repeat answers exactly as the first run ({b.choices[0].text!r})")
+    m1 = srv.metrics()
+    hits = m1["quiver_prefix_cache_hit_tokens_total"] - m0["quiver_prefix_cache_hit_tokens_total"]
+    queries = (m1["quiver_prefix_cache_query_tokens_total"] -
+               m0["quiver_prefix_cache_query_tokens_total"])
+    check(hits == 2 * want and queries == 3 * n_p and
+          (m1['quiver_prefix_cache_pages{state="all"}'] == 0) == off,
+          f"{tag}: /metrics counts {hits:.0f} hit tokens of {queries:.0f} looked up")
+    if not off:
+        srv_off = Server("--api-key", KEY, "--prefix-cache", "0")
+        try:
+            run_prefix_cache_tests(srv_off, off=True)
+        finally:
+            srv_off.stop()
 
 
 def run_choice_tests(srv):

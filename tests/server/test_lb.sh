@@ -28,7 +28,7 @@ chmod 755 "$tmp"
 pids=()
 ngx_pid=
 cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}" ${pid:-}; do kill -9 "$p" 2>/dev/null || true; done
     if [[ -n $ngx_pid ]]; then kill "$ngx_pid" 2>/dev/null || true; fi
     rm -rf "$tmp"
 }
