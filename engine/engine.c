@@ -99,7 +99,8 @@ struct qv_engine {
     uint64_t n_deferrals;
     uint64_t n_rows_host, n_rows_device;   /* logits rows sampled on the host / picked on device */
     uint64_t n_prefix_query, n_prefix_hit; /* prompt tokens looked up / found in the prefix cache */
-    int32_t *match_pages;                  /* [usable pages] admission scratch */
+    uint64_t n_prefix_waits; /* admissions put off (per sequence and step) for a shared prefix */
+    int32_t *match_pages;    /* [usable pages] admission scratch */
     /* step scratch */
     int32_t *b_tokens, *b_pos, *b_seq, *b_logits_idx; /* [max_batch_tokens] */
     /* logits rows of a step: one per sequence, plus QV_PROMPT_LP_ROWS once a request wanted
@@ -550,6 +551,7 @@ void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
     out->prefix_query_tokens = e->n_prefix_query;
     out->prefix_hit_tokens = e->n_prefix_hit;
     out->prefix_evictions = e->kv->n_evicted;
+    out->prefix_waits = e->n_prefix_waits;
     qv_forward_adapter_stats fs;
     qv_forward_adapter_stats_get(e->fwd, &fs);
     out->dev_adapters_resident = fs.resident;
@@ -648,6 +650,35 @@ static bool adapter_room(const qv_engine *e, const qv_seq *s) {
     return others == 0 || held <= e->ad_pool_bytes / 2;
 }
 
+/* The prefix s would adopt at admission: the cache's pages are looked up into match_pages;
+ * returns how many tokens may come from the cache at most (*limit) and how many pages matched. */
+static int prefix_match(qv_engine *e, const qv_seq *s, int *limit, int *n_evictable) {
+    const int ps = e->kv->pool.page_size;
+    *limit = s->n_tokens - 1; /* the last token is computed for its logits */
+    if (s->plp_end > s->plp_next) *limit = QV_MIN(*limit, s->plp_next); /* rows are computed */
+    return qv_kv_reuse_match(e->kv, s->reuse_ns, s->tokens, *limit, *limit / ps, e->match_pages,
+                             n_evictable);
+}
+
+/* Whether waiting sequence s should wait for a running sequence that is computing the next
+ * full page s would share with it (same namespace, same tokens up to that page's end): once
+ * that page is computed and registered, s adopts it instead of computing it too. */
+static bool prefix_in_flight(qv_engine *e, const qv_seq *s) {
+    if (!s->reuse || s->preempted) return false;
+    const int ps = e->kv->pool.page_size;
+    int limit;
+    const int end = (prefix_match(e, s, &limit, NULL) + 1) * ps; /* the next page's end */
+    if (end > limit) return false;
+    for (int i = 0; i < e->cfg.max_seqs; i++) {
+        const qv_seq *t = &e->seqs[i];
+        if (!t->used || !t->started || t == s || t->n_reg < 0 || t->reuse_ns != s->reuse_ns ||
+            t->n_done >= end || t->n_tokens < end)
+            continue;
+        if (memcmp(t->tokens, s->tokens, (size_t)end * sizeof(int32_t)) == 0) return true;
+    }
+    return false;
+}
+
 /* Admits s when the pages for all its tokens fit (with the headroom unless nothing runs) and, on
  * a device backend, its adapter has pool room (adapter_room), and reserves them. Returns
  * QV_ERR_BUSY (nothing held) when they do not fit. */
@@ -656,14 +687,8 @@ static qv_status admit(qv_engine *e, qv_seq *s, bool others_run, qv_error *err) 
      * last token (its logits are needed) and none at or after its first prompt-logprob row. An
      * adopted page held by nobody else stops being evictable, so it counts against the pages
      * available. */
-    int n_match = 0, n_match_ev = 0;
-    if (s->reuse) {
-        const int ps = e->kv->pool.page_size;
-        int limit = s->n_tokens - 1;
-        if (s->plp_end > s->plp_next) limit = QV_MIN(limit, s->plp_next);
-        n_match = qv_kv_reuse_match(e->kv, s->reuse_ns, s->tokens, limit, limit / ps,
-                                    e->match_pages, &n_match_ev);
-    }
+    int n_match = 0, n_match_ev = 0, limit;
+    if (s->reuse) n_match = prefix_match(e, s, &limit, &n_match_ev);
     /* Counts the shared prefix pages as new even when the adapter's entry holds them already:
      * an over-estimate by at most n_virtual / page_size pages, exact when nothing runs. */
     int need = pages_for(e, s->n_tokens) - n_match + (others_run ? QV_ADMIT_HEADROOM_PAGES : 0);
@@ -785,6 +810,13 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
                 !qv_forward_adapter_ready(e->fwd, s->p.adapter)) {
                 s->deferred++;
                 e->n_deferrals++;
+                continue;
+            }
+            /* Prefix cache: while a running sequence computes the next full page this one
+             * shares with it, this one waits for it (bounded; later sequences may go first). */
+            if (s->deferred < QV_ADMIT_DEFER_STEPS && prefix_in_flight(e, s)) {
+                s->deferred++;
+                e->n_prefix_waits++;
                 continue;
             }
             st = admit(e, s, n_running > 0, err);

@@ -194,6 +194,8 @@ typedef struct qv_engine_stats {
     uint64_t prefix_query_tokens; /* prompt tokens (virtual ones included) of admitted sequences */
     uint64_t prefix_hit_tokens;   /* of which taken from the prefix cache, not computed */
     uint64_t prefix_evictions;    /* cached pages evicted to make room */
+    uint64_t prefix_waits; /* admissions put off (per sequence and step) while a running sequence
+                              computed a prefix page the waiting one shares */
     /* device adapter pool (CUDA backend; all 0 on the CPU and before its first adapter) */
     int dev_adapters_resident;       /* adapter versions on the device now */
     uint64_t dev_adapter_loads;      /* uploads started (steps and prefetches) */

@@ -85,7 +85,7 @@ typedef struct request {
     bool counted_done;  /* [lead mu] counted in its lead's n_done_members */
     int n_done_members; /* [lead mu] lead: members done (the tenant place goes with the last) */
     int usage_prompt;   /* lead: prompt tokens of the request (each prompt of a batch once) */
-    bool first_choice;  /* choice 0 of its prompt (its cached tokens count in the usage) */
+    int prompt_no;      /* which prompt of the request (a batch's) it answers */
     /* immutable once queued */
     char id[64];
     char *model_echo;
@@ -1684,15 +1684,22 @@ static bool group_done(request *l) {
     return true;
 }
 
-/* Prompt tokens of the group taken from the prefix cache (usage.prompt_tokens_details): each
- * prompt's first choice. Caller holds its mutex. */
+/* Prompt tokens of the group found in the prefix cache (usage.prompt_tokens_details): for each
+ * prompt (counted once, like usage.prompt_tokens), the most any of its choices took from the
+ * cache; choices after the first usually take the pages the first computed. Caller holds its
+ * mutex. */
 static int group_cached(request *l) {
-    int n = 0;
-    for (int i = 0; i < n_choices(l); i++) {
+    int n = 0, best = 0, prompt = 0;
+    for (int i = 0; i < n_choices(l); i++) { /* index order: a prompt's choices are adjacent */
         const request *m = choice_at(l, i);
-        if (m->first_choice && m->cached > 0) n += m->cached;
+        if (m->prompt_no != prompt) {
+            n += best;
+            best = 0;
+            prompt = m->prompt_no;
+        }
+        if (m->cached > best) best = m->cached;
     }
-    return n;
+    return n + best;
 }
 
 /* Generated tokens over the group (usage.completion_tokens). Caller holds its mutex. */
@@ -2198,7 +2205,6 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     r->refs = 1;
     r->srv = srv;
     r->index = index;
-    r->first_choice = j == 0;
     r->cached = -1;
     r->seq_id = -1;
     r->endpoint = ms->ep;
@@ -2487,6 +2493,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                 ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
                 goto done; /* r's release frees the members made so far */
             }
+            m->prompt_no = i / n_per;
             r->members[r->n_members++] = m;
         }
     }

@@ -367,11 +367,71 @@ static void test_eviction_small_cache(void **state) {
     cJSON_Delete(g);
 }
 
+/* Three sequences with the same new prompt added at once: the first computes the shared pages
+ * while the others wait for them (prefix_waits) and adopt them; a fourth with another prompt is
+ * not held back. All answer exactly as alone without the cache. */
+static void test_same_prefix_at_once(void **state) {
+    (void)state;
+    cJSON *g = load_json("tests/fixtures/golden/tiny-llama-gqa.json");
+    int n;
+    int32_t *ids = ids_of(prompt_at(g, 2), &n);
+    int32_t other[19];
+    for (int i = 0; i < 19; i++)
+        other[i] = (ids[i] + 5) % 288;
+    qv_engine *ref = open_engine("tests/fixtures/models/tiny-llama-gqa", 1 << 20, false);
+    qv_engine *e = open_engine("tests/fixtures/models/tiny-llama-gqa", 1 << 20, true);
+    run_out r, r_other, m[4];
+    run(ref, ids, n, NULL, false, &r);
+    run(ref, other, n, NULL, false, &r_other);
+    qv_gen_params gp;
+    qv_gen_params_default(&gp);
+    gp.max_tokens = N_GEN;
+    gp.ignore_eos = true;
+    gp.sampling.temperature = 0;
+    gp.sampling.n_logprobs = 3;
+    qv_error err = {0};
+    for (int i = 0; i < 4; i++) {
+        memset(&m[i], 0, sizeof(m[i]));
+        m[i].e = e;
+        assert_int_equal(qv_engine_add(e, i == 2 ? other : ids, (size_t)n, &gp, on_tok, &m[i],
+                                       &m[i].seq_id, &err),
+                         QV_OK);
+    }
+    /* after the first step: the first and the other prompt run, the two repeats wait */
+    assert_int_equal(qv_engine_step(e, &err), QV_OK);
+    static const enum qv_seq_state want[4] = {QV_SEQ_RUNNING, QV_SEQ_WAITING, QV_SEQ_RUNNING,
+                                              QV_SEQ_WAITING};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(qv_engine_seq_state(e, m[i].seq_id), want[i]);
+    for (int steps = 0; qv_engine_n_active(e) > 0; steps++) {
+        assert_int_equal(qv_engine_step(e, &err), QV_OK);
+        assert_true(steps < 10000);
+    }
+    qv_engine_stats st;
+    qv_engine_get_stats(e, &st);
+    printf("4 at once: cached %d %d %d %d, %llu prefix waits\n", m[0].cached, m[1].cached,
+           m[2].cached, m[3].cached, (unsigned long long)st.prefix_waits);
+    assert_int_equal(m[0].cached, 0);
+    assert_int_equal(m[1].cached, full_pages_below(n));
+    assert_int_equal(m[3].cached, full_pages_below(n));
+    assert_int_equal(m[2].cached, 0);
+    assert_true(st.prefix_waits > 0);
+    assert_same(&r, &m[0], "first of three");
+    assert_same(&r, &m[1], "second of three");
+    assert_same(&r, &m[3], "third of three");
+    assert_same(&r_other, &m[2], "the other prompt");
+    free(ids);
+    qv_engine_destroy(e);
+    qv_engine_destroy(ref);
+    cJSON_Delete(g);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_repeat_and_shared_prefix),
         cmocka_unit_test(test_adapter_namespaces),
         cmocka_unit_test(test_eviction_small_cache),
+        cmocka_unit_test(test_same_prefix_at_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

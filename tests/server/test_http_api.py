@@ -678,6 +678,12 @@ def run_prefix_cache_tests(srv, off=False):
     check(hits == 2 * want and queries == 3 * n_p and
           (m1['quiver_prefix_cache_pages{state="all"}'] == 0) == off,
           f"{tag}: /metrics counts {hits:.0f} hit tokens of {queries:.0f} looked up")
+    # n = 3 on a new prompt: choices 1 and 2 wait for the pages choice 0 computes and adopt them
+    r = client.completions.create(model=base, prompt="Three choices share " + prompt, max_tokens=6,
+                                  temperature=0, n=3)
+    want = 0 if off else (r.usage.prompt_tokens - 1) // 16 * 16
+    check(cached_tokens(r.usage) == want and len({c.text for c in r.choices}) == 1,
+          f"{tag}: n=3 on a new prompt reports {cached_tokens(r.usage)} cached tokens ({want})")
     if not off:
         srv_off = Server("--api-key", KEY, "--prefix-cache", "0")
         try:
