@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <uv.h>
 
@@ -132,6 +133,8 @@ typedef struct request {
     int cached;         /* prompt tokens from the engine's prefix cache (-1: not known yet) */
     const char *finish; /* "stop" / "length" once done */
     bool done, admitted, suspended;
+    bool client_gone;    /* [mu] lead: its client closed the connection while it waited (written
+                            by the engine thread only) */
     bool tenant_counted; /* holds an in-flight place of its tenant (until done or freed) */
     gen_tok *toks;       /* TGI: every generated token (ids, logprobs, where its text ends) */
     size_t n_toks, cap_toks;
@@ -250,6 +253,7 @@ struct server {
     uv_async_t wake;
     uv_idle_t stepper;
     uv_timer_t drain_timer, close_timer;
+    uv_timer_t live_timer; /* checks the sockets of waiting requests' clients */
     bool stepping, shutting_down, drain_started;
     /* control thread: its own loop owns the signal handles, so a signal is seen at once even
      * while the engine thread is inside a long step */
@@ -1077,10 +1081,51 @@ static bool post_msg(server *srv, int type, request *r, admin_job *j) {
 
 static bool post(server *srv, int type, request *r) { return post_msg(srv, type, r, NULL); }
 
+/* Whether the client of lead l closed its connection while the connection is suspended
+ * (libmicrohttpd watches no suspended socket): a peek that reads end-of-file or an error.
+ * Bytes waiting (a pipelined next request) mean alive. Sets l->client_gone. */
+static bool client_gone(request *l) {
+    req_lock(l);
+    bool gone = l->client_gone;
+    if (!gone && l->suspended && l->conn) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(l->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        char b;
+        ssize_t k = ci ? recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) : 1;
+        gone = k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+        l->client_gone = gone;
+    }
+    req_unlock(l);
+    return gone;
+}
+
+/* Engine thread, every QV_LIVENESS_MS: requests queued, waiting for their adapter or running
+ * whose client has gone are cancelled like a disconnect seen by libmicrohttpd (their KV pages
+ * and queue places are freed, the log line says 499), instead of being computed for nobody. */
+#define QV_LIVENESS_MS 250
+static void on_live_tick(uv_timer_t *t) {
+    server *srv = t->data;
+    request *const heads[3] = {srv->pending_head, srv->await_head, srv->running};
+    for (int k = 0; k < 3; k++)
+        for (request *r = heads[k]; r; r = r->next) {
+            /* client_gone is written only here, on this thread: a gone lead is seen once */
+            if (r->lead != r || r->client_gone || !client_gone(r)) continue;
+            for (int i = 0; i < n_choices(r); i++) { /* cancelled through the inbox */
+                request *m = choice_at(r, i);
+                req_lock(r);
+                const bool live = !m->done;
+                if (live) m->refs++;
+                req_unlock(r);
+                if (live && !post(srv, MSG_CANCEL, m)) request_release(m);
+            }
+        }
+}
+
 static void close_all(server *srv) {
     pthread_mutex_lock(&srv->inbox_mu);
     srv->loop_closed = true;
     pthread_mutex_unlock(&srv->inbox_mu);
+    uv_close((uv_handle_t *)&srv->live_timer, NULL);
     uv_close((uv_handle_t *)&srv->wake, NULL);
     uv_close((uv_handle_t *)&srv->stepper, NULL);
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
@@ -3284,7 +3329,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          ? choice_at(r, i)->err_status
                          : status;
         req_unlock(r);
-        bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+        req_lock(r);
+        bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !r->client_gone;
+        req_unlock(r);
         /* Client gone, or the answer was an error while other choices still ran: cancel the
          * sequences (frees their KV pages) on the engine thread. */
         for (int i = 0; i < n_choices(r); i++) {
@@ -3552,8 +3599,10 @@ int qv_http_serve(const qv_http_config *cfg) {
     uv_idle_init(&srv->loop, &srv->stepper);
     uv_timer_init(&srv->loop, &srv->drain_timer);
     uv_timer_init(&srv->loop, &srv->close_timer);
+    uv_timer_init(&srv->loop, &srv->live_timer);
     srv->wake.data = srv->stepper.data = srv;
-    srv->drain_timer.data = srv->close_timer.data = srv;
+    srv->drain_timer.data = srv->close_timer.data = srv->live_timer.data = srv;
+    uv_timer_start(&srv->live_timer, on_live_tick, QV_LIVENESS_MS, QV_LIVENESS_MS);
     if (!adapters_start(srv)) {
         close_all(srv);
         uv_run(&srv->loop, UV_RUN_DEFAULT);

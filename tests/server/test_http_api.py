@@ -759,6 +759,73 @@ def run_choice_tests(srv):
 def run_disconnect_test(srv):
     for n in (1, 3):  # one sequence, or a request of three choices
         run_disconnect_once(srv, n)
+    run_gone_while_waiting(srv)
+
+
+def raw_post(port, body, xrid, stream=False):
+    """Sends a completion request on a raw socket and returns the socket (nothing read)."""
+    body = json.dumps(dict(body, stream=stream))
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+               f"X-Request-Id: {xrid}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+    return s
+
+
+def log_line(srv, xrid, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for line in srv.lines:
+            if f"x-request-id={xrid}" in line:
+                return line
+        time.sleep(0.05)
+    return ""
+
+
+def run_gone_while_waiting(srv):
+    """A client that leaves while its request waits for an answer that is not streamed, or
+    waits in the queue, is noticed by the server's liveness check (libmicrohttpd does not watch
+    suspended connections): the request is cancelled at once (status 499, fewer tokens than
+    asked, nothing admitted for the queued one) instead of being computed for nobody."""
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+    count = {"model": base, "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 250, "temperature": 0}
+    s = raw_post(srv.port, count, "gone-running")
+    deadline = time.time() + 30
+    while time.time() < deadline and srv.metrics()["quiver_running_sequences"] == 0:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    s.close()
+    line = log_line(srv, "gone-running")
+    m = re.search(r"status=(\d+) tokens_in=\d+ tokens_out=(\d+)", line)
+    check(m is not None and m.group(1) == "499" and int(m.group(2)) < 250,
+          f"a non-streamed request whose client left is cancelled: {line.strip()[:160]!r}")
+    # queued behind a running stream on a one-sequence server
+    one = Server("--api-key", KEY, "--max-seqs", "1")
+    try:
+        a = raw_post(one.port, dict(count, max_tokens=120), "runs-first", stream=True)
+        got = a.recv(4096)
+        while b"data: " not in got:
+            got += a.recv(4096)
+        b = raw_post(one.port, count, "queued-gone")
+        time.sleep(0.6)
+        b.close()
+        line = log_line(one, "queued-gone")
+        m = re.search(r"status=(\d+) tokens_in=\d+ tokens_out=(\d+) ttft=(\S+)", line)
+        early = not any("x-request-id=runs-first" in l for l in one.lines)
+        check(m is not None and m.group(1) == "499" and m.group(2) == "0" and
+              m.group(3) == "-1.000s" and early,
+              f"a queued request whose client left is dropped before admission, while the "
+              f"running one goes on: {line.strip()[:160]!r}")
+        while b"[DONE]" not in got:
+            chunk = a.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        a.close()
+        check(b"[DONE]" in got and "status=200" in log_line(one, "runs-first"),
+              "the running stream completes")
+    finally:
+        one.stop()
 
 
 def run_disconnect_once(srv, n):
