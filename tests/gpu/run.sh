@@ -66,7 +66,7 @@ export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "phases: $phases; budget ${budget} s"
 # not the server binary: it links libmicrohttpd/gnutls, which the machine may lack
-export targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora test_cuda_engine_lora test_cuda_sample bench_gpu_decode bench_sgmv bench_gpu_lora"
+export targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora test_cuda_engine_lora test_cuda_sample bench_gpu_decode bench_sgmv bench_gpu_lora bench_prefix"
 build() { # $1 = ON/OFF fatal warnings
     cmake -S . -B build-gpu -DQV_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DQV_FATAL_WARNINGS=$1 \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo >/tmp/qv-gpu-cmake.log 2>&1 || { tail -20 /tmp/qv-gpu-cmake.log; return 1; }
@@ -139,7 +139,11 @@ if want lora; then
     echo "== multi-adapter benchmark (bench_gpu_lora, issue 7) =="
     step "bench_gpu_lora" 180 build-gpu/tests/bench_gpu_lora >/tmp/qv-gpu-bench-lora.log 2>&1
     grep -Ev "^quiver info|^SUMMARY" /tmp/qv-gpu-bench-lora.log
-    logs+=(/tmp/qv-gpu-bench-lora.log)
+    echo "== prefix cache on cuda (bench_prefix: 512 shared + 32 own tokens, on vs off) =="
+    step "bench_prefix cuda" 90 build-gpu/tests/bench_prefix --device cuda --requests 16 \
+        --concurrency 8 --rounds 2 >/tmp/qv-gpu-bench-prefix.log 2>/dev/null
+    cat /tmp/qv-gpu-bench-prefix.log
+    logs+=(/tmp/qv-gpu-bench-lora.log /tmp/qv-gpu-bench-prefix.log)
 fi
 
 echo

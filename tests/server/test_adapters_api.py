@@ -521,9 +521,10 @@ def run(store, servers):
     run_keys_file_test(store)
 
     # Upload validation runs on the engine's worker pool, not on the HTTP thread: with commits
-    # slowed to 2 s and a single HTTP thread, /health and a generation answer while an upload
-    # is being validated; the upload then answers 201, and an invalid one 422.
-    os.environ["QUIVER_TEST_UPLOAD_DELAY_MS"] = "2000"
+    # slowed to 4 s and a single HTTP thread, /health and a generation answer while an upload
+    # is being validated; the upload then answers 201, and an invalid one 422. (4 s: a
+    # sanitizer build on a loaded machine may take 2 s for the generation's first request.)
+    os.environ["QUIVER_TEST_UPLOAD_DELAY_MS"] = "4000"
     try:
         srv6 = T.Server("--adapter-store", store, "--admin-key", ADMIN, "--http-threads", "1")
     finally:
@@ -554,7 +555,7 @@ def run(store, servers):
     check(st_g == 200 and t_g < up.get("good_t", 0) - t0,
           f"a generation answers during an upload's validation ({t_g:.2f} s < {t_up:.2f} s)")
     st_u, d_u = up.get("good", (0, None))
-    check(st_u == 201 and d_u.get("kind") == "IA3" and t_up >= 2.0,
+    check(st_u == 201 and d_u.get("kind") == "IA3" and t_up >= 4.0,
           f"the slowed upload answers 201 after its validation: {st_u} {d_u} ({t_up:.2f} s)")
     st_b, d_b = up.get("bad", (0, None))
     check(st_b == 422 and "adapter_invalid" in str(d_b),
