@@ -3320,6 +3320,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         req_lock(r);
         r->suspended = false; /* a completed connection is never resumed again */
         int n_out = group_generated(r);
+        const int n_cached = group_cached(r);
         double ttft = r->t_first > 0 ? r->t_first - r->t_arrival : -1;
         double tpot =
             r->n_gen > 1 && r->t_done > 0 ? (r->t_done - r->t_first) / (r->n_gen - 1) : -1;
@@ -3346,11 +3347,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         const int n_in = r->usage_prompt;
         qv_metrics_request(srv->metrics, status, n_in, n_out, ttft, tpot, now - ctx->t0);
         qv_metrics_adapter_request(srv->metrics, r->adapter, n_in, n_out, ttft, tpot);
-        QV_LOGI("request %s adapter=%s status=%d tokens_in=%d tokens_out=%d ttft=%.3fs "
-                "total=%.3fs%s%s%s",
-                r->id, r->adapter ? r->adapter : "-", status, n_in, n_out, ttft, now - ctx->t0,
-                ok ? "" : " (client disconnected)", ctx->xrid[0] ? " x-request-id=" : "",
-                ctx->xrid);
+        QV_LOGI("request %s adapter=%s status=%d tokens_in=%d tokens_cached=%d tokens_out=%d "
+                "ttft=%.3fs total=%.3fs%s%s%s",
+                r->id, r->adapter ? r->adapter : "-", status, n_in, n_cached, n_out, ttft,
+                now - ctx->t0, ok ? "" : " (client disconnected)",
+                ctx->xrid[0] ? " x-request-id=" : "", ctx->xrid);
         atomic_fetch_sub(&srv->n_open, 1);
         group_release(r);
     } else if (ctx->status) {

@@ -678,6 +678,24 @@ def run_prefix_cache_tests(srv, off=False):
     check(hits == 2 * want and queries == 3 * n_p and
           (m1['quiver_prefix_cache_pages{state="all"}'] == 0) == off,
           f"{tag}: /metrics counts {hits:.0f} hit tokens of {queries:.0f} looked up")
+    # a second chat turn: the first turn's prompt and answer (generated tokens, registered as
+    # they were computed) come back from the cache, when the template renders the same tokens
+    turn1 = [{"role": "user", "content": "Write two sentences about the sea."}]
+    c1 = client.chat.completions.create(model=base, messages=turn1, max_tokens=60, temperature=0)
+    turn2 = turn1 + [{"role": "assistant", "content": c1.choices[0].message.content},
+                     {"role": "user", "content": "Now one about the sky."}]
+    xrid = "turn2-" + ("off" if off else "on")
+    c2 = client.chat.completions.create(model=base, messages=turn2, max_tokens=8, temperature=0,
+                                        extra_headers={"X-Request-Id": xrid})
+    done1 = c1.usage.prompt_tokens + c1.usage.completion_tokens - 1  # K/V computed in turn 1
+    want = 0 if off else min(done1, c2.usage.prompt_tokens - 1) // 16 * 16
+    check(cached_tokens(c2.usage) == want and (off or want > c1.usage.prompt_tokens),
+          f"{tag}: a second chat turn takes {cached_tokens(c2.usage)} of "
+          f"{c2.usage.prompt_tokens} prompt tokens from the cache (turn 1: "
+          f"{c1.usage.prompt_tokens} + {c1.usage.completion_tokens}; want {want})")
+    line = log_line(srv, xrid)
+    check(f"tokens_cached={want} " in line,
+          f"{tag}: the request's log line says tokens_cached ({line.strip()[-130:]})")
     # n = 3 on a new prompt: choices 1 and 2 wait for the pages choice 0 computes and adopt them
     r = client.completions.create(model=base, prompt="Three choices share " + prompt, max_tokens=6,
                                   temperature=0, n=3)
@@ -796,7 +814,7 @@ def run_gone_while_waiting(srv):
     time.sleep(0.3)
     s.close()
     line = log_line(srv, "gone-running")
-    m = re.search(r"status=(\d+) tokens_in=\d+ tokens_out=(\d+)", line)
+    m = re.search(r"status=(\d+) tokens_in=\d+ tokens_cached=\d+ tokens_out=(\d+)", line)
     check(m is not None and m.group(1) == "499" and int(m.group(2)) < 250,
           f"a non-streamed request whose client left is cancelled: {line.strip()[:160]!r}")
     # queued behind a running stream on a one-sequence server
@@ -810,7 +828,8 @@ def run_gone_while_waiting(srv):
         time.sleep(0.6)
         b.close()
         line = log_line(one, "queued-gone")
-        m = re.search(r"status=(\d+) tokens_in=\d+ tokens_out=(\d+) ttft=(\S+)", line)
+        m = re.search(r"status=(\d+) tokens_in=\d+ tokens_cached=\d+ tokens_out=(\d+) "
+                      r"ttft=(\S+)", line)
         early = not any("x-request-id=runs-first" in l for l in one.lines)
         check(m is not None and m.group(1) == "499" and m.group(2) == "0" and
               m.group(3) == "-1.000s" and early,
