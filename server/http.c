@@ -86,7 +86,7 @@ typedef struct request {
     bool counted_done;  /* [lead mu] counted in its lead's n_done_members */
     int n_done_members; /* [lead mu] lead: members done (the tenant place goes with the last) */
     int usage_prompt;   /* lead: prompt tokens of the request (each prompt of a batch once) */
-    int prompt_no;      /* which prompt of the request (a batch's) it answers */
+    int prompt_no;      /* which prompt of the request (a batch's) it answers (immutable) */
     /* immutable once queued */
     char id[64];
     char *model_echo;
@@ -130,7 +130,7 @@ typedef struct request {
     qv_proto_logprob *lps;
     size_t n_lps, cap_lps;
     int n_gen;
-    int cached;         /* prompt tokens from the engine's prefix cache (-1: not known yet) */
+    int cached;         /* [mu] prompt tokens from the engine's prefix cache (-1: not known yet) */
     const char *finish; /* "stop" / "length" once done */
     bool done, admitted, suspended;
     bool client_gone;    /* [mu] lead: its client closed the connection while it waited (written
@@ -1108,14 +1108,16 @@ static void on_live_tick(uv_timer_t *t) {
     request *const heads[3] = {srv->pending_head, srv->await_head, srv->running};
     for (int k = 0; k < 3; k++)
         for (request *r = heads[k]; r; r = r->next) {
-            /* client_gone is written only here, on this thread: a gone lead is seen once */
-            if (r->lead != r || r->client_gone || !client_gone(r)) continue;
-            for (int i = 0; i < n_choices(r); i++) { /* cancelled through the inbox */
-                request *m = choice_at(r, i);
-                req_lock(r);
+            /* the lead holds the connection (and lives while a member does); client_gone is
+             * written only on this thread, so a gone client is acted on once */
+            request *l = r->lead;
+            if (l->client_gone || !client_gone(l)) continue;
+            for (int i = 0; i < n_choices(l); i++) { /* cancelled through the inbox */
+                request *m = choice_at(l, i);
+                req_lock(l);
                 const bool live = !m->done;
                 if (live) m->refs++;
-                req_unlock(r);
+                req_unlock(l);
                 if (live && !post(srv, MSG_CANCEL, m)) request_release(m);
             }
         }
@@ -3329,9 +3331,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
             status = choice_at(r, i)->err_status && !(r->stream && r->admitted)
                          ? choice_at(r, i)->err_status
                          : status;
-        req_unlock(r);
-        req_lock(r);
-        bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !r->client_gone;
+        const bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !r->client_gone;
         req_unlock(r);
         /* Client gone, or the answer was an error while other choices still ran: cancel the
          * sequences (frees their KV pages) on the engine thread. */
