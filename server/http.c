@@ -155,8 +155,16 @@ typedef struct request {
  * or its libuv worker pool (validating and committing an upload): shared by the connection and
  * the engine like `request`, with the same suspend/resume rule. Fields are immutable once
  * posted except [mu] ones and, until done, those the engine (or the upload's worker) fills. */
-enum job_kind { JOB_TIERS = 0, JOB_DELETE, JOB_UPLOAD };
-enum job_resp { RESP_MODELS = 0, RESP_LIST, RESP_ONE, RESP_DELETE, RESP_UNLOAD, RESP_UPLOAD };
+enum job_kind { JOB_TIERS = 0, JOB_DELETE, JOB_UPLOAD, JOB_PREFIX_RESET };
+enum job_resp {
+    RESP_MODELS = 0,
+    RESP_LIST,
+    RESP_ONE,
+    RESP_DELETE,
+    RESP_UNLOAD,
+    RESP_UPLOAD,
+    RESP_PREFIX_RESET
+};
 typedef struct admin_job {
     pthread_mutex_t mu;
     int refs;             /* [mu] */
@@ -181,6 +189,7 @@ typedef struct admin_job {
     char version[QV_STORE_VERSION_LEN + 1];
     char kind_name[32];
     int rank;
+    int pages_freed; /* JOB_PREFIX_RESET */
 } admin_job;
 
 typedef struct upload upload;
@@ -1006,6 +1015,10 @@ static void run_job(server *srv, admin_job *j) {
         if (uv_queue_work(&srv->loop, &j->work, upload_work, upload_after) == 0) return;
         j->status = 500;
         snprintf(j->msg, sizeof(j->msg), "cannot queue the upload's validation");
+    } else if (j->kind == JOB_PREFIX_RESET) {
+        j->pages_freed = qv_engine_prefix_cache_reset(srv->engine);
+        j->status = 200;
+        QV_LOGI("prefix cache reset: %d pages freed", j->pages_freed);
     } else if (j->kind == JOB_TIERS) {
         for (size_t i = 0; i < j->n; i++)
             j->infos[i].tier = tier_name(srv->reg && j->infos[i].version[0]
@@ -2741,7 +2754,7 @@ static enum MHD_Result admin_begin(server *srv, struct MHD_Connection *c, conn_c
             job_release(j);
             return send_error(c, ctx, st, NULL, st == 404 ? "adapter_not_found" : NULL, "%s", msg);
         }
-    } else {
+    } else if (name) {
         snprintf(j->name, sizeof(j->name), "%s", name);
     }
     return job_start(srv, c, ctx, j);
@@ -2833,6 +2846,12 @@ static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn
                                       .rank = j->rank,
                                       .tier = "disk"};
         return send_json(c, ctx, j->status, qv_proto_encode_adapter(&info));
+    }
+    case RESP_PREFIX_RESET: {
+        char buf[96];
+        snprintf(buf, sizeof(buf), "{\"object\":\"prefix_cache.reset\",\"pages_freed\":%d}",
+                 j->pages_freed);
+        return send_json(c, ctx, 200, qv_strdup(buf));
     }
     case RESP_UNLOAD: {
         char buf[256];
@@ -3204,6 +3223,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     bool lora_route =
         !strcmp(url, "/v1/load_lora_adapter") || !strcmp(url, "/v1/unload_lora_adapter");
     bool tok_route = !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize");
+    if (!strcmp(url, "/reset_prefix_cache")) { /* vLLM's route; the --admin-key only */
+        if (!post_m) goto bad_method;
+        int who;
+        int st = admin_auth(srv, ctx, c, &who);
+        if (st) return send_admin_refusal(c, ctx, srv, st);
+        if (who != AUTH_ANY)
+            return send_error(c, ctx, 403, NULL, "forbidden",
+                              "resetting the prefix cache needs the admin key");
+        return admin_begin(srv, c, ctx, JOB_PREFIX_RESET, RESP_PREFIX_RESET, NULL);
+    }
     bool tgi_route =
         !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") || !strcmp(url, "/");
     ctx->tgi = tgi_route;
@@ -3280,15 +3309,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         srv, c, ctx, !strcmp(url, "/v1/completions") ? QV_PROTO_COMPLETIONS : QV_PROTO_CHAT, 0);
 bad_method:;
     /* Reached from routes decided before lora_route is set (/health, /ready): test the URL. */
-    const char *allow =
-        !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
-                !strcmp(url, "/v1/load_lora_adapter") || !strcmp(url, "/v1/unload_lora_adapter") ||
-                !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize") ||
-                !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") || !strcmp(url, "/")
-            ? "POST"
-        : !strcmp(url, "/v1/adapters")       ? "GET, POST"
-        : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"
-                                             : "GET";
+    const char *allow = !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
+                                !strcmp(url, "/v1/load_lora_adapter") ||
+                                !strcmp(url, "/v1/unload_lora_adapter") ||
+                                !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize") ||
+                                !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") ||
+                                !strcmp(url, "/") || !strcmp(url, "/reset_prefix_cache")
+                            ? "POST"
+                        : !strcmp(url, "/v1/adapters")       ? "GET, POST"
+                        : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"
+                                                             : "GET";
     char *json = ctx->tgi ? qv_proto_tgi_encode_error("method not allowed", "method_not_allowed")
                           : qv_proto_encode_error("method not allowed", "invalid_request_error",
                                                   NULL, "method_not_allowed");

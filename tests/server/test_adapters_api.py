@@ -604,6 +604,7 @@ def run_prefix_cache_test(srv, demo, solo):
           cached_of(r1) >= 16 and cached_of(r2) == cached_of(r1),
           f"'swap' = {pname}'s version: its answer, with {pname}'s cached K/V "
           f"(cached_tokens {cached_of(r1)}, {cached_of(r2)})")
+    c_swap = cached_of(r1)
     st, data = upload(srv, "PUT", "/v1/adapters/swap", {}, adapter_files(sdir))
     check(st == 200, f"PUT 'swap' with {sname}'s files: {st}")
     st, r = chat(srv, "swap", user)
@@ -613,6 +614,21 @@ def run_prefix_cache_test(srv, demo, solo):
           f"after the PUT: nothing reused ({cached_of(r)}), {sname}'s answer {text_of(r)[:40]!r}")
     st, _, _ = srv.raw("DELETE", "/v1/adapters/swap", key=ADMIN)
     check(st == 200, f"DELETE 'swap': {st}")
+    # POST /reset_prefix_cache (vLLM's route): the admin key only; frees every cached page no
+    # request holds, so the next request computes its whole prompt again
+    codes = [srv.raw("POST", "/reset_prefix_cache", key=k)[0] for k in (None, "wrong")]
+    st_get = srv.raw("GET", "/reset_prefix_cache", key=ADMIN)[0]
+    st, _, data = srv.raw("POST", "/reset_prefix_cache", key=ADMIN)
+    body = json.loads(data) if st == 200 else {}
+    check(codes == [401, 403] and st_get == 405 and st == 200 and
+          body.get("object") == "prefix_cache.reset" and body.get("pages_freed", 0) > 0,
+          f"POST /reset_prefix_cache: 401/403 without the admin key, 405 on GET, then {st} {body}")
+    m = srv.metrics()
+    (st1, r1), (st2, r2) = chat(srv, pname, user), chat(srv, pname, user)
+    check(m.get('quiver_prefix_cache_pages{state="all"}') == 0 and cached_of(r1) == 0 and
+          cached_of(r2) == c_swap and text_of(r1) == text_of(r2) == solo[(pname, 0)],
+          f"after the reset: 0 pages cached, {pname} computes its prompt again "
+          f"(cached_tokens {cached_of(r1)}, then {cached_of(r2)})")
 
 
 def run_admin_tests(srv, store, fix, demo, solo, base):
