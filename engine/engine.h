@@ -49,8 +49,9 @@ typedef struct qv_engine_config {
     bool host_sampling;          /* device backends: sample every non-greedy row on the host
                                     (copying its logits) instead of on the device; the tokens
                                     are the same (docs/sampling.md); for tests and comparison */
-    bool no_prefix_cache;        /* do not keep the K/V pages of finished prefixes for reuse
-                                    (prefix caching is on by default; docs/scheduling.md) */
+    bool no_prefix_cache;        /* do not keep computed K/V pages for reuse by later sequences
+                                    with the same prefix (the prefix cache is on by default;
+                                    docs/scheduling.md) */
 } qv_engine_config;
 
 void qv_engine_config_default(qv_engine_config *c);

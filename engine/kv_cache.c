@@ -60,6 +60,22 @@ qv_status qv_kv_cache_create(qv_backend *be, const qv_model_config *cfg, int n_p
     return QV_OK;
 }
 
+/* Frees the prefix-reuse arrays (NULL after). */
+static void reuse_free(qv_kv_cache *kv) {
+#define QV_FREE_NULL(p) (qv_free(p), (p) = NULL)
+    QV_FREE_NULL(kv->registered);
+    QV_FREE_NULL(kv->gen);
+    QV_FREE_NULL(kv->parent);
+    QV_FREE_NULL(kv->parent_gen);
+    QV_FREE_NULL(kv->ns);
+    QV_FREE_NULL(kv->toks);
+    QV_FREE_NULL(kv->lru_prev);
+    QV_FREE_NULL(kv->lru_next);
+    QV_FREE_NULL(kv->bucket);
+    QV_FREE_NULL(kv->chain);
+#undef QV_FREE_NULL
+}
+
 void qv_kv_cache_destroy(qv_kv_cache *kv) {
     if (!kv) return;
     if (kv->be) {
@@ -68,16 +84,7 @@ void qv_kv_cache_destroy(qv_kv_cache *kv) {
     }
     qv_free(kv->free_list);
     qv_free(kv->refcnt);
-    qv_free(kv->registered);
-    qv_free(kv->gen);
-    qv_free(kv->parent);
-    qv_free(kv->parent_gen);
-    qv_free(kv->ns);
-    qv_free(kv->toks);
-    qv_free(kv->lru_prev);
-    qv_free(kv->lru_next);
-    qv_free(kv->bucket);
-    qv_free(kv->chain);
+    reuse_free(kv);
     qv_free(kv);
 }
 
@@ -177,8 +184,10 @@ qv_status qv_kv_reuse_enable(qv_kv_cache *kv, qv_error *err) {
     kv->bucket = qv_malloc(nb * sizeof(int32_t));
     kv->chain = qv_malloc(n * sizeof(int32_t));
     if (!kv->registered || !kv->gen || !kv->parent || !kv->parent_gen || !kv->ns || !kv->toks ||
-        !kv->lru_prev || !kv->lru_next || !kv->bucket || !kv->chain)
+        !kv->lru_prev || !kv->lru_next || !kv->bucket || !kv->chain) {
+        reuse_free(kv); /* a later call starts afresh */
         return qv_errorf(err, QV_ERR_NOMEM, "kv cache: no memory for prefix reuse");
+    }
     for (size_t i = 0; i < nb; i++)
         kv->bucket[i] = -1;
     for (size_t i = 0; i < n; i++)
