@@ -3673,7 +3673,7 @@ int qv_http_serve(const qv_http_config *cfg) {
                   m->cfg.n_layers, m->cfg.dim, m->cfg.n_vocab, m->cfg.max_pos);
     qv_log_tagged(
         QV_LOG_INFO, "serve",
-        "budgets: kv %zu MiB = %d pages x %d tokens (%s, prefix cache %s), max-batch-tokens %d, "
+        "budgets: kv %zu MiB = %d pages x %d tokens (%s), prefix cache %s, max-batch-tokens %d, "
         "max-seqs %d, max-loras %d, threads %d (%s), http-threads %d, max-body-bytes %zu, "
         "max-prompt-tokens %d, "
         "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s",
