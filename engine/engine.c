@@ -650,25 +650,32 @@ static bool adapter_room(const qv_engine *e, const qv_seq *s) {
     return others == 0 || held <= e->ad_pool_bytes / 2;
 }
 
-/* The prefix s would adopt at admission: the cache's pages are looked up into match_pages;
- * returns how many tokens may come from the cache at most (*limit) and how many pages matched. */
-static int prefix_match(qv_engine *e, const qv_seq *s, int *limit, int *n_evictable) {
-    const int ps = e->kv->pool.page_size;
-    *limit = s->n_tokens - 1; /* the last token is computed for its logits */
-    if (s->plp_end > s->plp_next) *limit = QV_MIN(*limit, s->plp_next); /* rows are computed */
-    return qv_kv_reuse_match(e->kv, s->reuse_ns, s->tokens, *limit, *limit / ps, e->match_pages,
-                             n_evictable);
+/* The cached prefix a waiting sequence would adopt now: n_pages pages (their ids in
+ * e->match_pages), n_evictable of them held by no sequence; limit: the tokens that may come
+ * from the cache at most (all but the last, whose logits are needed, and none at or after its
+ * first prompt-logprob row). All 0 for a sequence outside the prefix cache. */
+typedef struct prefix_hit {
+    int n_pages, n_evictable, limit;
+} prefix_hit;
+
+static prefix_hit prefix_match(qv_engine *e, const qv_seq *s) {
+    prefix_hit h = {0, 0, 0};
+    if (!s->reuse) return h;
+    h.limit = s->n_tokens - 1;
+    if (s->plp_end > s->plp_next) h.limit = QV_MIN(h.limit, s->plp_next);
+    h.n_pages = qv_kv_reuse_match(e->kv, s->reuse_ns, s->tokens, h.limit,
+                                  h.limit / e->kv->pool.page_size, e->match_pages, &h.n_evictable);
+    return h;
 }
 
-/* Whether waiting sequence s should wait for a running sequence that is computing the next
- * full page s would share with it (same namespace, same tokens up to that page's end): once
- * that page is computed and registered, s adopts it instead of computing it too. */
-static bool prefix_in_flight(qv_engine *e, const qv_seq *s) {
+/* Whether waiting sequence s (cached prefix h) should wait for a running sequence that is
+ * computing the next full page s would share with it (same namespace, same tokens up to that
+ * page's end): once that page is computed and registered, s adopts it instead of computing it
+ * too. */
+static bool prefix_in_flight(const qv_engine *e, const qv_seq *s, const prefix_hit *h) {
     if (!s->reuse || s->preempted) return false;
-    const int ps = e->kv->pool.page_size;
-    int limit;
-    const int end = (prefix_match(e, s, &limit, NULL) + 1) * ps; /* the next page's end */
-    if (end > limit) return false;
+    const int end = (h->n_pages + 1) * e->kv->pool.page_size; /* the next page's end */
+    if (end > h->limit) return false;
     for (int i = 0; i < e->cfg.max_seqs; i++) {
         const qv_seq *t = &e->seqs[i];
         if (!t->used || !t->started || t == s || t->n_reg < 0 || t->reuse_ns != s->reuse_ns ||
@@ -679,16 +686,16 @@ static bool prefix_in_flight(qv_engine *e, const qv_seq *s) {
     return false;
 }
 
-/* Admits s when the pages for all its tokens fit (with the headroom unless nothing runs) and, on
- * a device backend, its adapter has pool room (adapter_room), and reserves them. Returns
+/* Admits s when the pages for all its tokens fit (with the headroom unless nothing runs; the
+ * pages of its cached prefix h are adopted, not reserved) and, on a device backend, its adapter
+ * has pool room (adapter_room), and reserves them. Returns
  * QV_ERR_BUSY (nothing held) when they do not fit. */
-static qv_status admit(qv_engine *e, qv_seq *s, bool others_run, qv_error *err) {
-    /* Full pages of its prefix found in the prefix cache are adopted, not computed: all but the
-     * last token (its logits are needed) and none at or after its first prompt-logprob row. An
+static qv_status admit(qv_engine *e, qv_seq *s, const prefix_hit *h, bool others_run,
+                       qv_error *err) {
+    /* The full pages of its prefix found in the prefix cache (h) are adopted, not computed. An
      * adopted page held by nobody else stops being evictable, so it counts against the pages
      * available. */
-    int n_match = 0, n_match_ev = 0, limit;
-    if (s->reuse) n_match = prefix_match(e, s, &limit, &n_match_ev);
+    const int n_match = h->n_pages, n_match_ev = h->n_evictable;
     /* Counts the shared prefix pages as new even when the adapter's entry holds them already:
      * an over-estimate by at most n_virtual / page_size pages, exact when nothing runs. */
     int need = pages_for(e, s->n_tokens) - n_match + (others_run ? QV_ADMIT_HEADROOM_PAGES : 0);
@@ -814,12 +821,13 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
             }
             /* Prefix cache: while a running sequence computes the next full page this one
              * shares with it, this one waits for it (bounded; later sequences may go first). */
-            if (s->deferred < QV_ADMIT_DEFER_STEPS && prefix_in_flight(e, s)) {
+            const prefix_hit h = prefix_match(e, s);
+            if (s->deferred < QV_ADMIT_DEFER_STEPS && prefix_in_flight(e, s, &h)) {
                 s->deferred++;
                 e->n_prefix_waits++;
                 continue;
             }
-            st = admit(e, s, n_running > 0, err);
+            st = admit(e, s, &h, n_running > 0, err);
             if (st == QV_ERR_BUSY) break;
             if (st != QV_OK) return st;
             n_running++;

@@ -69,9 +69,9 @@ static qv_engine *open_engine(const char *model_rel, size_t kv_bytes, bool cache
     return e;
 }
 
-/* Runs one greedy request alone to completion. */
-static void run(qv_engine *e, const int32_t *ids, int n_ids, const qv_adapter *ad, bool plp,
-                run_out *o) {
+/* Adds one greedy request (N_GEN tokens, 3 logprobs) to e. */
+static void start(qv_engine *e, const int32_t *ids, int n_ids, const qv_adapter *ad, bool plp,
+                  run_out *o) {
     memset(o, 0, sizeof(*o));
     o->e = e;
     qv_gen_params gp;
@@ -85,10 +85,22 @@ static void run(qv_engine *e, const int32_t *ids, int n_ids, const qv_adapter *a
     qv_error err = {0};
     if (qv_engine_add(e, ids, (size_t)n_ids, &gp, on_tok, o, &o->seq_id, &err) != QV_OK)
         fail_msg("add: %s", err.msg);
+}
+
+/* Steps e until every sequence finished. */
+static void finish(qv_engine *e) {
+    qv_error err = {0};
     for (int steps = 0; qv_engine_n_active(e) > 0; steps++) {
-        assert_int_equal(qv_engine_step(e, &err), QV_OK);
+        if (qv_engine_step(e, &err) != QV_OK) fail_msg("step: %s", err.msg);
         assert_true(steps < 10000);
     }
+}
+
+/* Runs one greedy request alone to completion. */
+static void run(qv_engine *e, const int32_t *ids, int n_ids, const qv_adapter *ad, bool plp,
+                run_out *o) {
+    start(e, ids, n_ids, ad, plp, o);
+    finish(e);
     assert_int_equal(o->n, N_GEN);
 }
 
@@ -313,7 +325,6 @@ static void test_eviction_small_cache(void **state) {
         (size_t)mc->n_layers * 2 * (size_t)mc->n_kv_heads * (size_t)mc->head_dim * 4 * PAGE;
     qv_engine *e = open_engine("tests/fixtures/models/tiny-llama-gqa", 20 * page_bytes, true);
     assert_int_equal(qv_engine_kv_pages(e), 20);
-    qv_error err = {0};
     for (int round = 0; round < 2; round++)
         for (int v = 0; v < 4; v++) {
             run(e, variants[v], n, NULL, false, &a);
@@ -336,25 +347,11 @@ static void test_eviction_small_cache(void **state) {
     /* three sequences with the same prompt at once (none cached) in a cache too small for
      * them: preempted ones adopt their own registered pages at re-admission; all are exact */
     run_out m[3];
-    qv_gen_params gp;
-    qv_gen_params_default(&gp);
-    gp.max_tokens = N_GEN;
-    gp.ignore_eos = true;
-    gp.sampling.temperature = 0;
-    gp.sampling.n_logprobs = 3;
     qv_engine_prefix_cache_reset(e);
     const uint64_t pre0 = st.preemptions;
-    for (int i = 0; i < 3; i++) {
-        memset(&m[i], 0, sizeof(m[i]));
-        m[i].e = e;
-        assert_int_equal(
-            qv_engine_add(e, variants[1], (size_t)n, &gp, on_tok, &m[i], &m[i].seq_id, &err),
-            QV_OK);
-    }
-    for (int steps = 0; qv_engine_n_active(e) > 0; steps++) {
-        assert_int_equal(qv_engine_step(e, &err), QV_OK);
-        assert_true(steps < 10000);
-    }
+    for (int i = 0; i < 3; i++)
+        start(e, variants[1], n, NULL, false, &m[i]);
+    finish(e);
     for (int i = 0; i < 3; i++)
         assert_same(&r[1], &m[i], "concurrent");
     qv_engine_get_stats(e, &st);
@@ -383,30 +380,16 @@ static void test_same_prefix_at_once(void **state) {
     run_out r, r_other, m[4];
     run(ref, ids, n, NULL, false, &r);
     run(ref, other, n, NULL, false, &r_other);
-    qv_gen_params gp;
-    qv_gen_params_default(&gp);
-    gp.max_tokens = N_GEN;
-    gp.ignore_eos = true;
-    gp.sampling.temperature = 0;
-    gp.sampling.n_logprobs = 3;
-    qv_error err = {0};
-    for (int i = 0; i < 4; i++) {
-        memset(&m[i], 0, sizeof(m[i]));
-        m[i].e = e;
-        assert_int_equal(qv_engine_add(e, i == 2 ? other : ids, (size_t)n, &gp, on_tok, &m[i],
-                                       &m[i].seq_id, &err),
-                         QV_OK);
-    }
+    for (int i = 0; i < 4; i++)
+        start(e, i == 2 ? other : ids, n, NULL, false, &m[i]);
     /* after the first step: the first and the other prompt run, the two repeats wait */
+    qv_error err = {0};
     assert_int_equal(qv_engine_step(e, &err), QV_OK);
     static const enum qv_seq_state want[4] = {QV_SEQ_RUNNING, QV_SEQ_WAITING, QV_SEQ_RUNNING,
                                               QV_SEQ_WAITING};
     for (int i = 0; i < 4; i++)
         assert_int_equal(qv_engine_seq_state(e, m[i].seq_id), want[i]);
-    for (int steps = 0; qv_engine_n_active(e) > 0; steps++) {
-        assert_int_equal(qv_engine_step(e, &err), QV_OK);
-        assert_true(steps < 10000);
-    }
+    finish(e);
     qv_engine_stats st;
     qv_engine_get_stats(e, &st);
     printf("4 at once: cached %d %d %d %d, %llu prefix waits\n", m[0].cached, m[1].cached,
