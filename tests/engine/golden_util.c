@@ -1,6 +1,8 @@
 /* golden_util.c - see golden_util.h. */
 #include "golden_util.h"
 
+#include "test_util.h"
+
 int golden_open(golden_runner *r, const char *path, int n_threads, int n_pages, int page_size,
                 int max_tokens) {
     memset(r, 0, sizeof(*r));
@@ -79,4 +81,17 @@ int argmax_f32(const float *x, int n) {
     for (int i = 1; i < n; i++)
         if (x[i] > x[best]) best = i;
     return best;
+}
+
+cJSON *json_read_fixture(const char *rel) {
+    char *text = NULL;
+    qv_error err = {0};
+    if (qv_read_file(qv_test_path(rel), 64u << 20, &text, NULL, &err) != QV_OK) {
+        fprintf(stderr, "%s: %s\n", rel, err.msg);
+        return NULL;
+    }
+    cJSON *root = cJSON_Parse(text);
+    qv_free(text);
+    if (!root) fprintf(stderr, "%s: not JSON\n", rel);
+    return root;
 }

@@ -32,5 +32,8 @@ int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int
 int json_f32_array(const cJSON *a, float *out, int n);
 int32_t *json_i32_array(const cJSON *a, int *n);
 int argmax_f32(const float *x, int n);
+/* Parses the JSON fixture at rel (relative to the source tree, at most 64 MiB); NULL (with a
+ * message on stderr) when it cannot be read or parsed. Owner: caller (cJSON_Delete). */
+cJSON *json_read_fixture(const char *rel);
 
 #endif

@@ -106,11 +106,7 @@ static qv_adapter *load_ad(const qv_model *m, const char *name) {
 }
 
 static cJSON *read_json(const char *rel) {
-    char *text = NULL;
-    qv_error err = {0};
-    assert_int_equal(qv_read_file(qv_test_path(rel), 64u << 20, &text, NULL, &err), QV_OK);
-    cJSON *root = cJSON_Parse(text);
-    qv_free(text);
+    cJSON *root = json_read_fixture(rel);
     assert_non_null(root);
     return root;
 }

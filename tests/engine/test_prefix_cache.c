@@ -133,11 +133,7 @@ static void assert_hf(const run_out *o, const cJSON *prompt, const char *what) {
 }
 
 static cJSON *load_json(const char *rel) {
-    char *text = NULL;
-    qv_error err = {0};
-    assert_int_equal(qv_read_file(qv_test_path(rel), 64u << 20, &text, NULL, &err), QV_OK);
-    cJSON *root = cJSON_Parse(text);
-    qv_free(text);
+    cJSON *root = json_read_fixture(rel);
     assert_non_null(root);
     return root;
 }
