@@ -1003,6 +1003,7 @@ static void upload_after(uv_work_t *w, int status) {
         j->code = "draining";
         snprintf(j->msg, sizeof(j->msg), "the server is shutting down");
     }
+    update_gauges(j->srv);
     job_complete(j);
 }
 
@@ -1038,6 +1039,9 @@ static void run_job(server *srv, admin_job *j) {
             snprintf(j->msg, sizeof(j->msg), "%.380s", err.msg);
         if (s == QV_OK) QV_LOGI("adapter %s deleted", j->name);
     }
+    /* The gauges first: a client that reads /metrics after the answer sees the job's effect
+     * (the reset's freed pages, a deleted adapter's entry). */
+    update_gauges(srv);
     job_complete(j);
 }
 

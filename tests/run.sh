@@ -15,6 +15,18 @@ jobs=${QV_JOBS:-$(nproc)}
 
 step() { printf '\n==== %s\n' "$*"; }
 
+# ctest with a digest on failure: a long test's output is cut in the middle by log viewers, so
+# the failed checks and sanitizer reports of the failing tests are repeated at the very end.
+run_ctest() {
+    local dir=$1
+    shift
+    if ctest --test-dir "$dir" --output-on-failure "$@"; then return 0; fi
+    step "digest of the failures ($dir)"
+    grep -aE '^(FAIL |not ok|Traceback|[A-Za-z]*Error:|.*\[ +(FAILED|ERROR) +\]|.*: error:|.*(Sanitizer|runtime error|Assertion))' \
+        "$dir/Testing/Temporary/LastTest.log" 2>/dev/null | cut -c1-400 | tail -n 60 || true
+    return 1
+}
+
 step "dependencies"
 QV_TEST_DEPS=1 bash deploy/install-deps.sh
 step "default model"
@@ -40,7 +52,7 @@ if [[ "${QV_SKIP_CUDA:-0}" != 1 ]] && command -v nvcc >/dev/null 2>&1; then
     step "CUDA build (compile + link; GPU tests skip without a device)"
     cmake -S . -B build-cuda -DQV_CUDA=ON -DQV_FATAL_WARNINGS=ON >/dev/null
     cmake --build build-cuda -j"$jobs"
-    ctest --test-dir build-cuda -L gpu --output-on-failure
+    run_ctest build-cuda -L gpu
 fi
 
 if [[ "${QV_SKIP_TSAN:-0}" != 1 ]]; then
@@ -59,10 +71,10 @@ if [[ "${QV_SKIP_TSAN:-0}" != 1 ]]; then
     # shellcheck disable=SC2086
     cmake --build build-tsan -j"$jobs" --target $tsan_tests quiver
     step "tests (TSan)"
-    TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure \
+    TSAN_OPTIONS=halt_on_error=1 run_ctest build-tsan \
         -R "^($(tr ' ' '|' <<<"$tsan_tests"))\$"
     step "HTTP smoke test (TSan: the server's HTTP, engine, worker and signal threads)"
-    QV_TSAN=1 ctest --test-dir build-tsan --output-on-failure -R '^test_http_tsan_sh$'
+    QV_TSAN=1 run_ctest build-tsan -R '^test_http_tsan_sh$'
 fi
 
 if [[ "${QV_SKIP_ASAN:-0}" != 1 ]]; then
@@ -72,13 +84,13 @@ if [[ "${QV_SKIP_ASAN:-0}" != 1 ]]; then
     cmake --build build-asan -j"$jobs"
     step "tests (ASan+UBSan)"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        ctest --test-dir build-asan -j"$jobs" --output-on-failure -LE slow
+        run_ctest build-asan -j"$jobs" -LE slow
 fi
 
 step "release build (-Werror)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF >/dev/null
 cmake --build build -j"$jobs"
 step "tests (release)"
-ctest --test-dir build -j"$jobs" --output-on-failure
+run_ctest build -j"$jobs"
 
 step "all tests passed"

@@ -425,7 +425,7 @@ def run(store, servers):
     st, r = complete(srv, base, g[0], g[2])
     check(st == 200 and text_of(r) == base_text, "base still served after a load failure")
     run_admin_tests(srv, store, fix, demo, solo, base)
-    run_prefix_cache_test(srv, demo, solo)
+    run_prefix_cache_test(srv, fix, demo, solo)
     log = "".join(srv.lines)
     check("adapter=pirate status=200" in log and "adapter=lora-r8-all status=200" in log,
           "request log lines carry the adapter name")
@@ -589,29 +589,35 @@ def cached_of(resp):
     return ((resp.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
 
 
-def run_prefix_cache_test(srv, demo, solo):
-    """The prefix cache is keyed by the loaded adapter version: 'swap' uploaded with pirate's
-    files is pirate's version (the store is content-addressed), so it reuses the K/V pirate
-    computed for the same chat and answers as pirate; after a PUT of other weights under the
-    same name nothing of the old version is reused (no stale K/V) and the answer is the new
-    weights'."""
-    (pname, pdir, pprompts), (sname, sdir, _) = demo
+def run_prefix_cache_test(srv, fix, demo, solo):
+    """The prefix cache is keyed by the loaded adapter version, never by the name: 'swap'
+    uploaded with pirate's files is pirate's version (the store is content-addressed), so it
+    reuses the K/V pirate computed for the same chat and answers as pirate. After a PUT of a
+    LoRA's weights under the same name, nothing of the old version is reused (no stale K/V), and
+    the LoRA, asked the same chat under its own name, reuses what 'swap' just computed."""
+    (pname, pdir, pprompts), (lname, ldir) = demo[0], fix[0][:2]
     user = pprompts[0][0]
+    st0, r0 = chat(srv, pname, user)  # pirate's pages for this chat are cached from here on
     st, data = upload(srv, "POST", "/v1/adapters", {"name": "swap"}, adapter_files(pdir))
     check(st == 201, f"upload 'swap' ({pname}'s files): {st}")
     (st1, r1), (st2, r2) = chat(srv, "swap", user), chat(srv, "swap", user)
-    check(st1 == st2 == 200 and text_of(r1) == text_of(r2) == solo[(pname, 0)] and
+    check(st0 == st1 == st2 == 200 and text_of(r1) == text_of(r2) == solo[(pname, 0)] and
           cached_of(r1) >= 16 and cached_of(r2) == cached_of(r1),
           f"'swap' = {pname}'s version: its answer, with {pname}'s cached K/V "
           f"(cached_tokens {cached_of(r1)}, {cached_of(r2)})")
     c_swap = cached_of(r1)
-    st, data = upload(srv, "PUT", "/v1/adapters/swap", {}, adapter_files(sdir))
-    check(st == 200, f"PUT 'swap' with {sname}'s files: {st}")
+    # lora-r8-all has served completions only, so no chat page of its version is cached yet.
+    st, data = upload(srv, "PUT", "/v1/adapters/swap", {}, adapter_files(ldir))
+    check(st == 200 and data.get("kind") == "LORA", f"PUT 'swap' with {lname}'s files: {st}")
     st, r = chat(srv, "swap", user)
-    st_s, r_s = chat(srv, sname, user)
-    check(st == st_s == 200 and cached_of(r) == 0 and text_of(r) == text_of(r_s) and
+    st_l, r_l = chat(srv, lname, user)
+    check(st == st_l == 200 and cached_of(r) == 0 and text_of(r) == text_of(r_l) and
           text_of(r) != solo[(pname, 0)],
-          f"after the PUT: nothing reused ({cached_of(r)}), {sname}'s answer {text_of(r)[:40]!r}")
+          f"after the PUT: nothing of {pname}'s K/V reused ({cached_of(r)}), "
+          f"{lname}'s answer {text_of(r)[:40]!r}")
+    check(cached_of(r_l) == c_swap,
+          f"{lname} under its own name reuses the K/V 'swap' computed for its version "
+          f"({cached_of(r_l)} cached)")
     st, _, _ = srv.raw("DELETE", "/v1/adapters/swap", key=ADMIN)
     check(st == 200, f"DELETE 'swap': {st}")
     # POST /reset_prefix_cache (vLLM's route): the admin key only; frees every cached page no
@@ -625,9 +631,10 @@ def run_prefix_cache_test(srv, demo, solo):
           f"POST /reset_prefix_cache: 401/403 without the admin key, 405 on GET, then {st} {body}")
     m = srv.metrics()
     (st1, r1), (st2, r2) = chat(srv, pname, user), chat(srv, pname, user)
-    check(m.get('quiver_prefix_cache_pages{state="all"}') == 0 and cached_of(r1) == 0 and
+    pages = m.get('quiver_prefix_cache_pages{state="all"}')
+    check(pages == 0 and cached_of(r1) == 0 and
           cached_of(r2) == c_swap and text_of(r1) == text_of(r2) == solo[(pname, 0)],
-          f"after the reset: 0 pages cached, {pname} computes its prompt again "
+          f"after the reset: {pages} pages cached, {pname} computes its prompt again "
           f"(cached_tokens {cached_of(r1)}, then {cached_of(r2)})")
 
 
