@@ -118,6 +118,13 @@ typedef struct qv_gen_params {
      * per step, a row buffer of that many vocabulary rows allocated with the first such
      * request) and read on the host. */
     qv_prompt_lp_cb prompt_lp_cb;
+    /* JSON mode (OpenAI response_format {"type": "json_object"}): the generated text is one
+     * JSON object (json_grammar.h) followed by an end-of-generation token, or a prefix of one
+     * when max_tokens ends it first. Before each draw, tokens that would leave no valid
+     * continuation are masked (so logprobs are those of the masked row), and once the object
+     * is closed only end-of-generation tokens remain. Needs the tokenizer; refused with
+     * ignore_eos or min_tokens (both would fight the forced end). Host-sampled. */
+    bool json_object;
 } qv_gen_params;
 
 /* Prompt-logprob rows per engine step (on top of one sampling row per sequence). */
@@ -195,8 +202,10 @@ typedef struct qv_engine_stats {
     uint64_t prefix_query_tokens; /* prompt tokens (virtual ones included) of admitted sequences */
     uint64_t prefix_hit_tokens;   /* of which taken from the prefix cache, not computed */
     uint64_t prefix_evictions;    /* cached pages evicted to make room */
-    uint64_t prefix_waits; /* admissions put off (per sequence and step) while a running sequence
-                              computed a prefix page the waiting one shares */
+    uint64_t prefix_waits;   /* admissions put off (per sequence and step) while a running sequence
+                                computed a prefix page the waiting one shares */
+    uint64_t json_mask_hits; /* JSON mode: masks taken from the per-state cache */
+    uint64_t json_mask_misses; /* and computed (one pass over the vocabulary each) */
     /* device adapter pool (CUDA backend; all 0 on the CPU and before its first adapter) */
     int dev_adapters_resident;       /* adapter versions on the device now */
     uint64_t dev_adapter_loads;      /* uploads started (steps and prefetches) */

@@ -86,6 +86,14 @@ int qv_tokenizer_eog_ids(const qv_tokenizer *t, const int32_t **ids);
 bool qv_tokenizer_is_special(const qv_tokenizer *t, int32_t id);
 /* Token text as stored in the vocabulary (e.g. "Ġthe"); NULL for unknown ids. Borrowed. */
 const char *qv_tokenizer_token_text(const qv_tokenizer *t, int32_t id, size_t *len);
+/* The bytes token `id` adds to a text it follows: the decoder chain applied to the token as
+ * for a token in the middle of a text (byte-level characters to bytes, <0xXX> byte tokens,
+ * Replace, the metaspace as a space, or dropped when a Fuse precedes it as HF does for the
+ * first element, Strip unless a Fuse precedes it), written to buf[cap] with the
+ * length in *len. Raw: a byte-level token may hold part of a UTF-8 character. Returns false for
+ * special tokens, unknown ids and tokens of more than cap bytes. Thread: any. */
+bool qv_tokenizer_token_bytes(const qv_tokenizer *t, int32_t id, uint8_t *buf, size_t cap,
+                              size_t *len);
 /* Id of an exact token text (added tokens first, then the model vocabulary); -1 if absent. */
 int32_t qv_tokenizer_token_id(const qv_tokenizer *t, const char *text, size_t len);
 /* Raw chat template source (tokenizer_config.json / GGUF) or NULL. Borrowed. */

@@ -359,10 +359,11 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
     const cJSON *f = field(root, "response_format");
     if (f) {
         const cJSON *t = cJSON_IsObject(f) ? field(f, "type") : NULL;
-        if (!t || !cJSON_IsString(t) || strcmp(t->valuestring, "text") != 0)
+        if (!t || !cJSON_IsString(t) ||
+            (strcmp(t->valuestring, "text") != 0 && strcmp(t->valuestring, "json_object") != 0))
             return fail(e, QV_ERR_INVALID, "response_format",
-                        "'response_format' other than {\"type\": \"text\"} is not supported "
-                        "by quiver (no JSON mode or guided decoding)");
+                        "'response_format' must be {\"type\": \"text\"} or {\"type\": "
+                        "\"json_object\"} (JSON mode); quiver has no schema-guided decoding");
     }
     static const char *const lists[] = {"tools", "functions"};
     for (size_t i = 0; i < QV_ARRAY_LEN(lists); i++)
@@ -509,6 +510,9 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = decode_stop_ids(root, r, e))) goto done;
     if ((s = decode_logit_bias(root, r, e))) goto done;
     if ((s = get_int(root, "min_tokens", 0, 1e9, &r->min_tokens, e))) goto done;
+    const cJSON *rf = field(root, "response_format"); /* refuse_unsupported checked it */
+    const cJSON *rf_type = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
+    r->json_object = cJSON_IsString(rf_type) && !strcmp(rf_type->valuestring, "json_object");
     if ((s = decode_logprobs(root, r, e))) goto done;
     if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
     if ((s = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto done;

@@ -108,6 +108,7 @@ typedef struct qv_proto_request {
     float *bias_values;
     size_t n_bias;
     int min_tokens;   /* vLLM extension: no end-of-generation / stop before this many tokens */
+    bool json_object; /* response_format {"type": "json_object"}: the text is one JSON object */
     bool echo;        /* completions: the text starts with the prompt, and with logprobs the
                          prompt tokens come first in them; max_tokens may then be 0 */
     bool logprobs;    /* token log-probabilities requested */

@@ -2233,6 +2233,7 @@ static bool member_params(const member_spec *ms, int j, qv_gen_params *gp, qv_er
     gp->max_tokens = ms->max_tokens ? ms->max_tokens : 1; /* echo only: its token is dropped */
     gp->ignore_eos = pr->ignore_eos;
     gp->min_tokens = pr->min_tokens;
+    gp->json_object = pr->json_object;
     qv_sampling_params *sp = &gp->sampling;
     sp->temperature = pr->temperature;
     sp->top_k = pr->top_k;
@@ -2502,6 +2503,12 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                              (int)pr.bias_ids[i], n_vocab);
             goto done;
         }
+    if (pr.json_object && (pr.min_tokens > 0 || pr.ignore_eos)) {
+        ret = send_error(c, ctx, 400, "response_format", "invalid_value",
+                         "JSON mode ends when the object closes: it cannot be combined with %s",
+                         pr.ignore_eos ? "'ignore_eos'" : "'min_tokens'");
+        goto done;
+    }
     if (pr.min_tokens > max_tokens) {
         ret = send_error(c, ctx, 400, "min_tokens", "invalid_value",
                          "'min_tokens' (%d) must not exceed max_tokens (%d)", pr.min_tokens,

@@ -81,6 +81,29 @@ static qv_status flush_bytes(slist *out, qv__buf *bytes) {
     return st;
 }
 
+/* The span [*a, *b) of s[n] that a Strip decoder keeps: up to strip_start copies of
+ * strip_cp removed from the start, up to strip_stop from the end. */
+static void strip_span(const qv__dec *d, const char *s, size_t n, size_t *a_out, size_t *b_out) {
+    size_t a = 0, b = n;
+    for (int k = 0; k < d->strip_start && a < n; k++) {
+        uint32_t cp;
+        size_t l = qv__utf8_decode(s + a, n - a, &cp);
+        if (!l || cp != d->strip_cp) break;
+        a += l;
+    }
+    for (int k = 0; k < d->strip_stop && b > a; k++) {
+        size_t j = b - 1;
+        while (j > a && ((uint8_t)s[j] & 0xC0) == 0x80)
+            j--;
+        uint32_t cp;
+        size_t l = qv__utf8_decode(s + j, b - j, &cp);
+        if (!l || cp != d->strip_cp) break;
+        b = j;
+    }
+    *a_out = a;
+    *b_out = b;
+}
+
 static qv_status dec_step(const qv__dec *d, const slist *in, slist *out) {
     qv_status st = QV_OK;
     switch (d->kind) {
@@ -155,22 +178,8 @@ static qv_status dec_step(const qv__dec *d, const slist *in, slist *out) {
     case QV_DEC_STRIP:
         for (size_t i = 0; i < in->n && !st; i++) {
             const char *s = in->buf.p + in->off[i];
-            size_t n = in->len[i], a = 0, b = n;
-            for (int k = 0; k < d->strip_start && a < n; k++) {
-                uint32_t cp;
-                size_t l = qv__utf8_decode(s + a, n - a, &cp);
-                if (!l || cp != d->strip_cp) break;
-                a += l;
-            }
-            for (int k = 0; k < d->strip_stop && b > a; k++) {
-                size_t j = b - 1;
-                while (j > a && ((uint8_t)s[j] & 0xC0) == 0x80)
-                    j--;
-                uint32_t cp;
-                size_t l = qv__utf8_decode(s + j, b - j, &cp);
-                if (!l || cp != d->strip_cp) break;
-                b = j;
-            }
+            size_t a, b;
+            strip_span(d, s, in->len[i], &a, &b);
             st = slist_add(out, s + a, b - a);
         }
         return st;
@@ -228,6 +237,104 @@ qv_status qv__tok_decode_buf(const qv_tokenizer *t, const int32_t *ids, size_t n
     slist_free(&a);
     slist_free(&b);
     return st;
+}
+
+/* One decoder step on one token's bytes, src[n] -> dst[cap]; false when dst is too small.
+ * fused: a Fuse came before, so the token is inside the list's first (only) element, where
+ * the metaspace decoder drops every replacement character (as dec_step does). */
+static bool token_step(const qv__dec *d, bool fused, const char *src, size_t n, char *dst,
+                       size_t cap, size_t *out) {
+    size_t m = 0, j = 0;
+    switch (d->kind) {
+    case QV_DEC_BYTELEVEL:
+        while (j < n) {
+            uint32_t cp;
+            size_t k = qv__utf8_decode(src + j, n - j, &cp);
+            int b = k ? qv__cp_to_byte(cp) : -1;
+            if (b < 0) break; /* as dec_step: a token with an unmapped character stays as is */
+            if (m == cap) return false;
+            dst[m++] = (char)b;
+            j += k;
+        }
+        if (j < n) {
+            if (n > cap) return false;
+            memcpy(dst, src, n);
+            m = n;
+        }
+        break;
+    case QV_DEC_BYTEFALLBACK: {
+        const int b = byte_token(src, n);
+        if (b >= 0) {
+            if (!cap) return false;
+            dst[m++] = (char)b;
+            break;
+        }
+        if (n > cap) return false;
+        memcpy(dst, src, n);
+        m = n;
+        break;
+    }
+    case QV_DEC_REPLACE:
+    case QV_DEC_METASPACE: {
+        const char *a = d->kind == QV_DEC_REPLACE ? d->a : d->replacement;
+        const bool drop =
+            d->kind == QV_DEC_METASPACE && fused && d->prepend_scheme != QV_PREPEND_NEVER;
+        const char *b = d->kind == QV_DEC_REPLACE ? d->b : " ";
+        const size_t a_len = d->kind == QV_DEC_REPLACE ? d->a_len : d->replacement_len;
+        const size_t b_len = d->kind == QV_DEC_REPLACE ? d->b_len : drop ? 0 : 1;
+        while (j < n) {
+            const bool hit = a_len && j + a_len <= n && !memcmp(src + j, a, a_len);
+            const size_t k = hit ? b_len : 1;
+            if (m + k > cap) return false;
+            memcpy(dst + m, hit ? b : src + j, k);
+            m += k;
+            j += hit ? a_len : 1;
+        }
+        break;
+    }
+    case QV_DEC_STRIP: { /* per token (token_bytes skips it once a Fuse made the list one text) */
+        size_t a, b;
+        strip_span(d, src, n, &a, &b);
+        if (b - a > cap) return false;
+        memcpy(dst, src + a, b - a);
+        m = b - a;
+        break;
+    }
+    default: /* FUSE */
+        if (n > cap) return false;
+        memcpy(dst, src, n);
+        m = n;
+        break;
+    }
+    *out = m;
+    return true;
+}
+
+bool qv_tokenizer_token_bytes(const qv_tokenizer *t, int32_t id, uint8_t *buf, size_t cap,
+                              size_t *len) {
+    size_t n;
+    const char *s = qv_tokenizer_token_text(t, id, &n);
+    if (!s || t->is_special[id]) return false;
+    char a[512], b[512];
+    size_t m = 0;
+    if (!t->has_decoder) a[m++] = ' '; /* tokens are joined with spaces then */
+    if (n + m > sizeof a) return false;
+    memcpy(a + m, s, n);
+    n += m;
+    char *cur = a, *nxt = b;
+    bool fused = false; /* after a Fuse the list is one text: Strip only trims its ends */
+    for (int k = 0; k < t->n_decs; k++) {
+        fused = fused || t->decs[k].kind == QV_DEC_FUSE;
+        if (fused && t->decs[k].kind == QV_DEC_STRIP) continue;
+        if (!token_step(&t->decs[k], fused, cur, n, nxt, sizeof a, &n)) return false;
+        char *tmp = cur;
+        cur = nxt;
+        nxt = tmp;
+    }
+    if (n > cap) return false;
+    memcpy(buf, cur, n);
+    *len = n;
+    return true;
 }
 
 qv_status qv_tokenizer_decode(const qv_tokenizer *t, const int32_t *ids, size_t n,
