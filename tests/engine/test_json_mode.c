@@ -26,7 +26,7 @@
 #include "engine.h"
 #include "test_util.h"
 
-#define MAX_GEN 160
+#define MAX_GEN 96
 #define N_SEQ 5
 
 static char model_path[4096];
