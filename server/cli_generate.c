@@ -72,6 +72,7 @@ static void usage(FILE *f, bool chat) {
             "  --seed S                sampling seed (default 0)\n"
             "  --stop TEXT             stop string (repeatable, up to %d)\n"
             "  --ignore-eos            keep generating past end-of-generation tokens\n"
+            "  --json                  JSON mode: the answer is one JSON object\n"
             "  --add-special           let the tokenizer add BOS/EOS (generate only)\n"
             "  --threads N             CPU threads (default: the usable CPUs, within a cgroup CPU "
             "limit)\n"
@@ -185,6 +186,8 @@ static int parse_opts(int argc, char **argv, bool chat, gen_opts *o) {
             o->stops[o->n_stops++] = v;
         } else if (!strcmp(a, "--ignore-eos")) {
             o->gp.ignore_eos = true;
+        } else if (!strcmp(a, "--json")) {
+            o->gp.json_object = true;
         } else if (!strcmp(a, "--add-special") && !chat) {
             o->add_special = true;
         } else if (!strcmp(a, "--threads")) {
@@ -212,6 +215,10 @@ static int parse_opts(int argc, char **argv, bool chat, gen_opts *o) {
             return 2;
         }
 #undef NEED_VALUE
+    }
+    if (o->gp.json_object && o->gp.ignore_eos) {
+        fprintf(stderr, "quiver: --json ends at the object's close: no --ignore-eos with it\n");
+        return 2;
     }
     return 0;
 }

@@ -63,8 +63,21 @@ PY
 "$quiver" generate --model "$model" --prompt "$(prompt_text 1)" --max-tokens 32 --stop return >"$tmp/got3"
 expect "stop string" "$tmp/want3" "$tmp/got3"
 
+# --json: even asked for prose, the answer is one JSON object (Python's json module judges).
+"$quiver" chat --model "$model" --message "Tell me about cats in two sentences." --json \
+    --max-tokens 64 >"$tmp/got4"
+if python3 -c 'import json, sys; sys.exit(not isinstance(json.load(open(sys.argv[1])), dict))' \
+    "$tmp/got4"; then
+    echo "ok   chat --json: $(tr -d '\n' <"$tmp/got4")"
+else
+    echo "FAIL chat --json: $(cat "$tmp/got4")"
+    fail=1
+fi
+
 # Errors: usage errors exit 2, a bad model exits 1 with a one-line message.
 set +e
+"$quiver" chat --model "$model" --message x --json --ignore-eos >/dev/null 2>"$tmp/err"; rc=$?
+[[ $rc == 2 ]] && echo "ok   --json with --ignore-eos -> 2" || { echo "FAIL --json --ignore-eos rc=$rc"; fail=1; }
 "$quiver" generate --model "$model" --prompt x --temperature -1 >/dev/null 2>"$tmp/err"; rc=$?
 [[ $rc == 2 ]] && echo "ok   bad temperature -> 2" || { echo "FAIL bad temperature rc=$rc"; fail=1; }
 printf 'GGUF\x03\x00\x00\x00garbage' >"$tmp/bad.gguf"
