@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "engine/engine.h"
 
 /* ---- bandwidth probe ----
@@ -177,15 +178,7 @@ int main(int argc, char **argv) {
             model = argv[i];
     }
     static char def[4096];
-    if (!model) {
-        const char *home = getenv("QUIVER_HOME");
-        if (home)
-            snprintf(def, sizeof(def), "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", home);
-        else
-            snprintf(def, sizeof(def), "%s/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                     getenv("HOME"));
-        model = def;
-    }
+    if (!model) model = bench_default_model(def, sizeof(def));
     int threads = n_threads ? n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     qv_log_set_level(QV_LOG_WARN);
     qv_engine_config cfg;

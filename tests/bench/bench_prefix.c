@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_util.h"
 #include "engine/engine.h"
 
 #define MAX_REQ 256
@@ -47,11 +48,6 @@ static void on_tok(void *user, int seq_id, int32_t tok, const qv_logprobs *lp,
     if (r->n == 0) r->ttft = qv_time_s() - r->t_add;
     if (r->n < MAX_GEN) r->toks[r->n++] = tok;
     if (fin != QV_FINISH_NONE) r->done = true;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 static int run_round(qv_engine *e, req *rs, int n_req, int conc, int gen, round_result *out) {
@@ -94,17 +90,12 @@ static int run_round(qv_engine *e, req *rs, int n_req, int conc, int gen, round_
         t[i] = rs[i].ttft;
         sum += t[i];
     }
-    qsort(t, (size_t)n_req, sizeof(double), cmp_double);
+    qsort(t, (size_t)n_req, sizeof(double), bench_cmp_double);
     out->ttft_mean = sum / n_req;
     out->ttft_p90 = t[(int)(0.9 * (n_req - 1) + 0.5)];
     out->computed = (unsigned long long)((s1.prefix_query_tokens - s0.prefix_query_tokens) -
                                          (s1.prefix_hit_tokens - s0.prefix_hit_tokens));
     return 0;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 int main(int argc, char **argv) {
@@ -141,16 +132,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_prefix: out-of-range option\n");
         return 2;
     }
-    char def[1024];
-    if (!model) {
-        const char *home = getenv("QUIVER_HOME");
-        if (home)
-            snprintf(def, sizeof(def), "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", home);
-        else
-            snprintf(def, sizeof(def), "%s/.cache/quiver/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                     getenv("HOME"));
-        model = def;
-    }
+    static char def[4096];
+    if (!model) model = bench_default_model(def, sizeof(def));
     qv_log_set_level(QV_LOG_WARN);
     qv_engine *eng[2] = {NULL, NULL}; /* [0] cache on, [1] off */
     for (int k = 0; k < 2; k++) {
@@ -226,7 +209,7 @@ int main(int argc, char **argv) {
     }
     printf("\nno cache / prefix cache (median of %d rounds): wall time %.2fx, mean TTFT %.2fx; "
            "identical tokens in both engines: %s\n",
-           rounds, median(r_wall, rounds), median(r_ttft, rounds), same ? "yes" : "NO");
+           rounds, bench_median(r_wall, rounds), bench_median(r_ttft, rounds), same ? "yes" : "NO");
     free(ids);
     for (int k = 0; k < 2; k++) {
         for (int i = 0; i < n_req; i++)

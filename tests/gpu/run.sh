@@ -66,7 +66,7 @@ export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "phases: $phases; budget ${budget} s"
 # not the server binary: it links libmicrohttpd/gnutls, which the machine may lack
-export targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora test_cuda_engine_lora test_cuda_sample bench_gpu_decode bench_sgmv bench_gpu_lora bench_prefix"
+export targets="test_cuda_probe test_cuda_ops test_cuda_forward test_cuda_smollm2 test_cuda_sgmv test_cuda_lora test_cuda_engine_lora test_cuda_sample bench_gpu_decode bench_sgmv bench_gpu_lora bench_prefix bench_json"
 build() { # $1 = ON/OFF fatal warnings
     cmake -S . -B build-gpu -DQV_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DQV_FATAL_WARNINGS=$1 \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo >/tmp/qv-gpu-cmake.log 2>&1 || { tail -20 /tmp/qv-gpu-cmake.log; return 1; }
@@ -143,7 +143,11 @@ if want lora; then
     step "bench_prefix cuda" 90 build-gpu/tests/bench_prefix --device cuda --requests 16 \
         --concurrency 8 --rounds 2 >/tmp/qv-gpu-bench-prefix.log 2>/dev/null
     cat /tmp/qv-gpu-bench-prefix.log
-    logs+=(/tmp/qv-gpu-bench-lora.log /tmp/qv-gpu-bench-prefix.log)
+    echo "== JSON mode on cuda (bench_json: its rows are masked and sampled on the host) =="
+    step "bench_json cuda" 60 build-gpu/tests/bench_json --device cuda --requests 16 \
+        --rounds 3 >/tmp/qv-gpu-bench-json.log 2>/dev/null
+    cat /tmp/qv-gpu-bench-json.log
+    logs+=(/tmp/qv-gpu-bench-lora.log /tmp/qv-gpu-bench-prefix.log /tmp/qv-gpu-bench-json.log)
 fi
 
 echo
