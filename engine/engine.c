@@ -141,6 +141,7 @@ struct qv_engine {
         uint64_t *bits; /* [(n_vocab + 63) / 64] */
     } jm[QV_JSON_MASK_CACHE];
     uint64_t jm_clock, jm_hits, jm_misses;
+    float *jm_raw; /* [n_vocab] a JSON-mode row before its mask, for its logprobs */
 };
 
 void qv_engine_config_default(qv_engine_config *c) {
@@ -355,6 +356,7 @@ void qv_engine_destroy(qv_engine *e) {
     qv_free(e->tb_bytes);
     for (int i = 0; i < QV_JSON_MASK_CACHE; i++)
         qv_free(e->jm[i].bits);
+    qv_free(e->jm_raw);
     qv_free(e);
 }
 
@@ -388,7 +390,7 @@ static qv_status token_bytes_build(qv_engine *e, qv_error *err) {
         used += n;
     }
     const size_t words = ((size_t)V + 63) / 64;
-    bool bits_ok = true;
+    bool bits_ok = e->jm_raw || (e->jm_raw = qv_malloc((size_t)V * sizeof(float)));
     for (int i = 0; i < QV_JSON_MASK_CACHE && bits_ok; i++)
         bits_ok = e->jm[i].bits || (e->jm[i].bits = qv_malloc(words * sizeof(uint64_t)));
     if (!off || !len || !bytes || !bits_ok) {
@@ -1108,14 +1110,20 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         int32_t tok;
         if (li < n_full) {
             float *row = e->logits + (size_t)li * (size_t)n_vocab;
-            if (s->json && json_mask(e, s, row) == 0) {
-                /* no allowed token has a finite logit (a bias of -inf cannot be set, so only
-                 * a vocabulary without the bytes needed): end here */
-                const int32_t *eog;
-                tok = qv_tokenizer_eog_ids(e->tok, &eog) > 0 ? eog[0] : 0;
-                qv_logprobs_of_row(row, n_vocab, tok, 0, &lp);
-            } else {
+            if (!s->json) {
                 tok = qv_sampler_sample(s->sampler, row, want_lp ? &lp : NULL);
+            } else {
+                /* logprobs stay the model's (the raw row), as with logit_bias */
+                if (want_lp) memcpy(e->jm_raw, row, (size_t)n_vocab * sizeof(float));
+                if (json_mask(e, s, row) > 0) {
+                    tok = qv_sampler_sample(s->sampler, row, NULL);
+                } else { /* no allowed token has a finite logit (a vocabulary without the bytes
+                          * needed): end here */
+                    const int32_t *eog;
+                    tok = qv_tokenizer_eog_ids(e->tok, &eog) > 0 ? eog[0] : 0;
+                }
+                if (want_lp)
+                    qv_logprobs_of_row(e->jm_raw, n_vocab, tok, s->p.sampling.n_logprobs, &lp);
             }
         } else {
             tok = e->b_greedy[li - n_full]; /* the sampler's choice, made on the device */

@@ -121,7 +121,7 @@ typedef struct qv_gen_params {
     /* JSON mode (OpenAI response_format {"type": "json_object"}): the generated text is one
      * JSON object (json_grammar.h) followed by an end-of-generation token, or a prefix of one
      * when max_tokens ends it first. Before each draw, tokens that would leave no valid
-     * continuation are masked (so logprobs are those of the masked row), and once the object
+     * continuation are masked (logprobs stay those of the raw row), and once the object
      * is closed only end-of-generation tokens remain. Needs the tokenizer; refused with
      * ignore_eos or min_tokens (both would fight the forced end). Host-sampled. */
     bool json_object;

@@ -36,7 +36,15 @@ static bool is_hex(uint8_t c) {
     return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-static void value_done(qv_json_state *s) { s->mode = s->depth ? M_AFTER : M_DONE; }
+/* Leaves a string, number or literal for `mode`, clearing what only mattered inside it, so
+ * that equal grammar positions are equal states (the engine caches masks by state). */
+static void settle(qv_json_state *s, enum mode mode) {
+    s->mode = (uint8_t)mode;
+    s->sub = s->lit = s->key = s->utf8 = 0;
+    s->lo = s->hi = 0;
+}
+
+static void value_done(qv_json_state *s) { settle(s, s->depth ? M_AFTER : M_DONE); }
 
 static bool top_is_array(const qv_json_state *s) {
     return s->depth && ((s->arrays >> (s->depth - 1)) & 1u);
@@ -121,7 +129,7 @@ static bool string_byte(qv_json_state *s, uint8_t c) {
     if (s->utf8) {
         if (c < s->lo || c > s->hi) return false;
         s->utf8--;
-        s->lo = 0x80, s->hi = 0xBF;
+        s->lo = s->utf8 ? 0x80 : 0, s->hi = s->utf8 ? 0xBF : 0; /* 0: a character ended */
         return true;
     }
     if (s->sub == 1) {
@@ -145,7 +153,7 @@ static bool string_byte(qv_json_state *s, uint8_t c) {
     }
     if (c == '"') {
         if (s->key)
-            s->mode = M_COLON;
+            settle(s, M_COLON);
         else
             value_done(s);
         return true;

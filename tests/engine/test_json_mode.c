@@ -34,6 +34,7 @@ static char model_path[4096];
 typedef struct run {
     int id;
     int32_t toks[MAX_GEN];
+    qv_logprobs lps[MAX_GEN]; /* when logprobs were asked */
     int n;
     int finish;
 } run;
@@ -44,10 +45,10 @@ static int n_runs;
 static void on_tok(void *user, int seq_id, int32_t tok, const qv_logprobs *lp,
                    enum qv_finish_reason fin) {
     (void)user;
-    (void)lp;
     for (int i = 0; i < n_runs; i++)
         if (runs[i].id == seq_id) {
             assert_true(runs[i].n < MAX_GEN);
+            if (lp) runs[i].lps[runs[i].n] = *lp;
             runs[i].toks[runs[i].n++] = tok;
             runs[i].finish = (int)fin;
             return;
@@ -116,7 +117,7 @@ static void test_json_objects(void **state) {
             gp[i].sampling.temperature = 0.0f; /* greedy (constrained, and the free control) */
         }
     }
-    gp[2].sampling.n_logprobs = 5; /* a logprobs row is masked like any other */
+    gp[2].sampling.n_logprobs = 5; /* a logprobs row is masked like any other (and copied) */
     run_all(e, prompt, n_prompt, gp, N_SEQ);
     int n_objects = 0;
     for (int i = 0; i < N_SEQ - 1; i++) {
@@ -200,6 +201,7 @@ static void test_mask_keeps_valid_path(void **state) {
         qv_gen_params_default(&gp[i]);
         gp[i].max_tokens = MAX_GEN;
         gp[i].sampling.temperature = 0.0f;
+        gp[i].sampling.n_logprobs = 4;
         gp[i].json_object = i == 0;
     }
     run_all(e, prompt, n_prompt, gp, 2);
@@ -216,6 +218,15 @@ static void test_mask_keeps_valid_path(void **state) {
     assert_int_equal(rs[0].n, rs[1].n);
     assert_memory_equal(rs[0].toks, rs[1].toks, (size_t)rs[1].n * 4);
     assert_int_equal(rs[0].finish, QV_FINISH_STOP);
+    /* the logprobs are the model's, from the row before the mask: the same as the free run's,
+     * alternatives included (even tokens the mask refused) */
+    for (int k = 0; k < rs[0].n; k++) {
+        const qv_logprobs *a = &rs[0].lps[k], *b = &rs[1].lps[k];
+        assert_int_equal(a->token, b->token);
+        assert_true(a->logprob == b->logprob && a->n_top == 4 && b->n_top == 4);
+        assert_memory_equal(a->top_ids, b->top_ids, 4 * sizeof(int32_t));
+        assert_memory_equal(a->top_logprobs, b->top_logprobs, 4 * sizeof(float));
+    }
     qv_free(prompt);
     qv_engine_destroy(e);
 }
