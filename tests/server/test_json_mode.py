@@ -63,6 +63,15 @@ def run_json_mode_tests(srv):
           isinstance(json.loads(b.choices[0].message.content), dict),
           f"JSON mode: asked for JSON, the constrained answer equals the free one "
           f"({b.choices[0].message.content!r})")
+    # logprobs are the model's (the row before the mask): the same numbers as the free run's
+    lp = [client.chat.completions.create(model=base, messages=ask, max_tokens=100, temperature=0,
+                                         logprobs=True, top_logprobs=3, **extra).choices[0]
+          for extra in ({}, {"response_format": jm})]
+    vals = [[(t.token, t.logprob, [a.logprob for a in t.top_logprobs])
+             for t in c.logprobs.content] for c in lp]
+    check(vals[0] == vals[1] and len(vals[1]) > 0 and
+          all(isinstance(v, float) for _, v, _ in vals[1]),
+          f"JSON mode logprobs equal the free run's ({len(vals[1])} tokens)")
     # completions take it too (vLLM does)
     st, _, data = srv.raw("POST", "/v1/completions",
                           {"prompt": "The capital of France is", "max_tokens": 32,
@@ -74,11 +83,12 @@ def run_json_mode_tests(srv):
           f"JSON mode on /v1/completions: {st} {fin} {t[:60]!r}")
     body = {"messages": prose, "max_tokens": 8, "response_format": jm}
     T.expect_error(srv, "JSON mode with min_tokens", 400, "POST", "/v1/chat/completions",
-                 dict(body, min_tokens=2), param="response_format")
+                   dict(body, min_tokens=2), param="response_format")
     T.expect_error(srv, "JSON mode with ignore_eos", 400, "POST", "/v1/chat/completions",
-                 dict(body, ignore_eos=True), param="response_format")
-    T.expect_error(srv, "response_format of an unknown type", 400, "POST", "/v1/chat/completions",
-                 dict(body, response_format={"type": "yaml"}), param="response_format")
+                   dict(body, ignore_eos=True), param="response_format")
+    T.expect_error(srv, "response_format of an unknown type", 400, "POST",
+                   "/v1/chat/completions", dict(body, response_format={"type": "yaml"}),
+                   param="response_format")
 
 
 def main():
