@@ -125,6 +125,10 @@ typedef struct qv_gen_params {
      * is closed only end-of-generation tokens remain. Needs the tokenizer; refused with
      * ignore_eos or min_tokens (both would fight the forced end). Host-sampled. */
     bool json_object;
+    /* Structured output (OpenAI response_format {"type": "json_schema"}): as JSON mode, but
+     * the text is one value valid under this compiled schema (json_grammar.h; the engine
+     * keeps its own reference, the caller keeps its). Takes precedence over json_object. */
+    struct qv_json_schema *json_schema;
 } qv_gen_params;
 
 /* Prompt-logprob rows per engine step (on top of one sampling row per sequence). */
@@ -206,6 +210,7 @@ typedef struct qv_engine_stats {
                                 computed a prefix page the waiting one shares */
     uint64_t json_mask_hits; /* JSON mode: masks taken from the per-state cache */
     uint64_t json_mask_misses; /* and computed (one pass over the vocabulary each) */
+    double json_mask_s;        /* time spent computing them */
     /* device adapter pool (CUDA backend; all 0 on the CPU and before its first adapter) */
     int dev_adapters_resident;       /* adapter versions on the device now */
     uint64_t dev_adapter_loads;      /* uploads started (steps and prefetches) */

@@ -8,7 +8,16 @@
  */
 #include "json_grammar.h"
 
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
 _Static_assert(sizeof(qv_json_state) == 24, "qv_json_state has padding");
+_Static_assert(sizeof(qv_json_frame) == 8 &&
+                   sizeof(qv_json_sstate) == 32 + 8 * QV_JSON_SCHEMA_MAX_FRAMES,
+               "qv_json_sstate has padding");
 
 enum mode {
     M_START,     /* the top-level '{' */
@@ -64,6 +73,7 @@ static bool open_container(qv_json_state *s, bool array) {
 static bool close_container(qv_json_state *s, bool array) {
     if (!s->depth || top_is_array(s) != array) return false;
     s->depth--;
+    s->arrays &= ~((uint64_t)1 << s->depth); /* equal positions are equal states */
     value_done(s);
     return true;
 }
@@ -248,3 +258,1086 @@ bool qv_json_feed(qv_json_state *s, const uint8_t *p, size_t n) {
 }
 
 bool qv_json_done(const qv_json_state *s) { return s->mode == M_DONE; }
+
+/* ---- JSON Schema: compiled nodes ----
+ *
+ * A schema compiles to a graph of nodes. K_LEAF values (scalars, and objects or arrays the
+ * schema leaves free) are read by the free recogniser above in qv_json_sstate.leaf;
+ * structured nodes keep their position in a frame. $ref and one-member compositions compile to
+ * K_REF nodes that the final pass replaces by their targets everywhere, so a frame never holds
+ * one. */
+
+enum kind { K_LEAF, K_OBJECT, K_MAP, K_ARRAY, K_ENUM, K_ANYOF, K_REF };
+
+/* What a value begins with: its first byte says which. */
+enum {
+    C_OBJECT = 1,
+    C_ARRAY = 2,
+    C_STRING = 4,
+    C_NUMBER = 8,
+    C_BOOL = 16,
+    C_NULL = 32,
+    C_ALL = 63
+};
+
+/* Frame phases. Phase 0 of every kind is "before the value's first byte". */
+enum { LF_START, LF_IN };
+enum { EN_START, EN_IN };
+enum { OB_OPEN, OB_FIRST, OB_KEYQ, OB_KEY, OB_COLON, OB_AFTER };
+enum { MP_OPEN, MP_FIRST, MP_KEYQ, MP_COLON, MP_AFTER };
+enum { AR_OPEN, AR_FIRST, AR_AFTER };
+
+#define NO_LIMIT UINT32_MAX
+#define MAX_COUNT 65535u /* frame counters saturate here */
+#define MAX_PROPS 255u   /* properties of one object, values of one enum (frame.cur) */
+#define MAX_ALTS 16u
+#define MAX_LITERAL 4096u /* bytes of one key or enum value */
+
+typedef struct snode {
+    uint8_t kind;
+    uint8_t classes;   /* K_LEAF: the kinds of value allowed; all: what it may begin with */
+    uint8_t integer;   /* K_LEAF: numbers have no fraction or exponent */
+    uint32_t min, max; /* K_LEAF strings: characters; K_ARRAY: items */
+    uint32_t first, n; /* K_OBJECT: props; K_ENUM: lits; K_ANYOF: alts */
+    uint32_t child;    /* K_ARRAY: items; K_MAP: values; K_REF: target */
+} snode;
+
+typedef struct sspan {
+    uint32_t off, len; /* in bytes[] */
+} sspan;
+
+typedef struct sprop {
+    sspan key; /* the name as written between the quotes (JSON-escaped) */
+    uint32_t node;
+    bool required;
+} sprop;
+
+struct qv_json_schema {
+    atomic_int refs;
+    snode *nodes;
+    sprop *props;
+    sspan *lits;
+    uint32_t *alts;
+    uint8_t *bytes;
+    uint32_t n_nodes, n_props, n_lits, n_alts, n_bytes;
+    uint32_t cap_nodes, cap_props, cap_lits, cap_alts, cap_bytes;
+    uint32_t root;
+    uint32_t key_node; /* a string: the keys of K_MAP objects */
+    uint64_t hash;
+    char *text;
+};
+
+static int byte_class(uint8_t c) {
+    switch (c) {
+    case '{': return C_OBJECT;
+    case '[': return C_ARRAY;
+    case '"': return C_STRING;
+    case 't':
+    case 'f': return C_BOOL;
+    case 'n': return C_NULL;
+    default: return c == '-' || is_digit(c) ? C_NUMBER : 0;
+    }
+}
+
+/* ---- JSON Schema: compiling ---- */
+
+typedef struct compiler {
+    qv_json_schema *s;
+    const cJSON *root;
+    const cJSON **memo_src; /* schema objects compiled so far, for $ref and recursion */
+    uint32_t *memo_node;
+    uint32_t n_memo, cap_memo;
+    qv_error *err;
+    qv_status st;   /* first failure */
+    char path[256]; /* where in the schema (JSON pointer), for messages */
+    size_t path_len;
+} compiler;
+
+/* Records the first failure: "<pre><word><post> (at <JSON pointer>)". */
+static qv_status cfail(compiler *c, qv_status st, const char *pre, const char *word,
+                       const char *post) {
+    if (c->st == QV_OK) {
+        c->st = st;
+        qv_errorf(c->err, st, "%s%s%s (at %s)", pre, word ? word : "", post,
+                  c->path_len ? c->path : "/");
+    }
+    return st;
+}
+
+static bool grow(compiler *c, void **p, uint32_t *cap, uint32_t need, size_t elem) {
+    if (need <= *cap) return true;
+    uint32_t n = *cap ? *cap : 16;
+    while (n < need)
+        n *= 2;
+    void *q = qv_realloc(*p, (size_t)n * elem);
+    if (!q) {
+        cfail(c, QV_ERR_NOMEM, "out of memory", NULL, "");
+        return false;
+    }
+    *p = q;
+    *cap = n;
+    return true;
+}
+
+/* A new node (zeroed but for kind); UINT32_MAX on failure. */
+static uint32_t new_node(compiler *c, enum kind k) {
+    qv_json_schema *s = c->s;
+    if (s->n_nodes >= QV_JSON_SCHEMA_MAX_NODES) {
+        cfail(c, QV_ERR_LIMIT, "the schema has too many parts", NULL, "");
+        return UINT32_MAX;
+    }
+    if (!grow(c, (void **)&s->nodes, &s->cap_nodes, s->n_nodes + 1, sizeof(snode)))
+        return UINT32_MAX;
+    s->nodes[s->n_nodes] = (snode){.kind = (uint8_t)k, .max = NO_LIMIT, .child = UINT32_MAX};
+    return s->n_nodes++;
+}
+
+static uint32_t new_leaf(compiler *c, int classes) {
+    const uint32_t id = new_node(c, K_LEAF);
+    if (id != UINT32_MAX) c->s->nodes[id].classes = (uint8_t)classes;
+    return id;
+}
+
+/* Appends n bytes; false on failure. */
+static bool add_bytes(compiler *c, const void *p, size_t n, sspan *out) {
+    qv_json_schema *s = c->s;
+    if (n > MAX_LITERAL) {
+        cfail(c, QV_ERR_LIMIT, "a key or enum value is longer than 4096 bytes", NULL, "");
+        return false;
+    }
+    if (!grow(c, (void **)&s->bytes, &s->cap_bytes, s->n_bytes + (uint32_t)n, 1)) return false;
+    memcpy(s->bytes + s->n_bytes, p, n);
+    *out = (sspan){s->n_bytes, (uint32_t)n};
+    s->n_bytes += (uint32_t)n;
+    return true;
+}
+
+static void path_push(compiler *c, const char *a, const char *b) {
+    const size_t room = sizeof(c->path) - c->path_len;
+    const int k = snprintf(c->path + c->path_len, room, "/%s%s%s", a, b ? "/" : "", b ? b : "");
+    if (k > 0) c->path_len += (size_t)k < room ? (size_t)k : room - 1;
+}
+
+static void path_pop(compiler *c, size_t len) {
+    c->path_len = len;
+    c->path[len] = '\0';
+}
+
+static const char *const annotations[] = {
+    "title",    "description", "default",    "examples",        "format",
+    "$schema",  "$id",         "$comment",   "$defs",           "definitions",
+    "readOnly", "writeOnly",   "deprecated", "contentEncoding", "contentMediaType"};
+static const char *const keywords[] = {
+    "type",      "properties", "required", "additionalProperties",
+    "items",     "minItems",   "maxItems", "minLength",
+    "maxLength", "enum",       "const",    "anyOf",
+    "oneOf",     "allOf",      "$ref"};
+
+static bool in_list(const char *w, const char *const *list, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(w, list[i])) return true;
+    return false;
+}
+
+static const cJSON *kw(const cJSON *j, const char *name) {
+    return cJSON_GetObjectItemCaseSensitive(j, name);
+}
+
+/* A non-negative integer keyword (absent: dflt); false on a bad value. */
+static bool count_kw(compiler *c, const cJSON *j, const char *name, uint32_t dflt, uint32_t *out) {
+    const cJSON *v = kw(j, name);
+    *out = dflt;
+    if (!v) return true;
+    const double d = cJSON_IsNumber(v) ? v->valuedouble : -1.0;
+    if (!(d >= 0.0) || d != floor(d)) {
+        cfail(c, QV_ERR_INVALID, "'", name, "' must be a non-negative integer");
+        return false;
+    }
+    *out = d >= (double)MAX_COUNT ? MAX_COUNT : (uint32_t)d;
+    if (*out == MAX_COUNT && strncmp(name, "min", 3) == 0) {
+        cfail(c, QV_ERR_LIMIT, "'", name, "' above 65534 is not supported");
+        return false;
+    }
+    if (*out == MAX_COUNT) *out = NO_LIMIT; /* a maximum this large limits nothing here */
+    return true;
+}
+
+/* Follows a local JSON pointer ("#", "#/a/b", ~0 and ~1 escapes) from the document root. */
+static const cJSON *resolve_pointer(compiler *c, const char *ref) {
+    if (ref[0] != '#') {
+        cfail(c, QV_ERR_UNSUPPORTED, "$ref '", ref, "' is not a pointer into this schema");
+        return NULL;
+    }
+    const cJSON *j = c->root;
+    const char *p = ref + 1;
+    while (*p) {
+        if (*p != '/') break;
+        char seg[128];
+        size_t n = 0;
+        for (p++; *p && *p != '/'; p++) {
+            char ch = *p;
+            if (ch == '~' && (p[1] == '0' || p[1] == '1')) ch = *++p == '0' ? '~' : '/';
+            if (n + 1 >= sizeof(seg)) break;
+            seg[n++] = ch;
+        }
+        seg[n] = '\0';
+        j = cJSON_IsObject(j) ? kw(j, seg) : NULL;
+        if (!j) break;
+    }
+    if (!j || *p) cfail(c, QV_ERR_INVALID, "$ref '", ref, "' points at nothing");
+    return j;
+}
+
+static uint32_t compile_node(compiler *c, const cJSON *j, int depth);
+
+/* Compiles child schema j of the current one, reached by keyword a (and member b). */
+static uint32_t compile_child(compiler *c, const cJSON *j, int depth, const char *a,
+                              const char *b) {
+    const size_t len = c->path_len;
+    path_push(c, a, b);
+    const uint32_t id = compile_node(c, j, depth + 1);
+    path_pop(c, len);
+    return id;
+}
+
+/* Whether a JSON value (an enum member) has one of the type bits in `types`. */
+enum {
+    T_OBJECT = 1,
+    T_ARRAY = 2,
+    T_STRING = 4,
+    T_NUMBER = 8,
+    T_INTEGER = 16,
+    T_BOOLEAN = 32,
+    T_NULL = 64,
+    T_ALL = 127
+};
+
+static int value_types(const cJSON *v) {
+    if (cJSON_IsObject(v)) return T_OBJECT;
+    if (cJSON_IsArray(v)) return T_ARRAY;
+    if (cJSON_IsString(v)) return T_STRING;
+    if (cJSON_IsBool(v)) return T_BOOLEAN;
+    if (cJSON_IsNull(v)) return T_NULL;
+    const double d = v->valuedouble;
+    return d == floor(d) ? T_NUMBER | T_INTEGER : T_NUMBER;
+}
+
+static int type_bit(const char *name) {
+    static const char *const names[] = {"object",  "array",   "string", "number",
+                                        "integer", "boolean", "null"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(names); i++)
+        if (!strcmp(name, names[i])) return 1 << i;
+    return 0;
+}
+
+/* The type bits of j's "type" (0: absent); -1 on a bad value. */
+static int parse_types(compiler *c, const cJSON *j) {
+    const cJSON *t = kw(j, "type");
+    if (!t) return 0;
+    int types = 0;
+    if (cJSON_IsString(t)) {
+        types = type_bit(t->valuestring);
+    } else if (cJSON_IsArray(t) && cJSON_GetArraySize(t) > 0) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, t) {
+            const int b = cJSON_IsString(e) ? type_bit(e->valuestring) : 0;
+            if (!b) {
+                types = 0;
+                break;
+            }
+            types |= b;
+        }
+    }
+    if (!types) {
+        cfail(c, QV_ERR_INVALID, "'type' must name JSON types", NULL, "");
+        return -1;
+    }
+    return types;
+}
+
+/* enum / const: the members of the allowed types, each written compactly. */
+static bool compile_enum(compiler *c, const cJSON *j, uint32_t id, int types) {
+    const cJSON *e = kw(j, "enum"), *k = kw(j, "const");
+    if (e && k) return cfail(c, QV_ERR_UNSUPPORTED, "enum with const", NULL, ""), false;
+    if (e && (!cJSON_IsArray(e) || cJSON_GetArraySize(e) == 0))
+        return cfail(c, QV_ERR_INVALID, "'enum' must be a non-empty array", NULL, ""), false;
+    static const char *const others[] = {"properties", "required", "additionalProperties",
+                                         "items",      "minItems", "maxItems",
+                                         "minLength",  "maxLength"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(others); i++)
+        if (kw(j, others[i]))
+            return cfail(c, QV_ERR_UNSUPPORTED, "'", others[i], "' beside enum or const"), false;
+    if (!types) types = T_ALL;
+    qv_json_schema *s = c->s;
+    const uint32_t first = s->n_lits;
+    const cJSON *v = e ? e->child : k;
+    for (; v; v = e ? v->next : NULL) {
+        if (!(value_types(v) & types)) continue;
+        char *txt = cJSON_PrintUnformatted(v);
+        if (!txt) return cfail(c, QV_ERR_NOMEM, "out of memory", NULL, ""), false;
+        const size_t n = strlen(txt);
+        /* the literal must be JSON this recogniser takes (strings: valid UTF-8) */
+        qv_json_state t = {.mode = M_VALUE};
+        bool ok = qv_json_feed(&t, (const uint8_t *)txt, n);
+        ok = ok && (t.mode == M_DONE || (t.mode == M_NUMBER && t.depth == 0));
+        bool dup = false;
+        for (uint32_t i = first; ok && i < s->n_lits; i++)
+            dup |= s->lits[i].len == n && !memcmp(s->bytes + s->lits[i].off, txt, n);
+        sspan sp;
+        if (ok && !dup) {
+            if (s->n_lits - first >= MAX_PROPS) {
+                cJSON_free(txt);
+                return cfail(c, QV_ERR_LIMIT, "more than 255 enum values", NULL, ""), false;
+            }
+            ok = add_bytes(c, txt, n, &sp) &&
+                 grow(c, (void **)&s->lits, &s->cap_lits, s->n_lits + 1, sizeof(sspan));
+            if (ok)
+                s->lits[s->n_lits++] = sp;
+            else {
+                cJSON_free(txt);
+                return false;
+            }
+        } else if (!ok) {
+            cJSON_free(txt);
+            return cfail(c, QV_ERR_INVALID, "an enum value is not valid UTF-8 JSON", NULL, ""),
+                   false;
+        }
+        cJSON_free(txt);
+    }
+    if (s->n_lits == first)
+        return cfail(c, QV_ERR_INVALID, "no enum value has the schema's type", NULL, ""), false;
+    snode *nd = &s->nodes[id];
+    nd->kind = K_ENUM;
+    nd->first = first;
+    nd->n = s->n_lits - first;
+    return true;
+}
+
+/* Node id becomes its one part (through a K_REF), or an anyOf of its n parts. */
+static bool set_alternatives(compiler *c, uint32_t id, const uint32_t *parts, int n) {
+    qv_json_schema *s = c->s;
+    if (n == 1) {
+        s->nodes[id].kind = K_REF;
+        s->nodes[id].child = parts[0];
+        return true;
+    }
+    if (!grow(c, (void **)&s->alts, &s->cap_alts, s->n_alts + (uint32_t)n, sizeof(uint32_t)))
+        return false;
+    memcpy(s->alts + s->n_alts, parts, (size_t)n * sizeof(uint32_t));
+    s->nodes[id].kind = K_ANYOF;
+    s->nodes[id].first = s->n_alts;
+    s->nodes[id].n = (uint32_t)n;
+    s->n_alts += (uint32_t)n;
+    return true;
+}
+
+/* anyOf / oneOf / allOf (one member): alternatives told apart by their first byte (checked in
+ * the final pass). */
+static bool compile_anyof(compiler *c, const cJSON *j, uint32_t id, int depth, const char *name) {
+    const cJSON *a = kw(j, name);
+    const int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : 0;
+    if (n <= 0) return cfail(c, QV_ERR_INVALID, "'", name, "' must be a non-empty array"), false;
+    if (n > (int)MAX_ALTS)
+        return cfail(c, QV_ERR_LIMIT, "'", name, "' has more than 16 members"), false;
+    if (!strcmp(name, "allOf") && n != 1)
+        return cfail(c, QV_ERR_UNSUPPORTED, "'", name, "' with more than one member"), false;
+    static const char *const others[] = {
+        "type",      "properties", "required", "additionalProperties",
+        "items",     "minItems",   "maxItems", "minLength",
+        "maxLength", "enum",       "const"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(others); i++)
+        if (kw(j, others[i]))
+            return cfail(c, QV_ERR_UNSUPPORTED, "'", others[i], "' beside anyOf / oneOf / allOf"),
+                   false;
+    uint32_t alts[MAX_ALTS];
+    int i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, a) {
+        char idx[16];
+        snprintf(idx, sizeof(idx), "%d", i);
+        alts[i] = compile_child(c, m, depth, name, idx);
+        if (alts[i] == UINT32_MAX) return false;
+        i++;
+    }
+    return set_alternatives(c, id, alts, n);
+}
+
+/* A property name as written between quotes: JSON-escaped the way cJSON writes strings. */
+static bool add_key(compiler *c, const char *name, sspan *out) {
+    cJSON *str = cJSON_CreateString(name);
+    char *txt = str ? cJSON_PrintUnformatted(str) : NULL;
+    cJSON_Delete(str);
+    if (!txt) return cfail(c, QV_ERR_NOMEM, "out of memory", NULL, ""), false;
+    const size_t n = strlen(txt);
+    qv_json_state t = {.mode = M_VALUE};
+    bool ok = qv_json_feed(&t, (const uint8_t *)txt, n) && t.mode == M_DONE;
+    ok = ok ? add_bytes(c, txt + 1, n - 2, out)
+            : (cfail(c, QV_ERR_INVALID, "property '", name, "' is not valid UTF-8"), false);
+    cJSON_free(txt);
+    return ok;
+}
+
+static bool compile_object(compiler *c, const cJSON *j, uint32_t id, int depth) {
+    const cJSON *props = kw(j, "properties"), *req = kw(j, "required");
+    const cJSON *addl = kw(j, "additionalProperties");
+    if (props && !cJSON_IsObject(props))
+        return cfail(c, QV_ERR_INVALID, "'properties' must be an object", NULL, ""), false;
+    if (req && !cJSON_IsArray(req))
+        return cfail(c, QV_ERR_INVALID, "'required' must be an array", NULL, ""), false;
+    if (addl && !cJSON_IsBool(addl) && !cJSON_IsObject(addl))
+        return cfail(c, QV_ERR_INVALID, "'additionalProperties' must be a schema", NULL, ""), false;
+    const int n = props ? cJSON_GetArraySize(props) : 0;
+    qv_json_schema *s = c->s;
+    if (n == 0 && cJSON_IsObject(addl)) { /* a map: free keys, values under addl */
+        if (req && cJSON_GetArraySize(req) > 0)
+            return cfail(c, QV_ERR_UNSUPPORTED, "'required' without 'properties'", NULL, ""), false;
+        const uint32_t v = compile_child(c, addl, depth, "additionalProperties", NULL);
+        if (v == UINT32_MAX) return false;
+        s->nodes[id].kind = K_MAP;
+        s->nodes[id].child = v;
+        return true;
+    }
+    if ((uint32_t)n > MAX_PROPS)
+        return cfail(c, QV_ERR_LIMIT, "more than 255 properties", NULL, ""), false;
+    sprop tmp[MAX_PROPS];
+    int i = 0;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, props) {
+        for (int k = 0; k < i; k++)
+            if (!strcmp(cJSON_GetArrayItem(props, k)->string, p->string))
+                return cfail(c, QV_ERR_INVALID, "property '", p->string, "' is declared twice"),
+                       false;
+        tmp[i].required = false;
+        if (!add_key(c, p->string, &tmp[i].key)) return false;
+        tmp[i].node = compile_child(c, p, depth, "properties", p->string);
+        if (tmp[i].node == UINT32_MAX) return false;
+        i++;
+    }
+    const cJSON *r;
+    cJSON_ArrayForEach(r, req) {
+        int k = 0;
+        const cJSON *q = props ? props->child : NULL;
+        for (; q && (!cJSON_IsString(r) || strcmp(q->string, r->valuestring)); q = q->next)
+            k++;
+        if (!q)
+            return cfail(c, QV_ERR_UNSUPPORTED, "required property '",
+                         cJSON_IsString(r) ? r->valuestring : "?", "' is not in 'properties'"),
+                   false;
+        tmp[k].required = true;
+    }
+    if (!grow(c, (void **)&s->props, &s->cap_props, s->n_props + (uint32_t)n, sizeof(sprop)))
+        return false;
+    if (n) memcpy(s->props + s->n_props, tmp, (size_t)n * sizeof(sprop));
+    snode *nd = &s->nodes[id];
+    nd->kind = K_OBJECT;
+    nd->first = s->n_props;
+    nd->n = (uint32_t)n;
+    s->n_props += (uint32_t)n;
+    return true;
+}
+
+static bool compile_array(compiler *c, const cJSON *j, uint32_t id, int depth) {
+    const cJSON *items = kw(j, "items");
+    uint32_t lo, hi;
+    if (!count_kw(c, j, "minItems", 0, &lo) || !count_kw(c, j, "maxItems", NO_LIMIT, &hi))
+        return false;
+    if (items && !cJSON_IsBool(items) && !cJSON_IsObject(items))
+        return cfail(c, QV_ERR_UNSUPPORTED, "'items' must be one schema", NULL, ""), false;
+    if (cJSON_IsFalse(items)) hi = 0;
+    const uint32_t child = items && cJSON_IsObject(items)
+                               ? compile_child(c, items, depth, "items", NULL)
+                               : new_leaf(c, C_ALL);
+    if (child == UINT32_MAX) return false;
+    snode *nd = &c->s->nodes[id];
+    nd->kind = K_ARRAY;
+    nd->child = child;
+    nd->min = lo;
+    nd->max = hi;
+    if (lo > hi) return cfail(c, QV_ERR_INVALID, "minItems above maxItems", NULL, ""), false;
+    return true;
+}
+
+/* The parts of a typed schema: one structured node per structured type, the scalar and free
+ * types in one leaf; one part is the node itself (through a K_REF), several an anyOf. */
+static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, int types) {
+    if (!types) { /* inferred from the keywords */
+        if (kw(j, "properties") || kw(j, "required") || kw(j, "additionalProperties"))
+            types |= T_OBJECT;
+        if (kw(j, "items") || kw(j, "minItems") || kw(j, "maxItems")) types |= T_ARRAY;
+        if (kw(j, "minLength") || kw(j, "maxLength")) types |= T_STRING;
+        if (!types) types = T_ALL;
+    }
+    uint32_t parts[3];
+    int n = 0, leaf = 0;
+    const cJSON *addl = kw(j, "additionalProperties");
+    if (types & T_OBJECT) {
+        if (kw(j, "properties") || cJSON_IsFalse(addl) || cJSON_IsObject(addl)) {
+            const uint32_t o = new_node(c, K_OBJECT);
+            if (o == UINT32_MAX || !compile_object(c, j, o, depth)) return false;
+            parts[n++] = o;
+        } else if (kw(j, "required") && cJSON_GetArraySize(kw(j, "required")) > 0) {
+            return cfail(c, QV_ERR_UNSUPPORTED, "'required' without 'properties'", NULL, ""), false;
+        } else {
+            leaf |= C_OBJECT;
+        }
+    }
+    if (types & T_ARRAY) {
+        if (kw(j, "items") || kw(j, "minItems") || kw(j, "maxItems")) {
+            const uint32_t a = new_node(c, K_ARRAY);
+            if (a == UINT32_MAX || !compile_array(c, j, a, depth)) return false;
+            parts[n++] = a;
+        } else {
+            leaf |= C_ARRAY;
+        }
+    }
+    uint32_t lo = 0, hi = NO_LIMIT;
+    if (types & T_STRING) {
+        leaf |= C_STRING;
+        if (!count_kw(c, j, "minLength", 0, &lo) || !count_kw(c, j, "maxLength", NO_LIMIT, &hi))
+            return false;
+        if (lo > hi) return cfail(c, QV_ERR_INVALID, "minLength above maxLength", NULL, ""), false;
+    }
+    if (types & (T_NUMBER | T_INTEGER)) leaf |= C_NUMBER;
+    if (types & T_BOOLEAN) leaf |= C_BOOL;
+    if (types & T_NULL) leaf |= C_NULL;
+    if (leaf) {
+        const uint32_t l = new_leaf(c, leaf);
+        if (l == UINT32_MAX) return false;
+        snode *nd = &c->s->nodes[l];
+        nd->integer = (types & T_INTEGER) && !(types & T_NUMBER);
+        nd->min = lo;
+        nd->max = hi;
+        parts[n++] = l;
+    }
+    return set_alternatives(c, id, parts, n);
+}
+
+static uint32_t compile_node(compiler *c, const cJSON *j, int depth) {
+    if (depth > 64) {
+        cfail(c, QV_ERR_LIMIT, "the schema is nested too deeply", NULL, "");
+        return UINT32_MAX;
+    }
+    for (uint32_t i = 0; i < c->n_memo; i++)
+        if (c->memo_src[i] == j) return c->memo_node[i];
+    if (cJSON_IsTrue(j)) return new_leaf(c, C_ALL);
+    if (!cJSON_IsObject(j)) {
+        cfail(c, cJSON_IsFalse(j) ? QV_ERR_UNSUPPORTED : QV_ERR_INVALID,
+              "a schema must be an object or true", NULL, "");
+        return UINT32_MAX;
+    }
+    const uint32_t id = new_node(c, K_REF);
+    if (id == UINT32_MAX ||
+        !grow(c, (void **)&c->memo_src, &c->cap_memo, c->n_memo + 1, sizeof(*c->memo_src)))
+        return UINT32_MAX;
+    uint32_t *mn = qv_realloc(c->memo_node, (size_t)c->cap_memo * sizeof(uint32_t));
+    if (!mn) {
+        cfail(c, QV_ERR_NOMEM, "out of memory", NULL, "");
+        return UINT32_MAX;
+    }
+    c->memo_node = mn;
+    c->memo_src[c->n_memo] = j;
+    c->memo_node[c->n_memo++] = id;
+
+    const cJSON *k;
+    cJSON_ArrayForEach(k, j) {
+        if (in_list(k->string, annotations, QV_ARRAY_LEN(annotations))) continue;
+        if (!in_list(k->string, keywords, QV_ARRAY_LEN(keywords))) {
+            cfail(c, QV_ERR_UNSUPPORTED, "keyword '", k->string, "' is not supported");
+            return UINT32_MAX;
+        }
+    }
+    const cJSON *ref = kw(j, "$ref");
+    if (ref) {
+        cJSON_ArrayForEach(k, j) {
+            if (strcmp(k->string, "$ref") &&
+                !in_list(k->string, annotations, QV_ARRAY_LEN(annotations))) {
+                cfail(c, QV_ERR_UNSUPPORTED, "'", k->string, "' beside $ref");
+                return UINT32_MAX;
+            }
+        }
+        if (!cJSON_IsString(ref)) {
+            cfail(c, QV_ERR_INVALID, "'$ref' must be a string", NULL, "");
+            return UINT32_MAX;
+        }
+        const cJSON *t = resolve_pointer(c, ref->valuestring);
+        const uint32_t target = t ? compile_child(c, t, depth, "$ref", NULL) : UINT32_MAX;
+        if (target == UINT32_MAX) return UINT32_MAX;
+        c->s->nodes[id].child = target; /* kind K_REF */
+        return id;
+    }
+    const int types = parse_types(c, j);
+    if (types < 0) return UINT32_MAX;
+    bool ok;
+    if (kw(j, "enum") || kw(j, "const"))
+        ok = compile_enum(c, j, id, types);
+    else if (kw(j, "anyOf") || kw(j, "oneOf") || kw(j, "allOf")) {
+        int n = !!kw(j, "anyOf") + !!kw(j, "oneOf") + !!kw(j, "allOf");
+        if (n > 1) {
+            cfail(c, QV_ERR_UNSUPPORTED, "more than one of anyOf, oneOf, allOf", NULL, "");
+            return UINT32_MAX;
+        }
+        ok = compile_anyof(c, j, id, depth,
+                           kw(j, "anyOf")   ? "anyOf"
+                           : kw(j, "oneOf") ? "oneOf"
+                                            : "allOf");
+    } else
+        ok = compile_typed(c, j, id, depth, types);
+    return ok ? id : UINT32_MAX;
+}
+
+/* The node a reference ends at (K_REF chains followed); UINT32_MAX for a cycle. */
+static uint32_t final_node(const qv_json_schema *s, uint32_t id) {
+    for (uint32_t i = 0; i <= s->n_nodes; i++) {
+        if (s->nodes[id].kind != K_REF) return id;
+        id = s->nodes[id].child;
+    }
+    return UINT32_MAX;
+}
+
+static int popcount(unsigned x) {
+    int n = 0;
+    for (; x; x &= x - 1)
+        n++;
+    return n;
+}
+
+/* The first-byte classes of node id (recursing into anyOf); -1: alternatives overlap or
+ * cycle. */
+static int node_classes(compiler *c, uint32_t id, int depth) {
+    const qv_json_schema *s = c->s;
+    const snode *nd = &s->nodes[id];
+    switch (nd->kind) {
+    case K_LEAF: return nd->classes;
+    case K_OBJECT:
+    case K_MAP: return C_OBJECT;
+    case K_ARRAY: return C_ARRAY;
+    case K_ENUM: {
+        int m = 0;
+        for (uint32_t i = 0; i < nd->n; i++)
+            m |= byte_class(s->bytes[s->lits[nd->first + i].off]);
+        return m;
+    }
+    case K_ANYOF: {
+        if (depth > 64) {
+            cfail(c, QV_ERR_UNSUPPORTED, "anyOf refers to itself", NULL, "");
+            return -1;
+        }
+        int m = 0, sum = 0;
+        for (uint32_t i = 0; i < nd->n; i++) {
+            const int k = node_classes(c, s->alts[nd->first + i], depth + 1);
+            if (k < 0) return -1;
+            m |= k;
+            sum += popcount((unsigned)k);
+        }
+        if (sum != popcount((unsigned)m)) {
+            cfail(c, QV_ERR_UNSUPPORTED,
+                  "anyOf / oneOf members must begin differently (an object, an array, a string, a "
+                  "number, a boolean, null)",
+                  NULL, "");
+            return -1;
+        }
+        return m;
+    }
+    default: return -1;
+    }
+}
+
+/* Replaces every reference by its final node and fills in classes. */
+static bool finish(compiler *c) {
+    qv_json_schema *s = c->s;
+    c->path_len = 0;
+    c->path[0] = '\0';
+#define FINAL(x)                                                                                   \
+    do {                                                                                           \
+        const uint32_t f_ = final_node(s, (x));                                                    \
+        if (f_ == UINT32_MAX)                                                                      \
+            return cfail(c, QV_ERR_INVALID, "$ref cycle without a value", NULL, ""), false;        \
+        (x) = f_;                                                                                  \
+    } while (0)
+    FINAL(s->root);
+    for (uint32_t i = 0; i < s->n_nodes; i++) {
+        snode *nd = &s->nodes[i];
+        if ((nd->kind == K_ARRAY || nd->kind == K_MAP)) FINAL(nd->child);
+    }
+    for (uint32_t i = 0; i < s->n_props; i++)
+        FINAL(s->props[i].node);
+    for (uint32_t i = 0; i < s->n_alts; i++)
+        FINAL(s->alts[i]);
+#undef FINAL
+    for (uint32_t i = 0; i < s->n_nodes; i++) {
+        if (s->nodes[i].kind == K_REF) continue;
+        const int k = node_classes(c, i, 0);
+        if (k < 0) return false;
+        s->nodes[i].classes = (uint8_t)k;
+    }
+    return true;
+}
+
+qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **out,
+                                 qv_error *err) {
+    *out = NULL;
+    if (len > QV_JSON_SCHEMA_MAX_BYTES)
+        return qv_errorf(err, QV_ERR_LIMIT, "the schema is larger than %u bytes",
+                         QV_JSON_SCHEMA_MAX_BYTES);
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    if (!root) return qv_errorf(err, QV_ERR_INVALID, "the schema is not valid JSON");
+    qv_json_schema *s = qv_calloc(1, sizeof(*s));
+    if (!s) {
+        cJSON_Delete(root);
+        return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    }
+    atomic_init(&s->refs, 1);
+    compiler c = {.s = s, .root = root, .err = err};
+    s->key_node = new_leaf(&c, C_STRING);
+    s->root = s->key_node == UINT32_MAX ? UINT32_MAX : compile_node(&c, root, 0);
+    if (s->root != UINT32_MAX) finish(&c);
+    if (c.st == QV_OK) {
+        char *t = cJSON_PrintUnformatted(root);
+        s->text = t ? qv_strdup(t) : NULL;
+        cJSON_free(t);
+        if (!s->text) c.st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    }
+    qv_free(c.memo_src);
+    qv_free(c.memo_node);
+    cJSON_Delete(root);
+    if (c.st != QV_OK) {
+        qv_json_schema_unref(s);
+        return c.st;
+    }
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = s->text; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    s->hash = h;
+    *out = s;
+    return QV_OK;
+}
+
+qv_json_schema *qv_json_schema_ref(qv_json_schema *s) {
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    return s;
+}
+
+void qv_json_schema_unref(qv_json_schema *s) {
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1) return;
+    qv_free(s->nodes);
+    qv_free(s->props);
+    qv_free(s->lits);
+    qv_free(s->alts);
+    qv_free(s->bytes);
+    qv_free(s->text);
+    qv_free(s);
+}
+
+const char *qv_json_schema_text(const qv_json_schema *s) { return s->text; }
+uint64_t qv_json_schema_hash(const qv_json_schema *s) { return s->hash; }
+
+/* ---- JSON Schema: recognising ---- */
+
+static const sspan *lit_of(const qv_json_schema *s, const snode *nd, uint32_t j) {
+    return &s->lits[nd->first + j];
+}
+
+static const sprop *prop_of(const qv_json_schema *s, const snode *nd, uint32_t j) {
+    return &s->props[nd->first + j];
+}
+
+/* Whether spans x and y both have at least n bytes and agree on them. */
+static bool same_prefix(const qv_json_schema *s, const sspan *x, const sspan *y, uint32_t n) {
+    return x->len >= n && y->len >= n && !memcmp(s->bytes + x->off, s->bytes + y->off, n);
+}
+
+static uint16_t inc(uint16_t a) { return a < MAX_COUNT ? (uint16_t)(a + 1) : a; }
+
+/* Whether a string's characters or an array's items are counted: only when limited, so that
+ * the positions of an unlimited one are one state (and one cached mask). */
+static bool counted(const snode *nd) { return nd->min > 0 || nd->max != NO_LIMIT; }
+
+static bool push(qv_json_sstate *st, uint32_t node) {
+    if (st->depth >= QV_JSON_SCHEMA_MAX_FRAMES) return false;
+    st->f[st->depth++] = (qv_json_frame){.node = (uint16_t)node};
+    return true;
+}
+
+static void pop(qv_json_sstate *st) { st->f[--st->depth] = (qv_json_frame){0}; }
+
+static void leaf_pop(qv_json_sstate *st) {
+    st->leaf = (qv_json_state){0};
+    pop(st);
+}
+
+static bool number_can_end(const qv_json_state *l) {
+    return l->sub == N_ZERO || l->sub == N_INT || l->sub == N_FRAC || l->sub == N_EXP;
+}
+
+/* Whether a required property comes at index from or later. */
+static bool required_from(const qv_json_schema *s, const snode *nd, uint32_t from) {
+    for (uint32_t j = from; j < nd->n; j++)
+        if (prop_of(s, nd, j)->required) return true;
+    return false;
+}
+
+/* Enum: a value equal to the bytes read so far, and one that goes on. */
+static bool enum_exact(const qv_json_schema *s, const snode *nd, const qv_json_frame *fr) {
+    const sspan *cur = lit_of(s, nd, fr->cur);
+    for (uint32_t j = 0; j < nd->n; j++) {
+        const sspan *x = lit_of(s, nd, j);
+        if (x->len == fr->a && same_prefix(s, x, cur, fr->a)) return true;
+    }
+    return false;
+}
+
+static bool enum_longer(const qv_json_schema *s, const snode *nd, const qv_json_frame *fr) {
+    const sspan *cur = lit_of(s, nd, fr->cur);
+    for (uint32_t j = 0; j < nd->n; j++) {
+        const sspan *x = lit_of(s, nd, j);
+        if (x->len > fr->a && same_prefix(s, x, cur, fr->a)) return true;
+    }
+    return false;
+}
+
+/* Results of the frame steps below. */
+enum {
+    R_NO = 0,
+    R_YES = 1,
+    R_AGAIN = -1 /* the byte goes to the new top frame */,
+    R_BETWEEN = 2 /* not inside a token: whitespace and structure come next */
+};
+
+/* Inside a free value or scalar. */
+static int leaf_in(qv_json_sstate *st, qv_json_frame *fr, const snode *nd, uint8_t c) {
+    qv_json_state *l = &st->leaf;
+    if (l->depth == 0 && l->mode == M_NUMBER) { /* it ends at the first byte not its own */
+        qv_json_state t = *l;
+        const int r = number_byte(&t, c);
+        if (r == 1) {
+            if (nd->integer && (c == '.' || c == 'e' || c == 'E')) return R_NO;
+            *l = t;
+            return R_YES;
+        }
+        if (r == 0 || !number_can_end(l)) return R_NO;
+        leaf_pop(st);
+        return R_AGAIN;
+    }
+    if (l->depth == 0 && l->mode == M_STRING) { /* count characters */
+        const bool between = !l->sub && !l->utf8;
+        if (between && c == '"') {
+            if (fr->a < nd->min) return R_NO;
+        } else if (between && fr->a >= nd->max) {
+            return R_NO;
+        }
+        if (!step(l, c)) return R_NO;
+        if (l->mode == M_STRING) {
+            if (!l->sub && !l->utf8 && counted(nd)) fr->a = inc(fr->a);
+        } else {
+            leaf_pop(st);
+        }
+        return R_YES;
+    }
+    if (!step(l, c)) return R_NO;
+    if (l->mode == M_DONE) leaf_pop(st);
+    return R_YES;
+}
+
+/* Inside an enum value: the first value (by index) that agrees with the bytes read. */
+static int enum_in(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *fr, const snode *nd,
+                   uint8_t c) {
+    const sspan *cur = lit_of(s, nd, fr->cur);
+    for (uint32_t j = 0; j < nd->n; j++) {
+        const sspan *x = lit_of(s, nd, j);
+        if (x->len > fr->a && s->bytes[x->off + fr->a] == c && same_prefix(s, x, cur, fr->a)) {
+            fr->cur = (uint8_t)j;
+            fr->a++;
+            if (enum_exact(s, nd, fr) && !enum_longer(s, nd, fr)) pop(st);
+            return R_YES;
+        }
+    }
+    if (!enum_exact(s, nd, fr)) return R_NO;
+    pop(st); /* a number that a longer value would have continued */
+    return R_AGAIN;
+}
+
+/* Inside a property name: the first allowed property (by index) that agrees with the bytes
+ * read. Allowed: a = the first not yet passed, up to the first required one. */
+static int key_in(const qv_json_schema *s, qv_json_frame *fr, const snode *nd, uint8_t c) {
+    uint32_t hi = fr->a;
+    while (hi + 1 < nd->n && !prop_of(s, nd, hi)->required)
+        hi++;
+    const sspan *cur = &prop_of(s, nd, fr->cur)->key;
+    for (uint32_t j = fr->a; j <= hi; j++) {
+        const sspan *x = &prop_of(s, nd, j)->key;
+        if (x->len > fr->b && s->bytes[x->off + fr->b] == c && same_prefix(s, x, cur, fr->b)) {
+            fr->cur = (uint8_t)j;
+            fr->b++;
+            return R_YES;
+        }
+    }
+    if (c != '"') return R_NO;
+    for (uint32_t j = fr->a; j <= hi; j++) {
+        const sspan *x = &prop_of(s, nd, j)->key;
+        if (x->len == fr->b && same_prefix(s, x, cur, fr->b)) {
+            *fr = (qv_json_frame){.node = fr->node, .phase = OB_COLON, .cur = (uint8_t)j};
+            return R_YES;
+        }
+    }
+    return R_NO;
+}
+
+static int in_token(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *fr, const snode *nd,
+                    uint8_t c) {
+    if (nd->kind == K_LEAF && fr->phase == LF_IN) return leaf_in(st, fr, nd, c);
+    if (nd->kind == K_ENUM && fr->phase == EN_IN) return enum_in(s, st, fr, nd, c);
+    if (nd->kind == K_OBJECT && fr->phase == OB_KEY) return key_in(s, fr, nd, c);
+    return R_BETWEEN;
+}
+
+/* A structural byte (not whitespace) between tokens. */
+static int between(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *fr, const snode *nd,
+                   uint8_t c) {
+    switch (nd->kind) {
+    case K_LEAF: /* LF_START */
+        if (!(byte_class(c) & nd->classes)) return R_NO;
+        st->leaf = (qv_json_state){.mode = M_VALUE};
+        if (!step(&st->leaf, c)) return R_NO;
+        fr->phase = LF_IN;
+        return R_YES;
+    case K_ENUM: /* EN_START */
+        for (uint32_t j = 0; j < nd->n; j++) {
+            if (s->bytes[lit_of(s, nd, j)->off] != c) continue;
+            fr->phase = EN_IN;
+            fr->cur = (uint8_t)j;
+            fr->a = 1;
+            if (enum_exact(s, nd, fr) && !enum_longer(s, nd, fr)) pop(st);
+            return R_YES;
+        }
+        return R_NO;
+    case K_ANYOF: /* phase 0: the first byte picks the alternative */
+        for (uint32_t j = 0; j < nd->n; j++) {
+            const uint32_t alt = s->alts[nd->first + j];
+            if (s->nodes[alt].classes & byte_class(c)) {
+                fr->node = (uint16_t)alt;
+                return R_AGAIN;
+            }
+        }
+        return R_NO;
+    case K_OBJECT:
+        switch (fr->phase) {
+        case OB_OPEN: return c == '{' ? (fr->phase = OB_FIRST, R_YES) : R_NO;
+        case OB_FIRST:
+            if (c == '}') return required_from(s, nd, 0) ? R_NO : (pop(st), R_YES);
+            if (c != '"' || !nd->n) return R_NO;
+            fr->phase = OB_KEY;
+            return R_YES;
+        case OB_KEYQ: return c == '"' ? (fr->phase = OB_KEY, R_YES) : R_NO;
+        case OB_COLON:
+            if (c != ':') return R_NO;
+            fr->phase = OB_AFTER;
+            return push(st, prop_of(s, nd, fr->cur)->node) ? R_YES : R_NO;
+        case OB_AFTER:
+            if (c == '}') return required_from(s, nd, fr->cur + 1u) ? R_NO : (pop(st), R_YES);
+            if (c != ',' || fr->cur + 1u >= nd->n) return R_NO;
+            *fr = (qv_json_frame){.node = fr->node, .phase = OB_KEYQ, .a = fr->cur + 1u};
+            return R_YES;
+        default: return R_NO;
+        }
+    case K_MAP:
+        switch (fr->phase) {
+        case MP_OPEN: return c == '{' ? (fr->phase = MP_FIRST, R_YES) : R_NO;
+        case MP_FIRST:
+            if (c == '}') return pop(st), R_YES;
+            /* fall through */
+        case MP_KEYQ:
+            if (c != '"') return R_NO;
+            fr->phase = MP_COLON;
+            return push(st, s->key_node) ? R_AGAIN : R_NO;
+        case MP_COLON:
+            if (c != ':') return R_NO;
+            fr->phase = MP_AFTER;
+            return push(st, nd->child) ? R_YES : R_NO;
+        case MP_AFTER:
+            if (c == '}') return pop(st), R_YES;
+            return c == ',' ? (fr->phase = MP_KEYQ, R_YES) : R_NO;
+        default: return R_NO;
+        }
+    case K_ARRAY:
+        switch (fr->phase) {
+        case AR_OPEN: return c == '[' ? (fr->phase = AR_FIRST, R_YES) : R_NO;
+        case AR_FIRST:
+            if (c == ']') return nd->min ? R_NO : (pop(st), R_YES);
+            if (!nd->max) return R_NO;
+            fr->phase = AR_AFTER;
+            fr->a = counted(nd);
+            return push(st, nd->child) ? R_AGAIN : R_NO;
+        case AR_AFTER:
+            if (c == ']') return fr->a < nd->min ? R_NO : (pop(st), R_YES);
+            if (c != ',' || fr->a >= nd->max) return R_NO;
+            if (counted(nd)) fr->a = inc(fr->a);
+            return push(st, nd->child) ? R_YES : R_NO;
+        default: return R_NO;
+        }
+    default: return R_NO;
+    }
+}
+
+static bool sstep(const qv_json_schema *s, qv_json_sstate *st, uint8_t c) {
+    for (;;) { /* a value that ends before c hands c to its container */
+        if (!st->depth) return false;
+        qv_json_frame *fr = &st->f[st->depth - 1];
+        const snode *nd = &s->nodes[fr->node];
+        int r = in_token(s, st, fr, nd, c);
+        if (r == R_AGAIN) continue;
+        if (r != R_BETWEEN) return r == R_YES;
+        if (is_ws(c)) {
+            if (st->depth == 1 && fr->phase == 0) return false; /* before the document */
+            if (st->ws >= QV_JSON_MAX_WS) return false;
+            st->ws++;
+            return true;
+        }
+        st->ws = 0;
+        r = between(s, st, fr, nd, c);
+        if (r != R_AGAIN) return r == R_YES;
+    }
+}
+
+void qv_json_schema_init(const qv_json_schema *sch, qv_json_sstate *s) {
+    memset(s, 0, sizeof(*s));
+    push(s, sch->root);
+}
+
+bool qv_json_schema_feed(const qv_json_schema *sch, qv_json_sstate *s, const uint8_t *p, size_t n) {
+    qv_json_sstate t = *s;
+    for (size_t i = 0; i < n; i++)
+        if (!sstep(sch, &t, p[i])) return false;
+    *s = t;
+    return true;
+}
+
+bool qv_json_schema_done(const qv_json_schema *sch, const qv_json_sstate *s) {
+    if (!s->depth) return true;
+    if (s->depth > 1) return false;
+    const qv_json_frame *fr = &s->f[0];
+    const snode *nd = &sch->nodes[fr->node];
+    if (nd->kind == K_LEAF && fr->phase == LF_IN)
+        return s->leaf.depth == 0 && s->leaf.mode == M_NUMBER && number_can_end(&s->leaf);
+    return nd->kind == K_ENUM && fr->phase == EN_IN && enum_exact(sch, nd, fr);
+}
+
+int qv_json_plain_chars(const uint8_t *p, size_t n) {
+    qv_json_state t = {.mode = M_STRING};
+    int chars = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '"' || p[i] == '\\' || !string_byte(&t, p[i])) return -1;
+        chars += !t.utf8;
+    }
+    return t.utf8 || n > INT32_MAX ? -1 : chars;
+}
+
+int32_t qv_json_schema_string_room(const qv_json_schema *sch, const qv_json_sstate *s) {
+    if (!s->depth) return -1;
+    const qv_json_frame *fr = &s->f[s->depth - 1];
+    const snode *nd = &sch->nodes[fr->node];
+    const qv_json_state *l = &s->leaf;
+    if (nd->kind != K_LEAF || fr->phase != LF_IN || l->mode != M_STRING || l->sub || l->utf8)
+        return -1;
+    if (l->depth > 0 || !counted(nd)) return INT32_MAX;
+    return fr->a >= nd->max ? 0 : (int32_t)QV_MIN(nd->max - fr->a, (uint32_t)INT32_MAX);
+}

@@ -1,17 +1,25 @@
 /*
- * json_grammar.h - a byte-level recogniser of JSON text prefixes (RFC 8259), used to constrain
- * generation to one JSON object (OpenAI `response_format: {"type": "json_object"}`): before a
- * constrained sequence samples, every token whose bytes would leave the text no valid
- * continuation is masked, and once the object is closed only end-of-generation tokens remain.
+ * json_grammar.h - byte-level recognisers of JSON text prefixes (RFC 8259), used to constrain
+ * generation: before a constrained sequence samples, every token whose bytes would leave the
+ * text no valid continuation is masked, and once the value is complete only end-of-generation
+ * tokens remain.
  *
- * What it is not: not a parser (it builds nothing, reads no values) and not a schema validator.
- * The top-level value must be an object; strings must be valid UTF-8 without raw control
- * characters; nesting is limited to QV_JSON_MAX_DEPTH containers. Stricter than RFC 8259 on
- * whitespace, so that a model cannot pad forever: none before the opening '{' or after the
- * closing '}', and at most QV_JSON_MAX_WS bytes in a row elsewhere outside strings.
+ * Two recognisers:
+ * - qv_json_state: one JSON object of any shape (OpenAI `response_format: {"type":
+ *   "json_object"}`). Not a parser (it builds nothing, reads no values). Strings must be valid
+ *   UTF-8 without raw control characters; nesting is limited to QV_JSON_MAX_DEPTH containers.
+ *   Stricter than RFC 8259 on whitespace, so that a model cannot pad forever: none before the
+ *   opening '{' or after the closing '}', and at most QV_JSON_MAX_WS bytes in a row elsewhere
+ *   outside strings.
+ * - qv_json_schema + qv_json_sstate: one JSON value valid under a JSON Schema (OpenAI
+ *   `response_format: {"type": "json_schema"}`), compiled from the supported subset
+ *   documented at qv_json_schema_compile. Same whitespace rules; an object's properties come
+ *   in the schema's order; values the schema leaves free use the first recogniser.
  *
- * Invariants: a qv_json_state is a small value (copy it to try bytes); qv_json_feed leaves it
- * unchanged when it returns false. Thread: pure functions on caller-owned state.
+ * Invariants: states are small values (copy them to try bytes); a feed leaves the state
+ * unchanged when it returns false; equal grammar positions are equal bytes (memcmp), because
+ * the engine caches masks by state. A compiled schema is immutable and reference counted.
+ * Thread: pure functions on caller-owned state; a schema may be shared by threads.
  */
 #ifndef QV_JSON_GRAMMAR_H
 #define QV_JSON_GRAMMAR_H
@@ -19,6 +27,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "core.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -51,6 +61,79 @@ bool qv_json_feed(qv_json_state *s, const uint8_t *p, size_t n);
 
 /* Whether a whole object has been read (only the end of the text may follow). */
 bool qv_json_done(const qv_json_state *s);
+
+/* ---- JSON Schema ---- */
+
+#define QV_JSON_SCHEMA_MAX_FRAMES 24  /* nested schema containers in one document */
+#define QV_JSON_SCHEMA_MAX_NODES 4096 /* compiled schema nodes */
+#define QV_JSON_SCHEMA_MAX_BYTES (256u * 1024u)
+
+typedef struct qv_json_schema qv_json_schema;
+
+/* One open schema container (or the value being read) of a qv_json_sstate. */
+typedef struct qv_json_frame {
+    uint16_t node; /* compiled schema node */
+    uint8_t phase; /* where in it (json_grammar.c) */
+    uint8_t cur;   /* property or enum value being read */
+    uint16_t a, b; /* counters: items or characters so far, bytes of a key or literal matched */
+} qv_json_frame;
+
+/* No implicit padding; unused frames and the leaf when no free value is being read are zero,
+ * so equal positions compare equal with memcmp. */
+typedef struct qv_json_sstate {
+    qv_json_state leaf; /* the value being read when the top frame is free JSON or a scalar */
+    uint8_t depth;      /* frames in use; 0: the document is complete */
+    uint8_t ws;         /* whitespace bytes in a row between tokens */
+    uint8_t reserved[6];
+    qv_json_frame f[QV_JSON_SCHEMA_MAX_FRAMES];
+} qv_json_sstate;
+
+/* Compiles a JSON Schema given as JSON text (len bytes, need not be NUL-terminated) into *out
+ * (one reference). Supported:
+ * - type (a name or a list of names: object, array, string, number, integer, boolean, null);
+ *   without type, it is inferred from the keywords (properties -> object, items -> array,
+ *   minLength/maxLength -> string), else any value;
+ * - object: properties (written in the schema's order; only declared properties are written),
+ *   required, additionalProperties (false, true, or a schema when there are no properties:
+ *   free keys with values under it); an object with neither is any object;
+ * - array: items, minItems, maxItems; string: minLength, maxLength (characters; an escape
+ *   counts as one); integer: no fraction or exponent;
+ * - enum and const (values written compactly, as Python's json.dumps(separators=(',', ':'),
+ *   ensure_ascii=False) would, keys in their given order);
+ * - anyOf / oneOf whose alternatives begin with different bytes (an object, an array, a
+ *   string, a number, a boolean, null: Optional[X] is fine, two kinds of object are not);
+ *   allOf with one member;
+ * - $ref to "#", "#/$defs/..." or "#/definitions/..." (JSON pointers into this document),
+ *   recursion included (nesting is limited to QV_JSON_SCHEMA_MAX_FRAMES);
+ * - annotations are ignored: title, description, default, examples, format, $schema, $id,
+ *   $comment, $defs, definitions, readOnly, writeOnly, deprecated, contentEncoding,
+ *   contentMediaType.
+ * Any other keyword, a malformed schema or one over the limits: QV_ERR_INVALID or
+ * QV_ERR_UNSUPPORTED with a message naming the keyword and where it is. */
+qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **out, qv_error *err);
+qv_json_schema *qv_json_schema_ref(qv_json_schema *s); /* adds a reference; returns s */
+void qv_json_schema_unref(qv_json_schema *s);          /* NULL is a no-op */
+/* The schema's canonical text (compact JSON of what was compiled) and its hash: two schemas
+ * with the same text recognise the same documents. */
+const char *qv_json_schema_text(const qv_json_schema *s);
+uint64_t qv_json_schema_hash(const qv_json_schema *s);
+
+/* The state before the first byte of the document. */
+void qv_json_schema_init(const qv_json_schema *sch, qv_json_sstate *s);
+/* Feeds n bytes: true when the text so far is still a prefix of a document the schema accepts
+ * (s advanced), false otherwise (s unchanged). */
+bool qv_json_schema_feed(const qv_json_schema *sch, qv_json_sstate *s, const uint8_t *p, size_t n);
+/* Whether the text so far is a whole document (the text may end here; a number may also go
+ * on). */
+bool qv_json_schema_done(const qv_json_schema *sch, const qv_json_sstate *s);
+
+/* Shortcut for masks inside strings. qv_json_plain_chars: the characters of n bytes that are
+ * plain string content (valid UTF-8, no control character, quote or backslash, ending between
+ * characters), or -1. qv_json_schema_string_room: when s is inside a string between two
+ * characters, how many more characters it may take (INT32_MAX: no limit), else -1. Feeding
+ * plain bytes of c characters there succeeds exactly when c <= room. */
+int qv_json_plain_chars(const uint8_t *p, size_t n);
+int32_t qv_json_schema_string_room(const qv_json_schema *sch, const qv_json_sstate *s);
 
 #ifdef __cplusplus
 }

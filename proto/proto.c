@@ -8,6 +8,8 @@
  */
 #include "proto/proto.h"
 
+#include "engine/json_grammar.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
@@ -344,14 +346,68 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
     return QV_OK;
 }
 
+static qv_status compile_schema(const cJSON *sch, const char *param, qv_proto_request *r,
+                                qv_proto_error *e);
+static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_error *e);
+
+/* Structured output: response_format {"type": "json_schema", "json_schema": {"name": ...,
+ * "schema": {...}, "strict": ...}} (OpenAI) or guided_json (vLLM: a schema object or its
+ * text), compiled here so that a schema quiver cannot follow is refused with the reason. */
+static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    const cJSON *rf = field(root, "response_format"), *t = rf ? field(rf, "type") : NULL;
+    const cJSON *sch = NULL;
+    const char *param = "response_format";
+    if (cJSON_IsString(t) && !strcmp(t->valuestring, "json_object") && field(rf, "schema")) {
+        sch = field(rf, "schema"); /* LoRAX's form of the same request */
+    } else if (cJSON_IsString(t) && !strcmp(t->valuestring, "json_schema")) {
+        const cJSON *js = field(rf, "json_schema"), *name = js ? field(js, "name") : NULL;
+        if (!cJSON_IsObject(js))
+            return fail(e, QV_ERR_INVALID, param,
+                        "'response_format.json_schema' must be an object with a 'schema'");
+        if (name && !cJSON_IsString(name))
+            return fail(e, QV_ERR_INVALID, param,
+                        "'response_format.json_schema.name' must be a string");
+        if (!(sch = field(js, "schema")))
+            return fail(e, QV_ERR_INVALID, param,
+                        "'response_format.json_schema.schema' is missing");
+    }
+    const cJSON *g = field(root, "guided_json");
+    if (g && !cJSON_IsNull(g)) {
+        if (sch)
+            return fail(e, QV_ERR_INVALID, "guided_json",
+                        "give either 'guided_json' or a json_schema response_format, not both");
+        if (!cJSON_IsString(g) && !cJSON_IsObject(g) && !cJSON_IsBool(g))
+            return fail(e, QV_ERR_INVALID, "guided_json",
+                        "'guided_json' must be a JSON schema (an object or its text)");
+        sch = g;
+        param = "guided_json";
+    }
+    return sch ? compile_schema(sch, param, r, e) : QV_OK;
+}
+
+/* Compiles sch (a schema object, true, or a schema's text) into r->json_schema. */
+static qv_status compile_schema(const cJSON *sch, const char *param, qv_proto_request *r,
+                                qv_proto_error *e) {
+    char *text = cJSON_IsString(sch) ? NULL : cJSON_PrintUnformatted(sch);
+    const char *txt = cJSON_IsString(sch) ? sch->valuestring : text;
+    if (!txt) return nomem(e);
+    qv_error err = {0};
+    const qv_status st = qv_json_schema_compile(txt, strlen(txt), &r->json_schema, &err);
+    cJSON_free(text);
+    if (st == QV_ERR_NOMEM) return nomem(e);
+    if (st != QV_OK)
+        return fail(e, QV_ERR_INVALID, param, "the JSON schema cannot be used: %s", err.msg);
+    return QV_OK;
+}
+
 /* Fields of the OpenAI and vLLM APIs that would change the answer and that quiver does not
  * implement: refused with a clear 400 rather than ignored like unknown fields (a client asking
  * for JSON mode or tool calls must not get free text as if it had). Values that ask for
  * nothing (empty lists, {"type": "text"}, false, 0, 1) pass. */
 static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep,
                                     qv_proto_error *e) {
-    static const char *const always[] = {"guided_json",    "guided_regex",       "guided_choice",
-                                         "guided_grammar", "structured_outputs", "prompt_logprobs"};
+    static const char *const always[] = {"guided_regex", "guided_choice", "guided_grammar",
+                                         "structured_outputs", "prompt_logprobs"};
     for (size_t i = 0; i < QV_ARRAY_LEN(always); i++)
         if (field(root, always[i]))
             return fail(e, QV_ERR_INVALID, always[i],
@@ -360,10 +416,12 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
     if (f) {
         const cJSON *t = cJSON_IsObject(f) ? field(f, "type") : NULL;
         if (!t || !cJSON_IsString(t) ||
-            (strcmp(t->valuestring, "text") != 0 && strcmp(t->valuestring, "json_object") != 0))
+            (strcmp(t->valuestring, "text") != 0 && strcmp(t->valuestring, "json_object") != 0 &&
+             strcmp(t->valuestring, "json_schema") != 0))
             return fail(e, QV_ERR_INVALID, "response_format",
-                        "'response_format' must be {\"type\": \"text\"} or {\"type\": "
-                        "\"json_object\"} (JSON mode); quiver has no schema-guided decoding");
+                        "'response_format' must be {\"type\": \"text\"}, {\"type\": "
+                        "\"json_object\"} (JSON mode) or {\"type\": \"json_schema\", "
+                        "\"json_schema\": {\"name\": ..., \"schema\": {...}}}");
     }
     static const char *const lists[] = {"tools", "functions"};
     for (size_t i = 0; i < QV_ARRAY_LEN(lists); i++)
@@ -512,7 +570,9 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = get_int(root, "min_tokens", 0, 1e9, &r->min_tokens, e))) goto done;
     const cJSON *rf = field(root, "response_format"); /* refuse_unsupported checked it */
     const cJSON *rf_type = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
-    r->json_object = cJSON_IsString(rf_type) && !strcmp(rf_type->valuestring, "json_object");
+    if ((s = decode_json_schema(root, r, e))) goto done;
+    r->json_object =
+        !r->json_schema && cJSON_IsString(rf_type) && !strcmp(rf_type->valuestring, "json_object");
     if ((s = decode_logprobs(root, r, e))) goto done;
     if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
     if ((s = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto done;
@@ -557,6 +617,7 @@ void qv_proto_request_free(qv_proto_request *r) {
     qv_free(r->stop_ids);
     qv_free(r->bias_ids);
     qv_free(r->bias_values);
+    qv_json_schema_unref(r->json_schema);
     memset(r, 0, sizeof(*r));
 }
 
@@ -1106,14 +1167,42 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
         (s = tgi_refuse(p, "best_of", best_of == 1, "one sequence per request", e)) ||
         (s = tgi_refuse(p, "top_n_tokens", top_n == 0, "use return_k_alternatives", e)) ||
         (s = tgi_refuse(p, "typical_p", false, NULL, e)) ||
-        (s = tgi_refuse(p, "grammar", false, NULL, e)) ||
-        (s = tgi_refuse(p, "response_format", false, NULL, e)) ||
-        (s = tgi_refuse(p, "merged_adapters", false, "name one adapter", e)))
+        (s = tgi_refuse(p, "merged_adapters", false, "name one adapter", e)) ||
+        (s = tgi_structured(p, r, e)))
         return s;
     /* TGI samples when asked to or when a sampling parameter is set; otherwise greedy */
     sampling = sampling || field(p, "temperature") || field(p, "top_k") || field(p, "top_p");
     if (!sampling) r->temperature = 0.0f;
     return QV_OK;
+}
+
+/* TGI's grammar {"type": "json", "value": schema} and LoRAX's response_format {"type":
+ * "json_object", "schema": schema} (without a schema: JSON mode); regex grammars are refused. */
+static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_error *e) {
+    const cJSON *g = field(p, "grammar"), *f = field(p, "response_format");
+    const cJSON *gt = cJSON_IsObject(g) ? field(g, "type") : NULL;
+    const cJSON *ft = cJSON_IsObject(f) ? field(f, "type") : NULL;
+    if (g && !cJSON_IsNull(g)) {
+        if (!cJSON_IsString(gt) || strcmp(gt->valuestring, "json") != 0 || !field(g, "value"))
+            return fail(e, QV_ERR_INVALID, "grammar",
+                        "'parameters.grammar' must be {\"type\": \"json\", \"value\": "
+                        "<JSON schema>} (regex grammars are not supported)");
+        if (f && !cJSON_IsNull(f))
+            return fail(e, QV_ERR_INVALID, "grammar",
+                        "give either 'grammar' or 'response_format', not both");
+        return compile_schema(field(g, "value"), "grammar", r, e);
+    }
+    if (!f || cJSON_IsNull(f)) return QV_OK;
+    if (cJSON_IsString(ft) && !strcmp(ft->valuestring, "text")) return QV_OK;
+    if (!cJSON_IsString(ft) || strcmp(ft->valuestring, "json_object") != 0)
+        return fail(e, QV_ERR_INVALID, "response_format",
+                    "'parameters.response_format' must be {\"type\": \"json_object\"} with an "
+                    "optional \"schema\"");
+    if (!field(f, "schema")) {
+        r->json_object = true;
+        return QV_OK;
+    }
+    return compile_schema(field(f, "schema"), "response_format", r, e);
 }
 
 qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r, qv_proto_tgi *t,

@@ -109,6 +109,9 @@ typedef struct qv_proto_request {
     size_t n_bias;
     int min_tokens;   /* vLLM extension: no end-of-generation / stop before this many tokens */
     bool json_object; /* response_format {"type": "json_object"}: the text is one JSON object */
+    /* response_format {"type": "json_schema", "json_schema": {"schema": ...}} or vLLM's
+     * guided_json: the text is one value valid under it (compiled; one reference) */
+    struct qv_json_schema *json_schema;
     bool echo;        /* completions: the text starts with the prompt, and with logprobs the
                          prompt tokens come first in them; max_tokens may then be 0 */
     bool logprobs;    /* token log-probabilities requested */

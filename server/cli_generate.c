@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "engine/engine.h"
+#include "engine/json_grammar.h"
 #include "server/cli.h"
 
 #include "adapters/adapters.h"
@@ -34,6 +35,7 @@ typedef struct gen_opts {
     size_t kv_mb;
     const char *device;
     const char *adapter_dir; /* --adapter DIR */
+    const char *schema_file; /* --json-schema FILE: compiled into gp.json_schema (owned) */
     qv_adapter *adapter;     /* loaded by open_engine (owned; freed after the engine) */
     bool verbose;
     bool add_special;
@@ -73,6 +75,8 @@ static void usage(FILE *f, bool chat) {
             "  --stop TEXT             stop string (repeatable, up to %d)\n"
             "  --ignore-eos            keep generating past end-of-generation tokens\n"
             "  --json                  JSON mode: the answer is one JSON object\n"
+            "  --json-schema FILE      structured output: the answer follows the JSON Schema\n"
+            "                          in FILE (docs/http-api.md#structured-output)\n"
             "  --add-special           let the tokenizer add BOS/EOS (generate only)\n"
             "  --threads N             CPU threads (default: the usable CPUs, within a cgroup CPU "
             "limit)\n"
@@ -188,6 +192,9 @@ static int parse_opts(int argc, char **argv, bool chat, gen_opts *o) {
             o->gp.ignore_eos = true;
         } else if (!strcmp(a, "--json")) {
             o->gp.json_object = true;
+        } else if (!strcmp(a, "--json-schema")) {
+            NEED_VALUE;
+            o->schema_file = v;
         } else if (!strcmp(a, "--add-special") && !chat) {
             o->add_special = true;
         } else if (!strcmp(a, "--threads")) {
@@ -216,11 +223,29 @@ static int parse_opts(int argc, char **argv, bool chat, gen_opts *o) {
         }
 #undef NEED_VALUE
     }
-    if (o->gp.json_object && o->gp.ignore_eos) {
-        fprintf(stderr, "quiver: --json ends at the object's close: no --ignore-eos with it\n");
+    if ((o->gp.json_object || o->schema_file) && o->gp.ignore_eos) {
+        fprintf(stderr, "quiver: --json and --json-schema end at the value's close: no "
+                        "--ignore-eos with them\n");
         return 2;
     }
+    if (o->schema_file) {
+        char *text = NULL;
+        size_t len = 0;
+        qv_error err = {0};
+        qv_status st = qv_read_file(o->schema_file, QV_JSON_SCHEMA_MAX_BYTES, &text, &len, &err);
+        if (st == QV_OK) st = qv_json_schema_compile(text, len, &o->gp.json_schema, &err);
+        qv_free(text);
+        if (st != QV_OK) {
+            fprintf(stderr, "quiver: --json-schema %s: %s\n", o->schema_file, err.msg);
+            return 2;
+        }
+    }
     return 0;
+}
+
+static void opts_free(gen_opts *o) {
+    qv_adapter_free(o->adapter);
+    qv_json_schema_unref(o->gp.json_schema);
 }
 
 typedef struct run_state {
@@ -408,10 +433,14 @@ int qv_cli_generate(int argc, char **argv) {
     if (rc) return rc < 0 ? 0 : rc;
     if (!o.prompt) {
         fprintf(stderr, "quiver generate: --prompt is required (see --help)\n");
+        opts_free(&o);
         return 2;
     }
     qv_engine *e = open_engine(&o);
-    if (!e) return 1;
+    if (!e) {
+        opts_free(&o);
+        return 1;
+    }
     int32_t *ids = NULL;
     size_t n_ids = 0;
     qv_error err = {0};
@@ -419,7 +448,7 @@ int qv_cli_generate(int argc, char **argv) {
                             &n_ids, &err) != QV_OK) {
         fprintf(stderr, "quiver: %s\n", err.msg);
         qv_engine_destroy(e);
-        qv_adapter_free(o.adapter);
+        opts_free(&o);
         return 1;
     }
     if (n_ids == 0) {
@@ -430,7 +459,7 @@ int qv_cli_generate(int argc, char **argv) {
     }
     qv_free(ids);
     qv_engine_destroy(e);
-    qv_adapter_free(o.adapter);
+    opts_free(&o);
     return rc;
 }
 
@@ -501,7 +530,10 @@ int qv_cli_chat(int argc, char **argv) {
     int rc = parse_opts(argc, argv, true, &o);
     if (rc) return rc < 0 ? 0 : rc;
     qv_engine *e = open_engine(&o);
-    if (!e) return 1;
+    if (!e) {
+        opts_free(&o);
+        return 1;
+    }
     history h = {0};
     if (o.system && !history_push(&h, "system", o.system)) rc = 1;
     if (!rc && o.message) {
@@ -524,6 +556,6 @@ int qv_cli_chat(int argc, char **argv) {
     }
     history_free(&h);
     qv_engine_destroy(e);
-    qv_adapter_free(o.adapter);
+    opts_free(&o);
     return rc;
 }

@@ -54,6 +54,7 @@
 #include "adapters/registry.h"
 #include "adapters/store.h"
 #include "engine/engine.h"
+#include "engine/json_grammar.h"
 #include "proto/proto.h"
 #include "server/metrics.h"
 #include "server/tenant.h"
@@ -318,6 +319,7 @@ static void request_release(request *r) {
     qv_free(r->toks);
     qv_free(r->stop_ids);
     qv_free(r->bias);
+    qv_json_schema_unref(r->gp.json_schema);
     qv_free(r->echo);
     qv_free(r->ids);
     for (size_t i = 0; i < r->n_stops; i++)
@@ -601,7 +603,8 @@ static void update_gauges(server *srv) {
                                                  .evictable_pages = es.kv_evictable_pages});
     qv_metrics_graphs(srv->metrics, es.graph_captures, es.graph_replays, es.graph_eager_steps,
                       es.graph_mismatches, es.graph_capture_s);
-    qv_metrics_sampling(srv->metrics, es.logits_rows_host, es.logits_rows_device);
+    qv_metrics_sampling(srv->metrics, es.logits_rows_host, es.logits_rows_device,
+                        es.json_mask_misses, es.json_mask_hits);
     if (!srv->reg) return;
     qv_registry_stats rs;
     qv_registry_get_stats(srv->reg, &rs);
@@ -2234,6 +2237,7 @@ static bool member_params(const member_spec *ms, int j, qv_gen_params *gp, qv_er
     gp->ignore_eos = pr->ignore_eos;
     gp->min_tokens = pr->min_tokens;
     gp->json_object = pr->json_object;
+    gp->json_schema = pr->json_schema; /* member_new takes a reference */
     qv_sampling_params *sp = &gp->sampling;
     sp->temperature = pr->temperature;
     sp->top_k = pr->top_k;
@@ -2284,6 +2288,7 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     r->echo_only = ms->max_tokens == 0;
     qv_error err = {0};
     member_params(ms, j, &r->gp, &err); /* validated by the caller */
+    if (r->gp.json_schema) qv_json_schema_ref(r->gp.json_schema);
     r->n_top = ms->tgi ? ms->tgi->n_alternatives : pr->top_logprobs;
     bool ok = (r->model_echo = qv_strdup(pr->model && *pr->model ? pr->model : srv->base_name));
     if (ok && ms->adapter) {
@@ -2503,7 +2508,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                              (int)pr.bias_ids[i], n_vocab);
             goto done;
         }
-    if (pr.json_object && (pr.min_tokens > 0 || pr.ignore_eos)) {
+    if ((pr.json_object || pr.json_schema) && (pr.min_tokens > 0 || pr.ignore_eos)) {
         ret = send_error(c, ctx, 400, "response_format", "invalid_value",
                          "JSON mode ends when the object closes: it cannot be combined with %s",
                          pr.ignore_eos ? "'ignore_eos'" : "'min_tokens'");

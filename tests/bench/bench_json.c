@@ -1,15 +1,17 @@
 /*
- * bench_json.c - the cost of JSON mode, side by side: the same chat requests, each asking for a
- * small JSON object, run as one batch without and with response_format json_object, in
- * alternating rounds on one engine (prefix cache off, so both modes compute their prompts).
+ * bench_json.c - the cost of JSON mode and of structured output, side by side: the same chat
+ * requests, each asking for a small JSON object, run as one batch free, with response_format
+ * json_object, and with a json_schema that the answers fit (each request compiling its own
+ * copy of the schema, as the server does), in rotating rounds on one engine (prefix cache off,
+ * so every mode computes its prompts).
  *
- * When the model's free answer is already a JSON object, the constrained answer is the same
- * tokens (the mask removes only what breaks the JSON), so the two modes do the same model
- * work and the difference is the masking: one pass over the vocabulary for each grammar state
- * not in the engine's mask cache, and one pass applying a cached mask per row and step (JSON
- * rows are also sampled on the host). Reported per mode: wall time, generated tokens, ms per
- * engine step; then the ratio JSON / free (median over the rounds), the masks computed and
- * taken from the cache, and how many answers were identical in both modes.
+ * When the model's free answer is already such an object, the constrained answer is the same
+ * tokens (the mask removes only what breaks the JSON or the schema), so the modes do the same
+ * model work and the difference is the masking: one pass over the vocabulary for each grammar
+ * state not in the engine's mask cache, and one pass applying a cached mask per row and step
+ * (constrained rows are also sampled on the host). Reported per mode: wall time, generated
+ * tokens, ms per engine step, masks computed and taken from the cache; then the ratios to free
+ * (median over the rounds) and how many answers were identical to the free ones.
  *
  * usage: bench_json [MODEL] [--threads N] [--requests R] [--gen G] [--rounds K]
  *                   [--device cpu|cuda]
@@ -21,6 +23,7 @@
 
 #include "bench_util.h"
 #include "engine/engine.h"
+#include "engine/json_grammar.h"
 
 #define MAX_REQ 32
 #define MAX_GEN 128
@@ -28,8 +31,8 @@
 typedef struct req {
     int32_t *ids;
     size_t n_ids;
-    int32_t toks[2][MAX_GEN]; /* [mode] */
-    int n[2];
+    int32_t toks[3][MAX_GEN]; /* [mode] */
+    int n[3];
     int mode;
 } req;
 
@@ -42,19 +45,37 @@ static void on_tok(void *user, int seq_id, int32_t tok, const qv_logprobs *lp,
     if (r->n[r->mode] < MAX_GEN) r->toks[r->mode][r->n[r->mode]++] = tok;
 }
 
-/* One batch of every request in `mode` (1: JSON). Returns the wall time, or < 0. */
+enum { FREE, JSON_MODE, SCHEMA, N_MODES };
+static const char *const mode_names[N_MODES] = {"free", "JSON mode", "json_schema"};
+
+/* What the prompts ask for, as a schema (the server compiles one per request). */
+static const char person_schema[] =
+    "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":40},"
+    "\"age\":{\"type\":\"integer\"}},\"required\":[\"name\",\"age\"],"
+    "\"additionalProperties\":false}";
+
+/* One batch of every request in `mode`. Returns the wall time, or < 0. */
 static double run_mode(qv_engine *e, req *rs, int n_req, int gen, int mode, int *steps) {
     qv_gen_params gp;
     qv_gen_params_default(&gp);
     gp.max_tokens = gen;
     gp.sampling.temperature = 0;
-    gp.json_object = mode == 1;
+    gp.json_object = mode == JSON_MODE;
     qv_error err = {0};
     const double t0 = qv_time_s();
     for (int i = 0; i < n_req; i++) {
         rs[i].mode = mode;
         rs[i].n[mode] = 0;
-        if (qv_engine_add(e, rs[i].ids, rs[i].n_ids, &gp, on_tok, &rs[i], NULL, &err) != QV_OK) {
+        gp.json_schema = NULL;
+        if (mode == SCHEMA && qv_json_schema_compile(person_schema, sizeof(person_schema) - 1,
+                                                     &gp.json_schema, &err) != QV_OK) {
+            fprintf(stderr, "bench_json: schema: %s\n", err.msg);
+            return -1;
+        }
+        const qv_status st =
+            qv_engine_add(e, rs[i].ids, rs[i].n_ids, &gp, on_tok, &rs[i], NULL, &err);
+        qv_json_schema_unref(gp.json_schema); /* the engine keeps its own reference */
+        if (st != QV_OK) {
             fprintf(stderr, "bench_json: add: %s\n", err.msg);
             return -1;
         }
@@ -134,37 +155,53 @@ int main(int argc, char **argv) {
     printf("model %s on %s, %d chat requests in one batch, greedy, at most %d tokens, %d "
            "rounds\n\n",
            model, device ? device : "cpu", n_req, gen, rounds);
-    printf("| round | mode | wall s | tokens | steps | ms per step |\n|---|---|---|---|---|---|\n");
-    double ratio[32];
-    qv_engine_stats s0, s1;
-    qv_engine_get_stats(e, &s0);
+    printf("| round | mode | wall s | tokens | steps | ms per step | masks computed | from the "
+           "cache |\n|---|---|---|---|---|---|---|---|\n");
+    double ratio[N_MODES][32];
+    unsigned long long computed[N_MODES] = {0}, cached[N_MODES] = {0};
+    double mask_s[N_MODES] = {0};
     for (int round = 0; round < rounds; round++) {
-        double wall[2];
-        int steps[2], toks[2] = {0, 0};
-        for (int t = 0; t < 2; t++) { /* alternate which mode goes first */
-            const int mode = (round + t) % 2;
+        double wall[N_MODES];
+        int steps[N_MODES], toks[N_MODES] = {0};
+        unsigned long long miss[N_MODES], hit[N_MODES];
+        for (int t = 0; t < N_MODES; t++) { /* rotate which mode goes first */
+            const int mode = (round + t) % N_MODES;
+            qv_engine_stats s0, s1;
+            qv_engine_get_stats(e, &s0);
             wall[mode] = run_mode(e, rs, n_req, gen, mode, &steps[mode]);
             if (wall[mode] < 0) return 1;
+            qv_engine_get_stats(e, &s1);
+            miss[mode] = (unsigned long long)(s1.json_mask_misses - s0.json_mask_misses);
+            hit[mode] = (unsigned long long)(s1.json_mask_hits - s0.json_mask_hits);
+            computed[mode] += miss[mode];
+            mask_s[mode] += s1.json_mask_s - s0.json_mask_s;
+            cached[mode] += hit[mode];
             for (int i = 0; i < n_req; i++)
                 toks[mode] += rs[i].n[mode];
         }
-        for (int mode = 0; mode < 2; mode++)
-            printf("| %d | %s | %.2f | %d | %d | %.1f |\n", round + 1, mode ? "JSON mode" : "free",
-                   wall[mode], toks[mode], steps[mode], wall[mode] * 1e3 / steps[mode]);
-        ratio[round] = (wall[1] / steps[1]) / (wall[0] / steps[0]);
-        fprintf(stderr, "{\"round\":%d,\"wall_s\":[%.4f,%.4f],\"steps\":[%d,%d]}\n", round + 1,
-                wall[0], wall[1], steps[0], steps[1]);
+        for (int mode = 0; mode < N_MODES; mode++) {
+            printf("| %d | %s | %.2f | %d | %d | %.1f | %llu | %llu |\n", round + 1,
+                   mode_names[mode], wall[mode], toks[mode], steps[mode],
+                   wall[mode] * 1e3 / steps[mode], miss[mode], hit[mode]);
+            ratio[mode][round] = (wall[mode] / steps[mode]) / (wall[FREE] / steps[FREE]);
+        }
+        fprintf(stderr, "{\"round\":%d,\"wall_s\":[%.4f,%.4f,%.4f],\"steps\":[%d,%d,%d]}\n",
+                round + 1, wall[0], wall[1], wall[2], steps[0], steps[1], steps[2]);
     }
-    qv_engine_get_stats(e, &s1);
-    int same = 0;
-    for (int i = 0; i < n_req; i++)
-        same += rs[i].n[0] == rs[i].n[1] &&
-                !memcmp(rs[i].toks[0], rs[i].toks[1], (size_t)rs[i].n[0] * sizeof(int32_t));
-    const double med = bench_median(ratio, rounds);
-    printf("\nJSON mode / free, time per step (median of %d rounds): %.3fx; masks computed %llu, "
-           "from the cache %llu; identical answers in both modes: %d of %d\n",
-           rounds, med, (unsigned long long)(s1.json_mask_misses - s0.json_mask_misses),
-           (unsigned long long)(s1.json_mask_hits - s0.json_mask_hits), same, n_req);
+    printf("\n");
+    for (int mode = JSON_MODE; mode < N_MODES; mode++) {
+        int same = 0;
+        for (int i = 0; i < n_req; i++)
+            same +=
+                rs[i].n[FREE] == rs[i].n[mode] && !memcmp(rs[i].toks[FREE], rs[i].toks[mode],
+                                                          (size_t)rs[i].n[FREE] * sizeof(int32_t));
+        printf("%s / free, time per step (median of %d rounds): %.3fx; masks computed %llu "
+               "(%.2f ms each), from the cache %llu; answers identical to the free ones: %d of "
+               "%d\n",
+               mode_names[mode], rounds, bench_median(ratio[mode], rounds), computed[mode],
+               computed[mode] ? mask_s[mode] * 1e3 / (double)computed[mode] : 0.0, cached[mode],
+               same, n_req);
+    }
     for (int i = 0; i < n_req; i++)
         qv_free(rs[i].ids);
     qv_engine_destroy(e);

@@ -95,3 +95,14 @@ cJSON *json_read_fixture(const char *rel) {
     if (!root) fprintf(stderr, "%s: not JSON\n", rel);
     return root;
 }
+
+size_t hex_decode(const char *h, uint8_t *out, size_t cap) {
+    const size_t n = strlen(h) / 2;
+    if (n > cap || strlen(h) % 2) return SIZE_MAX;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(h + 2 * i, "%2x", &v) != 1) return SIZE_MAX;
+        out[i] = (uint8_t)v;
+    }
+    return n;
+}

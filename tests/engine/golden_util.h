@@ -35,5 +35,8 @@ int argmax_f32(const float *x, int n);
 /* Parses the JSON fixture at rel (relative to the source tree, at most 64 MiB); NULL (with a
  * message on stderr) when it cannot be read or parsed. Owner: caller (cJSON_Delete). */
 cJSON *json_read_fixture(const char *rel);
+/* Decodes the hex string h into out (at most cap bytes); returns the byte count, or SIZE_MAX
+ * when h is not hex or does not fit. */
+size_t hex_decode(const char *h, uint8_t *out, size_t cap);
 
 #endif

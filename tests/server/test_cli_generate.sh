@@ -74,8 +74,37 @@ else
     fail=1
 fi
 
+# --json-schema: the answer follows the schema (checked field by field by Python).
+cat >"$tmp/schema.json" <<'JSON'
+{"type": "object", "additionalProperties": false, "required": ["name", "age", "mood"],
+ "properties": {"name": {"type": "string", "maxLength": 10}, "age": {"type": "integer"},
+                "mood": {"enum": ["happy", "sad"]}}}
+JSON
+"$quiver" chat --model "$model" --message "Bob is 42 and cheerful." --json-schema "$tmp/schema.json" \
+    --max-tokens 64 >"$tmp/got5"
+if python3 - "$tmp/got5" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+sys.exit(not (list(d) == ["name", "age", "mood"] and isinstance(d["name"], str) and
+              len(d["name"]) <= 10 and type(d["age"]) is int and d["mood"] in ("happy", "sad")))
+PY
+then
+    echo "ok   chat --json-schema: $(tr -d '\n' <"$tmp/got5")"
+else
+    echo "FAIL chat --json-schema: $(cat "$tmp/got5")"
+    fail=1
+fi
+
 # Errors: usage errors exit 2, a bad model exits 1 with a one-line message.
 set +e
+echo '{"type": "string", "pattern": "a+"}' >"$tmp/bad_schema.json"
+"$quiver" chat --model "$model" --message x --json-schema "$tmp/bad_schema.json" >/dev/null \
+    2>"$tmp/err"; rc=$?
+if [[ $rc == 2 ]] && grep -q "'pattern' is not supported" "$tmp/err"; then
+    echo "ok   unsupported schema -> 2: $(cat "$tmp/err")"
+else
+    echo "FAIL unsupported schema rc=$rc: $(cat "$tmp/err")"; fail=1
+fi
 "$quiver" chat --model "$model" --message x --json --ignore-eos >/dev/null 2>"$tmp/err"; rc=$?
 [[ $rc == 2 ]] && echo "ok   --json with --ignore-eos -> 2" || { echo "FAIL --json --ignore-eos rc=$rc"; fail=1; }
 "$quiver" generate --model "$model" --prompt x --temperature -1 >/dev/null 2>"$tmp/err"; rc=$?

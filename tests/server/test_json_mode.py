@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""JSON mode over HTTP (response_format {"type": "json_object"}, docs/http-api.md#json-mode) with
-the official openai client, on SmolLM2-135M-Instruct: Python's json module judges every answer.
+"""JSON mode and structured output over HTTP (response_format {"type": "json_object"} and
+{"type": "json_schema"}, docs/http-api.md#json-mode) with the official openai client, on
+SmolLM2-135M-Instruct: Python's json module judges every JSON-mode answer, the jsonschema
+package (and pydantic, through the client's parse()) every structured one.
 
 Usage: test_json_mode.py QUIVER_BINARY   (run by tests/server/test_json_mode.sh)
 """
 import json
 import os
 import sys
+import time
+from typing import List, Optional
+
+import jsonschema
+import pydantic
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_http_api as T  # noqa: E402 - the shared Server class, check() and failures
@@ -91,6 +98,175 @@ def run_json_mode_tests(srv):
                    param="response_format")
 
 
+class City(pydantic.BaseModel):
+    name: str
+    country: str
+    population: int
+    landmarks: List[str] = pydantic.Field(max_length=3)  # a 135M model repeats itself
+    mayor: Optional[str]
+
+
+PROFILE = {
+    "$defs": {"Address": {"type": "object",
+                          "properties": {"street": {"type": "string", "maxLength": 40},
+                                         "zip": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+                          "required": ["street", "zip"], "additionalProperties": False},
+              "Color": {"type": "string", "enum": ["red", "green", "blue"]}},
+    "type": "object",
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 20},
+                   "age": {"type": "integer"},
+                   "favorite": {"$ref": "#/$defs/Color"},
+                   "address": {"$ref": "#/$defs/Address"},
+                   "scores": {"type": "array", "items": {"type": "number"},
+                              "minItems": 2, "maxItems": 4},
+                   "member": {"type": "boolean"}},
+    "required": ["name", "age", "favorite", "address", "scores", "member"],
+    "additionalProperties": False}
+
+
+def valid(text, schema):
+    try:
+        return jsonschema.Draft202012Validator(schema).is_valid(json.loads(text))
+    except ValueError:
+        return False
+
+
+def run_structured_output_tests(srv):
+    """response_format {"type": "json_schema"} (OpenAI), guided_json (vLLM) and LoRAX's
+    {"type": "json_object", "schema": ...}: every finished answer is valid under the schema
+    (jsonschema judges), greedy or sampled, streamed or not, chat or completions; the openai
+    client's parse() with a pydantic model gets a parsed object; schemas quiver cannot follow
+    are refused with the reason."""
+    client = srv.client()
+    base = os.path.basename(T.MODEL)[:-len(".gguf")]
+
+    def rf(schema, name="x"):
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema,
+                                                       "strict": True}}
+
+    # the openai client's own structured-output path: a pydantic model in, an instance out
+    ask = [{"role": "user", "content": "Describe Paris as a JSON object."}]
+    r = client.chat.completions.parse(model=base, messages=ask, max_tokens=160, temperature=0,
+                                      response_format=City)
+    m = r.choices[0].message
+    check(r.choices[0].finish_reason == "stop" and isinstance(m.parsed, City),
+          f"parse() with a pydantic model: {m.parsed!r} from {m.content[:80]!r}")
+    schema = City.model_json_schema()
+    check(valid(m.content, schema), "the pydantic model's schema accepts the answer")
+
+    prompts = {
+        "profile": ("Make up a user profile.", PROFILE),
+        "enum": ("Is the sky green? Answer yes or no.", {"enum": ["yes", "no"]}),
+        "integer": ("How many legs does a spider have?", {"type": "integer"}),
+        "map": ("Count the fruit: two apples and one pear.",
+                {"type": "object", "additionalProperties": {"type": "integer"}}),
+        "list": ("Name three colors.", {"type": "array", "items": {"type": "string",
+                                                                   "maxLength": 12},
+                                        "minItems": 3, "maxItems": 3}),
+        "recursive": ("A family tree.",
+                      {"type": "object",
+                       "properties": {"name": {"type": "string", "maxLength": 10},
+                                      "children": {"type": "array", "items": {"$ref": "#"},
+                                                   "maxItems": 2}},
+                       "required": ["name", "children"]}),
+    }
+    n_finished = 0
+    for key, (prompt, schema) in prompts.items():
+        msgs = [{"role": "user", "content": prompt}]
+        g = client.chat.completions.create(model=base, messages=msgs, max_tokens=96,
+                                           temperature=0, response_format=rf(schema))
+        c = g.choices[0]
+        check(c.finish_reason == "length" or valid(c.message.content, schema),
+              f"{key}, greedy: {c.finish_reason} {c.message.content[:70]!r}")
+        r = client.chat.completions.create(model=base, messages=msgs, max_tokens=96,
+                                           temperature=1.0, seed=11, n=3,
+                                           response_format=rf(schema))
+        done = [c.message.content for c in r.choices if c.finish_reason == "stop"]
+        n_finished += len(done)
+        check(all(valid(t, schema) for t in done),
+              f"{key}, sampled n=3: {len(done)} finished, all valid {[t[:30] for t in done]}")
+    check(n_finished >= 5, f"sampled: {n_finished} of 18 answers finished and were judged")
+    # at least the short answers must finish inside the budget
+    for key in ("profile", "enum", "list"):
+        prompt, schema = prompts[key]
+        c = client.chat.completions.create(
+            model=base, messages=[{"role": "user", "content": prompt}], max_tokens=200,
+            temperature=0, response_format=rf(schema)).choices[0]
+        check(c.finish_reason == "stop" and valid(c.message.content, schema),
+              f"{key}: a finished, valid answer {c.message.content[:60]!r}")
+    # a schema sent again (same text, compiled again) shares the masks of the first request
+    small = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16},
+                                              "big": {"type": "boolean"}},
+             "required": ["city", "big"], "additionalProperties": False}
+
+    def masks():
+        st, _, data = srv.raw("GET", "/metrics")
+        out = {}
+        for line in data.decode().splitlines():
+            if line.startswith("quiver_json_masks_total{"):
+                out[line.split('"')[1]] = int(float(line.split()[-1]))
+        return out
+    runs = []
+    for _ in range(2):
+        before = masks()
+        c = client.chat.completions.create(
+            model=base, messages=[{"role": "user", "content": "Is Paris big?"}], max_tokens=40,
+            temperature=0, response_format=rf(small)).choices[0]
+        after = masks()
+        for _ in range(50):  # the counters follow the engine's steps: wait until they settle
+            time.sleep(0.1)
+            again = masks()
+            if again == after:
+                break
+            after = again
+        runs.append({k: after.get(k, 0) - before.get(k, 0) for k in ("computed", "cache")})
+        check(valid(c.message.content, small), f"small schema: {c.message.content!r}")
+    check(runs[0]["computed"] > 0 and runs[1]["computed"] < runs[0]["computed"] and
+          runs[1]["cache"] > runs[0]["cache"],
+          f"the same schema again reuses the cached masks (/metrics: first {runs[0]}, "
+          f"second {runs[1]})")
+    # streamed: the same text
+    msgs = [{"role": "user", "content": prompts["profile"][0]}]
+    one = client.chat.completions.create(model=base, messages=msgs, max_tokens=200, temperature=0,
+                                         response_format=rf(PROFILE)).choices[0].message.content
+    parts = [ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
+        model=base, messages=msgs, max_tokens=200, temperature=0, response_format=rf(PROFILE),
+        stream=True) if ch.choices]
+    check("".join(parts) == one, "structured output streamed: the same text")
+    # vLLM guided_json (object and text), LoRAX's form, and /v1/completions
+    for extra in ({"guided_json": PROFILE}, {"guided_json": json.dumps(PROFILE)},
+                  {"response_format": {"type": "json_object", "schema": PROFILE}}):
+        c = client.chat.completions.create(model=base, messages=msgs, max_tokens=200,
+                                           temperature=0, extra_body=extra).choices[0]
+        check(c.message.content == one, f"{list(extra)[0]}: the same answer as json_schema")
+    st, _, data = srv.raw("POST", "/v1/completions",
+                          {"prompt": "Three primes:", "max_tokens": 32, "temperature": 0,
+                           "response_format": rf({"type": "array", "items": {"type": "integer"},
+                                                  "maxItems": 3})})
+    out = json.loads(data)
+    t = out["choices"][0]["text"] if st == 200 else ""
+    check(st == 200 and (out["choices"][0]["finish_reason"] == "length" or
+                         valid(t, {"type": "array", "items": {"type": "integer"}, "maxItems": 3})),
+          f"structured output on /v1/completions: {st} {t!r}")
+    # refused, saying why
+    body = {"messages": msgs, "max_tokens": 8}
+    for fmt, param, words in (
+            (rf({"type": "string", "pattern": "^a"}), "response_format", "'pattern'"),
+            (rf({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]}),
+             "response_format", "begin differently"),
+            ({"type": "json_schema", "json_schema": {"name": "x"}}, "response_format", "schema"),
+            (rf({"$ref": "#/$defs/none"}), "response_format", "points at nothing")):
+        st, _, data = srv.raw("POST", "/v1/chat/completions", dict(body, response_format=fmt))
+        err = json.loads(data).get("error", {}) if st == 400 else {}
+        check(st == 400 and err.get("param") == param and words in err.get("message", ""),
+              f"refused: {words} ({st} {err.get('message', '')[:80]!r})")
+    T.expect_error(srv, "guided_json that is not JSON", 400, "POST", "/v1/chat/completions",
+                   dict(body, guided_json="{not json"), param="guided_json")
+    T.expect_error(srv, "structured output with ignore_eos", 400, "POST", "/v1/chat/completions",
+                   dict(body, response_format=rf(PROFILE), ignore_eos=True),
+                   param="response_format")
+
+
 def main():
     if not os.path.isfile(T.MODEL):
         print(f"SKIP: {T.MODEL} not found (run deploy/fetch-model.sh)")
@@ -98,6 +274,7 @@ def main():
     srv = T.Server("--api-key", T.KEY, "--max-seqs", "8")
     try:
         run_json_mode_tests(srv)
+        run_structured_output_tests(srv)
     finally:
         if srv.proc.poll() is None:
             srv.stop()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# test_json_mode.sh - runs tests/server/test_json_mode.py (JSON mode through the
-# server: answers judged by Python's json module) against the quiver
+# test_json_mode.sh - runs tests/server/test_json_mode.py (JSON mode and structured output through the
+# server: answers judged by Python's json module and jsonschema) against the quiver
 # binary, with the client venv of test_http.sh (.venv-test). Skips (77) only when the model has
 # not been fetched.
 set -euo pipefail
@@ -8,5 +8,5 @@ quiver=$1
 # shellcheck source=tests/server/lib.sh
 source "$(dirname "$0")/lib.sh"
 qv_need_model
-qv_venv openai
+qv_venv openai jsonschema pydantic
 exec timeout 600 "$venv/bin/python" "$root/tests/server/test_json_mode.py" "$quiver"

@@ -23,12 +23,18 @@ Setup: `quiver serve` on SmolLM2-135M-Instruct Q4_1 with --api-key and the demo 
 6. Refusals, never silent: typical_p, best_of > 1, watermark, adapter_source s3 are
    validation errors (400, error_type "validation"); a missing key is
    401; bad JSON is 400; all in TGI's {"error", "error_type"} shape.
+7. Structured output: LoRAX's parameters.response_format (a JSON schema, or JSON mode) and
+   TGI's parameters.grammar {"type": "json"}: the answer is valid under the schema (jsonschema
+   judges) and the same through both clients; regex grammars and schemas quiver cannot
+   follow are validation errors.
 
 Usage: test_tgi.py <quiver-binary>. Exit 77 when the model has not been fetched.
 """
 import json
 import os
 import sys
+
+import jsonschema
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_http_api as T  # noqa: E402 - the shared Server class, check() and failures
@@ -137,6 +143,40 @@ def run(srv):
     check(st == 400 and err.get("error_type") == "validation" and
           "decoder_input_details" in err["error"],
           f"decoder_input_details streamed: 400 validation ({st} {err})")
+
+    # 7. structured output: LoRAX's response_format (a JSON schema, or JSON mode without one)
+    # and TGI's grammar {"type": "json"}: jsonschema judges; both spellings give one answer
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "sure": {"type": "boolean"}},
+              "required": ["city", "sure"]}
+    ask = GOLDEN["prompts"][0]["text"]
+    r = lx.generate(ask, max_new_tokens=48, details=True,
+                    response_format={"type": "json_object", "schema": schema})
+    try:
+        ok = jsonschema.Draft202012Validator(schema).is_valid(json.loads(r.generated_text))
+    except ValueError:
+        ok = False
+    check(ok and r.details.finish_reason == "eos_token",
+          f"lorax response_format with a schema: {r.generated_text!r} "
+          f"({r.details.finish_reason})")
+    g = hf.text_generation(ask, max_new_tokens=48, grammar={"type": "json", "value": schema})
+    check(g == r.generated_text, f"huggingface_hub grammar json: the same answer ({g!r})")
+    st, _, data = srv.raw("POST", "/generate", {"inputs": ask, "parameters": {
+        "max_new_tokens": 48, "response_format": {"type": "json_object"}}})
+    text = json.loads(data).get("generated_text", "") if st == 200 else ""
+    try:
+        ok = isinstance(json.loads(text), dict)
+    except ValueError:
+        ok = False
+    check(ok, f"response_format json_object without a schema: JSON mode, one object {text!r}")
+    for params, what in (({"grammar": {"type": "regex", "value": "a+"}}, "grammar"),
+                         ({"grammar": {"type": "json", "value": {"type": "string",
+                                                                  "pattern": "a"}}}, "pattern"),
+                         ({"response_format": {"type": "yaml"}}, "response_format")):
+        st, _, data = srv.raw("POST", "/generate", {"inputs": "Hi", "parameters": params})
+        err = json.loads(data)
+        check(st == 400 and err.get("error_type") == "validation" and what in err["error"],
+              f"{what}: 400 validation ({st} {err})")
 
     # 6. refusals
     for name, kw in (("typical_p", dict(typical_p=0.5)), ("watermark", dict(watermark=True)),

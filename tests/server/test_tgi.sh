@@ -8,5 +8,5 @@ quiver=$1
 # shellcheck source=tests/server/lib.sh
 source "$(dirname "$0")/lib.sh"
 qv_need_model
-qv_venv openai lorax huggingface_hub
+qv_venv openai lorax huggingface_hub jsonschema
 exec timeout 600 "$venv/bin/python" "$root/tests/server/test_tgi.py" "$quiver"

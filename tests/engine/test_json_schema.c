@@ -1,0 +1,370 @@
+/*
+ * test_json_schema.c - the structured-output recogniser (engine/json_grammar.c,
+ * qv_json_schema_*) against the jsonschema package, plus the compiler's refusals.
+ *
+ * Fixtures (tests/fixtures/json_schema/cases.json, from
+ * tests/oracle/gen_json_schema_fixtures.py): for each schema, documents the judge accepts must
+ * be accepted byte by byte (one byte at a time and in random chunks) and be complete at their
+ * last byte; documents it refuses must never be accepted as complete. The judge is jsonschema
+ * plus quiver's documented rules (whitespace, integers without fraction, property order,
+ * type inference), all in the Python script.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "golden_util.h"
+#include "json_grammar.h"
+
+static size_t unhex(const char *h, uint8_t *out, size_t cap) {
+    const size_t n = hex_decode(h, out, cap);
+    assert_true(n != SIZE_MAX);
+    return n;
+}
+
+static qv_json_schema *compile(const char *text) {
+    qv_json_schema *s = NULL;
+    qv_error err = {0};
+    if (qv_json_schema_compile(text, strlen(text), &s, &err) != QV_OK)
+        fprintf(stderr, "compile %s: %s\n", text, err.msg);
+    assert_non_null(s);
+    return s;
+}
+
+/* Feeds doc in chunks of 1..max_chunk bytes; returns the bytes accepted (n: all) and sets
+ * *done to whether the text so far is a whole document. A refused chunk leaves the state. */
+static size_t feed_all(const qv_json_schema *sch, const uint8_t *doc, size_t n, size_t max_chunk,
+                       uint64_t *rng, bool *done) {
+    qv_json_sstate s;
+    qv_json_schema_init(sch, &s);
+    size_t i = 0;
+    while (i < n) {
+        size_t k = 1;
+        if (max_chunk > 1) {
+            *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+            k = 1 + (size_t)((*rng >> 33) % max_chunk);
+        }
+        if (k > n - i) k = n - i;
+        qv_json_sstate before = s;
+        if (!qv_json_schema_feed(sch, &s, doc + i, k)) {
+            assert_memory_equal(&before, &s, sizeof s);
+            break;
+        }
+        i += k;
+    }
+    *done = qv_json_schema_done(sch, &s);
+    return i;
+}
+
+static void test_jsonschema_verdicts(void **state) {
+    (void)state;
+    cJSON *root = json_read_fixture("tests/fixtures/json_schema/cases.json");
+    assert_non_null(root);
+    static uint8_t doc[8192];
+    uint64_t rng = 7;
+    int n_schemas = 0, n_valid = 0, n_invalid = 0, bad = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        char *text = cJSON_PrintUnformatted(cJSON_GetObjectItem(c, "schema"));
+        qv_json_schema *sch = compile(text);
+        const cJSON *v;
+        cJSON_ArrayForEach(v, cJSON_GetObjectItem(c, "valid_hex")) {
+            const size_t n = unhex(v->valuestring, doc, sizeof doc);
+            for (size_t chunk = 1; chunk <= 16; chunk += 15) {
+                bool done;
+                const size_t got = feed_all(sch, doc, n, chunk, &rng, &done);
+                if (got != n || !done) {
+                    fprintf(stderr,
+                            "schema %s: valid document refused at byte %zu of %zu "
+                            "(done %d): %.*s\n",
+                            text, got, n, done, (int)n, (const char *)doc);
+                    bad++;
+                }
+            }
+            n_valid++;
+        }
+        cJSON_ArrayForEach(v, cJSON_GetObjectItem(c, "invalid_hex")) {
+            const size_t n = unhex(v->valuestring, doc, sizeof doc);
+            bool done;
+            if (feed_all(sch, doc, n, 1, &rng, &done) == n && done) {
+                fprintf(stderr, "schema %s: invalid document accepted: %.*s\n", text, (int)n,
+                        (const char *)doc);
+                bad++;
+            }
+            n_invalid++;
+        }
+        qv_json_schema_unref(sch);
+        cJSON_free(text);
+        n_schemas++;
+    }
+    printf("json schema: %d schemas, %d valid and %d invalid documents judged by jsonschema, "
+           "%d wrong\n",
+           n_schemas, n_valid, n_invalid, bad);
+    assert_true(n_schemas >= 12 && n_valid >= 1000 && n_invalid >= 2000);
+    assert_int_equal(bad, 0);
+    cJSON_Delete(root);
+}
+
+/* {"type": "object"} is JSON mode: the same verdicts as qv_json_state on its fixtures (Python's
+ * json module). The engine runs JSON mode through this schema. */
+static void test_object_schema_is_json_mode(void **state) {
+    (void)state;
+    cJSON *root = json_read_fixture("tests/fixtures/json_grammar/cases.json");
+    assert_non_null(root);
+    qv_json_schema *sch = compile("{\"type\":\"object\"}");
+    static uint8_t doc[4096];
+    uint64_t rng = 1;
+    int n = 0;
+    static const char *const lists[] = {"valid_hex", "invalid_hex"};
+    for (int l = 0; l < 2; l++) {
+        const cJSON *v;
+        cJSON_ArrayForEach(v, cJSON_GetObjectItem(root, lists[l])) {
+            const size_t len = unhex(v->valuestring, doc, sizeof doc);
+            bool done;
+            const bool whole = feed_all(sch, doc, len, 1, &rng, &done) == len && done;
+            assert_int_equal(whole, l == 0);
+            n++;
+        }
+    }
+    printf("{\"type\":\"object\"}: %d texts, the json module's verdict on each\n", n);
+    qv_json_schema_unref(sch);
+    cJSON_Delete(root);
+}
+
+static bool feeds(const qv_json_schema *sch, qv_json_sstate *s, const char *t) {
+    return qv_json_schema_feed(sch, s, (const uint8_t *)t, strlen(t));
+}
+
+/* Equal grammar positions are equal states (the engine's mask cache compares bytes). */
+static void test_equal_positions(void **state) {
+    (void)state;
+    qv_json_schema *sch =
+        compile("{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":{\"type\":\"string\"},"
+                "\"c\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}}}");
+    static const char *const pairs[][2] = {
+        {"{\"a\":[1,{\"x\":[]}],", "{\"a\":{\"y\":\"z\"},"},
+        {"{\"a\":1  ,", "{\"a\":\"q\\n\u00e9\" ,"},
+        {"{\"c\":[12", "{\"c\":[3,4"},
+        {"{\"c\":[]}", "{}"},
+    };
+    for (size_t i = 0; i < QV_ARRAY_LEN(pairs); i++) {
+        qv_json_sstate x, y;
+        qv_json_schema_init(sch, &x);
+        qv_json_schema_init(sch, &y);
+        assert_true(feeds(sch, &x, pairs[i][0]));
+        assert_true(feeds(sch, &y, pairs[i][1]));
+        if (memcmp(&x, &y, sizeof x) != 0) fprintf(stderr, "%s vs %s\n", pairs[i][0], pairs[i][1]);
+        assert_memory_equal(&x, &y, sizeof x);
+    }
+    qv_json_schema_unref(sch);
+}
+
+/* What only hand-written cases reach: object-valued enums, nesting limits, where a number or
+ * an enum value may end, keys chosen by their bytes. */
+static void test_hand_cases(void **state) {
+    (void)state;
+    qv_json_sstate s;
+    qv_json_schema *sch = compile("{\"enum\":[{\"a\":[1,2]},[true],\"x\"],\"title\":\"t\"}");
+    qv_json_schema_init(sch, &s);
+    assert_true(feeds(sch, &s, "{\"a\":[1,2]}"));
+    assert_true(qv_json_schema_done(sch, &s));
+    qv_json_schema_init(sch, &s);
+    assert_false(feeds(sch, &s, "{\"a\": [1,2]}")); /* enum values are written compactly */
+    assert_false(feeds(sch, &s, " ["));             /* nothing before the document */
+    assert_true(feeds(sch, &s, "[true]"));
+    assert_false(feeds(sch, &s, " ")); /* nor after it */
+    qv_json_schema_unref(sch);
+
+    /* a number ends where the text may end, and may also go on */
+    sch = compile("{\"type\":\"integer\"}");
+    qv_json_schema_init(sch, &s);
+    assert_true(feeds(sch, &s, "-12"));
+    assert_true(qv_json_schema_done(sch, &s));
+    assert_false(feeds(sch, &s, "."));
+    assert_false(feeds(sch, &s, "e"));
+    assert_true(feeds(sch, &s, "0"));
+    assert_true(qv_json_schema_done(sch, &s));
+    qv_json_schema_unref(sch);
+
+    /* recursion is limited by QV_JSON_SCHEMA_MAX_FRAMES: one frame per open array and per
+     * open object */
+    sch = compile("{\"type\":\"array\",\"items\":{\"$ref\":\"#\"}}");
+    qv_json_schema_init(sch, &s);
+    int depth = 0;
+    while (feeds(sch, &s, "["))
+        depth++;
+    assert_int_equal(depth, QV_JSON_SCHEMA_MAX_FRAMES);
+    for (int i = 0; i < depth; i++)
+        assert_true(feeds(sch, &s, "]"));
+    assert_true(qv_json_schema_done(sch, &s));
+    qv_json_schema_unref(sch);
+
+    /* keys: the first allowed property that matches the bytes; a required one stops the
+     * skipping */
+    sch = compile("{\"properties\":{\"ab\":{},\"a\":{},\"b\":{},\"c\":{}},\"required\":[\"b\"]}");
+    qv_json_schema_init(sch, &s);
+    assert_true(feeds(sch, &s, "{\"a\":1,\"b\":2}"));
+    assert_true(qv_json_schema_done(sch, &s));
+    qv_json_schema_init(sch, &s);
+    assert_false(feeds(sch, &s, "{\"c\"")); /* 'b' is required before 'c' */
+    assert_false(feeds(sch, &s, "{\"a\":1}"));
+    assert_true(feeds(sch, &s, "{\"ab\":1,\"a\":2,\"b\":3,\"c\":4}"));
+    qv_json_schema_unref(sch);
+
+    /* string lengths count characters: a 4-byte character and an escape are one each */
+    sch = compile("{\"type\":\"string\",\"minLength\":2,\"maxLength\":3}");
+    qv_json_schema_init(sch, &s);
+    assert_false(feeds(sch, &s, "\"\xf0\x9f\x98\x80\""));
+    assert_true(feeds(sch, &s, "\"\xf0\x9f\x98\x80\\u00e9\\n"));
+    assert_false(feeds(sch, &s, "x"));
+    assert_true(feeds(sch, &s, "\""));
+    assert_true(qv_json_schema_done(sch, &s));
+    qv_json_schema_unref(sch);
+}
+
+/* The engine's shortcut inside strings (qv_json_plain_chars + qv_json_schema_string_room)
+ * agrees with feeding the bytes, at every position of the fixture documents. */
+static void test_string_shortcut(void **state) {
+    (void)state;
+    static const char *const plain[] = {"a",
+                                        "hello",
+                                        " world",
+                                        "\xc3\xa9t\xc3\xa9",
+                                        "\xe4\xb8\xad\xe6\x96\x87",
+                                        "\xf0\x9f\x98\x80!",
+                                        "0123456789abcdefghij"};
+    static const char *const not_plain[] = {"a\"",      "\\n",      "x\n",          "\xc3",
+                                            "\xe4\xb8", "\xc0\x80", "\xed\xa0\x80", "\x7f\x01"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(not_plain); i++)
+        assert_int_equal(qv_json_plain_chars((const uint8_t *)not_plain[i], strlen(not_plain[i])),
+                         -1);
+    assert_int_equal(qv_json_plain_chars((const uint8_t *)plain[3], strlen(plain[3])), 3);
+    assert_int_equal(qv_json_plain_chars((const uint8_t *)plain[5], strlen(plain[5])), 2);
+    cJSON *root = json_read_fixture("tests/fixtures/json_schema/cases.json");
+    assert_non_null(root);
+    static uint8_t doc[8192];
+    long checked = 0, in_strings = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        char *text = cJSON_PrintUnformatted(cJSON_GetObjectItem(c, "schema"));
+        qv_json_schema *sch = compile(text);
+        const cJSON *v;
+        cJSON_ArrayForEach(v, cJSON_GetObjectItem(c, "valid_hex")) {
+            const size_t n = unhex(v->valuestring, doc, sizeof doc);
+            qv_json_sstate st;
+            qv_json_schema_init(sch, &st);
+            for (size_t i = 0; i <= n; i++) {
+                const int32_t room = qv_json_schema_string_room(sch, &st);
+                for (size_t k = 0; k < QV_ARRAY_LEN(plain); k++) {
+                    const size_t len = strlen(plain[k]);
+                    const int chars = qv_json_plain_chars((const uint8_t *)plain[k], len);
+                    assert_true(chars > 0);
+                    qv_json_sstate t = st;
+                    const bool fed = qv_json_schema_feed(sch, &t, (const uint8_t *)plain[k], len);
+                    if (room >= 0) assert_int_equal(fed, chars <= room);
+                    checked++;
+                }
+                in_strings += room >= 0;
+                if (i < n) assert_true(qv_json_schema_feed(sch, &st, doc + i, 1));
+            }
+        }
+        qv_json_schema_unref(sch);
+        cJSON_free(text);
+    }
+    printf("string shortcut: %ld positions inside strings, %ld feeds compared\n", in_strings,
+           checked);
+    assert_true(in_strings > 1000);
+    cJSON_Delete(root);
+}
+
+/* Schemas quiver cannot follow are refused, saying what and where. */
+static void test_refusals(void **state) {
+    (void)state;
+    static const struct {
+        const char *schema;
+        qv_status st;
+        const char *msg; /* a part of the message */
+    } cases[] = {
+        {"{\"type\":\"string\",\"pattern\":\"a+\"}", QV_ERR_UNSUPPORTED, "'pattern'"},
+        {"{\"properties\":{\"n\":{\"type\":\"number\",\"minimum\":0}}}", QV_ERR_UNSUPPORTED,
+         "at /properties/n"},
+        {"{\"anyOf\":[{\"type\":\"object\"},{\"properties\":{\"a\":{}}}]}", QV_ERR_UNSUPPORTED,
+         "begin differently"},
+        {"{\"anyOf\":[{\"type\":\"integer\"},{\"enum\":[1,\"x\"]}]}", QV_ERR_UNSUPPORTED,
+         "begin differently"},
+        {"{\"$ref\":\"#/$defs/nope\"}", QV_ERR_INVALID, "points at nothing"},
+        {"{\"$ref\":\"http://x/s.json\"}", QV_ERR_UNSUPPORTED, "not a pointer"},
+        {"{\"$ref\":\"#\"}", QV_ERR_INVALID, "cycle"},
+        {"{\"$defs\":{\"a\":{\"anyOf\":[{\"$ref\":\"#/$defs/a\"},{\"type\":\"null\"}]}},"
+         "\"$ref\":\"#/$defs/a\"}",
+         QV_ERR_UNSUPPORTED, "itself"},
+        {"false", QV_ERR_UNSUPPORTED, "object or true"},
+        {"{\"type\":\"object\"", QV_ERR_INVALID, "not valid JSON"},
+        {"{\"type\":\"strin\"}", QV_ERR_INVALID, "'type'"},
+        {"{\"required\":[\"x\"],\"properties\":{\"y\":{}}}", QV_ERR_UNSUPPORTED,
+         "required property 'x'"},
+        {"{\"minLength\":3,\"maxLength\":2}", QV_ERR_INVALID, "minLength above maxLength"},
+        {"{\"minItems\":-1}", QV_ERR_INVALID, "'minItems'"},
+        {"{\"allOf\":[{},{}]}", QV_ERR_UNSUPPORTED, "'allOf' with more than one"},
+        {"{\"enum\":[]}", QV_ERR_INVALID, "non-empty"},
+        {"{\"type\":\"string\",\"enum\":[1,2]}", QV_ERR_INVALID, "no enum value"},
+        {"{\"enum\":[\"a\"],\"maxLength\":1}", QV_ERR_UNSUPPORTED, "beside enum"},
+        {"{\"$ref\":\"#/$defs/a\",\"type\":\"string\",\"$defs\":{\"a\":{}}}", QV_ERR_UNSUPPORTED,
+         "beside $ref"},
+        {"{\"items\":[{},{}]}", QV_ERR_UNSUPPORTED, "'items' must be one schema"},
+    };
+    for (size_t i = 0; i < QV_ARRAY_LEN(cases); i++) {
+        qv_json_schema *s = NULL;
+        qv_error err = {0};
+        const qv_status st =
+            qv_json_schema_compile(cases[i].schema, strlen(cases[i].schema), &s, &err);
+        if (st != cases[i].st || !strstr(err.msg, cases[i].msg))
+            fprintf(stderr, "%s: status %d, message '%s'\n", cases[i].schema, st, err.msg);
+        assert_int_equal(st, cases[i].st);
+        assert_null(s);
+        assert_non_null(strstr(err.msg, cases[i].msg));
+    }
+    /* an enum of 256 values is over the limit */
+    char big[4096] = "{\"enum\":[0";
+    for (int i = 1; i < 256; i++)
+        snprintf(big + strlen(big), sizeof(big) - strlen(big), ",%d", i);
+    strcat(big, "]}");
+    qv_json_schema *s = NULL;
+    qv_error err = {0};
+    assert_int_equal(qv_json_schema_compile(big, strlen(big), &s, &err), QV_ERR_LIMIT);
+}
+
+/* The canonical text: the same schema written differently has one text and hash. */
+static void test_text_and_refs(void **state) {
+    (void)state;
+    qv_json_schema *a = compile("{ \"type\" : \"object\" ,\n \"properties\": {\"x\": {}} }");
+    qv_json_schema *b = compile("{\"type\":\"object\",\"properties\":{\"x\":{}}}");
+    assert_string_equal(qv_json_schema_text(a), qv_json_schema_text(b));
+    assert_true(qv_json_schema_hash(a) == qv_json_schema_hash(b));
+    assert_ptr_equal(qv_json_schema_ref(a), a);
+    qv_json_schema_unref(a);
+    qv_json_schema_unref(a);
+    qv_json_schema_unref(b);
+    qv_json_schema_unref(NULL);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_jsonschema_verdicts),
+        cmocka_unit_test(test_object_schema_is_json_mode),
+        cmocka_unit_test(test_equal_positions),
+        cmocka_unit_test(test_hand_cases),
+        cmocka_unit_test(test_string_shortcut),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_text_and_refs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

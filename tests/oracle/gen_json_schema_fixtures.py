@@ -1,0 +1,442 @@
+#!/usr/bin/env python3
+"""Generates tests/fixtures/json_schema/cases.json: JSON Schemas and documents judged by the
+`jsonschema` package, for tests/engine/test_json_schema.c (the structured-output recogniser,
+engine/json_grammar.c).
+
+For each schema (all inside the subset quiver compiles, docs/http-api.md#structured-output):
+- valid: documents generated from the schema (random values, optional properties left out at
+  random, random whitespace between tokens), each written as bytes and judged;
+- invalid: mutations of them: one byte deleted, inserted or replaced, and value-level changes
+  (a required property dropped, an undeclared property added, a value of the wrong type, one
+  array item too many or too few, a string too long or too short), written out and judged.
+
+The judge (`accepts`) says whether quiver must accept a text as a whole document:
+1. the bytes are strict UTF-8 and strict JSON (json.loads, no NaN or Infinity), with no
+   whitespace before or after the value and runs of at most 32 whitespace bytes (quiver's
+   documented whitespace rule, as for JSON mode);
+2. jsonschema.Draft202012Validator says the value is valid, with numbers that have a fraction
+   or exponent read as Decimal, so that `1.0` is not an integer (quiver's documented rule:
+   integers are written without fraction or exponent);
+3. quiver's documented rule for objects with declared properties: their keys appear in the
+   schema's order, at most once, and only declared keys (checked by walking the document
+   with the schema, below); in other objects a key may repeat, and each of its values must be
+   valid (json.loads would keep only the last);
+4. quiver's documented type inference: a schema without type whose keywords belong to one
+   type (properties -> object, items -> array, minLength -> string) takes only that type.
+Every document whose verdict is "valid" is checked to be valid under (2) and (3) before it is
+kept, and every "invalid" one to fail at least one of the four.
+
+Needs the jsonschema package (tests/server/requirements.txt). Deterministic (fixed seed).
+Run: .venv-test/bin/python tests/oracle/gen_json_schema_fixtures.py
+"""
+import decimal
+import json
+import os
+import random
+
+import jsonschema
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "fixtures", "json_schema", "cases.json")
+
+WS = " \t\n\r"
+# characters of generated strings: ASCII, escapes, 2-, 3- and 4-byte UTF-8 (raw, never as
+# \\u escapes: a surrogate pair would count as two characters in quiver, one in Python)
+CHARS = "abcXYZ09 _-./:\\\"'\t\n\u00e9\u00df\u0416\u4e2d\u20ac\U0001f600"
+
+SCHEMAS = [
+    # an object with required and optional properties of every scalar kind
+    {"type": "object",
+     "properties": {
+         "name": {"type": "string", "minLength": 1, "maxLength": 8},
+         "age": {"type": "integer"},
+         "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+         "active": {"type": "boolean"},
+         "score": {"type": "number"},
+         "note": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+     "required": ["name", "age"]},
+    # recursion through $ref, pydantic style $defs
+    {"$defs": {"Node": {"type": "object",
+                        "properties": {"value": {"type": "integer"},
+                                       "children": {"type": "array",
+                                                    "items": {"$ref": "#/$defs/Node"},
+                                                    "maxItems": 2}},
+                        "required": ["value", "children"]}},
+     "$ref": "#/$defs/Node"},
+    # enum of scalars, values that are prefixes of others
+    {"enum": ["red", "green", "gr", 1, 12, -3, True, None]},
+    # a map: free keys, integer values
+    {"type": "object", "additionalProperties": {"type": "integer"}},
+    # an array of closed objects
+    {"type": "array", "minItems": 1, "maxItems": 3,
+     "items": {"type": "object", "additionalProperties": False,
+               "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+               "required": ["x", "y"]}},
+    # a list of types with a string length limit
+    {"type": ["string", "integer", "null"], "maxLength": 3},
+    # any value; any object
+    {},
+    {"type": "object"},
+    # string lengths with multi-byte characters
+    {"type": "string", "minLength": 2, "maxLength": 4},
+    # anyOf told apart by the first byte; const
+    {"anyOf": [{"type": "object", "properties": {"kind": {"const": "a"}, "n": {"type": "integer"}},
+                "required": ["kind"]},
+               {"type": "array", "items": {"type": "integer"}},
+               {"type": "string", "maxLength": 5}]},
+    # only optional properties: any subset, in order
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"},
+                                      "c": {"type": "string", "maxLength": 2}}},
+    # property names that need escapes or are not ASCII
+    {"type": "object",
+     "properties": {"q\"k": {"type": "integer"}, "\u00e9": {"type": "boolean"},
+                    "a/b": {"type": "null"}, "t\tb": {"type": "string", "maxLength": 1}},
+     "required": ["q\"k", "a/b"]},
+    # type inferred from keywords; allOf with one member; items: false
+    {"properties": {"p": {"allOf": [{"minLength": 1, "maxLength": 2}]},
+                    "e": {"type": "array", "items": False}},
+     "required": ["p", "e"]},
+]
+
+
+# ---- the schema walk shared by the generator and rule 3 ----
+
+def resolve(schema, root):
+    while isinstance(schema, dict) and "$ref" in schema:
+        ref = schema["$ref"]
+        node = root
+        for part in ref[1:].split("/")[1:] if ref != "#" else []:
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        schema = node
+    if isinstance(schema, dict) and "allOf" in schema:
+        return resolve(schema["allOf"][0], root)
+    return schema
+
+
+def json_type(v):
+    if isinstance(v, bool):
+        return "boolean"
+    if v is None:
+        return "null"
+    if isinstance(v, (int, float, decimal.Decimal)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    return "array" if isinstance(v, list) else "object"
+
+
+def pick_alternative(schema, root, value):
+    """The anyOf member a value belongs to (members differ in JSON type, as quiver requires)."""
+    schema = resolve(schema, root)
+    if isinstance(schema, dict) and "anyOf" in schema:
+        for m in schema["anyOf"]:
+            m = resolve(m, root)
+            types = m.get("type")
+            types = [types] if isinstance(types, str) else (types or [])
+            if "const" in m:
+                types = [json_type(m["const"])]
+            t = json_type(value)
+            if t in types or (t == "number" and "integer" in types):
+                return m
+        return None
+    return schema
+
+
+def order_ok(pairs_value, schema, root):
+    """Rules 3 and 4 on a value parsed with object_pairs_hook=list of pairs (objects are lists of
+    (key, value) tuples tagged by the Pairs class)."""
+    schema = pick_alternative(schema, root, from_pairs(pairs_value))
+    if not isinstance(schema, dict):
+        return True
+    if not ({"type", "enum", "const", "anyOf", "$ref"} & schema.keys()):
+        # quiver's documented inference: keywords of one type make an untyped schema that type
+        t = json_type(from_pairs(pairs_value))
+        if ({"properties", "required", "additionalProperties"} & schema.keys() and t != "object"
+                or {"items", "minItems", "maxItems"} & schema.keys() and t != "array"
+                or {"minLength", "maxLength"} & schema.keys() and t != "string"):
+            return False
+    if isinstance(pairs_value, Pairs):
+        props = schema.get("properties")
+        closed = props is not None or schema.get("additionalProperties") is False
+        if closed:
+            names = list((props or {}).keys())
+            pos = -1
+            for k, _ in pairs_value:
+                if k not in names or names.index(k) <= pos:
+                    return False
+                pos = names.index(k)
+        keys = [k for k, _ in pairs_value]
+        for k, v in pairs_value:
+            if props and k in props:
+                sub = props[k]
+            elif isinstance(schema.get("additionalProperties"), dict):
+                sub = schema["additionalProperties"]
+            else:
+                sub = {}
+            if not order_ok(v, sub, root):
+                return False
+            # quiver checks every member; json.loads keeps only the last of equal keys (the
+            # fixtures' maps have no $ref in their value schemas)
+            if keys.count(k) > 1 and not jsonschema.Draft202012Validator(sub).is_valid(
+                    from_pairs(v)):
+                return False
+        return True
+    if isinstance(pairs_value, list):
+        items = schema.get("items", {})
+        return all(order_ok(v, items if isinstance(items, dict) else {}, root)
+                   for v in pairs_value)
+    return True
+
+
+class Pairs(list):
+    pass
+
+
+def from_pairs(v):
+    if isinstance(v, Pairs):
+        return {k: from_pairs(x) for k, x in v}
+    if isinstance(v, list):
+        return [from_pairs(x) for x in v]
+    return v
+
+
+# ---- the judge ----
+
+def accepts(doc: bytes, schema) -> bool:
+    try:
+        text = doc.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        return False
+    if not text or text[0] in WS or text[-1] in WS:
+        return False
+    run = 0
+    in_str = esc = False
+    for ch in text:  # whitespace runs between tokens (not inside strings)
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+            continue
+        if ch == '"':
+            in_str = True
+        if ch in WS:
+            run += 1
+            if run > 32:
+                return False
+        else:
+            run = 0
+
+    def no_const(name):
+        raise ValueError(name)
+
+    try:
+        value = json.loads(text, parse_float=decimal.Decimal, parse_constant=no_const)
+        pairs = json.loads(text, parse_float=decimal.Decimal, parse_constant=no_const,
+                           object_pairs_hook=lambda p: Pairs(p))
+    except ValueError:
+        return False
+    if not jsonschema.Draft202012Validator(schema).is_valid(value):
+        return False
+    return order_ok(pairs, schema, schema)
+
+
+# ---- generating documents ----
+
+def gen_string(rng, lo=0, hi=None, chars=CHARS):
+    hi = lo + 6 if hi is None else min(hi, lo + 6)
+    return "".join(rng.choice(chars) for _ in range(rng.randint(lo, hi)))
+
+
+def gen_value(schema, root, rng, depth=0):
+    schema = resolve(schema, root)
+    if schema is True or schema == {}:
+        return gen_free(rng, depth)
+    if "anyOf" in schema:
+        return gen_value(rng.choice(schema["anyOf"]), root, rng, depth)
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    if "const" in schema:
+        return schema["const"]
+    types = schema.get("type")
+    if types is None:
+        types = ["object"] if "properties" in schema or "additionalProperties" in schema else (
+            ["array"] if "items" in schema else
+            ["string"] if "minLength" in schema or "maxLength" in schema else [])
+        if not types:
+            return gen_free(rng, depth)
+    types = [types] if isinstance(types, str) else types
+    t = rng.choice(types)
+    if t == "object":
+        if "properties" in schema or schema.get("additionalProperties") is False:
+            out = Pairs()
+            req = schema.get("required", [])
+            for k, sub in schema.get("properties", {}).items():
+                if k in req or rng.random() < 0.6:
+                    out.append((k, gen_value(sub, root, rng, depth + 1)))
+            return out
+        if isinstance(schema.get("additionalProperties"), dict):
+            return Pairs((gen_string(rng, 0, 4), gen_value(schema["additionalProperties"], root,
+                                                            rng, depth + 1))
+                         for _ in range(rng.randint(0, 3)))
+        return gen_free(rng, depth, "object")
+    if t == "array":
+        lo, hi = schema.get("minItems", 0), schema.get("maxItems", 4)
+        if depth > 3:
+            hi = lo
+        items = schema.get("items", {})
+        if items is False:
+            return []
+        return [gen_value(items, root, rng, depth + 1) for _ in range(rng.randint(lo, min(hi, lo + 3)))]
+    if t == "string":
+        return gen_string(rng, schema.get("minLength", 0), schema.get("maxLength"))
+    if t == "integer":
+        return rng.choice([0, 7, -12, 123456789, rng.randint(-10**12, 10**12)])
+    if t == "number":
+        return rng.choice([0, -1, 2.5, 1e-7, -3.25e10, rng.uniform(-100, 100)])
+    if t == "boolean":
+        return rng.random() < 0.5
+    return None
+
+
+def gen_free(rng, depth, kind=None):
+    k = kind or rng.choice(["object", "array", "string", "number", "bool", "null"])
+    if depth > 3 and k in ("object", "array"):
+        k = "string"
+    if k == "object":
+        return Pairs((gen_string(rng, 0, 3), gen_free(rng, depth + 1)) for _ in range(rng.randint(0, 3)))
+    if k == "array":
+        return [gen_free(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if k == "string":
+        return gen_string(rng)
+    if k == "number":
+        return rng.choice([3, -0.5, 1e21, 42])
+    return rng.random() < 0.5 if k == "bool" else None
+
+
+def ws(rng):
+    return "".join(rng.choice(WS) for _ in range(rng.choice([0, 0, 0, 1, 2, 4])))
+
+
+def dump_scalar(v):
+    if isinstance(v, float):
+        return repr(v) if v == v else "0"
+    return json.dumps(v, ensure_ascii=False)
+
+
+def write(v, rng, top=True):
+    """Compact JSON with random whitespace between tokens (none around the whole value)."""
+    w = (lambda: ws(rng))
+    if isinstance(v, Pairs):
+        parts = [w() + json.dumps(k, ensure_ascii=False) + w() + ":" + w() + write(x, rng, False) + w()
+                 for k, x in v]
+        s = "{" + ",".join(parts) + "}" if parts else "{" + w() + "}"
+    elif isinstance(v, list):
+        parts = [w() + write(x, rng, False) + w() for x in v]
+        s = "[" + ",".join(parts) + "]" if parts else "[" + w() + "]"
+    else:
+        s = dump_scalar(v)
+    return s
+
+
+# ---- mutations ----
+
+INSERT = b'{}[]",:-.0123456789aetfnrul \n\\/\xc3\xa9\xff'
+
+
+def byte_mutation(doc: bytes, rng) -> bytes:
+    i = rng.randrange(len(doc) + 1)
+    k = rng.randrange(3)
+    if k == 0 and doc:
+        i = min(i, len(doc) - 1)
+        return doc[:i] + doc[i + 1:]
+    c = bytes([rng.choice(INSERT)])
+    if k == 1 or not doc:
+        return doc[:i] + c + doc[i:]
+    i = min(i, len(doc) - 1)
+    return doc[:i] + c + doc[i + 1:]
+
+
+def value_mutation(v, schema, root, rng):
+    """A changed copy of the value (maybe still valid; the judge decides)."""
+    s = pick_alternative(schema, root, from_pairs(v))
+    s = s if isinstance(s, dict) else {}
+    if isinstance(v, Pairs) and v and rng.random() < 0.5:
+        i = rng.randrange(len(v))
+        k, x = v[i]
+        props = s.get("properties", {})
+        sub = props.get(k, s.get("additionalProperties", {}))
+        out = Pairs(v)
+        out[i] = (k, value_mutation(x, sub if isinstance(sub, dict) else {}, root, rng))
+        return out
+    if isinstance(v, Pairs):
+        out = Pairs(v)
+        r = rng.randrange(3)
+        if r == 0 and out:
+            del out[rng.randrange(len(out))]
+        elif r == 1:
+            out.insert(rng.randrange(len(out) + 1), ("zz", 1))
+        elif len(out) > 1:
+            i = rng.randrange(len(out) - 1)
+            out[i], out[i + 1] = out[i + 1], out[i]
+        return out
+    if isinstance(v, list):
+        r = rng.randrange(3)
+        if r == 0 and v:
+            return v[:-1]
+        if r == 1:
+            return v + [v[0] if v else 1]
+        if v:
+            i = rng.randrange(len(v))
+            items = s.get("items", {})
+            return v[:i] + [value_mutation(v[i], items if isinstance(items, dict) else {}, root, rng)] + v[i + 1:]
+        return v
+    if isinstance(v, str):
+        return rng.choice([v + "xy", v[:-1], 5, None])
+    if isinstance(v, bool) or v is None:
+        return rng.choice(["true", 0, not v if isinstance(v, bool) else False])
+    return rng.choice([str(v), True, v + 0.5, [v]])
+
+
+def main():
+    rng = random.Random(20261129)
+    cases = []
+    for schema in SCHEMAS:
+        valid, invalid = set(), set()
+        tries = 0
+        while len(valid) < 40 and tries < 2000:
+            tries += 1
+            doc = write(gen_value(schema, schema, rng), rng).encode()
+            if accepts(doc, schema):
+                valid.add(doc)
+            else:
+                raise SystemExit(f"generated an invalid document {doc!r} for {schema}")
+        base = sorted(valid)
+        for _ in range(400):
+            d = rng.choice(base)
+            if rng.random() < 0.6:
+                m = byte_mutation(d, rng)
+            else:
+                pv = json.loads(d, object_pairs_hook=lambda p: Pairs(p), parse_float=float)
+                mv = value_mutation(pv, schema, schema, rng)
+                m = write(mv, rng).encode()
+            (valid if accepts(m, schema) else invalid).add(m)
+        invalid.discard(b"")
+        cases.append({"schema": schema,
+                      "valid_hex": [d.hex() for d in sorted(valid)],
+                      "invalid_hex": [d.hex() for d in sorted(invalid)]})
+        print(f"{json.dumps(schema)[:60]}: {len(valid)} valid, {len(invalid)} invalid")
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w") as f:
+        json.dump({"generator": "tests/oracle/gen_json_schema_fixtures.py",
+                   "judge": "jsonschema Draft 2020-12 (Decimal non-integers) + strict JSON + "
+                            "quiver's whitespace and property-order rules",
+                   "jsonschema": __import__("importlib.metadata").metadata.version("jsonschema"),
+                   "cases": cases}, f, indent=0, ensure_ascii=True)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
