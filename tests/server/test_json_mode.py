@@ -173,19 +173,21 @@ def run_structured_output_tests(srv):
     n_finished = 0
     for key, (prompt, schema) in prompts.items():
         msgs = [{"role": "user", "content": prompt}]
-        g = client.chat.completions.create(model=base, messages=msgs, max_tokens=96,
+        g = client.chat.completions.create(model=base, messages=msgs, max_tokens=64,
                                            temperature=0, response_format=rf(schema))
         c = g.choices[0]
         check(c.finish_reason == "length" or valid(c.message.content, schema),
               f"{key}, greedy: {c.finish_reason} {c.message.content[:70]!r}")
-        r = client.chat.completions.create(model=base, messages=msgs, max_tokens=96,
+        if key not in ("enum", "list", "map"):  # the others rarely finish when sampled
+            continue
+        r = client.chat.completions.create(model=base, messages=msgs, max_tokens=64,
                                            temperature=1.0, seed=11, n=3,
                                            response_format=rf(schema))
         done = [c.message.content for c in r.choices if c.finish_reason == "stop"]
         n_finished += len(done)
         check(all(valid(t, schema) for t in done),
               f"{key}, sampled n=3: {len(done)} finished, all valid {[t[:30] for t in done]}")
-    check(n_finished >= 5, f"sampled: {n_finished} of 18 answers finished and were judged")
+    check(n_finished >= 5, f"sampled: {n_finished} of 9 answers finished and were judged")
     # at least the short answers must finish inside the budget
     for key in ("profile", "enum", "list"):
         prompt, schema = prompts[key]
@@ -225,18 +227,19 @@ def run_structured_output_tests(srv):
           runs[1]["cache"] > runs[0]["cache"],
           f"the same schema again reuses the cached masks (/metrics: first {runs[0]}, "
           f"second {runs[1]})")
-    # streamed: the same text
-    msgs = [{"role": "user", "content": prompts["profile"][0]}]
-    one = client.chat.completions.create(model=base, messages=msgs, max_tokens=200, temperature=0,
-                                         response_format=rf(PROFILE)).choices[0].message.content
+    # streamed: the same text (the small schema: short answers, quick under the sanitizers)
+    msgs = [{"role": "user", "content": "Is Paris big?"}]
+    one = client.chat.completions.create(model=base, messages=msgs, max_tokens=40, temperature=0,
+                                         response_format=rf(small)).choices[0].message.content
     parts = [ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
-        model=base, messages=msgs, max_tokens=200, temperature=0, response_format=rf(PROFILE),
+        model=base, messages=msgs, max_tokens=40, temperature=0, response_format=rf(small),
         stream=True) if ch.choices]
-    check("".join(parts) == one, "structured output streamed: the same text")
+    check("".join(parts) == one and valid(one, small),
+          f"structured output streamed: the same text {one!r}")
     # vLLM guided_json (object and text), LoRAX's form, and /v1/completions
-    for extra in ({"guided_json": PROFILE}, {"guided_json": json.dumps(PROFILE)},
-                  {"response_format": {"type": "json_object", "schema": PROFILE}}):
-        c = client.chat.completions.create(model=base, messages=msgs, max_tokens=200,
+    for extra in ({"guided_json": small}, {"guided_json": json.dumps(small)},
+                  {"response_format": {"type": "json_object", "schema": small}}):
+        c = client.chat.completions.create(model=base, messages=msgs, max_tokens=40,
                                            temperature=0, extra_body=extra).choices[0]
         check(c.message.content == one, f"{list(extra)[0]}: the same answer as json_schema")
     st, _, data = srv.raw("POST", "/v1/completions",
