@@ -973,6 +973,24 @@ static bool finish(compiler *c) {
     return true;
 }
 
+/* The canonical text (prefix + compact JSON of root) and its hash. */
+static qv_status set_text(qv_json_schema *s, const char *prefix, const cJSON *root, qv_error *err) {
+    char *t = cJSON_PrintUnformatted(root);
+    const size_t np = strlen(prefix), nt = t ? strlen(t) : 0;
+    s->text = t ? qv_malloc(np + nt + 1) : NULL;
+    if (s->text) {
+        memcpy(s->text, prefix, np);
+        memcpy(s->text + np, t, nt + 1);
+    }
+    cJSON_free(t);
+    if (!s->text) return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = s->text; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    s->hash = h;
+    return QV_OK;
+}
+
 qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **out,
                                  qv_error *err) {
     *out = NULL;
@@ -991,12 +1009,7 @@ qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **
     s->key_node = new_leaf(&c, C_STRING);
     s->root = s->key_node == UINT32_MAX ? UINT32_MAX : compile_node(&c, root, 0);
     if (s->root != UINT32_MAX) finish(&c);
-    if (c.st == QV_OK) {
-        char *t = cJSON_PrintUnformatted(root);
-        s->text = t ? qv_strdup(t) : NULL;
-        cJSON_free(t);
-        if (!s->text) c.st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
-    }
+    if (c.st == QV_OK) c.st = set_text(s, "", root, err);
     qv_free(c.memo_src);
     qv_free(c.memo_node);
     cJSON_Delete(root);
@@ -1004,10 +1017,66 @@ qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **
         qv_json_schema_unref(s);
         return c.st;
     }
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const char *p = s->text; *p; p++)
-        h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    s->hash = h;
+    *out = s;
+    return QV_OK;
+}
+
+/* Whether n bytes are valid UTF-8 (Unicode table 3-7, as in strings above). */
+static bool utf8_valid(const uint8_t *p, size_t n) {
+    qv_json_state t = {.mode = M_STRING};
+    for (size_t i = 0; i < n; i++)
+        if ((t.utf8 || p[i] >= 0x80) && !string_byte(&t, p[i])) return false;
+    return !t.utf8;
+}
+
+qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_schema **out,
+                                        qv_error *err) {
+    *out = NULL;
+    if (len > QV_JSON_SCHEMA_MAX_BYTES)
+        return qv_errorf(err, QV_ERR_LIMIT, "the choices are larger than %u bytes",
+                         QV_JSON_SCHEMA_MAX_BYTES);
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    const int n = cJSON_IsArray(root) ? cJSON_GetArraySize(root) : 0;
+    if (n <= 0 || (uint32_t)n > MAX_PROPS) {
+        cJSON_Delete(root);
+        return qv_errorf(err, QV_ERR_INVALID, "the choices must be a list of 1 to %u strings",
+                         MAX_PROPS);
+    }
+    qv_json_schema *s = qv_calloc(1, sizeof(*s));
+    if (!s) {
+        cJSON_Delete(root);
+        return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    }
+    atomic_init(&s->refs, 1);
+    compiler c = {.s = s, .root = root, .err = err};
+    s->key_node = new_leaf(&c, C_STRING);
+    s->root = new_node(&c, K_ENUM);
+    const cJSON *v;
+    cJSON_ArrayForEach(v, root) {
+        if (c.st != QV_OK) break;
+        const size_t k = cJSON_IsString(v) ? strlen(v->valuestring) : 0;
+        if (!k || !utf8_valid((const uint8_t *)v->valuestring, k)) {
+            c.st = qv_errorf(err, QV_ERR_INVALID, "every choice must be a non-empty UTF-8 string");
+            break;
+        }
+        bool dup = false;
+        for (uint32_t i = 0; i < s->n_lits; i++)
+            dup |= s->lits[i].len == k && !memcmp(s->bytes + s->lits[i].off, v->valuestring, k);
+        sspan sp;
+        if (!dup && add_bytes(&c, v->valuestring, k, &sp) &&
+            grow(&c, (void **)&s->lits, &s->cap_lits, s->n_lits + 1, sizeof(sspan)))
+            s->lits[s->n_lits++] = sp;
+    }
+    if (c.st == QV_OK) {
+        s->nodes[s->root].n = s->n_lits;
+        s->nodes[s->root].classes = C_ALL; /* no anyOf refers to it */
+        c.st = set_text(s, "choice:", root, err);
+    }
+    cJSON_Delete(root);
+    if (c.st != QV_OK) {
+        qv_json_schema_unref(s);
+        return c.st;
+    }
     *out = s;
     return QV_OK;
 }

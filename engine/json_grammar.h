@@ -111,6 +111,10 @@ typedef struct qv_json_sstate {
  * Any other keyword, a malformed schema or one over the limits: QV_ERR_INVALID or
  * QV_ERR_UNSUPPORTED with a message naming the keyword and where it is. */
 qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **out, qv_error *err);
+/* vLLM's guided_choice: text is a JSON array of 1..255 non-empty strings; the document is one
+ * of them, as raw text (not JSON), byte for byte. Same limits and errors as above. */
+qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_schema **out,
+                                        qv_error *err);
 qv_json_schema *qv_json_schema_ref(qv_json_schema *s); /* adds a reference; returns s */
 void qv_json_schema_unref(qv_json_schema *s);          /* NULL is a no-op */
 /* The schema's canonical text (compact JSON of what was compiled) and its hash: two schemas

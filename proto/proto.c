@@ -354,33 +354,74 @@ static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_er
  * "schema": {...}, "strict": ...}} (OpenAI) or guided_json (vLLM: a schema object or its
  * text), compiled here so that a schema quiver cannot follow is refused with the reason. */
 static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    /* the ways to ask, at most one per request: a schema, JSON mode, or choices */
+    const cJSON *sch = NULL, *choice = NULL;
+    const char *param = NULL;
+    bool json_mode = false;
+    int asked = 0;
     const cJSON *rf = field(root, "response_format"), *t = rf ? field(rf, "type") : NULL;
-    const cJSON *sch = NULL;
-    const char *param = "response_format";
-    if (cJSON_IsString(t) && !strcmp(t->valuestring, "json_object") && field(rf, "schema")) {
-        sch = field(rf, "schema"); /* LoRAX's form of the same request */
+    if (cJSON_IsString(t) && !strcmp(t->valuestring, "json_object")) {
+        sch = field(rf, "schema"); /* with a schema: LoRAX's form of json_schema */
+        json_mode = !sch;
+        param = "response_format";
+        asked++;
     } else if (cJSON_IsString(t) && !strcmp(t->valuestring, "json_schema")) {
         const cJSON *js = field(rf, "json_schema"), *name = js ? field(js, "name") : NULL;
         if (!cJSON_IsObject(js))
-            return fail(e, QV_ERR_INVALID, param,
+            return fail(e, QV_ERR_INVALID, "response_format",
                         "'response_format.json_schema' must be an object with a 'schema'");
         if (name && !cJSON_IsString(name))
-            return fail(e, QV_ERR_INVALID, param,
+            return fail(e, QV_ERR_INVALID, "response_format",
                         "'response_format.json_schema.name' must be a string");
         if (!(sch = field(js, "schema")))
-            return fail(e, QV_ERR_INVALID, param,
+            return fail(e, QV_ERR_INVALID, "response_format",
                         "'response_format.json_schema.schema' is missing");
+        param = "response_format";
+        asked++;
     }
-    const cJSON *g = field(root, "guided_json");
-    if (g && !cJSON_IsNull(g)) {
-        if (sch)
-            return fail(e, QV_ERR_INVALID, "guided_json",
-                        "give either 'guided_json' or a json_schema response_format, not both");
-        if (!cJSON_IsString(g) && !cJSON_IsObject(g) && !cJSON_IsBool(g))
+    const cJSON *f;
+    if ((f = field(root, "guided_json")) && !cJSON_IsNull(f)) {
+        if (!cJSON_IsString(f) && !cJSON_IsObject(f) && !cJSON_IsBool(f))
             return fail(e, QV_ERR_INVALID, "guided_json",
                         "'guided_json' must be a JSON schema (an object or its text)");
-        sch = g;
-        param = "guided_json";
+        sch = f, param = "guided_json", asked++;
+    }
+    if ((f = field(root, "guided_choice")) && !cJSON_IsNull(f))
+        choice = f, param = "guided_choice", asked++;
+    const cJSON *so = field(root, "structured_outputs"); /* vLLM's newer spelling */
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so))
+            return fail(e, QV_ERR_INVALID, "structured_outputs",
+                        "'structured_outputs' must be an object");
+        static const char *const refused[] = {"regex", "grammar", "structural_tag",
+                                              "whitespace_pattern"};
+        for (size_t i = 0; i < QV_ARRAY_LEN(refused); i++)
+            if ((f = field(so, refused[i])) && !cJSON_IsNull(f))
+                return fail(e, QV_ERR_INVALID, "structured_outputs",
+                            "'structured_outputs.%s' is not supported by quiver (JSON schemas, "
+                            "JSON mode and choices are)",
+                            refused[i]);
+        if ((f = field(so, "json")) && !cJSON_IsNull(f))
+            sch = f, param = "structured_outputs", asked++;
+        if ((f = field(so, "choice")) && !cJSON_IsNull(f))
+            choice = f, param = "structured_outputs", asked++;
+        if (cJSON_IsTrue(field(so, "json_object")))
+            json_mode = true, param = "structured_outputs", asked++;
+    }
+    if (asked > 1)
+        return fail(e, QV_ERR_INVALID, param,
+                    "ask for one structured output: a response_format, guided_json, "
+                    "guided_choice or structured_outputs");
+    r->json_object = json_mode;
+    if (choice) {
+        char *text = cJSON_PrintUnformatted(choice);
+        if (!text) return nomem(e);
+        qv_error err = {0};
+        const qv_status st =
+            qv_json_schema_compile_choice(text, strlen(text), &r->json_schema, &err);
+        cJSON_free(text);
+        if (st == QV_ERR_NOMEM) return nomem(e);
+        return st == QV_OK ? QV_OK : fail(e, QV_ERR_INVALID, param, "%s", err.msg);
     }
     return sch ? compile_schema(sch, param, r, e) : QV_OK;
 }
@@ -406,8 +447,7 @@ static qv_status compile_schema(const cJSON *sch, const char *param, qv_proto_re
  * nothing (empty lists, {"type": "text"}, false, 0, 1) pass. */
 static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep,
                                     qv_proto_error *e) {
-    static const char *const always[] = {"guided_regex", "guided_choice", "guided_grammar",
-                                         "structured_outputs", "prompt_logprobs"};
+    static const char *const always[] = {"guided_regex", "guided_grammar", "prompt_logprobs"};
     for (size_t i = 0; i < QV_ARRAY_LEN(always); i++)
         if (field(root, always[i]))
             return fail(e, QV_ERR_INVALID, always[i],
@@ -568,11 +608,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = decode_stop_ids(root, r, e))) goto done;
     if ((s = decode_logit_bias(root, r, e))) goto done;
     if ((s = get_int(root, "min_tokens", 0, 1e9, &r->min_tokens, e))) goto done;
-    const cJSON *rf = field(root, "response_format"); /* refuse_unsupported checked it */
-    const cJSON *rf_type = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
-    if ((s = decode_json_schema(root, r, e))) goto done;
-    r->json_object =
-        !r->json_schema && cJSON_IsString(rf_type) && !strcmp(rf_type->valuestring, "json_object");
+    if ((s = decode_json_schema(root, r, e))) goto done; /* refuse_unsupported checked types */
     if ((s = decode_logprobs(root, r, e))) goto done;
     if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
     if ((s = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto done;

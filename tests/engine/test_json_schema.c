@@ -285,6 +285,37 @@ static void test_string_shortcut(void **state) {
     cJSON_Delete(root);
 }
 
+/* guided_choice: one of the strings, as raw text, byte for byte. */
+static void test_choices(void **state) {
+    (void)state;
+    static const char list[] = "[\"positive\",\"neg\",\"negative\",\"a b\\n\\\"q\\\"\","
+                               "\"neg\"]";
+    qv_json_schema *sch = NULL;
+    qv_error err = {0};
+    assert_int_equal(qv_json_schema_compile_choice(list, strlen(list), &sch, &err), QV_OK);
+    qv_json_sstate s;
+    qv_json_schema_init(sch, &s);
+    assert_false(qv_json_schema_done(sch, &s));
+    assert_false(feeds(sch, &s, " "));
+    assert_true(feeds(sch, &s, "neg"));
+    assert_true(qv_json_schema_done(sch, &s)); /* "neg" is whole, "negative" may go on */
+    assert_false(feeds(sch, &s, "x"));
+    assert_true(feeds(sch, &s, "ative"));
+    assert_true(qv_json_schema_done(sch, &s));
+    assert_false(feeds(sch, &s, "s"));
+    qv_json_schema_init(sch, &s);
+    assert_true(feeds(sch, &s, "a b\n\"q\"")); /* raw text, not JSON */
+    assert_true(qv_json_schema_done(sch, &s) && s.depth == 0);
+    assert_non_null(strstr(qv_json_schema_text(sch), "choice:"));
+    qv_json_schema_unref(sch);
+    static const char *const bad[] = {"[]", "[\"\"]", "[1]", "{\"a\":1}", "[\"\xc3\"]", "[\"a\""};
+    for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++) {
+        assert_int_equal(qv_json_schema_compile_choice(bad[i], strlen(bad[i]), &sch, &err),
+                         QV_ERR_INVALID);
+        assert_null(sch);
+    }
+}
+
 /* Schemas quiver cannot follow are refused, saying what and where. */
 static void test_refusals(void **state) {
     (void)state;
@@ -363,6 +394,7 @@ int main(void) {
         cmocka_unit_test(test_equal_positions),
         cmocka_unit_test(test_hand_cases),
         cmocka_unit_test(test_string_shortcut),
+        cmocka_unit_test(test_choices),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_text_and_refs),
     };

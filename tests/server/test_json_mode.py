@@ -132,11 +132,11 @@ def valid(text, schema):
 
 
 def run_structured_output_tests(srv):
-    """response_format {"type": "json_schema"} (OpenAI), guided_json (vLLM) and LoRAX's
-    {"type": "json_object", "schema": ...}: every finished answer is valid under the schema
-    (jsonschema judges), greedy or sampled, streamed or not, chat or completions; the openai
-    client's parse() with a pydantic model gets a parsed object; schemas quiver cannot follow
-    are refused with the reason."""
+    """response_format {"type": "json_schema"} (OpenAI), guided_json / structured_outputs (vLLM)
+    and LoRAX's {"type": "json_object", "schema": ...}: every finished answer is valid under the
+    schema (jsonschema judges), greedy or sampled, streamed or not, chat or completions; the
+    openai client's parse() with a pydantic model gets a parsed object; guided_choice answers
+    one of its strings; schemas quiver cannot follow are refused with the reason."""
     client = srv.client()
     base = os.path.basename(T.MODEL)[:-len(".gguf")]
 
@@ -251,6 +251,25 @@ def run_structured_output_tests(srv):
     check(st == 200 and (out["choices"][0]["finish_reason"] == "length" or
                          valid(t, {"type": "array", "items": {"type": "integer"}, "maxItems": 3})),
           f"structured output on /v1/completions: {st} {t!r}")
+    # vLLM's guided_choice and structured_outputs: one of the strings, as raw text
+    review = [{"role": "user", "content": "Is this review positive or negative? 'I loved it, "
+               "great food.'"}]
+    for extra in ({"guided_choice": ["positive", "negative"]},
+                  {"structured_outputs": {"choice": ["positive", "negative"]}}):
+        c = client.chat.completions.create(model=base, messages=review, max_tokens=8,
+                                           temperature=0, extra_body=extra).choices[0]
+        check(c.message.content in ("positive", "negative") and c.finish_reason == "stop",
+              f"{list(extra)[0]}: {c.message.content!r} ({c.finish_reason})")
+    r = client.completions.create(model=base, prompt="The weather today is", max_tokens=8,
+                                  temperature=1.0, seed=3, n=4,
+                                  extra_body={"guided_choice": ["sunny", "rainy", "sun"]})
+    texts = [c.text for c in r.choices]
+    check(all(t in ("sunny", "rainy", "sun") for t in texts),
+          f"guided_choice on /v1/completions, sampled n=4: {texts}")
+    c = client.chat.completions.create(
+        model=base, messages=msgs, max_tokens=40, temperature=0,
+        extra_body={"structured_outputs": {"json": small}}).choices[0]
+    check(c.message.content == one, "structured_outputs.json: the same answer as json_schema")
     # refused, saying why
     body = {"messages": msgs, "max_tokens": 8}
     for fmt, param, words in (
@@ -265,6 +284,13 @@ def run_structured_output_tests(srv):
               f"refused: {words} ({st} {err.get('message', '')[:80]!r})")
     T.expect_error(srv, "guided_json that is not JSON", 400, "POST", "/v1/chat/completions",
                    dict(body, guided_json="{not json"), param="guided_json")
+    T.expect_error(srv, "guided_choice with an empty string", 400, "POST",
+                   "/v1/chat/completions", dict(body, guided_choice=["a", ""]),
+                   param="guided_choice")
+    T.expect_error(srv, "two structured outputs at once", 400, "POST", "/v1/chat/completions",
+                   dict(body, guided_choice=["a"], response_format=rf(small)))
+    T.expect_error(srv, "structured_outputs.regex", 400, "POST", "/v1/chat/completions",
+                   dict(body, structured_outputs={"regex": "a+"}), param="structured_outputs")
     T.expect_error(srv, "structured output with ignore_eos", 400, "POST", "/v1/chat/completions",
                    dict(body, response_format=rf(PROFILE), ignore_eos=True),
                    param="response_format")
