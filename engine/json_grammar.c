@@ -298,6 +298,9 @@ typedef struct snode {
     uint8_t classes;   /* K_LEAF: the kinds of value allowed; all: what it may begin with */
     uint8_t integer;   /* K_LEAF: numbers have no fraction or exponent */
     uint32_t min, max; /* K_LEAF strings: characters; K_ARRAY: items */
+    /* K_LEAF numbers: bounds (integer values, |v| < 2^31; for integers inclusive) */
+    bool lo_on, hi_on, lo_strict, hi_strict;
+    int64_t lo, hi;
     uint32_t first, n; /* K_OBJECT: props; K_ENUM: lits; K_ANYOF: alts */
     uint32_t child;    /* K_ARRAY: items; K_MAP: values; K_REF: target */
 } snode;
@@ -427,20 +430,75 @@ static const char *const annotations[] = {
     "title",    "description", "default",    "examples",        "format",
     "$schema",  "$id",         "$comment",   "$defs",           "definitions",
     "readOnly", "writeOnly",   "deprecated", "contentEncoding", "contentMediaType"};
-static const char *const keywords[] = {
-    "type",      "properties", "required", "additionalProperties",
-    "items",     "minItems",   "maxItems", "minLength",
-    "maxLength", "enum",       "const",    "anyOf",
-    "oneOf",     "allOf",      "$ref"};
+static const char *const keywords[] = {"type",
+                                       "properties",
+                                       "required",
+                                       "additionalProperties",
+                                       "items",
+                                       "minItems",
+                                       "maxItems",
+                                       "minLength",
+                                       "maxLength",
+                                       "enum",
+                                       "const",
+                                       "anyOf",
+                                       "oneOf",
+                                       "allOf",
+                                       "$ref",
+                                       "minimum",
+                                       "maximum",
+                                       "exclusiveMinimum",
+                                       "exclusiveMaximum"};
+
+static const cJSON *kw(const cJSON *j, const char *name) {
+    return cJSON_GetObjectItemCaseSensitive(j, name);
+}
+
+#define BOUND_LIMIT 2147483648.0 /* |bounds| below 2^31: magnitudes above it exceed them all */
+
+/* minimum / maximum / exclusiveMinimum / exclusiveMaximum of a number or integer leaf: the
+ * tighter of each pair; integers round to inclusive integer bounds, numbers need integer
+ * values. */
+static bool compile_bounds(compiler *c, const cJSON *j, snode *nd, bool integer) {
+    static const char *const names[4] = {"minimum", "exclusiveMinimum", "maximum",
+                                         "exclusiveMaximum"};
+    for (int k = 0; k < 4; k++) {
+        const cJSON *v = kw(j, names[k]);
+        if (!v) continue;
+        const double d = cJSON_IsNumber(v) ? v->valuedouble : BOUND_LIMIT;
+        if (!(fabs(d) < BOUND_LIMIT))
+            return cfail(c, QV_ERR_UNSUPPORTED, "'", names[k],
+                         "' must be a number between -2^31 and 2^31"),
+                   false;
+        const bool upper = k >= 2, strict = k & 1;
+        double r = d;
+        bool st = strict;
+        if (integer) { /* inclusive integer bound */
+            r = upper ? floor(d) : ceil(d);
+            if (strict && r == d) r += upper ? -1 : 1;
+            st = false;
+        } else if (d != floor(d)) {
+            return cfail(c, QV_ERR_UNSUPPORTED, "'", names[k],
+                         "' of a number must be a whole number (use type integer, or scale)"),
+                   false;
+        }
+        const int64_t b = (int64_t)r;
+        if (!upper && (!nd->lo_on || b > nd->lo || (b == nd->lo && st))) {
+            nd->lo_on = true, nd->lo = b, nd->lo_strict = st;
+        } else if (upper && (!nd->hi_on || b < nd->hi || (b == nd->hi && st))) {
+            nd->hi_on = true, nd->hi = b, nd->hi_strict = st;
+        }
+    }
+    if (nd->lo_on && nd->hi_on &&
+        (nd->lo > nd->hi || (nd->lo == nd->hi && (nd->lo_strict || nd->hi_strict))))
+        return cfail(c, QV_ERR_INVALID, "no number lies within the bounds", NULL, ""), false;
+    return true;
+}
 
 static bool in_list(const char *w, const char *const *list, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (!strcmp(w, list[i])) return true;
     return false;
-}
-
-static const cJSON *kw(const cJSON *j, const char *name) {
-    return cJSON_GetObjectItemCaseSensitive(j, name);
 }
 
 /* A non-negative integer keyword (absent: dflt); false on a bad value. */
@@ -561,9 +619,10 @@ static bool compile_enum(compiler *c, const cJSON *j, uint32_t id, int types) {
     if (e && k) return cfail(c, QV_ERR_UNSUPPORTED, "enum with const", NULL, ""), false;
     if (e && (!cJSON_IsArray(e) || cJSON_GetArraySize(e) == 0))
         return cfail(c, QV_ERR_INVALID, "'enum' must be a non-empty array", NULL, ""), false;
-    static const char *const others[] = {"properties", "required", "additionalProperties",
-                                         "items",      "minItems", "maxItems",
-                                         "minLength",  "maxLength"};
+    static const char *const others[] = {"properties", "required",         "additionalProperties",
+                                         "items",      "minItems",         "maxItems",
+                                         "minLength",  "maxLength",        "minimum",
+                                         "maximum",    "exclusiveMinimum", "exclusiveMaximum"};
     for (size_t i = 0; i < QV_ARRAY_LEN(others); i++)
         if (kw(j, others[i]))
             return cfail(c, QV_ERR_UNSUPPORTED, "'", others[i], "' beside enum or const"), false;
@@ -765,6 +824,9 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
             types |= T_OBJECT;
         if (kw(j, "items") || kw(j, "minItems") || kw(j, "maxItems")) types |= T_ARRAY;
         if (kw(j, "minLength") || kw(j, "maxLength")) types |= T_STRING;
+        if (kw(j, "minimum") || kw(j, "maximum") || kw(j, "exclusiveMinimum") ||
+            kw(j, "exclusiveMaximum"))
+            types |= T_NUMBER;
         if (!types) types = T_ALL;
     }
     uint32_t parts[3];
@@ -807,6 +869,7 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
         nd->integer = (types & T_INTEGER) && !(types & T_NUMBER);
         nd->min = lo;
         nd->max = hi;
+        if ((leaf & C_NUMBER) && !compile_bounds(c, j, nd, nd->integer)) return false;
         parts[n++] = l;
     }
     return set_alternatives(c, id, parts, n);
@@ -1172,6 +1235,99 @@ enum {
     R_BETWEEN = 2 /* not inside a token: whitespace and structure come next */
 };
 
+/* ---- numeric bounds: the value read so far is in the frame (cur: flags, a:b the integer
+ * part's magnitude below 2^31). Magnitudes x of the sign read must satisfy x >= L (> when
+ * strict) and x <= U (< when strict); a prefix is kept while some completion can. */
+enum { NB_NEG = 1, NB_FRAC = 2, NB_ZEROS = 4, NB_NZ = 8, NB_BIG = 16 };
+
+typedef struct mbounds {
+    bool l_on, u_on, ls, us;
+    int64_t l, u;
+} mbounds;
+
+static bool bounded(const snode *nd) { return nd->lo_on || nd->hi_on; }
+
+static mbounds mag_bounds(const snode *nd, bool neg) {
+    if (!neg) return (mbounds){nd->lo_on, nd->hi_on, nd->lo_strict, nd->hi_strict, nd->lo, nd->hi};
+    return (mbounds){nd->hi_on, nd->lo_on, nd->hi_strict, nd->lo_strict, -nd->hi, -nd->lo};
+}
+
+static int64_t get_mag(const qv_json_frame *fr) { return (int64_t)fr->a << 16 | fr->b; }
+
+/* Whether some magnitude in [a, b) (integers: [a, b - 1]) meets the bounds. */
+static bool span_ok(const mbounds *m, bool integer, int64_t a, int64_t b) {
+    if (m->u_on && (m->us && !integer ? a >= m->u : a > m->u)) return false;
+    return !m->l_on || (integer ? b - 1 >= m->l : b > m->l);
+}
+
+/* Whether an integer part that starts with magnitude x (more: more digits may follow) can
+ * still meet the bounds, with a fraction when the leaf is not integer. */
+static bool prefix_ok(const mbounds *m, bool integer, int64_t x, bool more, bool big) {
+    if (big) return !m->u_on;
+    for (int64_t p = 1; p <= (int64_t)BOUND_LIMIT * 10; p *= 10) {
+        const int64_t a = x * p, b = (x + 1) * p;
+        if (m->u_on && a > m->u) return false;
+        if (span_ok(m, integer, integer ? a : a, b)) return true;
+        if (!more) return false;
+        if (!m->u_on) return true; /* longer ones grow past any lower bound */
+    }
+    return false;
+}
+
+/* Whether the number may end here. */
+static bool bound_end(const snode *nd, const qv_json_frame *fr) {
+    if (fr->cur & NB_FRAC) return !(fr->cur & NB_NZ);
+    const mbounds m = mag_bounds(nd, fr->cur & NB_NEG);
+    if (fr->cur & NB_BIG) return !m.u_on;
+    const int64_t x = get_mag(fr);
+    return (!m.l_on || (m.ls ? x > m.l : x >= m.l)) && (!m.u_on || (m.us ? x < m.u : x <= m.u));
+}
+
+/* Byte c of a bounded number (first: its first byte; sub: the lexer's number part before
+ * c). Updates the frame; false when no completion could meet the bounds. */
+static bool bound_byte(const snode *nd, qv_json_frame *fr, bool first, uint8_t sub, uint8_t c) {
+    const bool integer = nd->integer;
+    if (first && c == '-') {
+        const mbounds m = mag_bounds(nd, true);
+        if (!prefix_ok(&m, integer, 0, true, false) && !span_ok(&m, integer, 0, 1)) return false;
+        fr->cur |= NB_NEG;
+        return true;
+    }
+    const mbounds m = mag_bounds(nd, fr->cur & NB_NEG);
+    if (is_digit(c) && !(fr->cur & NB_FRAC)) {
+        const bool none = first || sub == N_MINUS;
+        bool big = fr->cur & NB_BIG;
+        int64_t x = none ? 0 : get_mag(fr);
+        if (!big) x = x * 10 + (c - '0');
+        if (x >= (int64_t)BOUND_LIMIT) big = true, x = 0;
+        if (!prefix_ok(&m, integer, x, x != 0 || big, big)) return false;
+        if (big) fr->cur |= NB_BIG;
+        fr->a = (uint16_t)(x >> 16);
+        fr->b = (uint16_t)(x & 0xFFFF);
+        return true;
+    }
+    if (c == '.') { /* the magnitude will be in [x, x + 1) */
+        const int64_t x = get_mag(fr);
+        uint8_t f = NB_FRAC;
+        if (fr->cur & NB_BIG) {
+            if (m.u_on) return false;
+        } else {
+            if (m.u_on && (x > m.u || (x == m.u && m.us))) return false;
+            if (m.u_on && x == m.u) f |= NB_ZEROS;
+            if (m.l_on && x < m.l) return false;
+            if (m.l_on && x == m.l && m.ls) f |= NB_NZ;
+        }
+        fr->cur |= f;
+        return true;
+    }
+    if (is_digit(c)) { /* a fraction digit */
+        if ((fr->cur & NB_ZEROS) && c != '0') return false;
+        if (c != '0') fr->cur &= (uint8_t)~NB_NZ;
+        return true;
+    }
+    return false; /* no exponent with bounds */
+}
+
 /* Inside a free value or scalar. */
 static int leaf_in(qv_json_sstate *st, qv_json_frame *fr, const snode *nd, uint8_t c) {
     qv_json_state *l = &st->leaf;
@@ -1180,10 +1336,11 @@ static int leaf_in(qv_json_sstate *st, qv_json_frame *fr, const snode *nd, uint8
         const int r = number_byte(&t, c);
         if (r == 1) {
             if (nd->integer && (c == '.' || c == 'e' || c == 'E')) return R_NO;
+            if (bounded(nd) && !bound_byte(nd, fr, false, l->sub, c)) return R_NO;
             *l = t;
             return R_YES;
         }
-        if (r == 0 || !number_can_end(l)) return R_NO;
+        if (r == 0 || !number_can_end(l) || (bounded(nd) && !bound_end(nd, fr))) return R_NO;
         leaf_pop(st);
         return R_AGAIN;
     }
@@ -1265,6 +1422,8 @@ static int between(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *f
     switch (nd->kind) {
     case K_LEAF: /* LF_START */
         if (!(byte_class(c) & nd->classes)) return R_NO;
+        if (byte_class(c) == C_NUMBER && bounded(nd) && !bound_byte(nd, fr, true, 0, c))
+            return R_NO;
         st->leaf = (qv_json_state){.mode = M_VALUE};
         if (!step(&st->leaf, c)) return R_NO;
         fr->phase = LF_IN;
@@ -1386,7 +1545,8 @@ bool qv_json_schema_done(const qv_json_schema *sch, const qv_json_sstate *s) {
     const qv_json_frame *fr = &s->f[0];
     const snode *nd = &sch->nodes[fr->node];
     if (nd->kind == K_LEAF && fr->phase == LF_IN)
-        return s->leaf.depth == 0 && s->leaf.mode == M_NUMBER && number_can_end(&s->leaf);
+        return s->leaf.depth == 0 && s->leaf.mode == M_NUMBER && number_can_end(&s->leaf) &&
+               (!bounded(nd) || bound_end(nd, fr));
     return nd->kind == K_ENUM && fr->phase == EN_IN && enum_exact(sch, nd, fr);
 }
 

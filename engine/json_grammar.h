@@ -92,12 +92,14 @@ typedef struct qv_json_sstate {
  * (one reference). Supported:
  * - type (a name or a list of names: object, array, string, number, integer, boolean, null);
  *   without type, it is inferred from the keywords (properties -> object, items -> array,
- *   minLength/maxLength -> string), else any value;
+ *   minLength/maxLength -> string, bounds -> number), else any value;
  * - object: properties (written in the schema's order; only declared properties are written),
  *   required, additionalProperties (false, true, or a schema when there are no properties:
  *   free keys with values under it); an object with neither is any object;
  * - array: items, minItems, maxItems; string: minLength, maxLength (characters; an escape
- *   counts as one); integer: no fraction or exponent;
+ *   counts as one); integer: no fraction or exponent; numbers: minimum, maximum,
+ *   exclusiveMinimum, exclusiveMaximum (within +-2^31, whole numbers for type number; a
+ *   bounded number is written without exponent);
  * - enum and const (values written compactly, as Python's json.dumps(separators=(',', ':'),
  *   ensure_ascii=False) would, keys in their given order);
  * - anyOf / oneOf whose alternatives begin with different bytes (an object, an array, a

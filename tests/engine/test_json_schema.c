@@ -219,6 +219,43 @@ static void test_hand_cases(void **state) {
     assert_true(feeds(sch, &s, "{\"ab\":1,\"a\":2,\"b\":3,\"c\":4}"));
     qv_json_schema_unref(sch);
 
+    /* numeric bounds, by JSON Schema's definitions: a prefix stays while some completion is
+     * in range */
+    sch = compile("{\"type\":\"number\",\"exclusiveMinimum\":0,\"maximum\":1}");
+    qv_json_schema_init(sch, &s);
+    assert_false(feeds(sch, &s, "-"));
+    assert_true(feeds(sch, &s, "0"));
+    assert_false(qv_json_schema_done(sch, &s)); /* 0 is not > 0 */
+    assert_true(feeds(sch, &s, ".00"));
+    assert_false(qv_json_schema_done(sch, &s)); /* nor is 0.00 */
+    assert_true(feeds(sch, &s, "5"));
+    assert_true(qv_json_schema_done(sch, &s));
+    qv_json_schema_init(sch, &s);
+    assert_false(feeds(sch, &s, "2"));
+    assert_true(feeds(sch, &s, "1.0"));
+    assert_false(feeds(sch, &s, "1")); /* 1.01 > 1 */
+    assert_true(qv_json_schema_done(sch, &s));
+    assert_false(feeds(sch, &s, "e")); /* no exponent under bounds */
+    qv_json_schema_unref(sch);
+    sch = compile("{\"type\":\"integer\",\"minimum\":100}");
+    qv_json_schema_init(sch, &s);
+    assert_false(feeds(sch, &s, "-"));
+    assert_true(feeds(sch, &s, "1"));
+    assert_false(qv_json_schema_done(sch, &s));
+    assert_true(feeds(sch, &s, "2345678901234")); /* no upper bound: any length */
+    assert_true(qv_json_schema_done(sch, &s));
+    qv_json_schema_unref(sch);
+    sch = compile("{\"type\":\"integer\",\"minimum\":-5,\"exclusiveMaximum\":0}");
+    qv_json_schema_init(sch, &s);
+    assert_false(feeds(sch, &s, "0"));
+    assert_true(feeds(sch, &s, "-"));
+    assert_false(feeds(sch, &s, "0"));
+    assert_false(feeds(sch, &s, "6"));
+    assert_true(feeds(sch, &s, "5"));
+    assert_true(qv_json_schema_done(sch, &s));
+    assert_false(feeds(sch, &s, "0"));
+    qv_json_schema_unref(sch);
+
     /* string lengths count characters: a 4-byte character and an escape are one each */
     sch = compile("{\"type\":\"string\",\"minLength\":2,\"maxLength\":3}");
     qv_json_schema_init(sch, &s);
@@ -325,8 +362,14 @@ static void test_refusals(void **state) {
         const char *msg; /* a part of the message */
     } cases[] = {
         {"{\"type\":\"string\",\"pattern\":\"a+\"}", QV_ERR_UNSUPPORTED, "'pattern'"},
-        {"{\"properties\":{\"n\":{\"type\":\"number\",\"minimum\":0}}}", QV_ERR_UNSUPPORTED,
-         "at /properties/n"},
+        {"{\"properties\":{\"n\":{\"type\":\"number\",\"multipleOf\":2}}}", QV_ERR_UNSUPPORTED,
+         "'multipleOf' is not supported (at /properties/n)"},
+        {"{\"type\":\"number\",\"maximum\":2.5}", QV_ERR_UNSUPPORTED, "whole number"},
+        {"{\"type\":\"integer\",\"minimum\":-1e10}", QV_ERR_UNSUPPORTED, "2^31"},
+        {"{\"type\":\"integer\",\"minimum\":\"1\"}", QV_ERR_UNSUPPORTED, "'minimum'"},
+        {"{\"type\":\"integer\",\"exclusiveMinimum\":1,\"maximum\":1}", QV_ERR_INVALID,
+         "no number"},
+        {"{\"type\":\"number\",\"minimum\":1,\"exclusiveMaximum\":1}", QV_ERR_INVALID, "no number"},
         {"{\"anyOf\":[{\"type\":\"object\"},{\"properties\":{\"a\":{}}}]}", QV_ERR_UNSUPPORTED,
          "begin differently"},
         {"{\"anyOf\":[{\"type\":\"integer\"},{\"enum\":[1,\"x\"]}]}", QV_ERR_UNSUPPORTED,

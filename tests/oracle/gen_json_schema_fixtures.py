@@ -17,12 +17,14 @@ The judge (`accepts`) says whether quiver must accept a text as a whole document
 2. jsonschema.Draft202012Validator says the value is valid, with numbers that have a fraction
    or exponent read as Decimal, so that `1.0` is not an integer (quiver's documented rule:
    integers are written without fraction or exponent);
-3. quiver's documented rule for objects with declared properties: their keys appear in the
+3. quiver's documented rules: enum and const values are written compactly (numbers as
+   Python writes them); objects with declared properties: their keys appear in the
    schema's order, at most once, and only declared keys (checked by walking the document
    with the schema, below); in other objects a key may repeat, and each of its values must be
    valid (json.loads would keep only the last);
 4. quiver's documented type inference: a schema without type whose keywords belong to one
-   type (properties -> object, items -> array, minLength -> string) takes only that type.
+   type (properties -> object, items -> array, minLength -> string, minimum -> number) takes
+   only that type; and numbers under bounds are written without an exponent.
 Every document whose verdict is "valid" is checked to be valid under (2) and (3) before it is
 kept, and every "invalid" one to fail at least one of the four.
 
@@ -92,6 +94,20 @@ SCHEMAS = [
      "properties": {"q\"k": {"type": "integer"}, "\u00e9": {"type": "boolean"},
                     "a/b": {"type": "null"}, "t\tb": {"type": "string", "maxLength": 1}},
      "required": ["q\"k", "a/b"]},
+    # numeric bounds: inclusive and exclusive, integers and numbers, negative ranges
+    {"type": "object",
+     "properties": {"stars": {"type": "integer", "minimum": 1, "maximum": 5},
+                    "count": {"type": "integer", "exclusiveMinimum": 0, "maximum": 120},
+                    "p": {"type": "number", "minimum": 0, "maximum": 1},
+                    "pos": {"type": "number", "exclusiveMinimum": 0},
+                    "neg": {"type": "number", "minimum": -10, "exclusiveMaximum": -2},
+                    "low": {"type": "integer", "minimum": -3},
+                    "half": {"type": "integer", "minimum": 1.5, "exclusiveMaximum": 9},
+                    "both": {"type": "number", "minimum": 0, "exclusiveMinimum": -5,
+                             "maximum": 3, "exclusiveMaximum": 3}},
+     "required": ["stars", "count", "p", "pos", "neg", "low", "half", "both"]},
+    {"type": "array", "items": {"type": "integer", "minimum": -20, "maximum": -7}, "maxItems": 4},
+    {"minimum": 0, "maximum": 0},
     # type inferred from keywords; allOf with one member; items: false
     {"properties": {"p": {"allOf": [{"minLength": 1, "maxLength": 2}]},
                     "e": {"type": "array", "items": False}},
@@ -148,12 +164,21 @@ def order_ok(pairs_value, schema, root):
     schema = pick_alternative(schema, root, from_pairs(pairs_value))
     if not isinstance(schema, dict):
         return True
+    bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+    if bounds & schema.keys() and isinstance(pairs_value, Raw) and "e" in pairs_value.raw.lower():
+        return False  # quiver's documented rule: bounded numbers are written without exponent
+    if "enum" in schema or "const" in schema:  # quiver's rule: values written compactly
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        if canonical(pairs_value) not in [json.dumps(x, ensure_ascii=False, separators=(",", ":"))
+                                          for x in values]:
+            return False
     if not ({"type", "enum", "const", "anyOf", "$ref"} & schema.keys()):
         # quiver's documented inference: keywords of one type make an untyped schema that type
         t = json_type(from_pairs(pairs_value))
         if ({"properties", "required", "additionalProperties"} & schema.keys() and t != "object"
                 or {"items", "minItems", "maxItems"} & schema.keys() and t != "array"
-                or {"minLength", "maxLength"} & schema.keys() and t != "string"):
+                or {"minLength", "maxLength"} & schema.keys() and t != "string"
+                or bounds & schema.keys() and t != "number"):
             return False
     if isinstance(pairs_value, Pairs):
         props = schema.get("properties")
@@ -190,6 +215,27 @@ def order_ok(pairs_value, schema, root):
 
 class Pairs(list):
     pass
+
+
+class Raw(decimal.Decimal):
+    """A number with a fraction or exponent, as written (json's parse_float)."""
+
+    def __new__(cls, text):
+        d = super().__new__(cls, text)
+        d.raw = text
+        return d
+
+
+def canonical(v):
+    """The compact text of a parsed value, numbers as written."""
+    if isinstance(v, Raw):
+        return v.raw
+    if isinstance(v, Pairs):
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + canonical(x)
+                              for k, x in v) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(canonical(x) for x in v) + "]"
+    return json.dumps(v, ensure_ascii=False)
 
 
 def from_pairs(v):
@@ -234,7 +280,7 @@ def accepts(doc: bytes, schema) -> bool:
 
     try:
         value = json.loads(text, parse_float=decimal.Decimal, parse_constant=no_const)
-        pairs = json.loads(text, parse_float=decimal.Decimal, parse_constant=no_const,
+        pairs = json.loads(text, parse_float=Raw, parse_constant=no_const,
                            object_pairs_hook=lambda p: Pairs(p))
     except ValueError:
         return False
@@ -265,6 +311,8 @@ def gen_value(schema, root, rng, depth=0):
         types = ["object"] if "properties" in schema or "additionalProperties" in schema else (
             ["array"] if "items" in schema else
             ["string"] if "minLength" in schema or "maxLength" in schema else [])
+        if not types and ({"minimum", "maximum"} & schema.keys()):
+            types = ["number"]
         if not types:
             return gen_free(rng, depth)
     types = [types] if isinstance(types, str) else types
@@ -292,6 +340,23 @@ def gen_value(schema, root, rng, depth=0):
         return [gen_value(items, root, rng, depth + 1) for _ in range(rng.randint(lo, min(hi, lo + 3)))]
     if t == "string":
         return gen_string(rng, schema.get("minLength", 0), schema.get("maxLength"))
+    lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+    hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+    if "maximum" in schema and "exclusiveMaximum" in schema:
+        hi = min(schema["maximum"], schema["exclusiveMaximum"])
+    if "minimum" in schema and "exclusiveMinimum" in schema:
+        lo = max(schema["minimum"], schema["exclusiveMinimum"])
+    if t == "integer" and (lo is not None or hi is not None):
+        a = -10**6 if lo is None else int(lo) + (1 if "exclusiveMinimum" in schema or lo != int(lo) else 0)
+        b = 10**6 if hi is None else int(hi) - (1 if "exclusiveMaximum" in schema else 0)
+        return rng.choice([a, b, rng.randint(a, b)])
+    if t == "number" and (lo is not None or hi is not None):
+        a = -1e4 if lo is None else lo
+        b = 1e4 if hi is None else hi
+        v = rng.choice([a, b, round(rng.uniform(a, b), 3), round(rng.uniform(a, b), 1)])
+        if ("exclusiveMinimum" in schema and v <= a) or ("exclusiveMaximum" in schema and v >= b):
+            v = round((a + b) / 2, 3)
+        return float(v) if rng.random() < 0.5 else v
     if t == "integer":
         return rng.choice([0, 7, -12, 123456789, rng.randint(-10**12, 10**12)])
     if t == "number":
@@ -321,6 +386,8 @@ def ws(rng):
 
 
 def dump_scalar(v):
+    if isinstance(v, decimal.Decimal):
+        return str(v)
     if isinstance(v, float):
         return repr(v) if v == v else "0"
     return json.dumps(v, ensure_ascii=False)
@@ -397,7 +464,9 @@ def value_mutation(v, schema, root, rng):
         return rng.choice([v + "xy", v[:-1], 5, None])
     if isinstance(v, bool) or v is None:
         return rng.choice(["true", 0, not v if isinstance(v, bool) else False])
-    return rng.choice([str(v), True, v + 0.5, [v]])
+    return rng.choice([str(v), True, v + 0.5, [v], v + 1, v - 1, -v, v * 10, 0, 0.0001, 0.0,
+                       -0.5, float(v), decimal.Decimal("1E+0"), decimal.Decimal("25E-1"),
+                       decimal.Decimal("-0.0"), decimal.Decimal("3.000"), -3.0, -2.0, -10.0])
 
 
 def main():

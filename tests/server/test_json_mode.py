@@ -101,7 +101,7 @@ def run_json_mode_tests(srv):
 class City(pydantic.BaseModel):
     name: str
     country: str
-    population: int
+    population: int = pydantic.Field(ge=0)
     landmarks: List[str] = pydantic.Field(max_length=3)  # a 135M model repeats itself
     mayor: Optional[str]
 
@@ -114,7 +114,7 @@ PROFILE = {
               "Color": {"type": "string", "enum": ["red", "green", "blue"]}},
     "type": "object",
     "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 20},
-                   "age": {"type": "integer"},
+                   "age": {"type": "integer", "minimum": 0, "maximum": 120},
                    "favorite": {"$ref": "#/$defs/Color"},
                    "address": {"$ref": "#/$defs/Address"},
                    "scores": {"type": "array", "items": {"type": "number"},
