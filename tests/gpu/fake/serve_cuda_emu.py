@@ -147,6 +147,28 @@ def main():
     rep = m.get('quiver_cuda_graph_steps_total{mode="replayed"}', 0)
     check(rep > 0, f"cuda: decode steps replayed from CUDA graphs ({rep})")
     check(m.get('quiver_cuda_graph_steps_total{mode="refused"}', 0) == 0, "cuda: no graph refused")
+    # structured output on the device path: constrained rows come back to the host, masked there
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0,
+                                                     "maximum": 99}}, "required": ["a"],
+              "additionalProperties": False}
+    st, r = complete(cu, "lora", max_tokens=24, response_format={
+        "type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    text = r["choices"][0]["text"] if st == 200 else ""
+    fin = r["choices"][0]["finish_reason"] if st == 200 else None
+    try:
+        obj = T.json.loads(text)
+        ok = fin == "stop" and list(obj) == ["a"] and type(obj["a"]) is int and 0 <= obj["a"] <= 99
+    except ValueError:
+        ok = False
+    check(ok, f"cuda: a json_schema answer under a LoRA follows the schema ({st} {fin} {text!r})")
+    for _ in range(50):
+        m2 = cu.metrics()
+        if m2.get('quiver_sampled_tokens_total{where="host"}', 0) > host:
+            break
+        time.sleep(0.1)
+    check(m2.get('quiver_sampled_tokens_total{where="host"}', 0) > host and
+          m2.get('quiver_json_masks_total{source="computed"}', 0) > 0,
+          "cuda: its rows were masked and sampled on the host")
     cu.stop()
     if T.failures:
         print(f"{len(T.failures)} check(s) failed")
