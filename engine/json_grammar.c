@@ -7,6 +7,7 @@
  * Thread: pure functions on caller-owned state.
  */
 #include "json_grammar.h"
+#include "json_regex.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -16,7 +17,7 @@
 
 _Static_assert(sizeof(qv_json_state) == 24, "qv_json_state has padding");
 _Static_assert(sizeof(qv_json_frame) == 8 &&
-                   sizeof(qv_json_sstate) == 32 + 8 * QV_JSON_SCHEMA_MAX_FRAMES,
+                   sizeof(qv_json_sstate) == 40 + 8 * QV_JSON_SCHEMA_MAX_FRAMES,
                "qv_json_sstate has padding");
 
 enum mode {
@@ -301,6 +302,7 @@ typedef struct snode {
     /* K_LEAF numbers: bounds (integer values, |v| < 2^31; for integers inclusive) */
     bool lo_on, hi_on, lo_strict, hi_strict;
     int64_t lo, hi;
+    uint32_t re;       /* K_LEAF strings: 1 + the index of their pattern in regexes[]; 0: none */
     uint32_t first, n; /* K_OBJECT: props; K_ENUM: lits; K_ANYOF: alts */
     uint32_t child;    /* K_ARRAY: items; K_MAP: values; K_REF: target */
 } snode;
@@ -322,8 +324,9 @@ struct qv_json_schema {
     sspan *lits;
     uint32_t *alts;
     uint8_t *bytes;
-    uint32_t n_nodes, n_props, n_lits, n_alts, n_bytes;
-    uint32_t cap_nodes, cap_props, cap_lits, cap_alts, cap_bytes;
+    qv_regex **regexes;
+    uint32_t n_nodes, n_props, n_lits, n_alts, n_bytes, n_regexes;
+    uint32_t cap_nodes, cap_props, cap_lits, cap_alts, cap_bytes, cap_regexes;
     uint32_t root;
     uint32_t key_node; /* a string: the keys of K_MAP objects */
     uint64_t hash;
@@ -448,7 +451,8 @@ static const char *const keywords[] = {"type",
                                        "minimum",
                                        "maximum",
                                        "exclusiveMinimum",
-                                       "exclusiveMaximum"};
+                                       "exclusiveMaximum",
+                                       "pattern"};
 
 static const cJSON *kw(const cJSON *j, const char *name) {
     return cJSON_GetObjectItemCaseSensitive(j, name);
@@ -622,7 +626,8 @@ static bool compile_enum(compiler *c, const cJSON *j, uint32_t id, int types) {
     static const char *const others[] = {"properties", "required",         "additionalProperties",
                                          "items",      "minItems",         "maxItems",
                                          "minLength",  "maxLength",        "minimum",
-                                         "maximum",    "exclusiveMinimum", "exclusiveMaximum"};
+                                         "maximum",    "exclusiveMinimum", "exclusiveMaximum",
+                                         "pattern"};
     for (size_t i = 0; i < QV_ARRAY_LEN(others); i++)
         if (kw(j, others[i]))
             return cfail(c, QV_ERR_UNSUPPORTED, "'", others[i], "' beside enum or const"), false;
@@ -703,7 +708,7 @@ static bool compile_anyof(compiler *c, const cJSON *j, uint32_t id, int depth, c
     static const char *const others[] = {
         "type",      "properties", "required", "additionalProperties",
         "items",     "minItems",   "maxItems", "minLength",
-        "maxLength", "enum",       "const"};
+        "maxLength", "enum",       "const",    "pattern"};
     for (size_t i = 0; i < QV_ARRAY_LEN(others); i++)
         if (kw(j, others[i]))
             return cfail(c, QV_ERR_UNSUPPORTED, "'", others[i], "' beside anyOf / oneOf / allOf"),
@@ -816,6 +821,24 @@ static bool compile_array(compiler *c, const cJSON *j, uint32_t id, int depth) {
     return true;
 }
 
+/* pattern: compiled into the schema's regexes, referred to by leaf node id. */
+static bool compile_pattern(compiler *c, const cJSON *pat, uint32_t id) {
+    qv_json_schema *s = c->s;
+    if (!cJSON_IsString(pat))
+        return cfail(c, QV_ERR_INVALID, "'pattern' must be a string", NULL, ""), false;
+    qv_regex *re = NULL;
+    qv_error e = {0};
+    const qv_status st = qv_regex_compile(pat->valuestring, &re, &e);
+    if (st != QV_OK) return cfail(c, st, e.msg, NULL, ""), false;
+    if (!grow(c, (void **)&s->regexes, &s->cap_regexes, s->n_regexes + 1, sizeof(qv_regex *))) {
+        qv_regex_free(re);
+        return false;
+    }
+    s->regexes[s->n_regexes++] = re;
+    s->nodes[id].re = s->n_regexes;
+    return true;
+}
+
 /* The parts of a typed schema: one structured node per structured type, the scalar and free
  * types in one leaf; one part is the node itself (through a K_REF), several an anyOf. */
 static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, int types) {
@@ -823,7 +846,7 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
         if (kw(j, "properties") || kw(j, "required") || kw(j, "additionalProperties"))
             types |= T_OBJECT;
         if (kw(j, "items") || kw(j, "minItems") || kw(j, "maxItems")) types |= T_ARRAY;
-        if (kw(j, "minLength") || kw(j, "maxLength")) types |= T_STRING;
+        if (kw(j, "minLength") || kw(j, "maxLength") || kw(j, "pattern")) types |= T_STRING;
         if (kw(j, "minimum") || kw(j, "maximum") || kw(j, "exclusiveMinimum") ||
             kw(j, "exclusiveMaximum"))
             types |= T_NUMBER;
@@ -870,6 +893,8 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
         nd->min = lo;
         nd->max = hi;
         if ((leaf & C_NUMBER) && !compile_bounds(c, j, nd, nd->integer)) return false;
+        if ((leaf & C_STRING) && kw(j, "pattern") && !compile_pattern(c, kw(j, "pattern"), l))
+            return false;
         parts[n++] = l;
     }
     return set_alternatives(c, id, parts, n);
@@ -1156,6 +1181,9 @@ void qv_json_schema_unref(qv_json_schema *s) {
     qv_free(s->lits);
     qv_free(s->alts);
     qv_free(s->bytes);
+    for (uint32_t i = 0; i < s->n_regexes; i++)
+        qv_regex_free(s->regexes[i]);
+    qv_free(s->regexes);
     qv_free(s->text);
     qv_free(s);
 }
@@ -1194,7 +1222,31 @@ static void pop(qv_json_sstate *st) { st->f[--st->depth] = (qv_json_frame){0}; }
 
 static void leaf_pop(qv_json_sstate *st) {
     st->leaf = (qv_json_state){0};
+    st->cp = 0;
+    st->re = 0;
     pop(st);
+}
+
+/* A string with a pattern: the code point that byte c completes (given the string's
+ * lexer state before it: sub, utf8), or -1 while a character is still being read. */
+static int64_t string_cp(qv_json_sstate *st, uint8_t sub, uint8_t utf8, uint8_t c) {
+    if (utf8) {
+        st->cp = st->cp << 6 | (c & 0x3Fu);
+        return utf8 == 1 ? (int64_t)st->cp : -1;
+    }
+    if (sub == 1) {
+        static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+        if (c == 'u') return st->cp = 0, -1;
+        return (uint8_t)to[strchr(from, c) - from];
+    }
+    if (sub >= 2) {
+        st->cp = st->cp << 4 | (uint32_t)(is_digit(c) ? c - '0' : (c | 32) - 'a' + 10);
+        return sub == 2 ? (int64_t)st->cp : -1;
+    }
+    if (c == '\\') return -1;
+    if (c < 0x80) return c;
+    st->cp = c & (c >= 0xF0 ? 0x07u : c >= 0xE0 ? 0x0Fu : 0x1Fu);
+    return -1;
 }
 
 static bool number_can_end(const qv_json_state *l) {
@@ -1329,7 +1381,8 @@ static bool bound_byte(const snode *nd, qv_json_frame *fr, bool first, uint8_t s
 }
 
 /* Inside a free value or scalar. */
-static int leaf_in(qv_json_sstate *st, qv_json_frame *fr, const snode *nd, uint8_t c) {
+static int leaf_in(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *fr, const snode *nd,
+                   uint8_t c) {
     qv_json_state *l = &st->leaf;
     if (l->depth == 0 && l->mode == M_NUMBER) { /* it ends at the first byte not its own */
         qv_json_state t = *l;
@@ -1346,13 +1399,20 @@ static int leaf_in(qv_json_sstate *st, qv_json_frame *fr, const snode *nd, uint8
     }
     if (l->depth == 0 && l->mode == M_STRING) { /* count characters */
         const bool between = !l->sub && !l->utf8;
+        const qv_regex *re = nd->re ? s->regexes[nd->re - 1] : NULL;
         if (between && c == '"') {
-            if (fr->a < nd->min) return R_NO;
+            if (fr->a < nd->min || (re && !qv_regex_accepts(re, st->re))) return R_NO;
         } else if (between && fr->a >= nd->max) {
             return R_NO;
         }
+        const uint8_t sub = l->sub, utf8 = l->utf8;
         if (!step(l, c)) return R_NO;
         if (l->mode == M_STRING) {
+            if (re) {
+                const int64_t cp = string_cp(st, sub, utf8, c);
+                if (cp >= 0 && !qv_regex_step(re, &st->re, (uint32_t)cp)) return R_NO;
+                if (cp >= 0) st->cp = 0;
+            }
             if (!l->sub && !l->utf8 && counted(nd)) fr->a = inc(fr->a);
         } else {
             leaf_pop(st);
@@ -1410,7 +1470,7 @@ static int key_in(const qv_json_schema *s, qv_json_frame *fr, const snode *nd, u
 
 static int in_token(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *fr, const snode *nd,
                     uint8_t c) {
-    if (nd->kind == K_LEAF && fr->phase == LF_IN) return leaf_in(st, fr, nd, c);
+    if (nd->kind == K_LEAF && fr->phase == LF_IN) return leaf_in(s, st, fr, nd, c);
     if (nd->kind == K_ENUM && fr->phase == EN_IN) return enum_in(s, st, fr, nd, c);
     if (nd->kind == K_OBJECT && fr->phase == OB_KEY) return key_in(s, fr, nd, c);
     return R_BETWEEN;
@@ -1427,6 +1487,7 @@ static int between(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *f
         st->leaf = (qv_json_state){.mode = M_VALUE};
         if (!step(&st->leaf, c)) return R_NO;
         fr->phase = LF_IN;
+        if (c == '"' && nd->re) st->re = qv_regex_start(s->regexes[nd->re - 1]);
         return R_YES;
     case K_ENUM: /* EN_START */
         for (uint32_t j = 0; j < nd->n; j++) {
@@ -1565,7 +1626,8 @@ int32_t qv_json_schema_string_room(const qv_json_schema *sch, const qv_json_ssta
     const qv_json_frame *fr = &s->f[s->depth - 1];
     const snode *nd = &sch->nodes[fr->node];
     const qv_json_state *l = &s->leaf;
-    if (nd->kind != K_LEAF || fr->phase != LF_IN || l->mode != M_STRING || l->sub || l->utf8)
+    if (nd->kind != K_LEAF || fr->phase != LF_IN || l->mode != M_STRING || l->sub || l->utf8 ||
+        (nd->re && l->depth == 0))
         return -1;
     if (l->depth > 0 || !counted(nd)) return INT32_MAX;
     return fr->a >= nd->max ? 0 : (int32_t)QV_MIN(nd->max - fr->a, (uint32_t)INT32_MAX);

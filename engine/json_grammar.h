@@ -84,7 +84,9 @@ typedef struct qv_json_sstate {
     qv_json_state leaf; /* the value being read when the top frame is free JSON or a scalar */
     uint8_t depth;      /* frames in use; 0: the document is complete */
     uint8_t ws;         /* whitespace bytes in a row between tokens */
-    uint8_t reserved[6];
+    uint8_t reserved[2];
+    uint32_t cp; /* a string with a pattern: the code point being decoded */
+    uint64_t re; /* and its pattern's match so far (json_regex.h) */
     qv_json_frame f[QV_JSON_SCHEMA_MAX_FRAMES];
 } qv_json_sstate;
 
@@ -92,14 +94,14 @@ typedef struct qv_json_sstate {
  * (one reference). Supported:
  * - type (a name or a list of names: object, array, string, number, integer, boolean, null);
  *   without type, it is inferred from the keywords (properties -> object, items -> array,
- *   minLength/maxLength -> string, bounds -> number), else any value;
+ *   minLength/maxLength/pattern -> string, bounds -> number), else any value;
  * - object: properties (written in the schema's order; only declared properties are written),
  *   required, additionalProperties (false, true, or a schema when there are no properties:
  *   free keys with values under it); an object with neither is any object;
  * - array: items, minItems, maxItems; string: minLength, maxLength (characters; an escape
- *   counts as one); integer: no fraction or exponent; numbers: minimum, maximum,
- *   exclusiveMinimum, exclusiveMaximum (within +-2^31, whole numbers for type number; a
- *   bounded number is written without exponent);
+ *   counts as one), pattern (json_regex.h; matched on the decoded characters); integer: no fraction
+ * or exponent; numbers: minimum, maximum, exclusiveMinimum, exclusiveMaximum (within +-2^31, whole
+ * numbers for type number; a bounded number is written without exponent);
  * - enum and const (values written compactly, as Python's json.dumps(separators=(',', ':'),
  *   ensure_ascii=False) would, keys in their given order);
  * - anyOf / oneOf whose alternatives begin with different bytes (an object, an array, a

@@ -256,6 +256,28 @@ static void test_hand_cases(void **state) {
     assert_false(feeds(sch, &s, "0"));
     qv_json_schema_unref(sch);
 
+    /* patterns: a string is refused at the first character no match can follow; without ^
+     * a match may start anywhere, without $ end anywhere */
+    sch = compile("{\"type\":\"string\",\"pattern\":\"^a[0-9]{2}$\"}");
+    qv_json_schema_init(sch, &s);
+    assert_true(feeds(sch, &s, "\"a"));
+    assert_false(feeds(sch, &s, "\""));
+    assert_false(feeds(sch, &s, "x"));
+    assert_true(feeds(sch, &s, "\\u0034")); /* an escaped '4' is the character 4 */
+    assert_true(feeds(sch, &s, "2"));
+    assert_false(feeds(sch, &s, "3"));
+    assert_true(feeds(sch, &s, "\""));
+    assert_true(qv_json_schema_done(sch, &s));
+    qv_json_schema_unref(sch);
+    sch = compile("{\"pattern\":\"b\\\\d\"}");
+    qv_json_schema_init(sch, &s);
+    assert_true(feeds(sch, &s, "\"xx b"));
+    assert_false(feeds(sch, &s, "\""));
+    assert_true(feeds(sch, &s, "9 and anything after"));
+    assert_true(feeds(sch, &s, "\""));
+    assert_true(qv_json_schema_done(sch, &s));
+    qv_json_schema_unref(sch);
+
     /* string lengths count characters: a 4-byte character and an escape are one each */
     sch = compile("{\"type\":\"string\",\"minLength\":2,\"maxLength\":3}");
     qv_json_schema_init(sch, &s);
@@ -361,7 +383,20 @@ static void test_refusals(void **state) {
         qv_status st;
         const char *msg; /* a part of the message */
     } cases[] = {
-        {"{\"type\":\"string\",\"pattern\":\"a+\"}", QV_ERR_UNSUPPORTED, "'pattern'"},
+        {"{\"type\":\"string\",\"format\":\"x\",\"uniqueItems\":true}", QV_ERR_UNSUPPORTED,
+         "'uniqueItems'"},
+        {"{\"pattern\":\"(a)\\\\1\"}", QV_ERR_UNSUPPORTED, "backreferences"},
+        {"{\"pattern\":\"(?=a)b\"}", QV_ERR_UNSUPPORTED, "lookaround"},
+        {"{\"pattern\":\"\\\\bword\"}", QV_ERR_UNSUPPORTED, "word boundaries"},
+        {"{\"pattern\":\"^a|b\"}", QV_ERR_UNSUPPORTED, "^(a|b)$"},
+        {"{\"pattern\":\"a^b\"}", QV_ERR_UNSUPPORTED, "only at the very start"},
+        {"{\"pattern\":\"[z-a]\"}", QV_ERR_INVALID, "backwards"},
+        {"{\"pattern\":\"(ab\"}", QV_ERR_INVALID, "unclosed ("},
+        {"{\"pattern\":\"ab)\"}", QV_ERR_INVALID, "unmatched )"},
+        {"{\"pattern\":\"a{100}\"}", QV_ERR_UNSUPPORTED, "above 64"},
+        {"{\"pattern\":\"^.{40}.{30}$\"}", QV_ERR_LIMIT, "more than 62"},
+        {"{\"pattern\":\"*a\"}", QV_ERR_INVALID, "nothing to repeat"},
+        {"{\"pattern\":5}", QV_ERR_INVALID, "'pattern' must be a string"},
         {"{\"properties\":{\"n\":{\"type\":\"number\",\"multipleOf\":2}}}", QV_ERR_UNSUPPORTED,
          "'multipleOf' is not supported (at /properties/n)"},
         {"{\"type\":\"number\",\"maximum\":2.5}", QV_ERR_UNSUPPORTED, "whole number"},

@@ -22,11 +22,12 @@ The judge (`accepts`) says whether quiver must accept a text as a whole document
    schema's order, at most once, and only declared keys (checked by walking the document
    with the schema, below); in other objects a key may repeat, and each of its values must be
    valid (json.loads would keep only the last);
-4. quiver's documented type inference: a schema without type whose keywords belong to one
+4. patterns follow ECMA-262, whose \\d and \\w are ASCII: re.search with re.ASCII must match too;
+5. quiver's documented type inference: a schema without type whose keywords belong to one
    type (properties -> object, items -> array, minLength -> string, minimum -> number) takes
    only that type; and numbers under bounds are written without an exponent.
 Every document whose verdict is "valid" is checked to be valid under (2) and (3) before it is
-kept, and every "invalid" one to fail at least one of the four.
+kept, and every "invalid" one to fail at least one of the five.
 
 Needs the jsonschema package (tests/server/requirements.txt). Deterministic (fixed seed).
 Run: .venv-test/bin/python tests/oracle/gen_json_schema_fixtures.py
@@ -35,6 +36,7 @@ import decimal
 import json
 import os
 import random
+import re
 
 import jsonschema
 
@@ -108,6 +110,24 @@ SCHEMAS = [
      "required": ["stars", "count", "p", "pos", "neg", "low", "half", "both"]},
     {"type": "array", "items": {"type": "integer", "minimum": -20, "maximum": -7}, "maxItems": 4},
     {"minimum": 0, "maximum": 0},
+    # patterns (ECMA-262 syntax; the examples, an annotation, seed the generator)
+    {"type": "object",
+     "properties": {
+         "date": {"type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}$",
+                  "examples": ["2026-11-29", "1999-01-01"]},
+         "city": {"type": "string", "pattern": "^[A-Z][a-z]+( [A-Z][a-z]+)*$",
+                  "examples": ["Paris", "New York", "Rio De Janeiro"]},
+         "inside": {"type": "string", "pattern": "ab+c", "examples": ["xxabbbcyy", "abc", "zabc"]},
+         "color": {"type": "string", "pattern": "^(red|gr(een|ay))?$",
+                   "examples": ["", "red", "green", "gray"]},
+         "mail": {"type": "string", "pattern": "^[^@\\s]+@[^@\\s]+\\.[a-z]{2,6}$",
+                  "examples": ["bob@example.com", "a.b@c.io"]},
+         "file": {"type": "string", "pattern": "\\.json$", "maxLength": 12,
+                  "examples": ["a.json", "x/y.json"]},
+         "accent": {"type": "string", "pattern": "^\\u00e9+\\w*.$",
+                    "examples": ["\u00e9\u00e9", "\u00e9abc!", "\u00e9_\u4e2d"]},
+         "lines": {"type": "string", "pattern": "^a\\nb{1,3}$", "examples": ["a\nb", "a\nbbb"]}},
+     "required": ["date", "city", "inside", "color", "mail", "file", "accent", "lines"]},
     # type inferred from keywords; allOf with one member; items: false
     {"properties": {"p": {"allOf": [{"minLength": 1, "maxLength": 2}]},
                     "e": {"type": "array", "items": False}},
@@ -167,6 +187,9 @@ def order_ok(pairs_value, schema, root):
     bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
     if bounds & schema.keys() and isinstance(pairs_value, Raw) and "e" in pairs_value.raw.lower():
         return False  # quiver's documented rule: bounded numbers are written without exponent
+    if "pattern" in schema and isinstance(pairs_value, str) and \
+            not re.search(schema["pattern"], pairs_value, re.ASCII):
+        return False  # ECMA-262 classes: \d \w are ASCII (Python's str patterns: Unicode)
     if "enum" in schema or "const" in schema:  # quiver's rule: values written compactly
         values = schema["enum"] if "enum" in schema else [schema["const"]]
         if canonical(pairs_value) not in [json.dumps(x, ensure_ascii=False, separators=(",", ":"))
@@ -338,6 +361,8 @@ def gen_value(schema, root, rng, depth=0):
         if items is False:
             return []
         return [gen_value(items, root, rng, depth + 1) for _ in range(rng.randint(lo, min(hi, lo + 3)))]
+    if t == "string" and "pattern" in schema:
+        return rng.choice(schema["examples"])
     if t == "string":
         return gen_string(rng, schema.get("minLength", 0), schema.get("maxLength"))
     lo = schema.get("minimum", schema.get("exclusiveMinimum"))

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import jsonschema
 import pydantic
@@ -106,6 +106,13 @@ class City(pydantic.BaseModel):
     mayor: Optional[str]
 
 
+class Event(pydantic.BaseModel):
+    title: str = pydantic.Field(max_length=30)
+    date: Annotated[str, pydantic.StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    code: Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Z]{3}-\d{3}$")]
+    attendees: int = pydantic.Field(ge=1, le=500)
+
+
 PROFILE = {
     "$defs": {"Address": {"type": "object",
                           "properties": {"street": {"type": "string", "maxLength": 40},
@@ -153,6 +160,14 @@ def run_structured_output_tests(srv):
           f"parse() with a pydantic model: {m.parsed!r} from {m.content[:80]!r}")
     schema = City.model_json_schema()
     check(valid(m.content, schema), "the pydantic model's schema accepts the answer")
+    # patterns and bounds (pydantic StringConstraints, Field(ge=, le=))
+    r = client.chat.completions.parse(
+        model=base, max_tokens=120, temperature=0, response_format=Event,
+        messages=[{"role": "user", "content": "Describe a concert on 5 May 2025 as JSON."}])
+    m = r.choices[0].message
+    check(r.choices[0].finish_reason == "stop" and isinstance(m.parsed, Event) and
+          valid(m.content, Event.model_json_schema()),
+          f"parse() with patterns and bounds: {m.parsed!r}")
 
     prompts = {
         "profile": ("Make up a user profile.", PROFILE),
@@ -273,7 +288,7 @@ def run_structured_output_tests(srv):
     # refused, saying why
     body = {"messages": msgs, "max_tokens": 8}
     for fmt, param, words in (
-            (rf({"type": "string", "pattern": "^a"}), "response_format", "'pattern'"),
+            (rf({"type": "string", "pattern": "(a)\\1"}), "response_format", "backreferences"),
             (rf({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]}),
              "response_format", "begin differently"),
             ({"type": "json_schema", "json_schema": {"name": "x"}}, "response_format", "schema"),

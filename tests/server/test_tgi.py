@@ -171,7 +171,8 @@ def run(srv):
     check(ok, f"response_format json_object without a schema: JSON mode, one object {text!r}")
     for params, what in (({"grammar": {"type": "regex", "value": "a+"}}, "grammar"),
                          ({"grammar": {"type": "json", "value": {"type": "string",
-                                                                  "pattern": "a"}}}, "pattern"),
+                                                                  "format": "x",
+                                                                  "multipleOf": 2}}}, "multipleOf"),
                          ({"response_format": {"type": "yaml"}}, "response_format")):
         st, _, data = srv.raw("POST", "/generate", {"inputs": "Hi", "parameters": params})
         err = json.loads(data)

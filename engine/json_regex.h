@@ -1,0 +1,48 @@
+/*
+ * json_regex.h - the regular expressions of JSON Schema's `pattern` keyword, for structured
+ * output: a pattern compiles to a position (Glushkov) automaton of at most QV_REGEX_MAX_POS
+ * character positions, whose state is one 64-bit set, so a string's match so far fits in a
+ * grammar state and equal positions compare equal.
+ *
+ * Supported (ECMA-262 syntax, the dialect JSON Schema names, matched on Unicode code points):
+ * literals, `.` (anything but a line terminator), classes `[...]` / `[^...]` with ranges and
+ * `\d \w \s` inside, `\d \D \w \W \s \S`, escaped punctuation, `\t \n \r \f \v \0 \uXXXX`,
+ * groups `( )` and `(?: )`, `|`, quantifiers `* + ? {n} {n,} {n,m}` (lazy forms too: the same
+ * language). `^` may only start and `$` only end the pattern; without them the match may
+ * start / end anywhere in the string, as in JSON Schema. Refused (QV_ERR_UNSUPPORTED):
+ * backreferences, lookaround, `\b`, named groups, flags, and patterns over the position limit.
+ *
+ * Thread: a compiled regex is immutable; the functions are pure.
+ */
+#ifndef QV_JSON_REGEX_H
+#define QV_JSON_REGEX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QV_REGEX_MAX_POS 62 /* character positions (bits 0..61 of a state) */
+
+typedef struct qv_regex qv_regex;
+
+qv_status qv_regex_compile(const char *pattern, qv_regex **out, qv_error *err);
+void qv_regex_free(qv_regex *re);
+
+/* The state before the first character. */
+uint64_t qv_regex_start(const qv_regex *re);
+/* Advances *state by code point cp: false (state unchanged) when no string with the
+ * characters so far can match. */
+bool qv_regex_step(const qv_regex *re, uint64_t *state, uint32_t cp);
+/* Whether the characters so far match (the string may end here). */
+bool qv_regex_accepts(const qv_regex *re, uint64_t state);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QV_JSON_REGEX_H */
