@@ -1079,34 +1079,55 @@ static qv_status set_text(qv_json_schema *s, const char *prefix, const cJSON *ro
     return QV_OK;
 }
 
+/* Parses text (at most max_bytes) and starts a schema and its compiler (c->st: the outcome). */
+static cJSON *schema_begin(const char *text, size_t len, const char *what, compiler *c,
+                           qv_error *err) {
+    *c = (compiler){.err = err};
+    if (len > QV_JSON_SCHEMA_MAX_BYTES) {
+        c->st = qv_errorf(err, QV_ERR_LIMIT, "the %s is larger than %u bytes", what,
+                          QV_JSON_SCHEMA_MAX_BYTES);
+        return NULL;
+    }
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    if (!root) {
+        c->st = qv_errorf(err, QV_ERR_INVALID, "the %s is not valid JSON", what);
+        return NULL;
+    }
+    if (!(c->s = qv_calloc(1, sizeof(*c->s)))) {
+        cJSON_Delete(root);
+        c->st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    atomic_init(&c->s->refs, 1);
+    c->root = root;
+    c->s->key_node = new_leaf(c, C_STRING);
+    return root;
+}
+
+/* Ends what schema_begin started: the canonical text on success, *out or the error. */
+static qv_status schema_end(compiler *c, cJSON *root, const char *prefix, qv_json_schema **out) {
+    if (c->st == QV_OK) c->st = set_text(c->s, prefix, root, c->err);
+    qv_free(c->memo_src);
+    qv_free(c->memo_node);
+    cJSON_Delete(root);
+    if (c->st != QV_OK) {
+        qv_json_schema_unref(c->s);
+        return c->st;
+    }
+    *out = c->s;
+    return QV_OK;
+}
+
 qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **out,
                                  qv_error *err) {
     *out = NULL;
-    if (len > QV_JSON_SCHEMA_MAX_BYTES)
-        return qv_errorf(err, QV_ERR_LIMIT, "the schema is larger than %u bytes",
-                         QV_JSON_SCHEMA_MAX_BYTES);
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    if (!root) return qv_errorf(err, QV_ERR_INVALID, "the schema is not valid JSON");
-    qv_json_schema *s = qv_calloc(1, sizeof(*s));
-    if (!s) {
-        cJSON_Delete(root);
-        return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
-    }
-    atomic_init(&s->refs, 1);
-    compiler c = {.s = s, .root = root, .err = err};
-    s->key_node = new_leaf(&c, C_STRING);
+    compiler c;
+    cJSON *root = schema_begin(text, len, "schema", &c, err);
+    if (!root) return c.st;
+    qv_json_schema *s = c.s;
     s->root = s->key_node == UINT32_MAX ? UINT32_MAX : compile_node(&c, root, 0);
     if (s->root != UINT32_MAX) finish(&c);
-    if (c.st == QV_OK) c.st = set_text(s, "", root, err);
-    qv_free(c.memo_src);
-    qv_free(c.memo_node);
-    cJSON_Delete(root);
-    if (c.st != QV_OK) {
-        qv_json_schema_unref(s);
-        return c.st;
-    }
-    *out = s;
-    return QV_OK;
+    return schema_end(&c, root, "", out);
 }
 
 /* Whether n bytes are valid UTF-8 (Unicode table 3-7, as in strings above). */
@@ -1120,25 +1141,15 @@ static bool utf8_valid(const uint8_t *p, size_t n) {
 qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_schema **out,
                                         qv_error *err) {
     *out = NULL;
-    if (len > QV_JSON_SCHEMA_MAX_BYTES)
-        return qv_errorf(err, QV_ERR_LIMIT, "the choices are larger than %u bytes",
-                         QV_JSON_SCHEMA_MAX_BYTES);
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    compiler c;
+    cJSON *root = schema_begin(text, len, "list of choices", &c, err);
+    if (!root) return c.st;
+    qv_json_schema *s = c.s;
     const int n = cJSON_IsArray(root) ? cJSON_GetArraySize(root) : 0;
-    if (n <= 0 || (uint32_t)n > MAX_PROPS) {
-        cJSON_Delete(root);
-        return qv_errorf(err, QV_ERR_INVALID, "the choices must be a list of 1 to %u strings",
+    if (n <= 0 || (uint32_t)n > MAX_PROPS)
+        c.st = qv_errorf(err, QV_ERR_INVALID, "the choices must be a list of 1 to %u strings",
                          MAX_PROPS);
-    }
-    qv_json_schema *s = qv_calloc(1, sizeof(*s));
-    if (!s) {
-        cJSON_Delete(root);
-        return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
-    }
-    atomic_init(&s->refs, 1);
-    compiler c = {.s = s, .root = root, .err = err};
-    s->key_node = new_leaf(&c, C_STRING);
-    s->root = new_node(&c, K_ENUM);
+    if (c.st == QV_OK) s->root = new_node(&c, K_ENUM);
     const cJSON *v;
     cJSON_ArrayForEach(v, root) {
         if (c.st != QV_OK) break;
@@ -1158,15 +1169,8 @@ qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_sc
     if (c.st == QV_OK) {
         s->nodes[s->root].n = s->n_lits;
         s->nodes[s->root].classes = C_ALL; /* no anyOf refers to it */
-        c.st = set_text(s, "choice:", root, err);
     }
-    cJSON_Delete(root);
-    if (c.st != QV_OK) {
-        qv_json_schema_unref(s);
-        return c.st;
-    }
-    *out = s;
-    return QV_OK;
+    return schema_end(&c, root, "choice:", out);
 }
 
 qv_json_schema *qv_json_schema_ref(qv_json_schema *s) {
