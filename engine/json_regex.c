@@ -297,15 +297,15 @@ static int clone(parser *ps, int n) {
 static bool parse_count(parser *ps, int *lo, int *hi) {
     const uint8_t *p = ps->p;
     int n = 0, m = -1, digits = 0;
-    while (p < ps->end && *p >= '0' && *p <= '9' && n <= MAX_COUNT)
-        n = n * 10 + (*p++ - '0'), digits++;
+    while (p < ps->end && *p >= '0' && *p <= '9') /* large counts saturate (and are refused) */
+        n = n > MAX_COUNT ? n : n * 10 + (*p - '0'), p++, digits++;
     if (!digits) return false;
     if (p < ps->end && *p == ',') {
         p++;
         if (p < ps->end && *p >= '0' && *p <= '9') {
             m = 0;
-            while (p < ps->end && *p >= '0' && *p <= '9' && m <= MAX_COUNT)
-                m = m * 10 + (*p++ - '0');
+            while (p < ps->end && *p >= '0' && *p <= '9')
+                m = m > MAX_COUNT ? m : m * 10 + (*p - '0'), p++;
         }
     } else {
         m = n;
