@@ -459,12 +459,8 @@ static const uint64_t *json_mask_bits(qv_engine *e, qv_json_schema *sch, const q
                 if (ok) m->bits[v >> 6] |= (uint64_t)1 << (v & 63);
                 continue;
             }
-            if (!first[b[0]]) {
-                qv_json_sstate t = *js;
-                first[b[0]] = qv_json_schema_feed(sch, &t, b, 1) ? 1 : 2;
-            }
-            qv_json_sstate t = *js;
-            ok = first[b[0]] == 1 && qv_json_schema_feed(sch, &t, b, (size_t)e->tb_len[v]);
+            if (!first[b[0]]) first[b[0]] = qv_json_schema_accepts(sch, js, b, 1) ? 1 : 2;
+            ok = first[b[0]] == 1 && qv_json_schema_accepts(sch, js, b, (size_t)e->tb_len[v]);
         }
         if (ok) m->bits[v >> 6] |= (uint64_t)1 << (v & 63);
     }

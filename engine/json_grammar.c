@@ -8,6 +8,7 @@
  */
 #include "json_grammar.h"
 #include "json_regex.h"
+#include "tokenizer/tok_internal.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -1130,14 +1131,6 @@ qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **
     return schema_end(&c, root, "", out);
 }
 
-/* Whether n bytes are valid UTF-8 (Unicode table 3-7, as in strings above). */
-static bool utf8_valid(const uint8_t *p, size_t n) {
-    qv_json_state t = {.mode = M_STRING};
-    for (size_t i = 0; i < n; i++)
-        if ((t.utf8 || p[i] >= 0x80) && !string_byte(&t, p[i])) return false;
-    return !t.utf8;
-}
-
 qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_schema **out,
                                         qv_error *err) {
     *out = NULL;
@@ -1154,7 +1147,7 @@ qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_sc
     cJSON_ArrayForEach(v, root) {
         if (c.st != QV_OK) break;
         const size_t k = cJSON_IsString(v) ? strlen(v->valuestring) : 0;
-        if (!k || !utf8_valid((const uint8_t *)v->valuestring, k)) {
+        if (!k || !qv__utf8_valid(v->valuestring, k)) {
             c.st = qv_errorf(err, QV_ERR_INVALID, "every choice must be a non-empty UTF-8 string");
             break;
         }
@@ -1323,7 +1316,7 @@ static bool prefix_ok(const mbounds *m, bool integer, int64_t x, bool more, bool
     for (int64_t p = 1; p <= (int64_t)BOUND_LIMIT * 10; p *= 10) {
         const int64_t a = x * p, b = (x + 1) * p;
         if (m->u_on && a > m->u) return false;
-        if (span_ok(m, integer, integer ? a : a, b)) return true;
+        if (span_ok(m, integer, a, b)) return true;
         if (!more) return false;
         if (!m->u_on) return true; /* longer ones grow past any lower bound */
     }
@@ -1596,12 +1589,26 @@ void qv_json_schema_init(const qv_json_schema *sch, qv_json_sstate *s) {
     push(s, sch->root);
 }
 
-bool qv_json_schema_feed(const qv_json_schema *sch, qv_json_sstate *s, const uint8_t *p, size_t n) {
-    qv_json_sstate t = *s;
+/* Steps a copy of s through n bytes; the copy is left in *t (advanced only on success). */
+static bool feed_copy(const qv_json_schema *sch, const qv_json_sstate *s, qv_json_sstate *t,
+                      const uint8_t *p, size_t n) {
+    *t = *s;
     for (size_t i = 0; i < n; i++)
-        if (!sstep(sch, &t, p[i])) return false;
+        if (!sstep(sch, t, p[i])) return false;
+    return true;
+}
+
+bool qv_json_schema_feed(const qv_json_schema *sch, qv_json_sstate *s, const uint8_t *p, size_t n) {
+    qv_json_sstate t;
+    if (!feed_copy(sch, s, &t, p, n)) return false;
     *s = t;
     return true;
+}
+
+bool qv_json_schema_accepts(const qv_json_schema *sch, const qv_json_sstate *s, const uint8_t *p,
+                            size_t n) {
+    qv_json_sstate t;
+    return feed_copy(sch, s, &t, p, n);
 }
 
 bool qv_json_schema_done(const qv_json_schema *sch, const qv_json_sstate *s) {

@@ -131,6 +131,10 @@ void qv_json_schema_init(const qv_json_schema *sch, qv_json_sstate *s);
 /* Feeds n bytes: true when the text so far is still a prefix of a document the schema accepts
  * (s advanced), false otherwise (s unchanged). */
 bool qv_json_schema_feed(const qv_json_schema *sch, qv_json_sstate *s, const uint8_t *p, size_t n);
+/* Whether n more bytes would keep s a valid prefix (s itself unchanged): feed without the
+ * result, one state copy instead of two (the engine's mask loop). */
+bool qv_json_schema_accepts(const qv_json_schema *sch, const qv_json_sstate *s, const uint8_t *p,
+                            size_t n);
 /* Whether the text so far is a whole document (the text may end here; a number may also go
  * on). */
 bool qv_json_schema_done(const qv_json_schema *sch, const qv_json_sstate *s);

@@ -8,6 +8,7 @@
  * Thread: pure functions; a compiled regex is immutable.
  */
 #include "json_regex.h"
+#include "tokenizer/tok_internal.h"
 
 #include <string.h>
 
@@ -85,22 +86,13 @@ static void class_close(parser *ps, int k) {
     ps->classes[k].n = (uint16_t)(ps->re->n_ranges - ps->classes[k].off);
 }
 
-/* Decodes one UTF-8 code point; -1 when invalid. */
+/* Decodes one UTF-8 code point (the tokenizer's strict decoder); -1 when invalid. */
 static int64_t utf8(parser *ps) {
-    const uint8_t *p = ps->p;
-    if (p >= ps->end) return -1;
-    uint32_t c = p[0];
-    int n = c < 0x80 ? 0 : c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC2 ? 1 : -1;
-    if (n < 0 || c > 0xF4 || p + n >= ps->end) return -1;
-    if (n) c &= 0x3F >> n;
-    for (int i = 1; i <= n; i++) {
-        if (p + i >= ps->end || (p[i] & 0xC0) != 0x80) return -1;
-        c = c << 6 | (p[i] & 0x3Fu);
-    }
-    static const uint32_t least[4] = {0, 0x80, 0x800, 0x10000};
-    if (c < least[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return -1;
-    ps->p += n + 1;
-    return c;
+    uint32_t cp;
+    const size_t n = qv__utf8_decode((const char *)ps->p, (size_t)(ps->end - ps->p), &cp);
+    if (!n) return -1;
+    ps->p += n;
+    return cp;
 }
 
 static int hexval(uint8_t c) {
@@ -278,7 +270,10 @@ static int parse_atom(parser *ps) {
     return char_node(ps, (uint32_t)v, (uint32_t)v, false);
 }
 
-/* A copy of subtree n (its characters become new positions when numbered). */
+/* A copy of subtree n (its characters become new positions when numbered). Counts copy
+ * rather than share their operand so that the tree, and the numbering pass's work, stays
+ * within MAX_NODES: a shared subtree would be walked once per reference, and nested counts of
+ * an empty group would multiply the walks without adding a position. */
 static int clone(parser *ps, int n) {
     const rnode r = ps->nodes[n];
     int a = r.a, b = r.b;

@@ -395,6 +395,7 @@ static void test_refusals(void **state) {
         {"{\"pattern\":\"ab)\"}", QV_ERR_INVALID, "unmatched )"},
         {"{\"pattern\":\"a{100}\"}", QV_ERR_UNSUPPORTED, "above 64"},
         {"{\"pattern\":\"a{2,1000}\"}", QV_ERR_UNSUPPORTED, "above 64"},
+        {"{\"pattern\":\"(?:(?:(?:){64}){64}){64}\"}", QV_ERR_LIMIT, "too complex"},
         {"{\"pattern\":\"^.{40}.{30}$\"}", QV_ERR_LIMIT, "more than 62"},
         {"{\"pattern\":\"*a\"}", QV_ERR_INVALID, "nothing to repeat"},
         {"{\"pattern\":5}", QV_ERR_INVALID, "'pattern' must be a string"},
