@@ -288,17 +288,19 @@ enum { EN_START, EN_IN };
 enum { OB_OPEN, OB_FIRST, OB_KEYQ, OB_KEY, OB_COLON, OB_AFTER };
 enum { MP_OPEN, MP_FIRST, MP_KEYQ, MP_COLON, MP_AFTER };
 enum { AR_OPEN, AR_FIRST, AR_AFTER };
+enum { AN_START, AN_FIRST, AN_KEY, AN_COLON, AN_VALUE, AN_VAL_IN }; /* tagged anyOf */
 
 #define NO_LIMIT UINT32_MAX
 #define MAX_COUNT 65535u /* frame counters saturate here */
 #define MAX_PROPS 255u   /* properties of one object, values of one enum (frame.cur) */
-#define MAX_ALTS 16u
+#define MAX_ALTS 128u
 #define MAX_LITERAL 4096u /* bytes of one key or enum value */
 
 typedef struct snode {
     uint8_t kind;
     uint8_t classes;   /* K_LEAF: the kinds of value allowed; all: what it may begin with */
     uint8_t integer;   /* K_LEAF: numbers have no fraction or exponent */
+    uint8_t tagged;    /* K_ANYOF: its object members are told apart by their first property */
     uint32_t min, max; /* K_LEAF strings: characters; K_ARRAY: items */
     /* K_LEAF numbers: bounds (integer values, |v| < 2^31; for integers inclusive) */
     bool lo_on, hi_on, lo_strict, hi_strict;
@@ -334,6 +336,14 @@ struct qv_json_schema {
     char *text;
 };
 
+static const sspan *lit_of(const qv_json_schema *s, const snode *nd, uint32_t j) {
+    return &s->lits[nd->first + j];
+}
+
+static const sprop *prop_of(const qv_json_schema *s, const snode *nd, uint32_t j) {
+    return &s->props[nd->first + j];
+}
+
 static int byte_class(uint8_t c) {
     switch (c) {
     case '{': return C_OBJECT;
@@ -358,6 +368,8 @@ typedef struct compiler {
     qv_status st;   /* first failure */
     char path[256]; /* where in the schema (JSON pointer), for messages */
     size_t path_len;
+    const cJSON *const *sub_roots; /* documents of their own inside root: their $refs start */
+    size_t n_sub_roots;            /* at them (tool parameters) */
 } compiler;
 
 /* Records the first failure: "<pre><word><post> (at <JSON pointer>)". */
@@ -431,9 +443,10 @@ static void path_pop(compiler *c, size_t len) {
 }
 
 static const char *const annotations[] = {
-    "title",    "description", "default",    "examples",        "format",
-    "$schema",  "$id",         "$comment",   "$defs",           "definitions",
-    "readOnly", "writeOnly",   "deprecated", "contentEncoding", "contentMediaType"};
+    "title",        "description", "default",    "examples",        "format",
+    "$schema",      "$id",         "$comment",   "$defs",           "definitions",
+    "readOnly",     "writeOnly",   "deprecated", "contentEncoding", "contentMediaType",
+    "discriminator"};
 static const char *const keywords[] = {"type",
                                        "properties",
                                        "required",
@@ -703,7 +716,7 @@ static bool compile_anyof(compiler *c, const cJSON *j, uint32_t id, int depth, c
     const int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : 0;
     if (n <= 0) return cfail(c, QV_ERR_INVALID, "'", name, "' must be a non-empty array"), false;
     if (n > (int)MAX_ALTS)
-        return cfail(c, QV_ERR_LIMIT, "'", name, "' has more than 16 members"), false;
+        return cfail(c, QV_ERR_LIMIT, "'", name, "' has more than 128 members"), false;
     if (!strcmp(name, "allOf") && n != 1)
         return cfail(c, QV_ERR_UNSUPPORTED, "'", name, "' with more than one member"), false;
     static const char *const others[] = {
@@ -901,7 +914,19 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
     return set_alternatives(c, id, parts, n);
 }
 
+static uint32_t compile_schema(compiler *c, const cJSON *j, int depth);
+
+/* Compiles schema j; a document of its own (c->sub_roots) is the root of its $refs. */
 static uint32_t compile_node(compiler *c, const cJSON *j, int depth) {
+    const cJSON *saved = c->root;
+    for (size_t i = 0; i < c->n_sub_roots; i++)
+        if (c->sub_roots[i] == j) c->root = j;
+    const uint32_t id = compile_schema(c, j, depth);
+    c->root = saved;
+    return id;
+}
+
+static uint32_t compile_schema(compiler *c, const cJSON *j, int depth) {
     if (depth > 64) {
         cfail(c, QV_ERR_LIMIT, "the schema is nested too deeply", NULL, "");
         return UINT32_MAX;
@@ -990,6 +1015,62 @@ static int popcount(unsigned x) {
     return n;
 }
 
+/* A tagged anyOf: its members that begin with '{' are objects whose first property is
+ * required, has the same name in each, and whose value is a string enum (or const), no value
+ * in two members (pydantic's discriminated unions, tool calls). The tag's value picks the
+ * member; at most MAX_PROPS tag values in all. */
+static int node_classes(compiler *c, uint32_t id, int depth);
+
+static bool tag_fail(compiler *c) {
+    cfail(
+        c, QV_ERR_UNSUPPORTED,
+        "anyOf / oneOf members must begin differently (an object, an array, a string, a "
+        "number, a boolean, null), or be objects told apart by the string enum or const of "
+        "their first property (required, of the same name in each, each value in one member only)",
+        NULL, "");
+    return false;
+}
+
+static bool same_span(const qv_json_schema *s, const sspan *x, const sspan *y) {
+    return x->len == y->len && !memcmp(s->bytes + x->off, s->bytes + y->off, x->len);
+}
+
+static bool tag_check(compiler *c, uint32_t id, int depth) {
+    const qv_json_schema *s = c->s;
+    const sspan *key = NULL;
+    uint32_t lits = 0;
+    for (uint32_t i = 0; i < s->nodes[id].n; i++) {
+        const uint32_t mi = s->alts[s->nodes[id].first + i];
+        const snode *m = &s->nodes[mi];
+        if (m->kind != K_OBJECT) {
+            const int k = node_classes(c, mi, depth + 1);
+            if (k < 0) return false;
+            if (k & C_OBJECT) return tag_fail(c);
+            continue;
+        }
+        const sprop *p = m->n ? prop_of(s, m, 0) : NULL;
+        const snode *v = p ? &s->nodes[p->node] : NULL;
+        if (!p || !p->required || v->kind != K_ENUM || (key && !same_span(s, key, &p->key)))
+            return tag_fail(c);
+        for (uint32_t j = 0; j < v->n; j++) {
+            const sspan *x = lit_of(s, v, j);
+            if (s->bytes[x->off] != '"') return tag_fail(c);
+            for (uint32_t k = 0; k < i; k++) { /* the value in an earlier member too */
+                const snode *o = &s->nodes[s->alts[s->nodes[id].first + k]];
+                if (o->kind != K_OBJECT) continue;
+                const snode *ov = &s->nodes[prop_of(s, o, 0)->node];
+                for (uint32_t q = 0; q < ov->n; q++)
+                    if (same_span(s, lit_of(s, ov, q), x)) return tag_fail(c);
+            }
+        }
+        key = &p->key;
+        lits += v->n;
+    }
+    if (lits > MAX_PROPS)
+        return cfail(c, QV_ERR_LIMIT, "more than 255 tag values in one anyOf", NULL, ""), false;
+    return true;
+}
+
 /* The first-byte classes of node id (recursing into anyOf); -1: alternatives overlap or
  * cycle. */
 static int node_classes(compiler *c, uint32_t id, int depth) {
@@ -1011,12 +1092,18 @@ static int node_classes(compiler *c, uint32_t id, int depth) {
             cfail(c, QV_ERR_UNSUPPORTED, "anyOf refers to itself", NULL, "");
             return -1;
         }
-        int m = 0, sum = 0;
+        int m = 0, sum = 0, objects = 0;
         for (uint32_t i = 0; i < nd->n; i++) {
             const int k = node_classes(c, s->alts[nd->first + i], depth + 1);
             if (k < 0) return -1;
             m |= k;
             sum += popcount((unsigned)k);
+            objects += (k & C_OBJECT) != 0;
+        }
+        if (objects > 1 && sum - popcount((unsigned)m) == objects - 1) {
+            if (!tag_check(c, id, depth)) return -1;
+            c->s->nodes[id].tagged = 1;
+            return m;
         }
         if (sum != popcount((unsigned)m)) {
             cfail(c, QV_ERR_UNSUPPORTED,
@@ -1131,6 +1218,101 @@ qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **
     return schema_end(&c, root, "", out);
 }
 
+bool qv_json_schema_object_only(const qv_json_schema *s) {
+    return s->nodes[s->root].classes == C_OBJECT;
+}
+
+/* The schema of a function's arguments: its parameters, or no arguments when absent. */
+static cJSON *call_parameters(const cJSON *fn) {
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
+    if (p && !cJSON_IsNull(p)) return cJSON_Duplicate(p, true);
+    cJSON *o = cJSON_CreateObject();
+    if (o && (!cJSON_AddStringToObject(o, "type", "object") ||
+              !cJSON_AddObjectToObject(o, "properties"))) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* {"name": {"const": name}, "arguments": parameters}, both required. */
+static cJSON *call_schema(const cJSON *fn, const char *name, const cJSON **args) {
+    cJSON *o = cJSON_CreateObject(), *props = NULL, *req = NULL, *nm = NULL;
+    cJSON *params = call_parameters(fn);
+    *args = params;
+    if (!o || !params || !cJSON_AddStringToObject(o, "type", "object") ||
+        !(props = cJSON_AddObjectToObject(o, "properties")) ||
+        !(nm = cJSON_AddObjectToObject(props, "name")) ||
+        !cJSON_AddStringToObject(nm, "const", name) ||
+        !cJSON_AddItemToObject(props, "arguments", params) ||
+        !(req = cJSON_AddArrayToObject(o, "required")) ||
+        !cJSON_AddItemToArray(req, cJSON_CreateString("name")) ||
+        !cJSON_AddItemToArray(req, cJSON_CreateString("arguments"))) {
+        if (!cJSON_GetObjectItemCaseSensitive(props, "arguments")) cJSON_Delete(params);
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+qv_status qv_json_schema_compile_calls(const char *tools, size_t len, bool parallel,
+                                       qv_json_schema **out, qv_error *err) {
+    *out = NULL;
+    compiler c;
+    cJSON *list = schema_begin(tools, len, "list of tools", &c, err);
+    if (!list) return c.st;
+    const int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : 0;
+    cJSON *root = cJSON_CreateObject(), *alts = NULL, *items = NULL;
+    const cJSON **args = qv_calloc((size_t)QV_MAX(n, 1), sizeof(*args));
+    if (!root || !args || !cJSON_AddStringToObject(root, "type", "array") ||
+        !cJSON_AddNumberToObject(root, "minItems", 1) ||
+        (!parallel && !cJSON_AddNumberToObject(root, "maxItems", 1)) ||
+        !(items = cJSON_AddObjectToObject(root, "items")) ||
+        !(alts = cJSON_AddArrayToObject(items, "anyOf")))
+        c.st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    if (c.st == QV_OK && (n <= 0 || (uint32_t)n > MAX_ALTS))
+        c.st = qv_errorf(err, QV_ERR_INVALID, "the tools must be a list of 1 to %u functions",
+                         MAX_ALTS);
+    const cJSON *t;
+    int i = 0;
+    cJSON_ArrayForEach(t, list) {
+        if (c.st != QV_OK) break;
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+        if (!cJSON_IsObject(fn) || !cJSON_IsString(name)) {
+            c.st = qv_errorf(err, QV_ERR_INVALID, "tool %d has no function name", i);
+            break;
+        }
+        cJSON *m = call_schema(fn, name->valuestring, &args[i]);
+        if (!m || !cJSON_AddItemToArray(alts, m)) {
+            cJSON_Delete(m);
+            c.st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+        }
+        i++;
+    }
+    cJSON_Delete(list);
+    c.root = root;
+    c.sub_roots = args;
+    c.n_sub_roots = (size_t)i;
+    qv_json_schema *s = c.s;
+    if (c.st == QV_OK) {
+        s->root = compile_node(&c, root, 0);
+        if (s->root != UINT32_MAX && finish(&c)) {
+            /* every call's arguments must be a JSON object */
+            const uint32_t it = s->nodes[s->root].child;
+            const bool one = s->nodes[it].kind == K_OBJECT;
+            for (uint32_t k = 0; k < (one ? 1 : s->nodes[it].n) && c.st == QV_OK; k++) {
+                const snode *m = &s->nodes[one ? it : s->alts[s->nodes[it].first + k]];
+                if (s->nodes[prop_of(s, m, 1)->node].classes != C_OBJECT)
+                    c.st = qv_errorf(err, QV_ERR_INVALID,
+                                     "the parameters of tool %u must be an object schema", k);
+            }
+        }
+    }
+    qv_free(args);
+    return schema_end(&c, root, "calls:", out);
+}
+
 qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_schema **out,
                                         qv_error *err) {
     *out = NULL;
@@ -1189,14 +1371,6 @@ const char *qv_json_schema_text(const qv_json_schema *s) { return s->text; }
 uint64_t qv_json_schema_hash(const qv_json_schema *s) { return s->hash; }
 
 /* ---- JSON Schema: recognising ---- */
-
-static const sspan *lit_of(const qv_json_schema *s, const snode *nd, uint32_t j) {
-    return &s->lits[nd->first + j];
-}
-
-static const sprop *prop_of(const qv_json_schema *s, const snode *nd, uint32_t j) {
-    return &s->props[nd->first + j];
-}
 
 /* Whether spans x and y both have at least n bytes and agree on them. */
 static bool same_prefix(const qv_json_schema *s, const sspan *x, const sspan *y, uint32_t n) {
@@ -1465,8 +1639,57 @@ static int key_in(const qv_json_schema *s, qv_json_frame *fr, const snode *nd, u
     return R_NO;
 }
 
+/* A tagged anyOf (tag_check): the key of its first object member's first property. */
+static const sspan *tag_key(const qv_json_schema *s, const snode *nd) {
+    for (uint32_t i = 0;; i++) {
+        const snode *m = &s->nodes[s->alts[nd->first + i]];
+        if (m->kind == K_OBJECT) return &prop_of(s, m, 0)->key;
+    }
+}
+
+/* Tag value g (numbered over the object members in order): its text and its member. */
+static const sspan *tag_value(const qv_json_schema *s, const snode *nd, uint32_t g,
+                              uint32_t *member) {
+    for (uint32_t i = 0; i < nd->n; i++) {
+        const snode *m = &s->nodes[s->alts[nd->first + i]];
+        if (m->kind != K_OBJECT) continue;
+        const snode *v = &s->nodes[prop_of(s, m, 0)->node];
+        if (g < v->n) {
+            *member = s->alts[nd->first + i];
+            return lit_of(s, v, g);
+        }
+        g -= v->n;
+    }
+    return NULL;
+}
+
+/* Byte c of a tagged anyOf's tag value (fr->a bytes matched, fr->cur the first value that
+ * agrees): once a value is whole, the frame becomes its member's, after the first property. */
+static int tag_value_in(const qv_json_schema *s, qv_json_frame *fr, const snode *nd, uint8_t c) {
+    uint32_t member;
+    const sspan *cur = fr->a ? tag_value(s, nd, fr->cur, &member) : NULL;
+    for (uint32_t g = 0;; g++) {
+        const sspan *x = tag_value(s, nd, g, &member);
+        if (!x) return R_NO;
+        if (x->len <= fr->a || s->bytes[x->off + fr->a] != c ||
+            (cur && !same_prefix(s, x, cur, fr->a)))
+            continue;
+        if (fr->a + 1u == x->len) /* the closing quote: strings are prefix-free */
+            *fr = (qv_json_frame){.node = (uint16_t)member, .phase = OB_AFTER};
+        else
+            fr->cur = (uint8_t)g, fr->a++, fr->phase = AN_VAL_IN;
+        return R_YES;
+    }
+}
+
 static int in_token(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *fr, const snode *nd,
                     uint8_t c) {
+    if (nd->kind == K_ANYOF && fr->phase == AN_KEY) {
+        const sspan *k = tag_key(s, nd);
+        if (fr->b < k->len) return s->bytes[k->off + fr->b] == c ? (fr->b++, R_YES) : R_NO;
+        return c == '"' ? (fr->phase = AN_COLON, fr->b = 0, R_YES) : R_NO;
+    }
+    if (nd->kind == K_ANYOF && fr->phase == AN_VAL_IN) return tag_value_in(s, fr, nd, c);
     if (nd->kind == K_LEAF && fr->phase == LF_IN) return leaf_in(s, st, fr, nd, c);
     if (nd->kind == K_ENUM && fr->phase == EN_IN) return enum_in(s, st, fr, nd, c);
     if (nd->kind == K_OBJECT && fr->phase == OB_KEY) return key_in(s, fr, nd, c);
@@ -1496,7 +1719,13 @@ static int between(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *f
             return R_YES;
         }
         return R_NO;
-    case K_ANYOF: /* phase 0: the first byte picks the alternative */
+    case K_ANYOF: /* phase 0: the first byte picks the alternative, or the tag does */
+        if (nd->tagged && fr->phase != AN_START) {
+            if (fr->phase == AN_FIRST) return c == '"' ? (fr->phase = AN_KEY, R_YES) : R_NO;
+            if (fr->phase == AN_COLON) return c == ':' ? (fr->phase = AN_VALUE, R_YES) : R_NO;
+            return fr->phase == AN_VALUE ? tag_value_in(s, fr, nd, c) : R_NO;
+        }
+        if (nd->tagged && c == '{') return fr->phase = AN_FIRST, R_YES;
         for (uint32_t j = 0; j < nd->n; j++) {
             const uint32_t alt = s->alts[nd->first + j];
             if (s->nodes[alt].classes & byte_class(c)) {

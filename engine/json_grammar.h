@@ -104,8 +104,10 @@ typedef struct qv_json_sstate {
  * numbers for type number; a bounded number is written without exponent);
  * - enum and const (values written compactly, as Python's json.dumps(separators=(',', ':'),
  *   ensure_ascii=False) would, keys in their given order);
- * - anyOf / oneOf whose alternatives begin with different bytes (an object, an array, a
- *   string, a number, a boolean, null: Optional[X] is fine, two kinds of object are not);
+ * - anyOf / oneOf (at most 128 members) whose alternatives begin with different bytes (an
+ *   object, an array, a string, a number, a boolean, null: Optional[X] is fine), except for
+ *   objects told apart by their first property: required, of the same name in each, a string
+ *   enum or const with values in one member only (a discriminated union);
  *   allOf with one member;
  * - $ref to "#", "#/$defs/..." or "#/definitions/..." (JSON pointers into this document),
  *   recursion included (nesting is limited to QV_JSON_SCHEMA_MAX_FRAMES);
@@ -119,6 +121,17 @@ qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **
  * of them, as raw text (not JSON), byte for byte. Same limits and errors as above. */
 qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_schema **out,
                                         qv_error *err);
+/* Tool calls (OpenAI tool_choice "required"): tools is the JSON text of an OpenAI `tools`
+ * list ({"type": "function", "function": {"name", "parameters"}}; 1..128 functions, names
+ * distinct); the document is a JSON array of 1 (parallel: 1 or more) calls
+ * {"name": <one of the names>, "arguments": <an object valid under its parameters>}. Each
+ * function's parameters are a schema of their own (their $refs start there); absent
+ * parameters take no arguments ({}). Same subset, limits and errors as above; parameters
+ * that allow other values than objects are QV_ERR_INVALID. */
+qv_status qv_json_schema_compile_calls(const char *tools, size_t len, bool parallel,
+                                       qv_json_schema **out, qv_error *err);
+/* Whether every document the schema accepts is a JSON object. */
+bool qv_json_schema_object_only(const qv_json_schema *s);
 qv_json_schema *qv_json_schema_ref(qv_json_schema *s); /* adds a reference; returns s */
 void qv_json_schema_unref(qv_json_schema *s);          /* NULL is a no-op */
 /* The schema's canonical text (compact JSON of what was compiled) and its hash: two schemas

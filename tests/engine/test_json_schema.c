@@ -411,6 +411,24 @@ static void test_refusals(void **state) {
          "begin differently"},
         {"{\"anyOf\":[{\"type\":\"integer\"},{\"enum\":[1,\"x\"]}]}", QV_ERR_UNSUPPORTED,
          "begin differently"},
+        /* objects told apart only by a first property that is required, named alike and a
+         * string enum or const found in one member */
+        {"{\"anyOf\":[{\"properties\":{\"k\":{\"const\":\"a\"}}},"
+         "{\"properties\":{\"k\":{\"const\":\"b\"}},\"required\":[\"k\"]}]}",
+         QV_ERR_UNSUPPORTED, "first property"},
+        {"{\"anyOf\":[{\"properties\":{\"k\":{\"const\":\"a\"}},\"required\":[\"k\"]},"
+         "{\"properties\":{\"j\":{\"const\":\"b\"}},\"required\":[\"j\"]}]}",
+         QV_ERR_UNSUPPORTED, "same name"},
+        {"{\"anyOf\":[{\"properties\":{\"k\":{\"enum\":[\"a\",\"b\"]}},\"required\":[\"k\"]},"
+         "{\"properties\":{\"k\":{\"const\":\"b\"}},\"required\":[\"k\"]}]}",
+         QV_ERR_UNSUPPORTED, "one member"},
+        {"{\"anyOf\":[{\"properties\":{\"k\":{\"const\":1}},\"required\":[\"k\"]},"
+         "{\"properties\":{\"k\":{\"const\":2}},\"required\":[\"k\"]}]}",
+         QV_ERR_UNSUPPORTED, "string enum"},
+        {"{\"anyOf\":[{\"properties\":{\"k\":{\"const\":\"a\"}},\"required\":[\"k\"]},"
+         "{\"properties\":{\"k\":{\"const\":\"b\"}},\"required\":[\"k\"]},"
+         "{\"type\":\"object\"}]}",
+         QV_ERR_UNSUPPORTED, "begin differently"},
         {"{\"$ref\":\"#/$defs/nope\"}", QV_ERR_INVALID, "points at nothing"},
         {"{\"$ref\":\"http://x/s.json\"}", QV_ERR_UNSUPPORTED, "not a pointer"},
         {"{\"$ref\":\"#\"}", QV_ERR_INVALID, "cycle"},
@@ -453,6 +471,121 @@ static void test_refusals(void **state) {
     assert_int_equal(qv_json_schema_compile(big, strlen(big), &s, &err), QV_ERR_LIMIT);
 }
 
+/* Whether the whole text t is a document of sch. */
+static bool whole(const qv_json_schema *sch, const char *t) {
+    qv_json_sstate s;
+    qv_json_schema_init(sch, &s);
+    return feeds(sch, &s, t) && qv_json_schema_done(sch, &s);
+}
+
+/* Tagged unions: equal positions after the tag are the member's own positions. */
+static void test_tagged_positions(void **state) {
+    (void)state;
+    qv_json_schema *sch = compile(
+        "{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"t\":{\"const\":\"ab\"},"
+        "\"x\":{\"type\":\"integer\"}},\"required\":[\"t\"]},"
+        "{\"type\":\"object\",\"properties\":{\"t\":{\"enum\":[\"a\",\"abc\"]},"
+        "\"y\":{\"type\":\"boolean\"}},\"required\":[\"t\",\"y\"]},{\"type\":\"string\"}]}");
+    assert_true(whole(sch, "{\"t\":\"ab\",\"x\":1}"));
+    assert_true(whole(sch, "{ \"t\" : \"ab\"}"));
+    assert_true(whole(sch, "{\"t\":\"abc\",\"y\":true}"));
+    assert_true(whole(sch, "{\"t\":\"a\",\"y\":false}"));
+    assert_true(whole(sch, "\"free\""));
+    assert_false(whole(sch, "{\"t\":\"a\"}"));           /* y is required in that member */
+    assert_false(whole(sch, "{\"t\":\"abc\",\"x\":1}")); /* x is the other member's */
+    assert_false(whole(sch, "{\"t\":\"b\"}"));
+    assert_false(whole(sch, "{\"x\":1,\"t\":\"ab\"}")); /* the tag comes first */
+    assert_false(whole(sch, "{}"));
+    /* after the tag, the state is the member's: as if the member were the whole schema */
+    qv_json_sstate x, y;
+    qv_json_schema_init(sch, &x);
+    qv_json_schema_init(sch, &y);
+    assert_true(feeds(sch, &x, "{\"t\":\"ab\""));
+    assert_true(feeds(sch, &y, "{  \"t\":\n\"ab\"  "));
+    y.ws = 0;
+    assert_memory_equal(&x, &y, sizeof x);
+    qv_json_schema_unref(sch);
+}
+
+/* Tool calls: each function's parameters are a schema of their own. */
+static void test_tool_calls(void **state) {
+    (void)state;
+    static const char tools[] =
+        "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":"
+        "{\"type\":\"object\",\"properties\":{\"city\":{\"$ref\":\"#/$defs/City\"}},"
+        "\"required\":[\"city\"],\"$defs\":{\"City\":{\"type\":\"string\",\"maxLength\":5}}}}},"
+        "{\"type\":\"function\",\"function\":{\"name\":\"get\",\"parameters\":"
+        "{\"type\":\"object\",\"properties\":{\"n\":{\"$ref\":\"#/$defs/City\"}},"
+        "\"$defs\":{\"City\":{\"type\":\"integer\"}}}}},"
+        "{\"type\":\"function\",\"function\":{\"name\":\"now\"}}]";
+    qv_json_schema *one = NULL, *many = NULL;
+    qv_error err = {0};
+    assert_int_equal(qv_json_schema_compile_calls(tools, strlen(tools), false, &one, &err), QV_OK);
+    assert_int_equal(qv_json_schema_compile_calls(tools, strlen(tools), true, &many, &err), QV_OK);
+    static const char call1[] = "[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}]";
+    assert_true(whole(one, call1));
+    assert_true(whole(one, "[{\"name\":\"get\",\"arguments\":{\"n\":5}}]"));
+    assert_true(whole(one, "[{\"name\":\"now\",\"arguments\":{}}]"));
+    assert_true(whole(one, "[ {\"name\": \"get\", \"arguments\": {}} ]"));
+    /* each $ref resolved in its own function's parameters */
+    assert_false(whole(one, "[{\"name\":\"get\",\"arguments\":{\"n\":\"x\"}}]"));
+    assert_false(whole(one, "[{\"name\":\"get_weather\",\"arguments\":{\"city\":5}}]"));
+    assert_false(whole(one, "[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Lisbon\"}}]"));
+    assert_false(whole(one, "[{\"name\":\"get_weather\",\"arguments\":{}}]"));
+    assert_false(whole(one, "[{\"name\":\"now\",\"arguments\":{\"x\":1}}]"));
+    assert_false(whole(one, "[{\"name\":\"nope\",\"arguments\":{}}]"));
+    assert_false(whole(one, "[{\"name\":\"now\"}]"));
+    assert_false(whole(one, "[]"));
+    static const char two[] =
+        "[{\"name\":\"now\",\"arguments\":{}},{\"name\":\"get\",\"arguments\":{}}]";
+    assert_false(whole(one, two)); /* not parallel: one call */
+    assert_true(whole(many, two));
+    assert_true(whole(many, call1));
+    assert_true(strncmp(qv_json_schema_text(one), "calls:", 6) == 0);
+    assert_true(qv_json_schema_hash(one) != qv_json_schema_hash(many));
+    qv_json_schema_unref(one);
+    qv_json_schema_unref(many);
+
+    /* a single tool: no anyOf at all */
+    static const char single[] = "[{\"type\":\"function\",\"function\":{\"name\":\"f\","
+                                 "\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":"
+                                 "{\"type\":\"boolean\"}},\"required\":[\"a\"]}}}]";
+    assert_int_equal(qv_json_schema_compile_calls(single, strlen(single), true, &one, &err), QV_OK);
+    assert_true(whole(one, "[{\"name\":\"f\",\"arguments\":{\"a\":true}}]"));
+    assert_false(whole(one, "[{\"name\":\"f\",\"arguments\":{\"a\":1}}]"));
+    qv_json_schema_unref(one);
+
+    static const struct {
+        const char *tools;
+        qv_status st;
+        const char *msg;
+    } bad[] = {
+        {"[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":"
+         "{\"type\":\"string\"}}}]",
+         QV_ERR_INVALID, "must be an object schema"},
+        {"[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":"
+         "{\"type\":\"object\",\"not\":{}}}}]",
+         QV_ERR_UNSUPPORTED, "'not'"},
+        {"[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},"
+         "{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]",
+         QV_ERR_UNSUPPORTED, "one member"},
+        {"[{\"type\":\"function\"}]", QV_ERR_INVALID, "no function name"},
+        {"[]", QV_ERR_INVALID, "1 to 128"},
+        {"{}", QV_ERR_INVALID, "1 to 128"},
+        {"[", QV_ERR_INVALID, "not valid JSON"},
+    };
+    for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++) {
+        qv_json_schema *s = NULL;
+        const qv_status st =
+            qv_json_schema_compile_calls(bad[i].tools, strlen(bad[i].tools), true, &s, &err);
+        if (st != bad[i].st || !strstr(err.msg, bad[i].msg))
+            fprintf(stderr, "%s: status %d, message '%s'\n", bad[i].tools, st, err.msg);
+        assert_int_equal(st, bad[i].st);
+        assert_null(s);
+        assert_non_null(strstr(err.msg, bad[i].msg));
+    }
+}
+
 /* The canonical text: the same schema written differently has one text and hash. */
 static void test_text_and_refs(void **state) {
     (void)state;
@@ -477,6 +610,8 @@ int main(void) {
         cmocka_unit_test(test_choices),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_text_and_refs),
+        cmocka_unit_test(test_tagged_positions),
+        cmocka_unit_test(test_tool_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

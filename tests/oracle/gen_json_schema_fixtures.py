@@ -128,6 +128,42 @@ SCHEMAS = [
                     "examples": ["\u00e9\u00e9", "\u00e9abc!", "\u00e9_\u4e2d"]},
          "lines": {"type": "string", "pattern": "^a\\nb{1,3}$", "examples": ["a\nb", "a\nbbb"]}},
      "required": ["date", "city", "inside", "color", "mail", "file", "accent", "lines"]},
+    # discriminated unions: objects told apart by their first property's const or enum (tool
+    # calls; tag values that are prefixes of one another), beside null
+    {"type": "array", "minItems": 1, "maxItems": 3, "items": {"anyOf": [
+        {"type": "object",
+         "properties": {"name": {"const": "get_weather"},
+                        "arguments": {"type": "object",
+                                      "properties": {"city": {"type": "string", "maxLength": 6},
+                                                     "unit": {"enum": ["c", "f"]}},
+                                      "required": ["city"]}},
+         "required": ["name", "arguments"]},
+        {"type": "object",
+         "properties": {"name": {"const": "get_time"},
+                        "arguments": {"type": "object",
+                                      "properties": {"tz": {"type": "integer", "minimum": -12,
+                                                            "maximum": 14}}}},
+         "required": ["name", "arguments"]},
+        {"type": "object",
+         "properties": {"name": {"enum": ["get", "get_all"]},
+                        "arguments": {"type": "object",
+                                      "additionalProperties": {"type": "boolean"}}},
+         "required": ["name"]},
+        {"type": "null"}]}},
+    # pydantic's discriminated union: oneOf of $refs with the (ignored) OpenAPI discriminator
+    {"type": "object",
+     "properties": {"pet": {"oneOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}],
+                            "discriminator": {"propertyName": "kind",
+                                              "mapping": {"cat": "#/$defs/Cat",
+                                                          "dog": "#/$defs/Dog"}}}},
+     "required": ["pet"],
+     "$defs": {"Cat": {"type": "object",
+                       "properties": {"kind": {"const": "cat"}, "lives": {"type": "integer"}},
+                       "required": ["kind", "lives"]},
+               "Dog": {"type": "object",
+                       "properties": {"kind": {"const": "dog"},
+                                      "good": {"type": "boolean"}},
+                       "required": ["kind"]}}},
     # type inferred from keywords; allOf with one member; items: false
     {"properties": {"p": {"allOf": [{"minLength": 1, "maxLength": 2}]},
                     "e": {"type": "array", "items": False}},
@@ -162,11 +198,21 @@ def json_type(v):
 
 
 def pick_alternative(schema, root, value):
-    """The anyOf member a value belongs to (members differ in JSON type, as quiver requires)."""
+    """The anyOf / oneOf member a value belongs to: members differ in JSON type, or are objects
+    told apart by their first property's const or enum, as quiver requires."""
     schema = resolve(schema, root)
-    if isinstance(schema, dict) and "anyOf" in schema:
-        for m in schema["anyOf"]:
+    alts = schema.get("anyOf", schema.get("oneOf")) if isinstance(schema, dict) else None
+    if alts is not None:
+        tagged = sum(resolve(m, root).get("type") == "object" for m in alts) > 1
+        for m in alts:
             m = resolve(m, root)
+            props = m.get("properties")
+            if tagged and isinstance(value, dict) and m.get("type") == "object":
+                tag, tag_schema = next(iter(props.items()))
+                values = tag_schema.get("enum", [tag_schema.get("const")])
+                if value.get(tag) in values:
+                    return m
+                continue
             types = m.get("type")
             types = [types] if isinstance(types, str) else (types or [])
             if "const" in m:
@@ -195,7 +241,7 @@ def order_ok(pairs_value, schema, root):
         if canonical(pairs_value) not in [json.dumps(x, ensure_ascii=False, separators=(",", ":"))
                                           for x in values]:
             return False
-    if not ({"type", "enum", "const", "anyOf", "$ref"} & schema.keys()):
+    if not ({"type", "enum", "const", "anyOf", "oneOf", "$ref"} & schema.keys()):
         # quiver's documented inference: keywords of one type make an untyped schema that type
         t = json_type(from_pairs(pairs_value))
         if ({"properties", "required", "additionalProperties"} & schema.keys() and t != "object"
@@ -323,8 +369,8 @@ def gen_value(schema, root, rng, depth=0):
     schema = resolve(schema, root)
     if schema is True or schema == {}:
         return gen_free(rng, depth)
-    if "anyOf" in schema:
-        return gen_value(rng.choice(schema["anyOf"]), root, rng, depth)
+    if "anyOf" in schema or "oneOf" in schema:
+        return gen_value(rng.choice(schema.get("anyOf", schema.get("oneOf"))), root, rng, depth)
     if "enum" in schema:
         return rng.choice(schema["enum"])
     if "const" in schema:
