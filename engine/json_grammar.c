@@ -332,6 +332,7 @@ struct qv_json_schema {
     uint32_t cap_nodes, cap_props, cap_lits, cap_alts, cap_bytes, cap_regexes;
     uint32_t root;
     uint32_t key_node; /* a string: the keys of K_MAP objects */
+    bool compact;      /* QV_JSON_COMPACT: no whitespace outside strings */
     uint64_t hash;
     char *text;
 };
@@ -1208,14 +1209,20 @@ static qv_status schema_end(compiler *c, cJSON *root, const char *prefix, qv_jso
 
 qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **out,
                                  qv_error *err) {
+    return qv_json_schema_compile_flags(text, len, 0, out, err);
+}
+
+qv_status qv_json_schema_compile_flags(const char *text, size_t len, unsigned flags,
+                                       qv_json_schema **out, qv_error *err) {
     *out = NULL;
     compiler c;
     cJSON *root = schema_begin(text, len, "schema", &c, err);
     if (!root) return c.st;
     qv_json_schema *s = c.s;
+    s->compact = flags & QV_JSON_COMPACT;
     s->root = s->key_node == UINT32_MAX ? UINT32_MAX : compile_node(&c, root, 0);
     if (s->root != UINT32_MAX) finish(&c);
-    return schema_end(&c, root, "", out);
+    return schema_end(&c, root, s->compact ? "compact:" : "", out);
 }
 
 bool qv_json_schema_object_only(const qv_json_schema *s) {
@@ -1255,7 +1262,7 @@ static cJSON *call_schema(const cJSON *fn, const char *name, const cJSON **args)
     return o;
 }
 
-qv_status qv_json_schema_compile_calls(const char *tools, size_t len, bool parallel,
+qv_status qv_json_schema_compile_calls(const char *tools, size_t len, bool parallel, unsigned flags,
                                        qv_json_schema **out, qv_error *err) {
     *out = NULL;
     compiler c;
@@ -1310,7 +1317,8 @@ qv_status qv_json_schema_compile_calls(const char *tools, size_t len, bool paral
         }
     }
     qv_free(args);
-    return schema_end(&c, root, "calls:", out);
+    s->compact = flags & QV_JSON_COMPACT;
+    return schema_end(&c, root, s->compact ? "compact:calls:" : "calls:", out);
 }
 
 qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_schema **out,
@@ -1590,6 +1598,7 @@ static int leaf_in(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *f
         }
         return R_YES;
     }
+    if (s->compact && is_ws(c) && l->mode != M_STRING) return R_NO;
     if (!step(l, c)) return R_NO;
     if (l->mode == M_DONE) leaf_pop(st);
     return R_YES;
@@ -1802,6 +1811,7 @@ static bool sstep(const qv_json_schema *s, qv_json_sstate *st, uint8_t c) {
         if (r == R_AGAIN) continue;
         if (r != R_BETWEEN) return r == R_YES;
         if (is_ws(c)) {
+            if (s->compact) return false;
             if (st->depth == 1 && fr->phase == 0) return false; /* before the document */
             if (st->ws >= QV_JSON_MAX_WS) return false;
             st->ws++;

@@ -117,6 +117,11 @@ typedef struct qv_json_sstate {
  * Any other keyword, a malformed schema or one over the limits: QV_ERR_INVALID or
  * QV_ERR_UNSUPPORTED with a message naming the keyword and where it is. */
 qv_status qv_json_schema_compile(const char *text, size_t len, qv_json_schema **out, qv_error *err);
+/* Flags of the compilers below. QV_JSON_COMPACT: no whitespace outside strings (vLLM's
+ * disable_any_whitespace), so the document is compact JSON; part of the canonical text. */
+#define QV_JSON_COMPACT 1u
+qv_status qv_json_schema_compile_flags(const char *text, size_t len, unsigned flags,
+                                       qv_json_schema **out, qv_error *err);
 /* vLLM's guided_choice: text is a JSON array of 1..255 non-empty strings; the document is one
  * of them, as raw text (not JSON), byte for byte. Same limits and errors as above. */
 qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_schema **out,
@@ -128,7 +133,7 @@ qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_sc
  * function's parameters are a schema of their own (their $refs start there); absent
  * parameters take no arguments ({}). Same subset, limits and errors as above; parameters
  * that allow other values than objects are QV_ERR_INVALID. */
-qv_status qv_json_schema_compile_calls(const char *tools, size_t len, bool parallel,
+qv_status qv_json_schema_compile_calls(const char *tools, size_t len, bool parallel, unsigned flags,
                                        qv_json_schema **out, qv_error *err);
 /* Whether every document the schema accepts is a JSON object. */
 bool qv_json_schema_object_only(const qv_json_schema *s);

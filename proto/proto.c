@@ -11,6 +11,7 @@
 #include "engine/json_grammar.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -242,6 +243,53 @@ static bool append(char **buf, size_t *len, const char *s) {
     return true;
 }
 
+/* An assistant message's tool_calls ([{"id", "type": "function", "function": {"name",
+ * "arguments": JSON text}}]) as the text a model answering tool_choice "required" writes:
+ * [{"name":...,"arguments":{...}}], compact, after the message's text (and a newline). */
+static qv_status calls_text(const cJSON *calls, size_t i, char **content, qv_proto_error *e) {
+    if (!cJSON_IsArray(calls))
+        return fail(e, QV_ERR_INVALID, "messages", "messages[%zu].tool_calls must be a list", i);
+    cJSON *list = cJSON_CreateArray();
+    if (!list) return nomem(e);
+    qv_status st = QV_OK;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, calls) {
+        const cJSON *fn = cJSON_IsObject(c) ? field(c, "function") : NULL;
+        const cJSON *name = fn ? field(fn, "name") : NULL,
+                    *args = fn ? field(fn, "arguments") : NULL;
+        cJSON *parsed = cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
+        if (!cJSON_IsString(name) || !cJSON_IsObject(parsed)) {
+            cJSON_Delete(parsed);
+            st = fail(e, QV_ERR_INVALID, "messages",
+                      "messages[%zu].tool_calls: each call needs function.name and "
+                      "function.arguments (the text of a JSON object)",
+                      i);
+            break;
+        }
+        cJSON *o = cJSON_CreateObject();
+        if (!o || !cJSON_AddStringToObject(o, "name", name->valuestring) ||
+            !cJSON_AddItemToObject(o, "arguments", parsed)) {
+            if (!cJSON_GetObjectItemCaseSensitive(o, "arguments")) cJSON_Delete(parsed);
+            cJSON_Delete(o);
+            st = nomem(e);
+            break;
+        }
+        if (!cJSON_AddItemToArray(list, o)) {
+            cJSON_Delete(o);
+            st = nomem(e);
+            break;
+        }
+    }
+    char *txt = st ? NULL : cJSON_PrintUnformatted(list);
+    cJSON_Delete(list);
+    if (st) return st;
+    if (!txt) return nomem(e);
+    size_t len = strlen(*content);
+    bool ok = (!len || append(content, &len, "\n")) && append(content, &len, txt);
+    cJSON_free(txt);
+    return ok ? QV_OK : nomem(e);
+}
+
 static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
     const cJSON *f = field(root, "messages");
     if (!f) return fail(e, QV_ERR_INVALID, "messages", "'messages' is required");
@@ -286,6 +334,11 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
                         "messages[%zu].content must be a string or a list of text parts", i);
         }
         if (!out->content) return nomem(e);
+        const cJSON *calls = field(m, "tool_calls");
+        if (calls && !(cJSON_IsArray(calls) && cJSON_GetArraySize(calls) == 0)) {
+            qv_status st = calls_text(calls, i, &out->content, e);
+            if (st) return st;
+        }
     }
     return QV_OK;
 }
@@ -346,8 +399,8 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
     return QV_OK;
 }
 
-static qv_status compile_schema(const cJSON *sch, const char *param, qv_proto_request *r,
-                                qv_proto_error *e);
+static qv_status compile_schema(const cJSON *sch, const char *param, unsigned flags,
+                                qv_proto_request *r, qv_proto_error *e);
 static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_error *e);
 
 /* Structured output: response_format {"type": "json_schema", "json_schema": {"name": ...,
@@ -358,6 +411,7 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
     const cJSON *sch = NULL, *choice = NULL;
     const char *param = NULL;
     bool json_mode = false;
+    unsigned flags = 0;
     int asked = 0;
     const cJSON *rf = field(root, "response_format"), *t = rf ? field(rf, "type") : NULL;
     if (cJSON_IsString(t) && !strcmp(t->valuestring, "json_object")) {
@@ -407,12 +461,24 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
             choice = f, param = "structured_outputs", asked++;
         if (cJSON_IsTrue(field(so, "json_object")))
             json_mode = true, param = "structured_outputs", asked++;
+        const cJSON *dw = field(so, "disable_any_whitespace");
+        if (dw && !cJSON_IsBool(dw))
+            return fail(e, QV_ERR_INVALID, "structured_outputs",
+                        "'structured_outputs.disable_any_whitespace' must be a boolean");
+        if (cJSON_IsTrue(dw)) flags |= QV_JSON_COMPACT;
     }
     if (asked > 1)
         return fail(e, QV_ERR_INVALID, param,
                     "ask for one structured output: a response_format, guided_json, "
                     "guided_choice or structured_outputs");
-    r->json_object = json_mode;
+    r->json_object = json_mode && !flags;
+    if (json_mode && flags) { /* compact JSON mode: the schema JSON mode is */
+        qv_error err = {0};
+        static const char object[] = "{\"type\":\"object\"}";
+        const qv_status st =
+            qv_json_schema_compile_flags(object, strlen(object), flags, &r->json_schema, &err);
+        return st == QV_OK ? QV_OK : nomem(e);
+    }
     if (choice) {
         char *text = cJSON_PrintUnformatted(choice);
         if (!text) return nomem(e);
@@ -423,17 +489,18 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
         if (st == QV_ERR_NOMEM) return nomem(e);
         return st == QV_OK ? QV_OK : fail(e, QV_ERR_INVALID, param, "%s", err.msg);
     }
-    return sch ? compile_schema(sch, param, r, e) : QV_OK;
+    return sch ? compile_schema(sch, param, flags, r, e) : QV_OK;
 }
 
 /* Compiles sch (a schema object, true, or a schema's text) into r->json_schema. */
-static qv_status compile_schema(const cJSON *sch, const char *param, qv_proto_request *r,
-                                qv_proto_error *e) {
+static qv_status compile_schema(const cJSON *sch, const char *param, unsigned flags,
+                                qv_proto_request *r, qv_proto_error *e) {
     char *text = cJSON_IsString(sch) ? NULL : cJSON_PrintUnformatted(sch);
     const char *txt = cJSON_IsString(sch) ? sch->valuestring : text;
     if (!txt) return nomem(e);
     qv_error err = {0};
-    const qv_status st = qv_json_schema_compile(txt, strlen(txt), &r->json_schema, &err);
+    const qv_status st =
+        qv_json_schema_compile_flags(txt, strlen(txt), flags, &r->json_schema, &err);
     cJSON_free(text);
     if (st == QV_ERR_NOMEM) return nomem(e);
     if (st != QV_OK)
@@ -463,11 +530,12 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
                         "\"json_object\"} (JSON mode) or {\"type\": \"json_schema\", "
                         "\"json_schema\": {\"name\": ..., \"schema\": {...}}}");
     }
-    static const char *const lists[] = {"tools", "functions"};
-    for (size_t i = 0; i < QV_ARRAY_LEN(lists); i++)
-        if ((f = field(root, lists[i])) && !(cJSON_IsArray(f) && cJSON_GetArraySize(f) == 0))
-            return fail(e, QV_ERR_INVALID, lists[i],
-                        "'%s' is not supported by quiver (no tool calls)", lists[i]);
+    if ((f = field(root, "functions")) && !(cJSON_IsArray(f) && cJSON_GetArraySize(f) == 0))
+        return fail(e, QV_ERR_INVALID, "functions",
+                    "'functions' (deprecated by OpenAI) is not supported by quiver; use 'tools'");
+    if (ep != QV_PROTO_CHAT && (f = field(root, "tools")) &&
+        !(cJSON_IsArray(f) && cJSON_GetArraySize(f) == 0))
+        return fail(e, QV_ERR_INVALID, "tools", "'tools' is only supported on chat completions");
     if ((f = field(root, "suffix")) && !(cJSON_IsString(f) && !f->valuestring[0]))
         return fail(e, QV_ERR_INVALID, "suffix", "'suffix' is not supported by quiver");
     if (ep == QV_PROTO_CHAT && (f = field(root, "echo")) && !cJSON_IsFalse(f))
@@ -475,6 +543,122 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
                     "'echo' is not supported on chat completions (completions have it)");
     if ((f = field(root, "best_of")) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
         return fail(e, QV_ERR_INVALID, "best_of", "'best_of' must be 1 (one sequence per request)");
+    return QV_OK;
+}
+
+/* Whether s is a function name OpenAI accepts: 1..64 of a-z, A-Z, 0-9, '_' and '-'. */
+static bool tool_name_ok(const char *s) {
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (!isalnum((unsigned char)s[n]) && s[n] != '_' && s[n] != '-') return false;
+    return n >= 1 && n <= 64;
+}
+
+/* Chat: tools, tool_choice and parallel_tool_calls (OpenAI). tool_choice "required" or
+ * {"type": "function", "function": {"name"}} constrains the answer to tool calls (its schema
+ * goes in r->json_schema); "none" ignores the tools; "auto", the default with tools, needs a
+ * tool-call parser for free text, which quiver does not have: refused. */
+static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
+    const cJSON *tools = field(root, "tools"), *tc = field(root, "tool_choice");
+    r->parallel_tool_calls = true;
+    qv_status s = get_bool(root, "parallel_tool_calls", &r->parallel_tool_calls, e);
+    if (s) return s;
+    if (tools && !cJSON_IsArray(tools))
+        return fail(e, QV_ERR_INVALID, "tools", "'tools' must be a list of functions");
+    const int n = tools ? cJSON_GetArraySize(tools) : 0;
+    if (n > QV_PROTO_MAX_TOOLS)
+        return fail(e, QV_ERR_INVALID, "tools", "'tools' has %d functions; at most %d", n,
+                    QV_PROTO_MAX_TOOLS);
+    const cJSON *want = NULL; /* the named function */
+    const char *mode = n ? "auto" : "none";
+    if (cJSON_IsString(tc)) {
+        mode = tc->valuestring;
+        if (strcmp(mode, "none") && strcmp(mode, "auto") && strcmp(mode, "required"))
+            return fail(e, QV_ERR_INVALID, "tool_choice",
+                        "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                        "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+    } else if (tc) {
+        const cJSON *t = cJSON_IsObject(tc) ? field(tc, "type") : NULL;
+        const cJSON *fn = cJSON_IsObject(tc) ? field(tc, "function") : NULL;
+        want = fn ? field(fn, "name") : NULL;
+        if (!cJSON_IsString(t) || strcmp(t->valuestring, "function") || !cJSON_IsString(want))
+            return fail(e, QV_ERR_INVALID, "tool_choice",
+                        "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                        "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+        mode = "named";
+    }
+    const cJSON *named = NULL; /* want's entry in tools */
+    for (int i = 0; i < n; i++) {
+        const cJSON *t = cJSON_GetArrayItem(tools, i);
+        const cJSON *type = cJSON_IsObject(t) ? field(t, "type") : NULL;
+        const cJSON *fn = cJSON_IsObject(t) ? field(t, "function") : NULL;
+        const cJSON *name = cJSON_IsObject(fn) ? field(fn, "name") : NULL;
+        const cJSON *desc = cJSON_IsObject(fn) ? field(fn, "description") : NULL;
+        const cJSON *params = cJSON_IsObject(fn) ? field(fn, "parameters") : NULL;
+        const cJSON *strict = cJSON_IsObject(fn) ? field(fn, "strict") : NULL;
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") || !cJSON_IsString(name))
+            return fail(e, QV_ERR_INVALID, "tools",
+                        "tools[%d] must be {\"type\": \"function\", \"function\": {\"name\": "
+                        "..., \"parameters\": {...}}}",
+                        i);
+        if (!tool_name_ok(name->valuestring))
+            return fail(e, QV_ERR_INVALID, "tools",
+                        "tools[%d].function.name must be 1 to 64 letters, digits, '_' or '-'", i);
+        if ((desc && !cJSON_IsString(desc)) || (params && !cJSON_IsObject(params)) ||
+            (strict && !cJSON_IsBool(strict)))
+            return fail(e, QV_ERR_INVALID, "tools",
+                        "tools[%d].function: 'description' must be a string, 'parameters' a "
+                        "JSON schema object and 'strict' a boolean",
+                        i);
+        for (int k = 0; k < i; k++)
+            if (!strcmp(field(field(cJSON_GetArrayItem(tools, k), "function"), "name")->valuestring,
+                        name->valuestring))
+                return fail(e, QV_ERR_INVALID, "tools",
+                            "tools[%d]: the function '%s' is declared twice", i, name->valuestring);
+        if (want && !strcmp(name->valuestring, want->valuestring)) named = fn;
+    }
+    if (!strcmp(mode, "none")) return QV_OK;
+    if (!n) return fail(e, QV_ERR_INVALID, "tool_choice", "'tool_choice' needs 'tools'");
+    if (!strcmp(mode, "auto"))
+        return fail(e, QV_ERR_INVALID, "tool_choice",
+                    "'tool_choice' \"auto\" (the default with 'tools') is not supported by quiver: "
+                    "it has no parser for tool calls in free text; send \"required\", a named "
+                    "function, or \"none\"");
+    if (want && !named)
+        return fail(e, QV_ERR_INVALID, "tool_choice",
+                    "'tool_choice' names '%s', which is not in 'tools'", want->valuestring);
+    if (r->json_object || r->json_schema)
+        return fail(e, QV_ERR_INVALID, "tool_choice",
+                    "tool calls cannot be combined with another structured output "
+                    "(response_format, guided_json, guided_choice or structured_outputs)");
+    qv_error err = {0};
+    qv_status st;
+    if (named) {
+        r->tool_choice = QV_PROTO_TOOLS_NAMED;
+        if (!(r->tool_name = qv_strdup(want->valuestring))) return nomem(e);
+        const cJSON *params = field(named, "parameters");
+        char *text = params ? cJSON_PrintUnformatted(params) : NULL;
+        const char *txt = params ? text : "{\"type\":\"object\",\"properties\":{}}";
+        if (!txt) return nomem(e);
+        st = qv_json_schema_compile_flags(txt, strlen(txt), QV_JSON_COMPACT, &r->json_schema, &err);
+        cJSON_free(text);
+        if (st == QV_OK && !qv_json_schema_object_only(r->json_schema))
+            st = qv_errorf(&err, QV_ERR_INVALID, "the parameters must be an object schema");
+    } else {
+        r->tool_choice = QV_PROTO_TOOLS_REQUIRED;
+        char *text = cJSON_PrintUnformatted(tools);
+        if (!text) return nomem(e);
+        st = qv_json_schema_compile_calls(text, strlen(text), r->parallel_tool_calls,
+                                          QV_JSON_COMPACT, &r->json_schema, &err);
+        cJSON_free(text);
+    }
+    if (st == QV_ERR_NOMEM) return nomem(e);
+    if (st != QV_OK) {
+        qv_json_schema_unref(r->json_schema);
+        r->json_schema = NULL;
+        return fail(e, QV_ERR_INVALID, "tools", "the tools' parameters cannot be used: %s",
+                    err.msg);
+    }
     return QV_OK;
 }
 
@@ -609,6 +793,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = decode_logit_bias(root, r, e))) goto done;
     if ((s = get_int(root, "min_tokens", 0, 1e9, &r->min_tokens, e))) goto done;
     if ((s = decode_json_schema(root, r, e))) goto done; /* refuse_unsupported checked types */
+    if (endpoint == QV_PROTO_CHAT && (s = decode_tools(root, r, e))) goto done;
     if ((s = decode_logprobs(root, r, e))) goto done;
     if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
     if ((s = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto done;
@@ -654,7 +839,73 @@ void qv_proto_request_free(qv_proto_request *r) {
     qv_free(r->bias_ids);
     qv_free(r->bias_values);
     qv_json_schema_unref(r->json_schema);
+    qv_free(r->tool_name);
     memset(r, 0, sizeof(*r));
+}
+
+void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n) {
+    for (size_t i = 0; calls && i < n; i++) {
+        qv_free(calls[i].id);
+        qv_free(calls[i].name);
+        qv_free(calls[i].arguments);
+    }
+    qv_free(calls);
+}
+
+qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *name,
+                                    const char *text, size_t len, const char *id_base,
+                                    qv_proto_tool_call **calls, size_t *n) {
+    *calls = NULL;
+    *n = 0;
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    const int k = how == QV_PROTO_TOOLS_NAMED ? 1
+                  : cJSON_IsArray(doc)        ? cJSON_GetArraySize(doc)
+                                              : 0;
+    if (how == QV_PROTO_TOOLS_NONE ||
+        (how == QV_PROTO_TOOLS_NAMED && (!cJSON_IsObject(doc) || !name)) || k <= 0) {
+        cJSON_Delete(doc);
+        return QV_ERR_INVALID;
+    }
+    qv_proto_tool_call *c = qv_calloc((size_t)k, sizeof(*c));
+    qv_status st = c ? QV_OK : QV_ERR_NOMEM;
+    for (int i = 0; i < k && st == QV_OK; i++) {
+        char id[96];
+        snprintf(id, sizeof(id), "call_%s_%d", id_base ? id_base : "", i);
+        c[i].index = i;
+        c[i].id = qv_strdup(id);
+        if (how == QV_PROTO_TOOLS_NAMED) {
+            c[i].name = qv_strdup(name);
+            c[i].arguments = qv_malloc(len + 1);
+            if (c[i].arguments) {
+                memcpy(c[i].arguments, text, len);
+                c[i].arguments[len] = '\0';
+            }
+        } else {
+            const cJSON *o = cJSON_GetArrayItem(doc, i);
+            const cJSON *nm = cJSON_IsObject(o) ? field(o, "name") : NULL;
+            const cJSON *args = cJSON_IsObject(o) ? field(o, "arguments") : NULL;
+            if (!cJSON_IsString(nm) || !cJSON_IsObject(args)) {
+                st = QV_ERR_INVALID;
+                break;
+            }
+            c[i].name = qv_strdup(nm->valuestring);
+            c[i].arguments = cJSON_PrintUnformatted(args);
+            if (c[i].arguments) { /* ours, not cJSON's allocation */
+                char *a = qv_strdup(c[i].arguments);
+                cJSON_free(c[i].arguments);
+                c[i].arguments = a;
+            }
+        }
+        if (st == QV_OK && (!c[i].id || !c[i].name || !c[i].arguments)) st = QV_ERR_NOMEM;
+    }
+    cJSON_Delete(doc);
+    if (st != QV_OK) {
+        qv_proto_tool_calls_free(c, (size_t)k);
+        return st;
+    }
+    *calls = c;
+    *n = (size_t)k;
+    return QV_OK;
 }
 
 /* ---- encoders ---- */
@@ -784,6 +1035,31 @@ static char *print_and_delete(cJSON *o) {
     return s;
 }
 
+/* message.tool_calls [{"id", "type", "function": {"name", "arguments"}}], or a chunk's
+ * delta.tool_calls, where each also has its index and a call's continuations have only
+ * function.arguments. */
+static cJSON *tool_calls(const qv_proto_result *r, bool chunk) {
+    cJSON *list = cJSON_CreateArray();
+    for (size_t i = 0; list && i < r->n_calls; i++) {
+        const qv_proto_tool_call *c = &r->calls[i];
+        cJSON *o = cJSON_CreateObject(), *fn = NULL;
+        bool ok = o && cJSON_AddItemToArray(list, o);
+        if (!ok) cJSON_Delete(o);
+        ok = ok && (!chunk || cJSON_AddNumberToObject(o, "index", c->index));
+        ok = ok && (!c->id || (cJSON_AddStringToObject(o, "id", c->id) &&
+                               cJSON_AddStringToObject(o, "type", "function")));
+        ok = ok && (fn = cJSON_AddObjectToObject(o, "function"));
+        ok = ok && (!c->name || cJSON_AddStringToObject(fn, "name", c->name));
+        ok = ok && add_text(fn, "arguments", c->arguments ? c->arguments : "",
+                            c->arguments ? strlen(c->arguments) : 0);
+        if (!ok) {
+            cJSON_Delete(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
 /* One choice of a response or chunk. */
 static cJSON *choice(const qv_proto_result *r, bool chunk, bool first) {
     cJSON *c = cJSON_CreateObject();
@@ -796,8 +1072,13 @@ static cJSON *choice(const qv_proto_result *r, bool chunk, bool first) {
         cJSON *m = cJSON_AddObjectToObject(c, chunk ? "delta" : "message");
         if (!m) goto oom;
         if ((!chunk || first) && !cJSON_AddStringToObject(m, "role", "assistant")) goto oom;
-        if ((!chunk || r->text_len || first) && !add_text(m, "content", r->text, r->text_len))
+        if (r->n_calls) {
+            if (!chunk && !cJSON_AddNullToObject(m, "content")) goto oom;
+            if (!put_item(m, "tool_calls", tool_calls(r, chunk))) goto oom;
+        } else if ((!chunk || r->text_len || first) &&
+                   !add_text(m, "content", r->text, r->text_len)) {
             goto oom;
+        }
         if (!put_item(c, "logprobs", r->logprobs ? chat_logprobs(r) : cJSON_CreateNull())) goto oom;
     }
     if (!add_finish(c, r->finish_reason)) goto oom;
@@ -1226,7 +1507,7 @@ static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_er
         if (f && !cJSON_IsNull(f))
             return fail(e, QV_ERR_INVALID, "grammar",
                         "give either 'grammar' or 'response_format', not both");
-        return compile_schema(field(g, "value"), "grammar", r, e);
+        return compile_schema(field(g, "value"), "grammar", 0, r, e);
     }
     if (!f || cJSON_IsNull(f)) return QV_OK;
     if (cJSON_IsString(ft) && !strcmp(ft->valuestring, "text")) return QV_OK;
@@ -1238,7 +1519,7 @@ static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_er
         r->json_object = true;
         return QV_OK;
     }
-    return compile_schema(field(f, "schema"), "response_format", r, e);
+    return compile_schema(field(f, "schema"), "response_format", 0, r, e);
 }
 
 qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r, qv_proto_tgi *t,

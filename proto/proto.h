@@ -36,6 +36,14 @@ extern "C" {
 #define QV_PROTO_MAX_LOGIT_BIAS 1024 /* OpenAI logit_bias entries */
 #define QV_PROTO_MAX_CHOICES 64      /* `n`: choices of one request */
 #define QV_PROTO_MAX_BIAS 100.0      /* OpenAI: each bias is in [-100, 100] */
+#define QV_PROTO_MAX_TOOLS 128       /* chat `tools` (OpenAI's limit) */
+
+/* What a chat request's tool_choice makes of the answer. */
+enum qv_proto_tool_choice {
+    QV_PROTO_TOOLS_NONE = 0,     /* text (no tools, or tool_choice "none") */
+    QV_PROTO_TOOLS_NAMED = 1,    /* one call of tool_name: the text is its arguments object */
+    QV_PROTO_TOOLS_REQUIRED = 2, /* the text is [{"name", "arguments"}, ...] (1 or more) */
+};
 
 enum qv_proto_endpoint {
     QV_PROTO_COMPLETIONS = 0, /* POST /v1/completions */
@@ -54,8 +62,9 @@ typedef struct qv_proto_error {
 } qv_proto_error;
 
 typedef struct qv_proto_message {
-    char *role;    /* "system", "user", "assistant", ... */
-    char *content; /* text; array-of-parts content is joined */
+    char *role;    /* "system", "user", "assistant", "tool", ... */
+    char *content; /* text; array-of-parts content is joined; an assistant's tool_calls follow
+                      as [{"name":...,"arguments":{...}}] (the text of a "required" answer) */
 } qv_proto_message;
 
 /* One further prompt of a completions batch: a text or token ids. */
@@ -112,10 +121,15 @@ typedef struct qv_proto_request {
     /* response_format {"type": "json_schema", "json_schema": {"schema": ...}} or vLLM's
      * guided_json: the text is one value valid under it (compiled; one reference) */
     struct qv_json_schema *json_schema;
-    bool echo;        /* completions: the text starts with the prompt, and with logprobs the
-                         prompt tokens come first in them; max_tokens may then be 0 */
-    bool logprobs;    /* token log-probabilities requested */
-    int top_logprobs; /* alternatives per token, 0..20 */
+    /* chat tools: tool_choice "required" or a named function constrains the answer through
+     * json_schema (qv_json_schema_compile_calls, or the function's parameters) */
+    enum qv_proto_tool_choice tool_choice;
+    char *tool_name;          /* QV_PROTO_TOOLS_NAMED: the function */
+    bool parallel_tool_calls; /* default true: "required" may make more than one call */
+    bool echo;                /* completions: the text starts with the prompt, and with logprobs the
+                                 prompt tokens come first in them; max_tokens may then be 0 */
+    bool logprobs;            /* token log-probabilities requested */
+    int top_logprobs;         /* alternatives per token, 0..20 */
     bool stream;
     bool include_usage; /* stream_options.include_usage */
     bool ignore_eos;    /* vLLM extension: keep generating past end-of-generation tokens */
@@ -152,6 +166,26 @@ typedef struct qv_proto_logprob {
     float top_logprob[QV_PROTO_MAX_LOGPROBS];
 } qv_proto_logprob;
 
+/* One tool call of an answer (message.tool_calls), or a piece of one in a streamed chunk's
+ * delta (id and name NULL after the call's first piece; arguments: the new text). */
+typedef struct qv_proto_tool_call {
+    int index;       /* the call's place in the answer */
+    char *id;        /* "call_..." */
+    char *name;      /* the function */
+    char *arguments; /* JSON text of an object (or its piece) */
+} qv_proto_tool_call;
+
+/* The tool calls a finished answer's text (len bytes) makes: QV_PROTO_TOOLS_REQUIRED reads a
+ * JSON array of {"name", "arguments": {...}} (arguments re-written compactly);
+ * QV_PROTO_TOOLS_NAMED makes one call of `name` whose arguments are the text itself (a JSON
+ * object). Ids are "call_<id_base>_<i>". *calls is owned by the caller
+ * (qv_proto_tool_calls_free). Errors: QV_ERR_INVALID (the text is not such calls: e.g. cut by
+ * max_tokens), QV_ERR_NOMEM. */
+qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *name,
+                                    const char *text, size_t len, const char *id_base,
+                                    qv_proto_tool_call **calls, size_t *n);
+void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n);
+
 /* A (partial or full) result to encode. */
 typedef struct qv_proto_result {
     enum qv_proto_endpoint endpoint;
@@ -169,6 +203,9 @@ typedef struct qv_proto_result {
     bool usage;         /* emit usage */
     int prompt_tokens, completion_tokens;
     int cached_tokens; /* usage.prompt_tokens_details.cached_tokens (prefix cache) */
+    /* chat: tool calls instead of text (message.content null; a chunk's delta.tool_calls) */
+    const qv_proto_tool_call *calls;
+    size_t n_calls;
 } qv_proto_result;
 
 /* Whole non-streamed response: "text_completion" or "chat.completion". */

@@ -104,8 +104,10 @@ typedef struct request {
     int32_t *stop_ids; /* stop_token_ids */
     size_t n_stop_ids;
     qv_token_bias *bias; /* logit_bias (gp.logit_bias points here until the engine copies it) */
-    bool echo_only;      /* echo with max_tokens 0: the one token the engine makes is dropped */
-    char *echo;          /* [mu] echoed prompt text not yet in out (it follows its logprobs) */
+    enum qv_proto_tool_choice tools; /* chat: the answer is tool calls (gp.json_schema) */
+    char *tool_name;                 /* QV_PROTO_TOOLS_NAMED: the function */
+    bool echo_only; /* echo with max_tokens 0: the one token the engine makes is dropped */
+    char *echo;     /* [mu] echoed prompt text not yet in out (it follows its logprobs) */
     size_t echo_len;
     int64_t created;
     double t_arrival;
@@ -319,6 +321,7 @@ static void request_release(request *r) {
     qv_free(r->toks);
     qv_free(r->stop_ids);
     qv_free(r->bias);
+    qv_free(r->tool_name);
     qv_json_schema_unref(r->gp.json_schema);
     qv_free(r->echo);
     qv_free(r->ids);
@@ -1777,6 +1780,59 @@ static int group_generated(request *l) {
     return n;
 }
 
+/* The id of member r's call i: "call_<request id's hex>_<choice>_<i>". */
+static void call_id(const request *l, const request *r, int i, char *buf, size_t cap) {
+    const char *dash = strchr(l->id, '-');
+    snprintf(buf, cap, "call_%s_%d_%d", dash ? dash + 1 : l->id, r->index, i);
+}
+
+/* Member r's tool calls read from its finished text (tools != QV_PROTO_TOOLS_NONE): *n = 0 when
+ * the text is not whole calls (cut by max_tokens or a stop string), so it goes out as text;
+ * false when out of memory. */
+static bool member_calls(const request *l, const request *r, qv_proto_tool_call **calls,
+                         size_t *n) {
+    char base[96];
+    call_id(l, r, 0, base, sizeof(base));
+    base[strlen(base) - 2] = '\0'; /* "call_<hex>_<choice>" */
+    const qv_status st = qv_proto_tool_calls_parse(r->tools, r->tool_name, r->out ? r->out : "",
+                                                   r->out_len, base + 5, calls, n);
+    return st != QV_ERR_NOMEM;
+}
+
+/* tool_choice "required" streams the calls once they are whole: one chunk with every call
+ * (and the logprobs so far), or the text when the answer is not whole calls. */
+static char *calls_chunk(request *l, request *r, bool *oom) {
+    qv_proto_result res = {.endpoint = r->endpoint,
+                           .id = l->id,
+                           .model = l->model_echo,
+                           .created = l->created,
+                           .logprobs = r->logprobs,
+                           .index = r->index};
+    if (r->sent_first && !r->done) return NULL;
+    qv_proto_tool_call *calls = NULL;
+    size_t n = 0;
+    if (r->done && !member_calls(l, r, &calls, &n)) return *oom = true, NULL;
+    res.text = r->done && !n ? r->out + r->sent : "";
+    res.text_len = r->done && !n ? r->out_len - r->sent : 0;
+    res.calls = calls;
+    res.n_calls = n;
+    if (r->done) {
+        res.lps = r->lps + r->lps_sent;
+        res.n_lps = r->n_lps - r->lps_sent;
+        res.finish_reason = n && !strcmp(r->finish, "stop") ? "tool_calls" : r->finish;
+    }
+    char *json = qv_proto_encode_chunk(&res, !r->sent_first);
+    qv_proto_tool_calls_free(calls, n);
+    r->sent_first = true;
+    if (r->done) {
+        r->sent = r->out_len;
+        r->lps_sent = r->n_lps;
+        r->sent_finish = true;
+    }
+    *oom = !json;
+    return json;
+}
+
 /* Member r's next stream chunk (new text and logprobs, or its finish), or NULL when it has
  * nothing to send now (or no memory: *oom). */
 static char *member_chunk(request *l, request *r, bool *oom) {
@@ -1787,9 +1843,21 @@ static char *member_chunk(request *l, request *r, bool *oom) {
                            .logprobs = r->logprobs,
                            .index = r->index};
     if (r->sent_finish) return NULL; /* finished, or the stream ended with an error */
+    if (r->tools == QV_PROTO_TOOLS_REQUIRED) return calls_chunk(l, r, oom);
     /* an echo's prompt logprobs wait for its text, so their text offsets are right */
     bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);
     char *json = NULL;
+    char id[96];
+    qv_proto_tool_call call = {.arguments = ""}; /* a named call's piece */
+    if (r->tools == QV_PROTO_TOOLS_NAMED) {
+        res.calls = &call;
+        res.n_calls = 1;
+        if (!r->sent_first) {
+            call_id(l, r, 0, id, sizeof(id));
+            call.id = id;
+            call.name = r->tool_name;
+        }
+    }
     if (new_text || (!r->sent_first && r->endpoint == QV_PROTO_CHAT)) {
         res.text = r->out + r->sent;
         res.text_len = r->out_len - r->sent;
@@ -1797,7 +1865,14 @@ static char *member_chunk(request *l, request *r, bool *oom) {
         res.lps = r->lps + r->lps_sent;
         res.n_lps = r->n_lps - r->lps_sent;
         res.finish_reason = r->done ? r->finish : NULL;
-        json = qv_proto_encode_chunk(&res, !r->sent_first);
+        char *piece = res.n_calls ? qv_malloc(res.text_len + 1) : NULL;
+        if (piece) {
+            memcpy(piece, res.text, res.text_len);
+            piece[res.text_len] = '\0';
+            call.arguments = piece;
+        }
+        json = res.n_calls && !piece ? NULL : qv_proto_encode_chunk(&res, !r->sent_first);
+        qv_free(piece);
         r->sent = r->out_len;
         r->lps_sent = r->n_lps;
         r->sent_first = true;
@@ -1805,6 +1880,7 @@ static char *member_chunk(request *l, request *r, bool *oom) {
     } else if (r->done && !r->sent_finish) {
         res.text = "";
         res.finish_reason = r->finish;
+        res.n_calls = 0; /* the finish alone */
         json = qv_proto_encode_chunk(&res, !r->sent_first);
         r->sent_first = r->sent_finish = true;
     } else {
@@ -1929,9 +2005,13 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
     }
     if (!r->stream && group_done(r)) {
         qv_proto_result res[QV_PROTO_MAX_CHOICES];
+        qv_proto_tool_call *calls[QV_PROTO_MAX_CHOICES] = {0};
+        size_t n_calls[QV_PROTO_MAX_CHOICES] = {0};
+        bool oom = false;
         const int n = n_choices(r);
         for (int i = 0; i < n; i++) {
             const request *m = choice_at(r, i);
+            if (m->tools && !member_calls(r, m, &calls[i], &n_calls[i])) oom = true;
             res[i] = (qv_proto_result){.endpoint = r->endpoint,
                                        .id = r->id,
                                        .model = r->model_echo,
@@ -1946,9 +2026,15 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
                                        .usage = true,
                                        .prompt_tokens = r->usage_prompt,
                                        .cached_tokens = group_cached(r),
-                                       .completion_tokens = group_generated(r)};
+                                       .completion_tokens = group_generated(r),
+                                       .calls = calls[i],
+                                       .n_calls = n_calls[i]};
+            if (m->tools == QV_PROTO_TOOLS_REQUIRED && n_calls[i] && !strcmp(m->finish, "stop"))
+                res[i].finish_reason = "tool_calls";
         }
-        char *json = qv_proto_encode_response_choices(res, (size_t)n);
+        char *json = oom ? NULL : qv_proto_encode_response_choices(res, (size_t)n);
+        for (int i = 0; i < n; i++)
+            qv_proto_tool_calls_free(calls[i], n_calls[i]);
         req_unlock(r);
         if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
         return send_json(c, ctx, 200, json);
@@ -2295,6 +2381,8 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
         ok = (r->adapter = qv_strdup(ms->adapter));
         snprintf(r->adapter_version, sizeof(r->adapter_version), "%s", ms->adapter_version);
     }
+    r->tools = pr->tool_choice;
+    if (ok && pr->tool_name) ok = (r->tool_name = qv_strdup(pr->tool_name));
     if (ok && ms->tgi) {
         r->tgi_details = ms->tgi->details;
         r->tgi_in_list = ms->tgi_in_list;

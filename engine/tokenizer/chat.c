@@ -14,7 +14,9 @@
  *    with the BOS text in front because quiver tokenizes the rendered prompt with
  *    add_special_tokens=false. The official Mistral-7B-Instruct v0.1/v0.2 template renders
  *    exactly like "llama2" with BOS.
- * Only the families above are supported; anything else is refused with a clear error.
+ * Only the families above are supported; anything else is refused with a clear error. ChatML
+ * and Llama 3 write any role's name (a "tool" message's too); the [INST] families refuse roles
+ * other than system, user and assistant.
  * Thread: pure functions of their inputs.
  */
 #include <string.h>
@@ -324,6 +326,14 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name, const
                                               : "the model has no chat template; pass a "
                                                 "template name");
     }
+    /* ChatML and Llama 3 write any role's name; the [INST] families know three roles */
+    for (size_t i = 0; i < n_msgs && f != F_CHATML && f != F_LLAMA3; i++)
+        if (!is_role(&msgs[i], "system") && !is_role(&msgs[i], "user") &&
+            !is_role(&msgs[i], "assistant"))
+            return qv_errorf(err, QV_ERR_INVALID,
+                             "the %s chat template has no role '%s' (only system, user and "
+                             "assistant)",
+                             fam_name(f), msgs[i].role);
     if (qv__buf_reserve(&b, 256)) return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
     b.p[0] = 0; /* an empty rendering is a valid result */
     switch (f) {

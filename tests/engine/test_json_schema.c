@@ -507,6 +507,36 @@ static void test_tagged_positions(void **state) {
     qv_json_schema_unref(sch);
 }
 
+/* QV_JSON_COMPACT: no whitespace outside strings, in schema frames and free values alike. */
+static void test_compact(void **state) {
+    (void)state;
+    static const char text[] = "{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":"
+                               "{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}}}";
+    qv_json_schema *loose = compile(text), *tight = NULL;
+    qv_error err = {0};
+    assert_int_equal(
+        qv_json_schema_compile_flags(text, strlen(text), QV_JSON_COMPACT, &tight, &err), QV_OK);
+    assert_string_equal(qv_json_schema_text(tight) + strlen("compact:"),
+                        qv_json_schema_text(loose));
+    assert_true(qv_json_schema_hash(tight) != qv_json_schema_hash(loose));
+    static const char *const spaced[] = {
+        "{ \"a\":1}",     "{\"a\" :1}",          "{\"a\": 1}",         "{\"a\":1 }",
+        "{\"a\":[1, 2]}", "{\"a\":{\"k\": 1}}",  "{\"a\":{\"k\":1 }}", "{\"b\":[ 1]}",
+        "{\"b\":[1 ,2]}", "{\"a\":1,\n\"b\":[]}"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(spaced); i++) {
+        assert_true(whole(loose, spaced[i]));
+        assert_false(whole(tight, spaced[i]));
+    }
+    static const char *const compact[] = {"{\"a\":{\"k\":\"x y\\n z\"},\"b\":[1,2]}", "{}",
+                                          "{\"a\":\" \"}", "{\"a\":[{\"q\":null}]}"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(compact); i++) {
+        assert_true(whole(loose, compact[i]));
+        assert_true(whole(tight, compact[i]));
+    }
+    qv_json_schema_unref(loose);
+    qv_json_schema_unref(tight);
+}
+
 /* Tool calls: each function's parameters are a schema of their own. */
 static void test_tool_calls(void **state) {
     (void)state;
@@ -520,8 +550,10 @@ static void test_tool_calls(void **state) {
         "{\"type\":\"function\",\"function\":{\"name\":\"now\"}}]";
     qv_json_schema *one = NULL, *many = NULL;
     qv_error err = {0};
-    assert_int_equal(qv_json_schema_compile_calls(tools, strlen(tools), false, &one, &err), QV_OK);
-    assert_int_equal(qv_json_schema_compile_calls(tools, strlen(tools), true, &many, &err), QV_OK);
+    assert_int_equal(qv_json_schema_compile_calls(tools, strlen(tools), false, 0, &one, &err),
+                     QV_OK);
+    assert_int_equal(qv_json_schema_compile_calls(tools, strlen(tools), true, 0, &many, &err),
+                     QV_OK);
     static const char call1[] = "[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}]";
     assert_true(whole(one, call1));
     assert_true(whole(one, "[{\"name\":\"get\",\"arguments\":{\"n\":5}}]"));
@@ -550,7 +582,8 @@ static void test_tool_calls(void **state) {
     static const char single[] = "[{\"type\":\"function\",\"function\":{\"name\":\"f\","
                                  "\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":"
                                  "{\"type\":\"boolean\"}},\"required\":[\"a\"]}}}]";
-    assert_int_equal(qv_json_schema_compile_calls(single, strlen(single), true, &one, &err), QV_OK);
+    assert_int_equal(qv_json_schema_compile_calls(single, strlen(single), true, 0, &one, &err),
+                     QV_OK);
     assert_true(whole(one, "[{\"name\":\"f\",\"arguments\":{\"a\":true}}]"));
     assert_false(whole(one, "[{\"name\":\"f\",\"arguments\":{\"a\":1}}]"));
     qv_json_schema_unref(one);
@@ -577,7 +610,7 @@ static void test_tool_calls(void **state) {
     for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++) {
         qv_json_schema *s = NULL;
         const qv_status st =
-            qv_json_schema_compile_calls(bad[i].tools, strlen(bad[i].tools), true, &s, &err);
+            qv_json_schema_compile_calls(bad[i].tools, strlen(bad[i].tools), true, 0, &s, &err);
         if (st != bad[i].st || !strstr(err.msg, bad[i].msg))
             fprintf(stderr, "%s: status %d, message '%s'\n", bad[i].tools, st, err.msg);
         assert_int_equal(st, bad[i].st);
@@ -612,6 +645,7 @@ int main(void) {
         cmocka_unit_test(test_text_and_refs),
         cmocka_unit_test(test_tagged_positions),
         cmocka_unit_test(test_tool_calls),
+        cmocka_unit_test(test_compact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
