@@ -257,12 +257,15 @@ static qv_status calls_text(const cJSON *calls, size_t i, char **content, qv_pro
         const cJSON *fn = cJSON_IsObject(c) ? field(c, "function") : NULL;
         const cJSON *name = fn ? field(fn, "name") : NULL,
                     *args = fn ? field(fn, "arguments") : NULL;
+        const cJSON *id = cJSON_IsObject(c) ? field(c, "id") : NULL;
+        const cJSON *type = cJSON_IsObject(c) ? field(c, "type") : NULL;
         cJSON *parsed = cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
-        if (!cJSON_IsString(name) || !cJSON_IsObject(parsed)) {
+        if (!cJSON_IsString(name) || !cJSON_IsObject(parsed) || (id && !cJSON_IsString(id)) ||
+            (type && !cJSON_IsString(type))) {
             cJSON_Delete(parsed);
             st = fail(e, QV_ERR_INVALID, "messages",
                       "messages[%zu].tool_calls: each call needs function.name and "
-                      "function.arguments (the text of a JSON object)",
+                      "function.arguments (the text of a JSON object); id and type are strings",
                       i);
             break;
         }
@@ -334,6 +337,10 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
                         "messages[%zu].content must be a string or a list of text parts", i);
         }
         if (!out->content) return nomem(e);
+        const cJSON *tcid = field(m, "tool_call_id");
+        if (tcid && !cJSON_IsString(tcid))
+            return fail(e, QV_ERR_INVALID, "messages",
+                        "messages[%zu].tool_call_id must be a string", i);
         const cJSON *calls = field(m, "tool_calls");
         if (calls && !(cJSON_IsArray(calls) && cJSON_GetArraySize(calls) == 0)) {
             qv_status st = calls_text(calls, i, &out->content, e);

@@ -1867,7 +1867,7 @@ static char *member_chunk(request *l, request *r, bool *oom) {
         res.finish_reason = r->done ? r->finish : NULL;
         char *piece = res.n_calls ? qv_malloc(res.text_len + 1) : NULL;
         if (piece) {
-            memcpy(piece, res.text, res.text_len);
+            if (res.text_len) memcpy(piece, res.text, res.text_len);
             piece[res.text_len] = '\0';
             call.arguments = piece;
         }

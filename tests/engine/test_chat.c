@@ -176,6 +176,24 @@ static void test_detection_and_errors(void **s) {
     t = tok_with_template(NULL, "<s>", "</s>");
     qv_chat_msg bad[] = {{"user", "a"}, {"user", "b"}};
     assert_int_equal(qv_chat_render(t, "llama2-chat", bad, 2, false, &out, &err), QV_ERR_INVALID);
+    /* a tool result: ChatML and Llama 3 write the role's name, the [INST] families refuse it */
+    qv_chat_msg tool[] = {
+        {"user", "w?"}, {"assistant", "[{\"name\":\"f\",\"arguments\":{}}]"}, {"tool", "sunny"}};
+    out = render(t, "chatml", tool, 3, true);
+    assert_string_equal(out,
+                        "<|im_start|>user\nw?<|im_end|>\n<|im_start|>assistant\n[{\"name\":"
+                        "\"f\",\"arguments\":{}}]<|im_end|>\n<|im_start|>tool\nsunny<|im_end|>\n"
+                        "<|im_start|>assistant\n");
+    qv_free(out);
+    out = render(t, "llama3", tool + 2, 1, false);
+    assert_string_equal(out, "<s><|start_header_id|>tool<|end_header_id|>\n\nsunny<|eot_id|>");
+    qv_free(out);
+    static const char *const inst[] = {"llama2-chat", "llama2",     "llama2-sys",
+                                       "mistral-v1",  "mistral-v3", "mistral-v7"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(inst); i++) {
+        assert_int_equal(qv_chat_render(t, inst[i], tool, 3, true, &out, &err), QV_ERR_INVALID);
+        assert_non_null(strstr(err.msg, "no role 'tool'"));
+    }
     qv_tokenizer_free(t);
 }
 

@@ -439,7 +439,8 @@ def run_api_tests(srv):
     schema = {"type": "json_schema",
               "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}
     for extra, param in (({"response_format": schema}, "response_format"),
-                         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+                         ({"tools": [{"type": "function", "function": {"name": "f"}}]},
+                          "tool_choice"),  # auto, the default with tools
                          ({"guided_json": {"type": "number", "multipleOf": 2}}, "guided_json"),
                          ({"guided_regex": "a+"}, "guided_regex")):
         expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/chat/completions",
@@ -449,7 +450,8 @@ def run_api_tests(srv):
         expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/completions",
                      dict(good, **extra), param=param)
     st, _, _ = srv.raw("POST", "/v1/chat/completions",
-                       dict(chat, response_format={"type": "text"}, tools=[], logit_bias={},
+                       dict(chat, response_format={"type": "text"}, tools=[], tool_choice="none",
+                            logit_bias={},
                             echo=False, best_of=1, min_tokens=0, user="u1"))
     check(st == 200, f"values that ask for nothing pass ({st})")
     # vLLM stop_token_ids: HF's greedy continuation of prompt 0 is " Paris" "." ...; stopping

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "engine/core.h"
+#include "engine/json_grammar.h"
 #include "proto/proto.h"
 
 static qv_status dec(enum qv_proto_endpoint ep, const char *json, qv_proto_request *r,
@@ -212,6 +213,214 @@ static const cJSON *path(const cJSON *o, const char *a, const char *b) {
     return x;
 }
 
+#define TOOLS                                                                                      \
+    "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":"    \
+    "\"d\",\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},"   \
+    "\"required\":[\"city\"]},\"strict\":true}},{\"type\":\"function\",\"function\":{\"name\":"    \
+    "\"now\"}}]"
+#define USER "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]"
+
+/* tools and tool_choice; the history's tool calls and tool messages. */
+static void test_tools(void **state) {
+    (void)state;
+    qv_proto_request r;
+    qv_proto_error e;
+    enum qv_proto_endpoint H = QV_PROTO_CHAT, C = QV_PROTO_COMPLETIONS;
+    /* required: the calls schema, compact, parallel by default */
+    assert_int_equal(dec(H, "{" USER "," TOOLS ",\"tool_choice\":\"required\"}", &r, &e), QV_OK);
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_REQUIRED);
+    assert_true(r.parallel_tool_calls);
+    assert_non_null(r.json_schema);
+    assert_true(strncmp(qv_json_schema_text(r.json_schema), "compact:calls:", 14) == 0);
+    qv_proto_request_free(&r);
+    /* named: the function's parameters */
+    assert_int_equal(dec(H,
+                         "{" USER "," TOOLS ",\"parallel_tool_calls\":false,\"tool_choice\":{"
+                         "\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}",
+                         &r, &e),
+                     QV_OK);
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_NAMED);
+    assert_string_equal(r.tool_name, "get_weather");
+    assert_false(r.parallel_tool_calls);
+    assert_string_equal(qv_json_schema_text(r.json_schema),
+                        "compact:{\"type\":\"object\",\"properties\":{\"city\":{\"type\":"
+                        "\"string\"}},\"required\":[\"city\"]}");
+    qv_proto_request_free(&r);
+    /* none: text, tools ignored; empty tools ask for nothing */
+    assert_int_equal(dec(H, "{" USER "," TOOLS ",\"tool_choice\":\"none\"}", &r, &e), QV_OK);
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_NONE);
+    assert_null(r.json_schema);
+    qv_proto_request_free(&r);
+    assert_int_equal(dec(H, "{" USER ",\"tools\":[]}", &r, &e), QV_OK);
+    qv_proto_request_free(&r);
+    assert_int_equal(dec(C, "{\"prompt\":\"x\",\"tools\":[]}", &r, &e), QV_OK);
+    qv_proto_request_free(&r);
+
+    /* the history: an assistant's calls become their required-form text; tool messages keep
+     * their role */
+    assert_int_equal(
+        dec(H,
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"w?\"},{\"role\":\"assistant\","
+            "\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":"
+            "{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},"
+            "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"sunny\"},{\"role\":"
+            "\"assistant\",\"content\":\"ok\",\"tool_calls\":[{\"function\":{\"name\":\"now\","
+            "\"arguments\":\"{}\"}},{\"function\":{\"name\":\"now\",\"arguments\":\"{}\"}}]}]}",
+            &r, &e),
+        QV_OK);
+    assert_int_equal(r.n_messages, 4);
+    assert_string_equal(r.messages[1].content,
+                        "[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}]");
+    assert_string_equal(r.messages[2].role, "tool");
+    assert_string_equal(r.messages[2].content, "sunny");
+    assert_string_equal(r.messages[3].content,
+                        "ok\n[{\"name\":\"now\",\"arguments\":{}},{\"name\":\"now\","
+                        "\"arguments\":{}}]");
+    qv_proto_request_free(&r);
+
+    expect_bad(H, "{" USER "," TOOLS "}", "tool_choice"); /* auto, the default */
+    expect_bad(H, "{" USER "," TOOLS ",\"tool_choice\":\"auto\"}", "tool_choice");
+    expect_bad(H, "{" USER "," TOOLS ",\"tool_choice\":\"always\"}", "tool_choice");
+    expect_bad(H, "{" USER ",\"tool_choice\":\"required\"}", "tool_choice");
+    expect_bad(H, "{" USER "," TOOLS ",\"tool_choice\":{\"type\":\"function\"}}", "tool_choice");
+    expect_bad(H,
+               "{" USER "," TOOLS ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":"
+               "\"nope\"}}}",
+               "tool_choice");
+    expect_bad(H,
+               "{" USER "," TOOLS ",\"tool_choice\":\"required\",\"response_format\":{\"type\":"
+               "\"json_object\"}}",
+               "tool_choice");
+    expect_bad(H, "{" USER "," TOOLS ",\"tool_choice\":\"required\",\"parallel_tool_calls\":1}",
+               "parallel_tool_calls");
+    expect_bad(H, "{" USER ",\"tools\":{},\"tool_choice\":\"required\"}", "tools");
+    expect_bad(H, "{" USER ",\"tools\":[{\"type\":\"code\"}],\"tool_choice\":\"required\"}",
+               "tools");
+    expect_bad(H,
+               "{" USER ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a b\"}}],"
+               "\"tool_choice\":\"required\"}",
+               "tools");
+    expect_bad(
+        H,
+        "{" USER ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},"
+        "{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"required\"}",
+        "tools");
+    expect_bad(H,
+               "{" USER ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\","
+               "\"parameters\":{\"type\":\"object\",\"not\":{}}}}],\"tool_choice\":\"required\"}",
+               "tools");
+    expect_bad(H,
+               "{" USER ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\","
+               "\"parameters\":{\"type\":\"array\"}}}],\"tool_choice\":{\"type\":\"function\","
+               "\"function\":{\"name\":\"f\"}}}",
+               "tools");
+    expect_bad(H,
+               "{" USER ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\","
+               "\"parameters\":[]}}],\"tool_choice\":\"required\"}",
+               "tools");
+    expect_bad(C, "{\"prompt\":\"x\"," TOOLS ",\"tool_choice\":\"required\"}", "tools");
+    expect_bad(H, "{" USER ",\"functions\":[{\"name\":\"f\"}]}", "functions");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":"
+               "\"f\",\"arguments\":\"[1]\"}}]}]}",
+               "messages");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{"
+               "\"arguments\":\"{}\"}}]}]}",
+               "messages");
+    expect_bad(H, "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]}", "messages");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":5,\"function\":{"
+               "\"name\":\"f\",\"arguments\":\"{}\"}}]}]}",
+               "messages");
+    expect_bad(H, "{\"messages\":[{\"role\":\"tool\",\"tool_call_id\":5,\"content\":\"x\"}]}",
+               "messages");
+    expect_bad(H, "{" USER ",\"structured_outputs\":{\"disable_any_whitespace\":1}}",
+               "structured_outputs");
+    /* vLLM's disable_any_whitespace: a compact schema, and compact JSON mode */
+    assert_int_equal(dec(H,
+                         "{" USER ",\"structured_outputs\":{\"json_object\":true,"
+                         "\"disable_any_whitespace\":true}}",
+                         &r, &e),
+                     QV_OK);
+    assert_false(r.json_object);
+    assert_string_equal(qv_json_schema_text(r.json_schema), "compact:{\"type\":\"object\"}");
+    qv_proto_request_free(&r);
+}
+
+/* Reading calls out of an answer, and encoding them in responses and chunks. */
+static void test_tool_call_results(void **state) {
+    (void)state;
+    qv_proto_tool_call *calls = NULL;
+    size_t n = 0;
+    static const char req[] = "[{\"name\":\"a\",\"arguments\":{\"x\": 1.50, \"y\":[ "
+                              "]}},{\"name\":\"b\",\"arguments\":{}}]";
+    assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, req, strlen(req),
+                                               "ab12_0", &calls, &n),
+                     QV_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(calls[0].id, "call_ab12_0_0");
+    assert_string_equal(calls[1].id, "call_ab12_0_1");
+    assert_string_equal(calls[0].name, "a");
+    assert_string_equal(calls[0].arguments, "{\"x\":1.5,\"y\":[]}");
+    assert_string_equal(calls[1].arguments, "{}");
+    qv_proto_result r = {.endpoint = QV_PROTO_CHAT,
+                         .id = "chatcmpl-1",
+                         .model = "m",
+                         .text = req,
+                         .text_len = strlen(req),
+                         .finish_reason = "tool_calls",
+                         .calls = calls,
+                         .n_calls = n};
+    cJSON *o = parse(qv_proto_encode_response(&r));
+    const cJSON *m = path(cJSON_GetArrayItem(path(o, "choices", NULL), 0), "message", NULL);
+    assert_true(cJSON_IsNull(path(m, "content", NULL)));
+    const cJSON *t1 = cJSON_GetArrayItem(path(m, "tool_calls", NULL), 1);
+    assert_string_equal(path(t1, "id", NULL)->valuestring, "call_ab12_0_1");
+    assert_string_equal(path(t1, "type", NULL)->valuestring, "function");
+    assert_string_equal(path(t1, "function", "name")->valuestring, "b");
+    assert_string_equal(path(t1, "function", "arguments")->valuestring, "{}");
+    assert_null(cJSON_GetObjectItemCaseSensitive(t1, "index")); /* chunks only */
+    cJSON_Delete(o);
+    /* a chunk continuing a call: index and arguments only */
+    qv_proto_tool_call piece = {.index = 0, .arguments = "ty\":"};
+    r.calls = &piece;
+    r.n_calls = 1;
+    o = parse(qv_proto_encode_chunk(&r, false));
+    const cJSON *d = path(cJSON_GetArrayItem(path(o, "choices", NULL), 0), "delta", NULL);
+    assert_null(cJSON_GetObjectItemCaseSensitive(d, "content"));
+    const cJSON *p0 = cJSON_GetArrayItem(path(d, "tool_calls", NULL), 0);
+    assert_int_equal(path(p0, "index", NULL)->valueint, 0);
+    assert_null(cJSON_GetObjectItemCaseSensitive(p0, "id"));
+    assert_null(cJSON_GetObjectItemCaseSensitive(path(p0, "function", NULL), "name"));
+    assert_string_equal(path(p0, "function", "arguments")->valuestring, "ty\":");
+    cJSON_Delete(o);
+    qv_proto_tool_calls_free(calls, n);
+
+    /* named: the text is the arguments, as written */
+    assert_int_equal(
+        qv_proto_tool_calls_parse(QV_PROTO_TOOLS_NAMED, "f", "{\"q\": 1}", 9, "z_1", &calls, &n),
+        QV_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(calls[0].name, "f");
+    assert_string_equal(calls[0].arguments, "{\"q\": 1}");
+    qv_proto_tool_calls_free(calls, n);
+    /* texts that are not calls (cut by max_tokens) */
+    static const char *const bad[] = {"[{\"name\":\"a\",\"argu", "[]", "{}", "[{\"name\":1}]",
+                                      "[{\"name\":\"a\",\"arguments\":[]}]"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, bad[i],
+                                                   strlen(bad[i]), "z", &calls, &n),
+                         QV_ERR_INVALID);
+    assert_int_equal(
+        qv_proto_tool_calls_parse(QV_PROTO_TOOLS_NAMED, "f", "{\"q\":", 5, "z", &calls, &n),
+        QV_ERR_INVALID);
+    assert_int_equal(
+        qv_proto_tool_calls_parse(QV_PROTO_TOOLS_NAMED, "f", "[1]", 3, "z", &calls, &n),
+        QV_ERR_INVALID);
+    assert_null(calls);
+}
+
 static void test_encode_completion(void **state) {
     (void)state;
     qv_proto_logprob lps[2] = {{.token = "He",
@@ -408,6 +617,35 @@ static void test_alloc_failures(void **state) {
         failures++;
     }
     assert_true(failures > 3);
+    /* tools: the schema compiles, the history's calls are rewritten */
+    const char *tools = "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":"
+                        "{\"name\":\"now\",\"arguments\":\"{\\\"a\\\":[1]}\"}}]}]," TOOLS
+                        ",\"tool_choice\":\"required\"}";
+    failures = 0;
+    for (long k = 0; k < 2000; k++) {
+        qv_proto_request r;
+        qv_proto_error e;
+        qv_alloc_fail_after(k);
+        qv_status s = dec(QV_PROTO_CHAT, tools, &r, &e);
+        qv_alloc_fail_after(-1);
+        qv_proto_request_free(&r);
+        if (s == QV_OK) break;
+        assert_true(s == QV_ERR_NOMEM || s == QV_ERR_INVALID);
+        failures++;
+    }
+    assert_true(failures > 10 && failures < 2000);
+    static const char answer[] = "[{\"name\":\"a\",\"arguments\":{\"x\":[1,{}]}}]";
+    for (long k = 0; k < 200; k++) {
+        qv_proto_tool_call *calls = NULL;
+        size_t n = 0;
+        qv_alloc_fail_after(k);
+        qv_status s = qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, answer,
+                                                strlen(answer), "b", &calls, &n);
+        qv_alloc_fail_after(-1);
+        qv_proto_tool_calls_free(calls, n);
+        if (s == QV_OK) break;
+        assert_true(s == QV_ERR_NOMEM || s == QV_ERR_INVALID);
+    }
     qv_proto_logprob lp = {
         .token = "a", .logprob = -1.0f, .n_top = 1, .top_token = {"b"}, .top_logprob = {-2.0f}};
     qv_proto_result res = {.endpoint = QV_PROTO_COMPLETIONS,
@@ -441,6 +679,8 @@ int main(void) {
         cmocka_unit_test(test_encode_chat_and_chunks),
         cmocka_unit_test(test_encode_error_models_sse),
         cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_tools),
+        cmocka_unit_test(test_tool_call_results),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

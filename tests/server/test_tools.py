@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Tool calls over HTTP (OpenAI `tools` with tool_choice "required" or a named function,
+docs/http-api.md#tool-calls) with the official openai client on SmolLM2-135M-Instruct: every
+call's name must be one of the tools and its arguments are judged by the jsonschema package
+against that tool's parameters (and by pydantic, through the client's parse()).
+
+Usage: test_tools.py QUIVER_BINARY   (run by tests/server/test_tools.sh)
+"""
+import json
+import os
+import sys
+
+import jsonschema
+import openai
+import pydantic
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_http_api as T  # noqa: E402 - the shared Server class, check() and failures
+
+check = T.check
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object",
+                   "properties": {"city": {"type": "string", "maxLength": 20},
+                                  "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"]}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The local time in a time zone",
+    "parameters": {"type": "object",
+                   "properties": {"zone": {"$ref": "#/$defs/Zone"}},
+                   "required": ["zone"],
+                   "$defs": {"Zone": {"type": "string", "pattern": "^[A-Z][a-z]+/[A-Z][a-z]+$"}}}}}
+NOW = {"type": "function", "function": {"name": "now"}}  # no parameters: arguments {}
+TOOLS = [WEATHER, TIME, NOW]
+ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def params(name):
+    for t in TOOLS:
+        if t["function"]["name"] == name:
+            return t["function"].get("parameters", {"type": "object", "properties": {},
+                                                    "additionalProperties": False})
+    return None
+
+
+def valid_call(call):
+    """A call of one of TOOLS whose arguments, compact JSON text, fit its parameters."""
+    p = params(call.function.name)
+    try:
+        args = json.loads(call.function.arguments)
+        jsonschema.validate(args, p)
+    except (ValueError, TypeError, jsonschema.ValidationError):
+        return False
+    compact = json.dumps(args, separators=(",", ":"), ensure_ascii=False)
+    return call.type == "function" and call.id.startswith("call_") and (
+        call.function.arguments == compact)
+
+
+def streamed(client, **kw):
+    """The calls of a streamed answer, put together by index, and its finish reason."""
+    calls, finish, content = {}, None, ""
+    for ch in client.chat.completions.create(stream=True, **kw):
+        if not ch.choices:
+            continue
+        d = ch.choices[0].delta
+        content += d.content or ""
+        for tc in d.tool_calls or []:
+            c = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": ""})
+            if tc.id:
+                check(c["id"] is None, "a call's id comes once")
+                c["id"] = tc.id
+            if tc.function and tc.function.name:
+                c["name"] = tc.function.name
+            if tc.function and tc.function.arguments:
+                c["arguments"] += tc.function.arguments
+        if ch.choices[0].finish_reason:
+            finish = ch.choices[0].finish_reason
+    return [calls[i] for i in sorted(calls)], finish, content
+
+
+def run(srv):
+    client = srv.client()
+    base = os.path.basename(T.MODEL)[:-len(".gguf")]
+    kw = dict(model=base, messages=ASK, tools=TOOLS, max_tokens=80, temperature=0)
+
+    # required: the answer is calls, greedy and sampled
+    r = client.chat.completions.create(tool_choice="required", **kw)
+    c = r.choices[0]
+    calls = c.message.tool_calls or []
+    check(c.finish_reason == "tool_calls" and c.message.content is None and len(calls) >= 1 and
+          all(valid_call(x) for x in calls) and len({x.id for x in calls}) == len(calls),
+          f"required: valid calls {[(x.function.name, x.function.arguments) for x in calls]}")
+    s_calls, s_finish, s_content = streamed(client, tool_choice="required", **kw)
+    check(s_finish == "tool_calls" and not s_content and
+          [(x["name"], x["arguments"]) for x in s_calls] ==
+          [(x.function.name, x.function.arguments) for x in calls] and
+          [x["id"] for x in s_calls] != [x.id for x in calls],  # ids are the request's own
+          f"required streamed: the same calls ({len(s_calls)})")
+    r = client.chat.completions.create(tool_choice="required", parallel_tool_calls=False, n=3,
+                                       seed=11, **dict(kw, temperature=1.0))
+    names = set()
+    for ch in r.choices:
+        names.add(ch.message.tool_calls[0].function.name if ch.message.tool_calls else None)
+        check(ch.finish_reason == "length" or (
+            ch.finish_reason == "tool_calls" and len(ch.message.tool_calls) == 1 and
+            valid_call(ch.message.tool_calls[0])),
+            f"required, sampled, not parallel: one valid call (choice {ch.index}: "
+            f"{ch.finish_reason})")
+    ids = [x.id for ch in r.choices for x in ch.message.tool_calls or []]
+    check(len(ids) == len(set(ids)), f"call ids distinct across choices ({ids})")
+
+    # a named function: one call of it, its arguments written as the model writes them
+    named = {"type": "function", "function": {"name": "get_time"}}
+    r = client.chat.completions.create(tool_choice=named, **kw)
+    c = r.choices[0]
+    calls = c.message.tool_calls or []
+    check(c.finish_reason == "stop" and len(calls) == 1 and calls[0].function.name == "get_time"
+          and valid_call(calls[0]),
+          f"named: one valid get_time call ({calls[0].function.arguments if calls else None})")
+    s_calls, s_finish, _ = streamed(client, tool_choice=named, **kw)
+    check(s_finish == "stop" and len(s_calls) == 1 and s_calls[0]["name"] == "get_time" and
+          s_calls[0]["id"] and calls and s_calls[0]["arguments"] == calls[0].function.arguments,
+          "named streamed: the arguments arrive in pieces and add up to the same text")
+    r = client.chat.completions.create(
+        tool_choice={"type": "function", "function": {"name": "now"}}, **kw)
+    calls = r.choices[0].message.tool_calls or []
+    check(len(calls) == 1 and calls[0].function.arguments == "{}",
+          f"a function without parameters takes {{}} ({calls[0].function.arguments if calls else None})")
+
+    # the client's parse(): a strict pydantic tool, its arguments parsed into the model
+    class Lookup(pydantic.BaseModel):
+        city: str = pydantic.Field(max_length=20)
+        days: int = pydantic.Field(ge=1, le=7)
+
+    r = client.chat.completions.parse(
+        model=base, messages=ASK, max_tokens=80, temperature=0,
+        tools=[openai.pydantic_function_tool(Lookup)],
+        tool_choice={"type": "function", "function": {"name": "Lookup"}})
+    calls = r.choices[0].message.tool_calls or []
+    parsed = calls[0].function.parsed_arguments if calls else None
+    check(isinstance(parsed, Lookup) and 1 <= parsed.days <= 7,
+          f"parse() with pydantic_function_tool: a Lookup instance ({parsed!r})")
+
+    # the conversation goes on: the assistant's calls and the tool's result in the history
+    first = client.chat.completions.create(tool_choice="required", **kw).choices[0].message
+    history = ASK + [first.model_dump(exclude_none=True)] + [
+        {"role": "tool", "tool_call_id": x.id, "content": '{"sky": "sunny", "degrees": 21}'}
+        for x in first.tool_calls]
+    r = client.chat.completions.create(model=base, messages=history, tools=TOOLS,
+                                       tool_choice="none", max_tokens=24, temperature=0)
+    check(isinstance(r.choices[0].message.content, str) and r.choices[0].message.content and
+          not r.choices[0].message.tool_calls,
+          f"tool results in the history, tool_choice none: a text answer "
+          f"({r.choices[0].message.content[:40]!r})")
+    st, _, data = srv.raw("POST", "/tokenize", {"model": base, "messages": history,
+                                                "add_generation_prompt": True})
+    n_hist = json.loads(data).get("count", 0) if st == 200 else 0
+    st, _, data = srv.raw("POST", "/tokenize", {"model": base, "messages": ASK,
+                                                "add_generation_prompt": True})
+    check(st == 200 and n_hist > json.loads(data)["count"] + 10,
+          "the calls and results are part of the rendered prompt (/tokenize)")
+
+    # cut by max_tokens: not calls, so the text comes back as content
+    r = client.chat.completions.create(tool_choice="required", **dict(kw, max_tokens=4))
+    c = r.choices[0]
+    check(c.finish_reason == "length" and not c.message.tool_calls and
+          isinstance(c.message.content, str) and c.message.content.startswith("["),
+          f"cut by max_tokens: finish length, the partial text as content ({c.message.content!r})")
+
+    # refusals
+    body = {"model": base, "messages": ASK, "tools": TOOLS, "max_tokens": 8}
+    for extra, param, what in (
+            ({}, "tool_choice", "auto (the default with tools)"),
+            ({"tool_choice": "auto"}, "tool_choice", "auto"),
+            ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
+             "a function not in tools"),
+            ({"tool_choice": "required", "response_format": {"type": "json_object"}},
+             "tool_choice", "tools with JSON mode"),
+            ({"tool_choice": "required", "tools": [dict(WEATHER, function=dict(
+                WEATHER["function"], parameters={"type": "object", "not": {}}))]}, "tools",
+             "a parameters keyword quiver cannot follow"),
+            ({"tool_choice": "required", "tools": [WEATHER, WEATHER]}, "tools",
+             "a function declared twice"),
+            ({"tool_choice": "required", "tools": [{"type": "function",
+                                                    "function": {"name": "a b"}}]},
+             "tools", "a bad function name"),
+            ({"tool_choice": "required", "messages": [
+                {"role": "assistant", "tool_calls": [{"id": "1", "type": "function", "function": {
+                    "name": "now", "arguments": "not json"}}]}]}, "messages",
+             "a history call whose arguments are not JSON")):
+        T.expect_error(srv, f"refused: {what}", 400, "POST", "/v1/chat/completions",
+                       dict(body, **extra), param=param)
+    T.expect_error(srv, "refused: tools on completions", 400, "POST", "/v1/completions",
+                   {"model": base, "prompt": "x", "tools": TOOLS, "tool_choice": "required"},
+                   param="tools")
+
+
+def main():
+    if not os.path.isfile(T.MODEL):
+        print(f"SKIP: {T.MODEL} not found (run deploy/fetch-model.sh)")
+        return 77
+    srv = T.Server("--api-key", T.KEY, "--max-seqs", "8")
+    try:
+        run(srv)
+    finally:
+        if srv.proc.poll() is None:
+            srv.stop()
+    return T.report([srv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
