@@ -1,0 +1,42 @@
+/*
+ * json_text.h - JSON text as Python writes it: chat templates render tool definitions and tool
+ * call arguments with Jinja's `tojson` (transformers: json.dumps(x, ensure_ascii=False)), so a
+ * byte-exact prompt needs the same text from the JSON the client sent.
+ *
+ * qv_json_py_dumps re-writes a JSON text as json.dumps(json.loads(text), ensure_ascii=False)
+ * would: ", " and ": " separators (compact: "," and ":"), keys in their order, strings
+ * re-escaped (\" \\ \n \r \t \b \f, other control characters as \u00xx, the rest raw UTF-8),
+ * integers as written (-0 as 0), other numbers as Python's float repr (1.50 -> 1.5, 1e2 ->
+ * 100.0, 1e-5 -> 1e-05; overflow -> Infinity). Not handled: a key repeated in one object
+ * (Python keeps the last value at the first key's place; here both are written).
+ *
+ * Thread: pure functions.
+ */
+#ifndef QV_JSON_TEXT_H
+#define QV_JSON_TEXT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* *out (NUL-terminated, qv_free; *out_len its length) is the Python text of the JSON value in
+ * text[0..len) (surrounding whitespace allowed). Errors: QV_ERR_INVALID (not one JSON value,
+ * or invalid UTF-8 / escapes in a string), QV_ERR_LIMIT (nested over 512 deep), QV_ERR_NOMEM. */
+qv_status qv_json_py_dumps(const char *text, size_t len, bool compact, char **out,
+                           size_t *out_len);
+
+/* The raw text of member `key` of the JSON object in text[0..len) (the first one with that
+ * key, as cJSON finds it): *off and *n. False when text is not an object of valid JSON or has
+ * no such member. */
+bool qv_json_member_span(const char *text, size_t len, const char *key, size_t *off, size_t *n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QV_JSON_TEXT_H */
