@@ -328,3 +328,50 @@ bool qv_json_member_span(const char *text, size_t len, const char *key, size_t *
         return false;
     }
 }
+
+qv_status qv_json_py_quote(const char *s, size_t n, char **out) {
+    *out = NULL;
+    qv__buf b = {0};
+    reader r = {.out = &b};
+    qv_status st = qv__buf_putc(&b, '"');
+    for (size_t i = 0; !st && i < n;) {
+        uint32_t cp;
+        const size_t k = qv__utf8_decode(s + i, n - i, &cp);
+        if (!k) st = QV_ERR_INVALID;
+        if (!st && !put_cp(&r, cp)) st = r.st;
+        i += k ? k : 1;
+    }
+    if (!st) st = qv__buf_put(&b, "\"", 2); /* and the NUL */
+    if (st) {
+        qv__buf_free(&b);
+        return st;
+    }
+    *out = b.p;
+    return QV_OK;
+}
+
+size_t qv_json_list_items(const char *text, size_t len, size_t *off, size_t *n, size_t max) {
+    reader r = {.p = text, .end = text + len};
+    skip_ws(&r);
+    if (r.p >= r.end || *r.p != '[') return SIZE_MAX;
+    r.p++;
+    size_t k = 0;
+    skip_ws(&r);
+    if (r.p < r.end && *r.p == ']') return 0;
+    for (;;) {
+        skip_ws(&r);
+        const char *v = r.p;
+        if (!value(&r, 1)) return SIZE_MAX;
+        if (k < max) {
+            off[k] = (size_t)(v - text);
+            n[k] = (size_t)(r.p - v);
+        }
+        k++;
+        skip_ws(&r);
+        if (r.p < r.end && *r.p == ',') {
+            r.p++;
+            continue;
+        }
+        return r.p < r.end && *r.p == ']' ? k : SIZE_MAX;
+    }
+}

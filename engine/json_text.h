@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core.h"
 
@@ -27,13 +28,20 @@ extern "C" {
 /* *out (NUL-terminated, qv_free; *out_len its length) is the Python text of the JSON value in
  * text[0..len) (surrounding whitespace allowed). Errors: QV_ERR_INVALID (not one JSON value,
  * or invalid UTF-8 / escapes in a string), QV_ERR_LIMIT (nested over 512 deep), QV_ERR_NOMEM. */
-qv_status qv_json_py_dumps(const char *text, size_t len, bool compact, char **out,
-                           size_t *out_len);
+qv_status qv_json_py_dumps(const char *text, size_t len, bool compact, char **out, size_t *out_len);
+
+/* *out (NUL-terminated, qv_free) is the UTF-8 text s[0..n) as a JSON string the way Python
+ * writes it. Errors: QV_ERR_INVALID (not UTF-8), QV_ERR_NOMEM. */
+qv_status qv_json_py_quote(const char *s, size_t n, char **out);
 
 /* The raw text of member `key` of the JSON object in text[0..len) (the first one with that
  * key, as cJSON finds it): *off and *n. False when text is not an object of valid JSON or has
  * no such member. */
 bool qv_json_member_span(const char *text, size_t len, const char *key, size_t *off, size_t *n);
+
+/* The items of the JSON list in text[0..len): returns their count (SIZE_MAX when text does not
+ * begin with a valid list) and the raw span of each of the first `max` in off[] / n[]. */
+size_t qv_json_list_items(const char *text, size_t len, size_t *off, size_t *n, size_t max);
 
 #ifdef __cplusplus
 }

@@ -128,15 +128,24 @@ void qv_detok_set_min_tokens(qv_detok *d, size_t n);
 void qv_detok_free(qv_detok *d);
 
 /* ---- chat templates (TOKENIZER.md section 7) ---- */
+/* One tool call of an assistant message (OpenAI's tool_calls[i].function). */
+typedef struct qv_chat_call {
+    const char *name;
+    const char *arguments; /* the text of a JSON object */
+} qv_chat_call;
+
 typedef struct qv_chat_msg {
     const char *role;
     const char *content;
+    const qv_chat_call *calls; /* an assistant's tool calls (n_calls of them), or NULL */
+    size_t n_calls;
 } qv_chat_msg;
 
 /* Renders messages to a prompt string like transformers' apply_chat_template(tokenize=False).
  * template_name: NULL detects the family from the tokenizer's template source; otherwise a
  * llama.cpp-compatible name: chatml, llama3, llama2, llama2-sys, llama2-sys-bos,
- * llama2-sys-strip, mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, mistral-v7-tekken.
+ * llama2-sys-strip, mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, mistral-v7-tekken,
+ * or qwen2.5 (ChatML with Qwen2.5's default system prompt and tool format).
  * The rendered text contains the special-token strings (e.g. "<|im_start|>"); encode it with
  * add_special_tokens=false. *out owned by caller (qv_free). Errors: QV_ERR_UNSUPPORTED for an
  * unknown name or an undetectable template, QV_ERR_INVALID for bad messages (e.g. non-alternating
@@ -144,6 +153,21 @@ typedef struct qv_chat_msg {
 qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name /* NULL: detect */,
                          const qv_chat_msg *msgs, size_t n_msgs, bool add_generation_prompt,
                          char **out, qv_error *err);
+/* The same with tools: the JSON text of an OpenAI `tools` list (NULL: none). Templates that
+ * render tools (Qwen2.5's: detected by its tool instructions, or named "qwen2.5") write them
+ * into the system turn, calls as <tool_call> blocks and tool results as <tool_response> blocks
+ * of a user turn, byte for byte as the Jinja template (`tojson` = Python's json.dumps); the
+ * others ignore the tools, as their templates do, and write an assistant's calls after its
+ * content as the compact JSON text [{"name":...,"arguments":{...}}] (quiver's convention: what
+ * a tool_choice "required" answer is). Errors as above; QV_ERR_INVALID for tools or arguments
+ * that are not valid JSON. */
+qv_status qv_chat_render_tools(const qv_tokenizer *t, const char *template_name,
+                               const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
+                               size_t tools_len, bool add_generation_prompt, char **out,
+                               qv_error *err);
+/* Whether the template qv_chat_render would use (template_name NULL: detected) writes tools
+ * into the prompt. */
+bool qv_chat_renders_tools(const qv_tokenizer *t, const char *template_name);
 
 /* The template family name that qv_chat_render would use with template_name NULL ("chatml",
  * "llama3", ...), or NULL when the template is missing or unknown. */

@@ -9,6 +9,7 @@
 #include "proto/proto.h"
 
 #include "engine/json_grammar.h"
+#include "engine/json_text.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -244,14 +245,13 @@ static bool append(char **buf, size_t *len, const char *s) {
 }
 
 /* An assistant message's tool_calls ([{"id", "type": "function", "function": {"name",
- * "arguments": JSON text}}]) as the text a model answering tool_choice "required" writes:
- * [{"name":...,"arguments":{...}}], compact, after the message's text (and a newline). */
-static qv_status calls_text(const cJSON *calls, size_t i, char **content, qv_proto_error *e) {
+ * "arguments": JSON text}}]): their names and argument texts. */
+static qv_status decode_calls(const cJSON *calls, size_t i, qv_proto_message *out,
+                              qv_proto_error *e) {
     if (!cJSON_IsArray(calls))
         return fail(e, QV_ERR_INVALID, "messages", "messages[%zu].tool_calls must be a list", i);
-    cJSON *list = cJSON_CreateArray();
-    if (!list) return nomem(e);
-    qv_status st = QV_OK;
+    const size_t n = (size_t)cJSON_GetArraySize(calls);
+    if (!(out->calls = qv_calloc(n, sizeof(*out->calls)))) return nomem(e);
     const cJSON *c;
     cJSON_ArrayForEach(c, calls) {
         const cJSON *fn = cJSON_IsObject(c) ? field(c, "function") : NULL;
@@ -260,37 +260,20 @@ static qv_status calls_text(const cJSON *calls, size_t i, char **content, qv_pro
         const cJSON *id = cJSON_IsObject(c) ? field(c, "id") : NULL;
         const cJSON *type = cJSON_IsObject(c) ? field(c, "type") : NULL;
         cJSON *parsed = cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
-        if (!cJSON_IsString(name) || !cJSON_IsObject(parsed) || (id && !cJSON_IsString(id)) ||
-            (type && !cJSON_IsString(type))) {
-            cJSON_Delete(parsed);
-            st = fail(e, QV_ERR_INVALID, "messages",
-                      "messages[%zu].tool_calls: each call needs function.name and "
-                      "function.arguments (the text of a JSON object); id and type are strings",
-                      i);
-            break;
-        }
-        cJSON *o = cJSON_CreateObject();
-        if (!o || !cJSON_AddStringToObject(o, "name", name->valuestring) ||
-            !cJSON_AddItemToObject(o, "arguments", parsed)) {
-            if (!cJSON_GetObjectItemCaseSensitive(o, "arguments")) cJSON_Delete(parsed);
-            cJSON_Delete(o);
-            st = nomem(e);
-            break;
-        }
-        if (!cJSON_AddItemToArray(list, o)) {
-            cJSON_Delete(o);
-            st = nomem(e);
-            break;
-        }
+        const bool ok = cJSON_IsString(name) && cJSON_IsObject(parsed) &&
+                        (!id || cJSON_IsString(id)) && (!type || cJSON_IsString(type));
+        cJSON_Delete(parsed);
+        if (!ok)
+            return fail(e, QV_ERR_INVALID, "messages",
+                        "messages[%zu].tool_calls: each call needs function.name and "
+                        "function.arguments (the text of a JSON object); id and type are strings",
+                        i);
+        qv_proto_call *o = &out->calls[out->n_calls++];
+        if (!(o->name = qv_strdup(name->valuestring)) ||
+            !(o->arguments = qv_strdup(args->valuestring)))
+            return nomem(e);
     }
-    char *txt = st ? NULL : cJSON_PrintUnformatted(list);
-    cJSON_Delete(list);
-    if (st) return st;
-    if (!txt) return nomem(e);
-    size_t len = strlen(*content);
-    bool ok = (!len || append(content, &len, "\n")) && append(content, &len, txt);
-    cJSON_free(txt);
-    return ok ? QV_OK : nomem(e);
+    return QV_OK;
 }
 
 static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
@@ -343,7 +326,7 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
                         "messages[%zu].tool_call_id must be a string", i);
         const cJSON *calls = field(m, "tool_calls");
         if (calls && !(cJSON_IsArray(calls) && cJSON_GetArraySize(calls) == 0)) {
-            qv_status st = calls_text(calls, i, &out->content, e);
+            qv_status st = decode_calls(calls, i, out, e);
             if (st) return st;
         }
     }
@@ -626,11 +609,6 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
     }
     if (!strcmp(mode, "none")) return QV_OK;
     if (!n) return fail(e, QV_ERR_INVALID, "tool_choice", "'tool_choice' needs 'tools'");
-    if (!strcmp(mode, "auto"))
-        return fail(e, QV_ERR_INVALID, "tool_choice",
-                    "'tool_choice' \"auto\" (the default with 'tools') is not supported by quiver: "
-                    "it has no parser for tool calls in free text; send \"required\", a named "
-                    "function, or \"none\"");
     if (want && !named)
         return fail(e, QV_ERR_INVALID, "tool_choice",
                     "'tool_choice' names '%s', which is not in 'tools'", want->valuestring);
@@ -638,6 +616,10 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
         return fail(e, QV_ERR_INVALID, "tool_choice",
                     "tool calls cannot be combined with another structured output "
                     "(response_format, guided_json, guided_choice or structured_outputs)");
+    if (!strcmp(mode, "auto")) { /* the server refuses it unless the template writes tools */
+        r->tool_choice = QV_PROTO_TOOLS_AUTO;
+        return QV_OK;
+    }
     qv_error err = {0};
     qv_status st;
     if (named) {
@@ -666,6 +648,22 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
         return fail(e, QV_ERR_INVALID, "tools", "the tools' parameters cannot be used: %s",
                     err.msg);
     }
+    return QV_OK;
+}
+
+/* The raw text of a non-empty `tools` list (chat, /tokenize with messages), for templates
+ * that write tools byte for byte as sent. */
+static qv_status tools_text(const cJSON *root, const char *body, size_t len, qv_proto_request *r,
+                            qv_proto_error *e) {
+    const cJSON *tools = field(root, "tools");
+    if (!tools || (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) == 0)) return QV_OK;
+    size_t off = 0, n = 0;
+    if (!cJSON_IsArray(tools) || !qv_json_member_span(body, len, "tools", &off, &n))
+        return fail(e, QV_ERR_INVALID, "tools", "'tools' must be a list of functions");
+    if (!(r->tools_text = qv_malloc(n + 1))) return nomem(e);
+    memcpy(r->tools_text, body + off, n);
+    r->tools_text[n] = '\0';
+    r->tools_len = n;
     return QV_OK;
 }
 
@@ -749,6 +747,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         goto done;
     if (endpoint == QV_PROTO_TOKENIZE || endpoint == QV_PROTO_DETOKENIZE) {
         s = decode_tokenize(root, r, e);
+        if (!s && r->n_messages) s = tools_text(root, body, len, r, e);
         goto done;
     }
     s = endpoint == QV_PROTO_CHAT ? decode_messages(root, r, e) : decode_prompt(root, r, e);
@@ -801,6 +800,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = get_int(root, "min_tokens", 0, 1e9, &r->min_tokens, e))) goto done;
     if ((s = decode_json_schema(root, r, e))) goto done; /* refuse_unsupported checked types */
     if (endpoint == QV_PROTO_CHAT && (s = decode_tools(root, r, e))) goto done;
+    if (endpoint == QV_PROTO_CHAT && (s = tools_text(root, body, len, r, e))) goto done;
     if ((s = decode_logprobs(root, r, e))) goto done;
     if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
     if ((s = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto done;
@@ -832,6 +832,11 @@ void qv_proto_request_free(qv_proto_request *r) {
     for (size_t i = 0; i < r->n_messages; i++) {
         qv_free(r->messages[i].role);
         qv_free(r->messages[i].content);
+        for (size_t k = 0; k < r->messages[i].n_calls; k++) {
+            qv_free(r->messages[i].calls[k].name);
+            qv_free(r->messages[i].calls[k].arguments);
+        }
+        qv_free(r->messages[i].calls);
     }
     qv_free(r->messages);
     for (size_t i = 0; i < r->n_stop; i++)
@@ -847,6 +852,7 @@ void qv_proto_request_free(qv_proto_request *r) {
     qv_free(r->bias_values);
     qv_json_schema_unref(r->json_schema);
     qv_free(r->tool_name);
+    qv_free(r->tools_text);
     memset(r, 0, sizeof(*r));
 }
 
@@ -859,59 +865,121 @@ void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n) {
     qv_free(calls);
 }
 
+/* QV_OK when text[0..len) is exactly one JSON value (cJSON's parse ignores what follows it),
+ * else QV_ERR_INVALID or QV_ERR_NOMEM. */
+static qv_status whole_json(const char *text, size_t len) {
+    char *out = NULL;
+    const qv_status st = qv_json_py_dumps(text, len, true, &out, NULL);
+    qv_free(out);
+    return st == QV_ERR_NOMEM ? st : st ? QV_ERR_INVALID : QV_OK;
+}
+
+/* One call from the JSON text of {"name": ..., "arguments": {...}} (text[0..len)): its name
+ * and its arguments as Python writes them compactly. QV_ERR_INVALID when it is not one. */
+static qv_status call_from(const char *text, size_t len, qv_proto_tool_call *c) {
+    qv_status st = whole_json(text, len);
+    if (st) return st;
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    const cJSON *nm = cJSON_IsObject(o) ? field(o, "name") : NULL;
+    const cJSON *args = cJSON_IsObject(o) ? field(o, "arguments") : NULL;
+    size_t off = 0, n = 0;
+    st = cJSON_IsString(nm) && cJSON_IsObject(args) &&
+                 qv_json_member_span(text, len, "arguments", &off, &n)
+             ? QV_OK
+             : QV_ERR_INVALID;
+    if (!st) st = (c->name = qv_strdup(nm->valuestring)) ? QV_OK : QV_ERR_NOMEM;
+    cJSON_Delete(o);
+    if (!st) st = qv_json_py_dumps(text + off, n, true, &c->arguments, NULL);
+    return st == QV_ERR_LIMIT ? QV_ERR_INVALID : st;
+}
+
+/* The first occurrence of the NUL-terminated needle in h[0..n), or NULL. */
+static const char *find_in(const char *h, size_t n, const char *needle, size_t k) {
+    for (size_t i = 0; k <= n && i <= n - k; i++)
+        if (h[i] == needle[0] && !memcmp(h + i, needle, k)) return h + i;
+    return NULL;
+}
+
+#define CALL_OPEN "<tool_call>"
+#define CALL_CLOSE "</tool_call>"
+
 qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *name,
                                     const char *text, size_t len, const char *id_base,
-                                    qv_proto_tool_call **calls, size_t *n) {
+                                    qv_proto_tool_call **calls, size_t *n, size_t *content_len) {
     *calls = NULL;
     *n = 0;
-    cJSON *doc = cJSON_ParseWithLength(text, len);
-    const int k = how == QV_PROTO_TOOLS_NAMED ? 1
-                  : cJSON_IsArray(doc)        ? cJSON_GetArraySize(doc)
-                                              : 0;
-    if (how == QV_PROTO_TOOLS_NONE ||
-        (how == QV_PROTO_TOOLS_NAMED && (!cJSON_IsObject(doc) || !name)) || k <= 0) {
-        cJSON_Delete(doc);
+    if (content_len) *content_len = 0;
+    /* where each call's JSON text is */
+    size_t k = 0, *off = NULL, *lens = NULL;
+    if (how == QV_PROTO_TOOLS_NAMED) {
+        if (!name) return QV_ERR_INVALID;
+        k = 1;
+    } else if (how == QV_PROTO_TOOLS_REQUIRED) {
+        k = qv_json_list_items(text, len, NULL, NULL, 0);
+        if (k == SIZE_MAX || k == 0) return QV_ERR_INVALID;
+    } else if (how == QV_PROTO_TOOLS_AUTO) { /* Hermes: <tool_call>JSON</tool_call> blocks */
+        for (const char *p = text;
+             (p = find_in(p, len - (size_t)(p - text), CALL_OPEN, strlen(CALL_OPEN))); p++)
+            k++;
+        if (!k) return QV_ERR_INVALID;
+    } else {
         return QV_ERR_INVALID;
     }
-    qv_proto_tool_call *c = qv_calloc((size_t)k, sizeof(*c));
-    qv_status st = c ? QV_OK : QV_ERR_NOMEM;
-    for (int i = 0; i < k && st == QV_OK; i++) {
+    off = qv_malloc(2 * k * sizeof(size_t));
+    qv_proto_tool_call *c = qv_calloc(k, sizeof(*c));
+    if (!off || !c) {
+        qv_free(off);
+        qv_free(c);
+        return QV_ERR_NOMEM;
+    }
+    lens = off + k;
+    if (how == QV_PROTO_TOOLS_NAMED) {
+        off[0] = 0, lens[0] = len;
+    } else if (how == QV_PROTO_TOOLS_REQUIRED) {
+        qv_json_list_items(text, len, off, lens, k);
+    } else {
+        const char *p = find_in(text, len, CALL_OPEN, strlen(CALL_OPEN));
+        if (content_len) *content_len = (size_t)(p - text);
+        for (size_t i = 0; i < k; i++) {
+            const char *b = p + strlen(CALL_OPEN), *end = text + len;
+            const char *next = find_in(b, (size_t)(end - b), CALL_OPEN, strlen(CALL_OPEN));
+            const char *close = find_in(b, (size_t)(end - b), CALL_CLOSE, strlen(CALL_CLOSE));
+            const char *e = close && (!next || close < next) ? close : next ? next : end;
+            off[i] = (size_t)(b - text);
+            lens[i] = (size_t)(e - b);
+            p = next;
+        }
+    }
+    qv_status st = QV_OK;
+    for (size_t i = 0; i < k && st == QV_OK; i++) {
         char id[96];
-        snprintf(id, sizeof(id), "call_%s_%d", id_base ? id_base : "", i);
-        c[i].index = i;
-        c[i].id = qv_strdup(id);
-        if (how == QV_PROTO_TOOLS_NAMED) {
-            c[i].name = qv_strdup(name);
-            c[i].arguments = qv_malloc(len + 1);
-            if (c[i].arguments) {
+        snprintf(id, sizeof(id), "call_%s_%zu", id_base ? id_base : "", i);
+        c[i].index = (int)i;
+        if (!(c[i].id = qv_strdup(id))) st = QV_ERR_NOMEM;
+        if (st) break;
+        if (how == QV_PROTO_TOOLS_NAMED) { /* the arguments as the model wrote them */
+            st = whole_json(text, len);
+            cJSON *doc = st ? NULL : cJSON_ParseWithLength(text, len);
+            if (!st && !cJSON_IsObject(doc)) st = doc ? QV_ERR_INVALID : QV_ERR_NOMEM;
+            cJSON_Delete(doc);
+            if (!st && (!(c[i].name = qv_strdup(name)) || !(c[i].arguments = qv_malloc(len + 1))))
+                st = QV_ERR_NOMEM;
+            if (!st) {
                 memcpy(c[i].arguments, text, len);
                 c[i].arguments[len] = '\0';
             }
         } else {
-            const cJSON *o = cJSON_GetArrayItem(doc, i);
-            const cJSON *nm = cJSON_IsObject(o) ? field(o, "name") : NULL;
-            const cJSON *args = cJSON_IsObject(o) ? field(o, "arguments") : NULL;
-            if (!cJSON_IsString(nm) || !cJSON_IsObject(args)) {
-                st = QV_ERR_INVALID;
-                break;
-            }
-            c[i].name = qv_strdup(nm->valuestring);
-            c[i].arguments = cJSON_PrintUnformatted(args);
-            if (c[i].arguments) { /* ours, not cJSON's allocation */
-                char *a = qv_strdup(c[i].arguments);
-                cJSON_free(c[i].arguments);
-                c[i].arguments = a;
-            }
+            st = call_from(text + off[i], lens[i], &c[i]);
         }
-        if (st == QV_OK && (!c[i].id || !c[i].name || !c[i].arguments)) st = QV_ERR_NOMEM;
     }
-    cJSON_Delete(doc);
+    qv_free(off);
     if (st != QV_OK) {
-        qv_proto_tool_calls_free(c, (size_t)k);
+        if (content_len) *content_len = 0;
+        qv_proto_tool_calls_free(c, k);
         return st;
     }
     *calls = c;
-    *n = (size_t)k;
+    *n = k;
     return QV_OK;
 }
 
@@ -1079,8 +1147,10 @@ static cJSON *choice(const qv_proto_result *r, bool chunk, bool first) {
         cJSON *m = cJSON_AddObjectToObject(c, chunk ? "delta" : "message");
         if (!m) goto oom;
         if ((!chunk || first) && !cJSON_AddStringToObject(m, "role", "assistant")) goto oom;
-        if (r->n_calls) {
-            if (!chunk && !cJSON_AddNullToObject(m, "content")) goto oom;
+        if (r->n_calls) { /* content: the text before the calls ("auto"), else null */
+            if (r->text_len ? !add_text(m, "content", r->text, r->text_len)
+                            : !chunk && !cJSON_AddNullToObject(m, "content"))
+                goto oom;
             if (!put_item(m, "tool_calls", tool_calls(r, chunk))) goto oom;
         } else if ((!chunk || r->text_len || first) &&
                    !add_text(m, "content", r->text, r->text_len)) {

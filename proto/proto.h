@@ -43,6 +43,8 @@ enum qv_proto_tool_choice {
     QV_PROTO_TOOLS_NONE = 0,     /* text (no tools, or tool_choice "none") */
     QV_PROTO_TOOLS_NAMED = 1,    /* one call of tool_name: the text is its arguments object */
     QV_PROTO_TOOLS_REQUIRED = 2, /* the text is [{"name", "arguments"}, ...] (1 or more) */
+    QV_PROTO_TOOLS_AUTO = 3,     /* free text, which may hold <tool_call> blocks (templates that
+                                    write tools; the server checks) */
 };
 
 enum qv_proto_endpoint {
@@ -61,10 +63,17 @@ typedef struct qv_proto_error {
     char param[64];
 } qv_proto_error;
 
+/* One tool call of an assistant message in the history. */
+typedef struct qv_proto_call {
+    char *name;
+    char *arguments; /* the text of a JSON object, as sent */
+} qv_proto_call;
+
 typedef struct qv_proto_message {
-    char *role;    /* "system", "user", "assistant", "tool", ... */
-    char *content; /* text; array-of-parts content is joined; an assistant's tool_calls follow
-                      as [{"name":...,"arguments":{...}}] (the text of a "required" answer) */
+    char *role;           /* "system", "user", "assistant", "tool", ... */
+    char *content;        /* text ("" for null); array-of-parts content is joined */
+    qv_proto_call *calls; /* an assistant's tool_calls */
+    size_t n_calls;
 } qv_proto_message;
 
 /* One further prompt of a completions batch: a text or token ids. */
@@ -124,7 +133,10 @@ typedef struct qv_proto_request {
     /* chat tools: tool_choice "required" or a named function constrains the answer through
      * json_schema (qv_json_schema_compile_calls, or the function's parameters) */
     enum qv_proto_tool_choice tool_choice;
-    char *tool_name;          /* QV_PROTO_TOOLS_NAMED: the function */
+    char *tool_name;  /* QV_PROTO_TOOLS_NAMED: the function */
+    char *tools_text; /* chat, /tokenize: the raw JSON text of a non-empty `tools` list
+                         (for templates that write tools), or NULL */
+    size_t tools_len;
     bool parallel_tool_calls; /* default true: "required" may make more than one call */
     bool echo;                /* completions: the text starts with the prompt, and with logprobs the
                                  prompt tokens come first in them; max_tokens may then be 0 */
@@ -176,14 +188,18 @@ typedef struct qv_proto_tool_call {
 } qv_proto_tool_call;
 
 /* The tool calls a finished answer's text (len bytes) makes: QV_PROTO_TOOLS_REQUIRED reads a
- * JSON array of {"name", "arguments": {...}} (arguments re-written compactly);
+ * JSON array of {"name", "arguments": {...}}; QV_PROTO_TOOLS_AUTO reads the Hermes / Qwen2.5
+ * blocks "<tool_call>{"name": ..., "arguments": {...}}</tool_call>" (the last one may be
+ * unclosed), *content_len (may be NULL) getting the length of the text before the first (the
+ * answer's content); both re-write the arguments as Python's compact json.dumps.
  * QV_PROTO_TOOLS_NAMED makes one call of `name` whose arguments are the text itself (a JSON
  * object). Ids are "call_<id_base>_<i>". *calls is owned by the caller
  * (qv_proto_tool_calls_free). Errors: QV_ERR_INVALID (the text is not such calls: e.g. cut by
- * max_tokens), QV_ERR_NOMEM. */
+ * max_tokens; for AUTO, no block or one that is not a call: the text is the content),
+ * QV_ERR_NOMEM. */
 qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *name,
                                     const char *text, size_t len, const char *id_base,
-                                    qv_proto_tool_call **calls, size_t *n);
+                                    qv_proto_tool_call **calls, size_t *n, size_t *content_len);
 void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n);
 
 /* A (partial or full) result to encode. */

@@ -1789,18 +1789,35 @@ static void call_id(const request *l, const request *r, int i, char *buf, size_t
 /* Member r's tool calls read from its finished text (tools != QV_PROTO_TOOLS_NONE): *n = 0 when
  * the text is not whole calls (cut by max_tokens or a stop string), so it goes out as text;
  * false when out of memory. */
-static bool member_calls(const request *l, const request *r, qv_proto_tool_call **calls,
-                         size_t *n) {
+static bool member_calls(const request *l, const request *r, qv_proto_tool_call **calls, size_t *n,
+                         size_t *content_len) {
     char base[96];
     call_id(l, r, 0, base, sizeof(base));
     base[strlen(base) - 2] = '\0'; /* "call_<hex>_<choice>" */
     const qv_status st = qv_proto_tool_calls_parse(r->tools, r->tool_name, r->out ? r->out : "",
-                                                   r->out_len, base + 5, calls, n);
+                                                   r->out_len, base + 5, calls, n, content_len);
+    if (st != QV_OK) *content_len = r->out_len; /* not calls: all of it is text */
     return st != QV_ERR_NOMEM;
 }
 
-/* tool_choice "required" streams the calls once they are whole: one chunk with every call
- * (and the logprobs so far), or the text when the answer is not whole calls. */
+#define CALL_OPEN "<tool_call>"
+
+/* How much of member r's text may be streamed before it is done: tool_choice "required"
+ * holds all of it; "auto" holds from a "<tool_call>" on, and an end that may begin one. */
+static size_t stream_limit(const request *r) {
+    if (r->tools == QV_PROTO_TOOLS_REQUIRED) return 0;
+    const char *o = r->out ? r->out : "";
+    const size_t n = r->out_len, k = strlen(CALL_OPEN);
+    for (size_t i = 0; i + k <= n; i++)
+        if (o[i] == '<' && !memcmp(o + i, CALL_OPEN, k)) return i;
+    for (size_t j = QV_MIN(n, k - 1); j > 0; j--)
+        if (!memcmp(o + n - j, CALL_OPEN, j)) return n - j;
+    return n;
+}
+
+/* tool_choice "required" and "auto" stream: the text that cannot be a call as it comes
+ * ("auto"), then, once the answer is done, the calls whole in one chunk (with the logprobs
+ * still unsent), or the rest of the text when the answer is not calls. */
 static char *calls_chunk(request *l, request *r, bool *oom) {
     qv_proto_result res = {.endpoint = r->endpoint,
                            .id = l->id,
@@ -1808,25 +1825,32 @@ static char *calls_chunk(request *l, request *r, bool *oom) {
                            .created = l->created,
                            .logprobs = r->logprobs,
                            .index = r->index};
-    if (r->sent_first && !r->done) return NULL;
     qv_proto_tool_call *calls = NULL;
-    size_t n = 0;
-    if (r->done && !member_calls(l, r, &calls, &n)) return *oom = true, NULL;
-    res.text = r->done && !n ? r->out + r->sent : "";
-    res.text_len = r->done && !n ? r->out_len - r->sent : 0;
+    size_t n = 0, upto = stream_limit(r);
+    if (r->done && !member_calls(l, r, &calls, &n, &upto)) return *oom = true, NULL;
+    if (upto > r->sent || (!r->sent_first && !r->done) || (r->done && !n)) {
+        qv_proto_tool_calls_free(calls, n); /* text first */
+        calls = NULL;
+        n = 0;
+    } else if (!r->done) {
+        return NULL;
+    }
+    const bool last = r->done && (n || upto == r->out_len);
+    res.text = r->out ? r->out + r->sent : "";
+    res.text_len = n ? 0 : upto - r->sent;
+    res.text_offset = r->sent;
+    res.lps = r->lps + r->lps_sent;
+    res.n_lps = r->n_lps - r->lps_sent;
     res.calls = calls;
     res.n_calls = n;
-    if (r->done) {
-        res.lps = r->lps + r->lps_sent;
-        res.n_lps = r->n_lps - r->lps_sent;
-        res.finish_reason = n && !strcmp(r->finish, "stop") ? "tool_calls" : r->finish;
-    }
+    if (last) res.finish_reason = n && !strcmp(r->finish, "stop") ? "tool_calls" : r->finish;
     char *json = qv_proto_encode_chunk(&res, !r->sent_first);
     qv_proto_tool_calls_free(calls, n);
     r->sent_first = true;
-    if (r->done) {
+    if (!n) r->sent = upto;
+    r->lps_sent = r->n_lps;
+    if (last) {
         r->sent = r->out_len;
-        r->lps_sent = r->n_lps;
         r->sent_finish = true;
     }
     *oom = !json;
@@ -1843,7 +1867,8 @@ static char *member_chunk(request *l, request *r, bool *oom) {
                            .logprobs = r->logprobs,
                            .index = r->index};
     if (r->sent_finish) return NULL; /* finished, or the stream ended with an error */
-    if (r->tools == QV_PROTO_TOOLS_REQUIRED) return calls_chunk(l, r, oom);
+    if (r->tools == QV_PROTO_TOOLS_REQUIRED || r->tools == QV_PROTO_TOOLS_AUTO)
+        return calls_chunk(l, r, oom);
     /* an echo's prompt logprobs wait for its text, so their text offsets are right */
     bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);
     char *json = NULL;
@@ -2011,7 +2036,8 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
         const int n = n_choices(r);
         for (int i = 0; i < n; i++) {
             const request *m = choice_at(r, i);
-            if (m->tools && !member_calls(r, m, &calls[i], &n_calls[i])) oom = true;
+            size_t content = m->out_len;
+            if (m->tools && !member_calls(r, m, &calls[i], &n_calls[i], &content)) oom = true;
             res[i] = (qv_proto_result){.endpoint = r->endpoint,
                                        .id = r->id,
                                        .model = r->model_echo,
@@ -2029,7 +2055,8 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
                                        .completion_tokens = group_generated(r),
                                        .calls = calls[i],
                                        .n_calls = n_calls[i]};
-            if (m->tools == QV_PROTO_TOOLS_REQUIRED && n_calls[i] && !strcmp(m->finish, "stop"))
+            if (n_calls[i]) res[i].text_len = content; /* "auto": the text before the calls */
+            if (m->tools != QV_PROTO_TOOLS_NAMED && n_calls[i] && !strcmp(m->finish, "stop"))
                 res[i].finish_reason = "tool_calls";
         }
         char *json = oom ? NULL : qv_proto_encode_response_choices(res, (size_t)n);
@@ -2144,12 +2171,29 @@ static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
             *ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
             return false;
         }
-        for (size_t i = 0; i < pr->n_messages; i++) {
-            msgs[i].role = pr->messages[i].role;
-            msgs[i].content = pr->messages[i].content;
+        size_t n_calls = 0;
+        for (size_t i = 0; i < pr->n_messages; i++)
+            n_calls += pr->messages[i].n_calls;
+        qv_chat_call *calls = n_calls ? qv_calloc(n_calls, sizeof(*calls)) : NULL;
+        if (n_calls && !calls) {
+            qv_free(msgs);
+            *ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+            return false;
         }
-        qv_status s = qv_chat_render(srv->tok, NULL, msgs, pr->n_messages,
-                                     pr->add_generation_prompt, prompt, &err);
+        for (size_t i = 0, k = 0; i < pr->n_messages; i++) {
+            const qv_proto_message *pm = &pr->messages[i];
+            msgs[i].role = pm->role;
+            msgs[i].content = pm->content;
+            msgs[i].calls = calls + k;
+            msgs[i].n_calls = pm->n_calls;
+            for (size_t j = 0; j < pm->n_calls; j++, k++)
+                calls[k] =
+                    (qv_chat_call){.name = pm->calls[j].name, .arguments = pm->calls[j].arguments};
+        }
+        qv_status s = qv_chat_render_tools(srv->tok, srv->cfg->chat_template, msgs, pr->n_messages,
+                                           pr->tools_text, pr->tools_len, pr->add_generation_prompt,
+                                           prompt, &err);
+        qv_free(calls);
         qv_free(msgs);
         if (s != QV_OK) {
             *ret =
@@ -2596,6 +2640,17 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                              (int)pr.bias_ids[i], n_vocab);
             goto done;
         }
+    if (pr.tool_choice == QV_PROTO_TOOLS_AUTO &&
+        !qv_chat_renders_tools(srv->tok, srv->cfg->chat_template)) {
+        const char *fam =
+            srv->cfg->chat_template ? srv->cfg->chat_template : qv_chat_detect(srv->tok);
+        ret = send_error(c, ctx, 400, "tool_choice", "invalid_value",
+                         "'tool_choice' \"auto\" (the default with 'tools') needs a chat template "
+                         "that shows the model the tools and reads its calls (Qwen2.5's); this "
+                         "model's is %s: send \"required\", a named function or \"none\"",
+                         fam ? fam : "unknown");
+        goto done;
+    }
     if ((pr.json_object || pr.json_schema) && (pr.min_tokens > 0 || pr.ignore_eos)) {
         ret = send_error(c, ctx, 400, "response_format", "invalid_value",
                          "JSON mode ends when the object closes: it cannot be combined with %s",
@@ -3713,6 +3768,17 @@ int qv_http_serve(const qv_http_config *cfg) {
                       "at start-up in %.0f ms",
                       n_graphs, QV_MIN(cfg->max_seqs, cfg->max_batch_tokens), t_graphs * 1e3);
     srv->tok = qv_engine_tokenizer(srv->engine);
+    if (cfg->chat_template) { /* a name the renderer knows */
+        char *probe = NULL;
+        qv_error terr = {0};
+        const qv_status ts =
+            qv_chat_render(srv->tok, cfg->chat_template, NULL, 0, true, &probe, &terr);
+        qv_free(probe);
+        if (ts != QV_OK) {
+            qv_log_tagged(QV_LOG_ERROR, "serve", "--chat-template: %s", terr.msg);
+            goto out;
+        }
+    }
     srv->file_name = basename_of(cfg->model_path);
     /* The id clients see: the file name without ".gguf" (HF directories: their name), which,
      * unlike general.name, has no spaces and no ':'. */

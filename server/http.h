@@ -23,6 +23,8 @@ typedef struct qv_http_config {
     size_t adapter_pool_mb;    /* --device cuda: device adapter pool in MiB; 0 = the engine's
                                   default (512 MiB, at most a quarter of the free memory) */
     const char *kv_dtype;      /* --device cuda: "bf16" (NULL, the default) or "f32" K/V pages */
+    const char *chat_template; /* a chat format name (qv_chat_render) instead of the detected
+                                  one; NULL = detect from the model's template */
     int adapter_pinned_mb;     /* --device cuda: the pool's pinned host tier in MiB; 0 = the
                                   engine's default (twice the pool), -1 = none */
     int max_batch_tokens;      /* tokens per engine step */

@@ -40,6 +40,11 @@ static void usage(FILE *f) {
                "  --max-prompt-tokens N    prompt token limit (default 8192)\n"
                "  --max-tokens-limit N     largest max_tokens accepted (default 4096)\n"
                "  --queue-limit N          waiting requests before 429 (default 256)\n"
+               "  --chat-template NAME     chat format instead of the one detected from the\n"
+               "                           model's template: chatml, qwen2.5, llama3, llama2,\n"
+               "                           llama2-chat, llama2-sys, llama2-sys-bos,\n"
+               "                           llama2-sys-strip, mistral-v1, mistral-v3,\n"
+               "                           mistral-v3-tekken, mistral-v7, mistral-v7-tekken\n"
                "  --drain-timeout-s N      on SIGTERM, time given to in-flight requests (default "
                "30)\n"
                "  --device cpu|cuda        compute device (default cpu)\n"
@@ -132,6 +137,7 @@ static const opt_def opts[] = {
     {"--drain-timeout-s", "QUIVER_DRAIN_TIMEOUT_S", 0, 86400, 3, OFF(drain_timeout_s)},
     {"--device", "QUIVER_DEVICE", 0, 0, 2, OFF(device)},
     {"--kv-dtype", "QUIVER_KV_DTYPE", 0, 0, 2, OFF(kv_dtype)},
+    {"--chat-template", "QUIVER_CHAT_TEMPLATE", 0, 0, 2, OFF(chat_template)},
     {"--prefix-cache", "QUIVER_PREFIX_CACHE", 0, 1, 0, OFF(prefix_cache)},
     {"--adapter-store", "QUIVER_ADAPTER_STORE", 0, 0, 2, OFF(adapter_store)},
     {"--adapter-host-mb", "QUIVER_ADAPTER_HOST_MB", 1, 1 << 24, 1, OFF(adapter_host_mb)},

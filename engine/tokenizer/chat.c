@@ -21,11 +21,13 @@
  */
 #include <string.h>
 
+#include "json_text.h"
 #include "tok_internal.h"
 
 enum fam {
     F_NONE = 0,
     F_CHATML,
+    F_QWEN25,
     F_LLAMA3,
     F_LLAMA2_CHAT,
     F_LLAMA2,
@@ -44,6 +46,7 @@ static const struct {
     enum fam f;
 } k_names[] = {
     {"chatml", F_CHATML},
+    {"qwen2.5", F_QWEN25},
     {"llama3", F_LLAMA3},
     {"llama2-chat", F_LLAMA2_CHAT},
     {"llama2", F_LLAMA2},
@@ -65,10 +68,24 @@ static const char *fam_name(enum fam f) {
 
 static bool has(const char *t, const char *s) { return strstr(t, s) != NULL; }
 
+/* Qwen2.5-Instruct's template (TOKENIZER.md 7.2): its default system prompt and the text
+ * around the tools in the system turn. */
+#define QWEN_SYSTEM "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+#define QWEN_TOOLS_LEAD "You may call one or more functions to assist with the user query."
+static const char k_qwen_tools_head[] =
+    "\n\n# Tools\n\n" QWEN_TOOLS_LEAD "\n\nYou are provided with function signatures within "
+    "<tools></tools> XML tags:\n<tools>";
+static const char k_qwen_tools_tail[] =
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
+    "<function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n";
+
 static enum fam detect(const char *t) {
     if (!t || !*t) return F_NONE;
     if (has(t, "<|im_start|>")) {
         if (has(t, "<|im_sep|>") || has(t, "<end_of_utterance>")) return F_NONE;
+        /* Qwen2.5's tool instructions: the template writes tools, calls and results */
+        if (has(t, "<tool_call>") && has(t, QWEN_TOOLS_LEAD)) return F_QWEN25;
         return F_CHATML;
     }
     if (!strncmp(t, "mistral", 7) || has(t, "[INST]")) {
@@ -93,6 +110,16 @@ static enum fam detect(const char *t) {
 }
 
 const char *qv_chat_detect(const qv_tokenizer *t) { return fam_name(detect(t->chat_template)); }
+
+/* Appends Python's json.dumps of the JSON text s[0..n) (compact: separators "," and ":"). */
+static qv_status put_py_json(qv__buf *b, const char *s, size_t n, bool compact) {
+    char *txt = NULL;
+    size_t len = 0;
+    qv_status st = qv_json_py_dumps(s, n, compact, &txt, &len);
+    if (!st) st = qv__buf_put(b, txt, len);
+    qv_free(txt);
+    return st;
+}
 
 /* Python str.isspace (Jinja trim / str.strip): White_Space plus U+001C..U+001F. */
 static bool py_space(uint32_t cp) { return qv__uc_is_whitespace(cp) || (cp >= 0x1C && cp <= 0x1F); }
@@ -298,8 +325,159 @@ static qv_status render_mistral(const qv_tokenizer *t, enum fam f, const qv_chat
     return st;
 }
 
+/* Whether s[0..n) is JSON (an object when `object`) as Python reads it: QV_OK, QV_ERR_INVALID
+ * or QV_ERR_NOMEM. */
+static qv_status json_check(const char *s, size_t n, bool object) {
+    char *txt = NULL;
+    qv_status st = qv_json_py_dumps(s, n, true, &txt, NULL);
+    if (st == QV_ERR_LIMIT || (!st && object && txt[0] != '{')) st = QV_ERR_INVALID;
+    qv_free(txt);
+    return st;
+}
+
+/* Qwen2.5-Instruct's template, statement by statement: the system turn (with the tools when
+ * there are some), user / later system / plain assistant turns, an assistant's calls as
+ * <tool_call> blocks, consecutive tool results as <tool_response> blocks of one user turn;
+ * other roles write nothing. */
+static qv_status render_qwen(const char *sys, const qv_chat_msg *m, size_t n, const char *tools,
+                             size_t tools_len, bool gen, qv__buf *b) {
+    qv_status st = QV_OK;
+    const bool first_sys = n > 0 && is_role(&m[0], "system");
+    if (tools) {
+        st = puts_(b, "<|im_start|>system\n");
+        if (!st) st = puts_(b, first_sys ? m[0].content : sys);
+        if (!st) st = puts_(b, k_qwen_tools_head);
+        /* each tool of the list, as `tool | tojson` writes it */
+        const size_t k = st ? 0 : qv_json_list_items(tools, tools_len, NULL, NULL, 0);
+        size_t *off = k && k != SIZE_MAX ? qv_malloc(2 * k * sizeof(size_t)) : NULL;
+        if (!st && k == SIZE_MAX) st = QV_ERR_INVALID;
+        if (!st && k && !off) st = QV_ERR_NOMEM;
+        if (off) qv_json_list_items(tools, tools_len, off, off + k, k);
+        for (size_t i = 0; i < k && !st; i++) {
+            st = puts_(b, "\n");
+            if (!st) st = put_py_json(b, tools + off[i], off[k + i], false);
+        }
+        qv_free(off);
+        if (!st) st = puts_(b, k_qwen_tools_tail);
+    } else if (n > 0) {
+        st = puts_(b, "<|im_start|>system\n");
+        if (!st) st = puts_(b, first_sys ? m[0].content : sys);
+        if (!st) st = puts_(b, "<|im_end|>\n");
+    }
+    for (size_t i = 0; i < n && !st; i++) {
+        const bool asst = is_role(&m[i], "assistant");
+        if (is_role(&m[i], "user") || (is_role(&m[i], "system") && i > 0) ||
+            (asst && !m[i].n_calls)) {
+            st = puts_(b, "<|im_start|>");
+            if (!st) st = puts_(b, m[i].role);
+            if (!st) st = puts_(b, "\n");
+            if (!st) st = puts_(b, m[i].content);
+            if (!st) st = puts_(b, "<|im_end|>\n");
+        } else if (asst) {
+            st = puts_(b, "<|im_start|>assistant");
+            if (!st && m[i].content[0]) st = puts_(b, "\n");
+            if (!st) st = puts_(b, m[i].content);
+            for (size_t k = 0; k < m[i].n_calls && !st; k++) {
+                const qv_chat_call *c = &m[i].calls[k];
+                st = puts_(b, "\n<tool_call>\n{\"name\": \"");
+                if (!st) st = puts_(b, c->name);
+                if (!st) st = puts_(b, "\", \"arguments\": ");
+                if (!st) st = put_py_json(b, c->arguments, strlen(c->arguments), false);
+                if (!st) st = puts_(b, "}\n</tool_call>");
+            }
+            if (!st) st = puts_(b, "<|im_end|>\n");
+        } else if (is_role(&m[i], "tool")) {
+            if (i == 0 || !is_role(&m[i - 1], "tool")) st = puts_(b, "<|im_start|>user");
+            if (!st) st = puts_(b, "\n<tool_response>\n");
+            if (!st) st = puts_(b, m[i].content);
+            if (!st) st = puts_(b, "\n</tool_response>");
+            if (!st && (i + 1 == n || !is_role(&m[i + 1], "tool"))) st = puts_(b, "<|im_end|>\n");
+        }
+    }
+    if (!st && gen) st = puts_(b, "<|im_start|>assistant\n");
+    return st;
+}
+
+/* For templates without tools: each message whose calls are written after its content as
+ * [{"name":...,"arguments":{...}}] (texts[i] holds the new content; NULL when it has none). */
+static qv_status calls_as_text(const qv_chat_msg *m, size_t n, qv_chat_msg **out, qv__buf **texts) {
+    *out = NULL;
+    *texts = NULL;
+    size_t with = 0;
+    for (size_t i = 0; i < n; i++)
+        with += m[i].n_calls > 0;
+    if (!with) return QV_OK;
+    qv_chat_msg *c = qv_malloc(n * sizeof(*c));
+    qv__buf *t = qv_calloc(n, sizeof(*t));
+    if (!c || !t) {
+        qv_free(c);
+        qv_free(t);
+        return QV_ERR_NOMEM;
+    }
+    qv_status st = QV_OK;
+    for (size_t i = 0; i < n && !st; i++) {
+        c[i] = m[i];
+        if (!m[i].n_calls) continue;
+        st = puts_(&t[i], m[i].content);
+        if (!st && m[i].content[0]) st = puts_(&t[i], "\n");
+        if (!st) st = puts_(&t[i], "[");
+        for (size_t k = 0; k < m[i].n_calls && !st; k++) {
+            const qv_chat_call *call = &m[i].calls[k];
+            st = puts_(&t[i], k ? ",{\"name\":" : "{\"name\":");
+            char *q = NULL;
+            if (!st) st = qv_json_py_quote(call->name, strlen(call->name), &q);
+            if (!st) st = puts_(&t[i], q);
+            qv_free(q);
+            if (!st) st = puts_(&t[i], ",\"arguments\":");
+            if (!st) st = put_py_json(&t[i], call->arguments, strlen(call->arguments), true);
+            if (!st) st = puts_(&t[i], "}");
+        }
+        if (!st) st = puts_(&t[i], "]");
+        if (!st) st = qv__buf_putc(&t[i], '\0');
+        c[i].content = t[i].p;
+        c[i].calls = NULL;
+        c[i].n_calls = 0;
+    }
+    if (st) {
+        for (size_t i = 0; i < n; i++)
+            qv__buf_free(&t[i]);
+        qv_free(t);
+        qv_free(c);
+        return st;
+    }
+    *out = c;
+    *texts = t;
+    return QV_OK;
+}
+
+static void free_texts(qv_chat_msg *with_text, qv__buf *texts, size_t n) {
+    for (size_t i = 0; texts && i < n; i++)
+        qv__buf_free(&texts[i]);
+    qv_free(texts);
+    qv_free(with_text);
+}
+
+static enum fam family_of(const qv_tokenizer *t, const char *template_name) {
+    if (!template_name) return detect(t->chat_template);
+    for (size_t i = 0; i < QV_ARRAY_LEN(k_names); i++)
+        if (!strcmp(k_names[i].name, template_name)) return k_names[i].f;
+    return F_NONE;
+}
+
+bool qv_chat_renders_tools(const qv_tokenizer *t, const char *template_name) {
+    return family_of(t, template_name) == F_QWEN25;
+}
+
 qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name, const qv_chat_msg *msgs,
                          size_t n_msgs, bool add_generation_prompt, char **out, qv_error *err) {
+    return qv_chat_render_tools(t, template_name, msgs, n_msgs, NULL, 0, add_generation_prompt, out,
+                                err);
+}
+
+qv_status qv_chat_render_tools(const qv_tokenizer *t, const char *template_name,
+                               const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
+                               size_t tools_len, bool add_generation_prompt, char **out,
+                               qv_error *err) {
     enum fam f = F_NONE;
     qv__buf b = {0}, sys = {0};
     qv_status st = QV_OK;
@@ -312,7 +490,7 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name, const
             if (!strcmp(k_names[i].name, template_name)) f = k_names[i].f;
         if (f == F_NONE)
             return qv_errorf(err, QV_ERR_UNSUPPORTED,
-                             "unknown chat template name '%s' (supported: chatml, llama3, "
+                             "unknown chat template name '%s' (supported: chatml, qwen2.5, llama3, "
                              "llama2-chat, llama2, llama2-sys, llama2-sys-bos, llama2-sys-strip, "
                              "mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, "
                              "mistral-v7-tekken)",
@@ -326,6 +504,45 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name, const
                                               : "the model has no chat template; pass a "
                                                 "template name");
     }
+    for (size_t i = 0; i < n_msgs; i++)
+        for (size_t k = 0; k < msgs[i].n_calls; k++) {
+            const qv_chat_call *c = &msgs[i].calls[k];
+            st = c->name && c->arguments ? json_check(c->arguments, strlen(c->arguments), true)
+                                         : QV_ERR_INVALID;
+            if (st)
+                return qv_errorf(err, st,
+                                 st == QV_ERR_NOMEM
+                                     ? "out of memory"
+                                     : "chat message %zu: tool call %zu needs a name "
+                                       "and the text of a JSON object as arguments",
+                                 i, k);
+        }
+    if (tools && (st = json_check(tools, tools_len, false)))
+        return qv_errorf(err, st, st == QV_ERR_NOMEM ? "out of memory" : "the tools are not JSON");
+    size_t lead = 0;
+    while (tools && lead < tools_len && strchr(" \t\r\n", tools[lead]))
+        lead++;
+    if (tools && (lead == tools_len || tools[lead] != '['))
+        return qv_errorf(err, QV_ERR_INVALID, "the tools must be a JSON list");
+    if (f == F_QWEN25) {
+        bool found = false;
+        if (t->chat_template && detect(t->chat_template) == F_QWEN25)
+            st = default_system(t->chat_template, &sys, &found);
+        if (!st && !found) st = puts_(&sys, QWEN_SYSTEM);
+        if (!st) st = qv__buf_putc(&sys, '\0');
+        if (!st) st = render_qwen(sys.p, msgs, n_msgs, tools, tools_len, add_generation_prompt, &b);
+        qv__buf_free(&sys);
+        if (st) {
+            qv__buf_free(&b);
+            return qv_errorf(err, st, st == QV_ERR_NOMEM ? "out of memory" : "invalid tools");
+        }
+        if (qv__buf_putc(&b, '\0')) {
+            qv__buf_free(&b);
+            return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+        }
+        *out = b.p;
+        return QV_OK;
+    }
     /* ChatML and Llama 3 write any role's name; the [INST] families know three roles */
     for (size_t i = 0; i < n_msgs && f != F_CHATML && f != F_LLAMA3; i++)
         if (!is_role(&msgs[i], "system") && !is_role(&msgs[i], "user") &&
@@ -334,13 +551,22 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name, const
                              "the %s chat template has no role '%s' (only system, user and "
                              "assistant)",
                              fam_name(f), msgs[i].role);
-    if (qv__buf_reserve(&b, 256)) return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    qv_chat_msg *with_text = NULL;
+    qv__buf *texts = NULL;
+    if ((st = calls_as_text(msgs, n_msgs, &with_text, &texts)))
+        return qv_errorf(err, st, "out of memory");
+    if (with_text) msgs = with_text;
+    if (qv__buf_reserve(&b, 256)) {
+        free_texts(with_text, texts, n_msgs);
+        return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    }
     b.p[0] = 0; /* an empty rendering is a valid result */
     switch (f) {
     case F_CHATML: {
         bool found = false;
         /* the model's own ChatML template (detected or named) brings its default system prompt */
-        if (t->chat_template && detect(t->chat_template) == F_CHATML)
+        if (t->chat_template &&
+            (detect(t->chat_template) == F_CHATML || detect(t->chat_template) == F_QWEN25))
             st = default_system(t->chat_template, &sys, &found);
         /* SmolLM2 emits it from inside the message loop: nothing for an empty conversation */
         if (!st && found && n_msgs > 0 && !is_role(&msgs[0], "system")) {
@@ -378,6 +604,7 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name, const
     default: st = render_mistral(t, f, msgs, n_msgs, &b); break;
     }
     qv__buf_free(&sys);
+    free_texts(with_text, texts, n_msgs);
     if (st) {
         qv__buf_free(&b);
         if (st == QV_ERR_NOMEM) qv_errorf(err, st, "out of memory");

@@ -102,7 +102,10 @@ static char *render(qv_tokenizer *t, const char *name, const qv_chat_msg *m, siz
 static void test_mistral_formats(void **s) {
     (void)s;
     qv_tokenizer *t = tok_with_template(NULL, "<s>", "</s>");
-    qv_chat_msg m[] = {{"system", "S"}, {"user", "U1"}, {"assistant", "A1"}, {"user", "U2"}};
+    qv_chat_msg m[] = {{.role = "system", .content = "S"},
+                       {.role = "user", .content = "U1"},
+                       {.role = "assistant", .content = "A1"},
+                       {.role = "user", .content = "U2"}};
     /* llama.cpp formats (llama-chat.cpp, Mistral cookbook), with the BOS text first */
     struct {
         const char *name, *want;
@@ -159,7 +162,7 @@ static void test_detection_and_errors(void **s) {
         qv_tokenizer_free(t);
     }
     qv_tokenizer *t = tok_with_template("{{ messages }}", NULL, NULL);
-    qv_chat_msg m[] = {{"user", "hi"}};
+    qv_chat_msg m[] = {{.role = "user", .content = "hi"}};
     char *out = NULL;
     qv_error err = {0};
     assert_int_equal(qv_chat_render(t, NULL, m, 1, true, &out, &err), QV_ERR_UNSUPPORTED);
@@ -174,11 +177,12 @@ static void test_detection_and_errors(void **s) {
     qv_tokenizer_free(t);
     /* Llama-2-chat refuses non-alternating roles like the Jinja template */
     t = tok_with_template(NULL, "<s>", "</s>");
-    qv_chat_msg bad[] = {{"user", "a"}, {"user", "b"}};
+    qv_chat_msg bad[] = {{.role = "user", .content = "a"}, {.role = "user", .content = "b"}};
     assert_int_equal(qv_chat_render(t, "llama2-chat", bad, 2, false, &out, &err), QV_ERR_INVALID);
     /* a tool result: ChatML and Llama 3 write the role's name, the [INST] families refuse it */
-    qv_chat_msg tool[] = {
-        {"user", "w?"}, {"assistant", "[{\"name\":\"f\",\"arguments\":{}}]"}, {"tool", "sunny"}};
+    qv_chat_msg tool[] = {{.role = "user", .content = "w?"},
+                          {.role = "assistant", .content = "[{\"name\":\"f\",\"arguments\":{}}]"},
+                          {.role = "tool", .content = "sunny"}};
     out = render(t, "chatml", tool, 3, true);
     assert_string_equal(out,
                         "<|im_start|>user\nw?<|im_end|>\n<|im_start|>assistant\n[{\"name\":"
@@ -197,11 +201,136 @@ static void test_detection_and_errors(void **s) {
     qv_tokenizer_free(t);
 }
 
+/* Tools, calls and tool results by the Qwen2.5 template (tests/fixtures/tokenizer/
+ * chat_tools.json, from tests/oracle/gen_chat_tools_fixtures.py: jinja2 with transformers'
+ * environment), detected and named. */
+static void test_chat_tools_golden(void **s) {
+    (void)s;
+    cJSON *root = tt_load_json("tests/fixtures/tokenizer/chat_tools.json");
+    cJSON *plain = tt_load_json("tests/fixtures/tokenizer/chat.json");
+    assert_non_null(root);
+    assert_non_null(plain);
+    const cJSON *templates = cJSON_GetObjectItem(plain, "templates");
+    size_t fails = 0, n = 0, n_calls = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        qv_tokenizer *t = tok_with_template(
+            jstr_or_null(templates, jstr_or_null(c, "template_name")), NULL, "<|im_end|>");
+        assert_true(qv_chat_renders_tools(t, NULL));
+        const cJSON *msgs = cJSON_GetObjectItem(c, "messages");
+        const size_t nm = (size_t)cJSON_GetArraySize(msgs);
+        qv_chat_msg *m = calloc(nm + 1, sizeof(*m));
+        qv_chat_call *calls = calloc(64, sizeof(*calls));
+        size_t used = 0;
+        for (size_t i = 0; i < nm; i++) {
+            const cJSON *x = cJSON_GetArrayItem(msgs, (int)i);
+            m[i].role = jstr_or_null(x, "role");
+            m[i].content = jstr_or_null(x, "content");
+            m[i].calls = calls + used;
+            const cJSON *k;
+            cJSON_ArrayForEach(k, cJSON_GetObjectItem(x, "calls")) {
+                calls[used].name = jstr_or_null(k, "name");
+                calls[used++].arguments = jstr_or_null(k, "arguments_text");
+                m[i].n_calls++;
+            }
+        }
+        n_calls += used;
+        const char *tools = jstr_or_null(c, "tools_text");
+        const bool gen = cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt"));
+        const char *want = jstr_or_null(c, "expected");
+        for (int named = 0; named < 2; named++) {
+            char *out = NULL;
+            qv_error err = {0};
+            const qv_status st = qv_chat_render_tools(t, named ? "qwen2.5" : NULL, m, nm, tools,
+                                                      tools ? strlen(tools) : 0, gen, &out, &err);
+            n++;
+            if (st || strcmp(out, want)) {
+                fprintf(stderr, "  MISMATCH %s tools=%d gen=%d named=%d: %s\n",
+                        jstr_or_null(c, "conversation"), tools != NULL, gen, named,
+                        st ? err.msg : "");
+                tt_print_bytes("got ", out ? out : "", out ? strlen(out) : 0);
+                tt_print_bytes("want", want, strlen(want));
+                fails++;
+            }
+            qv_free(out);
+        }
+        free(calls);
+        free(m);
+        qv_tokenizer_free(t);
+    }
+    fprintf(stderr, "chat tools: %zu renderings (%zu calls), %zu mismatches\n", n, n_calls, fails);
+    assert_true(n >= 40);
+    assert_int_equal(fails, 0);
+    cJSON_Delete(root);
+    cJSON_Delete(plain);
+}
+
+/* Templates that do not write tools: calls after the content as compact JSON, tools ignored;
+ * bad calls and tools refused. */
+static void test_calls_as_text(void **s) {
+    (void)s;
+    qv_tokenizer *t = tok_with_template(NULL, "<s>", "</s>");
+    assert_false(qv_chat_renders_tools(t, "chatml"));
+    assert_true(qv_chat_renders_tools(t, "qwen2.5"));
+    const qv_chat_call calls[] = {{.name = "f", .arguments = "{ \"a\": 1.50, \"b\": [ ] }"},
+                                  {.name = "g\"h", .arguments = "{}"}};
+    qv_chat_msg m[] = {{.role = "user", .content = "q"},
+                       {.role = "assistant", .content = "", .calls = calls, .n_calls = 2},
+                       {.role = "assistant", .content = "x", .calls = calls + 1, .n_calls = 1}};
+    static const char tools[] = "[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]";
+    char *out = NULL;
+    qv_error err = {0};
+    assert_int_equal(
+        qv_chat_render_tools(t, "chatml", m, 3, tools, strlen(tools), false, &out, &err), QV_OK);
+    assert_string_equal(
+        out, "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n[{\"name\":\"f\","
+             "\"arguments\":{\"a\":1.5,\"b\":[]}},{\"name\":\"g\\\"h\",\"arguments\":{}}]"
+             "<|im_end|>\n<|im_start|>assistant\nx\n[{\"name\":\"g\\\"h\",\"arguments\":{}}]"
+             "<|im_end|>\n");
+    qv_free(out);
+    assert_int_equal(qv_chat_render_tools(t, "llama2-chat", m, 2, NULL, 0, false, &out, &err),
+                     QV_OK);
+    assert_string_equal(out,
+                        "<s>[INST] q [/INST] [{\"name\":\"f\",\"arguments\":{\"a\":1.5,\"b\":[]}},"
+                        "{\"name\":\"g\\\"h\",\"arguments\":{}}] </s>");
+    qv_free(out);
+    const qv_chat_call bad[] = {{.name = "f", .arguments = "[1]"},
+                                {.name = "f", .arguments = "{"},
+                                {.name = NULL, .arguments = "{}"}};
+    for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++) {
+        qv_chat_msg b[] = {{.role = "assistant", .content = "", .calls = bad + i, .n_calls = 1}};
+        assert_int_equal(qv_chat_render_tools(t, "qwen2.5", b, 1, NULL, 0, false, &out, &err),
+                         QV_ERR_INVALID);
+        assert_int_equal(qv_chat_render_tools(t, "chatml", b, 1, NULL, 0, false, &out, &err),
+                         QV_ERR_INVALID);
+        assert_null(out);
+    }
+    assert_int_equal(qv_chat_render_tools(t, "qwen2.5", m, 1, "{\"a\":1}", 7, false, &out, &err),
+                     QV_ERR_INVALID);
+    assert_int_equal(qv_chat_render_tools(t, "qwen2.5", m, 1, "[1,", 3, false, &out, &err),
+                     QV_ERR_INVALID);
+    /* out of memory anywhere: an error, nothing leaked */
+    for (long k = 0; k < 400; k++) {
+        qv_alloc_fail_after(k);
+        const qv_status st = qv_chat_render_tools(t, k % 2 ? "qwen2.5" : "chatml", m, 3, tools,
+                                                  strlen(tools), true, &out, &err);
+        qv_alloc_fail_after(-1);
+        if (st == QV_OK) {
+            qv_free(out);
+            if (k > 200) break;
+            continue;
+        }
+        assert_int_equal(st, QV_ERR_NOMEM);
+        assert_null(out);
+    }
+    qv_tokenizer_free(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_chat_golden),
-        cmocka_unit_test(test_mistral_formats),
-        cmocka_unit_test(test_detection_and_errors),
+        cmocka_unit_test(test_chat_golden),          cmocka_unit_test(test_mistral_formats),
+        cmocka_unit_test(test_detection_and_errors), cmocka_unit_test(test_chat_tools_golden),
+        cmocka_unit_test(test_calls_as_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

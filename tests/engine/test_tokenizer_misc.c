@@ -243,7 +243,7 @@ static void test_alloc_failures(void **s) {
             st = qv_tokenizer_encode(t, text, strlen(text), true, &ids, &n, &err);
             char *out = NULL;
             if (st == QV_OK) st = qv_tokenizer_decode(t, ids, n, false, &out, NULL, &err);
-            qv_chat_msg m = {"user", "hi"};
+            qv_chat_msg m = {.role = "user", .content = "hi"};
             char *prompt = NULL;
             if (st == QV_OK) st = qv_chat_render(t, NULL, &m, 1, true, &prompt, &err);
             qv_detok *d = NULL;

@@ -566,7 +566,7 @@ def render(tmpl, msgs, gen, bos, eos):
 
 def chat_cases(smol_tmpl):
     tmpls = [("smollm2", smol_tmpl, None, "<|im_end|>", "chatml"),
-             ("qwen25", QWEN25, None, "<|im_end|>", "chatml"),
+             ("qwen25", QWEN25, None, "<|im_end|>", "qwen2.5"),
              ("llama3", LLAMA3, "<|begin_of_text|>", "<|eot_id|>", "llama3"),
              ("llama2", LLAMA2, "<s>", "</s>", "llama2-chat"),
              ("mistral", MISTRAL, "<s>", "</s>", "llama2")]

@@ -269,17 +269,34 @@ static void test_tools(void **state) {
             &r, &e),
         QV_OK);
     assert_int_equal(r.n_messages, 4);
-    assert_string_equal(r.messages[1].content,
-                        "[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}]");
+    assert_string_equal(r.messages[1].content, "");
+    assert_int_equal(r.messages[1].n_calls, 1);
+    assert_string_equal(r.messages[1].calls[0].name, "get_weather");
+    assert_string_equal(r.messages[1].calls[0].arguments, "{\"city\": \"Paris\"}"); /* as sent */
     assert_string_equal(r.messages[2].role, "tool");
     assert_string_equal(r.messages[2].content, "sunny");
-    assert_string_equal(r.messages[3].content,
-                        "ok\n[{\"name\":\"now\",\"arguments\":{}},{\"name\":\"now\","
-                        "\"arguments\":{}}]");
+    assert_string_equal(r.messages[3].content, "ok");
+    assert_int_equal(r.messages[3].n_calls, 2);
+    assert_null(r.tools_text);
+    qv_proto_request_free(&r);
+    /* auto: decoded (the server checks the template), the raw tools kept for the template */
+    assert_int_equal(dec(H, "{" USER ",  " TOOLS " , \"tool_choice\":\"auto\"}", &r, &e), QV_OK);
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_AUTO);
+    assert_null(r.json_schema);
+    assert_non_null(r.tools_text);
+    assert_true(r.tools_text[0] == '[' && r.tools_text[r.tools_len - 1] == ']');
+    assert_non_null(strstr(r.tools_text, "\"strict\":true"));
+    qv_proto_request_free(&r);
+    assert_int_equal(dec(H, "{" USER "," TOOLS "}", &r, &e), QV_OK); /* auto by default */
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_AUTO);
+    qv_proto_request_free(&r);
+    assert_int_equal(dec(QV_PROTO_TOKENIZE, "{" USER "," TOOLS "}", &r, &e), QV_OK);
+    assert_non_null(r.tools_text);
     qv_proto_request_free(&r);
 
-    expect_bad(H, "{" USER "," TOOLS "}", "tool_choice"); /* auto, the default */
-    expect_bad(H, "{" USER "," TOOLS ",\"tool_choice\":\"auto\"}", "tool_choice");
+    expect_bad(H, "{" USER "," TOOLS ",\"tool_choice\":\"auto\",\"guided_json\":{}}",
+               "tool_choice");
+    expect_bad(QV_PROTO_TOKENIZE, "{" USER ",\"tools\":{}}", "tools");
     expect_bad(H, "{" USER "," TOOLS ",\"tool_choice\":\"always\"}", "tool_choice");
     expect_bad(H, "{" USER ",\"tool_choice\":\"required\"}", "tool_choice");
     expect_bad(H, "{" USER "," TOOLS ",\"tool_choice\":{\"type\":\"function\"}}", "tool_choice");
@@ -356,7 +373,7 @@ static void test_tool_call_results(void **state) {
     static const char req[] = "[{\"name\":\"a\",\"arguments\":{\"x\": 1.50, \"y\":[ "
                               "]}},{\"name\":\"b\",\"arguments\":{}}]";
     assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, req, strlen(req),
-                                               "ab12_0", &calls, &n),
+                                               "ab12_0", &calls, &n, NULL),
                      QV_OK);
     assert_int_equal(n, 2);
     assert_string_equal(calls[0].id, "call_ab12_0_0");
@@ -368,7 +385,7 @@ static void test_tool_call_results(void **state) {
                          .id = "chatcmpl-1",
                          .model = "m",
                          .text = req,
-                         .text_len = strlen(req),
+                         .text_len = 0, /* no text before the calls: content null */
                          .finish_reason = "tool_calls",
                          .calls = calls,
                          .n_calls = n};
@@ -398,9 +415,9 @@ static void test_tool_call_results(void **state) {
     qv_proto_tool_calls_free(calls, n);
 
     /* named: the text is the arguments, as written */
-    assert_int_equal(
-        qv_proto_tool_calls_parse(QV_PROTO_TOOLS_NAMED, "f", "{\"q\": 1}", 9, "z_1", &calls, &n),
-        QV_OK);
+    assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_NAMED, "f", "{\"q\": 1}", 8, "z_1",
+                                               &calls, &n, NULL),
+                     QV_OK);
     assert_int_equal(n, 1);
     assert_string_equal(calls[0].name, "f");
     assert_string_equal(calls[0].arguments, "{\"q\": 1}");
@@ -410,15 +427,65 @@ static void test_tool_call_results(void **state) {
                                       "[{\"name\":\"a\",\"arguments\":[]}]"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, bad[i],
-                                                   strlen(bad[i]), "z", &calls, &n),
+                                                   strlen(bad[i]), "z", &calls, &n, NULL),
                          QV_ERR_INVALID);
     assert_int_equal(
-        qv_proto_tool_calls_parse(QV_PROTO_TOOLS_NAMED, "f", "{\"q\":", 5, "z", &calls, &n),
+        qv_proto_tool_calls_parse(QV_PROTO_TOOLS_NAMED, "f", "{\"q\":", 5, "z", &calls, &n, NULL),
         QV_ERR_INVALID);
     assert_int_equal(
-        qv_proto_tool_calls_parse(QV_PROTO_TOOLS_NAMED, "f", "[1]", 3, "z", &calls, &n),
+        qv_proto_tool_calls_parse(QV_PROTO_TOOLS_NAMED, "f", "[1]", 3, "z", &calls, &n, NULL),
         QV_ERR_INVALID);
     assert_null(calls);
+
+    /* auto: Hermes / Qwen2.5 blocks, the text before them is the content */
+    static const char hermes[] =
+        "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+        "\"Paris\", \"days\": 2.50}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\", "
+        "\"arguments\": {}}\n";
+    size_t content = 99;
+    assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO, NULL, hermes, strlen(hermes),
+                                               "q_0", &calls, &n, &content),
+                     QV_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(content, strlen("Let me check.\n"));
+    assert_string_equal(calls[0].name, "get_weather");
+    assert_string_equal(calls[0].arguments, "{\"city\":\"Paris\",\"days\":2.5}");
+    assert_string_equal(calls[1].name, "now"); /* the last block may be unclosed */
+    assert_string_equal(calls[1].arguments, "{}");
+    assert_string_equal(calls[1].id, "call_q_0_1");
+    qv_proto_tool_calls_free(calls, n);
+    static const char *const not_calls[] = {
+        "no calls here", "<tool_call>\nnot json\n</tool_call>",
+        "<tool_call>{\"name\": \"f\"}</tool_call>",
+        "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call><tool_call>{\"name\": 1, "
+        "\"arguments\": {}}</tool_call>",
+        "<tool_call>{\"name\": \"f\", \"arguments\": {}} extra</tool_call>"};
+    for (size_t i = 0; i < sizeof(not_calls) / sizeof(not_calls[0]); i++) {
+        content = 99;
+        assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO, NULL, not_calls[i],
+                                                   strlen(not_calls[i]), "z", &calls, &n, &content),
+                         QV_ERR_INVALID);
+        assert_null(calls);
+        assert_int_equal(content, 0);
+    }
+    /* a response with content and calls */
+    assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO, NULL, hermes, strlen(hermes),
+                                               "q_0", &calls, &n, &content),
+                     QV_OK);
+    qv_proto_result ar = {.endpoint = QV_PROTO_CHAT,
+                          .id = "chatcmpl-2",
+                          .model = "m",
+                          .text = hermes,
+                          .text_len = content,
+                          .finish_reason = "tool_calls",
+                          .calls = calls,
+                          .n_calls = n};
+    o = parse(qv_proto_encode_response(&ar));
+    const cJSON *msg = path(cJSON_GetArrayItem(path(o, "choices", NULL), 0), "message", NULL);
+    assert_string_equal(path(msg, "content", NULL)->valuestring, "Let me check.\n");
+    assert_int_equal(cJSON_GetArraySize(path(msg, "tool_calls", NULL)), 2);
+    cJSON_Delete(o);
+    qv_proto_tool_calls_free(calls, n);
 }
 
 static void test_encode_completion(void **state) {
@@ -640,7 +707,7 @@ static void test_alloc_failures(void **state) {
         size_t n = 0;
         qv_alloc_fail_after(k);
         qv_status s = qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, answer,
-                                                strlen(answer), "b", &calls, &n);
+                                                strlen(answer), "b", &calls, &n, NULL);
         qv_alloc_fail_after(-1);
         qv_proto_tool_calls_free(calls, n);
         if (s == QV_OK) break;

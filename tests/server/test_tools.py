@@ -171,8 +171,8 @@ def run(srv):
     # refusals
     body = {"model": base, "messages": ASK, "tools": TOOLS, "max_tokens": 8}
     for extra, param, what in (
-            ({}, "tool_choice", "auto (the default with tools)"),
-            ({"tool_choice": "auto"}, "tool_choice", "auto"),
+            ({}, "tool_choice", "auto (the default with tools) where the template has no tools"),
+            ({"tool_choice": "auto"}, "tool_choice", "auto where the template has no tools"),
             ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
              "a function not in tools"),
             ({"tool_choice": "required", "response_format": {"type": "json_object"}},
@@ -196,6 +196,58 @@ def run(srv):
                    param="tools")
 
 
+def weather_call(city, i):
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"c{i}", "type": "function",
+         "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}]}
+
+
+def run_auto(srv):
+    """tool_choice "auto" with a template that writes tools (--chat-template qwen2.5): the
+    tools are in the prompt, <tool_call> blocks in the answer become calls, other answers are
+    text; streamed answers hold back what may be a call."""
+    client = srv.client()
+    base = os.path.basename(T.MODEL)[:-len(".gguf")]
+    tools = [WEATHER]
+    shots = [{"role": "user", "content": "Weather in Paris?"}, weather_call("Paris", 1),
+             {"role": "user", "content": "Weather in Berlin?"}, weather_call("Berlin", 2),
+             {"role": "user", "content": "Weather in Madrid?"}, weather_call("Madrid", 3),
+             {"role": "user", "content": "Weather in Rome?"}]
+    kw = dict(model=base, messages=shots, tools=tools, max_tokens=60, temperature=0)
+    r = client.chat.completions.create(**kw)  # auto: the default
+    c = r.choices[0]
+    calls = c.message.tool_calls or []
+    ok = c.finish_reason == "tool_calls" and len(calls) >= 1 and all(
+        x.function.name == "get_weather" and x.id.startswith("call_") and
+        jsonschema.Draft202012Validator(WEATHER["function"]["parameters"]).is_valid(
+            dict({"unit": "celsius"}, **json.loads(x.function.arguments))) for x in calls)
+    check(ok, f"auto: the model's <tool_call> block is a call "
+          f"({[(x.function.name, x.function.arguments) for x in calls]}, {c.message.content!r})")
+    s_calls, s_finish, s_content = streamed(client, **kw)
+    check(s_finish == c.finish_reason and (s_content or None) == c.message.content and
+          [(x["name"], x["arguments"]) for x in s_calls] ==
+          [(x.function.name, x.function.arguments) for x in calls],
+          "auto streamed: the same content and calls")
+    say = [{"role": "user", "content": "Say hello to Bob."}]
+    r = client.chat.completions.create(**dict(kw, messages=say, tool_choice="auto"))
+    c = r.choices[0]
+    check(c.finish_reason in ("stop", "length") and not c.message.tool_calls and
+          c.message.content and "<tool_call>" not in c.message.content,
+          f"auto: a text answer stays text ({c.message.content[:40]!r})")
+    s_calls, s_finish, s_content = streamed(client, **dict(kw, messages=say))
+    check(not s_calls and s_content == c.message.content and s_finish == c.finish_reason,
+          "auto streamed: the same text")
+    counts = []
+    for extra in ({}, {"tools": tools}):
+        st, _, data = srv.raw("POST", "/tokenize", dict({"model": base, "messages": say}, **extra))
+        counts.append(json.loads(data)["count"] if st == 200 else 0)
+    check(counts[1] > counts[0] + 50, f"the template writes the tools into the prompt ({counts})")
+    r = client.chat.completions.create(**dict(kw, tool_choice="required"))
+    calls = r.choices[0].message.tool_calls or []
+    check(len(calls) >= 1 and all(valid_call(x) for x in calls),
+          "required with a template that writes tools: valid calls")
+
+
 def main():
     if not os.path.isfile(T.MODEL):
         print(f"SKIP: {T.MODEL} not found (run deploy/fetch-model.sh)")
@@ -206,7 +258,13 @@ def main():
     finally:
         if srv.proc.poll() is None:
             srv.stop()
-    return T.report([srv])
+    qwen = T.Server("--api-key", T.KEY, "--max-seqs", "8", "--chat-template", "qwen2.5")
+    try:
+        run_auto(qwen)
+    finally:
+        if qwen.proc.poll() is None:
+            qwen.stop()
+    return T.report([srv, qwen])
 
 
 if __name__ == "__main__":
