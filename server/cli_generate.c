@@ -483,8 +483,7 @@ static bool history_push(history *h, const char *role, const char *content) {
         qv_free(c);
         return false;
     }
-    h->msgs[h->n].role = r;
-    h->msgs[h->n].content = c;
+    h->msgs[h->n] = (qv_chat_msg){.role = r, .content = c};
     h->n++;
     return true;
 }

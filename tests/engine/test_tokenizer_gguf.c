@@ -96,6 +96,7 @@ static void test_gguf_matches_oracle(void **s) {
         const cJSON *msgs = cJSON_GetObjectItem(c, "messages");
         size_t nm = (size_t)cJSON_GetArraySize(msgs);
         qv_chat_msg m[8];
+        memset(m, 0, sizeof(m));
         for (size_t i = 0; i < nm && i < 8; i++) {
             m[i].role = cJSON_GetObjectItem(cJSON_GetArrayItem(msgs, (int)i), "role")->valuestring;
             m[i].content =

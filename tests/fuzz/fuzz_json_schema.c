@@ -24,23 +24,8 @@
         }                                                                                          \
     } while (0)
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static int hooked;
-    if (!hooked) {
-        cJSON_Hooks hooks = {.malloc_fn = qv_malloc, .free_fn = qv_free};
-        cJSON_InitHooks(&hooks);
-        hooked = 1;
-    }
-    const uint8_t *nul = memchr(data, 0, size);
-    const size_t n_schema = nul ? (size_t)(nul - data) : size;
-    const uint8_t *doc = nul ? nul + 1 : data + size;
-    const size_t n_doc = (size_t)(data + size - doc);
-    qv_json_schema *sch = NULL;
-    qv_error err = {0};
-    if (qv_json_schema_compile((const char *)data, n_schema, &sch, &err) != QV_OK) {
-        CHECK(sch == NULL && err.msg[0]);
-        return 0;
-    }
+/* Feeds the document byte by byte (skipping refused bytes), checking the invariants. */
+static void run(const qv_json_schema *sch, const uint8_t *doc, size_t n_doc) {
     CHECK(qv_json_schema_text(sch) != NULL);
     qv_json_sstate s;
     qv_json_schema_init(sch, &s);
@@ -63,6 +48,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             CHECK(!qv_json_schema_feed(sch, &t, (const uint8_t *)"1", 1));
         }
     }
-    qv_json_schema_unref(sch);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    static int hooked;
+    if (!hooked) {
+        cJSON_Hooks hooks = {.malloc_fn = qv_malloc, .free_fn = qv_free};
+        cJSON_InitHooks(&hooks);
+        hooked = 1;
+    }
+    const uint8_t *nul = memchr(data, 0, size);
+    const size_t n_schema = nul ? (size_t)(nul - data) : size;
+    const uint8_t *doc = nul ? nul + 1 : data + size;
+    const size_t n_doc = (size_t)(data + size - doc);
+    /* the schema, compact when the document's length is odd, and the same text as a tools
+     * list (tool calls) */
+    const unsigned flags = n_doc & 1 ? QV_JSON_COMPACT : 0;
+    for (int calls = 0; calls < 2; calls++) {
+        qv_json_schema *sch = NULL;
+        qv_error err = {0};
+        const qv_status st =
+            calls ? qv_json_schema_compile_calls((const char *)data, n_schema, n_doc & 2, flags,
+                                                 &sch, &err)
+                  : qv_json_schema_compile_flags((const char *)data, n_schema, flags, &sch, &err);
+        if (st != QV_OK) {
+            CHECK(sch == NULL && err.msg[0]);
+            continue;
+        }
+        run(sch, doc, n_doc);
+        qv_json_schema_unref(sch);
+    }
     return 0;
 }
