@@ -3,10 +3,9 @@
  * (engine/json_grammar.c): request schemas come from clients. The input is a schema's text, a
  * NUL byte, then a document; the text is also compiled as a tools list (tool calls), and
  * compact when the document's length is odd. Invariants checked: no crash or sanitizer
- * report; a refused
- * schema carries a message; a refused byte leaves the state unchanged; a state that says the
- * document is complete at depth 0 refuses every further byte; the string shortcut
- * (qv_json_schema_string_room) agrees with feeding plain characters.
+ * report; a refused schema carries a message; a refused byte leaves the state unchanged; a
+ * state that says the document is complete at depth 0 refuses every further byte; the string
+ * shortcut (qv_json_schema_string_room) agrees with feeding plain characters.
  */
 #include <stdint.h>
 #include <stdio.h>
