@@ -57,8 +57,10 @@
 /* Waiting sequences whose adapters each step prefetches onto the device. */
 #define QV_PREFETCH_SEQS 4
 
-/* Masks kept by grammar state (JSON mode); 6 KB each at a 49k vocabulary. */
-#define QV_JSON_MASK_CACHE 64
+/* Masks kept by grammar state (JSON mode, structured output, tool calls); 6 KB each at a 49k
+ * vocabulary (1.5 MB in all), 16 KB at 128k: a schema with counted strings or many tools has
+ * hundreds of states, and a smaller cache let one grammar evict another's masks. */
+#define QV_JSON_MASK_CACHE 256
 
 typedef struct qv_seq {
     bool used;
@@ -142,6 +144,7 @@ struct qv_engine {
      * share one compiled schema (and so these entries). */
     struct json_mask {
         qv_json_schema *schema; /* NULL: empty */
+        uint64_t hash;          /* of key, compared first */
         qv_json_sstate key;
         uint64_t stamp;
         uint64_t *bits; /* [(n_vocab + 63) / 64] */
@@ -428,9 +431,12 @@ static qv_status token_bytes_build(qv_engine *e, qv_error *err) {
  * recently used entry. */
 static const uint64_t *json_mask_bits(qv_engine *e, qv_json_schema *sch, const qv_json_sstate *js) {
     struct json_mask *m = &e->jm[0];
+    uint64_t h = 1469598103934665603ull; /* FNV-1a of the state's bytes */
+    for (size_t i = 0; i < sizeof(*js); i++)
+        h = (h ^ ((const uint8_t *)js)[i]) * 1099511628211ull;
     for (int i = 0; i < QV_JSON_MASK_CACHE; i++) {
         struct json_mask *c = &e->jm[i];
-        if (c->schema == sch && !memcmp(&c->key, js, sizeof(*js))) {
+        if (c->hash == h && c->schema == sch && !memcmp(&c->key, js, sizeof(*js))) {
             c->stamp = ++e->jm_clock;
             e->jm_hits++;
             return c->bits;
@@ -469,6 +475,7 @@ static const uint64_t *json_mask_bits(qv_engine *e, qv_json_schema *sch, const q
         m->schema = qv_json_schema_ref(sch);
     }
     m->key = *js;
+    m->hash = h;
     m->stamp = ++e->jm_clock;
     e->jm_s += qv_time_s() - t0;
     return m->bits;

@@ -1677,18 +1677,24 @@ static const sspan *tag_value(const qv_json_schema *s, const snode *nd, uint32_t
 static int tag_value_in(const qv_json_schema *s, qv_json_frame *fr, const snode *nd, uint8_t c) {
     uint32_t member;
     const sspan *cur = fr->a ? tag_value(s, nd, fr->cur, &member) : NULL;
-    for (uint32_t g = 0;; g++) {
-        const sspan *x = tag_value(s, nd, g, &member);
-        if (!x) return R_NO;
-        if (x->len <= fr->a || s->bytes[x->off + fr->a] != c ||
-            (cur && !same_prefix(s, x, cur, fr->a)))
-            continue;
-        if (fr->a + 1u == x->len) /* the closing quote: strings are prefix-free */
-            *fr = (qv_json_frame){.node = (uint16_t)member, .phase = OB_AFTER};
-        else
-            fr->cur = (uint8_t)g, fr->a++, fr->phase = AN_VAL_IN;
-        return R_YES;
+    uint32_t g = 0; /* one pass over the values, member by member */
+    for (uint32_t i = 0; i < nd->n; i++) {
+        const snode *m = &s->nodes[s->alts[nd->first + i]];
+        if (m->kind != K_OBJECT) continue;
+        const snode *v = &s->nodes[prop_of(s, m, 0)->node];
+        for (uint32_t j = 0; j < v->n; j++, g++) {
+            const sspan *x = lit_of(s, v, j);
+            if (x->len <= fr->a || s->bytes[x->off + fr->a] != c ||
+                (cur && !same_prefix(s, x, cur, fr->a)))
+                continue;
+            if (fr->a + 1u == x->len) /* the closing quote: strings are prefix-free */
+                *fr = (qv_json_frame){.node = (uint16_t)s->alts[nd->first + i], .phase = OB_AFTER};
+            else
+                fr->cur = (uint8_t)g, fr->a++, fr->phase = AN_VAL_IN;
+            return R_YES;
+        }
     }
+    return R_NO;
 }
 
 static int in_token(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *fr, const snode *nd,

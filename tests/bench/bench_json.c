@@ -13,7 +13,11 @@
  * tokens, ms per engine step, masks computed and taken from the cache; then the ratios to free
  * (median over the rounds) and how many answers were identical to the free ones.
  *
- * usage: bench_json [MODEL] [--threads N] [--requests R] [--gen G] [--rounds K]
+ * A fourth mode, tool calls (tool_choice "required" over --tools N functions, default 64),
+ * times the calls grammar: its answers are calls, so only its time per step and its masks are
+ * comparable.
+ *
+ * usage: bench_json [MODEL] [--threads N] [--requests R] [--gen G] [--rounds K] [--tools N]
  *                   [--device cpu|cuda]
  */
 #include <stdint.h>
@@ -31,8 +35,8 @@
 typedef struct req {
     int32_t *ids;
     size_t n_ids;
-    int32_t toks[3][MAX_GEN]; /* [mode] */
-    int n[3];
+    int32_t toks[4][MAX_GEN]; /* [mode] */
+    int n[4];
     int mode;
 } req;
 
@@ -45,8 +49,26 @@ static void on_tok(void *user, int seq_id, int32_t tok, const qv_logprobs *lp,
     if (r->n[r->mode] < MAX_GEN) r->toks[r->mode][r->n[r->mode]++] = tok;
 }
 
-enum { FREE, JSON_MODE, SCHEMA, N_MODES };
-static const char *const mode_names[N_MODES] = {"free", "JSON mode", "json_schema"};
+enum { FREE, JSON_MODE, SCHEMA, TOOLS, N_MODES };
+static const char *const mode_names[N_MODES] = {"free", "JSON mode", "json_schema", "tool calls"};
+
+/* tool_choice "required" over n_tools functions (get_0 ... get_<n-1>, three parameters each):
+ * the calls schema the server compiles, compact. The answers are calls, not the free ones. */
+static char *tools_text(int n_tools) {
+    const size_t cap = (size_t)n_tools * 256 + 16;
+    char *t = malloc(cap);
+    if (!t) return NULL;
+    size_t o = (size_t)snprintf(t, cap, "[");
+    for (int i = 0; i < n_tools; i++)
+        o += (size_t)snprintf(t + o, cap - o,
+                              "%s{\"type\":\"function\",\"function\":{\"name\":\"get_%d\","
+                              "\"parameters\":{\"type\":\"object\",\"properties\":{\"name\":"
+                              "{\"type\":\"string\"},\"age\":{\"type\":\"integer\"},\"city\":"
+                              "{\"enum\":[\"Paris\",\"Rome\"]}},\"required\":[\"name\"]}}}",
+                              i ? "," : "", i);
+    snprintf(t + o, cap - o, "]");
+    return t;
+}
 
 /* What the prompts ask for, as a schema (the server compiles one per request). */
 static const char person_schema[] =
@@ -55,7 +77,8 @@ static const char person_schema[] =
     "\"additionalProperties\":false}";
 
 /* One batch of every request in `mode`. Returns the wall time, or < 0. */
-static double run_mode(qv_engine *e, req *rs, int n_req, int gen, int mode, int *steps) {
+static double run_mode(qv_engine *e, req *rs, int n_req, int gen, int mode, const char *tools,
+                       int *steps) {
     qv_gen_params gp;
     qv_gen_params_default(&gp);
     gp.max_tokens = gen;
@@ -67,8 +90,11 @@ static double run_mode(qv_engine *e, req *rs, int n_req, int gen, int mode, int 
         rs[i].mode = mode;
         rs[i].n[mode] = 0;
         gp.json_schema = NULL;
-        if (mode == SCHEMA && qv_json_schema_compile(person_schema, sizeof(person_schema) - 1,
-                                                     &gp.json_schema, &err) != QV_OK) {
+        if ((mode == SCHEMA && qv_json_schema_compile(person_schema, sizeof(person_schema) - 1,
+                                                      &gp.json_schema, &err) != QV_OK) ||
+            (mode == TOOLS &&
+             qv_json_schema_compile_calls(tools, strlen(tools), false, QV_JSON_COMPACT,
+                                          &gp.json_schema, &err) != QV_OK)) {
             fprintf(stderr, "bench_json: schema: %s\n", err.msg);
             return -1;
         }
@@ -93,7 +119,7 @@ static double run_mode(qv_engine *e, req *rs, int n_req, int gen, int mode, int 
 
 int main(int argc, char **argv) {
     const char *model = NULL, *device = NULL;
-    int n_threads = 0, n_req = 8, gen = 64, rounds = 3;
+    int n_threads = 0, n_req = 8, gen = 64, rounds = 3, n_tools = 64;
     for (int i = 1; i < argc; i++) {
         const bool more = i + 1 < argc;
         if (!strcmp(argv[i], "--threads") && more)
@@ -104,6 +130,8 @@ int main(int argc, char **argv) {
             gen = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rounds") && more)
             rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tools") && more)
+            n_tools = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--device") && more)
             device = argv[++i];
         else if (argv[i][0] != '-')
@@ -152,6 +180,8 @@ int main(int argc, char **argv) {
         }
         qv_free(text);
     }
+    char *tools = tools_text(n_tools > 0 && n_tools <= 128 ? n_tools : 64);
+    if (!tools) return 1;
     printf("model %s on %s, %d chat requests in one batch, greedy, at most %d tokens, %d "
            "rounds\n\n",
            model, device ? device : "cpu", n_req, gen, rounds);
@@ -168,7 +198,7 @@ int main(int argc, char **argv) {
             const int mode = (round + t) % N_MODES;
             qv_engine_stats s0, s1;
             qv_engine_get_stats(e, &s0);
-            wall[mode] = run_mode(e, rs, n_req, gen, mode, &steps[mode]);
+            wall[mode] = run_mode(e, rs, n_req, gen, mode, tools, &steps[mode]);
             if (wall[mode] < 0) return 1;
             qv_engine_get_stats(e, &s1);
             miss[mode] = (unsigned long long)(s1.json_mask_misses - s0.json_mask_misses);
@@ -185,8 +215,9 @@ int main(int argc, char **argv) {
                    wall[mode] * 1e3 / steps[mode], miss[mode], hit[mode]);
             ratio[mode][round] = (wall[mode] / steps[mode]) / (wall[FREE] / steps[FREE]);
         }
-        fprintf(stderr, "{\"round\":%d,\"wall_s\":[%.4f,%.4f,%.4f],\"steps\":[%d,%d,%d]}\n",
-                round + 1, wall[0], wall[1], wall[2], steps[0], steps[1], steps[2]);
+        fprintf(stderr, "{\"round\":%d,\"wall_s\":[%.4f,%.4f,%.4f,%.4f],\"steps\":[%d,%d,%d,%d]}\n",
+                round + 1, wall[0], wall[1], wall[2], wall[3], steps[0], steps[1], steps[2],
+                steps[3]);
     }
     printf("\n");
     for (int mode = JSON_MODE; mode < N_MODES; mode++) {
@@ -196,14 +227,17 @@ int main(int argc, char **argv) {
                 rs[i].n[FREE] == rs[i].n[mode] && !memcmp(rs[i].toks[FREE], rs[i].toks[mode],
                                                           (size_t)rs[i].n[FREE] * sizeof(int32_t));
         printf("%s / free, time per step (median of %d rounds): %.3fx; masks computed %llu "
-               "(%.2f ms each), from the cache %llu; answers identical to the free ones: %d of "
-               "%d\n",
+               "(%.2f ms each), from the cache %llu; ",
                mode_names[mode], rounds, bench_median(ratio[mode], rounds), computed[mode],
-               computed[mode] ? mask_s[mode] * 1e3 / (double)computed[mode] : 0.0, cached[mode],
-               same, n_req);
+               computed[mode] ? mask_s[mode] * 1e3 / (double)computed[mode] : 0.0, cached[mode]);
+        if (mode == TOOLS)
+            printf("%d tools, answers are calls (not compared)\n", n_tools);
+        else
+            printf("answers identical to the free ones: %d of %d\n", same, n_req);
     }
     for (int i = 0; i < n_req; i++)
         qv_free(rs[i].ids);
+    free(tools);
     qv_engine_destroy(e);
     return 0;
 }
