@@ -1815,16 +1815,21 @@ static size_t stream_limit(const request *r) {
     return n;
 }
 
+/* The fields of member r's stream chunks that never change. */
+static qv_proto_result chunk_of(const request *l, const request *r) {
+    return (qv_proto_result){.endpoint = r->endpoint,
+                             .id = l->id,
+                             .model = l->model_echo,
+                             .created = l->created,
+                             .logprobs = r->logprobs,
+                             .index = r->index};
+}
+
 /* tool_choice "required" and "auto" stream: the text that cannot be a call as it comes
  * ("auto"), then, once the answer is done, the calls whole in one chunk (with the logprobs
  * still unsent), or the rest of the text when the answer is not calls. */
 static char *calls_chunk(request *l, request *r, bool *oom) {
-    qv_proto_result res = {.endpoint = r->endpoint,
-                           .id = l->id,
-                           .model = l->model_echo,
-                           .created = l->created,
-                           .logprobs = r->logprobs,
-                           .index = r->index};
+    qv_proto_result res = chunk_of(l, r);
     qv_proto_tool_call *calls = NULL;
     size_t n = 0, upto = stream_limit(r);
     if (r->done && !member_calls(l, r, &calls, &n, &upto)) return *oom = true, NULL;
@@ -1860,12 +1865,7 @@ static char *calls_chunk(request *l, request *r, bool *oom) {
 /* Member r's next stream chunk (new text and logprobs, or its finish), or NULL when it has
  * nothing to send now (or no memory: *oom). */
 static char *member_chunk(request *l, request *r, bool *oom) {
-    qv_proto_result res = {.endpoint = r->endpoint,
-                           .id = l->id,
-                           .model = l->model_echo,
-                           .created = l->created,
-                           .logprobs = r->logprobs,
-                           .index = r->index};
+    qv_proto_result res = chunk_of(l, r);
     if (r->sent_finish) return NULL; /* finished, or the stream ended with an error */
     if (r->tools == QV_PROTO_TOOLS_REQUIRED || r->tools == QV_PROTO_TOOLS_AUTO)
         return calls_chunk(l, r, oom);

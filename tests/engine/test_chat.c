@@ -37,6 +37,17 @@ static const char *jstr_or_null(const cJSON *o, const char *k) {
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* Whether a rendering is the golden one; prints both when not. */
+static bool same_render(const cJSON *c, const char *what, bool gen, int named, qv_status st,
+                        const char *out, const char *want, const qv_error *err) {
+    if (!st && !strcmp(out, want)) return true;
+    fprintf(stderr, "  MISMATCH %s / %s %s gen=%d named=%d: %s\n", jstr_or_null(c, "template_name"),
+            jstr_or_null(c, "conversation"), what, gen, named, st ? err->msg : "");
+    tt_print_bytes("got ", out ? out : "", out ? strlen(out) : 0);
+    tt_print_bytes("want", want, strlen(want));
+    return false;
+}
+
 static void test_chat_golden(void **s) {
     (void)s;
     cJSON *root = tt_load_json("tests/fixtures/tokenizer/chat.json");
@@ -71,14 +82,7 @@ static void test_chat_golden(void **s) {
             qv_error err = {0};
             qv_status st = qv_chat_render(t, ov ? fam : NULL, m, nm, gen, &out, &err);
             n++;
-            if (st || strcmp(out, want)) {
-                fprintf(stderr, "  MISMATCH %s / %s gen=%d override=%d: %s\n",
-                        jstr_or_null(c, "template_name"), jstr_or_null(c, "conversation"), gen, ov,
-                        st ? err.msg : "");
-                tt_print_bytes("got ", out ? out : "", out ? strlen(out) : 0);
-                tt_print_bytes("want", want, strlen(want));
-                fails++;
-            }
+            fails += !same_render(c, "", gen, ov, st, out, want, &err);
             qv_free(out);
         }
         free(m);
@@ -244,14 +248,7 @@ static void test_chat_tools_golden(void **s) {
             const qv_status st = qv_chat_render_tools(t, named ? "qwen2.5" : NULL, m, nm, tools,
                                                       tools ? strlen(tools) : 0, gen, &out, &err);
             n++;
-            if (st || strcmp(out, want)) {
-                fprintf(stderr, "  MISMATCH %s tools=%d gen=%d named=%d: %s\n",
-                        jstr_or_null(c, "conversation"), tools != NULL, gen, named,
-                        st ? err.msg : "");
-                tt_print_bytes("got ", out ? out : "", out ? strlen(out) : 0);
-                tt_print_bytes("want", want, strlen(want));
-                fails++;
-            }
+            fails += !same_render(c, tools ? "tools" : "no tools", gen, named, st, out, want, &err);
             qv_free(out);
         }
         free(calls);

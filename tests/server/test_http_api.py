@@ -122,6 +122,19 @@ class Server:
             return None
 
 
+def run_on_server(args, *runs):
+    """Starts a server with args, calls each run(server), stops it (also on failure) and
+    returns it, for report()."""
+    srv = Server(*args)
+    try:
+        for run in runs:
+            run(srv)
+    finally:
+        if srv.proc.poll() is None:
+            srv.stop()
+    return srv
+
+
 def report(servers):
     """The end of a test script: checks the servers' logs for sanitizer reports, prints the
     verdict (with the first server's log tail on failure) and returns the exit status."""

@@ -315,14 +315,8 @@ def main():
     if not os.path.isfile(T.MODEL):
         print(f"SKIP: {T.MODEL} not found (run deploy/fetch-model.sh)")
         return 77
-    srv = T.Server("--api-key", T.KEY, "--max-seqs", "8")
-    try:
-        run_json_mode_tests(srv)
-        run_structured_output_tests(srv)
-    finally:
-        if srv.proc.poll() is None:
-            srv.stop()
-    return T.report([srv])
+    return T.report([T.run_on_server(("--api-key", T.KEY, "--max-seqs", "8"),
+                                     run_json_mode_tests, run_structured_output_tests)])
 
 
 if __name__ == "__main__":

@@ -252,19 +252,9 @@ def main():
     if not os.path.isfile(T.MODEL):
         print(f"SKIP: {T.MODEL} not found (run deploy/fetch-model.sh)")
         return 77
-    srv = T.Server("--api-key", T.KEY, "--max-seqs", "8")
-    try:
-        run(srv)
-    finally:
-        if srv.proc.poll() is None:
-            srv.stop()
-    qwen = T.Server("--api-key", T.KEY, "--max-seqs", "8", "--chat-template", "qwen2.5")
-    try:
-        run_auto(qwen)
-    finally:
-        if qwen.proc.poll() is None:
-            qwen.stop()
-    return T.report([srv, qwen])
+    args = ("--api-key", T.KEY, "--max-seqs", "8")
+    return T.report([T.run_on_server(args, run),
+                     T.run_on_server(args + ("--chat-template", "qwen2.5"), run_auto)])
 
 
 if __name__ == "__main__":
