@@ -1229,13 +1229,15 @@ bool qv_json_schema_object_only(const qv_json_schema *s) {
     return s->nodes[s->root].classes == C_OBJECT;
 }
 
-/* The schema of a function's arguments: its parameters, or no arguments when absent. */
+/* The schema of a function's arguments: its parameters; {} (any value): any object; absent
+ * (OpenAI: an empty parameter list): no arguments. */
 static cJSON *call_parameters(const cJSON *fn) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
-    if (p && !cJSON_IsNull(p)) return cJSON_Duplicate(p, true);
+    const bool absent = !p || cJSON_IsNull(p), any = cJSON_IsObject(p) && !p->child;
+    if (!absent && !any) return cJSON_Duplicate(p, true);
     cJSON *o = cJSON_CreateObject();
     if (o && (!cJSON_AddStringToObject(o, "type", "object") ||
-              !cJSON_AddObjectToObject(o, "properties"))) {
+              (absent && !cJSON_AddObjectToObject(o, "properties")))) {
         cJSON_Delete(o);
         return NULL;
     }

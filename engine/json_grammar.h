@@ -131,7 +131,8 @@ qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_sc
  * distinct); the document is a JSON array of 1 (parallel: 1 or more) calls
  * {"name": <one of the names>, "arguments": <an object valid under its parameters>}. Each
  * function's parameters are a schema of their own (their $refs start there); absent
- * parameters take no arguments ({}). Same subset, limits and errors as above; parameters
+ * parameters take no arguments ({}), empty ones ({}) any object. Same subset, limits and
+ * errors as above; parameters
  * that allow other values than objects are QV_ERR_INVALID. */
 qv_status qv_json_schema_compile_calls(const char *tools, size_t len, bool parallel, unsigned flags,
                                        qv_json_schema **out, qv_error *err);

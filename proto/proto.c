@@ -546,8 +546,9 @@ static bool tool_name_ok(const char *s) {
 
 /* Chat: tools, tool_choice and parallel_tool_calls (OpenAI). tool_choice "required" or
  * {"type": "function", "function": {"name"}} constrains the answer to tool calls (its schema
- * goes in r->json_schema); "none" ignores the tools; "auto", the default with tools, needs a
- * tool-call parser for free text, which quiver does not have: refused. */
+ * goes in r->json_schema); "none": text; "auto", the default with tools: free text whose
+ * <tool_call> blocks become calls, which the server accepts only with a chat template that
+ * writes tools. */
 static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
     const cJSON *tools = field(root, "tools"), *tc = field(root, "tool_choice");
     r->parallel_tool_calls = true;
@@ -626,8 +627,10 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
         r->tool_choice = QV_PROTO_TOOLS_NAMED;
         if (!(r->tool_name = qv_strdup(want->valuestring))) return nomem(e);
         const cJSON *params = field(named, "parameters");
-        char *text = params ? cJSON_PrintUnformatted(params) : NULL;
-        const char *txt = params ? text : "{\"type\":\"object\",\"properties\":{}}";
+        char *text = params && params->child ? cJSON_PrintUnformatted(params) : NULL;
+        const char *txt = params && params->child ? text /* {}: any object; absent: none */
+                          : params                ? "{\"type\":\"object\"}"
+                                                  : "{\"type\":\"object\",\"properties\":{}}";
         if (!txt) return nomem(e);
         st = qv_json_schema_compile_flags(txt, strlen(txt), QV_JSON_COMPACT, &r->json_schema, &err);
         cJSON_free(text);

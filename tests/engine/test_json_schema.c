@@ -578,6 +578,14 @@ static void test_tool_calls(void **state) {
     qv_json_schema_unref(one);
     qv_json_schema_unref(many);
 
+    /* parameters {} (any value): any object as arguments */
+    static const char any[] = "[{\"type\":\"function\",\"function\":{\"name\":\"f\","
+                              "\"parameters\":{}}}]";
+    assert_int_equal(qv_json_schema_compile_calls(any, strlen(any), true, 0, &one, &err), QV_OK);
+    assert_true(whole(one, "[{\"name\":\"f\",\"arguments\":{\"x\":[1,{}]}}]"));
+    assert_false(whole(one, "[{\"name\":\"f\",\"arguments\":[1]}]"));
+    qv_json_schema_unref(one);
+
     /* a single tool: no anyOf at all */
     static const char single[] = "[{\"type\":\"function\",\"function\":{\"name\":\"f\","
                                  "\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":"

@@ -246,6 +246,23 @@ static void test_tools(void **state) {
                         "compact:{\"type\":\"object\",\"properties\":{\"city\":{\"type\":"
                         "\"string\"}},\"required\":[\"city\"]}");
     qv_proto_request_free(&r);
+    /* a named function with parameters {}: any object; without parameters: {} only */
+    assert_int_equal(dec(H,
+                         "{" USER ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":"
+                         "\"f\",\"parameters\":{}}}],\"tool_choice\":{\"type\":\"function\","
+                         "\"function\":{\"name\":\"f\"}}}",
+                         &r, &e),
+                     QV_OK);
+    assert_string_equal(qv_json_schema_text(r.json_schema), "compact:{\"type\":\"object\"}");
+    qv_proto_request_free(&r);
+    assert_int_equal(dec(H,
+                         "{" USER "," TOOLS ",\"tool_choice\":{\"type\":\"function\","
+                         "\"function\":{\"name\":\"now\"}}}",
+                         &r, &e),
+                     QV_OK);
+    assert_string_equal(qv_json_schema_text(r.json_schema),
+                        "compact:{\"type\":\"object\",\"properties\":{}}");
+    qv_proto_request_free(&r);
     /* none: text, tools ignored; empty tools ask for nothing */
     assert_int_equal(dec(H, "{" USER "," TOOLS ",\"tool_choice\":\"none\"}", &r, &e), QV_OK);
     assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_NONE);
