@@ -2652,8 +2652,11 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         goto done;
     }
     if ((pr.json_object || pr.json_schema) && (pr.min_tokens > 0 || pr.ignore_eos)) {
-        ret = send_error(c, ctx, 400, "response_format", "invalid_value",
-                         "JSON mode ends when the object closes: it cannot be combined with %s",
+        const bool calls =
+            pr.tool_choice == QV_PROTO_TOOLS_NAMED || pr.tool_choice == QV_PROTO_TOOLS_REQUIRED;
+        ret = send_error(c, ctx, 400, calls ? "tool_choice" : "response_format", "invalid_value",
+                         "%s ends when the JSON closes: it cannot be combined with %s",
+                         calls ? "a constrained tool call" : "JSON mode",
                          pr.ignore_eos ? "'ignore_eos'" : "'min_tokens'");
         goto done;
     }

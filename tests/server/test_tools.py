@@ -177,6 +177,8 @@ def run(srv):
              "a function not in tools"),
             ({"tool_choice": "required", "response_format": {"type": "json_object"}},
              "tool_choice", "tools with JSON mode"),
+            ({"tool_choice": "required", "ignore_eos": True}, "tool_choice",
+             "constrained calls with ignore_eos"),
             ({"tool_choice": "required", "tools": [dict(WEATHER, function=dict(
                 WEATHER["function"], parameters={"type": "object", "not": {}}))]}, "tools",
              "a parameters keyword quiver cannot follow"),
