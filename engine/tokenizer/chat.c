@@ -524,6 +524,8 @@ qv_status qv_chat_render_tools(const qv_tokenizer *t, const char *template_name,
         lead++;
     if (tools && (lead == tools_len || tools[lead] != '['))
         return qv_errorf(err, QV_ERR_INVALID, "the tools must be a JSON list");
+    if (tools && qv_json_list_items(tools, tools_len, NULL, NULL, 0) == 0)
+        tools = NULL; /* an empty list is no tools, as Jinja's `if tools` reads it */
     if (f == F_QWEN25) {
         bool found = false;
         if (t->chat_template && detect(t->chat_template) == F_QWEN25)

@@ -304,6 +304,14 @@ static void test_calls_as_text(void **s) {
     }
     assert_int_equal(qv_chat_render_tools(t, "qwen2.5", m, 1, "{\"a\":1}", 7, false, &out, &err),
                      QV_ERR_INVALID);
+    /* an empty list is no tools */
+    char *none = NULL;
+    assert_int_equal(qv_chat_render_tools(t, "qwen2.5", m, 1, " [ ] ", 5, true, &out, &err), QV_OK);
+    assert_int_equal(qv_chat_render_tools(t, "qwen2.5", m, 1, NULL, 0, true, &none, &err), QV_OK);
+    assert_string_equal(out, none);
+    assert_null(strstr(out, "# Tools"));
+    qv_free(out);
+    qv_free(none);
     assert_int_equal(qv_chat_render_tools(t, "qwen2.5", m, 1, "[1,", 3, false, &out, &err),
                      QV_ERR_INVALID);
     /* out of memory anywhere: an error, nothing leaked */
