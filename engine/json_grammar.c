@@ -1023,12 +1023,12 @@ static int popcount(unsigned x) {
 static int node_classes(compiler *c, uint32_t id, int depth);
 
 static bool tag_fail(compiler *c) {
-    cfail(
-        c, QV_ERR_UNSUPPORTED,
-        "anyOf / oneOf members must begin differently (an object, an array, a string, a "
-        "number, a boolean, null), or be objects told apart by the string enum or const of "
-        "their first property (required, of the same name in each, each value in one member only)",
-        NULL, "");
+    cfail(c, QV_ERR_UNSUPPORTED,
+          "anyOf / oneOf members must begin differently (an object, an array, a string, a "
+          "number, a boolean, null), or be objects told apart by the string enum or const of "
+          "their first property (required, of the same name in each, each value in one member "
+          "only)",
+          NULL, "");
     return false;
 }
 
