@@ -906,6 +906,15 @@ static const char *find_in(const char *h, size_t n, const char *needle, size_t k
 #define CALL_OPEN "<tool_call>"
 #define CALL_CLOSE "</tool_call>"
 
+size_t qv_proto_tool_text_len(const char *text, size_t len) {
+    const size_t k = strlen(CALL_OPEN);
+    const char *p = find_in(text, len, CALL_OPEN, k);
+    if (p) return (size_t)(p - text);
+    for (size_t j = QV_MIN(len, k - 1); j > 0; j--) /* an end that may begin one */
+        if (!memcmp(text + len - j, CALL_OPEN, j)) return len - j;
+    return len;
+}
+
 qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *name,
                                     const char *text, size_t len, const char *id_base,
                                     qv_proto_tool_call **calls, size_t *n, size_t *content_len) {

@@ -201,6 +201,9 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
                                     const char *text, size_t len, const char *id_base,
                                     qv_proto_tool_call **calls, size_t *n, size_t *content_len);
 void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n);
+/* How much of an unfinished QV_PROTO_TOOLS_AUTO answer (text[0..len)) is surely content: the
+ * bytes before its first "<tool_call>", and before an end that may begin one. */
+size_t qv_proto_tool_text_len(const char *text, size_t len);
 
 /* A (partial or full) result to encode. */
 typedef struct qv_proto_result {

@@ -1780,10 +1780,11 @@ static int group_generated(request *l) {
     return n;
 }
 
-/* The id of member r's call i: "call_<request id's hex>_<choice>_<i>". */
-static void call_id(const request *l, const request *r, int i, char *buf, size_t cap) {
+/* The base of member r's call ids, "<request id's hex>_<choice>": call i is
+ * "call_<base>_<i>" (qv_proto_tool_calls_parse). */
+static void call_base(const request *l, const request *r, char *buf, size_t cap) {
     const char *dash = strchr(l->id, '-');
-    snprintf(buf, cap, "call_%s_%d_%d", dash ? dash + 1 : l->id, r->index, i);
+    snprintf(buf, cap, "%s_%d", dash ? dash + 1 : l->id, r->index);
 }
 
 /* Member r's tool calls read from its finished text (tools != QV_PROTO_TOOLS_NONE): *n = 0 when
@@ -1792,27 +1793,18 @@ static void call_id(const request *l, const request *r, int i, char *buf, size_t
 static bool member_calls(const request *l, const request *r, qv_proto_tool_call **calls, size_t *n,
                          size_t *content_len) {
     char base[96];
-    call_id(l, r, 0, base, sizeof(base));
-    base[strlen(base) - 2] = '\0'; /* "call_<hex>_<choice>" */
+    call_base(l, r, base, sizeof(base));
     const qv_status st = qv_proto_tool_calls_parse(r->tools, r->tool_name, r->out ? r->out : "",
-                                                   r->out_len, base + 5, calls, n, content_len);
+                                                   r->out_len, base, calls, n, content_len);
     if (st != QV_OK) *content_len = r->out_len; /* not calls: all of it is text */
     return st != QV_ERR_NOMEM;
 }
 
-#define CALL_OPEN "<tool_call>"
-
 /* How much of member r's text may be streamed before it is done: tool_choice "required"
- * holds all of it; "auto" holds from a "<tool_call>" on, and an end that may begin one. */
+ * holds all of it; "auto" what may be a call. */
 static size_t stream_limit(const request *r) {
     if (r->tools == QV_PROTO_TOOLS_REQUIRED) return 0;
-    const char *o = r->out ? r->out : "";
-    const size_t n = r->out_len, k = strlen(CALL_OPEN);
-    for (size_t i = 0; i + k <= n; i++)
-        if (o[i] == '<' && !memcmp(o + i, CALL_OPEN, k)) return i;
-    for (size_t j = QV_MIN(n, k - 1); j > 0; j--)
-        if (!memcmp(o + n - j, CALL_OPEN, j)) return n - j;
-    return n;
+    return qv_proto_tool_text_len(r->out ? r->out : "", r->out_len);
 }
 
 /* The fields of member r's stream chunks that never change. */
@@ -1872,13 +1864,15 @@ static char *member_chunk(request *l, request *r, bool *oom) {
     /* an echo's prompt logprobs wait for its text, so their text offsets are right */
     bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);
     char *json = NULL;
-    char id[96];
+    char id[112];                                /* "call_" + a call base + "_0" */
     qv_proto_tool_call call = {.arguments = ""}; /* a named call's piece */
     if (r->tools == QV_PROTO_TOOLS_NAMED) {
         res.calls = &call;
         res.n_calls = 1;
         if (!r->sent_first) {
-            call_id(l, r, 0, id, sizeof(id));
+            char base[96];
+            call_base(l, r, base, sizeof(base));
+            snprintf(id, sizeof(id), "call_%s_0", base);
             call.id = id;
             call.name = r->tool_name;
         }

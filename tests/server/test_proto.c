@@ -485,6 +485,22 @@ static void test_tool_call_results(void **state) {
         assert_null(calls);
         assert_int_equal(content, 0);
     }
+    /* streaming "auto": what is surely content before the answer ends */
+    static const struct {
+        const char *text;
+        size_t want;
+    } held[] = {{"plain text", 10},
+                {"text <tool_", 5},
+                {"<tool_call>{", 0},
+                {"a<tool_call>b", 1},
+                {"a <tool_response>", 17},
+                {"<", 0},
+                {"x<tool_call", 1},
+                {"", 0},
+                {"<tool_call><tool_call>", 0},
+                {"a<b<tool_c", 3}};
+    for (size_t i = 0; i < sizeof(held) / sizeof(held[0]); i++)
+        assert_int_equal(qv_proto_tool_text_len(held[i].text, strlen(held[i].text)), held[i].want);
     /* a response with content and calls */
     assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO, NULL, hermes, strlen(hermes),
                                                "q_0", &calls, &n, &content),
