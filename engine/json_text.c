@@ -375,3 +375,12 @@ size_t qv_json_list_items(const char *text, size_t len, size_t *off, size_t *n, 
         return r.p < r.end && *r.p == ']' ? k : SIZE_MAX;
     }
 }
+
+qv_status qv_json_text_check(const char *text, size_t len, bool object) {
+    reader r = {.p = text, .end = text + len}; /* read only: nothing allocated */
+    skip_ws(&r);
+    if (object && (r.p >= r.end || *r.p != '{')) return QV_ERR_INVALID;
+    if (!value(&r, 0)) return QV_ERR_INVALID;
+    skip_ws(&r);
+    return r.p == r.end ? QV_OK : QV_ERR_INVALID;
+}

@@ -30,6 +30,10 @@ extern "C" {
  * or invalid UTF-8 / escapes in a string), QV_ERR_LIMIT (nested over 512 deep), QV_ERR_NOMEM. */
 qv_status qv_json_py_dumps(const char *text, size_t len, bool compact, char **out, size_t *out_len);
 
+/* QV_OK when text[0..len) is exactly one JSON value Python reads (an object when `object`),
+ * else QV_ERR_INVALID (nesting over 512 deep included). Allocates nothing. */
+qv_status qv_json_text_check(const char *text, size_t len, bool object);
+
 /* *out (NUL-terminated, qv_free) is the UTF-8 text s[0..n) as a JSON string the way Python
  * writes it. Errors: QV_ERR_INVALID (not UTF-8), QV_ERR_NOMEM. */
 qv_status qv_json_py_quote(const char *s, size_t n, char **out);

@@ -868,19 +868,10 @@ void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n) {
     qv_free(calls);
 }
 
-/* QV_OK when text[0..len) is exactly one JSON value (cJSON's parse ignores what follows it),
- * else QV_ERR_INVALID or QV_ERR_NOMEM. */
-static qv_status whole_json(const char *text, size_t len) {
-    char *out = NULL;
-    const qv_status st = qv_json_py_dumps(text, len, true, &out, NULL);
-    qv_free(out);
-    return st == QV_ERR_NOMEM ? st : st ? QV_ERR_INVALID : QV_OK;
-}
-
 /* One call from the JSON text of {"name": ..., "arguments": {...}} (text[0..len)): its name
  * and its arguments as Python writes them compactly. QV_ERR_INVALID when it is not one. */
 static qv_status call_from(const char *text, size_t len, qv_proto_tool_call *c) {
-    qv_status st = whole_json(text, len);
+    qv_status st = qv_json_text_check(text, len, false);
     if (st) return st;
     cJSON *o = cJSON_ParseWithLength(text, len);
     const cJSON *nm = cJSON_IsObject(o) ? field(o, "name") : NULL;
@@ -970,7 +961,7 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
         if (!(c[i].id = qv_strdup(id))) st = QV_ERR_NOMEM;
         if (st) break;
         if (how == QV_PROTO_TOOLS_NAMED) { /* the arguments as the model wrote them */
-            st = whole_json(text, len);
+            st = qv_json_text_check(text, len, false);
             cJSON *doc = st ? NULL : cJSON_ParseWithLength(text, len);
             if (!st && !cJSON_IsObject(doc)) st = doc ? QV_ERR_INVALID : QV_ERR_NOMEM;
             cJSON_Delete(doc);

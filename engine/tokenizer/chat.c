@@ -325,16 +325,6 @@ static qv_status render_mistral(const qv_tokenizer *t, enum fam f, const qv_chat
     return st;
 }
 
-/* Whether s[0..n) is JSON (an object when `object`) as Python reads it: QV_OK, QV_ERR_INVALID
- * or QV_ERR_NOMEM. */
-static qv_status json_check(const char *s, size_t n, bool object) {
-    char *txt = NULL;
-    qv_status st = qv_json_py_dumps(s, n, true, &txt, NULL);
-    if (st == QV_ERR_LIMIT || (!st && object && txt[0] != '{')) st = QV_ERR_INVALID;
-    qv_free(txt);
-    return st;
-}
-
 /* Qwen2.5-Instruct's template, statement by statement: the system turn (with the tools when
  * there are some), user / later system / plain assistant turns, an assistant's calls as
  * <tool_call> blocks, consecutive tool results as <tool_response> blocks of one user turn;
@@ -507,8 +497,9 @@ qv_status qv_chat_render_tools(const qv_tokenizer *t, const char *template_name,
     for (size_t i = 0; i < n_msgs; i++)
         for (size_t k = 0; k < msgs[i].n_calls; k++) {
             const qv_chat_call *c = &msgs[i].calls[k];
-            st = c->name && c->arguments ? json_check(c->arguments, strlen(c->arguments), true)
-                                         : QV_ERR_INVALID;
+            st = c->name && c->arguments
+                     ? qv_json_text_check(c->arguments, strlen(c->arguments), true)
+                     : QV_ERR_INVALID;
             if (st)
                 return qv_errorf(err, st,
                                  st == QV_ERR_NOMEM
@@ -517,7 +508,7 @@ qv_status qv_chat_render_tools(const qv_tokenizer *t, const char *template_name,
                                        "and the text of a JSON object as arguments",
                                  i, k);
         }
-    if (tools && (st = json_check(tools, tools_len, false)))
+    if (tools && (st = qv_json_text_check(tools, tools_len, false)))
         return qv_errorf(err, st, st == QV_ERR_NOMEM ? "out of memory" : "the tools are not JSON");
     size_t lead = 0;
     while (tools && lead < tools_len && strchr(" \t\r\n", tools[lead]))

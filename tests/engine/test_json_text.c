@@ -44,6 +44,10 @@ static void test_python_dumps(void **state) {
             assert_int_equal(got_len, strlen(want));
             qv_free(got);
         }
+        assert_int_equal(qv_json_text_check((const char *)text, len, false), QV_OK);
+        assert_int_equal(qv_json_text_check((const char *)text, len, true),
+                         cJSON_GetObjectItem(c, "py")->valuestring[0] == '{' ? QV_OK
+                                                                             : QV_ERR_INVALID);
         for (size_t i = 0; i < len; i++)
             numbers += text[i] == ',';
         n++;
@@ -56,6 +60,7 @@ static void test_python_dumps(void **state) {
         if (qv_json_py_dumps((const char *)text, len, false, &got, &got_len) == QV_OK)
             fprintf(stderr, "accepted %.*s as %s\n", (int)len, text, got);
         assert_null(got);
+        assert_int_equal(qv_json_text_check((const char *)text, len, false), QV_ERR_INVALID);
         refused++;
     }
     printf("json text: %d texts (%d commas) as Python writes them, %d invalid refused\n", n,
@@ -87,6 +92,7 @@ static void test_member_span(void **state) {
     memset(deep + 1000, ']', 1000);
     char *out = NULL;
     assert_int_equal(qv_json_py_dumps(deep, 2000, false, &out, NULL), QV_ERR_LIMIT);
+    assert_int_equal(qv_json_text_check(deep, 2000, false), QV_ERR_INVALID);
     assert_null(out);
 }
 
