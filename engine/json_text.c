@@ -18,6 +18,7 @@ typedef struct reader {
     const char *p, *end;
     qv__buf *out; /* NULL: read only */
     bool compact;
+    int indent;   /* >= 0: json.dumps(indent=...) layout (separators "," and ": "); < 0: one line */
     qv_status st; /* first failure */
 } reader;
 
@@ -212,6 +213,15 @@ static bool number(reader *r) {
 
 static bool value(reader *r, int depth);
 
+/* With an indent: a newline and `level` indents. */
+static bool newline(reader *r, int level) {
+    if (r->indent < 0) return true;
+    if (!puts_(r, "\n")) return false;
+    for (int i = 0; i < level * r->indent; i++)
+        if (!puts_(r, " ")) return false;
+    return true;
+}
+
 static bool container(reader *r, int depth, char close) {
     if (depth >= MAX_NESTING) return bad(r, QV_ERR_LIMIT);
     const bool obj = close == '}';
@@ -222,6 +232,8 @@ static bool container(reader *r, int depth, char close) {
         r->p++;
         return put(r, &close, 1);
     }
+    const char *item_sep = r->indent >= 0 ? "," : r->compact ? "," : ", ";
+    if (!newline(r, depth + 1)) return false;
     for (;;) {
         skip_ws(r);
         if (obj) {
@@ -235,12 +247,12 @@ static bool container(reader *r, int depth, char close) {
         skip_ws(r);
         if (r->p < r->end && *r->p == ',') {
             r->p++;
-            if (!puts_(r, r->compact ? "," : ", ")) return false;
+            if (!puts_(r, item_sep) || !newline(r, depth + 1)) return false;
             continue;
         }
         if (r->p < r->end && *r->p == close) {
             r->p++;
-            return put(r, &close, 1);
+            return newline(r, depth) && put(r, &close, 1);
         }
         return bad(r, QV_ERR_INVALID);
     }
@@ -268,12 +280,12 @@ static bool value(reader *r, int depth) {
     }
 }
 
-qv_status qv_json_py_dumps(const char *text, size_t len, bool compact, char **out,
-                           size_t *out_len) {
+static qv_status dumps(const char *text, size_t len, bool compact, int indent, char **out,
+                       size_t *out_len) {
     *out = NULL;
     if (out_len) *out_len = 0;
     qv__buf b = {0};
-    reader r = {.p = text, .end = text + len, .out = &b, .compact = compact};
+    reader r = {.p = text, .end = text + len, .out = &b, .compact = compact, .indent = indent};
     if (value(&r, 0)) {
         skip_ws(&r);
         if (r.p != r.end) bad(&r, QV_ERR_INVALID);
@@ -289,8 +301,19 @@ qv_status qv_json_py_dumps(const char *text, size_t len, bool compact, char **ou
     return QV_OK;
 }
 
+qv_status qv_json_py_dumps(const char *text, size_t len, bool compact, char **out,
+                           size_t *out_len) {
+    return dumps(text, len, compact, -1, out, out_len);
+}
+
+qv_status qv_json_py_dumps_indent(const char *text, size_t len, int indent, char **out,
+                                  size_t *out_len) {
+    if (indent < 0 || indent > 64) return QV_ERR_INVALID;
+    return dumps(text, len, false, indent, out, out_len);
+}
+
 bool qv_json_member_span(const char *text, size_t len, const char *key, size_t *off, size_t *n) {
-    reader r = {.p = text, .end = text + len};
+    reader r = {.p = text, .end = text + len, .indent = -1};
     skip_ws(&r);
     if (r.p >= r.end || *r.p != '{') return false;
     r.p++;
@@ -332,7 +355,7 @@ bool qv_json_member_span(const char *text, size_t len, const char *key, size_t *
 qv_status qv_json_py_quote(const char *s, size_t n, char **out) {
     *out = NULL;
     qv__buf b = {0};
-    reader r = {.out = &b};
+    reader r = {.out = &b, .indent = -1};
     qv_status st = qv__buf_putc(&b, '"');
     for (size_t i = 0; !st && i < n;) {
         uint32_t cp;
@@ -350,8 +373,18 @@ qv_status qv_json_py_quote(const char *s, size_t n, char **out) {
     return QV_OK;
 }
 
+bool qv_json_value_span(const char *text, size_t len, size_t *off, size_t *n) {
+    reader r = {.p = text, .end = text + len, .indent = -1};
+    skip_ws(&r);
+    const char *v = r.p;
+    if (!value(&r, 0)) return false;
+    *off = (size_t)(v - text);
+    *n = (size_t)(r.p - v);
+    return true;
+}
+
 size_t qv_json_list_items(const char *text, size_t len, size_t *off, size_t *n, size_t max) {
-    reader r = {.p = text, .end = text + len};
+    reader r = {.p = text, .end = text + len, .indent = -1};
     skip_ws(&r);
     if (r.p >= r.end || *r.p != '[') return SIZE_MAX;
     r.p++;
@@ -377,7 +410,7 @@ size_t qv_json_list_items(const char *text, size_t len, size_t *off, size_t *n, 
 }
 
 qv_status qv_json_text_check(const char *text, size_t len, bool object) {
-    reader r = {.p = text, .end = text + len}; /* read only: nothing allocated */
+    reader r = {.p = text, .end = text + len, .indent = -1}; /* read only: nothing allocated */
     skip_ws(&r);
     if (object && (r.p >= r.end || *r.p != '{')) return QV_ERR_INVALID;
     if (!value(&r, 0)) return QV_ERR_INVALID;

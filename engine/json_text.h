@@ -30,6 +30,12 @@ extern "C" {
  * or invalid UTF-8 / escapes in a string), QV_ERR_LIMIT (nested over 512 deep), QV_ERR_NOMEM. */
 qv_status qv_json_py_dumps(const char *text, size_t len, bool compact, char **out, size_t *out_len);
 
+/* The same as json.dumps(..., ensure_ascii=False, indent=indent) writes it (Jinja's
+ * `tojson(indent=4)`): each member or item on its own line, `indent` spaces per level, ","
+ * after an item and ": " after a key; empty containers stay "{}" and "[]". indent 0..64. */
+qv_status qv_json_py_dumps_indent(const char *text, size_t len, int indent, char **out,
+                                  size_t *out_len);
+
 /* QV_OK when text[0..len) is exactly one JSON value Python reads (an object when `object`),
  * else QV_ERR_INVALID (nesting over 512 deep included). Allocates nothing. */
 qv_status qv_json_text_check(const char *text, size_t len, bool object);
@@ -42,6 +48,10 @@ qv_status qv_json_py_quote(const char *s, size_t n, char **out);
  * key, as cJSON finds it): *off and *n. False when text is not an object of valid JSON or has
  * no such member. */
 bool qv_json_member_span(const char *text, size_t len, const char *key, size_t *off, size_t *n);
+
+/* The JSON value at the start of text[0..len) (after whitespace; what follows it is not read):
+ * *off and *n its raw span. False when no valid value begins there. */
+bool qv_json_value_span(const char *text, size_t len, size_t *off, size_t *n);
 
 /* The items of the JSON list in text[0..len): returns their count (SIZE_MAX when text does not
  * begin with a valid list) and the raw span of each of the first `max` in off[] / n[]. */

@@ -143,10 +143,10 @@ typedef struct qv_chat_msg {
 
 /* Renders messages to a prompt string like transformers' apply_chat_template(tokenize=False).
  * template_name: NULL detects the family from the tokenizer's template source; otherwise a
- * llama.cpp-compatible name: chatml, llama3, llama2, llama2-sys, llama2-sys-bos,
- * llama2-sys-strip, mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, mistral-v7-tekken,
- * or qwen2.5 (ChatML with Qwen2.5's default system prompt and tool format).
- * The rendered text contains the special-token strings (e.g. "<|im_start|>"); encode it with
+ * llama.cpp-compatible name: chatml, llama3, llama3.1, llama3.2, llama2, llama2-sys,
+ * llama2-sys-bos, llama2-sys-strip, mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7,
+ * mistral-v7-tekken, or qwen2.5 (ChatML with Qwen2.5's default system prompt and tool format). The
+ * rendered text contains the special-token strings (e.g. "<|im_start|>"); encode it with
  * add_special_tokens=false. *out owned by caller (qv_free). Errors: QV_ERR_UNSUPPORTED for an
  * unknown name or an undetectable template, QV_ERR_INVALID for bad messages (e.g. non-alternating
  * roles where the format requires it). Thread: any. */
@@ -154,9 +154,10 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name /* NUL
                          const qv_chat_msg *msgs, size_t n_msgs, bool add_generation_prompt,
                          char **out, qv_error *err);
 /* The same with tools: the JSON text of an OpenAI `tools` list (NULL: none). Templates that
- * render tools (Qwen2.5's: detected by its tool instructions, or named "qwen2.5") write them
- * into the system turn, calls as <tool_call> blocks and tool results as <tool_response> blocks
- * of a user turn, byte for byte as the Jinja template (`tojson` = Python's json.dumps); the
+ * render tools write them byte for byte as the Jinja template (`tojson` = Python's json.dumps):
+ * Qwen2.5's (detected by its tool instructions, or named "qwen2.5") into the system turn, calls
+ * as <tool_call> blocks and tool results as <tool_response> blocks of a user turn; Llama 3.1's
+ * and 3.2's into the first user turn, one call per assistant message; the
  * others ignore the tools, as their templates do, and write an assistant's calls after its
  * content as the compact JSON text [{"name":...,"arguments":{...}}] (quiver's convention: what
  * a tool_choice "required" answer is). Errors as above; QV_ERR_INVALID for tools or arguments
@@ -165,6 +166,23 @@ qv_status qv_chat_render_tools(const qv_tokenizer *t, const char *template_name,
                                const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
                                size_t tools_len, bool add_generation_prompt, char **out,
                                qv_error *err);
+/* The same, with the date a template prints as today's (Llama 3.2's strftime_now("%d %b %Y"),
+ * e.g. "05 Mar 2026"); NULL: today's local date. Llama 3.1 / 3.3 print a fixed date. */
+qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
+                               const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
+                               size_t tools_len, bool add_generation_prompt, const char *date,
+                               char **out, qv_error *err);
+
+/* How a template writes tools and calls, so that a free answer's calls can be read back:
+ * HERMES: <tool_call>{"name": ..., "arguments": ...}</tool_call> blocks (Qwen2.5);
+ * LLAMA_JSON: {"name": ..., "parameters": ...} as the whole answer (Llama 3.1 / 3.2 / 3.3). */
+typedef enum qv_chat_tool_format {
+    QV_CHAT_TOOLS_NONE = 0,
+    QV_CHAT_TOOLS_HERMES,
+    QV_CHAT_TOOLS_LLAMA_JSON,
+} qv_chat_tool_format;
+qv_chat_tool_format qv_chat_tools_format(const qv_tokenizer *t, const char *template_name);
+
 /* Whether the template qv_chat_render would use (template_name NULL: detected) writes tools
  * into the prompt. */
 bool qv_chat_renders_tools(const qv_tokenizer *t, const char *template_name);

@@ -868,17 +868,19 @@ void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n) {
     qv_free(calls);
 }
 
-/* One call from the JSON text of {"name": ..., "arguments": {...}} (text[0..len)): its name
- * and its arguments as Python writes them compactly. QV_ERR_INVALID when it is not one. */
-static qv_status call_from(const char *text, size_t len, qv_proto_tool_call *c) {
+/* One call from the JSON text of {"name": ..., "arguments": {...}} (text[0..len); Llama's
+ * {"name": ..., "parameters": {...}} when `parameters`, "arguments" first if both are there,
+ * as vLLM reads it): its name and its arguments as Python writes them compactly.
+ * QV_ERR_INVALID when it is not one. */
+static qv_status call_from(const char *text, size_t len, bool parameters, qv_proto_tool_call *c) {
     qv_status st = qv_json_text_check(text, len, false);
     if (st) return st;
     cJSON *o = cJSON_ParseWithLength(text, len);
     const cJSON *nm = cJSON_IsObject(o) ? field(o, "name") : NULL;
-    const cJSON *args = cJSON_IsObject(o) ? field(o, "arguments") : NULL;
+    const char *key = parameters && !field(o, "arguments") ? "parameters" : "arguments";
+    const cJSON *args = cJSON_IsObject(o) ? field(o, key) : NULL;
     size_t off = 0, n = 0;
-    st = cJSON_IsString(nm) && cJSON_IsObject(args) &&
-                 qv_json_member_span(text, len, "arguments", &off, &n)
+    st = cJSON_IsString(nm) && cJSON_IsObject(args) && qv_json_member_span(text, len, key, &off, &n)
              ? QV_OK
              : QV_ERR_INVALID;
     if (!st) st = (c->name = qv_strdup(nm->valuestring)) ? QV_OK : QV_ERR_NOMEM;
@@ -896,8 +898,47 @@ static const char *find_in(const char *h, size_t n, const char *needle, size_t k
 
 #define CALL_OPEN "<tool_call>"
 #define CALL_CLOSE "</tool_call>"
+#define PYTHON_TAG "<|python_tag|>"
 
-size_t qv_proto_tool_text_len(const char *text, size_t len) {
+/* Where Llama JSON calls would begin in text[0..len): after whitespace and the python tag. */
+static size_t json_calls_start(const char *text, size_t len) {
+    size_t i = 0;
+    while (i < len && strchr(" \t\r\n", text[i]))
+        i++;
+    const size_t k = strlen(PYTHON_TAG);
+    if (len - i >= k && !memcmp(text + i, PYTHON_TAG, k)) i += k;
+    while (i < len && strchr(" \t\r\n", text[i]))
+        i++;
+    return i;
+}
+
+/* The Llama JSON calls of text[0..len): objects separated by ';' and whitespace, nothing else.
+ * Their count (0 when the text is not such calls) and, for the first max, their spans. */
+static size_t json_calls(const char *text, size_t len, size_t *off, size_t *n, size_t max) {
+    size_t i = json_calls_start(text, len), k = 0;
+    if (i == len || text[i] != '{') return 0;
+    for (;;) {
+        size_t o = 0, m = 0;
+        if (!qv_json_value_span(text + i, len - i, &o, &m) || text[i + o] != '{') return 0;
+        if (k < max) off[k] = i + o, n[k] = m;
+        k++;
+        i += o + m;
+        while (i < len && strchr(" \t\r\n", text[i]))
+            i++;
+        if (i == len) return k;
+        if (text[i++] != ';') return 0;
+    }
+}
+
+size_t qv_proto_tool_text_len(enum qv_proto_tool_choice how, const char *text, size_t len) {
+    if (how == QV_PROTO_TOOLS_AUTO_JSON) { /* a call is the whole answer: undecided until then */
+        const size_t i = json_calls_start(text, len);
+        const size_t k = strlen(PYTHON_TAG);
+        if (i == len || text[i] == '{') return 0;
+        if (text[i] == '<' && len - i < k && !memcmp(text + i, PYTHON_TAG, len - i)) return 0;
+        return len;
+    }
+    if (how != QV_PROTO_TOOLS_AUTO) return len;
     const size_t k = strlen(CALL_OPEN);
     const char *p = find_in(text, len, CALL_OPEN, k);
     if (p) return (size_t)(p - text);
@@ -925,6 +966,9 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
              (p = find_in(p, len - (size_t)(p - text), CALL_OPEN, strlen(CALL_OPEN))); p++)
             k++;
         if (!k) return QV_ERR_INVALID;
+    } else if (how == QV_PROTO_TOOLS_AUTO_JSON) {
+        k = json_calls(text, len, NULL, NULL, 0);
+        if (!k) return QV_ERR_INVALID;
     } else {
         return QV_ERR_INVALID;
     }
@@ -940,6 +984,8 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
         off[0] = 0, lens[0] = len;
     } else if (how == QV_PROTO_TOOLS_REQUIRED) {
         qv_json_list_items(text, len, off, lens, k);
+    } else if (how == QV_PROTO_TOOLS_AUTO_JSON) {
+        json_calls(text, len, off, lens, k);
     } else {
         const char *p = find_in(text, len, CALL_OPEN, strlen(CALL_OPEN));
         if (content_len) *content_len = (size_t)(p - text);
@@ -972,7 +1018,7 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
                 c[i].arguments[len] = '\0';
             }
         } else {
-            st = call_from(text + off[i], lens[i], &c[i]);
+            st = call_from(text + off[i], lens[i], how == QV_PROTO_TOOLS_AUTO_JSON, &c[i]);
         }
     }
     qv_free(off);

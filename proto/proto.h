@@ -40,11 +40,14 @@ extern "C" {
 
 /* What a chat request's tool_choice makes of the answer. */
 enum qv_proto_tool_choice {
-    QV_PROTO_TOOLS_NONE = 0,     /* text (no tools, or tool_choice "none") */
-    QV_PROTO_TOOLS_NAMED = 1,    /* one call of tool_name: the text is its arguments object */
-    QV_PROTO_TOOLS_REQUIRED = 2, /* the text is [{"name", "arguments"}, ...] (1 or more) */
-    QV_PROTO_TOOLS_AUTO = 3,     /* free text, which may hold <tool_call> blocks (templates that
-                                    write tools; the server checks) */
+    QV_PROTO_TOOLS_NONE = 0,      /* text (no tools, or tool_choice "none") */
+    QV_PROTO_TOOLS_NAMED = 1,     /* one call of tool_name: the text is its arguments object */
+    QV_PROTO_TOOLS_REQUIRED = 2,  /* the text is [{"name", "arguments"}, ...] (1 or more) */
+    QV_PROTO_TOOLS_AUTO = 3,      /* free text, which may hold <tool_call> blocks (templates that
+                                     write tools; the server checks) */
+    QV_PROTO_TOOLS_AUTO_JSON = 4, /* "auto" for Llama 3.1+ templates (set by the server, never
+                                     decoded): free text, or calls as {"name": ..., "parameters":
+                                     {...}} objects separated by ';' */
 };
 
 enum qv_proto_endpoint {
@@ -191,7 +194,10 @@ typedef struct qv_proto_tool_call {
  * JSON array of {"name", "arguments": {...}}; QV_PROTO_TOOLS_AUTO reads the Hermes / Qwen2.5
  * blocks "<tool_call>{"name": ..., "arguments": {...}}</tool_call>" (the last one may be
  * unclosed), *content_len (may be NULL) getting the length of the text before the first (the
- * answer's content); both re-write the arguments as Python's compact json.dumps.
+ * answer's content); QV_PROTO_TOOLS_AUTO_JSON reads an answer that is nothing but Llama 3.x
+ * calls, {"name": ..., "parameters" (or "arguments"): {...}} objects separated by ';' (after
+ * whitespace and an optional "<|python_tag|>", as vLLM's llama3_json parser); all re-write the
+ * arguments as Python's compact json.dumps.
  * QV_PROTO_TOOLS_NAMED makes one call of `name` whose arguments are the text itself (a JSON
  * object). Ids are "call_<id_base>_<i>". *calls is owned by the caller
  * (qv_proto_tool_calls_free). Errors: QV_ERR_INVALID (the text is not such calls: e.g. cut by
@@ -201,9 +207,10 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
                                     const char *text, size_t len, const char *id_base,
                                     qv_proto_tool_call **calls, size_t *n, size_t *content_len);
 void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n);
-/* How much of an unfinished QV_PROTO_TOOLS_AUTO answer (text[0..len)) is surely content: the
- * bytes before its first "<tool_call>", and before an end that may begin one. */
-size_t qv_proto_tool_text_len(const char *text, size_t len);
+/* How much of an unfinished "auto" answer (text[0..len)) is surely content. AUTO: the bytes
+ * before its first "<tool_call>", and before an end that may begin one; AUTO_JSON: all of it
+ * once it begins with something else than whitespace, "{" or "<|python_tag|>", else none. */
+size_t qv_proto_tool_text_len(enum qv_proto_tool_choice how, const char *text, size_t len);
 
 /* A (partial or full) result to encode. */
 typedef struct qv_proto_result {

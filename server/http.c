@@ -1804,7 +1804,7 @@ static bool member_calls(const request *l, const request *r, qv_proto_tool_call 
  * holds all of it; "auto" what may be a call. */
 static size_t stream_limit(const request *r) {
     if (r->tools == QV_PROTO_TOOLS_REQUIRED) return 0;
-    return qv_proto_tool_text_len(r->out ? r->out : "", r->out_len);
+    return qv_proto_tool_text_len(r->tools, r->out ? r->out : "", r->out_len);
 }
 
 /* The fields of member r's stream chunks that never change. */
@@ -1859,7 +1859,8 @@ static char *calls_chunk(request *l, request *r, bool *oom) {
 static char *member_chunk(request *l, request *r, bool *oom) {
     qv_proto_result res = chunk_of(l, r);
     if (r->sent_finish) return NULL; /* finished, or the stream ended with an error */
-    if (r->tools == QV_PROTO_TOOLS_REQUIRED || r->tools == QV_PROTO_TOOLS_AUTO)
+    if (r->tools == QV_PROTO_TOOLS_REQUIRED || r->tools == QV_PROTO_TOOLS_AUTO ||
+        r->tools == QV_PROTO_TOOLS_AUTO_JSON)
         return calls_chunk(l, r, oom);
     /* an echo's prompt logprobs wait for its text, so their text offsets are right */
     bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);
@@ -2420,6 +2421,9 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
         snprintf(r->adapter_version, sizeof(r->adapter_version), "%s", ms->adapter_version);
     }
     r->tools = pr->tool_choice;
+    if (r->tools == QV_PROTO_TOOLS_AUTO &&
+        qv_chat_tools_format(srv->tok, srv->cfg->chat_template) == QV_CHAT_TOOLS_LLAMA_JSON)
+        r->tools = QV_PROTO_TOOLS_AUTO_JSON; /* the template's own call format */
     if (ok && pr->tool_name) ok = (r->tool_name = qv_strdup(pr->tool_name));
     if (ok && ms->tgi) {
         r->tgi_details = ms->tgi->details;
@@ -2640,8 +2644,9 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
             srv->cfg->chat_template ? srv->cfg->chat_template : qv_chat_detect(srv->tok);
         ret = send_error(c, ctx, 400, "tool_choice", "invalid_value",
                          "'tool_choice' \"auto\" (the default with 'tools') needs a chat template "
-                         "that shows the model the tools and reads its calls (Qwen2.5's); this "
-                         "model's is %s: send \"required\", a named function or \"none\"",
+                         "that shows the model the tools and reads its calls (Qwen2.5's, Llama "
+                         "3.1's or 3.2's); this model's is %s: send \"required\", a named "
+                         "function or \"none\"",
                          fam ? fam : "unknown");
         goto done;
     }

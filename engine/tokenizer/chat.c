@@ -7,6 +7,11 @@
  *  - chatml: <|im_start|>{role}\n{content}<|im_end|>\n per message, plus the template's default
  *    system prompt (SmolLM2, Qwen2/2.5) when the first message is not a system message.
  *  - llama3: bos + <|start_header_id|>{role}<|end_header_id|>\n\n{content|trim}<|eot_id|>.
+ *  - llama3.1, llama3.2: Meta's Llama 3.1 / 3.2 templates (also 3.3's): the same turns after a
+ *    system turn that is always there ("Cutting Knowledge Date: December 2023", "Today Date:"
+ *    26 Jul 2024 for 3.1, today's date for 3.2 (strftime_now)), the tools in the first user turn
+ *    (tojson(indent=4)), a call as {"name": ..., "parameters": ...}, tool results as ipython
+ *    turns; builtin_tools (brave_search, ...) are not used by the OpenAI API and not rendered.
  *  - llama2-chat: the official Llama-2-chat HF template (<<SYS>> in the first user turn, bos
  *    before every [INST], stripped contents, " {assistant} </s>").
  *  - llama2, llama2-sys, llama2-sys-bos, llama2-sys-strip, mistral-v1, mistral-v3,
@@ -19,7 +24,9 @@
  * other than system, user and assistant.
  * Thread: pure functions of their inputs.
  */
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "json_text.h"
 #include "tok_internal.h"
@@ -29,6 +36,8 @@ enum fam {
     F_CHATML,
     F_QWEN25,
     F_LLAMA3,
+    F_LLAMA31,
+    F_LLAMA32,
     F_LLAMA2_CHAT,
     F_LLAMA2,
     F_LLAMA2_SYS,
@@ -48,6 +57,8 @@ static const struct {
     {"chatml", F_CHATML},
     {"qwen2.5", F_QWEN25},
     {"llama3", F_LLAMA3},
+    {"llama3.1", F_LLAMA31},
+    {"llama3.2", F_LLAMA32},
     {"llama2-chat", F_LLAMA2_CHAT},
     {"llama2", F_LLAMA2},
     {"llama2-sys", F_LLAMA2_SYS},
@@ -105,7 +116,11 @@ static enum fam detect(const char *t) {
         if (strip) return F_LLAMA2_SYS_STRIP;
         return F_LLAMA2_SYS;
     }
-    if (has(t, "<|start_header_id|>") && has(t, "<|end_header_id|>")) return F_LLAMA3;
+    if (has(t, "<|start_header_id|>") && has(t, "<|end_header_id|>")) {
+        /* 3.1 / 3.3 print a fixed date, 3.2 today's */
+        if (has(t, "Cutting Knowledge Date")) return has(t, "strftime_now") ? F_LLAMA32 : F_LLAMA31;
+        return F_LLAMA3;
+    }
     return F_NONE;
 }
 
@@ -325,6 +340,34 @@ static qv_status render_mistral(const qv_tokenizer *t, enum fam f, const qv_chat
     return st;
 }
 
+/* Appends each tool of the JSON list tools[0..len) as `tool | tojson` (indent < 0) or
+ * `tool | tojson(indent=...)` writes it, each after `before` and followed by `after`. */
+static qv_status put_tools(qv__buf *b, const char *tools, size_t len, int indent,
+                           const char *before, const char *after) {
+    const size_t k = qv_json_list_items(tools, len, NULL, NULL, 0);
+    if (k == SIZE_MAX) return QV_ERR_INVALID;
+    size_t *off = k ? qv_malloc(2 * k * sizeof(size_t)) : NULL;
+    if (k && !off) return QV_ERR_NOMEM;
+    qv_json_list_items(tools, len, off, off + k, k);
+    qv_status st = QV_OK;
+    for (size_t i = 0; i < k && !st; i++) {
+        st = puts_(b, before);
+        if (st) break;
+        if (indent < 0) {
+            st = put_py_json(b, tools + off[i], off[k + i], false);
+        } else {
+            char *txt = NULL;
+            size_t n = 0;
+            st = qv_json_py_dumps_indent(tools + off[i], off[k + i], indent, &txt, &n);
+            if (!st) st = qv__buf_put(b, txt, n);
+            qv_free(txt);
+        }
+        if (!st) st = puts_(b, after);
+    }
+    qv_free(off);
+    return st;
+}
+
 /* Qwen2.5-Instruct's template, statement by statement: the system turn (with the tools when
  * there are some), user / later system / plain assistant turns, an assistant's calls as
  * <tool_call> blocks, consecutive tool results as <tool_response> blocks of one user turn;
@@ -337,17 +380,7 @@ static qv_status render_qwen(const char *sys, const qv_chat_msg *m, size_t n, co
         st = puts_(b, "<|im_start|>system\n");
         if (!st) st = puts_(b, first_sys ? m[0].content : sys);
         if (!st) st = puts_(b, k_qwen_tools_head);
-        /* each tool of the list, as `tool | tojson` writes it */
-        const size_t k = st ? 0 : qv_json_list_items(tools, tools_len, NULL, NULL, 0);
-        size_t *off = k && k != SIZE_MAX ? qv_malloc(2 * k * sizeof(size_t)) : NULL;
-        if (!st && k == SIZE_MAX) st = QV_ERR_INVALID;
-        if (!st && k && !off) st = QV_ERR_NOMEM;
-        if (off) qv_json_list_items(tools, tools_len, off, off + k, k);
-        for (size_t i = 0; i < k && !st; i++) {
-            st = puts_(b, "\n");
-            if (!st) st = put_py_json(b, tools + off[i], off[k + i], false);
-        }
-        qv_free(off);
+        if (!st) st = put_tools(b, tools, tools_len, -1, "\n", ""); /* each as tool | tojson */
         if (!st) st = puts_(b, k_qwen_tools_tail);
     } else if (n > 0) {
         st = puts_(b, "<|im_start|>system\n");
@@ -385,6 +418,88 @@ static qv_status render_qwen(const char *sys, const qv_chat_msg *m, size_t n, co
         }
     }
     if (!st && gen) st = puts_(b, "<|im_start|>assistant\n");
+    return st;
+}
+
+/* Today's date as Python's strftime("%d %b %Y") writes it in the C locale ("05 Mar 2026"),
+ * local time, as transformers' strftime_now gives it to a template. */
+static void today(char *buf, size_t cap) {
+    static const char *const mon[12] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    const time_t now = time(NULL);
+    struct tm tm;
+    if (!localtime_r(&now, &tm)) {
+        snprintf(buf, cap, "26 Jul 2024");
+        return;
+    }
+    snprintf(buf, cap, "%02d %s %d", tm.tm_mday, mon[tm.tm_mon % 12], tm.tm_year + 1900);
+}
+
+#define LLAMA_TOOLS_FORMAT                                                                         \
+    "Respond in the format {\"name\": function name, \"parameters\": dictionary of argument "      \
+    "name and its value}.Do not use variables.\n\n"
+
+/* Meta's Llama 3.1 / 3.2 template, statement by statement (tools_in_user_message true, no
+ * builtin_tools): the system turn with the dates, the tools with the first message after it,
+ * then plain turns (content trimmed), an assistant's single call as {"name", "parameters"},
+ * tool / ipython results as ipython turns holding the content as `tojson` writes a string. */
+static qv_status render_llama31(const qv_tokenizer *t, const char *date, const qv_chat_msg *m,
+                                size_t n, const char *tools, size_t tools_len, bool gen, qv__buf *b,
+                                qv_error *err) {
+    size_t i = 0;
+    qv_status st = puts_(b, t->bos_text);
+    if (!st) st = puts_(b, "<|start_header_id|>system<|end_header_id|>\n\n");
+    if (!st && tools) st = puts_(b, "Environment: ipython\n");
+    if (!st) st = puts_(b, "Cutting Knowledge Date: December 2023\nToday Date: ");
+    if (!st) st = puts_(b, date);
+    if (!st) st = puts_(b, "\n\n");
+    if (!st && n > 0 && is_role(&m[0], "system")) st = put_stripped(b, m[i++].content);
+    if (!st) st = puts_(b, "<|eot_id|>");
+    if (!st && tools) {
+        if (i == n)
+            return qv_errorf(err, QV_ERR_INVALID,
+                             "Cannot put tools in the first user message when there's no first "
+                             "user message!");
+        st = puts_(b, "<|start_header_id|>user<|end_header_id|>\n\nGiven the following "
+                      "functions, please respond with a JSON for a function call with its proper "
+                      "arguments that best answers the given prompt.\n\n" LLAMA_TOOLS_FORMAT);
+        if (!st) st = put_tools(b, tools, tools_len, 4, "", "\n\n");
+        if (!st) st = put_stripped(b, m[i++].content);
+        if (!st) st = puts_(b, "<|eot_id|>");
+    }
+    for (; i < n && !st; i++) {
+        if (m[i].n_calls) {
+            if (m[i].n_calls != 1)
+                return qv_errorf(err, QV_ERR_INVALID,
+                                 "This model only supports single tool-calls at once! (Llama "
+                                 "3.1's template writes one call per assistant message; message "
+                                 "%zu has %zu)",
+                                 i, m[i].n_calls);
+            st = puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"");
+            if (!st) st = puts_(b, m[i].calls[0].name);
+            if (!st) st = puts_(b, "\", \"parameters\": ");
+            if (!st)
+                st =
+                    put_py_json(b, m[i].calls[0].arguments, strlen(m[i].calls[0].arguments), false);
+            if (!st) st = puts_(b, "}<|eot_id|>");
+        } else if (is_role(&m[i], "tool") || is_role(&m[i], "ipython")) {
+            /* a string is `iterable` to Jinja: the template writes it through tojson */
+            char *q = NULL;
+            st = puts_(b, "<|start_header_id|>ipython<|end_header_id|>\n\n");
+            if (!st) st = qv_json_py_quote(m[i].content, strlen(m[i].content), &q);
+            if (!st) st = puts_(b, q);
+            qv_free(q);
+            if (!st) st = puts_(b, "<|eot_id|>");
+        } else {
+            st = puts_(b, "<|start_header_id|>");
+            if (!st) st = puts_(b, m[i].role);
+            if (!st) st = puts_(b, "<|end_header_id|>\n\n");
+            if (!st) st = put_stripped(b, m[i].content);
+            if (!st) st = puts_(b, "<|eot_id|>");
+        }
+    }
+    if (!st && gen) st = puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    if (st) qv_errorf(err, st, st == QV_ERR_NOMEM ? "out of memory" : "invalid message text");
     return st;
 }
 
@@ -454,8 +569,17 @@ static enum fam family_of(const qv_tokenizer *t, const char *template_name) {
     return F_NONE;
 }
 
+qv_chat_tool_format qv_chat_tools_format(const qv_tokenizer *t, const char *template_name) {
+    switch (family_of(t, template_name)) {
+    case F_QWEN25: return QV_CHAT_TOOLS_HERMES;
+    case F_LLAMA31:
+    case F_LLAMA32: return QV_CHAT_TOOLS_LLAMA_JSON;
+    default: return QV_CHAT_TOOLS_NONE;
+    }
+}
+
 bool qv_chat_renders_tools(const qv_tokenizer *t, const char *template_name) {
-    return family_of(t, template_name) == F_QWEN25;
+    return qv_chat_tools_format(t, template_name) != QV_CHAT_TOOLS_NONE;
 }
 
 qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name, const qv_chat_msg *msgs,
@@ -468,6 +592,14 @@ qv_status qv_chat_render_tools(const qv_tokenizer *t, const char *template_name,
                                const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
                                size_t tools_len, bool add_generation_prompt, char **out,
                                qv_error *err) {
+    return qv_chat_render_dated(t, template_name, msgs, n_msgs, tools, tools_len,
+                                add_generation_prompt, NULL, out, err);
+}
+
+qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
+                               const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
+                               size_t tools_len, bool add_generation_prompt, const char *date,
+                               char **out, qv_error *err) {
     enum fam f = F_NONE;
     qv__buf b = {0}, sys = {0};
     qv_status st = QV_OK;
@@ -481,7 +613,8 @@ qv_status qv_chat_render_tools(const qv_tokenizer *t, const char *template_name,
         if (f == F_NONE)
             return qv_errorf(err, QV_ERR_UNSUPPORTED,
                              "unknown chat template name '%s' (supported: chatml, qwen2.5, llama3, "
-                             "llama2-chat, llama2, llama2-sys, llama2-sys-bos, llama2-sys-strip, "
+                             "llama3.1, llama3.2, llama2-chat, llama2, llama2-sys, llama2-sys-bos, "
+                             "llama2-sys-strip, "
                              "mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, "
                              "mistral-v7-tekken)",
                              template_name);
@@ -532,6 +665,22 @@ qv_status qv_chat_render_tools(const qv_tokenizer *t, const char *template_name,
         if (qv__buf_putc(&b, '\0')) {
             qv__buf_free(&b);
             return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+        }
+        *out = b.p;
+        return QV_OK;
+    }
+    if (f == F_LLAMA31 || f == F_LLAMA32) {
+        char now[32];
+        if (f == F_LLAMA32 && !date) today(now, sizeof(now));
+        st = render_llama31(t,
+                            f == F_LLAMA31 ? "26 Jul 2024"
+                            : date         ? date
+                                           : now,
+                            msgs, n_msgs, tools, tools_len, add_generation_prompt, &b, err);
+        if (!st && qv__buf_putc(&b, '\0')) st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+        if (st) {
+            qv__buf_free(&b);
+            return st;
         }
         *out = b.p;
         return QV_OK;

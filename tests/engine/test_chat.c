@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "test_tokenizer_util.h"
@@ -152,6 +153,8 @@ static void test_detection_and_errors(void **s) {
         {"{{ '[INST]' }}[AVAILABLE_TOOLS]", "mistral-v3"},
         {"{{ \"[INST]\" }}[AVAILABLE_TOOLS]", "mistral-v3-tekken"},
         {"<|start_header_id|>x<|end_header_id|>", "llama3"},
+        {"<|start_header_id|>x<|end_header_id|>Cutting Knowledge Date: ", "llama3.1"},
+        {"<|start_header_id|><|end_header_id|>Cutting Knowledge Date: strftime_now", "llama3.2"},
         {"{% for m in messages %}{{ m.content }}{% endfor %}", NULL},
     };
     for (size_t i = 0; i < sizeof(det) / sizeof(det[0]); i++) {
@@ -205,9 +208,10 @@ static void test_detection_and_errors(void **s) {
     qv_tokenizer_free(t);
 }
 
-/* Tools, calls and tool results by the Qwen2.5 template (tests/fixtures/tokenizer/
- * chat_tools.json, from tests/oracle/gen_chat_tools_fixtures.py: jinja2 with transformers'
- * environment), detected and named. */
+/* Tools, calls and tool results by the Qwen2.5, Llama 3.1 and Llama 3.2 templates
+ * (tests/fixtures/tokenizer/chat_tools.json, from tests/oracle/gen_chat_tools_fixtures.py:
+ * jinja2 with transformers' environment), detected and named; where the template raised an
+ * exception, quiver must refuse. */
 static void test_chat_tools_golden(void **s) {
     (void)s;
     cJSON *root = tt_load_json("tests/fixtures/tokenizer/chat_tools.json");
@@ -215,12 +219,18 @@ static void test_chat_tools_golden(void **s) {
     assert_non_null(root);
     assert_non_null(plain);
     const cJSON *templates = cJSON_GetObjectItem(plain, "templates");
-    size_t fails = 0, n = 0, n_calls = 0;
+    const cJSON *own = cJSON_GetObjectItem(root, "templates");
+    size_t fails = 0, n = 0, n_calls = 0, refused = 0;
     const cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
-        qv_tokenizer *t = tok_with_template(
-            jstr_or_null(templates, jstr_or_null(c, "template_name")), NULL, "<|im_end|>");
+        const char *tname = jstr_or_null(c, "template_name"), *fam = jstr_or_null(c, "family");
+        const char *src =
+            jstr_or_null(own, tname) ? jstr_or_null(own, tname) : jstr_or_null(templates, tname);
+        qv_tokenizer *t = tok_with_template(src, jstr_or_null(c, "bos_token"), "<|im_end|>");
         assert_true(qv_chat_renders_tools(t, NULL));
+        assert_string_equal(qv_chat_detect(t), fam);
+        assert_int_equal(qv_chat_tools_format(t, NULL),
+                         !strcmp(fam, "qwen2.5") ? QV_CHAT_TOOLS_HERMES : QV_CHAT_TOOLS_LLAMA_JSON);
         const cJSON *msgs = cJSON_GetObjectItem(c, "messages");
         const size_t nm = (size_t)cJSON_GetArraySize(msgs);
         qv_chat_msg *m = calloc(nm + 1, sizeof(*m));
@@ -245,21 +255,60 @@ static void test_chat_tools_golden(void **s) {
         for (int named = 0; named < 2; named++) {
             char *out = NULL;
             qv_error err = {0};
-            const qv_status st = qv_chat_render_tools(t, named ? "qwen2.5" : NULL, m, nm, tools,
-                                                      tools ? strlen(tools) : 0, gen, &out, &err);
+            const qv_status st =
+                qv_chat_render_dated(t, named ? fam : NULL, m, nm, tools, tools ? strlen(tools) : 0,
+                                     gen, jstr_or_null(c, "date"), &out, &err);
             n++;
-            fails += !same_render(c, tools ? "tools" : "no tools", gen, named, st, out, want, &err);
+            if (!want) { /* the template raised: refused with its message */
+                const char *raised = jstr_or_null(c, "error");
+                const bool ok = st == QV_ERR_INVALID && !out && raised &&
+                                !strncmp(err.msg, raised, strlen(raised));
+                if (!ok)
+                    fprintf(stderr, "  NOT REFUSED %s / %s: %d '%s' (want '%s')\n", tname,
+                            jstr_or_null(c, "conversation"), st, err.msg, raised);
+                fails += !ok;
+                refused += ok;
+            } else {
+                fails +=
+                    !same_render(c, tools ? "tools" : "no tools", gen, named, st, out, want, &err);
+            }
             qv_free(out);
         }
         free(calls);
         free(m);
         qv_tokenizer_free(t);
     }
-    fprintf(stderr, "chat tools: %zu renderings (%zu calls), %zu mismatches\n", n, n_calls, fails);
-    assert_true(n >= 40);
+    fprintf(stderr,
+            "chat tools: %zu renderings (%zu calls, %zu refused as the template), %zu "
+            "mismatches\n",
+            n, n_calls, refused, fails);
+    assert_true(n >= 150);
+    assert_true(refused >= 24);
     assert_int_equal(fails, 0);
     cJSON_Delete(root);
     cJSON_Delete(plain);
+}
+
+/* Renders with the allocator failing after k allocations, k = 0, 1, ... (names alternating):
+ * each attempt fails with QV_ERR_NOMEM and no output, or succeeds (with `must_hold` in it). */
+static void oom_sweep(qv_tokenizer *t, const char *const names[2], const qv_chat_msg *m, size_t n,
+                      const char *tools, const char *date, const char *must_hold) {
+    for (long k = 0; k < 400; k++) {
+        char *out = NULL;
+        qv_error err = {0};
+        qv_alloc_fail_after(k);
+        const qv_status st = qv_chat_render_dated(t, names[k % 2], m, n, tools, strlen(tools), true,
+                                                  date, &out, &err);
+        qv_alloc_fail_after(-1);
+        if (st == QV_OK) {
+            if (must_hold) assert_non_null(strstr(out, must_hold));
+            qv_free(out);
+            if (k > 200) break;
+            continue;
+        }
+        assert_int_equal(st, QV_ERR_NOMEM);
+        assert_null(out);
+    }
 }
 
 /* Templates that do not write tools: calls after the content as compact JSON, tools ignored;
@@ -315,19 +364,64 @@ static void test_calls_as_text(void **s) {
     assert_int_equal(qv_chat_render_tools(t, "qwen2.5", m, 1, "[1,", 3, false, &out, &err),
                      QV_ERR_INVALID);
     /* out of memory anywhere: an error, nothing leaked */
-    for (long k = 0; k < 400; k++) {
-        qv_alloc_fail_after(k);
-        const qv_status st = qv_chat_render_tools(t, k % 2 ? "qwen2.5" : "chatml", m, 3, tools,
-                                                  strlen(tools), true, &out, &err);
-        qv_alloc_fail_after(-1);
-        if (st == QV_OK) {
-            qv_free(out);
-            if (k > 200) break;
-            continue;
-        }
-        assert_int_equal(st, QV_ERR_NOMEM);
-        assert_null(out);
+    const char *const names[] = {"chatml", "qwen2.5"};
+    oom_sweep(t, names, m, 3, tools, NULL, NULL);
+    qv_tokenizer_free(t);
+}
+
+/* Llama 3.1 / 3.2 beyond the goldens: today's date when none is given, an empty conversation,
+ * refusals and allocation failures. */
+static void test_llama31_misc(void **s) {
+    (void)s;
+    qv_tokenizer *t = tok_with_template(NULL, "<|begin_of_text|>", "<|eot_id|>");
+    assert_int_equal(qv_chat_tools_format(t, "llama3.1"), QV_CHAT_TOOLS_LLAMA_JSON);
+    assert_int_equal(qv_chat_tools_format(t, "llama3"), QV_CHAT_TOOLS_NONE);
+    assert_int_equal(qv_chat_tools_format(t, "qwen2.5"), QV_CHAT_TOOLS_HERMES);
+    qv_chat_msg m[] = {{.role = "user", .content = "hi"}};
+    char *out = NULL;
+    qv_error err = {0};
+    /* 3.2 prints today's date (strftime("%d %b %Y") in the C locale), 3.1 a fixed one */
+    char before[32], after[32], want[128];
+    for (int pass = 0; pass < 2; pass++) {
+        time_t now = time(NULL);
+        strftime(pass ? after : before, 32, "%d %b %Y", localtime(&now));
+        if (!pass) assert_int_equal(qv_chat_render(t, "llama3.2", m, 1, true, &out, &err), QV_OK);
     }
+    snprintf(want, sizeof(want), "Today Date: %s\n\n<|eot_id|>", before);
+    const bool today = strstr(out, want) != NULL;
+    snprintf(want, sizeof(want), "Today Date: %s\n\n<|eot_id|>", after);
+    assert_true(today || strstr(out, want)); /* midnight may pass in between */
+    qv_free(out);
+    out = render(t, "llama3.1", m, 1, false);
+    assert_string_equal(out, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                             "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+                             "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>");
+    qv_free(out);
+    /* no messages (the server's start-up probe): the system turn alone */
+    out = render(t, "llama3.1", NULL, 0, false);
+    assert_non_null(strstr(out, "Today Date: 26 Jul 2024\n\n<|eot_id|>"));
+    qv_free(out);
+    /* tools need a message after the system turn */
+    static const char tools[] = "[{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]";
+    qv_chat_msg sys[] = {{.role = "system", .content = "S"}};
+    assert_int_equal(
+        qv_chat_render_tools(t, "llama3.1", sys, 1, tools, strlen(tools), true, &out, &err),
+        QV_ERR_INVALID);
+    assert_null(out);
+    const qv_chat_call calls[] = {{.name = "f", .arguments = "{\"a\": [1, 2.50]}"},
+                                  {.name = "g", .arguments = "{}"}};
+    qv_chat_msg conv[] = {{.role = "system", .content = " S "},
+                          {.role = "user", .content = "q"},
+                          {.role = "assistant", .content = "", .calls = calls, .n_calls = 1},
+                          {.role = "tool", .content = "r\u00e9sultat \"1\""},
+                          {.role = "assistant", .content = "", .calls = calls, .n_calls = 2}};
+    assert_int_equal(
+        qv_chat_render_tools(t, "llama3.2", conv, 5, tools, strlen(tools), true, &out, &err),
+        QV_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "single tool-calls"));
+    /* out of memory anywhere: an error, nothing leaked */
+    const char *const names[] = {"llama3.2", "llama3.1"};
+    oom_sweep(t, names, conv, 4, tools, "01 Jan 2027", "\"r\u00e9sultat \\\"1\\\"\"<|eot_id|>");
     qv_tokenizer_free(t);
 }
 
@@ -335,7 +429,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chat_golden),          cmocka_unit_test(test_mistral_formats),
         cmocka_unit_test(test_detection_and_errors), cmocka_unit_test(test_chat_tools_golden),
-        cmocka_unit_test(test_calls_as_text),
+        cmocka_unit_test(test_calls_as_text),        cmocka_unit_test(test_llama31_misc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

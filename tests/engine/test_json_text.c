@@ -2,8 +2,8 @@
  * test_json_text.c - engine/json_text.c against Python: every fixture text
  * (tests/fixtures/json_text/cases.json, from tests/oracle/gen_json_text_fixtures.py) must be
  * re-written byte for byte as json.dumps(json.loads(text), ensure_ascii=False) wrote it, with
- * the default separators and compact ones; texts Python refuses must be refused; and a member's
- * raw span is found as cJSON finds the member.
+ * the default separators, compact ones and indent=4; texts Python refuses must be refused; and a
+ * member's raw span is found as cJSON finds the member.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -31,11 +31,14 @@ static void test_python_dumps(void **state) {
         const size_t len =
             hex_decode(cJSON_GetObjectItem(c, "in_hex")->valuestring, text, sizeof(text));
         assert_true(len != SIZE_MAX);
-        for (int compact = 0; compact < 2; compact++) {
-            const char *want = cJSON_GetObjectItem(c, compact ? "py_compact" : "py")->valuestring;
+        for (int mode = 0; mode < 3; mode++) { /* default, compact, indent=4 */
+            static const char *const keys[] = {"py", "py_compact", "py_indent4"};
+            const char *want = cJSON_GetObjectItem(c, keys[mode])->valuestring;
             char *got = NULL;
             size_t got_len = 0;
-            const qv_status st = qv_json_py_dumps((const char *)text, len, compact, &got, &got_len);
+            const qv_status st =
+                mode == 2 ? qv_json_py_dumps_indent((const char *)text, len, 4, &got, &got_len)
+                          : qv_json_py_dumps((const char *)text, len, mode == 1, &got, &got_len);
             if (st != QV_OK || strcmp(got, want))
                 fprintf(stderr, "%.*s\n  got  %s\n  want %s\n", (int)len, text, got ? got : "-",
                         want);
@@ -60,6 +63,9 @@ static void test_python_dumps(void **state) {
         if (qv_json_py_dumps((const char *)text, len, false, &got, &got_len) == QV_OK)
             fprintf(stderr, "accepted %.*s as %s\n", (int)len, text, got);
         assert_null(got);
+        assert_int_equal(qv_json_py_dumps_indent((const char *)text, len, 4, &got, &got_len),
+                         QV_ERR_INVALID);
+        assert_null(got);
         assert_int_equal(qv_json_text_check((const char *)text, len, false), QV_ERR_INVALID);
         refused++;
     }
@@ -79,6 +85,15 @@ static void test_member_span(void **state) {
     assert_true(qv_json_member_span(body, strlen(body), "model", &off, &n));
     assert_memory_equal(body + off, "\"m\"", n);
     assert_false(qv_json_member_span(body, strlen(body), "nope", &off, &n));
+    /* the value at the start of a text, whatever follows it */
+    static const char two[] = " \n{\"a\": [1, \"}\"]} ; {\"b\": 2}";
+    assert_true(qv_json_value_span(two, strlen(two), &off, &n));
+    assert_int_equal(off, 2);
+    assert_memory_equal(two + off, "{\"a\": [1, \"}\"]}", n);
+    assert_int_equal(n, strlen("{\"a\": [1, \"}\"]}"));
+    assert_false(qv_json_value_span(" {\"a\": ", 7, &off, &n));
+    assert_false(qv_json_value_span(" ; 1", 4, &off, &n));
+    assert_false(qv_json_value_span("", 0, &off, &n));
     assert_false(qv_json_member_span("{}", 2, "a", &off, &n));
     assert_false(qv_json_member_span("[1]", 3, "a", &off, &n));
     assert_false(qv_json_member_span("{\"a\":1", 6, "a", &off, &n));

@@ -119,18 +119,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     qv_chat_msg m[3] = {{.role = "system", .content = content},
                         {.role = "user", .content = content},
                         {.role = "assistant", .content = content}};
-    const char *names[] = {NULL, "chatml", "llama3", "llama2-chat", "mistral-v7", "bogus"};
+    const char *names[] = {NULL,          "chatml",     "llama3", "llama3.1",
+                           "llama2-chat", "mistral-v7", "bogus"};
     char *prompt = NULL;
-    qv_chat_render(t, names[data[0] % 6], m, 1 + data[0] % 3, flag_a, &prompt, &err);
+    qv_chat_render(t, names[data[0] % 7], m, 1 + data[0] % 3, flag_a, &prompt, &err);
     qv_free(prompt);
-    /* the input as tools and as a call's arguments, through Qwen2.5's tool format (Python's
-     * json.dumps of hostile JSON) and the compact text of the others */
+    /* the input as tools and as a call's arguments, through Qwen2.5's and Llama 3.x's tool
+     * formats (Python's json.dumps of hostile JSON, indented too) and the compact text of the
+     * others */
     const qv_chat_call call = {.name = "f", .arguments = content};
-    qv_chat_msg tm[2] = {{.role = "assistant", .content = "", .calls = &call, .n_calls = 1},
+    qv_chat_msg tm[3] = {{.role = "user", .content = content},
+                         {.role = "assistant", .content = "", .calls = &call, .n_calls = 1},
                          {.role = "tool", .content = content}};
+    const char *tool_names[] = {"qwen2.5", "chatml", "llama3.2"};
     prompt = NULL;
-    qv_chat_render_tools(t, data[0] & 1 ? "qwen2.5" : "chatml", tm, 2, content, n, flag_a, &prompt,
-                         &err);
+    qv_chat_render_tools(t, tool_names[data[0] % 3], tm, 3, content, n, flag_a, &prompt, &err);
     qv_free(prompt);
     free(content);
     qv_free(ids);

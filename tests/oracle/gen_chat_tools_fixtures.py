@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Chat renderings with tools (tool definitions, an assistant's tool calls, tool results) by
-the Qwen2.5-Instruct Jinja template, the way transformers' apply_chat_template renders it
-(the environment of TOKENIZER.md: trim_blocks, lstrip_blocks, `tojson` = json.dumps with
-ensure_ascii=False) and the way vLLM passes the request (tools and call arguments as the
-objects the client's JSON text holds). Needs jinja2 (tests/oracle/requirements.txt).
+the Qwen2.5-Instruct, Llama-3.1-Instruct and Llama-3.2-Instruct Jinja templates, the way
+transformers' apply_chat_template renders them (the environment of TOKENIZER.md: trim_blocks,
+lstrip_blocks, `tojson` = json.dumps with ensure_ascii=False, raise_exception, strftime_now)
+and the way vLLM passes the request (tools and call arguments as the objects the client's JSON
+text holds). Needs jinja2 (tests/oracle/requirements.txt).
 
-Reads the template from tests/fixtures/tokenizer/chat.json (written by
-gen_tokenizer_fixtures.py) and writes tests/fixtures/tokenizer/chat_tools.json:
-{"cases": [{"template_name", "family", "tools_text" (the raw JSON text the client sent, or
-null), "messages" (role, content, calls: [{"name", "arguments_text"}]),
-"add_generation_prompt", "expected"}]}.
+Reads the Qwen2.5 template from tests/fixtures/tokenizer/chat.json (written by
+gen_tokenizer_fixtures.py); the Llama templates are below (sources cited there). Writes
+tests/fixtures/tokenizer/chat_tools.json: {"templates": {name: source} (the Llama ones),
+"cases": [{"template_name", "family", "bos_token", "date" (what strftime_now("%d %b %Y")
+returned, or null), "tools_text" (the raw JSON text the client sent, or null), "messages"
+(role, content, calls: [{"name", "arguments_text"}]), "add_generation_prompt", "expected"
+(null when the template raised an exception), "error"}]}.
 """
+import datetime
 import json
 import os
 
@@ -56,10 +60,167 @@ CONVS = {
 }
 
 
-def render(tmpl, msgs, tools, gen):
+# meta-llama/Llama-3.1-8B-Instruct, tokenizer_config.json "chat_template" (Llama 3.3 uses the
+# same text).
+LLAMA31 = """{{- bos_token }}
+{%- if custom_tools is defined %}
+    {%- set tools = custom_tools %}
+{%- endif %}
+{%- if not tools_in_user_message is defined %}
+    {%- set tools_in_user_message = true %}
+{%- endif %}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+
+{#- This block extracts the system message, so we can slot it into the right place. #}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+
+{#- System message + builtin tools #}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
+{%- if builtin_tools is defined or tools is not none %}
+    {{- "Environment: ipython\\n" }}
+{%- endif %}
+{%- if builtin_tools is defined %}
+    {{- "Tools: " + builtin_tools | reject('equalto', 'code_interpreter') | join(", ") + "\\n\\n"}}
+{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\\n" }}
+{{- "Today Date: " + date_string + "\\n\\n" }}
+{%- if tools is not none and not tools_in_user_message %}
+    {{- "You have access to the following functions. To call a function, please respond with JSON for a function call." }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\\n\\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\\n\\n" }}
+    {%- endfor %}
+{%- endif %}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+
+{#- Custom tools are passed in a user message with some extra guidance #}
+{%- if tools_in_user_message and not tools is none %}
+    {#- Extract the first user message so we can plug it in here #}
+    {%- if messages | length != 0 %}
+        {%- set first_user_message = messages[0]['content']|trim %}
+        {%- set messages = messages[1:] %}
+    {%- else %}
+        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
+{%- endif %}
+    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}
+    {{- "Given the following functions, please respond with a JSON for a function call " }}
+    {{- "with its proper arguments that best answers the given prompt.\\n\\n" }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\\n\\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\\n\\n" }}
+    {%- endfor %}
+    {{- first_user_message + "<|eot_id|>"}}
+{%- endif %}
+
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- elif 'tool_calls' in message %}
+        {%- if not message.tool_calls|length == 1 %}
+            {{- raise_exception("This model only supports single tool-calls at once!") }}
+        {%- endif %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}
+            {{- "<|python_tag|>" + tool_call.name + ".call(" }}
+            {%- for arg_name, arg_val in tool_call.arguments | items %}
+                {{- arg_name + '="' + arg_val + '"' }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- endif %}
+                {%- endfor %}
+            {{- ")" }}
+        {%- else  %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}
+            {{- '{"name": "' + tool_call.name + '", ' }}
+            {{- '"parameters": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- "}" }}
+        {%- endif %}
+        {%- if builtin_tools is defined %}
+            {#- This means we're in ipython mode #}
+            {{- "<|eom_id|>" }}
+        {%- else %}
+            {{- "<|eot_id|>" }}
+        {%- endif %}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\\n\\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+# meta-llama/Llama-3.2-3B-Instruct (the 1B's is the same), as llama.cpp keeps it in
+# models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja: 3.1's without builtin_tools, and
+# today's date from strftime_now.
+LLAMA32 = LLAMA31.replace("""{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}""", """{%- if not date_string is defined %}
+    {%- if strftime_now is defined %}
+        {%- set date_string = strftime_now("%d %b %Y") %}
+    {%- else %}
+        {%- set date_string = "26 Jul 2024" %}
+    {%- endif %}
+{%- endif %}""")
+
+# Single calls only (the Llama templates raise on more), whitespace to trim, the ipython role.
+LLAMA_CONVS = {
+    "ask": [{"role": "user", "content": "Weather in Paris?"}],
+    "system_ask": [{"role": "system", "content": " \n Be brief.\u2003\n"},
+                   {"role": "user", "content": "\tWeather in Paris? "}],
+    "round_trip": [{"role": "system", "content": "Be brief."},
+                   {"role": "user", "content": "Weather in Paris?"},
+                   {"role": "assistant", "content": None, "calls": [CALL_W]},
+                   {"role": "tool", "content": '{"sky": "sunny"}'},
+                   {"role": "assistant", "content": "Sunny."},
+                   {"role": "user", "content": "And in São Paulo?"},
+                   {"role": "assistant", "content": "Let me check.", "calls": [CALL_U]},
+                   {"role": "tool", "content": "  rain\n \"heavy\" \\ 🌧"},
+                   {"role": "ipython", "content": "raw"},
+                   {"role": "user", "content": "Thanks"}],
+    "tool_first": [{"role": "tool", "content": "orphan result"},
+                   {"role": "user", "content": "hi"}],
+    "other_roles": CONVS["other_roles"],
+    "only_system": [{"role": "system", "content": "S"}],
+    "two_calls": [{"role": "user", "content": "Weather and time?"},
+                  {"role": "assistant", "content": None, "calls": [CALL_W, CALL_N]}],
+}
+LLAMA_DATE = datetime.datetime(2026, 3, 5, 12, 0, 0)  # strftime_now's "now" in these renderings
+
+
+def render(tmpl, msgs, tools, gen, bos=""):
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                       extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = LLAMA_DATE.strftime
     jmsgs = []
     for m in msgs:
         j = {"role": m["role"], "content": m["content"]}
@@ -69,7 +230,7 @@ def render(tmpl, msgs, tools, gen):
                 for c in m["calls"]]
         jmsgs.append(j)
     return env.from_string(tmpl).render(messages=jmsgs, tools=tools, add_generation_prompt=gen,
-                                        bos_token="", eos_token="<|im_end|>")
+                                        bos_token=bos, eos_token="<|im_end|>")
 
 
 def main():
@@ -81,14 +242,33 @@ def main():
             for gen in (True, False):
                 tools = json.loads(tools_text) if tools_text else None
                 exp = render(tmpl, msgs, tools, gen)
-                cases.append({"template_name": "qwen25", "family": "qwen2.5",
-                              "conversation": cname, "tools_text": tools_text,
+                cases.append({"template_name": "qwen25", "family": "qwen2.5", "bos_token": None,
+                              "date": None, "conversation": cname, "tools_text": tools_text,
                               "messages": [dict(m, content=m["content"] or "") for m in msgs],
                               "add_generation_prompt": gen, "expected": exp})
+    errors = 0
+    for tname, fam, src in (("llama31", "llama3.1", LLAMA31), ("llama32", "llama3.2", LLAMA32)):
+        for cname, msgs in LLAMA_CONVS.items():
+            for tools_text in (TOOLS, None):
+                for gen in (True, False):
+                    tools = json.loads(tools_text) if tools_text else None
+                    try:
+                        exp, error = render(src, msgs, tools, gen, "<|begin_of_text|>"), None
+                    except jinja2.exceptions.TemplateError as e:
+                        exp, error = None, str(e)
+                        errors += 1
+                    cases.append({"template_name": tname, "family": fam,
+                                  "bos_token": "<|begin_of_text|>",
+                                  "date": LLAMA_DATE.strftime("%d %b %Y") if fam == "llama3.2"
+                                  else None,
+                                  "conversation": cname, "tools_text": tools_text,
+                                  "messages": [dict(m, content=m["content"] or "") for m in msgs],
+                                  "add_generation_prompt": gen, "expected": exp, "error": error})
     with open(os.path.join(DIR, "chat_tools.json"), "w", encoding="utf-8") as f:
-        json.dump({"generator": "tests/oracle/gen_chat_tools_fixtures.py", "cases": cases}, f,
+        json.dump({"generator": "tests/oracle/gen_chat_tools_fixtures.py",
+                   "templates": {"llama31": LLAMA31, "llama32": LLAMA32}, "cases": cases}, f,
                   ensure_ascii=False, indent=0, separators=(",", ":"))
-    print(f"{len(cases)} renderings")
+    print(f"{len(cases)} renderings ({errors} raised)")
 
 
 if __name__ == "__main__":

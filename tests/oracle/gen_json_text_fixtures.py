@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Fixtures for engine/json_text.c: JSON texts and what Python's json.dumps(json.loads(text),
-ensure_ascii=False) writes for them, with the default separators and with (",", ":") - the
-text of Jinja's `tojson` in transformers' chat templates. Needs only the standard library.
+ensure_ascii=False) writes for them, with the default separators, with (",", ":") and with
+indent=4 - the texts of Jinja's `tojson` and `tojson(indent=4)` in transformers' chat templates.
+Needs only the standard library.
 
-Writes tests/fixtures/json_text/cases.json: {"cases": [{"in_hex", "py", "py_compact"}]},
+Writes tests/fixtures/json_text/cases.json: {"cases": [{"in_hex", "py", "py_compact", "py_indent4"}]},
 and "invalid_hex": texts json.loads refuses (or whose dumps cannot be UTF-8 encoded).
 """
 import json
@@ -62,7 +63,8 @@ def main():
         v = json.loads(t)
         cases.append({"in_hex": t.encode().hex(),
                       "py": json.dumps(v, ensure_ascii=False),
-                      "py_compact": json.dumps(v, ensure_ascii=False, separators=(",", ":"))})
+                      "py_compact": json.dumps(v, ensure_ascii=False, separators=(",", ":")),
+                      "py_indent4": json.dumps(v, ensure_ascii=False, indent=4)})
     invalid = []
     for t in INVALID:
         try:

@@ -383,6 +383,19 @@ static void test_tools(void **state) {
 }
 
 /* Reading calls out of an answer, and encoding them in responses and chunks. */
+/* Answers that are not calls for `how`: refused, nothing returned, no content split. */
+static void assert_not_calls(enum qv_proto_tool_choice how, const char *const *texts, size_t k) {
+    for (size_t i = 0; i < k; i++) {
+        qv_proto_tool_call *calls = NULL;
+        size_t n = 0, content = 99;
+        assert_int_equal(qv_proto_tool_calls_parse(how, NULL, texts[i], strlen(texts[i]), "z",
+                                                   &calls, &n, &content),
+                         QV_ERR_INVALID);
+        assert_null(calls);
+        assert_int_equal(content, 0);
+    }
+}
+
 static void test_tool_call_results(void **state) {
     (void)state;
     qv_proto_tool_call *calls = NULL;
@@ -477,14 +490,7 @@ static void test_tool_call_results(void **state) {
         "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call><tool_call>{\"name\": 1, "
         "\"arguments\": {}}</tool_call>",
         "<tool_call>{\"name\": \"f\", \"arguments\": {}} extra</tool_call>"};
-    for (size_t i = 0; i < sizeof(not_calls) / sizeof(not_calls[0]); i++) {
-        content = 99;
-        assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO, NULL, not_calls[i],
-                                                   strlen(not_calls[i]), "z", &calls, &n, &content),
-                         QV_ERR_INVALID);
-        assert_null(calls);
-        assert_int_equal(content, 0);
-    }
+    assert_not_calls(QV_PROTO_TOOLS_AUTO, not_calls, sizeof(not_calls) / sizeof(not_calls[0]));
     /* streaming "auto": what is surely content before the answer ends */
     static const struct {
         const char *text;
@@ -500,7 +506,47 @@ static void test_tool_call_results(void **state) {
                 {"<tool_call><tool_call>", 0},
                 {"a<b<tool_c", 3}};
     for (size_t i = 0; i < sizeof(held) / sizeof(held[0]); i++)
-        assert_int_equal(qv_proto_tool_text_len(held[i].text, strlen(held[i].text)), held[i].want);
+        assert_int_equal(
+            qv_proto_tool_text_len(QV_PROTO_TOOLS_AUTO, held[i].text, strlen(held[i].text)),
+            held[i].want);
+
+    /* auto on Llama 3.x templates: the answer is calls {"name", "parameters"} joined by ';' */
+    static const char llama[] = " <|python_tag|>{\"name\": \"get_weather\", \"parameters\": "
+                                "{\"city\": \"Paris\", \"days\": 2.50}} ;\n{\"name\": \"now\", "
+                                "\"arguments\": {}, \"parameters\": {\"x\": 1}}\n";
+    content = 99;
+    assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO_JSON, NULL, llama, strlen(llama),
+                                               "l_0", &calls, &n, &content),
+                     QV_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(content, 0);
+    assert_string_equal(calls[0].name, "get_weather");
+    assert_string_equal(calls[0].arguments, "{\"city\":\"Paris\",\"days\":2.5}");
+    assert_string_equal(calls[1].name, "now"); /* "arguments" wins over "parameters" (vLLM) */
+    assert_string_equal(calls[1].arguments, "{}");
+    assert_string_equal(calls[1].id, "call_l_0_1");
+    qv_proto_tool_calls_free(calls, n);
+    static const char *const not_llama[] = {
+        "Sure: {\"name\": \"f\", \"parameters\": {}}", /* text first: content */
+        "{\"name\": \"f\", \"parameters\": {}} and more",
+        "{\"name\": \"f\", \"parameters\": [1]}",
+        "{\"name\": \"f\"}",
+        "{\"name\": \"f\", \"parameters\": {}};",
+        "{\"name\": \"f\", \"parameters\": {}}; [1]",
+        "{\"name\": \"f\", \"parameters\": {\"a\": ",
+        "<|python_tag|>",
+        "   ",
+        ""};
+    assert_not_calls(QV_PROTO_TOOLS_AUTO_JSON, not_llama, sizeof(not_llama) / sizeof(not_llama[0]));
+    static const struct {
+        const char *text;
+        size_t want;
+    } held_json[] = {{"plain text", 10},      {" \n", 0},  {" {\"name", 0}, {"<|python", 0},
+                     {"<|python_tag|> {", 0}, {"<|im", 4}, {"", 0},         {"x {", 3}};
+    for (size_t i = 0; i < sizeof(held_json) / sizeof(held_json[0]); i++)
+        assert_int_equal(qv_proto_tool_text_len(QV_PROTO_TOOLS_AUTO_JSON, held_json[i].text,
+                                                strlen(held_json[i].text)),
+                         held_json[i].want);
     /* a response with content and calls */
     assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO, NULL, hermes, strlen(hermes),
                                                "q_0", &calls, &n, &content),
