@@ -836,14 +836,13 @@ static bool compile_array(compiler *c, const cJSON *j, uint32_t id, int depth) {
     return true;
 }
 
-/* pattern: compiled into the schema's regexes, referred to by leaf node id. */
-static bool compile_pattern(compiler *c, const cJSON *pat, uint32_t id) {
+/* A regular expression (json_regex.h) compiled into the schema's regexes, referred to by leaf
+ * node id. */
+static bool compile_regex(compiler *c, const char *src, uint32_t id) {
     qv_json_schema *s = c->s;
-    if (!cJSON_IsString(pat))
-        return cfail(c, QV_ERR_INVALID, "'pattern' must be a string", NULL, ""), false;
     qv_regex *re = NULL;
     qv_error e = {0};
-    const qv_status st = qv_regex_compile(pat->valuestring, &re, &e);
+    const qv_status st = qv_regex_compile(src, &re, &e);
     if (st != QV_OK) return cfail(c, st, e.msg, NULL, ""), false;
     if (!grow(c, (void **)&s->regexes, &s->cap_regexes, s->n_regexes + 1, sizeof(qv_regex *))) {
         qv_regex_free(re);
@@ -851,6 +850,43 @@ static bool compile_pattern(compiler *c, const cJSON *pat, uint32_t id) {
     }
     s->regexes[s->n_regexes++] = re;
     s->nodes[id].re = s->n_regexes;
+    return true;
+}
+
+/* The `format`s quiver enforces, as patterns (each within QV_REGEX_MAX_POS positions): RFC 3339
+ * dates and times as Python's jsonschema checks them (rfc3339-validator), except that year 0000
+ * and 29 February of any year pass; UUIDs (any hex case); dotted-quad IPv4 without leading
+ * zeros (Python's ipaddress); e-mail addresses in a plain form (local part of ASCII letters,
+ * digits and ._%+-, a domain of dot-separated labels). Other formats are annotations. */
+#define RE_DATE                                                                                    \
+    "\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|"   \
+    "02-(?:0[1-9]|[12]\\d))"
+#define RE_TIME                                                                                    \
+    "(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d+)?(?:[Zz]|[+-](?:[01]\\d|2[0-3]):[0-5]\\d)"
+#define RE_OCTET "(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)"
+#define RE_LABEL "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+static const struct {
+    const char *name, *re;
+} k_formats[] = {
+    {"date", "^" RE_DATE "$"},
+    {"time", "^" RE_TIME "$"},
+    {"date-time", "^" RE_DATE "[Tt]" RE_TIME "$"},
+    {"uuid", "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
+    {"ipv4", "^(?:" RE_OCTET "\\.){3}" RE_OCTET "$"},
+    {"email", "^[A-Za-z0-9._%+-]+@" RE_LABEL "(?:\\." RE_LABEL ")+$"},
+};
+
+/* pattern, or else a known format, of a string leaf. */
+static bool compile_string_regex(compiler *c, const cJSON *j, uint32_t id) {
+    const cJSON *pat = kw(j, "pattern"), *fmt = kw(j, "format");
+    if (pat) {
+        if (!cJSON_IsString(pat))
+            return cfail(c, QV_ERR_INVALID, "'pattern' must be a string", NULL, ""), false;
+        return compile_regex(c, pat->valuestring, id);
+    }
+    for (size_t i = 0; cJSON_IsString(fmt) && i < QV_ARRAY_LEN(k_formats); i++)
+        if (!strcmp(fmt->valuestring, k_formats[i].name))
+            return compile_regex(c, k_formats[i].re, id);
     return true;
 }
 
@@ -908,8 +944,7 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
         nd->min = lo;
         nd->max = hi;
         if ((leaf & C_NUMBER) && !compile_bounds(c, j, nd, nd->integer)) return false;
-        if ((leaf & C_STRING) && kw(j, "pattern") && !compile_pattern(c, kw(j, "pattern"), l))
-            return false;
+        if ((leaf & C_STRING) && !compile_string_regex(c, j, l)) return false;
         parts[n++] = l;
     }
     return set_alternatives(c, id, parts, n);
@@ -1430,6 +1465,35 @@ static int64_t string_cp(qv_json_sstate *st, uint8_t sub, uint8_t utf8, uint8_t 
     return -1;
 }
 
+/* Strings under a pattern are written plainly: a printable ASCII character (U+0020..U+007E) is
+ * never a \u escape or \/ (\" and \\ stay), so that a model cannot drift into escaping what
+ * it could write. Whether some code point of [lo, hi] that an escape may still give steps re. */
+static bool escape_can_step(const qv_regex *re, uint64_t state, uint32_t lo, uint32_t hi,
+                            uint32_t budget) {
+    return (lo < 0x20 && qv_regex_can_step(re, state, lo, QV_MIN(hi, 0x1Fu), budget)) ||
+           (hi > 0x7E && qv_regex_can_step(re, state, QV_MAX(lo, 0x7Fu), hi, budget));
+}
+
+/* A character still being read (after a '\', inside a \u escape or a UTF-8 sequence): whether
+ * some character it may still become can follow in the pattern within the string's length
+ * budget, so that no accepted prefix is a dead end (the model would find no token to go on
+ * with). l: the lexer after the byte. */
+static bool partial_can_match(const qv_regex *re, const qv_json_sstate *st, const qv_json_state *l,
+                              uint32_t budget) {
+    if (l->utf8) {
+        const uint32_t lo = st->cp << (6 * l->utf8);
+        return qv_regex_can_step(re, st->re, lo, lo | ((1u << (6 * l->utf8)) - 1), budget);
+    }
+    if (l->sub >= 2) { /* \u: sub - 1 hex digits to come */
+        const uint32_t lo = st->cp << (4 * (l->sub - 1));
+        return escape_can_step(re, st->re, lo, lo | ((1u << (4 * (l->sub - 1))) - 1), budget);
+    }
+    /* after '\': \" \\, or an escape of a control or non-ASCII character */
+    return qv_regex_can_step(re, st->re, '"', '"', budget) ||
+           qv_regex_can_step(re, st->re, '\\', '\\', budget) ||
+           escape_can_step(re, st->re, 0, 0xFFFF, budget);
+}
+
 static bool number_can_end(const qv_json_state *l) {
     return l->sub == N_ZERO || l->sub == N_INT || l->sub == N_FRAC || l->sub == N_EXP;
 }
@@ -1590,9 +1654,16 @@ static int leaf_in(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *f
         if (!step(l, c)) return R_NO;
         if (l->mode == M_STRING) {
             if (re) {
+                /* characters a string may still take after this one */
+                const uint32_t budget = nd->max == NO_LIMIT ? NO_LIMIT : nd->max - fr->a - 1;
                 const int64_t cp = string_cp(st, sub, utf8, c);
-                if (cp >= 0 && !qv_regex_step(re, &st->re, (uint32_t)cp)) return R_NO;
+                const bool plain = cp == '"' || cp == '\\' ? sub <= 1 : sub == 0;
+                if (cp >= 0x20 && cp <= 0x7E && !plain) return R_NO; /* see escape_can_step */
+                if (cp >= 0 && (!qv_regex_step(re, &st->re, (uint32_t)cp) ||
+                                qv_regex_min_left(re, st->re) > budget))
+                    return R_NO;
                 if (cp >= 0) st->cp = 0;
+                if (cp < 0 && !partial_can_match(re, st, l, budget)) return R_NO;
             }
             if (!l->sub && !l->utf8 && counted(nd)) fr->a = inc(fr->a);
         } else {

@@ -30,6 +30,8 @@ typedef struct cls {
 struct qv_regex {
     uint64_t first, last, follow[QV_REGEX_MAX_POS];
     cls pos[QV_REGEX_MAX_POS];
+    uint32_t dist[QV_REGEX_MAX_POS]; /* characters after position p to a match (NO_MATCH: none) */
+    uint32_t first_dist;             /* characters from the start to a match, the first included */
     range ranges[MAX_RANGES];
     int n_pos, n_ranges;
     bool nullable, anchor_start, anchor_end;
@@ -409,6 +411,31 @@ static bool glushkov(parser *ps, int n, bool *nullable, uint64_t *first, uint64_
     }
 }
 
+#define NO_MATCH UINT32_MAX
+
+/* The least of 1 + dist[q] over the positions q of set. */
+static uint32_t min_next(const qv_regex *re, uint64_t set) {
+    uint32_t m = NO_MATCH;
+    for (int q = 0; q < re->n_pos; q++)
+        if (((set >> q) & 1) && re->dist[q] != NO_MATCH) m = QV_MIN(m, re->dist[q] + 1);
+    return m;
+}
+
+/* Shortest ways to a match: dist[p] = 0 for the last positions, else 1 + the least dist of
+ * what may follow (a fixed point over at most n_pos rounds). */
+static void distances(qv_regex *re) {
+    for (int p = 0; p < re->n_pos; p++)
+        re->dist[p] = (re->last >> p) & 1 ? 0 : NO_MATCH;
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (int p = 0; p < re->n_pos; p++) {
+            const uint32_t d = min_next(re, re->follow[p]);
+            if (d < re->dist[p]) re->dist[p] = d, changed = true;
+        }
+    }
+    re->first_dist = min_next(re, re->first);
+}
+
 qv_status qv_regex_compile(const char *pattern, qv_regex **out, qv_error *err) {
     *out = NULL;
     qv_regex *re = qv_calloc(1, sizeof(*re));
@@ -431,6 +458,7 @@ qv_status qv_regex_compile(const char *pattern, qv_regex **out, qv_error *err) {
     if (root >= 0 && (re->anchor_start || re->anchor_end) && ps->nodes[root].op == N_ALT)
         fail(ps, QV_ERR_UNSUPPORTED, "^ or $ beside a top-level |: write ^(a|b)$");
     if (root >= 0 && ps->st == QV_OK) glushkov(ps, root, &re->nullable, &re->first, &re->last);
+    if (ps->st == QV_OK) distances(re);
     const qv_status st = ps->st;
     qv_free(ps);
     if (st != QV_OK) {
@@ -475,3 +503,48 @@ bool qv_regex_step(const qv_regex *re, uint64_t *state, uint32_t cp) {
 }
 
 bool qv_regex_accepts(const qv_regex *re, uint64_t state) { return accepting(re, state); }
+
+/* Whether position p's class holds a code point of [lo, hi]. */
+static bool meets(const qv_regex *re, int p, uint32_t lo, uint32_t hi) {
+    const cls *k = &re->pos[p];
+    if (!k->neg) {
+        for (int i = 0; i < k->n; i++)
+            if (re->ranges[k->off + i].lo <= hi && re->ranges[k->off + i].hi >= lo) return true;
+        return false;
+    }
+    /* a negated class: some code point of [lo, hi] outside all its ranges */
+    for (uint32_t cur = lo;;) {
+        bool moved = false;
+        for (int i = 0; i < k->n; i++) {
+            const range *r = &re->ranges[k->off + i];
+            if (r->lo <= cur && r->hi >= cur) {
+                if (r->hi >= hi) return false;
+                cur = r->hi + 1;
+                moved = true;
+            }
+        }
+        if (!moved) return true;
+    }
+}
+
+uint32_t qv_regex_min_left(const qv_regex *re, uint64_t state) {
+    if (accepting(re, state)) return 0;
+    uint32_t m = NO_MATCH;
+    for (int p = 0; p < re->n_pos; p++)
+        if (((state >> p) & 1) && re->dist[p] != NO_MATCH) m = QV_MIN(m, re->dist[p]);
+    if ((state & START_BIT) || !re->anchor_start) m = QV_MIN(m, re->first_dist); /* (re)start */
+    return m;
+}
+
+bool qv_regex_can_step(const qv_regex *re, uint64_t state, uint32_t lo, uint32_t hi,
+                       uint32_t budget) {
+    if (state & MATCHED_BIT) return true;
+    /* unanchored: a character no position takes is skipped, and a match may start after it */
+    if (!re->anchor_start && re->first_dist <= budget) return true;
+    uint64_t cand = (state & START_BIT) || !re->anchor_start ? re->first : 0;
+    for (int p = 0; p < re->n_pos; p++)
+        if ((state >> p) & 1) cand |= re->follow[p];
+    for (int q = 0; q < re->n_pos; q++)
+        if (((cand >> q) & 1) && re->dist[q] <= budget && meets(re, q, lo, hi)) return true;
+    return false;
+}

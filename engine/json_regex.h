@@ -38,6 +38,16 @@ uint64_t qv_regex_start(const qv_regex *re);
 /* Advances *state by code point cp: false (state unchanged) when no string with the
  * characters so far can match. */
 bool qv_regex_step(const qv_regex *re, uint64_t *state, uint32_t cp);
+/* Whether some code point of [lo, hi] advances the state to one from which a match is at most
+ * `budget` more characters away (UINT32_MAX: no limit): the test for a character still being
+ * read (after '\', a \u escape's first hex digits, a UTF-8 lead byte), so that no accepted
+ * prefix is a dead end. */
+bool qv_regex_can_step(const qv_regex *re, uint64_t state, uint32_t lo, uint32_t hi,
+                       uint32_t budget);
+/* The fewest characters still needed for a match from the state (0: it matches now;
+ * UINT32_MAX: never), so that a string with a maxLength does not take a character after which
+ * the pattern cannot be met in time. */
+uint32_t qv_regex_min_left(const qv_regex *re, uint64_t state);
 /* Whether the characters so far match (the string may end here). */
 bool qv_regex_accepts(const qv_regex *re, uint64_t state);
 

@@ -263,7 +263,9 @@ static void test_hand_cases(void **state) {
     assert_true(feeds(sch, &s, "\"a"));
     assert_false(feeds(sch, &s, "\""));
     assert_false(feeds(sch, &s, "x"));
-    assert_true(feeds(sch, &s, "\\u0034")); /* an escaped '4' is the character 4 */
+    assert_false(feeds(sch, &s, "\\u0034")); /* printable ASCII is written plainly */
+    assert_false(feeds(sch, &s, "\\u"));     /* ... so no escape can follow here */
+    assert_true(feeds(sch, &s, "4"));
     assert_true(feeds(sch, &s, "2"));
     assert_false(feeds(sch, &s, "3"));
     assert_true(feeds(sch, &s, "\""));
@@ -271,7 +273,12 @@ static void test_hand_cases(void **state) {
     qv_json_schema_unref(sch);
     sch = compile("{\"pattern\":\"b\\\\d\"}");
     qv_json_schema_init(sch, &s);
-    assert_true(feeds(sch, &s, "\"xx b"));
+    assert_true(feeds(sch, &s, "\"\\n\\t\\\"\\\\\\u00e9\\ud83d\\ude00")); /* other escapes */
+    assert_false(feeds(sch, &s, "\\/"));
+    assert_false(feeds(sch, &s, "\\u0020"));
+    assert_false(feeds(sch, &s, "\\u007e"));
+    assert_true(feeds(sch, &s, "\\u007f"));
+    assert_true(feeds(sch, &s, "xx b"));
     assert_false(feeds(sch, &s, "\""));
     assert_true(feeds(sch, &s, "9 and anything after"));
     assert_true(feeds(sch, &s, "\""));
@@ -641,6 +648,153 @@ static void test_text_and_refs(void **state) {
     qv_json_schema_unref(NULL);
 }
 
+/* `format`: the enforced ones at their edges (the documented deviations included), an unknown
+ * one as an annotation, pattern before format. */
+static void test_formats(void **state) {
+    (void)state;
+    static const struct {
+        const char *format, *text;
+        bool ok;
+    } cases[] = {
+        {"date", "\"2026-11-29\"", true},
+        {"date", "\"2024-02-29\"", true},
+        {"date", "\"2023-02-29\"", true}, /* documented: 29 February of any year */
+        {"date", "\"0000-01-01\"", true}, /* documented: year 0000 */
+        {"date", "\"2024-02-30\"", false},
+        {"date", "\"2024-04-31\"", false},
+        {"date", "\"2024-13-01\"", false},
+        {"date", "\"2024-00-10\"", false},
+        {"date", "\"2024-1-01\"", false},
+        {"date", "\"2024-01-01T00:00:00Z\"", false},
+        {"date-time", "\"2026-11-29T22:30:00Z\"", true},
+        {"date-time", "\"2026-11-29t22:30:00.123456+05:30\"", true},
+        {"date-time", "\"2026-11-29T22:30:00\"", false}, /* RFC 3339 needs an offset */
+        {"date-time", "\"2026-11-29T24:00:00Z\"", false},
+        {"date-time", "\"2026-11-29T23:59:60Z\"", false},
+        {"date-time", "\"2026-11-29 22:30:00Z\"", false},
+        {"date-time", "\"2026-11-29T22:30:00.Z\"", false},
+        {"time", "\"23:59:59-08:00\"", true},
+        {"time", "\"23:59:59+24:00\"", false},
+        {"time", "\"7:00:00Z\"", false},
+        {"uuid", "\"123e4567-E89B-12d3-a456-426614174000\"", true},
+        {"uuid", "\"123e4567e89b12d3a456426614174000\"", false},
+        {"uuid", "\"123e4567-e89b-12d3-a456-42661417400g\"", false},
+        {"ipv4", "\"255.255.255.255\"", true},
+        {"ipv4", "\"0.0.0.0\"", true},
+        {"ipv4", "\"256.0.0.1\"", false},
+        {"ipv4", "\"01.2.3.4\"", false},
+        {"ipv4", "\"1.2.3\"", false},
+        {"email", "\"a.b+c@mail-1.example.org\"", true},
+        {"email", "\"a@b\"", false},
+        {"email", "\"a@-b.c\"", false},
+        {"email", "\"a b@c.d\"", false},
+        {"uri", "\"not a uri\"", true}, /* not enforced: an annotation */
+        {"no-such-format", "\"x\"", true},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char schema[128];
+        snprintf(schema, sizeof(schema), "{\"type\":\"string\",\"format\":\"%s\"}",
+                 cases[i].format);
+        qv_json_schema *sch = compile(schema);
+        if (whole(sch, cases[i].text) != cases[i].ok)
+            fprintf(stderr, "format %s: %s should be %s\n", cases[i].format, cases[i].text,
+                    cases[i].ok ? "accepted" : "refused");
+        assert_int_equal(whole(sch, cases[i].text), cases[i].ok);
+        qv_json_schema_unref(sch);
+    }
+    /* a pattern wins over a format; a format does not make a non-string invalid */
+    qv_json_schema *sch = compile("{\"type\":\"string\",\"format\":\"date\",\"pattern\":\"^x$\"}");
+    assert_true(whole(sch, "\"x\""));
+    assert_false(whole(sch, "\"2026-11-29\""));
+    qv_json_schema_unref(sch);
+    qv_json_schema *sch2 = NULL;
+    sch = compile("{\"type\":[\"string\",\"integer\"],\"format\":\"ipv4\"}");
+    assert_true(whole(sch, "17"));
+    assert_true(whole(sch, "\"1.2.3.4\""));
+    assert_false(whole(sch, "\"1.2.3.4.5\""));
+    qv_json_schema_unref(sch);
+    sch = compile("{\"type\":\"string\",\"format\":\"date\",\"maxLength\":9}");
+    assert_false(whole(sch, "\"2026-11-29\"")); /* both apply */
+    qv_json_schema_unref(sch);
+    /* a character still being read must be able to become one the pattern takes: no dead end
+     * after "\u2" or a UTF-8 lead byte where only T / t can come */
+    sch = compile("{\"type\":\"string\",\"format\":\"date-time\"}");
+    assert_true(whole(sch, "\"2026-11-29T22:30:00Z\""));
+    assert_false(whole(sch, "\"2026-11-29\\u0054\\u0032\\u0032:30:00Z\"")); /* written plainly */
+    static const char *const dead[] = {"\"2026-11-29\\",   "\"2026-11-29\\u0", "\"2026-11-29\\u2",
+                                       "\"2026-11-29\xE2", "\"2026-11-29\xC3", "\"2026-11-29\\n"};
+    sch2 = compile("{\"type\":\"string\",\"pattern\":\"^[a\u00e9\u4e2d\\\\n]+$\"}");
+    static const char *const alive[] = {"\"\\",   "\"\\u",    "\"\\u0", "\"\\u00",   "\"\\u00e",
+                                        "\"\\u4", "\"\\u4e2", "\"\xE4", "\"\xE4\xB8"};
+    for (size_t i = 0; i < sizeof(dead) / sizeof(dead[0]); i++) {
+        qv_json_sstate st;
+        qv_json_schema_init(sch, &st);
+        const bool fed = feeds(sch, &st, dead[i]);
+        if (fed) fprintf(stderr, "dead end accepted: %s\n", dead[i]);
+        assert_false(fed);
+    }
+    for (size_t i = 0; i < sizeof(alive) / sizeof(alive[0]); i++) {
+        qv_json_sstate st;
+        qv_json_schema_init(sch2, &st);
+        const bool fed = feeds(sch2, &st, alive[i]);
+        if (!fed) fprintf(stderr, "refused: %s\n", alive[i]);
+        assert_true(fed);
+    }
+    qv_json_schema_unref(sch);
+    qv_json_schema_unref(sch2);
+}
+
+/* No dead ends: random walks over an alphabet that covers the patterns (with the escape and
+ * UTF-8 bytes a model may write) never reach an accepted prefix from which no byte of the
+ * alphabet goes on, unless the document is done. Strings with a pattern, a format and a
+ * maxLength the pattern must be met within. */
+static void test_no_dead_ends(void **state) {
+    (void)state;
+    static const char *const schemas[] = {
+        "{\"type\":\"string\",\"format\":\"date-time\"}",
+        "{\"type\":\"string\",\"format\":\"email\",\"maxLength\":9}",
+        "{\"type\":\"string\",\"pattern\":\"^a+b$\",\"maxLength\":3}",
+        "{\"type\":\"string\",\"format\":\"ipv4\",\"maxLength\":9}",
+        "{\"type\":\"string\",\"pattern\":\"ab\",\"maxLength\":4}",
+        "{\"type\":\"string\",\"format\":\"uuid\"}",
+    };
+    static const char alphabet[] = "\"\\u0123456789abcdefABTZtz-:.+@x \xC3\xA9\xE2\x82\xAC";
+    const size_t na = sizeof(alphabet) - 1;
+    uint64_t rng = 0x9E3779B97F4A7C15ull;
+    size_t walks = 0, done = 0;
+    for (size_t i = 0; i < sizeof(schemas) / sizeof(schemas[0]); i++) {
+        qv_json_schema *sch = compile(schemas[i]);
+        for (int w = 0; w < 3000; w++, walks++) {
+            qv_json_sstate st;
+            qv_json_schema_init(sch, &st);
+            char text[128];
+            size_t n = 0;
+            while (!qv_json_schema_done(sch, &st) && n < sizeof(text) - 1) {
+                uint8_t ok[64];
+                size_t k = 0;
+                for (size_t a = 0; a < na; a++) {
+                    qv_json_sstate t = st;
+                    if (qv_json_schema_feed(sch, &t, (const uint8_t *)alphabet + a, 1))
+                        ok[k++] = (uint8_t)alphabet[a];
+                }
+                if (!k) {
+                    text[n] = 0;
+                    fprintf(stderr, "%s: dead end after %s\n", schemas[i], text);
+                }
+                assert_true(k > 0);
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                const uint8_t c = ok[(rng >> 33) % k];
+                assert_true(qv_json_schema_feed(sch, &st, &c, 1));
+                text[n++] = (char)c;
+            }
+            done += qv_json_schema_done(sch, &st);
+        }
+        qv_json_schema_unref(sch);
+    }
+    fprintf(stderr, "no dead ends: %zu random walks, %zu whole documents\n", walks, done);
+    assert_true(done > walks / 2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_jsonschema_verdicts),
@@ -654,6 +808,8 @@ int main(void) {
         cmocka_unit_test(test_tagged_positions),
         cmocka_unit_test(test_tool_calls),
         cmocka_unit_test(test_compact),
+        cmocka_unit_test(test_formats),
+        cmocka_unit_test(test_no_dead_ends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,13 +23,21 @@ The judge (`accepts`) says whether quiver must accept a text as a whole document
    with the schema, below); in other objects a key may repeat, and each of its values must be
    valid (json.loads would keep only the last);
 4. patterns follow ECMA-262, whose \\d and \\w are ASCII: re.search with re.ASCII must match too;
+   and a string under a pattern or an enforced format is written plainly: no printable ASCII
+   character (U+0020..U+007E) as a \\u escape, no \\/ (quiver's documented rule);
 5. quiver's documented type inference: a schema without type whose keywords belong to one
    type (properties -> object, items -> array, minLength -> string, minimum -> number) takes
-   only that type; and numbers under bounds are written without an exponent.
+   only that type; and numbers under bounds are written without an exponent;
+6. `format`: jsonschema's FormatChecker (date, date-time and time through rfc3339-validator,
+   uuid, ipv4) with quiver's documented deviations: year 0000 and 29 February of any year pass,
+   a date-time or time never ends with a newline (rfc3339-validator's `$` allows one), a uuid
+   is in the 8-4-4-4-12 form, an email is local@domain in the plain form of docs/http-api.md
+   (jsonschema only wants an "@"); other formats are not checked.
 Every document whose verdict is "valid" is checked to be valid under (2) and (3) before it is
 kept, and every "invalid" one to fail at least one of the five.
 
-Needs the jsonschema package (tests/server/requirements.txt). Deterministic (fixed seed).
+Needs the jsonschema and rfc3339-validator packages (tests/server/requirements.txt).
+Deterministic (fixed seed).
 Run: .venv-test/bin/python tests/oracle/gen_json_schema_fixtures.py
 """
 import decimal
@@ -38,7 +46,10 @@ import os
 import random
 import re
 
+import zlib
+
 import jsonschema
+import rfc3339_validator  # noqa: F401 - jsonschema checks date-time and time only with it
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "fixtures", "json_schema", "cases.json")
@@ -168,6 +179,28 @@ SCHEMAS = [
     {"properties": {"p": {"allOf": [{"minLength": 1, "maxLength": 2}]},
                     "e": {"type": "array", "items": False}},
      "required": ["p", "e"]},
+    # formats quiver enforces (and one it does not: uri); the examples seed the generator
+    {"type": "object",
+     "properties": {
+         "day": {"type": "string", "format": "date",
+                 "examples": ["2026-11-29", "2024-02-29", "1999-12-31", "0001-01-01"]},
+         "at": {"type": "string", "format": "date-time",
+                "examples": ["2026-11-29T22:30:00Z", "1999-01-31t00:00:00.123456+05:30",
+                             "2020-06-30T23:59:59-08:00", "2024-02-29T12:00:00.5z"]},
+         "clock": {"type": "string", "format": "time",
+                   "examples": ["00:00:00Z", "23:59:59.999+14:00", "12:30:05-00:00"]},
+         "id": {"type": "string", "format": "uuid",
+                "examples": ["123e4567-e89b-12d3-a456-426614174000",
+                             "00000000-0000-0000-0000-00000000000F"]},
+         "ip": {"type": "string", "format": "ipv4",
+                "examples": ["192.168.0.1", "0.0.0.0", "255.255.255.255", "10.20.250.199"]},
+         "mail": {"type": "string", "format": "email",
+                  "examples": ["bob@example.com", "a.b+c_d%e-f@sub-1.example.co", "x@y.z"]},
+         "site": {"type": "string", "format": "uri",
+                  "examples": ["https://example.com/a?b=c", "not a uri"]},
+         "when": {"anyOf": [{"type": "string", "format": "date", "examples": ["2001-09-11"]},
+                            {"type": "null"}]}},
+     "required": ["day", "at", "clock", "id", "ip", "mail"]},
 ]
 
 
@@ -236,6 +269,9 @@ def order_ok(pairs_value, schema, root):
     if "pattern" in schema and isinstance(pairs_value, str) and \
             not re.search(schema["pattern"], pairs_value, re.ASCII):
         return False  # ECMA-262 classes: \d \w are ASCII (Python's str patterns: Unicode)
+    if ("pattern" in schema or schema.get("format") in PLAIN_FORMATS) and \
+            isinstance(pairs_value, RawStr) and escapes_ascii(pairs_value.raw):
+        return False  # quiver's rule: such strings are written plainly
     if "enum" in schema or "const" in schema:  # quiver's rule: values written compactly
         values = schema["enum"] if "enum" in schema else [schema["const"]]
         if canonical(pairs_value) not in [json.dumps(x, ensure_ascii=False, separators=(",", ":"))
@@ -295,9 +331,49 @@ class Raw(decimal.Decimal):
         return d
 
 
+class RawStr(str):
+    """A string that remembers its JSON text."""
+
+    def __new__(cls, value, raw):
+        s = super().__new__(cls, value)
+        s.raw = raw
+        return s
+
+
+def pairs_decoder():
+    """json.loads with objects as Pairs, floats as Raw and strings as RawStr."""
+    dec = json.JSONDecoder(parse_float=Raw, parse_constant=_no_const,
+                           object_pairs_hook=lambda p: Pairs(p))
+
+    def parse_string(text, end, strict):
+        value, after = json.decoder.scanstring(text, end, strict)
+        return RawStr(value, text[end - 1:after]), after
+
+    dec.parse_string = parse_string
+    dec.scan_once = json.scanner.py_make_scanner(dec)
+    return dec
+
+
+def _no_const(name):
+    raise ValueError(name)
+
+
+PLAIN_FORMATS = ("date", "date-time", "time", "uuid", "ipv4", "email")
+
+
+def escapes_ascii(raw):
+    """Whether the JSON text of a string writes a printable ASCII character as an escape
+    (\\/ or \\u0020..\\u007e; \\" and \\\\ are the plain forms of " and \\)."""
+    for m in re.finditer(r"\\(u[0-9a-fA-F]{4}|.)", raw):
+        e = m.group(1)
+        if e == "/" or (len(e) == 5 and 0x20 <= int(e[1:], 16) <= 0x7E):
+            return True
+    return False
+
+
 def canonical(v):
-    """The compact text of a parsed value, numbers as written."""
-    if isinstance(v, Raw):
+    """The compact text of a parsed value, numbers and strings as written."""
+    if isinstance(v, (Raw, RawStr)):
         return v.raw
     if isinstance(v, Pairs):
         return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + canonical(x)
@@ -316,6 +392,34 @@ def from_pairs(v):
 
 
 # ---- the judge ----
+
+FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+", re.ASCII)
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def lenient_date(s):
+    """quiver's documented deviations from RFC 3339 dates: year 0000 and 29 February of any
+    year pass (the pattern cannot count leap years)."""
+    if s[:4] == "0000":
+        s = "2000" + s[4:]
+    return s[:4] + "-02-28" + s[10:] if s[4:10] == "-02-29" else s
+
+
+def with_format(name, check):
+    base = FORMATS.checkers[name][0]
+    FORMATS.checkers[name] = (lambda v: not isinstance(v, str) or check(v, base), ValueError)
+
+
+with_format("date", lambda v, base: base(lenient_date(v)))
+with_format("date-time", lambda v, base: not v.endswith("\n") and base(lenient_date(v)))
+with_format("time", lambda v, base: not v.endswith("\n") and base(v))
+with_format("uuid", lambda v, base: bool(UUID.fullmatch(v)) and base(v))
+with_format("email", lambda v, base: bool(EMAIL.fullmatch(v)))
+for unchecked in [f for f in FORMATS.checkers if f not in ("date", "date-time", "time", "uuid",
+                                                            "ipv4", "email", "regex")]:
+    del FORMATS.checkers[unchecked]
 
 def accepts(doc: bytes, schema) -> bool:
     try:
@@ -349,11 +453,10 @@ def accepts(doc: bytes, schema) -> bool:
 
     try:
         value = json.loads(text, parse_float=decimal.Decimal, parse_constant=no_const)
-        pairs = json.loads(text, parse_float=Raw, parse_constant=no_const,
-                           object_pairs_hook=lambda p: Pairs(p))
+        pairs = pairs_decoder().decode(text)
     except ValueError:
         return False
-    if not jsonschema.Draft202012Validator(schema).is_valid(value):
+    if not jsonschema.Draft202012Validator(schema, format_checker=FORMATS).is_valid(value):
         return False
     return order_ok(pairs, schema, schema)
 
@@ -407,7 +510,7 @@ def gen_value(schema, root, rng, depth=0):
         if items is False:
             return []
         return [gen_value(items, root, rng, depth + 1) for _ in range(rng.randint(lo, min(hi, lo + 3)))]
-    if t == "string" and "pattern" in schema:
+    if t == "string" and ("pattern" in schema or "format" in schema):
         return rng.choice(schema["examples"])
     if t == "string":
         return gen_string(rng, schema.get("minLength", 0), schema.get("maxLength"))
@@ -456,26 +559,34 @@ def ws(rng):
     return "".join(rng.choice(WS) for _ in range(rng.choice([0, 0, 0, 1, 2, 4])))
 
 
-def dump_scalar(v):
+def dump_scalar(v, escape=False):
     if isinstance(v, decimal.Decimal):
         return str(v)
     if isinstance(v, float):
         return repr(v) if v == v else "0"
+    if escape and isinstance(v, str) and v and zlib.crc32(v.encode()) % 4 == 0:
+        # in mutated documents one string in four (chosen by its text, not by rng, so that the
+        # rest stays as it was) has one character written as a \u escape
+        i = zlib.crc32(v.encode()[::-1]) % len(v)
+        return json.dumps(v[:i], ensure_ascii=False)[:-1] + "\\u%04x" % ord(v[i]) + \
+            json.dumps(v[i + 1:], ensure_ascii=False)[1:] if ord(v[i]) < 0x10000 else \
+            json.dumps(v, ensure_ascii=False)
     return json.dumps(v, ensure_ascii=False)
 
 
-def write(v, rng, top=True):
-    """Compact JSON with random whitespace between tokens (none around the whole value)."""
+def write(v, rng, top=True, escape=False):
+    """Compact JSON with random whitespace between tokens (none around the whole value);
+    escape: some strings with a character as a \\u escape."""
     w = (lambda: ws(rng))
     if isinstance(v, Pairs):
-        parts = [w() + json.dumps(k, ensure_ascii=False) + w() + ":" + w() + write(x, rng, False) + w()
-                 for k, x in v]
+        parts = [w() + json.dumps(k, ensure_ascii=False) + w() + ":" + w() +
+                 write(x, rng, False, escape) + w() for k, x in v]
         s = "{" + ",".join(parts) + "}" if parts else "{" + w() + "}"
     elif isinstance(v, list):
-        parts = [w() + write(x, rng, False) + w() for x in v]
+        parts = [w() + write(x, rng, False, escape) + w() for x in v]
         s = "[" + ",".join(parts) + "]" if parts else "[" + w() + "]"
     else:
-        s = dump_scalar(v)
+        s = dump_scalar(v, escape)
     return s
 
 
@@ -561,7 +672,7 @@ def main():
             else:
                 pv = json.loads(d, object_pairs_hook=lambda p: Pairs(p), parse_float=float)
                 mv = value_mutation(pv, schema, schema, rng)
-                m = write(mv, rng).encode()
+                m = write(mv, rng, escape=True).encode()
             (valid if accepts(m, schema) else invalid).add(m)
         invalid.discard(b"")
         cases.append({"schema": schema,

@@ -6,10 +6,13 @@ package (and pydantic, through the client's parse()) every structured one.
 
 Usage: test_json_mode.py QUIVER_BINARY   (run by tests/server/test_json_mode.sh)
 """
+import datetime
+import ipaddress
 import json
 import os
 import sys
 import time
+import uuid
 from typing import Annotated, List, Optional
 
 import jsonschema
@@ -113,6 +116,15 @@ class Event(pydantic.BaseModel):
     attendees: int = pydantic.Field(ge=1, le=500)
 
 
+class Booking(pydantic.BaseModel):
+    """Typed fields whose schemas carry a `format` quiver enforces."""
+    id: uuid.UUID
+    at: datetime.datetime
+    day: datetime.date
+    server: ipaddress.IPv4Address
+    contact: str = pydantic.Field(json_schema_extra={"format": "email"}, max_length=40)
+
+
 PROFILE = {
     "$defs": {"Address": {"type": "object",
                           "properties": {"street": {"type": "string", "maxLength": 40},
@@ -168,6 +180,18 @@ def run_structured_output_tests(srv):
     check(r.choices[0].finish_reason == "stop" and isinstance(m.parsed, Event) and
           valid(m.content, Event.model_json_schema()),
           f"parse() with patterns and bounds: {m.parsed!r}")
+
+    # formats (pydantic's datetime, date, UUID, IPv4Address fields; an email string)
+    r = client.chat.completions.parse(
+        model=base, max_tokens=300, temperature=0, response_format=Booking,
+        messages=[{"role": "user", "content": "Book a meeting room as JSON."}])
+    m = r.choices[0].message
+    fmt = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    check(r.choices[0].finish_reason == "stop" and isinstance(m.parsed, Booking) and
+          isinstance(m.parsed.at, datetime.datetime) and
+          jsonschema.Draft202012Validator(Booking.model_json_schema(),
+                                          format_checker=fmt).is_valid(json.loads(m.content)),
+          f"parse() with formats: {m.parsed!r} from {m.content[:120]!r}")
 
     prompts = {
         "profile": ("Make up a user profile.", PROFILE),
