@@ -453,6 +453,7 @@ static const char *const keywords[] = {"type",
                                        "required",
                                        "additionalProperties",
                                        "items",
+                                       "prefixItems",
                                        "minItems",
                                        "maxItems",
                                        "minLength",
@@ -638,10 +639,19 @@ static bool compile_enum(compiler *c, const cJSON *j, uint32_t id, int types) {
     if (e && k) return cfail(c, QV_ERR_UNSUPPORTED, "enum with const", NULL, ""), false;
     if (e && (!cJSON_IsArray(e) || cJSON_GetArraySize(e) == 0))
         return cfail(c, QV_ERR_INVALID, "'enum' must be a non-empty array", NULL, ""), false;
-    static const char *const others[] = {"properties", "required",         "additionalProperties",
-                                         "items",      "minItems",         "maxItems",
-                                         "minLength",  "maxLength",        "minimum",
-                                         "maximum",    "exclusiveMinimum", "exclusiveMaximum",
+    static const char *const others[] = {"properties",
+                                         "required",
+                                         "additionalProperties",
+                                         "items",
+                                         "prefixItems",
+                                         "minItems",
+                                         "maxItems",
+                                         "minLength",
+                                         "maxLength",
+                                         "minimum",
+                                         "maximum",
+                                         "exclusiveMinimum",
+                                         "exclusiveMaximum",
                                          "pattern"};
     for (size_t i = 0; i < QV_ARRAY_LEN(others); i++)
         if (kw(j, others[i]))
@@ -721,9 +731,10 @@ static bool compile_anyof(compiler *c, const cJSON *j, uint32_t id, int depth, c
     if (!strcmp(name, "allOf") && n != 1)
         return cfail(c, QV_ERR_UNSUPPORTED, "'", name, "' with more than one member"), false;
     static const char *const others[] = {
-        "type",      "properties", "required", "additionalProperties",
-        "items",     "minItems",   "maxItems", "minLength",
-        "maxLength", "enum",       "const",    "pattern"};
+        "type",      "properties",  "required", "additionalProperties",
+        "items",     "prefixItems", "minItems", "maxItems",
+        "minLength", "maxLength",   "enum",     "const",
+        "pattern"};
     for (size_t i = 0; i < QV_ARRAY_LEN(others); i++)
         if (kw(j, others[i]))
             return cfail(c, QV_ERR_UNSUPPORTED, "'", others[i], "' beside anyOf / oneOf / allOf"),
@@ -815,19 +826,43 @@ static bool compile_object(compiler *c, const cJSON *j, uint32_t id, int depth) 
     return true;
 }
 
+/* An array: prefixItems (the schemas of the first items, in order: a tuple), then items for
+ * the rest; the prefix's node ids are kept in alts[first .. first + n). */
 static bool compile_array(compiler *c, const cJSON *j, uint32_t id, int depth) {
-    const cJSON *items = kw(j, "items");
+    const cJSON *items = kw(j, "items"), *prefix = kw(j, "prefixItems");
     uint32_t lo, hi;
     if (!count_kw(c, j, "minItems", 0, &lo) || !count_kw(c, j, "maxItems", NO_LIMIT, &hi))
         return false;
     if (items && !cJSON_IsBool(items) && !cJSON_IsObject(items))
         return cfail(c, QV_ERR_UNSUPPORTED, "'items' must be one schema", NULL, ""), false;
-    if (cJSON_IsFalse(items)) hi = 0;
+    if (prefix && !cJSON_IsArray(prefix))
+        return cfail(c, QV_ERR_INVALID, "'prefixItems' must be an array of schemas", NULL, ""),
+               false;
+    const int np = prefix ? cJSON_GetArraySize(prefix) : 0;
+    if (np > (int)MAX_PROPS)
+        return cfail(c, QV_ERR_LIMIT, "'prefixItems' has more than 255 schemas", NULL, ""), false;
+    uint32_t parts[MAX_PROPS];
+    for (int i = 0; i < np; i++) {
+        char idx[16];
+        snprintf(idx, sizeof(idx), "%d", i);
+        parts[i] = compile_child(c, cJSON_GetArrayItem(prefix, i), depth, "prefixItems", idx);
+        if (parts[i] == UINT32_MAX) return false;
+    }
+    if (cJSON_IsFalse(items)) hi = QV_MIN(hi, (uint32_t)np); /* nothing after the prefix */
     const uint32_t child = items && cJSON_IsObject(items)
                                ? compile_child(c, items, depth, "items", NULL)
                                : new_leaf(c, C_ALL);
     if (child == UINT32_MAX) return false;
-    snode *nd = &c->s->nodes[id];
+    qv_json_schema *s = c->s;
+    if (np && !grow(c, (void **)&s->alts, &s->cap_alts, s->n_alts + (uint32_t)np, sizeof(uint32_t)))
+        return false;
+    snode *nd = &s->nodes[id];
+    if (np) {
+        memcpy(s->alts + s->n_alts, parts, (size_t)np * sizeof(uint32_t));
+        nd->first = s->n_alts;
+        nd->n = (uint32_t)np;
+        s->n_alts += (uint32_t)np;
+    }
     nd->kind = K_ARRAY;
     nd->child = child;
     nd->min = lo;
@@ -896,7 +931,8 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
     if (!types) { /* inferred from the keywords */
         if (kw(j, "properties") || kw(j, "required") || kw(j, "additionalProperties"))
             types |= T_OBJECT;
-        if (kw(j, "items") || kw(j, "minItems") || kw(j, "maxItems")) types |= T_ARRAY;
+        if (kw(j, "items") || kw(j, "prefixItems") || kw(j, "minItems") || kw(j, "maxItems"))
+            types |= T_ARRAY;
         if (kw(j, "minLength") || kw(j, "maxLength") || kw(j, "pattern")) types |= T_STRING;
         if (kw(j, "minimum") || kw(j, "maximum") || kw(j, "exclusiveMinimum") ||
             kw(j, "exclusiveMaximum"))
@@ -918,7 +954,7 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
         }
     }
     if (types & T_ARRAY) {
-        if (kw(j, "items") || kw(j, "minItems") || kw(j, "maxItems")) {
+        if (kw(j, "items") || kw(j, "prefixItems") || kw(j, "minItems") || kw(j, "maxItems")) {
             const uint32_t a = new_node(c, K_ARRAY);
             if (a == UINT32_MAX || !compile_array(c, j, a, depth)) return false;
             parts[n++] = a;
@@ -1426,7 +1462,14 @@ static uint16_t inc(uint16_t a) { return a < MAX_COUNT ? (uint16_t)(a + 1) : a; 
 
 /* Whether a string's characters or an array's items are counted: only when limited, so that
  * the positions of an unlimited one are one state (and one cached mask). */
-static bool counted(const snode *nd) { return nd->min > 0 || nd->max != NO_LIMIT; }
+static bool counted(const snode *nd) {
+    return nd->min > 0 || nd->max != NO_LIMIT || (nd->kind == K_ARRAY && nd->n);
+}
+
+/* The schema of an array's item at index i: its prefixItems entry, else items. */
+static uint32_t item_node(const qv_json_schema *s, const snode *nd, uint32_t i) {
+    return i < nd->n ? s->alts[nd->first + i] : nd->child;
+}
 
 static bool push(qv_json_sstate *st, uint32_t node) {
     if (st->depth >= QV_JSON_SCHEMA_MAX_FRAMES) return false;
@@ -1869,12 +1912,12 @@ static int between(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *f
             if (!nd->max) return R_NO;
             fr->phase = AR_AFTER;
             fr->a = counted(nd);
-            return push(st, nd->child) ? R_AGAIN : R_NO;
+            return push(st, item_node(s, nd, 0)) ? R_AGAIN : R_NO;
         case AR_AFTER:
             if (c == ']') return fr->a < nd->min ? R_NO : (pop(st), R_YES);
             if (c != ',' || fr->a >= nd->max) return R_NO;
             if (counted(nd)) fr->a = inc(fr->a);
-            return push(st, nd->child) ? R_YES : R_NO;
+            return push(st, item_node(s, nd, fr->a - 1u)) ? R_YES : R_NO;
         default: return R_NO;
         }
     default: return R_NO;

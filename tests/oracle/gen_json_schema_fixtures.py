@@ -26,7 +26,7 @@ The judge (`accepts`) says whether quiver must accept a text as a whole document
    and a string under a pattern or an enforced format is written plainly: no printable ASCII
    character (U+0020..U+007E) as a \\u escape, no \\/ (quiver's documented rule);
 5. quiver's documented type inference: a schema without type whose keywords belong to one
-   type (properties -> object, items -> array, minLength -> string, minimum -> number) takes
+   type (properties -> object, items or prefixItems -> array, minLength -> string, minimum -> number) takes
    only that type; and numbers under bounds are written without an exponent;
 6. `format`: jsonschema's FormatChecker (date, date-time and time through rfc3339-validator,
    uuid, ipv4) with quiver's documented deviations: year 0000 and 29 February of any year pass,
@@ -201,6 +201,19 @@ SCHEMAS = [
          "when": {"anyOf": [{"type": "string", "format": "date", "examples": ["2001-09-11"]},
                             {"type": "null"}]}},
      "required": ["day", "at", "clock", "id", "ip", "mail"]},
+    # tuples (prefixItems): pydantic's tuple[int, str, Literal["a", "b"]] and a prefix followed by
+    # more items of another schema, at most five in all
+    {"type": "object",
+     "properties": {
+         "fixed": {"type": "array", "minItems": 3, "maxItems": 3,
+                   "prefixItems": [{"type": "integer"}, {"type": "string", "maxLength": 3},
+                                   {"enum": ["a", "b"]}]},
+         "open": {"type": "array", "minItems": 1, "maxItems": 5,
+                  "prefixItems": [{"type": "boolean"}, {"type": "string", "format": "date",
+                                                        "examples": ["2026-11-29"]}],
+                  "items": {"type": "integer", "minimum": 0, "maximum": 9}},
+         "closed": {"prefixItems": [{"type": "null"}, {"type": "number"}], "items": False}},
+     "required": ["fixed", "open"]},
 ]
 
 
@@ -281,7 +294,7 @@ def order_ok(pairs_value, schema, root):
         # quiver's documented inference: keywords of one type make an untyped schema that type
         t = json_type(from_pairs(pairs_value))
         if ({"properties", "required", "additionalProperties"} & schema.keys() and t != "object"
-                or {"items", "minItems", "maxItems"} & schema.keys() and t != "array"
+                or {"items", "prefixItems", "minItems", "maxItems"} & schema.keys() and t != "array"
                 or {"minLength", "maxLength"} & schema.keys() and t != "string"
                 or bounds & schema.keys() and t != "number"):
             return False
@@ -313,8 +326,10 @@ def order_ok(pairs_value, schema, root):
         return True
     if isinstance(pairs_value, list):
         items = schema.get("items", {})
-        return all(order_ok(v, items if isinstance(items, dict) else {}, root)
-                   for v in pairs_value)
+        prefix = schema.get("prefixItems", [])
+        return all(order_ok(v, prefix[i] if i < len(prefix) else
+                            items if isinstance(items, dict) else {}, root)
+                   for i, v in enumerate(pairs_value))
     return True
 
 
@@ -481,7 +496,7 @@ def gen_value(schema, root, rng, depth=0):
     types = schema.get("type")
     if types is None:
         types = ["object"] if "properties" in schema or "additionalProperties" in schema else (
-            ["array"] if "items" in schema else
+            ["array"] if "items" in schema or "prefixItems" in schema else
             ["string"] if "minLength" in schema or "maxLength" in schema else [])
         if not types and ({"minimum", "maximum"} & schema.keys()):
             types = ["number"]
@@ -507,9 +522,14 @@ def gen_value(schema, root, rng, depth=0):
         if depth > 3:
             hi = lo
         items = schema.get("items", {})
-        if items is False:
+        prefix = schema.get("prefixItems", [])
+        if items is False and not prefix:
             return []
-        return [gen_value(items, root, rng, depth + 1) for _ in range(rng.randint(lo, min(hi, lo + 3)))]
+        if items is False:
+            hi = min(hi, len(prefix))
+        n = rng.randint(lo, min(hi, lo + 3))
+        return [gen_value(prefix[i] if i < len(prefix) else items, root, rng, depth + 1)
+                for i in range(n)]
     if t == "string" and ("pattern" in schema or "format" in schema):
         return rng.choice(schema["examples"])
     if t == "string":
@@ -640,7 +660,9 @@ def value_mutation(v, schema, root, rng):
         if v:
             i = rng.randrange(len(v))
             items = s.get("items", {})
-            return v[:i] + [value_mutation(v[i], items if isinstance(items, dict) else {}, root, rng)] + v[i + 1:]
+            prefix = s.get("prefixItems", [])
+            sub = prefix[i] if i < len(prefix) else items if isinstance(items, dict) else {}
+            return v[:i] + [value_mutation(v[i], sub, root, rng)] + v[i + 1:]
         return v
     if isinstance(v, str):
         return rng.choice([v + "xy", v[:-1], 5, None])

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import uuid
-from typing import Annotated, List, Optional
+from typing import Annotated, List, Optional, Tuple
 
 import jsonschema
 import pydantic
@@ -123,6 +123,7 @@ class Booking(pydantic.BaseModel):
     day: datetime.date
     server: ipaddress.IPv4Address
     contact: str = pydantic.Field(json_schema_extra={"format": "email"}, max_length=40)
+    room: Tuple[int, str]  # prefixItems
 
 
 PROFILE = {
@@ -181,14 +182,15 @@ def run_structured_output_tests(srv):
           valid(m.content, Event.model_json_schema()),
           f"parse() with patterns and bounds: {m.parsed!r}")
 
-    # formats (pydantic's datetime, date, UUID, IPv4Address fields; an email string)
+    # formats (pydantic's datetime, date, UUID, IPv4Address fields; an email string) and a
+    # tuple (prefixItems)
     r = client.chat.completions.parse(
         model=base, max_tokens=300, temperature=0, response_format=Booking,
         messages=[{"role": "user", "content": "Book a meeting room as JSON."}])
     m = r.choices[0].message
     fmt = jsonschema.Draft202012Validator.FORMAT_CHECKER
     check(r.choices[0].finish_reason == "stop" and isinstance(m.parsed, Booking) and
-          isinstance(m.parsed.at, datetime.datetime) and
+          isinstance(m.parsed.at, datetime.datetime) and isinstance(m.parsed.room[1], str) and
           jsonschema.Draft202012Validator(Booking.model_json_schema(),
                                           format_checker=fmt).is_valid(json.loads(m.content)),
           f"parse() with formats: {m.parsed!r} from {m.content[:120]!r}")
