@@ -799,6 +799,65 @@ static void test_no_dead_ends(void **state) {
     assert_true(done > walks / 2);
 }
 
+/* The same property over every fixture schema (and each compiled compact too): random walks
+ * over the bytes of JSON, digits, whitespace, every byte of the schema's own text (its keys,
+ * enum values and pattern characters) and a few non-ASCII characters never reach a prefix
+ * from which no byte goes on while the document is unfinished. */
+static void test_no_dead_ends_fixtures(void **state) {
+    (void)state;
+    cJSON *root = json_read_fixture("tests/fixtures/json_schema/cases.json");
+    assert_non_null(root);
+    uint64_t rng = 12345;
+    size_t walks = 0, done = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        char *text = cJSON_PrintUnformatted(cJSON_GetObjectItem(c, "schema"));
+        bool seen[256] = {false};
+        uint8_t alphabet[256];
+        size_t na = 0;
+        static const char base[] = "{}[],:\"\\/ \n\t0123456789.-+eEtrufalsn\xC3\xA9\xE4\xB8\xAD";
+        for (const char *p = base; *p; p++)
+            if (!seen[(uint8_t)*p]) seen[(uint8_t)*p] = true, alphabet[na++] = (uint8_t)*p;
+        for (const char *p = text; *p; p++)
+            if (!seen[(uint8_t)*p]) seen[(uint8_t)*p] = true, alphabet[na++] = (uint8_t)*p;
+        for (int compact = 0; compact < 2; compact++) {
+            qv_json_schema *sch = NULL;
+            qv_error err = {0};
+            assert_int_equal(qv_json_schema_compile_flags(
+                                 text, strlen(text), compact ? QV_JSON_COMPACT : 0, &sch, &err),
+                             QV_OK);
+            for (int w = 0; w < 150; w++, walks++) {
+                qv_json_sstate st;
+                qv_json_schema_init(sch, &st);
+                for (int n = 0; n < 600 && !qv_json_schema_done(sch, &st); n++) {
+                    uint8_t ok[256];
+                    size_t k = 0;
+                    for (size_t a = 0; a < na; a++) {
+                        qv_json_sstate t = st;
+                        if (qv_json_schema_feed(sch, &t, alphabet + a, 1)) ok[k++] = alphabet[a];
+                    }
+                    if (!k)
+                        fprintf(stderr, "%s (compact %d): dead end after %d bytes\n", text, compact,
+                                n);
+                    assert_true(k > 0);
+                    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                    uint8_t pick = ok[(rng >> 33) % k];
+                    /* one step in three closes what it can, so that walks get far */
+                    for (size_t a = 0; a < k && (rng >> 20) % 3 == 0; a++)
+                        if (ok[a] == '"' || ok[a] == '}' || ok[a] == ']') pick = ok[a];
+                    assert_true(qv_json_schema_feed(sch, &st, &pick, 1));
+                }
+                done += qv_json_schema_done(sch, &st);
+            }
+            qv_json_schema_unref(sch);
+        }
+        cJSON_free(text);
+    }
+    fprintf(stderr, "no dead ends (fixture schemas): %zu random walks, %zu whole documents\n",
+            walks, done);
+    cJSON_Delete(root);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_jsonschema_verdicts),
@@ -814,6 +873,7 @@ int main(void) {
         cmocka_unit_test(test_compact),
         cmocka_unit_test(test_formats),
         cmocka_unit_test(test_no_dead_ends),
+        cmocka_unit_test(test_no_dead_ends_fixtures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
