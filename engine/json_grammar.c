@@ -454,6 +454,8 @@ static const char *const keywords[] = {"type",
                                        "additionalProperties",
                                        "items",
                                        "prefixItems",
+                                       "minProperties",
+                                       "maxProperties",
                                        "minItems",
                                        "maxItems",
                                        "minLength",
@@ -781,10 +783,18 @@ static bool compile_object(compiler *c, const cJSON *j, uint32_t id, int depth) 
     if (n == 0 && cJSON_IsObject(addl)) { /* a map: free keys, values under addl */
         if (req && cJSON_GetArraySize(req) > 0)
             return cfail(c, QV_ERR_UNSUPPORTED, "'required' without 'properties'", NULL, ""), false;
+        uint32_t lo, hi;
+        if (!count_kw(c, j, "minProperties", 0, &lo) ||
+            !count_kw(c, j, "maxProperties", NO_LIMIT, &hi))
+            return false;
+        if (lo > hi)
+            return cfail(c, QV_ERR_INVALID, "minProperties above maxProperties", NULL, ""), false;
         const uint32_t v = compile_child(c, addl, depth, "additionalProperties", NULL);
         if (v == UINT32_MAX) return false;
         s->nodes[id].kind = K_MAP;
         s->nodes[id].child = v;
+        s->nodes[id].min = lo; /* members, each occurrence of a key counted */
+        s->nodes[id].max = hi;
         return true;
     }
     if ((uint32_t)n > MAX_PROPS)
@@ -815,6 +825,21 @@ static bool compile_object(compiler *c, const cJSON *j, uint32_t id, int depth) 
                    false;
         tmp[k].required = true;
     }
+    /* declared properties only: minProperties / maxProperties hold whatever is written when
+     * the required ones reach the minimum and all of them stay within the maximum */
+    uint32_t lo, hi, n_req = 0;
+    for (int k = 0; k < n; k++)
+        n_req += tmp[k].required;
+    if (!count_kw(c, j, "minProperties", 0, &lo) || !count_kw(c, j, "maxProperties", NO_LIMIT, &hi))
+        return false;
+    if (lo > n_req)
+        return cfail(c, QV_ERR_UNSUPPORTED,
+                     "'minProperties' above the number of required properties", NULL, ""),
+               false;
+    if (hi < (uint32_t)n)
+        return cfail(c, QV_ERR_UNSUPPORTED, "'maxProperties' below the number of properties", NULL,
+                     ""),
+               false;
     if (!grow(c, (void **)&s->props, &s->cap_props, s->n_props + (uint32_t)n, sizeof(sprop)))
         return false;
     if (n) memcpy(s->props + s->n_props, tmp, (size_t)n * sizeof(sprop));
@@ -929,7 +954,8 @@ static bool compile_string_regex(compiler *c, const cJSON *j, uint32_t id) {
  * types in one leaf; one part is the node itself (through a K_REF), several an anyOf. */
 static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, int types) {
     if (!types) { /* inferred from the keywords */
-        if (kw(j, "properties") || kw(j, "required") || kw(j, "additionalProperties"))
+        if (kw(j, "properties") || kw(j, "required") || kw(j, "additionalProperties") ||
+            kw(j, "minProperties") || kw(j, "maxProperties"))
             types |= T_OBJECT;
         if (kw(j, "items") || kw(j, "prefixItems") || kw(j, "minItems") || kw(j, "maxItems"))
             types |= T_ARRAY;
@@ -949,6 +975,12 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
             parts[n++] = o;
         } else if (kw(j, "required") && cJSON_GetArraySize(kw(j, "required")) > 0) {
             return cfail(c, QV_ERR_UNSUPPORTED, "'required' without 'properties'", NULL, ""), false;
+        } else if (kw(j, "minProperties") || kw(j, "maxProperties")) {
+            return cfail(c, QV_ERR_UNSUPPORTED,
+                         "'minProperties' / 'maxProperties' need 'properties' or a schema in "
+                         "'additionalProperties'",
+                         NULL, ""),
+                   false;
         } else {
             leaf |= C_OBJECT;
         }
@@ -1889,8 +1921,11 @@ static int between(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *f
         switch (fr->phase) {
         case MP_OPEN: return c == '{' ? (fr->phase = MP_FIRST, R_YES) : R_NO;
         case MP_FIRST:
-            if (c == '}') return pop(st), R_YES;
-            /* fall through */
+            if (c == '}') return nd->min ? R_NO : (pop(st), R_YES);
+            if (c != '"' || !nd->max) return R_NO;
+            fr->a = counted(nd);
+            fr->phase = MP_COLON;
+            return push(st, s->key_node) ? R_AGAIN : R_NO;
         case MP_KEYQ:
             if (c != '"') return R_NO;
             fr->phase = MP_COLON;
@@ -1900,8 +1935,10 @@ static int between(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *f
             fr->phase = MP_AFTER;
             return push(st, nd->child) ? R_YES : R_NO;
         case MP_AFTER:
-            if (c == '}') return pop(st), R_YES;
-            return c == ',' ? (fr->phase = MP_KEYQ, R_YES) : R_NO;
+            if (c == '}') return fr->a < nd->min ? R_NO : (pop(st), R_YES);
+            if (c != ',' || fr->a >= nd->max) return R_NO;
+            if (counted(nd)) fr->a = inc(fr->a);
+            return fr->phase = MP_KEYQ, R_YES;
         default: return R_NO;
         }
     case K_ARRAY:

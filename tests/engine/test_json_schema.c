@@ -858,6 +858,53 @@ static void test_no_dead_ends_fixtures(void **state) {
     cJSON_Delete(root);
 }
 
+/* minProperties / maxProperties: counted in maps (every member); in objects with declared
+ * properties accepted where they always hold, refused elsewhere. */
+static void test_property_counts(void **state) {
+    (void)state;
+    qv_json_schema *sch = compile("{\"additionalProperties\":{\"type\":\"integer\"},"
+                                  "\"minProperties\":1,\"maxProperties\":2}");
+    assert_false(whole(sch, "{}"));
+    assert_true(whole(sch, "{\"a\":1}"));
+    assert_true(whole(sch, "{\"a\":1, \"b\":2}"));
+    assert_true(whole(sch, "{\"a\":1,\"a\":2}")); /* each occurrence counts */
+    assert_false(whole(sch, "{\"a\":1,\"b\":2,\"c\":3}"));
+    qv_json_sstate st;
+    qv_json_schema_init(sch, &st);
+    assert_true(feeds(sch, &st, "{\"a\":1,\"b\":2"));
+    assert_false(feeds(sch, &st, ",")); /* refused at the comma, not later */
+    qv_json_schema_unref(sch);
+    sch = compile("{\"additionalProperties\":{\"type\":\"integer\"},\"maxProperties\":0}");
+    assert_true(whole(sch, "{ }"));
+    assert_false(whole(sch, "{\"a\":1}"));
+    qv_json_schema_unref(sch);
+    sch = compile("{\"properties\":{\"a\":{},\"b\":{}},\"required\":[\"a\"],"
+                  "\"minProperties\":1,\"maxProperties\":5}");
+    assert_true(whole(sch, "{\"a\":1}"));
+    assert_true(whole(sch, "{\"a\":1,\"b\":2}"));
+    qv_json_schema_unref(sch);
+    static const struct {
+        const char *schema, *msg;
+    } refused[] = {
+        {"{\"properties\":{\"a\":{},\"b\":{}},\"minProperties\":1}", "required properties"},
+        {"{\"properties\":{\"a\":{},\"b\":{}},\"maxProperties\":1}", "below the number"},
+        {"{\"type\":\"object\",\"minProperties\":1}", "need 'properties'"},
+        {"{\"additionalProperties\":{},\"minProperties\":3,\"maxProperties\":2}",
+         "above maxProperties"},
+        {"{\"additionalProperties\":{},\"maxProperties\":-1}", "maxProperties"},
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        qv_json_schema *r = NULL;
+        qv_error err = {0};
+        assert_int_not_equal(
+            qv_json_schema_compile(refused[i].schema, strlen(refused[i].schema), &r, &err), QV_OK);
+        if (!strstr(err.msg, refused[i].msg))
+            fprintf(stderr, "%s: '%s'\n", refused[i].schema, err.msg);
+        assert_non_null(strstr(err.msg, refused[i].msg));
+        assert_null(r);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_jsonschema_verdicts),
@@ -874,6 +921,7 @@ int main(void) {
         cmocka_unit_test(test_formats),
         cmocka_unit_test(test_no_dead_ends),
         cmocka_unit_test(test_no_dead_ends_fixtures),
+        cmocka_unit_test(test_property_counts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,7 +21,8 @@ The judge (`accepts`) says whether quiver must accept a text as a whole document
    Python writes them); objects with declared properties: their keys appear in the
    schema's order, at most once, and only declared keys (checked by walking the document
    with the schema, below); in other objects a key may repeat, and each of its values must be
-   valid (json.loads would keep only the last);
+   valid (json.loads would keep only the last), and a map's minProperties / maxProperties
+   count every member (jsonschema counts distinct keys);
 4. patterns follow ECMA-262, whose \\d and \\w are ASCII: re.search with re.ASCII must match too;
    and a string under a pattern or an enforced format is written plainly: no printable ASCII
    character (U+0020..U+007E) as a \\u escape, no \\/ (quiver's documented rule);
@@ -214,6 +215,17 @@ SCHEMAS = [
                   "items": {"type": "integer", "minimum": 0, "maximum": 9}},
          "closed": {"prefixItems": [{"type": "null"}, {"type": "number"}], "items": False}},
      "required": ["fixed", "open"]},
+    # minProperties / maxProperties: counted in maps; in objects with declared properties only
+    # where they always hold (the minimum within the required ones, the maximum above all)
+    {"type": "object",
+     "properties": {
+         "scores": {"type": "object", "additionalProperties": {"type": "integer"},
+                    "minProperties": 1, "maxProperties": 3},
+         "tags": {"additionalProperties": {"type": "boolean"}, "maxProperties": 1},
+         "point": {"type": "object", "properties": {"x": {"type": "number"},
+                                                    "y": {"type": "number"}},
+                   "required": ["x"], "minProperties": 1, "maxProperties": 2}},
+     "required": ["scores", "point"]},
 ]
 
 
@@ -298,6 +310,10 @@ def order_ok(pairs_value, schema, root):
                 or {"minLength", "maxLength"} & schema.keys() and t != "string"
                 or bounds & schema.keys() and t != "number"):
             return False
+    if isinstance(pairs_value, Pairs) and is_map(schema) and not (
+            schema.get("minProperties", 0) <= len(pairs_value) <=
+            schema.get("maxProperties", len(pairs_value))):
+        return False  # quiver's rule: in a map each occurrence of a key counts
     if isinstance(pairs_value, Pairs):
         props = schema.get("properties")
         closed = props is not None or schema.get("additionalProperties") is False
@@ -436,6 +452,22 @@ for unchecked in [f for f in FORMATS.checkers if f not in ("date", "date-time", 
                                                             "ipv4", "email", "regex")]:
     del FORMATS.checkers[unchecked]
 
+def is_map(schema):
+    return isinstance(schema, dict) and isinstance(schema.get("additionalProperties"), dict) \
+        and not schema.get("properties")
+
+
+def without_map_counts(schema):
+    """The schema without the minProperties / maxProperties of maps, which rule 3 checks by
+    counting members (a key may repeat in a map, and each occurrence counts)."""
+    if isinstance(schema, dict):
+        return {k: without_map_counts(v) for k, v in schema.items()
+                if not (is_map(schema) and k in ("minProperties", "maxProperties"))}
+    if isinstance(schema, list):
+        return [without_map_counts(v) for v in schema]
+    return schema
+
+
 def accepts(doc: bytes, schema) -> bool:
     try:
         text = doc.decode("utf-8", errors="strict")
@@ -471,7 +503,8 @@ def accepts(doc: bytes, schema) -> bool:
         pairs = pairs_decoder().decode(text)
     except ValueError:
         return False
-    if not jsonschema.Draft202012Validator(schema, format_checker=FORMATS).is_valid(value):
+    if not jsonschema.Draft202012Validator(without_map_counts(schema),
+                                           format_checker=FORMATS).is_valid(value):
         return False
     return order_ok(pairs, schema, schema)
 
@@ -512,10 +545,22 @@ def gen_value(schema, root, rng, depth=0):
                 if k in req or rng.random() < 0.6:
                     out.append((k, gen_value(sub, root, rng, depth + 1)))
             return out
-        if isinstance(schema.get("additionalProperties"), dict):
+        if isinstance(schema.get("additionalProperties"), dict) and not (
+                {"minProperties", "maxProperties"} & schema.keys()):
             return Pairs((gen_string(rng, 0, 4), gen_value(schema["additionalProperties"], root,
                                                             rng, depth + 1))
                          for _ in range(rng.randint(0, 3)))
+        if isinstance(schema.get("additionalProperties"), dict):
+            lo = schema.get("minProperties", 0)
+            hi = min(schema.get("maxProperties", lo + 3), lo + 3)
+            out, keys = Pairs(), set()
+            for _ in range(rng.randint(lo, hi)):
+                k = gen_string(rng, 1, 4)
+                while k in keys:  # distinct keys: jsonschema counts them once
+                    k += "x"
+                keys.add(k)
+                out.append((k, gen_value(schema["additionalProperties"], root, rng, depth + 1)))
+            return out
         return gen_free(rng, depth, "object")
     if t == "array":
         lo, hi = schema.get("minItems", 0), schema.get("maxItems", 4)
