@@ -876,9 +876,10 @@ static qv_status call_from(const char *text, size_t len, bool parameters, qv_pro
     qv_status st = qv_json_text_check(text, len, false);
     if (st) return st;
     cJSON *o = cJSON_ParseWithLength(text, len);
-    const cJSON *nm = cJSON_IsObject(o) ? field(o, "name") : NULL;
-    const char *key = parameters && !field(o, "arguments") ? "parameters" : "arguments";
-    const cJSON *args = cJSON_IsObject(o) ? field(o, key) : NULL;
+    const bool obj = cJSON_IsObject(o);
+    const cJSON *nm = obj ? field(o, "name") : NULL;
+    const char *key = parameters && obj && !field(o, "arguments") ? "parameters" : "arguments";
+    const cJSON *args = obj ? field(o, key) : NULL;
     size_t off = 0, n = 0;
     st = cJSON_IsString(nm) && cJSON_IsObject(args) && qv_json_member_span(text, len, key, &off, &n)
              ? QV_OK

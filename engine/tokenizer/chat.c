@@ -22,7 +22,8 @@
  * Only the families above are supported; anything else is refused with a clear error. ChatML
  * and Llama 3 write any role's name (a "tool" message's too); the [INST] families refuse roles
  * other than system, user and assistant.
- * Thread: pure functions of their inputs.
+ * Thread: pure functions of their inputs (and of today's local date for Llama 3.2 when the
+ * caller gives none).
  */
 #include <stdio.h>
 #include <string.h>
