@@ -3,13 +3,17 @@
  * mixed text (English-like prose, code, numbers, punctuation, whitespace runs, non-Latin
  * scripts and emoji). Compare with tests/bench/bench_tokenizer_hf.py on the same text.
  *
- * usage: bench_tokenizer [--model PATH] [--mb N] [--runs N] [--write-text FILE]
+ * usage: bench_tokenizer [--model PATH] [--mb N] [--runs N] [--write-text FILE] [--adversarial]
  *   --model       tokenizer dir / tokenizer.json / .gguf (default: the SmolLM2 fixture)
  *   --write-text  also write the generated text to FILE (input for the HF script)
  * Two modes: the whole text as one encode call, and "chunked": the text cut after the first
  * newline at or beyond every 4096 bytes (request-sized inputs); each chunk is encoded alone.
  * Prints MB/s of the best run and the id count (the HF script prints its counts too).
+ * --adversarial adds inputs a client may send to hurt the server (1 MiB of one letter, of NULs,
+ * 10^5 spaces / digits / newlines): MB/s of each, and the time ratio of the whole input to its
+ * first eighth, side by side (8 means linear, 64 quadratic).
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,8 +72,49 @@ static char *gen_text(size_t bytes, size_t *out_len) {
     return buf;
 }
 
+static double best_encode(const qv_tokenizer *t, const char *s, size_t n, int runs, size_t *n_ids) {
+    double best = 1e30;
+    for (int r = 0; r < runs; r++) {
+        int32_t *ids = NULL;
+        qv_error err = {0};
+        double t0 = qv_time_s();
+        if (qv_tokenizer_encode(t, s, n, false, &ids, n_ids, &err)) {
+            fprintf(stderr, "encode: %s\n", err.msg);
+            exit(1);
+        }
+        double dt = qv_time_s() - t0;
+        if (dt < best) best = dt;
+        qv_free(ids);
+    }
+    return best;
+}
+
+static void adversarial(const qv_tokenizer *t, int runs) {
+    static const struct {
+        const char *what;
+        char c;
+        size_t n;
+    } k_inputs[] = {{"1 MiB 'a'", 'a', 1u << 20},
+                    {"1 MiB NUL", 0, 1u << 20},
+                    {"1e5 spaces", ' ', 100000},
+                    {"1e5 digits", '7', 100000},
+                    {"1e5 newlines", '\n', 100000}};
+    char *buf = malloc(1u << 20);
+    for (size_t i = 0; i < sizeof(k_inputs) / sizeof(k_inputs[0]); i++) {
+        memset(buf, k_inputs[i].c, k_inputs[i].n);
+        size_t n_ids = 0, n_small = 0;
+        double dt = best_encode(t, buf, k_inputs[i].n, runs, &n_ids);
+        double ds = best_encode(t, buf, k_inputs[i].n / 8, runs, &n_small);
+        printf("quiver encode (%s): %zu ids, %.3f s = %.2f MB/s; whole / first eighth: %.1fx\n",
+               k_inputs[i].what, n_ids, dt, (double)k_inputs[i].n / 1e6 / dt,
+               ds > 0 ? dt / ds : 0.0);
+    }
+    free(buf);
+}
+
 int main(int argc, char **argv) {
     const char *model = NULL, *dump = NULL;
+    bool adv = false;
     double mb = 8;
     int runs = 3;
     for (int i = 1; i < argc; i++) {
@@ -81,9 +126,11 @@ int main(int argc, char **argv) {
             runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--write-text") && i + 1 < argc)
             dump = argv[++i];
+        else if (!strcmp(argv[i], "--adversarial"))
+            adv = true;
         else {
             fprintf(stderr, "usage: bench_tokenizer [--model PATH] [--mb N] [--runs N] "
-                            "[--write-text FILE]\n");
+                            "[--write-text FILE] [--adversarial]\n");
             return 2;
         }
     }
@@ -112,19 +159,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     double load_s = qv_time_s() - t0;
-    double best = 1e30;
     size_t n_ids = 0;
-    for (int r = 0; r < runs; r++) {
-        int32_t *ids = NULL;
-        t0 = qv_time_s();
-        if (qv_tokenizer_encode(t, text, n, false, &ids, &n_ids, &err)) {
-            fprintf(stderr, "encode: %s\n", err.msg);
-            return 1;
-        }
-        double dt = qv_time_s() - t0;
-        if (dt < best) best = dt;
-        qv_free(ids);
-    }
+    double best = best_encode(t, text, n, runs, &n_ids);
     printf("quiver encode (one call): %.2f MiB text, %zu ids, best of %d: %.3f s = %.2f MB/s "
            "(load %.3f s, model %s)\n",
            (double)n / 1048576.0, n_ids, runs, best, (double)n / 1e6 / best, load_s, model);
@@ -153,6 +189,7 @@ int main(int argc, char **argv) {
     }
     printf("quiver encode (4 KiB chunks): %zu ids, best of %d: %.3f s = %.2f MB/s\n", n_ids, runs,
            best, (double)n / 1e6 / best);
+    if (adv) adversarial(t, runs);
     qv_tokenizer_free(t);
     free(text);
     return 0;
