@@ -383,16 +383,26 @@ bool qv_json_value_span(const char *text, size_t len, size_t *off, size_t *n) {
     return true;
 }
 
-size_t qv_json_list_items(const char *text, size_t len, size_t *off, size_t *n, size_t max) {
-    reader r = {.p = text, .end = text + len, .indent = -1};
+/* The values of the list (keyed false) or object (keyed true) text[0..len) begins with. */
+static size_t values_of(const char *text, size_t len, bool keyed, size_t *off, size_t *n,
+                        size_t max) {
+    reader r = {.p = text, .end = text + len, .indent = -1}; /* r.out NULL: nothing allocated */
+    const char open = keyed ? '{' : '[', close = keyed ? '}' : ']';
     skip_ws(&r);
-    if (r.p >= r.end || *r.p != '[') return SIZE_MAX;
+    if (r.p >= r.end || *r.p != open) return SIZE_MAX;
     r.p++;
     size_t k = 0;
     skip_ws(&r);
-    if (r.p < r.end && *r.p == ']') return 0;
+    if (r.p < r.end && *r.p == close) return 0;
     for (;;) {
         skip_ws(&r);
+        if (keyed) {
+            if (r.p >= r.end || *r.p != '"' || !string(&r)) return SIZE_MAX;
+            skip_ws(&r);
+            if (r.p >= r.end || *r.p != ':') return SIZE_MAX;
+            r.p++;
+            skip_ws(&r);
+        }
         const char *v = r.p;
         if (!value(&r, 1)) return SIZE_MAX;
         if (k < max) {
@@ -405,8 +415,16 @@ size_t qv_json_list_items(const char *text, size_t len, size_t *off, size_t *n, 
             r.p++;
             continue;
         }
-        return r.p < r.end && *r.p == ']' ? k : SIZE_MAX;
+        return r.p < r.end && *r.p == close ? k : SIZE_MAX;
     }
+}
+
+size_t qv_json_list_items(const char *text, size_t len, size_t *off, size_t *n, size_t max) {
+    return values_of(text, len, false, off, n, max);
+}
+
+size_t qv_json_object_values(const char *text, size_t len, size_t *off, size_t *n, size_t max) {
+    return values_of(text, len, true, off, n, max);
 }
 
 qv_status qv_json_text_check(const char *text, size_t len, bool object) {

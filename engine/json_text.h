@@ -57,6 +57,11 @@ bool qv_json_value_span(const char *text, size_t len, size_t *off, size_t *n);
  * begin with a valid list) and the raw span of each of the first `max` in off[] / n[]. */
 size_t qv_json_list_items(const char *text, size_t len, size_t *off, size_t *n, size_t max);
 
+/* The members of the JSON object in text[0..len), in order (a repeated key counted each time,
+ * as cJSON lists them): returns their count (SIZE_MAX when text does not begin with a valid
+ * object) and the raw span of the first `max` values in off[] / n[]. Allocates nothing. */
+size_t qv_json_object_values(const char *text, size_t len, size_t *off, size_t *n, size_t max);
+
 #ifdef __cplusplus
 }
 #endif

@@ -132,6 +132,7 @@ void qv_detok_free(qv_detok *d);
 typedef struct qv_chat_call {
     const char *name;
     const char *arguments; /* the text of a JSON object */
+    const char *id;        /* the call's id, or NULL (only Mistral's template writes it) */
 } qv_chat_call;
 
 typedef struct qv_chat_msg {
@@ -139,13 +140,15 @@ typedef struct qv_chat_msg {
     const char *content;
     const qv_chat_call *calls; /* an assistant's tool calls (n_calls of them), or NULL */
     size_t n_calls;
+    const char *tool_call_id; /* a tool result's call id, or NULL (Mistral's template) */
 } qv_chat_msg;
 
 /* Renders messages to a prompt string like transformers' apply_chat_template(tokenize=False).
  * template_name: NULL detects the family from the tokenizer's template source; otherwise a
  * llama.cpp-compatible name: chatml, llama3, llama3.1, llama3.2, llama2, llama2-sys,
  * llama2-sys-bos, llama2-sys-strip, mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7,
- * mistral-v7-tekken, or qwen2.5 (ChatML with Qwen2.5's default system prompt and tool format). The
+ * mistral-v7-tekken, mistral-v0.3 (Mistral-7B-Instruct-v0.3's own template, with tools), or
+ * qwen2.5 (ChatML with Qwen2.5's default system prompt and tool format). The
  * rendered text contains the special-token strings (e.g. "<|im_start|>"); encode it with
  * add_special_tokens=false. *out owned by caller (qv_free). Errors: QV_ERR_UNSUPPORTED for an
  * unknown name or an undetectable template, QV_ERR_INVALID for bad messages (e.g. non-alternating
@@ -157,7 +160,9 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name /* NUL
  * render tools write them byte for byte as the Jinja template (`tojson` = Python's json.dumps):
  * Qwen2.5's (detected by its tool instructions, or named "qwen2.5") into the system turn, calls
  * as <tool_call> blocks and tool results as <tool_response> blocks of a user turn; Llama 3.1's
- * and 3.2's into the first user turn, one call per assistant message; the
+ * and 3.2's into the first user turn, one call per assistant message; Mistral v0.3's as
+ * [AVAILABLE_TOOLS] before the last user turn, calls as [TOOL_CALLS] with their 9-character
+ * ids, results as [TOOL_RESULTS] with their tool_call_id; the
  * others ignore the tools, as their templates do, and write an assistant's calls after its
  * content as the compact JSON text [{"name":...,"arguments":{...}}] (quiver's convention: what
  * a tool_choice "required" answer is). Errors as above; QV_ERR_INVALID for tools or arguments
@@ -175,11 +180,14 @@ qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
 
 /* How a template writes tools and calls, so that a free answer's calls can be read back:
  * HERMES: <tool_call>{"name": ..., "arguments": ...}</tool_call> blocks (Qwen2.5);
- * LLAMA_JSON: {"name": ..., "parameters": ...} as the whole answer (Llama 3.1 / 3.2 / 3.3). */
+ * LLAMA_JSON: {"name": ..., "parameters": ...} as the whole answer (Llama 3.1 / 3.2 / 3.3);
+ * MISTRAL: [TOOL_CALLS] [{"name": ..., "arguments": ...}, ...] (Mistral v0.3), whose call ids
+ * must be 9 letters or digits. */
 typedef enum qv_chat_tool_format {
     QV_CHAT_TOOLS_NONE = 0,
     QV_CHAT_TOOLS_HERMES,
     QV_CHAT_TOOLS_LLAMA_JSON,
+    QV_CHAT_TOOLS_MISTRAL,
 } qv_chat_tool_format;
 qv_chat_tool_format qv_chat_tools_format(const qv_tokenizer *t, const char *template_name);
 

@@ -270,7 +270,8 @@ static qv_status decode_calls(const cJSON *calls, size_t i, qv_proto_message *ou
                         i);
         qv_proto_call *o = &out->calls[out->n_calls++];
         if (!(o->name = qv_strdup(name->valuestring)) ||
-            !(o->arguments = qv_strdup(args->valuestring)))
+            !(o->arguments = qv_strdup(args->valuestring)) ||
+            (id && !(o->id = qv_strdup(id->valuestring))))
             return nomem(e);
     }
     return QV_OK;
@@ -324,6 +325,7 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
         if (tcid && !cJSON_IsString(tcid))
             return fail(e, QV_ERR_INVALID, "messages",
                         "messages[%zu].tool_call_id must be a string", i);
+        if (tcid && !(out->tool_call_id = qv_strdup(tcid->valuestring))) return nomem(e);
         const cJSON *calls = field(m, "tool_calls");
         if (calls && !(cJSON_IsArray(calls) && cJSON_GetArraySize(calls) == 0)) {
             qv_status st = decode_calls(calls, i, out, e);
@@ -838,8 +840,10 @@ void qv_proto_request_free(qv_proto_request *r) {
         for (size_t k = 0; k < r->messages[i].n_calls; k++) {
             qv_free(r->messages[i].calls[k].name);
             qv_free(r->messages[i].calls[k].arguments);
+            qv_free(r->messages[i].calls[k].id);
         }
         qv_free(r->messages[i].calls);
+        qv_free(r->messages[i].tool_call_id);
     }
     qv_free(r->messages);
     for (size_t i = 0; i < r->n_stop; i++)
@@ -931,7 +935,63 @@ static size_t json_calls(const char *text, size_t len, size_t *off, size_t *n, s
     }
 }
 
+#define MISTRAL_CALLS "[TOOL_CALLS]"
+
+/* Where Mistral's call list is in text[0..len): *content the length of the text before it
+ * ("[TOOL_CALLS]" and the content before it, or nothing when the answer is the list alone),
+ * *at and *n the list's span. False when the answer does not end with such a list. */
+static bool mistral_list(const char *text, size_t len, size_t *content, size_t *at, size_t *n) {
+    const char *p = find_in(text, len, MISTRAL_CALLS, strlen(MISTRAL_CALLS));
+    *content = p ? (size_t)(p - text) : 0;
+    bool blank = true; /* whitespace before the marker is no content */
+    for (size_t i = 0; i < *content && blank; i++)
+        blank = strchr(" \t\r\n", text[i]) != NULL;
+    if (blank) *content = 0;
+    const size_t from = p ? (size_t)(p - text) + strlen(MISTRAL_CALLS) : 0;
+    size_t o = 0;
+    if (!qv_json_value_span(text + from, len - from, &o, n) || text[from + o] != '[') return false;
+    *at = from + o;
+    for (size_t i = *at + *n; i < len; i++)
+        if (!text[i] || !strchr(" \t\r\n", text[i])) return false;
+    return true;
+}
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void qv_proto_mistral_call_id(const char *base, size_t i, char out[10]) {
+    static const char k_alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the base, then the index */
+    for (const char *p = base ? base : ""; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    h = (h ^ (uint64_t)i) * 1099511628211ull;
+    for (int k = 0; k < 9; k++)
+        out[k] = k_alnum[splitmix64(&h) % 62];
+    out[9] = '\0';
+}
+
+/* The length of text[0..len) before `marker`, or before an end that may begin it. */
+static size_t before_marker(const char *text, size_t len, const char *marker) {
+    const size_t k = strlen(marker);
+    const char *p = find_in(text, len, marker, k);
+    if (p) return (size_t)(p - text);
+    for (size_t j = QV_MIN(len, k - 1); j > 0; j--)
+        if (!memcmp(text + len - j, marker, j)) return len - j;
+    return len;
+}
+
 size_t qv_proto_tool_text_len(enum qv_proto_tool_choice how, const char *text, size_t len) {
+    if (how == QV_PROTO_TOOLS_AUTO_MISTRAL) {
+        size_t i = 0;
+        while (i < len && strchr(" \t\r\n", text[i]))
+            i++;
+        if (i == len || text[i] == '[') return 0; /* the list alone, or [TOOL_CALLS] */
+        return before_marker(text, len, MISTRAL_CALLS);
+    }
     if (how == QV_PROTO_TOOLS_AUTO_JSON) { /* a call is the whole answer: undecided until then */
         const size_t i = json_calls_start(text, len);
         const size_t k = strlen(PYTHON_TAG);
@@ -939,13 +999,7 @@ size_t qv_proto_tool_text_len(enum qv_proto_tool_choice how, const char *text, s
         if (text[i] == '<' && len - i < k && !memcmp(text + i, PYTHON_TAG, len - i)) return 0;
         return len;
     }
-    if (how != QV_PROTO_TOOLS_AUTO) return len;
-    const size_t k = strlen(CALL_OPEN);
-    const char *p = find_in(text, len, CALL_OPEN, k);
-    if (p) return (size_t)(p - text);
-    for (size_t j = QV_MIN(len, k - 1); j > 0; j--) /* an end that may begin one */
-        if (!memcmp(text + len - j, CALL_OPEN, j)) return len - j;
-    return len;
+    return how == QV_PROTO_TOOLS_AUTO ? before_marker(text, len, CALL_OPEN) : len;
 }
 
 qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *name,
@@ -955,7 +1009,7 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
     *n = 0;
     if (content_len) *content_len = 0;
     /* where each call's JSON text is */
-    size_t k = 0, *off = NULL, *lens = NULL;
+    size_t k = 0, *off = NULL, *lens = NULL, mcontent = 0, mat = 0, mlen = 0;
     if (how == QV_PROTO_TOOLS_NAMED) {
         if (!name) return QV_ERR_INVALID;
         k = 1;
@@ -970,6 +1024,10 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
     } else if (how == QV_PROTO_TOOLS_AUTO_JSON) {
         k = json_calls(text, len, NULL, NULL, 0);
         if (!k) return QV_ERR_INVALID;
+    } else if (how == QV_PROTO_TOOLS_AUTO_MISTRAL) {
+        if (!mistral_list(text, len, &mcontent, &mat, &mlen)) return QV_ERR_INVALID;
+        k = qv_json_list_items(text + mat, mlen, NULL, NULL, 0);
+        if (k == SIZE_MAX || k == 0) return QV_ERR_INVALID;
     } else {
         return QV_ERR_INVALID;
     }
@@ -987,6 +1045,11 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
         qv_json_list_items(text, len, off, lens, k);
     } else if (how == QV_PROTO_TOOLS_AUTO_JSON) {
         json_calls(text, len, off, lens, k);
+    } else if (how == QV_PROTO_TOOLS_AUTO_MISTRAL) {
+        qv_json_list_items(text + mat, mlen, off, lens, k);
+        for (size_t i = 0; i < k; i++)
+            off[i] += mat;
+        if (content_len) *content_len = mcontent;
     } else {
         const char *p = find_in(text, len, CALL_OPEN, strlen(CALL_OPEN));
         if (content_len) *content_len = (size_t)(p - text);

@@ -40,14 +40,17 @@ extern "C" {
 
 /* What a chat request's tool_choice makes of the answer. */
 enum qv_proto_tool_choice {
-    QV_PROTO_TOOLS_NONE = 0,      /* text (no tools, or tool_choice "none") */
-    QV_PROTO_TOOLS_NAMED = 1,     /* one call of tool_name: the text is its arguments object */
-    QV_PROTO_TOOLS_REQUIRED = 2,  /* the text is [{"name", "arguments"}, ...] (1 or more) */
-    QV_PROTO_TOOLS_AUTO = 3,      /* free text, which may hold <tool_call> blocks (templates that
-                                     write tools; the server checks) */
-    QV_PROTO_TOOLS_AUTO_JSON = 4, /* "auto" for Llama 3.1+ templates (set by the server, never
-                                     decoded): free text, or calls as {"name": ..., "parameters":
-                                     {...}} objects separated by ';' */
+    QV_PROTO_TOOLS_NONE = 0,         /* text (no tools, or tool_choice "none") */
+    QV_PROTO_TOOLS_NAMED = 1,        /* one call of tool_name: the text is its arguments object */
+    QV_PROTO_TOOLS_REQUIRED = 2,     /* the text is [{"name", "arguments"}, ...] (1 or more) */
+    QV_PROTO_TOOLS_AUTO = 3,         /* free text, which may hold <tool_call> blocks (templates that
+                                        write tools; the server checks) */
+    QV_PROTO_TOOLS_AUTO_JSON = 4,    /* "auto" for Llama 3.1+ templates (set by the server, never
+                                        decoded): free text, or calls as {"name": ..., "parameters":
+                                        {...}} objects separated by ';' */
+    QV_PROTO_TOOLS_AUTO_MISTRAL = 5, /* "auto" for Mistral v0.3's template (set by the server):
+                                        free text, then maybe [TOOL_CALLS] [{"name": ...,
+                                        "arguments": {...}}, ...] */
 };
 
 enum qv_proto_endpoint {
@@ -70,6 +73,7 @@ typedef struct qv_proto_error {
 typedef struct qv_proto_call {
     char *name;
     char *arguments; /* the text of a JSON object, as sent */
+    char *id;        /* the call's id, or NULL */
 } qv_proto_call;
 
 typedef struct qv_proto_message {
@@ -77,6 +81,7 @@ typedef struct qv_proto_message {
     char *content;        /* text ("" for null); array-of-parts content is joined */
     qv_proto_call *calls; /* an assistant's tool_calls */
     size_t n_calls;
+    char *tool_call_id; /* a tool result's tool_call_id, or NULL */
 } qv_proto_message;
 
 /* One further prompt of a completions batch: a text or token ids. */
@@ -196,8 +201,10 @@ typedef struct qv_proto_tool_call {
  * unclosed), *content_len (may be NULL) getting the length of the text before the first (the
  * answer's content); QV_PROTO_TOOLS_AUTO_JSON reads an answer that is nothing but Llama 3.x
  * calls, {"name": ..., "parameters" (or "arguments"): {...}} objects separated by ';' (after
- * whitespace and an optional "<|python_tag|>", as vLLM's llama3_json parser); all re-write the
- * arguments as Python's compact json.dumps.
+ * whitespace and an optional "<|python_tag|>", as vLLM's llama3_json parser);
+ * QV_PROTO_TOOLS_AUTO_MISTRAL reads Mistral's "[TOOL_CALLS] [{"name": ..., "arguments": {...}},
+ * ...]" after the content (*content_len), or such a list alone (the marker is a special token
+ * that decoding may skip); all re-write the arguments as Python's compact json.dumps.
  * QV_PROTO_TOOLS_NAMED makes one call of `name` whose arguments are the text itself (a JSON
  * object). Ids are "call_<id_base>_<i>". *calls is owned by the caller
  * (qv_proto_tool_calls_free). Errors: QV_ERR_INVALID (the text is not such calls: e.g. cut by
@@ -209,8 +216,14 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
 void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n);
 /* How much of an unfinished "auto" answer (text[0..len)) is surely content. AUTO: the bytes
  * before its first "<tool_call>", and before an end that may begin one; AUTO_JSON: all of it
- * once it begins with something else than whitespace, "{" or "<|python_tag|>", else none. */
+ * once it begins with something else than whitespace, "{" or "<|python_tag|>", else none;
+ * AUTO_MISTRAL: the bytes before "[TOOL_CALLS]" (or an end that may begin it), none while the
+ * answer is whitespace or begins with "[". */
 size_t qv_proto_tool_text_len(enum qv_proto_tool_choice how, const char *text, size_t len);
+
+/* Call i's id in Mistral's form: 9 letters and digits (its template refuses any other length),
+ * a function of (base, i) so that a stream and its final answer agree. */
+void qv_proto_mistral_call_id(const char *base, size_t i, char out[10]);
 
 /* A (partial or full) result to encode. */
 typedef struct qv_proto_result {

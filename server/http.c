@@ -106,8 +106,9 @@ typedef struct request {
     qv_token_bias *bias; /* logit_bias (gp.logit_bias points here until the engine copies it) */
     enum qv_proto_tool_choice tools; /* chat: the answer is tool calls (gp.json_schema) */
     char *tool_name;                 /* QV_PROTO_TOOLS_NAMED: the function */
-    bool echo_only; /* echo with max_tokens 0: the one token the engine makes is dropped */
-    char *echo;     /* [mu] echoed prompt text not yet in out (it follows its logprobs) */
+    bool mistral_ids; /* call ids of 9 letters and digits (Mistral's template needs them) */
+    bool echo_only;   /* echo with max_tokens 0: the one token the engine makes is dropped */
+    char *echo;       /* [mu] echoed prompt text not yet in out (it follows its logprobs) */
     size_t echo_len;
     int64_t created;
     double t_arrival;
@@ -1797,6 +1798,8 @@ static bool member_calls(const request *l, const request *r, qv_proto_tool_call 
     const qv_status st = qv_proto_tool_calls_parse(r->tools, r->tool_name, r->out ? r->out : "",
                                                    r->out_len, base, calls, n, content_len);
     if (st != QV_OK) *content_len = r->out_len; /* not calls: all of it is text */
+    for (size_t i = 0; st == QV_OK && r->mistral_ids && i < *n; i++)
+        qv_proto_mistral_call_id(base, i, (*calls)[i].id); /* "call_..." is longer: fits */
     return st != QV_ERR_NOMEM;
 }
 
@@ -1860,7 +1863,7 @@ static char *member_chunk(request *l, request *r, bool *oom) {
     qv_proto_result res = chunk_of(l, r);
     if (r->sent_finish) return NULL; /* finished, or the stream ended with an error */
     if (r->tools == QV_PROTO_TOOLS_REQUIRED || r->tools == QV_PROTO_TOOLS_AUTO ||
-        r->tools == QV_PROTO_TOOLS_AUTO_JSON)
+        r->tools == QV_PROTO_TOOLS_AUTO_JSON || r->tools == QV_PROTO_TOOLS_AUTO_MISTRAL)
         return calls_chunk(l, r, oom);
     /* an echo's prompt logprobs wait for its text, so their text offsets are right */
     bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);
@@ -1873,7 +1876,10 @@ static char *member_chunk(request *l, request *r, bool *oom) {
         if (!r->sent_first) {
             char base[96];
             call_base(l, r, base, sizeof(base));
-            snprintf(id, sizeof(id), "call_%s_0", base);
+            if (r->mistral_ids)
+                qv_proto_mistral_call_id(base, 0, id);
+            else
+                snprintf(id, sizeof(id), "call_%s_0", base);
             call.id = id;
             call.name = r->tool_name;
         }
@@ -2181,9 +2187,11 @@ static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
             msgs[i].content = pm->content;
             msgs[i].calls = calls + k;
             msgs[i].n_calls = pm->n_calls;
+            msgs[i].tool_call_id = pm->tool_call_id;
             for (size_t j = 0; j < pm->n_calls; j++, k++)
-                calls[k] =
-                    (qv_chat_call){.name = pm->calls[j].name, .arguments = pm->calls[j].arguments};
+                calls[k] = (qv_chat_call){.name = pm->calls[j].name,
+                                          .arguments = pm->calls[j].arguments,
+                                          .id = pm->calls[j].id};
         }
         qv_status s = qv_chat_render_tools(srv->tok, srv->cfg->chat_template, msgs, pr->n_messages,
                                            pr->tools_text, pr->tools_len, pr->add_generation_prompt,
@@ -2421,9 +2429,12 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
         snprintf(r->adapter_version, sizeof(r->adapter_version), "%s", ms->adapter_version);
     }
     r->tools = pr->tool_choice;
-    if (r->tools == QV_PROTO_TOOLS_AUTO &&
-        qv_chat_tools_format(srv->tok, srv->cfg->chat_template) == QV_CHAT_TOOLS_LLAMA_JSON)
+    const qv_chat_tool_format tf = qv_chat_tools_format(srv->tok, srv->cfg->chat_template);
+    if (r->tools == QV_PROTO_TOOLS_AUTO && tf == QV_CHAT_TOOLS_LLAMA_JSON)
         r->tools = QV_PROTO_TOOLS_AUTO_JSON; /* the template's own call format */
+    if (r->tools == QV_PROTO_TOOLS_AUTO && tf == QV_CHAT_TOOLS_MISTRAL)
+        r->tools = QV_PROTO_TOOLS_AUTO_MISTRAL;
+    r->mistral_ids = tf == QV_CHAT_TOOLS_MISTRAL;
     if (ok && pr->tool_name) ok = (r->tool_name = qv_strdup(pr->tool_name));
     if (ok && ms->tgi) {
         r->tgi_details = ms->tgi->details;
@@ -2642,12 +2653,13 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         !qv_chat_renders_tools(srv->tok, srv->cfg->chat_template)) {
         const char *fam =
             srv->cfg->chat_template ? srv->cfg->chat_template : qv_chat_detect(srv->tok);
-        ret = send_error(c, ctx, 400, "tool_choice", "invalid_value",
-                         "'tool_choice' \"auto\" (the default with 'tools') needs a chat template "
-                         "that shows the model the tools and reads its calls (Qwen2.5's, Llama "
-                         "3.1's or 3.2's); this model's is %s: send \"required\", a named "
-                         "function or \"none\"",
-                         fam ? fam : "unknown");
+        ret = send_error(
+            c, ctx, 400, "tool_choice", "invalid_value",
+            "'tool_choice' \"auto\" (the default with 'tools') needs a chat template "
+            "that shows the model the tools and reads its calls (Qwen2.5's, Llama "
+            "3.1's or 3.2's, Mistral v0.3's); this model's is %s: send \"required\", a named "
+            "function or \"none\"",
+            fam ? fam : "unknown");
         goto done;
     }
     if ((pr.json_object || pr.json_schema) && (pr.min_tokens > 0 || pr.ignore_eos)) {

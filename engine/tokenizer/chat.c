@@ -12,6 +12,11 @@
  *    26 Jul 2024 for 3.1, today's date for 3.2 (strftime_now)), the tools in the first user turn
  *    (tojson(indent=4)), a call as {"name": ..., "parameters": ...}, tool results as ipython
  *    turns; builtin_tools (brave_search, ...) are not used by the OpenAI API and not rendered.
+ *  - mistral-v0.3: Mistral-7B-Instruct-v0.3's template with tools: the system message joins
+ *    the last message when that is a user turn ("[INST] {system}\n\n{user}[/INST]", else it is
+ *    dropped), the tools ([AVAILABLE_TOOLS] [...][/AVAILABLE_TOOLS]) go before the last user
+ *    turn, calls as [TOOL_CALLS] [{"name", "arguments", "id"}]</s>, results as
+ *    [TOOL_RESULTS] {"content": ..., "call_id": ...}[/TOOL_RESULTS]; ids must be 9 characters.
  *  - llama2-chat: the official Llama-2-chat HF template (<<SYS>> in the first user turn, bos
  *    before every [INST], stripped contents, " {assistant} </s>").
  *  - llama2, llama2-sys, llama2-sys-bos, llama2-sys-strip, mistral-v1, mistral-v3,
@@ -28,6 +33,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+
+#include <cjson/cJSON.h>
 
 #include "json_text.h"
 #include "tok_internal.h"
@@ -49,6 +56,7 @@ enum fam {
     F_MISTRAL_V3_TEKKEN,
     F_MISTRAL_V7,
     F_MISTRAL_V7_TEKKEN,
+    F_MISTRAL_V03,
 };
 
 static const struct {
@@ -70,6 +78,7 @@ static const struct {
     {"mistral-v3-tekken", F_MISTRAL_V3_TEKKEN},
     {"mistral-v7", F_MISTRAL_V7},
     {"mistral-v7-tekken", F_MISTRAL_V7_TEKKEN},
+    {"mistral-v0.3", F_MISTRAL_V03},
 };
 
 static const char *fam_name(enum fam f) {
@@ -102,6 +111,10 @@ static enum fam detect(const char *t) {
     }
     if (!strncmp(t, "mistral", 7) || has(t, "[INST]")) {
         if (has(t, "[SYSTEM_PROMPT]")) return F_MISTRAL_V7;
+        /* Mistral-7B-Instruct-v0.3's own template: tools, call ids, the system in the last turn */
+        if (has(t, "[AVAILABLE_TOOLS]") && has(t, "[TOOL_RESULTS]") && has(t, "call_id") &&
+            has(t, "\"[INST] \" + system_message"))
+            return F_MISTRAL_V03;
         if (has(t, "' [INST] ' + system_message") || has(t, "[AVAILABLE_TOOLS]")) {
             if (has(t, " [INST]")) return F_MISTRAL_V1;
             if (has(t, "\"[INST]\"")) return F_MISTRAL_V3_TEKKEN;
@@ -341,16 +354,26 @@ static qv_status render_mistral(const qv_tokenizer *t, enum fam f, const qv_chat
     return st;
 }
 
+/* The spans of the items of the JSON list text[0..len) (object: of its members' values): *k of
+ * them, *off (qv_free; NULL when none) their offsets followed by their lengths. */
+static qv_status spans(const char *text, size_t len, bool object, size_t **off, size_t *k) {
+    size_t (*const f)(const char *, size_t, size_t *, size_t *, size_t) =
+        object ? qv_json_object_values : qv_json_list_items;
+    *off = NULL;
+    *k = f(text, len, NULL, NULL, 0);
+    if (*k == SIZE_MAX) return QV_ERR_INVALID;
+    if (!*k) return QV_OK;
+    if (!(*off = qv_malloc(2 * *k * sizeof(size_t)))) return QV_ERR_NOMEM;
+    f(text, len, *off, *off + *k, *k);
+    return QV_OK;
+}
+
 /* Appends each tool of the JSON list tools[0..len) as `tool | tojson` (indent < 0) or
  * `tool | tojson(indent=...)` writes it, each after `before` and followed by `after`. */
 static qv_status put_tools(qv__buf *b, const char *tools, size_t len, int indent,
                            const char *before, const char *after) {
-    const size_t k = qv_json_list_items(tools, len, NULL, NULL, 0);
-    if (k == SIZE_MAX) return QV_ERR_INVALID;
-    size_t *off = k ? qv_malloc(2 * k * sizeof(size_t)) : NULL;
-    if (k && !off) return QV_ERR_NOMEM;
-    qv_json_list_items(tools, len, off, off + k, k);
-    qv_status st = QV_OK;
+    size_t *off = NULL, k = 0;
+    qv_status st = spans(tools, len, false, &off, &k);
     for (size_t i = 0; i < k && !st; i++) {
         st = puts_(b, before);
         if (st) break;
@@ -366,6 +389,174 @@ static qv_status put_tools(qv__buf *b, const char *tools, size_t len, int indent
         if (!st) st = puts_(b, after);
     }
     qv_free(off);
+    return st;
+}
+
+/* Jinja's `length` of a string: its code points. */
+static size_t utf8_chars(const char *s) {
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((uint8_t)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* Jinja's == of two message dicts, over what a qv_chat_msg holds. */
+static bool same_msg(const qv_chat_msg *a, const qv_chat_msg *b) {
+    return !strcmp(a->role, b->role) && !strcmp(a->content, b->content) && !a->n_calls &&
+           !b->n_calls && !a->tool_call_id == !b->tool_call_id &&
+           (!a->tool_call_id || !strcmp(a->tool_call_id, b->tool_call_id));
+}
+
+/* The raw text of member i of the JSON object text[0..len) (cJSON's i-th child), or false. */
+static bool member_at(const char *text, size_t len, size_t i, size_t *off, size_t *n) {
+    size_t *o = NULL, k = 0;
+    if (spans(text, len, true, &o, &k) || i >= k) {
+        qv_free(o);
+        return false;
+    }
+    *off = o[i];
+    *n = o[k + i];
+    qv_free(o);
+    return true;
+}
+
+/* Tool i's "function" member (text ft[0..fn)) written as Mistral v0.3's template does: each
+ * member but "return" as "key": "value" when a string (raw: the template concatenates) and
+ * "key": tojson otherwise. */
+static qv_status put_mistral_function(qv__buf *b, const cJSON *f, const char *ft, size_t fn) {
+    size_t *off = NULL, k = 0;
+    qv_status st = spans(ft, fn, true, &off, &k);
+    if (!st) st = puts_(b, "{\"type\": \"function\", \"function\": {");
+    size_t i = 0;
+    bool first = true;
+    for (const cJSON *m = f->child; m && i < k && !st; m = m->next, i++) {
+        if (!strcmp(m->string, "return")) continue;
+        if (!first) st = puts_(b, ", ");
+        first = false;
+        if (!st) st = puts_(b, "\"");
+        if (!st) st = puts_(b, m->string);
+        if (cJSON_IsString(m)) {
+            if (!st) st = puts_(b, "\": \"");
+            if (!st) st = puts_(b, m->valuestring);
+            if (!st) st = puts_(b, "\"");
+        } else {
+            if (!st) st = puts_(b, "\": ");
+            if (!st) st = put_py_json(b, ft + off[i], off[k + i], false);
+        }
+    }
+    qv_free(off);
+    if (!st) st = puts_(b, "}}");
+    return st;
+}
+
+/* Mistral v0.3's tools: [AVAILABLE_TOOLS] [{"type": "function", "function": {...}}, ...]
+ * [/AVAILABLE_TOOLS]. */
+static qv_status put_mistral_tools(qv__buf *b, const char *tools, size_t len) {
+    size_t *off = NULL, k = 0;
+    qv_status st = spans(tools, len, false, &off, &k);
+    if (!st) st = puts_(b, "[AVAILABLE_TOOLS] [");
+    for (size_t i = 0; i < k && !st; i++) {
+        const char *it = tools + off[i];
+        cJSON *tool = cJSON_ParseWithLength(it, off[k + i]); /* the text is valid JSON */
+        if (!tool) {
+            st = QV_ERR_NOMEM;
+            break;
+        }
+        size_t at = 0, fo = 0, fn = 0;
+        const cJSON *f = cJSON_IsObject(tool) ? tool->child : NULL;
+        for (; f && strcmp(f->string, "function"); f = f->next)
+            at++;
+        if (!cJSON_IsObject(f))
+            st = QV_ERR_INVALID; /* a tool without a function object */
+        else if (!member_at(it, off[k + i], at, &fo, &fn))
+            st = QV_ERR_NOMEM;
+        if (!st) st = put_mistral_function(b, f, it + fo, fn);
+        cJSON_Delete(tool);
+        if (!st) st = puts_(b, i + 1 < k ? ", " : "]");
+    }
+    qv_free(off);
+    if (!st) st = puts_(b, "[/AVAILABLE_TOOLS]");
+    return st;
+}
+
+#define MISTRAL_IDS "Tool call IDs should be alphanumeric strings with length 9!"
+
+/* Mistral-7B-Instruct-v0.3's template, statement by statement. `tools` NULL: none given (an
+ * empty list is written, as `tools is not none`). */
+static qv_status render_mistral_v03(const qv_tokenizer *t, const qv_chat_msg *m, size_t n,
+                                    const char *tools, size_t tools_len, qv__buf *b,
+                                    qv_error *err) {
+    const char *sys = NULL, *eos = t->eos_text ? t->eos_text : "</s>";
+    if (n > 0 && is_role(&m[0], "system")) sys = m[0].content, m++, n--;
+    size_t last_user = SIZE_MAX;
+    for (size_t i = 0, k = 0; i < n; i++) {
+        if (is_role(&m[i], "user")) last_user = i;
+        if (is_role(&m[i], "tool") || is_role(&m[i], "tool_results") || m[i].n_calls) continue;
+        if (is_role(&m[i], "user") != (k++ % 2 == 0))
+            return qv_errorf(err, QV_ERR_INVALID,
+                             "After the optional system message, conversation roles must "
+                             "alternate user/assistant/user/assistant/...");
+    }
+    qv_status st = puts_(b, t->bos_text);
+    for (size_t i = 0; i < n && !st; i++) {
+        const qv_chat_msg *x = &m[i];
+        if (is_role(x, "user")) {
+            /* `message == user_messages[-1]`: an equal earlier message gets the tools too */
+            if (tools && same_msg(x, &m[last_user])) st = put_mistral_tools(b, tools, tools_len);
+            if (!st) st = puts_(b, "[INST] ");
+            if (!st && sys && i + 1 == n) {
+                st = puts_(b, sys);
+                if (!st) st = puts_(b, "\n\n");
+            }
+            if (!st) st = puts_(b, x->content);
+            if (!st) st = puts_(b, "[/INST]");
+        } else if (x->n_calls) {
+            st = puts_(b, "[TOOL_CALLS] [");
+            for (size_t k = 0; k < x->n_calls && !st; k++) {
+                const qv_chat_call *c = &x->calls[k];
+                char *q = NULL;
+                st = puts_(b, "{\"name\": ");
+                if (!st) st = qv_json_py_quote(c->name, strlen(c->name), &q);
+                if (!st) st = puts_(b, q);
+                qv_free(q);
+                if (!st) st = puts_(b, ", \"arguments\": ");
+                if (!st) st = put_py_json(b, c->arguments, strlen(c->arguments), false);
+                if (st) break;
+                if (!c->id || utf8_chars(c->id) != 9)
+                    return qv_errorf(err, QV_ERR_INVALID,
+                                     MISTRAL_IDS " (message %zu, call %zu: Mistral's template "
+                                                 "writes each call's id)",
+                                     i + (sys != NULL), k);
+                st = puts_(b, ", \"id\": \"");
+                if (!st) st = puts_(b, c->id);
+                if (!st) st = puts_(b, "\"}");
+                if (!st) st = puts_(b, k + 1 < x->n_calls ? ", " : "]");
+            }
+            if (!st) st = puts_(b, eos);
+        } else if (is_role(x, "assistant")) {
+            st = puts_(b, " ");
+            if (!st) st = put_stripped(b, x->content);
+            if (!st) st = puts_(b, eos);
+        } else if (is_role(x, "tool") || is_role(x, "tool_results")) {
+            st = puts_(b, "[TOOL_RESULTS] {\"content\": ");
+            if (!st) st = puts_(b, x->content);
+            if (!st) st = puts_(b, ", ");
+            if (st) break;
+            if (!x->tool_call_id || utf8_chars(x->tool_call_id) != 9)
+                return qv_errorf(err, QV_ERR_INVALID,
+                                 MISTRAL_IDS " (message %zu: a tool result's tool_call_id)",
+                                 i + (sys != NULL));
+            st = puts_(b, "\"call_id\": \"");
+            if (!st) st = puts_(b, x->tool_call_id);
+            if (!st) st = puts_(b, "\"}[/TOOL_RESULTS]");
+        } else {
+            return qv_errorf(err, QV_ERR_INVALID,
+                             "Only user and assistant roles are supported, with the exception of "
+                             "an initial optional system message! (message %zu is '%s')",
+                             i + (sys != NULL), x->role);
+        }
+    }
+    if (st) qv_errorf(err, st, st == QV_ERR_NOMEM ? "out of memory" : "invalid tools");
     return st;
 }
 
@@ -575,6 +766,7 @@ qv_chat_tool_format qv_chat_tools_format(const qv_tokenizer *t, const char *temp
     case F_QWEN25: return QV_CHAT_TOOLS_HERMES;
     case F_LLAMA31:
     case F_LLAMA32: return QV_CHAT_TOOLS_LLAMA_JSON;
+    case F_MISTRAL_V03: return QV_CHAT_TOOLS_MISTRAL;
     default: return QV_CHAT_TOOLS_NONE;
     }
 }
@@ -617,7 +809,7 @@ qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
                              "llama3.1, llama3.2, llama2-chat, llama2, llama2-sys, llama2-sys-bos, "
                              "llama2-sys-strip, "
                              "mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, "
-                             "mistral-v7-tekken)",
+                             "mistral-v7-tekken, mistral-v0.3)",
                              template_name);
     } else {
         f = detect(t->chat_template);
@@ -649,6 +841,16 @@ qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
         lead++;
     if (tools && (lead == tools_len || tools[lead] != '['))
         return qv_errorf(err, QV_ERR_INVALID, "the tools must be a JSON list");
+    if (f == F_MISTRAL_V03) { /* `tools is not none`: an empty list is written */
+        st = render_mistral_v03(t, msgs, n_msgs, tools, tools_len, &b, err);
+        if (!st && qv__buf_putc(&b, '\0')) st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+        if (st) {
+            qv__buf_free(&b);
+            return st;
+        }
+        *out = b.p;
+        return QV_OK;
+    }
     if (tools && qv_json_list_items(tools, tools_len, NULL, NULL, 0) == 0)
         tools = NULL; /* an empty list is no tools, as Jinja's `if tools` reads it */
     if (f == F_QWEN25) {

@@ -101,6 +101,22 @@ static void test_member_span(void **state) {
     /* a key written with escapes is the same key */
     assert_true(qv_json_member_span("{\"\\u0061\":[]}", 13, "a", &off, &n));
     assert_int_equal(n, 2);
+    /* every member's value in order, a repeated key each time (as cJSON lists them) */
+    static const char obj[] = " { \"a\" : 1.50 ,\"b\":[1, {\"c\": \"}\"}], \"a\":\"x\\\"y\"}";
+    size_t offs[4], ns[4];
+    assert_int_equal(qv_json_object_values(obj, strlen(obj), offs, ns, 4), 3);
+    assert_int_equal(qv_json_object_values(obj, strlen(obj), NULL, NULL, 0), 3);
+    assert_memory_equal(obj + offs[0], "1.50", ns[0]);
+    assert_int_equal(ns[0], 4);
+    assert_memory_equal(obj + offs[1], "[1, {\"c\": \"}\"}]", ns[1]);
+    assert_int_equal(ns[1], strlen("[1, {\"c\": \"}\"}]"));
+    assert_memory_equal(obj + offs[2], "\"x\\\"y\"", ns[2]);
+    assert_int_equal(qv_json_object_values("{ }", 3, offs, ns, 4), 0);
+    static const char *const not_objects[] = {"[1]",   "{\"a\":1",   "{\"a\" 1}",
+                                              "{a:1}", "{\"a\":1,}", ""};
+    for (size_t i = 0; i < sizeof(not_objects) / sizeof(not_objects[0]); i++)
+        assert_int_equal(qv_json_object_values(not_objects[i], strlen(not_objects[i]), offs, ns, 4),
+                         SIZE_MAX);
     /* nesting is bounded */
     static char deep[2000];
     memset(deep, '[', 1000);

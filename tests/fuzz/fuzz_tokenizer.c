@@ -124,16 +124,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *prompt = NULL;
     qv_chat_render(t, names[data[0] % 7], m, 1 + data[0] % 3, flag_a, &prompt, &err);
     qv_free(prompt);
-    /* the input as tools and as a call's arguments, through Qwen2.5's and Llama 3.x's tool
-     * formats (Python's json.dumps of hostile JSON, indented too) and the compact text of the
-     * others */
-    const qv_chat_call call = {.name = "f", .arguments = content};
+    /* the input as tools and as a call's arguments, through Qwen2.5's, Llama 3.x's and
+     * Mistral v0.3's tool formats (Python's json.dumps of hostile JSON, indented too; Mistral's
+     * members of each tool's function) and the compact text of the others */
+    const qv_chat_call call = {.name = "f", .arguments = content, .id = "abcdefghi"};
     qv_chat_msg tm[3] = {{.role = "user", .content = content},
                          {.role = "assistant", .content = "", .calls = &call, .n_calls = 1},
-                         {.role = "tool", .content = content}};
-    const char *tool_names[] = {"qwen2.5", "chatml", "llama3.2"};
+                         {.role = "tool", .content = content, .tool_call_id = "123456789"}};
+    const char *tool_names[] = {"qwen2.5", "chatml", "llama3.2", "mistral-v0.3"};
     prompt = NULL;
-    qv_chat_render_tools(t, tool_names[data[0] % 3], tm, 3, content, n, flag_a, &prompt, &err);
+    qv_chat_render_tools(t, tool_names[data[0] % 4], tm, 3, content, n, flag_a, &prompt, &err);
     qv_free(prompt);
     free(content);
     qv_free(ids);

@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
 """Chat renderings with tools (tool definitions, an assistant's tool calls, tool results) by
-the Qwen2.5-Instruct, Llama-3.1-Instruct and Llama-3.2-Instruct Jinja templates, the way
+the Qwen2.5-Instruct, Llama-3.1-Instruct, Llama-3.2-Instruct and Mistral-7B-Instruct-v0.3
+Jinja templates, the way
 transformers' apply_chat_template renders them (the environment of TOKENIZER.md: trim_blocks,
 lstrip_blocks, `tojson` = json.dumps with ensure_ascii=False, raise_exception, strftime_now)
 and the way vLLM passes the request (tools and call arguments as the objects the client's JSON
 text holds). Needs jinja2 (tests/oracle/requirements.txt).
 
 Reads the Qwen2.5 template from tests/fixtures/tokenizer/chat.json (written by
-gen_tokenizer_fixtures.py); the Llama templates are below (sources cited there). Writes
-tests/fixtures/tokenizer/chat_tools.json: {"templates": {name: source} (the Llama ones),
-"cases": [{"template_name", "family", "bos_token", "date" (what strftime_now("%d %b %Y")
-returned, or null), "tools_text" (the raw JSON text the client sent, or null), "messages"
-(role, content, calls: [{"name", "arguments_text"}]), "add_generation_prompt", "expected"
-(null when the template raised an exception), "error"}]}.
+gen_tokenizer_fixtures.py); the Llama and Mistral templates are below (sources cited there).
+Writes tests/fixtures/tokenizer/chat_tools.json: {"templates": {name: source} (the Llama and
+Mistral ones), "cases": [{"template_name", "family", "bos_token", "eos_token" (when not
+"<|im_end|>"), "date" (what strftime_now("%d %b %Y") returned, or null), "tools_text" (the raw
+JSON text the client sent, or null), "messages" (role, content, tool_call_id, calls: [{"name",
+"arguments_text", "id"}]), "add_generation_prompt", "expected" (null when the template raised an
+exception), "error"}]}.
 """
 import datetime
 import json
@@ -208,10 +210,142 @@ LLAMA_CONVS = {
     "two_calls": [{"role": "user", "content": "Weather and time?"},
                   {"role": "assistant", "content": None, "calls": [CALL_W, CALL_N]}],
 }
+# mistralai/Mistral-7B-Instruct-v0.3, tokenizer_config.json "chat_template" (the revision with
+# tool use).
+MISTRAL_V03 = r"""{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}
+
+{#- This block checks for alternating user/assistant messages, skipping tool calling messages #}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if not (message.role == "tool" or message.role == "tool_results" or (message.tool_calls is defined and message.tool_calls is not none)) %}
+        {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+            {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+        {%- endif %}
+        {%- set ns.index = ns.index + 1 %}
+    {%- endif %}
+{%- endfor %}
+
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if tools is not none and (message == user_messages[-1]) %}
+            {{- "[AVAILABLE_TOOLS] [" }}
+            {%- for tool in tools %}
+                {%- set tool = tool.function %}
+                {{- '{"type": "function", "function": {' }}
+                {%- for key, val in tool.items() if key != "return" %}
+                    {%- if val is string %}
+                        {{- '"' + key + '": "' + val + '"' }}
+                    {%- else %}
+                        {{- '"' + key + '": ' + val|tojson }}
+                    {%- endif %}
+                    {%- if not loop.last %}
+                        {{- ", " }}
+                    {%- endif %}
+                {%- endfor %}
+                {{- "}}" }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- else %}
+                    {{- "]" }}
+                {%- endif %}
+            {%- endfor %}
+            {{- "[/AVAILABLE_TOOLS]" }}
+            {%- endif %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\n\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message.tool_calls is defined and message.tool_calls is not none %}
+        {{- "[TOOL_CALLS] [" }}
+        {%- for tool_call in message.tool_calls %}
+            {%- set out = tool_call.function|tojson %}
+            {{- out[:-1] }}
+            {%- if not tool_call.id is defined or tool_call.id|length != 9 %}
+                {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+            {%- endif %}
+            {{- ', "id": "' + tool_call.id + '"}' }}
+            {%- if not loop.last %}
+                {{- ", " }}
+            {%- else %}
+                {{- "]" + eos_token }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- elif message["role"] == "tool_results" or message["role"] == "tool" %}
+        {%- if message.content is defined and message.content.content is defined %}
+            {%- set content = message.content.content %}
+        {%- else %}
+            {%- set content = message.content %}
+        {%- endif %}
+        {{- '[TOOL_RESULTS] {"content": ' + content|string + ", " }}
+        {%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}
+            {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+        {%- endif %}
+        {{- '"call_id": "' + message.tool_call_id + '"}[/TOOL_RESULTS]' }}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+"""
+MCALL_W = dict(CALL_W, id="a1B2c3D4e")
+MCALL_N = dict(CALL_N, id="Zz9Yy8Xx7")
+MCALL_U = dict(CALL_U, id="ünïcödé12")  # 9 code points: Jinja's length
+MISTRAL_CONVS = {
+    "ask": CONVS["ask"],
+    "system_ask": CONVS["system_ask"],
+    "round_trip": [{"role": "system", "content": "Be brief."},
+                   {"role": "user", "content": "Weather in Paris and the time?"},
+                   {"role": "assistant", "content": None, "calls": [MCALL_W, MCALL_N]},
+                   {"role": "tool", "content": '{"sky": "sunny"}', "tool_call_id": "a1B2c3D4e"},
+                   {"role": "tool", "content": "12:00", "tool_call_id": "Zz9Yy8Xx7"},
+                   {"role": "assistant", "content": "  Sunny, noon.\n"},
+                   {"role": "user", "content": "And in São Paulo?"},
+                   {"role": "assistant", "content": "Let me check.", "calls": [MCALL_U]},
+                   {"role": "tool_results", "content": "rain \"heavy\"",
+                    "tool_call_id": "ünïcödé12"}],
+    "round_trip_asks": [{"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": "Weather in Paris?"},
+                        {"role": "assistant", "content": None, "calls": [MCALL_W]},
+                        {"role": "tool", "content": "sunny", "tool_call_id": "a1B2c3D4e"},
+                        {"role": "assistant", "content": "Sunny."},
+                        {"role": "user", "content": "Thanks!"}],
+    "same_user_twice": [{"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello"},
+                        {"role": "user", "content": "hi"}],
+    "tool_first": [{"role": "tool", "content": "orphan", "tool_call_id": "123456789"},
+                   {"role": "user", "content": "hi"}],
+    "call_id_long": [{"role": "user", "content": "Weather?"},
+                     {"role": "assistant", "content": None,
+                      "calls": [dict(CALL_W, id="call_0123456789")]}],
+    "call_id_missing": [{"role": "user", "content": "Weather?"},
+                        {"role": "assistant", "content": None, "calls": [CALL_W]}],
+    "result_id_missing": [{"role": "user", "content": "Weather?"},
+                          {"role": "assistant", "content": None, "calls": [MCALL_W]},
+                          {"role": "tool", "content": "sunny"}],
+    "two_users": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+    "assistant_first": [{"role": "assistant", "content": "a"},
+                        {"role": "user", "content": "b"}],
+    "later_system": [{"role": "user", "content": "a"},
+                     {"role": "system", "content": "late"}],
+    "other_roles": CONVS["other_roles"],
+}
 LLAMA_DATE = datetime.datetime(2026, 3, 5, 12, 0, 0)  # strftime_now's "now" in these renderings
 
 
-def render(tmpl, msgs, tools, gen, bos=""):
+def render(tmpl, msgs, tools, gen, bos="", eos="<|im_end|>"):
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                       extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
@@ -225,12 +359,14 @@ def render(tmpl, msgs, tools, gen, bos=""):
     for m in msgs:
         j = {"role": m["role"], "content": m["content"]}
         if m.get("calls"):
-            j["tool_calls"] = [{"type": "function", "function": {
-                "name": c["name"], "arguments": json.loads(c["arguments_text"])}}
-                for c in m["calls"]]
+            j["tool_calls"] = [dict({"type": "function", "function": {
+                "name": c["name"], "arguments": json.loads(c["arguments_text"])}},
+                **({"id": c["id"]} if "id" in c else {})) for c in m["calls"]]
+        if "tool_call_id" in m:
+            j["tool_call_id"] = m["tool_call_id"]
         jmsgs.append(j)
     return env.from_string(tmpl).render(messages=jmsgs, tools=tools, add_generation_prompt=gen,
-                                        bos_token=bos, eos_token="<|im_end|>")
+                                        bos_token=bos, eos_token=eos)
 
 
 def main():
@@ -264,9 +400,23 @@ def main():
                                   "conversation": cname, "tools_text": tools_text,
                                   "messages": [dict(m, content=m["content"] or "") for m in msgs],
                                   "add_generation_prompt": gen, "expected": exp, "error": error})
+    for cname, msgs in MISTRAL_CONVS.items():
+        for tools_text in (TOOLS, "[]", None):
+            tools = json.loads(tools_text) if tools_text else None
+            try:
+                exp, error = render(MISTRAL_V03, msgs, tools, True, "<s>", "</s>"), None
+            except jinja2.exceptions.TemplateError as e:
+                exp, error = None, str(e)
+                errors += 1
+            cases.append({"template_name": "mistral_v03", "family": "mistral-v0.3",
+                          "bos_token": "<s>", "eos_token": "</s>", "date": None,
+                          "conversation": cname, "tools_text": tools_text,
+                          "messages": [dict(m, content=m["content"] or "") for m in msgs],
+                          "add_generation_prompt": True, "expected": exp, "error": error})
     with open(os.path.join(DIR, "chat_tools.json"), "w", encoding="utf-8") as f:
         json.dump({"generator": "tests/oracle/gen_chat_tools_fixtures.py",
-                   "templates": {"llama31": LLAMA31, "llama32": LLAMA32}, "cases": cases}, f,
+                   "templates": {"llama31": LLAMA31, "llama32": LLAMA32,
+                                 "mistral_v03": MISTRAL_V03}, "cases": cases}, f,
                   ensure_ascii=False, indent=0, separators=(",", ":"))
     print(f"{len(cases)} renderings ({errors} raised)")
 

@@ -3,6 +3,7 @@
  * range error naming its field), response / chunk / error / models encoding checked by
  * parsing the JSON back, SSE framing, and allocation failures (no leaks, clean errors).
  */
+#include <ctype.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -290,10 +291,14 @@ static void test_tools(void **state) {
     assert_int_equal(r.messages[1].n_calls, 1);
     assert_string_equal(r.messages[1].calls[0].name, "get_weather");
     assert_string_equal(r.messages[1].calls[0].arguments, "{\"city\": \"Paris\"}"); /* as sent */
+    assert_string_equal(r.messages[1].calls[0].id, "c1");
     assert_string_equal(r.messages[2].role, "tool");
     assert_string_equal(r.messages[2].content, "sunny");
+    assert_string_equal(r.messages[2].tool_call_id, "c1");
+    assert_null(r.messages[1].tool_call_id);
     assert_string_equal(r.messages[3].content, "ok");
     assert_int_equal(r.messages[3].n_calls, 2);
+    assert_null(r.messages[3].calls[0].id);
     assert_null(r.tools_text);
     qv_proto_request_free(&r);
     /* auto: decoded (the server checks the template), the raw tools kept for the template */
@@ -547,6 +552,73 @@ static void test_tool_call_results(void **state) {
         assert_int_equal(qv_proto_tool_text_len(QV_PROTO_TOOLS_AUTO_JSON, held_json[i].text,
                                                 strlen(held_json[i].text)),
                          held_json[i].want);
+
+    /* auto on Mistral v0.3's template: content, then [TOOL_CALLS] and a list of calls (the
+     * marker may have been skipped as a special token: then the list is the whole answer) */
+    static const char mistral[] = "Checking.\n[TOOL_CALLS] [{\"name\": \"get_weather\", "
+                                  "\"arguments\": {\"city\": \"Zürich\", \"days\": 1e0}}, "
+                                  "{\"name\": \"now\", \"arguments\": {}}] \n";
+    content = 99;
+    assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO_MISTRAL, NULL, mistral,
+                                               strlen(mistral), "m_0", &calls, &n, &content),
+                     QV_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(content, strlen("Checking.\n"));
+    assert_string_equal(calls[0].name, "get_weather");
+    assert_string_equal(calls[0].arguments, "{\"city\":\"Zürich\",\"days\":1.0}");
+    assert_string_equal(calls[1].name, "now");
+    assert_string_equal(calls[1].arguments, "{}");
+    qv_proto_tool_calls_free(calls, n);
+    static const char *const lists[] = {" [{\"name\": \"f\", \"arguments\": {\"a\": [1]}}]",
+                                        " \n[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {}}]"};
+    for (size_t i = 0; i < 2; i++) {
+        content = 99;
+        assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO_MISTRAL, NULL, lists[i],
+                                                   strlen(lists[i]), "m_0", &calls, &n, &content),
+                         QV_OK);
+        assert_int_equal(n, 1);
+        assert_int_equal(content, 0); /* whitespace before the marker is no content */
+        assert_string_equal(calls[0].name, "f");
+        qv_proto_tool_calls_free(calls, n);
+    }
+    static const char *const not_mistral[] = {
+        "Sure: [{\"name\": \"f\", \"arguments\": {}}]", /* no marker: the list must be all */
+        "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {}}] and more",
+        "[TOOL_CALLS] {\"name\": \"f\", \"arguments\": {}}",
+        "[TOOL_CALLS] [{\"name\": \"f\", \"parameters\": {}}]",
+        "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": \"{}\"}]",
+        "[TOOL_CALLS] []",
+        "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {\"a\": ",
+        "[TOOL_CALLS]",
+        "[1, 2]",
+        ""};
+    assert_not_calls(QV_PROTO_TOOLS_AUTO_MISTRAL, not_mistral,
+                     sizeof(not_mistral) / sizeof(not_mistral[0]));
+    static const struct {
+        const char *text;
+        size_t want;
+    } held_mistral[] = {{"plain text", 10},        {" \n", 0},      {" [{\"name", 0},
+                        {"[TOOL_CA", 0},           {"ok [TOOL", 3}, {"ok [TOOL_CALLS] [", 3},
+                        {"ok [1] and [TOOL_", 11}, {"", 0},         {"ok [x", 5}};
+    for (size_t i = 0; i < sizeof(held_mistral) / sizeof(held_mistral[0]); i++)
+        assert_int_equal(qv_proto_tool_text_len(QV_PROTO_TOOLS_AUTO_MISTRAL, held_mistral[i].text,
+                                                strlen(held_mistral[i].text)),
+                         held_mistral[i].want);
+    /* Mistral's ids: 9 letters or digits, the same for the same (base, i), distinct otherwise */
+    char id[10], id2[10];
+    qv_proto_mistral_call_id("abc_0", 0, id);
+    qv_proto_mistral_call_id("abc_0", 0, id2);
+    assert_string_equal(id, id2);
+    assert_int_equal(strlen(id), 9);
+    for (int i = 0; i < 9; i++)
+        assert_true(isalnum((unsigned char)id[i]));
+    char seen[200][10];
+    for (size_t i = 0; i < 200; i++) {
+        qv_proto_mistral_call_id(i % 2 ? "abc_0" : "abc_1", i / 2, seen[i]);
+        for (size_t j = 0; j < i; j++)
+            assert_string_not_equal(seen[i], seen[j]);
+    }
+
     /* a response with content and calls */
     assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_AUTO, NULL, hermes, strlen(hermes),
                                                "q_0", &calls, &n, &content),

@@ -8,6 +8,7 @@ Usage: test_tools.py QUIVER_BINARY   (run by tests/server/test_tools.sh)
 """
 import json
 import os
+import re
 import sys
 import time
 
@@ -45,7 +46,7 @@ def params(name):
     return None
 
 
-def valid_call(call):
+def valid_call(call, tmpl=None):
     """A call of one of TOOLS whose arguments, compact JSON text, fit its parameters."""
     p = params(call.function.name)
     try:
@@ -54,7 +55,7 @@ def valid_call(call):
     except (ValueError, TypeError, jsonschema.ValidationError):
         return False
     compact = json.dumps(args, separators=(",", ":"), ensure_ascii=False)
-    return call.type == "function" and call.id.startswith("call_") and (
+    return call.type == "function" and good_id(tmpl, call.id) and (
         call.function.arguments == compact)
 
 
@@ -199,32 +200,54 @@ def run(srv):
                    param="tools")
 
 
-def weather_call(city, i):
+def weather_call(city, i, call_id=None):
     return {"role": "assistant", "content": None, "tool_calls": [
-        {"id": f"c{i}", "type": "function",
+        {"id": call_id or f"c{i}", "type": "function",
          "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}]}
 
 
+def good_id(tmpl, call_id):
+    """Mistral's template refuses ids that are not 9 characters: quiver writes 9 letters and
+    digits for it, "call_..." otherwise."""
+    if tmpl == "mistral-v0.3":
+        return re.fullmatch(r"[A-Za-z0-9]{9}", call_id) is not None
+    return call_id.startswith("call_")
+
+
+def prompt_of(srv, body):
+    """The rendered prompt of a chat body, read back through /tokenize and /detokenize."""
+    st, _, data = srv.raw("POST", "/tokenize", body)
+    ids = json.loads(data)["tokens"] if st == 200 else []
+    st, _, data = srv.raw("POST", "/detokenize", {"model": body["model"], "tokens": ids})
+    return json.loads(data)["prompt"] if st == 200 else ""
+
+
 def run_auto(srv, tmpl):
-    """tool_choice "auto" with a template that writes tools (--chat-template qwen2.5 or
-    llama3.2): the tools and the history's calls are in the prompt, the template's calls in the
-    answer become calls, other answers are text; streamed answers hold back what may be a call.
-    SmolLM2 follows Qwen's <tool_call> few-shot; it does not write Llama's {"name": ...,
-    "parameters": ...} calls (it was never trained on that format), so for llama3.2 the reading
-    of calls is covered by test_proto and here only the same answer streamed and not."""
+    """tool_choice "auto" with a template that writes tools (--chat-template qwen2.5, llama3.2
+    or mistral-v0.3): the tools and the history's calls are in the prompt, the template's calls
+    in the answer become calls, other answers are text; streamed answers hold back what may be
+    a call. SmolLM2 follows Qwen's <tool_call> few-shot; it does not write Llama's {"name": ...,
+    "parameters": ...} calls or Mistral's [TOOL_CALLS] list reliably (it was never trained on
+    those formats), so for them the reading of calls is covered by test_proto and here only the
+    same answer streamed and not."""
     client = srv.client()
     base = os.path.basename(T.MODEL)[:-len(".gguf")]
     tools = [WEATHER]
-    shots = [{"role": "user", "content": "Weather in Paris?"}, weather_call("Paris", 1),
-             {"role": "user", "content": "Weather in Berlin?"}, weather_call("Berlin", 2),
-             {"role": "user", "content": "Weather in Madrid?"}, weather_call("Madrid", 3),
-             {"role": "user", "content": "Weather in Rome?"}]
+    mistral = tmpl == "mistral-v0.3"
+    cid = (lambda i: f"call{i:05d}") if mistral else (lambda i: f"c{i}")
+    shots = []
+    for i, city in enumerate(("Paris", "Berlin", "Madrid"), 1):
+        shots += [{"role": "user", "content": f"Weather in {city}?"}, weather_call(city, i, cid(i))]
+        if mistral:  # its template wants user and assistant turns to alternate around the calls
+            shots += [{"role": "tool", "tool_call_id": cid(i), "content": "sunny"},
+                      {"role": "assistant", "content": f"Sunny in {city}."}]
+    shots.append({"role": "user", "content": "Weather in Rome?"})
     kw = dict(model=base, messages=shots, tools=tools, max_tokens=60, temperature=0)
     r = client.chat.completions.create(**kw)  # auto: the default
     c = r.choices[0]
     calls = c.message.tool_calls or []
     ok = c.finish_reason == "tool_calls" and len(calls) >= 1 and all(
-        x.function.name == "get_weather" and x.id.startswith("call_") and
+        x.function.name == "get_weather" and good_id(tmpl, x.id) and
         jsonschema.Draft202012Validator(WEATHER["function"]["parameters"]).is_valid(
             dict({"unit": "celsius"}, **json.loads(x.function.arguments))) for x in calls)
     if tmpl == "qwen2.5":
@@ -253,19 +276,12 @@ def run_auto(srv, tmpl):
     check(counts[1] > counts[0] + 50, f"the template writes the tools into the prompt ({counts})")
     if tmpl == "llama3.2":  # today's date (strftime_now) in the system turn
         before = time.strftime("%d %b %Y")
-        st, _, data = srv.raw("POST", "/tokenize", {"model": base, "messages": say})
-        ids = json.loads(data)["tokens"] if st == 200 else []
-        st, _, data = srv.raw("POST", "/detokenize", {"model": base, "tokens": ids})
-        prompt = json.loads(data)["prompt"] if st == 200 else ""
+        prompt = prompt_of(srv, {"model": base, "messages": say})
         dates = {before, time.strftime("%d %b %Y")}  # midnight may pass in between
         check(any(f"Cutting Knowledge Date: December 2023\nToday Date: {d}\n\n" in prompt
                   for d in dates),
               f"llama3.2: today's date in the system turn ({prompt[:160]!r})")
-        st, _, data = srv.raw("POST", "/tokenize", {"model": base, "messages": shots,
-                                                    "tools": tools})
-        ids = json.loads(data)["tokens"] if st == 200 else []
-        st, _, data = srv.raw("POST", "/detokenize", {"model": base, "tokens": ids})
-        prompt = json.loads(data)["prompt"] if st == 200 else ""
+        prompt = prompt_of(srv, {"model": base, "messages": shots, "tools": tools})
         check('<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "get_weather", '
               '"parameters": {"city": "Berlin"}}<|eot_id|>' in prompt and
               '"name": "get_weather",\n        "description"' in prompt,
@@ -276,10 +292,38 @@ def run_auto(srv, tmpl):
                               {"model": base, "messages": two, "tools": tools})
         check(st == 400 and "single tool-calls" in data.decode(),
               f"llama3.2: two calls in one message refused as the template does ({st})")
+    if mistral:
+        prompt = prompt_of(srv, {"model": base, "messages": shots, "tools": tools})
+        check('[INST] Weather in Madrid?[/INST][TOOL_CALLS] [{"name": "get_weather", '
+              '"arguments": {"city": "Madrid"}, "id": "call00003"}]' in prompt and
+              '[TOOL_RESULTS] {"content": sunny, "call_id": "call00003"}[/TOOL_RESULTS] '
+              'Sunny in Madrid.' in prompt and
+              '[/AVAILABLE_TOOLS][INST] Weather in Rome?[/INST]' in prompt and
+              prompt.count("[AVAILABLE_TOOLS] [") == 1,
+              f"mistral-v0.3: the history's calls with their ids, the tools before the last "
+              f"user turn ({prompt[-400:]!r})")
+        bad = shots[:1] + [weather_call("Paris", 1, "call_1")] + shots[2:4] + shots[-1:]
+        st, _, data = srv.raw("POST", "/v1/chat/completions",
+                              {"model": base, "messages": bad, "tools": tools})
+        check(st == 400 and "alphanumeric strings with length 9" in data.decode(),
+              f"mistral-v0.3: a call id that is not 9 characters refused as the template does "
+              f"({st})")
     r = client.chat.completions.create(**dict(kw, tool_choice="required"))
     calls = r.choices[0].message.tool_calls or []
-    check(len(calls) >= 1 and all(valid_call(x) for x in calls),
-          "required with a template that writes tools: valid calls")
+    check(len(calls) >= 1 and all(valid_call(x, tmpl) for x in calls),
+          f"required with a template that writes tools: valid calls "
+          f"({[(x.id, x.function.name) for x in calls]})")
+    if mistral and calls:  # the answer's calls and their results go back as the history
+        history = shots + [r.choices[0].message.model_dump(exclude_none=True)] + [
+            {"role": "tool", "tool_call_id": x.id, "content": '{"sky": "sunny"}'} for x in calls]
+        prompt = prompt_of(srv, {"model": base, "messages": history, "tools": tools})
+        check(f'[TOOL_RESULTS] {{"content": {{"sky": "sunny"}}, "call_id": "{calls[0].id}"}}'
+              f'[/TOOL_RESULTS]' in prompt and f'"id": "{calls[0].id}"}}' in prompt,
+              f"mistral-v0.3: the answer's calls and their results render back "
+              f"({prompt[-300:]!r})")
+        r2 = client.chat.completions.create(**dict(kw, messages=history, max_tokens=8))
+        check(r2.choices[0].finish_reason in ("stop", "length", "tool_calls"),
+              "mistral-v0.3: the round trip is answered")
 
 
 def main():
@@ -290,7 +334,7 @@ def main():
     return T.report([T.run_on_server(args, run)] +
                     [T.run_on_server(args + ("--chat-template", tmpl),
                                      lambda srv, tmpl=tmpl: run_auto(srv, tmpl))
-                     for tmpl in ("qwen2.5", "llama3.2")])
+                     for tmpl in ("qwen2.5", "llama3.2", "mistral-v0.3")])
 
 
 if __name__ == "__main__":
