@@ -147,12 +147,12 @@ typedef struct qv_chat_msg {
  * template_name: NULL detects the family from the tokenizer's template source; otherwise a
  * llama.cpp-compatible name: chatml, llama3, llama3.1, llama3.2, llama2, llama2-sys,
  * llama2-sys-bos, llama2-sys-strip, mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7,
- * mistral-v7-tekken, mistral-v0.3 (Mistral-7B-Instruct-v0.3's own template, with tools), or
- * qwen2.5 (ChatML with Qwen2.5's default system prompt and tool format). The
- * rendered text contains the special-token strings (e.g. "<|im_start|>"); encode it with
- * add_special_tokens=false. *out owned by caller (qv_free). Errors: QV_ERR_UNSUPPORTED for an
- * unknown name or an undetectable template, QV_ERR_INVALID for bad messages (e.g. non-alternating
- * roles where the format requires it). Thread: any. */
+ * mistral-v7-tekken, mistral-v0.3 / mistral-nemo (Mistral-7B-Instruct-v0.3's and
+ * Mistral-Nemo-Instruct-2407's own templates, with tools), or qwen2.5 (ChatML with Qwen2.5's
+ * default system prompt and tool format). The rendered text contains the special-token strings
+ * (e.g. "<|im_start|>"); encode it with add_special_tokens=false. *out owned by caller (qv_free).
+ * Errors: QV_ERR_UNSUPPORTED for an unknown name or an undetectable template, QV_ERR_INVALID for
+ * bad messages (e.g. non-alternating roles where the format requires it). Thread: any. */
 qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name /* NULL: detect */,
                          const qv_chat_msg *msgs, size_t n_msgs, bool add_generation_prompt,
                          char **out, qv_error *err);
@@ -160,7 +160,7 @@ qv_status qv_chat_render(const qv_tokenizer *t, const char *template_name /* NUL
  * render tools write them byte for byte as the Jinja template (`tojson` = Python's json.dumps):
  * Qwen2.5's (detected by its tool instructions, or named "qwen2.5") into the system turn, calls
  * as <tool_call> blocks and tool results as <tool_response> blocks of a user turn; Llama 3.1's
- * and 3.2's into the first user turn, one call per assistant message; Mistral v0.3's as
+ * and 3.2's into the first user turn, one call per assistant message; Mistral v0.3's / Nemo's as
  * [AVAILABLE_TOOLS] before the last user turn, calls as [TOOL_CALLS] with their 9-character
  * ids, results as [TOOL_RESULTS] with their tool_call_id; the
  * others ignore the tools, as their templates do, and write an assistant's calls after its
@@ -181,7 +181,7 @@ qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
 /* How a template writes tools and calls, so that a free answer's calls can be read back:
  * HERMES: <tool_call>{"name": ..., "arguments": ...}</tool_call> blocks (Qwen2.5);
  * LLAMA_JSON: {"name": ..., "parameters": ...} as the whole answer (Llama 3.1 / 3.2 / 3.3);
- * MISTRAL: [TOOL_CALLS] [{"name": ..., "arguments": ...}, ...] (Mistral v0.3), whose call ids
+ * MISTRAL: [TOOL_CALLS] [{"name": ..., "arguments": ...}, ...] (Mistral v0.3, Nemo), whose call ids
  * must be 9 letters or digits. */
 typedef enum qv_chat_tool_format {
     QV_CHAT_TOOLS_NONE = 0,

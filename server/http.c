@@ -2653,13 +2653,13 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         !qv_chat_renders_tools(srv->tok, srv->cfg->chat_template)) {
         const char *fam =
             srv->cfg->chat_template ? srv->cfg->chat_template : qv_chat_detect(srv->tok);
-        ret = send_error(
-            c, ctx, 400, "tool_choice", "invalid_value",
-            "'tool_choice' \"auto\" (the default with 'tools') needs a chat template "
-            "that shows the model the tools and reads its calls (Qwen2.5's, Llama "
-            "3.1's or 3.2's, Mistral v0.3's); this model's is %s: send \"required\", a named "
-            "function or \"none\"",
-            fam ? fam : "unknown");
+        ret = send_error(c, ctx, 400, "tool_choice", "invalid_value",
+                         "'tool_choice' \"auto\" (the default with 'tools') needs a chat template "
+                         "that shows the model the tools and reads its calls (Qwen2.5's, Llama "
+                         "3.1's or 3.2's, Mistral v0.3's or Nemo's); this model's is %s: send "
+                         "\"required\", a named "
+                         "function or \"none\"",
+                         fam ? fam : "unknown");
         goto done;
     }
     if ((pr.json_object || pr.json_schema) && (pr.min_tokens > 0 || pr.ignore_eos)) {

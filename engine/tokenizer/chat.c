@@ -17,6 +17,8 @@
  *    dropped), the tools ([AVAILABLE_TOOLS] [...][/AVAILABLE_TOOLS]) go before the last user
  *    turn, calls as [TOOL_CALLS] [{"name", "arguments", "id"}]</s>, results as
  *    [TOOL_RESULTS] {"content": ..., "call_id": ...}[/TOOL_RESULTS]; ids must be 9 characters.
+ *  - mistral-nemo: Mistral-Nemo-Instruct-2407's: the same without the space after [INST],
+ *    [AVAILABLE_TOOLS], [TOOL_CALLS] and [TOOL_RESULTS], the assistant's content as it is.
  *  - llama2-chat: the official Llama-2-chat HF template (<<SYS>> in the first user turn, bos
  *    before every [INST], stripped contents, " {assistant} </s>").
  *  - llama2, llama2-sys, llama2-sys-bos, llama2-sys-strip, mistral-v1, mistral-v3,
@@ -57,6 +59,7 @@ enum fam {
     F_MISTRAL_V7,
     F_MISTRAL_V7_TEKKEN,
     F_MISTRAL_V03,
+    F_MISTRAL_NEMO,
 };
 
 static const struct {
@@ -79,6 +82,7 @@ static const struct {
     {"mistral-v7", F_MISTRAL_V7},
     {"mistral-v7-tekken", F_MISTRAL_V7_TEKKEN},
     {"mistral-v0.3", F_MISTRAL_V03},
+    {"mistral-nemo", F_MISTRAL_NEMO},
 };
 
 static const char *fam_name(enum fam f) {
@@ -111,10 +115,14 @@ static enum fam detect(const char *t) {
     }
     if (!strncmp(t, "mistral", 7) || has(t, "[INST]")) {
         if (has(t, "[SYSTEM_PROMPT]")) return F_MISTRAL_V7;
-        /* Mistral-7B-Instruct-v0.3's own template: tools, call ids, the system in the last turn */
-        if (has(t, "[AVAILABLE_TOOLS]") && has(t, "[TOOL_RESULTS]") && has(t, "call_id") &&
-            has(t, "\"[INST] \" + system_message"))
-            return F_MISTRAL_V03;
+        /* Mistral-7B-Instruct-v0.3's and Mistral-Nemo-Instruct-2407's own templates: tools,
+         * call ids, the system in the last turn; Nemo's without the spaces */
+        if (has(t, "[AVAILABLE_TOOLS]") && has(t, "[TOOL_RESULTS]") && has(t, "call_id")) {
+            if (has(t, "\"[INST] \" + system_message")) return F_MISTRAL_V03;
+            if (has(t, "\"[INST]\" + system_message") && has(t, "\"[TOOL_CALLS][\"") &&
+                has(t, "message[\"content\"] + eos_token"))
+                return F_MISTRAL_NEMO;
+        }
         if (has(t, "' [INST] ' + system_message") || has(t, "[AVAILABLE_TOOLS]")) {
             if (has(t, " [INST]")) return F_MISTRAL_V1;
             if (has(t, "\"[INST]\"")) return F_MISTRAL_V3_TEKKEN;
@@ -450,11 +458,13 @@ static qv_status put_mistral_function(qv__buf *b, const cJSON *f, const char *ft
 }
 
 /* Mistral v0.3's tools: [AVAILABLE_TOOLS] [{"type": "function", "function": {...}}, ...]
- * [/AVAILABLE_TOOLS]. */
-static qv_status put_mistral_tools(qv__buf *b, const char *tools, size_t len) {
+ * [/AVAILABLE_TOOLS] (`sp` after the first marker: " ", or "" for Nemo). */
+static qv_status put_mistral_tools(qv__buf *b, const char *tools, size_t len, const char *sp) {
     size_t *off = NULL, k = 0;
     qv_status st = spans(tools, len, false, &off, &k);
-    if (!st) st = puts_(b, "[AVAILABLE_TOOLS] [");
+    if (!st) st = puts_(b, "[AVAILABLE_TOOLS]");
+    if (!st) st = puts_(b, sp);
+    if (!st) st = puts_(b, "[");
     for (size_t i = 0; i < k && !st; i++) {
         const char *it = tools + off[i];
         cJSON *tool = cJSON_ParseWithLength(it, off[k + i]); /* the text is valid JSON */
@@ -481,12 +491,12 @@ static qv_status put_mistral_tools(qv__buf *b, const char *tools, size_t len) {
 
 #define MISTRAL_IDS "Tool call IDs should be alphanumeric strings with length 9!"
 
-/* Mistral-7B-Instruct-v0.3's template, statement by statement. `tools` NULL: none given (an
- * empty list is written, as `tools is not none`). */
-static qv_status render_mistral_v03(const qv_tokenizer *t, const qv_chat_msg *m, size_t n,
-                                    const char *tools, size_t tools_len, qv__buf *b,
+/* Mistral-7B-Instruct-v0.3's template (nemo: Mistral-Nemo-Instruct-2407's), statement by
+ * statement. `tools` NULL: none given (an empty list is written, as `tools is not none`). */
+static qv_status render_mistral_v03(const qv_tokenizer *t, bool nemo, const qv_chat_msg *m,
+                                    size_t n, const char *tools, size_t tools_len, qv__buf *b,
                                     qv_error *err) {
-    const char *sys = NULL, *eos = t->eos_text ? t->eos_text : "</s>";
+    const char *sys = NULL, *eos = t->eos_text ? t->eos_text : "</s>", *sp = nemo ? "" : " ";
     if (n > 0 && is_role(&m[0], "system")) sys = m[0].content, m++, n--;
     size_t last_user = SIZE_MAX;
     for (size_t i = 0, k = 0; i < n; i++) {
@@ -502,8 +512,10 @@ static qv_status render_mistral_v03(const qv_tokenizer *t, const qv_chat_msg *m,
         const qv_chat_msg *x = &m[i];
         if (is_role(x, "user")) {
             /* `message == user_messages[-1]`: an equal earlier message gets the tools too */
-            if (tools && same_msg(x, &m[last_user])) st = put_mistral_tools(b, tools, tools_len);
-            if (!st) st = puts_(b, "[INST] ");
+            if (tools && same_msg(x, &m[last_user]))
+                st = put_mistral_tools(b, tools, tools_len, sp);
+            if (!st) st = puts_(b, "[INST]");
+            if (!st) st = puts_(b, sp);
             if (!st && sys && i + 1 == n) {
                 st = puts_(b, sys);
                 if (!st) st = puts_(b, "\n\n");
@@ -511,7 +523,9 @@ static qv_status render_mistral_v03(const qv_tokenizer *t, const qv_chat_msg *m,
             if (!st) st = puts_(b, x->content);
             if (!st) st = puts_(b, "[/INST]");
         } else if (x->n_calls) {
-            st = puts_(b, "[TOOL_CALLS] [");
+            st = puts_(b, "[TOOL_CALLS]");
+            if (!st) st = puts_(b, sp);
+            if (!st) st = puts_(b, "[");
             for (size_t k = 0; k < x->n_calls && !st; k++) {
                 const qv_chat_call *c = &x->calls[k];
                 char *q = NULL;
@@ -534,11 +548,13 @@ static qv_status render_mistral_v03(const qv_tokenizer *t, const qv_chat_msg *m,
             }
             if (!st) st = puts_(b, eos);
         } else if (is_role(x, "assistant")) {
-            st = puts_(b, " ");
-            if (!st) st = put_stripped(b, x->content);
+            st = nemo ? puts_(b, x->content) : puts_(b, " ");
+            if (!st && !nemo) st = put_stripped(b, x->content);
             if (!st) st = puts_(b, eos);
         } else if (is_role(x, "tool") || is_role(x, "tool_results")) {
-            st = puts_(b, "[TOOL_RESULTS] {\"content\": ");
+            st = puts_(b, "[TOOL_RESULTS]");
+            if (!st) st = puts_(b, sp);
+            if (!st) st = puts_(b, "{\"content\": ");
             if (!st) st = puts_(b, x->content);
             if (!st) st = puts_(b, ", ");
             if (st) break;
@@ -766,7 +782,8 @@ qv_chat_tool_format qv_chat_tools_format(const qv_tokenizer *t, const char *temp
     case F_QWEN25: return QV_CHAT_TOOLS_HERMES;
     case F_LLAMA31:
     case F_LLAMA32: return QV_CHAT_TOOLS_LLAMA_JSON;
-    case F_MISTRAL_V03: return QV_CHAT_TOOLS_MISTRAL;
+    case F_MISTRAL_V03:
+    case F_MISTRAL_NEMO: return QV_CHAT_TOOLS_MISTRAL;
     default: return QV_CHAT_TOOLS_NONE;
     }
 }
@@ -809,7 +826,7 @@ qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
                              "llama3.1, llama3.2, llama2-chat, llama2, llama2-sys, llama2-sys-bos, "
                              "llama2-sys-strip, "
                              "mistral-v1, mistral-v3, mistral-v3-tekken, mistral-v7, "
-                             "mistral-v7-tekken, mistral-v0.3)",
+                             "mistral-v7-tekken, mistral-v0.3, mistral-nemo)",
                              template_name);
     } else {
         f = detect(t->chat_template);
@@ -841,8 +858,8 @@ qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
         lead++;
     if (tools && (lead == tools_len || tools[lead] != '['))
         return qv_errorf(err, QV_ERR_INVALID, "the tools must be a JSON list");
-    if (f == F_MISTRAL_V03) { /* `tools is not none`: an empty list is written */
-        st = render_mistral_v03(t, msgs, n_msgs, tools, tools_len, &b, err);
+    if (f == F_MISTRAL_V03 || f == F_MISTRAL_NEMO) { /* `tools is not none`: [] is written */
+        st = render_mistral_v03(t, f == F_MISTRAL_NEMO, msgs, n_msgs, tools, tools_len, &b, err);
         if (!st && qv__buf_putc(&b, '\0')) st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
         if (st) {
             qv__buf_free(&b);

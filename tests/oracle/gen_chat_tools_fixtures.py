@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Chat renderings with tools (tool definitions, an assistant's tool calls, tool results) by
-the Qwen2.5-Instruct, Llama-3.1-Instruct, Llama-3.2-Instruct and Mistral-7B-Instruct-v0.3
-Jinja templates, the way
+the Qwen2.5-Instruct, Llama-3.1-Instruct, Llama-3.2-Instruct, Mistral-7B-Instruct-v0.3 and
+Mistral-Nemo-Instruct-2407 Jinja templates, the way
 transformers' apply_chat_template renders them (the environment of TOKENIZER.md: trim_blocks,
 lstrip_blocks, `tojson` = json.dumps with ensure_ascii=False, raise_exception, strftime_now)
 and the way vLLM passes the request (tools and call arguments as the objects the client's JSON
@@ -300,6 +300,21 @@ MISTRAL_V03 = r"""{%- if messages[0]["role"] == "system" %}
     {%- endif %}
 {%- endfor %}
 """
+# mistralai/Mistral-Nemo-Instruct-2407, tokenizer_config.json "chat_template" (as its GGUF files
+# carry it): v0.3's text without the spaces after [INST], [AVAILABLE_TOOLS], [TOOL_CALLS] and
+# [TOOL_RESULTS], the assistant's content written as it is, and parentheses around the
+# tool_calls test. Each edit below must apply exactly as many times as counted.
+NEMO_EDITS = [('"[AVAILABLE_TOOLS] ["', '"[AVAILABLE_TOOLS]["', 1),
+              ('"[INST] " +', '"[INST]" +', 2),
+              ('{%- elif message.tool_calls is defined and message.tool_calls is not none %}',
+               '{%- elif (message.tool_calls is defined and message.tool_calls is not none) %}', 1),
+              ('"[TOOL_CALLS] ["', '"[TOOL_CALLS]["', 1),
+              ('" " + message["content"]|trim + eos_token', 'message["content"] + eos_token', 1),
+              ("'[TOOL_RESULTS] {", "'[TOOL_RESULTS]{", 1)]
+MISTRAL_NEMO = MISTRAL_V03
+for old, new, count in NEMO_EDITS:
+    assert MISTRAL_NEMO.count(old) == count, old
+    MISTRAL_NEMO = MISTRAL_NEMO.replace(old, new)
 MCALL_W = dict(CALL_W, id="a1B2c3D4e")
 MCALL_N = dict(CALL_N, id="Zz9Yy8Xx7")
 MCALL_U = dict(CALL_U, id="ünïcödé12")  # 9 code points: Jinja's length
@@ -400,15 +415,17 @@ def main():
                                   "conversation": cname, "tools_text": tools_text,
                                   "messages": [dict(m, content=m["content"] or "") for m in msgs],
                                   "add_generation_prompt": gen, "expected": exp, "error": error})
-    for cname, msgs in MISTRAL_CONVS.items():
-        for tools_text in (TOOLS, "[]", None):
+    for tname, fam, src in (("mistral_v03", "mistral-v0.3", MISTRAL_V03),
+                            ("mistral_nemo", "mistral-nemo", MISTRAL_NEMO)):
+        for cname, msgs, tools_text in ((c, m, t) for c, m in MISTRAL_CONVS.items()
+                                        for t in (TOOLS, "[]", None)):
             tools = json.loads(tools_text) if tools_text else None
             try:
-                exp, error = render(MISTRAL_V03, msgs, tools, True, "<s>", "</s>"), None
+                exp, error = render(src, msgs, tools, True, "<s>", "</s>"), None
             except jinja2.exceptions.TemplateError as e:
                 exp, error = None, str(e)
                 errors += 1
-            cases.append({"template_name": "mistral_v03", "family": "mistral-v0.3",
+            cases.append({"template_name": tname, "family": fam,
                           "bos_token": "<s>", "eos_token": "</s>", "date": None,
                           "conversation": cname, "tools_text": tools_text,
                           "messages": [dict(m, content=m["content"] or "") for m in msgs],
@@ -416,7 +433,7 @@ def main():
     with open(os.path.join(DIR, "chat_tools.json"), "w", encoding="utf-8") as f:
         json.dump({"generator": "tests/oracle/gen_chat_tools_fixtures.py",
                    "templates": {"llama31": LLAMA31, "llama32": LLAMA32,
-                                 "mistral_v03": MISTRAL_V03}, "cases": cases}, f,
+                                 "mistral_v03": MISTRAL_V03, "mistral_nemo": MISTRAL_NEMO}, "cases": cases}, f,
                   ensure_ascii=False, indent=0, separators=(",", ":"))
     print(f"{len(cases)} renderings ({errors} raised)")
 
