@@ -308,6 +308,15 @@ def run_auto(srv, tmpl):
         check(st == 400 and "alphanumeric strings with length 9" in data.decode(),
               f"mistral-v0.3: a call id that is not 9 characters refused as the template does "
               f"({st})")
+    if mistral:  # a named function's call and a streamed "required" one: Mistral's ids too
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        r = client.chat.completions.create(**dict(kw, tool_choice=named, max_tokens=30))
+        n_calls = r.choices[0].message.tool_calls or []
+        s_calls, _, _ = streamed(client, **dict(kw, tool_choice=named, max_tokens=30))
+        s_req, _, _ = streamed(client, **dict(kw, tool_choice="required"))
+        ids = [x.id for x in n_calls] + [x["id"] or "" for x in s_calls + s_req]
+        check(len(ids) == 3 and all(good_id(tmpl, i) for i in ids),
+              f"mistral-v0.3: named and streamed calls have 9-character ids ({ids})")
     r = client.chat.completions.create(**dict(kw, tool_choice="required"))
     calls = r.choices[0].message.tool_calls or []
     check(len(calls) >= 1 and all(valid_call(x, tmpl) for x in calls),
