@@ -125,6 +125,9 @@ int qv_detok_stop_index(const qv_detok *d);
 /* vLLM min_tokens: stop strings match only in text that arrives after the first n pushed
  * tokens (text before is sent as it comes). Call before the first push. */
 void qv_detok_set_min_tokens(qv_detok *d, size_t n);
+/* vLLM include_stop_str_in_output: a matched stop string ends the text instead of being cut
+ * off with what follows it. Call before the first push. */
+void qv_detok_set_include_stop(qv_detok *d, bool on);
 void qv_detok_free(qv_detok *d);
 
 /* ---- chat templates (TOKENIZER.md section 7) ---- */

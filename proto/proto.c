@@ -535,6 +535,28 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
                     "'echo' is not supported on chat completions (completions have it)");
     if ((f = field(root, "best_of")) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
         return fail(e, QV_ERR_INVALID, "best_of", "'best_of' must be 1 (one sequence per request)");
+    /* vLLM's other request options that change the answer, where they ask for something */
+    static const struct {
+        const char *name, *why;
+    } k_vllm[] = {
+        {"use_beam_search", "no beam search"},
+        {"allowed_token_ids", "use logit_bias"},
+        {"bad_words", "use logit_bias or stop"},
+        {"logits_processors", "no custom logits processors"},
+        {"chat_template", "name a built-in format with quiver serve --chat-template"},
+        {"chat_template_kwargs", "the chat templates take no arguments"},
+        {"documents", "the chat templates write no documents"},
+        {"guided_whitespace_pattern", "constrained JSON is written compactly"},
+    };
+    for (size_t i = 0; i < QV_ARRAY_LEN(k_vllm); i++) {
+        f = field(root, k_vllm[i].name);
+        const bool empty = !f || cJSON_IsFalse(f) ||
+                           ((cJSON_IsArray(f) || cJSON_IsObject(f)) && !f->child) ||
+                           (cJSON_IsString(f) && !f->valuestring[0]);
+        if (!empty)
+            return fail(e, QV_ERR_INVALID, k_vllm[i].name, "'%s' is not supported by quiver (%s)",
+                        k_vllm[i].name, k_vllm[i].why);
+    }
     return QV_OK;
 }
 
@@ -809,6 +831,19 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = decode_logprobs(root, r, e))) goto done;
     if ((s = get_bool(root, "stream", &r->stream, e))) goto done;
     if ((s = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto done;
+    r->skip_special_tokens = true;
+    if ((s = get_bool(root, "skip_special_tokens", &r->skip_special_tokens, e))) goto done;
+    if ((s = get_bool(root, "include_stop_str_in_output", &r->include_stop_str, e))) goto done;
+    if ((s = get_bool(root, "return_tokens_as_token_ids", &r->tokens_as_ids, e))) goto done;
+    bool spaces = true; /* HF's slow tokenizers only: the fast ones (quiver's) ignore it */
+    if ((s = get_bool(root, "spaces_between_special_tokens", &spaces, e))) goto done;
+    if ((s = get_int(root, "truncate_prompt_tokens", -1, 1e9, &r->truncate_prompt_tokens, e)))
+        goto done;
+    if (field(root, "truncate_prompt_tokens") && r->truncate_prompt_tokens == 0) {
+        s = fail(e, QV_ERR_INVALID, "truncate_prompt_tokens",
+                 "'truncate_prompt_tokens' must be -1 (the context) or at least 1");
+        goto done;
+    }
     if ((s = get_int(root, "priority", -1e9, 1e9, &r->priority, e))) goto done;
     r->has_priority = field(root, "priority") != NULL;
     const cJSON *so = field(root, "stream_options");
@@ -819,6 +854,13 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         }
         if ((s = get_bool(so, "include_usage", &r->include_usage, e))) {
             snprintf(e->param, sizeof(e->param), "stream_options.include_usage");
+            goto done;
+        }
+        const cJSON *cu = field(so, "continuous_usage_stats");
+        if (cu && !cJSON_IsFalse(cu)) {
+            s = fail(e, QV_ERR_INVALID, "stream_options.continuous_usage_stats",
+                     "'stream_options.continuous_usage_stats' is not supported by quiver (the "
+                     "usage comes in the last chunk with include_usage)");
             goto done;
         }
     }
@@ -1722,6 +1764,7 @@ qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r,
     r->top_p = 1.0f;
     r->repetition_penalty = 1.0f;
     r->add_special_tokens = true;
+    r->skip_special_tokens = true; /* TGI's decode_input / output text skip them too */
     if (e) memset(e, 0, sizeof(*e));
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) return fail(e, QV_ERR_INVALID, NULL, "the request body is not valid JSON");

@@ -161,6 +161,13 @@ typedef struct qv_proto_request {
     bool add_special_tokens, add_generation_prompt;
     bool continue_final_message; /* chat: the prompt ends inside the last (assistant) message */
     bool return_token_strs;      /* tokenize: also return each id's vocabulary piece */
+    /* vLLM's output options: skip_special_tokens (default true: added special tokens write
+     * no text), include_stop_str_in_output (a matched stop string, or a stop_token_ids
+     * token's text, ends the text), return_tokens_as_token_ids (logprobs name tokens
+     * "token_id:<id>"); truncate_prompt_tokens: keep only the prompt's last ids (0: all;
+     * -1: as many as the context holds) */
+    bool skip_special_tokens, include_stop_str, tokens_as_ids;
+    int truncate_prompt_tokens;
 } qv_proto_request;
 
 /* Decodes a request body of `len` bytes (need not be NUL-terminated) for `endpoint` into *out

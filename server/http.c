@@ -106,9 +106,11 @@ typedef struct request {
     qv_token_bias *bias; /* logit_bias (gp.logit_bias points here until the engine copies it) */
     enum qv_proto_tool_choice tools; /* chat: the answer is tool calls (gp.json_schema) */
     char *tool_name;                 /* QV_PROTO_TOOLS_NAMED: the function */
-    bool mistral_ids; /* call ids of 9 letters and digits (Mistral's template needs them) */
-    bool echo_only;   /* echo with max_tokens 0: the one token the engine makes is dropped */
-    char *echo;       /* [mu] echoed prompt text not yet in out (it follows its logprobs) */
+    bool mistral_ids;   /* call ids of 9 letters and digits (Mistral's template needs them) */
+    bool include_stop;  /* vLLM include_stop_str_in_output */
+    bool tokens_as_ids; /* vLLM return_tokens_as_token_ids: logprobs name "token_id:<id>" */
+    bool echo_only;     /* echo with max_tokens 0: the one token the engine makes is dropped */
+    char *echo;         /* [mu] echoed prompt text not yet in out (it follows its logprobs) */
     size_t echo_len;
     int64_t created;
     double t_arrival;
@@ -450,12 +452,20 @@ static bool record_token(request *r, int32_t id, const qv_logprobs *lp) {
 }
 
 /* The wire form of a token's logprobs, its alternatives cut to the request's count. */
+/* A logprobs entry's name of token id: its text, or "token_id:<id>" when the request asked for
+ * ids (vLLM return_tokens_as_token_ids). */
+static char *lp_name(const request *r, int32_t id) {
+    if (!r->tokens_as_ids) return token_text(r->srv->tok, id);
+    char buf[32];
+    snprintf(buf, sizeof(buf), "token_id:%d", (int)id);
+    return qv_strdup(buf);
+}
+
 static qv_proto_logprob wire_lp(const request *r, int32_t token, const qv_logprobs *lp) {
-    qv_proto_logprob plp = {
-        .token = token_text(r->srv->tok, token), .id = token, .logprob = lp->logprob};
+    qv_proto_logprob plp = {.token = lp_name(r, token), .id = token, .logprob = lp->logprob};
     plp.n_top = QV_MIN(QV_MIN(lp->n_top, r->n_top), QV_PROTO_MAX_LOGPROBS);
     for (int k = 0; k < plp.n_top; k++) {
-        plp.top_token[k] = token_text(r->srv->tok, lp->top_ids[k]);
+        plp.top_token[k] = lp_name(r, lp->top_ids[k]);
         plp.top_logprob[k] = lp->top_logprobs[k];
     }
     return plp;
@@ -523,9 +533,10 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     bool stop_id = false; /* one of the request's stop_token_ids: ends it, adds no text */
     for (size_t i = 0; !eog && i < r->n_stop_ids; i++)
         stop_id = stop_id || r->stop_ids[i] == token;
+    const bool push_stop = stop_id && r->include_stop; /* its text ends the answer */
     qv_proto_logprob plp = {0};
     bool have_lp = false;
-    if (r->logprobs && lp && !(eog && finish == QV_FINISH_STOP) && !stop_id) {
+    if (r->logprobs && lp && !(eog && finish == QV_FINISH_STOP) && (!stop_id || push_stop)) {
         plp = wire_lp(r, token, lp);
         have_lp = true;
     }
@@ -534,7 +545,7 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     bool finished = false;
     /* With ignore_eos an end-of-generation token is only counted: it adds no text and must
      * not end the detokenizer's stream. */
-    if (stop_id) { /* what was held back (a possible stop string's start) is final now */
+    if (stop_id && !push_stop) { /* what was held back (a possible stop string) is final */
         if (qv_detok_flush(r->detok, &text, &len) != QV_OK) len = 0;
         finished = true;
     } else if (!(eog && r->gp.ignore_eos) &&
@@ -545,13 +556,14 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     r->n_gen++;
     if (r->n_gen == 1) r->t_first = qv_time_s();
     bool ok = !len || append_out(r, text, len);
-    if (finish == QV_FINISH_LENGTH && !finished) {
+    if ((finish == QV_FINISH_LENGTH || push_stop) && !finished) {
         /* After the push's text is copied: flushing reuses the detokenizer's buffer. */
         const char *tail = NULL;
         size_t tail_len = 0;
         if (qv_detok_flush(r->detok, &tail, &tail_len) == QV_OK && tail_len)
             ok = ok && append_out(r, tail, tail_len);
     }
+    if (push_stop) finished = true;
     if (r->endpoint == QV_PROTO_GENERATE && ok) ok = record_token(r, token, lp);
     if (have_lp && keep_lp_locked(r, &plp)) have_lp = false;
     if (!ok) {
@@ -2297,8 +2309,7 @@ done:
  * entry, which has none, and the engine's callback for the others. False when out of
  * memory. */
 static bool prompt_lps_setup(request *r) {
-    qv_proto_logprob first = {
-        .token = token_text(r->srv->tok, r->ids[0]), .id = r->ids[0], .none = true};
+    qv_proto_logprob first = {.token = lp_name(r, r->ids[0]), .id = r->ids[0], .none = true};
     if (!first.token || !keep_lp_locked(r, &first)) {
         qv_free(first.token);
         return false;
@@ -2463,10 +2474,13 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     r->gp.n_logit_bias = (int)pr->n_bias;
     r->gp.min_tokens_ids = r->stop_ids;
     r->gp.n_min_tokens_ids = (int)r->n_stop_ids;
-    ok = ok &&
-         !qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops, true, &r->detok);
+    r->include_stop = pr->include_stop_str;
+    r->tokens_as_ids = pr->tokens_as_ids;
+    ok = ok && !qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops,
+                                pr->skip_special_tokens, &r->detok);
     ok = ok && !qv_detok_prime(r->detok, r->ids, r->n_ids);
     if (ok) qv_detok_set_min_tokens(r->detok, (size_t)pr->min_tokens);
+    if (ok) qv_detok_set_include_stop(r->detok, pr->include_stop_str);
     ok = ok && (!pr->echo || echo_setup(r, pin->text, pin->len));
     ok = ok && (!ms->tgi || !ms->tgi->details || !ms->tgi->decoder_input_details ||
                 prompt_lps_setup(r)); /* prefill is part of the details */
@@ -2566,6 +2580,11 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
             n_ids = (size_t)tgi.truncate;
         }
     }
+    if (pr.truncate_prompt_tokens && pr.echo) {
+        ret = send_error(c, ctx, 400, "truncate_prompt_tokens", "invalid_value",
+                         "'truncate_prompt_tokens' cannot be combined with 'echo'");
+        goto done;
+    }
     /* a completions batch: its further prompts, tokenized as the first */
     pin[0] = (prompt_in){.ids = ids, .n_ids = n_ids, .text = pr.prompt, .len = pr.prompt_len};
     n_prompts = 1 + pr.n_more;
@@ -2584,6 +2603,13 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     const int ctx_len = srv->model->cfg.max_pos;
     int room = ctx_len; /* the least any prompt leaves */
     for (size_t p = 0; p < n_prompts; p++) {
+        /* vLLM truncate_prompt_tokens: keep the last ids (-1: the most the context holds) */
+        const size_t keep = pr.truncate_prompt_tokens < 0 ? (size_t)(ctx_len - 1)
+                                                          : (size_t)pr.truncate_prompt_tokens;
+        if (pr.truncate_prompt_tokens && pin[p].n_ids > keep) {
+            memmove(pin[p].ids, pin[p].ids + pin[p].n_ids - keep, keep * sizeof(*pin[p].ids));
+            pin[p].n_ids = keep;
+        }
         const size_t n_p = pin[p].n_ids;
         qv_tenants_prompt(srv->tenants, tenant, (int)n_p); /* its tokens count towards tpm */
         charged += (int)n_p;

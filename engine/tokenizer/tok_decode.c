@@ -369,6 +369,7 @@ struct qv_detok {
     size_t n_stops;
     size_t n_pushed, min_tokens; /* stop strings match in text after min_tokens pushes */
     bool finished;
+    bool include_stop; /* a matched stop string stays at the end of the text */
     int stop_index;
 };
 
@@ -419,6 +420,8 @@ void qv_detok_free(qv_detok *d) {
 int qv_detok_stop_index(const qv_detok *d) { return d->stop_index; }
 
 void qv_detok_set_min_tokens(qv_detok *d, size_t n) { d->min_tokens = n; }
+
+void qv_detok_set_include_stop(qv_detok *d, bool on) { d->include_stop = on; }
 
 static bool ends_with_fffd(const qv__buf *b) {
     return b->len >= 3 && !memcmp(b->p + b->len - 3, "\xEF\xBF\xBD", 3);
@@ -515,7 +518,7 @@ static qv_status emit(qv_detok *d, bool at_end) {
         }
     }
     if (hit) {
-        cut = (size_t)(hit - p);
+        cut = (size_t)(hit - p) + (d->include_stop ? d->stop_lens[d->stop_index] : 0);
         d->finished = true;
     } else if (!at_end) {
         cut = n - (n_stops ? partial_stop(d, p, n) : 0);

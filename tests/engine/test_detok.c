@@ -76,6 +76,8 @@ static void test_stream_all(void **s) {
     assert_int_equal(fails, 0);
 }
 
+static bool g_include_stop; /* run_stream_min: vLLM include_stop_str_in_output */
+
 /* Feeds the ids of `text` to a stream with stop strings armed after min_tokens pushes and
  * returns everything emitted (push + flush). */
 static char *run_stream_min(const qv_tokenizer *t, const char *text, const char *const *stops,
@@ -88,6 +90,7 @@ static char *run_stream_min(const qv_tokenizer *t, const char *text, const char 
     qv_detok *d = NULL;
     assert_int_equal(qv_detok_create(t, stops, n_stops, true, &d), QV_OK);
     qv_detok_set_min_tokens(d, min_tokens);
+    qv_detok_set_include_stop(d, g_include_stop);
     char *acc = calloc(1, 4096);
     size_t an = 0;
     bool fin = false;
@@ -142,6 +145,34 @@ static void test_stop_strings(void **s) {
     assert_int_equal(idx, 2);
     assert_string_equal(out, "llama ");
     free(out);
+    qv_tokenizer_free(t);
+}
+
+/* vLLM include_stop_str_in_output: the matched stop string ends the text; what follows it is
+ * still cut, and text without a match is unchanged. */
+static void test_include_stop(void **s) {
+    (void)s;
+    qv_tokenizer *t = load("smollm2");
+    const char *stops[] = {"\nUser:", "STOP", "🦙"};
+    static const struct {
+        const char *text, *want;
+        int idx;
+    } cases[] = {{"Hello there.\nUser: next question", "Hello there.\nUser:", 0},
+                 {"llama 🦙 after", "llama 🦙", 2},
+                 {"aSTOPbSTOP", "aSTOP", 1},
+                 {"almost \nUse", "almost \nUse", -1}};
+    g_include_stop = true;
+    for (size_t c = 0; c < QV_ARRAY_LEN(cases); c++) {
+        bool stopped;
+        int idx;
+        size_t mp;
+        char *out = run_stream(t, cases[c].text, stops, 3, &stopped, &idx, &mp);
+        assert_int_equal(stopped, cases[c].idx >= 0);
+        assert_int_equal(idx, cases[c].idx);
+        assert_string_equal(out, cases[c].want);
+        free(out);
+    }
+    g_include_stop = false;
     qv_tokenizer_free(t);
 }
 
@@ -338,11 +369,9 @@ static void test_primed(void **s) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_stream_all),
-        cmocka_unit_test(test_stop_strings),
-        cmocka_unit_test(test_stop_after_min_tokens),
-        cmocka_unit_test(test_holdback),
-        cmocka_unit_test(test_primed),
+        cmocka_unit_test(test_stream_all),   cmocka_unit_test(test_include_stop),
+        cmocka_unit_test(test_stop_strings), cmocka_unit_test(test_stop_after_min_tokens),
+        cmocka_unit_test(test_holdback),     cmocka_unit_test(test_primed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -196,6 +196,7 @@ def main():
     try:
         run_api_tests(srv)
         run_edit_tests(srv)
+        run_vllm_output_tests(srv)
         run_echo_tests(srv)
         run_choice_tests(srv)
         run_prefix_cache_tests(srv)
@@ -597,6 +598,100 @@ def run_edit_tests(srv):
                        {"model": base, "messages": [{"role": "user", "content": "hi"}],
                         "max_tokens": 3, "logit_bias": {"5": -100, "5 ": 1}})
     check(st == 400, f"a logit_bias key with a space is refused ({st})")
+
+
+def run_vllm_output_tests(srv):
+    """vLLM's output options: skip_special_tokens, include_stop_str_in_output (stop strings and
+    stop_token_ids), return_tokens_as_token_ids, truncate_prompt_tokens; and its options quiver
+    does not implement refused (400 naming them) where they ask for something."""
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+
+    def post(body, path="/v1/completions"):
+        st, _, data = srv.raw("POST", path, dict({"model": base, "temperature": 0}, **body))
+        return st, (json.loads(data) if st == 200 else {})
+
+    # skip_special_tokens: three forced <|im_start|> (a special added token, not an end)
+    forced = {"prompt": "Hello", "max_tokens": 3, "logit_bias": {"1": 100}}
+    st_a, a = post(forced)
+    st_b, b = post(dict(forced, skip_special_tokens=False))
+    check(st_a == 200 and st_b == 200 and a["choices"][0]["text"] == "" and
+          b["choices"][0]["text"] == "<|im_start|>" * 3,
+          f"skip_special_tokens: special tokens write no text by default, their text when "
+          f"false ({a.get('choices')} {b.get('choices')})")
+    # the free answer's tokens: their ids (return_tokens_as_token_ids) and their texts
+    ids = GOLDEN["prompts"][0]["ids"]
+    free = {"prompt": ids, "max_tokens": 24, "logprobs": 1}
+    st, as_ids = post(dict(free, return_tokens_as_token_ids=True))
+    st2, as_text = post(free)
+    lp_ids, lp_text = as_ids["choices"][0]["logprobs"], as_text["choices"][0]["logprobs"]
+    gen = [int(t.split(":", 1)[1]) for t in lp_ids["tokens"]]
+    check(st == 200 and st2 == 200 and
+          all(re.fullmatch(r"token_id:\d+", t) for t in lp_ids["tokens"]) and
+          all(re.fullmatch(r"token_id:\d+", k) for d in lp_ids["top_logprobs"] for k in d) and
+          lp_ids["token_logprobs"] == lp_text["token_logprobs"] and
+          as_ids["choices"][0]["text"] == as_text["choices"][0]["text"],
+          f"return_tokens_as_token_ids: logprobs name tokens token_id:<id>, the rest unchanged "
+          f"({lp_ids['tokens'][:3]})")
+    text, pieces = as_text["choices"][0]["text"], lp_text["tokens"]
+    st, _, tok = srv.raw("POST", "/tokenize", {"model": base, "prompt": text,
+                                               "add_special_tokens": False})
+    check(st == 200 and json.loads(tok)["tokens"] == gen,
+          f"the ids named are the answer's ids ({gen[:6]})")
+    # include_stop_str_in_output with a stop string met in the free answer
+    stop = text[8:12]
+    at = text.find(stop)
+    body = {"prompt": ids, "max_tokens": 24, "stop": [stop]}
+    _, cut = post(body)
+    _, kept = post(dict(body, include_stop_str_in_output=True))
+    check(cut["choices"][0]["text"] == text[:at] and
+          kept["choices"][0]["text"] == text[:at + len(stop)] and
+          kept["choices"][0]["finish_reason"] == "stop",
+          f"include_stop_str_in_output: the stop string {stop!r} ends the text "
+          f"({kept['choices'][0]['text']!r})")
+    # ... and with stop_token_ids: the stop token's text is the last
+    k = next(i for i in range(4, len(gen)) if gen[i] not in gen[:i])
+    body = {"prompt": ids, "max_tokens": 24, "stop_token_ids": [gen[k]]}
+    _, cut = post(body)
+    _, kept = post(dict(body, include_stop_str_in_output=True))
+    check(cut["choices"][0]["text"] == "".join(pieces[:k]) and
+          kept["choices"][0]["text"] == "".join(pieces[:k + 1]) and
+          kept["usage"]["completion_tokens"] == k + 1,
+          f"include_stop_str_in_output: a stop_token_ids token's text ends the text "
+          f"({kept['choices'][0]['text']!r})")
+    # truncate_prompt_tokens keeps the prompt's last ids
+    _, t5 = post({"prompt": ids, "max_tokens": 8, "truncate_prompt_tokens": 5})
+    _, last5 = post({"prompt": ids[-5:], "max_tokens": 8})
+    _, whole = post({"prompt": ids, "max_tokens": 8, "truncate_prompt_tokens": -1})
+    _, chat = post({"messages": [{"role": "user", "content": "Tell me a story about a cat."}],
+                    "max_tokens": 4, "truncate_prompt_tokens": 6}, "/v1/chat/completions")
+    check(t5["usage"]["prompt_tokens"] == 5 and
+          t5["choices"][0]["text"] == last5["choices"][0]["text"] and
+          whole["usage"]["prompt_tokens"] == len(ids) and chat["usage"]["prompt_tokens"] == 6,
+          f"truncate_prompt_tokens: the last ids only ({t5['usage']}, {chat.get('usage')})")
+    for bad in (0, -2, 1.5, "3"):
+        expect_error(srv, f"truncate_prompt_tokens {bad!r}", 400, "POST", "/v1/completions",
+                     {"model": base, "prompt": "x", "truncate_prompt_tokens": bad},
+                     param="truncate_prompt_tokens")
+    expect_error(srv, "truncate_prompt_tokens with echo", 400, "POST", "/v1/completions",
+                 {"model": base, "prompt": "x y z", "echo": True, "truncate_prompt_tokens": 1},
+                 param="truncate_prompt_tokens")
+    # options that change the answer and that quiver does not implement
+    msgs = [{"role": "user", "content": "hi"}]
+    for name, val in (("use_beam_search", True), ("allowed_token_ids", [5]),
+                      ("bad_words", ["cat"]), ("logits_processors", ["x"]),
+                      ("chat_template", "{{ messages }}"), ("chat_template_kwargs", {"a": 1}),
+                      ("documents", [{"text": "x"}]), ("guided_whitespace_pattern", " ")):
+        expect_error(srv, f"refused: {name}", 400, "POST", "/v1/chat/completions",
+                     {"model": base, "messages": msgs, "max_tokens": 2, name: val}, param=name)
+    expect_error(srv, "refused: continuous_usage_stats", 400, "POST", "/v1/chat/completions",
+                 {"model": base, "messages": msgs, "max_tokens": 2, "stream": True,
+                  "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+                 param="stream_options.continuous_usage_stats")
+    st, _ = post({"messages": msgs, "max_tokens": 2, "use_beam_search": False,
+                  "allowed_token_ids": [], "bad_words": [], "chat_template_kwargs": {},
+                  "spaces_between_special_tokens": False, "chat_template": None},
+                 "/v1/chat/completions")
+    check(st == 200, f"values that ask for nothing pass ({st})")
 
 
 def run_echo_tests(srv):

@@ -36,7 +36,26 @@ static void test_completion_defaults(void **state) {
     assert_true(r.temperature == 1.0f && r.top_p == 1.0f && r.repetition_penalty == 1.0f);
     assert_int_equal(r.top_k, 0);
     assert_false(r.stream || r.logprobs || r.has_seed || r.include_usage || r.ignore_eos);
+    assert_true(r.skip_special_tokens);
+    assert_false(r.include_stop_str || r.tokens_as_ids);
+    assert_int_equal(r.truncate_prompt_tokens, 0);
     assert_int_equal(r.n_stop, 0);
+    qv_proto_request_free(&r);
+}
+
+/* TGI / LoRAX bodies get the same defaults as OpenAI ones where the server shares the code:
+ * special tokens write no text, the prompt gets BOS, 20 new tokens. */
+static void test_tgi_defaults(void **state) {
+    (void)state;
+    static const char body[] = "{\"inputs\":\"hi\"}";
+    qv_proto_request r;
+    qv_proto_tgi t;
+    qv_proto_error e;
+    assert_int_equal(qv_proto_tgi_decode(body, strlen(body), &r, &t, &e), QV_OK);
+    assert_true(r.skip_special_tokens && r.add_special_tokens);
+    assert_false(r.include_stop_str || r.tokens_as_ids);
+    assert_int_equal(r.max_tokens, 20);
+    assert_int_equal(r.truncate_prompt_tokens, 0);
     qv_proto_request_free(&r);
 }
 
@@ -48,6 +67,9 @@ static void test_completion_all_fields(void **state) {
         "\"frequency_penalty\":2,\"repetition_penalty\":1.3,\"seed\":-1,\"stop\":[\"a\",\"bc\"],"
         "\"logprobs\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true},\"n\":1,"
         "\"user\":\"ignored\",\"echo\":false,\"ignore_eos\":true,\"min_tokens\":4,"
+        "\"skip_special_tokens\":false,\"include_stop_str_in_output\":true,"
+        "\"return_tokens_as_token_ids\":true,\"truncate_prompt_tokens\":9,"
+        "\"spaces_between_special_tokens\":false,\"use_beam_search\":false,\"bad_words\":[],"
         "\"logit_bias\":{\"42\":-100,\"7\":2.5,\"42\":1}}";
     qv_proto_request r;
     qv_proto_error e;
@@ -70,6 +92,9 @@ static void test_completion_all_fields(void **state) {
     assert_true(r.stream && r.include_usage);
     assert_true(r.ignore_eos);
     assert_int_equal(r.min_tokens, 4);
+    assert_false(r.skip_special_tokens);
+    assert_true(r.include_stop_str && r.tokens_as_ids);
+    assert_int_equal(r.truncate_prompt_tokens, 9);
     /* every entry as sent, a repeated id included (the sampler keeps the later one) */
     assert_int_equal(r.n_bias, 3);
     assert_true(r.bias_ids[0] == 42 && r.bias_values[0] == -100.0f);
@@ -166,6 +191,14 @@ static void test_errors(void **state) {
     expect_bad(C, "{\"prompt\":\"x\",\"repetition_penalty\":0}", "repetition_penalty");
     expect_bad(C, "{\"prompt\":\"x\",\"seed\":1.5}", "seed");
     expect_bad(C, "{\"prompt\":\"x\",\"ignore_eos\":1}", "ignore_eos");
+    expect_bad(C, "{\"prompt\":\"x\",\"skip_special_tokens\":0}", "skip_special_tokens");
+    expect_bad(C, "{\"prompt\":\"x\",\"truncate_prompt_tokens\":0}", "truncate_prompt_tokens");
+    expect_bad(C, "{\"prompt\":\"x\",\"truncate_prompt_tokens\":-2}", "truncate_prompt_tokens");
+    expect_bad(C, "{\"prompt\":\"x\",\"use_beam_search\":true}", "use_beam_search");
+    expect_bad(C, "{\"prompt\":\"x\",\"allowed_token_ids\":[1]}", "allowed_token_ids");
+    expect_bad(C, "{\"prompt\":\"x\",\"chat_template_kwargs\":{\"a\":1}}", "chat_template_kwargs");
+    expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":{\"continuous_usage_stats\":true}}",
+               "stream_options.continuous_usage_stats");
     expect_bad(C, "{\"prompt\":\"x\",\"seed\":\"1\"}", "seed");
     expect_bad(C, "{\"prompt\":\"x\",\"stop\":5}", "stop");
     expect_bad(C, "{\"prompt\":\"x\",\"stop\":[\"\"]}", "stop");
@@ -889,6 +922,7 @@ int main(void) {
     cJSON_InitHooks(&hooks);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_completion_defaults),
+        cmocka_unit_test(test_tgi_defaults),
         cmocka_unit_test(test_completion_all_fields),
         cmocka_unit_test(test_prompt_ids_and_adapter_id),
         cmocka_unit_test(test_chat),
