@@ -545,11 +545,11 @@ static qv_status grow_rows(qv_engine *e, int rows, qv_error *err) {
     return QV_OK;
 }
 
-/* The request's logit_bias and min_tokens, into its sampler. min_tokens suppresses the
+/* The request's logit_bias, min_tokens and allowed ids, into its sampler. min_tokens suppresses the
  * end-of-generation ids (the tokenizer's, else the model's) and the caller's stop ids. */
 static qv_status set_edits(const qv_engine *e, qv_sampler *smp, const qv_gen_params *p,
                            qv_error *err) {
-    if (p->n_logit_bias == 0 && p->min_tokens == 0) return QV_OK;
+    if (p->n_logit_bias == 0 && p->min_tokens == 0 && p->n_allowed_ids == 0) return QV_OK;
     const int32_t *eog = NULL;
     int n_eog = 0;
     int32_t model_eos[QV_MAX_EOS];
@@ -574,6 +574,7 @@ static qv_status set_edits(const qv_engine *e, qv_sampler *smp, const qv_gen_par
     qv_status st =
         qv_sampler_set_edits(smp, p->logit_bias, p->n_logit_bias, p->min_tokens, sup, n_sup, err);
     qv_free(sup);
+    if (!st) st = qv_sampler_set_allowed(smp, p->allowed_ids, p->n_allowed_ids, err);
     return st;
 }
 
@@ -584,7 +585,7 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     if (n_prompt == 0) return qv_errorf(err, QV_ERR_INVALID, "empty prompt");
     if (p->max_tokens <= 0) return qv_errorf(err, QV_ERR_INVALID, "max_tokens must be > 0");
     if (p->min_tokens < 0 || p->min_tokens > p->max_tokens || p->n_logit_bias < 0 ||
-        p->n_min_tokens_ids < 0)
+        p->n_min_tokens_ids < 0 || p->n_allowed_ids < 0)
         return qv_errorf(err, QV_ERR_INVALID, "min_tokens %d outside [0, max_tokens %d]",
                          p->min_tokens, p->max_tokens);
     qv_status st = qv_sampling_params_validate(&p->sampling, err);
@@ -595,6 +596,9 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
         if (p->ignore_eos || p->min_tokens > 0)
             return qv_errorf(err, QV_ERR_INVALID,
                              "JSON mode ends at the value's close: no ignore_eos or min_tokens");
+        if (p->n_allowed_ids)
+            return qv_errorf(err, QV_ERR_INVALID,
+                             "JSON mode chooses the tokens itself: no allowed token ids");
         if ((st = token_bytes_build(e, err)) != QV_OK) return st;
         if (!p->json_schema && !e->json_object) {
             static const char any_object[] = "{\"type\":\"object\"}";
@@ -683,6 +687,7 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     s->p.json_schema = NULL; /* s->schema holds the reference */
     s->p.logit_bias = NULL;  /* copied into the sampler */
     s->p.min_tokens_ids = NULL;
+    s->p.allowed_ids = NULL;
     s->cb = cb;
     s->user = user;
     s->order = e->next_order++;

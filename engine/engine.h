@@ -113,6 +113,11 @@ typedef struct qv_gen_params {
     int min_tokens;
     const int32_t *min_tokens_ids;
     int n_min_tokens_ids;
+    /* vLLM allowed_token_ids (copied; NULL / 0: every id): only these ids can be drawn, end-
+     * of-generation ids included only when listed. Host-sampled. Not with JSON mode or
+     * structured output. */
+    const int32_t *allowed_ids;
+    int n_allowed_ids;
     /* Non-NULL: the prompt tokens' log-probabilities go to it (called with qv_engine_add's
      * `user`). Their logits rows are computed during the prefill (at most QV_PROMPT_LP_ROWS
      * per step, a row buffer of that many vocabulary rows allocated with the first such

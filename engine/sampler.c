@@ -57,6 +57,7 @@ struct qv_sampler {
     int32_t *suppress; /* (n_suppress) ids set to -inf while n_accepted < min_tokens */
     int n_suppress;
     int min_tokens;
+    uint64_t *allowed;     /* vLLM allowed_token_ids: a bit per id, NULL = all */
     qv_sampler_scratch *w; /* per-call buffers; borrowed unless owns_w */
     bool owns_w;
 };
@@ -201,6 +202,7 @@ void qv_sampler_free(qv_sampler *s) {
     qv_free(s->seen);
     qv_free(s->bias);
     qv_free(s->suppress);
+    qv_free(s->allowed);
     if (s->owns_w) qv_sampler_scratch_free(s->w);
     qv_free(s);
 }
@@ -277,14 +279,35 @@ qv_status qv_sampler_set_edits(qv_sampler *s, const qv_token_bias *bias, int n_b
     return QV_OK;
 }
 
+qv_status qv_sampler_set_allowed(qv_sampler *s, const int32_t *ids, int n, qv_error *err) {
+    if (n < 0 || (n && !ids)) return qv_errorf(err, QV_ERR_INVALID, "sampler: bad allowed list");
+    for (int j = 0; j < n; j++)
+        if (ids[j] < 0 || ids[j] >= s->n_vocab)
+            return qv_errorf(err, QV_ERR_INVALID, "allowed token id %d is outside [0, %d)",
+                             (int)ids[j], s->n_vocab);
+    uint64_t *bits = NULL;
+    if (n) {
+        if (!(bits = qv_calloc(((size_t)s->n_vocab + 63) / 64, sizeof(*bits))))
+            return qv_errorf(err, QV_ERR_NOMEM, "sampler: no memory for the allowed ids");
+        for (int j = 0; j < n; j++)
+            bits[ids[j] >> 6] |= (uint64_t)1 << (ids[j] & 63);
+    }
+    qv_free(s->allowed);
+    s->allowed = bits;
+    return QV_OK;
+}
+
 bool qv_sampler_has_edits(const qv_sampler *s) {
-    return s->n_bias > 0 || (s->n_suppress > 0 && s->n_accepted < s->min_tokens);
+    return s->n_bias > 0 || (s->n_suppress > 0 && s->n_accepted < s->min_tokens) || s->allowed;
 }
 
 /* ---------------------------------------------------------------- processing ---- */
 
-/* logit_bias (float addition, as torch's scores + bias), then min_tokens' -inf. */
+/* allowed_token_ids' -inf, logit_bias (float addition, as torch's scores + bias), then
+ * min_tokens' -inf. */
 static void apply_edits(const qv_sampler *s, float *x) {
+    for (int v = 0; s->allowed && v < s->n_vocab; v++)
+        if (!((s->allowed[v >> 6] >> (v & 63)) & 1u)) x[v] = -INFINITY;
     for (int j = 0; j < s->n_bias; j++)
         x[s->bias[j].id] += s->bias[j].bias;
     if (s->n_accepted < s->min_tokens)

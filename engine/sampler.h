@@ -117,7 +117,13 @@ void qv_sampler_accept(qv_sampler *s, int32_t token);
  * +-QV_SAMPLER_MAX_BIAS, negative counts), QV_ERR_NOMEM; the sampler is unchanged then. */
 qv_status qv_sampler_set_edits(qv_sampler *s, const qv_token_bias *bias, int n_bias, int min_tokens,
                                const int32_t *suppress, int n_suppress, qv_error *err);
-/* Whether the next row is edited: a logit bias, or ids still suppressed by min_tokens. */
+/* vLLM allowed_token_ids: every id but ids[n] gets -inf before the other edits (end-of-
+ * generation ids too, unless listed); n 0 lifts the restriction. Copies the list; logprobs
+ * stay those of the raw row. Errors: QV_ERR_INVALID (an id outside [0, n_vocab)),
+ * QV_ERR_NOMEM; the sampler is unchanged then. */
+qv_status qv_sampler_set_allowed(qv_sampler *s, const int32_t *ids, int n, qv_error *err);
+/* Whether the next row is edited: a logit bias, ids still suppressed by min_tokens, or an
+ * allowed set. */
 bool qv_sampler_has_edits(const qv_sampler *s);
 
 /* For callers that sample a row elsewhere (a device backend, engine/cuda/sample.cu) with the

@@ -114,24 +114,23 @@ static qv_status decode_stop(const cJSON *root, qv_proto_request *r, qv_proto_er
 }
 
 /* vLLM stop_token_ids: up to QV_PROTO_MAX_STOP_IDS ids. */
-static qv_status decode_stop_ids(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
-    const cJSON *f = field(root, "stop_token_ids");
+/* A list of at most `max` token ids (vLLM stop_token_ids, allowed_token_ids) into *ids / *n. */
+static qv_status decode_ids(const cJSON *root, const char *name, int max, int32_t **ids,
+                            size_t *n_ids, qv_proto_error *e) {
+    const cJSON *f = field(root, name);
     if (!f) return QV_OK;
     int n = cJSON_IsArray(f) ? cJSON_GetArraySize(f) : -1;
-    if (n < 0 || n > QV_PROTO_MAX_STOP_IDS)
-        return fail(e, QV_ERR_INVALID, "stop_token_ids",
-                    "'stop_token_ids' must be a list of at most %d token ids",
-                    QV_PROTO_MAX_STOP_IDS);
+    if (n < 0 || n > max)
+        return fail(e, QV_ERR_INVALID, name, "'%s' must be a list of at most %d token ids", name,
+                    max);
     if (n == 0) return QV_OK;
-    r->stop_ids = qv_malloc((size_t)n * sizeof(*r->stop_ids));
-    if (!r->stop_ids) return nomem(e);
+    if (!(*ids = qv_malloc((size_t)n * sizeof(**ids)))) return nomem(e);
     const cJSON *it = f->child;
     for (int i = 0; i < n; i++, it = it->next) {
         if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
             it->valuedouble < 0 || it->valuedouble > INT32_MAX)
-            return fail(e, QV_ERR_INVALID, "stop_token_ids",
-                        "'stop_token_ids' must be a list of token ids");
-        r->stop_ids[r->n_stop_ids++] = (int32_t)it->valuedouble;
+            return fail(e, QV_ERR_INVALID, name, "'%s' must be a list of token ids", name);
+        (*ids)[(*n_ids)++] = (int32_t)it->valuedouble;
     }
     return QV_OK;
 }
@@ -540,7 +539,6 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
         const char *name, *why;
     } k_vllm[] = {
         {"use_beam_search", "no beam search"},
-        {"allowed_token_ids", "use logit_bias"},
         {"bad_words", "use logit_bias or stop"},
         {"logits_processors", "no custom logits processors"},
         {"chat_template", "name a built-in format with quiver serve --chat-template"},
@@ -822,7 +820,12 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         r->seed = (uint64_t)(int64_t)seed->valuedouble;
     }
     if ((s = decode_stop(root, r, e))) goto done;
-    if ((s = decode_stop_ids(root, r, e))) goto done;
+    if ((s = decode_ids(root, "stop_token_ids", QV_PROTO_MAX_STOP_IDS, &r->stop_ids, &r->n_stop_ids,
+                        e)))
+        goto done;
+    if ((s = decode_ids(root, "allowed_token_ids", QV_PROTO_MAX_ALLOWED_IDS, &r->allowed_ids,
+                        &r->n_allowed_ids, e)))
+        goto done;
     if ((s = decode_logit_bias(root, r, e))) goto done;
     if ((s = get_int(root, "min_tokens", 0, 1e9, &r->min_tokens, e))) goto done;
     if ((s = decode_json_schema(root, r, e))) goto done; /* refuse_unsupported checked types */
@@ -864,6 +867,10 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
             goto done;
         }
     }
+    if (r->n_allowed_ids && (r->json_object || r->json_schema))
+        s = fail(e, QV_ERR_INVALID, "allowed_token_ids",
+                 "'allowed_token_ids' cannot be combined with JSON mode, structured output or "
+                 "constrained tool calls (they choose the tokens)");
 done:
     cJSON_Delete(root);
     return s;
@@ -897,6 +904,7 @@ void qv_proto_request_free(qv_proto_request *r) {
     }
     qv_free(r->more);
     qv_free(r->stop_ids);
+    qv_free(r->allowed_ids);
     qv_free(r->bias_ids);
     qv_free(r->bias_values);
     qv_json_schema_unref(r->json_schema);

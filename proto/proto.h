@@ -28,15 +28,16 @@ extern "C" {
 #endif
 
 /* Upper bounds the decoders enforce on their own. */
-#define QV_PROTO_MAX_STOPS 16        /* OpenAI allows 4; we allow a few more */
-#define QV_PROTO_MAX_STOP_BYTES 256  /* one stop string */
-#define QV_PROTO_MAX_LOGPROBS 20     /* completions `logprobs`, chat `top_logprobs` */
-#define QV_PROTO_MAX_MESSAGES 4096   /* chat messages */
-#define QV_PROTO_MAX_STOP_IDS 64     /* vLLM stop_token_ids */
-#define QV_PROTO_MAX_LOGIT_BIAS 1024 /* OpenAI logit_bias entries */
-#define QV_PROTO_MAX_CHOICES 64      /* `n`: choices of one request */
-#define QV_PROTO_MAX_BIAS 100.0      /* OpenAI: each bias is in [-100, 100] */
-#define QV_PROTO_MAX_TOOLS 128       /* chat `tools` (OpenAI's limit) */
+#define QV_PROTO_MAX_STOPS 16           /* OpenAI allows 4; we allow a few more */
+#define QV_PROTO_MAX_STOP_BYTES 256     /* one stop string */
+#define QV_PROTO_MAX_LOGPROBS 20        /* completions `logprobs`, chat `top_logprobs` */
+#define QV_PROTO_MAX_MESSAGES 4096      /* chat messages */
+#define QV_PROTO_MAX_STOP_IDS 64        /* vLLM stop_token_ids */
+#define QV_PROTO_MAX_ALLOWED_IDS 262144 /* vLLM allowed_token_ids (any vocabulary's size) */
+#define QV_PROTO_MAX_LOGIT_BIAS 1024    /* OpenAI logit_bias entries */
+#define QV_PROTO_MAX_CHOICES 64         /* `n`: choices of one request */
+#define QV_PROTO_MAX_BIAS 100.0         /* OpenAI: each bias is in [-100, 100] */
+#define QV_PROTO_MAX_TOOLS 128          /* chat `tools` (OpenAI's limit) */
 
 /* What a chat request's tool_choice makes of the answer. */
 enum qv_proto_tool_choice {
@@ -127,6 +128,8 @@ typedef struct qv_proto_request {
     size_t n_stop;
     int32_t *stop_ids; /* vLLM stop_token_ids: generation ends at any of them (no text) */
     size_t n_stop_ids;
+    int32_t *allowed_ids; /* vLLM allowed_token_ids: only these can be drawn (none: all) */
+    size_t n_allowed_ids;
     /* OpenAI logit_bias: bias_values[i] is added to token bias_ids[i]'s logit (ids as sent,
      * possibly repeated: the later entry wins; range checks against the vocabulary are the
      * server's) */

@@ -103,7 +103,8 @@ typedef struct request {
     size_t n_stops;
     int32_t *stop_ids; /* stop_token_ids */
     size_t n_stop_ids;
-    qv_token_bias *bias; /* logit_bias (gp.logit_bias points here until the engine copies it) */
+    int32_t *allowed_ids; /* allowed_token_ids (gp.allowed_ids points here) */
+    qv_token_bias *bias;  /* logit_bias (gp.logit_bias points here until the engine copies it) */
     enum qv_proto_tool_choice tools; /* chat: the answer is tool calls (gp.json_schema) */
     char *tool_name;                 /* QV_PROTO_TOOLS_NAMED: the function */
     bool mistral_ids;   /* call ids of 9 letters and digits (Mistral's template needs them) */
@@ -323,6 +324,7 @@ static void request_release(request *r) {
     qv_free(r->tgi_inputs);
     qv_free(r->toks);
     qv_free(r->stop_ids);
+    qv_free(r->allowed_ids);
     qv_free(r->bias);
     qv_free(r->tool_name);
     qv_json_schema_unref(r->gp.json_schema);
@@ -2474,6 +2476,12 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     r->gp.n_logit_bias = (int)pr->n_bias;
     r->gp.min_tokens_ids = r->stop_ids;
     r->gp.n_min_tokens_ids = (int)r->n_stop_ids;
+    if (ok && pr->n_allowed_ids &&
+        (ok = (r->allowed_ids = qv_malloc(pr->n_allowed_ids * sizeof(*r->allowed_ids))))) {
+        memcpy(r->allowed_ids, pr->allowed_ids, pr->n_allowed_ids * sizeof(*r->allowed_ids));
+        r->gp.allowed_ids = r->allowed_ids;
+        r->gp.n_allowed_ids = (int)pr->n_allowed_ids;
+    }
     r->include_stop = pr->include_stop_str;
     r->tokens_as_ids = pr->tokens_as_ids;
     ok = ok && !qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops,
@@ -2666,6 +2674,13 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
             ret = send_error(c, ctx, 400, "stop_token_ids", "invalid_value",
                              "stop token id %d is outside the vocabulary (%d)", (int)pr.stop_ids[i],
                              n_vocab);
+            goto done;
+        }
+    for (size_t i = 0; i < pr.n_allowed_ids; i++)
+        if (pr.allowed_ids[i] >= n_vocab) {
+            ret = send_error(c, ctx, 400, "allowed_token_ids", "invalid_value",
+                             "allowed token id %d is outside the vocabulary (%d)",
+                             (int)pr.allowed_ids[i], n_vocab);
             goto done;
         }
     for (size_t i = 0; i < pr.n_bias; i++)

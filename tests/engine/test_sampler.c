@@ -460,6 +460,58 @@ static void test_edits_greedy(void **state) {
     qv_sampler_free(s);
 }
 
+/* vLLM allowed_token_ids: only the listed ids are drawn, greedy or sampled, whatever the row;
+ * the bias applies among them; logprobs stay those of the raw row; a bad list changes nothing. */
+static void test_allowed_ids(void **state) {
+    (void)state;
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    p.temperature = 0.0f;
+    p.n_logprobs = 1;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, 6, &s), QV_OK);
+    const float x[6] = {1.0f, 5.0f, 3.0f, 4.5f, 0.0f, -2.0f};
+    float y[6];
+    const int32_t allowed[3] = {5, 2, 5};
+    assert_int_equal(qv_sampler_set_allowed(s, allowed, 3, NULL), QV_OK);
+    assert_true(qv_sampler_has_edits(s));
+    memcpy(y, x, sizeof(x));
+    qv_logprobs lp;
+    assert_int_equal(qv_sampler_sample(s, y, &lp), 2);
+    assert_int_equal(lp.top_ids[0], 1); /* the raw row's best */
+    for (int v = 0; v < 6; v++)
+        assert_true(v == 2 || v == 5 ? isfinite(y[v]) : isinf(y[v]));
+    const qv_token_bias up[1] = {{5, 6.0f}}; /* -2 + 6 > 3 */
+    assert_int_equal(qv_sampler_set_edits(s, up, 1, 0, NULL, 0, NULL), QV_OK);
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, NULL), 5);
+    qv_error err = {0};
+    const int32_t bad[2] = {2, 6};
+    assert_int_equal(qv_sampler_set_allowed(s, bad, 2, &err), QV_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "outside"));
+    memcpy(y, x, sizeof(x));
+    assert_int_equal(qv_sampler_sample(s, y, NULL), 5); /* unchanged */
+    assert_int_equal(qv_sampler_set_allowed(s, NULL, 0, NULL), QV_OK);
+    assert_int_equal(qv_sampler_set_edits(s, NULL, 0, 0, NULL, 0, NULL), QV_OK);
+    assert_false(qv_sampler_has_edits(s));
+    qv_sampler_free(s);
+    /* sampled: 2000 draws at temperature 1 only ever give the allowed ids, in proportion */
+    p.temperature = 1.0f;
+    p.seed = 7;
+    assert_int_equal(qv_sampler_create(&p, 6, &s), QV_OK);
+    const int32_t two[2] = {0, 2};
+    assert_int_equal(qv_sampler_set_allowed(s, two, 2, NULL), QV_OK);
+    int hits[6] = {0};
+    for (int i = 0; i < 2000; i++) {
+        memcpy(y, x, sizeof(x));
+        hits[qv_sampler_sample(s, y, NULL)]++;
+    }
+    assert_int_equal(hits[0] + hits[2], 2000);
+    const double p0 = 1.0 / (1.0 + exp(2.0)); /* e^1 / (e^1 + e^3) */
+    assert_true(fabs(hits[0] / 2000.0 - p0) < 0.03);
+    qv_sampler_free(s);
+}
+
 static void test_greedy(void **state) {
     (void)state;
     qv_sampling_params p;
@@ -978,14 +1030,14 @@ static void test_shared_scratch(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden_distributions), cmocka_unit_test(test_golden_draws),
-        cmocka_unit_test(test_golden_logprobs),      cmocka_unit_test(test_golden_chi_square),
-        cmocka_unit_test(test_chi_square_small),     cmocka_unit_test(test_greedy),
-        cmocka_unit_test(test_edits_greedy),         cmocka_unit_test(test_reproducible),
-        cmocka_unit_test(test_top_k_ties_and_min_p), cmocka_unit_test(test_penalty_context),
-        cmocka_unit_test(test_validation),           cmocka_unit_test(test_alloc_failure),
-        cmocka_unit_test(test_degenerate_rows),      cmocka_unit_test(test_naive_reference_random),
-        cmocka_unit_test(test_shared_scratch),
+        cmocka_unit_test(test_golden_distributions),   cmocka_unit_test(test_golden_draws),
+        cmocka_unit_test(test_golden_logprobs),        cmocka_unit_test(test_golden_chi_square),
+        cmocka_unit_test(test_chi_square_small),       cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_edits_greedy),           cmocka_unit_test(test_allowed_ids),
+        cmocka_unit_test(test_reproducible),           cmocka_unit_test(test_top_k_ties_and_min_p),
+        cmocka_unit_test(test_penalty_context),        cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_alloc_failure),          cmocka_unit_test(test_degenerate_rows),
+        cmocka_unit_test(test_naive_reference_random), cmocka_unit_test(test_shared_scratch),
     };
     return cmocka_run_group_tests(tests, setup_cases, teardown_cases);
 }

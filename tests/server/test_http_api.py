@@ -602,8 +602,9 @@ def run_edit_tests(srv):
 
 def run_vllm_output_tests(srv):
     """vLLM's output options: skip_special_tokens, include_stop_str_in_output (stop strings and
-    stop_token_ids), return_tokens_as_token_ids, truncate_prompt_tokens; and its options quiver
-    does not implement refused (400 naming them) where they ask for something."""
+    stop_token_ids), return_tokens_as_token_ids, allowed_token_ids, truncate_prompt_tokens; and
+    its options quiver does not implement refused (400 naming them) where they ask for
+    something."""
     base = os.path.basename(MODEL)[:-len(".gguf")]
 
     def post(body, path="/v1/completions"):
@@ -658,6 +659,27 @@ def run_vllm_output_tests(srv):
           kept["usage"]["completion_tokens"] == k + 1,
           f"include_stop_str_in_output: a stop_token_ids token's text ends the text "
           f"({kept['choices'][0]['text']!r})")
+    # allowed_token_ids: only those ids, sampled or greedy, end-of-generation included
+    pair = [gen[0], gen[2]]
+    st, two = post({"prompt": ids, "max_tokens": 12, "temperature": 1.0, "seed": 3,
+                    "logprobs": 1, "return_tokens_as_token_ids": True,
+                    "allowed_token_ids": pair})
+    got = [int(t.split(":", 1)[1]) for t in two["choices"][0]["logprobs"]["tokens"]] \
+        if st == 200 else []
+    _, one = post({"prompt": ids, "max_tokens": 5, "allowed_token_ids": [gen[1]],
+                   "logprobs": 0, "return_tokens_as_token_ids": True})
+    check(len(got) == 12 and set(got) <= set(pair) and
+          two["choices"][0]["finish_reason"] == "length" and
+          one["choices"][0]["logprobs"]["tokens"] == [f"token_id:{gen[1]}"] * 5,
+          f"allowed_token_ids: only the listed ids are drawn ({got}, "
+          f"{one.get('choices', [{}])[0].get('text')!r})")
+    expect_error(srv, "allowed_token_ids outside the vocabulary", 400, "POST", "/v1/completions",
+                 {"model": base, "prompt": "x", "allowed_token_ids": [49152]},
+                 param="allowed_token_ids")
+    expect_error(srv, "allowed_token_ids with JSON mode", 400, "POST", "/v1/chat/completions",
+                 {"model": base, "messages": [{"role": "user", "content": "x"}],
+                  "allowed_token_ids": [5], "response_format": {"type": "json_object"}},
+                 param="allowed_token_ids")
     # truncate_prompt_tokens keeps the prompt's last ids
     _, t5 = post({"prompt": ids, "max_tokens": 8, "truncate_prompt_tokens": 5})
     _, last5 = post({"prompt": ids[-5:], "max_tokens": 8})
@@ -677,8 +699,7 @@ def run_vllm_output_tests(srv):
                  param="truncate_prompt_tokens")
     # options that change the answer and that quiver does not implement
     msgs = [{"role": "user", "content": "hi"}]
-    for name, val in (("use_beam_search", True), ("allowed_token_ids", [5]),
-                      ("bad_words", ["cat"]), ("logits_processors", ["x"]),
+    for name, val in (("use_beam_search", True), ("bad_words", ["cat"]), ("logits_processors", ["x"]),
                       ("chat_template", "{{ messages }}"), ("chat_template_kwargs", {"a": 1}),
                       ("documents", [{"text": "x"}]), ("guided_whitespace_pattern", " ")):
         expect_error(srv, f"refused: {name}", 400, "POST", "/v1/chat/completions",

@@ -70,6 +70,7 @@ static void test_completion_all_fields(void **state) {
         "\"skip_special_tokens\":false,\"include_stop_str_in_output\":true,"
         "\"return_tokens_as_token_ids\":true,\"truncate_prompt_tokens\":9,"
         "\"spaces_between_special_tokens\":false,\"use_beam_search\":false,\"bad_words\":[],"
+        "\"allowed_token_ids\":[3,1,3],"
         "\"logit_bias\":{\"42\":-100,\"7\":2.5,\"42\":1}}";
     qv_proto_request r;
     qv_proto_error e;
@@ -95,6 +96,8 @@ static void test_completion_all_fields(void **state) {
     assert_false(r.skip_special_tokens);
     assert_true(r.include_stop_str && r.tokens_as_ids);
     assert_int_equal(r.truncate_prompt_tokens, 9);
+    assert_int_equal(r.n_allowed_ids, 3);
+    assert_true(r.allowed_ids[0] == 3 && r.allowed_ids[1] == 1 && r.allowed_ids[2] == 3);
     /* every entry as sent, a repeated id included (the sampler keeps the later one) */
     assert_int_equal(r.n_bias, 3);
     assert_true(r.bias_ids[0] == 42 && r.bias_values[0] == -100.0f);
@@ -195,7 +198,12 @@ static void test_errors(void **state) {
     expect_bad(C, "{\"prompt\":\"x\",\"truncate_prompt_tokens\":0}", "truncate_prompt_tokens");
     expect_bad(C, "{\"prompt\":\"x\",\"truncate_prompt_tokens\":-2}", "truncate_prompt_tokens");
     expect_bad(C, "{\"prompt\":\"x\",\"use_beam_search\":true}", "use_beam_search");
-    expect_bad(C, "{\"prompt\":\"x\",\"allowed_token_ids\":[1]}", "allowed_token_ids");
+    expect_bad(C, "{\"prompt\":\"x\",\"allowed_token_ids\":[-1]}", "allowed_token_ids");
+    expect_bad(C, "{\"prompt\":\"x\",\"allowed_token_ids\":5}", "allowed_token_ids");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"allowed_token_ids\":[1],"
+               "\"response_format\":{\"type\":\"json_object\"}}",
+               "allowed_token_ids");
     expect_bad(C, "{\"prompt\":\"x\",\"chat_template_kwargs\":{\"a\":1}}", "chat_template_kwargs");
     expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":{\"continuous_usage_stats\":true}}",
                "stream_options.continuous_usage_stats");
