@@ -2669,27 +2669,21 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     }
     /* what needs the model: ids in the vocabulary, and the sampling parameters */
     const int n_vocab = srv->model->cfg.n_vocab;
-    for (size_t i = 0; i < pr.n_stop_ids; i++)
-        if (pr.stop_ids[i] >= n_vocab) {
-            ret = send_error(c, ctx, 400, "stop_token_ids", "invalid_value",
-                             "stop token id %d is outside the vocabulary (%d)", (int)pr.stop_ids[i],
-                             n_vocab);
-            goto done;
-        }
-    for (size_t i = 0; i < pr.n_allowed_ids; i++)
-        if (pr.allowed_ids[i] >= n_vocab) {
-            ret = send_error(c, ctx, 400, "allowed_token_ids", "invalid_value",
-                             "allowed token id %d is outside the vocabulary (%d)",
-                             (int)pr.allowed_ids[i], n_vocab);
-            goto done;
-        }
-    for (size_t i = 0; i < pr.n_bias; i++)
-        if (pr.bias_ids[i] >= n_vocab) {
-            ret = send_error(c, ctx, 400, "logit_bias", "invalid_value",
-                             "logit_bias token id %d is outside the vocabulary (%d)",
-                             (int)pr.bias_ids[i], n_vocab);
-            goto done;
-        }
+    const struct {
+        const char *param, *what;
+        const int32_t *ids;
+        size_t n;
+    } lists[] = {{"stop_token_ids", "stop token", pr.stop_ids, pr.n_stop_ids},
+                 {"allowed_token_ids", "allowed token", pr.allowed_ids, pr.n_allowed_ids},
+                 {"logit_bias", "logit_bias token", pr.bias_ids, pr.n_bias}};
+    for (size_t l = 0; l < QV_ARRAY_LEN(lists); l++)
+        for (size_t i = 0; i < lists[l].n; i++)
+            if (lists[l].ids[i] >= n_vocab) {
+                ret = send_error(c, ctx, 400, lists[l].param, "invalid_value",
+                                 "%s id %d is outside the vocabulary (%d)", lists[l].what,
+                                 (int)lists[l].ids[i], n_vocab);
+                goto done;
+            }
     if (pr.tool_choice == QV_PROTO_TOOLS_AUTO &&
         !qv_chat_renders_tools(srv->tok, srv->cfg->chat_template)) {
         const char *fam =
