@@ -545,11 +545,13 @@ static qv_status grow_rows(qv_engine *e, int rows, qv_error *err) {
     return QV_OK;
 }
 
-/* The request's logit_bias, min_tokens and allowed ids, into its sampler. min_tokens suppresses the
- * end-of-generation ids (the tokenizer's, else the model's) and the caller's stop ids. */
+/* The request's logit_bias, min_tokens, allowed ids and bad words, into its sampler. min_tokens
+ * suppresses the end-of-generation ids (the tokenizer's, else the model's) and the caller's stop
+ * ids. */
 static qv_status set_edits(const qv_engine *e, qv_sampler *smp, const qv_gen_params *p,
                            qv_error *err) {
-    if (p->n_logit_bias == 0 && p->min_tokens == 0 && p->n_allowed_ids == 0) return QV_OK;
+    if (p->n_logit_bias == 0 && p->min_tokens == 0 && p->n_allowed_ids == 0 && p->n_bad_words == 0)
+        return QV_OK;
     const int32_t *eog = NULL;
     int n_eog = 0;
     int32_t model_eos[QV_MAX_EOS];
@@ -575,6 +577,8 @@ static qv_status set_edits(const qv_engine *e, qv_sampler *smp, const qv_gen_par
         qv_sampler_set_edits(smp, p->logit_bias, p->n_logit_bias, p->min_tokens, sup, n_sup, err);
     qv_free(sup);
     if (!st) st = qv_sampler_set_allowed(smp, p->allowed_ids, p->n_allowed_ids, err);
+    if (!st)
+        st = qv_sampler_set_bad_words(smp, p->bad_word_ids, p->bad_word_lens, p->n_bad_words, err);
     return st;
 }
 
@@ -585,7 +589,7 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     if (n_prompt == 0) return qv_errorf(err, QV_ERR_INVALID, "empty prompt");
     if (p->max_tokens <= 0) return qv_errorf(err, QV_ERR_INVALID, "max_tokens must be > 0");
     if (p->min_tokens < 0 || p->min_tokens > p->max_tokens || p->n_logit_bias < 0 ||
-        p->n_min_tokens_ids < 0 || p->n_allowed_ids < 0)
+        p->n_min_tokens_ids < 0 || p->n_allowed_ids < 0 || p->n_bad_words < 0)
         return qv_errorf(err, QV_ERR_INVALID, "min_tokens %d outside [0, max_tokens %d]",
                          p->min_tokens, p->max_tokens);
     qv_status st = qv_sampling_params_validate(&p->sampling, err);
@@ -688,6 +692,7 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     s->p.logit_bias = NULL;  /* copied into the sampler */
     s->p.min_tokens_ids = NULL;
     s->p.allowed_ids = NULL;
+    s->p.bad_word_ids = s->p.bad_word_lens = NULL;
     s->cb = cb;
     s->user = user;
     s->order = e->next_order++;

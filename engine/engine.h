@@ -118,6 +118,10 @@ typedef struct qv_gen_params {
      * structured output. */
     const int32_t *allowed_ids;
     int n_allowed_ids;
+    /* vLLM bad_words as token ids (copied; sampler.h qv_sampler_set_bad_words): word w's last
+     * id cannot follow its others among the generated tokens. Host-sampled. */
+    const int32_t *bad_word_ids, *bad_word_lens;
+    int n_bad_words;
     /* Non-NULL: the prompt tokens' log-probabilities go to it (called with qv_engine_add's
      * `user`). Their logits rows are computed during the prefill (at most QV_PROMPT_LP_ROWS
      * per step, a row buffer of that many vocabulary rows allocated with the first such

@@ -57,8 +57,11 @@ struct qv_sampler {
     int32_t *suppress; /* (n_suppress) ids set to -inf while n_accepted < min_tokens */
     int n_suppress;
     int min_tokens;
-    uint64_t *allowed;     /* vLLM allowed_token_ids: a bit per id, NULL = all */
-    qv_sampler_scratch *w; /* per-call buffers; borrowed unless owns_w */
+    uint64_t *allowed;           /* vLLM allowed_token_ids: a bit per id, NULL = all */
+    int32_t *bad_ids, *bad_lens; /* vLLM bad_words: n_bad words, their ids one after another */
+    int n_bad;
+    int32_t hist[QV_SAMPLER_MAX_BAD_LEN]; /* the last accepted ids (ring, n_accepted of them) */
+    qv_sampler_scratch *w;                /* per-call buffers; borrowed unless owns_w */
     bool owns_w;
 };
 
@@ -203,6 +206,8 @@ void qv_sampler_free(qv_sampler *s) {
     qv_free(s->bias);
     qv_free(s->suppress);
     qv_free(s->allowed);
+    qv_free(s->bad_ids);
+    qv_free(s->bad_lens);
     if (s->owns_w) qv_sampler_scratch_free(s->w);
     qv_free(s);
 }
@@ -227,6 +232,7 @@ void qv_sampler_add_prompt(qv_sampler *s, const int32_t *ids, size_t n) {
 }
 
 void qv_sampler_accept(qv_sampler *s, int32_t token) {
+    s->hist[s->n_accepted % QV_SAMPLER_MAX_BAD_LEN] = token;
     if (s->n_accepted < INT32_MAX) s->n_accepted++;
     if (token < 0 || token >= s->n_vocab) return;
     remember(s, token);
@@ -297,17 +303,63 @@ qv_status qv_sampler_set_allowed(qv_sampler *s, const int32_t *ids, int n, qv_er
     return QV_OK;
 }
 
+qv_status qv_sampler_set_bad_words(qv_sampler *s, const int32_t *ids, const int32_t *lens,
+                                   int n_words, qv_error *err) {
+    if (n_words < 0 || (n_words && (!ids || !lens)))
+        return qv_errorf(err, QV_ERR_INVALID, "sampler: bad word lists");
+    size_t total = 0;
+    for (int w = 0; w < n_words; w++) {
+        if (lens[w] < 1 || lens[w] > QV_SAMPLER_MAX_BAD_LEN)
+            return qv_errorf(err, QV_ERR_INVALID, "bad word %d has %d tokens (1 to %d)", w,
+                             (int)lens[w], QV_SAMPLER_MAX_BAD_LEN);
+        for (int j = 0; j < lens[w]; j++)
+            if (ids[total + (size_t)j] < 0 || ids[total + (size_t)j] >= s->n_vocab)
+                return qv_errorf(err, QV_ERR_INVALID, "bad word token id %d is outside [0, %d)",
+                                 (int)ids[total + (size_t)j], s->n_vocab);
+        total += (size_t)lens[w];
+    }
+    int32_t *ni = total ? qv_malloc(total * sizeof(*ni)) : NULL;
+    int32_t *nl = n_words ? qv_malloc((size_t)n_words * sizeof(*nl)) : NULL;
+    if ((total && !ni) || (n_words && !nl)) {
+        qv_free(ni);
+        qv_free(nl);
+        return qv_errorf(err, QV_ERR_NOMEM, "sampler: no memory for %d bad words", n_words);
+    }
+    if (total) memcpy(ni, ids, total * sizeof(*ni));
+    if (n_words) memcpy(nl, lens, (size_t)n_words * sizeof(*nl));
+    qv_free(s->bad_ids);
+    qv_free(s->bad_lens);
+    s->bad_ids = ni;
+    s->bad_lens = nl;
+    s->n_bad = n_words;
+    return QV_OK;
+}
+
 bool qv_sampler_has_edits(const qv_sampler *s) {
-    return s->n_bias > 0 || (s->n_suppress > 0 && s->n_accepted < s->min_tokens) || s->allowed;
+    return s->n_bias > 0 || (s->n_suppress > 0 && s->n_accepted < s->min_tokens) || s->allowed ||
+           s->n_bad > 0;
+}
+
+/* vLLM bad_words: the last id of each word whose other ids end the accepted tokens. */
+static void apply_bad_words(const qv_sampler *s, float *x) {
+    const int32_t *w = s->bad_ids;
+    for (int k = 0; k < s->n_bad; w += s->bad_lens[k], k++) {
+        const int n = s->bad_lens[k] - 1; /* ids that must come before the banned one */
+        bool match = n <= s->n_accepted;
+        for (int j = 0; j < n && match; j++) /* hist of accepted token n_accepted - n + j */
+            match = s->hist[(s->n_accepted - n + j) % QV_SAMPLER_MAX_BAD_LEN] == w[j];
+        if (match) x[w[n]] = -INFINITY;
+    }
 }
 
 /* ---------------------------------------------------------------- processing ---- */
 
-/* allowed_token_ids' -inf, logit_bias (float addition, as torch's scores + bias), then
- * min_tokens' -inf. */
+/* allowed_token_ids' -inf, bad_words' -inf, logit_bias (float addition, as torch's scores +
+ * bias), then min_tokens' -inf. */
 static void apply_edits(const qv_sampler *s, float *x) {
     for (int v = 0; s->allowed && v < s->n_vocab; v++)
         if (!((s->allowed[v >> 6] >> (v & 63)) & 1u)) x[v] = -INFINITY;
+    apply_bad_words(s, x);
     for (int j = 0; j < s->n_bias; j++)
         x[s->bias[j].id] += s->bias[j].bias;
     if (s->n_accepted < s->min_tokens)

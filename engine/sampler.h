@@ -64,6 +64,7 @@ typedef struct qv_token_bias {
 
 /* Largest accepted bias magnitude (OpenAI's range is [-100, 100]). */
 #define QV_SAMPLER_MAX_BIAS 100.0f
+#define QV_SAMPLER_MAX_BAD_LEN 32 /* tokens of one vLLM bad word */
 
 /* Per-call buffers of a sampler (20 bytes per vocabulary entry: 3 MB at 152k). Every sampler
  * created with qv_sampler_create owns one; an engine running many sequences on one thread can
@@ -122,8 +123,15 @@ qv_status qv_sampler_set_edits(qv_sampler *s, const qv_token_bias *bias, int n_b
  * stay those of the raw row. Errors: QV_ERR_INVALID (an id outside [0, n_vocab)),
  * QV_ERR_NOMEM; the sampler is unchanged then. */
 qv_status qv_sampler_set_allowed(qv_sampler *s, const int32_t *ids, int n, qv_error *err);
-/* Whether the next row is edited: a logit bias, ids still suppressed by min_tokens, or an
- * allowed set. */
+/* vLLM bad_words: word w is the ids ids[off .. off + lens[w]) (words one after another in
+ * ids); its last id gets -inf when the tokens accepted so far end with the ones before it (a
+ * one-token word: always). Applied after the allowed set, before logit_bias. Copies the
+ * lists; n_words 0 removes them. Errors: QV_ERR_INVALID (an id outside [0, n_vocab), a word of
+ * 0 or more than QV_SAMPLER_MAX_BAD_LEN ids), QV_ERR_NOMEM; the sampler is unchanged then. */
+qv_status qv_sampler_set_bad_words(qv_sampler *s, const int32_t *ids, const int32_t *lens,
+                                   int n_words, qv_error *err);
+/* Whether the next row is edited: a logit bias, ids still suppressed by min_tokens, an
+ * allowed set or bad words. */
 bool qv_sampler_has_edits(const qv_sampler *s);
 
 /* For callers that sample a row elsewhere (a device backend, engine/cuda/sample.cu) with the

@@ -86,34 +86,35 @@ static qv_status get_string(const cJSON *root, const char *name, char **out, qv_
     return *out ? QV_OK : nomem(e);
 }
 
-static qv_status decode_stop(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
-    const cJSON *f = field(root, "stop");
+/* A list of at most `max` non-empty strings of at most max_bytes (`one`: a single string too):
+ * OpenAI stop, vLLM bad_words. */
+static qv_status decode_strings(const cJSON *root, const char *name, bool one, int max,
+                                int max_bytes, char ***out, size_t *n_out, qv_proto_error *e) {
+    const cJSON *f = field(root, name);
     if (!f) return QV_OK;
-    size_t n = cJSON_IsString(f) ? 1 : cJSON_IsArray(f) ? (size_t)cJSON_GetArraySize(f) : 0;
-    if (!cJSON_IsString(f) && !cJSON_IsArray(f))
-        return fail(e, QV_ERR_INVALID, "stop", "'stop' must be a string or a list of strings");
-    if (n > QV_PROTO_MAX_STOPS)
-        return fail(e, QV_ERR_INVALID, "stop", "'stop' has %zu strings; at most %d", n,
-                    QV_PROTO_MAX_STOPS);
+    const bool str = one && cJSON_IsString(f);
+    size_t n = str ? 1 : cJSON_IsArray(f) ? (size_t)cJSON_GetArraySize(f) : 0;
+    const char *shape = one ? "a string or a list of strings" : "a list of strings";
+    if (!str && !cJSON_IsArray(f))
+        return fail(e, QV_ERR_INVALID, name, "'%s' must be %s", name, shape);
+    if (n > (size_t)max)
+        return fail(e, QV_ERR_INVALID, name, "'%s' has %zu strings; at most %d", name, n, max);
     if (n == 0) return QV_OK;
-    r->stop = qv_calloc(n, sizeof(*r->stop));
-    if (!r->stop) return nomem(e);
-    const cJSON *it = cJSON_IsString(f) ? f : f->child;
+    if (!(*out = qv_calloc(n, sizeof(**out)))) return nomem(e);
+    const cJSON *it = str ? f : f->child;
     for (size_t i = 0; i < n; i++, it = it->next) {
         if (!cJSON_IsString(it))
-            return fail(e, QV_ERR_INVALID, "stop", "'stop' must be a string or a list of strings");
+            return fail(e, QV_ERR_INVALID, name, "'%s' must be %s", name, shape);
         size_t len = strlen(it->valuestring);
-        if (len == 0 || len > QV_PROTO_MAX_STOP_BYTES)
-            return fail(e, QV_ERR_INVALID, "stop", "each stop string must have 1 to %d bytes",
-                        QV_PROTO_MAX_STOP_BYTES);
-        r->stop[i] = qv_strdup(it->valuestring);
-        if (!r->stop[i]) return nomem(e);
-        r->n_stop = i + 1;
+        if (len == 0 || len > (size_t)max_bytes)
+            return fail(e, QV_ERR_INVALID, name, "each %s string must have 1 to %d bytes", name,
+                        max_bytes);
+        if (!((*out)[i] = qv_strdup(it->valuestring))) return nomem(e);
+        *n_out = i + 1;
     }
     return QV_OK;
 }
 
-/* vLLM stop_token_ids: up to QV_PROTO_MAX_STOP_IDS ids. */
 /* A list of at most `max` token ids (vLLM stop_token_ids, allowed_token_ids) into *ids / *n. */
 static qv_status decode_ids(const cJSON *root, const char *name, int max, int32_t **ids,
                             size_t *n_ids, qv_proto_error *e) {
@@ -539,7 +540,6 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
         const char *name, *why;
     } k_vllm[] = {
         {"use_beam_search", "no beam search"},
-        {"bad_words", "use logit_bias or stop"},
         {"logits_processors", "no custom logits processors"},
         {"chat_template", "name a built-in format with quiver serve --chat-template"},
         {"chat_template_kwargs", "the chat templates take no arguments"},
@@ -819,7 +819,12 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         /* Negative seeds (allowed by OpenAI) wrap to their two's-complement value. */
         r->seed = (uint64_t)(int64_t)seed->valuedouble;
     }
-    if ((s = decode_stop(root, r, e))) goto done;
+    if ((s = decode_strings(root, "stop", true, QV_PROTO_MAX_STOPS, QV_PROTO_MAX_STOP_BYTES,
+                            &r->stop, &r->n_stop, e)))
+        goto done;
+    if ((s = decode_strings(root, "bad_words", false, QV_PROTO_MAX_BAD_WORDS,
+                            QV_PROTO_MAX_STOP_BYTES, &r->bad_words, &r->n_bad_words, e)))
+        goto done;
     if ((s = decode_ids(root, "stop_token_ids", QV_PROTO_MAX_STOP_IDS, &r->stop_ids, &r->n_stop_ids,
                         e)))
         goto done;
@@ -897,6 +902,9 @@ void qv_proto_request_free(qv_proto_request *r) {
     qv_free(r->messages);
     for (size_t i = 0; i < r->n_stop; i++)
         qv_free(r->stop[i]);
+    for (size_t i = 0; i < r->n_bad_words; i++)
+        qv_free(r->bad_words[i]);
+    qv_free(r->bad_words);
     qv_free(r->stop);
     for (size_t i = 0; i < r->n_more; i++) {
         qv_free(r->more[i].text);
@@ -1696,7 +1704,9 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
     if ((s = get_float(p, "frequency_penalty", -2, 2, &r->frequency_penalty, e))) return s;
     if ((s = get_float(p, "presence_penalty", -2, 2, &r->presence_penalty, e))) return s;
     if ((s = get_bool(p, "return_full_text", &t->return_full_text, e))) return s;
-    if ((s = decode_stop(p, r, e))) return s;
+    if ((s = decode_strings(p, "stop", true, QV_PROTO_MAX_STOPS, QV_PROTO_MAX_STOP_BYTES, &r->stop,
+                            &r->n_stop, e)))
+        return s;
     if ((f = field(p, "seed"))) {
         if (!cJSON_IsNumber(f) || f->valuedouble != floor(f->valuedouble) || f->valuedouble < 0 ||
             f->valuedouble > 9007199254740992.0)

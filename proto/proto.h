@@ -33,6 +33,7 @@ extern "C" {
 #define QV_PROTO_MAX_LOGPROBS 20        /* completions `logprobs`, chat `top_logprobs` */
 #define QV_PROTO_MAX_MESSAGES 4096      /* chat messages */
 #define QV_PROTO_MAX_STOP_IDS 64        /* vLLM stop_token_ids */
+#define QV_PROTO_MAX_BAD_WORDS 64       /* vLLM bad_words */
 #define QV_PROTO_MAX_ALLOWED_IDS 262144 /* vLLM allowed_token_ids (any vocabulary's size) */
 #define QV_PROTO_MAX_LOGIT_BIAS 1024    /* OpenAI logit_bias entries */
 #define QV_PROTO_MAX_CHOICES 64         /* `n`: choices of one request */
@@ -130,6 +131,8 @@ typedef struct qv_proto_request {
     size_t n_stop_ids;
     int32_t *allowed_ids; /* vLLM allowed_token_ids: only these can be drawn (none: all) */
     size_t n_allowed_ids;
+    char **bad_words; /* vLLM bad_words: n_bad_words non-empty strings the answer must avoid */
+    size_t n_bad_words;
     /* OpenAI logit_bias: bias_values[i] is added to token bias_ids[i]'s logit (ids as sent,
      * possibly repeated: the later entry wins; range checks against the vocabulary are the
      * server's) */

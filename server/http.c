@@ -103,8 +103,9 @@ typedef struct request {
     size_t n_stops;
     int32_t *stop_ids; /* stop_token_ids */
     size_t n_stop_ids;
-    int32_t *allowed_ids; /* allowed_token_ids (gp.allowed_ids points here) */
-    qv_token_bias *bias;  /* logit_bias (gp.logit_bias points here until the engine copies it) */
+    int32_t *allowed_ids;        /* allowed_token_ids (gp.allowed_ids points here) */
+    int32_t *bad_ids, *bad_lens; /* bad_words as ids (gp.bad_word_* point here) */
+    qv_token_bias *bias; /* logit_bias (gp.logit_bias points here until the engine copies it) */
     enum qv_proto_tool_choice tools; /* chat: the answer is tool calls (gp.json_schema) */
     char *tool_name;                 /* QV_PROTO_TOOLS_NAMED: the function */
     bool mistral_ids;   /* call ids of 9 letters and digits (Mistral's template needs them) */
@@ -325,6 +326,8 @@ static void request_release(request *r) {
     qv_free(r->toks);
     qv_free(r->stop_ids);
     qv_free(r->allowed_ids);
+    qv_free(r->bad_ids);
+    qv_free(r->bad_lens);
     qv_free(r->bias);
     qv_free(r->tool_name);
     qv_json_schema_unref(r->gp.json_schema);
@@ -2349,6 +2352,63 @@ static bool echo_setup(request *r, const char *prompt, size_t prompt_len) {
     return ok;
 }
 
+/* vLLM bad_words as token ids, tokenized as vLLM does: each word without its leading
+ * whitespace, and once more after a space when that gives other ids of the same count. *ids /
+ * *lens (qv_free) hold *n words one after another. False with msg[cap] for a word of more
+ * than QV_SAMPLER_MAX_BAD_LEN ids, or when out of memory (*oom). */
+static bool bad_word_ids(const qv_tokenizer *tok, char *const *words, size_t n_words, int32_t **ids,
+                         int32_t **lens, int *n, bool *oom, char *msg, size_t cap) {
+    size_t n_ids = 0, cap_ids = 0;
+    *ids = NULL;
+    *n = 0;
+    *oom = false;
+    if (!n_words) return true;
+    if (!(*lens = qv_malloc(2 * n_words * sizeof(**lens)))) return !(*oom = true);
+    for (size_t w = 0; w < n_words; w++) {
+        const char *s = words[w];
+        while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '\f' || *s == '\v')
+            s++;
+        int32_t *v[2] = {NULL, NULL};
+        size_t nv[2] = {0, 0};
+        char *spaced = qv_malloc(strlen(s) + 2);
+        bool ok = spaced != NULL;
+        if (ok) {
+            spaced[0] = ' ';
+            memcpy(spaced + 1, s, strlen(s) + 1);
+        }
+        ok = ok && !qv_tokenizer_encode(tok, s, strlen(s), false, &v[0], &nv[0], NULL) &&
+             !qv_tokenizer_encode(tok, spaced, strlen(spaced), false, &v[1], &nv[1], NULL);
+        qv_free(spaced);
+        const int k = ok && nv[0] && nv[1] == nv[0] && v[1][0] != v[0][0] ? 2 : 1;
+        for (int j = 0; ok && j < k; j++) {
+            if (!nv[j] || nv[j] > QV_SAMPLER_MAX_BAD_LEN) {
+                snprintf(msg, cap, "bad_words[%zu] encodes to %zu tokens (1 to %d)", w, nv[j],
+                         QV_SAMPLER_MAX_BAD_LEN);
+                qv_free(v[0]);
+                qv_free(v[1]);
+                return false;
+            }
+            if (n_ids + nv[j] > cap_ids) {
+                cap_ids = 2 * (n_ids + nv[j]);
+                int32_t *g = qv_realloc(*ids, cap_ids * sizeof(*g));
+                if (!g)
+                    ok = false;
+                else
+                    *ids = g;
+            }
+            if (ok) {
+                memcpy(*ids + n_ids, v[j], nv[j] * sizeof(**ids));
+                n_ids += nv[j];
+                (*lens)[(*n)++] = (int32_t)nv[j];
+            }
+        }
+        qv_free(v[0]);
+        qv_free(v[1]);
+        if (!ok) return !(*oom = true);
+    }
+    return true;
+}
+
 /* One prompt of a request: its ids, and its text as sent (NULL: ids sent, or chat). */
 typedef struct prompt_in {
     int32_t *ids;
@@ -2371,7 +2431,9 @@ typedef struct member_spec {
     double t_arrival;
     int64_t created;
     char id[64];
-    uint64_t seed; /* choice j of each prompt samples with seed + j */
+    uint64_t seed;                     /* choice j of each prompt samples with seed + j */
+    const int32_t *bad_ids, *bad_lens; /* bad_words as ids: n_bad words one after another */
+    int n_bad;
 } member_spec;
 
 /* Engine parameters of a prompt's choice j (pointers into the member left NULL); false with
@@ -2476,6 +2538,18 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     r->gp.n_logit_bias = (int)pr->n_bias;
     r->gp.min_tokens_ids = r->stop_ids;
     r->gp.n_min_tokens_ids = (int)r->n_stop_ids;
+    size_t n_bad_ids = 0;
+    for (int w = 0; w < ms->n_bad; w++)
+        n_bad_ids += (size_t)ms->bad_lens[w];
+    if (ok && ms->n_bad &&
+        (ok = (r->bad_ids = qv_malloc(n_bad_ids * sizeof(int32_t))) &&
+              (r->bad_lens = qv_malloc((size_t)ms->n_bad * sizeof(int32_t))))) {
+        memcpy(r->bad_ids, ms->bad_ids, n_bad_ids * sizeof(int32_t));
+        memcpy(r->bad_lens, ms->bad_lens, (size_t)ms->n_bad * sizeof(int32_t));
+        r->gp.bad_word_ids = r->bad_ids;
+        r->gp.bad_word_lens = r->bad_lens;
+        r->gp.n_bad_words = ms->n_bad;
+    }
     if (ok && pr->n_allowed_ids &&
         (ok = (r->allowed_ids = qv_malloc(pr->n_allowed_ids * sizeof(*r->allowed_ids))))) {
         memcpy(r->allowed_ids, pr->allowed_ids, pr->n_allowed_ids * sizeof(*r->allowed_ids));
@@ -2518,7 +2592,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     int charged = 0;      /* prompt tokens taken from the tenant's tpm bucket */
     int tenant = 0;
     char *prompt = NULL;
-    int32_t *ids = NULL;
+    int32_t *ids = NULL, *bad_ids = NULL, *bad_lens = NULL;
     size_t n_ids = 0;
     prompt_in pin[QV_PROTO_MAX_CHOICES] = {0}; /* the prompts: ids[0] is `ids` */
     size_t n_prompts = 1;
@@ -2733,6 +2807,16 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     ms.seed = pr.has_seed ? pr.seed
                           : ((uint64_t)serial * 0x9E3779B97F4A7C15ull + (uint64_t)time(NULL)) &
                                 ((1ull << 53) - 1);
+    bool oom = false;
+    char bmsg[160];
+    if (!bad_word_ids(srv->tok, pr.bad_words, pr.n_bad_words, &bad_ids, &bad_lens, &ms.n_bad, &oom,
+                      bmsg, sizeof(bmsg))) {
+        ret = oom ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
+                  : send_error(c, ctx, 400, "bad_words", "invalid_value", "%s", bmsg);
+        goto done;
+    }
+    ms.bad_ids = bad_ids;
+    ms.bad_lens = bad_lens;
     qv_gen_params probe;
     if (!member_params(&ms, 0, &probe, &err)) {
         ret = send_error(c, ctx, 400, NULL, "invalid_value", "%s", err.msg);
@@ -2805,6 +2889,8 @@ done:
     for (size_t p = 1; p < n_prompts; p++)
         if (pin[p].own_ids) qv_free(pin[p].ids);
     qv_free(ids);
+    qv_free(bad_ids);
+    qv_free(bad_lens);
     qv_free(prompt);
     qv_proto_request_free(&pr);
     return ret;

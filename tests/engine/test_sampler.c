@@ -460,16 +460,22 @@ static void test_edits_greedy(void **state) {
     qv_sampler_free(s);
 }
 
+/* A greedy sampler over n_vocab ids reporting n_logprobs alternatives. */
+static qv_sampler *greedy_sampler(int n_vocab, int n_logprobs) {
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    p.temperature = 0.0f;
+    p.n_logprobs = n_logprobs;
+    qv_sampler *s = NULL;
+    assert_int_equal(qv_sampler_create(&p, n_vocab, &s), QV_OK);
+    return s;
+}
+
 /* vLLM allowed_token_ids: only the listed ids are drawn, greedy or sampled, whatever the row;
  * the bias applies among them; logprobs stay those of the raw row; a bad list changes nothing. */
 static void test_allowed_ids(void **state) {
     (void)state;
-    qv_sampling_params p;
-    qv_sampling_params_default(&p);
-    p.temperature = 0.0f;
-    p.n_logprobs = 1;
-    qv_sampler *s = NULL;
-    assert_int_equal(qv_sampler_create(&p, 6, &s), QV_OK);
+    qv_sampler *s = greedy_sampler(6, 1);
     const float x[6] = {1.0f, 5.0f, 3.0f, 4.5f, 0.0f, -2.0f};
     float y[6];
     const int32_t allowed[3] = {5, 2, 5};
@@ -496,7 +502,8 @@ static void test_allowed_ids(void **state) {
     assert_false(qv_sampler_has_edits(s));
     qv_sampler_free(s);
     /* sampled: 2000 draws at temperature 1 only ever give the allowed ids, in proportion */
-    p.temperature = 1.0f;
+    qv_sampling_params p;
+    qv_sampling_params_default(&p); /* temperature 1 */
     p.seed = 7;
     assert_int_equal(qv_sampler_create(&p, 6, &s), QV_OK);
     const int32_t two[2] = {0, 2};
@@ -509,6 +516,50 @@ static void test_allowed_ids(void **state) {
     assert_int_equal(hits[0] + hits[2], 2000);
     const double p0 = 1.0 / (1.0 + exp(2.0)); /* e^1 / (e^1 + e^3) */
     assert_true(fabs(hits[0] / 2000.0 - p0) < 0.03);
+    qv_sampler_free(s);
+}
+
+/* vLLM bad_words: a one-token word never comes; a longer word's last token cannot follow the
+ * rest of it, also after the history ring has wrapped; bad lists change nothing. */
+static void test_bad_words(void **state) {
+    (void)state;
+    qv_sampler *s = greedy_sampler(6, 0);
+    const int32_t ids[6] = {3, 1, 2, 5, 0, 2}, lens[3] = {1, 2, 3}; /* [3] [1 2] [5 0 2] */
+    assert_int_equal(qv_sampler_set_bad_words(s, ids, lens, 3, NULL), QV_OK);
+    assert_true(qv_sampler_has_edits(s));
+    const float y[6] = {0.0f, 1.0f, 9.0f, 8.0f, 2.0f, 0.5f};
+    float z[6];
+    memcpy(z, y, sizeof(y));
+    assert_int_equal(qv_sampler_sample(s, z, NULL), 2); /* nothing before: 2 is free */
+    qv_sampler_accept(s, 1);
+    memcpy(z, y, sizeof(y));
+    assert_int_equal(qv_sampler_sample(s, z, NULL), 4); /* 2 after 1 banned, 3 always */
+    assert_true(isinf(z[2]) && isinf(z[3]) && z[4] == 2.0f);
+    qv_sampler_accept(s, 4);
+    memcpy(z, y, sizeof(y));
+    assert_int_equal(qv_sampler_sample(s, z, NULL), 2); /* after 4: free again */
+    for (int i = 0; i < 45; i++)                        /* past the ring's size */
+        qv_sampler_accept(s, i % 4 == 3 ? 5 : 4);
+    qv_sampler_accept(s, 5);
+    qv_sampler_accept(s, 0);
+    memcpy(z, y, sizeof(y));
+    assert_int_equal(qv_sampler_sample(s, z, NULL), 4); /* 5 0 then 2: banned */
+    qv_sampler_accept(s, 1);
+    memcpy(z, y, sizeof(y));
+    assert_int_equal(qv_sampler_sample(s, z, NULL), 4); /* ... 0 1 then 2: [1 2] */
+    qv_sampler_reset(s);
+    memcpy(z, y, sizeof(y));
+    assert_int_equal(qv_sampler_sample(s, z, NULL), 2); /* a reset forgets the history */
+    qv_error err = {0};
+    const int32_t bad_len[1] = {0}, long_len[1] = {QV_SAMPLER_MAX_BAD_LEN + 1}, bad_id[1] = {6};
+    const int32_t one[1] = {1};
+    assert_int_equal(qv_sampler_set_bad_words(s, ids, bad_len, 1, &err), QV_ERR_INVALID);
+    assert_int_equal(qv_sampler_set_bad_words(s, ids, long_len, 1, &err), QV_ERR_INVALID);
+    assert_int_equal(qv_sampler_set_bad_words(s, bad_id, one, 1, &err), QV_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "outside"));
+    assert_true(qv_sampler_has_edits(s)); /* the earlier words stay */
+    assert_int_equal(qv_sampler_set_bad_words(s, NULL, NULL, 0, NULL), QV_OK);
+    assert_false(qv_sampler_has_edits(s));
     qv_sampler_free(s);
 }
 
@@ -1030,14 +1081,23 @@ static void test_shared_scratch(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden_distributions),   cmocka_unit_test(test_golden_draws),
-        cmocka_unit_test(test_golden_logprobs),        cmocka_unit_test(test_golden_chi_square),
-        cmocka_unit_test(test_chi_square_small),       cmocka_unit_test(test_greedy),
-        cmocka_unit_test(test_edits_greedy),           cmocka_unit_test(test_allowed_ids),
-        cmocka_unit_test(test_reproducible),           cmocka_unit_test(test_top_k_ties_and_min_p),
-        cmocka_unit_test(test_penalty_context),        cmocka_unit_test(test_validation),
-        cmocka_unit_test(test_alloc_failure),          cmocka_unit_test(test_degenerate_rows),
-        cmocka_unit_test(test_naive_reference_random), cmocka_unit_test(test_shared_scratch),
+        cmocka_unit_test(test_golden_distributions),
+        cmocka_unit_test(test_golden_draws),
+        cmocka_unit_test(test_golden_logprobs),
+        cmocka_unit_test(test_golden_chi_square),
+        cmocka_unit_test(test_chi_square_small),
+        cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_edits_greedy),
+        cmocka_unit_test(test_allowed_ids),
+        cmocka_unit_test(test_bad_words),
+        cmocka_unit_test(test_reproducible),
+        cmocka_unit_test(test_top_k_ties_and_min_p),
+        cmocka_unit_test(test_penalty_context),
+        cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_alloc_failure),
+        cmocka_unit_test(test_degenerate_rows),
+        cmocka_unit_test(test_naive_reference_random),
+        cmocka_unit_test(test_shared_scratch),
     };
     return cmocka_run_group_tests(tests, setup_cases, teardown_cases);
 }

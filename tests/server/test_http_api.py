@@ -602,7 +602,8 @@ def run_edit_tests(srv):
 
 def run_vllm_output_tests(srv):
     """vLLM's output options: skip_special_tokens, include_stop_str_in_output (stop strings and
-    stop_token_ids), return_tokens_as_token_ids, allowed_token_ids, truncate_prompt_tokens; and
+    stop_token_ids), return_tokens_as_token_ids, allowed_token_ids, bad_words,
+    truncate_prompt_tokens; and
     its options quiver does not implement refused (400 naming them) where they ask for
     something."""
     base = os.path.basename(MODEL)[:-len(".gguf")]
@@ -680,6 +681,27 @@ def run_vllm_output_tests(srv):
                  {"model": base, "messages": [{"role": "user", "content": "x"}],
                   "allowed_token_ids": [5], "response_format": {"type": "json_object"}},
                  param="allowed_token_ids")
+    # bad_words: neither the word's ids nor those of " word" appear in the answer
+    def ids_of(t):
+        st, _, d = srv.raw("POST", "/tokenize", {"model": base, "prompt": t,
+                                                 "add_special_tokens": False})
+        return json.loads(d)["tokens"] if st == 200 else []
+
+    def has_run(seq, sub_seq):
+        return any(seq[i:i + len(sub_seq)] == sub_seq for i in range(len(seq)))
+
+    banned = [ids_of("Paris"), ids_of(" Paris"), ids_of("The"), ids_of(" The")]
+    st, bw = post(dict(free, max_tokens=24, return_tokens_as_token_ids=True,
+                       bad_words=["Paris", "  The"]))
+    out = [int(t.split(":", 1)[1]) for t in bw["choices"][0]["logprobs"]["tokens"]] \
+        if st == 200 else []
+    check(st == 200 and any(has_run(gen, b) for b in banned) and len(out) > 0 and
+          not any(has_run(out, b) for b in banned),
+          f"bad_words: 'Paris' and 'The' (with or without a space) are avoided "
+          f"({bw.get('choices', [{}])[0].get('text')!r})")
+    for bad in (["x" * 200], [""], "Paris", [3]):
+        expect_error(srv, f"bad_words {str(bad)[:20]}", 400, "POST", "/v1/completions",
+                     {"model": base, "prompt": "x", "bad_words": bad}, param="bad_words")
     # truncate_prompt_tokens keeps the prompt's last ids
     _, t5 = post({"prompt": ids, "max_tokens": 8, "truncate_prompt_tokens": 5})
     _, last5 = post({"prompt": ids[-5:], "max_tokens": 8})
@@ -699,7 +721,7 @@ def run_vllm_output_tests(srv):
                  param="truncate_prompt_tokens")
     # options that change the answer and that quiver does not implement
     msgs = [{"role": "user", "content": "hi"}]
-    for name, val in (("use_beam_search", True), ("bad_words", ["cat"]), ("logits_processors", ["x"]),
+    for name, val in (("use_beam_search", True), ("logits_processors", ["x"]),
                       ("chat_template", "{{ messages }}"), ("chat_template_kwargs", {"a": 1}),
                       ("documents", [{"text": "x"}]), ("guided_whitespace_pattern", " ")):
         expect_error(srv, f"refused: {name}", 400, "POST", "/v1/chat/completions",

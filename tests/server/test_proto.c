@@ -69,7 +69,8 @@ static void test_completion_all_fields(void **state) {
         "\"user\":\"ignored\",\"echo\":false,\"ignore_eos\":true,\"min_tokens\":4,"
         "\"skip_special_tokens\":false,\"include_stop_str_in_output\":true,"
         "\"return_tokens_as_token_ids\":true,\"truncate_prompt_tokens\":9,"
-        "\"spaces_between_special_tokens\":false,\"use_beam_search\":false,\"bad_words\":[],"
+        "\"spaces_between_special_tokens\":false,\"use_beam_search\":false,\"bad_words\":[\"a\",\" "
+        "b\"],"
         "\"allowed_token_ids\":[3,1,3],"
         "\"logit_bias\":{\"42\":-100,\"7\":2.5,\"42\":1}}";
     qv_proto_request r;
@@ -96,6 +97,8 @@ static void test_completion_all_fields(void **state) {
     assert_false(r.skip_special_tokens);
     assert_true(r.include_stop_str && r.tokens_as_ids);
     assert_int_equal(r.truncate_prompt_tokens, 9);
+    assert_int_equal(r.n_bad_words, 2);
+    assert_string_equal(r.bad_words[1], " b");
     assert_int_equal(r.n_allowed_ids, 3);
     assert_true(r.allowed_ids[0] == 3 && r.allowed_ids[1] == 1 && r.allowed_ids[2] == 3);
     /* every entry as sent, a repeated id included (the sampler keeps the later one) */
