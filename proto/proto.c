@@ -1782,7 +1782,7 @@ qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r,
     r->top_p = 1.0f;
     r->repetition_penalty = 1.0f;
     r->add_special_tokens = true;
-    r->skip_special_tokens = true; /* TGI's decode_input / output text skip them too */
+    r->skip_special_tokens = true; /* TGI's generated_text has no special tokens either */
     if (e) memset(e, 0, sizeof(*e));
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) return fail(e, QV_ERR_INVALID, NULL, "the request body is not valid JSON");

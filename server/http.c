@@ -456,7 +456,6 @@ static bool record_token(request *r, int32_t id, const qv_logprobs *lp) {
     return true;
 }
 
-/* The wire form of a token's logprobs, its alternatives cut to the request's count. */
 /* A logprobs entry's name of token id: its text, or "token_id:<id>" when the request asked for
  * ids (vLLM return_tokens_as_token_ids). */
 static char *lp_name(const request *r, int32_t id) {
@@ -466,6 +465,7 @@ static char *lp_name(const request *r, int32_t id) {
     return qv_strdup(buf);
 }
 
+/* The wire form of a token's logprobs, its alternatives cut to the request's count. */
 static qv_proto_logprob wire_lp(const request *r, int32_t token, const qv_logprobs *lp) {
     qv_proto_logprob plp = {.token = lp_name(r, token), .id = token, .logprob = lp->logprob};
     plp.n_top = QV_MIN(QV_MIN(lp->n_top, r->n_top), QV_PROTO_MAX_LOGPROBS);
@@ -2766,8 +2766,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                          "'tool_choice' \"auto\" (the default with 'tools') needs a chat template "
                          "that shows the model the tools and reads its calls (Qwen2.5's, Llama "
                          "3.1's or 3.2's, Mistral v0.3's or Nemo's); this model's is %s: send "
-                         "\"required\", a named "
-                         "function or \"none\"",
+                         "\"required\", a named function or \"none\"",
                          fam ? fam : "unknown");
         goto done;
     }
