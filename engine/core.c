@@ -187,6 +187,13 @@ void qv_log_tagged(enum qv_log_level lvl, const char *tag, const char *fmt, ...)
     va_end(ap);
 }
 
+uint64_t qv_splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 double qv_time_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

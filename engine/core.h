@@ -93,6 +93,8 @@ void qv_log_set_json(bool on);
 
 /* Monotonic clock in seconds. */
 double qv_time_s(void);
+/* SplitMix64: advances *state and returns its next 64-bit output (seeding, hashing to ids). */
+uint64_t qv_splitmix64(uint64_t *state);
 
 /* CPUs this process may use (engine/cgroup.c): its affinity mask, capped by the CPU quota of
  * its control group (cgroup v2 cpu.max or v1 cpu.cfs_quota_us, on its group and the group's

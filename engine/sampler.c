@@ -110,13 +110,6 @@ qv_status qv_sampling_params_validate(const qv_sampling_params *p, qv_error *err
 
 /* ---------------------------------------------------------------- PRNG ---- */
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 static uint64_t rng_next(uint64_t s[4]) {
@@ -137,7 +130,7 @@ static double rng_uniform(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * 
 static void rng_seed(uint64_t s[4], uint64_t seed) {
     uint64_t x = seed;
     for (int i = 0; i < 4; i++)
-        s[i] = splitmix64(&x);
+        s[i] = qv_splitmix64(&x);
 }
 
 /* ---------------------------------------------------------------- lifetime ---- */

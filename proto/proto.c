@@ -1014,13 +1014,6 @@ static bool mistral_list(const char *text, size_t len, size_t *content, size_t *
     return true;
 }
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 void qv_proto_mistral_call_id(const char *base, size_t i, char out[10]) {
     static const char k_alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     uint64_t h = 1469598103934665603ull; /* FNV-1a over the base, then the index */
@@ -1028,7 +1021,7 @@ void qv_proto_mistral_call_id(const char *base, size_t i, char out[10]) {
         h = (h ^ (uint8_t)*p) * 1099511628211ull;
     h = (h ^ (uint64_t)i) * 1099511628211ull;
     for (int k = 0; k < 9; k++)
-        out[k] = k_alnum[splitmix64(&h) % 62];
+        out[k] = k_alnum[qv_splitmix64(&h) % 62];
     out[9] = '\0';
 }
 

@@ -9,4 +9,4 @@ quiver=$1
 source "$(dirname "$0")/lib.sh"
 qv_need_model
 qv_venv openai
-exec timeout 850 "$venv/bin/python" "$root/tests/server/test_http_api.py" "$quiver"
+exec timeout 1500 "$venv/bin/python" "$root/tests/server/test_http_api.py" "$quiver"
