@@ -625,6 +625,9 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
     if (ad &&
         (st = qv_forward_adapter_check(e->fwd, ad, &ad_dev_bytes, &e->ad_pool_bytes, err)) != QV_OK)
         return st;
+    if (p->prompt_n_logprobs < 0 || p->prompt_n_logprobs > QV_SAMPLER_MAX_LOGPROBS)
+        return qv_errorf(err, QV_ERR_INVALID, "prompt_n_logprobs %d out of range [0, %d]",
+                         p->prompt_n_logprobs, QV_SAMPLER_MAX_LOGPROBS);
     if (p->prompt_lp_cb && (st = grow_rows(e, e->cfg.max_seqs + QV_PROMPT_LP_ROWS, err)) != QV_OK)
         return st;
     size_t total = (size_t)n_pre + n_prompt + (size_t)p->max_tokens;
@@ -1174,10 +1177,12 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
         qv_logprobs lp;
         const int pos = e->b_pos[e->b_logits_idx[li]];
         if (pos < s->n_tokens - 1) { /* the logprobs of prompt token pos + 1 - n_pre */
-            qv_logprobs_of_row(e->logits + (size_t)li * (size_t)n_vocab, n_vocab,
-                               s->tokens[pos + 1], s->p.sampling.n_logprobs, &lp);
+            const float *row = e->logits + (size_t)li * (size_t)n_vocab;
+            qv_logprobs_of_row(row, n_vocab, s->tokens[pos + 1],
+                               QV_MAX(s->p.sampling.n_logprobs, s->p.prompt_n_logprobs), &lp);
             s->plp_next = pos + 1;
-            s->p.prompt_lp_cb(s->user, s->id, pos + 1 - s->n_pre, &lp);
+            s->p.prompt_lp_cb(s->user, s->id, pos + 1 - s->n_pre, &lp,
+                              qv_logprob_rank(row, n_vocab, s->tokens[pos + 1]));
             continue;
         }
         bool want_lp = s->p.sampling.n_logprobs > 0;

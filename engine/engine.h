@@ -87,9 +87,11 @@ enum qv_finish_reason {
 
 /* Called with the log-probabilities of prompt token `index` (1..n_prompt-1, in order, each
  * once, before the first generated token's qv_token_cb) given the tokens before it: lp->token
- * is that prompt token, lp->logprob its raw log-softmax value, lp->top_* the n_logprobs most
- * likely tokens at that position (sampler.h: qv_logprobs_of_row). */
-typedef void (*qv_prompt_lp_cb)(void *user, int seq_id, int index, const qv_logprobs *lp);
+ * is that prompt token, lp->logprob its raw log-softmax value, lp->top_* the most likely
+ * tokens at that position, max(sampling.n_logprobs, prompt_n_logprobs) of them (sampler.h:
+ * qv_logprobs_of_row), and `rank` the token's rank in the vocabulary (1 + the number of
+ * tokens more likely; qv_logprob_rank). */
+typedef void (*qv_prompt_lp_cb)(void *user, int seq_id, int index, const qv_logprobs *lp, int rank);
 
 typedef struct qv_gen_params {
     qv_sampling_params sampling;
@@ -127,6 +129,7 @@ typedef struct qv_gen_params {
      * per step, a row buffer of that many vocabulary rows allocated with the first such
      * request) and read on the host. */
     qv_prompt_lp_cb prompt_lp_cb;
+    int prompt_n_logprobs; /* alternatives for prompt_lp_cb beyond sampling.n_logprobs (0..20) */
     /* JSON mode (OpenAI response_format {"type": "json_object"}): the generated text is one
      * JSON object (json_grammar.h) followed by an end-of-generation token, or a prefix of one
      * when max_tokens ends it first. Before each draw, tokens that would leave no valid

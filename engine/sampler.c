@@ -817,6 +817,15 @@ void qv_logprobs_of_row(const float *row, int n_vocab, int32_t token, int n_top,
     lp->logprob = token >= 0 && token < n_vocab ? (float)((double)row[token] - log_z) : -INFINITY;
 }
 
+int qv_logprob_rank(const float *row, int n_vocab, int32_t token) {
+    QV_ASSERT(token >= 0 && token < n_vocab);
+    const float v = row[token];
+    int rank = 1;
+    for (int j = 0; j < n_vocab; j++)
+        rank += row[j] > v;
+    return rank;
+}
+
 const qv_sampling_params *qv_sampler_params(const qv_sampler *s) { return &s->p; }
 
 bool qv_sampler_has_penalties(const qv_sampler *s) { return penalties_active(s); }

@@ -160,6 +160,9 @@ int32_t qv_sampler_sample(qv_sampler *s, float *logits, qv_logprobs *lp);
  * log-softmax value and the n_top (0..QV_SAMPLER_MAX_LOGPROBS) most likely tokens, as
  * qv_sampler_sample reports them. The row is not modified. */
 void qv_logprobs_of_row(const float *row, int n_vocab, int32_t token, int n_top, qv_logprobs *lp);
+/* vLLM's rank of `token` in a raw logits row: 1 + the number of tokens with a larger logit
+ * (ties share the rank). */
+int qv_logprob_rank(const float *row, int n_vocab, int32_t token);
 
 /* Writes into probs[n_vocab] the distribution qv_sampler_sample would draw from for this row
  * (after penalties, temperature, top-k, top-p and min-p; zero for filtered tokens; one-hot on

@@ -506,7 +506,7 @@ static qv_status compile_schema(const cJSON *sch, const char *param, unsigned fl
  * nothing (empty lists, {"type": "text"}, false, 0, 1) pass. */
 static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep,
                                     qv_proto_error *e) {
-    static const char *const always[] = {"guided_regex", "guided_grammar", "prompt_logprobs"};
+    static const char *const always[] = {"guided_regex", "guided_grammar"};
     for (size_t i = 0; i < QV_ARRAY_LEN(always); i++)
         if (field(root, always[i]))
             return fail(e, QV_ERR_INVALID, always[i],
@@ -869,6 +869,16 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
             s = fail(e, QV_ERR_INVALID, "stream_options.continuous_usage_stats",
                      "'stream_options.continuous_usage_stats' is not supported by quiver (the "
                      "usage comes in the last chunk with include_usage)");
+            goto done;
+        }
+    }
+    if ((r->prompt_lps = field(root, "prompt_logprobs") != NULL)) {
+        if ((s = get_int(root, "prompt_logprobs", 0, QV_PROTO_MAX_LOGPROBS, &r->prompt_logprobs,
+                         e)))
+            goto done;
+        if (r->stream) {
+            s = fail(e, QV_ERR_INVALID, "prompt_logprobs",
+                     "'prompt_logprobs' is not available when streaming");
             goto done;
         }
     }
@@ -1251,6 +1261,44 @@ oom:
     return NULL;
 }
 
+/* One prompt_logprobs entry: {"<id>": {"logprob", "rank", "decoded_token"}} for `id`. */
+static bool add_ranked(cJSON *pos, int32_t id, float logprob, int rank, const char *text) {
+    char key[16];
+    snprintf(key, sizeof(key), "%d", (int)id);
+    cJSON *o = cJSON_AddObjectToObject(pos, key);
+    return o && cJSON_AddNumberToObject(o, "logprob", (double)logprob) &&
+           cJSON_AddNumberToObject(o, "rank", rank) &&
+           cJSON_AddStringToObject(o, "decoded_token", text);
+}
+
+/* vLLM prompt_logprobs: null for the first prompt token, then for each one its own entry and
+ * its alternatives' (ranks 1..n_top), keyed by id; the token itself, when it is one of them,
+ * takes that place's rank, as vLLM's dict does. */
+static cJSON *prompt_logprobs(const qv_proto_result *r) {
+    cJSON *list = cJSON_CreateArray();
+    for (size_t i = 0; list && i < r->n_plps; i++) {
+        const qv_proto_logprob *lp = &r->plps[i];
+        cJSON *pos = lp->none ? cJSON_CreateNull() : cJSON_CreateObject();
+        if (!pos || !cJSON_AddItemToArray(list, pos)) {
+            cJSON_Delete(pos);
+            goto oom;
+        }
+        if (lp->none) continue;
+        int rank = lp->rank;
+        for (int k = 0; k < lp->n_top; k++)
+            if (lp->top_id[k] == lp->id) rank = k + 1;
+        if (!add_ranked(pos, lp->id, lp->logprob, rank, lp->token)) goto oom;
+        for (int k = 0; k < lp->n_top; k++)
+            if (lp->top_id[k] != lp->id &&
+                !add_ranked(pos, lp->top_id[k], lp->top_logprob[k], k + 1, lp->top_token[k]))
+                goto oom;
+    }
+    return list;
+oom:
+    cJSON_Delete(list);
+    return NULL;
+}
+
 static cJSON *header(const qv_proto_result *r, const char *object) {
     cJSON *o = cJSON_CreateObject();
     if (!o || !cJSON_AddStringToObject(o, "id", r->id ? r->id : "") ||
@@ -1307,6 +1355,8 @@ static cJSON *choice(const qv_proto_result *r, bool chunk, bool first) {
         if (!add_text(c, "text", r->text, r->text_len)) goto oom;
         if (!put_item(c, "logprobs", r->logprobs ? completion_logprobs(r) : cJSON_CreateNull()))
             goto oom;
+        if (!chunk && r->prompt_logprobs && !put_item(c, "prompt_logprobs", prompt_logprobs(r)))
+            goto oom;
     } else {
         cJSON *m = cJSON_AddObjectToObject(c, chunk ? "delta" : "message");
         if (!m) goto oom;
@@ -1344,7 +1394,8 @@ char *qv_proto_encode_response_choices(const qv_proto_result *r, size_t n) {
             return NULL;
         }
     }
-    if (!add_usage(o, r)) {
+    if (!add_usage(o, r) || (r->endpoint == QV_PROTO_CHAT && r->prompt_logprobs &&
+                             !put_item(o, "prompt_logprobs", prompt_logprobs(r)))) {
         cJSON_Delete(o);
         return NULL;
     }

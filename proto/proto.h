@@ -174,6 +174,10 @@ typedef struct qv_proto_request {
      * -1: as many as the context holds) */
     bool skip_special_tokens, include_stop_str, tokens_as_ids;
     int truncate_prompt_tokens;
+    /* vLLM prompt_logprobs (asked when prompt_lps): each prompt token's logprob and rank with
+     * prompt_logprobs alternatives (0..20); refused with stream */
+    bool prompt_lps;
+    int prompt_logprobs;
 } qv_proto_request;
 
 /* Decodes a request body of `len` bytes (need not be NUL-terminated) for `endpoint` into *out
@@ -194,9 +198,11 @@ typedef struct qv_proto_logprob {
     int32_t id;  /* its id (TGI's prefill tokens) */
     bool none;   /* no logprob (an echoed prompt's first token): null, null */
     float logprob;
+    int rank; /* prompt_logprobs: its rank in the vocabulary (1 = most likely) */
     int n_top;
     char *top_token[QV_PROTO_MAX_LOGPROBS];
     float top_logprob[QV_PROTO_MAX_LOGPROBS];
+    int32_t top_id[QV_PROTO_MAX_LOGPROBS]; /* prompt_logprobs: the alternatives' ids */
 } qv_proto_logprob;
 
 /* One tool call of an answer (message.tool_calls), or a piece of one in a streamed chunk's
@@ -258,6 +264,12 @@ typedef struct qv_proto_result {
     /* chat: tool calls instead of text (message.content null; a chunk's delta.tool_calls) */
     const qv_proto_tool_call *calls;
     size_t n_calls;
+    /* vLLM prompt_logprobs (response only): [null, {"<id>": {"logprob", "rank",
+     * "decoded_token"}, ...}, ...], the prompt token first, then its alternatives (ranks 1..).
+     * Completions: in each choice; chat: once, at the top, from the first result. */
+    bool prompt_logprobs;
+    const qv_proto_logprob *plps;
+    size_t n_plps;
 } qv_proto_result;
 
 /* Whole non-streamed response: "text_completion" or "chat.completion". */

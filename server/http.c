@@ -137,6 +137,11 @@ typedef struct request {
     size_t out_len, out_cap;
     qv_proto_logprob *lps;
     size_t n_lps, cap_lps;
+    bool prompt_in_lps; /* the prompt's logprobs lead lps (echo, TGI decoder_input_details) */
+    bool plp;           /* vLLM prompt_logprobs: each prompt token's logprob and rank in plps */
+    int plp_top;        /* ... with this many alternatives */
+    qv_proto_logprob *plps;
+    size_t n_plps, cap_plps;
     int n_gen;
     int cached;         /* [mu] prompt tokens from the engine's prefix cache (-1: not known yet) */
     const char *finish; /* "stop" / "length" once done */
@@ -341,6 +346,9 @@ static void request_release(request *r) {
     for (size_t i = 0; i < r->n_lps; i++)
         lp_free(&r->lps[i]);
     qv_free(r->lps);
+    for (size_t i = 0; i < r->n_plps; i++)
+        lp_free(&r->plps[i]);
+    qv_free(r->plps);
     qv_free(r->frame);
     qv_free(r);
     if (lead != r) request_release(lead); /* a member's reference on its lead */
@@ -476,35 +484,73 @@ static qv_proto_logprob wire_lp(const request *r, int32_t token, const qv_logpro
     return plp;
 }
 
-/* Appends *plp to the request's logprobs (taking its strings); false when out of memory, and
- * the caller frees them. Caller holds r->mu. */
-static bool keep_lp_locked(request *r, const qv_proto_logprob *plp) {
-    if (r->n_lps == r->cap_lps) {
-        size_t cap = r->cap_lps ? r->cap_lps * 2 : 16;
-        qv_proto_logprob *p = qv_realloc(r->lps, cap * sizeof(*p));
+/* Appends *plp to a list of logprobs (taking its strings); false when out of memory, and the
+ * caller frees them. */
+static bool lp_append(qv_proto_logprob **list, size_t *n, size_t *cap,
+                      const qv_proto_logprob *plp) {
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 16;
+        qv_proto_logprob *p = qv_realloc(*list, c * sizeof(*p));
         if (!p) return false;
-        r->lps = p;
-        r->cap_lps = cap;
+        *list = p;
+        *cap = c;
     }
-    r->lps[r->n_lps++] = *plp;
+    (*list)[(*n)++] = *plp;
     return true;
+}
+
+/* Appends *plp to the request's logprobs, as lp_append. Caller holds r->mu. */
+static bool keep_lp_locked(request *r, const qv_proto_logprob *plp) {
+    return lp_append(&r->lps, &r->n_lps, &r->cap_lps, plp);
+}
+
+/* vLLM prompt_logprobs' entry for a prompt token: its logprob and rank, and r->plp_top
+ * alternatives with their ids. Strings are NULL when out of memory (lp_ok). */
+static qv_proto_logprob ranked_lp(const request *r, const qv_logprobs *lp, int rank) {
+    qv_proto_logprob plp = {
+        .token = lp_name(r, lp->token), .id = lp->token, .logprob = lp->logprob, .rank = rank};
+    plp.n_top = QV_MIN(QV_MIN(lp->n_top, r->plp_top), QV_PROTO_MAX_LOGPROBS);
+    for (int k = 0; k < plp.n_top; k++) {
+        plp.top_id[k] = lp->top_ids[k];
+        plp.top_token[k] = lp_name(r, lp->top_ids[k]);
+        plp.top_logprob[k] = lp->top_logprobs[k];
+    }
+    return plp;
+}
+
+static bool lp_ok(const qv_proto_logprob *plp) {
+    bool ok = plp->none || plp->token;
+    for (int k = 0; k < plp->n_top; k++)
+        ok = ok && plp->top_token[k];
+    return ok;
 }
 
 /* Echo with logprobs: prompt token `index`'s logprobs (engine thread); the echoed text follows
  * the last of them, so a stream's first chunk carries both. */
-static void on_prompt_lp(void *user, int seq_id, int index, const qv_logprobs *lp) {
+static void on_prompt_lp(void *user, int seq_id, int index, const qv_logprobs *lp, int rank) {
     (void)seq_id;
     request *r = user;
-    qv_proto_logprob plp = wire_lp(r, lp->token, lp);
+    qv_proto_logprob plp = {0}, ranked = {0};
+    if (r->prompt_in_lps) plp = wire_lp(r, lp->token, lp);
+    if (r->plp) ranked = ranked_lp(r, lp, rank);
     req_lock(r);
-    const bool kept = !r->done && keep_lp_locked(r, &plp);
-    bool ok = kept;
-    if (kept && (size_t)index + 1 == r->n_ids && r->echo) {
-        ok = append_out(r, r->echo, r->echo_len);
-        qv_free(r->echo);
-        r->echo = NULL;
+    bool ok = true;
+    if (r->prompt_in_lps) {
+        const bool kept = !r->done && keep_lp_locked(r, &plp);
+        ok = kept;
+        if (kept && (size_t)index + 1 == r->n_ids && r->echo) {
+            ok = append_out(r, r->echo, r->echo_len);
+            qv_free(r->echo);
+            r->echo = NULL;
+        }
+        if (!kept) lp_free(&plp);
     }
-    if (!kept) lp_free(&plp);
+    if (r->plp) {
+        const bool kept =
+            !r->done && lp_ok(&ranked) && lp_append(&r->plps, &r->n_plps, &r->cap_plps, &ranked);
+        ok = ok && kept;
+        if (!kept) lp_free(&ranked);
+    }
     if (!ok && !r->done) {
         r->err_status = 500;
         snprintf(r->err_msg, sizeof(r->err_msg), "out of memory");
@@ -2072,7 +2118,10 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
                                        .cached_tokens = group_cached(r),
                                        .completion_tokens = group_generated(r),
                                        .calls = calls[i],
-                                       .n_calls = n_calls[i]};
+                                       .n_calls = n_calls[i],
+                                       .prompt_logprobs = m->plp,
+                                       .plps = m->plps,
+                                       .n_plps = m->n_plps};
             if (n_calls[i]) res[i].text_len = content; /* "auto": the text before the calls */
             if (m->tools != QV_PROTO_TOOLS_NAMED && n_calls[i] && !strcmp(m->finish, "stop"))
                 res[i].finish_reason = "tool_calls";
@@ -2319,6 +2368,19 @@ static bool prompt_lps_setup(request *r) {
         qv_free(first.token);
         return false;
     }
+    r->prompt_in_lps = true;
+    if (r->n_ids > 1) r->gp.prompt_lp_cb = on_prompt_lp;
+    return true;
+}
+
+/* vLLM prompt_logprobs with n_top alternatives: null for the first token, the engine's callback
+ * for the others. False when out of memory. */
+static bool prompt_logprobs_setup(request *r, int n_top) {
+    qv_proto_logprob first = {.id = r->ids[0], .none = true};
+    if (!lp_append(&r->plps, &r->n_plps, &r->cap_plps, &first)) return false;
+    r->plp = true;
+    r->plp_top = n_top;
+    r->gp.prompt_n_logprobs = n_top;
     if (r->n_ids > 1) r->gp.prompt_lp_cb = on_prompt_lp;
     return true;
 }
@@ -2564,6 +2626,7 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     if (ok) qv_detok_set_min_tokens(r->detok, (size_t)pr->min_tokens);
     if (ok) qv_detok_set_include_stop(r->detok, pr->include_stop_str);
     ok = ok && (!pr->echo || echo_setup(r, pin->text, pin->len));
+    ok = ok && (!pr->prompt_lps || prompt_logprobs_setup(r, pr->prompt_logprobs));
     ok = ok && (!ms->tgi || !ms->tgi->details || !ms->tgi->decoder_input_details ||
                 prompt_lps_setup(r)); /* prefill is part of the details */
     if (!ok) {

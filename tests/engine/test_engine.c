@@ -121,15 +121,17 @@ typedef struct plp_collect {
     int seq_ids[MAX_P];
     int n_seq;
     qv_logprobs lp[MAX_P][160];
+    int rank[MAX_P][160];
     int n[MAX_P];
 } plp_collect;
 
-static void on_plp(void *user, int seq_id, int index, const qv_logprobs *lp) {
+static void on_plp(void *user, int seq_id, int index, const qv_logprobs *lp, int rank) {
     plp_collect *c = user;
     for (int i = 0; i < c->n_seq; i++)
         if (c->seq_ids[i] == seq_id) {
             assert_int_equal(index, c->n[i] + 1); /* 1, 2, ... in order, each once */
             assert_true(c->n[i] < 160);
+            c->rank[i][c->n[i]] = rank;
             c->lp[i][c->n[i]++] = *lp;
             return;
         }
@@ -141,14 +143,17 @@ static void on_tok_plp(void *user, int seq_id, int32_t tok, const qv_logprobs *l
     (void)user;
 }
 
-/* Runs the prompts with prompt logprobs (3 alternatives) to completion of max_tokens 2. */
-static void run_plp(qv_engine *e, int32_t *const *ids, const int *n_ids, int n, plp_collect *c) {
+/* Runs the prompts with prompt logprobs (3 alternatives, asked as the sampler's n_logprobs or
+ * as prompt_n_logprobs) to completion of max_tokens 2. */
+static void run_plp_as(qv_engine *e, int32_t *const *ids, const int *n_ids, int n, plp_collect *c,
+                       bool prompt_only) {
     qv_gen_params gp;
     qv_gen_params_default(&gp);
     gp.max_tokens = 2;
     gp.ignore_eos = true;
     gp.sampling.temperature = 0;
-    gp.sampling.n_logprobs = 3;
+    gp.sampling.n_logprobs = prompt_only ? 0 : 3;
+    gp.prompt_n_logprobs = prompt_only ? 3 : 1;
     gp.prompt_lp_cb = on_plp;
     memset(c, 0, sizeof(*c));
     qv_error err = {0};
@@ -164,6 +169,10 @@ static void run_plp(qv_engine *e, int32_t *const *ids, const int *n_ids, int n, 
     }
     for (int i = 0; i < n; i++)
         assert_int_equal(c->n[i], n_ids[i] - 1);
+}
+
+static void run_plp(qv_engine *e, int32_t *const *ids, const int *n_ids, int n, plp_collect *c) {
+    run_plp_as(e, ids, n_ids, n, c, false);
 }
 
 /* Prompt logprobs equal the log-softmax of HF's prompt logits (tests/fixtures/golden) at every
@@ -188,7 +197,7 @@ static void test_prompt_logprobs(void **state) {
     static plp_collect c, big, small;
     for (int budget = 8; budget <= 64; budget *= 8) {
         qv_engine *e = open_engine("tests/fixtures/models/tiny-llama-gqa", budget, 0, 4);
-        run_plp(e, ids, n_ids, n, &c);
+        run_plp_as(e, ids, n_ids, n, &c, budget > 8);
         double worst = 0.0;
         for (int i = 0; i < n; i++)
             for (int j = 1; j < n_ids[i]; j++) {
@@ -202,7 +211,18 @@ static void test_prompt_logprobs(void **state) {
                 const qv_logprobs *lp = &c.lp[i][j - 1];
                 assert_int_equal(lp->token, ids[i][j]);
                 assert_int_equal(lp->n_top, 3);
-                const double want = cJSON_GetArrayItem(row, ids[i][j])->valuedouble - m - log(z);
+                const double hf = cJSON_GetArrayItem(row, ids[i][j])->valuedouble;
+                const double want = hf - m - log(z);
+                /* the rank: 1 + HF's logits above the token's (those within 1e-4 of it may
+                 * fall on either side) */
+                int above = 0, near = 0;
+                for (int v = 0; v < V; v++) {
+                    const double d = cJSON_GetArrayItem(row, v)->valuedouble - hf;
+                    above += d > 1e-4;
+                    near += v != ids[i][j] && fabs(d) <= 1e-4;
+                }
+                assert_in_range(c.rank[i][j - 1], 1 + above, 1 + above + near);
+                if (lp->top_ids[0] == ids[i][j]) assert_int_equal(c.rank[i][j - 1], 1);
                 worst = fmax(worst, fabs((double)lp->logprob - want));
                 for (int k = 0; k < 3; k++) {
                     const double a =

@@ -45,7 +45,8 @@ static void on_tok(void *user, int seq_id, int32_t tok, const qv_logprobs *lp,
     o->toks[o->n++] = tok;
 }
 
-static void on_plp(void *user, int seq_id, int index, const qv_logprobs *lp) {
+static void on_plp(void *user, int seq_id, int index, const qv_logprobs *lp, int rank) {
+    (void)rank;
     (void)lp;
     run_out *o = user;
     assert_int_equal(seq_id, o->seq_id);

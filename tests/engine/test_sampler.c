@@ -1079,8 +1079,26 @@ static void test_shared_scratch(void **state) {
     qv_sampler_scratch_free(NULL);
 }
 
+/* vLLM's rank: 1 + the tokens with a strictly larger logit; tied tokens share a rank. */
+static void test_logprob_rank(void **state) {
+    (void)state;
+    const float row[7] = {0.5f, 2.0f, -1.0f, 2.0f, 0.5f, -INFINITY, 3.0f};
+    const int want[7] = {4, 2, 6, 2, 4, 7, 1};
+    for (int t = 0; t < 7; t++)
+        assert_int_equal(qv_logprob_rank(row, 7, t), want[t]);
+    /* the most likely token of a larger row is rank 1, the least likely rank n */
+    enum { N = 1000 };
+    static float big[N];
+    for (int i = 0; i < N; i++)
+        big[i] = (float)((i * 7919) % N);
+    assert_int_equal(qv_logprob_rank(big, N, 0), N);
+    for (int i = 0; i < N; i++)
+        if (big[i] == N - 1) assert_int_equal(qv_logprob_rank(big, N, i), 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logprob_rank),
         cmocka_unit_test(test_golden_distributions),
         cmocka_unit_test(test_golden_draws),
         cmocka_unit_test(test_golden_logprobs),

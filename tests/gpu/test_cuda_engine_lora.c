@@ -601,7 +601,8 @@ typedef struct plp_out {
     int n;
 } plp_out;
 
-static void on_plp(void *user, int seq_id, int index, const qv_logprobs *lp) {
+static void on_plp(void *user, int seq_id, int index, const qv_logprobs *lp, int rank) {
+    (void)rank;
     (void)seq_id;
     plp_out *o = user;
     assert_int_equal(index, o->n + 1);

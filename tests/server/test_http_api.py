@@ -198,6 +198,7 @@ def main():
         run_edit_tests(srv)
         run_vllm_output_tests(srv)
         run_echo_tests(srv)
+        run_prompt_logprobs_tests(srv)
         run_choice_tests(srv)
         run_prefix_cache_tests(srv)
         run_disconnect_test(srv)
@@ -791,6 +792,99 @@ def run_echo_tests(srv):
                  param="echo")
     expect_error(srv, "echo not a boolean", 400, "POST", "/v1/completions",
                  dict(good, echo="yes"), param="echo")
+
+
+def run_prompt_logprobs_tests(srv):
+    """vLLM prompt_logprobs: [null, {"<id>": {"logprob", "rank", "decoded_token"}, ...}] with the
+    prompt token first and its alternatives ranked 1..; values against HF's log_softmax of the
+    prompt logits (tests/fixtures/smollm2/edits.json, its top 2 per position)."""
+    base = os.path.basename(MODEL)[:-len(".gguf")]
+    edits = json.load(open(os.path.join(ROOT, "tests", "fixtures", "smollm2", "edits.json")))
+
+    def post(body, path="/v1/completions"):
+        st, _, data = srv.raw("POST", path, dict({"model": base, "temperature": 0}, **body))
+        return st, (json.loads(data) if st == 200 else {})
+
+    tol = 2e-3
+    for sc in edits["prompt_logprobs"]:
+        ids = GOLDEN["prompts"][sc["prompt"]]["ids"]
+        st, r = post({"prompt": ids, "max_tokens": 1, "prompt_logprobs": 2})
+        pl = r["choices"][0].get("prompt_logprobs") if st == 200 else None
+        ok = st == 200 and pl is not None and len(pl) == len(ids) and pl[0] is None
+        worst, bad = 0.0, []
+        for j, row in enumerate(sc["rows"] if ok else [], start=1):
+            e, tok = pl[j], str(ids[j])
+            hf_top, hf_lp = row["top_ids"], row["top_logprobs"]
+            worst = max([worst, abs(e[tok]["logprob"] - row["logprob"])] +
+                        [abs(e[str(t)]["logprob"] - v) for t, v in zip(hf_top, hf_lp)
+                         if str(t) in e])
+            ranks = {k: v["rank"] for k, v in e.items()}
+            top1 = [k for k, rk in ranks.items() if rk == 1]
+            tie = abs(hf_lp[0] - hf_lp[1]) < tol
+            if list(e)[0] != tok or sorted(rk for rk in ranks.values() if rk <= 2) != [1, 2] \
+                    or len(e) != (2 if ranks[tok] <= 2 else 3):
+                bad.append((j, "shape", e))
+            elif not tie and top1 != [str(hf_top[0])]:
+                bad.append((j, "top-1", e, hf_top))
+            elif row["logprob"] < hf_lp[1] - tol and ranks[tok] <= 2:
+                bad.append((j, "rank", e, row))
+            elif ids[j] == hf_top[0] and not tie and ranks[tok] != 1:
+                bad.append((j, "rank 1", e))
+        check(ok and not bad and worst < tol,
+              f"prompt_logprobs p{sc['prompt']}: {len(ids) - 1} positions within {worst:.2g} of "
+              f"HF, ranks and alternatives consistent ({bad[:2]})")
+    # decoded_token: the token's text, as echo's logprobs name it; echo's logprobs equal these
+    ids = GOLDEN["prompts"][0]["ids"]
+    st, r = post({"prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 1,
+                  "prompt_logprobs": 3})
+    ch = r["choices"][0] if st == 200 else {}
+    pl, lp = ch.get("prompt_logprobs"), ch.get("logprobs")
+    check(st == 200 and pl and lp and len(pl) == len(ids) and
+          all(pl[j][str(ids[j])]["decoded_token"] == lp["tokens"][j] and
+              pl[j][str(ids[j])]["logprob"] == lp["token_logprobs"][j] and
+              len(lp["top_logprobs"][j]) == 1 and 3 <= len(pl[j]) <= 4
+              for j in range(1, len(ids))),
+          "prompt_logprobs beside echo + logprobs: the same values and names, each its own "
+          "count of alternatives")
+    # 20 alternatives: descending, ranks 1..20, the token's rank its place or above 20
+    st, r = post({"prompt": ids, "max_tokens": 1, "prompt_logprobs": 20})
+    pl = r["choices"][0]["prompt_logprobs"] if st == 200 else None
+    good = st == 200 and pl is not None
+    for j in range(1, len(ids)) if good else []:
+        e, tok = pl[j], str(ids[j])
+        alts = sorted(e.items(), key=lambda kv: kv[1]["rank"])
+        lps = [v["logprob"] for _, v in alts]
+        place = [k for k, v in alts].index(tok) + 1
+        good = good and lps == sorted(lps, reverse=True) and \
+            [v["rank"] for _, v in alts][:20] == list(range(1, 21)) and \
+            (place <= 20 and e[tok]["rank"] == place or
+             place == 21 and e[tok]["rank"] > 20 and len(e) == 21)
+    check(good, "prompt_logprobs 20: alternatives descending with ranks 1..20, the prompt "
+          "token at its rank")
+    # 0: the token alone; n = 2: each choice carries them
+    st, r = post({"prompt": ids, "max_tokens": 2, "prompt_logprobs": 0, "n": 2,
+                  "temperature": 1, "seed": 3})
+    chs = r.get("choices", [])
+    check(st == 200 and len(chs) == 2 and chs[0]["prompt_logprobs"] == chs[1]["prompt_logprobs"]
+          and all(list(chs[0]["prompt_logprobs"][j]) == [str(ids[j])]
+                  for j in range(1, len(ids))),
+          "prompt_logprobs 0: the prompt token alone, in each of n = 2 choices")
+    # chat: once at the top, one entry per prompt token
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    st, r = post({"messages": msgs, "max_tokens": 2, "prompt_logprobs": 1},
+                 "/v1/chat/completions")
+    pl = r.get("prompt_logprobs")
+    check(st == 200 and pl and len(pl) == r["usage"]["prompt_tokens"] and pl[0] is None and
+          all(1 <= len(e) <= 2 for e in pl[1:]) and
+          "prompt_logprobs" not in r["choices"][0],
+          f"chat prompt_logprobs: {len(pl or [])} entries at the top")
+    # not asked: no field; refused values and streaming
+    st, r = post({"prompt": "Hi", "max_tokens": 1})
+    check(st == 200 and "prompt_logprobs" not in r["choices"][0], "no prompt_logprobs unasked")
+    for bad_body in ({"prompt_logprobs": 21}, {"prompt_logprobs": -1},
+                     {"prompt_logprobs": 1, "stream": True}):
+        expect_error(srv, f"prompt_logprobs {bad_body}", 400, "POST", "/v1/completions",
+                     dict({"model": base, "prompt": "x"}, **bad_body), param="prompt_logprobs")
 
 
 def cached_tokens(usage):

@@ -39,6 +39,7 @@ static void test_completion_defaults(void **state) {
     assert_true(r.skip_special_tokens);
     assert_false(r.include_stop_str || r.tokens_as_ids);
     assert_int_equal(r.truncate_prompt_tokens, 0);
+    assert_false(r.prompt_lps);
     assert_int_equal(r.n_stop, 0);
     qv_proto_request_free(&r);
 }
@@ -861,6 +862,112 @@ static void test_encode_error_models_sse(void **state) {
 }
 
 /* Every allocation failure point of a full decode and encode fails cleanly (ASan: no leak). */
+/* vLLM prompt_logprobs: decoded for completions and chat (null = not asked; 0..20; refused
+ * with stream), and encoded per choice (completions) or once at the top (chat): null first, then
+ * {"<id>": {"logprob", "rank", "decoded_token"}} with the prompt token first and its
+ * alternatives ranked 1.., the token taking its place's rank when it is one of them. */
+static void test_prompt_logprobs(void **state) {
+    (void)state;
+    qv_proto_request q;
+    qv_proto_error e;
+    assert_int_equal(dec(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"prompt_logprobs\":0}", &q, &e),
+                     QV_OK);
+    assert_true(q.prompt_lps);
+    assert_int_equal(q.prompt_logprobs, 0);
+    qv_proto_request_free(&q);
+    assert_int_equal(
+        dec(QV_PROTO_CHAT,
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"prompt_logprobs\":20}", &q,
+            &e),
+        QV_OK);
+    assert_true(q.prompt_lps);
+    assert_int_equal(q.prompt_logprobs, 20);
+    qv_proto_request_free(&q);
+    assert_int_equal(
+        dec(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"prompt_logprobs\":null}", &q, &e), QV_OK);
+    assert_false(q.prompt_lps);
+    qv_proto_request_free(&q);
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"prompt_logprobs\":21}",
+               "prompt_logprobs");
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"prompt_logprobs\":-1}",
+               "prompt_logprobs");
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"prompt_logprobs\":true}",
+               "prompt_logprobs");
+    expect_bad(QV_PROTO_COMPLETIONS, "{\"prompt\":\"x\",\"prompt_logprobs\":1,\"stream\":true}",
+               "prompt_logprobs");
+
+    qv_proto_logprob plps[3] = {{.none = true, .id = 1},
+                                {.token = "He",
+                                 .id = 7,
+                                 .logprob = -0.5f,
+                                 .rank = 1,
+                                 .n_top = 2,
+                                 .top_id = {7, 9},
+                                 .top_token = {"He", "She"},
+                                 .top_logprob = {-0.5f, -1.0f}},
+                                {.token = "llo",
+                                 .id = 4,
+                                 .logprob = -3.0f,
+                                 .rank = 5,
+                                 .n_top = 1,
+                                 .top_id = {2},
+                                 .top_token = {"y"},
+                                 .top_logprob = {-0.1f}}};
+    qv_proto_result r = {.endpoint = QV_PROTO_COMPLETIONS,
+                         .text = "t",
+                         .text_len = 1,
+                         .usage = true,
+                         .prompt_logprobs = true,
+                         .plps = plps,
+                         .n_plps = 3};
+    cJSON *o = parse(qv_proto_encode_response(&r));
+    const cJSON *pl =
+        path(cJSON_GetArrayItem(path(o, "choices", NULL), 0), "prompt_logprobs", NULL);
+    assert_int_equal(cJSON_GetArraySize(pl), 3);
+    assert_true(cJSON_IsNull(cJSON_GetArrayItem(pl, 0)));
+    const cJSON *p1 = cJSON_GetArrayItem(pl, 1), *p2 = cJSON_GetArrayItem(pl, 2);
+    assert_int_equal(cJSON_GetArraySize(p1), 2); /* the token is its first alternative */
+    assert_string_equal(p1->child->string, "7");
+    assert_int_equal(path(p1, "7", "rank")->valueint, 1);
+    assert_string_equal(path(p1, "7", "decoded_token")->valuestring, "He");
+    assert_int_equal(path(p1, "9", "rank")->valueint, 2);
+    assert_true(path(p1, "9", "logprob")->valuedouble == -1.0);
+    assert_int_equal(cJSON_GetArraySize(p2), 2); /* the token, then one alternative */
+    assert_string_equal(p2->child->string, "4");
+    assert_int_equal(path(p2, "4", "rank")->valueint, 5);
+    assert_true(path(p2, "4", "logprob")->valuedouble == -3.0);
+    assert_int_equal(path(p2, "2", "rank")->valueint, 1);
+    assert_null(cJSON_GetObjectItemCaseSensitive(o, "prompt_logprobs"));
+    cJSON_Delete(o);
+    /* chat: once, beside usage */
+    r.endpoint = QV_PROTO_CHAT;
+    o = parse(qv_proto_encode_response(&r));
+    assert_null(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(path(o, "choices", NULL), 0),
+                                                 "prompt_logprobs"));
+    assert_int_equal(cJSON_GetArraySize(path(o, "prompt_logprobs", NULL)), 3);
+    cJSON_Delete(o);
+    /* not asked: no field */
+    r.prompt_logprobs = false;
+    o = parse(qv_proto_encode_response(&r));
+    assert_null(cJSON_GetObjectItemCaseSensitive(o, "prompt_logprobs"));
+    cJSON_Delete(o);
+    /* allocation failure anywhere in the list: NULL, never a partial answer */
+    r.prompt_logprobs = true;
+    r.endpoint = QV_PROTO_COMPLETIONS;
+    int failures = 0;
+    for (long k = 0; k < 400; k++) {
+        qv_alloc_fail_after(k);
+        char *out = qv_proto_encode_response(&r);
+        qv_alloc_fail_after(-1);
+        if (out) {
+            qv_free(out);
+            break;
+        }
+        failures++;
+    }
+    assert_true(failures > 10 && failures < 400);
+}
+
 static void test_alloc_failures(void **state) {
     (void)state;
     const char *json = "{\"model\":\"b:a\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
@@ -944,6 +1051,7 @@ int main(void) {
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_tools),
         cmocka_unit_test(test_tool_call_results),
+        cmocka_unit_test(test_prompt_logprobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
