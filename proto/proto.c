@@ -864,13 +864,12 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
             snprintf(e->param, sizeof(e->param), "stream_options.include_usage");
             goto done;
         }
-        const cJSON *cu = field(so, "continuous_usage_stats");
-        if (cu && !cJSON_IsFalse(cu)) {
-            s = fail(e, QV_ERR_INVALID, "stream_options.continuous_usage_stats",
-                     "'stream_options.continuous_usage_stats' is not supported by quiver (the "
-                     "usage comes in the last chunk with include_usage)");
+        bool cu = false;
+        if ((s = get_bool(so, "continuous_usage_stats", &cu, e))) {
+            snprintf(e->param, sizeof(e->param), "stream_options.continuous_usage_stats");
             goto done;
         }
+        r->continuous_usage = cu && r->include_usage;
     }
     if ((r->prompt_lps = field(root, "prompt_logprobs") != NULL)) {
         if ((s = get_int(root, "prompt_logprobs", 0, QV_PROTO_MAX_LOGPROBS, &r->prompt_logprobs,
@@ -1416,6 +1415,7 @@ char *qv_proto_encode_chunk(const qv_proto_result *r, bool first) {
             cJSON_Delete(c);
             goto oom;
         }
+        if (r->chunk_usage && !add_usage(o, r)) goto oom;
     }
     return print_and_delete(o);
 oom:

@@ -158,7 +158,10 @@ typedef struct qv_proto_request {
     int top_logprobs;         /* alternatives per token, 0..20 */
     bool stream;
     bool include_usage; /* stream_options.include_usage */
-    bool ignore_eos;    /* vLLM extension: keep generating past end-of-generation tokens */
+    /* stream_options.continuous_usage_stats (vLLM; only with include_usage, as vLLM): every
+     * chunk also carries its choice's usage so far */
+    bool continuous_usage;
+    bool ignore_eos; /* vLLM extension: keep generating past end-of-generation tokens */
     bool has_priority;
     int priority; /* vLLM extension: scheduling priority, lower = sooner (|priority| <= 1e9) */
     /* vLLM extensions: add the tokenizer's special tokens (BOS...) when encoding the text
@@ -258,7 +261,8 @@ typedef struct qv_proto_result {
     const qv_proto_logprob *lps;
     size_t n_lps;
     size_t text_offset; /* completions chunk: byte offset of text in the whole completion */
-    bool usage;         /* emit usage */
+    bool usage;         /* emit usage (a chunk: the usage chunk, without choices) */
+    bool chunk_usage;   /* a choice's chunk also carries usage (continuous_usage_stats) */
     int prompt_tokens, completion_tokens;
     int cached_tokens; /* usage.prompt_tokens_details.cached_tokens (prefix cache) */
     /* chat: tool calls instead of text (message.content null; a chunk's delta.tool_calls) */

@@ -95,7 +95,8 @@ typedef struct request {
     char adapter_version[QV_STORE_VERSION_LEN + 1]; /* version it resolved to at arrival */
     enum qv_proto_endpoint endpoint;
     bool stream, include_usage, logprobs;
-    int n_top; /* alternatives per token in logprobs (0: the chosen token only) */
+    bool continuous_usage; /* every chunk carries its choice's usage (vLLM) */
+    int n_top;             /* alternatives per token in logprobs (0: the chosen token only) */
     int32_t *ids;
     size_t n_ids;
     qv_gen_params gp;
@@ -1873,14 +1874,19 @@ static size_t stream_limit(const request *r) {
     return qv_proto_tool_text_len(r->tools, r->out ? r->out : "", r->out_len);
 }
 
-/* The fields of member r's stream chunks that never change. */
+/* The fields of member r's stream chunks: those that never change, and with vLLM's
+ * continuous_usage_stats its usage so far (its own prompt, its tokens generated so far). */
 static qv_proto_result chunk_of(const request *l, const request *r) {
     return (qv_proto_result){.endpoint = r->endpoint,
                              .id = l->id,
                              .model = l->model_echo,
                              .created = l->created,
                              .logprobs = r->logprobs,
-                             .index = r->index};
+                             .index = r->index,
+                             .chunk_usage = l->continuous_usage,
+                             .prompt_tokens = (int)r->n_ids,
+                             .completion_tokens = r->n_gen,
+                             .cached_tokens = QV_MAX(r->cached, 0)};
 }
 
 /* tool_choice "required" and "auto" stream: the text that cannot be a call as it comes
@@ -2549,6 +2555,7 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     r->endpoint = ms->ep;
     r->stream = pr->stream;
     r->include_usage = pr->include_usage;
+    r->continuous_usage = pr->continuous_usage;
     r->logprobs = pr->logprobs;
     r->t_arrival = ms->t_arrival;
     r->created = ms->created;

@@ -604,7 +604,7 @@ def run_edit_tests(srv):
 def run_vllm_output_tests(srv):
     """vLLM's output options: skip_special_tokens, include_stop_str_in_output (stop strings and
     stop_token_ids), return_tokens_as_token_ids, allowed_token_ids, bad_words,
-    truncate_prompt_tokens; and
+    truncate_prompt_tokens, stream_options.continuous_usage_stats; and
     its options quiver does not implement refused (400 naming them) where they ask for
     something."""
     base = os.path.basename(MODEL)[:-len(".gguf")]
@@ -727,10 +727,34 @@ def run_vllm_output_tests(srv):
                       ("documents", [{"text": "x"}]), ("guided_whitespace_pattern", " ")):
         expect_error(srv, f"refused: {name}", 400, "POST", "/v1/chat/completions",
                      {"model": base, "messages": msgs, "max_tokens": 2, name: val}, param=name)
-    expect_error(srv, "refused: continuous_usage_stats", 400, "POST", "/v1/chat/completions",
-                 {"model": base, "messages": msgs, "max_tokens": 2, "stream": True,
-                  "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
-                 param="stream_options.continuous_usage_stats")
+    # continuous_usage_stats: every chunk carries its choice's usage so far (vLLM's form)
+    client = srv.client()
+    for kind in ("chat", "completions"):
+        args = dict(model=base, max_tokens=12, n=2, temperature=1, seed=5, stream=True,
+                    stream_options={"include_usage": True, "continuous_usage_stats": True})
+        chunks = list(client.chat.completions.create(
+            messages=[{"role": "user", "content": "Tell me about Paris."}], **args)
+            if kind == "chat" else
+            client.completions.create(prompt="The capital of France is", **args))
+        final = chunks[-1].usage
+        per = {0: [], 1: []}
+        for c in chunks[:-1]:
+            for ch in c.choices:
+                per[ch.index].append(c.usage)
+        counts = {i: [u.completion_tokens for u in us] for i, us in per.items()}
+        check(not chunks[-1].choices and final is not None and
+              all(us and all(u is not None and u.prompt_tokens == final.prompt_tokens and
+                             u.total_tokens == u.prompt_tokens + u.completion_tokens
+                             for u in us) for us in per.values()) and
+              all(c == sorted(c) for c in counts.values()) and
+              counts[0][-1] + counts[1][-1] == final.completion_tokens,
+              f"continuous_usage_stats ({kind}, n = 2): each chunk's usage so far, "
+              f"tokens {counts[0]} / {counts[1]}, final {final}")
+    chunks = list(client.completions.create(
+        model=base, prompt="Hi", max_tokens=3, stream=True,
+        stream_options={"include_usage": False, "continuous_usage_stats": True}))
+    check(all(c.usage is None for c in chunks),
+          "continuous_usage_stats without include_usage: no usage (as vLLM)")
     st, _ = post({"messages": msgs, "max_tokens": 2, "use_beam_search": False,
                   "allowed_token_ids": [], "bad_words": [], "chat_template_kwargs": {},
                   "spaces_between_special_tokens": False, "chat_template": None},

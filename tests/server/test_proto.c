@@ -35,7 +35,8 @@ static void test_completion_defaults(void **state) {
     assert_int_equal(r.max_tokens, -1);
     assert_true(r.temperature == 1.0f && r.top_p == 1.0f && r.repetition_penalty == 1.0f);
     assert_int_equal(r.top_k, 0);
-    assert_false(r.stream || r.logprobs || r.has_seed || r.include_usage || r.ignore_eos);
+    assert_false(r.stream || r.logprobs || r.has_seed || r.include_usage || r.ignore_eos ||
+                 r.continuous_usage);
     assert_true(r.skip_special_tokens);
     assert_false(r.include_stop_str || r.tokens_as_ids);
     assert_int_equal(r.truncate_prompt_tokens, 0);
@@ -66,7 +67,8 @@ static void test_completion_all_fields(void **state) {
         "{\"model\":\"base:my-lora\",\"prompt\":[\"text\"],\"max_tokens\":7,\"temperature\":0,"
         "\"top_p\":0.5,\"top_k\":-1,\"min_p\":0.1,\"presence_penalty\":-1.5,"
         "\"frequency_penalty\":2,\"repetition_penalty\":1.3,\"seed\":-1,\"stop\":[\"a\",\"bc\"],"
-        "\"logprobs\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true},\"n\":1,"
+        "\"logprobs\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true,\"continuous_"
+        "usage_stats\":true},\"n\":1,"
         "\"user\":\"ignored\",\"echo\":false,\"ignore_eos\":true,\"min_tokens\":4,"
         "\"skip_special_tokens\":false,\"include_stop_str_in_output\":true,"
         "\"return_tokens_as_token_ids\":true,\"truncate_prompt_tokens\":9,"
@@ -92,7 +94,7 @@ static void test_completion_all_fields(void **state) {
     assert_string_equal(r.stop[1], "bc");
     assert_true(r.logprobs);
     assert_int_equal(r.top_logprobs, 3);
-    assert_true(r.stream && r.include_usage);
+    assert_true(r.stream && r.include_usage && r.continuous_usage);
     assert_true(r.ignore_eos);
     assert_int_equal(r.min_tokens, 4);
     assert_false(r.skip_special_tokens);
@@ -209,7 +211,7 @@ static void test_errors(void **state) {
                "\"response_format\":{\"type\":\"json_object\"}}",
                "allowed_token_ids");
     expect_bad(C, "{\"prompt\":\"x\",\"chat_template_kwargs\":{\"a\":1}}", "chat_template_kwargs");
-    expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":{\"continuous_usage_stats\":true}}",
+    expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":{\"continuous_usage_stats\":1}}",
                "stream_options.continuous_usage_stats");
     expect_bad(C, "{\"prompt\":\"x\",\"seed\":\"1\"}", "seed");
     expect_bad(C, "{\"prompt\":\"x\",\"stop\":5}", "stop");
@@ -831,6 +833,16 @@ static void test_encode_chat_and_chunks(void **state) {
     o = parse(qv_proto_encode_chunk(&r, false));
     assert_int_equal(cJSON_GetArraySize(path(o, "choices", NULL)), 0);
     assert_int_equal(path(o, "usage", "total_tokens")->valueint, 10);
+    cJSON_Delete(o);
+    /* continuous_usage_stats: a choice's chunk with its usage so far */
+    r.usage = false;
+    r.chunk_usage = true;
+    r.completion_tokens = 2;
+    o = parse(qv_proto_encode_chunk(&r, false));
+    assert_int_equal(cJSON_GetArraySize(path(o, "choices", NULL)), 1);
+    assert_int_equal(path(o, "usage", "prompt_tokens")->valueint, 4);
+    assert_int_equal(path(o, "usage", "completion_tokens")->valueint, 2);
+    assert_int_equal(path(o, "usage", "total_tokens")->valueint, 6);
     cJSON_Delete(o);
 }
 
