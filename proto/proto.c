@@ -1156,6 +1156,220 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
     return QV_OK;
 }
 
+static bool json_ws(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+/* Bytes of the UTF-8 sequence whose lead byte is c (1 for anything else: JSON checks it). */
+static size_t utf8_len_of(unsigned char c) {
+    return c < 0xC0 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+}
+
+/* Bytes of the complete escape at s[0..n) (s[0] == '\\'), a surrogate pair counting as one;
+ * 0 when it is not complete yet. */
+static size_t escape_len(const char *s, size_t n) {
+    if (n < 2) return 0;
+    if (s[1] != 'u') return 2;
+    if (n < 6) return 0;
+    const bool high = (s[2] == 'd' || s[2] == 'D') && strchr("89abAB", s[3]);
+    if (!high) return 6;
+    return n < 12 ? 0 : 12;
+}
+
+/* The stable beginning of a call's arguments being written (a[0..n), a JSON object not yet
+ * complete) as the finished call will write it: the text up to the last point where it can be
+ * closed (after a complete value, after an opening bracket, inside a string value), closed,
+ * re-written by qv_json_py_dumps (compact, as call_from), without the closing characters.
+ * *out is "" when nothing is stable yet. */
+static qv_status partial_args(const char *a, size_t n, char **out) {
+    char stack[QV_JSON_MAX_DEPTH + 2], closers[QV_JSON_MAX_DEPTH + 3];
+    size_t depth = 0, cut = 0, n_close = 0, j = 0;
+    char last = 0; /* the last token outside strings: { [ , : " or v (a value) */
+    *out = NULL;
+    while (j < n) {
+        const char c = a[j];
+        if (json_ws(c)) {
+            j++;
+            continue;
+        }
+        if (c == '"') { /* a string: a key (after { or , in an object) or a value */
+            const bool key = depth && stack[depth - 1] == '}' && (last == '{' || last == ',');
+            size_t k = j + 1;
+            bool closed = false;
+            if (!key) { /* inside a value: a cut after each whole character */
+                cut = k;
+                n_close = 0;
+                closers[n_close++] = '"';
+                for (size_t d = depth; d > 0; d--)
+                    closers[n_close++] = stack[d - 1];
+            }
+            while (k < n && !closed) {
+                size_t m = a[k] == '\\'  ? escape_len(a + k, n - k)
+                           : a[k] == '"' ? 1
+                                         : utf8_len_of((unsigned char)a[k]);
+                if (m == 0 || k + m > n) break;
+                closed = a[k] == '"';
+                k += m;
+                if (!key && !closed) cut = k;
+            }
+            if (!closed) break;
+            j = k;
+            last = key ? '"' : 'v';
+            if (key) continue; /* no cut between a key and its value */
+        } else if (c == '{' || c == '[') {
+            if (depth == QV_JSON_MAX_DEPTH) break;
+            stack[depth++] = c == '{' ? '}' : ']';
+            last = c;
+            j++;
+        } else if (c == '}' || c == ']') {
+            if (depth == 0) break;
+            depth--;
+            last = 'v';
+            j++;
+        } else if (c == ',' || c == ':') {
+            last = c;
+            j++;
+            continue; /* no cut after a separator */
+        } else {      /* a number or a literal: whole once something follows it */
+            size_t k = j;
+            while (k < n &&
+                   (isalnum((unsigned char)a[k]) || a[k] == '+' || a[k] == '-' || a[k] == '.'))
+                k++;
+            if (k == n || k == j) break;
+            last = 'v';
+            j = k;
+        }
+        cut = j;
+        n_close = 0;
+        for (size_t d = depth; d > 0; d--)
+            closers[n_close++] = stack[d - 1];
+    }
+    size_t m = 0;
+    char *text = cut ? qv_malloc(cut + n_close) : NULL, *py = NULL;
+    if (cut && !text) return QV_ERR_NOMEM;
+    if (text) {
+        memcpy(text, a, cut);
+        memcpy(text + cut, closers, n_close);
+        qv_status st = qv_json_py_dumps(text, cut + n_close, true, &py, &m);
+        qv_free(text);
+        if (st == QV_ERR_NOMEM) return st;
+        /* the closers come out as written; anything else keeps nothing */
+        if (st == QV_OK && (m < n_close || memcmp(py + m - n_close, closers, n_close)))
+            m = 0;
+        else if (st == QV_OK)
+            m -= n_close;
+        else
+            m = 0;
+    }
+    if (!py && !(py = qv_malloc(1))) return QV_ERR_NOMEM;
+    py[m] = '\0';
+    *out = py;
+    return QV_OK;
+}
+
+qv_status qv_proto_tool_calls_partial(const char *text, size_t len, const char *id_base,
+                                      qv_proto_tool_call **calls, size_t *n) {
+    *calls = NULL;
+    *n = 0;
+    size_t i = 0, cap = 0;
+    qv_status st = QV_OK;
+#define SKIP_WS()                                                                                  \
+    while (i < len && json_ws(text[i]))                                                            \
+    i++
+    SKIP_WS();
+    if (i == len || text[i] != '[') return QV_OK;
+    i++;
+    for (size_t k = 0; st == QV_OK; k++) {
+        SKIP_WS();
+        if (k && i < len && text[i] == ',') {
+            i++;
+            SKIP_WS();
+        }
+        if (i == len || text[i] != '{') break;
+        size_t off = 0, m = 0, args_at = SIZE_MAX, args_n = 0; /* args_n: a whole object's */
+        const bool whole = qv_json_value_span(text + i, len - i, &off, &m);
+        char *name = NULL, *args = NULL;
+        if (whole) { /* a finished call: as the finished answer has it */
+            qv_proto_tool_call c = {0};
+            st = call_from(text + i, m, false, &c);
+            if (st != QV_OK) { /* not a call: stop here */
+                qv_free(c.name);
+                qv_free(c.arguments);
+                if (st == QV_ERR_INVALID) st = QV_OK;
+                break;
+            }
+            name = c.name;
+            args = c.arguments;
+            i += m;
+        } else { /* its members so far: the name once whole, the arguments begun */
+            size_t p = i + 1;
+            for (;;) {
+                while (p < len && (json_ws(text[p]) || text[p] == ','))
+                    p++;
+                size_t ko = 0, kn = 0, vo = 0, vn = 0;
+                if (p == len || text[p] != '"' || !qv_json_value_span(text + p, len - p, &ko, &kn))
+                    break;
+                const bool is_name = kn == 6 && !memcmp(text + p, "\"name\"", 6);
+                const bool is_args = kn == 11 && !memcmp(text + p, "\"arguments\"", 11);
+                p += kn;
+                while (p < len && (json_ws(text[p]) || text[p] == ':'))
+                    p++;
+                if (p == len) break;
+                if (!qv_json_value_span(text + p, len - p, &vo, &vn)) {
+                    if (is_args && text[p] == '{') args_at = p;
+                    break;
+                }
+                if (is_args && text[p] == '{') args_at = p, args_n = vn;
+                if (is_name && text[p] == '"') {
+                    cJSON *s = cJSON_ParseWithLength(text + p, vn);
+                    if (cJSON_IsString(s) && !(name = qv_strdup(s->valuestring))) st = QV_ERR_NOMEM;
+                    cJSON_Delete(s);
+                    if (!s) st = QV_ERR_NOMEM;
+                }
+                p += vn;
+            }
+            if (st == QV_OK && name && args_at == SIZE_MAX)
+                st = (args = qv_strdup("")) ? QV_OK : QV_ERR_NOMEM;
+            else if (st == QV_OK && name && args_n)
+                st = qv_json_py_dumps(text + args_at, args_n, true, &args, NULL);
+            else if (st == QV_OK && name)
+                st = partial_args(text + args_at, len - args_at, &args);
+            if (st == QV_ERR_INVALID || st == QV_ERR_LIMIT) { /* not arguments: stop here */
+                qv_free(name);
+                name = NULL;
+                st = QV_OK;
+            }
+        }
+        if (st != QV_OK || !name) {
+            qv_free(name);
+            qv_free(args);
+            break;
+        }
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 4;
+            qv_proto_tool_call *q = qv_realloc(*calls, cap * sizeof(*q));
+            if (!q) {
+                qv_free(name);
+                qv_free(args);
+                st = QV_ERR_NOMEM;
+                break;
+            }
+            *calls = q;
+        }
+        char id[96];
+        snprintf(id, sizeof(id), "call_%s_%zu", id_base ? id_base : "", k);
+        qv_proto_tool_call *c = &(*calls)[(*n)++];
+        *c = (qv_proto_tool_call){.index = (int)k, .name = name, .arguments = args};
+        if (!(c->id = qv_strdup(id))) st = QV_ERR_NOMEM;
+        if (!whole) break; /* the call being written is the last one begun */
+    }
+#undef SKIP_WS
+    if (st != QV_OK) {
+        qv_proto_tool_calls_free(*calls, *n);
+        *calls = NULL;
+        *n = 0;
+    }
+    return st;
+}
+
 /* ---- encoders ---- */
 
 /* Adds item under key; on failure (NULL item, or the key copy failing) frees the item. */

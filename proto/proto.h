@@ -236,6 +236,16 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
                                     const char *text, size_t len, const char *id_base,
                                     qv_proto_tool_call **calls, size_t *n, size_t *content_len);
 void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n);
+/* The calls an unfinished tool_choice "required" answer (text[0..len), a JSON array of
+ * {"name", "arguments"} objects being written) has begun, as far as they are final: each call
+ * whose name is complete, with its id as qv_proto_tool_calls_parse gives it and `arguments` the
+ * beginning of the text the finished call will have (a key, number or escape still being
+ * written waits), so that each later result extends the earlier ones and the finished answer's
+ * calls extend them all. Stops at the first call without its name. *n may be 0 (calls NULL).
+ * Errors: QV_ERR_NOMEM only. */
+qv_status qv_proto_tool_calls_partial(const char *text, size_t len, const char *id_base,
+                                      qv_proto_tool_call **calls, size_t *n);
+
 /* How much of an unfinished "auto" answer (text[0..len)) is surely content. AUTO: the bytes
  * before its first "<tool_call>", and before an end that may begin one; AUTO_JSON: all of it
  * once it begins with something else than whitespace, "{" or "<|python_tag|>", else none;

@@ -160,6 +160,8 @@ typedef struct request {
     double t_first, t_done;
     /* [http] streaming state */
     size_t sent, lps_sent;
+    size_t calls_sent,
+        args_sent; /* "required" stream: calls begun, bytes of the last's arguments */
     bool sent_first, sent_finish, sent_usage, sent_done;
     char *frame;
     size_t frame_len, frame_off;
@@ -1867,10 +1869,9 @@ static bool member_calls(const request *l, const request *r, qv_proto_tool_call 
     return st != QV_ERR_NOMEM;
 }
 
-/* How much of member r's text may be streamed before it is done: tool_choice "required"
- * holds all of it; "auto" what may be a call. */
+/* How much of member r's "auto" text may be streamed before it is done: all but what may be
+ * a call. */
 static size_t stream_limit(const request *r) {
-    if (r->tools == QV_PROTO_TOOLS_REQUIRED) return 0;
     return qv_proto_tool_text_len(r->tools, r->out ? r->out : "", r->out_len);
 }
 
@@ -1889,9 +1890,9 @@ static qv_proto_result chunk_of(const request *l, const request *r) {
                              .cached_tokens = QV_MAX(r->cached, 0)};
 }
 
-/* tool_choice "required" and "auto" stream: the text that cannot be a call as it comes
- * ("auto"), then, once the answer is done, the calls whole in one chunk (with the logprobs
- * still unsent), or the rest of the text when the answer is not calls. */
+/* tool_choice "auto" streams the text that cannot be a call as it comes, then, once the answer
+ * is done, the calls whole in one chunk (with the logprobs still unsent), or the rest of the
+ * text when the answer is not calls. */
 static char *calls_chunk(request *l, request *r, bool *oom) {
     qv_proto_result res = chunk_of(l, r);
     qv_proto_tool_call *calls = NULL;
@@ -1926,13 +1927,77 @@ static char *calls_chunk(request *l, request *r, bool *oom) {
     return json;
 }
 
+/* tool_choice "required" streams its calls as they are written (qv_proto_tool_calls_partial):
+ * a call's id and name once its name is whole, then its arguments in pieces as they become
+ * final, the finished answer's calls completing them, so that the pieces add up to the
+ * non-streamed answer's calls. An answer cut before it is whole calls (max_tokens) ends with
+ * the pieces sent and its finish reason, or as text when no call had begun. */
+static char *required_chunk(request *l, request *r, bool *oom) {
+    qv_proto_result res = chunk_of(l, r);
+    qv_proto_tool_call *calls = NULL, *d = NULL;
+    size_t n = 0, nd = 0, content = 0;
+    char base[96];
+    call_base(l, r, base, sizeof(base));
+    if (r->done ? !member_calls(l, r, &calls, &n, &content)
+                : qv_proto_tool_calls_partial(r->out ? r->out : "", r->out_len, base, &calls, &n) !=
+                      QV_OK)
+        return *oom = true, NULL;
+    for (size_t i = 0; !r->done && r->mistral_ids && i < n; i++)
+        qv_proto_mistral_call_id(base, i, calls[i].id); /* "call_..." is longer: fits */
+    if (n && !(d = qv_calloc(n, sizeof(*d)))) {
+        qv_proto_tool_calls_free(calls, n);
+        return *oom = true, NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const size_t alen = strlen(calls[i].arguments);
+        if (i + 1 < r->calls_sent) continue; /* sent whole before the next one began */
+        if (i + 1 == r->calls_sent) {        /* begun: the rest of its arguments so far */
+            if (alen > r->args_sent)
+                d[nd++] = (qv_proto_tool_call){.index = (int)i,
+                                               .arguments = calls[i].arguments + r->args_sent};
+        } else { /* new: its id, name and arguments so far */
+            d[nd++] = (qv_proto_tool_call){.index = (int)i,
+                                           .id = calls[i].id,
+                                           .name = calls[i].name,
+                                           .arguments = calls[i].arguments};
+            r->calls_sent = i + 1;
+        }
+        r->args_sent = alen;
+    }
+    char *json = NULL;
+    if (nd || r->done || !r->sent_first) {
+        res.calls = d;
+        res.n_calls = nd;
+        res.text = "";
+        if (r->done && !n && !r->calls_sent) { /* not calls: the text, as unstreamed */
+            res.text = r->out ? r->out : "";
+            res.text_len = r->out_len;
+        }
+        res.lps = r->lps + r->lps_sent;
+        res.n_lps = r->n_lps - r->lps_sent;
+        if (r->done) res.finish_reason = n && !strcmp(r->finish, "stop") ? "tool_calls" : r->finish;
+        json = qv_proto_encode_chunk(&res, !r->sent_first);
+        *oom = !json;
+        r->sent_first = true;
+        r->lps_sent = r->n_lps;
+        if (r->done) {
+            r->sent = r->out_len;
+            r->sent_finish = true;
+        }
+    }
+    qv_free(d);
+    qv_proto_tool_calls_free(calls, n);
+    return json;
+}
+
 /* Member r's next stream chunk (new text and logprobs, or its finish), or NULL when it has
  * nothing to send now (or no memory: *oom). */
 static char *member_chunk(request *l, request *r, bool *oom) {
     qv_proto_result res = chunk_of(l, r);
     if (r->sent_finish) return NULL; /* finished, or the stream ended with an error */
-    if (r->tools == QV_PROTO_TOOLS_REQUIRED || r->tools == QV_PROTO_TOOLS_AUTO ||
-        r->tools == QV_PROTO_TOOLS_AUTO_JSON || r->tools == QV_PROTO_TOOLS_AUTO_MISTRAL)
+    if (r->tools == QV_PROTO_TOOLS_REQUIRED) return required_chunk(l, r, oom);
+    if (r->tools == QV_PROTO_TOOLS_AUTO || r->tools == QV_PROTO_TOOLS_AUTO_JSON ||
+        r->tools == QV_PROTO_TOOLS_AUTO_MISTRAL)
         return calls_chunk(l, r, oom);
     /* an echo's prompt logprobs wait for its text, so their text offsets are right */
     bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);

@@ -980,6 +980,114 @@ static void test_prompt_logprobs(void **state) {
     assert_true(failures > 10 && failures < 400);
 }
 
+/* qv_proto_tool_calls_partial over every prefix of finished "required" answers: calls appear
+ * in order once their name is whole, each one's arguments only ever grow, and at the end they
+ * are exactly what qv_proto_tool_calls_parse gives (numbers, escapes and surrogate pairs
+ * re-written as Python does, whitespace or not). */
+static void test_tool_calls_partial(void **state) {
+    (void)state;
+    static const char *const answers[] = {
+        "[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Par\\u00e9s \\\"x\\\"\\n\","
+        "\"unit\":\"celsius\",\"n\":[1.50,1e2,-0,true,null,{}],\"e\":\"\\ud83d\\ude00!\"}},"
+        "{\"name\":\"now\",\"arguments\":{}}]",
+        "[ { \"name\" : \"a\\u0062\" , \"arguments\" : { \"k\" : { \"x\" : [ 10 , \"\" ] } , "
+        "\"\\u00e9\" : 0.25 } } ]",
+        "[{\"name\":\"f\",\"arguments\":{\"s\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"}}]",
+    };
+    for (size_t a = 0; a < QV_ARRAY_LEN(answers); a++) {
+        const char *t = answers[a];
+        const size_t len = strlen(t);
+        qv_proto_tool_call *want = NULL;
+        size_t n_want = 0;
+        assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, t, len, "b",
+                                                   &want, &n_want, NULL),
+                         QV_OK);
+        qv_proto_tool_call *prev = NULL;
+        size_t n_prev = 0, grew = 0;
+        for (size_t p = 0; p <= len; p++) {
+            qv_proto_tool_call *got = NULL;
+            size_t n = 0;
+            assert_int_equal(qv_proto_tool_calls_partial(t, p, "b", &got, &n), QV_OK);
+            assert_true(n >= n_prev && n <= n_want);
+            for (size_t k = 0; k < n; k++) {
+                assert_int_equal(got[k].index, (int)k);
+                assert_string_equal(got[k].id, want[k].id);
+                assert_string_equal(got[k].name, want[k].name);
+                const size_t g = strlen(got[k].arguments);
+                if (memcmp(got[k].arguments, want[k].arguments, g) != 0)
+                    fail_msg("answer %zu, prefix %zu: call %zu arguments '%s' are not a prefix of "
+                             "'%s'",
+                             a, p, k, got[k].arguments, want[k].arguments);
+                if (k < n_prev) {
+                    const size_t pg = strlen(prev[k].arguments);
+                    if (g < pg)
+                        fail_msg("answer %zu prefix %zu: '%s' after '%s'", a, p, got[k].arguments,
+                                 prev[k].arguments);
+                    grew += g > pg;
+                }
+                if (k + 1 < n) assert_string_equal(got[k].arguments, want[k].arguments);
+            }
+            if (p == len) {
+                assert_int_equal(n, n_want);
+                for (size_t k = 0; k < n; k++)
+                    assert_string_equal(got[k].arguments, want[k].arguments);
+            }
+            qv_proto_tool_calls_free(prev, n_prev);
+            prev = got;
+            n_prev = n;
+        }
+        printf("answer %zu: %zu calls, arguments grew in %zu of %zu prefixes ('%s')\n", a, n_want,
+               grew, len, want[0].arguments);
+        assert_true(grew > 3);
+        qv_proto_tool_calls_free(prev, n_prev);
+        qv_proto_tool_calls_free(want, n_want);
+    }
+    /* nothing until a name is whole; not an array; a half-written key or number waits */
+    static const struct {
+        const char *text;
+        size_t n;
+        const char *args;
+    } cases[] = {
+        {"[{\"name\":\"get_w", 0, NULL},
+        {"{\"name\":\"x\"", 0, NULL},
+        {"[{\"name\":\"x\"", 1, ""},
+        {"[{\"name\":\"x\",\"arguments\":", 1, ""},
+        {"[{\"name\":\"x\",\"arguments\":{", 1, "{"},
+        {"[{\"name\":\"x\",\"arguments\":{\"ci", 1, "{"},
+        {"[{\"name\":\"x\",\"arguments\":{\"city\":", 1, "{"},
+        {"[{\"name\":\"x\",\"arguments\":{\"city\":\"P", 1, "{\"city\":\"P"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":1.5", 1, "{"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":1.50,", 1, "{\"a\":1.5"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\\u00", 1, "{\"a\":\""},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\\ud83d\\ude", 1, "{\"a\":\""},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\xe2\x82", 1, "{\"a\":\""},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":[tr", 1, "{\"a\":["},
+    };
+    for (size_t c = 0; c < QV_ARRAY_LEN(cases); c++) {
+        qv_proto_tool_call *got = NULL;
+        size_t n = 0;
+        assert_int_equal(
+            qv_proto_tool_calls_partial(cases[c].text, strlen(cases[c].text), "b", &got, &n),
+            QV_OK);
+        assert_int_equal(n, cases[c].n);
+        if (n) assert_string_equal(got[0].arguments, cases[c].args);
+        qv_proto_tool_calls_free(got, n);
+    }
+    /* allocation failure anywhere: NOMEM and nothing held */
+    const char *t = answers[0];
+    for (long k = 0; k < 400; k++) {
+        qv_proto_tool_call *got = NULL;
+        size_t n = 0;
+        qv_alloc_fail_after(k);
+        qv_status st = qv_proto_tool_calls_partial(t, strlen(t) - 20, "b", &got, &n);
+        qv_alloc_fail_after(-1);
+        qv_proto_tool_calls_free(got, n);
+        if (st == QV_OK) break;
+        assert_int_equal(st, QV_ERR_NOMEM);
+        assert_true(!got && !n);
+    }
+}
+
 static void test_alloc_failures(void **state) {
     (void)state;
     const char *json = "{\"model\":\"b:a\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
@@ -1064,6 +1172,7 @@ int main(void) {
         cmocka_unit_test(test_tools),
         cmocka_unit_test(test_tool_call_results),
         cmocka_unit_test(test_prompt_logprobs),
+        cmocka_unit_test(test_tool_calls_partial),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -60,7 +60,8 @@ def valid_call(call, tmpl=None):
 
 
 def streamed(client, **kw):
-    """The calls of a streamed answer, put together by index, and its finish reason."""
+    """The calls of a streamed answer, put together by index (with the number of chunks that
+    carried each one's pieces), and its finish reason."""
     calls, finish, content = {}, None, ""
     for ch in client.chat.completions.create(stream=True, **kw):
         if not ch.choices:
@@ -68,7 +69,9 @@ def streamed(client, **kw):
         d = ch.choices[0].delta
         content += d.content or ""
         for tc in d.tool_calls or []:
-            c = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": ""})
+            c = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": "",
+                                            "chunks": 0})
+            c["chunks"] += 1
             if tc.id:
                 check(c["id"] is None, "a call's id comes once")
                 c["id"] = tc.id
@@ -169,6 +172,34 @@ def run(srv):
     check(c.finish_reason == "length" and not c.message.tool_calls and
           isinstance(c.message.content, str) and c.message.content.startswith("["),
           f"cut by max_tokens: finish length, the partial text as content ({c.message.content!r})")
+
+    # a call with arguments to write: streamed in pieces that add up to the unstreamed call;
+    # cut by max_tokens inside them: the pieces so far, then finish length
+    wkw = dict(kw, tools=[WEATHER])
+    full = client.chat.completions.create(tool_choice="required", **wkw)
+    f_calls = full.choices[0].message.tool_calls or []
+    s_calls, s_finish, _ = streamed(client, tool_choice="required", **wkw)
+    check(len(f_calls) >= 1 and len(f_calls[0].function.arguments) > 12 and
+          [(x["name"], x["arguments"]) for x in s_calls] ==
+          [(x.function.name, x.function.arguments) for x in f_calls] and
+          all(x["chunks"] > 3 for x in s_calls) and s_finish == "tool_calls",
+          f"required streamed: get_weather's arguments in pieces "
+          f"({[(x['arguments'], x['chunks']) for x in s_calls]})")
+    s_calls, s_finish, s_content = streamed(
+        client, tool_choice="required",
+        **dict(wkw, max_tokens=max(1, full.usage.completion_tokens - 4)))
+    args = s_calls[0]["arguments"] if s_calls else ""
+    check(s_finish == "length" and not s_content and len(s_calls) == 1 and
+          args.startswith("{") and f_calls and
+          f_calls[0].function.arguments.startswith(args) and
+          len(args) < len(f_calls[0].function.arguments),
+          f"required streamed, cut by max_tokens: the call so far, finish length "
+          f"({args!r}, {s_finish})")
+    s_calls, s_finish, s_content = streamed(client, tool_choice="required",
+                                            **dict(kw, max_tokens=2))
+    check(s_finish == "length" and not s_calls and s_content.startswith("["),
+          f"required streamed, cut before a call began: the text, finish length "
+          f"({s_content!r})")
 
     # refusals
     body = {"model": base, "messages": ASK, "tools": TOOLS, "max_tokens": 8}
