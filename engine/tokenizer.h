@@ -202,6 +202,11 @@ bool qv_chat_renders_tools(const qv_tokenizer *t, const char *template_name);
  * "llama3", ...), or NULL when the template is missing or unknown. */
 const char *qv_chat_detect(const qv_tokenizer *t);
 
+/* Bytes of leading whitespace in s[0..n) as Python's str.lstrip() removes it (str.isspace:
+ * ASCII \t-\r, \x1c-\x1f and space, U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029,
+ * U+202F, U+205F, U+3000); stops at invalid UTF-8. */
+size_t qv_py_lstrip_len(const char *s, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

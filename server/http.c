@@ -111,6 +111,7 @@ typedef struct request {
     char *tool_name;                 /* QV_PROTO_TOOLS_NAMED: the function */
     bool mistral_ids;   /* call ids of 9 letters and digits (Mistral's template needs them) */
     bool include_stop;  /* vLLM include_stop_str_in_output */
+    bool eog_text;      /* ... with skip_special_tokens false: an end token's text ends it */
     bool tokens_as_ids; /* vLLM return_tokens_as_token_ids: logprobs name "token_id:<id>" */
     bool echo_only;     /* echo with max_tokens 0: the one token the engine makes is dropped */
     char *echo;         /* [mu] echoed prompt text not yet in out (it follows its logprobs) */
@@ -590,7 +591,8 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
     const bool push_stop = stop_id && r->include_stop; /* its text ends the answer */
     qv_proto_logprob plp = {0};
     bool have_lp = false;
-    if (r->logprobs && lp && !(eog && finish == QV_FINISH_STOP) && (!stop_id || push_stop)) {
+    if (r->logprobs && lp && !(eog && finish == QV_FINISH_STOP && !r->eog_text) &&
+        (!stop_id || push_stop)) {
         plp = wire_lp(r, token, lp);
         have_lp = true;
     }
@@ -2498,9 +2500,7 @@ static bool bad_word_ids(const qv_tokenizer *tok, char *const *words, size_t n_w
     if (!n_words) return true;
     if (!(*lens = qv_malloc(2 * n_words * sizeof(**lens)))) return !(*oom = true);
     for (size_t w = 0; w < n_words; w++) {
-        const char *s = words[w];
-        while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '\f' || *s == '\v')
-            s++;
+        const char *s = words[w] + qv_py_lstrip_len(words[w], strlen(words[w])); /* lstrip() */
         int32_t *v[2] = {NULL, NULL};
         size_t nv[2] = {0, 0};
         char *spaced = qv_malloc(strlen(s) + 2);
@@ -2691,6 +2691,7 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
         r->gp.n_allowed_ids = (int)pr->n_allowed_ids;
     }
     r->include_stop = pr->include_stop_str;
+    r->eog_text = pr->include_stop_str && !pr->skip_special_tokens;
     r->tokens_as_ids = pr->tokens_as_ids;
     ok = ok && !qv_detok_create(srv->tok, (const char *const *)r->stops, r->n_stops,
                                 pr->skip_special_tokens, &r->detok);

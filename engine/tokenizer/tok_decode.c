@@ -544,12 +544,10 @@ qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len,
         *finished = true;
         return QV_OK;
     }
-    if (qv_tokenizer_is_eog(d->t, id)) {
-        /* End of generation: the id adds no text; what was held back is final. */
-        st = stream_step(d, true);
-        if (!st) st = emit(d, true);
-        d->finished = true;
-    } else {
+    const bool eog = qv_tokenizer_is_eog(d->t, id);
+    /* End of generation adds no text, except as vLLM's include_stop_str_in_output with the
+     * special tokens kept (its text ends the answer); what was held back is final. */
+    if (!eog || (d->include_stop && !d->skip)) {
         if (d->n_ids == d->cap_ids) {
             size_t cap = d->cap_ids ? d->cap_ids * 2 : 16;
             int32_t *p = qv_realloc(d->ids, cap * sizeof(*p));
@@ -559,9 +557,10 @@ qv_status qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len,
         }
         d->ids[d->n_ids++] = id;
         d->n_pushed++;
-        st = stream_step(d, false);
-        if (!st) st = emit(d, false);
     }
+    st = stream_step(d, eog);
+    if (!st) st = emit(d, eog);
+    if (eog) d->finished = true;
     *text = d->outbuf.p;
     *len = d->outbuf.len;
     *finished = d->finished;

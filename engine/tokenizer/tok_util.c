@@ -200,6 +200,17 @@ bool qv__uc_is_whitespace(uint32_t cp) {
     }
 }
 
+size_t qv_py_lstrip_len(const char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        uint32_t cp = 0;
+        const size_t k = qv__utf8_decode(s + i, n - i, &cp);
+        if (!k || !(qv__uc_is_whitespace(cp) || (cp >= 0x1C && cp <= 0x1F))) break;
+        i += k;
+    }
+    return i;
+}
+
 /* Numeric code points HF knows (Rust std, Unicode 16+) that are unassigned in Unicode 14/15:
  * measured by running every code point through tokenizers 0.23.3 Digits(individual_digits). */
 static const uint32_t k_new_numeric[][2] = {

@@ -173,6 +173,41 @@ static void test_include_stop(void **s) {
         free(out);
     }
     g_include_stop = false;
+    /* an end-of-generation token (<|im_end|>, 2): its text ends the answer only with
+     * include_stop and the special tokens kept, as vLLM's detokenizer gives it */
+    static const struct {
+        bool include, skip;
+        const char *want;
+    } eog[] = {{true, false, "Hi there<|im_end|>"},
+               {true, true, "Hi there"},
+               {false, false, "Hi there"},
+               {false, true, "Hi there"}};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    qv_error err = {0};
+    assert_int_equal(qv_tokenizer_encode(t, "Hi there", 8, false, &ids, &n, &err), QV_OK);
+    for (size_t c = 0; c < QV_ARRAY_LEN(eog); c++) {
+        qv_detok *d = NULL;
+        assert_int_equal(qv_detok_create(t, NULL, 0, eog[c].skip, &d), QV_OK);
+        qv_detok_set_include_stop(d, eog[c].include);
+        char out[64] = "";
+        size_t o = 0;
+        bool finished = false;
+        for (size_t i = 0; i <= n; i++) {
+            const char *text = NULL;
+            size_t len = 0;
+            assert_false(finished);
+            assert_int_equal(qv_detok_push(d, i < n ? ids[i] : 2, &text, &len, &finished), QV_OK);
+            assert_true(o + len < sizeof(out));
+            memcpy(out + o, text, len);
+            o += len;
+        }
+        out[o] = '\0';
+        assert_true(finished);
+        assert_string_equal(out, eog[c].want);
+        qv_detok_free(d);
+    }
+    qv_free(ids);
     qv_tokenizer_free(t);
 }
 

@@ -326,11 +326,47 @@ static void test_threads(void **s) {
     }
 }
 
+/* qv_py_lstrip_len against Python's str.isspace(): the code points below are
+ * [c for c in range(0x110000) if chr(c).isspace()] (Python 3.11); every other code point, each
+ * encoded alone, is not stripped. */
+static void test_py_lstrip(void **state) {
+    (void)state;
+    static const uint32_t py_space[] = {
+        0x9,    0xa,    0xb,    0xc,    0xd,    0x1c,   0x1d,   0x1e,   0x1f,   0x20,
+        0x85,   0xa0,   0x1680, 0x2000, 0x2001, 0x2002, 0x2003, 0x2004, 0x2005, 0x2006,
+        0x2007, 0x2008, 0x2009, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000};
+    size_t k = 0, n_space = 0;
+    for (uint32_t cp = 0; cp < 0x110000; cp++) {
+        if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+        char b[8];
+        size_t n = cp < 0x80      ? (b[0] = (char)cp, 1)
+                   : cp < 0x800   ? (b[0] = (char)(0xC0 | cp >> 6), 2)
+                   : cp < 0x10000 ? (b[0] = (char)(0xE0 | cp >> 12), 3)
+                                  : (b[0] = (char)(0xF0 | cp >> 18), 4);
+        for (size_t j = 1; j < n; j++)
+            b[j] = (char)(0x80 | ((cp >> (6 * (n - 1 - j))) & 0x3F));
+        b[n] = 'x';
+        const bool want = k < QV_ARRAY_LEN(py_space) && py_space[k] == cp;
+        k += want;
+        n_space += want;
+        if (qv_py_lstrip_len(b, n + 1) != (want ? n : 0))
+            fail_msg("U+%04X: stripped %zu bytes, want %zu", (unsigned)cp,
+                     qv_py_lstrip_len(b, n + 1), want ? n : 0);
+    }
+    assert_int_equal(n_space, QV_ARRAY_LEN(py_space));
+    /* runs of them; invalid UTF-8 and NUL stop it */
+    assert_int_equal(qv_py_lstrip_len(" \t\xc2\xa0\xe3\x80\x80word ", 9), 7);
+    assert_int_equal(qv_py_lstrip_len("  \xe3\x80", 4), 2);
+    assert_int_equal(qv_py_lstrip_len(" \0 ", 3), 1);
+    assert_int_equal(qv_py_lstrip_len("", 0), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stress_inputs),  cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_accessors),      cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_alloc_failures), cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_py_lstrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

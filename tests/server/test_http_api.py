@@ -661,6 +661,17 @@ def run_vllm_output_tests(srv):
           kept["usage"]["completion_tokens"] == k + 1,
           f"include_stop_str_in_output: a stop_token_ids token's text ends the text "
           f"({kept['choices'][0]['text']!r})")
+    # ... and an end-of-generation token (<|im_end|> forced): its text only with the special
+    # tokens kept, as vLLM's detokenizer gives it, with its logprob
+    eog = {"prompt": "Hello", "max_tokens": 3, "logit_bias": {"2": 100}, "logprobs": 0}
+    got = [post(dict(eog, **extra))[1] for extra in (
+        {}, {"include_stop_str_in_output": True},
+        {"include_stop_str_in_output": True, "skip_special_tokens": False})]
+    check([g["choices"][0]["text"] for g in got] == ["", "", "<|im_end|>"] and
+          all(g["choices"][0]["finish_reason"] == "stop" for g in got) and
+          [len(g["choices"][0]["logprobs"]["tokens"]) for g in got] == [0, 0, 1],
+          f"include_stop_str_in_output + skip_special_tokens false: the end token's text "
+          f"({[g['choices'][0]['text'] for g in got]})")
     # allowed_token_ids: only those ids, sampled or greedy, end-of-generation included
     pair = [gen[0], gen[2]]
     st, two = post({"prompt": ids, "max_tokens": 12, "temperature": 1.0, "seed": 3,
@@ -700,7 +711,14 @@ def run_vllm_output_tests(srv):
           not any(has_run(out, b) for b in banned),
           f"bad_words: 'Paris' and 'The' (with or without a space) are avoided "
           f"({bw.get('choices', [{}])[0].get('text')!r})")
-    for bad in (["x" * 200], [""], "Paris", [3]):
+    # leading whitespace goes as Python's str.lstrip() removes it (no-break and ideographic
+    # spaces too): the same answer
+    st, bw2 = post(dict(free, max_tokens=24, return_tokens_as_token_ids=True,
+                        bad_words=["\u00a0Paris", "\u3000\u2009The"]))
+    check(st == 200 and bw2["choices"][0]["text"] == bw["choices"][0]["text"],
+          f"bad_words: Unicode whitespace before a word is stripped as vLLM (Python) strips it "
+          f"({bw2.get('choices', [{}])[0].get('text')!r})")
+    for bad in (["x" * 200], [""], "Paris", [3], ["\u3000"]):
         expect_error(srv, f"bad_words {str(bad)[:20]}", 400, "POST", "/v1/completions",
                      {"model": base, "prompt": "x", "bad_words": bad}, param="bad_words")
     # truncate_prompt_tokens keeps the prompt's last ids
