@@ -1158,85 +1158,128 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
 
 static bool json_ws(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
-/* Bytes of the UTF-8 sequence whose lead byte is c (1 for anything else: JSON checks it). */
-static size_t utf8_len_of(unsigned char c) {
-    return c < 0xC0 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+static size_t utf8_seq_len(const unsigned char *s);
+
+/* The value of the 4 hex digits at s[0..n): *v; 0 when they are not all there yet, SIZE_MAX
+ * when one is not a hex digit, else 4. */
+static size_t hex4(const char *s, size_t n, unsigned *v) {
+    *v = 0;
+    for (size_t i = 0; i < 4; i++) {
+        if (i >= n) return 0;
+        const char c = s[i];
+        const unsigned d = c >= '0' && c <= '9'   ? (unsigned)(c - '0')
+                           : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                           : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10)
+                                                  : 16u;
+        if (d == 16) return SIZE_MAX;
+        *v = *v * 16 + d;
+    }
+    return 4;
 }
 
-/* Bytes of the complete escape at s[0..n) (s[0] == '\\'), a surrogate pair counting as one;
- * 0 when it is not complete yet. */
+/* Bytes of the escape at s[0..n) (s[0] == '\\'): 2, 6, or 12 for a surrogate pair; 0 while it
+ * is not complete; SIZE_MAX when it is not a valid one (a lone surrogate included). */
 static size_t escape_len(const char *s, size_t n) {
     if (n < 2) return 0;
-    if (s[1] != 'u') return 2;
-    if (n < 6) return 0;
-    const bool high = (s[2] == 'd' || s[2] == 'D') && strchr("89abAB", s[3]);
-    if (!high) return 6;
-    return n < 12 ? 0 : 12;
+    if (s[1] && strchr("\"\\/bfnrt", s[1])) return 2;
+    unsigned hi = 0, lo = 0;
+    size_t h = s[1] == 'u' ? hex4(s + 2, n - 2, &hi) : SIZE_MAX;
+    if (h != 4) return h;
+    if (hi >= 0xDC00 && hi <= 0xDFFF) return SIZE_MAX;
+    if (hi < 0xD800 || hi > 0xDBFF) return 6;
+    if (n < 8) return n >= 7 && s[6] != '\\' ? SIZE_MAX : 0;
+    if (s[6] != '\\' || s[7] != 'u') return SIZE_MAX;
+    h = hex4(s + 8, n - 8, &lo);
+    if (h != 4) return h;
+    return lo >= 0xDC00 && lo <= 0xDFFF ? 12 : SIZE_MAX;
 }
 
 /* The stable beginning of a call's arguments being written (a[0..n), a JSON object not yet
  * complete) as the finished call will write it: the text up to the last point where it can be
- * closed (after a complete value, after an opening bracket, inside a string value), closed,
- * re-written by qv_json_py_dumps (compact, as call_from), without the closing characters.
- * *out is "" when nothing is stable yet. */
+ * closed (after an opening bracket or a complete value, inside a string value), closed,
+ * re-written by qv_json_py_dumps (compact, as call_from), without the closing characters. The
+ * scan follows JSON's grammar and stops where the text leaves it (so a cut always closes into
+ * valid JSON) or where a token is not complete yet. *out is "" when nothing is stable. */
 static qv_status partial_args(const char *a, size_t n, char **out) {
+    enum { VALUE, VALUE_OR_END, KEY, KEY_OR_END, COLON, COMMA_OR_END, DONE } expect = VALUE;
     char stack[QV_JSON_MAX_DEPTH + 2], closers[QV_JSON_MAX_DEPTH + 3];
     size_t depth = 0, cut = 0, n_close = 0, j = 0;
-    char last = 0; /* the last token outside strings: { [ , : " or v (a value) */
     *out = NULL;
     while (j < n) {
         const char c = a[j];
+        const bool value = expect == VALUE || expect == VALUE_OR_END;
         if (json_ws(c)) {
             j++;
             continue;
         }
-        if (c == '"') { /* a string: a key (after { or , in an object) or a value */
-            const bool key = depth && stack[depth - 1] == '}' && (last == '{' || last == ',');
+        if (c == '"' && (value || expect == KEY || expect == KEY_OR_END)) { /* a string */
             size_t k = j + 1;
-            bool closed = false;
-            if (!key) { /* inside a value: a cut after each whole character */
+            bool closed = false, bad = false;
+            if (value) { /* inside a value: a cut after each whole character */
                 cut = k;
                 n_close = 0;
                 closers[n_close++] = '"';
                 for (size_t d = depth; d > 0; d--)
                     closers[n_close++] = stack[d - 1];
             }
-            while (k < n && !closed) {
-                size_t m = a[k] == '\\'  ? escape_len(a + k, n - k)
-                           : a[k] == '"' ? 1
-                                         : utf8_len_of((unsigned char)a[k]);
-                if (m == 0 || k + m > n) break;
-                closed = a[k] == '"';
+            while (k < n && !closed && !bad) {
+                const unsigned char u = (unsigned char)a[k];
+                size_t m = u == '\\'  ? escape_len(a + k, n - k)
+                           : u == '"' ? 1
+                           : u < 0x20 ? SIZE_MAX
+                                      : (u < 0xC0   ? 1
+                                         : u < 0xE0 ? 2
+                                         : u < 0xF0 ? 3
+                                                    : 4);
+                if (m == 0 || (m != SIZE_MAX && k + m > n)) break; /* not complete yet */
+                if (m == SIZE_MAX ||
+                    (u >= 0x80 && utf8_seq_len((const unsigned char *)a + k) != m)) {
+                    bad = true;
+                    break;
+                }
+                closed = u == '"';
                 k += m;
-                if (!key && !closed) cut = k;
+                if (value && !closed) cut = k;
             }
             if (!closed) break;
             j = k;
-            last = key ? '"' : 'v';
-            if (key) continue; /* no cut between a key and its value */
-        } else if (c == '{' || c == '[') {
+            if (!value) {
+                expect = COLON; /* no cut between a key and its value */
+                continue;
+            }
+        } else if ((c == '{' || c == '[') && value) {
             if (depth == QV_JSON_MAX_DEPTH) break;
             stack[depth++] = c == '{' ? '}' : ']';
-            last = c;
+            expect = c == '{' ? KEY_OR_END : VALUE_OR_END;
             j++;
-        } else if (c == '}' || c == ']') {
-            if (depth == 0) break;
+            cut = j;
+            n_close = 0;
+            for (size_t d = depth; d > 0; d--)
+                closers[n_close++] = stack[d - 1];
+            continue;
+        } else if ((c == '}' || c == ']') && depth && stack[depth - 1] == c &&
+                   (expect == COMMA_OR_END || expect == (c == '}' ? KEY_OR_END : VALUE_OR_END))) {
             depth--;
-            last = 'v';
             j++;
-        } else if (c == ',' || c == ':') {
-            last = c;
+        } else if (c == ':' && expect == COLON) {
+            expect = VALUE;
             j++;
             continue; /* no cut after a separator */
-        } else {      /* a number or a literal: whole once something follows it */
-            size_t k = j;
+        } else if (c == ',' && expect == COMMA_OR_END) {
+            expect = stack[depth - 1] == '}' ? KEY : VALUE;
+            j++;
+            continue;
+        } else if (value && c != '"' && c != '}' && c != ']' && c != ',' && c != ':') {
+            size_t k = j; /* a number or a literal: whole once something follows it */
             while (k < n &&
                    (isalnum((unsigned char)a[k]) || a[k] == '+' || a[k] == '-' || a[k] == '.'))
                 k++;
-            if (k == n || k == j) break;
-            last = 'v';
+            if (k == n || k == j || qv_json_text_check(a + j, k - j, false) != QV_OK) break;
             j = k;
+        } else {
+            break; /* not JSON */
         }
+        expect = depth ? COMMA_OR_END : DONE; /* a value ended */
         cut = j;
         n_close = 0;
         for (size_t d = depth; d > 0; d--)
@@ -1263,6 +1306,17 @@ static qv_status partial_args(const char *a, size_t n, char **out) {
     py[m] = '\0';
     *out = py;
     return QV_OK;
+}
+
+/* The decoded JSON string token text[0..n), or NULL (*st QV_ERR_NOMEM when out of memory,
+ * left alone when the token is not a valid string). */
+static char *json_string_at(const char *text, size_t n, qv_status *st) {
+    if (qv_json_text_check(text, n, false) != QV_OK) return NULL;
+    cJSON *s = cJSON_ParseWithLength(text, n);
+    char *out = cJSON_IsString(s) ? qv_strdup(s->valuestring) : NULL;
+    if (!out && (!s || cJSON_IsString(s))) *st = QV_ERR_NOMEM;
+    cJSON_Delete(s);
+    return out;
 }
 
 qv_status qv_proto_tool_calls_partial(const char *text, size_t len, const char *id_base,
@@ -1307,23 +1361,24 @@ qv_status qv_proto_tool_calls_partial(const char *text, size_t len, const char *
                 size_t ko = 0, kn = 0, vo = 0, vn = 0;
                 if (p == len || text[p] != '"' || !qv_json_value_span(text + p, len - p, &ko, &kn))
                     break;
-                const bool is_name = kn == 6 && !memcmp(text + p, "\"name\"", 6);
-                const bool is_args = kn == 11 && !memcmp(text + p, "\"arguments\"", 11);
+                char *key = json_string_at(text + p, kn, &st); /* escapes decoded */
+                if (!key) break;
+                const bool is_name = !strcmp(key, "name"), is_args = !strcmp(key, "arguments");
+                qv_free(key);
                 p += kn;
                 while (p < len && (json_ws(text[p]) || text[p] == ':'))
                     p++;
                 if (p == len) break;
+                /* a repeated key: the first one counts, as cJSON reads it in call_from */
+                const bool first_args = is_args && args_at == SIZE_MAX && text[p] == '{';
                 if (!qv_json_value_span(text + p, len - p, &vo, &vn)) {
-                    if (is_args && text[p] == '{') args_at = p;
+                    if (first_args) args_at = p;
                     break;
                 }
-                if (is_args && text[p] == '{') args_at = p, args_n = vn;
-                if (is_name && text[p] == '"') {
-                    cJSON *s = cJSON_ParseWithLength(text + p, vn);
-                    if (cJSON_IsString(s) && !(name = qv_strdup(s->valuestring))) st = QV_ERR_NOMEM;
-                    cJSON_Delete(s);
-                    if (!s) st = QV_ERR_NOMEM;
-                }
+                if (first_args) args_at = p, args_n = vn;
+                if (is_name && !name && text[p] == '"' &&
+                    !(name = json_string_at(text + p, vn, &st)))
+                    break;
                 p += vn;
             }
             if (st == QV_OK && name && args_at == SIZE_MAX)

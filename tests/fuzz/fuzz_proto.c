@@ -34,6 +34,44 @@ static void check_json(char *out) {
     qv_free(out);
 }
 
+/* The prompt read as a tool_choice "required" answer being written: every prefix's calls
+ * are whole (id, name, arguments), each prefix's arguments begin the longer prefix's, and
+ * when the whole text parses as calls the last prefix gives exactly them. */
+static void check_partial_calls(const char *text) {
+    if (!text) return;
+    const size_t len = strlen(text);
+    qv_proto_tool_call *whole = NULL, *prev = NULL;
+    size_t n_whole = 0, n_prev = 0;
+    const bool parsed = qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, text, len, "f",
+                                                  &whole, &n_whole, NULL) == QV_OK;
+    const size_t cuts[4] = {len / 3, len / 2, len - (len > 0), len};
+    for (int c = 0; c < 4; c++) {
+        qv_proto_tool_call *got = NULL;
+        size_t n = 0;
+        if (qv_proto_tool_calls_partial(text, cuts[c], "f", &got, &n) != QV_OK) {
+            CHECK(!got && !n); /* out of memory only */
+            continue;
+        }
+        for (size_t k = 0; k < n; k++) {
+            CHECK(got[k].id && got[k].name && got[k].arguments && got[k].index == (int)k);
+            if (k < n_prev)
+                CHECK(!strcmp(got[k].name, prev[k].name) &&
+                      !strncmp(got[k].arguments, prev[k].arguments, strlen(prev[k].arguments)));
+        }
+        if (c == 3 && parsed) {
+            CHECK(n == n_whole);
+            for (size_t k = 0; k < n; k++)
+                CHECK(!strcmp(got[k].arguments, whole[k].arguments) &&
+                      !strcmp(got[k].name, whole[k].name) && !strcmp(got[k].id, whole[k].id));
+        }
+        qv_proto_tool_calls_free(prev, n_prev);
+        prev = got;
+        n_prev = n;
+    }
+    qv_proto_tool_calls_free(prev, n_prev);
+    qv_proto_tool_calls_free(whole, n_whole);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static int hooked;
     if (!hooked) {
@@ -122,7 +160,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(r.n_stop <= QV_PROTO_MAX_STOPS);
         for (size_t i = 0; i < r.n_stop; i++)
             CHECK(r.stop[i] && r.stop[i][0]);
+        CHECK(!r.prompt_lps ||
+              (r.prompt_logprobs >= 0 && r.prompt_logprobs <= QV_PROTO_MAX_LOGPROBS && !r.stream));
+        CHECK(!r.continuous_usage || r.include_usage);
         const char *text = ep == QV_PROTO_CHAT ? r.messages[0].content : r.prompt;
+        check_partial_calls(text);
         qv_proto_result res = {.endpoint = ep,
                                .id = "x",
                                .model = r.model,

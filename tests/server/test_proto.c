@@ -1062,6 +1062,17 @@ static void test_tool_calls_partial(void **state) {
         {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\\ud83d\\ude", 1, "{\"a\":\""},
         {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\xe2\x82", 1, "{\"a\":\""},
         {"[{\"name\":\"x\",\"arguments\":{\"a\":[tr", 1, "{\"a\":["},
+        /* where the text leaves JSON, nothing after that point */
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"b\\udv3d and more", 1, "{\"a\":\"b"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\\ud83dx\"", 1, "{\"a\":\""},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"b\\q\"", 1, "{\"a\":\"b"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"b\x01\"", 1, "{\"a\":\"b"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"b\xc3\x28\"", 1, "{\"a\":\"b"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\" \"b\",\"c\":1}", 1, "{"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":1.2.3,\"c\":1", 1, "{"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":1,,\"c\":1", 1, "{\"a\":1"},
+        {"[{\"name\":\"x\",\"arguments\":{\"a\":[1}", 1, "{\"a\":[1"},
+        {"[{\"name\":\"n\\u0061me\",\"n\\u0061me\":\"y\",\"arguments\":{", 1, "{"},
     };
     for (size_t c = 0; c < QV_ARRAY_LEN(cases); c++) {
         qv_proto_tool_call *got = NULL;
