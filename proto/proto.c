@@ -530,9 +530,6 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
         return fail(e, QV_ERR_INVALID, "tools", "'tools' is only supported on chat completions");
     if ((f = field(root, "suffix")) && !(cJSON_IsString(f) && !f->valuestring[0]))
         return fail(e, QV_ERR_INVALID, "suffix", "'suffix' is not supported by quiver");
-    if (ep == QV_PROTO_CHAT && (f = field(root, "echo")) && !cJSON_IsFalse(f))
-        return fail(e, QV_ERR_INVALID, "echo",
-                    "'echo' is not supported on chat completions (completions have it)");
     if ((f = field(root, "best_of")) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
         return fail(e, QV_ERR_INVALID, "best_of", "'best_of' must be 1 (one sequence per request)");
     /* vLLM's other request options that change the answer, where they ask for something */
@@ -789,7 +786,8 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         goto done;
     }
     const char *mt = field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-    if (endpoint == QV_PROTO_COMPLETIONS && (s = get_bool(root, "echo", &r->echo, e))) goto done;
+    if ((s = get_bool(root, "echo", endpoint == QV_PROTO_CHAT ? &r->chat_echo : &r->echo, e)))
+        goto done;
     /* max_tokens 0: the prompt's echo (and logprobs) only */
     if ((s = get_int(root, mt, r->echo ? 0 : 1, 1e9, &r->max_tokens, e))) goto done;
     if ((s = get_float(root, "temperature", 0, 100, &r->temperature, e))) goto done;
@@ -880,6 +878,11 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
                      "'prompt_logprobs' is not available when streaming");
             goto done;
         }
+    }
+    if (r->chat_echo && r->tool_choice != QV_PROTO_TOOLS_NONE) {
+        s = fail(e, QV_ERR_INVALID, "echo",
+                 "'echo' on chat cannot be combined with tools (the answer may be calls)");
+        goto done;
     }
     if (r->n_allowed_ids && (r->json_object || r->json_schema))
         s = fail(e, QV_ERR_INVALID, "allowed_token_ids",

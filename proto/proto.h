@@ -154,6 +154,8 @@ typedef struct qv_proto_request {
     bool parallel_tool_calls; /* default true: "required" may make more than one call */
     bool echo;                /* completions: the text starts with the prompt, and with logprobs the
                                  prompt tokens come first in them; max_tokens may then be 0 */
+    bool chat_echo;           /* vLLM chat echo: a last assistant message leads the answer's
+                                 content (continue_final_message's companion); not with tools */
     bool logprobs;            /* token log-probabilities requested */
     int top_logprobs;         /* alternatives per token, 0..20 */
     bool stream;

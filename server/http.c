@@ -2699,6 +2699,9 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
     if (ok) qv_detok_set_min_tokens(r->detok, (size_t)pr->min_tokens);
     if (ok) qv_detok_set_include_stop(r->detok, pr->include_stop_str);
     ok = ok && (!pr->echo || echo_setup(r, pin->text, pin->len));
+    const qv_proto_message *last = pr->n_messages ? &pr->messages[pr->n_messages - 1] : NULL;
+    if (ok && pr->chat_echo && last && last->content && !strcmp(last->role, "assistant"))
+        ok = append_out(r, last->content, strlen(last->content)); /* vLLM: the same role's */
     ok = ok && (!pr->prompt_lps || prompt_logprobs_setup(r, pr->prompt_logprobs));
     ok = ok && (!ms->tgi || !ms->tgi->details || !ms->tgi->decoder_input_details ||
                 prompt_lps_setup(r)); /* prefill is part of the details */

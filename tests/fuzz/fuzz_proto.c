@@ -148,6 +148,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         CHECK(r.max_tokens == -1 || r.max_tokens >= 1 || (r.max_tokens == 0 && r.echo));
         CHECK(!r.echo || ep == QV_PROTO_COMPLETIONS);
+        CHECK(!r.chat_echo || (ep == QV_PROTO_CHAT && r.tool_choice == QV_PROTO_TOOLS_NONE));
         CHECK(r.n >= 1 && r.n <= QV_PROTO_MAX_CHOICES);
         CHECK((1 + r.n_more) * (size_t)r.n <= QV_PROTO_MAX_CHOICES);
         for (size_t i = 0; i < r.n_more; i++)

@@ -829,9 +829,33 @@ def run_echo_tests(srv):
     good = {"model": base, "prompt": "x"}
     expect_error(srv, "max_tokens 0 without echo", 400, "POST", "/v1/completions",
                  dict(good, max_tokens=0), param="max_tokens")
-    expect_error(srv, "echo on chat", 400, "POST", "/v1/chat/completions",
-                 {"model": base, "messages": [{"role": "user", "content": "x"}], "echo": True},
-                 param="echo")
+    # chat echo (vLLM): a last assistant message leads the answer's content, as with
+    # continue_final_message the model goes on from it; a user message last adds nothing
+    client = srv.client()
+    part = "The capital of France is"
+    msgs = [{"role": "user", "content": "Complete: the capital of France."},
+            {"role": "assistant", "content": part}]
+    cont = dict(model=base, messages=msgs, max_tokens=6, temperature=0,
+                extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    plain = client.chat.completions.create(**cont)
+    echoed = client.chat.completions.create(**dict(cont, extra_body=dict(
+        cont["extra_body"], echo=True)))
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        stream=True, **dict(cont, extra_body=dict(cont["extra_body"], echo=True))) if c.choices)
+    user_last = client.chat.completions.create(
+        model=base, messages=msgs[:1], max_tokens=4, temperature=0, extra_body={"echo": True})
+    user_plain = client.chat.completions.create(
+        model=base, messages=msgs[:1], max_tokens=4, temperature=0)
+    pc, ec = plain.choices[0].message.content, echoed.choices[0].message.content
+    check(ec == part + pc and streamed == ec and
+          echoed.usage.completion_tokens == plain.usage.completion_tokens and
+          user_last.choices[0].message.content == user_plain.choices[0].message.content,
+          f"chat echo: the last assistant message leads the content ({ec!r}; streamed the same; "
+          f"a user message last adds nothing)")
+    expect_error(srv, "echo on chat with tools", 400, "POST", "/v1/chat/completions",
+                 {"model": base, "messages": [{"role": "user", "content": "x"}], "echo": True,
+                  "tools": [{"type": "function", "function": {"name": "f"}}],
+                  "tool_choice": "required"}, param="echo")
     expect_error(srv, "echo not a boolean", 400, "POST", "/v1/completions",
                  dict(good, echo="yes"), param="echo")
 

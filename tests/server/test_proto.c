@@ -775,8 +775,23 @@ static void test_encode_completion(void **state) {
                         "stop");
     assert_int_equal(path(o, "usage", "total_tokens")->valueint, 5);
     cJSON_Delete(o);
+    /* vLLM's chat echo: decoded apart from completions' (no max_tokens 0, not with tools) */
+    assert_int_equal(dec(QV_PROTO_CHAT,
+                         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true}", &q,
+                         &e),
+                     QV_OK);
+    assert_true(q.chat_echo && !q.echo);
+    qv_proto_request_free(&q);
+    expect_bad(QV_PROTO_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":1}",
+               "echo");
     expect_bad(QV_PROTO_CHAT,
-               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true}", "echo");
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true,"
+               "\"max_tokens\":0}",
+               "max_tokens");
+    expect_bad(QV_PROTO_CHAT,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true," TOOLS
+               ",\"tool_choice\":\"required\"}",
+               "echo");
 }
 
 static void test_encode_chat_and_chunks(void **state) {
