@@ -269,7 +269,7 @@ bool qv_json_done(const qv_json_state *s) { return s->mode == M_DONE; }
  * K_REF nodes that the final pass replaces by their targets everywhere, so a frame never holds
  * one. */
 
-enum kind { K_LEAF, K_OBJECT, K_MAP, K_ARRAY, K_ENUM, K_ANYOF, K_REF };
+enum kind { K_LEAF, K_OBJECT, K_MAP, K_ARRAY, K_ENUM, K_ANYOF, K_REF, K_RAW };
 
 /* What a value begins with: its first byte says which. */
 enum {
@@ -305,7 +305,7 @@ typedef struct snode {
     /* K_LEAF numbers: bounds (integer values, |v| < 2^31; for integers inclusive) */
     bool lo_on, hi_on, lo_strict, hi_strict;
     int64_t lo, hi;
-    uint32_t re;       /* K_LEAF strings: 1 + the index of their pattern in regexes[]; 0: none */
+    uint32_t re;       /* K_LEAF strings, K_RAW: 1 + the index of their pattern in regexes[] */
     uint32_t first, n; /* K_OBJECT: props; K_ENUM: lits; K_ANYOF: alts */
     uint32_t child;    /* K_ARRAY: items; K_MAP: values; K_REF: target */
 } snode;
@@ -1461,6 +1461,58 @@ qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_sc
     return schema_end(&c, root, "choice:", out);
 }
 
+qv_status qv_json_schema_compile_regex(const char *pattern, size_t len, qv_json_schema **out,
+                                       qv_error *err) {
+    *out = NULL;
+    if (len > QV_JSON_SCHEMA_MAX_BYTES)
+        return qv_errorf(err, QV_ERR_LIMIT, "the regex is larger than %u bytes",
+                         QV_JSON_SCHEMA_MAX_BYTES);
+    if (!qv__utf8_valid(pattern, len) || memchr(pattern, 0, len))
+        return qv_errorf(err, QV_ERR_INVALID, "the regex is not UTF-8 text");
+    /* the whole text matches: anchored, an anchor the pattern already has dropped */
+    size_t b = 0, e = len;
+    if (e > b && pattern[b] == '^') b++;
+    size_t bs = 0; /* backslashes before the last byte: a "\$" is a literal */
+    while (e - bs > b + 1 && pattern[e - 2 - bs] == '\\')
+        bs++;
+    if (e > b && pattern[e - 1] == '$' && bs % 2 == 0) e--;
+    char *src = qv_malloc(e - b + 8), *lit = qv_malloc(len + 1);
+    cJSON *root = NULL;
+    compiler c = {.err = err};
+    if (src && lit) {
+        memcpy(src, "^(?:", 4);
+        memcpy(src + 4, pattern + b, e - b);
+        memcpy(src + 4 + (e - b), ")$", 3);
+        memcpy(lit, pattern, len);
+        lit[len] = '\0';
+        root = cJSON_CreateString(lit);
+    }
+    c.s = root ? qv_calloc(1, sizeof(*c.s)) : NULL;
+    if (!c.s) {
+        qv_free(src);
+        qv_free(lit);
+        cJSON_Delete(root);
+        return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    }
+    atomic_init(&c.s->refs, 1);
+    c.root = root;
+    c.s->key_node = new_leaf(&c, C_STRING);
+    if (c.st == QV_OK) c.s->root = new_node(&c, K_RAW);
+    qv_regex *re = NULL; /* compiled here, for the regex's own message */
+    if (c.st == QV_OK) c.st = qv_regex_compile(src, &re, err);
+    if (c.st == QV_OK &&
+        grow(&c, (void **)&c.s->regexes, &c.s->cap_regexes, 1, sizeof(qv_regex *))) {
+        c.s->regexes[c.s->n_regexes++] = re;
+        c.s->nodes[c.s->root].re = c.s->n_regexes;
+        c.s->nodes[c.s->root].classes = C_ALL;
+        re = NULL;
+    }
+    qv_regex_free(re);
+    qv_free(src);
+    qv_free(lit);
+    return schema_end(&c, root, "regex:", out);
+}
+
 qv_json_schema *qv_json_schema_ref(qv_json_schema *s) {
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
     return s;
@@ -1845,8 +1897,58 @@ static int tag_value_in(const qv_json_schema *s, qv_json_frame *fr, const snode 
     return R_NO;
 }
 
+/* A raw-text document (qv_json_schema_compile_regex): every byte is its text, read as UTF-8
+ * (frame: phase 1 once begun, b the continuation bytes still due, cur the lead byte until the
+ * first of them; st->cp the code point so far) and each whole character steps the regex. A
+ * character being read must still be able to step it. */
+static int raw_in(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *fr, const snode *nd,
+                  uint8_t c) {
+    const qv_regex *re = s->regexes[nd->re - 1];
+    if (fr->phase == 0) {
+        st->re = qv_regex_start(re);
+        fr->phase = 1;
+    }
+    uint32_t cp;
+    if (fr->b == 0) { /* a lead byte */
+        if (c < 0x80) return qv_regex_step(re, &st->re, c) ? R_YES : R_NO;
+        const int need = c >= 0xC2 && c <= 0xDF   ? 1
+                         : c >= 0xE0 && c <= 0xEF ? 2
+                         : c >= 0xF0 && c <= 0xF4 ? 3
+                                                  : 0;
+        if (!need) return R_NO;
+        cp = c & (need == 1 ? 0x1Fu : need == 2 ? 0x0Fu : 0x07u);
+        fr->b = (uint16_t)need;
+        fr->cur = c;
+    } else { /* a continuation byte; the first one is limited by the lead (no overlong form,
+              * surrogate or code point above U+10FFFF) */
+        const uint8_t lead = fr->cur;
+        const uint8_t lo = lead == 0xE0 ? 0xA0 : lead == 0xF0 ? 0x90 : 0x80;
+        const uint8_t hi = lead == 0xED ? 0x9F : lead == 0xF4 ? 0x8F : 0xBF;
+        if (c < (lead ? lo : 0x80) || c > (lead ? hi : 0xBF)) return R_NO;
+        cp = (st->cp << 6) | (c & 0x3Fu);
+        fr->b--;
+        fr->cur = 0;
+        if (fr->b == 0) {
+            st->cp = 0;
+            return qv_regex_step(re, &st->re, cp) ? R_YES : R_NO;
+        }
+    }
+    /* the code points the character can still be (a lead byte's range without the overlong
+     * forms, the surrogates or what lies above U+10FFFF) */
+    uint32_t lo = cp << (6 * fr->b), hi = lo | ((1u << (6 * fr->b)) - 1);
+    if (fr->cur) { /* the lead byte alone so far */
+        lo = QV_MAX(lo, fr->b == 2 ? 0x800u : fr->b == 3 ? 0x10000u : 0x80u);
+        if (fr->cur == 0xED) hi = 0xD7FF;
+        hi = QV_MIN(hi, 0x10FFFFu);
+    }
+    if (!qv_regex_can_step(re, st->re, lo, hi, UINT32_MAX)) return R_NO;
+    st->cp = cp;
+    return R_YES;
+}
+
 static int in_token(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *fr, const snode *nd,
                     uint8_t c) {
+    if (nd->kind == K_RAW) return raw_in(s, st, fr, nd, c);
     if (nd->kind == K_ANYOF && fr->phase == AN_KEY) {
         const sspan *k = tag_key(s, nd);
         if (fr->b < k->len) return s->bytes[k->off + fr->b] == c ? (fr->b++, R_YES) : R_NO;
@@ -2017,6 +2119,10 @@ bool qv_json_schema_done(const qv_json_schema *sch, const qv_json_sstate *s) {
     if (nd->kind == K_LEAF && fr->phase == LF_IN)
         return s->leaf.depth == 0 && s->leaf.mode == M_NUMBER && number_can_end(&s->leaf) &&
                (!bounded(nd) || bound_end(nd, fr));
+    if (nd->kind == K_RAW)
+        return fr->b == 0 &&
+               qv_regex_accepts(sch->regexes[nd->re - 1],
+                                fr->phase ? s->re : qv_regex_start(sch->regexes[nd->re - 1]));
     return nd->kind == K_ENUM && fr->phase == EN_IN && enum_exact(sch, nd, fr);
 }
 

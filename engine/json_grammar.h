@@ -126,6 +126,14 @@ qv_status qv_json_schema_compile_flags(const char *text, size_t len, unsigned fl
  * of them, as raw text (not JSON), byte for byte. Same limits and errors as above. */
 qv_status qv_json_schema_compile_choice(const char *text, size_t len, qv_json_schema **out,
                                         qv_error *err);
+/* vLLM's guided_regex (TGI's regex grammar): the document is raw text (not JSON), valid UTF-8,
+ * whose characters match the pattern (len bytes) as a whole: json_regex.h's dialect and
+ * position limit, anchored at both ends (a leading ^ and a trailing $ may be written). A
+ * character can only be begun when some way to finish the match remains. Errors as
+ * qv_regex_compile (QV_ERR_UNSUPPORTED for what it refuses, QV_ERR_LIMIT over its positions),
+ * QV_ERR_INVALID for text that is not UTF-8, QV_ERR_LIMIT over QV_JSON_SCHEMA_MAX_BYTES. */
+qv_status qv_json_schema_compile_regex(const char *pattern, size_t len, qv_json_schema **out,
+                                       qv_error *err);
 /* Tool calls (OpenAI tool_choice "required"): tools is the JSON text of an OpenAI `tools`
  * list ({"type": "function", "function": {"name", "parameters"}}; 1..128 functions, names
  * distinct); the document is a JSON array of 1 (parallel: 1 or more) calls

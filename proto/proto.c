@@ -393,6 +393,8 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
 
 static qv_status compile_schema(const cJSON *sch, const char *param, unsigned flags,
                                 qv_proto_request *r, qv_proto_error *e);
+static qv_status compile_regex_doc(const cJSON *re, const char *param, qv_proto_request *r,
+                                   qv_proto_error *e);
 static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_error *e);
 
 /* Structured output: response_format {"type": "json_schema", "json_schema": {"name": ...,
@@ -434,23 +436,25 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
     }
     if ((f = field(root, "guided_choice")) && !cJSON_IsNull(f))
         choice = f, param = "guided_choice", asked++;
+    const cJSON *regex = NULL;
+    if ((f = field(root, "guided_regex"))) regex = f, param = "guided_regex", asked++;
     const cJSON *so = field(root, "structured_outputs"); /* vLLM's newer spelling */
     if (so && !cJSON_IsNull(so)) {
         if (!cJSON_IsObject(so))
             return fail(e, QV_ERR_INVALID, "structured_outputs",
                         "'structured_outputs' must be an object");
-        static const char *const refused[] = {"regex", "grammar", "structural_tag",
-                                              "whitespace_pattern"};
+        static const char *const refused[] = {"grammar", "structural_tag", "whitespace_pattern"};
         for (size_t i = 0; i < QV_ARRAY_LEN(refused); i++)
             if ((f = field(so, refused[i])) && !cJSON_IsNull(f))
                 return fail(e, QV_ERR_INVALID, "structured_outputs",
                             "'structured_outputs.%s' is not supported by quiver (JSON schemas, "
-                            "JSON mode and choices are)",
+                            "JSON mode, choices and regexes are)",
                             refused[i]);
         if ((f = field(so, "json")) && !cJSON_IsNull(f))
             sch = f, param = "structured_outputs", asked++;
         if ((f = field(so, "choice")) && !cJSON_IsNull(f))
             choice = f, param = "structured_outputs", asked++;
+        if ((f = field(so, "regex"))) regex = f, param = "structured_outputs", asked++;
         if (cJSON_IsTrue(field(so, "json_object")))
             json_mode = true, param = "structured_outputs", asked++;
         const cJSON *dw = field(so, "disable_any_whitespace");
@@ -462,7 +466,7 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
     if (asked > 1)
         return fail(e, QV_ERR_INVALID, param,
                     "ask for one structured output: a response_format, guided_json, "
-                    "guided_choice or structured_outputs");
+                    "guided_choice, guided_regex or structured_outputs");
     r->json_object = json_mode && !flags;
     if (json_mode && flags) { /* compact JSON mode: the schema JSON mode is */
         qv_error err = {0};
@@ -481,7 +485,21 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
         if (st == QV_ERR_NOMEM) return nomem(e);
         return st == QV_OK ? QV_OK : fail(e, QV_ERR_INVALID, param, "%s", err.msg);
     }
+    if (regex) return compile_regex_doc(regex, param, r, e);
     return sch ? compile_schema(sch, param, flags, r, e) : QV_OK;
+}
+
+/* A regex document (guided_regex, structured_outputs.regex, TGI's regex grammar): the
+ * answer's whole text matches the pattern, compiled into r->json_schema. */
+static qv_status compile_regex_doc(const cJSON *re, const char *param, qv_proto_request *r,
+                                   qv_proto_error *e) {
+    if (!cJSON_IsString(re)) return fail(e, QV_ERR_INVALID, param, "the regex must be a string");
+    qv_error err = {0};
+    const qv_status st = qv_json_schema_compile_regex(re->valuestring, strlen(re->valuestring),
+                                                      &r->json_schema, &err);
+    if (st == QV_ERR_NOMEM) return nomem(e);
+    if (st != QV_OK) return fail(e, QV_ERR_INVALID, param, "the regex cannot be used: %s", err.msg);
+    return QV_OK;
 }
 
 /* Compiles sch (a schema object, true, or a schema's text) into r->json_schema. */
@@ -506,7 +524,7 @@ static qv_status compile_schema(const cJSON *sch, const char *param, unsigned fl
  * nothing (empty lists, {"type": "text"}, false, 0, 1) pass. */
 static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep,
                                     qv_proto_error *e) {
-    static const char *const always[] = {"guided_regex", "guided_grammar"};
+    static const char *const always[] = {"guided_grammar"};
     for (size_t i = 0; i < QV_ARRAY_LEN(always); i++)
         if (field(root, always[i]))
             return fail(e, QV_ERR_INVALID, always[i],
@@ -2059,21 +2077,25 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
     return QV_OK;
 }
 
-/* TGI's grammar {"type": "json", "value": schema} and LoRAX's response_format {"type":
- * "json_object", "schema": schema} (without a schema: JSON mode); regex grammars are refused. */
+/* TGI's grammar {"type": "json", "value": schema} or {"type": "regex", "value": pattern}, and
+ * LoRAX's response_format {"type": "json_object", "schema": schema} (without a schema: JSON
+ * mode). */
 static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_error *e) {
     const cJSON *g = field(p, "grammar"), *f = field(p, "response_format");
     const cJSON *gt = cJSON_IsObject(g) ? field(g, "type") : NULL;
     const cJSON *ft = cJSON_IsObject(f) ? field(f, "type") : NULL;
     if (g && !cJSON_IsNull(g)) {
-        if (!cJSON_IsString(gt) || strcmp(gt->valuestring, "json") != 0 || !field(g, "value"))
+        const bool regex = cJSON_IsString(gt) && !strcmp(gt->valuestring, "regex");
+        if (!cJSON_IsString(gt) || (strcmp(gt->valuestring, "json") != 0 && !regex) ||
+            !field(g, "value"))
             return fail(e, QV_ERR_INVALID, "grammar",
                         "'parameters.grammar' must be {\"type\": \"json\", \"value\": "
-                        "<JSON schema>} (regex grammars are not supported)");
+                        "<JSON schema>} or {\"type\": \"regex\", \"value\": <pattern>}");
         if (f && !cJSON_IsNull(f))
             return fail(e, QV_ERR_INVALID, "grammar",
                         "give either 'grammar' or 'response_format', not both");
-        return compile_schema(field(g, "value"), "grammar", 0, r, e);
+        return regex ? compile_regex_doc(field(g, "value"), "grammar", r, e)
+                     : compile_schema(field(g, "value"), "grammar", 0, r, e);
     }
     if (!f || cJSON_IsNull(f)) return QV_OK;
     if (cJSON_IsString(ft) && !strcmp(ft->valuestring, "text")) return QV_OK;

@@ -905,6 +905,99 @@ static void test_property_counts(void **state) {
     }
 }
 
+/* guided_regex documents (qv_json_schema_compile_regex) against Python's re.fullmatch
+ * (tests/fixtures/json_schema/regex_docs.json, tests/oracle/gen_regex_doc_fixtures.py): a text
+ * matches when every byte feeds, in one-byte steps and in random chunks, and the end is whole;
+ * from every state a random walk reaches, some byte goes on or the text may end (no dead end). */
+static void test_regex_docs(void **state) {
+    (void)state;
+    qv_error err = {0};
+    cJSON *root = json_read_fixture("tests/fixtures/json_schema/regex_docs.json");
+    assert_non_null(root);
+    uint64_t rng = 7;
+    int n_docs = 0, n_match = 0, n_walks = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        const char *pattern = cJSON_GetObjectItem(c, "pattern")->valuestring;
+        qv_json_schema *sch = NULL;
+        if (qv_json_schema_compile_regex(pattern, strlen(pattern), &sch, &err) != QV_OK)
+            fail_msg("%s: %s", pattern, err.msg);
+        assert_non_null(strstr(qv_json_schema_text(sch), "regex:"));
+        const cJSON *d;
+        cJSON_ArrayForEach(d, cJSON_GetObjectItem(c, "docs")) {
+            const char *t = cJSON_GetObjectItem(d, "text")->valuestring;
+            const bool want = cJSON_IsTrue(cJSON_GetObjectItem(d, "match"));
+            const size_t n = strlen(t);
+            for (size_t chunk = 1; chunk <= 5; chunk += 4) {
+                bool done = false;
+                const size_t fed = feed_all(sch, (const uint8_t *)t, n, chunk, &rng, &done);
+                if ((fed == n && done) != want)
+                    fail_msg("pattern %s, text '%s' (chunks of %zu): %s, Python says %s", pattern,
+                             t, chunk, fed == n && done ? "matches" : "does not match",
+                             want ? "match" : "no match");
+            }
+            n_docs++;
+            n_match += want;
+        }
+        for (int w = 0; w < 40; w++, n_walks++) { /* random walks over the accepted bytes */
+            qv_json_sstate s;
+            qv_json_schema_init(sch, &s);
+            for (int step = 0; step < 40; step++) {
+                uint8_t ok[256];
+                int n_ok = 0;
+                for (int b = 0; b < 256; b++) {
+                    const uint8_t by = (uint8_t)b;
+                    if (qv_json_schema_accepts(sch, &s, &by, 1)) ok[n_ok++] = by;
+                }
+                if (!n_ok && !qv_json_schema_done(sch, &s))
+                    fail_msg("pattern %s: a dead end after %d bytes", pattern, step);
+                if (!n_ok) break;
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                assert_true(qv_json_schema_feed(sch, &s, &ok[(rng >> 33) % (uint64_t)n_ok], 1));
+            }
+        }
+        qv_json_schema_unref(sch);
+    }
+    printf("regex documents: %d texts (%d match) as Python judges them, %d walks without a "
+           "dead end\n",
+           n_docs, n_match, n_walks);
+    assert_true(n_docs > 500 && n_match > 100);
+    cJSON_Delete(root);
+    /* anchors as written or implied; a literal \$ is not an anchor; refusals */
+    static const struct {
+        const char *pattern, *text;
+        bool match;
+    } hand[] = {{"^ab$", "ab", true},    {"ab", "xab", false},
+                {"ab", "abx", false},    {"a\\$", "a$", true},
+                {"a\\\\$", "a\\", true}, {"", "", true},
+                {"", "a", false},        {"x|", "", true},
+                {"é+", "éé", true},      {"[^a]", "\xf0\x9f\x98\x80", true},
+                {"[^a]", "\xc3", false}};
+    for (size_t i = 0; i < QV_ARRAY_LEN(hand); i++) {
+        qv_json_schema *sch = NULL;
+        assert_int_equal(
+            qv_json_schema_compile_regex(hand[i].pattern, strlen(hand[i].pattern), &sch, &err),
+            QV_OK);
+        bool done = false;
+        const size_t n = strlen(hand[i].text);
+        const size_t fed = feed_all(sch, (const uint8_t *)hand[i].text, n, 1, &rng, &done);
+        if ((fed == n && done) != hand[i].match)
+            fail_msg("hand case %zu: /%s/ on '%s'", i, hand[i].pattern, hand[i].text);
+        qv_json_schema_unref(sch);
+    }
+    static const char *const refused[] = {"(a)\\1", "(?=a)b", "a{2,1}",
+                                          "\xc3",   "(ab",    "[a-z]{40}[0-9]{40}"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(refused); i++) {
+        qv_json_schema *sch = NULL;
+        const qv_status st =
+            qv_json_schema_compile_regex(refused[i], strlen(refused[i]), &sch, &err);
+        if (st != QV_ERR_INVALID && st != QV_ERR_UNSUPPORTED && st != QV_ERR_LIMIT)
+            fail_msg("'%s' compiled (%d)", refused[i], st);
+        assert_null(sch);
+        assert_true(err.msg[0] != '\0');
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_jsonschema_verdicts),
@@ -922,6 +1015,7 @@ int main(void) {
         cmocka_unit_test(test_no_dead_ends),
         cmocka_unit_test(test_no_dead_ends_fixtures),
         cmocka_unit_test(test_property_counts),
+        cmocka_unit_test(test_regex_docs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -457,7 +457,7 @@ def run_api_tests(srv):
                          ({"tools": [{"type": "function", "function": {"name": "f"}}]},
                           "tool_choice"),  # auto, the default with tools
                          ({"guided_json": {"type": "number", "multipleOf": 2}}, "guided_json"),
-                         ({"guided_regex": "a+"}, "guided_regex")):
+                         ({"guided_regex": "(a)\\1"}, "guided_regex")):
         expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/chat/completions",
                      dict(chat, **extra), param=param)
     for extra, param in (({"suffix": "x"}, "suffix"),

@@ -10,6 +10,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -307,6 +308,35 @@ def run_structured_output_tests(srv):
     texts = [c.text for c in r.choices]
     check(all(t in ("sunny", "rainy", "sun") for t in texts),
           f"guided_choice on /v1/completions, sampled n=4: {texts}")
+    # vLLM's guided_regex and structured_outputs.regex: the whole text matches (Python's
+    # re.fullmatch judges), greedy and sampled, streamed the same
+    for pattern, ask in ((r"\d{3}-\d{3}-\d{4}", "Write a phone number."),
+                         (r"(yes|no|maybe)", "Is Paris in France? Answer yes or no."),
+                         (r"[A-Z][a-z]{1,9} [A-Z][a-z]{1,11}", "Name a famous scientist."),
+                         (r"(?:[01]\d|2[0-3]):[0-5]\d", "What time is lunch?"),
+                         (r"Paris|Zürich|東京", "Name a city.")):
+        q = [{"role": "user", "content": ask}]
+        outs = []
+        for extra, kw in (({"guided_regex": pattern}, dict(temperature=0)),
+                          ({"structured_outputs": {"regex": pattern}},
+                           dict(temperature=1.0, seed=11, n=3))):
+            r = client.chat.completions.create(model=base, messages=q, max_tokens=24,
+                                               extra_body=extra, **kw)
+            outs += [(c.message.content, c.finish_reason) for c in r.choices]
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in
+                           client.chat.completions.create(model=base, messages=q, max_tokens=24,
+                                                          temperature=0, stream=True,
+                                                          extra_body={"guided_regex": pattern})
+                           if ch.choices)
+        check(all(f == "stop" and re.fullmatch(pattern, t) for t, f in outs) and
+              streamed == outs[0][0],
+              f"guided_regex {pattern}: every answer matches as a whole {outs}")
+    r = client.completions.create(model=base, prompt="The year was", max_tokens=8,
+                                  temperature=1.0, seed=5, n=4,
+                                  extra_body={"guided_regex": r" (1[89]|20)\d\d"})
+    texts = [c.text for c in r.choices]
+    check(all(re.fullmatch(r" (1[89]|20)\d\d", t) for t in texts),
+          f"guided_regex on /v1/completions, sampled n=4: {texts}")
     c = client.chat.completions.create(
         model=base, messages=msgs, max_tokens=40, temperature=0,
         extra_body={"structured_outputs": {"json": small}}).choices[0]
@@ -330,8 +360,14 @@ def run_structured_output_tests(srv):
                    param="guided_choice")
     T.expect_error(srv, "two structured outputs at once", 400, "POST", "/v1/chat/completions",
                    dict(body, guided_choice=["a"], response_format=rf(small)))
-    T.expect_error(srv, "structured_outputs.regex", 400, "POST", "/v1/chat/completions",
-                   dict(body, structured_outputs={"regex": "a+"}), param="structured_outputs")
+    T.expect_error(srv, "guided_regex quiver cannot follow", 400, "POST",
+                   "/v1/chat/completions", dict(body, guided_regex="(a)\\1"),
+                   param="guided_regex")
+    T.expect_error(srv, "guided_regex not a string", 400, "POST", "/v1/chat/completions",
+                   dict(body, guided_regex=["a"]), param="guided_regex")
+    T.expect_error(srv, "structured_outputs.grammar", 400, "POST", "/v1/chat/completions",
+                   dict(body, structured_outputs={"grammar": "root ::= x"}),
+                   param="structured_outputs")
     T.expect_error(srv, "structured output with ignore_eos", 400, "POST", "/v1/chat/completions",
                    dict(body, response_format=rf(PROFILE), ignore_eos=True),
                    param="response_format")

@@ -32,6 +32,7 @@ Usage: test_tgi.py <quiver-binary>. Exit 77 when the model has not been fetched.
 """
 import json
 import os
+import re
 import sys
 
 import jsonschema
@@ -169,7 +170,11 @@ def run(srv):
     except ValueError:
         ok = False
     check(ok, f"response_format json_object without a schema: JSON mode, one object {text!r}")
-    for params, what in (({"grammar": {"type": "regex", "value": "a+"}}, "grammar"),
+    g = hf.text_generation("The year Paris hosted the Olympics was", max_new_tokens=8,
+                           grammar={"type": "regex", "value": r" (1[89]|20)\d\d"})
+    check(re.fullmatch(r" (1[89]|20)\d\d", g) is not None,
+          f"huggingface_hub grammar regex: the whole text matches ({g!r})")
+    for params, what in (({"grammar": {"type": "regex", "value": "(a)\\1"}}, "backreferences"),
                          ({"grammar": {"type": "json", "value": {"type": "string",
                                                                   "format": "x",
                                                                   "multipleOf": 2}}}, "multipleOf"),
