@@ -180,6 +180,17 @@ qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
                                const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
                                size_t tools_len, bool add_generation_prompt, const char *date,
                                char **out, qv_error *err);
+/* The same, with the chat_template_kwargs quiver renders (vLLM passes them to the Jinja
+ * template as variables): date_string (NULL: none), which Llama 3.1 / 3.2's templates print
+ * in place of their own date. */
+qv_status qv_chat_render_kw(const qv_tokenizer *t, const char *template_name,
+                            const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
+                            size_t tools_len, bool add_generation_prompt, const char *date,
+                            const char *date_string, char **out, qv_error *err);
+/* Whether the template (NULL: detected) reads variable `var` of chat_template_kwargs: Llama
+ * 3.1 / 3.2's date_string, tools_in_user_message, builtin_tools and custom_tools. The other
+ * templates quiver renders read none, so such kwargs change nothing there, as with Jinja. */
+bool qv_chat_template_reads(const qv_tokenizer *t, const char *template_name, const char *var);
 
 /* How a template writes tools and calls, so that a free answer's calls can be read back:
  * HERMES: <tool_call>{"name": ..., "arguments": ...}</tool_call> blocks (Qwen2.5);

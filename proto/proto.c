@@ -557,7 +557,6 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
         {"use_beam_search", "no beam search"},
         {"logits_processors", "no custom logits processors"},
         {"chat_template", "name a built-in format with quiver serve --chat-template"},
-        {"chat_template_kwargs", "the chat templates take no arguments"},
         {"documents", "the chat templates write no documents"},
         {"guided_whitespace_pattern", "constrained JSON is written compactly"},
     };
@@ -710,11 +709,58 @@ static qv_status tools_text(const cJSON *root, const char *body, size_t len, qv_
 /* Chat: add_generation_prompt (default true) and continue_final_message (vLLM / transformers:
  * the prompt ends inside the last message, an assistant's, so the model continues it; then
  * add_generation_prompt defaults to false and may not be true). */
+/* vLLM's chat_template_kwargs, the template's variables: add_generation_prompt and
+ * continue_final_message override the request's (as vLLM's dict update does); date_string is
+ * kept for the templates that print it; tools_in_user_message false and non-empty
+ * builtin_tools / custom_tools ask for what quiver's Llama 3.1 / 3.2 rendering lacks (the
+ * server refuses them with such a template); the variables the template gives itself are
+ * refused; any other is read by none of quiver's templates and changes nothing, as in Jinja. */
+static qv_status decode_template_kwargs(const cJSON *kw, qv_proto_request *r, qv_proto_error *e) {
+    static const char *const own[] = {"messages",      "tools",     "documents",
+                                      "chat_template", "bos_token", "eos_token"};
+    const cJSON *f;
+    if (!cJSON_IsObject(kw))
+        return fail(e, QV_ERR_INVALID, "chat_template_kwargs",
+                    "'chat_template_kwargs' must be an object");
+    cJSON_ArrayForEach(f, kw) {
+        const char *k = f->string;
+        bool bad = false;
+        for (size_t i = 0; i < QV_ARRAY_LEN(own); i++)
+            bad = bad || !strcmp(k, own[i]);
+        if (bad)
+            return fail(e, QV_ERR_INVALID, "chat_template_kwargs",
+                        "'chat_template_kwargs.%s' is given by the request itself", k);
+        if (!strcmp(k, "date_string")) {
+            if (!cJSON_IsString(f))
+                return fail(e, QV_ERR_INVALID, "chat_template_kwargs",
+                            "'chat_template_kwargs.date_string' must be a string");
+            qv_free(r->tmpl_date_string);
+            if (!(r->tmpl_date_string = qv_strdup(f->valuestring))) return nomem(e);
+        } else if (!strcmp(k, "tools_in_user_message")) {
+            if (cJSON_IsFalse(f)) r->tmpl_unrendered = "tools_in_user_message";
+        } else if (!strcmp(k, "builtin_tools") || !strcmp(k, "custom_tools")) {
+            if (!cJSON_IsNull(f) && !(cJSON_IsArray(f) && !f->child))
+                r->tmpl_unrendered = !strcmp(k, "builtin_tools") ? "builtin_tools" : "custom_tools";
+        }
+    }
+    return QV_OK;
+}
+
 static qv_status decode_turn_options(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
-    qv_status s = get_bool(root, "continue_final_message", &r->continue_final_message, e);
+    const cJSON *kw = field(root, "chat_template_kwargs");
+    qv_status s = kw ? decode_template_kwargs(kw, r, e) : QV_OK;
     if (s) return s;
+    if ((s = get_bool(root, "continue_final_message", &r->continue_final_message, e))) return s;
+    if (kw && (s = get_bool(kw, "continue_final_message", &r->continue_final_message, e))) {
+        snprintf(e->param, sizeof(e->param), "chat_template_kwargs");
+        return s;
+    }
     r->add_generation_prompt = !r->continue_final_message;
     if ((s = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e))) return s;
+    if (kw && (s = get_bool(kw, "add_generation_prompt", &r->add_generation_prompt, e))) {
+        snprintf(e->param, sizeof(e->param), "chat_template_kwargs");
+        return s;
+    }
     if (r->continue_final_message && r->add_generation_prompt)
         return fail(e, QV_ERR_INVALID, "continue_final_message",
                     "'continue_final_message' and 'add_generation_prompt' cannot both be true");
@@ -948,6 +994,7 @@ void qv_proto_request_free(qv_proto_request *r) {
     qv_json_schema_unref(r->json_schema);
     qv_free(r->tool_name);
     qv_free(r->tools_text);
+    qv_free(r->tmpl_date_string);
     memset(r, 0, sizeof(*r));
 }
 

@@ -171,7 +171,13 @@ typedef struct qv_proto_request {
      * chat: end the rendered prompt with the assistant's turn header (default true) */
     bool add_special_tokens, add_generation_prompt;
     bool continue_final_message; /* chat: the prompt ends inside the last (assistant) message */
-    bool return_token_strs;      /* tokenize: also return each id's vocabulary piece */
+    /* chat: vLLM's chat_template_kwargs (its add_generation_prompt / continue_final_message
+     * set the two above): date_string for the templates that print it (or NULL), and the name
+     * of a variable whose value asks for what quiver's Llama 3.1 / 3.2 rendering lacks
+     * (tools_in_user_message false, builtin_tools, custom_tools), or NULL */
+    char *tmpl_date_string;
+    const char *tmpl_unrendered;
+    bool return_token_strs; /* tokenize: also return each id's vocabulary piece */
     /* vLLM's output options: skip_special_tokens (default true: added special tokens write
      * no text), include_stop_str_in_output (a matched stop string, or a stop_token_ids
      * token's text, ends the text), return_tokens_as_token_ids (logprobs name tokens

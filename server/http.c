@@ -2305,6 +2305,15 @@ static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
     qv_error err = {0};
     const char *src = pr->prompt;
     size_t src_len = pr->prompt_len;
+    if (pr->n_messages && pr->tmpl_unrendered &&
+        qv_chat_template_reads(srv->tok, srv->cfg->chat_template, pr->tmpl_unrendered)) {
+        *ret = send_error(c, ctx, 400, "chat_template_kwargs", NULL,
+                          "'chat_template_kwargs.%s' asks for what quiver's rendering of this "
+                          "chat template lacks (it renders tools_in_user_message true, no "
+                          "builtin_tools or custom_tools)",
+                          pr->tmpl_unrendered);
+        return false;
+    }
     if (pr->n_messages) {
         qv_chat_msg *msgs = qv_calloc(pr->n_messages, sizeof(*msgs));
         if (!msgs) {
@@ -2332,9 +2341,9 @@ static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
                                           .arguments = pm->calls[j].arguments,
                                           .id = pm->calls[j].id};
         }
-        qv_status s = qv_chat_render_tools(srv->tok, srv->cfg->chat_template, msgs, pr->n_messages,
-                                           pr->tools_text, pr->tools_len, pr->add_generation_prompt,
-                                           prompt, &err);
+        qv_status s = qv_chat_render_kw(srv->tok, srv->cfg->chat_template, msgs, pr->n_messages,
+                                        pr->tools_text, pr->tools_len, pr->add_generation_prompt,
+                                        NULL, pr->tmpl_date_string, prompt, &err);
         qv_free(calls);
         qv_free(msgs);
         if (s != QV_OK) {

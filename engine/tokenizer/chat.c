@@ -777,6 +777,15 @@ static enum fam family_of(const qv_tokenizer *t, const char *template_name) {
     return F_NONE;
 }
 
+bool qv_chat_template_reads(const qv_tokenizer *t, const char *template_name, const char *var) {
+    static const char *const llama31[] = {"date_string", "tools_in_user_message", "builtin_tools",
+                                          "custom_tools"};
+    const enum fam f = family_of(t, template_name);
+    for (size_t i = 0; (f == F_LLAMA31 || f == F_LLAMA32) && i < QV_ARRAY_LEN(llama31); i++)
+        if (!strcmp(var, llama31[i])) return true;
+    return false;
+}
+
 qv_chat_tool_format qv_chat_tools_format(const qv_tokenizer *t, const char *template_name) {
     switch (family_of(t, template_name)) {
     case F_QWEN25: return QV_CHAT_TOOLS_HERMES;
@@ -810,6 +819,14 @@ qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
                                const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
                                size_t tools_len, bool add_generation_prompt, const char *date,
                                char **out, qv_error *err) {
+    return qv_chat_render_kw(t, template_name, msgs, n_msgs, tools, tools_len,
+                             add_generation_prompt, date, NULL, out, err);
+}
+
+qv_status qv_chat_render_kw(const qv_tokenizer *t, const char *template_name,
+                            const qv_chat_msg *msgs, size_t n_msgs, const char *tools,
+                            size_t tools_len, bool add_generation_prompt, const char *date,
+                            const char *date_string, char **out, qv_error *err) {
     enum fam f = F_NONE;
     qv__buf b = {0}, sys = {0};
     qv_status st = QV_OK;
@@ -893,9 +910,10 @@ qv_status qv_chat_render_dated(const qv_tokenizer *t, const char *template_name,
         char now[32];
         if (f == F_LLAMA32 && !date) today(now, sizeof(now));
         st = render_llama31(t,
-                            f == F_LLAMA31 ? "26 Jul 2024"
-                            : date         ? date
-                                           : now,
+                            date_string      ? date_string
+                            : f == F_LLAMA31 ? "26 Jul 2024"
+                            : date           ? date
+                                             : now,
                             msgs, n_msgs, tools, tools_len, add_generation_prompt, &b, err);
         if (!st && qv__buf_putc(&b, '\0')) st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
         if (st) {

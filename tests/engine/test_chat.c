@@ -261,9 +261,9 @@ static void test_chat_tools_golden(void **s) {
         for (int named = 0; named < 2; named++) {
             char *out = NULL;
             qv_error err = {0};
-            const qv_status st =
-                qv_chat_render_dated(t, named ? fam : NULL, m, nm, tools, tools ? strlen(tools) : 0,
-                                     gen, jstr_or_null(c, "date"), &out, &err);
+            const qv_status st = qv_chat_render_kw(
+                t, named ? fam : NULL, m, nm, tools, tools ? strlen(tools) : 0, gen,
+                jstr_or_null(c, "date"), jstr_or_null(c, "date_string"), &out, &err);
             n++;
             if (!want) { /* the template raised: refused with its message */
                 const char *raised = jstr_or_null(c, "error");

@@ -360,7 +360,7 @@ MISTRAL_CONVS = {
 LLAMA_DATE = datetime.datetime(2026, 3, 5, 12, 0, 0)  # strftime_now's "now" in these renderings
 
 
-def render(tmpl, msgs, tools, gen, bos="", eos="<|im_end|>"):
+def render(tmpl, msgs, tools, gen, bos="", eos="<|im_end|>", **kwargs):
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                       extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
@@ -381,7 +381,7 @@ def render(tmpl, msgs, tools, gen, bos="", eos="<|im_end|>"):
             j["tool_call_id"] = m["tool_call_id"]
         jmsgs.append(j)
     return env.from_string(tmpl).render(messages=jmsgs, tools=tools, add_generation_prompt=gen,
-                                        bos_token=bos, eos_token=eos)
+                                        bos_token=bos, eos_token=eos, **kwargs)
 
 
 def main():
@@ -415,6 +415,22 @@ def main():
                                   "conversation": cname, "tools_text": tools_text,
                                   "messages": [dict(m, content=m["content"] or "") for m in msgs],
                                   "add_generation_prompt": gen, "expected": exp, "error": error})
+    # chat_template_kwargs' date_string (vLLM passes it to the template as a variable): both
+    # Llama templates print it in place of their own date
+    for tname, fam, src in (("llama31", "llama3.1", LLAMA31), ("llama32", "llama3.2", LLAMA32)):
+        for cname in ("ask", "system_ask"):
+            msgs = LLAMA_CONVS[cname]
+            for tools_text in (TOOLS, None):
+                tools = json.loads(tools_text) if tools_text else None
+                exp = render(src, msgs, tools, True, "<|begin_of_text|>",
+                             date_string="01 Jan 1999")
+                cases.append({"template_name": tname, "family": fam,
+                              "bos_token": "<|begin_of_text|>",
+                              "date": LLAMA_DATE.strftime("%d %b %Y") if fam == "llama3.2"
+                              else None, "date_string": "01 Jan 1999",
+                              "conversation": cname, "tools_text": tools_text,
+                              "messages": [dict(m, content=m["content"] or "") for m in msgs],
+                              "add_generation_prompt": True, "expected": exp, "error": None})
     for tname, fam, src in (("mistral_v03", "mistral-v0.3", MISTRAL_V03),
                             ("mistral_nemo", "mistral-nemo", MISTRAL_NEMO)):
         for cname, msgs, tools_text in ((c, m, t) for c, m in MISTRAL_CONVS.items()

@@ -741,7 +741,7 @@ def run_vllm_output_tests(srv):
     # options that change the answer and that quiver does not implement
     msgs = [{"role": "user", "content": "hi"}]
     for name, val in (("use_beam_search", True), ("logits_processors", ["x"]),
-                      ("chat_template", "{{ messages }}"), ("chat_template_kwargs", {"a": 1}),
+                      ("chat_template", "{{ messages }}"), ("chat_template_kwargs", 1),
                       ("documents", [{"text": "x"}]), ("guided_whitespace_pattern", " ")):
         expect_error(srv, f"refused: {name}", 400, "POST", "/v1/chat/completions",
                      {"model": base, "messages": msgs, "max_tokens": 2, name: val}, param=name)

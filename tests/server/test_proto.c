@@ -47,6 +47,47 @@ static void test_completion_defaults(void **state) {
 
 /* TGI / LoRAX bodies get the same defaults as OpenAI ones where the server shares the code:
  * special tokens write no text, the prompt gets BOS, 20 new tokens. */
+/* chat_template_kwargs: add_generation_prompt / continue_final_message override the request's,
+ * date_string is kept, what quiver's Llama rendering lacks is named, the rest changes nothing. */
+static void test_template_kwargs(void **state) {
+    (void)state;
+    qv_proto_request r;
+    qv_proto_error e;
+    assert_int_equal(
+        dec(QV_PROTO_CHAT,
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\","
+            "\"content\":\"Par\"}],\"add_generation_prompt\":true,\"chat_template_kwargs\":{"
+            "\"enable_thinking\":false,\"continue_final_message\":true,\"add_generation_prompt\":"
+            "false,\"date_string\":\"01 Jan 2026\",\"tools_in_user_message\":true,"
+            "\"custom_tools\":[]}}",
+            &r, &e),
+        QV_OK);
+    assert_true(r.continue_final_message && !r.add_generation_prompt);
+    assert_string_equal(r.tmpl_date_string, "01 Jan 2026");
+    assert_null(r.tmpl_unrendered);
+    qv_proto_request_free(&r);
+    static const struct {
+        const char *kw, *name;
+    } cases[] = {{"{\"tools_in_user_message\":false}", "tools_in_user_message"},
+                 {"{\"builtin_tools\":[\"wolfram_alpha\"]}", "builtin_tools"},
+                 {"{\"custom_tools\":[{}]}", "custom_tools"},
+                 {"{\"reasoning_effort\":\"low\",\"thinking\":true}", NULL}};
+    for (size_t i = 0; i < QV_ARRAY_LEN(cases); i++) {
+        char body[256];
+        snprintf(body, sizeof(body),
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":"
+                 "%s}",
+                 cases[i].kw);
+        assert_int_equal(dec(QV_PROTO_CHAT, body, &r, &e), QV_OK);
+        if (cases[i].name)
+            assert_string_equal(r.tmpl_unrendered, cases[i].name);
+        else
+            assert_null(r.tmpl_unrendered);
+        assert_true(r.add_generation_prompt);
+        qv_proto_request_free(&r);
+    }
+}
+
 static void test_tgi_defaults(void **state) {
     (void)state;
     static const char body[] = "{\"inputs\":\"hi\"}";
@@ -210,7 +251,22 @@ static void test_errors(void **state) {
                "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"allowed_token_ids\":[1],"
                "\"response_format\":{\"type\":\"json_object\"}}",
                "allowed_token_ids");
-    expect_bad(C, "{\"prompt\":\"x\",\"chat_template_kwargs\":{\"a\":1}}", "chat_template_kwargs");
+    /* chat_template_kwargs: an object; the template's own variables refused */
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":1}",
+               "chat_template_kwargs");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":{"
+               "\"messages\":[]}}",
+               "chat_template_kwargs");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":{"
+               "\"date_string\":5}}",
+               "chat_template_kwargs");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":{"
+               "\"add_generation_prompt\":\"no\"}}",
+               "chat_template_kwargs");
     expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":{\"continuous_usage_stats\":1}}",
                "stream_options.continuous_usage_stats");
     expect_bad(C, "{\"prompt\":\"x\",\"seed\":\"1\"}", "seed");
@@ -1199,6 +1255,7 @@ int main(void) {
         cmocka_unit_test(test_tool_call_results),
         cmocka_unit_test(test_prompt_logprobs),
         cmocka_unit_test(test_tool_calls_partial),
+        cmocka_unit_test(test_template_kwargs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

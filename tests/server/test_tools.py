@@ -273,6 +273,20 @@ def run_auto(srv, tmpl):
             shots += [{"role": "tool", "tool_call_id": cid(i), "content": "sunny"},
                       {"role": "assistant", "content": f"Sunny in {city}."}]
     shots.append({"role": "user", "content": "Weather in Rome?"})
+    # chat_template_kwargs (vLLM passes them to the template): Llama 3.x prints date_string;
+    # what quiver's rendering lacks is refused there; variables no template reads change nothing
+    ask = {"model": base, "messages": ASK}
+    plain = prompt_of(srv, ask)
+    dated = prompt_of(srv, dict(ask, chat_template_kwargs={"date_string": "01 Jan 1999"}))
+    inert = prompt_of(srv, dict(ask, chat_template_kwargs={"enable_thinking": False}))
+    st, _, data = srv.raw("POST", "/v1/chat/completions", dict(
+        ask, max_tokens=2, chat_template_kwargs={"tools_in_user_message": False}))
+    llama = tmpl.startswith("llama3")
+    undated = re.sub(r"Today Date: \d\d \w{3} \d{4}", "Today Date: 01 Jan 1999", plain)
+    check(plain and inert == plain and dated == undated and
+          ("Today Date: 01 Jan 1999" in dated) == llama and (st == 400) == llama,
+          f"{tmpl}: chat_template_kwargs date_string printed where the template reads it, "
+          f"tools_in_user_message false {'refused' if llama else 'inert'} ({st})")
     kw = dict(model=base, messages=shots, tools=tools, max_tokens=60, temperature=0)
     r = client.chat.completions.create(**kw)  # auto: the default
     c = r.choices[0]
