@@ -706,9 +706,6 @@ static qv_status tools_text(const cJSON *root, const char *body, size_t len, qv_
     return QV_OK;
 }
 
-/* Chat: add_generation_prompt (default true) and continue_final_message (vLLM / transformers:
- * the prompt ends inside the last message, an assistant's, so the model continues it; then
- * add_generation_prompt defaults to false and may not be true). */
 /* vLLM's chat_template_kwargs, the template's variables: add_generation_prompt and
  * continue_final_message override the request's (as vLLM's dict update does); date_string is
  * kept for the templates that print it; tools_in_user_message false and non-empty
@@ -746,6 +743,10 @@ static qv_status decode_template_kwargs(const cJSON *kw, qv_proto_request *r, qv
     return QV_OK;
 }
 
+/* Chat: add_generation_prompt (default true) and continue_final_message (vLLM / transformers:
+ * the prompt ends inside the last message, an assistant's, so the model continues it; then
+ * add_generation_prompt defaults to false and may not be true). Both may also come
+ * in chat_template_kwargs, which override them. */
 static qv_status decode_turn_options(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
     const cJSON *kw = field(root, "chat_template_kwargs");
     qv_status s = kw ? decode_template_kwargs(kw, r, e) : QV_OK;

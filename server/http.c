@@ -161,8 +161,8 @@ typedef struct request {
     double t_first, t_done;
     /* [http] streaming state */
     size_t sent, lps_sent;
-    size_t calls_sent,
-        args_sent; /* "required" stream: calls begun, bytes of the last's arguments */
+    /* "required" stream: the calls begun, the bytes of the last one's arguments sent */
+    size_t calls_sent, args_sent;
     bool sent_first, sent_finish, sent_usage, sent_done;
     char *frame;
     size_t frame_len, frame_off;
@@ -529,8 +529,9 @@ static bool lp_ok(const qv_proto_logprob *plp) {
     return ok;
 }
 
-/* Echo with logprobs: prompt token `index`'s logprobs (engine thread); the echoed text follows
- * the last of them, so a stream's first chunk carries both. */
+/* Prompt token `index`'s logprobs (engine thread): for echo with logprobs (and TGI's prefill
+ * details) into lps, the echoed text following the last of them, so a stream's first chunk
+ * carries both; for vLLM's prompt_logprobs into plps, with the token's rank. */
 static void on_prompt_lp(void *user, int seq_id, int index, const qv_logprobs *lp, int rank) {
     (void)seq_id;
     request *r = user;
