@@ -463,6 +463,10 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
                         "'structured_outputs.disable_any_whitespace' must be a boolean");
         if (cJSON_IsTrue(dw)) flags |= QV_JSON_COMPACT;
     }
+    /* vLLM's guided_whitespace_pattern "": no whitespace between JSON tokens (compact); other
+     * patterns are refused (refuse_unsupported) */
+    if ((f = field(root, "guided_whitespace_pattern")) && cJSON_IsString(f) && !f->valuestring[0])
+        flags |= QV_JSON_COMPACT;
     if (asked > 1)
         return fail(e, QV_ERR_INVALID, param,
                     "ask for one structured output: a response_format, guided_json, "
@@ -558,7 +562,8 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
         {"logits_processors", "no custom logits processors"},
         {"chat_template", "name a built-in format with quiver serve --chat-template"},
         {"documents", "the chat templates write no documents"},
-        {"guided_whitespace_pattern", "constrained JSON is written compactly"},
+        {"guided_whitespace_pattern",
+         "JSON may have whitespace between tokens, or none with the pattern \"\""},
     };
     for (size_t i = 0; i < QV_ARRAY_LEN(k_vllm); i++) {
         f = field(root, k_vllm[i].name);

@@ -74,6 +74,18 @@ def run_json_mode_tests(srv):
           isinstance(json.loads(b.choices[0].message.content), dict),
           f"JSON mode: asked for JSON, the constrained answer equals the free one "
           f"({b.choices[0].message.content!r})")
+    # vLLM's guided_whitespace_pattern "": the same object with no whitespace between tokens
+    c = client.chat.completions.create(model=base, messages=ask, max_tokens=100, temperature=0,
+                                       response_format=jm,
+                                       extra_body={"guided_whitespace_pattern": ""}).choices[0]
+    ctext = c.message.content
+    try:
+        same = json.loads(ctext) == json.loads(b.choices[0].message.content)
+    except ValueError:
+        same = False
+    check(c.finish_reason == "stop" and same and
+          ctext == json.dumps(json.loads(ctext), separators=(",", ":"), ensure_ascii=False),
+          f"guided_whitespace_pattern \"\": compact JSON {ctext!r}")
     # logprobs are the model's (the row before the mask): the same numbers as the free run's
     lp = [client.chat.completions.create(model=base, messages=ask, max_tokens=100, temperature=0,
                                          logprobs=True, top_logprobs=3, **extra).choices[0]

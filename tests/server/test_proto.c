@@ -945,6 +945,35 @@ static void test_encode_error_models_sse(void **state) {
 }
 
 /* Every allocation failure point of a full decode and encode fails cleanly (ASan: no leak). */
+/* vLLM's guided_whitespace_pattern "": the JSON is compact; another pattern is refused. */
+static void test_whitespace_pattern(void **state) {
+    (void)state;
+    qv_proto_request r;
+    qv_proto_error e;
+    static const char *const bodies[] = {
+        "{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"},"
+        "\"guided_whitespace_pattern\":\"\"}",
+        "{\"prompt\":\"x\",\"guided_json\":{\"type\":\"object\"},\"guided_whitespace_pattern\":"
+        "\"\"}"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(bodies); i++) {
+        assert_int_equal(dec(QV_PROTO_COMPLETIONS, bodies[i], &r, &e), QV_OK);
+        assert_false(r.json_object);
+        assert_non_null(r.json_schema);
+        assert_true(!strncmp(qv_json_schema_text(r.json_schema), "compact:", 8));
+        qv_proto_request_free(&r);
+    }
+    assert_int_equal(dec(QV_PROTO_COMPLETIONS,
+                         "{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"}}", &r,
+                         &e),
+                     QV_OK);
+    assert_true(r.json_object && !r.json_schema);
+    qv_proto_request_free(&r);
+    expect_bad(QV_PROTO_COMPLETIONS,
+               "{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"},"
+               "\"guided_whitespace_pattern\":\"[ ]?\"}",
+               "guided_whitespace_pattern");
+}
+
 /* vLLM prompt_logprobs: decoded for completions and chat (null = not asked; 0..20; refused
  * with stream), and encoded per choice (completions) or once at the top (chat): null first, then
  * {"<id>": {"logprob", "rank", "decoded_token"}} with the prompt token first and its
@@ -1256,6 +1285,7 @@ int main(void) {
         cmocka_unit_test(test_prompt_logprobs),
         cmocka_unit_test(test_tool_calls_partial),
         cmocka_unit_test(test_template_kwargs),
+        cmocka_unit_test(test_whitespace_pattern),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
