@@ -945,6 +945,22 @@ static void test_encode_error_models_sse(void **state) {
 }
 
 /* Every allocation failure point of a full decode and encode fails cleanly (ASan: no leak). */
+/* Encodes r with the k-th allocation failing, k = 0, 1, ... until it succeeds (at most max
+ * tries): how many failed. Each failure must give NULL, never a partial answer. */
+static long encode_failures(const qv_proto_result *r, long max) {
+    long k = 0;
+    for (; k < max; k++) {
+        qv_alloc_fail_after(k);
+        char *out = qv_proto_encode_response(r);
+        qv_alloc_fail_after(-1);
+        if (out) {
+            qv_free(out);
+            break;
+        }
+    }
+    return k;
+}
+
 /* vLLM's guided_whitespace_pattern "": the JSON is compact; another pattern is refused. */
 static void test_whitespace_pattern(void **state) {
     (void)state;
@@ -1066,17 +1082,7 @@ static void test_prompt_logprobs(void **state) {
     /* allocation failure anywhere in the list: NULL, never a partial answer */
     r.prompt_logprobs = true;
     r.endpoint = QV_PROTO_COMPLETIONS;
-    int failures = 0;
-    for (long k = 0; k < 400; k++) {
-        qv_alloc_fail_after(k);
-        char *out = qv_proto_encode_response(&r);
-        qv_alloc_fail_after(-1);
-        if (out) {
-            qv_free(out);
-            break;
-        }
-        failures++;
-    }
+    const long failures = encode_failures(&r, 400);
     assert_true(failures > 10 && failures < 400);
 }
 
@@ -1255,15 +1261,7 @@ static void test_alloc_failures(void **state) {
                            .lps = &lp,
                            .n_lps = 1,
                            .usage = true};
-    for (long k = 0; k < 200; k++) {
-        qv_alloc_fail_after(k);
-        char *out = qv_proto_encode_response(&res);
-        qv_alloc_fail_after(-1);
-        if (out) {
-            qv_free(out);
-            break;
-        }
-    }
+    assert_true(encode_failures(&res, 200) < 200);
 }
 
 int main(void) {
