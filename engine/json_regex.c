@@ -14,6 +14,7 @@
 
 #define START_BIT ((uint64_t)1 << 62)   /* nothing read yet */
 #define MATCHED_BIT ((uint64_t)1 << 63) /* a match ended and the pattern is open at the end */
+#define POS_MASK (START_BIT - 1)        /* the character positions */
 #define MAX_NODES 4096
 #define MAX_RANGES 4096
 #define MAX_COUNT 64 /* {n,m} bounds */
@@ -29,6 +30,7 @@ typedef struct cls {
 
 struct qv_regex {
     uint64_t first, last, follow[QV_REGEX_MAX_POS];
+    uint64_t ascii[128]; /* the positions whose class holds ASCII code point c */
     cls pos[QV_REGEX_MAX_POS];
     uint32_t dist[QV_REGEX_MAX_POS]; /* characters after position p to a match (NO_MATCH: none) */
     uint32_t first_dist;             /* characters from the start to a match, the first included */
@@ -436,6 +438,8 @@ static void distances(qv_regex *re) {
     re->first_dist = min_next(re, re->first);
 }
 
+static bool has(const qv_regex *re, int p, uint32_t cp);
+
 qv_status qv_regex_compile(const char *pattern, qv_regex **out, qv_error *err) {
     *out = NULL;
     qv_regex *re = qv_calloc(1, sizeof(*re));
@@ -459,6 +463,9 @@ qv_status qv_regex_compile(const char *pattern, qv_regex **out, qv_error *err) {
         fail(ps, QV_ERR_UNSUPPORTED, "^ or $ beside a top-level |: write ^(a|b)$");
     if (root >= 0 && ps->st == QV_OK) glushkov(ps, root, &re->nullable, &re->first, &re->last);
     if (ps->st == QV_OK) distances(re);
+    for (uint32_t c = 0; ps->st == QV_OK && c < 128; c++)
+        for (int p = 0; p < re->n_pos; p++)
+            if (has(re, p, c)) re->ascii[c] |= (uint64_t)1 << p;
     const qv_status st = ps->st;
     qv_free(ps);
     if (st != QV_OK) {
@@ -491,11 +498,15 @@ bool qv_regex_step(const qv_regex *re, uint64_t *state, uint32_t cp) {
     const uint64_t s = *state;
     if (s & MATCHED_BIT) return true;
     uint64_t cand = (s & START_BIT) || !re->anchor_start ? re->first : 0;
-    for (int p = 0; p < re->n_pos; p++)
-        if ((s >> p) & 1) cand |= re->follow[p];
+    for (uint64_t m = s & POS_MASK; m; m &= m - 1)
+        cand |= re->follow[__builtin_ctzll(m)];
     uint64_t next = 0;
-    for (int q = 0; q < re->n_pos; q++)
-        if (((cand >> q) & 1) && has(re, q, cp)) next |= (uint64_t)1 << q;
+    if (cp < 128) {
+        next = cand & re->ascii[cp];
+    } else {
+        for (uint64_t m = cand & POS_MASK; m; m &= m - 1)
+            if (has(re, __builtin_ctzll(m), cp)) next |= m & -m;
+    }
     if (!next && re->anchor_start) return false; /* no match can start again */
     if (!re->anchor_end && accepting(re, next)) next = MATCHED_BIT;
     *state = next;

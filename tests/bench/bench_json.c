@@ -15,7 +15,8 @@
  *
  * A fourth mode, tool calls (tool_choice "required" over --tools N functions, default 64),
  * times the calls grammar: its answers are calls, so only its time per step and its masks are
- * comparable.
+ * comparable. A fifth, guided_regex, asks for the same objects as a pattern (raw text: the
+ * keys in order, any whitespace), so its answers compare with the free ones too.
  *
  * usage: bench_json [MODEL] [--threads N] [--requests R] [--gen G] [--rounds K] [--tools N]
  *                   [--device cpu|cuda]
@@ -32,11 +33,15 @@
 #define MAX_REQ 32
 #define MAX_GEN 128
 
+enum { FREE, JSON_MODE, SCHEMA, TOOLS, REGEX, N_MODES };
+static const char *const mode_names[N_MODES] = {"free", "JSON mode", "json_schema", "tool calls",
+                                                "guided_regex"};
+
 typedef struct req {
     int32_t *ids;
     size_t n_ids;
-    int32_t toks[4][MAX_GEN]; /* [mode] */
-    int n[4];
+    int32_t toks[N_MODES][MAX_GEN];
+    int n[N_MODES];
     int mode;
 } req;
 
@@ -48,9 +53,6 @@ static void on_tok(void *user, int seq_id, int32_t tok, const qv_logprobs *lp,
     req *r = user;
     if (r->n[r->mode] < MAX_GEN) r->toks[r->mode][r->n[r->mode]++] = tok;
 }
-
-enum { FREE, JSON_MODE, SCHEMA, TOOLS, N_MODES };
-static const char *const mode_names[N_MODES] = {"free", "JSON mode", "json_schema", "tool calls"};
 
 /* tool_choice "required" over n_tools functions (get_0 ... get_<n-1>, three parameters each):
  * the calls schema the server compiles, compact. The answers are calls, not the free ones. */
@@ -76,6 +78,11 @@ static const char person_schema[] =
     "\"age\":{\"type\":\"integer\"}},\"required\":[\"name\",\"age\"],"
     "\"additionalProperties\":false}";
 
+/* The same objects as a guided_regex pattern (a raw-text document): the keys in order, any
+ * whitespace between the tokens. */
+static const char person_regex[] =
+    "\\{\\s*\"name\"\\s*:\\s*\"[^\"\\\\\\n]+\"\\s*,\\s*\"age\"\\s*:\\s*\\d+\\s*\\}";
+
 /* One batch of every request in `mode`. Returns the wall time, or < 0. */
 static double run_mode(qv_engine *e, req *rs, int n_req, int gen, int mode, const char *tools,
                        int *steps) {
@@ -94,7 +101,9 @@ static double run_mode(qv_engine *e, req *rs, int n_req, int gen, int mode, cons
                                                       &gp.json_schema, &err) != QV_OK) ||
             (mode == TOOLS &&
              qv_json_schema_compile_calls(tools, strlen(tools), false, QV_JSON_COMPACT,
-                                          &gp.json_schema, &err) != QV_OK)) {
+                                          &gp.json_schema, &err) != QV_OK) ||
+            (mode == REGEX && qv_json_schema_compile_regex(person_regex, sizeof(person_regex) - 1,
+                                                           &gp.json_schema, &err) != QV_OK)) {
             fprintf(stderr, "bench_json: schema: %s\n", err.msg);
             return -1;
         }
@@ -215,9 +224,13 @@ int main(int argc, char **argv) {
                    wall[mode] * 1e3 / steps[mode], miss[mode], hit[mode]);
             ratio[mode][round] = (wall[mode] / steps[mode]) / (wall[FREE] / steps[FREE]);
         }
-        fprintf(stderr, "{\"round\":%d,\"wall_s\":[%.4f,%.4f,%.4f,%.4f],\"steps\":[%d,%d,%d,%d]}\n",
-                round + 1, wall[0], wall[1], wall[2], wall[3], steps[0], steps[1], steps[2],
-                steps[3]);
+        fprintf(stderr, "{\"round\":%d,\"wall_s\":[", round + 1);
+        for (int mode = 0; mode < N_MODES; mode++)
+            fprintf(stderr, "%s%.4f", mode ? "," : "", wall[mode]);
+        fprintf(stderr, "],\"steps\":[");
+        for (int mode = 0; mode < N_MODES; mode++)
+            fprintf(stderr, "%s%d", mode ? "," : "", steps[mode]);
+        fprintf(stderr, "]}\n");
     }
     printf("\n");
     for (int mode = JSON_MODE; mode < N_MODES; mode++) {
