@@ -554,6 +554,21 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
         return fail(e, QV_ERR_INVALID, "suffix", "'suffix' is not supported by quiver");
     if ((f = field(root, "best_of")) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
         return fail(e, QV_ERR_INVALID, "best_of", "'best_of' must be 1 (one sequence per request)");
+    /* OpenAI's other outputs and tools: text is all quiver writes */
+    if ((f = field(root, "modalities"))) {
+        bool text_only = cJSON_IsArray(f);
+        const cJSON *m;
+        cJSON_ArrayForEach(m, f) text_only =
+            text_only && cJSON_IsString(m) && !strcmp(m->valuestring, "text");
+        if (!text_only)
+            return fail(e, QV_ERR_INVALID, "modalities",
+                        "'modalities' may only be [\"text\"] (quiver writes no audio)");
+    }
+    if ((f = field(root, "audio")) && !(cJSON_IsObject(f) && !f->child))
+        return fail(e, QV_ERR_INVALID, "audio", "'audio' output is not supported by quiver");
+    if ((f = field(root, "web_search_options")))
+        return fail(e, QV_ERR_INVALID, "web_search_options",
+                    "'web_search_options' is not supported by quiver (no web search)");
     /* vLLM's other request options that change the answer, where they ask for something */
     static const struct {
         const char *name, *why;

@@ -269,6 +269,28 @@ static void test_errors(void **state) {
                "chat_template_kwargs");
     expect_bad(C, "{\"prompt\":\"x\",\"stream_options\":{\"continuous_usage_stats\":1}}",
                "stream_options.continuous_usage_stats");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"modalities\":[\"text\","
+               "\"audio\"],\"audio\":{\"voice\":\"alloy\",\"format\":\"wav\"}}",
+               "modalities");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"audio\":{\"voice\":"
+               "\"alloy\"}}",
+               "audio");
+    expect_bad(H,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"web_search_options\":{}}",
+               "web_search_options");
+    { /* text only, and no audio asked: they pass */
+        qv_proto_request q;
+        qv_proto_error pe;
+        assert_int_equal(dec(H,
+                             "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                             "\"modalities\":[\"text\"],\"audio\":null,\"web_search_options\":null,"
+                             "\"prediction\":{\"type\":\"content\",\"content\":\"x\"}}",
+                             &q, &pe),
+                         QV_OK);
+        qv_proto_request_free(&q);
+    }
     expect_bad(C, "{\"prompt\":\"x\",\"seed\":\"1\"}", "seed");
     expect_bad(C, "{\"prompt\":\"x\",\"stop\":5}", "stop");
     expect_bad(C, "{\"prompt\":\"x\",\"stop\":[\"\"]}", "stop");
