@@ -149,7 +149,7 @@ struct qv_engine {
         uint64_t stamp;
         uint64_t *bits; /* [(n_vocab + 63) / 64] */
     } jm[QV_JSON_MASK_CACHE];
-    uint64_t jm_clock, jm_hits, jm_misses;
+    uint64_t jm_clock, jm_hits, jm_misses, jm_dead_ends;
     double jm_s;                 /* time computing masks */
     qv_json_schema *json_object; /* {"type": "object"}: JSON mode, compiled once */
     float *jm_raw;               /* [n_vocab] a JSON-mode row before its mask, for its logprobs */
@@ -762,6 +762,7 @@ void qv_engine_get_stats(const qv_engine *e, qv_engine_stats *out) {
     out->prefix_waits = e->n_prefix_waits;
     out->json_mask_hits = e->jm_hits;
     out->json_mask_misses = e->jm_misses;
+    out->json_dead_ends = e->jm_dead_ends;
     out->json_mask_s = e->jm_s;
     qv_forward_adapter_stats fs;
     qv_forward_adapter_stats_get(e->fwd, &fs);
@@ -1194,12 +1195,22 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
             } else {
                 /* logprobs stay the model's (the raw row), as with logit_bias */
                 if (want_lp) memcpy(e->jm_raw, row, (size_t)n_vocab * sizeof(float));
-                if (json_mask(e, s, row) > 0) {
+                /* a dead end: no allowed token has a finite logit (a vocabulary without the
+                 * bytes needed), or the request's own edits (bad_words, a ban) removed every
+                 * one the grammar allows, so the sampler's fallback is not one of them: end
+                 * here, counted and logged */
+                bool dead = json_mask(e, s, row) <= 0;
+                if (!dead) {
                     tok = qv_sampler_sample(s->sampler, row, NULL);
-                } else { /* no allowed token has a finite logit (a vocabulary without the bytes
-                          * needed): end here */
+                    dead = !(row[tok] > -INFINITY);
+                }
+                if (dead) {
                     const int32_t *eog;
                     tok = qv_tokenizer_eog_ids(e->tok, &eog) > 0 ? eog[0] : 0;
+                    e->jm_dead_ends++;
+                    QV_LOGW("engine: sequence %d: no token the request allows continues its "
+                            "structured output; it ends here, unfinished",
+                            s->id);
                 }
                 if (want_lp)
                     qv_logprobs_of_row(e->jm_raw, n_vocab, tok, s->p.sampling.n_logprobs, &lp);

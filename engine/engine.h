@@ -223,6 +223,7 @@ typedef struct qv_engine_stats {
     uint64_t json_mask_hits; /* JSON mode: masks taken from the per-state cache */
     uint64_t json_mask_misses; /* and computed (one pass over the vocabulary each) */
     double json_mask_s;        /* time spent computing them */
+    uint64_t json_dead_ends;   /* constrained sequences ended unfinished: no allowed token left */
     /* device adapter pool (CUDA backend; all 0 on the CPU and before its first adapter) */
     int dev_adapters_resident;       /* adapter versions on the device now */
     uint64_t dev_adapter_loads;      /* uploads started (steps and prefetches) */

@@ -677,7 +677,7 @@ static void update_gauges(server *srv) {
     qv_metrics_graphs(srv->metrics, es.graph_captures, es.graph_replays, es.graph_eager_steps,
                       es.graph_mismatches, es.graph_capture_s);
     qv_metrics_sampling(srv->metrics, es.logits_rows_host, es.logits_rows_device,
-                        es.json_mask_misses, es.json_mask_hits);
+                        es.json_mask_misses, es.json_mask_hits, es.json_dead_ends);
     if (!srv->reg) return;
     qv_registry_stats rs;
     qv_registry_get_stats(srv->reg, &rs);

@@ -46,7 +46,7 @@ struct qv_metrics {
     qv_metrics_prefix_cache pc;
     unsigned long long g_captures, g_replays, g_eager, g_refused;
     unsigned long long rows_host, rows_device; /* sampled tokens by where their row was used */
-    unsigned long long masks_computed, masks_cached; /* JSON masks */
+    unsigned long long masks_computed, masks_cached, dead_ends; /* JSON masks */
     double g_capture_s;
     /* adapters */
     qv_metrics_adapter_stats ad;
@@ -123,12 +123,13 @@ void qv_metrics_prefix(qv_metrics *m, const qv_metrics_prefix_cache *pc) {
 
 void qv_metrics_sampling(qv_metrics *m, unsigned long long rows_host,
                          unsigned long long rows_device, unsigned long long masks_computed,
-                         unsigned long long masks_cached) {
+                         unsigned long long masks_cached, unsigned long long dead_ends) {
     pthread_mutex_lock(&m->mu);
     m->rows_host = rows_host;
     m->rows_device = rows_device;
     m->masks_computed = masks_computed;
     m->masks_cached = masks_cached;
+    m->dead_ends = dead_ends;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -405,8 +406,13 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "(one pass over the vocabulary) or taken from the per-state cache.\n"
         "# TYPE quiver_json_masks_total counter\n"
         "quiver_json_masks_total{source=\"computed\"} %llu\n"
-        "quiver_json_masks_total{source=\"cache\"} %llu\n",
-        m->rows_host, m->rows_device, m->masks_computed, m->masks_cached);
+        "quiver_json_masks_total{source=\"cache\"} %llu\n"
+        "# HELP quiver_structured_dead_ends_total Constrained sequences (JSON mode, structured "
+        "output, tool calls) ended unfinished because no token the request allows could "
+        "continue them.\n"
+        "# TYPE quiver_structured_dead_ends_total counter\n"
+        "quiver_structured_dead_ends_total %llu\n",
+        m->rows_host, m->rows_device, m->masks_computed, m->masks_cached, m->dead_ends);
     const qv_metrics_adapter_stats *a = &m->ad;
     put(&b,
         "# HELP quiver_adapter_resident Loaded adapter versions per residency tier.\n"

@@ -30,10 +30,11 @@ void qv_metrics_gauges(qv_metrics *m, int queue_depth, int running, int kv_used,
  * engine thread after each step. */
 /* CUDA graph counters of the engine (qv_engine_stats; all 0 on the CPU backend). */
 /* Engine step counters: logits rows sampled on the host / picked on the device; JSON-mode and
- * structured-output masks computed (a pass over the vocabulary) / taken from the cache. */
+ * structured-output masks computed (a pass over the vocabulary) / taken from the cache, and
+ * constrained sequences that ended unfinished (no allowed token left). */
 void qv_metrics_sampling(qv_metrics *m, unsigned long long rows_host,
                          unsigned long long rows_device, unsigned long long masks_computed,
-                         unsigned long long masks_cached);
+                         unsigned long long masks_cached, unsigned long long dead_ends);
 void qv_metrics_graphs(qv_metrics *m, unsigned long long captures, unsigned long long replays,
                        unsigned long long eager, unsigned long long refused, double capture_s);
 

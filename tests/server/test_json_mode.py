@@ -343,6 +343,17 @@ def run_structured_output_tests(srv):
         check(all(f == "stop" and re.fullmatch(pattern, t) for t, f in outs) and
               streamed == outs[0][0],
               f"guided_regex {pattern}: every answer matches as a whole {outs}")
+    # a request whose own bad_words remove every token its regex allows: a dead end, ended
+    # with finish "stop" and an unfinished text, counted in /metrics (and logged)
+    before = srv.metrics().get("quiver_structured_dead_ends_total", -1)
+    r = client.completions.create(model=base, prompt="Say a", max_tokens=5, temperature=0,
+                                  extra_body={"guided_regex": "a", "bad_words": ["a"]})
+    after = srv.metrics().get("quiver_structured_dead_ends_total", -1)
+    free_a = client.completions.create(model=base, prompt="Say a", max_tokens=5, temperature=0,
+                                       extra_body={"guided_regex": "a"}).choices[0].text
+    check(before >= 0 and after == before + 1 and r.choices[0].text == "" and free_a == "a",
+          f"a dead end (regex 'a', bad word 'a') is counted: {before} -> {after}, "
+          f"text {r.choices[0].text!r} (without the ban {free_a!r})")
     r = client.completions.create(model=base, prompt="The year was", max_tokens=8,
                                   temperature=1.0, seed=5, n=4,
                                   extra_body={"guided_regex": r" (1[89]|20)\d\d"})
