@@ -896,14 +896,10 @@ static bool compile_array(compiler *c, const cJSON *j, uint32_t id, int depth) {
     return true;
 }
 
-/* A regular expression (json_regex.h) compiled into the schema's regexes, referred to by leaf
- * node id. */
-static bool compile_regex(compiler *c, const char *src, uint32_t id) {
+/* Adds a compiled regex to the schema's regexes, referred to by node id (taking it; freed on
+ * failure). */
+static bool add_regex(compiler *c, qv_regex *re, uint32_t id) {
     qv_json_schema *s = c->s;
-    qv_regex *re = NULL;
-    qv_error e = {0};
-    const qv_status st = qv_regex_compile(src, &re, &e);
-    if (st != QV_OK) return cfail(c, st, e.msg, NULL, ""), false;
     if (!grow(c, (void **)&s->regexes, &s->cap_regexes, s->n_regexes + 1, sizeof(qv_regex *))) {
         qv_regex_free(re);
         return false;
@@ -911,6 +907,16 @@ static bool compile_regex(compiler *c, const char *src, uint32_t id) {
     s->regexes[s->n_regexes++] = re;
     s->nodes[id].re = s->n_regexes;
     return true;
+}
+
+/* A regular expression (json_regex.h) compiled into the schema's regexes, referred to by leaf
+ * node id. */
+static bool compile_regex(compiler *c, const char *src, uint32_t id) {
+    qv_regex *re = NULL;
+    qv_error e = {0};
+    const qv_status st = qv_regex_compile(src, &re, &e);
+    if (st != QV_OK) return cfail(c, st, e.msg, NULL, ""), false;
+    return add_regex(c, re, id);
 }
 
 /* The `format`s quiver enforces, as patterns (each within QV_REGEX_MAX_POS positions): RFC 3339
@@ -1272,6 +1278,20 @@ static qv_status set_text(qv_json_schema *s, const char *prefix, const cJSON *ro
 }
 
 /* Parses text (at most max_bytes) and starts a schema and its compiler (c->st: the outcome). */
+/* A new schema for the compiler, whose canonical source is root (taken; deleted on failure,
+ * NULL: out of memory). Returns root, or NULL with c->st set. */
+static cJSON *schema_start(compiler *c, cJSON *root, qv_error *err) {
+    if (!root || !(c->s = qv_calloc(1, sizeof(*c->s)))) {
+        cJSON_Delete(root);
+        c->st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    atomic_init(&c->s->refs, 1);
+    c->root = root;
+    c->s->key_node = new_leaf(c, C_STRING);
+    return root;
+}
+
 static cJSON *schema_begin(const char *text, size_t len, const char *what, compiler *c,
                            qv_error *err) {
     *c = (compiler){.err = err};
@@ -1285,15 +1305,7 @@ static cJSON *schema_begin(const char *text, size_t len, const char *what, compi
         c->st = qv_errorf(err, QV_ERR_INVALID, "the %s is not valid JSON", what);
         return NULL;
     }
-    if (!(c->s = qv_calloc(1, sizeof(*c->s)))) {
-        cJSON_Delete(root);
-        c->st = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
-        return NULL;
-    }
-    atomic_init(&c->s->refs, 1);
-    c->root = root;
-    c->s->key_node = new_leaf(c, C_STRING);
-    return root;
+    return schema_start(c, root, err);
 }
 
 /* Ends what schema_begin started: the canonical text on success, *out or the error. */
@@ -1487,29 +1499,16 @@ qv_status qv_json_schema_compile_regex(const char *pattern, size_t len, qv_json_
         lit[len] = '\0';
         root = cJSON_CreateString(lit);
     }
-    c.s = root ? qv_calloc(1, sizeof(*c.s)) : NULL;
-    if (!c.s) {
-        qv_free(src);
-        qv_free(lit);
-        cJSON_Delete(root);
-        return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
-    }
-    atomic_init(&c.s->refs, 1);
-    c.root = root;
-    c.s->key_node = new_leaf(&c, C_STRING);
-    if (c.st == QV_OK) c.s->root = new_node(&c, K_RAW);
-    qv_regex *re = NULL; /* compiled here, for the regex's own message */
-    if (c.st == QV_OK) c.st = qv_regex_compile(src, &re, err);
-    if (c.st == QV_OK &&
-        grow(&c, (void **)&c.s->regexes, &c.s->cap_regexes, 1, sizeof(qv_regex *))) {
-        c.s->regexes[c.s->n_regexes++] = re;
-        c.s->nodes[c.s->root].re = c.s->n_regexes;
-        c.s->nodes[c.s->root].classes = C_ALL;
-        re = NULL;
-    }
-    qv_regex_free(re);
-    qv_free(src);
     qv_free(lit);
+    if (!(root = schema_start(&c, root, err))) {
+        qv_free(src);
+        return c.st;
+    }
+    if (c.st == QV_OK) c.s->root = new_node(&c, K_RAW);
+    qv_regex *re = NULL; /* compiled here (not compile_regex), for the regex's own message */
+    if (c.st == QV_OK) c.st = qv_regex_compile(src, &re, err);
+    if (c.st == QV_OK && add_regex(&c, re, c.s->root)) c.s->nodes[c.s->root].classes = C_ALL;
+    qv_free(src);
     return schema_end(&c, root, "regex:", out);
 }
 

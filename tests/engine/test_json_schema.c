@@ -985,6 +985,22 @@ static void test_regex_docs(void **state) {
             fail_msg("hand case %zu: /%s/ on '%s'", i, hand[i].pattern, hand[i].text);
         qv_json_schema_unref(sch);
     }
+    /* allocation failure at every point: NOMEM and nothing held, until it compiles */
+    int failures = 0;
+    for (long k = 0; k < 100; k++) {
+        qv_json_schema *sch = NULL;
+        qv_alloc_fail_after(k);
+        const qv_status st = qv_json_schema_compile_regex("a+b?", 4, &sch, &err);
+        qv_alloc_fail_after(-1);
+        if (st == QV_OK) {
+            qv_json_schema_unref(sch);
+            break;
+        }
+        assert_int_equal(st, QV_ERR_NOMEM);
+        assert_null(sch);
+        failures++;
+    }
+    assert_true(failures > 3 && failures < 100);
     static const char *const refused[] = {"(a)\\1", "(?=a)b", "a{2,1}",
                                           "\xc3",   "(ab",    "[a-z]{40}[0-9]{40}"};
     for (size_t i = 0; i < QV_ARRAY_LEN(refused); i++) {
