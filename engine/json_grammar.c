@@ -919,11 +919,12 @@ static bool compile_regex(compiler *c, const char *src, uint32_t id) {
     return add_regex(c, re, id);
 }
 
-/* The `format`s quiver enforces, as patterns (each within QV_REGEX_MAX_POS positions): RFC 3339
+/* The `format`s quiver enforces, as patterns: RFC 3339
  * dates and times as Python's jsonschema checks them (rfc3339-validator), except that year 0000
  * and 29 February of any year pass; UUIDs (any hex case); dotted-quad IPv4 without leading
- * zeros (Python's ipaddress); e-mail addresses in a plain form (local part of ASCII letters,
- * digits and ._%+-, a domain of dot-separated labels). Other formats are annotations. */
+ * zeros (Python's ipaddress); IPv6 (the same); e-mail addresses in a plain form (local part of
+ * ASCII letters, digits and ._%+-, a domain of dot-separated labels). Other formats are
+ * annotations. */
 #define RE_DATE                                                                                    \
     "\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|"   \
     "02-(?:0[1-9]|[12]\\d))"
@@ -931,6 +932,17 @@ static bool compile_regex(compiler *c, const char *src, uint32_t id) {
     "(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d+)?(?:[Zz]|[+-](?:[01]\\d|2[0-3]):[0-5]\\d)"
 #define RE_OCTET "(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)"
 #define RE_LABEL "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+#define RE_IPV4 "(?:" RE_OCTET "\\.){3}" RE_OCTET
+#define RE_H "[0-9a-fA-F]{1,4}"
+/* IPv6 as Python's ipaddress reads it (jsonschema's check): eight groups, or fewer around one
+ * "::" that stands for at least one, the last two groups possibly a dotted quad */
+#define RE_IPV6                                                                                    \
+    "(?:" RE_H ":){7}" RE_H "|(?:" RE_H ":){1,7}:|(?:" RE_H ":){1,6}:" RE_H "|(?:" RE_H            \
+    ":){1,5}(?::" RE_H "){1,2}|(?:" RE_H ":){1,4}(?::" RE_H "){1,3}|(?:" RE_H ":){1,3}(?::" RE_H   \
+    "){1,4}|(?:" RE_H ":){1,2}(?::" RE_H "){1,5}|" RE_H ":(?::" RE_H "){1,6}|:(?:(?::" RE_H        \
+    "){1,7}|:)|(?:" RE_H ":){6}" RE_IPV4 "|::(?:" RE_H ":){0,5}" RE_IPV4 "|(?:" RE_H ":):(?:" RE_H \
+    ":){0,4}" RE_IPV4 "|(?:" RE_H ":){2}:(?:" RE_H ":){0,3}" RE_IPV4 "|(?:" RE_H ":){3}:(?:" RE_H  \
+    ":){0,2}" RE_IPV4 "|(?:" RE_H ":){4}:(?:" RE_H ":)?" RE_IPV4 "|(?:" RE_H ":){5}:" RE_IPV4
 static const struct {
     const char *name, *re;
 } k_formats[] = {
@@ -938,7 +950,8 @@ static const struct {
     {"time", "^" RE_TIME "$"},
     {"date-time", "^" RE_DATE "[Tt]" RE_TIME "$"},
     {"uuid", "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
-    {"ipv4", "^(?:" RE_OCTET "\\.){3}" RE_OCTET "$"},
+    {"ipv4", "^" RE_IPV4 "$"},
+    {"ipv6", "^(?:" RE_IPV6 ")$"},
     {"email", "^[A-Za-z0-9._%+-]+@" RE_LABEL "(?:\\." RE_LABEL ")+$"},
 };
 

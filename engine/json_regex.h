@@ -1,16 +1,20 @@
 /*
- * json_regex.h - the regular expressions of JSON Schema's `pattern` keyword, for structured
- * output: a pattern compiles to a position (Glushkov) automaton of at most QV_REGEX_MAX_POS
- * character positions, whose state is one 64-bit set, so a string's match so far fits in a
- * grammar state and equal positions compare equal.
+ * json_regex.h - the regular expressions of JSON Schema's `pattern` keyword and of whole-answer
+ * regexes (guided_regex), for structured output: a pattern compiles to a deterministic
+ * automaton (Glushkov positions, then the subset construction over classes of equivalent code
+ * points), whose state is one index, so a match so far fits in a grammar state and equal
+ * states compare equal. Each state knows the fewest characters to a match, and no transition
+ * leads to a state without one.
  *
  * Supported (ECMA-262 syntax, the dialect JSON Schema names, matched on Unicode code points):
  * literals, `.` (anything but a line terminator), classes `[...]` / `[^...]` with ranges and
  * `\d \w \s` inside, `\d \D \w \W \s \S`, escaped punctuation, `\t \n \r \f \v \0 \uXXXX`,
  * groups `( )` and `(?: )`, `|`, quantifiers `* + ? {n} {n,} {n,m}` (lazy forms too: the same
- * language). `^` may only start and `$` only end the pattern; without them the match may
- * start / end anywhere in the string, as in JSON Schema. Refused (QV_ERR_UNSUPPORTED):
- * backreferences, lookaround, `\b`, named groups, flags, and patterns over the position limit.
+ * language; counts up to QV_REGEX_MAX_COUNT). `^` may only start and `$` only end the pattern;
+ * without them the match may start / end anywhere in the string, as in JSON Schema. Refused
+ * (QV_ERR_UNSUPPORTED): backreferences, lookaround, `\b`, named groups, flags, a pattern that
+ * matches nothing; QV_ERR_LIMIT: over QV_REGEX_MAX_POS characters once counts are expanded,
+ * or an automaton over 65,536 states or 2^21 transitions (e.g. `(a|b)*a(a|b){20}`).
  *
  * Thread: a compiled regex is immutable; the functions are pure.
  */
@@ -26,7 +30,8 @@
 extern "C" {
 #endif
 
-#define QV_REGEX_MAX_POS 62 /* character positions (bits 0..61 of a state) */
+#define QV_REGEX_MAX_POS 4096   /* character occurrences, counts expanded */
+#define QV_REGEX_MAX_COUNT 1000 /* {n,m} bounds */
 
 typedef struct qv_regex qv_regex;
 
@@ -50,6 +55,8 @@ bool qv_regex_can_step(const qv_regex *re, uint64_t state, uint32_t lo, uint32_t
 uint32_t qv_regex_min_left(const qv_regex *re, uint64_t state);
 /* Whether the characters so far match (the string may end here). */
 bool qv_regex_accepts(const qv_regex *re, uint64_t state);
+/* The automaton's number of states (for tests and limits). */
+uint32_t qv_regex_states(const qv_regex *re);
 
 #ifdef __cplusplus
 }

@@ -400,10 +400,12 @@ static void test_refusals(void **state) {
         {"{\"pattern\":\"[z-a]\"}", QV_ERR_INVALID, "backwards"},
         {"{\"pattern\":\"(ab\"}", QV_ERR_INVALID, "unclosed ("},
         {"{\"pattern\":\"ab)\"}", QV_ERR_INVALID, "unmatched )"},
-        {"{\"pattern\":\"a{100}\"}", QV_ERR_UNSUPPORTED, "above 64"},
-        {"{\"pattern\":\"a{2,1000}\"}", QV_ERR_UNSUPPORTED, "above 64"},
+        {"{\"pattern\":\"a{1001}\"}", QV_ERR_UNSUPPORTED, "above 1000"},
+        {"{\"pattern\":\"a{2,100000}\"}", QV_ERR_UNSUPPORTED, "above 1000"},
         {"{\"pattern\":\"(?:(?:(?:){64}){64}){64}\"}", QV_ERR_LIMIT, "too complex"},
-        {"{\"pattern\":\"^.{40}.{30}$\"}", QV_ERR_LIMIT, "more than 62"},
+        {"{\"pattern\":\"^.{1000}.{1000}.{1000}.{1000}.{1000}$\"}", QV_ERR_LIMIT, "more than 4096"},
+        {"{\"pattern\":\"[ab]*a[ab]{20}\"}", QV_ERR_LIMIT, "too many states"},
+        {"{\"pattern\":\"x[^\\\\u0000-\xf4\x8f\xbf\xbf]\"}", QV_ERR_UNSUPPORTED, "matches nothing"},
         {"{\"pattern\":\"*a\"}", QV_ERR_INVALID, "nothing to repeat"},
         {"{\"pattern\":5}", QV_ERR_INVALID, "'pattern' must be a string"},
         {"{\"prefixItems\":{\"type\":\"integer\"}}", QV_ERR_INVALID, "array of schemas"},
@@ -985,24 +987,52 @@ static void test_regex_docs(void **state) {
             fail_msg("hand case %zu: /%s/ on '%s'", i, hand[i].pattern, hand[i].text);
         qv_json_schema_unref(sch);
     }
-    /* allocation failure at every point: NOMEM and nothing held, until it compiles */
-    int failures = 0;
-    for (long k = 0; k < 100; k++) {
+    /* counts past the old 62-position automaton: 1,000 letters exactly, and a pattern that must
+     * remember its last 10 characters (a DFA of 2^10 subsets) */
+    {
+        char text[1002];
+        memset(text, 'q', sizeof(text));
         qv_json_schema *sch = NULL;
-        qv_alloc_fail_after(k);
-        const qv_status st = qv_json_schema_compile_regex("a+b?", 4, &sch, &err);
-        qv_alloc_fail_after(-1);
-        if (st == QV_OK) {
-            qv_json_schema_unref(sch);
-            break;
+        assert_int_equal(qv_json_schema_compile_regex("[a-z]{1000}", 11, &sch, &err), QV_OK);
+        for (size_t n = 999; n <= 1001; n++) {
+            bool done = false;
+            const size_t fed = feed_all(sch, (const uint8_t *)text, n, 7, &rng, &done);
+            assert_int_equal(fed == n && done, n == 1000);
         }
-        assert_int_equal(st, QV_ERR_NOMEM);
-        assert_null(sch);
-        failures++;
+        qv_json_schema_unref(sch);
+        assert_int_equal(qv_json_schema_compile_regex("[ab]*a[ab]{9}", 13, &sch, &err), QV_OK);
+        const char *yes = "bbbabbbbbbbbb", *no = "bbabbbbbbbbbb";
+        bool done = false;
+        assert_int_equal(feed_all(sch, (const uint8_t *)yes, 13, 1, &rng, &done), 13);
+        assert_true(done);
+        done = false;
+        assert_int_equal(feed_all(sch, (const uint8_t *)no, 13, 1, &rng, &done), 13);
+        assert_false(done);
+        qv_json_schema_unref(sch);
     }
-    assert_true(failures > 3 && failures < 100);
+    /* allocation failure at every point: NOMEM and nothing held, until it compiles (the second
+     * pattern's 513 states grow the automaton's tables and rehash its state set) */
+    static const char *const grown[] = {"a+b?", "[ab]*a[ab]{8}"};
+    for (size_t i = 0; i < QV_ARRAY_LEN(grown); i++) {
+        int failures = 0;
+        for (long k = 0; k < 200; k++) {
+            qv_json_schema *sch = NULL;
+            qv_alloc_fail_after(k);
+            const qv_status st =
+                qv_json_schema_compile_regex(grown[i], strlen(grown[i]), &sch, &err);
+            qv_alloc_fail_after(-1);
+            if (st == QV_OK) {
+                qv_json_schema_unref(sch);
+                break;
+            }
+            assert_int_equal(st, QV_ERR_NOMEM);
+            assert_null(sch);
+            failures++;
+        }
+        assert_true(failures > 3 + 10 * (int)i && failures < 200);
+    }
     static const char *const refused[] = {"(a)\\1", "(?=a)b", "a{2,1}",
-                                          "\xc3",   "(ab",    "[a-z]{40}[0-9]{40}"};
+                                          "\xc3",   "(ab",    "[ab]*a[ab]{20}"};
     for (size_t i = 0; i < QV_ARRAY_LEN(refused); i++) {
         qv_json_schema *sch = NULL;
         const qv_status st =

@@ -35,6 +35,13 @@ PATTERNS = [
     (r"[^\n,]{1,8}(,[^\n,]{1,8}){0,2}\n?", ["a,b,c\n", "été,hiver", "x"]),
     (r"\[(\d+(, \d+)*)?\]", ["[]", "[1, 22, 333]"]),
     (r"(?:[01]\d|2[0-3]):[0-5]\d", ["09:30", "23:59", "00:00"]),
+    # over 62 characters once counts are expanded, and automata of many subsets
+    (r"[0-9a-f]{64}", ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]),
+    (r"[A-Za-z]{3,200}", ["abc", "x" * 200, "Supercalifragilisticexpialidocious"]),
+    (r"[^\n]{10,300}\n", ["0123456789\n", "é" * 300 + "\n", "a line of text\n"]),
+    (r"(\w+, ){0,99}\w+", ["a", "one, two, three", ", ".join(["w"] * 100)]),
+    (r"[ab]*a[ab]{9}", ["a" * 10, "bbbabbbbbbbbb", "abbbbbbbbb"]),
+    (r"(\d{1,3}\.){3}\d{1,3}( [a-z]{1,40})*", ["10.0.0.1", "192.168.100.200 home office"]),
 ]
 
 CHARS = "ab-0519 .,:$@[]()\n\"\\éü東😀🦙ZA"
