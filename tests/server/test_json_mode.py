@@ -343,6 +343,20 @@ def run_structured_output_tests(srv):
         check(all(f == "stop" and re.fullmatch(pattern, t) for t, f in outs) and
               streamed == outs[0][0],
               f"guided_regex {pattern}: every answer matches as a whole {outs}")
+    # past the old 62-position limit: 64 hex digits (a DFA of 65 states), greedy and sampled
+    sha = "[0-9a-f]{64}"
+    r = client.chat.completions.create(model=base, max_tokens=80, temperature=0.8, seed=3, n=2,
+                                       messages=[{"role": "user", "content": "Write a SHA-256."}],
+                                       extra_body={"guided_regex": sha})
+    outs = [(c.message.content, c.finish_reason) for c in r.choices]
+    check(all(f == "stop" and re.fullmatch(sha, t) for t, f in outs),
+          f"guided_regex {sha}: 64 hex digits, sampled n=2 {outs}")
+    st, _, data = srv.raw("POST", "/v1/chat/completions",
+                          {"messages": msgs, "max_tokens": 8, "guided_regex": "[ab]*a[ab]{20}"})
+    err = json.loads(data).get("error", {}) if st == 400 else {}
+    check(st == 400 and err.get("param") == "guided_regex" and
+          "too many states" in err.get("message", ""),
+          f"guided_regex whose automaton is too large: refused ({st} {err.get('message')!r})")
     # a request whose own bad_words remove every token its regex allows: a dead end, ended
     # with finish "stop" and an unfinished text, counted in /metrics (and logged)
     before = srv.metrics().get("quiver_structured_dead_ends_total", -1)
