@@ -288,7 +288,8 @@ enum { EN_START, EN_IN };
 enum { OB_OPEN, OB_FIRST, OB_KEYQ, OB_KEY, OB_COLON, OB_AFTER };
 enum { MP_OPEN, MP_FIRST, MP_KEYQ, MP_COLON, MP_AFTER };
 enum { AR_OPEN, AR_FIRST, AR_AFTER };
-enum { AN_START, AN_FIRST, AN_KEY, AN_COLON, AN_VALUE, AN_VAL_IN }; /* tagged anyOf */
+enum { AN_START, AN_FIRST, AN_KEY, AN_COLON, AN_VALUE, AN_VAL_IN }; /* tagged / keyed anyOf */
+enum { AN_PLAIN, AN_TAGGED, AN_KEYED };                             /* snode.tagged */
 
 #define NO_LIMIT UINT32_MAX
 #define MAX_COUNT 65535u /* frame counters saturate here */
@@ -300,7 +301,8 @@ typedef struct snode {
     uint8_t kind;
     uint8_t classes;   /* K_LEAF: the kinds of value allowed; all: what it may begin with */
     uint8_t integer;   /* K_LEAF: numbers have no fraction or exponent */
-    uint8_t tagged;    /* K_ANYOF: its object members are told apart by their first property */
+    uint8_t tagged;    /* K_ANYOF: how its object members are told apart (AN_TAGGED: the value
+                        * of their first property; AN_KEYED: the first key written) */
     uint32_t min, max; /* K_LEAF strings: characters; K_ARRAY: items */
     /* K_LEAF numbers: bounds (integer values, |v| < 2^31; for integers inclusive) */
     bool lo_on, hi_on, lo_strict, hi_strict;
@@ -1144,54 +1146,98 @@ static int popcount(unsigned x) {
  * member; at most MAX_PROPS tag values in all. */
 static int node_classes(compiler *c, uint32_t id, int depth);
 
-static bool tag_fail(compiler *c) {
+static int tag_fail(compiler *c) {
     cfail(c, QV_ERR_UNSUPPORTED,
           "anyOf / oneOf members must begin differently (an object, an array, a string, a "
           "number, a boolean, null), or be objects told apart by the string enum or const of "
           "their first property (required, of the same name in each, each value in one member "
-          "only)",
+          "only), or by the first property written (each member's properties up to its first "
+          "required one named in that member only)",
           NULL, "");
-    return false;
+    return -1;
 }
 
 static bool same_span(const qv_json_schema *s, const sspan *x, const sspan *y) {
     return x->len == y->len && !memcmp(s->bytes + x->off, s->bytes + y->off, x->len);
 }
 
-static bool tag_check(compiler *c, uint32_t id, int depth) {
+/* Whether the members of anyOf id that may begin with '{' are all K_OBJECT (1, 0 if not, -1:
+ * an error, set). */
+static int objects_only(compiler *c, uint32_t id, int depth) {
+    const qv_json_schema *s = c->s;
+    for (uint32_t i = 0; i < s->nodes[id].n; i++) {
+        const uint32_t mi = s->alts[s->nodes[id].first + i];
+        if (s->nodes[mi].kind == K_OBJECT) continue;
+        const int k = node_classes(c, mi, depth + 1);
+        if (k < 0) return -1;
+        if (k & C_OBJECT) return 0;
+    }
+    return 1;
+}
+
+/* Tagged (1): each object member's first property is required, of the same name in each, and
+ * a string enum or const, no value in two members. 0: not so; -1: an error, set. */
+static int tag_check(compiler *c, uint32_t id, int depth) {
     const qv_json_schema *s = c->s;
     const sspan *key = NULL;
     uint32_t lits = 0;
+    const int only = objects_only(c, id, depth);
+    if (only <= 0) return only;
     for (uint32_t i = 0; i < s->nodes[id].n; i++) {
-        const uint32_t mi = s->alts[s->nodes[id].first + i];
-        const snode *m = &s->nodes[mi];
-        if (m->kind != K_OBJECT) {
-            const int k = node_classes(c, mi, depth + 1);
-            if (k < 0) return false;
-            if (k & C_OBJECT) return tag_fail(c);
-            continue;
-        }
+        const snode *m = &s->nodes[s->alts[s->nodes[id].first + i]];
+        if (m->kind != K_OBJECT) continue;
         const sprop *p = m->n ? prop_of(s, m, 0) : NULL;
         const snode *v = p ? &s->nodes[p->node] : NULL;
         if (!p || !p->required || v->kind != K_ENUM || (key && !same_span(s, key, &p->key)))
-            return tag_fail(c);
+            return 0;
         for (uint32_t j = 0; j < v->n; j++) {
             const sspan *x = lit_of(s, v, j);
-            if (s->bytes[x->off] != '"') return tag_fail(c);
+            if (s->bytes[x->off] != '"') return 0;
             for (uint32_t k = 0; k < i; k++) { /* the value in an earlier member too */
                 const snode *o = &s->nodes[s->alts[s->nodes[id].first + k]];
                 if (o->kind != K_OBJECT) continue;
                 const snode *ov = &s->nodes[prop_of(s, o, 0)->node];
                 for (uint32_t q = 0; q < ov->n; q++)
-                    if (same_span(s, lit_of(s, ov, q), x)) return tag_fail(c);
+                    if (same_span(s, lit_of(s, ov, q), x)) return 0;
             }
         }
         key = &p->key;
         lits += v->n;
     }
     if (lits > MAX_PROPS)
-        return cfail(c, QV_ERR_LIMIT, "more than 255 tag values in one anyOf", NULL, ""), false;
-    return true;
+        return cfail(c, QV_ERR_LIMIT, "more than 255 tag values in one anyOf", NULL, ""), -1;
+    return 1;
+}
+
+/* The properties an object may begin with: those up to its first required one. */
+static uint32_t first_keys(const qv_json_schema *s, const snode *m) {
+    for (uint32_t j = 0; j < m->n; j++)
+        if (prop_of(s, m, j)->required) return j + 1;
+    return m->n;
+}
+
+/* Keyed (1): the object members' possible first properties (first_keys) are each named in one
+ * member only, so the first key written picks the member. 0: not so; -1: an error, set. */
+static int key_check(compiler *c, uint32_t id, int depth) {
+    const qv_json_schema *s = c->s;
+    const snode *nd = &s->nodes[id];
+    uint32_t keys = 0;
+    const int only = objects_only(c, id, depth);
+    if (only <= 0) return only;
+    for (uint32_t i = 0; i < nd->n; i++) {
+        const snode *m = &s->nodes[s->alts[nd->first + i]];
+        if (m->kind != K_OBJECT) continue;
+        for (uint32_t j = 0; j < first_keys(s, m); j++)
+            for (uint32_t k = 0; k < i; k++) { /* named in an earlier member too */
+                const snode *o = &s->nodes[s->alts[nd->first + k]];
+                for (uint32_t q = 0; o->kind == K_OBJECT && q < first_keys(s, o); q++)
+                    if (same_span(s, &prop_of(s, o, q)->key, &prop_of(s, m, j)->key)) return 0;
+            }
+        keys += first_keys(s, m);
+    }
+    if (keys > MAX_PROPS)
+        return cfail(c, QV_ERR_LIMIT, "more than 255 first properties in one anyOf", NULL, ""), -1;
+    return 1;
 }
 
 /* The first-byte classes of node id (recursing into anyOf); -1: alternatives overlap or
@@ -1224,8 +1270,10 @@ static int node_classes(compiler *c, uint32_t id, int depth) {
             objects += (k & C_OBJECT) != 0;
         }
         if (objects > 1 && sum - popcount((unsigned)m) == objects - 1) {
-            if (!tag_check(c, id, depth)) return -1;
-            c->s->nodes[id].tagged = 1;
+            const int t = tag_check(c, id, depth), k = t == 0 ? key_check(c, id, depth) : 0;
+            if (t < 0 || k < 0) return -1;
+            if (!t && !k) return tag_fail(c);
+            c->s->nodes[id].tagged = t ? AN_TAGGED : AN_KEYED;
             return m;
         }
         if (sum != popcount((unsigned)m)) {
@@ -1909,6 +1957,64 @@ static int tag_value_in(const qv_json_schema *s, qv_json_frame *fr, const snode 
     return R_NO;
 }
 
+/* First key g of a keyed anyOf (key_check; numbered over its object members' first_keys in
+ * order): its name, its member and the property's index there; NULL past the last. */
+static const sspan *keyed_key(const qv_json_schema *s, const snode *nd, uint32_t g,
+                              uint32_t *member, uint32_t *prop) {
+    for (uint32_t i = 0; i < nd->n; i++) {
+        const uint32_t mi = s->alts[nd->first + i];
+        const snode *m = &s->nodes[mi];
+        const uint32_t k = m->kind == K_OBJECT ? first_keys(s, m) : 0;
+        if (g < k) {
+            *member = mi;
+            *prop = g;
+            return &prop_of(s, m, g)->key;
+        }
+        g -= k;
+    }
+    return NULL;
+}
+
+/* Whether a keyed anyOf may be the empty object: one of its object members requires nothing. */
+static bool keyed_empty(const qv_json_schema *s, const snode *nd) {
+    for (uint32_t i = 0; i < nd->n; i++) {
+        const snode *m = &s->nodes[s->alts[nd->first + i]];
+        if (m->kind == K_OBJECT && !required_from(s, m, 0)) return true;
+    }
+    return false;
+}
+
+/* Byte c of the first key of a keyed anyOf (fr->b bytes matched, fr->cur the first key that
+ * agrees with them): once the key is whole, the frame becomes its member's, before the colon,
+ * as if the member had read the key. */
+static int keyed_in(const qv_json_schema *s, qv_json_frame *fr, const snode *nd, uint8_t c) {
+    uint32_t member, prop;
+    const sspan *cur = keyed_key(s, nd, fr->cur, &member, &prop);
+    for (int closing = 0; closing < 2 && (!closing || c == '"'); closing++) {
+        uint32_t g = 0; /* one pass over the keys, member by member */
+        for (uint32_t i = 0; i < nd->n; i++) {
+            const uint32_t mi = s->alts[nd->first + i];
+            const snode *m = &s->nodes[mi];
+            const uint32_t k = m->kind == K_OBJECT ? first_keys(s, m) : 0;
+            for (uint32_t j = 0; j < k; j++, g++) {
+                const sspan *x = &prop_of(s, m, j)->key;
+                if (g < fr->cur || !same_prefix(s, x, cur, fr->b)) continue;
+                if (!closing && x->len > fr->b && s->bytes[x->off + fr->b] == c) {
+                    fr->cur = (uint8_t)g;
+                    fr->b++;
+                    return R_YES;
+                }
+                if (closing && x->len == fr->b) {
+                    *fr =
+                        (qv_json_frame){.node = (uint16_t)mi, .phase = OB_COLON, .cur = (uint8_t)j};
+                    return R_YES;
+                }
+            }
+        }
+    }
+    return R_NO;
+}
+
 /* A raw-text document (qv_json_schema_compile_regex): every byte is its text, read as UTF-8
  * (frame: phase 1 once begun, b the continuation bytes still due, cur the lead byte until the
  * first of them; st->cp the code point so far) and each whole character steps the regex. A
@@ -1962,6 +2068,7 @@ static int in_token(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *
                     uint8_t c) {
     if (nd->kind == K_RAW) return raw_in(s, st, fr, nd, c);
     if (nd->kind == K_ANYOF && fr->phase == AN_KEY) {
+        if (nd->tagged == AN_KEYED) return keyed_in(s, fr, nd, c);
         const sspan *k = tag_key(s, nd);
         if (fr->b < k->len) return s->bytes[k->off + fr->b] == c ? (fr->b++, R_YES) : R_NO;
         return c == '"' ? (fr->phase = AN_COLON, fr->b = 0, R_YES) : R_NO;
@@ -1998,7 +2105,13 @@ static int between(const qv_json_schema *s, qv_json_sstate *st, qv_json_frame *f
         return R_NO;
     case K_ANYOF: /* phase 0: the first byte picks the alternative, or the tag does */
         if (nd->tagged && fr->phase != AN_START) {
-            if (fr->phase == AN_FIRST) return c == '"' ? (fr->phase = AN_KEY, R_YES) : R_NO;
+            uint32_t member, prop;
+            if (fr->phase == AN_FIRST && c == '}' && nd->tagged == AN_KEYED)
+                return keyed_empty(s, nd) ? (pop(st), R_YES) : R_NO;
+            if (fr->phase == AN_FIRST)
+                return c == '"' && (nd->tagged == AN_TAGGED || keyed_key(s, nd, 0, &member, &prop))
+                           ? (fr->phase = AN_KEY, R_YES)
+                           : R_NO;
             if (fr->phase == AN_COLON) return c == ':' ? (fr->phase = AN_VALUE, R_YES) : R_NO;
             return fr->phase == AN_VALUE ? tag_value_in(s, fr, nd, c) : R_NO;
         }

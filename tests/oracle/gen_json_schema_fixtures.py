@@ -251,6 +251,29 @@ SCHEMAS = [
                   "1::3:4:5:6:7:8", "fe80::abcd:ef01:2345:6789", "FFFF:ffff::0", "0000:0:00::000",
                   "::1.2.3.4", "::ffff:255.255.255.255", "1:2:3:4:5:6:1.2.3.4",
                   "1:2:3:4:5::1.2.3.4", "1::5:6:0.0.0.0", "2001:db8:85a3::8a2e:370:7334"]},
+    # untagged unions of objects told apart by the first key written (pydantic's Union[Cat,
+    # Dog] without a discriminator): "name" in both, but neither begins with it; beside null
+    {"anyOf": [{"type": "object", "properties": {"meows": {"type": "integer", "minimum": 0,
+                                                           "maximum": 9},
+                                                 "name": {"type": "string", "maxLength": 5}},
+                "required": ["meows", "name"]},
+               {"type": "object", "properties": {"barks": {"type": "boolean"},
+                                                 "name": {"type": "string", "maxLength": 5}},
+                "required": ["barks"]},
+               {"type": "null"}]},
+    # keys that are prefixes of one another, optional properties before the first required one,
+    # and a member that requires nothing (the empty object); oneOf of closed objects, so that
+    # jsonschema finds exactly one member too
+    {"type": "array", "maxItems": 3, "items": {"oneOf": [
+        {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+         "additionalProperties": False},
+        {"type": "object", "properties": {"ab": {"type": "string", "maxLength": 3}},
+         "required": ["ab"], "additionalProperties": False},
+        {"type": "object", "properties": {"x": {"type": "boolean"}, "y": {"type": "null"},
+                                          "z": {"type": "integer", "minimum": 0, "maximum": 5}},
+         "required": ["z"], "additionalProperties": False},
+        {"type": "object", "properties": {"q": {"enum": ["u", "v"]}},
+         "additionalProperties": False}]}},
 ]
 
 
@@ -280,17 +303,54 @@ def json_type(v):
     return "array" if isinstance(v, list) else "object"
 
 
+NO_MEMBER = {"no member": True}
+
+
+def first_keys(m):
+    """The properties an object may begin with in quiver's order: those up to its first required
+    one."""
+    keys = []
+    for k in m.get("properties", {}):
+        keys.append(k)
+        if k in m.get("required", []):
+            break
+    return keys
+
+
+def value_tagged(objects):
+    """Whether objects (anyOf members) are told apart by the value of their first property: it
+    is required, of one name in all, a string enum or const (else by the first key written)."""
+    tags = set()
+    for m in objects:
+        props = list(m.get("properties", {}).items())
+        if not props or props[0][0] not in m.get("required", []):
+            return False
+        values = props[0][1].get("enum", [props[0][1].get("const")])
+        if not all(isinstance(v, str) for v in values):
+            return False
+        tags.add(props[0][0])
+    return len(tags) == 1
+
+
 def pick_alternative(schema, root, value):
     """The anyOf / oneOf member a value belongs to: members differ in JSON type, or are objects
-    told apart by their first property's const or enum, as quiver requires."""
+    told apart by their first property's const or enum, or by the first key written (the empty
+    object: a member that requires nothing), as quiver requires."""
     schema = resolve(schema, root)
     alts = schema.get("anyOf", schema.get("oneOf")) if isinstance(schema, dict) else None
     if alts is not None:
-        tagged = sum(resolve(m, root).get("type") == "object" for m in alts) > 1
+        objects = [resolve(m, root) for m in alts if resolve(m, root).get("type") == "object"]
+        tagged = len(objects) > 1
+        by_value = tagged and value_tagged(objects)
         for m in alts:
             m = resolve(m, root)
             props = m.get("properties")
             if tagged and isinstance(value, dict) and m.get("type") == "object":
+                if not by_value:
+                    first = next(iter(value), None)
+                    if (first in first_keys(m)) if value else not m.get("required"):
+                        return m
+                    continue
                 tag, tag_schema = next(iter(props.items()))
                 values = tag_schema.get("enum", [tag_schema.get("const")])
                 if value.get(tag) in values:
@@ -303,7 +363,8 @@ def pick_alternative(schema, root, value):
             t = json_type(value)
             if t in types or (t == "number" and "integer" in types):
                 return m
-        return None
+        # an object no member may begin so: quiver refuses it
+        return NO_MEMBER if tagged and not by_value and isinstance(value, dict) else None
     return schema
 
 
@@ -311,6 +372,8 @@ def order_ok(pairs_value, schema, root):
     """Rules 3 and 4 on a value parsed with object_pairs_hook=list of pairs (objects are lists of
     (key, value) tuples tagged by the Pairs class)."""
     schema = pick_alternative(schema, root, from_pairs(pairs_value))
+    if schema is NO_MEMBER:
+        return False
     if not isinstance(schema, dict):
         return True
     bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}

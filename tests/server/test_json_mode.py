@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import uuid
-from typing import Annotated, List, Optional, Tuple
+from typing import Annotated, List, Optional, Tuple, Union
 
 import jsonschema
 import pydantic
@@ -139,6 +139,23 @@ class Booking(pydantic.BaseModel):
     room: Tuple[int, str]  # prefixItems
 
 
+class Cat(pydantic.BaseModel):
+    meows: int = pydantic.Field(ge=0, le=9)
+    name: str = pydantic.Field(max_length=12)
+
+
+class Dog(pydantic.BaseModel):
+    barks: bool
+    name: str = pydantic.Field(max_length=12)
+
+
+class Shelter(pydantic.BaseModel):
+    """An untagged union of models (anyOf of objects told apart by the first key written) and
+    an IPv6 field."""
+    pets: List[Union[Cat, Dog]] = pydantic.Field(min_length=2, max_length=3)
+    gateway: ipaddress.IPv6Address
+
+
 PROFILE = {
     "$defs": {"Address": {"type": "object",
                           "properties": {"street": {"type": "string", "maxLength": 40},
@@ -207,6 +224,17 @@ def run_structured_output_tests(srv):
           jsonschema.Draft202012Validator(Booking.model_json_schema(),
                                           format_checker=fmt).is_valid(json.loads(m.content)),
           f"parse() with formats: {m.parsed!r} from {m.content[:120]!r}")
+
+    # a list of Union[Cat, Dog] without a discriminator, and an IPv6Address
+    r = client.chat.completions.parse(
+        model=base, max_tokens=200, temperature=0, response_format=Shelter,
+        messages=[{"role": "user", "content": "List the cats and dogs of an animal shelter."}])
+    m = r.choices[0].message
+    check(r.choices[0].finish_reason == "stop" and isinstance(m.parsed, Shelter) and
+          all(isinstance(p, (Cat, Dog)) for p in m.parsed.pets) and
+          jsonschema.Draft202012Validator(Shelter.model_json_schema(),
+                                          format_checker=fmt).is_valid(json.loads(m.content)),
+          f"parse() with Union[Cat, Dog] and IPv6Address: {m.parsed!r} from {m.content[:160]!r}")
 
     prompts = {
         "profile": ("Make up a user profile.", PROFILE),
