@@ -945,6 +945,19 @@ static bool compile_regex(compiler *c, const char *src, uint32_t id) {
     "){1,7}|:)|(?:" RE_H ":){6}" RE_IPV4 "|::(?:" RE_H ":){0,5}" RE_IPV4 "|(?:" RE_H ":):(?:" RE_H \
     ":){0,4}" RE_IPV4 "|(?:" RE_H ":){2}:(?:" RE_H ":){0,3}" RE_IPV4 "|(?:" RE_H ":){3}:(?:" RE_H  \
     ":){0,2}" RE_IPV4 "|(?:" RE_H ":){4}:(?:" RE_H ":)?" RE_IPV4 "|(?:" RE_H ":){5}:" RE_IPV4
+/* URIs as RFC 3986 writes them (what jsonschema's check, rfc3986-validator, takes): a scheme,
+ * then "//" and an authority (user info, a host: a bracketed IPv6 or IPvFuture address or a
+ * registered name, which includes dotted quads; a port) with a path, or a path alone; a query
+ * and a fragment. Characters outside the unreserved, sub-delims, ":" and "@" ones (a space,
+ * non-ASCII) only percent-encoded. */
+#define RE_PCT "%[0-9A-Fa-f]{2}"
+#define RE_PCHAR "(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|" RE_PCT ")"
+#define RE_URI                                                                                     \
+    "[A-Za-z][A-Za-z0-9+.-]*:(?://(?:(?:[A-Za-z0-9._~!$&'()*+,;=:-]|" RE_PCT                       \
+    ")*@)?(?:\\[(?:" RE_IPV6                                                                       \
+    "|v[0-9A-Fa-f]+\\.[A-Za-z0-9._~!$&'()*+,;=:-]+)\\]|(?:[A-Za-z0-9._~!$&'()*+,;=-]|" RE_PCT      \
+    ")*)(?::\\d*)?(?:/" RE_PCHAR "*)*|/(?:" RE_PCHAR "+(?:/" RE_PCHAR "*)*)?|" RE_PCHAR            \
+    "+(?:/" RE_PCHAR "*)*)?(?:\\?(?:" RE_PCHAR "|[/?])*)?(?:#(?:" RE_PCHAR "|[/?])*)?"
 static const struct {
     const char *name, *re;
 } k_formats[] = {
@@ -954,6 +967,7 @@ static const struct {
     {"uuid", "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
     {"ipv4", "^" RE_IPV4 "$"},
     {"ipv6", "^(?:" RE_IPV6 ")$"},
+    {"uri", "^" RE_URI "$"},
     {"email", "^[A-Za-z0-9._%+-]+@" RE_LABEL "(?:\\." RE_LABEL ")+$"},
 };
 

@@ -695,7 +695,10 @@ static void test_formats(void **state) {
         {"email", "\"a@b\"", false},
         {"email", "\"a@-b.c\"", false},
         {"email", "\"a b@c.d\"", false},
-        {"uri", "\"not a uri\"", true}, /* not enforced: an annotation */
+        {"uri", "\"https://example.com/a%20b?q=1#f\"", true},
+        {"uri", "\"not a uri\"", false},
+        {"uri", "\"https://example.com/a b\"", false},
+        {"duration", "\"not a duration\"", true}, /* not enforced: an annotation */
         {"no-such-format", "\"x\"", true},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

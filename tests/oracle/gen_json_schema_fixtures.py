@@ -30,14 +30,16 @@ The judge (`accepts`) says whether quiver must accept a text as a whole document
    type (properties -> object, items or prefixItems -> array, minLength -> string, minimum -> number) takes
    only that type; and numbers under bounds are written without an exponent;
 6. `format`: jsonschema's FormatChecker (date, date-time and time through rfc3339-validator,
-   uuid, ipv4, ipv6) with quiver's documented deviations: year 0000 and 29 February of any year pass,
-   a date-time or time never ends with a newline (rfc3339-validator's `$` allows one), a uuid
+   uuid, ipv4, ipv6, uri through rfc3986-validator) with quiver's documented deviations: year
+   0000 and 29 February of any year pass, a date-time, time or uri never ends with a newline
+   (the validators' `$` allows one), a uuid
    is in the 8-4-4-4-12 form, an email is local@domain in the plain form of docs/http-api.md
    (jsonschema only wants an "@"); other formats are not checked.
 Every document whose verdict is "valid" is checked to be valid under (2) and (3) before it is
 kept, and every "invalid" one to fail at least one of the five.
 
-Needs the jsonschema and rfc3339-validator packages (tests/server/requirements.txt).
+Needs the jsonschema, rfc3339-validator and rfc3986-validator packages
+(tests/server/requirements.txt).
 Deterministic (fixed seed).
 Run: .venv-test/bin/python tests/oracle/gen_json_schema_fixtures.py
 """
@@ -180,7 +182,7 @@ SCHEMAS = [
     {"properties": {"p": {"allOf": [{"minLength": 1, "maxLength": 2}]},
                     "e": {"type": "array", "items": False}},
      "required": ["p", "e"]},
-    # formats quiver enforces (and one it does not: uri); the examples seed the generator
+    # formats quiver enforces; the examples seed the generator
     {"type": "object",
      "properties": {
          "day": {"type": "string", "format": "date",
@@ -198,7 +200,9 @@ SCHEMAS = [
          "mail": {"type": "string", "format": "email",
                   "examples": ["bob@example.com", "a.b+c_d%e-f@sub-1.example.co", "x@y.z"]},
          "site": {"type": "string", "format": "uri",
-                  "examples": ["https://example.com/a?b=c", "not a uri"]},
+                  "examples": ["https://example.com/a?b=c", "mailto:bob@example.com",
+                               "urn:isbn:0451450523", "http://u:p@[::1]:8080/x/%20y/#top",
+                               "ftp://1.2.3.4/", "x:"]},
          "when": {"anyOf": [{"type": "string", "format": "date", "examples": ["2001-09-11"]},
                             {"type": "null"}]}},
      "required": ["day", "at", "clock", "id", "ip", "mail"]},
@@ -251,6 +255,14 @@ SCHEMAS = [
                   "1::3:4:5:6:7:8", "fe80::abcd:ef01:2345:6789", "FFFF:ffff::0", "0000:0:00::000",
                   "::1.2.3.4", "::ffff:255.255.255.255", "1:2:3:4:5:6:1.2.3.4",
                   "1:2:3:4:5::1.2.3.4", "1::5:6:0.0.0.0", "2001:db8:85a3::8a2e:370:7334"]},
+    # URIs alone, many forms (rfc3986-validator judges, through jsonschema), pydantic's HttpUrl
+    # bounds
+    {"type": "string", "format": "uri", "minLength": 1, "maxLength": 60,
+     "examples": ["https://example.com", "http://a.b/c/d.html?x=1&y=%C3%A9#frag", "x:", "a+b.c-d:/",
+                  "file:///etc/hosts", "mailto:Bob@Example.com", "urn:uuid:123e4567-e89b-12d3",
+                  "http://[2001:db8::1]:8080/", "http://[v7.a:b]/", "ssh://git@host:22/r.git",
+                  "tel:+1-201-555-0123", "data:,Hello%2C%20World", "http://h/p?q=/?#/?",
+                  "news:comp.lang.c", "http://!$&'()*+,;=@h/"]},
     # untagged unions of objects told apart by the first key written (pydantic's Union[Cat,
     # Dog] without a discriminator): "name" in both, but neither begins with it; beside null
     {"anyOf": [{"type": "object", "properties": {"meows": {"type": "integer", "minimum": 0,
@@ -477,7 +489,7 @@ def _no_const(name):
     raise ValueError(name)
 
 
-PLAIN_FORMATS = ("date", "date-time", "time", "uuid", "ipv4", "ipv6", "email")
+PLAIN_FORMATS = ("date", "date-time", "time", "uuid", "ipv4", "ipv6", "email", "uri")
 
 
 def escapes_ascii(raw):
@@ -536,8 +548,9 @@ with_format("date-time", lambda v, base: not v.endswith("\n") and base(lenient_d
 with_format("time", lambda v, base: not v.endswith("\n") and base(v))
 with_format("uuid", lambda v, base: bool(UUID.fullmatch(v)) and base(v))
 with_format("email", lambda v, base: bool(EMAIL.fullmatch(v)))
+with_format("uri", lambda v, base: not v.endswith("\n") and base(v))
 for unchecked in [f for f in FORMATS.checkers if f not in ("date", "date-time", "time", "uuid",
-                                                            "ipv4", "ipv6", "email",
+                                                            "ipv4", "ipv6", "email", "uri",
                                                             "regex")]:
     del FORMATS.checkers[unchecked]
 

@@ -150,10 +150,11 @@ class Dog(pydantic.BaseModel):
 
 
 class Shelter(pydantic.BaseModel):
-    """An untagged union of models (anyOf of objects told apart by the first key written) and
-    an IPv6 field."""
+    """An untagged union of models (anyOf of objects told apart by the first key written), an
+    IPv6 field and a URL (format uri)."""
     pets: List[Union[Cat, Dog]] = pydantic.Field(min_length=2, max_length=3)
     gateway: ipaddress.IPv6Address
+    website: pydantic.AnyUrl
 
 
 PROFILE = {
@@ -225,7 +226,7 @@ def run_structured_output_tests(srv):
                                           format_checker=fmt).is_valid(json.loads(m.content)),
           f"parse() with formats: {m.parsed!r} from {m.content[:120]!r}")
 
-    # a list of Union[Cat, Dog] without a discriminator, and an IPv6Address
+    # a list of Union[Cat, Dog] without a discriminator, an IPv6Address and a URL
     r = client.chat.completions.parse(
         model=base, max_tokens=200, temperature=0, response_format=Shelter,
         messages=[{"role": "user", "content": "List the cats and dogs of an animal shelter."}])
@@ -234,7 +235,8 @@ def run_structured_output_tests(srv):
           all(isinstance(p, (Cat, Dog)) for p in m.parsed.pets) and
           jsonschema.Draft202012Validator(Shelter.model_json_schema(),
                                           format_checker=fmt).is_valid(json.loads(m.content)),
-          f"parse() with Union[Cat, Dog] and IPv6Address: {m.parsed!r} from {m.content[:160]!r}")
+          f"parse() with Union[Cat, Dog], IPv6Address and AnyUrl: {m.parsed!r} from "
+          f"{m.content[:160]!r}")
 
     prompts = {
         "profile": ("Make up a user profile.", PROFILE),
