@@ -1036,6 +1036,7 @@ static qv_status call_from(const char *text, size_t len, bool parameters, qv_pro
     qv_status st = qv_json_text_check(text, len, false);
     if (st) return st;
     cJSON *o = cJSON_ParseWithLength(text, len);
+    if (!o) return QV_ERR_NOMEM; /* the text was checked: only memory can fail */
     const bool obj = cJSON_IsObject(o);
     const cJSON *nm = obj ? field(o, "name") : NULL;
     const char *key = parameters && obj && !field(o, "arguments") ? "parameters" : "arguments";
@@ -1408,85 +1409,135 @@ static char *json_string_at(const char *text, size_t n, qv_status *st) {
     return out;
 }
 
-qv_status qv_proto_tool_calls_partial(const char *text, size_t len, const char *id_base,
-                                      qv_proto_tool_call **calls, size_t *n) {
-    *calls = NULL;
-    *n = 0;
-    size_t i = 0, cap = 0;
+static size_t skip_ws(const char *text, size_t len, size_t i) {
+    while (i < len && json_ws(text[i]))
+        i++;
+    return i;
+}
+
+/* One call object at o[0..len) (o[0] == '{'), perhaps still being written, as far as it is
+ * final: *m its length once whole (0 before), *name once the name is whole (NULL before, *args
+ * then too), *args the stable beginning of its arguments (partial_args) or, whole, the call as
+ * call_from reads it. Members count as cJSON finds them in call_from: the first "name", the
+ * first "arguments", else (Llama's `parameters`) the first "parameters". QV_ERR_INVALID when it
+ * is not a call (a whole object call_from refuses, a name that is not a string, arguments that
+ * are not an object). */
+static qv_status call_partial(const char *o, size_t len, bool parameters, size_t *m, char **name,
+                              char **args) {
+    size_t off = 0, n = 0;
+    *m = 0;
+    *name = *args = NULL;
+    if (qv_json_value_span(o, len, &off, &n)) { /* whole: as the finished answer has it */
+        qv_proto_tool_call c = {0};
+        const qv_status st = call_from(o, n, parameters, &c);
+        if (st != QV_OK) {
+            qv_free(c.name);
+            qv_free(c.arguments);
+            return st;
+        }
+        *m = n, *name = c.name, *args = c.arguments;
+        return QV_OK;
+    }
+    /* its members so far: the name once whole, the arguments begun */
+    size_t p = 1, at = SIZE_MAX, at_n = 0, alt = SIZE_MAX, alt_n = 0; /* _n: a whole value's */
+    bool named = false;
     qv_status st = QV_OK;
-#define SKIP_WS()                                                                                  \
-    while (i < len && json_ws(text[i]))                                                            \
-    i++
-    SKIP_WS();
-    if (i == len || text[i] != '[') return QV_OK;
-    i++;
-    for (size_t k = 0; st == QV_OK; k++) {
-        SKIP_WS();
-        if (k && i < len && text[i] == ',') {
-            i++;
-            SKIP_WS();
-        }
-        if (i == len || text[i] != '{') break;
-        size_t off = 0, m = 0, args_at = SIZE_MAX, args_n = 0; /* args_n: a whole object's */
-        const bool whole = qv_json_value_span(text + i, len - i, &off, &m);
-        char *name = NULL, *args = NULL;
-        if (whole) { /* a finished call: as the finished answer has it */
-            qv_proto_tool_call c = {0};
-            st = call_from(text + i, m, false, &c);
-            if (st != QV_OK) { /* not a call: stop here */
-                qv_free(c.name);
-                qv_free(c.arguments);
-                if (st == QV_ERR_INVALID) st = QV_OK;
-                break;
-            }
-            name = c.name;
-            args = c.arguments;
-            i += m;
-        } else { /* its members so far: the name once whole, the arguments begun */
-            size_t p = i + 1;
-            for (;;) {
-                while (p < len && (json_ws(text[p]) || text[p] == ','))
-                    p++;
-                size_t ko = 0, kn = 0, vo = 0, vn = 0;
-                if (p == len || text[p] != '"' || !qv_json_value_span(text + p, len - p, &ko, &kn))
-                    break;
-                char *key = json_string_at(text + p, kn, &st); /* escapes decoded */
-                if (!key) break;
-                const bool is_name = !strcmp(key, "name"), is_args = !strcmp(key, "arguments");
-                qv_free(key);
-                p += kn;
-                while (p < len && (json_ws(text[p]) || text[p] == ':'))
-                    p++;
-                if (p == len) break;
-                /* a repeated key: the first one counts, as cJSON reads it in call_from */
-                const bool first_args = is_args && args_at == SIZE_MAX && text[p] == '{';
-                if (!qv_json_value_span(text + p, len - p, &vo, &vn)) {
-                    if (first_args) args_at = p;
-                    break;
-                }
-                if (first_args) args_at = p, args_n = vn;
-                if (is_name && !name && text[p] == '"' &&
-                    !(name = json_string_at(text + p, vn, &st)))
-                    break;
-                p += vn;
-            }
-            if (st == QV_OK && name && args_at == SIZE_MAX)
-                st = (args = qv_strdup("")) ? QV_OK : QV_ERR_NOMEM;
-            else if (st == QV_OK && name && args_n)
-                st = qv_json_py_dumps(text + args_at, args_n, true, &args, NULL);
-            else if (st == QV_OK && name)
-                st = partial_args(text + args_at, len - args_at, &args);
-            if (st == QV_ERR_INVALID || st == QV_ERR_LIMIT) { /* not arguments: stop here */
-                qv_free(name);
-                name = NULL;
-                st = QV_OK;
-            }
-        }
-        if (st != QV_OK || !name) {
-            qv_free(name);
-            qv_free(args);
+    for (;;) {
+        while (p < len && (json_ws(o[p]) || o[p] == ','))
+            p++;
+        size_t ko = 0, kn = 0, vo = 0, vn = 0;
+        if (p == len || o[p] != '"' || !qv_json_value_span(o + p, len - p, &ko, &kn)) break;
+        char *key = json_string_at(o + p, kn, &st); /* escapes decoded */
+        if (!key) break;
+        const bool is_name = !named && !strcmp(key, "name");
+        const bool is_args = at == SIZE_MAX && !strcmp(key, "arguments");
+        const bool is_alt = parameters && alt == SIZE_MAX && !strcmp(key, "parameters");
+        qv_free(key);
+        p += kn;
+        while (p < len && (json_ws(o[p]) || o[p] == ':'))
+            p++;
+        if (p == len) break;
+        const bool whole = qv_json_value_span(o + p, len - p, &vo, &vn);
+        if ((is_name && o[p] != '"') || (is_args && o[p] != '{')) {
+            st = QV_ERR_INVALID;
             break;
         }
+        if (is_args) at = p, at_n = whole ? vn : 0;
+        if (is_alt) alt = p, alt_n = whole ? vn : 0;
+        named = named || is_name;
+        if (!whole || (is_name && !(*name = json_string_at(o + p, vn, &st)))) break;
+        p += vn;
+    }
+    if (at == SIZE_MAX && alt != SIZE_MAX && o[alt] == '{') at = alt, at_n = alt_n;
+    if (st == QV_OK && *name && at == SIZE_MAX)
+        st = (*args = qv_strdup("")) ? QV_OK : QV_ERR_NOMEM;
+    else if (st == QV_OK && *name && at_n)
+        st = qv_json_py_dumps(o + at, at_n, true, args, NULL);
+    else if (st == QV_OK && *name)
+        st = partial_args(o + at, len - at, args);
+    if (st == QV_ERR_LIMIT) st = QV_ERR_INVALID;
+    if (st != QV_OK) {
+        qv_free(*name);
+        *name = NULL;
+    }
+    return st;
+}
+
+/* Where the list of Mistral's calls begins in the unfinished text[0..len), as far as it is
+ * known: the "[" of a list alone (the answer begins with "[" that does not begin the marker),
+ * else what follows the first "[TOOL_CALLS]"; SIZE_MAX before either is there. The choice
+ * never changes as the text grows. */
+static size_t mistral_start(const char *text, size_t len) {
+    const size_t k = strlen(MISTRAL_CALLS), i = skip_ws(text, len, 0);
+    if (i < len && text[i] == '[' && memcmp(text + i, MISTRAL_CALLS, QV_MIN(len - i, k)) != 0)
+        return i;
+    const char *p = find_in(text, len, MISTRAL_CALLS, k);
+    return p ? skip_ws(text, len, (size_t)(p - text) + k) : SIZE_MAX;
+}
+
+/* Hermes: the block after the "<tool_call>" at text[b] ends at its "</tool_call>", at the next
+ * "<tool_call>", or, not closed yet, before an end that may begin either; what is after that end
+ * never changes what is before it. */
+static size_t block_end(const char *text, size_t len, size_t b) {
+    return b + QV_MIN(before_marker(text + b, len - b, CALL_CLOSE),
+                      before_marker(text + b, len - b, CALL_OPEN));
+}
+
+qv_status qv_proto_tool_calls_partial(enum qv_proto_tool_choice how, const char *text, size_t len,
+                                      const char *id_base, qv_proto_tool_call **calls, size_t *n) {
+    *calls = NULL;
+    *n = 0;
+    const bool hermes = how == QV_PROTO_TOOLS_AUTO, llama = how == QV_PROTO_TOOLS_AUTO_JSON;
+    const char sep = llama ? ';' : ','; /* between calls, but Hermes' blocks */
+    size_t i = 0, b = 0, cap = 0;       /* b: Hermes' search for the next block */
+    if (how == QV_PROTO_TOOLS_REQUIRED || how == QV_PROTO_TOOLS_AUTO_MISTRAL) { /* a list */
+        i = how == QV_PROTO_TOOLS_REQUIRED ? skip_ws(text, len, 0) : mistral_start(text, len);
+        if (i >= len || text[i] != '[') return QV_OK;
+        i++;
+    } else if (llama) {
+        i = json_calls_start(text, len);
+    } else if (!hermes) {
+        return QV_OK;
+    }
+    qv_status st = QV_OK;
+    for (size_t k = 0; st == QV_OK; k++) {
+        size_t end = len, m = 0;
+        if (hermes) {
+            const char *p = find_in(text + b, len - b, CALL_OPEN, strlen(CALL_OPEN));
+            if (!p) break;
+            b = (size_t)(p - text) + strlen(CALL_OPEN);
+            end = block_end(text, len, b);
+            i = skip_ws(text, end, b);
+        } else {
+            i = skip_ws(text, len, i);
+            if (k && (i == len || text[i] != sep)) break;
+            if (k) i = skip_ws(text, len, i + 1);
+        }
+        if (i == end || text[i] != '{') break;
+        char *name = NULL, *args = NULL;
+        st = call_partial(text + i, end - i, llama, &m, &name, &args);
+        if (st == QV_ERR_INVALID) st = QV_OK; /* not a call: the calls end before it */
+        if (st != QV_OK || !name) break;
         if (*n == cap) {
             cap = cap ? 2 * cap : 4;
             qv_proto_tool_call *q = qv_realloc(*calls, cap * sizeof(*q));
@@ -1503,9 +1554,9 @@ qv_status qv_proto_tool_calls_partial(const char *text, size_t len, const char *
         qv_proto_tool_call *c = &(*calls)[(*n)++];
         *c = (qv_proto_tool_call){.index = (int)k, .name = name, .arguments = args};
         if (!(c->id = qv_strdup(id))) st = QV_ERR_NOMEM;
-        if (!whole) break; /* the call being written is the last one begun */
+        if (!m) break; /* the call being written is the last one begun */
+        i += m;
     }
-#undef SKIP_WS
     if (st != QV_OK) {
         qv_proto_tool_calls_free(*calls, *n);
         *calls = NULL;

@@ -244,15 +244,25 @@ qv_status qv_proto_tool_calls_parse(enum qv_proto_tool_choice how, const char *n
                                     const char *text, size_t len, const char *id_base,
                                     qv_proto_tool_call **calls, size_t *n, size_t *content_len);
 void qv_proto_tool_calls_free(qv_proto_tool_call *calls, size_t n);
-/* The calls an unfinished tool_choice "required" answer (text[0..len), a JSON array of
- * {"name", "arguments"} objects being written) has begun, as far as they are final: each call
- * whose name is complete, with its id as qv_proto_tool_calls_parse gives it and `arguments` the
- * beginning of the text the finished call will have (a key, number or escape still being
- * written waits), so that each later result extends the earlier ones and the finished answer's
- * calls extend them all. Stops at the first call without its name. *n may be 0 (calls NULL).
- * Errors: QV_ERR_NOMEM only. */
-qv_status qv_proto_tool_calls_partial(const char *text, size_t len, const char *id_base,
-                                      qv_proto_tool_call **calls, size_t *n);
+/* The calls an unfinished answer (text[0..len)) has begun, as far as they are final, read as
+ * qv_proto_tool_calls_parse reads the finished one: QV_PROTO_TOOLS_REQUIRED's JSON array;
+ * AUTO's <tool_call> blocks after the content (a block ends at "</tool_call>", at the next
+ * "<tool_call>" or before an end that may begin either); AUTO_JSON's objects joined by ';'
+ * (the first "arguments", else "parameters"); AUTO_MISTRAL's list after "[TOOL_CALLS]", or at
+ * the start when the answer begins with "[" that does not begin the marker (a later marker is
+ * not looked for then). Each call whose name is complete, with its id as
+ * qv_proto_tool_calls_parse gives it ("call_<id_base>_<i>") and `arguments` the beginning of
+ * the text the finished call will have (a key, number or escape still being written waits).
+ * Stops at the first call without its name, or at one that is not a call. So each later
+ * result extends the earlier ones, and the finished answer's calls extend them all, when the
+ * answer turns out to be those calls. Otherwise a later result may have fewer calls (a whole
+ * object that is not a call), and the finished answer may be text or other calls (garbage
+ * after the calls; Llama's "parameters" followed by an "arguments" key, which then counts;
+ * Mistral's list alone followed by "[TOOL_CALLS]"): a stream must check that what it sent is
+ * extended. The text before the calls is qv_proto_tool_text_len's. NAMED and NONE: no calls.
+ * *n may be 0 (calls NULL). Errors: QV_ERR_NOMEM only. */
+qv_status qv_proto_tool_calls_partial(enum qv_proto_tool_choice how, const char *text, size_t len,
+                                      const char *id_base, qv_proto_tool_call **calls, size_t *n);
 
 /* How much of an unfinished "auto" answer (text[0..len)) is surely content. AUTO: the bytes
  * before its first "<tool_call>", and before an end that may begin one; AUTO_JSON: all of it

@@ -161,8 +161,9 @@ typedef struct request {
     double t_first, t_done;
     /* [http] streaming state */
     size_t sent, lps_sent;
-    /* "required" stream: the calls begun, the bytes of the last one's arguments sent */
-    size_t calls_sent, args_sent;
+    /* "required" and "auto" streams: the client has the calls read from out[0..calls_read)
+       (qv_proto_tool_calls_partial; 0: no call piece sent) */
+    size_t calls_read;
     bool sent_first, sent_finish, sent_usage, sent_done;
     char *frame;
     size_t frame_len, frame_off;
@@ -1893,103 +1894,91 @@ static qv_proto_result chunk_of(const request *l, const request *r) {
                              .cached_tokens = QV_MAX(r->cached, 0)};
 }
 
-/* tool_choice "auto" streams the text that cannot be a call as it comes, then, once the answer
- * is done, the calls whole in one chunk (with the logprobs still unsent), or the rest of the
- * text when the answer is not calls. */
-static char *calls_chunk(request *l, request *r, bool *oom) {
-    qv_proto_result res = chunk_of(l, r);
-    qv_proto_tool_call *calls = NULL;
-    size_t n = 0, upto = stream_limit(r);
-    if (r->done && !member_calls(l, r, &calls, &n, &upto)) return *oom = true, NULL;
-    if (upto > r->sent || (!r->sent_first && !r->done) || (r->done && !n)) {
-        qv_proto_tool_calls_free(calls, n); /* text first */
-        calls = NULL;
-        n = 0;
-    } else if (!r->done) {
-        return NULL;
+/* The pieces that take the calls a client has, had[0..n_had), to now[0..n_now): a new call's
+ * id, name and arguments so far, what an older one's arguments gained. False, with no pieces,
+ * when now does not extend had (a call's name differs, or its arguments do not continue what
+ * was sent). d has room for n_now pieces, which point into now. */
+static bool call_pieces(const qv_proto_tool_call *had, size_t n_had, const qv_proto_tool_call *now,
+                        size_t n_now, qv_proto_tool_call *d, size_t *nd) {
+    *nd = 0;
+    for (size_t i = 0; i < n_had && i < n_now; i++)
+        if (strcmp(had[i].name, now[i].name) ||
+            strncmp(now[i].arguments, had[i].arguments, strlen(had[i].arguments)))
+            return false;
+    for (size_t i = 0; i < n_now; i++) {
+        const size_t a = i < n_had ? strlen(had[i].arguments) : 0;
+        if (i >= n_had)
+            d[(*nd)++] = (qv_proto_tool_call){.index = (int)i,
+                                              .id = now[i].id,
+                                              .name = now[i].name,
+                                              .arguments = now[i].arguments};
+        else if (now[i].arguments[a])
+            d[(*nd)++] = (qv_proto_tool_call){.index = (int)i, .arguments = now[i].arguments + a};
     }
-    const bool last = r->done && (n || upto == r->out_len);
-    res.text = r->out ? r->out + r->sent : "";
-    res.text_len = n ? 0 : upto - r->sent;
-    res.text_offset = r->sent;
-    res.lps = r->lps + r->lps_sent;
-    res.n_lps = r->n_lps - r->lps_sent;
-    res.calls = calls;
-    res.n_calls = n;
-    if (last) res.finish_reason = n && !strcmp(r->finish, "stop") ? "tool_calls" : r->finish;
-    char *json = qv_proto_encode_chunk(&res, !r->sent_first);
-    qv_proto_tool_calls_free(calls, n);
-    r->sent_first = true;
-    if (!n) r->sent = upto;
-    r->lps_sent = r->n_lps;
-    if (last) {
-        r->sent = r->out_len;
-        r->sent_finish = true;
-    }
-    *oom = !json;
-    return json;
+    return true;
 }
 
-/* tool_choice "required" streams its calls as they are written (qv_proto_tool_calls_partial):
- * a call's id and name once its name is whole, then its arguments in pieces as they become
- * final, the finished answer's calls completing them, so that the pieces add up to the
- * non-streamed answer's calls. An answer cut before it is whole calls (max_tokens) ends with
- * the pieces sent and its finish reason, or as text when no call had begun. */
-static char *required_chunk(request *l, request *r, bool *oom) {
+/* tool_choice "required" and "auto" stream their calls as they are written
+ * (qv_proto_tool_calls_partial): first "auto"'s text that cannot be a call, as it comes
+ * (stream_limit); then a call's index, id, type and name once its name is whole, and its
+ * arguments in pieces as they become final; once done, the finished answer's calls
+ * (member_calls) complete them, so that the pieces add up to the non-streamed answer's calls,
+ * with finish_reason "tool_calls" (finished by stop). Each chunk carries the logprobs not sent
+ * yet. What the client has is the reading of out[0..calls_read), read again to check that
+ * every piece continues it: a reading that does not (fewer calls, or changed ones) sends
+ * nothing. An answer that is not calls when done (cut by max_tokens, or no call after all: a
+ * block that is not one, garbage after the calls) goes out as text when no call piece was
+ * sent, else ends with the pieces sent and its finish reason, the rest of its text unsent; so
+ * does one whose calls do not continue the pieces sent (Llama's "arguments" after a streamed
+ * "parameters", Mistral's list alone followed by "[TOOL_CALLS]"). */
+static char *calls_chunk(request *l, request *r, bool *oom) {
     qv_proto_result res = chunk_of(l, r);
-    qv_proto_tool_call *calls = NULL, *d = NULL;
-    size_t n = 0, nd = 0, content = 0;
+    qv_proto_tool_call *had = NULL, *now = NULL, *d = NULL;
+    size_t n_had = 0, n = 0, nd = 0,
+           upto = r->tools == QV_PROTO_TOOLS_REQUIRED ? 0 : stream_limit(r);
+    const char *out = r->out ? r->out : "";
     char base[96];
     call_base(l, r, base, sizeof(base));
-    if (r->done ? !member_calls(l, r, &calls, &n, &content)
-                : qv_proto_tool_calls_partial(r->out ? r->out : "", r->out_len, base, &calls, &n) !=
-                      QV_OK)
-        return *oom = true, NULL;
-    for (size_t i = 0; !r->done && r->mistral_ids && i < n; i++)
-        qv_proto_mistral_call_id(base, i, calls[i].id); /* "call_..." is longer: fits */
-    if (n && !(d = qv_calloc(n, sizeof(*d)))) {
-        qv_proto_tool_calls_free(calls, n);
-        return *oom = true, NULL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const size_t alen = strlen(calls[i].arguments);
-        if (i + 1 < r->calls_sent) continue; /* sent whole before the next one began */
-        if (i + 1 == r->calls_sent) {        /* begun: the rest of its arguments so far */
-            if (alen > r->args_sent)
-                d[nd++] = (qv_proto_tool_call){.index = (int)i,
-                                               .arguments = calls[i].arguments + r->args_sent};
-        } else { /* new: its id, name and arguments so far */
-            d[nd++] = (qv_proto_tool_call){.index = (int)i,
-                                           .id = calls[i].id,
-                                           .name = calls[i].name,
-                                           .arguments = calls[i].arguments};
-            r->calls_sent = i + 1;
-        }
-        r->args_sent = alen;
-    }
+    qv_status st = qv_proto_tool_calls_partial(r->tools, out, r->calls_read, base, &had, &n_had);
+    if (st == QV_OK && r->done)
+        st = member_calls(l, r, &now, &n, &upto) ? QV_OK : QV_ERR_NOMEM;
+    else if (st == QV_OK)
+        st = qv_proto_tool_calls_partial(r->tools, out, r->out_len, base, &now, &n);
+    for (size_t i = 0; st == QV_OK && !r->done && r->mistral_ids && i < n; i++)
+        qv_proto_mistral_call_id(base, i, now[i].id); /* "call_..." is longer: fits */
+    if (st == QV_OK && n && !(d = qv_calloc(n, sizeof(*d)))) st = QV_ERR_NOMEM;
+    /* fewer calls than sent: wait (done: they are not the answer) */
+    const bool extends = st == QV_OK && n >= n_had && call_pieces(had, n_had, now, n, d, &nd);
+    if (!extends) nd = 0;
+    const bool text = !r->calls_read && upto > r->sent; /* the content, before any call */
     char *json = NULL;
-    if (nd || r->done || !r->sent_first) {
+    if (st == QV_OK && (text || nd || r->done || !r->sent_first)) {
+        const bool last = r->done && (!text || !n); /* the content first, then the calls */
+        res.text = out + r->sent;
+        res.text_len = text ? upto - r->sent : 0;
+        res.text_offset = r->sent;
         res.calls = d;
-        res.n_calls = nd;
-        res.text = "";
-        if (r->done && !n && !r->calls_sent) { /* not calls: the text, as unstreamed */
-            res.text = r->out ? r->out : "";
-            res.text_len = r->out_len;
-        }
+        res.n_calls = text ? 0 : nd;
         res.lps = r->lps + r->lps_sent;
         res.n_lps = r->n_lps - r->lps_sent;
-        if (r->done) res.finish_reason = n && !strcmp(r->finish, "stop") ? "tool_calls" : r->finish;
+        if (last)
+            res.finish_reason =
+                n && extends && !strcmp(r->finish, "stop") ? "tool_calls" : r->finish;
         json = qv_proto_encode_chunk(&res, !r->sent_first);
-        *oom = !json;
+        st = json ? QV_OK : QV_ERR_NOMEM;
         r->sent_first = true;
         r->lps_sent = r->n_lps;
-        if (r->done) {
+        if (text) r->sent = upto;
+        if (!text && nd) r->calls_read = r->out_len;
+        if (last) {
             r->sent = r->out_len;
             r->sent_finish = true;
         }
     }
     qv_free(d);
-    qv_proto_tool_calls_free(calls, n);
+    qv_proto_tool_calls_free(had, n_had);
+    qv_proto_tool_calls_free(now, n);
+    *oom = st != QV_OK;
     return json;
 }
 
@@ -1998,9 +1987,8 @@ static char *required_chunk(request *l, request *r, bool *oom) {
 static char *member_chunk(request *l, request *r, bool *oom) {
     qv_proto_result res = chunk_of(l, r);
     if (r->sent_finish) return NULL; /* finished, or the stream ended with an error */
-    if (r->tools == QV_PROTO_TOOLS_REQUIRED) return required_chunk(l, r, oom);
-    if (r->tools == QV_PROTO_TOOLS_AUTO || r->tools == QV_PROTO_TOOLS_AUTO_JSON ||
-        r->tools == QV_PROTO_TOOLS_AUTO_MISTRAL)
+    if (r->tools == QV_PROTO_TOOLS_REQUIRED || r->tools == QV_PROTO_TOOLS_AUTO ||
+        r->tools == QV_PROTO_TOOLS_AUTO_JSON || r->tools == QV_PROTO_TOOLS_AUTO_MISTRAL)
         return calls_chunk(l, r, oom);
     /* an echo's prompt logprobs wait for its text, so their text offsets are right */
     bool new_text = !r->echo && (r->out_len > r->sent || r->n_lps > r->lps_sent);

@@ -7,6 +7,7 @@
  * message. Successful decodes are also re-encoded through the response encoder.
  */
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,42 +35,72 @@ static void check_json(char *out) {
     qv_free(out);
 }
 
-/* The prompt read as a tool_choice "required" answer being written: every prefix's calls
- * are whole (id, name, arguments), each prefix's arguments begin the longer prefix's, and
- * when the whole text parses as calls the last prefix gives exactly them. */
+/* Whether the text may hold a Llama call with both "parameters" and "arguments" (spelled out,
+ * or a lowercase letter escaped): the one answer whose reading can change what an earlier one
+ * gave ("arguments" counts once it is there). */
+static bool both_keys(const char *text) {
+    const bool esc = strstr(text, "\\u006") || strstr(text, "\\u007");
+    return (esc || strstr(text, "parameters")) && (esc || strstr(text, "arguments"));
+}
+
+/* Whether the text is a Mistral list alone followed by "[TOOL_CALLS]": the reading keeps the
+ * list it began with, the finished answer reads the list after the marker. */
+static bool mistral_list_then_marker(const char *text) {
+    const char *p = text + strspn(text, " \t\r\n");
+    return p[0] == '[' && strncmp(p, "[TOOL_CALLS]", strlen(p) < 12 ? strlen(p) : 12) != 0 &&
+           strstr(p, "[TOOL_CALLS]") != NULL;
+}
+
+/* The prompt read as an answer being written in each format that streams calls: every
+ * prefix's calls are whole (id, name, arguments), each prefix's calls have the names of an
+ * earlier prefix's and arguments that begin with its, and when the whole text parses as calls
+ * the last prefix gives exactly them, and once calls are read the content before them is the
+ * finished answer's (but for the two answers named above). */
 static void check_partial_calls(const char *text) {
     if (!text) return;
+    static const enum qv_proto_tool_choice hows[4] = {QV_PROTO_TOOLS_REQUIRED, QV_PROTO_TOOLS_AUTO,
+                                                      QV_PROTO_TOOLS_AUTO_JSON,
+                                                      QV_PROTO_TOOLS_AUTO_MISTRAL};
     const size_t len = strlen(text);
-    qv_proto_tool_call *whole = NULL, *prev = NULL;
-    size_t n_whole = 0, n_prev = 0;
-    const bool parsed = qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, text, len, "f",
-                                                  &whole, &n_whole, NULL) == QV_OK;
     const size_t cuts[4] = {len / 3, len / 2, len - (len > 0), len};
-    for (int c = 0; c < 4; c++) {
-        qv_proto_tool_call *got = NULL;
-        size_t n = 0;
-        if (qv_proto_tool_calls_partial(text, cuts[c], "f", &got, &n) != QV_OK) {
-            CHECK(!got && !n); /* out of memory only */
-            continue;
+    for (int h = 0; h < 4; h++) {
+        const enum qv_proto_tool_choice how = hows[h];
+        const bool grows = how != QV_PROTO_TOOLS_AUTO_JSON || !both_keys(text);
+        const bool agrees = how != QV_PROTO_TOOLS_AUTO_MISTRAL || !mistral_list_then_marker(text);
+        qv_proto_tool_call *whole = NULL, *got[4] = {NULL};
+        size_t n_whole = 0, n[4] = {0}, content = 0;
+        const bool parsed = qv_proto_tool_calls_parse(how, NULL, text, len, "f", &whole, &n_whole,
+                                                      &content) == QV_OK;
+        for (int c = 0; c < 4; c++) {
+            if (qv_proto_tool_calls_partial(how, text, cuts[c], "f", &got[c], &n[c]) != QV_OK) {
+                CHECK(!got[c] && !n[c]); /* out of memory only */
+                continue;
+            }
+            for (size_t k = 0; k < n[c]; k++) {
+                char id[32];
+                snprintf(id, sizeof(id), "call_f_%zu", k);
+                CHECK(got[c][k].name && got[c][k].arguments && got[c][k].index == (int)k &&
+                      got[c][k].id && !strcmp(got[c][k].id, id));
+                for (int e = 0; e < c && grows; e++)
+                    if (k < n[e])
+                        CHECK(!strcmp(got[c][k].name, got[e][k].name) &&
+                              !strncmp(got[c][k].arguments, got[e][k].arguments,
+                                       strlen(got[e][k].arguments)));
+            }
+            if (parsed && agrees && grows && n[c] && how != QV_PROTO_TOOLS_REQUIRED)
+                CHECK(qv_proto_tool_text_len(how, text, cuts[c]) == content);
+            if (c == 3 && parsed && agrees) {
+                CHECK(n[c] == n_whole);
+                for (size_t k = 0; k < n[c]; k++)
+                    CHECK(!strcmp(got[c][k].arguments, whole[k].arguments) &&
+                          !strcmp(got[c][k].name, whole[k].name) &&
+                          !strcmp(got[c][k].id, whole[k].id));
+            }
         }
-        for (size_t k = 0; k < n; k++) {
-            CHECK(got[k].id && got[k].name && got[k].arguments && got[k].index == (int)k);
-            if (k < n_prev)
-                CHECK(!strcmp(got[k].name, prev[k].name) &&
-                      !strncmp(got[k].arguments, prev[k].arguments, strlen(prev[k].arguments)));
-        }
-        if (c == 3 && parsed) {
-            CHECK(n == n_whole);
-            for (size_t k = 0; k < n; k++)
-                CHECK(!strcmp(got[k].arguments, whole[k].arguments) &&
-                      !strcmp(got[k].name, whole[k].name) && !strcmp(got[k].id, whole[k].id));
-        }
-        qv_proto_tool_calls_free(prev, n_prev);
-        prev = got;
-        n_prev = n;
+        for (int c = 0; c < 4; c++)
+            qv_proto_tool_calls_free(got[c], n[c]);
+        qv_proto_tool_calls_free(whole, n_whole);
     }
-    qv_proto_tool_calls_free(prev, n_prev);
-    qv_proto_tool_calls_free(whole, n_whole);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

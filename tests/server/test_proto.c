@@ -1108,122 +1108,251 @@ static void test_prompt_logprobs(void **state) {
     assert_true(failures > 10 && failures < 400);
 }
 
-/* qv_proto_tool_calls_partial over every prefix of finished "required" answers: calls appear
- * in order once their name is whole, each one's arguments only ever grow, and at the end they
- * are exactly what qv_proto_tool_calls_parse gives (numbers, escapes and surrogate pairs
- * re-written as Python does, whitespace or not). */
-static void test_tool_calls_partial(void **state) {
-    (void)state;
-    static const char *const answers[] = {
-        "[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Par\\u00e9s \\\"x\\\"\\n\","
-        "\"unit\":\"celsius\",\"n\":[1.50,1e2,-0,true,null,{}],\"e\":\"\\ud83d\\ude00!\"}},"
-        "{\"name\":\"now\",\"arguments\":{}}]",
-        "[ { \"name\" : \"a\\u0062\" , \"arguments\" : { \"k\" : { \"x\" : [ 10 , \"\" ] } , "
-        "\"\\u00e9\" : 0.25 } } ]",
-        "[{\"name\":\"f\",\"arguments\":{\"s\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"}}]",
-    };
-    for (size_t a = 0; a < QV_ARRAY_LEN(answers); a++) {
-        const char *t = answers[a];
-        const size_t len = strlen(t);
-        qv_proto_tool_call *want = NULL;
-        size_t n_want = 0;
-        assert_int_equal(qv_proto_tool_calls_parse(QV_PROTO_TOOLS_REQUIRED, NULL, t, len, "b",
-                                                   &want, &n_want, NULL),
-                         QV_OK);
-        qv_proto_tool_call *prev = NULL;
-        size_t n_prev = 0, grew = 0;
-        for (size_t p = 0; p <= len; p++) {
-            qv_proto_tool_call *got = NULL;
-            size_t n = 0;
-            assert_int_equal(qv_proto_tool_calls_partial(t, p, "b", &got, &n), QV_OK);
-            assert_true(n >= n_prev && n <= n_want);
-            for (size_t k = 0; k < n; k++) {
-                assert_int_equal(got[k].index, (int)k);
-                assert_string_equal(got[k].id, want[k].id);
-                assert_string_equal(got[k].name, want[k].name);
-                const size_t g = strlen(got[k].arguments);
-                if (memcmp(got[k].arguments, want[k].arguments, g) != 0)
-                    fail_msg("answer %zu, prefix %zu: call %zu arguments '%s' are not a prefix of "
-                             "'%s'",
-                             a, p, k, got[k].arguments, want[k].arguments);
-                if (k < n_prev) {
-                    const size_t pg = strlen(prev[k].arguments);
-                    if (g < pg)
-                        fail_msg("answer %zu prefix %zu: '%s' after '%s'", a, p, got[k].arguments,
-                                 prev[k].arguments);
-                    grew += g > pg;
-                }
-                if (k + 1 < n) assert_string_equal(got[k].arguments, want[k].arguments);
-            }
-            if (p == len) {
-                assert_int_equal(n, n_want);
-                for (size_t k = 0; k < n; k++)
-                    assert_string_equal(got[k].arguments, want[k].arguments);
-            }
-            qv_proto_tool_calls_free(prev, n_prev);
-            prev = got;
-            n_prev = n;
-        }
-        printf("answer %zu: %zu calls, arguments grew in %zu of %zu prefixes ('%s')\n", a, n_want,
-               grew, len, want[0].arguments);
-        assert_true(grew > 3);
-        qv_proto_tool_calls_free(prev, n_prev);
-        qv_proto_tool_calls_free(want, n_want);
-    }
-    /* nothing until a name is whole; not an array; a half-written key or number waits */
-    static const struct {
-        const char *text;
-        size_t n;
-        const char *args;
-    } cases[] = {
-        {"[{\"name\":\"get_w", 0, NULL},
-        {"{\"name\":\"x\"", 0, NULL},
-        {"[{\"name\":\"x\"", 1, ""},
-        {"[{\"name\":\"x\",\"arguments\":", 1, ""},
-        {"[{\"name\":\"x\",\"arguments\":{", 1, "{"},
-        {"[{\"name\":\"x\",\"arguments\":{\"ci", 1, "{"},
-        {"[{\"name\":\"x\",\"arguments\":{\"city\":", 1, "{"},
-        {"[{\"name\":\"x\",\"arguments\":{\"city\":\"P", 1, "{\"city\":\"P"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":1.5", 1, "{"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":1.50,", 1, "{\"a\":1.5"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\\u00", 1, "{\"a\":\""},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\\ud83d\\ude", 1, "{\"a\":\""},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\xe2\x82", 1, "{\"a\":\""},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":[tr", 1, "{\"a\":["},
-        /* where the text leaves JSON, nothing after that point */
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"b\\udv3d and more", 1, "{\"a\":\"b"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"\\ud83dx\"", 1, "{\"a\":\""},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"b\\q\"", 1, "{\"a\":\"b"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"b\x01\"", 1, "{\"a\":\"b"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":\"b\xc3\x28\"", 1, "{\"a\":\"b"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\" \"b\",\"c\":1}", 1, "{"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":1.2.3,\"c\":1", 1, "{"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":1,,\"c\":1", 1, "{\"a\":1"},
-        {"[{\"name\":\"x\",\"arguments\":{\"a\":[1}", 1, "{\"a\":[1"},
-        {"[{\"name\":\"n\\u0061me\",\"n\\u0061me\":\"y\",\"arguments\":{", 1, "{"},
-    };
-    for (size_t c = 0; c < QV_ARRAY_LEN(cases); c++) {
+/* qv_proto_tool_calls_partial(how) over every prefix of the finished answer t: calls appear in
+ * order once their name is whole, each one's arguments only ever grow, at the end they are
+ * exactly what qv_proto_tool_calls_parse gives (numbers, escapes and surrogate pairs re-written
+ * as Python does, whitespace or not), and the content before the calls is final once a call has
+ * begun. Returns in how many prefixes some call's arguments grew. */
+static size_t check_prefixes(enum qv_proto_tool_choice how, const char *t) {
+    const size_t len = strlen(t);
+    qv_proto_tool_call *want = NULL;
+    size_t n_want = 0, content = 0;
+    if (qv_proto_tool_calls_parse(how, NULL, t, len, "b", &want, &n_want, &content) != QV_OK)
+        fail_msg("not calls: '%s'", t);
+    qv_proto_tool_call *prev = NULL;
+    size_t n_prev = 0, grew = 0;
+    for (size_t p = 0; p <= len; p++) {
         qv_proto_tool_call *got = NULL;
         size_t n = 0;
-        assert_int_equal(
-            qv_proto_tool_calls_partial(cases[c].text, strlen(cases[c].text), "b", &got, &n),
-            QV_OK);
-        assert_int_equal(n, cases[c].n);
-        if (n) assert_string_equal(got[0].arguments, cases[c].args);
-        qv_proto_tool_calls_free(got, n);
+        assert_int_equal(qv_proto_tool_calls_partial(how, t, p, "b", &got, &n), QV_OK);
+        if (n < n_prev || n > n_want)
+            fail_msg("'%s' prefix %zu: %zu calls after %zu", t, p, n, n_prev);
+        if (n && how != QV_PROTO_TOOLS_REQUIRED && qv_proto_tool_text_len(how, t, p) != content)
+            fail_msg("'%s' prefix %zu: content %zu, not %zu", t, p,
+                     qv_proto_tool_text_len(how, t, p), content);
+        for (size_t k = 0; k < n; k++) {
+            assert_int_equal(got[k].index, (int)k);
+            assert_string_equal(got[k].id, want[k].id);
+            assert_string_equal(got[k].name, want[k].name);
+            const size_t g = strlen(got[k].arguments);
+            if (memcmp(got[k].arguments, want[k].arguments, g) != 0)
+                fail_msg("'%s' prefix %zu: call %zu arguments '%s' are not a prefix of '%s'", t, p,
+                         k, got[k].arguments, want[k].arguments);
+            if (k < n_prev) {
+                const size_t pg = strlen(prev[k].arguments);
+                if (g < pg)
+                    fail_msg("'%s' prefix %zu: '%s' after '%s'", t, p, got[k].arguments,
+                             prev[k].arguments);
+                grew += g > pg;
+            }
+            if (k + 1 < n) assert_string_equal(got[k].arguments, want[k].arguments);
+        }
+        if (p == len) {
+            assert_int_equal(n, n_want);
+            for (size_t k = 0; k < n; k++)
+                assert_string_equal(got[k].arguments, want[k].arguments);
+        }
+        qv_proto_tool_calls_free(prev, n_prev);
+        prev = got;
+        n_prev = n;
     }
-    /* allocation failure anywhere: NOMEM and nothing held */
-    const char *t = answers[0];
-    for (long k = 0; k < 400; k++) {
+    printf("%d '%.30s...': %zu calls, arguments grew in %zu of %zu prefixes ('%s')\n", (int)how, t,
+           n_want, grew, len, want[0].arguments);
+    qv_proto_tool_calls_free(prev, n_prev);
+    qv_proto_tool_calls_free(want, n_want);
+    return grew;
+}
+
+/* Allocation failure anywhere in a partial reading of t[0..len): NOMEM and nothing held; returns
+ * how many allocations failed before it succeeded. */
+static long partial_failures(enum qv_proto_tool_choice how, const char *t, size_t len) {
+    long k = 0;
+    for (; k < 400; k++) {
         qv_proto_tool_call *got = NULL;
         size_t n = 0;
         qv_alloc_fail_after(k);
-        qv_status st = qv_proto_tool_calls_partial(t, strlen(t) - 20, "b", &got, &n);
+        qv_status st = qv_proto_tool_calls_partial(how, t, len, "b", &got, &n);
         qv_alloc_fail_after(-1);
+        assert_true(n == 0 || n == 2);
         qv_proto_tool_calls_free(got, n);
         if (st == QV_OK) break;
         assert_int_equal(st, QV_ERR_NOMEM);
         assert_true(!got && !n);
+    }
+    return k;
+}
+
+static void test_tool_calls_partial(void **state) {
+    (void)state;
+    static const struct {
+        enum qv_proto_tool_choice how;
+        const char *text;
+    } answers[] = {
+        {QV_PROTO_TOOLS_REQUIRED,
+         "[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Par\\u00e9s \\\"x\\\"\\n\","
+         "\"unit\":\"celsius\",\"n\":[1.50,1e2,-0,true,null,{}],\"e\":\"\\ud83d\\ude00!\"}},"
+         "{\"name\":\"now\",\"arguments\":{}}]"},
+        {QV_PROTO_TOOLS_REQUIRED,
+         "[ { \"name\" : \"a\\u0062\" , \"arguments\" : { \"k\" : { \"x\" : [ 10 , \"\" ] } , "
+         "\"\\u00e9\" : 0.25 } } ]"},
+        {QV_PROTO_TOOLS_REQUIRED,
+         "[{\"name\":\"f\",\"arguments\":{\"s\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"}}]"},
+        /* Hermes: content, then blocks; the last one unclosed; markers' beginnings in strings */
+        {QV_PROTO_TOOLS_AUTO,
+         "Let me check <b>.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+         "\"Par\\u00e9s \\\"x\\\"\\n\", \"n\": [1.50, 1e2, -0, true, null, {}], \"e\": "
+         "\"\\ud83d\\ude00!\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\", \"arguments\": "
+         "{}}\n</tool_call>"},
+        {QV_PROTO_TOOLS_AUTO,
+         "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"s\": \"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98"
+         "\x80 <tool_response> </b> <\", \"k\": [{\"a\": 1}]}}\n"},
+        /* Llama: whitespace, the python tag, objects joined by ';' */
+        {QV_PROTO_TOOLS_AUTO_JSON,
+         " <|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Z\\u00fcrich\", "
+         "\"days\": 2.50, \"e\": \"\\ud83d\\ude00\"}} ;\n{\"name\": \"now\", \"arguments\": {}, "
+         "\"parameters\": {\"x\": 1}}\n"},
+        {QV_PROTO_TOOLS_AUTO_JSON,
+         "{\"name\":\"f\",\"parameters\":{\"s\":\"\xc3\xa9\xe2\x82\xac;\\\"\",\"k\":[1,{\"a\":"
+         "null}]}};{\"name\":\"g\",\"arguments\":{\"x\":-1.5e-7}}"},
+        /* Mistral: content then the marker, the marker alone, the list alone */
+        {QV_PROTO_TOOLS_AUTO_MISTRAL,
+         "Checking [1].\n[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+         "\"Z\xc3\xbcrich\", \"days\": 1e0, \"q\": \"\\\"\\u00e9\\ud83d\\ude00\"}}, {\"name\": "
+         "\"now\", \"arguments\": {}}] \n"},
+        {QV_PROTO_TOOLS_AUTO_MISTRAL,
+         " [{\"name\": \"f\", \"arguments\": {\"a\": [1, 2.0], \"s\": \"[TOOL\\n\"}}, "
+         "{\"name\": \"g\", \"arguments\": {\"t\": \"\xe2\x82\xac\"}}]"},
+        {QV_PROTO_TOOLS_AUTO_MISTRAL,
+         "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {\"x\": \"y\", \"z\": {\"w\": []}}}]"},
+    };
+    for (size_t a = 0; a < QV_ARRAY_LEN(answers); a++)
+        assert_true(check_prefixes(answers[a].how, answers[a].text) > 3);
+    /* nothing until a name is whole; not an array; a half-written key or number waits */
+    static const struct {
+        enum qv_proto_tool_choice how;
+        const char *text;
+        size_t n;
+        const char *args; /* the last call's */
+    } cases[] = {
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"get_w", 0, NULL},
+        {QV_PROTO_TOOLS_REQUIRED, "{\"name\":\"x\"", 0, NULL},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\"", 1, ""},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":", 1, ""},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{", 1, "{"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"ci", 1, "{"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"city\":", 1, "{"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"city\":\"P", 1,
+         "{\"city\":\"P"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":1.5", 1, "{"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":1.50,", 1, "{\"a\":1.5"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":\"\\u00", 1, "{\"a\":\""},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":\"\\ud83d\\ude", 1,
+         "{\"a\":\""},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":\"\xe2\x82", 1,
+         "{\"a\":\""},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":[tr", 1, "{\"a\":["},
+        /* where the text leaves JSON, nothing after that point */
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":\"b\\udv3d and more", 1,
+         "{\"a\":\"b"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":\"\\ud83dx\"", 1,
+         "{\"a\":\""},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":\"b\\q\"", 1,
+         "{\"a\":\"b"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":\"b\x01\"", 1,
+         "{\"a\":\"b"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":\"b\xc3\x28\"", 1,
+         "{\"a\":\"b"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\" \"b\",\"c\":1}", 1, "{"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":1.2.3,\"c\":1", 1, "{"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":1,,\"c\":1", 1,
+         "{\"a\":1"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{\"a\":[1}", 1, "{\"a\":[1"},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"n\\u0061me\",\"n\\u0061me\":\"y\",\"arguments\":{",
+         1, "{"},
+        /* not a call: the calls end before it (a name that is not a string, arguments that
+         * are not an object, a whole object without arguments, no ',' between calls) */
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":1,\"arguments\":{\"a\":1", 0, NULL},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":[1", 0, NULL},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\"},{\"name\":\"y\",\"arguments\":{}}]", 0, NULL},
+        {QV_PROTO_TOOLS_REQUIRED, "[{\"name\":\"x\",\"arguments\":{}}{\"name\":\"y\"", 1, "{}"},
+        {QV_PROTO_TOOLS_NAMED, "{\"a\":1}", 0, NULL},
+        {QV_PROTO_TOOLS_NONE, "[{\"name\":\"x\",\"arguments\":{}}]", 0, NULL},
+        /* Hermes: a block that is not JSON, or not a call, ends the calls; a marker's
+         * beginning in a string waits; the next block ends an unclosed one */
+        {QV_PROTO_TOOLS_AUTO, "no calls [{\"name\":\"x\",\"arguments\":{}}]", 0, NULL},
+        {QV_PROTO_TOOLS_AUTO, "<tool_call>\nnot json\n</tool_call>", 0, NULL},
+        {QV_PROTO_TOOLS_AUTO,
+         "<tool_call>{\"name\": \"f\"}</tool_call><tool_call>{\"name\": \"g\", \"arguments\": {}}",
+         0, NULL},
+        {QV_PROTO_TOOLS_AUTO,
+         "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call> and <tool_call>[1]", 1, "{}"},
+        {QV_PROTO_TOOLS_AUTO, "a <tool_call>{\"name\": 1, \"arguments\": {", 0, NULL},
+        {QV_PROTO_TOOLS_AUTO, "<tool_call>{\"name\": \"f\", \"arguments\": [", 0, NULL},
+        {QV_PROTO_TOOLS_AUTO, "<tool_call>{\"name\": \"f\", \"arguments\": {\"s\": \"a<tool_c", 1,
+         "{\"s\":\"a"},
+        {QV_PROTO_TOOLS_AUTO, "<tool_call>{\"name\": \"f\", \"arguments\": {\"s\": \"a</tool_", 1,
+         "{\"s\":\"a"},
+        {QV_PROTO_TOOLS_AUTO, "<tool_call>{\"name\": \"f\", \"arguments\": {\"s\": \"a<tool_x", 1,
+         "{\"s\":\"a<tool_x"},
+        {QV_PROTO_TOOLS_AUTO,
+         "<tool_call>{\"name\": \"f\", \"arguments\": {\"s\": \"a<tool_call>{\"name\": \"g\"", 1,
+         "{\"s\":\"a"},
+        {QV_PROTO_TOOLS_AUTO, "<tool_call><tool_call>{\"name\": \"g\", \"arguments\": {", 0, NULL},
+        /* read as calls, though the finished answer will not be (garbage after the object) */
+        {QV_PROTO_TOOLS_AUTO, "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}} extra", 1,
+         "{\"a\":1}"},
+        /* Llama: text first is content; the calls end at what is not ';' */
+        {QV_PROTO_TOOLS_AUTO_JSON, "Sure {\"name\": \"f\", \"parameters\": {", 0, NULL},
+        {QV_PROTO_TOOLS_AUTO_JSON, "<|python_ta", 0, NULL},
+        {QV_PROTO_TOOLS_AUTO_JSON, "<|python_tag|>{\"name\": \"f\", \"parameters\": {\"a\": \"b", 1,
+         "{\"a\":\"b"},
+        {QV_PROTO_TOOLS_AUTO_JSON, "{\"name\": \"f\", \"parameters\": {\"a\": 1}} and {\"name\"", 1,
+         "{\"a\":1}"},
+        {QV_PROTO_TOOLS_AUTO_JSON, "{\"name\": \"f\", \"parameters\": {}}; {\"name\": \"g\"", 2,
+         ""},
+        {QV_PROTO_TOOLS_AUTO_JSON, "{\"name\": \"f\", \"parameters\": 5, \"arguments\": {\"a\"", 1,
+         "{"},
+        {QV_PROTO_TOOLS_AUTO_JSON, "{\"name\": \"f\", \"arguments\": 5, \"parameters\": {\"a\"", 0,
+         NULL},
+        /* "arguments" after "parameters" counts (as the finished call reads it) */
+        {QV_PROTO_TOOLS_AUTO_JSON,
+         "{\"name\": \"f\", \"parameters\": {\"a\": 1}, \"arguments\": {\"b\": 2,", 1, "{\"b\":2"},
+        /* Mistral: content until the marker; after it, a list; the list alone */
+        {QV_PROTO_TOOLS_AUTO_MISTRAL, "Sure: [{\"name\": \"f\", \"arguments\": {}}]", 0, NULL},
+        {QV_PROTO_TOOLS_AUTO_MISTRAL, "[", 0, NULL},
+        {QV_PROTO_TOOLS_AUTO_MISTRAL, "[TOOL_CA", 0, NULL},
+        {QV_PROTO_TOOLS_AUTO_MISTRAL, "[TOOL_CALLS] garbage [{\"name\": \"f\", \"arguments\": {", 0,
+         NULL},
+        {QV_PROTO_TOOLS_AUTO_MISTRAL, "ok [TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {\"a", 1,
+         "{"},
+        {QV_PROTO_TOOLS_AUTO_MISTRAL,
+         "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {}}] and more", 1, "{}"},
+        {QV_PROTO_TOOLS_AUTO_MISTRAL, "[TOOL_CALLS] [{\"name\": \"f\", \"parameters\": {}}]", 0,
+         NULL},
+        {QV_PROTO_TOOLS_AUTO_MISTRAL, "[TX, {\"name\": \"f\", \"arguments\": {}}]", 0, NULL},
+        /* the list alone is the calls read, whatever follows it */
+        {QV_PROTO_TOOLS_AUTO_MISTRAL,
+         "[{\"name\": \"f\", \"arguments\": {}}] [TOOL_CALLS] [{\"name\": \"g\", \"arguments\": "
+         "{}}]",
+         1, "{}"},
+    };
+    for (size_t c = 0; c < QV_ARRAY_LEN(cases); c++) {
+        qv_proto_tool_call *got = NULL;
+        size_t n = 0;
+        assert_int_equal(qv_proto_tool_calls_partial(cases[c].how, cases[c].text,
+                                                     strlen(cases[c].text), "b", &got, &n),
+                         QV_OK);
+        if (n != cases[c].n) fail_msg("case %zu '%s': %zu calls", c, cases[c].text, n);
+        if (n) assert_string_equal(got[n - 1].arguments, cases[c].args);
+        if (n && cases[c].how != QV_PROTO_TOOLS_REQUIRED) assert_string_equal(got[0].name, "f");
+        qv_proto_tool_calls_free(got, n);
+    }
+    /* allocation failure anywhere, two calls read in each format: NOMEM and nothing held */
+    for (size_t a = 0; a < QV_ARRAY_LEN(answers); a++) {
+        const char *t = answers[a].text;
+        if (a == 1 || a == 2 || a == 4 || a == 9) continue; /* one call */
+        const long failures = partial_failures(answers[a].how, t, strlen(t) - 12);
+        if (failures <= 4 || failures >= 400) fail_msg("answer %zu: %ld failures", a, failures);
     }
 }
 

@@ -59,29 +59,51 @@ def valid_call(call, tmpl=None):
         call.function.arguments == compact)
 
 
-def streamed(client, **kw):
-    """The calls of a streamed answer, put together by index (with the number of chunks that
-    carried each one's pieces), and its finish reason."""
-    calls, finish, content = {}, None, ""
+def streamed_choices(client, **kw):
+    """Each choice of a streamed answer: its calls put together by index (with the number of
+    chunks that carried each one's pieces, and the pieces: (id, name, arguments) per chunk),
+    its finish reason, its content, and how many logprobs entries its chunks carried."""
+    out = {}
     for ch in client.chat.completions.create(stream=True, **kw):
-        if not ch.choices:
-            continue
-        d = ch.choices[0].delta
-        content += d.content or ""
-        for tc in d.tool_calls or []:
-            c = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": "",
-                                            "chunks": 0})
-            c["chunks"] += 1
-            if tc.id:
-                check(c["id"] is None, "a call's id comes once")
-                c["id"] = tc.id
-            if tc.function and tc.function.name:
-                c["name"] = tc.function.name
-            if tc.function and tc.function.arguments:
-                c["arguments"] += tc.function.arguments
-        if ch.choices[0].finish_reason:
-            finish = ch.choices[0].finish_reason
-    return [calls[i] for i in sorted(calls)], finish, content
+        for choice in ch.choices:
+            calls, _, _, _ = got = out.setdefault(choice.index, [{}, None, "", 0])
+            d = choice.delta
+            got[2] += d.content or ""
+            if choice.logprobs and choice.logprobs.content:
+                got[3] += len(choice.logprobs.content)
+            for tc in d.tool_calls or []:
+                c = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": "",
+                                                "chunks": 0, "pieces": []})
+                c["chunks"] += 1
+                fn = tc.function
+                c["pieces"].append((tc.id, fn.name if fn else None,
+                                    fn.arguments if fn else None))
+                if tc.id:
+                    check(c["id"] is None, "a call's id comes once")
+                    c["id"] = tc.id
+                if fn and fn.name:
+                    c["name"] = fn.name
+                if fn and fn.arguments:
+                    c["arguments"] += fn.arguments
+            if choice.finish_reason:
+                got[1] = choice.finish_reason
+    return {i: ([v[0][k] for k in sorted(v[0])], v[1], v[2], v[3]) for i, v in out.items()}
+
+
+def streamed(client, **kw):
+    """The calls of a streamed answer's first choice, put together by index (see
+    streamed_choices), its finish reason and its content."""
+    return streamed_choices(client, **kw).get(0, ([], None, "", 0))[:3]
+
+
+def in_pieces(s_call, call):
+    """A streamed call came as the name first (with an id: the request's own), then arguments
+    pieces without them, more than one chunk in all, adding up to the unstreamed call's
+    arguments."""
+    p = s_call["pieces"]
+    return (len(p) > 1 and p[0][0] and p[0][1] == call.function.name and
+            all(not i and not n for i, n, _ in p[1:]) and
+            "".join(a or "" for _, _, a in p) == call.function.arguments)
 
 
 def run(srv):
@@ -257,7 +279,8 @@ def run_auto(srv, tmpl):
     """tool_choice "auto" with a template that writes tools (--chat-template qwen2.5, llama3.2
     or mistral-v0.3): the tools and the history's calls are in the prompt, the template's calls
     in the answer become calls, other answers are text; streamed answers hold back what may be
-    a call. SmolLM2 follows Qwen's <tool_call> few-shot; it does not write Llama's {"name": ...,
+    a call, and stream a call as its name, then its arguments in pieces (Qwen's, which the
+    model writes). SmolLM2 follows Qwen's <tool_call> few-shot; it does not write Llama's {"name": ...,
     "parameters": ...} calls or Mistral's [TOOL_CALLS] list reliably (it was never trained on
     those formats), so for them the reading of calls is covered by test_proto and here only the
     same answer streamed and not."""
@@ -304,6 +327,43 @@ def run_auto(srv, tmpl):
           [(x["name"], x["arguments"]) for x in s_calls] ==
           [(x.function.name, x.function.arguments) for x in calls],
           "auto streamed: the same content and calls")
+    if tmpl == "qwen2.5":  # the model writes a call: it streams as it is written
+        check(calls and len(calls[0].function.arguments) > 4 and len(s_calls) == len(calls) and
+              all(in_pieces(x, y) for x, y in zip(s_calls, calls)) and
+              "<tool_call>" not in s_content,
+              f"auto ({tmpl}) streamed: the name first, then the arguments in pieces "
+              f"({[x['pieces'] for x in s_calls]})")
+        # n = 2 greedy, logprobs: each choice's pieces add up to the same calls, and its chunks
+        # carry the logprobs of the unstreamed answer, each once
+        lp = client.chat.completions.create(logprobs=True, **kw).choices[0].logprobs
+        n_lps = len(lp.content) if lp and lp.content else 0
+        got = streamed_choices(client, n=2, logprobs=True, **kw)
+        check(sorted(got) == [0, 1] and n_lps > 10 and all(
+            f == "tool_calls" and [(x["name"], x["arguments"]) for x in cs] ==
+            [(x.function.name, x.function.arguments) for x in calls] and
+            all(in_pieces(x, y) for x, y in zip(cs, calls)) and
+            n_lp == n_lps for cs, f, _, n_lp in got.values()),
+            f"auto ({tmpl}) streamed, n=2 with logprobs: both choices' calls in pieces, "
+            f"{n_lps} logprobs each "
+            f"({[(f, n_lp, [x['arguments'] for x in cs]) for cs, f, _, n_lp in got.values()]})")
+        # cut by max_tokens inside the call's arguments (the longest such cut): the pieces so
+        # far, then finish length; every cut: a prefix of the call, never the marker as content
+        cut, tried = None, []
+        for m in range(r.usage.completion_tokens - 1, 0, -1):
+            s_calls, s_finish, s_content = streamed(client, **dict(kw, max_tokens=m))
+            args = s_calls[0]["arguments"] if s_calls else ""
+            tried.append((m, s_finish, args, s_content))
+            if not (s_finish == "length" and len(s_calls) <= 1 and
+                    "<tool_call>" not in s_content and
+                    calls[0].function.arguments.startswith(args)):
+                break
+            if s_calls and s_calls[0]["name"] == calls[0].function.name and \
+                    0 < len(args) < len(calls[0].function.arguments):
+                cut = m
+                break
+        check(cut is not None and (tried[-1][3] or None) == c.message.content,
+              f"auto ({tmpl}) streamed, cut by max_tokens in the call: the call so far, finish "
+              f"length ({tried})")
     say = [{"role": "user", "content": "Say hello to Bob."}]
     r = client.chat.completions.create(**dict(kw, messages=say, tool_choice="auto"))
     c = r.choices[0]
