@@ -52,7 +52,20 @@ typedef struct qv_engine_config {
     bool no_prefix_cache;        /* do not keep computed K/V pages for reuse by later sequences
                                     with the same prefix (the prefix cache is on by default;
                                     docs/scheduling.md) */
+    /* Speculative decoding by prompt lookup (vLLM's "ngram" method; docs/scheduling.md): a
+     * decoding sequence whose next token is a plain argmax (greedy, no logprobs, penalties,
+     * edits or structured output) and whose last n tokens (n from spec_ngram_max down to
+     * spec_ngram_min) occurred before in its prompt or output proposes the tokens that
+     * followed, up to spec_tokens of them; one forward pass checks them all and keeps the ones
+     * the model would have chosen, so the tokens are the same as without it. Off with 0. The
+     * CPU backend only (device backends pick argmaxes on the device: ignored there). */
+    int spec_tokens;    /* draft tokens per sequence and step, at most QV_SPEC_MAX_TOKENS */
+    int spec_ngram_min; /* 0 = 3 */
+    int spec_ngram_max; /* 0 = max(5, spec_ngram_min) */
+    int spec_max_batch; /* no drafts in a step with more decoding sequences (0: no limit) */
 } qv_engine_config;
+
+#define QV_SPEC_MAX_TOKENS 16
 
 void qv_engine_config_default(qv_engine_config *c);
 
@@ -221,9 +234,12 @@ typedef struct qv_engine_stats {
     uint64_t prefix_waits;   /* admissions put off (per sequence and step) while a running sequence
                                 computed a prefix page the waiting one shares */
     uint64_t json_mask_hits; /* JSON mode: masks taken from the per-state cache */
-    uint64_t json_mask_misses; /* and computed (one pass over the vocabulary each) */
-    double json_mask_s;        /* time spent computing them */
-    uint64_t json_dead_ends;   /* constrained sequences ended unfinished: no allowed token left */
+    uint64_t json_mask_misses;  /* and computed (one pass over the vocabulary each) */
+    double json_mask_s;         /* time spent computing them */
+    uint64_t json_dead_ends;    /* constrained sequences ended unfinished: no allowed token left */
+    uint64_t steps;             /* steps that ran a forward pass */
+    uint64_t spec_draft_tokens; /* speculative decoding: draft tokens checked */
+    uint64_t spec_accepted_tokens; /* of which the model's own choice (each saved a step) */
     /* device adapter pool (CUDA backend; all 0 on the CPU and before its first adapter) */
     int dev_adapters_resident;       /* adapter versions on the device now */
     uint64_t dev_adapter_loads;      /* uploads started (steps and prefetches) */

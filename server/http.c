@@ -679,6 +679,7 @@ static void update_gauges(server *srv) {
                       es.graph_mismatches, es.graph_capture_s);
     qv_metrics_sampling(srv->metrics, es.logits_rows_host, es.logits_rows_device,
                         es.json_mask_misses, es.json_mask_hits, es.json_dead_ends);
+    qv_metrics_steps(srv->metrics, es.steps, es.spec_draft_tokens, es.spec_accepted_tokens);
     if (!srv->reg) return;
     qv_registry_stats rs;
     qv_registry_get_stats(srv->reg, &rs);
@@ -4015,6 +4016,17 @@ int qv_http_serve(const qv_http_config *cfg) {
         goto out;
     }
     ec.kv_f32 = cfg->kv_dtype && strcmp(cfg->kv_dtype, "f32") == 0;
+    ec.spec_tokens = cfg->spec_tokens;
+    ec.spec_ngram_min = cfg->spec_ngram_min;
+    ec.spec_ngram_max = cfg->spec_ngram_max;
+    ec.spec_max_batch = cfg->spec_max_batch;
+    if (ec.spec_tokens)
+        qv_log_tagged(QV_LOG_INFO, "serve",
+                      "speculative decoding: prompt lookup, up to %d draft tokens from n-grams of "
+                      "%d..%d tokens, in steps of at most %d decoding sequences%s",
+                      ec.spec_tokens, ec.spec_ngram_min, ec.spec_ngram_max, ec.spec_max_batch,
+                      ec.device && !strcmp(ec.device, "cuda") ? " (not on --device cuda: off)"
+                                                              : "");
     ec.adapter_pool_bytes = cfg->adapter_pool_mb << 20;
     ec.adapter_pinned_bytes = cfg->adapter_pinned_mb < 0    ? SIZE_MAX
                               : cfg->adapter_pinned_mb == 0 ? 0

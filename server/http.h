@@ -25,6 +25,9 @@ typedef struct qv_http_config {
     const char *kv_dtype;      /* --device cuda: "bf16" (NULL, the default) or "f32" K/V pages */
     const char *chat_template; /* a chat format name (qv_chat_render) instead of the detected
                                   one; NULL = detect from the model's template */
+    /* speculative decoding by prompt lookup (qv_engine_config.spec_*; serve.c reads vLLM's
+     * --speculative-config JSON into them); spec_tokens 0 = off */
+    int spec_tokens, spec_ngram_min, spec_ngram_max, spec_max_batch;
     int adapter_pinned_mb;     /* --device cuda: the pool's pinned host tier in MiB; 0 = the
                                   engine's default (twice the pool), -1 = none */
     int max_batch_tokens;      /* tokens per engine step */

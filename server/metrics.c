@@ -47,6 +47,7 @@ struct qv_metrics {
     unsigned long long g_captures, g_replays, g_eager, g_refused;
     unsigned long long rows_host, rows_device; /* sampled tokens by where their row was used */
     unsigned long long masks_computed, masks_cached, dead_ends; /* JSON masks */
+    unsigned long long steps, spec_drafts, spec_kept; /* engine steps, speculative decoding */
     double g_capture_s;
     /* adapters */
     qv_metrics_adapter_stats ad;
@@ -130,6 +131,15 @@ void qv_metrics_sampling(qv_metrics *m, unsigned long long rows_host,
     m->masks_computed = masks_computed;
     m->masks_cached = masks_cached;
     m->dead_ends = dead_ends;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_steps(qv_metrics *m, unsigned long long steps, unsigned long long drafts,
+                      unsigned long long kept) {
+    pthread_mutex_lock(&m->mu);
+    m->steps = steps;
+    m->spec_drafts = drafts;
+    m->spec_kept = kept;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -413,6 +423,27 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# TYPE quiver_structured_dead_ends_total counter\n"
         "quiver_structured_dead_ends_total %llu\n",
         m->rows_host, m->rows_device, m->masks_computed, m->masks_cached, m->dead_ends);
+    put(&b,
+        "# HELP quiver_engine_steps_total Engine steps that ran a forward pass (each decodes "
+        "one token per running sequence, or more with speculative decoding).\n"
+        "# TYPE quiver_engine_steps_total counter\n"
+        "quiver_engine_steps_total %llu\n"
+        "# HELP quiver_spec_draft_tokens_total Speculative decoding (--speculative-config): "
+        "draft tokens checked.\n"
+        "# TYPE quiver_spec_draft_tokens_total counter\n"
+        "quiver_spec_draft_tokens_total %llu\n"
+        "# HELP quiver_spec_accepted_tokens_total Draft tokens that were the model's own choice "
+        "(each one a step saved).\n"
+        "# TYPE quiver_spec_accepted_tokens_total counter\n"
+        "quiver_spec_accepted_tokens_total %llu\n"
+        "# HELP vllm:spec_decode_num_draft_tokens_total Draft tokens checked (vLLM-compatible).\n"
+        "# TYPE vllm:spec_decode_num_draft_tokens_total counter\n"
+        "vllm:spec_decode_num_draft_tokens_total %llu\n"
+        "# HELP vllm:spec_decode_num_accepted_tokens_total Draft tokens accepted "
+        "(vLLM-compatible).\n"
+        "# TYPE vllm:spec_decode_num_accepted_tokens_total counter\n"
+        "vllm:spec_decode_num_accepted_tokens_total %llu\n",
+        m->steps, m->spec_drafts, m->spec_kept, m->spec_drafts, m->spec_kept);
     const qv_metrics_adapter_stats *a = &m->ad;
     put(&b,
         "# HELP quiver_adapter_resident Loaded adapter versions per residency tier.\n"

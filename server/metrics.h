@@ -35,6 +35,9 @@ void qv_metrics_gauges(qv_metrics *m, int queue_depth, int running, int kv_used,
 void qv_metrics_sampling(qv_metrics *m, unsigned long long rows_host,
                          unsigned long long rows_device, unsigned long long masks_computed,
                          unsigned long long masks_cached, unsigned long long dead_ends);
+/* Engine steps (forward passes); speculative decoding: draft tokens checked, and kept. */
+void qv_metrics_steps(qv_metrics *m, unsigned long long steps, unsigned long long drafts,
+                      unsigned long long kept);
 void qv_metrics_graphs(qv_metrics *m, unsigned long long captures, unsigned long long replays,
                        unsigned long long eager, unsigned long long refused, double capture_s);
 

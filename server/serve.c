@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "engine/core.h"
+#include "engine/engine.h"
 #include "server/http.h"
 #include "server/serve.h"
 
@@ -46,6 +49,11 @@ static void usage(FILE *f) {
                "                           llama2-sys-bos, llama2-sys-strip, mistral-v0.3,\n"
                "                           mistral-nemo, mistral-v1, mistral-v3,\n"
                "                           mistral-v3-tekken, mistral-v7, mistral-v7-tekken\n"
+               "  --speculative-config J   speculative decoding by prompt lookup, vLLM's JSON:\n"
+               "                           {\"method\": \"ngram\", \"num_speculative_tokens\": K,\n"
+               "                           \"prompt_lookup_min\": 3, \"prompt_lookup_max\": 5,\n"
+               "                           \"disable_by_batch_size\": 2} (greedy requests; the\n"
+               "                           same tokens, fewer steps; default off)\n"
                "  --drain-timeout-s N      on SIGTERM, time given to in-flight requests (default "
                "30)\n"
                "  --device cpu|cuda        compute device (default cpu)\n"
@@ -172,6 +180,57 @@ static bool set_opt(qv_http_config *c, const opt_def *d, const char *name, const
     return true;
 }
 
+/* vLLM's --speculative-config for prompt lookup, {"method": "ngram", "num_speculative_tokens":
+ * K, "prompt_lookup_max": N, "prompt_lookup_min": N, "disable_by_batch_size": N}, into c's
+ * spec_* fields; any other method or key is refused (msg). */
+static bool spec_config(const char *text, qv_http_config *c, char *msg, size_t cap) {
+    cJSON *j = cJSON_Parse(text);
+    bool ok = cJSON_IsObject(j);
+    if (!ok)
+        snprintf(msg, cap,
+                 "expects a JSON object, e.g. {\"method\": \"ngram\", "
+                 "\"num_speculative_tokens\": 4}");
+    int k = 0, lo = 0, hi = 0, batch = 2;
+    const cJSON *f, *items = ok ? j : NULL;
+    cJSON_ArrayForEach(f, items) {
+        int *dst = !strcmp(f->string, "num_speculative_tokens")  ? &k
+                   : !strcmp(f->string, "prompt_lookup_min")     ? &lo
+                   : !strcmp(f->string, "prompt_lookup_max")     ? &hi
+                   : !strcmp(f->string, "disable_by_batch_size") ? &batch
+                                                                 : NULL;
+        if (!strcmp(f->string, "method")) {
+            ok = cJSON_IsString(f) && !strcmp(f->valuestring, "ngram");
+            if (!ok) snprintf(msg, cap, "only the \"ngram\" method (prompt lookup) is supported");
+        } else if (!dst) {
+            ok = false;
+            snprintf(msg, cap, "unknown key '%.64s'", f->string);
+        } else if (!cJSON_IsNumber(f) || f->valuedouble != (double)(int)f->valuedouble ||
+                   f->valueint < 1 || f->valueint > 1 << 16) {
+            ok = false;
+            snprintf(msg, cap, "'%s' must be a positive integer", f->string);
+        } else {
+            *dst = f->valueint;
+        }
+        if (!ok) break;
+    }
+    cJSON_Delete(j);
+    if (ok && (k < 1 || k > QV_SPEC_MAX_TOKENS)) {
+        ok = false;
+        snprintf(msg, cap, "'num_speculative_tokens' must be 1..%d", QV_SPEC_MAX_TOKENS);
+    }
+    if (ok && lo && hi && lo > hi) {
+        ok = false;
+        snprintf(msg, cap, "'prompt_lookup_min' (%d) is above 'prompt_lookup_max' (%d)", lo, hi);
+    }
+    if (ok) {
+        c->spec_tokens = k;
+        c->spec_ngram_min = lo ? lo : hi ? QV_MIN(3, hi) : 3;
+        c->spec_ngram_max = hi ? hi : QV_MAX(5, c->spec_ngram_min);
+        c->spec_max_batch = batch;
+    }
+    return ok;
+}
+
 static bool parse_level(const char *name, const char *v, enum qv_log_level *out) {
     static const char *names[] = {"debug", "info", "warn", "error"};
     for (int l = 0; l < 4; l++)
@@ -214,6 +273,7 @@ int qv_cli_serve(int argc, char **argv) {
     enum qv_log_level level = QV_LOG_INFO;
     bool json = false;
     const char *lv_env = getenv("QUIVER_LOG_LEVEL"), *lf_env = getenv("QUIVER_LOG_FORMAT");
+    const char *spec = getenv("QUIVER_SPECULATIVE_CONFIG");
     if (lv_env && *lv_env && !parse_level("QUIVER_LOG_LEVEL", lv_env, &level)) return 2;
     if (lf_env && *lf_env && !parse_format("QUIVER_LOG_FORMAT", lf_env, &json)) return 2;
     for (size_t i = 0; i < QV_ARRAY_LEN(opts); i++) {
@@ -237,6 +297,11 @@ int qv_cli_serve(int argc, char **argv) {
             if (!v) goto need_value;
             i++;
             if (!parse_format(a, v, &json)) return 2;
+            continue;
+        }
+        if (!strcmp(a, "--speculative-config")) {
+            if (!v) goto need_value;
+            spec = argv[++i];
             continue;
         }
         if (!strcmp(a, "--preload")) {
@@ -268,6 +333,11 @@ int qv_cli_serve(int argc, char **argv) {
     }
     if (c.device && strcmp(c.device, "cpu") != 0 && strcmp(c.device, "cuda") != 0) {
         fprintf(stderr, "quiver serve: --device expects cpu or cuda\n");
+        return 2;
+    }
+    char msg[160];
+    if (spec && *spec && !spec_config(spec, &c, msg, sizeof msg)) {
+        fprintf(stderr, "quiver serve: --speculative-config: %s\n", msg);
         return 2;
     }
     qv_log_set_level(level);
