@@ -128,6 +128,20 @@ static void expect_same(const collect *a, const collect *b, const char *what) {
     }
 }
 
+/* The prompts run without drafts (*base) and with k draft tokens (*spec), which must give the
+ * same tokens; the stats of the run with drafts in *st, the steps of each in steps[2]. */
+static void both(const char *path, int32_t *const *ids, const int *n_ids, int n, run_opts o, int k,
+                 collect *base, collect *spec, qv_engine_stats *st, int steps[2],
+                 const char *what) {
+    qv_engine_stats st0;
+    o.spec = 0;
+    steps[0] = run(path, ids, n_ids, n, &o, base, &st0);
+    assert_int_equal(st0.spec_draft_tokens, 0);
+    o.spec = k;
+    steps[1] = run(path, ids, n_ids, n, &o, spec, st);
+    expect_same(spec, base, what);
+}
+
 typedef struct golden {
     cJSON *root;
     char model[512];
@@ -178,29 +192,26 @@ static void test_golden_same_tokens(void **state) {
         golden g;
         golden_load(&g, cases[k]);
         collect base, spec;
-        qv_engine_stats st0, st1;
-        run_opts o = {.budget = 64, .max_tokens = 32, .ignore_eos = true, .g_min = 1};
-        const int steps0 = run(g.model, g.ids, g.n_ids, g.n, &o, &base, &st0);
-        assert_int_equal(st0.spec_draft_tokens, 0);
-        for (int i = 0; i < g.n; i++) /* against HF, as test_engine does */
-            for (int s = 0; s < 32; s++) {
-                if (base.toks[i][s] == g.greedy[i][s]) continue;
-                if (cJSON_GetArrayItem(g.gaps[i], s)->valuedouble > 1e-3)
-                    fail_msg("%s seq %d step %d: %d vs HF %d", cases[k], i, s, base.toks[i][s],
-                             g.greedy[i][s]);
-                break;
-            }
+        qv_engine_stats st1;
+        const run_opts o = {.budget = 64, .max_tokens = 32, .ignore_eos = true, .g_min = 1};
         static const int drafts[] = {1, 4, 16};
         for (size_t d = 0; d < QV_ARRAY_LEN(drafts); d++) {
-            o.spec = drafts[d];
-            const int steps1 = run(g.model, g.ids, g.n_ids, g.n, &o, &spec, &st1);
-            expect_same(&spec, &base, cases[k]);
+            int steps[2];
+            both(g.model, g.ids, g.n_ids, g.n, o, drafts[d], &base, &spec, &st1, steps, cases[k]);
+            for (int i = 0; d == 0 && i < g.n; i++) /* against HF, as test_engine does */
+                for (int s = 0; s < 32; s++) {
+                    if (base.toks[i][s] == g.greedy[i][s]) continue;
+                    if (cJSON_GetArrayItem(g.gaps[i], s)->valuedouble > 1e-3)
+                        fail_msg("%s seq %d step %d: %d vs HF %d", cases[k], i, s, base.toks[i][s],
+                                 g.greedy[i][s]);
+                    break;
+                }
             assert_true(st1.spec_draft_tokens > 0);
             assert_true(st1.spec_accepted_tokens > 0);
             assert_true(st1.spec_accepted_tokens <= st1.spec_draft_tokens);
-            assert_true(steps1 <= steps0);
+            assert_true(steps[1] <= steps[0]);
             printf("%s, %d draft tokens: %d steps (%d without), %llu of %llu drafts kept\n",
-                   cases[k], drafts[d], steps1, steps0,
+                   cases[k], drafts[d], steps[1], steps[0],
                    (unsigned long long)st1.spec_accepted_tokens,
                    (unsigned long long)st1.spec_draft_tokens);
         }
@@ -236,17 +247,13 @@ static void test_mixed_and_tight(void **state) {
                       .mixed = true,
                       .kv_bytes = shapes[k].kv_tokens * per_tok};
         collect base, spec;
-        qv_engine_stats st0, st1;
-        run(g.model, ids, n_ids, 4, &o, &base, &st0);
-        o.spec = 6;
-        run(g.model, ids, n_ids, 4, &o, &spec, &st1);
-        expect_same(&spec, &base, "mixed batch");
+        qv_engine_stats st1;
+        int steps[2];
+        both(g.model, ids, n_ids, 4, o, 6, &base, &spec, &st1, steps, "mixed batch");
         assert_true(st1.spec_accepted_tokens > 0);
-        printf("mixed, budget %d, KV %zu tokens: %llu of %llu drafts kept, %llu preemptions "
-               "(%llu without drafts)\n",
+        printf("mixed, budget %d, KV %zu tokens: %llu of %llu drafts kept, %llu preemptions\n",
                shapes[k].budget, shapes[k].kv_tokens, (unsigned long long)st1.spec_accepted_tokens,
-               (unsigned long long)st1.spec_draft_tokens, (unsigned long long)st1.preemptions,
-               (unsigned long long)st0.preemptions);
+               (unsigned long long)st1.spec_draft_tokens, (unsigned long long)st1.preemptions);
     }
     golden_free(&g);
 }
@@ -258,25 +265,21 @@ static void test_ends(void **state) {
     golden g;
     golden_load(&g, "tests/fixtures/golden/tiny-llama-gqa.q4_1.json");
     for (int max = 1; max <= 9; max++) {
-        run_opts o = {.budget = 64, .max_tokens = max, .ignore_eos = true, .g_min = 1};
+        const run_opts o = {.budget = 64, .max_tokens = max, .ignore_eos = true, .g_min = 1};
         collect base, spec;
-        qv_engine_stats st0, st1;
-        run(g.model, g.ids, g.n_ids, g.n, &o, &base, &st0);
-        o.spec = 8;
-        run(g.model, g.ids, g.n_ids, g.n, &o, &spec, &st1);
-        expect_same(&spec, &base, "max_tokens");
+        qv_engine_stats st1;
+        int steps[2];
+        both(g.model, g.ids, g.n_ids, g.n, o, 8, &base, &spec, &st1, steps, "max_tokens");
         for (int i = 0; i < g.n; i++)
             assert_int_equal(spec.n[i], max);
     }
     for (int at = 1; at <= 12; at++) {
-        run_opts o = {
+        const run_opts o = {
             .budget = 64, .max_tokens = 30, .ignore_eos = true, .cancel_at = at, .g_min = 1};
         collect base, spec;
-        qv_engine_stats st0, st1;
-        run(g.model, g.ids, g.n_ids, g.n, &o, &base, &st0);
-        o.spec = 8;
-        run(g.model, g.ids, g.n_ids, g.n, &o, &spec, &st1);
-        expect_same(&spec, &base, "cancel");
+        qv_engine_stats st1;
+        int steps[2];
+        both(g.model, g.ids, g.n_ids, g.n, o, 8, &base, &spec, &st1, steps, "cancel");
         assert_int_equal(spec.n[0], at);
     }
     golden_free(&g);
@@ -309,18 +312,16 @@ static void test_ends(void **state) {
         n_ids[i] = (int)n;
     }
     qv_engine_destroy(tk);
-    run_opts o = {.budget = 64, .max_tokens = 160, .tokenizer = true};
+    const run_opts o = {.budget = 64, .max_tokens = 160, .tokenizer = true};
     collect base, spec;
-    qv_engine_stats st0, st1;
-    const int steps0 = run(path, ids, n_ids, 2, &o, &base, &st0);
-    o.spec = 5;
-    const int steps1 = run(path, ids, n_ids, 2, &o, &spec, &st1);
-    expect_same(&spec, &base, "SmolLM2");
+    qv_engine_stats st1;
+    int steps[2];
+    both(path, ids, n_ids, 2, o, 5, &base, &spec, &st1, steps, "SmolLM2");
     if (spec.finish[1] != QV_FINISH_STOP) /* the copying one may go on repeating its list */
         fail_msg("SmolLM2: %d tokens, finish %d", spec.n[1], spec.finish[1]);
     assert_true(st1.spec_accepted_tokens >= 10);
     printf("SmolLM2: %d and %d tokens in %d steps (%d without drafts), %llu of %llu drafts kept\n",
-           spec.n[0], spec.n[1], steps1, steps0, (unsigned long long)st1.spec_accepted_tokens,
+           spec.n[0], spec.n[1], steps[1], steps[0], (unsigned long long)st1.spec_accepted_tokens,
            (unsigned long long)st1.spec_draft_tokens);
     for (int i = 0; i < 2; i++)
         qv_free(ids[i]);
