@@ -1,7 +1,8 @@
 /*
  * bench_spec.c - speculative decoding by prompt lookup (qv_engine_config.spec_tokens), side by
  * side: engines on the same model, one without drafts and some with (draft tokens k, n-gram
- * sizes min..max), run the same greedy chat requests in rotating order, round after round.
+ * sizes min..max, perhaps only in steps of at most 2 decoding sequences), run the same greedy
+ * chat requests in rotating order, round after round.
  *
  * Workloads: "copy" (answers that repeat much of their prompt: rewrite, convert, repeat) and
  * "chat" (open questions whose answers do not), each with C requests in flight (closed loop).
@@ -63,13 +64,18 @@ static const char *const k_chat[N_PROMPTS] = {
 };
 
 typedef struct spec_cfg {
-    int k, g_min, g_max;
+    int k, g_min, g_max, max_batch;
     const char *name;
 } spec_cfg;
 
 static const spec_cfg k_cfgs[] = {
-    {0, 0, 0, "no drafts"},  {4, 1, 4, "k=4 n=1..4"}, {4, 2, 4, "k=4 n=2..4"},
-    {3, 3, 5, "k=3 n=3..5"}, {4, 3, 5, "k=4 n=3..5"}, {6, 3, 5, "k=6 n=3..5"},
+    {0, 0, 0, 0, "no drafts"},
+    {4, 1, 4, 0, "k=4 n=1..4"},
+    {4, 2, 4, 0, "k=4 n=2..4"},
+    {3, 3, 5, 0, "k=3 n=3..5"},
+    {4, 3, 5, 0, "k=4 n=3..5"},
+    {6, 3, 5, 0, "k=6 n=3..5"},
+    {4, 3, 5, 2, "k=4 n=3..5, batch <= 2 (the server's default)"},
 };
 #define N_CFG ((int)(sizeof(k_cfgs) / sizeof(k_cfgs[0])))
 
@@ -151,6 +157,7 @@ int main(int argc, char **argv) {
         ec.spec_tokens = k_cfgs[c].k;
         ec.spec_ngram_min = k_cfgs[c].g_min;
         ec.spec_ngram_max = k_cfgs[c].g_max;
+        ec.spec_max_batch = k_cfgs[c].max_batch;
         qv_error err = {0};
         if (qv_engine_create(&ec, &e[c], &err) != QV_OK) {
             fprintf(stderr, "engine: %s\n", err.msg);
