@@ -2265,7 +2265,7 @@ qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r,
 static cJSON *tgi_token(const qv_proto_tgi_token *t) {
     cJSON *o = cJSON_CreateObject();
     bool ok = o && cJSON_AddNumberToObject(o, "id", t->id) && add_repaired(o, "text", t->text) &&
-              cJSON_AddNumberToObject(o, "logprob", t->logprob) &&
+              cJSON_AddNumberToObject(o, "logprob", (double)t->logprob) &&
               cJSON_AddBoolToObject(o, "special", t->special);
     cJSON *alts = ok && t->n_alt > 0 ? cJSON_AddArrayToObject(o, "alternative_tokens") : NULL;
     if (ok && t->n_alt > 0 && !alts) ok = false;
@@ -2273,7 +2273,7 @@ static cJSON *tgi_token(const qv_proto_tgi_token *t) {
         cJSON *a = cJSON_CreateObject();
         ok = a && cJSON_AddNumberToObject(a, "id", t->alt_id[i]) &&
              add_repaired(a, "text", t->alt_text[i]) &&
-             cJSON_AddNumberToObject(a, "logprob", t->alt_logprob[i]) &&
+             cJSON_AddNumberToObject(a, "logprob", (double)t->alt_logprob[i]) &&
              cJSON_AddItemToArray(alts, a);
         if (!ok) cJSON_Delete(a);
     }
