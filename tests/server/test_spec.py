@@ -4,9 +4,10 @@ through the server, against a server without it, on SmolLM2.
 
 1. The same greedy requests to both (chat and completions, streamed and not, answers that copy
    their prompt and answers that do not, a stop string, max_tokens cutting a run of drafts,
-   n = 2, logprobs, a seeded sampled request): the same text, tokens, finish reasons and usage
-   (a kept draft is the model's own greedy choice; sampled, logprob and penalised requests take
-   no drafts).
+   n = 2, logprobs, a frequency penalty, a JSON schema whose values the prompt holds, a seeded
+   sampled request): the same text, logprobs, finish reasons and usage (a kept draft is the
+   model's own greedy choice, its row read with the penalty, mask and logprobs of its own step;
+   sampled requests take no drafts).
 2. /metrics: drafts checked and kept (quiver_spec_*, and vLLM's spec_decode names) on the
    speculative server, none on the other; and the copying answers took fewer engine steps
    (quiver_engine_steps_total).
@@ -29,6 +30,12 @@ COPY = ("Rewrite this text with the spelling fixed, in full: The quick brown fox
         "the lazy dog. Then the dog woke up and chasd the fox acros the feild.")
 LIST = "Turn this list into a numbered list: apples, pears, plums, cherries, figs, dates."
 FREE = "Why is the sky blue?"
+PERSON = ("Extract the person as JSON: Ada Lovelace, born 10 December 1815 in London, "
+          "mathematician, wrote the first published algorithm.")
+SCHEMA = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 40}, "born": {"type": "string", "maxLength": 40},
+    "city": {"type": "string", "maxLength": 20}, "job": {"type": "string", "maxLength": 30}},
+    "required": ["name", "born", "city", "job"], "additionalProperties": False}
 
 
 def answers(srv):
@@ -40,7 +47,9 @@ def answers(srv):
                      (LIST, {"max_tokens": 7}), (COPY, {"n": 2}),
                      (LIST, {"logprobs": True, "top_logprobs": 2}),
                      (LIST, {"temperature": 0.9, "seed": 5}),
-                     (COPY, {"frequency_penalty": 0.5})):
+                     (COPY, {"frequency_penalty": 0.5}),
+                     (PERSON, {"response_format": {"type": "json_schema", "json_schema": {
+                         "name": "person", "schema": SCHEMA}}})):
         kw = dict(model=base, messages=[{"role": "user", "content": q}], max_tokens=120,
                   temperature=0)
         kw.update(extra)
