@@ -1032,12 +1032,14 @@ static int spec_propose(const qv_engine *e, const qv_seq *s, int max, int32_t *o
     return 0;
 }
 
-/* Draft tokens for greedy decoding sequence s (just added to the batch with its pending token,
- * as batch sequence bs), each with a logits row: the row of draft i counts only if drafts
- * 0..i-1 turn out to be the tokens the model picks. Rows are read in order, each after the
- * tokens before it were accepted (sampler context, structured-output state), so penalties,
- * edits, logprobs and masks apply to each as in a step of its own. Their K/V pages come only from
- * free pages that leave one for every running sequence, so a draft never causes a preemption. */
+/* Draft tokens for decoding sequence s (just added to the batch with its pending token, as
+ * batch sequence bs), each with a logits row: the row of draft i counts only if drafts 0..i-1
+ * turn out to be the tokens the sequence picks. Rows are read in order, each after the tokens
+ * before it were accepted (sampler context and random draws, structured-output state), so
+ * sampling, penalties, edits, logprobs and masks apply to each as in a step of its own, and a
+ * sampled sequence draws the same numbers as without drafts: its tokens are the same. Their K/V
+ * pages come only from free pages that leave one for every running sequence, so a draft never
+ * causes a preemption. */
 static void spec_add(qv_engine *e, qv_seq *s, int bs, int n_run, int *n, int *n_logits, int *budget,
                      int *rows_left) {
     int max = QV_MIN(QV_MIN(e->cfg.spec_tokens, *budget), *rows_left);
@@ -1097,8 +1099,7 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
             return qv_errorf(err, st, "KV reserve failed for sequence %d", s->id);
         batch_add(e, s, 1, &n, &n_bs, &n_logits);
         budget--;
-        if (spec && s->p.sampling.temperature < QV_SAMPLER_MIN_TEMPERATURE)
-            spec_add(e, s, n_bs - 1, n_run, &n, &n_logits, &budget, &spec_rows_left);
+        if (spec) spec_add(e, s, n_bs - 1, n_run, &n, &n_logits, &budget, &spec_rows_left);
     }
 
     /* 2. Admission in wait order, none after a preemption (the pages just freed go to the

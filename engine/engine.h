@@ -53,12 +53,13 @@ typedef struct qv_engine_config {
                                     with the same prefix (the prefix cache is on by default;
                                     docs/scheduling.md) */
     /* Speculative decoding by prompt lookup (vLLM's "ngram" method; docs/scheduling.md): a
-     * greedy decoding sequence (logprobs, penalties, edits and structured output included)
-     * whose last n tokens (n from spec_ngram_max down to spec_ngram_min) occurred before in
-     * its prompt or output proposes the tokens that followed, up to spec_tokens of them; one
-     * forward pass checks them all and keeps the ones the model would have chosen, so the
-     * tokens are the same as without it. Off with 0. The CPU backend only (device backends
-     * pick tokens on the device: ignored there). */
+     * decoding sequence whose last n tokens (n from spec_ngram_max down to spec_ngram_min)
+     * occurred before in its prompt or output proposes the tokens that followed, up to
+     * spec_tokens of them; one forward pass checks them all, each row read in order as a step
+     * of its own would (sampling with the sequence's next random draw, penalties, logprobs,
+     * structured output), and keeps the drafts the sequence picks, so the tokens are the same
+     * as without it. Off with 0. The CPU backend only (device backends pick tokens on the
+     * device: ignored there). */
     int spec_tokens;    /* draft tokens per sequence and step, at most QV_SPEC_MAX_TOKENS */
     int spec_ngram_min; /* 0 = 3 */
     int spec_ngram_max; /* 0 = max(5, spec_ngram_min) */

@@ -12,6 +12,7 @@
  * model's own greedy choice).
  *
  * usage: bench_spec [MODEL] [--threads N] [--concurrency C] [--gen G] [--rounds K]
+ *                   [--temperature T]   (default 0: greedy; else seeded sampling)
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -86,11 +87,11 @@ typedef struct result {
 } result;
 
 /* Runs the requests, conc at a time; the tokens in rs. */
-static void run(qv_engine *e, req *rs, int n, int conc, int gen, result *out) {
+static void run(qv_engine *e, req *rs, int n, int conc, int gen, float temp, result *out) {
     qv_gen_params gp;
     qv_gen_params_default(&gp);
     gp.max_tokens = gen;
-    gp.sampling.temperature = 0;
+    gp.sampling.temperature = temp;
     qv_error err = {0};
     qv_engine_stats s0, s1;
     qv_engine_get_stats(e, &s0);
@@ -100,6 +101,7 @@ static void run(qv_engine *e, req *rs, int n, int conc, int gen, result *out) {
     const double t0 = qv_time_s();
     while (next < n || qv_engine_n_active(e) > 0) {
         while (next < n && qv_engine_n_active(e) < conc) {
+            gp.sampling.seed = 1000 + (uint64_t)next; /* each request its own, every round */
             if (qv_engine_add(e, rs[next].ids, rs[next].n_ids, &gp, on_tok, &rs[next],
                               &rs[next].seq_id, &err) != QV_OK) {
                 fprintf(stderr, "add: %s\n", err.msg);
@@ -127,6 +129,7 @@ int main(int argc, char **argv) {
     char model_buf[1024];
     const char *model = bench_default_model(model_buf, sizeof model_buf);
     int threads = 2, conc = 1, gen = 128, rounds = 3;
+    float temp = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
@@ -136,12 +139,14 @@ int main(int argc, char **argv) {
             gen = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
             rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--temperature") && i + 1 < argc)
+            temp = (float)atof(argv[++i]);
         else if (argv[i][0] != '-')
             model = argv[i];
         else {
             fprintf(stderr,
                     "usage: %s [MODEL] [--threads N] [--concurrency C] [--gen G] "
-                    "[--rounds K]\n",
+                    "[--rounds K] [--temperature T]\n",
                     argv[0]);
             return 2;
         }
@@ -166,8 +171,9 @@ int main(int argc, char **argv) {
     }
     static const char *const *const loads[] = {k_copy, k_chat};
     static const char *const load_names[] = {"copy", "chat"};
-    printf("model %s, %d threads, %d request(s) in flight, at most %d tokens, %d rounds\n\n", model,
-           threads, conc, gen, rounds);
+    printf("model %s, %d threads, %d request(s) in flight, at most %d tokens, temperature %.2f "
+           "(seeded), %d rounds\n\n",
+           model, threads, conc, gen, (double)temp, rounds);
     printf("| workload | engine | tokens/s (median) | vs no drafts (median, min-max) | steps | "
            "drafts kept / checked | same tokens |\n|---|---|---|---|---|---|---|\n");
     for (int w = 0; w < 2; w++) {
@@ -190,7 +196,7 @@ int main(int argc, char **argv) {
         for (int r = 0; r < rounds && r < 16; r++) {
             for (int j = 0; j < N_CFG; j++) { /* rotating order */
                 const int c = (j + r) % N_CFG;
-                run(e[c], rs[c], N_PROMPTS, conc, gen, &last[c]);
+                run(e[c], rs[c], N_PROMPTS, conc, gen, temp, &last[c]);
                 tps[c][r] = last[c].tps;
             }
             for (int c = 0; c < N_CFG; c++) {

@@ -7,7 +7,7 @@ through the server, against a server without it, on SmolLM2.
    n = 2, logprobs, a frequency penalty, a JSON schema whose values the prompt holds, a seeded
    sampled request): the same text, logprobs, finish reasons and usage (a kept draft is the
    model's own greedy choice, its row read with the penalty, mask and logprobs of its own step;
-   sampled requests take no drafts).
+   a sampled request keeps a draft when its own next draw picks it, so seeded answers match).
 2. /metrics: drafts checked and kept (quiver_spec_*, and vLLM's spec_decode names) on the
    speculative server, none on the other; and the copying answers took fewer engine steps
    (quiver_engine_steps_total).
