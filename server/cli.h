@@ -12,4 +12,14 @@ int qv_cli_tokenize(int argc, char **argv);   /* server/cli_tokenize.c */
 int qv_cli_detokenize(int argc, char **argv); /* server/cli_tokenize.c */
 int qv_cli_adapter(int argc, char **argv);    /* server/cli_adapter.c */
 
+#include <stdbool.h>
+#include <stddef.h>
+
+/* vLLM's --speculative-config JSON for prompt lookup, {"method": "ngram",
+ * "num_speculative_tokens": K, "prompt_lookup_min": N, "prompt_lookup_max": N,
+ * "disable_by_batch_size": N}, read into spec[4] = {K, min, max, batch limit} (defaults 3, 5 and
+ * 2 filled in), for qv_engine_config's spec_* fields. False with msg[cap] for another method, an
+ * unknown key or a value out of range. server/serve.c. */
+bool qv_cli_spec_config(const char *json, int spec[4], char *msg, size_t cap);
+
 #endif

@@ -37,6 +37,7 @@ typedef struct gen_opts {
     const char *adapter_dir; /* --adapter DIR */
     const char *schema_file; /* --json-schema FILE: compiled into gp.json_schema (owned) */
     qv_adapter *adapter;     /* loaded by open_engine (owned; freed after the engine) */
+    int spec[4]; /* --speculative-config: qv_cli_spec_config's draft tokens (0: off), n-grams */
     bool verbose;
     bool add_special;
     bool show_special;
@@ -85,6 +86,9 @@ static void usage(FILE *f, bool chat) {
             "  --adapter DIR|NAME      PEFT / AdapterHub adapter directory, or a name (alias,\n"
             "                          version) in the adapter store $QUIVER_ADAPTER_STORE\n"
             "                          (default $QUIVER_HOME/adapters) (CPU only)\n"
+            "  --speculative-config J  speculative decoding by prompt lookup, vLLM's JSON, e.g.\n"
+            "                          {\"method\": \"ngram\", \"num_speculative_tokens\": 4}\n"
+            "                          (the same tokens in fewer steps; CPU)\n"
             "  --verbose               log loading details and timings\n",
             default_model(), MAX_STOPS);
 }
@@ -215,6 +219,13 @@ static int parse_opts(int argc, char **argv, bool chat, gen_opts *o) {
         } else if (!strcmp(a, "--adapter")) {
             NEED_VALUE;
             o->adapter_dir = v;
+        } else if (!strcmp(a, "--speculative-config")) {
+            NEED_VALUE;
+            char msg[160];
+            if (!qv_cli_spec_config(v, o->spec, msg, sizeof msg)) {
+                fprintf(stderr, "quiver: --speculative-config: %s\n", msg);
+                return 2;
+            }
         } else if (!strcmp(a, "--verbose")) {
             o->verbose = true;
         } else {
@@ -353,6 +364,12 @@ static int run_generation(qv_engine *e, const gen_opts *o, const int32_t *ids, s
                 : rs.finish == QV_FINISH_STOP   ? "stop"
                 : rs.finish == QV_FINISH_LENGTH ? "length"
                                                 : "cancelled");
+        qv_engine_stats es;
+        qv_engine_get_stats(e, &es);
+        if (es.spec_draft_tokens)
+            fprintf(stderr, "quiver: speculative decoding: %llu of %llu draft tokens kept\n",
+                    (unsigned long long)es.spec_accepted_tokens,
+                    (unsigned long long)es.spec_draft_tokens);
     }
     qv_detok_free(rs.detok);
     if (reply)
@@ -372,6 +389,9 @@ static qv_engine *open_engine(gen_opts *o) {
     c.n_threads = o->n_threads;
     if (o->kv_mb) c.kv_bytes = o->kv_mb << 20;
     c.device = o->device;
+    c.spec_tokens = o->spec[0];
+    c.spec_ngram_min = o->spec[1];
+    c.spec_ngram_max = o->spec[2];
     qv_engine *e = NULL;
     qv_error err = {0};
     if (qv_engine_create(&c, &e, &err) != QV_OK) {

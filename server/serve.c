@@ -13,6 +13,7 @@
 
 #include "engine/core.h"
 #include "engine/engine.h"
+#include "server/cli.h"
 #include "server/http.h"
 #include "server/serve.h"
 
@@ -180,10 +181,7 @@ static bool set_opt(qv_http_config *c, const opt_def *d, const char *name, const
     return true;
 }
 
-/* vLLM's --speculative-config for prompt lookup, {"method": "ngram", "num_speculative_tokens":
- * K, "prompt_lookup_max": N, "prompt_lookup_min": N, "disable_by_batch_size": N}, into c's
- * spec_* fields; any other method or key is refused (msg). */
-static bool spec_config(const char *text, qv_http_config *c, char *msg, size_t cap) {
+bool qv_cli_spec_config(const char *text, int spec[4], char *msg, size_t cap) {
     cJSON *j = cJSON_Parse(text);
     bool ok = cJSON_IsObject(j);
     if (!ok)
@@ -223,10 +221,10 @@ static bool spec_config(const char *text, qv_http_config *c, char *msg, size_t c
         snprintf(msg, cap, "'prompt_lookup_min' (%d) is above 'prompt_lookup_max' (%d)", lo, hi);
     }
     if (ok) {
-        c->spec_tokens = k;
-        c->spec_ngram_min = lo ? lo : hi ? QV_MIN(3, hi) : 3;
-        c->spec_ngram_max = hi ? hi : QV_MAX(5, c->spec_ngram_min);
-        c->spec_max_batch = batch;
+        spec[0] = k;
+        spec[1] = lo ? lo : hi ? QV_MIN(3, hi) : 3;
+        spec[2] = hi ? hi : QV_MAX(5, spec[1]);
+        spec[3] = batch;
     }
     return ok;
 }
@@ -336,10 +334,13 @@ int qv_cli_serve(int argc, char **argv) {
         return 2;
     }
     char msg[160];
-    if (spec && *spec && !spec_config(spec, &c, msg, sizeof msg)) {
+    int sp[4] = {0};
+    if (spec && *spec && !qv_cli_spec_config(spec, sp, msg, sizeof msg)) {
         fprintf(stderr, "quiver serve: --speculative-config: %s\n", msg);
         return 2;
     }
+    c.spec_tokens = sp[0], c.spec_ngram_min = sp[1], c.spec_ngram_max = sp[2];
+    c.spec_max_batch = sp[3];
     qv_log_set_level(level);
     qv_log_set_json(json);
     return qv_http_serve(&c);
