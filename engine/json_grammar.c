@@ -428,7 +428,7 @@ static bool add_bytes(compiler *c, const void *p, size_t n, sspan *out) {
         return false;
     }
     if (!grow(c, (void **)&s->bytes, &s->cap_bytes, s->n_bytes + (uint32_t)n, 1)) return false;
-    memcpy(s->bytes + s->n_bytes, p, n);
+    if (n) memcpy(s->bytes + s->n_bytes, p, n); /* an empty one may come with no buffer */
     *out = (sspan){s->n_bytes, (uint32_t)n};
     s->n_bytes += (uint32_t)n;
     return true;

@@ -619,10 +619,18 @@ typedef struct dfa_build {
     uint32_t tab_cap;
 } dfa_build;
 
+/* A set's hash: every word through a full 64-bit mix (MurmurHash3's finalizer), so that sets
+ * differing in any bit spread over the table. */
 static uint64_t set_hash(const uint64_t *s, int W) {
-    uint64_t h = 1469598103934665603ull;
-    for (int w = 0; w < W; w++)
-        h = (h ^ s[w]) * 1099511628211ull, h ^= h >> 29;
+    uint64_t h = 0x9E3779B97F4A7C15ull;
+    for (int w = 0; w < W; w++) {
+        h ^= s[w];
+        h ^= h >> 33;
+        h *= 0xFF51AFD7ED558CCDull;
+        h ^= h >> 33;
+        h *= 0xC4CEB9FE1A85EC53ull;
+        h ^= h >> 33;
+    }
     return h;
 }
 
@@ -630,9 +638,11 @@ static uint64_t set_hash(const uint64_t *s, int W) {
 static int32_t intern(parser *ps, dfa_build *d, const uint64_t *s) {
     const int W = d->W;
     uint32_t i = (uint32_t)set_hash(s, W) & (d->tab_cap - 1);
-    for (; d->tab[i]; i = (i + 1) & (d->tab_cap - 1))
+    for (; d->tab[i]; i = (i + 1) & (d->tab_cap - 1)) {
+        ps->work += (uint64_t)W; /* a probe compares a whole set */
         if (!memcmp(d->sets + (size_t)(d->tab[i] - 1) * W, s, (size_t)W * sizeof(uint64_t)))
             return (int32_t)(d->tab[i] - 1);
+    }
     if (d->n >= MAX_STATES || (size_t)(d->n + 1) * d->n_sym > MAX_CELLS)
         return fail(ps, QV_ERR_LIMIT, "too complex: its automaton has too many states");
     if (d->n == d->cap) {
