@@ -202,8 +202,8 @@ bool qv_cli_spec_config(const char *text, int spec[4], char *msg, size_t cap) {
         } else if (!dst) {
             ok = false;
             snprintf(msg, cap, "unknown key '%.64s'", f->string);
-        } else if (!cJSON_IsNumber(f) || f->valuedouble != (double)(int)f->valuedouble ||
-                   f->valueint < 1 || f->valueint > 1 << 16) {
+        } else if (!cJSON_IsNumber(f) || !(f->valuedouble >= 1 && f->valuedouble <= 65536) ||
+                   f->valuedouble != (double)(int)f->valuedouble) {
             ok = false;
             snprintf(msg, cap, "'%s' must be a positive integer", f->string);
         } else {

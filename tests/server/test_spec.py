@@ -100,7 +100,11 @@ def main():
                 s.stop()
     for bad, words in (('{"method": "eagle", "num_speculative_tokens": 2}', "ngram"),
                        ('{"num_speculative_tokens": 99}', "1..16"),
-                       ('{"num_speculative_tokens": 2, "lookahead": 1}', "unknown key")):
+                       ('{"num_speculative_tokens": 2, "lookahead": 1}', "unknown key"),
+                       ('{"num_speculative_tokens": 1e30}', "positive integer"),
+                       ('{"num_speculative_tokens": 4, "prompt_lookup_min": 6, '
+                        '"prompt_lookup_max": 5}', "above"),
+                       ("[4]", "JSON object")):
         p = subprocess.run([T.QUIVER, "serve", "--model", T.MODEL, "--port", "0",
                             "--speculative-config", bad], capture_output=True, text=True,
                            timeout=60)
