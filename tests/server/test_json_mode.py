@@ -392,7 +392,13 @@ def run_structured_output_tests(srv):
     before = srv.metrics().get("quiver_structured_dead_ends_total", -1)
     r = client.completions.create(model=base, prompt="Say a", max_tokens=5, temperature=0,
                                   extra_body={"guided_regex": "a", "bad_words": ["a"]})
+    # /metrics takes the engine's counters after each step, and the answer may reach the
+    # client first: wait for the step's update (at most 10 s)
+    deadline = time.time() + 10
     after = srv.metrics().get("quiver_structured_dead_ends_total", -1)
+    while after == before and time.time() < deadline:
+        time.sleep(0.05)
+        after = srv.metrics().get("quiver_structured_dead_ends_total", -1)
     free_a = client.completions.create(model=base, prompt="Say a", max_tokens=5, temperature=0,
                                        extra_body={"guided_regex": "a"}).choices[0].text
     check(before >= 0 and after == before + 1 and r.choices[0].text == "" and free_a == "a",
