@@ -95,6 +95,14 @@ void qv_log_set_json(bool on);
 double qv_time_s(void);
 /* SplitMix64: advances *state and returns its next 64-bit output (seeding, hashing to ids). */
 uint64_t qv_splitmix64(uint64_t *state);
+/* MurmurHash3's 64-bit finalizer: every input bit moves every output bit (hash tables). */
+static inline uint64_t qv_fmix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xFF51AFD7ED558CCDull;
+    x ^= x >> 33;
+    x *= 0xC4CEB9FE1A85EC53ull;
+    return x ^ (x >> 33);
+}
 
 /* CPUs this process may use (engine/cgroup.c): its affinity mask, capped by the CPU quota of
  * its control group (cgroup v2 cpu.max or v1 cpu.cfs_quota_us, on its group and the group's

@@ -1104,7 +1104,7 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
     int n_run = collect(e, true, e->run_idx);
     bool preempted_now = false;
     int n_decoding = 0, spec_rows_left = e->spec_rows;
-    for (int k = 0; k < n_run; k++)
+    for (int k = 0; e->spec_rows > 0 && e->cfg.spec_max_batch && k < n_run; k++)
         n_decoding += e->seqs[e->run_idx[k]].started && is_decode(&e->seqs[e->run_idx[k]]);
     const bool spec =
         e->spec_rows > 0 && (!e->cfg.spec_max_batch || n_decoding <= e->cfg.spec_max_batch);

@@ -310,6 +310,8 @@ typedef struct snode {
     uint32_t re;       /* K_LEAF strings, K_RAW: 1 + the index of their pattern in regexes[] */
     uint32_t first, n; /* K_OBJECT: props; K_ENUM: lits; K_ANYOF: alts */
     uint32_t child;    /* K_ARRAY: items; K_MAP: values; K_REF: target */
+    uint32_t lead;     /* K_OBJECT: the properties it may begin with (up to its first required
+                        * one): a keyed anyOf's member is told by them */
 } snode;
 
 typedef struct sspan {
@@ -849,6 +851,12 @@ static bool compile_object(compiler *c, const cJSON *j, uint32_t id, int depth) 
     nd->kind = K_OBJECT;
     nd->first = s->n_props;
     nd->n = (uint32_t)n;
+    nd->lead = (uint32_t)n;
+    for (int j = 0; j < n; j++)
+        if (tmp[j].required) {
+            nd->lead = (uint32_t)j + 1;
+            break;
+        }
     s->n_props += (uint32_t)n;
     return true;
 }
@@ -1223,14 +1231,7 @@ static int tag_check(compiler *c, uint32_t id, int depth) {
     return 1;
 }
 
-/* The properties an object may begin with: those up to its first required one. */
-static uint32_t first_keys(const qv_json_schema *s, const snode *m) {
-    for (uint32_t j = 0; j < m->n; j++)
-        if (prop_of(s, m, j)->required) return j + 1;
-    return m->n;
-}
-
-/* Keyed (1): the object members' possible first properties (first_keys) are each named in one
+/* Keyed (1): the object members' possible first properties (lead) are each named in one
  * member only, so the first key written picks the member. 0: not so; -1: an error, set. */
 static int key_check(compiler *c, uint32_t id, int depth) {
     const qv_json_schema *s = c->s;
@@ -1241,13 +1242,13 @@ static int key_check(compiler *c, uint32_t id, int depth) {
     for (uint32_t i = 0; i < nd->n; i++) {
         const snode *m = &s->nodes[s->alts[nd->first + i]];
         if (m->kind != K_OBJECT) continue;
-        for (uint32_t j = 0; j < first_keys(s, m); j++)
+        for (uint32_t j = 0; j < m->lead; j++)
             for (uint32_t k = 0; k < i; k++) { /* named in an earlier member too */
                 const snode *o = &s->nodes[s->alts[nd->first + k]];
-                for (uint32_t q = 0; o->kind == K_OBJECT && q < first_keys(s, o); q++)
+                for (uint32_t q = 0; o->kind == K_OBJECT && q < o->lead; q++)
                     if (same_span(s, &prop_of(s, o, q)->key, &prop_of(s, m, j)->key)) return 0;
             }
-        keys += first_keys(s, m);
+        keys += m->lead;
     }
     if (keys > MAX_PROPS)
         return cfail(c, QV_ERR_LIMIT, "more than 255 first properties in one anyOf", NULL, ""), -1;
@@ -1971,14 +1972,14 @@ static int tag_value_in(const qv_json_schema *s, qv_json_frame *fr, const snode 
     return R_NO;
 }
 
-/* First key g of a keyed anyOf (key_check; numbered over its object members' first_keys in
+/* First key g of a keyed anyOf (key_check; numbered over its object members' lead properties in
  * order): its name, its member and the property's index there; NULL past the last. */
 static const sspan *keyed_key(const qv_json_schema *s, const snode *nd, uint32_t g,
                               uint32_t *member, uint32_t *prop) {
     for (uint32_t i = 0; i < nd->n; i++) {
         const uint32_t mi = s->alts[nd->first + i];
         const snode *m = &s->nodes[mi];
-        const uint32_t k = m->kind == K_OBJECT ? first_keys(s, m) : 0;
+        const uint32_t k = m->kind == K_OBJECT ? m->lead : 0;
         if (g < k) {
             *member = mi;
             *prop = g;
@@ -2009,7 +2010,7 @@ static int keyed_in(const qv_json_schema *s, qv_json_frame *fr, const snode *nd,
         for (uint32_t i = 0; i < nd->n; i++) {
             const uint32_t mi = s->alts[nd->first + i];
             const snode *m = &s->nodes[mi];
-            const uint32_t k = m->kind == K_OBJECT ? first_keys(s, m) : 0;
+            const uint32_t k = m->kind == K_OBJECT ? m->lead : 0;
             for (uint32_t j = 0; j < k; j++, g++) {
                 const sspan *x = &prop_of(s, m, j)->key;
                 if (g < fr->cur || !same_prefix(s, x, cur, fr->b)) continue;

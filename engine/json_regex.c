@@ -623,14 +623,8 @@ typedef struct dfa_build {
  * differing in any bit spread over the table. */
 static uint64_t set_hash(const uint64_t *s, int W) {
     uint64_t h = 0x9E3779B97F4A7C15ull;
-    for (int w = 0; w < W; w++) {
-        h ^= s[w];
-        h ^= h >> 33;
-        h *= 0xFF51AFD7ED558CCDull;
-        h ^= h >> 33;
-        h *= 0xC4CEB9FE1A85EC53ull;
-        h ^= h >> 33;
-    }
+    for (int w = 0; w < W; w++)
+        h = qv_fmix64(h ^ s[w]);
     return h;
 }
 

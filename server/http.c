@@ -162,8 +162,10 @@ typedef struct request {
     /* [http] streaming state */
     size_t sent, lps_sent;
     /* "required" and "auto" streams: the client has the calls read from out[0..calls_read)
-       (qv_proto_tool_calls_partial; 0: no call piece sent) */
+       (qv_proto_tool_calls_partial; 0: no call piece sent), kept in calls_had[0..n_calls_had) */
     size_t calls_read;
+    qv_proto_tool_call *calls_had;
+    size_t n_calls_had;
     bool sent_first, sent_finish, sent_usage, sent_done;
     char *frame;
     size_t frame_len, frame_off;
@@ -340,6 +342,7 @@ static void request_release(request *r) {
     qv_free(r->bad_lens);
     qv_free(r->bias);
     qv_free(r->tool_name);
+    qv_proto_tool_calls_free(r->calls_had, r->n_calls_had);
     qv_json_schema_unref(r->gp.json_schema);
     qv_free(r->echo);
     qv_free(r->ids);
@@ -1925,7 +1928,7 @@ static bool call_pieces(const qv_proto_tool_call *had, size_t n_had, const qv_pr
  * arguments in pieces as they become final; once done, the finished answer's calls
  * (member_calls) complete them, so that the pieces add up to the non-streamed answer's calls,
  * with finish_reason "tool_calls" (finished by stop). Each chunk carries the logprobs not sent
- * yet. What the client has is the reading of out[0..calls_read), read again to check that
+ * yet. What the client has is the reading of out[0..calls_read), kept to check that
  * every piece continues it: a reading that does not (fewer calls, or changed ones) sends
  * nothing. An answer that is not calls when done (cut by max_tokens, or no call after all: a
  * block that is not one, garbage after the calls) goes out as text when no call piece was
@@ -1934,16 +1937,17 @@ static bool call_pieces(const qv_proto_tool_call *had, size_t n_had, const qv_pr
  * "parameters", Mistral's list alone followed by "[TOOL_CALLS]"). */
 static char *calls_chunk(request *l, request *r, bool *oom) {
     qv_proto_result res = chunk_of(l, r);
-    qv_proto_tool_call *had = NULL, *now = NULL, *d = NULL;
-    size_t n_had = 0, n = 0, nd = 0,
+    const qv_proto_tool_call *had = r->calls_had;
+    qv_proto_tool_call *now = NULL, *d = NULL;
+    size_t n_had = r->n_calls_had, n = 0, nd = 0,
            upto = r->tools == QV_PROTO_TOOLS_REQUIRED ? 0 : stream_limit(r);
     const char *out = r->out ? r->out : "";
     char base[96];
     call_base(l, r, base, sizeof(base));
-    qv_status st = qv_proto_tool_calls_partial(r->tools, out, r->calls_read, base, &had, &n_had);
-    if (st == QV_OK && r->done)
+    qv_status st;
+    if (r->done)
         st = member_calls(l, r, &now, &n, &upto) ? QV_OK : QV_ERR_NOMEM;
-    else if (st == QV_OK)
+    else
         st = qv_proto_tool_calls_partial(r->tools, out, r->out_len, base, &now, &n);
     for (size_t i = 0; st == QV_OK && !r->done && r->mistral_ids && i < n; i++)
         qv_proto_mistral_call_id(base, i, now[i].id); /* "call_..." is longer: fits */
@@ -1970,14 +1974,20 @@ static char *calls_chunk(request *l, request *r, bool *oom) {
         r->sent_first = true;
         r->lps_sent = r->n_lps;
         if (text) r->sent = upto;
-        if (!text && nd) r->calls_read = r->out_len;
+        if (!text && nd) { /* the client has now's calls */
+            r->calls_read = r->out_len;
+            qv_proto_tool_calls_free(r->calls_had, r->n_calls_had);
+            r->calls_had = now;
+            r->n_calls_had = n;
+            now = NULL;
+            n = 0;
+        }
         if (last) {
             r->sent = r->out_len;
             r->sent_finish = true;
         }
     }
     qv_free(d);
-    qv_proto_tool_calls_free(had, n_had);
     qv_proto_tool_calls_free(now, n);
     *oom = st != QV_OK;
     return json;

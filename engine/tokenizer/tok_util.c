@@ -291,15 +291,6 @@ static uint64_t hash_bytes(const char *s, size_t n) {
     return h;
 }
 
-static uint64_t hash_u64(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return x;
-}
-
 static size_t pow2_cap(size_t expected) {
     size_t cap = 16;
     while (cap < expected * 2 + 2)
@@ -393,7 +384,7 @@ static qv_status pairmap_grow(qv__pairmap *m) {
 qv_status qv__pairmap_set(qv__pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t merged) {
     if ((m->n + 1) * 2 > m->cap && pairmap_grow(m)) return QV_ERR_NOMEM;
     uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-    size_t mask = m->cap - 1, i = (size_t)hash_u64(k) & mask;
+    size_t mask = m->cap - 1, i = (size_t)qv_fmix64(k) & mask;
     while (m->keys[i] != UINT64_MAX) {
         if (m->keys[i] == k) break;
         i = (i + 1) & mask;
@@ -408,7 +399,7 @@ qv_status qv__pairmap_set(qv__pairmap *m, int32_t a, int32_t b, int32_t rank, in
 bool qv__pairmap_get(const qv__pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *merged) {
     if (!m->cap) return false;
     uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-    size_t mask = m->cap - 1, i = (size_t)hash_u64(k) & mask;
+    size_t mask = m->cap - 1, i = (size_t)qv_fmix64(k) & mask;
     while (m->keys[i] != UINT64_MAX) {
         if (m->keys[i] == k) {
             *rank = m->ranks[i];
