@@ -852,9 +852,9 @@ static bool compile_object(compiler *c, const cJSON *j, uint32_t id, int depth) 
     nd->first = s->n_props;
     nd->n = (uint32_t)n;
     nd->lead = (uint32_t)n;
-    for (int j = 0; j < n; j++)
-        if (tmp[j].required) {
-            nd->lead = (uint32_t)j + 1;
+    for (int k = 0; k < n; k++)
+        if (tmp[k].required) {
+            nd->lead = (uint32_t)k + 1;
             break;
         }
     s->n_props += (uint32_t)n;

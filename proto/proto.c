@@ -7,6 +7,7 @@
  * Not here: limits that need the model or the server's budgets. Thread: pure functions.
  */
 #include "proto/proto.h"
+#include "proto/proto_internal.h"
 
 #include "engine/json_grammar.h"
 #include "engine/json_text.h"
@@ -22,15 +23,21 @@
 static qv_status fail(qv_proto_error *e, qv_status s, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-static qv_status fail(qv_proto_error *e, qv_status s, const char *param, const char *fmt, ...) {
+qv_status qv__proto_failv(qv_proto_error *e, qv_status s, const char *param, const char *fmt,
+                          va_list ap) {
     if (e) {
         e->status = s;
         snprintf(e->param, sizeof(e->param), "%s", param ? param : "");
-        va_list ap;
-        va_start(ap, fmt);
         vsnprintf(e->message, sizeof(e->message), fmt, ap);
-        va_end(ap);
     }
+    return s;
+}
+
+static qv_status fail(qv_proto_error *e, qv_status s, const char *param, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    qv__proto_failv(e, s, param, fmt, ap);
+    va_end(ap);
     return s;
 }
 
@@ -1567,8 +1574,7 @@ qv_status qv_proto_tool_calls_partial(enum qv_proto_tool_choice how, const char 
 
 /* ---- encoders ---- */
 
-/* Adds item under key; on failure (NULL item, or the key copy failing) frees the item. */
-static bool put_item(cJSON *obj, const char *key, cJSON *item) {
+bool qv__proto_put_item(cJSON *obj, const char *key, cJSON *item) {
     if (!item) return false;
     if (!cJSON_AddItemToObject(obj, key, item)) {
         cJSON_Delete(item);
@@ -1577,8 +1583,7 @@ static bool put_item(cJSON *obj, const char *key, cJSON *item) {
     return true;
 }
 
-/* Adds a string of known length (it may hold bytes cJSON would stop at: copy first). */
-static cJSON *add_text(cJSON *obj, const char *name, const char *text, size_t len) {
+cJSON *qv__proto_add_text(cJSON *obj, const char *name, const char *text, size_t len) {
     char *tmp = qv_strndup(text ? text : "", text ? len : 0);
     if (!tmp) return NULL;
     cJSON *s = cJSON_AddStringToObject(obj, name, tmp);
@@ -1606,19 +1611,17 @@ static cJSON *bytes_array(const char *s) {
     return a;
 }
 
-/* Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}. */
-static cJSON *chat_logprobs(const qv_proto_result *r) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON *content = o ? cJSON_AddArrayToObject(o, "content") : NULL;
-    if (!content) goto oom;
-    for (size_t i = 0; i < r->n_lps; i++) {
-        const qv_proto_logprob *lp = &r->lps[i];
+cJSON *qv__proto_logprobs_list(const qv_proto_logprob *lps, size_t n) {
+    cJSON *content = cJSON_CreateArray();
+    if (!content) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const qv_proto_logprob *lp = &lps[i];
         cJSON *t = cJSON_CreateObject();
         if (!t || !cJSON_AddItemToArray(content, t)) goto oom;
         cJSON *top;
         if (!cJSON_AddStringToObject(t, "token", lp->token) ||
             !cJSON_AddNumberToObject(t, "logprob", (double)lp->logprob) ||
-            !put_item(t, "bytes", bytes_array(lp->token)) ||
+            !qv__proto_put_item(t, "bytes", bytes_array(lp->token)) ||
             !(top = cJSON_AddArrayToObject(t, "top_logprobs")))
             goto oom;
         for (int k = 0; k < lp->n_top; k++) {
@@ -1626,12 +1629,20 @@ static cJSON *chat_logprobs(const qv_proto_result *r) {
             if (!a || !cJSON_AddItemToArray(top, a) ||
                 !cJSON_AddStringToObject(a, "token", lp->top_token[k]) ||
                 !cJSON_AddNumberToObject(a, "logprob", (double)lp->top_logprob[k]) ||
-                !put_item(a, "bytes", bytes_array(lp->top_token[k])))
+                !qv__proto_put_item(a, "bytes", bytes_array(lp->top_token[k])))
                 goto oom;
         }
     }
-    return o;
+    return content;
 oom:
+    cJSON_Delete(content);
+    return NULL;
+}
+
+/* Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}. */
+static cJSON *chat_logprobs(const qv_proto_result *r) {
+    cJSON *o = cJSON_CreateObject();
+    if (o && qv__proto_put_item(o, "content", qv__proto_logprobs_list(r->lps, r->n_lps))) return o;
     cJSON_Delete(o);
     return NULL;
 }
@@ -1745,8 +1756,8 @@ static cJSON *tool_calls(const qv_proto_result *r, bool chunk) {
                                cJSON_AddStringToObject(o, "type", "function")));
         ok = ok && (fn = cJSON_AddObjectToObject(o, "function"));
         ok = ok && (!c->name || cJSON_AddStringToObject(fn, "name", c->name));
-        ok = ok && add_text(fn, "arguments", c->arguments ? c->arguments : "",
-                            c->arguments ? strlen(c->arguments) : 0);
+        ok = ok && qv__proto_add_text(fn, "arguments", c->arguments ? c->arguments : "",
+                                      c->arguments ? strlen(c->arguments) : 0);
         if (!ok) {
             cJSON_Delete(list);
             return NULL;
@@ -1760,25 +1771,28 @@ static cJSON *choice(const qv_proto_result *r, bool chunk, bool first) {
     cJSON *c = cJSON_CreateObject();
     if (!c || !cJSON_AddNumberToObject(c, "index", r->index)) goto oom;
     if (r->endpoint == QV_PROTO_COMPLETIONS) {
-        if (!add_text(c, "text", r->text, r->text_len)) goto oom;
-        if (!put_item(c, "logprobs", r->logprobs ? completion_logprobs(r) : cJSON_CreateNull()))
+        if (!qv__proto_add_text(c, "text", r->text, r->text_len)) goto oom;
+        if (!qv__proto_put_item(c, "logprobs",
+                                r->logprobs ? completion_logprobs(r) : cJSON_CreateNull()))
             goto oom;
-        if (!chunk && r->prompt_logprobs && !put_item(c, "prompt_logprobs", prompt_logprobs(r)))
+        if (!chunk && r->prompt_logprobs &&
+            !qv__proto_put_item(c, "prompt_logprobs", prompt_logprobs(r)))
             goto oom;
     } else {
         cJSON *m = cJSON_AddObjectToObject(c, chunk ? "delta" : "message");
         if (!m) goto oom;
         if ((!chunk || first) && !cJSON_AddStringToObject(m, "role", "assistant")) goto oom;
         if (r->n_calls) { /* content: the text before the calls ("auto"), else null */
-            if (r->text_len ? !add_text(m, "content", r->text, r->text_len)
+            if (r->text_len ? !qv__proto_add_text(m, "content", r->text, r->text_len)
                             : !chunk && !cJSON_AddNullToObject(m, "content"))
                 goto oom;
-            if (!put_item(m, "tool_calls", tool_calls(r, chunk))) goto oom;
+            if (!qv__proto_put_item(m, "tool_calls", tool_calls(r, chunk))) goto oom;
         } else if ((!chunk || r->text_len || first) &&
-                   !add_text(m, "content", r->text, r->text_len)) {
+                   !qv__proto_add_text(m, "content", r->text, r->text_len)) {
             goto oom;
         }
-        if (!put_item(c, "logprobs", r->logprobs ? chat_logprobs(r) : cJSON_CreateNull())) goto oom;
+        if (!qv__proto_put_item(c, "logprobs", r->logprobs ? chat_logprobs(r) : cJSON_CreateNull()))
+            goto oom;
     }
     if (!add_finish(c, r->finish_reason)) goto oom;
     return c;
@@ -1803,7 +1817,7 @@ char *qv_proto_encode_response_choices(const qv_proto_result *r, size_t n) {
         }
     }
     if (!add_usage(o, r) || (r->endpoint == QV_PROTO_CHAT && r->prompt_logprobs &&
-                             !put_item(o, "prompt_logprobs", prompt_logprobs(r)))) {
+                             !qv__proto_put_item(o, "prompt_logprobs", prompt_logprobs(r)))) {
         cJSON_Delete(o);
         return NULL;
     }
@@ -1885,7 +1899,7 @@ static cJSON *repaired_string(const char *s) {
 
 /* Adds repaired_string(s) under name; false (nothing added) on OOM. */
 static bool add_repaired(cJSON *obj, const char *name, const char *s) {
-    return put_item(obj, name, repaired_string(s));
+    return qv__proto_put_item(obj, name, repaired_string(s));
 }
 
 char *qv_proto_encode_error(const char *message, const char *type, const char *param,

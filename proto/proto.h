@@ -61,6 +61,7 @@ enum qv_proto_endpoint {
     QV_PROTO_TOKENIZE = 2,    /* POST /tokenize (vLLM): `prompt` or `messages` */
     QV_PROTO_DETOKENIZE = 3,  /* POST /detokenize (vLLM): `tokens` into prompt_ids */
     QV_PROTO_GENERATE = 4,    /* POST /generate, /generate_stream, / (TGI, LoRAX) */
+    QV_PROTO_RESPONSES = 5,   /* POST /v1/responses (OpenAI's Responses API, on chat) */
 };
 
 /* A decoding failure: status (QV_ERR_INVALID for bad input, QV_ERR_NOMEM), an English
@@ -358,6 +359,75 @@ qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name
 
 /* SSE framing: "data: <payload>\n\n". Returns a buffer owned by the caller (qv_free) with its
  * length in *out_len, or NULL when out of memory. */
+/* ---- OpenAI's Responses API (proto/responses.c) ---- */
+
+/* Decodes a POST /v1/responses body into *r as the chat request it means (endpoint
+ * QV_PROTO_RESPONSES): `instructions` becomes a system message, then `input` (a string: one
+ * user message; or a list of items: messages with string or input_text / output_text content,
+ * role "developer" read as "system"; function_call items as an assistant's tool calls;
+ * function_call_output items as tool results); max_output_tokens, temperature, top_p, stream,
+ * parallel_tool_calls; `tools` (function tools, flat), `tool_choice` ("auto", "none",
+ * "required", {"type": "function", "name"}); `text.format` (text, json_object, json_schema with
+ * name / schema / strict); include ["message.output_text.logprobs"] with top_logprobs. The
+ * vLLM sampling extensions chat takes (top_k, min_p, seed, stop, penalties, priority,
+ * adapter_id, ...) are read as chat reads them. Refused, never ignored: previous_response_id
+ * and conversation (nothing is stored: send the whole conversation), background, prompt
+ * templates, reasoning effort / summary, truncation "auto", other include values, tool and
+ * item types other than function ones, image / file / audio input. *echo gets the JSON text
+ * of the request's settings a response object repeats (owned by the caller, qv_free; NULL on
+ * failure). Errors as qv_proto_request_decode, naming the Responses API's fields. */
+qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_request *r, char **echo,
+                                    qv_proto_error *e);
+
+/* A response as it stands (whole, or so far while streaming). */
+typedef struct qv_proto_response_out {
+    const char *id;       /* "resp_..." */
+    const char *model;    /* echoed model name */
+    int64_t created;      /* unix seconds */
+    int64_t completed_at; /* unix seconds once done (0: null) */
+    const char *echo;     /* qv_proto_responses_decode's *echo */
+    bool done;            /* finished: the status is "completed" or "incomplete" */
+    const char *finish;   /* the chat finish reason once done ("length": incomplete) */
+    const char *text;     /* the message's text (so far), before any calls */
+    size_t text_len;
+    bool logprobs; /* output_text.logprobs asked */
+    const qv_proto_logprob *lps;
+    size_t n_lps;
+    const qv_proto_tool_call *calls; /* once done: the function calls, after the message */
+    size_t n_calls;
+    int input_tokens, output_tokens, cached_tokens;
+} qv_proto_response_out;
+
+/* The response object {"id", "object": "response", "status", "output": [message,
+ * function_call...], "usage", ...the request's settings}. NULL when out of memory. A message
+ * item is written when there is text or no call. */
+char *qv_proto_response_encode(const qv_proto_response_out *o);
+
+/* What a response stream has sent. Zero it before the first call. */
+typedef struct qv_proto_response_stream {
+    int seq;          /* sequence_number of the next event */
+    bool started;     /* response.created and response.in_progress sent */
+    bool msg_open;    /* the message item and its output_text part are open */
+    bool finished;    /* response.completed / response.incomplete sent */
+    size_t text_sent; /* bytes of the message's text sent as deltas */
+    size_t lps_sent;
+} qv_proto_response_stream;
+
+/* The typed server-sent events ("event: <type>\ndata: {...}\n\n" each) that take a client
+ * from what st says it has to o: response.created and response.in_progress first;
+ * response.output_item.added, response.content_part.added, then response.output_text.delta
+ * for the message's new text (with its logprobs); once done, the message's .done events, each
+ * function call as output_item.added, function_call_arguments.delta / .done and
+ * output_item.done, and last response.completed or response.incomplete with the whole
+ * response. Returns "" (len 0) when there is nothing new, NULL when out of memory; the caller
+ * frees it (qv_free). */
+char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_response_out *o,
+                               size_t *len);
+/* An "error" event {"type": "error", "code", "message", "param": null, "sequence_number"}
+ * that ends a response stream. NULL when out of memory. */
+char *qv_proto_response_error_event(qv_proto_response_stream *st, const char *code,
+                                    const char *message, size_t *len);
+
 /* ---- TGI / LoRAX text-generation API ---- */
 
 /* What a TGI request asks beyond qv_proto_request. */

@@ -166,6 +166,10 @@ typedef struct request {
     size_t calls_read;
     qv_proto_tool_call *calls_had;
     size_t n_calls_had;
+    /* Responses API (lead): the request's settings its response repeats, and what its stream
+       has sent */
+    char *resp_echo;
+    qv_proto_response_stream rstream;
     bool sent_first, sent_finish, sent_usage, sent_done;
     char *frame;
     size_t frame_len, frame_off;
@@ -343,6 +347,7 @@ static void request_release(request *r) {
     qv_free(r->bias);
     qv_free(r->tool_name);
     qv_proto_tool_calls_free(r->calls_had, r->n_calls_had);
+    qv_free(r->resp_echo);
     qv_json_schema_unref(r->gp.json_schema);
     qv_free(r->echo);
     qv_free(r->ids);
@@ -1858,8 +1863,8 @@ static int group_generated(request *l) {
 /* The base of member r's call ids, "<request id's hex>_<choice>": call i is
  * "call_<base>_<i>" (qv_proto_tool_calls_parse). */
 static void call_base(const request *l, const request *r, char *buf, size_t cap) {
-    const char *dash = strchr(l->id, '-');
-    snprintf(buf, cap, "%s_%d", dash ? dash + 1 : l->id, r->index);
+    const char *sep = strpbrk(l->id, "-_"); /* after "chatcmpl-", "cmpl-" or "resp_" */
+    snprintf(buf, cap, "%s_%d", sep ? sep + 1 : l->id, r->index);
 }
 
 /* Member r's tool calls read from its finished text (tools != QV_PROTO_TOOLS_NONE): *n = 0 when
@@ -2055,8 +2060,69 @@ static char *member_chunk(request *l, request *r, bool *oom) {
 /* Builds the group's next SSE frame into the lead's frame buffer: the members' chunks in
  * index order, then (all finished) the usage chunk and [DONE]; an error ends the stream.
  * False when there is nothing to send now. Caller holds the lead's mutex. */
+/* A Responses API answer as it stands (member r, one per request): its text so far that is
+ * surely the message (for tool calls, none until done), and once done its calls. *calls gets
+ * what the caller must free (qv_proto_tool_calls_free). False when out of memory. */
+static bool response_out(request *r, qv_proto_response_out *o, qv_proto_tool_call **calls,
+                         size_t *n_calls) {
+    *calls = NULL;
+    *n_calls = 0;
+    size_t text = r->tools == QV_PROTO_TOOLS_NONE ? r->out_len
+                  : r->tools == QV_PROTO_TOOLS_AUTO || r->tools == QV_PROTO_TOOLS_AUTO_JSON ||
+                          r->tools == QV_PROTO_TOOLS_AUTO_MISTRAL
+                      ? stream_limit(r)
+                      : 0;
+    if (r->done && r->tools && !member_calls(r, r, calls, n_calls, &text)) return false;
+    *o = (qv_proto_response_out){.id = r->id,
+                                 .model = r->model_echo,
+                                 .created = r->created,
+                                 .completed_at = r->done ? (int64_t)time(NULL) : 0,
+                                 .echo = r->resp_echo,
+                                 .done = r->done,
+                                 .finish = r->finish,
+                                 .text = r->out ? r->out : "",
+                                 .text_len = *n_calls || !r->done ? text : r->out_len,
+                                 .logprobs = r->logprobs,
+                                 .lps = r->lps,
+                                 .n_lps = r->n_lps,
+                                 .calls = *calls,
+                                 .n_calls = *n_calls,
+                                 .input_tokens = r->usage_prompt,
+                                 .output_tokens = r->n_gen,
+                                 .cached_tokens = QV_MAX(r->cached, 0)};
+    return true;
+}
+
+/* A Responses API stream's next frame: its typed events so far, or an error event. */
+static bool response_next_frame(request *r) {
+    if (r->sent_done) return false;
+    char *ev = NULL;
+    size_t len = 0;
+    if (r->err_status) {
+        ev = qv_proto_response_error_event(&r->rstream, r->err_code ? r->err_code : "server_error",
+                                           r->err_msg, &len);
+    } else {
+        qv_proto_response_out o;
+        qv_proto_tool_call *calls;
+        size_t n_calls;
+        if (response_out(r, &o, &calls, &n_calls))
+            ev = qv_proto_response_events(&r->rstream, &o, &len);
+        qv_proto_tool_calls_free(calls, n_calls);
+    }
+    if (ev && !len) { /* nothing new */
+        qv_free(ev);
+        return false;
+    }
+    r->sent_done = r->rstream.finished || !ev;
+    r->frame = ev;
+    r->frame_len = len;
+    r->frame_off = 0;
+    return ev != NULL;
+}
+
 static bool next_frame(request *l) {
     if (l->endpoint == QV_PROTO_GENERATE) return tgi_next_frame(l);
+    if (l->endpoint == QV_PROTO_RESPONSES) return response_next_frame(l);
     bool all_sent = true, oom = false;
     for (int i = 0; i < n_choices(l); i++) {
         request *r = choice_at(l, i);
@@ -2161,6 +2227,16 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
     }
     if (!r->stream && r->done && r->endpoint == QV_PROTO_GENERATE) {
         char *json = tgi_response(r);
+        req_unlock(r);
+        if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+        return send_json(c, ctx, 200, json);
+    }
+    if (!r->stream && r->done && r->endpoint == QV_PROTO_RESPONSES) {
+        qv_proto_response_out o;
+        qv_proto_tool_call *calls;
+        size_t n_calls;
+        char *json = response_out(r, &o, &calls, &n_calls) ? qv_proto_response_encode(&o) : NULL;
+        qv_proto_tool_calls_free(calls, n_calls);
         req_unlock(r);
         if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
         return send_json(c, ctx, 200, json);
@@ -2296,6 +2372,14 @@ static bool cut_after_last(char *rendered, const char *msg) {
     return false;
 }
 
+/* The field that holds the prompt in an endpoint's requests. */
+static const char *prompt_param(enum qv_proto_endpoint ep) {
+    return ep == QV_PROTO_CHAT        ? "messages"
+           : ep == QV_PROTO_RESPONSES ? "input"
+           : ep == QV_PROTO_GENERATE  ? "inputs"
+                                      : "prompt";
+}
+
 /* The ids of a request's text: its chat messages rendered with the model's template
  * (*prompt, owned by the caller), or its text prompt; add_special_tokens as the request says.
  * Otherwise sends the error (*ret) and returns false. */
@@ -2347,8 +2431,9 @@ static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
         qv_free(calls);
         qv_free(msgs);
         if (s != QV_OK) {
-            *ret =
-                send_error(c, ctx, s == QV_ERR_NOMEM ? 500 : 400, "messages", NULL, "%s", err.msg);
+            *ret = send_error(c, ctx, s == QV_ERR_NOMEM ? 500 : 400,
+                              pr->endpoint == QV_PROTO_RESPONSES ? "input" : "messages", NULL, "%s",
+                              err.msg);
             return false;
         }
         if (pr->continue_final_message &&
@@ -2361,7 +2446,11 @@ static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
         src_len = strlen(*prompt);
     }
     if (qv_tokenizer_encode(srv->tok, src, src_len, pr->add_special_tokens, ids, n_ids, &err)) {
-        *ret = send_error(c, ctx, 400, pr->n_messages ? "messages" : "prompt", NULL, "%s", err.msg);
+        *ret = send_error(c, ctx, 400,
+                          pr->n_messages && pr->endpoint != QV_PROTO_RESPONSES
+                              ? "messages"
+                              : prompt_param(pr->endpoint),
+                          NULL, "%s", err.msg);
         return false;
     }
     return true;
@@ -2745,10 +2834,12 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     prompt_in pin[QV_PROTO_MAX_CHOICES] = {0}; /* the prompts: ids[0] is `ids` */
     size_t n_prompts = 1;
     request *r = NULL;
+    char *resp_echo = NULL; /* Responses API: the settings its response repeats */
     enum MHD_Result ret;
     const char *body = ctx->body ? ctx->body : "";
-    if ((ep == QV_PROTO_GENERATE
-             ? qv_proto_tgi_decode(body, ctx->body_len, &pr, &tgi, &pe)
+    if ((ep == QV_PROTO_GENERATE ? qv_proto_tgi_decode(body, ctx->body_len, &pr, &tgi, &pe)
+         : ep == QV_PROTO_RESPONSES
+             ? qv_proto_responses_decode(body, ctx->body_len, &pr, &resp_echo, &pe)
              : qv_proto_request_decode(ep, body, ctx->body_len, &pr, &pe)) != QV_OK) {
         ret = pe.status == QV_ERR_NOMEM
                   ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
@@ -2851,31 +2942,28 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                 goto done;
             }
         if (n_p == 0) {
-            ret = send_error(c, ctx, 400,
-                             ep == QV_PROTO_CHAT       ? "messages"
-                             : ep == QV_PROTO_GENERATE ? "inputs"
-                                                       : "prompt",
-                             NULL, "the prompt encodes to no tokens");
+            ret =
+                send_error(c, ctx, 400, prompt_param(ep), NULL, "the prompt encodes to no tokens");
             goto done;
         }
         if ((int64_t)n_p > cfg->max_prompt_tokens) {
-            ret = send_error(c, ctx, 400, ep == QV_PROTO_CHAT ? "messages" : "prompt",
-                             "context_length_exceeded",
+            ret = send_error(c, ctx, 400, prompt_param(ep), "context_length_exceeded",
                              "the prompt has %zu tokens; this server accepts at most %d", n_p,
                              cfg->max_prompt_tokens);
             goto done;
         }
         if ((int)n_p >= ctx_len) {
-            ret = send_error(c, ctx, 400, "prompt", "context_length_exceeded",
+            ret = send_error(c, ctx, 400, prompt_param(ep), "context_length_exceeded",
                              "the prompt has %zu tokens; the model's context is %d", n_p, ctx_len);
             goto done;
         }
         room = QV_MIN(room, ctx_len - (int)n_p);
     }
     int max_tokens = pr.max_tokens;
+    const char *mt_name = ep == QV_PROTO_RESPONSES ? "max_output_tokens" : "max_tokens";
     if (max_tokens > cfg->max_tokens_limit) {
-        ret = send_error(c, ctx, 400, "max_tokens", "invalid_value",
-                         "'max_tokens' is %d; this server allows at most %d", max_tokens,
+        ret = send_error(c, ctx, 400, mt_name, "invalid_value",
+                         "'%s' is %d; this server allows at most %d", mt_name, max_tokens,
                          cfg->max_tokens_limit);
         goto done;
     }
@@ -2883,10 +2971,10 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         max_tokens = ep == QV_PROTO_COMPLETIONS ? 16 : cfg->max_tokens_limit;
         if (max_tokens > room) max_tokens = room;
     } else if (max_tokens > room) {
-        ret = send_error(c, ctx, 400, "max_tokens", "context_length_exceeded",
-                         "the prompt (%d tokens) plus max_tokens (%d) exceed the model's "
+        ret = send_error(c, ctx, 400, mt_name, "context_length_exceeded",
+                         "the prompt (%d tokens) plus %s (%d) exceed the model's "
                          "context (%d)",
-                         ctx_len - room, max_tokens, ctx_len);
+                         ctx_len - room, mt_name, max_tokens, ctx_len);
         goto done;
     }
     /* what needs the model: ids in the vocabulary, and the sampling parameters */
@@ -2921,7 +3009,11 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     if ((pr.json_object || pr.json_schema) && (pr.min_tokens > 0 || pr.ignore_eos)) {
         const bool calls =
             pr.tool_choice == QV_PROTO_TOOLS_NAMED || pr.tool_choice == QV_PROTO_TOOLS_REQUIRED;
-        ret = send_error(c, ctx, 400, calls ? "tool_choice" : "response_format", "invalid_value",
+        ret = send_error(c, ctx, 400,
+                         calls                      ? "tool_choice"
+                         : ep == QV_PROTO_RESPONSES ? "text.format"
+                                                    : "response_format",
+                         "invalid_value",
                          "%s ends when the JSON closes: it cannot be combined with %s",
                          calls ? "a constrained tool call" : "JSON mode",
                          pr.ignore_eos ? "'ignore_eos'" : "'min_tokens'");
@@ -2947,7 +3039,10 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                       .t_arrival = ctx->t0,
                       .created = (int64_t)time(NULL)};
     const unsigned long serial = atomic_fetch_add(&srv->next_id, 1);
-    snprintf(ms.id, sizeof(ms.id), "%s-%lx%04lx", ep == QV_PROTO_CHAT ? "chatcmpl" : "cmpl",
+    snprintf(ms.id, sizeof(ms.id), "%s%lx%04lx",
+             ep == QV_PROTO_CHAT        ? "chatcmpl-"
+             : ep == QV_PROTO_RESPONSES ? "resp_"
+                                        : "cmpl-",
              (unsigned long)ms.created, serial);
     /* a drawn seed fits 53 bits: reported back (TGI details.seed), it survives JSON doubles;
      * choice j of each prompt samples with seed + j */
@@ -2981,6 +3076,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         goto done;
     }
     r->conn = c;
+    r->resp_echo = resp_echo;
+    resp_echo = NULL;
     for (size_t p = 0; p < n_prompts; p++)
         r->usage_prompt += (int)pin[p].n_ids;
     if (n_members > 1) {
@@ -3039,6 +3136,7 @@ done:
     qv_free(bad_ids);
     qv_free(bad_lens);
     qv_free(prompt);
+    qv_free(resp_echo);
     qv_proto_request_free(&pr);
     return ret;
 }
@@ -3679,7 +3777,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     ctx->tgi = tgi_route;
     bool known = !strcmp(url, "/v1/models") || !strcmp(url, "/metrics") ||
                  !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
-                 adapters_route || lora_route || tok_route || tgi_route;
+                 !strcmp(url, "/v1/responses") || adapters_route || lora_route || tok_route ||
+                 tgi_route;
     if (!known)
         return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %s", method, url);
     if (adapters_route || lora_route) {
@@ -3746,11 +3845,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                !strcmp(url, "/generate")          ? 0
                                : !strcmp(url, "/generate_stream") ? 1
                                                                   : -1);
-    return handle_generate(
-        srv, c, ctx, !strcmp(url, "/v1/completions") ? QV_PROTO_COMPLETIONS : QV_PROTO_CHAT, 0);
+    return handle_generate(srv, c, ctx,
+                           !strcmp(url, "/v1/completions") ? QV_PROTO_COMPLETIONS
+                           : !strcmp(url, "/v1/responses") ? QV_PROTO_RESPONSES
+                                                           : QV_PROTO_CHAT,
+                           0);
 bad_method:;
     /* Reached from routes decided before lora_route is set (/health, /ready): test the URL. */
     const char *allow = !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
+                                !strcmp(url, "/v1/responses") ||
                                 !strcmp(url, "/v1/load_lora_adapter") ||
                                 !strcmp(url, "/v1/unload_lora_adapter") ||
                                 !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize") ||

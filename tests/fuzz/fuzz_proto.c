@@ -1,7 +1,8 @@
 /*
  * fuzz_proto.c - fuzz target for the HTTP request decoders (proto/): the first input byte
  * picks the endpoint (bits 0-1: completions, chat, TGI / LoRAX generate, or tokenize; bit 2
- * with tokenize: detokenize), the rest is the request body. Invariants checked:
+ * with tokenize: detokenize; bit 3 with chat: the Responses API), the rest is the request
+ * body. Invariants checked:
  * no crash or sanitizer report; a successful decode yields a consistent struct (exactly one
  * prompt form, non-empty stop strings, ranges the server relies on); a failure carries a
  * message. Successful decodes are also re-encoded through the response encoder.
@@ -103,6 +104,67 @@ static void check_partial_calls(const char *text) {
     }
 }
 
+/* Every event of a Responses API stream is "event: <type>\ndata: <JSON>\n\n". */
+static void check_events(char *ev, size_t len) {
+    CHECK(ev != NULL && strlen(ev) == len);
+    for (char *p = ev; *p;) {
+        CHECK(!strncmp(p, "event: ", 7));
+        char *data = strstr(p, "\ndata: "), *end = data ? strstr(data, "\n\n") : NULL;
+        CHECK(data && end);
+        cJSON *j = cJSON_ParseWithLength(data + 7, (size_t)(end - data - 7));
+        CHECK(j != NULL);
+        cJSON_Delete(j);
+        p = end + 2;
+    }
+    qv_free(ev);
+}
+
+/* The Responses API (first byte: chat with bit 3): a decode is a chat request with messages
+ * and a JSON echo; its response and its events, streamed in two steps, are valid JSON. */
+static int fuzz_responses(const char *body, size_t len) {
+    qv_proto_request r;
+    qv_proto_error e;
+    char *echo = NULL;
+    qv_status s = qv_proto_responses_decode(body, len, &r, &echo, &e);
+    if (s != QV_OK) {
+        CHECK((s == QV_ERR_INVALID || s == QV_ERR_NOMEM) && e.message[0] && !echo);
+        qv_proto_request_free(&r);
+        return 0;
+    }
+    CHECK(r.endpoint == QV_PROTO_RESPONSES && r.n_messages > 0 && r.n == 1 && echo);
+    char *text = r.messages[0].content, id[] = "call_x";
+    qv_proto_tool_call call = {.id = id, .name = r.messages[0].role, .arguments = text};
+    char tok[] = "tok";
+    qv_proto_logprob lp = {.token = tok, .logprob = -1.0f};
+    qv_proto_response_out o = {.id = "resp_x",
+                               .model = "m",
+                               .echo = echo,
+                               .text = text,
+                               .text_len = strlen(text) / 2,
+                               .logprobs = r.logprobs,
+                               .lps = &lp,
+                               .n_lps = 1,
+                               .output_tokens = 1};
+    qv_proto_response_stream st = {0};
+    size_t n;
+    char *ev = qv_proto_response_events(&st, &o, &n);
+    check_events(ev, n);
+    o.done = true;
+    o.finish = r.max_tokens == 1 ? "length" : "stop";
+    o.text_len = strlen(text);
+    o.calls = &call;
+    o.n_calls = r.tool_choice ? 1 : 0;
+    ev = qv_proto_response_events(&st, &o, &n);
+    check_events(ev, n);
+    CHECK(st.finished);
+    check_json(qv_proto_response_encode(&o));
+    ev = qv_proto_response_error_event(&st, "x", text, &n);
+    check_events(ev, n);
+    qv_free(echo);
+    qv_proto_request_free(&r);
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static int hooked;
     if (!hooked) {
@@ -119,6 +181,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     qv_proto_error e;
     qv_proto_tgi tgi;
     const char *body = (const char *)data + 1;
+    if (ep == QV_PROTO_CHAT && (data[0] & 8)) return fuzz_responses(body, size - 1);
     qv_status s = ep == QV_PROTO_GENERATE ? qv_proto_tgi_decode(body, size - 1, &r, &tgi, &e)
                                           : qv_proto_request_decode(ep, body, size - 1, &r, &e);
     if (s == QV_OK && ep == QV_PROTO_GENERATE) {

@@ -1415,6 +1415,238 @@ static void test_alloc_failures(void **state) {
     assert_true(encode_failures(&res, 200) < 200);
 }
 
+/* The Responses API's requests read as the chat requests they mean. */
+static void test_responses_decode(void **state) {
+    (void)state;
+    qv_proto_request r;
+    qv_proto_error e;
+    char *echo = NULL;
+    const char *body =
+        "{\"model\":\"base:ad\",\"instructions\":\"be brief\",\"max_output_tokens\":7,"
+        "\"temperature\":0.5,\"top_k\":3,\"input\":[{\"role\":\"developer\",\"content\":\"d\"},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":\"a\"},{\"type\":"
+        "\"input_text\",\"text\":\"b\"}]},{\"type\":\"message\",\"role\":\"assistant\","
+        "\"content\":[{\"type\":\"output_text\",\"text\":\"x\"}]},{\"type\":\"function_call\","
+        "\"call_id\":\"c1\",\"name\":\"f\",\"arguments\":\"{}\"},{\"type\":\"function_call\","
+        "\"call_id\":\"c2\",\"name\":\"g\",\"arguments\":\"{\\\"k\\\":1}\"},{\"type\":"
+        "\"function_call_output\",\"call_id\":\"c1\",\"output\":\"ok\"}],"
+        "\"tools\":[{\"type\":\"function\",\"name\":\"f\",\"parameters\":{\"type\":\"object\"}},"
+        "{\"type\":\"function\",\"name\":\"g\"}],\"tool_choice\":\"required\","
+        "\"include\":[\"message.output_text.logprobs\"],\"top_logprobs\":2,"
+        "\"metadata\":{\"k\":\"v\"},\"n\":5,\"max_tokens\":99,\"messages\":[]}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), &r, &echo, &e), QV_OK);
+    assert_int_equal(r.endpoint, QV_PROTO_RESPONSES);
+    assert_string_equal(r.adapter, "ad");
+    assert_int_equal(r.max_tokens, 7); /* chat's own max_tokens and n are not read */
+    assert_int_equal(r.n, 1);
+    assert_true(r.temperature == 0.5f && r.top_k == 3 && r.logprobs && r.top_logprobs == 2);
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_REQUIRED);
+    assert_non_null(r.tools_text);
+    assert_non_null(strstr(r.tools_text, "\"function\":{\"name\":\"f\""));
+    assert_int_equal(r.n_messages, 5);
+    const char *roles[5] = {"system", "system", "user", "assistant", "tool"};
+    const char *texts[5] = {"be brief", "d", "ab", "x", "ok"};
+    for (int i = 0; i < 5; i++) {
+        assert_string_equal(r.messages[i].role, roles[i]);
+        assert_string_equal(r.messages[i].content, texts[i]);
+    }
+    assert_int_equal(r.messages[3].n_calls, 2); /* both calls join the assistant's turn */
+    assert_string_equal(r.messages[3].calls[1].id, "c2");
+    assert_string_equal(r.messages[3].calls[1].arguments, "{\"k\":1}");
+    assert_string_equal(r.messages[4].tool_call_id, "c1");
+    cJSON *j = cJSON_Parse(echo);
+    assert_non_null(j);
+    assert_string_equal(cJSON_GetObjectItem(j, "instructions")->valuestring, "be brief");
+    assert_int_equal(cJSON_GetObjectItem(j, "max_output_tokens")->valueint, 7);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "metadata"), "k")->valuestring,
+                        "v");
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItem(j, "store")));
+    cJSON_Delete(j);
+    qv_free(echo);
+    qv_proto_request_free(&r);
+
+    /* a string input; a named tool choice; the echo's defaults */
+    body = "{\"input\":\"hi\",\"tools\":[{\"type\":\"function\",\"name\":\"f\"}],\"tool_choice\":"
+           "{\"type\":\"function\",\"name\":\"f\"}}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), &r, &echo, &e), QV_OK);
+    assert_int_equal(r.n_messages, 1);
+    assert_string_equal(r.messages[0].role, "user");
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_NAMED);
+    assert_string_equal(r.tool_name, "f");
+    assert_int_equal(r.max_tokens, -1);
+    j = cJSON_Parse(echo);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "instructions")));
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "parallel_tool_calls")));
+    assert_int_equal(cJSON_GetObjectItem(j, "temperature")->valueint, 1);
+    cJSON_Delete(j);
+    qv_free(echo);
+    qv_proto_request_free(&r);
+    body = "{\"input\":\"hi\",\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":\"s\","
+           "\"schema\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}}}}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), &r, &echo, &e), QV_OK);
+    assert_non_null(r.json_schema);
+    qv_free(echo);
+    qv_proto_request_free(&r);
+
+    /* refusals name the Responses API's fields */
+    static const struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{\"input\":\"x\",\"previous_response_id\":\"r\"}", "previous_response_id"},
+        {"{\"input\":\"x\",\"reasoning\":{\"effort\":\"low\"}}", "reasoning"},
+        {"{\"input\":\"x\",\"truncation\":\"auto\"}", "truncation"},
+        {"{\"input\":\"x\",\"max_output_tokens\":0}", "max_output_tokens"},
+        {"{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"json_schema\",\"schema\":1}}}",
+         "text.format.schema"},
+        {"{\"input\":\"x\",\"include\":[\"reasoning.encrypted_content\"]}", "include"},
+        {"{\"input\":\"x\",\"tools\":[{\"type\":\"file_search\"}]}", "tools"},
+        {"{\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_file\"}]}]}", "input[0]"},
+        {"{\"input\":[{\"type\":\"item_reference\",\"id\":\"x\"}]}", "input[0]"},
+        {"{\"input\":[\"x\"]}", "input[0]"},
+        {"{\"input\":[{\"type\":\"function_call_output\",\"output\":\"o\"}]}", "input[0]"},
+        {"{\"input\":5}", "input"},
+        {"{\"instructions\":\"x\"}", "input"},
+        {"[1]", ""},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(qv_proto_responses_decode(bad[i].body, strlen(bad[i].body), &r, &echo, &e),
+                         QV_ERR_INVALID);
+        assert_string_equal(e.param, bad[i].param);
+        assert_true(e.message[0] != '\0');
+        assert_null(echo);
+        qv_proto_request_free(&r);
+    }
+    /* allocation failures anywhere fail cleanly */
+    body = "{\"instructions\":\"i\",\"input\":[{\"role\":\"user\",\"content\":\"a\"},{\"type\":"
+           "\"function_call\",\"call_id\":\"c\",\"name\":\"f\",\"arguments\":\"{}\"}],\"tools\":"
+           "[{\"type\":\"function\",\"name\":\"f\"}],\"tool_choice\":\"none\",\"text\":{\"format\":"
+           "{\"type\":\"json_object\"}}}";
+    for (int k = 0;; k++) {
+        qv_alloc_fail_after(k);
+        qv_status s = qv_proto_responses_decode(body, strlen(body), &r, &echo, &e);
+        qv_alloc_fail_after(-1);
+        qv_free(echo);
+        qv_proto_request_free(&r);
+        if (s == QV_OK) break;
+        /* a parse cut short by a failed allocation reads as invalid JSON, as in chat */
+        assert_true(s == QV_ERR_NOMEM || s == QV_ERR_INVALID);
+        assert_true(k < 5000);
+    }
+}
+
+/* The event names of an SSE text, in order, joined by spaces. */
+static void event_names(const char *ev, char *out, size_t cap) {
+    out[0] = '\0';
+    for (const char *p = ev; (p = strstr(p, "event: ")); p += 7) {
+        const size_t n = strcspn(p + 7, "\n");
+        snprintf(out + strlen(out), cap - strlen(out), "%s%.*s", out[0] ? " " : "", (int)n, p + 7);
+    }
+}
+
+/* A response streamed in three steps: the events in the API's order, nothing when nothing is
+ * new, sequence numbers that go on across calls, and a last event holding the response. */
+static void test_response_events(void **state) {
+    (void)state;
+    char tok[] = "He", tok2[] = "llo";
+    qv_proto_logprob lps[2] = {{.token = tok, .logprob = -0.5f}, {.token = tok2, .logprob = -1.0f}};
+    qv_proto_response_out o = {.id = "resp_ab",
+                               .model = "m",
+                               .echo = "{\"instructions\":null}",
+                               .text = "Hello",
+                               .text_len = 2,
+                               .logprobs = true,
+                               .lps = lps,
+                               .n_lps = 1,
+                               .input_tokens = 3,
+                               .output_tokens = 2};
+    qv_proto_response_stream st = {0};
+    size_t len;
+    char names[1024];
+    char *ev = qv_proto_response_events(&st, &o, &len);
+    event_names(ev, names, sizeof(names));
+    assert_string_equal(names, "response.created response.in_progress response.output_item.added "
+                               "response.content_part.added response.output_text.delta");
+    assert_non_null(strstr(ev, "\"delta\":\"He\""));
+    assert_non_null(strstr(ev, "\"sequence_number\":4"));
+    assert_non_null(strstr(ev, "\"item_id\":\"msg_ab\""));
+    qv_free(ev);
+    ev = qv_proto_response_events(&st, &o, &len); /* nothing new */
+    assert_int_equal(len, 0);
+    qv_free(ev);
+    char id[] = "call_1", name[] = "f", args[] = "{\"a\":1}";
+    qv_proto_tool_call call = {.id = id, .name = name, .arguments = args};
+    o.text_len = 5;
+    o.n_lps = 2;
+    o.done = true;
+    o.finish = "stop";
+    o.calls = &call;
+    o.n_calls = 1;
+    ev = qv_proto_response_events(&st, &o, &len);
+    event_names(ev, names, sizeof(names));
+    assert_string_equal(names, "response.output_text.delta response.output_text.done "
+                               "response.content_part.done response.output_item.done "
+                               "response.output_item.added "
+                               "response.function_call_arguments.delta "
+                               "response.function_call_arguments.done response.output_item.done "
+                               "response.completed");
+    assert_non_null(strstr(ev, "\"type\":\"response.output_text.delta\",\"sequence_number\":5}"));
+    assert_non_null(strstr(ev, "\"type\":\"response.completed\",\"sequence_number\":13}"));
+    assert_non_null(strstr(ev, "\"delta\":\"llo\""));
+    assert_non_null(strstr(ev, "\"item_id\":\"fc_ab_0\",\"arguments\":\"{\\\"a\\\":1}\""));
+    /* the last event: the whole response */
+    const char *last = strstr(ev, "event: response.completed\ndata: ") + 32;
+    cJSON *r = cJSON_ParseWithLength(last, strlen(last) - 2);
+    cJSON *resp = cJSON_GetObjectItem(r, "response");
+    assert_string_equal(cJSON_GetObjectItem(resp, "status")->valuestring, "completed");
+    cJSON *out = cJSON_GetObjectItem(resp, "output");
+    assert_int_equal(cJSON_GetArraySize(out), 2);
+    cJSON *part = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(out, 0), "content"), 0);
+    assert_string_equal(cJSON_GetObjectItem(part, "text")->valuestring, "Hello");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(part, "logprobs")), 2);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(out, 1), "call_id")->valuestring,
+                        "call_1");
+    assert_int_equal(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(resp, "usage"), "total_tokens")->valueint, 5);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(resp, "instructions")));
+    cJSON_Delete(r);
+    qv_free(ev);
+    ev = qv_proto_response_events(&st, &o, &len); /* finished: nothing more */
+    assert_int_equal(len, 0);
+    qv_free(ev);
+
+    /* cut by max_output_tokens, calls only: incomplete, no message item */
+    o = (qv_proto_response_out){.id = "resp_c", .done = true, .finish = "length", .text = ""};
+    char *json = qv_proto_response_encode(&o);
+    assert_non_null(strstr(json, "\"status\":\"incomplete\""));
+    assert_non_null(strstr(json, "\"incomplete_details\":{\"reason\":\"max_output_tokens\"}"));
+    assert_non_null(strstr(json, "\"type\":\"message\"")); /* no call: an empty message */
+    qv_free(json);
+    o.finish = "stop";
+    o.calls = &call;
+    o.n_calls = 1;
+    json = qv_proto_response_encode(&o);
+    assert_null(strstr(json, "\"type\":\"message\""));
+    assert_non_null(strstr(json, "\"type\":\"function_call\""));
+    qv_free(json);
+    memset(&st, 0, sizeof(st));
+    ev = qv_proto_response_error_event(&st, "server_error", "boom", &len);
+    assert_string_equal(ev, "event: error\ndata: {\"code\":\"server_error\",\"message\":\"boom\","
+                            "\"param\":null,\"type\":\"error\",\"sequence_number\":0}\n\n");
+    qv_free(ev);
+    /* allocation failures: NULL, never a partial stream */
+    for (int k = 0;; k++) {
+        qv_proto_response_stream s2 = {0};
+        qv_alloc_fail_after(k);
+        ev = qv_proto_response_events(&s2, &o, &len);
+        qv_alloc_fail_after(-1);
+        if (ev) {
+            qv_free(ev);
+            break;
+        }
+        assert_true(k < 5000);
+    }
+}
+
 int main(void) {
     cJSON_Hooks hooks = {.malloc_fn = qv_malloc, .free_fn = qv_free};
     cJSON_InitHooks(&hooks);
@@ -1435,6 +1667,8 @@ int main(void) {
         cmocka_unit_test(test_tool_calls_partial),
         cmocka_unit_test(test_template_kwargs),
         cmocka_unit_test(test_whitespace_pattern),
+        cmocka_unit_test(test_responses_decode),
+        cmocka_unit_test(test_response_events),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

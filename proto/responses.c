@@ -1,0 +1,778 @@
+/*
+ * responses.c - OpenAI's Responses API (POST /v1/responses) on top of chat completions.
+ *
+ * A request is rewritten as the chat request it means (a cJSON tree printed and handed to
+ * qv_proto_request_decode), so every sampling option, tool and structured-output rule is
+ * chat's. The answer is encoded as a response object, or streamed as the API's typed events
+ * from a small record of what the client has (qv_proto_response_stream).
+ * Not here: storage of responses (nothing is stored; previous_response_id is refused), I/O.
+ * Thread: pure functions.
+ */
+#include "proto/proto.h"
+#include "proto/proto_internal.h"
+
+#include <cjson/cJSON.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static qv_status rfail(qv_proto_error *e, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static qv_status rfail(qv_proto_error *e, const char *param, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    qv_status s = qv__proto_failv(e, QV_ERR_INVALID, param, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+static qv_status rnomem(qv_proto_error *e) {
+    if (e) {
+        e->status = QV_ERR_NOMEM;
+        e->param[0] = '\0';
+        snprintf(e->message, sizeof(e->message), "out of memory while decoding the request");
+    }
+    return QV_ERR_NOMEM;
+}
+
+/* JSON null counts as absent, as everywhere in the API. */
+static const cJSON *get(const cJSON *o, const char *name) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
+    return f && !cJSON_IsNull(f) ? f : NULL;
+}
+
+static const char *type_of(const cJSON *o) {
+    const cJSON *t = cJSON_IsObject(o) ? get(o, "type") : NULL;
+    return cJSON_IsString(t) ? t->valuestring : NULL;
+}
+
+/* Adds a copy of `from` under key (nothing when from is NULL). */
+static bool put_copy(cJSON *to, const char *key, const cJSON *from) {
+    return !from || qv__proto_put_item(to, key, cJSON_Duplicate(from, true));
+}
+
+/* A content value (a string, or a list of input_text / output_text parts) as chat's text
+ * parts [{"type": "text", "text"}] or its string; NULL with *e set when it is neither. */
+static cJSON *content_of(const cJSON *c, const char *param, qv_proto_error *e) {
+    if (cJSON_IsString(c)) {
+        cJSON *s = cJSON_CreateString(c->valuestring);
+        if (!s) rnomem(e);
+        return s;
+    }
+    if (!cJSON_IsArray(c)) {
+        rfail(e, param, "%s must be a string or a list of input_text parts", param);
+        return NULL;
+    }
+    cJSON *parts = cJSON_CreateArray();
+    if (!parts) return rnomem(e), NULL;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, c) {
+        const char *t = type_of(p);
+        const cJSON *text = cJSON_IsObject(p) ? get(p, "text") : NULL;
+        if (!t || (strcmp(t, "input_text") && strcmp(t, "output_text")) || !cJSON_IsString(text)) {
+            cJSON_Delete(parts);
+            rfail(e, param,
+                  "%s: only input_text and output_text parts are supported (quiver reads "
+                  "text; '%s' is not)",
+                  param, t ? t : "(no type)");
+            return NULL;
+        }
+        cJSON *q = cJSON_CreateObject();
+        if (!q || !cJSON_AddItemToArray(parts, q)) {
+            cJSON_Delete(q);
+            cJSON_Delete(parts);
+            return rnomem(e), NULL;
+        }
+        if (!cJSON_AddStringToObject(q, "type", "text") ||
+            !cJSON_AddStringToObject(q, "text", text->valuestring)) {
+            cJSON_Delete(parts);
+            return rnomem(e), NULL;
+        }
+    }
+    return parts;
+}
+
+/* Appends {"role", "content"} to msgs; content is taken (NULL: null). */
+static cJSON *add_message(cJSON *msgs, const char *role, cJSON *content, qv_proto_error *e) {
+    cJSON *m = cJSON_CreateObject();
+    if (!m || !cJSON_AddItemToArray(msgs, m)) {
+        cJSON_Delete(m);
+        cJSON_Delete(content);
+        return rnomem(e), NULL;
+    }
+    if (!cJSON_AddStringToObject(m, "role", role) ||
+        !qv__proto_put_item(m, "content", content ? content : cJSON_CreateNull()))
+        return rnomem(e), NULL;
+    return m;
+}
+
+/* One function_call item: a call of the assistant message before it (made when the item
+ * before is not an assistant message). */
+static qv_status add_call(cJSON *msgs, const cJSON *it, const char *param, qv_proto_error *e) {
+    const cJSON *id = get(it, "call_id"), *name = get(it, "name"), *args = get(it, "arguments");
+    cJSON *parsed = cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
+    const bool ok = cJSON_IsString(id) && cJSON_IsString(name) && cJSON_IsObject(parsed);
+    cJSON_Delete(parsed);
+    if (!ok)
+        return rfail(e, param,
+                     "%s: a function_call item needs a string call_id, a name and arguments "
+                     "(the text of a JSON object)",
+                     param);
+    cJSON *last = cJSON_GetArrayItem(msgs, cJSON_GetArraySize(msgs) - 1);
+    const cJSON *role = last ? get(last, "role") : NULL;
+    if (!cJSON_IsString(role) || strcmp(role->valuestring, "assistant"))
+        if (!(last = add_message(msgs, "assistant", NULL, e))) return QV_ERR_NOMEM;
+    cJSON *calls = cJSON_GetObjectItemCaseSensitive(last, "tool_calls");
+    if (!calls && !(calls = cJSON_AddArrayToObject(last, "tool_calls"))) return rnomem(e);
+    cJSON *c = cJSON_CreateObject(), *fn = NULL;
+    if (!c || !cJSON_AddItemToArray(calls, c)) {
+        cJSON_Delete(c);
+        return rnomem(e);
+    }
+    if (!cJSON_AddStringToObject(c, "id", id->valuestring) ||
+        !cJSON_AddStringToObject(c, "type", "function") ||
+        !(fn = cJSON_AddObjectToObject(c, "function")) ||
+        !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
+        !cJSON_AddStringToObject(fn, "arguments", args->valuestring))
+        return rnomem(e);
+    return QV_OK;
+}
+
+/* `input` (and `instructions` before it) as chat messages. */
+static qv_status input_messages(const cJSON *root, cJSON *msgs, qv_proto_error *e) {
+    const cJSON *ins = get(root, "instructions"), *in = get(root, "input");
+    if (ins && !cJSON_IsString(ins))
+        return rfail(e, "instructions", "'instructions' must be a string");
+    if (ins && !add_message(msgs, "system", cJSON_CreateString(ins->valuestring), e))
+        return QV_ERR_NOMEM;
+    if (!in) return rfail(e, "input", "'input' is required (quiver stores no conversation)");
+    if (cJSON_IsString(in))
+        return add_message(msgs, "user", cJSON_CreateString(in->valuestring), e) ? QV_OK
+                                                                                 : QV_ERR_NOMEM;
+    if (!cJSON_IsArray(in) || !cJSON_GetArraySize(in))
+        return rfail(e, "input", "'input' must be a string or a non-empty list of items");
+    if (cJSON_GetArraySize(in) > QV_PROTO_MAX_MESSAGES)
+        return rfail(e, "input", "'input' has %d items; at most %d", cJSON_GetArraySize(in),
+                     QV_PROTO_MAX_MESSAGES);
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, in) {
+        char param[40];
+        snprintf(param, sizeof(param), "input[%d]", i++);
+        const char *t = type_of(it);
+        if (!cJSON_IsObject(it)) return rfail(e, param, "%s must be an object", param);
+        if (!t || !strcmp(t, "message")) {
+            const cJSON *role = get(it, "role"), *c = get(it, "content");
+            const char *rs = cJSON_IsString(role) ? role->valuestring : "";
+            if (strcmp(rs, "user") && strcmp(rs, "system") && strcmp(rs, "developer") &&
+                strcmp(rs, "assistant"))
+                return rfail(e, param,
+                             "%s: a message's role must be \"user\", \"system\", \"developer\" "
+                             "or \"assistant\"",
+                             param);
+            if (!c) return rfail(e, param, "%s: a message needs 'content'", param);
+            cJSON *content = content_of(c, param, e);
+            if (!content) return e && e->status ? e->status : QV_ERR_NOMEM;
+            if (!add_message(msgs, strcmp(rs, "developer") ? rs : "system", content, e))
+                return QV_ERR_NOMEM;
+        } else if (!strcmp(t, "function_call")) {
+            qv_status s = add_call(msgs, it, param, e);
+            if (s) return s;
+        } else if (!strcmp(t, "function_call_output")) {
+            const cJSON *id = get(it, "call_id"), *out = get(it, "output");
+            if (!cJSON_IsString(id) || !out)
+                return rfail(e, param,
+                             "%s: a function_call_output item needs a string call_id and output",
+                             param);
+            cJSON *content = content_of(out, param, e);
+            cJSON *m = content ? add_message(msgs, "tool", content, e) : NULL;
+            if (!m) return e && e->status ? e->status : QV_ERR_NOMEM;
+            if (!cJSON_AddStringToObject(m, "tool_call_id", id->valuestring)) return rnomem(e);
+        } else {
+            return rfail(e, param,
+                         "%s: items of type '%s' are not supported by quiver (messages, "
+                         "function_call and function_call_output items are)",
+                         param, t);
+        }
+    }
+    return QV_OK;
+}
+
+/* Function tools [{"type": "function", "name", "description", "parameters", "strict"}] as
+ * chat's [{"type": "function", "function": {...}}]. */
+static qv_status chat_tools(const cJSON *tools, cJSON *chat, qv_proto_error *e) {
+    if (!cJSON_IsArray(tools)) return rfail(e, "tools", "'tools' must be a list");
+    cJSON *list = cJSON_AddArrayToObject(chat, "tools");
+    if (!list) return rnomem(e);
+    int i = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tools) {
+        const char *ty = type_of(t);
+        if (!ty || strcmp(ty, "function"))
+            return rfail(e, "tools",
+                         "tools[%d]: tools of type '%s' are not supported by quiver (function "
+                         "tools only)",
+                         i, ty ? ty : "(none)");
+        if (!cJSON_IsString(get(t, "name")))
+            return rfail(e, "tools", "tools[%d]: a function tool needs a string 'name'", i);
+        cJSON *o = cJSON_CreateObject(), *fn = NULL;
+        if (!o || !cJSON_AddItemToArray(list, o)) {
+            cJSON_Delete(o);
+            return rnomem(e);
+        }
+        if (!cJSON_AddStringToObject(o, "type", "function") ||
+            !(fn = cJSON_AddObjectToObject(o, "function")))
+            return rnomem(e);
+        static const char *const keys[] = {"name", "description", "parameters", "strict"};
+        for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+            if (!put_copy(fn, keys[k], get(t, keys[k]))) return rnomem(e);
+        i++;
+    }
+    return QV_OK;
+}
+
+static qv_status chat_tool_choice(const cJSON *tc, cJSON *chat, qv_proto_error *e) {
+    if (cJSON_IsString(tc)) return put_copy(chat, "tool_choice", tc) ? QV_OK : rnomem(e);
+    const char *t = type_of(tc);
+    const cJSON *name = t ? get(tc, "name") : NULL;
+    if (!t || strcmp(t, "function") || !cJSON_IsString(name))
+        return rfail(e, "tool_choice",
+                     "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": "
+                     "\"function\", \"name\": ...}");
+    cJSON *o = cJSON_AddObjectToObject(chat, "tool_choice"), *fn = NULL;
+    if (!o || !cJSON_AddStringToObject(o, "type", "function") ||
+        !(fn = cJSON_AddObjectToObject(o, "function")) ||
+        !cJSON_AddStringToObject(fn, "name", name->valuestring))
+        return rnomem(e);
+    return QV_OK;
+}
+
+/* text.format as chat's response_format. */
+static qv_status chat_format(const cJSON *text, cJSON *chat, qv_proto_error *e) {
+    if (!cJSON_IsObject(text)) return rfail(e, "text", "'text' must be an object");
+    const cJSON *f = get(text, "format");
+    if (!f) return QV_OK;
+    const char *t = type_of(f);
+    if (t && !strcmp(t, "text")) return QV_OK;
+    cJSON *rf = cJSON_AddObjectToObject(chat, "response_format");
+    if (!rf) return rnomem(e);
+    if (t && !strcmp(t, "json_object"))
+        return cJSON_AddStringToObject(rf, "type", "json_object") ? QV_OK : rnomem(e);
+    if (!t || strcmp(t, "json_schema"))
+        return rfail(e, "text.format",
+                     "'text.format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} "
+                     "or {\"type\": \"json_schema\", \"name\": ..., \"schema\": {...}}");
+    if (!cJSON_IsObject(get(f, "schema")))
+        return rfail(e, "text.format.schema", "'text.format.schema' must be a JSON schema object");
+    cJSON *js = NULL;
+    if (!cJSON_AddStringToObject(rf, "type", "json_schema") ||
+        !(js = cJSON_AddObjectToObject(rf, "json_schema")))
+        return rnomem(e);
+    static const char *const keys[] = {"name", "description", "schema", "strict"};
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+        if (!put_copy(js, keys[k], get(f, keys[k]))) return rnomem(e);
+    return QV_OK;
+}
+
+/* What quiver cannot do, refused by name. */
+static qv_status refuse(const cJSON *root, qv_proto_error *e) {
+    static const struct {
+        const char *name, *why;
+    } k_never[] = {
+        {"previous_response_id", "quiver stores no responses: send the whole conversation in "
+                                 "'input'"},
+        {"conversation", "quiver stores no conversations: send the whole conversation in 'input'"},
+        {"prompt", "stored prompt templates are not supported by quiver"},
+        {"max_tool_calls", "'max_tool_calls' is not supported by quiver (parallel_tool_calls "
+                           "false allows one call)"},
+    };
+    for (size_t i = 0; i < sizeof(k_never) / sizeof(k_never[0]); i++)
+        if (get(root, k_never[i].name)) return rfail(e, k_never[i].name, "%s", k_never[i].why);
+    const cJSON *f = get(root, "background");
+    if (f && !cJSON_IsFalse(f))
+        return rfail(e, "background", "background responses are not supported by quiver");
+    if ((f = get(root, "reasoning"))) {
+        if (!cJSON_IsObject(f)) return rfail(e, "reasoning", "'reasoning' must be an object");
+        if (get(f, "effort") || get(f, "summary") || get(f, "generate_summary"))
+            return rfail(e, "reasoning",
+                         "'reasoning' options are not supported: the base models quiver serves "
+                         "do not reason separately");
+    }
+    if ((f = get(root, "truncation")) &&
+        !(cJSON_IsString(f) && !strcmp(f->valuestring, "disabled")))
+        return rfail(e, "truncation",
+                     "'truncation' must be \"disabled\" (a prompt longer than the context is "
+                     "refused)");
+    if ((f = get(root, "metadata")) && !cJSON_IsObject(f))
+        return rfail(e, "metadata", "'metadata' must be an object of strings");
+    if ((f = get(root, "store")) && !cJSON_IsBool(f))
+        return rfail(e, "store", "'store' must be a boolean (quiver stores no responses)");
+    if ((f = get(root, "user")) && !cJSON_IsString(f))
+        return rfail(e, "user", "'user' must be a string");
+    return QV_OK;
+}
+
+/* include and top_logprobs: logprobs of the output text. */
+static qv_status chat_logprobs(const cJSON *root, cJSON *chat, qv_proto_error *e) {
+    const cJSON *inc = get(root, "include"), *top = get(root, "top_logprobs");
+    bool lps = false;
+    if (inc && !cJSON_IsArray(inc)) return rfail(e, "include", "'include' must be a list");
+    const cJSON *x;
+    cJSON_ArrayForEach(x, inc) {
+        if (!cJSON_IsString(x) || strcmp(x->valuestring, "message.output_text.logprobs"))
+            return rfail(e, "include",
+                         "'include' may only hold \"message.output_text.logprobs\" (quiver has "
+                         "no tools of its own, images or stored reasoning)");
+        lps = true;
+    }
+    if (top && !(cJSON_IsNumber(top) && top->valuedouble == 0)) lps = true;
+    if (lps && !cJSON_AddTrueToObject(chat, "logprobs")) return rnomem(e);
+    return put_copy(chat, "top_logprobs", top) ? QV_OK : rnomem(e);
+}
+
+/* The settings a response object repeats, with the API's defaults. */
+static char *echo_of(const cJSON *root) {
+    cJSON *o = cJSON_CreateObject();
+    static const char *const copied[] = {"instructions", "max_output_tokens", "user",
+                                         "top_logprobs"};
+    bool ok = o != NULL;
+    for (size_t i = 0; ok && i < sizeof(copied) / sizeof(copied[0]); i++) {
+        const cJSON *f = get(root, copied[i]);
+        ok = f ? put_copy(o, copied[i], f) : cJSON_AddNullToObject(o, copied[i]) != NULL;
+    }
+    const cJSON *f;
+    cJSON *r = NULL, *t = NULL, *fmt = NULL;
+    ok = ok && ((f = get(root, "metadata")) ? put_copy(o, "metadata", f)
+                                            : cJSON_AddObjectToObject(o, "metadata") != NULL);
+    ok = ok && ((f = get(root, "parallel_tool_calls"))
+                    ? put_copy(o, "parallel_tool_calls", f)
+                    : cJSON_AddTrueToObject(o, "parallel_tool_calls") != NULL);
+    ok = ok &&
+         ((f = get(root, "temperature")) ? put_copy(o, "temperature", f)
+                                         : cJSON_AddNumberToObject(o, "temperature", 1) != NULL);
+    ok = ok && ((f = get(root, "top_p")) ? put_copy(o, "top_p", f)
+                                         : cJSON_AddNumberToObject(o, "top_p", 1) != NULL);
+    ok = ok && ((f = get(root, "text")) ? put_copy(o, "text", f)
+                                        : (t = cJSON_AddObjectToObject(o, "text")) &&
+                                              (fmt = cJSON_AddObjectToObject(t, "format")) &&
+                                              cJSON_AddStringToObject(fmt, "type", "text") != NULL);
+    ok = ok && ((f = get(root, "tool_choice"))
+                    ? put_copy(o, "tool_choice", f)
+                    : cJSON_AddStringToObject(o, "tool_choice", "auto") != NULL);
+    ok = ok && ((f = get(root, "tools")) ? put_copy(o, "tools", f)
+                                         : cJSON_AddArrayToObject(o, "tools") != NULL);
+    ok = ok && cJSON_AddStringToObject(o, "truncation", "disabled") &&
+         cJSON_AddFalseToObject(o, "store") && cJSON_AddNullToObject(o, "previous_response_id") &&
+         (r = cJSON_AddObjectToObject(o, "reasoning")) && cJSON_AddNullToObject(r, "effort") &&
+         cJSON_AddNullToObject(r, "summary") &&
+         cJSON_AddStringToObject(o, "service_tier", "default");
+    char *s = ok ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return s;
+}
+
+/* A chat error's field, named as the Responses API names it. */
+static void rename_param(qv_proto_error *e) {
+    static const struct {
+        const char *chat, *resp;
+    } k_map[] = {{"messages", "input"},
+                 {"max_tokens", "max_output_tokens"},
+                 {"response_format", "text.format"},
+                 {"stream_options", "stream"}};
+    for (size_t i = 0; i < sizeof(k_map) / sizeof(k_map[0]); i++) {
+        const size_t n = strlen(k_map[i].chat);
+        if (!strncmp(e->param, k_map[i].chat, n) && (!e->param[n] || e->param[n] == '.')) {
+            char rest[64];
+            snprintf(rest, sizeof(rest), "%s", e->param + n);
+            snprintf(e->param, sizeof(e->param), "%s%s", k_map[i].resp, rest);
+            return;
+        }
+    }
+}
+
+qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_request *r, char **echo,
+                                    qv_proto_error *e) {
+    memset(r, 0, sizeof(*r));
+    *echo = NULL;
+    if (e) memset(e, 0, sizeof(*e));
+    cJSON *root = cJSON_ParseWithLength(body, len), *chat = NULL;
+    char *text = NULL;
+    qv_status s;
+    if (!root) return rfail(e, NULL, "the request body is not valid JSON");
+    if (!cJSON_IsObject(root)) {
+        s = rfail(e, NULL, "the request body must be a JSON object");
+        goto done;
+    }
+    if ((s = refuse(root, e))) goto done;
+    /* chat's fields that the Responses API does not have are not read from its body */
+    static const char *const k_dropped[] = {"input",
+                                            "instructions",
+                                            "max_output_tokens",
+                                            "text",
+                                            "tools",
+                                            "tool_choice",
+                                            "include",
+                                            "top_logprobs",
+                                            "store",
+                                            "metadata",
+                                            "reasoning",
+                                            "truncation",
+                                            "background",
+                                            "user",
+                                            "service_tier",
+                                            "stream_options",
+                                            "safety_identifier",
+                                            "prompt_cache_key",
+                                            "prompt_cache_retention",
+                                            "messages",
+                                            "n",
+                                            "max_tokens",
+                                            "max_completion_tokens",
+                                            "response_format",
+                                            "logprobs",
+                                            "echo",
+                                            "functions",
+                                            "function_call",
+                                            "prompt_logprobs",
+                                            "modalities",
+                                            "audio"};
+    if (!(chat = cJSON_Duplicate(root, true))) goto oom;
+    for (size_t i = 0; i < sizeof(k_dropped) / sizeof(k_dropped[0]); i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(chat, k_dropped[i]);
+    cJSON *msgs = cJSON_AddArrayToObject(chat, "messages");
+    if (!msgs) goto oom;
+    if ((s = input_messages(root, msgs, e))) goto done;
+    const cJSON *f;
+    if ((f = get(root, "max_output_tokens")) && !put_copy(chat, "max_tokens", f)) goto oom;
+    if ((f = get(root, "tools")) && (s = chat_tools(f, chat, e))) goto done;
+    if ((f = get(root, "tool_choice")) && (s = chat_tool_choice(f, chat, e))) goto done;
+    if ((f = get(root, "text")) && (s = chat_format(f, chat, e))) goto done;
+    if ((s = chat_logprobs(root, chat, e))) goto done;
+    if (!(text = cJSON_PrintUnformatted(chat))) goto oom;
+    if ((s = qv_proto_request_decode(QV_PROTO_CHAT, text, strlen(text), r, e))) {
+        if (e) rename_param(e);
+        goto done;
+    }
+    r->endpoint = QV_PROTO_RESPONSES;
+    if (!(*echo = echo_of(root))) goto oom;
+    s = QV_OK;
+    goto done;
+oom:
+    s = rnomem(e);
+done:
+    cJSON_free(text);
+    cJSON_Delete(chat);
+    cJSON_Delete(root);
+    return s;
+}
+
+/* ---- encoding ---- */
+
+static const char *suffix_of(const qv_proto_response_out *o) {
+    const char *id = o->id ? o->id : "";
+    return strncmp(id, "resp_", 5) ? id : id + 5;
+}
+
+static const char *status_of(const qv_proto_response_out *o) {
+    if (!o->done) return "in_progress";
+    return o->finish && !strcmp(o->finish, "length") ? "incomplete" : "completed";
+}
+
+/* {"type": "output_text", "text", "annotations": [], "logprobs": [...]} over text[0..len) and
+ * lps[0..n_lps). */
+static cJSON *text_part(const char *text, size_t len, const qv_proto_logprob *lps, size_t n_lps) {
+    cJSON *p = cJSON_CreateObject();
+    if (p && cJSON_AddStringToObject(p, "type", "output_text") &&
+        qv__proto_add_text(p, "text", text, len) && cJSON_AddArrayToObject(p, "annotations") &&
+        qv__proto_put_item(p, "logprobs", qv__proto_logprobs_list(lps, n_lps)))
+        return p;
+    cJSON_Delete(p);
+    return NULL;
+}
+
+/* The message item: with its content part when `whole`, else content [] (just added). */
+static cJSON *message_item(const qv_proto_response_out *o, const char *status, bool whole) {
+    char id[128];
+    snprintf(id, sizeof(id), "msg_%s", suffix_of(o));
+    cJSON *m = cJSON_CreateObject(), *content = NULL;
+    if (!m || !cJSON_AddStringToObject(m, "id", id) ||
+        !cJSON_AddStringToObject(m, "type", "message") ||
+        !cJSON_AddStringToObject(m, "status", status) ||
+        !cJSON_AddStringToObject(m, "role", "assistant") ||
+        !(content = cJSON_AddArrayToObject(m, "content")))
+        goto oom;
+    if (whole) {
+        cJSON *p = text_part(o->text, o->text_len, o->logprobs ? o->lps : NULL,
+                             o->logprobs ? o->n_lps : 0);
+        if (!p || !cJSON_AddItemToArray(content, p)) {
+            cJSON_Delete(p);
+            goto oom;
+        }
+    }
+    return m;
+oom:
+    cJSON_Delete(m);
+    return NULL;
+}
+
+/* Function call i's item; arguments "" and in_progress when !whole (just added). */
+static cJSON *call_item(const qv_proto_response_out *o, size_t i, bool whole) {
+    char id[128];
+    snprintf(id, sizeof(id), "fc_%s_%zu", suffix_of(o), i);
+    const qv_proto_tool_call *c = &o->calls[i];
+    cJSON *m = cJSON_CreateObject();
+    if (m && cJSON_AddStringToObject(m, "id", id) &&
+        cJSON_AddStringToObject(m, "type", "function_call") &&
+        cJSON_AddStringToObject(m, "status", whole ? "completed" : "in_progress") &&
+        cJSON_AddStringToObject(m, "call_id", c->id ? c->id : "") &&
+        cJSON_AddStringToObject(m, "name", c->name ? c->name : "") &&
+        cJSON_AddStringToObject(m, "arguments", whole && c->arguments ? c->arguments : ""))
+        return m;
+    cJSON_Delete(m);
+    return NULL;
+}
+
+static bool has_message(const qv_proto_response_out *o) { return o->text_len || !o->n_calls; }
+
+/* The response object; `whole`: with its output and usage (else output [] and usage null). */
+static cJSON *response_obj(const qv_proto_response_out *o, bool whole) {
+    cJSON *r = o->echo ? cJSON_Parse(o->echo) : cJSON_CreateObject();
+    cJSON *out = NULL, *u = NULL, *d = NULL;
+    const char *status = whole ? status_of(o) : "in_progress";
+    if (!r || !cJSON_AddStringToObject(r, "id", o->id ? o->id : "") ||
+        !cJSON_AddStringToObject(r, "object", "response") ||
+        !cJSON_AddNumberToObject(r, "created_at", (double)o->created) ||
+        !(whole && o->completed_at
+              ? cJSON_AddNumberToObject(r, "completed_at", (double)o->completed_at)
+              : cJSON_AddNullToObject(r, "completed_at")) ||
+        !cJSON_AddStringToObject(r, "status", status) || !cJSON_AddFalseToObject(r, "background") ||
+        !cJSON_AddNullToObject(r, "error") ||
+        !cJSON_AddStringToObject(r, "model", o->model ? o->model : "") ||
+        !(out = cJSON_AddArrayToObject(r, "output")))
+        goto oom;
+    if (!strcmp(status, "incomplete")) {
+        cJSON *why = cJSON_AddObjectToObject(r, "incomplete_details");
+        if (!why || !cJSON_AddStringToObject(why, "reason", "max_output_tokens")) goto oom;
+    } else if (!cJSON_AddNullToObject(r, "incomplete_details")) {
+        goto oom;
+    }
+    if (!whole) return cJSON_AddNullToObject(r, "usage") ? r : (cJSON_Delete(r), NULL);
+    if (has_message(o)) {
+        cJSON *m = message_item(o, status, true);
+        if (!m || !cJSON_AddItemToArray(out, m)) {
+            cJSON_Delete(m);
+            goto oom;
+        }
+    }
+    for (size_t i = 0; i < o->n_calls; i++) {
+        cJSON *c = call_item(o, i, true);
+        if (!c || !cJSON_AddItemToArray(out, c)) {
+            cJSON_Delete(c);
+            goto oom;
+        }
+    }
+    if (!(u = cJSON_AddObjectToObject(r, "usage")) ||
+        !cJSON_AddNumberToObject(u, "input_tokens", o->input_tokens) ||
+        !(d = cJSON_AddObjectToObject(u, "input_tokens_details")) ||
+        !cJSON_AddNumberToObject(d, "cached_tokens", o->cached_tokens) ||
+        !cJSON_AddNumberToObject(u, "output_tokens", o->output_tokens) ||
+        !(d = cJSON_AddObjectToObject(u, "output_tokens_details")) ||
+        !cJSON_AddNumberToObject(d, "reasoning_tokens", 0) ||
+        !cJSON_AddNumberToObject(u, "total_tokens", o->input_tokens + o->output_tokens))
+        goto oom;
+    return r;
+oom:
+    cJSON_Delete(r);
+    return NULL;
+}
+
+char *qv_proto_response_encode(const qv_proto_response_out *o) {
+    cJSON *r = response_obj(o, true);
+    char *s = r ? cJSON_PrintUnformatted(r) : NULL;
+    cJSON_Delete(r);
+    return s;
+}
+
+/* ---- streaming ---- */
+
+typedef struct evbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} evbuf;
+
+static void ev_put(evbuf *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 1024;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = qv_realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+/* Appends event `type` with payload o (taken; NULL: out of memory), which gets its "type" and
+ * "sequence_number". */
+static void ev(evbuf *b, qv_proto_response_stream *st, const char *type, cJSON *o) {
+    char *json = NULL;
+    if (o && cJSON_AddStringToObject(o, "type", type) &&
+        cJSON_AddNumberToObject(o, "sequence_number", st->seq))
+        json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!json) {
+        b->oom = true;
+        return;
+    }
+    st->seq++;
+    ev_put(b, "event: ", 7);
+    ev_put(b, type, strlen(type));
+    ev_put(b, "\ndata: ", 7);
+    ev_put(b, json, strlen(json));
+    ev_put(b, "\n\n", 2);
+    cJSON_free(json);
+}
+
+/* {"<key>": item (taken)} plus output_index, and for message events item_id / content_index. */
+static cJSON *ev_obj(const char *key, cJSON *item, int output_index, const char *item_id,
+                     bool content_index) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) {
+        cJSON_Delete(item);
+        return NULL;
+    }
+    if ((!key || qv__proto_put_item(o, key, item)) &&
+        cJSON_AddNumberToObject(o, "output_index", output_index) &&
+        (!item_id || cJSON_AddStringToObject(o, "item_id", item_id)) &&
+        (!content_index || cJSON_AddNumberToObject(o, "content_index", 0)))
+        return o;
+    cJSON_Delete(o);
+    return NULL;
+}
+
+static char *ev_done(evbuf *b, size_t *len) {
+    if (b->oom) {
+        qv_free(b->p);
+        return NULL;
+    }
+    if (!b->p) b->p = qv_strdup("");
+    *len = b->len;
+    return b->p;
+}
+
+char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_response_out *o,
+                               size_t *len) {
+    evbuf b = {0};
+    *len = 0;
+    if (st->finished) return ev_done(&b, len);
+    if (!st->started) {
+        ev(&b, st, "response.created", ev_obj("response", response_obj(o, false), 0, NULL, false));
+        ev(&b, st, "response.in_progress",
+           ev_obj("response", response_obj(o, false), 0, NULL, false));
+        st->started = true;
+    }
+    char mid[128];
+    snprintf(mid, sizeof(mid), "msg_%s", suffix_of(o));
+    const bool msg = o->text_len > st->text_sent || (o->logprobs && o->n_lps > st->lps_sent) ||
+                     (o->done && has_message(o));
+    if (msg && !st->msg_open) {
+        ev(&b, st, "response.output_item.added",
+           ev_obj("item", message_item(o, "in_progress", false), 0, NULL, false));
+        ev(&b, st, "response.content_part.added",
+           ev_obj("part", text_part("", 0, NULL, 0), 0, mid, true));
+        st->msg_open = true;
+    }
+    if (o->text_len > st->text_sent || (o->logprobs && o->n_lps > st->lps_sent)) {
+        cJSON *d = ev_obj(NULL, NULL, 0, mid, true);
+        if (d && (!qv__proto_add_text(d, "delta", o->text + st->text_sent,
+                                      o->text_len - st->text_sent) ||
+                  !qv__proto_put_item(
+                      d, "logprobs",
+                      qv__proto_logprobs_list(o->lps + st->lps_sent,
+                                              o->logprobs ? o->n_lps - st->lps_sent : 0)))) {
+            cJSON_Delete(d);
+            d = NULL;
+        }
+        ev(&b, st, "response.output_text.delta", d);
+        st->text_sent = o->text_len;
+        if (o->logprobs) st->lps_sent = o->n_lps;
+    }
+    if (o->done) {
+        const char *status = status_of(o);
+        if (st->msg_open) {
+            cJSON *d = ev_obj(NULL, NULL, 0, mid, true);
+            if (d &&
+                (!qv__proto_add_text(d, "text", o->text, o->text_len) ||
+                 !qv__proto_put_item(
+                     d, "logprobs", qv__proto_logprobs_list(o->lps, o->logprobs ? o->n_lps : 0)))) {
+                cJSON_Delete(d);
+                d = NULL;
+            }
+            ev(&b, st, "response.output_text.done", d);
+            ev(&b, st, "response.content_part.done",
+               ev_obj("part", text_part(o->text, o->text_len, o->lps, o->logprobs ? o->n_lps : 0),
+                      0, mid, true));
+            ev(&b, st, "response.output_item.done",
+               ev_obj("item", message_item(o, status, true), 0, NULL, false));
+        }
+        const int base = st->msg_open ? 1 : 0;
+        for (size_t i = 0; i < o->n_calls; i++) {
+            char fid[128];
+            snprintf(fid, sizeof(fid), "fc_%s_%zu", suffix_of(o), i);
+            const int at = base + (int)i;
+            const char *args = o->calls[i].arguments ? o->calls[i].arguments : "";
+            ev(&b, st, "response.output_item.added",
+               ev_obj("item", call_item(o, i, false), at, NULL, false));
+            cJSON *d = ev_obj(NULL, NULL, at, fid, false);
+            if (d && !cJSON_AddStringToObject(d, "delta", args)) {
+                cJSON_Delete(d);
+                d = NULL;
+            }
+            ev(&b, st, "response.function_call_arguments.delta", d);
+            d = ev_obj(NULL, NULL, at, fid, false);
+            if (d &&
+                (!cJSON_AddStringToObject(d, "arguments", args) ||
+                 !cJSON_AddStringToObject(d, "name", o->calls[i].name ? o->calls[i].name : ""))) {
+                cJSON_Delete(d);
+                d = NULL;
+            }
+            ev(&b, st, "response.function_call_arguments.done", d);
+            ev(&b, st, "response.output_item.done",
+               ev_obj("item", call_item(o, i, true), at, NULL, false));
+        }
+        cJSON *r = cJSON_CreateObject();
+        if (r && !qv__proto_put_item(r, "response", response_obj(o, true))) {
+            cJSON_Delete(r);
+            r = NULL;
+        }
+        ev(&b, st, strcmp(status, "incomplete") ? "response.completed" : "response.incomplete", r);
+        st->finished = true;
+    }
+    return ev_done(&b, len);
+}
+
+char *qv_proto_response_error_event(qv_proto_response_stream *st, const char *code,
+                                    const char *message, size_t *len) {
+    evbuf b = {0};
+    *len = 0;
+    cJSON *o = cJSON_CreateObject();
+    if (o &&
+        (!(code ? cJSON_AddStringToObject(o, "code", code) : cJSON_AddNullToObject(o, "code")) ||
+         !cJSON_AddStringToObject(o, "message", message ? message : "") ||
+         !cJSON_AddNullToObject(o, "param"))) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
+    ev(&b, st, "error", o);
+    st->finished = true;
+    return ev_done(&b, len);
+}

@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""OpenAI's Responses API (POST /v1/responses, docs/http-api.md#responses-api) with the official
+openai client (`client.responses.create`) on SmolLM2-135M-Instruct.
+
+The Responses API is chat completions under another shape, so every answer is checked against
+the chat completions answer to the same conversation on the same server (greedy): the text,
+token counts, logprobs, tool calls and structured output must be the same. The demo LoRA
+adapter must give its Hugging Face PEFT greedy answer (deploy/demo-adapters/pirate/demo.json,
+written by the reference oracle). Streams must carry the API's event sequence, with
+consecutive sequence numbers, deltas that add up to the final text and a last event holding
+the whole response. What quiver cannot do is refused with 400 naming the field.
+
+Usage: test_responses.py QUIVER_BINARY   (run by tests/server/test_responses.sh)
+"""
+import json
+import os
+import sys
+
+import jsonschema
+import openai
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_http_api as T  # noqa: E402 - the shared Server class, check() and failures
+
+check = T.check
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PIRATE = os.path.join(ROOT, "deploy", "demo-adapters", "pirate")
+BASE = os.path.basename(T.MODEL)[:-len(".gguf")]
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The current weather",
+           "parameters": {"type": "object",
+                          "properties": {"city": {"type": "string", "maxLength": 20},
+                                         "unit": {"enum": ["celsius", "fahrenheit"]}},
+                          "required": ["city", "unit"]}}
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
+                                            "age": {"type": "integer", "minimum": 0}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def chat(srv, messages, **kw):
+    body = {"model": BASE, "messages": messages, "temperature": 0, **kw}
+    st, _, data = srv.raw("POST", "/v1/chat/completions", body)
+    assert st == 200, (st, data)
+    return json.loads(data)
+
+
+def events_of(client, **kw):
+    """Every event of a streamed response, as dicts."""
+    return [ev.model_dump() for ev in client.responses.create(stream=True, **kw)]
+
+
+def check_stream(evs, what):
+    """The event grammar: created, in_progress, items (each added, its parts, done), then one
+    completed / incomplete event; sequence numbers 0, 1, 2...; returns (final response, text
+    from the deltas, {output_index: arguments from the deltas})."""
+    types = [e["type"] for e in evs]
+    check([e["sequence_number"] for e in evs] == list(range(len(evs))),
+          f"{what}: sequence numbers count up from 0")
+    check(types[:2] == ["response.created", "response.in_progress"],
+          f"{what}: created, then in_progress ({types[:2]})")
+    check(evs[0]["response"]["status"] == "in_progress" and evs[0]["response"]["output"] == [],
+          f"{what}: response.created holds the response in progress")
+    check(types[-1] in ("response.completed", "response.incomplete") and
+          sum(t in ("response.completed", "response.incomplete") for t in types) == 1,
+          f"{what}: one final event, last ({types[-1]})")
+    text, args, open_items = "", {}, set()
+    for e in evs[2:-1]:
+        t = e["type"]
+        if t == "response.output_item.added":
+            check(e["output_index"] not in open_items, f"{what}: an item is added once")
+            open_items.add(e["output_index"])
+            check(e["item"]["status"] == "in_progress", f"{what}: added items are in progress")
+        elif t == "response.output_item.done":
+            check(e["output_index"] in open_items, f"{what}: an item is done after it is added")
+            open_items.discard(e["output_index"])
+        elif t == "response.output_text.delta":
+            check(e["output_index"] in open_items, f"{what}: text deltas inside their item")
+            text += e["delta"]
+        elif t == "response.function_call_arguments.delta":
+            args[e["output_index"]] = args.get(e["output_index"], "") + e["delta"]
+    check(not open_items, f"{what}: every item is done before the end")
+    return evs[-1]["response"], text, args
+
+
+def run_text(srv, client):
+    msgs = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Name three colours."}]
+    want = chat(srv, msgs, max_tokens=24)
+    r = client.responses.create(model=BASE, instructions="You are terse.",
+                                input="Name three colours.", max_output_tokens=24,
+                                temperature=0)
+    d = r.model_dump()
+    check(r.id.startswith("resp_") and d["object"] == "response",
+          f"a response object ({r.id}, {d['object']})")
+    check(r.output_text == want["choices"][0]["message"]["content"],
+          f"text equals chat's ({r.output_text!r})")
+    check(r.usage.input_tokens == want["usage"]["prompt_tokens"] and
+          r.usage.output_tokens == want["usage"]["completion_tokens"] and
+          r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens,
+          f"usage equals chat's ({r.usage})")
+    fin = want["choices"][0]["finish_reason"]
+    check(r.status == ("incomplete" if fin == "length" else "completed"),
+          f"status follows chat's finish {fin} ({r.status})")
+    check(d["instructions"] == "You are terse." and d["max_output_tokens"] == 24 and
+          d["temperature"] == 0 and d["store"] is False,
+          "the request's settings are repeated; store is false")
+    check([o["type"] for o in d["output"]] == ["message"] and
+          d["output"][0]["role"] == "assistant" and
+          d["output"][0]["content"][0]["type"] == "output_text",
+          "one assistant message with one output_text part")
+
+    # Cut by max_output_tokens: incomplete, with the reason.
+    want = chat(srv, [{"role": "user", "content": "Tell me a long story."}], max_tokens=3)
+    r = client.responses.create(model=BASE, input="Tell me a long story.",
+                                max_output_tokens=3, temperature=0)
+    check(r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens" and
+          r.output_text == want["choices"][0]["message"]["content"] and
+          r.usage.output_tokens == 3,
+          f"max_output_tokens: incomplete, chat's text ({r.status}, {r.output_text!r})")
+
+    # A list of items: developer (as system), user parts, an earlier assistant turn.
+    items = [{"role": "developer", "content": "Answer in one word."},
+             {"role": "user", "content": [{"type": "input_text", "text": "Sky colour?"}]},
+             {"type": "message", "role": "assistant",
+              "content": [{"type": "output_text", "text": "Blue."}]},
+             {"role": "user", "content": "And grass?"}]
+    want = chat(srv, [{"role": "system", "content": "Answer in one word."},
+                      {"role": "user", "content": "Sky colour?"},
+                      {"role": "assistant", "content": "Blue."},
+                      {"role": "user", "content": "And grass?"}], max_tokens=8)
+    r = client.responses.create(model=BASE, input=items, max_output_tokens=8, temperature=0)
+    check(r.output_text == want["choices"][0]["message"]["content"],
+          f"input items equal the chat messages ({r.output_text!r})")
+
+    # Streamed: the same text, the event grammar, the final response.
+    evs = events_of(client, model=BASE, instructions="You are terse.",
+                    input="Name three colours.", max_output_tokens=24, temperature=0)
+    final, text, _ = check_stream(evs, "text stream")
+    r = client.responses.create(model=BASE, instructions="You are terse.",
+                                input="Name three colours.", max_output_tokens=24,
+                                temperature=0)
+    check(text == r.output_text and final["output"][0]["content"][0]["text"] == text,
+          f"stream deltas add up to the answer ({text!r} vs {r.output_text!r})")
+    check(final["usage"]["output_tokens"] == r.usage.output_tokens,
+          "the final event carries the usage")
+    types = [e["type"] for e in evs]
+    check(types[2:4] == ["response.output_item.added", "response.content_part.added"] and
+          types[-4:-1] == ["response.output_text.done", "response.content_part.done",
+                           "response.output_item.done"],
+          f"the message's events in order ({types[2:4]} ... {types[-4:-1]})")
+
+
+def run_logprobs(srv, client):
+    msgs = [{"role": "user", "content": "Say hello."}]
+    want = chat(srv, msgs, max_tokens=6, logprobs=True, top_logprobs=2)
+    want_lps = want["choices"][0]["logprobs"]["content"]
+    r = client.responses.create(model=BASE, input="Say hello.", max_output_tokens=6,
+                                temperature=0, include=["message.output_text.logprobs"],
+                                top_logprobs=2)
+    lps = r.output[0].content[0].logprobs
+    check(len(lps) == len(want_lps) and
+          all(a.token == b["token"] and abs(a.logprob - b["logprob"]) < 1e-5 and
+              len(a.top_logprobs) == 2 for a, b in zip(lps, want_lps)),
+          f"logprobs equal chat's ({len(lps)} vs {len(want_lps)} tokens)")
+    evs = events_of(client, model=BASE, input="Say hello.", max_output_tokens=6, temperature=0,
+                    include=["message.output_text.logprobs"], top_logprobs=2)
+    n = sum(len(e["logprobs"]) for e in evs if e["type"] == "response.output_text.delta")
+    check(n == len(want_lps), f"streamed deltas carry every token's logprobs ({n})")
+
+
+def run_tools(srv, client):
+    ask = "What is the weather like in Paris today?"
+    chat_tool = {"type": "function", "function": {k: v for k, v in WEATHER.items()
+                                                  if k != "type"}}
+    for choice, chat_choice in (("required", "required"),
+                                ({"type": "function", "name": "get_weather"},
+                                 {"type": "function", "function": {"name": "get_weather"}})):
+        want = chat(srv, [{"role": "user", "content": ask}], max_tokens=60, tools=[chat_tool],
+                    tool_choice=chat_choice)
+        wcalls = [(c["function"]["name"], c["function"]["arguments"])
+                  for c in want["choices"][0]["message"]["tool_calls"]]
+        r = client.responses.create(model=BASE, input=ask, max_output_tokens=60, temperature=0,
+                                    tools=[WEATHER], tool_choice=choice)
+        calls = [o for o in r.output if o.type == "function_call"]
+        check([(c.name, c.arguments) for c in calls] == wcalls,
+              f"tool_choice {choice}: the calls equal chat's ({calls})")
+        ok = True
+        for c in calls:
+            try:
+                jsonschema.validate(json.loads(c.arguments), WEATHER["parameters"])
+            except (ValueError, jsonschema.ValidationError):
+                ok = False
+        check(calls and ok and all(c.call_id.startswith("call_") and c.status == "completed"
+                                   for c in calls),
+              f"tool_choice {choice}: valid arguments, call ids")
+        evs = events_of(client, model=BASE, input=ask, max_output_tokens=60, temperature=0,
+                        tools=[WEATHER], tool_choice=choice)
+        final, _, args = check_stream(evs, f"tools stream {choice}")
+        fcs = [o for o in final["output"] if o["type"] == "function_call"]
+        check([a for _, a in sorted(args.items())] == [c["arguments"] for c in fcs] and
+              [(c["name"], c["arguments"]) for c in fcs] == wcalls,
+              f"tool_choice {choice}: streamed arguments equal the final calls")
+        done = [e for e in evs if e["type"] == "response.function_call_arguments.done"]
+        check([e["arguments"] for e in done] == [c["arguments"] for c in fcs],
+              "function_call_arguments.done holds the arguments")
+
+    # The round trip: the call and its output as input items, as chat's assistant tool_calls
+    # and tool message.
+    call = {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+            "arguments": '{"city": "Paris", "unit": "celsius"}'}
+    out = {"type": "function_call_output", "call_id": "call_1", "output": '{"sky": "sunny"}'}
+    want = chat(srv, [{"role": "user", "content": ask},
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": "call_1", "type": "function",
+                           "function": {"name": "get_weather", "arguments": call["arguments"]}}]},
+                      {"role": "tool", "tool_call_id": "call_1", "content": out["output"]}],
+                max_tokens=16)
+    r = client.responses.create(model=BASE, input=[{"role": "user", "content": ask}, call, out],
+                                max_output_tokens=16, temperature=0)
+    check(r.output_text == want["choices"][0]["message"]["content"],
+          f"function_call / function_call_output items equal chat's tool turn ({r.output_text!r})")
+
+
+def run_format(srv, client):
+    ask = "Invent a person. Reply in JSON."
+    want = chat(srv, [{"role": "user", "content": ask}], max_tokens=60,
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": "person", "schema": SCHEMA}})
+    r = client.responses.create(model=BASE, input=ask, max_output_tokens=60, temperature=0,
+                                text={"format": {"type": "json_schema", "name": "person",
+                                                 "schema": SCHEMA}})
+    try:
+        jsonschema.validate(json.loads(r.output_text), SCHEMA)
+        valid = True
+    except (ValueError, jsonschema.ValidationError):
+        valid = False
+    check(valid and r.output_text == want["choices"][0]["message"]["content"],
+          f"text.format json_schema: valid, chat's answer ({r.output_text!r})")
+    want = chat(srv, [{"role": "user", "content": ask}], max_tokens=120,
+                response_format={"type": "json_object"})
+    r = client.responses.create(model=BASE, input=ask, max_output_tokens=120, temperature=0,
+                                text={"format": {"type": "json_object"}})
+    try:  # a JSON object unless cut by max_output_tokens
+        valid = r.status == "incomplete" or isinstance(json.loads(r.output_text), dict)
+    except ValueError:
+        valid = False
+    check(valid and r.output_text == want["choices"][0]["message"]["content"],
+          f"text.format json_object: chat's JSON mode answer ({r.status}, {r.output_text!r})")
+
+
+def run_adapter(client):
+    demo = json.load(open(os.path.join(PIRATE, "demo.json")))
+    p = demo["prompts"][0]
+    r = client.responses.create(model=f"{BASE}:pirate", input=p["user"], temperature=0,
+                                max_output_tokens=len(p["adapter_greedy"]) + 4)
+    check(r.output_text == p["adapter_text"],
+          f"the pirate adapter gives HF PEFT's answer ({r.output_text!r})")
+    check(r.model == f"{BASE}:pirate", f"the model is echoed as sent ({r.model})")
+
+
+def run_errors(srv, client):
+    cases = [
+        ({"input": "hi", "previous_response_id": "resp_x"}, "previous_response_id"),
+        ({"input": "hi", "conversation": "conv_x"}, "conversation"),
+        ({"input": "hi", "background": True}, "background"),
+        ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning"),
+        ({"input": "hi", "truncation": "auto"}, "truncation"),
+        ({"input": "hi", "include": ["file_search_call.results"]}, "include"),
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools"),
+        ({"input": "hi", "tool_choice": {"type": "web_search"}}, "tool_choice"),
+        ({"input": "hi", "text": {"format": {"type": "xml"}}}, "text.format"),
+        ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "hi", "temperature": -1}, "temperature"),
+        ({}, "input"),
+        ({"input": []}, "input"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+         "input[0]"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input[0]"),
+        ({"input": [{"role": "wizard", "content": "hi"}]}, "input[0]"),
+        ({"input": [{"type": "function_call", "call_id": "c", "name": "f",
+                     "arguments": "not json"}]}, "input[0]"),
+    ]
+    for body, param in cases:
+        st, _, data = srv.raw("POST", "/v1/responses", {"model": BASE, **body})
+        err = json.loads(data).get("error", {}) if data.startswith(b"{") else {}
+        check(st == 400 and err.get("param") == param and err.get("message"),
+              f"refused: {json.dumps(body)[:70]} -> 400 {param} ({st} {err.get('param')})")
+    st, _, _ = srv.raw("POST", "/v1/responses", b"{not json")
+    check(st == 400, f"malformed JSON: 400 ({st})")
+    try:
+        client.responses.create(model=f"{BASE}:no-such-adapter", input="hi")
+        check(False, "an unknown adapter is refused")
+    except openai.NotFoundError:
+        check(True, "an unknown adapter: 404")
+    st, h, _ = srv.raw("GET", "/v1/responses")
+    check(st == 405 and "POST" in h.get("Allow", ""), f"GET /v1/responses: 405 ({st})")
+
+
+def main():
+    if not os.path.isfile(T.MODEL):
+        print(f"SKIP: {T.MODEL} not found (run deploy/fetch-model.sh)")
+        return 77
+    srv = T.Server("--preload", f"pirate={PIRATE}")
+    try:
+        client = srv.client()
+        run_text(srv, client)
+        run_logprobs(srv, client)
+        run_tools(srv, client)
+        run_format(srv, client)
+        run_adapter(client)
+        run_errors(srv, client)
+    finally:
+        srv.stop()
+    reports = [l for l in srv.lines if "Sanitizer" in l or "runtime error:" in l]
+    check(not reports, f"no sanitizer report from the server ({reports[:1]})")
+    if T.failures:
+        print(f"{len(T.failures)} check(s) failed")
+        print("server log tail:\n" + "".join(srv.lines[-20:]))
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
