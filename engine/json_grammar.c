@@ -307,6 +307,7 @@ typedef struct snode {
     /* K_LEAF numbers: bounds (integer values, |v| < 2^31; for integers inclusive) */
     bool lo_on, hi_on, lo_strict, hi_strict;
     int64_t lo, hi;
+    uint32_t mult;     /* K_LEAF numbers: multipleOf (> 1: values are its multiples; 0: any) */
     uint32_t re;       /* K_LEAF strings, K_RAW: 1 + the index of their pattern in regexes[] */
     uint32_t first, n; /* K_OBJECT: props; K_ENUM: lits; K_ANYOF: alts */
     uint32_t child;    /* K_ARRAY: items; K_MAP: values; K_REF: target */
@@ -474,6 +475,7 @@ static const char *const keywords[] = {"type",
                                        "maximum",
                                        "exclusiveMinimum",
                                        "exclusiveMaximum",
+                                       "multipleOf",
                                        "pattern"};
 
 static const cJSON *kw(const cJSON *j, const char *name) {
@@ -481,6 +483,35 @@ static const cJSON *kw(const cJSON *j, const char *name) {
 }
 
 #define BOUND_LIMIT 2147483648.0 /* |bounds| below 2^31: magnitudes above it exceed them all */
+
+/* multipleOf (a whole number from 1 to 2^31 - 1): values are its multiples, written as integers
+ * (a number's fraction, if any, all zeros) of magnitude below 2^31 (the bounds, when absent,
+ * become +-(2^31 - 1)); refused when no multiple lies within the bounds. */
+static bool compile_multiple(compiler *c, const cJSON *j, snode *nd, bool integer) {
+    const cJSON *v = kw(j, "multipleOf");
+    if (!v) return true;
+    const double d = cJSON_IsNumber(v) ? v->valuedouble : 0.0;
+    if (!(d > 0.0))
+        return cfail(c, QV_ERR_INVALID, "'multipleOf' must be a number above 0", NULL, ""), false;
+    if (d != floor(d) || d >= BOUND_LIMIT)
+        return cfail(c, QV_ERR_UNSUPPORTED,
+                     "'multipleOf' must be a whole number below 2^31 (for steps such as 0.01, "
+                     "scale the value to an integer)",
+                     NULL, ""),
+               false;
+    if (d == 1.0 && integer) return true; /* every integer */
+    nd->mult = (uint32_t)d;
+    if (!nd->lo_on) nd->lo_on = true, nd->lo = -(int64_t)(BOUND_LIMIT - 1), nd->lo_strict = false;
+    if (!nd->hi_on) nd->hi_on = true, nd->hi = (int64_t)(BOUND_LIMIT - 1), nd->hi_strict = false;
+    const int64_t k = nd->mult, lo = nd->lo + (nd->lo_strict ? 1 : 0),
+                  hi = nd->hi - (nd->hi_strict ? 1 : 0);
+    const int64_t first = lo >= 0 ? (lo + k - 1) / k * k : -(-lo / k * k); /* >= lo */
+    if (first > hi)
+        return cfail(c, QV_ERR_INVALID, "no multiple of 'multipleOf' lies within the bounds", NULL,
+                     ""),
+               false;
+    return true;
+}
 
 /* minimum / maximum / exclusiveMinimum / exclusiveMaximum of a number or integer leaf: the
  * tighter of each pair; integers round to inclusive integer bounds, numbers need integer
@@ -518,7 +549,7 @@ static bool compile_bounds(compiler *c, const cJSON *j, snode *nd, bool integer)
     if (nd->lo_on && nd->hi_on &&
         (nd->lo > nd->hi || (nd->lo == nd->hi && (nd->lo_strict || nd->hi_strict))))
         return cfail(c, QV_ERR_INVALID, "no number lies within the bounds", NULL, ""), false;
-    return true;
+    return compile_multiple(c, j, nd, integer);
 }
 
 static bool in_list(const char *w, const char *const *list, size_t n) {
@@ -658,6 +689,7 @@ static bool compile_enum(compiler *c, const cJSON *j, uint32_t id, int types) {
                                          "maximum",
                                          "exclusiveMinimum",
                                          "exclusiveMaximum",
+                                         "multipleOf",
                                          "pattern"};
     for (size_t i = 0; i < QV_ARRAY_LEN(others); i++)
         if (kw(j, others[i]))
@@ -1004,7 +1036,7 @@ static bool compile_typed(compiler *c, const cJSON *j, uint32_t id, int depth, i
             types |= T_ARRAY;
         if (kw(j, "minLength") || kw(j, "maxLength") || kw(j, "pattern")) types |= T_STRING;
         if (kw(j, "minimum") || kw(j, "maximum") || kw(j, "exclusiveMinimum") ||
-            kw(j, "exclusiveMaximum"))
+            kw(j, "exclusiveMaximum") || kw(j, "multipleOf"))
             types |= T_NUMBER;
         if (!types) types = T_ALL;
     }
@@ -1742,19 +1774,29 @@ enum { NB_NEG = 1, NB_FRAC = 2, NB_ZEROS = 4, NB_NZ = 8, NB_BIG = 16 };
 typedef struct mbounds {
     bool l_on, u_on, ls, us;
     int64_t l, u;
+    int64_t k; /* multipleOf (> 1), else 0 */
 } mbounds;
 
 static bool bounded(const snode *nd) { return nd->lo_on || nd->hi_on; }
 
 static mbounds mag_bounds(const snode *nd, bool neg) {
-    if (!neg) return (mbounds){nd->lo_on, nd->hi_on, nd->lo_strict, nd->hi_strict, nd->lo, nd->hi};
-    return (mbounds){nd->hi_on, nd->lo_on, nd->hi_strict, nd->lo_strict, -nd->hi, -nd->lo};
+    if (!neg)
+        return (mbounds){nd->lo_on, nd->hi_on, nd->lo_strict, nd->hi_strict,
+                         nd->lo,    nd->hi,    nd->mult};
+    return (mbounds){nd->hi_on, nd->lo_on, nd->hi_strict, nd->lo_strict,
+                     -nd->hi,   -nd->lo,   nd->mult};
 }
 
 static int64_t get_mag(const qv_json_frame *fr) { return (int64_t)fr->a << 16 | fr->b; }
 
-/* Whether some magnitude in [a, b) (integers: [a, b - 1]) meets the bounds. */
+/* Whether some magnitude in [a, b) (integers: [a, b - 1]) meets the bounds; under multipleOf
+ * a multiple among the integers of [a, b - 1] (multipleOf always sets both bounds). */
 static bool span_ok(const mbounds *m, bool integer, int64_t a, int64_t b) {
+    if (m->k) {
+        const int64_t lo = QV_MAX(a, m->ls ? m->l + 1 : m->l),
+                      hi = QV_MIN(b - 1, m->us ? m->u - 1 : m->u);
+        return lo <= hi && (lo + m->k - 1) / m->k * m->k <= hi; /* lo >= a >= 0 */
+    }
     if (m->u_on && (m->us && !integer ? a >= m->u : a > m->u)) return false;
     return !m->l_on || (integer ? b - 1 >= m->l : b > m->l);
 }
@@ -1775,10 +1817,11 @@ static bool prefix_ok(const mbounds *m, bool integer, int64_t x, bool more, bool
 
 /* Whether the number may end here. */
 static bool bound_end(const snode *nd, const qv_json_frame *fr) {
-    if (fr->cur & NB_FRAC) return !(fr->cur & NB_NZ);
+    if (fr->cur & NB_FRAC) return !(fr->cur & NB_NZ); /* '.' checked a multiple's integer part */
     const mbounds m = mag_bounds(nd, fr->cur & NB_NEG);
     if (fr->cur & NB_BIG) return !m.u_on;
     const int64_t x = get_mag(fr);
+    if (m.k && x % m.k) return false;
     return (!m.l_on || (m.ls ? x > m.l : x >= m.l)) && (!m.u_on || (m.us ? x < m.u : x <= m.u));
 }
 
@@ -1815,6 +1858,10 @@ static bool bound_byte(const snode *nd, qv_json_frame *fr, bool first, uint8_t s
             if (m.u_on && x == m.u) f |= NB_ZEROS;
             if (m.l_on && x < m.l) return false;
             if (m.l_on && x == m.l && m.ls) f |= NB_NZ;
+            if (m.k) { /* a whole multiple: zeros only after the point */
+                if (x % m.k || (f & NB_NZ)) return false;
+                f |= NB_ZEROS;
+            }
         }
         fr->cur |= f;
         return true;

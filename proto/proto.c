@@ -2005,39 +2005,46 @@ static cJSON *adapter_object(const qv_proto_adapter_info *a) {
     return o;
 }
 
+/* One model object: the base (a == NULL) or an adapter of it. */
+static cJSON *model_obj(const char *base, const qv_proto_adapter_info *a, int64_t created) {
+    cJSON *m = cJSON_CreateObject(), *ad = NULL;
+    if (!m || !cJSON_AddStringToObject(m, "id", a ? a->name : base) ||
+        !cJSON_AddStringToObject(m, "object", "model") ||
+        !cJSON_AddNumberToObject(m, "created", (double)created) ||
+        !cJSON_AddStringToObject(m, "owned_by", "quiver"))
+        goto oom;
+    if (a && (!(ad = cJSON_AddObjectToObject(m, "adapter")) ||
+              !cJSON_AddStringToObject(m, "parent", base) ||
+              !cJSON_AddStringToObject(m, "root", base) || !add_adapter_fields(ad, a)))
+        goto oom;
+    return m;
+oom:
+    cJSON_Delete(m);
+    return NULL;
+}
+
 char *qv_proto_encode_model_list(const char *base, const qv_proto_adapter_info *a, size_t n,
                                  int64_t created) {
     cJSON *o = cJSON_CreateObject();
-    cJSON *data = NULL, *m = NULL;
+    cJSON *data = NULL;
     if (!o || !cJSON_AddStringToObject(o, "object", "list") ||
         !(data = cJSON_AddArrayToObject(o, "data")))
         goto oom;
     for (size_t i = 0; i <= n; i++) {
-        const char *id = i == 0 ? base : a[i - 1].name;
-        m = cJSON_CreateObject();
-        if (!m || !cJSON_AddStringToObject(m, "id", id) ||
-            !cJSON_AddStringToObject(m, "object", "model") ||
-            !cJSON_AddNumberToObject(m, "created", (double)created) ||
-            !cJSON_AddStringToObject(m, "owned_by", "quiver"))
+        cJSON *m = model_obj(base, i ? &a[i - 1] : NULL, created);
+        if (!m || !cJSON_AddItemToArray(data, m)) {
+            cJSON_Delete(m);
             goto oom;
-        if (i > 0) {
-            cJSON *ad = cJSON_CreateObject();
-            if (!ad || !cJSON_AddItemToObject(m, "adapter", ad)) {
-                cJSON_Delete(ad);
-                goto oom;
-            }
-            if (!cJSON_AddStringToObject(m, "parent", base) ||
-                !cJSON_AddStringToObject(m, "root", base) || !add_adapter_fields(ad, &a[i - 1]))
-                goto oom;
         }
-        if (!cJSON_AddItemToArray(data, m)) goto oom;
-        m = NULL;
     }
     return print_and_delete(o);
 oom:
-    cJSON_Delete(m);
     cJSON_Delete(o);
     return NULL;
+}
+
+char *qv_proto_encode_model(const char *base, const qv_proto_adapter_info *a, int64_t created) {
+    return print_and_delete(model_obj(base, a, created));
 }
 
 char *qv_proto_encode_adapter_list(const qv_proto_adapter_info *a, size_t n) {

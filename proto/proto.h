@@ -340,6 +340,8 @@ typedef struct qv_proto_adapter_info {
  * parent = base and an "adapter" object: kind, rank, version, tier). */
 char *qv_proto_encode_model_list(const char *base, const qv_proto_adapter_info *a, size_t n,
                                  int64_t created);
+/* GET /v1/models/{id}: one model object of that list (a == NULL: the base). */
+char *qv_proto_encode_model(const char *base, const qv_proto_adapter_info *a, int64_t created);
 /* GET /v1/adapters ({"object":"list","data":[...]}) and one adapter object
  * ({"object":"adapter","name",..., "kind","rank","version","tier"}). */
 char *qv_proto_encode_adapter_list(const qv_proto_adapter_info *a, size_t n);

@@ -184,6 +184,7 @@ enum job_resp {
     RESP_MODELS = 0,
     RESP_LIST,
     RESP_ONE,
+    RESP_MODEL, /* GET /v1/models/{adapter} */
     RESP_DELETE,
     RESP_UNLOAD,
     RESP_UPLOAD,
@@ -3291,6 +3292,9 @@ static enum MHD_Result admin_begin(server *srv, struct MHD_Connection *c, conn_c
         int st = job_gather(srv, j, name, msg, sizeof(msg));
         if (st) {
             job_release(j);
+            if (st == 404 && resp == RESP_MODEL)
+                return send_error(c, ctx, 404, NULL, "model_not_found", "model '%s' not found",
+                                  name);
             return send_error(c, ctx, st, NULL, st == 404 ? "adapter_not_found" : NULL, "%s", msg);
         }
     } else if (name) {
@@ -3354,12 +3358,15 @@ static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn
     /* A key limited to some adapters sees only those (listings) and no other (404). */
     size_t n_shown = j->n;
     const int who = auth_key(srv, ctx, c);
-    if (who >= 0 && (j->resp == RESP_MODELS || j->resp == RESP_LIST || j->resp == RESP_ONE)) {
+    if (who >= 0 && j->resp <= RESP_MODEL) { /* the listings and one adapter or model */
         n_shown = 0;
         for (size_t i = 0; i < j->n; i++) /* infos own nothing: compacted in place */
             if (key_allows(ctx->kr, who, j->infos[i].name)) j->infos[n_shown++] = j->infos[i];
         if (j->resp == RESP_ONE && n_shown == 0) /* as for a name the store lacks */
             return send_error(c, ctx, 404, NULL, "adapter_not_found", "adapter '%s' not found",
+                              j->n ? j->infos[0].name : "");
+        if (j->resp == RESP_MODEL && n_shown == 0)
+            return send_error(c, ctx, 404, NULL, "model_not_found", "model '%s' not found",
                               j->n ? j->infos[0].name : "");
     }
     switch (j->resp) {
@@ -3371,6 +3378,8 @@ static enum MHD_Result admin_respond(server *srv, struct MHD_Connection *c, conn
         return send_listing(c, ctx, qv_proto_encode_adapter_list(j->infos, n_shown), j->infos,
                             n_shown);
     case RESP_ONE: return send_json(c, ctx, 200, qv_proto_encode_adapter(j->infos));
+    case RESP_MODEL:
+        return send_json(c, ctx, 200, qv_proto_encode_model(srv->base_name, j->infos, 0));
     case RESP_DELETE: {
         char buf[256];
         snprintf(buf, sizeof(buf),
@@ -3775,10 +3784,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     bool tgi_route =
         !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") || !strcmp(url, "/");
     ctx->tgi = tgi_route;
-    bool known = !strcmp(url, "/v1/models") || !strcmp(url, "/metrics") ||
-                 !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
-                 !strcmp(url, "/v1/responses") || adapters_route || lora_route || tok_route ||
-                 tgi_route;
+    bool known = !strcmp(url, "/v1/models") || (!strncmp(url, "/v1/models/", 11) && url[11]) ||
+                 !strcmp(url, "/metrics") || !strcmp(url, "/v1/completions") ||
+                 !strcmp(url, "/v1/chat/completions") || !strcmp(url, "/v1/responses") ||
+                 adapters_route || lora_route || tok_route || tgi_route;
     if (!known)
         return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %s", method, url);
     if (adapters_route || lora_route) {
@@ -3821,6 +3830,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!strcmp(url, "/v1/models")) {
         if (!get) goto bad_method;
         return admin_begin(srv, c, ctx, JOB_TIERS, RESP_MODELS, NULL);
+    }
+    if (!strncmp(url, "/v1/models/", 11)) { /* one model: the base, "base:adapter" or an adapter */
+        if (!get) goto bad_method;
+        const char *id = url + 11, *colon = strchr(id, ':');
+        if (model_matches(srv, id))
+            return send_json(c, ctx, 200, qv_proto_encode_model(srv->base_name, NULL, 0));
+        char base[256];
+        if (colon && (size_t)(colon - id) < sizeof(base)) {
+            memcpy(base, id, (size_t)(colon - id));
+            base[colon - id] = '\0';
+        }
+        const char *name = !colon ? id
+                           : (size_t)(colon - id) < sizeof(base) && model_matches(srv, base)
+                               ? colon + 1
+                               : NULL;
+        if (!name || (!qv_store_name_valid(name) && !qv_store_version_valid(name)))
+            return send_error(c, ctx, 404, NULL, "model_not_found", "model '%.200s' not found", id);
+        return admin_begin(srv, c, ctx, JOB_TIERS, RESP_MODEL, name);
     }
     if (!strcmp(url, "/metrics")) {
         if (!get) goto bad_method;

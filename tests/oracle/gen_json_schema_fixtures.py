@@ -27,8 +27,9 @@ The judge (`accepts`) says whether quiver must accept a text as a whole document
    and a string under a pattern or an enforced format is written plainly: no printable ASCII
    character (U+0020..U+007E) as a \\u escape, no \\/ (quiver's documented rule);
 5. quiver's documented type inference: a schema without type whose keywords belong to one
-   type (properties -> object, items or prefixItems -> array, minLength -> string, minimum -> number) takes
-   only that type; and numbers under bounds are written without an exponent;
+   type (properties -> object, items or prefixItems -> array, minLength -> string, minimum or
+   multipleOf -> number) takes only that type; numbers under bounds or multipleOf are written
+   without an exponent, and multiples are below 2^31 in magnitude;
 6. `format`: jsonschema's FormatChecker (date, date-time and time through rfc3339-validator,
    uuid, ipv4, ipv6, uri through rfc3986-validator) with quiver's documented deviations: year
    0000 and 29 February of any year pass, a date-time, time or uri never ends with a newline
@@ -124,6 +125,17 @@ SCHEMAS = [
      "required": ["stars", "count", "p", "pos", "neg", "low", "half", "both"]},
     {"type": "array", "items": {"type": "integer", "minimum": -20, "maximum": -7}, "maxItems": 4},
     {"minimum": 0, "maximum": 0},
+    # multipleOf: whole steps with and without bounds, negative ranges, numbers too
+    {"type": "object",
+     "properties": {"five": {"type": "integer", "multipleOf": 5},
+                    "dozen": {"type": "integer", "multipleOf": 12, "minimum": -30,
+                              "exclusiveMaximum": 48},
+                    "even": {"type": "number", "multipleOf": 2, "exclusiveMinimum": 3,
+                             "maximum": 11},
+                    "big": {"type": "integer", "multipleOf": 1000003, "minimum": 1},
+                    "whole": {"type": "number", "multipleOf": 1}},
+     "required": ["five", "dozen", "even", "big", "whole"]},
+    {"type": "array", "items": {"multipleOf": 7, "maximum": 100}, "maxItems": 4},
     # patterns (ECMA-262 syntax; the examples, an annotation, seed the generator)
     {"type": "object",
      "properties": {
@@ -388,9 +400,12 @@ def order_ok(pairs_value, schema, root):
         return False
     if not isinstance(schema, dict):
         return True
-    bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+    bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
     if bounds & schema.keys() and isinstance(pairs_value, Raw) and "e" in pairs_value.raw.lower():
         return False  # quiver's documented rule: bounded numbers are written without exponent
+    if "multipleOf" in schema and isinstance(pairs_value, (int, Raw)) and \
+            not isinstance(pairs_value, bool) and abs(from_pairs(pairs_value)) >= 2**31:
+        return False  # quiver's documented rule: multiples are below 2^31 in magnitude
     if "pattern" in schema and isinstance(pairs_value, str) and \
             not re.search(schema["pattern"], pairs_value, re.ASCII):
         return False  # ECMA-262 classes: \d \w are ASCII (Python's str patterns: Unicode)
@@ -605,9 +620,14 @@ def accepts(doc: bytes, schema) -> bool:
         pairs = pairs_decoder().decode(text)
     except ValueError:
         return False
-    if not jsonschema.Draft202012Validator(without_map_counts(schema),
-                                           format_checker=FORMATS).is_valid(value):
-        return False
+    with decimal.localcontext() as dc:  # multipleOf divides: exact on long numbers too
+        dc.prec = 4000
+        try:
+            if not jsonschema.Draft202012Validator(without_map_counts(schema),
+                                                   format_checker=FORMATS).is_valid(value):
+                return False
+        except decimal.InvalidOperation:  # a huge exponent under multipleOf: refused (rule 5)
+            return False
     return order_ok(pairs, schema, schema)
 
 
@@ -633,7 +653,7 @@ def gen_value(schema, root, rng, depth=0):
         types = ["object"] if "properties" in schema or "additionalProperties" in schema else (
             ["array"] if "items" in schema or "prefixItems" in schema else
             ["string"] if "minLength" in schema or "maxLength" in schema else [])
-        if not types and ({"minimum", "maximum"} & schema.keys()):
+        if not types and ({"minimum", "maximum", "multipleOf"} & schema.keys()):
             types = ["number"]
         if not types:
             return gen_free(rng, depth)
@@ -687,6 +707,15 @@ def gen_value(schema, root, rng, depth=0):
         hi = min(schema["maximum"], schema["exclusiveMaximum"])
     if "minimum" in schema and "exclusiveMinimum" in schema:
         lo = max(schema["minimum"], schema["exclusiveMinimum"])
+    if "multipleOf" in schema and t in ("integer", "number"):
+        k = schema["multipleOf"]
+        a = -(2**31 - 1) if lo is None else lo + (1 if "exclusiveMinimum" in schema and
+                                                      lo == schema["exclusiveMinimum"] else 0)
+        b = 2**31 - 1 if hi is None else hi - (1 if "exclusiveMaximum" in schema and
+                                                   hi == schema["exclusiveMaximum"] else 0)
+        qa, qb = -((-a) // k), b // k  # the multiples k*qa .. k*qb lie in [a, b]
+        v = k * rng.choice([qa, qb, rng.randint(qa, qb), rng.randint(max(qa, -3), min(qb, 3))])
+        return float(v) if t == "number" and rng.random() < 0.3 else v
     if t == "integer" and (lo is not None or hi is not None):
         a = -10**6 if lo is None else int(lo) + (1 if "exclusiveMinimum" in schema or lo != int(lo) else 0)
         b = 10**6 if hi is None else int(hi) - (1 if "exclusiveMaximum" in schema else 0)

@@ -170,6 +170,9 @@ def run_keys_file_test(store):
             st, _, data = srv.raw("GET", "/v1/models", key="team-a-key")
             ids = [m["id"] for m in json.loads(data)["data"]]
             check(st == 200 and ids == [base, "pirate"], f"limited key: /v1/models {ids}")
+            check(srv.raw("GET", "/v1/models/pirate", key="team-a-key")[0] == 200 and
+                  srv.raw("GET", "/v1/models/shouting", key="team-a-key")[0] == 404,
+                  "limited key: GET /v1/models/{id} only for its adapters")
             st, _, data = srv.raw("GET", "/v1/adapters", key="team-a-key")
             names = [a["name"] for a in json.loads(data)["data"]]
             check(st == 200 and names == ["pirate"], f"limited key: /v1/adapters {names}")
@@ -652,6 +655,17 @@ def run_admin_tests(srv, store, fix, demo, solo, base):
     check(pir.get("kind") == "LORA" and pir.get("rank") == 8 and pir.get("version") == want_v
           and pir.get("tier") == "host", f"/v1/models pirate: {pir}")
     check(by.get("ia3", {}).get("adapter", {}).get("kind") == "IA3", "/v1/models ia3 kind")
+    # GET /v1/models/{id} (openai's models.retrieve): the listing's object, under each name.
+    client = srv.client()
+    for mid in ("pirate", f"{base}:pirate"):
+        got = client.models.retrieve(mid).model_dump(exclude_none=True)
+        check(got == by.get("pirate"), f"models.retrieve({mid!r}) is the listing's: {got}")
+    check(client.models.retrieve(base).model_dump(exclude_none=True) == by.get(base),
+          "models.retrieve(base) is the listing's")
+    for mid in ("nope", "other-base:pirate", "bad%20name"):
+        T.expect_error(srv, f"GET /v1/models/{mid}", 404, "GET", f"/v1/models/{mid}")
+    st, _, data = srv.raw("GET", "/v1/models/nope")
+    check(json.loads(data)["error"].get("code") == "model_not_found", "404 model_not_found")
     st, _, data = srv.raw("GET", "/v1/adapters/shouting")
     one = json.loads(data)
     check(st == 200 and one.get("name") == "shouting" and one.get("tier") == "host",

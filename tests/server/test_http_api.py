@@ -456,7 +456,7 @@ def run_api_tests(srv):
     for extra, param in (({"response_format": schema}, "response_format"),
                          ({"tools": [{"type": "function", "function": {"name": "f"}}]},
                           "tool_choice"),  # auto, the default with tools
-                         ({"guided_json": {"type": "number", "multipleOf": 2}}, "guided_json"),
+                         ({"guided_json": {"type": "number", "multipleOf": 0.5}}, "guided_json"),
                          ({"guided_regex": "(a)\\1"}, "guided_regex")):
         expect_error(srv, f"unsupported {param}", 400, "POST", "/v1/chat/completions",
                      dict(chat, **extra), param=param)
@@ -1137,7 +1137,9 @@ def run_gone_while_waiting(srv):
     # queued behind a running stream on a one-sequence server
     one = Server("--api-key", KEY, "--max-seqs", "1")
     try:
-        a = raw_post(one.port, dict(count, max_tokens=120), "runs-first", stream=True)
+        # long enough to outlast the wait below on a fast machine (120 tokens took 0.6 s)
+        a = raw_post(one.port, dict(count, max_tokens=600, ignore_eos=True), "runs-first",
+                     stream=True)
         got = a.recv(4096)
         while b"data: " not in got:
             got += a.recv(4096)

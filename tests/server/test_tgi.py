@@ -175,9 +175,9 @@ def run(srv):
     check(re.fullmatch(r" (1[89]|20)\d\d", g) is not None,
           f"huggingface_hub grammar regex: the whole text matches ({g!r})")
     for params, what in (({"grammar": {"type": "regex", "value": "(a)\\1"}}, "backreferences"),
-                         ({"grammar": {"type": "json", "value": {"type": "string",
-                                                                  "format": "x",
-                                                                  "multipleOf": 2}}}, "multipleOf"),
+                         ({"grammar": {"type": "json", "value": {"type": "number",
+                                                                  "multipleOf": 0.25}}},
+                          "multipleOf"),
                          ({"response_format": {"type": "yaml"}}, "response_format")):
         st, _, data = srv.raw("POST", "/generate", {"inputs": "Hi", "parameters": params})
         err = json.loads(data)
