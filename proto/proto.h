@@ -405,30 +405,42 @@ typedef struct qv_proto_response_out {
  * item is written when there is text or no call. */
 char *qv_proto_response_encode(const qv_proto_response_out *o);
 
-/* What a response stream has sent. Zero it before the first call. */
+/* What a response stream has sent. Zero it before the first call; it owns `args` until the
+ * stream finishes (qv_proto_response_stream_free frees it earlier). */
 typedef struct qv_proto_response_stream {
     int seq;          /* sequence_number of the next event */
     bool started;     /* response.created and response.in_progress sent */
-    bool msg_open;    /* the message item and its output_text part are open */
+    bool msg_open;    /* the message item and its output_text part were added */
+    bool msg_done;    /* ... and closed */
+    int msg_index;    /* its output_index */
     bool finished;    /* response.completed / response.incomplete sent */
     size_t text_sent; /* bytes of the message's text sent as deltas */
     size_t lps_sent;
+    int calls_open, calls_done; /* function_call items added, and closed */
+    int call_base;              /* output_index of the first call */
+    char *args;                 /* the last added call's arguments as sent */
+    size_t args_sent;
 } qv_proto_response_stream;
 
 /* The typed server-sent events ("event: <type>\ndata: {...}\n\n" each) that take a client
- * from what st says it has to o: response.created and response.in_progress first;
- * response.output_item.added, response.content_part.added, then response.output_text.delta
- * for the message's new text (with its logprobs); once done, the message's .done events, each
- * function call as output_item.added, function_call_arguments.delta / .done and
- * output_item.done, and last response.completed or response.incomplete with the whole
- * response. Returns "" (len 0) when there is nothing new, NULL when out of memory; the caller
- * frees it (qv_free). */
+ * from what st says it has to o: response.created and response.in_progress first; the message
+ * (output_item.added, content_part.added, output_text.delta for its new text with its
+ * logprobs), closed (output_text.done, content_part.done, output_item.done) when the first
+ * call appears or the answer is done; each function call as it is read (o->calls while not
+ * done: names whole, arguments their final beginning): output_item.added,
+ * function_call_arguments.delta for new argument bytes, and .done plus output_item.done once
+ * a later call begins or the answer is done; last response.completed or response.incomplete
+ * with the whole response (o's final calls: a call begun that the finished answer does not
+ * make is closed as incomplete). Returns "" (len 0) when there is nothing new, NULL when out
+ * of memory; the caller frees it (qv_free). */
 char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_response_out *o,
                                size_t *len);
 /* An "error" event {"type": "error", "code", "message", "param": null, "sequence_number"}
  * that ends a response stream. NULL when out of memory. */
 char *qv_proto_response_error_event(qv_proto_response_stream *st, const char *code,
                                     const char *message, size_t *len);
+/* Frees what a stream that did not finish holds. */
+void qv_proto_response_stream_free(qv_proto_response_stream *st);
 
 /* ---- TGI / LoRAX text-generation API ---- */
 

@@ -101,8 +101,11 @@ static cJSON *add_message(cJSON *msgs, const char *role, cJSON *content, qv_prot
         cJSON_Delete(content);
         return rnomem(e), NULL;
     }
-    if (!cJSON_AddStringToObject(m, "role", role) ||
-        !qv__proto_put_item(m, "content", content ? content : cJSON_CreateNull()))
+    if (!cJSON_AddStringToObject(m, "role", role)) {
+        cJSON_Delete(content);
+        return rnomem(e), NULL;
+    }
+    if (!qv__proto_put_item(m, "content", content ? content : cJSON_CreateNull()))
         return rnomem(e), NULL;
     return m;
 }
@@ -144,12 +147,13 @@ static qv_status input_messages(const cJSON *root, cJSON *msgs, qv_proto_error *
     const cJSON *ins = get(root, "instructions"), *in = get(root, "input");
     if (ins && !cJSON_IsString(ins))
         return rfail(e, "instructions", "'instructions' must be a string");
-    if (ins && !add_message(msgs, "system", cJSON_CreateString(ins->valuestring), e))
-        return QV_ERR_NOMEM;
+    cJSON *text = ins ? cJSON_CreateString(ins->valuestring) : NULL;
+    if (ins && (!text || !add_message(msgs, "system", text, e))) return rnomem(e);
     if (!in) return rfail(e, "input", "'input' is required (quiver stores no conversation)");
-    if (cJSON_IsString(in))
-        return add_message(msgs, "user", cJSON_CreateString(in->valuestring), e) ? QV_OK
-                                                                                 : QV_ERR_NOMEM;
+    if (cJSON_IsString(in)) {
+        text = cJSON_CreateString(in->valuestring);
+        return text && add_message(msgs, "user", text, e) ? QV_OK : rnomem(e);
+    }
     if (!cJSON_IsArray(in) || !cJSON_GetArraySize(in))
         return rfail(e, "input", "'input' must be a string or a non-empty list of items");
     if (cJSON_GetArraySize(in) > QV_PROTO_MAX_MESSAGES)
@@ -173,7 +177,7 @@ static qv_status input_messages(const cJSON *root, cJSON *msgs, qv_proto_error *
                              param);
             if (!c) return rfail(e, param, "%s: a message needs 'content'", param);
             cJSON *content = content_of(c, param, e);
-            if (!content) return e && e->status ? e->status : QV_ERR_NOMEM;
+            if (!content) return e->status;
             if (!add_message(msgs, strcmp(rs, "developer") ? rs : "system", content, e))
                 return QV_ERR_NOMEM;
         } else if (!strcmp(t, "function_call")) {
@@ -187,7 +191,7 @@ static qv_status input_messages(const cJSON *root, cJSON *msgs, qv_proto_error *
                              param);
             cJSON *content = content_of(out, param, e);
             cJSON *m = content ? add_message(msgs, "tool", content, e) : NULL;
-            if (!m) return e && e->status ? e->status : QV_ERR_NOMEM;
+            if (!m) return e->status;
             if (!cJSON_AddStringToObject(m, "tool_call_id", id->valuestring)) return rnomem(e);
         } else {
             return rfail(e, param,
@@ -395,7 +399,9 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_reque
                                     qv_proto_error *e) {
     memset(r, 0, sizeof(*r));
     *echo = NULL;
-    if (e) memset(e, 0, sizeof(*e));
+    qv_proto_error local;
+    if (!e) e = &local; /* the helpers report through it */
+    memset(e, 0, sizeof(*e));
     cJSON *root = cJSON_ParseWithLength(body, len), *chat = NULL;
     char *text = NULL;
     qv_status s;
@@ -451,7 +457,7 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_reque
     if ((s = chat_logprobs(root, chat, e))) goto done;
     if (!(text = cJSON_PrintUnformatted(chat))) goto oom;
     if ((s = qv_proto_request_decode(QV_PROTO_CHAT, text, strlen(text), r, e))) {
-        if (e) rename_param(e);
+        rename_param(e);
         goto done;
     }
     r->endpoint = QV_PROTO_RESPONSES;
@@ -669,6 +675,68 @@ static char *ev_done(evbuf *b, size_t *len) {
     return b->p;
 }
 
+/* The message's closing events over text[0..len) (its logprobs: all of o's so far). */
+static void message_close(evbuf *b, qv_proto_response_stream *st, const qv_proto_response_out *o,
+                          const char *mid, size_t len, const char *status) {
+    const size_t n_lps = o->logprobs ? o->n_lps : 0;
+    const int at = st->msg_index;
+    cJSON *d = ev_obj(NULL, NULL, at, mid, true);
+    if (d && (!qv__proto_add_text(d, "text", o->text, len) ||
+              !qv__proto_put_item(d, "logprobs", qv__proto_logprobs_list(o->lps, n_lps)))) {
+        cJSON_Delete(d);
+        d = NULL;
+    }
+    ev(b, st, "response.output_text.done", d);
+    ev(b, st, "response.content_part.done",
+       ev_obj("part", text_part(o->text, len, o->lps, n_lps), at, mid, true));
+    qv_proto_response_out whole = *o;
+    whole.text_len = len;
+    ev(b, st, "response.output_item.done",
+       ev_obj("item", message_item(&whole, status, true), at, NULL, false));
+    st->msg_done = true;
+}
+
+/* Call i's events from what st says was sent: its item (added once), its new argument bytes
+ * (when they continue those sent), and once `whole` its .done events. */
+static void call_events(evbuf *b, qv_proto_response_stream *st, const qv_proto_response_out *o,
+                        size_t i, bool whole) {
+    char fid[128];
+    snprintf(fid, sizeof(fid), "fc_%s_%zu", suffix_of(o), i);
+    const char *args = o->calls[i].arguments ? o->calls[i].arguments : "";
+    const size_t n = strlen(args);
+    if (!st->calls_open) st->call_base = st->msg_open ? 1 : 0;
+    const int at = st->call_base + (int)i;
+    if ((int)i >= st->calls_open) {
+        ev(b, st, "response.output_item.added",
+           ev_obj("item", call_item(o, i, false), at, NULL, false));
+        st->calls_open = (int)i + 1;
+        st->args_sent = 0;
+    }
+    if (n > st->args_sent && (!st->args_sent || !strncmp(args, st->args, st->args_sent))) {
+        cJSON *d = ev_obj(NULL, NULL, at, fid, false);
+        if (d && !qv__proto_add_text(d, "delta", args + st->args_sent, n - st->args_sent)) {
+            cJSON_Delete(d);
+            d = NULL;
+        }
+        ev(b, st, "response.function_call_arguments.delta", d);
+        char *copy = qv_strdup(args);
+        if (!copy) b->oom = true;
+        qv_free(st->args);
+        st->args = copy;
+        st->args_sent = n;
+    }
+    if (!whole) return;
+    cJSON *d = ev_obj(NULL, NULL, at, fid, false);
+    if (d && (!cJSON_AddStringToObject(d, "arguments", args) ||
+              !cJSON_AddStringToObject(d, "name", o->calls[i].name ? o->calls[i].name : ""))) {
+        cJSON_Delete(d);
+        d = NULL;
+    }
+    ev(b, st, "response.function_call_arguments.done", d);
+    ev(b, st, "response.output_item.done", ev_obj("item", call_item(o, i, true), at, NULL, false));
+    st->calls_done = (int)i + 1;
+}
+
 char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_response_out *o,
                                size_t *len) {
     evbuf b = {0};
@@ -682,17 +750,18 @@ char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_resp
     }
     char mid[128];
     snprintf(mid, sizeof(mid), "msg_%s", suffix_of(o));
-    const bool msg = o->text_len > st->text_sent || (o->logprobs && o->n_lps > st->lps_sent) ||
-                     (o->done && has_message(o));
-    if (msg && !st->msg_open) {
+    const bool more_text =
+        !st->msg_done && (o->text_len > st->text_sent || (o->logprobs && o->n_lps > st->lps_sent));
+    if (!st->msg_open && (more_text || (o->done && has_message(o)))) {
+        st->msg_index = st->calls_open; /* after the calls only when they came first */
         ev(&b, st, "response.output_item.added",
-           ev_obj("item", message_item(o, "in_progress", false), 0, NULL, false));
+           ev_obj("item", message_item(o, "in_progress", false), st->msg_index, NULL, false));
         ev(&b, st, "response.content_part.added",
-           ev_obj("part", text_part("", 0, NULL, 0), 0, mid, true));
+           ev_obj("part", text_part("", 0, NULL, 0), st->msg_index, mid, true));
         st->msg_open = true;
     }
-    if (o->text_len > st->text_sent || (o->logprobs && o->n_lps > st->lps_sent)) {
-        cJSON *d = ev_obj(NULL, NULL, 0, mid, true);
+    if (more_text) {
+        cJSON *d = ev_obj(NULL, NULL, st->msg_index, mid, true);
         if (d && (!qv__proto_add_text(d, "delta", o->text + st->text_sent,
                                       o->text_len - st->text_sent) ||
                   !qv__proto_put_item(
@@ -706,48 +775,26 @@ char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_resp
         st->text_sent = o->text_len;
         if (o->logprobs) st->lps_sent = o->n_lps;
     }
+    const char *status = status_of(o);
+    /* the message ends where the calls begin, or with the answer */
+    if (st->msg_open && !st->msg_done && (o->n_calls || o->done))
+        message_close(&b, st, o, mid, o->done ? o->text_len : st->text_sent,
+                      o->done ? status : "completed");
+    for (size_t i = (size_t)st->calls_done; i < o->n_calls; i++)
+        call_events(&b, st, o, i, o->done || i + 1 < o->n_calls);
     if (o->done) {
-        const char *status = status_of(o);
-        if (st->msg_open) {
-            cJSON *d = ev_obj(NULL, NULL, 0, mid, true);
-            if (d &&
-                (!qv__proto_add_text(d, "text", o->text, o->text_len) ||
-                 !qv__proto_put_item(
-                     d, "logprobs", qv__proto_logprobs_list(o->lps, o->logprobs ? o->n_lps : 0)))) {
-                cJSON_Delete(d);
-                d = NULL;
-            }
-            ev(&b, st, "response.output_text.done", d);
-            ev(&b, st, "response.content_part.done",
-               ev_obj("part", text_part(o->text, o->text_len, o->lps, o->logprobs ? o->n_lps : 0),
-                      0, mid, true));
-            ev(&b, st, "response.output_item.done",
-               ev_obj("item", message_item(o, status, true), 0, NULL, false));
-        }
-        const int base = st->msg_open ? 1 : 0;
-        for (size_t i = 0; i < o->n_calls; i++) {
+        for (int i = st->calls_done; i < st->calls_open; i++) { /* begun, then not a call */
             char fid[128];
-            snprintf(fid, sizeof(fid), "fc_%s_%zu", suffix_of(o), i);
-            const int at = base + (int)i;
-            const char *args = o->calls[i].arguments ? o->calls[i].arguments : "";
-            ev(&b, st, "response.output_item.added",
-               ev_obj("item", call_item(o, i, false), at, NULL, false));
-            cJSON *d = ev_obj(NULL, NULL, at, fid, false);
-            if (d && !cJSON_AddStringToObject(d, "delta", args)) {
-                cJSON_Delete(d);
-                d = NULL;
+            snprintf(fid, sizeof(fid), "fc_%s_%d", suffix_of(o), i);
+            cJSON *item = cJSON_CreateObject();
+            if (item && (!cJSON_AddStringToObject(item, "id", fid) ||
+                         !cJSON_AddStringToObject(item, "type", "function_call") ||
+                         !cJSON_AddStringToObject(item, "status", "incomplete"))) {
+                cJSON_Delete(item);
+                item = NULL;
             }
-            ev(&b, st, "response.function_call_arguments.delta", d);
-            d = ev_obj(NULL, NULL, at, fid, false);
-            if (d &&
-                (!cJSON_AddStringToObject(d, "arguments", args) ||
-                 !cJSON_AddStringToObject(d, "name", o->calls[i].name ? o->calls[i].name : ""))) {
-                cJSON_Delete(d);
-                d = NULL;
-            }
-            ev(&b, st, "response.function_call_arguments.done", d);
             ev(&b, st, "response.output_item.done",
-               ev_obj("item", call_item(o, i, true), at, NULL, false));
+               ev_obj("item", item, st->call_base + i, NULL, false));
         }
         cJSON *r = cJSON_CreateObject();
         if (r && !qv__proto_put_item(r, "response", response_obj(o, true))) {
@@ -756,6 +803,7 @@ char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_resp
         }
         ev(&b, st, strcmp(status, "incomplete") ? "response.completed" : "response.incomplete", r);
         st->finished = true;
+        qv_proto_response_stream_free(st);
     }
     return ev_done(&b, len);
 }
@@ -774,5 +822,11 @@ char *qv_proto_response_error_event(qv_proto_response_stream *st, const char *co
     }
     ev(&b, st, "error", o);
     st->finished = true;
+    qv_proto_response_stream_free(st);
     return ev_done(&b, len);
+}
+
+void qv_proto_response_stream_free(qv_proto_response_stream *st) {
+    qv_free(st->args);
+    st->args = NULL;
 }

@@ -170,6 +170,7 @@ typedef struct request {
        has sent */
     char *resp_echo;
     qv_proto_response_stream rstream;
+    bool stream_failed; /* [http] out of memory building a frame: the stream ends in error */
     bool sent_first, sent_finish, sent_usage, sent_done;
     char *frame;
     size_t frame_len, frame_off;
@@ -349,6 +350,7 @@ static void request_release(request *r) {
     qv_free(r->tool_name);
     qv_proto_tool_calls_free(r->calls_had, r->n_calls_had);
     qv_free(r->resp_echo);
+    qv_proto_response_stream_free(&r->rstream);
     qv_json_schema_unref(r->gp.json_schema);
     qv_free(r->echo);
     qv_free(r->ids);
@@ -2062,18 +2064,41 @@ static char *member_chunk(request *l, request *r, bool *oom) {
  * index order, then (all finished) the usage chunk and [DONE]; an error ends the stream.
  * False when there is nothing to send now. Caller holds the lead's mutex. */
 /* A Responses API answer as it stands (member r, one per request): its text so far that is
- * surely the message (for tool calls, none until done), and once done its calls. *calls gets
- * what the caller must free (qv_proto_tool_calls_free). False when out of memory. */
+ * surely the message, and its calls: once done those of the finished answer, before that the
+ * calls read so far (qv_proto_tool_calls_partial; a named function's: the text so far). *calls
+ * gets what the caller must free (qv_proto_tool_calls_free). False when out of memory. */
 static bool response_out(request *r, qv_proto_response_out *o, qv_proto_tool_call **calls,
                          size_t *n_calls) {
     *calls = NULL;
     *n_calls = 0;
-    size_t text = r->tools == QV_PROTO_TOOLS_NONE ? r->out_len
-                  : r->tools == QV_PROTO_TOOLS_AUTO || r->tools == QV_PROTO_TOOLS_AUTO_JSON ||
-                          r->tools == QV_PROTO_TOOLS_AUTO_MISTRAL
-                      ? stream_limit(r)
-                      : 0;
-    if (r->done && r->tools && !member_calls(r, r, calls, n_calls, &text)) return false;
+    const bool automatic = r->tools == QV_PROTO_TOOLS_AUTO ||
+                           r->tools == QV_PROTO_TOOLS_AUTO_JSON ||
+                           r->tools == QV_PROTO_TOOLS_AUTO_MISTRAL;
+    size_t text = r->tools == QV_PROTO_TOOLS_NONE ? r->out_len : automatic ? stream_limit(r) : 0;
+    const char *out = r->out ? r->out : "";
+    char base[96];
+    call_base(r, r, base, sizeof(base));
+    if (r->done && r->tools) {
+        if (!member_calls(r, r, calls, n_calls, &text)) return false;
+    } else if (r->tools == QV_PROTO_TOOLS_NAMED && r->out_len) {
+        qv_proto_tool_call *c = qv_calloc(1, sizeof(*c));
+        if (!c) return false;
+        *calls = c;
+        *n_calls = 1;
+        if (!(c->id = qv_malloc(112)) || !(c->name = qv_strdup(r->tool_name)) ||
+            !(c->arguments = qv_strndup(out, r->out_len)))
+            return false;
+        if (r->mistral_ids)
+            qv_proto_mistral_call_id(base, 0, c->id);
+        else
+            snprintf(c->id, 112, "call_%s_0", base);
+    } else if (r->tools && r->tools != QV_PROTO_TOOLS_NAMED) {
+        const qv_status st =
+            qv_proto_tool_calls_partial(r->tools, out, r->out_len, base, calls, n_calls);
+        if (st == QV_ERR_NOMEM) return false;
+        for (size_t i = 0; r->mistral_ids && i < *n_calls; i++)
+            qv_proto_mistral_call_id(base, i, (*calls)[i].id); /* "call_..." is longer: fits */
+    }
     *o = (qv_proto_response_out){.id = r->id,
                                  .model = r->model_echo,
                                  .created = r->created,
@@ -2081,7 +2106,7 @@ static bool response_out(request *r, qv_proto_response_out *o, qv_proto_tool_cal
                                  .echo = r->resp_echo,
                                  .done = r->done,
                                  .finish = r->finish,
-                                 .text = r->out ? r->out : "",
+                                 .text = out,
                                  .text_len = *n_calls || !r->done ? text : r->out_len,
                                  .logprobs = r->logprobs,
                                  .lps = r->lps,
@@ -2115,6 +2140,7 @@ static bool response_next_frame(request *r) {
         return false;
     }
     r->sent_done = r->rstream.finished || !ev;
+    r->stream_failed = !ev; /* its events are lost: end the stream in error */
     r->frame = ev;
     r->frame_len = len;
     r->frame_off = 0;
@@ -2177,6 +2203,10 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         qv_free(r->frame);
         r->frame = NULL;
         if (next_frame(r)) continue;
+        if (r->stream_failed) {
+            req_unlock(r);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
         if (r->sent_done) {
             req_unlock(r);
             return MHD_CONTENT_READER_END_OF_STREAM;

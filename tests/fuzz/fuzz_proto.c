@@ -147,6 +147,10 @@ static int fuzz_responses(const char *body, size_t len) {
                                .output_tokens = 1};
     qv_proto_response_stream st = {0};
     size_t n;
+    char *half = qv_strndup(text, strlen(text) / 2); /* a call being written */
+    qv_proto_tool_call partial = {.id = id, .name = r.messages[0].role, .arguments = half};
+    o.calls = half ? &partial : NULL;
+    o.n_calls = half && r.tool_choice ? 1 : 0;
     char *ev = qv_proto_response_events(&st, &o, &n);
     check_events(ev, n);
     o.done = true;
@@ -154,6 +158,7 @@ static int fuzz_responses(const char *body, size_t len) {
     o.text_len = strlen(text);
     o.calls = &call;
     o.n_calls = r.tool_choice ? 1 : 0;
+    qv_free(half);
     ev = qv_proto_response_events(&st, &o, &n);
     check_events(ev, n);
     CHECK(st.finished);

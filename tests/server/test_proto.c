@@ -1647,6 +1647,85 @@ static void test_response_events(void **state) {
     }
 }
 
+/* Calls streamed as they are read: the message closes when the first call appears, each
+ * call's arguments go out in pieces, a call closes when the next begins; a call begun that
+ * the finished answer does not make closes as incomplete. */
+static void test_response_call_events(void **state) {
+    (void)state;
+    char id0[] = "call_0", id1[] = "call_1", f[] = "f", g[] = "g";
+    char a0[] = "{\"a\":", a0w[] = "{\"a\":1}", a1[] = "{", a1w[] = "{\"b\":2}";
+    qv_proto_tool_call calls[2] = {{.id = id0, .name = f, .arguments = a0},
+                                   {.id = id1, .name = g, .arguments = a1}};
+    qv_proto_response_out o = {.id = "resp_z", .text = "Hi <tool_call>", .text_len = 2};
+    qv_proto_response_stream st = {0};
+    size_t len;
+    char names[2048];
+    char *ev = qv_proto_response_events(&st, &o, &len);
+    qv_free(ev);
+    o.calls = calls; /* the first call begins: the message closes, its arguments start */
+    o.n_calls = 1;
+    ev = qv_proto_response_events(&st, &o, &len);
+    event_names(ev, names, sizeof(names));
+    assert_string_equal(names, "response.output_text.done response.content_part.done "
+                               "response.output_item.done response.output_item.added "
+                               "response.function_call_arguments.delta");
+    assert_non_null(strstr(ev, "\"text\":\"Hi\""));
+    assert_non_null(strstr(ev, "\"output_index\":1,\"item_id\":\"fc_z_0\""));
+    assert_non_null(strstr(ev, "\"delta\":\"{\\\"a\\\":\""));
+    qv_free(ev);
+    calls[0].arguments = a0w; /* the second begins: the first is whole */
+    o.n_calls = 2;
+    ev = qv_proto_response_events(&st, &o, &len);
+    event_names(ev, names, sizeof(names));
+    assert_string_equal(names, "response.function_call_arguments.delta "
+                               "response.function_call_arguments.done response.output_item.done "
+                               "response.output_item.added response.function_call_arguments.delta");
+    assert_non_null(strstr(ev, "\"delta\":\"1}\""));
+    assert_non_null(strstr(ev, "\"output_index\":2,\"item_id\":\"fc_z_1\""));
+    qv_free(ev);
+    calls[1].arguments = a1w; /* done */
+    o.done = true;
+    o.finish = "stop";
+    ev = qv_proto_response_events(&st, &o, &len);
+    event_names(ev, names, sizeof(names));
+    assert_string_equal(names, "response.function_call_arguments.delta "
+                               "response.function_call_arguments.done response.output_item.done "
+                               "response.completed");
+    assert_non_null(strstr(ev, "\"delta\":\"\\\"b\\\":2}\""));
+    qv_free(ev);
+    assert_null(st.args);
+
+    /* begun, then cut: the call closes as incomplete, the response holds the text */
+    memset(&st, 0, sizeof(st));
+    o = (qv_proto_response_out){
+        .id = "resp_y", .text = "[{\"name\":\"f\"", .calls = calls, .n_calls = 1};
+    calls[0].arguments = a0;
+    ev = qv_proto_response_events(&st, &o, &len);
+    qv_free(ev);
+    o = (qv_proto_response_out){.id = "resp_y",
+                                .text = "[{\"name\":\"f\"",
+                                .text_len = 12,
+                                .done = true,
+                                .finish = "length"};
+    ev = qv_proto_response_events(&st, &o, &len);
+    event_names(ev, names, sizeof(names));
+    assert_string_equal(names, "response.output_item.added response.content_part.added "
+                               "response.output_text.delta response.output_text.done "
+                               "response.content_part.done response.output_item.done "
+                               "response.output_item.done response.incomplete");
+    assert_non_null(strstr(ev, "\"status\":\"incomplete\"},\"output_index\":0,"
+                               "\"type\":\"response.output_item.done\""));
+    qv_free(ev);
+    /* a stream dropped early frees what it holds */
+    memset(&st, 0, sizeof(st));
+    o = (qv_proto_response_out){.id = "resp_x", .text = "", .calls = calls, .n_calls = 1};
+    ev = qv_proto_response_events(&st, &o, &len);
+    qv_free(ev);
+    assert_non_null(st.args);
+    qv_proto_response_stream_free(&st);
+    assert_null(st.args);
+}
+
 int main(void) {
     cJSON_Hooks hooks = {.malloc_fn = qv_malloc, .free_fn = qv_free};
     cJSON_InitHooks(&hooks);
@@ -1669,6 +1748,7 @@ int main(void) {
         cmocka_unit_test(test_whitespace_pattern),
         cmocka_unit_test(test_responses_decode),
         cmocka_unit_test(test_response_events),
+        cmocka_unit_test(test_response_call_events),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -203,6 +203,11 @@ def run_tools(srv, client):
         done = [e for e in evs if e["type"] == "response.function_call_arguments.done"]
         check([e["arguments"] for e in done] == [c["arguments"] for c in fcs],
               "function_call_arguments.done holds the arguments")
+        pieces = [e for e in evs if e["type"] == "response.function_call_arguments.delta"]
+        added = [i for i, e in enumerate(evs) if e["type"] == "response.output_item.added"]
+        check(len(pieces) > 2 and added and added[0] < evs.index(pieces[0]),
+              f"tool_choice {choice}: the arguments stream in pieces as they are written "
+              f"({len(pieces)} deltas)")
 
     # The round trip: the call and its output as input items, as chat's assistant tool_calls
     # and tool message.
