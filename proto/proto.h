@@ -363,8 +363,18 @@ qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name
  * length in *out_len, or NULL when out of memory. */
 /* ---- OpenAI's Responses API (proto/responses.c) ---- */
 
+/* What a Responses API request brings beside its chat request. Owned strings (qv_free). */
+typedef struct qv_proto_responses_extra {
+    char *echo;  /* the JSON text of the request's settings a response object repeats */
+    char *items; /* the conversation's items so far: the earlier ones, then this input (a JSON
+                    array of items; a string input as a user message) */
+    bool store;  /* the response is to be kept (the server stores, and `store` is not false) */
+} qv_proto_responses_extra;
+
 /* Decodes a POST /v1/responses body into *r as the chat request it means (endpoint
- * QV_PROTO_RESPONSES): `instructions` becomes a system message, then `input` (a string: one
+ * QV_PROTO_RESPONSES): `instructions` becomes a system message, then the earlier conversation
+ * (prior: the JSON array of items a stored response continues, for previous_response_id; NULL
+ * when there is none: a previous_response_id is then "not found"), then `input` (a string: one
  * user message; or a list of items: messages with string or input_text / output_text content,
  * role "developer" read as "system"; function_call items as an assistant's tool calls;
  * function_call_output items as tool results); max_output_tokens, temperature, top_p, stream,
@@ -372,14 +382,16 @@ qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name
  * "required", {"type": "function", "name"}); `text.format` (text, json_object, json_schema with
  * name / schema / strict); include ["message.output_text.logprobs"] with top_logprobs. The
  * vLLM sampling extensions chat takes (top_k, min_p, seed, stop, penalties, priority,
- * adapter_id, ...) are read as chat reads them. Refused, never ignored: previous_response_id
- * and conversation (nothing is stored: send the whole conversation), background, prompt
- * templates, reasoning effort / summary, truncation "auto", other include values, tool and
- * item types other than function ones, image / file / audio input. *echo gets the JSON text
- * of the request's settings a response object repeats (owned by the caller, qv_free; NULL on
- * failure). Errors as qv_proto_request_decode, naming the Responses API's fields. */
-qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_request *r, char **echo,
+ * adapter_id, ...) are read as chat reads them. Refused, never ignored: conversation,
+ * background, prompt templates, reasoning effort / summary, truncation "auto",
+ * max_tool_calls, other include values, tool and item types other than function ones, image /
+ * file / audio input. storing: the server keeps responses (x->store, the echo's "store").
+ * Errors as qv_proto_request_decode, naming the Responses API's fields; *x is empty then. */
+qv_status qv_proto_responses_decode(const char *body, size_t len, const char *prior, bool storing,
+                                    qv_proto_request *r, qv_proto_responses_extra *x,
                                     qv_proto_error *e);
+/* The body's previous_response_id when it is a string shorter than cap (copied into id). */
+bool qv_proto_responses_previous(const char *body, size_t len, char *id, size_t cap);
 
 /* A response as it stands (whole, or so far while streaming). */
 typedef struct qv_proto_response_out {
@@ -387,7 +399,7 @@ typedef struct qv_proto_response_out {
     const char *model;    /* echoed model name */
     int64_t created;      /* unix seconds */
     int64_t completed_at; /* unix seconds once done (0: null) */
-    const char *echo;     /* qv_proto_responses_decode's *echo */
+    const char *echo;     /* qv_proto_responses_extra.echo */
     bool done;            /* finished: the status is "completed" or "incomplete" */
     const char *finish;   /* the chat finish reason once done ("length": incomplete) */
     const char *text;     /* the message's text (so far), before any calls */
@@ -439,6 +451,12 @@ char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_resp
  * that ends a response stream. NULL when out of memory. */
 char *qv_proto_response_error_event(qv_proto_response_stream *st, const char *code,
                                     const char *message, size_t *len);
+/* The conversation after a response: items (qv_proto_responses_extra.items) followed by the
+ * response's output items, as a JSON array of items that a later request's `input` could hold
+ * (what previous_response_id continues). NULL when out of memory. */
+char *qv_proto_response_conversation(const char *items, const qv_proto_response_out *o);
+/* DELETE /v1/responses/{id}'s answer: {"id", "object": "response", "deleted": true}. */
+char *qv_proto_response_deleted(const char *id);
 /* Frees what a stream that did not finish holds. */
 void qv_proto_response_stream_free(qv_proto_response_stream *st);
 

@@ -143,62 +143,90 @@ static qv_status add_call(cJSON *msgs, const cJSON *it, const char *param, qv_pr
 }
 
 /* `input` (and `instructions` before it) as chat messages. */
-static qv_status input_messages(const cJSON *root, cJSON *msgs, qv_proto_error *e) {
+/* One input item (a message, function_call or function_call_output) as chat messages. */
+static qv_status item_messages(cJSON *msgs, const cJSON *it, const char *param, qv_proto_error *e) {
+    const char *t = type_of(it);
+    if (!cJSON_IsObject(it)) return rfail(e, param, "%s must be an object", param);
+    if (!t || !strcmp(t, "message")) {
+        const cJSON *role = get(it, "role"), *c = get(it, "content");
+        const char *rs = cJSON_IsString(role) ? role->valuestring : "";
+        if (strcmp(rs, "user") && strcmp(rs, "system") && strcmp(rs, "developer") &&
+            strcmp(rs, "assistant"))
+            return rfail(e, param,
+                         "%s: a message's role must be \"user\", \"system\", \"developer\" or "
+                         "\"assistant\"",
+                         param);
+        if (!c) return rfail(e, param, "%s: a message needs 'content'", param);
+        cJSON *content = content_of(c, param, e);
+        if (!content) return e->status;
+        return add_message(msgs, strcmp(rs, "developer") ? rs : "system", content, e)
+                   ? QV_OK
+                   : QV_ERR_NOMEM;
+    }
+    if (!strcmp(t, "function_call")) return add_call(msgs, it, param, e);
+    if (!strcmp(t, "function_call_output")) {
+        const cJSON *id = get(it, "call_id"), *out = get(it, "output");
+        if (!cJSON_IsString(id) || !out)
+            return rfail(e, param,
+                         "%s: a function_call_output item needs a string call_id and output",
+                         param);
+        cJSON *content = content_of(out, param, e);
+        cJSON *m = content ? add_message(msgs, "tool", content, e) : NULL;
+        if (!m) return e->status;
+        return cJSON_AddStringToObject(m, "tool_call_id", id->valuestring) ? QV_OK : rnomem(e);
+    }
+    return rfail(e, param,
+                 "%s: items of type '%s' are not supported by quiver (messages, function_call "
+                 "and function_call_output items are)",
+                 param, t);
+}
+
+/* `instructions` (a system message), the earlier conversation's items (prior, a JSON array
+ * of items, or NULL), then `input`, as chat messages; *items gets prior's items and input's
+ * (a string as a user message) as a JSON array. */
+static qv_status input_messages(const cJSON *root, const char *prior, cJSON *msgs, cJSON **items,
+                                qv_proto_error *e) {
     const cJSON *ins = get(root, "instructions"), *in = get(root, "input");
     if (ins && !cJSON_IsString(ins))
         return rfail(e, "instructions", "'instructions' must be a string");
     cJSON *text = ins ? cJSON_CreateString(ins->valuestring) : NULL;
     if (ins && (!text || !add_message(msgs, "system", text, e))) return rnomem(e);
-    if (!in) return rfail(e, "input", "'input' is required (quiver stores no conversation)");
+    if (!in) return rfail(e, "input", "'input' is required");
+    if (!cJSON_IsString(in) && (!cJSON_IsArray(in) || !cJSON_GetArraySize(in)))
+        return rfail(e, "input", "'input' must be a string or a non-empty list of items");
+    if (!(*items = prior ? cJSON_Parse(prior) : cJSON_CreateArray())) return rnomem(e);
+    if (!cJSON_IsArray(*items))
+        return rfail(e, "previous_response_id", "the stored conversation is not a list of items");
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, *items) { /* read like input, which was checked when stored */
+        char param[48];
+        snprintf(param, sizeof(param), "previous_response_id (item %d)", i++);
+        const qv_status s = item_messages(msgs, it, param, e);
+        if (s) return s;
+    }
     if (cJSON_IsString(in)) {
+        cJSON *m = cJSON_CreateObject();
+        if (!m || !cJSON_AddItemToArray(*items, m)) {
+            cJSON_Delete(m);
+            return rnomem(e);
+        }
+        if (!cJSON_AddStringToObject(m, "role", "user") ||
+            !cJSON_AddStringToObject(m, "content", in->valuestring))
+            return rnomem(e);
         text = cJSON_CreateString(in->valuestring);
         return text && add_message(msgs, "user", text, e) ? QV_OK : rnomem(e);
     }
-    if (!cJSON_IsArray(in) || !cJSON_GetArraySize(in))
-        return rfail(e, "input", "'input' must be a string or a non-empty list of items");
-    if (cJSON_GetArraySize(in) > QV_PROTO_MAX_MESSAGES)
-        return rfail(e, "input", "'input' has %d items; at most %d", cJSON_GetArraySize(in),
+    if (cJSON_GetArraySize(in) + cJSON_GetArraySize(*items) > QV_PROTO_MAX_MESSAGES)
+        return rfail(e, "input", "'input' and the earlier conversation have over %d items",
                      QV_PROTO_MAX_MESSAGES);
-    int i = 0;
-    const cJSON *it;
+    i = 0;
     cJSON_ArrayForEach(it, in) {
         char param[40];
         snprintf(param, sizeof(param), "input[%d]", i++);
-        const char *t = type_of(it);
-        if (!cJSON_IsObject(it)) return rfail(e, param, "%s must be an object", param);
-        if (!t || !strcmp(t, "message")) {
-            const cJSON *role = get(it, "role"), *c = get(it, "content");
-            const char *rs = cJSON_IsString(role) ? role->valuestring : "";
-            if (strcmp(rs, "user") && strcmp(rs, "system") && strcmp(rs, "developer") &&
-                strcmp(rs, "assistant"))
-                return rfail(e, param,
-                             "%s: a message's role must be \"user\", \"system\", \"developer\" "
-                             "or \"assistant\"",
-                             param);
-            if (!c) return rfail(e, param, "%s: a message needs 'content'", param);
-            cJSON *content = content_of(c, param, e);
-            if (!content) return e->status;
-            if (!add_message(msgs, strcmp(rs, "developer") ? rs : "system", content, e))
-                return QV_ERR_NOMEM;
-        } else if (!strcmp(t, "function_call")) {
-            qv_status s = add_call(msgs, it, param, e);
-            if (s) return s;
-        } else if (!strcmp(t, "function_call_output")) {
-            const cJSON *id = get(it, "call_id"), *out = get(it, "output");
-            if (!cJSON_IsString(id) || !out)
-                return rfail(e, param,
-                             "%s: a function_call_output item needs a string call_id and output",
-                             param);
-            cJSON *content = content_of(out, param, e);
-            cJSON *m = content ? add_message(msgs, "tool", content, e) : NULL;
-            if (!m) return e->status;
-            if (!cJSON_AddStringToObject(m, "tool_call_id", id->valuestring)) return rnomem(e);
-        } else {
-            return rfail(e, param,
-                         "%s: items of type '%s' are not supported by quiver (messages, "
-                         "function_call and function_call_output items are)",
-                         param, t);
-        }
+        qv_status s = item_messages(msgs, it, param, e);
+        if (s) return s;
+        if (!cJSON_AddItemToArray(*items, cJSON_Duplicate(it, true))) return rnomem(e);
     }
     return QV_OK;
 }
@@ -284,9 +312,8 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
     static const struct {
         const char *name, *why;
     } k_never[] = {
-        {"previous_response_id", "quiver stores no responses: send the whole conversation in "
-                                 "'input'"},
-        {"conversation", "quiver stores no conversations: send the whole conversation in 'input'"},
+        {"conversation", "conversations are not supported by quiver: send the conversation in "
+                         "'input', or continue a stored response with 'previous_response_id'"},
         {"prompt", "stored prompt templates are not supported by quiver"},
         {"max_tool_calls", "'max_tool_calls' is not supported by quiver (parallel_tool_calls "
                            "false allows one call)"},
@@ -311,7 +338,7 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
     if ((f = get(root, "metadata")) && !cJSON_IsObject(f))
         return rfail(e, "metadata", "'metadata' must be an object of strings");
     if ((f = get(root, "store")) && !cJSON_IsBool(f))
-        return rfail(e, "store", "'store' must be a boolean (quiver stores no responses)");
+        return rfail(e, "store", "'store' must be a boolean");
     if ((f = get(root, "user")) && !cJSON_IsString(f))
         return rfail(e, "user", "'user' must be a string");
     return QV_OK;
@@ -336,7 +363,7 @@ static qv_status chat_logprobs(const cJSON *root, cJSON *chat, qv_proto_error *e
 }
 
 /* The settings a response object repeats, with the API's defaults. */
-static char *echo_of(const cJSON *root) {
+static char *echo_of(const cJSON *root, bool stored) {
     cJSON *o = cJSON_CreateObject();
     static const char *const copied[] = {"instructions", "max_output_tokens", "user",
                                          "top_logprobs"};
@@ -367,7 +394,10 @@ static char *echo_of(const cJSON *root) {
     ok = ok && ((f = get(root, "tools")) ? put_copy(o, "tools", f)
                                          : cJSON_AddArrayToObject(o, "tools") != NULL);
     ok = ok && cJSON_AddStringToObject(o, "truncation", "disabled") &&
-         cJSON_AddFalseToObject(o, "store") && cJSON_AddNullToObject(o, "previous_response_id") &&
+         cJSON_AddBoolToObject(o, "store", stored) &&
+         ((f = get(root, "previous_response_id"))
+              ? put_copy(o, "previous_response_id", f)
+              : cJSON_AddNullToObject(o, "previous_response_id") != NULL) &&
          (r = cJSON_AddObjectToObject(o, "reasoning")) && cJSON_AddNullToObject(r, "effort") &&
          cJSON_AddNullToObject(r, "summary") &&
          cJSON_AddStringToObject(o, "service_tier", "default");
@@ -395,10 +425,21 @@ static void rename_param(qv_proto_error *e) {
     }
 }
 
-qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_request *r, char **echo,
+bool qv_proto_responses_previous(const char *body, size_t len, char *id, size_t cap) {
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    const cJSON *f = cJSON_IsObject(root) ? get(root, "previous_response_id") : NULL;
+    const bool ok = cJSON_IsString(f) && strlen(f->valuestring) < cap;
+    if (ok) memcpy(id, f->valuestring, strlen(f->valuestring) + 1);
+    cJSON_Delete(root);
+    return ok;
+}
+
+qv_status qv_proto_responses_decode(const char *body, size_t len, const char *prior, bool storing,
+                                    qv_proto_request *r, qv_proto_responses_extra *x,
                                     qv_proto_error *e) {
     memset(r, 0, sizeof(*r));
-    *echo = NULL;
+    memset(x, 0, sizeof(*x));
+    cJSON *items = NULL;
     qv_proto_error local;
     if (!e) e = &local; /* the helpers report through it */
     memset(e, 0, sizeof(*e));
@@ -411,6 +452,15 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_reque
         goto done;
     }
     if ((s = refuse(root, e))) goto done;
+    const cJSON *prev = get(root, "previous_response_id");
+    if (prev && !cJSON_IsString(prev)) {
+        s = rfail(e, "previous_response_id", "'previous_response_id' must be a string");
+        goto done;
+    }
+    if (prev && !prior) {
+        s = rfail(e, "previous_response_id", "response '%.100s' not found", prev->valuestring);
+        goto done;
+    }
     /* chat's fields that the Responses API does not have are not read from its body */
     static const char *const k_dropped[] = {"input",
                                             "instructions",
@@ -421,6 +471,7 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_reque
                                             "include",
                                             "top_logprobs",
                                             "store",
+                                            "previous_response_id",
                                             "metadata",
                                             "reasoning",
                                             "truncation",
@@ -448,7 +499,7 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_reque
         cJSON_DeleteItemFromObjectCaseSensitive(chat, k_dropped[i]);
     cJSON *msgs = cJSON_AddArrayToObject(chat, "messages");
     if (!msgs) goto oom;
-    if ((s = input_messages(root, msgs, e))) goto done;
+    if ((s = input_messages(root, prev ? prior : NULL, msgs, &items, e))) goto done;
     const cJSON *f;
     if ((f = get(root, "max_output_tokens")) && !put_copy(chat, "max_tokens", f)) goto oom;
     if ((f = get(root, "tools")) && (s = chat_tools(f, chat, e))) goto done;
@@ -461,12 +512,21 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, qv_proto_reque
         goto done;
     }
     r->endpoint = QV_PROTO_RESPONSES;
-    if (!(*echo = echo_of(root))) goto oom;
+    const cJSON *st = get(root, "store");
+    x->store = storing && !cJSON_IsFalse(st);
+    if (!(x->echo = echo_of(root, x->store)) || !(x->items = cJSON_PrintUnformatted(items)))
+        goto oom;
     s = QV_OK;
     goto done;
 oom:
     s = rnomem(e);
 done:
+    if (s) {
+        qv_free(x->echo);
+        qv_free(x->items);
+        memset(x, 0, sizeof(*x));
+    }
+    cJSON_Delete(items);
     cJSON_free(text);
     cJSON_Delete(chat);
     cJSON_Delete(root);
@@ -597,6 +657,33 @@ char *qv_proto_response_encode(const qv_proto_response_out *o) {
     cJSON *r = response_obj(o, true);
     char *s = r ? cJSON_PrintUnformatted(r) : NULL;
     cJSON_Delete(r);
+    return s;
+}
+
+char *qv_proto_response_conversation(const char *items, const qv_proto_response_out *o) {
+    cJSON *list = cJSON_Parse(items ? items : "[]"), *r = response_obj(o, true);
+    cJSON *out = r ? cJSON_GetObjectItemCaseSensitive(r, "output") : NULL;
+    char *text = NULL;
+    if (cJSON_IsArray(list) && out) {
+        cJSON *it;
+        bool ok = true;
+        cJSON_ArrayForEach(it, out) ok =
+            ok && cJSON_AddItemToArray(list, cJSON_Duplicate(it, true));
+        if (ok) text = cJSON_PrintUnformatted(list);
+    }
+    cJSON_Delete(list);
+    cJSON_Delete(r);
+    return text;
+}
+
+char *qv_proto_response_deleted(const char *id) {
+    cJSON *o = cJSON_CreateObject();
+    char *s = o && cJSON_AddStringToObject(o, "id", id) &&
+                      cJSON_AddStringToObject(o, "object", "response") &&
+                      cJSON_AddTrueToObject(o, "deleted")
+                  ? cJSON_PrintUnformatted(o)
+                  : NULL;
+    cJSON_Delete(o);
     return s;
 }
 

@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <uv.h>
@@ -57,6 +58,7 @@
 #include "engine/json_grammar.h"
 #include "proto/proto.h"
 #include "server/metrics.h"
+#include "server/resp_store.h"
 #include "server/tenant.h"
 #include "qv_version.h" /* generated: QV_VERSION, QV_GIT_COMMIT */
 
@@ -169,6 +171,9 @@ typedef struct request {
     /* Responses API (lead): the request's settings its response repeats, and what its stream
        has sent */
     char *resp_echo;
+    char *resp_items;    /* the conversation's items up to this response's input */
+    bool resp_keep;      /* to be kept in srv->resp_store once done */
+    char resp_owner[65]; /* a digest of the API key that made it (resp_store's owner) */
     qv_proto_response_stream rstream;
     bool stream_failed; /* [http] out of memory building a frame: the stream ends in error */
     bool sent_first, sent_finish, sent_usage, sent_done;
@@ -267,8 +272,9 @@ struct keyring {
 struct server {
     const qv_http_config *cfg;
     pthread_mutex_t keys_mu;
-    keyring *kr;         /* [keys_mu] --api-keys-file, current */
-    qv_tenants *tenants; /* 0 = "default"; the others come from the keys file */
+    keyring *kr;               /* [keys_mu] --api-keys-file, current */
+    qv_tenants *tenants;       /* 0 = "default"; the others come from the keys file */
+    qv_resp_store *resp_store; /* Responses API: kept responses; NULL = none kept */
     qv_engine *engine;
     const qv_tokenizer *tok;
     const qv_model *model;
@@ -350,6 +356,7 @@ static void request_release(request *r) {
     qv_free(r->tool_name);
     qv_proto_tool_calls_free(r->calls_had, r->n_calls_had);
     qv_free(r->resp_echo);
+    qv_free(r->resp_items);
     qv_proto_response_stream_free(&r->rstream);
     qv_json_schema_unref(r->gp.json_schema);
     qv_free(r->echo);
@@ -1491,6 +1498,15 @@ static bool key_matches(const char *key, const char *tok) {
 
 /* Who the request's bearer key is: AUTH_DENIED, AUTH_ANY, or the index of a --api-keys-file
  * entry. Every known key is compared (in constant time each). */
+/* Whose a stored response is: a digest of the request's bearer token ("" without one). */
+static void key_owner(struct MHD_Connection *c, char out[65]) {
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (h && !strncmp(h, "Bearer ", 7))
+        qv_sha256_hex(h + 7, strlen(h + 7), out);
+    else
+        out[0] = '\0';
+}
+
 static int auth_key(server *srv, const conn_ctx *ctx, struct MHD_Connection *c) {
     const keyring *kr = ctx->kr;
     const char *key = srv->cfg->api_key;
@@ -2119,6 +2135,20 @@ static bool response_out(request *r, qv_proto_response_out *o, qv_proto_tool_cal
     return true;
 }
 
+/* Keeps a finished response (once) for previous_response_id and GET /v1/responses/{id}: the
+ * response object and the conversation up to its output. */
+static void keep_response(request *r, const qv_proto_response_out *o) {
+    if (!r->resp_keep || !r->srv->resp_store) return;
+    r->resp_keep = false;
+    char *json = qv_proto_response_encode(o);
+    char *conv = qv_proto_response_conversation(r->resp_items, o);
+    if (!json || !conv || !qv_resp_store_put(r->srv->resp_store, r->id, r->resp_owner, json, conv))
+        QV_LOGW("response %s not kept (too large for --responses-store-mb, or out of memory)",
+                r->id);
+    qv_free(json);
+    qv_free(conv);
+}
+
 /* A Responses API stream's next frame: its typed events so far, or an error event. */
 static bool response_next_frame(request *r) {
     if (r->sent_done) return false;
@@ -2133,6 +2163,7 @@ static bool response_next_frame(request *r) {
         size_t n_calls;
         if (response_out(r, &o, &calls, &n_calls))
             ev = qv_proto_response_events(&r->rstream, &o, &len);
+        if (ev && r->rstream.finished) keep_response(r, &o);
         qv_proto_tool_calls_free(calls, n_calls);
     }
     if (ev && !len) { /* nothing new */
@@ -2267,6 +2298,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
         qv_proto_tool_call *calls;
         size_t n_calls;
         char *json = response_out(r, &o, &calls, &n_calls) ? qv_proto_response_encode(&o) : NULL;
+        if (json) keep_response(r, &o);
         qv_proto_tool_calls_free(calls, n_calls);
         req_unlock(r);
         if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
@@ -2865,12 +2897,34 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     prompt_in pin[QV_PROTO_MAX_CHOICES] = {0}; /* the prompts: ids[0] is `ids` */
     size_t n_prompts = 1;
     request *r = NULL;
-    char *resp_echo = NULL; /* Responses API: the settings its response repeats */
+    qv_proto_responses_extra rx = {0}; /* Responses API: echo, conversation, keep */
+    char *prior = NULL, prev[160], owner[65] = "";
     enum MHD_Result ret;
     const char *body = ctx->body ? ctx->body : "";
+    memset(&pr, 0, sizeof(pr));
+    if (ep == QV_PROTO_RESPONSES) {
+        key_owner(c, owner);
+        if (qv_proto_responses_previous(body, ctx->body_len, prev, sizeof(prev))) {
+            const qv_status gs = srv->resp_store
+                                     ? qv_resp_store_get(srv->resp_store, prev, owner, NULL, &prior)
+                                     : QV_ERR_NOT_FOUND;
+            if (gs != QV_OK) {
+                ret = gs == QV_ERR_NOMEM
+                          ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
+                          : send_error(c, ctx, 404, "previous_response_id",
+                                       "previous_response_not_found",
+                                       "previous response '%.100s' not found%s", prev,
+                                       srv->resp_store ? ""
+                                                       : " (this server keeps none: "
+                                                         "--responses-store-mb 0)");
+                goto done;
+            }
+        }
+    }
     if ((ep == QV_PROTO_GENERATE ? qv_proto_tgi_decode(body, ctx->body_len, &pr, &tgi, &pe)
          : ep == QV_PROTO_RESPONSES
-             ? qv_proto_responses_decode(body, ctx->body_len, &pr, &resp_echo, &pe)
+             ? qv_proto_responses_decode(body, ctx->body_len, prior, srv->resp_store != NULL, &pr,
+                                         &rx, &pe)
              : qv_proto_request_decode(ep, body, ctx->body_len, &pr, &pe)) != QV_OK) {
         ret = pe.status == QV_ERR_NOMEM
                   ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
@@ -3075,6 +3129,13 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
              : ep == QV_PROTO_RESPONSES ? "resp_"
                                         : "cmpl-",
              (unsigned long)ms.created, serial);
+    uint64_t nonce;
+    if (ep == QV_PROTO_RESPONSES) { /* an id that reads a kept response: not guessable */
+        if (getrandom(&nonce, sizeof(nonce), 0) != (ssize_t)sizeof(nonce))
+            nonce = qv_fmix64((uint64_t)(uintptr_t)&nonce ^ (uint64_t)(qv_time_s() * 1e9));
+        const size_t at = strlen(ms.id);
+        snprintf(ms.id + at, sizeof(ms.id) - at, "%016llx", (unsigned long long)nonce);
+    }
     /* a drawn seed fits 53 bits: reported back (TGI details.seed), it survives JSON doubles;
      * choice j of each prompt samples with seed + j */
     ms.seed = pr.has_seed ? pr.seed
@@ -3107,8 +3168,11 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
         goto done;
     }
     r->conn = c;
-    r->resp_echo = resp_echo;
-    resp_echo = NULL;
+    r->resp_echo = rx.echo;
+    r->resp_items = rx.items;
+    r->resp_keep = rx.store;
+    memcpy(r->resp_owner, owner, sizeof(owner));
+    rx.echo = rx.items = NULL;
     for (size_t p = 0; p < n_prompts; p++)
         r->usage_prompt += (int)pin[p].n_ids;
     if (n_members > 1) {
@@ -3167,7 +3231,9 @@ done:
     qv_free(bad_ids);
     qv_free(bad_lens);
     qv_free(prompt);
-    qv_free(resp_echo);
+    qv_free(rx.echo);
+    qv_free(rx.items);
+    qv_free(prior);
     qv_proto_request_free(&pr);
     return ret;
 }
@@ -3815,9 +3881,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") || !strcmp(url, "/");
     ctx->tgi = tgi_route;
     bool known = !strcmp(url, "/v1/models") || (!strncmp(url, "/v1/models/", 11) && url[11]) ||
-                 !strcmp(url, "/metrics") || !strcmp(url, "/v1/completions") ||
-                 !strcmp(url, "/v1/chat/completions") || !strcmp(url, "/v1/responses") ||
-                 adapters_route || lora_route || tok_route || tgi_route;
+                 (!strncmp(url, "/v1/responses/", 14) && url[14]) || !strcmp(url, "/metrics") ||
+                 !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
+                 !strcmp(url, "/v1/responses") || adapters_route || lora_route || tok_route ||
+                 tgi_route;
     if (!known)
         return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %s", method, url);
     if (adapters_route || lora_route) {
@@ -3860,6 +3927,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!strcmp(url, "/v1/models")) {
         if (!get) goto bad_method;
         return admin_begin(srv, c, ctx, JOB_TIERS, RESP_MODELS, NULL);
+    }
+    if (!strncmp(url, "/v1/responses/", 14)) { /* a kept response: read or delete it */
+        const bool del = !strcmp(method, MHD_HTTP_METHOD_DELETE);
+        if (!get && !del) goto bad_method;
+        const char *id = url + 14;
+        char owner[65], *json = NULL;
+        key_owner(c, owner);
+        qv_status st = QV_ERR_NOT_FOUND;
+        if (srv->resp_store && del)
+            st = qv_resp_store_delete(srv->resp_store, id, owner) ? QV_OK : QV_ERR_NOT_FOUND;
+        else if (srv->resp_store)
+            st = qv_resp_store_get(srv->resp_store, id, owner, &json, NULL);
+        if (st == QV_ERR_NOMEM) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+        if (st != QV_OK)
+            return send_error(c, ctx, 404, NULL, "not_found", "response '%.100s' not found%s", id,
+                              srv->resp_store ? "" : " (this server keeps none)");
+        if (!del) return send_json(c, ctx, 200, json);
+        char *out = qv_proto_response_deleted(id);
+        return out ? send_json(c, ctx, 200, out)
+                   : send_error(c, ctx, 500, NULL, NULL, "out of memory");
     }
     if (!strncmp(url, "/v1/models/", 11)) { /* one model: the base, "base:adapter" or an adapter */
         if (!get) goto bad_method;
@@ -3917,9 +4004,10 @@ bad_method:;
                                 !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") ||
                                 !strcmp(url, "/") || !strcmp(url, "/reset_prefix_cache")
                             ? "POST"
-                        : !strcmp(url, "/v1/adapters")       ? "GET, POST"
-                        : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"
-                                                             : "GET";
+                        : !strcmp(url, "/v1/adapters")        ? "GET, POST"
+                        : !strncmp(url, "/v1/adapters/", 13)  ? "GET, PUT, DELETE"
+                        : !strncmp(url, "/v1/responses/", 14) ? "GET, DELETE"
+                                                              : "GET";
     char *json = ctx->tgi ? qv_proto_tgi_encode_error("method not allowed", "method_not_allowed")
                           : qv_proto_encode_error("method not allowed", "invalid_request_error",
                                                   NULL, "method_not_allowed");
@@ -4155,6 +4243,9 @@ int qv_http_serve(const qv_http_config *cfg) {
     pthread_mutex_init(&srv->keys_mu, NULL);
 
     srv->tenants = qv_tenants_create();
+    if (cfg->responses_store_mb &&
+        !(srv->resp_store = qv_resp_store_create(cfg->responses_store_mb << 20)))
+        srv->tenants = (qv_tenants_destroy(srv->tenants), NULL);
     if (!srv->tenants) {
         qv_log_tagged(QV_LOG_ERROR, "serve", "out of memory");
         goto out;
@@ -4396,6 +4487,7 @@ out:
     keyring_release(srv, srv->kr);
     srv->kr = NULL;
     qv_tenants_destroy(srv->tenants);
+    qv_resp_store_free(srv->resp_store);
     pthread_mutex_destroy(&srv->keys_mu);
     qv_free(srv->base_name);
     qv_free(srv->file_name);

@@ -40,6 +40,7 @@ typedef struct qv_http_config {
     int max_prompt_tokens;     /* prompt token limit (400 beyond) */
     int max_tokens_limit;      /* max_tokens limit (400 beyond); also the chat default */
     int queue_limit;           /* waiting requests before 429 */
+    size_t responses_store_mb; /* Responses API: memory for kept responses, MiB; 0 = none */
     double drain_timeout_s;    /* SIGTERM: in-flight requests get this long to finish */
     /* adapters */
     const char *adapter_store;    /* store root (adapters/store.h); NULL = no adapters */

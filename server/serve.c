@@ -43,7 +43,10 @@ static void usage(FILE *f) {
                "  --max-body-bytes N       request body limit (default 1048576)\n"
                "  --max-prompt-tokens N    prompt token limit (default 8192)\n"
                "  --max-tokens-limit N     largest max_tokens accepted (default 4096)\n"
-               "  --queue-limit N          waiting requests before 429 (default 256)\n"
+               "  --queue-limit N          waiting requests before 429 (default 256)\n");
+    fprintf(f, "  --responses-store-mb N   memory for responses kept for previous_response_id\n"
+               "                           and GET /v1/responses/{id}, MiB; the least recently\n"
+               "                           used leave first; 0 = keep none (default 64)\n"
                "  --chat-template NAME     chat format instead of the one detected from the\n"
                "                           model's template: chatml, qwen2.5, llama3,\n"
                "                           llama3.1, llama3.2, llama2, llama2-chat, llama2-sys,\n"
@@ -144,6 +147,7 @@ static const opt_def opts[] = {
     {"--max-prompt-tokens", "QUIVER_MAX_PROMPT_TOKENS", 1, 1 << 24, 0, OFF(max_prompt_tokens)},
     {"--max-tokens-limit", "QUIVER_MAX_TOKENS_LIMIT", 1, 1 << 24, 0, OFF(max_tokens_limit)},
     {"--queue-limit", "QUIVER_QUEUE_LIMIT", 0, 1 << 20, 0, OFF(queue_limit)},
+    {"--responses-store-mb", "QUIVER_RESPONSES_STORE_MB", 0, 1 << 20, 1, OFF(responses_store_mb)},
     {"--drain-timeout-s", "QUIVER_DRAIN_TIMEOUT_S", 0, 86400, 3, OFF(drain_timeout_s)},
     {"--device", "QUIVER_DEVICE", 0, 0, 2, OFF(device)},
     {"--kv-dtype", "QUIVER_KV_DTYPE", 0, 0, 2, OFF(kv_dtype)},
@@ -263,6 +267,7 @@ int qv_cli_serve(int argc, char **argv) {
         .max_prompt_tokens = 8192,
         .max_tokens_limit = 4096,
         .queue_limit = 256,
+        .responses_store_mb = 64,
         .drain_timeout_s = 30,
         .adapter_store = default_store(),
         .adapter_host_mb = 1024,

@@ -57,9 +57,10 @@ fi
 
 if [[ "${QV_SKIP_TSAN:-0}" != 1 ]]; then
     # The tests whose code runs on several threads: the CPU thread pool, the adapter registry's
-    # loader workers, a tokenizer shared by threads, the engine on the CPU pool, and the whole
+    # loader workers, a tokenizer shared by threads, the engine on the CPU pool, the Responses
+    # API's response store (HTTP threads share it), and the whole
     # server (tests/server/test_http_tsan.sh runs only against a TSan-built binary).
-    tsan_tests="test_cpu_threadpool test_registry test_tokenizer_misc test_engine"
+    tsan_tests="test_cpu_threadpool test_registry test_tokenizer_misc test_engine test_resp_store"
     step "TSan build (threaded tests)"
     cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DQV_SANITIZE_THREAD=ON \
         -DQV_FATAL_WARNINGS=ON -DQV_CUDA=OFF -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null

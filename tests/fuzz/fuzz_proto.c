@@ -124,14 +124,17 @@ static void check_events(char *ev, size_t len) {
 static int fuzz_responses(const char *body, size_t len) {
     qv_proto_request r;
     qv_proto_error e;
-    char *echo = NULL;
-    qv_status s = qv_proto_responses_decode(body, len, &r, &echo, &e);
+    qv_proto_responses_extra x;
+    static const char prior[] = "[{\"role\":\"user\",\"content\":\"p\"}]";
+    qv_status s =
+        qv_proto_responses_decode(body, len, len % 2 ? prior : NULL, len % 3 == 0, &r, &x, &e);
+    char *echo = x.echo;
     if (s != QV_OK) {
-        CHECK((s == QV_ERR_INVALID || s == QV_ERR_NOMEM) && e.message[0] && !echo);
+        CHECK((s == QV_ERR_INVALID || s == QV_ERR_NOMEM) && e.message[0] && !echo && !x.items);
         qv_proto_request_free(&r);
         return 0;
     }
-    CHECK(r.endpoint == QV_PROTO_RESPONSES && r.n_messages > 0 && r.n == 1 && echo);
+    CHECK(r.endpoint == QV_PROTO_RESPONSES && r.n_messages > 0 && r.n == 1 && echo && x.items);
     char *text = r.messages[0].content, id[] = "call_x";
     qv_proto_tool_call call = {.id = id, .name = r.messages[0].role, .arguments = text};
     char tok[] = "tok";
@@ -165,6 +168,9 @@ static int fuzz_responses(const char *body, size_t len) {
     check_json(qv_proto_response_encode(&o));
     ev = qv_proto_response_error_event(&st, "x", text, &n);
     check_events(ev, n);
+    char *conv = qv_proto_response_conversation(x.items, &o);
+    check_json(conv);
+    qv_free(x.items);
     qv_free(echo);
     qv_proto_request_free(&r);
     return 0;

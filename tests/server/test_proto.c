@@ -1420,7 +1420,7 @@ static void test_responses_decode(void **state) {
     (void)state;
     qv_proto_request r;
     qv_proto_error e;
-    char *echo = NULL;
+    qv_proto_responses_extra x = {0};
     const char *body =
         "{\"model\":\"base:ad\",\"instructions\":\"be brief\",\"max_output_tokens\":7,"
         "\"temperature\":0.5,\"top_k\":3,\"input\":[{\"role\":\"developer\",\"content\":\"d\"},"
@@ -1434,7 +1434,7 @@ static void test_responses_decode(void **state) {
         "{\"type\":\"function\",\"name\":\"g\"}],\"tool_choice\":\"required\","
         "\"include\":[\"message.output_text.logprobs\"],\"top_logprobs\":2,"
         "\"metadata\":{\"k\":\"v\"},\"n\":5,\"max_tokens\":99,\"messages\":[]}";
-    assert_int_equal(qv_proto_responses_decode(body, strlen(body), &r, &echo, &e), QV_OK);
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, false, &r, &x, &e), QV_OK);
     assert_int_equal(r.endpoint, QV_PROTO_RESPONSES);
     assert_string_equal(r.adapter, "ad");
     assert_int_equal(r.max_tokens, 7); /* chat's own max_tokens and n are not read */
@@ -1454,7 +1454,7 @@ static void test_responses_decode(void **state) {
     assert_string_equal(r.messages[3].calls[1].id, "c2");
     assert_string_equal(r.messages[3].calls[1].arguments, "{\"k\":1}");
     assert_string_equal(r.messages[4].tool_call_id, "c1");
-    cJSON *j = cJSON_Parse(echo);
+    cJSON *j = cJSON_Parse(x.echo);
     assert_non_null(j);
     assert_string_equal(cJSON_GetObjectItem(j, "instructions")->valuestring, "be brief");
     assert_int_equal(cJSON_GetObjectItem(j, "max_output_tokens")->valueint, 7);
@@ -1462,30 +1462,90 @@ static void test_responses_decode(void **state) {
                         "v");
     assert_true(cJSON_IsFalse(cJSON_GetObjectItem(j, "store")));
     cJSON_Delete(j);
-    qv_free(echo);
+    qv_free(x.echo);
+    qv_free(x.items);
     qv_proto_request_free(&r);
 
     /* a string input; a named tool choice; the echo's defaults */
     body = "{\"input\":\"hi\",\"tools\":[{\"type\":\"function\",\"name\":\"f\"}],\"tool_choice\":"
            "{\"type\":\"function\",\"name\":\"f\"}}";
-    assert_int_equal(qv_proto_responses_decode(body, strlen(body), &r, &echo, &e), QV_OK);
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, false, &r, &x, &e), QV_OK);
     assert_int_equal(r.n_messages, 1);
     assert_string_equal(r.messages[0].role, "user");
     assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_NAMED);
     assert_string_equal(r.tool_name, "f");
     assert_int_equal(r.max_tokens, -1);
-    j = cJSON_Parse(echo);
+    j = cJSON_Parse(x.echo);
     assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "instructions")));
     assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "parallel_tool_calls")));
     assert_int_equal(cJSON_GetObjectItem(j, "temperature")->valueint, 1);
     cJSON_Delete(j);
-    qv_free(echo);
+    qv_free(x.echo);
+    qv_free(x.items);
     qv_proto_request_free(&r);
     body = "{\"input\":\"hi\",\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":\"s\","
            "\"schema\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}}}}";
-    assert_int_equal(qv_proto_responses_decode(body, strlen(body), &r, &echo, &e), QV_OK);
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, false, &r, &x, &e), QV_OK);
     assert_non_null(r.json_schema);
-    qv_free(echo);
+    qv_free(x.echo);
+    qv_free(x.items);
+    qv_proto_request_free(&r);
+
+    /* previous_response_id: the stored items come before the input, the echo names it */
+    const char *prior = "[{\"role\":\"user\",\"content\":\"a\"},{\"type\":\"message\",\"role\":"
+                        "\"assistant\",\"content\":[{\"type\":\"output_text\",\"text\":\"b\"}]}]";
+    body = "{\"previous_response_id\":\"resp_1\",\"instructions\":\"i\",\"input\":\"c\"}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), prior, true, &r, &x, &e), QV_OK);
+    assert_int_equal(r.n_messages, 4);
+    const char *roles2[4] = {"system", "user", "assistant", "user"};
+    const char *texts2[4] = {"i", "a", "b", "c"};
+    for (int i = 0; i < 4; i++) {
+        assert_string_equal(r.messages[i].role, roles2[i]);
+        assert_string_equal(r.messages[i].content, texts2[i]);
+    }
+    assert_true(x.store);
+    j = cJSON_Parse(x.items);
+    assert_int_equal(cJSON_GetArraySize(j), 3);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(j, 2), "content")->valuestring, "c");
+    cJSON_Delete(j);
+    j = cJSON_Parse(x.echo);
+    assert_string_equal(cJSON_GetObjectItem(j, "previous_response_id")->valuestring, "resp_1");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "store")));
+    cJSON_Delete(j);
+    /* the conversation after the answer: the items, then the output */
+    char id0[] = "call_9", fname[] = "f", fargs[] = "{}";
+    qv_proto_tool_call call = {.id = id0, .name = fname, .arguments = fargs};
+    qv_proto_response_out out = {.id = "resp_2",
+                                 .text = "d",
+                                 .text_len = 1,
+                                 .done = true,
+                                 .finish = "stop",
+                                 .calls = &call,
+                                 .n_calls = 1};
+    char *conv = qv_proto_response_conversation(x.items, &out);
+    qv_free(x.echo);
+    qv_free(x.items);
+    qv_proto_request_free(&r);
+    j = cJSON_Parse(conv);
+    assert_int_equal(cJSON_GetArraySize(j), 5);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(j, 3), "type")->valuestring,
+                        "message");
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(j, 4), "call_id")->valuestring,
+                        "call_9");
+    cJSON_Delete(j);
+    /* ... which a later request continues: the call comes back as the assistant's */
+    body = "{\"previous_response_id\":\"resp_2\",\"input\":[{\"type\":\"function_call_output\","
+           "\"call_id\":\"call_9\",\"output\":\"ok\"}],\"store\":false}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), conv, true, &r, &x, &e), QV_OK);
+    assert_int_equal(r.n_messages, 5);
+    assert_string_equal(r.messages[3].role, "assistant");
+    assert_string_equal(r.messages[3].content, "d");
+    assert_int_equal(r.messages[3].n_calls, 1);
+    assert_string_equal(r.messages[4].tool_call_id, "call_9");
+    assert_false(x.store);
+    qv_free(conv);
+    qv_free(x.echo);
+    qv_free(x.items);
     qv_proto_request_free(&r);
 
     /* refusals name the Responses API's fields */
@@ -1509,11 +1569,13 @@ static void test_responses_decode(void **state) {
         {"[1]", ""},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        assert_int_equal(qv_proto_responses_decode(bad[i].body, strlen(bad[i].body), &r, &echo, &e),
-                         QV_ERR_INVALID);
+        assert_int_equal(
+            qv_proto_responses_decode(bad[i].body, strlen(bad[i].body), NULL, false, &r, &x, &e),
+            QV_ERR_INVALID);
         assert_string_equal(e.param, bad[i].param);
         assert_true(e.message[0] != '\0');
-        assert_null(echo);
+        assert_null(x.echo);
+        assert_null(x.items);
         qv_proto_request_free(&r);
     }
     /* allocation failures anywhere fail cleanly */
@@ -1523,9 +1585,10 @@ static void test_responses_decode(void **state) {
            "{\"type\":\"json_object\"}}}";
     for (int k = 0;; k++) {
         qv_alloc_fail_after(k);
-        qv_status s = qv_proto_responses_decode(body, strlen(body), &r, &echo, &e);
+        qv_status s = qv_proto_responses_decode(body, strlen(body), NULL, false, &r, &x, &e);
         qv_alloc_fail_after(-1);
-        qv_free(echo);
+        qv_free(x.echo);
+        qv_free(x.items);
         qv_proto_request_free(&r);
         if (s == QV_OK) break;
         /* a parse cut short by a failed allocation reads as invalid JSON, as in chat */

@@ -8,7 +8,9 @@ token counts, logprobs, tool calls and structured output must be the same. The d
 adapter must give its Hugging Face PEFT greedy answer (deploy/demo-adapters/pirate/demo.json,
 written by the reference oracle). Streams must carry the API's event sequence, with
 consecutive sequence numbers, deltas that add up to the final text and a last event holding
-the whole response. What quiver cannot do is refused with 400 naming the field.
+the whole response. Kept responses: previous_response_id gives chat's answer to the whole
+conversation; GET / DELETE /v1/responses/{id}; store false; other keys find nothing. What
+quiver cannot do is refused with 400 naming the field.
 
 Usage: test_responses.py QUIVER_BINARY   (run by tests/server/test_responses.sh)
 """
@@ -102,8 +104,8 @@ def run_text(srv, client):
     check(r.status == ("incomplete" if fin == "length" else "completed"),
           f"status follows chat's finish {fin} ({r.status})")
     check(d["instructions"] == "You are terse." and d["max_output_tokens"] == 24 and
-          d["temperature"] == 0 and d["store"] is False,
-          "the request's settings are repeated; store is false")
+          d["temperature"] == 0 and d["store"] is True and d["previous_response_id"] is None,
+          "the request's settings are repeated; kept (store true)")
     check([o["type"] for o in d["output"]] == ["message"] and
           d["output"][0]["role"] == "assistant" and
           d["output"][0]["content"][0]["type"] == "output_text",
@@ -265,7 +267,6 @@ def run_adapter(client):
 
 def run_errors(srv, client):
     cases = [
-        ({"input": "hi", "previous_response_id": "resp_x"}, "previous_response_id"),
         ({"input": "hi", "conversation": "conv_x"}, "conversation"),
         ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning"),
@@ -301,6 +302,112 @@ def run_errors(srv, client):
     check(st == 405 and "POST" in h.get("Allow", ""), f"GET /v1/responses: 405 ({st})")
 
 
+def run_store(srv, client):
+    """Kept responses: previous_response_id continues a conversation as if the client had sent
+    it whole (chat's answer to the same messages), GET / DELETE /v1/responses/{id}, store
+    false, streamed responses kept too, and another API key finds nothing."""
+    r1 = client.responses.create(model=BASE, input="My name is Ada. Say hi.", temperature=0,
+                                 max_output_tokens=16)
+    check(r1.model_dump()["store"] is True, "a response is kept by default (store true)")
+    r2 = client.responses.create(model=BASE, previous_response_id=r1.id, temperature=0,
+                                 input="What is my name?", max_output_tokens=16)
+    want = chat(srv, [{"role": "user", "content": "My name is Ada. Say hi."},
+                      {"role": "assistant", "content": r1.output_text},
+                      {"role": "user", "content": "What is my name?"}], max_tokens=16)
+    check(r2.output_text == want["choices"][0]["message"]["content"] and
+          r2.usage.input_tokens == want["usage"]["prompt_tokens"],
+          f"previous_response_id continues the conversation as chat's ({r2.output_text!r})")
+    check(r2.previous_response_id == r1.id, "the response names its previous one")
+    # a chain: the third turn sees both earlier ones
+    r3 = client.responses.create(model=BASE, previous_response_id=r2.id, temperature=0,
+                                 input="Thanks.", max_output_tokens=8)
+    want = chat(srv, [{"role": "user", "content": "My name is Ada. Say hi."},
+                      {"role": "assistant", "content": r1.output_text},
+                      {"role": "user", "content": "What is my name?"},
+                      {"role": "assistant", "content": r2.output_text},
+                      {"role": "user", "content": "Thanks."}], max_tokens=8)
+    check(r3.output_text == want["choices"][0]["message"]["content"],
+          f"a chain of previous_response_id ({r3.output_text!r})")
+    got = client.responses.retrieve(r1.id)
+    check(got.id == r1.id and got.output_text == r1.output_text and got.status == r1.status,
+          "GET /v1/responses/{id} gives the response back")
+    st, _, _ = srv.raw("GET", f"/v1/responses/{r1.id}", key="another-key")
+    check(st == 404, f"another API key does not find it ({st})")
+    st, _, data = srv.raw("POST", "/v1/responses", {"model": BASE, "input": "x",
+                                                    "previous_response_id": r1.id},
+                          key="another-key")
+    check(st == 404 and json.loads(data)["error"]["param"] == "previous_response_id",
+          f"nor continue it ({st})")
+    # a function call and its output across two requests
+    ask = "What is the weather like in Paris today?"
+    c1 = client.responses.create(model=BASE, input=ask, temperature=0, max_output_tokens=60,
+                                 tools=[WEATHER], tool_choice="required")
+    call = [o for o in c1.output if o.type == "function_call"][0]
+    c2 = client.responses.create(model=BASE, previous_response_id=c1.id, temperature=0,
+                                 max_output_tokens=16,
+                                 input=[{"type": "function_call_output", "call_id": call.call_id,
+                                         "output": '{"sky": "sunny"}'}])
+    want = chat(srv, [{"role": "user", "content": ask},
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": call.call_id, "type": "function",
+                           "function": {"name": call.name, "arguments": call.arguments}}]},
+                      {"role": "tool", "tool_call_id": call.call_id,
+                       "content": '{"sky": "sunny"}'}], max_tokens=16)
+    check(c2.output_text == want["choices"][0]["message"]["content"],
+          f"a kept call answered with its output ({c2.output_text!r})")
+    # streamed responses are kept too; store false is not
+    evs = events_of(client, model=BASE, input="Count to three.", temperature=0,
+                    max_output_tokens=12)
+    sid = evs[-1]["response"]["id"]
+    check(client.responses.retrieve(sid).output_text ==
+          evs[-1]["response"]["output"][0]["content"][0]["text"], "a streamed response is kept")
+    r = client.responses.create(model=BASE, input="Hi", store=False, max_output_tokens=4)
+    check(r.model_dump()["store"] is False, "store false says so")
+    try:
+        client.responses.retrieve(r.id)
+        check(False, "store false: not kept")
+    except openai.NotFoundError:
+        check(True, "store false: not kept (404)")
+    # deleted: gone for GET and for previous_response_id
+    client.responses.delete(r1.id)
+    for what, fn in (("GET", lambda: client.responses.retrieve(r1.id)),
+                     ("previous_response_id",
+                      lambda: client.responses.create(model=BASE, input="x",
+                                                      previous_response_id=r1.id))):
+        try:
+            fn()
+            check(False, f"deleted: {what} fails")
+        except openai.NotFoundError:
+            check(True, f"deleted: {what} is 404")
+    st, _, _ = srv.raw("DELETE", f"/v1/responses/{r1.id}")
+    check(st == 404, f"deleted twice: 404 ({st})")
+    st, h, _ = srv.raw("POST", f"/v1/responses/{r2.id}")
+    check(st == 405 and h.get("Allow") == "GET, DELETE", f"POST on a kept response: 405 ({st})")
+    # r2 still continues: its conversation was kept whole, not as a link to r1
+    r4 = client.responses.create(model=BASE, previous_response_id=r2.id, temperature=0,
+                                 input="Thanks.", max_output_tokens=8)
+    check(r4.output_text == r3.output_text, "a kept conversation outlives its first response")
+
+
+def run_no_store():
+    """--responses-store-mb 0: nothing is kept; previous_response_id is 404 and says why."""
+    srv = T.Server("--responses-store-mb", "0")
+    try:
+        client = srv.client()
+        r = client.responses.create(model=BASE, input="Hi", max_output_tokens=4)
+        check(r.model_dump()["store"] is False, "a server that keeps none says store false")
+        st, _, data = srv.raw("POST", "/v1/responses", {"model": BASE, "input": "x",
+                                                        "previous_response_id": r.id})
+        err = json.loads(data)["error"]
+        check(st == 404 and "keeps none" in err["message"] and
+              err["code"] == "previous_response_not_found",
+              f"previous_response_id without a store: 404 ({st} {err['message']})")
+        check(srv.raw("GET", f"/v1/responses/{r.id}")[0] == 404, "GET without a store: 404")
+    finally:
+        srv.stop()
+    return srv
+
+
 def main():
     if not os.path.isfile(T.MODEL):
         print(f"SKIP: {T.MODEL} not found (run deploy/fetch-model.sh)")
@@ -313,10 +420,12 @@ def main():
         run_tools(srv, client)
         run_format(srv, client)
         run_adapter(client)
+        run_store(srv, client)
         run_errors(srv, client)
     finally:
         srv.stop()
-    reports = [l for l in srv.lines if "Sanitizer" in l or "runtime error:" in l]
+    other = run_no_store()
+    reports = [l for l in srv.lines + other.lines if "Sanitizer" in l or "runtime error:" in l]
     check(not reports, f"no sanitizer report from the server ({reports[:1]})")
     if T.failures:
         print(f"{len(T.failures)} check(s) failed")

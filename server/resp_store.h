@@ -1,0 +1,41 @@
+/*
+ * resp_store.h - the Responses API's stored responses: what previous_response_id continues and
+ * GET / DELETE /v1/responses/{id} read. In the process's memory (lost on restart, not shared
+ * between replicas), bounded in bytes, least recently used out first. Each response belongs to
+ * the API key that made it (a digest of the key): another key finds nothing.
+ *
+ * Thread: every function may run on any thread (one mutex inside).
+ */
+#ifndef QV_RESP_STORE_H
+#define QV_RESP_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "engine/core.h"
+
+typedef struct qv_resp_store qv_resp_store;
+
+/* A store of at most max_bytes of records (NULL when out of memory). */
+qv_resp_store *qv_resp_store_create(size_t max_bytes);
+void qv_resp_store_free(qv_resp_store *s);
+
+/* Keeps id's record (replacing one of the same id): the response object and the
+ * conversation's items (JSON texts, copied), owned by `owner`. Older records leave to make
+ * room; a record larger than the store is not kept (false), nor one when out of memory. */
+bool qv_resp_store_put(qv_resp_store *s, const char *id, const char *owner, const char *response,
+                       const char *items);
+
+/* Copies (qv_free) of id's response and / or items (either pointer may be NULL) when it
+ * exists and belongs to owner: QV_OK, and the record becomes the most recently used;
+ * QV_ERR_NOT_FOUND, or QV_ERR_NOMEM. */
+qv_status qv_resp_store_get(qv_resp_store *s, const char *id, const char *owner, char **response,
+                            char **items);
+
+/* Removes id's record if it belongs to owner; false when there is none. */
+bool qv_resp_store_delete(qv_resp_store *s, const char *id, const char *owner);
+
+/* Records and bytes held (for logs and tests). */
+void qv_resp_store_stats(qv_resp_store *s, size_t *n, size_t *bytes);
+
+#endif

@@ -1,0 +1,171 @@
+/*
+ * test_resp_store.c - the Responses API's response store (server/resp_store.c): records by id
+ * and owner, replacement, least-recently-used eviction within the byte budget, deletes, a
+ * record larger than the store, allocation failures, and threads using it at once.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "engine/core.h"
+#include "server/resp_store.h"
+
+static void test_put_get_delete(void **state) {
+    (void)state;
+    qv_resp_store *s = qv_resp_store_create(1 << 20);
+    assert_non_null(s);
+    char *resp, *items;
+    assert_int_equal(qv_resp_store_get(s, "resp_a", "k1", &resp, &items), QV_ERR_NOT_FOUND);
+    assert_null(resp);
+    assert_true(qv_resp_store_put(s, "resp_a", "k1", "{\"id\":\"resp_a\"}", "[1]"));
+    assert_int_equal(qv_resp_store_get(s, "resp_a", "k1", &resp, &items), QV_OK);
+    assert_string_equal(resp, "{\"id\":\"resp_a\"}");
+    assert_string_equal(items, "[1]");
+    qv_free(resp);
+    qv_free(items);
+    /* another owner finds nothing, and cannot delete it */
+    assert_int_equal(qv_resp_store_get(s, "resp_a", "k2", &resp, NULL), QV_ERR_NOT_FOUND);
+    assert_false(qv_resp_store_delete(s, "resp_a", "k2"));
+    /* the same id again replaces it */
+    assert_true(qv_resp_store_put(s, "resp_a", "k1", "{\"v\":2}", "[2]"));
+    assert_int_equal(qv_resp_store_get(s, "resp_a", "k1", NULL, &items), QV_OK);
+    assert_string_equal(items, "[2]");
+    qv_free(items);
+    size_t n, bytes;
+    qv_resp_store_stats(s, &n, &bytes);
+    assert_int_equal(n, 1);
+    assert_true(qv_resp_store_delete(s, "resp_a", "k1"));
+    assert_false(qv_resp_store_delete(s, "resp_a", "k1"));
+    qv_resp_store_stats(s, &n, &bytes);
+    assert_int_equal(n, 0);
+    assert_int_equal(bytes, 0);
+    qv_resp_store_free(s);
+}
+
+/* The byte budget: the least recently used (put or read) leave first; a record larger than
+ * the store is not kept; many records rehash the table. */
+static void test_eviction(void **state) {
+    (void)state;
+    char big[1000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    qv_resp_store *s = qv_resp_store_create(4 * 1200); /* about four records */
+    char id[32];
+    for (int i = 0; i < 4; i++) {
+        snprintf(id, sizeof(id), "resp_%d", i);
+        assert_true(qv_resp_store_put(s, id, "", big, "[]"));
+    }
+    size_t n, bytes;
+    qv_resp_store_stats(s, &n, &bytes);
+    assert_int_equal(n, 4);
+    assert_int_equal(qv_resp_store_get(s, "resp_0", "", NULL, NULL), QV_OK); /* 0 is fresh */
+    assert_true(qv_resp_store_put(s, "resp_4", "", big, "[]"));              /* 1 leaves */
+    assert_int_equal(qv_resp_store_get(s, "resp_1", "", NULL, NULL), QV_ERR_NOT_FOUND);
+    assert_int_equal(qv_resp_store_get(s, "resp_0", "", NULL, NULL), QV_OK);
+    assert_int_equal(qv_resp_store_get(s, "resp_2", "", NULL, NULL), QV_OK);
+    qv_resp_store_stats(s, &n, &bytes);
+    assert_true(n == 4 && bytes <= 4 * 1200);
+    char huge[6000];
+    memset(huge, 'y', sizeof(huge) - 1);
+    huge[sizeof(huge) - 1] = '\0';
+    assert_false(qv_resp_store_put(s, "resp_h", "", huge, "[]"));
+    assert_int_equal(qv_resp_store_get(s, "resp_h", "", NULL, NULL), QV_ERR_NOT_FOUND);
+    qv_resp_store_stats(s, &n, &bytes);
+    assert_int_equal(n, 4); /* nothing was pushed out for it */
+    qv_resp_store_free(s);
+
+    s = qv_resp_store_create(1 << 24);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(id, sizeof(id), "resp_%d", i);
+        assert_true(qv_resp_store_put(s, id, "o", id, "[]"));
+    }
+    for (int i = 0; i < 5000; i += 7) {
+        snprintf(id, sizeof(id), "resp_%d", i);
+        char *resp;
+        assert_int_equal(qv_resp_store_get(s, id, "o", &resp, NULL), QV_OK);
+        assert_string_equal(resp, id);
+        qv_free(resp);
+    }
+    qv_resp_store_free(s);
+}
+
+static void test_alloc_failures(void **state) {
+    (void)state;
+    qv_resp_store *s = qv_resp_store_create(1 << 20);
+    assert_true(qv_resp_store_put(s, "resp_a", "o", "{}", "[]"));
+    for (int k = 0; k < 8; k++) {
+        qv_alloc_fail_after(k);
+        const bool put = qv_resp_store_put(s, "resp_b", "o", "{\"b\":1}", "[]");
+        char *resp = NULL, *items = NULL;
+        const qv_status st = qv_resp_store_get(s, "resp_a", "o", &resp, &items);
+        qv_alloc_fail_after(-1);
+        assert_true(st == QV_OK || (st == QV_ERR_NOMEM && !resp && !items));
+        qv_free(resp);
+        qv_free(items);
+        (void)put;
+    }
+    char *resp;
+    assert_int_equal(qv_resp_store_get(s, "resp_a", "o", &resp, NULL), QV_OK);
+    assert_string_equal(resp, "{}");
+    qv_free(resp);
+    qv_resp_store_free(s);
+}
+
+typedef struct worker {
+    qv_resp_store *s;
+    int t;
+    int found;
+} worker;
+
+static void *work(void *arg) {
+    worker *w = arg;
+    char id[32], owner[8];
+    snprintf(owner, sizeof(owner), "t%d", w->t);
+    for (int i = 0; i < 2000; i++) {
+        snprintf(id, sizeof(id), "resp_%d_%d", w->t, i % 50);
+        if (!qv_resp_store_put(w->s, id, owner, id, "[]")) return NULL;
+        char *resp = NULL;
+        if (qv_resp_store_get(w->s, id, owner, &resp, NULL) == QV_OK) {
+            w->found += !strcmp(resp, id);
+            qv_free(resp);
+        }
+        if (i % 9 == 0) qv_resp_store_delete(w->s, id, owner);
+    }
+    return NULL;
+}
+
+/* Four threads putting, reading and deleting at once (TSan runs this too). */
+static void test_threads(void **state) {
+    (void)state;
+    qv_resp_store *s = qv_resp_store_create(1 << 16); /* small: evictions under contention */
+    pthread_t th[4];
+    worker w[4];
+    for (int t = 0; t < 4; t++) {
+        w[t] = (worker){.s = s, .t = t};
+        assert_int_equal(pthread_create(&th[t], NULL, work, &w[t]), 0);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        assert_true(w[t].found > 0);
+    }
+    size_t n, bytes;
+    qv_resp_store_stats(s, &n, &bytes);
+    assert_true(bytes <= 1 << 16);
+    qv_resp_store_free(s);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_put_get_delete),
+        cmocka_unit_test(test_eviction),
+        cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_threads),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
