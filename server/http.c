@@ -1496,8 +1496,6 @@ static bool key_matches(const char *key, const char *tok) {
 #define AUTH_DENIED (-1) /* no key, or a key the server does not know */
 #define AUTH_ANY (-2)    /* --api-key, --admin-key, or no authentication: tenant "default" */
 
-/* Who the request's bearer key is: AUTH_DENIED, AUTH_ANY, or the index of a --api-keys-file
- * entry. Every known key is compared (in constant time each). */
 /* Whose a stored response is: a digest of the request's bearer token ("" without one). */
 static void key_owner(struct MHD_Connection *c, char out[65]) {
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -1507,6 +1505,8 @@ static void key_owner(struct MHD_Connection *c, char out[65]) {
         out[0] = '\0';
 }
 
+/* Who the request's bearer key is: AUTH_DENIED, AUTH_ANY, or the index of a --api-keys-file
+ * entry. Every known key is compared (in constant time each). */
 static int auth_key(server *srv, const conn_ctx *ctx, struct MHD_Connection *c) {
     const keyring *kr = ctx->kr;
     const char *key = srv->cfg->api_key;
@@ -2076,9 +2076,6 @@ static char *member_chunk(request *l, request *r, bool *oom) {
     return json;
 }
 
-/* Builds the group's next SSE frame into the lead's frame buffer: the members' chunks in
- * index order, then (all finished) the usage chunk and [DONE]; an error ends the stream.
- * False when there is nothing to send now. Caller holds the lead's mutex. */
 /* A Responses API answer as it stands (member r, one per request): its text so far that is
  * surely the message, and its calls: once done those of the finished answer, before that the
  * calls read so far (qv_proto_tool_calls_partial; a named function's: the text so far). *calls
@@ -2178,6 +2175,9 @@ static bool response_next_frame(request *r) {
     return ev != NULL;
 }
 
+/* Builds the group's next SSE frame into the lead's frame buffer: the members' chunks in
+ * index order, then (all finished) the usage chunk and [DONE]; an error ends the stream.
+ * False when there is nothing to send now. Caller holds the lead's mutex. */
 static bool next_frame(request *l) {
     if (l->endpoint == QV_PROTO_GENERATE) return tgi_next_frame(l);
     if (l->endpoint == QV_PROTO_RESPONSES) return response_next_frame(l);

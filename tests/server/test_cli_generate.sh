@@ -97,10 +97,10 @@ fi
 
 # Errors: usage errors exit 2, a bad model exits 1 with a one-line message.
 set +e
-echo '{"type": "number", "multipleOf": 3}' >"$tmp/bad_schema.json"
+echo '{"type": "number", "multipleOf": 0.5}' >"$tmp/bad_schema.json"
 "$quiver" chat --model "$model" --message x --json-schema "$tmp/bad_schema.json" >/dev/null \
     2>"$tmp/err"; rc=$?
-if [[ $rc == 2 ]] && grep -q "'multipleOf' is not supported" "$tmp/err"; then
+if [[ $rc == 2 ]] && grep -q "'multipleOf' must be a whole number" "$tmp/err"; then
     echo "ok   unsupported schema -> 2: $(cat "$tmp/err")"
 else
     echo "FAIL unsupported schema rc=$rc: $(cat "$tmp/err")"; fail=1
