@@ -974,6 +974,7 @@ static bool compile_regex(compiler *c, const char *src, uint32_t id) {
     "(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d+)?(?:[Zz]|[+-](?:[01]\\d|2[0-3]):[0-5]\\d)"
 #define RE_OCTET "(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)"
 #define RE_LABEL "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+#define RE_HOST_LABEL "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?" /* RFC 1123, 1-63 */
 #define RE_IPV4 "(?:" RE_OCTET "\\.){3}" RE_OCTET
 #define RE_H "[0-9a-fA-F]{1,4}"
 /* IPv6 as Python's ipaddress reads it (jsonschema's check): eight groups, or fewer around one
@@ -1009,6 +1010,7 @@ static const struct {
     {"ipv6", "^(?:" RE_IPV6 ")$"},
     {"uri", "^" RE_URI "$"},
     {"email", "^[A-Za-z0-9._%+-]+@" RE_LABEL "(?:\\." RE_LABEL ")+$"},
+    {"hostname", "^" RE_HOST_LABEL "(?:\\." RE_HOST_LABEL ")*\\.?$"}, /* + at most 253 chars */
 };
 
 /* pattern, or else a known format, of a string leaf. */
@@ -1020,8 +1022,11 @@ static bool compile_string_regex(compiler *c, const cJSON *j, uint32_t id) {
         return compile_regex(c, pat->valuestring, id);
     }
     for (size_t i = 0; cJSON_IsString(fmt) && i < QV_ARRAY_LEN(k_formats); i++)
-        if (!strcmp(fmt->valuestring, k_formats[i].name))
+        if (!strcmp(fmt->valuestring, k_formats[i].name)) {
+            snode *nd = &c->s->nodes[id];
+            if (!strcmp(fmt->valuestring, "hostname") && nd->max > 253) nd->max = 253;
             return compile_regex(c, k_formats[i].re, id);
+        }
     return true;
 }
 

@@ -31,15 +31,16 @@ The judge (`accepts`) says whether quiver must accept a text as a whole document
    multipleOf -> number) takes only that type; numbers under bounds or multipleOf are written
    without an exponent, and multiples are below 2^31 in magnitude;
 6. `format`: jsonschema's FormatChecker (date, date-time and time through rfc3339-validator,
-   uuid, ipv4, ipv6, uri through rfc3986-validator) with quiver's documented deviations: year
-   0000 and 29 February of any year pass, a date-time, time or uri never ends with a newline
-   (the validators' `$` allows one), a uuid
-   is in the 8-4-4-4-12 form, an email is local@domain in the plain form of docs/http-api.md
-   (jsonschema only wants an "@"); other formats are not checked.
+   uuid, ipv4, ipv6, uri through rfc3986-validator, hostname through fqdn) with quiver's
+   documented deviations: year 0000 and 29 February of any year pass, a date-time, time, uri
+   or hostname never ends with a newline (the validators' `$` allows one), a uuid is in the
+   8-4-4-4-12 form, an email is local@domain in the plain form of docs/http-api.md (jsonschema
+   only wants an "@"), a hostname is ASCII (Python's \\d and case folding take some other
+   characters) of at most 253 characters; other formats are not checked.
 Every document whose verdict is "valid" is checked to be valid under (2) and (3) before it is
 kept, and every "invalid" one to fail at least one of the five.
 
-Needs the jsonschema, rfc3339-validator and rfc3986-validator packages
+Needs the jsonschema, rfc3339-validator, rfc3986-validator and fqdn packages
 (tests/server/requirements.txt).
 Deterministic (fixed seed).
 Run: .venv-test/bin/python tests/oracle/gen_json_schema_fixtures.py
@@ -275,6 +276,15 @@ SCHEMAS = [
                   "http://[2001:db8::1]:8080/", "http://[v7.a:b]/", "ssh://git@host:22/r.git",
                   "tel:+1-201-555-0123", "data:,Hello%2C%20World", "http://h/p?q=/?#/?",
                   "news:comp.lang.c", "http://!$&'()*+,;=@h/"]},
+    # hostnames (RFC 1123 labels as the fqdn package checks them, through jsonschema)
+    {"type": "object",
+     "properties": {
+         "host": {"type": "string", "format": "hostname",
+                  "examples": ["localhost", "example.com", "a-b.c-d.e", "EXAMPLE.org.", "x1.2y",
+                               "a" * 63 + ".com", "123.456", "xn--bcher-kva.example"]},
+         "short": {"type": "string", "format": "hostname", "maxLength": 12,
+                   "examples": ["a.b", "host-1", "q"]}},
+     "required": ["host", "short"]},
     # untagged unions of objects told apart by the first key written (pydantic's Union[Cat,
     # Dog] without a discriminator): "name" in both, but neither begins with it; beside null
     {"anyOf": [{"type": "object", "properties": {"meows": {"type": "integer", "minimum": 0,
@@ -504,7 +514,7 @@ def _no_const(name):
     raise ValueError(name)
 
 
-PLAIN_FORMATS = ("date", "date-time", "time", "uuid", "ipv4", "ipv6", "email", "uri")
+PLAIN_FORMATS = ("date", "date-time", "time", "uuid", "ipv4", "ipv6", "email", "uri", "hostname")
 
 
 def escapes_ascii(raw):
@@ -564,9 +574,11 @@ with_format("time", lambda v, base: not v.endswith("\n") and base(v))
 with_format("uuid", lambda v, base: bool(UUID.fullmatch(v)) and base(v))
 with_format("email", lambda v, base: bool(EMAIL.fullmatch(v)))
 with_format("uri", lambda v, base: not v.endswith("\n") and base(v))
+with_format("hostname", lambda v, base: v.isascii() and len(v) <= 253 and not v.endswith("\n")
+            and base(v))
 for unchecked in [f for f in FORMATS.checkers if f not in ("date", "date-time", "time", "uuid",
                                                             "ipv4", "ipv6", "email", "uri",
-                                                            "regex")]:
+                                                            "hostname", "regex")]:
     del FORMATS.checkers[unchecked]
 
 def is_map(schema):
