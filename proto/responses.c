@@ -283,6 +283,11 @@ static qv_status chat_tool_choice(const cJSON *tc, cJSON *chat, qv_proto_error *
 /* text.format as chat's response_format. */
 static qv_status chat_format(const cJSON *text, cJSON *chat, qv_proto_error *e) {
     if (!cJSON_IsObject(text)) return rfail(e, "text", "'text' must be an object");
+    const cJSON *v = get(text, "verbosity");
+    if (v && !(cJSON_IsString(v) && !strcmp(v->valuestring, "medium")))
+        return rfail(e, "text.verbosity",
+                     "'text.verbosity' may only be \"medium\" (the models quiver serves take no "
+                     "verbosity setting)");
     const cJSON *f = get(text, "format");
     if (!f) return QV_OK;
     const char *t = type_of(f);

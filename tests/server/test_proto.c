@@ -1555,6 +1555,7 @@ static void test_responses_decode(void **state) {
         {"{\"input\":\"x\",\"previous_response_id\":\"r\"}", "previous_response_id"},
         {"{\"input\":\"x\",\"reasoning\":{\"effort\":\"low\"}}", "reasoning"},
         {"{\"input\":\"x\",\"truncation\":\"auto\"}", "truncation"},
+        {"{\"input\":\"x\",\"text\":{\"verbosity\":\"low\"}}", "text.verbosity"},
         {"{\"input\":\"x\",\"max_output_tokens\":0}", "max_output_tokens"},
         {"{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"json_schema\",\"schema\":1}}}",
          "text.format.schema"},

@@ -271,6 +271,7 @@ def run_errors(srv, client):
         ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning"),
         ({"input": "hi", "truncation": "auto"}, "truncation"),
+        ({"input": "hi", "text": {"verbosity": "high"}}, "text.verbosity"),
         ({"input": "hi", "include": ["file_search_call.results"]}, "include"),
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools"),
         ({"input": "hi", "tool_choice": {"type": "web_search"}}, "tool_choice"),
