@@ -41,19 +41,18 @@ static qv_status fail(qv_proto_error *e, qv_status s, const char *param, const c
     return s;
 }
 
-static qv_status nomem(qv_proto_error *e) {
+qv_status qv__proto_nomem(qv_proto_error *e) {
     return fail(e, QV_ERR_NOMEM, NULL, "out of memory while decoding the request");
 }
 
-/* JSON null counts as absent for every optional field, as in the OpenAI API. */
-static const cJSON *field(const cJSON *root, const char *name) {
+const cJSON *qv__proto_field(const cJSON *root, const char *name) {
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, name);
     return f && !cJSON_IsNull(f) ? f : NULL;
 }
 
 static qv_status get_float(const cJSON *root, const char *name, double lo, double hi, float *out,
                            qv_proto_error *e) {
-    const cJSON *f = field(root, name);
+    const cJSON *f = qv__proto_field(root, name);
     if (!f) return QV_OK;
     if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble))
         return fail(e, QV_ERR_INVALID, name, "'%s' must be a number", name);
@@ -66,7 +65,7 @@ static qv_status get_float(const cJSON *root, const char *name, double lo, doubl
 
 static qv_status get_int(const cJSON *root, const char *name, double lo, double hi, int *out,
                          qv_proto_error *e) {
-    const cJSON *f = field(root, name);
+    const cJSON *f = qv__proto_field(root, name);
     if (!f) return QV_OK;
     if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble) || f->valuedouble != floor(f->valuedouble))
         return fail(e, QV_ERR_INVALID, name, "'%s' must be an integer", name);
@@ -78,7 +77,7 @@ static qv_status get_int(const cJSON *root, const char *name, double lo, double 
 }
 
 static qv_status get_bool(const cJSON *root, const char *name, bool *out, qv_proto_error *e) {
-    const cJSON *f = field(root, name);
+    const cJSON *f = qv__proto_field(root, name);
     if (!f) return QV_OK;
     if (!cJSON_IsBool(f)) return fail(e, QV_ERR_INVALID, name, "'%s' must be a boolean", name);
     *out = cJSON_IsTrue(f);
@@ -86,18 +85,18 @@ static qv_status get_bool(const cJSON *root, const char *name, bool *out, qv_pro
 }
 
 static qv_status get_string(const cJSON *root, const char *name, char **out, qv_proto_error *e) {
-    const cJSON *f = field(root, name);
+    const cJSON *f = qv__proto_field(root, name);
     if (!f) return QV_OK;
     if (!cJSON_IsString(f)) return fail(e, QV_ERR_INVALID, name, "'%s' must be a string", name);
     *out = qv_strdup(f->valuestring);
-    return *out ? QV_OK : nomem(e);
+    return *out ? QV_OK : qv__proto_nomem(e);
 }
 
 /* A list of at most `max` non-empty strings of at most max_bytes (`one`: a single string too):
  * OpenAI stop, vLLM bad_words. */
 static qv_status decode_strings(const cJSON *root, const char *name, bool one, int max,
                                 int max_bytes, char ***out, size_t *n_out, qv_proto_error *e) {
-    const cJSON *f = field(root, name);
+    const cJSON *f = qv__proto_field(root, name);
     if (!f) return QV_OK;
     const bool str = one && cJSON_IsString(f);
     size_t n = str ? 1 : cJSON_IsArray(f) ? (size_t)cJSON_GetArraySize(f) : 0;
@@ -107,7 +106,7 @@ static qv_status decode_strings(const cJSON *root, const char *name, bool one, i
     if (n > (size_t)max)
         return fail(e, QV_ERR_INVALID, name, "'%s' has %zu strings; at most %d", name, n, max);
     if (n == 0) return QV_OK;
-    if (!(*out = qv_calloc(n, sizeof(**out)))) return nomem(e);
+    if (!(*out = qv_calloc(n, sizeof(**out)))) return qv__proto_nomem(e);
     const cJSON *it = str ? f : f->child;
     for (size_t i = 0; i < n; i++, it = it->next) {
         if (!cJSON_IsString(it))
@@ -116,7 +115,7 @@ static qv_status decode_strings(const cJSON *root, const char *name, bool one, i
         if (len == 0 || len > (size_t)max_bytes)
             return fail(e, QV_ERR_INVALID, name, "each %s string must have 1 to %d bytes", name,
                         max_bytes);
-        if (!((*out)[i] = qv_strdup(it->valuestring))) return nomem(e);
+        if (!((*out)[i] = qv_strdup(it->valuestring))) return qv__proto_nomem(e);
         *n_out = i + 1;
     }
     return QV_OK;
@@ -125,14 +124,14 @@ static qv_status decode_strings(const cJSON *root, const char *name, bool one, i
 /* A list of at most `max` token ids (vLLM stop_token_ids, allowed_token_ids) into *ids / *n. */
 static qv_status decode_ids(const cJSON *root, const char *name, int max, int32_t **ids,
                             size_t *n_ids, qv_proto_error *e) {
-    const cJSON *f = field(root, name);
+    const cJSON *f = qv__proto_field(root, name);
     if (!f) return QV_OK;
     int n = cJSON_IsArray(f) ? cJSON_GetArraySize(f) : -1;
     if (n < 0 || n > max)
         return fail(e, QV_ERR_INVALID, name, "'%s' must be a list of at most %d token ids", name,
                     max);
     if (n == 0) return QV_OK;
-    if (!(*ids = qv_malloc((size_t)n * sizeof(**ids)))) return nomem(e);
+    if (!(*ids = qv_malloc((size_t)n * sizeof(**ids)))) return qv__proto_nomem(e);
     const cJSON *it = f->child;
     for (int i = 0; i < n; i++, it = it->next) {
         if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
@@ -145,7 +144,7 @@ static qv_status decode_ids(const cJSON *root, const char *name, int max, int32_
 
 /* OpenAI logit_bias: {"<token id>": bias in [-100, 100], ...}, up to QV_PROTO_MAX_LOGIT_BIAS. */
 static qv_status decode_logit_bias(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
-    const cJSON *f = field(root, "logit_bias");
+    const cJSON *f = qv__proto_field(root, "logit_bias");
     if (!f || cJSON_IsNull(f)) return QV_OK;
     int n = cJSON_IsObject(f) ? cJSON_GetArraySize(f) : -1;
     if (n < 0 || n > QV_PROTO_MAX_LOGIT_BIAS)
@@ -156,7 +155,7 @@ static qv_status decode_logit_bias(const cJSON *root, qv_proto_request *r, qv_pr
     if (n == 0) return QV_OK;
     r->bias_ids = qv_malloc((size_t)n * sizeof(*r->bias_ids));
     r->bias_values = qv_malloc((size_t)n * sizeof(*r->bias_values));
-    if (!r->bias_ids || !r->bias_values) return nomem(e);
+    if (!r->bias_ids || !r->bias_values) return qv__proto_nomem(e);
     const cJSON *it = f->child;
     for (int i = 0; i < n; i++, it = it->next) {
         const char *k = it->string;
@@ -185,7 +184,7 @@ static qv_status ids_of(const cJSON *f, int32_t **out, size_t *n_out, const char
     if (n < 0) return fail(e, QV_ERR_INVALID, "prompt", "%s", shape);
     if (n == 0) return fail(e, QV_ERR_INVALID, "prompt", "'prompt' must not be empty");
     *out = qv_malloc((size_t)n * sizeof(int32_t));
-    if (!*out) return nomem(e);
+    if (!*out) return qv__proto_nomem(e);
     const cJSON *it = f->child;
     for (int i = 0; i < n; i++, it = it->next) {
         if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
@@ -199,12 +198,12 @@ static qv_status ids_of(const cJSON *f, int32_t **out, size_t *n_out, const char
 
 /* A string, a list of ids, or a batch: a list of strings or a list of id lists. */
 static qv_status decode_prompt(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
-    const cJSON *f = field(root, "prompt");
+    const cJSON *f = qv__proto_field(root, "prompt");
     if (!f) return fail(e, QV_ERR_INVALID, "prompt", "'prompt' is required");
     if (cJSON_IsString(f)) {
         r->prompt_len = strlen(f->valuestring);
         r->prompt = qv_strdup(f->valuestring);
-        return r->prompt ? QV_OK : nomem(e);
+        return r->prompt ? QV_OK : qv__proto_nomem(e);
     }
     const char *shape = "'prompt' must be a string, a list of token ids, or a list of strings or "
                         "of token-id lists";
@@ -216,14 +215,14 @@ static qv_status decode_prompt(const cJSON *root, qv_proto_request *r, qv_proto_
     if (n > QV_PROTO_MAX_CHOICES)
         return fail(e, QV_ERR_INVALID, "prompt", "'prompt' lists %d prompts; at most %d", n,
                     QV_PROTO_MAX_CHOICES);
-    if (n > 1 && !(r->more = qv_calloc((size_t)n - 1, sizeof(*r->more)))) return nomem(e);
+    if (n > 1 && !(r->more = qv_calloc((size_t)n - 1, sizeof(*r->more)))) return qv__proto_nomem(e);
     const cJSON *it = f->child;
     for (int i = 0; i < n; i++, it = it->next) {
         qv_proto_prompt p = {0};
         qv_status s = QV_OK;
         if (texts && cJSON_IsString(it)) {
             p.len = strlen(it->valuestring);
-            if (!(p.text = qv_strdup(it->valuestring))) s = nomem(e);
+            if (!(p.text = qv_strdup(it->valuestring))) s = qv__proto_nomem(e);
         } else if (lists && cJSON_IsArray(it)) {
             s = ids_of(it, &p.ids, &p.n_ids, shape, e);
         } else {
@@ -258,14 +257,14 @@ static qv_status decode_calls(const cJSON *calls, size_t i, qv_proto_message *ou
     if (!cJSON_IsArray(calls))
         return fail(e, QV_ERR_INVALID, "messages", "messages[%zu].tool_calls must be a list", i);
     const size_t n = (size_t)cJSON_GetArraySize(calls);
-    if (!(out->calls = qv_calloc(n, sizeof(*out->calls)))) return nomem(e);
+    if (!(out->calls = qv_calloc(n, sizeof(*out->calls)))) return qv__proto_nomem(e);
     const cJSON *c;
     cJSON_ArrayForEach(c, calls) {
-        const cJSON *fn = cJSON_IsObject(c) ? field(c, "function") : NULL;
-        const cJSON *name = fn ? field(fn, "name") : NULL,
-                    *args = fn ? field(fn, "arguments") : NULL;
-        const cJSON *id = cJSON_IsObject(c) ? field(c, "id") : NULL;
-        const cJSON *type = cJSON_IsObject(c) ? field(c, "type") : NULL;
+        const cJSON *fn = cJSON_IsObject(c) ? qv__proto_field(c, "function") : NULL;
+        const cJSON *name = fn ? qv__proto_field(fn, "name") : NULL,
+                    *args = fn ? qv__proto_field(fn, "arguments") : NULL;
+        const cJSON *id = cJSON_IsObject(c) ? qv__proto_field(c, "id") : NULL;
+        const cJSON *type = cJSON_IsObject(c) ? qv__proto_field(c, "type") : NULL;
         cJSON *parsed = cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
         const bool ok = cJSON_IsString(name) && cJSON_IsObject(parsed) &&
                         (!id || cJSON_IsString(id)) && (!type || cJSON_IsString(type));
@@ -279,13 +278,13 @@ static qv_status decode_calls(const cJSON *calls, size_t i, qv_proto_message *ou
         if (!(o->name = qv_strdup(name->valuestring)) ||
             !(o->arguments = qv_strdup(args->valuestring)) ||
             (id && !(o->id = qv_strdup(id->valuestring))))
-            return nomem(e);
+            return qv__proto_nomem(e);
     }
     return QV_OK;
 }
 
 static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
-    const cJSON *f = field(root, "messages");
+    const cJSON *f = qv__proto_field(root, "messages");
     if (!f) return fail(e, QV_ERR_INVALID, "messages", "'messages' is required");
     if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) == 0)
         return fail(e, QV_ERR_INVALID, "messages", "'messages' must be a non-empty list");
@@ -294,18 +293,18 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
         return fail(e, QV_ERR_INVALID, "messages", "'messages' has %zu entries; at most %d", n,
                     QV_PROTO_MAX_MESSAGES);
     r->messages = qv_calloc(n, sizeof(*r->messages));
-    if (!r->messages) return nomem(e);
+    if (!r->messages) return qv__proto_nomem(e);
     const cJSON *m = f->child;
     for (size_t i = 0; i < n; i++, m = m->next) {
         r->n_messages = i + 1;
         qv_proto_message *out = &r->messages[i];
-        const cJSON *role = cJSON_IsObject(m) ? field(m, "role") : NULL;
+        const cJSON *role = cJSON_IsObject(m) ? qv__proto_field(m, "role") : NULL;
         if (!role || !cJSON_IsString(role))
             return fail(e, QV_ERR_INVALID, "messages",
                         "messages[%zu] must be an object with a string 'role'", i);
         out->role = qv_strdup(role->valuestring);
-        if (!out->role) return nomem(e);
-        const cJSON *c = field(m, "content");
+        if (!out->role) return qv__proto_nomem(e);
+        const cJSON *c = qv__proto_field(m, "content");
         size_t len = 0;
         if (!c) {
             out->content = qv_strdup("");
@@ -315,25 +314,25 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
             /* Content parts: only text parts are supported; they are concatenated. */
             out->content = qv_strdup("");
             for (const cJSON *p = c->child; p && out->content; p = p->next) {
-                const cJSON *type = cJSON_IsObject(p) ? field(p, "type") : NULL;
-                const cJSON *text = cJSON_IsObject(p) ? field(p, "text") : NULL;
+                const cJSON *type = cJSON_IsObject(p) ? qv__proto_field(p, "type") : NULL;
+                const cJSON *text = cJSON_IsObject(p) ? qv__proto_field(p, "text") : NULL;
                 if (!type || !cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
                     !text || !cJSON_IsString(text))
                     return fail(e, QV_ERR_INVALID, "messages",
                                 "messages[%zu].content: only text parts are supported", i);
-                if (!append(&out->content, &len, text->valuestring)) return nomem(e);
+                if (!append(&out->content, &len, text->valuestring)) return qv__proto_nomem(e);
             }
         } else {
             return fail(e, QV_ERR_INVALID, "messages",
                         "messages[%zu].content must be a string or a list of text parts", i);
         }
-        if (!out->content) return nomem(e);
-        const cJSON *tcid = field(m, "tool_call_id");
+        if (!out->content) return qv__proto_nomem(e);
+        const cJSON *tcid = qv__proto_field(m, "tool_call_id");
         if (tcid && !cJSON_IsString(tcid))
             return fail(e, QV_ERR_INVALID, "messages",
                         "messages[%zu].tool_call_id must be a string", i);
-        if (tcid && !(out->tool_call_id = qv_strdup(tcid->valuestring))) return nomem(e);
-        const cJSON *calls = field(m, "tool_calls");
+        if (tcid && !(out->tool_call_id = qv_strdup(tcid->valuestring))) return qv__proto_nomem(e);
+        const cJSON *calls = qv__proto_field(m, "tool_calls");
         if (calls && !(cJSON_IsArray(calls) && cJSON_GetArraySize(calls) == 0)) {
             qv_status st = decode_calls(calls, i, out, e);
             if (st) return st;
@@ -371,11 +370,11 @@ static qv_status decode_model(const cJSON *root, qv_proto_request *r, qv_proto_e
     return QV_OK;
 oom:
     qv_free(adapter_id);
-    return nomem(e);
+    return qv__proto_nomem(e);
 }
 
 static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
-    const cJSON *f = field(root, "logprobs");
+    const cJSON *f = qv__proto_field(root, "logprobs");
     if (r->endpoint == QV_PROTO_COMPLETIONS) {
         /* completions: logprobs is an integer 0..20 (the number of alternatives). */
         if (!f) return QV_OK;
@@ -388,7 +387,7 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
     }
     qv_status s = get_bool(root, "logprobs", &r->logprobs, e);
     if (s) return s;
-    const cJSON *t = field(root, "top_logprobs");
+    const cJSON *t = qv__proto_field(root, "top_logprobs");
     if (!t) return QV_OK;
     s = get_int(root, "top_logprobs", 0, QV_PROTO_MAX_LOGPROBS, &r->top_logprobs, e);
     if (s) return s;
@@ -414,57 +413,59 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
     bool json_mode = false;
     unsigned flags = 0;
     int asked = 0;
-    const cJSON *rf = field(root, "response_format"), *t = rf ? field(rf, "type") : NULL;
+    const cJSON *rf = qv__proto_field(root, "response_format"),
+                *t = rf ? qv__proto_field(rf, "type") : NULL;
     if (cJSON_IsString(t) && !strcmp(t->valuestring, "json_object")) {
-        sch = field(rf, "schema"); /* with a schema: LoRAX's form of json_schema */
+        sch = qv__proto_field(rf, "schema"); /* with a schema: LoRAX's form of json_schema */
         json_mode = !sch;
         param = "response_format";
         asked++;
     } else if (cJSON_IsString(t) && !strcmp(t->valuestring, "json_schema")) {
-        const cJSON *js = field(rf, "json_schema"), *name = js ? field(js, "name") : NULL;
+        const cJSON *js = qv__proto_field(rf, "json_schema"),
+                    *name = js ? qv__proto_field(js, "name") : NULL;
         if (!cJSON_IsObject(js))
             return fail(e, QV_ERR_INVALID, "response_format",
                         "'response_format.json_schema' must be an object with a 'schema'");
         if (name && !cJSON_IsString(name))
             return fail(e, QV_ERR_INVALID, "response_format",
                         "'response_format.json_schema.name' must be a string");
-        if (!(sch = field(js, "schema")))
+        if (!(sch = qv__proto_field(js, "schema")))
             return fail(e, QV_ERR_INVALID, "response_format",
                         "'response_format.json_schema.schema' is missing");
         param = "response_format";
         asked++;
     }
     const cJSON *f;
-    if ((f = field(root, "guided_json")) && !cJSON_IsNull(f)) {
+    if ((f = qv__proto_field(root, "guided_json")) && !cJSON_IsNull(f)) {
         if (!cJSON_IsString(f) && !cJSON_IsObject(f) && !cJSON_IsBool(f))
             return fail(e, QV_ERR_INVALID, "guided_json",
                         "'guided_json' must be a JSON schema (an object or its text)");
         sch = f, param = "guided_json", asked++;
     }
-    if ((f = field(root, "guided_choice")) && !cJSON_IsNull(f))
+    if ((f = qv__proto_field(root, "guided_choice")) && !cJSON_IsNull(f))
         choice = f, param = "guided_choice", asked++;
     const cJSON *regex = NULL;
-    if ((f = field(root, "guided_regex"))) regex = f, param = "guided_regex", asked++;
-    const cJSON *so = field(root, "structured_outputs"); /* vLLM's newer spelling */
+    if ((f = qv__proto_field(root, "guided_regex"))) regex = f, param = "guided_regex", asked++;
+    const cJSON *so = qv__proto_field(root, "structured_outputs"); /* vLLM's newer spelling */
     if (so && !cJSON_IsNull(so)) {
         if (!cJSON_IsObject(so))
             return fail(e, QV_ERR_INVALID, "structured_outputs",
                         "'structured_outputs' must be an object");
         static const char *const refused[] = {"grammar", "structural_tag", "whitespace_pattern"};
         for (size_t i = 0; i < QV_ARRAY_LEN(refused); i++)
-            if ((f = field(so, refused[i])) && !cJSON_IsNull(f))
+            if ((f = qv__proto_field(so, refused[i])) && !cJSON_IsNull(f))
                 return fail(e, QV_ERR_INVALID, "structured_outputs",
                             "'structured_outputs.%s' is not supported by quiver (JSON schemas, "
                             "JSON mode, choices and regexes are)",
                             refused[i]);
-        if ((f = field(so, "json")) && !cJSON_IsNull(f))
+        if ((f = qv__proto_field(so, "json")) && !cJSON_IsNull(f))
             sch = f, param = "structured_outputs", asked++;
-        if ((f = field(so, "choice")) && !cJSON_IsNull(f))
+        if ((f = qv__proto_field(so, "choice")) && !cJSON_IsNull(f))
             choice = f, param = "structured_outputs", asked++;
-        if ((f = field(so, "regex"))) regex = f, param = "structured_outputs", asked++;
-        if (cJSON_IsTrue(field(so, "json_object")))
+        if ((f = qv__proto_field(so, "regex"))) regex = f, param = "structured_outputs", asked++;
+        if (cJSON_IsTrue(qv__proto_field(so, "json_object")))
             json_mode = true, param = "structured_outputs", asked++;
-        const cJSON *dw = field(so, "disable_any_whitespace");
+        const cJSON *dw = qv__proto_field(so, "disable_any_whitespace");
         if (dw && !cJSON_IsBool(dw))
             return fail(e, QV_ERR_INVALID, "structured_outputs",
                         "'structured_outputs.disable_any_whitespace' must be a boolean");
@@ -472,7 +473,8 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
     }
     /* vLLM's guided_whitespace_pattern "": no whitespace between JSON tokens (compact); other
      * patterns are refused (refuse_unsupported) */
-    if ((f = field(root, "guided_whitespace_pattern")) && cJSON_IsString(f) && !f->valuestring[0])
+    if ((f = qv__proto_field(root, "guided_whitespace_pattern")) && cJSON_IsString(f) &&
+        !f->valuestring[0])
         flags |= QV_JSON_COMPACT;
     if (asked > 1)
         return fail(e, QV_ERR_INVALID, param,
@@ -484,16 +486,16 @@ static qv_status decode_json_schema(const cJSON *root, qv_proto_request *r, qv_p
         static const char object[] = "{\"type\":\"object\"}";
         const qv_status st =
             qv_json_schema_compile_flags(object, strlen(object), flags, &r->json_schema, &err);
-        return st == QV_OK ? QV_OK : nomem(e);
+        return st == QV_OK ? QV_OK : qv__proto_nomem(e);
     }
     if (choice) {
         char *text = cJSON_PrintUnformatted(choice);
-        if (!text) return nomem(e);
+        if (!text) return qv__proto_nomem(e);
         qv_error err = {0};
         const qv_status st =
             qv_json_schema_compile_choice(text, strlen(text), &r->json_schema, &err);
         cJSON_free(text);
-        if (st == QV_ERR_NOMEM) return nomem(e);
+        if (st == QV_ERR_NOMEM) return qv__proto_nomem(e);
         return st == QV_OK ? QV_OK : fail(e, QV_ERR_INVALID, param, "%s", err.msg);
     }
     if (regex) return compile_regex_doc(regex, param, r, e);
@@ -508,7 +510,7 @@ static qv_status compile_regex_doc(const cJSON *re, const char *param, qv_proto_
     qv_error err = {0};
     const qv_status st = qv_json_schema_compile_regex(re->valuestring, strlen(re->valuestring),
                                                       &r->json_schema, &err);
-    if (st == QV_ERR_NOMEM) return nomem(e);
+    if (st == QV_ERR_NOMEM) return qv__proto_nomem(e);
     if (st != QV_OK) return fail(e, QV_ERR_INVALID, param, "the regex cannot be used: %s", err.msg);
     return QV_OK;
 }
@@ -518,12 +520,12 @@ static qv_status compile_schema(const cJSON *sch, const char *param, unsigned fl
                                 qv_proto_request *r, qv_proto_error *e) {
     char *text = cJSON_IsString(sch) ? NULL : cJSON_PrintUnformatted(sch);
     const char *txt = cJSON_IsString(sch) ? sch->valuestring : text;
-    if (!txt) return nomem(e);
+    if (!txt) return qv__proto_nomem(e);
     qv_error err = {0};
     const qv_status st =
         qv_json_schema_compile_flags(txt, strlen(txt), flags, &r->json_schema, &err);
     cJSON_free(text);
-    if (st == QV_ERR_NOMEM) return nomem(e);
+    if (st == QV_ERR_NOMEM) return qv__proto_nomem(e);
     if (st != QV_OK)
         return fail(e, QV_ERR_INVALID, param, "the JSON schema cannot be used: %s", err.msg);
     return QV_OK;
@@ -537,12 +539,12 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
                                     qv_proto_error *e) {
     static const char *const always[] = {"guided_grammar"};
     for (size_t i = 0; i < QV_ARRAY_LEN(always); i++)
-        if (field(root, always[i]))
+        if (qv__proto_field(root, always[i]))
             return fail(e, QV_ERR_INVALID, always[i],
                         "'%s' is not supported by quiver (no guided decoding)", always[i]);
-    const cJSON *f = field(root, "response_format");
+    const cJSON *f = qv__proto_field(root, "response_format");
     if (f) {
-        const cJSON *t = cJSON_IsObject(f) ? field(f, "type") : NULL;
+        const cJSON *t = cJSON_IsObject(f) ? qv__proto_field(f, "type") : NULL;
         if (!t || !cJSON_IsString(t) ||
             (strcmp(t->valuestring, "text") != 0 && strcmp(t->valuestring, "json_object") != 0 &&
              strcmp(t->valuestring, "json_schema") != 0))
@@ -551,18 +553,19 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
                         "\"json_object\"} (JSON mode) or {\"type\": \"json_schema\", "
                         "\"json_schema\": {\"name\": ..., \"schema\": {...}}}");
     }
-    if ((f = field(root, "functions")) && !(cJSON_IsArray(f) && cJSON_GetArraySize(f) == 0))
+    if ((f = qv__proto_field(root, "functions")) &&
+        !(cJSON_IsArray(f) && cJSON_GetArraySize(f) == 0))
         return fail(e, QV_ERR_INVALID, "functions",
                     "'functions' (deprecated by OpenAI) is not supported by quiver; use 'tools'");
-    if (ep != QV_PROTO_CHAT && (f = field(root, "tools")) &&
+    if (ep != QV_PROTO_CHAT && (f = qv__proto_field(root, "tools")) &&
         !(cJSON_IsArray(f) && cJSON_GetArraySize(f) == 0))
         return fail(e, QV_ERR_INVALID, "tools", "'tools' is only supported on chat completions");
-    if ((f = field(root, "suffix")) && !(cJSON_IsString(f) && !f->valuestring[0]))
+    if ((f = qv__proto_field(root, "suffix")) && !(cJSON_IsString(f) && !f->valuestring[0]))
         return fail(e, QV_ERR_INVALID, "suffix", "'suffix' is not supported by quiver");
-    if ((f = field(root, "best_of")) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
+    if ((f = qv__proto_field(root, "best_of")) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
         return fail(e, QV_ERR_INVALID, "best_of", "'best_of' must be 1 (one sequence per request)");
     /* OpenAI's other outputs and tools: text is all quiver writes */
-    if ((f = field(root, "modalities"))) {
+    if ((f = qv__proto_field(root, "modalities"))) {
         bool text_only = cJSON_IsArray(f);
         const cJSON *m;
         cJSON_ArrayForEach(m, f) text_only =
@@ -571,9 +574,9 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
             return fail(e, QV_ERR_INVALID, "modalities",
                         "'modalities' may only be [\"text\"] (quiver writes no audio)");
     }
-    if ((f = field(root, "audio")) && !(cJSON_IsObject(f) && !f->child))
+    if ((f = qv__proto_field(root, "audio")) && !(cJSON_IsObject(f) && !f->child))
         return fail(e, QV_ERR_INVALID, "audio", "'audio' output is not supported by quiver");
-    if ((f = field(root, "web_search_options")))
+    if ((f = qv__proto_field(root, "web_search_options")))
         return fail(e, QV_ERR_INVALID, "web_search_options",
                     "'web_search_options' is not supported by quiver (no web search)");
     /* vLLM's other request options that change the answer, where they ask for something */
@@ -588,7 +591,7 @@ static qv_status refuse_unsupported(const cJSON *root, enum qv_proto_endpoint ep
          "JSON may have whitespace between tokens, or none with the pattern \"\""},
     };
     for (size_t i = 0; i < QV_ARRAY_LEN(k_vllm); i++) {
-        f = field(root, k_vllm[i].name);
+        f = qv__proto_field(root, k_vllm[i].name);
         const bool empty = !f || cJSON_IsFalse(f) ||
                            ((cJSON_IsArray(f) || cJSON_IsObject(f)) && !f->child) ||
                            (cJSON_IsString(f) && !f->valuestring[0]);
@@ -613,7 +616,7 @@ static bool tool_name_ok(const char *s) {
  * <tool_call> blocks become calls, which the server accepts only with a chat template that
  * writes tools. */
 static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
-    const cJSON *tools = field(root, "tools"), *tc = field(root, "tool_choice");
+    const cJSON *tools = qv__proto_field(root, "tools"), *tc = qv__proto_field(root, "tool_choice");
     r->parallel_tool_calls = true;
     qv_status s = get_bool(root, "parallel_tool_calls", &r->parallel_tool_calls, e);
     if (s) return s;
@@ -632,9 +635,9 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
                         "'tool_choice' must be \"none\", \"auto\", \"required\" or "
                         "{\"type\": \"function\", \"function\": {\"name\": ...}}");
     } else if (tc) {
-        const cJSON *t = cJSON_IsObject(tc) ? field(tc, "type") : NULL;
-        const cJSON *fn = cJSON_IsObject(tc) ? field(tc, "function") : NULL;
-        want = fn ? field(fn, "name") : NULL;
+        const cJSON *t = cJSON_IsObject(tc) ? qv__proto_field(tc, "type") : NULL;
+        const cJSON *fn = cJSON_IsObject(tc) ? qv__proto_field(tc, "function") : NULL;
+        want = fn ? qv__proto_field(fn, "name") : NULL;
         if (!cJSON_IsString(t) || strcmp(t->valuestring, "function") || !cJSON_IsString(want))
             return fail(e, QV_ERR_INVALID, "tool_choice",
                         "'tool_choice' must be \"none\", \"auto\", \"required\" or "
@@ -644,12 +647,12 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
     const cJSON *named = NULL; /* want's entry in tools */
     for (int i = 0; i < n; i++) {
         const cJSON *t = cJSON_GetArrayItem(tools, i);
-        const cJSON *type = cJSON_IsObject(t) ? field(t, "type") : NULL;
-        const cJSON *fn = cJSON_IsObject(t) ? field(t, "function") : NULL;
-        const cJSON *name = cJSON_IsObject(fn) ? field(fn, "name") : NULL;
-        const cJSON *desc = cJSON_IsObject(fn) ? field(fn, "description") : NULL;
-        const cJSON *params = cJSON_IsObject(fn) ? field(fn, "parameters") : NULL;
-        const cJSON *strict = cJSON_IsObject(fn) ? field(fn, "strict") : NULL;
+        const cJSON *type = cJSON_IsObject(t) ? qv__proto_field(t, "type") : NULL;
+        const cJSON *fn = cJSON_IsObject(t) ? qv__proto_field(t, "function") : NULL;
+        const cJSON *name = cJSON_IsObject(fn) ? qv__proto_field(fn, "name") : NULL;
+        const cJSON *desc = cJSON_IsObject(fn) ? qv__proto_field(fn, "description") : NULL;
+        const cJSON *params = cJSON_IsObject(fn) ? qv__proto_field(fn, "parameters") : NULL;
+        const cJSON *strict = cJSON_IsObject(fn) ? qv__proto_field(fn, "strict") : NULL;
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") || !cJSON_IsString(name))
             return fail(e, QV_ERR_INVALID, "tools",
                         "tools[%d] must be {\"type\": \"function\", \"function\": {\"name\": "
@@ -665,7 +668,9 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
                         "JSON schema object and 'strict' a boolean",
                         i);
         for (int k = 0; k < i; k++)
-            if (!strcmp(field(field(cJSON_GetArrayItem(tools, k), "function"), "name")->valuestring,
+            if (!strcmp(qv__proto_field(qv__proto_field(cJSON_GetArrayItem(tools, k), "function"),
+                                        "name")
+                            ->valuestring,
                         name->valuestring))
                 return fail(e, QV_ERR_INVALID, "tools",
                             "tools[%d]: the function '%s' is declared twice", i, name->valuestring);
@@ -688,13 +693,13 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
     qv_status st;
     if (named) {
         r->tool_choice = QV_PROTO_TOOLS_NAMED;
-        if (!(r->tool_name = qv_strdup(want->valuestring))) return nomem(e);
-        const cJSON *params = field(named, "parameters");
+        if (!(r->tool_name = qv_strdup(want->valuestring))) return qv__proto_nomem(e);
+        const cJSON *params = qv__proto_field(named, "parameters");
         char *text = params && params->child ? cJSON_PrintUnformatted(params) : NULL;
         const char *txt = params && params->child ? text /* {}: any object; absent: none */
                           : params                ? "{\"type\":\"object\"}"
                                                   : "{\"type\":\"object\",\"properties\":{}}";
-        if (!txt) return nomem(e);
+        if (!txt) return qv__proto_nomem(e);
         st = qv_json_schema_compile_flags(txt, strlen(txt), QV_JSON_COMPACT, &r->json_schema, &err);
         cJSON_free(text);
         if (st == QV_OK && !qv_json_schema_object_only(r->json_schema))
@@ -702,12 +707,12 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
     } else {
         r->tool_choice = QV_PROTO_TOOLS_REQUIRED;
         char *text = cJSON_PrintUnformatted(tools);
-        if (!text) return nomem(e);
+        if (!text) return qv__proto_nomem(e);
         st = qv_json_schema_compile_calls(text, strlen(text), r->parallel_tool_calls,
                                           QV_JSON_COMPACT, &r->json_schema, &err);
         cJSON_free(text);
     }
-    if (st == QV_ERR_NOMEM) return nomem(e);
+    if (st == QV_ERR_NOMEM) return qv__proto_nomem(e);
     if (st != QV_OK) {
         qv_json_schema_unref(r->json_schema);
         r->json_schema = NULL;
@@ -721,12 +726,12 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
  * that write tools byte for byte as sent. */
 static qv_status tools_text(const cJSON *root, const char *body, size_t len, qv_proto_request *r,
                             qv_proto_error *e) {
-    const cJSON *tools = field(root, "tools");
+    const cJSON *tools = qv__proto_field(root, "tools");
     if (!tools || (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) == 0)) return QV_OK;
     size_t off = 0, n = 0;
     if (!cJSON_IsArray(tools) || !qv_json_member_span(body, len, "tools", &off, &n))
         return fail(e, QV_ERR_INVALID, "tools", "'tools' must be a list of functions");
-    if (!(r->tools_text = qv_malloc(n + 1))) return nomem(e);
+    if (!(r->tools_text = qv_malloc(n + 1))) return qv__proto_nomem(e);
     memcpy(r->tools_text, body + off, n);
     r->tools_text[n] = '\0';
     r->tools_len = n;
@@ -759,7 +764,7 @@ static qv_status decode_template_kwargs(const cJSON *kw, qv_proto_request *r, qv
                 return fail(e, QV_ERR_INVALID, "chat_template_kwargs",
                             "'chat_template_kwargs.date_string' must be a string");
             qv_free(r->tmpl_date_string);
-            if (!(r->tmpl_date_string = qv_strdup(f->valuestring))) return nomem(e);
+            if (!(r->tmpl_date_string = qv_strdup(f->valuestring))) return qv__proto_nomem(e);
         } else if (!strcmp(k, "tools_in_user_message")) {
             if (cJSON_IsFalse(f)) r->tmpl_unrendered = "tools_in_user_message";
         } else if (!strcmp(k, "builtin_tools") || !strcmp(k, "custom_tools")) {
@@ -775,7 +780,7 @@ static qv_status decode_template_kwargs(const cJSON *kw, qv_proto_request *r, qv
  * add_generation_prompt defaults to false and may not be true). Both may also come
  * in chat_template_kwargs, which override them. */
 static qv_status decode_turn_options(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
-    const cJSON *kw = field(root, "chat_template_kwargs");
+    const cJSON *kw = qv__proto_field(root, "chat_template_kwargs");
     qv_status s = kw ? decode_template_kwargs(kw, r, e) : QV_OK;
     if (s) return s;
     if ((s = get_bool(root, "continue_final_message", &r->continue_final_message, e))) return s;
@@ -805,12 +810,12 @@ static qv_status decode_turn_options(const cJSON *root, qv_proto_request *r, qv_
 static qv_status decode_tokenize(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
     qv_status s;
     if (r->endpoint == QV_PROTO_DETOKENIZE) {
-        const cJSON *f = field(root, "tokens");
+        const cJSON *f = qv__proto_field(root, "tokens");
         if (!f || !cJSON_IsArray(f))
             return fail(e, QV_ERR_INVALID, "tokens", "'tokens' must be a list of token ids");
         int n = cJSON_GetArraySize(f);
         r->prompt_ids = qv_malloc((size_t)QV_MAX(n, 1) * sizeof(int32_t));
-        if (!r->prompt_ids) return nomem(e);
+        if (!r->prompt_ids) return qv__proto_nomem(e);
         const cJSON *it = f->child;
         for (int i = 0; i < n; i++, it = it->next) {
             if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
@@ -821,13 +826,13 @@ static qv_status decode_tokenize(const cJSON *root, qv_proto_request *r, qv_prot
         r->n_prompt_ids = (size_t)n;
         return QV_OK;
     }
-    const bool chat = field(root, "messages") != NULL;
-    if (chat && field(root, "prompt"))
+    const bool chat = qv__proto_field(root, "messages") != NULL;
+    if (chat && qv__proto_field(root, "prompt"))
         return fail(e, QV_ERR_INVALID, "prompt", "give 'prompt' or 'messages', not both");
     if (chat) {
         s = decode_messages(root, r, e);
     } else {
-        const cJSON *p = field(root, "prompt");
+        const cJSON *p = qv__proto_field(root, "prompt");
         s = p && cJSON_IsString(p) ? decode_prompt(root, r, e)
                                    : fail(e, QV_ERR_INVALID, "prompt",
                                           "'prompt' (a string) or 'messages' is required");
@@ -877,14 +882,15 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
                  1 + r->n_more, r->n, QV_PROTO_MAX_CHOICES);
         goto done;
     }
-    const char *mt = field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    const char *mt =
+        qv__proto_field(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
     if ((s = get_bool(root, "echo", endpoint == QV_PROTO_CHAT ? &r->chat_echo : &r->echo, e)))
         goto done;
     /* max_tokens 0: the prompt's echo (and logprobs) only */
     if ((s = get_int(root, mt, r->echo ? 0 : 1, 1e9, &r->max_tokens, e))) goto done;
     if ((s = get_float(root, "temperature", 0, 100, &r->temperature, e))) goto done;
     if ((s = get_float(root, "top_p", 0, 1, &r->top_p, e))) goto done;
-    if (field(root, "top_p") && r->top_p <= 0.0f) {
+    if (qv__proto_field(root, "top_p") && r->top_p <= 0.0f) {
         s = fail(e, QV_ERR_INVALID, "top_p", "'top_p' must be in (0, 1]");
         goto done;
     }
@@ -894,11 +900,11 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = get_float(root, "presence_penalty", -2, 2, &r->presence_penalty, e))) goto done;
     if ((s = get_float(root, "frequency_penalty", -2, 2, &r->frequency_penalty, e))) goto done;
     if ((s = get_float(root, "repetition_penalty", 0, 100, &r->repetition_penalty, e))) goto done;
-    if (field(root, "repetition_penalty") && r->repetition_penalty <= 0.0f) {
+    if (qv__proto_field(root, "repetition_penalty") && r->repetition_penalty <= 0.0f) {
         s = fail(e, QV_ERR_INVALID, "repetition_penalty", "'repetition_penalty' must be > 0");
         goto done;
     }
-    const cJSON *seed = field(root, "seed");
+    const cJSON *seed = qv__proto_field(root, "seed");
     if (seed) {
         if (!cJSON_IsNumber(seed) || seed->valuedouble != floor(seed->valuedouble) ||
             fabs(seed->valuedouble) > 9007199254740992.0) {
@@ -937,14 +943,14 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = get_bool(root, "spaces_between_special_tokens", &spaces, e))) goto done;
     if ((s = get_int(root, "truncate_prompt_tokens", -1, 1e9, &r->truncate_prompt_tokens, e)))
         goto done;
-    if (field(root, "truncate_prompt_tokens") && r->truncate_prompt_tokens == 0) {
+    if (qv__proto_field(root, "truncate_prompt_tokens") && r->truncate_prompt_tokens == 0) {
         s = fail(e, QV_ERR_INVALID, "truncate_prompt_tokens",
                  "'truncate_prompt_tokens' must be -1 (the context) or at least 1");
         goto done;
     }
     if ((s = get_int(root, "priority", -1e9, 1e9, &r->priority, e))) goto done;
-    r->has_priority = field(root, "priority") != NULL;
-    const cJSON *so = field(root, "stream_options");
+    r->has_priority = qv__proto_field(root, "priority") != NULL;
+    const cJSON *so = qv__proto_field(root, "stream_options");
     if (so) {
         if (!cJSON_IsObject(so)) {
             s = fail(e, QV_ERR_INVALID, "stream_options", "'stream_options' must be an object");
@@ -961,7 +967,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         }
         r->continuous_usage = cu && r->include_usage;
     }
-    if ((r->prompt_lps = field(root, "prompt_logprobs") != NULL)) {
+    if ((r->prompt_lps = qv__proto_field(root, "prompt_logprobs") != NULL)) {
         if ((s = get_int(root, "prompt_logprobs", 0, QV_PROTO_MAX_LOGPROBS, &r->prompt_logprobs,
                          e)))
             goto done;
@@ -1045,9 +1051,10 @@ static qv_status call_from(const char *text, size_t len, bool parameters, qv_pro
     cJSON *o = cJSON_ParseWithLength(text, len);
     if (!o) return QV_ERR_NOMEM; /* the text was checked: only memory can fail */
     const bool obj = cJSON_IsObject(o);
-    const cJSON *nm = obj ? field(o, "name") : NULL;
-    const char *key = parameters && obj && !field(o, "arguments") ? "parameters" : "arguments";
-    const cJSON *args = obj ? field(o, key) : NULL;
+    const cJSON *nm = obj ? qv__proto_field(o, "name") : NULL;
+    const char *key =
+        parameters && obj && !qv__proto_field(o, "arguments") ? "parameters" : "arguments";
+    const cJSON *args = obj ? qv__proto_field(o, key) : NULL;
     size_t off = 0, n = 0;
     st = cJSON_IsString(nm) && cJSON_IsObject(args) && qv_json_member_span(text, len, key, &off, &n)
              ? QV_OK
@@ -2080,14 +2087,14 @@ qv_status qv_proto_adapter_config_summary(const char *json, size_t len, char *ki
         cJSON_Delete(root);
         return QV_ERR_INVALID;
     }
-    const cJSON *pt = field(root, "peft_type");
-    const cJSON *r = field(root, "r");
+    const cJSON *pt = qv__proto_field(root, "peft_type");
+    const cJSON *r = qv__proto_field(root, "r");
     if (cJSON_IsString(pt)) {
         snprintf(kind, kind_cap, "%s", pt->valuestring);
         if (!strcmp(pt->valuestring, "LORA") && cJSON_IsNumber(r) && r->valuedouble > 0 &&
             r->valuedouble < 1e9)
             *rank = (int)r->valuedouble;
-    } else if (field(root, "architecture") || field(root, "config")) {
+    } else if (qv__proto_field(root, "architecture") || qv__proto_field(root, "config")) {
         snprintf(kind, kind_cap, "BOTTLENECK");
     }
     cJSON_Delete(root);
@@ -2096,7 +2103,7 @@ qv_status qv_proto_adapter_config_summary(const char *json, size_t len, char *ki
 
 /* A required non-empty string field copied into *out. */
 static qv_status lora_string(const cJSON *root, const char *name, char **out, qv_proto_error *e) {
-    const cJSON *f = field(root, name);
+    const cJSON *f = qv__proto_field(root, name);
     if (!cJSON_IsString(f) || !*f->valuestring) {
         e->status = QV_ERR_INVALID;
         snprintf(e->message, sizeof(e->message), "'%s' must be a non-empty string", name);
@@ -2148,7 +2155,7 @@ static qv_status in_params(qv_status s, qv_proto_error *e) {
 
 static qv_status tgi_refuse(const cJSON *p, const char *name, bool allowed, const char *why,
                             qv_proto_error *e) {
-    if (!field(p, name) || allowed) return QV_OK;
+    if (!qv__proto_field(p, name) || allowed) return QV_OK;
     return fail(e, QV_ERR_INVALID, name, "'parameters.%s' is not supported by quiver%s%s", name,
                 why ? ": " : "", why ? why : "");
 }
@@ -2161,7 +2168,7 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
         qv_free(r->adapter);
         r->adapter = NULL;
     }
-    const cJSON *src = field(p, "adapter_source");
+    const cJSON *src = qv__proto_field(p, "adapter_source");
     if (src && (!cJSON_IsString(src) ||
                 (strcmp(src->valuestring, "hub") != 0 && strcmp(src->valuestring, "local") != 0)))
         return fail(e, QV_ERR_INVALID, "adapter_source",
@@ -2173,7 +2180,7 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
     if ((s = get_int(p, "max_new_tokens", 1, 1e9, &r->max_tokens, e))) return s;
     if ((s = get_bool(p, "ignore_eos_token", &r->ignore_eos, e))) return s;
     if ((s = get_float(p, "repetition_penalty", 0, 100, &r->repetition_penalty, e))) return s;
-    if (field(p, "repetition_penalty") && r->repetition_penalty <= 0)
+    if (qv__proto_field(p, "repetition_penalty") && r->repetition_penalty <= 0)
         return fail(e, QV_ERR_INVALID, "repetition_penalty", "'repetition_penalty' must be > 0");
     if ((s = get_float(p, "frequency_penalty", -2, 2, &r->frequency_penalty, e))) return s;
     if ((s = get_float(p, "presence_penalty", -2, 2, &r->presence_penalty, e))) return s;
@@ -2181,7 +2188,7 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
     if ((s = decode_strings(p, "stop", true, QV_PROTO_MAX_STOPS, QV_PROTO_MAX_STOP_BYTES, &r->stop,
                             &r->n_stop, e)))
         return s;
-    if ((f = field(p, "seed"))) {
+    if ((f = qv__proto_field(p, "seed"))) {
         if (!cJSON_IsNumber(f) || f->valuedouble != floor(f->valuedouble) || f->valuedouble < 0 ||
             f->valuedouble > 9007199254740992.0)
             return fail(e, QV_ERR_INVALID, "seed", "'seed' must be an integer >= 0");
@@ -2191,7 +2198,7 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
     if ((s = get_float(p, "temperature", 0, 100, &r->temperature, e))) return s;
     if ((s = get_int(p, "top_k", 1, 1e9, &r->top_k, e))) return s;
     if ((s = get_float(p, "top_p", 0, 1, &r->top_p, e))) return s;
-    if (field(p, "top_p") && r->top_p <= 0)
+    if (qv__proto_field(p, "top_p") && r->top_p <= 0)
         return fail(e, QV_ERR_INVALID, "top_p", "'top_p' must be in (0, 1]");
     if ((s = get_int(p, "truncate", 1, 1e9, &t->truncate, e))) return s;
     if ((s = get_bool(p, "details", &t->details, e))) return s;
@@ -2212,7 +2219,8 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
         (s = tgi_structured(p, r, e)))
         return s;
     /* TGI samples when asked to or when a sampling parameter is set; otherwise greedy */
-    sampling = sampling || field(p, "temperature") || field(p, "top_k") || field(p, "top_p");
+    sampling = sampling || qv__proto_field(p, "temperature") || qv__proto_field(p, "top_k") ||
+               qv__proto_field(p, "top_p");
     if (!sampling) r->temperature = 0.0f;
     return QV_OK;
 }
@@ -2221,21 +2229,21 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
  * LoRAX's response_format {"type": "json_object", "schema": schema} (without a schema: JSON
  * mode). */
 static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_error *e) {
-    const cJSON *g = field(p, "grammar"), *f = field(p, "response_format");
-    const cJSON *gt = cJSON_IsObject(g) ? field(g, "type") : NULL;
-    const cJSON *ft = cJSON_IsObject(f) ? field(f, "type") : NULL;
+    const cJSON *g = qv__proto_field(p, "grammar"), *f = qv__proto_field(p, "response_format");
+    const cJSON *gt = cJSON_IsObject(g) ? qv__proto_field(g, "type") : NULL;
+    const cJSON *ft = cJSON_IsObject(f) ? qv__proto_field(f, "type") : NULL;
     if (g && !cJSON_IsNull(g)) {
         const bool regex = cJSON_IsString(gt) && !strcmp(gt->valuestring, "regex");
         if (!cJSON_IsString(gt) || (strcmp(gt->valuestring, "json") != 0 && !regex) ||
-            !field(g, "value"))
+            !qv__proto_field(g, "value"))
             return fail(e, QV_ERR_INVALID, "grammar",
                         "'parameters.grammar' must be {\"type\": \"json\", \"value\": "
                         "<JSON schema>} or {\"type\": \"regex\", \"value\": <pattern>}");
         if (f && !cJSON_IsNull(f))
             return fail(e, QV_ERR_INVALID, "grammar",
                         "give either 'grammar' or 'response_format', not both");
-        return regex ? compile_regex_doc(field(g, "value"), "grammar", r, e)
-                     : compile_schema(field(g, "value"), "grammar", 0, r, e);
+        return regex ? compile_regex_doc(qv__proto_field(g, "value"), "grammar", r, e)
+                     : compile_schema(qv__proto_field(g, "value"), "grammar", 0, r, e);
     }
     if (!f || cJSON_IsNull(f)) return QV_OK;
     if (cJSON_IsString(ft) && !strcmp(ft->valuestring, "text")) return QV_OK;
@@ -2243,11 +2251,11 @@ static qv_status tgi_structured(const cJSON *p, qv_proto_request *r, qv_proto_er
         return fail(e, QV_ERR_INVALID, "response_format",
                     "'parameters.response_format' must be {\"type\": \"json_object\"} with an "
                     "optional \"schema\"");
-    if (!field(f, "schema")) {
+    if (!qv__proto_field(f, "schema")) {
         r->json_object = true;
         return QV_OK;
     }
-    return compile_schema(field(f, "schema"), "response_format", 0, r, e);
+    return compile_schema(qv__proto_field(f, "schema"), "response_format", 0, r, e);
 }
 
 qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r, qv_proto_tgi *t,
@@ -2265,7 +2273,7 @@ qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r,
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) return fail(e, QV_ERR_INVALID, NULL, "the request body is not valid JSON");
     qv_status s = QV_OK;
-    const cJSON *in = cJSON_IsObject(root) ? field(root, "inputs") : NULL;
+    const cJSON *in = cJSON_IsObject(root) ? qv__proto_field(root, "inputs") : NULL;
     if (!cJSON_IsObject(root)) {
         s = fail(e, QV_ERR_INVALID, NULL, "the request body must be a JSON object");
     } else if (!in || !cJSON_IsString(in)) {
@@ -2273,9 +2281,9 @@ qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r,
     } else {
         r->prompt_len = strlen(in->valuestring);
         r->prompt = qv_strdup(in->valuestring);
-        s = r->prompt ? get_bool(root, "stream", &r->stream, e) : nomem(e);
+        s = r->prompt ? get_bool(root, "stream", &r->stream, e) : qv__proto_nomem(e);
     }
-    const cJSON *p = s ? NULL : field(root, "parameters");
+    const cJSON *p = s ? NULL : qv__proto_field(root, "parameters");
     if (!s && p && !cJSON_IsObject(p))
         s = fail(e, QV_ERR_INVALID, "parameters", "'parameters' must be an object");
     if (!s && p) s = in_params(tgi_params(p, r, t, e), e);

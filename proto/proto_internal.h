@@ -13,6 +13,10 @@
 /* Fills *e (may be NULL) with s, param and the formatted message; returns s. */
 qv_status qv__proto_failv(qv_proto_error *e, qv_status s, const char *param, const char *fmt,
                           va_list ap) __attribute__((format(printf, 4, 0)));
+/* e as QV_ERR_NOMEM ("out of memory while decoding the request"); returns it. */
+qv_status qv__proto_nomem(qv_proto_error *e);
+/* Member `name` of an object; JSON null counts as absent, as in the OpenAI API. */
+const cJSON *qv__proto_field(const cJSON *root, const char *name);
 /* Adds item under key; on failure (NULL item, or the key copy failing) frees the item. */
 bool qv__proto_put_item(cJSON *obj, const char *key, cJSON *item);
 /* Adds a string of known length (it may hold bytes cJSON would stop at: copy first). */

@@ -27,23 +27,8 @@ static qv_status rfail(qv_proto_error *e, const char *param, const char *fmt, ..
     return s;
 }
 
-static qv_status rnomem(qv_proto_error *e) {
-    if (e) {
-        e->status = QV_ERR_NOMEM;
-        e->param[0] = '\0';
-        snprintf(e->message, sizeof(e->message), "out of memory while decoding the request");
-    }
-    return QV_ERR_NOMEM;
-}
-
-/* JSON null counts as absent, as everywhere in the API. */
-static const cJSON *get(const cJSON *o, const char *name) {
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
-    return f && !cJSON_IsNull(f) ? f : NULL;
-}
-
 static const char *type_of(const cJSON *o) {
-    const cJSON *t = cJSON_IsObject(o) ? get(o, "type") : NULL;
+    const cJSON *t = cJSON_IsObject(o) ? qv__proto_field(o, "type") : NULL;
     return cJSON_IsString(t) ? t->valuestring : NULL;
 }
 
@@ -57,7 +42,7 @@ static bool put_copy(cJSON *to, const char *key, const cJSON *from) {
 static cJSON *content_of(const cJSON *c, const char *param, qv_proto_error *e) {
     if (cJSON_IsString(c)) {
         cJSON *s = cJSON_CreateString(c->valuestring);
-        if (!s) rnomem(e);
+        if (!s) qv__proto_nomem(e);
         return s;
     }
     if (!cJSON_IsArray(c)) {
@@ -65,11 +50,11 @@ static cJSON *content_of(const cJSON *c, const char *param, qv_proto_error *e) {
         return NULL;
     }
     cJSON *parts = cJSON_CreateArray();
-    if (!parts) return rnomem(e), NULL;
+    if (!parts) return qv__proto_nomem(e), NULL;
     const cJSON *p;
     cJSON_ArrayForEach(p, c) {
         const char *t = type_of(p);
-        const cJSON *text = cJSON_IsObject(p) ? get(p, "text") : NULL;
+        const cJSON *text = cJSON_IsObject(p) ? qv__proto_field(p, "text") : NULL;
         if (!t || (strcmp(t, "input_text") && strcmp(t, "output_text")) || !cJSON_IsString(text)) {
             cJSON_Delete(parts);
             rfail(e, param,
@@ -82,12 +67,12 @@ static cJSON *content_of(const cJSON *c, const char *param, qv_proto_error *e) {
         if (!q || !cJSON_AddItemToArray(parts, q)) {
             cJSON_Delete(q);
             cJSON_Delete(parts);
-            return rnomem(e), NULL;
+            return qv__proto_nomem(e), NULL;
         }
         if (!cJSON_AddStringToObject(q, "type", "text") ||
             !cJSON_AddStringToObject(q, "text", text->valuestring)) {
             cJSON_Delete(parts);
-            return rnomem(e), NULL;
+            return qv__proto_nomem(e), NULL;
         }
     }
     return parts;
@@ -99,21 +84,22 @@ static cJSON *add_message(cJSON *msgs, const char *role, cJSON *content, qv_prot
     if (!m || !cJSON_AddItemToArray(msgs, m)) {
         cJSON_Delete(m);
         cJSON_Delete(content);
-        return rnomem(e), NULL;
+        return qv__proto_nomem(e), NULL;
     }
     if (!cJSON_AddStringToObject(m, "role", role)) {
         cJSON_Delete(content);
-        return rnomem(e), NULL;
+        return qv__proto_nomem(e), NULL;
     }
     if (!qv__proto_put_item(m, "content", content ? content : cJSON_CreateNull()))
-        return rnomem(e), NULL;
+        return qv__proto_nomem(e), NULL;
     return m;
 }
 
 /* One function_call item: a call of the assistant message before it (made when the item
  * before is not an assistant message). */
 static qv_status add_call(cJSON *msgs, const cJSON *it, const char *param, qv_proto_error *e) {
-    const cJSON *id = get(it, "call_id"), *name = get(it, "name"), *args = get(it, "arguments");
+    const cJSON *id = qv__proto_field(it, "call_id"), *name = qv__proto_field(it, "name"),
+                *args = qv__proto_field(it, "arguments");
     cJSON *parsed = cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
     const bool ok = cJSON_IsString(id) && cJSON_IsString(name) && cJSON_IsObject(parsed);
     cJSON_Delete(parsed);
@@ -123,22 +109,22 @@ static qv_status add_call(cJSON *msgs, const cJSON *it, const char *param, qv_pr
                      "(the text of a JSON object)",
                      param);
     cJSON *last = cJSON_GetArrayItem(msgs, cJSON_GetArraySize(msgs) - 1);
-    const cJSON *role = last ? get(last, "role") : NULL;
+    const cJSON *role = last ? qv__proto_field(last, "role") : NULL;
     if (!cJSON_IsString(role) || strcmp(role->valuestring, "assistant"))
         if (!(last = add_message(msgs, "assistant", NULL, e))) return QV_ERR_NOMEM;
     cJSON *calls = cJSON_GetObjectItemCaseSensitive(last, "tool_calls");
-    if (!calls && !(calls = cJSON_AddArrayToObject(last, "tool_calls"))) return rnomem(e);
+    if (!calls && !(calls = cJSON_AddArrayToObject(last, "tool_calls"))) return qv__proto_nomem(e);
     cJSON *c = cJSON_CreateObject(), *fn = NULL;
     if (!c || !cJSON_AddItemToArray(calls, c)) {
         cJSON_Delete(c);
-        return rnomem(e);
+        return qv__proto_nomem(e);
     }
     if (!cJSON_AddStringToObject(c, "id", id->valuestring) ||
         !cJSON_AddStringToObject(c, "type", "function") ||
         !(fn = cJSON_AddObjectToObject(c, "function")) ||
         !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
         !cJSON_AddStringToObject(fn, "arguments", args->valuestring))
-        return rnomem(e);
+        return qv__proto_nomem(e);
     return QV_OK;
 }
 
@@ -148,7 +134,7 @@ static qv_status item_messages(cJSON *msgs, const cJSON *it, const char *param, 
     const char *t = type_of(it);
     if (!cJSON_IsObject(it)) return rfail(e, param, "%s must be an object", param);
     if (!t || !strcmp(t, "message")) {
-        const cJSON *role = get(it, "role"), *c = get(it, "content");
+        const cJSON *role = qv__proto_field(it, "role"), *c = qv__proto_field(it, "content");
         const char *rs = cJSON_IsString(role) ? role->valuestring : "";
         if (strcmp(rs, "user") && strcmp(rs, "system") && strcmp(rs, "developer") &&
             strcmp(rs, "assistant"))
@@ -165,7 +151,7 @@ static qv_status item_messages(cJSON *msgs, const cJSON *it, const char *param, 
     }
     if (!strcmp(t, "function_call")) return add_call(msgs, it, param, e);
     if (!strcmp(t, "function_call_output")) {
-        const cJSON *id = get(it, "call_id"), *out = get(it, "output");
+        const cJSON *id = qv__proto_field(it, "call_id"), *out = qv__proto_field(it, "output");
         if (!cJSON_IsString(id) || !out)
             return rfail(e, param,
                          "%s: a function_call_output item needs a string call_id and output",
@@ -173,7 +159,8 @@ static qv_status item_messages(cJSON *msgs, const cJSON *it, const char *param, 
         cJSON *content = content_of(out, param, e);
         cJSON *m = content ? add_message(msgs, "tool", content, e) : NULL;
         if (!m) return e->status;
-        return cJSON_AddStringToObject(m, "tool_call_id", id->valuestring) ? QV_OK : rnomem(e);
+        return cJSON_AddStringToObject(m, "tool_call_id", id->valuestring) ? QV_OK
+                                                                           : qv__proto_nomem(e);
     }
     return rfail(e, param,
                  "%s: items of type '%s' are not supported by quiver (messages, function_call "
@@ -186,15 +173,15 @@ static qv_status item_messages(cJSON *msgs, const cJSON *it, const char *param, 
  * (a string as a user message) as a JSON array. */
 static qv_status input_messages(const cJSON *root, const char *prior, cJSON *msgs, cJSON **items,
                                 qv_proto_error *e) {
-    const cJSON *ins = get(root, "instructions"), *in = get(root, "input");
+    const cJSON *ins = qv__proto_field(root, "instructions"), *in = qv__proto_field(root, "input");
     if (ins && !cJSON_IsString(ins))
         return rfail(e, "instructions", "'instructions' must be a string");
     cJSON *text = ins ? cJSON_CreateString(ins->valuestring) : NULL;
-    if (ins && (!text || !add_message(msgs, "system", text, e))) return rnomem(e);
+    if (ins && (!text || !add_message(msgs, "system", text, e))) return qv__proto_nomem(e);
     if (!in) return rfail(e, "input", "'input' is required");
     if (!cJSON_IsString(in) && (!cJSON_IsArray(in) || !cJSON_GetArraySize(in)))
         return rfail(e, "input", "'input' must be a string or a non-empty list of items");
-    if (!(*items = prior ? cJSON_Parse(prior) : cJSON_CreateArray())) return rnomem(e);
+    if (!(*items = prior ? cJSON_Parse(prior) : cJSON_CreateArray())) return qv__proto_nomem(e);
     if (!cJSON_IsArray(*items))
         return rfail(e, "previous_response_id", "the stored conversation is not a list of items");
     int i = 0;
@@ -209,13 +196,13 @@ static qv_status input_messages(const cJSON *root, const char *prior, cJSON *msg
         cJSON *m = cJSON_CreateObject();
         if (!m || !cJSON_AddItemToArray(*items, m)) {
             cJSON_Delete(m);
-            return rnomem(e);
+            return qv__proto_nomem(e);
         }
         if (!cJSON_AddStringToObject(m, "role", "user") ||
             !cJSON_AddStringToObject(m, "content", in->valuestring))
-            return rnomem(e);
+            return qv__proto_nomem(e);
         text = cJSON_CreateString(in->valuestring);
-        return text && add_message(msgs, "user", text, e) ? QV_OK : rnomem(e);
+        return text && add_message(msgs, "user", text, e) ? QV_OK : qv__proto_nomem(e);
     }
     if (cJSON_GetArraySize(in) + cJSON_GetArraySize(*items) > QV_PROTO_MAX_MESSAGES)
         return rfail(e, "input", "'input' and the earlier conversation have over %d items",
@@ -226,7 +213,7 @@ static qv_status input_messages(const cJSON *root, const char *prior, cJSON *msg
         snprintf(param, sizeof(param), "input[%d]", i++);
         qv_status s = item_messages(msgs, it, param, e);
         if (s) return s;
-        if (!cJSON_AddItemToArray(*items, cJSON_Duplicate(it, true))) return rnomem(e);
+        if (!cJSON_AddItemToArray(*items, cJSON_Duplicate(it, true))) return qv__proto_nomem(e);
     }
     return QV_OK;
 }
@@ -236,7 +223,7 @@ static qv_status input_messages(const cJSON *root, const char *prior, cJSON *msg
 static qv_status chat_tools(const cJSON *tools, cJSON *chat, qv_proto_error *e) {
     if (!cJSON_IsArray(tools)) return rfail(e, "tools", "'tools' must be a list");
     cJSON *list = cJSON_AddArrayToObject(chat, "tools");
-    if (!list) return rnomem(e);
+    if (!list) return qv__proto_nomem(e);
     int i = 0;
     const cJSON *t;
     cJSON_ArrayForEach(t, tools) {
@@ -246,28 +233,28 @@ static qv_status chat_tools(const cJSON *tools, cJSON *chat, qv_proto_error *e) 
                          "tools[%d]: tools of type '%s' are not supported by quiver (function "
                          "tools only)",
                          i, ty ? ty : "(none)");
-        if (!cJSON_IsString(get(t, "name")))
+        if (!cJSON_IsString(qv__proto_field(t, "name")))
             return rfail(e, "tools", "tools[%d]: a function tool needs a string 'name'", i);
         cJSON *o = cJSON_CreateObject(), *fn = NULL;
         if (!o || !cJSON_AddItemToArray(list, o)) {
             cJSON_Delete(o);
-            return rnomem(e);
+            return qv__proto_nomem(e);
         }
         if (!cJSON_AddStringToObject(o, "type", "function") ||
             !(fn = cJSON_AddObjectToObject(o, "function")))
-            return rnomem(e);
+            return qv__proto_nomem(e);
         static const char *const keys[] = {"name", "description", "parameters", "strict"};
         for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
-            if (!put_copy(fn, keys[k], get(t, keys[k]))) return rnomem(e);
+            if (!put_copy(fn, keys[k], qv__proto_field(t, keys[k]))) return qv__proto_nomem(e);
         i++;
     }
     return QV_OK;
 }
 
 static qv_status chat_tool_choice(const cJSON *tc, cJSON *chat, qv_proto_error *e) {
-    if (cJSON_IsString(tc)) return put_copy(chat, "tool_choice", tc) ? QV_OK : rnomem(e);
+    if (cJSON_IsString(tc)) return put_copy(chat, "tool_choice", tc) ? QV_OK : qv__proto_nomem(e);
     const char *t = type_of(tc);
-    const cJSON *name = t ? get(tc, "name") : NULL;
+    const cJSON *name = t ? qv__proto_field(tc, "name") : NULL;
     if (!t || strcmp(t, "function") || !cJSON_IsString(name))
         return rfail(e, "tool_choice",
                      "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": "
@@ -276,39 +263,39 @@ static qv_status chat_tool_choice(const cJSON *tc, cJSON *chat, qv_proto_error *
     if (!o || !cJSON_AddStringToObject(o, "type", "function") ||
         !(fn = cJSON_AddObjectToObject(o, "function")) ||
         !cJSON_AddStringToObject(fn, "name", name->valuestring))
-        return rnomem(e);
+        return qv__proto_nomem(e);
     return QV_OK;
 }
 
 /* text.format as chat's response_format. */
 static qv_status chat_format(const cJSON *text, cJSON *chat, qv_proto_error *e) {
     if (!cJSON_IsObject(text)) return rfail(e, "text", "'text' must be an object");
-    const cJSON *v = get(text, "verbosity");
+    const cJSON *v = qv__proto_field(text, "verbosity");
     if (v && !(cJSON_IsString(v) && !strcmp(v->valuestring, "medium")))
         return rfail(e, "text.verbosity",
                      "'text.verbosity' may only be \"medium\" (the models quiver serves take no "
                      "verbosity setting)");
-    const cJSON *f = get(text, "format");
+    const cJSON *f = qv__proto_field(text, "format");
     if (!f) return QV_OK;
     const char *t = type_of(f);
     if (t && !strcmp(t, "text")) return QV_OK;
     cJSON *rf = cJSON_AddObjectToObject(chat, "response_format");
-    if (!rf) return rnomem(e);
+    if (!rf) return qv__proto_nomem(e);
     if (t && !strcmp(t, "json_object"))
-        return cJSON_AddStringToObject(rf, "type", "json_object") ? QV_OK : rnomem(e);
+        return cJSON_AddStringToObject(rf, "type", "json_object") ? QV_OK : qv__proto_nomem(e);
     if (!t || strcmp(t, "json_schema"))
         return rfail(e, "text.format",
                      "'text.format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} "
                      "or {\"type\": \"json_schema\", \"name\": ..., \"schema\": {...}}");
-    if (!cJSON_IsObject(get(f, "schema")))
+    if (!cJSON_IsObject(qv__proto_field(f, "schema")))
         return rfail(e, "text.format.schema", "'text.format.schema' must be a JSON schema object");
     cJSON *js = NULL;
     if (!cJSON_AddStringToObject(rf, "type", "json_schema") ||
         !(js = cJSON_AddObjectToObject(rf, "json_schema")))
-        return rnomem(e);
+        return qv__proto_nomem(e);
     static const char *const keys[] = {"name", "description", "schema", "strict"};
     for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
-        if (!put_copy(js, keys[k], get(f, keys[k]))) return rnomem(e);
+        if (!put_copy(js, keys[k], qv__proto_field(f, keys[k]))) return qv__proto_nomem(e);
     return QV_OK;
 }
 
@@ -324,34 +311,37 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
                            "false allows one call)"},
     };
     for (size_t i = 0; i < sizeof(k_never) / sizeof(k_never[0]); i++)
-        if (get(root, k_never[i].name)) return rfail(e, k_never[i].name, "%s", k_never[i].why);
-    const cJSON *f = get(root, "background");
+        if (qv__proto_field(root, k_never[i].name))
+            return rfail(e, k_never[i].name, "%s", k_never[i].why);
+    const cJSON *f = qv__proto_field(root, "background");
     if (f && !cJSON_IsFalse(f))
         return rfail(e, "background", "background responses are not supported by quiver");
-    if ((f = get(root, "reasoning"))) {
+    if ((f = qv__proto_field(root, "reasoning"))) {
         if (!cJSON_IsObject(f)) return rfail(e, "reasoning", "'reasoning' must be an object");
-        if (get(f, "effort") || get(f, "summary") || get(f, "generate_summary"))
+        if (qv__proto_field(f, "effort") || qv__proto_field(f, "summary") ||
+            qv__proto_field(f, "generate_summary"))
             return rfail(e, "reasoning",
                          "'reasoning' options are not supported: the base models quiver serves "
                          "do not reason separately");
     }
-    if ((f = get(root, "truncation")) &&
+    if ((f = qv__proto_field(root, "truncation")) &&
         !(cJSON_IsString(f) && !strcmp(f->valuestring, "disabled")))
         return rfail(e, "truncation",
                      "'truncation' must be \"disabled\" (a prompt longer than the context is "
                      "refused)");
-    if ((f = get(root, "metadata")) && !cJSON_IsObject(f))
+    if ((f = qv__proto_field(root, "metadata")) && !cJSON_IsObject(f))
         return rfail(e, "metadata", "'metadata' must be an object of strings");
-    if ((f = get(root, "store")) && !cJSON_IsBool(f))
+    if ((f = qv__proto_field(root, "store")) && !cJSON_IsBool(f))
         return rfail(e, "store", "'store' must be a boolean");
-    if ((f = get(root, "user")) && !cJSON_IsString(f))
+    if ((f = qv__proto_field(root, "user")) && !cJSON_IsString(f))
         return rfail(e, "user", "'user' must be a string");
     return QV_OK;
 }
 
 /* include and top_logprobs: logprobs of the output text. */
 static qv_status chat_logprobs(const cJSON *root, cJSON *chat, qv_proto_error *e) {
-    const cJSON *inc = get(root, "include"), *top = get(root, "top_logprobs");
+    const cJSON *inc = qv__proto_field(root, "include"),
+                *top = qv__proto_field(root, "top_logprobs");
     bool lps = false;
     if (inc && !cJSON_IsArray(inc)) return rfail(e, "include", "'include' must be a list");
     const cJSON *x;
@@ -363,8 +353,8 @@ static qv_status chat_logprobs(const cJSON *root, cJSON *chat, qv_proto_error *e
         lps = true;
     }
     if (top && !(cJSON_IsNumber(top) && top->valuedouble == 0)) lps = true;
-    if (lps && !cJSON_AddTrueToObject(chat, "logprobs")) return rnomem(e);
-    return put_copy(chat, "top_logprobs", top) ? QV_OK : rnomem(e);
+    if (lps && !cJSON_AddTrueToObject(chat, "logprobs")) return qv__proto_nomem(e);
+    return put_copy(chat, "top_logprobs", top) ? QV_OK : qv__proto_nomem(e);
 }
 
 /* The settings a response object repeats, with the API's defaults. */
@@ -374,33 +364,36 @@ static char *echo_of(const cJSON *root, bool stored) {
                                          "top_logprobs"};
     bool ok = o != NULL;
     for (size_t i = 0; ok && i < sizeof(copied) / sizeof(copied[0]); i++) {
-        const cJSON *f = get(root, copied[i]);
+        const cJSON *f = qv__proto_field(root, copied[i]);
         ok = f ? put_copy(o, copied[i], f) : cJSON_AddNullToObject(o, copied[i]) != NULL;
     }
     const cJSON *f;
     cJSON *r = NULL, *t = NULL, *fmt = NULL;
-    ok = ok && ((f = get(root, "metadata")) ? put_copy(o, "metadata", f)
-                                            : cJSON_AddObjectToObject(o, "metadata") != NULL);
-    ok = ok && ((f = get(root, "parallel_tool_calls"))
+    ok = ok &&
+         ((f = qv__proto_field(root, "metadata")) ? put_copy(o, "metadata", f)
+                                                  : cJSON_AddObjectToObject(o, "metadata") != NULL);
+    ok = ok && ((f = qv__proto_field(root, "parallel_tool_calls"))
                     ? put_copy(o, "parallel_tool_calls", f)
                     : cJSON_AddTrueToObject(o, "parallel_tool_calls") != NULL);
+    ok = ok && ((f = qv__proto_field(root, "temperature"))
+                    ? put_copy(o, "temperature", f)
+                    : cJSON_AddNumberToObject(o, "temperature", 1) != NULL);
     ok = ok &&
-         ((f = get(root, "temperature")) ? put_copy(o, "temperature", f)
-                                         : cJSON_AddNumberToObject(o, "temperature", 1) != NULL);
-    ok = ok && ((f = get(root, "top_p")) ? put_copy(o, "top_p", f)
-                                         : cJSON_AddNumberToObject(o, "top_p", 1) != NULL);
-    ok = ok && ((f = get(root, "text")) ? put_copy(o, "text", f)
-                                        : (t = cJSON_AddObjectToObject(o, "text")) &&
-                                              (fmt = cJSON_AddObjectToObject(t, "format")) &&
-                                              cJSON_AddStringToObject(fmt, "type", "text") != NULL);
-    ok = ok && ((f = get(root, "tool_choice"))
+         ((f = qv__proto_field(root, "top_p")) ? put_copy(o, "top_p", f)
+                                               : cJSON_AddNumberToObject(o, "top_p", 1) != NULL);
+    ok = ok && ((f = qv__proto_field(root, "text"))
+                    ? put_copy(o, "text", f)
+                    : (t = cJSON_AddObjectToObject(o, "text")) &&
+                          (fmt = cJSON_AddObjectToObject(t, "format")) &&
+                          cJSON_AddStringToObject(fmt, "type", "text") != NULL);
+    ok = ok && ((f = qv__proto_field(root, "tool_choice"))
                     ? put_copy(o, "tool_choice", f)
                     : cJSON_AddStringToObject(o, "tool_choice", "auto") != NULL);
-    ok = ok && ((f = get(root, "tools")) ? put_copy(o, "tools", f)
-                                         : cJSON_AddArrayToObject(o, "tools") != NULL);
+    ok = ok && ((f = qv__proto_field(root, "tools")) ? put_copy(o, "tools", f)
+                                                     : cJSON_AddArrayToObject(o, "tools") != NULL);
     ok = ok && cJSON_AddStringToObject(o, "truncation", "disabled") &&
          cJSON_AddBoolToObject(o, "store", stored) &&
-         ((f = get(root, "previous_response_id"))
+         ((f = qv__proto_field(root, "previous_response_id"))
               ? put_copy(o, "previous_response_id", f)
               : cJSON_AddNullToObject(o, "previous_response_id") != NULL) &&
          (r = cJSON_AddObjectToObject(o, "reasoning")) && cJSON_AddNullToObject(r, "effort") &&
@@ -432,7 +425,7 @@ static void rename_param(qv_proto_error *e) {
 
 bool qv_proto_responses_previous(const char *body, size_t len, char *id, size_t cap) {
     cJSON *root = cJSON_ParseWithLength(body, len);
-    const cJSON *f = cJSON_IsObject(root) ? get(root, "previous_response_id") : NULL;
+    const cJSON *f = cJSON_IsObject(root) ? qv__proto_field(root, "previous_response_id") : NULL;
     const bool ok = cJSON_IsString(f) && strlen(f->valuestring) < cap;
     if (ok) memcpy(id, f->valuestring, strlen(f->valuestring) + 1);
     cJSON_Delete(root);
@@ -457,7 +450,7 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
         goto done;
     }
     if ((s = refuse(root, e))) goto done;
-    const cJSON *prev = get(root, "previous_response_id");
+    const cJSON *prev = qv__proto_field(root, "previous_response_id");
     if (prev && !cJSON_IsString(prev)) {
         s = rfail(e, "previous_response_id", "'previous_response_id' must be a string");
         goto done;
@@ -506,10 +499,11 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
     if (!msgs) goto oom;
     if ((s = input_messages(root, prev ? prior : NULL, msgs, &items, e))) goto done;
     const cJSON *f;
-    if ((f = get(root, "max_output_tokens")) && !put_copy(chat, "max_tokens", f)) goto oom;
-    if ((f = get(root, "tools")) && (s = chat_tools(f, chat, e))) goto done;
-    if ((f = get(root, "tool_choice")) && (s = chat_tool_choice(f, chat, e))) goto done;
-    if ((f = get(root, "text")) && (s = chat_format(f, chat, e))) goto done;
+    if ((f = qv__proto_field(root, "max_output_tokens")) && !put_copy(chat, "max_tokens", f))
+        goto oom;
+    if ((f = qv__proto_field(root, "tools")) && (s = chat_tools(f, chat, e))) goto done;
+    if ((f = qv__proto_field(root, "tool_choice")) && (s = chat_tool_choice(f, chat, e))) goto done;
+    if ((f = qv__proto_field(root, "text")) && (s = chat_format(f, chat, e))) goto done;
     if ((s = chat_logprobs(root, chat, e))) goto done;
     if (!(text = cJSON_PrintUnformatted(chat))) goto oom;
     if ((s = qv_proto_request_decode(QV_PROTO_CHAT, text, strlen(text), r, e))) {
@@ -517,14 +511,14 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
         goto done;
     }
     r->endpoint = QV_PROTO_RESPONSES;
-    const cJSON *st = get(root, "store");
+    const cJSON *st = qv__proto_field(root, "store");
     x->store = storing && !cJSON_IsFalse(st);
     if (!(x->echo = echo_of(root, x->store)) || !(x->items = cJSON_PrintUnformatted(items)))
         goto oom;
     s = QV_OK;
     goto done;
 oom:
-    s = rnomem(e);
+    s = qv__proto_nomem(e);
 done:
     if (s) {
         qv_free(x->echo);

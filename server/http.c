@@ -1907,6 +1907,29 @@ static size_t stream_limit(const request *r) {
     return qv_proto_tool_text_len(r->tools, r->out ? r->out : "", r->out_len);
 }
 
+/* Call 0's id of a named-function answer (112 bytes: "call_" + a call base + "_0"). */
+static void named_call_id(const request *l, const request *r, char id[112]) {
+    char base[96];
+    call_base(l, r, base, sizeof(base));
+    if (r->mistral_ids)
+        qv_proto_mistral_call_id(base, 0, id);
+    else
+        snprintf(id, 112, "call_%s_0", base);
+}
+
+/* The calls member r's unfinished answer has begun (qv_proto_tool_calls_partial), with the ids
+ * the finished answer will give them. Errors: QV_ERR_NOMEM only. */
+static qv_status calls_so_far(const request *l, const request *r, qv_proto_tool_call **calls,
+                              size_t *n) {
+    char base[96];
+    call_base(l, r, base, sizeof(base));
+    const qv_status st =
+        qv_proto_tool_calls_partial(r->tools, r->out ? r->out : "", r->out_len, base, calls, n);
+    for (size_t i = 0; st == QV_OK && r->mistral_ids && i < *n; i++)
+        qv_proto_mistral_call_id(base, i, (*calls)[i].id); /* "call_..." is longer: fits */
+    return st;
+}
+
 /* The fields of member r's stream chunks: those that never change, and with vLLM's
  * continuous_usage_stats its usage so far (its own prompt, its tokens generated so far). */
 static qv_proto_result chunk_of(const request *l, const request *r) {
@@ -1966,15 +1989,8 @@ static char *calls_chunk(request *l, request *r, bool *oom) {
     size_t n_had = r->n_calls_had, n = 0, nd = 0,
            upto = r->tools == QV_PROTO_TOOLS_REQUIRED ? 0 : stream_limit(r);
     const char *out = r->out ? r->out : "";
-    char base[96];
-    call_base(l, r, base, sizeof(base));
-    qv_status st;
-    if (r->done)
-        st = member_calls(l, r, &now, &n, &upto) ? QV_OK : QV_ERR_NOMEM;
-    else
-        st = qv_proto_tool_calls_partial(r->tools, out, r->out_len, base, &now, &n);
-    for (size_t i = 0; st == QV_OK && !r->done && r->mistral_ids && i < n; i++)
-        qv_proto_mistral_call_id(base, i, now[i].id); /* "call_..." is longer: fits */
+    qv_status st = r->done ? (member_calls(l, r, &now, &n, &upto) ? QV_OK : QV_ERR_NOMEM)
+                           : calls_so_far(l, r, &now, &n);
     if (st == QV_OK && n && !(d = qv_calloc(n, sizeof(*d)))) st = QV_ERR_NOMEM;
     /* fewer calls than sent: wait (done: they are not the answer) */
     const bool extends = st == QV_OK && n >= n_had && call_pieces(had, n_had, now, n, d, &nd);
@@ -2034,12 +2050,7 @@ static char *member_chunk(request *l, request *r, bool *oom) {
         res.calls = &call;
         res.n_calls = 1;
         if (!r->sent_first) {
-            char base[96];
-            call_base(l, r, base, sizeof(base));
-            if (r->mistral_ids)
-                qv_proto_mistral_call_id(base, 0, id);
-            else
-                snprintf(id, sizeof(id), "call_%s_0", base);
+            named_call_id(l, r, id);
             call.id = id;
             call.name = r->tool_name;
         }
@@ -2089,8 +2100,6 @@ static bool response_out(request *r, qv_proto_response_out *o, qv_proto_tool_cal
                            r->tools == QV_PROTO_TOOLS_AUTO_MISTRAL;
     size_t text = r->tools == QV_PROTO_TOOLS_NONE ? r->out_len : automatic ? stream_limit(r) : 0;
     const char *out = r->out ? r->out : "";
-    char base[96];
-    call_base(r, r, base, sizeof(base));
     if (r->done && r->tools) {
         if (!member_calls(r, r, calls, n_calls, &text)) return false;
     } else if (r->tools == QV_PROTO_TOOLS_NAMED && r->out_len) {
@@ -2101,16 +2110,9 @@ static bool response_out(request *r, qv_proto_response_out *o, qv_proto_tool_cal
         if (!(c->id = qv_malloc(112)) || !(c->name = qv_strdup(r->tool_name)) ||
             !(c->arguments = qv_strndup(out, r->out_len)))
             return false;
-        if (r->mistral_ids)
-            qv_proto_mistral_call_id(base, 0, c->id);
-        else
-            snprintf(c->id, 112, "call_%s_0", base);
+        named_call_id(r, r, c->id);
     } else if (r->tools && r->tools != QV_PROTO_TOOLS_NAMED) {
-        const qv_status st =
-            qv_proto_tool_calls_partial(r->tools, out, r->out_len, base, calls, n_calls);
-        if (st == QV_ERR_NOMEM) return false;
-        for (size_t i = 0; r->mistral_ids && i < *n_calls; i++)
-            qv_proto_mistral_call_id(base, i, (*calls)[i].id); /* "call_..." is longer: fits */
+        if (calls_so_far(r, r, calls, n_calls) != QV_OK) return false;
     }
     *o = (qv_proto_response_out){.id = r->id,
                                  .model = r->model_echo,
@@ -2133,16 +2135,18 @@ static bool response_out(request *r, qv_proto_response_out *o, qv_proto_tool_cal
 }
 
 /* Keeps a finished response (once) for previous_response_id and GET /v1/responses/{id}: the
- * response object and the conversation up to its output. */
-static void keep_response(request *r, const qv_proto_response_out *o) {
+ * response object (encoded, the caller's; NULL: encoded here) and the conversation up to its
+ * output. */
+static void keep_response(request *r, const qv_proto_response_out *o, const char *encoded) {
     if (!r->resp_keep || !r->srv->resp_store) return;
     r->resp_keep = false;
-    char *json = qv_proto_response_encode(o);
+    char *own = encoded ? NULL : qv_proto_response_encode(o);
+    const char *json = encoded ? encoded : own;
     char *conv = qv_proto_response_conversation(r->resp_items, o);
     if (!json || !conv || !qv_resp_store_put(r->srv->resp_store, r->id, r->resp_owner, json, conv))
         QV_LOGW("response %s not kept (too large for --responses-store-mb, or out of memory)",
                 r->id);
-    qv_free(json);
+    qv_free(own);
     qv_free(conv);
 }
 
@@ -2160,7 +2164,7 @@ static bool response_next_frame(request *r) {
         size_t n_calls;
         if (response_out(r, &o, &calls, &n_calls))
             ev = qv_proto_response_events(&r->rstream, &o, &len);
-        if (ev && r->rstream.finished) keep_response(r, &o);
+        if (ev && r->rstream.finished) keep_response(r, &o, NULL);
         qv_proto_tool_calls_free(calls, n_calls);
     }
     if (ev && !len) { /* nothing new */
@@ -2298,7 +2302,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
         qv_proto_tool_call *calls;
         size_t n_calls;
         char *json = response_out(r, &o, &calls, &n_calls) ? qv_proto_response_encode(&o) : NULL;
-        if (json) keep_response(r, &o);
+        if (json) keep_response(r, &o, json);
         qv_proto_tool_calls_free(calls, n_calls);
         req_unlock(r);
         if (!json) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
