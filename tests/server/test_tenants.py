@@ -6,12 +6,13 @@ Setup: `quiver serve` on SmolLM2-135M-Instruct Q4_1 with --max-seqs 1, so reques
 a time and the order in which they start streaming is the order the server admitted them.
 Every generation is greedy with ignore_eos (each runs its full max_tokens).
 
-1. Fair share. Tenant a sends a long streamed request, then (once it streams) 5 more; once
-   those wait, tenant b (two keys of one tenant) sends 2. Strict arrival order would run b's after all of a's (6th and
-   7th of 8). The virtual token counters must run b's first request right after a's running
-   one (2nd) and its second one by the 4th; each tenant's requests keep their own arrival
-   order (the server's request counter in the completion ids: a's last five and b's two are
-   sent at once).
+1. Fair share. Tenant a sends a long streamed request, then (once it streams) 5 more, one at a
+   time; once those wait, tenant b (two keys of one tenant) sends 2, one at a time. Strict
+   arrival order would run b's after all of a's (6th and 7th of 8). The virtual token counters
+   must run b's first request right after a's running one (2nd) and its second one by the 4th;
+   each tenant's requests keep their own arrival order (the server's request counter in the
+   completion ids). Each request is sent once the previous one waits: requests sent at once
+   have no order between them.
 2. Priorities. While a blocker of tenant a runs: tenant batch (priority=5 in the file, so its
    requests default to 5) sends 2 requests, then the main key sends one with "priority": 10,
    then tenant a sends one with the default priority 0, then batch one with "priority": 7.
@@ -90,6 +91,7 @@ def stream(srv, key, prompt, n, out, priority=None):
         if line == "data: [DONE]":
             break
         chunk = json.loads(line[6:])
+        out.setdefault("id", chunk["id"])
         out.setdefault("rank", int(chunk["id"].split("-", 1)[1][8:], 16))  # arrival counter
         for ch in chunk["choices"]:
             text.append(ch.get("text") or "")
@@ -124,9 +126,20 @@ def wait_queued(srv, n, timeout=60):
     return False
 
 
-def order(named):
-    """Names sorted by when their streams started."""
-    return [k for k, _ in sorted(named.items(), key=lambda kv: kv[1]["t_first"])]
+def order(srv, named, timeout=30):
+    """Names in the order the server ran them. With --max-seqs 1 one request runs at a time,
+    so the order of the server's per-request log lines (written as each answer ends) is the
+    order of admission; the clients' own clocks would add their threads' scheduling delays."""
+    t0 = time.monotonic()
+    while True:
+        at = {}
+        for i, line in enumerate(list(srv.lines)):
+            for k, o in named.items():
+                if f" request {o['id']} " in line:
+                    at[k] = i
+        if len(at) == len(named) or time.monotonic() - t0 > timeout:
+            return sorted(named, key=lambda k: at.get(k, len(srv.lines)))
+        time.sleep(0.05)
 
 
 def gen(srv, key, n=1, priority=None, prompt="Hello"):
@@ -139,12 +152,19 @@ def gen(srv, key, n=1, priority=None, prompt="Hello"):
 
 def fair_share(srv, n_tok):
     # a0 runs long enough for everyone else to queue behind it
-    a = [start(srv, "key-a", "Story number 0:", n_tok * 4)]
+    a = [start(srv, "key-a", "Story number 0:", n_tok * 12)]
     wait_streaming(a[0][1])
-    a += [start(srv, "key-a", f"Story number {i}:", n_tok) for i in range(1, 6)]
-    check(wait_queued(srv, 5), "a's 5 other requests wait")
-    b = [start(srv, key, f"Poem number {i}:", n_tok)
-         for i, key in enumerate(("key-b1", "key-b2"))]
+    # One at a time, each once the previous one waits: requests sent at once reach the queue
+    # in whichever order the server's HTTP threads finish parsing them, so only a sequence
+    # has an arrival order to keep.
+    for i in range(1, 6):
+        a.append(start(srv, "key-a", f"Story number {i}:", n_tok))
+        check(wait_queued(srv, i), f"a's request {i} waits")
+    b = []
+    for i, key in enumerate(("key-b1", "key-b2")):
+        b.append(start(srv, key, f"Poem number {i}:", n_tok))
+        check(wait_queued(srv, 6 + i), f"b's request {i} waits")
+    check("t_done" not in a[0][1], "a's first request still runs when b's requests wait")
     for th, _ in a + b:
         th.join(600)
     named = {f"a{i}": o for i, (_, o) in enumerate(a)}
@@ -153,7 +173,7 @@ def fair_share(srv, n_tok):
     check(ok, f"fair share: all 8 requests stream ({[o.get('status') for o in named.values()]})")
     if not ok:
         return
-    got = order(named)
+    got = order(srv, named)
     print(f"fair share: admission order {got} (arrival order a0..a5, b0, b1)")
     b_got = [x for x in got if x[0] == "b"]
     check(got[1] == b_got[0], f"b's first request runs right after a's running one ({got})")
@@ -180,7 +200,7 @@ def priorities(srv, n_tok):
     ok = all(o.get("status") == 200 and "t_first" in o for o in named.values())
     check(ok, f"priorities: all 5 stream ({[o.get('status') for o in named.values()]})")
     if ok:
-        got = order(named)
+        got = order(srv, named)
         print(f"priorities: admission order {got}")
         check(got == ["a0", "batch0", "batch1", "batch7", "main10"],
               f"priority order 0, 5, 5, 7, 10 (arrival order within a priority): {got}")
