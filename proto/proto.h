@@ -453,8 +453,26 @@ char *qv_proto_response_error_event(qv_proto_response_stream *st, const char *co
                                     const char *message, size_t *len);
 /* The conversation after a response: items (qv_proto_responses_extra.items) followed by the
  * response's output items, as a JSON array of items that a later request's `input` could hold
- * (what previous_response_id continues). NULL when out of memory. */
+ * (what previous_response_id continues). Items are put in the API's item shape: an item
+ * without an id gets one (derived from the response's id and its place), a message its type
+ * and its string content as one text part, every item a status. NULL when out of memory. */
 char *qv_proto_response_conversation(const char *items, const qv_proto_response_out *o);
+/* GET /v1/responses/{id}/input_items's query: each NULL when absent. */
+typedef struct qv_proto_items_query {
+    const char *after, *before; /* item ids: the page starts after / ends before that item */
+    const char *limit;          /* 1 to 100 (default 20) */
+    const char *order;          /* "asc" or "desc" (the default: the latest item first) */
+} qv_proto_items_query;
+/* GET /v1/responses/{id}/input_items's answer {"object": "list", "data", "first_id",
+ * "last_id", "has_more"}: the items a kept response was generated from (the conversation it
+ * kept, qv_proto_response_conversation's, without the response's own output items), one page
+ * of them. NULL with *e set: 400 for a bad limit / order or an unknown after / before id,
+ * QV_ERR_NOMEM. */
+char *qv_proto_response_input_items(const char *response, const char *items,
+                                    const qv_proto_items_query *q, qv_proto_error *e);
+/* POST /v1/responses/input_tokens's answer: {"object": "response.input_tokens",
+ * "input_tokens": n}. NULL when out of memory. */
+char *qv_proto_response_input_tokens(size_t n);
 /* DELETE /v1/responses/{id}'s answer: {"id", "object": "response", "deleted": true}. */
 char *qv_proto_response_deleted(const char *id);
 /* Frees what a stream that did not finish holds. */

@@ -5,7 +5,8 @@
  * qv_proto_request_decode), so every sampling option, tool and structured-output rule is
  * chat's. The answer is encoded as a response object, or streamed as the API's typed events
  * from a small record of what the client has (qv_proto_response_stream).
- * Not here: storage of responses (nothing is stored; previous_response_id is refused), I/O.
+ * Also the records a kept response leaves (the conversation, its input items). Not here: the
+ * store that keeps them (server/resp_store.c), I/O.
  * Thread: pure functions.
  */
 #include "proto/proto.h"
@@ -14,6 +15,7 @@
 #include <cjson/cJSON.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static qv_status rfail(qv_proto_error *e, const char *param, const char *fmt, ...)
@@ -659,6 +661,50 @@ char *qv_proto_response_encode(const qv_proto_response_out *o) {
     return s;
 }
 
+/* Item i of the conversation in the shape the API returns (input_items, and what the next
+ * request reads back): an id when it has none ("msg_" / "fc_" / "fco_", the response's id,
+ * "_in" and i), type "message" when it has none, a message's string content as one
+ * input_text part (output_text for the assistant's), status "completed" when it has none. */
+static bool canonical_item(cJSON *it, const char *suffix, int i) {
+    if (!cJSON_IsObject(it)) return true; /* checked when read: cannot happen */
+    const char *t = type_of(it);
+    if (!t) {
+        if (!cJSON_AddStringToObject(it, "type", "message")) return false;
+        t = "message";
+    }
+    if (!cJSON_IsString(qv__proto_field(it, "id"))) {
+        char id[160];
+        snprintf(id, sizeof(id), "%s_%s_in%d",
+                 !strcmp(t, "message")         ? "msg"
+                 : !strcmp(t, "function_call") ? "fc"
+                                               : "fco",
+                 suffix, i);
+        cJSON_DeleteItemFromObjectCaseSensitive(it, "id");
+        if (!cJSON_AddStringToObject(it, "id", id)) return false;
+    }
+    if (!cJSON_IsString(qv__proto_field(it, "status"))) {
+        cJSON_DeleteItemFromObjectCaseSensitive(it, "status");
+        if (!cJSON_AddStringToObject(it, "status", "completed")) return false;
+    }
+    const cJSON *c = qv__proto_field(it, "content"), *role = qv__proto_field(it, "role");
+    if (strcmp(t, "message") || !cJSON_IsString(c)) return true;
+    const bool out = cJSON_IsString(role) && !strcmp(role->valuestring, "assistant");
+    cJSON *parts = cJSON_CreateArray(), *part = cJSON_CreateObject();
+    if (!parts || !part || !cJSON_AddItemToArray(parts, part)) {
+        cJSON_Delete(parts);
+        cJSON_Delete(part);
+        return false;
+    }
+    if (!cJSON_AddStringToObject(part, "type", out ? "output_text" : "input_text") ||
+        !cJSON_AddStringToObject(part, "text", c->valuestring) ||
+        (out && !cJSON_AddArrayToObject(part, "annotations")) ||
+        !cJSON_ReplaceItemInObjectCaseSensitive(it, "content", parts)) {
+        cJSON_Delete(parts);
+        return false;
+    }
+    return true;
+}
+
 char *qv_proto_response_conversation(const char *items, const qv_proto_response_out *o) {
     cJSON *list = cJSON_Parse(items ? items : "[]"), *r = response_obj(o, true);
     cJSON *out = r ? cJSON_GetObjectItemCaseSensitive(r, "output") : NULL;
@@ -666,6 +712,8 @@ char *qv_proto_response_conversation(const char *items, const qv_proto_response_
     if (cJSON_IsArray(list) && out) {
         cJSON *it;
         bool ok = true;
+        int i = 0;
+        cJSON_ArrayForEach(it, list) ok = ok && canonical_item(it, suffix_of(o), i++);
         cJSON_ArrayForEach(it, out) ok =
             ok && cJSON_AddItemToArray(list, cJSON_Duplicate(it, true));
         if (ok) text = cJSON_PrintUnformatted(list);
@@ -673,6 +721,96 @@ char *qv_proto_response_conversation(const char *items, const qv_proto_response_
     cJSON_Delete(list);
     cJSON_Delete(r);
     return text;
+}
+
+/* The index of the item whose id is `id` among the first n of list, or -1. */
+static int item_index(const cJSON *list, int n, const char *id) {
+    for (int i = 0; i < n; i++) {
+        const cJSON *v = qv__proto_field(cJSON_GetArrayItem(list, i), "id");
+        if (cJSON_IsString(v) && !strcmp(v->valuestring, id)) return i;
+    }
+    return -1;
+}
+
+char *qv_proto_response_input_items(const char *response, const char *items,
+                                    const qv_proto_items_query *q, qv_proto_error *e) {
+    long limit = 20;
+    if (q->limit) {
+        char *end = NULL;
+        limit = strtol(q->limit, &end, 10);
+        if (end == q->limit || *end || limit < 1 || limit > 100) {
+            rfail(e, "limit", "'limit' must be an integer from 1 to 100");
+            return NULL;
+        }
+    }
+    const bool asc = q->order && !strcmp(q->order, "asc");
+    if (q->order && !asc && strcmp(q->order, "desc")) {
+        rfail(e, "order", "'order' must be \"asc\" or \"desc\"");
+        return NULL;
+    }
+    cJSON *r = cJSON_Parse(response ? response : ""), *list = cJSON_Parse(items ? items : "");
+    cJSON *page = cJSON_CreateObject(), *data = NULL;
+    char *text = NULL;
+    const cJSON *output = r ? qv__proto_field(r, "output") : NULL;
+    if (!page || !cJSON_IsArray(list) || !cJSON_IsArray(output)) {
+        qv__proto_nomem(e); /* the records are this file's own JSON: only memory can fail */
+        goto done;
+    }
+    /* the conversation up to this response's own output, in the asked order */
+    const int n = QV_MAX(cJSON_GetArraySize(list) - cJSON_GetArraySize(output), 0);
+    int lo = 0, hi = n; /* the window of positions (in the asked order) after / before allow */
+    const char *cursor[2] = {q->after, q->before};
+    for (int k = 0; k < 2; k++) {
+        if (!cursor[k]) continue;
+        const int at = item_index(list, n, cursor[k]);
+        if (at < 0) {
+            rfail(e, k ? "before" : "after", "no item '%.100s' among this response's input items",
+                  cursor[k]);
+            goto done;
+        }
+        const int pos = asc ? at : n - 1 - at;
+        if (k == 0)
+            lo = QV_MAX(lo, pos + 1);
+        else
+            hi = QV_MIN(hi, pos);
+    }
+    if (!cJSON_AddStringToObject(page, "object", "list") ||
+        !(data = cJSON_AddArrayToObject(page, "data")))
+        goto oom;
+    const int end = (int)QV_MIN((long)hi, lo + limit);
+    for (int pos = lo; pos < end; pos++) {
+        const cJSON *it = cJSON_GetArrayItem(list, asc ? pos : n - 1 - pos);
+        if (!cJSON_AddItemToArray(data, cJSON_Duplicate(it, true))) goto oom;
+    }
+    const cJSON *first = qv__proto_field(cJSON_GetArrayItem(data, 0), "id");
+    const cJSON *last = qv__proto_field(cJSON_GetArrayItem(data, end - lo - 1), "id");
+    if (!qv__proto_put_item(page, "first_id",
+                            cJSON_IsString(first) ? cJSON_CreateString(first->valuestring)
+                                                  : cJSON_CreateNull()) ||
+        !qv__proto_put_item(page, "last_id",
+                            cJSON_IsString(last) ? cJSON_CreateString(last->valuestring)
+                                                 : cJSON_CreateNull()) ||
+        !cJSON_AddBoolToObject(page, "has_more", end < hi))
+        goto oom;
+    if (!(text = cJSON_PrintUnformatted(page))) goto oom;
+    goto done;
+oom:
+    qv__proto_nomem(e);
+done:
+    cJSON_Delete(r);
+    cJSON_Delete(list);
+    cJSON_Delete(page);
+    return text;
+}
+
+char *qv_proto_response_input_tokens(size_t n) {
+    cJSON *o = cJSON_CreateObject();
+    char *s = o && cJSON_AddStringToObject(o, "object", "response.input_tokens") &&
+                      cJSON_AddNumberToObject(o, "input_tokens", (double)n)
+                  ? cJSON_PrintUnformatted(o)
+                  : NULL;
+    cJSON_Delete(o);
+    return s;
 }
 
 char *qv_proto_response_deleted(const char *id) {

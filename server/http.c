@@ -1484,6 +1484,14 @@ static enum MHD_Result send_error(struct MHD_Connection *c, conn_ctx *ctx, int s
     return send_json(c, ctx, status, qv_proto_encode_error(msg, type, param, code));
 }
 
+/* A request body the proto decoders refused: 400 naming the field, or 500 out of memory. */
+static enum MHD_Result send_proto_error(struct MHD_Connection *c, conn_ctx *ctx,
+                                        const qv_proto_error *pe) {
+    return pe->status == QV_ERR_NOMEM
+               ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
+               : send_error(c, ctx, 400, pe->param, "invalid_value", "%s", pe->message);
+}
+
 /* Constant-time comparison of a bearer token with a key. */
 static bool key_matches(const char *key, const char *tok) {
     size_t kl = strlen(key), tl = strlen(tok);
@@ -2523,6 +2531,64 @@ static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
     return true;
 }
 
+/* A Responses request's earlier conversation: the kept one that its previous_response_id
+ * names, if it names one (*prior, the caller's to free; NULL when none is named), looked up for
+ * owner. Otherwise sends the 404 (or 500) as *ret and returns false. */
+static bool responses_prior(server *srv, struct MHD_Connection *c, conn_ctx *ctx, const char *owner,
+                            char **prior, enum MHD_Result *ret) {
+    char prev[160];
+    *prior = NULL;
+    if (!qv_proto_responses_previous(ctx->body ? ctx->body : "", ctx->body_len, prev, sizeof(prev)))
+        return true;
+    const qv_status gs = srv->resp_store
+                             ? qv_resp_store_get(srv->resp_store, prev, owner, NULL, prior)
+                             : QV_ERR_NOT_FOUND;
+    if (gs == QV_OK) return true;
+    *ret = gs == QV_ERR_NOMEM
+               ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
+               : send_error(c, ctx, 404, "previous_response_id", "previous_response_not_found",
+                            "previous response '%.100s' not found%s", prev,
+                            srv->resp_store ? ""
+                                            : " (this server keeps none: "
+                                              "--responses-store-mb 0)");
+    return false;
+}
+
+/* POST /v1/responses/input_tokens (client.responses.input_tokens.count): the input tokens
+ * that POST /v1/responses with the same body would report (usage.input_tokens): its
+ * conversation (previous_response_id's included), tools and format rendered and tokenized as
+ * a generation would, without generating. HTTP thread, like /tokenize. */
+static enum MHD_Result handle_input_tokens(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
+    qv_proto_request pr;
+    qv_proto_error pe;
+    qv_proto_responses_extra rx = {0};
+    enum MHD_Result ret;
+    char owner[65], *prior = NULL, *prompt = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    memset(&pr, 0, sizeof(pr));
+    key_owner(c, owner);
+    if (!responses_prior(srv, c, ctx, owner, &prior, &ret)) goto done;
+    if (qv_proto_responses_decode(ctx->body ? ctx->body : "", ctx->body_len, prior,
+                                  srv->resp_store != NULL, &pr, &rx, &pe) != QV_OK) {
+        ret = send_proto_error(c, ctx, &pe);
+        goto done;
+    }
+    const char *aname = NULL;
+    char aversion[QV_STORE_VERSION_LEN + 1] = "";
+    if (!resolve_model(srv, c, ctx, &pr, auth_key(srv, ctx, c), &aname, aversion, &ret)) goto done;
+    if (!encode_text(srv, c, ctx, &pr, &prompt, &ids, &n_ids, &ret)) goto done;
+    ret = send_json(c, ctx, 200, qv_proto_response_input_tokens(n_ids));
+done:
+    qv_free(ids);
+    qv_free(prompt);
+    qv_free(prior);
+    qv_free(rx.echo);
+    qv_free(rx.items);
+    qv_proto_request_free(&pr);
+    return ret;
+}
+
 /* POST /tokenize and /detokenize (vLLM's shapes): the server's tokenizer, which the base model
  * and every adapter share, on a completion prompt or chat messages, and back. HTTP thread. */
 static enum MHD_Result handle_tokenize(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
@@ -2536,9 +2602,7 @@ static enum MHD_Result handle_tokenize(server *srv, struct MHD_Connection *c, co
     char **strs = NULL; /* [n_ids] vocabulary pieces */
     qv_error err = {0};
     if (qv_proto_request_decode(ep, ctx->body ? ctx->body : "", ctx->body_len, &pr, &pe) != QV_OK) {
-        ret = pe.status == QV_ERR_NOMEM
-                  ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
-                  : send_error(c, ctx, 400, pe.param, "invalid_value", "%s", pe.message);
+        ret = send_proto_error(c, ctx, &pe);
         goto done;
     }
     const char *aname = NULL;
@@ -2902,37 +2966,20 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     size_t n_prompts = 1;
     request *r = NULL;
     qv_proto_responses_extra rx = {0}; /* Responses API: echo, conversation, keep */
-    char *prior = NULL, prev[160], owner[65] = "";
+    char *prior = NULL, owner[65] = "";
     enum MHD_Result ret;
     const char *body = ctx->body ? ctx->body : "";
     memset(&pr, 0, sizeof(pr));
     if (ep == QV_PROTO_RESPONSES) {
         key_owner(c, owner);
-        if (qv_proto_responses_previous(body, ctx->body_len, prev, sizeof(prev))) {
-            const qv_status gs = srv->resp_store
-                                     ? qv_resp_store_get(srv->resp_store, prev, owner, NULL, &prior)
-                                     : QV_ERR_NOT_FOUND;
-            if (gs != QV_OK) {
-                ret = gs == QV_ERR_NOMEM
-                          ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
-                          : send_error(c, ctx, 404, "previous_response_id",
-                                       "previous_response_not_found",
-                                       "previous response '%.100s' not found%s", prev,
-                                       srv->resp_store ? ""
-                                                       : " (this server keeps none: "
-                                                         "--responses-store-mb 0)");
-                goto done;
-            }
-        }
+        if (!responses_prior(srv, c, ctx, owner, &prior, &ret)) goto done;
     }
     if ((ep == QV_PROTO_GENERATE ? qv_proto_tgi_decode(body, ctx->body_len, &pr, &tgi, &pe)
          : ep == QV_PROTO_RESPONSES
              ? qv_proto_responses_decode(body, ctx->body_len, prior, srv->resp_store != NULL, &pr,
                                          &rx, &pe)
              : qv_proto_request_decode(ep, body, ctx->body_len, &pr, &pe)) != QV_OK) {
-        ret = pe.status == QV_ERR_NOMEM
-                  ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
-                  : send_error(c, ctx, 400, pe.param, "invalid_value", "%s", pe.message);
+        ret = send_proto_error(c, ctx, &pe);
         goto done;
     }
     /* the key's tenant, and the priority it may ask for */
@@ -3704,8 +3751,7 @@ static enum MHD_Result handle_lora_load(server *srv, struct MHD_Connection *c, c
     enum MHD_Result ret;
     if (qv_proto_lora_request_decode(ctx->body ? ctx->body : "", ctx->body_len, &name, &path,
                                      &pe) != QV_OK) {
-        ret = send_error(c, ctx, pe.status == QV_ERR_NOMEM ? 500 : 400, pe.param, "invalid_value",
-                         "%s", pe.message);
+        ret = send_proto_error(c, ctx, &pe);
         goto done;
     }
     if (!qv_store_name_valid(name)) {
@@ -3759,8 +3805,7 @@ static enum MHD_Result handle_lora_unload(server *srv, struct MHD_Connection *c,
     qv_proto_error pe;
     if (qv_proto_lora_request_decode(ctx->body ? ctx->body : "", ctx->body_len, &name, NULL, &pe) !=
         QV_OK)
-        return send_error(c, ctx, pe.status == QV_ERR_NOMEM ? 500 : 400, pe.param, "invalid_value",
-                          "%s", pe.message);
+        return send_proto_error(c, ctx, &pe);
     enum MHD_Result ret;
     if (!qv_store_name_valid(name))
         ret = send_error(c, ctx, 400, "lora_name", "invalid_value",
@@ -3932,21 +3977,46 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!get) goto bad_method;
         return admin_begin(srv, c, ctx, JOB_TIERS, RESP_MODELS, NULL);
     }
+    if (!strcmp(url, "/v1/responses/input_tokens")) { /* no response's id: ids start resp_ */
+        if (!post_m) goto bad_method;
+        return handle_input_tokens(srv, c, ctx);
+    }
     if (!strncmp(url, "/v1/responses/", 14)) { /* a kept response: read or delete it */
         const bool del = !strcmp(method, MHD_HTTP_METHOD_DELETE);
-        if (!get && !del) goto bad_method;
-        const char *id = url + 14;
-        char owner[65], *json = NULL;
+        char id[128];
+        const char *slash = strchr(url + 14, '/');
+        const size_t id_len = slash ? (size_t)(slash - (url + 14)) : strlen(url + 14);
+        const bool inputs = slash && !strcmp(slash, "/input_items");
+        if ((slash && !inputs) || id_len >= sizeof(id))
+            return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %.200s", method,
+                              url);
+        if (!get && (inputs || !del)) goto bad_method;
+        memcpy(id, url + 14, id_len);
+        id[id_len] = '\0';
+        char owner[65], *json = NULL, *items = NULL;
         key_owner(c, owner);
         qv_status st = QV_ERR_NOT_FOUND;
         if (srv->resp_store && del)
             st = qv_resp_store_delete(srv->resp_store, id, owner) ? QV_OK : QV_ERR_NOT_FOUND;
         else if (srv->resp_store)
-            st = qv_resp_store_get(srv->resp_store, id, owner, &json, NULL);
+            st = qv_resp_store_get(srv->resp_store, id, owner, &json, inputs ? &items : NULL);
         if (st == QV_ERR_NOMEM) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
         if (st != QV_OK)
             return send_error(c, ctx, 404, NULL, "not_found", "response '%.100s' not found%s", id,
                               srv->resp_store ? "" : " (this server keeps none)");
+        if (inputs) { /* one page of the items it was generated from */
+            const qv_proto_items_query q = {
+                .after = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "after"),
+                .before = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "before"),
+                .limit = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit"),
+                .order = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "order")};
+            qv_proto_error pe = {0};
+            char *page = qv_proto_response_input_items(json, items, &q, &pe);
+            qv_free(json);
+            qv_free(items);
+            if (!page) return send_proto_error(c, ctx, &pe);
+            return send_json(c, ctx, 200, page);
+        }
         if (!del) return send_json(c, ctx, 200, json);
         char *out = qv_proto_response_deleted(id);
         return out ? send_json(c, ctx, 200, out)
@@ -4000,18 +4070,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                            0);
 bad_method:;
     /* Reached from routes decided before lora_route is set (/health, /ready): test the URL. */
-    const char *allow = !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
-                                !strcmp(url, "/v1/responses") ||
-                                !strcmp(url, "/v1/load_lora_adapter") ||
-                                !strcmp(url, "/v1/unload_lora_adapter") ||
-                                !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize") ||
-                                !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") ||
-                                !strcmp(url, "/") || !strcmp(url, "/reset_prefix_cache")
-                            ? "POST"
-                        : !strcmp(url, "/v1/adapters")        ? "GET, POST"
-                        : !strncmp(url, "/v1/adapters/", 13)  ? "GET, PUT, DELETE"
-                        : !strncmp(url, "/v1/responses/", 14) ? "GET, DELETE"
-                                                              : "GET";
+    const char *allow =
+        !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
+                !strcmp(url, "/v1/responses") || !strcmp(url, "/v1/responses/input_tokens") ||
+                !strcmp(url, "/v1/load_lora_adapter") || !strcmp(url, "/v1/unload_lora_adapter") ||
+                !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize") ||
+                !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") ||
+                !strcmp(url, "/") || !strcmp(url, "/reset_prefix_cache")
+            ? "POST"
+        : !strcmp(url, "/v1/adapters")                                  ? "GET, POST"
+        : !strncmp(url, "/v1/adapters/", 13)                            ? "GET, PUT, DELETE"
+        : !strncmp(url, "/v1/responses/", 14) && !strchr(url + 14, '/') ? "GET, DELETE"
+                                                                        : "GET";
     char *json = ctx->tgi ? qv_proto_tgi_encode_error("method not allowed", "method_not_allowed")
                           : qv_proto_encode_error("method not allowed", "invalid_request_error",
                                                   NULL, "method_not_allowed");

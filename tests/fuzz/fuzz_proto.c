@@ -169,6 +169,25 @@ static int fuzz_responses(const char *body, size_t len) {
     ev = qv_proto_response_error_event(&st, "x", text, &n);
     check_events(ev, n);
     char *conv = qv_proto_response_conversation(x.items, &o);
+    if (conv) { /* the kept conversation reads back (a call's arguments may be no object here) */
+        static const char next[] = "{\"input\":\"n\",\"previous_response_id\":\"resp_x\"}";
+        qv_proto_request r2;
+        qv_proto_responses_extra x2;
+        s = qv_proto_responses_decode(next, sizeof(next) - 1, conv, false, &r2, &x2, &e);
+        CHECK(s == QV_OK || s == QV_ERR_NOMEM || (s == QV_ERR_INVALID && o.n_calls));
+        qv_free(x2.echo);
+        qv_free(x2.items);
+        qv_proto_request_free(&r2);
+        /* and its input items page, ascending from its first item, or with a bad cursor */
+        char *resp = qv_proto_response_encode(&o);
+        const qv_proto_items_query q = {.limit = len % 5 ? "2" : NULL,
+                                        .order = len % 7 ? "asc" : NULL,
+                                        .after = len % 11 ? NULL : "msg_x_in0"};
+        char *page = resp ? qv_proto_response_input_items(resp, conv, &q, &e) : NULL;
+        CHECK(page || !resp || e.status == QV_ERR_NOMEM || e.status == QV_ERR_INVALID);
+        if (page) check_json(page);
+        qv_free(resp);
+    }
     check_json(conv);
     qv_free(x.items);
     qv_free(echo);

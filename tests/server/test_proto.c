@@ -1598,6 +1598,125 @@ static void test_responses_decode(void **state) {
     }
 }
 
+/* The ids of a list page's items, joined by spaces. */
+static void page_ids(const char *page, char *out, size_t cap) {
+    cJSON *j = cJSON_Parse(page), *it;
+    out[0] = '\0';
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "data"))
+        snprintf(out + strlen(out), cap - strlen(out), "%s%s", out[0] ? " " : "",
+                 cJSON_GetObjectItem(it, "id")->valuestring);
+    cJSON_Delete(j);
+}
+
+/* A kept conversation's items in the API's shape (ids, types, text parts, statuses), and
+ * GET /v1/responses/{id}/input_items's pages over them. */
+static void test_response_input_items(void **state) {
+    (void)state;
+    const char *items = "[{\"role\":\"user\",\"content\":\"a\"},"
+                        "{\"type\":\"message\",\"role\":\"assistant\",\"content\":\"b\"},"
+                        "{\"type\":\"function_call\",\"id\":\"fc_x\",\"call_id\":\"c\","
+                        "\"name\":\"f\",\"arguments\":\"{}\",\"status\":\"completed\"},"
+                        "{\"type\":\"function_call_output\",\"call_id\":\"c\",\"output\":\"o\"}]";
+    qv_proto_response_out out = {
+        .id = "resp_7", .text = "d", .text_len = 1, .done = true, .finish = "stop"};
+    char *conv = qv_proto_response_conversation(items, &out);
+    char *resp = qv_proto_response_encode(&out);
+    assert_non_null(conv);
+    assert_non_null(resp);
+    cJSON *j = cJSON_Parse(conv), *m = cJSON_GetArrayItem(j, 0);
+    assert_int_equal(cJSON_GetArraySize(j), 5);
+    assert_string_equal(cJSON_GetObjectItem(m, "id")->valuestring, "msg_7_in0");
+    assert_string_equal(cJSON_GetObjectItem(m, "type")->valuestring, "message");
+    assert_string_equal(cJSON_GetObjectItem(m, "status")->valuestring, "completed");
+    cJSON *part = cJSON_GetArrayItem(cJSON_GetObjectItem(m, "content"), 0);
+    assert_string_equal(cJSON_GetObjectItem(part, "type")->valuestring, "input_text");
+    assert_string_equal(cJSON_GetObjectItem(part, "text")->valuestring, "a");
+    part = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(j, 1), "content"), 0);
+    assert_string_equal(cJSON_GetObjectItem(part, "type")->valuestring, "output_text");
+    assert_true(cJSON_IsArray(cJSON_GetObjectItem(part, "annotations")));
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(j, 3), "id")->valuestring,
+                        "fco_7_in3");
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(j, 4), "id")->valuestring, "msg_7");
+    cJSON_Delete(j);
+    /* the shape reads back as the same conversation */
+    qv_proto_request r;
+    qv_proto_responses_extra x;
+    qv_proto_error e;
+    const char *body = "{\"previous_response_id\":\"resp_7\",\"input\":\"e\"}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), conv, true, &r, &x, &e), QV_OK);
+    assert_int_equal(r.n_messages, 5);
+    assert_string_equal(r.messages[0].content, "a");
+    assert_string_equal(r.messages[1].content, "b");
+    assert_int_equal(r.messages[1].n_calls, 1);
+    assert_string_equal(r.messages[2].tool_call_id, "c");
+    assert_string_equal(r.messages[3].content, "d");
+    qv_free(x.echo);
+    qv_free(x.items);
+    qv_proto_request_free(&r);
+
+    /* pages: the latest first by default; limit, after, before, ascending */
+    static const struct {
+        qv_proto_items_query q;
+        const char *ids;
+        bool more;
+    } pages[] = {
+        {{0}, "fco_7_in3 fc_x msg_7_in1 msg_7_in0", false},
+        {{.limit = "2"}, "fco_7_in3 fc_x", true},
+        {{.limit = "2", .after = "fc_x"}, "msg_7_in1 msg_7_in0", false},
+        {{.order = "asc", .limit = "3"}, "msg_7_in0 msg_7_in1 fc_x", true},
+        {{.order = "asc", .after = "msg_7_in0", .before = "fco_7_in3"}, "msg_7_in1 fc_x", false},
+        {{.order = "desc", .after = "msg_7_in0"}, "", false},
+        {{.before = "fco_7_in3"}, "", false},
+    };
+    char got[256];
+    for (size_t i = 0; i < sizeof(pages) / sizeof(pages[0]); i++) {
+        char *page = qv_proto_response_input_items(resp, conv, &pages[i].q, &e);
+        assert_non_null(page);
+        page_ids(page, got, sizeof(got));
+        assert_string_equal(got, pages[i].ids);
+        j = cJSON_Parse(page);
+        assert_string_equal(cJSON_GetObjectItem(j, "object")->valuestring, "list");
+        assert_int_equal(cJSON_IsTrue(cJSON_GetObjectItem(j, "has_more")), pages[i].more);
+        assert_true(pages[i].ids[0] ? cJSON_IsString(cJSON_GetObjectItem(j, "first_id"))
+                                    : cJSON_IsNull(cJSON_GetObjectItem(j, "first_id")));
+        cJSON_Delete(j);
+        qv_free(page);
+    }
+    static const struct {
+        qv_proto_items_query q;
+        const char *param;
+    } bad[] = {
+        {{.limit = "0"}, "limit"},      {{.limit = "101"}, "limit"}, {{.limit = "2x"}, "limit"},
+        {{.limit = ""}, "limit"},       {{.order = "up"}, "order"},  {{.after = "msg_7"}, "after"},
+        {{.before = "nope"}, "before"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_null(qv_proto_response_input_items(resp, conv, &bad[i].q, &e));
+        assert_int_equal(e.status, QV_ERR_INVALID);
+        assert_string_equal(e.param, bad[i].param);
+    }
+    /* allocation failures anywhere fail cleanly */
+    const qv_proto_items_query q = {.limit = "2", .after = "fc_x"};
+    for (int k = 0;; k++) {
+        qv_alloc_fail_after(k);
+        char *c2 = qv_proto_response_conversation(items, &out);
+        char *page = qv_proto_response_input_items(resp, conv, &q, &e);
+        qv_alloc_fail_after(-1);
+        const bool done = c2 && page;
+        assert_true(page || e.status == QV_ERR_NOMEM);
+        if (c2) assert_string_equal(c2, conv);
+        qv_free(c2);
+        qv_free(page);
+        if (done) break;
+        assert_true(k < 5000);
+    }
+    qv_free(conv);
+    qv_free(resp);
+    char *count = qv_proto_response_input_tokens(42);
+    assert_string_equal(count, "{\"object\":\"response.input_tokens\",\"input_tokens\":42}");
+    qv_free(count);
+}
+
 /* The event names of an SSE text, in order, joined by spaces. */
 static void event_names(const char *ev, char *out, size_t cap) {
     out[0] = '\0';
@@ -1811,6 +1930,7 @@ int main(void) {
         cmocka_unit_test(test_template_kwargs),
         cmocka_unit_test(test_whitespace_pattern),
         cmocka_unit_test(test_responses_decode),
+        cmocka_unit_test(test_response_input_items),
         cmocka_unit_test(test_response_events),
         cmocka_unit_test(test_response_call_events),
     };

@@ -9,7 +9,8 @@ adapter must give its Hugging Face PEFT greedy answer (deploy/demo-adapters/pira
 written by the reference oracle). Streams must carry the API's event sequence, with
 consecutive sequence numbers, deltas that add up to the final text and a last event holding
 the whole response. Kept responses: previous_response_id gives chat's answer to the whole
-conversation; GET / DELETE /v1/responses/{id}; store false; other keys find nothing. What
+conversation; GET / DELETE /v1/responses/{id}; their input items, paged; store false;
+other keys find nothing. input_tokens counts what a response would report as its input. What
 quiver cannot do is refused with 400 naming the field.
 
 Usage: test_responses.py QUIVER_BINARY   (run by tests/server/test_responses.sh)
@@ -303,6 +304,20 @@ def run_errors(srv, client):
     check(st == 405 and "POST" in h.get("Allow", ""), f"GET /v1/responses: 405 ({st})")
 
 
+def call_and_output(client, max_tokens):
+    """A kept response that calls get_weather, then one answering it with the call's output
+    (previous_response_id): the question, the call item and the second response."""
+    ask = "What is the weather like in Paris today?"
+    c1 = client.responses.create(model=BASE, input=ask, temperature=0, max_output_tokens=60,
+                                 tools=[WEATHER], tool_choice="required")
+    call = [o for o in c1.output if o.type == "function_call"][0]
+    c2 = client.responses.create(model=BASE, previous_response_id=c1.id, temperature=0,
+                                 max_output_tokens=max_tokens,
+                                 input=[{"type": "function_call_output", "call_id": call.call_id,
+                                         "output": '{"sky": "sunny"}'}])
+    return ask, call, c2
+
+
 def run_store(srv, client):
     """Kept responses: previous_response_id continues a conversation as if the client had sent
     it whole (chat's answer to the same messages), GET / DELETE /v1/responses/{id}, store
@@ -340,14 +355,7 @@ def run_store(srv, client):
     check(st == 404 and json.loads(data)["error"]["param"] == "previous_response_id",
           f"nor continue it ({st})")
     # a function call and its output across two requests
-    ask = "What is the weather like in Paris today?"
-    c1 = client.responses.create(model=BASE, input=ask, temperature=0, max_output_tokens=60,
-                                 tools=[WEATHER], tool_choice="required")
-    call = [o for o in c1.output if o.type == "function_call"][0]
-    c2 = client.responses.create(model=BASE, previous_response_id=c1.id, temperature=0,
-                                 max_output_tokens=16,
-                                 input=[{"type": "function_call_output", "call_id": call.call_id,
-                                         "output": '{"sky": "sunny"}'}])
+    ask, call, c2 = call_and_output(client, 16)
     want = chat(srv, [{"role": "user", "content": ask},
                       {"role": "assistant", "content": None, "tool_calls": [
                           {"id": call.call_id, "type": "function",
@@ -390,6 +398,110 @@ def run_store(srv, client):
     check(r4.output_text == r3.output_text, "a kept conversation outlives its first response")
 
 
+def run_input_items(srv, client):
+    """GET /v1/responses/{id}/input_items (client.responses.input_items.list): the items a kept
+    response was generated from, the earlier turns' included, each with an id that stays the
+    same down a chain, in the API's item shape; pages by limit / after / before, both orders."""
+    first = [{"role": "developer", "content": "Answer briefly."},
+             {"type": "message", "role": "user", "id": "msg_mine",
+              "content": [{"type": "input_text", "text": "My name is Ada."},
+                          {"type": "input_text", "text": "Say hi."}]}]
+    r1 = client.responses.create(model=BASE, input=first, instructions="Be kind.",
+                                 temperature=0, max_output_tokens=12)
+    r2 = client.responses.create(model=BASE, previous_response_id=r1.id, temperature=0,
+                                 input="What is my name?", max_output_tokens=12)
+    asc = list(client.responses.input_items.list(r2.id, order="asc"))
+    shape = [(i.type, i.role, [(c.type, c.text) for c in i.content]) for i in asc]
+    want = [("message", "developer", [("input_text", "Answer briefly.")]),
+            ("message", "user", [("input_text", "My name is Ada."), ("input_text", "Say hi.")]),
+            ("message", "assistant", [("output_text", r1.output_text)]),
+            ("message", "user", [("input_text", "What is my name?")])]
+    check(shape == want, f"input items: the earlier turn, its answer, then the new input, "
+          f"instructions not among them ({shape})")
+    ids = [i.id for i in asc]
+    check(len(set(ids)) == 4 and all(ids) and ids[1] == "msg_mine" and
+          ids[2] == r1.output[0].id and asc[2].status == r1.output[0].status and
+          all(i.status == "completed" for i in asc[:2] + asc[3:]),
+          f"each item has an id (a client's own kept, the answer's the output's) and a status "
+          f"({ids}, {[i.status for i in asc]})")
+    desc = client.responses.input_items.list(r2.id)
+    check([i.id for i in desc.data] == ids[::-1] and desc.first_id == ids[-1] and
+          desc.last_id == ids[0] and desc.has_more is False,
+          "the default order is the latest first, one page with first_id / last_id")
+    r1_ids = [i.id for i in client.responses.input_items.list(r1.id, order="asc")]
+    check(r1_ids == ids[:2], f"the first response's own input items, same ids ({r1_ids})")
+    page = client.responses.input_items.list(r2.id, limit=1)
+    check(len(page.data) == 1 and page.has_more and page.data[0].id == ids[-1],
+          "limit 1: one item and has_more")
+    walked = [i.id for i in client.responses.input_items.list(r2.id, limit=1)]
+    check(walked == ids[::-1], f"the client's auto-paging (after = the last id) walks them all "
+          f"({len(walked)} items)")
+    st, _, data = srv.raw("GET", f"/v1/responses/{r2.id}/input_items?order=asc&after={ids[0]}"
+                          f"&before={ids[3]}")
+    got = json.loads(data) if st == 200 else {}
+    check(st == 200 and [i["id"] for i in got.get("data", [])] == ids[1:3],
+          f"after and before bound a page ({st})")
+    # a function call and its output are items too
+    _, call, c2 = call_and_output(client, 8)
+    items = list(client.responses.input_items.list(c2.id, order="asc"))
+    check([i.type for i in items] == ["message", "function_call", "function_call_output"] and
+          items[1].id == call.id and items[1].arguments == call.arguments and
+          items[2].call_id == call.call_id and items[2].output == '{"sky": "sunny"}' and
+          items[2].id, f"a call and its output among the input items ({[i.type for i in items]})")
+    # what is refused
+    for query, param in (("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"),
+                         ("order=up", "order"), ("after=msg_nowhere", "after")):
+        st, _, data = srv.raw("GET", f"/v1/responses/{r2.id}/input_items?{query}")
+        check(st == 400 and json.loads(data)["error"]["param"] == param,
+              f"input_items?{query}: 400 naming {param} ({st})")
+    st, _, _ = srv.raw("GET", f"/v1/responses/{r2.id}/input_items", key="another-key")
+    check(st == 404, f"another API key does not find its input items ({st})")
+    st, h, _ = srv.raw("DELETE", f"/v1/responses/{r2.id}/input_items")
+    check(st == 405 and h.get("Allow") == "GET", f"DELETE on input_items: 405, Allow GET ({st})")
+    st, _, _ = srv.raw("GET", f"/v1/responses/{r2.id}/outputs")
+    check(st == 404, f"another path under a response: 404 ({st})")
+    client.responses.delete(r2.id)
+    st, _, _ = srv.raw("GET", f"/v1/responses/{r2.id}/input_items")
+    check(st == 404, f"a deleted response's input items: 404 ({st})")
+
+
+def run_input_tokens(srv, client):
+    """POST /v1/responses/input_tokens (client.responses.input_tokens.count): for each body,
+    the input_tokens that creating the response reports in its usage."""
+    prev = client.responses.create(model=BASE, input="My name is Ada.", temperature=0,
+                                   max_output_tokens=8)
+    bodies = {
+        "a string": dict(model=BASE, input="Hello there"),
+        "instructions and items": dict(model=BASE, instructions="Be brief.", input=[
+            {"role": "developer", "content": "Answer in French."},
+            {"role": "user", "content": [{"type": "input_text", "text": "Hi."}]}]),
+        "tools": dict(model=BASE, input="Weather in Paris?", tools=[WEATHER],
+                      tool_choice="required"),
+        "a json_schema format": dict(model=BASE, input="A person.", text={"format": {
+            "type": "json_schema", "name": "person", "schema": SCHEMA}}),
+        "previous_response_id": dict(model=BASE, previous_response_id=prev.id,
+                                     input="What is my name?"),
+        "an adapter": dict(model="pirate", input="Hello there"),
+    }
+    for what, body in bodies.items():
+        n = client.responses.input_tokens.count(**body)
+        used = client.responses.create(**body, max_output_tokens=1).usage.input_tokens
+        check(n.object == "response.input_tokens" and n.input_tokens == used,
+              f"input_tokens of {what}: {n.input_tokens} = the response's usage {used}")
+    st, _, data = srv.raw("POST", "/v1/responses/input_tokens", {"model": "nope", "input": "x"})
+    check(st == 404 and json.loads(data)["error"]["code"] == "model_not_found",
+          f"input_tokens of an unknown model: 404 ({st})")
+    st, _, data = srv.raw("POST", "/v1/responses/input_tokens",
+                          {"model": BASE, "input": "x", "previous_response_id": "resp_nope"})
+    check(st == 404 and json.loads(data)["error"]["param"] == "previous_response_id",
+          f"input_tokens after an unknown response: 404 ({st})")
+    st, _, data = srv.raw("POST", "/v1/responses/input_tokens", {"model": BASE, "input": 5})
+    check(st == 400 and json.loads(data)["error"]["param"] == "input",
+          f"input_tokens of a bad input: 400 naming input ({st})")
+    st, h, _ = srv.raw("GET", "/v1/responses/input_tokens")
+    check(st == 405 and h.get("Allow") == "POST", f"GET input_tokens: 405, Allow POST ({st})")
+
+
 def run_no_store():
     """--responses-store-mb 0: nothing is kept; previous_response_id is 404 and says why."""
     srv = T.Server("--responses-store-mb", "0")
@@ -422,6 +534,8 @@ def main():
         run_format(srv, client)
         run_adapter(client)
         run_store(srv, client)
+        run_input_items(srv, client)
+        run_input_tokens(srv, client)
         run_errors(srv, client)
     finally:
         srv.stop()
