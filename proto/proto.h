@@ -369,6 +369,7 @@ typedef struct qv_proto_responses_extra {
     char *items; /* the conversation's items so far: the earlier ones, then this input (a JSON
                     array of items; a string input as a user message) */
     bool store;  /* the response is to be kept (the server stores, and `store` is not false) */
+    bool truncate; /* `truncation: "auto"`: the earliest turns may be left out to fit */
 } qv_proto_responses_extra;
 
 /* Decodes a POST /v1/responses body into *r as the chat request it means (endpoint
@@ -382,9 +383,9 @@ typedef struct qv_proto_responses_extra {
  * "required", {"type": "function", "name"}); `text.format` (text, json_object, json_schema with
  * name / schema / strict); include ["message.output_text.logprobs"] with top_logprobs. The
  * vLLM sampling extensions chat takes (top_k, min_p, seed, stop, penalties, priority,
- * adapter_id, ...) are read as chat reads them. Refused, never ignored: conversation,
- * background, prompt templates, reasoning effort / summary, truncation "auto",
- * max_tool_calls, other include values, tool and item types other than function ones, image /
+ * adapter_id, ...) are read as chat reads them; truncation "auto" sets x->truncate (the
+ * server fits the conversation). Refused, never ignored: conversation, background, prompt
+ * templates, reasoning effort / summary, max_tool_calls, other include values, tool and item types other than function ones, image /
  * file / audio input. storing: the server keeps responses (x->store, the echo's "store").
  * Errors as qv_proto_request_decode, naming the Responses API's fields; *x is empty then. */
 qv_status qv_proto_responses_decode(const char *body, size_t len, const char *prior, bool storing,

@@ -327,10 +327,9 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
                          "do not reason separately");
     }
     if ((f = qv__proto_field(root, "truncation")) &&
-        !(cJSON_IsString(f) && !strcmp(f->valuestring, "disabled")))
-        return rfail(e, "truncation",
-                     "'truncation' must be \"disabled\" (a prompt longer than the context is "
-                     "refused)");
+        !(cJSON_IsString(f) &&
+          (!strcmp(f->valuestring, "disabled") || !strcmp(f->valuestring, "auto"))))
+        return rfail(e, "truncation", "'truncation' must be \"disabled\" or \"auto\"");
     if ((f = qv__proto_field(root, "metadata")) && !cJSON_IsObject(f))
         return rfail(e, "metadata", "'metadata' must be an object of strings");
     if ((f = qv__proto_field(root, "store")) && !cJSON_IsBool(f))
@@ -393,7 +392,9 @@ static char *echo_of(const cJSON *root, bool stored) {
                     : cJSON_AddStringToObject(o, "tool_choice", "auto") != NULL);
     ok = ok && ((f = qv__proto_field(root, "tools")) ? put_copy(o, "tools", f)
                                                      : cJSON_AddArrayToObject(o, "tools") != NULL);
-    ok = ok && cJSON_AddStringToObject(o, "truncation", "disabled") &&
+    ok = ok && ((f = qv__proto_field(root, "truncation"))
+                    ? put_copy(o, "truncation", f)
+                    : cJSON_AddStringToObject(o, "truncation", "disabled") != NULL) &&
          cJSON_AddBoolToObject(o, "store", stored) &&
          ((f = qv__proto_field(root, "previous_response_id"))
               ? put_copy(o, "previous_response_id", f)
@@ -515,6 +516,8 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
     r->endpoint = QV_PROTO_RESPONSES;
     const cJSON *st = qv__proto_field(root, "store");
     x->store = storing && !cJSON_IsFalse(st);
+    const cJSON *tr = qv__proto_field(root, "truncation");
+    x->truncate = cJSON_IsString(tr) && !strcmp(tr->valuestring, "auto");
     if (!(x->echo = echo_of(root, x->store)) || !(x->items = cJSON_PrintUnformatted(items)))
         goto oom;
     s = QV_OK;

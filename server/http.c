@@ -2531,6 +2531,78 @@ static bool encode_text(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
     return true;
 }
 
+/* Whether a prompt of n tokens fits: within --max-prompt-tokens and leaving the model's
+ * context room for max_tokens (at least one token when unset). */
+static bool prompt_fits(const server *srv, const qv_proto_request *pr, size_t n) {
+    const int64_t need = pr->max_tokens > 0 ? pr->max_tokens : 1;
+    return (int64_t)n <= srv->cfg->max_prompt_tokens &&
+           (int64_t)n + need <= srv->model->cfg.max_pos;
+}
+
+/* encode_text for a Responses request, with `truncation: "auto"` (truncate): when the prompt
+ * does not fit (prompt_fits), the conversation's earliest turns are left out, the fewest that
+ * make it fit. A turn is a user message and what follows it up to the next one; the system
+ * messages before the first turn (instructions) stay, and so does the last turn: when it alone
+ * does not fit, its prompt is the answer and the usual length checks refuse it. Leaving out
+ * more turns never lengthens the prompt, so a binary search renders O(log turns) prompts.
+ * *n_left: the messages left out (0 when nothing was). */
+static bool encode_fitted(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                          qv_proto_request *pr, bool truncate, char **prompt, int32_t **ids,
+                          size_t *n_ids, size_t *n_left, enum MHD_Result *ret) {
+    *n_left = 0;
+    if (!encode_text(srv, c, ctx, pr, prompt, ids, n_ids, ret)) return false;
+    if (!truncate || prompt_fits(srv, pr, *n_ids)) return true;
+    const size_t n = pr->n_messages;
+    size_t lead = 0; /* leading system messages */
+    while (lead < n && !strcmp(pr->messages[lead].role, "system"))
+        lead++;
+    size_t *turn = qv_malloc((n + 1) * sizeof(*turn)), n_turns = 0;
+    qv_proto_message *view = qv_malloc((n + 1) * sizeof(*view)), *all = pr->messages;
+    if (!turn || !view) {
+        qv_free(turn);
+        qv_free(view);
+        *ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+        return false;
+    }
+    for (size_t i = lead; i < n; i++)
+        if (i == lead || !strcmp(pr->messages[i].role, "user")) turn[n_turns++] = i;
+    memcpy(view, all, lead * sizeof(*view));
+    size_t lo = 1, hi = n_turns ? n_turns - 1 : 0; /* turns to leave out: the answer in [lo, hi] */
+    bool ok = true;
+    while (ok && lo <= hi) {
+        const size_t k = lo + (hi - lo) / 2, from = turn[k];
+        memcpy(view + lead, all + from, (n - from) * sizeof(*view));
+        pr->messages = view; /* encode_text only reads the messages */
+        pr->n_messages = lead + n - from;
+        char *p2 = NULL;
+        int32_t *ids2 = NULL;
+        size_t n2 = 0;
+        ok = encode_text(srv, c, ctx, pr, &p2, &ids2, &n2, ret);
+        pr->messages = all;
+        pr->n_messages = n;
+        if (!ok) break;
+        const bool fits = prompt_fits(srv, pr, n2);
+        if (fits || k == n_turns - 1) { /* the fewest turns that fit; or all but the last */
+            qv_free(*prompt);
+            qv_free(*ids);
+            *prompt = p2;
+            *ids = ids2;
+            *n_ids = n2;
+            *n_left = from - lead;
+        } else {
+            qv_free(p2);
+            qv_free(ids2);
+        }
+        if (fits)
+            hi = k - 1;
+        else
+            lo = k + 1;
+    }
+    qv_free(turn);
+    qv_free(view);
+    return ok;
+}
+
 /* A Responses request's earlier conversation: the kept one that its previous_response_id
  * names, if it names one (*prior, the caller's to free; NULL when none is named), looked up for
  * owner. Otherwise sends the 404 (or 500) as *ret and returns false. */
@@ -2577,7 +2649,9 @@ static enum MHD_Result handle_input_tokens(server *srv, struct MHD_Connection *c
     const char *aname = NULL;
     char aversion[QV_STORE_VERSION_LEN + 1] = "";
     if (!resolve_model(srv, c, ctx, &pr, auth_key(srv, ctx, c), &aname, aversion, &ret)) goto done;
-    if (!encode_text(srv, c, ctx, &pr, &prompt, &ids, &n_ids, &ret)) goto done;
+    size_t n_left;
+    if (!encode_fitted(srv, c, ctx, &pr, rx.truncate, &prompt, &ids, &n_ids, &n_left, &ret))
+        goto done;
     ret = send_json(c, ctx, 200, qv_proto_response_input_tokens(n_ids));
 done:
     qv_free(ids);
@@ -3010,7 +3084,12 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     arrived = true; /* given back at done: unless the request gets queued */
     qv_error err = {0};
     if (pr.n_messages || pr.prompt) {
-        if (!encode_text(srv, c, ctx, &pr, &prompt, &ids, &n_ids, &ret)) goto done;
+        size_t n_left;
+        if (!encode_fitted(srv, c, ctx, &pr, rx.truncate, &prompt, &ids, &n_ids, &n_left, &ret))
+            goto done;
+        if (n_left)
+            QV_LOGD("truncation auto: %zu of %zu messages left out, %zu prompt tokens", n_left,
+                    pr.n_messages, n_ids);
     } else {
         int n_vocab = srv->model->cfg.n_vocab;
         for (size_t i = 0; i < pr.n_prompt_ids; i++)

@@ -1554,7 +1554,7 @@ static void test_responses_decode(void **state) {
     } bad[] = {
         {"{\"input\":\"x\",\"previous_response_id\":\"r\"}", "previous_response_id"},
         {"{\"input\":\"x\",\"reasoning\":{\"effort\":\"low\"}}", "reasoning"},
-        {"{\"input\":\"x\",\"truncation\":\"auto\"}", "truncation"},
+        {"{\"input\":\"x\",\"truncation\":\"middle\"}", "truncation"},
         {"{\"input\":\"x\",\"text\":{\"verbosity\":\"low\"}}", "text.verbosity"},
         {"{\"input\":\"x\",\"max_output_tokens\":0}", "max_output_tokens"},
         {"{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"json_schema\",\"schema\":1}}}",
@@ -1712,6 +1712,22 @@ static void test_response_input_items(void **state) {
     }
     qv_free(conv);
     qv_free(resp);
+    /* truncation "auto" is the server's to apply: flagged, and repeated in the response */
+    body = "{\"input\":\"x\",\"truncation\":\"auto\"}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, false, &r, &x, &e), QV_OK);
+    assert_true(x.truncate);
+    j = cJSON_Parse(x.echo);
+    assert_string_equal(cJSON_GetObjectItem(j, "truncation")->valuestring, "auto");
+    cJSON_Delete(j);
+    qv_free(x.echo);
+    qv_free(x.items);
+    qv_proto_request_free(&r);
+    body = "{\"input\":\"x\"}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, false, &r, &x, &e), QV_OK);
+    assert_false(x.truncate);
+    qv_free(x.echo);
+    qv_free(x.items);
+    qv_proto_request_free(&r);
     char *count = qv_proto_response_input_tokens(42);
     assert_string_equal(count, "{\"object\":\"response.input_tokens\",\"input_tokens\":42}");
     qv_free(count);

@@ -271,7 +271,7 @@ def run_errors(srv, client):
         ({"input": "hi", "conversation": "conv_x"}, "conversation"),
         ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning"),
-        ({"input": "hi", "truncation": "auto"}, "truncation"),
+        ({"input": "hi", "truncation": "middle"}, "truncation"),
         ({"input": "hi", "text": {"verbosity": "high"}}, "text.verbosity"),
         ({"input": "hi", "include": ["file_search_call.results"]}, "include"),
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools"),
@@ -502,6 +502,69 @@ def run_input_tokens(srv, client):
     check(st == 405 and h.get("Allow") == "POST", f"GET input_tokens: 405, Allow POST ({st})")
 
 
+def run_truncation():
+    """truncation "auto" on a server with --max-prompt-tokens 110: a conversation grown by
+    previous_response_id past the limit keeps going, each answer equal to chat's answer to the
+    same conversation less the fewest earliest turns that make chat accept it (instructions
+    kept); truncation "disabled" is refused at the same point; a last turn that alone does not
+    fit is refused either way; input_tokens counts the truncated prompt."""
+    srv = T.Server("--max-prompt-tokens", "110")
+    try:
+        client = srv.client()
+        sysmsg = {"role": "system", "content": "You are terse."}
+        turns, prev, dropped = [], None, 0
+        for i, fact in enumerate(("the sky is green", "the grass is blue", "fish can fly",
+                                  "snow is warm", "the sun is cold", "water is dry")):
+            ask = f"Remember fact {i}: {fact}. Say ok."
+            body = dict(model=BASE, input=ask, instructions="You are terse.", temperature=0,
+                        max_output_tokens=8, truncation="auto")
+            if prev:
+                body["previous_response_id"] = prev
+            r = client.responses.create(**body)
+            # chat's answer with the fewest earliest turns left out that it accepts
+            for k in range(len(turns) + 1):
+                cut = [m for t in turns[k:] for m in t] + [{"role": "user", "content": ask}]
+                st, _, data = srv.raw("POST", "/v1/chat/completions",
+                                      {"model": BASE, "messages": [sysmsg] + cut,
+                                       "temperature": 0, "max_tokens": 8})
+                if st == 200:
+                    break
+            want = json.loads(data) if st == 200 else None
+            check(want is not None and r.output_text == want["choices"][0]["message"]["content"]
+                  and r.usage.input_tokens == want["usage"]["prompt_tokens"] and
+                  r.truncation == "auto",
+                  f"turn {i}: truncation auto answers as chat with {k} earliest turn(s) left out "
+                  f"({r.usage.input_tokens} prompt tokens, {r.output_text!r})")
+            if k > 0 and not dropped:
+                dropped = k
+                st, _, data = srv.raw("POST", "/v1/responses", dict(body, truncation="disabled"))
+                check(st == 400 and json.loads(data)["error"]["code"] == "context_length_exceeded",
+                      f"turn {i}: the same with truncation disabled is 400 ({st})")
+                n = client.responses.input_tokens.count(  # the SDK lacks max_output_tokens
+                    **{k2: v for k2, v in body.items()
+                       if k2 not in ("temperature", "max_output_tokens")},
+                    extra_body={"max_output_tokens": 8})
+                check(n.input_tokens == r.usage.input_tokens,
+                      f"input_tokens counts the truncated prompt ({n.input_tokens})")
+            turns.append([{"role": "user", "content": ask},
+                          {"role": "assistant", "content": r.output_text}])
+            prev = r.id
+        check(dropped > 0, f"the conversation outgrew the limit and turns were left out "
+              f"(first at {dropped})")
+        # the kept conversation is whole: input_items lists every turn
+        n_items = len(list(client.responses.input_items.list(prev)))
+        check(n_items == 2 * len(turns) - 1,
+              f"the kept conversation keeps the turns left out ({n_items} items)")
+        st, _, data = srv.raw("POST", "/v1/responses", {
+            "model": BASE, "input": "word " * 200, "truncation": "auto",
+            "previous_response_id": prev})
+        check(st == 400 and json.loads(data)["error"]["code"] == "context_length_exceeded",
+              f"a last turn that alone does not fit: 400 even with truncation auto ({st})")
+    finally:
+        srv.stop()
+    return srv
+
+
 def run_no_store():
     """--responses-store-mb 0: nothing is kept; previous_response_id is 404 and says why."""
     srv = T.Server("--responses-store-mb", "0")
@@ -540,7 +603,9 @@ def main():
     finally:
         srv.stop()
     other = run_no_store()
-    reports = [l for l in srv.lines + other.lines if "Sanitizer" in l or "runtime error:" in l]
+    trunc = run_truncation()
+    reports = [l for l in srv.lines + other.lines + trunc.lines
+               if "Sanitizer" in l or "runtime error:" in l]
     check(not reports, f"no sanitizer report from the server ({reports[:1]})")
     if T.failures:
         print(f"{len(T.failures)} check(s) failed")
