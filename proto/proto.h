@@ -365,10 +365,10 @@ qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name
 
 /* What a Responses API request brings beside its chat request. Owned strings (qv_free). */
 typedef struct qv_proto_responses_extra {
-    char *echo;  /* the JSON text of the request's settings a response object repeats */
-    char *items; /* the conversation's items so far: the earlier ones, then this input (a JSON
-                    array of items; a string input as a user message) */
-    bool store;  /* the response is to be kept (the server stores, and `store` is not false) */
+    char *echo;    /* the JSON text of the request's settings a response object repeats */
+    char *items;   /* the conversation's items so far: the earlier ones, then this input (a JSON
+                      array of items; a string input as a user message) */
+    bool store;    /* the response is to be kept (the server stores, and `store` is not false) */
     bool truncate; /* `truncation: "auto"`: the earliest turns may be left out to fit */
 } qv_proto_responses_extra;
 
@@ -385,9 +385,10 @@ typedef struct qv_proto_responses_extra {
  * vLLM sampling extensions chat takes (top_k, min_p, seed, stop, penalties, priority,
  * adapter_id, ...) are read as chat reads them; truncation "auto" sets x->truncate (the
  * server fits the conversation). Refused, never ignored: conversation, background, prompt
- * templates, reasoning effort / summary, max_tool_calls, other include values, tool and item types other than function ones, image /
- * file / audio input. storing: the server keeps responses (x->store, the echo's "store").
- * Errors as qv_proto_request_decode, naming the Responses API's fields; *x is empty then. */
+ * templates, reasoning effort / summary, max_tool_calls, other include values, tool and item types
+ * other than function ones, image / file / audio input. storing: the server keeps responses
+ * (x->store, the echo's "store"). Errors as qv_proto_request_decode, naming the Responses API's
+ * fields; *x is empty then. */
 qv_status qv_proto_responses_decode(const char *body, size_t len, const char *prior, bool storing,
                                     qv_proto_request *r, qv_proto_responses_extra *x,
                                     qv_proto_error *e);
