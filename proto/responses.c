@@ -392,9 +392,10 @@ static char *echo_of(const cJSON *root, bool stored) {
                     : cJSON_AddStringToObject(o, "tool_choice", "auto") != NULL);
     ok = ok && ((f = qv__proto_field(root, "tools")) ? put_copy(o, "tools", f)
                                                      : cJSON_AddArrayToObject(o, "tools") != NULL);
-    ok = ok && ((f = qv__proto_field(root, "truncation"))
-                    ? put_copy(o, "truncation", f)
-                    : cJSON_AddStringToObject(o, "truncation", "disabled") != NULL) &&
+    ok = ok &&
+         ((f = qv__proto_field(root, "truncation"))
+              ? put_copy(o, "truncation", f)
+              : cJSON_AddStringToObject(o, "truncation", "disabled") != NULL) &&
          cJSON_AddBoolToObject(o, "store", stored) &&
          ((f = qv__proto_field(root, "previous_response_id"))
               ? put_copy(o, "previous_response_id", f)
