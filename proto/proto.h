@@ -365,11 +365,13 @@ qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name
 
 /* What a Responses API request brings beside its chat request. Owned strings (qv_free). */
 typedef struct qv_proto_responses_extra {
-    char *echo;    /* the JSON text of the request's settings a response object repeats */
-    char *items;   /* the conversation's items so far: the earlier ones, then this input (a JSON
-                      array of items; a string input as a user message) */
-    bool store;    /* the response is to be kept (the server stores, and `store` is not false) */
-    bool truncate; /* `truncation: "auto"`: the earliest turns may be left out to fit */
+    char *echo;     /* the JSON text of the request's settings a response object repeats */
+    char *items;    /* the conversation's items so far: the earlier ones, then this input (a JSON
+                       array of items; a string input as a user message) */
+    bool store;     /* the response is to be kept (the server stores, and `store` is not false) */
+    bool truncate;  /* `truncation: "auto"`: the earliest turns may be left out to fit */
+    size_t n_prior; /* items of `items` that came from prior (previous_response_id's or the
+                       conversation's) */
 } qv_proto_responses_extra;
 
 /* Decodes a POST /v1/responses body into *r as the chat request it means (endpoint
@@ -479,6 +481,40 @@ char *qv_proto_response_input_tokens(size_t n);
 char *qv_proto_response_deleted(const char *id);
 /* Frees what a stream that did not finish holds. */
 void qv_proto_response_stream_free(qv_proto_response_stream *st);
+
+/* ---- the Conversations API (/v1/conversations), records the server keeps ---- */
+
+/* POST /v1/conversations's body {"items"?, "metadata"?}: the conversation object {"id",
+ * "object": "conversation", "created_at", "metadata"} (*conv) and its items (*items: a JSON
+ * array in the API's item shape, see qv_proto_response_conversation; items without an id get
+ * "msg_" / "fc_" / "fco_", nonce, "_in" and their place). At most 20 items, each one a
+ * request's `input` could hold; metadata at most 16 strings. 400-class errors name the field
+ * (items[i], metadata). */
+qv_status qv_proto_conversation_create(const char *body, size_t len, const char *id,
+                                       int64_t created, const char *nonce, char **conv,
+                                       char **items, qv_proto_error *e);
+/* POST /v1/conversations/{id}'s body {"metadata"}: the object conv with it replaced (*out). */
+qv_status qv_proto_conversation_update(const char *body, size_t len, const char *conv, char **out,
+                                       qv_proto_error *e);
+/* POST /v1/conversations/{id}/items's body {"items": [1 to 20 items]}: the items in the API's
+ * shape (*added, a JSON array; ids from nonce as above). */
+qv_status qv_proto_conversation_add(const char *body, size_t len, const char *nonce, char **added,
+                                    qv_proto_error *e);
+/* The JSON array items followed by more's items from index `from` on (NULL when out of
+ * memory, or either is not an array). */
+char *qv_proto_items_join(const char *items, const char *more, size_t from);
+/* The item of items whose id is item_id (a copy), or with remove, items without it. *found
+ * says whether it is there; NULL with *found is out of memory. */
+char *qv_proto_items_find(const char *items, const char *item_id, bool remove, bool *found);
+/* GET /v1/conversations/{id}/items's answer: one page of items (a JSON array), as for
+ * qv_proto_response_input_items. */
+char *qv_proto_conversation_items(const char *items, const qv_proto_items_query *q,
+                                  qv_proto_error *e);
+/* DELETE /v1/conversations/{id}'s answer {"id", "object": "conversation.deleted",
+ * "deleted": true}. */
+char *qv_proto_conversation_deleted(const char *id);
+/* The body's `conversation` id (a string, or {"id": ...}) when shorter than cap. */
+bool qv_proto_responses_conversation(const char *body, size_t len, char *id, size_t cap);
 
 /* ---- TGI / LoRAX text-generation API ---- */
 

@@ -170,6 +170,12 @@ static qv_status item_messages(cJSON *msgs, const cJSON *it, const char *param, 
                  param, t);
 }
 
+/* How many items `input` adds to the conversation (a string: one user message). */
+static size_t input_count(const cJSON *root) {
+    const cJSON *in = qv__proto_field(root, "input");
+    return cJSON_IsArray(in) ? (size_t)cJSON_GetArraySize(in) : 1;
+}
+
 /* `instructions` (a system message), the earlier conversation's items (prior, a JSON array
  * of items, or NULL), then `input`, as chat messages; *items gets prior's items and input's
  * (a string as a user message) as a JSON array. */
@@ -301,13 +307,33 @@ static qv_status chat_format(const cJSON *text, cJSON *chat, qv_proto_error *e) 
     return QV_OK;
 }
 
+/* `metadata`: at most 16 string values, keys of at most 64 characters, values of at most 512
+ * (OpenAI's limits). */
+static qv_status check_metadata(const cJSON *m, qv_proto_error *e) {
+    if (!cJSON_IsObject(m)) return rfail(e, "metadata", "'metadata' must be an object of strings");
+    int n = 0;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, m) {
+        if (++n > 16) return rfail(e, "metadata", "'metadata' has over 16 keys");
+        if (strlen(v->string) > 64)
+            return rfail(e, "metadata", "'metadata' keys have at most 64 characters");
+        if (!cJSON_IsString(v) || strlen(v->valuestring) > 512)
+            return rfail(e, "metadata", "'metadata' values are strings of at most 512 characters");
+    }
+    return QV_OK;
+}
+
+/* `conversation`'s id: the string, or the "id" of {"id": ...}; NULL when neither. */
+static const char *conversation_id(const cJSON *f) {
+    const cJSON *id = cJSON_IsObject(f) ? qv__proto_field(f, "id") : f;
+    return cJSON_IsString(id) ? id->valuestring : NULL;
+}
+
 /* What quiver cannot do, refused by name. */
 static qv_status refuse(const cJSON *root, qv_proto_error *e) {
     static const struct {
         const char *name, *why;
     } k_never[] = {
-        {"conversation", "conversations are not supported by quiver: send the conversation in "
-                         "'input', or continue a stored response with 'previous_response_id'"},
         {"prompt", "stored prompt templates are not supported by quiver"},
         {"max_tool_calls", "'max_tool_calls' is not supported by quiver (parallel_tool_calls "
                            "false allows one call)"},
@@ -330,8 +356,14 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
         !(cJSON_IsString(f) &&
           (!strcmp(f->valuestring, "disabled") || !strcmp(f->valuestring, "auto"))))
         return rfail(e, "truncation", "'truncation' must be \"disabled\" or \"auto\"");
-    if ((f = qv__proto_field(root, "metadata")) && !cJSON_IsObject(f))
-        return rfail(e, "metadata", "'metadata' must be an object of strings");
+    qv_status s;
+    if ((f = qv__proto_field(root, "metadata")) && (s = check_metadata(f, e))) return s;
+    if ((f = qv__proto_field(root, "conversation")) && !conversation_id(f))
+        return rfail(e, "conversation",
+                     "'conversation' must be a conversation's id or {\"id\": ...}");
+    if (f && qv__proto_field(root, "previous_response_id"))
+        return rfail(e, "conversation",
+                     "'conversation' and 'previous_response_id' cannot be used together");
     if ((f = qv__proto_field(root, "store")) && !cJSON_IsBool(f))
         return rfail(e, "store", "'store' must be a boolean");
     if ((f = qv__proto_field(root, "user")) && !cJSON_IsString(f))
@@ -397,6 +429,10 @@ static char *echo_of(const cJSON *root, bool stored) {
               ? put_copy(o, "truncation", f)
               : cJSON_AddStringToObject(o, "truncation", "disabled") != NULL) &&
          cJSON_AddBoolToObject(o, "store", stored) &&
+         ((f = qv__proto_field(root, "conversation"))
+              ? (t = cJSON_AddObjectToObject(o, "conversation")) &&
+                    cJSON_AddStringToObject(t, "id", conversation_id(f))
+              : cJSON_AddNullToObject(o, "conversation") != NULL) &&
          ((f = qv__proto_field(root, "previous_response_id"))
               ? put_copy(o, "previous_response_id", f)
               : cJSON_AddNullToObject(o, "previous_response_id") != NULL) &&
@@ -427,13 +463,23 @@ static void rename_param(qv_proto_error *e) {
     }
 }
 
-bool qv_proto_responses_previous(const char *body, size_t len, char *id, size_t cap) {
+/* A body's previous_response_id (a string) or conversation (its id: a string or {"id"}) when
+ * shorter than cap, copied into id. */
+static bool body_id(const char *body, size_t len, const char *name, char *id, size_t cap) {
     cJSON *root = cJSON_ParseWithLength(body, len);
-    const cJSON *f = cJSON_IsObject(root) ? qv__proto_field(root, "previous_response_id") : NULL;
-    const bool ok = cJSON_IsString(f) && strlen(f->valuestring) < cap;
-    if (ok) memcpy(id, f->valuestring, strlen(f->valuestring) + 1);
+    const cJSON *f = cJSON_IsObject(root) ? qv__proto_field(root, name) : NULL;
+    const char *s = !f                              ? NULL
+                    : !strcmp(name, "conversation") ? conversation_id(f)
+                    : cJSON_IsString(f)             ? f->valuestring
+                                                    : NULL;
+    const bool ok = s && strlen(s) < cap;
+    if (ok) memcpy(id, s, strlen(s) + 1);
     cJSON_Delete(root);
     return ok;
+}
+
+bool qv_proto_responses_previous(const char *body, size_t len, char *id, size_t cap) {
+    return body_id(body, len, "previous_response_id", id, cap);
 }
 
 qv_status qv_proto_responses_decode(const char *body, size_t len, const char *prior, bool storing,
@@ -461,6 +507,11 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
     }
     if (prev && !prior) {
         s = rfail(e, "previous_response_id", "response '%.100s' not found", prev->valuestring);
+        goto done;
+    }
+    const cJSON *conv = qv__proto_field(root, "conversation");
+    if (conv && !prior) {
+        s = rfail(e, "conversation", "conversation '%.100s' not found", conversation_id(conv));
         goto done;
     }
     /* chat's fields that the Responses API does not have are not read from its body */
@@ -501,7 +552,8 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
         cJSON_DeleteItemFromObjectCaseSensitive(chat, k_dropped[i]);
     cJSON *msgs = cJSON_AddArrayToObject(chat, "messages");
     if (!msgs) goto oom;
-    if ((s = input_messages(root, prev ? prior : NULL, msgs, &items, e))) goto done;
+    if ((s = input_messages(root, prev || conv ? prior : NULL, msgs, &items, e))) goto done;
+    x->n_prior = prev || conv ? (size_t)cJSON_GetArraySize(items) - input_count(root) : 0;
     const cJSON *f;
     if ((f = qv__proto_field(root, "max_output_tokens")) && !put_copy(chat, "max_tokens", f))
         goto oom;
@@ -736,8 +788,10 @@ static int item_index(const cJSON *list, int n, const char *id) {
     return -1;
 }
 
-char *qv_proto_response_input_items(const char *response, const char *items,
-                                    const qv_proto_items_query *q, qv_proto_error *e) {
+/* One page of the first n items of list, as q asks: {"object": "list", "data", "first_id",
+ * "last_id", "has_more"}. what names those items in an unknown cursor's message. */
+static char *items_page(const cJSON *list, int n, const qv_proto_items_query *q, const char *what,
+                        qv_proto_error *e) {
     long limit = 20;
     if (q->limit) {
         char *end = NULL;
@@ -752,25 +806,14 @@ char *qv_proto_response_input_items(const char *response, const char *items,
         rfail(e, "order", "'order' must be \"asc\" or \"desc\"");
         return NULL;
     }
-    cJSON *r = cJSON_Parse(response ? response : ""), *list = cJSON_Parse(items ? items : "");
-    cJSON *page = cJSON_CreateObject(), *data = NULL;
-    char *text = NULL;
-    const cJSON *output = r ? qv__proto_field(r, "output") : NULL;
-    if (!page || !cJSON_IsArray(list) || !cJSON_IsArray(output)) {
-        qv__proto_nomem(e); /* the records are this file's own JSON: only memory can fail */
-        goto done;
-    }
-    /* the conversation up to this response's own output, in the asked order */
-    const int n = QV_MAX(cJSON_GetArraySize(list) - cJSON_GetArraySize(output), 0);
     int lo = 0, hi = n; /* the window of positions (in the asked order) after / before allow */
     const char *cursor[2] = {q->after, q->before};
     for (int k = 0; k < 2; k++) {
         if (!cursor[k]) continue;
         const int at = item_index(list, n, cursor[k]);
         if (at < 0) {
-            rfail(e, k ? "before" : "after", "no item '%.100s' among this response's input items",
-                  cursor[k]);
-            goto done;
+            rfail(e, k ? "before" : "after", "no item '%.100s' among %s", cursor[k], what);
+            return NULL;
         }
         const int pos = asc ? at : n - 1 - at;
         if (k == 0)
@@ -778,32 +821,44 @@ char *qv_proto_response_input_items(const char *response, const char *items,
         else
             hi = QV_MIN(hi, pos);
     }
-    if (!cJSON_AddStringToObject(page, "object", "list") ||
+    cJSON *page = cJSON_CreateObject(), *data = NULL;
+    char *text = NULL;
+    if (!page || !cJSON_AddStringToObject(page, "object", "list") ||
         !(data = cJSON_AddArrayToObject(page, "data")))
-        goto oom;
+        goto done;
     const int end = (int)QV_MIN((long)hi, lo + limit);
     for (int pos = lo; pos < end; pos++) {
         const cJSON *it = cJSON_GetArrayItem(list, asc ? pos : n - 1 - pos);
-        if (!cJSON_AddItemToArray(data, cJSON_Duplicate(it, true))) goto oom;
+        if (!cJSON_AddItemToArray(data, cJSON_Duplicate(it, true))) goto done;
     }
     const cJSON *first = qv__proto_field(cJSON_GetArrayItem(data, 0), "id");
     const cJSON *last = qv__proto_field(cJSON_GetArrayItem(data, end - lo - 1), "id");
-    if (!qv__proto_put_item(page, "first_id",
-                            cJSON_IsString(first) ? cJSON_CreateString(first->valuestring)
-                                                  : cJSON_CreateNull()) ||
-        !qv__proto_put_item(page, "last_id",
-                            cJSON_IsString(last) ? cJSON_CreateString(last->valuestring)
-                                                 : cJSON_CreateNull()) ||
-        !cJSON_AddBoolToObject(page, "has_more", end < hi))
-        goto oom;
-    if (!(text = cJSON_PrintUnformatted(page))) goto oom;
-    goto done;
-oom:
-    qv__proto_nomem(e);
+    if (qv__proto_put_item(page, "first_id",
+                           cJSON_IsString(first) ? cJSON_CreateString(first->valuestring)
+                                                 : cJSON_CreateNull()) &&
+        qv__proto_put_item(page, "last_id",
+                           cJSON_IsString(last) ? cJSON_CreateString(last->valuestring)
+                                                : cJSON_CreateNull()) &&
+        cJSON_AddBoolToObject(page, "has_more", end < hi))
+        text = cJSON_PrintUnformatted(page);
 done:
+    cJSON_Delete(page);
+    if (!text) qv__proto_nomem(e);
+    return text;
+}
+
+char *qv_proto_response_input_items(const char *response, const char *items,
+                                    const qv_proto_items_query *q, qv_proto_error *e) {
+    cJSON *r = cJSON_Parse(response ? response : ""), *list = cJSON_Parse(items ? items : "");
+    const cJSON *output = r ? qv__proto_field(r, "output") : NULL;
+    char *text = NULL;
+    if (!cJSON_IsArray(list) || !cJSON_IsArray(output)) /* the records are this file's JSON */
+        qv__proto_nomem(e);                             /* so only memory can fail */
+    else /* the conversation up to this response's own output */
+        text = items_page(list, QV_MAX(cJSON_GetArraySize(list) - cJSON_GetArraySize(output), 0), q,
+                          "this response's input items", e);
     cJSON_Delete(r);
     cJSON_Delete(list);
-    cJSON_Delete(page);
     return text;
 }
 
@@ -817,15 +872,179 @@ char *qv_proto_response_input_tokens(size_t n) {
     return s;
 }
 
-char *qv_proto_response_deleted(const char *id) {
+/* {"id", "object": object, "deleted": true}: what a DELETE answers. */
+static char *deleted_obj(const char *id, const char *object) {
     cJSON *o = cJSON_CreateObject();
     char *s = o && cJSON_AddStringToObject(o, "id", id) &&
-                      cJSON_AddStringToObject(o, "object", "response") &&
+                      cJSON_AddStringToObject(o, "object", object) &&
                       cJSON_AddTrueToObject(o, "deleted")
                   ? cJSON_PrintUnformatted(o)
                   : NULL;
     cJSON_Delete(o);
     return s;
+}
+
+char *qv_proto_response_deleted(const char *id) { return deleted_obj(id, "response"); }
+
+/* ---- the Conversations API ---- */
+
+/* The conversation object {"id", "object": "conversation", "created_at", "metadata"}. */
+static cJSON *conversation_obj(const char *id, int64_t created, const cJSON *metadata) {
+    cJSON *o = cJSON_CreateObject();
+    if (o && cJSON_AddStringToObject(o, "id", id) &&
+        cJSON_AddStringToObject(o, "object", "conversation") &&
+        cJSON_AddNumberToObject(o, "created_at", (double)created) &&
+        (metadata ? put_copy(o, "metadata", metadata)
+                  : cJSON_AddObjectToObject(o, "metadata") != NULL))
+        return o;
+    cJSON_Delete(o);
+    return NULL;
+}
+
+/* A body's `items` (at most 20, each readable as input) in the API's shape, with ids made of
+ * nonce and their place: a JSON array, or NULL with *e set. Absent items: an empty list when
+ * optional. */
+static cJSON *new_items(const cJSON *root, bool optional, const char *nonce, qv_proto_error *e) {
+    const cJSON *list = qv__proto_field(root, "items");
+    if (!list && optional) {
+        cJSON *none = cJSON_CreateArray();
+        if (!none) qv__proto_nomem(e);
+        return none;
+    }
+    if (!cJSON_IsArray(list) || (!optional && !cJSON_GetArraySize(list)) ||
+        cJSON_GetArraySize(list) > 20) {
+        rfail(e, "items", "'items' must be a list of 1 to 20 items");
+        return NULL;
+    }
+    cJSON *msgs = cJSON_CreateArray(), *out = cJSON_Duplicate(list, true);
+    if (!msgs || !out) {
+        qv__proto_nomem(e);
+        goto fail;
+    }
+    int i = 0;
+    cJSON *it;
+    cJSON_ArrayForEach(it, out) {
+        char param[32];
+        snprintf(param, sizeof(param), "items[%d]", i);
+        if (item_messages(msgs, it, param, e)) goto fail; /* readable as a request's input */
+        if (!canonical_item(it, nonce, i++)) {
+            qv__proto_nomem(e);
+            goto fail;
+        }
+    }
+    cJSON_Delete(msgs);
+    return out;
+fail:
+    cJSON_Delete(msgs);
+    cJSON_Delete(out);
+    return NULL;
+}
+
+/* The body of a Conversations API POST: a JSON object, or NULL with *e set. */
+static cJSON *conv_body(const char *body, size_t len, qv_proto_error *e) {
+    memset(e, 0, sizeof(*e));
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root)
+        rfail(e, NULL, "the request body is not valid JSON");
+    else if (!cJSON_IsObject(root)) {
+        rfail(e, NULL, "the request body must be a JSON object");
+        cJSON_Delete(root);
+        root = NULL;
+    }
+    return root;
+}
+
+qv_status qv_proto_conversation_create(const char *body, size_t len, const char *id,
+                                       int64_t created, const char *nonce, char **conv,
+                                       char **items, qv_proto_error *e) {
+    *conv = *items = NULL;
+    cJSON *root = conv_body(body, len, e), *list = NULL, *o = NULL;
+    const cJSON *meta = root ? qv__proto_field(root, "metadata") : NULL;
+    if (root && (!meta || !check_metadata(meta, e)) && (list = new_items(root, true, nonce, e))) {
+        if (!(o = conversation_obj(id, created, meta)) || !(*conv = cJSON_PrintUnformatted(o)) ||
+            !(*items = cJSON_PrintUnformatted(list))) {
+            qv_free(*conv);
+            *conv = NULL;
+            qv__proto_nomem(e);
+        }
+    }
+    cJSON_Delete(root);
+    cJSON_Delete(list);
+    cJSON_Delete(o);
+    return *conv ? QV_OK : e->status;
+}
+
+qv_status qv_proto_conversation_update(const char *body, size_t len, const char *conv, char **out,
+                                       qv_proto_error *e) {
+    *out = NULL;
+    cJSON *root = conv_body(body, len, e), *o = NULL;
+    const cJSON *meta = root ? qv__proto_field(root, "metadata") : NULL;
+    if (root && !meta) rfail(e, "metadata", "'metadata' is required");
+    if (meta && !check_metadata(meta, e)) {
+        if (!(o = cJSON_Parse(conv)) ||
+            !cJSON_ReplaceItemInObjectCaseSensitive(o, "metadata", cJSON_Duplicate(meta, true)) ||
+            !(*out = cJSON_PrintUnformatted(o)))
+            qv__proto_nomem(e);
+    }
+    cJSON_Delete(root);
+    cJSON_Delete(o);
+    return *out ? QV_OK : e->status;
+}
+
+qv_status qv_proto_conversation_add(const char *body, size_t len, const char *nonce, char **added,
+                                    qv_proto_error *e) {
+    *added = NULL;
+    cJSON *root = conv_body(body, len, e), *list = NULL;
+    if (root && (list = new_items(root, false, nonce, e)) &&
+        !(*added = cJSON_PrintUnformatted(list)))
+        qv__proto_nomem(e);
+    cJSON_Delete(root);
+    cJSON_Delete(list);
+    return *added ? QV_OK : e->status;
+}
+
+char *qv_proto_items_join(const char *items, const char *more, size_t from) {
+    cJSON *a = cJSON_Parse(items), *b = cJSON_Parse(more);
+    char *text = NULL;
+    bool ok = cJSON_IsArray(a) && cJSON_IsArray(b);
+    for (int i = (int)from; ok && i < cJSON_GetArraySize(b); i++)
+        ok = cJSON_AddItemToArray(a, cJSON_Duplicate(cJSON_GetArrayItem(b, i), true));
+    if (ok) text = cJSON_PrintUnformatted(a);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    return text;
+}
+
+char *qv_proto_items_find(const char *items, const char *item_id, bool remove, bool *found) {
+    cJSON *list = cJSON_Parse(items);
+    char *text = NULL;
+    const int at = cJSON_IsArray(list) ? item_index(list, cJSON_GetArraySize(list), item_id) : -1;
+    *found = at >= 0;
+    if (at >= 0) {
+        if (remove) cJSON_DeleteItemFromArray(list, at);
+        text = cJSON_PrintUnformatted(remove ? list : cJSON_GetArrayItem(list, at));
+    }
+    cJSON_Delete(list);
+    return text;
+}
+
+char *qv_proto_conversation_items(const char *items, const qv_proto_items_query *q,
+                                  qv_proto_error *e) {
+    memset(e, 0, sizeof(*e));
+    cJSON *list = cJSON_Parse(items ? items : "");
+    char *text = cJSON_IsArray(list)
+                     ? items_page(list, cJSON_GetArraySize(list), q, "this conversation's items", e)
+                     : (qv__proto_nomem(e), NULL);
+    cJSON_Delete(list);
+    return text;
+}
+
+char *qv_proto_conversation_deleted(const char *id) {
+    return deleted_obj(id, "conversation.deleted");
+}
+
+bool qv_proto_responses_conversation(const char *body, size_t len, char *id, size_t cap) {
+    return body_id(body, len, "conversation", id, cap);
 }
 
 /* ---- streaming ---- */

@@ -174,6 +174,8 @@ typedef struct request {
     char *resp_items;    /* the conversation's items up to this response's input */
     bool resp_keep;      /* to be kept in srv->resp_store once done */
     char resp_owner[65]; /* a digest of the API key that made it (resp_store's owner) */
+    char conv_id[128];   /* `conversation`: its id, "" when none or once its items were added */
+    size_t conv_prior;   /* items of resp_items that came from the conversation */
     qv_proto_response_stream rstream;
     bool stream_failed; /* [http] out of memory building a frame: the stream ends in error */
     bool sent_first, sent_finish, sent_usage, sent_done;
@@ -2142,19 +2144,65 @@ static bool response_out(request *r, qv_proto_response_out *o, qv_proto_tool_cal
     return true;
 }
 
+/* Random hex digits filling out[0..cap-1) (64 bits at a time from getrandom; a clock mix if
+ * that fails), NUL-terminated: the unguessable part of the ids of kept records. */
+static void random_hex(char *out, size_t cap) {
+    for (size_t at = 0; at + 1 < cap; at += 16) {
+        uint64_t v;
+        if (getrandom(&v, sizeof(v), 0) != (ssize_t)sizeof(v))
+            v = qv_fmix64((uint64_t)(uintptr_t)&v ^ (uint64_t)(qv_time_s() * 1e9) ^ at);
+        char hex[17];
+        snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)v);
+        const size_t n = QV_MIN((size_t)16, cap - 1 - at);
+        memcpy(out + at, hex, n);
+        out[at + n] = '\0';
+    }
+}
+
+/* resp_store edits: the conversation's items followed by a response's new ones. */
+typedef struct join_items_ctx {
+    const char *more; /* a JSON array of items */
+    size_t from;      /* the first of more's items to add */
+} join_items_ctx;
+
+static qv_status join_items(const char *response, const char *items, void *user,
+                            char **new_response, char **new_items) {
+    (void)response;
+    const join_items_ctx *j = user;
+    *new_response = NULL;
+    return (*new_items = qv_proto_items_join(items, j->more, j->from)) ? QV_OK : QV_ERR_NOMEM;
+}
+
 /* Keeps a finished response (once) for previous_response_id and GET /v1/responses/{id}: the
  * response object (encoded, the caller's; NULL: encoded here) and the conversation up to its
  * output. */
 static void keep_response(request *r, const qv_proto_response_out *o, const char *encoded) {
-    if (!r->resp_keep || !r->srv->resp_store) return;
+    const bool keep = r->resp_keep, append = r->conv_id[0] != '\0';
+    if ((!keep && !append) || !r->srv->resp_store) return;
     r->resp_keep = false;
-    char *own = encoded ? NULL : qv_proto_response_encode(o);
-    const char *json = encoded ? encoded : own;
     char *conv = qv_proto_response_conversation(r->resp_items, o);
-    if (!json || !conv || !qv_resp_store_put(r->srv->resp_store, r->id, r->resp_owner, json, conv))
-        QV_LOGW("response %s not kept (too large for --responses-store-mb, or out of memory)",
-                r->id);
-    qv_free(own);
+    if (append) { /* the conversation gets this response's input and output items */
+        join_items_ctx j = {.more = conv, .from = r->conv_prior};
+        const qv_status st =
+            conv ? qv_resp_store_edit(r->srv->resp_store, r->conv_id, r->resp_owner, join_items, &j)
+                 : QV_ERR_NOMEM;
+        if (st != QV_OK)
+            QV_LOGW("response %s: its items were not added to conversation %s (%s)", r->id,
+                    r->conv_id,
+                    st == QV_ERR_NOT_FOUND ? "deleted meanwhile"
+                    : st == QV_ERR_LIMIT   ? "too large for --responses-store-mb"
+                                           : "out of memory");
+        r->conv_id[0] = '\0';
+    }
+    if (keep) {
+        char *own = encoded ? NULL : qv_proto_response_encode(o);
+        const char *json = encoded ? encoded : own;
+        if (!json || !conv ||
+            !qv_resp_store_put(r->srv->resp_store, r->id, r->resp_owner, json, conv))
+            QV_LOGW("response %s not kept (too large for --responses-store-mb, or out of memory)",
+                    r->id);
+        qv_free(own);
+    }
     qv_free(conv);
 }
 
@@ -2607,23 +2655,214 @@ static bool encode_fitted(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
  * names, if it names one (*prior, the caller's to free; NULL when none is named), looked up for
  * owner. Otherwise sends the 404 (or 500) as *ret and returns false. */
 static bool responses_prior(server *srv, struct MHD_Connection *c, conn_ctx *ctx, const char *owner,
-                            char **prior, enum MHD_Result *ret) {
+                            char **prior, char conv[128], enum MHD_Result *ret) {
     char prev[160];
+    const char *body = ctx->body ? ctx->body : "";
     *prior = NULL;
-    if (!qv_proto_responses_previous(ctx->body ? ctx->body : "", ctx->body_len, prev, sizeof(prev)))
+    conv[0] = '\0';
+    const bool has_prev = qv_proto_responses_previous(body, ctx->body_len, prev, sizeof(prev));
+    const bool has_conv = qv_proto_responses_conversation(body, ctx->body_len, conv, 128);
+    if (has_prev == has_conv) { /* neither; or both, which the decoder refuses */
+        conv[0] = '\0';
         return true;
-    const qv_status gs = srv->resp_store
-                             ? qv_resp_store_get(srv->resp_store, prev, owner, NULL, prior)
+    }
+    const char *id = has_prev ? prev : conv;
+    const qv_status gs = srv->resp_store && !strncmp(id, has_prev ? "resp_" : "conv_", 5)
+                             ? qv_resp_store_get(srv->resp_store, id, owner, NULL, prior)
                              : QV_ERR_NOT_FOUND;
     if (gs == QV_OK) return true;
+    conv[0] = '\0';
     *ret = gs == QV_ERR_NOMEM
                ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
-               : send_error(c, ctx, 404, "previous_response_id", "previous_response_not_found",
-                            "previous response '%.100s' not found%s", prev,
+               : send_error(c, ctx, 404, has_prev ? "previous_response_id" : "conversation",
+                            has_prev ? "previous_response_not_found" : "conversation_not_found",
+                            "%s '%.100s' not found%s",
+                            has_prev ? "previous response" : "conversation", id,
                             srv->resp_store ? ""
                                             : " (this server keeps none: "
                                               "--responses-store-mb 0)");
     return false;
+}
+
+/* 405 with the methods the route allows. */
+static enum MHD_Result send_405(struct MHD_Connection *c, conn_ctx *ctx, const char *allow) {
+    char *json = ctx->tgi ? qv_proto_tgi_encode_error("method not allowed", "method_not_allowed")
+                          : qv_proto_encode_error("method not allowed", "invalid_request_error",
+                                                  NULL, "method_not_allowed");
+    size_t len = 0;
+    char *p = libc_copy(json ? json : "{}", &len);
+    qv_free(json);
+    if (!p) return MHD_NO;
+    const char *const extra[] = {MHD_HTTP_HEADER_ALLOW, allow, NULL};
+    return queue_answer(c, ctx, 405, "application/json", p, len, extra);
+}
+
+/* resp_store edits of a conversation (qv_resp_store_edit), with what the answer needs. */
+typedef struct conv_edit {
+    const char *body; /* POST /v1/conversations/{id}: the new metadata */
+    size_t body_len;
+    const char *added;   /* POST .../items: the new items (a JSON array) */
+    const char *item_id; /* DELETE .../items/{item_id} */
+    qv_proto_error pe;
+    bool item_missing;
+    char *conv; /* the conversation object after the edit (a copy, the caller's) */
+} conv_edit;
+
+static qv_status edit_conversation(const char *conv, const char *items, void *user, char **new_conv,
+                                   char **new_items) {
+    conv_edit *ed = user;
+    *new_conv = *new_items = NULL;
+    qv_status st = QV_OK;
+    if (ed->body) {
+        st = qv_proto_conversation_update(ed->body, ed->body_len, conv, new_conv, &ed->pe);
+    } else if (ed->added) {
+        if (!(*new_items = qv_proto_items_join(items, ed->added, 0))) st = QV_ERR_NOMEM;
+    } else {
+        bool found;
+        *new_items = qv_proto_items_find(items, ed->item_id, true, &found);
+        ed->item_missing = !found;
+        st = !found ? QV_ERR_NOT_FOUND : *new_items ? QV_OK : QV_ERR_NOMEM;
+    }
+    if (st == QV_OK && !(ed->conv = qv_strdup(*new_conv ? *new_conv : conv))) st = QV_ERR_NOMEM;
+    if (st != QV_OK) {
+        qv_free(*new_conv);
+        qv_free(*new_items);
+        *new_conv = *new_items = NULL;
+    }
+    return st;
+}
+
+/* The Conversations API (docs/http-api.md#conversations): conversations kept in resp_store
+ * under "conv_" ids, owned like responses by a digest of the API key. url starts with
+ * /v1/conversations. HTTP thread. */
+static enum MHD_Result handle_conversations(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                                            const char *method, const char *url) {
+    const bool get = !strcmp(method, MHD_HTTP_METHOD_GET),
+               post = !strcmp(method, MHD_HTTP_METHOD_POST),
+               del = !strcmp(method, MHD_HTTP_METHOD_DELETE);
+    const char *rest = url + strlen("/v1/conversations");
+    char id[128] = "", item[128] = "", owner[65];
+    const char *sub = ""; /* after the id: "", "/items" or "/items/{item}" */
+    if (*rest) {
+        const size_t n = strcspn(rest + 1, "/");
+        sub = rest + 1 + n;
+        const bool items_sub = !strncmp(sub, "/items", 6) && (!sub[6] || sub[6] == '/');
+        const char *it = items_sub && sub[6] ? sub + 7 : NULL;
+        if (!n || n >= sizeof(id) || (*sub && !items_sub) ||
+            (it && (!*it || strlen(it) >= sizeof(item) || strchr(it, '/'))))
+            return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %.200s", method,
+                              url);
+        memcpy(id, rest + 1, n);
+        if (it) memcpy(item, it, strlen(it) + 1);
+    }
+    const bool one_item = item[0] != '\0', items_route = *sub && !one_item;
+    const char *allow = !*rest        ? "POST"
+                        : one_item    ? "GET, DELETE"
+                        : items_route ? "GET, POST"
+                                      : "GET, POST, DELETE";
+    if ((!*rest && !post) || (one_item && !get && !del) || (items_route && !get && !post) ||
+        (!get && !post && !del))
+        return send_405(c, ctx, allow);
+    key_owner(c, owner);
+    if (!srv->resp_store)
+        return send_error(c, ctx, 404, NULL, "not_found",
+                          "this server keeps no conversations (--responses-store-mb 0)");
+    const char *body = ctx->body ? ctx->body : "";
+    qv_proto_error pe = {0};
+    char nonce[17];
+    random_hex(nonce, sizeof(nonce));
+    if (!*rest) { /* POST /v1/conversations: a new one */
+        char cid[5 + 32 + 1] = "conv_", *conv = NULL, *items = NULL;
+        random_hex(cid + 5, sizeof(cid) - 5);
+        if (qv_proto_conversation_create(body, ctx->body_len, cid, (int64_t)time(NULL), nonce,
+                                         &conv, &items, &pe))
+            return send_proto_error(c, ctx, &pe);
+        const bool kept = qv_resp_store_put(srv->resp_store, cid, owner, conv, items);
+        qv_free(items);
+        if (!kept) {
+            qv_free(conv);
+            return send_error(c, ctx, 400, "items", "invalid_value",
+                              "the conversation does not fit in --responses-store-mb (or out of "
+                              "memory)");
+        }
+        return send_json(c, ctx, 200, conv);
+    }
+    qv_status st = QV_ERR_NOT_FOUND;
+    char *conv = NULL, *items = NULL, *added = NULL, *out = NULL;
+    const bool known = !strncmp(id, "conv_", 5);
+    enum MHD_Result ret;
+    if (get && known) { /* read: the object, a page of its items, or one item */
+        st = qv_resp_store_get(srv->resp_store, id, owner, *sub ? NULL : &conv,
+                               *sub ? &items : NULL);
+        if (st == QV_OK && one_item) {
+            bool found;
+            out = qv_proto_items_find(items, item, false, &found);
+            if (!found) goto item_missing;
+            if (!out) st = QV_ERR_NOMEM;
+        } else if (st == QV_OK && items_route) {
+            const qv_proto_items_query q = {
+                .after = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "after"),
+                .limit = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit"),
+                .order = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "order")};
+            if (!(out = qv_proto_conversation_items(items, &q, &pe))) {
+                ret = send_proto_error(c, ctx, &pe);
+                goto done;
+            }
+        } else if (st == QV_OK) {
+            out = conv;
+            conv = NULL;
+        }
+    } else if (del && known && !one_item) { /* forget it */
+        st = qv_resp_store_delete(srv->resp_store, id, owner) ? QV_OK : QV_ERR_NOT_FOUND;
+        if (st == QV_OK && !(out = qv_proto_conversation_deleted(id))) st = QV_ERR_NOMEM;
+    } else if (known) { /* change it: metadata, new items, an item less */
+        conv_edit ed = {.item_id = item};
+        if (post && items_route) {
+            if (qv_proto_conversation_add(body, ctx->body_len, nonce, &added, &pe)) {
+                ret = send_proto_error(c, ctx, &pe);
+                goto done;
+            }
+            ed.added = added;
+        } else if (post) {
+            ed.body = body;
+            ed.body_len = ctx->body_len;
+        }
+        st = qv_resp_store_edit(srv->resp_store, id, owner, edit_conversation, &ed);
+        if (ed.body && st == QV_ERR_INVALID) {
+            ret = send_proto_error(c, ctx, &ed.pe);
+            goto done;
+        }
+        if (ed.item_missing) goto item_missing;
+        if (st == QV_OK && ed.added) { /* the items added, as a list */
+            const qv_proto_items_query all = {.order = "asc", .limit = "100"};
+            if (!(out = qv_proto_conversation_items(added, &all, &pe))) st = QV_ERR_NOMEM;
+        } else if (st == QV_OK) {
+            out = ed.conv;
+            ed.conv = NULL;
+        }
+        qv_free(ed.conv);
+    }
+    if (st == QV_ERR_LIMIT)
+        ret = send_error(c, ctx, 400, "items", "invalid_value",
+                         "the conversation would outgrow --responses-store-mb");
+    else if (st == QV_ERR_NOT_FOUND)
+        ret = send_error(c, ctx, 404, NULL, "not_found", "conversation '%.100s' not found", id);
+    else if (st != QV_OK)
+        ret = send_error(c, ctx, 500, NULL, NULL, "out of memory");
+    else {
+        ret = send_json(c, ctx, 200, out);
+        out = NULL;
+    }
+    goto done;
+item_missing:
+    ret = send_error(c, ctx, 404, NULL, "not_found", "no item '%.100s' in conversation '%.100s'",
+                     item, id);
+done:
+    qv_free(conv);
+    qv_free(items);
+    qv_free(added);
+    qv_free(out);
+    return ret;
 }
 
 /* POST /v1/responses/input_tokens (client.responses.input_tokens.count): the input tokens
@@ -2640,7 +2879,8 @@ static enum MHD_Result handle_input_tokens(server *srv, struct MHD_Connection *c
     size_t n_ids = 0;
     memset(&pr, 0, sizeof(pr));
     key_owner(c, owner);
-    if (!responses_prior(srv, c, ctx, owner, &prior, &ret)) goto done;
+    char conv[128];
+    if (!responses_prior(srv, c, ctx, owner, &prior, conv, &ret)) goto done;
     if (qv_proto_responses_decode(ctx->body ? ctx->body : "", ctx->body_len, prior,
                                   srv->resp_store != NULL, &pr, &rx, &pe) != QV_OK) {
         ret = send_proto_error(c, ctx, &pe);
@@ -3040,13 +3280,13 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     size_t n_prompts = 1;
     request *r = NULL;
     qv_proto_responses_extra rx = {0}; /* Responses API: echo, conversation, keep */
-    char *prior = NULL, owner[65] = "";
+    char *prior = NULL, owner[65] = "", conv[128] = "";
     enum MHD_Result ret;
     const char *body = ctx->body ? ctx->body : "";
     memset(&pr, 0, sizeof(pr));
     if (ep == QV_PROTO_RESPONSES) {
         key_owner(c, owner);
-        if (!responses_prior(srv, c, ctx, owner, &prior, &ret)) goto done;
+        if (!responses_prior(srv, c, ctx, owner, &prior, conv, &ret)) goto done;
     }
     if ((ep == QV_PROTO_GENERATE ? qv_proto_tgi_decode(body, ctx->body_len, &pr, &tgi, &pe)
          : ep == QV_PROTO_RESPONSES
@@ -3259,13 +3499,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
              : ep == QV_PROTO_RESPONSES ? "resp_"
                                         : "cmpl-",
              (unsigned long)ms.created, serial);
-    uint64_t nonce;
-    if (ep == QV_PROTO_RESPONSES) { /* an id that reads a kept response: not guessable */
-        if (getrandom(&nonce, sizeof(nonce), 0) != (ssize_t)sizeof(nonce))
-            nonce = qv_fmix64((uint64_t)(uintptr_t)&nonce ^ (uint64_t)(qv_time_s() * 1e9));
-        const size_t at = strlen(ms.id);
-        snprintf(ms.id + at, sizeof(ms.id) - at, "%016llx", (unsigned long long)nonce);
-    }
+    if (ep == QV_PROTO_RESPONSES) /* an id that reads a kept response: not guessable */
+        random_hex(ms.id + strlen(ms.id), QV_MIN((size_t)17, sizeof(ms.id) - strlen(ms.id)));
     /* a drawn seed fits 53 bits: reported back (TGI details.seed), it survives JSON doubles;
      * choice j of each prompt samples with seed + j */
     ms.seed = pr.has_seed ? pr.seed
@@ -3302,6 +3537,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     r->resp_items = rx.items;
     r->resp_keep = rx.store;
     memcpy(r->resp_owner, owner, sizeof(owner));
+    memcpy(r->conv_id, conv, sizeof(conv));
+    r->conv_prior = rx.n_prior;
     rx.echo = rx.items = NULL;
     for (size_t p = 0; p < n_prompts; p++)
         r->usage_prompt += (int)pin[p].n_ids;
@@ -4010,6 +4247,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     ctx->tgi = tgi_route;
     bool known = !strcmp(url, "/v1/models") || (!strncmp(url, "/v1/models/", 11) && url[11]) ||
                  (!strncmp(url, "/v1/responses/", 14) && url[14]) || !strcmp(url, "/metrics") ||
+                 (!strncmp(url, "/v1/conversations", 17) && (!url[17] || url[17] == '/')) ||
                  !strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions") ||
                  !strcmp(url, "/v1/responses") || adapters_route || lora_route || tok_route ||
                  tgi_route;
@@ -4056,6 +4294,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!get) goto bad_method;
         return admin_begin(srv, c, ctx, JOB_TIERS, RESP_MODELS, NULL);
     }
+    if (!strncmp(url, "/v1/conversations", 17) && (!url[17] || url[17] == '/'))
+        return handle_conversations(srv, c, ctx, method, url);
     if (!strcmp(url, "/v1/responses/input_tokens")) { /* no response's id: ids start resp_ */
         if (!post_m) goto bad_method;
         return handle_input_tokens(srv, c, ctx);
@@ -4075,9 +4315,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         char owner[65], *json = NULL, *items = NULL;
         key_owner(c, owner);
         qv_status st = QV_ERR_NOT_FOUND;
-        if (srv->resp_store && del)
+        const bool kept = srv->resp_store && !strncmp(id, "resp_", 5); /* not a conversation */
+        if (kept && del)
             st = qv_resp_store_delete(srv->resp_store, id, owner) ? QV_OK : QV_ERR_NOT_FOUND;
-        else if (srv->resp_store)
+        else if (kept)
             st = qv_resp_store_get(srv->resp_store, id, owner, &json, inputs ? &items : NULL);
         if (st == QV_ERR_NOMEM) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
         if (st != QV_OK)
@@ -4161,15 +4402,7 @@ bad_method:;
         : !strncmp(url, "/v1/adapters/", 13)                            ? "GET, PUT, DELETE"
         : !strncmp(url, "/v1/responses/", 14) && !strchr(url + 14, '/') ? "GET, DELETE"
                                                                         : "GET";
-    char *json = ctx->tgi ? qv_proto_tgi_encode_error("method not allowed", "method_not_allowed")
-                          : qv_proto_encode_error("method not allowed", "invalid_request_error",
-                                                  NULL, "method_not_allowed");
-    size_t len = 0;
-    char *p = libc_copy(json ? json : "{}", &len);
-    qv_free(json);
-    if (!p) return MHD_NO;
-    const char *const extra[] = {MHD_HTTP_HEADER_ALLOW, allow, NULL};
-    return queue_answer(c, ctx, 405, "application/json", p, len, extra);
+    return send_405(c, ctx, allow);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,

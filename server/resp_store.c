@@ -1,6 +1,6 @@
 /*
- * resp_store.c - stored Responses API responses (see resp_store.h): a hash table of records
- * chained per bucket, and a doubly linked list in use order (head: most recent).
+ * resp_store.c - stored Responses API responses and conversations (see resp_store.h): a hash table
+ * of records chained per bucket, and a doubly linked list in use order (head: most recent).
  */
 #include "server/resp_store.h"
 
@@ -116,10 +116,15 @@ static void grow(qv_resp_store *s) {
     s->n_buckets = nb;
 }
 
+/* A record's bytes with these texts. */
+static size_t rec_bytes(const char *id, const char *owner, const char *response,
+                        const char *items) {
+    return sizeof(rec) + strlen(id) + strlen(owner) + strlen(response) + strlen(items) + 4;
+}
+
 bool qv_resp_store_put(qv_resp_store *s, const char *id, const char *owner, const char *response,
                        const char *items) {
-    const size_t bytes =
-        sizeof(rec) + strlen(id) + strlen(owner) + strlen(response) + strlen(items) + 4;
+    const size_t bytes = rec_bytes(id, owner, response, items);
     if (bytes > s->max_bytes) return false;
     rec *r = qv_calloc(1, sizeof(*r));
     if (!r || !(r->id = qv_strdup(id)) || !(r->owner = qv_strdup(owner)) ||
@@ -163,6 +168,35 @@ qv_status qv_resp_store_get(qv_resp_store *s, const char *id, const char *owner,
         if (response) qv_free(*response), *response = NULL;
         if (items) qv_free(*items), *items = NULL;
     }
+    return st;
+}
+
+qv_status qv_resp_store_edit(qv_resp_store *s, const char *id, const char *owner,
+                             qv_resp_store_edit_fn edit, void *user) {
+    char *resp2 = NULL, *items2 = NULL;
+    pthread_mutex_lock(&s->mu);
+    rec *r = *slot_of(s, id);
+    qv_status st = r && !strcmp(r->owner, owner) ? QV_OK : QV_ERR_NOT_FOUND;
+    if (st == QV_OK) st = edit(r->response, r->items, user, &resp2, &items2);
+    if (st == QV_OK) {
+        const size_t bytes =
+            rec_bytes(r->id, r->owner, resp2 ? resp2 : r->response, items2 ? items2 : r->items);
+        if (bytes > s->max_bytes) {
+            st = QV_ERR_LIMIT;
+        } else {
+            unlink_use(s, r);
+            push_front(s, r);
+            s->bytes = s->bytes - r->bytes + bytes;
+            r->bytes = bytes;
+            if (resp2) qv_free(r->response), r->response = resp2, resp2 = NULL;
+            if (items2) qv_free(r->items), r->items = items2, items2 = NULL;
+            while (s->tail != r && s->bytes > s->max_bytes)
+                drop(s, slot_of(s, s->tail->id), s->tail);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    qv_free(resp2);
+    qv_free(items2);
     return st;
 }
 

@@ -1,8 +1,10 @@
 /*
  * resp_store.h - the Responses API's stored responses: what previous_response_id continues and
- * GET / DELETE /v1/responses/{id} read. In the process's memory (lost on restart, not shared
- * between replicas), bounded in bytes, least recently used out first. Each response belongs to
- * the API key that made it (a digest of the key): another key finds nothing.
+ * GET / DELETE /v1/responses/{id} read; and its conversations (/v1/conversations), records of
+ * the same kind (the conversation object and its items) under "conv_" ids. In the process's memory
+ * (lost on restart, not shared between replicas), bounded in bytes, least recently used out first.
+ * Each response belongs to the API key that made it (a digest of the key): another key finds
+ * nothing.
  *
  * Thread: every function may run on any thread (one mutex inside).
  */
@@ -31,6 +33,19 @@ bool qv_resp_store_put(qv_resp_store *s, const char *id, const char *owner, cons
  * QV_ERR_NOT_FOUND, or QV_ERR_NOMEM. */
 qv_status qv_resp_store_get(qv_resp_store *s, const char *id, const char *owner, char **response,
                             char **items);
+
+/* An edit of a record (qv_resp_store_edit): from its texts, sets the new ones (qv_malloc'd;
+ * NULL leaves that one as it is) and returns QV_OK, or an error that leaves the record as it
+ * was. Runs under the store's lock: no calls back into the store. */
+typedef qv_status (*qv_resp_store_edit_fn)(const char *response, const char *items, void *user,
+                                           char **new_response, char **new_items);
+
+/* Changes id's record in place, atomically with respect to every other call, when it exists
+ * and belongs to owner: QV_OK (the record becomes the most recently used; others leave to
+ * make room), edit's error, QV_ERR_LIMIT when the edited record would not fit in the store
+ * (it stays as it was), or QV_ERR_NOT_FOUND. */
+qv_status qv_resp_store_edit(qv_resp_store *s, const char *id, const char *owner,
+                             qv_resp_store_edit_fn edit, void *user);
 
 /* Removes id's record if it belongs to owner; false when there is none. */
 bool qv_resp_store_delete(qv_resp_store *s, const char *id, const char *owner);

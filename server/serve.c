@@ -45,8 +45,9 @@ static void usage(FILE *f) {
                "  --max-tokens-limit N     largest max_tokens accepted (default 4096)\n"
                "  --queue-limit N          waiting requests before 429 (default 256)\n");
     fprintf(f, "  --responses-store-mb N   memory for responses kept for previous_response_id\n"
-               "                           and GET /v1/responses/{id}, MiB; the least recently\n"
-               "                           used leave first; 0 = keep none (default 64)\n"
+               "                           and GET /v1/responses/{id}, and for conversations,\n"
+               "                           MiB; the least recently used leave first; 0 = keep\n"
+               "                           none (default 64)\n"
                "  --chat-template NAME     chat format instead of the one detected from the\n"
                "                           model's template: chatml, qwen2.5, llama3,\n"
                "                           llama3.1, llama3.2, llama2, llama2-chat, llama2-sys,\n"

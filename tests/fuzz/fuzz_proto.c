@@ -121,11 +121,42 @@ static void check_events(char *ev, size_t len) {
 
 /* The Responses API (first byte: chat with bit 3): a decode is a chat request with messages
  * and a JSON echo; its response and its events, streamed in two steps, are valid JSON. */
+/* The Conversations API on the same body: a conversation, a metadata update, items added;
+ * what is accepted is JSON that the items functions read. */
+static void fuzz_conversation(const char *body, size_t len) {
+    qv_proto_error e;
+    char *conv = NULL, *items = NULL, *out = NULL, *added = NULL;
+    qv_status s = qv_proto_conversation_create(body, len, "conv_f", 1, "n", &conv, &items, &e);
+    CHECK(s == QV_OK ? conv && items : !conv && !items && e.message[0]);
+    if (s == QV_OK) {
+        s = qv_proto_conversation_update(body, len, conv, &out, &e);
+        CHECK(s == QV_OK ? out != NULL : out == NULL);
+        if (out) check_json(out);
+    }
+    s = qv_proto_conversation_add(body, len, "m", &added, &e);
+    CHECK(s == QV_OK ? added != NULL : added == NULL);
+    if (added && items) {
+        char *joined = qv_proto_items_join(items, added, 0);
+        bool found;
+        char *less = joined ? qv_proto_items_find(joined, "msg_m_in0", true, &found) : NULL;
+        CHECK(!joined || found || !less);
+        const qv_proto_items_query q = {.order = "asc", .limit = "3"};
+        char *page = joined ? qv_proto_conversation_items(joined, &q, &e) : NULL;
+        if (page) check_json(page);
+        if (less) check_json(less);
+        if (joined) check_json(joined);
+    }
+    qv_free(conv);
+    qv_free(items);
+    qv_free(added);
+}
+
 static int fuzz_responses(const char *body, size_t len) {
     qv_proto_request r;
     qv_proto_error e;
     qv_proto_responses_extra x;
     static const char prior[] = "[{\"role\":\"user\",\"content\":\"p\"}]";
+    fuzz_conversation(body, len);
     qv_status s =
         qv_proto_responses_decode(body, len, len % 2 ? prior : NULL, len % 3 == 0, &r, &x, &e);
     char *echo = x.echo;

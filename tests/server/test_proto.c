@@ -1733,6 +1733,165 @@ static void test_response_input_items(void **state) {
     qv_free(count);
 }
 
+/* The Conversations API's records: a conversation and its items, metadata updates, items
+ * added, found, removed and paged, and a response in a conversation. */
+static void test_conversations(void **state) {
+    (void)state;
+    qv_proto_error e;
+    char *conv = NULL, *items = NULL, *out = NULL, *added = NULL;
+    const char *body = "{\"metadata\":{\"k\":\"v\"},\"items\":[{\"role\":\"user\",\"content\":"
+                       "\"a\"},{\"type\":\"function_call\",\"call_id\":\"c\",\"name\":\"f\","
+                       "\"arguments\":\"{}\"}]}";
+    assert_int_equal(
+        qv_proto_conversation_create(body, strlen(body), "conv_1", 7, "n0", &conv, &items, &e),
+        QV_OK);
+    assert_string_equal(conv, "{\"id\":\"conv_1\",\"object\":\"conversation\",\"created_at\":7,"
+                              "\"metadata\":{\"k\":\"v\"}}");
+    cJSON *j = cJSON_Parse(items);
+    assert_int_equal(cJSON_GetArraySize(j), 2);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(j, 0), "id")->valuestring,
+                        "msg_n0_in0");
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(j, 1), "id")->valuestring,
+                        "fc_n0_in1");
+    cJSON_Delete(j);
+    /* metadata replaced */
+    body = "{\"metadata\":{\"x\":\"y\"}}";
+    assert_int_equal(qv_proto_conversation_update(body, strlen(body), conv, &out, &e), QV_OK);
+    assert_non_null(strstr(out, "\"metadata\":{\"x\":\"y\"}"));
+    qv_free(out);
+    /* items added after the others, found, removed */
+    body = "{\"items\":[{\"role\":\"assistant\",\"content\":\"b\"}]}";
+    assert_int_equal(qv_proto_conversation_add(body, strlen(body), "n1", &added, &e), QV_OK);
+    char *joined = qv_proto_items_join(items, added, 0);
+    bool found;
+    char *one = qv_proto_items_find(joined, "msg_n1_in0", false, &found);
+    assert_true(found);
+    assert_non_null(strstr(one, "\"output_text\""));
+    qv_free(one);
+    char *less = qv_proto_items_find(joined, "msg_n0_in0", true, &found);
+    assert_true(found);
+    j = cJSON_Parse(less);
+    assert_int_equal(cJSON_GetArraySize(j), 2);
+    cJSON_Delete(j);
+    assert_null(qv_proto_items_find(joined, "msg_none", true, &found));
+    assert_false(found);
+    const qv_proto_items_query q = {.order = "asc", .after = "msg_n0_in0"};
+    char *page = qv_proto_conversation_items(joined, &q, &e), got[256];
+    page_ids(page, got, sizeof(got));
+    assert_string_equal(got, "fc_n0_in1 msg_n1_in0");
+    qv_free(page);
+    char *tail = qv_proto_items_join("[]", joined, 2); /* a response's new items only */
+    assert_non_null(strstr(tail, "msg_n1_in0"));
+    assert_null(strstr(tail, "fc_n0_in1"));
+    qv_free(tail);
+    char *gone = qv_proto_conversation_deleted("conv_1");
+    assert_string_equal(gone, "{\"id\":\"conv_1\",\"object\":\"conversation.deleted\","
+                              "\"deleted\":true}");
+    qv_free(gone);
+
+    /* a response in the conversation: its items are the prior ones, its echo names it */
+    qv_proto_request r;
+    qv_proto_responses_extra x;
+    char id[64];
+    body = "{\"conversation\":{\"id\":\"conv_1\"},\"input\":\"q\"}";
+    assert_true(qv_proto_responses_conversation(body, strlen(body), id, sizeof(id)));
+    assert_string_equal(id, "conv_1");
+    assert_false(qv_proto_responses_conversation(body, strlen(body), id, 4));
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), joined, true, &r, &x, &e),
+                     QV_OK);
+    assert_int_equal(x.n_prior, 3);
+    assert_int_equal(r.n_messages, 4); /* a, the call (an assistant message), b, q */
+    j = cJSON_Parse(x.echo);
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(j, "conversation"), "id")->valuestring, "conv_1");
+    cJSON_Delete(j);
+    qv_free(x.echo);
+    qv_free(x.items);
+    qv_proto_request_free(&r);
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, true, &r, &x, &e),
+                     QV_ERR_INVALID);
+    assert_string_equal(e.param, "conversation");
+    qv_proto_request_free(&r);
+
+    static const struct {
+        int kind; /* 0 create, 1 update, 2 add, 3 response */
+        const char *body, *param;
+    } bad[] = {
+        {0, "{\"items\":{}}", "items"},
+        {0, "{\"items\":[{\"role\":\"robot\",\"content\":\"x\"}]}", "items[0]"},
+        {0, "{\"items\":[{\"type\":\"function_call_output\"}]}", "items[0]"},
+        {0, "{\"metadata\":{\"k\":1}}", "metadata"},
+        {0, "{\"metadata\":[]}", "metadata"},
+        {0, "[]", ""},
+        {0, "{", ""},
+        {1, "{}", "metadata"},
+        {1,
+         "{\"metadata\":{\"k\":\"v\","
+         "\"kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
+         "kkkkkk\":\"v\"}}",
+         "metadata"},
+        {2, "{\"items\":[]}", "items"},
+        {2, "{}", "items"},
+        {3, "{\"conversation\":5,\"input\":\"q\"}", "conversation"},
+        {3, "{\"conversation\":\"conv_1\",\"previous_response_id\":\"resp_1\",\"input\":\"q\"}",
+         "conversation"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *b = bad[i].body;
+        char *o1 = NULL, *o2 = NULL;
+        qv_status st =
+            bad[i].kind == 0
+                ? qv_proto_conversation_create(b, strlen(b), "conv_2", 1, "n", &o1, &o2, &e)
+            : bad[i].kind == 1 ? qv_proto_conversation_update(b, strlen(b), conv, &o1, &e)
+            : bad[i].kind == 2 ? qv_proto_conversation_add(b, strlen(b), "n", &o1, &e)
+                               : qv_proto_responses_decode(b, strlen(b), joined, true, &r, &x, &e);
+        assert_int_equal(st, QV_ERR_INVALID);
+        assert_string_equal(e.param, bad[i].param);
+        assert_null(o1);
+        assert_null(o2);
+        if (bad[i].kind == 3) qv_proto_request_free(&r);
+    }
+    /* 21 items are too many */
+    char many[1024] = "{\"items\":[";
+    for (int i = 0; i < 21; i++)
+        strcat(many, i ? ",\"x\"" : "\"x\"");
+    strcat(many, "]}");
+    assert_int_equal(qv_proto_conversation_add(many, strlen(many), "n", &out, &e), QV_ERR_INVALID);
+    assert_string_equal(e.param, "items");
+    /* allocation failures anywhere fail cleanly */
+    body = "{\"metadata\":{\"k\":\"v\"},\"items\":[{\"role\":\"user\",\"content\":\"a\"}]}";
+    for (int k = 0;; k++) {
+        char *c2 = NULL, *i2 = NULL, *u = NULL, *a = NULL;
+        qv_alloc_fail_after(k);
+        const qv_status s1 =
+            qv_proto_conversation_create(body, strlen(body), "conv_3", 1, "n", &c2, &i2, &e);
+        const qv_status s2 = qv_proto_conversation_update(body, strlen(body), conv, &u, &e);
+        const qv_status s3 = qv_proto_conversation_add(body, strlen(body), "n", &a, &e);
+        char *jn = qv_proto_items_join(items, added, 0);
+        char *fd = qv_proto_items_find(joined, "msg_n1_in0", true, &found);
+        char *pg = qv_proto_conversation_items(joined, &q, &e);
+        qv_alloc_fail_after(-1);
+        const bool done = !s1 && !s2 && !s3 && jn && fd && pg;
+        assert_true((s1 == QV_OK || s1 == QV_ERR_NOMEM || s1 == QV_ERR_INVALID) &&
+                    (s2 == QV_OK || s2 == QV_ERR_NOMEM || s2 == QV_ERR_INVALID) &&
+                    (s3 == QV_OK || s3 == QV_ERR_NOMEM || s3 == QV_ERR_INVALID));
+        qv_free(c2);
+        qv_free(i2);
+        qv_free(u);
+        qv_free(a);
+        qv_free(jn);
+        qv_free(fd);
+        qv_free(pg);
+        if (done) break;
+        assert_true(k < 5000);
+    }
+    qv_free(less);
+    qv_free(joined);
+    qv_free(added);
+    qv_free(conv);
+    qv_free(items);
+}
+
 /* The event names of an SSE text, in order, joined by spaces. */
 static void event_names(const char *ev, char *out, size_t cap) {
     out[0] = '\0';
@@ -1947,6 +2106,7 @@ int main(void) {
         cmocka_unit_test(test_whitespace_pattern),
         cmocka_unit_test(test_responses_decode),
         cmocka_unit_test(test_response_input_items),
+        cmocka_unit_test(test_conversations),
         cmocka_unit_test(test_response_events),
         cmocka_unit_test(test_response_call_events),
     };

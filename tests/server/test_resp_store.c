@@ -1,7 +1,8 @@
 /*
  * test_resp_store.c - the Responses API's response store (server/resp_store.c): records by id
  * and owner, replacement, least-recently-used eviction within the byte budget, deletes, a
- * record larger than the store, allocation failures, and threads using it at once.
+ * record larger than the store, allocation failures, threads using it at once, and edits in
+ * place (the Conversations API's appends) from several threads.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -123,6 +124,83 @@ typedef struct worker {
     int found;
 } worker;
 
+/* An edit appending "x" to the items text (a counter of edits), or failing on request. */
+static qv_status append_x(const char *response, const char *items, void *user, char **new_response,
+                          char **new_items) {
+    (void)response;
+    const int *mode = user;
+    *new_response = NULL;
+    if (*mode == 1) return QV_ERR_INVALID;
+    const size_t n = strlen(items) + (*mode == 2 ? 4000 : 1);
+    if (!(*new_items = qv_malloc(n + 1))) return QV_ERR_NOMEM;
+    memset(*new_items, 'x', n);
+    memcpy(*new_items, items, strlen(items));
+    (*new_items)[n] = '\0';
+    return QV_OK;
+}
+
+/* Edits in place: the owner's only, errors leave the record, a record that would outgrow the
+ * store stays as it was, other records leave to make room, and 4 threads appending to one
+ * record lose no edit. */
+static void test_edit(void **state) {
+    (void)state;
+    qv_resp_store *s = qv_resp_store_create(3000);
+    int mode = 0;
+    assert_true(qv_resp_store_put(s, "conv_a", "me", "{}", ""));
+    assert_int_equal(qv_resp_store_edit(s, "conv_a", "me", append_x, &mode), QV_OK);
+    assert_int_equal(qv_resp_store_edit(s, "conv_a", "you", append_x, &mode), QV_ERR_NOT_FOUND);
+    assert_int_equal(qv_resp_store_edit(s, "conv_b", "me", append_x, &mode), QV_ERR_NOT_FOUND);
+    mode = 1;
+    assert_int_equal(qv_resp_store_edit(s, "conv_a", "me", append_x, &mode), QV_ERR_INVALID);
+    mode = 2;
+    assert_int_equal(qv_resp_store_edit(s, "conv_a", "me", append_x, &mode), QV_ERR_LIMIT);
+    char *items = NULL;
+    assert_int_equal(qv_resp_store_get(s, "conv_a", "me", NULL, &items), QV_OK);
+    assert_string_equal(items, "x");
+    qv_free(items);
+    /* growing one record pushes the least recently used others out */
+    char big[1001];
+    memset(big, 'b', 1000);
+    big[1000] = '\0';
+    assert_true(qv_resp_store_put(s, "resp_old", "me", "{}", big));
+    assert_true(qv_resp_store_put(s, "resp_new", "me", "{}", big));
+    mode = 0;
+    for (int i = 0; i < 900; i++)
+        assert_int_equal(qv_resp_store_edit(s, "conv_a", "me", append_x, &mode), QV_OK);
+    assert_int_equal(qv_resp_store_get(s, "resp_old", "me", NULL, NULL), QV_ERR_NOT_FOUND);
+    assert_int_equal(qv_resp_store_get(s, "conv_a", "me", NULL, &items), QV_OK);
+    assert_int_equal(strlen(items), 901);
+    qv_free(items);
+    size_t n, bytes;
+    qv_resp_store_stats(s, &n, &bytes);
+    assert_true(bytes <= 3000);
+    qv_resp_store_free(s);
+}
+
+static void *appender(void *arg) {
+    qv_resp_store *s = arg;
+    int mode = 0;
+    for (int i = 0; i < 500; i++)
+        if (qv_resp_store_edit(s, "conv_t", "me", append_x, &mode) != QV_OK) return NULL;
+    return NULL;
+}
+
+static void test_edit_threads(void **state) {
+    (void)state;
+    qv_resp_store *s = qv_resp_store_create(1 << 20);
+    assert_true(qv_resp_store_put(s, "conv_t", "me", "{}", ""));
+    pthread_t th[4];
+    for (int t = 0; t < 4; t++)
+        assert_int_equal(pthread_create(&th[t], NULL, appender, s), 0);
+    for (int t = 0; t < 4; t++)
+        pthread_join(th[t], NULL);
+    char *items = NULL;
+    assert_int_equal(qv_resp_store_get(s, "conv_t", "me", NULL, &items), QV_OK);
+    assert_int_equal(strlen(items), 2000); /* no edit lost between threads */
+    qv_free(items);
+    qv_resp_store_free(s);
+}
+
 static void *work(void *arg) {
     worker *w = arg;
     char id[32], owner[8];
@@ -162,10 +240,9 @@ static void test_threads(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_put_get_delete),
-        cmocka_unit_test(test_eviction),
-        cmocka_unit_test(test_alloc_failures),
-        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_put_get_delete), cmocka_unit_test(test_eviction),
+        cmocka_unit_test(test_alloc_failures), cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_edit),           cmocka_unit_test(test_edit_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,7 +10,9 @@ written by the reference oracle). Streams must carry the API's event sequence, w
 consecutive sequence numbers, deltas that add up to the final text and a last event holding
 the whole response. Kept responses: previous_response_id gives chat's answer to the whole
 conversation; GET / DELETE /v1/responses/{id}; their input items, paged; store false;
-other keys find nothing. input_tokens counts what a response would report as its input. What
+other keys find nothing. input_tokens counts what a response would report as its input.
+Conversations (client.conversations): responses in one answer as chat after its items and add
+their turns; items are added, read and deleted; other keys find nothing. What
 quiver cannot do is refused with 400 naming the field.
 
 Usage: test_responses.py QUIVER_BINARY   (run by tests/server/test_responses.sh)
@@ -268,7 +270,7 @@ def run_adapter(client):
 
 def run_errors(srv, client):
     cases = [
-        ({"input": "hi", "conversation": "conv_x"}, "conversation"),
+        ({"input": "hi", "conversation": {"name": "x"}}, "conversation"),
         ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning"),
         ({"input": "hi", "truncation": "middle"}, "truncation"),
@@ -465,6 +467,135 @@ def run_input_items(srv, client):
     check(st == 404, f"a deleted response's input items: 404 ({st})")
 
 
+def run_conversations(srv, client):
+    """The Conversations API (client.conversations, its items) and responses.create with
+    conversation=: each answer equals chat's answer to the conversation's items followed by the
+    input, and the conversation then holds the input and the output (store false too, and
+    after a stream); items added, read and deleted by id; metadata; other keys find nothing;
+    what is malformed is 400 naming the field."""
+    conv = client.conversations.create(items=[{"role": "user", "content": "My name is Ada."}],
+                                       metadata={"topic": "names"})
+    check(conv.id.startswith("conv_") and conv.object == "conversation" and
+          conv.metadata == {"topic": "names"}, f"a conversation is created ({conv.id})")
+    got = client.conversations.retrieve(conv.id)
+    check(got.id == conv.id and got.created_at == conv.created_at and
+          got.metadata == conv.metadata, "and retrieved")
+    items = client.conversations.items.list(conv.id).data
+    check(len(items) == 1 and items[0].role == "user" and items[0].id and
+          [(c.type, c.text) for c in items[0].content] == [("input_text", "My name is Ada.")],
+          "its first item, in the API's shape")
+    history = [{"role": "user", "content": "My name is Ada."}]
+    r1 = client.responses.create(model=BASE, conversation=conv.id, input="What is my name?",
+                                 temperature=0, max_output_tokens=16)
+    want = chat(srv, history + [{"role": "user", "content": "What is my name?"}], max_tokens=16)
+    check(r1.output_text == want["choices"][0]["message"]["content"] and
+          r1.usage.input_tokens == want["usage"]["prompt_tokens"] and
+          r1.conversation.id == conv.id,
+          f"a response in the conversation answers as chat after its items ({r1.output_text!r})")
+    history += [{"role": "user", "content": "What is my name?"},
+                {"role": "assistant", "content": r1.output_text}]
+    items = list(client.conversations.items.list(conv.id, order="asc"))
+    check([i.role for i in items] == ["user", "user", "assistant"] and
+          items[2].id == r1.output[0].id,
+          f"the conversation then holds the input and the output ({[i.role for i in items]})")
+    # store false still adds to the conversation; {"id": ...} names it too
+    r2 = client.responses.create(model=BASE, conversation={"id": conv.id}, input="Thanks.",
+                                 temperature=0, max_output_tokens=8, store=False)
+    want = chat(srv, history + [{"role": "user", "content": "Thanks."}], max_tokens=8)
+    check(r2.output_text == want["choices"][0]["message"]["content"],
+          f"a second turn sees the first ({r2.output_text!r})")
+    history += [{"role": "user", "content": "Thanks."},
+                {"role": "assistant", "content": r2.output_text}]
+    n = len(list(client.conversations.items.list(conv.id)))
+    check(n == 5, f"store false: the turn is still added to the conversation ({n} items)")
+    # a streamed turn is added once it completes
+    evs = events_of(client, model=BASE, conversation=conv.id, input="Bye.", temperature=0,
+                    max_output_tokens=6)
+    text = evs[-1]["response"]["output"][0]["content"][0]["text"]
+    want = chat(srv, history + [{"role": "user", "content": "Bye."}], max_tokens=6)
+    check(text == want["choices"][0]["message"]["content"], f"a streamed turn ({text!r})")
+    items = list(client.conversations.items.list(conv.id, order="asc"))
+    check(len(items) == 7 and items[-1].content[0].text == text,
+          f"a streamed turn is added ({len(items)} items)")
+    # items added, read, deleted
+    added = client.conversations.items.create(conv.id, items=[
+        {"type": "message", "role": "user", "content": "I live in Rome."},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Noted."}]}])
+    check(len(added.data) == 2 and added.data[0].id and not added.has_more,
+          "items.create answers the items added, with ids")
+    one = client.conversations.items.retrieve(added.data[0].id, conversation_id=conv.id)
+    check(one.id == added.data[0].id and one.content[0].text == "I live in Rome.",
+          "items.retrieve finds one by id")
+    after = client.conversations.items.delete(items[0].id, conversation_id=conv.id)
+    check(after.id == conv.id and after.object == "conversation",
+          "items.delete answers the conversation")
+    ids = [i.id for i in client.conversations.items.list(conv.id, order="asc", limit=100)]
+    check(len(ids) == 8 and items[0].id not in ids and ids[-2:] == [a.id for a in added.data],
+          "the deleted item is gone, the added ones last")
+    r3 = client.responses.create(model=BASE, conversation=conv.id, input="Where do I live?",
+                                 temperature=0, max_output_tokens=8)
+    want = chat(srv, history[1:] + [{"role": "user", "content": "Bye."},
+                                    {"role": "assistant", "content": text},
+                                    {"role": "user", "content": "I live in Rome."},
+                                    {"role": "assistant", "content": "Noted."},
+                                    {"role": "user", "content": "Where do I live?"}],
+                max_tokens=8)
+    check(r3.usage.input_tokens == want["usage"]["prompt_tokens"] and
+          r3.output_text == want["choices"][0]["message"]["content"],
+          f"a response after the edits reads the conversation as it now is ({r3.output_text!r})")
+    upd = client.conversations.update(conv.id, metadata={"topic": "places"})
+    check(upd.metadata == {"topic": "places"} and
+          client.conversations.retrieve(conv.id).metadata == {"topic": "places"},
+          "update replaces the metadata")
+    # what is refused
+    body = {"model": BASE, "input": "x"}
+    for extra, code, param, what in (
+            ({"conversation": "conv_nope"}, 404, "conversation", "an unknown conversation"),
+            ({"conversation": conv.id, "previous_response_id": r1.id}, 400, "conversation",
+             "conversation with previous_response_id"),
+            ({"conversation": 5}, 400, "conversation", "a conversation that is no id")):
+        st, _, data = srv.raw("POST", "/v1/responses", dict(body, **extra))
+        err = json.loads(data)["error"]
+        check(st == code and err["param"] == param, f"{what}: {code} ({st} {err['message']})")
+    for path, payload, param in (
+            ("/v1/conversations", {"items": [{"role": "user", "content": "x"}] * 21}, "items"),
+            ("/v1/conversations", {"items": [{"role": "robot", "content": "x"}]}, "items[0]"),
+            ("/v1/conversations", {"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+            (f"/v1/conversations/{conv.id}", {}, "metadata"),
+            (f"/v1/conversations/{conv.id}/items", {"items": []}, "items")):
+        st, _, data = srv.raw("POST", path, payload)
+        check(st == 400 and json.loads(data)["error"]["param"] == param,
+              f"POST {path.replace(conv.id, '{id}')} {str(payload)[:40]}: 400 naming {param} "
+              f"({st})")
+    for method, path, code in (("GET", f"/v1/conversations/{conv.id}/items/msg_nope", 404),
+                               ("GET", f"/v1/responses/{conv.id}", 404),
+                               ("GET", f"/v1/conversations/{r1.id}", 404),
+                               ("GET", f"/v1/conversations/{conv.id}/other", 404),
+                               ("GET", "/v1/conversations", 405),
+                               ("PUT", f"/v1/conversations/{conv.id}", 405),
+                               ("POST", f"/v1/conversations/{conv.id}/items/{ids[0]}", 405)):
+        st, _, _ = srv.raw(method, path)
+        check(st == code, f"{method} {path.replace(conv.id, '{id}')}: {code} ({st})")
+    st, h, _ = srv.raw("GET", "/v1/conversations")
+    check(h.get("Allow") == "POST", f"GET /v1/conversations: Allow POST ({h.get('Allow')})")
+    for method, path in (("GET", f"/v1/conversations/{conv.id}"),
+                         ("GET", f"/v1/conversations/{conv.id}/items"),
+                         ("DELETE", f"/v1/conversations/{conv.id}")):
+        st, _, _ = srv.raw(method, path, key="another-key")
+        check(st == 404, f"another key: {method} {path.replace(conv.id, '{id}')} is 404 ({st})")
+    st, _, _ = srv.raw("POST", "/v1/responses", dict(body, conversation=conv.id),
+                       key="another-key")
+    check(st == 404, f"another key cannot answer in it ({st})")
+    gone = client.conversations.delete(conv.id)
+    check(gone.deleted and gone.id == conv.id, "delete")
+    try:
+        client.conversations.retrieve(conv.id)
+        check(False, "a deleted conversation is gone")
+    except openai.NotFoundError:
+        check(True, "a deleted conversation is gone (404)")
+
+
 def run_input_tokens(srv, client):
     """POST /v1/responses/input_tokens (client.responses.input_tokens.count): for each body,
     the input_tokens that creating the response reports in its usage."""
@@ -579,6 +710,9 @@ def run_no_store():
               err["code"] == "previous_response_not_found",
               f"previous_response_id without a store: 404 ({st} {err['message']})")
         check(srv.raw("GET", f"/v1/responses/{r.id}")[0] == 404, "GET without a store: 404")
+        st, _, data = srv.raw("POST", "/v1/conversations", {})
+        check(st == 404 and "keeps no conversations" in json.loads(data)["error"]["message"],
+              f"no conversations without a store: 404 ({st})")
     finally:
         srv.stop()
     return srv
@@ -599,6 +733,7 @@ def main():
         run_store(srv, client)
         run_input_items(srv, client)
         run_input_tokens(srv, client)
+        run_conversations(srv, client)
         run_errors(srv, client)
     finally:
         srv.stop()
