@@ -4362,7 +4362,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (!strcmp(url, "/metrics")) {
         if (!get) goto bad_method;
-        size_t len = 0;
+        size_t len = 0, n_kept = 0, kept_bytes = 0;
+        if (srv->resp_store) qv_resp_store_stats(srv->resp_store, &n_kept, &kept_bytes);
+        qv_metrics_resp_store(srv->metrics, n_kept, kept_bytes,
+                              srv->resp_store ? qv_resp_store_max_bytes(srv->resp_store) : 0,
+                              srv->resp_store ? qv_resp_store_evictions(srv->resp_store) : 0);
         qv_tenant_stats *rows = qv_malloc(QV_TENANT_MAX * sizeof(*rows));
         if (rows)
             qv_metrics_tenants(srv->metrics, rows,

@@ -44,6 +44,8 @@ struct qv_metrics {
     int queue_depth, running, kv_used, kv_total;
     unsigned long long preemptions, recomputed_tokens;
     qv_metrics_prefix_cache pc;
+    size_t rs_records, rs_bytes, rs_max; /* kept responses and conversations */
+    unsigned long long rs_evictions;
     unsigned long long g_captures, g_replays, g_eager, g_refused;
     unsigned long long rows_host, rows_device; /* sampled tokens by where their row was used */
     unsigned long long masks_computed, masks_cached, dead_ends; /* JSON masks */
@@ -119,6 +121,16 @@ void qv_metrics_scheduler(qv_metrics *m, unsigned long long preemptions,
 void qv_metrics_prefix(qv_metrics *m, const qv_metrics_prefix_cache *pc) {
     pthread_mutex_lock(&m->mu);
     m->pc = *pc;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void qv_metrics_resp_store(qv_metrics *m, size_t records, size_t bytes, size_t max_bytes,
+                           unsigned long long evictions) {
+    pthread_mutex_lock(&m->mu);
+    m->rs_records = records;
+    m->rs_bytes = bytes;
+    m->rs_max = max_bytes;
+    m->rs_evictions = evictions;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -394,6 +406,20 @@ char *qv_metrics_render(qv_metrics *m, size_t *len) {
         "# TYPE quiver_prefix_cache_evictions_total counter\n"
         "quiver_prefix_cache_evictions_total %llu\n",
         m->pc.query_tokens, m->pc.hit_tokens, m->pc.pages, m->pc.evictable_pages, m->pc.evictions);
+    put(&b,
+        "# HELP quiver_responses_store_records Responses and conversations kept in memory "
+        "(--responses-store-mb).\n"
+        "# TYPE quiver_responses_store_records gauge\nquiver_responses_store_records %zu\n"
+        "# HELP quiver_responses_store_bytes Bytes they take.\n"
+        "# TYPE quiver_responses_store_bytes gauge\nquiver_responses_store_bytes %zu\n"
+        "# HELP quiver_responses_store_limit_bytes The store's size (0: nothing is kept).\n"
+        "# TYPE quiver_responses_store_limit_bytes gauge\n"
+        "quiver_responses_store_limit_bytes %zu\n"
+        "# HELP quiver_responses_store_evictions_total Records forgotten to make room, least "
+        "recently used first.\n"
+        "# TYPE quiver_responses_store_evictions_total counter\n"
+        "quiver_responses_store_evictions_total %llu\n",
+        m->rs_records, m->rs_bytes, m->rs_max, m->rs_evictions);
     put(&b,
         "# HELP quiver_cuda_graph_steps_total Forward steps per CUDA-graph mode (0 on the CPU).\n"
         "# TYPE quiver_cuda_graph_steps_total counter\n"

@@ -47,6 +47,9 @@ typedef struct qv_metrics_prefix_cache {
     int pages, evictable_pages;
 } qv_metrics_prefix_cache;
 void qv_metrics_prefix(qv_metrics *m, const qv_metrics_prefix_cache *pc);
+/* The Responses API's store of kept responses and conversations (server/resp_store.c). */
+void qv_metrics_resp_store(qv_metrics *m, size_t records, size_t bytes, size_t max_bytes,
+                           unsigned long long evictions);
 void qv_metrics_scheduler(qv_metrics *m, unsigned long long preemptions,
                           unsigned long long recomputed_tokens);
 

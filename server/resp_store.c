@@ -18,6 +18,7 @@ struct qv_resp_store {
     pthread_mutex_t mu;
     rec **buckets;
     size_t n_buckets, n, bytes, max_bytes;
+    unsigned long long evictions; /* records dropped to make room */
     rec *head, *tail;
 };
 
@@ -136,8 +137,10 @@ bool qv_resp_store_put(qv_resp_store *s, const char *id, const char *owner, cons
     pthread_mutex_lock(&s->mu);
     rec **slot = slot_of(s, id);
     if (*slot) drop(s, slot, *slot);
-    while (s->tail && s->bytes + bytes > s->max_bytes)
+    while (s->tail && s->bytes + bytes > s->max_bytes) {
         drop(s, slot_of(s, s->tail->id), s->tail);
+        s->evictions++;
+    }
     slot = slot_of(s, id);
     r->next_hash = *slot;
     *slot = r;
@@ -190,8 +193,10 @@ qv_status qv_resp_store_edit(qv_resp_store *s, const char *id, const char *owner
             r->bytes = bytes;
             if (resp2) qv_free(r->response), r->response = resp2, resp2 = NULL;
             if (items2) qv_free(r->items), r->items = items2, items2 = NULL;
-            while (s->tail != r && s->bytes > s->max_bytes)
+            while (s->tail != r && s->bytes > s->max_bytes) {
                 drop(s, slot_of(s, s->tail->id), s->tail);
+                s->evictions++;
+            }
         }
     }
     pthread_mutex_unlock(&s->mu);
@@ -207,6 +212,15 @@ bool qv_resp_store_delete(qv_resp_store *s, const char *id, const char *owner) {
     if (found) drop(s, slot, *slot);
     pthread_mutex_unlock(&s->mu);
     return found;
+}
+
+size_t qv_resp_store_max_bytes(const qv_resp_store *s) { return s->max_bytes; }
+
+unsigned long long qv_resp_store_evictions(qv_resp_store *s) {
+    pthread_mutex_lock(&s->mu);
+    const unsigned long long n = s->evictions;
+    pthread_mutex_unlock(&s->mu);
+    return n;
 }
 
 void qv_resp_store_stats(qv_resp_store *s, size_t *n, size_t *bytes) {

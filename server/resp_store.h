@@ -52,5 +52,8 @@ bool qv_resp_store_delete(qv_resp_store *s, const char *id, const char *owner);
 
 /* Records and bytes held (for logs and tests). */
 void qv_resp_store_stats(qv_resp_store *s, size_t *n, size_t *bytes);
+/* The size it was created with, and the records evicted so far to make room (for /metrics). */
+size_t qv_resp_store_max_bytes(const qv_resp_store *s);
+unsigned long long qv_resp_store_evictions(qv_resp_store *s);
 
 #endif

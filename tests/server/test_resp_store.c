@@ -72,6 +72,8 @@ static void test_eviction(void **state) {
     assert_int_equal(qv_resp_store_get(s, "resp_2", "", NULL, NULL), QV_OK);
     qv_resp_store_stats(s, &n, &bytes);
     assert_true(n == 4 && bytes <= 4 * 1200);
+    assert_int_equal(qv_resp_store_evictions(s), 1);
+    assert_int_equal(qv_resp_store_max_bytes(s), 4 * 1200);
     char huge[6000];
     memset(huge, 'y', sizeof(huge) - 1);
     huge[sizeof(huge) - 1] = '\0';
@@ -168,6 +170,7 @@ static void test_edit(void **state) {
     for (int i = 0; i < 900; i++)
         assert_int_equal(qv_resp_store_edit(s, "conv_a", "me", append_x, &mode), QV_OK);
     assert_int_equal(qv_resp_store_get(s, "resp_old", "me", NULL, NULL), QV_ERR_NOT_FOUND);
+    assert_int_equal(qv_resp_store_evictions(s), 1);
     assert_int_equal(qv_resp_store_get(s, "conv_a", "me", NULL, &items), QV_OK);
     assert_int_equal(strlen(items), 901);
     qv_free(items);

@@ -587,6 +587,13 @@ def run_conversations(srv, client):
     st, _, _ = srv.raw("POST", "/v1/responses", dict(body, conversation=conv.id),
                        key="another-key")
     check(st == 404, f"another key cannot answer in it ({st})")
+    m = srv.metrics()
+    check(m.get("quiver_responses_store_records", 0) > 0 and
+          m.get("quiver_responses_store_bytes", 0) > 0 and
+          m.get("quiver_responses_store_limit_bytes") == 64 << 20 and
+          m.get("quiver_responses_store_evictions_total") == 0,
+          "/metrics: the store's records, bytes, limit (64 MiB) and evictions "
+          f"({m.get('quiver_responses_store_records')}, {m.get('quiver_responses_store_bytes')})")
     gone = client.conversations.delete(conv.id)
     check(gone.deleted and gone.id == conv.id, "delete")
     try:
@@ -710,6 +717,8 @@ def run_no_store():
               err["code"] == "previous_response_not_found",
               f"previous_response_id without a store: 404 ({st} {err['message']})")
         check(srv.raw("GET", f"/v1/responses/{r.id}")[0] == 404, "GET without a store: 404")
+        check(srv.metrics().get("quiver_responses_store_limit_bytes") == 0,
+              "/metrics: a store of 0 bytes")
         st, _, data = srv.raw("POST", "/v1/conversations", {})
         check(st == 404 and "keeps no conversations" in json.loads(data)["error"]["message"],
               f"no conversations without a store: 404 ({st})")
