@@ -2,7 +2,8 @@
 # test_http_tsan.sh - a short HTTP smoke test meant for a ThreadSanitizer build of quiver:
 # `quiver serve` on SmolLM2 (max_tokens 4) with its HTTP threads, engine thread, libuv worker
 # pool, adapter loader workers and signal thread all busy at once: concurrent completions and
-# chats (streamed and not, base and adapter), a client disconnecting mid-stream, an adapter
+# chats (streamed and not, base and adapter), two Responses API turns in one conversation while
+# items are added to it, a client disconnecting mid-stream, an adapter
 # upload validated on the worker pool (and an invalid one), the new adapter used then deleted,
 # /v1/models and /metrics scraped while generating, then SIGTERM with a stream in flight
 # (drained, exit 0). Fails when the server's stderr has a ThreadSanitizer report.
@@ -135,7 +136,20 @@ def upload(name, fs):
     return raw("POST", "/v1/adapters", body, key="a", headers=h)
 
 
+# a conversation that two responses (one streamed) and an items upload extend at once
+st, data = raw("POST", "/v1/conversations", {"items": [{"role": "user", "content": "Hi."}]})
+conv = json.loads(data)["id"] if st == 200 else "conv_missing"
+
+
+def respond(stream):
+    return raw("POST", "/v1/responses", {"model": "", "conversation": conv, "input": "Hello?",
+                                         "max_output_tokens": 4, "stream": stream})
+
+
 jobs = [("stream-base", generate, "", True, False), ("json-base", generate, "", False, False),
+        ("response", respond, False), ("response-stream", respond, True),
+        ("conv-items", raw, "POST", f"/v1/conversations/{conv}/items",
+         {"items": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}),
         ("stream-chat-adapter", generate, "shouting", True, True),
         ("json-chat-adapter", generate, "shouting", False, True),
         ("json-chat-base", generate, "", False, True), ("disconnect", disconnect),
@@ -154,7 +168,7 @@ for t in threads:
 print(f"concurrent round: {time.time() - t0:.1f} s", flush=True)
 for name in ("stream-base", "json-base", "stream-chat-adapter", "json-chat-adapter",
              "json-chat-base", "models", "metrics", "tenant-one", "tenant-two", "choices-stream",
-             "choices-json"):
+             "choices-json", "response", "response-stream", "conv-items"):
     st = results.get(name, (None,))[0]
     check(st == 200, f"{name}: 200 ({results.get(name, ('missing',))[0]})")
 check(results.get("stream-base", (0, b""))[1].rstrip().endswith(b"data: [DONE]"),
@@ -164,6 +178,9 @@ cj = json.loads(results.get("choices-json", (0, b"{}"))[1] or b"{}")
 check(sorted(c["index"] for c in cj.get("choices", [])) == [0, 1, 2, 3], "n=4: four choices")
 check(all(results.get("choices-stream", (0, b""))[1].count(f'"index":{i}'.encode()) > 0
           for i in range(3)), "n=3 streamed: chunks of every choice")
+st, data = raw("GET", f"/v1/conversations/{conv}/items?limit=100")
+n_items = len(json.loads(data).get("data", [])) if st == 200 else -1
+check(n_items == 7, f"the conversation gained both turns and both items ({n_items} of 7)")
 check(results.get("upload", (0,))[0] == 201, f"upload: 201 ({results.get('upload')})")
 check(results.get("upload-bad", (0,))[0] == 422, f"invalid upload: 422 ({results.get('upload-bad')})")
 
