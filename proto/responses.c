@@ -1018,8 +1018,9 @@ char *qv_proto_items_join(const char *items, const char *more, size_t from) {
 char *qv_proto_items_find(const char *items, const char *item_id, bool remove, bool *found) {
     cJSON *list = cJSON_Parse(items);
     char *text = NULL;
+    /* items are this file's JSON: a parse can only fail for memory, which is no "not found" */
     const int at = cJSON_IsArray(list) ? item_index(list, cJSON_GetArraySize(list), item_id) : -1;
-    *found = at >= 0;
+    *found = at >= 0 || !list;
     if (at >= 0) {
         if (remove) cJSON_DeleteItemFromArray(list, at);
         text = cJSON_PrintUnformatted(remove ? list : cJSON_GetArrayItem(list, at));

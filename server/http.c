@@ -2651,9 +2651,11 @@ static bool encode_fitted(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
     return ok;
 }
 
-/* A Responses request's earlier conversation: the kept one that its previous_response_id
- * names, if it names one (*prior, the caller's to free; NULL when none is named), looked up for
- * owner. Otherwise sends the 404 (or 500) as *ret and returns false. */
+/* A Responses request's earlier conversation (*prior, the caller's to free; NULL when none is
+ * named): the kept one that its previous_response_id names, or the items of the conversation
+ * that its `conversation` names (conv: that id, "" otherwise), looked up for owner. Naming both
+ * reads neither (the decoder refuses it). Otherwise sends the 404 (or 500) as *ret and returns
+ * false. */
 static bool responses_prior(server *srv, struct MHD_Connection *c, conn_ctx *ctx, const char *owner,
                             char **prior, char conv[128], enum MHD_Result *ret) {
     char prev[160];
