@@ -394,6 +394,16 @@ typedef struct qv_proto_responses_extra {
 qv_status qv_proto_responses_decode(const char *body, size_t len, const char *prior, bool storing,
                                     qv_proto_request *r, qv_proto_responses_extra *x,
                                     qv_proto_error *e);
+/* Looks up an item by id for qv_proto_responses_resolve: its JSON text (qv_malloc'd), or NULL
+ * when there is none (*nomem set when that is for want of memory). */
+typedef char *(*qv_proto_item_lookup)(void *user, const char *id, bool *nomem);
+/* A Responses body whose `input` list holds item references ({"type": "item_reference",
+ * "id"}, what clients send for items the server keeps) with each replaced by the item lookup
+ * finds: *out is the new body (qv_free), or NULL when the body has no reference (decode it as
+ * it is; a body that is not JSON is left to the decoder too). An unknown reference is
+ * QV_ERR_INVALID naming input[i]. */
+qv_status qv_proto_responses_resolve(const char *body, size_t len, qv_proto_item_lookup lookup,
+                                     void *user, char **out, qv_proto_error *e);
 /* The body's previous_response_id when it is a string shorter than cap (copied into id). */
 bool qv_proto_responses_previous(const char *body, size_t len, char *id, size_t cap);
 

@@ -478,6 +478,47 @@ static bool body_id(const char *body, size_t len, const char *name, char *id, si
     return ok;
 }
 
+qv_status qv_proto_responses_resolve(const char *body, size_t len, qv_proto_item_lookup lookup,
+                                     void *user, char **out, qv_proto_error *e) {
+    *out = NULL;
+    memset(e, 0, sizeof(*e));
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    cJSON *in = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "input") : NULL;
+    qv_status s = QV_OK;
+    bool changed = false;
+    int i = 0;
+    for (cJSON *it = cJSON_IsArray(in) ? in->child : NULL; it; i++) {
+        cJSON *next = it->next;
+        const char *t = type_of(it);
+        const cJSON *id = t && !strcmp(t, "item_reference") ? qv__proto_field(it, "id") : NULL;
+        if (t && !strcmp(t, "item_reference")) {
+            bool nomem = false;
+            char *text = cJSON_IsString(id) ? lookup(user, id->valuestring, &nomem) : NULL;
+            cJSON *item = text ? cJSON_Parse(text) : NULL;
+            nomem = nomem || (text && !item); /* the server's own JSON: only memory fails */
+            qv_free(text);
+            if (!item) {
+                s = nomem ? qv__proto_nomem(e)
+                    : cJSON_IsString(id)
+                        ? rfail(e, "",
+                                "input[%d]: no item '%.100s' (a reference reads an item "
+                                "of a response kept for this API key)",
+                                i, id->valuestring)
+                        : rfail(e, "", "input[%d]: an item_reference needs a string id", i);
+                if (s == QV_ERR_INVALID) snprintf(e->param, sizeof(e->param), "input[%d]", i);
+                goto done;
+            }
+            if (!cJSON_ReplaceItemViaPointer(in, it, item)) cJSON_Delete(item); /* cannot be */
+            changed = true;
+        }
+        it = next;
+    }
+    if (changed && !(*out = cJSON_PrintUnformatted(root))) s = qv__proto_nomem(e);
+done:
+    cJSON_Delete(root);
+    return s;
+}
+
 bool qv_proto_responses_previous(const char *body, size_t len, char *id, size_t cap) {
     return body_id(body, len, "previous_response_id", id, cap);
 }

@@ -2686,6 +2686,44 @@ static bool responses_prior(server *srv, struct MHD_Connection *c, conn_ctx *ctx
     return false;
 }
 
+/* Item references ({"type": "item_reference", "id"}) read items of the responses kept for
+ * owner: an id made here ("msg_" / "fc_" / "fco_", a response's id without "resp_", then
+ * "_..." or nothing) names its response; found in that response's conversation. */
+typedef struct ref_lookup {
+    server *srv;
+    const char *owner;
+} ref_lookup;
+
+static char *lookup_item(void *user, const char *id, bool *nomem) {
+    const ref_lookup *rl = user;
+    const char *p = strchr(id, '_');
+    const size_t n = p ? strcspn(p + 1, "_") : 0;
+    char rid[160], *items = NULL;
+    if (!n || n + 6 > sizeof(rid) || !rl->srv->resp_store) return NULL;
+    snprintf(rid, sizeof(rid), "resp_%.*s", (int)n, p + 1);
+    const qv_status st = qv_resp_store_get(rl->srv->resp_store, rid, rl->owner, NULL, &items);
+    *nomem = st == QV_ERR_NOMEM;
+    if (st != QV_OK) return NULL;
+    bool found;
+    char *item = qv_proto_items_find(items, id, false, &found);
+    qv_free(items);
+    *nomem = found && !item;
+    return item;
+}
+
+/* The body with its item references resolved (*out, or NULL when it has none). Otherwise sends
+ * the 400 (or 500) as *ret and returns false. */
+static bool resolve_refs(server *srv, struct MHD_Connection *c, conn_ctx *ctx, const char *owner,
+                         char **out, enum MHD_Result *ret) {
+    qv_proto_error pe;
+    ref_lookup rl = {.srv = srv, .owner = owner};
+    if (qv_proto_responses_resolve(ctx->body ? ctx->body : "", ctx->body_len, lookup_item, &rl, out,
+                                   &pe) == QV_OK)
+        return true;
+    *ret = send_proto_error(c, ctx, &pe);
+    return false;
+}
+
 /* 405 with the methods the route allows. */
 static enum MHD_Result send_405(struct MHD_Connection *c, conn_ctx *ctx, const char *allow) {
     char *json = ctx->tgi ? qv_proto_tgi_encode_error("method not allowed", "method_not_allowed")
@@ -2881,9 +2919,14 @@ static enum MHD_Result handle_input_tokens(server *srv, struct MHD_Connection *c
     size_t n_ids = 0;
     memset(&pr, 0, sizeof(pr));
     key_owner(c, owner);
-    char conv[128];
-    if (!responses_prior(srv, c, ctx, owner, &prior, conv, &ret)) goto done;
-    if (qv_proto_responses_decode(ctx->body ? ctx->body : "", ctx->body_len, prior,
+    char conv[128], *resolved = NULL;
+    if (!responses_prior(srv, c, ctx, owner, &prior, conv, &ret) ||
+        !resolve_refs(srv, c, ctx, owner, &resolved, &ret))
+        goto done;
+    if (qv_proto_responses_decode(resolved    ? resolved
+                                  : ctx->body ? ctx->body
+                                              : "",
+                                  resolved ? strlen(resolved) : ctx->body_len, prior,
                                   srv->resp_store != NULL, &pr, &rx, &pe) != QV_OK) {
         ret = send_proto_error(c, ctx, &pe);
         goto done;
@@ -2899,6 +2942,7 @@ done:
     qv_free(ids);
     qv_free(prompt);
     qv_free(prior);
+    qv_free(resolved);
     qv_free(rx.echo);
     qv_free(rx.items);
     qv_proto_request_free(&pr);
@@ -3282,18 +3326,22 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     size_t n_prompts = 1;
     request *r = NULL;
     qv_proto_responses_extra rx = {0}; /* Responses API: echo, conversation, keep */
-    char *prior = NULL, owner[65] = "", conv[128] = "";
+    char *prior = NULL, owner[65] = "", conv[128] = "", *resolved = NULL;
     enum MHD_Result ret;
     const char *body = ctx->body ? ctx->body : "";
+    size_t body_len = ctx->body_len;
     memset(&pr, 0, sizeof(pr));
     if (ep == QV_PROTO_RESPONSES) {
         key_owner(c, owner);
-        if (!responses_prior(srv, c, ctx, owner, &prior, conv, &ret)) goto done;
+        if (!responses_prior(srv, c, ctx, owner, &prior, conv, &ret) ||
+            !resolve_refs(srv, c, ctx, owner, &resolved, &ret))
+            goto done;
+        if (resolved) body = resolved, body_len = strlen(resolved);
     }
     if ((ep == QV_PROTO_GENERATE ? qv_proto_tgi_decode(body, ctx->body_len, &pr, &tgi, &pe)
          : ep == QV_PROTO_RESPONSES
-             ? qv_proto_responses_decode(body, ctx->body_len, prior, srv->resp_store != NULL, &pr,
-                                         &rx, &pe)
+             ? qv_proto_responses_decode(body, body_len, prior, srv->resp_store != NULL, &pr, &rx,
+                                         &pe)
              : qv_proto_request_decode(ep, body, ctx->body_len, &pr, &pe)) != QV_OK) {
         ret = send_proto_error(c, ctx, &pe);
         goto done;
@@ -3603,6 +3651,7 @@ done:
     qv_free(rx.echo);
     qv_free(rx.items);
     qv_free(prior);
+    qv_free(resolved);
     qv_proto_request_free(&pr);
     return ret;
 }

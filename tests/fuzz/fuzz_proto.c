@@ -151,12 +151,39 @@ static void fuzz_conversation(const char *body, size_t len) {
     qv_free(added);
 }
 
+/* Item references: every id is found, as a message holding the id as its text. */
+static char *echo_lookup(void *user, const char *id, bool *nomem) {
+    (void)user;
+    *nomem = false;
+    cJSON *m = cJSON_CreateObject();
+    char *text =
+        m && cJSON_AddStringToObject(m, "role", "user") && cJSON_AddStringToObject(m, "content", id)
+            ? cJSON_PrintUnformatted(m)
+            : NULL;
+    cJSON_Delete(m);
+    *nomem = !text;
+    return text;
+}
+
 static int fuzz_responses(const char *body, size_t len) {
     qv_proto_request r;
     qv_proto_error e;
     qv_proto_responses_extra x;
     static const char prior[] = "[{\"role\":\"user\",\"content\":\"p\"}]";
     fuzz_conversation(body, len);
+    char *resolved = NULL;
+    qv_proto_error re;
+    const qv_status rs = qv_proto_responses_resolve(body, len, echo_lookup, NULL, &resolved, &re);
+    CHECK(rs == QV_OK || (!resolved && (rs == QV_ERR_NOMEM || rs == QV_ERR_INVALID)));
+    if (resolved) { /* what the server decodes in the body's place */
+        qv_proto_request rr;
+        qv_proto_responses_extra rx;
+        qv_proto_responses_decode(resolved, strlen(resolved), NULL, false, &rr, &rx, &re);
+        qv_free(rx.echo);
+        qv_free(rx.items);
+        qv_proto_request_free(&rr);
+        qv_free(resolved);
+    }
     qv_status s =
         qv_proto_responses_decode(body, len, len % 2 ? prior : NULL, len % 3 == 0, &r, &x, &e);
     char *echo = x.echo;

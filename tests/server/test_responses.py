@@ -12,7 +12,8 @@ the whole response. Kept responses: previous_response_id gives chat's answer to 
 conversation; GET / DELETE /v1/responses/{id}; their input items, paged; store false;
 other keys find nothing. input_tokens counts what a response would report as its input.
 Conversations (client.conversations): responses in one answer as chat after its items and add
-their turns; items are added, read and deleted; other keys find nothing. What
+their turns; items are added, read and deleted; other keys find nothing. Item references read
+kept items. What
 quiver cannot do is refused with 400 naming the field.
 
 Usage: test_responses.py QUIVER_BINARY   (run by tests/server/test_responses.sh)
@@ -306,6 +307,16 @@ def run_errors(srv, client):
     check(st == 405 and "POST" in h.get("Allow", ""), f"GET /v1/responses: 405 ({st})")
 
 
+def tool_turn(srv, ask, call, max_tokens):
+    """Chat's answer after the question, the assistant's call and its output '{"sky": "sunny"}'."""
+    return chat(srv, [{"role": "user", "content": ask},
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": call.call_id, "type": "function",
+                           "function": {"name": call.name, "arguments": call.arguments}}]},
+                      {"role": "tool", "tool_call_id": call.call_id,
+                       "content": '{"sky": "sunny"}'}], max_tokens=max_tokens)
+
+
 def call_and_output(client, max_tokens):
     """A kept response that calls get_weather, then one answering it with the call's output
     (previous_response_id): the question, the call item and the second response."""
@@ -358,12 +369,7 @@ def run_store(srv, client):
           f"nor continue it ({st})")
     # a function call and its output across two requests
     ask, call, c2 = call_and_output(client, 16)
-    want = chat(srv, [{"role": "user", "content": ask},
-                      {"role": "assistant", "content": None, "tool_calls": [
-                          {"id": call.call_id, "type": "function",
-                           "function": {"name": call.name, "arguments": call.arguments}}]},
-                      {"role": "tool", "tool_call_id": call.call_id,
-                       "content": '{"sky": "sunny"}'}], max_tokens=16)
+    want = tool_turn(srv, ask, call, 16)
     check(c2.output_text == want["choices"][0]["message"]["content"],
           f"a kept call answered with its output ({c2.output_text!r})")
     # streamed responses are kept too; store false is not
@@ -603,6 +609,50 @@ def run_conversations(srv, client):
         check(True, "a deleted conversation is gone (404)")
 
 
+def run_item_references(srv, client):
+    """Item references ({"type": "item_reference", "id"}), as clients send for the items of
+    kept responses (the AI SDK does with store on): each reads the item it names, so the answer
+    equals chat's to the conversation written out; unknown ids and other keys' items are 400."""
+    r1 = client.responses.create(model=BASE, input="My name is Ada. Say hi.", temperature=0,
+                                 max_output_tokens=12)
+    asked = client.responses.input_items.list(r1.id).data[0]
+    r2 = client.responses.create(model=BASE, temperature=0, max_output_tokens=12, input=[
+        {"type": "item_reference", "id": asked.id},
+        {"type": "item_reference", "id": r1.output[0].id},
+        {"role": "user", "content": "What is my name?"}])
+    want = chat(srv, [{"role": "user", "content": "My name is Ada. Say hi."},
+                      {"role": "assistant", "content": r1.output_text},
+                      {"role": "user", "content": "What is my name?"}], max_tokens=12)
+    check(r2.output_text == want["choices"][0]["message"]["content"] and
+          r2.usage.input_tokens == want["usage"]["prompt_tokens"],
+          f"references to a kept input and output item read them ({r2.output_text!r})")
+    items = list(client.responses.input_items.list(r2.id, order="asc"))
+    check([i.id for i in items[:2]] == [asked.id, r1.output[0].id],
+          "the referenced items keep their ids in the new conversation")
+    # a call referenced, then answered
+    ask = "What is the weather like in Paris today?"
+    c1 = client.responses.create(model=BASE, input=ask, temperature=0, max_output_tokens=60,
+                                 tools=[WEATHER], tool_choice="required")
+    call = [o for o in c1.output if o.type == "function_call"][0]
+    c2 = client.responses.create(model=BASE, temperature=0, max_output_tokens=16, input=[
+        {"role": "user", "content": ask}, {"type": "item_reference", "id": call.id},
+        {"type": "function_call_output", "call_id": call.call_id, "output": '{"sky": "sunny"}'}])
+    want = tool_turn(srv, ask, call, 16)
+    check(c2.output_text == want["choices"][0]["message"]["content"],
+          f"a referenced function call, answered by its output ({c2.output_text!r})")
+    n = client.responses.input_tokens.count(model=BASE, input=[
+        {"type": "item_reference", "id": r1.output[0].id}, {"role": "user", "content": "x"}])
+    check(n.input_tokens > 0, f"input_tokens reads references too ({n.input_tokens})")
+    for ref, key, what in (("msg_nowhere", T.KEY, "an unknown id"),
+                           ("nounderscore", T.KEY, "an id quiver never made"),
+                           (r1.output[0].id, "another-key", "another key's item")):
+        st, _, data = srv.raw("POST", "/v1/responses", {"model": BASE, "input": [
+            {"role": "user", "content": "x"}, {"type": "item_reference", "id": ref}]}, key=key)
+        err = json.loads(data).get("error", {})
+        check(st == 400 and err.get("param") == "input[1]",
+              f"a reference to {what}: 400 naming input[1] ({st} {err.get('message')})")
+
+
 def run_input_tokens(srv, client):
     """POST /v1/responses/input_tokens (client.responses.input_tokens.count): for each body,
     the input_tokens that creating the response reports in its usage."""
@@ -742,6 +792,7 @@ def main():
         run_store(srv, client)
         run_input_items(srv, client)
         run_input_tokens(srv, client)
+        run_item_references(srv, client)
         run_conversations(srv, client)
         run_errors(srv, client)
     finally:
