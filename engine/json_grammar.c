@@ -1001,16 +1001,17 @@ static bool compile_regex(compiler *c, const char *src, uint32_t id) {
     "+(?:/" RE_PCHAR "*)*)?(?:\\?(?:" RE_PCHAR "|[/?])*)?(?:#(?:" RE_PCHAR "|[/?])*)?"
 static const struct {
     const char *name, *re;
+    uint32_t max_len; /* characters the format allows at most besides its pattern (0: any) */
 } k_formats[] = {
-    {"date", "^" RE_DATE "$"},
-    {"time", "^" RE_TIME "$"},
-    {"date-time", "^" RE_DATE "[Tt]" RE_TIME "$"},
-    {"uuid", "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
-    {"ipv4", "^" RE_IPV4 "$"},
-    {"ipv6", "^(?:" RE_IPV6 ")$"},
-    {"uri", "^" RE_URI "$"},
-    {"email", "^[A-Za-z0-9._%+-]+@" RE_LABEL "(?:\\." RE_LABEL ")+$"},
-    {"hostname", "^" RE_HOST_LABEL "(?:\\." RE_HOST_LABEL ")*\\.?$"}, /* + at most 253 chars */
+    {"date", "^" RE_DATE "$", 0},
+    {"time", "^" RE_TIME "$", 0},
+    {"date-time", "^" RE_DATE "[Tt]" RE_TIME "$", 0},
+    {"uuid", "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", 0},
+    {"ipv4", "^" RE_IPV4 "$", 0},
+    {"ipv6", "^(?:" RE_IPV6 ")$", 0},
+    {"uri", "^" RE_URI "$", 0},
+    {"email", "^[A-Za-z0-9._%+-]+@" RE_LABEL "(?:\\." RE_LABEL ")+$", 0},
+    {"hostname", "^" RE_HOST_LABEL "(?:\\." RE_HOST_LABEL ")*\\.?$", 253},
 };
 
 /* pattern, or else a known format, of a string leaf. */
@@ -1024,7 +1025,8 @@ static bool compile_string_regex(compiler *c, const cJSON *j, uint32_t id) {
     for (size_t i = 0; cJSON_IsString(fmt) && i < QV_ARRAY_LEN(k_formats); i++)
         if (!strcmp(fmt->valuestring, k_formats[i].name)) {
             snode *nd = &c->s->nodes[id];
-            if (!strcmp(fmt->valuestring, "hostname") && nd->max > 253) nd->max = 253;
+            if (k_formats[i].max_len && nd->max > k_formats[i].max_len)
+                nd->max = k_formats[i].max_len;
             return compile_regex(c, k_formats[i].re, id);
         }
     return true;

@@ -2724,6 +2724,30 @@ static bool resolve_refs(server *srv, struct MHD_Connection *c, conn_ctx *ctx, c
     return false;
 }
 
+/* A Responses body decoded for owner (POST /v1/responses and its input_tokens): the
+ * conversation it continues (responses_prior; conv: the `conversation` it names, "" when none),
+ * its item references resolved, then qv_proto_responses_decode into *pr and *rx. Otherwise
+ * sends the error as *ret and returns false (*pr and *rx then hold nothing to free). */
+static bool decode_responses(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                             const char *owner, char conv[128], qv_proto_request *pr,
+                             qv_proto_responses_extra *rx, enum MHD_Result *ret) {
+    char *prior = NULL, *resolved = NULL;
+    qv_proto_error pe;
+    bool ok = responses_prior(srv, c, ctx, owner, &prior, conv, ret) &&
+              resolve_refs(srv, c, ctx, owner, &resolved, ret);
+    if (ok && qv_proto_responses_decode(resolved    ? resolved
+                                        : ctx->body ? ctx->body
+                                                    : "",
+                                        resolved ? strlen(resolved) : ctx->body_len, prior,
+                                        srv->resp_store != NULL, pr, rx, &pe) != QV_OK) {
+        *ret = send_proto_error(c, ctx, &pe);
+        ok = false;
+    }
+    qv_free(prior);
+    qv_free(resolved);
+    return ok;
+}
+
 /* 405 with the methods the route allows. */
 static enum MHD_Result send_405(struct MHD_Connection *c, conn_ctx *ctx, const char *allow) {
     char *json = ctx->tgi ? qv_proto_tgi_encode_error("method not allowed", "method_not_allowed")
@@ -2809,8 +2833,8 @@ static enum MHD_Result handle_conversations(server *srv, struct MHD_Connection *
                           "this server keeps no conversations (--responses-store-mb 0)");
     const char *body = ctx->body ? ctx->body : "";
     qv_proto_error pe = {0};
-    char nonce[17];
-    random_hex(nonce, sizeof(nonce));
+    char nonce[17]; /* ids of the items a create or an upload brings */
+    if (post && (!*rest || items_route)) random_hex(nonce, sizeof(nonce));
     if (!*rest) { /* POST /v1/conversations: a new one */
         char cid[5 + 32 + 1] = "conv_", *conv = NULL, *items = NULL;
         random_hex(cid + 5, sizeof(cid) - 5);
@@ -2911,26 +2935,14 @@ done:
  * a generation would, without generating. HTTP thread, like /tokenize. */
 static enum MHD_Result handle_input_tokens(server *srv, struct MHD_Connection *c, conn_ctx *ctx) {
     qv_proto_request pr;
-    qv_proto_error pe;
     qv_proto_responses_extra rx = {0};
     enum MHD_Result ret;
-    char owner[65], *prior = NULL, *prompt = NULL;
+    char owner[65], conv[128], *prompt = NULL;
     int32_t *ids = NULL;
     size_t n_ids = 0;
     memset(&pr, 0, sizeof(pr));
     key_owner(c, owner);
-    char conv[128], *resolved = NULL;
-    if (!responses_prior(srv, c, ctx, owner, &prior, conv, &ret) ||
-        !resolve_refs(srv, c, ctx, owner, &resolved, &ret))
-        goto done;
-    if (qv_proto_responses_decode(resolved    ? resolved
-                                  : ctx->body ? ctx->body
-                                              : "",
-                                  resolved ? strlen(resolved) : ctx->body_len, prior,
-                                  srv->resp_store != NULL, &pr, &rx, &pe) != QV_OK) {
-        ret = send_proto_error(c, ctx, &pe);
-        goto done;
-    }
+    if (!decode_responses(srv, c, ctx, owner, conv, &pr, &rx, &ret)) goto done;
     const char *aname = NULL;
     char aversion[QV_STORE_VERSION_LEN + 1] = "";
     if (!resolve_model(srv, c, ctx, &pr, auth_key(srv, ctx, c), &aname, aversion, &ret)) goto done;
@@ -2941,8 +2953,6 @@ static enum MHD_Result handle_input_tokens(server *srv, struct MHD_Connection *c
 done:
     qv_free(ids);
     qv_free(prompt);
-    qv_free(prior);
-    qv_free(resolved);
     qv_free(rx.echo);
     qv_free(rx.items);
     qv_proto_request_free(&pr);
@@ -3326,23 +3336,16 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     size_t n_prompts = 1;
     request *r = NULL;
     qv_proto_responses_extra rx = {0}; /* Responses API: echo, conversation, keep */
-    char *prior = NULL, owner[65] = "", conv[128] = "", *resolved = NULL;
+    char owner[65] = "", conv[128] = "";
     enum MHD_Result ret;
     const char *body = ctx->body ? ctx->body : "";
-    size_t body_len = ctx->body_len;
     memset(&pr, 0, sizeof(pr));
     if (ep == QV_PROTO_RESPONSES) {
         key_owner(c, owner);
-        if (!responses_prior(srv, c, ctx, owner, &prior, conv, &ret) ||
-            !resolve_refs(srv, c, ctx, owner, &resolved, &ret))
-            goto done;
-        if (resolved) body = resolved, body_len = strlen(resolved);
-    }
-    if ((ep == QV_PROTO_GENERATE ? qv_proto_tgi_decode(body, ctx->body_len, &pr, &tgi, &pe)
-         : ep == QV_PROTO_RESPONSES
-             ? qv_proto_responses_decode(body, body_len, prior, srv->resp_store != NULL, &pr, &rx,
-                                         &pe)
-             : qv_proto_request_decode(ep, body, ctx->body_len, &pr, &pe)) != QV_OK) {
+        if (!decode_responses(srv, c, ctx, owner, conv, &pr, &rx, &ret)) goto done;
+    } else if ((ep == QV_PROTO_GENERATE
+                    ? qv_proto_tgi_decode(body, ctx->body_len, &pr, &tgi, &pe)
+                    : qv_proto_request_decode(ep, body, ctx->body_len, &pr, &pe)) != QV_OK) {
         ret = send_proto_error(c, ctx, &pe);
         goto done;
     }
@@ -3650,8 +3653,6 @@ done:
     qv_free(prompt);
     qv_free(rx.echo);
     qv_free(rx.items);
-    qv_free(prior);
-    qv_free(resolved);
     qv_proto_request_free(&pr);
     return ret;
 }

@@ -117,6 +117,14 @@ static void grow(qv_resp_store *s) {
     s->n_buckets = nb;
 }
 
+/* Evicts the least recently used records (never keep) until `need` more bytes fit. */
+static void make_room(qv_resp_store *s, size_t need, const rec *keep) {
+    while (s->tail && s->tail != keep && s->bytes + need > s->max_bytes) {
+        drop(s, slot_of(s, s->tail->id), s->tail);
+        s->evictions++;
+    }
+}
+
 /* A record's bytes with these texts. */
 static size_t rec_bytes(const char *id, const char *owner, const char *response,
                         const char *items) {
@@ -137,10 +145,7 @@ bool qv_resp_store_put(qv_resp_store *s, const char *id, const char *owner, cons
     pthread_mutex_lock(&s->mu);
     rec **slot = slot_of(s, id);
     if (*slot) drop(s, slot, *slot);
-    while (s->tail && s->bytes + bytes > s->max_bytes) {
-        drop(s, slot_of(s, s->tail->id), s->tail);
-        s->evictions++;
-    }
+    make_room(s, bytes, NULL);
     slot = slot_of(s, id);
     r->next_hash = *slot;
     *slot = r;
@@ -193,10 +198,7 @@ qv_status qv_resp_store_edit(qv_resp_store *s, const char *id, const char *owner
             r->bytes = bytes;
             if (resp2) qv_free(r->response), r->response = resp2, resp2 = NULL;
             if (items2) qv_free(r->items), r->items = items2, items2 = NULL;
-            while (s->tail != r && s->bytes > s->max_bytes) {
-                drop(s, slot_of(s, s->tail->id), s->tail);
-                s->evictions++;
-            }
+            make_room(s, 0, r);
         }
     }
     pthread_mutex_unlock(&s->mu);
