@@ -365,13 +365,14 @@ qv_status qv_proto_lora_request_decode(const char *body, size_t len, char **name
 
 /* What a Responses API request brings beside its chat request. Owned strings (qv_free). */
 typedef struct qv_proto_responses_extra {
-    char *echo;     /* the JSON text of the request's settings a response object repeats */
-    char *items;    /* the conversation's items so far: the earlier ones, then this input (a JSON
-                       array of items; a string input as a user message) */
-    bool store;     /* the response is to be kept (the server stores, and `store` is not false) */
-    bool truncate;  /* `truncation: "auto"`: the earliest turns may be left out to fit */
-    size_t n_prior; /* items of `items` that came from prior (previous_response_id's or the
-                       conversation's) */
+    char *echo;      /* the JSON text of the request's settings a response object repeats */
+    char *items;     /* the conversation's items so far: the earlier ones, then this input (a JSON
+                        array of items; a string input as a user message) */
+    bool store;      /* the response is to be kept (the server stores, and `store` is not false) */
+    bool truncate;   /* `truncation: "auto"`: the earliest turns may be left out to fit */
+    bool background; /* `background: true`: the server answers at once, the response runs on */
+    size_t n_prior;  /* items of `items` that came from prior (previous_response_id's or the
+                        conversation's) */
 } qv_proto_responses_extra;
 
 /* Decodes a POST /v1/responses body into *r as the chat request it means (endpoint
@@ -386,10 +387,11 @@ typedef struct qv_proto_responses_extra {
  * name / schema / strict); include ["message.output_text.logprobs"] with top_logprobs. The
  * vLLM sampling extensions chat takes (top_k, min_p, seed, stop, penalties, priority,
  * adapter_id, ...) are read as chat reads them; truncation "auto" sets x->truncate (the
- * server fits the conversation). Refused, never ignored: conversation, background, prompt
- * templates, reasoning effort / summary, max_tool_calls, other include values, tool and item types
- * other than function ones, image / file / audio input. storing: the server keeps responses
- * (x->store, the echo's "store"). Errors as qv_proto_request_decode, naming the Responses API's
+ * server fits the conversation); background true sets x->background (refused with store false
+ * or when the server keeps nothing). Refused, never ignored: prompt templates, reasoning
+ * effort / summary, max_tool_calls, other include values, tool and item types other than
+ * function ones, image / file / audio input. storing: the server keeps responses (x->store, the
+ * echo's "store"). Errors as qv_proto_request_decode, naming the Responses API's
  * fields; *x is empty then. */
 qv_status qv_proto_responses_decode(const char *body, size_t len, const char *prior, bool storing,
                                     qv_proto_request *r, qv_proto_responses_extra *x,
@@ -424,11 +426,17 @@ typedef struct qv_proto_response_out {
     const qv_proto_tool_call *calls; /* once done: the function calls, after the message */
     size_t n_calls;
     int input_tokens, output_tokens, cached_tokens;
+    /* A background response's state when it is not derived from done / finish: "queued",
+       "in_progress", "cancelled" or "failed" (NULL: derived); a failed one's error */
+    const char *status;
+    const char *error_code, *error_message;
 } qv_proto_response_out;
 
 /* The response object {"id", "object": "response", "status", "output": [message,
  * function_call...], "usage", ...the request's settings}. NULL when out of memory. A message
- * item is written when there is text or no call. */
+ * item is written when there is text, or no call once done. A response not yet done (a
+ * background one read while it runs) has the output so far and usage null; o->status, when
+ * set, is its status, and a failed one's error is {"code", "message"}. */
 char *qv_proto_response_encode(const qv_proto_response_out *o);
 
 /* What a response stream has sent. Zero it before the first call; it owns `args` until the
@@ -487,6 +495,8 @@ char *qv_proto_response_input_items(const char *response, const char *items,
 /* POST /v1/responses/input_tokens's answer: {"object": "response.input_tokens",
  * "input_tokens": n}. NULL when out of memory. */
 char *qv_proto_response_input_tokens(size_t n);
+/* Whether a kept response object (qv_proto_response_encode's) was a background one. */
+bool qv_proto_response_background(const char *json);
 /* DELETE /v1/responses/{id}'s answer: {"id", "object": "response", "deleted": true}. */
 char *qv_proto_response_deleted(const char *id);
 /* Frees what a stream that did not finish holds. */

@@ -342,8 +342,11 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
         if (qv__proto_field(root, k_never[i].name))
             return rfail(e, k_never[i].name, "%s", k_never[i].why);
     const cJSON *f = qv__proto_field(root, "background");
-    if (f && !cJSON_IsFalse(f))
-        return rfail(e, "background", "background responses are not supported by quiver");
+    if (f && !cJSON_IsBool(f)) return rfail(e, "background", "'background' must be a boolean");
+    if (cJSON_IsTrue(f) && cJSON_IsFalse(qv__proto_field(root, "store")))
+        return rfail(e, "store",
+                     "a background response is kept until it is read: 'store' "
+                     "cannot be false with 'background' true");
     if ((f = qv__proto_field(root, "reasoning"))) {
         if (!cJSON_IsObject(f)) return rfail(e, "reasoning", "'reasoning' must be an object");
         if (qv__proto_field(f, "effort") || qv__proto_field(f, "summary") ||
@@ -424,21 +427,23 @@ static char *echo_of(const cJSON *root, bool stored) {
                     : cJSON_AddStringToObject(o, "tool_choice", "auto") != NULL);
     ok = ok && ((f = qv__proto_field(root, "tools")) ? put_copy(o, "tools", f)
                                                      : cJSON_AddArrayToObject(o, "tools") != NULL);
-    ok = ok &&
-         ((f = qv__proto_field(root, "truncation"))
-              ? put_copy(o, "truncation", f)
-              : cJSON_AddStringToObject(o, "truncation", "disabled") != NULL) &&
-         cJSON_AddBoolToObject(o, "store", stored) &&
-         ((f = qv__proto_field(root, "conversation"))
-              ? (t = cJSON_AddObjectToObject(o, "conversation")) &&
-                    cJSON_AddStringToObject(t, "id", conversation_id(f))
-              : cJSON_AddNullToObject(o, "conversation") != NULL) &&
-         ((f = qv__proto_field(root, "previous_response_id"))
-              ? put_copy(o, "previous_response_id", f)
-              : cJSON_AddNullToObject(o, "previous_response_id") != NULL) &&
-         (r = cJSON_AddObjectToObject(o, "reasoning")) && cJSON_AddNullToObject(r, "effort") &&
-         cJSON_AddNullToObject(r, "summary") &&
-         cJSON_AddStringToObject(o, "service_tier", "default");
+    ok =
+        ok &&
+        ((f = qv__proto_field(root, "truncation"))
+             ? put_copy(o, "truncation", f)
+             : cJSON_AddStringToObject(o, "truncation", "disabled") != NULL) &&
+        cJSON_AddBoolToObject(o, "store", stored) &&
+        cJSON_AddBoolToObject(o, "background", cJSON_IsTrue(qv__proto_field(root, "background"))) &&
+        ((f = qv__proto_field(root, "conversation"))
+             ? (t = cJSON_AddObjectToObject(o, "conversation")) &&
+                   cJSON_AddStringToObject(t, "id", conversation_id(f))
+             : cJSON_AddNullToObject(o, "conversation") != NULL) &&
+        ((f = qv__proto_field(root, "previous_response_id"))
+             ? put_copy(o, "previous_response_id", f)
+             : cJSON_AddNullToObject(o, "previous_response_id") != NULL) &&
+        (r = cJSON_AddObjectToObject(o, "reasoning")) && cJSON_AddNullToObject(r, "effort") &&
+        cJSON_AddNullToObject(r, "summary") &&
+        cJSON_AddStringToObject(o, "service_tier", "default");
     char *s = ok ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
     return s;
@@ -610,6 +615,13 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
     r->endpoint = QV_PROTO_RESPONSES;
     const cJSON *st = qv__proto_field(root, "store");
     x->store = storing && !cJSON_IsFalse(st);
+    x->background = cJSON_IsTrue(qv__proto_field(root, "background"));
+    if (x->background && !storing) {
+        s = rfail(e, "background",
+                  "background responses need the server to keep responses "
+                  "(it was started with --responses-store-mb 0)");
+        goto done;
+    }
     const cJSON *tr = qv__proto_field(root, "truncation");
     x->truncate = cJSON_IsString(tr) && !strcmp(tr->valuestring, "auto");
     if (!(x->echo = echo_of(root, x->store)) || !(x->items = cJSON_PrintUnformatted(items)))
@@ -639,6 +651,7 @@ static const char *suffix_of(const qv_proto_response_out *o) {
 }
 
 static const char *status_of(const qv_proto_response_out *o) {
+    if (o->status) return o->status;
     if (!o->done) return "in_progress";
     return o->finish && !strcmp(o->finish, "length") ? "incomplete" : "completed";
 }
@@ -697,7 +710,14 @@ static cJSON *call_item(const qv_proto_response_out *o, size_t i, bool whole) {
     return NULL;
 }
 
-static bool has_message(const qv_proto_response_out *o) { return o->text_len || !o->n_calls; }
+static bool has_message(const qv_proto_response_out *o) {
+    return o->text_len || (!o->n_calls && o->done);
+}
+
+/* An output item's status under a response's: cancelled and failed ones leave it incomplete. */
+static const char *item_status(const char *status) {
+    return !strcmp(status, "completed") || !strcmp(status, "in_progress") ? status : "incomplete";
+}
 
 /* The response object; `whole`: with its output and usage (else output [] and usage null). */
 static cJSON *response_obj(const qv_proto_response_out *o, bool whole) {
@@ -710,8 +730,14 @@ static cJSON *response_obj(const qv_proto_response_out *o, bool whole) {
         !(whole && o->completed_at
               ? cJSON_AddNumberToObject(r, "completed_at", (double)o->completed_at)
               : cJSON_AddNullToObject(r, "completed_at")) ||
-        !cJSON_AddStringToObject(r, "status", status) || !cJSON_AddFalseToObject(r, "background") ||
-        !cJSON_AddNullToObject(r, "error") ||
+        !cJSON_AddStringToObject(r, "status", status) ||
+        (!cJSON_HasObjectItem(r, "background") && !cJSON_AddFalseToObject(r, "background")))
+        goto oom;
+    cJSON *err = o->error_code ? cJSON_AddObjectToObject(r, "error") : NULL;
+    if ((o->error_code ? !err || !cJSON_AddStringToObject(err, "code", o->error_code) ||
+                             !cJSON_AddStringToObject(err, "message",
+                                                      o->error_message ? o->error_message : "")
+                       : !cJSON_AddNullToObject(r, "error")) ||
         !cJSON_AddStringToObject(r, "model", o->model ? o->model : "") ||
         !(out = cJSON_AddArrayToObject(r, "output")))
         goto oom;
@@ -723,7 +749,7 @@ static cJSON *response_obj(const qv_proto_response_out *o, bool whole) {
     }
     if (!whole) return cJSON_AddNullToObject(r, "usage") ? r : (cJSON_Delete(r), NULL);
     if (has_message(o)) {
-        cJSON *m = message_item(o, status, true);
+        cJSON *m = message_item(o, item_status(status), true);
         if (!m || !cJSON_AddItemToArray(out, m)) {
             cJSON_Delete(m);
             goto oom;
@@ -736,6 +762,7 @@ static cJSON *response_obj(const qv_proto_response_out *o, bool whole) {
             goto oom;
         }
     }
+    if (!o->done) return cJSON_AddNullToObject(r, "usage") ? r : (cJSON_Delete(r), NULL);
     if (!(u = cJSON_AddObjectToObject(r, "usage")) ||
         !cJSON_AddNumberToObject(u, "input_tokens", o->input_tokens) ||
         !(d = cJSON_AddObjectToObject(u, "input_tokens_details")) ||
@@ -749,6 +776,13 @@ static cJSON *response_obj(const qv_proto_response_out *o, bool whole) {
 oom:
     cJSON_Delete(r);
     return NULL;
+}
+
+bool qv_proto_response_background(const char *json) {
+    cJSON *r = cJSON_Parse(json ? json : "");
+    const bool bg = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "background"));
+    cJSON_Delete(r);
+    return bg;
 }
 
 char *qv_proto_response_encode(const qv_proto_response_out *o) {
@@ -1268,7 +1302,7 @@ char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_resp
     /* the message ends where the calls begin, or with the answer */
     if (st->msg_open && !st->msg_done && (o->n_calls || o->done))
         message_close(&b, st, o, mid, o->done ? o->text_len : st->text_sent,
-                      o->done ? status : "completed");
+                      o->done ? item_status(status) : "completed");
     for (size_t i = (size_t)st->calls_done; i < o->n_calls; i++)
         call_events(&b, st, o, i, o->done || i + 1 < o->n_calls);
     if (o->done) {
@@ -1290,7 +1324,9 @@ char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_resp
             cJSON_Delete(r);
             r = NULL;
         }
-        ev(&b, st, strcmp(status, "incomplete") ? "response.completed" : "response.incomplete", r);
+        char type[48]; /* response.completed, .incomplete, .cancelled (a background one's) */
+        snprintf(type, sizeof(type), "response.%s", status);
+        ev(&b, st, type, r);
         st->finished = true;
         qv_proto_response_stream_free(st);
     }

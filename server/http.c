@@ -63,6 +63,7 @@
 #include "qv_version.h" /* generated: QV_VERSION, QV_GIT_COMMIT */
 
 typedef struct server server;
+typedef struct log_reader log_reader;
 
 /* One generated token of a TGI request. */
 typedef struct gen_tok {
@@ -177,6 +178,23 @@ typedef struct request {
     char conv_id[128];   /* `conversation`: its id, "" when none or once its items were added */
     size_t conv_prior;   /* items of resp_items that came from the conversation */
     qv_proto_response_stream rstream;
+    /* `background: true` (lead): the request outlives its connection. The server's background
+       list (server.bg_head) holds a reference until the engine is done with it; then it is
+       kept, logged and counted. */
+    bool background;
+    bool cancelled;          /* [mu] POST /v1/responses/{id}/cancel (or a DELETE) ended it */
+    bool forgotten;          /* [mu] a DELETE: nothing of it is kept */
+    struct request *bg_next; /* [server.bg_mu] */
+    char xrid[129];          /* background: the X-Request-Id its log line repeats */
+    /* [mu] a background stream: every event made so far, in order, so that any client can read
+       the stream from any event (GET /v1/responses/{id}?stream=true&starting_after=N); kept
+       with the response once it ends */
+    char *evlog;
+    size_t evlog_len, evlog_cap;
+    size_t *ev_at; /* where event i (sequence number i) starts in evlog */
+    size_t n_ev, cap_ev;
+    bool log_ended;             /* the last event (final or error) is in the log */
+    struct log_reader *readers; /* [mu] the connections reading the log */
     bool stream_failed; /* [http] out of memory building a frame: the stream ends in error */
     bool sent_first, sent_finish, sent_usage, sent_done;
     char *frame;
@@ -277,6 +295,8 @@ struct server {
     keyring *kr;               /* [keys_mu] --api-keys-file, current */
     qv_tenants *tenants;       /* 0 = "default"; the others come from the keys file */
     qv_resp_store *resp_store; /* Responses API: kept responses; NULL = none kept */
+    pthread_mutex_t bg_mu;
+    request *bg_head; /* [bg_mu] background responses the engine has not finished with */
     qv_engine *engine;
     const qv_tokenizer *tok;
     const qv_model *model;
@@ -375,6 +395,8 @@ static void request_release(request *r) {
         lp_free(&r->plps[i]);
     qv_free(r->plps);
     qv_free(r->frame);
+    qv_free(r->evlog);
+    qv_free(r->ev_at);
     qv_free(r);
     if (lead != r) request_release(lead); /* a member's reference on its lead */
 }
@@ -398,13 +420,28 @@ static void tenant_leave_locked(request *r) {
     l->tenant_counted = false;
 }
 
-/* Resumes the connection if it waits. Caller holds the lead's mutex. */
+/* A connection reading a background stream's event log, from its own place in it. */
+struct log_reader {
+    request *r; /* holds a reference */
+    struct MHD_Connection *conn;
+    size_t from;      /* the next event it sends (until off is set from it) */
+    size_t off;       /* the next byte of r->evlog it sends; SIZE_MAX until known */
+    bool suspended;   /* [r->mu] waiting for events */
+    log_reader *next; /* [r->mu] r->readers */
+};
+
+/* Resumes the connections that wait for it. Caller holds the lead's mutex. */
 static void wake_locked(request *r) {
     request *l = r->lead;
     if (l->suspended) {
         l->suspended = false;
         MHD_resume_connection(l->conn);
     }
+    for (log_reader *rd = l->readers; rd; rd = rd->next)
+        if (rd->suspended) {
+            rd->suspended = false;
+            MHD_resume_connection(rd->conn);
+        }
 }
 
 static bool append_out(request *r, const char *text, size_t len) {
@@ -631,6 +668,11 @@ static void on_token(void *user, int seq_id, int32_t token, const qv_logprobs *l
         len = 0;
     }
     req_lock(r);
+    if (r->done) { /* cancelled meanwhile (background responses: from an HTTP thread) */
+        req_unlock(r);
+        if (have_lp) lp_free(&plp);
+        return;
+    }
     r->n_gen++;
     if (r->n_gen == 1) r->t_first = qv_time_s();
     bool ok = !len || append_out(r, text, len);
@@ -764,7 +806,12 @@ static void maybe_shutdown(server *srv);
 static void start_drain(server *srv);
 
 /* Engine thread: drops the engine's reference to r and the adapter handle it holds. */
+static void bg_end(request *r);
+
+/* The engine is done with r: its tenant's activity, its adapter and the engine's reference go;
+ * a background response is kept, logged and counted then. */
 static void engine_release(request *r) {
+    if (r->background) bg_end(r);
     if (r->tenant_active) {
         qv_tenants_deactivate(r->srv->tenants, r->tenant);
         r->tenant_active = false;
@@ -1226,7 +1273,7 @@ static void on_live_tick(uv_timer_t *t) {
             /* the lead holds the connection (and lives while a member does); client_gone is
              * written only on this thread, so a gone client is acted on once */
             request *l = r->lead;
-            if (l->client_gone || !client_gone(l)) continue;
+            if (l->background || l->client_gone || !client_gone(l)) continue;
             for (int i = 0; i < n_choices(l); i++) { /* cancelled through the inbox */
                 request *m = choice_at(l, i);
                 req_lock(l);
@@ -2141,6 +2188,17 @@ static bool response_out(request *r, qv_proto_response_out *o, qv_proto_tool_cal
                                  .input_tokens = r->usage_prompt,
                                  .output_tokens = r->n_gen,
                                  .cached_tokens = QV_MAX(r->cached, 0)};
+    if (r->background) { /* its states beyond in_progress / completed / incomplete */
+        o->status = r->cancelled    ? "cancelled"
+                    : r->err_status ? "failed"
+                    : r->done       ? NULL
+                    : r->admitted   ? "in_progress"
+                                    : "queued";
+        if (r->err_status && !r->cancelled) {
+            o->error_code = r->err_code ? r->err_code : "server_error";
+            o->error_message = r->err_msg;
+        }
+    }
     return true;
 }
 
@@ -2206,33 +2264,284 @@ static void keep_response(request *r, const qv_proto_response_out *o, const char
     qv_free(conv);
 }
 
-/* A Responses API stream's next frame: its typed events so far, or an error event. */
-static bool response_next_frame(request *r) {
-    if (r->sent_done) return false;
+/* A generation request's metrics and log line, once it is over: when its connection completes,
+ * or (background) when the engine is done with it. */
+static void account_request(server *srv, request *r, int status, const char *note, double total,
+                            const char *xrid) {
+    req_lock(r);
+    const int n_out = group_generated(r), n_cached = group_cached(r), n_in = r->usage_prompt;
+    const double ttft = r->t_first > 0 ? r->t_first - r->t_arrival : -1;
+    const double tpot =
+        r->n_gen > 1 && r->t_done > 0 ? (r->t_done - r->t_first) / (r->n_gen - 1) : -1;
+    req_unlock(r);
+    qv_metrics_request(srv->metrics, status, n_in, n_out, ttft, tpot, total);
+    qv_metrics_adapter_request(srv->metrics, r->adapter, n_in, n_out, ttft, tpot);
+    QV_LOGI("request %s adapter=%s status=%d tokens_in=%d tokens_cached=%d tokens_out=%d "
+            "ttft=%.3fs total=%.3fs%s%s%s",
+            r->id, r->adapter ? r->adapter : "-", status, n_in, n_cached, n_out, ttft, total, note,
+            xrid[0] ? " x-request-id=" : "", xrid);
+}
+
+/* A Responses API stream's events since the last call: its typed events, or an error event.
+ * "" (*len 0) when there is nothing new, NULL when out of memory; *end once the stream's last
+ * event is made. A finished response is kept. Caller holds r->mu. */
+static char *response_events_now(request *r, size_t *len, bool *end) {
     char *ev = NULL;
-    size_t len = 0;
+    *len = 0;
     if (r->err_status) {
         ev = qv_proto_response_error_event(&r->rstream, r->err_code ? r->err_code : "server_error",
-                                           r->err_msg, &len);
+                                           r->err_msg, len);
     } else {
         qv_proto_response_out o;
         qv_proto_tool_call *calls;
         size_t n_calls;
         if (response_out(r, &o, &calls, &n_calls))
-            ev = qv_proto_response_events(&r->rstream, &o, &len);
+            ev = qv_proto_response_events(&r->rstream, &o, len);
         if (ev && r->rstream.finished) keep_response(r, &o, NULL);
         qv_proto_tool_calls_free(calls, n_calls);
     }
+    *end = r->rstream.finished || !ev;
+    return ev;
+}
+
+/* A Responses API stream's next frame (one connection's stream). */
+static bool response_next_frame(request *r) {
+    if (r->sent_done) return false;
+    size_t len;
+    bool end;
+    char *ev = response_events_now(r, &len, &end);
     if (ev && !len) { /* nothing new */
         qv_free(ev);
         return false;
     }
-    r->sent_done = r->rstream.finished || !ev;
+    r->sent_done = end;
     r->stream_failed = !ev; /* its events are lost: end the stream in error */
     r->frame = ev;
     r->frame_len = len;
     r->frame_off = 0;
     return ev != NULL;
+}
+
+/* A background stream: adds the events since the last call to its log, indexing where each
+ * begins (an event ends with a blank line: its JSON holds no raw newline). False when there
+ * was nothing new or the log has ended. Out of memory ends the log (readers end in error).
+ * Caller holds r->mu. */
+static bool log_more(request *r) {
+    if (r->log_ended) return false;
+    size_t len;
+    bool end;
+    char *ev = response_events_now(r, &len, &end);
+    bool ok = ev != NULL;
+    if (ok && len && r->evlog_len + len + 1 > r->evlog_cap) {
+        const size_t cap = (r->evlog_len + len + 1) * 2;
+        char *p = qv_realloc(r->evlog, cap);
+        ok = p != NULL;
+        if (p) r->evlog = p, r->evlog_cap = cap;
+    }
+    for (size_t i = 0; ok && i < len;) {
+        if (r->n_ev == r->cap_ev) {
+            const size_t cap = r->cap_ev ? r->cap_ev * 2 : 64;
+            size_t *p = qv_realloc(r->ev_at, cap * sizeof(*p));
+            if (!(ok = p != NULL)) break;
+            r->ev_at = p, r->cap_ev = cap;
+        }
+        r->ev_at[r->n_ev++] = r->evlog_len + i;
+        const char *blank = strstr(ev + i, "\n\n");
+        i = blank ? (size_t)(blank - ev) + 2 : len;
+    }
+    if (ok && len) {
+        memcpy(r->evlog + r->evlog_len, ev, len);
+        r->evlog_len += len;
+        r->evlog[r->evlog_len] = '\0';
+    }
+    qv_free(ev);
+    if (!ok) {
+        r->n_ev = 0; /* what was indexed past the log's end is dropped with it */
+        r->evlog_len = 0;
+    }
+    r->log_ended = end || !ok;
+    return ok && len;
+}
+
+static ssize_t log_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    log_reader *rd = cls;
+    request *r = rd->r;
+    req_lock(r);
+    for (;;) {
+        if (rd->off == SIZE_MAX && rd->from < r->n_ev) rd->off = r->ev_at[rd->from];
+        if (rd->off != SIZE_MAX && rd->off < r->evlog_len) {
+            const size_t n = QV_MIN(max, r->evlog_len - rd->off);
+            memcpy(buf, r->evlog + rd->off, n);
+            rd->off += n;
+            req_unlock(r);
+            return (ssize_t)n;
+        }
+        if (log_more(r)) continue;
+        if (r->log_ended) {
+            const bool whole = r->n_ev > 0 && r->evlog_len; /* an out-of-memory log is empty */
+            req_unlock(r);
+            return whole ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        rd->suspended = true;
+        MHD_suspend_connection(rd->conn);
+        req_unlock(r);
+        return 0;
+    }
+}
+
+static void log_reader_free(void *cls) {
+    log_reader *rd = cls;
+    request *r = rd->r;
+    req_lock(r);
+    log_reader **pp = &r->readers;
+    while (*pp != rd)
+        pp = &(*pp)->next;
+    *pp = rd->next;
+    req_unlock(r);
+    request_release(r);
+    qv_free(rd);
+}
+
+/* Answers c with a Server-Sent Events stream that `reader` writes from cls (freed by
+ * free_cb, at once when the answer cannot be made). */
+static enum MHD_Result send_sse(struct MHD_Connection *c, conn_ctx *ctx,
+                                MHD_ContentReaderCallback reader, void *cls,
+                                MHD_ContentReaderFreeCallback free_cb) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, reader, cls, free_cb);
+    if (!resp) {
+        free_cb(cls);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    add_request_id(resp, ctx);
+    ctx->status = 200;
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* Answers connection c with r's event log from event `from` on (a background stream, live). */
+static enum MHD_Result send_log(struct MHD_Connection *c, conn_ctx *ctx, request *r, size_t from) {
+    log_reader *rd = qv_calloc(1, sizeof(*rd));
+    if (!rd) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+    *rd = (log_reader){.r = r, .conn = c, .from = from, .off = SIZE_MAX};
+    req_lock(r);
+    r->refs++;
+    rd->next = r->readers;
+    r->readers = rd;
+    req_unlock(r);
+    return send_sse(c, ctx, log_read, rd, log_reader_free);
+}
+
+/* ---- background responses ---- */
+
+/* The store's id of a background stream's events: "sse_" and the response's id without
+ * "resp_" (no route reads it as a response or a conversation). */
+static void sse_id(char *out, size_t cap, const char *resp_id) {
+    snprintf(out, cap, "sse_%s", resp_id + (strncmp(resp_id, "resp_", 5) ? 0 : 5));
+}
+
+/* A background response's object as it stands (queued, in progress with the output so far, or
+ * final), and with conv (non-NULL) the conversation up to it (input_items). NULL when out of
+ * memory. */
+static char *bg_snapshot(request *r, char **conv) {
+    req_lock(r);
+    qv_proto_response_out o;
+    qv_proto_tool_call *calls;
+    size_t n_calls;
+    char *json = NULL;
+    if (response_out(r, &o, &calls, &n_calls)) {
+        json = qv_proto_response_encode(&o);
+        if (conv && json && !(*conv = qv_proto_response_conversation(r->resp_items, &o)))
+            json = (qv_free(json), NULL);
+    }
+    qv_proto_tool_calls_free(calls, n_calls);
+    req_unlock(r);
+    return json;
+}
+
+/* The background response `id` of owner that the engine has not finished with (and that was
+ * not deleted), with a reference (request_release), or NULL. */
+static request *bg_find(server *srv, const char *id, const char *owner) {
+    pthread_mutex_lock(&srv->bg_mu);
+    request *r = srv->bg_head;
+    while (r && (strcmp(r->id, id) || strcmp(r->resp_owner, owner)))
+        r = r->bg_next;
+    bool found = false;
+    if (r) {
+        req_lock(r);
+        found = !r->forgotten; /* deleted: gone at once, though the engine may still hold it */
+        if (found) r->refs++;
+        req_unlock(r);
+    }
+    pthread_mutex_unlock(&srv->bg_mu);
+    return found ? r : NULL;
+}
+
+/* Ends a background response that has not finished: no token is taken after this, its status
+ * is "cancelled", and the engine frees its sequence (a message to the engine thread). `forget`
+ * (a DELETE): it is not kept either. Any thread. */
+static void bg_cancel(server *srv, request *r, bool forget) {
+    req_lock(r);
+    const bool live = !r->done;
+    if (forget) {
+        r->forgotten = true;
+        r->resp_keep = false;
+        r->conv_id[0] = '\0';
+    }
+    if (live) {
+        r->done = r->cancelled = true;
+        r->finish = "stop";
+        r->t_done = qv_time_s();
+        r->refs++; /* the message's */
+        tenant_leave_locked(r);
+        wake_locked(r); /* a stream ends with response.cancelled */
+    }
+    req_unlock(r);
+    if (live && !post(srv, MSG_CANCEL, r)) request_release(r);
+}
+
+/* Engine thread, from engine_release: a background response is over. It is kept (a cancelled
+ * or failed one too, so that polling sees its end; only a completed or incomplete one adds its
+ * turn to its conversation), logged, counted, and leaves the background list. */
+static void bg_end(request *r) {
+    server *srv = r->srv;
+    req_lock(r);
+    if (r->cancelled || r->err_status) r->conv_id[0] = '\0';
+    const bool keep_log = r->stream && !r->forgotten;
+    while (r->stream && log_more(r)) /* a stream's events to the end, for its readers to come */
+        ;
+    qv_proto_response_out o;
+    qv_proto_tool_call *calls;
+    size_t n_calls;
+    if (response_out(r, &o, &calls, &n_calls))
+        keep_response(r, &o, NULL);
+    else if (r->resp_keep)
+        QV_LOGW("response %s not kept (out of memory)", r->id);
+    qv_proto_tool_calls_free(calls, n_calls);
+    char sse[sizeof(r->id) + 8];
+    sse_id(sse, sizeof(sse), r->id);
+    if (keep_log &&
+        (!r->n_ev || !qv_resp_store_put(srv->resp_store, sse, r->resp_owner, r->evlog, "")))
+        QV_LOGW("response %s: its stream's events were not kept (too large for "
+                "--responses-store-mb, or out of memory)",
+                r->id);
+    const bool cancelled = r->cancelled;
+    const int status = cancelled ? 499 : r->err_status ? r->err_status : 200;
+    req_unlock(r);
+    account_request(srv, r, status, cancelled ? " (background, cancelled)" : " (background)",
+                    qv_time_s() - r->t_arrival, r->xrid);
+    pthread_mutex_lock(&srv->bg_mu);
+    request **pp = &srv->bg_head;
+    while (*pp && *pp != r)
+        pp = &(*pp)->bg_next;
+    if (*pp) *pp = r->bg_next;
+    pthread_mutex_unlock(&srv->bg_mu);
+    atomic_fetch_sub(&srv->n_open, 1);
+    request_release(r); /* the list's reference */
 }
 
 /* Builds the group's next SSE frame into the lead's frame buffer: the members' chunks in
@@ -2330,22 +2639,14 @@ static enum MHD_Result respond(struct MHD_Connection *c, conn_ctx *ctx) {
         req_unlock(r);
         return send_error(c, ctx, st, NULL, code, "%s", msg);
     }
+    if (r->stream && r->background && (r->admitted || r->done)) {
+        req_unlock(r);
+        return send_log(c, ctx, r, 0); /* the log other connections may read too */
+    }
     if (r->stream && (r->admitted || r->done)) {
         r->refs++;
         req_unlock(r);
-        struct MHD_Response *resp = MHD_create_response_from_callback(
-            MHD_SIZE_UNKNOWN, 4096, stream_reader, r, stream_free);
-        if (!resp) {
-            request_release(r);
-            return MHD_NO;
-        }
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-        add_request_id(resp, ctx);
-        ctx->status = 200;
-        enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
-        MHD_destroy_response(resp);
-        return ret;
+        return send_sse(c, ctx, stream_reader, r, stream_free);
     }
     if (!r->stream && r->done && r->endpoint == QV_PROTO_GENERATE) {
         char *json = tgi_response(r);
@@ -2674,6 +2975,15 @@ static bool responses_prior(server *srv, struct MHD_Connection *c, conn_ctx *ctx
                              : QV_ERR_NOT_FOUND;
     if (gs == QV_OK) return true;
     conv[0] = '\0';
+    request *live = has_prev && gs == QV_ERR_NOT_FOUND ? bg_find(srv, id, owner) : NULL;
+    if (live) { /* a background response that has not finished: nothing to continue yet */
+        request_release(live);
+        *ret = send_error(c, ctx, 400, "previous_response_id", "invalid_value",
+                          "previous response '%.100s' is still in progress: wait until its "
+                          "status is completed",
+                          id);
+        return false;
+    }
     *ret = gs == QV_ERR_NOMEM
                ? send_error(c, ctx, 500, NULL, NULL, "out of memory")
                : send_error(c, ctx, 404, has_prev ? "previous_response_id" : "conversation",
@@ -2794,6 +3104,131 @@ static qv_status edit_conversation(const char *conv, const char *items, void *us
         *new_conv = *new_items = NULL;
     }
     return st;
+}
+
+/* GET /v1/responses/{id}?stream=true[&starting_after=N]: a background stream's events after
+ * sequence number N (from the first without it). A running response's are read from its log as
+ * they come (live: a reference, released here); an ended one's from the store. */
+static enum MHD_Result resume_stream(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                                     const char *id, const char *owner, request *live) {
+    const char *after = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "starting_after");
+    char *end = NULL;
+    errno = 0;
+    const long long n = after ? strtoll(after, &end, 10) : -1;
+    if (after && (end == after || *end || errno || n < -1 || n > INT32_MAX)) {
+        if (live) request_release(live);
+        return send_error(c, ctx, 400, "starting_after", "invalid_value",
+                          "'starting_after' must be an event's sequence number");
+    }
+    const size_t from = (size_t)(n + 1);
+    if (live && live->stream) {
+        const enum MHD_Result ret = send_log(c, ctx, live, from);
+        request_release(live);
+        return ret;
+    }
+    char sse[160], *log = NULL;
+    sse_id(sse, sizeof(sse), id);
+    qv_status st = QV_ERR_NOT_FOUND;
+    if (!live && srv->resp_store && !strncmp(id, "resp_", 5))
+        st = qv_resp_store_get(srv->resp_store, sse, owner, &log, NULL);
+    if (live) request_release(live);
+    if (st == QV_ERR_NOMEM) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+    if (st != QV_OK) {
+        const bool exists =
+            live || (srv->resp_store && !strncmp(id, "resp_", 5) &&
+                     qv_resp_store_get(srv->resp_store, id, owner, NULL, NULL) == QV_OK);
+        return exists
+                   ? send_error(c, ctx, 400, "stream", "invalid_value",
+                                "response '%.100s' has no stream to read: only responses "
+                                "created with 'background' and 'stream' true have one (an "
+                                "ended one's is kept beside it while the store has room)",
+                                id)
+                   : send_error(c, ctx, 404, NULL, "not_found", "response '%.100s' not found", id);
+    }
+    const char *at = log; /* event `from` begins after `from` blank lines */
+    for (size_t i = 0; i < from && at; i++)
+        if ((at = strstr(at, "\n\n"))) at += 2;
+    size_t len = 0;
+    char *body = libc_copy(at ? at : "", &len);
+    qv_free(log);
+    return queue_buf(c, ctx, 200, "text/event-stream", body, len);
+}
+
+/* GET / DELETE /v1/responses/{id}, GET .../input_items, POST .../cancel: a kept response, or a
+ * background one the engine still runs (its object as it stands). */
+static enum MHD_Result handle_response_id(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                                          const char *method, const char *url) {
+    const bool get = !strcmp(method, MHD_HTTP_METHOD_GET) || !strcmp(method, MHD_HTTP_METHOD_HEAD),
+               del = !strcmp(method, MHD_HTTP_METHOD_DELETE),
+               post_m = !strcmp(method, MHD_HTTP_METHOD_POST);
+    char id[128];
+    const char *slash = strchr(url + 14, '/');
+    const size_t id_len = slash ? (size_t)(slash - (url + 14)) : strlen(url + 14);
+    const bool inputs = slash && !strcmp(slash, "/input_items"),
+               cancel = slash && !strcmp(slash, "/cancel");
+    if ((slash && !inputs && !cancel) || id_len >= sizeof(id))
+        return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %.200s", method, url);
+    if (cancel ? !post_m : !get && (inputs || !del))
+        return send_405(c, ctx, cancel ? "POST" : inputs ? "GET" : "GET, DELETE");
+    memcpy(id, url + 14, id_len);
+    id[id_len] = '\0';
+    char owner[65], *json = NULL, *items = NULL;
+    key_owner(c, owner);
+    const bool kept = srv->resp_store && !strncmp(id, "resp_", 5); /* not a conversation */
+    request *live = kept ? bg_find(srv, id, owner) : NULL;
+    const char *stream =
+        get && !inputs ? MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "stream") : NULL;
+    const bool resume = stream && (!strcmp(stream, "true") || !strcmp(stream, "1"));
+    if (stream && !resume && strcmp(stream, "false") && strcmp(stream, "0")) {
+        if (live) request_release(live);
+        return send_error(c, ctx, 400, "stream", "invalid_value", "'stream' must be true or false");
+    }
+    if (resume) /* a background stream, (re)read */
+        return resume_stream(srv, c, ctx, id, owner, live);
+    qv_status st = QV_ERR_NOT_FOUND;
+    if (live) { /* background, still running: cancel or forget it first, then read it */
+        if (cancel || del) bg_cancel(srv, live, del);
+        json = del ? NULL : bg_snapshot(live, inputs ? &items : NULL);
+        request_release(live);
+        st = del || json ? QV_OK : QV_ERR_NOMEM;
+        if (del) qv_resp_store_delete(srv->resp_store, id, owner); /* kept meanwhile */
+    } else if (kept && del) {
+        st = qv_resp_store_delete(srv->resp_store, id, owner) ? QV_OK : QV_ERR_NOT_FOUND;
+    } else if (kept) {
+        st = qv_resp_store_get(srv->resp_store, id, owner, &json, inputs ? &items : NULL);
+    }
+    if (st == QV_ERR_NOMEM) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
+    if (st != QV_OK)
+        return send_error(c, ctx, 404, NULL, "not_found", "response '%.100s' not found%s", id,
+                          srv->resp_store ? "" : " (this server keeps none)");
+    if (cancel && !live) { /* over already: a background one answers its final object again */
+        if (!qv_proto_response_background(json)) {
+            qv_free(json);
+            return send_error(c, ctx, 400, NULL, "invalid_value",
+                              "response '%.100s' was not created with 'background': only "
+                              "background responses can be cancelled",
+                              id);
+        }
+    }
+    if (inputs) { /* one page of the items it was generated from */
+        const qv_proto_items_query q = {
+            .after = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "after"),
+            .before = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "before"),
+            .limit = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit"),
+            .order = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "order")};
+        qv_proto_error pe = {0};
+        char *page = qv_proto_response_input_items(json, items, &q, &pe);
+        qv_free(json);
+        qv_free(items);
+        if (!page) return send_proto_error(c, ctx, &pe);
+        return send_json(c, ctx, 200, page);
+    }
+    if (!del) return send_json(c, ctx, 200, json);
+    char sse[sizeof(id) + 8];
+    sse_id(sse, sizeof(sse), id);
+    qv_resp_store_delete(srv->resp_store, sse, owner); /* a background stream's events */
+    char *out = qv_proto_response_deleted(id);
+    return out ? send_json(c, ctx, 200, out) : send_error(c, ctx, 500, NULL, NULL, "out of memory");
 }
 
 /* The Conversations API (docs/http-api.md#conversations): conversations kept in resp_store
@@ -3592,6 +4027,8 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     memcpy(r->resp_owner, owner, sizeof(owner));
     memcpy(r->conv_id, conv, sizeof(conv));
     r->conv_prior = rx.n_prior;
+    r->background = rx.background;
+    memcpy(r->xrid, ctx->xrid, sizeof(r->xrid));
     rx.echo = rx.items = NULL;
     for (size_t p = 0; p < n_prompts; p++)
         r->usage_prompt += (int)pin[p].n_ids;
@@ -3622,26 +4059,45 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     }
     r->tenant_counted = true; /* the group now owns its tenant's in-flight place */
     arrived = false;
-    /* Each member: one reference for the connection (already counted), one for the engine. */
+    /* Each member: one reference for the connection (already counted), one for the engine;
+     * a background response one more for the background list, which it joins before the
+     * engine can end it. Its answer does not wait unless it streams. */
+    const bool wait = !r->background || r->stream;
     req_lock(r);
     for (int i = 0; i < n_choices(r); i++)
         choice_at(r, i)->refs++;
-    r->suspended = true;
-    MHD_suspend_connection(c);
+    if (r->background) r->refs++;
+    if (wait) {
+        r->suspended = true;
+        MHD_suspend_connection(c);
+    }
     req_unlock(r);
     ctx->req = r;
     atomic_fetch_add(&srv->n_open, 1);
+    if (r->background) {
+        atomic_fetch_add(&srv->n_open, 1); /* a drain waits for it too */
+        pthread_mutex_lock(&srv->bg_mu);
+        r->bg_next = srv->bg_head;
+        srv->bg_head = r;
+        pthread_mutex_unlock(&srv->bg_mu);
+    }
     for (int i = 0; i < n_choices(r); i++) {
         request *m = choice_at(r, i);
         if (!post(srv, MSG_ADD, m)) {
             /* Cannot reach the engine: finish it here with an error and resume. */
             atomic_fetch_sub(&srv->n_waiting, 1);
             request_fail(m, 500, NULL, "out of memory");
+            if (m->background) bg_end(m); /* as the engine would have */
             request_release(m);
         }
     }
-    r = NULL;
     ret = MHD_YES;
+    if (!wait) { /* background: the response as it stands (queued) */
+        char *json = bg_snapshot(r, NULL);
+        ret = json ? send_json(c, ctx, 200, json)
+                   : send_error(c, ctx, 500, NULL, NULL, "out of memory");
+    }
+    r = NULL;
 done:
     if (arrived) qv_tenants_unarrive(srv->tenants, tenant, charged);
     if (r) group_release(r);
@@ -4352,48 +4808,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!post_m) goto bad_method;
         return handle_input_tokens(srv, c, ctx);
     }
-    if (!strncmp(url, "/v1/responses/", 14)) { /* a kept response: read or delete it */
-        const bool del = !strcmp(method, MHD_HTTP_METHOD_DELETE);
-        char id[128];
-        const char *slash = strchr(url + 14, '/');
-        const size_t id_len = slash ? (size_t)(slash - (url + 14)) : strlen(url + 14);
-        const bool inputs = slash && !strcmp(slash, "/input_items");
-        if ((slash && !inputs) || id_len >= sizeof(id))
-            return send_error(c, ctx, 404, NULL, "not_found", "no route for %s %.200s", method,
-                              url);
-        if (!get && (inputs || !del)) goto bad_method;
-        memcpy(id, url + 14, id_len);
-        id[id_len] = '\0';
-        char owner[65], *json = NULL, *items = NULL;
-        key_owner(c, owner);
-        qv_status st = QV_ERR_NOT_FOUND;
-        const bool kept = srv->resp_store && !strncmp(id, "resp_", 5); /* not a conversation */
-        if (kept && del)
-            st = qv_resp_store_delete(srv->resp_store, id, owner) ? QV_OK : QV_ERR_NOT_FOUND;
-        else if (kept)
-            st = qv_resp_store_get(srv->resp_store, id, owner, &json, inputs ? &items : NULL);
-        if (st == QV_ERR_NOMEM) return send_error(c, ctx, 500, NULL, NULL, "out of memory");
-        if (st != QV_OK)
-            return send_error(c, ctx, 404, NULL, "not_found", "response '%.100s' not found%s", id,
-                              srv->resp_store ? "" : " (this server keeps none)");
-        if (inputs) { /* one page of the items it was generated from */
-            const qv_proto_items_query q = {
-                .after = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "after"),
-                .before = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "before"),
-                .limit = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit"),
-                .order = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "order")};
-            qv_proto_error pe = {0};
-            char *page = qv_proto_response_input_items(json, items, &q, &pe);
-            qv_free(json);
-            qv_free(items);
-            if (!page) return send_proto_error(c, ctx, &pe);
-            return send_json(c, ctx, 200, page);
-        }
-        if (!del) return send_json(c, ctx, 200, json);
-        char *out = qv_proto_response_deleted(id);
-        return out ? send_json(c, ctx, 200, out)
-                   : send_error(c, ctx, 500, NULL, NULL, "out of memory");
-    }
+    if (!strncmp(url, "/v1/responses/", 14)) /* a kept or background response */
+        return handle_response_id(srv, c, ctx, method, url);
     if (!strncmp(url, "/v1/models/", 11)) { /* one model: the base, "base:adapter" or an adapter */
         if (!get) goto bad_method;
         const char *id = url + 11, *colon = strchr(id, ':');
@@ -4452,7 +4868,8 @@ bad_method:;
                 !strcmp(url, "/v1/load_lora_adapter") || !strcmp(url, "/v1/unload_lora_adapter") ||
                 !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize") ||
                 !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") ||
-                !strcmp(url, "/") || !strcmp(url, "/reset_prefix_cache")
+                !strcmp(url, "/") || !strcmp(url, "/reset_prefix_cache") ||
+                (!strncmp(url, "/v1/responses/", 14) && strstr(url + 14, "/cancel"))
             ? "POST"
         : !strcmp(url, "/v1/adapters")                                  ? "GET, POST"
         : !strncmp(url, "/v1/adapters/", 13)                            ? "GET, PUT, DELETE"
@@ -4479,14 +4896,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     }
     upload_free(ctx->up);
     request *r = ctx->req;
-    if (r) {
+    if (r && r->background) { /* it runs on: logged and counted when the engine is done */
+        req_lock(r);
+        r->suspended = false;
+        r->conn = NULL;
+        req_unlock(r);
+        atomic_fetch_sub(&srv->n_open, 1);
+        group_release(r);
+    } else if (r) {
         req_lock(r);
         r->suspended = false; /* a completed connection is never resumed again */
-        int n_out = group_generated(r);
-        const int n_cached = group_cached(r);
-        double ttft = r->t_first > 0 ? r->t_first - r->t_arrival : -1;
-        double tpot =
-            r->n_gen > 1 && r->t_done > 0 ? (r->t_done - r->t_first) / (r->n_gen - 1) : -1;
         int status = r->err_status && !(r->stream && r->admitted) ? r->err_status : ctx->status;
         for (int i = 0; i < n_choices(r); i++)
             status = choice_at(r, i)->err_status && !(r->stream && r->admitted)
@@ -4505,14 +4924,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
             if (running && !post(srv, MSG_CANCEL, m)) request_release(m);
         }
         if (!ok) status = 499; /* nginx's "client closed request" */
-        const int n_in = r->usage_prompt;
-        qv_metrics_request(srv->metrics, status, n_in, n_out, ttft, tpot, now - ctx->t0);
-        qv_metrics_adapter_request(srv->metrics, r->adapter, n_in, n_out, ttft, tpot);
-        QV_LOGI("request %s adapter=%s status=%d tokens_in=%d tokens_cached=%d tokens_out=%d "
-                "ttft=%.3fs total=%.3fs%s%s%s",
-                r->id, r->adapter ? r->adapter : "-", status, n_in, n_cached, n_out, ttft,
-                now - ctx->t0, ok ? "" : " (client disconnected)",
-                ctx->xrid[0] ? " x-request-id=" : "", ctx->xrid);
+        account_request(srv, r, status, ok ? "" : " (client disconnected)", now - ctx->t0,
+                        ctx->xrid);
         atomic_fetch_sub(&srv->n_open, 1);
         group_release(r);
     } else if (ctx->status) {
@@ -4683,6 +5096,7 @@ int qv_http_serve(const qv_http_config *cfg) {
     signal(SIGPIPE, SIG_IGN);
     pthread_mutex_init(&srv->inbox_mu, NULL);
     pthread_mutex_init(&srv->keys_mu, NULL);
+    pthread_mutex_init(&srv->bg_mu, NULL);
 
     srv->tenants = qv_tenants_create();
     if (cfg->responses_store_mb &&
@@ -4931,6 +5345,7 @@ out:
     qv_tenants_destroy(srv->tenants);
     qv_resp_store_free(srv->resp_store);
     pthread_mutex_destroy(&srv->keys_mu);
+    pthread_mutex_destroy(&srv->bg_mu);
     qv_free(srv->base_name);
     qv_free(srv->file_name);
     pthread_mutex_destroy(&srv->inbox_mu);

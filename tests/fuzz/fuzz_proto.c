@@ -224,6 +224,17 @@ static int fuzz_responses(const char *body, size_t len) {
     check_events(ev, n);
     CHECK(st.finished);
     check_json(qv_proto_response_encode(&o));
+    if (x.background) { /* its other states: queued, cancelled, failed with an error */
+        static const char *const states[] = {"queued", "cancelled", "failed"};
+        const qv_proto_response_out plain = o;
+        o.status = states[len % 3];
+        o.error_code = o.status[0] == 'f' ? "server_error" : NULL;
+        o.error_message = text;
+        char *json = qv_proto_response_encode(&o);
+        CHECK(json && qv_proto_response_background(json));
+        check_json(json);
+        o = plain;
+    }
     ev = qv_proto_response_error_event(&st, "x", text, &n);
     check_events(ev, n);
     char *conv = qv_proto_response_conversation(x.items, &o);

@@ -3,7 +3,8 @@
 # `quiver serve` on SmolLM2 (max_tokens 4) with its HTTP threads, engine thread, libuv worker
 # pool, adapter loader workers and signal thread all busy at once: concurrent completions and
 # chats (streamed and not, base and adapter), two Responses API turns in one conversation while
-# items are added to it, a client disconnecting mid-stream, an adapter
+# items are added to it, a background stream read by two clients while it is cancelled and
+# polled, a client disconnecting mid-stream, an adapter
 # upload validated on the worker pool (and an invalid one), the new adapter used then deleted,
 # /v1/models and /metrics scraped while generating, then SIGTERM with a stream in flight
 # (drained, exit 0). Fails when the server's stderr has a ThreadSanitizer report.
@@ -181,6 +182,61 @@ check(all(results.get("choices-stream", (0, b""))[1].count(f'"index":{i}'.encode
 st, data = raw("GET", f"/v1/conversations/{conv}/items?limit=100")
 n_items = len(json.loads(data).get("data", [])) if st == 200 else -1
 check(n_items == 7, f"the conversation gained both turns and both items ({n_items} of 7)")
+
+# background responses: a stream read by its own client and again by another while a third
+# cancels it and a fourth polls; a background response polled to its end
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+c.request("POST", "/v1/responses", body=json.dumps(
+    {"model": "", "input": "Count to ten.", "max_output_tokens": 4, "background": True,
+     "stream": True}), headers={"Authorization": "Bearer k", "Content-Type": "application/json"})
+r = c.getresponse()
+first = r.readline() + r.readline()
+bid = json.loads(first.split(b"data: ", 1)[1])["response"]["id"] if b"data: " in first else "x"
+bg = {}
+
+
+def bg_job(name, fn, *args):
+    try:
+        bg[name] = fn(*args)
+    except Exception as e:  # noqa: BLE001 - reported below
+        bg[name] = ("error", repr(e))
+
+
+def poll_end(rid):
+    for _ in range(2000):
+        st, data = raw("GET", f"/v1/responses/{rid}")
+        if st != 200 or json.loads(data)["status"] not in ("queued", "in_progress"):
+            return st, data
+        time.sleep(0.01)
+    return 0, b"still running"
+
+
+def bg_plain():
+    st, data = raw("POST", "/v1/responses", {"model": "", "input": "Hi.", "max_output_tokens": 4,
+                                             "background": True})
+    return poll_end(json.loads(data)["id"]) if st == 200 else (st, data)
+
+
+bg_threads = [threading.Thread(target=bg_job, args=a) for a in (
+    ("own", lambda: (200, r.read())), ("again", raw, "GET", f"/v1/responses/{bid}?stream=true"),
+    ("cancel", raw, "POST", f"/v1/responses/{bid}/cancel"), ("poll", poll_end, bid),
+    ("plain", bg_plain))]
+for t in bg_threads:
+    t.start()
+for t in bg_threads:
+    t.join(300)
+c.close()
+for name in ("own", "again", "cancel", "poll", "plain"):
+    check(bg.get(name, (None,))[0] == 200, f"background {name}: 200 ({bg.get(name, ('missing',))[0]})")
+ends = (b"event: response.completed", b"event: response.cancelled", b"event: response.incomplete")
+check(any(e in bg.get("again", (0, b""))[1] for e in ends) and
+      any(e in first + bg.get("own", (0, b""))[1] for e in ends),
+      "background: both readers of the stream see it end")
+final = json.loads(bg.get("poll", (0, b"{}"))[1] or b"{}").get("status")
+check(final in ("completed", "incomplete", "cancelled"), f"background: it ended ({final})")
+check(json.loads(bg.get("plain", (0, b"{}"))[1] or b"{}").get("status") in
+      ("completed", "incomplete"), "background: a polled response ended")
+
 check(results.get("upload", (0,))[0] == 201, f"upload: 201 ({results.get('upload')})")
 check(results.get("upload-bad", (0,))[0] == 422, f"invalid upload: 422 ({results.get('upload-bad')})")
 

@@ -2079,6 +2079,105 @@ static void test_response_events(void **state) {
     }
 }
 
+/* Background responses: decoded (refused with store false, without a store, or not a
+ * boolean), echoed; their objects while queued, running (output so far, usage null),
+ * cancelled (items incomplete) and failed (the error); a cancelled stream's last event. */
+static void test_response_background(void **state) {
+    (void)state;
+    qv_proto_request r;
+    qv_proto_responses_extra x;
+    qv_proto_error e;
+    const char *body = "{\"model\":\"m\",\"input\":\"hi\",\"background\":true}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, true, &r, &x, &e), QV_OK);
+    assert_true(x.background && x.store);
+    assert_non_null(strstr(x.echo, "\"background\":true"));
+    qv_proto_response_out o = {.id = "resp_bg", .model = "m", .echo = x.echo, .status = "queued"};
+    char *json = qv_proto_response_encode(&o);
+    cJSON *j = cJSON_Parse(json);
+    assert_string_equal(cJSON_GetObjectItem(j, "status")->valuestring, "queued");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "background")));
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "output")), 0); /* no text yet */
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "usage")));
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "error")));
+    cJSON_Delete(j);
+    qv_free(json);
+    assert_true(qv_proto_response_background(json = qv_proto_response_encode(&o)));
+    qv_free(json);
+    o.status = "in_progress";
+    o.text = "Hel";
+    o.text_len = 3;
+    j = cJSON_Parse(json = qv_proto_response_encode(&o));
+    cJSON *msg = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "output"), 0);
+    assert_string_equal(cJSON_GetObjectItem(msg, "status")->valuestring, "in_progress");
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(msg, "content"), 0), "text")
+            ->valuestring,
+        "Hel");
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "usage")));
+    cJSON_Delete(j);
+    qv_free(json);
+    o.status = "cancelled";
+    o.done = true;
+    o.finish = "stop";
+    o.output_tokens = 2;
+    j = cJSON_Parse(json = qv_proto_response_encode(&o));
+    msg = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "output"), 0);
+    assert_string_equal(cJSON_GetObjectItem(j, "status")->valuestring, "cancelled");
+    assert_string_equal(cJSON_GetObjectItem(msg, "status")->valuestring, "incomplete");
+    assert_int_equal(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "output_tokens")->valueint, 2);
+    cJSON_Delete(j);
+    qv_free(json);
+    o.status = "failed";
+    o.error_code = "server_error";
+    o.error_message = "out of memory";
+    j = cJSON_Parse(json = qv_proto_response_encode(&o));
+    cJSON *err = cJSON_GetObjectItem(j, "error");
+    assert_string_equal(cJSON_GetObjectItem(err, "code")->valuestring, "server_error");
+    assert_string_equal(cJSON_GetObjectItem(err, "message")->valuestring, "out of memory");
+    cJSON_Delete(j);
+    qv_free(json);
+    /* a stream's last event is named after the status */
+    qv_proto_response_stream st = {0};
+    o = (qv_proto_response_out){
+        .id = "resp_bg", .echo = x.echo, .done = true, .finish = "stop", .status = "cancelled"};
+    size_t len;
+    char *ev = qv_proto_response_events(&st, &o, &len), names[512];
+    event_names(ev, names, sizeof(names));
+    assert_non_null(strstr(names, " response.cancelled"));
+    assert_null(strstr(names, "response.completed"));
+    qv_free(ev);
+    qv_proto_request_free(&r);
+    qv_free(x.echo);
+    qv_free(x.items);
+    /* a plain response says background false */
+    o = (qv_proto_response_out){.id = "resp_p", .done = true, .finish = "stop", .text = ""};
+    assert_false(qv_proto_response_background(json = qv_proto_response_encode(&o)));
+    assert_non_null(strstr(json, "\"background\":false"));
+    qv_free(json);
+    static const struct {
+        const char *body, *param;
+        bool storing;
+    } bad[] = {
+        {"{\"model\":\"m\",\"input\":\"hi\",\"background\":true,\"store\":false}", "store", true},
+        {"{\"model\":\"m\",\"input\":\"hi\",\"background\":1}", "background", true},
+        {"{\"model\":\"m\",\"input\":\"hi\",\"background\":true}", "background", false},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(qv_proto_responses_decode(bad[i].body, strlen(bad[i].body), NULL,
+                                                   bad[i].storing, &r, &x, &e),
+                         QV_ERR_INVALID);
+        assert_string_equal(e.param, bad[i].param);
+        assert_null(x.echo);
+    }
+    body = "{\"model\":\"m\",\"input\":\"hi\",\"background\":false,\"store\":false}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, true, &r, &x, &e), QV_OK);
+    assert_false(x.background);
+    qv_proto_request_free(&r);
+    qv_free(x.echo);
+    qv_free(x.items);
+}
+
 /* Calls streamed as they are read: the message closes when the first call appears, each
  * call's arguments go out in pieces, a call closes when the next begins; a call begun that
  * the finished answer does not make closes as incomplete. */
@@ -2184,6 +2283,7 @@ int main(void) {
         cmocka_unit_test(test_responses_resolve),
         cmocka_unit_test(test_response_events),
         cmocka_unit_test(test_response_call_events),
+        cmocka_unit_test(test_response_background),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,6 +21,7 @@ Usage: test_responses.py QUIVER_BINARY   (run by tests/server/test_responses.sh)
 import json
 import os
 import sys
+import time
 
 import jsonschema
 import openai
@@ -272,7 +273,6 @@ def run_adapter(client):
 def run_errors(srv, client):
     cases = [
         ({"input": "hi", "conversation": {"name": "x"}}, "conversation"),
-        ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning"),
         ({"input": "hi", "truncation": "middle"}, "truncation"),
         ({"input": "hi", "text": {"verbosity": "high"}}, "text.verbosity"),
@@ -404,6 +404,171 @@ def run_store(srv, client):
     r4 = client.responses.create(model=BASE, previous_response_id=r2.id, temperature=0,
                                  input="Thanks.", max_output_tokens=8)
     check(r4.output_text == r3.output_text, "a kept conversation outlives its first response")
+
+
+def poll(client, rid, until, what, limit=300.0):
+    """Retrieves response rid until until(response) holds (at most `limit` seconds)."""
+    t_end = time.time() + limit
+    while True:
+        r = client.responses.retrieve(rid)
+        if until(r) or time.time() > t_end:
+            check(until(r), f"{what} (status {r.status})")
+            return r
+        time.sleep(0.05)
+
+
+def settled(r):
+    return r.status not in ("queued", "in_progress")
+
+
+def run_background(srv, client):
+    """background: true answers at once (queued or in progress); polling GET /v1/responses/{id}
+    sees it run and end with chat's answer; cancel ends one for good (nothing taken after it,
+    idempotent, its sequence freed); DELETE forgets a running one; previous_response_id waits
+    for the end; a streamed one runs on when its client leaves; refusals."""
+    ask = "Name three colors of the rainbow."
+    r = client.responses.create(model=BASE, input=ask, temperature=0, max_output_tokens=24,
+                                background=True)
+    check(r.status in ("queued", "in_progress") and r.background is True and r.usage is None,
+          f"background: answered at once, {r.status}, usage null")
+    done = poll(client, r.id, settled, "background: polling sees it end")
+    want = chat(srv, [{"role": "user", "content": ask}], max_tokens=24)
+    check(done.status in ("completed", "incomplete") and done.background is True and
+          done.output_text == want["choices"][0]["message"]["content"] and
+          done.usage.output_tokens == want["usage"]["completion_tokens"] and
+          done.usage.input_tokens == want["usage"]["prompt_tokens"],
+          f"background: ends with chat's answer ({done.status}, {done.output_text!r})")
+    items = [i.model_dump() for i in client.responses.input_items.list(r.id)]
+    check(len(items) == 1 and items[0]["content"][0]["text"] == ask,
+          "background: its input items once it ended")
+    logged = [l for l in srv.lines if f" request {r.id} " in l]
+    check(len(logged) == 1 and "status=200" in logged[0] and "(background)" in logged[0],
+          f"background: one log line, when it ends ({logged})")
+
+    # a long one (ignore_eos): in progress with output so far, then cancelled
+    long_body = dict(model=BASE, input="Tell me a long story about a fox.", temperature=0,
+                     max_output_tokens=3000, background=True, extra_body={"ignore_eos": True})
+    b = client.responses.create(**long_body)
+    mid = poll(client, b.id, lambda x: x.status == "in_progress" and x.output_text,
+               "a long background response is in progress, with its output so far")
+    check(mid.usage is None and mid.output[0].status == "in_progress",
+          "in progress: usage null, the message in progress")
+    st, _, data = srv.raw("POST", "/v1/responses", {"model": BASE, "input": "Go on.",
+                                                    "previous_response_id": b.id})
+    check(st == 400 and "still in progress" in json.loads(data)["error"]["message"],
+          f"previous_response_id of a running response: 400 ({st})")
+    c = client.responses.cancel(b.id)
+    check(c.status == "cancelled" and c.output_text.startswith(mid.output_text) and
+          c.output[0].status == "incomplete" and c.usage.output_tokens > 0,
+          f"cancel: cancelled with the output so far ({c.usage.output_tokens} tokens)")
+    time.sleep(0.5)
+    again = client.responses.cancel(b.id)
+    got = client.responses.retrieve(b.id)
+    check(got.status == "cancelled" and got.output_text == c.output_text and
+          got.usage.output_tokens == c.usage.output_tokens and again.status == "cancelled" and
+          again.output_text == c.output_text,
+          "cancel: nothing is taken after it, and cancelling again answers the same")
+    t_end = time.time() + 30
+    while srv.metrics().get("quiver_running_sequences") and time.time() < t_end:
+        time.sleep(0.05)
+    check(srv.metrics().get("quiver_running_sequences") == 0,
+          "cancel: the engine freed its sequence")
+    logged = [l for l in srv.lines if f" request {b.id} " in l]
+    check(len(logged) == 1 and "status=499" in logged[0] and "cancelled" in logged[0],
+          f"cancel: logged as 499 ({logged})")
+
+    # DELETE forgets a running one
+    d = client.responses.create(**long_body)
+    poll(client, d.id, lambda x: x.status == "in_progress", "another long one runs")
+    items = list(client.responses.input_items.list(d.id))
+    check(len(items) == 1, "input_items of a running background response")
+    client.responses.delete(d.id)
+    time.sleep(0.3)
+    st, _, _ = srv.raw("GET", f"/v1/responses/{d.id}")
+    check(st == 404, f"DELETE of a running background response forgets it ({st})")
+
+    # streamed: the stream is the usual one; a client that leaves does not stop it
+    evs = events_of(client, model=BASE, input=ask, temperature=0, max_output_tokens=24,
+                    background=True)
+    final, text, _ = check_stream(evs, "background stream")
+    check(final["background"] is True and text == want["choices"][0]["message"]["content"],
+          "background stream: chat's answer, background true")
+    stream = client.responses.create(model=BASE, input=ask, temperature=0,
+                                     max_output_tokens=24, background=True, stream=True)
+    head = []
+    for ev in stream:
+        head.append(ev.model_dump())
+        if sum(e["type"] == "response.output_text.delta" for e in head) == 3:
+            break
+    stream.close()
+    rid, last = head[0]["response"]["id"], head[-1]["sequence_number"]
+    # read again from where the client left, while it runs (or from the store once it ended)
+    tail = [ev.model_dump() for ev in
+            client.responses.retrieve(rid, stream=True, starting_after=last)]
+    final, text, _ = check_stream(head + tail, "a background stream read again after event "
+                                  f"{last}")
+    check(tail[0]["sequence_number"] == last + 1 and text == want["choices"][0]["message"][
+          "content"] and final["output"][0]["content"][0]["text"] == text,
+          f"... goes on at event {last + 1} with the rest of chat's answer ({text!r})")
+    left = poll(client, rid, settled, "background stream left by its client: runs to its end")
+    check(left.output_text == text, f"... and is kept ({left.output_text!r})")
+    again = [ev.model_dump() for ev in
+             client.responses.retrieve(rid, stream=True, starting_after=last)]
+    whole = [ev.model_dump() for ev in client.responses.retrieve(rid, stream=True)]
+    check(again == tail and whole[:len(head)] == head and whole[len(head):] == tail,
+          "once it ended the kept stream gives the same events, from any point")
+    # a long one read again while it runs, then cancelled: the reader sees it end
+    stream = client.responses.create(**long_body, stream=True)
+    head = []
+    for ev in stream:
+        head.append(ev.model_dump())
+        if len(head) == 6:
+            break
+    stream.close()
+    lid = head[0]["response"]["id"]
+    tail = []
+    for ev in client.responses.retrieve(lid, stream=True, starting_after=5):
+        tail.append(ev.model_dump())
+        if len(tail) == 20:
+            cut = client.responses.cancel(lid)
+    evs = head + tail
+    text = "".join(e["delta"] for e in evs if e["type"] == "response.output_text.delta")
+    check([e["sequence_number"] for e in evs] == list(range(len(evs))) and len(tail) > 20 and
+          evs[-1]["type"] == "response.cancelled" and
+          evs[-1]["response"]["status"] == "cancelled" and
+          evs[-1]["response"]["output"][0]["content"][0]["text"] == text == cut.output_text,
+          f"a running stream read again, then cancelled: it ends with response.cancelled and "
+          f"the text so far ({len(evs)} events, {len(text)} characters)")
+    for path, param in ((f"/v1/responses/{rid}?stream=true&starting_after=x", "starting_after"),
+                        (f"/v1/responses/{r.id}?stream=true", "stream")):
+        st, _, data = srv.raw("GET", path)
+        check(st == 400 and json.loads(data)["error"]["param"] == param,
+              f"GET {path.split('/')[-1][:40]}: 400 {param} ({st})")
+    check(srv.raw("GET", f"/v1/responses/{rid}?stream=true", key="another-key")[0] == 404,
+          "another API key cannot read the stream")
+    client.responses.delete(rid)
+    check(srv.raw("GET", f"/v1/responses/{rid}?stream=true")[0] == 404,
+          "a deleted response's stream is gone")
+
+    # refusals
+    for body, param in (({"background": True, "store": False}, "store"),
+                        ({"background": "yes"}, "background")):
+        st, _, data = srv.raw("POST", "/v1/responses", {"model": BASE, "input": "hi", **body})
+        check(st == 400 and json.loads(data)["error"]["param"] == param,
+              f"background refused: {body} -> 400 {param} ({st})")
+    plain = client.responses.create(model=BASE, input="Hi", max_output_tokens=4)
+    st, _, data = srv.raw("POST", f"/v1/responses/{plain.id}/cancel")
+    check(st == 400 and "background" in json.loads(data)["error"]["message"],
+          f"cancel of a response that was not background: 400 ({st})")
+    st, _, _ = srv.raw("POST", "/v1/responses/resp_nope/cancel")
+    check(st == 404, f"cancel of an unknown response: 404 ({st})")
+    st, h, _ = srv.raw("GET", f"/v1/responses/{plain.id}/cancel")
+    check(st == 405 and h.get("Allow") == "POST", f"GET .../cancel: 405, Allow POST ({st})")
+    st, _, data = srv.raw("GET", f"/v1/responses/{plain.id}?stream=true")
+    check(st == 400 and json.loads(data)["error"]["param"] == "stream",
+          f"a response that was not a background stream has none to read ({st})")
+    st, _, _ = srv.raw("POST", f"/v1/responses/{r.id}/cancel", key="another-key")
+    check(st == 404, f"another API key cannot cancel it ({st})")
 
 
 def run_input_items(srv, client):
@@ -767,6 +932,10 @@ def run_no_store():
               err["code"] == "previous_response_not_found",
               f"previous_response_id without a store: 404 ({st} {err['message']})")
         check(srv.raw("GET", f"/v1/responses/{r.id}")[0] == 404, "GET without a store: 404")
+        st, _, data = srv.raw("POST", "/v1/responses", {"model": BASE, "input": "x",
+                                                        "background": True})
+        check(st == 400 and json.loads(data)["error"]["param"] == "background",
+              f"background without a store: 400 ({st})")
         check(srv.metrics().get("quiver_responses_store_limit_bytes") == 0,
               "/metrics: a store of 0 bytes")
         st, _, data = srv.raw("POST", "/v1/conversations", {})
@@ -794,6 +963,7 @@ def main():
         run_input_tokens(srv, client)
         run_item_references(srv, client)
         run_conversations(srv, client)
+        run_background(srv, client)
         run_errors(srv, client)
     finally:
         srv.stop()
