@@ -306,7 +306,8 @@ struct server {
     qv_metrics *metrics;
     atomic_int draining;
     atomic_int n_waiting; /* queued, not yet admitted (inbox + pending) */
-    atomic_int n_open;    /* generation requests and uploads whose connection is not complete */
+    atomic_int n_open;    /* generation requests, uploads and background-stream readers whose
+                             connection is not complete, and running background responses */
     atomic_ulong next_id;
     /* inbox: HTTP threads -> engine thread */
     pthread_mutex_t inbox_mu;
@@ -2399,6 +2400,7 @@ static void log_reader_free(void *cls) {
         pp = &(*pp)->next;
     *pp = rd->next;
     req_unlock(r);
+    atomic_fetch_sub(&r->srv->n_open, 1);
     request_release(r);
     qv_free(rd);
 }
@@ -2433,6 +2435,7 @@ static enum MHD_Result send_log(struct MHD_Connection *c, conn_ctx *ctx, request
     rd->next = r->readers;
     r->readers = rd;
     req_unlock(r);
+    atomic_fetch_add(&r->srv->n_open, 1); /* a drain lets it finish writing */
     return send_sse(c, ctx, log_read, rd, log_reader_free);
 }
 

@@ -46,7 +46,7 @@ qv_serve "$tmp/server.log" --model "$model" --port 0 --threads 2 --http-threads 
     --api-keys-file "$tmp/keys"
 
 rc=0
-timeout 500 "$python" - "$port" "$pid" "$root" <<'EOF' || rc=$?
+QV_TSAN_TMP=$tmp timeout 500 "$python" - "$port" "$pid" "$root" <<'EOF' || rc=$?
 import http.client, json, os, signal, socket, sys, threading, time, uuid
 
 port, pid, root = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -248,7 +248,13 @@ st, data = raw("GET", "/health", key=None)
 check(st == 200, "healthy")
 
 # SIGTERM with a stream in flight (admitted: its headers arrived): it finishes with [DONE],
-# /ready turns 503, and the server exits 0 (checked by the shell below).
+# /ready turns 503, and the server exits 0 (checked by the shell below). A background response
+# queued just before runs to its end too (its log line, checked by the shell).
+st, data = raw("POST", "/v1/responses", {"model": "", "input": "Bye.", "max_output_tokens": 4,
+                                         "background": True})
+check(st == 200, f"a background response before SIGTERM ({st})")
+with open(os.path.join(os.environ["QV_TSAN_TMP"], "bg_id"), "w") as f:
+    f.write(json.loads(data)["id"] if st == 200 else "none")
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
 c.request("POST", "/v1/completions", body=json.dumps(
     {"prompt": "1, 2, 3,", "max_tokens": 4, "temperature": 0, "stream": True}),
@@ -287,6 +293,11 @@ else
         echo "FAIL: the server exited with status $src"
         rc=1
     fi
+fi
+bg_id=$(cat "$tmp/bg_id" 2>/dev/null || echo none)
+if ! grep -q "request $bg_id .*status=200 .*(background)" "$tmp/server.log"; then
+    echo "FAIL: the background response sent before SIGTERM did not finish ($bg_id)"
+    rc=1
 fi
 n=$(grep -c "WARNING: ThreadSanitizer" "$tmp/server.log" || true)
 if grep -q "ThreadSanitizer" "$tmp/server.log"; then
