@@ -389,8 +389,9 @@ typedef struct qv_proto_responses_extra {
  * adapter_id, ...) are read as chat reads them; truncation "auto" sets x->truncate (the
  * server fits the conversation); background true sets x->background (refused with store false
  * or when the server keeps nothing). Refused, never ignored: prompt templates, reasoning
- * effort / summary, max_tool_calls, other include values, tool and item types other than
- * function ones, image / file / audio input. storing: the server keeps responses (x->store, the
+ * effort / summary, include values the API does not define, tool and item types other than
+ * function ones, image / file / audio input (max_tool_calls and the other includes concern
+ * items quiver never makes: taken). storing: the server keeps responses (x->store, the
  * echo's "store"). Errors as qv_proto_request_decode, naming the Responses API's
  * fields; *x is empty then. */
 qv_status qv_proto_responses_decode(const char *body, size_t len, const char *prior, bool storing,

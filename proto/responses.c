@@ -335,8 +335,6 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
         const char *name, *why;
     } k_never[] = {
         {"prompt", "stored prompt templates are not supported by quiver"},
-        {"max_tool_calls", "'max_tool_calls' is not supported by quiver (parallel_tool_calls "
-                           "false allows one call)"},
     };
     for (size_t i = 0; i < sizeof(k_never) / sizeof(k_never[0]); i++)
         if (qv__proto_field(root, k_never[i].name))
@@ -355,6 +353,11 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
                          "'reasoning' options are not supported: the base models quiver serves "
                          "do not reason separately");
     }
+    /* it bounds calls to built-in tools, which quiver has none of: always met */
+    if ((f = qv__proto_field(root, "max_tool_calls")) &&
+        !(cJSON_IsNumber(f) && f->valuedouble >= 0 && f->valuedouble <= 1e9 &&
+          f->valuedouble == (double)(long long)f->valuedouble))
+        return rfail(e, "max_tool_calls", "'max_tool_calls' must be a non-negative integer");
     if ((f = qv__proto_field(root, "truncation")) &&
         !(cJSON_IsString(f) &&
           (!strcmp(f->valuestring, "disabled") || !strcmp(f->valuestring, "auto"))))
@@ -374,19 +377,31 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
     return QV_OK;
 }
 
-/* include and top_logprobs: logprobs of the output text. */
+/* include and top_logprobs: logprobs of the output text. The other values the API defines ask
+ * for parts of items quiver never makes (built-in tools' calls, input images, reasoning): they
+ * add nothing. */
 static qv_status chat_logprobs(const cJSON *root, cJSON *chat, qv_proto_error *e) {
+    static const char *const k_nothing[] = {"file_search_call.results",
+                                            "web_search_call.results",
+                                            "web_search_call.action.sources",
+                                            "message.input_image.image_url",
+                                            "computer_call_output.output.image_url",
+                                            "code_interpreter_call.outputs",
+                                            "reasoning.encrypted_content"};
     const cJSON *inc = qv__proto_field(root, "include"),
                 *top = qv__proto_field(root, "top_logprobs");
     bool lps = false;
     if (inc && !cJSON_IsArray(inc)) return rfail(e, "include", "'include' must be a list");
     const cJSON *x;
     cJSON_ArrayForEach(x, inc) {
-        if (!cJSON_IsString(x) || strcmp(x->valuestring, "message.output_text.logprobs"))
-            return rfail(e, "include",
-                         "'include' may only hold \"message.output_text.logprobs\" (quiver has "
-                         "no tools of its own, images or stored reasoning)");
-        lps = true;
+        bool known = cJSON_IsString(x) && !strcmp(x->valuestring, "message.output_text.logprobs");
+        lps = lps || known;
+        for (size_t i = 0;
+             !known && cJSON_IsString(x) && i < sizeof(k_nothing) / sizeof(*k_nothing); i++)
+            known = !strcmp(x->valuestring, k_nothing[i]);
+        if (!known)
+            return rfail(e, "include", "'include' holds %s, which is not an includable field",
+                         cJSON_IsString(x) ? "an unknown value" : "a value that is not a string");
     }
     if (top && !(cJSON_IsNumber(top) && top->valuedouble == 0)) lps = true;
     if (lps && !cJSON_AddTrueToObject(chat, "logprobs")) return qv__proto_nomem(e);
@@ -397,7 +412,7 @@ static qv_status chat_logprobs(const cJSON *root, cJSON *chat, qv_proto_error *e
 static char *echo_of(const cJSON *root, bool stored) {
     cJSON *o = cJSON_CreateObject();
     static const char *const copied[] = {"instructions", "max_output_tokens", "user",
-                                         "top_logprobs"};
+                                         "top_logprobs", "max_tool_calls"};
     bool ok = o != NULL;
     for (size_t i = 0; ok && i < sizeof(copied) / sizeof(copied[0]); i++) {
         const cJSON *f = qv__proto_field(root, copied[i]);

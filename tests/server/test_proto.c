@@ -1548,6 +1548,17 @@ static void test_responses_decode(void **state) {
     qv_free(x.items);
     qv_proto_request_free(&r);
 
+    /* includes of items quiver never makes, and a bound on built-in tool calls, change nothing:
+     * taken (max_tool_calls repeated in the response) */
+    body = "{\"input\":\"x\",\"max_tool_calls\":3,\"include\":[\"reasoning.encrypted_content\","
+           "\"file_search_call.results\",\"message.input_image.image_url\"]}";
+    assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, false, &r, &x, &e), QV_OK);
+    assert_false(r.logprobs);
+    assert_non_null(strstr(x.echo, "\"max_tool_calls\":3"));
+    qv_free(x.echo);
+    qv_free(x.items);
+    qv_proto_request_free(&r);
+
     /* refusals name the Responses API's fields */
     static const struct {
         const char *body, *param;
@@ -1559,7 +1570,10 @@ static void test_responses_decode(void **state) {
         {"{\"input\":\"x\",\"max_output_tokens\":0}", "max_output_tokens"},
         {"{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"json_schema\",\"schema\":1}}}",
          "text.format.schema"},
-        {"{\"input\":\"x\",\"include\":[\"reasoning.encrypted_content\"]}", "include"},
+        {"{\"input\":\"x\",\"include\":[\"reasoning.summary\"]}", "include"},
+        {"{\"input\":\"x\",\"include\":[1]}", "include"},
+        {"{\"input\":\"x\",\"max_tool_calls\":-1}", "max_tool_calls"},
+        {"{\"input\":\"x\",\"max_tool_calls\":1.5}", "max_tool_calls"},
         {"{\"input\":\"x\",\"tools\":[{\"type\":\"file_search\"}]}", "tools"},
         {"{\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_file\"}]}]}", "input[0]"},
         {"{\"input\":[{\"type\":\"item_reference\",\"id\":\"x\"}]}", "input[0]"},

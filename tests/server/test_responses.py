@@ -276,7 +276,8 @@ def run_errors(srv, client):
         ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning"),
         ({"input": "hi", "truncation": "middle"}, "truncation"),
         ({"input": "hi", "text": {"verbosity": "high"}}, "text.verbosity"),
-        ({"input": "hi", "include": ["file_search_call.results"]}, "include"),
+        ({"input": "hi", "include": ["reasoning.summary"]}, "include"),
+        ({"input": "hi", "max_tool_calls": -1}, "max_tool_calls"),
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools"),
         ({"input": "hi", "tool_choice": {"type": "web_search"}}, "tool_choice"),
         ({"input": "hi", "text": {"format": {"type": "xml"}}}, "text.format"),
@@ -296,6 +297,14 @@ def run_errors(srv, client):
         err = json.loads(data).get("error", {}) if data.startswith(b"{") else {}
         check(st == 400 and err.get("param") == param and err.get("message"),
               f"refused: {json.dumps(body)[:70]} -> 400 {param} ({st} {err.get('param')})")
+    # a bound on built-in tool calls and includes of items quiver never makes change nothing
+    r = client.responses.create(model=BASE, input="Hi", temperature=0, max_output_tokens=6,
+                                max_tool_calls=2, include=["reasoning.encrypted_content",
+                                                           "web_search_call.results"])
+    plain = client.responses.create(model=BASE, input="Hi", temperature=0, max_output_tokens=6)
+    check(r.output_text == plain.output_text and r.max_tool_calls == 2 and
+          plain.max_tool_calls is None,
+          f"max_tool_calls and other includes: the same answer, max_tool_calls repeated")
     st, _, _ = srv.raw("POST", "/v1/responses", b"{not json")
     check(st == 400, f"malformed JSON: 400 ({st})")
     try:
