@@ -3001,10 +3001,13 @@ static bool responses_prior(server *srv, struct MHD_Connection *c, conn_ctx *ctx
 
 /* Item references ({"type": "item_reference", "id"}) read items of the responses kept for
  * owner: an id made here ("msg_" / "fc_" / "fco_", a response's id without "resp_", then
- * "_..." or nothing) names its response; found in that response's conversation. */
+ * "_..." or nothing) names its response; found in that response's conversation. Failing that,
+ * among the items of the conversation the request continues (its `conversation`, or its
+ * previous response's): items the Conversations API added, and turns not kept on their own. */
 typedef struct ref_lookup {
     server *srv;
     const char *owner;
+    const char *prior; /* the continued conversation's items (a JSON array), or NULL */
 } ref_lookup;
 
 static char *lookup_item(void *user, const char *id, bool *nomem) {
@@ -3012,24 +3015,27 @@ static char *lookup_item(void *user, const char *id, bool *nomem) {
     const char *p = strchr(id, '_');
     const size_t n = p ? strcspn(p + 1, "_") : 0;
     char rid[160], *items = NULL;
-    if (!n || n + 6 > sizeof(rid) || !rl->srv->resp_store) return NULL;
-    snprintf(rid, sizeof(rid), "resp_%.*s", (int)n, p + 1);
-    const qv_status st = qv_resp_store_get(rl->srv->resp_store, rid, rl->owner, NULL, &items);
-    *nomem = st == QV_ERR_NOMEM;
-    if (st != QV_OK) return NULL;
-    bool found;
-    char *item = qv_proto_items_find(items, id, false, &found);
+    bool found = false;
+    *nomem = false;
+    if (n && n + 6 <= sizeof(rid) && rl->srv->resp_store) {
+        snprintf(rid, sizeof(rid), "resp_%.*s", (int)n, p + 1);
+        const qv_status st = qv_resp_store_get(rl->srv->resp_store, rid, rl->owner, NULL, &items);
+        if ((*nomem = st == QV_ERR_NOMEM)) return NULL;
+    }
+    char *item = items ? qv_proto_items_find(items, id, false, &found) : NULL;
     qv_free(items);
+    if (!found && rl->prior) item = qv_proto_items_find(rl->prior, id, false, &found);
     *nomem = found && !item;
     return item;
 }
 
-/* The body with its item references resolved (*out, or NULL when it has none). Otherwise sends
- * the 400 (or 500) as *ret and returns false. */
+/* The body with its item references resolved (*out, or NULL when it has none), prior: the items
+ * of the conversation it continues. Otherwise sends the 400 (or 500) as *ret and returns
+ * false. */
 static bool resolve_refs(server *srv, struct MHD_Connection *c, conn_ctx *ctx, const char *owner,
-                         char **out, enum MHD_Result *ret) {
+                         const char *prior, char **out, enum MHD_Result *ret) {
     qv_proto_error pe;
-    ref_lookup rl = {.srv = srv, .owner = owner};
+    ref_lookup rl = {.srv = srv, .owner = owner, .prior = prior};
     if (qv_proto_responses_resolve(ctx->body ? ctx->body : "", ctx->body_len, lookup_item, &rl, out,
                                    &pe) == QV_OK)
         return true;
@@ -3047,7 +3053,7 @@ static bool decode_responses(server *srv, struct MHD_Connection *c, conn_ctx *ct
     char *prior = NULL, *resolved = NULL;
     qv_proto_error pe;
     bool ok = responses_prior(srv, c, ctx, owner, &prior, conv, ret) &&
-              resolve_refs(srv, c, ctx, owner, &resolved, ret);
+              resolve_refs(srv, c, ctx, owner, prior, &resolved, ret);
     if (ok && qv_proto_responses_decode(resolved    ? resolved
                                         : ctx->body ? ctx->body
                                                     : "",

@@ -817,6 +817,24 @@ def run_item_references(srv, client):
     n = client.responses.input_tokens.count(model=BASE, input=[
         {"type": "item_reference", "id": r1.output[0].id}, {"role": "user", "content": "x"}])
     check(n.input_tokens > 0, f"input_tokens reads references too ({n.input_tokens})")
+    # items the Conversations API gave ids to: found in the conversation the request continues
+    conv = client.conversations.create(items=[{"role": "user", "content": "I live in Oslo."},
+                                              {"role": "assistant", "content": "Nice city."}])
+    citems = list(client.conversations.items.list(conv.id, order="asc"))
+    c3 = client.responses.create(model=BASE, temperature=0, max_output_tokens=12,
+                                 conversation=conv.id, store=False, input=[
+                                     {"type": "item_reference", "id": citems[0].id},
+                                     {"role": "user", "content": "Where do I live?"}])
+    want = chat(srv, [{"role": "user", "content": "I live in Oslo."},
+                      {"role": "assistant", "content": "Nice city."},
+                      {"role": "user", "content": "I live in Oslo."},
+                      {"role": "user", "content": "Where do I live?"}], max_tokens=12)
+    check(c3.output_text == want["choices"][0]["message"]["content"],
+          f"a reference to a conversation's own item, in that conversation ({c3.output_text!r})")
+    st, _, data = srv.raw("POST", "/v1/responses", {"model": BASE, "input": [
+        {"type": "item_reference", "id": citems[0].id}, {"role": "user", "content": "x"}]})
+    check(st == 400 and json.loads(data)["error"]["param"] == "input[0]",
+          f"... and outside it: 400 ({st})")
     for ref, key, what in (("msg_nowhere", T.KEY, "an unknown id"),
                            ("nounderscore", T.KEY, "an id quiver never made"),
                            (r1.output[0].id, "another-key", "another key's item")):
