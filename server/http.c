@@ -806,11 +806,10 @@ static bool list_remove(request **head, request **tail, request *r) {
 static void maybe_shutdown(server *srv);
 static void start_drain(server *srv);
 
-/* Engine thread: drops the engine's reference to r and the adapter handle it holds. */
 static void bg_end(request *r);
 
-/* The engine is done with r: its tenant's activity, its adapter and the engine's reference go;
- * a background response is kept, logged and counted then. */
+/* Engine thread, done with r: drops its tenant's activity, the adapter handle it holds and the
+ * engine's reference; a background response is kept, logged and counted first. */
 static void engine_release(request *r) {
     if (r->background) bg_end(r);
     if (r->tenant_active) {
@@ -4877,13 +4876,11 @@ bad_method:;
                 !strcmp(url, "/v1/load_lora_adapter") || !strcmp(url, "/v1/unload_lora_adapter") ||
                 !strcmp(url, "/tokenize") || !strcmp(url, "/detokenize") ||
                 !strcmp(url, "/generate") || !strcmp(url, "/generate_stream") ||
-                !strcmp(url, "/") || !strcmp(url, "/reset_prefix_cache") ||
-                (!strncmp(url, "/v1/responses/", 14) && strstr(url + 14, "/cancel"))
+                !strcmp(url, "/") || !strcmp(url, "/reset_prefix_cache")
             ? "POST"
-        : !strcmp(url, "/v1/adapters")                                  ? "GET, POST"
-        : !strncmp(url, "/v1/adapters/", 13)                            ? "GET, PUT, DELETE"
-        : !strncmp(url, "/v1/responses/", 14) && !strchr(url + 14, '/') ? "GET, DELETE"
-                                                                        : "GET";
+        : !strcmp(url, "/v1/adapters")       ? "GET, POST"
+        : !strncmp(url, "/v1/adapters/", 13) ? "GET, PUT, DELETE"
+                                             : "GET";
     return send_405(c, ctx, allow);
 }
 
