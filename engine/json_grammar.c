@@ -999,6 +999,17 @@ static bool compile_regex(compiler *c, const char *src, uint32_t id) {
     "|v[0-9A-Fa-f]+\\.[A-Za-z0-9._~!$&'()*+,;=:-]+)\\]|(?:[A-Za-z0-9._~!$&'()*+,;=-]|" RE_PCT      \
     ")*)(?::\\d*)?(?:/" RE_PCHAR "*)*|/(?:" RE_PCHAR "+(?:/" RE_PCHAR "*)*)?|" RE_PCHAR            \
     "+(?:/" RE_PCHAR "*)*)?(?:\\?(?:" RE_PCHAR "|[/?])*)?(?:#(?:" RE_PCHAR "|[/?])*)?"
+/* ISO 8601 durations as JSON Schema's `duration` (what jsonschema's check, isoduration, takes):
+ * "P", then whole numbers of years, months, days in that order (any of them), then "T" and
+ * hours, minutes, seconds in order (at least one); or weeks alone. Each number has at most 6
+ * digits: a model cannot run on in digits, and every value fits pydantic's timedelta. */
+#define RE_DUR_N "\\d{1,6}"
+#define RE_DUR_TIME                                                                                \
+    "T(?:" RE_DUR_N "H(?:" RE_DUR_N "M)?(?:" RE_DUR_N "S)?|" RE_DUR_N "M(?:" RE_DUR_N              \
+    "S)?|" RE_DUR_N "S)"
+#define RE_DURATION                                                                                \
+    "P(?:(?:" RE_DUR_N "Y(?:" RE_DUR_N "M)?(?:" RE_DUR_N "D)?|" RE_DUR_N "M(?:" RE_DUR_N           \
+    "D)?|" RE_DUR_N "D)(?:" RE_DUR_TIME ")?|" RE_DUR_TIME "|" RE_DUR_N "W)"
 static const struct {
     const char *name, *re;
     uint32_t max_len; /* characters the format allows at most besides its pattern (0: any) */
@@ -1012,6 +1023,7 @@ static const struct {
     {"uri", "^" RE_URI "$", 0},
     {"email", "^[A-Za-z0-9._%+-]+@" RE_LABEL "(?:\\." RE_LABEL ")+$", 0},
     {"hostname", "^" RE_HOST_LABEL "(?:\\." RE_HOST_LABEL ")*\\.?$", 253},
+    {"duration", "^" RE_DURATION "$", 0},
 };
 
 /* pattern, or else a known format, of a string leaf. */

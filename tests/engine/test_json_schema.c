@@ -703,7 +703,21 @@ static void test_formats(void **state) {
         {"uri", "\"https://example.com/a%20b?q=1#f\"", true},
         {"uri", "\"not a uri\"", false},
         {"uri", "\"https://example.com/a b\"", false},
-        {"duration", "\"not a duration\"", true}, /* not enforced: an annotation */
+        {"duration", "\"P1Y2M3DT4H5M6S\"", true},
+        {"duration", "\"P1Y3D\"", true},
+        {"duration", "\"P1DT1H1S\"", true},
+        {"duration", "\"PT36H\"", true},
+        {"duration", "\"P2W\"", true},
+        {"duration", "\"P1W2D\"", false}, /* weeks stand alone */
+        {"duration", "\"P\"", false},
+        {"duration", "\"PT\"", false},
+        {"duration", "\"P1DT\"", false},
+        {"duration", "\"P1S\"", false},
+        {"duration", "\"p1y\"", false},
+        {"duration", "\"P0.5Y\"", false}, /* documented: whole numbers only */
+        {"duration", "\"P999999DT999999H\"", true},
+        {"duration", "\"P1234567D\"", false},     /* documented: at most 6 digits */
+        {"uri-reference", "\"not a uri\"", true}, /* not enforced: an annotation */
         {"no-such-format", "\"x\"", true},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -36,11 +36,14 @@ The judge (`accepts`) says whether quiver must accept a text as a whole document
    or hostname never ends with a newline (the validators' `$` allows one), a uuid is in the
    8-4-4-4-12 form, an email is local@domain in the plain form of docs/http-api.md (jsonschema
    only wants an "@"), a hostname is ASCII (Python's \\d and case folding take some other
-   characters) of at most 253 characters; other formats are not checked.
+   characters) of at most 253 characters, a duration is in whole numbers of at most 6 digits
+   with its components in order (years, months, days, then T and hours, minutes, seconds; or
+   weeks alone: isoduration also takes fractions, signs and longer numbers); other formats are
+   not checked.
 Every document whose verdict is "valid" is checked to be valid under (2) and (3) before it is
 kept, and every "invalid" one to fail at least one of the five.
 
-Needs the jsonschema, rfc3339-validator, rfc3986-validator and fqdn packages
+Needs the jsonschema, rfc3339-validator, rfc3986-validator, fqdn and isoduration packages
 (tests/server/requirements.txt).
 Deterministic (fixed seed).
 Run: .venv-test/bin/python tests/oracle/gen_json_schema_fixtures.py
@@ -308,6 +311,16 @@ SCHEMAS = [
          "required": ["z"], "additionalProperties": False},
         {"type": "object", "properties": {"q": {"enum": ["u", "v"]}},
          "additionalProperties": False}]}},
+    # ISO 8601 durations (pydantic's timedelta fields), as isoduration checks them through
+    # jsonschema
+    {"type": "object",
+     "properties": {
+         "wait": {"type": "string", "format": "duration",
+                  "examples": ["P1Y2M3DT4H5M6S", "PT36H", "P2W", "P1Y3D", "P1DT1H1S", "PT0S",
+                               "P10D", "PT1M30S", "P1M", "P0Y1D", "P999999D"]},
+         "short": {"type": "string", "format": "duration", "maxLength": 6,
+                   "examples": ["PT5M", "P1D", "P3W", "PT1H1S"]}},
+     "required": ["wait", "short"]},
 ]
 
 
@@ -514,7 +527,8 @@ def _no_const(name):
     raise ValueError(name)
 
 
-PLAIN_FORMATS = ("date", "date-time", "time", "uuid", "ipv4", "ipv6", "email", "uri", "hostname")
+PLAIN_FORMATS = ("date", "date-time", "time", "uuid", "ipv4", "ipv6", "email", "uri", "hostname",
+                 "duration")
 
 
 def escapes_ascii(raw):
@@ -553,6 +567,9 @@ FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+", re.ASCII)
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_DUR_TIME = r"T(?:NH(?:NM)?(?:NS)?|NM(?:NS)?|NS)"
+DURATION = re.compile((r"P(?:(?:NY(?:NM)?(?:ND)?|NM(?:ND)?|ND)(?:" + _DUR_TIME + r")?|" +
+                       _DUR_TIME + r"|NW)").replace("N", r"\d{1,6}"), re.ASCII)
 
 
 def lenient_date(s):
@@ -576,9 +593,10 @@ with_format("email", lambda v, base: bool(EMAIL.fullmatch(v)))
 with_format("uri", lambda v, base: not v.endswith("\n") and base(v))
 with_format("hostname", lambda v, base: v.isascii() and len(v) <= 253 and not v.endswith("\n")
             and base(v))
+with_format("duration", lambda v, base: bool(DURATION.fullmatch(v)) and base(v))
 for unchecked in [f for f in FORMATS.checkers if f not in ("date", "date-time", "time", "uuid",
                                                             "ipv4", "ipv6", "email", "uri",
-                                                            "hostname", "regex")]:
+                                                            "hostname", "duration", "regex")]:
     del FORMATS.checkers[unchecked]
 
 def is_map(schema):

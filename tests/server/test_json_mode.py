@@ -139,6 +139,13 @@ class Booking(pydantic.BaseModel):
     room: Tuple[int, str]  # prefixItems
 
 
+class Meeting(pydantic.BaseModel):
+    """A timedelta field (format duration) and a time."""
+    title: str = pydantic.Field(max_length=30)
+    length: datetime.timedelta
+    starts: datetime.time
+
+
 class Cat(pydantic.BaseModel):
     meows: int = pydantic.Field(ge=0, le=9)
     name: str = pydantic.Field(max_length=12)
@@ -225,6 +232,17 @@ def run_structured_output_tests(srv):
           jsonschema.Draft202012Validator(Booking.model_json_schema(),
                                           format_checker=fmt).is_valid(json.loads(m.content)),
           f"parse() with formats: {m.parsed!r} from {m.content[:120]!r}")
+
+    # a timedelta (format duration: an ISO 8601 duration pydantic parses)
+    r = client.chat.completions.parse(
+        model=base, max_tokens=120, temperature=0, response_format=Meeting,
+        messages=[{"role": "user", "content": "Plan a team meeting as JSON."}])
+    m = r.choices[0].message
+    check(r.choices[0].finish_reason == "stop" and isinstance(m.parsed, Meeting) and
+          isinstance(m.parsed.length, datetime.timedelta) and
+          jsonschema.Draft202012Validator(Meeting.model_json_schema(),
+                                          format_checker=fmt).is_valid(json.loads(m.content)),
+          f"parse() with a timedelta: {m.parsed!r} from {m.content[:120]!r}")
 
     # a list of Union[Cat, Dog] without a discriminator, an IPv6Address and a URL
     r = client.chat.completions.parse(
