@@ -561,6 +561,12 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
         goto done;
     }
     if ((s = refuse(root, e))) goto done;
+    if (cJSON_IsTrue(qv__proto_field(root, "background")) && !storing) {
+        s = rfail(e, "background",
+                  "background responses need the server to keep responses "
+                  "(it was started with --responses-store-mb 0)");
+        goto done;
+    }
     const cJSON *prev = qv__proto_field(root, "previous_response_id");
     if (prev && !cJSON_IsString(prev)) {
         s = rfail(e, "previous_response_id", "'previous_response_id' must be a string");
@@ -631,12 +637,6 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
     const cJSON *st = qv__proto_field(root, "store");
     x->store = storing && !cJSON_IsFalse(st);
     x->background = cJSON_IsTrue(qv__proto_field(root, "background"));
-    if (x->background && !storing) {
-        s = rfail(e, "background",
-                  "background responses need the server to keep responses "
-                  "(it was started with --responses-store-mb 0)");
-        goto done;
-    }
     const cJSON *tr = qv__proto_field(root, "truncation");
     x->truncate = cJSON_IsString(tr) && !strcmp(tr->valuestring, "auto");
     if (!(x->echo = echo_of(root, x->store)) || !(x->items = cJSON_PrintUnformatted(items)))

@@ -2183,6 +2183,7 @@ static void test_response_background(void **state) {
                          QV_ERR_INVALID);
         assert_string_equal(e.param, bad[i].param);
         assert_null(x.echo);
+        qv_proto_request_free(&r);
     }
     body = "{\"model\":\"m\",\"input\":\"hi\",\"background\":false,\"store\":false}";
     assert_int_equal(qv_proto_responses_decode(body, strlen(body), NULL, true, &r, &x, &e), QV_OK);
