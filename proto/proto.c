@@ -63,8 +63,8 @@ static qv_status get_float(const cJSON *root, const char *name, double lo, doubl
     return QV_OK;
 }
 
-static qv_status get_int(const cJSON *root, const char *name, double lo, double hi, int *out,
-                         qv_proto_error *e) {
+qv_status qv__proto_get_int(const cJSON *root, const char *name, double lo, double hi, int *out,
+                            qv_proto_error *e) {
     const cJSON *f = qv__proto_field(root, name);
     if (!f) return QV_OK;
     if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble) || f->valuedouble != floor(f->valuedouble))
@@ -379,7 +379,7 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
         /* completions: logprobs is an integer 0..20 (the number of alternatives). */
         if (!f) return QV_OK;
         int n = 0;
-        qv_status s = get_int(root, "logprobs", 0, QV_PROTO_MAX_LOGPROBS, &n, e);
+        qv_status s = qv__proto_get_int(root, "logprobs", 0, QV_PROTO_MAX_LOGPROBS, &n, e);
         if (s) return s;
         r->logprobs = true;
         r->top_logprobs = n;
@@ -389,7 +389,7 @@ static qv_status decode_logprobs(const cJSON *root, qv_proto_request *r, qv_prot
     if (s) return s;
     const cJSON *t = qv__proto_field(root, "top_logprobs");
     if (!t) return QV_OK;
-    s = get_int(root, "top_logprobs", 0, QV_PROTO_MAX_LOGPROBS, &r->top_logprobs, e);
+    s = qv__proto_get_int(root, "top_logprobs", 0, QV_PROTO_MAX_LOGPROBS, &r->top_logprobs, e);
     if (s) return s;
     if (!r->logprobs && r->top_logprobs > 0)
         return fail(e, QV_ERR_INVALID, "top_logprobs",
@@ -876,7 +876,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = get_bool(root, "add_special_tokens", &r->add_special_tokens, e))) goto done;
     if (endpoint == QV_PROTO_CHAT && (s = decode_turn_options(root, r, e))) goto done;
     r->n = 1;
-    if ((s = get_int(root, "n", 1, QV_PROTO_MAX_CHOICES, &r->n, e))) goto done;
+    if ((s = qv__proto_get_int(root, "n", 1, QV_PROTO_MAX_CHOICES, &r->n, e))) goto done;
     if ((1 + r->n_more) * (size_t)r->n > QV_PROTO_MAX_CHOICES) {
         s = fail(e, QV_ERR_INVALID, "n", "%zu prompts times n = %d is over %d choices",
                  1 + r->n_more, r->n, QV_PROTO_MAX_CHOICES);
@@ -887,14 +887,14 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = get_bool(root, "echo", endpoint == QV_PROTO_CHAT ? &r->chat_echo : &r->echo, e)))
         goto done;
     /* max_tokens 0: the prompt's echo (and logprobs) only */
-    if ((s = get_int(root, mt, r->echo ? 0 : 1, 1e9, &r->max_tokens, e))) goto done;
+    if ((s = qv__proto_get_int(root, mt, r->echo ? 0 : 1, 1e9, &r->max_tokens, e))) goto done;
     if ((s = get_float(root, "temperature", 0, 100, &r->temperature, e))) goto done;
     if ((s = get_float(root, "top_p", 0, 1, &r->top_p, e))) goto done;
     if (qv__proto_field(root, "top_p") && r->top_p <= 0.0f) {
         s = fail(e, QV_ERR_INVALID, "top_p", "'top_p' must be in (0, 1]");
         goto done;
     }
-    if ((s = get_int(root, "top_k", -1, 1e9, &r->top_k, e))) goto done;
+    if ((s = qv__proto_get_int(root, "top_k", -1, 1e9, &r->top_k, e))) goto done;
     if (r->top_k < 0) r->top_k = 0;
     if ((s = get_float(root, "min_p", 0, 1, &r->min_p, e))) goto done;
     if ((s = get_float(root, "presence_penalty", -2, 2, &r->presence_penalty, e))) goto done;
@@ -928,7 +928,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
                         &r->n_allowed_ids, e)))
         goto done;
     if ((s = decode_logit_bias(root, r, e))) goto done;
-    if ((s = get_int(root, "min_tokens", 0, 1e9, &r->min_tokens, e))) goto done;
+    if ((s = qv__proto_get_int(root, "min_tokens", 0, 1e9, &r->min_tokens, e))) goto done;
     if ((s = decode_json_schema(root, r, e))) goto done; /* refuse_unsupported checked types */
     if (endpoint == QV_PROTO_CHAT && (s = decode_tools(root, r, e))) goto done;
     if (endpoint == QV_PROTO_CHAT && (s = tools_text(root, body, len, r, e))) goto done;
@@ -941,14 +941,15 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     if ((s = get_bool(root, "return_tokens_as_token_ids", &r->tokens_as_ids, e))) goto done;
     bool spaces = true; /* HF's slow tokenizers only: the fast ones (quiver's) ignore it */
     if ((s = get_bool(root, "spaces_between_special_tokens", &spaces, e))) goto done;
-    if ((s = get_int(root, "truncate_prompt_tokens", -1, 1e9, &r->truncate_prompt_tokens, e)))
+    if ((s = qv__proto_get_int(root, "truncate_prompt_tokens", -1, 1e9, &r->truncate_prompt_tokens,
+                               e)))
         goto done;
     if (qv__proto_field(root, "truncate_prompt_tokens") && r->truncate_prompt_tokens == 0) {
         s = fail(e, QV_ERR_INVALID, "truncate_prompt_tokens",
                  "'truncate_prompt_tokens' must be -1 (the context) or at least 1");
         goto done;
     }
-    if ((s = get_int(root, "priority", -1e9, 1e9, &r->priority, e))) goto done;
+    if ((s = qv__proto_get_int(root, "priority", -1e9, 1e9, &r->priority, e))) goto done;
     r->has_priority = qv__proto_field(root, "priority") != NULL;
     const cJSON *so = qv__proto_field(root, "stream_options");
     if (so) {
@@ -968,8 +969,8 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         r->continuous_usage = cu && r->include_usage;
     }
     if ((r->prompt_lps = qv__proto_field(root, "prompt_logprobs") != NULL)) {
-        if ((s = get_int(root, "prompt_logprobs", 0, QV_PROTO_MAX_LOGPROBS, &r->prompt_logprobs,
-                         e)))
+        if ((s = qv__proto_get_int(root, "prompt_logprobs", 0, QV_PROTO_MAX_LOGPROBS,
+                                   &r->prompt_logprobs, e)))
             goto done;
         if (r->stream) {
             s = fail(e, QV_ERR_INVALID, "prompt_logprobs",
@@ -2177,7 +2178,7 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
     const cJSON *f;
     bool sampling = false;
     if ((s = get_bool(p, "do_sample", &sampling, e))) return s;
-    if ((s = get_int(p, "max_new_tokens", 1, 1e9, &r->max_tokens, e))) return s;
+    if ((s = qv__proto_get_int(p, "max_new_tokens", 1, 1e9, &r->max_tokens, e))) return s;
     if ((s = get_bool(p, "ignore_eos_token", &r->ignore_eos, e))) return s;
     if ((s = get_float(p, "repetition_penalty", 0, 100, &r->repetition_penalty, e))) return s;
     if (qv__proto_field(p, "repetition_penalty") && r->repetition_penalty <= 0)
@@ -2196,21 +2197,22 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
         r->seed = (uint64_t)f->valuedouble;
     }
     if ((s = get_float(p, "temperature", 0, 100, &r->temperature, e))) return s;
-    if ((s = get_int(p, "top_k", 1, 1e9, &r->top_k, e))) return s;
+    if ((s = qv__proto_get_int(p, "top_k", 1, 1e9, &r->top_k, e))) return s;
     if ((s = get_float(p, "top_p", 0, 1, &r->top_p, e))) return s;
     if (qv__proto_field(p, "top_p") && r->top_p <= 0)
         return fail(e, QV_ERR_INVALID, "top_p", "'top_p' must be in (0, 1]");
-    if ((s = get_int(p, "truncate", 1, 1e9, &t->truncate, e))) return s;
+    if ((s = qv__proto_get_int(p, "truncate", 1, 1e9, &t->truncate, e))) return s;
     if ((s = get_bool(p, "details", &t->details, e))) return s;
-    if ((s = get_int(p, "return_k_alternatives", 1, QV_PROTO_MAX_LOGPROBS, &t->n_alternatives, e)))
+    if ((s = qv__proto_get_int(p, "return_k_alternatives", 1, QV_PROTO_MAX_LOGPROBS,
+                               &t->n_alternatives, e)))
         return s;
     /* what quiver does not do is refused, never silently ignored */
     if ((s = get_bool(p, "decoder_input_details", &t->decoder_input_details, e))) return s;
     bool watermark = false;
     if ((s = get_bool(p, "watermark", &watermark, e))) return s;
     int best_of = 1, top_n = 0;
-    if ((s = get_int(p, "best_of", 1, 1e9, &best_of, e))) return s;
-    if ((s = get_int(p, "top_n_tokens", 0, 1e9, &top_n, e))) return s;
+    if ((s = qv__proto_get_int(p, "best_of", 1, 1e9, &best_of, e))) return s;
+    if ((s = qv__proto_get_int(p, "top_n_tokens", 0, 1e9, &top_n, e))) return s;
     if ((s = tgi_refuse(p, "watermark", !watermark, NULL, e)) ||
         (s = tgi_refuse(p, "best_of", best_of == 1, "one sequence per request", e)) ||
         (s = tgi_refuse(p, "top_n_tokens", top_n == 0, "use return_k_alternatives", e)) ||

@@ -17,6 +17,10 @@ qv_status qv__proto_failv(qv_proto_error *e, qv_status s, const char *param, con
 qv_status qv__proto_nomem(qv_proto_error *e);
 /* Member `name` of an object; JSON null counts as absent, as in the OpenAI API. */
 const cJSON *qv__proto_field(const cJSON *root, const char *name);
+/* Member `name` (absent: *out untouched, QV_OK) as an integer in [lo, hi]; otherwise 400 naming
+ * it. */
+qv_status qv__proto_get_int(const cJSON *root, const char *name, double lo, double hi, int *out,
+                            qv_proto_error *e);
 /* Adds item under key; on failure (NULL item, or the key copy failing) frees the item. */
 bool qv__proto_put_item(cJSON *obj, const char *key, cJSON *item);
 /* Adds a string of known length (it may hold bytes cJSON would stop at: copy first). */

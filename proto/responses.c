@@ -354,15 +354,13 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
                          "do not reason separately");
     }
     /* it bounds calls to built-in tools, which quiver has none of: always met */
-    if ((f = qv__proto_field(root, "max_tool_calls")) &&
-        !(cJSON_IsNumber(f) && f->valuedouble >= 0 && f->valuedouble <= 1e9 &&
-          f->valuedouble == (double)(long long)f->valuedouble))
-        return rfail(e, "max_tool_calls", "'max_tool_calls' must be a non-negative integer");
+    int max_calls;
+    qv_status s = qv__proto_get_int(root, "max_tool_calls", 0, 1e9, &max_calls, e);
+    if (s) return s;
     if ((f = qv__proto_field(root, "truncation")) &&
         !(cJSON_IsString(f) &&
           (!strcmp(f->valuestring, "disabled") || !strcmp(f->valuestring, "auto"))))
         return rfail(e, "truncation", "'truncation' must be \"disabled\" or \"auto\"");
-    qv_status s;
     if ((f = qv__proto_field(root, "metadata")) && (s = check_metadata(f, e))) return s;
     if ((f = qv__proto_field(root, "conversation")) && !conversation_id(f))
         return rfail(e, "conversation",
@@ -381,25 +379,26 @@ static qv_status refuse(const cJSON *root, qv_proto_error *e) {
  * for parts of items quiver never makes (built-in tools' calls, input images, reasoning): they
  * add nothing. */
 static qv_status chat_logprobs(const cJSON *root, cJSON *chat, qv_proto_error *e) {
-    static const char *const k_nothing[] = {"file_search_call.results",
-                                            "web_search_call.results",
-                                            "web_search_call.action.sources",
-                                            "message.input_image.image_url",
-                                            "computer_call_output.output.image_url",
-                                            "code_interpreter_call.outputs",
-                                            "reasoning.encrypted_content"};
+    static const char *const k_includable[] = {"message.output_text.logprobs", /* the one read */
+                                               "file_search_call.results",
+                                               "web_search_call.results",
+                                               "web_search_call.action.sources",
+                                               "message.input_image.image_url",
+                                               "computer_call_output.output.image_url",
+                                               "code_interpreter_call.outputs",
+                                               "reasoning.encrypted_content"};
     const cJSON *inc = qv__proto_field(root, "include"),
                 *top = qv__proto_field(root, "top_logprobs");
     bool lps = false;
     if (inc && !cJSON_IsArray(inc)) return rfail(e, "include", "'include' must be a list");
     const cJSON *x;
     cJSON_ArrayForEach(x, inc) {
-        bool known = cJSON_IsString(x) && !strcmp(x->valuestring, "message.output_text.logprobs");
-        lps = lps || known;
-        for (size_t i = 0;
-             !known && cJSON_IsString(x) && i < sizeof(k_nothing) / sizeof(*k_nothing); i++)
-            known = !strcmp(x->valuestring, k_nothing[i]);
-        if (!known)
+        size_t i = 0;
+        while (cJSON_IsString(x) && i < QV_ARRAY_LEN(k_includable) &&
+               strcmp(x->valuestring, k_includable[i]))
+            i++;
+        lps = lps || i == 0;
+        if (!cJSON_IsString(x) || i == QV_ARRAY_LEN(k_includable))
             return rfail(e, "include", "'include' holds %s, which is not an includable field",
                          cJSON_IsString(x) ? "an unknown value" : "a value that is not a string");
     }
@@ -561,7 +560,8 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
         goto done;
     }
     if ((s = refuse(root, e))) goto done;
-    if (cJSON_IsTrue(qv__proto_field(root, "background")) && !storing) {
+    x->background = cJSON_IsTrue(qv__proto_field(root, "background"));
+    if (x->background && !storing) {
         s = rfail(e, "background",
                   "background responses need the server to keep responses "
                   "(it was started with --responses-store-mb 0)");
@@ -636,7 +636,6 @@ qv_status qv_proto_responses_decode(const char *body, size_t len, const char *pr
     r->endpoint = QV_PROTO_RESPONSES;
     const cJSON *st = qv__proto_field(root, "store");
     x->store = storing && !cJSON_IsFalse(st);
-    x->background = cJSON_IsTrue(qv__proto_field(root, "background"));
     const cJSON *tr = qv__proto_field(root, "truncation");
     x->truncate = cJSON_IsString(tr) && !strcmp(tr->valuestring, "auto");
     if (!(x->echo = echo_of(root, x->store)) || !(x->items = cJSON_PrintUnformatted(items)))

@@ -192,14 +192,6 @@ c.request("POST", "/v1/responses", body=json.dumps(
 r = c.getresponse()
 first = r.readline() + r.readline()
 bid = json.loads(first.split(b"data: ", 1)[1])["response"]["id"] if b"data: " in first else "x"
-bg = {}
-
-
-def bg_job(name, fn, *args):
-    try:
-        bg[name] = fn(*args)
-    except Exception as e:  # noqa: BLE001 - reported below
-        bg[name] = ("error", repr(e))
 
 
 def poll_end(rid):
@@ -217,24 +209,26 @@ def bg_plain():
     return poll_end(json.loads(data)["id"]) if st == 200 else (st, data)
 
 
-bg_threads = [threading.Thread(target=bg_job, args=a) for a in (
-    ("own", lambda: (200, r.read())), ("again", raw, "GET", f"/v1/responses/{bid}?stream=true"),
-    ("cancel", raw, "POST", f"/v1/responses/{bid}/cancel"), ("poll", poll_end, bid),
-    ("plain", bg_plain))]
+bg_threads = [threading.Thread(target=job, args=a) for a in (
+    ("bg-own", lambda: (200, r.read())),
+    ("bg-again", raw, "GET", f"/v1/responses/{bid}?stream=true"),
+    ("bg-cancel", raw, "POST", f"/v1/responses/{bid}/cancel"), ("bg-poll", poll_end, bid),
+    ("bg-plain", bg_plain))]
 for t in bg_threads:
     t.start()
 for t in bg_threads:
     t.join(300)
 c.close()
-for name in ("own", "again", "cancel", "poll", "plain"):
-    check(bg.get(name, (None,))[0] == 200, f"background {name}: 200 ({bg.get(name, ('missing',))[0]})")
+for name in ("bg-own", "bg-again", "bg-cancel", "bg-poll", "bg-plain"):
+    check(results.get(name, (None,))[0] == 200,
+          f"{name}: 200 ({results.get(name, ('missing',))[0]})")
 ends = (b"event: response.completed", b"event: response.cancelled", b"event: response.incomplete")
-check(any(e in bg.get("again", (0, b""))[1] for e in ends) and
-      any(e in first + bg.get("own", (0, b""))[1] for e in ends),
+check(any(e in results.get("bg-again", (0, b""))[1] for e in ends) and
+      any(e in first + results.get("bg-own", (0, b""))[1] for e in ends),
       "background: both readers of the stream see it end")
-final = json.loads(bg.get("poll", (0, b"{}"))[1] or b"{}").get("status")
+final = json.loads(results.get("bg-poll", (0, b"{}"))[1] or b"{}").get("status")
 check(final in ("completed", "incomplete", "cancelled"), f"background: it ended ({final})")
-check(json.loads(bg.get("plain", (0, b"{}"))[1] or b"{}").get("status") in
+check(json.loads(results.get("bg-plain", (0, b"{}"))[1] or b"{}").get("status") in
       ("completed", "incomplete"), "background: a polled response ended")
 
 check(results.get("upload", (0,))[0] == 201, f"upload: 201 ({results.get('upload')})")
