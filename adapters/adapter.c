@@ -42,6 +42,11 @@ const char *qv_bn_act_name(enum qv_bn_act a) {
 
 /* ---- allocations ---- */
 
+uint64_t qv__adapter_next_uid(void) {
+    static atomic_uint_least64_t next_uid = 1;
+    return atomic_fetch_add(&next_uid, 1);
+}
+
 qv_status qv__adapter_own(qv_adapter *ad, void *p) {
     if (ad->priv_n == ad->priv_cap) {
         size_t cap = ad->priv_cap ? ad->priv_cap * 2 : 64;
@@ -430,8 +435,7 @@ static qv_status load_common(const char *config, size_t config_len, const qv_st_
         s = qv_errorf(err, QV_ERR_NOMEM, "out of memory");
         goto done;
     }
-    static atomic_uint_least64_t next_uid = 1;
-    c.ad->uid = atomic_fetch_add(&next_uid, 1);
+    c.ad->uid = qv__adapter_next_uid();
     if (base) {
         const qv_model_config *m = &base->cfg;
         c.ad->has_base = true;

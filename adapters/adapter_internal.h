@@ -23,6 +23,8 @@ typedef struct qv__adapter_ctx {
     qv_error *err;
 } qv__adapter_ctx;
 
+/* A process-unique adapter uid (qv_adapter.uid), never 0. Any thread. */
+uint64_t qv__adapter_next_uid(void);
 /* Allocates n floats owned by ctx->ad (freed by qv_adapter_free). NULL + err on failure. */
 float *qv__adapter_alloc(qv__adapter_ctx *c, size_t n);
 /* Frees a temporary array of n floats obtained from qv__adapter_alloc / qv__adapter_take. */

@@ -195,6 +195,59 @@ size_t qv_adapter_n_bytes(const qv_adapter *ad);
  * against a base model. Any thread. */
 void qv_adapter_describe(const qv_adapter *ad, FILE *f);
 
+/* ---- merging (LoRAX's merged_adapters, PEFT's merge_utils) ---- */
+
+#define QV_MERGE_MAX 16 /* adapters one merge combines */
+
+enum qv_merge_strategy {
+    QV_MERGE_LINEAR = 0, /* sum of w_i * t_i */
+    QV_MERGE_TIES,       /* magnitude-pruned, sign-elected, disjoint mean (TIES-Merging) */
+    QV_MERGE_DARE_LINEAR,
+    QV_MERGE_DARE_TIES, /* random drop with rescale (DARE), then linear / ties */
+    QV_MERGE_STRATEGY_COUNT
+};
+
+enum qv_merge_sign { QV_MERGE_SIGN_TOTAL = 0, QV_MERGE_SIGN_FREQUENCY };
+
+typedef struct qv_merge_params {
+    int n;                         /* adapters, 1..QV_MERGE_MAX */
+    float weights[QV_MERGE_MAX];   /* finite */
+    enum qv_merge_strategy strategy;
+    double density;                /* (0, 1]: the fraction ties / dare keep (1: no pruning) */
+    enum qv_merge_sign sign;       /* ties / dare_ties: how the majority sign is elected */
+    uint64_t seed;                 /* dare: the drop mask's seed */
+} qv_merge_params;
+
+/*
+ * Merges n LoRA adapters into a new LoRA adapter the way LoRAX's merged_adapters does: for
+ * every decoder projection, lora_A and lora_B are each combined over the adapters that adapt it
+ * (with their weights), by PEFT's merge_utils semantics:
+ *   linear      sum_i w_i t_i
+ *   ties        t_i pruned to its int(density * numel) largest magnitudes (lowest index first
+ *               among equal ones); the majority sign per element elected on the unweighted
+ *               t_i (total: sign of sum_i t_i; frequency: of sum_i sign t_i; 0 counts as +);
+ *               sum of w_i t_i over the t_i of that sign, divided by their count (at least 1)
+ *   dare_linear t_i with each element kept when u < density (u from mix64, below) and divided
+ *               by density, then linear
+ *   dare_ties   the same drop, then ties' election and disjoint mean
+ * (density 1: no pruning). The merged projection's scale is the first adapter's (in order) that
+ * adapts it; its rank must be the same in every adapter that adapts it. A and B are F32.
+ * u of element e (row-major) of tensor `which` (0 = A, 1 = B) of projection p of layer l of the
+ * i-th adapter: mix64(mix64(seed ^ mix64(((i * 65536 + l) * 8 + p) * 2 + which)) + e) >> 11,
+ * times 2^-53, where mix64 is SplitMix64's output function (x += 0x9E3779B97F4A7C15, then the
+ * two xor-shift-multiply rounds and a final xor-shift).
+ * Refused (QV_ERR_UNSUPPORTED): adapters other than plain LoRA (DoRA, lora_bias, embedding /
+ * lm_head LoRA, modules_to_save, trainable tokens, other kinds); QV_ERR_INVALID: different
+ * ranks on one projection, different base models, bad params; errors name the adapter by its
+ * position (from 1). Owner: *out belongs to the caller (qv_adapter_free); a new uid.
+ * Thread: any (reads the inputs only; time linear in their size).
+ */
+qv_status qv_adapter_merge(const qv_adapter *const *ads, const qv_merge_params *p,
+                           qv_adapter **out, qv_error *err);
+
+/* "linear", "ties", "dare_linear", "dare_ties"; NULL when out of range. */
+const char *qv_merge_strategy_name(enum qv_merge_strategy s);
+
 /* Element i (row-major) of lo's A (rank, n_in) / B (n_out, rank) as F32, whatever lo->wtype.
  * The caller keeps i in range. Any thread. */
 float qv_lora_a_at(const qv_lora *lo, size_t i);

@@ -32,6 +32,11 @@ void golden_close(golden_runner *r) {
  * else only of the last one. Returns 0 on success. */
 int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int pos0,
                 int all_logits, float *logits) {
+    return golden_feed_adapter(r, seq, NULL, ids, n, pos0, all_logits, logits);
+}
+
+int golden_feed_adapter(golden_runner *r, qv_kv_seq *seq, const struct qv_adapter *ad,
+                        const int32_t *ids, int n, int pos0, int all_logits, float *logits) {
     qv_error err = {0};
     if (qv_kv_seq_reserve(r->kv, seq, pos0 + n) != QV_OK) return -1;
     int32_t *pos = malloc((size_t)n * sizeof(int32_t));
@@ -42,6 +47,8 @@ int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int
         li[i] = i;
     }
     const qv_kv_seq *seqs[1] = {seq};
+    const int32_t seg_start[2] = {0, n};
+    const struct qv_adapter *seg_ad[1] = {ad};
     qv_batch b = {.n_tokens = n,
                   .tokens = ids,
                   .pos = pos,
@@ -49,7 +56,10 @@ int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int
                   .n_seqs = 1,
                   .seqs = seqs,
                   .n_logits = all_logits ? n : 1,
-                  .logits_idx = all_logits ? li : li + (n - 1)};
+                  .logits_idx = all_logits ? li : li + (n - 1),
+                  .n_segs = ad ? 1 : 0,
+                  .seg_start = ad ? seg_start : NULL,
+                  .seg_adapter = ad ? seg_ad : NULL};
     qv_status st = qv_forward_run(r->fwd, &b, logits, &err);
     if (st != QV_OK) fprintf(stderr, "forward: %s\n", err.msg);
     free(pos);

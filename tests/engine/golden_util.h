@@ -29,6 +29,10 @@ int golden_open(golden_runner *r, const char *path, int n_threads, int n_pages, 
 void golden_close(golden_runner *r);
 int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int pos0,
                 int all_logits, float *logits);
+/* The same with the whole chunk as one segment carrying adapter ad (NULL: none). */
+struct qv_adapter;
+int golden_feed_adapter(golden_runner *r, qv_kv_seq *seq, const struct qv_adapter *ad,
+                        const int32_t *ids, int n, int pos0, int all_logits, float *logits);
 int json_f32_array(const cJSON *a, float *out, int n);
 int32_t *json_i32_array(const cJSON *a, int *n);
 int argmax_f32(const float *x, int n);

@@ -31,41 +31,6 @@
 
 #define REL_TOL 1e-4
 
-/* Feeds n entries of one sequence starting at position pos0 as one adapter segment; logits of
- * every entry when all_logits, else of the last one. Returns 0 on success. */
-static int feed(golden_runner *r, qv_kv_seq *seq, const qv_adapter *ad, const int32_t *ids, int n,
-                int pos0, int all_logits, float *logits) {
-    qv_error err = {0};
-    if (qv_kv_seq_reserve(r->kv, seq, pos0 + n) != QV_OK) return -1;
-    int32_t *pos = malloc((size_t)n * sizeof(int32_t));
-    int32_t *sq = calloc((size_t)n, sizeof(int32_t));
-    int32_t *li = malloc((size_t)n * sizeof(int32_t));
-    for (int i = 0; i < n; i++) {
-        pos[i] = pos0 + i;
-        li[i] = i;
-    }
-    const qv_kv_seq *seqs[1] = {seq};
-    const int32_t seg_start[2] = {0, n};
-    const qv_adapter *seg_ad[1] = {ad};
-    qv_batch b = {.n_tokens = n,
-                  .tokens = ids,
-                  .pos = pos,
-                  .seq = sq,
-                  .n_seqs = 1,
-                  .seqs = seqs,
-                  .n_logits = all_logits ? n : 1,
-                  .logits_idx = all_logits ? li : li + (n - 1),
-                  .n_segs = 1,
-                  .seg_start = seg_start,
-                  .seg_adapter = seg_ad};
-    qv_status st = qv_forward_run(r->fwd, &b, logits, &err);
-    if (st != QV_OK) fprintf(stderr, "forward: %s\n", err.msg);
-    free(pos);
-    free(sq);
-    free(li);
-    return st == QV_OK ? 0 : -1;
-}
-
 /* Starts a sequence for adapter ad: prefix K/V stored, or the virtual tokens prepended to
  * `ids` (written to *all, n_all). Returns the position of the first real token. */
 static int start_seq(golden_runner *r, qv_kv_seq *seq, const qv_adapter *ad, const int32_t *ids,
@@ -153,7 +118,7 @@ static void check_case(const char *json_path) {
         int pos0 = start_seq(&r, &seq, ad, ids, n_ids, &all, &n_all);
         const int n_pre = n_all - n_ids;
         assert_int_equal(pos0 + n_pre, off_json);
-        assert_int_equal(feed(&r, &seq, ad, all, n_all, pos0, 1, got), 0);
+        assert_int_equal(golden_feed_adapter(&r, &seq, ad, all, n_all, pos0, 1, got), 0);
         double worst = 0;
         for (int t = 0; t < n_ids; t++) {
             assert_int_equal(json_f32_array(cJSON_GetArrayItem(pl, t), want, V), 0);
@@ -187,7 +152,8 @@ static void check_case(const char *json_path) {
                 fail_msg("%s prompt %d step %d: greedy token %d, PEFT %d (gap %.3g)", adir, pi, s,
                          mine, greedy[s], g);
             n_agree += mine == greedy[s];
-            assert_int_equal(feed(&r, &seq, ad, &greedy[s], 1, pos0 + n_all + s, 0, cur), 0);
+            assert_int_equal(
+                golden_feed_adapter(&r, &seq, ad, &greedy[s], 1, pos0 + n_all + s, 0, cur), 0);
         }
         qv_kv_seq_release(r.kv, &seq);
 
@@ -197,7 +163,7 @@ static void check_case(const char *json_path) {
         pos0 = start_seq(&r, &seq2, ad, ids, n_ids, &all2, &n_all);
         for (int o = 0; o < n_all; o += 3) {
             int c = n_all - o < 3 ? n_all - o : 3;
-            assert_int_equal(feed(&r, &seq2, ad, all2 + o, c, pos0 + o, 0, cur), 0);
+            assert_int_equal(golden_feed_adapter(&r, &seq2, ad, all2 + o, c, pos0 + o, 0, cur), 0);
         }
         assert_int_equal(json_f32_array(cJSON_GetArrayItem(pl, n_ids - 1), want, V), 0);
         double ec = qv_test_max_rel_err(cur, want, (size_t)V);
@@ -306,7 +272,7 @@ static void test_smollm2(void **state) {
             qv_kv_seq seq = {0};
             int32_t *all = NULL;
             int pos0 = start_seq(&r, &seq, ad, ids, n_ids, &all, &n_all);
-            assert_int_equal(feed(&r, &seq, ad, all, n_all, pos0, 0, cur), 0);
+            assert_int_equal(golden_feed_adapter(&r, &seq, ad, all, n_all, pos0, 0, cur), 0);
             double e = qv_test_max_rel_err(cur, want, (size_t)V);
             if (e > REL_TOL) fail_cmp("last", adir, pi, n_ids - 1, cur, want, V, e);
             int n_agree = 0;
@@ -320,7 +286,8 @@ static void test_smollm2(void **state) {
                     fail_msg("%s prompt %d step %d: greedy token %d, PEFT %d (gap %.3g)", adir, pi,
                              s, mine, greedy[s], g);
                 n_agree += mine == greedy[s];
-                assert_int_equal(feed(&r, &seq, ad, &greedy[s], 1, pos0 + n_all + s, 0, cur), 0);
+                assert_int_equal(
+                    golden_feed_adapter(&r, &seq, ad, &greedy[s], 1, pos0 + n_all + s, 0, cur), 0);
             }
             qv_kv_seq_release(r.kv, &seq);
             printf("smollm2 %-28s prompt %d (%2d tokens): last rel err %.2e, greedy %d/32\n", adir,
