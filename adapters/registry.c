@@ -46,6 +46,11 @@ typedef struct job {
     char version[QV_STORE_VERSION_LEN + 1];
     char *path;
     double t_start;
+    /* a merge (n_parts > 0): the parts it holds a reference on, their objects, the spec */
+    struct qv_registry_entry *parts[QV_REGISTRY_MERGE_MAX];
+    void *part_objs[QV_REGISTRY_MERGE_MAX];
+    size_t n_parts;
+    void *spec;
     /* results, written by the worker */
     void *obj;
     uint64_t n_bytes;
@@ -97,8 +102,10 @@ static void *worker_main(void *arg) {
         j->obj = NULL;
         j->n_bytes = 0;
         memset(&j->err, 0, sizeof j->err);
-        j->status =
-            reg->loader.load(reg->loader.user, j->path, j->version, &j->obj, &j->n_bytes, &j->err);
+        j->status = j->n_parts ? reg->loader.merge(reg->loader.user, j->part_objs, j->n_parts,
+                                                   j->spec, &j->obj, &j->n_bytes, &j->err)
+                               : reg->loader.load(reg->loader.user, j->path, j->version, &j->obj,
+                                                  &j->n_bytes, &j->err);
         if (j->status != QV_OK && j->obj) {
             reg->loader.free(reg->loader.user, j->obj); /* a sloppy loader must not leak */
             j->obj = NULL;
@@ -122,6 +129,7 @@ static void job_free(qv_registry_t *reg, job *j) {
     if (!j) return;
     if (j->obj) reg->loader.free(reg->loader.user, j->obj);
     qv_free(j->path);
+    qv_free(j->spec);
     qv_free(j);
 }
 
@@ -264,15 +272,13 @@ static qv_status ensure_device(qv_registry_t *reg, struct qv_registry_entry *e, 
     return QV_OK;
 }
 
-/* Creates a LOADING entry for `version` and queues its load. Takes ownership of path. */
-static qv_status start_load(qv_registry_t *reg, const char *ref, const char *version, char *path,
-                            struct qv_registry_entry **out, qv_error *err) {
+/* Creates a LOADING entry for `version` and queues job j (its path or parts filled in; owned
+ * from here on, freed on failure). */
+static qv_status start_job(qv_registry_t *reg, const char *ref, const char *version, job *j,
+                           struct qv_registry_entry **out, qv_error *err) {
     struct qv_registry_entry *e = qv_calloc(1, sizeof *e);
-    job *j = qv_calloc(1, sizeof *j);
-    if (!e || !j) {
-        qv_free(e);
-        qv_free(j);
-        qv_free(path);
+    if (!e) {
+        job_free(reg, j);
         return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
     }
     e->reg = reg;
@@ -288,8 +294,11 @@ static qv_status start_load(qv_registry_t *reg, const char *ref, const char *ver
     reg->stats.loads++;
 
     memcpy(j->version, version, sizeof j->version);
-    j->path = path;
     j->t_start = qv_time_s();
+    for (size_t i = 0; i < j->n_parts; i++) { /* the parts stay in memory while it runs */
+        j->parts[i]->refcount++;
+        j->part_objs[i] = j->parts[i]->host;
+    }
     pthread_mutex_lock(&reg->mu);
     if (reg->todo_tail)
         reg->todo_tail->next = j;
@@ -298,9 +307,21 @@ static qv_status start_load(qv_registry_t *reg, const char *ref, const char *ver
     reg->todo_tail = j;
     pthread_cond_signal(&reg->todo_cv);
     pthread_mutex_unlock(&reg->mu);
-    QV_LOGD("registry: loading %s (%s)", ref, version);
+    QV_LOGD("registry: %s %s (%s)", j->n_parts ? "merging" : "loading", ref, version);
     *out = e;
     return QV_OK;
+}
+
+/* The same for a load of the version directory `path` (owned from here on). */
+static qv_status start_load(qv_registry_t *reg, const char *ref, const char *version, char *path,
+                            struct qv_registry_entry **out, qv_error *err) {
+    job *j = qv_calloc(1, sizeof *j);
+    if (!j) {
+        qv_free(path);
+        return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    }
+    j->path = path;
+    return start_job(reg, ref, version, j, out, err);
 }
 
 /* ---- public API ---- */
@@ -371,14 +392,13 @@ void qv_registry_destroy(qv_registry_t *reg) {
     for (int i = 0; i < reg->n_threads; i++)
         pthread_join(reg->threads[i], NULL);
     qv_free(reg->threads);
-    for (job *j = reg->todo_head, *n; j; j = n) {
-        n = j->next;
-        job_free(reg, j);
-    }
-    for (job *j = reg->done_head, *n; j; j = n) {
-        n = j->next;
-        job_free(reg, j);
-    }
+    for (int q = 0; q < 2; q++)
+        for (job *j = q ? reg->done_head : reg->todo_head, *n; j; j = n) {
+            n = j->next;
+            for (size_t i = 0; i < j->n_parts; i++) /* a merge's references on its parts */
+                j->parts[i]->refcount--;
+            job_free(reg, j);
+        }
     while (reg->lru_head) {
         struct qv_registry_entry *e = reg->lru_head;
         if (e->refcount) QV_LOGW("registry: destroyed while %s is held", e->version);
@@ -390,6 +410,19 @@ void qv_registry_destroy(qv_registry_t *reg) {
         pthread_mutex_destroy(&reg->mu);
     }
     qv_free(reg);
+}
+
+/* A READY entry found by acquire: placed on the device and referenced. */
+static qv_status take(qv_registry_t *reg, struct qv_registry_entry *e, qv_registry_handle **out,
+                      qv_error *err) {
+    qv_status st = ensure_device(reg, e, err);
+    if (st != QV_OK) return st;
+    e->doomed = false;
+    e->refcount++;
+    reg->stats.hits++;
+    touch(reg, e);
+    *out = e;
+    return QV_OK;
 }
 
 qv_status qv_registry_acquire(qv_registry_t *reg, const char *ref, qv_registry_handle **out,
@@ -412,13 +445,36 @@ qv_status qv_registry_acquire(qv_registry_t *reg, const char *ref, qv_registry_h
         reg->stats.misses++;
         return qv_errorf(err, QV_ERR_BUSY, "adapter '%s' is loading", ref);
     }
-    if ((st = ensure_device(reg, e, err)) != QV_OK) return st;
-    e->doomed = false;
-    e->refcount++;
-    reg->stats.hits++;
-    touch(reg, e);
-    *out = e;
-    return QV_OK;
+    return take(reg, e, out, err);
+}
+
+qv_status qv_registry_acquire_merged(qv_registry_t *reg, const char *key,
+                                     qv_registry_handle *const *parts, size_t n, const void *spec,
+                                     size_t spec_len, qv_registry_handle **out, qv_error *err) {
+    *out = NULL;
+    if (!reg->loader.merge)
+        return qv_errorf(err, QV_ERR_UNSUPPORTED, "this registry does not merge adapters");
+    if (n < 1 || n > QV_REGISTRY_MERGE_MAX || strlen(key) != QV_STORE_VERSION_LEN)
+        return qv_errorf(err, QV_ERR_INVALID, "a merge takes 1 to %d parts and a %d-character key",
+                         QV_REGISTRY_MERGE_MAX, QV_STORE_VERSION_LEN);
+    struct qv_registry_entry *e = find(reg, key);
+    if (e && e->state == ENTRY_READY) return take(reg, e, out, err);
+    reg->stats.misses++;
+    if (e) return qv_errorf(err, QV_ERR_BUSY, "the merged adapter is being made");
+    job *j = qv_calloc(1, sizeof *j);
+    if (!j || !(j->spec = qv_malloc(spec_len ? spec_len : 1))) {
+        qv_free(j);
+        return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    }
+    if (spec_len) memcpy(j->spec, spec, spec_len);
+    j->n_parts = n;
+    for (size_t i = 0; i < n; i++) {
+        QV_ASSERT(parts[i]->state == ENTRY_READY && parts[i]->refcount > 0);
+        j->parts[i] = parts[i];
+    }
+    qv_status st = start_job(reg, "(merge)", key, j, &e, err);
+    if (st != QV_OK) return st;
+    return qv_errorf(err, QV_ERR_BUSY, "the merged adapter is being made");
 }
 
 void qv_registry_release(qv_registry_handle *h) {
@@ -459,6 +515,9 @@ size_t qv_registry_poll(qv_registry_t *reg, qv_registry_event *events, size_t ca
         pthread_mutex_unlock(&reg->mu);
         if (!j) break;
 
+        for (size_t i = 0; i < j->n_parts; i++) /* a merge's parts: its references end */
+            qv_registry_release(j->parts[i]);
+        j->n_parts = 0;
         struct qv_registry_entry *e = find(reg, j->version);
         QV_ASSERT(e && e->state == ENTRY_LOADING);
         reg->stats.n_loading--;

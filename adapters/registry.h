@@ -49,6 +49,11 @@ typedef struct qv_registry_loader {
     /* Optional, worker thread: called after a finished load was queued, e.g. uv_async_send
      * to wake the engine loop, which then calls qv_registry_poll. */
     void (*notify)(void *user);
+    /* Optional, worker thread: makes a new host object (*obj, *n_bytes, owned by the registry
+     * afterwards) out of the loaded objects objs[0..n) (held by the registry while it runs) and
+     * the bytes `spec` given to qv_registry_acquire_merged. Errors as load. */
+    qv_status (*merge)(void *user, void *const *objs, size_t n, const void *spec, void **obj,
+                       uint64_t *n_bytes, qv_error *err);
     void *user;
 } qv_registry_loader;
 
@@ -122,6 +127,23 @@ void qv_registry_destroy(qv_registry_t *reg);
  * the device budget), a device upload error. */
 qv_status qv_registry_acquire(qv_registry_t *reg, const char *ref, qv_registry_handle **out,
                               qv_error *err);
+
+#define QV_REGISTRY_MERGE_MAX 16 /* parts of one merged object */
+
+/* Acquires the object that loader->merge makes of the held versions parts[0..n) and `spec`
+ * (spec_len bytes, copied), cached under `key`: QV_STORE_VERSION_LEN characters chosen by the
+ * caller to name the parts' versions and the spec (a hash), never a store version id.
+ * - In host memory: takes a reference and returns QV_OK (as acquire does).
+ * - Otherwise QV_ERR_BUSY; the first such call starts the merge on a worker, which holds its
+ *   own reference on every part until qv_registry_poll integrates the result (a merged entry
+ *   then lives, and is evicted, like a loaded version; its events carry `key` and the ref
+ *   "(merge)").
+ * The caller keeps its part handles. Errors: QV_ERR_UNSUPPORTED without loader->merge,
+ * QV_ERR_INVALID (n outside 1..QV_REGISTRY_MERGE_MAX, a bad key), QV_ERR_NOMEM, device errors
+ * as acquire. */
+qv_status qv_registry_acquire_merged(qv_registry_t *reg, const char *key,
+                                     qv_registry_handle *const *parts, size_t n, const void *spec,
+                                     size_t spec_len, qv_registry_handle **out, qv_error *err);
 
 /* Drops a reference taken by acquire. */
 void qv_registry_release(qv_registry_handle *h);

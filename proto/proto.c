@@ -9,12 +9,14 @@
 #include "proto/proto.h"
 #include "proto/proto_internal.h"
 
+#include "adapters/adapters.h"
 #include "engine/json_grammar.h"
 #include "engine/json_text.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <math.h>
+#include <strings.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -338,6 +340,72 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
             if (st) return st;
         }
     }
+    return QV_OK;
+}
+
+/* LoRAX's merged_adapters object (`prefix` names it in errors): ids (1..QV_MERGE_MAX adapter
+ * names), weights (as many numbers; absent or empty: 1 each), merge_strategy ("linear",
+ * "ties", "dare_linear", "dare_ties"; any case), density ((0, 1], default 1),
+ * majority_sign_method ("total" / "frequency") and quiver's seed. Absent or null: nothing. */
+static qv_status decode_merged(const cJSON *root, const char *prefix, qv_proto_request *r,
+                               qv_proto_error *e) {
+    const cJSON *m = qv__proto_field(root, "merged_adapters");
+    if (!m) return QV_OK;
+    char pm[64];
+    snprintf(pm, sizeof(pm), "%smerged_adapters", prefix);
+    if (!cJSON_IsObject(m)) return fail(e, QV_ERR_INVALID, pm, "'%s' must be an object", pm);
+    const cJSON *ids = qv__proto_field(m, "ids");
+    const int n = cJSON_IsArray(ids) ? cJSON_GetArraySize(ids) : -1;
+    if (n < 1 || n > QV_MERGE_MAX)
+        return fail(e, QV_ERR_INVALID, pm, "'%s.ids' must list 1 to %d adapters", pm, QV_MERGE_MAX);
+    const cJSON *w = qv__proto_field(m, "weights");
+    const int nw = cJSON_IsArray(w) ? cJSON_GetArraySize(w) : w ? -1 : 0;
+    if (nw != 0 && nw != n)
+        return fail(e, QV_ERR_INVALID, pm,
+                    "'%s.weights' must be a list of as many numbers as 'ids' (%d)", pm, n);
+    if (!(r->merge_ids = qv_calloc((size_t)n, sizeof(*r->merge_ids))) ||
+        !(r->merge_weights = qv_malloc((size_t)n * sizeof(*r->merge_weights))))
+        return qv__proto_nomem(e);
+    for (int i = 0; i < n; i++) {
+        const cJSON *id = cJSON_GetArrayItem(ids, i), *wi = nw ? cJSON_GetArrayItem(w, i) : NULL;
+        if (!cJSON_IsString(id) || !id->valuestring[0])
+            return fail(e, QV_ERR_INVALID, pm, "'%s.ids' must hold adapter names", pm);
+        if (wi &&
+            (!cJSON_IsNumber(wi) || !isfinite(wi->valuedouble) || fabs(wi->valuedouble) > 1e6))
+            return fail(e, QV_ERR_INVALID, pm, "'%s.weights' must hold numbers within +-1e6", pm);
+        if (!(r->merge_ids[i] = qv_strdup(id->valuestring))) return qv__proto_nomem(e);
+        r->n_merge = (size_t)i + 1;
+        r->merge_weights[i] = wi ? (float)wi->valuedouble : 1.0f;
+    }
+    const cJSON *st = qv__proto_field(m, "merge_strategy");
+    r->merge_strategy = st ? -1 : QV_MERGE_LINEAR;
+    for (int k = 0; cJSON_IsString(st) && k < QV_MERGE_STRATEGY_COUNT; k++)
+        if (!strcasecmp(st->valuestring, qv_merge_strategy_name((enum qv_merge_strategy)k)))
+            r->merge_strategy = k;
+    if (r->merge_strategy < 0)
+        return fail(e, QV_ERR_INVALID, pm,
+                    "'%s.merge_strategy' must be \"linear\", \"ties\", \"dare_linear\" or "
+                    "\"dare_ties\"",
+                    pm);
+    const cJSON *d = qv__proto_field(m, "density");
+    r->merge_density = cJSON_IsNumber(d) ? d->valuedouble : 1.0;
+    if ((d && !cJSON_IsNumber(d)) || !(r->merge_density > 0.0 && r->merge_density <= 1.0))
+        return fail(e, QV_ERR_INVALID, pm, "'%s.density' must be a number in (0, 1]", pm);
+    const cJSON *sg = qv__proto_field(m, "majority_sign_method");
+    const bool freq = cJSON_IsString(sg) && !strcasecmp(sg->valuestring, "frequency");
+    if (sg && !freq && !(cJSON_IsString(sg) && !strcasecmp(sg->valuestring, "total")))
+        return fail(e, QV_ERR_INVALID, pm,
+                    "'%s.majority_sign_method' must be \"total\" or \"frequency\"", pm);
+    r->merge_sign = freq ? QV_MERGE_SIGN_FREQUENCY : QV_MERGE_SIGN_TOTAL;
+    const cJSON *sd = qv__proto_field(m, "seed");
+    if (sd && (!cJSON_IsNumber(sd) || sd->valuedouble != floor(sd->valuedouble) ||
+               sd->valuedouble < 0 || sd->valuedouble > 9007199254740992.0))
+        return fail(e, QV_ERR_INVALID, pm, "'%s.seed' must be an integer >= 0", pm);
+    r->merge_seed = sd ? (uint64_t)sd->valuedouble : 0;
+    if (r->adapter)
+        return fail(e, QV_ERR_INVALID, pm,
+                    "name either one adapter ('%s') or 'merged_adapters', not both",
+                    *prefix ? "adapter_id" : "model");
     return QV_OK;
 }
 
@@ -861,6 +929,9 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
         goto done;
     }
     if ((s = decode_model(root, r, e))) goto done;
+    if (endpoint != QV_PROTO_TOKENIZE && endpoint != QV_PROTO_DETOKENIZE &&
+        (s = decode_merged(root, "", r, e)))
+        goto done;
     if ((endpoint == QV_PROTO_COMPLETIONS || endpoint == QV_PROTO_CHAT) &&
         (s = refuse_unsupported(root, endpoint, e)))
         goto done;
@@ -997,6 +1068,10 @@ void qv_proto_request_free(qv_proto_request *r) {
     qv_free(r->model);
     qv_free(r->base);
     qv_free(r->adapter);
+    for (size_t i = 0; i < r->n_merge; i++)
+        qv_free(r->merge_ids[i]);
+    qv_free(r->merge_ids);
+    qv_free(r->merge_weights);
     qv_free(r->prompt);
     qv_free(r->prompt_ids);
     for (size_t i = 0; i < r->n_messages; i++) {
@@ -2217,8 +2292,7 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
         (s = tgi_refuse(p, "best_of", best_of == 1, "one sequence per request", e)) ||
         (s = tgi_refuse(p, "top_n_tokens", top_n == 0, "use return_k_alternatives", e)) ||
         (s = tgi_refuse(p, "typical_p", false, NULL, e)) ||
-        (s = tgi_refuse(p, "merged_adapters", false, "name one adapter", e)) ||
-        (s = tgi_structured(p, r, e)))
+        (s = decode_merged(p, "parameters.", r, e)) || (s = tgi_structured(p, r, e)))
         return s;
     /* TGI samples when asked to or when a sampling parameter is set; otherwise greedy */
     sampling = sampling || qv__proto_field(p, "temperature") || qv__proto_field(p, "top_k") ||

@@ -102,6 +102,18 @@ typedef struct qv_proto_request {
     char *model;   /* as sent; NULL when absent */
     char *base;    /* part of `model` before ':' (the whole of it without ':'); NULL = absent */
     char *adapter; /* part after ':' or `adapter_id`; NULL = the base model */
+    /* LoRAX's merged_adapters ({ids, weights, merge_strategy, density, majority_sign_method},
+     * plus quiver's `seed`; /generate's parameters.merged_adapters, or the same object at the
+     * top level of completions, chat and responses): the adapters `merge_ids` merged into one
+     * for this request (adapters.h, qv_adapter_merge). n_merge = 0: none; never with
+     * `adapter`. */
+    char **merge_ids;
+    size_t n_merge;
+    float *merge_weights; /* [n_merge]; 1 each when not given */
+    int merge_strategy;   /* enum qv_merge_strategy (default linear) */
+    double merge_density; /* (0, 1], default 1 */
+    int merge_sign;       /* enum qv_merge_sign (default total) */
+    uint64_t merge_seed;  /* DARE's drop mask (default 0) */
     /* completions: exactly one of prompt (text) or prompt_ids */
     char *prompt;
     size_t prompt_len;

@@ -76,6 +76,14 @@ typedef struct gen_tok {
     float alt_logprob[QV_PROTO_MAX_LOGPROBS];
 } gen_tok;
 
+/* merged_adapters: what a request merges, as resolved at arrival. These bytes are also the
+ * registry's merge spec (qv_registry_acquire_merged), read by merge_adapters on a worker. */
+typedef struct merge_spec {
+    qv_merge_params p;
+    char names[QV_MERGE_MAX][QV_STORE_NAME_MAX + 1];
+    char versions[QV_MERGE_MAX][QV_STORE_VERSION_LEN + 1];
+} merge_spec;
+
 typedef struct request {
     server *srv;
     pthread_mutex_t mu; /* the lead's guards every member of its group (req_lock) */
@@ -95,7 +103,9 @@ typedef struct request {
     char id[64];
     char *model_echo;
     char *adapter; /* name as requested (log line, metrics); NULL = base */
-    char adapter_version[QV_STORE_VERSION_LEN + 1]; /* version it resolved to at arrival */
+    char adapter_version[QV_STORE_VERSION_LEN + 1]; /* version it resolved to at arrival (a
+                                                       merge: the merge's key) */
+    merge_spec *merge; /* merged_adapters (adapter is then "merged(a+b+...)"), or NULL */
     enum qv_proto_endpoint endpoint;
     bool stream, include_usage, logprobs;
     bool continuous_usage; /* every chunk carries its choice's usage (vLLM) */
@@ -132,6 +142,8 @@ typedef struct request {
     /* [engine] */
     qv_registry_handle *ah; /* the adapter held while the request is queued or running */
     bool retry_on_release;  /* its version did not fit in memory: retry when a handle drops */
+    char wait_version[QV_STORE_VERSION_LEN + 1]; /* in srv->await_head: the version (or merge
+                                                    key) whose load it waits for */
     int seq_id;
     qv_detok *detok;
     bool in_engine; /* added and not yet cancelled or finished in the engine */
@@ -369,6 +381,7 @@ static void request_release(request *r) {
     qv_free(r->members);
     qv_free(r->model_echo);
     qv_free(r->adapter);
+    qv_free(r->merge);
     qv_free(r->tgi_inputs);
     qv_free(r->toks);
     qv_free(r->stop_ids);
@@ -840,24 +853,55 @@ static int adapter_http_status(qv_status s) {
                                                  : 422;
 }
 
+/* Engine thread: puts r on the wait list for the load of `version` (or merge key). */
+static void await_load(server *srv, request *r, const char *version) {
+    snprintf(r->wait_version, sizeof(r->wait_version), "%s", version);
+    r->next = srv->await_head;
+    srv->await_head = r;
+}
+
+/* Engine thread: acquires r's adapter, or its merge of several (every part held while the
+ * merged one is acquired: a merge starts from loaded parts). QV_ERR_BUSY: *wait names the
+ * version or merge key to wait for. */
+static qv_status acquire_adapter(server *srv, request *r, const char **wait, qv_error *err) {
+    *wait = r->adapter_version;
+    if (!r->merge) return qv_registry_acquire(srv->reg, r->adapter_version, &r->ah, err);
+    const merge_spec *m = r->merge;
+    qv_registry_handle *parts[QV_MERGE_MAX];
+    qv_status s = QV_OK;
+    int held = 0;
+    while (held < m->p.n &&
+           (s = qv_registry_acquire(srv->reg, m->versions[held], &parts[held], err)) == QV_OK)
+        held++;
+    if (held < m->p.n)
+        *wait = m->versions[held];
+    else
+        s = qv_registry_acquire_merged(srv->reg, r->adapter_version, parts, (size_t)held, m,
+                                       sizeof(*m), &r->ah, err);
+    for (int i = 0; i < held; i++)
+        qv_registry_release(parts[i]);
+    return s;
+}
+
 /* Engine thread: a new request. Base requests go to the pending FIFO; adapter requests
- * acquire their version first and wait in srv->await_head while it loads, so a cold adapter
- * never blocks requests behind it. Returns false when the request failed (and was released). */
+ * acquire their version (or merge) first and wait in srv->await_head while it loads, so a
+ * cold adapter never blocks requests behind it. Returns false when the request failed (and
+ * was released). */
 static bool enqueue(server *srv, request *r) {
     if (!r->adapter) {
         pending_push(srv, r);
         return true;
     }
     qv_error err = {0};
-    qv_status s = qv_registry_acquire(srv->reg, r->adapter_version, &r->ah, &err);
+    const char *wait = NULL;
+    qv_status s = acquire_adapter(srv, r, &wait, &err);
     if (s == QV_OK) {
         r->gp.adapter = qv_registry_handle_host(r->ah);
         pending_push(srv, r);
         return true;
     }
     if (s == QV_ERR_BUSY) {
-        r->next = srv->await_head;
-        srv->await_head = r;
+        await_load(srv, r, wait);
         return true;
     }
     atomic_fetch_sub(&srv->n_waiting, 1);
@@ -874,7 +918,7 @@ static request *take_waiters(server *srv, const char *version) {
     request *mine = NULL, **pp = &srv->await_head;
     while (*pp) {
         request *r = *pp;
-        bool match = version ? strcmp(r->adapter_version, version) == 0 : r->retry_on_release;
+        bool match = version ? strcmp(r->wait_version, version) == 0 : r->retry_on_release;
         if (!match) {
             pp = &r->next;
             continue;
@@ -910,7 +954,9 @@ static void poll_adapters(server *srv) {
         for (size_t i = 0; i < n; i++) {
             /* (the registry logs failures itself) */
             if (ev[i].kind == QV_REGISTRY_EV_LOADED)
-                QV_LOGI("adapter version %.12s loaded", ev[i].version);
+                QV_LOGI("%s %.12s %s",
+                        strcmp(ev[i].ref, "(merge)") ? "adapter version" : "merged adapter",
+                        ev[i].version, strcmp(ev[i].ref, "(merge)") ? "loaded" : "made");
             /* Take this version's waiters out first, then enqueue them: a waiter that must wait
              * again (its version was evicted at once) goes back to the wait list, not into this
              * scan. */
@@ -929,8 +975,7 @@ static void poll_adapters(server *srv) {
                         /* Did not fit beside the versions in use: wait (still counted as
                          * waiting) for a release. */
                         r->retry_on_release = true;
-                        r->next = srv->await_head;
-                        srv->await_head = r;
+                        await_load(srv, r, ev[i].version);
                         continue;
                     }
                     atomic_fetch_sub(&srv->n_waiting, 1);
@@ -939,7 +984,11 @@ static void poll_adapters(server *srv) {
                     snprintf(dir, sizeof(dir), "%s/objects/%s", qv_store_root(srv->store),
                              ev[i].version);
                     strip_path(ev[i].msg, dir);
-                    request_fail(r, http, "adapter_load_failed", ev[i].msg);
+                    /* a merge's own failure (not one of its parts'): what was asked cannot be
+                     * merged */
+                    const bool merge = r->merge && !strcmp(ev[i].version, r->adapter_version);
+                    request_fail(r, http, merge ? "adapter_merge_failed" : "adapter_load_failed",
+                                 ev[i].msg);
                     engine_release(r);
                 }
             }
@@ -2772,6 +2821,76 @@ static bool resolve_model(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
     return true;
 }
 
+/* merged_adapters: every part must exist and be allowed to key `who` (as resolve_model
+ * checks one adapter) and `model` must name the base. Fills *m, the merge's key (a digest of
+ * the parts' versions and the parameters: the registry caches the merged adapter under it)
+ * and its display name ("merged(a+b+...)", for logs and metrics). Otherwise sends the
+ * error. */
+static bool resolve_merge(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
+                          const qv_proto_request *pr, int who, merge_spec *m,
+                          char key[QV_STORE_VERSION_LEN + 1], char *name, size_t name_cap,
+                          enum MHD_Result *ret) {
+    if (!model_matches(srv, pr->base)) {
+        *ret = send_error(c, ctx, 400, "model", "invalid_value",
+                          "with 'merged_adapters', 'model' must name the base model ('%s') or "
+                          "be left out",
+                          srv->base_name);
+        return false;
+    }
+    memset(m, 0, sizeof(*m));
+    m->p.n = (int)pr->n_merge;
+    m->p.strategy = (enum qv_merge_strategy)pr->merge_strategy;
+    m->p.density = pr->merge_density;
+    m->p.sign = (enum qv_merge_sign)pr->merge_sign;
+    m->p.seed = pr->merge_seed;
+    qv_sha256 h;
+    qv_sha256_init(&h);
+    static const char tag[] = "quiver merged_adapters 1";
+    qv_sha256_update(&h, tag, sizeof(tag));
+    snprintf(name, name_cap, "merged(");
+    for (size_t i = 0; i < pr->n_merge; i++) {
+        const char *id = pr->merge_ids[i];
+        const char *param = "merged_adapters";
+        if (!key_allows(ctx->kr, who, id)) {
+            *ret = send_error(c, ctx, 403, param, "permission_denied",
+                              "this API key may not use adapter '%.128s'", id);
+            return false;
+        }
+        qv_error rerr = {0};
+        qv_status rs = QV_ERR_NOT_FOUND;
+        if (srv->store && (qv_store_name_valid(id) || qv_store_version_valid(id)))
+            rs = qv_store_resolve(srv->store, id, m->versions[i], NULL, &rerr);
+        if (rs == QV_ERR_NOT_FOUND || rs == QV_ERR_INVALID) {
+            *ret = send_error(c, ctx, 404, param, "model_not_found",
+                              "adapter '%.128s' of 'merged_adapters' not found (see "
+                              "GET /v1/adapters)",
+                              id);
+            return false;
+        }
+        if (rs != QV_OK) {
+            *ret = send_error(c, ctx, 500, param, NULL, "%s", rerr.msg);
+            return false;
+        }
+        snprintf(m->names[i], sizeof(m->names[i]), "%s", id);
+        m->p.weights[i] = pr->merge_weights[i];
+        qv_sha256_update(&h, m->versions[i], QV_STORE_VERSION_LEN);
+        qv_sha256_update(&h, &m->p.weights[i], sizeof(m->p.weights[i]));
+        const size_t len = strlen(name);
+        snprintf(name + len, name_cap - len, "%s%s", i ? "+" : "", id);
+    }
+    const size_t len = strlen(name);
+    snprintf(name + len, name_cap - len, ")");
+    const int32_t e[2] = {(int32_t)m->p.strategy, (int32_t)m->p.sign};
+    qv_sha256_update(&h, e, sizeof(e));
+    qv_sha256_update(&h, &m->p.density, sizeof(m->p.density));
+    qv_sha256_update(&h, &m->p.seed, sizeof(m->p.seed));
+    uint8_t d[32];
+    qv_sha256_final(&h, d);
+    for (int i = 0; i < 32; i++)
+        snprintf(key + 2 * i, 3, "%02x", d[i]);
+    return true;
+}
+
 /* continue_final_message as transformers does it: cuts the rendered chat right after the last
  * occurrence of the final message's text (else of that text without surrounding blanks, which
  * templates often trim). The message is the last one, so only the tail is searched (its text
@@ -3603,6 +3722,7 @@ typedef struct member_spec {
     int tenant, priority;
     const char *adapter; /* NULL: the base model */
     const char *adapter_version;
+    const merge_spec *merge; /* merged_adapters, or NULL */
     double t_arrival;
     int64_t created;
     char id[64];
@@ -3679,6 +3799,8 @@ static request *member_new(server *srv, const member_spec *ms, request *lead, in
         ok = (r->adapter = qv_strdup(ms->adapter));
         snprintf(r->adapter_version, sizeof(r->adapter_version), "%s", ms->adapter_version);
     }
+    if (ok && ms->merge && (ok = (r->merge = qv_malloc(sizeof(*r->merge)))))
+        memcpy(r->merge, ms->merge, sizeof(*r->merge));
     r->tools = pr->tool_choice;
     const qv_chat_tool_format tf = qv_chat_tools_format(srv->tok, srv->cfg->chat_template);
     if (r->tools == QV_PROTO_TOOLS_AUTO && tf == QV_CHAT_TOOLS_LLAMA_JSON)
@@ -3805,7 +3927,16 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
     }
     const char *aname = NULL;
     char aversion[QV_STORE_VERSION_LEN + 1] = "";
-    if (!resolve_model(srv, c, ctx, &pr, who, &aname, aversion, &ret)) goto done;
+    merge_spec merge;
+    char merge_name[QV_MERGE_MAX * 32];
+    if (pr.n_merge) {
+        if (!resolve_merge(srv, c, ctx, &pr, who, &merge, aversion, merge_name, sizeof(merge_name),
+                           &ret))
+            goto done;
+        aname = merge_name;
+    } else if (!resolve_model(srv, c, ctx, &pr, who, &aname, aversion, &ret)) {
+        goto done;
+    }
     /* the tenant's limits before any tokenizing: a refused request costs next to nothing */
     char why[256];
     enum qv_tenant_refusal refusal =
@@ -3987,6 +4118,7 @@ static enum MHD_Result handle_generate(server *srv, struct MHD_Connection *c, co
                                                       : pol.priority,
                       .adapter = aname,
                       .adapter_version = aversion,
+                      .merge = pr.n_merge ? &merge : NULL,
                       .t_arrival = ctx->t0,
                       .created = (int64_t)time(NULL)};
     const unsigned long serial = atomic_fetch_add(&srv->next_id, 1);
@@ -4999,6 +5131,34 @@ static qv_status load_adapter(void *user, const char *path, const char *version,
     return QV_OK;
 }
 
+/* Registry worker: the merged adapter of a request's merged_adapters (spec: its merge_spec). */
+static qv_status merge_adapters(void *user, void *const *objs, size_t n, const void *spec,
+                                void **obj, uint64_t *n_bytes, qv_error *err) {
+    const server *srv = user;
+    const merge_spec *m = spec;
+    const qv_adapter *ads[QV_MERGE_MAX];
+    for (size_t i = 0; i < n && i < QV_MERGE_MAX; i++)
+        ads[i] = objs[i];
+    qv_adapter *ad = NULL;
+    qv_status s = qv_adapter_merge(ads, &m->p, &ad, err);
+    if (s == QV_OK && srv->limits.max_n_bytes && ad->n_bytes > srv->limits.max_n_bytes)
+        s = qv_errorf(err, QV_ERR_LIMIT, "the merged adapter needs %zu bytes, more than %zu",
+                      ad->n_bytes, srv->limits.max_n_bytes);
+    if (s != QV_OK) {
+        qv_adapter_free(ad);
+        char names[QV_MERGE_MAX * 32] = "";
+        for (int i = 0; i < m->p.n; i++) {
+            const size_t len = strlen(names);
+            snprintf(names + len, sizeof(names) - len, "%s'%.24s'", i ? ", " : "", m->names[i]);
+        }
+        qv_error_prefix(err, "merged_adapters [%s]", names);
+        return s;
+    }
+    *obj = ad;
+    *n_bytes = QV_MAX(qv_adapter_n_bytes(ad), (size_t)1);
+    return QV_OK;
+}
+
 static void free_adapter(void *user, void *obj) {
     (void)user;
     qv_adapter_free(obj);
@@ -5082,8 +5242,11 @@ static bool adapters_start(server *srv) {
         qv_log_tagged(QV_LOG_INFO, "serve", "adapter '%s' = %.12s (from %s)", name, version,
                       eq + 1);
     }
-    qv_registry_loader loader = {
-        .load = load_adapter, .free = free_adapter, .notify = notify_adapter, .user = srv};
+    qv_registry_loader loader = {.load = load_adapter,
+                                 .free = free_adapter,
+                                 .notify = notify_adapter,
+                                 .merge = merge_adapters,
+                                 .user = srv};
     qv_registry_budgets b = {.host_bytes = (uint64_t)cfg->adapter_host_mb << 20, .n_workers = 2};
     if (qv_registry_create(srv->store, &loader, &b, NULL, &srv->reg, &err) != QV_OK) {
         qv_log_tagged(QV_LOG_ERROR, "serve", "adapter registry: %s", err.msg);

@@ -32,10 +32,11 @@
 typedef struct fake {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool gate_open; /* loads block until this is true */
-    int n_loads;    /* loader calls */
-    int n_frees;    /* objects freed */
-    int n_live;     /* objects alive */
+    bool gate_open;       /* loads block until this is true */
+    bool merge_gate_open; /* merges block until this is true */
+    int n_loads;          /* loader calls */
+    int n_frees;          /* objects freed */
+    int n_live;           /* objects alive */
     pthread_t threads[256];
     int n_threads; /* thread ids seen by the loader (first 256) */
     atomic_int n_notify;
@@ -80,6 +81,35 @@ static qv_status fake_load(void *user, const char *path, const char *version, vo
     return QV_OK;
 }
 
+/* The fake merge: spec = {bytes, fail}; the object's version lists the parts' first letters. */
+typedef struct fake_spec {
+    uint64_t bytes;
+    int fail;
+} fake_spec;
+
+static qv_status fake_merge(void *user, void *const *objs, size_t n, const void *spec, void **obj,
+                            uint64_t *n_bytes, qv_error *err) {
+    fake *f = user;
+    pthread_mutex_lock(&f->mu);
+    f->n_loads++;
+    while (!f->merge_gate_open)
+        pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+    const fake_spec *fs = spec;
+    if (fs->fail) return qv_errorf(err, QV_ERR_INVALID, "ranks 8 and 4 on layers.1.q_proj");
+    fake_obj *o = qv_calloc(1, sizeof *o);
+    if (!o) return qv_errorf(err, QV_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n && i < 64; i++) /* reads every part's object */
+        o->version[i] = ((const fake_obj *)objs[i])->version[0];
+    o->n_bytes = fs->bytes;
+    *obj = o;
+    *n_bytes = fs->bytes;
+    pthread_mutex_lock(&f->mu);
+    f->n_live++;
+    pthread_mutex_unlock(&f->mu);
+    return QV_OK;
+}
+
 static void fake_free(void *user, void *obj) {
     fake *f = user;
     pthread_mutex_lock(&f->mu);
@@ -97,6 +127,13 @@ static void fake_notify(void *user) {
 static void gate(fake *f, bool open) {
     pthread_mutex_lock(&f->mu);
     f->gate_open = open;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void gate_merge(fake *f, bool open) {
+    pthread_mutex_lock(&f->mu);
+    f->merge_gate_open = open;
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
 }
@@ -183,9 +220,13 @@ static fix *fix_new(uint64_t host_bytes, const qv_registry_device_i *dev, uint64
     pthread_mutex_init(&x->f.mu, NULL);
     pthread_cond_init(&x->f.cv, NULL);
     x->f.gate_open = gate_open;
+    x->f.merge_gate_open = true;
     atomic_init(&x->f.n_notify, 0);
-    qv_registry_loader l = {
-        .load = fake_load, .free = fake_free, .notify = fake_notify, .user = &x->f};
+    qv_registry_loader l = {.load = fake_load,
+                            .free = fake_free,
+                            .notify = fake_notify,
+                            .merge = fake_merge,
+                            .user = &x->f};
     qv_registry_budgets b = {
         .host_bytes = host_bytes, .device_bytes = dev_bytes, .n_workers = n_workers};
     assert_int_equal(qv_registry_create(x->store, &l, &b, dev, &x->reg, &err), QV_OK);
@@ -194,6 +235,7 @@ static fix *fix_new(uint64_t host_bytes, const qv_registry_device_i *dev, uint64
 
 static void fix_free(fix *x) {
     gate(&x->f, true);
+    gate_merge(&x->f, true);
     qv_registry_destroy(x->reg);
     assert_int_equal(x->f.n_live, 0); /* every loaded object freed */
     qv_store_close(x->store);
@@ -466,6 +508,88 @@ static void test_delete_while_running(void **state) {
     fix_free(x);
 }
 
+/* Merged objects: made once on a worker from held parts, cached under their key, evicted like
+ * loads; the parts stay in memory while the merge runs; a failed merge caches nothing. */
+static void test_merged(void **state) {
+    (void)state;
+    fix *x = fix_new(250, NULL, 0, 2, true);
+    char va[65], vb[65], vc[65];
+    put(x, "a", 100, 0, va);
+    put(x, "b", 100, 0, vb);
+    put(x, "c", 100, 0, vc);
+    qv_registry_handle *parts[2] = {load_and_acquire(x, "a"), load_and_acquire(x, "b")};
+    char key[65];
+    memset(key, 'f', 64);
+    key[64] = '\0';
+    const fake_spec spec = {.bytes = 50};
+    qv_error err = {0};
+    qv_registry_handle *h = NULL;
+    gate_merge(&x->f, false);
+    const uint64_t loads0 = stats(x).loads;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(
+            qv_registry_acquire_merged(x->reg, key, parts, 2, &spec, sizeof spec, &h, &err),
+            QV_ERR_BUSY);
+    assert_null(h);
+    assert_int_equal(stats(x).loads, loads0 + 1); /* one merge for many acquires */
+    assert_int_equal(qv_registry_tiers(x->reg, key), QV_REGISTRY_LOADING);
+    /* the caller lets go of its parts while the merge runs: the merge still holds them, so c
+       (which needs the room of one of them) does not fit */
+    qv_registry_release(parts[0]);
+    qv_registry_release(parts[1]);
+    assert_int_equal(qv_registry_acquire(x->reg, "c", &h, &err), QV_ERR_BUSY);
+    qv_registry_event ev[2];
+    poll_n(x, ev, 1);
+    assert_string_equal(ev[0].version, vc);
+    assert_int_equal(ev[0].kind, QV_REGISTRY_EV_LOAD_FAILED);
+    assert_int_equal(ev[0].status, QV_ERR_BUSY);
+    assert_true(qv_registry_tiers(x->reg, va) & QV_REGISTRY_TIER_HOST);
+    assert_true(qv_registry_tiers(x->reg, vb) & QV_REGISTRY_TIER_HOST);
+    gate_merge(&x->f, true);
+    poll_n(x, ev, 1);
+    assert_string_equal(ev[0].version, key);
+    assert_string_equal(ev[0].ref, "(merge)");
+    assert_int_equal(ev[0].kind, QV_REGISTRY_EV_LOADED);
+    assert_int_equal(
+        qv_registry_acquire_merged(x->reg, key, parts, 2, &spec, sizeof spec, &h, &err), QV_OK);
+    fake_obj *o = qv_registry_handle_host(h);
+    assert_int_equal(qv_registry_handle_n_bytes(h), 50);
+    assert_int_equal(o->version[0], va[0]);
+    assert_int_equal(o->version[1], vb[0]);
+    assert_int_equal(stats(x).host_bytes_used, 250);
+    qv_registry_release(h);
+    /* the parts are evictable again: c loads in place of the least recently used (a) */
+    qv_registry_release(load_and_acquire(x, "c"));
+    assert_int_equal(qv_registry_tiers(x->reg, va), 0);
+    assert_true(qv_registry_tiers(x->reg, key) & QV_REGISTRY_TIER_HOST);
+    /* a failed merge reports its message under the key and caches nothing */
+    parts[0] = load_and_acquire(x, "b");
+    parts[1] = load_and_acquire(x, "c");
+    char key2[65];
+    memset(key2, 'e', 64);
+    key2[64] = '\0';
+    const fake_spec bad = {.bytes = 10, .fail = 1};
+    assert_int_equal(qv_registry_acquire_merged(x->reg, key2, parts, 2, &bad, sizeof bad, &h, &err),
+                     QV_ERR_BUSY);
+    poll_n(x, ev, 1);
+    assert_int_equal(ev[0].kind, QV_REGISTRY_EV_LOAD_FAILED);
+    assert_non_null(strstr(ev[0].msg, "layers.1.q_proj"));
+    assert_int_equal(qv_registry_tiers(x->reg, key2), 0);
+    assert_int_equal(qv_registry_acquire_merged(x->reg, key2, parts, 0, &bad, sizeof bad, &h, &err),
+                     QV_ERR_INVALID);
+    assert_int_equal(
+        qv_registry_acquire_merged(x->reg, "short", parts, 2, &bad, sizeof bad, &h, &err),
+        QV_ERR_INVALID);
+    /* destroyed while a merge waits: its references go with it */
+    gate_merge(&x->f, false);
+    assert_int_equal(
+        qv_registry_acquire_merged(x->reg, key2, parts, 2, &spec, sizeof spec, &h, &err),
+        QV_ERR_BUSY);
+    qv_registry_release(parts[0]);
+    qv_registry_release(parts[1]);
+    fix_free(x);
+}
+
 static void test_device_tier(void **state) {
     (void)state;
     fake_dev d = {0};
@@ -608,6 +732,7 @@ int main(void) {
         cmocka_unit_test(test_refcount_and_pin_protect),
         cmocka_unit_test(test_failing_loader),
         cmocka_unit_test(test_delete_while_running),
+        cmocka_unit_test(test_merged),
         cmocka_unit_test(test_device_tier),
         cmocka_unit_test(test_stress),
         cmocka_unit_test(test_alloc_failures),

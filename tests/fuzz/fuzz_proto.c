@@ -16,6 +16,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "adapters/adapters.h"
 #include "engine/core.h"
 #include "proto/proto.h"
 
@@ -283,6 +284,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (ep == QV_PROTO_CHAT && (data[0] & 8)) return fuzz_responses(body, size - 1);
     qv_status s = ep == QV_PROTO_GENERATE ? qv_proto_tgi_decode(body, size - 1, &r, &tgi, &e)
                                           : qv_proto_request_decode(ep, body, size - 1, &r, &e);
+    if (s == QV_OK) { /* merged_adapters: a bounded list of names, never beside an adapter */
+        CHECK(r.n_merge <= QV_MERGE_MAX && (!r.n_merge || !r.adapter));
+        CHECK(!r.n_merge || (r.merge_density > 0.0 && r.merge_density <= 1.0 &&
+                             r.merge_strategy >= 0 && r.merge_strategy < QV_MERGE_STRATEGY_COUNT));
+        for (size_t i = 0; i < r.n_merge; i++)
+            CHECK(r.merge_ids[i][0] && isfinite(r.merge_weights[i]));
+    }
     if (s == QV_OK && ep == QV_PROTO_GENERATE) {
         CHECK(r.prompt && r.max_tokens >= 1 && r.temperature >= 0.0f);
         CHECK(r.top_p > 0.0f && r.top_p <= 1.0f && r.repetition_penalty > 0.0f);

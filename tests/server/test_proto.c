@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
+#include "adapters/adapters.h"
 #include "engine/core.h"
 #include "engine/json_grammar.h"
 #include "proto/proto.h"
@@ -99,6 +100,71 @@ static void test_tgi_defaults(void **state) {
     assert_false(r.include_stop_str || r.tokens_as_ids);
     assert_int_equal(r.max_tokens, 20);
     assert_int_equal(r.truncate_prompt_tokens, 0);
+    qv_proto_request_free(&r);
+}
+
+/* LoRAX's merged_adapters: parameters.merged_adapters on /generate, the same object at the top
+ * level of the OpenAI routes; defaults, names in any case, and every refusal naming it. */
+static void test_merged_adapters(void **state) {
+    (void)state;
+    qv_proto_request r;
+    qv_proto_tgi t;
+    qv_proto_error e;
+    static const char tgi[] =
+        "{\"inputs\":\"hi\",\"parameters\":{\"merged_adapters\":{\"ids\":[\"a\",\"b\"],"
+        "\"weights\":[0.5,-2],\"merge_strategy\":\"DARE_TIES\",\"density\":0.25,"
+        "\"majority_sign_method\":\"frequency\",\"seed\":9}}}";
+    assert_int_equal(qv_proto_tgi_decode(tgi, strlen(tgi), &r, &t, &e), QV_OK);
+    assert_int_equal(r.n_merge, 2);
+    assert_string_equal(r.merge_ids[1], "b");
+    assert_true(r.merge_weights[0] == 0.5f && r.merge_weights[1] == -2.0f);
+    assert_int_equal(r.merge_strategy, QV_MERGE_DARE_TIES);
+    assert_true(r.merge_density == 0.25);
+    assert_int_equal(r.merge_sign, QV_MERGE_SIGN_FREQUENCY);
+    assert_true(r.merge_seed == 9);
+    assert_null(r.adapter);
+    qv_proto_request_free(&r);
+    /* lorax-client sends null for the options it was not given */
+    static const char chat[] =
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"merged_adapters\":{\"ids\":"
+        "[\"a\"],\"weights\":[],\"merge_strategy\":null,\"majority_sign_method\":null}}";
+    assert_int_equal(dec(QV_PROTO_CHAT, chat, &r, &e), QV_OK);
+    assert_int_equal(r.n_merge, 1);
+    assert_true(r.merge_weights[0] == 1.0f && r.merge_density == 1.0);
+    assert_int_equal(r.merge_strategy, QV_MERGE_LINEAR);
+    assert_int_equal(r.merge_sign, QV_MERGE_SIGN_TOTAL);
+    qv_proto_request_free(&r);
+    static const char *const bad[] = {
+        "{\"prompt\":\"x\",\"merged_adapters\":[\"a\"]}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[]}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\",\"\"]}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\",\"b\"],\"weights\":[1]}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"weights\":[\"1\"]}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"merge_strategy\":\"svd\"}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"density\":0}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"density\":1.5}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"majority_sign_method\":\"x\"}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"seed\":-1}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\","
+        "\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]}}",
+        "{\"prompt\":\"x\",\"model\":\"base:a\",\"merged_adapters\":{\"ids\":[\"b\"]}}",
+    };
+    for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++) {
+        assert_int_equal(dec(QV_PROTO_COMPLETIONS, bad[i], &r, &e), QV_ERR_INVALID);
+        assert_string_equal(e.param, "merged_adapters");
+        qv_proto_request_free(&r);
+    }
+    static const char both[] =
+        "{\"inputs\":\"hi\",\"parameters\":{\"adapter_id\":\"a\",\"merged_adapters\":{\"ids\":"
+        "[\"b\"]}}}";
+    assert_int_equal(qv_proto_tgi_decode(both, strlen(both), &r, &t, &e), QV_ERR_INVALID);
+    assert_string_equal(e.param, "parameters.merged_adapters");
+    assert_non_null(strstr(e.message, "adapter_id"));
+    qv_proto_request_free(&r);
+    /* tokenizing ignores it */
+    static const char tok[] = "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[]}}";
+    assert_int_equal(dec(QV_PROTO_TOKENIZE, tok, &r, &e), QV_OK);
+    assert_int_equal(r.n_merge, 0);
     qv_proto_request_free(&r);
 }
 
@@ -2280,6 +2346,7 @@ int main(void) {
         cmocka_unit_test(test_tgi_defaults),
         cmocka_unit_test(test_completion_all_fields),
         cmocka_unit_test(test_prompt_ids_and_adapter_id),
+        cmocka_unit_test(test_merged_adapters),
         cmocka_unit_test(test_chat),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_encode_completion),

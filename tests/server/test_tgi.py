@@ -27,17 +27,27 @@ Setup: `quiver serve` on SmolLM2-135M-Instruct Q4_1 with --api-key and the demo 
    TGI's parameters.grammar {"type": "json"}: the answer is valid under the schema (jsonschema
    judges) and the same through both clients; regex grammars and schemas quiver cannot
    follow are validation errors.
+8. merged_adapters (lorax-client's MergedAdapters): one adapter with weight 1 answers as that
+   adapter; pirate + r8 (linear) differs from both, repeats itself, and is made once (one
+   registry load for two requests); ties and seeded dare_ties run and repeat; the same object
+   at the top level of /v1/completions and of chat (the openai client's extra_body) works;
+   refused: an unknown part (404), a non-LoRA part (422 naming IA3), different ranks (422
+   naming the projection), adapter_id beside it and density 0 (400).
 
 Usage: test_tgi.py <quiver-binary>. Exit 77 when the model has not been fetched.
 """
+import atexit
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 
 import jsonschema
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_concurrency as TC  # noqa: E402 - make_adapter: a small random SmolLM2 LoRA
 import test_http_api as T  # noqa: E402 - the shared Server class, check() and failures
 
 check = T.check
@@ -184,6 +194,56 @@ def run(srv):
         check(st == 400 and err.get("error_type") == "validation" and what in err["error"],
               f"{what}: 400 validation ({st} {err})")
 
+    # 8. merged_adapters
+    from lorax.types import MergedAdapters
+    sea = "Tell me about the sea."
+    solo = lx.generate(sea, adapter_id="pirate", max_new_tokens=16)
+    one = lx.generate(sea, max_new_tokens=16, merged_adapters=MergedAdapters(
+        ids=["pirate"], weights=[1.0], density=1.0))
+    check([t.id for t in one.details.tokens] == [t.id for t in solo.details.tokens],
+          f"merged_adapters [pirate] weight 1 == adapter_id pirate ({one.generated_text!r})")
+    r8 = lx.generate(sea, adapter_id="r8", max_new_tokens=16)
+    pair = MergedAdapters(ids=["pirate", "r8"], weights=[1.0, 0.5], density=1.0)
+    loads = srv.metrics()["quiver_adapter_loads_total"]
+    lin = lx.generate(sea, max_new_tokens=16, merged_adapters=pair)
+    lin2 = lx.generate(sea, max_new_tokens=16, merged_adapters=pair)
+    made = srv.metrics()["quiver_adapter_loads_total"] - loads
+    check(lin.generated_text == lin2.generated_text and
+          lin.generated_text not in (solo.generated_text, r8.generated_text) and made == 1,
+          f"pirate + r8 linear: its own answer, repeated, merged once ({made} loads): "
+          f"{lin.generated_text!r}")
+    for strat, extra in (("ties", {}), ("dare_ties", {"seed": 5})):
+        body = {"inputs": sea, "parameters": {"max_new_tokens": 12, "merged_adapters": dict(
+            ids=["pirate", "r8"], weights=[0.8, 0.6], merge_strategy=strat, density=0.5,
+            majority_sign_method="frequency", **extra)}}
+        got = [srv.raw("POST", "/generate", body) for _ in range(2)]
+        texts = [json.loads(d).get("generated_text") for _, _, d in got]
+        check(all(st == 200 for st, _, _ in got) and texts[0] == texts[1] and texts[0],
+              f"{strat}: 200 and the same answer twice ({texts[0]!r})")
+    st, _, data = srv.raw("POST", "/v1/completions", {
+        "prompt": sea, "max_tokens": 16, "temperature": 0,
+        "merged_adapters": {"ids": ["pirate"], "weights": [1]}})
+    check(st == 200 and json.loads(data)["choices"][0]["text"] == solo.generated_text,
+          f"/v1/completions merged_adapters [pirate] == pirate ({st})")
+    c = srv.client().chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1", max_tokens=8, temperature=0,
+        messages=[{"role": "user", "content": sea}],
+        extra_body={"merged_adapters": {"ids": ["pirate", "r8"], "weights": [1, 0.5]}})
+    check(bool(c.choices[0].message.content), f"chat with merged_adapters ({c.choices[0]})")
+    for ma, code, what in (({"ids": ["pirate", "no-such"]}, 404, "no-such"),
+                           ({"ids": ["pirate", "ia3"]}, 422, "IA3"),
+                           ({"ids": ["pirate", "r4"]}, 422, "q_proj"),
+                           ({"ids": ["pirate"], "density": 0}, 400, "density")):
+        st, _, data = srv.raw("POST", "/generate", {"inputs": sea, "parameters": {
+            "max_new_tokens": 4, "merged_adapters": ma}})
+        err = json.loads(data)
+        check(st == code and what in err.get("error", ""), f"merged {ma}: {code} ({st} {err})")
+    st, _, data = srv.raw("POST", "/generate", {"inputs": sea, "parameters": {
+        "adapter_id": "pirate", "merged_adapters": {"ids": ["r8"]}}})
+    err = json.loads(data)
+    check(st == 400 and "merged_adapters" in err.get("error", ""),
+          f"adapter_id beside merged_adapters: 400 ({st} {err})")
+
     # 6. refusals
     for name, kw in (("typical_p", dict(typical_p=0.5)), ("watermark", dict(watermark=True)),
                      ("adapter_source", dict(adapter_id="pirate", adapter_source="s3"))):
@@ -211,8 +271,15 @@ def main():
     if not os.path.isfile(T.MODEL):
         print(f"SKIP: {T.MODEL} not found (run deploy/fetch-model.sh)")
         return 77
+    fx = os.path.join(T.ROOT, "tests", "fixtures", "adapters")
+    r4 = tempfile.mkdtemp(prefix="quiver-test-r4-")
+    atexit.register(shutil.rmtree, r4, True)
+    TC.make_adapter(r4, 0)  # rank 4 on q/v/o: pirate's q/v are rank 8
     srv = T.Server("--api-key", T.KEY, "--preload",
-                   "pirate=" + os.path.join(T.ROOT, "deploy", "demo-adapters", "pirate"))
+                   "pirate=" + os.path.join(T.ROOT, "deploy", "demo-adapters", "pirate"),
+                   "--preload", "r8=" + os.path.join(fx, "smollm2", "lora_r8_all"),
+                   "--preload", "ia3=" + os.path.join(fx, "smollm2", "ia3"),
+                   "--preload", "r4=" + r4)
     try:
         run(srv)
     finally:
