@@ -16,7 +16,6 @@
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <math.h>
-#include <strings.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -345,7 +344,7 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
 
 /* LoRAX's merged_adapters object (`prefix` names it in errors): ids (1..QV_MERGE_MAX adapter
  * names), weights (as many numbers; absent or empty: 1 each), merge_strategy ("linear",
- * "ties", "dare_linear", "dare_ties"; any case), density ((0, 1], default 1),
+ * "ties", "dare_linear", "dare_ties"), density ((0, 1], default 1),
  * majority_sign_method ("total" / "frequency") and quiver's seed. Absent or null: nothing. */
 static qv_status decode_merged(const cJSON *root, const char *prefix, qv_proto_request *r,
                                qv_proto_error *e) {
@@ -380,7 +379,7 @@ static qv_status decode_merged(const cJSON *root, const char *prefix, qv_proto_r
     const cJSON *st = qv__proto_field(m, "merge_strategy");
     r->merge_strategy = st ? -1 : QV_MERGE_LINEAR;
     for (int k = 0; cJSON_IsString(st) && k < QV_MERGE_STRATEGY_COUNT; k++)
-        if (!strcasecmp(st->valuestring, qv_merge_strategy_name((enum qv_merge_strategy)k)))
+        if (!strcmp(st->valuestring, qv_merge_strategy_name((enum qv_merge_strategy)k)))
             r->merge_strategy = k;
     if (r->merge_strategy < 0)
         return fail(e, QV_ERR_INVALID, pm,
@@ -392,8 +391,8 @@ static qv_status decode_merged(const cJSON *root, const char *prefix, qv_proto_r
     if ((d && !cJSON_IsNumber(d)) || !(r->merge_density > 0.0 && r->merge_density <= 1.0))
         return fail(e, QV_ERR_INVALID, pm, "'%s.density' must be a number in (0, 1]", pm);
     const cJSON *sg = qv__proto_field(m, "majority_sign_method");
-    const bool freq = cJSON_IsString(sg) && !strcasecmp(sg->valuestring, "frequency");
-    if (sg && !freq && !(cJSON_IsString(sg) && !strcasecmp(sg->valuestring, "total")))
+    const bool freq = cJSON_IsString(sg) && !strcmp(sg->valuestring, "frequency");
+    if (sg && !freq && !(cJSON_IsString(sg) && !strcmp(sg->valuestring, "total")))
         return fail(e, QV_ERR_INVALID, pm,
                     "'%s.majority_sign_method' must be \"total\" or \"frequency\"", pm);
     r->merge_sign = freq ? QV_MERGE_SIGN_FREQUENCY : QV_MERGE_SIGN_TOTAL;

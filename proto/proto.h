@@ -564,9 +564,9 @@ typedef struct qv_proto_tgi {
  * /generate_stream, LoRAX's /) into *r (endpoint QV_PROTO_GENERATE, prompt = inputs, adapter =
  * parameters.adapter_id, max_tokens = max_new_tokens (default 20), stop, seed, penalties,
  * ignore_eos = ignore_eos_token; greedy (temperature 0) unless do_sample or a sampling
- * parameter is given, as TGI does) and *t. Parameters quiver does not offer (typical_p,
- * best_of > 1, watermark, grammar / response_format, merged_adapters, top_n_tokens,
- * adapter_source s3 / pbase) are refused, never ignored. Unknown fields are
+ * parameter is given, as TGI does), merged_adapters, and *t. Parameters quiver does not offer
+ * (typical_p, best_of > 1, watermark, top_n_tokens, adapter_source s3 / pbase) are refused,
+ * never ignored. Unknown fields are
  * ignored; null means absent. Errors as qv_proto_request_decode (param "parameters.<name>"). */
 qv_status qv_proto_tgi_decode(const char *body, size_t len, qv_proto_request *r, qv_proto_tgi *t,
                               qv_proto_error *e);

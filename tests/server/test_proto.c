@@ -104,7 +104,7 @@ static void test_tgi_defaults(void **state) {
 }
 
 /* LoRAX's merged_adapters: parameters.merged_adapters on /generate, the same object at the top
- * level of the OpenAI routes; defaults, names in any case, and every refusal naming it. */
+ * level of the OpenAI routes; defaults, and every refusal naming it. */
 static void test_merged_adapters(void **state) {
     (void)state;
     qv_proto_request r;
@@ -112,7 +112,7 @@ static void test_merged_adapters(void **state) {
     qv_proto_error e;
     static const char tgi[] =
         "{\"inputs\":\"hi\",\"parameters\":{\"merged_adapters\":{\"ids\":[\"a\",\"b\"],"
-        "\"weights\":[0.5,-2],\"merge_strategy\":\"DARE_TIES\",\"density\":0.25,"
+        "\"weights\":[0.5,-2],\"merge_strategy\":\"dare_ties\",\"density\":0.25,"
         "\"majority_sign_method\":\"frequency\",\"seed\":9}}}";
     assert_int_equal(qv_proto_tgi_decode(tgi, strlen(tgi), &r, &t, &e), QV_OK);
     assert_int_equal(r.n_merge, 2);
@@ -141,6 +141,7 @@ static void test_merged_adapters(void **state) {
         "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\",\"b\"],\"weights\":[1]}}",
         "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"weights\":[\"1\"]}}",
         "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"merge_strategy\":\"svd\"}}",
+        "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"merge_strategy\":\"TIES\"}}",
         "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"density\":0}}",
         "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"density\":1.5}}",
         "{\"prompt\":\"x\",\"merged_adapters\":{\"ids\":[\"a\"],\"majority_sign_method\":\"x\"}}",
