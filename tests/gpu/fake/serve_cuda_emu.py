@@ -7,7 +7,9 @@ against `quiver serve` on the CPU, on SmolLM2-135M-Instruct with three committed
 Checks on the CUDA server: start-up reports the device adapter pool, its pinned host tier and
 the CUDA graphs recorded; four concurrent greedy completions (base + the three adapters) give
 the CPU server's text, or part from it only where the CPU's top two tokens are a near tie
-(logprob gap below 0.25, the bf16 weights' error), and the adapters change the text; a sampled
+(logprob gap below 0.25, the bf16 weights' error), and the adapters change the text; so does a
+request merging the LoRA with itself (merged_adapters, TIES at density 0.5: an F32 LoRA made
+on the server, unlike the file's BF16 one); a sampled
 request (temperature 0.8) and a logprobs request complete; /metrics shows every token picked
 on the device (no logits row copied to the host), adapter images in the pinned tier and on the device, and graph
 replays. Slow (every CUDA thread is emulated): about a minute.
@@ -32,6 +34,8 @@ ADAPTERS = {"lora": "lora_r8_all", "ia3": "ia3", "prefix": "prefix_nvt8"}
 PROMPT = "The capital of France is"
 N = 8
 NEAR_TIE = 0.25
+MERGED = {"ids": ["lora", "lora"], "weights": [0.7, 0.6], "merge_strategy": "ties",
+          "density": 0.5}
 MODEL_NAME = os.path.splitext(os.path.basename(T.MODEL))[0]
 check = T.check
 
@@ -77,6 +81,11 @@ def main():
     texts = {m: want[m]["text"] for m in models}
     check(texts["ia3"] != texts[MODEL_NAME] and texts["prefix"] != texts[MODEL_NAME],
           f"cpu: IA3 and prefix tuning change the text {texts}")
+    st, r = complete(cpu, MODEL_NAME, logprobs=2, merged_adapters=MERGED)
+    check(st == 200, f"cpu: merged_adapters answers 200 ({st})")
+    want["merged"] = r["choices"][0] if st == 200 else {"text": "", "logprobs": None}
+    check(want["merged"]["text"] != want["lora"]["text"],
+          f"cpu: the merged LoRA changes the text ({want['merged']['text']!r})")
     base_lp, lora_lp = (want[m]["logprobs"]["token_logprobs"] for m in (MODEL_NAME, "lora"))
     delta = max(abs(a - b) for a, b in zip(base_lp, lora_lp))
     check(delta > 1e-2, f"cpu: the LoRA changes the logprobs (by up to {delta:.3f})")
@@ -91,14 +100,15 @@ def main():
     got = {}
 
     def run(m):
-        got[m] = complete(cu, m)
+        got[m] = complete(cu, MODEL_NAME, merged_adapters=MERGED) if m == "merged" else \
+            complete(cu, m)
 
-    threads = [threading.Thread(target=run, args=(m,)) for m in models]
+    threads = [threading.Thread(target=run, args=(m,)) for m in models + ["merged"]]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for m in models:
+    for m in models + ["merged"]:
         st, r = got[m]
         check(st == 200, f"cuda: {m} answers 200 ({st})")
         if st != 200:
@@ -128,7 +138,7 @@ def main():
               f"{cpu_lp['tokens'][:2]}, largest difference {gap:.4f})")
     # /metrics is refreshed by the engine loop after a step, so a response can reach the client
     # before its last token is counted: wait (briefly) for the count.
-    want_dev = len(models) * N + 3 + 2
+    want_dev = (len(models) + 1) * N + 3 + 2
     for _ in range(50):
         m = cu.metrics()
         dev = m.get('quiver_sampled_tokens_total{where="device"}', 0)
