@@ -137,7 +137,8 @@ def main():
 
 def run_keys_file_test(store):
     """--api-keys-file: a key limited to "pir*" uses the base model and pirate, gets 403 on
-    shouting and on a name that does not exist alike (it learns nothing of other adapters),
+    shouting and on a name that does not exist alike (it learns nothing of other adapters) and
+    on a merge with shouting as a part (a merge of pirate with itself runs),
     sees only pirate in /v1/models and /v1/adapters and 404 for shouting's details; an
     unlimited key of the file and --api-key use everything; any other key gets 401; a file
     with a malformed key or no key stops start-up."""
@@ -167,6 +168,11 @@ def run_keys_file_test(store):
             check(st2 == 403 and body2["error"]["message"].replace("no-such-adapter", "X") ==
                   body["error"]["message"].replace("shouting", "X"),
                   "limited key: a missing adapter answers as an existing one it may not use")
+            for ids, want in ((["pirate", "pirate"], 200), (["pirate", "shouting"], 403)):
+                st, _, data = srv.raw("POST", "/v1/chat/completions", {
+                    "messages": msg, "max_tokens": 2,
+                    "merged_adapters": {"ids": ids, "weights": [0.5, 0.5]}}, key="team-a-key")
+                check(st == want, f"limited key: merged_adapters {ids} is {want} ({st} {data})")
             st, _, data = srv.raw("GET", "/v1/models", key="team-a-key")
             ids = [m["id"] for m in json.loads(data)["data"]]
             check(st == 200 and ids == [base, "pirate"], f"limited key: /v1/models {ids}")
