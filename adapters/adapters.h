@@ -204,18 +204,19 @@ enum qv_merge_strategy {
     QV_MERGE_TIES,       /* magnitude-pruned, sign-elected, disjoint mean (TIES-Merging) */
     QV_MERGE_DARE_LINEAR,
     QV_MERGE_DARE_TIES, /* random drop with rescale (DARE), then linear / ties */
+    QV_MERGE_CAT,       /* PEFT's "cat": the ranks side by side, the exact sum of w_i s_i B_i A_i */
     QV_MERGE_STRATEGY_COUNT
 };
 
 enum qv_merge_sign { QV_MERGE_SIGN_TOTAL = 0, QV_MERGE_SIGN_FREQUENCY };
 
 typedef struct qv_merge_params {
-    int n;                         /* adapters, 1..QV_MERGE_MAX */
-    float weights[QV_MERGE_MAX];   /* finite */
+    int n;                       /* adapters, 1..QV_MERGE_MAX */
+    float weights[QV_MERGE_MAX]; /* finite */
     enum qv_merge_strategy strategy;
-    double density;                /* (0, 1]: the fraction ties / dare keep (1: no pruning) */
-    enum qv_merge_sign sign;       /* ties / dare_ties: how the majority sign is elected */
-    uint64_t seed;                 /* dare: the drop mask's seed */
+    double density;          /* (0, 1]: the fraction ties / dare keep (1: no pruning) */
+    enum qv_merge_sign sign; /* ties / dare_ties: how the majority sign is elected */
+    uint64_t seed;           /* dare: the drop mask's seed */
 } qv_merge_params;
 
 /*
@@ -231,7 +232,12 @@ typedef struct qv_merge_params {
  *               by density, then linear
  *   dare_ties   the same drop, then ties' election and disjoint mean
  * (density 1: no pruning). The merged projection's scale is the first adapter's (in order) that
- * adapts it; its rank must be the same in every adapter that adapts it. A and B are F32.
+ * adapts it; its rank must be the same in every adapter that adapts it. Or
+ *   cat         PEFT's add_weighted_adapter "cat": the adapters' ranks side by side, A's rows
+ *               of adapter i times w_i * scale_i, B's columns as they are, scale 1: exactly
+ *               sum_i w_i scale_i B_i A_i; ranks may differ, the merged rank is their sum
+ *               (density and sign unused).
+ * A and B are F32.
  * u of element e (row-major) of tensor `which` (0 = A, 1 = B) of projection p of layer l of the
  * i-th adapter: mix64(mix64(seed ^ mix64(((i * 65536 + l) * 8 + p) * 2 + which)) + e) >> 11,
  * times 2^-53, where mix64 is SplitMix64's output function (x += 0x9E3779B97F4A7C15, then the
@@ -242,10 +248,10 @@ typedef struct qv_merge_params {
  * position (from 1). Owner: *out belongs to the caller (qv_adapter_free); a new uid.
  * Thread: any (reads the inputs only; time linear in their size).
  */
-qv_status qv_adapter_merge(const qv_adapter *const *ads, const qv_merge_params *p,
-                           qv_adapter **out, qv_error *err);
+qv_status qv_adapter_merge(const qv_adapter *const *ads, const qv_merge_params *p, qv_adapter **out,
+                           qv_error *err);
 
-/* "linear", "ties", "dare_linear", "dare_ties"; NULL when out of range. */
+/* "linear", "ties", "dare_linear", "dare_ties", "cat"; NULL when out of range. */
 const char *qv_merge_strategy_name(enum qv_merge_strategy s);
 
 /* Element i (row-major) of lo's A (rank, n_in) / B (n_out, rank) as F32, whatever lo->wtype.

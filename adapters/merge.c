@@ -16,7 +16,7 @@
 #include "adapters/adapter_internal.h"
 
 const char *qv_merge_strategy_name(enum qv_merge_strategy s) {
-    static const char *const names[] = {"linear", "ties", "dare_linear", "dare_ties"};
+    static const char *const names[] = {"linear", "ties", "dare_linear", "dare_ties", "cat"};
     return (unsigned)s < QV_ARRAY_LEN(names) ? names[s] : NULL;
 }
 
@@ -142,6 +142,39 @@ static qv_status merge_tensor(merge_ctx *mc, int l, enum qv_proj proj, const int
     return QV_OK;
 }
 
+/* "cat": the m adapters idx[] of projection proj of layer l side by side into lo (rank = the
+ * sum of theirs, scale 1), A's rows of adapter i scaled by w_i * scale_i. */
+static qv_status concat_lora(qv__adapter_ctx *c, const qv_adapter *const *ads,
+                             const qv_merge_params *p, int l, enum qv_proj proj, const int *idx,
+                             int m, qv_lora *lo) {
+    const qv_lora *first = &ads[idx[0]]->layers[l].lora[proj];
+    int rank = 0;
+    for (int j = 0; j < m; j++)
+        rank += ads[idx[j]]->layers[l].lora[proj].rank;
+    lo->rank = rank;
+    lo->n_in = first->n_in;
+    lo->n_out = first->n_out;
+    lo->scale = 1.0f;
+    lo->wtype = QV_DTYPE_F32;
+    const size_t n_in = (size_t)lo->n_in, n_out = (size_t)lo->n_out;
+    if (!(lo->a = qv__adapter_alloc(c, (size_t)rank * n_in)) ||
+        !(lo->b = qv__adapter_alloc(c, n_out * (size_t)rank)))
+        return c->err ? c->err->status : QV_ERR_NOMEM;
+    size_t r0 = 0;
+    for (int j = 0; j < m; j++) {
+        const qv_lora *src = &ads[idx[j]]->layers[l].lora[proj];
+        const float f = p->weights[idx[j]] * src->scale;
+        const size_t rj = (size_t)src->rank;
+        for (size_t e = 0; e < rj * n_in; e++)
+            lo->a[r0 * n_in + e] = qv_lora_a_at(src, e) * f;
+        for (size_t o = 0; o < n_out; o++)
+            for (size_t k = 0; k < rj; k++)
+                lo->b[o * (size_t)rank + r0 + k] = qv_lora_b_at(src, o * rj + k);
+        r0 += rj;
+    }
+    return QV_OK;
+}
+
 static qv_status check_params(const qv_merge_params *p, qv_error *err) {
     if (p->n < 1 || p->n > QV_MERGE_MAX)
         return qv_errorf(err, QV_ERR_INVALID, "a merge takes 1 to %d adapters, not %d",
@@ -214,15 +247,22 @@ qv_status qv_adapter_merge(const qv_adapter *const *ads, const qv_merge_params *
             for (int i = 0; i < p->n; i++)
                 if (ads[i]->layers[l].lora[pr].rank > 0) idx[k++] = i;
             if (!k) continue;
+            any = true;
+            if (p->strategy == QV_MERGE_CAT) {
+                s = concat_lora(&c, ads, p, l, (enum qv_proj)pr, idx, k, &m->layers[l].lora[pr]);
+                continue;
+            }
             const qv_lora *ref = &ads[idx[0]]->layers[l].lora[pr];
             for (int j = 1; j < k; j++) {
                 const qv_lora *o = &ads[idx[j]]->layers[l].lora[pr];
                 if (o->rank != ref->rank || o->n_in != ref->n_in || o->n_out != ref->n_out) {
-                    s = qv_errorf(err, QV_ERR_INVALID,
-                                  "adapters %d and %d of the merge have ranks %d and %d on "
-                                  "layers.%d.%s: merged adapters need equal ranks",
-                                  idx[0] + 1, idx[j] + 1, ref->rank, o->rank, l,
-                                  qv_proj_name((enum qv_proj)pr));
+                    s = qv_errorf(
+                        err, QV_ERR_INVALID,
+                        "adapters %d and %d of the merge have ranks %d and %d on "
+                        "layers.%d.%s: merged adapters need equal ranks (merge_strategy \"cat\" "
+                        "takes different ones)",
+                        idx[0] + 1, idx[j] + 1, ref->rank, o->rank, l,
+                        qv_proj_name((enum qv_proj)pr));
                     break;
                 }
             }
@@ -241,7 +281,6 @@ qv_status qv_adapter_merge(const qv_adapter *const *ads, const qv_merge_params *
             }
             s = merge_tensor(&mc, l, (enum qv_proj)pr, idx, k, 0, na, lo->a);
             if (s == QV_OK) s = merge_tensor(&mc, l, (enum qv_proj)pr, idx, k, 1, nb, lo->b);
-            any = true;
         }
     if (s == QV_OK && !any)
         s = qv_errorf(err, QV_ERR_INVALID, "none of the merged adapters adapts a projection");

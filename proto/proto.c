@@ -344,7 +344,7 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
 
 /* LoRAX's merged_adapters object (`prefix` names it in errors): ids (1..QV_MERGE_MAX adapter
  * names), weights (as many numbers; absent or empty: 1 each), merge_strategy ("linear",
- * "ties", "dare_linear", "dare_ties"), density ((0, 1], default 1),
+ * "ties", "dare_linear", "dare_ties", and PEFT's "cat"), density ((0, 1], default 1),
  * majority_sign_method ("total" / "frequency") and quiver's seed. Absent or null: nothing. */
 static qv_status decode_merged(const cJSON *root, const char *prefix, qv_proto_request *r,
                                qv_proto_error *e) {
@@ -383,8 +383,8 @@ static qv_status decode_merged(const cJSON *root, const char *prefix, qv_proto_r
             r->merge_strategy = k;
     if (r->merge_strategy < 0)
         return fail(e, QV_ERR_INVALID, pm,
-                    "'%s.merge_strategy' must be \"linear\", \"ties\", \"dare_linear\" or "
-                    "\"dare_ties\"",
+                    "'%s.merge_strategy' must be \"linear\", \"ties\", \"dare_linear\", "
+                    "\"dare_ties\" or \"cat\"",
                     pm);
     const cJSON *d = qv__proto_field(m, "density");
     r->merge_density = cJSON_IsNumber(d) ? d->valuedouble : 1.0;

@@ -5144,6 +5144,16 @@ static qv_status merge_adapters(void *user, void *const *objs, size_t n, const v
     if (s == QV_OK && srv->limits.max_n_bytes && ad->n_bytes > srv->limits.max_n_bytes)
         s = qv_errorf(err, QV_ERR_LIMIT, "the merged adapter needs %zu bytes, more than %zu",
                       ad->n_bytes, srv->limits.max_n_bytes);
+    for (int l = 0; s == QV_OK && srv->limits.max_rank && l < ad->n_layers; l++)
+        for (int p = 0; p < QV_PROJ_COUNT; p++) /* "cat" adds the parts' ranks */
+            if (ad->layers[l].lora[p].rank > srv->limits.max_rank) {
+                s = qv_errorf(err, QV_ERR_LIMIT,
+                              "the merged adapter has rank %d on layers.%d.%s, more than "
+                              "--max-rank %d",
+                              ad->layers[l].lora[p].rank, l, qv_proj_name((enum qv_proj)p),
+                              srv->limits.max_rank);
+                break;
+            }
     if (s != QV_OK) {
         qv_adapter_free(ad);
         char names[QV_MERGE_MAX * 32] = "";

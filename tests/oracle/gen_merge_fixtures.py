@@ -19,7 +19,12 @@ How (the semantics quiver documents in adapters/adapters.h, qv_adapter_merge):
     ties with density 1 (no further pruning);
   * the merged projection's scale is PEFT's `scaling` of the first adapter (in order) that
     adapts it;
-  * logits come from a PEFT model whose LoRA weights and scaling are set to the merged ones.
+  * logits come from a PEFT model whose LoRA weights and scaling are set to the merged ones;
+  * "cat" cases are PEFT's own add_weighted_adapter(combination_type="cat") end to end: the
+    merged adapter's A / B read back from the PEFT model (its zero padding up to the sum of
+    every part's rank cut off) and its logits; their first part is not rsLoRA (PEFT's merged
+    config inherits use_rslora from the first adapter, which would scale the exact sum by
+    sqrt(rank); quiver keeps the scale 1).
 What not: does not build or run quiver.
 Invariants: deterministic (seeded, fp32, 1 thread).
 
@@ -70,6 +75,10 @@ CASES = [
          strategy="dare_ties", density=0.6, sign="frequency", seed=123),
     dict(name="linear_f16_rslora", ids=["lora_all_r8_f16", "lora_all_r8_rslora"],
          weights=[0.7, 0.5], strategy="linear", density=1.0, sign="total", seed=0),
+    dict(name="cat_abc", ids=["merge_a", "merge_b", "merge_c"], weights=[0.5, 1.0, -0.3],
+         strategy="cat", density=1.0, sign="total", seed=0),
+    dict(name="cat_mixed_ranks", ids=["lora_qv_r4", "lora_r16_mlp_bf16", "lora_patterns"],
+         weights=[1.0, 0.5, 0.8], strategy="cat", density=1.0, sign="total", seed=0),
 ]
 
 M64 = (1 << 64) - 1
@@ -107,6 +116,14 @@ def make_sources() -> None:
         readme = os.path.join(out_dir, "README.md")
         if os.path.exists(readme):
             os.remove(readme)
+        # PEFT writes target_modules in set order (hash-seeded): sort it, so reruns are equal
+        cfg_path = os.path.join(out_dir, "adapter_config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+            f.write("\n")
         ga.log(f"{BASE}/{spec['name']}: written")
 
 
@@ -151,6 +168,34 @@ def merge_case(case: dict, sources: dict[str, dict]) -> dict[tuple[int, int], di
     return merged
 
 
+def peft_cat(case: dict, sources: dict[str, dict]):
+    """PEFT's add_weighted_adapter(combination_type="cat"): (merged modules, model)."""
+    from peft import PeftModel
+    dirs = [os.path.join(ga.ADAPTERS, BASE, n) for n in case["ids"]]
+    pm = PeftModel.from_pretrained(ga.load_base(BASE), dirs[0], adapter_name="p0")
+    for i, d in enumerate(dirs[1:], 1):
+        pm.load_adapter(d, adapter_name=f"p{i}")
+    pm.add_weighted_adapter([f"p{i}" for i in range(len(dirs))], case["weights"], "merged",
+                            combination_type="cat")
+    pm.set_adapter("merged")
+    pm.eval()
+    merged = {}
+    for mname, mod in pm.named_modules():
+        if not hasattr(mod, "lora_A") or "merged" not in mod.lora_A:
+            continue
+        parts = mname.split(".")
+        key = (int(parts[parts.index("layers") + 1]), PROJS.index(parts[-1]))
+        used = sum(int(sources[n][key]["A"].shape[0]) for n in case["ids"] if key in sources[n])
+        if used == 0:
+            continue
+        a = mod.lora_A["merged"].weight.detach().float()
+        b = mod.lora_B["merged"].weight.detach().float()
+        assert not a[used:].any() and not b[:, used:].any(), "PEFT pads with zeros"
+        merged[key] = dict(A=a[:used].clone(), B=b[:, :used].clone(),
+                           scale=float(mod.scaling["merged"]))
+    return merged, pm
+
+
 def merged_model(merged: dict[tuple[int, int], dict]):
     """A PEFT model over the base with the merged LoRA weights and scales."""
     from peft import get_peft_model
@@ -188,13 +233,16 @@ def main() -> int:
                         "cross-checked with generate())",
            "cases": []}
     for case in CASES:
-        merged = merge_case(case, sources)
+        if case["strategy"] == "cat":
+            merged, model = peft_cat(case, sources)
+        else:
+            merged = merge_case(case, sources)
+            model = merged_model(merged)
         tensors = {}
         for (layer, p), m in merged.items():
             tensors[f"layers.{layer}.{PROJS[p]}.A"] = m["A"].contiguous()
             tensors[f"layers.{layer}.{PROJS[p]}.B"] = m["B"].contiguous()
         save_file(tensors, os.path.join(OUT, f"{case['name']}.safetensors"))
-        model = merged_model(merged)
         prompts = []
         max_delta = 0.0
         for ids in ga.prompts_for(vocab):

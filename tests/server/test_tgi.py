@@ -32,7 +32,7 @@ Setup: `quiver serve` on SmolLM2-135M-Instruct Q4_1 with --api-key and the demo 
    registry load for two requests); ties and seeded dare_ties run and repeat; the same object
    at the top level of /v1/completions and of chat (the openai client's extra_body) works;
    refused: an unknown part (404), a non-LoRA part (422 naming IA3), different ranks (422
-   naming the projection), adapter_id beside it and density 0 (400).
+   naming the projection; PEFT's "cat" takes them), adapter_id beside it and density 0 (400).
 
 Usage: test_tgi.py <quiver-binary>. Exit 77 when the model has not been fetched.
 """
@@ -238,6 +238,11 @@ def run(srv):
             "max_new_tokens": 4, "merged_adapters": ma}})
         err = json.loads(data)
         check(st == code and what in err.get("error", ""), f"merged {ma}: {code} ({st} {err})")
+    st, _, data = srv.raw("POST", "/generate", {"inputs": sea, "parameters": {
+        "max_new_tokens": 8, "merged_adapters": {"ids": ["pirate", "r4"], "weights": [1, 0.5],
+                                                 "merge_strategy": "cat"}}})
+    check(st == 200 and json.loads(data).get("generated_text"),
+          f"cat merges pirate (rank 8) with r4 (rank 4) ({st} {data[:80]})")
     st, _, data = srv.raw("POST", "/generate", {"inputs": sea, "parameters": {
         "adapter_id": "pirate", "merged_adapters": {"ids": ["r8"]}}})
     err = json.loads(data)
