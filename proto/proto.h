@@ -456,7 +456,8 @@ char *qv_proto_response_encode(const qv_proto_response_out *o);
  * stream finishes (qv_proto_response_stream_free frees it earlier). */
 typedef struct qv_proto_response_stream {
     int seq;          /* sequence_number of the next event */
-    bool started;     /* response.created and response.in_progress sent */
+    bool started;     /* response.created sent (with response.queued when queued) */
+    bool in_progress; /* response.in_progress sent */
     bool msg_open;    /* the message item and its output_text part were added */
     bool msg_done;    /* ... and closed */
     int msg_index;    /* its output_index */
@@ -470,7 +471,9 @@ typedef struct qv_proto_response_stream {
 } qv_proto_response_stream;
 
 /* The typed server-sent events ("event: <type>\ndata: {...}\n\n" each) that take a client
- * from what st says it has to o: response.created and response.in_progress first; the message
+ * from what st says it has to o: response.created and response.in_progress first (a queued
+ * background response: response.created and response.queued with status "queued", then
+ * nothing until it starts, and response.in_progress once it has); the message
  * (output_item.added, content_part.added, output_text.delta for its new text with its
  * logprobs), closed (output_text.done, content_part.done, output_item.done) when the first
  * call appears or the answer is done; each function call as it is read (o->calls while not

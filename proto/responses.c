@@ -724,8 +724,15 @@ static cJSON *call_item(const qv_proto_response_out *o, size_t i, bool whole) {
     return NULL;
 }
 
+/* A background response cancelled or failed: it ended before (or without) its answer. */
+static bool ended_early(const qv_proto_response_out *o) {
+    return o->status && (!strcmp(o->status, "cancelled") || !strcmp(o->status, "failed"));
+}
+
+/* Whether the output holds the message: its text so far, or an empty answer that finished
+ * (not one cut short with nothing written). */
 static bool has_message(const qv_proto_response_out *o) {
-    return o->text_len || (!o->n_calls && o->done);
+    return o->text_len || (!o->n_calls && o->done && !ended_early(o));
 }
 
 /* An output item's status under a response's: cancelled and failed ones leave it incomplete. */
@@ -733,11 +740,16 @@ static const char *item_status(const char *status) {
     return !strcmp(status, "completed") || !strcmp(status, "in_progress") ? status : "incomplete";
 }
 
-/* The response object; `whole`: with its output and usage (else output [] and usage null). */
+static bool is_queued(const qv_proto_response_out *o) {
+    return o->status && !strcmp(o->status, "queued");
+}
+
+/* The response object; `whole`: with its output and usage (else output [] and usage null, and
+ * the status in_progress, or queued while it is). */
 static cJSON *response_obj(const qv_proto_response_out *o, bool whole) {
     cJSON *r = o->echo ? cJSON_Parse(o->echo) : cJSON_CreateObject();
     cJSON *out = NULL, *u = NULL, *d = NULL;
-    const char *status = whole ? status_of(o) : "in_progress";
+    const char *status = whole ? status_of(o) : is_queued(o) ? "queued" : "in_progress";
     if (!r || !cJSON_AddStringToObject(r, "id", o->id ? o->id : "") ||
         !cJSON_AddStringToObject(r, "object", "response") ||
         !cJSON_AddNumberToObject(r, "created_at", (double)o->created) ||
@@ -1281,9 +1293,20 @@ char *qv_proto_response_events(qv_proto_response_stream *st, const qv_proto_resp
     if (st->finished) return ev_done(&b, len);
     if (!st->started) {
         ev(&b, st, "response.created", ev_obj("response", response_obj(o, false), 0, NULL, false));
-        ev(&b, st, "response.in_progress",
-           ev_obj("response", response_obj(o, false), 0, NULL, false));
+        if (is_queued(o))
+            ev(&b, st, "response.queued",
+               ev_obj("response", response_obj(o, false), 0, NULL, false));
         st->started = true;
+    }
+    if (is_queued(o)) return ev_done(&b, len); /* nothing more happens before it starts */
+    /* a background response cancelled (or failed) before its first event never showed as
+       started: it goes from queued to its end */
+    if (!st->in_progress && !ended_early(o)) {
+        qv_proto_response_out running = *o;
+        running.status = NULL; /* whatever it is now, this event says it has started */
+        ev(&b, st, "response.in_progress",
+           ev_obj("response", response_obj(&running, false), 0, NULL, false));
+        st->in_progress = true;
     }
     char mid[128];
     snprintf(mid, sizeof(mid), "msg_%s", suffix_of(o));

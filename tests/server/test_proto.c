@@ -2228,6 +2228,43 @@ static void test_response_background(void **state) {
     assert_non_null(strstr(names, " response.cancelled"));
     assert_null(strstr(names, "response.completed"));
     qv_free(ev);
+    /* a queued background stream: created and queued (status queued), nothing while it stays
+       queued, in_progress once it runs; one cancelled while queued never says in_progress */
+    for (int cancel = 0; cancel < 2; cancel++) {
+        qv_proto_response_stream sq = {0};
+        o = (qv_proto_response_out){.id = "resp_bg", .echo = x.echo, .status = "queued"};
+        ev = qv_proto_response_events(&sq, &o, &len);
+        event_names(ev, names, sizeof(names));
+        assert_string_equal(names, "response.created response.queued");
+        assert_non_null(strstr(ev, "\"status\":\"queued\""));
+        assert_null(strstr(ev, "in_progress"));
+        qv_free(ev);
+        ev = qv_proto_response_events(&sq, &o, &len);
+        assert_int_equal(len, 0);
+        qv_free(ev);
+        o = cancel ? (qv_proto_response_out){.id = "resp_bg",
+                                             .echo = x.echo,
+                                             .done = true,
+                                             .finish = "stop",
+                                             .status = "cancelled",
+                                             .text = ""}
+                   : (qv_proto_response_out){.id = "resp_bg",
+                                             .echo = x.echo,
+                                             .status = "in_progress",
+                                             .text = "Hi",
+                                             .text_len = 2};
+        ev = qv_proto_response_events(&sq, &o, &len);
+        event_names(ev, names, sizeof(names));
+        if (cancel) {
+            assert_string_equal(names, "response.cancelled");
+        } else {
+            assert_true(!strncmp(names, "response.in_progress response.output_item.added", 47));
+            assert_non_null(strstr(names, "response.output_text.delta"));
+            assert_null(strstr(names, "response.created"));
+        }
+        qv_free(ev);
+        qv_proto_response_stream_free(&sq);
+    }
     qv_proto_request_free(&r);
     qv_free(x.echo);
     qv_free(x.items);

@@ -57,21 +57,30 @@ def events_of(client, **kw):
 
 
 def check_stream(evs, what):
-    """The event grammar: created, in_progress, items (each added, its parts, done), then one
-    completed / incomplete event; sequence numbers 0, 1, 2...; returns (final response, text
-    from the deltas, {output_index: arguments from the deltas})."""
+    """The event grammar: created, in_progress (a background response still queued: created
+    and queued with status queued, then in_progress), items (each added, its parts, done), then
+    one completed / incomplete event; sequence numbers 0, 1, 2...; returns (final response,
+    text from the deltas, {output_index: arguments from the deltas})."""
     types = [e["type"] for e in evs]
     check([e["sequence_number"] for e in evs] == list(range(len(evs))),
           f"{what}: sequence numbers count up from 0")
-    check(types[:2] == ["response.created", "response.in_progress"],
-          f"{what}: created, then in_progress ({types[:2]})")
-    check(evs[0]["response"]["status"] == "in_progress" and evs[0]["response"]["output"] == [],
-          f"{what}: response.created holds the response in progress")
+    queued = types[1:2] == ["response.queued"]
+    head = 3 if queued else 2
+    want = ["response.created"] + (["response.queued"] if queued else []) + \
+        ["response.in_progress"]
+    check(types[:head] == want, f"{what}: created, then in_progress ({types[:head]})")
+    check(evs[0]["response"]["status"] == ("queued" if queued else "in_progress") and
+          evs[0]["response"]["output"] == [] and
+          evs[head - 1]["response"]["status"] == "in_progress" and
+          (not queued or evs[1]["response"]["status"] == "queued"),
+          f"{what}: response.created holds the response queued or in progress")
+    check(types.count("response.in_progress") == 1 and types.count("response.queued") <= 1,
+          f"{what}: in_progress once")
     check(types[-1] in ("response.completed", "response.incomplete") and
           sum(t in ("response.completed", "response.incomplete") for t in types) == 1,
           f"{what}: one final event, last ({types[-1]})")
     text, args, open_items = "", {}, set()
-    for e in evs[2:-1]:
+    for e in evs[head:-1]:
         t = e["type"]
         if t == "response.output_item.added":
             check(e["output_index"] not in open_items, f"{what}: an item is added once")
