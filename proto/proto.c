@@ -677,11 +677,69 @@ static bool tool_name_ok(const char *s) {
     return n >= 1 && n <= 64;
 }
 
+/* tool_choice {"type": "allowed_tools", "allowed_tools": {"mode", "tools": [{"type":
+ * "function", "function": {"name"}}, ...]}}: its list of tools, or NULL for any other
+ * tool_choice. */
+static const cJSON *allowed_tools(const cJSON *tc) {
+    const cJSON *t = cJSON_IsObject(tc) ? qv__proto_field(tc, "type") : NULL;
+    if (!cJSON_IsString(t) || strcmp(t->valuestring, "allowed_tools")) return NULL;
+    const cJSON *at = qv__proto_field(tc, "allowed_tools");
+    return cJSON_IsObject(at) ? qv__proto_field(at, "tools") : NULL;
+}
+
+/* Whether tool_choice lets the answer call `name` (any name unless it is allowed_tools). */
+static bool tool_allowed(const cJSON *tc, const char *name) {
+    const cJSON *list = allowed_tools(tc), *a;
+    if (!list) return true;
+    cJSON_ArrayForEach(a, list) {
+        const cJSON *n = qv__proto_field(qv__proto_field(a, "function"), "name");
+        if (cJSON_IsString(n) && !strcmp(n->valuestring, name)) return true;
+    }
+    return false;
+}
+
+/* Checks an allowed_tools tool_choice (its mode, the names it lists, each one in `tools`) and
+ * gives its mode. */
+static qv_status check_allowed(const cJSON *tc, const cJSON *tools, const char **mode,
+                               qv_proto_error *e) {
+    const cJSON *at = qv__proto_field(tc, "allowed_tools"), *list = allowed_tools(tc), *a;
+    const cJSON *m = cJSON_IsObject(at) ? qv__proto_field(at, "mode") : NULL;
+    const int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : 0;
+    if (!cJSON_IsString(m) ||
+        (strcmp(m->valuestring, "auto") && strcmp(m->valuestring, "required")) || n < 1 ||
+        n > QV_PROTO_MAX_TOOLS)
+        return fail(e, QV_ERR_INVALID, "tool_choice",
+                    "'tool_choice' {\"type\": \"allowed_tools\"} needs \"allowed_tools\": "
+                    "{\"mode\": \"auto\" or \"required\", \"tools\": [{\"type\": "
+                    "\"function\", \"function\": {\"name\": ...}}, ...]}");
+    cJSON_ArrayForEach(a, list) {
+        const cJSON *t = cJSON_IsObject(a) ? qv__proto_field(a, "type") : NULL;
+        const cJSON *name = qv__proto_field(qv__proto_field(a, "function"), "name");
+        if (!cJSON_IsString(t) || strcmp(t->valuestring, "function") || !cJSON_IsString(name))
+            return fail(e, QV_ERR_INVALID, "tool_choice",
+                        "'tool_choice.allowed_tools.tools' lists {\"type\": \"function\", "
+                        "\"function\": {\"name\": ...}} entries");
+        bool found = false;
+        const cJSON *t2;
+        cJSON_ArrayForEach(t2, tools) {
+            const cJSON *n2 = qv__proto_field(qv__proto_field(t2, "function"), "name");
+            found = found || (cJSON_IsString(n2) && !strcmp(n2->valuestring, name->valuestring));
+        }
+        if (!found)
+            return fail(e, QV_ERR_INVALID, "tool_choice",
+                        "'tool_choice' allows '%.64s', which is not in 'tools'", name->valuestring);
+    }
+    *mode = m->valuestring;
+    return QV_OK;
+}
+
 /* Chat: tools, tool_choice and parallel_tool_calls (OpenAI). tool_choice "required" or
  * {"type": "function", "function": {"name"}} constrains the answer to tool calls (its schema
  * goes in r->json_schema); "none": text; "auto", the default with tools: free text whose
  * <tool_call> blocks become calls, which the server accepts only with a chat template that
- * writes tools. */
+ * writes tools. {"type": "allowed_tools", "allowed_tools": {"mode", "tools"}} is its mode
+ * ("auto" or "required") over the tools it lists: the others are left out of the calls'
+ * schema and of the template's tools. */
 static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_error *e) {
     const cJSON *tools = qv__proto_field(root, "tools"), *tc = qv__proto_field(root, "tool_choice");
     r->parallel_tool_calls = true;
@@ -701,14 +759,17 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
             return fail(e, QV_ERR_INVALID, "tool_choice",
                         "'tool_choice' must be \"none\", \"auto\", \"required\" or "
                         "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+    } else if (tc && allowed_tools(tc) != NULL) {
+        mode = NULL; /* checked once the tools are */
     } else if (tc) {
         const cJSON *t = cJSON_IsObject(tc) ? qv__proto_field(tc, "type") : NULL;
         const cJSON *fn = cJSON_IsObject(tc) ? qv__proto_field(tc, "function") : NULL;
         want = fn ? qv__proto_field(fn, "name") : NULL;
         if (!cJSON_IsString(t) || strcmp(t->valuestring, "function") || !cJSON_IsString(want))
             return fail(e, QV_ERR_INVALID, "tool_choice",
-                        "'tool_choice' must be \"none\", \"auto\", \"required\" or "
-                        "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+                        "'tool_choice' must be \"none\", \"auto\", \"required\", "
+                        "{\"type\": \"function\", \"function\": {\"name\": ...}} or "
+                        "{\"type\": \"allowed_tools\", ...}");
         mode = "named";
     }
     const cJSON *named = NULL; /* want's entry in tools */
@@ -743,6 +804,7 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
                             "tools[%d]: the function '%s' is declared twice", i, name->valuestring);
         if (want && !strcmp(name->valuestring, want->valuestring)) named = fn;
     }
+    if (!mode && (s = check_allowed(tc, tools, &mode, e))) return s;
     if (!strcmp(mode, "none")) return QV_OK;
     if (!n) return fail(e, QV_ERR_INVALID, "tool_choice", "'tool_choice' needs 'tools'");
     if (want && !named)
@@ -773,7 +835,18 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
             st = qv_errorf(&err, QV_ERR_INVALID, "the parameters must be an object schema");
     } else {
         r->tool_choice = QV_PROTO_TOOLS_REQUIRED;
-        char *text = cJSON_PrintUnformatted(tools);
+        cJSON *list = cJSON_CreateArray(); /* the tools the answer may call */
+        const cJSON *t;
+        cJSON_ArrayForEach(t, tools) {
+            const char *name = qv__proto_field(qv__proto_field(t, "function"), "name")->valuestring;
+            if (list && tool_allowed(tc, name) &&
+                !cJSON_AddItemToArray(list, cJSON_Duplicate(t, true))) {
+                cJSON_Delete(list);
+                list = NULL;
+            }
+        }
+        char *text = list ? cJSON_PrintUnformatted(list) : NULL;
+        cJSON_Delete(list);
         if (!text) return qv__proto_nomem(e);
         st = qv_json_schema_compile_calls(text, strlen(text), r->parallel_tool_calls,
                                           QV_JSON_COMPACT, &r->json_schema, &err);
@@ -790,18 +863,37 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
 }
 
 /* The raw text of a non-empty `tools` list (chat, /tokenize with messages), for templates
- * that write tools byte for byte as sent. */
+ * that write tools byte for byte as sent; under an allowed_tools tool_choice, of the tools it
+ * allows (their items as sent, joined by ", "). */
 static qv_status tools_text(const cJSON *root, const char *body, size_t len, qv_proto_request *r,
                             qv_proto_error *e) {
-    const cJSON *tools = qv__proto_field(root, "tools");
+    const cJSON *tools = qv__proto_field(root, "tools"), *tc = qv__proto_field(root, "tool_choice");
     if (!tools || (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) == 0)) return QV_OK;
     size_t off = 0, n = 0;
     if (!cJSON_IsArray(tools) || !qv_json_member_span(body, len, "tools", &off, &n))
         return fail(e, QV_ERR_INVALID, "tools", "'tools' must be a list of functions");
-    if (!(r->tools_text = qv_malloc(n + 1))) return qv__proto_nomem(e);
-    memcpy(r->tools_text, body + off, n);
-    r->tools_text[n] = '\0';
-    r->tools_len = n;
+    /* (the allowed items and ", " between them fit in the list's length plus 2 per item) */
+    if (!(r->tools_text = qv_malloc(n + 2 * QV_PROTO_MAX_TOOLS + 3))) return qv__proto_nomem(e);
+    if (!allowed_tools(tc)) {
+        memcpy(r->tools_text, body + off, n);
+        r->tools_text[n] = '\0';
+        r->tools_len = n;
+        return QV_OK;
+    }
+    size_t io[QV_PROTO_MAX_TOOLS], in[QV_PROTO_MAX_TOOLS], at = 0;
+    const size_t k = qv_json_list_items(body + off, n, io, in, QV_PROTO_MAX_TOOLS);
+    r->tools_text[at++] = '[';
+    for (size_t i = 0; i < k && i < QV_PROTO_MAX_TOOLS; i++) {
+        const cJSON *name =
+            qv__proto_field(qv__proto_field(cJSON_GetArrayItem(tools, (int)i), "function"), "name");
+        if (!cJSON_IsString(name) || !tool_allowed(tc, name->valuestring)) continue;
+        if (at > 1) memcpy(r->tools_text + at, ", ", 2), at += 2;
+        memcpy(r->tools_text + at, body + off + io[i], in[i]);
+        at += in[i];
+    }
+    r->tools_text[at++] = ']';
+    r->tools_text[at] = '\0';
+    r->tools_len = at;
     return QV_OK;
 }
 

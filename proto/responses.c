@@ -259,14 +259,47 @@ static qv_status chat_tools(const cJSON *tools, cJSON *chat, qv_proto_error *e) 
     return QV_OK;
 }
 
+/* {"type": "allowed_tools", "mode", "tools": [{"type": "function", "name"}, ...]} as chat's
+ * {"type": "allowed_tools", "allowed_tools": {"mode", "tools": [{"type": "function",
+ * "function": {"name"}}, ...]}} (the chat decoder checks the rest). */
+static qv_status chat_allowed_tools(const cJSON *tc, cJSON *chat, qv_proto_error *e) {
+    const cJSON *list = qv__proto_field(tc, "tools"), *it;
+    if (!cJSON_IsArray(list))
+        return rfail(e, "tool_choice",
+                     "'tool_choice' {\"type\": \"allowed_tools\"} needs \"mode\" and \"tools\": "
+                     "[{\"type\": \"function\", \"name\": ...}, ...]");
+    cJSON *o = cJSON_AddObjectToObject(chat, "tool_choice"), *at = NULL, *tools = NULL;
+    if (!o || !cJSON_AddStringToObject(o, "type", "allowed_tools") ||
+        !(at = cJSON_AddObjectToObject(o, "allowed_tools")) ||
+        !put_copy(at, "mode", qv__proto_field(tc, "mode")) ||
+        !(tools = cJSON_AddArrayToObject(at, "tools")))
+        return qv__proto_nomem(e);
+    cJSON_ArrayForEach(it, list) {
+        const char *t = type_of(it);
+        const cJSON *name = t ? qv__proto_field(it, "name") : NULL;
+        if (!t || strcmp(t, "function") || !cJSON_IsString(name))
+            return rfail(e, "tool_choice",
+                         "'tool_choice.tools' lists {\"type\": \"function\", \"name\": ...} "
+                         "entries (quiver has no other tools)");
+        cJSON *f = cJSON_CreateObject(), *fn = NULL;
+        if (!f || !cJSON_AddItemToArray(tools, f) ||
+            !cJSON_AddStringToObject(f, "type", "function") ||
+            !(fn = cJSON_AddObjectToObject(f, "function")) ||
+            !cJSON_AddStringToObject(fn, "name", name->valuestring))
+            return qv__proto_nomem(e);
+    }
+    return QV_OK;
+}
+
 static qv_status chat_tool_choice(const cJSON *tc, cJSON *chat, qv_proto_error *e) {
     if (cJSON_IsString(tc)) return put_copy(chat, "tool_choice", tc) ? QV_OK : qv__proto_nomem(e);
     const char *t = type_of(tc);
+    if (t && !strcmp(t, "allowed_tools")) return chat_allowed_tools(tc, chat, e);
     const cJSON *name = t ? qv__proto_field(tc, "name") : NULL;
     if (!t || strcmp(t, "function") || !cJSON_IsString(name))
         return rfail(e, "tool_choice",
-                     "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": "
-                     "\"function\", \"name\": ...}");
+                     "'tool_choice' must be \"auto\", \"none\", \"required\", {\"type\": "
+                     "\"function\", \"name\": ...} or {\"type\": \"allowed_tools\", ...}");
     cJSON *o = cJSON_AddObjectToObject(chat, "tool_choice"), *fn = NULL;
     if (!o || !cJSON_AddStringToObject(o, "type", "function") ||
         !(fn = cJSON_AddObjectToObject(o, "function")) ||

@@ -103,6 +103,86 @@ static void test_tgi_defaults(void **state) {
     qv_proto_request_free(&r);
 }
 
+/* Whether the calls schema takes text as the beginning of a document. */
+static bool schema_takes(const qv_json_schema *sch, const char *text) {
+    qv_json_sstate st;
+    qv_json_schema_init(sch, &st);
+    return qv_json_schema_feed(sch, &st, (const uint8_t *)text, strlen(text));
+}
+
+/* tool_choice allowed_tools (chat's, and the Responses API's shape through its decoder):
+ * "required" calls only the allowed functions, "auto" shows the template only them (the raw
+ * items as sent); unknown names, bad modes and other shapes are 400 naming tool_choice. */
+static void test_allowed_tools(void **state) {
+    (void)state;
+    qv_proto_request r;
+    qv_proto_error e;
+    static const char tools[] =
+        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\"}},{\"type\":\"function\","
+        "\"function\":{\"name\":\"b\",\"parameters\":{\"type\":\"object\"}}},{\"type\":"
+        "\"function\",\"function\":{\"name\":\"c\"}}]";
+    char body[1024];
+    snprintf(body, sizeof(body),
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":{\"type\":"
+             "\"allowed_tools\",\"allowed_tools\":{\"mode\":\"required\",\"tools\":[{\"type\":"
+             "\"function\",\"function\":{\"name\":\"c\"}},{\"type\":\"function\",\"function\":{"
+             "\"name\":\"b\"}}]}}}",
+             tools);
+    assert_int_equal(dec(QV_PROTO_CHAT, body, &r, &e), QV_OK);
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_REQUIRED);
+    assert_true(schema_takes(r.json_schema, "[{\"name\":\"b\""));
+    assert_true(schema_takes(r.json_schema, "[{\"name\":\"c\""));
+    assert_false(schema_takes(r.json_schema, "[{\"name\":\"a\""));
+    assert_string_equal(r.tools_text,
+                        "[{\"type\":\"function\",\"function\":{\"name\":\"b\",\"parameters\":{"
+                        "\"type\":\"object\"}}}, {\"type\":\"function\",\"function\":{\"name\":"
+                        "\"c\"}}]");
+    qv_proto_request_free(&r);
+    snprintf(body, sizeof(body),
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":{\"type\":"
+             "\"allowed_tools\",\"allowed_tools\":{\"mode\":\"auto\",\"tools\":[{\"type\":"
+             "\"function\",\"function\":{\"name\":\"a\"}}]}}}",
+             tools);
+    assert_int_equal(dec(QV_PROTO_CHAT, body, &r, &e), QV_OK);
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_AUTO);
+    assert_null(r.json_schema);
+    assert_string_equal(r.tools_text, "[{\"type\":\"function\",\"function\":{\"name\":\"a\"}}]");
+    qv_proto_request_free(&r);
+    static const char *const bad[] = {
+        "{\"type\":\"allowed_tools\",\"allowed_tools\":{\"mode\":\"auto\",\"tools\":[{\"type\":"
+        "\"function\",\"function\":{\"name\":\"z\"}}]}}",
+        "{\"type\":\"allowed_tools\",\"allowed_tools\":{\"mode\":\"none\",\"tools\":[{\"type\":"
+        "\"function\",\"function\":{\"name\":\"a\"}}]}}",
+        "{\"type\":\"allowed_tools\",\"allowed_tools\":{\"mode\":\"auto\",\"tools\":[]}}",
+        "{\"type\":\"allowed_tools\",\"allowed_tools\":{\"mode\":\"auto\",\"tools\":[{\"type\":"
+        "\"mcp\",\"server_label\":\"x\"}]}}",
+        "{\"type\":\"allowed_tools\",\"allowed_tools\":{\"mode\":\"auto\"}}",
+        "{\"type\":\"allowed_tools\"}",
+    };
+    for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++) {
+        snprintf(body, sizeof(body),
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":%s}",
+                 tools, bad[i]);
+        assert_int_equal(dec(QV_PROTO_CHAT, body, &r, &e), QV_ERR_INVALID);
+        assert_string_equal(e.param, "tool_choice");
+        qv_proto_request_free(&r);
+    }
+    /* the Responses API's shape */
+    static const char resp[] =
+        "{\"model\":\"m\",\"input\":\"hi\",\"tools\":[{\"type\":\"function\",\"name\":\"a\"},{"
+        "\"type\":\"function\",\"name\":\"b\"}],\"tool_choice\":{\"type\":\"allowed_tools\","
+        "\"mode\":\"required\",\"tools\":[{\"type\":\"function\",\"name\":\"a\"}]}}";
+    qv_proto_responses_extra x;
+    assert_int_equal(qv_proto_responses_decode(resp, strlen(resp), NULL, true, &r, &x, &e), QV_OK);
+    assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_REQUIRED);
+    assert_true(schema_takes(r.json_schema, "[{\"name\":\"a\""));
+    assert_false(schema_takes(r.json_schema, "[{\"name\":\"b\""));
+    assert_non_null(strstr(x.echo, "\"allowed_tools\""));
+    qv_proto_request_free(&r);
+    qv_free(x.echo);
+    qv_free(x.items);
+}
+
 /* LoRAX's merged_adapters: parameters.merged_adapters on /generate, the same object at the top
  * level of the OpenAI routes; defaults, and every refusal naming it. */
 static void test_merged_adapters(void **state) {
@@ -2385,6 +2465,7 @@ int main(void) {
         cmocka_unit_test(test_completion_all_fields),
         cmocka_unit_test(test_prompt_ids_and_adapter_id),
         cmocka_unit_test(test_merged_adapters),
+        cmocka_unit_test(test_allowed_tools),
         cmocka_unit_test(test_chat),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_encode_completion),

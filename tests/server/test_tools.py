@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Tool calls over HTTP (OpenAI `tools` with tool_choice "required" or a named function,
-docs/http-api.md#tool-calls) with the official openai client on SmolLM2-135M-Instruct: every
+"""Tool calls over HTTP (OpenAI `tools` with tool_choice "required", a named function or
+allowed_tools, docs/http-api.md#tool-calls) with the official openai client on SmolLM2-135M-Instruct: every
 call's name must be one of the tools and its arguments are judged by the jsonschema package
 against that tool's parameters (and by pydantic, through the client's parse()).
 
@@ -124,6 +124,34 @@ def run(srv):
           [(x.function.name, x.function.arguments) for x in calls] and
           [x["id"] for x in s_calls] != [x.id for x in calls],  # ids are the request's own
           f"required streamed: the same calls ({len(s_calls)})")
+    # allowed_tools: "required" over the allowed functions only, in chat's shape and the
+    # Responses API's; "auto" needs a template that writes tools, as "auto" does
+    # (a weather question: left to itself the model calls get_weather)
+    allow = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+        {"type": "function", "function": {"name": "now"}},
+        {"type": "function", "function": {"name": "get_time"}}]}}
+    r = client.chat.completions.create(tool_choice=allow, **dict(kw, max_tokens=160))
+    calls = r.choices[0].message.tool_calls or []
+    check(calls and all(x.function.name in ("now", "get_time") and valid_call(x)
+                        for x in calls),
+          f"allowed_tools required: only now or get_time is called "
+          f"({[(x.function.name, x.function.arguments) for x in calls]})")
+    rr = client.responses.create(
+        model=base, input=ASK[0]["content"], max_output_tokens=80, temperature=0,
+        tools=[dict(type="function", **t["function"]) for t in TOOLS],
+        tool_choice={"type": "allowed_tools", "mode": "required",
+                     "tools": [{"type": "function", "name": "now"}]})
+    fcs = [o for o in rr.output if o.type == "function_call"]
+    check(fcs and all(o.name == "now" and json.loads(o.arguments) == {} for o in fcs) and
+          rr.tool_choice.type == "allowed_tools",
+          f"responses allowed_tools required: only now is called, the choice echoed "
+          f"({[(o.name, o.arguments) for o in fcs]})")
+    st, _, data = srv.raw("POST", "/v1/chat/completions", dict(
+        model=base, messages=ASK, tools=TOOLS, max_tokens=4,
+        tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [
+            {"type": "function", "function": {"name": "get_time"}}]}}))
+    check(st == 400 and json.loads(data)["error"]["param"] == "tool_choice",
+          f"allowed_tools auto without a template that writes tools: 400 ({st})")
     r = client.chat.completions.create(tool_choice="required", parallel_tool_calls=False, n=3,
                                        seed=11, **dict(kw, temperature=1.0))
     names = set()
@@ -310,6 +338,12 @@ def run_auto(srv, tmpl):
           ("Today Date: 01 Jan 1999" in dated) == llama and (st == 400) == llama,
           f"{tmpl}: chat_template_kwargs date_string printed where the template reads it, "
           f"tools_in_user_message false {'refused' if llama else 'inert'} ({st})")
+    both = dict(model=base, messages=ASK, tools=[WEATHER, TIME])
+    shown = prompt_of(srv, dict(both, tool_choice={"type": "allowed_tools", "allowed_tools": {
+        "mode": "auto", "tools": [{"type": "function", "function": {"name": "get_time"}}]}}))
+    full = prompt_of(srv, both)
+    check("get_time" in shown and "get_weather" not in shown and "get_weather" in full,
+          f"{tmpl}: allowed_tools auto shows the template only the allowed tools")
     kw = dict(model=base, messages=shots, tools=tools, max_tokens=60, temperature=0)
     r = client.chat.completions.create(**kw)  # auto: the default
     c = r.choices[0]
