@@ -569,6 +569,14 @@ void qv_adapter_free(qv_adapter *ad) {
 
 size_t qv_adapter_n_bytes(const qv_adapter *ad) { return ad ? ad->n_bytes : 0; }
 
+int32_t qv_adapter_alora_start(const qv_adapter *ad, const int32_t *prompt, size_t n) {
+    if (!ad || ad->n_alora_tokens <= 0) return 0;
+    const size_t k = (size_t)ad->n_alora_tokens;
+    for (size_t i = n >= k ? n - k + 1 : 0; i-- > 0;) /* the last occurrence */
+        if (!memcmp(prompt + i, ad->alora_tokens, k * sizeof(*prompt))) return (int32_t)i;
+    return INT32_MAX;
+}
+
 /* ---- describe ---- */
 
 static void describe_lora(const qv_adapter *ad, FILE *f) {
@@ -614,6 +622,12 @@ void qv_adapter_describe(const qv_adapter *ad, FILE *f) {
     case QV_ADAPTER_LORA:
         fprintf(f, "rslora: %s  dora: %s  lora_bias: %s\n", ad->use_rslora ? "yes" : "no",
                 ad->use_dora ? "yes" : "no", ad->lora_bias ? "yes" : "no");
+        if (ad->n_alora_tokens) {
+            fprintf(f, "activated LoRA: acts from the last occurrence of tokens [");
+            for (int i = 0; i < ad->n_alora_tokens; i++)
+                fprintf(f, "%s%d", i ? ", " : "", (int)ad->alora_tokens[i]);
+            fprintf(f, "] in the prompt on\n");
+        }
         fprintf(f, "targets:\n");
         describe_lora(ad, f);
         break;

@@ -135,6 +135,10 @@ typedef struct qv_adapter {
     int n_trainable_tokens;
     int32_t *trainable_ids; /* [n_trainable_tokens] token ids */
     float *trainable_rows;  /* (n_trainable_tokens, dim) new embedding rows */
+    /* activated LoRA (alora_invocation_tokens): the LoRA acts from the start of the last
+     * occurrence of these tokens in a request's prompt on (qv_adapter_alora_start) */
+    int n_alora_tokens;    /* 0: an ordinary adapter */
+    int32_t *alora_tokens; /* [n_alora_tokens] */
 
     /* ---- prompt learning ---- */
     int n_virtual;      /* virtual tokens (prefix / prompt / p-tuning) */
@@ -194,6 +198,15 @@ size_t qv_adapter_n_bytes(const qv_adapter *ad);
 /* Prints kind, targets, ranks, scales, virtual tokens, sizes and whether it was validated
  * against a base model. Any thread. */
 void qv_adapter_describe(const qv_adapter *ad, FILE *f);
+
+#define QV_ALORA_MAX_TOKENS 64 /* alora_invocation_tokens accepted */
+
+/* Activated LoRA (PEFT's aLoRA): the position from which adapter `ad` acts on a sequence whose
+ * prompt is prompt[0..n): the start of the last occurrence of its invocation tokens in the
+ * prompt; the adapter then acts on every later prompt position and every generated token, and
+ * earlier positions see the base model. INT32_MAX when the prompt lacks them (the adapter never
+ * acts, as in PEFT), 0 for an adapter that is not an aLoRA (or NULL). Any thread. */
+int32_t qv_adapter_alora_start(const qv_adapter *ad, const int32_t *prompt, size_t n);
 
 /* ---- merging (LoRAX's merged_adapters, PEFT's merge_utils) ---- */
 

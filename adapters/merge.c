@@ -201,6 +201,7 @@ static qv_status check_adapter(const qv_adapter *ad, int i, const qv_adapter *fi
                        : ad->lm_head_lora.rank                    ? "lm_head LoRA"
                        : ad->embed_replace || ad->lm_head_replace ? "modules_to_save"
                        : ad->n_trainable_tokens                   ? "trainable tokens"
+                       : ad->n_alora_tokens                       ? "aLoRA invocation tokens"
                                                                   : NULL;
     if (what)
         return qv_errorf(err, QV_ERR_UNSUPPORTED,

@@ -450,10 +450,52 @@ static qv_status lora_trainable_tokens(qv__adapter_ctx *c, lora_state *st) {
     return QV_OK;
 }
 
+/* Activated LoRA: alora_invocation_tokens, 1..QV_ALORA_MAX_TOKENS token ids of the base
+ * vocabulary. The LoRA then acts on the decoder projections only (PEFT's aLoRA variant is for
+ * linear layers; DoRA with it has no variant), so the other parts are refused beside it. */
+static qv_status lora_alora(qv__adapter_ctx *c) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(c->cfg, "alora_invocation_tokens");
+    if (!t || cJSON_IsNull(t)) return QV_OK;
+    qv_adapter *ad = c->ad;
+    const int n = cJSON_IsArray(t) ? cJSON_GetArraySize(t) : -1;
+    if (n < 1 || n > QV_ALORA_MAX_TOKENS)
+        return qv_errorf(c->err, QV_ERR_INVALID,
+                         "alora_invocation_tokens must be a list of 1 to %d token ids",
+                         QV_ALORA_MAX_TOKENS);
+    const char *with = ad->use_dora                                   ? "use_dora"
+                       : ad->embed_lora.rank || ad->lm_head_lora.rank ? "embedding / lm_head LoRA"
+                       : ad->embed_replace || ad->lm_head_replace     ? "modules_to_save"
+                       : ad->n_trainable_tokens                       ? "trainable tokens"
+                                                                      : NULL;
+    if (with)
+        return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
+                         "alora_invocation_tokens with %s is not implemented (PEFT's aLoRA acts "
+                         "on linear projections only)",
+                         with);
+    if (!(ad->alora_tokens = qv_malloc((size_t)n * sizeof(*ad->alora_tokens))) ||
+        qv__adapter_own(ad, ad->alora_tokens) != QV_OK) {
+        ad->alora_tokens = NULL;
+        return qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
+    }
+    const int64_t lim = c->base ? c->base->cfg.n_vocab : ((int64_t)1 << 31) - 1;
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, t) {
+        const double v = cJSON_IsNumber(e) ? e->valuedouble : -1;
+        if (v != floor(v) || v < 0 || v >= (double)lim)
+            return qv_errorf(c->err, QV_ERR_INVALID,
+                             "alora_invocation_tokens[%d] is not a token id of the base vocabulary",
+                             i);
+        ad->alora_tokens[i++] = (int32_t)v;
+    }
+    ad->n_alora_tokens = n;
+    return QV_OK;
+}
+
 static qv_status load_lora(qv__adapter_ctx *c) {
-    static const char *const rejected[] = {
-        "layer_replication", "alora_invocation_tokens", "target_parameters", "use_qalora",
-        "use_bdlora",        "monteclora_config",       "kasa_config",       "arrow_config"};
+    static const char *const rejected[] = {"layer_replication", "target_parameters", "use_qalora",
+                                           "use_bdlora",        "monteclora_config", "kasa_config",
+                                           "arrow_config"};
     qv_adapter *ad = c->ad;
     lora_state st = {0};
     qv_status s = reject_options(c, rejected, QV_ARRAY_LEN(rejected), "LORA");
@@ -567,7 +609,8 @@ static qv_status load_lora(qv__adapter_ctx *c) {
     if (st.lm_head_repl &&
         (s = qv__adapter_take(c, st.lm_head_repl, 2, full, &ad->lm_head_replace)))
         goto done;
-    s = lora_trainable_tokens(c, &st);
+    if ((s = lora_trainable_tokens(c, &st))) goto done;
+    s = lora_alora(c);
 done:
     patterns_free(&st.rank_pat);
     patterns_free(&st.alpha_pat);

@@ -646,7 +646,7 @@ struct qv_adapter_grouper {
     int32_t *tmp;              /* [cap_tokens] */
     int32_t *seg_start;        /* [cap_tokens + 1] */
     const qv_adapter **seg_ad; /* [cap_tokens] */
-    const qv_adapter **seq_ad; /* [cap_seqs] */
+    const qv_adapter **tok_ad; /* [cap_tokens] the adapter acting on each token */
 };
 
 void qv_adapter_grouper_free(qv_adapter_grouper *g) {
@@ -656,26 +656,25 @@ void qv_adapter_grouper_free(qv_adapter_grouper *g) {
     qv_free(g->tmp);
     qv_free(g->seg_start);
     qv_free(g->seg_ad);
-    qv_free(g->seq_ad);
+    qv_free(g->tok_ad);
     qv_free(g);
 }
 
-static qv_status grouper_fit(qv_adapter_grouper **pg, int n, int n_seqs, qv_error *err) {
+static qv_status grouper_fit(qv_adapter_grouper **pg, int n, qv_error *err) {
     qv_adapter_grouper *g = *pg;
-    if (g && g->cap_tokens >= n && g->cap_seqs >= n_seqs) return QV_OK;
+    if (g && g->cap_tokens >= n) return QV_OK;
     qv_adapter_grouper_free(g);
     *pg = g = qv_calloc(1, sizeof(*g));
     if (!g) return qv_errorf(err, QV_ERR_NOMEM, "adapters: out of memory for grouping");
     g->cap_tokens = n;
-    g->cap_seqs = n_seqs;
     size_t T = (size_t)n;
     g->perm = qv_malloc(T * sizeof(int32_t));
     g->inv = qv_malloc(T * sizeof(int32_t));
     g->tmp = qv_malloc(T * sizeof(int32_t));
     g->seg_start = qv_malloc((T + 1) * sizeof(int32_t));
     g->seg_ad = qv_malloc(T * sizeof(*g->seg_ad));
-    g->seq_ad = qv_malloc((size_t)n_seqs * sizeof(*g->seq_ad));
-    if (!g->perm || !g->inv || !g->tmp || !g->seg_start || !g->seg_ad || !g->seq_ad) {
+    g->tok_ad = qv_malloc(T * sizeof(*g->tok_ad));
+    if (!g->perm || !g->inv || !g->tmp || !g->seg_start || !g->seg_ad || !g->tok_ad) {
         qv_adapter_grouper_free(g);
         *pg = NULL;
         return qv_errorf(err, QV_ERR_NOMEM, "adapters: out of memory for grouping");
@@ -696,20 +695,19 @@ qv_status qv_adapter_group_batch(qv_adapter_grouper **pg, qv_batch *b, int32_t *
     b->seg_start = NULL;
     b->seg_adapter = NULL;
     const int n = b->n_tokens;
-    bool any = false;
-    for (int s = 0; s < b->n_seqs && !any; s++)
-        any = ad_of(ctx, s) != NULL;
-    if (!any || n <= 0) return QV_OK;
-    qv_status st = grouper_fit(pg, n, b->n_seqs, err);
+    if (n <= 0) return QV_OK;
+    qv_status st = grouper_fit(pg, n, err);
     if (st != QV_OK) return st;
     qv_adapter_grouper *g = *pg;
-    for (int s = 0; s < b->n_seqs; s++)
-        g->seq_ad[s] = ad_of(ctx, s);
+    bool any = false;
+    for (int t = 0; t < n; t++)
+        any = (g->tok_ad[t] = ad_of(ctx, seq[t], pos[t])) != NULL || any;
+    if (!any) return QV_OK;
     /* Distinct adapters in order of first appearance; each becomes one segment holding its
      * tokens in their original order. */
     int n_segs = 0, j = 0;
     for (int t = 0; t < n; t++) {
-        const qv_adapter *key = g->seq_ad[seq[t]];
+        const qv_adapter *key = g->tok_ad[t];
         bool seen = false;
         for (int s = 0; s < n_segs && !seen; s++)
             seen = g->seg_ad[s] == key;
@@ -717,7 +715,7 @@ qv_status qv_adapter_group_batch(qv_adapter_grouper **pg, qv_batch *b, int32_t *
         g->seg_ad[n_segs] = key;
         g->seg_start[n_segs++] = j;
         for (int u = t; u < n; u++)
-            if (g->seq_ad[seq[u]] == key) g->perm[j++] = u;
+            if (g->tok_ad[u] == key) g->perm[j++] = u;
     }
     QV_ASSERT(j == n);
     g->seg_start[n_segs] = n;

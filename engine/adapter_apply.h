@@ -100,13 +100,15 @@ void qv_adapter_prefix_detach(qv_adapter_prefix_cache *pc, qv_kv_cache *kv, cons
 void qv_adapter_prefix_cache_free(qv_adapter_prefix_cache *pc, qv_kv_cache *kv);
 
 /* Regroups a batch built sequence by sequence so that the tokens of equal adapters are
- * contiguous, and fills its segment fields. ad_of(ctx, s) names the adapter of batch sequence s
- * (NULL: none). tokens, pos, seq and logits_idx are b's arrays, writable, permuted in place
- * (logits_idx keeps its order, its values follow the tokens). When no sequence has an adapter
- * the batch is left as it is with n_segs = 0. *g is the grouper's scratch, created on first use
- * (free it with qv_adapter_grouper_free). Errors: QV_ERR_NOMEM. Thread: engine thread. */
+ * contiguous, and fills its segment fields. ad_of(ctx, s, pos) names the adapter acting on the
+ * token at position pos of batch sequence s (NULL: none; an activated LoRA acts only from its
+ * sequence's activation position on, so one sequence's chunk may fall in two segments). tokens,
+ * pos, seq and logits_idx are b's arrays, writable, permuted in place (logits_idx keeps its order,
+ * its values follow the tokens). When no sequence has an adapter the batch is left as it is with
+ * n_segs = 0. *g is the grouper's scratch, created on first use (free it with
+ * qv_adapter_grouper_free). Errors: QV_ERR_NOMEM. Thread: engine thread. */
 typedef struct qv_adapter_grouper qv_adapter_grouper;
-typedef const qv_adapter *(*qv_adapter_of_fn)(void *ctx, int s);
+typedef const qv_adapter *(*qv_adapter_of_fn)(void *ctx, int s, int32_t pos);
 qv_status qv_adapter_group_batch(qv_adapter_grouper **g, qv_batch *b, int32_t *tokens, int32_t *pos,
                                  int32_t *seq, int32_t *logits_idx, qv_adapter_of_fn ad_of,
                                  void *ctx, qv_error *err);

@@ -88,7 +88,10 @@ typedef struct qv_seq {
     int n_pre;              /* virtual positions before the prompt (prompt / prefix adapters) */
     int plp_next, plp_end;  /* prompt_lp_cb: positions [plp_next, plp_end) still to report */
     bool reuse;             /* its full pages go to / come from the prefix cache */
-    uint64_t reuse_ns;      /* their namespace: 0 (base) or its adapter's uid */
+    uint64_t reuse_ns;      /* their namespace: 0 (base) or its adapter's uid (an activated
+                               LoRA's mixed with its activation position) */
+    int32_t alora_from;     /* its adapter acts on positions >= this (0: all; an activated LoRA
+                               from its invocation on; INT32_MAX: none) */
     int n_reg;              /* pages [0, n_reg) registered (or adopted); -1: no more */
     int n_cached;           /* prompt tokens taken from the prefix cache at first admission */
     int spec_from;          /* this step: the position of its first draft token (0: none) */
@@ -722,6 +725,11 @@ qv_status qv_engine_add(qv_engine *e, const int32_t *prompt, size_t n_prompt,
      * hand-built adapters (uid 0) */
     s->reuse = e->match_pages && (!ad || (ad->uid != 0 && ad->kind != QV_ADAPTER_PREFIX_TUNING));
     s->reuse_ns = ad ? ad->uid : 0;
+    s->alora_from = qv_adapter_alora_start(ad, prompt, n_prompt);
+    if (s->alora_from == INT32_MAX) /* the adapter never acts: the base model's K/V */
+        s->reuse_ns = 0;
+    else if (s->alora_from > 0) /* K/V before and after its activation position */
+        s->reuse_ns = qv_fmix64(ad->uid ^ ((uint64_t)s->alora_from << 40));
     s->n_reg = -1;
     s->schema = json_schema_shared(e, p->json_schema   ? p->json_schema
                                       : p->json_object ? e->json_object
@@ -994,9 +1002,11 @@ static bool needs_logits(const qv_seq *s) {
            p->frequency_penalty != 0.0f || qv_sampler_has_edits(s->sampler) || s->schema;
 }
 
-/* qv_adapter_of_fn over the current step's batch sequences. */
-static const qv_adapter *adapter_of(void *ctx, int bs) {
-    return ((qv_engine *)ctx)->b_owner[bs]->p.adapter;
+/* qv_adapter_of_fn over the current step's batch sequences (an activated LoRA from its
+ * activation position on). */
+static const qv_adapter *adapter_of(void *ctx, int bs, int32_t pos) {
+    const qv_seq *s = ((qv_engine *)ctx)->b_owner[bs];
+    return pos >= s->alora_from ? s->p.adapter : NULL;
 }
 
 static bool is_decode(const qv_seq *s) {

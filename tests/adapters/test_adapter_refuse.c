@@ -177,13 +177,26 @@ static void test_unknown_type_and_task(void **state) {
                "task_type \"SEQ_CLS\" is not served");
 }
 
+/* The adapter in dir with config key set to value (JSON text), which must load. */
+static qv_adapter *load_with(const char *dir, const char *key, const char *value) {
+    size_t wl;
+    char *cfg = cfg_with(dir, key, value);
+    char *w = weights_of(dir, "adapter_model.safetensors", &wl);
+    qv_adapter *ad = NULL;
+    qv_error err;
+    if (qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad, &err) != QV_OK)
+        fail_msg("%s with %s = %s: %s", dir, key, value, err.msg);
+    free(cfg);
+    free(w);
+    return ad;
+}
+
 static void test_unimplemented_options(void **state) {
     (void)state;
     static const struct {
         const char *key, *value, *needle;
     } cases[] = {
         {"layer_replication", "[[0, 2], [1, 3]]", "\"layer_replication\""},
-        {"alora_invocation_tokens", "[5, 6]", "\"alora_invocation_tokens\""},
         {"target_parameters", "[\"experts.gate_up_proj\"]", "\"target_parameters\""},
         {"use_qalora", "true", "\"use_qalora\""},
         {"use_bdlora", "true", "\"use_bdlora\""},
@@ -199,16 +212,39 @@ static void test_unimplemented_options(void **state) {
         refuse_cfg(FIX "lora_qv_r4", cases[i].key, cases[i].value, QV_ERR_UNSUPPORTED,
                    cases[i].needle);
     /* default values of those options are fine */
-    size_t wl;
-    char *cfg = cfg_with(FIX "lora_qv_r4", "layer_replication", "null");
-    char *w = weights_of(FIX "lora_qv_r4", "adapter_model.safetensors", &wl);
-    qv_adapter *ad = NULL;
-    qv_error err;
-    assert_int_equal(
-        qv_adapter_load_buffer(cfg, strlen(cfg), w, wl, at_model(GQA), NULL, &ad, &err), QV_OK);
+    qv_adapter_free(load_with(FIX "lora_qv_r4", "layer_replication", "null"));
+}
+
+/* Activated LoRA: its invocation tokens load (the activation position is the start of their
+ * last occurrence in a prompt); a bad list and the parts PEFT's aLoRA does not cover are
+ * refused. */
+static void test_alora(void **state) {
+    (void)state;
+    qv_adapter *ad = load_with(FIX "lora_qv_r4", "alora_invocation_tokens", "[5, 6]");
+    assert_int_equal(ad->n_alora_tokens, 2);
+    const int32_t p1[] = {1, 5, 6, 2, 5, 6, 3}, p2[] = {5, 7, 6, 5};
+    assert_int_equal(qv_adapter_alora_start(ad, p1, 7), 4);
+    assert_int_equal(qv_adapter_alora_start(ad, p1, 6), 4);
+    assert_int_equal(qv_adapter_alora_start(ad, p1, 5), 1);
+    assert_int_equal(qv_adapter_alora_start(ad, p2, 4), INT32_MAX);
+    assert_int_equal(qv_adapter_alora_start(ad, p2, 1), INT32_MAX);
+    assert_int_equal(qv_adapter_alora_start(NULL, p1, 7), 0);
     qv_adapter_free(ad);
-    free(cfg);
-    free(w);
+    static const struct {
+        const char *dir, *value;
+        qv_status st;
+        const char *needle;
+    } bad[] = {
+        {FIX "lora_qv_r4", "[]", QV_ERR_INVALID, "1 to 64 token ids"},
+        {FIX "lora_qv_r4", "[5, \"x\"]", QV_ERR_INVALID, "alora_invocation_tokens[1]"},
+        {FIX "lora_qv_r4", "[5, 100000]", QV_ERR_INVALID, "alora_invocation_tokens[1]"},
+        {FIX "lora_qv_r4", "5", QV_ERR_INVALID, "alora_invocation_tokens must be a list"},
+        {FIX "dora", "[5]", QV_ERR_UNSUPPORTED, "with use_dora"},
+        {FIX "lora_embed_lm_head", "[5]", QV_ERR_UNSUPPORTED, "embedding / lm_head LoRA"},
+        {FIX "lora_mts_lm_head", "[5]", QV_ERR_UNSUPPORTED, "modules_to_save"},
+    };
+    for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++)
+        refuse_cfg(bad[i].dir, "alora_invocation_tokens", bad[i].value, bad[i].st, bad[i].needle);
 }
 
 static float *fill(size_t n, float v) {
@@ -544,6 +580,7 @@ int main(void) {
         cmocka_unit_test(test_one_line_messages),
         cmocka_unit_test(test_hostile_patterns),
         cmocka_unit_test(test_unimplemented_options),
+        cmocka_unit_test(test_alora),
         cmocka_unit_test(test_tensor_refusals),
         cmocka_unit_test(test_base_name),
         cmocka_unit_test(test_other_kinds),

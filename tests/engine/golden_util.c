@@ -32,10 +32,10 @@ void golden_close(golden_runner *r) {
  * else only of the last one. Returns 0 on success. */
 int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int pos0,
                 int all_logits, float *logits) {
-    return golden_feed_adapter(r, seq, NULL, ids, n, pos0, all_logits, logits);
+    return golden_feed_adapter(r, seq, NULL, 0, ids, n, pos0, all_logits, logits);
 }
 
-int golden_feed_adapter(golden_runner *r, qv_kv_seq *seq, const struct qv_adapter *ad,
+int golden_feed_adapter(golden_runner *r, qv_kv_seq *seq, const struct qv_adapter *ad, int act,
                         const int32_t *ids, int n, int pos0, int all_logits, float *logits) {
     qv_error err = {0};
     if (qv_kv_seq_reserve(r->kv, seq, pos0 + n) != QV_OK) return -1;
@@ -47,8 +47,10 @@ int golden_feed_adapter(golden_runner *r, qv_kv_seq *seq, const struct qv_adapte
         li[i] = i;
     }
     const qv_kv_seq *seqs[1] = {seq};
-    const int32_t seg_start[2] = {0, n};
-    const struct qv_adapter *seg_ad[1] = {ad};
+    /* positions before act in a segment without the adapter, the rest in one with it */
+    const int n_base = ad ? QV_MAX(0, QV_MIN(n, act - pos0)) : 0;
+    const int32_t seg_start[3] = {0, n_base ? n_base : n, n};
+    const struct qv_adapter *seg_ad[2] = {n_base ? NULL : ad, ad};
     qv_batch b = {.n_tokens = n,
                   .tokens = ids,
                   .pos = pos,
@@ -57,7 +59,9 @@ int golden_feed_adapter(golden_runner *r, qv_kv_seq *seq, const struct qv_adapte
                   .seqs = seqs,
                   .n_logits = all_logits ? n : 1,
                   .logits_idx = all_logits ? li : li + (n - 1),
-                  .n_segs = ad ? 1 : 0,
+                  .n_segs = !ad                    ? 0
+                            : n_base && n_base < n ? 2
+                                                   : 1,
                   .seg_start = ad ? seg_start : NULL,
                   .seg_adapter = ad ? seg_ad : NULL};
     qv_status st = qv_forward_run(r->fwd, &b, logits, &err);

@@ -29,9 +29,10 @@ int golden_open(golden_runner *r, const char *path, int n_threads, int n_pages, 
 void golden_close(golden_runner *r);
 int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int pos0,
                 int all_logits, float *logits);
-/* The same with the whole chunk as one segment carrying adapter ad (NULL: none). */
+/* The same with adapter ad (NULL: none) acting on the chunk's positions from act on (0: all
+ * of them; an activated LoRA's qv_adapter_alora_start); earlier ones in a segment without it. */
 struct qv_adapter;
-int golden_feed_adapter(golden_runner *r, qv_kv_seq *seq, const struct qv_adapter *ad,
+int golden_feed_adapter(golden_runner *r, qv_kv_seq *seq, const struct qv_adapter *ad, int act,
                         const int32_t *ids, int n, int pos0, int all_logits, float *logits);
 int json_f32_array(const cJSON *a, float *out, int n);
 int32_t *json_i32_array(const cJSON *a, int *n);

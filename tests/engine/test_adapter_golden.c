@@ -10,6 +10,8 @@
  * - 32 teacher-forced greedy steps: argmax equals PEFT's greedy token (unless PEFT's own top-2
  *   gap is below 1e-4 of the row scale) and the step logits match within 1e-4;
  * - a chunked prefill (chunks of 3) gives the same last-position logits;
+ * - an activated LoRA (aLoRA) acts from the last occurrence of its invocation tokens in the
+ *   prompt on: earlier positions run as a segment without it (a prompt without them: never);
  * - a LoRA file stored in F16 or BF16 is held in that dtype (its kernels are what is tested);
  *   PEFT widens such adapters to fp32 on load, so the tolerance stays 1e-4 (observed ~2e-6).
  * Then the SmolLM2 Q4_1 cases (tests/fixtures/adapter_golden/smollm2/golden.json): last prompt
@@ -102,6 +104,7 @@ static void check_case(const char *json_path) {
     float *cur = malloc(sizeof(float) * (size_t)V);
     const cJSON *prompt;
     int pi = 0;
+    bool base_checked = false;
     cJSON_ArrayForEach(prompt, cJSON_GetObjectItem(root, "prompts")) {
         int n_ids = 0, n_greedy = 0, n_all = 0;
         int32_t *ids = json_i32_array(cJSON_GetObjectItem(prompt, "ids"), &n_ids);
@@ -111,6 +114,8 @@ static void check_case(const char *json_path) {
         const cJSON *gap = cJSON_GetObjectItem(prompt, "top2_gap");
         assert_true(n_ids > 0 && n_ids <= 64 && n_greedy >= 32);
         assert_int_equal(cJSON_GetArraySize(pl), n_ids);
+        /* an activated LoRA acts from its invocation in the prompt on (never without one) */
+        const int act = qv_adapter_alora_start(ad, ids, (size_t)n_ids);
 
         /* Whole prompt in one chunk, logits everywhere. */
         qv_kv_seq seq = {0};
@@ -118,7 +123,7 @@ static void check_case(const char *json_path) {
         int pos0 = start_seq(&r, &seq, ad, ids, n_ids, &all, &n_all);
         const int n_pre = n_all - n_ids;
         assert_int_equal(pos0 + n_pre, off_json);
-        assert_int_equal(golden_feed_adapter(&r, &seq, ad, all, n_all, pos0, 1, got), 0);
+        assert_int_equal(golden_feed_adapter(&r, &seq, ad, act, all, n_all, pos0, 1, got), 0);
         double worst = 0;
         for (int t = 0; t < n_ids; t++) {
             assert_int_equal(json_f32_array(cJSON_GetArrayItem(pl, t), want, V), 0);
@@ -127,12 +132,19 @@ static void check_case(const char *json_path) {
             worst = fmax(worst, e);
             if (e > REL_TOL) fail_cmp("pos", adir, pi, t, g, want, V, e);
         }
-        if (pi == 0) { /* the case can fail: the base model alone is far from PEFT here */
+        /* the case can fail: the base model alone is far from PEFT here (on the first prompt
+           where the adapter acts; where an activated LoRA does not, PEFT gives the base's) */
+        if (!base_checked || act == INT32_MAX) {
             qv_kv_seq sb = {0};
             assert_int_equal(golden_feed(&r, &sb, ids, n_ids, 0, 0, cur), 0);
             assert_int_equal(json_f32_array(cJSON_GetArrayItem(pl, n_ids - 1), want, V), 0);
             double eb = qv_test_max_rel_err(cur, want, (size_t)V);
-            if (eb < 1e-3) fail_msg("%s: base logits already match PEFT (%.3g)", adir, eb);
+            if (act == INT32_MAX && eb > REL_TOL)
+                fail_msg("%s prompt %d: no invocation, yet PEFT is not the base (%.3g)", adir, pi,
+                         eb);
+            if (act != INT32_MAX && eb < 1e-3)
+                fail_msg("%s: base logits already match PEFT (%.3g)", adir, eb);
+            base_checked = base_checked || act != INT32_MAX;
             qv_kv_seq_release(r.kv, &sb);
         }
         /* Teacher-forced greedy decode. */
@@ -153,7 +165,7 @@ static void check_case(const char *json_path) {
                          mine, greedy[s], g);
             n_agree += mine == greedy[s];
             assert_int_equal(
-                golden_feed_adapter(&r, &seq, ad, &greedy[s], 1, pos0 + n_all + s, 0, cur), 0);
+                golden_feed_adapter(&r, &seq, ad, act, &greedy[s], 1, pos0 + n_all + s, 0, cur), 0);
         }
         qv_kv_seq_release(r.kv, &seq);
 
@@ -163,7 +175,8 @@ static void check_case(const char *json_path) {
         pos0 = start_seq(&r, &seq2, ad, ids, n_ids, &all2, &n_all);
         for (int o = 0; o < n_all; o += 3) {
             int c = n_all - o < 3 ? n_all - o : 3;
-            assert_int_equal(golden_feed_adapter(&r, &seq2, ad, all2 + o, c, pos0 + o, 0, cur), 0);
+            assert_int_equal(golden_feed_adapter(&r, &seq2, ad, act, all2 + o, c, pos0 + o, 0, cur),
+                             0);
         }
         assert_int_equal(json_f32_array(cJSON_GetArrayItem(pl, n_ids - 1), want, V), 0);
         double ec = qv_test_max_rel_err(cur, want, (size_t)V);
@@ -260,6 +273,7 @@ static void test_smollm2(void **state) {
             int32_t *ids = json_i32_array(cJSON_GetObjectItem(prompt, "ids"), &n_ids);
             int32_t *greedy = json_i32_array(cJSON_GetObjectItem(prompt, "greedy"), &n_greedy);
             const cJSON *gap = cJSON_GetObjectItem(prompt, "top2_gap");
+            const int act = qv_adapter_alora_start(ad, ids, (size_t)n_ids);
             snprintf(rel, sizeof(rel), "tests/fixtures/adapter_golden/smollm2/%s",
                      cJSON_GetObjectItem(prompt, "last_logits_file")->valuestring);
             char *raw = NULL;
@@ -272,7 +286,7 @@ static void test_smollm2(void **state) {
             qv_kv_seq seq = {0};
             int32_t *all = NULL;
             int pos0 = start_seq(&r, &seq, ad, ids, n_ids, &all, &n_all);
-            assert_int_equal(golden_feed_adapter(&r, &seq, ad, all, n_all, pos0, 0, cur), 0);
+            assert_int_equal(golden_feed_adapter(&r, &seq, ad, act, all, n_all, pos0, 0, cur), 0);
             double e = qv_test_max_rel_err(cur, want, (size_t)V);
             if (e > REL_TOL) fail_cmp("last", adir, pi, n_ids - 1, cur, want, V, e);
             int n_agree = 0;
@@ -287,7 +301,8 @@ static void test_smollm2(void **state) {
                              s, mine, greedy[s], g);
                 n_agree += mine == greedy[s];
                 assert_int_equal(
-                    golden_feed_adapter(&r, &seq, ad, &greedy[s], 1, pos0 + n_all + s, 0, cur), 0);
+                    golden_feed_adapter(&r, &seq, ad, act, &greedy[s], 1, pos0 + n_all + s, 0, cur),
+                    0);
             }
             qv_kv_seq_release(r.kv, &seq);
             printf("smollm2 %-28s prompt %d (%2d tokens): last rel err %.2e, greedy %d/32\n", adir,

@@ -147,7 +147,7 @@ static double check_logits(const cJSON *c, const qv_adapter *m) {
         const cJSON *sl = cJSON_GetObjectItem(pr, "step_logits");
         float *got = malloc(sizeof(float) * (size_t)V * (size_t)n_ids);
         qv_kv_seq seq = {0};
-        assert_int_equal(golden_feed_adapter(&run, &seq, m, ids, n_ids, 0, 1, got), 0);
+        assert_int_equal(golden_feed_adapter(&run, &seq, m, 0, ids, n_ids, 0, 1, got), 0);
         for (int t = 0; t < n_ids; t++) {
             assert_int_equal(json_f32_array(cJSON_GetArrayItem(pl, t), want, V), 0);
             worst = fmax(worst, qv_test_max_rel_err(got + (size_t)t * V, want, (size_t)V));
@@ -156,8 +156,8 @@ static double check_logits(const cJSON *c, const qv_adapter *m) {
         for (int s = 0; s < n_greedy; s++) {
             assert_int_equal(json_f32_array(cJSON_GetArrayItem(sl, s), want, V), 0);
             worst = fmax(worst, qv_test_max_rel_err(cur, want, (size_t)V));
-            assert_int_equal(golden_feed_adapter(&run, &seq, m, &greedy[s], 1, n_ids + s, 0, cur),
-                             0);
+            assert_int_equal(
+                golden_feed_adapter(&run, &seq, m, 0, &greedy[s], 1, n_ids + s, 0, cur), 0);
         }
         qv_kv_seq_release(run.kv, &seq);
         free(got);

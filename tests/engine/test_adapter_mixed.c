@@ -75,7 +75,10 @@ typedef struct step_ctx {
     const qv_adapter *seq_ad[MAX_SEQ];
 } step_ctx;
 
-static const qv_adapter *ad_of(void *ctx, int s) { return ((step_ctx *)ctx)->seq_ad[s]; }
+static const qv_adapter *ad_of(void *ctx, int s, int32_t pos) {
+    (void)pos;
+    return ((step_ctx *)ctx)->seq_ad[s];
+}
 
 /* Runs one batch made of chunks[i] entries of sequence ids[i] (i < n_in), grouped by adapter;
  * logits of every token go back to each sequence's row in `out` ((n, V) per sequence). */

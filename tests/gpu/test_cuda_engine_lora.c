@@ -36,7 +36,7 @@
 
 #define MODEL "tests/fixtures/models/tiny-llama-gqa"
 #define AD_DIR "tests/fixtures/adapters/tiny-llama-gqa/"
-#define MAX_REQ 14
+#define MAX_REQ 15
 #define TOKENS 24
 #define NEAR_TIE 0.25f
 #define MIN_STOP_ID 3
@@ -197,6 +197,33 @@ static qv_adapter *load_fixture(const qv_model *m, const char *name) {
     return load_from(m, AD_DIR, name);
 }
 
+/* lora_qv_r4 made an activated LoRA that request `pi`'s prompt invokes at position 4
+ * (run_model's prompt tokens there: (t * 31 + pi * 17 + 7) % 250), so the engine runs that
+ * sequence's first chunk as a segment without the adapter and one with it. */
+static qv_adapter *load_alora(const qv_model *m, int pi) {
+    char *cfg = NULL, *w = NULL;
+    size_t cl = 0, wl = 0;
+    qv_error err = {0};
+    assert_int_equal(qv_read_file(qv_test_path(AD_DIR "lora_qv_r4/adapter_config.json"), 1 << 20,
+                                  &cfg, &cl, &err),
+                     QV_OK);
+    assert_int_equal(qv_read_file(qv_test_path(AD_DIR "lora_qv_r4/adapter_model.safetensors"),
+                                  64 << 20, &w, &wl, &err),
+                     QV_OK);
+    char *with = malloc(cl + 96);
+    assert_non_null(with);
+    snprintf(with, cl + 96, "{\"alora_invocation_tokens\": [%d, %d], %s",
+             (4 * 31 + pi * 17 + 7) % 250, (5 * 31 + pi * 17 + 7) % 250, strchr(cfg, '{') + 1);
+    qv_adapter *ad = NULL;
+    if (qv_adapter_load_buffer(with, strlen(with), w, wl, m, NULL, &ad, &err) != QV_OK)
+        fail_msg("alora: %s", err.msg);
+    assert_int_equal(ad->n_alora_tokens, 2);
+    free(with);
+    qv_free(cfg);
+    qv_free(w);
+    return ad;
+}
+
 static void test_engine_lora_mix(void **state) {
     (void)state;
     enum { N = 13 };
@@ -208,20 +235,24 @@ static void test_engine_lora_mix(void **state) {
                                    "seq_bn",        "double_seq_bn",
                                    "par_bn"};
     qv_engine *probe = open_engine("cpu");
-    const qv_adapter *ads[N + 1] = {NULL};
+    const qv_adapter *ads[N + 2] = {NULL};
     qv_adapter *own[N];
     for (int a = 0; a < N; a++)
         ads[a + 1] = own[a] = load_fixture(qv_engine_model(probe), names[a]);
+    qv_adapter *alora = load_alora(qv_engine_model(probe), N + 1);
+    ads[N + 1] = alora;
     static run_out cpu, cu;
     memset(&cpu, 0, sizeof(cpu));
     memset(&cu, 0, sizeof(cu));
-    run_requests("cpu", ads, N + 1, &cpu);
+    run_requests("cpu", ads, N + 2, &cpu);
     gpu_require_device();
-    run_requests("cuda", ads, N + 1, &cu);
-    compare("base + 5 LoRAs + IA3 + DoRA + prompt + P-tuning + prefix + 3 bottlenecks on cuda",
+    run_requests("cuda", ads, N + 2, &cu);
+    compare("base + 5 LoRAs + IA3 + DoRA + prompt + P-tuning + prefix + 3 bottlenecks + aLoRA on "
+            "cuda",
             &cpu, &cu);
     for (int a = 0; a < N; a++)
         qv_adapter_free(own[a]);
+    qv_adapter_free(alora);
     qv_engine_destroy(probe);
 }
 

@@ -357,6 +357,11 @@ def peft_specs() -> list[dict[str, Any]]:
         # 8-output expand groups and the fused q,k,v / gate,up calls on them
         dict(base=G, name="lora_all_r8_f16", seed=20, dtype=torch.float16,
              cfg=lambda: lora(r=8, lora_alpha=16, target_modules=ALL7)),
+        # activated LoRA: acts from the last occurrence of [240, 184] in the prompt on (the
+        # second golden prompt holds it at position 6; the first lacks it: the base model)
+        dict(base=G, name="alora", seed=21,
+             cfg=lambda: lora(r=8, lora_alpha=16, target_modules=ALL7,
+                              alora_invocation_tokens=[240, 184])),
         dict(base=G, name="ia3", seed=10, cfg=lambda: IA3Config(task_type="CAUSAL_LM")),
         dict(base=G, name="prefix_nvt5", seed=11,
              cfg=lambda: PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)),
