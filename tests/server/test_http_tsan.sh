@@ -4,7 +4,8 @@
 # pool, adapter loader workers and signal thread all busy at once: concurrent completions and
 # chats (streamed and not, base and adapter), two Responses API turns in one conversation while
 # items are added to it, a background stream read by two clients while it is cancelled and
-# polled, a client disconnecting mid-stream, an adapter
+# polled, two requests waiting for one merged_adapters merge made on a loader worker, a
+# client disconnecting mid-stream, an adapter
 # upload validated on the worker pool (and an invalid one), the new adapter used then deleted,
 # /v1/models and /metrics scraped while generating, then SIGTERM with a stream in flight
 # (drained, exit 0). Fails when the server's stderr has a ThreadSanitizer report.
@@ -42,6 +43,7 @@ printf 't1 tenant=one rpm=600 max_inflight=4\nt2 shout* tenant=two weight=2 mana
     >"$tmp/keys"
 qv_serve "$tmp/server.log" --model "$model" --port 0 --threads 2 --http-threads 2 \
     --adapter-store "$tmp/store" --preload "shouting=$root/deploy/demo-adapters/shouting" \
+    --preload "pirate=$root/deploy/demo-adapters/pirate" \
     --api-key k --admin-key a --max-tokens-limit 4 --max-seqs 8 --drain-timeout-s 60 \
     --api-keys-file "$tmp/keys"
 
@@ -147,6 +149,9 @@ def respond(stream):
                                          "max_output_tokens": 4, "stream": stream})
 
 
+merge_body = {"inputs": "Hi", "parameters": {"max_new_tokens": 2, "merged_adapters": {
+    "ids": ["pirate", "pirate"], "weights": [0.5, 0.7], "merge_strategy": "ties",
+    "density": 0.5}}}
 jobs = [("stream-base", generate, "", True, False), ("json-base", generate, "", False, False),
         ("response", respond, False), ("response-stream", respond, True),
         ("conv-items", raw, "POST", f"/v1/conversations/{conv}/items",
@@ -159,7 +164,9 @@ jobs = [("stream-base", generate, "", True, False), ("json-base", generate, "", 
         ("tenant-one", generate, "", True, False, "t1"),
         ("tenant-two", generate, "shouting", False, True, "t2"), ("sighup", hup),
         ("choices-stream", generate, "shouting", True, False, "k", 3),
-        ("choices-json", generate, "", False, True, "k", 4)]
+        ("choices-json", generate, "", False, True, "k", 4),
+        ("merge-a", raw, "POST", "/generate", merge_body),
+        ("merge-b", raw, "POST", "/generate", merge_body)]
 threads = [threading.Thread(target=job, args=j) for j in jobs]
 t0 = time.time()
 for t in threads:
@@ -169,7 +176,7 @@ for t in threads:
 print(f"concurrent round: {time.time() - t0:.1f} s", flush=True)
 for name in ("stream-base", "json-base", "stream-chat-adapter", "json-chat-adapter",
              "json-chat-base", "models", "metrics", "tenant-one", "tenant-two", "choices-stream",
-             "choices-json", "response", "response-stream", "conv-items"):
+             "choices-json", "response", "response-stream", "conv-items", "merge-a", "merge-b"):
     st = results.get(name, (None,))[0]
     check(st == 200, f"{name}: 200 ({results.get(name, ('missing',))[0]})")
 check(results.get("stream-base", (0, b""))[1].rstrip().endswith(b"data: [DONE]"),
