@@ -849,6 +849,8 @@ def spec_model(base: str, adir: str):
         cfg = json.load(f)
     sd = {k.removeprefix("base_model.model."): v.float()
           for k, v in load_file(os.path.join(adir, "adapter_model.safetensors")).items()}
+    if cfg.get("alora_invocation_tokens"):
+        return None  # activated LoRA: checked by run_prompt's generate() cross-check instead
     m = load_base(base)
     kind = cfg["peft_type"]
     F = torch.nn.functional
