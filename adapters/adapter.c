@@ -47,6 +47,15 @@ uint64_t qv__adapter_next_uid(void) {
     return atomic_fetch_add(&next_uid, 1);
 }
 
+const char *qv__adapter_lora_extra(const qv_adapter *ad) {
+    return ad->use_dora                               ? "DoRA"
+           : ad->embed_lora.rank                      ? "embedding LoRA"
+           : ad->lm_head_lora.rank                    ? "lm_head LoRA"
+           : ad->embed_replace || ad->lm_head_replace ? "modules_to_save"
+           : ad->n_trainable_tokens                   ? "trainable tokens"
+                                                      : NULL;
+}
+
 qv_status qv__adapter_own(qv_adapter *ad, void *p) {
     if (ad->priv_n == ad->priv_cap) {
         size_t cap = ad->priv_cap ? ad->priv_cap * 2 : 64;

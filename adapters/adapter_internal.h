@@ -25,6 +25,10 @@ typedef struct qv__adapter_ctx {
 
 /* A process-unique adapter uid (qv_adapter.uid), never 0. Any thread. */
 uint64_t qv__adapter_next_uid(void);
+/* The first part a LoRA adapter has beyond low-rank deltas on the decoder projections, as
+ * words for an error ("DoRA", "embedding LoRA", "lm_head LoRA", "modules_to_save", "trainable
+ * tokens"), or NULL. lora_bias and aLoRA are the callers' to weigh. */
+const char *qv__adapter_lora_extra(const qv_adapter *ad);
 /* Allocates n floats owned by ctx->ad (freed by qv_adapter_free). NULL + err on failure. */
 float *qv__adapter_alloc(qv__adapter_ctx *c, size_t n);
 /* Frees a temporary array of n floats obtained from qv__adapter_alloc / qv__adapter_take. */

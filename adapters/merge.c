@@ -80,7 +80,7 @@ static float sign_of(float v) { return v > 0.0f ? 1.0f : v < 0.0f ? -1.0f : 0.0f
 typedef struct merge_ctx {
     const qv_adapter *const *ads;
     const qv_merge_params *p;
-    float *scratch; /* QV_MERGE_MAX task tensors of cap floats each */
+    float *scratch; /* p->n task tensors of cap floats each */
     size_t cap;
     qv_error *err;
 } merge_ctx;
@@ -91,9 +91,10 @@ static qv_status merge_tensor(merge_ctx *mc, int l, enum qv_proj proj, const int
                               int which, size_t n, float *out) {
     const qv_merge_params *p = mc->p;
     if (n > mc->cap) {
-        if (n > SIZE_MAX / sizeof(float) / QV_MERGE_MAX)
+        const size_t parts = (size_t)p->n; /* m <= p->n */
+        if (n > SIZE_MAX / sizeof(float) / parts)
             return qv_errorf(mc->err, QV_ERR_LIMIT, "LoRA tensor of %zu elements is too large", n);
-        float *s = qv_realloc(mc->scratch, n * QV_MERGE_MAX * sizeof(float));
+        float *s = qv_realloc(mc->scratch, n * parts * sizeof(float));
         if (!s) return qv_errorf(mc->err, QV_ERR_NOMEM, "out of memory merging adapters");
         mc->scratch = s;
         mc->cap = n;
@@ -194,15 +195,11 @@ static qv_status check_params(const qv_merge_params *p, qv_error *err) {
 /* Only plain LoRA on the decoder projections merges. */
 static qv_status check_adapter(const qv_adapter *ad, int i, const qv_adapter *first,
                                qv_error *err) {
-    const char *what = ad->kind != QV_ADAPTER_LORA                ? qv_adapter_kind_name(ad->kind)
-                       : ad->use_dora                             ? "DoRA"
-                       : ad->lora_bias                            ? "lora_bias"
-                       : ad->embed_lora.rank                      ? "embedding LoRA"
-                       : ad->lm_head_lora.rank                    ? "lm_head LoRA"
-                       : ad->embed_replace || ad->lm_head_replace ? "modules_to_save"
-                       : ad->n_trainable_tokens                   ? "trainable tokens"
-                       : ad->n_alora_tokens                       ? "aLoRA invocation tokens"
-                                                                  : NULL;
+    const char *what = ad->kind != QV_ADAPTER_LORA  ? qv_adapter_kind_name(ad->kind)
+                       : qv__adapter_lora_extra(ad) ? qv__adapter_lora_extra(ad)
+                       : ad->lora_bias              ? "lora_bias"
+                       : ad->n_alora_tokens         ? "aLoRA invocation tokens"
+                                                    : NULL;
     if (what)
         return qv_errorf(err, QV_ERR_UNSUPPORTED,
                          "adapter %d of the merge has %s: only plain LoRA adapters merge", i + 1,

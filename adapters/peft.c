@@ -403,6 +403,26 @@ static qv_status lora_classify(qv__adapter_ctx *c, lora_state *st, const qv_st_t
     return QV_OK;
 }
 
+/* The array `list` of token ids of the base vocabulary (any int32 without a base) as a new
+ * array owned by the adapter; an error names `what` and the index of a bad entry. */
+static qv_status token_ids(qv__adapter_ctx *c, const cJSON *list, const char *what, int32_t **out) {
+    int32_t *ids = qv_malloc((size_t)QV_MAX(cJSON_GetArraySize(list), 1) * sizeof(*ids));
+    if (!ids || qv__adapter_own(c->ad, ids) != QV_OK)
+        return qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
+    *out = ids;
+    const int64_t lim = c->base ? c->base->cfg.n_vocab : ((int64_t)1 << 31) - 1;
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, list) {
+        const double v = cJSON_IsNumber(e) ? e->valuedouble : -1;
+        if (v != floor(v) || v < 0 || v >= (double)lim)
+            return qv_errorf(c->err, QV_ERR_INVALID,
+                             "%s[%d] is not a token id of the base vocabulary", what, i);
+        ids[i++] = (int32_t)v;
+    }
+    return QV_OK;
+}
+
 /* trainable_token_indices: a list, or {"embed_tokens": [ids]}. */
 static qv_status lora_trainable_tokens(qv__adapter_ctx *c, lora_state *st) {
     const cJSON *ti = cJSON_GetObjectItemCaseSensitive(c->cfg, "trainable_token_indices");
@@ -431,21 +451,7 @@ static qv_status lora_trainable_tokens(qv__adapter_ctx *c, lora_state *st) {
     int64_t shape[2] = {n, c->base ? c->base->cfg.dim : -1};
     qv_status s = qv__adapter_take(c, st->tt_delta, 2, shape, &c->ad->trainable_rows);
     if (s) return s;
-    c->ad->trainable_ids = qv_malloc((size_t)n * sizeof(int32_t));
-    if (!c->ad->trainable_ids || qv__adapter_own(c->ad, c->ad->trainable_ids))
-        return qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
-    int i = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, ti) {
-        double v = cJSON_IsNumber(e) ? e->valuedouble : -1;
-        int64_t lim = c->base ? c->base->cfg.n_vocab : ((int64_t)1 << 31) - 1;
-        if (v != floor(v) || v < 0 || v >= (double)lim)
-            return qv_errorf(c->err, QV_ERR_INVALID,
-                             "trainable_token_indices[%d] is not a token "
-                             "id of the base vocabulary",
-                             i);
-        c->ad->trainable_ids[i++] = (int32_t)v;
-    }
+    if ((s = token_ids(c, ti, "trainable_token_indices", &c->ad->trainable_ids))) return s;
     c->ad->n_trainable_tokens = n;
     return QV_OK;
 }
@@ -462,32 +468,14 @@ static qv_status lora_alora(qv__adapter_ctx *c) {
         return qv_errorf(c->err, QV_ERR_INVALID,
                          "alora_invocation_tokens must be a list of 1 to %d token ids",
                          QV_ALORA_MAX_TOKENS);
-    const char *with = ad->use_dora                                   ? "use_dora"
-                       : ad->embed_lora.rank || ad->lm_head_lora.rank ? "embedding / lm_head LoRA"
-                       : ad->embed_replace || ad->lm_head_replace     ? "modules_to_save"
-                       : ad->n_trainable_tokens                       ? "trainable tokens"
-                                                                      : NULL;
+    const char *with = qv__adapter_lora_extra(ad);
     if (with)
         return qv_errorf(c->err, QV_ERR_UNSUPPORTED,
                          "alora_invocation_tokens with %s is not implemented (PEFT's aLoRA acts "
                          "on linear projections only)",
                          with);
-    if (!(ad->alora_tokens = qv_malloc((size_t)n * sizeof(*ad->alora_tokens))) ||
-        qv__adapter_own(ad, ad->alora_tokens) != QV_OK) {
-        ad->alora_tokens = NULL;
-        return qv_errorf(c->err, QV_ERR_NOMEM, "out of memory");
-    }
-    const int64_t lim = c->base ? c->base->cfg.n_vocab : ((int64_t)1 << 31) - 1;
-    int i = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, t) {
-        const double v = cJSON_IsNumber(e) ? e->valuedouble : -1;
-        if (v != floor(v) || v < 0 || v >= (double)lim)
-            return qv_errorf(c->err, QV_ERR_INVALID,
-                             "alora_invocation_tokens[%d] is not a token id of the base vocabulary",
-                             i);
-        ad->alora_tokens[i++] = (int32_t)v;
-    }
+    qv_status s = token_ids(c, t, "alora_invocation_tokens", &ad->alora_tokens);
+    if (s) return s;
     ad->n_alora_tokens = n;
     return QV_OK;
 }

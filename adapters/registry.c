@@ -292,6 +292,7 @@ static qv_status start_job(qv_registry_t *reg, const char *ref, const char *vers
     reg->stats.n_entries++;
     reg->stats.n_loading++;
     reg->stats.loads++;
+    if (j->n_parts) reg->stats.n_merging++;
 
     memcpy(j->version, version, sizeof j->version);
     j->t_start = qv_time_s();
@@ -461,6 +462,10 @@ qv_status qv_registry_acquire_merged(qv_registry_t *reg, const char *key,
     if (e && e->state == ENTRY_READY) return take(reg, e, out, err);
     reg->stats.misses++;
     if (e) return qv_errorf(err, QV_ERR_BUSY, "the merged adapter is being made");
+    if (reg->budgets.max_merging > 0 && reg->stats.n_merging >= (uint64_t)reg->budgets.max_merging)
+        return qv_errorf(err, QV_ERR_LIMIT,
+                         "the limit of %d adapter merges made at once is reached; retry shortly",
+                         reg->budgets.max_merging);
     job *j = qv_calloc(1, sizeof *j);
     if (!j || !(j->spec = qv_malloc(spec_len ? spec_len : 1))) {
         qv_free(j);
@@ -517,6 +522,7 @@ size_t qv_registry_poll(qv_registry_t *reg, qv_registry_event *events, size_t ca
 
         for (size_t i = 0; i < j->n_parts; i++) /* a merge's parts: its references end */
             qv_registry_release(j->parts[i]);
+        if (j->n_parts) reg->stats.n_merging--;
         j->n_parts = 0;
         struct qv_registry_entry *e = find(reg, j->version);
         QV_ASSERT(e && e->state == ENTRY_LOADING);

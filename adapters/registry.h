@@ -72,6 +72,7 @@ typedef struct qv_registry_budgets {
     uint64_t host_bytes;   /* sum of loaded n_bytes kept in host memory */
     uint64_t device_bytes; /* sum of n_bytes uploaded to the device (ignored without device) */
     int n_workers;         /* loader threads; <= 0 means 2 */
+    int max_merging;       /* merges queued or running at once; <= 0: no limit */
 } qv_registry_budgets;
 
 enum qv_registry_tier {
@@ -95,6 +96,7 @@ typedef struct qv_registry_stats {
     uint64_t device_bytes_used;
     uint64_t n_entries; /* loaded or loading versions */
     uint64_t n_loading;
+    uint64_t n_merging; /* of n_loading, merges (qv_registry_acquire_merged) */
 } qv_registry_stats;
 
 enum qv_registry_event_kind { QV_REGISTRY_EV_LOADED = 0, QV_REGISTRY_EV_LOAD_FAILED };
@@ -139,8 +141,9 @@ qv_status qv_registry_acquire(qv_registry_t *reg, const char *ref, qv_registry_h
  *   then lives, and is evicted, like a loaded version; its events carry `key` and the ref
  *   "(merge)").
  * The caller keeps its part handles. Errors: QV_ERR_UNSUPPORTED without loader->merge,
- * QV_ERR_INVALID (n outside 1..QV_REGISTRY_MERGE_MAX, a bad key), QV_ERR_NOMEM, device errors
- * as acquire. */
+ * QV_ERR_INVALID (n outside 1..QV_REGISTRY_MERGE_MAX, a bad key), QV_ERR_LIMIT (a new merge
+ * while budgets.max_merging are being made: retry later), QV_ERR_NOMEM, device errors as
+ * acquire. */
 qv_status qv_registry_acquire_merged(qv_registry_t *reg, const char *key,
                                      qv_registry_handle *const *parts, size_t n, const void *spec,
                                      size_t spec_len, qv_registry_handle **out, qv_error *err);

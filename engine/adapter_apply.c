@@ -695,14 +695,20 @@ qv_status qv_adapter_group_batch(qv_adapter_grouper **pg, qv_batch *b, int32_t *
     b->seg_start = NULL;
     b->seg_adapter = NULL;
     const int n = b->n_tokens;
-    if (n <= 0) return QV_OK;
+    /* A base-only batch (the common case without adapters) needs no scratch and no grouping. */
+    int first = 0;
+    const qv_adapter *ad0 = NULL;
+    while (first < n && !(ad0 = ad_of(ctx, seq[first], pos[first])))
+        first++;
+    if (first >= n) return QV_OK;
     qv_status st = grouper_fit(pg, n, err);
     if (st != QV_OK) return st;
     qv_adapter_grouper *g = *pg;
-    bool any = false;
-    for (int t = 0; t < n; t++)
-        any = (g->tok_ad[t] = ad_of(ctx, seq[t], pos[t])) != NULL || any;
-    if (!any) return QV_OK;
+    for (int t = 0; t < first; t++)
+        g->tok_ad[t] = NULL;
+    g->tok_ad[first] = ad0;
+    for (int t = first + 1; t < n; t++)
+        g->tok_ad[t] = ad_of(ctx, seq[t], pos[t]);
     /* Distinct adapters in order of first appearance; each becomes one segment holding its
      * tokens in their original order. */
     int n_segs = 0, j = 0;

@@ -342,6 +342,12 @@ static qv_status decode_messages(const cJSON *root, qv_proto_request *r, qv_prot
     return QV_OK;
 }
 
+/* A seed: an integer of magnitude at most 2^53 (exact in a double), >= 0 unless `negative`. */
+static bool seed_ok(const cJSON *f, bool negative) {
+    return cJSON_IsNumber(f) && f->valuedouble == floor(f->valuedouble) &&
+           (negative || f->valuedouble >= 0) && fabs(f->valuedouble) <= 9007199254740992.0;
+}
+
 /* LoRAX's merged_adapters object (`prefix` names it in errors): ids (1..QV_MERGE_MAX adapter
  * names), weights (as many numbers; absent or empty: 1 each), merge_strategy ("linear",
  * "ties", "dare_linear", "dare_ties", and PEFT's "cat"), density ((0, 1], default 1),
@@ -397,8 +403,7 @@ static qv_status decode_merged(const cJSON *root, const char *prefix, qv_proto_r
                     "'%s.majority_sign_method' must be \"total\" or \"frequency\"", pm);
     r->merge_sign = freq ? QV_MERGE_SIGN_FREQUENCY : QV_MERGE_SIGN_TOTAL;
     const cJSON *sd = qv__proto_field(m, "seed");
-    if (sd && (!cJSON_IsNumber(sd) || sd->valuedouble != floor(sd->valuedouble) ||
-               sd->valuedouble < 0 || sd->valuedouble > 9007199254740992.0))
+    if (sd && !seed_ok(sd, false))
         return fail(e, QV_ERR_INVALID, pm, "'%s.seed' must be an integer >= 0", pm);
     r->merge_seed = sd ? (uint64_t)sd->valuedouble : 0;
     if (r->adapter)
@@ -1068,8 +1073,7 @@ qv_status qv_proto_request_decode(enum qv_proto_endpoint endpoint, const char *b
     }
     const cJSON *seed = qv__proto_field(root, "seed");
     if (seed) {
-        if (!cJSON_IsNumber(seed) || seed->valuedouble != floor(seed->valuedouble) ||
-            fabs(seed->valuedouble) > 9007199254740992.0) {
+        if (!seed_ok(seed, true)) {
             s = fail(e, QV_ERR_INVALID, "seed", "'seed' must be an integer");
             goto done;
         }
@@ -2356,8 +2360,7 @@ static qv_status tgi_params(const cJSON *p, qv_proto_request *r, qv_proto_tgi *t
                             &r->n_stop, e)))
         return s;
     if ((f = qv__proto_field(p, "seed"))) {
-        if (!cJSON_IsNumber(f) || f->valuedouble != floor(f->valuedouble) || f->valuedouble < 0 ||
-            f->valuedouble > 9007199254740992.0)
+        if (!seed_ok(f, false))
             return fail(e, QV_ERR_INVALID, "seed", "'seed' must be an integer >= 0");
         r->has_seed = true;
         r->seed = (uint64_t)f->valuedouble;

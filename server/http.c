@@ -862,9 +862,12 @@ static void await_load(server *srv, request *r, const char *version) {
 
 /* Engine thread: acquires r's adapter, or its merge of several (every part held while the
  * merged one is acquired: a merge starts from loaded parts). QV_ERR_BUSY: *wait names the
- * version or merge key to wait for. */
-static qv_status acquire_adapter(server *srv, request *r, const char **wait, qv_error *err) {
+ * version or merge key to wait for. *full: refused because --max-merging merges are being
+ * made (a 503 to retry, not the request's fault). */
+static qv_status acquire_adapter(server *srv, request *r, const char **wait, bool *full,
+                                 qv_error *err) {
     *wait = r->adapter_version;
+    *full = false;
     if (!r->merge) return qv_registry_acquire(srv->reg, r->adapter_version, &r->ah, err);
     const merge_spec *m = r->merge;
     qv_registry_handle *parts[QV_MERGE_MAX];
@@ -876,8 +879,8 @@ static qv_status acquire_adapter(server *srv, request *r, const char **wait, qv_
     if (held < m->p.n)
         *wait = m->versions[held];
     else
-        s = qv_registry_acquire_merged(srv->reg, r->adapter_version, parts, (size_t)held, m,
-                                       sizeof(*m), &r->ah, err);
+        *full = (s = qv_registry_acquire_merged(srv->reg, r->adapter_version, parts, (size_t)held,
+                                                m, sizeof(*m), &r->ah, err)) == QV_ERR_LIMIT;
     for (int i = 0; i < held; i++)
         qv_registry_release(parts[i]);
     return s;
@@ -894,7 +897,8 @@ static bool enqueue(server *srv, request *r) {
     }
     qv_error err = {0};
     const char *wait = NULL;
-    qv_status s = acquire_adapter(srv, r, &wait, &err);
+    bool full;
+    qv_status s = acquire_adapter(srv, r, &wait, &full, &err);
     if (s == QV_OK) {
         r->gp.adapter = qv_registry_handle_host(r->ah);
         pending_push(srv, r);
@@ -905,8 +909,12 @@ static bool enqueue(server *srv, request *r) {
         return true;
     }
     atomic_fetch_sub(&srv->n_waiting, 1);
-    request_fail(r, adapter_http_status(s), s == QV_ERR_NOT_FOUND ? "model_not_found" : NULL,
-                 err.msg);
+    if (full) {
+        const size_t n = strlen(err.msg);
+        snprintf(err.msg + n, sizeof(err.msg) - n, " (--max-merging)");
+    }
+    request_fail(r, full ? 503 : adapter_http_status(s),
+                 s == QV_ERR_NOT_FOUND ? "model_not_found" : NULL, err.msg);
     engine_release(r);
     return false;
 }
@@ -2775,7 +2783,42 @@ static char *basename_of(const char *p) {
     return qv_strndup(p + b, n - b);
 }
 
-/* Decodes, validates and tokenizes a generation request and queues it. */
+/* One adapter name a request uses: allowed to key `who` (else 403; a key limited to some
+ * adapters learns nothing of the others, not even existence) and present in the store (else
+ * 404; *version is what it resolves to now). `param` names the field in errors; `part` words
+ * the 404 for a part of merged_adapters. Otherwise sends the error (*ret), returns false. */
+static bool resolve_adapter(server *srv, struct MHD_Connection *c, conn_ctx *ctx, int who,
+                            const char *name, const char *param, bool part,
+                            char version[QV_STORE_VERSION_LEN + 1], enum MHD_Result *ret) {
+    if (!key_allows(ctx->kr, who, name)) {
+        *ret = send_error(c, ctx, 403, param, "permission_denied",
+                          "this API key may not use adapter '%.128s'", name);
+        return false;
+    }
+    qv_error rerr = {0};
+    qv_status rs = QV_ERR_NOT_FOUND;
+    if (srv->store && (qv_store_name_valid(name) || qv_store_version_valid(name)))
+        rs = qv_store_resolve(srv->store, name, version, NULL, &rerr);
+    if (rs == QV_ERR_NOT_FOUND || rs == QV_ERR_INVALID) {
+        if (part)
+            *ret = send_error(c, ctx, 404, param, "model_not_found",
+                              "adapter '%.128s' of 'merged_adapters' not found (see GET "
+                              "/v1/adapters)",
+                              name);
+        else
+            *ret = send_error(c, ctx, 404, param, "model_not_found",
+                              "model or adapter '%.128s' not found (base model '%s'; see GET "
+                              "/v1/models)",
+                              name, srv->base_name);
+        return false;
+    }
+    if (rs != QV_OK) {
+        *ret = send_error(c, ctx, 500, param, NULL, "%s", rerr.msg);
+        return false;
+    }
+    return true;
+}
+
 /* The model a request names: the base model (*aname stays NULL), "<base>:<adapter>",
  * adapter_id, or "<adapter>" alone in place of the base, which must exist in the store and be
  * allowed to key `who` (*aname, and the version it resolves to now). Otherwise sends the error
@@ -2791,32 +2834,9 @@ static bool resolve_model(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
     }
     if (!pr->adapter && model_matches(srv, pr->base)) return true;
     const char *name = pr->adapter ? pr->adapter : pr->base;
-    const char *param = pr->adapter ? "adapter_id" : "model";
-    /* a key limited to some adapters learns nothing of the others, not even existence */
-    if (!key_allows(ctx->kr, who, name)) {
-        *ret = send_error(c, ctx, 403, param, "permission_denied",
-                          "this API key may not use adapter '%.128s'", name);
+    if (!resolve_adapter(srv, c, ctx, who, name, pr->adapter ? "adapter_id" : "model", false,
+                         aversion, ret))
         return false;
-    }
-    qv_error rerr = {0};
-    qv_status rs = QV_ERR_NOT_FOUND;
-    if (!srv->store)
-        snprintf(rerr.msg, sizeof(rerr.msg), "this server has no adapter store");
-    else if (!qv_store_name_valid(name) && !qv_store_version_valid(name))
-        snprintf(rerr.msg, sizeof(rerr.msg), "'%.128s' is not a valid adapter name", name);
-    else
-        rs = qv_store_resolve(srv->store, name, aversion, NULL, &rerr);
-    if (rs == QV_ERR_NOT_FOUND || rs == QV_ERR_INVALID) {
-        *ret = send_error(c, ctx, 404, param, "model_not_found",
-                          "model or adapter '%.128s' not found (base model '%s'; see "
-                          "GET /v1/models)",
-                          name, srv->base_name);
-        return false;
-    }
-    if (rs != QV_OK) {
-        *ret = send_error(c, ctx, 500, param, NULL, "%s", rerr.msg);
-        return false;
-    }
     *aname = name;
     return true;
 }
@@ -2850,27 +2870,8 @@ static bool resolve_merge(server *srv, struct MHD_Connection *c, conn_ctx *ctx,
     snprintf(name, name_cap, "merged(");
     for (size_t i = 0; i < pr->n_merge; i++) {
         const char *id = pr->merge_ids[i];
-        const char *param = "merged_adapters";
-        if (!key_allows(ctx->kr, who, id)) {
-            *ret = send_error(c, ctx, 403, param, "permission_denied",
-                              "this API key may not use adapter '%.128s'", id);
+        if (!resolve_adapter(srv, c, ctx, who, id, "merged_adapters", true, m->versions[i], ret))
             return false;
-        }
-        qv_error rerr = {0};
-        qv_status rs = QV_ERR_NOT_FOUND;
-        if (srv->store && (qv_store_name_valid(id) || qv_store_version_valid(id)))
-            rs = qv_store_resolve(srv->store, id, m->versions[i], NULL, &rerr);
-        if (rs == QV_ERR_NOT_FOUND || rs == QV_ERR_INVALID) {
-            *ret = send_error(c, ctx, 404, param, "model_not_found",
-                              "adapter '%.128s' of 'merged_adapters' not found (see "
-                              "GET /v1/adapters)",
-                              id);
-            return false;
-        }
-        if (rs != QV_OK) {
-            *ret = send_error(c, ctx, 500, param, NULL, "%s", rerr.msg);
-            return false;
-        }
         snprintf(m->names[i], sizeof(m->names[i]), "%s", id);
         m->p.weights[i] = pr->merge_weights[i];
         qv_sha256_update(&h, m->versions[i], QV_STORE_VERSION_LEN);
@@ -5257,7 +5258,9 @@ static bool adapters_start(server *srv) {
                                  .notify = notify_adapter,
                                  .merge = merge_adapters,
                                  .user = srv};
-    qv_registry_budgets b = {.host_bytes = (uint64_t)cfg->adapter_host_mb << 20, .n_workers = 2};
+    qv_registry_budgets b = {.host_bytes = (uint64_t)cfg->adapter_host_mb << 20,
+                             .n_workers = 2,
+                             .max_merging = cfg->max_merging};
     if (qv_registry_create(srv->store, &loader, &b, NULL, &srv->reg, &err) != QV_OK) {
         qv_log_tagged(QV_LOG_ERROR, "serve", "adapter registry: %s", err.msg);
         return false;

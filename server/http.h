@@ -46,6 +46,7 @@ typedef struct qv_http_config {
     const char *adapter_store;    /* store root (adapters/store.h); NULL = no adapters */
     size_t adapter_host_mb;       /* host-memory budget of loaded adapters, MiB */
     int max_rank;                 /* largest LoRA rank accepted; 0 = no limit */
+    int max_merging;              /* merged_adapters merges made at once (503 beyond); 0 = any */
     const char *admin_key;        /* key for adapter uploads/deletes; NULL/"" = those refused */
     const char *adapter_load_dir; /* /v1/load_lora_adapter paths must lie under it; NULL = off */
     const char *const *preload;   /* "NAME=DIR" adapters published into the store at start-up */

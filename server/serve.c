@@ -72,6 +72,8 @@ static void usage(FILE *f) {
                "converted for the device, so reloads are one copy (default 0 = twice the pool, "
                "-1 = none)\n"
                "  --max-rank N             largest LoRA rank accepted, 0 = any (default 0)\n"
+               "  --max-merging N          merged_adapters merges made at once; a request for\n"
+               "                           another new merge gets 503 (default 4, 0 = any)\n"
                "  --admin-key K            key for adapter uploads and deletes (default: none)\n"
                "  --adapter-load-dir DIR   /v1/load_lora_adapter may read adapters under DIR "
                "(default: off)\n"
@@ -159,6 +161,7 @@ static const opt_def opts[] = {
     {"--adapter-pool-mb", "QUIVER_ADAPTER_POOL_MB", 0, 1 << 24, 1, OFF(adapter_pool_mb)},
     {"--adapter-pinned-mb", "QUIVER_ADAPTER_PINNED_MB", -1, 1 << 24, 0, OFF(adapter_pinned_mb)},
     {"--max-rank", "QUIVER_MAX_RANK", 0, 1 << 16, 0, OFF(max_rank)},
+    {"--max-merging", "QUIVER_MAX_MERGING", 0, 1 << 16, 0, OFF(max_merging)},
     {"--admin-key", "QUIVER_ADMIN_KEY", 0, 0, 2, OFF(admin_key)},
     {"--adapter-load-dir", "QUIVER_ADAPTER_LOAD_DIR", 0, 0, 2, OFF(adapter_load_dir)},
 };
@@ -272,6 +275,7 @@ int qv_cli_serve(int argc, char **argv) {
         .drain_timeout_s = 30,
         .adapter_store = default_store(),
         .adapter_host_mb = 1024,
+        .max_merging = 4,
     };
     static const char *preload[MAX_PRELOAD];
     enum qv_log_level level = QV_LOG_INFO;

@@ -239,8 +239,8 @@ static void test_alora(void **state) {
         {FIX "lora_qv_r4", "[5, \"x\"]", QV_ERR_INVALID, "alora_invocation_tokens[1]"},
         {FIX "lora_qv_r4", "[5, 100000]", QV_ERR_INVALID, "alora_invocation_tokens[1]"},
         {FIX "lora_qv_r4", "5", QV_ERR_INVALID, "alora_invocation_tokens must be a list"},
-        {FIX "dora", "[5]", QV_ERR_UNSUPPORTED, "with use_dora"},
-        {FIX "lora_embed_lm_head", "[5]", QV_ERR_UNSUPPORTED, "embedding / lm_head LoRA"},
+        {FIX "dora", "[5]", QV_ERR_UNSUPPORTED, "with DoRA"},
+        {FIX "lora_embed_lm_head", "[5]", QV_ERR_UNSUPPORTED, "with embedding LoRA"},
         {FIX "lora_mts_lm_head", "[5]", QV_ERR_UNSUPPORTED, "modules_to_save"},
     };
     for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++)

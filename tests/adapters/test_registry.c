@@ -209,8 +209,8 @@ static void put(fix *x, const char *name, unsigned long long bytes, int fail, ch
     assert_int_equal(qv_store_commit(t, name, version, &err), QV_OK);
 }
 
-static fix *fix_new(uint64_t host_bytes, const qv_registry_device_i *dev, uint64_t dev_bytes,
-                    int n_workers, bool gate_open) {
+static fix *fix_new_merging(uint64_t host_bytes, const qv_registry_device_i *dev,
+                            uint64_t dev_bytes, int n_workers, bool gate_open, int max_merging) {
     fix *x = calloc(1, sizeof *x);
     assert_non_null(x);
     snprintf(x->root, sizeof x->root, "/tmp/qv-registry-test-XXXXXX");
@@ -227,10 +227,17 @@ static fix *fix_new(uint64_t host_bytes, const qv_registry_device_i *dev, uint64
                             .notify = fake_notify,
                             .merge = fake_merge,
                             .user = &x->f};
-    qv_registry_budgets b = {
-        .host_bytes = host_bytes, .device_bytes = dev_bytes, .n_workers = n_workers};
+    qv_registry_budgets b = {.host_bytes = host_bytes,
+                             .device_bytes = dev_bytes,
+                             .n_workers = n_workers,
+                             .max_merging = max_merging};
     assert_int_equal(qv_registry_create(x->store, &l, &b, dev, &x->reg, &err), QV_OK);
     return x;
+}
+
+static fix *fix_new(uint64_t host_bytes, const qv_registry_device_i *dev, uint64_t dev_bytes,
+                    int n_workers, bool gate_open) {
+    return fix_new_merging(host_bytes, dev, dev_bytes, n_workers, gate_open, 0);
 }
 
 static void fix_free(fix *x) {
@@ -590,6 +597,63 @@ static void test_merged(void **state) {
     fix_free(x);
 }
 
+/* budgets.max_merging: a new merge beyond it is refused (QV_ERR_LIMIT) and leaves nothing
+ * behind; waiting for a merge in progress is not a new one; the room comes back when a merge
+ * is integrated. */
+static void test_merge_limit(void **state) {
+    (void)state;
+    fix *x = fix_new_merging(1000, NULL, 0, 2, true, 1);
+    char va[65], vb[65], vc[65];
+    put(x, "a", 100, 0, va);
+    put(x, "b", 100, 0, vb);
+    put(x, "c", 100, 0, vc);
+    qv_registry_handle *ab[2] = {load_and_acquire(x, "a"), load_and_acquire(x, "b")};
+    qv_registry_handle *ac[2] = {load_and_acquire(x, "a"), load_and_acquire(x, "c")};
+    char k1[65], k2[65];
+    memset(k1, '1', 64);
+    memset(k2, '2', 64);
+    k1[64] = k2[64] = '\0';
+    const fake_spec spec = {.bytes = 10};
+    qv_error err = {0};
+    qv_registry_handle *h = NULL;
+    gate_merge(&x->f, false);
+    assert_int_equal(qv_registry_acquire_merged(x->reg, k1, ab, 2, &spec, sizeof spec, &h, &err),
+                     QV_ERR_BUSY);
+    assert_int_equal(stats(x).n_merging, 1);
+    assert_int_equal(qv_registry_acquire_merged(x->reg, k1, ab, 2, &spec, sizeof spec, &h, &err),
+                     QV_ERR_BUSY);
+    const uint64_t loads = stats(x).loads, entries = stats(x).n_entries;
+    assert_int_equal(qv_registry_acquire_merged(x->reg, k2, ac, 2, &spec, sizeof spec, &h, &err),
+                     QV_ERR_LIMIT);
+    assert_non_null(strstr(err.msg, "limit of 1 adapter merges"));
+    assert_null(h);
+    assert_int_equal(stats(x).loads, loads);
+    assert_int_equal(stats(x).n_entries, entries);
+    assert_int_equal(qv_registry_tiers(x->reg, k2), 0);
+    /* plain loads are not merges: they go on */
+    char vd[65];
+    put(x, "d", 100, 0, vd);
+    qv_registry_release(load_and_acquire(x, "d"));
+    gate_merge(&x->f, true);
+    qv_registry_event ev[1];
+    poll_n(x, ev, 1);
+    assert_string_equal(ev[0].version, k1);
+    assert_int_equal(stats(x).n_merging, 0);
+    assert_int_equal(qv_registry_acquire_merged(x->reg, k2, ac, 2, &spec, sizeof spec, &h, &err),
+                     QV_ERR_BUSY);
+    poll_n(x, ev, 1);
+    assert_string_equal(ev[0].version, k2);
+    assert_int_equal(ev[0].kind, QV_REGISTRY_EV_LOADED);
+    assert_int_equal(qv_registry_acquire_merged(x->reg, k2, ac, 2, &spec, sizeof spec, &h, &err),
+                     QV_OK);
+    qv_registry_release(h);
+    for (int i = 0; i < 2; i++) {
+        qv_registry_release(ab[i]);
+        qv_registry_release(ac[i]);
+    }
+    fix_free(x);
+}
+
 static void test_device_tier(void **state) {
     (void)state;
     fake_dev d = {0};
@@ -733,6 +797,7 @@ int main(void) {
         cmocka_unit_test(test_failing_loader),
         cmocka_unit_test(test_delete_while_running),
         cmocka_unit_test(test_merged),
+        cmocka_unit_test(test_merge_limit),
         cmocka_unit_test(test_device_tier),
         cmocka_unit_test(test_stress),
         cmocka_unit_test(test_alloc_failures),

@@ -33,10 +33,13 @@ Setup: `quiver serve` on SmolLM2-135M-Instruct Q4_1 with --api-key and the demo 
    at the top level of /v1/completions and of chat (the openai client's extra_body) works;
    refused: an unknown part (404), a non-LoRA part (422 naming IA3), different ranks (422
    naming the projection; PEFT's "cat" takes them), adapter_id beside it and density 0 (400).
+   With --max-merging 1, eight new merges sent at once each get 200 or 503 (Retry-After, the
+   flag named), and a refused one succeeds when sent again.
 
 Usage: test_tgi.py <quiver-binary>. Exit 77 when the model has not been fetched.
 """
 import atexit
+import http.client
 import json
 import os
 import re
@@ -248,6 +251,30 @@ def run(srv):
     err = json.loads(data)
     check(st == 400 and "merged_adapters" in err.get("error", ""),
           f"adapter_id beside merged_adapters: 400 ({st} {err})")
+    # --max-merging 1: new merges sent together get 200, or 503 with Retry-After while another
+    # is being made (whether any must wait depends on timing: test_registry checks the limit
+    # itself); each refused one then succeeds alone
+    bodies = [{"inputs": sea, "parameters": {"max_new_tokens": 2, "merged_adapters": {
+        "ids": ["pirate", "r8"], "weights": [1.0, 0.05 * (i + 1)]}}} for i in range(8)]
+    conns = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120) for _ in bodies]
+    for c, b in zip(conns, bodies):  # every request sent before any answer is read
+        c.request("POST", "/generate", body=json.dumps(b), headers={
+            "Authorization": "Bearer " + T.KEY, "Content-Type": "application/json"})
+    answers = []
+    for c in conns:
+        r = c.getresponse()
+        answers.append((r.status, dict(r.getheaders()), r.read()))
+        c.close()
+    busy = [i for i, (st, _, _) in enumerate(answers) if st == 503]
+    check(all(st == 200 for i, (st, _, _) in enumerate(answers) if i not in busy),
+          f"concurrent merges: 200 or 503 ({[a[0] for a in answers]})")
+    for i in busy:
+        st, h, data = answers[i]
+        check(h.get("Retry-After") == "1" and "--max-merging" in json.loads(data)["error"],
+              f"merge {i}: 503 with Retry-After and the limit named ({h} {data[:120]})")
+        st, _, _ = srv.raw("POST", "/generate", bodies[i])
+        check(st == 200, f"merge {i} retried alone: 200 ({st})")
+    print(f"  ({len(busy)} of 8 concurrent new merges waited for --max-merging 1)")
 
     # 6. refusals
     for name, kw in (("typical_p", dict(typical_p=0.5)), ("watermark", dict(watermark=True)),
@@ -284,7 +311,7 @@ def main():
                    "pirate=" + os.path.join(T.ROOT, "deploy", "demo-adapters", "pirate"),
                    "--preload", "r8=" + os.path.join(fx, "smollm2", "lora_r8_all"),
                    "--preload", "ia3=" + os.path.join(fx, "smollm2", "ia3"),
-                   "--preload", "r4=" + r4)
+                   "--preload", "r4=" + r4, "--max-merging", "1")
     try:
         run(srv)
     finally:
