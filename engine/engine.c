@@ -321,9 +321,9 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
     e->b_lp = qv_calloc(S, sizeof(*e->b_lp));
     e->b_ondev = qv_calloc(S, sizeof(bool));
     e->rows_cap = (int)S;
-    /* drafts need rows of their own; device backends take none (their argmaxes are picked on
-     * the device, where drafts are not checked) */
-    if (c->spec_tokens && !qv_forward_device_logits(e->fwd)) {
+    /* drafts need rows of their own (on device backends too: a drafting sequence's rows that
+     * are not plain argmaxes come to the host, see qv_engine_step) */
+    if (c->spec_tokens) {
         const int spec_seqs =
             c->spec_max_batch ? QV_MIN(c->max_seqs, c->spec_max_batch) : c->max_seqs;
         e->spec_rows = QV_MIN(spec_seqs * c->spec_tokens, c->max_batch_tokens);
@@ -1233,7 +1233,11 @@ qv_status qv_engine_step(qv_engine *e, qv_error *err) {
                 continue;
             }
             bool dev = !needs_logits(s);
-            if (!dev && dev_sample && !qv_sampler_has_edits(s->sampler) && !s->schema) {
+            /* A drafting sequence's rows are read in order, each after the tokens before it
+             * (sampler context, random draws): the device samples none of them, so all are
+             * plain argmaxes on the device or all full rows here, in their order. */
+            if (!dev && dev_sample && !s->spec_from && !qv_sampler_has_edits(s->sampler) &&
+                !s->schema) {
                 const int ctx =
                     qv_sampler_has_penalties(s->sampler) ? qv_sampler_context_size(s->sampler) : 0;
                 dev = ctx <= QV_FORWARD_MAX_PEN - n_pen;

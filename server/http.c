@@ -5322,10 +5322,8 @@ int qv_http_serve(const qv_http_config *cfg) {
     if (ec.spec_tokens)
         qv_log_tagged(QV_LOG_INFO, "serve",
                       "speculative decoding: prompt lookup, up to %d draft tokens from n-grams of "
-                      "%d..%d tokens, in steps of at most %d decoding sequences%s",
-                      ec.spec_tokens, ec.spec_ngram_min, ec.spec_ngram_max, ec.spec_max_batch,
-                      ec.device && !strcmp(ec.device, "cuda") ? " (not on --device cuda: off)"
-                                                              : "");
+                      "%d..%d tokens, in steps of at most %d decoding sequences",
+                      ec.spec_tokens, ec.spec_ngram_min, ec.spec_ngram_max, ec.spec_max_batch);
     ec.adapter_pool_bytes = cfg->adapter_pool_mb << 20;
     ec.adapter_pinned_bytes = cfg->adapter_pinned_mb < 0    ? SIZE_MAX
                               : cfg->adapter_pinned_mb == 0 ? 0

@@ -12,7 +12,9 @@ request merging the LoRA with itself (merged_adapters, TIES at density 0.5: an F
 on the server, unlike the file's BF16 one); a sampled
 request (temperature 0.8) and a logprobs request complete; /metrics shows every token picked
 on the device (no logits row copied to the host), adapter images in the pinned tier and on the device, and graph
-replays. Slow (every CUDA thread is emulated): about a minute.
+replays. Then a server with --speculative-config: a prompt that asks for a copy gives the CPU
+server's text (or parts at a near tie) with drafts kept (/metrics). Slow (every CUDA thread is
+emulated): about three minutes.
 
 Usage: serve_cuda_emu.py <quiver_emu> <quiver>. Exit 77 when the model has not been fetched.
 """
@@ -37,6 +39,9 @@ NEAR_TIE = 0.25
 MERGED = {"ids": ["lora", "lora"], "weights": [0.7, 0.6], "merge_strategy": "ties",
           "density": 0.5}
 MODEL_NAME = os.path.splitext(os.path.basename(T.MODEL))[0]
+COPY = {"model": MODEL_NAME, "max_tokens": 12, "temperature": 0,
+        "prompt": "Copy the line exactly.\nLine: the quick brown fox jumps over the lazy dog\n"
+                  "Copy: the quick brown fox"}
 check = T.check
 
 
@@ -69,6 +74,31 @@ def parts_at_near_tie(cpu_choice, text):
     return len(lp["tokens"]), float("inf")  # longer than the CPU text: not a tie
 
 
+def spec_checks(cu0, want, m0):
+    """Speculative decoding on the CUDA server (a server of its own): the copying prompt's
+    greedy answer is the CPU server's (up to a near tie) with drafts checked and kept, and the
+    same request on the server without drafts counted none."""
+    check(m0.get("quiver_spec_draft_tokens_total", 0) == 0, "cuda: no drafts without the flag")
+    cu0.stop()
+    cu = serve(EMU, "--device", "cuda", "--max-seqs", "4", "--max-batch-tokens", "64",
+               "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 4, '
+               '"prompt_lookup_min": 2}')
+    st, _, r = cu.raw("POST", "/v1/completions", COPY, timeout=600)
+    text = T.json.loads(r)["choices"][0]["text"] if st == 200 else ""
+    part = parts_at_near_tie(want["copy"], text)
+    check(st == 200 and (part is None or part[1] < NEAR_TIE),
+          f"cuda with drafts: the copying prompt gives the cpu text, or parts at a near tie "
+          f"({part}): {text!r} vs {want['copy']['text']!r}")
+    for _ in range(50):
+        m = cu.metrics()
+        if m.get("quiver_spec_accepted_tokens_total", 0) > 0:
+            break
+        time.sleep(0.1)
+    drafts, kept = (m.get(f"quiver_spec_{k}_tokens_total", 0) for k in ("draft", "accepted"))
+    check(kept > 0, f"cuda: drafts checked and kept ({drafts:.0f} drafts, {kept:.0f} kept)")
+    return cu
+
+
 def main():
     models = [MODEL_NAME] + list(ADAPTERS)
     cpu = serve(CPU)
@@ -89,6 +119,9 @@ def main():
     base_lp, lora_lp = (want[m]["logprobs"]["token_logprobs"] for m in (MODEL_NAME, "lora"))
     delta = max(abs(a - b) for a, b in zip(base_lp, lora_lp))
     check(delta > 1e-2, f"cpu: the LoRA changes the logprobs (by up to {delta:.3f})")
+    st, _, r = cpu.raw("POST", "/v1/completions", dict(COPY, logprobs=2), timeout=600)
+    check(st == 200, f"cpu: the copying prompt answers 200 ({st})")
+    want["copy"] = T.json.loads(r)["choices"][0] if st == 200 else {"text": "", "logprobs": None}
     cpu.stop()
 
     cu = serve(EMU, "--device", "cuda", "--max-seqs", "4", "--max-batch-tokens", "64")
@@ -179,6 +212,7 @@ def main():
     check(m2.get('quiver_sampled_tokens_total{where="host"}', 0) > host and
           m2.get('quiver_json_masks_total{source="computed"}', 0) > 0,
           "cuda: its rows were masked and sampled on the host")
+    cu = spec_checks(cu, want, m)
     cu.stop()
     if T.failures:
         print(f"{len(T.failures)} check(s) failed")
