@@ -52,7 +52,8 @@ COPY deploy/demo-adapters /opt/quiver/demo-adapters
 ENV QUIVER_HOME=/opt/quiver \
     QUIVER_HOST=0.0.0.0 \
     QUIVER_PORT=8000 \
-    QUIVER_ADAPTER_STORE=/var/lib/quiver/adapters
+    QUIVER_ADAPTER_STORE=/var/lib/quiver/adapters \
+    QUIVER_RESPONSES_DIR=/var/lib/quiver/responses
 VOLUME /var/lib/quiver
 USER quiver
 EXPOSE 8000

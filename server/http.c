@@ -48,7 +48,9 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "adapters/adapters.h"
@@ -329,7 +331,12 @@ struct server {
     uv_async_t wake;
     uv_idle_t stepper;
     uv_timer_t drain_timer, close_timer;
-    uv_timer_t live_timer; /* checks the sockets of waiting requests' clients */
+    uv_timer_t live_timer;        /* checks the sockets of waiting requests' clients */
+    uv_timer_t sweep_timer;       /* --responses-dir: sweeps it every minute */
+    uv_work_t sweep_work;         /* the sweep, on the worker pool */
+    bool sweeping;                /* [loop] sweep_work is queued or running */
+    size_t swept;                 /* files the last sweep removed */
+    uint64_t responses_dir_bytes; /* --responses-dir-mb */
     bool stepping, shutting_down, drain_started;
     /* control thread: its own loop owns the signal handles, so a signal is seen at once even
      * while the engine thread is inside a long step */
@@ -1342,11 +1349,35 @@ static void on_live_tick(uv_timer_t *t) {
         }
 }
 
+/* --responses-dir: its files swept down to --responses-dir-mb on the worker pool (disk work
+ * stays off the engine thread), at start and every minute. */
+#define QV_RESP_SWEEP_MS 60000
+static void sweep_work(uv_work_t *w) {
+    server *srv = w->data;
+    srv->swept = qv_resp_store_sweep(srv->resp_store, srv->responses_dir_bytes);
+}
+static void sweep_after(uv_work_t *w, int status) {
+    server *srv = w->data;
+    (void)status;
+    srv->sweeping = false;
+    if (srv->swept)
+        qv_log_tagged(QV_LOG_INFO, "serve", "--responses-dir: %zu old file(s) removed", srv->swept);
+}
+static void on_sweep_tick(uv_timer_t *t) {
+    server *srv = t->data;
+    if (srv->sweeping) return;
+    srv->sweeping = true;
+    srv->sweep_work.data = srv;
+    if (uv_queue_work(&srv->loop, &srv->sweep_work, sweep_work, sweep_after) != 0)
+        srv->sweeping = false;
+}
+
 static void close_all(server *srv) {
     pthread_mutex_lock(&srv->inbox_mu);
     srv->loop_closed = true;
     pthread_mutex_unlock(&srv->inbox_mu);
     uv_close((uv_handle_t *)&srv->live_timer, NULL);
+    uv_close((uv_handle_t *)&srv->sweep_timer, NULL);
     uv_close((uv_handle_t *)&srv->wake, NULL);
     uv_close((uv_handle_t *)&srv->stepper, NULL);
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
@@ -5281,8 +5312,24 @@ int qv_http_serve(const qv_http_config *cfg) {
     pthread_mutex_init(&srv->bg_mu, NULL);
 
     srv->tenants = qv_tenants_create();
+    const char *rdir = cfg->responses_dir && *cfg->responses_dir ? cfg->responses_dir : NULL;
+    if (rdir && cfg->responses_store_mb) {
+        struct stat sb;
+        if ((mkdir(rdir, 0700) != 0 && errno != EEXIST) || stat(rdir, &sb) != 0 ||
+            !S_ISDIR(sb.st_mode) || access(rdir, R_OK | W_OK | X_OK) != 0) {
+            qv_log_tagged(QV_LOG_ERROR, "serve",
+                          "--responses-dir %s: not a directory it can "
+                          "write (%s)",
+                          rdir, strerror(errno));
+            goto out;
+        }
+        srv->responses_dir_bytes = (uint64_t)cfg->responses_dir_mb << 20;
+        qv_log_tagged(QV_LOG_INFO, "serve",
+                      "responses: kept in memory (%zu MiB) and as files in %s (up to %zu MiB)",
+                      cfg->responses_store_mb, rdir, cfg->responses_dir_mb);
+    }
     if (cfg->responses_store_mb &&
-        !(srv->resp_store = qv_resp_store_create(cfg->responses_store_mb << 20)))
+        !(srv->resp_store = qv_resp_store_create_dir(cfg->responses_store_mb << 20, rdir)))
         srv->tenants = (qv_tenants_destroy(srv->tenants), NULL);
     if (!srv->tenants) {
         qv_log_tagged(QV_LOG_ERROR, "serve", "out of memory");
@@ -5381,9 +5428,13 @@ int qv_http_serve(const qv_http_config *cfg) {
     uv_timer_init(&srv->loop, &srv->drain_timer);
     uv_timer_init(&srv->loop, &srv->close_timer);
     uv_timer_init(&srv->loop, &srv->live_timer);
+    uv_timer_init(&srv->loop, &srv->sweep_timer);
     srv->wake.data = srv->stepper.data = srv;
     srv->drain_timer.data = srv->close_timer.data = srv->live_timer.data = srv;
+    srv->sweep_timer.data = srv;
     uv_timer_start(&srv->live_timer, on_live_tick, QV_LIVENESS_MS, QV_LIVENESS_MS);
+    if (srv->resp_store && cfg->responses_dir && *cfg->responses_dir)
+        uv_timer_start(&srv->sweep_timer, on_sweep_tick, 0, QV_RESP_SWEEP_MS);
     if (!adapters_start(srv)) {
         close_all(srv);
         uv_run(&srv->loop, UV_RUN_DEFAULT);

@@ -41,6 +41,8 @@ typedef struct qv_http_config {
     int max_tokens_limit;      /* max_tokens limit (400 beyond); also the chat default */
     int queue_limit;           /* waiting requests before 429 */
     size_t responses_store_mb; /* Responses API: memory for kept responses, MiB; 0 = none */
+    const char *responses_dir; /* and a directory of them (shared by replicas); NULL = none */
+    size_t responses_dir_mb;   /* the directory's files are swept down to this many MiB */
     double drain_timeout_s;    /* SIGTERM: in-flight requests get this long to finish */
     /* adapters */
     const char *adapter_store;    /* store root (adapters/store.h); NULL = no adapters */

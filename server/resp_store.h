@@ -1,8 +1,11 @@
 /*
  * resp_store.h - the Responses API's stored responses: what previous_response_id continues and
  * GET / DELETE /v1/responses/{id} read; and its conversations (/v1/conversations), records of
- * the same kind (the conversation object and its items) under "conv_" ids. In the process's memory
- * (lost on restart, not shared between replicas), bounded in bytes, least recently used out first.
+ * the same kind (the conversation object and its items) under "conv_" ids. In the process's memory,
+ * bounded in bytes, least recently used out first; with a directory (--responses-dir), each
+ * record is also a file there, which is the truth: records survive restarts, and replicas that
+ * share the directory see each other's (a read checks the file's stamp, so a record changed or
+ * deleted by another process is read again or forgotten; edits hold a flock on DIR/.lock).
  * Each response belongs to the API key that made it (a digest of the key): another key finds
  * nothing.
  *
@@ -13,13 +16,22 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine/core.h"
 
 typedef struct qv_resp_store qv_resp_store;
 
-/* A store of at most max_bytes of records (NULL when out of memory). */
+/* A store of at most max_bytes of records in memory (NULL when out of memory). */
 qv_resp_store *qv_resp_store_create(size_t max_bytes);
+/* The same, backed by files in `dir` (an existing directory; NULL: memory only). Records whose
+ * id is not made of letters, digits, '_' and '-' (at most 160) stay in memory. A file that
+ * cannot be written leaves its record in this process only (logged). */
+qv_resp_store *qv_resp_store_create_dir(size_t max_bytes, const char *dir);
+/* With a directory: removes the oldest files (by modification time) until the records' files
+ * take at most max_disk_bytes, and temporary files older than an hour (a writer that died).
+ * Returns the files removed. Records in memory stay until a read finds their file gone. */
+size_t qv_resp_store_sweep(qv_resp_store *s, uint64_t max_disk_bytes);
 void qv_resp_store_free(qv_resp_store *s);
 
 /* Keeps id's record (replacing one of the same id): the response object and the

@@ -48,6 +48,11 @@ static void usage(FILE *f) {
                "                           and GET /v1/responses/{id}, and for conversations,\n"
                "                           MiB; the least recently used leave first; 0 = keep\n"
                "                           none (default 64)\n"
+               "  --responses-dir DIR      also keep them as files in DIR (created if missing):\n"
+               "                           they survive restarts, and replicas that mount the\n"
+               "                           same DIR continue each other's (default: none)\n"
+               "  --responses-dir-mb N     the oldest files in DIR are removed beyond N MiB\n"
+               "                           (checked every minute; default 1024)\n"
                "  --chat-template NAME     chat format instead of the one detected from the\n"
                "                           model's template: chatml, qwen2.5, llama3,\n"
                "                           llama3.1, llama3.2, llama2, llama2-chat, llama2-sys,\n"
@@ -151,6 +156,8 @@ static const opt_def opts[] = {
     {"--max-tokens-limit", "QUIVER_MAX_TOKENS_LIMIT", 1, 1 << 24, 0, OFF(max_tokens_limit)},
     {"--queue-limit", "QUIVER_QUEUE_LIMIT", 0, 1 << 20, 0, OFF(queue_limit)},
     {"--responses-store-mb", "QUIVER_RESPONSES_STORE_MB", 0, 1 << 20, 1, OFF(responses_store_mb)},
+    {"--responses-dir", "QUIVER_RESPONSES_DIR", 0, 0, 2, OFF(responses_dir)},
+    {"--responses-dir-mb", "QUIVER_RESPONSES_DIR_MB", 1, 1 << 24, 1, OFF(responses_dir_mb)},
     {"--drain-timeout-s", "QUIVER_DRAIN_TIMEOUT_S", 0, 86400, 3, OFF(drain_timeout_s)},
     {"--device", "QUIVER_DEVICE", 0, 0, 2, OFF(device)},
     {"--kv-dtype", "QUIVER_KV_DTYPE", 0, 0, 2, OFF(kv_dtype)},
@@ -272,6 +279,7 @@ int qv_cli_serve(int argc, char **argv) {
         .max_tokens_limit = 4096,
         .queue_limit = 256,
         .responses_store_mb = 64,
+        .responses_dir_mb = 1024,
         .drain_timeout_s = 30,
         .adapter_store = default_store(),
         .adapter_host_mb = 1024,

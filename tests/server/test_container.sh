@@ -6,7 +6,8 @@
 #     (the list the image's runtime stage installs);
 #   - `quiver serve` with the image's environment binds 0.0.0.0, the HEALTHCHECK command
 #     succeeds once loaded, a demo adapter preloaded from its image path answers, the store
-#     is created under QUIVER_ADAPTER_STORE, and SIGTERM (docker stop) drains and exits 0;
+#     is created under QUIVER_ADAPTER_STORE, a kept response is a file under
+#     QUIVER_RESPONSES_DIR, and SIGTERM (docker stop) drains and exits 0;
 #   - in real cgroups (created when this test may write the cgroup tree, as root in CI; else
 #     that part is skipped and says so): under a one-CPU quota the default thread count is 1;
 #     under a 768 MiB memory limit the default budgets get a start-up warning, and budgets that
@@ -88,7 +89,7 @@ for k in "${img_env_names[@]}"; do
     v=${!v_name}
     case $k in
     QUIVER_HOME) v=$home ;;
-    QUIVER_ADAPTER_STORE) v=$tmp${v} ;;
+    QUIVER_ADAPTER_STORE | QUIVER_RESPONSES_DIR) v=$tmp${v} ;;
     QUIVER_PORT) v=0 ;;
     esac
     run_env+=("$k=$v")
@@ -124,6 +125,11 @@ body='{"model":"pirate","temperature":0,"max_tokens":8,"messages":[{"role":"user
 out=$(curl -fsS "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' -d "$body")
 grep -q '"model":"pirate"' <<<"$out" || { echo "FAIL: chat on the preloaded adapter: $out"; exit 1; }
 [[ -d $tmp/var/lib/quiver/adapters/objects ]] || { echo "FAIL: no adapter store on the volume"; exit 1; }
+out=$(curl -fsS "http://127.0.0.1:$port/v1/responses" -H 'Content-Type: application/json' \
+    -d '{"input":"Hi","max_output_tokens":4}')
+rid=$(grep -o '"id":"resp_[0-9a-f]*"' <<<"$out" | head -1 | cut -d'"' -f4)
+[[ -n $rid && -f $tmp/var/lib/quiver/responses/$rid ]] ||
+    { echo "FAIL: the kept response ($rid) is not a file on the volume: $out"; exit 1; }
 kill -TERM "$pid"
 rc=0
 wait "$pid" || rc=$?

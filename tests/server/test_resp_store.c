@@ -10,7 +10,12 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -241,11 +246,158 @@ static void test_threads(void **state) {
     qv_resp_store_free(s);
 }
 
+/* ---- a directory shared by two stores (two replicas) ---- */
+
+static char *tmp_dir(void) {
+    static char d[64];
+    snprintf(d, sizeof(d), "/tmp/qv-resp-test-XXXXXX");
+    assert_non_null(mkdtemp(d));
+    return d;
+}
+
+static void rm_dir(const char *d) {
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d);
+    assert_int_equal(system(cmd), 0);
+}
+
+static bool file_exists(const char *d, const char *name) {
+    char p[256];
+    snprintf(p, sizeof(p), "%s/%s", d, name);
+    return access(p, F_OK) == 0;
+}
+
+/* Records written by one store are read by another on the same directory, survive a restart,
+ * follow edits and deletes made elsewhere, and stay the owner's; ids that are no file name stay
+ * in memory; a file that is not a record is nothing. */
+static void test_dir_shared(void **state) {
+    (void)state;
+    const char *d = tmp_dir();
+    qv_resp_store *a = qv_resp_store_create_dir(1 << 20, d),
+                  *b = qv_resp_store_create_dir(1 << 20, d);
+    assert_true(qv_resp_store_put(a, "resp_1", "me", "{\"id\":1}", "[1]"));
+    assert_true(file_exists(d, "resp_1"));
+    char *resp = NULL, *items = NULL;
+    assert_int_equal(qv_resp_store_get(b, "resp_1", "me", &resp, &items), QV_OK);
+    assert_string_equal(resp, "{\"id\":1}");
+    assert_string_equal(items, "[1]");
+    qv_free(resp), qv_free(items);
+    assert_int_equal(qv_resp_store_get(b, "resp_1", "you", NULL, NULL), QV_ERR_NOT_FOUND);
+    /* edits alternate between the two: each sees the other's */
+    assert_true(qv_resp_store_put(a, "conv_c", "me", "{}", ""));
+    int mode = 0;
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(qv_resp_store_edit(i % 2 ? a : b, "conv_c", "me", append_x, &mode), QV_OK);
+    assert_int_equal(qv_resp_store_get(a, "conv_c", "me", NULL, &items), QV_OK);
+    assert_string_equal(items, "xxxxxxxxxx");
+    qv_free(items);
+    /* deleted through b: a forgets its copy */
+    assert_false(qv_resp_store_delete(b, "resp_1", "you"));
+    assert_true(qv_resp_store_delete(b, "resp_1", "me"));
+    assert_false(file_exists(d, "resp_1"));
+    assert_int_equal(qv_resp_store_get(a, "resp_1", "me", NULL, NULL), QV_ERR_NOT_FOUND);
+    /* a restart reads the directory */
+    qv_resp_store_free(a);
+    qv_resp_store *c = qv_resp_store_create_dir(1 << 20, d);
+    assert_int_equal(qv_resp_store_get(c, "conv_c", "me", NULL, &items), QV_OK);
+    assert_int_equal(strlen(items), 10);
+    qv_free(items);
+    /* no file for an id that is not a plain name; such a name reaches no file */
+    assert_true(qv_resp_store_put(c, "../qv-resp-escape", "me", "{}", ""));
+    assert_int_equal(qv_resp_store_get(c, "../qv-resp-escape", "me", NULL, NULL), QV_OK);
+    assert_int_equal(qv_resp_store_get(b, "../qv-resp-escape", "me", NULL, NULL), QV_ERR_NOT_FOUND);
+    assert_false(file_exists(d, "../qv-resp-escape"));
+    FILE *f = fopen("/tmp/qv-resp-test-junk", "w");
+    assert_non_null(f);
+    fputs("QVRESP1\nme\n2\n{}[]", f);
+    fclose(f);
+    assert_int_equal(qv_resp_store_get(c, "../qv-resp-test-junk", "me", NULL, NULL),
+                     QV_ERR_NOT_FOUND);
+    unlink("/tmp/qv-resp-test-junk");
+    char p[256];
+    snprintf(p, sizeof(p), "%s/resp_bad", d);
+    assert_non_null(f = fopen(p, "w"));
+    fputs("QVRESP1\nme\n999\n{}", f); /* a length past the end */
+    fclose(f);
+    assert_int_equal(qv_resp_store_get(c, "resp_bad", "me", NULL, NULL), QV_ERR_NOT_FOUND);
+    qv_resp_store_free(b);
+    qv_resp_store_free(c);
+    rm_dir(d);
+}
+
+static void *dir_appender(void *arg) {
+    qv_resp_store *s = arg;
+    int mode = 0;
+    for (int i = 0; i < 100; i++)
+        if (qv_resp_store_edit(s, "conv_t", "me", append_x, &mode) != QV_OK) return NULL;
+    return NULL;
+}
+
+/* Two stores on one directory, two threads each, appending to one conversation: the
+ * directory's lock loses no edit. */
+static void test_dir_edit_threads(void **state) {
+    (void)state;
+    const char *d = tmp_dir();
+    qv_resp_store *s[2] = {qv_resp_store_create_dir(1 << 20, d),
+                           qv_resp_store_create_dir(1 << 20, d)};
+    assert_true(qv_resp_store_put(s[0], "conv_t", "me", "{}", ""));
+    pthread_t th[4];
+    for (int t = 0; t < 4; t++)
+        assert_int_equal(pthread_create(&th[t], NULL, dir_appender, s[t % 2]), 0);
+    for (int t = 0; t < 4; t++)
+        pthread_join(th[t], NULL);
+    for (int i = 0; i < 2; i++) {
+        char *items = NULL;
+        assert_int_equal(qv_resp_store_get(s[i], "conv_t", "me", NULL, &items), QV_OK);
+        assert_int_equal(strlen(items), 400);
+        qv_free(items);
+        qv_resp_store_free(s[i]);
+    }
+    rm_dir(d);
+}
+
+/* The sweep keeps the newest files within the byte limit and removes a dead writer's
+ * temporary file; a swept record is gone for every store. */
+static void test_dir_sweep(void **state) {
+    (void)state;
+    const char *d = tmp_dir();
+    qv_resp_store *s = qv_resp_store_create_dir(1 << 20, d);
+    char big[1001], id[32], p[256];
+    memset(big, 'b', 1000);
+    big[1000] = '\0';
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof(id), "resp_%d", i);
+        assert_true(qv_resp_store_put(s, id, "me", "{}", big));
+        snprintf(p, sizeof(p), "%s/%s", d, id);
+        const struct timespec t[2] = {{.tv_sec = 1000000 + i}, {.tv_sec = 1000000 + i}};
+        assert_int_equal(utimensat(AT_FDCWD, p, t, 0), 0); /* resp_0 the oldest */
+    }
+    snprintf(p, sizeof(p), "%s/.tmp-resp_x-1-0", d);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fclose(f);
+    const struct timespec old[2] = {{.tv_sec = 1000}, {.tv_sec = 1000}};
+    assert_int_equal(utimensat(AT_FDCWD, p, old, 0), 0);
+    assert_int_equal(qv_resp_store_sweep(s, 1 << 20), 1); /* within the limit: the temporary */
+    assert_false(file_exists(d, ".tmp-resp_x-1-0"));
+    assert_int_equal(qv_resp_store_sweep(s, 4 * 1030), 6);
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof(id), "resp_%d", i);
+        assert_int_equal(file_exists(d, id), i >= 6);
+        assert_int_equal(qv_resp_store_get(s, id, "me", NULL, NULL),
+                         i >= 6 ? QV_OK : QV_ERR_NOT_FOUND);
+    }
+    qv_resp_store_free(s);
+    rm_dir(d);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_put_get_delete), cmocka_unit_test(test_eviction),
         cmocka_unit_test(test_alloc_failures), cmocka_unit_test(test_threads),
         cmocka_unit_test(test_edit),           cmocka_unit_test(test_edit_threads),
+        cmocka_unit_test(test_dir_shared),     cmocka_unit_test(test_dir_edit_threads),
+        cmocka_unit_test(test_dir_sweep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,14 +13,17 @@ conversation; GET / DELETE /v1/responses/{id}; their input items, paged; store f
 other keys find nothing. input_tokens counts what a response would report as its input.
 Conversations (client.conversations): responses in one answer as chat after its items and add
 their turns; items are added, read and deleted; other keys find nothing. Item references read
-kept items. What
-quiver cannot do is refused with 400 naming the field.
+kept items. With --responses-dir, two servers sharing the directory continue each other's
+responses and conversations, see each other's deletes, and a restarted server finds them.
+What quiver cannot do is refused with 400 naming the field.
 
 Usage: test_responses.py QUIVER_BINARY   (run by tests/server/test_responses.sh)
 """
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import jsonschema
@@ -954,6 +957,62 @@ def run_truncation():
     return srv
 
 
+def run_shared_dir():
+    """--responses-dir: two servers on one directory (two replicas behind a load balancer)
+    continue each other's responses and conversations and see each other's deletes; other keys
+    find nothing; a restarted server finds what was kept."""
+    d = tempfile.mkdtemp(prefix="quiver-test-responses-")
+    a = T.Server("--responses-dir", d)
+    b = T.Server("--responses-dir", d)
+    servers = [a, b]
+    try:
+        ca, cb = a.client(), b.client()
+        r1 = ca.responses.create(model=BASE, input="My name is Ada. Say hi.", temperature=0,
+                                 max_output_tokens=16)
+        check(os.path.isfile(os.path.join(d, r1.id)), "a kept response is a file in the dir")
+        got = cb.responses.retrieve(r1.id)
+        check(got.output_text == r1.output_text, "the other server GETs it")
+        check(b.raw("GET", f"/v1/responses/{r1.id}", key="another-key")[0] == 404,
+              "another API key does not find it there")
+        r2 = cb.responses.create(model=BASE, previous_response_id=r1.id, temperature=0,
+                                 input="What is my name?", max_output_tokens=16)
+        want = chat(a, [{"role": "user", "content": "My name is Ada. Say hi."},
+                        {"role": "assistant", "content": r1.output_text},
+                        {"role": "user", "content": "What is my name?"}], max_tokens=16)
+        check(r2.output_text == want["choices"][0]["message"]["content"],
+              f"the other server continues it as chat's answer ({r2.output_text!r})")
+        conv = ca.conversations.create(items=[{"role": "user", "content": "My name is Ada."}])
+        rb = cb.responses.create(model=BASE, conversation=conv.id, input="What is my name?",
+                                 temperature=0, max_output_tokens=8)
+        items = list(ca.conversations.items.list(conv.id, order="asc"))
+        check([i.role for i in items] == ["user", "user", "assistant"] and
+              items[2].id == rb.output[0].id,
+              f"a turn on one server is in the conversation on the other "
+              f"({[i.role for i in items]})")
+        ra = ca.responses.create(model=BASE, conversation=conv.id, input="Thanks.",
+                                 temperature=0, max_output_tokens=8)
+        n = len(list(cb.conversations.items.list(conv.id)))
+        check(n == 5 and ra.output_text, f"and the next turn, back on the first, too ({n} items)")
+        cb.responses.delete(r1.id)
+        check(a.raw("GET", f"/v1/responses/{r1.id}")[0] == 404 and
+              not os.path.exists(os.path.join(d, r1.id)),
+              "deleted on one server: gone on the other (and its file)")
+    finally:
+        for s in servers:
+            s.stop()
+    c = T.Server("--responses-dir", d)
+    servers.append(c)
+    try:
+        got = c.client().responses.retrieve(r2.id)
+        check(got.output_text == r2.output_text, "a restarted server finds a kept response")
+        n = len(list(c.client().conversations.items.list(conv.id)))
+        check(n == 5, f"and the conversation ({n} items)")
+    finally:
+        c.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    return servers
+
+
 def run_no_store():
     """--responses-store-mb 0: nothing is kept; previous_response_id is 404 and says why."""
     srv = T.Server("--responses-store-mb", "0")
@@ -1005,7 +1064,8 @@ def main():
         srv.stop()
     other = run_no_store()
     trunc = run_truncation()
-    reports = [l for l in srv.lines + other.lines + trunc.lines
+    shared = run_shared_dir()
+    reports = [l for l in srv.lines + other.lines + trunc.lines + sum((s.lines for s in shared), [])
                if "Sanitizer" in l or "runtime error:" in l]
     check(not reports, f"no sanitizer report from the server ({reports[:1]})")
     if T.failures:
