@@ -247,8 +247,10 @@ static qv_status read_rec(const qv_resp_store *s, const char *id, char **owner, 
     struct stat sb;
     char *buf = NULL;
     qv_status res = QV_ERR_NOT_FOUND;
+    /* a file larger than this store's records (another replica's limit may be higher) is not
+     * read: it could not be kept here anyway */
     if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0 &&
-        (uint64_t)sb.st_size < ((uint64_t)1 << 40)) {
+        (uint64_t)sb.st_size <= (uint64_t)s->max_bytes + 512) {
         const size_t n = (size_t)sb.st_size;
         res = (buf = qv_malloc(n + 1)) ? QV_OK : QV_ERR_NOMEM;
         for (size_t got = 0; res == QV_OK && got < n;) {
