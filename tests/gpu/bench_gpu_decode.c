@@ -13,6 +13,10 @@
  * top-p 0.95: on the device (qv_forward_run_sample, B token ids read back) and on the host
  * (qv_forward_run_split with whole rows: B x n_vocab floats copied, then the host sampler per
  * row, the engine's path with host_sampling), printed side by side with the greedy step.
+ * Last, speculative decoding's verify step at batch 1 on both real-shaped models: one sequence
+ * whose step carries its token and k = 0, 4, 8 drafts, each with a logits row (argmax on the
+ * device), the position advancing by k + 1 (every draft kept): ms per step, and tokens/s when
+ * every draft is kept, against the plain step (what a kept draft costs on this device).
  * Usage: bench_gpu_decode [steps]   (built only with -DQV_CUDA=ON)
  */
 #include <stdio.h>
@@ -173,6 +177,55 @@ done:
     return rc;
 }
 
+/* Batch-1 steps of 1 + k tokens (the pending token and k drafts, every one with a logits row),
+ * after a PROMPT-token prefill; the sequence advances by 1 + k a step. *ms_step: ms per step. */
+static int run_drafts(qv_forward *fwd, qv_kv_cache *kv, int V, int k, int steps, double *ms_step) {
+    qv_kv_seq seq;
+    memset(&seq, 0, sizeof(seq));
+    const qv_kv_seq *sp[1] = {&seq};
+    static int32_t tok[MAX_TOKENS], pos[MAX_TOKENS], sq[MAX_TOKENS], li[MAX_TOKENS],
+        next[MAX_TOKENS];
+    qv_error err = {0};
+    int rc = -1, p = 0;
+    uint32_t r = 777u;
+    double t0 = 0;
+    for (int st = -1; st < 3 + steps; st++) {
+        const int n = st < 0 ? PROMPT : 1 + k; /* st -1: the prefill */
+        if (st == 3) t0 = qv_time_s();
+        if (qv_kv_seq_reserve(kv, &seq, p + n) != QV_OK) {
+            fprintf(stderr, "drafts: KV cache full\n");
+            goto done;
+        }
+        for (int t = 0; t < n; t++) {
+            r = r * 1664525u + 1013904223u;
+            tok[t] = st < 0 || t > 0 ? (int32_t)((r >> 8) % (uint32_t)V) : next[0];
+            pos[t] = p + t;
+            sq[t] = 0;
+            li[t] = t;
+        }
+        const int n_logits = st < 0 ? 1 : n;
+        if (st < 0) li[0] = n - 1;
+        qv_batch b = {.n_tokens = n,
+                      .tokens = tok,
+                      .pos = pos,
+                      .seq = sq,
+                      .n_seqs = 1,
+                      .seqs = sp,
+                      .n_logits = n_logits,
+                      .logits_idx = li};
+        if (qv_forward_run_greedy(fwd, &b, next, &err) != QV_OK) {
+            fprintf(stderr, "drafts: %s\n", err.msg);
+            goto done;
+        }
+        p += n;
+    }
+    *ms_step = (qv_time_s() - t0) * 1e3 / steps;
+    rc = 0;
+done:
+    qv_kv_seq_release(kv, &seq);
+    return rc;
+}
+
 /* Bandwidth of the projections alone: REPS y += x·Wᵀ on the 1B model's gate weight (8192 x
  * 2048 bf16, 32 MiB) at n = 1 (warp GEMV) and n = 32 (cuBLAS), eager launches. */
 static void gemv_bandwidth(qv_backend *be, const qv_model *m, double bw, char *note, size_t len) {
@@ -240,8 +293,8 @@ int main(int argc, char **argv) {
     printf("\n| model | weights (MB) | batch | ms/step | tokens/s | weight-read floor tokens/s | "
            "ratio to floor | vs batch 1 |\n|---|---|---|---|---|---|---|---|\n");
     int rc = 0;
-    static char notes[12][320], samp[2][200];
-    int n_notes = 0, n_samp = 0;
+    static char notes[12][320], samp[2][200], spec[6][200];
+    int n_notes = 0, n_samp = 0, n_spec = 0;
     for (int mi = 0; mi < 3; mi++) {
         qv_model *m = NULL;
         qv_backend *be = NULL;
@@ -300,6 +353,14 @@ int main(int argc, char **argv) {
                              "| %s | %d | 32 | %.3f | %.3f | %.3f | %.2f | %.2f |", models[mi].name,
                              m->cfg.n_vocab, ms[0], ms[1], ms[2], ms[1] / ms[0], ms[2] / ms[1]);
             }
+            double ms0 = 0;
+            for (int k = 0; mi < 2 && rc == 0 && k <= 8; k += 4) { /* the verify step */
+                double ms = 0;
+                if ((rc = run_drafts(fwd, kv, m->cfg.n_vocab, k, steps, &ms)) != 0) break;
+                if (k == 0) ms0 = ms;
+                snprintf(spec[n_spec++], sizeof spec[0], "| %s | %d | %.3f | %.2f | %.0f | %.2fx |",
+                         models[mi].name, k, ms, ms / ms0, (k + 1) * 1e3 / ms, (k + 1) * ms0 / ms);
+            }
         }
         qv_forward_destroy(fwd);
         qv_kv_cache_destroy(kv);
@@ -312,6 +373,12 @@ int main(int argc, char **argv) {
            "|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < n_samp; i++)
         printf("%s\n", samp[i]);
+    printf("\nSpeculative decoding's verify step at batch 1 (the token and k drafts, each with a "
+           "logits row; every draft kept):\n\n"
+           "| model | drafts k | ms/step | vs k = 0 | tokens/s, all kept | speed-up, all kept |\n"
+           "|---|---|---|---|---|---|\n");
+    for (int i = 0; i < n_spec; i++)
+        printf("%s\n", spec[i]);
     printf("\n");
     for (int i = 0; i < n_notes; i++)
         printf("%s\n", notes[i]);

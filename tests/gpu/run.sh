@@ -4,7 +4,7 @@
 #   san    compute-sanitizer memcheck on the op, forward, SGMV and sampling tests, racecheck on
 #          the SGMV and sampling tests
 #   bench  bench_sgmv, bench_gpu_decode (graphs off / on, the batch-1 switches, greedy vs device
-#          vs host sampling at batch 32)
+#          vs host sampling at batch 32, speculative decoding's verify step at batch 1)
 #   lora   bench_gpu_lora (32 distinct / shared / no adapters at batch 32 against the roofline
 #          R, 1,000 Zipf adapters vs 5, cold-adapter time to first token, graph capture per
 #          batch size) and its summary table
