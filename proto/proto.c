@@ -682,6 +682,12 @@ static bool tool_name_ok(const char *s) {
     return n >= 1 && n <= 64;
 }
 
+/* The function name of a `tools` or allowed_tools entry ({"function": {"name"}}), or NULL. */
+static const char *function_name(const cJSON *t) {
+    const cJSON *n = qv__proto_field(qv__proto_field(t, "function"), "name");
+    return cJSON_IsString(n) ? n->valuestring : NULL;
+}
+
 /* tool_choice {"type": "allowed_tools", "allowed_tools": {"mode", "tools": [{"type":
  * "function", "function": {"name"}}, ...]}}: its list of tools, or NULL for any other
  * tool_choice. */
@@ -697,8 +703,8 @@ static bool tool_allowed(const cJSON *tc, const char *name) {
     const cJSON *list = allowed_tools(tc), *a;
     if (!list) return true;
     cJSON_ArrayForEach(a, list) {
-        const cJSON *n = qv__proto_field(qv__proto_field(a, "function"), "name");
-        if (cJSON_IsString(n) && !strcmp(n->valuestring, name)) return true;
+        const char *n = function_name(a);
+        if (n && !strcmp(n, name)) return true;
     }
     return false;
 }
@@ -719,20 +725,20 @@ static qv_status check_allowed(const cJSON *tc, const cJSON *tools, const char *
                     "\"function\", \"function\": {\"name\": ...}}, ...]}");
     cJSON_ArrayForEach(a, list) {
         const cJSON *t = cJSON_IsObject(a) ? qv__proto_field(a, "type") : NULL;
-        const cJSON *name = qv__proto_field(qv__proto_field(a, "function"), "name");
-        if (!cJSON_IsString(t) || strcmp(t->valuestring, "function") || !cJSON_IsString(name))
+        const char *name = function_name(a);
+        if (!cJSON_IsString(t) || strcmp(t->valuestring, "function") || !name)
             return fail(e, QV_ERR_INVALID, "tool_choice",
                         "'tool_choice.allowed_tools.tools' lists {\"type\": \"function\", "
                         "\"function\": {\"name\": ...}} entries");
         bool found = false;
         const cJSON *t2;
         cJSON_ArrayForEach(t2, tools) {
-            const cJSON *n2 = qv__proto_field(qv__proto_field(t2, "function"), "name");
-            found = found || (cJSON_IsString(n2) && !strcmp(n2->valuestring, name->valuestring));
+            const char *n2 = function_name(t2);
+            found = found || (n2 && !strcmp(n2, name));
         }
         if (!found)
             return fail(e, QV_ERR_INVALID, "tool_choice",
-                        "'tool_choice' allows '%.64s', which is not in 'tools'", name->valuestring);
+                        "'tool_choice' allows '%.64s', which is not in 'tools'", name);
     }
     *mode = m->valuestring;
     return QV_OK;
@@ -801,10 +807,7 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
                         "JSON schema object and 'strict' a boolean",
                         i);
         for (int k = 0; k < i; k++)
-            if (!strcmp(qv__proto_field(qv__proto_field(cJSON_GetArrayItem(tools, k), "function"),
-                                        "name")
-                            ->valuestring,
-                        name->valuestring))
+            if (!strcmp(function_name(cJSON_GetArrayItem(tools, k)), name->valuestring))
                 return fail(e, QV_ERR_INVALID, "tools",
                             "tools[%d]: the function '%s' is declared twice", i, name->valuestring);
         if (want && !strcmp(name->valuestring, want->valuestring)) named = fn;
@@ -840,17 +843,20 @@ static qv_status decode_tools(const cJSON *root, qv_proto_request *r, qv_proto_e
             st = qv_errorf(&err, QV_ERR_INVALID, "the parameters must be an object schema");
     } else {
         r->tool_choice = QV_PROTO_TOOLS_REQUIRED;
-        cJSON *list = cJSON_CreateArray(); /* the tools the answer may call */
-        const cJSON *t;
-        cJSON_ArrayForEach(t, tools) {
-            const char *name = qv__proto_field(qv__proto_field(t, "function"), "name")->valuestring;
-            if (list && tool_allowed(tc, name) &&
-                !cJSON_AddItemToArray(list, cJSON_Duplicate(t, true))) {
-                cJSON_Delete(list);
-                list = NULL;
+        /* the tools the answer may call: all of them, or those allowed_tools lists */
+        cJSON *list = NULL;
+        if (allowed_tools(tc)) {
+            if (!(list = cJSON_CreateArray())) return qv__proto_nomem(e);
+            const cJSON *t;
+            cJSON_ArrayForEach(t, tools) {
+                if (tool_allowed(tc, function_name(t)) &&
+                    !cJSON_AddItemToArray(list, cJSON_Duplicate(t, true))) {
+                    cJSON_Delete(list);
+                    return qv__proto_nomem(e);
+                }
             }
         }
-        char *text = list ? cJSON_PrintUnformatted(list) : NULL;
+        char *text = cJSON_PrintUnformatted(list ? list : tools);
         cJSON_Delete(list);
         if (!text) return qv__proto_nomem(e);
         st = qv_json_schema_compile_calls(text, strlen(text), r->parallel_tool_calls,
@@ -889,9 +895,8 @@ static qv_status tools_text(const cJSON *root, const char *body, size_t len, qv_
     const size_t k = qv_json_list_items(body + off, n, io, in, QV_PROTO_MAX_TOOLS);
     r->tools_text[at++] = '[';
     for (size_t i = 0; i < k && i < QV_PROTO_MAX_TOOLS; i++) {
-        const cJSON *name =
-            qv__proto_field(qv__proto_field(cJSON_GetArrayItem(tools, (int)i), "function"), "name");
-        if (!cJSON_IsString(name) || !tool_allowed(tc, name->valuestring)) continue;
+        const char *name = function_name(cJSON_GetArrayItem(tools, (int)i));
+        if (!name || !tool_allowed(tc, name)) continue;
         if (at > 1) memcpy(r->tools_text + at, ", ", 2), at += 2;
         memcpy(r->tools_text + at, body + off + io[i], in[i]);
         at += in[i];

@@ -183,7 +183,8 @@ static bool id_ok(const char *id) {
     return n > 0;
 }
 
-static bool on_disk(const qv_resp_store *s, const char *id) { return s->dir && id_ok(id); }
+/* Whether id's record is (also) a file: a directory, and an id that can name one. */
+static bool in_dir(const qv_resp_store *s, const char *id) { return s->dir && id_ok(id); }
 
 static void path_of(const qv_resp_store *s, const char *id, char *out, size_t cap) {
     snprintf(out, cap, "%s/%s", s->dir, id);
@@ -316,7 +317,7 @@ static void insert_locked(qv_resp_store *s, rec *r) {
 /* With a directory: brings id's record in memory in line with its file (read when missing or
  * changed, forgotten when the file is gone). A record that never had a file stays. */
 static void refresh(qv_resp_store *s, const char *id) {
-    if (!on_disk(s, id)) return;
+    if (!in_dir(s, id)) return;
     char path[4096];
     path_of(s, id, path, sizeof(path));
     struct stat sb;
@@ -350,7 +351,7 @@ bool qv_resp_store_put(qv_resp_store *s, const char *id, const char *owner, cons
     if (rec_bytes(id, owner, response, items) > s->max_bytes) return false;
     rec *r = rec_new(id, owner, response, items);
     if (!r) return false;
-    if (on_disk(s, id)) {
+    if (in_dir(s, id)) {
         r->on_disk = write_rec(s, id, owner, response, items, &r->st);
         if (!r->on_disk)
             QV_LOGW("responses: %s not written to %s (%s); kept in this process only", id, s->dir,
@@ -403,7 +404,7 @@ static int lock_dir(const qv_resp_store *s) {
 qv_status qv_resp_store_edit(qv_resp_store *s, const char *id, const char *owner,
                              qv_resp_store_edit_fn edit, void *user) {
     char *resp2 = NULL, *items2 = NULL;
-    const int lk = on_disk(s, id) ? lock_dir(s) : -1;
+    const int lk = in_dir(s, id) ? lock_dir(s) : -1;
     refresh(s, id);
     pthread_mutex_lock(&s->mu);
     rec *r = *slot_of(s, id);

@@ -255,6 +255,13 @@ static void gemv_bandwidth(qv_backend *be, const qv_model *m, double bw, char *n
     if (x) be->iface->free(be, x);
 }
 
+/* A table: its title and header, then its rows (one line each). */
+static void print_table(const char *head, char (*rows)[200], int n) {
+    printf("\n%s\n", head);
+    for (int i = 0; i < n; i++)
+        printf("%s\n", rows[i]);
+}
+
 int main(int argc, char **argv) {
     int steps = argc > 1 ? atoi(argv[1]) : 32;
     if (steps <= 0) steps = 32;
@@ -367,18 +374,16 @@ int main(int argc, char **argv) {
         if (be) be->iface->destroy(be);
         qv_synth_model_free(m);
     }
-    printf("\nSampling (temperature 0.8, top-p 0.95), ms per decode step:\n\n"
-           "| model | vocab | batch | greedy (device argmax) | sampled on the device | sampled on "
-           "the host (rows copied) | device / greedy | host / device |\n"
-           "|---|---|---|---|---|---|---|---|\n");
-    for (int i = 0; i < n_samp; i++)
-        printf("%s\n", samp[i]);
-    printf("\nSpeculative decoding's verify step at batch 1 (the token and k drafts, each with a "
-           "logits row; every draft kept):\n\n"
-           "| model | drafts k | ms/step | vs k = 0 | tokens/s, all kept | speed-up, all kept |\n"
-           "|---|---|---|---|---|---|\n");
-    for (int i = 0; i < n_spec; i++)
-        printf("%s\n", spec[i]);
+    print_table("Sampling (temperature 0.8, top-p 0.95), ms per decode step:\n\n"
+                "| model | vocab | batch | greedy (device argmax) | sampled on the device | "
+                "sampled on the host (rows copied) | device / greedy | host / device |\n"
+                "|---|---|---|---|---|---|---|---|",
+                samp, n_samp);
+    print_table("Speculative decoding's verify step at batch 1 (the token and k drafts, each with "
+                "a logits row; every draft kept):\n\n"
+                "| model | drafts k | ms/step | vs k = 0 | tokens/s, all kept | speed-up, all kept "
+                "|\n|---|---|---|---|---|---|",
+                spec, n_spec);
     printf("\n");
     for (int i = 0; i < n_notes; i++)
         printf("%s\n", notes[i]);

@@ -110,6 +110,9 @@ static bool schema_takes(const qv_json_schema *sch, const char *text) {
     return qv_json_schema_feed(sch, &st, (const uint8_t *)text, strlen(text));
 }
 
+/* A chat body with tools (the first %s) and a tool_choice (the second). */
+#define ALLOWED_BODY "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":%s}"
+
 /* tool_choice allowed_tools (chat's, and the Responses API's shape through its decoder):
  * "required" calls only the allowed functions, "auto" shows the template only them (the raw
  * items as sent); unknown names, bad modes and other shapes are 400 naming tool_choice. */
@@ -122,12 +125,10 @@ static void test_allowed_tools(void **state) {
         "\"function\":{\"name\":\"b\",\"parameters\":{\"type\":\"object\"}}},{\"type\":"
         "\"function\",\"function\":{\"name\":\"c\"}}]";
     char body[1024];
-    snprintf(body, sizeof(body),
-             "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":{\"type\":"
-             "\"allowed_tools\",\"allowed_tools\":{\"mode\":\"required\",\"tools\":[{\"type\":"
-             "\"function\",\"function\":{\"name\":\"c\"}},{\"type\":\"function\",\"function\":{"
-             "\"name\":\"b\"}}]}}}",
-             tools);
+    snprintf(body, sizeof(body), ALLOWED_BODY, tools,
+             "{\"type\":\"allowed_tools\",\"allowed_tools\":{\"mode\":\"required\",\"tools\":[{"
+             "\"type\":\"function\",\"function\":{\"name\":\"c\"}},{\"type\":\"function\","
+             "\"function\":{\"name\":\"b\"}}]}}");
     assert_int_equal(dec(QV_PROTO_CHAT, body, &r, &e), QV_OK);
     assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_REQUIRED);
     assert_true(schema_takes(r.json_schema, "[{\"name\":\"b\""));
@@ -138,11 +139,9 @@ static void test_allowed_tools(void **state) {
                         "\"type\":\"object\"}}}, {\"type\":\"function\",\"function\":{\"name\":"
                         "\"c\"}}]");
     qv_proto_request_free(&r);
-    snprintf(body, sizeof(body),
-             "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":{\"type\":"
-             "\"allowed_tools\",\"allowed_tools\":{\"mode\":\"auto\",\"tools\":[{\"type\":"
-             "\"function\",\"function\":{\"name\":\"a\"}}]}}}",
-             tools);
+    snprintf(body, sizeof(body), ALLOWED_BODY, tools,
+             "{\"type\":\"allowed_tools\",\"allowed_tools\":{\"mode\":\"auto\",\"tools\":[{"
+             "\"type\":\"function\",\"function\":{\"name\":\"a\"}}]}}");
     assert_int_equal(dec(QV_PROTO_CHAT, body, &r, &e), QV_OK);
     assert_int_equal(r.tool_choice, QV_PROTO_TOOLS_AUTO);
     assert_null(r.json_schema);
@@ -160,9 +159,7 @@ static void test_allowed_tools(void **state) {
         "{\"type\":\"allowed_tools\"}",
     };
     for (size_t i = 0; i < QV_ARRAY_LEN(bad); i++) {
-        snprintf(body, sizeof(body),
-                 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":%s}",
-                 tools, bad[i]);
+        snprintf(body, sizeof(body), ALLOWED_BODY, tools, bad[i]);
         assert_int_equal(dec(QV_PROTO_CHAT, body, &r, &e), QV_ERR_INVALID);
         assert_string_equal(e.param, "tool_choice");
         qv_proto_request_free(&r);

@@ -185,11 +185,17 @@ static void test_edit(void **state) {
     qv_resp_store_free(s);
 }
 
+/* A thread appending n "x" to conv_t, one edit each. */
+typedef struct appender_arg {
+    qv_resp_store *s;
+    int n;
+} appender_arg;
+
 static void *appender(void *arg) {
-    qv_resp_store *s = arg;
+    const appender_arg *a = arg;
     int mode = 0;
-    for (int i = 0; i < 500; i++)
-        if (qv_resp_store_edit(s, "conv_t", "me", append_x, &mode) != QV_OK) return NULL;
+    for (int i = 0; i < a->n; i++)
+        if (qv_resp_store_edit(a->s, "conv_t", "me", append_x, &mode) != QV_OK) return NULL;
     return NULL;
 }
 
@@ -198,8 +204,9 @@ static void test_edit_threads(void **state) {
     qv_resp_store *s = qv_resp_store_create(1 << 20);
     assert_true(qv_resp_store_put(s, "conv_t", "me", "{}", ""));
     pthread_t th[4];
+    appender_arg a = {s, 500};
     for (int t = 0; t < 4; t++)
-        assert_int_equal(pthread_create(&th[t], NULL, appender, s), 0);
+        assert_int_equal(pthread_create(&th[t], NULL, appender, &a), 0);
     for (int t = 0; t < 4; t++)
         pthread_join(th[t], NULL);
     char *items = NULL;
@@ -325,14 +332,6 @@ static void test_dir_shared(void **state) {
     rm_dir(d);
 }
 
-static void *dir_appender(void *arg) {
-    qv_resp_store *s = arg;
-    int mode = 0;
-    for (int i = 0; i < 100; i++)
-        if (qv_resp_store_edit(s, "conv_t", "me", append_x, &mode) != QV_OK) return NULL;
-    return NULL;
-}
-
 /* Two stores on one directory, two threads each, appending to one conversation: the
  * directory's lock loses no edit. */
 static void test_dir_edit_threads(void **state) {
@@ -342,8 +341,9 @@ static void test_dir_edit_threads(void **state) {
                            qv_resp_store_create_dir(1 << 20, d)};
     assert_true(qv_resp_store_put(s[0], "conv_t", "me", "{}", ""));
     pthread_t th[4];
+    appender_arg a[2] = {{s[0], 100}, {s[1], 100}};
     for (int t = 0; t < 4; t++)
-        assert_int_equal(pthread_create(&th[t], NULL, dir_appender, s[t % 2]), 0);
+        assert_int_equal(pthread_create(&th[t], NULL, appender, &a[t % 2]), 0);
     for (int t = 0; t < 4; t++)
         pthread_join(th[t], NULL);
     for (int i = 0; i < 2; i++) {
