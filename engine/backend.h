@@ -140,6 +140,10 @@ struct qv_backend {
  * Owner: the caller, release with be->iface->destroy(be). */
 qv_status qv_backend_cpu_create(int n_threads, qv_backend **out, qv_error *err);
 
+/* The CPU kernels a backend created now runs, for logs: "avx512" (AVX2 kernels, AVX-512
+ * matmul), "avx2" or "portable": the CPU's widest, capped by QV_CPU_SIMD ("0" or "avx2"). */
+const char *qv_backend_cpu_kernels(void);
+
 #ifdef __cplusplus
 }
 #endif

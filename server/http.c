@@ -56,6 +56,7 @@
 #include "adapters/adapters.h"
 #include "adapters/registry.h"
 #include "adapters/store.h"
+#include "engine/backend.h"
 #include "engine/engine.h"
 #include "engine/json_grammar.h"
 #include "proto/proto.h"
@@ -5475,14 +5476,17 @@ int qv_http_serve(const qv_http_config *cfg) {
     qv_log_tagged(
         QV_LOG_INFO, "serve",
         "budgets: kv %zu MiB = %d pages x %d tokens (%s), prefix cache %s, max-batch-tokens %d, "
-        "max-seqs %d, max-loras %d, threads %d (%s), http-threads %d, max-body-bytes %zu, "
+        "max-seqs %d, max-loras %d, threads %d (%s; %s kernels), http-threads %d, "
+        "max-body-bytes %zu, "
         "max-prompt-tokens %d, "
         "max-tokens-limit %d, queue-limit %d, drain-timeout %.0f s, api-key %s",
         cfg->kv_mb, qv_engine_kv_pages(srv->engine), qv_engine_kv_page_size(srv->engine),
         qv_engine_kv_elem_bytes(srv->engine) == 2 ? "bf16" : "f32",
         cfg->prefix_cache ? "on" : "off", cfg->max_batch_tokens, cfg->max_seqs, cfg->max_loras,
-        n_threads, threads_why, cfg->http_threads, cfg->max_body_bytes, cfg->max_prompt_tokens,
-        cfg->max_tokens_limit, cfg->queue_limit, cfg->drain_timeout_s,
+        n_threads, threads_why,
+        cfg->device && !strcmp(cfg->device, "cuda") ? "cuda" : qv_backend_cpu_kernels(),
+        cfg->http_threads, cfg->max_body_bytes, cfg->max_prompt_tokens, cfg->max_tokens_limit,
+        cfg->queue_limit, cfg->drain_timeout_s,
         (cfg->api_key && *cfg->api_key) || srv->kr ? "required" : "off");
     qv_engine_stats es0;
     qv_engine_get_stats(srv->engine, &es0);

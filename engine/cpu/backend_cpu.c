@@ -2,8 +2,9 @@
  * backend_cpu.c - the CPU implementation of struct qv_backend_i: creation, the vtable, and
  * 64-byte aligned host allocations. The ops themselves live in matmul.c, ops.c, attention.c.
  *
- * What not: no op logic here. Invariant: ctx->simd is fixed at creation (QV_CPU_SIMD=0 in
- * the environment forces the portable kernels; otherwise AVX2+FMA+F16C when the CPU has them).
+ * What not: no op logic here. Invariant: ctx->simd and ctx->matmul_simd are fixed at creation
+ * (QV_CPU_SIMD=0 in the environment forces the portable kernels, QV_CPU_SIMD=avx2 rules out
+ * AVX-512; otherwise the widest the CPU has: AVX2+FMA+F16C, and AVX-512 for the matmul).
  * Thread: a backend is confined to the engine thread that created it (backend.h).
  */
 #include <stdlib.h>
@@ -110,6 +111,31 @@ bool qv__cpu_has_avx2(void) {
 #endif
 }
 
+bool qv__cpu_has_avx512(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    /* The compiler's probe also checks that the OS saves the opmask and ZMM state (XCR0). */
+    __builtin_cpu_init();
+    return qv__cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return false;
+#endif
+}
+
+enum qv__cpu_simd qv__cpu_simd_level(void) {
+    const char *env = getenv("QV_CPU_SIMD");
+    if ((env && strcmp(env, "0") == 0) || !qv__cpu_has_avx2()) return QV_CPU_SIMD_NONE;
+    if ((env && strcmp(env, "avx2") == 0) || !qv__cpu_has_avx512()) return QV_CPU_SIMD_AVX2;
+    return QV_CPU_SIMD_AVX512;
+}
+
+const char *qv__cpu_simd_name(enum qv__cpu_simd s) {
+    return s == QV_CPU_SIMD_AVX512 ? "avx512" : s == QV_CPU_SIMD_AVX2 ? "avx2" : "portable";
+}
+
+const char *qv_backend_cpu_kernels(void) { return qv__cpu_simd_name(qv__cpu_simd_level()); }
+
 qv_status qv_backend_cpu_create(int n_threads, qv_backend **out, qv_error *err) {
     *out = NULL;
     qv_status st;
@@ -126,11 +152,12 @@ qv_status qv_backend_cpu_create(int n_threads, qv_backend **out, qv_error *err) 
     be->iface = &cpu_iface;
     be->ctx = cx;
     cx->n_threads = n_threads;
-    const char *env = getenv("QV_CPU_SIMD");
-    cx->simd = qv__cpu_has_avx2() && !(env && strcmp(env, "0") == 0);
+    cx->matmul_simd = qv__cpu_simd_level();
+    cx->simd = cx->matmul_simd != QV_CPU_SIMD_NONE;
     st = qv__cpu_pool_create(n_threads, &cx->pool, err);
     if (st != QV_OK) goto fail;
-    QV_LOGD("cpu backend: %d threads, %s kernels", n_threads, cx->simd ? "avx2" : "portable");
+    QV_LOGD("cpu backend: %d threads, %s kernels (matmul %s)", n_threads,
+            cx->simd ? "avx2" : "portable", qv__cpu_simd_name(cx->matmul_simd));
     *out = be;
     return QV_OK;
 fail:

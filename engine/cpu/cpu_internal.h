@@ -3,8 +3,9 @@
  *
  * backend_cpu.c owns the vtable and the context; matmul.c, ops.c and attention.c implement
  * the ops against this context. The `simd` flag selects the AVX2+FMA+F16C kernels or the
- * portable ones for the whole lifetime of a backend instance (chosen at creation from the CPU
- * and the QV_CPU_SIMD environment variable).
+ * portable ones, and `matmul_simd` the matmul's widest kernels (portable, AVX2 or AVX-512), for
+ * the whole lifetime of a backend instance (chosen at creation from the CPU and the QV_CPU_SIMD
+ * environment variable).
  * Thread: a context is used by its engine thread; worker threads only see per-op task structs.
  */
 #ifndef QV_CPU_INTERNAL_H
@@ -13,16 +14,30 @@
 #include "backend.h"
 #include "cpu/threadpool.h"
 
+/* Kernel families, narrowest first. */
+enum qv__cpu_simd {
+    QV_CPU_SIMD_NONE,   /* portable C */
+    QV_CPU_SIMD_AVX2,   /* AVX2 + FMA + F16C */
+    QV_CPU_SIMD_AVX512, /* AVX-512 F/BW/DQ/VL on top of AVX2 (matmul only) */
+};
+
 typedef struct qv__cpu_ctx {
     qv__cpu_pool *pool;
     int n_threads;
-    bool simd;      /* AVX2+FMA+F16C kernels */
+    bool simd;                     /* AVX2+FMA+F16C kernels (attention, LoRA, matmul) */
+    enum qv__cpu_simd matmul_simd; /* the matmul's kernels */
     float *scratch; /* attention score scratch, n_threads * scratch_per_thread floats */
     size_t scratch_per_thread;
 } qv__cpu_ctx;
 
 /* True when the running CPU has AVX2, FMA and F16C. */
 bool qv__cpu_has_avx2(void);
+/* True when it also has AVX-512 F, BW, DQ and VL with the OS saving the ZMM state. */
+bool qv__cpu_has_avx512(void);
+/* The kernels a backend created now would use: the CPU's widest, capped by QV_CPU_SIMD
+ * ("0" portable, "avx2" no AVX-512; unset or anything else: the widest). */
+enum qv__cpu_simd qv__cpu_simd_level(void);
+const char *qv__cpu_simd_name(enum qv__cpu_simd s);
 
 /* Backend op implementations (semantics in backend.h). */
 void qv__cpu_matmul(qv__cpu_ctx *cx, const qv_tensor *w, const float *x, int n, float *y,

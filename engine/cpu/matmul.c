@@ -12,7 +12,9 @@
  * size (8/4/2/1), the row-tile size (8/NT or 1) or the thread that runs the row; the lanes are
  * then reduced in one fixed order. Hence y is bitwise identical for any n, any batch
  * composition and any thread count. The portable path keeps the same shape (8 scalar lanes
- * per pair); it is not bitwise equal to the AVX2 path, only to itself.
+ * per pair); it is not bitwise equal to the AVX2 path, only to itself. The AVX-512 path (chosen
+ * at backend creation where the CPU has it) has its own fixed shape: 16 lanes per pair, two
+ * FMAs per chunk; bitwise equal to itself, not to the other two.
  *
  * Parallelisation: over output rows only (never the reduction): threads pull chunks of rows
  * from an atomic counter; inside a chunk, tokens are tiled (8, 4, 2, 1) and rows are tiled so
@@ -345,6 +347,169 @@ static const tile_fn avx2_tiles[QV_DTYPE_COUNT][4][2] = {
     TILE_ROW_AVX2(Q4_K), TILE_ROW_AVX2(Q6_K),
 };
 
+/* ------------------------------------------------------------------------------------------ */
+/* AVX-512 (F, BW, DQ, VL) kernels: 16-float lanes, 32 vector registers.                      */
+/* Same contract as the AVX2 path, with its own fixed shape: each (row, token) pair owns one  */
+/* 16-lane accumulator that receives two FMAs per 32-element chunk in column order, reduced   */
+/* by hsum16. Bitwise equal to itself for any n, tile and thread count, not to the AVX2 path. */
+/* ------------------------------------------------------------------------------------------ */
+
+#define QV_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl")))
+#define QV_AVX512_INLINE                                                                           \
+    static inline                                                                                  \
+        __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl")))
+
+/* Two AVX2 halves (elements 0..15 and 16..31) as 16-float vectors: for the dtypes without a
+ * native 512-bit dequantization (the values are those of the AVX2 path). */
+QV_AVX512_INLINE void join4(const __m256 W[4], __m512 V[2]) {
+    V[0] = _mm512_insertf32x8(_mm512_castps256_ps512(W[0]), W[1], 1);
+    V[1] = _mm512_insertf32x8(_mm512_castps256_ps512(W[2]), W[3], 1);
+}
+
+#define DEQ512_VIA_AVX2(T)                                                                         \
+    QV_AVX512_INLINE void deq512_##T(const uint8_t *row, int64_t c, __m512 V[2]) {                 \
+        __m256 W[4];                                                                               \
+        deq_##T(row, c, W);                                                                        \
+        join4(W, V);                                                                               \
+    }
+DEQ512_VIA_AVX2(Q5_0)
+DEQ512_VIA_AVX2(Q5_1)
+DEQ512_VIA_AVX2(Q4_K)
+DEQ512_VIA_AVX2(Q6_K)
+
+QV_AVX512_INLINE void deq512_F32(const uint8_t *row, int64_t c, __m512 V[2]) {
+    const float *p = (const float *)(const void *)row + 32 * c;
+    V[0] = _mm512_loadu_ps(p);
+    V[1] = _mm512_loadu_ps(p + 16);
+}
+
+QV_AVX512_INLINE void deq512_F16(const uint8_t *row, int64_t c, __m512 V[2]) {
+    const uint8_t *p = row + 64 * c;
+    V[0] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    V[1] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)));
+}
+
+QV_AVX512_INLINE void deq512_BF16(const uint8_t *row, int64_t c, __m512 V[2]) {
+    const uint8_t *p = row + 64 * c;
+    for (int k = 0; k < 2; k++) {
+        __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 32 * k)));
+        V[k] = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+    }
+}
+
+QV_AVX512_INLINE void deq512_Q8_0(const uint8_t *row, int64_t c, __m512 V[2]) {
+    const uint8_t *p = row + 34 * c;
+    __m512 vd = _mm512_set1_ps(f16s(p));
+    for (int k = 0; k < 2; k++) {
+        __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2 + 16 * k)));
+        V[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(q), vd);
+    }
+}
+
+/* 16 packed bytes -> the 32 nibble values: low nibbles are elements 0..15, high 16..31. */
+QV_AVX512_INLINE void nibbles512(const uint8_t *qs, __m512 V[2]) {
+    __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    V[0] = _mm512_cvtepi32_ps(_mm512_and_si512(a, _mm512_set1_epi32(0xF)));
+    V[1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(a, 4));
+}
+
+/* fma(q, d, -8d), exact as in deq_Q4_0. */
+QV_AVX512_INLINE void deq512_Q4_0(const uint8_t *row, int64_t c, __m512 V[2]) {
+    const uint8_t *p = row + 18 * c;
+    float d = f16s(p);
+    nibbles512(p + 2, V);
+    __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(-8.0f * d);
+    V[0] = _mm512_fmadd_ps(V[0], vd, vm);
+    V[1] = _mm512_fmadd_ps(V[1], vd, vm);
+}
+
+QV_AVX512_INLINE void deq512_Q4_1(const uint8_t *row, int64_t c, __m512 V[2]) {
+    const uint8_t *p = row + 20 * c;
+    __m512 vd = _mm512_set1_ps(f16s(p)), vm = _mm512_set1_ps(f16s(p + 2));
+    nibbles512(p + 4, V);
+    V[0] = _mm512_fmadd_ps(V[0], vd, vm);
+    V[1] = _mm512_fmadd_ps(V[1], vd, vm);
+}
+
+QV_AVX512_INLINE float hsum16(__m512 v) {
+    return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+
+/* One tile of RT rows x NT tokens (16-lane accumulators; up to 16 of the 32 registers). */
+#define DEF_TILE_AVX512(T, RT, NT)                                                                 \
+    static QV_AVX512 void tile_avx512_##T##_##RT##_##NT(const struct mm_args *a, int64_t r0,       \
+                                                        int t0) {                                  \
+        __m512 acc[RT][NT];                                                                        \
+        const uint8_t *wr[RT];                                                                     \
+        const float *xr[NT];                                                                       \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                     \
+            wr[r] = a->w + (size_t)(r0 + r) * a->row_bytes;                                        \
+            _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();  \
+        }                                                                                          \
+        _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) xr[t] =                               \
+            a->x + (size_t)(t0 + t) * (size_t)a->n_cols;                                           \
+        const size_t pf_dist = PF_ROWS * a->row_bytes, chunk_bytes = a->chunk_bytes;               \
+        for (int64_t c = 0; c < a->n_chunks; c++) {                                                \
+            _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                 \
+                __m512 V[2];                                                                       \
+                _mm_prefetch((const char *)((uintptr_t)wr[r] + pf_dist + (size_t)c * chunk_bytes), \
+                             _MM_HINT_T0);                                                         \
+                deq512_##T(wr[r], c, V);                                                           \
+                _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) {                             \
+                    const float *xp = xr[t] + 32 * c;                                              \
+                    acc[r][t] = _mm512_fmadd_ps(V[0], _mm512_loadu_ps(xp), acc[r][t]);             \
+                    acc[r][t] = _mm512_fmadd_ps(V[1], _mm512_loadu_ps(xp + 16), acc[r][t]);        \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        for (int r = 0; r < RT; r++)                                                               \
+            for (int t = 0; t < NT; t++) {                                                         \
+                float s = hsum16(acc[r][t]);                                                       \
+                if (a->n_tail) s += tail_dot(a->dtype, wr[r], xr[t], 32 * a->n_chunks, a->n_tail); \
+                if (a->bias) s += a->bias[r0 + r];                                                 \
+                a->y[(size_t)(t0 + t) * (size_t)a->n_rows + (size_t)(r0 + r)] = s;                 \
+            }                                                                                      \
+    }
+
+/* Main tiles 8x1, 8x2, 4x4, 2x8 (8 to 16 accumulators; row counts divide a job's multiple of
+ * 8 rows), plus the single-row tile of each token count. */
+#define DEF_TILES_AVX512(T)                                                                        \
+    DEF_TILE_AVX512(T, 8, 1)                                                                       \
+    DEF_TILE_AVX512(T, 1, 1)                                                                       \
+    DEF_TILE_AVX512(T, 8, 2)                                                                       \
+    DEF_TILE_AVX512(T, 1, 2)                                                                       \
+    DEF_TILE_AVX512(T, 4, 4)                                                                       \
+    DEF_TILE_AVX512(T, 1, 4)                                                                       \
+    DEF_TILE_AVX512(T, 2, 8)                                                                       \
+    DEF_TILE_AVX512(T, 1, 8)
+
+DEF_TILES_AVX512(F32)
+DEF_TILES_AVX512(F16)
+DEF_TILES_AVX512(BF16)
+DEF_TILES_AVX512(Q8_0)
+DEF_TILES_AVX512(Q4_0)
+DEF_TILES_AVX512(Q4_1)
+DEF_TILES_AVX512(Q5_0)
+DEF_TILES_AVX512(Q5_1)
+DEF_TILES_AVX512(Q4_K)
+DEF_TILES_AVX512(Q6_K)
+
+#define TILE_ROW_AVX512(T)                                                                         \
+    [QV_DTYPE_##T] = {{tile_avx512_##T##_8_1, tile_avx512_##T##_1_1},                              \
+                      {tile_avx512_##T##_8_2, tile_avx512_##T##_1_2},                              \
+                      {tile_avx512_##T##_4_4, tile_avx512_##T##_1_4},                              \
+                      {tile_avx512_##T##_2_8, tile_avx512_##T##_1_8}}
+
+static const tile_fn avx512_tiles[QV_DTYPE_COUNT][4][2] = {
+    TILE_ROW_AVX512(F32),  TILE_ROW_AVX512(F16),  TILE_ROW_AVX512(BF16), TILE_ROW_AVX512(Q8_0),
+    TILE_ROW_AVX512(Q4_0), TILE_ROW_AVX512(Q4_1), TILE_ROW_AVX512(Q5_0), TILE_ROW_AVX512(Q5_1),
+    TILE_ROW_AVX512(Q4_K), TILE_ROW_AVX512(Q6_K),
+};
+
+/* Rows of the main tile per log2(token tile), for each path. */
+static const int avx2_rows[4] = {8, 4, 2, 1};
+static const int avx512_rows[4] = {8, 8, 4, 2};
+
 #endif /* QV_HAVE_X86 */
 
 /* ------------------------------------------------------------------------------------------ */
@@ -386,7 +551,7 @@ static int token_tile(int left) { return left >= 8 ? 8 : left >= 4 ? 4 : left >=
 
 struct mm_task {
     struct mm_args *a;
-    bool simd;
+    enum qv__cpu_simd simd;
 };
 
 static void mm_task_fn(void *arg, int part, int nth) {
@@ -402,11 +567,12 @@ static void mm_task_fn(void *arg, int part, int nth) {
         for (int t0 = 0; t0 < a->n;) {
             int nt = token_tile(a->n - t0);
 #if QV_HAVE_X86
-            if (task->simd) {
+            if (task->simd != QV_CPU_SIMD_NONE) {
                 int lg = nt == 8 ? 3 : nt == 4 ? 2 : nt == 2 ? 1 : 0;
-                int rt = 8 / nt;
-                tile_fn main_fn = avx2_tiles[a->dtype][lg][0];
-                tile_fn one_fn = avx2_tiles[a->dtype][lg][1];
+                bool wide = task->simd == QV_CPU_SIMD_AVX512;
+                int rt = wide ? avx512_rows[lg] : avx2_rows[lg];
+                tile_fn main_fn = (wide ? avx512_tiles : avx2_tiles)[a->dtype][lg][0];
+                tile_fn one_fn = (wide ? avx512_tiles : avx2_tiles)[a->dtype][lg][1];
                 int64_t r = rb;
                 for (; r + rt <= re; r += rt)
                     main_fn(a, r, t0);
@@ -456,7 +622,7 @@ void qv__cpu_matmul(qv__cpu_ctx *cx, const qv_tensor *w, const float *x, int n, 
     a.rows_per_job = rpj;
     a.n_jobs = (w->n_rows + rpj - 1) / rpj;
     atomic_init(&a.next_job, 0);
-    struct mm_task task = {.a = &a, .simd = cx->simd};
+    struct mm_task task = {.a = &a, .simd = cx->matmul_simd};
     if (a.n_jobs == 1 || nth == 1)
         mm_task_fn(&task, 0, 1);
     else

@@ -7,16 +7,20 @@
  * with read_bandwidth from a multi-threaded streaming sum over 512 MiB run just before.
  * Prefill is compute-bound; it is reported in tok/s only.
  *
- * usage: bench_decode [MODEL] [--threads N] [--prompt P] [--gen G] [--batches 1,8,32]
- * Prints one table and a JSON line per batch size.
+ * usage: bench_decode [MODEL] [--threads N] [--prompt P] [--gen G] [--batches 1,8,32] [--vs-avx2]
+ * Prints one table and a JSON line per batch size. With --vs-avx2 (on a CPU whose matmul runs
+ * the AVX-512 kernels), a second engine limited to AVX2 (QV_CPU_SIMD=avx2) runs every batch
+ * just before the first, and two more columns give the AVX-512 speed-up of prefill and decode.
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "bench_util.h"
 #include "engine/engine.h"
 
@@ -163,8 +167,11 @@ int main(int argc, char **argv) {
     int n_threads = 0, n_prompt = 64, n_gen = 64;
     int batches[8] = {1, 8, 32};
     int n_batches = 3;
+    bool vs_avx2 = false;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+        if (!strcmp(argv[i], "--vs-avx2"))
+            vs_avx2 = true;
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             n_threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--prompt") && i + 1 < argc)
             n_prompt = atoi(argv[++i]);
@@ -195,38 +202,63 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_decode: %s\n", err.msg);
         return 1;
     }
+    const char *kernels = qv_backend_cpu_kernels();
+    qv_engine *e2 = NULL; /* the AVX2 engine of --vs-avx2 */
+    if (vs_avx2 && strcmp(kernels, "avx512") != 0) {
+        fprintf(stderr, "bench_decode: --vs-avx2: the matmul runs %s kernels, not avx512\n",
+                kernels);
+        return 1;
+    }
+    if (vs_avx2) {
+        setenv("QV_CPU_SIMD", "avx2", 1);
+        qv_status st = qv_engine_create(&cfg, &e2, &err);
+        unsetenv("QV_CPU_SIMD");
+        if (st != QV_OK) {
+            fprintf(stderr, "bench_decode: %s\n", err.msg);
+            return 1;
+        }
+    }
     const qv_model *m = qv_engine_model(e);
     size_t step_bytes = m->n_weight_bytes;
     if (!m->cfg.tie_embeddings) /* the input embedding is only gathered, not streamed */
         step_bytes -= (size_t)m->tok_embd.n_rows * m->tok_embd.row_bytes;
     double bw = probe_bandwidth(threads);
     double floor1 = bw / (double)step_bytes;
-    printf("model %s (%s), %d threads, prompt %d, generate %d\n", m->name ? m->name : model,
-           qv_dtype_name(m->main_dtype), threads, n_prompt, n_gen);
+    printf("model %s (%s), %d threads, %s kernels, prompt %d, generate %d\n",
+           m->name ? m->name : model, qv_dtype_name(m->main_dtype), threads, kernels, n_prompt,
+           n_gen);
     printf("read bandwidth %.2f GB/s, weight bytes per decode step %.1f MB -> batch-1 floor "
            "%.1f tok/s\n\n",
            bw / 1e9, (double)step_bytes / 1e6, floor1);
     printf("| batch | prefill tok/s | decode tok/s (aggregate) | floor tok/s | decode / floor | "
-           "vs batch 1 |\n|---|---|---|---|---|---|\n");
+           "vs batch 1 |%s\n|---|---|---|---|---|---|%s\n",
+           e2 ? " prefill vs avx2 | decode vs avx2 |" : "", e2 ? "---|---|" : "");
     double dec1 = 0;
     for (int i = 0; i < n_batches; i++) {
-        result r;
+        result r, r2 = {0, 0};
         /* warm-up once at the first size so page faults and thread start-up are excluded */
         if (i == 0 && run_batch(e, batches[0], 8, 4, &r) != 0) return 1;
-        if (run_batch(e, batches[i], n_prompt, n_gen, &r) != 0) {
+        if (i == 0 && e2 && run_batch(e2, batches[0], 8, 4, &r2) != 0) return 1;
+        if ((e2 && run_batch(e2, batches[i], n_prompt, n_gen, &r2) != 0) ||
+            run_batch(e, batches[i], n_prompt, n_gen, &r) != 0) {
             fprintf(stderr, "bench_decode: run failed: %s\n", err.msg);
             return 1;
         }
         if (batches[i] == 1) dec1 = r.decode_tok_s;
         double fl = floor1 * batches[i];
-        printf("| %d | %.1f | %.1f | %.1f | %.2f | %s%.2fx |\n", batches[i], r.prefill_tok_s,
+        printf("| %d | %.1f | %.1f | %.1f | %.2f | %s%.2fx |", batches[i], r.prefill_tok_s,
                r.decode_tok_s, fl, r.decode_tok_s / fl, dec1 > 0 ? "" : "n/a ",
                dec1 > 0 ? r.decode_tok_s / dec1 : 0.0);
+        if (e2)
+            printf(" %.2fx | %.2fx |", r.prefill_tok_s / r2.prefill_tok_s,
+                   r.decode_tok_s / r2.decode_tok_s);
+        printf("\n");
         fprintf(stderr,
                 "{\"batch\":%d,\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"floor_tok_s\":%.2f,"
                 "\"bandwidth_gb_s\":%.3f}\n",
                 batches[i], r.prefill_tok_s, r.decode_tok_s, fl, bw / 1e9);
     }
+    if (e2) qv_engine_destroy(e2);
     qv_engine_destroy(e);
     return 0;
 }

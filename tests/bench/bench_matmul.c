@@ -9,7 +9,9 @@
  * time relative to n=1; then the per-token matmul time of a whole SmolLM2-135M forward
  * (Q4_1 projections + Q8_0 tied lm_head, and Q8_0 / F16 everywhere) against the weight-read
  * floor given by the probe. Weights are replicated into enough copies (>= 256 MiB) that every
- * timed call streams its matrix from DRAM, as a real decode step does.
+ * timed call streams its matrix from DRAM, as a real decode step does. When the matmul runs the
+ * AVX-512 kernels, every case is also timed on an AVX2 backend in the same run, and the last
+ * column gives the AVX-512 speed-up (AVX2 time / AVX-512 time).
  * Not a test: never run by ctest.
  */
 #include <pthread.h>
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "cpu/cpu_internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -84,7 +87,7 @@ static void *probe_main(void *v) {
     return NULL;
 }
 
-/* ---- FMA peak probe: 10 independent 8-wide FMA chains per thread ---- */
+/* ---- FMA peak probe: 10 independent FMA chains per thread, 8 or 16 lanes wide ---- */
 
 #define FMA_ITERS 50000000L
 
@@ -104,19 +107,35 @@ __attribute__((target("avx2,fma"))) static float fma_chains(void) {
     }
     return s;
 }
+__attribute__((target("avx512f"))) static float fma_chains512(void) {
+    __m512 a[10];
+    __m512 m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(0.001f);
+    for (int i = 0; i < 10; i++)
+        a[i] = _mm512_set1_ps((float)i);
+    for (long k = 0; k < FMA_ITERS; k++) {
+        _Pragma("GCC unroll 10") for (int i = 0; i < 10; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
+    }
+    float s = 0.0f;
+    for (int i = 0; i < 10; i++)
+        s += _mm512_reduce_add_ps(a[i]);
+    return s;
+}
 #endif
+
+static bool fma_wide; /* the probe runs 16-lane FMAs (the matmul's AVX-512 kernels) */
 
 static void *fma_main(void *v) {
     float *out = v;
 #if HAVE_X86
-    *out = fma_chains();
+    *out = fma_wide ? fma_chains512() : fma_chains();
 #else
     *out = 0.0f;
 #endif
     return NULL;
 }
 
-/* GFLOP/s of n_threads threads running FMA chains (0 when not x86/AVX2). */
+/* GFLOP/s of n_threads threads running FMA chains (0 when not x86/AVX2); 16-lane chains when
+ * fma_wide is set. */
 static double probe_fma(int n_threads) {
 #if HAVE_X86
     __builtin_cpu_init();
@@ -131,7 +150,8 @@ static double probe_fma(int n_threads) {
             pthread_create(&tids[i], NULL, fma_main, &out[i]);
         for (int i = 0; i < nt; i++)
             pthread_join(tids[i], NULL);
-        double gf = (double)nt * (double)FMA_ITERS * 10.0 * 16.0 / (qv_time_s() - t0) / 1e9;
+        double gf = (double)nt * (double)FMA_ITERS * 10.0 * (fma_wide ? 32.0 : 16.0) /
+                    (qv_time_s() - t0) / 1e9;
         if (gf > best) best = gf;
     }
     return best;
@@ -279,14 +299,26 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (n_threads == 0) n_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    const char *simd = getenv("QV_CPU_SIMD");
+    enum qv__cpu_simd level = qv__cpu_simd_level();
+    fma_wide = level == QV_CPU_SIMD_AVX512;
+    /* The AVX2 backend timed side by side with the AVX-512 one. */
+    qv_backend *be_avx2 = NULL;
+    if (fma_wide) {
+        setenv("QV_CPU_SIMD", "avx2", 1);
+        qv_status st = qv_backend_cpu_create(n_threads, &be_avx2, &err);
+        unsetenv("QV_CPU_SIMD");
+        if (st != QV_OK) {
+            fprintf(stderr, "bench_matmul: %s\n", err.msg);
+            return 1;
+        }
+    }
     double bw = probe_bandwidth(n_threads);
     double peak = probe_fma(n_threads);
-    printf("bench_matmul: %d threads, kernels %s; streaming-read probe %.1f GB/s (512 MiB, %d "
-           "threads); FMA probe %.1f GFLOP/s\n\n",
-           n_threads,
-           simd && strcmp(simd, "0") == 0 ? "portable (QV_CPU_SIMD=0)" : "auto (avx2 if supported)",
-           bw, n_threads, peak);
+    printf("bench_matmul: %d threads, matmul kernels %s (QV_CPU_SIMD=0 portable, =avx2 no "
+           "AVX-512); streaming-read probe %.1f GB/s (512 MiB, %d threads); FMA probe (%s) %.1f "
+           "GFLOP/s\n\n",
+           n_threads, qv__cpu_simd_name(level), bw, n_threads, fma_wide ? "16 lanes" : "8 lanes",
+           peak);
     /* Per-op dispatch cost: a tiny matmul (64x32 F32, n=1: 8 jobs) on the pool vs on a
      * 1-thread backend that runs it inline. */
     {
@@ -311,8 +343,8 @@ int main(int argc, char **argv) {
                per[0] * 1e6, n_threads, per[1] * 1e6);
         be1->iface->destroy(be1);
     }
-    printf("%-6s %-18s %4s %11s %9s %8s %9s %6s %8s\n", "dtype", "shape", "n", "us/matmul",
-           "W GB/s", "%probe", "GFLOP/s", "%peak", "t/t(n=1)");
+    printf("%-6s %-18s %4s %11s %9s %8s %9s %6s %8s %8s\n", "dtype", "shape", "n", "us/matmul",
+           "W GB/s", "%probe", "GFLOP/s", "%peak", "t/t(n=1)", be_avx2 ? "x avx2" : "");
     /* times[dt][shape][batch] */
     static double times[N_DT][N_SHAPES][N_BATCH];
     for (int d = 0; d < N_DT; d++) {
@@ -328,10 +360,13 @@ int main(int argc, char **argv) {
                 times[d][s][b] = t;
                 double bytes = (double)qv_dtype_row_bytes(dt, sh->cols) * (double)sh->rows;
                 double flops = 2.0 * (double)n * (double)sh->rows * (double)sh->cols;
-                printf("%-6s %-18s %4d %11.1f %9.2f %7.0f%% %9.1f %5.0f%% %8.2f\n",
-                       qv_dtype_name(dt), sh->name, n, t * 1e6, bytes / t / 1e9,
-                       100.0 * bytes / t / 1e9 / bw, flops / t / 1e9,
-                       peak > 0.0 ? 100.0 * flops / t / 1e9 / peak : 0.0, t / times[d][s][0]);
+                printf("%-6s %-18s %4d %11.1f %9.2f %7.0f%% %9.1f %5.0f%% %8.2f", qv_dtype_name(dt),
+                       sh->name, n, t * 1e6, bytes / t / 1e9, 100.0 * bytes / t / 1e9 / bw,
+                       flops / t / 1e9, peak > 0.0 ? 100.0 * flops / t / 1e9 / peak : 0.0,
+                       t / times[d][s][0]);
+                if (be_avx2)
+                    printf(" %7.2fx", time_matmul(be_avx2, dt, sh->rows, sh->cols, n, min_s) / t);
+                printf("\n");
             }
         }
     }
@@ -368,6 +403,7 @@ int main(int argc, char **argv) {
                    tok, floor_tok, mb, 100.0 * tok / floor_tok);
         }
     }
+    if (be_avx2) be_avx2->iface->destroy(be_avx2);
     be->iface->destroy(be);
     return 0;
 }

@@ -1,8 +1,9 @@
 /*
  * test_cpu_ops.c - the CPU backend's ops against naive double-precision references built on
- * qv_dequantize_row (the scalar reference dequantizer), on both the AVX2 and the portable
- * kernels (QV_CPU_SIMD=0), plus the bitwise contracts: a matmul row of token t is identical
- * whether t is alone or inside a batch of any size, and for any thread count.
+ * qv_dequantize_row (the scalar reference dequantizer), on the portable kernels (QV_CPU_SIMD=0),
+ * the AVX2 ones and, for the matmul, the AVX-512 ones (where the CPU has them), plus the bitwise
+ * contracts: a matmul row of token t is identical whether t is alone or inside a batch of any
+ * size, and for any thread count.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -15,6 +16,7 @@
 #include <cmocka.h>
 
 #include "backend.h"
+#include "cpu/cpu_internal.h"
 #include "test_util.h"
 
 /* ---- helpers ---- */
@@ -81,16 +83,43 @@ static float *make_acts(size_t n) {
     return x;
 }
 
-static qv_backend *make_backend(int n_threads, bool simd) {
+/* A backend whose matmul runs the kernels of `level`: QV_CPU_SIMD_NONE (portable),
+ * QV_CPU_SIMD_AVX2 or QV_CPU_SIMD_AVX512 (the caller checks that the CPU has them). Other ops
+ * use AVX2 unless the level is NONE. */
+static qv_backend *make_backend_level(int n_threads, enum qv__cpu_simd level) {
     qv_backend *be = NULL;
     qv_error err = {0};
-    if (!simd) setenv("QV_CPU_SIMD", "0", 1);
+    setenv("QV_CPU_SIMD",
+           level == QV_CPU_SIMD_NONE   ? "0"
+           : level == QV_CPU_SIMD_AVX2 ? "avx2"
+                                       : "",
+           1);
     qv_status st = qv_backend_cpu_create(n_threads, &be, &err);
-    if (!simd) unsetenv("QV_CPU_SIMD");
+    unsetenv("QV_CPU_SIMD");
     if (st != QV_OK) fprintf(stderr, "cpu create: %s\n", err.msg);
     assert_int_equal(st, QV_OK);
     assert_non_null(be);
+    assert_int_equal(((qv__cpu_ctx *)be->ctx)->matmul_simd, level);
     return be;
+}
+
+static enum qv__cpu_simd avx2_or_none(void) {
+    return qv__cpu_has_avx2() ? QV_CPU_SIMD_AVX2 : QV_CPU_SIMD_NONE;
+}
+
+/* simd: the CPU's AVX2 kernels (portable where it has none); else the portable ones. */
+static qv_backend *make_backend(int n_threads, bool simd) {
+    return make_backend_level(n_threads, simd ? avx2_or_none() : QV_CPU_SIMD_NONE);
+}
+
+/* False (with a note) when the CPU lacks the level's instructions. */
+static bool level_available(enum qv__cpu_simd level) {
+    bool ok = level == QV_CPU_SIMD_NONE || (level == QV_CPU_SIMD_AVX2 && qv__cpu_has_avx2()) ||
+              (level == QV_CPU_SIMD_AVX512 && qv__cpu_has_avx512());
+    if (!ok)
+        fprintf(stderr, "note: this CPU has no %s: those kernels not run\n",
+                qv__cpu_simd_name(level));
+    return ok;
 }
 
 /* ---- matmul vs reference ---- */
@@ -159,13 +188,14 @@ static void check_matmul_shape(qv_backend *be, enum qv_dtype dt, struct shape sh
     free(wd);
 }
 
-static void matmul_all(bool simd) {
+static void matmul_all(enum qv__cpu_simd level) {
     static const struct shape blk32_shapes[] = {
         {576, 576}, {192, 576}, {1536, 576}, {576, 1536}, {37, 96}};
     static const struct shape float_extra[] = {{37, 45}, {5, 7}};
     static const struct shape k_shapes[] = {{576, 1536}, {37, 512}};
-    qv_backend *be = make_backend(2, simd);
-    const char *path = simd ? "simd" : "portable";
+    if (!level_available(level)) return;
+    qv_backend *be = make_backend_level(2, level);
+    const char *path = qv__cpu_simd_name(level);
     for (size_t d = 0; d < QV_ARRAY_LEN(all_dtypes); d++) {
         enum qv_dtype dt = all_dtypes[d];
         if (qv_dtype_block_elems(dt) == 256) {
@@ -182,20 +212,25 @@ static void matmul_all(bool simd) {
     be->iface->destroy(be);
 }
 
-static void test_matmul_simd(void **state) {
+static void test_matmul_avx512(void **state) {
     (void)state;
-    matmul_all(true);
+    matmul_all(QV_CPU_SIMD_AVX512);
+}
+static void test_matmul_avx2(void **state) {
+    (void)state;
+    matmul_all(QV_CPU_SIMD_AVX2);
 }
 static void test_matmul_portable(void **state) {
     (void)state;
-    matmul_all(false);
+    matmul_all(QV_CPU_SIMD_NONE);
 }
 
 /* ---- bitwise batch and thread-count invariance ---- */
 
-static void invariance(bool simd) {
-    qv_backend *be1 = make_backend(1, simd), *be2 = make_backend(2, simd),
-               *be3 = make_backend(3, simd);
+static void invariance(enum qv__cpu_simd level) {
+    if (!level_available(level)) return;
+    qv_backend *be1 = make_backend_level(1, level), *be2 = make_backend_level(2, level),
+               *be3 = make_backend_level(3, level);
     for (size_t d = 0; d < QV_ARRAY_LEN(all_dtypes); d++) {
         enum qv_dtype dt = all_dtypes[d];
         /* ragged row count: row tiles and thread jobs end mid-tile */
@@ -216,7 +251,7 @@ static void invariance(bool simd) {
             be2->iface->matmul(be2, &w, x + t * sh.cols, 1, yb, bias);
             if (memcmp(yb, y33 + t * sh.rows, (size_t)sh.rows * sizeof(float)) != 0) {
                 fprintf(stderr, "%s %s: token %d alone differs from batch of 33\n",
-                        simd ? "simd" : "portable", qv_dtype_name(dt), t);
+                        qv__cpu_simd_name(level), qv_dtype_name(dt), t);
                 fail();
             }
         }
@@ -243,13 +278,17 @@ static void invariance(bool simd) {
     be3->iface->destroy(be3);
 }
 
-static void test_invariance_simd(void **state) {
+static void test_invariance_avx512(void **state) {
     (void)state;
-    invariance(true);
+    invariance(QV_CPU_SIMD_AVX512);
+}
+static void test_invariance_avx2(void **state) {
+    (void)state;
+    invariance(QV_CPU_SIMD_AVX2);
 }
 static void test_invariance_portable(void **state) {
     (void)state;
-    invariance(false);
+    invariance(QV_CPU_SIMD_NONE);
 }
 
 /* ---- small ops ---- */
@@ -257,8 +296,9 @@ static void test_invariance_portable(void **state) {
 /* Rows further apart than their packed size (row_bytes > packed), and n = 0 (a no-op). */
 static void test_matmul_padded_rows(void **state) {
     (void)state;
-    for (int simd = 0; simd < 2; simd++) {
-        qv_backend *be = make_backend(2, simd);
+    for (int lv = QV_CPU_SIMD_NONE; lv <= QV_CPU_SIMD_AVX512; lv++) {
+        if (!level_available((enum qv__cpu_simd)lv)) continue;
+        qv_backend *be = make_backend_level(2, (enum qv__cpu_simd)lv);
         for (size_t d = 0; d < QV_ARRAY_LEN(all_dtypes); d++) {
             enum qv_dtype dt = all_dtypes[d];
             int64_t rows = 77, cols = 512;
@@ -596,9 +636,11 @@ static void test_create_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_matmul_simd),
+        cmocka_unit_test(test_matmul_avx512),
+        cmocka_unit_test(test_matmul_avx2),
         cmocka_unit_test(test_matmul_portable),
-        cmocka_unit_test(test_invariance_simd),
+        cmocka_unit_test(test_invariance_avx512),
+        cmocka_unit_test(test_invariance_avx2),
         cmocka_unit_test(test_invariance_portable),
         cmocka_unit_test(test_matmul_padded_rows),
         cmocka_unit_test(test_get_rows),
