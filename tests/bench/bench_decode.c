@@ -107,9 +107,14 @@ static double probe_bandwidth(int n_threads) {
 /* ---- engine runs ---- */
 typedef struct counter {
     int n_first; /* sequences that produced their first token */
-    double t_first_all;
     int n_tokens;
 } counter;
+
+/* One request's callback state: its first token ends its prefill. */
+typedef struct seq_state {
+    counter *c;
+    bool started;
+} seq_state;
 
 static void on_tok(void *user, int seq, int32_t tok, const qv_logprobs *lp,
                    enum qv_finish_reason fin) {
@@ -117,8 +122,12 @@ static void on_tok(void *user, int seq, int32_t tok, const qv_logprobs *lp,
     (void)tok;
     (void)lp;
     (void)fin;
-    counter *c = user;
-    c->n_tokens++;
+    seq_state *st = user;
+    st->c->n_tokens++;
+    if (!st->started) {
+        st->started = true;
+        st->c->n_first++;
+    }
 }
 
 typedef struct result {
@@ -136,30 +145,36 @@ static int run_batch(qv_engine *e, int batch, int n_prompt, int n_gen, result *r
     gp.ignore_eos = true;
     gp.sampling.temperature = 0;
     qv_error err = {0};
+    seq_state *st = calloc((size_t)batch, sizeof *st);
+    int rc = -1;
     for (int b = 0; b < batch; b++) {
         for (int i = 0; i < n_prompt; i++) {
             s = s * 1664525u + 1013904223u;
             prompt[i] = (int32_t)((s >> 8) % (uint32_t)m->cfg.n_vocab);
         }
-        if (qv_engine_add(e, prompt, (size_t)n_prompt, &gp, on_tok, &c, NULL, &err) != QV_OK) {
+        st[b].c = &c;
+        if (qv_engine_add(e, prompt, (size_t)n_prompt, &gp, on_tok, &st[b], NULL, &err) != QV_OK) {
             fprintf(stderr, "add: %s\n", err.msg);
-            free(prompt);
-            return -1;
+            goto out;
         }
     }
-    free(prompt);
-    /* Prefill phase: until every sequence has its first token. */
+    /* Prefill phase: until every sequence has its first token (the first ones to get theirs
+     * decode meanwhile; their tokens count for neither phase). */
     double t0 = qv_time_s();
-    while (c.n_tokens < batch)
-        if (qv_engine_step(e, &err) != QV_OK) return -1;
+    while (c.n_first < batch)
+        if (qv_engine_step(e, &err) != QV_OK) goto out;
     double t1 = qv_time_s();
     int tokens_at_t1 = c.n_tokens;
     while (qv_engine_n_active(e) > 0)
-        if (qv_engine_step(e, &err) != QV_OK) return -1;
+        if (qv_engine_step(e, &err) != QV_OK) goto out;
     double t2 = qv_time_s();
     r->prefill_tok_s = (double)(batch * n_prompt) / (t1 - t0);
     r->decode_tok_s = (double)(c.n_tokens - tokens_at_t1) / (t2 - t1);
-    return 0;
+    rc = 0;
+out:
+    free(st);
+    free(prompt);
+    return rc;
 }
 
 int main(int argc, char **argv) {

@@ -466,7 +466,7 @@ static void test_alloc(void **state) {
 #define A_NKV 2
 #define A_HD_MAX 128
 #define A_NSEQ 3
-#define A_MAXLEN 30
+#define A_MAXLEN 80 /* > 2 x 32 keys: several blocks of the weighted sum */
 
 struct attn_fixture {
     int hd; /* head_dim of this case */
@@ -500,7 +500,7 @@ static void attn_setup(qv_backend *be, struct attn_fixture *f, int hd) {
         perm[i] = perm[j];
         perm[j] = tmp;
     }
-    int lens[A_NSEQ] = {29, 6, 1};
+    int lens[A_NSEQ] = {77, 6, 1};
     int next = 0;
     for (int s = 0; s < A_NSEQ; s++) {
         f->seq_len[s] = lens[s];
@@ -555,11 +555,11 @@ static void attention_case(bool simd, int window, int hd) {
     qv_backend *be = make_backend(2, simd), *be3 = make_backend(3, simd);
     struct attn_fixture *f = malloc(sizeof *f);
     attn_setup(be, f, hd);
-    /* a mixed step: seq 0 decodes at 28 and re-reads 7..12 (as a chunked prefill would),
+    /* a mixed step: seq 0 decodes at 76 and re-reads 7..12 (as a chunked prefill would),
      * seq 1 prefills 0..5, seq 2 decodes its first token. */
     int32_t seq[32], pos[32];
     int n = 0;
-    seq[n] = 0, pos[n++] = 28;
+    seq[n] = 0, pos[n++] = 76;
     for (int j = 0; j < 6; j++)
         seq[n] = 1, pos[n++] = j;
     for (int j = 7; j < 13; j++)
