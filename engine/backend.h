@@ -144,6 +144,11 @@ qv_status qv_backend_cpu_create(int n_threads, qv_backend **out, qv_error *err);
  * matmul), "avx2" or "portable": the CPU's widest, capped by QV_CPU_SIMD ("0" or "avx2"). */
 const char *qv_backend_cpu_kernels(void);
 
+/* K/V pools created on `be` from now on store bf16 (round to nearest even; attention widens
+ * them exactly to F32) instead of F32: half the bytes per token. Pools already made keep
+ * their type (qv_kv_pool.elem_bytes). */
+void qv_backend_cpu_set_kv_bf16(qv_backend *be, bool on);
+
 #ifdef __cplusplus
 }
 #endif

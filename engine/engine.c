@@ -274,6 +274,8 @@ qv_status qv_engine_create(const qv_engine_config *cin, qv_engine **out, qv_erro
         goto fail;
     } else if ((st = qv_backend_cpu_create(c->n_threads, &e->be, err)) != QV_OK) {
         goto fail;
+    } else if (c->kv_bf16) { /* before the KV cache exists: its pages are sized by this */
+        qv_backend_cpu_set_kv_bf16(e->be, true);
     }
 
     const qv_model_config *mc = &e->model->cfg;

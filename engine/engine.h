@@ -46,6 +46,8 @@ typedef struct qv_engine_config {
                                   SIZE_MAX = none */
     bool kv_f32;                 /* "cuda": K/V pages in F32 instead of bf16 (twice the bytes per
                                     token; $QV_CUDA_KV_BF16=0 does the same) */
+    bool kv_bf16;                /* "cpu": K/V pages in bf16 instead of F32 (half the bytes per
+                                    token; attention reads them widened exactly to F32) */
     bool host_sampling;          /* device backends: sample every non-greedy row on the host
                                     (copying its logits) instead of on the device; the tokens
                                     are the same (docs/sampling.md); for tests and comparison */

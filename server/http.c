@@ -5363,6 +5363,7 @@ int qv_http_serve(const qv_http_config *cfg) {
         goto out;
     }
     ec.kv_f32 = cfg->kv_dtype && strcmp(cfg->kv_dtype, "f32") == 0;
+    ec.kv_bf16 = cfg->kv_dtype && strcmp(cfg->kv_dtype, "bf16") == 0;
     ec.spec_tokens = cfg->spec_tokens;
     ec.spec_ngram_min = cfg->spec_ngram_min;
     ec.spec_ngram_max = cfg->spec_ngram_max;

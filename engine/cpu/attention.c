@@ -29,6 +29,7 @@
 
 #define PAIRS_PER_JOB 4     /* (token, head) pairs per job in big prefill batches */
 #define QV_ATTN_MAX_GROUP 8 /* query heads per unit at most (GQA groups of 7 or 8 heads) */
+#define QV_ATTN_MAX_HD 1024 /* head_dim bound of the bf16 pools' row conversion buffer */
 
 struct attn_task {
     const qv_kv_pool *pool;
@@ -39,6 +40,7 @@ struct attn_task {
     float *scratch;
     size_t scratch_per_thread;
     bool simd;
+    int eb;       /* bytes per stored K/V element: 4 (F32) or 2 (bf16) */
     int ps_shift; /* log2(page_size) when a power of two, else -1 */
     int hpu;      /* query heads per unit: a divisor of the GQA group size n_heads / n_kv_heads */
     int n_units;  /* n_tokens * n_heads / hpu */
@@ -150,6 +152,20 @@ static inline void prefetch_bytes(const void *p, size_t n) {
         __builtin_prefetch((const char *)p + o, 0, 3);
 }
 
+/* Address of element `off` of a K or V array (F32 or bf16 elements). */
+static inline const void *kv_at(const struct attn_task *tk, const float *base, size_t off) {
+    return (const char *)base + off * (size_t)tk->eb;
+}
+
+/* The n elements at p as floats: p itself for F32, else converted into buf (exact). */
+static const float *row_f32(const struct attn_task *tk, const void *p, int n, float *buf) {
+    if (tk->eb == 4) return p;
+    const uint16_t *h = p;
+    for (int i = 0; i < n; i++)
+        buf[i] = qv_bf16_to_f32(h[i]);
+    return buf;
+}
+
 #if QV_HAVE_X86
 #define WSUM_KEYS 32 /* keys per block: 32 V rows of one kv head stay in L1 across the heads */
 
@@ -159,18 +175,29 @@ static inline void prefetch_bytes(const void *p, size_t n) {
  * are read from memory once), and its registers are parked in o_u between blocks (exact).
  * Per element: one fma per j, j ascending, from zero, as axpy_avx2: identical bits, and
  * independent of nh. */
-__attribute__((target("avx2,fma"))) static void wsum64_avx2(const struct attn_task *tk,
-                                                            const int32_t *pt, int j0, int p,
-                                                            size_t head_off, const float *prob,
-                                                            size_t ldp, float *o, int hd, int nh) {
+#define QV_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+
+/* 8 K/V elements at p as floats (bf16: exact widening). */
+QV_AVX2_INLINE __m256 ld8(const void *p, bool bf16) {
+    if (bf16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+    return _mm256_loadu_ps((const float *)p);
+}
+
+QV_AVX2_INLINE void wsum64_body(const struct attn_task *tk, const int32_t *pt, int j0, int p,
+                                size_t head_off, const float *prob, size_t ldp, float *o, int hd,
+                                int nh, bool bf16) {
+    const size_t eb = bf16 ? 2 : 4;
     for (int c0 = 0; c0 < hd; c0 += 64) {
         for (int jb = j0; jb <= p; jb += WSUM_KEYS) {
             const int je = QV_MIN(p, jb + WSUM_KEYS - 1);
-            const float *vp[WSUM_KEYS];
+            const char *vp[WSUM_KEYS];
             for (int j = jb; j <= je; j++)
-                vp[j - jb] = tk->pool->v + slot_at(tk, pt, j) + head_off + c0;
+                vp[j - jb] = kv_at(tk, tk->pool->v, slot_at(tk, pt, j) + head_off + (size_t)c0);
             for (int j = je + 1; j <= QV_MIN(p, je + WSUM_KEYS); j++) /* the next block */
-                prefetch_bytes(tk->pool->v + slot_at(tk, pt, j) + head_off + c0, 256);
+                prefetch_bytes(kv_at(tk, tk->pool->v, slot_at(tk, pt, j) + head_off + (size_t)c0),
+                               64 * eb);
             for (int u = 0; u < nh; u++) {
                 float *ou = o + (size_t)u * (size_t)hd + c0;
                 const float *pu = prob + (size_t)u * ldp - j0;
@@ -184,9 +211,9 @@ __attribute__((target("avx2,fma"))) static void wsum64_avx2(const struct attn_ta
                 }
                 for (int j = jb; j <= je; j++) {
                     __m256 pj = _mm256_set1_ps(pu[j]);
-                    const float *v = vp[j - jb];
+                    const char *v = vp[j - jb];
                     _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) acc[k] =
-                        _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * k), acc[k]);
+                        _mm256_fmadd_ps(pj, ld8(v + 8 * k * eb, bf16), acc[k]);
                 }
                 _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++)
                     _mm256_storeu_ps(ou + 8 * k, acc[k]);
@@ -195,28 +222,40 @@ __attribute__((target("avx2,fma"))) static void wsum64_avx2(const struct attn_ta
     }
 }
 
+/* One compiled body per element type. */
+__attribute__((target("avx2,fma"))) static void wsum64_avx2(const struct attn_task *tk,
+                                                            const int32_t *pt, int j0, int p,
+                                                            size_t head_off, const float *prob,
+                                                            size_t ldp, float *o, int hd, int nh) {
+    if (tk->eb == 2)
+        wsum64_body(tk, pt, j0, p, head_off, prob, ldp, o, hd, nh, true);
+    else
+        wsum64_body(tk, pt, j0, p, head_off, prob, ldp, o, hd, nh, false);
+}
+
 /* sc_u[j - j0] = (q_u · k_j) * scale for j in [j0, p] and the nh query heads u of one kv head
  * (q_u = q + u * hd, sc_u = sc + u * ldp; mx[u] gets each head's maximum), head_dim a multiple
  * of 8: eight keys at a time, each with its own accumulator over head_dim, reduced together by
  * a transpose-hadd tree; each head runs over the eight keys in turn (read from memory once).
  * Every key goes through exactly the same operations whatever its slot in the group (a short
  * last group repeats its last key) and whatever nh, so a score depends only on q_u and k_j. */
-__attribute__((target("avx2,fma"))) static void
-scores8_avx2(const struct attn_task *tk, const int32_t *pt, int j0, int p, size_t head_off,
-             const float *q, int hd, float scale, float *sc, size_t ldp, int nh, float *mx) {
+QV_AVX2_INLINE void scores8_body(const struct attn_task *tk, const int32_t *pt, int j0, int p,
+                                 size_t head_off, const float *q, int hd, float scale, float *sc,
+                                 size_t ldp, int nh, float *mx, bool bf16) {
+    const size_t eb = bf16 ? 2 : 4;
     __m256 vscale = _mm256_set1_ps(scale);
     for (int u = 0; u < nh; u++)
         mx[u] = -INFINITY;
-    const float *kn[8]; /* the next group's keys, prefetched one group ahead */
+    const char *kn[8]; /* the next group's keys, prefetched one group ahead */
     _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) kn[i] =
-        tk->pool->k + slot_at(tk, pt, QV_MIN(j0 + i, p)) + head_off;
+        kv_at(tk, tk->pool->k, slot_at(tk, pt, QV_MIN(j0 + i, p)) + head_off);
     for (int j = j0; j <= p; j += 8) {
-        const float *kp[8];
+        const char *kp[8];
         _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) kp[i] = kn[i];
         if (j + 8 <= p) {
             _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
-                kn[i] = tk->pool->k + slot_at(tk, pt, QV_MIN(j + 8 + i, p)) + head_off;
-                prefetch_bytes(kn[i], (size_t)hd * sizeof(float));
+                kn[i] = kv_at(tk, tk->pool->k, slot_at(tk, pt, QV_MIN(j + 8 + i, p)) + head_off);
+                prefetch_bytes(kn[i], (size_t)hd * eb);
             }
         }
         const int nk = QV_MIN(8, p - j + 1);
@@ -227,7 +266,7 @@ scores8_avx2(const struct attn_task *tk, const int32_t *pt, int j0, int p, size_
             for (int d = 0; d < hd; d += 8) {
                 __m256 qd = _mm256_loadu_ps(qu + d);
                 _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) acc[i] =
-                    _mm256_fmadd_ps(qd, _mm256_loadu_ps(kp[i] + d), acc[i]);
+                    _mm256_fmadd_ps(qd, ld8(kp[i] + (size_t)d * eb, bf16), acc[i]);
             }
             __m256 s01 = _mm256_hadd_ps(acc[0], acc[1]), s23 = _mm256_hadd_ps(acc[2], acc[3]);
             __m256 s45 = _mm256_hadd_ps(acc[4], acc[5]), s67 = _mm256_hadd_ps(acc[6], acc[7]);
@@ -244,6 +283,15 @@ scores8_avx2(const struct attn_task *tk, const int32_t *pt, int j0, int p, size_
             }
         }
     }
+}
+
+__attribute__((target("avx2,fma"))) static void
+scores8_avx2(const struct attn_task *tk, const int32_t *pt, int j0, int p, size_t head_off,
+             const float *q, int hd, float scale, float *sc, size_t ldp, int nh, float *mx) {
+    if (tk->eb == 2)
+        scores8_body(tk, pt, j0, p, head_off, q, hd, scale, sc, ldp, nh, mx, true);
+    else
+        scores8_body(tk, pt, j0, p, head_off, q, hd, scale, sc, ldp, nh, mx, false);
 }
 #endif
 
@@ -264,6 +312,7 @@ static void attn_unit(const struct attn_task *tk, int unit, float *sc, size_t ld
     const float *q = tk->q + row0; /* the nh heads' rows are adjacent */
     float *o = tk->out + row0;
     float mx[QV_ATTN_MAX_GROUP];
+    float rowbuf[QV_ATTN_MAX_HD]; /* a bf16 row as floats, for the row-at-a-time paths */
 
 #if QV_HAVE_X86
     if (tk->simd && hd % 8 == 0)
@@ -275,7 +324,8 @@ static void attn_unit(const struct attn_task *tk, int unit, float *sc, size_t ld
             float *su = sc + (size_t)u * ldp;
             mx[u] = -INFINITY;
             for (int j = j0; j <= p; j++) {
-                const float *kp = pool->k + slot_at(tk, pt, j) + head_off;
+                const float *kp =
+                    row_f32(tk, kv_at(tk, pool->k, slot_at(tk, pt, j) + head_off), hd, rowbuf);
 #if QV_HAVE_X86
                 float d = tk->simd ? dot_avx2(qu, kp, hd) : dot_portable(qu, kp, hd);
 #else
@@ -305,7 +355,8 @@ static void attn_unit(const struct attn_task *tk, int unit, float *sc, size_t ld
         const float *su = sc + (size_t)u * ldp;
         memset(ou, 0, (size_t)hd * sizeof(float));
         for (int j = j0; j <= p; j++) {
-            const float *vp = pool->v + slot_at(tk, pt, j) + head_off;
+            const float *vp =
+                row_f32(tk, kv_at(tk, pool->v, slot_at(tk, pt, j) + head_off), hd, rowbuf);
 #if QV_HAVE_X86
             if (tk->simd)
                 axpy_avx2(ou, su[j - j0], vp, hd);
@@ -350,6 +401,7 @@ void qv__cpu_attention(qv__cpu_ctx *cx, const qv_kv_pool *pool, int layer, const
     QV_ASSERT(layer >= 0 && layer < pool->n_layers);
     QV_ASSERT(ab->n_kv_heads == pool->n_kv_heads && ab->head_dim == pool->head_dim);
     QV_ASSERT(ab->n_kv_heads > 0 && ab->n_heads % ab->n_kv_heads == 0);
+    QV_ASSERT(ab->head_dim <= QV_ATTN_MAX_HD);
     if (ab->n_tokens == 0) return;
     size_t need = 1;
     for (int t = 0; t < ab->n_tokens; t++) {
@@ -378,6 +430,7 @@ void qv__cpu_attention(qv__cpu_ctx *cx, const qv_kv_pool *pool, int layer, const
         .scratch = cx->scratch,
         .scratch_per_thread = cx->scratch_per_thread,
         .simd = cx->simd,
+        .eb = qv__cpu_pool_bf16(cx, pool) ? 2 : 4,
         .ps_shift = (pool->page_size & (pool->page_size - 1)) == 0
                         ? __builtin_ctz((unsigned)pool->page_size)
                         : -1,

@@ -82,6 +82,8 @@ static void cpu_attention(qv_backend *be, const qv_kv_pool *pool, int layer,
     qv__cpu_attention(ctx_of(be), pool, layer, ab, q, out);
 }
 
+static int cpu_kv_elem_bytes(qv_backend *be) { return ctx_of(be)->kv_bf16 ? 2 : 4; }
+
 static const struct qv_backend_i cpu_iface = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -95,7 +97,10 @@ static const struct qv_backend_i cpu_iface = {
     .add = cpu_add,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
+    .kv_elem_bytes = cpu_kv_elem_bytes,
 };
+
+void qv_backend_cpu_set_kv_bf16(qv_backend *be, bool on) { ctx_of(be)->kv_bf16 = on; }
 
 bool qv__cpu_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)

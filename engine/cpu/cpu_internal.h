@@ -26,9 +26,15 @@ typedef struct qv__cpu_ctx {
     int n_threads;
     bool simd;                     /* AVX2+FMA+F16C kernels (attention, LoRA, matmul) */
     enum qv__cpu_simd matmul_simd; /* the matmul's kernels */
+    bool kv_bf16;                  /* K/V pools created now store bf16 (else F32) */
     float *scratch; /* attention score scratch, n_threads * scratch_per_thread floats */
     size_t scratch_per_thread;
 } qv__cpu_ctx;
+
+/* True when `pool` stores bf16 K/V (its own elem_bytes, or the context's choice when 0). */
+static inline bool qv__cpu_pool_bf16(const qv__cpu_ctx *cx, const qv_kv_pool *pool) {
+    return pool->elem_bytes ? pool->elem_bytes == 2 : cx->kv_bf16;
+}
 
 /* True when the running CPU has AVX2, FMA and F16C. */
 bool qv__cpu_has_avx2(void);

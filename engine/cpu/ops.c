@@ -163,8 +163,8 @@ void qv__cpu_add(qv__cpu_ctx *cx, float *y, const float *x, size_t n_elems) {
 
 void qv__cpu_kv_store(qv__cpu_ctx *cx, qv_kv_pool *pool, int layer, const float *k, const float *v,
                       int n, const int32_t *slot_page, const int32_t *slot_off) {
-    (void)cx;
     QV_ASSERT(layer >= 0 && layer < pool->n_layers);
+    const bool bf16 = qv__cpu_pool_bf16(cx, pool);
     size_t kv_dim = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
     for (int i = 0; i < n; i++) {
         QV_ASSERT(slot_page[i] >= 0 && slot_page[i] < pool->n_pages);
@@ -173,7 +173,16 @@ void qv__cpu_kv_store(qv__cpu_ctx *cx, qv_kv_pool *pool, int layer, const float 
                          (size_t)pool->page_size +
                      (size_t)slot_off[i]) *
                     kv_dim;
-        memcpy(pool->k + at, k + (size_t)i * kv_dim, kv_dim * sizeof(float));
-        memcpy(pool->v + at, v + (size_t)i * kv_dim, kv_dim * sizeof(float));
+        const float *ki = k + (size_t)i * kv_dim, *vi = v + (size_t)i * kv_dim;
+        if (bf16) { /* round to nearest even, as the CUDA backend's bf16 pages */
+            uint16_t *kd = (uint16_t *)(void *)pool->k + at, *vd = (uint16_t *)(void *)pool->v + at;
+            for (size_t c = 0; c < kv_dim; c++) {
+                kd[c] = qv_f32_to_bf16(ki[c]);
+                vd[c] = qv_f32_to_bf16(vi[c]);
+            }
+        } else {
+            memcpy(pool->k + at, ki, kv_dim * sizeof(float));
+            memcpy(pool->v + at, vi, kv_dim * sizeof(float));
+        }
     }
 }

@@ -7,10 +7,13 @@
  * with read_bandwidth from a multi-threaded streaming sum over 512 MiB run just before.
  * Prefill is compute-bound; it is reported in tok/s only.
  *
- * usage: bench_decode [MODEL] [--threads N] [--prompt P] [--gen G] [--batches 1,8,32] [--vs-avx2]
- * Prints one table and a JSON line per batch size. With --vs-avx2 (on a CPU whose matmul runs
- * the AVX-512 kernels), a second engine limited to AVX2 (QV_CPU_SIMD=avx2) runs every batch
- * just before the first, and two more columns give the AVX-512 speed-up of prefill and decode.
+ * usage: bench_decode [MODEL] [--threads N] [--prompt P] [--gen G] [--batches 1,8,32]
+ *                     [--kv-bf16] [--vs-avx2 | --vs-kv-f32]
+ * Prints one table and a JSON line per batch size. --kv-bf16: bf16 K/V pages. With --vs-avx2
+ * (on a CPU whose matmul runs the AVX-512 kernels), a second engine limited to AVX2
+ * (QV_CPU_SIMD=avx2) runs every batch just before the first, and two more columns give the
+ * AVX-512 speed-up of prefill and decode; --vs-kv-f32 does the same with a second engine on
+ * F32 K/V pages (with --kv-bf16: the speed-up of bf16 pages).
  */
 #include <pthread.h>
 #include <stdbool.h>
@@ -182,10 +185,14 @@ int main(int argc, char **argv) {
     int n_threads = 0, n_prompt = 64, n_gen = 64;
     int batches[8] = {1, 8, 32};
     int n_batches = 3;
-    bool vs_avx2 = false;
+    bool vs_avx2 = false, vs_f32 = false, kv_bf16 = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--vs-avx2"))
             vs_avx2 = true;
+        else if (!strcmp(argv[i], "--vs-kv-f32"))
+            vs_f32 = true;
+        else if (!strcmp(argv[i], "--kv-bf16"))
+            kv_bf16 = true;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             n_threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--prompt") && i + 1 < argc)
@@ -211,6 +218,7 @@ int main(int argc, char **argv) {
     cfg.max_batch_tokens = 512;
     cfg.max_seqs = 64;
     cfg.kv_bytes = (size_t)1 << 30;
+    cfg.kv_bf16 = kv_bf16;
     qv_engine *e = NULL;
     qv_error err = {0};
     if (qv_engine_create(&cfg, &e, &err) != QV_OK) {
@@ -218,14 +226,15 @@ int main(int argc, char **argv) {
         return 1;
     }
     const char *kernels = qv_backend_cpu_kernels();
-    qv_engine *e2 = NULL; /* the AVX2 engine of --vs-avx2 */
+    qv_engine *e2 = NULL; /* the comparison engine of --vs-avx2 / --vs-kv-f32 */
     if (vs_avx2 && strcmp(kernels, "avx512") != 0) {
         fprintf(stderr, "bench_decode: --vs-avx2: the matmul runs %s kernels, not avx512\n",
                 kernels);
         return 1;
     }
-    if (vs_avx2) {
-        setenv("QV_CPU_SIMD", "avx2", 1);
+    if (vs_avx2 || vs_f32) {
+        if (vs_avx2) setenv("QV_CPU_SIMD", "avx2", 1);
+        if (vs_f32) cfg.kv_bf16 = false;
         qv_status st = qv_engine_create(&cfg, &e2, &err);
         unsetenv("QV_CPU_SIMD");
         if (st != QV_OK) {
@@ -239,15 +248,18 @@ int main(int argc, char **argv) {
         step_bytes -= (size_t)m->tok_embd.n_rows * m->tok_embd.row_bytes;
     double bw = probe_bandwidth(threads);
     double floor1 = bw / (double)step_bytes;
-    printf("model %s (%s), %d threads, %s kernels, prompt %d, generate %d\n",
-           m->name ? m->name : model, qv_dtype_name(m->main_dtype), threads, kernels, n_prompt,
-           n_gen);
+    printf("model %s (%s), %d threads, %s kernels, %s K/V pages, prompt %d, generate %d\n",
+           m->name ? m->name : model, qv_dtype_name(m->main_dtype), threads, kernels,
+           kv_bf16 ? "bf16" : "f32", n_prompt, n_gen);
     printf("read bandwidth %.2f GB/s, weight bytes per decode step %.1f MB -> batch-1 floor "
            "%.1f tok/s\n\n",
            bw / 1e9, (double)step_bytes / 1e6, floor1);
     printf("| batch | prefill tok/s | decode tok/s (aggregate) | floor tok/s | decode / floor | "
            "vs batch 1 |%s\n|---|---|---|---|---|---|%s\n",
-           e2 ? " prefill vs avx2 | decode vs avx2 |" : "", e2 ? "---|---|" : "");
+           !e2       ? ""
+           : vs_avx2 ? " prefill vs avx2 | decode vs avx2 |"
+                     : " prefill vs f32 K/V | decode vs f32 K/V |",
+           e2 ? "---|---|" : "");
     double dec1 = 0;
     for (int i = 0; i < n_batches; i++) {
         result r, r2 = {0, 0};

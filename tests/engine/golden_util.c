@@ -5,14 +5,23 @@
 
 int golden_open(golden_runner *r, const char *path, int n_threads, int n_pages, int page_size,
                 int max_tokens) {
+    return golden_open_kv(r, path, n_threads, n_pages, page_size, max_tokens, false);
+}
+
+int golden_open_kv(golden_runner *r, const char *path, int n_threads, int n_pages, int page_size,
+                   int max_tokens, bool kv_bf16) {
     memset(r, 0, sizeof(*r));
     qv_error err = {0};
     if (qv_model_load(path, &r->m, &err) != QV_OK) {
         fprintf(stderr, "load %s: %s\n", path, err.msg);
         return -1;
     }
-    if (qv_backend_cpu_create(n_threads, &r->be, &err) != QV_OK ||
-        qv_kv_cache_create(r->be, &r->m->cfg, n_pages, page_size, &r->kv, &err) != QV_OK ||
+    if (qv_backend_cpu_create(n_threads, &r->be, &err) != QV_OK) {
+        fprintf(stderr, "setup: %s\n", err.msg);
+        return -1;
+    }
+    qv_backend_cpu_set_kv_bf16(r->be, kv_bf16);
+    if (qv_kv_cache_create(r->be, &r->m->cfg, n_pages, page_size, &r->kv, &err) != QV_OK ||
         qv_forward_create(r->m, r->be, r->kv, max_tokens, &r->fwd, &err) != QV_OK) {
         fprintf(stderr, "setup: %s\n", err.msg);
         return -1;

@@ -26,6 +26,9 @@ typedef struct golden_runner {
 
 int golden_open(golden_runner *r, const char *path, int n_threads, int n_pages, int page_size,
                 int max_tokens);
+/* The same with the K/V pages in bf16 (kv_bf16) or F32. */
+int golden_open_kv(golden_runner *r, const char *path, int n_threads, int n_pages, int page_size,
+                   int max_tokens, bool kv_bf16);
 void golden_close(golden_runner *r);
 int golden_feed(golden_runner *r, qv_kv_seq *seq, const int32_t *ids, int n, int pos0,
                 int all_logits, float *logits);

@@ -551,13 +551,9 @@ static void attn_reference(const struct attn_fixture *f, const qv_attn_batch *ab
         }
 }
 
-static void attention_case(bool simd, int window, int hd) {
-    qv_backend *be = make_backend(2, simd), *be3 = make_backend(3, simd);
-    struct attn_fixture *f = malloc(sizeof *f);
-    attn_setup(be, f, hd);
-    /* a mixed step: seq 0 decodes at 76 and re-reads 7..12 (as a chunked prefill would),
-     * seq 1 prefills 0..5, seq 2 decodes its first token. */
-    int32_t seq[32], pos[32];
+/* A mixed step over the fixture's sequences: seq 0 decodes at 76 and re-reads 7..12 (as a
+ * chunked prefill would), seq 1 prefills 0..5, seq 2 decodes its first token. Returns n. */
+static int mixed_step(int32_t seq[32], int32_t pos[32]) {
     int n = 0;
     seq[n] = 0, pos[n++] = 76;
     for (int j = 0; j < 6; j++)
@@ -565,6 +561,15 @@ static void attention_case(bool simd, int window, int hd) {
     for (int j = 7; j < 13; j++)
         seq[n] = 0, pos[n++] = j;
     seq[n] = 2, pos[n++] = 0;
+    return n;
+}
+
+static void attention_case(bool simd, int window, int hd) {
+    qv_backend *be = make_backend(2, simd), *be3 = make_backend(3, simd);
+    struct attn_fixture *f = malloc(sizeof *f);
+    attn_setup(be, f, hd);
+    int32_t seq[32], pos[32];
+    int n = mixed_step(seq, pos);
     int nh = 6; /* GQA: 3 query heads per kv head */
     qv_attn_batch ab = {.n_tokens = n,
                         .tok_seq = seq,
@@ -620,6 +625,91 @@ static void test_attention(void **state) {
     }
 }
 
+/* bf16 pools (--kv-dtype bf16 on the CPU): kv_store rounds every element to nearest even, and
+ * attention over the pool gives exactly the bits of attention over an F32 pool holding the
+ * rounded values (each element widened exactly, then the F32 path's operations). */
+static void attention_bf16_case(bool simd, int hd) {
+    qv_backend *be = make_backend(2, simd);
+    struct attn_fixture *f = malloc(sizeof *f);
+    attn_setup(be, f, hd);
+    const size_t kv_dim = (size_t)A_NKV * (size_t)hd, n_slots = (size_t)A_PAGES * A_PAGE;
+    const size_t n = (size_t)A_LAYERS * n_slots * kv_dim;
+    qv_kv_pool p16 = f->pool, pr = f->pool;
+    p16.elem_bytes = 2;
+    p16.k = be->iface->alloc(be, n * 2);
+    p16.v = be->iface->alloc(be, n * 2);
+    pr.elem_bytes = 4;
+    pr.k = be->iface->alloc(be, n * sizeof(float));
+    pr.v = be->iface->alloc(be, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        pr.k[i] = qv_bf16_to_f32(qv_f32_to_bf16(f->pool.k[i]));
+        pr.v[i] = qv_bf16_to_f32(qv_f32_to_bf16(f->pool.v[i]));
+    }
+    /* every slot of every page through kv_store, one layer at a time */
+    int32_t *sp = malloc(n_slots * sizeof(int32_t)), *so = malloc(n_slots * sizeof(int32_t));
+    for (size_t i = 0; i < n_slots; i++)
+        sp[i] = (int32_t)(i / A_PAGE), so[i] = (int32_t)(i % A_PAGE);
+    for (int layer = 0; layer < A_LAYERS; layer++) {
+        const float *k = f->pool.k + (size_t)layer * n_slots * kv_dim;
+        const float *v = f->pool.v + (size_t)layer * n_slots * kv_dim;
+        be->iface->kv_store(be, &p16, layer, k, v, (int)n_slots, sp, so);
+    }
+    const uint16_t *k16 = (const uint16_t *)(const void *)p16.k;
+    const uint16_t *v16 = (const uint16_t *)(const void *)p16.v;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(k16[i], qv_f32_to_bf16(f->pool.k[i]));
+        assert_int_equal(v16[i], qv_f32_to_bf16(f->pool.v[i]));
+    }
+    int32_t seq[32], pos[32];
+    int nt = mixed_step(seq, pos);
+    int nh = 6;
+    for (int window = 0; window <= 5; window += 5) {
+        qv_attn_batch ab = {.n_tokens = nt,
+                            .tok_seq = seq,
+                            .tok_pos = pos,
+                            .n_seqs = A_NSEQ,
+                            .page_table = f->pt,
+                            .n_heads = nh,
+                            .n_kv_heads = A_NKV,
+                            .head_dim = hd,
+                            .window = window,
+                            .scale = 1.0f / sqrtf((float)hd)};
+        size_t nq = (size_t)(nt * nh * hd);
+        float *q = make_acts(nq);
+        float *o16 = malloc(nq * sizeof(float)), *orr = malloc(nq * sizeof(float));
+        be->iface->attention(be, &p16, 1, &ab, q, o16);
+        be->iface->attention(be, &pr, 1, &ab, q, orr);
+        if (memcmp(o16, orr, nq * sizeof(float)) != 0) {
+            fprintf(stderr,
+                    "attention bf16 %s hd=%d window=%d: differs from the rounded F32 pool\n",
+                    simd ? "simd" : "portable", hd, window);
+            fail();
+        }
+        free(orr);
+        free(o16);
+        free(q);
+    }
+    free(so);
+    free(sp);
+    be->iface->free(be, pr.k);
+    be->iface->free(be, pr.v);
+    be->iface->free(be, p16.k);
+    be->iface->free(be, p16.v);
+    be->iface->free(be, f->pool.k);
+    be->iface->free(be, f->pool.v);
+    free(f);
+    be->iface->destroy(be);
+}
+
+static void test_attention_bf16(void **state) {
+    (void)state;
+    for (int hd = 32; hd <= 128; hd *= 2) {
+        attention_bf16_case(true, hd);
+        attention_bf16_case(false, hd);
+    }
+    attention_bf16_case(true, 36); /* head_dim not a multiple of 8: the row-at-a-time path */
+}
+
 static void test_create_errors(void **state) {
     (void)state;
     qv_backend *be = NULL;
@@ -649,6 +739,7 @@ int main(void) {
         cmocka_unit_test(test_swiglu_add),
         cmocka_unit_test(test_alloc),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_bf16),
         cmocka_unit_test(test_create_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

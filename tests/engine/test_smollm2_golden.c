@@ -4,7 +4,8 @@
  *
  * Per prompt: last-position logits close to HF's, 32 greedy tokens (free running, quiver's own
  * argmax fed back) identical to HF's wherever HF's top-2 gap is not a near-tie, and the logits
- * of greedy step 8 (decode path through the paged cache) close to HF's.
+ * of greedy step 8 (decode path through the paged cache) close to HF's. Run twice: with F32
+ * K/V pages (within 1e-4) and with bf16 ones (--kv-dtype bf16: within 1e-2).
  * Skips (77) only when the model file is absent: `deploy/fetch-model.sh` puts it in
  * $QUIVER_HOME/models (the README test command runs it first).
  */
@@ -20,6 +21,7 @@
 #include "test_util.h"
 
 #define REL_TOL 1e-4
+#define REL_TOL_BF16 1e-2
 
 static char model_path[4096];
 
@@ -31,8 +33,9 @@ static int read_f32_file(const char *rel, float *out, size_t n) {
     return got == n ? 0 : -1;
 }
 
-static void test_smollm2(void **state) {
-    (void)state;
+/* tol: the logits' relative error allowed, and the top-2 gap under which HF's greedy token
+ * counts as a near-tie. */
+static void run_goldens(bool kv_bf16, double tol) {
     char *text = NULL;
     size_t len = 0;
     qv_error err = {0};
@@ -43,7 +46,7 @@ static void test_smollm2(void **state) {
     qv_free(text);
     assert_non_null(root);
     golden_runner r;
-    assert_int_equal(golden_open(&r, model_path, 0, 256, 16, 128), 0);
+    assert_int_equal(golden_open_kv(&r, model_path, 0, 256, 16, 128, kv_bf16), 0);
     const int V = r.m->cfg.n_vocab;
     assert_int_equal(V, 49152);
     float *cur = malloc(sizeof(float) * (size_t)V);
@@ -63,9 +66,9 @@ static void test_smollm2(void **state) {
                  cJSON_GetObjectItem(p, "last_logits_file")->valuestring);
         assert_int_equal(read_f32_file(rel, want, (size_t)V), 0);
         double e0 = qv_test_max_rel_err(cur, want, (size_t)V);
-        if (e0 > REL_TOL) {
-            qv_test_compare_f32("smollm2 last prompt logits", cur, want, (size_t)V, 0, REL_TOL);
-            fail_msg("prompt %d: last logits rel err %.3g > %.1g", pi, e0, REL_TOL);
+        if (e0 > tol) {
+            qv_test_compare_f32("smollm2 last prompt logits", cur, want, (size_t)V, 0, tol);
+            fail_msg("prompt %d: last logits rel err %.3g > %.1g", pi, e0, tol);
         }
         const cJSON *s8 = cJSON_GetObjectItem(p, "step8_logits_file");
         double e8 = -1;
@@ -75,7 +78,7 @@ static void test_smollm2(void **state) {
                 snprintf(rel, sizeof(rel), "tests/fixtures/smollm2/%s", s8->valuestring);
                 assert_int_equal(read_f32_file(rel, want, (size_t)V), 0);
                 e8 = qv_test_max_rel_err(cur, want, (size_t)V);
-                if (e8 > REL_TOL) fail_msg("prompt %d: step-8 logits rel err %.3g", pi, e8);
+                if (e8 > tol) fail_msg("prompt %d: step-8 logits rel err %.3g", pi, e8);
             }
             int mine = argmax_f32(cur, V);
             if (mine != greedy[s]) {
@@ -83,7 +86,7 @@ static void test_smollm2(void **state) {
                 for (int i = 0; i < V; i++)
                     scale = fmax(scale, fabs((double)cur[i]));
                 double g = cJSON_GetArrayItem(gap, s)->valuedouble;
-                if (g > REL_TOL * scale)
+                if (g > tol * scale)
                     fail_msg("prompt %d step %d: quiver chose %d, HF %d (HF top-2 gap %.3g)", pi, s,
                              mine, greedy[s], g);
                 break; /* a genuine near-tie: the continuations may diverge from here */
@@ -91,8 +94,9 @@ static void test_smollm2(void **state) {
             same++;
             assert_int_equal(golden_feed(&r, &seq, &mine, 1, n_ids + s, 0, cur), 0);
         }
-        printf("prompt %d (%d tokens): last-logit rel err %.2e, step-8 %.2e, greedy %d/%d same\n",
-               pi, n_ids, e0, e8, same, n_greedy);
+        printf("%s prompt %d (%d tokens): last-logit rel err %.2e, step-8 %.2e, greedy %d/%d "
+               "same\n",
+               kv_bf16 ? "bf16 K/V" : "f32 K/V", pi, n_ids, e0, e8, same, n_greedy);
         assert_true(same >= 24);
         qv_kv_seq_release(r.kv, &seq);
         free(ids);
@@ -104,6 +108,17 @@ static void test_smollm2(void **state) {
     free(want);
     golden_close(&r);
     cJSON_Delete(root);
+}
+
+static void test_smollm2(void **state) {
+    (void)state;
+    run_goldens(false, REL_TOL);
+}
+
+/* --kv-dtype bf16: K and V rounded to bf16 in the cache (2^-9 relative), the rest F32. */
+static void test_smollm2_kv_bf16(void **state) {
+    (void)state;
+    run_goldens(true, REL_TOL_BF16);
 }
 
 int main(void) {
@@ -118,6 +133,7 @@ int main(void) {
         printf("SKIP: %s not found (run deploy/fetch-model.sh)\n", model_path);
         return 77;
     }
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_smollm2)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_smollm2),
+                                       cmocka_unit_test(test_smollm2_kv_bf16)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -231,13 +231,14 @@ def run_json_log_test():
     """--log-format json: every stderr line of a server's life (start-up, a request with an
     X-Request-Id and a quote in its adapter name, an error, the drain) is one JSON object with
     an RFC 3339 UTC time, a level, a logger and the message; the text of each message is the
-    text mode's."""
-    srv = Server("--log-format", "json", "--api-key", KEY)
+    text mode's. The server also runs with --kv-dtype bf16 (K/V pages in bf16 on the CPU)."""
+    srv = Server("--log-format", "json", "--api-key", KEY, "--kv-dtype", "bf16")
     try:
-        st, _, _ = srv.raw("POST", "/v1/completions",
-                           {"prompt": "Hi", "max_tokens": 2, "temperature": 0},
-                           headers={"X-Request-Id": "json-log-1"})
-        check(st == 200, "a completion with --log-format json")
+        st, _, body = srv.raw("POST", "/v1/completions",
+                              {"prompt": "Hi", "max_tokens": 2, "temperature": 0},
+                              headers={"X-Request-Id": "json-log-1"})
+        check(st == 200 and json.loads(body)["usage"]["completion_tokens"] == 2,
+              "a completion with --log-format json and --kv-dtype bf16")
         st, _, _ = srv.raw("POST", "/v1/completions", {"model": 'no"such', "prompt": "x"})
         check(st == 404, "an unknown model with --log-format json")
         check(srv.stop() == 0, "the json-logging server stops cleanly")
@@ -258,8 +259,8 @@ def run_json_log_test():
     by = lambda pred: [o for o in objs if pred(o)]
     check(by(lambda o: o["logger"] == "serve" and o["msg"].startswith("listening on http://")),
           "the listening line (logger serve)")
-    check(by(lambda o: o["logger"] == "serve" and o["msg"].startswith("budgets: kv ")),
-          "the budgets line")
+    check(by(lambda o: o["logger"] == "serve" and o["msg"].startswith("budgets: kv ") and
+             "x 16 tokens (bf16)" in o["msg"]), "the budgets line, with bf16 K/V pages")
     check(by(lambda o: o["level"] == "info" and "x-request-id=json-log-1" in o["msg"] and
              "status=200" in o["msg"]), "the request line with its X-Request-Id")
     check(by(lambda o: o["msg"] == "stopped"), "the stop line")
@@ -1252,9 +1253,12 @@ def run_drain_test(srv):
 
     def inflight():
         try:
+            # 256 tokens without EOS: long enough (over a second) that the server is still
+            # draining when /ready and a new request are tried below
             out["r"] = stream_text(client, "completions", model=base,
-                                   prompt="The history of the printing press", max_tokens=48,
-                                   temperature=0, stream_options={"include_usage": True})
+                                   prompt="The history of the printing press", max_tokens=256,
+                                   temperature=0, stream_options={"include_usage": True},
+                                   extra_body={"ignore_eos": True})
         except Exception as e:  # noqa: BLE001
             out["r"] = e
 
