@@ -104,12 +104,48 @@ static void softmax_portable(float *sc, int len, float mx) {
 }
 
 #if QV_HAVE_X86
-/* Same values as softmax_portable except the sum, which runs in 8 lanes (then the lanes in a
- * fixed order, then the tail): a scalar add chain over a long context cost more than the dot
- * products. The division stays a true division (as HF's softmax). */
+/* e^x in 8 lanes for the softmax's x = score - max <= 0 (Cephes' expf: x = n ln2 + r with
+ * |r| <= ln2/2, ln2 split in two constants, a degree-5 polynomial for (e^r - 1 - r) / r^2, and
+ * 2^n built in the exponent bits; within 2 ulp of e^x). x below -87.33 (e^x under the
+ * smallest normal float) gives 0; NaN stays NaN. Every lane computes the same function of its
+ * own input, so a probability depends only on its score. */
+__attribute__((target("avx2,fma"))) static __m256 exp8_avx2(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.33654475f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ), nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    __m256 xc = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    y = _mm256_andnot_ps(under, y);
+    return _mm256_blendv_ps(y, x, nan);
+}
+
+/* softmax_portable's operations with the exponential in 8 lanes (exp8_avx2, a short last
+ * group padded) and the sum in 8 lanes (then the lanes in a fixed order, then the tail): a
+ * scalar expf and add chain over a long context cost more than the dot products. The division
+ * stays a true division (as HF's softmax). */
 __attribute__((target("avx2,fma"))) static void softmax_avx2(float *sc, int len, float mx) {
-    for (int i = 0; i < len; i++)
-        sc[i] = expf(sc[i] - mx);
+    const __m256 vmx = _mm256_set1_ps(mx);
+    int i0 = 0;
+    for (; i0 + 8 <= len; i0 += 8)
+        _mm256_storeu_ps(sc + i0, exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(sc + i0), vmx)));
+    if (i0 < len) {
+        float t[8] = {0};
+        memcpy(t, sc + i0, (size_t)(len - i0) * sizeof(float));
+        _mm256_storeu_ps(t, exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(t), vmx)));
+        memcpy(sc + i0, t, (size_t)(len - i0) * sizeof(float));
+    }
     __m256 acc = _mm256_setzero_ps();
     int i = 0;
     for (; i + 8 <= len; i += 8)
@@ -128,6 +164,18 @@ __attribute__((target("avx2,fma"))) static void softmax_avx2(float *sc, int len,
         sc[i] = sc[i] / sum;
 }
 #endif
+
+void qv__cpu_softmax(bool simd, float *sc, int len, float mx) {
+#if QV_HAVE_X86
+    if (simd) {
+        softmax_avx2(sc, len, mx);
+        return;
+    }
+#else
+    (void)simd;
+#endif
+    softmax_portable(sc, len, mx);
+}
 
 /* Float offset of position j's slot (all kv heads) in this layer of the pool (shifts when the
  * page size is a power of two). */
@@ -336,14 +384,8 @@ static void attn_unit(const struct attn_task *tk, int unit, float *sc, size_t ld
                 if (v > mx[u]) mx[u] = v;
             }
         }
-    for (int u = 0; u < nh; u++) {
-#if QV_HAVE_X86
-        if (tk->simd)
-            softmax_avx2(sc + (size_t)u * ldp, len, mx[u]);
-        else
-#endif
-            softmax_portable(sc + (size_t)u * ldp, len, mx[u]);
-    }
+    for (int u = 0; u < nh; u++)
+        qv__cpu_softmax(tk->simd, sc + (size_t)u * ldp, len, mx[u]);
 #if QV_HAVE_X86
     if (tk->simd && hd % 64 == 0) {
         wsum64_avx2(tk, pt, j0, p, head_off, sc, ldp, o, hd, nh);

@@ -59,6 +59,9 @@ void qv__cpu_swiglu(qv__cpu_ctx *cx, const float *gate, const float *up, float *
 void qv__cpu_add(qv__cpu_ctx *cx, float *y, const float *x, size_t n_elems);
 void qv__cpu_kv_store(qv__cpu_ctx *cx, qv_kv_pool *pool, int layer, const float *k, const float *v,
                       int n, const int32_t *slot_page, const int32_t *slot_off);
+/* sc[i] = exp(sc[i] - mx) / Σ exp(sc - mx) for i < len (mx: the row's maximum), with the
+ * AVX2 kernels (simd) or the portable ones. */
+void qv__cpu_softmax(bool simd, float *sc, int len, float mx);
 void qv__cpu_attention(qv__cpu_ctx *cx, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
                        const float *q, float *out);
 

@@ -625,6 +625,33 @@ static void test_attention(void **state) {
     }
 }
 
+/* The attention's softmax against a double-precision one: rows of scores spread over
+ * [-120, 0] below their maximum (so some exponentials fall under the smallest normal float),
+ * lengths 1..40 (the 8-lane groups and a padded last group), both kernels. */
+static void test_softmax(void **state) {
+    (void)state;
+    for (int simd = 0; simd < 2; simd++) {
+        if (simd && !qv__cpu_has_avx2()) continue;
+        for (int len = 1; len <= 40; len++) {
+            float sc[40], want[40];
+            double e[40], sum = 0.0;
+            for (int i = 0; i < len; i++)
+                sc[i] = 3.0f - 123.0f * rng_unit() * rng_unit();     /* many near the top */
+            sc[len - 1] = 3.0f;                                      /* the maximum */
+            if (len > 3) sc[1] = 3.0f - 87.3f, sc[2] = 3.0f - 87.4f; /* around the cut */
+            for (int i = 0; i < len; i++)
+                sum += (e[i] = exp((double)sc[i] - 3.0));
+            for (int i = 0; i < len; i++)
+                want[i] = (float)(e[i] / sum);
+            qv__cpu_softmax(simd, sc, len, 3.0f);
+            char label[64];
+            snprintf(label, sizeof label, "softmax %s len=%d", simd ? "avx2" : "portable", len);
+            /* 4 ulp of each probability; below 2^-126 of the maximum a flush to zero is fine */
+            assert_int_equal(qv_test_compare_f32(label, sc, want, (size_t)len, 1.2e-38, 5e-7), 0);
+        }
+    }
+}
+
 /* bf16 pools (--kv-dtype bf16 on the CPU): kv_store rounds every element to nearest even, and
  * attention over the pool gives exactly the bits of attention over an F32 pool holding the
  * rounded values (each element widened exactly, then the F32 path's operations). */
@@ -740,6 +767,7 @@ int main(void) {
         cmocka_unit_test(test_alloc),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_bf16),
+        cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_create_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
