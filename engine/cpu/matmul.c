@@ -277,42 +277,55 @@ QV_AVX2_INLINE float hsum8(__m256 v) {
 
 typedef void (*tile_fn)(const struct mm_args *a, int64_t r0, int t0);
 
-/* One tile of RT rows x NT tokens; see the determinism contract at the top of the file. */
-#define DEF_TILE_AVX2(T, RT, NT)                                                                   \
-    static QV_AVX2 void tile_avx2_##T##_##RT##_##NT(const struct mm_args *a, int64_t r0, int t0) { \
-        __m256 acc[RT][NT];                                                                        \
+/* One tile of RT rows x NT tokens for the kernel family ISA; see the determinism contract at
+ * the top of the file. A family supplies ATTR_<ISA> (target attribute), VEC_<ISA> (vector
+ * type), NV_<ISA> (vectors per 32-element chunk), ZERO_/LOAD_/FMA_<ISA> (intrinsics),
+ * DEQ_<ISA>(T) (the chunk dequantizer of dtype T) and HSUM_<ISA> (the fixed-order lane sum).
+ * A pair's accumulator gets the chunk's NV FMAs in order, chunk after chunk. */
+#define DEF_TILE(ISA, T, RT, NT)                                                                   \
+    static ATTR_##ISA void tile_##ISA##_##T##_##RT##_##NT(const struct mm_args *a, int64_t r0,     \
+                                                          int t0) {                                \
+        VEC_##ISA acc[RT][NT];                                                                     \
         const uint8_t *wr[RT];                                                                     \
         const float *xr[NT];                                                                       \
         _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                     \
             wr[r] = a->w + (size_t)(r0 + r) * a->row_bytes;                                        \
-            _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();  \
+            _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) acc[r][t] = ZERO_##ISA();         \
         }                                                                                          \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) xr[t] =                               \
             a->x + (size_t)(t0 + t) * (size_t)a->n_cols;                                           \
         const size_t pf_dist = PF_ROWS * a->row_bytes, chunk_bytes = a->chunk_bytes;               \
         for (int64_t c = 0; c < a->n_chunks; c++) {                                                \
             _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                 \
-                __m256 W[4];                                                                       \
+                VEC_##ISA W[NV_##ISA];                                                             \
                 _mm_prefetch((const char *)((uintptr_t)wr[r] + pf_dist + (size_t)c * chunk_bytes), \
                              _MM_HINT_T0);                                                         \
-                deq_##T(wr[r], c, W);                                                              \
+                DEQ_##ISA(T)(wr[r], c, W);                                                         \
                 _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) {                             \
                     const float *xp = xr[t] + 32 * c;                                              \
-                    acc[r][t] = _mm256_fmadd_ps(W[0], _mm256_loadu_ps(xp), acc[r][t]);             \
-                    acc[r][t] = _mm256_fmadd_ps(W[1], _mm256_loadu_ps(xp + 8), acc[r][t]);         \
-                    acc[r][t] = _mm256_fmadd_ps(W[2], _mm256_loadu_ps(xp + 16), acc[r][t]);        \
-                    acc[r][t] = _mm256_fmadd_ps(W[3], _mm256_loadu_ps(xp + 24), acc[r][t]);        \
+                    _Pragma("GCC unroll 4") for (int k = 0; k < NV_##ISA; k++) acc[r][t] =         \
+                        FMA_##ISA(W[k], LOAD_##ISA(xp + k * (32 / NV_##ISA)), acc[r][t]);          \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
         for (int r = 0; r < RT; r++)                                                               \
             for (int t = 0; t < NT; t++) {                                                         \
-                float s = hsum8(acc[r][t]);                                                        \
+                float s = HSUM_##ISA(acc[r][t]);                                                   \
                 if (a->n_tail) s += tail_dot(a->dtype, wr[r], xr[t], 32 * a->n_chunks, a->n_tail); \
                 if (a->bias) s += a->bias[r0 + r];                                                 \
                 a->y[(size_t)(t0 + t) * (size_t)a->n_rows + (size_t)(r0 + r)] = s;                 \
             }                                                                                      \
     }
+
+#define ATTR_avx2 QV_AVX2
+#define VEC_avx2 __m256
+#define NV_avx2 4
+#define ZERO_avx2 _mm256_setzero_ps
+#define LOAD_avx2 _mm256_loadu_ps
+#define FMA_avx2 _mm256_fmadd_ps
+#define DEQ_avx2(T) deq_##T
+#define HSUM_avx2 hsum8
+#define DEF_TILE_AVX2(T, RT, NT) DEF_TILE(avx2, T, RT, NT)
 
 #define DEF_TILES_AVX2(T)                                                                          \
     DEF_TILE_AVX2(T, 8, 1)                                                                         \
@@ -435,41 +448,16 @@ QV_AVX512_INLINE float hsum16(__m512 v) {
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
 
-/* One tile of RT rows x NT tokens (16-lane accumulators; up to 16 of the 32 registers). */
-#define DEF_TILE_AVX512(T, RT, NT)                                                                 \
-    static QV_AVX512 void tile_avx512_##T##_##RT##_##NT(const struct mm_args *a, int64_t r0,       \
-                                                        int t0) {                                  \
-        __m512 acc[RT][NT];                                                                        \
-        const uint8_t *wr[RT];                                                                     \
-        const float *xr[NT];                                                                       \
-        _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                     \
-            wr[r] = a->w + (size_t)(r0 + r) * a->row_bytes;                                        \
-            _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();  \
-        }                                                                                          \
-        _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) xr[t] =                               \
-            a->x + (size_t)(t0 + t) * (size_t)a->n_cols;                                           \
-        const size_t pf_dist = PF_ROWS * a->row_bytes, chunk_bytes = a->chunk_bytes;               \
-        for (int64_t c = 0; c < a->n_chunks; c++) {                                                \
-            _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                 \
-                __m512 V[2];                                                                       \
-                _mm_prefetch((const char *)((uintptr_t)wr[r] + pf_dist + (size_t)c * chunk_bytes), \
-                             _MM_HINT_T0);                                                         \
-                deq512_##T(wr[r], c, V);                                                           \
-                _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) {                             \
-                    const float *xp = xr[t] + 32 * c;                                              \
-                    acc[r][t] = _mm512_fmadd_ps(V[0], _mm512_loadu_ps(xp), acc[r][t]);             \
-                    acc[r][t] = _mm512_fmadd_ps(V[1], _mm512_loadu_ps(xp + 16), acc[r][t]);        \
-                }                                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-        for (int r = 0; r < RT; r++)                                                               \
-            for (int t = 0; t < NT; t++) {                                                         \
-                float s = hsum16(acc[r][t]);                                                       \
-                if (a->n_tail) s += tail_dot(a->dtype, wr[r], xr[t], 32 * a->n_chunks, a->n_tail); \
-                if (a->bias) s += a->bias[r0 + r];                                                 \
-                a->y[(size_t)(t0 + t) * (size_t)a->n_rows + (size_t)(r0 + r)] = s;                 \
-            }                                                                                      \
-    }
+/* The AVX-512 family of DEF_TILE: 16-lane accumulators (up to 16 of the 32 registers). */
+#define ATTR_avx512 QV_AVX512
+#define VEC_avx512 __m512
+#define NV_avx512 2
+#define ZERO_avx512 _mm512_setzero_ps
+#define LOAD_avx512 _mm512_loadu_ps
+#define FMA_avx512 _mm512_fmadd_ps
+#define DEQ_avx512(T) deq512_##T
+#define HSUM_avx512 hsum16
+#define DEF_TILE_AVX512(T, RT, NT) DEF_TILE(avx512, T, RT, NT)
 
 /* Main tiles 8x1, 8x2, 4x4, 2x8 (8 to 16 accumulators; row counts divide a job's multiple of
  * 8 rows), plus the single-row tile of each token count. */

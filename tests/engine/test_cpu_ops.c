@@ -551,9 +551,13 @@ static void attn_reference(const struct attn_fixture *f, const qv_attn_batch *ab
         }
 }
 
+#define A_NHEADS 6 /* GQA: 3 query heads per kv head */
+
 /* A mixed step over the fixture's sequences: seq 0 decodes at 76 and re-reads 7..12 (as a
- * chunked prefill would), seq 1 prefills 0..5, seq 2 decodes its first token. Returns n. */
-static int mixed_step(int32_t seq[32], int32_t pos[32]) {
+ * chunked prefill would), seq 1 prefills 0..5, seq 2 decodes its first token. seq and pos:
+ * 32 entries each, filled. */
+static qv_attn_batch mixed_step(const struct attn_fixture *f, int32_t *seq, int32_t *pos,
+                                int window) {
     int n = 0;
     seq[n] = 0, pos[n++] = 76;
     for (int j = 0; j < 6; j++)
@@ -561,7 +565,16 @@ static int mixed_step(int32_t seq[32], int32_t pos[32]) {
     for (int j = 7; j < 13; j++)
         seq[n] = 0, pos[n++] = j;
     seq[n] = 2, pos[n++] = 0;
-    return n;
+    return (qv_attn_batch){.n_tokens = n,
+                           .tok_seq = seq,
+                           .tok_pos = pos,
+                           .n_seqs = A_NSEQ,
+                           .page_table = f->pt,
+                           .n_heads = A_NHEADS,
+                           .n_kv_heads = A_NKV,
+                           .head_dim = f->hd,
+                           .window = window,
+                           .scale = 1.0f / sqrtf((float)f->hd)};
 }
 
 static void attention_case(bool simd, int window, int hd) {
@@ -569,18 +582,8 @@ static void attention_case(bool simd, int window, int hd) {
     struct attn_fixture *f = malloc(sizeof *f);
     attn_setup(be, f, hd);
     int32_t seq[32], pos[32];
-    int n = mixed_step(seq, pos);
-    int nh = 6; /* GQA: 3 query heads per kv head */
-    qv_attn_batch ab = {.n_tokens = n,
-                        .tok_seq = seq,
-                        .tok_pos = pos,
-                        .n_seqs = A_NSEQ,
-                        .page_table = f->pt,
-                        .n_heads = nh,
-                        .n_kv_heads = A_NKV,
-                        .head_dim = hd,
-                        .window = window,
-                        .scale = 1.0f / sqrtf((float)hd)};
+    qv_attn_batch ab = mixed_step(f, seq, pos, window);
+    const int n = ab.n_tokens, nh = ab.n_heads;
     size_t nq = (size_t)(n * nh * hd);
     float *q = make_acts(nq);
     for (size_t i = 0; i < nq; i++)
@@ -688,20 +691,9 @@ static void attention_bf16_case(bool simd, int hd) {
         assert_int_equal(v16[i], qv_f32_to_bf16(f->pool.v[i]));
     }
     int32_t seq[32], pos[32];
-    int nt = mixed_step(seq, pos);
-    int nh = 6;
     for (int window = 0; window <= 5; window += 5) {
-        qv_attn_batch ab = {.n_tokens = nt,
-                            .tok_seq = seq,
-                            .tok_pos = pos,
-                            .n_seqs = A_NSEQ,
-                            .page_table = f->pt,
-                            .n_heads = nh,
-                            .n_kv_heads = A_NKV,
-                            .head_dim = hd,
-                            .window = window,
-                            .scale = 1.0f / sqrtf((float)hd)};
-        size_t nq = (size_t)(nt * nh * hd);
+        qv_attn_batch ab = mixed_step(f, seq, pos, window);
+        size_t nq = (size_t)(ab.n_tokens * ab.n_heads * hd);
         float *q = make_acts(nq);
         float *o16 = malloc(nq * sizeof(float)), *orr = malloc(nq * sizeof(float));
         be->iface->attention(be, &p16, 1, &ab, q, o16);
