@@ -217,12 +217,6 @@ static const float *row_f32(const struct attn_task *tk, const void *p, int n, fl
 #if QV_HAVE_X86
 #define WSUM_KEYS 32 /* keys per block: 32 V rows of one kv head stay in L1 across the heads */
 
-/* o_u = Σ_j prob_u[j] v_j for the nh query heads u of one kv head (prob_u = prob + u * ldp,
- * o_u = o + u * hd), head_dim a multiple of 64: 64 output columns at a time live in eight
- * registers across a block of keys; each head runs over the block in turn (the block's V rows
- * are read from memory once), and its registers are parked in o_u between blocks (exact).
- * Per element: one fma per j, j ascending, from zero, as axpy_avx2: identical bits, and
- * independent of nh. */
 #define QV_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
 
 /* 8 K/V elements at p as floats (bf16: exact widening). */
@@ -233,6 +227,12 @@ QV_AVX2_INLINE __m256 ld8(const void *p, bool bf16) {
     return _mm256_loadu_ps((const float *)p);
 }
 
+/* o_u = Σ_j prob_u[j] v_j for the nh query heads u of one kv head (prob_u = prob + u * ldp,
+ * o_u = o + u * hd), head_dim a multiple of 64: 64 output columns at a time live in eight
+ * registers across a block of keys; each head runs over the block in turn (the block's V rows
+ * are read from memory once), and its registers are parked in o_u between blocks (exact).
+ * Per element: one fma per j, j ascending, from zero, as axpy_avx2: identical bits, and
+ * independent of nh. */
 QV_AVX2_INLINE void wsum64_body(const struct attn_task *tk, const int32_t *pt, int j0, int p,
                                 size_t head_off, const float *prob, size_t ldp, float *o, int hd,
                                 int nh, bool bf16) {
@@ -248,7 +248,7 @@ QV_AVX2_INLINE void wsum64_body(const struct attn_task *tk, const int32_t *pt, i
                                64 * eb);
             for (int u = 0; u < nh; u++) {
                 float *ou = o + (size_t)u * (size_t)hd + c0;
-                const float *pu = prob + (size_t)u * ldp - j0;
+                const float *pu = prob + (size_t)u * ldp;
                 __m256 acc[8];
                 if (jb == j0) {
                     _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) acc[k] =
@@ -258,7 +258,7 @@ QV_AVX2_INLINE void wsum64_body(const struct attn_task *tk, const int32_t *pt, i
                         _mm256_loadu_ps(ou + 8 * k);
                 }
                 for (int j = jb; j <= je; j++) {
-                    __m256 pj = _mm256_set1_ps(pu[j]);
+                    __m256 pj = _mm256_set1_ps(pu[j - j0]);
                     const char *v = vp[j - jb];
                     _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) acc[k] =
                         _mm256_fmadd_ps(pj, ld8(v + 8 * k * eb, bf16), acc[k]);
