@@ -25,6 +25,7 @@ static void cpu_destroy(qv_backend *be) {
     if (cx) {
         qv__cpu_pool_destroy(cx->pool);
         qv_free(cx->scratch);
+        qv_free(cx->tiles);
         qv_free(cx);
     }
     qv_free(be);

@@ -29,6 +29,8 @@ typedef struct qv__cpu_ctx {
     bool kv_bf16;                  /* K/V pools created now store bf16 (else F32) */
     float *scratch; /* attention score scratch, n_threads * scratch_per_thread floats */
     size_t scratch_per_thread;
+    int32_t *tiles; /* attention's token tiles of a step, tiles_cap entries */
+    int tiles_cap;
 } qv__cpu_ctx;
 
 /* True when `pool` stores bf16 K/V (its own elem_bytes, or the context's choice when 0). */
