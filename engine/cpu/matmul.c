@@ -438,7 +438,9 @@ QV_AVX512_INLINE void deq512_Q4_0(const uint8_t *row, int64_t c, __m512 V[2]) {
 
 QV_AVX512_INLINE void deq512_Q4_1(const uint8_t *row, int64_t c, __m512 V[2]) {
     const uint8_t *p = row + 20 * c;
-    __m512 vd = _mm512_set1_ps(f16s(p)), vm = _mm512_set1_ps(f16s(p + 2));
+    __m256 d8, m8; /* the AVX2 path's one conversion of the (d, m) pair, widened */
+    dm_pair(p, &d8, &m8);
+    __m512 vd = _mm512_broadcast_f32x8(d8), vm = _mm512_broadcast_f32x8(m8);
     nibbles512(p + 4, V);
     V[0] = _mm512_fmadd_ps(V[0], vd, vm);
     V[1] = _mm512_fmadd_ps(V[1], vd, vm);
