@@ -15,12 +15,19 @@ static const struct {
     int block_elems;
     int block_bytes;
 } dtype_info[QV_DTYPE_COUNT] = {
-    [QV_DTYPE_F32] = {"F32", 1, 4},       [QV_DTYPE_F16] = {"F16", 1, 2},
-    [QV_DTYPE_BF16] = {"BF16", 1, 2},     [QV_DTYPE_Q8_0] = {"Q8_0", 32, 34},
-    [QV_DTYPE_Q4_0] = {"Q4_0", 32, 18},   [QV_DTYPE_Q4_1] = {"Q4_1", 32, 20},
-    [QV_DTYPE_Q5_0] = {"Q5_0", 32, 22},   [QV_DTYPE_Q5_1] = {"Q5_1", 32, 24},
-    [QV_DTYPE_Q4_K] = {"Q4_K", 256, 144}, [QV_DTYPE_Q6_K] = {"Q6_K", 256, 210},
+    [QV_DTYPE_F32] = {"F32", 1, 4},           [QV_DTYPE_F16] = {"F16", 1, 2},
+    [QV_DTYPE_BF16] = {"BF16", 1, 2},         [QV_DTYPE_Q8_0] = {"Q8_0", 32, 34},
+    [QV_DTYPE_Q4_0] = {"Q4_0", 32, 18},       [QV_DTYPE_Q4_1] = {"Q4_1", 32, 20},
+    [QV_DTYPE_Q5_0] = {"Q5_0", 32, 22},       [QV_DTYPE_Q5_1] = {"Q5_1", 32, 24},
+    [QV_DTYPE_Q4_K] = {"Q4_K", 256, 144},     [QV_DTYPE_Q6_K] = {"Q6_K", 256, 210},
+    [QV_DTYPE_Q2_K] = {"Q2_K", 256, 84},      [QV_DTYPE_Q3_K] = {"Q3_K", 256, 110},
+    [QV_DTYPE_Q5_K] = {"Q5_K", 256, 176},     [QV_DTYPE_IQ4_NL] = {"IQ4_NL", 32, 18},
+    [QV_DTYPE_IQ4_XS] = {"IQ4_XS", 256, 136},
 };
+
+/* The 16 values of a 4-bit IQ4_NL / IQ4_XS index (ggml's kvalues_iq4nl). */
+const int8_t qv_iq4_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                  1,    13,   25,  38,  53,  69,  89,  113};
 
 const char *qv_dtype_name(enum qv_dtype t) {
     return (unsigned)t < QV_DTYPE_COUNT ? dtype_info[t].name : "?";
@@ -224,6 +231,81 @@ void qv_dequantize_row(enum qv_dtype t, const void *row, float *y, int64_t n) {
                 }
             }
             y += 256;
+        }
+        return;
+    case QV_DTYPE_Q2_K:
+        /* scales[16] (4-bit scale | 4-bit min << 4 per 16 elements), qs[64], f16 d, dmin.
+         * Element i = 128h + 32j + l holds bits 2j of qs[32h + l]; sub-block i / 16. */
+        for (int64_t b = 0; b < n / 256; b++, p += 84, y += 256) {
+            float d = qv_f16_to_f32(rd16(p + 80)), dmin = qv_f16_to_f32(rd16(p + 82));
+            for (int i = 0; i < 256; i++) {
+                int h = i >> 7, j = (i >> 5) & 3, l = i & 31;
+                uint8_t sc = p[i >> 4];
+                float dl = d * (float)(sc & 0xF), ml = dmin * (float)(sc >> 4);
+                y[i] = dl * (float)((p[16 + 32 * h + l] >> (2 * j)) & 3) - ml;
+            }
+        }
+        return;
+    case QV_DTYPE_Q3_K:
+        /* hmask[32], qs[64], scales[12] (16 six-bit scales, minus 32), f16 d. Element
+         * i = 128h + 32j + l: low bits 2j of qs[32h + l], minus 4 unless bit 4h + j of
+         * hmask[l] is set. */
+        for (int64_t b = 0; b < n / 256; b++, p += 110, y += 256) {
+            const uint8_t *hm = p, *qs = p + 32, *sc = p + 96;
+            float d = qv_f16_to_f32(rd16(p + 108));
+            for (int i = 0; i < 256; i++) {
+                int h = i >> 7, j = (i >> 5) & 3, l = i & 31, s = i >> 4;
+                int lo = (sc[s & 7] >> (4 * (s >> 3))) & 0xF;
+                int hi = (sc[8 + (s & 3)] >> (2 * (s >> 2))) & 3;
+                float dl = d * (float)((lo | (hi << 4)) - 32);
+                int q = ((qs[32 * h + l] >> (2 * j)) & 3) - (((hm[l] >> (4 * h + j)) & 1) ? 0 : 4);
+                y[i] = dl * (float)q;
+            }
+        }
+        return;
+    case QV_DTYPE_Q5_K:
+        /* f16 d, dmin; scales[12] as Q4_K; qh[32]; qs[128]. Sub-block s = i / 32 of pair
+         * c = s / 2: low nibble (s even) or high nibble of qs[32c + l], plus bit s of qh[l]
+         * as 16. */
+        for (int64_t b = 0; b < n / 256; b++, p += 176) {
+            float d = qv_f16_to_f32(rd16(p)), dmin = qv_f16_to_f32(rd16(p + 2));
+            const uint8_t *qh = p + 16, *qs = p + 48;
+            for (int s = 0; s < 8; s++) {
+                uint8_t sc, mn;
+                get_scale_min_k4(s, p + 4, &sc, &mn);
+                float d1 = d * sc, m1 = dmin * mn;
+                for (int l = 0; l < 32; l++) {
+                    int q = ((qs[32 * (s >> 1) + l] >> (4 * (s & 1))) & 0xF) |
+                            (((qh[l] >> s) & 1) << 4);
+                    *y++ = d1 * (float)q - m1;
+                }
+            }
+        }
+        return;
+    case QV_DTYPE_IQ4_NL:
+        for (int64_t b = 0; b < n / 32; b++, p += 18, y += 32) {
+            float d = qv_f16_to_f32(rd16(p));
+            for (int j = 0; j < 16; j++) {
+                y[j] = d * (float)qv_iq4_values[p[2 + j] & 0xF];
+                y[j + 16] = d * (float)qv_iq4_values[p[2 + j] >> 4];
+            }
+        }
+        return;
+    case QV_DTYPE_IQ4_XS:
+        /* f16 d, u16 scales_h (2 high bits per sub-block), scales_l[4] (4 low bits), qs[128]:
+         * sub-block s of 32 = IQ4_NL's nibble layout at qs + 16s, scale d * (ls - 32). */
+        for (int64_t b = 0; b < n / 256; b++, p += 136) {
+            float d = qv_f16_to_f32(rd16(p));
+            uint16_t sh = rd16(p + 2);
+            for (int s = 0; s < 8; s++, y += 32) {
+                int ls = ((p[4 + s / 2] >> (4 * (s & 1))) & 0xF) | (((sh >> (2 * s)) & 3) << 4);
+                float dl = d * (float)(ls - 32);
+                const uint8_t *qs = p + 8 + 16 * s;
+                for (int j = 0; j < 16; j++) {
+                    y[j] = dl * (float)qv_iq4_values[qs[j] & 0xF];
+                    y[j + 16] = dl * (float)qv_iq4_values[qs[j] >> 4];
+                }
+            }
         }
         return;
     case QV_DTYPE_COUNT: break;

@@ -27,6 +27,11 @@ enum qv_dtype {
     QV_DTYPE_Q5_1,
     QV_DTYPE_Q4_K,
     QV_DTYPE_Q6_K,
+    QV_DTYPE_Q2_K,
+    QV_DTYPE_Q3_K,
+    QV_DTYPE_Q5_K,
+    QV_DTYPE_IQ4_NL,
+    QV_DTYPE_IQ4_XS,
     QV_DTYPE_COUNT
 };
 
@@ -44,6 +49,9 @@ float qv_f16_to_f32(uint16_t h);
 uint16_t qv_f32_to_f16(float f);
 float qv_bf16_to_f32(uint16_t h);
 uint16_t qv_f32_to_bf16(float f);
+
+/* The 16 values a 4-bit IQ4_NL / IQ4_XS index stands for. */
+extern const int8_t qv_iq4_values[16];
 
 /* Dequantizes one row (n_cols elements) of any dtype to f32. Reference path used by tests
  * and by code that needs a few rows (embedding lookups); not the matmul hot path. */

@@ -219,30 +219,181 @@ QV_AVX2_INLINE void deq_Q5_1(const uint8_t *row, int64_t c, __m256 W[4]) {
     affine4(W, f16s(p), f16s(p + 2));
 }
 
-QV_AVX2_INLINE void deq_Q4_K(const uint8_t *row, int64_t c, __m256 W[4]) {
-    const uint8_t *p = row + 144 * (c >> 3);
-    int sub = (int)(c & 7);
-    const uint8_t *sc = p + 4;
-    int s, m;
-    if (sub < 4) {
-        s = sc[sub] & 63;
-        m = sc[sub + 4] & 63;
-    } else {
-        s = (sc[sub + 4] & 0xF) | ((sc[sub - 4] >> 6) << 4);
-        m = (sc[sub + 4] >> 4) | ((sc[sub] >> 6) << 4);
-    }
-    float d1 = f16s(p) * (float)s, m1 = f16s(p + 2) * (float)m;
-    const uint8_t *q = p + 16 + 32 * (sub >> 1);
-    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1));
-    __m256i m4 = _mm256_set1_epi32(0xF);
-    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
-        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * k)));
-        W[k] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(v, sh), m4));
-    }
-    affine4(W, d1, -m1);
+/* ---- K-quants and IQ4: super-block scales decoded once, chunks dequantized from them ---- */
+
+/* The scales of one row's current 256-weight super-block: prep_<T> decodes them once per
+ * super-block (products of the f16 super-scale and the small integer scales, exact in f32, so
+ * the same values as the reference dequantizer's; `nm` holds the mins negated) and the chunk
+ * dequantizers read them: for chunk `sub` (0..7) of the super-block, d[2 sub], d[2 sub + 1]
+ * (and nm[...]) for the types with 16-element sub-blocks (Q2_K, Q3_K, Q6_K), d[sub] and
+ * nm[sub] for 32-element ones. */
+struct kscales {
+    float d[16], nm[16];
+};
+
+/* Chunks per super-block: 8 for the 256-element blocks, 1 for the others (no prep). */
+enum {
+    SB_F32 = 1,
+    SB_F16 = 1,
+    SB_BF16 = 1,
+    SB_Q8_0 = 1,
+    SB_Q4_0 = 1,
+    SB_Q4_1 = 1,
+    SB_Q5_0 = 1,
+    SB_Q5_1 = 1,
+    SB_IQ4_NL = 1,
+    SB_Q4_K = 8,
+    SB_Q6_K = 8,
+    SB_Q2_K = 8,
+    SB_Q3_K = 8,
+    SB_Q5_K = 8,
+    SB_IQ4_XS = 8,
+};
+
+/* 16 small unsigned integers (bytes of v) times the f16 scales: lanes 0..7 times d into
+ * out[0..7], lanes 8..15 times d2 into out2[0..7] (the products are exact). */
+QV_AVX2_INLINE void scale16(__m128i v, float d, float d2, float *out, float *out2) {
+    _mm256_storeu_ps(out,
+                     _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), _mm256_set1_ps(d)));
+    _mm256_storeu_ps(out2,
+                     _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
+                                   _mm256_set1_ps(d2)));
 }
 
-QV_AVX2_INLINE void deq_Q6_K(const uint8_t *row, int64_t c, __m256 W[4]) {
+/* Q4_K / Q5_K: the 8 six-bit scales and 8 six-bit mins packed in 12 bytes (FORMATS.md 3.2),
+ * unpacked with 32-bit masks into 8 scale bytes then 8 min bytes. */
+QV_AVX2_INLINE void prep_k4(const uint8_t *p, struct kscales *ks) {
+    uint32_t u[3], v[4];
+    memcpy(u, p + 4, 12);
+    v[0] = u[0] & 0x3f3f3f3fu;                                               /* scales 0..3 */
+    v[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);        /* scales 4..7 */
+    v[2] = u[1] & 0x3f3f3f3fu;                                               /* mins 0..3 */
+    v[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4); /* mins 4..7 */
+    __m128i b;
+    memcpy(&b, v, 16);
+    scale16(b, f16s(p), -f16s(p + 2), ks->d, ks->nm);
+}
+
+QV_AVX2_INLINE void prep_Q4_K(const uint8_t *row, int64_t sb, struct kscales *ks) {
+    prep_k4(row + 144 * sb, ks);
+}
+
+QV_AVX2_INLINE void prep_Q5_K(const uint8_t *row, int64_t sb, struct kscales *ks) {
+    prep_k4(row + 176 * sb, ks);
+}
+
+QV_AVX2_INLINE void prep_Q6_K(const uint8_t *row, int64_t sb, struct kscales *ks) {
+    const uint8_t *p = row + 210 * sb;
+    __m256 d = _mm256_set1_ps(f16s(p + 208));
+    __m128i sc = _mm_loadu_si128((const __m128i *)(p + 192)); /* 16 signed scales */
+    _mm256_storeu_ps(ks->d, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), d));
+    _mm256_storeu_ps(
+        ks->d + 8,
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))), d));
+}
+
+/* Q2_K: 16 bytes of (4-bit scale | 4-bit min << 4). */
+QV_AVX2_INLINE void prep_Q2_K(const uint8_t *row, int64_t sb, struct kscales *ks) {
+    const uint8_t *p = row + 84 * sb;
+    float d = f16s(p + 80), ndmin = -f16s(p + 82);
+    __m128i b = _mm_loadu_si128((const __m128i *)p), m4 = _mm_set1_epi8(0x0F);
+    __m128i sc = _mm_and_si128(b, m4), mn = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+    scale16(sc, d, d, ks->d, ks->d + 8);
+    scale16(mn, ndmin, ndmin, ks->nm, ks->nm + 8);
+}
+
+/* Q3_K: 16 six-bit scales (minus 32) packed in 12 bytes: low nibbles in bytes 0..7 (scales
+ * 0..7 low, 8..15 high nibble), the 2 high bits in bytes 8..11 (scale k: byte 8 + k % 4,
+ * bits 2 (k / 4)). */
+QV_AVX2_INLINE void prep_Q3_K(const uint8_t *row, int64_t sb, struct kscales *ks) {
+    const uint8_t *p = row + 110 * sb;
+    uint32_t u[3], v[4];
+    memcpy(u, p + 96, 12);
+    v[0] = (u[0] & 0x0f0f0f0fu) | ((u[2] & 0x03030303u) << 4);
+    v[1] = (u[1] & 0x0f0f0f0fu) | (((u[2] >> 2) & 0x03030303u) << 4);
+    v[2] = ((u[0] >> 4) & 0x0f0f0f0fu) | (((u[2] >> 4) & 0x03030303u) << 4);
+    v[3] = ((u[1] >> 4) & 0x0f0f0f0fu) | (((u[2] >> 6) & 0x03030303u) << 4);
+    __m128i b;
+    memcpy(&b, v, 16);
+    b = _mm_sub_epi8(b, _mm_set1_epi8(32));
+    __m256 d = _mm256_set1_ps(f16s(p + 108));
+    _mm256_storeu_ps(ks->d, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d));
+    _mm256_storeu_ps(
+        ks->d + 8,
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), d));
+}
+
+QV_AVX2_INLINE void prep_IQ4_XS(const uint8_t *row, int64_t sb, struct kscales *ks) {
+    const uint8_t *p = row + 136 * sb;
+    float d = f16s(p);
+    unsigned sh = (unsigned)p[2] | ((unsigned)p[3] << 8);
+    for (int s = 0; s < 8; s++) {
+        int ls = ((p[4 + s / 2] >> (4 * (s & 1))) & 0xF) | (int)(((sh >> (2 * s)) & 3) << 4);
+        ks->d[s] = d * (float)(ls - 32);
+    }
+}
+
+/* The types without super-blocks: no prep, and their chunk dequantizer ignores the scales. */
+#define NO_PREP(T)                                                                                 \
+    QV_AVX2_INLINE void prep_##T(const uint8_t *row, int64_t sb, struct kscales *ks) {             \
+        (void)row;                                                                                 \
+        (void)sb;                                                                                  \
+        (void)ks;                                                                                  \
+    }                                                                                              \
+    QV_AVX2_INLINE void deqk_##T(const uint8_t *row, int64_t c, const struct kscales *ks,          \
+                                 __m256 W[4]) {                                                    \
+        (void)ks;                                                                                  \
+        deq_##T(row, c, W);                                                                        \
+    }
+NO_PREP(F32)
+NO_PREP(F16)
+NO_PREP(BF16)
+NO_PREP(Q8_0)
+NO_PREP(Q4_0)
+NO_PREP(Q4_1)
+NO_PREP(Q5_0)
+NO_PREP(Q5_1)
+
+/* 8 bytes at p zero-extended to 8 int32 lanes. */
+QV_AVX2_INLINE __m256i u8x8(const uint8_t *p) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+
+/* W[k] * d[k / 2] - m[k / 2] (nm = -m) as one FMA (pairs of vectors share a 16-element scale), or
+ * with the same scale for all four (ds = 0). */
+QV_AVX2_INLINE void affine_ks(__m256 W[4], const float *d, const float *nm, int ds) {
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+        int i = ds ? k >> 1 : 0;
+        W[k] = _mm256_fmadd_ps(W[k], _mm256_set1_ps(d[i]), _mm256_set1_ps(nm[i]));
+    }
+}
+
+QV_AVX2_INLINE void deqk_Q4_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                              __m256 W[4]) {
+    int sub = (int)(c & 7);
+    const uint8_t *q = row + 144 * (c >> 3) + 16 + 32 * (sub >> 1);
+    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1));
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) W[k] = _mm256_cvtepi32_ps(
+        _mm256_and_si256(_mm256_srl_epi32(u8x8(q + 8 * k), sh), _mm256_set1_epi32(0xF)));
+    affine_ks(W, ks->d + sub, ks->nm + sub, 0);
+}
+
+QV_AVX2_INLINE void deqk_Q5_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                              __m256 W[4]) {
+    int sub = (int)(c & 7);
+    const uint8_t *p = row + 176 * (c >> 3), *qh = p + 16, *q = p + 48 + 32 * (sub >> 1);
+    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1)), hs = _mm_cvtsi32_si128(sub);
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+        __m256i lo =
+            _mm256_and_si256(_mm256_srl_epi32(u8x8(q + 8 * k), sh), _mm256_set1_epi32(0xF));
+        __m256i hi = _mm256_and_si256(_mm256_srl_epi32(u8x8(qh + 8 * k), hs), _mm256_set1_epi32(1));
+        W[k] = _mm256_cvtepi32_ps(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)));
+    }
+    affine_ks(W, ks->d + sub, ks->nm + sub, 0);
+}
+
+/* The 32 signed 6-bit values (q - 32) of Q6_K chunk c as bytes. */
+QV_AVX2_INLINE __m256i q6_bytes(const uint8_t *row, int64_t c) {
     const uint8_t *p = row + 210 * (c >> 3);
     int sub = (int)(c & 7), h = sub >> 2, g = sub & 3;
     __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * (g & 1)));
@@ -251,15 +402,65 @@ QV_AVX2_INLINE void deq_Q6_K(const uint8_t *row, int64_t c, __m256 W[4]) {
     __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
     qh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g));
     qh = _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4);
-    __m256i v = _mm256_sub_epi8(_mm256_or_si256(ql, qh), _mm256_set1_epi8(32));
-    i8_to_f32(v, W);
-    const int8_t *scl = (const int8_t *)(p + 192) + 8 * h + 2 * g;
-    float d = f16s(p + 208);
-    __m256 s0 = _mm256_set1_ps(d * (float)scl[0]), s1 = _mm256_set1_ps(d * (float)scl[1]);
-    W[0] = _mm256_mul_ps(W[0], s0);
-    W[1] = _mm256_mul_ps(W[1], s0);
-    W[2] = _mm256_mul_ps(W[2], s1);
-    W[3] = _mm256_mul_ps(W[3], s1);
+    return _mm256_sub_epi8(_mm256_or_si256(ql, qh), _mm256_set1_epi8(32));
+}
+
+QV_AVX2_INLINE void deqk_Q6_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                              __m256 W[4]) {
+    int sub = (int)(c & 7);
+    i8_to_f32(q6_bytes(row, c), W);
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) W[k] =
+        _mm256_mul_ps(W[k], _mm256_set1_ps(ks->d[2 * sub + (k >> 1)]));
+}
+
+QV_AVX2_INLINE void deqk_Q2_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                              __m256 W[4]) {
+    int sub = (int)(c & 7);
+    const uint8_t *q = row + 84 * (c >> 3) + 16 + 32 * (sub >> 2);
+    __m128i sh = _mm_cvtsi32_si128(2 * (sub & 3));
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) W[k] = _mm256_cvtepi32_ps(
+        _mm256_and_si256(_mm256_srl_epi32(u8x8(q + 8 * k), sh), _mm256_set1_epi32(3)));
+    affine_ks(W, ks->d + 2 * sub, ks->nm + 2 * sub, 1);
+}
+
+QV_AVX2_INLINE void deqk_Q3_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                              __m256 W[4]) {
+    int sub = (int)(c & 7), h = sub >> 2, j = sub & 3;
+    const uint8_t *p = row + 110 * (c >> 3), *q = p + 32 + 32 * h;
+    __m128i sh = _mm_cvtsi32_si128(2 * j), hs = _mm_cvtsi32_si128(4 * h + j);
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+        /* low 2 bits - 4 + 4 * (hmask bit) */
+        __m256i lo = _mm256_and_si256(_mm256_srl_epi32(u8x8(q + 8 * k), sh), _mm256_set1_epi32(3));
+        __m256i hb = _mm256_and_si256(_mm256_srl_epi32(u8x8(p + 8 * k), hs), _mm256_set1_epi32(1));
+        __m256i v =
+            _mm256_add_epi32(_mm256_sub_epi32(lo, _mm256_set1_epi32(4)), _mm256_slli_epi32(hb, 2));
+        W[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(ks->d[2 * sub + (k >> 1)]));
+    }
+}
+
+/* 16 packed IQ4 indices -> the 32 table values (low nibbles first) times d. */
+QV_AVX2_INLINE void iq4_to_f32(const uint8_t *qs, float d, __m256 W[4]) {
+    const __m128i tbl = _mm_loadu_si128((const __m128i *)qv_iq4_values);
+    __m128i q = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(0x0F);
+    __m128i lo = _mm_shuffle_epi8(tbl, _mm_and_si128(q, m));
+    __m128i hi = _mm_shuffle_epi8(tbl, _mm_and_si128(_mm_srli_epi16(q, 4), m));
+    __m256 vd = _mm256_set1_ps(d);
+    W[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), vd);
+    W[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), vd);
+    W[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), vd);
+    W[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), vd);
+}
+
+QV_AVX2_INLINE void deq_IQ4_NL(const uint8_t *row, int64_t c, __m256 W[4]) {
+    const uint8_t *p = row + 18 * c;
+    iq4_to_f32(p + 2, f16s(p), W);
+}
+NO_PREP(IQ4_NL)
+
+QV_AVX2_INLINE void deqk_IQ4_XS(const uint8_t *row, int64_t c, const struct kscales *ks,
+                                __m256 W[4]) {
+    int sub = (int)(c & 7);
+    iq4_to_f32(row + 136 * (c >> 3) + 8 + 16 * sub, ks->d[sub], W);
 }
 
 QV_AVX2_INLINE float hsum8(__m256 v) {
@@ -295,12 +496,16 @@ typedef void (*tile_fn)(const struct mm_args *a, int64_t r0, int t0);
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) xr[t] =                               \
             a->x + (size_t)(t0 + t) * (size_t)a->n_cols;                                           \
         const size_t pf_dist = PF_ROWS * a->row_bytes, chunk_bytes = a->chunk_bytes;               \
+        struct kscales ks[RT];                                                                     \
         for (int64_t c = 0; c < a->n_chunks; c++) {                                                \
+            if (c % SB_##T == 0)                                                                   \
+                _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++)                               \
+                    prep_##T(wr[r], c / SB_##T, &ks[r]);                                           \
             _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                 \
                 VEC_##ISA W[NV_##ISA];                                                             \
                 _mm_prefetch((const char *)((uintptr_t)wr[r] + pf_dist + (size_t)c * chunk_bytes), \
                              _MM_HINT_T0);                                                         \
-                DEQ_##ISA(T)(wr[r], c, W);                                                         \
+                DEQ_##ISA(T)(wr[r], c, &ks[r], W);                                                 \
                 _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) {                             \
                     const float *xp = xr[t] + 32 * c;                                              \
                     _Pragma("GCC unroll 4") for (int k = 0; k < NV_##ISA; k++) acc[r][t] =         \
@@ -323,7 +528,7 @@ typedef void (*tile_fn)(const struct mm_args *a, int64_t r0, int t0);
 #define ZERO_avx2 _mm256_setzero_ps
 #define LOAD_avx2 _mm256_loadu_ps
 #define FMA_avx2 _mm256_fmadd_ps
-#define DEQ_avx2(T) deq_##T
+#define DEQ_avx2(T) deqk_##T
 #define HSUM_avx2 hsum8
 #define DEF_TILE_AVX2(T, RT, NT) DEF_TILE(avx2, T, RT, NT)
 
@@ -346,6 +551,11 @@ DEF_TILES_AVX2(Q5_0)
 DEF_TILES_AVX2(Q5_1)
 DEF_TILES_AVX2(Q4_K)
 DEF_TILES_AVX2(Q6_K)
+DEF_TILES_AVX2(Q2_K)
+DEF_TILES_AVX2(Q3_K)
+DEF_TILES_AVX2(Q5_K)
+DEF_TILES_AVX2(IQ4_NL)
+DEF_TILES_AVX2(IQ4_XS)
 
 /* [dtype][log2 NT][0 = main row tile of 8/NT rows, 1 = single row] */
 #define TILE_ROW_AVX2(T)                                                                           \
@@ -355,9 +565,10 @@ DEF_TILES_AVX2(Q6_K)
                       {tile_avx2_##T##_1_8, tile_avx2_##T##_1_8}}
 
 static const tile_fn avx2_tiles[QV_DTYPE_COUNT][4][2] = {
-    TILE_ROW_AVX2(F32),  TILE_ROW_AVX2(F16),  TILE_ROW_AVX2(BF16), TILE_ROW_AVX2(Q8_0),
-    TILE_ROW_AVX2(Q4_0), TILE_ROW_AVX2(Q4_1), TILE_ROW_AVX2(Q5_0), TILE_ROW_AVX2(Q5_1),
-    TILE_ROW_AVX2(Q4_K), TILE_ROW_AVX2(Q6_K),
+    TILE_ROW_AVX2(F32),  TILE_ROW_AVX2(F16),    TILE_ROW_AVX2(BF16),   TILE_ROW_AVX2(Q8_0),
+    TILE_ROW_AVX2(Q4_0), TILE_ROW_AVX2(Q4_1),   TILE_ROW_AVX2(Q5_0),   TILE_ROW_AVX2(Q5_1),
+    TILE_ROW_AVX2(Q4_K), TILE_ROW_AVX2(Q6_K),   TILE_ROW_AVX2(Q2_K),   TILE_ROW_AVX2(Q3_K),
+    TILE_ROW_AVX2(Q5_K), TILE_ROW_AVX2(IQ4_NL), TILE_ROW_AVX2(IQ4_XS),
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -387,8 +598,6 @@ QV_AVX512_INLINE void join4(const __m256 W[4], __m512 V[2]) {
     }
 DEQ512_VIA_AVX2(Q5_0)
 DEQ512_VIA_AVX2(Q5_1)
-DEQ512_VIA_AVX2(Q4_K)
-DEQ512_VIA_AVX2(Q6_K)
 
 QV_AVX512_INLINE void deq512_F32(const uint8_t *row, int64_t c, __m512 V[2]) {
     const float *p = (const float *)(const void *)row + 32 * c;
@@ -446,6 +655,121 @@ QV_AVX512_INLINE void deq512_Q4_1(const uint8_t *row, int64_t c, __m512 V[2]) {
     V[1] = _mm512_fmadd_ps(V[1], vd, vm);
 }
 
+/* The types without super-blocks, as DEF_TILE calls them (no scales). */
+#define NO_PREP512(T)                                                                              \
+    QV_AVX512_INLINE void deqk512_##T(const uint8_t *row, int64_t c, const struct kscales *ks,     \
+                                      __m512 V[2]) {                                               \
+        (void)ks;                                                                                  \
+        deq512_##T(row, c, V);                                                                     \
+    }
+NO_PREP512(F32)
+NO_PREP512(F16)
+NO_PREP512(BF16)
+NO_PREP512(Q8_0)
+NO_PREP512(Q4_0)
+NO_PREP512(Q4_1)
+NO_PREP512(Q5_0)
+NO_PREP512(Q5_1)
+
+/* 16 bytes at p zero-extended to 16 int32 lanes. */
+QV_AVX512_INLINE __m512i u8x16(const uint8_t *p) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* K-quant chunks natively in 16 lanes: V[0] holds elements 0..15 of the chunk (one 16-element
+ * sub-block where the type has them), V[1] elements 16..31; the same per-element operations as
+ * the AVX2 dequantizers, so the same values. */
+QV_AVX512_INLINE void deqk512_Q4_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                                   __m512 V[2]) {
+    int sub = (int)(c & 7);
+    const uint8_t *q = row + 144 * (c >> 3) + 16 + 32 * (sub >> 1);
+    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1));
+    __m512 vd = _mm512_set1_ps(ks->d[sub]), vm = _mm512_set1_ps(ks->nm[sub]);
+    for (int k = 0; k < 2; k++) {
+        __m512i v =
+            _mm512_and_si512(_mm512_srl_epi32(u8x16(q + 16 * k), sh), _mm512_set1_epi32(0xF));
+        V[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), vd, vm);
+    }
+}
+
+QV_AVX512_INLINE void deqk512_Q5_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                                   __m512 V[2]) {
+    int sub = (int)(c & 7);
+    const uint8_t *p = row + 176 * (c >> 3), *qh = p + 16, *q = p + 48 + 32 * (sub >> 1);
+    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1)), hs = _mm_cvtsi32_si128(sub);
+    __m512 vd = _mm512_set1_ps(ks->d[sub]), vm = _mm512_set1_ps(ks->nm[sub]);
+    for (int k = 0; k < 2; k++) {
+        __m512i lo =
+            _mm512_and_si512(_mm512_srl_epi32(u8x16(q + 16 * k), sh), _mm512_set1_epi32(0xF));
+        __m512i hi =
+            _mm512_and_si512(_mm512_srl_epi32(u8x16(qh + 16 * k), hs), _mm512_set1_epi32(1));
+        V[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4))),
+                               vd, vm);
+    }
+}
+
+QV_AVX512_INLINE void deqk512_Q6_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                                   __m512 V[2]) {
+    int sub = (int)(c & 7);
+    __m256i v = q6_bytes(row, c);
+    __m128i half[2] = {_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)};
+    for (int k = 0; k < 2; k++)
+        V[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(half[k])),
+                             _mm512_set1_ps(ks->d[2 * sub + k]));
+}
+
+QV_AVX512_INLINE void deqk512_Q2_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                                   __m512 V[2]) {
+    int sub = (int)(c & 7);
+    const uint8_t *q = row + 84 * (c >> 3) + 16 + 32 * (sub >> 2);
+    __m128i sh = _mm_cvtsi32_si128(2 * (sub & 3));
+    for (int k = 0; k < 2; k++) {
+        __m512i v = _mm512_and_si512(_mm512_srl_epi32(u8x16(q + 16 * k), sh), _mm512_set1_epi32(3));
+        V[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(ks->d[2 * sub + k]),
+                               _mm512_set1_ps(ks->nm[2 * sub + k]));
+    }
+}
+
+QV_AVX512_INLINE void deqk512_Q3_K(const uint8_t *row, int64_t c, const struct kscales *ks,
+                                   __m512 V[2]) {
+    int sub = (int)(c & 7), h = sub >> 2, j = sub & 3;
+    const uint8_t *p = row + 110 * (c >> 3), *q = p + 32 + 32 * h;
+    __m128i sh = _mm_cvtsi32_si128(2 * j), hs = _mm_cvtsi32_si128(4 * h + j);
+    for (int k = 0; k < 2; k++) {
+        __m512i lo =
+            _mm512_and_si512(_mm512_srl_epi32(u8x16(q + 16 * k), sh), _mm512_set1_epi32(3));
+        __m512i hb =
+            _mm512_and_si512(_mm512_srl_epi32(u8x16(p + 16 * k), hs), _mm512_set1_epi32(1));
+        __m512i v =
+            _mm512_add_epi32(_mm512_sub_epi32(lo, _mm512_set1_epi32(4)), _mm512_slli_epi32(hb, 2));
+        V[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(ks->d[2 * sub + k]));
+    }
+}
+
+/* 16 packed IQ4 indices -> the 32 table values times d: the nibbles index a 16-float table. */
+QV_AVX512_INLINE void iq4_512(const uint8_t *qs, float d, __m512 V[2]) {
+    const __m512 tbl =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qv_iq4_values)));
+    __m512i a = u8x16(qs);
+    __m512 vd = _mm512_set1_ps(d);
+    V[0] =
+        _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(a, _mm512_set1_epi32(0xF)), tbl), vd);
+    V[1] = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(a, 4), tbl), vd);
+}
+
+QV_AVX512_INLINE void deqk512_IQ4_NL(const uint8_t *row, int64_t c, const struct kscales *ks,
+                                     __m512 V[2]) {
+    (void)ks;
+    const uint8_t *p = row + 18 * c;
+    iq4_512(p + 2, f16s(p), V);
+}
+
+QV_AVX512_INLINE void deqk512_IQ4_XS(const uint8_t *row, int64_t c, const struct kscales *ks,
+                                     __m512 V[2]) {
+    int sub = (int)(c & 7);
+    iq4_512(row + 136 * (c >> 3) + 8 + 16 * sub, ks->d[sub], V);
+}
+
 QV_AVX512_INLINE float hsum16(__m512 v) {
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
@@ -457,7 +781,7 @@ QV_AVX512_INLINE float hsum16(__m512 v) {
 #define ZERO_avx512 _mm512_setzero_ps
 #define LOAD_avx512 _mm512_loadu_ps
 #define FMA_avx512 _mm512_fmadd_ps
-#define DEQ_avx512(T) deq512_##T
+#define DEQ_avx512(T) deqk512_##T
 #define HSUM_avx512 hsum16
 #define DEF_TILE_AVX512(T, RT, NT) DEF_TILE(avx512, T, RT, NT)
 
@@ -483,6 +807,11 @@ DEF_TILES_AVX512(Q5_0)
 DEF_TILES_AVX512(Q5_1)
 DEF_TILES_AVX512(Q4_K)
 DEF_TILES_AVX512(Q6_K)
+DEF_TILES_AVX512(Q2_K)
+DEF_TILES_AVX512(Q3_K)
+DEF_TILES_AVX512(Q5_K)
+DEF_TILES_AVX512(IQ4_NL)
+DEF_TILES_AVX512(IQ4_XS)
 
 #define TILE_ROW_AVX512(T)                                                                         \
     [QV_DTYPE_##T] = {{tile_avx512_##T##_8_1, tile_avx512_##T##_1_1},                              \
@@ -491,9 +820,10 @@ DEF_TILES_AVX512(Q6_K)
                       {tile_avx512_##T##_2_8, tile_avx512_##T##_1_8}}
 
 static const tile_fn avx512_tiles[QV_DTYPE_COUNT][4][2] = {
-    TILE_ROW_AVX512(F32),  TILE_ROW_AVX512(F16),  TILE_ROW_AVX512(BF16), TILE_ROW_AVX512(Q8_0),
-    TILE_ROW_AVX512(Q4_0), TILE_ROW_AVX512(Q4_1), TILE_ROW_AVX512(Q5_0), TILE_ROW_AVX512(Q5_1),
-    TILE_ROW_AVX512(Q4_K), TILE_ROW_AVX512(Q6_K),
+    TILE_ROW_AVX512(F32),  TILE_ROW_AVX512(F16),    TILE_ROW_AVX512(BF16),   TILE_ROW_AVX512(Q8_0),
+    TILE_ROW_AVX512(Q4_0), TILE_ROW_AVX512(Q4_1),   TILE_ROW_AVX512(Q5_0),   TILE_ROW_AVX512(Q5_1),
+    TILE_ROW_AVX512(Q4_K), TILE_ROW_AVX512(Q6_K),   TILE_ROW_AVX512(Q2_K),   TILE_ROW_AVX512(Q3_K),
+    TILE_ROW_AVX512(Q5_K), TILE_ROW_AVX512(IQ4_NL), TILE_ROW_AVX512(IQ4_XS),
 };
 
 /* Rows of the main tile per log2(token tile), for each path. */

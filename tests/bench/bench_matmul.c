@@ -214,9 +214,15 @@ static uint8_t *make_weights(enum qv_dtype dt, int64_t rows, int64_t cols) {
             memcpy(p, &h, 2);
         } else if (dt == QV_DTYPE_Q6_K) {
             memcpy(p + 208, &h, 2);
+        } else if (dt == QV_DTYPE_Q3_K) {
+            memcpy(p + 108, &h, 2);
+        } else if (dt == QV_DTYPE_Q2_K) {
+            memcpy(p + 80, &h, 2);
+            memcpy(p + 82, &m, 2);
         } else {
             memcpy(p, &h, 2);
-            if (dt == QV_DTYPE_Q4_1 || dt == QV_DTYPE_Q5_1 || dt == QV_DTYPE_Q4_K)
+            if (dt == QV_DTYPE_Q4_1 || dt == QV_DTYPE_Q5_1 || dt == QV_DTYPE_Q4_K ||
+                dt == QV_DTYPE_Q5_K)
                 memcpy(p + 2, &m, 2);
         }
     }
@@ -284,9 +290,12 @@ static const struct shape shapes[] = {
 static const int batch[] = {1, 8, 32};
 #define N_BATCH 3
 
-static const enum qv_dtype dtypes[] = {QV_DTYPE_F32, QV_DTYPE_F16, QV_DTYPE_Q8_0, QV_DTYPE_Q4_1,
-                                       QV_DTYPE_Q4_K};
-#define N_DT 5
+/* The K-quants fit only the 1536-column shape (rows are whole 256-element blocks). */
+static const enum qv_dtype dtypes[] = {
+    QV_DTYPE_F32,  QV_DTYPE_F16,  QV_DTYPE_Q8_0, QV_DTYPE_Q4_1,   QV_DTYPE_Q4_K,   QV_DTYPE_Q6_K,
+    QV_DTYPE_Q5_K, QV_DTYPE_Q3_K, QV_DTYPE_Q2_K, QV_DTYPE_IQ4_XS, QV_DTYPE_IQ4_NL,
+};
+#define N_DT (sizeof dtypes / sizeof dtypes[0])
 
 int main(int argc, char **argv) {
     int n_threads = argc > 1 ? atoi(argv[1]) : 0;
@@ -347,7 +356,7 @@ int main(int argc, char **argv) {
            "W GB/s", "%probe", "GFLOP/s", "%peak", "t/t(n=1)", be_avx2 ? "x avx2" : "");
     /* times[dt][shape][batch] */
     static double times[N_DT][N_SHAPES][N_BATCH];
-    for (int d = 0; d < N_DT; d++) {
+    for (size_t d = 0; d < N_DT; d++) {
         enum qv_dtype dt = dtypes[d];
         if (only && strcmp(only, qv_dtype_name(dt)) != 0) continue;
         for (size_t s = 0; s < N_SHAPES; s++) {

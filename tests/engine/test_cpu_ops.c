@@ -60,14 +60,22 @@ static uint8_t *make_weights(enum qv_dtype dt, int64_t rows, int64_t cols, size_
         case QV_DTYPE_BF16: put16(p, qv_f32_to_bf16(rng_sym())); break;
         case QV_DTYPE_Q8_0:
         case QV_DTYPE_Q4_0:
-        case QV_DTYPE_Q5_0: put16(p, d); break;
+        case QV_DTYPE_Q5_0:
+        case QV_DTYPE_IQ4_NL: put16(p, d); break;
+        case QV_DTYPE_IQ4_XS: put16(p, qv_f32_to_f16(0.0005f + 0.002f * rng_unit())); break;
         case QV_DTYPE_Q4_1:
         case QV_DTYPE_Q5_1: put16(p, d), put16(p + 2, m); break;
         case QV_DTYPE_Q4_K:
+        case QV_DTYPE_Q5_K:
             put16(p, qv_f32_to_f16(0.002f + 0.01f * rng_unit()));
             put16(p + 2, qv_f32_to_f16(0.002f + 0.01f * rng_unit()));
             break;
         case QV_DTYPE_Q6_K: put16(p + 208, qv_f32_to_f16(0.0005f + 0.002f * rng_unit())); break;
+        case QV_DTYPE_Q2_K:
+            put16(p + 80, qv_f32_to_f16(0.002f + 0.01f * rng_unit()));
+            put16(p + 82, qv_f32_to_f16(0.002f + 0.01f * rng_unit()));
+            break;
+        case QV_DTYPE_Q3_K: put16(p + 108, qv_f32_to_f16(0.001f + 0.004f * rng_unit())); break;
         case QV_DTYPE_COUNT: fail();
         }
     }
@@ -125,8 +133,9 @@ static bool level_available(enum qv__cpu_simd level) {
 /* ---- matmul vs reference ---- */
 
 static const enum qv_dtype all_dtypes[] = {
-    QV_DTYPE_F32,  QV_DTYPE_F16,  QV_DTYPE_BF16, QV_DTYPE_Q8_0, QV_DTYPE_Q4_0,
-    QV_DTYPE_Q4_1, QV_DTYPE_Q5_0, QV_DTYPE_Q5_1, QV_DTYPE_Q4_K, QV_DTYPE_Q6_K,
+    QV_DTYPE_F32,  QV_DTYPE_F16,  QV_DTYPE_BF16, QV_DTYPE_Q8_0,   QV_DTYPE_Q4_0,
+    QV_DTYPE_Q4_1, QV_DTYPE_Q5_0, QV_DTYPE_Q5_1, QV_DTYPE_Q4_K,   QV_DTYPE_Q6_K,
+    QV_DTYPE_Q2_K, QV_DTYPE_Q3_K, QV_DTYPE_Q5_K, QV_DTYPE_IQ4_NL, QV_DTYPE_IQ4_XS,
 };
 
 struct shape {

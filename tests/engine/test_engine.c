@@ -259,6 +259,7 @@ static void test_concurrent_greedy_matches_hf(void **state) {
     run_case("tests/fixtures/golden/tiny-llama-gqa.q4_1.json", 8, 0);
     run_case("tests/fixtures/golden/tiny-qwen2.json", 5, 0);
     run_case("tests/fixtures/golden/tiny-llama-k.q4_k_m.json", 64, 0);
+    run_case("tests/fixtures/golden/tiny-llama-k.kmix.json", 64, 0);
 }
 
 static void test_admission_waits_for_pages(void **state) {

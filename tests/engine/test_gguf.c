@@ -1,8 +1,8 @@
 /*
  * test_gguf.c - the GGUF reader (engine/gguf.c): values written by the Python `gguf` package
- * read back exactly (every KV type, F32/F16/Q8_0/Q4_1 tensors dequantized = gguf.quants), the
- * FORMATS.md 3.1/7 checklist on crafted files, every truncation of a valid file, and an
- * allocation-failure sweep.
+ * read back exactly (every KV type, F32/F16/Q8_0/Q4_1 tensors dequantized = gguf.quants; one
+ * tensor of every block type Q4_0 ... IQ4_XS of random blocks, likewise), the FORMATS.md 3.1/7
+ * checklist on crafted files, every truncation of a valid file, and an allocation-failure sweep.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -15,6 +15,40 @@
 #include "engine/gguf.h"
 #include "fmt_test_helpers.h"
 #include "test_util.h"
+
+/* Every tensor of the fixture's "tensors" object: dtype, shape, alignment, size, and its rows
+ * dequantized by qv_dequantize_row bit for bit equal to gguf.quants.dequantize's values. */
+static void check_tensors(const qv_gguf *g, const cJSON *exp) {
+    const cJSON *ts = cJSON_GetObjectItem(exp, "tensors");
+    assert_int_equal(qv_gguf_n_tensors(g), (size_t)cJSON_GetArraySize(ts));
+    for (const cJSON *e = ts->child; e; e = e->next) {
+        const qv_gguf_tensor *t = qv_gguf_find_tensor(g, e->string);
+        assert_non_null(t);
+        assert_string_equal(qv_dtype_name(t->dtype), cJSON_GetObjectItem(e, "type")->valuestring);
+        const cJSON *ne = cJSON_GetObjectItem(e, "ne");
+        assert_int_equal(t->n_dims, cJSON_GetArraySize(ne));
+        int64_t n_elems = 1;
+        int d = 0;
+        for (const cJSON *x = ne->child; x; x = x->next, d++) {
+            assert_int_equal(t->ne[d], (int64_t)x->valuedouble);
+            n_elems *= t->ne[d];
+        }
+        assert_true(((uintptr_t)t->data % 32) == 0);
+        size_t n;
+        float *want = json_floats(cJSON_GetObjectItem(e, "values"), &n);
+        assert_int_equal((size_t)n_elems, n);
+        float *got = malloc(n * sizeof(float));
+        size_t row = qv_dtype_row_bytes(t->dtype, t->ne[0]);
+        assert_int_equal(row * (size_t)(n_elems / t->ne[0]), t->n_bytes);
+        for (int64_t r = 0; r < n_elems / t->ne[0]; r++) {
+            qv_dequantize_row(t->dtype, (const uint8_t *)t->data + (size_t)r * row,
+                              got + r * t->ne[0], t->ne[0]);
+        }
+        assert_int_equal(qv_test_compare_f32(e->string, got, want, n, 0.0, 0.0), 0);
+        free(got);
+        free(want);
+    }
+}
 
 static void test_roundtrip(void **state) {
     (void)state;
@@ -91,36 +125,24 @@ static void test_roundtrip(void **state) {
     }
     assert_int_equal(seen, (size_t)cJSON_GetArraySize(kv));
 
-    const cJSON *ts = cJSON_GetObjectItem(exp, "tensors");
-    assert_int_equal(qv_gguf_n_tensors(g), (size_t)cJSON_GetArraySize(ts));
-    for (const cJSON *e = ts->child; e; e = e->next) {
-        const qv_gguf_tensor *t = qv_gguf_find_tensor(g, e->string);
-        assert_non_null(t);
-        assert_string_equal(qv_dtype_name(t->dtype), cJSON_GetObjectItem(e, "type")->valuestring);
-        const cJSON *ne = cJSON_GetObjectItem(e, "ne");
-        assert_int_equal(t->n_dims, cJSON_GetArraySize(ne));
-        int64_t n_elems = 1;
-        int d = 0;
-        for (const cJSON *x = ne->child; x; x = x->next, d++) {
-            assert_int_equal(t->ne[d], (int64_t)x->valuedouble);
-            n_elems *= t->ne[d];
-        }
-        assert_true(((uintptr_t)t->data % 32) == 0);
-        size_t n;
-        float *want = json_floats(cJSON_GetObjectItem(e, "values"), &n);
-        assert_int_equal((size_t)n_elems, n);
-        float *got = malloc(n * sizeof(float));
-        size_t row = qv_dtype_row_bytes(t->dtype, t->ne[0]);
-        assert_int_equal(row * (size_t)(n_elems / t->ne[0]), t->n_bytes);
-        for (int64_t r = 0; r < n_elems / t->ne[0]; r++) {
-            qv_dequantize_row(t->dtype, (const uint8_t *)t->data + (size_t)r * row,
-                              got + r * t->ne[0], t->ne[0]);
-        }
-        assert_int_equal(qv_test_compare_f32(e->string, got, want, n, 0.0, 0.0), 0);
-        free(got);
-        free(want);
-    }
+    check_tensors(g, exp);
     assert_null(qv_gguf_find_tensor(g, "nope"));
+    qv_gguf_close(g);
+    cJSON_Delete(exp);
+}
+
+/* One tensor of every block type (Q4_0 ... IQ4_XS) of random block bytes: the reference
+ * dequantizers against gguf.quants, exactly (tests/oracle/gen_formats_fixtures.py). */
+static void test_quant_types(void **state) {
+    (void)state;
+    cJSON *exp = load_json_fixture(qv_test_path("tests/fixtures/formats/quants.gguf.json"));
+    qv_gguf *g = NULL;
+    qv_error err = {0};
+    qv_status st = qv_gguf_open(qv_test_path("tests/fixtures/formats/quants.gguf"), &g, &err);
+    if (st) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st, QV_OK);
+    check_tensors(g, exp);
+    assert_int_equal(qv_gguf_n_tensors(g), 10);
     qv_gguf_close(g);
     cJSON_Delete(exp);
 }
@@ -419,8 +441,11 @@ static void test_alloc_failure_sweep(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip),           cmocka_unit_test(test_crafted),
-        cmocka_unit_test(test_caps_and_truncation), cmocka_unit_test(test_file_errors_name_file),
+        cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_quant_types),
+        cmocka_unit_test(test_crafted),
+        cmocka_unit_test(test_caps_and_truncation),
+        cmocka_unit_test(test_file_errors_name_file),
         cmocka_unit_test(test_alloc_failure_sweep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -37,6 +37,8 @@ MODEL_TEST(test_tiny_llama_gqa_f16, "tests/fixtures/models/tiny-llama-gqa-f16")
 MODEL_TEST(test_tiny_llama_gqa_q4_1, "tests/fixtures/models/tiny-llama-gqa.q4_1.gguf")
 MODEL_TEST(test_tiny_llama_gqa_q8_0, "tests/fixtures/models/tiny-llama-gqa.q8_0.gguf")
 MODEL_TEST(test_tiny_llama_q4_k, "tests/fixtures/models/tiny-llama-k.q4_k_m.gguf")
+/* Q2_K, Q3_K, Q5_K, IQ4_NL and IQ4_XS weights (dequantized on the host at upload). */
+MODEL_TEST(test_tiny_llama_kmix, "tests/fixtures/models/tiny-llama-k.kmix.gguf")
 MODEL_TEST(test_tiny_qwen2_hf, "tests/fixtures/models/tiny-qwen2")
 MODEL_TEST(test_tiny_qwen2_q4_1, "tests/fixtures/models/tiny-qwen2.q4_1.gguf")
 MODEL_TEST(test_tiny_mistral, "tests/fixtures/models/tiny-mistral")
@@ -193,6 +195,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_llama_gqa_q4_1),
         cmocka_unit_test(test_tiny_llama_gqa_q8_0),
         cmocka_unit_test(test_tiny_llama_q4_k),
+        cmocka_unit_test(test_tiny_llama_kmix),
         cmocka_unit_test(test_tiny_qwen2_hf),
         cmocka_unit_test(test_tiny_qwen2_q4_1),
         cmocka_unit_test(test_tiny_mistral),

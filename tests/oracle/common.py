@@ -2,8 +2,8 @@
 
 What: paths, the HF <-> GGUF tensor-name map, the llama.cpp Q/K row permutation (FORMATS.md
 3.6), GGUF -> HF state-dict loading (dequantize with gguf.quants, un-permute), simple K-quant
-quantizers (gguf-py 0.19 can dequantize Q4_K/Q6_K but not quantize them), llama3 rope factors
-as llama.cpp's converter computes them, and the golden-JSON float formatting.
+and IQ4 quantizers (gguf-py 0.19 can dequantize them but not quantize them), llama3 rope
+factors as llama.cpp's converter computes them, and the golden-JSON float formatting.
 What not: no quiver code is imported or run here — everything is the Python reference.
 Invariants: deterministic (no global RNG use; callers pass seeded generators).
 """
@@ -192,12 +192,158 @@ def quantize_q6_k(w: np.ndarray) -> np.ndarray:
     return out.reshape(rows, cols // 256 * 210)
 
 
+def _pack_k4_scales(sc: np.ndarray, mq: np.ndarray) -> np.ndarray:
+    """8 six-bit scales and 8 six-bit mins per block -> the 12 packed bytes of Q4_K/Q5_K."""
+    scales = np.zeros((sc.shape[0], 12), dtype=np.uint8)
+    for j in range(4):
+        scales[:, j] = (sc[:, j] & 63) | ((sc[:, j + 4] >> 4) << 6)
+        scales[:, j + 4] = (mq[:, j] & 63) | ((mq[:, j + 4] >> 4) << 6)
+        scales[:, j + 8] = (sc[:, j + 4] & 0xF) | ((mq[:, j + 4] & 0xF) << 4)
+    return scales
+
+
+def _affine_levels(x: np.ndarray, levels: int, sub_bits: int):
+    """Asymmetric quantization of sub-blocks x [blocks, subs, elems] to 0..levels with a
+    non-negative min; sub-block scales/mins quantized to sub_bits against f16 super-scales.
+    Returns (d, dmin, sc, mq, q)."""
+    top = (1 << sub_bits) - 1
+    mn = np.minimum(x.min(axis=2), 0.0)
+    scale = (x.max(axis=2) - mn) / levels
+    minv = -mn
+    d = _f16(scale.max(axis=1) / top)
+    dmin = _f16(minv.max(axis=1) / top)
+    d32 = d.astype(np.float32)[:, None]
+    dm32 = dmin.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d32 > 0, np.rint(scale / d32), 0).clip(0, top).astype(np.uint8)
+        mq = np.where(dm32 > 0, np.rint(minv / dm32), 0).clip(0, top).astype(np.uint8)
+        eff_s = (d32 * sc.astype(np.float32))[:, :, None]
+        eff_m = (dm32 * mq.astype(np.float32))[:, :, None]
+        q = np.where(eff_s > 0, np.rint((x + eff_m) / eff_s), 0)
+    return d, dmin, sc, mq, q.clip(0, levels).astype(np.uint8)
+
+
+def quantize_q5_k(w: np.ndarray) -> np.ndarray:
+    """[rows, cols] f32 (cols % 256 == 0) -> Q5_K blocks (176 bytes per 256)."""
+    rows, cols = w.shape
+    x = w.astype(np.float32).reshape(-1, 8, 32)
+    nb = x.shape[0]
+    d, dmin, sc, mq, q = _affine_levels(x, 31, 6)
+    qh = np.zeros((nb, 32), dtype=np.uint8)
+    qs = np.zeros((nb, 4, 32), dtype=np.uint8)
+    for s in range(8):
+        qh |= ((q[:, s, :] >> 4) & 1) << s
+    for c in range(4):
+        qs[:, c, :] = (q[:, 2 * c, :] & 0xF) | ((q[:, 2 * c + 1, :] & 0xF) << 4)
+    out = np.concatenate([d.reshape(nb, 1).view(np.uint8), dmin.reshape(nb, 1).view(np.uint8),
+                          _pack_k4_scales(sc, mq), qh, qs.reshape(nb, 128)], axis=1)
+    assert out.shape[1] == 176
+    return out.reshape(rows, cols // 256 * 176)
+
+
+def quantize_q2_k(w: np.ndarray) -> np.ndarray:
+    """[rows, cols] f32 (cols % 256 == 0) -> Q2_K blocks (84 bytes per 256)."""
+    rows, cols = w.shape
+    x = w.astype(np.float32).reshape(-1, 16, 16)
+    nb = x.shape[0]
+    d, dmin, sc, mq, q = _affine_levels(x, 3, 4)
+    qf = q.reshape(nb, 2, 4, 32)               # element 128h + 32j + l
+    qs = np.zeros((nb, 2, 32), dtype=np.uint8)
+    for j in range(4):
+        qs |= qf[:, :, j, :] << (2 * j)
+    out = np.concatenate([sc | (mq << 4), qs.reshape(nb, 64), d.reshape(nb, 1).view(np.uint8),
+                          dmin.reshape(nb, 1).view(np.uint8)], axis=1)
+    assert out.shape[1] == 84
+    return out.reshape(rows, cols // 256 * 84)
+
+
+def quantize_q3_k(w: np.ndarray) -> np.ndarray:
+    """[rows, cols] f32 (cols % 256 == 0) -> Q3_K blocks (110 bytes per 256): q in -4..3."""
+    rows, cols = w.shape
+    x = w.astype(np.float32).reshape(-1, 16, 16)
+    nb = x.shape[0]
+    s = np.abs(x).max(axis=2) / 4.0
+    d = _f16(s.max(axis=1) / 31.0)
+    d32 = d.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d32 > 0, np.rint(s / d32), 0).clip(0, 31).astype(np.int32)
+        eff = (d32 * sc.astype(np.float32))[:, :, None]
+        q = np.where(eff > 0, np.rint(x / eff), 0).clip(-4, 3).astype(np.int32) + 4  # 0..7
+    q = q.reshape(nb, 8, 32)                   # [4h + j, l]
+    hmask = np.zeros((nb, 32), dtype=np.uint8)
+    qs = np.zeros((nb, 2, 32), dtype=np.uint8)
+    for b in range(8):
+        hmask |= ((q[:, b, :] >> 2) << b).astype(np.uint8)
+        qs[:, b // 4, :] |= ((q[:, b, :] & 3) << (2 * (b % 4))).astype(np.uint8)
+    v = (sc + 32).astype(np.uint8)             # stored 6-bit scales
+    scales = np.zeros((nb, 12), dtype=np.uint8)
+    for k in range(16):
+        scales[:, k % 8] |= (v[:, k] & 0xF) << (4 * (k // 8))
+        scales[:, 8 + k % 4] |= (v[:, k] >> 4) << (2 * (k // 4))
+    out = np.concatenate([hmask, qs.reshape(nb, 64), scales, d.reshape(nb, 1).view(np.uint8)],
+                         axis=1)
+    assert out.shape[1] == 110
+    return out.reshape(rows, cols // 256 * 110)
+
+
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                      dtype=np.float32)
+
+
+def _iq4_index(x: np.ndarray, dl: np.ndarray) -> np.ndarray:
+    """Nearest IQ4 value index of x [..., 32] for the scales dl [..., 1]."""
+    err = np.abs(x[..., None] - dl[..., None] * IQ4_VALUES)
+    return err.argmin(axis=-1).astype(np.uint8)
+
+
+def _iq4_pack(idx: np.ndarray) -> np.ndarray:
+    """[..., 32] indices -> [..., 16] bytes (elements 0..15 low nibbles, 16..31 high)."""
+    return idx[..., :16] | (idx[..., 16:] << 4)
+
+
+def quantize_iq4_nl(w: np.ndarray) -> np.ndarray:
+    """[rows, cols] f32 (cols % 32 == 0) -> IQ4_NL blocks (18 bytes per 32)."""
+    rows, cols = w.shape
+    x = w.astype(np.float32).reshape(-1, 32)
+    nb = x.shape[0]
+    d = _f16(np.abs(x).max(axis=1) / 127.0)
+    idx = _iq4_index(x, d.astype(np.float32)[:, None])
+    out = np.concatenate([d.reshape(nb, 1).view(np.uint8), _iq4_pack(idx)], axis=1)
+    return out.reshape(rows, cols // 32 * 18)
+
+
+def quantize_iq4_xs(w: np.ndarray) -> np.ndarray:
+    """[rows, cols] f32 (cols % 256 == 0) -> IQ4_XS blocks (136 bytes per 256)."""
+    rows, cols = w.shape
+    x = w.astype(np.float32).reshape(-1, 8, 32)
+    nb = x.shape[0]
+    s = np.abs(x).max(axis=2) / 127.0
+    d = _f16(s.max(axis=1) / 31.0)
+    d32 = d.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ls = np.where(d32 > 0, np.rint(s / d32), 0).clip(0, 31).astype(np.int32)
+    idx = _iq4_index(x, (d32 * ls.astype(np.float32))[:, :, None])
+    v = (ls + 32).astype(np.uint16)
+    sh = np.zeros(nb, dtype=np.uint16)
+    sl = np.zeros((nb, 4), dtype=np.uint8)
+    for sb in range(8):
+        sh |= (v[:, sb] >> 4) << (2 * sb)
+        sl[:, sb // 2] |= ((v[:, sb] & 0xF) << (4 * (sb % 2))).astype(np.uint8)
+    out = np.concatenate([d.reshape(nb, 1).view(np.uint8), sh.reshape(nb, 1).view(np.uint8), sl,
+                          _iq4_pack(idx).reshape(nb, 128)], axis=1)
+    assert out.shape[1] == 136
+    return out.reshape(rows, cols // 256 * 136)
+
+
+OWN_QUANTIZERS = {QT.Q4_K: quantize_q4_k, QT.Q6_K: quantize_q6_k, QT.Q5_K: quantize_q5_k,
+                  QT.Q2_K: quantize_q2_k, QT.Q3_K: quantize_q3_k, QT.IQ4_NL: quantize_iq4_nl,
+                  QT.IQ4_XS: quantize_iq4_xs}
+
+
 def quantize(w: np.ndarray, qtype: QT) -> np.ndarray:
     """Quantize a 2-D f32 array the way the GGUF writer expects (byte-shaped for block types)."""
-    if qtype == QT.Q4_K:
-        return quantize_q4_k(w)
-    if qtype == QT.Q6_K:
-        return quantize_q6_k(w)
+    if qtype in OWN_QUANTIZERS:
+        return OWN_QUANTIZERS[qtype](w)
     return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype)
 
 

@@ -7,6 +7,9 @@ never by quiver, and the expected values in the *.json files come from those pac
   roundtrip.safetensors + roundtrip.st.json    F32/F16/BF16/scalar/empty tensors, __metadata__
   roundtrip.gguf + roundtrip.gguf.json         every KV type, F32/F16/Q8_0/Q4_1 tensors
                                                (expected values = gguf.quants.dequantize)
+  quants.gguf + quants.gguf.json               one tensor per block type (Q4_0 ... IQ4_XS) of
+                                               random block bytes with sane f16 scales
+                                               (expected values = gguf.quants.dequantize)
   llama_tied/        HF LlamaForCausalLM, GQA 4/2, tied embeddings, F32, one safetensors file
   llama_tied.f32.gguf, llama_tied.q8_0.gguf   the same model converted the llama.cpp way
                                                (q/k rows permuted, no output.weight)
@@ -115,6 +118,41 @@ def gen_roundtrip_gguf():
     }
     with open(os.path.join(OUT, "roundtrip.gguf.json"), "w") as f:
         json.dump(exp, f, indent=1, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- every block type
+# type -> (byte offsets of the block's f16 scale fields, columns per row). Every other byte
+# of a block is random: all bit patterns of quants and packed sub-scales are valid.
+QUANT_FIELDS = {
+    QT.Q4_0: ([0], 64), QT.Q5_0: ([0], 64), QT.Q5_1: ([0, 2], 64), QT.IQ4_NL: ([0], 64),
+    QT.Q4_K: ([0, 2], 512), QT.Q5_K: ([0, 2], 512), QT.Q6_K: ([208], 512),
+    QT.Q2_K: ([80, 82], 512), QT.Q3_K: ([108], 512), QT.IQ4_XS: ([0], 512),
+}
+
+
+def gen_quants_gguf():
+    rng = np.random.default_rng(3)
+    w = gguf.GGUFWriter(os.path.join(OUT, "quants.gguf"), "llama")
+    tensors = {}
+    for qt, (fields, cols) in QUANT_FIELDS.items():
+        blk, size = gguf.GGML_QUANT_SIZES[qt]
+        rows = 3
+        nb = rows * cols // blk
+        raw = rng.integers(0, 256, size=(nb, size), dtype=np.uint8)
+        for off in fields:
+            d = (0.001 + 0.02 * rng.random(nb)).astype(np.float16)
+            raw[:, off:off + 2] = d.view(np.uint8).reshape(nb, 2)
+        raw = raw.reshape(rows, cols // blk * size)
+        name = "q." + qt.name.lower()
+        w.add_tensor(name, raw, raw_dtype=qt)
+        tensors[name] = {"type": qt.name, "ne": [cols, rows],
+                         "values": f32list(dequantize(raw, qt))}
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with open(os.path.join(OUT, "quants.gguf.json"), "w") as f:
+        json.dump({"kv": {}, "tensors": tensors}, f, indent=1)
 
 
 # ---------------------------------------------------------------- HF models -> GGUF
@@ -391,6 +429,7 @@ if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     gen_roundtrip_st()
     gen_roundtrip_gguf()
+    gen_quants_gguf()
     gen_llama_tied()
     gen_llama_bias()
     gen_qwen2()

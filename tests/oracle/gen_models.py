@@ -61,10 +61,11 @@ SPECS: dict[str, dict[str, Any]] = {
     "tiny-llama-bos": dict(model_type="llama", vocab=960, hidden=64, ff=128, layers=2, heads=4,
                            kv=2, head_dim=16, tied=True, theta=10000.0, scaling=None, eps=1e-5,
                            seed=1006, hf=True, gguf=[], tokenizer="llama2"),
-    # K-quant model: only the GGUF is committed (an fp32 HF copy would be ~5 MB).
+    # K-quant model: only the GGUFs are committed (an fp32 HF copy would be ~5 MB). "kmix"
+    # holds every other block type (Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS), see KMIX.
     "tiny-llama-k": dict(model_type="llama", vocab=256, hidden=256, ff=512, layers=2, heads=16,
                          kv=4, head_dim=16, tied=False, theta=10000.0, scaling=None, eps=1e-5,
-                         seed=1005, hf=False, gguf=["q4_k_m"]),
+                         seed=1005, hf=False, gguf=["q4_k_m", "kmix"]),
 }
 
 OUT_GAIN = 4.0
@@ -72,7 +73,16 @@ BOS_ID = 1
 EOS_ID = 2
 MAX_POS = 256
 
-FILE_TYPE = {"f32": 0, "f16": 1, "q4_1": 3, "q8_0": 7, "q4_k_m": 15}
+FILE_TYPE = {"f32": 0, "f16": 1, "q4_1": 3, "q8_0": 7, "q4_k_m": 15, "kmix": 17}
+
+# The "kmix" variant: each of these block types on several kinds of tensor (layer 0 / layer 1),
+# so one small file runs every one of them through embedding lookups and the matmuls.
+KMIX = {
+    "token_embd.weight": QT.IQ4_NL, "output.weight": QT.IQ4_XS,
+    "attn_q": (QT.Q2_K, QT.IQ4_NL), "attn_k": (QT.Q3_K, QT.Q5_K), "attn_v": (QT.Q5_K, QT.Q2_K),
+    "attn_output": (QT.IQ4_XS, QT.Q3_K), "ffn_gate": (QT.Q5_K, QT.Q2_K),
+    "ffn_up": (QT.Q3_K, QT.IQ4_XS), "ffn_down": (QT.Q2_K, QT.Q5_K),
+}
 
 
 def build_config(spec: dict[str, Any]):
@@ -161,6 +171,11 @@ def tensor_type(variant: str, gname: str, ndim: int) -> QT:
         if gname in ("token_embd.weight", "output.weight"):
             return QT.Q8_0
         return QT.Q4_1
+    if variant == "kmix":
+        if gname in KMIX:
+            return KMIX[gname]
+        layer, kind = gname.split(".")[1], gname.split(".")[2]   # blk.<i>.<kind>.weight
+        return KMIX[kind][int(layer) % 2]
     if variant == "q4_k_m":
         if ".attn_" in gname:
             return QT.Q4_K
