@@ -323,14 +323,23 @@ QV_AVX2_INLINE void prep_Q3_K(const uint8_t *row, int64_t sb, struct kscales *ks
         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), d));
 }
 
+/* IQ4_XS: 8 six-bit scales (minus 32): the low nibbles in scales_l[4] (sub-block s: byte s / 2,
+ * nibble s % 2), the 2 high bits in the u16 scales_h (bits 2s). */
 QV_AVX2_INLINE void prep_IQ4_XS(const uint8_t *row, int64_t sb, struct kscales *ks) {
     const uint8_t *p = row + 136 * sb;
-    float d = f16s(p);
-    unsigned sh = (unsigned)p[2] | ((unsigned)p[3] << 8);
-    for (int s = 0; s < 8; s++) {
-        int ls = ((p[4 + s / 2] >> (4 * (s & 1))) & 0xF) | (int)(((sh >> (2 * s)) & 3) << 4);
-        ks->d[s] = d * (float)(ls - 32);
-    }
+    uint16_t sh;
+    uint32_t sl;
+    memcpy(&sh, p + 2, 2);
+    memcpy(&sl, p + 4, 4);
+    __m128i l = _mm_cvtsi32_si128((int)sl), m4 = _mm_set1_epi8(0x0F);
+    /* bytes s&F, s>>4 of each scales_l byte, in sub-block order */
+    __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l, m4), _mm_and_si128(_mm_srli_epi16(l, 4), m4));
+    __m256i hi =
+        _mm256_srlv_epi32(_mm256_set1_epi32(sh), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    hi = _mm256_slli_epi32(_mm256_and_si256(hi, _mm256_set1_epi32(3)), 4);
+    __m256i v =
+        _mm256_sub_epi32(_mm256_or_si256(_mm256_cvtepu8_epi32(lo), hi), _mm256_set1_epi32(32));
+    _mm256_storeu_ps(ks->d, _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(f16s(p))));
 }
 
 /* The types without super-blocks: no prep, and their chunk dequantizer ignores the scales. */
@@ -354,88 +363,93 @@ NO_PREP(Q4_1)
 NO_PREP(Q5_0)
 NO_PREP(Q5_1)
 
-/* 8 bytes at p zero-extended to 8 int32 lanes. */
-QV_AVX2_INLINE __m256i u8x8(const uint8_t *p) {
-    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+/* The 32 quant values of K-quant chunk c as bytes, from 32-byte loads and 16-bit shifts (the
+ * mask drops the bits a shift brings in from the neighbouring byte): unsigned 0..15 (Q4_K),
+ * 0..31 (Q5_K), 0..3 (Q2_K); signed -4..3 (Q3_K), -32..31 (Q6_K). Both kernel families widen
+ * them. */
+QV_AVX2_INLINE __m256i bits_at(const uint8_t *p, int shift, int mask) {
+    return _mm256_and_si256(
+        _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)p), _mm_cvtsi32_si128(shift)),
+        _mm256_set1_epi8((char)mask));
 }
 
-/* W[k] * d[k / 2] - m[k / 2] (nm = -m) as one FMA (pairs of vectors share a 16-element scale), or
- * with the same scale for all four (ds = 0). */
-QV_AVX2_INLINE void affine_ks(__m256 W[4], const float *d, const float *nm, int ds) {
+QV_AVX2_INLINE __m256i q4k_bytes(const uint8_t *row, int64_t c) {
+    int sub = (int)(c & 7);
+    return bits_at(row + 144 * (c >> 3) + 16 + 32 * (sub >> 1), 4 * (sub & 1), 0xF);
+}
+
+QV_AVX2_INLINE __m256i q5k_bytes(const uint8_t *row, int64_t c) {
+    const uint8_t *p = row + 176 * (c >> 3);
+    int sub = (int)(c & 7);
+    __m256i hi = _mm256_slli_epi16(bits_at(p + 16, sub, 1), 4); /* bit sub of qh[l] as 16 */
+    return _mm256_or_si256(bits_at(p + 48 + 32 * (sub >> 1), 4 * (sub & 1), 0xF), hi);
+}
+
+QV_AVX2_INLINE __m256i q2k_bytes(const uint8_t *row, int64_t c) {
+    int sub = (int)(c & 7);
+    return bits_at(row + 84 * (c >> 3) + 16 + 32 * (sub >> 2), 2 * (sub & 3), 3);
+}
+
+/* low 2 bits - 4, plus 4 where the hmask bit 4h + j is set */
+QV_AVX2_INLINE __m256i q3k_bytes(const uint8_t *row, int64_t c) {
+    const uint8_t *p = row + 110 * (c >> 3);
+    int sub = (int)(c & 7), h = sub >> 2, j = sub & 3;
+    __m256i lo = bits_at(p + 32 + 32 * h, 2 * j, 3);
+    __m256i hb = _mm256_slli_epi16(bits_at(p, 4 * h + j, 1), 2);
+    return _mm256_sub_epi8(_mm256_or_si256(lo, hb), _mm256_set1_epi8(4));
+}
+
+QV_AVX2_INLINE __m256i q6k_bytes(const uint8_t *row, int64_t c) {
+    const uint8_t *p = row + 210 * (c >> 3);
+    int sub = (int)(c & 7), h = sub >> 2, g = sub & 3;
+    __m256i ql = bits_at(p + 64 * h + 32 * (g & 1), 4 * (g >> 1), 0xF);
+    __m256i qh = _mm256_slli_epi16(bits_at(p + 128 + 32 * h, 2 * g, 3), 4);
+    return _mm256_sub_epi8(_mm256_or_si256(ql, qh), _mm256_set1_epi8(32));
+}
+
+/* W[k] * d[k / 2] (- m[k / 2], nm = -m, as one FMA): pairs of vectors share a 16-element
+ * sub-block's scale. */
+QV_AVX2_INLINE void scale_pairs(__m256 W[4], const float *d, const float *nm) {
     _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
-        int i = ds ? k >> 1 : 0;
-        W[k] = _mm256_fmadd_ps(W[k], _mm256_set1_ps(d[i]), _mm256_set1_ps(nm[i]));
+        __m256 vd = _mm256_set1_ps(d[k >> 1]);
+        W[k] = nm ? _mm256_fmadd_ps(W[k], vd, _mm256_set1_ps(nm[k >> 1])) : _mm256_mul_ps(W[k], vd);
     }
+}
+
+/* W[k] * d - m (nm = -m) as one FMA: one scale for the chunk. */
+QV_AVX2_INLINE void affine_one(__m256 W[4], float d, float nm) {
+    __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(nm);
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) W[k] = _mm256_fmadd_ps(W[k], vd, vm);
 }
 
 QV_AVX2_INLINE void deqk_Q4_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
-    int sub = (int)(c & 7);
-    const uint8_t *q = row + 144 * (c >> 3) + 16 + 32 * (sub >> 1);
-    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1));
-    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) W[k] = _mm256_cvtepi32_ps(
-        _mm256_and_si256(_mm256_srl_epi32(u8x8(q + 8 * k), sh), _mm256_set1_epi32(0xF)));
-    affine_ks(W, ks->d + sub, ks->nm + sub, 0);
+    u8_to_f32(q4k_bytes(row, c), W);
+    affine_one(W, ks->d[c & 7], ks->nm[c & 7]);
 }
 
 QV_AVX2_INLINE void deqk_Q5_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
-    int sub = (int)(c & 7);
-    const uint8_t *p = row + 176 * (c >> 3), *qh = p + 16, *q = p + 48 + 32 * (sub >> 1);
-    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1)), hs = _mm_cvtsi32_si128(sub);
-    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
-        __m256i lo =
-            _mm256_and_si256(_mm256_srl_epi32(u8x8(q + 8 * k), sh), _mm256_set1_epi32(0xF));
-        __m256i hi = _mm256_and_si256(_mm256_srl_epi32(u8x8(qh + 8 * k), hs), _mm256_set1_epi32(1));
-        W[k] = _mm256_cvtepi32_ps(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)));
-    }
-    affine_ks(W, ks->d + sub, ks->nm + sub, 0);
-}
-
-/* The 32 signed 6-bit values (q - 32) of Q6_K chunk c as bytes. */
-QV_AVX2_INLINE __m256i q6_bytes(const uint8_t *row, int64_t c) {
-    const uint8_t *p = row + 210 * (c >> 3);
-    int sub = (int)(c & 7), h = sub >> 2, g = sub & 3;
-    __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * (g & 1)));
-    if (g >> 1) ql = _mm256_srli_epi16(ql, 4);
-    ql = _mm256_and_si256(ql, _mm256_set1_epi8(0x0F));
-    __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
-    qh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g));
-    qh = _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4);
-    return _mm256_sub_epi8(_mm256_or_si256(ql, qh), _mm256_set1_epi8(32));
+    u8_to_f32(q5k_bytes(row, c), W);
+    affine_one(W, ks->d[c & 7], ks->nm[c & 7]);
 }
 
 QV_AVX2_INLINE void deqk_Q6_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
-    int sub = (int)(c & 7);
-    i8_to_f32(q6_bytes(row, c), W);
-    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) W[k] =
-        _mm256_mul_ps(W[k], _mm256_set1_ps(ks->d[2 * sub + (k >> 1)]));
+    i8_to_f32(q6k_bytes(row, c), W);
+    scale_pairs(W, ks->d + 2 * (c & 7), NULL);
 }
 
 QV_AVX2_INLINE void deqk_Q2_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
-    int sub = (int)(c & 7);
-    const uint8_t *q = row + 84 * (c >> 3) + 16 + 32 * (sub >> 2);
-    __m128i sh = _mm_cvtsi32_si128(2 * (sub & 3));
-    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) W[k] = _mm256_cvtepi32_ps(
-        _mm256_and_si256(_mm256_srl_epi32(u8x8(q + 8 * k), sh), _mm256_set1_epi32(3)));
-    affine_ks(W, ks->d + 2 * sub, ks->nm + 2 * sub, 1);
+    u8_to_f32(q2k_bytes(row, c), W);
+    scale_pairs(W, ks->d + 2 * (c & 7), ks->nm + 2 * (c & 7));
 }
 
 QV_AVX2_INLINE void deqk_Q3_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
-    int sub = (int)(c & 7), h = sub >> 2, j = sub & 3;
-    const uint8_t *p = row + 110 * (c >> 3), *q = p + 32 + 32 * h;
-    __m128i sh = _mm_cvtsi32_si128(2 * j), hs = _mm_cvtsi32_si128(4 * h + j);
-    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
-        /* low 2 bits - 4 + 4 * (hmask bit) */
-        __m256i lo = _mm256_and_si256(_mm256_srl_epi32(u8x8(q + 8 * k), sh), _mm256_set1_epi32(3));
-        __m256i hb = _mm256_and_si256(_mm256_srl_epi32(u8x8(p + 8 * k), hs), _mm256_set1_epi32(1));
-        __m256i v =
-            _mm256_add_epi32(_mm256_sub_epi32(lo, _mm256_set1_epi32(4)), _mm256_slli_epi32(hb, 2));
-        W[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(ks->d[2 * sub + (k >> 1)]));
-    }
+    i8_to_f32(q3k_bytes(row, c), W);
+    scale_pairs(W, ks->d + 2 * (c & 7), NULL);
 }
 
 /* 16 packed IQ4 indices -> the 32 table values (low nibbles first) times d. */
@@ -676,74 +690,52 @@ QV_AVX512_INLINE __m512i u8x16(const uint8_t *p) {
     return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
 }
 
-/* K-quant chunks natively in 16 lanes: V[0] holds elements 0..15 of the chunk (one 16-element
- * sub-block where the type has them), V[1] elements 16..31; the same per-element operations as
- * the AVX2 dequantizers, so the same values. */
+/* K-quant chunks in 16 lanes: the 32 byte values of the AVX2 helpers widened, V[0] holding
+ * elements 0..15 of the chunk (one 16-element sub-block where the type has them), V[1] 16..31;
+ * the same per-element operations as the AVX2 dequantizers, so the same values. */
+QV_AVX512_INLINE void widen512(__m256i b, int is_signed, __m512 V[2]) {
+    __m128i h[2] = {_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)};
+    for (int k = 0; k < 2; k++)
+        V[k] =
+            _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(h[k]) : _mm512_cvtepu8_epi32(h[k]));
+}
+
 QV_AVX512_INLINE void deqk512_Q4_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    int sub = (int)(c & 7);
-    const uint8_t *q = row + 144 * (c >> 3) + 16 + 32 * (sub >> 1);
-    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1));
-    __m512 vd = _mm512_set1_ps(ks->d[sub]), vm = _mm512_set1_ps(ks->nm[sub]);
-    for (int k = 0; k < 2; k++) {
-        __m512i v =
-            _mm512_and_si512(_mm512_srl_epi32(u8x16(q + 16 * k), sh), _mm512_set1_epi32(0xF));
-        V[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), vd, vm);
-    }
+    widen512(q4k_bytes(row, c), 0, V);
+    __m512 vd = _mm512_set1_ps(ks->d[c & 7]), vm = _mm512_set1_ps(ks->nm[c & 7]);
+    for (int k = 0; k < 2; k++)
+        V[k] = _mm512_fmadd_ps(V[k], vd, vm);
 }
 
 QV_AVX512_INLINE void deqk512_Q5_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    int sub = (int)(c & 7);
-    const uint8_t *p = row + 176 * (c >> 3), *qh = p + 16, *q = p + 48 + 32 * (sub >> 1);
-    __m128i sh = _mm_cvtsi32_si128(4 * (sub & 1)), hs = _mm_cvtsi32_si128(sub);
-    __m512 vd = _mm512_set1_ps(ks->d[sub]), vm = _mm512_set1_ps(ks->nm[sub]);
-    for (int k = 0; k < 2; k++) {
-        __m512i lo =
-            _mm512_and_si512(_mm512_srl_epi32(u8x16(q + 16 * k), sh), _mm512_set1_epi32(0xF));
-        __m512i hi =
-            _mm512_and_si512(_mm512_srl_epi32(u8x16(qh + 16 * k), hs), _mm512_set1_epi32(1));
-        V[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4))),
-                               vd, vm);
-    }
+    widen512(q5k_bytes(row, c), 0, V);
+    __m512 vd = _mm512_set1_ps(ks->d[c & 7]), vm = _mm512_set1_ps(ks->nm[c & 7]);
+    for (int k = 0; k < 2; k++)
+        V[k] = _mm512_fmadd_ps(V[k], vd, vm);
 }
 
 QV_AVX512_INLINE void deqk512_Q6_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    int sub = (int)(c & 7);
-    __m256i v = q6_bytes(row, c);
-    __m128i half[2] = {_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)};
+    widen512(q6k_bytes(row, c), 1, V);
     for (int k = 0; k < 2; k++)
-        V[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(half[k])),
-                             _mm512_set1_ps(ks->d[2 * sub + k]));
+        V[k] = _mm512_mul_ps(V[k], _mm512_set1_ps(ks->d[2 * (c & 7) + k]));
 }
 
 QV_AVX512_INLINE void deqk512_Q2_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    int sub = (int)(c & 7);
-    const uint8_t *q = row + 84 * (c >> 3) + 16 + 32 * (sub >> 2);
-    __m128i sh = _mm_cvtsi32_si128(2 * (sub & 3));
-    for (int k = 0; k < 2; k++) {
-        __m512i v = _mm512_and_si512(_mm512_srl_epi32(u8x16(q + 16 * k), sh), _mm512_set1_epi32(3));
-        V[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(ks->d[2 * sub + k]),
-                               _mm512_set1_ps(ks->nm[2 * sub + k]));
-    }
+    widen512(q2k_bytes(row, c), 0, V);
+    for (int k = 0; k < 2; k++)
+        V[k] = _mm512_fmadd_ps(V[k], _mm512_set1_ps(ks->d[2 * (c & 7) + k]),
+                               _mm512_set1_ps(ks->nm[2 * (c & 7) + k]));
 }
 
 QV_AVX512_INLINE void deqk512_Q3_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    int sub = (int)(c & 7), h = sub >> 2, j = sub & 3;
-    const uint8_t *p = row + 110 * (c >> 3), *q = p + 32 + 32 * h;
-    __m128i sh = _mm_cvtsi32_si128(2 * j), hs = _mm_cvtsi32_si128(4 * h + j);
-    for (int k = 0; k < 2; k++) {
-        __m512i lo =
-            _mm512_and_si512(_mm512_srl_epi32(u8x16(q + 16 * k), sh), _mm512_set1_epi32(3));
-        __m512i hb =
-            _mm512_and_si512(_mm512_srl_epi32(u8x16(p + 16 * k), hs), _mm512_set1_epi32(1));
-        __m512i v =
-            _mm512_add_epi32(_mm512_sub_epi32(lo, _mm512_set1_epi32(4)), _mm512_slli_epi32(hb, 2));
-        V[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(ks->d[2 * sub + k]));
-    }
+    widen512(q3k_bytes(row, c), 1, V);
+    for (int k = 0; k < 2; k++)
+        V[k] = _mm512_mul_ps(V[k], _mm512_set1_ps(ks->d[2 * (c & 7) + k]));
 }
 
 /* 16 packed IQ4 indices -> the 32 table values times d: the nibbles index a 16-float table. */
