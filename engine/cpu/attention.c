@@ -14,6 +14,7 @@
  * What not: no KV writes (kv_store in ops.c), no mask tensors: causality comes from positions.
  * Thread: called on the backend's engine thread.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -39,12 +40,22 @@ struct attn_task {
     float *out;
     float *scratch;
     size_t scratch_per_thread;
+    size_t ldp; /* floats between two score rows of a unit */
     bool simd;
     int eb;       /* bytes per stored K/V element: 4 (F32) or 2 (bf16) */
     int ps_shift; /* log2(page_size) when a power of two, else -1 */
     int hpu;      /* query heads per unit: a divisor of the GQA group size n_heads / n_kv_heads */
     const int32_t *tile_start; /* token tiles: tokens [tile_start[i], tile_start[i+1]) */
-    int n_units;               /* n_tiles * n_heads / hpu */
+    int seg;                   /* keys per segment */
+    bool split;                /* a unit is one segment of a (tile, head group) */
+    const int32_t *rec;        /* split: per token, its first partial record (-1: one segment) */
+    const int32_t *units;      /* split: unit i = (tile, head group, segment) at 3 i */
+    atomic_int *left;          /* split: per (tile, head group), segment units still running */
+    float *part;               /* partials: shared records (split) or per-thread areas */
+    size_t n_rec;              /* split: records in part */
+    size_t part_per_thread;    /* not split: floats of a thread's area */
+    int max_segs;              /* not split: segments of one token's keys at most */
+    int n_units;
     atomic_int next;
 };
 
@@ -92,13 +103,18 @@ __attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, con
 }
 #endif
 
-/* sc[i] = exp(sc[i] - mx) / Σ exp(sc - mx), i < len: sequential sum, per-element division. */
-static void softmax_portable(float *sc, int len, float mx) {
+/* sc[i] = exp(sc[i] - mx), i < len; returns their sequential sum. */
+static float exp_sum_portable(float *sc, int len, float mx) {
     float sum = 0.0f;
     for (int i = 0; i < len; i++) {
         sc[i] = expf(sc[i] - mx);
         sum += sc[i];
     }
+    return sum;
+}
+
+/* sc[i] = sc[i] / sum, a true division per element (as HF's softmax). */
+static void divide_portable(float *sc, int len, float sum) {
     for (int i = 0; i < len; i++)
         sc[i] = sc[i] / sum;
 }
@@ -131,11 +147,10 @@ __attribute__((target("avx2,fma"))) static __m256 exp8_avx2(__m256 x) {
     return _mm256_blendv_ps(y, x, nan);
 }
 
-/* softmax_portable's operations with the exponential in 8 lanes (exp8_avx2, a short last
+/* exp_sum_portable's operations with the exponential in 8 lanes (exp8_avx2, a short last
  * group padded) and the sum in 8 lanes (then the lanes in a fixed order, then the tail): a
- * scalar expf and add chain over a long context cost more than the dot products. The division
- * stays a true division (as HF's softmax). */
-__attribute__((target("avx2,fma"))) static void softmax_avx2(float *sc, int len, float mx) {
+ * scalar expf and add chain over a long context cost more than the dot products. */
+__attribute__((target("avx2,fma"))) static float exp_sum_avx2(float *sc, int len, float mx) {
     const __m256 vmx = _mm256_set1_ps(mx);
     int i0 = 0;
     for (; i0 + 8 <= len; i0 += 8)
@@ -156,8 +171,24 @@ __attribute__((target("avx2,fma"))) static void softmax_avx2(float *sc, int len,
     float sum = _mm_cvtss_f32(s4);
     for (; i < len; i++)
         sum += sc[i];
+    return sum;
+}
+
+/* scale_add's 8-lane part: returns the elements done. */
+__attribute__((target("avx2,fma"))) static int scale_add_avx2(float *o, float w, const float *a,
+                                                              int n, bool first) {
+    const __m256 vw = _mm256_set1_ps(w);
+    int d = 0;
+    for (; d + 8 <= n; d += 8) {
+        __m256 wa = _mm256_mul_ps(vw, _mm256_loadu_ps(a + d));
+        _mm256_storeu_ps(o + d, first ? wa : _mm256_add_ps(_mm256_loadu_ps(o + d), wa));
+    }
+    return d;
+}
+
+__attribute__((target("avx2,fma"))) static void divide_avx2(float *sc, int len, float sum) {
     __m256 vs = _mm256_set1_ps(sum);
-    i = 0;
+    int i = 0;
     for (; i + 8 <= len; i += 8)
         _mm256_storeu_ps(sc + i, _mm256_div_ps(_mm256_loadu_ps(sc + i), vs));
     for (; i < len; i++)
@@ -165,16 +196,24 @@ __attribute__((target("avx2,fma"))) static void softmax_avx2(float *sc, int len,
 }
 #endif
 
-void qv__cpu_softmax(bool simd, float *sc, int len, float mx) {
+float qv__cpu_exp_sum(bool simd, float *sc, int len, float mx) {
 #if QV_HAVE_X86
-    if (simd) {
-        softmax_avx2(sc, len, mx);
-        return;
-    }
+    if (simd) return exp_sum_avx2(sc, len, mx);
 #else
     (void)simd;
 #endif
-    softmax_portable(sc, len, mx);
+    return exp_sum_portable(sc, len, mx);
+}
+
+void qv__cpu_softmax(bool simd, float *sc, int len, float mx) {
+    const float sum = qv__cpu_exp_sum(simd, sc, len, mx);
+#if QV_HAVE_X86
+    if (simd) {
+        divide_avx2(sc, len, sum);
+        return;
+    }
+#endif
+    divide_portable(sc, len, sum);
 }
 
 /* Float offset of position j's slot (all kv heads) in this layer of the pool (shifts when the
@@ -219,6 +258,7 @@ static const float *row_f32(const struct attn_task *tk, const void *p, int n, fl
  * prob + r * ldp + (j - J0), its output at o[ti] + u * hd. */
 struct unit_rows {
     int nt, nh, J0, P; /* tokens, heads, the keys [J0, P] any row reads */
+    int Pf;            /* prefetching may run to key Pf >= P (the next segment's keys) */
     int j0[QV_ATTN_TILE], p[QV_ATTN_TILE];
     const float *q[QV_ATTN_TILE]; /* head 0's query row of each token; heads follow */
     float *o[QV_ATTN_TILE];
@@ -253,7 +293,7 @@ QV_AVX2_INLINE void wsum64_body(const struct attn_task *tk, const int32_t *pt, s
             const char *vp[WSUM_KEYS];
             for (int j = jb; j <= je; j++)
                 vp[j - jb] = kv_at(tk, tk->pool->v, slot_at(tk, pt, j) + head_off + (size_t)c0);
-            for (int j = je + 1; j <= QV_MIN(P, je + WSUM_KEYS); j++) /* the next block */
+            for (int j = je + 1; j <= QV_MIN(ur->Pf, je + WSUM_KEYS); j++) /* the next block */
                 prefetch_bytes(kv_at(tk, tk->pool->v, slot_at(tk, pt, j) + head_off + (size_t)c0),
                                64 * eb);
             for (int ti = 0; ti < ur->nt; ti++) {
@@ -316,9 +356,10 @@ QV_AVX2_INLINE void scores8_body(const struct attn_task *tk, const int32_t *pt, 
     for (int j = J0; j <= P; j += 8) {
         const char *kp[8];
         _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) kp[i] = kn[i];
-        if (j + 8 <= P) {
+        if (j + 8 <= ur->Pf) {
             _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
-                kn[i] = kv_at(tk, tk->pool->k, slot_at(tk, pt, QV_MIN(j + 8 + i, P)) + head_off);
+                kn[i] =
+                    kv_at(tk, tk->pool->k, slot_at(tk, pt, QV_MIN(j + 8 + i, ur->Pf)) + head_off);
                 prefetch_bytes(kn[i], (size_t)hd * eb);
             }
         }
@@ -363,30 +404,65 @@ scores8_avx2(const struct attn_task *tk, const int32_t *pt, size_t head_off,
 }
 #endif
 
-/* One unit: the tokens of one tile (consecutive positions of one sequence) and the hpu query
- * heads h0 .. h0+hpu-1, all on kv head g. sc: the thread's scratch, tile x hpu rows of ldp
- * floats. Each head's result for each token is the same whatever the unit's shape. */
-static void attn_unit(const struct attn_task *tk, int unit, float *sc, size_t ldp) {
+/* Where a unit's multi-segment rows keep their partial results: token ti's record of its
+ * first segment for the unit's head 0 (heads follow at head_dim floats; NULL for a token whose
+ * keys lie in one segment), the record of its next segment acc_stride floats further, and the
+ * (max, sum) pairs likewise in ml. */
+struct unit_parts {
+    float *acc[QV_ATTN_TILE];
+    float *ml[QV_ATTN_TILE];
+    size_t acc_stride, ml_stride;
+};
+
+/* Token t's key range [j0, p] and its segment count. */
+static inline int token_keys(const struct attn_task *tk, int t, int *j0, int *p) {
+    const qv_attn_batch *ab = tk->ab;
+    *p = ab->tok_pos[t];
+    *j0 = ab->window > 0 ? QV_MAX(0, *p - ab->window + 1) : 0;
+    return *p / tk->seg - *j0 / tk->seg + 1;
+}
+
+/* Segment k of one unit: the tokens of one tile (consecutive positions of one sequence), the
+ * hpu query heads h0 .. h0+hpu-1 (all on one kv head), the keys [k S, (k+1) S) of each
+ * token's range. A row whose keys lie in this one segment gets its result here (scores,
+ * softmax, weighted sum: the unsegmented arithmetic); a row spanning several segments gets
+ * this segment's partial: its maximum m, the sum l of exp(score - m) and Σ exp(score - m) v_j,
+ * combined later in segment order (combine_rows). sc: the thread's scratch, tile x hpu rows of
+ * ldp floats. A row's result is the same whatever the unit's shape and the batch. */
+static void attn_segment(const struct attn_task *tk, int tile, int h0, int k, float *sc, size_t ldp,
+                         const struct unit_parts *up) {
     const qv_attn_batch *ab = tk->ab;
     const qv_kv_pool *pool = tk->pool;
-    const int nh = tk->hpu, units_per_tile = ab->n_heads / nh;
-    const int tile = unit / units_per_tile, h0 = (unit % units_per_tile) * nh;
+    const int nh = tk->hpu, S = tk->seg, ks = k * S, ke = ks + S - 1;
     const int ta = tk->tile_start[tile], nt = tk->tile_start[tile + 1] - ta;
     const int hd = ab->head_dim;
     const int g = h0 / (ab->n_heads / ab->n_kv_heads);
     const size_t head_off = (size_t)g * (size_t)hd;
     const int32_t *pt = ab->page_table[ab->tok_seq[ta]];
-    struct unit_rows ur = {.nt = nt, .nh = nh};
+    struct unit_rows ur = {.nt = nt, .nh = nh, .J0 = INT_MAX, .P = -1};
+    int k0[QV_ATTN_TILE];
     for (int ti = 0; ti < nt; ti++) {
-        const int t = ta + ti, p = ab->tok_pos[t];
-        ur.p[ti] = p;
-        ur.j0[ti] = ab->window > 0 ? QV_MAX(0, p - ab->window + 1) : 0;
+        const int t = ta + ti;
+        int j0, p;
+        token_keys(tk, t, &j0, &p);
+        k0[ti] = j0 / S;
+        ur.j0[ti] = QV_MAX(j0, ks); /* empty (j0 > p) when the token has no key here */
+        ur.p[ti] = QV_MIN(p, ke);
         const size_t row0 = ((size_t)t * (size_t)ab->n_heads + (size_t)h0) * (size_t)hd;
         ur.q[ti] = tk->q + row0; /* the nh heads' rows are adjacent */
-        ur.o[ti] = tk->out + row0;
+        ur.o[ti] =
+            up->acc[ti] ? up->acc[ti] + (size_t)(k - k0[ti]) * up->acc_stride : tk->out + row0;
+        if (ur.j0[ti] <= ur.p[ti]) {
+            ur.J0 = QV_MIN(ur.J0, ur.j0[ti]);
+            ur.P = QV_MAX(ur.P, ur.p[ti]);
+        }
     }
-    ur.J0 = ur.j0[0]; /* positions ascend along the tile, and so do the window starts */
-    ur.P = ur.p[nt - 1];
+    if (ur.P < 0) return; /* no key of the tile in this segment */
+    {
+        int j0, p;
+        token_keys(tk, ta + nt - 1, &j0, &p);
+        ur.Pf = p; /* the tile's last key: prefetching runs on into the next segment */
+    }
     float mx[QV_ATTN_MAX_GROUP * QV_ATTN_TILE];
     float rowbuf[QV_ATTN_MAX_HD]; /* a bf16 row as floats, for the row-at-a-time paths */
 
@@ -414,19 +490,29 @@ static void attn_unit(const struct attn_task *tk, int unit, float *sc, size_t ld
                     if (v > mx[r]) mx[r] = v;
                 }
             }
-    for (int ti = 0; ti < nt; ti++)
+    for (int ti = 0; ti < nt; ti++) {
+        if (ur.j0[ti] > ur.p[ti]) continue;
+        const int len = ur.p[ti] - ur.j0[ti] + 1;
         for (int u = 0; u < nh; u++) {
             const int r = ti * nh + u;
-            qv__cpu_softmax(tk->simd, sc + (size_t)r * ldp + (ur.j0[ti] - ur.J0),
-                            ur.p[ti] - ur.j0[ti] + 1, mx[r]);
+            float *row = sc + (size_t)r * ldp + (ur.j0[ti] - ur.J0);
+            if (!up->acc[ti]) {
+                qv__cpu_softmax(tk->simd, row, len, mx[r]);
+            } else {
+                float *ml = up->ml[ti] + (size_t)(k - k0[ti]) * up->ml_stride + 2 * (size_t)u;
+                ml[0] = mx[r];
+                ml[1] = qv__cpu_exp_sum(tk->simd, row, len, mx[r]);
+            }
         }
+    }
 #if QV_HAVE_X86
     if (tk->simd && hd % 64 == 0) {
         wsum64_avx2(tk, pt, head_off, &ur, sc, ldp, hd);
         return;
     }
 #endif
-    for (int ti = 0; ti < nt; ti++)
+    for (int ti = 0; ti < nt; ti++) {
+        if (ur.j0[ti] > ur.p[ti]) continue;
         for (int u = 0; u < nh; u++) {
             float *ou = ur.o[ti] + (size_t)u * (size_t)hd;
             const float *su = sc + (size_t)(ti * nh + u) * ldp;
@@ -444,17 +530,127 @@ static void attn_unit(const struct attn_task *tk, int unit, float *sc, size_t ld
 #endif
             }
         }
+    }
+}
+
+/* o[d] = w * a[d] (first) or o[d] + w * a[d]: the product rounded, then the sum (no fma), in
+ * 8 lanes or one at a time: the same bits. */
+static void scale_add(bool simd, float *o, float w, const float *a, int n, bool first) {
+    int d = 0;
+#if QV_HAVE_X86
+    if (simd) d = scale_add_avx2(o, w, a, n, first);
+#else
+    (void)simd;
+#endif
+    for (; d < n; d++) {
+        const float wa = w * a[d];
+        o[d] = first ? wa : o[d] + wa;
+    }
+}
+
+static void divide_row(bool simd, float *o, int n, float L) {
+#if QV_HAVE_X86
+    if (simd) {
+        divide_avx2(o, n, L);
+        return;
+    }
+#else
+    (void)simd;
+#endif
+    divide_portable(o, n, L);
+}
+
+/* The results of a unit's multi-segment rows from their partials, segments in ascending
+ * order: M = max m_i, w_i = exp(m_i - M), out = (Σ w_i acc_i) / (Σ w_i l_i), each sum from
+ * the first segment, a product and a sum rounded apart (no fma), then a true division. */
+static void combine_rows(const struct attn_task *tk, int tile, int h0,
+                         const struct unit_parts *up) {
+    const qv_attn_batch *ab = tk->ab;
+    const int ta = tk->tile_start[tile], nt = tk->tile_start[tile + 1] - ta;
+    const int hd = ab->head_dim;
+    for (int ti = 0; ti < nt; ti++) {
+        if (!up->acc[ti]) continue;
+        int j0, p;
+        const int n = token_keys(tk, ta + ti, &j0, &p);
+        for (int u = 0; u < tk->hpu; u++) {
+            float *ml = up->ml[ti] + 2 * (size_t)u;
+            float M = -INFINITY, L = 0.0f;
+            for (int i = 0; i < n; i++)
+                M = QV_MAX(M, ml[(size_t)i * up->ml_stride]);
+            float *o =
+                tk->out + ((size_t)(ta + ti) * (size_t)ab->n_heads + (size_t)(h0 + u)) * (size_t)hd;
+            for (int i = 0; i < n; i++) {
+                float *mi = ml + (size_t)i * up->ml_stride;
+                const float w = expf(mi[0] - M);
+                const float wl = w * mi[1];
+                L = L + wl;
+                const float *a = up->acc[ti] + (size_t)i * up->acc_stride + (size_t)u * (size_t)hd;
+                scale_add(tk->simd, o, w, a, hd, i == 0);
+            }
+            divide_row(tk->simd, o, hd, L);
+        }
+    }
+}
+
+/* Not split: unit = (tile, head group); it runs every segment of its tokens' keys, its
+ * multi-segment rows' partials in the thread's area tp, then combines them. */
+static void attn_unit(const struct attn_task *tk, int unit, float *sc, size_t ldp, float *tp) {
+    const int upt = tk->ab->n_heads / tk->hpu;
+    const int tile = unit / upt, h0 = (unit % upt) * tk->hpu;
+    const int ta = tk->tile_start[tile], nt = tk->tile_start[tile + 1] - ta;
+    const size_t rec_acc = (size_t)tk->hpu * (size_t)tk->ab->head_dim, rec_ml = 2 * (size_t)tk->hpu;
+    struct unit_parts up = {.acc_stride = rec_acc, .ml_stride = rec_ml};
+    float *ml_area = tp + (size_t)QV_ATTN_TILE * (size_t)tk->max_segs * rec_acc;
+    int kk0 = INT_MAX, kk1 = -1;
+    for (int ti = 0; ti < nt; ti++) {
+        int j0, p;
+        const int n = token_keys(tk, ta + ti, &j0, &p);
+        kk0 = QV_MIN(kk0, j0 / tk->seg);
+        kk1 = QV_MAX(kk1, p / tk->seg);
+        up.acc[ti] = n > 1 ? tp + (size_t)ti * (size_t)tk->max_segs * rec_acc : NULL;
+        up.ml[ti] = n > 1 ? ml_area + (size_t)ti * (size_t)tk->max_segs * rec_ml : NULL;
+    }
+    for (int k = kk0; k <= kk1; k++)
+        attn_segment(tk, tile, h0, k, sc, ldp, &up);
+    combine_rows(tk, tile, h0, &up);
+}
+
+/* Split: unit = one segment of a (tile, head group), partials in the shared records; the
+ * last of the group's segment units to finish combines its rows. */
+static void attn_split_unit(const struct attn_task *tk, int unit, float *sc, size_t ldp) {
+    const qv_attn_batch *ab = tk->ab;
+    const int tile = tk->units[3 * unit], gi = tk->units[3 * unit + 1], k = tk->units[3 * unit + 2];
+    const int h0 = gi * tk->hpu, upt = ab->n_heads / tk->hpu;
+    const int ta = tk->tile_start[tile], nt = tk->tile_start[tile + 1] - ta;
+    const size_t rec_acc = (size_t)ab->n_heads * (size_t)ab->head_dim;
+    const size_t rec_ml = 2 * (size_t)ab->n_heads;
+    float *ml_area = tk->part + tk->n_rec * rec_acc;
+    struct unit_parts up = {.acc_stride = rec_acc, .ml_stride = rec_ml};
+    for (int ti = 0; ti < nt; ti++) {
+        const int32_t r = tk->rec[ta + ti];
+        up.acc[ti] =
+            r >= 0 ? tk->part + (size_t)r * rec_acc + (size_t)h0 * (size_t)ab->head_dim : NULL;
+        up.ml[ti] = r >= 0 ? ml_area + (size_t)r * rec_ml + 2 * (size_t)h0 : NULL;
+    }
+    attn_segment(tk, tile, h0, k, sc, ldp, &up);
+    /* release this segment's partials; the last one acquires them all */
+    if (atomic_fetch_sub_explicit(&tk->left[tile * upt + gi], 1, memory_order_acq_rel) == 1)
+        combine_rows(tk, tile, h0, &up);
 }
 
 static void attn_fn(void *arg, int part, int nth) {
     (void)nth;
     struct attn_task *tk = arg;
-    const size_t ldp = tk->scratch_per_thread / (size_t)(tk->hpu * QV_ATTN_TILE);
+    const size_t ldp = tk->ldp;
     float *sc = tk->scratch + (size_t)part * tk->scratch_per_thread;
+    float *tp = tk->split ? NULL : tk->part + (size_t)part * tk->part_per_thread;
     for (;;) {
         int un = atomic_fetch_add_explicit(&tk->next, 1, memory_order_relaxed);
         if (un >= tk->n_units) break;
-        attn_unit(tk, un, sc, ldp);
+        if (tk->split)
+            attn_split_unit(tk, un, sc, ldp);
+        else
+            attn_unit(tk, un, sc, ldp, tp);
     }
 }
 
@@ -491,6 +687,24 @@ static int make_tiles(const qv_attn_batch *ab, int32_t *ts, size_t *span) {
     return n;
 }
 
+void qv__cpu_set_attn_segments(qv__cpu_ctx *cx, int seg, int split) {
+    QV_ASSERT(seg > 0 && split >= -1 && split <= 1);
+    cx->attn_seg = seg;
+    cx->attn_split = split;
+}
+
+/* *buf holds at least n elements of `size` bytes (grown, contents lost); aborts when out of
+ * memory (a few bytes per token and context segment of a step; no graceful path here). */
+static void *grow(void *buf, size_t *cap, size_t n, size_t size) {
+    if (n <= *cap) return buf;
+    size_t c = QV_MAX(n, 2 * *cap);
+    void *b = qv_malloc(c * size);
+    QV_ASSERT(b != NULL);
+    qv_free(buf);
+    *cap = c;
+    return b;
+}
+
 void qv__cpu_attention(qv__cpu_ctx *cx, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
                        const float *q, float *out) {
     QV_ASSERT(layer >= 0 && layer < pool->n_layers);
@@ -500,45 +714,113 @@ void qv__cpu_attention(qv__cpu_ctx *cx, const qv_kv_pool *pool, int layer, const
     if (ab->n_tokens == 0) return;
     for (int t = 0; t < ab->n_tokens; t++)
         QV_ASSERT(ab->tok_pos[t] >= 0 && ab->tok_seq[t] >= 0 && ab->tok_seq[t] < ab->n_seqs);
-    if (ab->n_tokens + 1 > cx->tiles_cap) {
-        int cap = QV_MAX(ab->n_tokens + 1, 2 * cx->tiles_cap);
-        int32_t *ts = qv_malloc((size_t)cap * sizeof(int32_t));
-        QV_ASSERT(ts != NULL); /* a few bytes per token of the step; no graceful path here */
-        qv_free(cx->tiles);
-        cx->tiles = ts;
-        cx->tiles_cap = cap;
+    if ((size_t)ab->n_tokens + 1 > (size_t)cx->tiles_cap) {
+        size_t cap = (size_t)cx->tiles_cap;
+        cx->tiles = grow(cx->tiles, &cap, (size_t)ab->n_tokens + 1, sizeof(int32_t));
+        cx->tiles_cap = (int)cap;
     }
     size_t span;
     const int n_tiles = make_tiles(ab, cx->tiles, &span);
-    const int hpu = heads_per_unit(ab, n_tiles, cx->n_threads);
-    /* one score row per (token, head) of a unit */
-    const size_t need = span * (size_t)hpu * QV_ATTN_TILE;
-    if (need > cx->scratch_per_thread) {
-        size_t grow = QV_MAX(need, 2 * cx->scratch_per_thread);
-        float *s = qv_malloc(grow * (size_t)cx->n_threads * sizeof(float));
-        QV_ASSERT(s != NULL); /* a few floats per context position; no graceful path here */
-        qv_free(cx->scratch);
-        cx->scratch = s;
-        cx->scratch_per_thread = grow;
-    }
-    const int n_units = n_tiles * (ab->n_heads / hpu);
     struct attn_task tk = {
         .pool = pool,
         .layer = layer,
         .ab = ab,
         .q = q,
         .out = out,
-        .scratch = cx->scratch,
-        .scratch_per_thread = cx->scratch_per_thread,
         .simd = cx->simd,
         .eb = qv__cpu_pool_bf16(cx, pool) ? 2 : 4,
         .ps_shift = (pool->page_size & (pool->page_size - 1)) == 0
                         ? __builtin_ctz((unsigned)pool->page_size)
                         : -1,
-        .hpu = hpu,
         .tile_start = cx->tiles,
-        .n_units = n_units,
+        .seg = cx->attn_seg,
     };
+    /* Segments: per tile (the union of its tokens' ranges is contiguous) and per token. */
+    const int S = cx->attn_seg, group = ab->n_heads / ab->n_kv_heads;
+    int total_segs = 0, max_segs = 1;
+    size_t n_rec = 0;
+    for (int i = 0; i < n_tiles; i++) {
+        int j0, p, jf, pl;
+        token_keys(&tk, cx->tiles[i], &jf, &p);
+        token_keys(&tk, cx->tiles[i + 1] - 1, &j0, &pl);
+        total_segs += pl / S - jf / S + 1;
+    }
+    for (int t = 0; t < ab->n_tokens; t++) {
+        int j0, p;
+        const int n = token_keys(&tk, t, &j0, &p);
+        max_segs = QV_MAX(max_segs, n);
+        if (n > 1) n_rec += (size_t)n;
+    }
+    int hpu = heads_per_unit(ab, n_tiles, cx->n_threads);
+    tk.split = cx->attn_split >= 0 ? cx->attn_split == 1
+                                   : n_rec > 0 && n_tiles * (ab->n_heads / hpu) < 4 * cx->n_threads;
+    if (tk.split) { /* more units: the segments'; the widest head groups that fill the threads */
+        hpu = 1;
+        for (int d = 2; d <= QV_MIN(group, QV_ATTN_MAX_GROUP); d++)
+            if (group % d == 0 && total_segs * (ab->n_heads / d) >= cx->n_threads) hpu = d;
+    }
+    tk.hpu = hpu;
+    const int upt = ab->n_heads / hpu;
+    /* one score row per (token, head) of a unit, over one segment's keys at most; rows an odd
+     * number of cache lines apart (a power-of-two stride would map them to few cache sets) */
+    tk.ldp = (QV_MIN(span, (size_t)S) + 15) / 32 * 32 + 16;
+    const size_t need = tk.ldp * (size_t)hpu * QV_ATTN_TILE;
+    if (need > cx->scratch_per_thread) {
+        size_t grow_to = QV_MAX(need, 2 * cx->scratch_per_thread);
+        float *s = qv_malloc(grow_to * (size_t)cx->n_threads * sizeof(float));
+        QV_ASSERT(s != NULL); /* a few floats per context position; no graceful path here */
+        qv_free(cx->scratch);
+        cx->scratch = s;
+        cx->scratch_per_thread = grow_to;
+    }
+    tk.scratch = cx->scratch;
+    tk.scratch_per_thread = cx->scratch_per_thread;
+    const size_t hd = (size_t)ab->head_dim;
+    if (tk.split) {
+        /* token records, then the unit list (tile, head group, segment) */
+        const size_t n_units = (size_t)total_segs * (size_t)upt;
+        cx->attn_idx = grow(cx->attn_idx, &cx->attn_idx_cap, (size_t)ab->n_tokens + 3 * n_units,
+                            sizeof(int32_t));
+        int32_t *rec = cx->attn_idx, *units = cx->attn_idx + ab->n_tokens;
+        size_t r = 0;
+        for (int t = 0; t < ab->n_tokens; t++) {
+            int j0, p;
+            const int n = token_keys(&tk, t, &j0, &p);
+            rec[t] = n > 1 ? (int32_t)r : -1;
+            if (n > 1) r += (size_t)n;
+        }
+        cx->attn_left = grow(cx->attn_left, &cx->attn_left_cap, (size_t)n_tiles * (size_t)upt,
+                             sizeof(atomic_int));
+        size_t u = 0;
+        for (int i = 0; i < n_tiles; i++) {
+            int j0, p, jf, pl;
+            token_keys(&tk, cx->tiles[i], &jf, &p);
+            token_keys(&tk, cx->tiles[i + 1] - 1, &j0, &pl);
+            for (int gi = 0; gi < upt; gi++) {
+                atomic_init(&cx->attn_left[(size_t)i * (size_t)upt + (size_t)gi],
+                            pl / S - jf / S + 1);
+                for (int k = jf / S; k <= pl / S; k++, u++) {
+                    units[3 * u] = i;
+                    units[3 * u + 1] = gi;
+                    units[3 * u + 2] = k;
+                }
+            }
+        }
+        cx->attn_part = grow(cx->attn_part, &cx->attn_part_cap,
+                             QV_MAX(n_rec, 1) * (size_t)ab->n_heads * (hd + 2), sizeof(float));
+        tk.rec = rec;
+        tk.units = units;
+        tk.left = cx->attn_left;
+        tk.n_rec = n_rec;
+        tk.n_units = (int)n_units;
+    } else {
+        tk.max_segs = max_segs;
+        tk.part_per_thread = (size_t)QV_ATTN_TILE * (size_t)max_segs * (size_t)hpu * (hd + 2);
+        cx->attn_part = grow(cx->attn_part, &cx->attn_part_cap,
+                             tk.part_per_thread * (size_t)cx->n_threads, sizeof(float));
+        tk.n_units = n_tiles * upt;
+    }
+    tk.part = cx->attn_part;
     atomic_init(&tk.next, 0);
     if (tk.n_units == 1)
         attn_fn(&tk, 0, 1);

@@ -26,6 +26,9 @@ static void cpu_destroy(qv_backend *be) {
         qv__cpu_pool_destroy(cx->pool);
         qv_free(cx->scratch);
         qv_free(cx->tiles);
+        qv_free(cx->attn_idx);
+        qv_free(cx->attn_left);
+        qv_free(cx->attn_part);
         qv_free(cx);
     }
     qv_free(be);
@@ -160,6 +163,8 @@ qv_status qv_backend_cpu_create(int n_threads, qv_backend **out, qv_error *err) 
     cx->n_threads = n_threads;
     cx->matmul_simd = qv__cpu_simd_level();
     cx->simd = cx->matmul_simd != QV_CPU_SIMD_NONE;
+    cx->attn_seg = QV_ATTN_SEG;
+    cx->attn_split = -1;
     st = qv__cpu_pool_create(n_threads, &cx->pool, err);
     if (st != QV_OK) goto fail;
     QV_LOGD("cpu backend: %d threads, %s kernels (matmul %s)", n_threads,

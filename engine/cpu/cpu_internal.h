@@ -11,6 +11,8 @@
 #ifndef QV_CPU_INTERNAL_H
 #define QV_CPU_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include "backend.h"
 #include "cpu/threadpool.h"
 
@@ -20,6 +22,9 @@ enum qv__cpu_simd {
     QV_CPU_SIMD_AVX2,   /* AVX2 + FMA + F16C */
     QV_CPU_SIMD_AVX512, /* AVX-512 F/BW/DQ/VL on top of AVX2 (matmul only) */
 };
+
+/* Attention's default key segment length (keys). */
+#define QV_ATTN_SEG 256
 
 typedef struct qv__cpu_ctx {
     qv__cpu_pool *pool;
@@ -31,6 +36,19 @@ typedef struct qv__cpu_ctx {
     size_t scratch_per_thread;
     int32_t *tiles; /* attention's token tiles of a step, tiles_cap entries */
     int tiles_cap;
+    /* Attention's key segments (attention.c): keys [k S, (k+1) S) of a row form segment k;
+     * a row whose keys span several segments gets one partial result per segment, combined
+     * in segment order. attn_seg (S) is fixed for a backend's life (a row's arithmetic
+     * depends on it); attn_split -1 lets each step choose whether a segment is a work unit of
+     * its own (few units) or the unit runs them all (many), 0/1 force it (tests). */
+    int attn_seg;
+    int attn_split;
+    int32_t *attn_idx; /* per step: tokens' partial records and the unit list (attention.c) */
+    size_t attn_idx_cap;
+    atomic_int *attn_left; /* per step: segment units left per (tile, head group) */
+    size_t attn_left_cap;
+    float *attn_part; /* partial results of the segments: shared (split) or per thread */
+    size_t attn_part_cap;
 } qv__cpu_ctx;
 
 /* True when `pool` stores bf16 K/V (its own elem_bytes, or the context's choice when 0). */
@@ -64,6 +82,12 @@ void qv__cpu_kv_store(qv__cpu_ctx *cx, qv_kv_pool *pool, int layer, const float 
 /* sc[i] = exp(sc[i] - mx) / Σ exp(sc - mx) for i < len (mx: the row's maximum), with the
  * AVX2 kernels (simd) or the portable ones. */
 void qv__cpu_softmax(bool simd, float *sc, int len, float mx);
+/* The softmax's first half: sc[i] = exp(sc[i] - mx) for i < len; returns their sum (the
+ * softmax divides by it). */
+float qv__cpu_exp_sum(bool simd, float *sc, int len, float mx);
+/* Test hook: the key segment length S (> 0) and the split mode (-1 auto, 0 never, 1 always)
+ * of attention; defaults 256 and -1. */
+void qv__cpu_set_attn_segments(qv__cpu_ctx *cx, int seg, int split);
 void qv__cpu_attention(qv__cpu_ctx *cx, const qv_kv_pool *pool, int layer, const qv_attn_batch *ab,
                        const float *q, float *out);
 

@@ -586,6 +586,15 @@ static qv_attn_batch mixed_step(const struct attn_fixture *f, int32_t *seq, int3
                            .scale = 1.0f / sqrtf((float)f->hd)};
 }
 
+/* Key segments of seg keys (0: the default) and split mode (-1 auto, 0 never, 1 always) on
+ * a backend. */
+static void set_segments(qv_backend *be, int seg, int split) {
+    qv__cpu_set_attn_segments(be->ctx, seg ? seg : QV_ATTN_SEG, split);
+}
+
+/* The mixed step against the double reference, then bitwise: on 3 threads, each token alone,
+ * and (segs, the segment lengths to try besides the default) every segment length with its
+ * segments as units of their own and inside their tile's unit. */
 static void attention_case(bool simd, int window, int hd) {
     qv_backend *be = make_backend(2, simd), *be3 = make_backend(3, simd);
     struct attn_fixture *f = malloc(sizeof *f);
@@ -598,24 +607,38 @@ static void attention_case(bool simd, int window, int hd) {
     for (size_t i = 0; i < nq; i++)
         q[i] *= 3.0f; /* peaky softmax */
     float *out = malloc(nq * sizeof(float)), *want = malloc(nq * sizeof(float));
-    float *out3 = malloc(nq * sizeof(float));
-    be->iface->attention(be, &f->pool, 1, &ab, q, out);
+    float *out3 = malloc(nq * sizeof(float)), *other = malloc(nq * sizeof(float));
     attn_reference(f, &ab, q, want);
-    char label[64];
-    snprintf(label, sizeof label, "attention %s window=%d hd=%d", simd ? "simd" : "portable",
-             window, hd);
-    assert_int_equal(qv_test_compare_f32(label, out, want, nq, 1e-6, 1e-5), 0);
-    be3->iface->attention(be3, &f->pool, 1, &ab, q, out3);
-    assert_memory_equal(out, out3, nq * sizeof(float));
-    /* each token alone gives the same bits */
-    for (int t = 0; t < n; t++) {
-        qv_attn_batch one = ab;
-        one.n_tokens = 1;
-        one.tok_seq = seq + t;
-        one.tok_pos = pos + t;
-        be->iface->attention(be, &f->pool, 1, &one, q + t * nh * hd, out3);
-        assert_memory_equal(out3, out + t * nh * hd, (size_t)(nh * hd) * sizeof(float));
+    /* 0: 256 keys (every row here in one segment); 16: the 77-key row spans 5 segments; 7: not a
+     * power of two, windows of 5 straddle segment edges */
+    static const int segs[] = {0, 16, 7};
+    for (size_t si = 0; si < QV_ARRAY_LEN(segs); si++) {
+        for (int split = -1; split <= 1; split++) {
+            set_segments(be, segs[si], split);
+            set_segments(be3, segs[si], split);
+            be->iface->attention(be, &f->pool, 1, &ab, q, out);
+            char label[96];
+            snprintf(label, sizeof label, "attention %s window=%d hd=%d seg=%d split=%d",
+                     simd ? "simd" : "portable", window, hd, segs[si], split);
+            assert_int_equal(qv_test_compare_f32(label, out, want, nq, 1e-6, 1e-5), 0);
+            if (split == -1)
+                memcpy(other, out, nq * sizeof(float));
+            else /* segments as units of their own or not: the same bits */
+                assert_memory_equal(out, other, nq * sizeof(float));
+            be3->iface->attention(be3, &f->pool, 1, &ab, q, out3);
+            assert_memory_equal(out, out3, nq * sizeof(float));
+            /* each token alone gives the same bits */
+            for (int t = 0; t < n; t++) {
+                qv_attn_batch one = ab;
+                one.n_tokens = 1;
+                one.tok_seq = seq + t;
+                one.tok_pos = pos + t;
+                be->iface->attention(be, &f->pool, 1, &one, q + t * nh * hd, out3);
+                assert_memory_equal(out3, out + t * nh * hd, (size_t)(nh * hd) * sizeof(float));
+            }
+        }
     }
+    free(other);
     free(out3);
     free(want);
     free(out);

@@ -4,8 +4,9 @@
  *
  * Per prompt: last-position logits close to HF's, 32 greedy tokens (free running, quiver's own
  * argmax fed back) identical to HF's wherever HF's top-2 gap is not a near-tie, and the logits
- * of greedy step 8 (decode path through the paged cache) close to HF's. Run twice: with F32
- * K/V pages (within 1e-4) and with bf16 ones (--kv-dtype bf16: within 1e-2).
+ * of greedy step 8 (decode path through the paged cache) close to HF's. Run three times: with
+ * F32 K/V pages (within 1e-4), again with attention in 16-key segments (the default 256 is
+ * longer than these contexts), and with bf16 pages (--kv-dtype bf16: within 1e-2).
  * Skips (77) only when the model file is absent: `deploy/fetch-model.sh` puts it in
  * $QUIVER_HOME/models (the README test command runs it first).
  */
@@ -17,6 +18,7 @@
 #include <cmocka.h>
 #include <math.h>
 
+#include "cpu/cpu_internal.h"
 #include "golden_util.h"
 #include "test_util.h"
 
@@ -34,8 +36,8 @@ static int read_f32_file(const char *rel, float *out, size_t n) {
 }
 
 /* tol: the logits' relative error allowed, and the top-2 gap under which HF's greedy token
- * counts as a near-tie. */
-static void run_goldens(bool kv_bf16, double tol) {
+ * counts as a near-tie; seg: attention's key segment length (0: the default). */
+static void run_goldens(bool kv_bf16, double tol, int seg) {
     char *text = NULL;
     size_t len = 0;
     qv_error err = {0};
@@ -47,6 +49,7 @@ static void run_goldens(bool kv_bf16, double tol) {
     assert_non_null(root);
     golden_runner r;
     assert_int_equal(golden_open_kv(&r, model_path, 0, 256, 16, 128, kv_bf16), 0);
+    if (seg) qv__cpu_set_attn_segments(r.be->ctx, seg, -1);
     const int V = r.m->cfg.n_vocab;
     assert_int_equal(V, 49152);
     float *cur = malloc(sizeof(float) * (size_t)V);
@@ -94,9 +97,10 @@ static void run_goldens(bool kv_bf16, double tol) {
             same++;
             assert_int_equal(golden_feed(&r, &seq, &mine, 1, n_ids + s, 0, cur), 0);
         }
-        printf("%s prompt %d (%d tokens): last-logit rel err %.2e, step-8 %.2e, greedy %d/%d "
+        printf("%s%s prompt %d (%d tokens): last-logit rel err %.2e, step-8 %.2e, greedy %d/%d "
                "same\n",
-               kv_bf16 ? "bf16 K/V" : "f32 K/V", pi, n_ids, e0, e8, same, n_greedy);
+               kv_bf16 ? "bf16 K/V" : "f32 K/V", seg ? ", 16-key segments" : "", pi, n_ids, e0, e8,
+               same, n_greedy);
         assert_true(same >= 24);
         qv_kv_seq_release(r.kv, &seq);
         free(ids);
@@ -112,13 +116,21 @@ static void run_goldens(bool kv_bf16, double tol) {
 
 static void test_smollm2(void **state) {
     (void)state;
-    run_goldens(false, REL_TOL);
+    run_goldens(false, REL_TOL, 0);
+}
+
+/* Attention in key segments of 16 (the default is 256, longer than these prompts): each row
+ * over more than 16 keys combines up to 8 partial softmaxes, in single-token steps as work
+ * units of their own, in prefill steps inside their tile's unit. */
+static void test_smollm2_segments(void **state) {
+    (void)state;
+    run_goldens(false, REL_TOL, 16);
 }
 
 /* --kv-dtype bf16: K and V rounded to bf16 in the cache (2^-9 relative), the rest F32. */
 static void test_smollm2_kv_bf16(void **state) {
     (void)state;
-    run_goldens(true, REL_TOL_BF16);
+    run_goldens(true, REL_TOL_BF16, 0);
 }
 
 int main(void) {
@@ -134,6 +146,7 @@ int main(void) {
         return 77;
     }
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_smollm2),
+                                       cmocka_unit_test(test_smollm2_segments),
                                        cmocka_unit_test(test_smollm2_kv_bf16)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
