@@ -340,8 +340,8 @@ __attribute__((target("avx2,fma"))) static void wsum64_avx2(const struct attn_ta
  * keys of [J0, P] at a time, each with its own accumulator over head_dim, reduced together by a
  * transpose-hadd tree; each row whose range meets the eight keys runs over them in turn (they
  * are read from memory once per unit). A key's score is the same whatever its slot in the
- * group (the lanes past P repeat key P; a row keeps only its range's) and whatever the unit's
- * shape, so a score depends only on its query and k_j. */
+ * group (the lanes past P hold keys up to Pf, or repeat the last one; a row keeps only its
+ * range's) and whatever the unit's shape, so a score depends only on its query and k_j. */
 QV_AVX2_INLINE void scores8_body(const struct attn_task *tk, const int32_t *pt, size_t head_off,
                                  const struct unit_rows *ur, int hd, float scale, float *sc,
                                  size_t ldp, float *mx, bool bf16) {
@@ -450,9 +450,10 @@ static void attn_segment(const struct attn_task *tk, int tile, int h0, int k, fl
         ur.p[ti] = QV_MIN(p, ke);
         const size_t row0 = ((size_t)t * (size_t)ab->n_heads + (size_t)h0) * (size_t)hd;
         ur.q[ti] = tk->q + row0; /* the nh heads' rows are adjacent */
-        ur.o[ti] =
-            up->acc[ti] ? up->acc[ti] + (size_t)(k - k0[ti]) * up->acc_stride : tk->out + row0;
-        if (ur.j0[ti] <= ur.p[ti]) {
+        ur.o[ti] = NULL;
+        if (ur.j0[ti] <= ur.p[ti]) { /* k is one of the token's segments */
+            ur.o[ti] =
+                up->acc[ti] ? up->acc[ti] + (size_t)(k - k0[ti]) * up->acc_stride : tk->out + row0;
             ur.J0 = QV_MIN(ur.J0, ur.j0[ti]);
             ur.P = QV_MAX(ur.P, ur.p[ti]);
         }

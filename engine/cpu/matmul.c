@@ -5,7 +5,8 @@
  * Math: y[t, r] = Σ_c w[r, c] · x[t, c]. The weight row is consumed in chunks of 32 elements;
  * each chunk is dequantized into four 8-float registers (never into a matrix-sized buffer)
  * and FMA'd against the activations of up to 8 tokens, so one dequantization serves a whole
- * token tile. Activations are never quantized.
+ * token tile (the 256-element block types first decode their block's sub-scales once per row
+ * and block: prep_<T>). Activations are never quantized.
  *
  * Determinism contract (tested): every (row, token) pair owns exactly one 8-lane accumulator
  * that receives, chunk by chunk in column order, the same four FMAs whatever the token-tile
