@@ -242,8 +242,10 @@ static double time_matmul(qv_backend *be, enum qv_dtype dt, int64_t rows, int64_
         w[i] = malloc(mb);
         memcpy(w[i], base, mb);
     }
-    float *x = malloc((size_t)n * (size_t)cols * sizeof(float));
-    float *y = malloc((size_t)n * (size_t)rows * sizeof(float));
+    /* 64-byte aligned like the backend's buffers (a malloc'd x splits the 16-lane loads across
+     * cache lines) */
+    float *x = be->iface->alloc(be, (size_t)n * (size_t)cols * sizeof(float));
+    float *y = be->iface->alloc(be, (size_t)n * (size_t)rows * sizeof(float));
     for (size_t i = 0; i < (size_t)n * (size_t)cols; i++)
         x[i] = (float)(rnd() % 2001) / 1000.0f - 1.0f;
     qv_tensor t = {.dtype = dt, .n_rows = rows, .n_cols = cols, .row_bytes = rb};
@@ -268,8 +270,8 @@ static double time_matmul(qv_backend *be, enum qv_dtype dt, int64_t rows, int64_
         free(w[i]);
     free(w);
     free(base);
-    free(x);
-    free(y);
+    be->iface->free(be, x);
+    be->iface->free(be, y);
     return best;
 }
 
