@@ -38,8 +38,16 @@ static float frand(float amp) {
     return ((float)(rng >> 8) / (float)(1u << 24) * 2.0f - 1.0f) * amp;
 }
 
+/* n bytes 64-byte aligned like the backend's buffers (a 16-byte aligned malloc block splits
+ * vector loads across cache lines, by how much depending on the heap). free() releases it. */
+static void *amalloc(size_t n) {
+    void *p = aligned_alloc(64, (n + 63) / 64 * 64);
+    if (!p) abort();
+    return p;
+}
+
 static float *rand_arr(size_t n, float amp) {
-    float *a = malloc(n * sizeof(float));
+    float *a = amalloc(n * sizeof(float));
     if (!a) abort();
     for (size_t i = 0; i < n; i++)
         a[i] = frand(amp);
@@ -47,7 +55,7 @@ static float *rand_arr(size_t n, float amp) {
 }
 
 static uint16_t *rand_arr16(size_t n, float amp, enum qv_dtype wt) {
-    uint16_t *a = malloc(n * sizeof(uint16_t));
+    uint16_t *a = amalloc(n * sizeof(uint16_t));
     if (!a) abort();
     for (size_t i = 0; i < n; i++)
         a[i] = wt == QV_DTYPE_F16 ? qv_f32_to_f16(frand(amp)) : qv_f32_to_bf16(frand(amp));
@@ -174,7 +182,7 @@ static double pass_bench(qv_backend *be, const qv_model_config *c, qv_adapter *c
         {QV_PROJ_Q, QV_PROJ_K, QV_PROJ_V}, {QV_PROJ_O}, {QV_PROJ_GATE, QV_PROJ_UP}, {QV_PROJ_DOWN}};
     static const int n_group[4] = {3, 1, 2, 1};
     const size_t w = (size_t)QV_MAX(c->n_ff, c->n_heads * c->head_dim);
-    float *x = rand_arr(N_SEQ * w, 1.0f), *y[3], *tmp = malloc(sizeof(float) * 3 * N_SEQ * RANK);
+    float *x = rand_arr(N_SEQ * w, 1.0f), *y[3], *tmp = amalloc(sizeof(float) * 3 * N_SEQ * RANK);
     for (int k = 0; k < 3; k++)
         y[k] = rand_arr(N_SEQ * w, 1.0f);
     qv__lora_seg segs[3 * N_SEQ];
@@ -234,7 +242,7 @@ static void kernel_bench(qv_backend *be, int n_adapters, enum qv_dtype wt, doubl
                                  .b16 = w[s].b16};
     }
     float *x = rand_arr((size_t)T * D, 1.0f), *y = rand_arr((size_t)T * D, 1.0f);
-    float *tmp = malloc(sizeof(float) * (size_t)T * RANK);
+    float *tmp = amalloc(sizeof(float) * (size_t)T * RANK);
     const int iters = 2000;
     double best_seg = 1e30, best_loop = 1e30;
     for (int rep = 0; rep < 3; rep++) {
