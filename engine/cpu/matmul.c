@@ -598,22 +598,6 @@ static const tile_fn avx2_tiles[QV_DTYPE_COUNT][4][2] = {
     static inline                                                                                  \
         __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl")))
 
-/* Two AVX2 halves (elements 0..15 and 16..31) as 16-float vectors: for the dtypes without a
- * native 512-bit dequantization (the values are those of the AVX2 path). */
-QV_AVX512_INLINE void join4(const __m256 W[4], __m512 V[2]) {
-    V[0] = _mm512_insertf32x8(_mm512_castps256_ps512(W[0]), W[1], 1);
-    V[1] = _mm512_insertf32x8(_mm512_castps256_ps512(W[2]), W[3], 1);
-}
-
-#define DEQ512_VIA_AVX2(T)                                                                         \
-    QV_AVX512_INLINE void deq512_##T(const uint8_t *row, int64_t c, __m512 V[2]) {                 \
-        __m256 W[4];                                                                               \
-        deq_##T(row, c, W);                                                                        \
-        join4(W, V);                                                                               \
-    }
-DEQ512_VIA_AVX2(Q5_0)
-DEQ512_VIA_AVX2(Q5_1)
-
 QV_AVX512_INLINE void deq512_F32(const uint8_t *row, int64_t c, __m512 V[2]) {
     const float *p = (const float *)(const void *)row + 32 * c;
     V[0] = _mm512_loadu_ps(p);
@@ -668,6 +652,38 @@ QV_AVX512_INLINE void deq512_Q4_1(const uint8_t *row, int64_t c, __m512 V[2]) {
     nibbles512(p + 4, V);
     V[0] = _mm512_fmadd_ps(V[0], vd, vm);
     V[1] = _mm512_fmadd_ps(V[1], vd, vm);
+}
+
+/* Q5_0 / Q5_1: the 16 packed nibbles widened to 16 lanes, and bit j of qh (element j) as 16,
+ * set through a lane mask: elements 0..15 take bits 0..15, elements 16..31 bits 16..31. */
+QV_AVX512_INLINE void q5_512(const uint8_t *qh, const uint8_t *qs, __m512i Q[2]) {
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    const __m512i b16 = _mm512_set1_epi32(16);
+    __m512i lo = _mm512_and_si512(a, _mm512_set1_epi32(0xF)), hi = _mm512_srli_epi32(a, 4);
+    Q[0] = _mm512_mask_or_epi32(lo, (__mmask16)(h & 0xFFFF), lo, b16);
+    Q[1] = _mm512_mask_or_epi32(hi, (__mmask16)(h >> 16), hi, b16);
+}
+
+/* (q - 16) * d, as the AVX2 path (an exact integer, one rounding). */
+QV_AVX512_INLINE void deq512_Q5_0(const uint8_t *row, int64_t c, __m512 V[2]) {
+    const uint8_t *p = row + 22 * c;
+    __m512i Q[2];
+    q5_512(p + 2, p + 6, Q);
+    __m512 vd = _mm512_set1_ps(f16s(p));
+    for (int k = 0; k < 2; k++)
+        V[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(Q[k], _mm512_set1_epi32(16))), vd);
+}
+
+/* fma(q, d, m), as the AVX2 path. */
+QV_AVX512_INLINE void deq512_Q5_1(const uint8_t *row, int64_t c, __m512 V[2]) {
+    const uint8_t *p = row + 24 * c;
+    __m512i Q[2];
+    q5_512(p + 4, p + 8, Q);
+    __m512 vd = _mm512_set1_ps(f16s(p)), vm = _mm512_set1_ps(f16s(p + 2));
+    for (int k = 0; k < 2; k++)
+        V[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Q[k]), vd, vm);
 }
 
 /* The types without super-blocks, as DEF_TILE calls them (no scales). */

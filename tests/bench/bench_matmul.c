@@ -294,8 +294,9 @@ static const int batch[] = {1, 8, 32};
 
 /* The K-quants fit only the 1536-column shape (rows are whole 256-element blocks). */
 static const enum qv_dtype dtypes[] = {
-    QV_DTYPE_F32,  QV_DTYPE_F16,  QV_DTYPE_Q8_0, QV_DTYPE_Q4_1,   QV_DTYPE_Q4_K,   QV_DTYPE_Q6_K,
-    QV_DTYPE_Q5_K, QV_DTYPE_Q3_K, QV_DTYPE_Q2_K, QV_DTYPE_IQ4_XS, QV_DTYPE_IQ4_NL,
+    QV_DTYPE_F32,    QV_DTYPE_F16,  QV_DTYPE_Q8_0, QV_DTYPE_Q4_1, QV_DTYPE_Q4_K,
+    QV_DTYPE_Q6_K,   QV_DTYPE_Q5_K, QV_DTYPE_Q3_K, QV_DTYPE_Q2_K, QV_DTYPE_IQ4_XS,
+    QV_DTYPE_IQ4_NL, QV_DTYPE_Q5_0, QV_DTYPE_Q5_1, QV_DTYPE_Q4_0,
 };
 #define N_DT (sizeof dtypes / sizeof dtypes[0])
 
