@@ -238,11 +238,12 @@ void qv_dequantize_row(enum qv_dtype t, const void *row, float *y, int64_t n) {
          * Element i = 128h + 32j + l holds bits 2j of qs[32h + l]; sub-block i / 16. */
         for (int64_t b = 0; b < n / 256; b++, p += 84, y += 256) {
             float d = qv_f16_to_f32(rd16(p + 80)), dmin = qv_f16_to_f32(rd16(p + 82));
-            for (int i = 0; i < 256; i++) {
-                int h = i >> 7, j = (i >> 5) & 3, l = i & 31;
-                uint8_t sc = p[i >> 4];
-                float dl = d * (float)(sc & 0xF), ml = dmin * (float)(sc >> 4);
-                y[i] = dl * (float)((p[16 + 32 * h + l] >> (2 * j)) & 3) - ml;
+            for (int s = 0; s < 16; s++) { /* elements 16s .. 16s+15 */
+                float dl = d * (float)(p[s] & 0xF), ml = dmin * (float)(p[s] >> 4);
+                int h = s >> 3, j = (s >> 1) & 3;
+                const uint8_t *q = p + 16 + 32 * h + 16 * (s & 1);
+                for (int l = 0; l < 16; l++)
+                    y[16 * s + l] = dl * (float)((q[l] >> (2 * j)) & 3) - ml;
             }
         }
         return;
@@ -253,13 +254,16 @@ void qv_dequantize_row(enum qv_dtype t, const void *row, float *y, int64_t n) {
         for (int64_t b = 0; b < n / 256; b++, p += 110, y += 256) {
             const uint8_t *hm = p, *qs = p + 32, *sc = p + 96;
             float d = qv_f16_to_f32(rd16(p + 108));
-            for (int i = 0; i < 256; i++) {
-                int h = i >> 7, j = (i >> 5) & 3, l = i & 31, s = i >> 4;
+            for (int s = 0; s < 16; s++) { /* elements 16s .. 16s+15 */
                 int lo = (sc[s & 7] >> (4 * (s >> 3))) & 0xF;
                 int hi = (sc[8 + (s & 3)] >> (2 * (s >> 2))) & 3;
                 float dl = d * (float)((lo | (hi << 4)) - 32);
-                int q = ((qs[32 * h + l] >> (2 * j)) & 3) - (((hm[l] >> (4 * h + j)) & 1) ? 0 : 4);
-                y[i] = dl * (float)q;
+                int h = s >> 3, j = (s >> 1) & 3;
+                for (int l = 16 * (s & 1); l < 16 * (s & 1) + 16; l++) {
+                    int q =
+                        ((qs[32 * h + l] >> (2 * j)) & 3) - (((hm[l] >> (4 * h + j)) & 1) ? 0 : 4);
+                    y[32 * (4 * h + j) + l] = dl * (float)q;
+                }
             }
         }
         return;

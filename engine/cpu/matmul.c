@@ -251,14 +251,16 @@ enum {
     SB_IQ4_XS = 8,
 };
 
-/* 16 small unsigned integers (bytes of v) times the f16 scales: lanes 0..7 times d into
+/* 16 small integers (bytes of v, signed or not) times the f16 scales: lanes 0..7 times d into
  * out[0..7], lanes 8..15 times d2 into out2[0..7] (the products are exact). */
-QV_AVX2_INLINE void scale16(__m128i v, float d, float d2, float *out, float *out2) {
-    _mm256_storeu_ps(out,
-                     _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), _mm256_set1_ps(d)));
-    _mm256_storeu_ps(out2,
-                     _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
-                                   _mm256_set1_ps(d2)));
+QV_AVX2_INLINE void scale16(__m128i v, bool is_signed, float d, float d2, float *out, float *out2) {
+    const __m128i h[2] = {v, _mm_srli_si128(v, 8)};
+    float *o[2] = {out, out2};
+    const float s[2] = {d, d2};
+    for (int k = 0; k < 2; k++) {
+        __m256i w = is_signed ? _mm256_cvtepi8_epi32(h[k]) : _mm256_cvtepu8_epi32(h[k]);
+        _mm256_storeu_ps(o[k], _mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_set1_ps(s[k])));
+    }
 }
 
 /* Q4_K / Q5_K: the 8 six-bit scales and 8 six-bit mins packed in 12 bytes (FORMATS.md 3.2),
@@ -272,7 +274,7 @@ QV_AVX2_INLINE void prep_k4(const uint8_t *p, struct kscales *ks) {
     v[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4); /* mins 4..7 */
     __m128i b;
     memcpy(&b, v, 16);
-    scale16(b, f16s(p), -f16s(p + 2), ks->d, ks->nm);
+    scale16(b, false, f16s(p), -f16s(p + 2), ks->d, ks->nm);
 }
 
 QV_AVX2_INLINE void prep_Q4_K(const uint8_t *row, int64_t sb, struct kscales *ks) {
@@ -285,12 +287,8 @@ QV_AVX2_INLINE void prep_Q5_K(const uint8_t *row, int64_t sb, struct kscales *ks
 
 QV_AVX2_INLINE void prep_Q6_K(const uint8_t *row, int64_t sb, struct kscales *ks) {
     const uint8_t *p = row + 210 * sb;
-    __m256 d = _mm256_set1_ps(f16s(p + 208));
-    __m128i sc = _mm_loadu_si128((const __m128i *)(p + 192)); /* 16 signed scales */
-    _mm256_storeu_ps(ks->d, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), d));
-    _mm256_storeu_ps(
-        ks->d + 8,
-        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))), d));
+    const float d = f16s(p + 208); /* 16 signed scales at p + 192 */
+    scale16(_mm_loadu_si128((const __m128i *)(p + 192)), true, d, d, ks->d, ks->d + 8);
 }
 
 /* Q2_K: 16 bytes of (4-bit scale | 4-bit min << 4). */
@@ -299,8 +297,8 @@ QV_AVX2_INLINE void prep_Q2_K(const uint8_t *row, int64_t sb, struct kscales *ks
     float d = f16s(p + 80), ndmin = -f16s(p + 82);
     __m128i b = _mm_loadu_si128((const __m128i *)p), m4 = _mm_set1_epi8(0x0F);
     __m128i sc = _mm_and_si128(b, m4), mn = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
-    scale16(sc, d, d, ks->d, ks->d + 8);
-    scale16(mn, ndmin, ndmin, ks->nm, ks->nm + 8);
+    scale16(sc, false, d, d, ks->d, ks->d + 8);
+    scale16(mn, false, ndmin, ndmin, ks->nm, ks->nm + 8);
 }
 
 /* Q3_K: 16 six-bit scales (minus 32) packed in 12 bytes: low nibbles in bytes 0..7 (scales
@@ -316,12 +314,8 @@ QV_AVX2_INLINE void prep_Q3_K(const uint8_t *row, int64_t sb, struct kscales *ks
     v[3] = ((u[1] >> 4) & 0x0f0f0f0fu) | (((u[2] >> 6) & 0x03030303u) << 4);
     __m128i b;
     memcpy(&b, v, 16);
-    b = _mm_sub_epi8(b, _mm_set1_epi8(32));
-    __m256 d = _mm256_set1_ps(f16s(p + 108));
-    _mm256_storeu_ps(ks->d, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d));
-    _mm256_storeu_ps(
-        ks->d + 8,
-        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), d));
+    const float d = f16s(p + 108);
+    scale16(_mm_sub_epi8(b, _mm_set1_epi8(32)), true, d, d, ks->d, ks->d + 8);
 }
 
 /* IQ4_XS: 8 six-bit scales (minus 32): the low nibbles in scales_l[4] (sub-block s: byte s / 2,
@@ -408,49 +402,44 @@ QV_AVX2_INLINE __m256i q6k_bytes(const uint8_t *row, int64_t c) {
     return _mm256_sub_epi8(_mm256_or_si256(ql, qh), _mm256_set1_epi8(32));
 }
 
-/* W[k] * d[k / 2] (- m[k / 2], nm = -m, as one FMA): pairs of vectors share a 16-element
- * sub-block's scale. */
-QV_AVX2_INLINE void scale_pairs(__m256 W[4], const float *d, const float *nm) {
+/* W = W * d (- m, with nm = -m, as one FMA; nm NULL: no min), the scale per 16-element
+ * sub-block (pairs: W[0..1] take d[0], W[2..3] d[1]) or one for the chunk (d[0]). */
+QV_AVX2_INLINE void scale_ks(__m256 W[4], const float *d, const float *nm, bool pairs) {
     _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
-        __m256 vd = _mm256_set1_ps(d[k >> 1]);
-        W[k] = nm ? _mm256_fmadd_ps(W[k], vd, _mm256_set1_ps(nm[k >> 1])) : _mm256_mul_ps(W[k], vd);
+        const int i = pairs ? k >> 1 : 0;
+        __m256 vd = _mm256_set1_ps(d[i]);
+        W[k] = nm ? _mm256_fmadd_ps(W[k], vd, _mm256_set1_ps(nm[i])) : _mm256_mul_ps(W[k], vd);
     }
-}
-
-/* W[k] * d - m (nm = -m) as one FMA: one scale for the chunk. */
-QV_AVX2_INLINE void affine_one(__m256 W[4], float d, float nm) {
-    __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(nm);
-    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) W[k] = _mm256_fmadd_ps(W[k], vd, vm);
 }
 
 QV_AVX2_INLINE void deqk_Q4_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
     u8_to_f32(q4k_bytes(row, c), W);
-    affine_one(W, ks->d[c & 7], ks->nm[c & 7]);
+    scale_ks(W, ks->d + (c & 7), ks->nm + (c & 7), false);
 }
 
 QV_AVX2_INLINE void deqk_Q5_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
     u8_to_f32(q5k_bytes(row, c), W);
-    affine_one(W, ks->d[c & 7], ks->nm[c & 7]);
+    scale_ks(W, ks->d + (c & 7), ks->nm + (c & 7), false);
 }
 
 QV_AVX2_INLINE void deqk_Q6_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
     i8_to_f32(q6k_bytes(row, c), W);
-    scale_pairs(W, ks->d + 2 * (c & 7), NULL);
+    scale_ks(W, ks->d + 2 * (c & 7), NULL, true);
 }
 
 QV_AVX2_INLINE void deqk_Q2_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
     u8_to_f32(q2k_bytes(row, c), W);
-    scale_pairs(W, ks->d + 2 * (c & 7), ks->nm + 2 * (c & 7));
+    scale_ks(W, ks->d + 2 * (c & 7), ks->nm + 2 * (c & 7), true);
 }
 
 QV_AVX2_INLINE void deqk_Q3_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                               __m256 W[4]) {
     i8_to_f32(q3k_bytes(row, c), W);
-    scale_pairs(W, ks->d + 2 * (c & 7), NULL);
+    scale_ks(W, ks->d + 2 * (c & 7), NULL, true);
 }
 
 /* 16 packed IQ4 indices -> the 32 table values (low nibbles first) times d. */
@@ -627,9 +616,14 @@ QV_AVX512_INLINE void deq512_Q8_0(const uint8_t *row, int64_t c, __m512 V[2]) {
     }
 }
 
+/* 16 bytes at p zero-extended to 16 int32 lanes. */
+QV_AVX512_INLINE __m512i u8x16(const uint8_t *p) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+
 /* 16 packed bytes -> the 32 nibble values: low nibbles are elements 0..15, high 16..31. */
 QV_AVX512_INLINE void nibbles512(const uint8_t *qs, __m512 V[2]) {
-    __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    __m512i a = u8x16(qs);
     V[0] = _mm512_cvtepi32_ps(_mm512_and_si512(a, _mm512_set1_epi32(0xF)));
     V[1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(a, 4));
 }
@@ -659,7 +653,7 @@ QV_AVX512_INLINE void deq512_Q4_1(const uint8_t *row, int64_t c, __m512 V[2]) {
 QV_AVX512_INLINE void q5_512(const uint8_t *qh, const uint8_t *qs, __m512i Q[2]) {
     uint32_t h;
     memcpy(&h, qh, 4);
-    __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    __m512i a = u8x16(qs);
     const __m512i b16 = _mm512_set1_epi32(16);
     __m512i lo = _mm512_and_si512(a, _mm512_set1_epi32(0xF)), hi = _mm512_srli_epi32(a, 4);
     Q[0] = _mm512_mask_or_epi32(lo, (__mmask16)(h & 0xFFFF), lo, b16);
@@ -702,57 +696,54 @@ NO_PREP512(Q4_1)
 NO_PREP512(Q5_0)
 NO_PREP512(Q5_1)
 
-/* 16 bytes at p zero-extended to 16 int32 lanes. */
-QV_AVX512_INLINE __m512i u8x16(const uint8_t *p) {
-    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-}
-
 /* K-quant chunks in 16 lanes: the 32 byte values of the AVX2 helpers widened, V[0] holding
  * elements 0..15 of the chunk (one 16-element sub-block where the type has them), V[1] 16..31;
  * the same per-element operations as the AVX2 dequantizers, so the same values. */
-QV_AVX512_INLINE void widen512(__m256i b, int is_signed, __m512 V[2]) {
+QV_AVX512_INLINE void widen512(__m256i b, bool is_signed, __m512 V[2]) {
     __m128i h[2] = {_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)};
     for (int k = 0; k < 2; k++)
         V[k] =
             _mm512_cvtepi32_ps(is_signed ? _mm512_cvtepi8_epi32(h[k]) : _mm512_cvtepu8_epi32(h[k]));
 }
 
+/* scale_ks in 16 lanes: V[k] takes d[k] (pairs: V[0] is one 16-element sub-block, V[1] the
+ * next) or d[0]. */
+QV_AVX512_INLINE void scale_ks512(__m512 V[2], const float *d, const float *nm, bool pairs) {
+    for (int k = 0; k < 2; k++) {
+        const int i = pairs ? k : 0;
+        __m512 vd = _mm512_set1_ps(d[i]);
+        V[k] = nm ? _mm512_fmadd_ps(V[k], vd, _mm512_set1_ps(nm[i])) : _mm512_mul_ps(V[k], vd);
+    }
+}
+
 QV_AVX512_INLINE void deqk512_Q4_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    widen512(q4k_bytes(row, c), 0, V);
-    __m512 vd = _mm512_set1_ps(ks->d[c & 7]), vm = _mm512_set1_ps(ks->nm[c & 7]);
-    for (int k = 0; k < 2; k++)
-        V[k] = _mm512_fmadd_ps(V[k], vd, vm);
+    widen512(q4k_bytes(row, c), false, V);
+    scale_ks512(V, ks->d + (c & 7), ks->nm + (c & 7), false);
 }
 
 QV_AVX512_INLINE void deqk512_Q5_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    widen512(q5k_bytes(row, c), 0, V);
-    __m512 vd = _mm512_set1_ps(ks->d[c & 7]), vm = _mm512_set1_ps(ks->nm[c & 7]);
-    for (int k = 0; k < 2; k++)
-        V[k] = _mm512_fmadd_ps(V[k], vd, vm);
+    widen512(q5k_bytes(row, c), false, V);
+    scale_ks512(V, ks->d + (c & 7), ks->nm + (c & 7), false);
 }
 
 QV_AVX512_INLINE void deqk512_Q6_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    widen512(q6k_bytes(row, c), 1, V);
-    for (int k = 0; k < 2; k++)
-        V[k] = _mm512_mul_ps(V[k], _mm512_set1_ps(ks->d[2 * (c & 7) + k]));
+    widen512(q6k_bytes(row, c), true, V);
+    scale_ks512(V, ks->d + 2 * (c & 7), NULL, true);
 }
 
 QV_AVX512_INLINE void deqk512_Q2_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    widen512(q2k_bytes(row, c), 0, V);
-    for (int k = 0; k < 2; k++)
-        V[k] = _mm512_fmadd_ps(V[k], _mm512_set1_ps(ks->d[2 * (c & 7) + k]),
-                               _mm512_set1_ps(ks->nm[2 * (c & 7) + k]));
+    widen512(q2k_bytes(row, c), false, V);
+    scale_ks512(V, ks->d + 2 * (c & 7), ks->nm + 2 * (c & 7), true);
 }
 
 QV_AVX512_INLINE void deqk512_Q3_K(const uint8_t *row, int64_t c, const struct kscales *ks,
                                    __m512 V[2]) {
-    widen512(q3k_bytes(row, c), 1, V);
-    for (int k = 0; k < 2; k++)
-        V[k] = _mm512_mul_ps(V[k], _mm512_set1_ps(ks->d[2 * (c & 7) + k]));
+    widen512(q3k_bytes(row, c), true, V);
+    scale_ks512(V, ks->d + 2 * (c & 7), NULL, true);
 }
 
 /* 16 packed IQ4 indices -> the 32 table values times d: the nibbles index a 16-float table. */

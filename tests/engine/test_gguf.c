@@ -50,14 +50,24 @@ static void check_tensors(const qv_gguf *g, const cJSON *exp) {
     }
 }
 
-static void test_roundtrip(void **state) {
-    (void)state;
-    cJSON *exp = load_json_fixture(qv_test_path("tests/fixtures/formats/roundtrip.gguf.json"));
+/* Opens tests/fixtures/formats/<name> and its expected values <name>.json. */
+static qv_gguf *open_fixture(const char *name, cJSON **exp) {
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/formats/%s.json", name);
+    *exp = load_json_fixture(qv_test_path(path));
+    snprintf(path, sizeof path, "tests/fixtures/formats/%s", name);
     qv_gguf *g = NULL;
     qv_error err = {0};
-    qv_status st = qv_gguf_open(qv_test_path("tests/fixtures/formats/roundtrip.gguf"), &g, &err);
+    qv_status st = qv_gguf_open(qv_test_path(path), &g, &err);
     if (st) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(st, QV_OK);
+    return g;
+}
+
+static void test_roundtrip(void **state) {
+    (void)state;
+    cJSON *exp;
+    qv_gguf *g = open_fixture("roundtrip.gguf", &exp);
     assert_int_equal(qv_gguf_version(g), 3);
     assert_int_equal(qv_gguf_alignment(g), 32);
     const cJSON *kv = cJSON_GetObjectItem(exp, "kv");
@@ -135,12 +145,8 @@ static void test_roundtrip(void **state) {
  * dequantizers against gguf.quants, exactly (tests/oracle/gen_formats_fixtures.py). */
 static void test_quant_types(void **state) {
     (void)state;
-    cJSON *exp = load_json_fixture(qv_test_path("tests/fixtures/formats/quants.gguf.json"));
-    qv_gguf *g = NULL;
-    qv_error err = {0};
-    qv_status st = qv_gguf_open(qv_test_path("tests/fixtures/formats/quants.gguf"), &g, &err);
-    if (st) fprintf(stderr, "%s\n", err.msg);
-    assert_int_equal(st, QV_OK);
+    cJSON *exp;
+    qv_gguf *g = open_fixture("quants.gguf", &exp);
     check_tensors(g, exp);
     assert_int_equal(qv_gguf_n_tensors(g), 10);
     qv_gguf_close(g);

@@ -192,6 +192,17 @@ def quantize_q6_k(w: np.ndarray) -> np.ndarray:
     return out.reshape(rows, cols // 256 * 210)
 
 
+def _symmetric_scales(s: np.ndarray, top: int):
+    """Per-sub-block scales s [blocks, subs] (>= 0) as integers 0..top of an f16 super-scale d
+    = max(s) / top. Returns (d as f16 [blocks], the integer scales [blocks, subs] int32, and
+    the effective scales d * sc as f32 [blocks, subs, 1])."""
+    d = _f16(s.max(axis=1) / float(top))
+    d32 = d.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d32 > 0, np.rint(s / d32), 0).clip(0, top).astype(np.int32)
+    return d, sc, (d32 * sc.astype(np.float32))[:, :, None]
+
+
 def _pack_k4_scales(sc: np.ndarray, mq: np.ndarray) -> np.ndarray:
     """8 six-bit scales and 8 six-bit mins per block -> the 12 packed bytes of Q4_K/Q5_K."""
     scales = np.zeros((sc.shape[0], 12), dtype=np.uint8)
@@ -262,12 +273,8 @@ def quantize_q3_k(w: np.ndarray) -> np.ndarray:
     rows, cols = w.shape
     x = w.astype(np.float32).reshape(-1, 16, 16)
     nb = x.shape[0]
-    s = np.abs(x).max(axis=2) / 4.0
-    d = _f16(s.max(axis=1) / 31.0)
-    d32 = d.astype(np.float32)[:, None]
+    d, sc, eff = _symmetric_scales(np.abs(x).max(axis=2) / 4.0, 31)
     with np.errstate(divide="ignore", invalid="ignore"):
-        sc = np.where(d32 > 0, np.rint(s / d32), 0).clip(0, 31).astype(np.int32)
-        eff = (d32 * sc.astype(np.float32))[:, :, None]
         q = np.where(eff > 0, np.rint(x / eff), 0).clip(-4, 3).astype(np.int32) + 4  # 0..7
     q = q.reshape(nb, 8, 32)                   # [4h + j, l]
     hmask = np.zeros((nb, 32), dtype=np.uint8)
@@ -317,12 +324,8 @@ def quantize_iq4_xs(w: np.ndarray) -> np.ndarray:
     rows, cols = w.shape
     x = w.astype(np.float32).reshape(-1, 8, 32)
     nb = x.shape[0]
-    s = np.abs(x).max(axis=2) / 127.0
-    d = _f16(s.max(axis=1) / 31.0)
-    d32 = d.astype(np.float32)[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ls = np.where(d32 > 0, np.rint(s / d32), 0).clip(0, 31).astype(np.int32)
-    idx = _iq4_index(x, (d32 * ls.astype(np.float32))[:, :, None])
+    d, ls, eff = _symmetric_scales(np.abs(x).max(axis=2) / 127.0, 31)
+    idx = _iq4_index(x, eff)
     v = (ls + 32).astype(np.uint16)
     sh = np.zeros(nb, dtype=np.uint16)
     sl = np.zeros((nb, 4), dtype=np.uint8)
