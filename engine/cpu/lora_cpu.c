@@ -297,9 +297,11 @@ static int64_t item_cost(const lora_task *t, const qv__lora_seg *g) {
     return (int64_t)g->rank * (int64_t)(n_in + n_out) + ITEM_OVERHEAD;
 }
 
+#if QV_LORA_X86
 static size_t w_bytes(const qv__lora_seg *g, int n) {
     return (size_t)g->rank * (size_t)n * (g->wtype == QV_DTYPE_F32 ? 4 : 2);
 }
+#endif
 
 /* Shrink of one row; cold: the first row of the segment this thread computes (its weights are
  * not in this core's caches yet), which prefetches along A and on into B (read next by a fused
@@ -316,6 +318,8 @@ static void shrink_one(const lora_task *t, const qv__lora_seg *g, int row, float
         shrink_row_avx2(x, a, g->wtype, g->rank, n_in, out, &ps);
         return;
     }
+#else
+    (void)cold;
 #endif
     for (int k = 0; k < g->rank; k++)
         out[k] = dot_w(

@@ -124,15 +124,13 @@ __attribute__((target("avx512f"))) static float fma_chains512(void) {
 
 static bool fma_wide; /* the probe runs 16-lane FMAs (the matmul's AVX-512 kernels) */
 
+#if HAVE_X86
 static void *fma_main(void *v) {
     float *out = v;
-#if HAVE_X86
     *out = fma_wide ? fma_chains512() : fma_chains();
-#else
-    *out = 0.0f;
-#endif
     return NULL;
 }
+#endif
 
 /* GFLOP/s of n_threads threads running FMA chains (0 when not x86/AVX2); 16-lane chains when
  * fma_wide is set. */
