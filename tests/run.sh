@@ -3,11 +3,13 @@
 #
 # Steps: Debian packages (deploy/install-deps.sh) -> the default model (deploy/fetch-model.sh)
 # -> the HTTP test client venv -> clang-format check -> a CUDA compile of the whole tree when
-# nvcc is present (GPU tests skip without a GPU) -> TSan build of the threaded tests -> ASan+UBSan
+# nvcc is present (GPU tests skip without a GPU) -> aarch64 cross build + tests under qemu
+# (tests/arm64/run.sh) -> TSan build of the threaded tests -> ASan+UBSan
 # build + ctest -> release build with warnings as errors + the whole ctest suite, last, so the
 # final summary printed is the full run's.
 # Exits non-zero on the first failure. `.ci/run` calls exactly this script.
-# Options (environment): QV_SKIP_ASAN=1, QV_SKIP_TSAN=1, QV_SKIP_CUDA=1, QV_JOBS=N.
+# Options (environment): QV_SKIP_ASAN=1, QV_SKIP_TSAN=1, QV_SKIP_CUDA=1, QV_SKIP_ARM64=1,
+# QV_JOBS=N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -53,6 +55,17 @@ if [[ "${QV_SKIP_CUDA:-0}" != 1 ]] && command -v nvcc >/dev/null 2>&1; then
     cmake -S . -B build-cuda -DQV_CUDA=ON -DQV_FATAL_WARNINGS=ON >/dev/null
     cmake --build build-cuda -j"$jobs"
     run_ctest build-cuda -L gpu
+fi
+
+if [[ "${QV_SKIP_ARM64:-0}" != 1 ]]; then
+    step "aarch64 cross build (-Werror) + NEON kernels and engine tests under qemu"
+    arm_rc=0
+    bash tests/arm64/run.sh "$root/build-arm64" || arm_rc=$?
+    if ((arm_rc == 77)); then
+        echo "arm64: skipped (the cross toolchain could not be installed here)"
+    elif ((arm_rc != 0)); then
+        exit "$arm_rc"
+    fi
 fi
 
 if [[ "${QV_SKIP_TSAN:-0}" != 1 ]]; then

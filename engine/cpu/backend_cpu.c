@@ -4,7 +4,8 @@
  *
  * What not: no op logic here. Invariant: ctx->simd and ctx->matmul_simd are fixed at creation
  * (QV_CPU_SIMD=0 in the environment forces the portable kernels, QV_CPU_SIMD=avx2 rules out
- * AVX-512; otherwise the widest the CPU has: AVX2+FMA+F16C, and AVX-512 for the matmul).
+ * AVX-512; otherwise the widest the CPU has: AVX2+FMA+F16C, and AVX-512 for the matmul; on
+ * aarch64 the matmul's NEON kernels, the other ops portable).
  * Thread: a backend is confined to the engine thread that created it (backend.h).
  */
 #include <stdlib.h>
@@ -132,15 +133,28 @@ bool qv__cpu_has_avx512(void) {
 #endif
 }
 
+bool qv__cpu_has_neon(void) {
+#if defined(__aarch64__) && defined(__ARM_NEON)
+    return true;
+#else
+    return false;
+#endif
+}
+
 enum qv__cpu_simd qv__cpu_simd_level(void) {
     const char *env = getenv("QV_CPU_SIMD");
+    if (qv__cpu_has_neon())
+        return env && strcmp(env, "0") == 0 ? QV_CPU_SIMD_NONE : QV_CPU_SIMD_NEON;
     if ((env && strcmp(env, "0") == 0) || !qv__cpu_has_avx2()) return QV_CPU_SIMD_NONE;
     if ((env && strcmp(env, "avx2") == 0) || !qv__cpu_has_avx512()) return QV_CPU_SIMD_AVX2;
     return QV_CPU_SIMD_AVX512;
 }
 
 const char *qv__cpu_simd_name(enum qv__cpu_simd s) {
-    return s == QV_CPU_SIMD_AVX512 ? "avx512" : s == QV_CPU_SIMD_AVX2 ? "avx2" : "portable";
+    return s == QV_CPU_SIMD_AVX512 ? "avx512"
+           : s == QV_CPU_SIMD_AVX2 ? "avx2"
+           : s == QV_CPU_SIMD_NEON ? "neon"
+                                   : "portable";
 }
 
 const char *qv_backend_cpu_kernels(void) { return qv__cpu_simd_name(qv__cpu_simd_level()); }
@@ -162,7 +176,7 @@ qv_status qv_backend_cpu_create(int n_threads, qv_backend **out, qv_error *err) 
     be->ctx = cx;
     cx->n_threads = n_threads;
     cx->matmul_simd = qv__cpu_simd_level();
-    cx->simd = cx->matmul_simd != QV_CPU_SIMD_NONE;
+    cx->simd = cx->matmul_simd == QV_CPU_SIMD_AVX2 || cx->matmul_simd == QV_CPU_SIMD_AVX512;
     cx->attn_seg = QV_ATTN_SEG;
     cx->attn_split = -1;
     st = qv__cpu_pool_create(n_threads, &cx->pool, err);

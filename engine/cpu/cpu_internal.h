@@ -21,6 +21,7 @@ enum qv__cpu_simd {
     QV_CPU_SIMD_NONE,   /* portable C */
     QV_CPU_SIMD_AVX2,   /* AVX2 + FMA + F16C */
     QV_CPU_SIMD_AVX512, /* AVX-512 F/BW/DQ/VL on top of AVX2 (matmul only) */
+    QV_CPU_SIMD_NEON,   /* aarch64 Advanced SIMD (matmul only) */
 };
 
 /* Attention's default key segment length (keys). */
@@ -60,8 +61,10 @@ static inline bool qv__cpu_pool_bf16(const qv__cpu_ctx *cx, const qv_kv_pool *po
 bool qv__cpu_has_avx2(void);
 /* True when it also has AVX-512 F, BW, DQ and VL with the OS saving the ZMM state. */
 bool qv__cpu_has_avx512(void);
+/* True on aarch64 (Advanced SIMD is part of the base architecture there). */
+bool qv__cpu_has_neon(void);
 /* The kernels a backend created now would use: the CPU's widest, capped by QV_CPU_SIMD
- * ("0" portable, "avx2" no AVX-512; unset or anything else: the widest). */
+ * ("0" portable, "avx2" no AVX-512; unset or anything else: the widest; NEON on aarch64). */
 enum qv__cpu_simd qv__cpu_simd_level(void);
 const char *qv__cpu_simd_name(enum qv__cpu_simd s);
 

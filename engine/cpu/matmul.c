@@ -15,7 +15,8 @@
  * composition and any thread count. The portable path keeps the same shape (8 scalar lanes
  * per pair); it is not bitwise equal to the AVX2 path, only to itself. The AVX-512 path (chosen
  * at backend creation where the CPU has it) has its own fixed shape: 16 lanes per pair, two
- * FMAs per chunk; bitwise equal to itself, not to the other two.
+ * FMAs per chunk; bitwise equal to itself, not to the other two. The NEON path (aarch64) has
+ * 4 lanes per pair and eight FMAs per chunk, likewise equal only to itself.
  *
  * Parallelisation: over output rows only (never the reduction): threads pull chunks of rows
  * from an atomic counter; inside a chunk, tokens are tiled (8, 4, 2, 1) and rows are tiled so
@@ -32,6 +33,12 @@
 #include <immintrin.h>
 #else
 #define QV_HAVE_X86 0
+#endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define QV_HAVE_NEON 1
+#include <arm_neon.h>
+#else
+#define QV_HAVE_NEON 0
 #endif
 
 #define TILE_T_MAX 8 /* tokens per tile */
@@ -74,6 +81,116 @@ __attribute__((noinline)) static float tail_dot(enum qv_dtype dt, const uint8_t 
     }
     return s;
 }
+
+/* Chunks per super-block: 8 for the 256-element blocks, 1 for the others (no prep). */
+enum {
+    SB_F32 = 1,
+    SB_F16 = 1,
+    SB_BF16 = 1,
+    SB_Q8_0 = 1,
+    SB_Q4_0 = 1,
+    SB_Q4_1 = 1,
+    SB_Q5_0 = 1,
+    SB_Q5_1 = 1,
+    SB_IQ4_NL = 1,
+    SB_Q4_K = 8,
+    SB_Q6_K = 8,
+    SB_Q2_K = 8,
+    SB_Q3_K = 8,
+    SB_Q5_K = 8,
+    SB_IQ4_XS = 8,
+};
+
+/* Software prefetch distance: the same column of the row PF_ROWS rows below, i.e. the next
+ * 8-row tile (computed as an integer: it may point past the matrix, harmless for a prefetch). Rows
+ * of a tile are read as 8 interleaved streams, which the hardware prefetchers of the test machines
+ * follow poorly (Q8_0 n = 1 ran at ~7 GB/s from DRAM, 27 GB/s hot). */
+#define PF_ROWS 8
+
+typedef void (*tile_fn)(const struct mm_args *a, int64_t r0, int t0);
+
+/* One tile of RT rows x NT tokens for the kernel family ISA; see the determinism contract at
+ * the top of the file. A family supplies ATTR_<ISA> (target attribute), VEC_<ISA> (vector
+ * type), NV_<ISA> (vectors per 32-element chunk), ZERO_/LOAD_/FMA_<ISA> (intrinsics),
+ * KS_<ISA> and PREP_<ISA>(T) (a row's per-super-block state and its decoder), DEQ_<ISA>(T) (the
+ * chunk dequantizer of dtype T) and HSUM_<ISA> (the fixed-order lane sum).
+ * A pair's accumulator gets the chunk's NV FMAs in order, chunk after chunk. */
+#define DEF_TILE(ISA, T, RT, NT)                                                                   \
+    static ATTR_##ISA void tile_##ISA##_##T##_##RT##_##NT(const struct mm_args *a, int64_t r0,     \
+                                                          int t0) {                                \
+        VEC_##ISA acc[RT][NT];                                                                     \
+        const uint8_t *wr[RT];                                                                     \
+        const float *xr[NT];                                                                       \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                     \
+            wr[r] = a->w + (size_t)(r0 + r) * a->row_bytes;                                        \
+            _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) acc[r][t] = ZERO_##ISA();         \
+        }                                                                                          \
+        _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) xr[t] =                               \
+            a->x + (size_t)(t0 + t) * (size_t)a->n_cols;                                           \
+        const size_t pf_dist = PF_ROWS * a->row_bytes, chunk_bytes = a->chunk_bytes;               \
+        KS_##ISA ks[RT];                                                                           \
+        for (int64_t c = 0; c < a->n_chunks; c++) {                                                \
+            if (c % SB_##T == 0)                                                                   \
+                _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++)                               \
+                    PREP_##ISA(T)(wr[r], c / SB_##T, &ks[r]);                                      \
+            _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                 \
+                VEC_##ISA W[NV_##ISA];                                                             \
+                __builtin_prefetch(                                                                \
+                    (const void *)((uintptr_t)wr[r] + pf_dist + (size_t)c * chunk_bytes), 0, 3);   \
+                DEQ_##ISA(T)(wr[r], c, &ks[r], W);                                                 \
+                _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) {                             \
+                    const float *xp = xr[t] + 32 * c;                                              \
+                    _Pragma("GCC unroll 4") for (int k = 0; k < NV_##ISA; k++) acc[r][t] =         \
+                        FMA_##ISA(W[k], LOAD_##ISA(xp + k * (32 / NV_##ISA)), acc[r][t]);          \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        for (int r = 0; r < RT; r++)                                                               \
+            for (int t = 0; t < NT; t++) {                                                         \
+                float s = HSUM_##ISA(acc[r][t]);                                                   \
+                if (a->n_tail) s += tail_dot(a->dtype, wr[r], xr[t], 32 * a->n_chunks, a->n_tail); \
+                if (a->bias) s += a->bias[r0 + r];                                                 \
+                a->y[(size_t)(t0 + t) * (size_t)a->n_rows + (size_t)(r0 + r)] = s;                 \
+            }                                                                                      \
+    }
+
+/* M(ISA, T) for every weight dtype T: a family's tile definitions or its table rows. */
+#define FOR_EACH_DTYPE(M, ISA)                                                                     \
+    M(ISA, F32)                                                                                    \
+    M(ISA, F16)                                                                                    \
+    M(ISA, BF16)                                                                                   \
+    M(ISA, Q8_0)                                                                                   \
+    M(ISA, Q4_0)                                                                                   \
+    M(ISA, Q4_1)                                                                                   \
+    M(ISA, Q5_0)                                                                                   \
+    M(ISA, Q5_1)                                                                                   \
+    M(ISA, Q4_K)                                                                                   \
+    M(ISA, Q6_K)                                                                                   \
+    M(ISA, Q2_K)                                                                                   \
+    M(ISA, Q3_K)                                                                                   \
+    M(ISA, Q5_K)                                                                                   \
+    M(ISA, IQ4_NL)                                                                                 \
+    M(ISA, IQ4_XS)
+
+/* The 8-accumulator tile set (AVX2, NEON): main tiles 8x1, 4x2, 2x4, 1x8 and the single-row
+ * tile of each token count; table row [dtype][log2 NT][0 = main tile of 8/NT rows, 1 = one row]. */
+#define DEF_TILES_8ACC(ISA, T)                                                                     \
+    DEF_TILE(ISA, T, 8, 1)                                                                         \
+    DEF_TILE(ISA, T, 1, 1)                                                                         \
+    DEF_TILE(ISA, T, 4, 2)                                                                         \
+    DEF_TILE(ISA, T, 1, 2)                                                                         \
+    DEF_TILE(ISA, T, 2, 4)                                                                         \
+    DEF_TILE(ISA, T, 1, 4)                                                                         \
+    DEF_TILE(ISA, T, 1, 8)
+#define TILE_ROW_8ACC(ISA, T)                                                                      \
+    [QV_DTYPE_##T] = {{tile_##ISA##_##T##_8_1, tile_##ISA##_##T##_1_1},                            \
+                      {tile_##ISA##_##T##_4_2, tile_##ISA##_##T##_1_2},                            \
+                      {tile_##ISA##_##T##_2_4, tile_##ISA##_##T##_1_4},                            \
+                      {tile_##ISA##_##T##_1_8, tile_##ISA##_##T##_1_8}},
+#if QV_HAVE_X86 || QV_HAVE_NEON
+/* Rows of the main tile per log2(token tile). */
+static const int rows_8acc[4] = {8, 4, 2, 1};
+#endif
 
 /* ------------------------------------------------------------------------------------------ */
 /* AVX2 + FMA + F16C kernels                                                                  */
@@ -230,25 +347,6 @@ QV_AVX2_INLINE void deq_Q5_1(const uint8_t *row, int64_t c, __m256 W[4]) {
  * nm[sub] for 32-element ones. */
 struct kscales {
     float d[16], nm[16];
-};
-
-/* Chunks per super-block: 8 for the 256-element blocks, 1 for the others (no prep). */
-enum {
-    SB_F32 = 1,
-    SB_F16 = 1,
-    SB_BF16 = 1,
-    SB_Q8_0 = 1,
-    SB_Q4_0 = 1,
-    SB_Q4_1 = 1,
-    SB_Q5_0 = 1,
-    SB_Q5_1 = 1,
-    SB_IQ4_NL = 1,
-    SB_Q4_K = 8,
-    SB_Q6_K = 8,
-    SB_Q2_K = 8,
-    SB_Q3_K = 8,
-    SB_Q5_K = 8,
-    SB_IQ4_XS = 8,
 };
 
 /* 16 small integers (bytes of v, signed or not) times the f16 scales: lanes 0..7 times d into
@@ -474,59 +572,9 @@ QV_AVX2_INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Software prefetch distance: the same column of the row PF_ROWS rows below, i.e. the next
- * 8-row tile (computed as an integer: it may point past the matrix, harmless for a prefetch). Rows
- * of a tile are read as 8 interleaved streams, which the hardware prefetchers of the test machines
- * follow poorly (Q8_0 n = 1 ran at ~7 GB/s from DRAM, 27 GB/s hot). */
-#define PF_ROWS 8
-
-typedef void (*tile_fn)(const struct mm_args *a, int64_t r0, int t0);
-
-/* One tile of RT rows x NT tokens for the kernel family ISA; see the determinism contract at
- * the top of the file. A family supplies ATTR_<ISA> (target attribute), VEC_<ISA> (vector
- * type), NV_<ISA> (vectors per 32-element chunk), ZERO_/LOAD_/FMA_<ISA> (intrinsics),
- * DEQ_<ISA>(T) (the chunk dequantizer of dtype T) and HSUM_<ISA> (the fixed-order lane sum).
- * A pair's accumulator gets the chunk's NV FMAs in order, chunk after chunk. */
-#define DEF_TILE(ISA, T, RT, NT)                                                                   \
-    static ATTR_##ISA void tile_##ISA##_##T##_##RT##_##NT(const struct mm_args *a, int64_t r0,     \
-                                                          int t0) {                                \
-        VEC_##ISA acc[RT][NT];                                                                     \
-        const uint8_t *wr[RT];                                                                     \
-        const float *xr[NT];                                                                       \
-        _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                     \
-            wr[r] = a->w + (size_t)(r0 + r) * a->row_bytes;                                        \
-            _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) acc[r][t] = ZERO_##ISA();         \
-        }                                                                                          \
-        _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) xr[t] =                               \
-            a->x + (size_t)(t0 + t) * (size_t)a->n_cols;                                           \
-        const size_t pf_dist = PF_ROWS * a->row_bytes, chunk_bytes = a->chunk_bytes;               \
-        struct kscales ks[RT];                                                                     \
-        for (int64_t c = 0; c < a->n_chunks; c++) {                                                \
-            if (c % SB_##T == 0)                                                                   \
-                _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++)                               \
-                    prep_##T(wr[r], c / SB_##T, &ks[r]);                                           \
-            _Pragma("GCC unroll 8") for (int r = 0; r < RT; r++) {                                 \
-                VEC_##ISA W[NV_##ISA];                                                             \
-                _mm_prefetch((const char *)((uintptr_t)wr[r] + pf_dist + (size_t)c * chunk_bytes), \
-                             _MM_HINT_T0);                                                         \
-                DEQ_##ISA(T)(wr[r], c, &ks[r], W);                                                 \
-                _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) {                             \
-                    const float *xp = xr[t] + 32 * c;                                              \
-                    _Pragma("GCC unroll 4") for (int k = 0; k < NV_##ISA; k++) acc[r][t] =         \
-                        FMA_##ISA(W[k], LOAD_##ISA(xp + k * (32 / NV_##ISA)), acc[r][t]);          \
-                }                                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-        for (int r = 0; r < RT; r++)                                                               \
-            for (int t = 0; t < NT; t++) {                                                         \
-                float s = HSUM_##ISA(acc[r][t]);                                                   \
-                if (a->n_tail) s += tail_dot(a->dtype, wr[r], xr[t], 32 * a->n_chunks, a->n_tail); \
-                if (a->bias) s += a->bias[r0 + r];                                                 \
-                a->y[(size_t)(t0 + t) * (size_t)a->n_rows + (size_t)(r0 + r)] = s;                 \
-            }                                                                                      \
-    }
-
 #define ATTR_avx2 QV_AVX2
+#define KS_avx2 struct kscales
+#define PREP_avx2(T) prep_##T
 #define VEC_avx2 __m256
 #define NV_avx2 4
 #define ZERO_avx2 _mm256_setzero_ps
@@ -534,46 +582,9 @@ typedef void (*tile_fn)(const struct mm_args *a, int64_t r0, int t0);
 #define FMA_avx2 _mm256_fmadd_ps
 #define DEQ_avx2(T) deqk_##T
 #define HSUM_avx2 hsum8
-#define DEF_TILE_AVX2(T, RT, NT) DEF_TILE(avx2, T, RT, NT)
+FOR_EACH_DTYPE(DEF_TILES_8ACC, avx2)
 
-#define DEF_TILES_AVX2(T)                                                                          \
-    DEF_TILE_AVX2(T, 8, 1)                                                                         \
-    DEF_TILE_AVX2(T, 1, 1)                                                                         \
-    DEF_TILE_AVX2(T, 4, 2)                                                                         \
-    DEF_TILE_AVX2(T, 1, 2)                                                                         \
-    DEF_TILE_AVX2(T, 2, 4)                                                                         \
-    DEF_TILE_AVX2(T, 1, 4)                                                                         \
-    DEF_TILE_AVX2(T, 1, 8)
-
-DEF_TILES_AVX2(F32)
-DEF_TILES_AVX2(F16)
-DEF_TILES_AVX2(BF16)
-DEF_TILES_AVX2(Q8_0)
-DEF_TILES_AVX2(Q4_0)
-DEF_TILES_AVX2(Q4_1)
-DEF_TILES_AVX2(Q5_0)
-DEF_TILES_AVX2(Q5_1)
-DEF_TILES_AVX2(Q4_K)
-DEF_TILES_AVX2(Q6_K)
-DEF_TILES_AVX2(Q2_K)
-DEF_TILES_AVX2(Q3_K)
-DEF_TILES_AVX2(Q5_K)
-DEF_TILES_AVX2(IQ4_NL)
-DEF_TILES_AVX2(IQ4_XS)
-
-/* [dtype][log2 NT][0 = main row tile of 8/NT rows, 1 = single row] */
-#define TILE_ROW_AVX2(T)                                                                           \
-    [QV_DTYPE_##T] = {{tile_avx2_##T##_8_1, tile_avx2_##T##_1_1},                                  \
-                      {tile_avx2_##T##_4_2, tile_avx2_##T##_1_2},                                  \
-                      {tile_avx2_##T##_2_4, tile_avx2_##T##_1_4},                                  \
-                      {tile_avx2_##T##_1_8, tile_avx2_##T##_1_8}}
-
-static const tile_fn avx2_tiles[QV_DTYPE_COUNT][4][2] = {
-    TILE_ROW_AVX2(F32),  TILE_ROW_AVX2(F16),    TILE_ROW_AVX2(BF16),   TILE_ROW_AVX2(Q8_0),
-    TILE_ROW_AVX2(Q4_0), TILE_ROW_AVX2(Q4_1),   TILE_ROW_AVX2(Q5_0),   TILE_ROW_AVX2(Q5_1),
-    TILE_ROW_AVX2(Q4_K), TILE_ROW_AVX2(Q6_K),   TILE_ROW_AVX2(Q2_K),   TILE_ROW_AVX2(Q3_K),
-    TILE_ROW_AVX2(Q5_K), TILE_ROW_AVX2(IQ4_NL), TILE_ROW_AVX2(IQ4_XS),
-};
+static const tile_fn avx2_tiles[QV_DTYPE_COUNT][4][2] = {FOR_EACH_DTYPE(TILE_ROW_8ACC, avx2)};
 
 /* ------------------------------------------------------------------------------------------ */
 /* AVX-512 (F, BW, DQ, VL) kernels: 16-float lanes, 32 vector registers.                      */
@@ -776,6 +787,8 @@ QV_AVX512_INLINE float hsum16(__m512 v) {
 
 /* The AVX-512 family of DEF_TILE: 16-lane accumulators (up to 16 of the 32 registers). */
 #define ATTR_avx512 QV_AVX512
+#define KS_avx512 struct kscales
+#define PREP_avx512(T) prep_##T
 #define VEC_avx512 __m512
 #define NV_avx512 2
 #define ZERO_avx512 _mm512_setzero_ps
@@ -783,54 +796,222 @@ QV_AVX512_INLINE float hsum16(__m512 v) {
 #define FMA_avx512 _mm512_fmadd_ps
 #define DEQ_avx512(T) deqk512_##T
 #define HSUM_avx512 hsum16
-#define DEF_TILE_AVX512(T, RT, NT) DEF_TILE(avx512, T, RT, NT)
 
 /* Main tiles 8x1, 8x2, 4x4, 2x8 (8 to 16 accumulators; row counts divide a job's multiple of
  * 8 rows), plus the single-row tile of each token count. */
-#define DEF_TILES_AVX512(T)                                                                        \
-    DEF_TILE_AVX512(T, 8, 1)                                                                       \
-    DEF_TILE_AVX512(T, 1, 1)                                                                       \
-    DEF_TILE_AVX512(T, 8, 2)                                                                       \
-    DEF_TILE_AVX512(T, 1, 2)                                                                       \
-    DEF_TILE_AVX512(T, 4, 4)                                                                       \
-    DEF_TILE_AVX512(T, 1, 4)                                                                       \
-    DEF_TILE_AVX512(T, 2, 8)                                                                       \
-    DEF_TILE_AVX512(T, 1, 8)
+#define DEF_TILES_AVX512(ISA, T)                                                                   \
+    DEF_TILE(ISA, T, 8, 1)                                                                         \
+    DEF_TILE(ISA, T, 1, 1)                                                                         \
+    DEF_TILE(ISA, T, 8, 2)                                                                         \
+    DEF_TILE(ISA, T, 1, 2)                                                                         \
+    DEF_TILE(ISA, T, 4, 4)                                                                         \
+    DEF_TILE(ISA, T, 1, 4)                                                                         \
+    DEF_TILE(ISA, T, 2, 8)                                                                         \
+    DEF_TILE(ISA, T, 1, 8)
 
-DEF_TILES_AVX512(F32)
-DEF_TILES_AVX512(F16)
-DEF_TILES_AVX512(BF16)
-DEF_TILES_AVX512(Q8_0)
-DEF_TILES_AVX512(Q4_0)
-DEF_TILES_AVX512(Q4_1)
-DEF_TILES_AVX512(Q5_0)
-DEF_TILES_AVX512(Q5_1)
-DEF_TILES_AVX512(Q4_K)
-DEF_TILES_AVX512(Q6_K)
-DEF_TILES_AVX512(Q2_K)
-DEF_TILES_AVX512(Q3_K)
-DEF_TILES_AVX512(Q5_K)
-DEF_TILES_AVX512(IQ4_NL)
-DEF_TILES_AVX512(IQ4_XS)
+FOR_EACH_DTYPE(DEF_TILES_AVX512, avx512)
 
-#define TILE_ROW_AVX512(T)                                                                         \
-    [QV_DTYPE_##T] = {{tile_avx512_##T##_8_1, tile_avx512_##T##_1_1},                              \
-                      {tile_avx512_##T##_8_2, tile_avx512_##T##_1_2},                              \
-                      {tile_avx512_##T##_4_4, tile_avx512_##T##_1_4},                              \
-                      {tile_avx512_##T##_2_8, tile_avx512_##T##_1_8}}
+#define TILE_ROW_AVX512(ISA, T)                                                                    \
+    [QV_DTYPE_##T] = {{tile_##ISA##_##T##_8_1, tile_##ISA##_##T##_1_1},                            \
+                      {tile_##ISA##_##T##_8_2, tile_##ISA##_##T##_1_2},                            \
+                      {tile_##ISA##_##T##_4_4, tile_##ISA##_##T##_1_4},                            \
+                      {tile_##ISA##_##T##_2_8, tile_##ISA##_##T##_1_8}},
 
-static const tile_fn avx512_tiles[QV_DTYPE_COUNT][4][2] = {
-    TILE_ROW_AVX512(F32),  TILE_ROW_AVX512(F16),    TILE_ROW_AVX512(BF16),   TILE_ROW_AVX512(Q8_0),
-    TILE_ROW_AVX512(Q4_0), TILE_ROW_AVX512(Q4_1),   TILE_ROW_AVX512(Q5_0),   TILE_ROW_AVX512(Q5_1),
-    TILE_ROW_AVX512(Q4_K), TILE_ROW_AVX512(Q6_K),   TILE_ROW_AVX512(Q2_K),   TILE_ROW_AVX512(Q3_K),
-    TILE_ROW_AVX512(Q5_K), TILE_ROW_AVX512(IQ4_NL), TILE_ROW_AVX512(IQ4_XS),
-};
-
-/* Rows of the main tile per log2(token tile), for each path. */
-static const int avx2_rows[4] = {8, 4, 2, 1};
+static const tile_fn avx512_tiles[QV_DTYPE_COUNT][4][2] = {FOR_EACH_DTYPE(TILE_ROW_AVX512, avx512)};
+/* Rows of the main tile per log2(token tile). */
 static const int avx512_rows[4] = {8, 8, 4, 2};
 
 #endif /* QV_HAVE_X86 */
+
+#if QV_HAVE_NEON
+
+/* ------------------------------------------------------------------------------------------ */
+/* NEON kernels (aarch64: Graviton, Ampere, Grace, Apple silicon under Docker): 4-float lanes, */
+/* 32 vector registers. Same contract with its own fixed shape: each (row, token) pair owns    */
+/* one 4-lane accumulator that receives the chunk's eight FMAs in column order, reduced by     */
+/* vaddvq_f32. Bitwise equal to itself for any n, tile and thread count, not to the others.   */
+/* The 32-element block types dequantize in registers; the 256-element ones (K-quants, IQ4_XS) */
+/* decode a row's super-block once with the reference dequantizer (nprep) and the chunks load  */
+/* from it.                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+#define QV_NEON_INLINE static inline __attribute__((always_inline))
+
+/* A row's current super-block, dequantized (256-element types only). */
+struct nscales {
+    float w[256];
+};
+
+QV_NEON_INLINE float nf16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return qv_f16_to_f32(h);
+}
+
+/* 16 signed bytes -> four 4-float vectors, times d (exact products: the reference values). */
+QV_NEON_INLINE void ni8_to_f32(int8x16_t b, float d, float32x4_t *W) {
+    int16x8_t lo = vmovl_s8(vget_low_s8(b)), hi = vmovl_s8(vget_high_s8(b));
+    W[0] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))), d);
+    W[1] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo))), d);
+    W[2] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))), d);
+    W[3] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi))), d);
+}
+
+/* 16 unsigned bytes -> four 4-float vectors as fma(q, d, m) (one rounding). */
+QV_NEON_INLINE void nu8_affine(uint8x16_t b, float d, float m, float32x4_t *W) {
+    uint16x8_t lo = vmovl_u8(vget_low_u8(b)), hi = vmovl_u8(vget_high_u8(b));
+    float32x4_t vm = vdupq_n_f32(m);
+    W[0] = vfmaq_n_f32(vm, vcvtq_f32_u32(vmovl_u16(vget_low_u16(lo))), d);
+    W[1] = vfmaq_n_f32(vm, vcvtq_f32_u32(vmovl_u16(vget_high_u16(lo))), d);
+    W[2] = vfmaq_n_f32(vm, vcvtq_f32_u32(vmovl_u16(vget_low_u16(hi))), d);
+    W[3] = vfmaq_n_f32(vm, vcvtq_f32_u32(vmovl_u16(vget_high_u16(hi))), d);
+}
+
+/* Bits 16h..16h+15 of qh -> 0x10 in bytes 0..15 (the fifth bit of Q5_0/Q5_1). */
+QV_NEON_INLINE uint8x16_t nqh_bits(uint32_t qh, int h) {
+    static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    uint8x8_t b0 = vdup_n_u8((uint8_t)(qh >> (16 * h))),
+              b1 = vdup_n_u8((uint8_t)(qh >> (16 * h + 8)));
+    uint8x16_t set = vtstq_u8(vcombine_u8(b0, b1), vld1q_u8(bit));
+    return vandq_u8(set, vdupq_n_u8(0x10));
+}
+
+QV_NEON_INLINE void ndeq_F32(const uint8_t *row, int64_t c, float32x4_t W[8]) {
+    const float *p = (const float *)(const void *)row + 32 * c;
+    _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) W[k] = vld1q_f32(p + 4 * k);
+}
+
+QV_NEON_INLINE void ndeq_F16(const uint8_t *row, int64_t c, float32x4_t W[8]) {
+    const uint8_t *p = row + 64 * c;
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+        uint16x8_t h = vld1q_u16((const uint16_t *)(const void *)(p + 16 * k));
+        W[2 * k] = vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h)));
+        W[2 * k + 1] = vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h)));
+    }
+}
+
+QV_NEON_INLINE void ndeq_BF16(const uint8_t *row, int64_t c, float32x4_t W[8]) {
+    const uint8_t *p = row + 64 * c;
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+        uint16x8_t h = vld1q_u16((const uint16_t *)(const void *)(p + 16 * k));
+        W[2 * k] = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
+        W[2 * k + 1] = vreinterpretq_f32_u32(vshll_n_u16(vget_high_u16(h), 16));
+    }
+}
+
+QV_NEON_INLINE void ndeq_Q8_0(const uint8_t *row, int64_t c, float32x4_t W[8]) {
+    const uint8_t *p = row + 34 * c;
+    float d = nf16(p);
+    ni8_to_f32(vld1q_s8((const int8_t *)(p + 2)), d, W);
+    ni8_to_f32(vld1q_s8((const int8_t *)(p + 18)), d, W + 4);
+}
+
+/* (q - 8) * d as fma(q, d, -8d): -8d is exact, so this is the reference value bit for bit. */
+QV_NEON_INLINE void ndeq_Q4_0(const uint8_t *row, int64_t c, float32x4_t W[8]) {
+    const uint8_t *p = row + 18 * c;
+    float d = nf16(p);
+    uint8x16_t q = vld1q_u8(p + 2);
+    nu8_affine(vandq_u8(q, vdupq_n_u8(0x0F)), d, -8.0f * d, W);
+    nu8_affine(vshrq_n_u8(q, 4), d, -8.0f * d, W + 4);
+}
+
+QV_NEON_INLINE void ndeq_Q4_1(const uint8_t *row, int64_t c, float32x4_t W[8]) {
+    const uint8_t *p = row + 20 * c;
+    float d = nf16(p), m = nf16(p + 2);
+    uint8x16_t q = vld1q_u8(p + 4);
+    nu8_affine(vandq_u8(q, vdupq_n_u8(0x0F)), d, m, W);
+    nu8_affine(vshrq_n_u8(q, 4), d, m, W + 4);
+}
+
+/* (q - 16) * d with q the 5-bit value: exact small integers times d. */
+QV_NEON_INLINE void ndeq_Q5_0(const uint8_t *row, int64_t c, float32x4_t W[8]) {
+    const uint8_t *p = row + 22 * c;
+    float d = nf16(p);
+    uint32_t qh;
+    memcpy(&qh, p + 2, 4);
+    uint8x16_t q = vld1q_u8(p + 6), sixteen = vdupq_n_u8(16);
+    uint8x16_t lo = vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0F)), nqh_bits(qh, 0));
+    uint8x16_t hi = vorrq_u8(vshrq_n_u8(q, 4), nqh_bits(qh, 1));
+    ni8_to_f32(vreinterpretq_s8_u8(vsubq_u8(lo, sixteen)), d, W);
+    ni8_to_f32(vreinterpretq_s8_u8(vsubq_u8(hi, sixteen)), d, W + 4);
+}
+
+QV_NEON_INLINE void ndeq_Q5_1(const uint8_t *row, int64_t c, float32x4_t W[8]) {
+    const uint8_t *p = row + 24 * c;
+    float d = nf16(p), m = nf16(p + 2);
+    uint32_t qh;
+    memcpy(&qh, p + 4, 4);
+    uint8x16_t q = vld1q_u8(p + 8);
+    nu8_affine(vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0F)), nqh_bits(qh, 0)), d, m, W);
+    nu8_affine(vorrq_u8(vshrq_n_u8(q, 4), nqh_bits(qh, 1)), d, m, W + 4);
+}
+
+QV_NEON_INLINE void ndeq_IQ4_NL(const uint8_t *row, int64_t c, float32x4_t W[8]) {
+    const uint8_t *p = row + 18 * c;
+    float d = nf16(p);
+    int8x16_t tbl = vld1q_s8(qv_iq4_values);
+    uint8x16_t q = vld1q_u8(p + 2);
+    ni8_to_f32(vqtbl1q_s8(tbl, vandq_u8(q, vdupq_n_u8(0x0F))), d, W);
+    ni8_to_f32(vqtbl1q_s8(tbl, vshrq_n_u8(q, 4)), d, W + 4);
+}
+
+/* The 32-element types: no super-block state. */
+#define NEON_NO_PREP(T)                                                                            \
+    QV_NEON_INLINE void nprep_##T(const uint8_t *row, int64_t sb, struct nscales *ks) {            \
+        (void)row;                                                                                 \
+        (void)sb;                                                                                  \
+        (void)ks;                                                                                  \
+    }                                                                                              \
+    QV_NEON_INLINE void ndeqk_##T(const uint8_t *row, int64_t c, const struct nscales *ks,         \
+                                  float32x4_t W[8]) {                                              \
+        (void)ks;                                                                                  \
+        ndeq_##T(row, c, W);                                                                       \
+    }
+NEON_NO_PREP(F32)
+NEON_NO_PREP(F16)
+NEON_NO_PREP(BF16)
+NEON_NO_PREP(Q8_0)
+NEON_NO_PREP(Q4_0)
+NEON_NO_PREP(Q4_1)
+NEON_NO_PREP(Q5_0)
+NEON_NO_PREP(Q5_1)
+NEON_NO_PREP(IQ4_NL)
+
+/* The 256-element types: the super-block through the reference dequantizer, chunks from it. */
+#define NEON_SUPER(T)                                                                              \
+    QV_NEON_INLINE void nprep_##T(const uint8_t *row, int64_t sb, struct nscales *ks) {            \
+        size_t bb = qv_dtype_row_bytes(QV_DTYPE_##T, 256);                                         \
+        qv_dequantize_row(QV_DTYPE_##T, row + (size_t)sb * bb, ks->w, 256);                        \
+    }                                                                                              \
+    QV_NEON_INLINE void ndeqk_##T(const uint8_t *row, int64_t c, const struct nscales *ks,         \
+                                  float32x4_t W[8]) {                                              \
+        (void)row;                                                                                 \
+        const float *p = ks->w + 32 * (c & 7);                                                     \
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) W[k] = vld1q_f32(p + 4 * k);           \
+    }
+NEON_SUPER(Q4_K)
+NEON_SUPER(Q6_K)
+NEON_SUPER(Q2_K)
+NEON_SUPER(Q3_K)
+NEON_SUPER(Q5_K)
+NEON_SUPER(IQ4_XS)
+
+#define ATTR_neon
+#define KS_neon struct nscales
+#define PREP_neon(T) nprep_##T
+#define VEC_neon float32x4_t
+#define NV_neon 8
+#define ZERO_neon() vdupq_n_f32(0.0f)
+#define LOAD_neon vld1q_f32
+#define FMA_neon(w, x, acc) vfmaq_f32(acc, w, x)
+#define DEQ_neon(T) ndeqk_##T
+#define HSUM_neon vaddvq_f32
+
+FOR_EACH_DTYPE(DEF_TILES_8ACC, neon)
+
+static const tile_fn neon_tiles[QV_DTYPE_COUNT][4][2] = {FOR_EACH_DTYPE(TILE_ROW_8ACC, neon)};
+
+#endif /* QV_HAVE_NEON */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Portable kernels: reference dequantization of one block into a stack buffer, then 8 scalar */
@@ -871,7 +1052,8 @@ static int token_tile(int left) { return left >= 8 ? 8 : left >= 4 ? 4 : left >=
 
 struct mm_task {
     struct mm_args *a;
-    enum qv__cpu_simd simd;
+    const tile_fn (*tiles)[4][2]; /* the kernel family's table; NULL: the portable rows */
+    const int *rows;              /* its main tile's rows per log2(token tile) */
 };
 
 static void mm_task_fn(void *arg, int part, int nth) {
@@ -886,13 +1068,11 @@ static void mm_task_fn(void *arg, int part, int nth) {
         int64_t re = QV_MIN(rb + a->rows_per_job, a->n_rows);
         for (int t0 = 0; t0 < a->n;) {
             int nt = token_tile(a->n - t0);
-#if QV_HAVE_X86
-            if (task->simd != QV_CPU_SIMD_NONE) {
+            if (task->tiles) {
                 int lg = nt == 8 ? 3 : nt == 4 ? 2 : nt == 2 ? 1 : 0;
-                bool wide = task->simd == QV_CPU_SIMD_AVX512;
-                int rt = wide ? avx512_rows[lg] : avx2_rows[lg];
-                tile_fn main_fn = (wide ? avx512_tiles : avx2_tiles)[a->dtype][lg][0];
-                tile_fn one_fn = (wide ? avx512_tiles : avx2_tiles)[a->dtype][lg][1];
+                int rt = task->rows[lg];
+                tile_fn main_fn = task->tiles[a->dtype][lg][0],
+                        one_fn = task->tiles[a->dtype][lg][1];
                 int64_t r = rb;
                 for (; r + rt <= re; r += rt)
                     main_fn(a, r, t0);
@@ -901,7 +1081,6 @@ static void mm_task_fn(void *arg, int part, int nth) {
                 t0 += nt;
                 continue;
             }
-#endif
             for (int64_t r = rb; r < re; r++)
                 portable_row(a, r, t0, nt);
             t0 += nt;
@@ -942,7 +1121,23 @@ void qv__cpu_matmul(qv__cpu_ctx *cx, const qv_tensor *w, const float *x, int n, 
     a.rows_per_job = rpj;
     a.n_jobs = (w->n_rows + rpj - 1) / rpj;
     atomic_init(&a.next_job, 0);
-    struct mm_task task = {.a = &a, .simd = cx->matmul_simd};
+    struct mm_task task = {.a = &a};
+#if QV_HAVE_X86
+    if (cx->matmul_simd == QV_CPU_SIMD_AVX2) {
+        task.tiles = avx2_tiles;
+        task.rows = rows_8acc;
+    }
+    if (cx->matmul_simd == QV_CPU_SIMD_AVX512) {
+        task.tiles = avx512_tiles;
+        task.rows = avx512_rows;
+    }
+#endif
+#if QV_HAVE_NEON
+    if (cx->matmul_simd == QV_CPU_SIMD_NEON) {
+        task.tiles = neon_tiles;
+        task.rows = rows_8acc;
+    }
+#endif
     if (a.n_jobs == 1 || nth == 1)
         mm_task_fn(&task, 0, 1);
     else

@@ -1,9 +1,9 @@
 /*
  * test_cpu_ops.c - the CPU backend's ops against naive double-precision references built on
  * qv_dequantize_row (the scalar reference dequantizer), on the portable kernels (QV_CPU_SIMD=0),
- * the AVX2 ones and, for the matmul, the AVX-512 ones (where the CPU has them), plus the bitwise
- * contracts: a matmul row of token t is identical whether t is alone or inside a batch of any
- * size, and for any thread count.
+ * the AVX2 ones and, for the matmul, the AVX-512 and NEON ones (where the CPU has them), plus the
+ * bitwise contracts: a matmul row of token t is identical whether t is alone or inside a batch of
+ * any size, and for any thread count.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -123,7 +123,8 @@ static qv_backend *make_backend(int n_threads, bool simd) {
 /* False (with a note) when the CPU lacks the level's instructions. */
 static bool level_available(enum qv__cpu_simd level) {
     bool ok = level == QV_CPU_SIMD_NONE || (level == QV_CPU_SIMD_AVX2 && qv__cpu_has_avx2()) ||
-              (level == QV_CPU_SIMD_AVX512 && qv__cpu_has_avx512());
+              (level == QV_CPU_SIMD_AVX512 && qv__cpu_has_avx512()) ||
+              (level == QV_CPU_SIMD_NEON && qv__cpu_has_neon());
     if (!ok)
         fprintf(stderr, "note: this CPU has no %s: those kernels not run\n",
                 qv__cpu_simd_name(level));
@@ -229,6 +230,10 @@ static void test_matmul_avx2(void **state) {
     (void)state;
     matmul_all(QV_CPU_SIMD_AVX2);
 }
+static void test_matmul_neon(void **state) {
+    (void)state;
+    matmul_all(QV_CPU_SIMD_NEON);
+}
 static void test_matmul_portable(void **state) {
     (void)state;
     matmul_all(QV_CPU_SIMD_NONE);
@@ -294,6 +299,10 @@ static void test_invariance_avx512(void **state) {
 static void test_invariance_avx2(void **state) {
     (void)state;
     invariance(QV_CPU_SIMD_AVX2);
+}
+static void test_invariance_neon(void **state) {
+    (void)state;
+    invariance(QV_CPU_SIMD_NEON);
 }
 static void test_invariance_portable(void **state) {
     (void)state;
@@ -779,9 +788,11 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_avx512),
         cmocka_unit_test(test_matmul_avx2),
+        cmocka_unit_test(test_matmul_neon),
         cmocka_unit_test(test_matmul_portable),
         cmocka_unit_test(test_invariance_avx512),
         cmocka_unit_test(test_invariance_avx2),
+        cmocka_unit_test(test_invariance_neon),
         cmocka_unit_test(test_invariance_portable),
         cmocka_unit_test(test_matmul_padded_rows),
         cmocka_unit_test(test_get_rows),

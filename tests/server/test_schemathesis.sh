@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # test_schemathesis.sh - property-based API fuzzing: schemathesis generates requests from
 # proto/openapi.yaml (valid and invalid bodies, paths, headers; multipart uploads included) and
-# runs them against `quiver serve` on SmolLM2 (max_tokens capped at 8 by --max-tokens-limit).
+# runs them against `quiver serve` on SmolLM2 (max_tokens capped at 8 by --max-tokens-limit,
+# n at 16 by --queue-limit: on 2026-12-01 an ASan build beside other tests needed over 60 s, the
+# client's timeout, for a fuzzed n=46 completion, 6 waves of 8 sequences; a larger n gets 400).
 # Fails on any 5xx, any status code, content type, header or body that the spec does not
 # document, and any schema-violating request the server accepts; then on a sanitizer report
 # in the server's log or a non-zero exit after SIGTERM.
@@ -31,7 +33,8 @@ mkdir -p "$tmp/load"
 qv_serve "$tmp/server.log" --model "$model" --port 0 --threads 2 --adapter-store "$tmp/store" \
     --preload "shouting=$root/deploy/demo-adapters/shouting" \
     --api-key "$api_key" --admin-key "$admin_key" --adapter-load-dir "$tmp/load" \
-    --max-tokens-limit 8 --max-prompt-tokens 256 --max-body-bytes 262144 --max-seqs 8
+    --max-tokens-limit 8 --max-prompt-tokens 256 --max-body-bytes 262144 --max-seqs 8 \
+    --queue-limit 16
 
 checks=not_a_server_error,status_code_conformance,content_type_conformance
 checks+=,response_headers_conformance,response_schema_conformance,negative_data_rejection
