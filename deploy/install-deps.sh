@@ -23,6 +23,13 @@ pkgs=(
 if [[ "${QV_TEST_DEPS:-0}" == 1 ]]; then
     pkgs+=(nginx-light) # tests/server/test_lb.sh: replicas behind docs/deploy.md's nginx block
 fi
+if [[ "${QV_ARM64_DEPS:-0}" == 1 ]]; then
+    # tests/arm64/run.sh: the aarch64 cross compiler, qemu-user, and the arm64 builds of the
+    # libraries above (dpkg multiarch; the arm64 architecture is added when one is missing)
+    pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user libpcre2-dev:arm64
+        libutf8proc-dev:arm64 libcjson-dev:arm64 libuv1-dev:arm64 libmicrohttpd-dev:arm64
+        libcmocka-dev:arm64)
+fi
 if [[ "${QV_WITH_CLANG:-0}" == 1 ]]; then
     pkgs+=(clang libclang-rt-14-dev) # libFuzzer targets
 fi
@@ -55,6 +62,9 @@ SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 echo "install-deps: installing ${filtered[*]}"
 export DEBIAN_FRONTEND=noninteractive
+if [[ " ${filtered[*]}" == *":arm64"* ]] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    $SUDO dpkg --add-architecture arm64
+fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${filtered[@]}" >/dev/null
 echo "install-deps: done"
